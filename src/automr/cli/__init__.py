@@ -1,0 +1,1 @@
+"""The ``automr`` command line: thin wrappers over library functions."""

@@ -1,0 +1,36 @@
+"""Shared CLI plumbing: options every command takes and one-line user errors."""
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+from automr.errors import AutomrError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Folder for downloaded and converted files [default: $AUTOMR_CACHE or ~/.cache/automr].",
+        show_default=False,
+    ),
+]
+
+
+def user_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn an :class:`AutomrError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except AutomrError as error:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from None
+
+    return wrapper

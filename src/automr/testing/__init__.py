@@ -1,0 +1,1 @@
+"""Reusable test helpers: tiny offline models and tokenizers, hypothesis strategies, contracts."""
