@@ -16,7 +16,8 @@ CacheDirOption = Annotated[
     Path | None,
     typer.Option(
         "--cache-dir",
-        help="Folder for downloaded and converted files [default: $AUTOMR_CACHE or ~/.cache/automr].",
+        help="Folder for downloads and converted files "
+        "[default: $AUTOMR_CACHE or ~/.cache/automr].",
         show_default=False,
     ),
 ]

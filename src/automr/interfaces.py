@@ -1,0 +1,189 @@
+"""The Protocols every AutoMR component implements (by shape, not by inheritance).
+
+Data flow (DESIGN.md §3)::
+
+    prompt ids --SplitLLM.lower--> LayerState z_t --------------------------+
+    memory source --Encoder--> Memory (keys, token states)                  |
+    Retriever.scores(query(z_t), keys) -> top-k -> MemoryTokens --Combiner--+--> LayerState
+    SplitLLM.upper -> logits -> Grounder -> ranking over the catalog
+    Annotator (eq. 5) -> labels S' -> retriever training with KL(S' || S) (eq. 6)
+
+Shapes use the axis vocabulary of :mod:`automr.types`. Implementations check them at run
+time with jaxtyping + beartype.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+import torch
+from beartype import beartype
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from automr.llm.state import KVCache, LayerState
+from automr.types import Positions, TokenIds, TokenMask
+
+Insert = Callable[[LayerState], LayerState]
+"""Joins something to a prompt's layer-L state (e.g. a combiner bound to retrieved memory)."""
+
+
+@runtime_checkable
+class SplitLLM(Protocol):
+    """A causal LM cut at a layer: ``upper(lower(x, L))`` equals the full model.
+
+    ``lower`` runs the embeddings and layers ``0..L-1`` and returns the state entering layer L;
+    ``upper`` runs layers ``L..``, the final norm and the head, at requested positions only.
+    Both take an optional :class:`KVCache` for incremental decoding; use one cache per half.
+    """
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def new_cache(self) -> KVCache: ...
+
+    def lower(
+        self, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        cache: KVCache | None = None,
+    ) -> LayerState: ...
+
+    def upper(
+        self, state: LayerState, cache: KVCache | None = None,
+        logits_at: Positions | None = None,
+    ) -> Float[Tensor, "batch k vocab"]: ...
+
+
+@beartype
+@attrs.frozen
+class MemoryTokens:
+    """Layer-L vectors to insert into a query: ``n`` per sequence, padded and masked.
+
+    For the prepend/append-token combiners these are pooled keys (one per retrieved
+    element); for concat they are an element's token states.
+    """
+
+    hidden: Float[Tensor, "batch n hidden"]
+    mask: Bool[Tensor, "batch n"]
+
+    def __attrs_post_init__(self) -> None:
+        if self.hidden.shape[:2] != self.mask.shape:
+            raise ValueError(
+                f"MemoryTokens: hidden {tuple(self.hidden.shape)} and mask "
+                f"{tuple(self.mask.shape)} disagree on [batch, n]"
+            )
+
+
+@beartype
+@attrs.frozen
+class MemoryView:
+    """One user's memory as seen by one sample: time-ordered elements older than its prompt."""
+
+    keys: Float[Tensor, "mem hidden"]
+    item_ids: tuple[str, ...]
+    timestamps: tuple[int, ...]
+
+    def __attrs_post_init__(self) -> None:
+        if not len(self.item_ids) == len(self.timestamps) == self.keys.shape[0]:
+            raise ValueError(
+                f"MemoryView: {self.keys.shape[0]} keys, {len(self.item_ids)} item ids and "
+                f"{len(self.timestamps)} timestamps must agree"
+            )
+
+
+@runtime_checkable
+class Memory(Protocol):
+    """Per-user, time-ordered layer-L representations of past interactions.
+
+    ``view(user, count)`` gives the user's ``count`` oldest elements: a sample whose long-term
+    history has ``count`` items sees exactly those (never its recent K or anything later).
+    ``token_states`` gives one element's per-token states (for the concat combiner).
+    """
+
+    @property
+    def layer(self) -> int: ...
+
+    def users(self) -> Sequence[str]: ...
+
+    def view(self, user: str, count: int) -> MemoryView: ...
+
+    def token_states(self, user: str, index: int) -> Float[Tensor, "seq hidden"]: ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns token sequences into layer-L memory entries: one pooled key per sequence."""
+
+    def encode(
+        self, input_ids: TokenIds, attention_mask: TokenMask
+    ) -> Float[Tensor, "batch hidden"]: ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Scores each memory element's usefulness for a query (higher = more useful).
+
+    ``query`` is the pooled layer-L state of the prompt; ``keys`` a padded batch of memories
+    with ``mask`` marking real elements. Scores at masked elements are ignored by callers
+    (:func:`automr.retrievers.top_k` sets them to -inf).
+    """
+
+    def scores(
+        self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
+        mask: Bool[Tensor, "batch mem"],
+    ) -> Float[Tensor, "batch mem"]: ...
+
+
+@runtime_checkable
+class Combiner(Protocol):
+    """Joins retrieved memory tokens to a query's layer-L state.
+
+    ``uses_token_states`` says whether it wants each element's token states (concat) or its
+    pooled key (prepend/append-token). Combining an empty ``MemoryTokens`` (n = 0, or every
+    position masked) must return a state equivalent to the query.
+    """
+
+    @property
+    def uses_token_states(self) -> bool: ...
+
+    def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState: ...
+
+
+@runtime_checkable
+class Annotator(Protocol):
+    """Eq. 5: how much each memory element raises the likelihood of the true next item.
+
+    Returns, for one sample, the log-likelihood of the target tokens without memory and with
+    each element inserted (upper half only); labels are derived from these. ``memory`` holds
+    one row per element (its ``batch`` axis is the memory axis).
+    """
+
+    def log_likelihoods(
+        self, prompt_ids: Int[Tensor, " seq"], target_ids: Int[Tensor, " target"],
+        memory: MemoryTokens,
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, " mem"]]: ...
+
+
+@runtime_checkable
+class Grounder(Protocol):
+    """Ranks the whole catalog for a batch of prompts, through a split LM.
+
+    ``insert`` (optional) joins memory to the prompt's layer-L state, so a memory-free
+    recommender and AutoMR share the same grounders.
+    """
+
+    def rank(
+        self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        insert: Insert | None = None,
+    ) -> Int[Tensor, "batch items"]: ...

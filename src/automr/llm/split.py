@@ -1,0 +1,183 @@
+"""An exact split of a Hugging Face decoder-only causal LM at layer L.
+
+``lower`` runs the embeddings and layers ``0..L-1``; ``upper`` runs layers ``L..``, the final
+norm and the head. The decoder layers are called directly with an explicit 4D additive mask
+and rotary embeddings computed from positions derived from the mask, so
+
+* ``upper(lower(x))`` equals the full model for every ``L`` in ``0..num_layers``;
+* states may carry inserted positions (memory tokens) with correct positions and masks;
+* each half can decode incrementally with its own :class:`KVCache`.
+
+This is the only module that touches transformers' layer internals.
+"""
+
+import torch
+from beartype import beartype
+from jaxtyping import Bool, Float, Int, jaxtyped
+from torch import Tensor, nn
+from transformers import DynamicCache, PreTrainedModel
+
+from automr.errors import AutomrError
+from automr.llm.state import KVCache, LayerState
+from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+class HFSplitLLM:
+    """A :class:`~automr.interfaces.SplitLLM` over a transformers causal LM (also peft-wrapped).
+
+    The model must use ``sdpa`` or ``eager`` attention (explicit 4D masks); dtype and device
+    follow the model.
+    """
+
+    def __init__(self, model: PreTrainedModel | nn.Module) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = base.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise AutomrError(
+                f"model type {config.model_type!r} is not supported by the layer split; "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        attention = config._attn_implementation
+        if attention not in SUPPORTED_ATTENTION:
+            raise AutomrError(
+                f"attention implementation {attention!r} cannot take the split's explicit masks; "
+                f"load the model with attn_implementation='sdpa' (or 'eager')"
+            )
+        self.model = model
+        self.config = config
+        self.decoder = base.get_decoder()
+        self.head = base.get_output_embeddings()
+        self.sliding_window = getattr(config, "sliding_window", None) if getattr(
+            config, "use_sliding_window", True) else None
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head.out_features
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    def new_cache(self) -> KVCache:
+        """An empty cache for one half (use one for ``lower`` and another for ``upper``)."""
+        return KVCache(DynamicCache(config=self.config))
+
+    def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
+        """Token embeddings (the state entering layer 0)."""
+        return self.decoder.embed_tokens(input_ids)
+
+    # -- the two halves --------------------------------------------------------------------
+    @jaxtyped(typechecker=beartype)
+    def lower(
+        self, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        cache: KVCache | None = None,
+    ) -> LayerState:
+        """Embeddings and layers ``0..layer-1``: the state entering layer ``layer``."""
+        self._check_layer(layer)
+        mask = as_bool_mask(attention_mask)
+        hidden = self._run_layers(self.embed(input_ids), mask, range(layer), cache)
+        return LayerState(hidden=hidden, mask=mask, layer=layer)
+
+    @jaxtyped(typechecker=beartype)
+    def upper(
+        self, state: LayerState, cache: KVCache | None = None,
+        logits_at: Positions | None = None,
+    ) -> Float[Tensor, "batch k vocab"]:
+        """Layers ``state.layer..``, the final norm and the head at ``logits_at`` (default: all)."""
+        self._check_layer(state.layer)
+        layers = range(state.layer, self.num_layers)
+        hidden = self._run_layers(state.hidden, state.mask, layers, cache)
+        if logits_at is not None:
+            index = logits_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            hidden = hidden.gather(1, index)
+        return self.head(self.decoder.norm(hidden))
+
+    @jaxtyped(typechecker=beartype)
+    def final_hidden(self, state: LayerState) -> Float[Tensor, "batch seq hidden"]:
+        """Layers ``state.layer..`` and the final norm (no head): the model's last hidden state."""
+        hidden = self._run_layers(state.hidden, state.mask, range(state.layer, self.num_layers))
+        return self.decoder.norm(hidden)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer <= self.num_layers:
+            raise AutomrError(f"layer {layer} is outside 0..{self.num_layers} for this model")
+
+    def _run_layers(
+        self, hidden: Tensor, mask: Bool[Tensor, "batch seq"], layers: range,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        positions = token_positions(mask, None if cache is None else cache.next_positions())
+        past_mask = None if cache is None else cache.past_mask
+        self._check_window(mask.shape[1] + (0 if past_mask is None else past_mask.shape[1]))
+        bias = attention_bias(mask, past_mask, hidden.dtype)
+        rotary = self.decoder.rotary_emb(hidden, position_ids=positions)
+        for index in layers:
+            hidden = self.decoder.layers[index](
+                hidden,
+                attention_mask=bias,
+                position_ids=positions,
+                position_embeddings=rotary,
+                cache=None if cache is None else cache.layers,
+                use_cache=cache is not None,
+            )
+        if cache is not None:
+            cache.extend(mask)
+        return hidden
+
+    def _check_window(self, total: int) -> None:
+        if self.sliding_window is not None and total > self.sliding_window:
+            raise AutomrError(
+                f"sequence of {total} positions exceeds the model's sliding window "
+                f"({self.sliding_window}); the split supports full attention only"
+            )
+
+
+@jaxtyped(typechecker=beartype)
+def token_positions(
+    mask: Bool[Tensor, "batch seq"], offset: Int[Tensor, "batch 1"] | None = None
+) -> Int[Tensor, "batch seq"]:
+    """Rotary position of each token: the number of real tokens before it (plus ``offset``).
+
+    Padding positions get the position of the previous real token (they are never attended).
+    """
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    return positions if offset is None else positions + offset
+
+
+@jaxtyped(typechecker=beartype)
+def attention_bias(
+    mask: Bool[Tensor, "batch seq"], past_mask: Bool[Tensor, "batch past"] | None,
+    dtype: torch.dtype,
+) -> Float[Tensor, "batch 1 seq total"]:
+    """Additive 4D mask: query i sees real keys up to itself (past keys included).
+
+    A padding query sees only itself, so no row is fully masked (no NaNs); its output is
+    never used.
+    """
+    batch, seq = mask.shape
+    past = 0 if past_mask is None else past_mask.shape[1]
+    keys = mask if past_mask is None else torch.cat([past_mask, mask], 1)
+    query_index = torch.arange(seq, device=mask.device).unsqueeze(1) + past
+    key_index = torch.arange(past + seq, device=mask.device).unsqueeze(0)
+    causal = key_index <= query_index
+    allowed = causal.unsqueeze(0) & keys.unsqueeze(1)
+    allowed = allowed | (key_index == query_index).unsqueeze(0)
+    bias = torch.zeros(batch, 1, seq, past + seq, dtype=dtype, device=mask.device)
+    return bias.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)

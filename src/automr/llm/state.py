@@ -1,0 +1,85 @@
+"""What flows between the two halves of a split LM: layer-L states and per-half KV caches."""
+
+import attrs
+import torch
+from beartype import beartype
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformers import DynamicCache
+
+
+@beartype
+@attrs.frozen
+class LayerState:
+    """Hidden states entering layer ``layer`` (the output of layers ``0..layer-1``).
+
+    ``mask`` marks real positions (``False`` = padding). Positions for rotary embeddings are
+    not stored: they are always the number of real tokens before a position (plus what a KV
+    cache already holds), so left padding, right padding and inserted memory tokens all get
+    consistent positions from the mask alone.
+    """
+
+    hidden: Float[Tensor, "batch seq hidden"]
+    mask: Bool[Tensor, "batch seq"]
+    layer: int = attrs.field(validator=attrs.validators.ge(0))
+
+    def __attrs_post_init__(self) -> None:
+        if self.hidden.shape[:2] != self.mask.shape:
+            raise ValueError(
+                f"LayerState: hidden {tuple(self.hidden.shape)} and mask "
+                f"{tuple(self.mask.shape)} disagree on [batch, seq]"
+            )
+        if self.mask.device != self.hidden.device:
+            raise ValueError("LayerState: hidden and mask live on different devices")
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.hidden.shape[1]
+
+    def last_positions(self) -> Int[Tensor, "batch 1"]:
+        """Index of each sequence's last real position (works for left and right padding)."""
+        index = torch.arange(self.seq_len, device=self.mask.device).expand_as(self.mask)
+        return torch.where(self.mask, index, -1).amax(dim=1, keepdim=True)
+
+
+@attrs.define
+class KVCache:
+    """The keys/values one half of a split LM has seen, with the mask of those positions.
+
+    A split model decodes with two of these: the lower half's cache never sees memory tokens,
+    the upper half's does. Each tracks its own past mask and position counter, so positions
+    in the upper half are shifted by inserted tokens while the lower half's are not, and the
+    attention mask is built from this bookkeeping rather than from the HF cache's length
+    (which, for a cache whose first layers are empty, is the silent mask bug of DESIGN.md §5).
+    """
+
+    layers: DynamicCache
+    past_mask: Bool[Tensor, "batch past"] | None = None
+
+    @property
+    def past_len(self) -> int:
+        return 0 if self.past_mask is None else self.past_mask.shape[1]
+
+    def next_positions(self) -> Int[Tensor, "batch 1"] | None:
+        """Count of real tokens seen so far per sequence (the next token's position)."""
+        return None if self.past_mask is None else self.past_mask.sum(1, keepdim=True)
+
+    def extend(self, mask: Bool[Tensor, "batch seq"]) -> None:
+        """Record that positions with ``mask`` were appended (called after a forward)."""
+        self.past_mask = mask if self.past_mask is None else torch.cat([self.past_mask, mask], 1)
+
+    def repeat_interleave(self, repeats: int) -> None:
+        """Repeat every sequence ``repeats`` times along the batch (e.g. for beams)."""
+        self.layers.batch_repeat_interleave(repeats)
+        if self.past_mask is not None:
+            self.past_mask = self.past_mask.repeat_interleave(repeats, dim=0)
+
+    def select(self, indices: Int[Tensor, " n"]) -> None:
+        """Keep (and reorder to) the sequences at ``indices`` of the batch."""
+        self.layers.batch_select_indices(indices)
+        if self.past_mask is not None:
+            self.past_mask = self.past_mask[indices]

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny offline models (fast) and the real embedded model (one download)."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_qwen2_config, tiny_tokenizer
+
+settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True)
+settings.register_profile("dev", deadline=None, max_examples=25)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+TINY_ARCHITECTURES = {
+    "llama": lambda: tiny_model(tiny_llama_config(num_layers=3), seed=0),
+    "qwen2": lambda: tiny_model(tiny_qwen2_config(num_layers=3), seed=1),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, torch.nn.Module]:
+    """One tiny randomly initialised model per supported architecture."""
+    return {name: build() for name, build in TINY_ARCHITECTURES.items()}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded SmolLM2-135M (fetched into the cache on first use, ~90 MB)."""
+    from automr.llm.loading import load_model
+
+    return load_model(device="cpu")

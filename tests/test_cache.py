@@ -1,0 +1,47 @@
+"""The cache: sha256-checked fetches, clear offline errors, atomic output folders."""
+
+import pytest
+
+from automr.cache import WheelSpec, atomic_dir, fetch_wheel, sha256_of
+from automr.errors import AutomrError
+
+SPEC = WheelSpec(name="automr-no-such-package", version="9.9.9",
+                 filename="automr_no_such_package-9.9.9-py3-none-any.whl", sha256="0" * 64)
+
+
+def test_offline_fetch_says_what_to_download_and_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(AutomrError) as error:
+        fetch_wheel(SPEC, tmp_path)
+    message = str(error.value)
+    assert SPEC.filename in message
+    assert str(tmp_path / "wheels" / SPEC.filename) in message
+    assert not any((tmp_path / "wheels").iterdir())  # nothing half-written
+
+
+def test_corrupt_cached_file_is_refused(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / SPEC.filename).write_bytes(b"not a wheel")
+    with pytest.raises(AutomrError, match="sha256"):
+        fetch_wheel(SPEC, tmp_path)
+
+
+def test_cached_file_with_the_right_hash_is_used_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    (tmp_path / "wheels").mkdir()
+    path = tmp_path / "wheels" / SPEC.filename
+    path.write_bytes(b"payload")
+    spec = WheelSpec(SPEC.name, SPEC.version, SPEC.filename, sha256_of(path))
+    assert fetch_wheel(spec, tmp_path) == path
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target) as work:
+        (work / "half.json").write_text("{")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as work:
+        (work / "done.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["done.json"]

@@ -1,0 +1,161 @@
+"""The layer split is exact: upper(lower(x)) equals the full model, padded or not, cached or not."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from jaxtyping import TypeCheckError
+
+from automr.interfaces import SplitLLM
+from automr.llm import HFSplitLLM, LayerState
+from automr.llm.decoding import prefill, step
+from automr.testing.tiny import TINY_VOCAB
+
+ARCHS = ["llama", "qwen2"]
+NUM_LAYERS = 3
+token = st.integers(min_value=3, max_value=TINY_VOCAB - 1)
+sequences = st.lists(st.lists(token, min_size=1, max_size=9), min_size=1, max_size=3)
+
+
+def pad(seqs: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad with token 2 on the given side; returns ids and a 0/1 mask."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), 2, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def alone(model, seq: list[int]) -> torch.Tensor:
+    """The plain computation: the full model on one unpadded sequence."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([seq])).logits[0]
+
+
+def test_hf_split_is_a_split_llm(tiny_models):
+    assert isinstance(HFSplitLLM(tiny_models["llama"]), SplitLLM)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
+def test_upper_of_lower_equals_full_model(tiny_models, arch, seqs, layer, side):
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    ids, mask = pad(seqs, side)
+    with torch.no_grad():
+        logits = llm.upper(llm.lower(ids, mask, layer))
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        batched = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], batched[real], rtol=1e-5, atol=1e-5)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row][real[row]], alone(model, seq), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
+def test_logits_at_selected_positions(tiny_models, arch, seqs, layer, side):
+    llm = HFSplitLLM(tiny_models[arch])
+    ids, mask = pad(seqs, side)
+    with torch.no_grad():
+        state = llm.lower(ids, mask, layer)
+        full = llm.upper(state)
+        last = state.last_positions()
+        selected = llm.upper(state, logits_at=last)
+    torch.testing.assert_close(selected[:, 0], full[torch.arange(len(seqs)), last[:, 0]])
+    for row, seq in enumerate(seqs):
+        assert ids[row, last[row, 0]] == seq[-1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@given(
+    seqs=st.lists(st.lists(token, min_size=2, max_size=10), min_size=1, max_size=3),
+    layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]),
+    split=st.integers(1, 9),
+)
+def test_incremental_decoding_equals_full_forward(tiny_models, arch, seqs, layer, side, split):
+    """Prefill a prefix, then feed the rest token by token through both halves' caches."""
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    cut = min(split, min(map(len, seqs)) - 1)
+    ids, mask = pad([seq[:cut] for seq in seqs], side)
+    decoding = prefill(llm, ids, mask, layer)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(decoding.logits[row], alone(model, seq[:cut])[-1], rtol=1e-5,
+                                   atol=1e-5)
+    for offset in range(cut, min(map(len, seqs))):
+        step(llm, decoding, torch.tensor([seq[offset] for seq in seqs]))
+        for row, seq in enumerate(seqs):
+            expected = alone(model, seq[: offset + 1])[-1]
+            torch.testing.assert_close(decoding.logits[row], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@given(prefix=st.lists(token, min_size=0, max_size=4), seq=st.lists(token, min_size=1, max_size=8))
+def test_inserted_positions_at_layer_zero_equal_a_longer_prompt(tiny_models, arch, prefix, seq):
+    """Embeddings inserted before the prompt at layer 0 act exactly like extra prompt tokens.
+
+    With ``prefix`` empty this is the identity: inserting zero positions changes nothing.
+    """
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    with torch.no_grad():
+        state = llm.lower(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long), 0)
+        inserted = llm.embed(torch.tensor([prefix], dtype=torch.long))
+        combined = LayerState(
+            hidden=torch.cat([inserted, state.hidden], 1),
+            mask=torch.cat([torch.ones(1, len(prefix), dtype=torch.bool), state.mask], 1),
+            layer=0,
+        )
+        logits = llm.upper(combined)[0, len(prefix):]
+    torch.testing.assert_close(logits, alone(model, prefix + seq)[len(prefix):], rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@given(seq=st.lists(token, min_size=1, max_size=8), extra=st.integers(0, 4),
+       layer=st.integers(0, NUM_LAYERS), where=st.integers(0, 8))
+def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, where):
+    """Masked positions inserted anywhere (start, middle, end) leave the logits unchanged.
+
+    In the middle this also checks positions: they must count real tokens only.
+    """
+    llm = HFSplitLLM(tiny_models[arch])
+    where = min(where, len(seq))
+    with torch.no_grad():
+        state = llm.lower(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long), layer)
+        junk = torch.full((1, extra, llm.hidden_size), 3.0)
+        off = torch.zeros(1, extra, dtype=torch.bool)
+        hidden, mask = state.hidden, state.mask
+        combined = LayerState(
+            hidden=torch.cat([hidden[:, :where], junk, hidden[:, where:]], 1),
+            mask=torch.cat([mask[:, :where], off, mask[:, where:]], 1), layer=layer,
+        )
+        logits = llm.upper(combined)[combined.mask]
+        expected = llm.upper(state)[0]
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_shapes_are_rejected(tiny_models):
+    llm = HFSplitLLM(tiny_models["llama"])
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(TypeCheckError):
+        llm.lower(ids, torch.ones(1, 4, dtype=torch.long), 1)  # mask longer than ids
+    with pytest.raises(TypeCheckError):
+        llm.lower(ids[0], torch.ones(3, dtype=torch.long), 1)  # missing batch axis
+    state = llm.lower(ids, torch.ones(1, 3, dtype=torch.long), 1)
+    with pytest.raises(TypeCheckError):
+        llm.upper(state, logits_at=torch.tensor([0]))  # positions need [batch k]
+    with pytest.raises(ValueError, match="disagree"):
+        LayerState(hidden=state.hidden, mask=torch.ones(1, 2, dtype=torch.bool), layer=1)
+
+
+def test_layer_out_of_range_is_a_clear_error(tiny_models):
+    from automr.errors import AutomrError
+
+    llm = HFSplitLLM(tiny_models["llama"])
+    with pytest.raises(AutomrError, match=r"outside 0\.\.3"):
+        llm.lower(torch.tensor([[5]]), torch.ones(1, 1, dtype=torch.long), 4)
