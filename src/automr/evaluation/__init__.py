@@ -1,0 +1,51 @@
+"""Full-ranking evaluation: target ranks, Recall/NDCG@K, bootstrap intervals, paired comparisons.
+
+Typical use::
+
+    ranks = ranks_from_scores(scores, targets)          # [batch items] scores -> [batch] ranks
+    report = build_report("sasrec", sample_ids, ranks, n_items)
+    report.save("results/sasrec.json")
+    diffs = compare_reports(MetricReport.load("results/automr.json"), report)
+"""
+
+from automr.evaluation.bootstrap import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    Interval,
+    PairedDifference,
+    bootstrap_ci,
+    paired_bootstrap,
+)
+from automr.evaluation.metrics import (
+    DEFAULT_KS,
+    mean_metrics,
+    metric_names,
+    ndcg_at_k,
+    per_sample_metrics,
+    rank_in_list,
+    ranks_from_scores,
+    recall_at_k,
+    seen_mask,
+)
+from automr.evaluation.report import MetricReport, build_report, compare_reports
+
+__all__ = [
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_KS",
+    "DEFAULT_RESAMPLES",
+    "Interval",
+    "MetricReport",
+    "PairedDifference",
+    "bootstrap_ci",
+    "build_report",
+    "compare_reports",
+    "mean_metrics",
+    "metric_names",
+    "ndcg_at_k",
+    "paired_bootstrap",
+    "per_sample_metrics",
+    "rank_in_list",
+    "ranks_from_scores",
+    "recall_at_k",
+    "seen_mask",
+]

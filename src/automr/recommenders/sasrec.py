@@ -1,0 +1,424 @@
+"""SASRec (Kang & McAuley, 2018): the self-attentive sequential baseline of the paper (§5.1.2).
+
+Item ids are ints ``1..n_items``; ``0`` is padding. A history is a list of item ids, oldest
+first. The model embeds the last ``max_len`` items (item embedding scaled by sqrt(hidden),
+plus a learned positional embedding), runs ``n_blocks`` pre-LayerNorm blocks of causal
+multi-head self-attention and a point-wise feed-forward layer (each with dropout and a
+residual), and scores item ``i`` at position ``t`` by the dot product of the position's output
+with item ``i``'s embedding (shared input/output embeddings, as in the original).
+
+Layout choices:
+
+- Histories are *left*-padded, and positions count back from the most recent item (position 0
+  is the newest). This is the original's layout (it left-pads every sequence to ``max_len``
+  with positions 1..max_len, so the newest item always has the last position) while letting a
+  batch be padded only to its own longest history. Padding keys are masked out of attention,
+  so a history's scores do not depend on what it is batched with.
+- Pre-LN blocks with a final LayerNorm (the original normalises the query only; pre-LN
+  trains more stably and is what later re-implementations use).
+- Training follows the paper: binary cross-entropy with one sampled negative per position
+  (uniform over all items except that position's positive), Adam, and early stopping on
+  validation Recall@``valid_k`` with ``patience`` epochs, restoring the best weights.
+
+Defaults sit in the paper's search space (lr in {1e-2, 1e-3, 1e-4}, batch in {256, ..., 2048})
+and the original's Amazon settings (hidden 50-64, 2 blocks, 1 head, dropout 0.2, max_len 50;
+use ``max_len=100`` to see the paper's whole capped sequence).
+"""
+
+import copy
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, final
+
+import attrs
+import torch
+import torch.nn.functional as F
+from attrs import validators as v
+from beartype import beartype
+from einops import rearrange
+from jaxtyping import Float, Int, jaxtyped
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from automr.errors import AutomrError
+from automr.evaluation.metrics import ranks_from_scores
+
+SASREC_FORMAT: Final = "automr.sasrec/1"
+CONFIG_FILE: Final = "config.json"
+WEIGHTS_FILE: Final = "model.safetensors"
+PAD: Final = 0
+
+EvalSample = tuple[Sequence[int], int]
+"""An evaluation sample: (history item ids, oldest -> newest; target item id)."""
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class SASRecConfig:
+    """Architecture and training hyperparameters of SASRec (defaults: see the module docstring)."""
+
+    hidden: int = attrs.field(default=64, validator=v.gt(0))
+    n_blocks: int = attrs.field(default=2, validator=v.ge(1))
+    n_heads: int = attrs.field(default=1, validator=v.ge(1))
+    dropout: float = attrs.field(default=0.2, validator=[v.ge(0.0), v.lt(1.0)])
+    max_len: int = attrs.field(default=50, validator=v.ge(1))
+    lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    batch_size: int = attrs.field(default=256, validator=v.ge(1))
+    max_epochs: int = attrs.field(default=200, validator=v.ge(1))
+    patience: int = attrs.field(default=10, validator=v.ge(1))
+    """Stop after this many validations without a strictly better Recall@``valid_k``."""
+    valid_k: int = attrs.field(default=1, validator=v.ge(1))
+    """Early stopping watches validation Recall@``valid_k`` (the paper: Recall@1)."""
+    eval_batch_size: int = attrs.field(default=512, validator=v.ge(1))
+    seed: int = 0
+    """Seeds initialisation, dropout, shuffling and negative sampling."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.hidden % self.n_heads:
+            raise AutomrError(
+                f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})"
+            )
+
+
+@beartype
+@attrs.frozen
+class SASRecTrainingLog:
+    """What happened during training: per-epoch loss and validation Recall@K, and the best epoch.
+
+    ``best_epoch`` is 1-based (0 = no validation samples, the last weights are kept).
+    """
+
+    losses: tuple[float, ...]
+    valid_recall: tuple[float, ...]
+    best_epoch: int
+    best_valid_recall: float
+    stopped_early: bool
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block: causal self-attention then a point-wise feed-forward layer."""
+
+    def __init__(self, hidden: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.attn_dropout = dropout
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attend: Tensor) -> Tensor:
+        q, k, val = rearrange(
+            self.qkv(self.attn_norm(x)), "b s (three h d) -> three b h s d", three=3, h=self.n_heads
+        )
+        attn = F.scaled_dot_product_attention(
+            q, k, val, attn_mask=attend, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        x = x + self.dropout(self.out(rearrange(attn, "b h s d -> b s (h d)")))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+@final
+class SASRec(nn.Module):
+    """A SASRec model over items ``1..n_items`` (see the module docstring for the layout)."""
+
+    def __init__(self, config: SASRecConfig, n_items: int) -> None:
+        super().__init__()
+        if n_items < 2:
+            raise AutomrError(f"SASRec needs at least 2 items, got n_items={n_items}")
+        self.config = config
+        self.n_items = n_items
+        self.item_emb = nn.Embedding(n_items + 1, config.hidden, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(config.max_len, config.hidden)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            _Block(config.hidden, config.n_heads, config.dropout) for _ in range(config.n_blocks)
+        )
+        self.final_norm = nn.LayerNorm(config.hidden, eps=1e-8)
+        for name, param in self.named_parameters():
+            if param.dim() == 2:  # xavier-normal weights, as in the reference implementation
+                nn.init.xavier_normal_(param)
+            elif name.endswith("bias"):
+                nn.init.zeros_(param)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+
+    @jaxtyped(typechecker=beartype)
+    def encode(self, items: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq hidden"]:
+        """Output states of left-padded histories (0 = padding); position ``t`` sees items ``<= t``.
+
+        Padded positions attend only to themselves (so nothing is NaN) and are zeroed after
+        every block; real positions never attend to padding.
+        """
+        seq = items.shape[1]
+        if seq > self.config.max_len:
+            raise AutomrError(f"histories longer than max_len={self.config.max_len}: {seq}")
+        real = items != PAD
+        if not bool((real[:, 1:] >= real[:, :-1]).all()):
+            raise AutomrError("histories must be left-padded (padding id 0 only before items)")
+        recency = torch.arange(seq - 1, -1, -1, device=items.device)
+        x = self.item_emb(items) * math.sqrt(self.config.hidden) + self.pos_emb(recency)
+        keep = real[..., None].to(x.dtype)
+        x = self.emb_dropout(x) * keep
+        eye = torch.eye(seq, dtype=torch.bool, device=items.device)
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=items.device).tril()
+        attend = (causal & (real[:, None, :] | eye))[:, None]  # [batch 1 seq seq], True = attend
+        for block in self.blocks:
+            x = block(x, attend) * keep
+        return self.final_norm(x)
+
+    @jaxtyped(typechecker=beartype)
+    def forward(self, items: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch items"]:
+        """Scores of every catalog column for the next item after each left-padded history.
+
+        Column ``i`` is item id ``i``; column 0 (padding) is ``-inf`` so it never outranks a
+        real item. Pass the matrix and the target ids straight to ``ranks_from_scores``.
+        """
+        last = self.encode(items)[:, -1]
+        scores = last @ self.item_emb.weight.T
+        scores[:, PAD] = -torch.inf
+        return scores
+
+    @jaxtyped(typechecker=beartype)
+    def score(self, histories: Sequence[Sequence[int]]) -> Float[Tensor, "batch items"]:
+        """Full-ranking scores ``[len(histories), n_items + 1]`` (column = item id, 0 = ``-inf``).
+
+        Runs in eval mode without gradients; histories are truncated to their last ``max_len``
+        items and left-padded to the longest one in the batch.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                items = pad_histories(histories, self.config.max_len, self.n_items)
+                return self(items.to(self.item_emb.weight.device))
+        finally:
+            self.train(was_training)
+
+    def save(self, directory: Path | str) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": SASREC_FORMAT,
+            "n_items": self.n_items,
+            "config": attrs.asdict(self.config),
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        state = {k: t.detach().cpu().contiguous() for k, t in self.state_dict().items()}
+        save_file(state, directory / WEIGHTS_FILE,
+                  metadata={"format": SASREC_FORMAT, "n_items": str(self.n_items)})
+
+    @classmethod
+    def load(cls, directory: Path | str, device: str | torch.device = "cpu") -> "SASRec":
+        """Rebuild a model written by :meth:`save` (in eval mode, on ``device``)."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise AutomrError(
+                f"{directory} is not a saved SASRec model: expected {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE} (write them with SASRec.save)"
+            )
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != SASREC_FORMAT:
+            raise AutomrError(f"{config_path} has format {meta.get('format')!r}, "
+                              f"expected {SASREC_FORMAT!r}")
+        model = cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"]))
+        model.load_state_dict(load_file(weights_path))
+        return model.to(device).eval()
+
+
+@jaxtyped(typechecker=beartype)
+def pad_histories(
+    histories: Sequence[Sequence[int]], max_len: int, n_items: int
+) -> Int[Tensor, "batch seq"]:
+    """Keep each history's last ``max_len`` ids and left-pad with 0 to the longest kept length."""
+    if not histories:
+        raise AutomrError("no histories to pad")
+    kept = [list(h)[-max_len:] for h in histories]
+    if any(not h for h in kept):
+        raise AutomrError("every history needs at least one item")
+    _check_ids(kept, n_items)
+    seq = max(len(h) for h in kept)
+    return torch.tensor([[PAD] * (seq - len(h)) + h for h in kept], dtype=torch.long)
+
+
+@beartype
+def train_sasrec(
+    train_sequences: Sequence[Sequence[int]],
+    valid_samples: Sequence[EvalSample],
+    config: SASRecConfig,
+    *,
+    n_items: int | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+) -> SASRec:
+    """Train SASRec on per-user item sequences and return the best model on validation.
+
+    ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
+    position after the first is a next-item target. ``valid_samples``: (history, target)
+    pairs scored with full ranking each epoch for early stopping (empty = train all
+    ``max_epochs`` and keep the last weights). ``n_items`` defaults to the largest id seen.
+    """
+    return fit_sasrec(
+        train_sequences, valid_samples, config, n_items=n_items, device=device, quiet=quiet
+    )[0]
+
+
+@beartype
+def fit_sasrec(
+    train_sequences: Sequence[Sequence[int]],
+    valid_samples: Sequence[EvalSample],
+    config: SASRecConfig,
+    *,
+    n_items: int | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+) -> tuple[SASRec, SASRecTrainingLog]:
+    """:func:`train_sasrec` that also returns the :class:`SASRecTrainingLog`."""
+    seen_ids = [i for s in train_sequences for i in s]
+    seen_ids += [i for h, t in valid_samples for i in (*h, t)]
+    n_items = n_items if n_items is not None else max(seen_ids, default=0)
+    inputs, positives = _training_tensors(train_sequences, config.max_len, n_items)
+    if valid_samples:
+        _check_ids([[t] for _, t in valid_samples], n_items)
+    device = torch.device(device)
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):  # leave the caller's global RNG untouched
+        torch.manual_seed(config.seed)
+        model = SASRec(config, n_items).to(device)
+        log = _train_loop(model, inputs.to(device), positives.to(device), valid_samples, quiet)
+    return model.eval(), log
+
+
+def _train_loop(
+    model: SASRec, inputs: Tensor, positives: Tensor, valid: Sequence[EvalSample], quiet: bool
+) -> SASRecTrainingLog:
+    config = model.config
+    generator = torch.Generator(device=inputs.device).manual_seed(config.seed)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    losses: list[float] = []
+    recalls: list[float] = []
+    best_recall, best_epoch, best_state, stale = -1.0, 0, None, 0
+    columns = (TextColumn("SASRec {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, disable=quiet) as progress:
+        task = progress.add_task("training", total=config.max_epochs)
+        for epoch in range(1, config.max_epochs + 1):
+            losses.append(_train_epoch(model, optimizer, inputs, positives, generator))
+            status = f"epoch {epoch} loss {losses[-1]:.4f}"
+            if valid:
+                recalls.append(validation_recall(model, valid, config.valid_k,
+                                                 config.eval_batch_size))
+                if recalls[-1] > best_recall:
+                    best_recall, best_epoch, stale = recalls[-1], epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+                status += (f" valid R@{config.valid_k} {recalls[-1]:.4f}"
+                           f" (best {best_recall:.4f} @ {best_epoch})")
+            progress.update(task, advance=1, description=status)
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return SASRecTrainingLog(
+        losses=tuple(losses),
+        valid_recall=tuple(recalls),
+        best_epoch=best_epoch,
+        best_valid_recall=max(best_recall, 0.0),
+        stopped_early=len(losses) < config.max_epochs,
+    )
+
+
+def _train_epoch(
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    positives: Tensor,
+    generator: torch.Generator,
+) -> float:
+    """One shuffled pass; BCE on (positive, one sampled negative) at every real position."""
+    model.train()
+    order = torch.randperm(inputs.shape[0], generator=generator, device=inputs.device)
+    total, count = 0.0, 0
+    for start in range(0, len(order), model.config.batch_size):
+        rows = order[start : start + model.config.batch_size]
+        batch_in, batch_pos = inputs[rows], positives[rows]
+        first = int((batch_in != PAD).any(dim=0).nonzero()[0])  # drop all-padding columns
+        batch_in, batch_pos = batch_in[:, first:], batch_pos[:, first:]
+        negatives = sample_negatives(batch_pos, model.n_items, generator)
+        states = model.encode(batch_in)
+        real = batch_pos != PAD
+        pos_logit = (states * model.item_emb(batch_pos)).sum(-1)[real]
+        neg_logit = (states * model.item_emb(negatives)).sum(-1)[real]
+        loss = (F.softplus(-pos_logit) + F.softplus(neg_logit)).mean()  # BCE with logits
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * int(real.sum())
+        count += int(real.sum())
+    return total / max(count, 1)
+
+
+@jaxtyped(typechecker=beartype)
+def sample_negatives(
+    positives: Int[Tensor, "batch seq"], n_items: int, generator: torch.Generator
+) -> Int[Tensor, "batch seq"]:
+    """One negative per position, uniform over items ``1..n_items`` other than the positive.
+
+    Draws ``r`` uniformly from ``1..n_items-1`` and shifts it up by one where ``r >= positive``,
+    which skips exactly the positive. (Padding positions get some valid id; they are unused.)
+    """
+    draws = torch.randint(1, n_items, positives.shape, generator=generator,
+                          device=positives.device)
+    return draws + (draws >= positives).long()
+
+
+@beartype
+def validation_recall(
+    model: SASRec, samples: Sequence[EvalSample], k: int, batch_size: int = 512
+) -> float:
+    """Mean full-ranking Recall@``k`` of ``model`` on (history, target) samples."""
+    hits = 0
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        scores = model.score([h for h, _ in chunk])
+        targets = torch.tensor([t for _, t in chunk], dtype=torch.long, device=scores.device)
+        hits += int((ranks_from_scores(scores, targets) < k).sum())
+    return hits / len(samples)
+
+
+def _training_tensors(
+    sequences: Sequence[Sequence[int]], max_len: int, n_items: int
+) -> tuple[Tensor, Tensor]:
+    """Left-padded ``[users, max_len]`` inputs and next-item targets (users with >= 2 items)."""
+    kept = [list(s)[-(max_len + 1) :] for s in sequences if len(s) >= 2]
+    if not kept:
+        raise AutomrError("SASRec needs at least one training sequence with 2 or more items")
+    _check_ids(kept, n_items)
+    inputs = torch.zeros(len(kept), max_len, dtype=torch.long)
+    positives = torch.zeros(len(kept), max_len, dtype=torch.long)
+    for row, seq in enumerate(kept):
+        n = len(seq) - 1
+        inputs[row, max_len - n :] = torch.tensor(seq[:-1])
+        positives[row, max_len - n :] = torch.tensor(seq[1:])
+    return inputs, positives
+
+
+def _check_ids(sequences: Sequence[Sequence[int]], n_items: int) -> None:
+    bad = [i for s in sequences for i in s if not 1 <= i <= n_items]
+    if bad:
+        raise AutomrError(
+            f"item ids must lie in 1..{n_items} (0 is padding); found e.g. {bad[:5]}"
+        )

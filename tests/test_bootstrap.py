@@ -1,0 +1,106 @@
+"""Bootstrap intervals: invariants on drawn data, calibration against the normal approximation."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from automr.errors import AutomrError
+from automr.evaluation import bootstrap
+from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+
+values_strategy = st.lists(
+    st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False), min_size=1, max_size=60
+)
+
+
+def _t(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@settings(max_examples=60)
+@given(values=values_strategy, seed=st.integers(0, 2**31))
+def test_interval_contains_the_mean(values: list[float], seed: int) -> None:
+    interval = bootstrap_ci(_t(values), n_resamples=400, seed=seed)
+    assert interval.mean == pytest.approx(sum(values) / len(values), abs=1e-12)
+    assert interval.low - 1e-12 <= interval.mean <= interval.high + 1e-12
+    assert 0.0 <= interval.low <= interval.high <= 1.0
+
+
+@given(value=st.floats(-10, 10, allow_nan=False), n=st.integers(1, 50))
+def test_constant_data_collapses_to_a_point(value: float, n: int) -> None:
+    interval = bootstrap_ci(_t([value] * n), n_resamples=200)
+    assert interval.mean == pytest.approx(value, abs=1e-12)
+    assert interval.high - interval.low <= 1e-12
+    assert interval.low == pytest.approx(value, abs=1e-12)
+
+
+@given(values=values_strategy, seed=st.integers(0, 2**31))
+def test_paired_bootstrap_with_itself_is_zero(values: list[float], seed: int) -> None:
+    diff = paired_bootstrap(_t(values), _t(values), n_resamples=200, seed=seed)
+    assert (diff.mean, diff.low, diff.high) == (0.0, 0.0, 0.0)
+    assert diff.share_leq_zero == 1.0  # every resample's difference is 0, i.e. <= 0
+    assert diff.n_samples == len(values)
+
+
+@given(values=values_strategy, shift=st.floats(0.01, 1.0))
+def test_paired_bootstrap_of_a_uniform_improvement(values: list[float], shift: float) -> None:
+    better = [v + shift for v in values]
+    diff = paired_bootstrap(_t(better), _t(values), n_resamples=200)
+    assert diff.mean == pytest.approx(shift, abs=1e-9)
+    assert diff.low == pytest.approx(shift, abs=1e-9)
+    assert diff.high == pytest.approx(shift, abs=1e-9)
+    assert diff.share_leq_zero == 0.0
+    reverse = paired_bootstrap(_t(values), _t(better), n_resamples=200)
+    assert reverse.share_leq_zero == 1.0
+
+
+def test_seeded_and_reproducible() -> None:
+    values = _t([float(i % 5 == 0) for i in range(100)])
+    assert bootstrap_ci(values, seed=7) == bootstrap_ci(values, seed=7)
+    assert bootstrap_ci(values, seed=7) != bootstrap_ci(values, seed=8)
+
+
+def test_width_matches_the_normal_approximation() -> None:
+    """For Bernoulli(0.3) data the 95% interval is about mean +- 1.96 * sd / sqrt(n)."""
+    n = 2000
+    values = (torch.rand(n, generator=torch.Generator().manual_seed(1)) < 0.3).double()
+    interval = bootstrap_ci(values, n_resamples=2000, seed=0)
+    p = float(values.mean())
+    half_width = 1.96 * math.sqrt(p * (1 - p) / n)
+    assert interval.high - interval.low == pytest.approx(2 * half_width, rel=0.12)
+    assert (interval.low + interval.high) / 2 == pytest.approx(p, abs=0.2 * half_width)
+
+
+def test_pairing_removes_shared_sample_difficulty() -> None:
+    """Two methods that share per-sample difficulty differ with a much tighter paired interval."""
+    gen = torch.Generator().manual_seed(0)
+    difficulty = torch.rand(500, generator=gen, dtype=torch.float64)
+    a = difficulty + 0.02 + 0.01 * torch.rand(500, generator=gen, dtype=torch.float64)
+    b = difficulty
+    paired = paired_bootstrap(a, b, n_resamples=500)
+    separate = bootstrap_ci(a, n_resamples=500)
+    assert paired.high - paired.low < 0.1 * (separate.high - separate.low)
+    assert paired.share_leq_zero == 0.0
+
+
+def test_blocked_resamples_give_valid_intervals(monkeypatch) -> None:
+    """Large sample counts are resampled in row blocks; results stay valid and reproducible."""
+    monkeypatch.setattr(bootstrap, "_BLOCK_ELEMENTS", 64)
+    values = _t([float(i % 4 == 0) for i in range(50)])  # one row per block
+    first = bootstrap_ci(values, n_resamples=300, seed=5)
+    assert first == bootstrap_ci(values, n_resamples=300, seed=5)
+    assert first.low < first.mean < first.high
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(AutomrError, match="zero samples"):
+        bootstrap_ci(_t([]))
+    with pytest.raises(AutomrError, match="n_resamples"):
+        bootstrap_ci(_t([1.0]), n_resamples=0)
+    with pytest.raises(AutomrError, match="confidence"):
+        bootstrap_ci(_t([1.0]), confidence=1.0)
+    with pytest.raises(Exception, match="batch"):  # different sample counts
+        paired_bootstrap(_t([1.0, 2.0]), _t([1.0]))
