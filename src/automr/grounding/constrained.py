@@ -1,0 +1,55 @@
+"""Constrained decoding: beam search over a trie of catalog titles, so every beam is an item."""
+
+import attrs
+import torch
+from beartype import beartype
+from jaxtyping import Float, Int, jaxtyped
+from torch import Tensor
+
+from automr.grounding.targets import CatalogTargets
+from automr.interfaces import Insert, SplitLLM
+from automr.llm.beam import TokenTrie, beam_search
+from automr.types import TokenIds, TokenMask
+
+
+@attrs.define
+class ConstrainedGrounder:
+    """The ``num_beams`` titles found by trie-constrained beam search come first, ordered by
+    their exact sequence log-probability (title tokens + EOS); the rest of the catalog follows,
+    ordered by L2 distance to the top beam's title embedding (the BIGRec grounding space), or
+    by catalog index when no embeddings are given.
+    """
+
+    targets: CatalogTargets
+    catalog_embeddings: Float[Tensor, "items hidden"] | None = None
+    num_beams: int = 10
+    trie: TokenTrie = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.trie = self.targets.trie()
+
+    @jaxtyped(typechecker=beartype)
+    def rank(
+        self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        insert: Insert | None = None,
+    ) -> Int[Tensor, "batch items"]:
+        longest = max(map(len, self.targets.token_ids))
+        beams = beam_search(llm, input_ids, attention_mask, layer, num_beams=self.num_beams,
+                            max_new_tokens=longest, eos_token_id=self.targets.eos_token_id,
+                            trie=self.trie, insert=insert)
+        n_items = len(self.targets)
+        rankings = []
+        for hyps in beams:
+            found = [self.trie.value(h.tokens) for h in hyps]
+            found = [i for i in found if i is not None]
+            rest = self._fallback_order(found[0] if found else None, n_items)
+            seen = set(found)
+            rankings.append(found + [i for i in rest if i not in seen])
+        return torch.tensor(rankings, dtype=torch.long)
+
+    def _fallback_order(self, anchor: int | None, n_items: int) -> list[int]:
+        if anchor is None or self.catalog_embeddings is None:
+            return list(range(n_items))
+        emb = self.catalog_embeddings
+        distances = torch.cdist(emb[anchor : anchor + 1], emb)[0]
+        return distances.argsort(stable=True).tolist()

@@ -1,0 +1,43 @@
+"""Text embeddings from the base LM (last layer, last token), as BIGRec's grounding uses."""
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from automr.llm.split import HFSplitLLM
+
+
+def base_model(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which a peft model runs without its adapter (a no-op for plain models)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_texts(
+    model: torch.nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 32,
+    progress=None,
+) -> Float[Tensor, "n hidden"]:
+    """The final-layer hidden state (after the final norm) at each text's last token.
+
+    Texts are tokenized without special tokens; batching with padding gives the same vectors
+    as one at a time (positions and masks come from the split's exact forward).
+    """
+    llm = HFSplitLLM(model)
+    vectors = []
+    with base_model(model):
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            batch = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt")
+            ids = batch["input_ids"].to(llm.device)
+            mask = batch["attention_mask"].to(llm.device)
+            state = llm.lower(ids, mask, 0)
+            hidden = llm.final_hidden(state)
+            last = state.last_positions()
+            vectors.append(hidden.gather(1, last[..., None].expand(-1, -1, hidden.shape[-1]))[:, 0])
+            if progress is not None:
+                progress(len(chunk))
+    return torch.cat(vectors).float()

@@ -1,0 +1,47 @@
+"""BIGRec's grounding: generate a title, then rank the catalog by L2 distance in embedding space."""
+
+import attrs
+import torch
+from beartype import beartype
+from jaxtyping import Float, Int, jaxtyped
+from torch import Tensor
+
+from automr.grounding.embedding import embed_texts
+from automr.interfaces import Insert, SplitLLM
+from automr.llm.beam import beam_search
+from automr.types import TokenIds, TokenMask
+
+
+@attrs.define
+class L2Grounder:
+    """Beam search (``num_beams``, BIGRec: 4) for the best title, then every catalog item ranked
+    by the L2 distance between its title embedding and the generated text's embedding, both
+    from the *base* model (adapter off, last layer, last token).
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    catalog_embeddings: Float[Tensor, "items hidden"]
+    num_beams: int = 4
+    max_new_tokens: int = 32
+
+    @jaxtyped(typechecker=beartype)
+    def rank(
+        self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        insert: Insert | None = None,
+    ) -> Int[Tensor, "batch items"]:
+        texts = self.generate(llm, input_ids, attention_mask, layer, insert)
+        generated = embed_texts(self.model, self.tokenizer, texts)
+        distances = torch.cdist(generated, self.catalog_embeddings.to(generated))
+        return distances.argsort(dim=1, stable=True)
+
+    def generate(
+        self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        insert: Insert | None = None,
+    ) -> list[str]:
+        """The top beam's text for each prompt (EOS dropped)."""
+        eos = self.tokenizer.eos_token_id
+        beams = beam_search(llm, input_ids, attention_mask, layer, num_beams=self.num_beams,
+                            max_new_tokens=self.max_new_tokens, eos_token_id=eos, insert=insert)
+        tokens = [[t for t in hyps[0].tokens if t != eos] if hyps else [] for hyps in beams]
+        return [text or " " for text in self.tokenizer.batch_decode(tokens)]

@@ -1,0 +1,45 @@
+"""Catalog titles as the generative recommender writes them: token ids per item, and a trie."""
+
+from collections.abc import Sequence
+
+import attrs
+from beartype import beartype
+
+from automr.llm.beam import TokenTrie
+
+
+@beartype
+@attrs.frozen
+class CatalogTargets:
+    """Each catalog item's response text and its token ids (title tokens + EOS).
+
+    Built the same way as training targets (the response tokenized without special tokens,
+    then EOS), so generation, constrained decoding and likelihood scoring all see the exact
+    token sequence the model was trained to produce. Index ``i`` is catalog item ``i``.
+    """
+
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    eos_token_id: int
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.texts) != len(self.token_ids):
+            raise ValueError("CatalogTargets: one token sequence per text")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def trie(self) -> TokenTrie:
+        """A trie over every item's tokens; its values are catalog indices."""
+        return TokenTrie(self.token_ids, list(range(len(self))))
+
+
+def catalog_targets(tokenizer, texts: Sequence[str]) -> CatalogTargets:
+    """Tokenize each response text (no special tokens) and append the tokenizer's EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token; generative grounding needs one")
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return CatalogTargets(
+        texts=tuple(texts), token_ids=tuple((*ids, eos) for ids in encoded), eos_token_id=eos
+    )

@@ -1,0 +1,103 @@
+"""Grounders rank the whole catalog exactly as the plain computations say."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from automr.grounding import (
+    ConstrainedGrounder,
+    L2Grounder,
+    LikelihoodGrounder,
+    catalog_targets,
+    embed_texts,
+)
+from automr.llm import HFSplitLLM
+from automr.llm.decoding import greedy_generate
+
+TITLES = ['"Heat (1995)"', '"Heat (1996)"', '"Toy Story (1995)"', '"Up"', '"U"']
+words = st.text(alphabet="abcdefgh ", min_size=1, max_size=8)
+
+
+def encode_prompts(tokenizer, prompts):
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def plain_scores(model, tokenizer, prompt: str, targets) -> torch.Tensor:
+    """log P(title + EOS | prompt) by one full forward per title."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    out = []
+    for title in targets.token_ids:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids + list(title)])).logits[0]
+        logp = torch.log_softmax(logits, -1)
+        out.append(sum(logp[len(prompt_ids) - 1 + j, t] for j, t in enumerate(title)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(prompts=st.lists(words, min_size=1, max_size=2), layer=st.integers(0, 3),
+       chunk=st.integers(1, 5))
+def test_likelihood_scores_equal_full_forwards(tiny_models, tokenizer, arch, prompts, layer,
+                                               chunk):
+    model = tiny_models[arch]
+    targets = catalog_targets(tokenizer, TITLES)
+    ids, mask = encode_prompts(tokenizer, prompts)
+    scores = LikelihoodGrounder(targets, chunk_size=chunk).scores(HFSplitLLM(model), ids, mask,
+                                                                  layer)
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(scores[row], plain_scores(model, tokenizer, prompt, targets),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(prompts=st.lists(words, min_size=1, max_size=2), layer=st.integers(0, 3))
+def test_constrained_with_enough_beams_is_the_likelihood_ranking(tiny_models, tokenizer, arch,
+                                                                 prompts, layer):
+    llm = HFSplitLLM(tiny_models[arch])
+    targets = catalog_targets(tokenizer, TITLES)
+    ids, mask = encode_prompts(tokenizer, prompts)
+    constrained = ConstrainedGrounder(targets, num_beams=len(TITLES)).rank(llm, ids, mask, layer)
+    scores = LikelihoodGrounder(targets).scores(llm, ids, mask, layer)
+    for row in range(len(prompts)):
+        ordered = scores[row][constrained[row]]
+        assert sorted(constrained[row].tolist()) == list(range(len(TITLES)))
+        assert (ordered[:-1] >= ordered[1:] - 1e-5).all(), ordered
+
+
+def test_constrained_fallback_follows_l2_distance_to_the_top_beam(tiny_models, tokenizer):
+    llm = HFSplitLLM(tiny_models["llama"])
+    targets = catalog_targets(tokenizer, TITLES)
+    embeddings = embed_texts(tiny_models["llama"], tokenizer, TITLES)
+    ids, mask = encode_prompts(tokenizer, ["abc"])
+    ranking = ConstrainedGrounder(targets, embeddings, num_beams=1).rank(llm, ids, mask, 1)[0]
+    top = int(ranking[0])
+    distances = torch.cdist(embeddings[top : top + 1], embeddings)[0]
+    assert ranking.tolist() == distances.argsort(stable=True).tolist()
+
+
+@given(texts=st.lists(words, min_size=1, max_size=5), batch=st.integers(1, 5))
+def test_text_embeddings_do_not_depend_on_batching(tiny_models, tokenizer, texts, batch):
+    tokenizer.padding_side = "right"
+    model = tiny_models["qwen2"]
+    batched = embed_texts(model, tokenizer, texts, batch_size=batch)
+    alone = torch.cat([embed_texts(model, tokenizer, [t]) for t in texts])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_l2_grounder_ranks_by_distance_to_the_generated_text(tiny_models, tokenizer):
+    model = tiny_models["llama"]
+    llm = HFSplitLLM(model)
+    embeddings = embed_texts(model, tokenizer, TITLES)
+    grounder = L2Grounder(model, tokenizer, embeddings, num_beams=1, max_new_tokens=4)
+    ids, mask = encode_prompts(tokenizer, ["ab", "hello"])
+    texts = grounder.generate(llm, ids, mask, 2)
+    greedy = greedy_generate(llm, ids, mask, 2, max_new_tokens=4, eos_token_id=2)
+    for row, text in enumerate(texts):
+        expected = tokenizer.decode([t for t in greedy[row].tolist() if t != 2])
+        assert text == (expected or " ")
+    ranking = grounder.rank(llm, ids, mask, 2)
+    distances = torch.cdist(embed_texts(model, tokenizer, texts), embeddings)
+    assert torch.equal(ranking, distances.argsort(dim=1, stable=True))
