@@ -1,0 +1,23 @@
+"""A content fingerprint of a prepared dataset, for the metadata of artifacts built from it."""
+
+import hashlib
+import json
+
+import attrs
+
+from automr.data.prepared import PreparedDataset
+
+
+def dataset_fingerprint(dataset: PreparedDataset) -> str:
+    """sha256 over the source files' hashes, the protocol, the split times and the catalog.
+
+    Input paths are left out, so the same data prepared from two places has one fingerprint.
+    """
+    payload = {
+        "source": [dataset.source.kind, dataset.source.domain, dict(dataset.source.fingerprints)],
+        "protocol": dataset.protocol.to_json(),
+        "boundaries": attrs.asdict(dataset.boundaries),
+        "catalog": [[item.id, item.title] for item in dataset.catalog],
+        "interactions": len(dataset.interactions),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

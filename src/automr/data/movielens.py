@@ -1,0 +1,209 @@
+"""MovieLens-100K: from the RecBole wheel (default, fetched into the cache) or a GroupLens folder.
+
+Both layouts give the same catalog: display titles ``"Title (Year)"``, items with an empty or
+placeholder title (``unknown``; RecBole spells it ``unkonwn``, item 267) skipped and counted,
+and the 18 pairs of items that share title *and* year (e.g. "Chasing Amy (1997)", ids 246 and
+268) merged into the first id, their interactions remapped. Same-title items of different years
+("Sabrina (1954)" / "Sabrina (1995)") stay apart, separated by the year in their title.
+"""
+
+import hashlib
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from automr.cache import WheelSpec, fetch_wheel
+from automr.data.catalog import Catalog, display_title, merge_duplicates, split_title_year
+from automr.data.reading import LineSource, bad_input, parse_unix_seconds
+from automr.data.records import Interaction, Item
+from automr.data.source import SkipCounter, SourceData, drop_skipped_items
+from automr.errors import AutomrError
+
+RECBOLE_WHEEL = WheelSpec(
+    name="recbole",
+    version="1.2.1",
+    filename="recbole-1.2.1-py3-none-any.whl",
+    sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+)
+RECBOLE_DIR = "recbole/dataset_example/ml-100k/"
+PLACEHOLDER_TITLES = frozenset({"", "unknown", "unkonwn"})
+GROUPLENS_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)
+
+# One parsed item row: (line number, id, base title, year or None, genres).
+_ItemRow = tuple[int, str, str, str | None, tuple[str, ...]]
+
+
+def load_movielens_100k(
+    cache_dir: Path | str | None = None, source: Path | str | None = None
+) -> SourceData:
+    """Load MovieLens-100K.
+
+    With ``source=None`` the RecBole 1.2.1 wheel is fetched (pip, ``--no-deps``, sha256
+    checked) into ``cache_dir`` and its ``ml-100k.inter`` / ``ml-100k.item`` are read from the
+    zip; recbole is never installed or imported. With ``source=DIR``, the original GroupLens
+    files ``DIR/u.data`` (tab-separated user, item, rating, time) and ``DIR/u.item``
+    (pipe-separated, latin-1, title with year) are read instead.
+    """
+    if source is not None:
+        return _load_grouplens(Path(source).expanduser())
+    wheel = fetch_wheel(RECBOLE_WHEEL, cache_dir)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            inter_bytes = zf.read(RECBOLE_DIR + "ml-100k.inter")
+            item_bytes = zf.read(RECBOLE_DIR + "ml-100k.item")
+    except (KeyError, zipfile.BadZipFile) as error:
+        raise AutomrError(f"{wheel} does not hold the ML-100K files ({error}). Delete it and "
+                          f"run again to download a fresh copy.") from None
+    item_name = f"{wheel.name}!{RECBOLE_DIR}ml-100k.item"
+    inter_name = f"{wheel.name}!{RECBOLE_DIR}ml-100k.inter"
+    rows = _recbole_items(item_name, _numbered(item_bytes))
+    interactions = _recbole_interactions(inter_name, _numbered(inter_bytes))
+    fingerprints = {
+        wheel.name: RECBOLE_WHEEL.sha256,
+        "ml-100k.inter": hashlib.sha256(inter_bytes).hexdigest(),
+        "ml-100k.item": hashlib.sha256(item_bytes).hexdigest(),
+    }
+    return _assemble(rows, item_name, interactions, inter_name, fingerprints, {"layout": "recbole"})
+
+
+def _numbered(data: bytes) -> list[tuple[int, str]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise AutomrError(f"RecBole ML-100K file is not UTF-8 ({error}); delete the cached "
+                          f"wheel and run again.") from None
+    return list(enumerate(text.splitlines(), start=1))
+
+
+def _header_columns(name: str, header: str, wanted: tuple[str, ...]) -> list[int]:
+    fields = [f.split(":")[0] for f in header.split("\t")]
+    missing = [w for w in wanted if w not in fields]
+    if missing:
+        raise bad_input(name, 1, f"header {header!r} lacks column(s) {missing}",
+                        "Use the RecBole atomic file from recbole 1.2.1")
+    return [fields.index(w) for w in wanted]
+
+
+def _recbole_items(name: str, lines: list[tuple[int, str]]) -> list[_ItemRow]:
+    if not lines:
+        raise bad_input(name, None, "file is empty", "Delete the cached wheel and run again")
+    cols = _header_columns(name, lines[0][1], ("item_id", "movie_title", "release_year",
+                                              "class"))
+    rows = []
+    for number, line in lines[1:]:
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) <= max(cols):
+            raise bad_input(name, number, f"expected {max(cols) + 1} tab-separated fields, got "
+                            f"{len(fields)}", "Delete the cached wheel and run again")
+        item_id, title, year, genres = (fields[c].strip() for c in cols)
+        rows.append((number, item_id, title, year or None, tuple(genres.split())))
+    return rows
+
+
+def _recbole_interactions(name: str, lines: list[tuple[int, str]]) -> list[tuple[int, Interaction]]:
+    if not lines:
+        raise bad_input(name, None, "file is empty", "Delete the cached wheel and run again")
+    cols = _header_columns(name, lines[0][1], ("user_id", "item_id", "timestamp"))
+    return _parse_interactions(name, lines[1:], "\t", cols, "Delete the cached wheel and run again")
+
+
+def _parse_interactions(
+    name: str, lines: Iterable[tuple[int, str]], sep: str, cols: list[int], fix: str
+) -> list[tuple[int, Interaction]]:
+    out = []
+    for number, line in lines:
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        if len(fields) <= max(cols):
+            raise bad_input(name, number, f"expected at least {max(cols) + 1} fields separated "
+                            f"by {sep!r}, got {len(fields)}", fix)
+        user, item, stamp = (fields[c].strip() for c in cols)
+        if not user or not item:
+            raise bad_input(name, number, "empty user or item id", fix)
+        try:
+            timestamp = parse_unix_seconds(stamp)
+        except ValueError:
+            raise bad_input(name, number, f"timestamp {stamp!r} is not Unix seconds",
+                            fix) from None
+        out.append((number, Interaction(user, item, timestamp)))
+    return out
+
+
+def _load_grouplens(folder: Path) -> SourceData:
+    data_path, item_path = folder / "u.data", folder / "u.item"
+    for path in (data_path, item_path):
+        if not path.is_file():
+            raise AutomrError(f"{path} not found: a GroupLens ML-100K folder holds u.data and "
+                              f"u.item (unzip ml-100k.zip from grouplens.org and pass that "
+                              f"folder), or leave out --source to use the RecBole copy.")
+    fix = "Use the original GroupLens ml-100k files"
+    item_lines = LineSource(item_path, encoding="latin-1")
+    rows = []
+    for number, line in item_lines:
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 5:
+            raise bad_input(item_path, number, f"expected 24 '|'-separated fields, got "
+                            f"{len(fields)}", fix)
+        base, year = split_title_year(fields[1])
+        date = fields[2].strip()
+        if year is None and date[-4:].isdigit():
+            year = date[-4:]
+        flags = fields[5:5 + len(GROUPLENS_GENRES)]
+        genres = tuple(g for g, f in zip(GROUPLENS_GENRES, flags, strict=False) if f == "1")
+        rows.append((number, fields[0].strip(), base, year, genres))
+    data_lines = LineSource(data_path, encoding="latin-1")
+    interactions = _parse_interactions(str(data_path), data_lines, "\t", [0, 1, 3], fix)
+    fingerprints = {"u.data": data_lines.sha256, "u.item": item_lines.sha256}
+    return _assemble(rows, str(item_path), interactions, str(data_path), fingerprints,
+                     {"layout": "grouplens", "source": str(folder)})
+
+
+def _assemble(
+    rows: list[_ItemRow],
+    item_name: str,
+    numbered: list[tuple[int, Interaction]],
+    inter_name: str,
+    fingerprints: dict[str, str],
+    options: dict[str, str],
+) -> SourceData:
+    skips = SkipCounter()
+    items: list[Item] = []
+    known: set[str] = set()
+    skipped_items: set[str] = set()
+    for number, item_id, base, year, genres in rows:
+        if not item_id:
+            raise bad_input(item_name, number, "empty item id", "Fix the items file")
+        if item_id in known or item_id in skipped_items:
+            raise bad_input(item_name, number, f"item id {item_id} listed twice",
+                            "Fix the items file")
+        if base.strip().lower() in PLACEHOLDER_TITLES:
+            skipped_items.add(item_id)
+            skips["items_empty_title"] += 1
+            continue
+        known.add(item_id)
+        extra = {"genres": "|".join(genres)}
+        if year is not None:
+            extra["year"] = year
+        items.append(Item(item_id, display_title(base, year), extra))
+    for number, inter in numbered:
+        if inter.item not in known and inter.item not in skipped_items:
+            raise bad_input(inter_name, number, f"item id {inter.item} is not in the items file",
+                            "Use matching interactions and items files")
+    interactions = drop_skipped_items([i for _, i in numbered], skipped_items, skips)
+    raw_users = len({i.user for _, i in numbered})
+    merged_items, merged_inters, report = merge_duplicates(items, interactions)
+    return SourceData(
+        kind="ml-100k", domain="movies", catalog=Catalog(merged_items),
+        interactions=merged_inters, raw_users=raw_users, raw_items=len(rows),
+        raw_interactions=len(numbered), merge=report, skipped=skips.as_dict(),
+        fingerprints=fingerprints, options=options,
+    )

@@ -1,0 +1,158 @@
+"""Source -> prepared dataset: window, filter, split, samples, statistics, folder.
+
+:func:`prepare_dataset` applies a :class:`ProtocolConfig` to any loaded source. The three
+``prepare_*`` functions are what ``automr data prepare <kind>`` calls, one per entry of
+:data:`DATASET_KINDS`, with the same parameters as the command.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+from beartype import beartype
+
+from automr.cache import atomic_dir
+from automr.data.amazon import load_amazon
+from automr.data.movielens import load_movielens_100k
+from automr.data.prepared import PreparedDataset, SourceInfo, is_prepared_dir
+from automr.data.protocol import ProtocolConfig, kcore_filter, resolve_boundaries, to_unix
+from automr.data.samples import build_samples, timeline_order
+from automr.data.source import SourceData
+from automr.data.stats import Counts, DatasetStats, memory_lengths
+from automr.data.tabular import load_csv
+from automr.errors import AutomrError
+
+
+def prepare_dataset(
+    source: SourceData, protocol: ProtocolConfig, out: Path | str | None = None
+) -> PreparedDataset:
+    """Apply ``protocol`` to ``source``; with ``out``, also write the dataset folder there.
+
+    Steps: keep interactions inside the window, k-core filter them (items first, then users),
+    build samples per split (:func:`automr.data.build_samples`), count everything. The folder
+    is written atomically: on any error nothing is left at ``out``.
+    """
+    target = _check_out(out)
+    boundaries = resolve_boundaries(protocol, source.interactions)
+    windowed = [i for i in source.interactions if boundaries.split_of(i.timestamp) is not None]
+    filtered = kcore_filter(windowed, protocol.min_item_interactions,
+                            protocol.min_user_interactions, protocol.iterative_filter)
+    interactions = timeline_order(filtered.interactions)
+    if not interactions:
+        raise AutomrError(
+            f"no interactions left after the window and filtering ({len(windowed)} in the "
+            f"window; items need >= {protocol.min_item_interactions}, users >= "
+            f"{protocol.min_user_interactions}). Lower the thresholds or widen the window.")
+    samples = build_samples(interactions, boundaries, protocol)
+    kept_items = {i.item for i in interactions}
+    stats = DatasetStats(
+        users=source.raw_users, items=source.raw_items, interactions=source.raw_interactions,
+        merged_items=source.merge.merged_items,
+        remapped_interactions=source.merge.remapped_interactions,
+        skipped=dict(source.skipped),
+        loaded=Counts(len({i.user for i in source.interactions}), len(source.catalog),
+                      len(source.interactions)),
+        outside_window=len(source.interactions) - len(windowed),
+        filtered=Counts(len({i.user for i in interactions}), len(kept_items), len(interactions)),
+        filter_rounds=filtered.rounds,
+        samples={split: len(rows) for split, rows in samples.items()},
+        memory_length=memory_lengths(samples),
+        window=boundaries.to_json(),
+    )
+    dataset = PreparedDataset(
+        catalog=source.catalog.subset(kept_items), interactions=interactions, protocol=protocol,
+        boundaries=boundaries, stats=stats,
+        source=SourceInfo(source.kind, source.domain, source.fingerprints, source.options),
+        samples=dict(samples),
+    )
+    if target is not None:
+        with atomic_dir(target) as tmp:
+            dataset.save(tmp)
+        dataset = attrs.evolve(dataset, path=target)
+    return dataset
+
+
+def _check_out(out: Path | str | None) -> Path | None:
+    if out is None:
+        return None
+    target = Path(out).expanduser()
+    if target.exists() and not (is_prepared_dir(target) or
+                                (target.is_dir() and not any(target.iterdir()))):
+        raise AutomrError(f"{target} exists and is not a prepared dataset; refusing to replace "
+                          f"it. Pass a new folder to --out (or delete that one).")
+    return target
+
+
+def prepare_movielens_100k(
+    out: Path | str | None,
+    *,
+    cache_dir: Path | str | None = None,
+    source: Path | str | None = None,
+    protocol: ProtocolConfig | None = None,
+) -> PreparedDataset:
+    """MovieLens-100K (RecBole wheel, or the GroupLens folder ``source``) -> prepared dataset.
+    Default protocol: :meth:`ProtocolConfig.movielens_100k`."""
+    _check_out(out)
+    data = load_movielens_100k(cache_dir=cache_dir, source=source)
+    return prepare_dataset(data, protocol or ProtocolConfig.movielens_100k(), out)
+
+
+def prepare_amazon(
+    reviews: Path | str,
+    meta: Path | str,
+    out: Path | str | None,
+    *,
+    protocol: ProtocolConfig | None = None,
+    domain: str = "items",
+    merge_same_title: bool = False,
+    progress: bool = False,
+) -> PreparedDataset:
+    """Amazon Reviews 2018 files -> prepared dataset (default protocol: the paper's 2017).
+    Reviews outside the protocol's window are dropped while streaming."""
+    _check_out(out)
+    protocol = protocol or ProtocolConfig.amazon_2017()
+    data = load_amazon(
+        reviews, meta,
+        start=to_unix(protocol.start) if protocol.start is not None else None,
+        end=to_unix(protocol.end) if protocol.end is not None else None,
+        domain=domain, merge_same_title=merge_same_title, progress=progress,
+    )
+    return prepare_dataset(data, protocol, out)
+
+
+def prepare_csv(
+    interactions: Path | str,
+    items: Path | str,
+    out: Path | str | None,
+    *,
+    protocol: ProtocolConfig | None = None,
+    domain: str = "items",
+    merge_same_title: bool = False,
+    progress: bool = False,
+) -> PreparedDataset:
+    """Generic CSV/TSV files -> prepared dataset (default: whole range, 10 training months)."""
+    _check_out(out)
+    data = load_csv(interactions, items, domain=domain, merge_same_title=merge_same_title,
+                    progress=progress)
+    return prepare_dataset(data, protocol or ProtocolConfig(start=None, end=None), out)
+
+
+@beartype
+@attrs.frozen
+class DatasetKind:
+    """One dataset kind the CLI exposes: its preparer, protocol defaults and prompt domain."""
+
+    description: str
+    prepare: Callable[..., PreparedDataset]
+    protocol: ProtocolConfig
+    domain: str
+
+
+DATASET_KINDS: dict[str, DatasetKind] = {
+    "ml-100k": DatasetKind("MovieLens-100K (RecBole wheel or a GroupLens folder)",
+                           prepare_movielens_100k, ProtocolConfig.movielens_100k(), "movies"),
+    "amazon": DatasetKind("Amazon Reviews 2018: reviews + metadata JSON lines (.gz ok)",
+                          prepare_amazon, ProtocolConfig.amazon_2017(), "items"),
+    "csv": DatasetKind("generic CSV/TSV: interactions (user,item,timestamp) + items (item,title)",
+                       prepare_csv, ProtocolConfig(start=None, end=None), "items"),
+}

@@ -1,0 +1,163 @@
+"""BIGRec-style prompts and their tokenization (no model involved).
+
+The prompt is Alpaca-style: a fixed preamble, ``### Instruction:`` (recommend a new item),
+``### Input:`` listing the recent K titles, oldest first, each in double quotes
+(``The user has watched the following movies before: "T1", "T2"``), and ``### Response:``;
+the target is the quoted title of the next item (``"Toy Story (1995)"``).
+
+Tokenization encodes the prompt and the target *separately* and concatenates the ids, so the
+target's token boundaries are exact and identical wherever the same title is scored, trained on
+or generated. The prompt gets the tokenizer's usual special tokens (e.g. Llama's BOS); the
+target gets none. An EOS is appended after the target by default (``add_eos=True``) so the model
+learns to stop; it is part of ``labels`` but not of ``target_span`` (title tokens only).
+"""
+
+from collections.abc import Sequence
+
+import attrs
+from beartype import beartype
+
+from automr.data.catalog import Catalog
+from automr.data.records import Sample
+
+IGNORE_INDEX = -100
+ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that "
+                 "provides further context. Write a response that appropriately completes the "
+                 "request.")
+
+
+@beartype
+@attrs.frozen
+class PromptConfig:
+    """Template strings for the BIGRec prompt.
+
+    Placeholders: ``{plural}``, ``{singular}``, ``{verb}`` (domain words) in ``instruction`` and
+    ``history``; ``{titles}`` (the joined quoted titles) in ``history``; ``{title}`` in
+    ``title_format`` and ``response``; ``{header}``, ``{instruction}``, ``{input}`` in ``layout``.
+    """
+
+    plural: str = "movies"
+    singular: str = "movie"
+    verb: str = "watched"
+    header: str = ALPACA_HEADER
+    instruction: str = ("Given a list of {plural} the user has {verb} before, please recommend "
+                        "a new {singular} that the user likes to the user.")
+    history: str = "The user has {verb} the following {plural} before: {titles}"
+    title_format: str = '"{title}"'
+    separator: str = ", "
+    response: str = '"{title}"'
+    layout: str = ("{header}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+                   "### Response:\n")
+
+    def __attrs_post_init__(self) -> None:
+        words = {"plural": "x", "singular": "x", "verb": "x"}
+        checks = [("instruction", self.instruction, words),
+                  ("history", self.history, {**words, "titles": "x"}),
+                  ("title_format", self.title_format, {"title": "x"}),
+                  ("response", self.response, {"title": "x"}),
+                  ("layout", self.layout, {"header": "", "instruction": "", "input": ""})]
+        for name, template, fields in checks:
+            try:
+                template.format(**fields)
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(f"{name} template {template!r} is invalid: {error!r}; allowed "
+                                 f"placeholders are {sorted(fields)}") from None
+
+
+PROMPT_DOMAINS: dict[str, PromptConfig] = {
+    "movies": PromptConfig(),
+    "books": PromptConfig(plural="books", singular="book", verb="read"),
+    "games": PromptConfig(plural="video games", singular="video game", verb="played"),
+    "items": PromptConfig(plural="items", singular="item", verb="interacted with"),
+}
+
+
+def prompt_config(domain: str) -> PromptConfig:
+    """The preset for ``domain`` (one of :data:`PROMPT_DOMAINS`)."""
+    if domain not in PROMPT_DOMAINS:
+        raise KeyError(f"unknown prompt domain {domain!r}; known: {sorted(PROMPT_DOMAINS)}")
+    return PROMPT_DOMAINS[domain]
+
+
+def format_prompt(titles: Sequence[str], config: PromptConfig = PromptConfig()) -> str:
+    """The full prompt text for a history of ``titles`` (oldest first), ending where the
+    response starts."""
+    words = {"plural": config.plural, "singular": config.singular, "verb": config.verb}
+    joined = config.separator.join(config.title_format.format(title=t) for t in titles)
+    return config.layout.format(
+        header=config.header,
+        instruction=config.instruction.format(**words),
+        input=config.history.format(titles=joined, **words),
+    )
+
+
+def format_target(title: str, config: PromptConfig = PromptConfig()) -> str:
+    """The response text for ``title`` (BIGRec: the title in double quotes)."""
+    return config.response.format(title=title)
+
+
+def sample_texts(
+    sample: Sample, catalog: Catalog, config: PromptConfig = PromptConfig()
+) -> tuple[str, str]:
+    """``(prompt, target)`` for a sample: its recent items' titles and its target's title."""
+    return (format_prompt(catalog.titles(sample.recent), config),
+            format_target(catalog.title(sample.target), config))
+
+
+@beartype
+@attrs.frozen
+class TokenizedExample:
+    """Token ids of one prompt + target.
+
+    ``input_ids = prompt_ids + target_ids (+ [eos_id])``; ``target_span`` is the half-open range
+    of the title's tokens inside ``input_ids``; ``labels`` is ``IGNORE_INDEX`` on the prompt and
+    the ids on the target and EOS (the usual causal-LM training labels, unshifted).
+    """
+
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+    eos_id: int | None = None
+
+    @property
+    def input_ids(self) -> tuple[int, ...]:
+        eos = (self.eos_id,) if self.eos_id is not None else ()
+        return self.prompt_ids + self.target_ids + eos
+
+    @property
+    def target_span(self) -> tuple[int, int]:
+        start = len(self.prompt_ids)
+        return start, start + len(self.target_ids)
+
+    @property
+    def target_mask(self) -> tuple[bool, ...]:
+        """True exactly on the title's tokens (not on the prompt, not on the EOS)."""
+        start, end = self.target_span
+        return tuple(start <= i < end for i in range(len(self.input_ids)))
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        return (IGNORE_INDEX,) * len(self.prompt_ids) + self.input_ids[len(self.prompt_ids):]
+
+
+def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = True
+                     ) -> TokenizedExample:
+    """Tokenize ``prompt`` (with the tokenizer's special tokens) and ``target`` (without)
+    separately; append the EOS if ``add_eos`` and the tokenizer has one.
+
+    ``tokenizer`` is any Hugging Face tokenizer (callable returning ``input_ids``).
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing")
+    eos = tokenizer.eos_token_id if add_eos else None
+    return TokenizedExample(tuple(prompt_ids), tuple(target_ids), eos)
+
+
+def tokenize_sample(
+    tokenizer, sample: Sample, catalog: Catalog, config: PromptConfig = PromptConfig(),
+    *, add_eos: bool = True,
+) -> TokenizedExample:
+    """:func:`sample_texts` then :func:`tokenize_example`."""
+    prompt, target = sample_texts(sample, catalog, config)
+    return tokenize_example(tokenizer, prompt, target, add_eos=add_eos)

@@ -1,0 +1,148 @@
+"""Streaming file reading shared by the loaders: plain or gzipped text, line numbers,
+sha256 fingerprints computed on the fly, an optional rich progress bar, timestamp parsing,
+and errors that name the file and line.
+"""
+
+import contextlib
+import datetime as dt
+import gzip
+import hashlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from automr.errors import AutomrError
+
+
+def where(path: Path | str, line: int | None = None) -> str:
+    """``"reviews.json.gz line 17"``: the location part of an error message."""
+    return f"{path} line {line}" if line is not None else str(path)
+
+
+def bad_input(path: Path | str, line: int | None, problem: str, fix: str) -> AutomrError:
+    """An :class:`AutomrError` that says what is wrong, where (file and line) and how to fix it."""
+    return AutomrError(f"{where(path, line)}: {problem}. {fix}")
+
+
+def require_file(path: Path | str, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AutomrError(f"{what} file {path} does not exist (or is not a file). "
+                          f"Check the path you passed.")
+    return path
+
+
+class _HashingReader(io.RawIOBase):
+    """Wraps a binary file: hashes every byte read and reports progress."""
+
+    def __init__(self, raw: io.BufferedReader, progress: Progress | None, task: int | None):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.progress = progress
+        self.task = task
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = self.raw.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+            if self.progress is not None and self.task is not None:
+                self.progress.advance(self.task, n)
+        return n or 0
+
+
+class LineSource:
+    """Iterate ``(line_number, text)`` over a text file, gzip-transparent (by magic bytes).
+
+    After a complete pass, :attr:`sha256` is the sha256 of the file's bytes on disk (the
+    compressed bytes for ``.gz``), so fingerprinting costs no second read.
+    """
+
+    def __init__(self, path: Path, encoding: str = "utf-8", progress: Progress | None = None):
+        self.path = path
+        self.encoding = encoding
+        self.progress = progress
+        self._sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            raise RuntimeError("sha256 is known only after a complete pass over the file")
+        return self._sha256
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(self.path.name, total=self.path.stat().st_size)
+        with self.path.open("rb") as raw:
+            hashing = _HashingReader(raw, self.progress, task)
+            buffered = io.BufferedReader(hashing, buffer_size=1 << 20)
+            is_gz = buffered.peek(2)[:2] == b"\x1f\x8b"
+            binary = gzip.GzipFile(fileobj=buffered) if is_gz else buffered
+            text = io.TextIOWrapper(binary, encoding=self.encoding, newline=None)
+            try:
+                for number, line in enumerate(text, start=1):
+                    yield number, line.rstrip("\n")
+            except UnicodeDecodeError as error:
+                raise bad_input(self.path, None, f"not valid {self.encoding} text ({error})",
+                                f"Save the file as {self.encoding}") from None
+            except (OSError, EOFError) as error:  # truncated / corrupt gzip
+                raise bad_input(self.path, None, f"could not be read ({error})",
+                                "Download the file again") from None
+            # Drain whatever the text layer did not need so the hash covers the whole file.
+            while hashing.read(1 << 20):
+                pass
+        self._sha256 = hashing.digest.hexdigest()
+        if self.progress is not None and task is not None:
+            self.progress.remove_task(task)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[Progress | None]:
+    """A transient rich progress bar (bytes read per file) on stderr, or None if disabled."""
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+    with progress:
+        yield progress
+
+
+def parse_unix_seconds(text: str) -> int:
+    """Unix seconds from ``"881250949"`` / ``"881250949.0"`` (ValueError otherwise)."""
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        raise ValueError(f"not a whole number of seconds: {text!r}")
+    return int(value)
+
+
+def parse_timestamp(text: str) -> int:
+    """Unix seconds from an integer/float second count or an ISO 8601 date/datetime.
+
+    ISO values without a timezone are taken as UTC (``2017-03-05`` -> midnight UTC).
+    """
+    text = text.strip()
+    try:
+        return parse_unix_seconds(text)
+    except ValueError:
+        pass
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return int(parsed.timestamp())

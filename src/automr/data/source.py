@@ -1,0 +1,77 @@
+"""What a loader returns: the items and interactions of one source, before the protocol.
+
+Every loader (MovieLens, Amazon, generic CSV) produces a :class:`SourceData`: a catalog (after
+merging exact duplicates and skipping unusable items), interactions in file order (remapped to
+kept ids), the raw counts *before* anything was dropped or merged, the counted skips, and a
+sha256 fingerprint of every input file.
+"""
+
+from collections import Counter
+from collections.abc import Mapping
+
+import attrs
+from beartype import beartype
+
+from automr.data.catalog import Catalog, MergeReport
+from automr.data.records import Interaction
+
+
+class SkipCounter(Counter):
+    """Counts records a loader dropped on purpose, by reason (saved as ``stats["skipped"]``).
+
+    Reasons used by the loaders:
+
+    - ``items_empty_title``: an item whose title is empty (or a placeholder such as
+      MovieLens' ``unknown``) - the recommender could never name it;
+    - ``interactions_of_skipped_items``: interactions with such an item;
+    - ``interactions_without_metadata`` (Amazon): reviews of an ASIN absent from the metadata;
+    - ``duplicate_metadata`` (Amazon): repeated metadata lines for one ASIN (first one kept);
+    - ``duplicate_reviews`` (Amazon): the same reviewer, ASIN and time more than once;
+    - ``reviews_outside_window`` (Amazon): reviews outside the protocol's time window,
+      dropped while streaming so a multi-GB file never sits in memory.
+    """
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in sorted(self.items()) if v}
+
+
+@beartype
+@attrs.frozen
+class SourceData:
+    """One loaded source, ready for the protocol (:func:`automr.data.prepare_dataset`).
+
+    ``raw_users`` / ``raw_items`` / ``raw_interactions`` count the input as read, before
+    merging, skipping and filtering (ML-100K: 943 / 1682 / 100000). ``fingerprints`` maps each
+    input's name to its sha256. ``domain`` names the prompt vocabulary (``"movies"``, ``"books"``)
+    and ``kind`` the loader (``"ml-100k"``, ``"amazon"``, ``"csv"``).
+    """
+
+    kind: str
+    domain: str
+    catalog: Catalog
+    interactions: tuple[Interaction, ...]
+    raw_users: int
+    raw_items: int
+    raw_interactions: int
+    merge: MergeReport = attrs.field(factory=MergeReport)
+    skipped: Mapping[str, int] = attrs.field(factory=dict, converter=dict)
+    fingerprints: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    options: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+
+    def __attrs_post_init__(self) -> None:
+        unknown = {i.item for i in self.interactions if i.item not in self.catalog}
+        if unknown:
+            raise ValueError(f"interactions refer to items missing from the catalog: "
+                             f"{sorted(unknown)[:5]}")
+
+
+def drop_skipped_items(
+    interactions: list[Interaction], skipped_items: set[str], skips: SkipCounter
+) -> list[Interaction]:
+    """Interactions without those of ``skipped_items`` (counted as
+    ``interactions_of_skipped_items``)."""
+    if not skipped_items:
+        return interactions
+    kept = [i for i in interactions if i.item not in skipped_items]
+    skips["interactions_of_skipped_items"] += len(interactions) - len(kept)
+    return kept

@@ -1,0 +1,112 @@
+"""Dataset statistics: what was read, merged, skipped, filtered and turned into samples.
+
+Saved as ``stats.json``; the top-level ``users`` / ``items`` / ``interactions`` are the *raw*
+counts (before merging, skipping, windowing and filtering), ``samples`` holds the per-split
+sample counts.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+from beartype import beartype
+
+from automr.data.records import Sample
+
+
+@beartype
+@attrs.frozen
+class Counts:
+    users: int
+    items: int
+    interactions: int
+
+
+@beartype
+@attrs.frozen
+class LengthStats:
+    """Mean and max of a length (memory size per sample)."""
+
+    mean: float
+    max: int
+
+    @classmethod
+    def of(cls, lengths: Sequence[int]) -> "LengthStats":
+        if not lengths:
+            return cls(0.0, 0)
+        return cls(round(sum(lengths) / len(lengths), 3), max(lengths))
+
+
+@beartype
+@attrs.frozen
+class DatasetStats:
+    """Every count a prepared dataset reports.
+
+    - ``users`` / ``items`` / ``interactions``: raw, as read from the source;
+    - ``merged_items``: item ids merged into another with the same title (and year);
+      ``remapped_interactions``: interactions that now point at the kept id;
+    - ``skipped``: records dropped on purpose, by reason (see ``SkipCounter``);
+    - ``loaded``: catalog and interactions after skips and merging (what the protocol starts
+      from); ``outside_window``: loaded interactions outside the protocol's window;
+    - ``filtered``: users / items / interactions after k-core filtering, ``filter_rounds``;
+    - ``samples``: samples per split; ``memory_length``: memory size per split (mean/max);
+    - ``window``: the split times (ISO 8601, UTC).
+    """
+
+    users: int
+    items: int
+    interactions: int
+    merged_items: int
+    remapped_interactions: int
+    skipped: Mapping[str, int]
+    loaded: Counts
+    outside_window: int
+    filtered: Counts
+    filter_rounds: int
+    samples: Mapping[str, int]
+    memory_length: Mapping[str, LengthStats]
+    window: Mapping[str, str]
+
+    def to_json(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> "DatasetStats":
+        values = dict(data)
+        values["loaded"] = Counts(**values["loaded"])  # type: ignore[arg-type]
+        values["filtered"] = Counts(**values["filtered"])  # type: ignore[arg-type]
+        values["memory_length"] = {k: LengthStats(**v)  # type: ignore[arg-type]
+                                   for k, v in values["memory_length"].items()}  # type: ignore[union-attr]
+        return cls(**values)  # type: ignore[arg-type]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """``(label, value)`` rows for a printed table, in reading order."""
+        f, lo, w = self.filtered, self.loaded, self.window
+        rows = [
+            ("raw users / items / interactions",
+             f"{self.users:,} / {self.items:,} / {self.interactions:,}"),
+            ("merged duplicate items", f"{self.merged_items:,}"),
+            ("remapped interactions", f"{self.remapped_interactions:,}"),
+        ]
+        rows += [(f"skipped {reason}", f"{count:,}") for reason, count in self.skipped.items()]
+        rows += [
+            ("loaded items / interactions", f"{lo.items:,} / {lo.interactions:,}"),
+            ("outside the time window", f"{self.outside_window:,}"),
+            ("filtered users / items / interactions",
+             f"{f.users:,} / {f.items:,} / {f.interactions:,}"),
+            ("filter rounds", str(self.filter_rounds)),
+            ("train from", w["start"]),
+            ("valid from", w["train_end"]),
+            ("test from", w["valid_end"]),
+            ("window end (exclusive)", w["end"]),
+        ]
+        rows += [(f"samples {split}", f"{n:,}") for split, n in self.samples.items()]
+        rows += [(f"memory length {split} (mean / max)", f"{m.mean:.1f} / {m.max}")
+                 for split, m in self.memory_length.items()]
+        return rows
+
+
+def memory_lengths(samples: Mapping[str, Sequence[Sample]]) -> dict[str, LengthStats]:
+    """Per split and ``"all"``: mean / max memory size."""
+    out = {split: LengthStats.of([len(s.memory) for s in rows]) for split, rows in samples.items()}
+    out["all"] = LengthStats.of([len(s.memory) for rows in samples.values() for s in rows])
+    return out

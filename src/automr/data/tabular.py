@@ -1,0 +1,133 @@
+"""The generic format: one interactions file and one items file, CSV or TSV, with headers.
+
+- ``interactions``: columns ``user``, ``item``, ``timestamp`` (any order, more columns
+  ignored). ``timestamp`` is Unix seconds (``1500000000`` or ``1500000000.0``) or ISO 8601
+  (``2017-07-14`` or ``2017-07-14T02:40:00``; no timezone means UTC).
+- ``items``: columns ``item`` and ``title``; every other column is kept in ``Item.extra``.
+
+The delimiter follows the extension: ``.csv`` -> comma, ``.tsv`` / ``.tab`` -> tab, each
+optionally gzipped (``.csv.gz``). Fields follow :mod:`csv` quoting (titles with commas go in
+double quotes). Items with an empty title are skipped and counted with their interactions; an
+interaction whose item is not in the items file, a missing column, a short row or a bad
+timestamp is an error naming the file and line.
+"""
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+from automr.data.catalog import Catalog, MergeReport, merge_duplicates
+from automr.data.reading import LineSource, bad_input, parse_timestamp, progress_bar, require_file
+from automr.data.records import Interaction, Item
+from automr.data.source import SkipCounter, SourceData, drop_skipped_items
+from automr.errors import AutomrError
+
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_FIX = "See docs/data.md for the generic CSV/TSV format"
+
+
+def delimiter_for(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in DELIMITERS:
+        raise AutomrError(f"{path}: cannot tell the delimiter from the extension; name the file "
+                          f"*.csv (comma) or *.tsv (tab), optionally with .gz.")
+    return DELIMITERS[suffixes[-1]]
+
+
+def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line_number, {column: value})`` per data row; header checked first."""
+    delimiter = delimiter_for(source.path)
+    lines = iter(source)
+    numbers: list[int] = []
+
+    def text() -> Iterator[str]:
+        for number, line in lines:
+            numbers.append(number)
+            yield line + "\n"
+
+    reader = csv.reader(text(), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise bad_input(source.path, None, "file is empty (a header row is required)",
+                        _FIX) from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}", _FIX)
+    try:
+        for row in reader:
+            number = numbers[-1]
+            if not row or all(not f.strip() for f in row):
+                continue
+            if len(row) != len(header):
+                raise bad_input(source.path, number, f"expected {len(header)} fields, got "
+                                f"{len(row)}", _FIX)
+            yield number, {h: v.strip() for h, v in zip(header, row, strict=True)}
+    except csv.Error as error:
+        raise bad_input(source.path, numbers[-1], f"malformed CSV ({error})", _FIX) from None
+
+
+def load_csv(
+    interactions: Path | str,
+    items: Path | str,
+    *,
+    domain: str = "items",
+    merge_same_title: bool = False,
+    progress: bool = False,
+) -> SourceData:
+    """Load the generic CSV/TSV format (module docstring). ``merge_same_title=True`` merges
+    items with identical titles into the first one listed."""
+    inter_path = require_file(interactions, "interactions")
+    item_path = require_file(items, "items")
+    skips = SkipCounter()
+    with progress_bar(progress) as bar:
+        item_lines = LineSource(item_path, progress=bar)
+        catalog_items: list[Item] = []
+        known: set[str] = set()
+        empty: set[str] = set()
+        raw_items = 0
+        for number, row in _rows(item_lines, ("item", "title")):
+            raw_items += 1
+            item_id = row.pop("item")
+            title = " ".join(row.pop("title").split())
+            if not item_id:
+                raise bad_input(item_path, number, "empty item id", _FIX)
+            if item_id in known or item_id in empty:
+                raise bad_input(item_path, number, f"item id {item_id!r} listed twice", _FIX)
+            if not title:
+                empty.add(item_id)
+                skips["items_empty_title"] += 1
+                continue
+            known.add(item_id)
+            catalog_items.append(Item(item_id, title, row))
+        inter_lines = LineSource(inter_path, progress=bar)
+        records: list[Interaction] = []
+        for number, row in _rows(inter_lines, ("user", "item", "timestamp")):
+            user, item, stamp = row["user"], row["item"], row["timestamp"]
+            if not user or not item:
+                raise bad_input(inter_path, number, "empty user or item", _FIX)
+            if item not in known and item not in empty:
+                raise bad_input(inter_path, number, f"item {item!r} is not in {item_path.name}",
+                                "Add it to the items file or remove the interaction")
+            try:
+                timestamp = parse_timestamp(stamp)
+            except ValueError:
+                raise bad_input(inter_path, number, f"timestamp {stamp!r} is neither Unix "
+                                f"seconds nor an ISO 8601 date/time", _FIX) from None
+            records.append(Interaction(user, item, timestamp))
+    raw_users = len({r.user for r in records})
+    raw_interactions = len(records)
+    records = drop_skipped_items(records, empty, skips)
+    report = MergeReport()
+    if merge_same_title:
+        catalog_items, records, report = merge_duplicates(catalog_items, records)
+    return SourceData(
+        kind="csv", domain=domain, catalog=Catalog(tuple(catalog_items)),
+        interactions=tuple(records), raw_users=raw_users, raw_items=raw_items,
+        raw_interactions=raw_interactions, merge=report, skipped=skips.as_dict(),
+        fingerprints={inter_path.name: inter_lines.sha256, item_path.name: item_lines.sha256},
+        options={"interactions": str(inter_path), "items": str(item_path),
+                 "merge_same_title": str(merge_same_title).lower()},
+    )

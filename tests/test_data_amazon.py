@@ -1,0 +1,147 @@
+"""The Amazon Reviews 2018 loader on small files in the real format, plain and gzipped."""
+
+import datetime as dt
+import gzip
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+
+from automr.cache import sha256_of
+from automr.data import PreparedDataset, ProtocolConfig, load_amazon, prepare_amazon
+from automr.data.protocol import to_unix
+from automr.errors import AutomrError
+
+DAY = 86_400
+JAN_2017 = to_unix(dt.date(2017, 1, 1))
+
+
+def review(user: str, asin: str, t: int) -> dict:
+    """One line as in e.g. ``Books.json.gz`` (2018): extra fields the loader ignores."""
+    return {"overall": 5.0, "verified": True, "reviewTime": "01 2, 2017", "reviewerID": user,
+            "asin": asin, "style": {"Format:": " Paperback"}, "reviewerName": "R",
+            "reviewText": "Loved it, \"really\".", "summary": "Great", "unixReviewTime": t}
+
+
+def meta(asin: str, title: str) -> dict:
+    return {"category": ["Books"], "tech1": "", "description": ["..."], "title": title,
+            "also_buy": ["B000"], "brand": "Someone", "rank": "1 in Books", "main_cat": "Books",
+            "price": "$9.99", "asin": asin}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    data = "".join(line + "\n" for line in lines).encode()
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def small_category(folder: Path, gz: bool) -> tuple[Path, Path]:
+    """4 users x 9 reviews over 8 books across 2017, plus the edge cases the loader handles."""
+    ext = ".json.gz" if gz else ".json"
+    lines = []
+    for u in range(4):
+        for k, day in enumerate((0, 40, 80, 120, 160, 200, 240, 310, 345)):
+            # 7 reviews in train (Jan-Oct), one in validation (Nov), one in test (Dec).
+            lines.append(json.dumps(review(f"U{u}", f"B{(u + k) % 8}", JAN_2017 + (day + u) * DAY)))
+    lines.append(json.dumps(review("U0", "B0", JAN_2017)))  # exact duplicate of U0's first
+    lines.append(json.dumps(review("U9", "B1", JAN_2017 - DAY)))  # 2016: outside the window
+    lines.append(json.dumps(review("U1", "NOMETA", JAN_2017 + 3 * DAY)))  # no metadata
+    lines.append(json.dumps(review("U2", "EMPTY", JAN_2017 + 3 * DAY)))  # empty title
+    lines.append("")  # blank lines are ignored
+    reviews = write_lines(folder / f"reviews{ext}", lines)
+    metas = [json.dumps(meta(f"B{i}", f"Book {i} &amp; Co")) for i in range(1, 8)]
+    # A Python-literal line (some 2018 metadata files), with a title in double quotes.
+    metas.append(repr(meta("B0", "Harry's Book &quot;Zero&quot;")))
+    metas.append(json.dumps(meta("B3", "Book 3 again")))  # repeated asin: first one kept
+    metas.append(json.dumps(meta("EMPTY", "  ")))
+    metas.append(json.dumps(meta("UNUSED", "Never reviewed")))
+    return reviews, write_lines(folder / f"meta{ext}", metas)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_small_category(tmp_path, gz):
+    reviews, metas = small_category(tmp_path, gz)
+    src = load_amazon(reviews, metas, start=JAN_2017, end=to_unix(dt.date(2018, 1, 1)),
+                      progress=gz)
+    assert src.catalog.title("B0") == 'Harry\'s Book "Zero"'
+    assert src.catalog.title("B1") == "Book 1 & Co"
+    assert src.catalog.title("B3") == "Book 3 & Co"
+    assert "UNUSED" not in src.catalog and "EMPTY" not in src.catalog
+    assert src.skipped == {
+        "duplicate_metadata": 1, "duplicate_reviews": 1, "interactions_of_skipped_items": 1,
+        "interactions_without_metadata": 1, "items_empty_title": 1,
+        "reviews_outside_window": 1}
+    assert (src.raw_users, src.raw_items, src.raw_interactions) == (4, 10, 39)
+    assert len(src.interactions) == 36
+    assert src.fingerprints == {reviews.name: sha256_of(reviews), metas.name: sha256_of(metas)}
+
+
+def test_plain_and_gzipped_give_the_same_data(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = load_amazon(*small_category(tmp_path / "a", gz=False))
+    zipped = load_amazon(*small_category(tmp_path / "b", gz=True))
+    assert plain.catalog == zipped.catalog and plain.interactions == zipped.interactions
+
+
+def test_prepare_amazon_end_to_end(tmp_path):
+    reviews, metas = small_category(tmp_path, gz=True)
+    protocol = attrs.evolve(ProtocolConfig.amazon_2017(), min_user_interactions=3,
+                            min_item_interactions=1, recent_k=2, max_history=5)
+    out = tmp_path / "prepared"
+    dataset = prepare_amazon(reviews, metas, out, protocol=protocol, domain="books")
+    # Every review after a user's first two is a sample (K = 2).
+    assert dataset.stats.samples == {"train": 4 * 5, "valid": 4, "test": 4}
+    assert dataset.source.domain == "books"
+    again = PreparedDataset.load(out)
+    for split in ("train", "valid", "test"):
+        assert again.samples(split) == dataset.samples(split)
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["fingerprints"][reviews.name] == dataset.source.fingerprints[
+        reviews.name]
+    assert config["protocol"]["start"] == "2017-01-01"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("{not json", "line 2: not a JSON object"),
+    (json.dumps({"reviewerID": "U", "unixReviewTime": 1490000000}),
+     "line 2: missing field.s. asin"),
+    (json.dumps(review("U", "B1", 0) | {"unixReviewTime": "soon"}),
+     "line 2: unixReviewTime 'soon' is not Unix seconds"),
+    (json.dumps(review("", "B1", 1490000000)), "line 2: reviewerID and asin must be non-empty"),
+    ("[1, 2]", "line 2: not a JSON object"),
+])
+def test_bad_review_lines(tmp_path, line, message):
+    reviews = write_lines(tmp_path / "r.json.gz",
+                          [json.dumps(review("U", "B1", 1490000000)), line])
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "t"))])
+    out = tmp_path / "out"
+    with pytest.raises(AutomrError, match=rf"r\.json\.gz {message}"):
+        prepare_amazon(reviews, metas, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "r.json.gz"]
+
+
+def test_bad_meta_lines(tmp_path):
+    reviews = write_lines(tmp_path / "r.json", [json.dumps(review("U", "B1", 1490000000))])
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "t")), '{"title": "x"}'])
+    with pytest.raises(AutomrError, match=r"m\.json line 2: missing or empty field asin"):
+        load_amazon(reviews, metas)
+    metas = write_lines(tmp_path / "m.json", ["{'asin': 'B1', 'title': oops}"])
+    with pytest.raises(AutomrError, match=r"m\.json line 1: not a JSON object or Python dict"):
+        load_amazon(reviews, metas)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "t"))])
+    with pytest.raises(AutomrError, match="does not exist"):
+        load_amazon(tmp_path / "nope.json", metas)
+    broken = tmp_path / "r.json.gz"
+    data = "".join(json.dumps(review(f"U{i}", "B1", 1490000000)) + "\n" for i in range(500))
+    full = gzip.compress(data.encode())
+    broken.write_bytes(full[: len(full) // 2])
+    with pytest.raises(AutomrError, match="could not be read"):
+        load_amazon(broken, metas)

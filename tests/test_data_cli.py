@@ -1,0 +1,70 @@
+"""``automr data ...`` through Typer's CliRunner."""
+
+import json
+
+from typer.testing import CliRunner
+
+from automr.cli.main import app
+
+runner = CliRunner()
+
+
+def test_prepare_ml_100k(tmp_path):
+    out = tmp_path / "ml"
+    result = runner.invoke(app, ["data", "prepare", "ml-100k", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100_000)
+    assert set(stats["samples"]) == {"train", "valid", "test"}
+    assert stats["merged_items"] == 18
+    assert {"skipped", "filtered", "memory_length", "window"} <= set(stats)
+    assert "943 / 1,682 / 100,000" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["protocol"]["train_months"] == 6 and config["source"]["kind"] == "ml-100k"
+    shown = runner.invoke(app, ["data", "stats", str(out)])
+    assert shown.exit_code == 0 and "samples train" in shown.output
+
+
+def test_protocol_options_reach_the_library(tmp_path):
+    inter = tmp_path / "i.tsv"
+    inter.write_text("user\titem\ttimestamp\n" + "".join(
+        f"u{u}\tm{k % 4}\t{1577836800 + (10 * k + u) * 86400}\n"
+        for u in range(2) for k in range(10)))
+    items = tmp_path / "t.tsv"
+    items.write_text("item\ttitle\n" + "".join(f"m{i}\tMovie {i}\n" for i in range(4)))
+    out = tmp_path / "p"
+    result = runner.invoke(app, [
+        "data", "prepare", "csv", "--interactions", str(inter), "--items", str(items),
+        "--out", str(out), "--train-months", "2", "--min-item-interactions", "1",
+        "--min-user-interactions", "2", "--recent-k", "3", "--max-history", "5",
+        "--single-pass-filter", "--domain", "movies"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["protocol"] == {
+        "start": None, "end": None, "train_months": 2, "min_item_interactions": 1,
+        "min_user_interactions": 2, "iterative_filter": False, "max_history": 5,
+        "recent_k": 3, "min_history": None}
+    assert config["source"]["domain"] == "movies"
+    assert sum(json.loads((out / "stats.json").read_text())["samples"].values()) == 2 * 7
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    inter = tmp_path / "i.csv"
+    inter.write_text("user,item,timestamp\nu,a,1\nu,ghost,2\n")
+    items = tmp_path / "t.csv"
+    items.write_text("item,title\na,A\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["data", "prepare", "csv", "--interactions", str(inter),
+                                 "--items", str(items), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "i.csv line 3" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_bad_protocol_option_exits_2(tmp_path):
+    result = runner.invoke(app, ["data", "prepare", "ml-100k", "--out", str(tmp_path / "o"),
+                                 "--recent-k", "200"])
+    assert result.exit_code == 2 and "invalid protocol option" in result.output
+    result = runner.invoke(app, ["data", "prepare", "ml-100k", "--out", str(tmp_path / "o"),
+                                 "--start", "last year"])
+    assert result.exit_code == 2 and "--start" in result.output

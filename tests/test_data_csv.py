@@ -1,0 +1,161 @@
+"""The generic CSV/TSV format, the skip/error policy, and the prepared folder's round trip."""
+
+import gzip
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+
+from automr.data import PreparedDataset, ProtocolConfig, load_csv, prepare_csv
+from automr.data.prepared import PreparedDataset as _PD
+from automr.errors import AutomrError
+
+PROTOCOL = ProtocolConfig(start=None, end=None, train_months=2, min_item_interactions=1,
+                          min_user_interactions=2, recent_k=2, max_history=4)
+
+
+def write(path: Path, text: str) -> Path:
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def small_csv(folder: Path, ext: str = ".csv") -> tuple[Path, Path]:
+    sep = "," if ext.startswith(".csv") else "\t"
+    rows = ["timestamp,user,item,rating".replace(",", sep)]
+    # 3 users, one interaction every 10 days from 2020-01-01 (ISO and Unix seconds mixed).
+    for u in range(3):
+        for k in range(10):
+            day = 10 * k + u
+            stamp = "2020-01-01T00:00:00" if day == 0 else str(1577836800 + day * 86400)
+            rows.append(sep.join([stamp, f"user{u}", f"m{(k + u) % 6}", "5"]))
+    rows.append(sep.join(["1577836800", "user0", "gone", "1"]))
+    items = [sep.join(["item", "title", "genre"])]
+    items += [sep.join([f"m{i}", f'"Movie, number {i}"' if sep == "," else f"Movie {i}",
+                        "Drama"]) for i in range(6)]
+    items.append(sep.join(["gone", "", "Drama"]))
+    return (write(folder / f"inter{ext}", "\n".join(rows) + "\n"),
+            write(folder / f"items{ext}", "\n".join(items) + "\n"))
+
+
+@pytest.mark.parametrize("ext", [".csv", ".tsv", ".csv.gz"])
+def test_load_csv(tmp_path, ext):
+    inter, items = small_csv(tmp_path, ext)
+    src = load_csv(inter, items)
+    assert (src.raw_users, src.raw_items, src.raw_interactions) == (3, 7, 31)
+    assert src.skipped == {"items_empty_title": 1, "interactions_of_skipped_items": 1}
+    assert len(src.catalog) == 6 and len(src.interactions) == 30
+    assert src.catalog["m1"].extra == {"genre": "Drama"}
+    if ext != ".tsv":
+        assert src.catalog.title("m1") == "Movie, number 1"
+    assert src.interactions[0].timestamp == 1577836800
+
+
+def test_prepare_csv_round_trip(tmp_path):
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "prepared"
+    dataset = prepare_csv(inter, items, out, protocol=PROTOCOL)
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "stats.json", "items.jsonl", "interactions.jsonl", "samples"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert {"users", "items", "interactions", "samples", "skipped", "merged_items",
+            "filtered", "memory_length", "window"} <= set(stats)
+    assert stats["samples"] == {split: len(dataset.samples(split))
+                                for split in ("train", "valid", "test")}
+    assert sum(stats["samples"].values()) == 3 * (10 - 2)
+    loaded = PreparedDataset.load(out)
+    assert loaded == attrs.evolve(dataset, path=out)
+    for split in ("train", "valid", "test"):
+        assert loaded.samples(split) == dataset.samples(split)
+    # Memory holds the history beyond the recent 2, capped at 4 in all.
+    assert max(len(s.memory) for s in loaded.samples("test")) == 2
+    # Preparing again over a prepared folder replaces it.
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    assert PreparedDataset.load(out).stats == dataset.stats
+
+
+def test_merge_same_title(tmp_path):
+    inter = write(tmp_path / "i.csv", "user,item,timestamp\nu,a,1\nu,b,2\n")
+    items = write(tmp_path / "t.csv", "item,title\na,Same\nb,Same\n")
+    src = load_csv(inter, items, merge_same_title=True)
+    assert src.catalog.ids == ("a",) and [i.item for i in src.interactions] == ["a", "a"]
+    assert src.merge.merged_items == 1 and src.merge.remapped_interactions == 1
+    assert load_csv(inter, items).catalog.ids_for_title("Same") == ("a", "b")
+
+
+@pytest.mark.parametrize(("inter_text", "items_text", "message"), [
+    ("user,item,timestamp\nu,a,1\nu,zzz,2\n", "item,title\na,A\n",
+     r"i\.csv line 3: item 'zzz' is not in t\.csv"),
+    ("user,item,timestamp\nu,a,1\nu,a,next week\n", "item,title\na,A\n",
+     r"i\.csv line 3: timestamp 'next week' is neither"),
+    ("user,item,timestamp\nu,a\n", "item,title\na,A\n", r"i\.csv line 2: expected 3 fields"),
+    ("user,item,when\nu,a,1\n", "item,title\na,A\n", r"i\.csv line 1: header .* lacks"),
+    ("user,item,timestamp\nu,a,1\n", "item,name\na,A\n", r"t\.csv line 1: header .* lacks"),
+    ("user,item,timestamp\nu,a,1\n", "item,title\na,A\na,B\n", r"t\.csv line 3: item id 'a' "
+                                                                r"listed twice"),
+    ("user,item,timestamp\n,a,1\n", "item,title\na,A\n", r"i\.csv line 2: empty user"),
+    ("", "item,title\na,A\n", r"i\.csv: file is empty"),
+    ('user,item,timestamp\nu,"a,1\n', "item,title\na,A\n", r"i\.csv line \d+: "),
+])
+def test_bad_csv_input(tmp_path, inter_text, items_text, message):
+    inter = write(tmp_path / "i.csv", inter_text)
+    items = write(tmp_path / "t.csv", items_text)
+    out = tmp_path / "out"
+    with pytest.raises(AutomrError, match=message):
+        prepare_csv(inter, items, out, protocol=PROTOCOL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.csv", "t.csv"]
+
+
+def test_unknown_extension(tmp_path):
+    inter = write(tmp_path / "i.txt", "user,item,timestamp\n")
+    items = write(tmp_path / "t.csv", "item,title\n")
+    with pytest.raises(AutomrError, match="delimiter"):
+        load_csv(inter, items)
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "out"
+
+    def broken_save(self, folder):
+        (folder / "config.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_PD, "save", broken_save)
+    with pytest.raises(OSError):
+        prepare_csv(inter, items, out, protocol=PROTOCOL)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inter.csv", "items.csv"]
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path):
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(AutomrError, match="not a prepared dataset"):
+        prepare_csv(inter, items, out, protocol=PROTOCOL)
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(AutomrError, match="not a prepared dataset"):
+        PreparedDataset.load(tmp_path)
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "p"
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    (out / "samples" / "test.jsonl").write_text('{"user": "user0"}\n')
+    with pytest.raises(AutomrError, match="damaged"):
+        PreparedDataset.load(out).samples("test")
+    with pytest.raises(AutomrError, match="unknown split"):
+        PreparedDataset.load(out).samples("dev")
+
+
+def test_empty_after_filtering_is_a_user_error(tmp_path):
+    inter, items = small_csv(tmp_path)
+    with pytest.raises(AutomrError, match="no interactions left"):
+        prepare_csv(inter, items, None,
+                    protocol=attrs.evolve(PROTOCOL, min_user_interactions=1000))

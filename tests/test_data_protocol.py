@@ -1,0 +1,179 @@
+"""Properties of the protocol on generated interaction logs: no leakage, exact histories,
+ordered disjoint splits, k-core fixed point."""
+
+import datetime as dt
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from automr.data import (
+    SPLITS,
+    Interaction,
+    ProtocolConfig,
+    SplitBoundaries,
+    build_samples,
+    kcore_filter,
+    resolve_boundaries,
+)
+from automr.data.protocol import add_months, to_unix
+from automr.data.samples import timeline_order
+from automr.errors import AutomrError
+
+USERS = [f"u{i}" for i in range(6)]
+ITEMS = [f"i{i}" for i in range(8)]
+
+
+@st.composite
+def interaction_logs(draw, max_size: int = 80) -> list[Interaction]:
+    """Logs with many timestamp ties (times drawn from a small range) and repeated items."""
+    rows = draw(st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from(ITEMS),
+                                   st.integers(0, 40)), max_size=max_size))
+    return [Interaction(u, i, t) for u, i, t in rows]
+
+
+@st.composite
+def protocols(draw) -> ProtocolConfig:
+    recent_k = draw(st.integers(1, 4))
+    max_history = draw(st.integers(recent_k, 8))
+    min_history = draw(st.one_of(st.none(), st.integers(1, max_history)))
+    return ProtocolConfig(recent_k=recent_k, max_history=max_history, min_history=min_history)
+
+
+@st.composite
+def boundaries(draw) -> SplitBoundaries:
+    cuts = sorted(draw(st.lists(st.integers(-5, 45), min_size=4, max_size=4, unique=True)))
+    return SplitBoundaries(*cuts)
+
+
+def reference_history(log: list[Interaction], index: int, cap: int) -> list[Interaction]:
+    """The naive definition: the user's interactions strictly earlier, by (time, input order),
+    the latest ``cap``."""
+    me = log[index]
+    earlier = [(x.timestamp, j, x) for j, x in enumerate(log)
+               if x.user == me.user and x.timestamp < me.timestamp]
+    return [x for _, _, x in sorted(earlier, key=lambda r: r[:2])][-cap:] if cap else []
+
+
+@settings(max_examples=150, deadline=None)
+@given(interaction_logs(), protocols(), boundaries())
+def test_samples_match_the_definition(log, protocol, bounds):
+    samples = build_samples(log, bounds, protocol)
+    expected: dict[str, list[tuple]] = {s: [] for s in SPLITS}
+    for index, inter in enumerate(log):
+        split = bounds.split_of(inter.timestamp)
+        history = reference_history(log, index, protocol.max_history)
+        n_prior = sum(1 for x in log if x.user == inter.user and x.timestamp < inter.timestamp)
+        if split is None or n_prior < protocol.required_history:
+            continue
+        expected[split].append((inter.user, inter.item,
+                                inter.timestamp, tuple(x.item for x in history),
+                                tuple(x.timestamp for x in history)))
+    for split in SPLITS:
+        got = [(s.user, s.target, s.timestamp, s.history, s.history_timestamps)
+               for s in samples[split]]
+        assert sorted(got) == sorted(expected[split])
+        for s in samples[split]:
+            # No leakage: every history item is strictly older than the sample.
+            assert all(t < s.timestamp for t in s.history_timestamps)
+            # Recent = the K latest of the capped history, memory = the older rest.
+            assert len(s.recent) == min(protocol.recent_k, len(s.history))
+            assert s.memory + s.recent == s.history
+            assert len(s.history) <= protocol.max_history
+            assert s.history_timestamps == tuple(sorted(s.history_timestamps))
+            # The sample's time lies in its split's period.
+            assert bounds.split_of(s.timestamp) == split
+
+
+@settings(max_examples=60, deadline=None)
+@given(interaction_logs(), protocols(), boundaries())
+def test_samples_are_deterministic_and_order_invariant(log, protocol, bounds):
+    first = build_samples(log, bounds, protocol)
+    assert build_samples(list(log), bounds, protocol) == first
+    assert build_samples(timeline_order(log), bounds, protocol) == first
+    for split in SPLITS:
+        times = [s.timestamp for s in first[split]]
+        assert times == sorted(times)
+
+
+@settings(max_examples=100, deadline=None)
+@given(interaction_logs(max_size=120), st.integers(0, 6), st.integers(0, 12))
+def test_kcore_filter_reaches_a_fixed_point(log, min_item, min_user):
+    result = kcore_filter(log, min_item, min_user, iterative=True)
+    kept = result.interactions
+    again = kcore_filter(kept, min_item, min_user, iterative=True)
+    assert again.interactions == kept and again.rounds == 1
+    for item in {x.item for x in kept}:
+        assert sum(1 for x in kept if x.item == item) >= min_item
+    for user in {x.user for x in kept}:
+        assert sum(1 for x in kept if x.user == user) >= min_user
+    # Order is preserved and nothing is invented: kept is a subsequence of the log.
+    remaining = iter(log)
+    assert all(any(x == y for y in remaining) for x in kept)
+
+
+def test_single_pass_filter_may_stop_early():
+    # Round 1 drops item c (2 < 3), which leaves u3 and u4 with one interaction each, so they
+    # go too; that leaves a and b with 2 interactions each: only round 2 notices.
+    rows = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u4", "a"), ("u3", "b"),
+            ("u3", "c"), ("u4", "c")]
+    log = [Interaction(u, i, t) for t, (u, i) in enumerate(rows)]
+    once = kcore_filter(log, min_item=3, min_user=2, iterative=False)
+    fixed = kcore_filter(log, min_item=3, min_user=2, iterative=True)
+    assert once.rounds == 1
+    assert [(x.user, x.item) for x in once.interactions] == rows[:4]
+    assert fixed.interactions == () and fixed.rounds == 3
+
+
+@given(boundaries())
+def test_split_periods_are_disjoint_and_ordered(bounds):
+    assert bounds.start < bounds.train_end < bounds.valid_end < bounds.end
+    order = {"train": 0, "valid": 1, "test": 2}
+    seen = [bounds.split_of(t) for t in range(bounds.start - 3, bounds.end + 3)]
+    inside = [s for s in seen if s is not None]
+    assert [order[s] for s in inside] == sorted(order[s] for s in inside)
+    assert bounds.split_of(bounds.start - 1) is None and bounds.split_of(bounds.end) is None
+
+
+def test_paper_split_for_2017():
+    bounds = resolve_boundaries(ProtocolConfig.amazon_2017(), [])
+    assert bounds.start == to_unix(dt.date(2017, 1, 1))
+    assert bounds.train_end == to_unix(dt.date(2017, 11, 1))
+    assert bounds.end == to_unix(dt.date(2018, 1, 1))
+    assert bounds.valid_end == bounds.train_end + (bounds.end - bounds.train_end) // 2
+    assert bounds.to_json()["valid_end"] == "2017-12-01T12:00:00Z"
+
+
+def test_data_driven_window():
+    log = [Interaction("u", "a", to_unix(dt.date(1997, 9, 20))),
+           Interaction("u", "b", to_unix(dt.date(1998, 4, 22)))]
+    bounds = resolve_boundaries(ProtocolConfig.movielens_100k(), log)
+    assert bounds.start == to_unix(dt.date(1997, 9, 1))
+    assert bounds.train_end == to_unix(dt.date(1998, 3, 1))
+    assert bounds.end == log[1].timestamp + 1
+
+
+def test_too_many_train_months_is_a_user_error():
+    log = [Interaction("u", "a", to_unix(dt.date(2020, 1, 5))),
+           Interaction("u", "b", to_unix(dt.date(2020, 3, 5)))]
+    with pytest.raises(AutomrError, match="train-months"):
+        resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=10), log)
+
+
+def test_add_months_clamps_day():
+    assert add_months(dt.date(2017, 1, 31), 1) == dt.date(2017, 2, 28)
+    assert add_months(dt.date(2017, 11, 1), 3) == dt.date(2018, 2, 1)
+
+
+def test_protocol_validation_and_json_round_trip():
+    with pytest.raises(ValueError):
+        ProtocolConfig(recent_k=20, max_history=10)
+    with pytest.raises(ValueError):
+        ProtocolConfig(min_history=0)
+    with pytest.raises(ValueError):
+        ProtocolConfig(start=dt.date(2018, 1, 1), end=dt.date(2017, 1, 1))
+    for config in (ProtocolConfig.amazon_2017(), ProtocolConfig.movielens_100k(),
+                   attrs.evolve(ProtocolConfig(), min_history=3, iterative_filter=False)):
+        assert ProtocolConfig.from_json(config.to_json()) == config
+    assert ProtocolConfig().required_history == 10
