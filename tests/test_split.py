@@ -159,3 +159,20 @@ def test_layer_out_of_range_is_a_clear_error(tiny_models):
     llm = HFSplitLLM(tiny_models["llama"])
     with pytest.raises(AutomrError, match=r"outside 0\.\.3"):
         llm.lower(torch.tensor([[5]]), torch.ones(1, 1, dtype=torch.long), 4)
+
+
+def test_decoding_accepts_an_undecorated_insert_that_lengthens_the_state(tiny_models):
+    """``insert`` runs in its own shape scope, so it may return more positions than the prompt."""
+    from automr.llm.decoding import greedy_generate
+
+    llm = HFSplitLLM(tiny_models["llama"])
+    ids = torch.tensor([[5, 6, 7]])
+
+    def prepend_two(state: LayerState) -> LayerState:
+        extra = torch.ones(1, 2, llm.hidden_size)
+        return LayerState(hidden=torch.cat([extra, state.hidden], 1),
+                          mask=torch.cat([torch.ones(1, 2, dtype=torch.bool), state.mask], 1),
+                          layer=state.layer)
+
+    out = greedy_generate(llm, ids, torch.ones_like(ids), 1, max_new_tokens=3, insert=prepend_two)
+    assert out.shape == (1, 3)

@@ -3,6 +3,8 @@
 import typer
 
 from automr.cli import data, model
+from automr.cli.evaluate import evaluate_command
+from automr.cli.finetune import finetune_command
 
 app = typer.Typer(
     name="automr",
@@ -12,6 +14,8 @@ app = typer.Typer(
 )
 app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
+app.command("finetune")(finetune_command)
+app.command("evaluate")(evaluate_command)
 
 
 if __name__ == "__main__":

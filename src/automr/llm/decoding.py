@@ -13,7 +13,7 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
-from automr.llm.state import KVCache
+from automr.llm.state import KVCache, LayerState
 from automr.types import TokenIds, TokenMask
 
 
@@ -49,9 +49,16 @@ def prefill(
     lower_cache, upper_cache = llm.new_cache(), llm.new_cache()
     state = llm.lower(input_ids, attention_mask, layer, cache=lower_cache)
     if insert is not None:
-        state = insert(state)
+        state = _inserted(insert, state)
     logits = llm.upper(state, cache=upper_cache, logits_at=state.last_positions())
     return Decoding(lower_cache, upper_cache, layer, logits[:, 0])
+
+
+@jaxtyped(typechecker=beartype)
+def _inserted(insert: Insert, state: LayerState) -> LayerState:
+    """Call ``insert`` in its own shape scope: the result may be longer than the prompt, so
+    its ``seq`` must not be bound to the caller's."""
+    return insert(state)
 
 
 @torch.no_grad()

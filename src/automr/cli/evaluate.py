@@ -1,0 +1,47 @@
+"""``automr evaluate``: methods side by side on the same samples, with intervals."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from automr.cli.common import CacheDirOption, user_errors
+from automr.experiments.evaluate import EvalConfig, evaluate_methods
+from automr.llm.loading import DEFAULT_MODEL
+
+defaults = EvalConfig()
+
+
+@user_errors
+def evaluate_command(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, ranks/.")],
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated: sasrec, base:G, bigrec:G with G in l2, constrained, "
+             "likelihood.")] = "sasrec,base:l2,bigrec:l2",
+    finetuned: Annotated[Path | None, typer.Option(
+        help="Run folder of `automr finetune` (needed by bigrec:*).")] = None,
+    model: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_MODEL,
+    split: str = defaults.split,
+    samples: Annotated[int, typer.Option(
+        help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,
+    batch_size: int = defaults.batch_size,
+    layer: Annotated[int, typer.Option(help="Split layer L used for the forward.")] =
+        defaults.layer,
+    num_beams: Annotated[int, typer.Option(
+        help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
+    exclude_seen: Annotated[bool, typer.Option(
+        help="Remove the user's history items from the ranking.")] = False,
+    seed: int = defaults.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    cache_dir: CacheDirOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Rank the same test samples with every method; print and write the results table."""
+    config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
+                        batch_size=batch_size, layer=layer, num_beams=num_beams or None,
+                        exclude_seen=exclude_seen)
+    evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()], out, config,
+                     model=model, finetuned=finetuned, device=device, cache_dir=cache_dir,
+                     progress=not quiet)
+    typer.echo((out / "results.md").read_text())

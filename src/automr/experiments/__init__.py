@@ -1,0 +1,1 @@
+"""End-to-end experiments: evaluating methods side by side on the same samples."""

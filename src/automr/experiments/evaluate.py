@@ -1,0 +1,171 @@
+"""``automr evaluate``: several methods on the same test samples, one results table.
+
+Methods are named ``NAME`` or ``NAME:GROUNDER``:
+
+- ``sasrec`` - the conventional baseline, trained here on the training period;
+- ``base:GROUNDER`` - the untuned LM;
+- ``bigrec:GROUNDER`` - the LM with the LoRA adapter of ``--finetuned``;
+
+with GROUNDER one of ``l2`` (BIGRec's), ``constrained``, ``likelihood``.
+"""
+
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from beartype import beartype
+
+from automr.data import PreparedDataset, Sample
+from automr.data.subsets import seeded_subset
+from automr.errors import AutomrError
+from automr.evaluation.metrics import ranks_from_scores
+from automr.evaluation.report import MetricReport, build_report, compare_reports
+from automr.experiments.generative import (
+    build_grounder,
+    catalog_embeddings,
+    dataset_targets,
+    rank_samples,
+)
+from automr.grounding import GROUNDER_KINDS
+from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
+from automr.recommenders.finetune import base_fingerprint, load_finetuned
+from automr.recommenders.sasrec import SASRecConfig, fit_sasrec
+
+GENERATIVE = ("base", "bigrec")
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class EvalConfig:
+    """Which samples, and how methods run on them."""
+
+    split: str = "test"
+    max_samples: int | None = 200
+    seed: int = 0
+    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    layer: int = 15
+    num_beams: int | None = None
+    exclude_seen: bool = False
+    ks: tuple[int, ...] = (1, 5, 10)
+    n_resamples: int = 1000
+
+
+def parse_method(method: str) -> tuple[str, str | None]:
+    name, _, grounder = method.partition(":")
+    if name == "sasrec" and not grounder:
+        return name, None
+    if name in GENERATIVE and grounder in GROUNDER_KINDS:
+        return name, grounder
+    raise AutomrError(
+        f"unknown method {method!r}; use sasrec or NAME:GROUNDER with NAME in "
+        f"{', '.join(GENERATIVE)} and GROUNDER in {', '.join(GROUNDER_KINDS)}"
+    )
+
+
+def sample_ids(samples: Sequence[Sample]) -> list[str]:
+    return [f"{s.user}@{s.timestamp}:{s.target}" for s in samples]
+
+
+def evaluate_methods(
+    dataset_dir: Path | str, methods: Sequence[str], out_dir: Path | str,
+    config: EvalConfig = EvalConfig(), model: str = DEFAULT_MODEL,
+    finetuned: Path | str | None = None, device: str = "auto",
+    cache_dir: Path | str | None = None, progress: bool = True,
+) -> dict[str, MetricReport]:
+    """Rank the same seeded subset of samples with every method; write ranks and tables."""
+    parsed = [parse_method(m) for m in methods]
+    if any(name == "bigrec" for name, _ in parsed) and finetuned is None:
+        raise AutomrError("bigrec:* methods need --finetuned RUN_DIR (from `automr finetune`)")
+    dataset = PreparedDataset.load(dataset_dir)
+    samples = seeded_subset(dataset.samples(config.split), config.max_samples, config.seed)
+    if not samples:
+        raise AutomrError(f"the {config.split} split of {dataset_dir} has no samples")
+    out = Path(out_dir)
+    ids = sample_ids(samples)
+    n_items = len(dataset.catalog)
+    models: dict[str, LoadedModel] = {}
+    reports: dict[str, MetricReport] = {}
+    for method, (name, grounder) in zip(methods, parsed, strict=True):
+        if name == "sasrec":
+            ranks = rank_with_sasrec(dataset, samples, SASRecConfig(seed=config.seed), progress)
+        else:
+            if name not in models:
+                models[name] = (load_model(model, device=device, cache_dir=cache_dir)
+                                if name == "base" else
+                                load_finetuned(finetuned, device=device, cache_dir=cache_dir))
+            loaded = models[name]
+            base_fp = (loaded.fingerprint() if name == "base"
+                       else base_fingerprint(finetuned))
+            targets = dataset_targets(loaded, dataset)
+            embeddings = (catalog_embeddings(loaded, targets, base_fp, cache_dir, progress)
+                          if grounder in ("l2", "constrained") else None)
+            ranker = build_grounder(grounder, loaded, targets, embeddings, config.num_beams)
+            ranks = rank_samples(loaded, dataset, samples, ranker, config.layer,
+                                 config.batch_size, exclude_seen=config.exclude_seen,
+                                 progress=progress, label=method)
+        report = build_report(method, ids, torch.tensor(ranks), n_items, ks=config.ks,
+                              n_resamples=config.n_resamples, seed=config.seed)
+        report.save(out / "ranks" / f"{method.replace(':', '-')}.json")
+        reports[method] = report
+    write_tables(reports, out, config, {"dataset": str(dataset_dir), "model": model,
+                                        "finetuned": str(finetuned) if finetuned else None})
+    return reports
+
+
+def rank_with_sasrec(
+    dataset: PreparedDataset, samples: Sequence[Sample], config: SASRecConfig, progress: bool
+) -> list[int]:
+    """Train SASRec on the training period (validation split for early stopping), rank all."""
+    index = {item_id: i + 1 for i, item_id in enumerate(dataset.catalog.ids)}  # 0 = padding
+    sequences: dict[str, list[int]] = {}
+    for interaction in dataset.interactions:
+        if dataset.boundaries.split_of(interaction.timestamp) == "train":
+            sequences.setdefault(interaction.user, []).append(index[interaction.item])
+    valid = [([index[i] for i in s.history], index[s.target]) for s in dataset.samples("valid")]
+    model, _ = fit_sasrec(list(sequences.values()), valid, config, n_items=len(index),
+                          quiet=not progress)
+    ranks = []
+    with torch.no_grad():
+        for start in range(0, len(samples), 256):
+            chunk = samples[start : start + 256]
+            scores = model.score([[index[i] for i in s.history] for s in chunk])[:, 1:]
+            targets = torch.tensor([index[s.target] - 1 for s in chunk])
+            ranks += ranks_from_scores(scores, targets).tolist()
+    return ranks
+
+
+def write_tables(reports: dict[str, MetricReport], out: Path, config: EvalConfig,
+                 sources: dict) -> None:
+    """``results.json`` and ``results.md``: each metric's mean [95% CI] and paired differences
+    against the reference (the first ``bigrec:*`` method, else the first method)."""
+    names = list(reports)
+    reference = next((m for m in names if m.startswith("bigrec")), names[0])
+    metric_keys = list(next(iter(reports.values())).metrics)
+    payload = {
+        "config": attrs.asdict(config), **sources, "reference": reference,
+        "samples": len(next(iter(reports.values())).ranks),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "methods": {m: {k: attrs.asdict(v) for k, v in r.metrics.items()}
+                    for m, r in reports.items()},
+        "paired_vs_reference": {
+            m: {k: attrs.asdict(v) for k, v in compare_reports(r, reports[reference]).items()}
+            for m, r in reports.items() if m != reference
+        },
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"| method | {' | '.join(metric_keys)} |", "|---" * (len(metric_keys) + 1) + "|"]
+    for method, report in reports.items():
+        cells = [f"{iv.mean:.4f} [{iv.low:.4f}, {iv.high:.4f}]" for iv in report.metrics.values()]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    lines += ["", f"Paired bootstrap difference vs `{reference}` (mean [95% CI]):", "",
+              f"| method | {' | '.join(metric_keys)} |", "|---" * (len(metric_keys) + 1) + "|"]
+    for method, diffs in payload["paired_vs_reference"].items():
+        cells = [f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in diffs.values()]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    header = (f"{payload['samples']} {config.split} samples (seed {config.seed}), "
+              f"full ranking over the catalog, {config.n_resamples} bootstrap resamples.\n\n")
+    (out / "results.md").write_text(header + "\n".join(lines) + "\n")

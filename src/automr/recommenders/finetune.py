@@ -1,0 +1,278 @@
+"""BIGRec fine-tuning: LoRA (peft) on prompt -> target title, resumable, with early stopping.
+
+The loss is the mean negative log-likelihood of the target tokens (title + EOS) or, as an
+option, of every token after the first (BIGRec's whole-sequence variant). It runs through the
+split: with ``lora_from_layer = L > 0`` LoRA sits only on layers ``>= L`` and the lower half
+runs under ``no_grad``, so layer-L memories built with the base model stay valid for the tuned
+model and each step is cheaper; logits are computed only where a loss term needs them.
+
+A run folder holds ``checkpoint/`` (last state: adapter, optimizer, RNG, progress),
+``best/`` (the adapter with the best validation loss) and, once finished, ``finetune.json``.
+Running again with the same folder and configuration resumes from ``checkpoint/``.
+"""
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from beartype import beartype
+from peft import LoraConfig, PeftModel, get_peft_model
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from automr.cache import atomic_dir, sha256_of
+from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
+from automr.data.fingerprint import dataset_fingerprint
+from automr.data.subsets import seeded_subset
+from automr.errors import AutomrError
+from automr.llm.loading import LoadedModel, load_model
+from automr.llm.split import HFSplitLLM
+
+RESULT_FILE = "finetune.json"
+LOSS_KINDS = ("target", "sequence")
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class FinetuneConfig:
+    """LoRA and optimisation settings (defaults: BIGRec's LoRA, a short CPU-sized run)."""
+
+    lora_r: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    lora_alpha: int = 16
+    lora_dropout: float = attrs.field(
+        default=0.05, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_from_layer: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
+    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
+    weight_decay: float = 0.0
+    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    max_train_samples: int | None = 512
+    max_valid_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    eval_every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
+    patience: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Batch:
+    """Right-padded token ids and, per sequence, the positions whose next token is scored."""
+
+    input_ids: torch.Tensor  # [batch seq]
+    mask: torch.Tensor  # [batch seq] bool
+    logits_at: torch.Tensor  # [batch k] positions whose logits predict ``labels``
+    labels: torch.Tensor  # [batch k] next-token ids
+    label_mask: torch.Tensor  # [batch k] bool
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int, loss_on: str = "target") -> Batch:
+    """Pad a batch on the right and list the scored positions (target tokens + EOS)."""
+    ids = [ex.input_ids for ex in examples]
+    first = [len(ex.prompt_ids) if loss_on == "target" else 1 for ex in examples]
+    width = max(map(len, ids))
+    k = max(len(seq) - start for seq, start in zip(ids, first, strict=True))
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.bool)
+    logits_at = torch.zeros(len(ids), k, dtype=torch.long)
+    labels = torch.zeros(len(ids), k, dtype=torch.long)
+    label_mask = torch.zeros(len(ids), k, dtype=torch.bool)
+    for row, (seq, start) in enumerate(zip(ids, first, strict=True)):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = True
+        n = len(seq) - start
+        logits_at[row, :n] = torch.arange(start - 1, len(seq) - 1)
+        labels[row, :n] = torch.tensor(seq[start:])
+        label_mask[row, :n] = True
+    return Batch(input_ids, mask, logits_at, labels, label_mask)
+
+
+def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int) -> tuple[torch.Tensor, int]:
+    """Summed NLL of the batch's scored tokens and their count (lower half frozen if layer>0)."""
+    device = llm.device
+    ids, mask = batch.input_ids.to(device), batch.mask.to(device)
+    if layer > 0:
+        with torch.no_grad():
+            state = llm.lower(ids, mask, layer)
+    else:
+        state = llm.lower(ids, mask, 0)
+    logits = llm.upper(state, logits_at=batch.logits_at.to(device)).float()
+    nll = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch.labels.to(device).flatten(), reduction="none"
+    )
+    label_mask = batch.label_mask.to(device).flatten()
+    return (nll * label_mask).sum(), int(label_mask.sum())
+
+
+def encode_samples(
+    loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample]
+) -> list[TokenizedExample]:
+    return [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config)
+            for s in samples]
+
+
+@torch.no_grad()
+def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
+             batch_size: int, loss_on: str = "target") -> float:
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        nll, n = batch_nll(llm, collate(examples[start : start + batch_size], pad_id, loss_on), 0)
+        total, count = total + float(nll), count + n
+    return total / max(count, 1)
+
+
+def finetune(
+    loaded: LoadedModel, dataset: PreparedDataset, out_dir: Path | str,
+    config: FinetuneConfig = FinetuneConfig(), progress: bool = True,
+) -> dict:
+    """Fine-tune ``loaded`` with LoRA on ``dataset``'s training samples into ``out_dir``.
+
+    Resumes from ``out_dir/checkpoint`` when it was written with the same configuration,
+    model and data. Returns the run record also written to ``out_dir/finetune.json``.
+    """
+    out = Path(out_dir)
+    n_layers = loaded.model.config.num_hidden_layers
+    if config.lora_from_layer >= n_layers:
+        raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
+                          f"(the model has {n_layers})")
+    identity = json.loads(json.dumps({  # as it reads back from state.json
+        "config": config.to_json(), "model": loaded.name,
+        "model_fingerprint": loaded.fingerprint(), "data_fingerprint": dataset_fingerprint(dataset),
+    }))
+    state = _load_checkpoint(out, identity)
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=list(range(config.lora_from_layer, n_layers)),
+    )
+    model = get_peft_model(loaded.model, lora)
+    if state is not None:
+        _load_adapter(model, out / "checkpoint")
+    llm = HFSplitLLM(model)
+    pad_id = loaded.tokenizer.pad_token_id
+    train = encode_samples(loaded, dataset, seeded_subset(dataset.samples("train"),
+                                                   config.max_train_samples, config.seed))
+    valid = encode_samples(loaded, dataset, seeded_subset(dataset.samples("valid"),
+                                                   config.max_valid_samples, config.seed))
+    if not train:
+        raise AutomrError("the dataset has no training samples; check the protocol's split")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    record = state or {**identity, "step": 0, "best_valid_nll": None, "best_step": 0,
+                       "evaluations": [], "bad_evaluations": 0, "tokens": 0, "done": False}
+    if state is not None:
+        optimizer.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt"))
+        torch.set_rng_state(torch.load(out / "checkpoint" / "rng.pt"))
+    if record["step"] == 0 and record["best_valid_nll"] is None:
+        record["initial_valid_nll"] = mean_nll(llm, valid, pad_id, config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    columns = [TextColumn("finetune"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("finetune", total=total_steps, completed=record["step"], status="")
+        while record["step"] < total_steps and not record["done"]:
+            epoch, index = divmod(record["step"], steps_per_epoch)
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+                config.seed * 1000 + epoch)).tolist()
+            chunk = [train[i] for i in order[index * config.batch_size:][: config.batch_size]]
+            model.train()
+            batch = collate(chunk, pad_id, config.loss_on)
+            nll, count = batch_nll(llm, batch, config.lora_from_layer)
+            (nll / count).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            model.eval()
+            record["step"] += 1
+            record["tokens"] += int(batch.mask.sum())
+            bar.update(task, advance=1, status=f"loss {nll.item() / count:.3f}")
+            if record["step"] % config.eval_every == 0 or record["step"] == total_steps:
+                _evaluate(model, llm, valid, pad_id, config, record, out)
+                _save_checkpoint(model, optimizer, record, out)
+    record["done"] = True
+    final = {k: v for k, v in record.items() if k != "bad_evaluations"}
+    (out / RESULT_FILE).write_text(json.dumps(final, indent=2) + "\n")
+    return final
+
+
+def _evaluate(model, llm, valid, pad_id, config, record, out: Path) -> None:
+    valid_nll = mean_nll(llm, valid, pad_id, config.batch_size)
+    record["evaluations"].append({"step": record["step"], "valid_nll": valid_nll})
+    best = record["best_valid_nll"]
+    if best is None or valid_nll < best:
+        record.update(best_valid_nll=valid_nll, best_step=record["step"], bad_evaluations=0)
+        with atomic_dir(out / "best") as tmp:
+            model.save_pretrained(tmp)
+    else:
+        record["bad_evaluations"] += 1
+        if record["bad_evaluations"] >= config.patience:
+            record["done"] = True  # early stop; best/ holds the best adapter
+
+
+def _save_checkpoint(model, optimizer, record: dict, out: Path) -> None:
+    with atomic_dir(out / "checkpoint") as tmp:
+        model.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _load_checkpoint(out: Path, identity: dict) -> dict | None:
+    state_file = out / "checkpoint" / "state.json"
+    if (out / RESULT_FILE).exists():
+        raise AutomrError(f"{out} already holds a finished fine-tune; choose another --out or "
+                          f"delete it to start over")
+    if not state_file.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    state = json.loads(state_file.read_text())
+    differs = [key for key in identity if state.get(key) != identity[key]]
+    if differs:
+        raise AutomrError(f"{out} holds an unfinished fine-tune with a different "
+                          f"{', '.join(differs)}; use another --out, or delete {out} to restart")
+    return state
+
+
+def _load_adapter(model: PeftModel, folder: Path) -> None:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+
+
+def base_fingerprint(run_dir: Path | str) -> str:
+    """Fingerprint of the base model a finished fine-tune was trained on."""
+    return _finished_record(Path(run_dir))["model_fingerprint"]
+
+
+def _finished_record(run: Path) -> dict:
+    if not (run / RESULT_FILE).exists():
+        raise AutomrError(f"{run} is not a finished fine-tune (no {RESULT_FILE}); run "
+                          f"`automr finetune` first")
+    return json.loads((run / RESULT_FILE).read_text())
+
+
+def load_finetuned(
+    run_dir: Path | str, device: str = "auto", dtype: str = "auto",
+    cache_dir: Path | str | None = None,
+) -> LoadedModel:
+    """The base model of a finished fine-tune with its best adapter attached (eval mode)."""
+    run = Path(run_dir)
+    record = _finished_record(run)
+    base = load_model(record["model"], device=device, dtype=dtype, cache_dir=cache_dir)
+    exact = base.model.dtype == torch.float32
+    if exact and base.fingerprint() != record["model_fingerprint"]:
+        raise AutomrError(f"the base model {record['model']!r} found here differs from the one "
+                          f"{run} was tuned on (fingerprint mismatch)")
+    model = PeftModel.from_pretrained(base.model, run / "best").eval()
+    adapter = sha256_of(run / "best" / "adapter_model.safetensors")
+    fingerprint = hashlib.sha256(f"{record['model_fingerprint']}+{adapter}".encode()).hexdigest()
+    return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
+                       fingerprint=fingerprint)
