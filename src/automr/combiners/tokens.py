@@ -1,0 +1,93 @@
+"""The paper's three combiners (DESIGN.md §1): prepend-token, append-token and concat.
+
+All three insert layer-L vectors as extra positions of the prompt, through
+:func:`~automr.combiners.insert.insert_memory`; they differ in where the vectors go and in
+what they are (a retrieved element's pooled key, or its per-token states).
+"""
+
+from collections.abc import Sequence
+from typing import final
+
+import attrs
+import torch
+from beartype import beartype
+from jaxtyping import Float, jaxtyped
+from torch import Tensor
+
+from automr.combiners.insert import insert_memory
+from automr.errors import AutomrError
+from automr.interfaces import MemoryTokens
+from automr.llm.state import LayerState
+
+
+@final
+@attrs.frozen
+class PrependToken:
+    """Each retrieved element's pooled key as one soft token *before* the prompt.
+
+    ``memory.hidden`` is ``[batch n hidden]`` with one vector per retrieved element (n = k of
+    top-k); the prompt's states follow. The prompt cannot share work across elements in this
+    layout (its positions and attention depend on the memory).
+    """
+
+    @property
+    def uses_token_states(self) -> bool:
+        return False
+
+    @jaxtyped(typechecker=beartype)
+    def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        return insert_memory(query, memory, "before")
+
+
+@final
+@attrs.frozen
+class AppendToken:
+    """Each retrieved element's pooled key as one soft token *after* the prompt.
+
+    The memory sits just before the response: new tokens in decoding (and the target tokens
+    in annotation) follow it. Exact with right-padded queries too (see
+    :mod:`automr.combiners.insert`). The prompt's states do not depend on the memory, which
+    is what lets annotation share the prompt's upper-layer work across elements.
+    """
+
+    @property
+    def uses_token_states(self) -> bool:
+        return False
+
+    @jaxtyped(typechecker=beartype)
+    def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        return insert_memory(query, memory, "after")
+
+
+@final
+@attrs.frozen
+class Concat:
+    """A retrieved element's token states (``[batch n hidden]``, n = its token count) before
+    the prompt: prepend with the whole encoded element instead of its pooled key."""
+
+    @property
+    def uses_token_states(self) -> bool:
+        return True
+
+    @jaxtyped(typechecker=beartype)
+    def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        return insert_memory(query, memory, "before")
+
+
+@jaxtyped(typechecker=beartype)
+def pad_memory(rows: Sequence[Float[Tensor, "_ hidden"]]) -> MemoryTokens:
+    """One :class:`MemoryTokens` from per-query vectors of different counts (right-padded).
+
+    ``rows[i]`` holds query ``i``'s vectors in order (e.g. the concatenated token states of
+    its retrieved elements, or its top-k pooled keys); an empty row gives an all-masked row.
+    """
+    if not rows:
+        raise AutomrError("pad_memory needs at least one row (one per query)")
+    width = max(row.shape[0] for row in rows)
+    first = rows[0]
+    hidden = first.new_zeros(len(rows), width, first.shape[1])
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=first.device)
+    for index, row in enumerate(rows):
+        hidden[index, : row.shape[0]] = row
+        mask[index, : row.shape[0]] = True
+    return MemoryTokens(hidden=hidden, mask=mask)

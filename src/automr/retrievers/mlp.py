@@ -1,0 +1,107 @@
+"""The paper's retriever (eq. 3): ``s = softmax(MLP(z_t)^T M)`` over a user's memory."""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, final
+
+import attrs
+import torch
+from attrs import validators as v
+from beartype import beartype
+from jaxtyping import Bool, Float, jaxtyped
+from torch import Tensor, nn
+
+from automr.errors import AutomrError
+from automr.retrievers.selection import masked_log_softmax
+from automr.retrievers.storage import read_retriever, write_retriever
+
+Activation = Literal["gelu", "relu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class MLPRetrieverConfig:
+    """``MLP = Linear(hidden_size, mlp_hidden) -> activation -> Linear(mlp_hidden, hidden_size)``.
+
+    Scores are ``MLP(z_t) . m / temperature`` (the paper: 2 layers, hidden 256, temperature
+    1).
+    """
+
+    hidden_size: int = attrs.field(validator=v.gt(0))
+    mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
+    activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
+    temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
+
+
+@final
+class MLPRetriever(nn.Module):
+    """A trainable :class:`~automr.interfaces.Retriever` (eq. 3).
+
+    ``provenance`` (free-form strings: model fingerprint, layer, pooling) is saved with the
+    weights and checked by :meth:`load`, so a retriever trained on one model's keys is not
+    silently used with another's.
+    """
+
+    def __init__(
+        self, config: MLPRetrieverConfig, provenance: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.provenance = dict(provenance or {})
+        self.mlp = nn.Sequential(
+            nn.Linear(config.hidden_size, config.mlp_hidden),
+            ACTIVATIONS[config.activation](),
+            nn.Linear(config.mlp_hidden, config.hidden_size),
+        )
+
+    @jaxtyped(typechecker=beartype)
+    def project(self, query: Float[Tensor, "batch hidden"]) -> Float[Tensor, "batch hidden"]:
+        """``MLP(z_t)``: the vector every memory element is compared with."""
+        weight = self.mlp[0].weight
+        return self.mlp(query.to(dtype=weight.dtype))
+
+    @jaxtyped(typechecker=beartype)
+    def scores(
+        self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
+        mask: Bool[Tensor, "batch mem"],
+    ) -> Float[Tensor, "batch mem"]:
+        """The logits ``MLP(z_t) . m / temperature`` (pre-softmax).
+
+        Masked elements come back as ``-inf``; whatever their keys hold has no effect on the
+        real scores or on gradients.
+        """
+        projected = self.project(query)
+        keys = keys.to(dtype=projected.dtype).masked_fill(~mask.unsqueeze(-1), 0.0)
+        logits = torch.einsum("bh,bmh->bm", projected, keys) / self.config.temperature
+        return logits.masked_fill(~mask, -torch.inf)
+
+    @jaxtyped(typechecker=beartype)
+    def log_probs(
+        self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
+        mask: Bool[Tensor, "batch mem"],
+    ) -> Float[Tensor, "batch mem"]:
+        """``log S`` of eq. 3: log-softmax of :meth:`scores` over each row's real elements."""
+        return masked_log_softmax(self.scores(query, keys, mask), mask)
+
+    def save(self, directory: Path | str) -> None:
+        """Write ``config.json`` and ``retriever.safetensors`` into ``directory`` (created)."""
+        write_retriever(directory, "mlp", attrs.asdict(self.config), self.provenance,
+                        tensors=self.state_dict(), hidden_size=self.config.hidden_size)
+
+    @classmethod
+    def load(
+        cls, directory: Path | str, device: str | torch.device = "cpu",
+        expect: Mapping[str, str] | None = None, hidden_size: int | None = None,
+    ) -> "MLPRetriever":
+        """Rebuild a retriever written by :meth:`save`, in eval mode on ``device``.
+
+        Refuses one saved for another ``hidden_size`` or with provenance contradicting
+        ``expect``.
+        """
+        meta, tensors = read_retriever(directory, "mlp", expect, hidden_size)
+        if not tensors:
+            raise AutomrError(f"{directory} has no weights for its MLP retriever")
+        retriever = cls(MLPRetrieverConfig(**meta["settings"]), meta.get("provenance"))
+        retriever.load_state_dict(tensors)
+        return retriever.to(device).eval()

@@ -1,0 +1,90 @@
+"""The random-retrieval baseline (the paper's RQ2): scores unrelated to usefulness.
+
+Scores are a seeded *hash* of the query and each key (bit patterns of the float32 values, mixed
+with an integer hash), mapped to ``[0, 1)``. So:
+
+* the same seed and the same inputs give the same scores, in any process and on any device;
+* scores are pseudo-random across elements and across queries, and carry no information about
+  content (unlike a random projection, similar keys do not get similar scores);
+* an element's score depends only on (seed, its query, its key): not on the other rows of the
+  batch, the padding width, the batch order or how many calls came before. Calls therefore do
+  **not** advance a random stream; to draw a different selection, change ``seed``.
+
+This makes the baseline's results independent of batch size, and it passes the same retriever
+contract as the trained ones (per-row independence, padding invariance, determinism).
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import final
+
+import torch
+from beartype import beartype
+from jaxtyping import Bool, Float, Int, jaxtyped
+from torch import Tensor
+
+from automr.retrievers.storage import read_retriever, write_retriever
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, constant: int) -> Tensor:
+    """``x * constant mod 2**32`` for int64 tensors holding uint32 values, without overflow."""
+    low, high = x & 0xFFFF, x >> 16
+    return (low * constant + (((high * (constant & 0xFFFF)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer finaliser (lowbias32, C. Wellons): every input bit affects every output
+    bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash_vectors(vectors: Float[Tensor, "... hidden"], seed: int) -> Int[Tensor, "..."]:
+    """A 32-bit hash of each vector's float32 bit pattern (coordinate order matters)."""
+    bits = vectors.detach().float().contiguous().view(torch.int32).long() & _MASK32
+    hidden = vectors.shape[-1]
+    index = torch.arange(hidden, dtype=torch.long, device=vectors.device)
+    seed_hash = _mix32(torch.tensor(seed & _MASK32, dtype=torch.long, device=vectors.device))
+    salt = _mix32((index + seed_hash + 1) & _MASK32)
+    return _mix32(_mix32(bits ^ salt).sum(-1) & _MASK32)
+
+
+@final
+class RandomRetriever:
+    """Seeded pseudo-random scores in ``[0, 1)`` (see the module docstring for the guarantees).
+
+    Masked elements come back as ``-inf``.
+    """
+
+    def __init__(self, seed: int = 0, provenance: Mapping[str, str] | None = None) -> None:
+        self.seed = seed
+        self.provenance = dict(provenance or {})
+
+    @jaxtyped(typechecker=beartype)
+    def scores(
+        self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
+        mask: Bool[Tensor, "batch mem"],
+    ) -> Float[Tensor, "batch mem"]:
+        keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
+        row = _mix32((_hash_vectors(query, self.seed) + 0x632BE5AB) & _MASK32)
+        element = _mix32(_hash_vectors(keys, self.seed) ^ row.unsqueeze(1))
+        uniform = (element >> 8).to(torch.float32) / 2.0**24  # 24 bits: exact, below 1
+        return uniform.masked_fill(~mask, -torch.inf)
+
+    def save(self, directory: Path | str) -> None:
+        """Write ``config.json`` (the seed is the whole state)."""
+        write_retriever(directory, "random", {"seed": self.seed}, self.provenance)
+
+    @classmethod
+    def load(
+        cls, directory: Path | str, device: str | torch.device = "cpu",
+        expect: Mapping[str, str] | None = None, hidden_size: int | None = None,
+    ) -> "RandomRetriever":
+        """Rebuild a retriever written by :meth:`save` (``device`` is accepted for symmetry)."""
+        meta, _ = read_retriever(directory, "random", expect, hidden_size)
+        return cls(seed=int(meta["settings"]["seed"]), provenance=meta.get("provenance"))

@@ -1,0 +1,89 @@
+"""Untrained semantic retrieval: cosine similarity between the query and each key.
+
+ReLLa retrieves the history items most similar to the target item in a text-embedding space;
+for generation the target is unknown, so (as in the paper's adaptation) the short-term
+history - here its pooled layer-L state ``z_t`` - is the query, and similarity is measured
+between layer-L states. LLM hidden states are anisotropic (they share a large common
+component), which makes every cosine close to 1; subtracting a mean vector first
+(``center``, e.g. :func:`mean_key` over the memory) removes it.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import final
+
+import torch
+import torch.nn.functional as F
+from beartype import beartype
+from jaxtyping import Bool, Float, jaxtyped
+from torch import Tensor
+
+from automr.retrievers.storage import read_retriever, write_retriever
+
+
+@final
+class SemanticRetriever:
+    """Scores = cosine(query - center, key - center); ``center`` is optional (default none).
+
+    Zero vectors (after centering) score 0. Masked elements come back as ``-inf``.
+    """
+
+    @jaxtyped(typechecker=beartype)
+    def __init__(
+        self, center: Float[Tensor, " hidden"] | None = None, eps: float = 1e-8,
+        provenance: Mapping[str, str] | None = None,
+    ) -> None:
+        self.center = None if center is None else center.detach()
+        self.eps = eps
+        self.provenance = dict(provenance or {})
+
+    @classmethod
+    def centered(
+        cls, keys: Float[Tensor, "batch mem hidden"], mask: Bool[Tensor, "batch mem"],
+        eps: float = 1e-8, provenance: Mapping[str, str] | None = None,
+    ) -> "SemanticRetriever":
+        """A retriever centred on the mean of the real ``keys`` (see :func:`mean_key`)."""
+        return cls(center=mean_key(keys, mask), eps=eps, provenance=provenance)
+
+    @jaxtyped(typechecker=beartype)
+    def scores(
+        self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
+        mask: Bool[Tensor, "batch mem"],
+    ) -> Float[Tensor, "batch mem"]:
+        keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
+        if self.center is not None:
+            center = self.center.to(dtype=query.dtype, device=query.device)
+            query, keys = query - center, keys - center
+        query = F.normalize(query, dim=-1, eps=self.eps)
+        keys = F.normalize(keys, dim=-1, eps=self.eps)
+        return torch.einsum("bh,bmh->bm", query, keys).masked_fill(~mask, -torch.inf)
+
+    def save(self, directory: Path | str) -> None:
+        """Write ``config.json`` (and the centre, if any, as ``retriever.safetensors``)."""
+        tensors = None if self.center is None else {"center": self.center}
+        hidden = None if self.center is None else int(self.center.shape[0])
+        write_retriever(directory, "semantic", {"eps": self.eps}, self.provenance,
+                        tensors=tensors, hidden_size=hidden)
+
+    @classmethod
+    def load(
+        cls, directory: Path | str, device: str | torch.device = "cpu",
+        expect: Mapping[str, str] | None = None, hidden_size: int | None = None,
+    ) -> "SemanticRetriever":
+        """Rebuild a retriever written by :meth:`save`."""
+        meta, tensors = read_retriever(directory, "semantic", expect, hidden_size)
+        center = tensors.get("center")
+        return cls(center=None if center is None else center.to(device),
+                   eps=float(meta["settings"]["eps"]), provenance=meta.get("provenance"))
+
+
+@jaxtyped(typechecker=beartype)
+def mean_key(
+    keys: Float[Tensor, "batch mem hidden"], mask: Bool[Tensor, "batch mem"]
+) -> Float[Tensor, " hidden"]:
+    """The mean of all real keys (every row's real elements pooled together)."""
+    count = mask.sum()
+    if int(count) == 0:
+        raise ValueError("mean_key: there are no real keys to average")
+    weights = mask.unsqueeze(-1).to(keys.dtype)
+    return (keys.masked_fill(~mask.unsqueeze(-1), 0.0) * weights).sum((0, 1)) / count

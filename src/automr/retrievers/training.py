@@ -1,0 +1,207 @@
+"""Retriever training (eq. 6): minimise KL(S' || S) over annotated samples.
+
+Only the retriever learns; the recommender is frozen and absent here (its work is already in
+the dataset's keys, queries and labels). Training follows the paper's retriever setting
+(Adam, as for SASRec) with early stopping on a validation measure, restoring the best state.
+
+Early stopping watches ``monitor``: ``"kl"`` (default; validation KL(S' || S), lower is
+better) or ``"top1"`` (validation top-1 agreement, higher is better). KL is the default
+because it is what training optimises and it is smooth: with nearly uniform labels (raw
+eq. 5, DESIGN.md §1) the argmax of S' is close to arbitrary and top-1 agreement is noise.
+Both are recorded every epoch in the history either way.
+"""
+
+import copy
+from typing import Literal
+
+import attrs
+import torch
+from attrs import validators as v
+from beartype import beartype
+from jaxtyping import Bool, Float, jaxtyped
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+
+from automr.errors import AutomrError
+from automr.interfaces import Retriever
+from automr.retrievers.dataset import RetrievalDataset
+from automr.retrievers.mlp import ACTIVATIONS, Activation, MLPRetriever, MLPRetrieverConfig
+from automr.retrievers.selection import masked_log_softmax, top_k
+
+Monitor = Literal["kl", "top1"]
+
+
+@jaxtyped(typechecker=beartype)
+def kl_loss(
+    log_scores: Float[Tensor, "batch mem"], target_probs: Float[Tensor, "batch mem"],
+    mask: Bool[Tensor, "batch mem"],
+) -> Float[Tensor, ""]:
+    """Eq. 6: ``mean_b sum_{m real} S'_bm (log S'_bm - log S_bm)``.
+
+    ``log_scores`` must be log-probabilities over each row's real elements (e.g.
+    :meth:`MLPRetriever.log_probs`); terms with ``S' = 0`` count as 0 (so masked elements and
+    ``-inf`` log-scores there are harmless). The mean runs over all rows of the batch (a row
+    without real elements contributes 0).
+    """
+    use = mask & (target_probs > 0)
+    safe_log = log_scores.masked_fill(~use, 0.0)
+    terms = torch.xlogy(target_probs, target_probs) - target_probs * safe_log
+    return terms.masked_fill(~use, 0.0).sum(1).mean()
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class RetrieverTrainingConfig:
+    """Optimisation, early stopping and MLP settings for :func:`train_mlp_retriever`."""
+
+    lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    batch_size: int = attrs.field(default=256, validator=v.ge(1))
+    max_epochs: int = attrs.field(default=200, validator=v.ge(1))
+    patience: int = attrs.field(default=10, validator=v.ge(1))
+    """Stop after this many epochs without a strictly better validation ``monitor``."""
+    monitor: Monitor = attrs.field(default="kl", validator=v.in_(("kl", "top1")))
+    mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
+    activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
+    temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
+    seed: int = 0
+    """Seeds initialisation and shuffling."""
+    eval_batch_size: int = attrs.field(default=1024, validator=v.ge(1))
+
+
+@beartype
+@attrs.frozen
+class RetrievalMetrics:
+    """How well a retriever's distribution matches the labels on a dataset.
+
+    ``kl``: mean KL(S' || softmax(scores)). ``top1``: share of samples whose top-scored
+    element has the largest label (ties in S' count as agreement with any maximal element).
+    """
+
+    kl: float
+    top1: float
+
+
+@beartype
+@attrs.frozen
+class RetrieverTrainingHistory:
+    """Per-epoch training KL and validation metrics; ``best_epoch`` is 1-based (0 = no
+    validation set, the last state is kept)."""
+
+    train_kl: tuple[float, ...]
+    valid_kl: tuple[float, ...]
+    valid_top1: tuple[float, ...]
+    monitor: Monitor
+    best_epoch: int
+    stopped_early: bool
+
+
+@torch.no_grad()
+@beartype
+def evaluate_retriever(
+    retriever: Retriever, dataset: RetrievalDataset, batch_size: int = 1024
+) -> RetrievalMetrics:
+    """KL and top-1 agreement of any retriever's scores against the dataset's labels."""
+    kl_total, hits = 0.0, 0
+    for batch in dataset.batches(batch_size):
+        scores = retriever.scores(batch.queries, batch.keys, batch.mask)
+        log_s = masked_log_softmax(scores.float(), batch.mask)
+        kl_total += float(kl_loss(log_s, batch.targets.float(), batch.mask)) * len(batch)
+        best, _ = top_k(scores, batch.mask, 1)
+        picked = batch.targets.gather(1, best)[:, 0]
+        hits += int((picked >= batch.targets.amax(1)).sum())
+    return RetrievalMetrics(kl=kl_total / len(dataset), top1=hits / len(dataset))
+
+
+@beartype
+def train_mlp_retriever(
+    train: RetrievalDataset, valid: RetrievalDataset | None, config: RetrieverTrainingConfig,
+    *, device: str | torch.device = "cpu", quiet: bool = False,
+) -> tuple[MLPRetriever, RetrieverTrainingHistory]:
+    """Train the eq. 3 retriever on ``train`` with KL(S' || S); early-stop on ``valid``.
+
+    Returns the retriever (eval mode, best validation state restored; the last state when
+    ``valid`` is None) and the history. The retriever's provenance is ``train.metadata``.
+    Seeded by ``config.seed``; the caller's global RNG is left untouched.
+    """
+    if len(train) == 0:
+        raise AutomrError("train_mlp_retriever: the training set is empty")
+    if valid is not None and valid.hidden_size != train.hidden_size:
+        raise AutomrError(f"validation hidden size {valid.hidden_size} differs from training "
+                          f"hidden size {train.hidden_size}")
+    if valid is not None and len(valid) == 0:
+        valid = None
+    device = torch.device(device)
+    retriever_config = MLPRetrieverConfig(
+        hidden_size=train.hidden_size, mlp_hidden=config.mlp_hidden,
+        activation=config.activation, temperature=config.temperature,
+    )
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        retriever = MLPRetriever(retriever_config, provenance=train.metadata).to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    optimizer = torch.optim.Adam(retriever.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    train = train.to(device)
+    valid = None if valid is None else valid.to(device)
+    history = _fit(retriever, optimizer, train, valid, config, generator, quiet)
+    return retriever.eval(), history
+
+
+def _fit(
+    retriever: MLPRetriever, optimizer: torch.optim.Optimizer, train: RetrievalDataset,
+    valid: RetrievalDataset | None, config: RetrieverTrainingConfig,
+    generator: torch.Generator, quiet: bool,
+) -> RetrieverTrainingHistory:
+    train_kl: list[float] = []
+    valid_kl: list[float] = []
+    valid_top1: list[float] = []
+    best, best_epoch, best_state, stale = None, 0, None, 0
+    columns = (TextColumn("retriever {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, disable=quiet) as progress:
+        task = progress.add_task("training", total=config.max_epochs)
+        for epoch in range(1, config.max_epochs + 1):
+            train_kl.append(_train_epoch(retriever, optimizer, train, config, generator))
+            status = f"epoch {epoch} KL {train_kl[-1]:.4f}"
+            if valid is not None:
+                retriever.eval()
+                metrics = evaluate_retriever(retriever, valid, config.eval_batch_size)
+                valid_kl.append(metrics.kl)
+                valid_top1.append(metrics.top1)
+                value = metrics.kl if config.monitor == "kl" else -metrics.top1
+                if best is None or value < best:
+                    best, best_epoch, stale = value, epoch, 0
+                    best_state = copy.deepcopy(retriever.state_dict())
+                else:
+                    stale += 1
+                status += (f" valid KL {metrics.kl:.4f} top-1 {metrics.top1:.3f}"
+                           f" (best @ {best_epoch})")
+            progress.update(task, advance=1, description=status)
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        retriever.load_state_dict(best_state)
+    return RetrieverTrainingHistory(
+        train_kl=tuple(train_kl), valid_kl=tuple(valid_kl), valid_top1=tuple(valid_top1),
+        monitor=config.monitor, best_epoch=best_epoch,
+        stopped_early=len(train_kl) < config.max_epochs,
+    )
+
+
+def _train_epoch(
+    retriever: MLPRetriever, optimizer: torch.optim.Optimizer, train: RetrievalDataset,
+    config: RetrieverTrainingConfig, generator: torch.Generator,
+) -> float:
+    """One shuffled pass; returns the sample-weighted mean training KL."""
+    retriever.train()
+    total = 0.0
+    for batch in train.batches(config.batch_size, shuffle=True, generator=generator):
+        log_s = retriever.log_probs(batch.queries, batch.keys, batch.mask)
+        loss = kl_loss(log_s, batch.targets.to(log_s.dtype), batch.mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(batch)
+    return total / len(train)

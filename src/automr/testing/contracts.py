@@ -1,0 +1,244 @@
+"""Contract tests every Retriever and every Combiner must pass (pytest mixins).
+
+Use them by subclassing in a test module and providing the component as a fixture::
+
+    from automr.testing.contracts import RetrieverContract
+
+    class TestMyRetriever(RetrieverContract):
+        hidden_size = 8
+
+        @pytest.fixture
+        def retriever(self):
+            return MyRetriever(hidden_size=8)
+
+    class TestMyCombiner(CombinerContract):
+        @pytest.fixture
+        def combiner(self):
+            return MyCombiner()
+
+The checks are hypothesis properties run inside each test (so fixtures of any scope work).
+Combiner checks assume a combiner that *inserts* memory vectors as extra positions (as all of
+automr's do); the model-level identity check runs a tiny offline Llama (``split_llm``
+fixture, overridable).
+"""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from automr.interfaces import Combiner, MemoryTokens, Retriever
+from automr.llm.split import HFSplitLLM
+from automr.llm.state import LayerState
+from automr.retrievers.selection import top_k
+from automr.testing.strategies import (
+    layer_states,
+    memory_tokens,
+    pad_sequences,
+    padded_memories,
+    padding_sides,
+)
+from automr.testing.tiny import TINY_VOCAB, tiny_llama_config, tiny_model
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _scores(retriever: Retriever, query, keys, mask) -> torch.Tensor:
+    with torch.no_grad():
+        return retriever.scores(query, keys, mask)
+
+
+class RetrieverContract:
+    """What every :class:`~automr.interfaces.Retriever` guarantees.
+
+    Subclasses provide a ``retriever`` fixture and set ``hidden_size`` (the key width the
+    retriever expects).
+    """
+
+    hidden_size: int = 8
+
+    def test_is_a_retriever(self, retriever):
+        assert isinstance(retriever, Retriever)
+
+    def test_shape_and_finite_at_real_elements(self, retriever):
+        @given(memory=padded_memories(self.hidden_size))
+        def check(memory):
+            scores = _scores(retriever, memory.query, memory.keys, memory.mask)
+            assert scores.shape == memory.mask.shape
+            assert scores.is_floating_point()
+            assert bool(torch.isfinite(scores[memory.mask]).all())
+
+        check()
+
+    def test_top_k_never_selects_masked_elements(self, retriever):
+        @given(memory=padded_memories(self.hidden_size), k=st.integers(1, 7))
+        def check(memory, k):
+            scores = _scores(retriever, memory.query, memory.keys, memory.mask)
+            indices, _ = top_k(scores, memory.mask, k)
+            chosen = indices >= 0
+            assert bool(memory.mask.gather(1, indices.clamp(min=0))[chosen].all())
+            expected = torch.clamp(memory.mask.sum(1), max=indices.shape[1])
+            torch.testing.assert_close(chosen.sum(1), expected)
+
+        check()
+
+    def test_rows_are_scored_independently(self, retriever):
+        """A row's scores do not depend on the other rows of the batch."""
+
+        @given(memory=padded_memories(self.hidden_size, max_batch=4))
+        def check(memory):
+            batched = _scores(retriever, memory.query, memory.keys, memory.mask)
+            for row in range(memory.query.shape[0]):
+                alone = _scores(retriever, memory.query[row : row + 1],
+                                memory.keys[row : row + 1], memory.mask[row : row + 1])
+                real = memory.mask[row]
+                torch.testing.assert_close(batched[row][real], alone[0][real], **TOLERANCE)
+
+        check()
+
+    def test_padding_width_and_content_do_not_matter(self, retriever):
+        """Extra masked slots (holding NaN, anywhere in the row) leave real scores unchanged."""
+
+        @given(memory=padded_memories(self.hidden_size), data=st.data())
+        def check(memory, data):
+            batch, mem = memory.mask.shape
+            extra = data.draw(st.integers(1, 4), label="extra")
+            at = data.draw(st.lists(st.integers(0, mem), min_size=extra, max_size=extra),
+                           label="insert at")
+            keys, mask, original = memory.keys, memory.mask, torch.arange(mem)
+            for where in sorted(at, reverse=True):
+                nan = torch.full((batch, 1, self.hidden_size), torch.nan)
+                keys = torch.cat([keys[:, :where], nan, keys[:, where:]], 1)
+                mask = torch.cat([mask[:, :where], torch.zeros(batch, 1, dtype=torch.bool),
+                                  mask[:, where:]], 1)
+                original = torch.cat([original[:where], torch.tensor([-1]), original[where:]])
+            keep = original >= 0
+            padded = _scores(retriever, memory.query, keys, mask)[:, keep]
+            plain = _scores(retriever, memory.query, memory.keys, memory.mask)
+            real = memory.mask
+            torch.testing.assert_close(padded[real], plain[real], **TOLERANCE)
+
+        check()
+
+    def test_deterministic(self, retriever):
+        @given(memory=padded_memories(self.hidden_size))
+        def check(memory):
+            first = _scores(retriever, memory.query, memory.keys, memory.mask)
+            second = _scores(retriever, memory.query, memory.keys, memory.mask)
+            real = memory.mask
+            assert torch.equal(first[real], second[real])
+
+        check()
+
+
+def _real_rows(state_hidden: torch.Tensor, mask: torch.Tensor, row: int) -> torch.Tensor:
+    return state_hidden[row][mask[row]]
+
+
+def _is_subsequence(part: torch.Tensor, whole: torch.Tensor) -> bool:
+    """Whether the vectors of ``part`` appear in ``whole`` in order (exact equality)."""
+    position = 0
+    for vector in part:
+        while position < whole.shape[0] and not torch.equal(whole[position], vector):
+            position += 1
+        if position == whole.shape[0]:
+            return False
+        position += 1
+    return True
+
+
+class CombinerContract:
+    """What every :class:`~automr.interfaces.Combiner` guarantees.
+
+    Subclasses provide a ``combiner`` fixture; ``hidden_size`` sets the width of drawn states.
+    """
+
+    hidden_size: int = 8
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def split_llm(cls):
+        """A tiny offline Llama for the model-level identity check (override to use another)."""
+        return HFSplitLLM(tiny_model(tiny_llama_config(num_layers=2), seed=0))
+
+    def test_is_a_combiner(self, combiner):
+        assert isinstance(combiner, Combiner)
+        assert isinstance(combiner.uses_token_states, bool)
+
+    def test_empty_memory_is_the_identity(self, combiner):
+        """n = 0, or every slot masked (holding NaN): the real states are the query's."""
+
+        @given(query=layer_states(self.hidden_size, layer=2), n=st.integers(0, 3))
+        def check(query, n):
+            memory = MemoryTokens(
+                hidden=torch.full((query.batch_size, n, self.hidden_size), torch.nan),
+                mask=torch.zeros(query.batch_size, n, dtype=torch.bool),
+            )
+            combined = combiner.combine(query, memory)
+            assert combined.layer == query.layer
+            for row in range(query.batch_size):
+                assert torch.equal(_real_rows(combined.hidden, combined.mask, row),
+                                   _real_rows(query.hidden, query.mask, row))
+
+        check()
+
+    def test_output_holds_the_real_tokens_of_both(self, combiner):
+        """Layer, batch and width are kept; the real positions are exactly the query's and the
+        memory's real vectors, each in its own order."""
+
+        @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
+        def check(query, data):
+            memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
+            combined = combiner.combine(query, memory)
+            assert isinstance(combined, LayerState)
+            assert combined.layer == query.layer
+            assert combined.batch_size == query.batch_size
+            assert combined.hidden.shape[2] == self.hidden_size
+            assert combined.hidden.dtype == query.hidden.dtype
+            torch.testing.assert_close(combined.mask.sum(1),
+                                       query.mask.sum(1) + memory.mask.sum(1))
+            for row in range(query.batch_size):
+                out = _real_rows(combined.hidden, combined.mask, row)
+                assert _is_subsequence(_real_rows(query.hidden, query.mask, row), out)
+                assert _is_subsequence(memory.hidden[row][memory.mask[row]], out)
+
+        check()
+
+    def test_masked_memory_slots_have_no_effect(self, combiner):
+        @given(query=layer_states(self.hidden_size), data=st.data())
+        def check(query, data):
+            memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
+            junk = memory.hidden.masked_fill(~memory.mask.unsqueeze(-1), torch.nan)
+            clean = combiner.combine(query, memory)
+            dirty = combiner.combine(query, MemoryTokens(hidden=junk, mask=memory.mask))
+            assert torch.equal(clean.mask, dirty.mask)
+            assert torch.equal(clean.hidden[clean.mask], dirty.hidden[dirty.mask])
+            assert not bool(torch.isnan(dirty.hidden[dirty.mask]).any())
+
+        check()
+
+    def test_empty_memory_leaves_the_logits_unchanged(self, combiner, split_llm):
+        """Through a real (tiny) model at every layer and padding side; the masked slots hold
+        NaN, which must not reach the real positions."""
+        llm = split_llm
+
+        @given(
+            seqs=st.lists(st.lists(st.integers(3, TINY_VOCAB - 1), min_size=1, max_size=6),
+                          min_size=1, max_size=3),
+            layer=st.integers(0, llm.num_layers), n=st.integers(0, 2), data=st.data(),
+        )
+        def check(seqs, layer, n, data):
+            sides = data.draw(padding_sides(len(seqs)), label="sides")
+            ids, mask = pad_sequences(seqs, sides, pad_id=2)
+            with torch.no_grad():
+                state = llm.lower(ids, mask, layer)
+                memory = MemoryTokens(
+                    hidden=torch.full((len(seqs), n, llm.hidden_size), torch.nan),
+                    mask=torch.zeros(len(seqs), n, dtype=torch.bool),
+                )
+                combined = combiner.combine(state, memory)
+                expected = llm.upper(state)[state.mask]
+                got = llm.upper(combined)[combined.mask]
+            torch.testing.assert_close(got, expected, **TOLERANCE)
+
+        check()

@@ -1,0 +1,437 @@
+"""Retrievers pass the shared contract; top-k, KL (eq. 6), datasets and training behave."""
+
+import math
+
+import pytest
+import torch
+from beartype.roar import BeartypeCallHintViolation
+from hypothesis import given
+from hypothesis import strategies as st
+
+from automr.errors import AutomrError
+from automr.interfaces import Retriever
+from automr.retrievers import (
+    RETRIEVERS,
+    MLPRetriever,
+    MLPRetrieverConfig,
+    RandomRetriever,
+    RetrievalDataset,
+    RetrievalSample,
+    RetrieverTrainingConfig,
+    SemanticRetriever,
+    build_retriever,
+    collate,
+    evaluate_retriever,
+    kl_loss,
+    load_retriever,
+    masked_log_softmax,
+    mean_key,
+    retrieved_memory,
+    top_k,
+    train_mlp_retriever,
+)
+from automr.testing.contracts import RetrieverContract
+from automr.testing.strategies import float_tensors, masks, padded_memories
+
+HIDDEN = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads (and spinning threads on a busy machine cost a
+    lot); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mlp(seed: int = 0, **overrides) -> MLPRetriever:
+    torch.manual_seed(seed)
+    return MLPRetriever(MLPRetrieverConfig(hidden_size=HIDDEN, **overrides)).eval()
+
+
+# -- the contract, for every retriever ---------------------------------------------------------
+class TestMLPRetriever(RetrieverContract):
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        return mlp()
+
+
+class TestMLPRetrieverReluTemperature(RetrieverContract):
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        return mlp(activation="relu", temperature=4.0, mlp_hidden=16)
+
+
+class TestSemanticRetriever(RetrieverContract):
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        return SemanticRetriever()
+
+
+class TestCenteredSemanticRetriever(RetrieverContract):
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        return SemanticRetriever(center=torch.linspace(-1, 1, HIDDEN))
+
+
+class TestRandomRetriever(RetrieverContract):
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        return RandomRetriever(seed=3)
+
+
+# -- top-k -------------------------------------------------------------------------------------
+@st.composite
+def scored(draw):
+    """Scores from a tiny set of values (many ties), with a mask."""
+    batch, mem = draw(st.integers(1, 4)), draw(st.integers(0, 6))
+    values = draw(st.lists(st.sampled_from([-1.0, 0.0, 0.5, 2.0, -math.inf]),
+                           min_size=batch * mem, max_size=batch * mem))
+    scores = torch.tensor(values, dtype=torch.float32).reshape(batch, mem)
+    return scores, draw(masks(batch, mem))
+
+
+@given(case=scored(), k=st.integers(0, 8))
+def test_top_k_matches_a_sorted_reference(case, k):
+    scores, mask = case
+    indices, values = top_k(scores, mask, k)
+    width = min(k, int(mask.sum(1).max())) if mask.numel() else 0
+    assert indices.shape == values.shape == (scores.shape[0], width)
+    for row in range(scores.shape[0]):
+        real = [(-float(scores[row, i]), i) for i in range(scores.shape[1]) if mask[row, i]]
+        expected = [i for _, i in sorted(real)][:width]  # ties: lowest index first
+        expected += [-1] * (width - len(expected))
+        assert indices[row].tolist() == expected
+        for j, index in enumerate(expected):
+            value = float(values[row, j])
+            assert value == (float(scores[row, index]) if index >= 0 else -math.inf)
+
+
+def test_top_k_edge_cases():
+    scores = torch.tensor([[1.0, float("nan"), 3.0]])
+    mask = torch.tensor([[True, False, True]])
+    indices, values = top_k(scores, mask, 5)
+    assert indices.tolist() == [[2, 0]] and values.tolist() == [[3.0, 1.0]]
+    assert top_k(scores, mask, 0)[0].shape == (1, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        top_k(scores, torch.ones(1, 3, dtype=torch.bool), 1)
+    with pytest.raises(ValueError, match="k >= 0"):
+        top_k(scores, mask, -1)
+
+
+def test_retrieved_memory_gathers_the_selected_keys():
+    keys = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    memory = retrieved_memory(keys, torch.tensor([[2, 0], [1, -1]]))
+    assert memory.mask.tolist() == [[True, True], [True, False]]
+    assert memory.hidden[0].tolist() == [keys[0, 2].tolist(), keys[0, 0].tolist()]
+    assert memory.hidden[1, 0].tolist() == keys[1, 1].tolist()
+    assert memory.hidden[1, 1].tolist() == [0.0, 0.0]
+
+
+@given(scores=float_tensors((3, 5)), mask=masks(3, 5))
+def test_masked_log_softmax_normalises_over_real_elements(scores, mask):
+    log_p = masked_log_softmax(scores, mask)
+    assert bool(torch.isneginf(log_p[~mask]).all())
+    assert not bool(torch.isnan(log_p).any())
+    for row in range(3):
+        if mask[row].any():
+            torch.testing.assert_close(log_p[row][mask[row]].exp().sum(), torch.tensor(1.0))
+    junk = scores.masked_fill(~mask, 1e30)
+    torch.testing.assert_close(masked_log_softmax(junk, mask)[mask], log_p[mask])
+
+
+# -- per-retriever behaviour -------------------------------------------------------------------
+@given(memory=padded_memories(HIDDEN))
+def test_mlp_scores_are_eq3_logits(memory):
+    retriever = mlp(temperature=2.0)
+    with torch.no_grad():
+        scores = retriever.scores(memory.query, memory.keys, memory.mask)
+        log_p = retriever.log_probs(memory.query, memory.keys, memory.mask)
+        projected = retriever.mlp(memory.query)
+    for b in range(memory.query.shape[0]):
+        for m in range(memory.keys.shape[1]):
+            if memory.mask[b, m]:
+                expected = float(projected[b] @ memory.keys[b, m]) / 2.0
+                assert float(scores[b, m]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+            else:
+                assert float(scores[b, m]) == -math.inf
+    torch.testing.assert_close(log_p, masked_log_softmax(scores, memory.mask))
+
+
+def test_mlp_has_the_papers_shape():
+    retriever = mlp()
+    first, act, second = retriever.mlp
+    assert (first.in_features, first.out_features) == (HIDDEN, 256)
+    assert isinstance(act, torch.nn.GELU)
+    assert (second.in_features, second.out_features) == (256, HIDDEN)
+    assert isinstance(mlp(activation="relu").mlp[1], torch.nn.ReLU)
+    with pytest.raises(BeartypeCallHintViolation):
+        MLPRetrieverConfig(hidden_size=HIDDEN, activation="tanh")
+    with pytest.raises(ValueError):
+        MLPRetrieverConfig(hidden_size=HIDDEN, temperature=0.0)
+
+
+def test_masked_keys_give_no_nan_gradients():
+    retriever = mlp()
+    keys = torch.randn(2, 3, HIDDEN, generator=torch.Generator().manual_seed(0))
+    keys[0, 1] = torch.nan
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    targets = torch.tensor([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0]])
+    loss = kl_loss(retriever.log_probs(torch.ones(2, HIDDEN), keys, mask), targets, mask)
+    loss.backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in retriever.parameters())
+
+
+@given(memory=padded_memories(HIDDEN, min_real=1),
+       scale=st.floats(0.1, 10.0), shift=float_tensors((HIDDEN,)))
+def test_semantic_is_cosine_and_centering_removes_a_shift(memory, scale, shift):
+    plain = SemanticRetriever()
+    scores = plain.scores(memory.query, memory.keys, memory.mask)
+    real = memory.mask
+    cos = torch.nn.functional.cosine_similarity(memory.query.unsqueeze(1), memory.keys, dim=-1,
+                                                eps=1e-8)
+    torch.testing.assert_close(scores[real], cos[real], rtol=1e-5, atol=1e-5)
+    scaled = plain.scores(memory.query, memory.keys * scale, memory.mask)
+    torch.testing.assert_close(scaled[real], scores[real], rtol=1e-4, atol=1e-4)
+    centered = SemanticRetriever(center=shift)
+    moved = centered.scores(memory.query + shift, memory.keys + shift, memory.mask)
+    torch.testing.assert_close(moved[real], scores[real], rtol=1e-4, atol=1e-4)
+
+
+def test_mean_key_averages_real_keys_only():
+    keys = torch.tensor([[[1.0, 2.0], [9.0, 9.0]], [[3.0, 4.0], [5.0, 0.0]]])
+    mask = torch.tensor([[True, False], [True, True]])
+    assert mean_key(keys, mask).tolist() == [3.0, 2.0]
+    centered = SemanticRetriever.centered(keys, mask)
+    assert centered.center.tolist() == [3.0, 2.0]
+    with pytest.raises(ValueError, match="no real keys"):
+        mean_key(keys, torch.zeros(2, 2, dtype=torch.bool))
+
+
+@given(memory=padded_memories(HIDDEN), seed=st.integers(0, 2**31))
+def test_random_scores_depend_on_seed_and_inputs_only(memory, seed):
+    first = RandomRetriever(seed).scores(memory.query, memory.keys, memory.mask)
+    again = RandomRetriever(seed).scores(memory.query, memory.keys, memory.mask)
+    real = memory.mask
+    assert torch.equal(first[real], again[real])
+    assert bool(((first[real] >= 0) & (first[real] < 1)).all())
+
+
+def test_random_selections_are_spread_and_seeds_differ():
+    """Over many queries with the same 5 keys, each key is picked about equally often."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2000, HIDDEN, generator=generator)
+    keys = torch.randn(1, 5, HIDDEN, generator=generator).expand(2000, -1, -1)
+    mask = torch.ones(2000, 5, dtype=torch.bool)
+    picks = top_k(RandomRetriever(0).scores(queries, keys, mask), mask, 1)[0][:, 0]
+    counts = torch.bincount(picks, minlength=5).float()
+    assert bool(((counts - 400).abs() < 80).all()), counts  # ~4.5 sigma
+    other = top_k(RandomRetriever(1).scores(queries, keys, mask), mask, 1)[0][:, 0]
+    assert 0.1 < float((other == picks).float().mean()) < 0.3  # independent: ~1/5 agree
+
+
+# -- save / load and the registry --------------------------------------------------------------
+def test_registry_kinds_round_trip_through_load_retriever(tmp_path):
+    memory_keys = torch.randn(3, 4, HIDDEN, generator=torch.Generator().manual_seed(1))
+    query = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([[True, True, False, True]] * 3)
+    assert set(RETRIEVERS) == {"mlp", "semantic", "random"}
+    built = {kind: build_retriever(kind, HIDDEN, seed=4) for kind in RETRIEVERS}
+    built["semantic-centered"] = SemanticRetriever(center=torch.ones(HIDDEN),
+                                                   provenance={"layer": "2"})
+    for name, retriever in built.items():
+        assert isinstance(retriever, Retriever)
+        retriever.save(tmp_path / name)
+        loaded = load_retriever(tmp_path / name, hidden_size=HIDDEN)
+        assert type(loaded) is type(retriever)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.scores(query, memory_keys, mask),
+                                       retriever.scores(query, memory_keys, mask))
+    assert RETRIEVERS["mlp"].trainable and not RETRIEVERS["random"].trainable
+    with pytest.raises(AutomrError, match="unknown retriever"):
+        build_retriever("oracle", HIDDEN)
+
+
+def test_mlp_load_refuses_another_model(tmp_path):
+    retriever = MLPRetriever(MLPRetrieverConfig(hidden_size=HIDDEN),
+                             provenance={"model": "abc", "layer": "4"})
+    retriever.save(tmp_path)
+    loaded = MLPRetriever.load(tmp_path, expect={"model": "abc"})
+    assert loaded.provenance == {"model": "abc", "layer": "4"}
+    assert not loaded.training
+    with pytest.raises(AutomrError, match="hidden size 8"):
+        MLPRetriever.load(tmp_path, hidden_size=16)
+    with pytest.raises(AutomrError, match="layer='4'"):
+        MLPRetriever.load(tmp_path, expect={"layer": "5"})
+    with pytest.raises(AutomrError, match="not 'semantic'"):
+        SemanticRetriever.load(tmp_path)
+    with pytest.raises(AutomrError, match="not a saved retriever"):
+        load_retriever(tmp_path / "missing")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "retriever.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["hidden_size"] == "8" and metadata["provenance.model"] == "abc"
+
+
+# -- KL (eq. 6) --------------------------------------------------------------------------------
+@st.composite
+def distributions(draw):
+    """Log-probabilities S and targets S' (with exact zeros) over masked rows."""
+    batch, mem = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    mask = draw(masks(batch, mem, min_real=1))
+    logits = draw(float_tensors((batch, mem)))
+    weights = draw(float_tensors((batch, mem), st.sampled_from([0.0, 0.0, 0.1, 1.0, 3.0])))
+    weights = weights.masked_fill(~mask, 0.0)
+    weights[torch.arange(batch), mask.float().argmax(1)] += 0.5  # every row has some mass
+    targets = weights / weights.sum(1, keepdim=True)
+    return masked_log_softmax(logits, mask), targets, mask
+
+
+@given(case=distributions())
+def test_kl_loss_equals_a_plain_double_loop(case):
+    log_s, targets, mask = case
+    total = 0.0
+    for b in range(mask.shape[0]):
+        row = 0.0
+        for m in range(mask.shape[1]):
+            p = float(targets[b, m])
+            if mask[b, m] and p > 0:
+                row += p * (math.log(p) - float(log_s[b, m]))
+        total += row
+    expected = total / mask.shape[0]
+    assert float(kl_loss(log_s, targets, mask)) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert float(kl_loss(log_s, targets, mask)) >= -1e-6
+
+
+@given(case=distributions())
+def test_kl_loss_is_zero_when_s_equals_s_prime(case):
+    _, targets, mask = case
+    log_s = torch.log(targets).masked_fill(~mask, -math.inf)
+    assert abs(float(kl_loss(log_s, targets, mask))) < 1e-6
+
+
+# -- datasets ----------------------------------------------------------------------------------
+def synthetic(n: int, seed: int, mem: int = 10, hidden: int = 16) -> RetrievalDataset:
+    """Targets put their mass on the key most aligned with a fixed linear map of the query."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(1234))
+    queries = torch.randn(n, hidden, generator=generator)
+    keys = torch.randn(n, mem, hidden, generator=generator)
+    lengths = torch.randint(2, mem + 1, (n,), generator=generator)
+    mask = torch.arange(mem).unsqueeze(0) < lengths.unsqueeze(1)
+    affinity = torch.einsum("nh,nmh->nm", queries @ weight, keys).masked_fill(~mask, -math.inf)
+    targets = torch.softmax(affinity * 5.0, dim=1)
+    return RetrievalDataset(queries=queries, keys=keys, mask=mask, targets=targets,
+                            metadata={"source": "synthetic"})
+
+
+def test_dataset_rejects_inconsistent_inputs():
+    good = synthetic(4, 0)
+    with pytest.raises(AutomrError, match="keys"):
+        RetrievalDataset(queries=good.queries[:, :3], keys=good.keys, mask=good.mask,
+                         targets=good.targets)
+    with pytest.raises(AutomrError, match="sum to 1"):
+        RetrievalDataset(queries=good.queries, keys=good.keys, mask=good.mask,
+                         targets=good.targets * 2)
+    with pytest.raises(AutomrError, match="0 at masked"):
+        bad = good.targets.clone()
+        bad[~good.mask] = 0.1
+        RetrievalDataset(queries=good.queries, keys=good.keys, mask=good.mask, targets=bad)
+    empty_row = good.mask.clone()
+    empty_row[0] = False
+    with pytest.raises(AutomrError, match="at least one real"):
+        RetrievalDataset(queries=good.queries, keys=good.keys, mask=empty_row,
+                         targets=good.targets)
+
+
+@given(n=st.integers(1, 20), batch_size=st.integers(1, 8), shuffle=st.booleans(),
+       seed=st.integers(0, 100))
+def test_batches_cover_every_row_once(n, batch_size, shuffle, seed):
+    data = synthetic(n, seed)
+    seen = []
+    generator = torch.Generator().manual_seed(seed)
+    for batch in data.batches(batch_size, shuffle=shuffle, generator=generator):
+        assert 1 <= len(batch) <= batch_size
+        assert bool(batch.mask[:, -1].any())  # trimmed to its widest memory
+        for row in range(len(batch)):
+            match = (data.queries == batch.queries[row]).all(1).nonzero()[:, 0].tolist()
+            seen.extend(match)
+            size = int(batch.mask[row].sum())
+            assert torch.equal(batch.keys[row, :size], data.keys[match[0], :size])
+    assert sorted(seen) == list(range(n))
+
+
+def test_dataset_save_load_and_collate(tmp_path):
+    data = synthetic(6, 0)
+    data.save(tmp_path / "data")
+    loaded = RetrievalDataset.load(tmp_path / "data", hidden_size=16)
+    for name in ("queries", "keys", "mask", "targets"):
+        assert torch.equal(getattr(loaded, name), getattr(data, name))
+    assert loaded.metadata == {"source": "synthetic"}
+    with pytest.raises(AutomrError, match="hidden size 16"):
+        RetrievalDataset.load(tmp_path / "data", hidden_size=32)
+    samples = [RetrievalSample(query=torch.ones(3), keys=torch.ones(2, 3),
+                               targets=torch.tensor([0.25, 0.75])),
+               RetrievalSample(query=torch.zeros(3), keys=torch.ones(1, 3),
+                               targets=torch.tensor([1.0]))]
+    collated = collate(samples)
+    assert collated.mask.tolist() == [[True, True], [True, False]]
+    assert collated.targets.tolist() == [[0.25, 0.75], [1.0, 0.0]]
+
+
+# -- training (eq. 6) --------------------------------------------------------------------------
+FAST = RetrieverTrainingConfig(lr=3e-3, batch_size=128, max_epochs=30, patience=5)
+
+
+def test_training_learns_the_hidden_map():
+    """Reaches high top-1 agreement within a couple of seconds on 2 CPU cores."""
+    train, valid = synthetic(4096, 0), synthetic(256, 1)
+    retriever, history = train_mlp_retriever(train, valid, FAST, quiet=True)
+    before = evaluate_retriever(build_retriever("mlp", 16, seed=0), valid)
+    after = evaluate_retriever(retriever, valid)
+    assert after.top1 >= 0.85, (before, after, history)  # ~0.93; chance ~0.2
+    assert after.kl < before.kl / 2
+    assert retriever.provenance == {"source": "synthetic"}
+    assert history.monitor == "kl"
+
+
+def test_training_restores_the_best_state_and_is_seeded():
+    train, valid = synthetic(128, 0), synthetic(64, 1)
+    config = RetrieverTrainingConfig(lr=0.05, batch_size=16, max_epochs=12, patience=3,
+                                     mlp_hidden=32, seed=7)
+    retriever, history = train_mlp_retriever(train, valid, config, quiet=True)
+    assert 1 <= history.best_epoch <= len(history.train_kl) <= config.max_epochs
+    assert len(history.valid_kl) == len(history.valid_top1) == len(history.train_kl)
+    assert history.valid_kl[history.best_epoch - 1] == min(history.valid_kl)
+    assert evaluate_retriever(retriever, valid).kl == pytest.approx(min(history.valid_kl))
+    if history.stopped_early:
+        assert len(history.train_kl) - history.best_epoch == config.patience
+    again, history_again = train_mlp_retriever(train, valid, config, quiet=True)
+    assert history_again == history
+    for a, b in zip(retriever.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_training_on_top1_and_without_validation():
+    train, valid = synthetic(64, 0), synthetic(32, 1)
+    config = RetrieverTrainingConfig(batch_size=32, max_epochs=3, mlp_hidden=16, monitor="top1")
+    _, history = train_mlp_retriever(train, valid, config, quiet=True)
+    assert history.monitor == "top1"
+    assert history.valid_top1[history.best_epoch - 1] == max(history.valid_top1)
+    _, history = train_mlp_retriever(train, None, config, quiet=True)
+    assert history.best_epoch == 0 and len(history.train_kl) == 3 and not history.valid_kl
+    with pytest.raises(BeartypeCallHintViolation):
+        RetrieverTrainingConfig(monitor="recall")
