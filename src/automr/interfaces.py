@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 import torch
 from beartype import beartype
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.llm.state import KVCache, LayerState
@@ -65,7 +65,13 @@ class SplitLLM(Protocol):
     ) -> Float[Tensor, "batch k vocab"]: ...
 
 
-@beartype
+@jaxtyped(typechecker=beartype)
+def _check_memory_tokens(
+    hidden: Float[Tensor, "batch n hidden"], mask: Bool[Tensor, "batch n"]
+) -> None:
+    """Shapes checked in their own scope (see ``automr.llm.state._check_layer_state``)."""
+
+
 @attrs.frozen
 class MemoryTokens:
     """Layer-L vectors to insert into a query: ``n`` per sequence, padded and masked.
@@ -83,9 +89,16 @@ class MemoryTokens:
                 f"MemoryTokens: hidden {tuple(self.hidden.shape)} and mask "
                 f"{tuple(self.mask.shape)} disagree on [batch, n]"
             )
+        _check_memory_tokens(self.hidden, self.mask)
 
 
-@beartype
+@jaxtyped(typechecker=beartype)
+def _check_memory_view(
+    keys: Float[Tensor, "mem hidden"], item_ids: tuple[str, ...], timestamps: tuple[int, ...]
+) -> None:
+    """Types checked in their own scope (see ``automr.llm.state._check_layer_state``)."""
+
+
 @attrs.frozen
 class MemoryView:
     """One user's memory as seen by one sample: time-ordered elements older than its prompt."""
@@ -100,6 +113,7 @@ class MemoryView:
                 f"MemoryView: {self.keys.shape[0]} keys, {len(self.item_ids)} item ids and "
                 f"{len(self.timestamps)} timestamps must agree"
             )
+        _check_memory_view(self.keys, self.item_ids, self.timestamps)
 
 
 @runtime_checkable

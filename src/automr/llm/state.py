@@ -3,12 +3,11 @@
 import attrs
 import torch
 from beartype import beartype
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 from transformers import DynamicCache
 
 
-@beartype
 @attrs.frozen
 class LayerState:
     """Hidden states entering layer ``layer`` (the output of layers ``0..layer-1``).
@@ -31,6 +30,7 @@ class LayerState:
             )
         if self.mask.device != self.hidden.device:
             raise ValueError("LayerState: hidden and mask live on different devices")
+        _check_layer_state(self.hidden, self.mask)
 
     @property
     def batch_size(self) -> int:
@@ -44,6 +44,19 @@ class LayerState:
         """Index of each sequence's last real position (works for left and right padding)."""
         index = torch.arange(self.seq_len, device=self.mask.device).expand_as(self.mask)
         return torch.where(self.mask, index, -1).amax(dim=1, keepdim=True)
+
+
+@jaxtyped(typechecker=beartype)
+def _check_layer_state(
+    hidden: Float[Tensor, "batch seq hidden"], mask: Bool[Tensor, "batch seq"]
+) -> None:
+    """Shape/dtype check in a scope of its own.
+
+    A class-level ``@beartype`` would check the hints inside whatever ``@jaxtyped`` function
+    builds the record, binding ``seq`` to that function's sequences, so two states of
+    different lengths built in one function would clash. Here the fields agree with each
+    other and with nothing else.
+    """
 
 
 @attrs.define

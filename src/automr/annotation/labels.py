@@ -1,0 +1,41 @@
+"""Turning per-element log-likelihoods into retriever labels S' (eq. 5 and two variants).
+
+- ``paper``: delta_m = P(y | z_t, z_m) - P(y | z_t) with P the product of the target tokens'
+  probabilities, S' = softmax(delta / temperature). As the paper writes it. The products are
+  tiny (5-15 tokens), so with temperature 1 S' is nearly uniform; a small temperature
+  (e.g. the deltas' own scale) sharpens it.
+- ``log``: delta_m = log P(y | z_t, z_m) - log P(y | z_t), S' = softmax(delta / temperature):
+  the same ordering of elements, on a scale that does not vanish with the target's length.
+
+Validation decides which to use; every run records the form and temperature.
+"""
+
+import torch
+from beartype import beartype
+from jaxtyping import Float, jaxtyped
+from torch import Tensor
+
+from automr.errors import AutomrError
+
+LABEL_FORMS = ("paper", "log")
+
+
+@jaxtyped(typechecker=beartype)
+def deltas(base: float, with_element: Float[Tensor, " mem"], form: str = "paper"
+           ) -> Float[Tensor, " mem"]:
+    """How much each element changes the target's likelihood (``form``: paper or log)."""
+    values = with_element.double()
+    if form == "paper":
+        return (values.exp() - torch.tensor(base, dtype=torch.float64).exp()).float()
+    if form == "log":
+        return (values - base).float()
+    raise AutomrError(f"unknown label form {form!r}; choose {' or '.join(LABEL_FORMS)}")
+
+
+@jaxtyped(typechecker=beartype)
+def labels(base: float, with_element: Float[Tensor, " mem"], form: str = "paper",
+           temperature: float = 1.0) -> Float[Tensor, " mem"]:
+    """S' = softmax(delta / temperature) over the sample's memory."""
+    if temperature <= 0:
+        raise AutomrError(f"temperature must be positive, got {temperature}")
+    return torch.softmax(deltas(base, with_element, form).double() / temperature, 0).float()
