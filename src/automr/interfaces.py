@@ -120,8 +120,10 @@ class MemoryView:
 class Memory(Protocol):
     """Per-user, time-ordered layer-L representations of past interactions.
 
-    ``view(user, count)`` gives the user's ``count`` oldest elements: a sample whose long-term
-    history has ``count`` items sees exactly those (never its recent K or anything later).
+    Element ``i`` of a user is the ``i``-th interaction of their timeline.
+    ``view(user, count, start)`` gives elements ``start .. start+count-1``: a sample whose
+    long-term history is that span sees exactly it (never its recent K or anything later;
+    ``start > 0`` when the history cap dropped the user's oldest interactions).
     ``token_states`` gives one element's per-token states (for the concat combiner).
     """
 
@@ -130,7 +132,7 @@ class Memory(Protocol):
 
     def users(self) -> Sequence[str]: ...
 
-    def view(self, user: str, count: int) -> MemoryView: ...
+    def view(self, user: str, count: int, start: int = 0) -> MemoryView: ...
 
     def token_states(self, user: str, index: int) -> Float[Tensor, "seq hidden"]: ...
 

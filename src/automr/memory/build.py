@@ -1,0 +1,334 @@
+"""Building a memory folder (resumable) and appending new interactions to it.
+
+Which interactions become elements: every interaction of the prepared dataset's
+``interactions`` (in-window, filtered), per user in timeline order, so every sample's memory
+(a slice of its user's timeline) is covered. Users are processed in sorted order, grouped into
+shards of whole users (a shard closes once it holds ``shard_elements`` elements); after each
+shard the index is rewritten atomically. A rerun of the same build skips the finished shards
+and computes the rest exactly as an uninterrupted build would (same shards, same batches).
+"""
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import Tensor
+
+from automr.data.catalog import Catalog
+from automr.data.fingerprint import dataset_fingerprint
+from automr.data.prepared import PreparedDataset
+from automr.data.records import Interaction
+from automr.errors import AutomrError
+from automr.llm.loading import LoadedModel
+from automr.memory.config import (
+    CONFIG_FILE,
+    STORAGE_DTYPES,
+    MemoryConfig,
+    MemoryRecord,
+    catalog_fingerprint,
+)
+from automr.memory.encoders import ENCODERS, Backbone, ElementEncoder, LayerEncoder
+from automr.memory.shards import MemoryIndex, ShardEntry, UserEntry, write_shard
+from automr.memory.store import MemoryStore
+
+ShardHook = Callable[[int, int], None]
+"""Called as ``hook(shard_number, total_shards)`` after each shard is safely written."""
+
+Timelines = dict[str, tuple[list[str], list[int]]]
+
+
+def make_record(backbone: Backbone, layer: int, config: MemoryConfig, prompt_config,
+                window: int | None, dataset: PreparedDataset | None,
+                catalog: Catalog) -> MemoryRecord:
+    """The ``config.json`` of a memory built with these settings."""
+    llm = backbone.llm
+    dtype = str(llm.dtype).removeprefix("torch.")
+    storage = STORAGE_DTYPES[config.storage_dtype]
+    return MemoryRecord(
+        model_name=backbone.name, model_fingerprint=backbone.fingerprint, layer=layer,
+        hidden_size=llm.hidden_size, num_layers=llm.num_layers, dtype=dtype,
+        encoder=config.encoder,
+        window=window if config.encoder == "window" else None,
+        window_includes_item=config.window_includes_item if config.encoder == "window" else True,
+        pooling=config.pooling, store_token_states=config.store_token_states,
+        storage_dtype=dtype if storage is None else str(storage).removeprefix("torch."),
+        shard_elements=config.shard_elements, share_prefix=config.share_prefix,
+        prompt_config=prompt_config,
+        dataset_fingerprint=None if dataset is None else dataset_fingerprint(dataset),
+        catalog_fingerprint=catalog_fingerprint(catalog),
+    )
+
+
+def memory_encoder(
+    memory: MemoryRecord | Path | str, model: LoadedModel | Backbone, catalog: Catalog
+) -> ElementEncoder:
+    """The element encoder a memory was built with, on ``model`` (e.g. for
+    ``MemoryStore.open(dir, recompute=...)``). Refuses another model or layer."""
+    record = memory if isinstance(memory, MemoryRecord) else MemoryRecord.read(Path(memory))
+    backbone = Backbone.of(model)
+    record.check("the memory", backbone.fingerprint, None)
+    base = LayerEncoder(backbone, record.layer, record.pooling, record.share_prefix)
+    return ENCODERS[record.encoder].build(base, catalog, record.prompt_config,
+                                          record.window or 1, record.window_includes_item)
+
+
+def build_memory(
+    model: LoadedModel | Backbone,
+    dataset: PreparedDataset,
+    layer: int,
+    config: MemoryConfig,
+    out_dir: Path | str,
+    batch_size: int = 16,
+    progress: bool = True,
+    on_shard: ShardHook | None = None,
+) -> MemoryStore:
+    """Encode every interaction of ``dataset`` into a memory folder at ``out_dir``.
+
+    Resumable: if ``out_dir`` holds an interrupted build with the same settings, finished
+    shards are kept and the rest is built. A folder holding a memory built with other
+    settings (model, layer, encoder, dataset, ...) is refused. Returns the opened memory
+    (with the encoder attached for token-state recomputation).
+    """
+    if batch_size < 1:
+        raise AutomrError(f"batch_size must be >= 1, got {batch_size}")
+    backbone = Backbone.of(model)
+    window = config.window or dataset.protocol.recent_k
+    record = make_record(backbone, layer, config, dataset.prompt_config, window, dataset,
+                         dataset.catalog)
+    encoder = memory_encoder(record, backbone, dataset.catalog)
+    folder = Path(out_dir).expanduser()
+    index = _start(folder, record)
+    timelines = user_timelines(dataset.interactions)
+    users = sorted(timelines)
+    plan = plan_shards(users, {u: len(timelines[u][0]) for u in users}, config.shard_elements)
+    for number, entry in enumerate(index.shards):
+        if number >= len(plan) or entry.users != plan[number]:
+            raise AutomrError(f"{folder} holds shards of a different build (shard {number} "
+                              f"has other users); delete the folder or pick another one.")
+    total = sum(len(items) for items, _ in timelines.values())
+    done = sum(e.elements for e in index.shards)
+    with _progress(progress, total, done) as report:
+        for number in range(len(index.shards), len(plan)):
+            todo = {u: (timelines[u], range(len(timelines[u][0]))) for u in plan[number]}
+            entry, segments = _write_shard(folder, number, encoder, record, todo, batch_size,
+                                           report)
+            index.shards.append(entry)
+            for user, (items, times) in ((u, timelines[u]) for u in plan[number]):
+                index.users[user] = UserEntry(list(items), list(times), [segments[user]])
+            index.write(folder)
+            if on_shard is not None:
+                on_shard(number, len(plan))
+    index.complete = True
+    index.write(folder)
+    return MemoryStore.open(folder, recompute=encoder)
+
+
+def append_memory(
+    out_dir: Path | str,
+    model: LoadedModel | Backbone,
+    interactions: Sequence[Interaction],
+    catalog: Catalog,
+    batch_size: int = 16,
+    progress: bool = True,
+    on_shard: ShardHook | None = None,
+) -> MemoryStore:
+    """Add elements for new ``interactions`` (existing or new users) in new shards.
+
+    Old rows are never rewritten. A user's new interactions must not be older than its last
+    stored one (ties are fine); they are taken in time order, ties in input order. Windows of
+    the new elements reach back into the user's stored items. ``catalog`` must name every item
+    involved (it may be larger than the one the memory was built with). The index is replaced
+    only once every new shard is written, so an interrupted append changes nothing.
+    """
+    folder = Path(out_dir).expanduser()
+    record = MemoryRecord.read(folder)
+    index = MemoryIndex.read(folder)
+    if not index.complete:
+        raise AutomrError(f"the memory in {folder} is incomplete; finish its build before "
+                          f"appending to it.")
+    encoder = memory_encoder(record, model, catalog)
+    new = user_timelines(sorted(interactions, key=lambda i: i.timestamp))
+    timelines: Timelines = {}
+    todo = {}
+    for user in sorted(new):
+        old = index.users.get(user, UserEntry())
+        items, times = new[user]
+        if old.timestamps and times[0] < old.timestamps[-1]:
+            raise AutomrError(
+                f"user {user!r}: new interaction at {times[0]} is older than the last one in "
+                f"the memory ({old.timestamps[-1]}); only later interactions can be appended.")
+        unknown = [i for i in items if i not in catalog]
+        if unknown:
+            raise AutomrError(f"items {unknown[:5]} of user {user!r} are not in the catalog")
+        timelines[user] = (old.items + items, old.timestamps + times)
+        todo[user] = range(len(old.items), len(old.items) + len(items))
+    plan = plan_shards(sorted(todo), {u: len(todo[u]) for u in todo}, record.shard_elements)
+    total = sum(len(r) for r in todo.values())
+    with _progress(progress, total, 0) as report:
+        for offset, users in enumerate(plan):
+            number = len(index.shards)
+            shard_todo = {u: (timelines[u], todo[u]) for u in users}
+            entry, segments = _write_shard(folder, number, encoder, record, shard_todo,
+                                           batch_size, report)
+            index.shards.append(entry)
+            for user in users:
+                items, times = timelines[user]
+                previous = index.users.get(user, UserEntry())
+                index.users[user] = UserEntry(list(items), list(times),
+                                              [*previous.segments, segments[user]])
+            if on_shard is not None:
+                on_shard(offset, len(plan))
+    index.write(folder)
+    return MemoryStore.open(folder, recompute=encoder)
+
+
+# -- planning --------------------------------------------------------------------------------
+def user_timelines(interactions: Sequence[Interaction]) -> Timelines:
+    """user -> (items, timestamps) in the given order (a prepared dataset's is time order)."""
+    out: Timelines = {}
+    for inter in interactions:
+        items, times = out.setdefault(inter.user, ([], []))
+        items.append(inter.item)
+        times.append(inter.timestamp)
+    return out
+
+
+def plan_shards(users: Sequence[str], sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Whole users, in order, grouped into shards closed once they reach ``limit`` elements."""
+    plan: list[list[str]] = []
+    current: list[str] = []
+    filled = 0
+    for user in users:
+        if not sizes[user]:
+            continue
+        current.append(user)
+        filled += sizes[user]
+        if filled >= limit:
+            plan.append(current)
+            current, filled = [], 0
+    if current:
+        plan.append(current)
+    return plan
+
+
+def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
+    """Prepare ``folder`` for a build with ``record``: resume a matching one, refuse others."""
+    if (folder / CONFIG_FILE).is_file():
+        existing = MemoryRecord.read(folder)
+        if existing != record:
+            differ = [f.name for f in attrs.fields(MemoryRecord)
+                      if getattr(existing, f.name) != getattr(record, f.name)]
+            raise AutomrError(f"{folder} holds a memory built with other settings "
+                              f"({', '.join(differ)} differ); delete it or pick another folder.")
+        return MemoryIndex.read(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise AutomrError(f"{folder} exists and is not a memory folder; refusing to write into "
+                          f"it. Pick a new folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    index = MemoryIndex()
+    index.write(folder)
+    record.write(folder)
+    return index
+
+
+# -- encoding --------------------------------------------------------------------------------
+def _write_shard(
+    folder: Path, number: int, encoder: ElementEncoder, record: MemoryRecord,
+    todo: dict[str, tuple[tuple[list[str], list[int]], range]], batch_size: int,
+    report: Callable[[int, int], None],
+) -> tuple[ShardEntry, dict[str, tuple[int, int, int]]]:
+    """Encode the elements ``todo[user][1]`` of each user and write them as shard ``number``."""
+    texts: list[str] = []
+    segments: dict[str, tuple[int, int, int]] = {}
+    for user, ((items, times), indices) in todo.items():
+        segments[user] = (number, len(texts), len(indices))
+        texts.extend(encoder.text(items, times, i) for i in indices)
+    started = time.perf_counter()
+    keys, states, lengths = encode_all(encoder.base, texts, batch_size,
+                                       record.store_token_states, encoder.reuses_texts, report)
+    seconds = time.perf_counter() - started
+    storage = record.torch_storage_dtype
+    offsets = None
+    if states is not None:
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
+        states = states.to(storage)
+    metadata = {"model_fingerprint": str(record.model_fingerprint), "layer": str(record.layer)}
+    name = write_shard(folder, number, keys.to(storage), states, offsets, metadata)
+    entry = ShardEntry(file=name, elements=len(texts), tokens=sum(lengths), users=list(todo),
+                       seconds=round(seconds, 3))
+    return entry, segments
+
+
+def encode_all(
+    base: LayerEncoder, texts: Sequence[str], batch_size: int, keep_states: bool,
+    dedupe: bool, report: Callable[[int, int], None] = lambda elements, tokens: None,
+) -> tuple[Tensor, Tensor | None, list[int]]:
+    """Keys ``[n hidden]``, optionally concatenated token states ``[T hidden]``, and each
+    text's token count; texts are encoded in batches of similar length (longest first).
+
+    With ``dedupe``, each distinct text is encoded once. The batches depend only on
+    ``texts``, so equal inputs give bit-identical outputs.
+    """
+    distinct = list(dict.fromkeys(texts)) if dedupe else list(texts)
+    tokens = base.tokenize(distinct)
+    order = sorted(range(len(distinct)), key=lambda i: (-len(tokens[i]), i))
+    keys = torch.empty(len(distinct), base.hidden_size, dtype=base.backbone.llm.dtype)
+    states: list[Tensor | None] = [None] * len(distinct)
+    uses = {}
+    if dedupe:
+        for text in texts:
+            uses[text] = uses.get(text, 0) + 1
+    for first in range(0, len(order), batch_size):
+        batch = order[first: first + batch_size]
+        encoded = base.encode_tokens([tokens[i] for i in batch], keep_states)
+        keys[batch] = encoded.keys.cpu()
+        for row, i in enumerate(batch):
+            if encoded.states is not None:
+                states[i] = encoded.states[row].cpu()
+        elements = sum(uses[distinct[i]] for i in batch) if dedupe else len(batch)
+        report(elements, encoded.tokens)
+    if dedupe:
+        position = {text: i for i, text in enumerate(distinct)}
+        rows = [position[t] for t in texts]
+        keys = keys[rows]
+        states = [states[r] for r in rows]
+        lengths = [len(tokens[r]) for r in rows]
+    else:
+        lengths = [len(t) for t in tokens]
+    stacked = torch.cat([s for s in states if s is not None]) if keep_states and texts else None
+    if keep_states and not texts:
+        stacked = torch.empty(0, base.hidden_size, dtype=keys.dtype)
+    return keys, stacked, lengths
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, done: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar over elements with encoded tokens/s; yields ``report(elements, tokens)``."""
+    if not enabled:
+        yield lambda elements, tokens: None
+        return
+    columns = (TextColumn("[bold]memory"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    started = time.perf_counter()
+    counted = [0]
+    with Progress(*columns) as bar:
+        task = bar.add_task("memory", total=total, completed=done, speed="")
+
+        def report(elements: int, tokens: int) -> None:
+            counted[0] += tokens
+            rate = counted[0] / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=elements, speed=f"{rate:,.0f} tokens/s")
+
+        yield report

@@ -1,0 +1,179 @@
+"""What a memory is built with (:class:`MemoryConfig`) and what its folder records
+(:class:`MemoryRecord`, the ``config.json``), with the checks that refuse a mismatched model."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import torch
+from beartype import beartype
+
+from automr.data.catalog import Catalog
+from automr.data.prompts import PromptConfig
+from automr.errors import AutomrError
+from automr.memory.encoders import ENCODERS
+from automr.memory.pooling import Pooling
+
+MEMORY_FORMAT: Final = "automr.memory/1"
+CONFIG_FILE: Final = "config.json"
+
+STORAGE_DTYPES: Final[dict[str, torch.dtype | None]] = {
+    "model": None, "float32": torch.float32, "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+"""How keys (and token states) are stored; ``model`` keeps the model's dtype. On read they
+are always cast back to the model's dtype."""
+
+
+def _known_encoder(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in ENCODERS:
+        raise ValueError(f"unknown encoder {value!r}; choose one of {', '.join(ENCODERS)}")
+
+
+def _known_storage(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {value!r}; choose one of "
+                         f"{', '.join(STORAGE_DTYPES)}")
+
+
+@beartype
+@attrs.frozen
+class MemoryConfig:
+    """How to build a memory.
+
+    - ``encoder``: a key of :data:`~automr.memory.encoders.ENCODERS` (``window`` = eq. 2,
+      ``item`` = the title alone);
+    - ``pooling``: how a sequence's layer-L states become one key;
+    - ``window``: K, the window encoder's history length (``None``: the dataset's
+      ``recent_k``, i.e. exactly the prompt length of the samples);
+    - ``window_includes_item``: element m's window ends with item m (default) or is the K
+      items strictly before m (the paper's literal ``x_{u,h_m}``), see
+      :class:`~automr.memory.encoders.WindowEncoder`;
+    - ``store_token_states``: also store every element's layer-L token states (for the concat
+      combiner); otherwise they are recomputed on demand for the retrieved element only;
+    - ``storage_dtype``: ``model``, ``float32``, ``float16`` or ``bfloat16`` on disk;
+    - ``shard_elements``: a shard is closed once it holds at least this many elements (shards
+      hold whole users, so a build resumes at user granularity);
+    - ``share_prefix``: compute the tokens all prompts of a batch start with once per batch
+      (:class:`~automr.memory.encoders.LayerEncoder`); same keys up to float rounding, about
+      half the work for BIGRec prompts.
+    """
+
+    encoder: str = attrs.field(default="window", validator=_known_encoder)
+    pooling: Pooling = attrs.field(factory=Pooling)
+    window: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    window_includes_item: bool = True
+    store_token_states: bool = False
+    storage_dtype: str = attrs.field(default="model", validator=_known_storage)
+    shard_elements: int = attrs.field(default=2048, validator=attrs.validators.ge(1))
+    share_prefix: bool = True
+
+
+@beartype
+@attrs.frozen
+class MemoryRecord:
+    """The ``config.json`` of a memory folder: everything the keys depend on.
+
+    ``window`` is resolved (never ``None`` for the window encoder); ``dtype`` is the model's
+    dtype (keys are returned in it) and ``storage_dtype`` the dtype on disk.
+    """
+
+    model_name: str
+    model_fingerprint: str | None
+    layer: int
+    hidden_size: int
+    num_layers: int
+    dtype: str
+    encoder: str
+    window: int | None
+    window_includes_item: bool
+    pooling: Pooling
+    store_token_states: bool
+    storage_dtype: str
+    shard_elements: int
+    share_prefix: bool
+    prompt_config: PromptConfig
+    dataset_fingerprint: str | None = None
+    catalog_fingerprint: str | None = None
+    format: str = MEMORY_FORMAT
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def torch_storage_dtype(self) -> torch.dtype:
+        return getattr(torch, self.storage_dtype)
+
+    def encoder_settings(self) -> dict[str, Any]:
+        return {"kind": self.encoder, "window": self.window,
+                "includes_item": self.window_includes_item}
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "MemoryRecord":
+        values = dict(data)
+        values["pooling"] = Pooling(**values["pooling"])
+        values["prompt_config"] = PromptConfig(**values["prompt_config"])
+        return cls(**values)
+
+    def write(self, folder: Path) -> None:
+        write_json_atomic(folder / CONFIG_FILE, self.to_json())
+
+    @classmethod
+    def read(cls, folder: Path) -> "MemoryRecord":
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            raise AutomrError(f"{folder} is not a memory folder ({CONFIG_FILE} is missing). "
+                              f"Build one with automr.memory.build_memory.")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as error:
+            raise AutomrError(f"{path} is not valid JSON ({error}); rebuild the memory.") from None
+        if not isinstance(data, dict) or data.get("format") != MEMORY_FORMAT:
+            raise AutomrError(f"{path} is not a memory config (format "
+                              f"{data.get('format') if isinstance(data, dict) else None!r}, "
+                              f"expected {MEMORY_FORMAT!r}).")
+        try:
+            return cls.from_json(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise AutomrError(f"{path} is damaged ({error}); rebuild the memory.") from None
+
+    def check(self, folder: Path | str, expect_fingerprint: str | None = None,
+              expect_layer: int | None = None) -> None:
+        """Refuse a memory built with another model or layer than the one in use."""
+        if expect_fingerprint is not None and expect_fingerprint != self.model_fingerprint:
+            raise AutomrError(
+                f"the memory in {folder} was built with model {self.model_name!r} (fingerprint "
+                f"{_short(self.model_fingerprint)}) at layer {self.layer}, but a model with "
+                f"fingerprint {_short(expect_fingerprint)} is in use. Its keys are meaningless "
+                f"for this model: build a new memory with it.")
+        if expect_layer is not None and expect_layer != self.layer:
+            raise AutomrError(
+                f"the memory in {folder} holds layer-{self.layer} states of {self.model_name!r}, "
+                f"but layer {expect_layer} was asked for. Build a memory at layer "
+                f"{expect_layer} or use layer {self.layer}.")
+
+
+def _short(fingerprint: str | None) -> str:
+    return "unknown" if fingerprint is None else fingerprint[:12]
+
+
+def catalog_fingerprint(catalog: Catalog) -> str:
+    """sha256 over the catalog's ``id<TAB>title`` lines (what encoded texts depend on)."""
+    digest = hashlib.sha256()
+    for item in catalog:
+        digest.update(f"{item.id}\t{item.title}\n".encode())
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to a temporary name next to ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,233 @@
+"""Reading a memory folder: :class:`MemoryStore`, the :class:`~automr.interfaces.Memory`.
+
+Keys of one user are read with ``safe_open(...).get_slice`` (only those rows, never a whole
+file) unless ``preload=True`` keeps every shard's keys in RAM. They come back in the model's
+dtype on the requested device whatever the storage dtype.
+"""
+
+import bisect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, final
+
+import torch
+from beartype import beartype
+from jaxtyping import Bool, Float, jaxtyped
+from safetensors import safe_open
+from torch import Tensor
+
+from automr.data.records import Sample
+from automr.errors import AutomrError
+from automr.interfaces import MemoryView
+from automr.memory.config import MemoryRecord
+from automr.memory.encoders import ElementEncoder
+from automr.memory.shards import MemoryIndex
+
+Request = tuple[str, int] | tuple[str, int, int]
+"""``(user, count)`` or ``(user, count, start)``: elements ``start .. start+count-1``."""
+
+
+@final
+class MemoryStore:
+    """A built memory folder, read lazily. Open it with :meth:`open`.
+
+    Element ``i`` of a user is the user's i-th interaction in time order (its position in
+    the user's timeline of the prepared dataset); ``view``, ``token_states`` and
+    :meth:`request_for` all use these absolute positions.
+    """
+
+    def __init__(self, folder: Path, record: MemoryRecord, index: MemoryIndex,
+                 recompute: ElementEncoder | None, device: torch.device,
+                 preload: bool) -> None:
+        self.folder = folder
+        self.record = record
+        self.index = index
+        self.recompute = recompute
+        self.device = device
+        self._handles: dict[int, Any] = {}
+        self._preloaded: dict[int, Tensor] = {}
+        if preload:
+            for number in range(len(index.shards)):
+                self._preloaded[number] = self._handle(number).get_tensor("keys")
+
+    @classmethod
+    def open(
+        cls, folder: Path | str, *, recompute: ElementEncoder | None = None,
+        expect_fingerprint: str | None = None, expect_layer: int | None = None,
+        device: str | torch.device = "cpu", preload: bool = False,
+    ) -> "MemoryStore":
+        """Open a finished memory folder.
+
+        ``expect_fingerprint`` / ``expect_layer`` refuse a memory built with another model or
+        layer (:class:`~automr.errors.AutomrError` naming both). ``recompute`` is an element
+        encoder with the memory's settings on the memory's model; with it, token states that
+        were not stored are recomputed on demand (:meth:`token_states`).
+        """
+        folder = Path(folder).expanduser()
+        record = MemoryRecord.read(folder)
+        record.check(folder, expect_fingerprint, expect_layer)
+        index = MemoryIndex.read(folder)
+        if not index.complete:
+            raise AutomrError(f"the memory in {folder} is incomplete ({len(index.shards)} shards "
+                              f"written): its build was interrupted. Run the same build again "
+                              f"to finish it (finished shards are kept).")
+        if recompute is not None:
+            check_encoder(folder, record, recompute)
+        return cls(folder, record, index, recompute, torch.device(device), preload)
+
+    # -- the Memory protocol ------------------------------------------------------------
+    @property
+    def layer(self) -> int:
+        return self.record.layer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.record.hidden_size
+
+    def users(self) -> Sequence[str]:
+        """Every user with elements, sorted."""
+        return tuple(sorted(self.index.users))
+
+    def count(self, user: str) -> int:
+        """How many elements ``user`` has (0 for an unknown user)."""
+        entry = self.index.users.get(user)
+        return 0 if entry is None else len(entry.items)
+
+    def view(self, user: str, count: int, start: int = 0) -> MemoryView:
+        """``count`` elements of ``user`` from ``start`` (default: the ``count`` oldest).
+
+        A sample's memory is ``view(*request_for(sample))``; its ``start`` is nonzero only when
+        the protocol's ``max_history`` cut the user's oldest interactions off its history.
+        """
+        entry = self._entry(user, count, start)
+        stop = start + count
+        if entry is None or count == 0:
+            empty = torch.empty(0, self.hidden_size, dtype=self.record.torch_dtype,
+                                device=self.device)
+            return MemoryView(keys=empty, item_ids=(), timestamps=())
+        pieces = [self._keys(shard, lo, hi) for shard, lo, hi in entry.rows(start, stop)]
+        keys = torch.cat(pieces).to(device=self.device, dtype=self.record.torch_dtype)
+        return MemoryView(keys=keys, item_ids=tuple(entry.items[start:stop]),
+                          timestamps=tuple(entry.timestamps[start:stop]))
+
+    @jaxtyped(typechecker=beartype)
+    def token_states(self, user: str, index: int) -> Float[Tensor, "seq hidden"]:
+        """Layer-L states of every token of element ``index``: stored ones if the memory has
+        them, else recomputed through the lower half for this element only."""
+        entry = self._entry(user, 1, index)
+        if entry is None:
+            raise AutomrError(f"user {user!r} has no memory")
+        if self.record.store_token_states:
+            shard, row = entry.locate(index)
+            handle = self._handle(shard)
+            first, last = handle.get_slice("offsets")[row: row + 2].tolist()
+            states = handle.get_slice("states")[first:last]
+        elif self.recompute is not None:
+            text = self.recompute.text(entry.items, entry.timestamps, index)
+            encoded = self.recompute.base.encode_texts([text], keep_states=True)
+            assert encoded.states is not None
+            states = encoded.states[0]
+        else:
+            raise AutomrError(
+                f"the memory in {self.folder} stores no token states; open it with "
+                f"MemoryStore.open(..., recompute=encoder) to recompute them on demand, or "
+                f"build it with store_token_states=True.")
+        return states.to(device=self.device, dtype=self.record.torch_dtype)
+
+    # -- samples and batches ----------------------------------------------------------
+    def request_for(self, sample: Sample) -> tuple[str, int, int]:
+        """``(user, count, start)`` of ``sample``'s memory: its ``len(sample.memory)`` elements
+        ending right before its recent items (located by time, checked against the items)."""
+        count = len(sample.memory)
+        entry = self.index.users.get(sample.user)
+        if entry is None:
+            if count:
+                raise AutomrError(f"user {sample.user!r} of a sample is not in the memory "
+                                  f"{self.folder}; was it built from this dataset?")
+            return sample.user, 0, 0
+        prior = bisect.bisect_left(entry.timestamps, sample.timestamp)
+        start = prior - len(sample.recent) - count
+        items = tuple(entry.items[max(start, 0): start + count])
+        if start < 0 or items != sample.memory:
+            raise AutomrError(
+                f"the memory of user {sample.user!r} does not hold this sample's history (time "
+                f"{sample.timestamp}); the memory in {self.folder} was built from other data.")
+        return sample.user, count, start
+
+    def view_sample(self, sample: Sample) -> MemoryView:
+        """The memory ``sample`` sees: exactly ``sample.memory``, oldest first."""
+        user, count, start = self.request_for(sample)
+        return self.view(user, count, start)
+
+    def padded_keys(
+        self, requests: Sequence[Request]
+    ) -> tuple[Float[Tensor, "batch mem hidden"], Bool[Tensor, "batch mem"]]:
+        """Keys of several views (``(user, count)`` or ``(user, count, start)``), right-padded
+        with zeros to the longest, and their mask."""
+        views = [self.view(*request).keys for request in requests]
+        return pad_keys(views, self.hidden_size)
+
+    # -- internals ----------------------------------------------------------------------
+    def _entry(self, user: str, count: int, start: int):
+        if count < 0 or start < 0:
+            raise AutomrError(f"bad memory request for user {user!r}: count {count}, start "
+                              f"{start}")
+        entry = self.index.users.get(user)
+        have = 0 if entry is None else len(entry.items)
+        if start + count > have:
+            raise AutomrError(f"user {user!r} has {have} memory elements, but elements "
+                              f"{start}..{start + count - 1} were asked for; the memory in "
+                              f"{self.folder} was built from other data.")
+        return entry
+
+    def _handle(self, shard: int) -> Any:
+        if shard not in self._handles:
+            path = self.folder / self.index.shards[shard].file
+            if not path.is_file():
+                raise AutomrError(f"{path} is missing; the memory folder is damaged. Rebuild "
+                                  f"it.")
+            self._handles[shard] = safe_open(str(path), framework="pt", device="cpu")
+        return self._handles[shard]
+
+    def _keys(self, shard: int, lo: int, hi: int) -> Tensor:
+        if shard in self._preloaded:
+            return self._preloaded[shard][lo:hi]
+        return self._handle(shard).get_slice("keys")[lo:hi]
+
+
+@jaxtyped(typechecker=beartype)
+def pad_keys(
+    rows: Sequence[Float[Tensor, "_ hidden"]], hidden_size: int
+) -> tuple[Float[Tensor, "batch mem hidden"], Bool[Tensor, "batch mem"]]:
+    """Per-view keys of different lengths, right-padded with zeros, and the mask of real ones.
+
+    (Kept apart from :meth:`MemoryStore.padded_keys`: building several ``MemoryView`` objects
+    inside one ``@jaxtyped`` call would bind their ``mem`` sizes to each other.)
+    """
+    width = max((r.shape[0] for r in rows), default=0)
+    dtype = rows[0].dtype if rows else torch.float32
+    device = rows[0].device if rows else None
+    keys = torch.zeros(len(rows), width, hidden_size, dtype=dtype, device=device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for row, values in enumerate(rows):
+        keys[row, : values.shape[0]] = values
+        mask[row, : values.shape[0]] = True
+    return keys, mask
+
+
+def check_encoder(folder: Path, record: MemoryRecord, encoder: ElementEncoder) -> None:
+    """Refuse an encoder that would compute different states than the memory holds."""
+    base = encoder.base
+    record.check(folder, base.backbone.fingerprint, base.layer)
+    mismatches = []
+    if encoder.settings() != record.encoder_settings():
+        mismatches.append(f"encoder {encoder.settings()} vs {record.encoder_settings()}")
+    if base.pooling != record.pooling:
+        mismatches.append(f"pooling {base.pooling} vs {record.pooling}")
+    prompt_config = getattr(encoder, "prompt_config", None)
+    if prompt_config is not None and prompt_config != record.prompt_config:
+        mismatches.append("prompt config")
+    if mismatches:
+        raise AutomrError(f"the encoder differs from the one the memory in {folder} was built "
+                          f"with: {'; '.join(mismatches)}. Make it with make_encoder(record, "
+                          f"...) from the memory's config.")

@@ -1,0 +1,390 @@
+"""Per-user memory: pooling, window/item encoders, views vs samples, storage, resume, append."""
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from automr.data import (
+    Catalog,
+    Interaction,
+    Item,
+    PreparedDataset,
+    ProtocolConfig,
+    SourceData,
+    format_prompt,
+    prepare_dataset,
+    sample_texts,
+    tokenize_example,
+)
+from automr.errors import AutomrError
+from automr.interfaces import Encoder, Memory
+from automr.memory import (
+    Backbone,
+    LayerEncoder,
+    MemoryConfig,
+    MemoryStore,
+    Pooling,
+    append_memory,
+    build_memory,
+    mean_pool,
+    memory_encoder,
+)
+from automr.memory.encoders import common_prefix, pad_right
+from automr.memory.shards import MemoryIndex
+from automr.testing.tiny import TINY_VOCAB, tiny_llama_config, tiny_model
+
+LAYER = 2
+DAY = 86_400
+START = 1_577_836_800  # 2020-01-01 UTC
+TITLES = ["Alien (1979)", "Heat (1995)", "Up (2009)", "Jaws (1975)", "Rocky (1976)",
+          "Big (1988)", "Fargo (1996)", "Se7en (1995)", "Ran (1985)", "Tron (1982)"]
+
+
+def synthetic_dataset(users: int = 5, seed: int = 0) -> PreparedDataset:
+    """Users with 6-14 interactions spread over a year, with same-second ties."""
+    rng = random.Random(seed)
+    items = [Item(str(i), title) for i, title in enumerate(TITLES)]
+    interactions = []
+    for u in range(users):
+        t = START + rng.randrange(20) * DAY
+        for _ in range(rng.randrange(6, 15)):
+            t += rng.choice([0, DAY, 9 * DAY, 30 * DAY])  # 0: a tie with the previous one
+            interactions.append(Interaction(f"u{u}", rng.choice(items).id, t))
+    source = SourceData(kind="csv", domain="movies", catalog=Catalog(items),
+                        interactions=tuple(interactions), raw_users=users,
+                        raw_items=len(items), raw_interactions=len(interactions))
+    protocol = ProtocolConfig(start=None, end=None, train_months=3, min_item_interactions=0,
+                              min_user_interactions=0, max_history=5, recent_k=2)
+    return prepare_dataset(source, protocol)
+
+
+@pytest.fixture(scope="module")
+def backbone(tokenizer) -> Backbone:
+    return Backbone.from_model(tiny_model(tiny_llama_config(num_layers=3), seed=0), tokenizer,
+                               "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def dataset() -> PreparedDataset:
+    return synthetic_dataset()
+
+
+@pytest.fixture(scope="module")
+def built(backbone, dataset, tmp_path_factory) -> MemoryStore:
+    out = tmp_path_factory.mktemp("mem") / "window"
+    config = MemoryConfig(shard_elements=12, store_token_states=True)
+    return build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False)
+
+
+def samples_of(dataset: PreparedDataset):
+    return [s for split in ("train", "valid", "test") for s in dataset.samples(split)]
+
+
+def pooled_alone(backbone: Backbone, text: str, skip_first: int = 1) -> torch.Tensor:
+    """The plain computation: one unpadded prompt through layers 0..L-1, mean after skipping."""
+    ids = torch.tensor([backbone.tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        hidden = backbone.llm.lower(ids, torch.ones_like(ids), LAYER).hidden[0]
+    return hidden[skip_first:].mean(0)
+
+
+# -- pooling and batching ----------------------------------------------------------------------
+token = st.integers(min_value=3, max_value=TINY_VOCAB - 1)
+sequences = st.lists(st.lists(token, min_size=1, max_size=12), min_size=1, max_size=3)
+
+
+@settings(max_examples=15)
+@given(seqs=sequences, kind=st.sampled_from(["mean", "last"]), skip=st.integers(0, 3),
+       side=st.sampled_from(["left", "right"]))
+def test_batched_encoding_equals_one_at_a_time(backbone, seqs, kind, skip, side):
+    encoder = LayerEncoder(backbone, LAYER, Pooling(kind, skip))
+    ids, mask = pad_right(seqs, pad_id=2)
+    if side == "left":
+        ids, mask = pad_left(seqs)
+    batched = encoder.encode(ids, mask)
+    for row, seq in enumerate(seqs):
+        alone = encoder.encode(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long))
+        torch.testing.assert_close(batched[row], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(encoder.encode_tokens(seqs).keys,
+                               encoder.encode(*pad_right(seqs, 2)), rtol=1e-5, atol=1e-5)
+
+
+@given(prefix=st.lists(token, min_size=0, max_size=10), tails=sequences,
+       kind=st.sampled_from(["mean", "last"]), skip=st.integers(0, 3), layer=st.integers(0, 3))
+def test_shared_prefix_encoding_equals_plain(backbone, prefix, tails, kind, skip, layer):
+    seqs = [prefix + tail for tail in tails]
+    shared = LayerEncoder(backbone, layer, Pooling(kind, skip), share_prefix=True, min_shared=1)
+    plain = LayerEncoder(backbone, layer, Pooling(kind, skip), share_prefix=False)
+    shortest = min(map(len, seqs))
+    assert min(len(prefix), shortest - 1) <= common_prefix(seqs) <= shortest - 1
+    got, want = shared.encode_tokens(seqs, True), plain.encode_tokens(seqs, True)
+    torch.testing.assert_close(got.keys, want.keys, rtol=1e-5, atol=1e-5)
+    assert got.states is not None and want.states is not None and got.tokens == want.tokens
+    for a, b in zip(got.states, want.states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def pad_left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), 2, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def test_mean_pool_leaves_out_first_positions():
+    hidden = torch.tensor([[[1000.0], [1.0], [3.0], [0.0]],
+                           [[0.0], [500.0], [2.0], [4.0]]])
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True]])
+    torch.testing.assert_close(mean_pool(hidden, mask, 1), torch.tensor([[2.0], [3.0]]))
+    torch.testing.assert_close(mean_pool(hidden, mask, 0), torch.tensor([[1004 / 3], [506 / 3]]))
+    # Too short to skip anything: falls back to all real tokens.
+    torch.testing.assert_close(mean_pool(hidden, mask, 5), torch.tensor([[1004 / 3], [506 / 3]]))
+    torch.testing.assert_close(Pooling("last")(hidden, mask), torch.tensor([[3.0], [4.0]]))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        Pooling("max")
+
+
+def test_protocols(backbone, built):
+    assert isinstance(built, Memory)
+    assert isinstance(LayerEncoder(backbone, LAYER), Encoder)
+    assert isinstance(built.recompute, Encoder)
+    assert built.layer == LAYER
+
+
+# -- what an element encodes ------------------------------------------------------------------
+def test_window_key_is_the_prompt_up_to_and_including_the_item(backbone, dataset, built):
+    k = dataset.protocol.recent_k
+    for user in built.users()[:2]:
+        entry = built.index.users[user]
+        keys = built.view(user, built.count(user)).keys
+        for m in range(len(entry.items)):
+            window = entry.items[max(0, m + 1 - k): m + 1]
+            text = format_prompt(dataset.catalog.titles(window), dataset.prompt_config)
+            torch.testing.assert_close(keys[m], pooled_alone(backbone, text),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_window_without_item_equals_the_query_of_a_sample_at_that_time(
+        backbone, dataset, tmp_path):
+    config = MemoryConfig(window_includes_item=False, shard_elements=1000)
+    memory = build_memory(backbone, dataset, LAYER, config, tmp_path / "m", progress=False)
+    checked = 0
+    for sample in samples_of(dataset)[::3]:
+        entry = memory.index.users[sample.user]
+        m = next(i for i, t in enumerate(entry.timestamps) if t == sample.timestamp)
+        prompt, target = sample_texts(sample, dataset.catalog, dataset.prompt_config)
+        ids = torch.tensor([tokenize_example(backbone.tokenizer, prompt, target).prompt_ids])
+        query = memory.recompute.base.encode(ids, torch.ones_like(ids))[0]
+        torch.testing.assert_close(memory.view(sample.user, m + 1).keys[m], query,
+                                   rtol=1e-5, atol=1e-5)
+        checked += 1
+    assert checked > 5
+    # A user's first element has no predecessor: the prompt with no item at all.
+    first = memory.view(memory.users()[0], 1).keys[0]
+    empty = pooled_alone(backbone, format_prompt([], dataset.prompt_config))
+    torch.testing.assert_close(first, empty, rtol=1e-5, atol=1e-5)
+
+
+def test_item_encoder_shares_one_key_per_item(backbone, dataset, tmp_path):
+    config = MemoryConfig(encoder="item", shard_elements=7)
+    memory = build_memory(backbone, dataset, LAYER, config, tmp_path / "m", progress=True)
+    keys_by_item: dict[str, torch.Tensor] = {}
+    for user in memory.users():
+        view = memory.view(user, memory.count(user))
+        for item, key in zip(view.item_ids, view.keys, strict=True):
+            expected = keys_by_item.setdefault(item, key)
+            assert torch.equal(key, expected)
+    for item, key in keys_by_item.items():
+        text = '"' + dataset.catalog.title(item) + '"'
+        torch.testing.assert_close(key, pooled_alone(backbone, text), rtol=1e-5, atol=1e-5)
+
+
+# -- views vs samples -------------------------------------------------------------------------
+def test_views_are_exactly_the_samples_memories(dataset, built):
+    capped = 0
+    all_samples = samples_of(dataset)
+    for sample in all_samples:
+        view = built.view_sample(sample)
+        assert view.item_ids == sample.memory
+        assert view.timestamps == sample.memory_timestamps
+        assert view.keys.shape == (len(sample.memory), built.hidden_size)
+        # Nothing at or after the recent items: the elements end right where they start.
+        user, count, start = built.request_for(sample)
+        entry = built.index.users[user]
+        assert tuple(entry.items[start + count:][: len(sample.recent)]) == sample.recent
+        assert all(t <= sample.recent_timestamps[0] for t in view.timestamps)
+        assert all(t < sample.timestamp for t in view.timestamps)
+        if start == 0:  # the Memory protocol's view(user, count): the count oldest elements
+            assert built.view(user, count).item_ids == sample.memory
+        capped += start > 0
+    assert capped > 0, "the synthetic data should exercise the max_history cap"
+    assert sum(bool(s.memory) for s in all_samples) > 10
+    # Every user's elements are its whole timeline, in time order.
+    timeline: dict[str, list[tuple[str, int]]] = {}
+    for inter in dataset.interactions:
+        timeline.setdefault(inter.user, []).append((inter.item, inter.timestamp))
+    assert list(built.users()) == sorted(timeline)
+    for user, rows in timeline.items():
+        view = built.view(user, len(rows))
+        assert list(zip(view.item_ids, view.timestamps, strict=True)) == rows
+
+
+def test_padded_keys_and_bad_requests(built):
+    users = built.users()
+    requests = [(users[0], 3), (users[1], 0), (users[2], 2, 1)]
+    keys, mask = built.padded_keys(requests)
+    assert keys.shape == (3, 3, built.hidden_size) and mask.sum(1).tolist() == [3, 0, 2]
+    assert torch.equal(keys[2, :2], built.view(users[2], 2, 1).keys)
+    assert torch.equal(keys[1], torch.zeros(3, built.hidden_size))
+    assert built.view("nobody", 0).keys.shape == (0, built.hidden_size)
+    with pytest.raises(AutomrError, match="has 0 memory elements"):
+        built.view("nobody", 1)
+    with pytest.raises(AutomrError, match="memory elements"):
+        built.view(users[0], built.count(users[0]) + 1)
+
+
+# -- storage ----------------------------------------------------------------------------------
+def test_round_trip_and_fp16(backbone, dataset, built, tmp_path):
+    again = MemoryStore.open(built.folder)
+    preloaded = MemoryStore.open(built.folder, preload=True)
+    half = build_memory(backbone, dataset, LAYER, MemoryConfig(storage_dtype="float16"),
+                        tmp_path / "half", batch_size=5, progress=False)
+    assert half.record.storage_dtype == "float16" and half.record.dtype == "float32"
+    assert len(built.index.shards) > 1
+    for user in built.users():
+        n = built.count(user)
+        keys = built.view(user, n).keys
+        assert torch.equal(again.view(user, n).keys, keys)
+        assert torch.equal(preloaded.view(user, n).keys, keys)
+        half_keys = half.view(user, n).keys
+        assert half_keys.dtype == torch.float32
+        torch.testing.assert_close(half_keys, keys, rtol=2e-3, atol=2e-3)
+    shard = load_file(built.folder / built.index.shards[0].file)
+    assert set(shard) == {"keys", "states", "offsets"}
+    assert set(load_file(half.folder / half.index.shards[0].file)) == {"keys"}
+    assert load_file(half.folder / half.index.shards[0].file)["keys"].dtype == torch.float16
+
+
+def test_wrong_model_or_layer_is_refused(backbone, dataset, built, tokenizer, tmp_path):
+    with pytest.raises(AutomrError, match=r"built with model 'tiny-llama'.*fingerprint"):
+        MemoryStore.open(built.folder, expect_fingerprint="0" * 64)
+    with pytest.raises(AutomrError, match=r"layer-2 states.*layer 1 was asked"):
+        MemoryStore.open(built.folder, expect_layer=1)
+    MemoryStore.open(built.folder, expect_fingerprint=backbone.fingerprint, expect_layer=LAYER)
+    other = Backbone.from_model(tiny_model(tiny_llama_config(num_layers=3), seed=7), tokenizer,
+                                "tiny-llama")
+    with pytest.raises(AutomrError, match="built with model"):
+        memory_encoder(built.folder, other, dataset.catalog)
+    with pytest.raises(AutomrError, match="other settings"):
+        build_memory(backbone, dataset, 1, MemoryConfig(shard_elements=12,
+                     store_token_states=True), built.folder, progress=False)
+    with pytest.raises(AutomrError, match="not a memory folder"):
+        MemoryStore.open(tmp_path)
+
+
+def test_token_states_recomputed_equal_stored(backbone, dataset, built, tmp_path):
+    lean = build_memory(backbone, dataset, LAYER, MemoryConfig(shard_elements=12),
+                        tmp_path / "lean", batch_size=5, progress=False)
+    assert not lean.record.store_token_states
+    for user in lean.users()[:3]:
+        assert torch.equal(lean.view(user, 4).keys, built.view(user, 4).keys)
+        for index in range(0, lean.count(user), 3):
+            stored = built.token_states(user, index)
+            recomputed = lean.token_states(user, index)
+            assert stored.shape == recomputed.shape
+            torch.testing.assert_close(recomputed, stored, rtol=1e-5, atol=1e-5)
+            key = built.view(user, 1, index).keys[0]
+            torch.testing.assert_close(stored[1:].mean(0), key, rtol=1e-5, atol=1e-5)
+    with pytest.raises(AutomrError, match="stores no token states"):
+        MemoryStore.open(lean.folder).token_states(lean.users()[0], 0)
+
+
+# -- resume and append ------------------------------------------------------------------------
+def shard_tensors(store: MemoryStore) -> list[dict[str, torch.Tensor]]:
+    return [load_file(store.folder / s.file) for s in store.index.shards]
+
+
+def index_without_timings(store: MemoryStore) -> dict:
+    data = MemoryIndex.read(store.folder).to_json()
+    for shard in data["shards"]:
+        shard.pop("seconds")
+    return data
+
+
+def test_resume_after_interruption_equals_full_build(backbone, dataset, built, tmp_path):
+    config = MemoryConfig(shard_elements=12, store_token_states=True)
+    out = tmp_path / "resumed"
+
+    def interrupt(number: int, total: int) -> None:
+        assert total > 2
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
+                     on_shard=interrupt)
+    assert len(MemoryIndex.read(out).shards) == 1
+    with pytest.raises(AutomrError, match="incomplete"):
+        MemoryStore.open(out)
+    seen = []
+    resumed = build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
+                           on_shard=lambda number, total: seen.append(number))
+    assert seen[0] == 1  # shard 0 was kept, not recomputed
+    assert index_without_timings(resumed) == index_without_timings(built)
+    for got, want in zip(shard_tensors(resumed), shard_tensors(built), strict=True):
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[name], want[name]) for name in want)
+
+
+def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path):
+    # Hold back the last 2 interactions of every user and all of one user, then append them.
+    by_user: dict[str, list[Interaction]] = {}
+    for inter in dataset.interactions:
+        by_user.setdefault(inter.user, []).append(inter)
+    late_user = sorted(by_user)[1]
+    old, new = [], []
+    for user, rows in by_user.items():
+        cut = 0 if user == late_user else len(rows) - 2
+        old += rows[:cut]
+        new += rows[cut:]
+    partial = PreparedDataset(catalog=dataset.catalog, interactions=tuple(old),
+                              protocol=dataset.protocol, boundaries=dataset.boundaries,
+                              stats=dataset.stats, source=dataset.source)
+    config = MemoryConfig(shard_elements=12)
+    first = build_memory(backbone, partial, LAYER, config, tmp_path / "m", progress=False)
+    before = {s.file: _sha(first.folder / s.file) for s in first.index.shards}
+    old_keys = {u: first.view(u, first.count(u)).keys for u in first.users()}
+    assert late_user not in old_keys
+    shuffled = sorted(new, key=lambda i: i.user, reverse=True)  # users mixed, ties in order
+    grown = append_memory(first.folder, backbone, shuffled, dataset.catalog,
+                          progress=False)
+    assert {s.file: _sha(grown.folder / s.file) for s in grown.index.shards[:len(before)]} \
+        == before
+    assert len(grown.index.shards) > len(before)
+    full = build_memory(backbone, dataset, LAYER, config, tmp_path / "full", progress=False)
+    assert grown.users() == full.users()
+    for user in full.users():
+        n = full.count(user)
+        view, want = grown.view(user, n), full.view(user, n)
+        assert (view.item_ids, view.timestamps) == (want.item_ids, want.timestamps)
+        if user in old_keys:
+            assert torch.equal(view.keys[: len(old_keys[user])], old_keys[user])
+        # New elements' windows reach back into the stored items: same keys as a full build.
+        torch.testing.assert_close(view.keys, want.keys, rtol=1e-5, atol=1e-5)
+    for sample in samples_of(dataset):
+        assert grown.view_sample(sample).item_ids == sample.memory
+    with pytest.raises(AutomrError, match="older than the last one"):
+        append_memory(grown.folder, backbone, [Interaction(late_user, "0", START)],
+                      dataset.catalog, progress=False)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
