@@ -45,7 +45,7 @@ def test_trie_beams_are_exact_and_complete(tiny_models, arch, prompts, titles, l
     """With as many beams as titles, every title comes back with its exact log-probability."""
     model = tiny_models[arch]
     llm = HFSplitLLM(model)
-    sequences = [t + [EOS] for t in titles]  # a title may be a prefix of another
+    sequences = [[*t, EOS] for t in titles]  # a title may be a prefix of another
     trie = TokenTrie(sequences, list(range(len(sequences))))
     width = max(map(len, prompts))
     ids = torch.tensor([[EOS] * (width - len(p)) + p for p in prompts])

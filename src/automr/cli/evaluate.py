@@ -17,10 +17,17 @@ def evaluate_command(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, ranks/.")],
     methods: Annotated[str, typer.Option(
-        help="Comma-separated: sasrec, base:G, bigrec:G with G in l2, constrained, "
-             "likelihood.")] = "sasrec,base:l2,bigrec:l2",
+        help="Comma-separated: sasrec, or NAME:G with NAME in base, bigrec, automr, random, "
+             "semantic and G in l2, constrained, likelihood.")] = "sasrec,base:l2,bigrec:l2",
     finetuned: Annotated[Path | None, typer.Option(
-        help="Run folder of `automr finetune` (needed by bigrec:*).")] = None,
+        help="Run folder of `automr finetune` (all but sasrec and base).")] = None,
+    memory: Annotated[Path | None, typer.Option(
+        help="Memory folder (automr, random, semantic).")] = None,
+    retriever: Annotated[Path | None, typer.Option(
+        help="Trained retriever folder (automr).")] = None,
+    combiner: Annotated[str, typer.Option(
+        help="append-token, prepend-token or concat.")] = defaults.combiner,
+    k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
     model: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_MODEL,
     split: str = defaults.split,
     samples: Annotated[int, typer.Option(
@@ -40,8 +47,8 @@ def evaluate_command(
     """Rank the same test samples with every method; print and write the results table."""
     config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
-                        exclude_seen=exclude_seen)
+                        exclude_seen=exclude_seen, combiner=combiner, k=k)
     evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()], out, config,
-                     model=model, finetuned=finetuned, device=device, cache_dir=cache_dir,
-                     progress=not quiet)
+                     model=model, finetuned=finetuned, memory=memory, retriever=retriever,
+                     device=device, cache_dir=cache_dir, progress=not quiet)
     typer.echo((out / "results.md").read_text())

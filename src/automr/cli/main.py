@@ -5,6 +5,7 @@ import typer
 from automr.cli import data, model
 from automr.cli.evaluate import evaluate_command
 from automr.cli.finetune import finetune_command
+from automr.cli.pipeline import annotate_command, demo_command, memory_app, retriever_app
 
 app = typer.Typer(
     name="automr",
@@ -12,9 +13,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.command("demo")(demo_command)
 app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
 app.command("finetune")(finetune_command)
+app.add_typer(memory_app, name="memory")
+app.command("annotate")(annotate_command)
+app.add_typer(retriever_app, name="retriever")
 app.command("evaluate")(evaluate_command)
 
 

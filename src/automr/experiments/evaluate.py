@@ -5,6 +5,10 @@ Methods are named ``NAME`` or ``NAME:GROUNDER``:
 - ``sasrec`` - the conventional baseline, trained here on the training period;
 - ``base:GROUNDER`` - the untuned LM;
 - ``bigrec:GROUNDER`` - the LM with the LoRA adapter of ``--finetuned``;
+- ``automr:GROUNDER`` - BIGRec plus the memory of ``--memory`` and the trained retriever of
+  ``--retriever``, joined at layer L by the combiner;
+- ``random:GROUNDER`` / ``semantic:GROUNDER`` - the same with random (seeded) or semantic
+  (cosine) retrieval instead of the trained retriever;
 
 with GROUNDER one of ``l2`` (BIGRec's), ``constrained``, ``likelihood``.
 """
@@ -18,6 +22,7 @@ import attrs
 import torch
 from beartype import beartype
 
+from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
@@ -31,10 +36,18 @@ from automr.experiments.generative import (
 )
 from automr.grounding import GROUNDER_KINDS
 from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
-from automr.recommenders.finetune import base_fingerprint, load_finetuned
+from automr.memory import MemoryStore
+from automr.recommenders.automr import MemoryRetrieval
+from automr.recommenders.finetune import (
+    base_fingerprint,
+    check_memory_compatible,
+    load_finetuned,
+)
 from automr.recommenders.sasrec import SASRecConfig, fit_sasrec
+from automr.retrievers import build_retriever, load_retriever
 
-GENERATIVE = ("base", "bigrec")
+GENERATIVE = ("base", "bigrec", "automr", "random", "semantic")
+WITH_MEMORY = ("automr", "random", "semantic")
 
 
 @beartype
@@ -51,6 +64,8 @@ class EvalConfig:
     exclude_seen: bool = False
     ks: tuple[int, ...] = (1, 5, 10)
     n_resamples: int = 1000
+    combiner: str = "append-token"
+    k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
@@ -72,13 +87,21 @@ def sample_ids(samples: Sequence[Sample]) -> list[str]:
 def evaluate_methods(
     dataset_dir: Path | str, methods: Sequence[str], out_dir: Path | str,
     config: EvalConfig = EvalConfig(), model: str = DEFAULT_MODEL,
-    finetuned: Path | str | None = None, device: str = "auto",
+    finetuned: Path | str | None = None, memory: Path | str | None = None,
+    retriever: Path | str | None = None, device: str = "auto",
     cache_dir: Path | str | None = None, progress: bool = True,
 ) -> dict[str, MetricReport]:
     """Rank the same seeded subset of samples with every method; write ranks and tables."""
     parsed = [parse_method(m) for m in methods]
-    if any(name == "bigrec" for name, _ in parsed) and finetuned is None:
-        raise AutomrError("bigrec:* methods need --finetuned RUN_DIR (from `automr finetune`)")
+    names = {name for name, _ in parsed}
+    if names - {"sasrec", "base"} and finetuned is None:
+        raise AutomrError("bigrec/automr/random/semantic methods need --finetuned RUN_DIR "
+                          "(from `automr finetune`)")
+    if names & set(WITH_MEMORY) and memory is None:
+        raise AutomrError("automr/random/semantic methods need --memory DIR "
+                          "(from `automr memory build`)")
+    if "automr" in names and retriever is None:
+        raise AutomrError("automr:* methods need --retriever DIR (from `automr retriever train`)")
     dataset = PreparedDataset.load(dataset_dir)
     samples = seeded_subset(dataset.samples(config.split), config.max_samples, config.seed)
     if not samples:
@@ -92,27 +115,59 @@ def evaluate_methods(
         if name == "sasrec":
             ranks = rank_with_sasrec(dataset, samples, SASRecConfig(seed=config.seed), progress)
         else:
-            if name not in models:
-                models[name] = (load_model(model, device=device, cache_dir=cache_dir)
-                                if name == "base" else
+            kind = "base" if name == "base" else "tuned"
+            if kind not in models:
+                models[kind] = (load_model(model, device=device, cache_dir=cache_dir)
+                                if kind == "base" else
                                 load_finetuned(finetuned, device=device, cache_dir=cache_dir))
-            loaded = models[name]
+            loaded = models[kind]
+            retrieval = (memory_retrieval(name, finetuned, memory, retriever, config,
+                                          str(loaded.model.device))
+                         if name in WITH_MEMORY else None)
             base_fp = (loaded.fingerprint() if name == "base"
                        else base_fingerprint(finetuned))
             targets = dataset_targets(loaded, dataset)
             embeddings = (catalog_embeddings(loaded, targets, base_fp, cache_dir, progress)
                           if grounder in ("l2", "constrained") else None)
             ranker = build_grounder(grounder, loaded, targets, embeddings, config.num_beams)
-            ranks = rank_samples(loaded, dataset, samples, ranker, config.layer,
-                                 config.batch_size, exclude_seen=config.exclude_seen,
-                                 progress=progress, label=method)
+            layer = config.layer if retrieval is None else retrieval.store.layer
+            ranks = rank_samples(loaded, dataset, samples, ranker, layer, config.batch_size,
+                                 insert_for=None if retrieval is None else retrieval.insert_for,
+                                 exclude_seen=config.exclude_seen, progress=progress,
+                                 label=method)
+            if retrieval is not None:
+                save_retrieved(out / "retrieved" / f"{method.replace(':', '-')}.json", ids,
+                               retrieval.retrieved)
         report = build_report(method, ids, torch.tensor(ranks), n_items, ks=config.ks,
                               n_resamples=config.n_resamples, seed=config.seed)
         report.save(out / "ranks" / f"{method.replace(':', '-')}.json")
         reports[method] = report
-    write_tables(reports, out, config, {"dataset": str(dataset_dir), "model": model,
-                                        "finetuned": str(finetuned) if finetuned else None})
+    write_tables(reports, out, config, {
+        "dataset": str(dataset_dir), "model": model,
+        "finetuned": str(finetuned) if finetuned else None,
+        "memory": str(memory) if memory else None, "retriever": str(retriever) if retriever
+        else None})
     return reports
+
+
+def memory_retrieval(name: str, finetuned: Path | str, memory: Path | str,
+                     retriever: Path | str | None, config: EvalConfig,
+                     device: str) -> MemoryRetrieval:
+    """The memory (checked against the fine-tune's lower half), the retriever of method
+    ``name`` and the combiner."""
+    store = MemoryStore.open(memory, device=device)
+    check_memory_compatible(finetuned, store.record.model_fingerprint, store.layer)
+    if name == "automr":
+        chosen = load_retriever(retriever, device=device, hidden_size=store.hidden_size)
+    else:
+        chosen = build_retriever(name, store.hidden_size, seed=config.seed)
+    return MemoryRetrieval(store, chosen, COMBINERS[config.combiner](), k=config.k)
+
+
+def save_retrieved(path: Path, ids: Sequence[str], retrieved: Sequence[Sequence[int]]) -> None:
+    """Which memory elements (timeline positions) each sample retrieved, for analysis."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(zip(ids, retrieved, strict=True)), indent=0) + "\n")
 
 
 def rank_with_sasrec(

@@ -39,9 +39,11 @@ class LikelihoodGrounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Float[Tensor, "batch items"]:
+        batch = prefill(llm, input_ids, attention_mask, layer, insert)
         rows = []
         for b in range(input_ids.shape[0]):
-            start = prefill(llm, input_ids[b : b + 1], attention_mask[b : b + 1], layer, insert)
+            start = copy.deepcopy(batch)
+            start.select(torch.tensor([b], device=llm.device))
             chunks = [
                 self._score_chunk(llm, start, self.targets.token_ids[i : i + self.chunk_size])
                 for i in range(0, len(self.targets), self.chunk_size)

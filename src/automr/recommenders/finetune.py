@@ -252,6 +252,24 @@ def base_fingerprint(run_dir: Path | str) -> str:
     return _finished_record(Path(run_dir))["model_fingerprint"]
 
 
+def check_memory_compatible(run_dir: Path | str, memory_fingerprint: str | None,
+                            layer: int) -> None:
+    """Refuse a memory whose layer-L keys the tuned model's lower half would not reproduce.
+
+    Keys built with the base model stay valid when the adapter only touches layers >= L
+    (``--lora-from-layer L``); otherwise the memory must be built with the tuned model.
+    """
+    record = _finished_record(Path(run_dir))
+    if memory_fingerprint != record["model_fingerprint"]:
+        return  # built with another model (e.g. the tuned one): checked by fingerprint elsewhere
+    tuned_from = record["config"]["lora_from_layer"]
+    if tuned_from < layer:
+        raise AutomrError(
+            f"the memory holds layer-{layer} keys of the base model, but the fine-tune in "
+            f"{run_dir} changes layers {tuned_from}..{layer - 1} below it; fine-tune with "
+            f"--lora-from-layer {layer} or build the memory with the tuned model")
+
+
 def _finished_record(run: Path) -> dict:
     if not (run / RESULT_FILE).exists():
         raise AutomrError(f"{run} is not a finished fine-tune (no {RESULT_FILE}); run "

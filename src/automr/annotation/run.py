@@ -1,0 +1,185 @@
+"""``automr annotate``: eq. 5 over a seeded subset of samples, saved in resumable shards.
+
+An annotation folder holds ``config.json`` (model, layer, combiner, memory, samples) and
+``shard-NNNNN.safetensors`` files, each with, for ``shard_size`` samples: ``base`` [n]
+(log P(y | z_t)), ``element`` [sum of memory sizes] (log P(y | z_t, z_m), concatenated),
+``offsets`` [n + 1] and ``queries`` [n hidden] (the pooled layer-L prompt, z_t). Labels are
+derived later (:func:`retrieval_dataset`), so one annotation serves every label form.
+"""
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from beartype import beartype
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+
+from automr.annotation.labels import labels
+from automr.annotation.likelihood import UpperAnnotator
+from automr.combiners import COMBINERS, pad_memory
+from automr.data import PreparedDataset, Sample, tokenize_sample
+from automr.data.subsets import seeded_subset
+from automr.errors import AutomrError
+from automr.interfaces import MemoryTokens
+from automr.llm.loading import LoadedModel
+from automr.llm.split import HFSplitLLM
+from automr.memory import MemoryStore
+from automr.retrievers import RetrievalDataset
+
+FORMAT = "automr.annotations/1"
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class AnnotateConfig:
+    """Which samples to annotate and how."""
+
+    split: str = "train"
+    max_samples: int | None = 256
+    seed: int = 0
+    combiner: str = attrs.field(default="append-token", validator=attrs.validators.in_(
+        tuple(COMBINERS)))
+    element_batch: int = attrs.field(default=32, validator=attrs.validators.gt(0))
+    shard_size: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+
+
+def sample_key(sample: Sample) -> str:
+    """A stable id of a sample within its split."""
+    return f"{sample.user}@{sample.timestamp}:{sample.target}"
+
+
+def element_tokens(store: MemoryStore, sample: Sample, token_states: bool) -> MemoryTokens:
+    """One row per memory element of ``sample``: its pooled key, or its token states."""
+    user, count, start = store.request_for(sample)
+    if not token_states:
+        keys = store.view(user, count, start).keys
+        return MemoryTokens(hidden=keys[:, None], mask=torch.ones(count, 1, dtype=torch.bool))
+    if count == 0:
+        return MemoryTokens(hidden=torch.zeros(0, 0, store.hidden_size),
+                            mask=torch.zeros(0, 0, dtype=torch.bool))
+    return pad_memory([store.token_states(user, start + i) for i in range(count)])
+
+
+def annotate_dataset(
+    loaded: LoadedModel, dataset: PreparedDataset, store: MemoryStore, out_dir: Path | str,
+    config: AnnotateConfig = AnnotateConfig(), progress: bool = True,
+) -> Path:
+    """Annotate ``config.max_samples`` seeded samples of ``config.split`` into ``out_dir``.
+
+    Samples with an empty memory are skipped (nothing to label). Rerunning with the same
+    settings resumes after the last finished shard.
+    """
+    out = Path(out_dir)
+    samples = [s for s in seeded_subset(dataset.samples(config.split), config.max_samples,
+                                        config.seed) if s.memory]
+    header = {"format": FORMAT, "config": attrs.asdict(config), "model": loaded.name,
+              "model_fingerprint": loaded.fingerprint(), "layer": store.layer,
+              "memory": str(store.folder), "memory_model_fingerprint":
+              store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
+              "samples": [sample_key(s) for s in samples]}
+    _start(out, header)
+    combiner = COMBINERS[config.combiner]()
+    annotator = UpperAnnotator(HFSplitLLM(loaded.model), store.layer, combiner,
+                               element_batch=config.element_batch)
+    pool = store.record.pooling
+    shards = [samples[i : i + config.shard_size]
+              for i in range(0, len(samples), config.shard_size)]
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("annotating", total=len(samples))
+        for number, shard in enumerate(shards):
+            path = out / f"shard-{number:05d}.safetensors"
+            if path.exists():
+                bar.advance(task, len(shard))
+                continue
+            base, element, offsets, queries = [], [], [0], []
+            for sample in shard:
+                example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
+                                          dataset.prompt_config)
+                memory = element_tokens(store, sample, combiner.uses_token_states)
+                response = example.input_ids[len(example.prompt_ids):]  # title + EOS
+                result = annotator.annotate(torch.tensor(example.prompt_ids),
+                                            torch.tensor(response), memory)
+                base.append(result.base)
+                element.append(result.with_element)
+                offsets.append(offsets[-1] + result.with_element.shape[0])
+                prompt = result.query[None]
+                queries.append(pool(prompt, torch.ones(prompt.shape[:2], dtype=torch.bool,
+                                                       device=prompt.device))[0].float().cpu())
+                bar.advance(task)
+            tmp = path.with_suffix(".partial")
+            save_file({"base": torch.tensor(base), "element": torch.cat(element),
+                       "offsets": torch.tensor(offsets), "queries": torch.stack(queries)}, tmp)
+            tmp.replace(path)
+    return out
+
+
+def _start(out: Path, header: dict) -> None:
+    config_file = out / "config.json"
+    if config_file.exists():
+        previous = json.loads(config_file.read_text())
+        if previous != json.loads(json.dumps(header)):
+            raise AutomrError(f"{out} holds annotations made with other settings; use another "
+                              f"--out or delete it")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(header, indent=1) + "\n")
+
+
+@attrs.frozen
+class Annotations:
+    """Annotations read back: per sample, the base and per-element log-likelihoods."""
+
+    header: dict
+    base: torch.Tensor
+    element: list[torch.Tensor]
+    queries: torch.Tensor
+
+    @classmethod
+    def load(cls, folder: Path | str) -> "Annotations":
+        folder = Path(folder)
+        if not (folder / "config.json").exists():
+            raise AutomrError(f"{folder} holds no annotations; run `automr annotate` first")
+        header = json.loads((folder / "config.json").read_text())
+        shards = sorted(folder.glob("shard-*.safetensors"))
+        expected = -(-len(header["samples"]) // header["config"]["shard_size"])
+        if len(shards) != expected:
+            raise AutomrError(f"{folder} is unfinished ({len(shards)} of {expected} shards); "
+                              f"rerun the same `automr annotate` command to finish it")
+        base, element, queries = [], [], []
+        for shard in shards:
+            data = load_file(shard)
+            base.append(data["base"])
+            queries.append(data["queries"])
+            offsets = data["offsets"].tolist()
+            element += [data["element"][a:b] for a, b in itertools.pairwise(offsets)]
+        return cls(header, torch.cat(base), element, torch.cat(queries))
+
+    def labels(self, form: str, temperature: float) -> list[torch.Tensor]:
+        return [labels(float(b), e, form, temperature) for b, e in zip(self.base, self.element,
+                                                                        strict=True)]
+
+
+def retrieval_dataset(
+    annotations: Annotations, dataset: PreparedDataset, store: MemoryStore, split: str,
+    form: str = "log", temperature: float = 1.0,
+) -> RetrievalDataset:
+    """Queries, padded memory keys and labels S' for retriever training (eq. 6)."""
+    by_key = {sample_key(s): s for s in dataset.samples(split)}
+    missing = [k for k in annotations.header["samples"] if k not in by_key]
+    if missing:
+        raise AutomrError(f"{len(missing)} annotated samples are not in the {split} split of "
+                          f"this dataset (e.g. {missing[0]}); use the dataset they came from")
+    samples: Sequence[Sample] = [by_key[k] for k in annotations.header["samples"]]
+    keys, mask = store.padded_keys([store.request_for(s) for s in samples])
+    targets = torch.zeros(mask.shape)
+    for row, label in enumerate(annotations.labels(form, temperature)):
+        targets[row, : label.shape[0]] = label
+    metadata = {"label_form": form, "temperature": str(temperature),
+                "layer": str(store.layer), "model": annotations.header["model"],
+                "model_fingerprint": str(annotations.header["memory_model_fingerprint"])}
+    return RetrievalDataset(queries=annotations.queries.to(keys.dtype), keys=keys, mask=mask,
+                            targets=targets, metadata=metadata)

@@ -1,0 +1,55 @@
+"""AutoMR at inference: pool the prompt's layer-L states, retrieve from memory, combine.
+
+``MemoryRetrieval.insert_for(samples)`` gives the ``insert`` every grounder accepts, so AutoMR
+differs from BIGRec only by the memory joined at layer L (the lower half never sees it).
+"""
+
+import attrs
+import torch
+
+from automr.combiners import pad_memory
+from automr.data import Sample
+from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever
+from automr.llm.state import LayerState
+from automr.memory import MemoryStore
+from automr.retrievers import retrieved_memory, top_k
+
+
+@attrs.define
+class MemoryRetrieval:
+    """Retrieval of the top ``k`` memory elements per sample and their combination.
+
+    ``retrieved`` collects, per sample passed through an insert, the absolute element
+    indices (positions in the user's timeline) that were retrieved, for inspection.
+    """
+
+    store: MemoryStore
+    retriever: Retriever
+    combiner: Combiner
+    k: int = 1
+    retrieved: list[list[int]] = attrs.field(factory=list)
+
+    def insert_for(self, samples: list[Sample] | tuple[Sample, ...]) -> Insert:
+        requests = [self.store.request_for(s) for s in samples]
+        keys, mask = self.store.padded_keys(requests)
+
+        def insert(state: LayerState) -> LayerState:
+            query = self.store.record.pooling(state.hidden, state.mask)
+            scores = self.retriever.scores(query.to(keys.dtype), keys.to(query.device),
+                                           mask.to(query.device))
+            indices, _ = top_k(scores, mask.to(query.device), self.k)
+            self.retrieved += [[requests[row][2] + i for i in chosen if i >= 0]
+                               for row, chosen in enumerate(indices.tolist())]
+            return self.combiner.combine(state, self._tokens(requests, keys, indices))
+
+        return insert
+
+    def _tokens(self, requests, keys: torch.Tensor, indices: torch.Tensor) -> MemoryTokens:
+        if not self.combiner.uses_token_states:
+            return retrieved_memory(keys.to(indices.device), indices)
+        rows = []
+        for (user, _, start), chosen in zip(requests, indices.tolist(), strict=True):
+            states = [self.store.token_states(user, start + i) for i in chosen if i >= 0]
+            rows.append(torch.cat(states) if states
+                        else torch.zeros(0, self.store.hidden_size))
+        return pad_memory(rows)

@@ -1,0 +1,83 @@
+"""The whole pipeline (``automr demo`` and the step commands) on a tiny model and synthetic data."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from automr.annotation.run import Annotations
+from automr.cli.main import app
+from automr.errors import AutomrError
+from automr.experiments.demo import DemoConfig, run_demo
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    synthetic_dataset(root)
+    save_tiny_model(root / "model", num_layers=4)
+    return root
+
+
+def tiny_demo(workspace) -> DemoConfig:
+    return DemoConfig(model=str(workspace / "model"), layer=2, train_samples=16,
+                      valid_samples=4, batch_size=4, annotate_samples=12, test_samples=6,
+                      num_beams=3)
+
+
+def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
+    lines: list[str] = []
+    results = run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu",
+                       cache_dir=tmp_path / "cache", progress=False,
+                       dataset_dir=workspace / "prepared", say=lines.append)
+    payload = json.loads((results / "results.json").read_text())
+    assert list(payload["methods"]) == ["sasrec", "bigrec:constrained", "automr:constrained",
+                                        "random:constrained"]
+    retrieved = json.loads((results / "retrieved" / "automr-constrained.json").read_text())
+    assert len(retrieved) == payload["samples"]
+    annotations = Annotations.load(tmp_path / "demo" / "annotations")
+    assert len(annotations.element) == len(annotations.header["samples"]) > 0
+    assert all(len(e) > 0 for e in annotations.element)
+    again: list[str] = []
+    run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
+             progress=False, dataset_dir=workspace / "prepared", say=again.append)
+    assert all("already done" in line for line in again)
+
+
+def test_step_commands_chain(workspace, tmp_path):
+    data, model = str(workspace / "prepared"), str(workspace / "model")
+    common = ["--device", "cpu", "--quiet"]
+
+    def ok(*args: str) -> None:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+
+    ok("finetune", "--data", data, "--out", str(tmp_path / "ft"), "--model", model,
+       "--train-samples", "8", "--valid-samples", "4", "--batch-size", "4",
+       "--lora-from-layer", "2", *common)
+    ok("memory", "build", "--data", data, "--out", str(tmp_path / "mem"), "--model", model,
+       "--layer", "2", "--encoder", "window", *common)
+    ok("annotate", "--data", data, "--memory", str(tmp_path / "mem"), "--finetuned",
+       str(tmp_path / "ft"), "--out", str(tmp_path / "ann"), "--samples", "8", *common)
+    ok("retriever", "train", "--annotations", str(tmp_path / "ann"), "--data", data,
+       "--memory", str(tmp_path / "mem"), "--out", str(tmp_path / "ret"), "--quiet")
+    ok("evaluate", "--data", data, "--out", str(tmp_path / "res"), "--methods",
+       "automr:likelihood,semantic:likelihood", "--finetuned", str(tmp_path / "ft"),
+       "--memory", str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"),
+       "--model", model, "--samples", "4", *common)
+
+
+def test_memory_below_the_tuned_layers_is_refused(workspace, tmp_path):
+    from automr.recommenders.finetune import check_memory_compatible
+
+    data, model = str(workspace / "prepared"), str(workspace / "model")
+    result = runner.invoke(app, ["finetune", "--data", data, "--out", str(tmp_path / "ft"),
+                                 "--model", model, "--train-samples", "4", "--valid-samples",
+                                 "4", "--batch-size", "4", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    fingerprint = json.loads((tmp_path / "ft" / "finetune.json").read_text())["model_fingerprint"]
+    with pytest.raises(AutomrError, match="lora-from-layer 2"):
+        check_memory_compatible(tmp_path / "ft", fingerprint, 2)
