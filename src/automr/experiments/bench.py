@@ -95,3 +95,82 @@ def bench_annotate(
         "speedup": naive_s / fast_s,
         "max_abs_logprob_diff": float((fast - naive).abs().max()),
     }
+
+
+def _timed(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_encode(
+    loaded: LoadedModel, dataset, layer: int = 15, texts: int = 32, batch_size: int = 16,
+    repeats: int = 1,
+) -> dict[str, object]:
+    """Memory-encoding tokens/s (window prompts of real samples, shared-prefix encoder) beside
+    a raw lower-half forward of the same padded batches, and the split's overhead: ``upper(lower
+    (x))`` against the model's own forward at equal work."""
+    from automr.data import format_prompt
+    from automr.memory import Pooling
+    from automr.memory.encoders import Backbone, LayerEncoder, pad_right
+
+    llm = HFSplitLLM(loaded.model)
+    samples = dataset.samples("train")[:texts]
+    prompts = [format_prompt(dataset.catalog.titles(s.recent), dataset.prompt_config)
+               for s in samples]
+    encoder = LayerEncoder(Backbone.of(loaded), layer, Pooling(), share_prefix=True)
+    token_lists = encoder.tokenize(prompts)
+    n_tokens = sum(map(len, token_lists))
+    batches = [token_lists[i : i + batch_size] for i in range(0, len(token_lists), batch_size)]
+    padded = [pad_right(batch, encoder.pad_id) for batch in batches]
+    device = llm.device
+
+    def encode() -> None:
+        for batch in batches:
+            encoder.encode_tokens(batch)
+
+    @torch.no_grad()
+    def raw_lower() -> None:
+        for ids, mask in padded:
+            llm.lower(ids.to(device), mask.to(device), layer)
+
+    @torch.no_grad()
+    def split_full() -> None:
+        for ids, mask in padded:
+            llm.upper(llm.lower(ids.to(device), mask.to(device), layer))
+
+    @torch.no_grad()
+    def plain_full() -> None:
+        for ids, mask in padded:
+            loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device).long())
+
+    encode_s = _timed(encode, repeats, device)
+    lower_s = _timed(raw_lower, repeats, device)
+    split_s = _timed(split_full, repeats, device)
+    plain_s = _timed(plain_full, repeats, device)
+    return {
+        "benchmark": "encode", "model": loaded.name, "layer": layer, "texts": len(prompts),
+        "tokens": n_tokens, "batch_size": batch_size, "repeats": repeats,
+        "dtype": str(llm.dtype), "device": str(device), "machine": machine(),
+        "encoder_tokens_per_s": n_tokens / encode_s,
+        "raw_lower_tokens_per_s": n_tokens / lower_s,
+        "encoder_speedup_over_raw_lower": lower_s / encode_s,
+        "split_full_s": split_s, "plain_full_s": plain_s,
+        "split_overhead": split_s / plain_s - 1,
+    }
+
+
+def markdown_table(result: dict[str, object]) -> str:
+    """A two-column markdown table of a benchmark result (nested dicts flattened)."""
+    rows = ["| field | value |", "|---|---|"]
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        rows.append(f"| {key} | {value} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,82 @@
+"""``automr bench encode|annotate``: throughput beside the naive way, printed and saved."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from automr.cli.common import CacheDirOption, user_errors
+
+app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
+                  no_args_is_help=True)
+
+OutOption = Annotated[Path, typer.Option(help="Folder for NAME.json and NAME.md.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32, "
+                                                "bfloat16.")]
+
+
+def _save(result: dict, out: Path, name: str) -> None:
+    from automr.experiments.bench import markdown_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown_table(result)
+    (out / f"{name}.md").write_text(table)
+    typer.echo(table)
+
+
+@app.command()
+@user_errors
+def annotate(
+    out: OutOption = Path("benchmarks/results"),
+    model: str = "smollm2-135m",
+    layer: int = 15,
+    prompt_tokens: int = 150,
+    target_tokens: int = 10,
+    elements: int = 90,
+    combiner: Annotated[str, typer.Option(help="append-token or prepend-token.")] =
+        "append-token",
+    repeats: int = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Annotation samples/s (upper half only, shared prompt) vs a full forward per element."""
+    from automr.experiments.bench import bench_annotate
+    from automr.llm.loading import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
+                            repeats=repeats)
+    _save(result, out, f"annotate-{combiner}-{result['device']}")
+    typer.echo(f"speedup over the naive way: {result['speedup']:.1f}x, labels equal within "
+               f"{result['max_abs_logprob_diff']:.1e}")
+
+
+@app.command()
+@user_errors
+def encode(
+    data: Annotated[Path, typer.Option(help="Prepared dataset (prompts of real samples).")],
+    out: OutOption = Path("benchmarks/results"),
+    model: str = "smollm2-135m",
+    layer: int = 15,
+    texts: int = 32,
+    batch_size: int = 16,
+    repeats: int = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Memory-encoding tokens/s vs a raw lower-half forward, and the split's overhead."""
+    from automr.data import PreparedDataset
+    from automr.experiments.bench import bench_encode
+    from automr.llm.loading import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    result = bench_encode(loaded, PreparedDataset.load(data), layer, texts, batch_size,
+                          repeats)
+    _save(result, out, f"encode-{result['device']}")
+    typer.echo(f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
+               f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}%")

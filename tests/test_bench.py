@@ -1,0 +1,43 @@
+"""``automr bench`` runs and reports agreement with the naive way (no timing is asserted)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from automr.cli.main import app
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    synthetic_dataset(root)
+    save_tiny_model(root / "model", num_layers=4)
+    return root
+
+
+@pytest.mark.parametrize("combiner", ["append-token", "prepend-token"])
+def test_bench_annotate_agrees_with_the_naive_way(workspace, tmp_path, combiner):
+    result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
+                                 str(workspace / "model"), "--layer", "2", "--prompt-tokens",
+                                 "12", "--target-tokens", "3", "--elements", "5", "--combiner",
+                                 combiner, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    [saved] = tmp_path.glob("annotate-*.json")
+    payload = json.loads(saved.read_text())
+    assert payload["max_abs_logprob_diff"] < 1e-4
+    assert payload["speedup"] > 0 and (tmp_path / saved.name.replace(".json", ".md")).exists()
+
+
+def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):
+    result = runner.invoke(app, ["bench", "encode", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
+                                 "--layer", "2", "--texts", "6", "--batch-size", "3",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "encode-cpu.json").read_text())
+    assert payload["tokens"] > 0 and payload["encoder_tokens_per_s"] > 0
+    assert "split overhead" in result.output
