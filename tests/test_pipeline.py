@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from automr.annotation.run import Annotations
 from automr.cli.main import app
+from automr.data import PreparedDataset
 from automr.errors import AutomrError
 from automr.experiments.demo import DemoConfig, run_demo
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
@@ -68,6 +69,17 @@ def test_step_commands_chain(workspace, tmp_path):
        "automr:likelihood,semantic:likelihood", "--finetuned", str(tmp_path / "ft"),
        "--memory", str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"),
        "--model", model, "--samples", "4", *common)
+    user = PreparedDataset.load(data).samples("test")[0].user
+    shown = runner.invoke(app, ["recommend", user, "--data", data, "--finetuned",
+                                str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
+                                "--retriever", str(tmp_path / "ret"), "--top", "3",
+                                "--grounder", "likelihood", "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    assert "retrieved from memory:" in shown.output and " 1. " in shown.output
+    missing = runner.invoke(app, ["recommend", "nobody", "--data", data, "--finetuned",
+                                  str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
+                                  "--retriever", str(tmp_path / "ret")])
+    assert missing.exit_code == 2 and "has no test sample" in missing.output
 
 
 def test_memory_below_the_tuned_layers_is_refused(workspace, tmp_path):

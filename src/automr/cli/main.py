@@ -5,7 +5,13 @@ import typer
 from automr.cli import bench, data, model
 from automr.cli.evaluate import evaluate_command
 from automr.cli.finetune import finetune_command
-from automr.cli.pipeline import annotate_command, demo_command, memory_app, retriever_app
+from automr.cli.pipeline import (
+    annotate_command,
+    demo_command,
+    memory_app,
+    recommend_command,
+    retriever_app,
+)
 
 app = typer.Typer(
     name="automr",
@@ -21,6 +27,7 @@ app.add_typer(memory_app, name="memory")
 app.command("annotate")(annotate_command)
 app.add_typer(retriever_app, name="retriever")
 app.command("evaluate")(evaluate_command)
+app.command("recommend")(recommend_command)
 app.add_typer(bench.app, name="bench")
 
 

@@ -146,3 +146,36 @@ def demo_command(
                        dataset_dir=data, say=typer.echo)
     typer.echo((results / "results.md").read_text())
     typer.echo(f"artifacts: {out.resolve()} (results in {results})")
+
+
+@user_errors
+def recommend_command(
+    user: Annotated[str, typer.Argument(help="User id (as in the dataset).")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    finetuned: Annotated[Path, typer.Option(help="Fine-tune run folder.")],
+    memory: Annotated[Path, typer.Option(help="Memory folder.")],
+    retriever: Annotated[Path, typer.Option(help="Trained retriever folder.")],
+    top: Annotated[int, typer.Option(help="How many items to show.")] = 10,
+    split: Annotated[str, typer.Option(help="Take the user's latest sample of this split.")] =
+        "test",
+    grounder: Annotated[str, typer.Option(help="l2, constrained or likelihood.")] =
+        "constrained",
+    combiner: str = "append-token",
+    k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
+    device: DeviceOption = "auto",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """A user's top items from AutoMR and the memory elements it retrieved (item, date)."""
+    from automr.experiments.recommend import recommend
+
+    result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
+                       combiner, k, device, cache_dir)
+    sample = result.sample
+    typer.echo(f"user {user}, {split} sample at {sample.timestamp} with {len(sample.recent)} "
+               f"recent and {len(sample.memory)} memory items")
+    for rank, (item, title) in enumerate(result.items, 1):
+        mark = "  <- the actual next item" if item == sample.target else ""
+        typer.echo(f"{rank:>3}. {title} [{item}]{mark}")
+    typer.echo(f"actual next item ranked {result.target_rank + 1}")
+    for item, title, date in result.retrieved:
+        typer.echo(f"retrieved from memory: {title} [{item}] ({date})")

@@ -1,0 +1,76 @@
+"""``automr recommend``: one user's top items from AutoMR, with the memory it retrieved."""
+
+import datetime as dt
+from pathlib import Path
+
+import attrs
+import torch
+
+from automr.combiners import COMBINERS
+from automr.data import PreparedDataset, Sample
+from automr.errors import AutomrError
+from automr.experiments.generative import (
+    build_grounder,
+    catalog_embeddings,
+    dataset_targets,
+    left_padded_prompts,
+)
+from automr.llm.split import HFSplitLLM
+from automr.memory import MemoryStore
+from automr.recommenders.automr import MemoryRetrieval
+from automr.recommenders.finetune import base_fingerprint, check_memory_compatible, load_finetuned
+from automr.retrievers import load_retriever
+
+
+@attrs.frozen
+class Recommendation:
+    """What AutoMR recommended for one sample and why."""
+
+    sample: Sample
+    items: list[tuple[str, str]]  # (item id, title), best first
+    retrieved: list[tuple[str, str, str]]  # (item id, title, ISO date) of memory elements
+    target_rank: int
+
+
+def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
+    """The user's latest sample in ``split`` (its target is the item actually chosen next)."""
+    mine = [s for s in dataset.samples(split) if s.user == user]
+    if not mine:
+        users = sorted({s.user for s in dataset.samples(split)})[:5]
+        raise AutomrError(f"user {user!r} has no {split} sample; try one of {', '.join(users)}")
+    return max(mine, key=lambda s: s.timestamp)
+
+
+def recommend(
+    dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
+    retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
+    combiner: str = "append-token", k: int = 1, device: str = "auto",
+    cache_dir: Path | str | None = None,
+) -> Recommendation:
+    dataset = PreparedDataset.load(dataset_dir)
+    sample = latest_sample(dataset, user, split)
+    loaded = load_finetuned(finetuned, device=device, cache_dir=cache_dir)
+    store = MemoryStore.open(memory, device=str(loaded.model.device))
+    check_memory_compatible(finetuned, store.record.model_fingerprint, store.layer)
+    chosen = load_retriever(retriever, device=str(loaded.model.device),
+                            hidden_size=store.hidden_size)
+    retrieval = MemoryRetrieval(store, chosen, COMBINERS[combiner](), k=k)
+    targets = dataset_targets(loaded, dataset)
+    embeddings = catalog_embeddings(loaded, targets, base_fingerprint(finetuned), cache_dir,
+                                    progress=False)
+    ranker = build_grounder(grounder, loaded, targets, embeddings, num_beams=max(top, 4))
+    ids, mask = left_padded_prompts(loaded, dataset, [sample])
+    llm = HFSplitLLM(loaded.model)
+    with torch.no_grad():
+        ranking = ranker.rank(llm, ids.to(llm.device), mask.to(llm.device), store.layer,
+                              retrieval.insert_for([sample]))[0].tolist()
+    catalog = dataset.catalog
+    item_ids = catalog.ids
+    entry = store.index.users[user]
+    retrieved = [(entry.items[i], catalog.title(entry.items[i]),
+                  dt.datetime.fromtimestamp(entry.timestamps[i], dt.timezone.utc).date()
+                  .isoformat()) for i in retrieval.retrieved[0]]
+    return Recommendation(
+        sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
+        retrieved=retrieved, target_rank=ranking.index(item_ids.index(sample.target)),
+    )
