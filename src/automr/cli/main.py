@@ -19,6 +19,19 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def quiet_libraries() -> None:
+    """AutoMR: memory retrieval for LLM-based generative recommenders."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
 app.command("demo")(demo_command)
 app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
