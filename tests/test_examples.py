@@ -1,0 +1,126 @@
+"""The scripts in ``examples/`` run end to end on a tiny model and the synthetic dataset."""
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from automr.experiments.demo import DemoConfig, run_demo
+from automr.interfaces import Retriever
+from automr.retrievers import top_k
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NUMBER = r"-?\d+\.\d+"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"automr_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """``automr demo``'s folders (data, bigrec, memory, annotations, retriever), tiny sizes."""
+    root = tmp_path_factory.mktemp("examples")
+    synthetic_dataset(root)
+    save_tiny_model(root / "model", num_layers=4)
+    config = DemoConfig(model=str(root / "model"), layer=2, train_samples=16, valid_samples=4,
+                        batch_size=4, annotate_samples=12, test_samples=2, num_beams=3)
+    run_demo(root / "demo", config, device="cpu", cache_dir=root / "cache", progress=False,
+             dataset_dir=root / "prepared", say=lambda line: None)
+    folders = {name: root / "demo" / name
+               for name in ("bigrec", "memory", "annotations", "retriever")}
+    return {"root": root, "data": root / "prepared", "model": root / "model",
+            "cache": root / "cache", "raw": root / "raw", **folders}
+
+
+def rows(output: str, name: str, columns: int) -> list[list[float]]:
+    """The numbers of every printed table row that starts with ``name``."""
+    pattern = re.compile(rf"^{re.escape(name)}\s+" + r"\s+".join([f"({NUMBER})"] * columns) +
+                         r"\s*$", re.MULTILINE)
+    return [[float(v) for v in match.groups()] for match in pattern.finditer(output)]
+
+
+def test_recency_retriever_is_a_retriever_and_picks_the_newest():
+    module = load_example("custom_retriever")
+    retriever = module.RecencyRetriever()
+    assert isinstance(retriever, Retriever)
+    assert not isinstance(retriever, torch.nn.Module)  # by shape, not by inheritance
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    scores = retriever.scores(torch.randn(2, 8), torch.randn(2, 4, 8), mask)
+    indices, _ = top_k(scores, mask, 1)
+    assert indices[:, 0].tolist() == [2, 0]
+    assert torch.isinf(scores[~mask]).all()
+
+
+@pytest.mark.parametrize("grounder", ["likelihood", "constrained"])
+def test_custom_retriever_ranks_beside_bigrec(demo, capsys, grounder):
+    metrics = load_example("custom_retriever").main([
+        "--data", str(demo["data"]), "--finetuned", str(demo["bigrec"]),
+        "--memory", str(demo["memory"]), "--samples", "3", "--grounder", grounder,
+        "--num-beams", "3", "--device", "cpu", "--cache-dir", str(demo["cache"]), "--quiet",
+    ])
+    out = capsys.readouterr().out
+    assert "3 test samples" in out and f"grounder {grounder}, layer 2" in out
+    for name in ("bigrec", "automr+recency"):
+        (values,) = rows(out, name, 3)
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert values == pytest.approx([metrics[name][c] for c in
+                                        ("recall@1", "recall@5", "ndcg@5")], abs=1e-4)
+    assert "recency retrieved" in out
+
+
+def test_annotate_interactions_synthetic(demo, capsys):
+    annotated = load_example("annotate_interactions").main([
+        "--model", str(demo["model"]), "--layer", "2", "--samples", "2", "--device", "cpu",
+    ])
+    out = capsys.readouterr().out
+    assert "no --interactions given: wrote synthetic ones" in out
+    assert len(annotated) == 2 and out.count("most helpful") == 2
+    for row in annotated:
+        assert row["memory"] > 0 and 0.0 < row["weight"] <= 1.0
+
+
+def test_annotate_interactions_own_csv_kept_in_out(demo, capsys, tmp_path):
+    annotated = load_example("annotate_interactions").main([
+        "--interactions", str(demo["raw"] / "interactions.csv"),
+        "--items", str(demo["raw"] / "items.csv"), "--model", str(demo["model"]),
+        "--layer", "2", "--samples", "1", "--out", str(tmp_path / "mine"), "--device", "cpu",
+        "--seed", "3",
+    ])
+    out = capsys.readouterr().out
+    assert "synthetic" not in out
+    (row,) = annotated
+    assert f"user {row['user']} -> {row['target']!r}" in out
+    assert f"most helpful {row['best']!r}, delta {row['delta']:+.4f}" in out
+    assert (tmp_path / "mine" / "data").is_dir() and (tmp_path / "mine" / "memory").is_dir()
+
+
+def test_score_retriever_compares_with_baselines(demo, capsys):
+    score = load_example("score_retriever")
+    common = ["--annotations", str(demo["annotations"]), "--data", str(demo["data"]),
+              "--memory", str(demo["memory"]), "--retriever", str(demo["retriever"])]
+    results = score.main(common)
+    out = capsys.readouterr().out
+    assert "held-out samples, label form log, temperature 1.0" in out
+    names = ("mlp (trained)", "random", "semantic", "semantic (centred)")
+    assert tuple(results) == names
+    for name in names:
+        (values,) = rows(out, name, 2)
+        kl, top1 = values
+        assert kl >= -1e-4 and 0.0 <= top1 <= 1.0
+        assert values == pytest.approx(list(results[name]), abs=1e-3)
+
+    everything = score.main([*common, "--all", "--label-form", "paper",
+                             "--temperature", "0.5"])
+    out = capsys.readouterr().out
+    assert "annotated samples, label form paper, temperature 0.5" in out
+    assert set(everything) == set(names)
