@@ -43,6 +43,13 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     assert "| sasrec |" in (out / "results.md").read_text()
     report = MetricReport.load(out / "ranks" / "bigrec-constrained.json")
     assert len(report.ranks) == 4 and all(0 <= r < 30 for r in report.ranks)
+    again = runner.invoke(app, [  # a rerun reuses every ranked method: no model is needed
+        "evaluate", "--data", data, "--out", str(out), "--methods", "bigrec:constrained",
+        "--finetuned", str(run), "--model", str(tmp_path / "missing-model"), "--samples", "4",
+        "--quiet", "--device", "cpu",
+    ])
+    assert again.exit_code == 0, again.output
+    assert MetricReport.load(out / "ranks" / "bigrec-constrained.json") == report
 
 
 def test_bad_method_is_a_one_line_error(workspace, tmp_path):

@@ -91,7 +91,10 @@ def evaluate_methods(
     retriever: Path | str | None = None, device: str = "auto",
     cache_dir: Path | str | None = None, progress: bool = True,
 ) -> dict[str, MetricReport]:
-    """Rank the same seeded subset of samples with every method; write ranks and tables."""
+    """Rank the same seeded subset of samples with every method; write ranks and tables.
+
+    Methods already ranked in ``out_dir`` on exactly these samples are reused (resume).
+    """
     parsed = [parse_method(m) for m in methods]
     names = {name for name, _ in parsed}
     if names - {"sasrec", "base"} and finetuned is None:
@@ -112,6 +115,12 @@ def evaluate_methods(
     models: dict[str, LoadedModel] = {}
     reports: dict[str, MetricReport] = {}
     for method, (name, grounder) in zip(methods, parsed, strict=True):
+        saved = out / "ranks" / f"{method.replace(':', '-')}.json"
+        if saved.exists():  # resume: a method already ranked on exactly these samples
+            previous = MetricReport.load(saved)
+            if list(previous.sample_ids) == ids and previous.n_items == n_items:
+                reports[method] = previous
+                continue
         if name == "sasrec":
             ranks = rank_with_sasrec(dataset, samples, SASRecConfig(seed=config.seed), progress)
         else:
@@ -140,7 +149,7 @@ def evaluate_methods(
                                retrieval.retrieved)
         report = build_report(method, ids, torch.tensor(ranks), n_items, ks=config.ks,
                               n_resamples=config.n_resamples, seed=config.seed)
-        report.save(out / "ranks" / f"{method.replace(':', '-')}.json")
+        report.save(saved)
         reports[method] = report
     write_tables(reports, out, config, {
         "dataset": str(dataset_dir), "model": model,
