@@ -43,13 +43,22 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     assert "| sasrec |" in (out / "results.md").read_text()
     report = MetricReport.load(out / "ranks" / "bigrec-constrained.json")
     assert len(report.ranks) == 4 and all(0 <= r < 30 for r in report.ranks)
-    again = runner.invoke(app, [  # a rerun reuses every ranked method: no model is needed
+    saved = out / "ranks" / "bigrec-constrained.json"
+    stamp = saved.stat().st_mtime_ns
+    again = runner.invoke(app, [  # the same settings: reused, not recomputed
         "evaluate", "--data", data, "--out", str(out), "--methods", "bigrec:constrained",
-        "--finetuned", str(run), "--model", str(tmp_path / "missing-model"), "--samples", "4",
-        "--quiet", "--device", "cpu",
+        "--finetuned", str(run), "--model", model, "--samples", "4", "--layer", "2",
+        "--num-beams", "3", "--quiet", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
     ])
     assert again.exit_code == 0, again.output
-    assert MetricReport.load(out / "ranks" / "bigrec-constrained.json") == report
+    assert saved.stat().st_mtime_ns == stamp
+    changed = runner.invoke(app, [  # other beams: ranked again
+        "evaluate", "--data", data, "--out", str(out), "--methods", "bigrec:constrained",
+        "--finetuned", str(run), "--model", model, "--samples", "4", "--layer", "2",
+        "--num-beams", "2", "--quiet", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+    ])
+    assert changed.exit_code == 0, changed.output
+    assert saved.stat().st_mtime_ns != stamp
 
 
 def test_bad_method_is_a_one_line_error(workspace, tmp_path):

@@ -93,3 +93,6 @@ def test_memory_below_the_tuned_layers_is_refused(workspace, tmp_path):
     fingerprint = json.loads((tmp_path / "ft" / "finetune.json").read_text())["model_fingerprint"]
     with pytest.raises(AutomrError, match="lora-from-layer 2"):
         check_memory_compatible(tmp_path / "ft", fingerprint, 2)
+    with pytest.raises(AutomrError, match="another model"):
+        check_memory_compatible(tmp_path / "ft", "0" * 64, 0)
+    check_memory_compatible(tmp_path / "ft", fingerprint, 0)  # all layers tuned, L = 0: fine

@@ -93,7 +93,7 @@ def evaluate_methods(
 ) -> dict[str, MetricReport]:
     """Rank the same seeded subset of samples with every method; write ranks and tables.
 
-    Methods already ranked in ``out_dir`` on exactly these samples are reused (resume).
+    Methods already ranked in ``out_dir`` with the same samples and settings are reused.
     """
     parsed = [parse_method(m) for m in methods]
     names = {name for name, _ in parsed}
@@ -116,11 +116,15 @@ def evaluate_methods(
     reports: dict[str, MetricReport] = {}
     for method, (name, grounder) in zip(methods, parsed, strict=True):
         saved = out / "ranks" / f"{method.replace(':', '-')}.json"
-        if saved.exists():  # resume: a method already ranked on exactly these samples
-            previous = MetricReport.load(saved)
-            if list(previous.sample_ids) == ids and previous.n_items == n_items:
-                reports[method] = previous
-                continue
+        settings = {"method": method, "samples": ids, "n_items": n_items,
+                    **attrs.asdict(config), "model": model,
+                    **{k: str(v) for k, v in (("finetuned", finetuned), ("memory", memory),
+                                              ("retriever", retriever)) if v is not None}}
+        settings_file = saved.with_suffix(".settings.json")
+        if saved.exists() and settings_file.exists() and \
+                json.loads(settings_file.read_text()) == json.loads(json.dumps(settings)):
+            reports[method] = MetricReport.load(saved)  # resume: ranked with these settings
+            continue
         if name == "sasrec":
             ranks = rank_with_sasrec(dataset, samples, SASRecConfig(seed=config.seed), progress)
         else:
@@ -150,6 +154,7 @@ def evaluate_methods(
         report = build_report(method, ids, torch.tensor(ranks), n_items, ks=config.ks,
                               n_resamples=config.n_resamples, seed=config.seed)
         report.save(saved)
+        settings_file.write_text(json.dumps(settings) + "\n")
         reports[method] = report
     write_tables(reports, out, config, {
         "dataset": str(dataset_dir), "model": model,
@@ -167,7 +172,10 @@ def memory_retrieval(name: str, finetuned: Path | str, memory: Path | str,
     store = MemoryStore.open(memory, device=device)
     check_memory_compatible(finetuned, store.record.model_fingerprint, store.layer)
     if name == "automr":
-        chosen = load_retriever(retriever, device=device, hidden_size=store.hidden_size)
+        expect = {"model_fingerprint": str(store.record.model_fingerprint),
+                  "layer": str(store.layer)}
+        chosen = load_retriever(retriever, device=device, expect=expect,
+                                hidden_size=store.hidden_size)
     else:
         chosen = build_retriever(name, store.hidden_size, seed=config.seed)
     return MemoryRetrieval(store, chosen, COMBINERS[config.combiner](), k=config.k)

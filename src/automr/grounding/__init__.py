@@ -12,7 +12,7 @@ from automr.grounding.likelihood import LikelihoodGrounder
 from automr.grounding.targets import CatalogTargets, catalog_targets
 
 GROUNDER_KINDS = ("l2", "constrained", "likelihood")
-"""The grounders the CLI exposes (built by :func:`automr.recommenders.bigrec.build_grounder`)."""
+"""The grounders the CLI exposes (built by :func:`automr.experiments.generative.build_grounder`)."""
 
 __all__ = [
     "GROUNDER_KINDS",

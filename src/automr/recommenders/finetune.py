@@ -256,18 +256,21 @@ def check_memory_compatible(run_dir: Path | str, memory_fingerprint: str | None,
                             layer: int) -> None:
     """Refuse a memory whose layer-L keys the tuned model's lower half would not reproduce.
 
-    Keys built with the base model stay valid when the adapter only touches layers >= L
-    (``--lora-from-layer L``); otherwise the memory must be built with the tuned model.
+    The memory must be built with the fine-tune's base model, and the adapter must only touch
+    layers >= L (``--lora-from-layer L``), so the tuned lower half equals the base one.
     """
     record = _finished_record(Path(run_dir))
     if memory_fingerprint != record["model_fingerprint"]:
-        return  # built with another model (e.g. the tuned one): checked by fingerprint elsewhere
+        raise AutomrError(
+            f"the memory was built with another model (fingerprint "
+            f"{str(memory_fingerprint)[:12]}) than the base of the fine-tune in {run_dir} "
+            f"({record['model_fingerprint'][:12]}); build it with --model {record['model']}")
     tuned_from = record["config"]["lora_from_layer"]
     if tuned_from < layer:
         raise AutomrError(
             f"the memory holds layer-{layer} keys of the base model, but the fine-tune in "
             f"{run_dir} changes layers {tuned_from}..{layer - 1} below it; fine-tune with "
-            f"--lora-from-layer {layer} or build the memory with the tuned model")
+            f"--lora-from-layer {layer} or build the memory at layer {tuned_from}")
 
 
 def _finished_record(run: Path) -> dict:
