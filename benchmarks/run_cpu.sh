@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# CPU benchmarks of the embedded default; results in benchmarks/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-runs/ml-100k}
+[ -f "$data/stats.json" ] || automr data prepare ml-100k --out "$data"
+automr bench annotate --device cpu --combiner append-token
+automr bench annotate --device cpu --combiner prepend-token --elements 30
+automr bench encode --device cpu --data "$data"
