@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from automr.errors import AutomrError
 from automr.evaluation import ranks_from_scores
-from automr.recommenders import SASRec, SASRecConfig, fit_sasrec, train_sasrec
+from automr.recommenders import SASRec, SASRecConfig, fit_sasrec
 from automr.recommenders.sasrec import pad_histories, sample_negatives, validation_recall
 
 N_ITEMS = 30
@@ -155,9 +155,9 @@ def test_training_is_seeded() -> None:
     rng = random.Random(1)
     train = [_cycle_sequence(rng, 12, 8) for _ in range(20)]
     config = SASRecConfig(hidden=8, n_blocks=1, max_len=8, batch_size=8, max_epochs=2, seed=4)
-    first = train_sasrec(train, [], config, quiet=True)
-    second = train_sasrec(train, [], config, quiet=True)
-    other = train_sasrec(train, [], attrs.evolve(config, seed=5), quiet=True)
+    first = fit_sasrec(train, [], config, quiet=True)[0]
+    second = fit_sasrec(train, [], config, quiet=True)[0]
+    other = fit_sasrec(train, [], attrs.evolve(config, seed=5), quiet=True)[0]
     torch.testing.assert_close(first.score([[1, 2, 3]]), second.score([[1, 2, 3]]))
     assert not torch.equal(first.score([[1, 2, 3]]), other.score([[1, 2, 3]]))
     assert first.n_items == 12  # inferred from the largest id
@@ -185,4 +185,4 @@ def test_bad_inputs_are_refused(tmp_path) -> None:
     with pytest.raises(AutomrError, match="not a saved SASRec"):
         SASRec.load(tmp_path)
     with pytest.raises(AutomrError, match="2 or more items"):
-        train_sasrec([[1], [2]], [], SASRecConfig(), n_items=5, quiet=True)
+        fit_sasrec([[1], [2]], [], SASRecConfig(), n_items=5, quiet=True)

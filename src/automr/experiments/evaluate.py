@@ -116,10 +116,13 @@ def evaluate_methods(
     reports: dict[str, MetricReport] = {}
     for method, (name, grounder) in zip(methods, parsed, strict=True):
         saved = out / "ranks" / f"{method.replace(':', '-')}.json"
+        used = {"model": name != "sasrec", "finetuned": name not in ("sasrec", "base"),
+                "memory": name in WITH_MEMORY, "retriever": name == "automr"}
+        inputs = {"model": model, "finetuned": finetuned, "memory": memory,
+                  "retriever": retriever}
         settings = {"method": method, "samples": ids, "n_items": n_items,
-                    **attrs.asdict(config), "model": model,
-                    **{k: str(v) for k, v in (("finetuned", finetuned), ("memory", memory),
-                                              ("retriever", retriever)) if v is not None}}
+                    **attrs.asdict(config),
+                    **{k: str(v) for k, v in inputs.items() if used[k] and v is not None}}
         settings_file = saved.with_suffix(".settings.json")
         if saved.exists() and settings_file.exists() and \
                 json.loads(settings_file.read_text()) == json.loads(json.dumps(settings)):

@@ -5,7 +5,6 @@ from automr.recommenders.sasrec import (
     SASRecConfig,
     SASRecTrainingLog,
     fit_sasrec,
-    train_sasrec,
 )
 
-__all__ = ["SASRec", "SASRecConfig", "SASRecTrainingLog", "fit_sasrec", "train_sasrec"]
+__all__ = ["SASRec", "SASRecConfig", "SASRecTrainingLog", "fit_sasrec"]

@@ -252,28 +252,6 @@ def pad_histories(
 
 
 @beartype
-def train_sasrec(
-    train_sequences: Sequence[Sequence[int]],
-    valid_samples: Sequence[EvalSample],
-    config: SASRecConfig,
-    *,
-    n_items: int | None = None,
-    device: str | torch.device = "cpu",
-    quiet: bool = False,
-) -> SASRec:
-    """Train SASRec on per-user item sequences and return the best model on validation.
-
-    ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
-    position after the first is a next-item target. ``valid_samples``: (history, target)
-    pairs scored with full ranking each epoch for early stopping (empty = train all
-    ``max_epochs`` and keep the last weights). ``n_items`` defaults to the largest id seen.
-    """
-    return fit_sasrec(
-        train_sequences, valid_samples, config, n_items=n_items, device=device, quiet=quiet
-    )[0]
-
-
-@beartype
 def fit_sasrec(
     train_sequences: Sequence[Sequence[int]],
     valid_samples: Sequence[EvalSample],
@@ -283,7 +261,14 @@ def fit_sasrec(
     device: str | torch.device = "cpu",
     quiet: bool = False,
 ) -> tuple[SASRec, SASRecTrainingLog]:
-    """:func:`train_sasrec` that also returns the :class:`SASRecTrainingLog`."""
+    """Train SASRec on per-user item sequences; return the best model on validation and the
+    :class:`SASRecTrainingLog`.
+
+    ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
+    position after the first is a next-item target. ``valid_samples``: (history, target)
+    pairs scored with full ranking each epoch for early stopping (empty = train all
+    ``max_epochs`` and keep the last weights). ``n_items`` defaults to the largest id seen.
+    """
     seen_ids = [i for s in train_sequences for i in s]
     seen_ids += [i for h, t in valid_samples for i in (*h, t)]
     n_items = n_items if n_items is not None else max(seen_ids, default=0)
