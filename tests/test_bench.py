@@ -41,3 +41,14 @@ def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):
     payload = json.loads((tmp_path / "encode-cpu.json").read_text())
     assert payload["tokens"] > 0 and payload["encoder_tokens_per_s"] > 0
     assert "split overhead" in result.output
+
+
+def test_bench_ground_reports_every_grounder(workspace, tmp_path):
+    result = runner.invoke(app, ["bench", "ground", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
+                                 "--grounders", "constrained,l2,likelihood", "--samples", "2",
+                                 "--layer", "2",
+                                 "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "ground-cpu.json").read_text())
+    assert all(payload[f"{k}_samples_per_s"] > 0 for k in ("constrained", "l2", "likelihood"))

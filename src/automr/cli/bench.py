@@ -80,3 +80,30 @@ def encode(
     _save(result, out, f"encode-{result['device']}")
     typer.echo(f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
                f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}%")
+
+
+@app.command()
+@user_errors
+def ground(
+    data: Annotated[Path, typer.Option(help="Prepared dataset (its test prompts are used).")],
+    out: OutOption = Path("benchmarks/results"),
+    model: str = "smollm2-135m",
+    grounders: Annotated[str, typer.Option(help="Comma-separated: constrained, l2, "
+                                                 "likelihood.")] = "constrained,l2",
+    samples: int = 8,
+    batch_size: int = 8,
+    layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = 15,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Generation + grounding samples/s of each grounder (the whole catalog ranked)."""
+    from automr.data import PreparedDataset
+    from automr.experiments.bench import bench_ground
+    from automr.llm.loading import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
+    result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
+                          layer, cache_dir=cache_dir)
+    _save(result, out, f"ground-{result['device']}")

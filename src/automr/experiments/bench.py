@@ -174,3 +174,39 @@ def markdown_table(result: dict[str, object]) -> str:
             value = f"{value:.4g}"
         rows.append(f"| {key} | {value} |")
     return "\n".join(rows) + "\n"
+
+
+def bench_ground(
+    loaded: LoadedModel, dataset, grounders: tuple[str, ...] = ("constrained", "l2"),
+    samples: int = 8, batch_size: int = 8, layer: int = 15, seed: int = 0,
+    cache_dir=None,
+) -> dict[str, object]:
+    """Generation + grounding samples/s of each grounder over real test prompts (whole catalog
+    ranked per sample), all in the same run."""
+    from automr.data.subsets import seeded_subset
+    from automr.experiments.generative import (
+        build_grounder,
+        catalog_embeddings,
+        dataset_targets,
+        rank_samples,
+    )
+
+    chosen = seeded_subset(dataset.samples("test"), samples, seed)
+    targets = dataset_targets(loaded, dataset)
+    embeddings = catalog_embeddings(loaded, targets, loaded.fingerprint(), cache_dir,
+                                    progress=False)
+    result: dict[str, object] = {
+        "benchmark": "ground", "model": loaded.name, "samples": len(chosen),
+        "batch_size": batch_size, "catalog_items": len(targets), "layer": layer,
+        "dtype": str(loaded.model.dtype), "device": str(loaded.model.device),
+        "machine": machine(),
+    }
+    for kind in grounders:
+        grounder = build_grounder(kind, loaded, targets, embeddings)
+
+        def run(grounder=grounder) -> None:
+            rank_samples(loaded, dataset, chosen, grounder, layer, batch_size, progress=False)
+
+        seconds = _timed(run, 1, loaded.model.device)
+        result[f"{kind}_samples_per_s"] = len(chosen) / seconds
+    return result
