@@ -7,3 +7,4 @@ data=${1:-runs/ml-100k}
 automr bench annotate --device cpu --combiner append-token
 automr bench annotate --device cpu --combiner prepend-token --elements 30
 automr bench encode --device cpu --data "$data"
+automr bench ground --device cpu --data "$data" --grounders constrained,l2
