@@ -52,3 +52,16 @@ def test_bench_ground_reports_every_grounder(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "ground-cpu.json").read_text())
     assert all(payload[f"{k}_samples_per_s"] > 0 for k in ("constrained", "l2", "likelihood"))
+
+
+def test_bench_finetune_compares_both_lora_variants(workspace, tmp_path):
+    result = runner.invoke(app, ["bench", "finetune", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
+                                 "--layer", "3", "--steps", "2", "--batch-size", "2",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "finetune-cpu.json").read_text())
+    # 4 layers: the upper variant adapts only layer 3, a quarter of the LoRA weights
+    assert payload["upper_layers_lora_parameters"] * 4 == payload["all_layers_lora_parameters"]
+    assert payload["all_layers_s_per_step"] > 0 and payload["upper_layers_s_per_step"] > 0
+    assert "faster per step" in result.output

@@ -107,3 +107,28 @@ def ground(
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
                           layer, cache_dir=cache_dir)
     _save(result, out, f"ground-{result['device']}")
+
+
+@app.command()
+@user_errors
+def finetune(
+    data: Annotated[Path, typer.Option(help="Prepared dataset (its training samples are used).")],
+    out: OutOption = Path("benchmarks/results"),
+    model: str = "smollm2-135m",
+    layer: Annotated[int, typer.Option(help="The upper-layers variant tunes layers >= this.")] =
+        15,
+    steps: int = 8,
+    batch_size: int = 8,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """LoRA training speed: all layers vs only the layers above the split (same batches)."""
+    from automr.data import PreparedDataset
+    from automr.experiments.bench import bench_finetune
+
+    result = bench_finetune(model, PreparedDataset.load(data), layer, steps, batch_size,
+                            device=device, dtype=dtype, cache_dir=cache_dir)
+    _save(result, out, f"finetune-{result['device']}")
+    typer.echo(f"LoRA on layers >= {layer} vs all layers: "
+               f"{result['upper_layers_speedup']:.2f}x faster per step")

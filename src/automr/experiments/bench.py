@@ -164,6 +164,41 @@ def bench_encode(
     }
 
 
+def bench_finetune(
+    model: str, dataset, layer: int = 15, steps: int = 8, batch_size: int = 8,
+    device: str = "auto", dtype: str = "auto", cache_dir=None, seed: int = 0,
+) -> dict[str, object]:
+    """LoRA training steps/s on all layers vs only on layers >= ``layer`` (lower half frozen,
+    run under no_grad), the same seeded batches of real training samples for both."""
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from automr.llm.loading import load_model
+    from automr.recommenders.finetune import FinetuneConfig, finetune
+
+    result: dict[str, object] = {"benchmark": "finetune", "model": model, "layer": layer,
+                                 "steps": steps, "batch_size": batch_size}
+    for name, from_layer in (("all_layers", 0), ("upper_layers", layer)):
+        loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+        config = FinetuneConfig(lora_from_layer=from_layer, batch_size=batch_size,
+                                max_train_samples=steps * batch_size, max_valid_samples=batch_size,
+                                eval_every=steps, seed=seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            record = finetune(loaded, dataset, tmp, config, progress=False)
+            adapter = load_file(f"{tmp}/best/adapter_model.safetensors")
+        result.update({
+            f"{name}_s_per_step": record["train_seconds"] / record["step"],
+            f"{name}_tokens_per_s": record["tokens"] / record["train_seconds"],
+            f"{name}_lora_parameters": sum(t.numel() for t in adapter.values()),
+        })
+        result.update(dtype=str(loaded.model.dtype), device=str(loaded.model.device))
+    result["machine"] = machine()
+    result["upper_layers_speedup"] = (result["all_layers_s_per_step"] /
+                                      result["upper_layers_s_per_step"])
+    return result
+
+
 def markdown_table(result: dict[str, object]) -> str:
     """A two-column markdown table of a benchmark result (nested dicts flattened)."""
     rows = ["| field | value |", "|---|---|"]

@@ -14,6 +14,7 @@ Running again with the same folder and configuration resumes from ``checkpoint/`
 import hashlib
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -167,7 +168,8 @@ def finetune(
                                   lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     record = state or {**identity, "step": 0, "best_valid_nll": None, "best_step": 0,
-                       "evaluations": [], "bad_evaluations": 0, "tokens": 0, "done": False}
+                       "evaluations": [], "bad_evaluations": 0, "tokens": 0, "train_seconds": 0.0,
+                       "done": False}
     if state is not None:
         optimizer.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt"))
         torch.set_rng_state(torch.load(out / "checkpoint" / "rng.pt"))
@@ -183,6 +185,7 @@ def finetune(
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
                 config.seed * 1000 + epoch)).tolist()
             chunk = [train[i] for i in order[index * config.batch_size:][: config.batch_size]]
+            started = time.perf_counter()
             model.train()
             batch = collate(chunk, pad_id, config.loss_on)
             nll, count = batch_nll(llm, batch, config.lora_from_layer)
@@ -190,6 +193,8 @@ def finetune(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             model.eval()
+            record["train_seconds"] = record.get("train_seconds", 0.0) + (
+                time.perf_counter() - started)  # optimisation only, not validation
             record["step"] += 1
             record["tokens"] += int(batch.mask.sum())
             bar.update(task, advance=1, status=f"loss {nll.item() / count:.3f}")
