@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 
-from automr.cli.main import app
+from automr.cli.main import command_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -38,7 +37,7 @@ def cli_sections() -> dict[str, str]:
     }
 
 
-COMMANDS = walk(typer.main.get_command(app), ("automr",))[1:]
+COMMANDS = walk(command_tree(), ("automr",))[1:]
 
 
 def test_the_cli_has_commands() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import attrs
 import torch
 from beartype import beartype
-from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from automr.annotation.labels import labels
@@ -28,6 +27,7 @@ from automr.interfaces import MemoryTokens
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
+from automr.progress import Progress
 from automr.retrievers import RetrievalDataset
 
 FORMAT = "automr.annotations/1"

@@ -1,47 +1,113 @@
-"""The ``automr`` Typer application: one sub-command group per pipeline step."""
+"""The ``automr`` Typer application: one sub-command (or group) per pipeline step.
+
+Sub-commands are imported only when used (:mod:`automr.cli.lazy`), so ``automr --help``
+stays fast. To add a command, add one entry to :data:`COMMANDS` below - nothing else.
+"""
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, final
 
 import typer
+import typer.core
+import typer.main
 
-from automr.cli import bench, data, model
-from automr.cli.evaluate import evaluate_command
-from automr.cli.finetune import finetune_command
-from automr.cli.pipeline import (
-    annotate_command,
-    demo_command,
-    memory_app,
-    recommend_command,
-    retriever_app,
-)
+from automr.cli.common import user_errors
+from automr.cli.lazy import LazyCommand, LazyGroup
+
+# The one place where sub-commands are registered: name -> where it lives ("module:attribute",
+# a Typer app or a command function) and the one-line help `automr --help` shows. Order is
+# the listing order (the pipeline's). tests/test_cli_infra.py checks every entry resolves and
+# that its help matches the command's own first line.
+COMMANDS: dict[str, LazyCommand] = {
+    "demo": LazyCommand(
+        "automr.cli.pipeline:demo_command",
+        "The main job: the whole pipeline on the embedded default, ending with a results "
+        "table."),
+    "model": LazyCommand("automr.cli.model:app", "Fetch and inspect causal LMs."),
+    "data": LazyCommand("automr.cli.data:app", "Prepare datasets under the paper's protocol."),
+    "finetune": LazyCommand(
+        "automr.cli.finetune:finetune_command",
+        "Fine-tune the LM with LoRA to generate the next item's title (BIGRec)."),
+    "memory": LazyCommand("automr.cli.pipeline:memory_app", "Build per-user layer-L memories."),
+    "annotate": LazyCommand(
+        "automr.cli.pipeline:annotate_command",
+        "Eq. 5: each memory element's effect on the true next item's likelihood."),
+    "retriever": LazyCommand("automr.cli.pipeline:retriever_app",
+                             "Train retrievers on annotations."),
+    "evaluate": LazyCommand(
+        "automr.cli.evaluate:evaluate_command",
+        "Rank the same test samples with every method; print and write the results table."),
+    "recommend": LazyCommand(
+        "automr.cli.pipeline:recommend_command",
+        "A user's top items from AutoMR and the memory elements it retrieved (item, date)."),
+    "bench": LazyCommand(
+        "automr.cli.bench:app", "Measure throughput beside the naive way (JSON + markdown)."),
+    "ablate": LazyCommand(
+        "automr.cli.ablate:ablate_command",
+        "Score every (encoder, L, combiner, retriever) cell by how much the retrieved element "
+        "raises the true title's log-likelihood on held-out test samples; print the table."),
+}
+
+
+def _attach_run_record(command: object) -> None:
+    from automr.cli.record import attach_run_record
+
+    attach_run_record(command)
+
+
+@final
+class AutomrGroup(LazyGroup):
+    """The root group: :data:`COMMANDS`, each with a run record when it has ``--out``."""
+
+    registry = COMMANDS
+    on_load = (_attach_run_record,)
+
 
 app = typer.Typer(
     name="automr",
+    cls=AutomrGroup,
     help="AutoMR: memory retrieval for LLM-based generative recommenders.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
 
-@app.callback()
 def quiet_libraries() -> None:
-    """AutoMR: memory retrieval for LLM-based generative recommenders."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    """No Hugging Face progress bars (ours say what is happening), without importing it."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    if "transformers" in sys.modules or "huggingface_hub" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:  # read by huggingface_hub, and through it transformers, when first imported
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
-app.command("demo")(demo_command)
-app.add_typer(model.app, name="model")
-app.add_typer(data.app, name="data")
-app.command("finetune")(finetune_command)
-app.add_typer(memory_app, name="memory")
-app.command("annotate")(annotate_command)
-app.add_typer(retriever_app, name="retriever")
-app.command("evaluate")(evaluate_command)
-app.command("recommend")(recommend_command)
-app.add_typer(bench.app, name="bench")
+@app.callback()
+@user_errors
+def root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file of defaults, one table per command (finetune, memory.build, "
+        "...); options given on the command line win.", show_default=False)] = None,
+) -> None:
+    """AutoMR: memory retrieval for LLM-based generative recommenders."""
+    quiet_libraries()
+    if config is not None:
+        from automr.cli.config import default_map
+
+        ctx.default_map = default_map(config, ctx.command, ctx)
+
+
+def command_tree() -> typer.core.TyperGroup:
+    """The root click group with every sub-command imported (for docs checks)."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, LazyGroup)
+    group.load_all()
+    return group
 
 
 if __name__ == "__main__":

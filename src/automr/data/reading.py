@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
+
+from automr.errors import AutomrError
+from automr.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
@@ -20,8 +22,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-
-from automr.errors import AutomrError
 
 
 def where(path: Path | str, line: int | None = None) -> str:

@@ -15,14 +15,6 @@ from pathlib import Path
 
 import attrs
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import Tensor
 
 from automr.data.catalog import Catalog
@@ -41,6 +33,14 @@ from automr.memory.config import (
 from automr.memory.encoders import ENCODERS, Backbone, ElementEncoder, LayerEncoder
 from automr.memory.shards import MemoryIndex, ShardEntry, UserEntry, write_shard
 from automr.memory.store import MemoryStore
+from automr.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 ShardHook = Callable[[int, int], None]
 """Called as ``hook(shard_number, total_shards)`` after each shard is safely written."""

@@ -39,12 +39,12 @@ from attrs import validators as v
 from beartype import beartype
 from einops import rearrange
 from jaxtyping import Float, Int, jaxtyped
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores
+from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 SASREC_FORMAT: Final = "automr.sasrec/1"
 CONFIG_FILE: Final = "config.json"

@@ -19,11 +19,11 @@ import torch
 from attrs import validators as v
 from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
+from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from automr.retrievers.dataset import RetrievalDataset
 from automr.retrievers.mlp import ACTIVATIONS, Activation, MLPRetriever, MLPRetrieverConfig
 from automr.retrievers.selection import masked_log_softmax, top_k

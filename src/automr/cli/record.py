@@ -1,0 +1,114 @@
+"""The run record: one JSON line in ``OUT/automr-runs.jsonl`` per successful command.
+
+Every command with an ``--out`` option gets it (attached when :mod:`automr.cli.main` loads the
+command): the argv, every parameter after the config file and the command line, where each
+value came from, versions, the machine, UTC start and end, and fingerprints of the inputs.
+"""
+
+import datetime as dt
+import functools
+import hashlib
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from automr.errors import AutomrError
+
+RUNS_FILE = "automr-runs.jsonl"
+INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations")
+PACKAGES = ("automr", "torch", "transformers", "peft")
+SOURCES = {"COMMANDLINE": "command line", "DEFAULT_MAP": "config file", "DEFAULT": "default",
+           "ENVIRONMENT": "environment", "PROMPT": "prompt"}
+
+
+def attach_run_record(command: Any) -> None:
+    """Make ``command`` (and every command under it) with an ``--out`` write its record."""
+    for sub in getattr(command, "commands", {}).values():
+        attach_run_record(sub)
+    if not any(param.name == "out" for param in getattr(command, "params", ())):
+        return
+    invoke = command.invoke
+
+    @functools.wraps(invoke)
+    def recorded(ctx: Any) -> Any:
+        started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+        result = invoke(ctx)
+        record = run_record(ctx, started, time.perf_counter() - clock)
+        append_record(Path(ctx.params["out"]), record)
+        return result
+
+    command.invoke = recorded
+
+
+def append_record(out: Path, record: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / RUNS_FILE).open("a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def run_record(ctx: Any, started: dt.datetime, seconds: float) -> dict[str, Any]:
+    """What ran, with what, where and how long (``ctx``: the finished command's context)."""
+    torch = sys.modules.get("torch")  # None when the command never needed it (data prepare)
+    cuda = torch is not None and torch.cuda.is_available()
+    root = ctx.find_root()
+    params = {name: _jsonable(value) for name, value in ctx.params.items()}
+    return {
+        "command": ctx.command_path,
+        "argv": ctx.meta.get("automr.argv", list(sys.argv)),
+        "config_file": _jsonable(root.params.get("config")),
+        "params": params,
+        "sources": {name: _source(ctx.get_parameter_source(name)) for name in params},
+        "versions": {**{name: _version(name) for name in PACKAGES},
+                     "python": platform.python_version()},
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "cuda_device": torch.cuda.get_device_name() if cuda else None,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "fingerprints": fingerprints(ctx.params),
+    }
+
+
+def fingerprints(params: dict[str, Any]) -> dict[str, Any]:
+    """The dataset fingerprint of ``data``; sha256 of each input folder's top-level JSON."""
+    found: dict[str, Any] = {}
+    if params.get("data") is not None:
+        from automr.data import PreparedDataset
+        from automr.data.fingerprint import dataset_fingerprint
+
+        try:
+            found["data"] = dataset_fingerprint(PreparedDataset.load(params["data"]))
+        except (AutomrError, OSError, ValueError) as error:
+            found["data"] = f"unavailable: {error}"
+    for name in INPUT_FOLDERS:
+        if params.get(name) is not None:
+            folder = Path(params[name])
+            found[name] = {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
+                           for file in sorted(folder.glob("*.json")) if file.is_file()}
+    return found
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _source(source: Any) -> str | None:
+    return None if source is None else SOURCES.get(source.name, source.name.lower())
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,163 @@
+"""CLI plumbing: lazy sub-commands, ``--config`` TOML defaults and the run record."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from automr.cli.config import check_config
+from automr.cli.main import COMMANDS, app, command_tree
+from automr.cli.record import RUNS_FILE, fingerprints
+from automr.data import PreparedDataset
+from automr.data.fingerprint import dataset_fingerprint
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset, write_synthetic_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = ROOT / "examples" / "configs" / "ml100k-cpu.toml"
+runner = CliRunner()
+
+
+def test_help_lists_every_command_without_importing_torch():
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from automr.cli.main import app\n"
+        "result = CliRunner().invoke(app, ['--help'], terminal_width=200)\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(result.output)\n"
+        "print('heavy:', sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "heavy: []" in done.stdout
+    for name, entry in COMMANDS.items():
+        assert f"{name} " in done.stdout and entry.help.split()[0] in done.stdout
+
+
+def test_every_registered_command_resolves_with_its_own_help():
+    tree = command_tree()
+    assert list(tree.commands) == list(COMMANDS)
+    for name, entry in COMMANDS.items():
+        command = tree.commands[name]
+        first = " ".join((command.help or "").split("\n\n")[0].split())
+        assert command.name == name
+        assert entry.help == first, f"{name}: registry help differs from the command's"
+
+
+def test_a_sub_command_help_loads_only_on_request():
+    result = runner.invoke(app, ["memory", "build", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "--pooling" in result.output and "--encoder" in result.output
+    assert "--install-completion" not in runner.invoke(app, ["finetune", "--help"]).output
+
+
+def test_the_example_config_matches_the_real_commands():
+    defaults = check_config(EXAMPLE_CONFIG)
+    assert defaults["finetune"]["train_samples"] == 1024
+    assert defaults["memory"]["build"]["encoder"] == "item"
+    assert defaults["data"]["prepare"]["ml-100k"]["out"] == "runs/ml-100k"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[finetun]\nepochs = 1\n", "[finetun] is not a command"),
+    ("[finetune]\ntrian_samples = 3\n", "[finetune] trian_samples: no such option"),
+    ("[finetune]\ntrain-samples = '3'\n", "[finetune] train-samples: expected an integer"),
+    ("[memory.build]\nstore-token-states = 1\n", "store-token-states: expected true or false"),
+    ("[finetune]\nlr = true\n", "[finetune] lr: expected a number"),
+    ("finetune = 3\n", "finetune must be a table"),
+    ("[finetune\n", "is not valid TOML"),
+])
+def test_config_errors_are_one_line_with_exit_code_2(tmp_path, text, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = runner.invoke(app, ["--config", str(config), "data", "stats", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and str(config) in result.output
+    assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
+
+
+def test_a_missing_config_file_is_an_error(tmp_path):
+    result = runner.invoke(app, ["--config", str(tmp_path / "nope.toml"), "data", "stats", "."])
+    assert result.exit_code == 2 and "nope.toml does not exist" in result.output
+
+
+def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
+    interactions, items = write_synthetic_csv(tmp_path / "raw")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        "[data.prepare.csv]\n"
+        f"interactions = '{interactions}'\nitems = '{items}'\n"
+        f"out = '{tmp_path / 'from-file'}'\n"
+        "train_months = 2\nrecent-k = 2\nmin-item-interactions = 1\n")
+    out = tmp_path / "from-cli"
+    result = runner.invoke(app, ["--config", str(config), "data", "prepare", "csv",
+                                 "--out", str(out), "--recent-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "from-file").exists()
+    protocol = json.loads((out / "config.json").read_text())["protocol"]
+    assert (protocol["train_months"], protocol["recent_k"]) == (2, 3)
+    (record,) = [json.loads(line) for line in (out / RUNS_FILE).read_text().splitlines()]
+    assert record["command"] == "automr data prepare csv"
+    assert record["config_file"] == str(config)
+    assert record["argv"][:3] == ["automr", "--config", str(config)]
+    assert record["params"]["recent_k"] == 3 and record["params"]["train_months"] == 2
+    assert record["params"]["interactions"] == str(interactions)
+    assert record["sources"]["recent_k"] == "command line"
+    assert record["sources"]["train_months"] == "config file"
+    assert record["sources"]["max_history"] == "default"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infra")
+    synthetic_dataset(root)
+    save_tiny_model(root / "model", num_layers=4)
+    return root
+
+
+def test_a_run_record_is_appended_after_each_successful_run(workspace, tmp_path):
+    data, out = workspace / "prepared", tmp_path / "memory"
+    config = tmp_path / "memory.toml"
+    config.write_text("[memory.build]\nlayer = 2\nencoder = 'item'\nbatch_size = 4\n"
+                      "device = 'cpu'\n")
+    args = ["--config", str(config), "memory", "build", "--data", str(data), "--out", str(out),
+            "--model", str(workspace / "model"), "--batch-size", "8", "--quiet"]
+    for _ in range(2):  # the second run resumes (nothing left) and is recorded too
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / RUNS_FILE).read_text().splitlines()]
+    assert len(records) == 2
+    record = records[0]
+    assert record["command"] == "automr memory build"
+    assert record["params"]["layer"] == 2 and record["sources"]["layer"] == "config file"
+    assert record["params"]["batch_size"] == 8
+    assert record["sources"]["batch_size"] == "command line"
+    assert record["sources"]["pooling"] == "default" and record["params"]["out"] == str(out)
+    assert set(record["versions"]) == {"automr", "torch", "transformers", "peft", "python"}
+    assert record["torch_threads"] >= 1 and "cuda_device" in record
+    assert record["seconds"] >= 0 and record["started"] <= record["finished"]
+    assert record["fingerprints"]["data"] == dataset_fingerprint(PreparedDataset.load(data))
+    found = fingerprints({"memory": out, "data": None})
+    assert set(found["memory"]) == {p.name for p in out.glob("*.json")} and found["memory"]
+
+
+def test_a_failed_run_writes_no_record(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["memory", "build", "--data", str(tmp_path / "missing"),
+                                 "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert not (out / RUNS_FILE).exists()
+
+
+def test_input_folder_fingerprints_hash_top_level_json_only(tmp_path):
+    folder = tmp_path / "ft"
+    (folder / "best").mkdir(parents=True)
+    (folder / "finetune.json").write_text("{}")
+    (folder / "best" / "adapter_config.json").write_text("{}")
+    (folder / "weights.bin").write_bytes(b"x")
+    found = fingerprints({"finetuned": folder, "memory": None})
+    assert found == {"finetuned": {"finetune.json": hashlib.sha256(b"{}").hexdigest()}}
