@@ -21,6 +21,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.data.records import Sample
 from automr.llm.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask
 
@@ -203,3 +204,19 @@ class Grounder(Protocol):
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]: ...
+
+
+@runtime_checkable
+class PromptContext(Protocol):
+    """Extra text per sample for the prompt's input section, before the recent-history line.
+
+    The ReLLa and TRSR baselines are BIGRec fine-tuned and evaluated with their context in the
+    prompt (:mod:`automr.contexts`). ``texts`` works on a batch (so an LM-written context can
+    batch its generation) and gives None where a sample gets no context (e.g. no long-term
+    history). ``config`` is a JSON-able description from which the same context is rebuilt.
+    """
+
+    @property
+    def config(self) -> dict: ...
+
+    def texts(self, samples: Sequence[Sample]) -> list[str | None]: ...

@@ -18,13 +18,18 @@ def evaluate_command(
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, ranks/.")],
     methods: Annotated[str, typer.Option(
         help="Comma-separated: sasrec, or NAME:G with NAME in base, bigrec, automr, random, "
-             "semantic and G in l2, constrained, likelihood.")] = "sasrec,base:l2,bigrec:l2",
+             "semantic, rella, trsr and G in l2, constrained, likelihood.")] =
+        "sasrec,base:l2,bigrec:l2",
     finetuned: Annotated[Path | None, typer.Option(
         help="Run folder of `automr finetune` (all but sasrec and base).")] = None,
     memory: Annotated[Path | None, typer.Option(
         help="Memory folder (automr, random, semantic).")] = None,
     retriever: Annotated[Path | None, typer.Option(
         help="Trained retriever folder (automr).")] = None,
+    rella: Annotated[Path | None, typer.Option(
+        help="Run folder of `automr finetune --context rella` (rella).")] = None,
+    trsr: Annotated[Path | None, typer.Option(
+        help="Run folder of `automr finetune --context trsr` (trsr).")] = None,
     combiner: Annotated[str, typer.Option(
         help="append-token, prepend-token or concat.")] = defaults.combiner,
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
@@ -40,6 +45,8 @@ def evaluate_command(
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking.")] = False,
     seed: int = defaults.seed,
+    retrieval_seed: Annotated[int | None, typer.Option(
+        help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     cache_dir: CacheDirOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -47,8 +54,10 @@ def evaluate_command(
     """Rank the same test samples with every method; print and write the results table."""
     config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
-                        exclude_seen=exclude_seen, combiner=combiner, k=k)
+                        exclude_seen=exclude_seen, combiner=combiner, k=k,
+                        retrieval_seed=retrieval_seed)
     evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()], out, config,
                      model=model, finetuned=finetuned, memory=memory, retriever=retriever,
-                     device=device, cache_dir=cache_dir, progress=not quiet)
+                     device=device, cache_dir=cache_dir, progress=not quiet,
+                     rella=rella, trsr=trsr)
     typer.echo((out / "results.md").read_text())

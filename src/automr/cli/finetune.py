@@ -6,11 +6,14 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import CacheDirOption, user_errors
+from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
+from automr.errors import AutomrError
 from automr.llm.loading import DEFAULT_MODEL, load_model
 from automr.recommenders.finetune import LOSS_KINDS, FinetuneConfig, finetune
 
 defaults = FinetuneConfig()
+context_defaults = ContextSpec(kind="trsr")
 
 
 @user_errors
@@ -38,6 +41,19 @@ def finetune_command(
     patience: Annotated[int, typer.Option(
         help="Stop after this many validations without improvement.")] = defaults.patience,
     seed: int = defaults.seed,
+    context: Annotated[str | None, typer.Option(
+        help=f"Prompt context of a baseline: {' or '.join(CONTEXT_KINDS)} (none: BIGRec).",
+        show_default=False)] = None,
+    context_k: Annotated[int, typer.Option(
+        help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
+    trsr_block_size: Annotated[int, typer.Option(
+        help="TRSR: long-term items per summarised block.")] = context_defaults.block_size,
+    trsr_max_blocks: Annotated[int, typer.Option(
+        help="TRSR: most recent blocks summarised.")] = context_defaults.max_blocks,
+    trsr_mode: Annotated[str, typer.Option(
+        help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")] = context_defaults.mode,
+    trsr_max_new_tokens: Annotated[int, typer.Option(
+        help="TRSR: tokens per written summary.")] = context_defaults.max_new_tokens,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
     cache_dir: CacheDirOption = None,
@@ -52,10 +68,24 @@ def finetune_command(
         epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_from_layer=lora_from_layer, loss_on=loss_on, eval_every=eval_every,
         patience=patience, seed=seed,
+        context=context_spec_option(context, context_k, trsr_block_size, trsr_max_blocks,
+                                    trsr_mode, trsr_max_new_tokens),
     )
     dataset = PreparedDataset.load(data)
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-    record = finetune(loaded, dataset, out, config, progress=not quiet)
+    record = finetune(loaded, dataset, out, config, progress=not quiet, cache_dir=cache_dir)
     typer.echo(f"validation NLL {record.get('initial_valid_nll', float('nan')):.4f} -> "
                f"{record['best_valid_nll']:.4f} (best at step {record['best_step']} of "
                f"{record['step']}); adapter in {Path(out) / 'best'}")
+
+
+def context_spec_option(kind: str | None, k: int, block_size: int, max_blocks: int, mode: str,
+                        max_new_tokens: int) -> ContextSpec | None:
+    """The :class:`ContextSpec` the context options describe (None without ``--context``)."""
+    if kind is None or kind == "none":
+        return None
+    try:
+        return ContextSpec(kind=kind, k=k, block_size=block_size, max_blocks=max_blocks,
+                           mode=mode, max_new_tokens=max_new_tokens)
+    except ValueError as error:
+        raise AutomrError(f"invalid context options: {error}") from None

@@ -79,16 +79,27 @@ def prompt_config(domain: str) -> PromptConfig:
     return PROMPT_DOMAINS[domain]
 
 
-def format_prompt(titles: Sequence[str], config: PromptConfig = PromptConfig()) -> str:
+def format_prompt(titles: Sequence[str], config: PromptConfig = PromptConfig(),
+                  context: str | None = None) -> str:
     """The full prompt text for a history of ``titles`` (oldest first), ending where the
-    response starts."""
+    response starts.
+
+    A ``context`` (extra text about the user, e.g. a baseline's long-term summary) goes on its
+    own line at the start of the input section, before the history line; without one (None or
+    empty) the prompt is the plain BIGRec prompt.
+    """
     words = {"plural": config.plural, "singular": config.singular, "verb": config.verb}
-    joined = config.separator.join(config.title_format.format(title=t) for t in titles)
+    history = config.history.format(titles=format_titles(titles, config), **words)
     return config.layout.format(
         header=config.header,
         instruction=config.instruction.format(**words),
-        input=config.history.format(titles=joined, **words),
+        input=f"{context}\n{history}" if context else history,
     )
+
+
+def format_titles(titles: Sequence[str], config: PromptConfig = PromptConfig()) -> str:
+    """Titles as the prompt lists them: each in ``title_format``, joined by ``separator``."""
+    return config.separator.join(config.title_format.format(title=t) for t in titles)
 
 
 def format_target(title: str, config: PromptConfig = PromptConfig()) -> str:
@@ -97,10 +108,12 @@ def format_target(title: str, config: PromptConfig = PromptConfig()) -> str:
 
 
 def sample_texts(
-    sample: Sample, catalog: Catalog, config: PromptConfig = PromptConfig()
+    sample: Sample, catalog: Catalog, config: PromptConfig = PromptConfig(),
+    context: str | None = None,
 ) -> tuple[str, str]:
-    """``(prompt, target)`` for a sample: its recent items' titles and its target's title."""
-    return (format_prompt(catalog.titles(sample.recent), config),
+    """``(prompt, target)`` for a sample: its recent items' titles (after ``context``, if
+    any) and its target's title."""
+    return (format_prompt(catalog.titles(sample.recent), config, context),
             format_target(catalog.title(sample.target), config))
 
 
@@ -156,8 +169,8 @@ def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = Tru
 
 def tokenize_sample(
     tokenizer, sample: Sample, catalog: Catalog, config: PromptConfig = PromptConfig(),
-    *, add_eos: bool = True,
+    *, add_eos: bool = True, context: str | None = None,
 ) -> TokenizedExample:
-    """:func:`sample_texts` then :func:`tokenize_example`."""
-    prompt, target = sample_texts(sample, catalog, config)
+    """:func:`sample_texts` (with ``context``, if any) then :func:`tokenize_example`."""
+    prompt, target = sample_texts(sample, catalog, config, context)
     return tokenize_example(tokenizer, prompt, target, add_eos=add_eos)

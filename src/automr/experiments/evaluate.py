@@ -9,6 +9,8 @@ Methods are named ``NAME`` or ``NAME:GROUNDER``:
   ``--retriever``, joined at layer L by the combiner;
 - ``random:GROUNDER`` / ``semantic:GROUNDER`` - the same with random (seeded) or semantic
   (cosine) retrieval instead of the trained retriever;
+- ``rella:GROUNDER`` / ``trsr:GROUNDER`` - BIGRec fine-tuned and evaluated with the ReLLa or
+  TRSR prompt context (the fine-tune of ``--rella`` / ``--trsr``; :mod:`automr.contexts`);
 
 with GROUNDER one of ``l2`` (BIGRec's), ``constrained``, ``likelihood``.
 """
@@ -28,6 +30,12 @@ from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores
 from automr.evaluation.report import MetricReport, build_report, compare_reports
+from automr.experiments.baselines import (
+    CONTEXT_METHODS,
+    context_runs,
+    context_settings,
+    sample_contexts,
+)
 from automr.experiments.generative import (
     build_grounder,
     catalog_embeddings,
@@ -46,7 +54,7 @@ from automr.recommenders.finetune import (
 from automr.recommenders.sasrec import SASRecConfig, fit_sasrec
 from automr.retrievers import build_retriever, load_retriever
 
-GENERATIVE = ("base", "bigrec", "automr", "random", "semantic")
+GENERATIVE = ("base", "bigrec", "automr", "random", "semantic", *CONTEXT_METHODS)
 WITH_MEMORY = ("automr", "random", "semantic")
 
 
@@ -66,6 +74,12 @@ class EvalConfig:
     n_resamples: int = 1000
     combiner: str = "append-token"
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    retrieval_seed: int | None = None
+    """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
+
+    @property
+    def seed_for_retrieval(self) -> int:
+        return self.seed if self.retrieval_seed is None else self.retrieval_seed
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
@@ -90,6 +104,7 @@ def evaluate_methods(
     finetuned: Path | str | None = None, memory: Path | str | None = None,
     retriever: Path | str | None = None, device: str = "auto",
     cache_dir: Path | str | None = None, progress: bool = True,
+    rella: Path | str | None = None, trsr: Path | str | None = None,
 ) -> dict[str, MetricReport]:
     """Rank the same seeded subset of samples with every method; write ranks and tables.
 
@@ -97,7 +112,7 @@ def evaluate_methods(
     """
     parsed = [parse_method(m) for m in methods]
     names = {name for name, _ in parsed}
-    if names - {"sasrec", "base"} and finetuned is None:
+    if names - {"sasrec", "base", *CONTEXT_METHODS} and finetuned is None:
         raise AutomrError("bigrec/automr/random/semantic methods need --finetuned RUN_DIR "
                           "(from `automr finetune`)")
     if names & set(WITH_MEMORY) and memory is None:
@@ -105,6 +120,7 @@ def evaluate_methods(
                           "(from `automr memory build`)")
     if "automr" in names and retriever is None:
         raise AutomrError("automr:* methods need --retriever DIR (from `automr retriever train`)")
+    runs = context_runs(names, finetuned, rella, trsr)
     dataset = PreparedDataset.load(dataset_dir)
     samples = seeded_subset(dataset.samples(config.split), config.max_samples, config.seed)
     if not samples:
@@ -113,16 +129,21 @@ def evaluate_methods(
     ids = sample_ids(samples)
     n_items = len(dataset.catalog)
     models: dict[str, LoadedModel] = {}
+    contexts: dict[str, list[str | None]] = {}
     reports: dict[str, MetricReport] = {}
     for method, (name, grounder) in zip(methods, parsed, strict=True):
         saved = out / "ranks" / f"{method.replace(':', '-')}.json"
-        used = {"model": name != "sasrec", "finetuned": name not in ("sasrec", "base"),
-                "memory": name in WITH_MEMORY, "retriever": name == "automr"}
+        used = {"model": name != "sasrec",
+                "finetuned": name not in ("sasrec", "base", *CONTEXT_METHODS),
+                "memory": name in WITH_MEMORY, "retriever": name == "automr",
+                "rella": name == "rella", "trsr": name == "trsr"}
         inputs = {"model": model, "finetuned": finetuned, "memory": memory,
-                  "retriever": retriever}
+                  "retriever": retriever, "rella": rella, "trsr": trsr}
         settings = {"method": method, "samples": ids, "n_items": n_items,
-                    **attrs.asdict(config),
+                    **config_settings(config, name),
                     **{k: str(v) for k, v in inputs.items() if used[k] and v is not None}}
+        if name in runs:
+            settings["context"] = context_settings(runs[name])
         settings_file = saved.with_suffix(".settings.json")
         if saved.exists() and settings_file.exists() and \
                 json.loads(settings_file.read_text()) == json.loads(json.dumps(settings)):
@@ -131,17 +152,22 @@ def evaluate_methods(
         if name == "sasrec":
             ranks = rank_with_sasrec(dataset, samples, SASRecConfig(seed=config.seed), progress)
         else:
-            kind = "base" if name == "base" else "tuned"
+            kind = "base" if name == "base" else name if name in runs else "tuned"
+            run = runs.get(name, finetuned)
             if kind not in models:
                 models[kind] = (load_model(model, device=device, cache_dir=cache_dir)
                                 if kind == "base" else
-                                load_finetuned(finetuned, device=device, cache_dir=cache_dir))
+                                load_finetuned(run, device=device, cache_dir=cache_dir))
             loaded = models[kind]
+            if name in runs and name not in contexts:
+                contexts[name] = sample_contexts(
+                    run, loaded, dataset, samples, ids, out / "contexts" / f"{name}.json",
+                    cache_dir, config.batch_size, progress)
             retrieval = (memory_retrieval(name, finetuned, memory, retriever, config,
                                           str(loaded.model.device))
                          if name in WITH_MEMORY else None)
             base_fp = (loaded.fingerprint() if name == "base"
-                       else base_fingerprint(finetuned))
+                       else base_fingerprint(run))
             targets = dataset_targets(loaded, dataset)
             embeddings = (catalog_embeddings(loaded, targets, base_fp, cache_dir, progress)
                           if grounder in ("l2", "constrained") else None)
@@ -150,7 +176,7 @@ def evaluate_methods(
             ranks = rank_samples(loaded, dataset, samples, ranker, layer, config.batch_size,
                                  insert_for=None if retrieval is None else retrieval.insert_for,
                                  exclude_seen=config.exclude_seen, progress=progress,
-                                 label=method)
+                                 label=method, contexts=contexts.get(name))
             if retrieval is not None:
                 save_retrieved(out / "retrieved" / f"{method.replace(':', '-')}.json", ids,
                                retrieval.retrieved)
@@ -163,7 +189,7 @@ def evaluate_methods(
         "dataset": str(dataset_dir), "model": model,
         "finetuned": str(finetuned) if finetuned else None,
         "memory": str(memory) if memory else None, "retriever": str(retriever) if retriever
-        else None})
+        else None, **{name: str(run) for name, run in runs.items()}})
     return reports
 
 
@@ -180,8 +206,19 @@ def memory_retrieval(name: str, finetuned: Path | str, memory: Path | str,
         chosen = load_retriever(retriever, device=device, expect=expect,
                                 hidden_size=store.hidden_size)
     else:
-        chosen = build_retriever(name, store.hidden_size, seed=config.seed)
+        chosen = build_retriever(name, store.hidden_size, seed=config.seed_for_retrieval)
     return MemoryRetrieval(store, chosen, COMBINERS[config.combiner](), k=config.k)
+
+
+def config_settings(config: EvalConfig, name: str) -> dict:
+    """``config`` as it enters method ``name``'s resume settings: ``retrieval_seed`` only where
+    it changes the ranks (``random`` with a seed other than ``seed``), so folders written before
+    it existed, and runs that leave it unset, still resume."""
+    settings = attrs.asdict(config)
+    del settings["retrieval_seed"]
+    if name == "random" and config.seed_for_retrieval != config.seed:
+        settings["retrieval_seed"] = config.retrieval_seed
+    return settings
 
 
 def save_retrieved(path: Path, ids: Sequence[str], retrieved: Sequence[Sequence[int]]) -> None:
@@ -241,6 +278,8 @@ def write_tables(reports: dict[str, MetricReport], out: Path, config: EvalConfig
     for method, diffs in payload["paired_vs_reference"].items():
         cells = [f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in diffs.values()]
         lines.append(f"| {method} | {' | '.join(cells)} |")
-    header = (f"{payload['samples']} {config.split} samples (seed {config.seed}), "
+    retrieval = ("" if config.retrieval_seed is None
+                 else f", random retrieval seed {config.retrieval_seed}")
+    header = (f"{payload['samples']} {config.split} samples (seed {config.seed}{retrieval}), "
               f"full ranking over the catalog, {config.n_resamples} bootstrap resamples.\n\n")
     (out / "results.md").write_text(header + "\n".join(lines) + "\n")

@@ -5,7 +5,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from automr.cache import resolve_cache_dir
@@ -22,6 +21,7 @@ from automr.grounding import (
 from automr.interfaces import Grounder, Insert
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
+from automr.progress import Progress
 
 InsertFor = Callable[[Sequence[Sample]], Insert]
 """Builds the memory insertion for a batch of samples (AutoMR); None for memory-free methods."""
@@ -71,11 +71,15 @@ def build_grounder(
 
 
 def left_padded_prompts(
-    loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample]
+    loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample],
+    contexts: Sequence[str | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt ids (exactly as in training) left-padded into one batch, and their mask."""
-    prompts = [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config)
-               .prompt_ids for s in samples]
+    """Prompt ids (exactly as in training, with each sample's prompt context if given)
+    left-padded into one batch, and their mask."""
+    contexts = [None] * len(samples) if contexts is None else contexts
+    prompts = [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config,
+                               context=c).prompt_ids
+               for s, c in zip(samples, contexts, strict=True)]
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), loaded.tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -89,8 +93,10 @@ def rank_samples(
     loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample], grounder: Grounder,
     layer: int, batch_size: int = 8, insert_for: InsertFor | None = None,
     exclude_seen: bool = False, progress: bool = True, label: str = "ranking",
+    contexts: Sequence[str | None] | None = None,
 ) -> list[int]:
-    """The 0-based rank of each sample's target in the grounder's full catalog ranking."""
+    """The 0-based rank of each sample's target in the grounder's full catalog ranking
+    (``contexts``: one prompt context per sample, for the ReLLa/TRSR baselines)."""
     llm = HFSplitLLM(loaded.model)
     index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
     ranks: list[int] = []
@@ -98,7 +104,9 @@ def rank_samples(
         task = bar.add_task(label, total=len(samples))
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            ids, mask = left_padded_prompts(loaded, dataset, chunk)
+            ids, mask = left_padded_prompts(
+                loaded, dataset, chunk,
+                None if contexts is None else contexts[start : start + batch_size])
             insert = insert_for(chunk) if insert_for is not None else None
             with torch.no_grad():
                 rankings = grounder.rank(llm, ids.to(llm.device), mask.to(llm.device), layer,

@@ -22,15 +22,16 @@ import attrs
 import torch
 from beartype import beartype
 from peft import LoraConfig, PeftModel, get_peft_model
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from automr.cache import atomic_dir, sha256_of
+from automr.contexts import ContextSpec, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.llm.loading import LoadedModel, load_model
 from automr.llm.split import HFSplitLLM
+from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 RESULT_FILE = "finetune.json"
 LOSS_KINDS = ("target", "sequence")
@@ -57,9 +58,15 @@ class FinetuneConfig:
     eval_every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
     patience: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     seed: int = 0
+    context: ContextSpec | None = None
+    """A prompt context (ReLLa, TRSR) put in every prompt; None: the plain BIGRec prompt."""
 
     def to_json(self) -> dict:
-        return attrs.asdict(self)
+        """The fields as JSON; ``context`` only when set (records of runs without one stay
+        as they were, so their checkpoints still resume)."""
+        data = attrs.asdict(self, recurse=False)
+        context = data.pop("context")
+        return data if context is None else {**data, "context": context.to_json()}
 
 
 @attrs.frozen
@@ -112,10 +119,13 @@ def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int) -> tuple[torch.Tensor, 
 
 
 def encode_samples(
-    loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample]
+    loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample],
+    contexts: Sequence[str | None] | None = None,
 ) -> list[TokenizedExample]:
-    return [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config)
-            for s in samples]
+    """Tokenized prompt + target of each sample (with its prompt context, if given)."""
+    contexts = [None] * len(samples) if contexts is None else contexts
+    return [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config,
+                            context=c) for s, c in zip(samples, contexts, strict=True)]
 
 
 @torch.no_grad()
@@ -131,11 +141,14 @@ def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
 def finetune(
     loaded: LoadedModel, dataset: PreparedDataset, out_dir: Path | str,
     config: FinetuneConfig = FinetuneConfig(), progress: bool = True,
+    cache_dir: Path | str | None = None,
 ) -> dict:
     """Fine-tune ``loaded`` with LoRA on ``dataset``'s training samples into ``out_dir``.
 
     Resumes from ``out_dir/checkpoint`` when it was written with the same configuration,
     model and data. Returns the run record also written to ``out_dir/finetune.json``.
+    With ``config.context`` every prompt carries that context, computed with the base model
+    before LoRA is attached (cached in ``cache_dir``).
     """
     out = Path(out_dir)
     n_layers = loaded.model.config.num_hidden_layers
@@ -147,6 +160,16 @@ def finetune(
         "model_fingerprint": loaded.fingerprint(), "data_fingerprint": dataset_fingerprint(dataset),
     }))
     state = _load_checkpoint(out, identity)
+    train_samples = seeded_subset(dataset.samples("train"), config.max_train_samples,
+                                  config.seed)
+    valid_samples = seeded_subset(dataset.samples("valid"), config.max_valid_samples,
+                                  config.seed)
+    train_contexts = valid_contexts = None
+    if config.context is not None:
+        context = build_context(config.context, loaded, dataset, loaded.fingerprint(),
+                                cache_dir, batch_size=config.batch_size, progress=progress)
+        train_contexts, valid_contexts = (context.texts(train_samples),
+                                          context.texts(valid_samples))
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -158,10 +181,8 @@ def finetune(
         _load_adapter(model, out / "checkpoint")
     llm = HFSplitLLM(model)
     pad_id = loaded.tokenizer.pad_token_id
-    train = encode_samples(loaded, dataset, seeded_subset(dataset.samples("train"),
-                                                   config.max_train_samples, config.seed))
-    valid = encode_samples(loaded, dataset, seeded_subset(dataset.samples("valid"),
-                                                   config.max_valid_samples, config.seed))
+    train = encode_samples(loaded, dataset, train_samples, train_contexts)
+    valid = encode_samples(loaded, dataset, valid_samples, valid_contexts)
     if not train:
         raise AutomrError("the dataset has no training samples; check the protocol's split")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -255,6 +276,12 @@ def _load_adapter(model: PeftModel, folder: Path) -> None:
 def base_fingerprint(run_dir: Path | str) -> str:
     """Fingerprint of the base model a finished fine-tune was trained on."""
     return _finished_record(Path(run_dir))["model_fingerprint"]
+
+
+def context_spec(run_dir: Path | str) -> ContextSpec | None:
+    """The prompt context a finished fine-tune was trained with (None: plain BIGRec)."""
+    data = _finished_record(Path(run_dir))["config"].get("context")
+    return None if data is None else ContextSpec.from_json(data)
 
 
 def check_memory_compatible(run_dir: Path | str, memory_fingerprint: str | None,

@@ -1,0 +1,119 @@
+"""``automr context``: look at the ReLLa/TRSR prompt contexts and precompute TRSR summaries."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.finetune import context_defaults, context_spec_option
+from automr.contexts import (
+    CONTEXT_KINDS,
+    TRSR_MODES,
+    ContextSpec,
+    build_context,
+    trsr_context,
+)
+from automr.data import PreparedDataset
+from automr.data.subsets import seeded_subset
+from automr.errors import AutomrError
+from automr.llm.loading import DEFAULT_MODEL, load_model
+
+app = typer.Typer(help="Prompt contexts of the ReLLa and TRSR baselines.",
+                  no_args_is_help=True)
+
+DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
+ModelOption = Annotated[str, typer.Option(
+    help="Base model (the one `automr finetune` tunes).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the sample subset.")]
+BlockSize = Annotated[int, typer.Option(help="TRSR: long-term items per summarised block.")]
+MaxBlocks = Annotated[int, typer.Option(help="TRSR: most recent blocks summarised.")]
+Mode = Annotated[str, typer.Option(help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")]
+MaxNewTokens = Annotated[int, typer.Option(help="TRSR: tokens per written summary.")]
+BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+
+
+def _samples(data: Path, split: str, count: int, seed: int):
+    dataset = PreparedDataset.load(data)
+    samples = seeded_subset(dataset.samples(split), count or None, seed)
+    if not samples:
+        raise AutomrError(f"the {split} split of {data} has no samples")
+    return dataset, samples
+
+
+@app.command("show")
+@user_errors
+def show_command(
+    data: DataOption,
+    kind: Annotated[str, typer.Option(help=f"{' or '.join(CONTEXT_KINDS)}.")],
+    split: str = "test",
+    samples: Annotated[int, typer.Option(help="Seeded samples to show.")] = 3,
+    seed: SeedOption = 0,
+    model: ModelOption = DEFAULT_MODEL,
+    context_k: Annotated[int, typer.Option(
+        help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
+    trsr_block_size: BlockSize = context_defaults.block_size,
+    trsr_max_blocks: MaxBlocks = context_defaults.max_blocks,
+    trsr_mode: Mode = context_defaults.mode,
+    trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    cache_dir: CacheDirOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
+    spec = context_spec_option(kind, context_k, trsr_block_size, trsr_max_blocks, trsr_mode,
+                               trsr_max_new_tokens)
+    if spec is None:
+        raise AutomrError(f"--kind must be one of {', '.join(CONTEXT_KINDS)}")
+    dataset, chosen = _samples(data, split, samples, seed)
+    loaded = load_model(model, device=device, cache_dir=cache_dir)
+    context = build_context(spec, loaded, dataset, loaded.fingerprint(), cache_dir,
+                            batch_size=batch_size, progress=not quiet)
+    catalog, words = dataset.catalog, dataset.prompt_config
+    for sample, text in zip(chosen, context.texts(chosen), strict=True):
+        typer.echo(f"user {sample.user} at {sample.timestamp}: {len(sample.memory)} long-term, "
+                   f"{len(sample.recent)} recent items; next: {catalog.title(sample.target)}")
+        typer.echo(f"  context: {text if text else '(none: no long-term history)'}")
+        recent = ", ".join(words.title_format.format(title=t)
+                           for t in catalog.titles(sample.recent))
+        typer.echo(f"  recent:  {recent}\n")
+
+
+@app.command("trsr")
+@user_errors
+def trsr_command(
+    data: DataOption,
+    split: Annotated[str, typer.Option(help="Which split's samples.")] = "train",
+    samples: Annotated[int, typer.Option(
+        help="Seeded subset of the split (0 = all); `automr finetune` uses --train-samples "
+             "of train and --valid-samples of valid with its --seed.")] = 512,
+    seed: SeedOption = 0,
+    model: ModelOption = DEFAULT_MODEL,
+    trsr_block_size: BlockSize = context_defaults.block_size,
+    trsr_max_blocks: MaxBlocks = context_defaults.max_blocks,
+    trsr_mode: Mode = context_defaults.mode,
+    trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    cache_dir: CacheDirOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
+    evaluation; rerunning, or running it cut short and again, only generates what is missing."""
+    try:
+        spec = ContextSpec(kind="trsr", block_size=trsr_block_size, max_blocks=trsr_max_blocks,
+                           mode=trsr_mode, max_new_tokens=trsr_max_new_tokens)
+    except ValueError as error:
+        raise AutomrError(f"invalid TRSR options: {error}") from None
+    dataset, chosen = _samples(data, split, samples, seed)
+    loaded = load_model(model, device=device, cache_dir=cache_dir)
+    context = trsr_context(loaded, dataset.catalog, dataset.prompt_config, loaded.fingerprint(),
+                           spec, cache_dir, batch_size=batch_size, progress=not quiet)
+    before = len(context.cache.entries)
+    texts = context.texts(chosen)
+    written = len(context.cache.entries) - before
+    typer.echo(f"{sum(t is not None for t in texts)} of {len(chosen)} {split} samples have a "
+               f"summary ({written} prompts generated, the rest cached) in {context.cache.path}")

@@ -1,0 +1,37 @@
+"""What a prompt context is: the recorded, JSON-able description it is rebuilt from."""
+
+import attrs
+from beartype import beartype
+
+CONTEXT_KINDS = ("rella", "trsr")
+TRSR_MODES = ("recurrent", "hierarchical")
+
+_positive = attrs.validators.gt(0)
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class ContextSpec:
+    """A baseline's prompt context: ``rella`` (uses ``k``) or ``trsr`` (uses ``block_size``,
+    ``max_blocks``, ``mode``, ``max_new_tokens``).
+
+    Fine-tuning records it in ``finetune.json`` (:meth:`to_json` keeps only the fields the
+    kind uses) and evaluation rebuilds the same context from it (:meth:`from_json`).
+    """
+
+    kind: str = attrs.field(validator=attrs.validators.in_(CONTEXT_KINDS))
+    k: int = attrs.field(default=5, validator=_positive)
+    block_size: int = attrs.field(default=5, validator=_positive)
+    max_blocks: int = attrs.field(default=5, validator=_positive)
+    mode: str = attrs.field(default="recurrent", validator=attrs.validators.in_(TRSR_MODES))
+    max_new_tokens: int = attrs.field(default=40, validator=_positive)
+
+    def to_json(self) -> dict:
+        if self.kind == "rella":
+            return {"kind": self.kind, "k": self.k}
+        return {"kind": self.kind, "block_size": self.block_size, "max_blocks": self.max_blocks,
+                "mode": self.mode, "max_new_tokens": self.max_new_tokens}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ContextSpec":
+        return cls(**data)

@@ -1,0 +1,100 @@
+"""LM-written summaries for TRSR: batched greedy generation and an on-disk cache.
+
+:class:`SummaryWriter` asks the *untuned* base model (a peft adapter, if present, is switched
+off) for a reply to each instruction: wrapped in the tokenizer's chat template when it has one
+(SmolLM2-Instruct does), else as plain text; left-padded batches through the split's exact
+greedy decoding, so a batch writes the same text as one instruction at a time.
+
+:class:`SummaryCache` keeps replies in a JSON-lines file keyed by the sha256 of (model
+fingerprint, ``max_new_tokens``, rendered prompt), appended batch by batch: reruns and shared
+prompts cost nothing, and a cut run resumes where it stopped.
+"""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from automr.grounding.embedding import base_model
+from automr.llm.decoding import greedy_generate
+from automr.llm.split import HFSplitLLM
+
+
+class SummaryWriter:
+    """Greedy replies of ``model`` to instructions, at most ``max_new_tokens`` tokens each."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_new_tokens: int = 40,
+                 batch_size: int = 8) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+
+    def render(self, instruction: str) -> str:
+        """The exact prompt text the model reads for ``instruction``."""
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": instruction}], tokenize=False,
+                add_generation_prompt=True)
+        return f"{instruction}\n"
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        """Replies to rendered ``prompts`` (one batch), each on one line, whitespace collapsed."""
+        tokenizer = self.tokenizer
+        encoded = [tokenizer(p, add_special_tokens=not self.chat)["input_ids"] for p in prompts]
+        width = max(map(len, encoded))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(encoded), width, dtype=torch.bool)
+        for row, seq in enumerate(encoded):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = True
+        llm = HFSplitLLM(self.model)
+        eos = tokenizer.eos_token_id
+        with base_model(self.model):
+            new = greedy_generate(llm, ids.to(llm.device), mask.to(llm.device), 0,
+                                  self.max_new_tokens, eos_token_id=eos)
+        replies = []
+        for row in new.tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            replies.append(" ".join(tokenizer.decode(row, skip_special_tokens=True).split()))
+        return replies
+
+
+class SummaryCache:
+    """Replies by prompt for one model, in ``path`` (JSON lines ``{"key", "summary"}``)."""
+
+    def __init__(self, path: Path | str, model_fingerprint: str, max_new_tokens: int) -> None:
+        self.path = Path(path)
+        self.model_fingerprint, self.max_new_tokens = model_fingerprint, max_new_tokens
+        self.entries: dict[str, str] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry["summary"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut by an interrupted write
+
+    def key(self, prompt: str) -> str:
+        payload = json.dumps([self.model_fingerprint, self.max_new_tokens, prompt])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def get(self, prompt: str) -> str | None:
+        return self.entries.get(self.key(prompt))
+
+    def add(self, prompts: Sequence[str], summaries: Sequence[str]) -> None:
+        """Remember and append (one flush per call, so a cut run keeps finished batches)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")  # end a line cut by an interrupted write
+        with self.path.open("a") as f:
+            for prompt, summary in zip(prompts, summaries, strict=True):
+                key = self.key(prompt)
+                self.entries[key] = summary
+                f.write(json.dumps({"key": key, "summary": summary}) + "\n")
