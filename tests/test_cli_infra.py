@@ -161,3 +161,14 @@ def test_input_folder_fingerprints_hash_top_level_json_only(tmp_path):
     (folder / "weights.bin").write_bytes(b"x")
     found = fingerprints({"finetuned": folder, "memory": None})
     assert found == {"finetuned": {"finetune.json": hashlib.sha256(b"{}").hexdigest()}}
+
+
+def test_a_repeated_folder_option_is_fingerprinted_per_folder(tmp_path):
+    first, second = tmp_path / "r0", tmp_path / "r1"
+    for folder, text in ((first, "{}"), (second, "[]")):
+        folder.mkdir()
+        (folder / "config.json").write_text(text)
+    found = fingerprints({"retriever": [first, second]})
+    assert found == {"retriever": {
+        str(first): {"config.json": hashlib.sha256(b"{}").hexdigest()},
+        str(second): {"config.json": hashlib.sha256(b"[]").hexdigest()}}}

@@ -45,6 +45,16 @@ COMMANDS: dict[str, LazyCommand] = {
         "A user's top items from AutoMR and the memory elements it retrieved (item, date)."),
     "bench": LazyCommand(
         "automr.cli.bench:app", "Measure throughput beside the naive way (JSON + markdown)."),
+    "context": LazyCommand(
+        "automr.cli.context:app",
+        "Prompt contexts of the ReLLa and TRSR baselines."),
+    "rq2": LazyCommand(
+        "automr.cli.figures:rq2_command",
+        "RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples; "
+        "write the table and box plots (resumes: finished runs are read back)."),
+    "rq3": LazyCommand(
+        "automr.cli.figures:rq3_command",
+        "RQ3: how far back the memory method retrieves; case-study timeline and age histograms."),
     "ablate": LazyCommand(
         "automr.cli.ablate:ablate_command",
         "Score every (encoder, L, combiner, retriever) cell by how much the retrieved element "

@@ -19,7 +19,7 @@ from typing import Any
 from automr.errors import AutomrError
 
 RUNS_FILE = "automr-runs.jsonl"
-INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations")
+INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
 PACKAGES = ("automr", "torch", "transformers", "peft")
 SOURCES = {"COMMANDLINE": "command line", "DEFAULT_MAP": "config file", "DEFAULT": "default",
            "ENVIRONMENT": "environment", "PROMPT": "prompt"}
@@ -37,8 +37,9 @@ def attach_run_record(command: Any) -> None:
     def recorded(ctx: Any) -> Any:
         started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
         result = invoke(ctx)
-        record = run_record(ctx, started, time.perf_counter() - clock)
-        append_record(Path(ctx.params["out"]), record)
+        out = ctx.params.get("out") or ctx.params.get("results")  # rq3 writes into --results
+        if out is not None:
+            append_record(Path(out), run_record(ctx, started, time.perf_counter() - clock))
         return result
 
     command.invoke = recorded
@@ -86,11 +87,17 @@ def fingerprints(params: dict[str, Any]) -> dict[str, Any]:
         except (AutomrError, OSError, ValueError) as error:
             found["data"] = f"unavailable: {error}"
     for name in INPUT_FOLDERS:
-        if params.get(name) is not None:
-            folder = Path(params[name])
-            found[name] = {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
-                           for file in sorted(folder.glob("*.json")) if file.is_file()}
+        value = params.get(name)
+        if isinstance(value, (list, tuple)):  # a repeatable option (rq2 --retriever)
+            found[name] = {str(folder): _json_hashes(Path(folder)) for folder in value}
+        elif value is not None:
+            found[name] = _json_hashes(Path(value))
     return found
+
+
+def _json_hashes(folder: Path) -> dict[str, str]:
+    return {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
+            for file in sorted(folder.glob("*.json")) if file.is_file()}
 
 
 def _jsonable(value: Any) -> Any:

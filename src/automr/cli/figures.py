@@ -1,0 +1,99 @@
+"""``automr rq2`` and ``automr rq3``: the paper's random-retrieval comparison and case study.
+
+Library modules are imported inside the commands, so listing the CLI needs no torch.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from automr.cli.common import CacheDirOption, user_errors
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"``, ``"1,5,7"`` or a mix (``"0-4,10"``) -> the seeds, in order."""
+    from automr.errors import AutomrError
+
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            low, dash, high = part.partition("-")
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(part)]
+    except ValueError:
+        raise AutomrError(f"--seeds must be integers or ranges such as 0-9, got {text!r}") \
+            from None
+    if not seeds:
+        raise AutomrError("--seeds is empty")
+    return seeds
+
+
+@user_errors
+def rq2_command(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    out: Annotated[Path, typer.Option(
+        help="Folder for rq2.md/json/png/svg and one evaluation folder per run.")],
+    finetuned: Annotated[Path, typer.Option(help="Run folder of `automr finetune`.")],
+    memory: Annotated[Path, typer.Option(help="Memory folder.")],
+    retriever: Annotated[list[Path], typer.Option(
+        "--retriever", "--retrievers",
+        help="Trained retriever folder; repeat it (e.g. retrievers trained with other "
+             "seeds) to give AutoMR a distribution too.")],
+    seeds: Annotated[str, typer.Option(
+        help="Random retrieval seeds: comma-separated integers or ranges.")] = "0-9",
+    grounder: Annotated[str, typer.Option(help="l2, constrained or likelihood.")] =
+        "constrained",
+    samples: Annotated[int, typer.Option(
+        help="Seeded subset of the test samples (0 = all); the same for every run.")] = 200,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the sample subset and the bootstrap (not of random retrieval).")] = 0,
+    num_beams: Annotated[int, typer.Option(
+        help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
+    combiner: Annotated[str, typer.Option(
+        help="append-token, prepend-token or concat.")] = "append-token",
+    k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
+    batch_size: int = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    cache_dir: CacheDirOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
+    write the table and box plots (resumes: finished runs are read back)."""
+    from automr.experiments.evaluate import EvalConfig
+    from automr.experiments.rq2 import run_rq2
+
+    config = EvalConfig(max_samples=samples or None, seed=seed, batch_size=batch_size,
+                        num_beams=num_beams or None, combiner=combiner, k=k)
+    run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
+            seeds=parse_seeds(seeds), grounder=grounder, config=config, device=device,
+            cache_dir=cache_dir, progress=not quiet,
+            say=(lambda _: None) if quiet else typer.echo)
+    typer.echo((out / "rq2.md").read_text())
+
+
+@user_errors
+def rq3_command(
+    results: Annotated[Path, typer.Option(
+        help="Evaluation folder (`automr evaluate --out`) with ranks/ and retrieved/.")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset the evaluation used.")],
+    memory: Annotated[Path | None, typer.Option(
+        help="Memory folder: read the retrieved positions against its index "
+             "[default: the dataset's timelines].", show_default=False)] = None,
+    reference: Annotated[str, typer.Option(help="The method without memory.")] =
+        "bigrec:constrained",
+    reference_results: Annotated[Path | None, typer.Option(
+        help="Evaluation folder holding --reference's ranks [default: --results].",
+        show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="The method with memory.")] =
+        "automr:constrained",
+    rows: Annotated[int, typer.Option(help="Samples drawn in the timeline figure.")] = 8,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for rq3.md/json and the figures [default: --results].",
+        show_default=False)] = None,
+) -> None:
+    """RQ3: how far back the memory method retrieves; case-study timeline and age histograms."""
+    from automr.experiments.rq3 import run_rq3
+
+    run_rq3(results, data, out, reference=reference, method=method, rows=rows, memory=memory,
+            reference_dir=reference_results)
+    typer.echo(((out or results) / "rq3.md").read_text())

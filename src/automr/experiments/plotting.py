@@ -1,0 +1,47 @@
+"""Figures of the experiments (optional ``matplotlib``: ``pip install "automr[plots]"``).
+
+Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Figure``, no
+``pyplot``): nothing global changes, no window opens, and PNG is rendered by the Agg backend
+whatever backend the caller has selected.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from automr.errors import AutomrError
+
+PLOTS_HINT = 'pip install "automr[plots]"'
+
+#: Display names of metric keys (``recall@5`` -> ``Recall@5``).
+METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
+
+
+def metric_label(key: str) -> str:
+    name, _, k = key.partition("@")
+    return f"{METRIC_LABELS.get(name, name)}@{k}" if k else METRIC_LABELS.get(name, name)
+
+
+def require_matplotlib() -> None:
+    """Refuse early, with the install command, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise AutomrError(f"figures need matplotlib, which is not installed: {PLOTS_HINT}") \
+            from None
+
+
+def new_figure(width: float, height: float) -> Any:
+    """An empty figure of ``width`` x ``height`` inches with constrained layout."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(figure: Any, stem: Path) -> tuple[Path, Path]:
+    """Write ``STEM.png`` (150 dpi) and ``STEM.svg`` (no date, so reruns give the same file)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
+    figure.savefig(png, dpi=150)
+    figure.savefig(svg, metadata={"Date": None})
+    return png, svg

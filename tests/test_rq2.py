@@ -1,0 +1,151 @@
+"""The random-retrieval seed and ``automr rq2`` on a tiny model and synthetic data."""
+
+import json
+
+import attrs
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import automr.experiments.evaluate as evaluate_module
+from automr.cli.figures import parse_seeds, rq2_command
+from automr.data import PreparedDataset
+from automr.errors import AutomrError
+from automr.experiments.evaluate import EvalConfig, config_settings, evaluate_methods
+from automr.experiments.plotting import require_matplotlib
+from automr.experiments.rq2 import RQ2Result, plot_rq2, run_rq2
+from automr.llm.loading import load_model
+from automr.memory import MemoryConfig, build_memory
+from automr.recommenders.finetune import FinetuneConfig, finetune
+from automr.retrievers import build_retriever
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+runner = CliRunner()
+CONFIG = EvalConfig(max_samples=6, batch_size=6, num_beams=3)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A fine-tune (LoRA from layer 2), a layer-2 memory and two untrained MLP retrievers."""
+    root = tmp_path_factory.mktemp("rq2")
+    dataset = synthetic_dataset(root)
+    model = save_tiny_model(root / "model")
+    finetune(load_model(str(model), device="cpu"), dataset, root / "ft",
+             FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
+                            lora_from_layer=2), progress=False)
+    store = build_memory(load_model(str(model), device="cpu"), dataset, 2,
+                         MemoryConfig(encoder="item"), root / "mem", progress=False)
+    for seed in (0, 1):
+        build_retriever("mlp", store.hidden_size, seed=seed).save(root / f"ret-{seed}")
+    return root
+
+
+def evaluate_random(workspace, out, config):
+    return evaluate_methods(workspace / "prepared", ["random:likelihood"], out, config,
+                            finetuned=workspace / "ft", memory=workspace / "mem", device="cpu",
+                            progress=False)["random:likelihood"]
+
+
+def retrieved(out):
+    return json.loads((out / "retrieved" / "random-likelihood.json").read_text())
+
+
+def test_unset_retrieval_seed_keeps_the_old_settings():
+    keys = set(attrs.asdict(EvalConfig())) - {"retrieval_seed"}
+    assert set(config_settings(EvalConfig(), "random")) == keys  # older folders still resume
+    assert set(config_settings(EvalConfig(retrieval_seed=0), "random")) == keys  # = seed
+    assert config_settings(EvalConfig(retrieval_seed=3), "random")["retrieval_seed"] == 3
+    assert set(config_settings(EvalConfig(retrieval_seed=3), "bigrec")) == keys  # unaffected
+    assert EvalConfig(seed=4).seed_for_retrieval == 4
+    assert EvalConfig(seed=4, retrieval_seed=1).seed_for_retrieval == 1
+
+
+def test_retrieval_seed_changes_retrieval_not_samples(workspace, tmp_path):
+    default = evaluate_random(workspace, tmp_path / "default", CONFIG)
+    others = {s: evaluate_random(workspace, tmp_path / f"seed-{s}",
+                                 attrs.evolve(CONFIG, retrieval_seed=s)) for s in (1, 2, 3)}
+    picks = {s: retrieved(tmp_path / f"seed-{s}") for s in others}
+    assert all(r.sample_ids == default.sample_ids for r in others.values())
+    assert all(list(p) == list(retrieved(tmp_path / "default")) for p in picks.values())
+    assert any(p != retrieved(tmp_path / "default") for p in picks.values())
+    # retrieval_seed = seed is the old behaviour: the unset run is reused, not recomputed
+    saved = tmp_path / "default" / "ranks" / "random-likelihood.json"
+    stamp = saved.stat().st_mtime_ns
+    evaluate_random(workspace, tmp_path / "default", attrs.evolve(CONFIG, retrieval_seed=0))
+    assert saved.stat().st_mtime_ns == stamp
+    settings = json.loads(saved.with_suffix(".settings.json").read_text())
+    assert "retrieval_seed" not in settings
+    assert "random retrieval seed 1" in (tmp_path / "seed-1" / "results.md").read_text()
+
+
+def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypatch):
+    out = tmp_path / "rq2"
+    result = run_rq2(workspace / "prepared", out, finetuned=workspace / "ft",
+                     memory=workspace / "mem", retrievers=[workspace / "ret-0",
+                                                           workspace / "ret-1"],
+                     seeds=[0, 1], grounder="likelihood", config=CONFIG, device="cpu",
+                     progress=False, say=lambda _: None)
+    assert [r.group for r in result.runs] == ["bigrec", "automr", "automr", "random", "random"]
+    assert [r.source for r in result.group("random")] == ["0", "1"]
+    assert result.metrics == ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
+    assert result.samples == 6
+    for folder in ("bigrec", "automr-0", "automr-1", "random-seed-0", "random-seed-1"):
+        assert (out / folder / "results.json").exists()
+    payload = json.loads((out / "rq2.json").read_text())
+    spread = payload["summary"]["random"]["recall@5"]
+    values = [r.metrics["recall@5"] for r in result.group("random")]
+    assert (spread["min"], spread["max"], spread["n"]) == (min(values), max(values), 2)
+    wins = payload["automr_vs_random"]["ndcg@10"]
+    assert wins["wins"] + wins["ties"] + wins["losses"] == wins["pairs"] == 4
+    text = (out / "rq2.md").read_text()
+    assert "| random | 2 |" in text and "| AutoMR | 2 |" in text and "NDCG@10" in text
+    for name in ("rq2.png", "rq2.svg"):
+        assert (out / name).stat().st_size > 1000
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/ranks/*.json")}
+    assert len(stamps) == 10  # 5 reports + 5 settings
+
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("ranked again although every run was finished")
+
+    monkeypatch.setattr(evaluate_module, "rank_samples", no_ranking)
+    app = typer.Typer()
+    app.command("rq2")(rq2_command)
+    app.command("other")(lambda: None)
+    again = runner.invoke(app, [
+        "rq2", "--data", str(workspace / "prepared"), "--out", str(out), "--finetuned",
+        str(workspace / "ft"), "--memory", str(workspace / "mem"), "--retriever",
+        str(workspace / "ret-0"), "--retrievers", str(workspace / "ret-1"), "--seeds", "0-1",
+        "--grounder", "likelihood", "--samples", "6", "--batch-size", "6", "--num-beams", "3",
+        "--device", "cpu", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "# RQ2" in again.output
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/ranks/*.json")} == stamps
+    (out / "rq2.png").unlink()
+    plot_rq2(out)  # re-plot from rq2.json alone
+    assert (out / "rq2.png").stat().st_size > 1000
+    assert RQ2Result.load(out / "rq2.json") == result
+
+
+def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
+    with pytest.raises(AutomrError, match="distinct"):
+        run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
+                memory=workspace / "mem", retrievers=[workspace / "ret-0"], seeds=[1, 1])
+    with pytest.raises(AutomrError, match="unknown method"):
+        run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
+                memory=workspace / "mem", retrievers=[workspace / "ret-0"], grounder="magic")
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(AutomrError, match="--seeds"):
+        parse_seeds("a-b")
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(AutomrError, match=r'pip install "automr\[plots\]"'):
+        require_matplotlib()
+
+
+def test_synthetic_test_split_has_samples_with_memory(workspace):
+    samples = PreparedDataset.load(workspace / "prepared").samples("test")
+    assert sum(bool(s.memory) for s in samples) >= 6

@@ -1,0 +1,181 @@
+"""``automr rq3`` on a handcrafted dataset and evaluation folder, with ages computed by hand."""
+
+import datetime as dt
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from automr.cli.figures import rq3_command
+from automr.data import PreparedDataset, ProtocolConfig, prepare_csv
+from automr.data.protocol import to_unix
+from automr.errors import AutomrError
+from automr.evaluation.report import build_report
+from automr.experiments.evaluate import sample_ids, save_retrieved
+from automr.experiments.rq3 import locate_retrieved, run_rq3, timelines
+from automr.memory.shards import MemoryIndex, UserEntry
+
+DAY = 86_400
+T0 = to_unix(dt.date(2017, 7, 1))
+# Train: July; validation/test: the rest, halved by time (split at ~day 45.5).
+TIMELINES = {
+    "u0": [("a0", 0), ("a1", 2), ("a2", 5), ("a3", 10), ("a4", 20), ("a5", 40), ("a6", 60)],
+    # b1 and b2 share a second; b5 and b6 too (both are samples with the same history).
+    "u1": [("b0", 1), ("b1", 3), ("b2", 3), ("b3", 30), ("b4", 50), ("b5", 55), ("b6", 55)],
+}
+# Test samples in evaluation order (time, then user): ids and the retrieved positions.
+U1_50, U1_55_B5, U1_55_B6, U0_60 = (
+    f"u1@{T0 + 50 * DAY}:b4", f"u1@{T0 + 55 * DAY}:b5", f"u1@{T0 + 55 * DAY}:b6",
+    f"u0@{T0 + 60 * DAY}:a6")
+RETRIEVED = {U1_50: [1], U1_55_B5: [2], U1_55_B6: [1], U0_60: [1]}
+REFERENCE_RANKS = {U1_50: 3, U1_55_B5: 5, U1_55_B6: 2, U0_60: 0}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rq3")
+    rows = ["user,item,timestamp"] + [f"{u},{item},{T0 + day * DAY}"
+                                      for u, events in TIMELINES.items() for item, day in events]
+    (root / "interactions.csv").write_text("\n".join(rows) + "\n")
+    items = [item for events in TIMELINES.values() for item, _ in events]
+    (root / "items.csv").write_text("item,title\n" + "".join(f"{i},Title {i}\n" for i in items))
+    protocol = ProtocolConfig(start=None, end=None, train_months=1, min_item_interactions=1,
+                              min_user_interactions=1, max_history=20, recent_k=2)
+    prepare_csv(root / "interactions.csv", root / "items.csv", root / "prepared",
+                protocol=protocol)
+    return root / "prepared"
+
+
+def evaluation(folder, method_ranks: dict[str, int], retrieved=RETRIEVED):
+    """An evaluation folder as ``automr evaluate`` writes it, with these ranks."""
+    ids = list(REFERENCE_RANKS)
+    for method, ranks in (("bigrec:constrained", REFERENCE_RANKS),
+                          ("automr:constrained", method_ranks)):
+        name = method.replace(":", "-")
+        build_report(method, ids, torch.tensor([ranks[i] for i in ids]), 14,
+                     n_resamples=10).save(folder / "ranks" / f"{name}.json")
+        (folder / "ranks" / f"{name}.settings.json").write_text(json.dumps({"split": "test"}))
+    save_retrieved(folder / "retrieved" / "automr-constrained.json", ids,
+                   [retrieved[i] for i in ids])
+    return folder
+
+
+def test_the_handcrafted_test_split_is_as_designed(dataset_dir):
+    samples = PreparedDataset.load(dataset_dir).samples("test")
+    assert sample_ids(samples) == list(REFERENCE_RANKS)
+    assert samples[1].recent == ("b3", "b4") and samples[1].memory == ("b0", "b1", "b2")
+    assert samples[2].history == samples[1].history  # same second: b5 is not b6's history
+
+
+def test_retrieved_positions_map_to_the_timeline(dataset_dir):
+    dataset = PreparedDataset.load(dataset_dir)
+    users = timelines(dataset, None)
+    u0_60 = dataset.samples("test")[3]
+    (element,) = locate_retrieved(u0_60, users["u0"], [1])
+    assert (element.item, element.timestamp) == ("a1", T0 + 2 * DAY)
+    assert (element.back, element.days, element.quantile) == (5, 58.0, 0.375)
+    oldest, newest = locate_retrieved(u0_60, users["u0"], [0, 3])
+    assert (oldest.back, newest.back) == (6, 3)  # 3 = the newest memory element, recent_k = 2
+    with pytest.raises(AutomrError, match="outside the sample's memory"):
+        locate_retrieved(u0_60, users["u0"], [4])  # a4 is in the prompt
+    with pytest.raises(AutomrError, match="does not hold the history"):
+        locate_retrieved(u0_60, users["u1"], [1])
+
+
+def test_a_memory_index_gives_the_same_timelines(dataset_dir, tmp_path):
+    dataset = PreparedDataset.load(dataset_dir)
+    expected = timelines(dataset, None)
+    MemoryIndex(users={u: UserEntry(list(items), list(times), [])
+                       for u, (items, times) in expected.items()}, complete=True).write(tmp_path)
+    got = timelines(dataset, tmp_path)
+    assert {u: (list(i), list(t)) for u, (i, t) in got.items()} == \
+        {u: (list(i), list(t)) for u, (i, t) in expected.items()}
+
+
+def test_recall_improved_samples_and_exact_ages(dataset_dir, tmp_path):
+    results = evaluation(tmp_path / "results",
+                         {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4})
+    result = run_rq3(results, dataset_dir, tmp_path / "out", rows=8)
+    assert result.criterion == "recall@1"
+    assert [r.sample_id for r in result.shown] == [U1_55_B5, U1_50]  # larger gain first
+    assert result.counts == {"evaluated": 4, "retrieved": 4, "recall1_improved": 2,
+                             "recall1_worse": 1, "rank_improved": 3, "rank_same": 0,
+                             "rank_worse": 1, "selected": 2, "shown": 2}
+    ages = result.all_ages
+    assert ages is not None
+    # back: 3 (u1@50: end 4 - position 1), 3 (5 - 2), 4 (5 - 1), 5 (6 - 1)
+    assert (ages.back_median, ages.back_mean, ages.back_max) == (3.5, 3.75, 5)
+    # days: 50-3, 55-3, 55-3, 60-2
+    assert (ages.days_median, ages.days_mean, ages.days_max) == (52.0, 52.25, 58.0)
+    assert ages.before_recent_window == 0.75  # u1@50's b1 shares its second with prompt's b2
+    assert ages.older_than_days == {"1": 1.0, "7": 1.0, "30": 1.0, "90": 0.0}
+    assert ages.quantile_mean == pytest.approx((0.75 + 2.5 / 3 + 0.5 + 0.375) / 4)
+    # uniform over each memory: backs (4,3), (5,4,3) twice, (6,5,4,3)
+    assert ages.uniform_back_mean == pytest.approx((3.5 + 4 + 4 + 4.5) / 4)
+    assert ages.uniform_days_mean == pytest.approx((48 + 2 * (54 + 52 + 52) / 3 + 55.75) / 4)
+    improved = result.improved_ages
+    assert improved is not None and (improved.elements, improved.back_mean) == (2, 3.0)
+    assert improved.days_mean == pytest.approx((52 + 47) / 2)
+    out = tmp_path / "out"
+    payload = json.loads((out / "rq3.json").read_text())
+    assert payload["shown"][0]["retrieved"][0]["title"] == "Title b2"
+    assert "Recall@1 improved with memory (2 of 4 samples)" in (out / "rq3.md").read_text()
+    for name in ("rq3-timeline.png", "rq3-timeline.svg", "rq3-ages.png", "rq3-ages.svg"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_rank_improvement_is_the_stated_fallback(dataset_dir, tmp_path):
+    results = evaluation(tmp_path / "results",
+                         {U1_50: 1, U1_55_B5: 1, U1_55_B6: 1, U0_60: 4})
+    result = run_rq3(results, dataset_dir, rows=2)  # out defaults to the results folder
+    assert result.criterion == "rank"
+    assert [r.sample_id for r in result.shown] == [U1_55_B5, U1_50]  # 5->1, then 3->1
+    assert result.counts["selected"] == 3 and result.counts["shown"] == 2
+    text = (results / "rq3.md").read_text()
+    assert "no sample's Recall@1 improved with memory" in text
+    assert "target rank improved instead (3 of 4)" in text
+    assert (results / "rq3-timeline.svg").stat().st_size > 1000
+    assert "Recall@1 improved with memory" in (results / "rq3-timeline.svg").read_text()  # title
+
+
+def test_no_improvement_still_writes_everything(dataset_dir, tmp_path):
+    results = evaluation(tmp_path / "results", {i: r + 1 for i, r in REFERENCE_RANKS.items()})
+    result = run_rq3(results, dataset_dir)
+    assert result.shown == () and result.improved_ages is None
+    assert "no sample improved with memory (4 samples)" in (results / "rq3.md").read_text()
+    assert (results / "rq3-timeline.png").stat().st_size > 1000
+
+
+def test_cli_and_one_line_errors(dataset_dir, tmp_path):
+    app = typer.Typer()
+    app.command("rq3")(rq3_command)
+    app.command("other")(lambda: None)  # keep rq3 a named sub-command
+    results = evaluation(tmp_path / "results",
+                         {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4})
+    ok = runner.invoke(app, ["rq3", "--results", str(results), "--data", str(dataset_dir),
+                             "--rows", "1", "--out", str(tmp_path / "o")])
+    assert ok.exit_code == 0, ok.output
+    assert "# RQ3" in ok.output and (tmp_path / "o" / "rq3-ages.png").exists()
+    apart = tmp_path / "reference" / "ranks"  # the rq2 layout: bigrec in its own folder
+    apart.mkdir(parents=True)
+    for path in (results / "ranks").glob("bigrec-*"):
+        path.rename(apart / path.name)
+    split = runner.invoke(app, ["rq3", "--results", str(results), "--data", str(dataset_dir),
+                                "--reference-results", str(apart.parent)])
+    assert split.exit_code == 0, split.output
+    assert "(2 of 4 samples)" in split.output
+    missing = runner.invoke(app, ["rq3", "--results", str(results), "--data", str(dataset_dir),
+                                  "--reference-results", str(apart.parent),
+                                  "--method", "random:constrained"])
+    assert missing.exit_code == 2 and "holds no ranks of random:constrained" in missing.output
+    no_reference = runner.invoke(app, ["rq3", "--results", str(results),
+                                       "--data", str(dataset_dir)])
+    assert no_reference.exit_code == 2
+    assert "holds no ranks of bigrec:constrained" in no_reference.output
+    bad = evaluation(tmp_path / "bad", {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4},
+                     retrieved={**RETRIEVED, U0_60: [5]})
+    wrong = runner.invoke(app, ["rq3", "--results", str(bad), "--data", str(dataset_dir)])
+    assert wrong.exit_code == 2 and "outside the sample's memory" in wrong.output
