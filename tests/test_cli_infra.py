@@ -62,6 +62,14 @@ def test_the_example_config_matches_the_real_commands():
     assert defaults["data"]["prepare"]["ml-100k"]["out"] == "runs/ml-100k"
 
 
+@pytest.mark.parametrize("name", ["paper-amazon-movie.toml", "paper-amazon-book.toml"])
+def test_the_paper_setting_configs_match_the_real_commands(name):
+    defaults = check_config(EXAMPLE_CONFIG.parent / name)
+    assert defaults["finetune"]["model"] == "meta-llama/Llama-2-7b-hf"
+    assert defaults["data"]["prepare"]["amazon"]["recent_k"] == 10
+    assert defaults["memory"]["build"]["layer"] == defaults["finetune"]["lora_from_layer"]
+
+
 @pytest.mark.parametrize("text, expected", [
     ("[finetun]\nepochs = 1\n", "[finetun] is not a command"),
     ("[finetune]\ntrian_samples = 3\n", "[finetune] trian_samples: no such option"),
