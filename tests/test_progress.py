@@ -85,3 +85,15 @@ def test_a_terminal_keeps_rich_behaviour():
 def test_interval_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("AUTOMR_PROGRESS_EVERY", value)
     assert report_interval() == expected
+
+
+def test_a_task_whose_total_grows_after_completing_reports_again():
+    console, buffer = log_console()
+    with Progress(console=console, every=0) as bar:  # e.g. TRSR: one round after another
+        task = bar.add_task("rounds", total=2)
+        bar.advance(task, 2)
+        bar.update(task, total=4)
+        bar.advance(task, 1)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].startswith("rounds: 2/2 (100%)")
+    assert lines[-1].startswith("rounds: 3/4 (75%)")

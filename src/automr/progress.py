@@ -113,7 +113,11 @@ class Progress(rich_progress.Progress):
     def _report(self, task_id: TaskID) -> None:
         seen = self._reported.get(task_id)
         task = self._tasks.get(task_id)
-        if not self.plain or seen is None or task is None or seen.finished:
+        if not self.plain or seen is None or task is None:
+            return
+        if seen.finished and not task.finished:  # the total grew after the task completed
+            seen.finished = False
+        if seen.finished:
             return
         if task.finished or self.get_time() - seen.at >= self.every:
             self._print(task_id, final=task.finished)
