@@ -388,3 +388,9 @@ def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shard_size_defaults_depend_on_the_encoder():
+    assert MemoryConfig(encoder="item").shard_elements == 200_000  # the catalog once per shard
+    assert MemoryConfig(encoder="window").shard_elements == 2048
+    assert MemoryConfig(encoder="item", shard_elements=7).shard_elements == 7

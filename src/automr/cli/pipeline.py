@@ -41,8 +41,7 @@ def memory_build(
     from automr.memory import MemoryConfig, Pooling, build_memory
 
     config = MemoryConfig(encoder=encoder, pooling=Pooling(kind=pooling),
-                          store_token_states=store_token_states, storage_dtype=storage_dtype,
-                          shard_elements=200_000 if encoder == "item" else 2048)
+                          store_token_states=store_token_states, storage_dtype=storage_dtype)
     store = build_memory(load_model(model, device=device, cache_dir=cache_dir),
                          PreparedDataset.load(data), layer, config, out, batch_size=batch_size,
                          progress=not quiet)

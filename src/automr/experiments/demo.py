@@ -94,7 +94,7 @@ def run_demo(
     memory = out / "memory"
     step("build memory", memory, lambda: build_memory(
         load_model(config.model, device=device, cache_dir=cache_dir), dataset, config.layer,
-        MemoryConfig(encoder=config.encoder, shard_elements=200_000), memory,
+        MemoryConfig(encoder=config.encoder), memory,
         progress=progress))
     annotations = out / "annotations"
     step("annotate (eq. 5)", annotations, lambda: annotate_dataset(

@@ -55,7 +55,9 @@ class MemoryConfig:
       combiner); otherwise they are recomputed on demand for the retrieved element only;
     - ``storage_dtype``: ``model``, ``float32``, ``float16`` or ``bfloat16`` on disk;
     - ``shard_elements``: a shard is closed once it holds at least this many elements (shards
-      hold whole users, so a build resumes at user granularity);
+      hold whole users, so a build resumes at user granularity). Default: 2048 for the window
+      encoder; 200,000 for the item encoder, which encodes each distinct item once per shard,
+      so small shards would encode the catalog again and again;
     - ``share_prefix``: compute the tokens all prompts of a batch start with once per batch
       (:class:`~automr.memory.encoders.LayerEncoder`); same keys up to float rounding, about
       half the work for BIGRec prompts.
@@ -68,7 +70,10 @@ class MemoryConfig:
     window_includes_item: bool = True
     store_token_states: bool = False
     storage_dtype: str = attrs.field(default="model", validator=_known_storage)
-    shard_elements: int = attrs.field(default=2048, validator=attrs.validators.ge(1))
+    shard_elements: int = attrs.field(
+        default=attrs.Factory(lambda self: 200_000 if self.encoder == "item" else 2048,
+                              takes_self=True),
+        validator=attrs.validators.ge(1))
     share_prefix: bool = True
 
 
