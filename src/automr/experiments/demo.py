@@ -31,8 +31,8 @@ from automr.retrievers import RetrieverTrainingConfig
 @beartype
 @attrs.frozen(kw_only=True)
 class DemoConfig:
-    """Sizes of each step (defaults: 37 minutes measured with SmolLM2-135M on 2 CPU cores shared
-    with other jobs; see docs/results.md)."""
+    """Sizes of each step (defaults: 6 minutes measured with SmolLM2-135M on a quiet 2-core
+    CPU; see docs/results.md)."""
 
     model: str = DEFAULT_MODEL
     layer: int = 15
