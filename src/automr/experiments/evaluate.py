@@ -95,7 +95,7 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 
 def sample_ids(samples: Sequence[Sample]) -> list[str]:
-    return [f"{s.user}@{s.timestamp}:{s.target}" for s in samples]
+    return [s.id for s in samples]
 
 
 def evaluate_methods(

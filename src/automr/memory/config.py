@@ -15,6 +15,7 @@ from automr.data.prompts import PromptConfig
 from automr.errors import AutomrError
 from automr.memory.encoders import ENCODERS
 from automr.memory.pooling import Pooling
+from automr.storage import write_json_atomic
 
 MEMORY_FORMAT: Final = "automr.memory/1"
 CONFIG_FILE: Final = "config.json"
@@ -175,10 +176,3 @@ def catalog_fingerprint(catalog: Catalog) -> str:
     for item in catalog:
         digest.update(f"{item.id}\t{item.title}\n".encode())
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary name next to ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from automr.errors import AutomrError
-from automr.memory.config import MEMORY_FORMAT, write_json_atomic
+from automr.memory.config import MEMORY_FORMAT
+from automr.storage import write_json_atomic
 
 INDEX_FORMAT: Final = "automr.memory-index/1"
 INDEX_FILE: Final = "index.json"

@@ -23,7 +23,7 @@ import torch
 from beartype import beartype
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from automr.cache import atomic_dir, sha256_of
+from automr.cache import sha256_of
 from automr.contexts import ContextSpec, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint
@@ -32,6 +32,7 @@ from automr.errors import AutomrError
 from automr.llm.loading import LoadedModel, load_model
 from automr.llm.split import HFSplitLLM
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from automr.storage import atomic_dir
 
 RESULT_FILE = "finetune.json"
 LOSS_KINDS = ("target", "sequence")

@@ -1,0 +1,156 @@
+"""Reading and writing artifacts: one way each.
+
+- :func:`atomic_dir` / :func:`write_text_atomic` / :func:`write_json_atomic`: nothing
+  half-written is ever left under the final name.
+- :func:`read_json` / :func:`read_safetensors`: every artifact read goes through these, so a
+  missing, truncated or garbage file ends in one :class:`~automr.errors.AutomrError` line that
+  names the file and says which command makes it, never a raw traceback.
+- :func:`save_component` / :func:`load_component`: one folder per stateful component,
+  ``config.json`` (``format``, settings, ``provenance``) + one safetensors file whose metadata
+  repeats format and provenance (so the weights file alone says what it belongs to).
+- :func:`check_provenance`: refuse a component built with another model or layer.
+"""
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automr.errors import AutomrError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+CONFIG_FILE = "config.json"
+
+
+def atomic_dir(target: Path | str) -> "_AtomicDir":
+    """Context manager: build a folder under a temporary name, rename it into place on success.
+
+    Nothing half-written is left at ``target`` if the body raises.
+    """
+    return _AtomicDir(Path(target))
+
+
+class _AtomicDir:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        os.replace(self.tmp, self.target)
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename it over ``path`` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path | str, data: object, indent: int | None = 1) -> None:
+    """``data`` as JSON (one trailing newline), written atomically."""
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path | str, made_by: str = "the command that wrote it") -> Any:
+    """Parsed JSON of ``path``; a missing or unparsable file is one clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutomrError(f"{path} is missing; make it with {made_by}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AutomrError(f"{path} is not valid JSON ({error}); it is damaged: make it again "
+                          f"with {made_by}") from None
+
+
+def read_safetensors(
+    path: Path | str, made_by: str = "the command that wrote it", device: str = "cpu"
+) -> dict[str, "Tensor"]:
+    """Every tensor of a safetensors file; a missing or damaged file is one clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise AutomrError(f"{path} is missing; make it with {made_by}")
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError) as error:
+        raise AutomrError(f"{path} is not a readable safetensors file ({error}); it is "
+                          f"damaged: make it again with {made_by}") from None
+
+
+def save_component(
+    directory: Path | str, format: str, config: Mapping[str, Any],
+    tensors: Mapping[str, "Tensor"] | None = None, weights_file: str = "model.safetensors",
+    provenance: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``config.json`` (``format``, ``config``'s keys, ``provenance``) and, when there are
+    tensors, ``weights_file`` with format and provenance in its metadata. A stale weights file
+    from an earlier save is removed when there are none. Returns the folder."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    provenance = dict(provenance or {})
+    weights = directory / weights_file
+    if tensors:
+        state = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        tmp = weights.with_name(f".{weights.name}.partial-{os.getpid()}")
+        save_file(state, tmp, metadata={
+            "format": format, **{f"provenance.{k}": v for k, v in provenance.items()}})
+        os.replace(tmp, weights)
+    elif weights.exists():
+        weights.unlink()  # it would contradict config.json
+    write_json_atomic(directory / CONFIG_FILE,
+                      {"format": format, **config, "provenance": provenance})
+    return directory
+
+
+def load_component(
+    directory: Path | str, format: str, weights_file: str | None = "model.safetensors",
+    made_by: str = "the command that wrote it", device: str = "cpu",
+) -> tuple[dict[str, Any], dict[str, "Tensor"]]:
+    """``config.json`` (format checked) and the tensors of a folder written by
+    :func:`save_component` (empty when it saved none, or ``weights_file`` is None)."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise AutomrError(f"{directory} is not a saved {format.split('/')[0]}: {CONFIG_FILE} "
+                          f"is missing (make it with {made_by})")
+    config = read_json(path, made_by)
+    if not isinstance(config, dict) or config.get("format") != format:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise AutomrError(f"{path} has format {found!r}, expected {format!r}")
+    weights = None if weights_file is None else directory / weights_file
+    tensors = (read_safetensors(weights, made_by, device)
+               if weights is not None and weights.is_file() else {})
+    return config, tensors
+
+
+def check_provenance(
+    what: str, saved: Mapping[str, str], expect: Mapping[str, str] | None, remedy: str
+) -> None:
+    """Refuse ``what`` when a key of ``expect`` (e.g. the model fingerprint or layer in use)
+    was recorded with another value; keys it did not record are not checked."""
+    for key, value in (expect or {}).items():
+        if key in saved and str(saved[key]) != str(value):
+            raise AutomrError(f"{what} was built with {key}={saved[key]!r}, but {value!r} is in "
+                              f"use: {remedy}")
