@@ -1,11 +1,12 @@
-"""Plug your own retriever into AutoMR and compare it with memory-free BIGRec.
+"""Plug your own retriever into AutoMR and evaluate it against memory-free BIGRec.
 
 A retriever is anything with a ``scores(query, keys, mask)`` method of the right shapes: it
-implements :class:`automr.interfaces.Retriever` by shape, with no base class to inherit. This
-example writes ``RecencyRetriever`` (it always prefers the user's most recent memory element),
-checks it against the Protocol, joins the element it picks to the prompt's layer-L state with
-:class:`automr.recommenders.automr.MemoryRetrieval`, and ranks the same test samples with and
-without memory. It prints Recall@1, Recall@5 and NDCG@5 of both.
+implements :class:`automr.Retriever` by shape, with no base class to inherit. This example
+writes ``RecencyRetriever`` (it always prefers the user's most recent memory element), checks
+it against the Protocol, joins the element it picks to the prompt's layer-L state with
+:class:`automr.MemoryRetrieval`, and evaluates BIGRec with and without it on the same test
+samples with :func:`automr.evaluate`: Recall/NDCG with bootstrap intervals and the paired
+difference against BIGRec. Only public imports (``import automr``) are used.
 
 Run it on the embedded default (SmolLM2-135M, MovieLens-100K) after the demo::
 
@@ -14,7 +15,7 @@ Run it on the embedded default (SmolLM2-135M, MovieLens-100K) after the demo::
 
 ``--data``, ``--finetuned`` and ``--memory`` default to those folders. ``likelihood`` scores
 every catalog title (exact, slower on big catalogs); ``constrained`` runs a beam search
-restricted to catalog titles.
+restricted to catalog titles. ``--out DIR`` keeps the ranks (a rerun reuses them).
 """
 
 import argparse
@@ -26,23 +27,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.combiners import COMBINERS
-from automr.data import PreparedDataset
-from automr.data.subsets import seeded_subset
-from automr.evaluation.metrics import mean_metrics
-from automr.experiments.generative import (
-    build_grounder,
-    catalog_embeddings,
-    dataset_targets,
-    rank_samples,
-)
-from automr.interfaces import Retriever
-from automr.memory import MemoryStore
-from automr.recommenders.automr import MemoryRetrieval
-from automr.recommenders.finetune import base_fingerprint, check_memory_compatible, load_finetuned
-
-KS = (1, 5)
-COLUMNS = ("recall@1", "recall@5", "ndcg@5")
+import automr
 
 
 class RecencyRetriever:
@@ -74,7 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=32, help="test samples to rank")
     parser.add_argument("--grounder", choices=("likelihood", "constrained"),
                         default="likelihood", help="how generations become catalog rankings")
-    parser.add_argument("--combiner", choices=tuple(COMBINERS), default="append-token")
+    parser.add_argument("--combiner", choices=("append-token", "prepend-token", "concat"),
+                        default="append-token")
     parser.add_argument("--num-beams", type=int, default=None,
                         help="beams of the constrained grounder (default 10)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -82,52 +68,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="automr cache (models, catalog embeddings)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="evaluation folder for the ranks and tables (optional)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     args = parse_args(argv)
     retriever = RecencyRetriever()
-    assert isinstance(retriever, Retriever), "RecencyRetriever must match the Protocol"
+    assert isinstance(retriever, automr.Retriever), "RecencyRetriever must match the Protocol"
 
-    dataset = PreparedDataset.load(args.data)
-    samples = seeded_subset(dataset.samples("test"), args.samples, args.seed)
-    loaded = load_finetuned(args.finetuned, device=args.device, cache_dir=args.cache_dir)
-    device = str(loaded.model.device)
-    store = MemoryStore.open(args.memory, device=device)
-    # The memory's keys must be what the tuned model's lower half computes (LoRA from L up).
-    check_memory_compatible(args.finetuned, store.record.model_fingerprint, store.layer)
-
-    targets = dataset_targets(loaded, dataset)
-    embeddings = (catalog_embeddings(loaded, targets, base_fingerprint(args.finetuned),
-                                     args.cache_dir, progress=not args.quiet)
-                  if args.grounder == "constrained" else None)
-    grounder = build_grounder(args.grounder, loaded, targets, embeddings, args.num_beams)
-    retrieval = MemoryRetrieval(store, retriever, COMBINERS[args.combiner](), k=1)
-
+    dataset = automr.PreparedDataset.load(args.data)
+    samples = automr.seeded_subset(dataset.samples("test"), args.samples, args.seed)
+    run = automr.FinetunedRun.open(args.finetuned)
+    loaded = run.load(device=args.device, cache_dir=args.cache_dir)
+    # the memory's keys must be what the tuned model's lower half computes (checked here)
+    store = run.open_memory(args.memory, device=str(loaded.model.device))
+    grounder = automr.build_grounder(args.grounder, loaded, dataset, run.base_fingerprint,
+                                     args.num_beams, args.cache_dir, progress=not args.quiet)
     common = {"batch_size": args.batch_size, "progress": not args.quiet}
-    ranks = {
-        "bigrec": rank_samples(loaded, dataset, samples, grounder, store.layer,
-                               label="bigrec", **common),
-        "automr+recency": rank_samples(loaded, dataset, samples, grounder, store.layer,
-                                       insert_for=retrieval.insert_for,
-                                       label="automr+recency", **common),
+    retrieval = automr.MemoryRetrieval(store, retriever, automr.COMBINERS[args.combiner](), k=1)
+    methods = {
+        "bigrec": automr.GenerativeMethod(loaded, dataset, grounder, store.layer, **common,
+                                          label="bigrec"),
+        "automr+recency": automr.GenerativeMethod(
+            loaded, dataset, grounder, store.layer, retrieval=retrieval, **common,
+            label="automr+recency", settings={"retriever": "recency",
+                                              "combiner": args.combiner}),
     }
-    metrics = {name: mean_metrics(torch.tensor(r), ks=KS) for name, r in ranks.items()}
+    evaluation = automr.evaluate(methods, samples, len(dataset.catalog), out=args.out,
+                                 ks=(1, 5, 10), seed=args.seed)
 
     with_memory = sum(1 for s in samples if s.memory)
     print(f"{len(samples)} test samples ({with_memory} with memory), grounder "
           f"{args.grounder}, layer {store.layer}, {len(dataset.catalog)} items")
-    print(f"{'method':<16}" + "".join(f"{c:>10}" for c in COLUMNS))
-    for name, values in metrics.items():
-        print(f"{name:<16}" + "".join(f"{values[c]:>10.4f}" for c in COLUMNS))
-    if samples and samples[0].memory:
-        picked = retrieval.retrieved[0]
+    print(evaluation.markdown())
+    picked = methods["automr+recency"].details().get("retrieved", {}).get(samples[0].id)
+    if picked:
         user_items = store.index.users[samples[0].user].items
         print(f"e.g. user {samples[0].user}: recency retrieved "
               f"{', '.join(repr(dataset.catalog.title(user_items[i])) for i in picked)}")
-    return metrics
+    return evaluation
 
 
 if __name__ == "__main__":

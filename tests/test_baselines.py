@@ -9,8 +9,12 @@ from automr.cli.context import app as context_app
 from automr.cli.main import app
 from automr.contexts import ContextSpec, SummaryWriter
 from automr.data import PreparedDataset
-from automr.recommenders.finetune import context_spec
+from automr.recommenders.runs import FinetunedRun
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+
+def context_spec(run):
+    return FinetunedRun.open(run).context
 
 runner = CliRunner()
 TRSR_OPTIONS = ["--trsr-block-size", "4", "--trsr-max-blocks", "2", "--trsr-max-new-tokens", "3"]
@@ -74,12 +78,12 @@ def test_evaluate_rella_and_trsr(workspace, tmp_path):
     assert payload["rella"] == str(runs["rella"]) and payload["trsr"] == str(runs["trsr"])
     settings = json.loads((out / "ranks" / "trsr-l2.settings.json").read_text())
     assert settings["context"] == context_spec(runs["trsr"]).to_json()
-    assert settings["trsr"] == str(runs["trsr"]) and "finetuned" not in settings
-    rella = json.loads((out / "contexts" / "rella.json").read_text())
+    assert settings["trsr"] == str(runs["trsr"].resolve()) and "finetuned" not in settings
+    rella = json.loads((out / "contexts" / "rella-constrained.json").read_text())
     assert len(rella) == 3
     assert all(text.startswith("Earlier, the user has also interacted with: ")
                for text in rella.values())  # test samples all have long-term history
-    trsr = json.loads((out / "contexts" / "trsr.json").read_text())
+    trsr = json.loads((out / "contexts" / "trsr-l2.json").read_text())
     assert all(text.startswith("Summary of the user's long-term preferences: likes")
                for text in trsr.values())
     saved = out / "ranks" / "trsr-l2.json"

@@ -234,8 +234,8 @@ def test_context_spec_round_trips_and_validates():
 
 
 def test_generation_prompts_carry_the_contexts(tmp_path):
-    from automr.experiments.generative import left_padded_prompts
     from automr.llm.loading import LoadedModel
+    from automr.methods.generative import left_padded_prompts
     from automr.testing.synthetic import synthetic_dataset
 
     dataset = synthetic_dataset(tmp_path)

@@ -1,5 +1,6 @@
 """The scripts in ``examples/`` run end to end on a tiny model and the synthetic dataset."""
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ from types import ModuleType
 import pytest
 import torch
 
+import automr
 from automr.experiments.demo import DemoConfig, run_demo
 from automr.interfaces import Retriever
 from automr.retrievers import top_k
@@ -62,20 +64,39 @@ def test_recency_retriever_is_a_retriever_and_picks_the_newest():
 
 
 @pytest.mark.parametrize("grounder", ["likelihood", "constrained"])
-def test_custom_retriever_ranks_beside_bigrec(demo, capsys, grounder):
-    metrics = load_example("custom_retriever").main([
-        "--data", str(demo["data"]), "--finetuned", str(demo["bigrec"]),
-        "--memory", str(demo["memory"]), "--samples", "3", "--grounder", grounder,
-        "--num-beams", "3", "--device", "cpu", "--cache-dir", str(demo["cache"]), "--quiet",
-    ])
+def test_custom_retriever_is_evaluated_against_bigrec(demo, capsys, tmp_path, grounder):
+    argv = ["--data", str(demo["data"]), "--finetuned", str(demo["bigrec"]),
+            "--memory", str(demo["memory"]), "--samples", "3", "--grounder", grounder,
+            "--num-beams", "3", "--device", "cpu", "--cache-dir", str(demo["cache"]),
+            "--quiet", "--out", str(tmp_path / "eval")]
+    evaluation = load_example("custom_retriever").main(argv)
     out = capsys.readouterr().out
     assert "3 test samples" in out and f"grounder {grounder}, layer 2" in out
-    for name in ("bigrec", "automr+recency"):
-        (values,) = rows(out, name, 3)
-        assert all(0.0 <= v <= 1.0 for v in values)
-        assert values == pytest.approx([metrics[name][c] for c in
-                                        ("recall@1", "recall@5", "ndcg@5")], abs=1e-4)
+    assert set(evaluation.reports) == {"bigrec", "automr+recency"}
+    assert evaluation.reference == "bigrec"
+    for name, report in evaluation.reports.items():
+        assert len(report.ranks) == 3
+        for interval in report.metrics.values():  # bootstrap intervals around the means
+            assert 0.0 <= interval.low <= interval.mean <= interval.high <= 1.0
+        cells = " | ".join(f"{iv.mean:.4f} [{iv.low:.4f}, {iv.high:.4f}]"
+                           for iv in report.metrics.values())
+        assert f"| {name} | {cells} |" in out  # the table printed is the evaluation's
+    assert "Paired bootstrap difference vs `bigrec`" in out
+    assert set(evaluation.paired()) == {"automr+recency"}
     assert "recency retrieved" in out
+    saved = automr.EvaluationFolder(tmp_path / "eval")
+    assert saved.report("automr+recency").ranks == evaluation.reports["automr+recency"].ranks
+    assert set(saved.details("retrieved", "automr+recency")) <= {s for s in
+                                                                  saved.report("bigrec").sample_ids}
+
+
+def test_custom_retriever_uses_public_imports_only():
+    tree = ast.parse((EXAMPLES / "custom_retriever.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "automr" in imported
+    assert not [name for name in imported if name.startswith("automr.")]
 
 
 def test_annotate_interactions_synthetic(demo, capsys):

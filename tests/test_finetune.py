@@ -16,8 +16,8 @@ from automr.recommenders.finetune import (
     batch_nll,
     collate,
     finetune,
-    load_finetuned,
 )
+from automr.recommenders.runs import FinetunedRun
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 from automr.testing.tiny import TINY_VOCAB
 
@@ -67,7 +67,7 @@ def test_finetune_lowers_validation_loss_and_reloads(workspace):
     run = workspace["root"] / "run"
     record = finetune(loaded, workspace["data"], run, quick_config(), progress=False)
     assert record["best_valid_nll"] < record["initial_valid_nll"]
-    tuned = load_finetuned(run, device="cpu")
+    tuned = FinetunedRun.open(run).load(device="cpu")
     assert tuned.fingerprint() != loaded.fingerprint()
     with pytest.raises(AutomrError, match="already holds a finished"):
         finetune(loaded, workspace["data"], run, quick_config(), progress=False)

@@ -83,7 +83,7 @@ def test_step_commands_chain(workspace, tmp_path):
 
 
 def test_memory_below_the_tuned_layers_is_refused(workspace, tmp_path):
-    from automr.recommenders.finetune import check_memory_compatible
+    from automr.recommenders.runs import FinetunedRun
 
     data, model = str(workspace / "prepared"), str(workspace / "model")
     result = runner.invoke(app, ["finetune", "--data", data, "--out", str(tmp_path / "ft"),
@@ -91,8 +91,9 @@ def test_memory_below_the_tuned_layers_is_refused(workspace, tmp_path):
                                  "4", "--batch-size", "4", "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     fingerprint = json.loads((tmp_path / "ft" / "finetune.json").read_text())["model_fingerprint"]
+    run = FinetunedRun.open(tmp_path / "ft")
     with pytest.raises(AutomrError, match="lora-from-layer 2"):
-        check_memory_compatible(tmp_path / "ft", fingerprint, 2)
+        run.check_memory(fingerprint, 2)
     with pytest.raises(AutomrError, match="another model"):
-        check_memory_compatible(tmp_path / "ft", "0" * 64, 0)
-    check_memory_compatible(tmp_path / "ft", fingerprint, 0)  # all layers tuned, L = 0: fine
+        run.check_memory("0" * 64, 0)
+    run.check_memory(fingerprint, 0)  # all layers tuned, L = 0: fine

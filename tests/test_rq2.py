@@ -7,15 +7,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import automr.experiments.evaluate as evaluate_module
 from automr.cli.figures import parse_seeds, rq2_command
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
-from automr.experiments.evaluate import EvalConfig, config_settings, evaluate_methods
+from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import require_matplotlib
 from automr.experiments.rq2 import RQ2Result, plot_rq2, run_rq2
 from automr.llm.loading import load_model
 from automr.memory import MemoryConfig, build_memory
+from automr.methods import Artifacts, GenerativeMethod, MethodOptions, Workspace, method_settings
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.retrievers import build_retriever
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
@@ -42,22 +42,26 @@ def workspace(tmp_path_factory):
 
 def evaluate_random(workspace, out, config):
     return evaluate_methods(workspace / "prepared", ["random:likelihood"], out, config,
-                            finetuned=workspace / "ft", memory=workspace / "mem", device="cpu",
-                            progress=False)["random:likelihood"]
+                            Artifacts(finetuned=workspace / "ft", memory=workspace / "mem"),
+                            device="cpu", progress=False)["random:likelihood"]
 
 
 def retrieved(out):
     return json.loads((out / "retrieved" / "random-likelihood.json").read_text())
 
 
-def test_unset_retrieval_seed_keeps_the_old_settings():
-    keys = set(attrs.asdict(EvalConfig())) - {"retrieval_seed"}
-    assert set(config_settings(EvalConfig(), "random")) == keys  # older folders still resume
-    assert set(config_settings(EvalConfig(retrieval_seed=0), "random")) == keys  # = seed
-    assert config_settings(EvalConfig(retrieval_seed=3), "random")["retrieval_seed"] == 3
-    assert set(config_settings(EvalConfig(retrieval_seed=3), "bigrec")) == keys  # unaffected
-    assert EvalConfig(seed=4).seed_for_retrieval == 4
-    assert EvalConfig(seed=4, retrieval_seed=1).seed_for_retrieval == 1
+def test_retrieval_seed_enters_only_random_settings(workspace):
+    dataset = PreparedDataset.load(workspace / "prepared")
+    artifacts = Artifacts(finetuned=workspace / "ft", memory=workspace / "mem")
+
+    def settings(method, **options):
+        return method_settings(method, Workspace(dataset, artifacts, MethodOptions(**options)))
+
+    assert settings("random:l2", seed=4)["retrieval_seed"] == 4  # unset: the sample seed
+    assert settings("random:l2", seed=4) == settings("random:l2", seed=4, retrieval_seed=4)
+    assert settings("random:l2", seed=4, retrieval_seed=1)["retrieval_seed"] == 1
+    assert settings("bigrec:l2", retrieval_seed=3) == settings("bigrec:l2")  # unaffected
+    assert settings("bigrec:l2")["finetuned"] == str((workspace / "ft").resolve())
 
 
 def test_retrieval_seed_changes_retrieval_not_samples(workspace, tmp_path):
@@ -74,7 +78,7 @@ def test_retrieval_seed_changes_retrieval_not_samples(workspace, tmp_path):
     evaluate_random(workspace, tmp_path / "default", attrs.evolve(CONFIG, retrieval_seed=0))
     assert saved.stat().st_mtime_ns == stamp
     settings = json.loads(saved.with_suffix(".settings.json").read_text())
-    assert "retrieval_seed" not in settings
+    assert settings["retrieval_seed"] == 0
     assert "random retrieval seed 1" in (tmp_path / "seed-1" / "results.md").read_text()
 
 
@@ -107,7 +111,7 @@ def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypa
     def no_ranking(*args, **kwargs):
         raise AssertionError("ranked again although every run was finished")
 
-    monkeypatch.setattr(evaluate_module, "rank_samples", no_ranking)
+    monkeypatch.setattr(GenerativeMethod, "rank", no_ranking)
     app = typer.Typer()
     app.command("rq2")(rq2_command)
     app.command("other")(lambda: None)

@@ -12,9 +12,10 @@ from automr.cli.figures import rq3_command
 from automr.data import PreparedDataset, ProtocolConfig, prepare_csv
 from automr.data.protocol import to_unix
 from automr.errors import AutomrError
+from automr.evaluation import EvaluationFolder
 from automr.evaluation.report import build_report
-from automr.experiments.evaluate import sample_ids, save_retrieved
-from automr.experiments.rq3 import locate_retrieved, run_rq3, timelines
+from automr.experiments.rq3 import locate_retrieved, timelines
+from automr.experiments.rq3_report import run_rq3
 from automr.memory.shards import MemoryIndex, UserEntry
 
 DAY = 86_400
@@ -52,20 +53,19 @@ def dataset_dir(tmp_path_factory):
 def evaluation(folder, method_ranks: dict[str, int], retrieved=RETRIEVED):
     """An evaluation folder as ``automr evaluate`` writes it, with these ranks."""
     ids = list(REFERENCE_RANKS)
+    saved = EvaluationFolder(folder)
     for method, ranks in (("bigrec:constrained", REFERENCE_RANKS),
                           ("automr:constrained", method_ranks)):
-        name = method.replace(":", "-")
-        build_report(method, ids, torch.tensor([ranks[i] for i in ids]), 14,
-                     n_resamples=10).save(folder / "ranks" / f"{name}.json")
-        (folder / "ranks" / f"{name}.settings.json").write_text(json.dumps({"split": "test"}))
-    save_retrieved(folder / "retrieved" / "automr-constrained.json", ids,
-                   [retrieved[i] for i in ids])
+        report = build_report(method, ids, torch.tensor([ranks[i] for i in ids]), 14,
+                              n_resamples=10)
+        details = {"retrieved": {i: retrieved[i] for i in ids}} if "automr" in method else {}
+        saved.save(report, {"split": "test"}, details)
     return folder
 
 
 def test_the_handcrafted_test_split_is_as_designed(dataset_dir):
     samples = PreparedDataset.load(dataset_dir).samples("test")
-    assert sample_ids(samples) == list(REFERENCE_RANKS)
+    assert [s.id for s in samples] == list(REFERENCE_RANKS)
     assert samples[1].recent == ("b3", "b4") and samples[1].memory == ("b0", "b1", "b2")
     assert samples[2].history == samples[1].history  # same second: b5 is not b6's history
 

@@ -7,13 +7,14 @@ Data flow (DESIGN.md §3)::
     Retriever.scores(query(z_t), keys) -> top-k -> MemoryTokens --Combiner--+--> LayerState
     SplitLLM.upper -> logits -> Grounder -> ranking over the catalog
     Annotator (eq. 5) -> labels S' -> retriever training with KL(S' || S) (eq. 6)
+    Method.rank(samples) -> each target's rank; automr.evaluate compares Methods
 
 Shapes use the axis vocabulary of :mod:`automr.types`. Implementations check them at run
 time with jaxtyping + beartype.
 """
 
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -21,9 +22,12 @@ from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.data.records import Sample
-from automr.llm.state import KVCache, LayerState
+from automr.llm.state import LayerState
 from automr.types import Positions, TokenIds, TokenMask
+
+if TYPE_CHECKING:  # the data layer and transformers stay out of this module's imports
+    from automr.data.records import Sample
+    from automr.llm.state import KVCache
 
 Insert = Callable[[LayerState], LayerState]
 """Joins something to a prompt's layer-L state (e.g. a combiner bound to retrieved memory)."""
@@ -53,15 +57,15 @@ class SplitLLM(Protocol):
     @property
     def dtype(self) -> torch.dtype: ...
 
-    def new_cache(self) -> KVCache: ...
+    def new_cache(self) -> "KVCache": ...
 
     def lower(
         self, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
-        cache: KVCache | None = None,
+        cache: "KVCache | None" = None,
     ) -> LayerState: ...
 
     def upper(
-        self, state: LayerState, cache: KVCache | None = None,
+        self, state: LayerState, cache: "KVCache | None" = None,
         logits_at: Positions | None = None,
     ) -> Float[Tensor, "batch k vocab"]: ...
 
@@ -219,4 +223,43 @@ class PromptContext(Protocol):
     @property
     def config(self) -> dict: ...
 
-    def texts(self, samples: Sequence[Sample]) -> list[str | None]: ...
+    def texts(self, samples: Sequence["Sample"]) -> list[str | None]: ...
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A recommender as :func:`automr.evaluate` sees it: a full-catalog rank per sample.
+
+    ``rank`` gives, for each sample, the 0-based rank of its target among all catalog items.
+    ``settings`` is a JSON-able description of everything that decides those ranks (model,
+    adapter, grounder, retriever, ...): an evaluation folder reuses ranks saved under the
+    same name only when the settings are equal. Builders for every method kind the CLI
+    knows are in :mod:`automr.methods`; any object of this shape works.
+    """
+
+    @property
+    def settings(self) -> Mapping[str, Any]: ...
+
+    def rank(self, samples: Sequence["Sample"]) -> Sequence[int]: ...
+
+
+@runtime_checkable
+class LikelihoodMethod(Method, Protocol):
+    """A :class:`Method` backed by an LM: it also scores the true next title.
+
+    ``target_log_likelihoods`` gives, per sample, ``(log P(target title + EOS | prompt),
+    number of target tokens)``, teacher-forced through the method's own prompt and memory:
+    the quantity eq. 5 optimises, a continuous measure that resolves small paired effects.
+    """
+
+    def target_log_likelihoods(self, samples: Sequence["Sample"]) -> list[tuple[float, int]]: ...
+
+
+@runtime_checkable
+class Explained(Protocol):
+    """A method that keeps, per sample it ranked, what it used (e.g. the memory elements it
+    retrieved, or the prompt context it wrote): ``details()`` maps a kind (``retrieved``,
+    ``contexts``) to ``{sample id: value}``; evaluation folders save each kind beside the
+    ranks (``KIND/METHOD.json``)."""
+
+    def details(self) -> Mapping[str, Mapping[str, Any]]: ...

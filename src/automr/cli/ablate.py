@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -35,9 +35,9 @@ def ablate_command(
     label_form: Annotated[str, typer.Option(help="Retriever labels: log or paper.")] = "log",
     temperature: Annotated[float, typer.Option(help="Label temperature.")] = 1.0,
     seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Score every (encoder, L, combiner, retriever) cell by how much the retrieved element
     raises the true title's log-likelihood on held-out test samples; print the table."""

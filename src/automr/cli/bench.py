@@ -6,15 +6,12 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DeviceOption, DtypeOption, user_errors
 
 app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
                   no_args_is_help=True)
 
 OutOption = Annotated[Path, typer.Option(help="Folder for NAME.json and NAME.md.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
-DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32, "
-                                                "bfloat16.")]
 
 
 def _save(result: dict, out: Path, name: str) -> None:

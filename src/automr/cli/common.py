@@ -12,6 +12,15 @@ from automr.errors import AutomrError
 P = ParamSpec("P")
 R = TypeVar("R")
 
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, mps or cuda[:N].")]
+DtypeOption = Annotated[str, typer.Option(
+    help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")]
+LayerOption = Annotated[int, typer.Option(help="Split layer L (layer-L states are joined).")]
+QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+ModelOption = Annotated[str, typer.Option(
+    help="Base model: a Hugging Face id or folder [default: the embedded SmolLM2-135M].")]
+DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
+
 CacheDirOption = Annotated[
     Path | None,
     typer.Option(

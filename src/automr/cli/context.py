@@ -5,7 +5,13 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import (
+    CacheDirOption,
+    DataOption,
+    DeviceOption,
+    QuietOption,
+    user_errors,
+)
 from automr.cli.finetune import context_defaults, context_spec_option
 from automr.contexts import (
     CONTEXT_KINDS,
@@ -22,7 +28,6 @@ from automr.llm.loading import DEFAULT_MODEL, load_model
 app = typer.Typer(help="Prompt contexts of the ReLLa and TRSR baselines.",
                   no_args_is_help=True)
 
-DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
 ModelOption = Annotated[str, typer.Option(
     help="Base model (the one `automr finetune` tunes).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the sample subset.")]
@@ -31,8 +36,6 @@ MaxBlocks = Annotated[int, typer.Option(help="TRSR: most recent blocks summarise
 Mode = Annotated[str, typer.Option(help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")]
 MaxNewTokens = Annotated[int, typer.Option(help="TRSR: tokens per written summary.")]
 BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
-Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 def _samples(data: Path, split: str, count: int, seed: int):
@@ -59,9 +62,9 @@ def show_command(
     trsr_mode: Mode = context_defaults.mode,
     trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
     batch_size: BatchSize = 8,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
-    quiet: Quiet = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
     spec = context_spec_option(kind, context_k, trsr_block_size, trsr_max_blocks, trsr_mode,
@@ -97,9 +100,9 @@ def trsr_command(
     trsr_mode: Mode = context_defaults.mode,
     trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
     batch_size: BatchSize = 8,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
-    quiet: Quiet = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
     evaluation; rerunning, or running it cut short and again, only generates what is missing."""

@@ -5,9 +5,10 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.llm.loading import DEFAULT_MODEL
+from automr.methods.registry import Artifacts
 
 defaults = EvalConfig()
 
@@ -38,8 +39,9 @@ def evaluate_command(
     samples: Annotated[int, typer.Option(
         help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,
     batch_size: int = defaults.batch_size,
-    layer: Annotated[int, typer.Option(help="Split layer L used for the forward.")] =
-        defaults.layer,
+    layer: Annotated[int | None, typer.Option(
+        help="Split layer L [default: the memory's for memory methods, else 15].",
+        show_default=False)] = None,
     num_beams: Annotated[int, typer.Option(
         help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
     exclude_seen: Annotated[bool, typer.Option(
@@ -47,17 +49,17 @@ def evaluate_command(
     seed: int = defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Rank the same test samples with every method; print and write the results table."""
     config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
                         exclude_seen=exclude_seen, combiner=combiner, k=k,
                         retrieval_seed=retrieval_seed)
+    artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
+                          retriever=retriever, rella=rella, trsr=trsr)
     evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()], out, config,
-                     model=model, finetuned=finetuned, memory=memory, retriever=retriever,
-                     device=device, cache_dir=cache_dir, progress=not quiet,
-                     rella=rella, trsr=trsr)
+                     artifacts, device=device, cache_dir=cache_dir, progress=not quiet)
     typer.echo((out / "results.md").read_text())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -53,9 +53,9 @@ def rq2_command(
         help="append-token, prepend-token or concat.")] = "append-token",
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     batch_size: int = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
     write the table and box plots (resumes: finished runs are read back)."""
@@ -92,7 +92,7 @@ def rq3_command(
         show_default=False)] = None,
 ) -> None:
     """RQ3: how far back the memory method retrieves; case-study timeline and age histograms."""
-    from automr.experiments.rq3 import run_rq3
+    from automr.experiments.rq3_report import run_rq3
 
     run_rq3(results, data, out, reference=reference, method=method, rows=rows, memory=memory,
             reference_dir=reference_results)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DeviceOption, DtypeOption, user_errors
 from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
@@ -54,8 +54,8 @@ def finetune_command(
         help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")] = context_defaults.mode,
     trsr_max_new_tokens: Annotated[int, typer.Option(
         help="TRSR: tokens per written summary.")] = context_defaults.max_new_tokens,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:

@@ -5,13 +5,11 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
 retriever_app = typer.Typer(help="Train retrievers on annotations.", no_args_is_help=True)
 
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
-QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 @memory_app.command("build")
@@ -68,14 +66,13 @@ def annotate_command(
     """Eq. 5: each memory element's effect on the true next item's likelihood."""
     from automr.annotation.run import AnnotateConfig, annotate_dataset
     from automr.data import PreparedDataset
-    from automr.memory import MemoryStore
-    from automr.recommenders.finetune import check_memory_compatible, load_finetuned
+    from automr.recommenders.runs import FinetunedRun
 
-    store = MemoryStore.open(memory)
-    check_memory_compatible(finetuned, store.record.model_fingerprint, store.layer)
+    run = FinetunedRun.open(finetuned)
+    store = run.open_memory(memory)
     config = AnnotateConfig(split=split, max_samples=samples or None, seed=seed,
                             combiner=combiner, element_batch=element_batch)
-    annotate_dataset(load_finetuned(finetuned, device=device, cache_dir=cache_dir),
+    annotate_dataset(run.load(device=device, cache_dir=cache_dir),
                      PreparedDataset.load(data), store, out, config, progress=not quiet)
     typer.echo(f"annotations in {out}")
 

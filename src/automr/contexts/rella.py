@@ -20,7 +20,7 @@ from torch import Tensor
 from automr.contexts.spec import ContextSpec
 from automr.data import Catalog, PreparedDataset, PromptConfig, Sample
 from automr.data.prompts import format_titles
-from automr.experiments.generative import catalog_embeddings, dataset_targets
+from automr.grounding.catalog import catalog_embeddings, dataset_targets
 from automr.llm.loading import LoadedModel
 
 RELLA_TEMPLATE = "Earlier, the user has also {verb}: {titles}."

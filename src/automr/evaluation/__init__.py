@@ -6,6 +6,11 @@ Typical use::
     report = build_report("sasrec", sample_ids, ranks, n_items)
     report.save("results/sasrec.json")
     diffs = compare_reports(MetricReport.load("results/automr.json"), report)
+
+or, for whole methods (:class:`~automr.interfaces.Method`) on the same samples::
+
+    evaluation = evaluate({"bigrec": bigrec, "automr": automr}, samples, n_items, out="runs/e")
+    print(evaluation.markdown())
 """
 
 from automr.evaluation.bootstrap import (
@@ -27,18 +32,23 @@ from automr.evaluation.metrics import (
     recall_at_k,
     seen_mask,
 )
+from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.report import MetricReport, build_report, compare_reports
+from automr.evaluation.run import Evaluation, evaluate
 
 __all__ = [
     "DEFAULT_CONFIDENCE",
     "DEFAULT_KS",
     "DEFAULT_RESAMPLES",
+    "Evaluation",
+    "EvaluationFolder",
     "Interval",
     "MetricReport",
     "PairedDifference",
     "bootstrap_ci",
     "build_report",
     "compare_reports",
+    "evaluate",
     "mean_metrics",
     "metric_names",
     "ndcg_at_k",

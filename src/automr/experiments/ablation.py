@@ -32,7 +32,7 @@ from automr.experiments.retriever import train_retriever
 from automr.llm.loading import LoadedModel, load_model
 from automr.memory import MemoryConfig, build_memory
 from automr.memory.encoders import ENCODERS
-from automr.recommenders.finetune import RESULT_FILE, check_memory_compatible, load_finetuned
+from automr.recommenders.runs import FinetunedRun
 from automr.retrievers import (
     RetrievalDataset,
     RetrieverTrainingConfig,
@@ -118,18 +118,14 @@ def run_ablation(
     """Build, annotate, train and score every cell of the grid into ``out_dir``; write
     ``ablation.json`` and ``ablation.md``."""
     dataset = PreparedDataset.load(dataset_dir)
-    record_file = Path(finetuned) / RESULT_FILE
-    if not record_file.exists():
-        raise AutomrError(f"{finetuned} is not a finished fine-tune (no {RESULT_FILE})")
-    base_model = json.loads(record_file.read_text())["model"]
+    run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
     models: dict[str, LoadedModel] = {}
 
     def model(kind: str) -> LoadedModel:  # loaded once, and only when a step needs it
         if kind not in models:
-            models[kind] = (load_model(base_model, device=device, cache_dir=cache_dir)
-                            if kind == "base" else
-                            load_finetuned(finetuned, device=device, cache_dir=cache_dir))
+            models[kind] = (load_model(run.base_model, device=device, cache_dir=cache_dir)
+                            if kind == "base" else run.load(device=device, cache_dir=cache_dir))
         return models[kind]
 
     rows: list[AblationRow] = []
@@ -139,7 +135,7 @@ def run_ablation(
             say(f"[memory {encoder} L={layer}] {memory_dir}")
             store = build_memory(model("base"), dataset, layer, MemoryConfig(encoder=encoder),
                                  memory_dir, progress=progress)
-            check_memory_compatible(finetuned, store.record.model_fingerprint, layer)
+            run.check_memory(store.record.model_fingerprint, layer)
             for combiner in config.combiners:
                 rows += _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer,
                                     combiner, config, lambda: model("tuned"), progress, say)

@@ -219,28 +219,23 @@ def bench_ground(
     """Generation + grounding samples/s of each grounder over real test prompts (whole catalog
     ranked per sample), all in the same run."""
     from automr.data.subsets import seeded_subset
-    from automr.experiments.generative import (
-        build_grounder,
-        catalog_embeddings,
-        dataset_targets,
-        rank_samples,
-    )
+    from automr.grounding import build_grounder
+    from automr.methods import GenerativeMethod
 
     chosen = seeded_subset(dataset.samples("test"), samples, seed)
-    targets = dataset_targets(loaded, dataset)
-    embeddings = catalog_embeddings(loaded, targets, loaded.fingerprint(), cache_dir,
-                                    progress=False)
     result: dict[str, object] = {
         "benchmark": "ground", "model": loaded.name, "samples": len(chosen),
-        "batch_size": batch_size, "catalog_items": len(targets), "layer": layer,
+        "batch_size": batch_size, "catalog_items": len(dataset.catalog), "layer": layer,
         "dtype": str(loaded.model.dtype), "device": str(loaded.model.device),
         "machine": machine(),
     }
     for kind in grounders:
-        grounder = build_grounder(kind, loaded, targets, embeddings)
+        grounder = build_grounder(kind, loaded, dataset, loaded.fingerprint(),
+                                  cache_dir=cache_dir, progress=False)
+        method = GenerativeMethod(loaded, dataset, grounder, layer, batch_size=batch_size)
 
-        def run(grounder=grounder) -> None:
-            rank_samples(loaded, dataset, chosen, grounder, layer, batch_size, progress=False)
+        def run(method=method) -> None:
+            method.rank(chosen)
 
         seconds = _timed(run, 1, loaded.model.device)
         result[f"{kind}_samples_per_s"] = len(chosen) / seconds

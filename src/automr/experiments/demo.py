@@ -24,7 +24,9 @@ from automr.experiments.retriever import train_retriever
 from automr.llm.loading import DEFAULT_MODEL, load_model
 from automr.memory import MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
-from automr.recommenders.finetune import FinetuneConfig, finetune, load_finetuned
+from automr.methods.registry import Artifacts
+from automr.recommenders.finetune import FinetuneConfig, finetune
+from automr.recommenders.runs import FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
 
 
@@ -98,7 +100,7 @@ def run_demo(
         progress=progress))
     annotations = out / "annotations"
     step("annotate (eq. 5)", annotations, lambda: annotate_dataset(
-        load_finetuned(bigrec, device=device, cache_dir=cache_dir), dataset,
+        FinetunedRun.open(bigrec).load(device=device, cache_dir=cache_dir), dataset,
         MemoryStore.open(memory), annotations,
         AnnotateConfig(max_samples=config.annotate_samples, seed=config.seed,
                        combiner=config.combiner), progress=progress))
@@ -113,7 +115,7 @@ def run_demo(
         data, methods, results,
         EvalConfig(max_samples=config.test_samples, seed=config.seed, layer=config.layer,
                    num_beams=config.num_beams, combiner=config.combiner),
-        model=config.model, finetuned=bigrec, memory=memory, retriever=retriever,
+        Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
         device=device, cache_dir=cache_dir, progress=progress))
     record = {"config": attrs.asdict(config), "seconds": timings,
               "versions": {"automr": automr.__version__, "torch": torch.__version__,

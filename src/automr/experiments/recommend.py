@@ -9,17 +9,11 @@ import torch
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
 from automr.errors import AutomrError
-from automr.experiments.generative import (
-    build_grounder,
-    catalog_embeddings,
-    dataset_targets,
-    left_padded_prompts,
-)
+from automr.grounding import build_grounder
 from automr.llm.split import HFSplitLLM
-from automr.memory import MemoryStore
-from automr.recommenders.automr import MemoryRetrieval
-from automr.recommenders.finetune import base_fingerprint, check_memory_compatible, load_finetuned
-from automr.retrievers import load_retriever
+from automr.methods.generative import left_padded_prompts
+from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
+from automr.recommenders.runs import FinetunedRun
 
 
 @attrs.frozen
@@ -49,16 +43,13 @@ def recommend(
 ) -> Recommendation:
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
-    loaded = load_finetuned(finetuned, device=device, cache_dir=cache_dir)
-    store = MemoryStore.open(memory, device=str(loaded.model.device))
-    check_memory_compatible(finetuned, store.record.model_fingerprint, store.layer)
-    chosen = load_retriever(retriever, device=str(loaded.model.device),
-                            hidden_size=store.hidden_size)
-    retrieval = MemoryRetrieval(store, chosen, COMBINERS[combiner](), k=k)
-    targets = dataset_targets(loaded, dataset)
-    embeddings = catalog_embeddings(loaded, targets, base_fingerprint(finetuned), cache_dir,
-                                    progress=False)
-    ranker = build_grounder(grounder, loaded, targets, embeddings, num_beams=max(top, 4))
+    run = FinetunedRun.open(finetuned)
+    loaded = run.load(device=device, cache_dir=cache_dir)
+    store = run.open_memory(memory, device=str(loaded.model.device))
+    retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever),
+                                COMBINERS[combiner](), k=k)
+    ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,
+                            num_beams=max(top, 4), cache_dir=cache_dir, progress=False)
     ids, mask = left_padded_prompts(loaded, dataset, [sample])
     llm = HFSplitLLM(loaded.model)
     with torch.no_grad():

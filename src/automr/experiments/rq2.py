@@ -25,10 +25,11 @@ from beartype import beartype
 
 from automr.errors import AutomrError
 from automr.evaluation.report import MetricReport
-from automr.experiments.evaluate import EvalConfig, evaluate_methods, parse_method
+from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import metric_label, new_figure, require_matplotlib, save_figure
 from automr.llm.loading import DEFAULT_MODEL
 from automr.memory import MemoryRecord
+from automr.methods.registry import Artifacts, parse_method
 
 RQ2_METRICS = ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
 """The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give)."""
@@ -166,9 +167,10 @@ def run_rq2(
         method = f"{group}:{grounder}"
         say(f"[rq2] {method}" + (f" ({source})" if source else "") + f" -> {folder}")
         reports = evaluate_methods(
-            dataset_dir, [method], folder, run_config, model=model, finetuned=finetuned,
-            memory=memory if group != "bigrec" else None, retriever=retriever, device=device,
-            cache_dir=cache_dir, progress=progress)
+            dataset_dir, [method], folder, run_config,
+            Artifacts(model=model, finetuned=finetuned,
+                      memory=memory if group != "bigrec" else None, retriever=retriever),
+            device=device, cache_dir=cache_dir, progress=progress)
         report = reports[method]
         ids = ids if runs else report.sample_ids
         if report.sample_ids != ids:

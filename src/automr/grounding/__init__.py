@@ -5,14 +5,17 @@ All grounders implement :class:`automr.interfaces.Grounder` and run through a
 memory-free recommender and AutoMR use them unchanged.
 """
 
+from automr.grounding.catalog import (
+    GROUNDER_KINDS,
+    build_grounder,
+    catalog_embeddings,
+    dataset_targets,
+)
 from automr.grounding.constrained import ConstrainedGrounder
 from automr.grounding.embedding import embed_texts
 from automr.grounding.l2 import L2Grounder
-from automr.grounding.likelihood import LikelihoodGrounder
+from automr.grounding.likelihood import LikelihoodGrounder, target_log_likelihoods
 from automr.grounding.targets import CatalogTargets, catalog_targets
-
-GROUNDER_KINDS = ("l2", "constrained", "likelihood")
-"""The grounders the CLI exposes (built by :func:`automr.experiments.generative.build_grounder`)."""
 
 __all__ = [
     "GROUNDER_KINDS",
@@ -20,6 +23,10 @@ __all__ = [
     "ConstrainedGrounder",
     "L2Grounder",
     "LikelihoodGrounder",
+    "build_grounder",
+    "catalog_embeddings",
     "catalog_targets",
+    "dataset_targets",
     "embed_texts",
+    "target_log_likelihoods",
 ]

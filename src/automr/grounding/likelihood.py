@@ -1,6 +1,7 @@
 """Exact likelihood ranking: every catalog title scored given the prompt (small catalogs)."""
 
 import copy
+from collections.abc import Sequence
 
 import attrs
 import torch
@@ -56,15 +57,39 @@ class LikelihoodGrounder:
     ) -> Float[Tensor, " chunk"]:
         decoding = copy.deepcopy(start)
         decoding.repeat_interleave(len(titles))
-        width = max(map(len, titles))
-        ids = torch.zeros(len(titles), width, dtype=torch.long, device=llm.device)
-        mask = torch.zeros(len(titles), width, dtype=torch.bool, device=llm.device)
-        for row, title in enumerate(titles):
-            ids[row, : len(title)] = torch.tensor(title)
-            mask[row, : len(title)] = True
-        state = llm.lower(ids, mask, decoding.layer, cache=decoding.lower_cache)
-        logits = llm.upper(state, cache=decoding.upper_cache)
-        # token j is predicted by the prompt's last position (j = 0) or by title position j - 1
-        logits = torch.cat([decoding.logits[:, None], logits[:, :-1]], 1)
-        logp = torch.log_softmax(logits.float(), -1).gather(2, ids[..., None])[..., 0]
-        return (logp * mask).sum(1)
+        return _continuation_log_likelihoods(llm, decoding, titles)
+
+@torch.no_grad()
+@jaxtyped(typechecker=beartype)
+def target_log_likelihoods(
+    llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+    targets: Sequence[Sequence[int]], insert: Insert | None = None,
+) -> Float[Tensor, " batch"]:
+    """``log P(targets[b] | prompt b)`` for each row, teacher-forced through the split.
+
+    The prompts run once (memory inserted at ``layer`` if given); then every row's target
+    tokens run in one right-padded pass against the prompt caches. Exactly the score
+    :class:`LikelihoodGrounder` gives that title, without scoring the rest of the catalog.
+    """
+    if len(targets) != input_ids.shape[0] or not all(targets):
+        raise ValueError("target_log_likelihoods: one non-empty target per prompt")
+    decoding = prefill(llm, input_ids, attention_mask, layer, insert)
+    return _continuation_log_likelihoods(llm, decoding, targets)
+
+
+def _continuation_log_likelihoods(
+    llm: SplitLLM, decoding: Decoding, continuations: Sequence[Sequence[int]]
+) -> Float[Tensor, " n"]:
+    """Summed log-probabilities of each row's continuation after a prefilled prompt."""
+    width = max(map(len, continuations))
+    ids = torch.zeros(len(continuations), width, dtype=torch.long, device=llm.device)
+    mask = torch.zeros(len(continuations), width, dtype=torch.bool, device=llm.device)
+    for row, tokens in enumerate(continuations):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = True
+    state = llm.lower(ids, mask, decoding.layer, cache=decoding.lower_cache)
+    logits = llm.upper(state, cache=decoding.upper_cache)
+    # token j is predicted by the prompt's last position (j = 0) or by position j - 1
+    logits = torch.cat([decoding.logits[:, None], logits[:, :-1]], 1)
+    logp = torch.log_softmax(logits.float(), -1).gather(2, ids[..., None])[..., 0]
+    return (logp * mask).sum(1)

@@ -1,6 +1,20 @@
-"""Loading Hugging Face causal LMs and splitting them exactly at layer L."""
+"""Loading Hugging Face causal LMs and splitting them exactly at layer L.
 
-from automr.llm.split import HFSplitLLM, attention_bias, token_positions
-from automr.llm.state import KVCache, LayerState
+Names are imported on first use, so the layer-state types do not pull in transformers.
+"""
 
-__all__ = ["HFSplitLLM", "KVCache", "LayerState", "attention_bias", "token_positions"]
+from automr._lazy import lazy_exports
+
+__all__ = ["DEFAULT_MODEL", "HFSplitLLM", "KVCache", "LayerState", "LoadedModel",
+           "attention_bias", "load_model", "token_positions"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "DEFAULT_MODEL": "automr.llm.loading",
+    "HFSplitLLM": "automr.llm.split",
+    "KVCache": "automr.llm.state",
+    "LayerState": "automr.llm.state",
+    "LoadedModel": "automr.llm.loading",
+    "attention_bias": "automr.llm.split",
+    "load_model": "automr.llm.loading",
+    "token_positions": "automr.llm.split",
+})

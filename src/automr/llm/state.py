@@ -1,11 +1,15 @@
 """What flows between the two halves of a split LM: layer-L states and per-half KV caches."""
 
+from typing import TYPE_CHECKING
+
 import attrs
 import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
-from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 @attrs.frozen
@@ -70,7 +74,7 @@ class KVCache:
     (which, for a cache whose first layers are empty, is the silent mask bug of DESIGN.md §5).
     """
 
-    layers: DynamicCache
+    layers: "DynamicCache"
     past_mask: Bool[Tensor, "batch past"] | None = None
 
     @property

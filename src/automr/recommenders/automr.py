@@ -4,6 +4,8 @@
 differs from BIGRec only by the memory joined at layer L (the lower half never sees it).
 """
 
+from pathlib import Path
+
 import attrs
 import torch
 
@@ -12,7 +14,7 @@ from automr.data import Sample
 from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever
 from automr.llm.state import LayerState
 from automr.memory import MemoryStore
-from automr.retrievers import retrieved_memory, top_k
+from automr.retrievers import load_retriever, retrieved_memory, top_k
 
 
 @attrs.define
@@ -53,3 +55,11 @@ class MemoryRetrieval:
             rows.append(torch.cat(states) if states
                         else torch.zeros(0, self.store.hidden_size))
         return pad_memory(rows)
+
+
+def load_retriever_for(store: MemoryStore, directory: Path | str) -> Retriever:
+    """The saved retriever in ``directory``, refused unless it was trained on keys of the
+    memory's model and layer (and its hidden size)."""
+    expect = {"model_fingerprint": str(store.record.model_fingerprint), "layer": str(store.layer)}
+    return load_retriever(directory, device=str(store.device), expect=expect,
+                          hidden_size=store.hidden_size)

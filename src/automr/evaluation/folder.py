@@ -1,0 +1,95 @@
+"""An evaluation folder (``automr evaluate --out``): its layout, written and read in one place.
+
+::
+
+    results.md, results.json          the tables (means, intervals, paired differences)
+    ranks/METHOD.json                 each method's per-sample ranks (a MetricReport)
+    ranks/METHOD.settings.json        what decided those ranks (a rerun reuses equal ones)
+    KIND/METHOD.json                  per-sample details: retrieved/ (memory elements),
+                                      contexts/ (ReLLa/TRSR prompt contexts)
+
+``METHOD`` is the method's name with ``:`` written ``-`` (``bigrec:l2`` -> ``bigrec-l2``).
+"""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from automr.errors import AutomrError
+from automr.evaluation.report import MetricReport
+from automr.storage import read_json, write_json_atomic
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+@attrs.frozen
+class EvaluationFolder:
+    """The files of one evaluation, by method name."""
+
+    path: Path = attrs.field(converter=Path)
+
+    @staticmethod
+    def slug(method: str) -> str:
+        return method.replace(":", "-")
+
+    def ranks_file(self, method: str) -> Path:
+        return self.path / "ranks" / f"{self.slug(method)}.json"
+
+    def settings_file(self, method: str) -> Path:
+        return self.path / "ranks" / f"{self.slug(method)}.settings.json"
+
+    def details_file(self, kind: str, method: str) -> Path:
+        return self.path / kind / f"{self.slug(method)}.json"
+
+    def saved_report(self, method: str, settings: Mapping[str, Any]) -> MetricReport | None:
+        """``method``'s saved report if it was ranked with exactly ``settings``, else None."""
+        ranks, saved = self.ranks_file(method), self.settings_file(method)
+        if not ranks.exists() or not saved.exists():
+            return None
+        if read_json(saved, "`automr evaluate`") != json.loads(json.dumps(settings)):
+            return None
+        return MetricReport.load(ranks)
+
+    def save(self, report: MetricReport, settings: Mapping[str, Any],
+             details: Mapping[str, Mapping[str, Any]] = {}) -> None:
+        """Write a method's ranks, its details, then its settings (last: they mark it done)."""
+        report.save(self.ranks_file(report.method))
+        for kind, values in details.items():
+            write_json_atomic(self.details_file(kind, report.method), dict(values), indent=0)
+        write_json_atomic(self.settings_file(report.method), dict(settings), indent=None)
+
+    def report(self, method: str) -> MetricReport:
+        """The saved ranks of ``method``; a clear error if it was not evaluated here."""
+        path = self.ranks_file(method)
+        if not path.is_file():
+            raise AutomrError(f"{self.path} holds no ranks of {method} ({path} is missing); "
+                              f"evaluate it with `automr evaluate --methods {method} --out "
+                              f"{self.path} ...`")
+        return MetricReport.load(path)
+
+    def details(self, kind: str, method: str) -> dict[str, Any]:
+        """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``."""
+        path = self.details_file(kind, method)
+        if not path.is_file():
+            raise AutomrError(f"{path} is missing: {self.path} has no record of the {kind} of "
+                              f"{method} (evaluate it again with this version of automr)")
+        return dict(read_json(path, "`automr evaluate`"))
+
+    def split(self, method: str) -> str:
+        """The split that was ranked (from the method's settings or ``results.json``; test)."""
+        for path, key in ((self.settings_file(method), None), (self.path / RESULTS_JSON,
+                                                                "config")):
+            if path.is_file():
+                data = read_json(path, "`automr evaluate`")
+                data = data.get(key, {}) if key else data
+                if "split" in data:
+                    return str(data["split"])
+        return "test"
+
+    def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
+        write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
+        (self.path / RESULTS_MD).write_text(markdown)

@@ -1,0 +1,76 @@
+"""From a prepared dataset and a model to a grounder: catalog targets, base-model embeddings
+(cached), and one builder for every grounder kind the CLI exposes."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from automr.cache import resolve_cache_dir
+from automr.data import PreparedDataset, format_target
+from automr.errors import AutomrError
+from automr.grounding.constrained import ConstrainedGrounder
+from automr.grounding.embedding import embed_texts
+from automr.grounding.l2 import L2Grounder
+from automr.grounding.likelihood import LikelihoodGrounder
+from automr.grounding.targets import CatalogTargets, catalog_targets
+from automr.interfaces import Grounder
+from automr.llm.loading import LoadedModel
+from automr.progress import Progress
+from automr.storage import read_safetensors
+
+GROUNDER_KINDS = ("l2", "constrained", "likelihood")
+"""The grounders :func:`build_grounder` makes (and the CLI exposes)."""
+
+
+def dataset_targets(loaded: LoadedModel, dataset: PreparedDataset) -> CatalogTargets:
+    """Every catalog item's response text (as in training) tokenized with ``loaded``'s tokenizer."""
+    texts = [format_target(item.title, dataset.prompt_config) for item in dataset.catalog]
+    return catalog_targets(loaded.tokenizer, texts)
+
+
+def catalog_embeddings(
+    loaded: LoadedModel, targets: CatalogTargets, base_fingerprint: str,
+    cache_dir: Path | str | None = None, progress: bool = True,
+) -> torch.Tensor:
+    """Base-model embeddings of every catalog response text, cached by model and catalog."""
+    from safetensors.torch import save_file
+
+    catalog_hash = hashlib.sha256("\n".join(targets.texts).encode()).hexdigest()
+    path = (resolve_cache_dir(cache_dir) / "grounding" /
+            f"{base_fingerprint[:16]}-{catalog_hash[:16]}.safetensors")
+    if path.exists():
+        return read_safetensors(path, "any grounding run (delete the file to recompute it)")[
+            "embeddings"]
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("embedding catalog titles", total=len(targets))
+        embeddings = embed_texts(loaded.model, loaded.tokenizer, targets.texts,
+                                 progress=lambda n: bar.advance(task, n))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    save_file({"embeddings": embeddings.contiguous()}, tmp,
+              metadata={"model": base_fingerprint, "catalog": catalog_hash})
+    os.replace(tmp, path)
+    return embeddings
+
+
+def build_grounder(
+    kind: str, loaded: LoadedModel, dataset: PreparedDataset, base_fingerprint: str,
+    num_beams: int | None = None, cache_dir: Path | str | None = None, progress: bool = True,
+) -> Grounder:
+    """A grounder of ``kind`` (:data:`GROUNDER_KINDS`) over ``dataset``'s catalog.
+
+    ``base_fingerprint`` names the base model (without adapter) whose catalog embeddings the
+    ``l2`` and ``constrained`` grounders use; they are computed once and cached.
+    """
+    if kind not in GROUNDER_KINDS:
+        raise AutomrError(f"unknown grounder {kind!r}; choose one of {', '.join(GROUNDER_KINDS)}")
+    targets = dataset_targets(loaded, dataset)
+    if kind == "likelihood":
+        return LikelihoodGrounder(targets)
+    embeddings = catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress)
+    if kind == "l2":
+        return L2Grounder(loaded.model, loaded.tokenizer, embeddings, num_beams=num_beams or 4,
+                          max_new_tokens=max(map(len, targets.token_ids)) + 4)
+    return ConstrainedGrounder(targets, embeddings, num_beams=num_beams or 10)

@@ -1,0 +1,36 @@
+"""Methods: what :func:`automr.evaluate` ranks (:class:`~automr.interfaces.Method`).
+
+- :class:`GenerativeMethod`: an LM + a grounder, optionally memory retrieval (AutoMR with any
+  retriever object) and a prompt context (ReLLa, TRSR). BIGRec, the base model and every
+  retrieval variant are this class with other parts.
+- :class:`SASRecMethod`: the conventional baseline.
+- :data:`METHODS`: the kinds the CLI names (``sasrec``, ``bigrec:l2``, ...), each one builder;
+  :func:`build_method` builds one by name from a :class:`Workspace` (data + artifact folders).
+"""
+
+from automr.methods.generative import GenerativeMethod, left_padded_prompts
+from automr.methods.registry import (
+    METHODS,
+    Artifacts,
+    MethodKind,
+    MethodOptions,
+    Workspace,
+    build_method,
+    method_settings,
+    parse_method,
+)
+from automr.methods.sasrec import SASRecMethod
+
+__all__ = [
+    "METHODS",
+    "Artifacts",
+    "GenerativeMethod",
+    "MethodKind",
+    "MethodOptions",
+    "SASRecMethod",
+    "Workspace",
+    "build_method",
+    "left_padded_prompts",
+    "method_settings",
+    "parse_method",
+]

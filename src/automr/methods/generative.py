@@ -1,0 +1,131 @@
+"""LM-based methods: BIGRec, the untuned base model, AutoMR and its retrieval variants, and
+the prompt-context baselines (ReLLa, TRSR) - one class, composed from parts.
+
+A :class:`GenerativeMethod` is a loaded LM + a grounder, optionally a
+:class:`~automr.recommenders.automr.MemoryRetrieval` (memory joined at layer L: AutoMR with
+any retriever object) and a :class:`~automr.interfaces.PromptContext` (ReLLa, TRSR).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from automr.data import PreparedDataset, Sample, tokenize_sample
+from automr.errors import AutomrError
+from automr.grounding.likelihood import target_log_likelihoods
+from automr.interfaces import Grounder, PromptContext
+from automr.llm.loading import LoadedModel
+from automr.llm.split import HFSplitLLM
+from automr.progress import Progress
+from automr.recommenders.automr import MemoryRetrieval
+from automr.types import DEFAULT_LAYER
+
+
+def left_padded_prompts(
+    loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample],
+    contexts: Sequence[str | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt ids (exactly as in training, with each sample's prompt context if given)
+    left-padded into one batch, and their mask."""
+    contexts = [None] * len(samples) if contexts is None else contexts
+    prompts = [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config,
+                               context=c).prompt_ids
+               for s, c in zip(samples, contexts, strict=True)]
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), loaded.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+@attrs.define(eq=False)
+class GenerativeMethod:
+    """Ranks the catalog with an LM: prompt -> lower half -> (memory) -> upper half -> grounder.
+
+    ``layer`` is the split layer; with ``retrieval`` it must be the memory's layer (its keys
+    are layer-L states). ``settings`` describes the method for resuming an evaluation folder:
+    give everything that changes the ranks (the registry's builders do).
+    """
+
+    loaded: LoadedModel
+    dataset: PreparedDataset
+    grounder: Grounder
+    layer: int = DEFAULT_LAYER
+    retrieval: MemoryRetrieval | None = None
+    context: PromptContext | None = None
+    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    exclude_seen: bool = False
+    progress: bool = False
+    label: str = "ranking"
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
+    _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.retrieval is not None and self.layer != self.retrieval.store.layer:
+            raise AutomrError(f"the memory holds layer-{self.retrieval.store.layer} states; it "
+                              f"cannot be joined at layer {self.layer}")
+
+    def rank(self, samples: Sequence[Sample]) -> list[int]:
+        """The 0-based rank of each sample's target in the grounder's full catalog ranking."""
+        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
+        ranks: list[int] = []
+        for chunk, rankings in self._batches(samples, self._rank_batch):
+            for sample, ranking in zip(chunk, rankings.tolist(), strict=True):
+                seen = {index[i] for i in sample.history} - {index[sample.target]}
+                ranked = [i for i in ranking if i not in seen] if self.exclude_seen else ranking
+                ranks.append(ranked.index(index[sample.target]))
+        return ranks
+
+    def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
+        """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample."""
+        out: list[tuple[float, int]] = []
+        for _, (scores, counts) in self._batches(samples, self._likelihood_batch):
+            out += list(zip(scores.tolist(), counts, strict=True))
+        return out
+
+    def details(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per sample id: the memory elements retrieved (timeline positions) and the prompt
+        context used, for the samples ranked or scored so far."""
+        return self._details
+
+    def _batches(self, samples: Sequence[Sample], run):
+        llm = HFSplitLLM(self.loaded.model)
+        contexts = None if self.context is None else self.context.texts(samples)
+        if contexts is not None:
+            self._details.setdefault("contexts", {}).update(
+                zip((s.id for s in samples), contexts, strict=True))
+        with Progress(disable=not self.progress) as bar:
+            task = bar.add_task(self.label, total=len(samples))
+            for start in range(0, len(samples), self.batch_size):
+                chunk = samples[start : start + self.batch_size]
+                texts = None if contexts is None else contexts[start : start + self.batch_size]
+                ids, mask = left_padded_prompts(self.loaded, self.dataset, chunk, texts)
+                insert = None
+                if self.retrieval is not None:
+                    before = len(self.retrieval.retrieved)
+                    insert = self.retrieval.insert_for(chunk)
+                with torch.no_grad():
+                    result = run(llm, chunk, ids.to(llm.device), mask.to(llm.device), insert,
+                                 texts)
+                if self.retrieval is not None:
+                    self._details.setdefault("retrieved", {}).update(zip(
+                        (s.id for s in chunk), self.retrieval.retrieved[before:], strict=True))
+                yield chunk, result
+                bar.advance(task, len(chunk))
+
+    def _rank_batch(self, llm, chunk, ids, mask, insert, texts):
+        return self.grounder.rank(llm, ids, mask, self.layer, insert)
+
+    def _likelihood_batch(self, llm, chunk, ids, mask, insert, texts):
+        texts = [None] * len(chunk) if texts is None else texts
+        targets = []
+        for sample, text in zip(chunk, texts, strict=True):
+            example = tokenize_sample(self.loaded.tokenizer, sample, self.dataset.catalog,
+                                      self.dataset.prompt_config, context=text)
+            targets.append(example.input_ids[len(example.prompt_ids):])
+        scores = target_log_likelihoods(llm, ids, mask, self.layer, targets, insert)
+        return scores, [len(t) for t in targets]

@@ -1,0 +1,290 @@
+"""The method kinds the CLI knows: one registry dict of builders.
+
+A method is named ``KIND`` or ``KIND:GROUNDER`` (``automr evaluate --methods``). Each
+:class:`MethodKind` says which artifacts it needs, what decides its ranks (its settings, for
+resuming an evaluation folder) and how to build it. Building is deferred until the method
+first ranks, so a resumed evaluation loads no model and trains nothing.
+
+Adding a method kind is one builder function and one line in :data:`METHODS`.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from beartype import beartype
+
+from automr.combiners import COMBINERS
+from automr.data import PreparedDataset, Sample
+from automr.errors import AutomrError
+from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
+from automr.interfaces import Method
+from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
+from automr.methods.generative import GenerativeMethod
+from automr.methods.sasrec import SASRecMethod
+from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
+from automr.recommenders.runs import FinetunedRun
+from automr.recommenders.sasrec import SASRecConfig
+from automr.retrievers import build_retriever
+from automr.types import DEFAULT_LAYER
+
+
+@beartype
+@attrs.frozen(kw_only=True)
+class MethodOptions:
+    """How named methods run (the method-level part of ``automr evaluate``'s options)."""
+
+    layer: int | None = None
+    """Split layer; None: the memory's layer for memory methods, else the default (15)."""
+    num_beams: int | None = None
+    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    exclude_seen: bool = False
+    combiner: str = attrs.field(default="append-token",
+                                validator=attrs.validators.in_(tuple(COMBINERS)))
+    k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    seed: int = 0
+    """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""
+    retrieval_seed: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Artifacts:
+    """The folders named methods are built from; each method kind says which it needs."""
+
+    model: str = DEFAULT_MODEL
+    finetuned: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    memory: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    retriever: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    rella: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    trsr: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+
+
+MADE_BY = {
+    "finetuned": "`automr finetune`", "memory": "`automr memory build`",
+    "retriever": "`automr retriever train`", "rella": "`automr finetune --context rella`",
+    "trsr": "`automr finetune --context trsr`",
+}
+
+
+@attrs.define
+class Workspace:
+    """What the builders share: the data, the artifacts, options, and loaded models (each
+    model is loaded once however many methods use it)."""
+
+    dataset: PreparedDataset
+    artifacts: Artifacts = Artifacts()
+    options: MethodOptions = MethodOptions()
+    device: str = "auto"
+    cache_dir: Path | str | None = None
+    progress: bool = True
+    _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
+
+    def artifact(self, name: str) -> Path:
+        """The folder of artifact ``name`` (``finetuned``, ``memory``, ...), which must be given."""
+        path = getattr(self.artifacts, name)
+        if path is None:
+            folder = "DIR" if name in ("memory", "retriever") else "RUN_DIR"
+            raise AutomrError(f"this method needs --{name} {folder} (from {MADE_BY[name]})")
+        return path
+
+    def run(self, name: str) -> FinetunedRun:
+        """The fine-tune of artifact ``name``, checked to carry the matching prompt context
+        (``rella``/``trsr``) or none (``finetuned``)."""
+        run = FinetunedRun.open(self.artifact(name))
+        kind = None if run.context is None else run.context.kind
+        wanted = None if name == "finetuned" else name
+        if kind != wanted:
+            how = "without a prompt context" if kind is None else f"with a {kind} context"
+            use = (f"give --finetuned a fine-tune without --context (evaluate it as "
+                   f"{kind}:G with --{kind})" if wanted is None else
+                   f"{name}:* methods need a fine-tune from {MADE_BY[name]}")
+            raise AutomrError(f"{run.path} was fine-tuned {how}; {use}")
+        return run
+
+    def model(self, run: FinetunedRun | None) -> LoadedModel:
+        """The base model (``run`` None) or ``run``'s tuned model, loaded once."""
+        key = "base" if run is None else str(run.path.resolve())
+        if key not in self._models:
+            self._models[key] = (
+                load_model(self.artifacts.model, device=self.device, cache_dir=self.cache_dir)
+                if run is None else run.load(device=self.device, cache_dir=self.cache_dir))
+        return self._models[key]
+
+    def generative(self, grounder: str, run: FinetunedRun | None, label: str,
+                   retrieval: MemoryRetrieval | None = None) -> GenerativeMethod:
+        """BIGRec-style ranking with ``run``'s tuned model (None: the base model)."""
+        loaded = self.model(run)
+        base = loaded.fingerprint() if run is None else run.base_fingerprint
+        context = None
+        if run is not None and run.context is not None:
+            from automr.contexts import build_context
+
+            context = build_context(run.context, loaded, self.dataset, base, self.cache_dir,
+                                    batch_size=self.options.batch_size, progress=self.progress)
+        layer = self.options.layer if retrieval is None else retrieval.store.layer
+        return GenerativeMethod(
+            loaded, self.dataset,
+            build_grounder(grounder, loaded, self.dataset, base, self.options.num_beams,
+                           self.cache_dir, self.progress),
+            layer=DEFAULT_LAYER if layer is None else layer, retrieval=retrieval,
+            context=context, batch_size=self.options.batch_size,
+            exclude_seen=self.options.exclude_seen, progress=self.progress, label=label)
+
+    def retrieval(self, kind: str) -> MemoryRetrieval:
+        """The memory (checked against the fine-tune) with a retriever of ``kind``: the
+        trained one (``automr``) or a fresh ``random``/``semantic`` one."""
+        run = self.run("finetuned")
+        store = run.open_memory(self.artifact("memory"), device=str(self.model(run).model.device))
+        layer = self.options.layer
+        if layer is not None and layer != store.layer:
+            raise AutomrError(f"--layer {layer} differs from the memory's layer {store.layer}: "
+                              f"memory methods run at the layer their keys come from")
+        retriever = (load_retriever_for(store, self.artifact("retriever")) if kind == "automr"
+                     else build_retriever(kind, store.hidden_size, seed=self.retrieval_seed))
+        return MemoryRetrieval(store, retriever, COMBINERS[self.options.combiner](),
+                               k=self.options.k)
+
+    @property
+    def retrieval_seed(self) -> int:
+        options = self.options
+        return options.seed if options.retrieval_seed is None else options.retrieval_seed
+
+
+Builder = Callable[[Workspace, str | None, str], Method]
+"""``(workspace, grounder, label) -> method`` (grounder None for kinds that take none)."""
+
+
+@attrs.frozen
+class MethodKind:
+    """One method kind: what it is, which artifacts and options decide its ranks, and how to
+    build it."""
+
+    description: str
+    build: Builder
+    artifacts: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    grounded: bool = True
+    """Named ``KIND:GROUNDER`` (an LM that writes titles) rather than ``KIND``."""
+    likelihood: bool = True
+    """Scores the true title (:class:`~automr.interfaces.LikelihoodMethod`)."""
+
+
+def _sasrec(space: Workspace, grounder: str | None, label: str) -> Method:
+    return SASRecMethod(space.dataset, SASRecConfig(seed=space.options.seed), space.progress)
+
+
+def _base(space: Workspace, grounder: str | None, label: str) -> Method:
+    return space.generative(grounder, None, label)
+
+
+def _tuned(artifact: str) -> Builder:
+    def build(space: Workspace, grounder: str | None, label: str) -> Method:
+        return space.generative(grounder, space.run(artifact), label)
+
+    return build
+
+
+def _with_memory(kind: str) -> Builder:
+    def build(space: Workspace, grounder: str | None, label: str) -> Method:
+        retrieval = space.retrieval(kind)
+        return space.generative(grounder, space.run("finetuned"), label, retrieval)
+
+    return build
+
+
+LM_OPTIONS = ("layer", "num_beams", "exclude_seen")
+MEMORY_OPTIONS = ("num_beams", "exclude_seen", "combiner", "k")
+
+METHODS: dict[str, MethodKind] = {
+    "sasrec": MethodKind("SASRec trained on the training period", _sasrec,
+                         options=("seed",), grounded=False, likelihood=False),
+    "base": MethodKind("the untuned LM", _base, ("model",), LM_OPTIONS),
+    "bigrec": MethodKind("BIGRec: the LM with its LoRA adapter", _tuned("finetuned"),
+                         ("finetuned",), LM_OPTIONS),
+    "automr": MethodKind("BIGRec + memory, trained retriever", _with_memory("automr"),
+                         ("finetuned", "memory", "retriever"), MEMORY_OPTIONS),
+    "random": MethodKind("BIGRec + memory, random retrieval", _with_memory("random"),
+                         ("finetuned", "memory"), (*MEMORY_OPTIONS, "retrieval_seed")),
+    "semantic": MethodKind("BIGRec + memory, semantic retrieval", _with_memory("semantic"),
+                           ("finetuned", "memory"), MEMORY_OPTIONS),
+    "rella": MethodKind("ReLLa: BIGRec tuned with similar long-term items in the prompt",
+                        _tuned("rella"), ("rella",), LM_OPTIONS),
+    "trsr": MethodKind("TRSR: BIGRec tuned with LM summaries of the long-term history",
+                       _tuned("trsr"), ("trsr",), LM_OPTIONS),
+}
+"""Method kinds by name: ``KIND`` or ``KIND:GROUNDER`` in ``automr evaluate --methods``."""
+
+
+def parse_method(method: str) -> tuple[str, str | None]:
+    """``"bigrec:l2"`` -> ``("bigrec", "l2")``; ``"sasrec"`` -> ``("sasrec", None)``."""
+    name, _, grounder = method.partition(":")
+    kind = METHODS.get(name)
+    if kind is not None and (grounder in GROUNDER_KINDS if kind.grounded else not grounder):
+        return name, grounder or None
+    plain = [n for n, k in METHODS.items() if not k.grounded]
+    grounded = [n for n, k in METHODS.items() if k.grounded]
+    raise AutomrError(
+        f"unknown method {method!r}; use {', '.join(plain)} or NAME:GROUNDER with NAME in "
+        f"{', '.join(grounded)} and GROUNDER in {', '.join(GROUNDER_KINDS)}")
+
+
+def method_settings(method: str, space: Workspace) -> dict[str, Any]:
+    """What decides ``method``'s ranks: its artifacts (resolved paths, and the prompt context
+    a context baseline was tuned with) and the options it uses."""
+    name, grounder = parse_method(method)
+    kind = METHODS[name]
+    settings: dict[str, Any] = {"grounder": grounder} if kind.grounded else {}
+    for artifact in kind.artifacts:
+        value = (space.artifacts.model if artifact == "model"
+                 else str(space.artifact(artifact).resolve()))
+        settings[artifact] = value
+    for option in kind.options:
+        settings[option] = (space.retrieval_seed if option == "retrieval_seed"
+                            else getattr(space.options, option))
+    if "layer" in settings and settings["layer"] is None:
+        settings["layer"] = DEFAULT_LAYER
+    if name in ("rella", "trsr"):
+        settings["context"] = space.run(name).context.to_json()
+    return settings
+
+
+def build_method(method: str, space: Workspace) -> Method:
+    """The method named ``method``, checked now (artifacts present and compatible names) and
+    built when it first ranks."""
+    name, grounder = parse_method(method)
+    kind = METHODS[name]
+    settings = method_settings(method, space)
+    deferred = DeferredLikelihood if kind.likelihood else Deferred
+    return deferred(settings, lambda: kind.build(space, grounder, method))
+
+
+@attrs.define(eq=False)
+class Deferred:
+    """A method built on first use (``rank``, ``details``), with its settings known before."""
+
+    settings: Mapping[str, Any]
+    make: Callable[[], Method] = attrs.field(repr=False)
+    _method: Method | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def method(self) -> Method:
+        if self._method is None:
+            self._method = self.make()
+        return self._method
+
+    def rank(self, samples: Sequence[Sample]) -> Sequence[int]:
+        return self.method.rank(samples)
+
+    def details(self) -> Mapping[str, Mapping[str, Any]]:
+        if self._method is None or not hasattr(self._method, "details"):
+            return {}
+        return self._method.details()
+
+
+@attrs.define(eq=False)
+class DeferredLikelihood(Deferred):
+    """A :class:`Deferred` LM method: it also scores the true title."""
+
+    def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
+        return self.method.target_log_likelihoods(samples)

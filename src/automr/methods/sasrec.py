@@ -1,0 +1,56 @@
+"""SASRec as a :class:`~automr.interfaces.Method`: trained on the training period on first use."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from automr.data import PreparedDataset, Sample
+from automr.evaluation.metrics import ranks_from_scores
+from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec
+
+
+@attrs.define(eq=False)
+class SASRecMethod:
+    """SASRec trained on every user's training-period sequence (validation split for early
+    stopping), then scoring the whole catalog from each sample's history."""
+
+    dataset: PreparedDataset
+    config: SASRecConfig = attrs.field(factory=SASRecConfig)
+    progress: bool = False
+    _model: SASRec | None = attrs.field(default=None, init=False)
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return {"sasrec": attrs.asdict(self.config)}
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Catalog item id -> SASRec item id (0 is padding)."""
+        return {item_id: i + 1 for i, item_id in enumerate(self.dataset.catalog.ids)}
+
+    def model(self) -> SASRec:
+        """The trained model (trained on the first call)."""
+        if self._model is None:
+            index, dataset = self.index, self.dataset
+            sequences: dict[str, list[int]] = {}
+            for interaction in dataset.interactions:
+                if dataset.boundaries.split_of(interaction.timestamp) == "train":
+                    sequences.setdefault(interaction.user, []).append(index[interaction.item])
+            valid = [([index[i] for i in s.history], index[s.target])
+                     for s in dataset.samples("valid")]
+            self._model, _ = fit_sasrec(list(sequences.values()), valid, self.config,
+                                        n_items=len(index), quiet=not self.progress)
+        return self._model
+
+    def rank(self, samples: Sequence[Sample]) -> list[int]:
+        model, index = self.model(), self.index
+        ranks: list[int] = []
+        with torch.no_grad():
+            for start in range(0, len(samples), 256):
+                chunk = samples[start : start + 256]
+                scores = model.score([[index[i] for i in s.history] for s in chunk])[:, 1:]
+                targets = torch.tensor([index[s.target] - 1 for s in chunk])
+                ranks += ranks_from_scores(scores, targets).tolist()
+        return ranks

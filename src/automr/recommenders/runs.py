@@ -1,0 +1,106 @@
+"""A finished fine-tune (``automr finetune``'s run folder) as one object.
+
+Opening, the record it wrote, loading the tuned model and every compatibility check against
+it (memory built with its base model and below its LoRA layers) live here, once.
+"""
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from automr.contexts.spec import ContextSpec
+from automr.errors import AutomrError
+from automr.llm.loading import LoadedModel, load_model
+from automr.memory import MemoryStore
+from automr.storage import read_json
+
+RESULT_FILE = "finetune.json"
+"""Written by a fine-tune when it finishes; its presence marks a usable run folder."""
+ADAPTER_DIR = "best"
+"""The adapter with the best validation loss (peft's folder layout)."""
+
+
+@attrs.frozen
+class FinetunedRun:
+    """A finished fine-tune folder: ``finetune.json`` + ``best/`` (the LoRA adapter)."""
+
+    path: Path
+    record: dict[str, Any] = attrs.field(repr=False)
+
+    @classmethod
+    def open(cls, path: Path | str) -> "FinetunedRun":
+        path = Path(path)
+        if not (path / RESULT_FILE).exists():
+            raise AutomrError(f"{path} is not a finished fine-tune (no {RESULT_FILE}); run "
+                              f"`automr finetune` first")
+        record = read_json(path / RESULT_FILE, "`automr finetune`")
+        if not isinstance(record, dict) or not {"model", "model_fingerprint", "config"} <= set(
+                record):
+            raise AutomrError(f"{path / RESULT_FILE} is not a fine-tune record; run "
+                              f"`automr finetune` again")
+        return cls(path, record)
+
+    @property
+    def base_model(self) -> str:
+        """The base model's id or folder, as given to ``automr finetune --model``."""
+        return self.record["model"]
+
+    @property
+    def base_fingerprint(self) -> str:
+        """Fingerprint of the base model the adapter was trained on."""
+        return self.record["model_fingerprint"]
+
+    @property
+    def lora_from_layer(self) -> int:
+        """The lowest layer the adapter changes: layers below it equal the base model's."""
+        return int(self.record["config"]["lora_from_layer"])
+
+    @property
+    def context(self) -> ContextSpec | None:
+        """The prompt context it was trained with (None: the plain BIGRec prompt)."""
+        data = self.record["config"].get("context")
+        return None if data is None else ContextSpec.from_json(data)
+
+    def load(self, device: str = "auto", dtype: str = "auto",
+             cache_dir: Path | str | None = None) -> LoadedModel:
+        """The base model with the best adapter attached (eval mode)."""
+        from peft import PeftModel
+
+        from automr.cache import sha256_of
+
+        base = load_model(self.base_model, device=device, dtype=dtype, cache_dir=cache_dir)
+        if base.model.dtype == torch.float32 and base.fingerprint() != self.base_fingerprint:
+            raise AutomrError(f"the base model {self.base_model!r} found here differs from the "
+                              f"one {self.path} was tuned on (fingerprint mismatch)")
+        model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
+        adapter = sha256_of(self.path / ADAPTER_DIR / "adapter_model.safetensors")
+        fingerprint = hashlib.sha256(f"{self.base_fingerprint}+{adapter}".encode()).hexdigest()
+        return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
+                           fingerprint=fingerprint)
+
+    def check_memory(self, memory_fingerprint: str | None, layer: int) -> None:
+        """Refuse layer-``layer`` keys the tuned model's lower half would not reproduce.
+
+        The memory must be built with this run's base model, and the adapter must only touch
+        layers >= L (``--lora-from-layer L``), so the tuned lower half equals the base one.
+        """
+        if memory_fingerprint != self.base_fingerprint:
+            raise AutomrError(
+                f"the memory was built with another model (fingerprint "
+                f"{str(memory_fingerprint)[:12]}) than the base of the fine-tune in {self.path} "
+                f"({self.base_fingerprint[:12]}); build it with --model {self.base_model}")
+        if self.lora_from_layer < layer:
+            raise AutomrError(
+                f"the memory holds layer-{layer} keys of the base model, but the fine-tune in "
+                f"{self.path} changes layers {self.lora_from_layer}..{layer - 1} below it; "
+                f"fine-tune with --lora-from-layer {layer} or build the memory at layer "
+                f"{self.lora_from_layer}")
+
+    def open_memory(self, memory: Path | str, device: str = "cpu") -> MemoryStore:
+        """The memory folder ``memory``, checked to be usable with this fine-tune."""
+        store = MemoryStore.open(memory, device=device)
+        self.check_memory(store.record.model_fingerprint, store.layer)
+        return store
