@@ -22,7 +22,7 @@ from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
 from automr.data.records import Interaction
 from automr.errors import AutomrError
-from automr.llm.loading import LoadedModel
+from automr.llm.loading import LoadedModel, canonical_model_name
 from automr.memory.config import (
     CONFIG_FILE,
     STORAGE_DTYPES,
@@ -108,10 +108,10 @@ def build_memory(
                          dataset.catalog)
     encoder = memory_encoder(record, backbone, dataset.catalog)
     folder = Path(out_dir).expanduser()
-    index = _start(folder, record)
     timelines = user_timelines(dataset.interactions)
     users = sorted(timelines)
     plan = plan_shards(users, {u: len(timelines[u][0]) for u in users}, config.shard_elements)
+    index = _start(folder, record)  # the folder is written only after the checks above
     for number, entry in enumerate(index.shards):
         if number >= len(plan) or entry.users != plan[number]:
             raise AutomrError(f"{folder} holds shards of a different build (shard {number} "
@@ -223,16 +223,24 @@ def plan_shards(users: Sequence[str], sizes: dict[str, int], limit: int) -> list
 
 
 def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
-    """Prepare ``folder`` for a build with ``record``: resume a matching one, refuse others."""
+    """Prepare ``folder`` for a build with ``record``: resume a matching one, refuse others.
+
+    A folder whose build with other settings finished no shard (a run that failed early)
+    holds no work; it is started over rather than blocking the corrected command.
+    """
     if (folder / CONFIG_FILE).is_file():
         existing = MemoryRecord.read(folder)
-        if existing != record:
+        index = MemoryIndex.read(folder)
+        if canonical_model_name(existing.model_name) == canonical_model_name(record.model_name):
+            existing = attrs.evolve(existing, model_name=record.model_name)  # typed otherwise
+        if existing == record:
+            return index
+        if index.shards:
             differ = [f.name for f in attrs.fields(MemoryRecord)
                       if getattr(existing, f.name) != getattr(record, f.name)]
             raise AutomrError(f"{folder} holds a memory built with other settings "
                               f"({', '.join(differ)} differ); delete it or pick another folder.")
-        return MemoryIndex.read(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise AutomrError(f"{folder} exists and is not a memory folder; refusing to write into "
                           f"it. Pick a new folder.")
     folder.mkdir(parents=True, exist_ok=True)

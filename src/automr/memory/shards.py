@@ -18,7 +18,6 @@ crash never leaves a half-written shard in the index. A user's elements are rows
 *segments* ``(shard, row, count)``: one per build, one more per append.
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Final
@@ -30,10 +29,11 @@ from torch import Tensor
 
 from automr.errors import AutomrError
 from automr.memory.config import MEMORY_FORMAT
-from automr.storage import write_json_atomic
+from automr.storage import read_json, write_json_atomic
 
 INDEX_FORMAT: Final = "automr.memory-index/1"
 INDEX_FILE: Final = "index.json"
+MADE_BY: Final = "`automr memory build` (delete the damaged folder first)"
 
 
 def shard_name(number: int) -> str:
@@ -115,16 +115,48 @@ class MemoryIndex:
 
     @classmethod
     def read(cls, folder: Path) -> "MemoryIndex":
+        """The index of ``folder``; a missing, unparsable or inconsistent one (shards outside
+        the folder, segments pointing at shards that do not exist) is refused."""
         path = folder / INDEX_FILE
-        if not path.is_file():
-            raise AutomrError(f"{path} is missing; the memory folder is damaged. Rebuild it.")
+        data = read_json(path, MADE_BY)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != INDEX_FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
-            return cls.from_json(data)
-        except (KeyError, TypeError, ValueError) as error:
-            raise AutomrError(f"{path} is damaged ({error}); rebuild the memory.") from None
+            if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+                found = data.get("format") if isinstance(data, dict) else None
+                raise ValueError(f"format {found!r}, expected {INDEX_FORMAT!r}")
+            index = cls.from_json(data)
+            index.check()
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise AutomrError(f"{path} is damaged ({error}); rebuild the memory with "
+                              f"{MADE_BY}.") from None
+        return index
+
+    def check(self) -> None:
+        """``ValueError`` unless every shard file is a plain name inside the folder and every
+        segment lies within a listed shard (``MemoryStore.open`` checks more)."""
+        for entry in self.shards:
+            if not is_plain_name(entry.file):
+                raise ValueError(f"shard file {entry.file!r} is not a file name inside the "
+                                 f"memory folder")
+        for user, entry in self.users.items():
+            if len(entry.timestamps) != len(entry.items):
+                raise ValueError(f"user {user!r} has {len(entry.items)} items but "
+                                 f"{len(entry.timestamps)} timestamps")
+            for shard, row, count in entry.segments:
+                if not 0 <= shard < len(self.shards) or row < 0 or count < 0 or (
+                        row + count > self.shards[shard].elements):
+                    raise ValueError(f"user {user!r} has a segment {(shard, row, count)} "
+                                     f"outside the {len(self.shards)} listed shards")
+
+    def shard_path(self, folder: Path, number: int) -> Path:
+        """The file of shard ``number`` (a plain name in ``folder``, checked on read)."""
+        return folder / self.shards[number].file
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name with no folder part: nothing that could point outside its folder."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\x00" not in name and Path(name).name == name
+            and not Path(name).is_absolute())
 
 
 def write_shard(

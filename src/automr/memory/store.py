@@ -13,7 +13,7 @@ from typing import Any, final
 import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from automr.data.records import Sample
@@ -21,7 +21,7 @@ from automr.errors import AutomrError
 from automr.interfaces import MemoryView
 from automr.memory.config import MemoryRecord
 from automr.memory.encoders import ElementEncoder
-from automr.memory.shards import MemoryIndex
+from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
 
 Request = tuple[str, int] | tuple[str, int, int]
 """``(user, count)`` or ``(user, count, start)``: elements ``start .. start+count-1``."""
@@ -47,7 +47,12 @@ class MemoryStore:
         self._handles: dict[int, Any] = {}
         self._preloaded: dict[int, Tensor] = {}
         if preload:
-            for number in range(len(index.shards)):
+            self.preload()
+
+    def preload(self) -> None:
+        """Keep every shard's keys in RAM (later views read no file)."""
+        for number in range(len(self.index.shards)):
+            if number not in self._preloaded:
                 self._preloaded[number] = self._handle(number).get_tensor("keys")
 
     @classmethod
@@ -73,7 +78,11 @@ class MemoryStore:
                               f"to finish it (finished shards are kept).")
         if recompute is not None:
             check_encoder(folder, record, recompute)
-        return cls(folder, record, index, recompute, torch.device(device), preload)
+        store = cls(folder, record, index, recompute, torch.device(device), preload=False)
+        store._check_shards()
+        if preload:
+            store.preload()
+        return store
 
     # -- the Memory protocol ------------------------------------------------------------
     @property
@@ -182,12 +191,39 @@ class MemoryStore:
 
     def _handle(self, shard: int) -> Any:
         if shard not in self._handles:
-            path = self.folder / self.index.shards[shard].file
+            path = self.index.shard_path(self.folder, shard)
             if not path.is_file():
-                raise AutomrError(f"{path} is missing; the memory folder is damaged. Rebuild "
-                                  f"it.")
-            self._handles[shard] = safe_open(str(path), framework="pt", device="cpu")
+                raise AutomrError(f"{path} is missing; the memory folder is damaged: rebuild it "
+                                  f"with {MADE_BY}.")
+            try:
+                self._handles[shard] = safe_open(str(path), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as error:
+                raise AutomrError(f"{path} is not a readable safetensors file ({error}); the "
+                                  f"memory folder is damaged: rebuild it with {MADE_BY}.") from None
         return self._handles[shard]
+
+    def _check_shards(self) -> None:
+        """Open every shard (headers only) and check its tensors against the index, and every
+        user's segments against its items, so a missing, truncated or foreign shard (or a
+        damaged index) is refused here rather than mid-run."""
+        wanted = ("keys", "states", "offsets") if self.record.store_token_states else ("keys",)
+        for number, entry in enumerate(self.index.shards):
+            handle = self._handle(number)
+            path = self.index.shard_path(self.folder, number)
+            present = set(handle.keys())
+            missing = [name for name in wanted if name not in present]
+            shape = handle.get_slice("keys").get_shape() if not missing else None
+            if missing or shape != [entry.elements, self.hidden_size]:
+                found = f"no {', '.join(missing)}" if missing else f"keys of shape {shape}"
+                raise AutomrError(
+                    f"{path} holds {found}, but the index expects {entry.elements} keys of "
+                    f"size {self.hidden_size}; the memory folder is damaged: rebuild it with "
+                    f"{MADE_BY}.")
+        for user, entry in self.index.users.items():
+            if sum(count for _, _, count in entry.segments) != len(entry.items):
+                raise AutomrError(f"{self.folder / INDEX_FILE} is damaged (user {user!r}: its "
+                                  f"segments do not cover its items); rebuild it with "
+                                  f"{MADE_BY}.")
 
     def _keys(self, shard: int, lo: int, hi: int) -> Tensor:
         if shard in self._preloaded:
