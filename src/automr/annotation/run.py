@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 import torch
 from beartype import beartype
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
@@ -29,8 +29,11 @@ from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import Progress
 from automr.retrievers import RetrievalDataset
+from automr.storage import read_json, read_safetensors, write_json_atomic
 
 FORMAT = "automr.annotations/1"
+MADE_BY_CONFIG = "`automr annotate` into a new --out"
+MADE_BY_SHARD = "delete it and rerun the same `automr annotate` command to redo it"
 
 
 @beartype
@@ -71,15 +74,16 @@ def annotate_dataset(
     out = Path(out_dir)
     samples = [s for s in seeded_subset(dataset.samples(config.split), config.max_samples,
                                         config.seed) if s.memory]
-    header = {"format": FORMAT, "config": attrs.asdict(config), "model": loaded.name,
-              "model_fingerprint": loaded.fingerprint(), "layer": store.layer,
-              "memory": str(store.folder), "memory_model_fingerprint":
-              store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
-              "samples": [s.id for s in samples]}
-    _start(out, header)
     combiner = COMBINERS[config.combiner]()
+    check_inputs(store, samples, combiner.uses_token_states)
     annotator = UpperAnnotator(HFSplitLLM(loaded.model), store.layer, combiner,
                                element_batch=config.element_batch)
+    header = {"format": FORMAT, "config": attrs.asdict(config), "model": loaded.name,
+              "model_fingerprint": loaded.fingerprint(), "layer": store.layer,
+              "memory": str(store.folder.resolve()), "memory_model_fingerprint":
+              store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
+              "samples": [s.id for s in samples]}
+    _start(out, header)  # written only once the inputs above are checked
     pool = store.record.pooling
     shards = [samples[i : i + config.shard_size]
               for i in range(0, len(samples), config.shard_size)]
@@ -105,23 +109,50 @@ def annotate_dataset(
                 queries.append(pool(prompt, torch.ones(prompt.shape[:2], dtype=torch.bool,
                                                        device=prompt.device))[0].float().cpu())
                 bar.advance(task)
-            tmp = path.with_suffix(".partial")
+            tmp = path.with_name(f".{path.name}.partial")
             save_file({"base": torch.tensor(base), "element": torch.cat(element),
                        "offsets": torch.tensor(offsets), "queries": torch.stack(queries)}, tmp)
             tmp.replace(path)
     return out
 
 
+def check_inputs(store: MemoryStore, samples: Sequence[Sample], token_states: bool) -> None:
+    """Refuse, before anything is written, a memory that does not hold these samples'
+    histories (another dataset) or lacks the token states the combiner needs."""
+    for sample in samples:
+        store.request_for(sample)
+    if token_states and samples and not store.record.store_token_states and (
+            store.recompute is None):
+        raise AutomrError(f"the combiner needs token states, but the memory in {store.folder} "
+                          f"stores none; build it with --store-token-states or pick a "
+                          f"*-token combiner")
+
+
 def _start(out: Path, header: dict) -> None:
+    """Resume ``out`` when it was started with ``header`` (memory paths compared resolved);
+    refuse a folder with finished shards of other settings; start over one without any."""
     config_file = out / "config.json"
     if config_file.exists():
-        previous = json.loads(config_file.read_text())
-        if previous != json.loads(json.dumps(header)):
+        previous = read_json(config_file, MADE_BY_CONFIG)
+        if not isinstance(previous, dict) or previous.get("format") != FORMAT:
+            raise AutomrError(f"{out} is not an annotation folder ({config_file} is another "
+                              f"artifact's); refusing to write into it. Pick a new --out.")
+        if _comparable(previous) == _comparable(json.loads(json.dumps(header))):
+            return
+        if any(out.glob("shard-*.safetensors")):
             raise AutomrError(f"{out} holds annotations made with other settings; use another "
                               f"--out or delete it")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(header, indent=1) + "\n")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AutomrError(f"{out} exists and is not an annotation folder; refusing to write "
+                          f"into it. Pick a new --out.")
+    write_json_atomic(config_file, header)
+
+
+def _comparable(header: object) -> object:
+    """``header`` with its memory path resolved (typed relative once, absolute once)."""
+    if not isinstance(header, dict) or not isinstance(header.get("memory"), str):
+        return header
+    return {**header, "memory": str(Path(header["memory"]).expanduser().resolve())}
 
 
 @attrs.frozen
@@ -135,22 +166,54 @@ class Annotations:
 
     @classmethod
     def load(cls, folder: Path | str) -> "Annotations":
+        """A finished annotation folder; a missing, damaged or foreign one is one clear error
+        naming the file."""
         folder = Path(folder)
-        if not (folder / "config.json").exists():
-            raise AutomrError(f"{folder} holds no annotations; run `automr annotate` first")
-        header = json.loads((folder / "config.json").read_text())
-        shards = sorted(folder.glob("shard-*.safetensors"))
-        expected = -(-len(header["samples"]) // header["config"]["shard_size"])
-        if len(shards) != expected:
-            raise AutomrError(f"{folder} is unfinished ({len(shards)} of {expected} shards); "
-                              f"rerun the same `automr annotate` command to finish it")
+        path = folder / "config.json"
+        if not path.is_file():
+            raise AutomrError(f"{folder} holds no annotations ({path} is missing); run "
+                              f"`automr annotate` first")
+        header = read_json(path, MADE_BY_CONFIG)
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            found = header.get("format") if isinstance(header, dict) else None
+            raise AutomrError(f"{folder} is not an annotation folder ({path} has format "
+                              f"{found!r}, expected {FORMAT!r}); pass the folder that "
+                              f"`automr annotate --out` wrote")
+        try:
+            count = len(header["samples"])
+            shard_size = int(header["config"]["shard_size"])
+            for key in ("model", "memory_model_fingerprint"):  # retrieval_dataset reads them
+                if key not in header:
+                    raise KeyError(key)
+            if shard_size < 1:
+                raise ValueError(f"shard_size {shard_size}")
+        except (KeyError, TypeError, ValueError) as error:
+            raise AutomrError(f"{path} is damaged ({error!r} is wrong or missing); annotate "
+                              f"again with {MADE_BY_CONFIG}") from None
+        expected = -(-count // shard_size)
+        shards = [folder / f"shard-{n:05d}.safetensors" for n in range(expected)]
+        missing = [shard for shard in shards if not shard.is_file()]
+        if missing:
+            raise AutomrError(f"{folder} is unfinished ({expected - len(missing)} of {expected} "
+                              f"shards; {missing[0]} is missing): rerun the same `automr "
+                              f"annotate` command to finish it")
         base, element, queries = [], [], []
-        for shard in shards:
-            data = load_file(shard)
+        for number, shard in enumerate(shards):
+            data = read_safetensors(shard, MADE_BY_SHARD)
+            size = min(shard_size, count - number * shard_size)
+            try:
+                offsets = data["offsets"].tolist()
+                pieces = [data["element"][a:b] for a, b in itertools.pairwise(offsets)]
+                if (data["base"].shape != (size,) or len(data["queries"]) != size
+                        or len(pieces) != size or offsets[0] != 0
+                        or offsets[-1] != data["element"].shape[0]):
+                    raise ValueError(f"expected {size} samples")
+            except (KeyError, ValueError, IndexError) as error:
+                raise AutomrError(f"{shard} is damaged ({error!r}); it is not what "
+                                  f"`automr annotate` writes: {MADE_BY_SHARD}") from None
             base.append(data["base"])
             queries.append(data["queries"])
-            offsets = data["offsets"].tolist()
-            element += [data["element"][a:b] for a, b in itertools.pairwise(offsets)]
+            element += pieces
         return cls(header, torch.cat(base), element, torch.cat(queries))
 
     def labels(self, form: str, temperature: float) -> list[torch.Tensor]:
