@@ -1,5 +1,7 @@
 """The cache: sha256-checked fetches, clear offline errors, atomic output folders."""
 
+from pathlib import Path
+
 import pytest
 
 from automr.cache import WheelSpec, fetch_wheel, sha256_of
@@ -46,3 +48,32 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(target) as work:
         (work / "done.json").write_text("{}")
     assert [p.name for p in target.iterdir()] == ["done.json"]
+
+
+def test_the_cache_folder_honours_xdg_after_automr_cache(tmp_path, monkeypatch):
+    from automr.cache import default_cache_dir
+
+    monkeypatch.delenv("AUTOMR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "automr"
+    monkeypatch.setenv("AUTOMR_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("AUTOMR_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec says: ignore it
+    assert default_cache_dir() == Path.home() / ".cache" / "automr"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "automr"
+
+
+def test_a_python_without_pip_gets_the_manual_step(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pip" else find_spec(name, *a))
+    with pytest.raises(AutomrError) as error:
+        fetch_wheel(SPEC, tmp_path)
+    message = str(error.value)
+    assert "no pip" in message and "uv pip install pip" in message
+    assert f"https://pypi.org/project/{SPEC.name}/{SPEC.version}/#files" in message
+    assert str(tmp_path / "wheels" / SPEC.filename) in message

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 from typer.testing import CliRunner
@@ -180,3 +181,34 @@ def test_a_repeated_folder_option_is_fingerprinted_per_folder(tmp_path):
     assert found == {"retriever": {
         str(first): {"config.json": hashlib.sha256(b"{}").hexdigest()},
         str(second): {"config.json": hashlib.sha256(b"[]").hexdigest()}}}
+
+
+def test_a_run_record_holds_the_git_commit_and_the_returned_metrics(tmp_path):
+    import typer
+    from click.testing import CliRunner as ClickRunner
+
+    from automr.cli.record import attach_run_record
+
+    single = typer.Typer()
+
+    @single.command()
+    def measure(out: Annotated[Path, typer.Option()]) -> dict:
+        return {"recall@10": 0.25, "per_method": {"bigrec": {"ndcg@10": 0.125}}}
+
+    command = typer.main.get_command(single)
+    attach_run_record(command)
+    result = ClickRunner().invoke(command, ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line)
+                 for line in (tmp_path / "run" / RUNS_FILE).read_text().splitlines()]
+    assert record["metrics"] == {"recall@10": 0.25, "per_method": {"bigrec": {"ndcg@10": 0.125}}}
+    assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
+
+
+def test_git_state_is_none_outside_a_checkout(tmp_path):
+    from automr.cli.record import git_state
+
+    assert git_state(tmp_path) is None
+    assert git_state(ROOT / "src" / "automr")["commit"] == subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+        check=True).stdout.strip()

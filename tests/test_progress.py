@@ -97,3 +97,16 @@ def test_a_task_whose_total_grows_after_completing_reports_again():
     lines = buffer.getvalue().splitlines()
     assert lines[0].startswith("rounds: 2/2 (100%)")
     assert lines[-1].startswith("rounds: 3/4 (75%)")
+
+
+def test_only_rich_public_api_is_used():
+    import ast
+    import inspect
+
+    import automr.progress
+
+    tree = ast.parse(inspect.getsource(automr.progress))
+    private = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+               and node.attr.startswith("_") and not node.attr.startswith("__")
+               and isinstance(node.value, ast.Name) and node.value.id == "self"}
+    assert private <= {"_reported", "_report", "_print", "_task"}, private

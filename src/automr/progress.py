@@ -106,13 +106,17 @@ class Progress(rich_progress.Progress):
         if not self.plain:
             return
         for task_id, seen in self._reported.items():
-            task = self._tasks.get(task_id)
+            task = self._task(task_id)
             if task is not None and not seen.finished and task.completed != seen.printed_completed:
                 self._print(task_id, final=True)
 
+    def _task(self, task_id: TaskID) -> rich_progress.Task | None:
+        """The task ``task_id`` through rich's public ``tasks`` (None once removed)."""
+        return next((task for task in self.tasks if task.id == task_id), None)
+
     def _report(self, task_id: TaskID) -> None:
         seen = self._reported.get(task_id)
-        task = self._tasks.get(task_id)
+        task = self._task(task_id)
         if not self.plain or seen is None or task is None:
             return
         if seen.finished and not task.finished:  # the total grew after the task completed
@@ -123,7 +127,8 @@ class Progress(rich_progress.Progress):
             self._print(task_id, final=task.finished)
 
     def _print(self, task_id: TaskID, final: bool) -> None:
-        task, seen = self._tasks[task_id], self._reported[task_id]
+        task, seen = self._task(task_id), self._reported[task_id]
+        assert task is not None
         seen.at, seen.printed_completed, seen.finished = (self.get_time(), task.completed,
                                                           task.finished)
         self.console.print(self.plain_line(task_id, final=final), markup=False,
@@ -131,7 +136,9 @@ class Progress(rich_progress.Progress):
 
     def plain_line(self, task_id: TaskID, final: bool = False) -> str:
         """``label: 40/100 (40%) 12.3 s elapsed, ~18 s left; extra fields``."""
-        task = self._tasks[task_id]
+        task = self._task(task_id)
+        if task is None:
+            raise KeyError(task_id)
         label = next((column.render(task).plain for column in self.columns
                       if isinstance(column, TextColumn)), task.description)
         label = label.strip() or task.description

@@ -70,10 +70,19 @@ def _attach_run_record(command: object) -> None:
 
 @final
 class AutomrGroup(LazyGroup):
-    """The root group: :data:`COMMANDS`, each with a run record when it has ``--out``."""
+    """The root group: :data:`COMMANDS`, each with a run record when it has ``--out``; an
+    interrupted command says how to resume."""
 
     registry = COMMANDS
     on_load = (_attach_run_record,)
+
+    def invoke(self, ctx: typer.Context) -> object:
+        """Run the sub-command; Ctrl-C ends with one line saying how to go on (exit 130)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted; rerun the same command to resume", err=True)
+            raise typer.Exit(code=130) from None
 
 
 app = typer.Typer(

@@ -2,7 +2,9 @@
 
 Every command with an ``--out`` option gets it (attached when :mod:`automr.cli.main` loads the
 command): the argv, every parameter after the config file and the command line, where each
-value came from, versions, the machine, UTC start and end, and fingerprints of the inputs.
+value came from, versions, the git commit of the automr source (when it runs from a git
+checkout), the machine, UTC start and end, fingerprints of the inputs and the final metrics
+(whatever mapping the command function returns; ``None`` when it returns none).
 """
 
 import datetime as dt
@@ -11,11 +13,14 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import automr
 from automr.errors import AutomrError
 
 RUNS_FILE = "automr-runs.jsonl"
@@ -39,7 +44,9 @@ def attach_run_record(command: Any) -> None:
         result = invoke(ctx)
         out = ctx.params.get("out") or ctx.params.get("results")  # rq3 writes into --results
         if out is not None:
-            append_record(Path(out), run_record(ctx, started, time.perf_counter() - clock))
+            record = run_record(ctx, started, time.perf_counter() - clock)
+            record["metrics"] = _jsonable(result) if isinstance(result, Mapping) else None
+            append_record(Path(out), record)
         return result
 
     command.invoke = recorded
@@ -65,6 +72,7 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float) -> dict[str, Any]
         "sources": {name: _source(ctx.get_parameter_source(name)) for name in params},
         "versions": {**{name: _version(name) for name in PACKAGES},
                      "python": platform.python_version()},
+        "git": git_state(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "cuda_device": torch.cuda.get_device_name() if cuda else None,
@@ -95,6 +103,27 @@ def fingerprints(params: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def git_state(folder: Path | None = None) -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the git checkout the automr source (or ``folder``) is tracked
+    in; None when it is not in one (an installed wheel) or git is missing."""
+    folder = folder or Path(automr.__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                              timeout=10)
+
+    try:
+        tracked = git("ls-files", "--error-unmatch", "--", "__init__.py")
+        head = git("rev-parse", "HEAD")
+        if tracked.returncode or head.returncode:  # not a checkout, or the folder is untracked
+            return None
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(),
+            "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
 def _json_hashes(folder: Path) -> dict[str, str]:
     return {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
             for file in sorted(folder.glob("*.json")) if file.is_file()}
@@ -103,6 +132,8 @@ def _json_hashes(folder: Path) -> dict[str, str]:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
