@@ -5,12 +5,24 @@ from typing import TypeVar
 
 import torch
 
+from automr.errors import AutomrError
+
 T = TypeVar("T")
 
 
 def seeded_subset(samples: Sequence[T], limit: int | None, seed: int) -> list[T]:
-    """``limit`` samples drawn without replacement with ``seed``, kept in their original order;
-    all of them when ``limit`` is None or not smaller than the number of samples."""
+    """``limit`` samples drawn without replacement with ``seed``, kept in their original order.
+
+    ``limit=None`` (or a ``limit`` not smaller than the number of samples) keeps all of them;
+    ``limit=0`` keeps none (an empty list). A negative ``limit`` is an :class:`AutomrError`
+    (slicing would otherwise read it as "all but the last n"). The CLI's ``--samples 0`` means
+    "all": commands turn 0 into None before calling this.
+    """
+    if isinstance(limit, bool) or (limit is not None and not isinstance(limit, int)):
+        raise AutomrError(f"the sample count must be a whole number or None, got {limit!r}.")
+    if limit is not None and limit < 0:
+        raise AutomrError(f"the sample count must be >= 0, got {limit} (on the command line, "
+                          f"0 means all samples).")
     if limit is None or limit >= len(samples):
         return list(samples)
     generator = torch.Generator().manual_seed(seed)

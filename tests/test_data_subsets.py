@@ -1,0 +1,29 @@
+"""Seeded subsets: what None, 0 and negative counts mean."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from automr.data.subsets import seeded_subset
+from automr.errors import AutomrError
+
+
+@given(st.lists(st.integers(), max_size=30), st.integers(0, 40), st.integers(0, 2**31))
+def test_subset_is_a_seeded_ordered_selection(values, limit, seed):
+    chosen = seeded_subset(values, limit, seed)
+    assert len(chosen) == min(limit, len(values))
+    assert chosen == seeded_subset(values, limit, seed)
+    positions = iter(range(len(values)))
+    assert all(any(values[i] == x for i in positions) for x in chosen)  # order kept
+
+
+def test_none_means_all_and_zero_means_none():
+    assert seeded_subset(["a", "b", "c"], None, 0) == ["a", "b", "c"]
+    assert seeded_subset(["a", "b", "c"], 0, 0) == []
+
+
+@pytest.mark.parametrize("limit", [-1, -3, True, 2.0])
+def test_negative_or_non_integer_counts_are_refused(limit):
+    # Slicing would read -1 as "all but one": refused instead.
+    with pytest.raises(AutomrError, match="sample count must be"):
+        seeded_subset(["a", "b", "c"], limit, 0)
