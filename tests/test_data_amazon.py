@@ -72,7 +72,7 @@ def test_load_small_category(tmp_path, gz):
     assert src.catalog.title("B3") == "Book 3 & Co"
     assert "UNUSED" not in src.catalog and "EMPTY" not in src.catalog
     assert src.skipped == {
-        "duplicate_metadata": 1, "duplicate_reviews": 1, "interactions_of_skipped_items": 1,
+        "duplicate_interactions": 1, "duplicate_metadata": 1, "interactions_of_skipped_items": 1,
         "interactions_without_metadata": 1, "items_empty_title": 1,
         "reviews_outside_window": 1}
     assert (src.raw_users, src.raw_items, src.raw_interactions) == (4, 10, 39)
@@ -114,6 +114,15 @@ def test_prepare_amazon_end_to_end(tmp_path):
      "line 2: unixReviewTime 'soon' is not Unix seconds"),
     (json.dumps(review("", "B1", 1490000000)), "line 2: reviewerID and asin must be non-empty"),
     ("[1, 2]", "line 2: not a JSON object"),
+    ("{[]: 1}", "line 2: not a JSON object"),  # a Python literal that cannot be built
+    ('{"reviewerID": "U", "asin": "B1", "unixReviewTime": Infinity}',
+     "line 2: unixReviewTime inf is not Unix seconds"),
+    (json.dumps(review("U", "B1", 99999999999999999)),
+     "line 2: timestamp 99999999999999999 is outside the accepted range"),
+    (json.dumps(review("U", "B1", 1490000000000)),
+     r"line 2: timestamp 1490000000000 is outside .*milliseconds\? 1490000000 s"),
+    (json.dumps(review("U", "B1", 0) | {"unixReviewTime": -5}),
+     "line 2: timestamp -5 is outside the accepted range"),
 ])
 def test_bad_review_lines(tmp_path, line, message):
     reviews = write_lines(tmp_path / "r.json.gz",

@@ -1,5 +1,6 @@
 """The generic CSV/TSV format, the skip/error policy, and the prepared folder's round trip."""
 
+import datetime as dt
 import gzip
 import json
 from pathlib import Path
@@ -159,3 +160,109 @@ def test_empty_after_filtering_is_a_user_error(tmp_path):
     with pytest.raises(AutomrError, match="no interactions left"):
         prepare_csv(inter, items, None,
                     protocol=attrs.evolve(PROTOCOL, min_user_interactions=1000))
+
+
+def test_duplicate_rows_are_dropped_and_counted(tmp_path):
+    # Item "rare" has 2 rows that are one interaction (a repeated line, and the same second
+    # spelt as a float with another rating): with a 2-interaction item threshold it must go.
+    rows = ["user,item,timestamp,rating"]
+    rows += [f"u{u},m{k % 3},{1577836800 + (10 * k + u) * 86400},5" for u in range(3)
+             for k in range(10)]
+    rows += ["u0,rare,1577836801,5", "u0,rare,1577836801,5", "u0,rare,1577836801.0,3"]
+    inter = write(tmp_path / "i.csv", "\n".join(rows) + "\n")
+    items = write(tmp_path / "t.csv", "item,title\nm0,A\nm1,B\nm2,C\nrare,R\n")
+    src = load_csv(inter, items)
+    assert src.raw_interactions == 33 and len(src.interactions) == 31
+    assert src.skipped == {"duplicate_interactions": 2}
+    dataset = prepare_csv(inter, items, tmp_path / "out",
+                          protocol=attrs.evolve(PROTOCOL, min_item_interactions=2))
+    assert "rare" not in dataset.catalog
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["skipped"] == {"duplicate_interactions": 2}
+    assert stats["interactions"] == 33 and stats["loaded"]["interactions"] == 31
+
+
+def test_same_second_repeat_of_a_merged_item_is_one_interaction(tmp_path):
+    # u0 rated both ids of one title ("Same": a and b) in one second (test period); merged, they
+    # are one item, so they are one event: one interaction, one sample, counted in stats.json.
+    rows = ["user,item,timestamp"]
+    rows += [f"u{u},m{k % 4},{1577836800 + (10 * k + u) * 86400}" for u in range(3)
+             for k in range(10)]
+    both = 1577836800 + 95 * 86400
+    rows += [f"u0,a,{both}", f"u0,b,{both}", f"u1,b,{both + 9 * 86400}"]
+    inter = write(tmp_path / "i.csv", "\n".join(rows) + "\n")
+    items = write(tmp_path / "t.csv",
+                  "item,title\nm0,A\nm1,B\nm2,C\nm3,D\na,Same\nb,Same\n")
+    out = tmp_path / "out"
+    dataset = prepare_csv(inter, items, out, protocol=PROTOCOL, merge_same_title=True)
+    assert dataset.stats.skipped == {"same_second_repeats": 1}
+    assert dataset.stats.merged_items == 1 and dataset.stats.remapped_interactions == 2
+    assert dataset.stats.loaded.interactions == 32
+    assert [(i.user, i.timestamp) for i in dataset.interactions if i.item == "a"] == [
+        ("u0", both), ("u1", both + 9 * 86400)]
+    for split in ("train", "valid", "test"):
+        ids = [s.id for s in PreparedDataset.load(out).samples(split)]
+        assert len(ids) == len(set(ids))
+    assert f"u0@{both}:a" in [s.id for s in dataset.samples("test")]
+    assert json.loads((out / "stats.json").read_text())["skipped"] == {"same_second_repeats": 1}
+
+
+def test_repeated_sample_ids_in_a_folder_are_refused(tmp_path):
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "p"
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    path = out / "samples" / "test.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.write_text(path.read_text() + first + "\n")
+    with pytest.raises(AutomrError, match=r"test\.jsonl has 1 sample\(s\) whose id repeats"):
+        PreparedDataset.load(out).samples("test")
+
+
+@pytest.mark.parametrize(("stamp", "message"), [
+    ("99999999999999999", r"i\.csv line 3: timestamp 99999999999999999 is outside the accepted "
+                          r"range 1970-01-01 \.\. 2100-01-01"),
+    ("-86400", r"i\.csv line 3: timestamp -86400 is outside"),
+    ("1500000000000", r"i\.csv line 3: .*\(milliseconds\? 1500000000 s would be 2017-07-14"),
+    ("0001-01-01", r"i\.csv line 3: timestamp -62135596800 is outside"),
+    ("9999-12-31", r"i\.csv line 3: timestamp 253402214400 is outside"),
+])
+def test_out_of_range_timestamps_name_file_and_line(tmp_path, stamp, message):
+    inter = write(tmp_path / "i.csv", f"user,item,timestamp\nu,a,1500000000\nu,a,{stamp}\n")
+    items = write(tmp_path / "t.csv", "item,title\na,A\n")
+    with pytest.raises(AutomrError, match=message):
+        prepare_csv(inter, items, tmp_path / "out", protocol=PROTOCOL)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_outlier_timestamp_is_an_error_not_empty_splits(tmp_path):
+    # 2017 data plus one row at 1e9 (2001-09-09): the automatic window would start in
+    # September 2001, train and validation would hold nothing.
+    inter, items = small_csv(tmp_path)
+    with inter.open("a") as f:
+        f.write("1000000000,user1,m1,5\n")
+    with pytest.raises(AutomrError) as caught:
+        prepare_csv(inter, items, tmp_path / "out", protocol=PROTOCOL)
+    message = str(caught.value)
+    assert message.startswith("the train and valid splits would be empty: samples train / "
+                              "valid / test 0 / 0 / ")
+    assert "Window 2001-09-01T00:00:00Z .. 2020-04-02T00:00:01Z" in message
+    assert "earliest times are 2001-09-09T01:46:40Z, 2020-01-01T00:00:00Z" in message
+    assert "all but the 1 earliest and 1 latest lie in 2020-01-01T00:00:00Z .. " in message
+    assert "--start/--end" in message and "start and end derived from the data" in message
+    assert not (tmp_path / "out").exists()
+    # The fix the message names works.
+    fixed = attrs.evolve(PROTOCOL, start=dt.date(2020, 1, 1))
+    dataset = prepare_csv(inter, items, tmp_path / "out", protocol=fixed)
+    assert all(dataset.stats.samples[s] > 0 for s in ("train", "valid", "test"))
+    assert dataset.stats.outside_window == 1
+
+
+def test_a_folder_with_an_empty_split_is_refused(tmp_path):
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "p"
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    stats = json.loads((out / "stats.json").read_text())
+    stats["samples"]["valid"] = 0
+    (out / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(AutomrError, match=r"has an empty split .* 0 / .*--start/--end"):
+        PreparedDataset.load(out)

@@ -53,6 +53,13 @@ def test_prepared_stats(ml100k_prepared):
     stats = dataset.stats
     assert (stats.users, stats.items, stats.interactions) == (943, 1682, 100_000)
     assert stats.merged_items == 18
+    # 39 same-second repeats: a user who rated both ids of a merged film in one second keeps one.
+    assert stats.skipped == {"items_empty_title": 1, "interactions_of_skipped_items": 9,
+                             "same_second_repeats": 39}
+    assert (stats.loaded.items, stats.loaded.interactions) == (1663, 99_952)
+    assert (stats.filtered.users, stats.filtered.items, stats.filtered.interactions) == (
+        940, 1341, 99_202)
+    assert dict(stats.samples) == {"train": 69_474, "valid": 4_899, "test": 14_600}
     assert stats.window["train_end"] == "1998-03-01T00:00:00Z"
     assert all(stats.samples[s] > 1000 for s in ("train", "valid", "test"))
     assert stats.memory_length["all"].max == 90  # 100 history - 10 recent
@@ -60,6 +67,22 @@ def test_prepared_stats(ml100k_prepared):
     assert loaded.stats == stats and loaded.catalog == dataset.catalog
     assert loaded.samples("valid") == dataset.samples("valid")
     assert loaded.prompt_config.plural == "movies"
+
+
+def test_every_split_has_unique_sample_ids(ml100k_prepared):
+    # Merging keeps a user's two ratings of one film only when they are at different seconds,
+    # so `user@timestamp:target` names one sample: every split evaluates whole.
+    dataset, out = ml100k_prepared
+    loaded = PreparedDataset.load(out)
+    for split in ("train", "valid", "test"):
+        for ds in (dataset, loaded):
+            ids = [s.id for s in ds.samples(split)]
+            assert len(ids) == len(set(ids)) == dataset.stats.samples[split]
+    # The pairs that collided before (issue 16) are one sample each now.
+    test_ids = [s.id for s in loaded.samples("test")]
+    assert test_ids.count("782@891498213:329") == 1 and test_ids.count("533@893160944:297") == 1
+    timeline = [i for i in loaded.interactions if i.user == "782" and i.timestamp == 891498213]
+    assert [i.item for i in timeline].count("329") == 1
 
 
 def _write_grouplens(folder: Path) -> None:
@@ -107,3 +130,46 @@ def test_grouplens_bad_inputs(tmp_path):
     (tmp_path / "u.data").write_text("1\t1\n")
     with pytest.raises(AutomrError, match=r"u\.data line 1: expected at least 4 fields"):
         load_movielens_100k(source=tmp_path)
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n1\t1\t5\t99999999999999999\n")
+    with pytest.raises(AutomrError, match=r"u\.data line 2: timestamp 99999999999999999 is "
+                                          r"outside the accepted range 1970-01-01 \.\. 2100"):
+        load_movielens_100k(source=tmp_path)
+
+
+def _small_grouplens(folder: Path, data: str) -> None:
+    (folder / "u.item").write_text("".join(f"{i}|Film {i} (1995)|01-Jan-1995||x|0\n"
+                                           for i in range(1, 7)), encoding="latin-1")
+    (folder / "u.data").write_text(data, encoding="latin-1")
+
+
+def _grouplens_log(days: int = 30) -> list[str]:
+    """2 users, one rating a day from 1997-09-20 (~1 month), over 6 films."""
+    return [f"{u}\t{1 + (d + u) % 6}\t4\t{874713600 + d * 86_400 + u}"
+            for d in range(days) for u in (1, 2)]
+
+
+def test_grouplens_duplicate_rows_are_dropped_and_counted(tmp_path):
+    lines = _grouplens_log()
+    user, item, _, stamp = lines[3].split("\t")
+    # An exact duplicate line, and one that differs only in the (ignored) rating.
+    repeats = [lines[3], "\t".join([user, item, "1", stamp])]
+    _small_grouplens(tmp_path, "\n".join(lines + repeats) + "\n")
+    src = load_movielens_100k(source=tmp_path)
+    assert src.raw_interactions == len(lines) + 2
+    assert src.skipped == {"duplicate_interactions": 2}
+    assert len(src.interactions) == len(lines)
+
+
+def test_grouplens_line_cut_mid_timestamp_is_an_error_not_empty_splits(tmp_path):
+    # u.data cut mid-line: the last timestamp "87" is 1970, which moves the automatic window
+    # start to January 1970; every split but test would be empty.
+    lines = [*_grouplens_log(), "1\t2\t4\t87"]
+    _small_grouplens(tmp_path, "\n".join(lines))
+    protocol = ProtocolConfig(start=None, end=None, train_months=1, min_item_interactions=1,
+                              min_user_interactions=1, recent_k=2, max_history=5)
+    with pytest.raises(AutomrError) as caught:
+        prepare_dataset(load_movielens_100k(source=tmp_path), protocol, tmp_path / "out")
+    message = str(caught.value)
+    assert "the train and valid splits would be empty" in message
+    assert "1970-01-01T00:01:27Z" in message and "--start/--end" in message
+    assert not (tmp_path / "out").exists()

@@ -10,11 +10,15 @@ from hypothesis import strategies as st
 
 from automr.data import (
     SPLITS,
+    Catalog,
     Interaction,
+    Item,
     ProtocolConfig,
+    SourceData,
     SplitBoundaries,
     build_samples,
     kcore_filter,
+    prepare_dataset,
     resolve_boundaries,
 )
 from automr.data.protocol import add_months, to_unix
@@ -27,9 +31,10 @@ ITEMS = [f"i{i}" for i in range(8)]
 
 @st.composite
 def interaction_logs(draw, max_size: int = 80) -> list[Interaction]:
-    """Logs with many timestamp ties (times drawn from a small range) and repeated items."""
+    """Logs with many timestamp ties (times drawn from a small range) and repeated items, each
+    (user, item, time) once (what :func:`prepare_dataset` hands to :func:`build_samples`)."""
     rows = draw(st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from(ITEMS),
-                                   st.integers(0, 40)), max_size=max_size))
+                                   st.integers(0, 40)), max_size=max_size, unique=True))
     return [Interaction(u, i, t) for u, i, t in rows]
 
 
@@ -177,3 +182,36 @@ def test_protocol_validation_and_json_round_trip():
                    attrs.evolve(ProtocolConfig(), min_history=3, iterative_filter=False)):
         assert ProtocolConfig.from_json(config.to_json()) == config
     assert ProtocolConfig().required_history == 10
+
+
+def test_build_samples_refuses_repeated_sample_ids():
+    log = [Interaction("u", "a", 0), Interaction("u", "b", 1), Interaction("u", "b", 1)]
+    protocol = ProtocolConfig(recent_k=1, max_history=2)
+    with pytest.raises(AutomrError, match=r"the train split has 1 sample\(s\) whose id repeats "
+                                          r"another's \(e\.g\. u@1:b\)"):
+        build_samples(log, SplitBoundaries(0, 5, 6, 7), protocol)
+
+
+def test_prepare_dataset_keeps_one_interaction_per_user_item_and_second():
+    # A source from any loader may repeat (user, item, second); it is one event.
+    items = [Item(f"i{k}", f"Title {k}") for k in range(3)]
+    log = [Interaction("u", f"i{k % 3}", to_unix(dt.date(2020, 1 + k // 4, 1 + k % 4)))
+           for k in range(16)]
+    log.insert(9, log[8])
+    source = SourceData(kind="csv", domain="items", catalog=Catalog(items),
+                        interactions=tuple(log), raw_users=1, raw_items=3, raw_interactions=17,
+                        skipped={"items_empty_title": 2})
+    protocol = ProtocolConfig(start=None, end=None, train_months=2, min_item_interactions=0,
+                              min_user_interactions=0, recent_k=1, max_history=3)
+    dataset = prepare_dataset(source, protocol)
+    assert dataset.stats.skipped == {"items_empty_title": 2, "same_second_repeats": 1}
+    assert dataset.stats.loaded.interactions == 16 and len(dataset.interactions) == 16
+    assert dataset.interactions == tuple(log[:9] + log[10:])
+
+
+@pytest.mark.parametrize("stamp", [-1, 99_999_999_999_999_999, 4_102_444_800])
+def test_out_of_range_times_are_refused_not_crashed(stamp):
+    log = [Interaction("u", "a", 1_500_000_000), Interaction("u", "b", stamp)]
+    with pytest.raises(AutomrError, match=rf"user 'u' with item 'b': timestamp {stamp} is "
+                                          r"outside the accepted range"):
+        resolve_boundaries(ProtocolConfig(start=None, end=None), log)

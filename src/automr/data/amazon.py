@@ -11,8 +11,10 @@ Both are JSON lines and are streamed line by line, so multi-GB files never sit i
   whitespace-collapsed; only the ASINs that some kept review needs are parsed fully.
 
 Skips (counted, see :class:`automr.data.source.SkipCounter`): empty titles, reviews of ASINs
-with no metadata, repeated metadata lines, exact duplicate reviews, reviews outside the window.
-Errors (file and line named): a line that is not an object, a missing field, a bad time.
+with no metadata, repeated metadata lines, duplicate reviews (same reviewer, ASIN and time:
+``duplicate_interactions``, as in every loader), reviews outside the window. Errors (file and
+line named): a line that is not an object, a missing field, a bad time or one outside
+1970 .. 2100.
 """
 
 import ast
@@ -23,7 +25,13 @@ import sys
 from pathlib import Path
 
 from automr.data.catalog import Catalog, MergeReport, merge_duplicates
-from automr.data.reading import LineSource, bad_input, progress_bar, require_file
+from automr.data.reading import (
+    LineSource,
+    bad_input,
+    checked_timestamp,
+    progress_bar,
+    require_file,
+)
 from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_skipped_items
 
@@ -62,7 +70,7 @@ def load_amazon(
         meta_lines = LineSource(meta, progress=bar)
         items, empty = _read_meta(meta_lines, needed, skips)
     raw = (len({i.user for i in interactions}), len(needed),
-           len(interactions) + skips["duplicate_reviews"])
+           len(interactions) + skips["duplicate_interactions"])
     interactions = drop_skipped_items(interactions, empty, skips)
     known = {item.id for item in items}
     kept = [i for i in interactions if i.item in known]
@@ -83,11 +91,11 @@ def load_amazon(
 def _parse_object(line: str) -> object:
     try:
         return json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
         return ast.literal_eval(line)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
 
 
@@ -104,7 +112,8 @@ def _read_reviews(
         if not line.strip():
             continue
         quick = _REVIEW_TIME.search(line)
-        if quick is not None and outside(int(quick.group(1))):
+        if quick is not None and outside(
+                checked_timestamp(lines.path, number, int(quick.group(1)), _REVIEW_FIX)):
             skips["reviews_outside_window"] += 1
             continue
         record = _parse_object(line)
@@ -123,15 +132,16 @@ def _read_reviews(
             timestamp = int(stamp)
             if isinstance(stamp, bool) or timestamp != float(stamp):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad_input(lines.path, number, f"unixReviewTime {stamp!r} is not Unix seconds",
                             _REVIEW_FIX) from None
+        checked_timestamp(lines.path, number, timestamp, _REVIEW_FIX)
         if outside(timestamp):
             skips["reviews_outside_window"] += 1
             continue
         key = (sys.intern(user.strip()), sys.intern(asin.strip()), timestamp)
         if key in seen:
-            skips["duplicate_reviews"] += 1
+            skips["duplicate_interactions"] += 1
             continue
         seen.add(key)
         out.append(Interaction(*key))

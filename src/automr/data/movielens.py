@@ -5,6 +5,10 @@ placeholder title (``unknown``; RecBole spells it ``unkonwn``, item 267) skipped
 and the 18 pairs of items that share title *and* year (e.g. "Chasing Amy (1997)", ids 246 and
 268) merged into the first id, their interactions remapped. Same-title items of different years
 ("Sabrina (1954)" / "Sabrina (1995)") stay apart, separated by the year in their title.
+
+Merging leaves 39 same-second repeats (a user who rated both ids of one film in one second);
+:func:`automr.data.prepare_dataset` keeps one of each (``same_second_repeats``). Repeated input
+rows (same user, item and time) are dropped here (``duplicate_interactions``; none in ML-100K).
 """
 
 import hashlib
@@ -14,9 +18,9 @@ from pathlib import Path
 
 from automr.cache import WheelSpec, fetch_wheel
 from automr.data.catalog import Catalog, display_title, merge_duplicates, split_title_year
-from automr.data.reading import LineSource, bad_input, parse_unix_seconds
+from automr.data.reading import LineSource, bad_input, checked_timestamp, parse_unix_seconds
 from automr.data.records import Interaction, Item
-from automr.data.source import SkipCounter, SourceData, drop_skipped_items
+from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipped_items
 from automr.errors import AutomrError
 
 RECBOLE_WHEEL = WheelSpec(
@@ -132,7 +136,8 @@ def _parse_interactions(
         except ValueError:
             raise bad_input(name, number, f"timestamp {stamp!r} is not Unix seconds",
                             fix) from None
-        out.append((number, Interaction(user, item, timestamp)))
+        out.append((number, Interaction(user, item,
+                                        checked_timestamp(name, number, timestamp, fix))))
     return out
 
 
@@ -198,7 +203,8 @@ def _assemble(
         if inter.item not in known and inter.item not in skipped_items:
             raise bad_input(inter_name, number, f"item id {inter.item} is not in the items file",
                             "Use matching interactions and items files")
-    interactions = drop_skipped_items([i for _, i in numbered], skipped_items, skips)
+    interactions = drop_repeats([i for _, i in numbered], skips, "duplicate_interactions")
+    interactions = drop_skipped_items(interactions, skipped_items, skips)
     raw_users = len({i.user for _, i in numbered})
     merged_items, merged_inters, report = merge_duplicates(items, interactions)
     return SourceData(

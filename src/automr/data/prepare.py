@@ -5,7 +5,8 @@
 :data:`DATASET_KINDS`, with the same parameters as the command.
 """
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -14,9 +15,18 @@ from beartype import beartype
 from automr.data.amazon import load_amazon
 from automr.data.movielens import load_movielens_100k
 from automr.data.prepared import PreparedDataset, SourceInfo, is_prepared_dir
-from automr.data.protocol import ProtocolConfig, kcore_filter, resolve_boundaries, to_unix
+from automr.data.protocol import (
+    SPLITS,
+    ProtocolConfig,
+    SplitBoundaries,
+    kcore_filter,
+    resolve_boundaries,
+    to_iso,
+    to_unix,
+)
+from automr.data.records import Interaction, Sample
 from automr.data.samples import build_samples, timeline_order
-from automr.data.source import SourceData
+from automr.data.source import SkipCounter, SourceData, drop_repeats
 from automr.data.stats import Counts, DatasetStats, memory_lengths
 from automr.data.tabular import load_csv
 from automr.errors import AutomrError
@@ -28,13 +38,18 @@ def prepare_dataset(
 ) -> PreparedDataset:
     """Apply ``protocol`` to ``source``; with ``out``, also write the dataset folder there.
 
-    Steps: keep interactions inside the window, k-core filter them (items first, then users),
-    build samples per split (:func:`automr.data.build_samples`), count everything. The folder
-    is written atomically: on any error nothing is left at ``out``.
+    Steps: keep one interaction per user, item and second (repeats - after merging duplicate
+    items, a user who rated both ids in one second - are counted as ``same_second_repeats``),
+    keep interactions inside the window, k-core filter them (items first, then users), build
+    samples per split (:func:`automr.data.build_samples`), count everything. A split without
+    samples is an :class:`AutomrError` that shows the counts, the window and the data's time
+    range. The folder is written atomically: on any error nothing is left at ``out``.
     """
     target = _check_out(out)
-    boundaries = resolve_boundaries(protocol, source.interactions)
-    windowed = [i for i in source.interactions if boundaries.split_of(i.timestamp) is not None]
+    skips = SkipCounter(source.skipped)
+    loaded = drop_repeats(source.interactions, skips, "same_second_repeats")
+    boundaries = resolve_boundaries(protocol, loaded)
+    windowed = [i for i in loaded if boundaries.split_of(i.timestamp) is not None]
     filtered = kcore_filter(windowed, protocol.min_item_interactions,
                             protocol.min_user_interactions, protocol.iterative_filter)
     interactions = timeline_order(filtered.interactions)
@@ -44,15 +59,15 @@ def prepare_dataset(
             f"window; items need >= {protocol.min_item_interactions}, users >= "
             f"{protocol.min_user_interactions}). Lower the thresholds or widen the window.")
     samples = build_samples(interactions, boundaries, protocol)
+    _require_samples(samples, interactions, loaded, boundaries, protocol)
     kept_items = {i.item for i in interactions}
     stats = DatasetStats(
         users=source.raw_users, items=source.raw_items, interactions=source.raw_interactions,
         merged_items=source.merge.merged_items,
         remapped_interactions=source.merge.remapped_interactions,
-        skipped=dict(source.skipped),
-        loaded=Counts(len({i.user for i in source.interactions}), len(source.catalog),
-                      len(source.interactions)),
-        outside_window=len(source.interactions) - len(windowed),
+        skipped=skips.as_dict(),
+        loaded=Counts(len({i.user for i in loaded}), len(source.catalog), len(loaded)),
+        outside_window=len(loaded) - len(windowed),
         filtered=Counts(len({i.user for i in interactions}), len(kept_items), len(interactions)),
         filter_rounds=filtered.rounds,
         samples={split: len(rows) for split, rows in samples.items()},
@@ -70,6 +85,42 @@ def prepare_dataset(
             dataset.save(tmp)
         dataset = attrs.evolve(dataset, path=target)
     return dataset
+
+
+def _require_samples(
+    samples: Mapping[str, Sequence[Sample]],
+    interactions: Sequence[Interaction],
+    loaded: Sequence[Interaction],
+    boundaries: SplitBoundaries,
+    protocol: ProtocolConfig,
+) -> None:
+    """Refuse a dataset with an empty split, saying why and what to change."""
+    counts = {split: len(rows) for split, rows in samples.items()}
+    empty = [split for split, n in counts.items() if n == 0]
+    if not empty:
+        return
+    in_split = Counter(boundaries.split_of(i.timestamp) for i in interactions)
+    times = sorted(i.timestamp for i in loaded)
+    distinct = sorted(set(times))
+    tail = max(1, len(times) // 100) if len(times) > 2 else 0
+    auto = [name for name, day in (("start", protocol.start), ("end", protocol.end))
+            if day is None]
+    derived = f"; {' and '.join(auto)} derived from the data" if auto else ""
+    raise AutomrError(
+        f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty: "
+        f"samples train / valid / test {' / '.join(f'{n:,}' for n in counts.values())}, "
+        f"interactions after filtering "
+        f"{' / '.join(f'{in_split[split]:,}' for split in SPLITS)}. "
+        f"Window {to_iso(boundaries.start)} .. {to_iso(boundaries.end)} (train to "
+        f"{to_iso(boundaries.train_end)}, validation to {to_iso(boundaries.valid_end)}{derived}). "
+        f"The loaded interactions' earliest times are "
+        f"{', '.join(to_iso(t) for t in distinct[:3])}, the latest "
+        f"{', '.join(to_iso(t) for t in distinct[-3:])}; all but the {tail:,} earliest and "
+        f"{tail:,} latest lie in {to_iso(times[tail])} .. {to_iso(times[-1 - tail])}. "
+        f"If a few rows lie far from the "
+        f"rest (a damaged timestamp), fix or remove them; or set the window with --start/--end "
+        f"(YYYY-MM-DD) around the period you want, or change --train-months (now "
+        f"{protocol.train_months}) or --min-history.")
 
 
 def _check_out(out: Path | str | None) -> Path | None:

@@ -35,6 +35,7 @@ from automr.data.catalog import Catalog
 from automr.data.prompts import PROMPT_DOMAINS, PromptConfig
 from automr.data.protocol import SPLITS, ProtocolConfig, SplitBoundaries
 from automr.data.records import Interaction, Item, Sample
+from automr.data.samples import check_unique_ids
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
 from automr.storage import write_json_atomic
@@ -72,7 +73,12 @@ class PreparedDataset:
     path: Path | None = None
     _samples: dict[str, tuple[Sample, ...]] = attrs.field(factory=dict, eq=False, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        for split, samples in self._samples.items():
+            check_unique_ids(samples, f"the {split} split")
+
     def samples(self, split: str) -> tuple[Sample, ...]:
+        """A split's samples; their ids (:attr:`Sample.id`) are unique within the split."""
         if split not in SPLITS:
             raise AutomrError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
         if split not in self._samples:
@@ -81,10 +87,12 @@ class PreparedDataset:
             path = self.path / "samples" / f"{split}.jsonl"
             timelines = _timelines(self.interactions)
             try:
-                self._samples[split] = tuple(_sample(row, timelines) for row in _read_jsonl(path))
+                samples = tuple(_sample(row, timelines) for row in _read_jsonl(path))
             except (KeyError, TypeError, ValueError, IndexError) as error:
                 raise AutomrError(f"{path} is damaged ({error!r}). Prepare the dataset again "
                                   f"with `automr data prepare ...`.") from None
+            check_unique_ids(samples, str(path))
+            self._samples[split] = samples
         return self._samples[split]
 
     @property
@@ -119,7 +127,7 @@ class PreparedDataset:
                               f"{FORMAT}). Create one with `automr data prepare ...`.")
         config = json.loads((folder / "config.json").read_text())
         try:
-            return cls(
+            dataset = cls(
                 catalog=Catalog(tuple(Item(**row) for row in _read_jsonl(folder / "items.jsonl"))),
                 interactions=tuple(Interaction(**row)
                                    for row in _read_jsonl(folder / "interactions.jsonl")),
@@ -132,6 +140,15 @@ class PreparedDataset:
         except (KeyError, TypeError, ValueError) as error:
             raise AutomrError(f"{folder} holds a damaged prepared dataset ({error}). Prepare it "
                               f"again with `automr data prepare ...`.") from None
+        counts = {split: dataset.stats.samples.get(split, 0) for split in SPLITS}
+        if not all(counts.values()):
+            window = dataset.stats.window
+            raise AutomrError(
+                f"{folder} has an empty split (samples train / valid / test "
+                f"{' / '.join(f'{n:,}' for n in counts.values())}; window "
+                f"{window.get('start')} .. {window.get('end')}). Prepare it again with a window "
+                f"that gives every split samples (--start/--end, --train-months).")
+        return dataset
 
 
 def is_prepared_dir(folder: Path) -> bool:

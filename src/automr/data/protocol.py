@@ -119,6 +119,25 @@ def to_iso(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+MIN_TIMESTAMP = 0
+"""The earliest accepted interaction time: 1970-01-01 UTC (Unix seconds)."""
+MAX_TIMESTAMP = 4_102_444_800
+"""The first rejected interaction time: 2100-01-01 UTC. Times outside
+``[MIN_TIMESTAMP, MAX_TIMESTAMP)`` are damaged values (a truncated line, milliseconds instead of
+seconds) and are refused by every loader, naming the file and line."""
+
+
+def timestamp_problem(seconds: int) -> str | None:
+    """Why ``seconds`` is not an acceptable interaction time, or None if it is."""
+    if MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
+        return None
+    hint = ""
+    if MAX_TIMESTAMP <= seconds < MAX_TIMESTAMP * 1000:
+        hint = f" (milliseconds? {seconds // 1000} s would be {to_iso(seconds // 1000)})"
+    return (f"timestamp {seconds} is outside the accepted range 1970-01-01 .. 2100-01-01 UTC "
+            f"(Unix seconds {MIN_TIMESTAMP} .. {MAX_TIMESTAMP - 1}){hint}")
+
+
 @beartype
 @attrs.frozen
 class SplitBoundaries:
@@ -157,6 +176,10 @@ def resolve_boundaries(
     if (config.start is None or config.end is None) and not interactions:
         raise AutomrError("no interactions to derive the time window from; the source is "
                           "empty after loading. Check the input files.")
+    bad = next((i for i in interactions if timestamp_problem(i.timestamp)), None)
+    if bad is not None:
+        raise AutomrError(f"interaction of user {bad.user!r} with item {bad.item!r}: "
+                          f"{timestamp_problem(bad.timestamp)}. Fix or remove it in the input.")
     if config.start is not None:
         start_day = config.start
     else:

@@ -8,11 +8,13 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 
+from automr.data.protocol import timestamp_problem
 from automr.errors import AutomrError
 from automr.progress import (
     BarColumn,
@@ -32,6 +34,15 @@ def where(path: Path | str, line: int | None = None) -> str:
 def bad_input(path: Path | str, line: int | None, problem: str, fix: str) -> AutomrError:
     """An :class:`AutomrError` that says what is wrong, where (file and line) and how to fix it."""
     return AutomrError(f"{where(path, line)}: {problem}. {fix}")
+
+
+def checked_timestamp(path: Path | str, line: int | None, seconds: int, fix: str) -> int:
+    """``seconds`` if it is an acceptable interaction time
+    (:func:`automr.data.protocol.timestamp_problem`), else an error naming the file and line."""
+    problem = timestamp_problem(seconds)
+    if problem is not None:
+        raise bad_input(path, line, problem, fix)
+    return seconds
 
 
 def require_file(path: Path | str, what: str) -> Path:
@@ -98,7 +109,7 @@ class LineSource:
             except UnicodeDecodeError as error:
                 raise bad_input(self.path, None, f"not valid {self.encoding} text ({error})",
                                 f"Save the file as {self.encoding}") from None
-            except (OSError, EOFError) as error:  # truncated / corrupt gzip
+            except (OSError, EOFError, zlib.error) as error:  # truncated / corrupt gzip
                 raise bad_input(self.path, None, f"could not be read ({error})",
                                 "Download the file again") from None
             # Drain whatever the text layer did not need so the hash covers the whole file.
@@ -126,6 +137,10 @@ def progress_bar(enabled: bool) -> Iterator[Progress | None]:
 
 def parse_unix_seconds(text: str) -> int:
     """Unix seconds from ``"881250949"`` / ``"881250949.0"`` (ValueError otherwise)."""
+    try:
+        return int(text)  # exact, however large (a float would round 17 digits)
+    except ValueError:
+        pass
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")) or value != int(value):
         raise ValueError(f"not a whole number of seconds: {text!r}")
@@ -142,7 +157,7 @@ def parse_timestamp(text: str) -> int:
         return parse_unix_seconds(text)
     except ValueError:
         pass
-    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # ValueError if not ISO
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return int(parsed.timestamp())

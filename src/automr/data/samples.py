@@ -14,13 +14,18 @@ The history may reach back into earlier splits (a test sample sees the user's tr
 interactions), never forward. Samples of a split are ordered by time, then by user (in order of
 first appearance in the input), then by position in the user's timeline - an order that
 :func:`timeline_order` leaves unchanged, so regrouped interactions give identical samples.
+
+Sample ids (:attr:`Sample.id`, ``user@timestamp:target``) are unique within a split:
+:func:`build_samples` refuses input that repeats one user, item and second (such a repeat is
+one event; :func:`automr.data.prepare_dataset` keeps one and counts the rest).
 """
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from automr.data.protocol import SPLITS, ProtocolConfig, SplitBoundaries
 from automr.data.records import Interaction, Sample
+from automr.errors import AutomrError
 
 
 def user_timelines(interactions: Sequence[Interaction]) -> dict[str, list[tuple[int, int]]]:
@@ -68,5 +73,29 @@ def build_samples(
                 memory_timestamps=tuple(times[first:cut]),
             )
             keyed[split].append((timestamp, rank, position, sample))
-    return {split: tuple(row[3] for row in sorted(rows, key=lambda r: r[:3]))
-            for split, rows in keyed.items()}
+    out = {split: tuple(row[3] for row in sorted(rows, key=lambda r: r[:3]))
+           for split, rows in keyed.items()}
+    for split, samples in out.items():
+        check_unique_ids(samples, f"the {split} split")
+    return out
+
+
+def check_unique_ids(samples: Iterable[Sample], where: str) -> None:
+    """Raise :class:`AutomrError` if two samples share :attr:`Sample.id` (``user@time:target``),
+    which reports, annotations and results key samples by.
+
+    Interactions repeating one user, item and second must be dropped before building samples;
+    :func:`automr.data.prepare_dataset` does that (counted as ``same_second_repeats``).
+    """
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for sample in samples:
+        if sample.id in seen:
+            repeated.append(sample.id)
+        seen.add(sample.id)
+    if repeated:
+        raise AutomrError(
+            f"{where} has {len(repeated)} sample(s) whose id repeats another's "
+            f"(e.g. {', '.join(repeated[:3])}): the input holds one user's interaction with one "
+            f"item more than once in the same second. Drop the repeats first (prepare the "
+            f"dataset again with `automr data prepare ...`, which keeps one of each).")

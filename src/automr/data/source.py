@@ -7,7 +7,7 @@ sha256 fingerprint of every input file.
 """
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 from beartype import beartype
@@ -26,7 +26,12 @@ class SkipCounter(Counter):
     - ``interactions_of_skipped_items``: interactions with such an item;
     - ``interactions_without_metadata`` (Amazon): reviews of an ASIN absent from the metadata;
     - ``duplicate_metadata`` (Amazon): repeated metadata lines for one ASIN (first one kept);
-    - ``duplicate_reviews`` (Amazon): the same reviewer, ASIN and time more than once;
+    - ``duplicate_interactions`` (every loader): an input row with the same user, item and
+      time (in seconds) as an earlier row - an exact duplicate line, or one that differs only
+      in ignored columns such as a rating (first one kept);
+    - ``same_second_repeats`` (:func:`automr.data.prepare_dataset`): after merging duplicate
+      items, one user with one (merged) item twice in the same second - ML-100K users who rated
+      both ids of a film in one second (first one kept);
     - ``reviews_outside_window`` (Amazon): reviews outside the protocol's time window,
       dropped while streaming so a multi-GB file never sits in memory.
     """
@@ -74,4 +79,25 @@ def drop_skipped_items(
         return interactions
     kept = [i for i in interactions if i.item not in skipped_items]
     skips["interactions_of_skipped_items"] += len(interactions) - len(kept)
+    return kept
+
+
+def drop_repeats(
+    interactions: Iterable[Interaction], skips: SkipCounter, reason: str
+) -> list[Interaction]:
+    """Interactions with each (user, item, timestamp) once, the first occurrence kept and the
+    others counted under ``reason``. Order is preserved.
+
+    One user cannot meaningfully interact with one item twice in the same second, and samples
+    are keyed by ``user@timestamp:target`` (:attr:`Sample.id`), so such repeats are one event.
+    """
+    seen: set[tuple[str, str, int]] = set()
+    kept = []
+    for inter in interactions:
+        key = (inter.user, inter.item, inter.timestamp)
+        if key in seen:
+            skips[reason] += 1
+            continue
+        seen.add(key)
+        kept.append(inter)
     return kept

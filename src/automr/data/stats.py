@@ -44,9 +44,12 @@ class DatasetStats:
     - ``users`` / ``items`` / ``interactions``: raw, as read from the source;
     - ``merged_items``: item ids merged into another with the same title (and year);
       ``remapped_interactions``: interactions that now point at the kept id;
-    - ``skipped``: records dropped on purpose, by reason (see ``SkipCounter``);
-    - ``loaded``: catalog and interactions after skips and merging (what the protocol starts
-      from); ``outside_window``: loaded interactions outside the protocol's window;
+    - ``skipped``: records dropped on purpose, by reason (see ``SkipCounter``), including
+      ``duplicate_interactions`` (repeated input rows) and ``same_second_repeats`` (one user,
+      one merged item, one second, more than once; ML-100K: 39);
+    - ``loaded``: catalog and interactions after skips, merging and dropping repeats (what the
+      protocol starts from); ``outside_window``: loaded interactions outside the protocol's
+      window;
     - ``filtered``: users / items / interactions after k-core filtering, ``filter_rounds``;
     - ``samples``: samples per split; ``memory_length``: memory size per split (mean/max);
     - ``window``: the split times (ISO 8601, UTC).

@@ -7,9 +7,11 @@
 
 The delimiter follows the extension: ``.csv`` -> comma, ``.tsv`` / ``.tab`` -> tab, each
 optionally gzipped (``.csv.gz``). Fields follow :mod:`csv` quoting (titles with commas go in
-double quotes). Items with an empty title are skipped and counted with their interactions; an
-interaction whose item is not in the items file, a missing column, a short row or a bad
-timestamp is an error naming the file and line.
+double quotes). Items with an empty title are skipped and counted with their interactions; a
+row repeating an earlier row's user, item and time is dropped and counted
+(``duplicate_interactions``); an interaction whose item is not in the items file, a missing
+column, a short row, a bad timestamp or one outside 1970 .. 2100 is an error naming the file and
+line.
 """
 
 import csv
@@ -17,9 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from automr.data.catalog import Catalog, MergeReport, merge_duplicates
-from automr.data.reading import LineSource, bad_input, parse_timestamp, progress_bar, require_file
+from automr.data.reading import (
+    LineSource,
+    bad_input,
+    checked_timestamp,
+    parse_timestamp,
+    progress_bar,
+    require_file,
+)
 from automr.data.records import Interaction, Item
-from automr.data.source import SkipCounter, SourceData, drop_skipped_items
+from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipped_items
 from automr.errors import AutomrError
 
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
@@ -116,9 +125,11 @@ def load_csv(
             except ValueError:
                 raise bad_input(inter_path, number, f"timestamp {stamp!r} is neither Unix "
                                 f"seconds nor an ISO 8601 date/time", _FIX) from None
-            records.append(Interaction(user, item, timestamp))
+            records.append(Interaction(user, item,
+                                       checked_timestamp(inter_path, number, timestamp, _FIX)))
     raw_users = len({r.user for r in records})
     raw_interactions = len(records)
+    records = drop_repeats(records, skips, "duplicate_interactions")
     records = drop_skipped_items(records, empty, skips)
     report = MergeReport()
     if merge_same_title:
