@@ -29,10 +29,10 @@ from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_samp
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.llm.loading import LoadedModel, load_model
+from automr.llm.loading import LoadedModel, canonical_model_name, load_model
 from automr.llm.split import HFSplitLLM
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from automr.storage import atomic_dir
+from automr.storage import atomic_dir, read_json, read_safetensors, write_json_atomic
 
 RESULT_FILE = "finetune.json"
 LOSS_KINDS = ("target", "sequence")
@@ -193,8 +193,13 @@ def finetune(
                        "evaluations": [], "bad_evaluations": 0, "tokens": 0, "train_seconds": 0.0,
                        "done": False}
     if state is not None:
-        optimizer.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt"))
-        torch.set_rng_state(torch.load(out / "checkpoint" / "rng.pt"))
+        checkpoint = out / "checkpoint"
+        try:
+            optimizer.load_state_dict(_load_tensors(checkpoint / "optimizer.pt"))
+            torch.set_rng_state(_load_tensors(checkpoint / "rng.pt"))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise AutomrError(f"{checkpoint} does not fit this fine-tune ({error}); delete it "
+                              f"to restart from step 0") from None
     if record["step"] == 0 and record["best_valid_nll"] is None:
         record["initial_valid_nll"] = mean_nll(llm, valid, pad_id, config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -221,15 +226,17 @@ def finetune(
             record["tokens"] += int(batch.mask.sum())
             bar.update(task, advance=1, status=f"loss {nll.item() / count:.3f}")
             if record["step"] % config.eval_every == 0 or record["step"] == total_steps:
-                _evaluate(model, llm, valid, pad_id, config, record, out)
+                _evaluate(model, loaded.tokenizer, llm, valid, pad_id, config, record, out)
                 _save_checkpoint(model, optimizer, record, out)
     record["done"] = True
     final = {k: v for k, v in record.items() if k != "bad_evaluations"}
-    (out / RESULT_FILE).write_text(json.dumps(final, indent=2) + "\n")
+    write_json_atomic(out / RESULT_FILE, final, indent=2)
     return final
 
 
-def _evaluate(model, llm, valid, pad_id, config, record, out: Path) -> None:
+def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path) -> None:
+    """Validate; on a new best, write ``best/``: the adapter and the tokenizer (with its pad
+    token), so the folder loads with plain transformers + peft."""
     valid_nll = mean_nll(llm, valid, pad_id, config.batch_size)
     record["evaluations"].append({"step": record["step"], "valid_nll": valid_nll})
     best = record["best_valid_nll"]
@@ -237,6 +244,7 @@ def _evaluate(model, llm, valid, pad_id, config, record, out: Path) -> None:
         record.update(best_valid_nll=valid_nll, best_step=record["step"], bad_evaluations=0)
         with atomic_dir(out / "best") as tmp:
             model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     else:
         record["bad_evaluations"] += 1
         if record["bad_evaluations"] >= config.patience:
@@ -248,7 +256,26 @@ def _save_checkpoint(model, optimizer, record: dict, out: Path) -> None:
         model.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(torch.get_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json_atomic(tmp / "state.json", record, indent=2)
+
+
+def _load_tensors(path: Path) -> object:
+    """A checkpoint's torch file read with ``weights_only=True``: tensors and plain containers
+    only, so a pickled object in it is refused, never run (whatever torch's default)."""
+    import pickle
+
+    remedy = f"delete {path.parent} to restart the fine-tune from step 0"
+    if not path.is_file():
+        raise AutomrError(f"{path} is missing; {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise AutomrError(f"{path} was refused by torch's weights-only loader: it is damaged "
+                          f"or holds pickled objects, not only tensors (loading those could run "
+                          f"code), and automr never writes such a file: {remedy}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AutomrError(f"{path} is damaged ({first}); {remedy}") from None
 
 
 def _load_checkpoint(out: Path, identity: dict) -> dict | None:
@@ -257,10 +284,18 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
         raise AutomrError(f"{out} already holds a finished fine-tune; choose another --out or "
                           f"delete it to start over")
     if not state_file.exists():
+        if state_file.parent.exists():  # written atomically: without state.json it is damaged
+            raise AutomrError(f"{state_file} is missing, so {state_file.parent} cannot be "
+                              f"resumed; delete {state_file.parent} to restart the fine-tune")
         out.mkdir(parents=True, exist_ok=True)
         return None
-    state = json.loads(state_file.read_text())
-    differs = [key for key in identity if state.get(key) != identity[key]]
+    state = read_json(state_file, f"`automr finetune` (delete {state_file.parent} to restart)")
+    if not isinstance(state, dict) or not {"step", "evaluations"} <= set(state):
+        raise AutomrError(f"{state_file} is not a fine-tune checkpoint; delete "
+                          f"{state_file.parent} to restart")
+    differs = [key for key in identity if state.get(key) != identity[key] and not (
+        key == "model" and isinstance(state.get(key), str)
+        and canonical_model_name(state[key]) == canonical_model_name(identity[key]))]
     if differs:
         raise AutomrError(f"{out} holds an unfinished fine-tune with a different "
                           f"{', '.join(differs)}; use another --out, or delete {out} to restart")
@@ -269,9 +304,10 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
 
 def _load_adapter(model: PeftModel, folder: Path) -> None:
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    weights = read_safetensors(folder / "adapter_model.safetensors",
+                               f"`automr finetune` (delete {folder} to restart)")
+    set_peft_model_state_dict(model, weights)
 
 
 def base_fingerprint(run_dir: Path | str) -> str:

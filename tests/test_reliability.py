@@ -1,0 +1,388 @@
+"""Bad input never passes silently (issue 15): damaged artifacts, resume by resolved paths, no
+blocking half-started folders, device names, unsafe checkpoints, index paths, Ctrl-C."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from automr.cli.main import app
+from automr.errors import AutomrError
+from automr.llm.loading import resolve_device
+from automr.memory import MemoryConfig, MemoryStore, build_memory
+from automr.memory.shards import INDEX_FILE
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+runner = CliRunner()
+QUIET = ["--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A prepared dataset, a tiny model, and one of each artifact made by the real commands."""
+    root = tmp_path_factory.mktemp("reliability")
+    synthetic_dataset(root)
+    synthetic_dataset(root / "other", seed=1)  # same user ids, other histories
+    save_tiny_model(root / "model", num_layers=4)
+    data, model = str(root / "prepared"), str(root / "model")
+    for args in (
+        ["finetune", "--data", data, "--out", str(root / "ft"), "--model", model,
+         "--train-samples", "8", "--valid-samples", "4", "--batch-size", "4",
+         "--lora-from-layer", "2", *QUIET],
+        ["memory", "build", "--data", data, "--out", str(root / "mem"), "--model", model,
+         "--layer", "2", "--encoder", "item", *QUIET],
+        ["annotate", "--data", data, "--memory", str(root / "mem"), "--finetuned",
+         str(root / "ft"), "--out", str(root / "ann"), "--samples", "6", *QUIET],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def one_line_error(result, *names: object) -> str:
+    """Exit code 2, one line, no traceback, naming each of ``names``."""
+    text = result.output.strip()
+    assert result.exit_code == 2, result.output
+    assert "\n" not in text and "Traceback" not in text, text
+    assert text.startswith("error: "), text
+    for name in names:
+        assert str(name) in text, text
+    return text
+
+
+def copy(workspace: Path, name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copytree(workspace / name, target)
+    return target
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"\x00not what was written{")
+
+
+CORRUPTIONS = {"truncated": truncate, "garbage": garbage, "missing": Path.unlink}
+
+
+def annotate_args(workspace: Path, memory: Path, out: Path, data: str = "prepared") -> list[str]:
+    return ["annotate", "--data", str(workspace / data), "--memory", str(memory),
+            "--finetuned", str(workspace / "ft"), "--out", str(out), "--samples", "6", *QUIET]
+
+
+# -- item 3: every damaged artifact is one line naming the file ------------------------------
+@pytest.mark.parametrize("how", list(CORRUPTIONS))
+@pytest.mark.parametrize("file", ["shard-00000.safetensors", INDEX_FILE])
+def test_a_damaged_memory_is_one_line_naming_the_file(workspace, tmp_path, file, how):
+    memory = copy(workspace, "mem", tmp_path)
+    CORRUPTIONS[how](memory / file)
+    result = runner.invoke(app, annotate_args(workspace, memory, tmp_path / "ann"))
+    one_line_error(result, memory / file)
+    assert not (tmp_path / "ann").exists()
+
+
+@pytest.mark.parametrize("how", list(CORRUPTIONS))
+@pytest.mark.parametrize("file", ["shard-00000.safetensors", "config.json"])
+def test_damaged_annotations_are_one_line_naming_the_file(workspace, tmp_path, file, how):
+    annotations = copy(workspace, "ann", tmp_path)
+    CORRUPTIONS[how](annotations / file)
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(annotations), "--data",
+        str(workspace / "prepared"), "--memory", str(workspace / "mem"),
+        "--out", str(tmp_path / "ret"), "--quiet"])
+    one_line_error(result, annotations / file)
+
+
+def test_a_memory_folder_given_as_annotations_is_named(workspace, tmp_path):
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(workspace / "mem"), "--data",
+        str(workspace / "prepared"), "--memory", str(workspace / "mem"),
+        "--out", str(tmp_path / "ret"), "--quiet"])
+    text = one_line_error(result, workspace / "mem" / "config.json")
+    assert "not an annotation folder" in text
+
+
+def unfinished_finetune(workspace: Path, tmp_path: Path) -> Path:
+    """A copy of the fine-tune whose finished record is gone: a rerun resumes the checkpoint."""
+    run = copy(workspace, "ft", tmp_path)
+    (run / "finetune.json").unlink()
+    return run
+
+
+def finetune_args(workspace: Path, run: Path, model: str | None = None) -> list[str]:
+    return ["finetune", "--data", str(workspace / "prepared"), "--out", str(run), "--model",
+            model or str(workspace / "model"), "--train-samples", "8", "--valid-samples", "4",
+            "--batch-size", "4", "--lora-from-layer", "2", *QUIET]
+
+
+@pytest.mark.parametrize("how", list(CORRUPTIONS))
+@pytest.mark.parametrize("file", ["adapter_model.safetensors", "state.json", "optimizer.pt",
+                                  "rng.pt"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(workspace, tmp_path, file, how):
+    run = unfinished_finetune(workspace, tmp_path)
+    CORRUPTIONS[how](run / "checkpoint" / file)
+    result = runner.invoke(app, finetune_args(workspace, run))
+    one_line_error(result, run / "checkpoint" / file)
+
+
+def test_an_intact_checkpoint_still_resumes(workspace, tmp_path):
+    run = unfinished_finetune(workspace, tmp_path)
+    result = runner.invoke(app, finetune_args(workspace, run))
+    assert result.exit_code == 0, result.output
+    assert (run / "finetune.json").is_file()
+
+
+# -- item 9: a pickle payload in the optimizer state is refused, never run ------------------
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_payload_in_the_checkpoint_is_refused_and_not_run(workspace, tmp_path):
+    run = unfinished_finetune(workspace, tmp_path)
+    marker = tmp_path / "payload-ran"
+    optimizer = run / "checkpoint" / "optimizer.pt"
+    torch.save({"state": {}, "param_groups": [], "x": _Payload(marker)}, optimizer)
+    result = runner.invoke(app, finetune_args(workspace, run))
+    text = one_line_error(result, optimizer)
+    assert "pickled objects" in text
+    assert not marker.exists()
+
+
+def test_checkpoint_files_are_read_with_weights_only(workspace, tmp_path, monkeypatch):
+    calls = []
+    original = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    run = unfinished_finetune(workspace, tmp_path)
+    result = runner.invoke(app, finetune_args(workspace, run))
+    assert result.exit_code == 0, result.output
+    assert calls and all(flag is True for flag in calls)  # safe on torch < 2.6 too
+
+
+# -- item 4: resume compares resolved paths ---------------------------------------------------
+def test_annotate_resumes_with_the_memory_typed_relative_then_absolute(
+        workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(workspace)
+    out = tmp_path / "ann"
+    first = runner.invoke(app, annotate_args(workspace, Path("mem"), out))
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, annotate_args(workspace, workspace / "mem", out))
+    assert again.exit_code == 0, again.output
+    header = json.loads((out / "config.json").read_text())
+    assert header["memory"] == str((workspace / "mem").resolve())
+
+
+def test_finetune_resumes_with_the_model_typed_relative_then_absolute(
+        workspace, tmp_path, monkeypatch):
+    run = unfinished_finetune(workspace, tmp_path)  # started with an absolute --model
+    monkeypatch.chdir(workspace)
+    result = runner.invoke(app, finetune_args(workspace, run, model="model"))
+    assert result.exit_code == 0, result.output
+
+
+def test_memory_build_resumes_with_the_folder_typed_relative_then_absolute(
+        workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["memory", "build", "--data", str(workspace / "prepared"), "--model",
+            str(workspace / "model"), "--layer", "2", "--encoder", "item", *QUIET]
+    for out in ("mem", str(tmp_path / "mem")):
+        result = runner.invoke(app, [*args, "--out", out])
+        assert result.exit_code == 0, result.output
+
+
+# -- item 6: a failed run does not block the corrected one ------------------------------------
+def test_annotate_with_the_wrong_dataset_leaves_nothing_behind(workspace, tmp_path):
+    out = tmp_path / "ann"
+    wrong = runner.invoke(app, annotate_args(workspace, workspace / "mem", out,
+                                             data="other/prepared"))
+    one_line_error(wrong, workspace / "mem")
+    assert not (out / "config.json").exists()
+    right = runner.invoke(app, annotate_args(workspace, workspace / "mem", out))
+    assert right.exit_code == 0, right.output
+
+
+def test_an_annotation_folder_without_finished_shards_is_started_over(workspace, tmp_path):
+    out = copy(workspace, "ann", tmp_path)
+    for shard in out.glob("shard-*.safetensors"):
+        shard.unlink()
+    header = json.loads((out / "config.json").read_text())
+    header["config"]["seed"] = 7  # a start with other settings that wrote no shard
+    (out / "config.json").write_text(json.dumps(header))
+    result = runner.invoke(app, annotate_args(workspace, workspace / "mem", out))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["config"]["seed"] == 0
+
+
+def test_annotations_with_finished_shards_and_other_settings_are_refused(workspace, tmp_path):
+    out = copy(workspace, "ann", tmp_path)
+    result = runner.invoke(app, [*annotate_args(workspace, workspace / "mem", out),
+                                 "--seed", "3"])
+    assert "other settings" in one_line_error(result, out)
+
+
+def test_annotate_never_writes_into_another_artifact(workspace, tmp_path):
+    memory = copy(workspace, "mem", tmp_path)
+    before = (memory / "config.json").read_bytes()
+    result = runner.invoke(app, annotate_args(workspace, workspace / "mem", memory))
+    one_line_error(result, memory)
+    assert (memory / "config.json").read_bytes() == before
+
+
+def test_a_memory_build_that_finished_no_shard_is_started_over(workspace, tmp_path,
+                                                               monkeypatch):
+    import automr.memory.build as build
+    from automr.data import PreparedDataset
+    from automr.llm.loading import load_model
+
+    dataset = PreparedDataset.load(workspace / "prepared")
+    model = load_model(str(workspace / "model"), device="cpu")
+    out, config = tmp_path / "mem", MemoryConfig(encoder="item", shard_elements=64)
+
+    def interrupt(number: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(model, dataset, 1, config, out, progress=False, on_shard=interrupt)
+    index = json.loads((out / INDEX_FILE).read_text())
+    assert index["shards"] and not index["complete"]
+    with pytest.raises(AutomrError, match="other settings"):  # finished work is kept
+        build_memory(model, dataset, 2, config, out, progress=False)
+    shutil.rmtree(out)
+
+    def die(*args, **kwargs):
+        raise RuntimeError("the run died before its first shard")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(build, "_write_shard", die)
+        with pytest.raises(RuntimeError):
+            build_memory(model, dataset, 1, config, out, progress=False)
+    assert (out / "config.json").is_file() and not list(out.glob("shard-*"))
+    store = build_memory(model, dataset, 2, config, out, progress=False)  # not refused
+    assert store.layer == 2 and store.users()
+
+
+# -- item 10: index paths never leave the memory folder --------------------------------------
+@pytest.mark.parametrize("name", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                  "sub/../../outside.safetensors", "..", ""])
+def test_an_index_pointing_outside_the_folder_is_refused(workspace, tmp_path, name):
+    memory = copy(workspace, "mem", tmp_path)
+    shutil.copy(memory / "shard-00000.safetensors", tmp_path / "outside.safetensors")
+    index = json.loads((memory / INDEX_FILE).read_text())
+    index["shards"][0]["file"] = name
+    (memory / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(AutomrError, match="not a file name inside the memory folder") as error:
+        MemoryStore.open(memory)
+    assert str(memory / INDEX_FILE) in str(error.value)
+
+
+def test_an_index_with_segments_beyond_its_shards_is_refused(workspace, tmp_path):
+    memory = copy(workspace, "mem", tmp_path)
+    index = json.loads((memory / INDEX_FILE).read_text())
+    user = next(iter(index["users"]))
+    index["users"][user]["segments"][0][0] = 99
+    (memory / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(AutomrError, match="outside the 1 listed shards"):
+        MemoryStore.open(memory)
+
+
+def test_a_shard_that_disagrees_with_the_index_is_refused_on_open(workspace, tmp_path):
+    from safetensors.torch import save_file
+
+    memory = copy(workspace, "mem", tmp_path)
+    shard = memory / "shard-00000.safetensors"
+    save_file({"keys": torch.zeros(1, 3)}, shard)
+    with pytest.raises(AutomrError, match="keys of shape") as error:
+        MemoryStore.open(memory)
+    assert str(shard) in str(error.value)
+
+
+# -- item 7: device names ---------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["tpu", "", "gpu", "cuda:x", "CPU", "cpu "])
+def test_unknown_devices_are_refused_with_the_choices(device):
+    with pytest.raises(AutomrError, match=r"auto, cpu, mps or cuda\[:N\]"):
+        resolve_device(device)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS works here")
+def test_mps_without_the_backend_is_a_clear_error():
+    with pytest.raises(AutomrError, match="MPS backend is not available"):
+        resolve_device("mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA works here")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(AutomrError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+
+
+def test_known_devices_resolve():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("device", ["tpu", ""])
+def test_a_bad_device_on_the_command_line_is_one_line(workspace, tmp_path, device):
+    result = runner.invoke(app, ["memory", "build", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path / "mem"), "--model",
+                                 str(workspace / "model"), "--device", device, "--quiet"])
+    assert "auto, cpu, mps or cuda[:N]" in one_line_error(result)
+    assert not (tmp_path / "mem").exists()
+
+
+# -- item 11: Ctrl-C says how to go on -------------------------------------------------------
+def test_an_interrupted_command_says_how_to_resume(tmp_path, monkeypatch):
+    from automr.data import PreparedDataset
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PreparedDataset, "load", interrupted)
+    result = runner.invoke(app, ["data", "stats", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "interrupted; rerun the same command to resume" in result.output
+
+
+def test_sigint_exits_130_with_the_resume_line(tmp_path):
+    script = (
+        "import os, signal\n"
+        "from automr.cli.main import app\n"
+        "from automr.data import PreparedDataset\n"
+        "def load(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "PreparedDataset.load = load\n"
+        f"app(['data', 'stats', {str(tmp_path)!r}])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+
+
+# -- conventions: the fine-tuned adapter folder loads with plain transformers + peft ----------
+def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspace):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    best = workspace / "ft" / "best"
+    tokenizer = AutoTokenizer.from_pretrained(best)
+    assert tokenizer.pad_token is not None
+    model = AutoPeftModelForCausalLM.from_pretrained(best)
+    ids = tokenizer(["hello"], return_tensors="pt")
+    assert model(**ids).logits.shape[-1] == model.config.vocab_size
