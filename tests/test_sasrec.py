@@ -182,7 +182,7 @@ def test_bad_inputs_are_refused(tmp_path) -> None:
         model.score([[]])
     with pytest.raises(AutomrError, match="left-padded"):
         model.encode(torch.tensor([[1, 2, 0]]))
-    with pytest.raises(AutomrError, match="not a saved SASRec"):
+    with pytest.raises(AutomrError, match="not a saved sasrec"):
         SASRec.load(tmp_path)
     with pytest.raises(AutomrError, match="2 or more items"):
         fit_sasrec([[1], [2]], [], SASRecConfig(), n_items=5, quiet=True)

@@ -39,7 +39,7 @@ _EXPORTS = {
     # the LM and its split
     **{name: "automr.llm" for name in (
         "DEFAULT_MODEL", "HFSplitLLM", "LayerState", "LoadedModel", "load_model")},
-    "DEFAULT_LAYER": "automr.types",
+    "DEFAULT_LAYER": "automr.defaults",
     # memory
     **{name: "automr.memory" for name in (
         "ItemEncoder", "MemoryConfig", "MemoryStore", "WindowEncoder", "build_memory")},

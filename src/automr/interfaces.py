@@ -22,12 +22,12 @@ from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.llm.state import LayerState
+from automr.state import LayerState
 from automr.types import Positions, TokenIds, TokenMask
 
 if TYPE_CHECKING:  # the data layer and transformers stay out of this module's imports
     from automr.data.records import Sample
-    from automr.llm.state import KVCache
+    from automr.state import KVCache
 
 Insert = Callable[[LayerState], LayerState]
 """Joins something to a prompt's layer-L state (e.g. a combiner bound to retrieved memory)."""
@@ -74,7 +74,7 @@ class SplitLLM(Protocol):
 def _check_memory_tokens(
     hidden: Float[Tensor, "batch n hidden"], mask: Bool[Tensor, "batch n"]
 ) -> None:
-    """Shapes checked in their own scope (see ``automr.llm.state._check_layer_state``)."""
+    """Shapes checked in their own scope (see ``automr.state._check_layer_state``)."""
 
 
 @attrs.frozen
@@ -101,7 +101,7 @@ class MemoryTokens:
 def _check_memory_view(
     keys: Float[Tensor, "mem hidden"], item_ids: tuple[str, ...], timestamps: tuple[int, ...]
 ) -> None:
-    """Types checked in their own scope (see ``automr.llm.state._check_layer_state``)."""
+    """Types checked in their own scope (see ``automr.state._check_layer_state``)."""
 
 
 @attrs.frozen

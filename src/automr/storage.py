@@ -103,7 +103,8 @@ def save_component(
     provenance: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``config.json`` (``format``, ``config``'s keys, ``provenance``) and, when there are
-    tensors, ``weights_file`` with format and provenance in its metadata. A stale weights file
+    tensors, ``weights_file`` whose metadata repeats the format, ``config``'s scalar values and
+    the provenance (so the weights file alone says what it belongs to). A stale weights file
     from an earlier save is removed when there are none. Returns the folder."""
     from safetensors.torch import save_file
 
@@ -114,8 +115,10 @@ def save_component(
     if tensors:
         state = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         tmp = weights.with_name(f".{weights.name}.partial-{os.getpid()}")
+        scalars = {k: str(v) for k, v in config.items() if isinstance(v, str | int | float)}
         save_file(state, tmp, metadata={
-            "format": format, **{f"provenance.{k}": v for k, v in provenance.items()}})
+            "format": format, **scalars,
+            **{f"provenance.{k}": v for k, v in provenance.items()}})
         os.replace(tmp, weights)
     elif weights.exists():
         weights.unlink()  # it would contradict config.json
@@ -133,8 +136,9 @@ def load_component(
     directory = Path(directory)
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise AutomrError(f"{directory} is not a saved {format.split('/')[0]}: {CONFIG_FILE} "
-                          f"is missing (make it with {made_by})")
+        what = format.split("/")[0].removeprefix("automr.")
+        raise AutomrError(f"{directory} is not a saved {what}: {CONFIG_FILE} is missing (make "
+                          f"it with {made_by})")
     config = read_json(path, made_by)
     if not isinstance(config, dict) or config.get("format") != format:
         found = config.get("format") if isinstance(config, dict) else None

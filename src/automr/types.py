@@ -39,7 +39,3 @@ def as_bool_mask(mask: Tensor) -> Bool[Tensor, "..."]:
     """A boolean view of a 0/1 or boolean attention mask."""
     return mask if mask.dtype == torch.bool else mask != 0
 
-
-DEFAULT_LAYER = 15
-"""The split layer L every command uses unless told otherwise (the middle of SmolLM2-135M's
-30 layers; the paper splits Llama-2-7B's 32 layers in the middle too)."""

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from automr.combiners import AppendToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM
-from automr.llm.state import KVCache, LayerState
+from automr.state import KVCache, LayerState
 
 
 @attrs.frozen

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
+from automr.defaults import DEFAULT_LAYER
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -21,7 +22,8 @@ def ablate_command(
         help="Folder for ablation.md/json and every cell's memory, annotations, retriever.")],
     encoders: Annotated[str, typer.Option(help="Comma-separated memory encoders: item, "
                                                "window.")] = "item",
-    layers: Annotated[str, typer.Option(help="Comma-separated split layers L.")] = "15",
+    layers: Annotated[str, typer.Option(help="Comma-separated split layers L.")] = str(
+        DEFAULT_LAYER),
     combiners: Annotated[str, typer.Option(
         help="Comma-separated: append-token, prepend-token, concat.")] =
         "append-token,prepend-token,concat",

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import CacheDirOption, DeviceOption, DtypeOption, user_errors
+from automr.defaults import DEFAULT_LAYER
 
 app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
                   no_args_is_help=True)
@@ -29,7 +30,7 @@ def _save(result: dict, out: Path, name: str) -> None:
 def annotate(
     out: OutOption = Path("benchmarks/results"),
     model: str = "smollm2-135m",
-    layer: int = 15,
+    layer: int = DEFAULT_LAYER,
     prompt_tokens: int = 150,
     target_tokens: int = 10,
     elements: int = 90,
@@ -58,7 +59,7 @@ def encode(
     data: Annotated[Path, typer.Option(help="Prepared dataset (prompts of real samples).")],
     out: OutOption = Path("benchmarks/results"),
     model: str = "smollm2-135m",
-    layer: int = 15,
+    layer: int = DEFAULT_LAYER,
     texts: int = 32,
     batch_size: int = 16,
     repeats: int = 1,
@@ -89,7 +90,7 @@ def ground(
                                                  "likelihood.")] = "constrained,l2",
     samples: int = 8,
     batch_size: int = 8,
-    layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = 15,
+    layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = DEFAULT_LAYER,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -113,7 +114,7 @@ def finetune(
     out: OutOption = Path("benchmarks/results"),
     model: str = "smollm2-135m",
     layer: Annotated[int, typer.Option(help="The upper-layers variant tunes layers >= this.")] =
-        15,
+        DEFAULT_LAYER,
     steps: int = 8,
     batch_size: int = 8,
     device: DeviceOption = "auto",

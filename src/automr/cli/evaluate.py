@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
+from automr.defaults import DEFAULT_LAYER
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.llm.loading import DEFAULT_MODEL
 from automr.methods.registry import Artifacts
@@ -40,7 +41,7 @@ def evaluate_command(
         help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,
     batch_size: int = defaults.batch_size,
     layer: Annotated[int | None, typer.Option(
-        help="Split layer L [default: the memory's for memory methods, else 15].",
+        help=f"Split layer L [default: the memory's for memory methods, else {DEFAULT_LAYER}].",
         show_default=False)] = None,
     num_beams: Annotated[int, typer.Option(
         help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
+from automr.defaults import DEFAULT_LAYER
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
 retriever_app = typer.Typer(help="Train retrievers on annotations.", no_args_is_help=True)
@@ -18,7 +19,8 @@ def memory_build(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Memory folder (a rerun resumes).")],
     model: Annotated[str, typer.Option(help="Embedded name, HF id or folder.")] = "smollm2-135m",
-    layer: Annotated[int, typer.Option(help="Split layer L: keys are layer-L states.")] = 15,
+    layer: Annotated[int, typer.Option(help="Split layer L: keys are layer-L states.")] = (
+        DEFAULT_LAYER),
     encoder: Annotated[str, typer.Option(
         help="window (eq. 2: the prompt at each interaction) or item (the title alone).")] =
         "window",
@@ -112,7 +114,7 @@ def retriever_train(
 def demo_command(
     out: Annotated[Path, typer.Option(help="Run folder (a rerun resumes).")] = Path(
         "runs/demo"),
-    layer: Annotated[int, typer.Option(help="Split layer L.")] = 15,
+    layer: Annotated[int, typer.Option(help="Split layer L.")] = DEFAULT_LAYER,
     train_samples: Annotated[int, typer.Option(help="Fine-tuning samples.")] = 96,
     annotate_samples: Annotated[int, typer.Option(help="Annotated samples.")] = 64,
     test_samples: Annotated[int, typer.Option(help="Test samples per method.")] = 48,

@@ -24,7 +24,7 @@ from jaxtyping import jaxtyped
 
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
-from automr.llm.state import LayerState
+from automr.state import LayerState
 
 Where = Literal["before", "after"]
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from automr.combiners.insert import insert_memory
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
-from automr.llm.state import LayerState
+from automr.state import LayerState
 
 
 @final

@@ -21,6 +21,7 @@ from automr.evaluation.bootstrap import (
     bootstrap_ci,
     paired_bootstrap,
 )
+from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import (
     DEFAULT_KS,
     mean_metrics,
@@ -32,7 +33,6 @@ from automr.evaluation.metrics import (
     recall_at_k,
     seen_mask,
 )
-from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.report import MetricReport, build_report, compare_reports
 from automr.evaluation.run import Evaluation, evaluate
 

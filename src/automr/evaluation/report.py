@@ -6,7 +6,6 @@ the ranks is what makes paired comparisons possible later: :func:`compare_report
 reports by sample id and bootstraps the per-sample differences.
 """
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from automr.evaluation.bootstrap import (
     paired_bootstrap,
 )
 from automr.evaluation.metrics import DEFAULT_KS, metric_names, per_sample_metrics
+from automr.storage import read_json, write_json_atomic
 
 REPORT_FORMAT = "automr.metric_report/1"
 
@@ -67,9 +67,7 @@ class MetricReport:
         return torch.tensor(self.ranks, dtype=torch.long)
 
     def save(self, path: Path | str) -> None:
-        """Write the report as one JSON file (parents created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the report as one JSON file (parents created, atomically)."""
         payload = {
             "format": REPORT_FORMAT,
             "method": self.method,
@@ -82,19 +80,16 @@ class MetricReport:
                 {"id": s, "rank": r} for s, r in zip(self.sample_ids, self.ranks, strict=True)
             ],
         }
-        path.write_text(json.dumps(payload, indent=1) + "\n")
+        write_json_atomic(path, payload, indent=1)
 
     @classmethod
     def load(cls, path: Path | str) -> "MetricReport":
         """Read a report written by :meth:`save`."""
-        path = Path(path)
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise AutomrError(f"cannot read metric report {path}: {error}") from error
-        if payload.get("format") != REPORT_FORMAT:
+        payload = read_json(path, "`automr evaluate`")
+        if not isinstance(payload, dict) or payload.get("format") != REPORT_FORMAT:
             raise AutomrError(
-                f"{path} is not an automr metric report (format {payload.get('format')!r}, "
+                f"{path} is not an automr metric report (format "
+                f"{payload.get('format') if isinstance(payload, dict) else None!r}, "
                 f"expected {REPORT_FORMAT!r})"
             )
         return cls(

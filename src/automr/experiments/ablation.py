@@ -26,6 +26,7 @@ from beartype import beartype
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset
+from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
 from automr.experiments.retriever import train_retriever
@@ -59,7 +60,7 @@ class AblationConfig:
     """The grid (every combination is one cell) and the sample sizes."""
 
     encoders: tuple[str, ...] = attrs.field(default=("item",), validator=_subset(tuple(ENCODERS)))
-    layers: tuple[int, ...] = (15,)
+    layers: tuple[int, ...] = (DEFAULT_LAYER,)
     combiners: tuple[str, ...] = attrs.field(
         default=("append-token", "prepend-token", "concat"), validator=_subset(tuple(COMBINERS)))
     retrievers: tuple[str, ...] = attrs.field(default=ABLATION_RETRIEVERS,

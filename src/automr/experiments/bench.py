@@ -11,10 +11,11 @@ import torch
 
 from automr.annotation import UpperAnnotator
 from automr.combiners import COMBINERS
+from automr.defaults import DEFAULT_LAYER
 from automr.interfaces import MemoryTokens
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
-from automr.llm.state import LayerState
+from automr.state import LayerState
 
 
 def machine() -> dict[str, object]:
@@ -56,7 +57,8 @@ def naive_log_likelihoods(
 
 
 def bench_annotate(
-    loaded: LoadedModel, layer: int = 15, prompt_tokens: int = 150, target_tokens: int = 10,
+    loaded: LoadedModel, layer: int = DEFAULT_LAYER, prompt_tokens: int = 150,
+    target_tokens: int = 10,
     elements: int = 90, combiner: str = "append-token", element_batch: int = 32,
     repeats: int = 1, seed: int = 0,
 ) -> dict[str, object]:
@@ -108,7 +110,7 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
 
 
 def bench_encode(
-    loaded: LoadedModel, dataset, layer: int = 15, texts: int = 32, batch_size: int = 16,
+    loaded: LoadedModel, dataset, layer: int = DEFAULT_LAYER, texts: int = 32, batch_size: int = 16,
     repeats: int = 1,
 ) -> dict[str, object]:
     """Memory-encoding tokens/s (window prompts of real samples, shared-prefix encoder) beside
@@ -165,7 +167,7 @@ def bench_encode(
 
 
 def bench_finetune(
-    model: str, dataset, layer: int = 15, steps: int = 8, batch_size: int = 8,
+    model: str, dataset, layer: int = DEFAULT_LAYER, steps: int = 8, batch_size: int = 8,
     device: str = "auto", dtype: str = "auto", cache_dir=None, seed: int = 0,
 ) -> dict[str, object]:
     """LoRA training steps/s on all layers vs only on layers >= ``layer`` (lower half frozen,
@@ -213,7 +215,7 @@ def markdown_table(result: dict[str, object]) -> str:
 
 def bench_ground(
     loaded: LoadedModel, dataset, grounders: tuple[str, ...] = ("constrained", "l2"),
-    samples: int = 8, batch_size: int = 8, layer: int = 15, seed: int = 0,
+    samples: int = 8, batch_size: int = 8, layer: int = DEFAULT_LAYER, seed: int = 0,
     cache_dir=None,
 ) -> dict[str, object]:
     """Generation + grounding samples/s of each grounder over real test prompts (whole catalog

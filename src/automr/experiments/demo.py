@@ -19,6 +19,7 @@ import automr
 from automr.annotation.run import AnnotateConfig, annotate_dataset
 from automr.data import PreparedDataset, prepare_movielens_100k
 from automr.data.fingerprint import dataset_fingerprint
+from automr.defaults import DEFAULT_LAYER
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.retriever import train_retriever
 from automr.llm.loading import DEFAULT_MODEL, load_model
@@ -37,7 +38,7 @@ class DemoConfig:
     CPU; see docs/results.md)."""
 
     model: str = DEFAULT_MODEL
-    layer: int = 15
+    layer: int = DEFAULT_LAYER
     train_samples: int = 96
     valid_samples: int = 16
     epochs: int = 1

@@ -11,8 +11,8 @@ __all__ = ["DEFAULT_MODEL", "HFSplitLLM", "KVCache", "LayerState", "LoadedModel"
 __getattr__, __dir__ = lazy_exports(__name__, {
     "DEFAULT_MODEL": "automr.llm.loading",
     "HFSplitLLM": "automr.llm.split",
-    "KVCache": "automr.llm.state",
-    "LayerState": "automr.llm.state",
+    "KVCache": "automr.state",
+    "LayerState": "automr.state",
     "LoadedModel": "automr.llm.loading",
     "attention_bias": "automr.llm.split",
     "load_model": "automr.llm.loading",

@@ -13,7 +13,7 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
-from automr.llm.state import KVCache, LayerState
+from automr.state import KVCache, LayerState
 from automr.types import TokenIds, TokenMask
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
 from automr.errors import AutomrError
-from automr.llm.state import KVCache, LayerState
+from automr.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")

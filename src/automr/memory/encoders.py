@@ -31,8 +31,8 @@ from automr.errors import AutomrError
 from automr.interfaces import SplitLLM
 from automr.llm.loading import LoadedModel, model_fingerprint
 from automr.llm.split import HFSplitLLM
-from automr.llm.state import KVCache, LayerState
 from automr.memory.pooling import Pooling
+from automr.state import KVCache, LayerState
 from automr.types import TokenIds, TokenMask
 
 DEFAULT_POOLING: Final = Pooling()

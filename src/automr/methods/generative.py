@@ -13,6 +13,7 @@ import attrs
 import torch
 
 from automr.data import PreparedDataset, Sample, tokenize_sample
+from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.grounding.likelihood import target_log_likelihoods
 from automr.interfaces import Grounder, PromptContext
@@ -20,7 +21,6 @@ from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
 from automr.progress import Progress
 from automr.recommenders.automr import MemoryRetrieval
-from automr.types import DEFAULT_LAYER
 
 
 def left_padded_prompts(

@@ -17,6 +17,7 @@ from beartype import beartype
 
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
+from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.interfaces import Method
@@ -27,7 +28,6 @@ from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
 from automr.retrievers import build_retriever
-from automr.types import DEFAULT_LAYER
 
 
 @beartype

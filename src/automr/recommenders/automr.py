@@ -12,9 +12,9 @@ import torch
 from automr.combiners import pad_memory
 from automr.data import Sample
 from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever
-from automr.llm.state import LayerState
 from automr.memory import MemoryStore
 from automr.retrievers import load_retriever, retrieved_memory, top_k
+from automr.state import LayerState
 
 
 @attrs.define

@@ -11,7 +11,6 @@ A run folder holds ``checkpoint/`` (last state: adapter, optimizer, RNG, progres
 Running again with the same folder and configuration resumes from ``checkpoint/``.
 """
 
-import hashlib
 import json
 import math
 import time
@@ -23,18 +22,17 @@ import torch
 from beartype import beartype
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from automr.cache import sha256_of
 from automr.contexts import ContextSpec, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.llm.loading import LoadedModel, canonical_model_name, load_model
+from automr.llm.loading import LoadedModel, canonical_model_name
 from automr.llm.split import HFSplitLLM
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from automr.recommenders.runs import RESULT_FILE
 from automr.storage import atomic_dir, read_json, read_safetensors, write_json_atomic
 
-RESULT_FILE = "finetune.json"
 LOSS_KINDS = ("target", "sequence")
 
 
@@ -308,61 +306,3 @@ def _load_adapter(model: PeftModel, folder: Path) -> None:
     weights = read_safetensors(folder / "adapter_model.safetensors",
                                f"`automr finetune` (delete {folder} to restart)")
     set_peft_model_state_dict(model, weights)
-
-
-def base_fingerprint(run_dir: Path | str) -> str:
-    """Fingerprint of the base model a finished fine-tune was trained on."""
-    return _finished_record(Path(run_dir))["model_fingerprint"]
-
-
-def context_spec(run_dir: Path | str) -> ContextSpec | None:
-    """The prompt context a finished fine-tune was trained with (None: plain BIGRec)."""
-    data = _finished_record(Path(run_dir))["config"].get("context")
-    return None if data is None else ContextSpec.from_json(data)
-
-
-def check_memory_compatible(run_dir: Path | str, memory_fingerprint: str | None,
-                            layer: int) -> None:
-    """Refuse a memory whose layer-L keys the tuned model's lower half would not reproduce.
-
-    The memory must be built with the fine-tune's base model, and the adapter must only touch
-    layers >= L (``--lora-from-layer L``), so the tuned lower half equals the base one.
-    """
-    record = _finished_record(Path(run_dir))
-    if memory_fingerprint != record["model_fingerprint"]:
-        raise AutomrError(
-            f"the memory was built with another model (fingerprint "
-            f"{str(memory_fingerprint)[:12]}) than the base of the fine-tune in {run_dir} "
-            f"({record['model_fingerprint'][:12]}); build it with --model {record['model']}")
-    tuned_from = record["config"]["lora_from_layer"]
-    if tuned_from < layer:
-        raise AutomrError(
-            f"the memory holds layer-{layer} keys of the base model, but the fine-tune in "
-            f"{run_dir} changes layers {tuned_from}..{layer - 1} below it; fine-tune with "
-            f"--lora-from-layer {layer} or build the memory at layer {tuned_from}")
-
-
-def _finished_record(run: Path) -> dict:
-    if not (run / RESULT_FILE).exists():
-        raise AutomrError(f"{run} is not a finished fine-tune (no {RESULT_FILE}); run "
-                          f"`automr finetune` first")
-    return json.loads((run / RESULT_FILE).read_text())
-
-
-def load_finetuned(
-    run_dir: Path | str, device: str = "auto", dtype: str = "auto",
-    cache_dir: Path | str | None = None,
-) -> LoadedModel:
-    """The base model of a finished fine-tune with its best adapter attached (eval mode)."""
-    run = Path(run_dir)
-    record = _finished_record(run)
-    base = load_model(record["model"], device=device, dtype=dtype, cache_dir=cache_dir)
-    exact = base.model.dtype == torch.float32
-    if exact and base.fingerprint() != record["model_fingerprint"]:
-        raise AutomrError(f"the base model {record['model']!r} found here differs from the one "
-                          f"{run} was tuned on (fingerprint mismatch)")
-    model = PeftModel.from_pretrained(base.model, run / "best").eval()
-    adapter = sha256_of(run / "best" / "adapter_model.safetensors")
-    fingerprint = hashlib.sha256(f"{record['model_fingerprint']}+{adapter}".encode()).hexdigest()
-    return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
-                       fingerprint=fingerprint)

@@ -25,8 +25,6 @@ and the original's Amazon settings (hidden 50-64, 2 blocks, 1 head, dropout 0.2,
 use ``max_len=100`` to see the paper's whole capped sequence).
 """
 
-import copy
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,15 +37,15 @@ from attrs import validators as v
 from beartype import beartype
 from einops import rearrange
 from jaxtyping import Float, Int, jaxtyped
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores
 from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from automr.storage import load_component, save_component
 
 SASREC_FORMAT: Final = "automr.sasrec/1"
-CONFIG_FILE: Final = "config.json"
 WEIGHTS_FILE: Final = "model.safetensors"
 PAD: Final = 0
 
@@ -205,34 +203,19 @@ class SASRec(nn.Module):
 
     def save(self, directory: Path | str) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": SASREC_FORMAT,
-            "n_items": self.n_items,
-            "config": attrs.asdict(self.config),
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        state = {k: t.detach().cpu().contiguous() for k, t in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE,
-                  metadata={"format": SASREC_FORMAT, "n_items": str(self.n_items)})
+        save_component(directory, SASREC_FORMAT,
+                       {"n_items": self.n_items, "config": attrs.asdict(self.config)},
+                       self.state_dict(), WEIGHTS_FILE)
 
     @classmethod
     def load(cls, directory: Path | str, device: str | torch.device = "cpu") -> "SASRec":
         """Rebuild a model written by :meth:`save` (in eval mode, on ``device``)."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise AutomrError(
-                f"{directory} is not a saved SASRec model: expected {CONFIG_FILE} and "
-                f"{WEIGHTS_FILE} (write them with SASRec.save)"
-            )
-        meta = json.loads(config_path.read_text())
-        if meta.get("format") != SASREC_FORMAT:
-            raise AutomrError(f"{config_path} has format {meta.get('format')!r}, "
-                              f"expected {SASREC_FORMAT!r}")
+        meta, tensors = load_component(directory, SASREC_FORMAT, WEIGHTS_FILE, "SASRec.save")
+        if not tensors:
+            raise AutomrError(f"{directory} is not a saved SASRec model: {WEIGHTS_FILE} is "
+                              f"missing (write it with SASRec.save)")
         model = cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"]))
-        model.load_state_dict(load_file(weights_path))
+        model.load_state_dict(tensors)
         return model.to(device).eval()
 
 
@@ -294,7 +277,7 @@ def _train_loop(
     )
     losses: list[float] = []
     recalls: list[float] = []
-    best_recall, best_epoch, best_state, stale = -1.0, 0, None, 0
+    stopping = EarlyStopping(config.patience)
     columns = (TextColumn("SASRec {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, disable=quiet) as progress:
@@ -305,23 +288,18 @@ def _train_loop(
             if valid:
                 recalls.append(validation_recall(model, valid, config.valid_k,
                                                  config.eval_batch_size))
-                if recalls[-1] > best_recall:
-                    best_recall, best_epoch, stale = recalls[-1], epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    stale += 1
+                stopping.update(-recalls[-1], epoch, model)
                 status += (f" valid R@{config.valid_k} {recalls[-1]:.4f}"
-                           f" (best {best_recall:.4f} @ {best_epoch})")
+                           f" (best {-stopping.best:.4f} @ {stopping.best_epoch})")
             progress.update(task, advance=1, description=status)
-            if stale >= config.patience:
+            if stopping.should_stop:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopping.restore(model)
     return SASRecTrainingLog(
         losses=tuple(losses),
         valid_recall=tuple(recalls),
-        best_epoch=best_epoch,
-        best_valid_recall=max(best_recall, 0.0),
+        best_epoch=stopping.best_epoch,
+        best_valid_recall=max(recalls, default=0.0),
         stopped_early=len(losses) < config.max_epochs,
     )
 

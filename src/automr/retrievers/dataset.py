@@ -6,7 +6,6 @@ the real elements (eq. 5). Memory is stored per sample (a user's memory repeats 
 samples), which is simple and fast for the sizes retriever training sees.
 """
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -15,13 +14,12 @@ import attrs
 import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from automr.errors import AutomrError
+from automr.storage import load_component, save_component
 
 DATASET_FORMAT: Final = "automr.retrieval-dataset/1"
-CONFIG_FILE: Final = "config.json"
 DATA_FILE: Final = "data.safetensors"
 SUM_TOLERANCE: Final = 1e-3
 
@@ -129,41 +127,30 @@ class RetrievalDataset:
             yield self.select(order[start : start + batch_size])
 
     def save(self, directory: Path | str) -> None:
-        """Write ``config.json`` and ``data.safetensors`` into ``directory`` (created)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"format": DATASET_FORMAT, "size": len(self), "mem": self.mem_size,
-                "hidden_size": self.hidden_size, "metadata": dict(self.metadata)}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        """Write ``config.json`` and ``data.safetensors`` into ``directory`` (created); the
+        metadata goes in as the provenance."""
         tensors = {"queries": self.queries, "keys": self.keys, "mask": self.mask,
                    "targets": self.targets}
-        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()},
-                  directory / DATA_FILE,
-                  metadata={"format": DATASET_FORMAT, "hidden_size": str(self.hidden_size),
-                            **{f"metadata.{k}": v for k, v in self.metadata.items()}})
+        save_component(directory, DATASET_FORMAT,
+                       {"size": len(self), "mem": self.mem_size, "hidden_size": self.hidden_size},
+                       tensors, DATA_FILE, self.metadata)
 
     @classmethod
     def load(cls, directory: Path | str, hidden_size: int | None = None) -> "RetrievalDataset":
         """Read a dataset written by :meth:`save`; refuse one of another ``hidden_size``."""
-        directory = Path(directory)
-        config_path, data_path = directory / CONFIG_FILE, directory / DATA_FILE
-        if not config_path.is_file() or not data_path.is_file():
-            raise AutomrError(
-                f"{directory} is not a saved retrieval dataset: expected {CONFIG_FILE} and "
-                f"{DATA_FILE} (write them with RetrievalDataset.save)"
-            )
-        meta = json.loads(config_path.read_text())
-        if meta.get("format") != DATASET_FORMAT:
-            raise AutomrError(f"{config_path} has format {meta.get('format')!r}, "
-                              f"expected {DATASET_FORMAT!r}")
+        meta, tensors = load_component(directory, DATASET_FORMAT, DATA_FILE,
+                                       "RetrievalDataset.save")
+        if not tensors:
+            raise AutomrError(f"{directory} is not a saved retrieval dataset: {DATA_FILE} is "
+                              f"missing (write it with RetrievalDataset.save)")
         if hidden_size is not None and meta["hidden_size"] != hidden_size:
             raise AutomrError(
                 f"the retrieval dataset in {directory} has hidden size {meta['hidden_size']}, "
                 f"but {hidden_size} is expected: it was built with another model"
             )
-        tensors = load_file(data_path)
+        metadata = meta.get("provenance", meta.get("metadata", {}))  # "metadata": older saves
         return cls(queries=tensors["queries"], keys=tensors["keys"], mask=tensors["mask"],
-                   targets=tensors["targets"], metadata=meta.get("metadata", {}))
+                   targets=tensors["targets"], metadata=metadata)
 
 
 @beartype

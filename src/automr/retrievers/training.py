@@ -11,7 +11,6 @@ eq. 5, DESIGN.md §1) the argmax of S' is close to arbitrary and top-1 agreement
 Both are recorded every epoch in the history either way.
 """
 
-import copy
 from typing import Literal
 
 import attrs
@@ -21,6 +20,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
+from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
 from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -157,7 +157,7 @@ def _fit(
     train_kl: list[float] = []
     valid_kl: list[float] = []
     valid_top1: list[float] = []
-    best, best_epoch, best_state, stale = None, 0, None, 0
+    stopping = EarlyStopping(config.patience)
     columns = (TextColumn("retriever {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, disable=quiet) as progress:
@@ -171,21 +171,16 @@ def _fit(
                 valid_kl.append(metrics.kl)
                 valid_top1.append(metrics.top1)
                 value = metrics.kl if config.monitor == "kl" else -metrics.top1
-                if best is None or value < best:
-                    best, best_epoch, stale = value, epoch, 0
-                    best_state = copy.deepcopy(retriever.state_dict())
-                else:
-                    stale += 1
+                stopping.update(value, epoch, retriever)
                 status += (f" valid KL {metrics.kl:.4f} top-1 {metrics.top1:.3f}"
-                           f" (best @ {best_epoch})")
+                           f" (best @ {stopping.best_epoch})")
             progress.update(task, advance=1, description=status)
-            if stale >= config.patience:
+            if stopping.should_stop:
                 break
-    if best_state is not None:
-        retriever.load_state_dict(best_state)
+    stopping.restore(retriever)
     return RetrieverTrainingHistory(
         train_kl=tuple(train_kl), valid_kl=tuple(valid_kl), valid_top1=tuple(valid_top1),
-        monitor=config.monitor, best_epoch=best_epoch,
+        monitor=config.monitor, best_epoch=stopping.best_epoch,
         stopped_early=len(train_kl) < config.max_epochs,
     )
 

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 
 from automr.interfaces import Combiner, MemoryTokens, Retriever
 from automr.llm.split import HFSplitLLM
-from automr.llm.state import LayerState
 from automr.retrievers.selection import top_k
+from automr.state import LayerState
 from automr.testing.strategies import (
     layer_states,
     memory_tokens,

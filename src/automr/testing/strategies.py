@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from automr.interfaces import MemoryTokens
-from automr.llm.state import LayerState
+from automr.state import LayerState
 
 Padding = Literal["left", "right", "mixed", "any"]
 """How padding is laid out in drawn masks: all rows left- or right-padded, each row left or

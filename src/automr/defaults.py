@@ -1,0 +1,6 @@
+"""Defaults shared by the library and every command (kept free of heavy imports)."""
+
+DEFAULT_LAYER = 15
+"""The split layer L used unless told otherwise: the middle of SmolLM2-135M's 30 layers (the
+paper splits Llama-2-7B's 32 layers near the middle too). Memory, annotation, retrievers and
+evaluation must agree on it; artifacts record the layer they were made at."""

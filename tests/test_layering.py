@@ -1,0 +1,78 @@
+"""The package's layering: no import cycle between automr's sub-packages, and the Protocols
+stay light (no transformers, no data layer at import)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import automr
+
+PACKAGE = Path(automr.__file__).parent
+
+
+def unit(module: str) -> str:
+    """``automr.data.prompts`` -> ``automr.data``; top-level modules are their own unit."""
+    parts = module.split(".")
+    if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir():
+        return ".".join(parts[:2])
+    return module
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Sub-package -> the sub-packages its modules import (anywhere in the file)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(("automr", *path.relative_to(PACKAGE).with_suffix("").parts))
+        module = module.removesuffix(".__init__")
+        source = unit(module)
+        edges = graph.setdefault(source, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and
+                     node.level == 0 else [])
+            edges |= {unit(n) for n in names if n.startswith("automr.")} - {source}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node], _ = "open", path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node], _ = "done", path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_between_sub_packages():
+    graph = import_graph()
+    assert {"automr.data", "automr.methods", "automr.experiments"} <= set(graph)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_interfaces_and_the_package_import_light():
+    code = ("import sys, automr, automr.interfaces; "
+            "print(sorted(m for m in ('transformers', 'automr.data', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_public_name_resolves():
+    for name in automr.__all__:
+        assert getattr(automr, name) is not None, name
