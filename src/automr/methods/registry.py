@@ -22,6 +22,7 @@ from automr.errors import AutomrError
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.interfaces import Method
 from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
+from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
 from automr.methods.sasrec import SASRecMethod
 from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
@@ -199,6 +200,12 @@ MEMORY_OPTIONS = ("num_beams", "exclude_seen", "combiner", "k")
 METHODS: dict[str, MethodKind] = {
     "sasrec": MethodKind("SASRec trained on the training period", _sasrec,
                          options=("seed",), grounded=False, likelihood=False),
+    "pop": MethodKind("training-period popularity (a floor)",
+                      lambda space, grounder, label: PopularityMethod(space.dataset),
+                      grounded=False, likelihood=False),
+    "cooc": MethodKind("item-to-item co-occurrence counts (a floor)",
+                       lambda space, grounder, label: CooccurrenceMethod(space.dataset),
+                       grounded=False, likelihood=False),
     "base": MethodKind("the untuned LM", _base, ("model",), LM_OPTIONS),
     "bigrec": MethodKind("BIGRec: the LM with its LoRA adapter", _tuned("finetuned"),
                          ("finetuned",), LM_OPTIONS),

@@ -1,0 +1,112 @@
+"""The floors every learned recommender must clear: popularity and item-to-item co-occurrence.
+
+Both count the *training period* only (interactions before the validation window), like
+SASRec's training data, and learn nothing.
+
+- :class:`PopularityMethod` (``pop``): items by their number of training-period interactions.
+- :class:`CooccurrenceMethod` (``cooc``): an item ``b`` scores, for a sample, the number of
+  times ``b`` followed one of the sample's last ``query_items`` history items within
+  ``window`` steps in some user's training-period sequence (each such follow counts 1);
+  popularity breaks ties, so an item that never followed the history is ranked by popularity.
+  Defaults (``window=10``, ``query_items=5``) have the best validation NDCG@5 of a grid
+  ``window`` in {1, 2, 3, 5, 10} x ``query_items`` in {1, 3, 5, 10} on ML-100K's 4,899
+  validation samples (``docs/results/floors/cooc-grid.json``).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+from beartype import beartype
+
+from automr.data import PreparedDataset, Sample
+from automr.evaluation.metrics import ranks_from_scores
+
+
+def training_sequences(dataset: PreparedDataset) -> dict[str, list[int]]:
+    """Every user's training-period items as catalog indices, in timeline order."""
+    index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
+    sequences: dict[str, list[int]] = {}
+    for interaction in dataset.interactions:
+        if dataset.boundaries.split_of(interaction.timestamp) == "train":
+            sequences.setdefault(interaction.user, []).append(index[interaction.item])
+    return sequences
+
+
+def popularity(dataset: PreparedDataset) -> torch.Tensor:
+    """Training-period interaction count of every catalog item (float64, catalog order)."""
+    counts = torch.zeros(len(dataset.catalog), dtype=torch.float64)
+    for items in training_sequences(dataset).values():
+        counts += torch.bincount(torch.tensor(items), minlength=len(counts)).double()
+    return counts
+
+
+def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Sample]) -> list[int]:
+    index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
+    targets = torch.tensor([index[s.target] for s in samples])
+    return ranks_from_scores(scores, targets).tolist()
+
+
+@attrs.define(eq=False)
+class PopularityMethod:
+    """The same ranking for everyone: training-period popularity (ties ranked pessimistically)."""
+
+    dataset: PreparedDataset
+    _counts: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return {"popularity": "training period"}
+
+    def rank(self, samples: Sequence[Sample]) -> list[int]:
+        if self._counts is None:
+            self._counts = popularity(self.dataset)
+        return _rank(self._counts.expand(len(samples), -1), self.dataset, samples)
+
+
+@beartype
+@attrs.define(eq=False)
+class CooccurrenceMethod:
+    """Counts of "followed within ``window`` steps" from the sample's last ``query_items``
+    history items, popularity as the tie-break (module docstring)."""
+
+    dataset: PreparedDataset
+    window: int = attrs.field(default=10, validator=attrs.validators.gt(0))
+    query_items: int = attrs.field(default=5, validator=attrs.validators.gt(0))
+    _follows: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return {"cooccurrence": {"window": self.window, "query_items": self.query_items}}
+
+    def follows(self) -> torch.Tensor:
+        """Sparse ``[items, items]``: entry ``(a, b)`` counts ``b`` within ``window`` steps
+        after ``a`` in a training-period sequence."""
+        if self._follows is None:
+            rows, cols = [], []
+            for items in training_sequences(self.dataset).values():
+                for gap in range(1, self.window + 1):
+                    rows += items[:-gap]
+                    cols += items[gap:]
+            n = len(self.dataset.catalog)
+            self._follows = torch.sparse_coo_tensor(
+                torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
+                torch.ones(len(rows), dtype=torch.float64), (n, n),
+                check_invariants=True).coalesce()
+        return self._follows
+
+    def rank(self, samples: Sequence[Sample]) -> list[int]:
+        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
+        follows, pop = self.follows(), popularity(self.dataset)
+        tie_break = pop / (pop.max() + 1)  # < 1: only orders items with equal counts
+        ranks: list[int] = []
+        for start in range(0, len(samples), 256):
+            chunk = samples[start : start + 256]
+            query = torch.zeros(len(chunk), len(index), dtype=torch.float64)
+            for row, sample in enumerate(chunk):
+                for item in sample.history[-self.query_items:]:
+                    query[row, index[item]] += 1.0
+            counts = torch.sparse.mm(follows.t(), query.t()).t()
+            ranks += _rank(counts + tie_break, self.dataset, chunk)
+        return ranks
