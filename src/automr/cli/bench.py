@@ -13,6 +13,8 @@ app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown
                   no_args_is_help=True)
 
 OutOption = Annotated[Path, typer.Option(help="Folder for NAME.json and NAME.md.")]
+RepeatsOption = Annotated[int, typer.Option(
+    help="Interleaved rounds after a warm-up; ratios are the median over rounds [min, max].")]
 
 
 def _save(result: dict, out: Path, name: str) -> None:
@@ -36,7 +38,7 @@ def annotate(
     elements: int = 90,
     combiner: Annotated[str, typer.Option(help="append-token or prepend-token.")] =
         "append-token",
-    repeats: int = 1,
+    repeats: RepeatsOption = 3,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -49,7 +51,8 @@ def annotate(
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
                             repeats=repeats)
     _save(result, out, f"annotate-{combiner}-{result['device']}")
-    typer.echo(f"speedup over the naive way: {result['speedup']:.1f}x, labels equal within "
+    typer.echo(f"speedup over the naive way: {result['speedup']:.1f}x "
+               f"[{result['speedup_min']:.1f}, {result['speedup_max']:.1f}], labels equal within "
                f"{result['max_abs_logprob_diff']:.1e}")
 
 
@@ -62,7 +65,7 @@ def encode(
     layer: int = DEFAULT_LAYER,
     texts: int = 32,
     batch_size: int = 16,
-    repeats: int = 1,
+    repeats: RepeatsOption = 3,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -77,7 +80,9 @@ def encode(
                           repeats)
     _save(result, out, f"encode-{result['device']}")
     typer.echo(f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
-               f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}%")
+               f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
+               f"[{100 * result['split_overhead_min']:+.1f}%, "
+               f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats})")
 
 
 @app.command()
@@ -91,6 +96,7 @@ def ground(
     samples: int = 8,
     batch_size: int = 8,
     layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = DEFAULT_LAYER,
+    repeats: RepeatsOption = 3,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -103,7 +109,7 @@ def ground(
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
-                          layer, cache_dir=cache_dir)
+                          layer, cache_dir=cache_dir, repeats=repeats)
     _save(result, out, f"ground-{result['device']}")
 
 

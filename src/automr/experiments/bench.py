@@ -5,13 +5,16 @@ plain dicts that the CLI prints and saves as JSON + markdown.
 """
 
 import platform
+import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from automr.annotation import UpperAnnotator
 from automr.combiners import COMBINERS
 from automr.defaults import DEFAULT_LAYER
+from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
@@ -60,9 +63,10 @@ def bench_annotate(
     loaded: LoadedModel, layer: int = DEFAULT_LAYER, prompt_tokens: int = 150,
     target_tokens: int = 10,
     elements: int = 90, combiner: str = "append-token", element_batch: int = 32,
-    repeats: int = 1, seed: int = 0,
+    repeats: int = 3, seed: int = 0,
 ) -> dict[str, object]:
-    """Annotation samples/s of :class:`UpperAnnotator` vs the naive way, and label agreement."""
+    """Annotation samples/s of :class:`UpperAnnotator` vs the naive way (interleaved rounds),
+    and label agreement."""
     llm = HFSplitLLM(loaded.model)
     generator = torch.Generator().manual_seed(seed)
     vocab = loaded.model.config.vocab_size
@@ -75,18 +79,14 @@ def bench_annotate(
                                                                  device=keys.device))
     combine = COMBINERS[combiner]()
     annotator = UpperAnnotator(llm, layer, combine, element_batch=element_batch)
-    annotator.annotate(prompt, target, memory)  # warm-up
-    _sync(llm.device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fast = annotator.annotate(prompt, target, memory).with_element
-    _sync(llm.device)
-    fast_s = (time.perf_counter() - start) / repeats
-    start = time.perf_counter()
-    for _ in range(repeats):
-        naive = naive_log_likelihoods(llm, layer, combine, prompt, target, memory)
-    _sync(llm.device)
-    naive_s = (time.perf_counter() - start) / repeats
+    fast = annotator.annotate(prompt, target, memory).with_element
+    naive = naive_log_likelihoods(llm, layer, combine, prompt, target, memory)
+    seconds = interleaved({
+        "automr": lambda: annotator.annotate(prompt, target, memory),
+        "naive": lambda: naive_log_likelihoods(llm, layer, combine, prompt, target, memory),
+    }, repeats, llm.device)
+    fast_s, naive_s = (statistics.median(seconds[k]) for k in ("automr", "naive"))
+    speedup = ratio(seconds["naive"], seconds["automr"])
     return {
         "benchmark": "annotate", "model": loaded.name, "layer": layer, "combiner": combiner,
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "elements": elements,
@@ -94,24 +94,45 @@ def bench_annotate(
         "device": str(llm.device), "machine": machine(),
         "automr_s_per_sample": fast_s, "naive_s_per_sample": naive_s,
         "automr_samples_per_s": 1 / fast_s, "naive_samples_per_s": 1 / naive_s,
-        "speedup": naive_s / fast_s,
+        "speedup": speedup["median"], "speedup_min": speedup["min"],
+        "speedup_max": speedup["max"],
         "max_abs_logprob_diff": float((fast - naive).abs().max()),
     }
 
 
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
+def interleaved(
+    ways: Mapping[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each way, measured in ``repeats`` interleaved rounds.
+
+    Every way runs once as a warm-up, then each round calls every way once, in order (plain,
+    split, plain, split, ...), so a slow spell of a noisy machine hits all ways alike; compare
+    them with :func:`ratio` over the rounds, never with one repeat.
+    """
+    if repeats < 1:
+        raise AutomrError(f"repeats must be at least 1, got {repeats}")
+    for fn in ways.values():
         fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """Median, min and max over rounds of ``numerator[i] / denominator[i]``."""
+    values = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def bench_encode(
-    loaded: LoadedModel, dataset, layer: int = DEFAULT_LAYER, texts: int = 32, batch_size: int = 16,
-    repeats: int = 1,
+    loaded: LoadedModel, dataset, layer: int = DEFAULT_LAYER, texts: int = 32,
+    batch_size: int = 16, repeats: int = 3,
 ) -> dict[str, object]:
     """Memory-encoding tokens/s (window prompts of real samples, shared-prefix encoder) beside
     a raw lower-half forward of the same padded batches, and the split's overhead: ``upper(lower
@@ -150,19 +171,24 @@ def bench_encode(
         for ids, mask in padded:
             loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device).long())
 
-    encode_s = _timed(encode, repeats, device)
-    lower_s = _timed(raw_lower, repeats, device)
-    split_s = _timed(split_full, repeats, device)
-    plain_s = _timed(plain_full, repeats, device)
+    seconds = interleaved({"encode": encode, "raw_lower": raw_lower, "split_full": split_full,
+                           "plain_full": plain_full}, repeats, device)
+    encode_s, lower_s, split_s, plain_s = (
+        statistics.median(seconds[k]) for k in ("encode", "raw_lower", "split_full",
+                                                "plain_full"))
+    speedup = ratio(seconds["raw_lower"], seconds["encode"])
+    overhead = ratio(seconds["split_full"], seconds["plain_full"])
     return {
         "benchmark": "encode", "model": loaded.name, "layer": layer, "texts": len(prompts),
         "tokens": n_tokens, "batch_size": batch_size, "repeats": repeats,
         "dtype": str(llm.dtype), "device": str(device), "machine": machine(),
         "encoder_tokens_per_s": n_tokens / encode_s,
         "raw_lower_tokens_per_s": n_tokens / lower_s,
-        "encoder_speedup_over_raw_lower": lower_s / encode_s,
+        "encoder_speedup_over_raw_lower": speedup["median"],
+        "encoder_speedup_min": speedup["min"], "encoder_speedup_max": speedup["max"],
         "split_full_s": split_s, "plain_full_s": plain_s,
-        "split_overhead": split_s / plain_s - 1,
+        "split_overhead": overhead["median"] - 1, "split_overhead_min": overhead["min"] - 1,
+        "split_overhead_max": overhead["max"] - 1,
     }
 
 
@@ -216,10 +242,10 @@ def markdown_table(result: dict[str, object]) -> str:
 def bench_ground(
     loaded: LoadedModel, dataset, grounders: tuple[str, ...] = ("constrained", "l2"),
     samples: int = 8, batch_size: int = 8, layer: int = DEFAULT_LAYER, seed: int = 0,
-    cache_dir=None,
+    cache_dir=None, repeats: int = 3,
 ) -> dict[str, object]:
     """Generation + grounding samples/s of each grounder over real test prompts (whole catalog
-    ranked per sample), all in the same run."""
+    ranked per sample), interleaved in the same run; ratios against the first grounder."""
     from automr.data.subsets import seeded_subset
     from automr.grounding import build_grounder
     from automr.methods import GenerativeMethod
@@ -229,16 +255,18 @@ def bench_ground(
         "benchmark": "ground", "model": loaded.name, "samples": len(chosen),
         "batch_size": batch_size, "catalog_items": len(dataset.catalog), "layer": layer,
         "dtype": str(loaded.model.dtype), "device": str(loaded.model.device),
-        "machine": machine(),
+        "repeats": repeats, "machine": machine(),
     }
+    methods = {kind: GenerativeMethod(loaded, dataset, build_grounder(
+        kind, loaded, dataset, loaded.fingerprint(), cache_dir=cache_dir, progress=False),
+        layer, batch_size=batch_size) for kind in grounders}
+    seconds = interleaved({kind: lambda m=m: m.rank(chosen) for kind, m in methods.items()},
+                          repeats, loaded.model.device)
+    first = grounders[0]
     for kind in grounders:
-        grounder = build_grounder(kind, loaded, dataset, loaded.fingerprint(),
-                                  cache_dir=cache_dir, progress=False)
-        method = GenerativeMethod(loaded, dataset, grounder, layer, batch_size=batch_size)
-
-        def run(method=method) -> None:
-            method.rank(chosen)
-
-        seconds = _timed(run, 1, loaded.model.device)
-        result[f"{kind}_samples_per_s"] = len(chosen) / seconds
+        result[f"{kind}_samples_per_s"] = len(chosen) / statistics.median(seconds[kind])
+        if kind != first:
+            spread = ratio(seconds[first], seconds[kind])
+            result[f"{kind}_speed_vs_{first}"] = spread["median"]
+            result[f"{kind}_speed_vs_{first}_min_max"] = [spread["min"], spread["max"]]
     return result
