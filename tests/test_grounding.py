@@ -11,6 +11,7 @@ from automr.grounding import (
     LikelihoodGrounder,
     catalog_targets,
     embed_texts,
+    target_log_likelihoods,
 )
 from automr.llm import HFSplitLLM
 from automr.llm.decoding import greedy_generate
@@ -49,6 +50,22 @@ def test_likelihood_scores_equal_full_forwards(tiny_models, tokenizer, arch, pro
                                                                   layer)
     for row, prompt in enumerate(prompts):
         torch.testing.assert_close(scores[row], plain_scores(model, tokenizer, prompt, targets),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(data=st.data(), prompts=st.lists(words, min_size=1, max_size=3), layer=st.integers(0, 3))
+def test_target_log_likelihoods_equal_full_forwards(tiny_models, tokenizer, arch, data, prompts,
+                                                    layer):
+    """One batched pass over every row's own target = a full forward per prompt + target."""
+    model = tiny_models[arch]
+    targets = catalog_targets(tokenizer, TITLES)
+    chosen = [data.draw(st.integers(0, len(TITLES) - 1)) for _ in prompts]
+    ids, mask = encode_prompts(tokenizer, prompts)
+    scores = target_log_likelihoods(HFSplitLLM(model), ids, mask, layer,
+                                    [targets.token_ids[c] for c in chosen])
+    for row, (prompt, c) in enumerate(zip(prompts, chosen, strict=True)):
+        torch.testing.assert_close(scores[row], plain_scores(model, tokenizer, prompt, targets)[c],
                                    rtol=1e-4, atol=1e-4)
 
 

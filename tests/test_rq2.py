@@ -43,7 +43,7 @@ def workspace(tmp_path_factory):
 def evaluate_random(workspace, out, config):
     return evaluate_methods(workspace / "prepared", ["random:likelihood"], out, config,
                             Artifacts(finetuned=workspace / "ft", memory=workspace / "mem"),
-                            device="cpu", progress=False)["random:likelihood"]
+                            device="cpu", progress=False).reports["random:likelihood"]
 
 
 def retrieved(out):

@@ -41,10 +41,13 @@ def evaluate_command(
         help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,
     batch_size: int = defaults.batch_size,
     layer: Annotated[int | None, typer.Option(
-        help=f"Split layer L [default: the memory's for memory methods, else {DEFAULT_LAYER}].",
+        help=f"Split layer L [default: the memory's when given, else {DEFAULT_LAYER}].",
         show_default=False)] = None,
     num_beams: Annotated[int, typer.Option(
         help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
+    measures: Annotated[str, typer.Option(
+        help="Comma-separated: ranks (Recall/NDCG) and/or likelihood (the LM methods' target "
+             "log-likelihood; no decoding).")] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking.")] = False,
     seed: int = defaults.seed,
@@ -53,14 +56,22 @@ def evaluate_command(
     device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
     quiet: QuietOption = False,
-) -> None:
-    """Rank the same test samples with every method; print and write the results table."""
+) -> dict[str, dict[str, float]]:
+    """Rank (and/or score) the same test samples with every method; print and write the
+    results table. Returns each method's metric means (kept in the run record)."""
     config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
                         exclude_seen=exclude_seen, combiner=combiner, k=k,
+                        measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
                         retrieval_seed=retrieval_seed)
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
-    evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()], out, config,
-                     artifacts, device=device, cache_dir=cache_dir, progress=not quiet)
+    evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],
+                                  out, config, artifacts, device=device, cache_dir=cache_dir,
+                                  progress=not quiet)
     typer.echo((out / "results.md").read_text())
+    means: dict[str, dict[str, float]] = {}
+    for reports in (evaluation.reports, evaluation.likelihoods):
+        for method, report in reports.items():
+            means.setdefault(method, {}).update({k: v.mean for k, v in report.metrics.items()})
+    return means

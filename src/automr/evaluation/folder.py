@@ -5,6 +5,8 @@
     results.md, results.json          the tables (means, intervals, paired differences)
     ranks/METHOD.json                 each method's per-sample ranks (a MetricReport)
     ranks/METHOD.settings.json        what decided those ranks (a rerun reuses equal ones)
+    loglik/METHOD.json                each LM method's target log-likelihoods (--likelihood)
+    loglik/METHOD.settings.json       what decided them
     KIND/METHOD.json                  per-sample details: retrieved/ (memory elements),
                                       contexts/ (ReLLa/TRSR prompt contexts)
 
@@ -19,6 +21,7 @@ from typing import Any
 import attrs
 
 from automr.errors import AutomrError
+from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.storage import read_json, write_json_atomic
 
@@ -36,11 +39,11 @@ class EvaluationFolder:
     def slug(method: str) -> str:
         return method.replace(":", "-")
 
-    def ranks_file(self, method: str) -> Path:
-        return self.path / "ranks" / f"{self.slug(method)}.json"
+    def ranks_file(self, method: str, kind: str = "ranks") -> Path:
+        return self.path / kind / f"{self.slug(method)}.json"
 
-    def settings_file(self, method: str) -> Path:
-        return self.path / "ranks" / f"{self.slug(method)}.settings.json"
+    def settings_file(self, method: str, kind: str = "ranks") -> Path:
+        return self.path / kind / f"{self.slug(method)}.settings.json"
 
     def details_file(self, kind: str, method: str) -> Path:
         return self.path / kind / f"{self.slug(method)}.json"
@@ -53,6 +56,21 @@ class EvaluationFolder:
         if read_json(saved, "`automr evaluate`") != json.loads(json.dumps(settings)):
             return None
         return MetricReport.load(ranks)
+
+    def saved_likelihoods(self, method: str, settings: Mapping[str, Any]
+                          ) -> LikelihoodReport | None:
+        """``method``'s saved target log-likelihoods if made with exactly ``settings``."""
+        values, saved = self.ranks_file(method, "loglik"), self.settings_file(method, "loglik")
+        if not values.exists() or not saved.exists():
+            return None
+        if read_json(saved, "`automr evaluate`") != json.loads(json.dumps(settings)):
+            return None
+        return LikelihoodReport.load(values)
+
+    def save_likelihoods(self, report: LikelihoodReport, settings: Mapping[str, Any]) -> None:
+        report.save(self.ranks_file(report.method, "loglik"))
+        write_json_atomic(self.settings_file(report.method, "loglik"), dict(settings),
+                          indent=None)
 
     def save(self, report: MetricReport, settings: Mapping[str, Any],
              details: Mapping[str, Mapping[str, Any]] = {}) -> None:

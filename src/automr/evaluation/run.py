@@ -5,13 +5,16 @@
     evaluation = automr.evaluate({"bigrec": bigrec, "mine": mine}, samples, n_items, out="runs/x")
     print(evaluation.markdown())
 
-Each method is a :class:`~automr.interfaces.Method`; the names are yours. With ``out``, each
-method's ranks are saved there (:class:`~automr.evaluation.folder.EvaluationFolder`) and a
-rerun reuses the ranks of every method whose ``settings`` are unchanged.
+Each method is a :class:`~automr.interfaces.Method`; the names are yours. Two measures:
+``ranks`` (full-ranking Recall/NDCG@K, the headline) and ``likelihood`` (the true title's
+log-likelihood, for :class:`~automr.interfaces.LikelihoodMethod` s: no decoding, so it is cheap
+on thousands of samples and resolves small paired effects). With ``out``, each method's
+values are saved there (:class:`~automr.evaluation.folder.EvaluationFolder`) and a rerun
+reuses those of every method whose ``settings`` are unchanged.
 """
 
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,82 +25,127 @@ from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference
 from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.likelihood import (
+    LikelihoodReport,
+    build_likelihood_report,
+    compare_likelihoods,
+)
 from automr.evaluation.metrics import DEFAULT_KS
 from automr.evaluation.report import MetricReport, build_report, compare_reports
-from automr.interfaces import Explained, Method
+from automr.interfaces import Explained, LikelihoodMethod, Method
+
+MEASURES = ("ranks", "likelihood")
 
 
 @attrs.frozen
 class Evaluation:
-    """Every method's report on the same samples, and paired differences against
-    ``reference``."""
+    """Every method's reports on the same samples, and paired differences against
+    ``reference``: ``reports`` (ranks) and ``likelihoods`` (LM methods' target
+    log-likelihoods), either possibly empty."""
 
     reports: dict[str, MetricReport]
     reference: str
-
-    @property
-    def samples(self) -> int:
-        return len(next(iter(self.reports.values())).ranks)
-
-    @property
-    def n_resamples(self) -> int:
-        return next(iter(self.reports.values())).n_resamples
+    likelihoods: dict[str, LikelihoodReport] = attrs.field(factory=dict)
+    samples: int = 0
+    n_resamples: int = DEFAULT_RESAMPLES
 
     def paired(self) -> dict[str, dict[str, PairedDifference]]:
-        """Each other method minus the reference, per metric (paired bootstrap)."""
+        """Each other method minus the reference, per ranking metric (paired bootstrap)."""
+        if self.reference not in self.reports:
+            return {}
         reference = self.reports[self.reference]
         return {m: compare_reports(r, reference) for m, r in self.reports.items()
                 if m != self.reference}
 
+    def paired_likelihoods(self) -> dict[str, dict[str, PairedDifference]]:
+        """Each other LM method minus the reference, per likelihood metric."""
+        if self.reference not in self.likelihoods:
+            return {}
+        reference = self.likelihoods[self.reference]
+        return {m: compare_likelihoods(r, reference, n_resamples=self.n_resamples)
+                for m, r in self.likelihoods.items() if m != self.reference}
+
     def to_json(self, record: Mapping[str, Any] = {}) -> dict[str, Any]:
         """The tables as JSON, after ``record`` (what the caller wants to keep with them)."""
-        return {
+        def table(reports) -> dict:
+            return {m: {k: attrs.asdict(v) for k, v in r.metrics.items()}
+                    for m, r in reports.items()}
+
+        def diffs(paired) -> dict:
+            return {m: {k: attrs.asdict(v) for k, v in d.items()} for m, d in paired.items()}
+
+        payload = {
             **record, "reference": self.reference, "samples": self.samples,
             "machine": {"platform": platform.platform(), "torch": torch.__version__,
                         "threads": torch.get_num_threads()},
-            "methods": {m: {k: attrs.asdict(v) for k, v in r.metrics.items()}
-                        for m, r in self.reports.items()},
-            "paired_vs_reference": {m: {k: attrs.asdict(v) for k, v in diffs.items()}
-                                    for m, diffs in self.paired().items()},
+            "methods": table(self.reports), "paired_vs_reference": diffs(self.paired()),
         }
+        if self.likelihoods:
+            payload["likelihood"] = table(self.likelihoods)
+            payload["likelihood_paired_vs_reference"] = diffs(self.paired_likelihoods())
+        return payload
 
     def markdown(self, header: str | None = None) -> str:
-        """Each metric's mean [95% CI], then the paired differences against the reference."""
-        keys = list(next(iter(self.reports.values())).metrics)
-        rule = "|---" * (len(keys) + 1) + "|"
-        lines = [f"| method | {' | '.join(keys)} |", rule]
-        for method, report in self.reports.items():
-            cells = [f"{iv.mean:.4f} [{iv.low:.4f}, {iv.high:.4f}]"
-                     for iv in report.metrics.values()]
-            lines.append(f"| {method} | {' | '.join(cells)} |")
-        lines += ["", f"Paired bootstrap difference vs `{self.reference}` (mean [95% CI]):", "",
-                  f"| method | {' | '.join(keys)} |", rule]
-        for method, diffs in self.paired().items():
-            cells = [f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in diffs.values()]
-            lines.append(f"| {method} | {' | '.join(cells)} |")
+        """Each metric's mean [95% CI], then the paired differences against the reference;
+        the same for the target log-likelihood when it was measured."""
         header = header or (f"{self.samples} samples, full ranking over the catalog, "
                             f"{self.n_resamples} bootstrap resamples.")
-        return header + "\n\n" + "\n".join(lines) + "\n"
+        parts = [header, ""]
+        if self.reports:
+            parts += _tables(self.reports, self.paired(), self.reference, "{:.4f}")
+        if self.likelihoods:
+            parts += ["Target log-likelihood (nats; per sample and per target token; higher "
+                      "is better):", ""]
+            parts += _tables(self.likelihoods, self.paired_likelihoods(), self.reference,
+                             "{:.3f}")
+        return "\n".join(parts)
+
+
+def _tables(reports, paired, reference: str, number: str) -> list[str]:
+    keys = list(next(iter(reports.values())).metrics)
+    rule = "|---" * (len(keys) + 1) + "|"
+    lines = [f"| method | {' | '.join(keys)} |", rule]
+    for method, report in reports.items():
+        cells = [f"{number.format(iv.mean)} [{number.format(iv.low)}, "
+                 f"{number.format(iv.high)}]" for iv in report.metrics.values()]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    lines.append("")
+    if paired:
+        signed = number.replace("{:", "{:+")
+        lines += [f"Paired bootstrap difference vs `{reference}` (mean [95% CI]):", "",
+                  f"| method | {' | '.join(keys)} |", rule]
+        for method, diffs in paired.items():
+            cells = [f"{signed.format(d.mean)} [{signed.format(d.low)}, "
+                     f"{signed.format(d.high)}]" for d in diffs.values()]
+            lines.append(f"| {method} | {' | '.join(cells)} |")
+        lines.append("")
+    return lines
 
 
 def evaluate(
     methods: Mapping[str, Method], samples: Sequence[Sample], n_items: int, *,
     out: Path | str | None = None, reference: str | None = None,
-    ks: Sequence[int] = DEFAULT_KS, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    record: Mapping[str, Any] = {}, header: str | None = None,
+    measures: Collection[str] = ("ranks",), ks: Sequence[int] = DEFAULT_KS,
+    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, record: Mapping[str, Any] = {},
+    header: str | None = None,
 ) -> Evaluation:
-    """Rank ``samples`` with every method; bootstrap each metric; pair each method with
+    """Measure ``samples`` with every method; bootstrap each metric; pair each method with
     ``reference`` (default: the first method whose name starts with ``bigrec``, else the
     first).
 
-    With ``out``: ranks, settings and details are saved per method as it finishes (a method
-    already saved with equal settings is not ranked again), then ``results.json`` (after
+    ``measures``: ``ranks`` (every method ranks the catalog) and/or ``likelihood`` (every
+    :class:`~automr.interfaces.LikelihoodMethod` scores the true titles; others are skipped).
+    With ``out``: values, settings and details are saved per method as it finishes (values
+    saved with equal settings are not computed again), then ``results.json`` (after
     ``record``) and ``results.md`` (after ``header``).
     """
     if not methods:
         raise AutomrError("evaluate needs at least one method")
     if not samples:
         raise AutomrError("evaluate needs at least one sample")
+    unknown = set(measures) - set(MEASURES)
+    if unknown or not measures:
+        raise AutomrError(f"measures must be among {', '.join(MEASURES)}; got {sorted(measures)}")
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise AutomrError("the samples to evaluate repeat an id (user@timestamp:target)")
@@ -107,20 +155,45 @@ def evaluate(
         raise AutomrError(f"the reference {reference!r} is not among the methods {names}")
     folder = None if out is None else EvaluationFolder(out)
     reports: dict[str, MetricReport] = {}
+    likelihoods: dict[str, LikelihoodReport] = {}
     for name, method in methods.items():
         settings = {"method": name, "samples": ids, "n_items": n_items, **method.settings}
-        saved = None if folder is None else folder.saved_report(name, settings)
-        if saved is not None and saved.ks == tuple(ks) and saved.n_resamples == n_resamples:
-            reports[name] = saved
-            continue
-        ranks = saved.ranks if saved is not None else method.rank(samples)
-        report = build_report(name, ids, torch.tensor(list(ranks), dtype=torch.long), n_items,
-                              ks=ks, n_resamples=n_resamples, seed=seed)
-        if folder is not None:
-            details = method.details() if isinstance(method, Explained) else {}
-            folder.save(report, settings, {} if saved is not None else details)
-        reports[name] = report
-    evaluation = Evaluation(reports, reference)
+        if "ranks" in measures:
+            reports[name] = _ranks(name, method, samples, settings, folder, n_items, ks,
+                                   n_resamples, seed)
+        if "likelihood" in measures and isinstance(method, LikelihoodMethod):
+            likelihoods[name] = _likelihoods(name, method, samples, settings, folder,
+                                             n_resamples, seed)
+    evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples)
     if folder is not None:
         folder.write_results(evaluation.to_json(record), evaluation.markdown(header))
     return evaluation
+
+
+def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed
+           ) -> MetricReport:
+    saved = None if folder is None else folder.saved_report(name, settings)
+    if saved is not None and saved.ks == tuple(ks) and saved.n_resamples == n_resamples:
+        return saved
+    ranks = saved.ranks if saved is not None else method.rank(samples)
+    report = build_report(name, [s.id for s in samples],
+                          torch.tensor(list(ranks), dtype=torch.long), n_items, ks=ks,
+                          n_resamples=n_resamples, seed=seed)
+    if folder is not None:
+        details = method.details() if isinstance(method, Explained) and saved is None else {}
+        folder.save(report, settings, details)
+    return report
+
+
+def _likelihoods(name, method, samples, settings, folder, n_resamples, seed
+                 ) -> LikelihoodReport:
+    saved = None if folder is None else folder.saved_likelihoods(name, settings)
+    if saved is not None and saved.n_resamples == n_resamples:
+        return saved
+    values = (list(zip(saved.log_likelihoods, saved.tokens, strict=True)) if saved is not None
+              else method.target_log_likelihoods(samples))
+    report = build_likelihood_report(name, [s.id for s in samples], values,
+                                     n_resamples=n_resamples, seed=seed)
+    if folder is not None:
+        folder.save_likelihoods(report, settings)
+    return report

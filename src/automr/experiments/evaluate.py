@@ -26,8 +26,7 @@ from beartype import beartype
 from automr.data import PreparedDataset
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.evaluation.report import MetricReport
-from automr.evaluation.run import evaluate
+from automr.evaluation.run import Evaluation, evaluate
 from automr.methods.registry import (
     Artifacts,
     MethodOptions,
@@ -47,11 +46,13 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     layer: int | None = None
-    """Split layer; None: the memory's for memory methods, else 15 (what was used is in each
+    """Split layer; None: the memory's when one is given, else 15 (what was used is in each
     method's settings)."""
     num_beams: int | None = None
     exclude_seen: bool = False
     ks: tuple[int, ...] = (1, 5, 10)
+    measures: tuple[str, ...] = ("ranks",)
+    """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
     n_resamples: int = 1000
     combiner: str = "append-token"
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
@@ -69,8 +70,9 @@ def evaluate_methods(
     dataset_dir: Path | str, methods: Sequence[str], out_dir: Path | str,
     config: EvalConfig = EvalConfig(), artifacts: Artifacts | None = None,
     device: str = "auto", cache_dir: Path | str | None = None, progress: bool = True,
-) -> dict[str, MetricReport]:
-    """Rank the same seeded subset of samples with every named method; write ranks and tables.
+) -> Evaluation:
+    """Measure the same seeded subset of samples with every named method; write the values
+    and tables.
 
     Methods already ranked in ``out_dir`` with the same samples and settings are reused.
     """
@@ -88,9 +90,10 @@ def evaluate_methods(
                  else f", random retrieval seed {config.retrieval_seed}")
     header = (f"{len(samples)} {config.split} samples (seed {config.seed}{retrieval}), "
               f"full ranking over the catalog, {config.n_resamples} bootstrap resamples.")
+    if "ranks" not in config.measures:
+        header = header.replace("full ranking over the catalog", "target log-likelihoods")
     record = {"config": attrs.asdict(config), "dataset": str(dataset_dir),
               **{k: None if v is None else str(v) for k, v in attrs.asdict(artifacts).items()}}
-    evaluation = evaluate(built, samples, len(dataset.catalog), out=out_dir, ks=config.ks,
-                          n_resamples=config.n_resamples, seed=config.seed, record=record,
-                          header=header)
-    return evaluation.reports
+    return evaluate(built, samples, len(dataset.catalog), out=out_dir, ks=config.ks,
+                    measures=config.measures, n_resamples=config.n_resamples, seed=config.seed,
+                    record=record, header=header)

@@ -170,7 +170,7 @@ def run_rq2(
             dataset_dir, [method], folder, run_config,
             Artifacts(model=model, finetuned=finetuned,
                       memory=memory if group != "bigrec" else None, retriever=retriever),
-            device=device, cache_dir=cache_dir, progress=progress)
+            device=device, cache_dir=cache_dir, progress=progress).reports
         report = reports[method]
         ids = ids if runs else report.sample_ids
         if report.sample_ids != ids:

@@ -22,6 +22,7 @@ from automr.errors import AutomrError
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.interfaces import Method
 from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
+from automr.memory import MemoryRecord
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
 from automr.methods.sasrec import SASRecMethod
@@ -37,7 +38,8 @@ class MethodOptions:
     """How named methods run (the method-level part of ``automr evaluate``'s options)."""
 
     layer: int | None = None
-    """Split layer; None: the memory's layer for memory methods, else the default (15)."""
+    """Split layer; None: the memory's layer when a memory is given, else the default (15).
+    Memory-free methods rank the same at any layer (the split is exact)."""
     num_beams: int | None = None
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     exclude_seen: bool = False
@@ -123,12 +125,12 @@ class Workspace:
 
             context = build_context(run.context, loaded, self.dataset, base, self.cache_dir,
                                     batch_size=self.options.batch_size, progress=self.progress)
-        layer = self.options.layer if retrieval is None else retrieval.store.layer
+        layer = self.layer if retrieval is None else retrieval.store.layer
         return GenerativeMethod(
             loaded, self.dataset,
             build_grounder(grounder, loaded, self.dataset, base, self.options.num_beams,
                            self.cache_dir, self.progress),
-            layer=DEFAULT_LAYER if layer is None else layer, retrieval=retrieval,
+            layer=layer, retrieval=retrieval,
             context=context, batch_size=self.options.batch_size,
             exclude_seen=self.options.exclude_seen, progress=self.progress, label=label)
 
@@ -145,6 +147,15 @@ class Workspace:
                      else build_retriever(kind, store.hidden_size, seed=self.retrieval_seed))
         return MemoryRetrieval(store, retriever, COMBINERS[self.options.combiner](),
                                k=self.options.k)
+
+    @property
+    def layer(self) -> int:
+        """The split layer: the option, else the memory's, else :data:`DEFAULT_LAYER`."""
+        if self.options.layer is not None:
+            return self.options.layer
+        if self.artifacts.memory is not None:
+            return MemoryRecord.read(self.artifacts.memory).layer
+        return DEFAULT_LAYER
 
     @property
     def retrieval_seed(self) -> int:
@@ -249,8 +260,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     for option in kind.options:
         settings[option] = (space.retrieval_seed if option == "retrieval_seed"
                             else getattr(space.options, option))
-    if "layer" in settings and settings["layer"] is None:
-        settings["layer"] = DEFAULT_LAYER
+    if "layer" in settings:
+        settings["layer"] = space.layer
     if name in ("rella", "trsr"):
         settings["context"] = space.run(name).context.to_json()
     return settings

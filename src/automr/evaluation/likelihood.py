@@ -1,0 +1,107 @@
+"""Target likelihood as a metric: per sample, the log-likelihood of the true next title.
+
+A :class:`LikelihoodReport` keeps every sample's ``log P(title + EOS | prompt [+ memory])``
+and its token count (from :meth:`~automr.interfaces.LikelihoodMethod.target_log_likelihoods`),
+with bootstrap intervals of the mean per sample (``target_ll``) and of the mean per-token
+value (``target_ll_per_token``). Paired differences resolve effects far smaller than hit
+counts can: this is the quantity eq. 5 optimises.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from beartype import beartype
+
+from automr.errors import AutomrError
+from automr.evaluation.bootstrap import (
+    DEFAULT_RESAMPLES,
+    Interval,
+    PairedDifference,
+    bootstrap_ci,
+    paired_bootstrap,
+)
+from automr.storage import read_json, write_json_atomic
+
+LIKELIHOOD_FORMAT = "automr.likelihood_report/1"
+LIKELIHOOD_METRICS = ("target_ll", "target_ll_per_token")
+
+
+@beartype
+@attrs.frozen
+class LikelihoodReport:
+    """One method's target log-likelihoods on one set of samples, with intervals."""
+
+    method: str
+    sample_ids: tuple[str, ...]
+    log_likelihoods: tuple[float, ...]
+    tokens: tuple[int, ...]
+    metrics: dict[str, Interval]
+    n_resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if not len(self.sample_ids) == len(self.log_likelihoods) == len(self.tokens):
+            raise AutomrError(f"likelihood report {self.method!r}: ids, values and token "
+                              f"counts differ in length")
+        if any(n < 1 for n in self.tokens):
+            raise AutomrError(f"likelihood report {self.method!r}: a target has no token")
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """Per-sample values of each metric, in ``sample_ids`` order."""
+        ll = torch.tensor(self.log_likelihoods, dtype=torch.float64)
+        return {"target_ll": ll,
+                "target_ll_per_token": ll / torch.tensor(self.tokens, dtype=torch.float64)}
+
+    def save(self, path: Path | str) -> None:
+        write_json_atomic(path, {
+            "format": LIKELIHOOD_FORMAT, "method": self.method, "n_resamples": self.n_resamples,
+            "seed": self.seed,
+            "metrics": {k: attrs.asdict(v) for k, v in self.metrics.items()},
+            "samples": [{"id": s, "log_likelihood": v, "tokens": n} for s, v, n in
+                        zip(self.sample_ids, self.log_likelihoods, self.tokens, strict=True)],
+        })
+
+    @classmethod
+    def load(cls, path: Path | str) -> "LikelihoodReport":
+        data = read_json(path, "`automr evaluate --likelihood`")
+        if not isinstance(data, dict) or data.get("format") != LIKELIHOOD_FORMAT:
+            raise AutomrError(f"{path} is not an automr likelihood report")
+        samples = data["samples"]
+        return cls(method=data["method"], sample_ids=tuple(s["id"] for s in samples),
+                   log_likelihoods=tuple(float(s["log_likelihood"]) for s in samples),
+                   tokens=tuple(int(s["tokens"]) for s in samples),
+                   metrics={k: Interval(**v) for k, v in data["metrics"].items()},
+                   n_resamples=data["n_resamples"], seed=data["seed"])
+
+
+def build_likelihood_report(
+    method: str, sample_ids: Sequence[str], values: Sequence[tuple[float, int]], *,
+    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+) -> LikelihoodReport:
+    """Bootstrap the per-sample ``(log-likelihood, tokens)`` pairs of one method."""
+    if not values:
+        raise AutomrError("cannot build a likelihood report from zero samples")
+    report = LikelihoodReport(method=method, sample_ids=tuple(sample_ids),
+                              log_likelihoods=tuple(float(v) for v, _ in values),
+                              tokens=tuple(int(n) for _, n in values), metrics={},
+                              n_resamples=n_resamples, seed=seed)
+    metrics = {k: bootstrap_ci(v, n_resamples=n_resamples, seed=seed)
+               for k, v in report.values().items()}
+    return attrs.evolve(report, metrics=metrics)
+
+
+def compare_likelihoods(
+    report_a: LikelihoodReport, report_b: LikelihoodReport, *,
+    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+) -> dict[str, PairedDifference]:
+    """Paired bootstrap of A minus B per metric, samples aligned by id."""
+    if set(report_a.sample_ids) != set(report_b.sample_ids):
+        raise AutomrError(f"likelihood reports {report_a.method!r} and {report_b.method!r} "
+                          f"cover different samples")
+    position = {s: i for i, s in enumerate(report_b.sample_ids)}
+    order = torch.tensor([position[s] for s in report_a.sample_ids], dtype=torch.long)
+    values_a, values_b = report_a.values(), report_b.values()
+    return {k: paired_bootstrap(values_a[k], values_b[k][order], n_resamples=n_resamples,
+                                seed=seed) for k in LIKELIHOOD_METRICS}

@@ -1,0 +1,101 @@
+"""Target log-likelihood as a measure: exact against the annotator and the likelihood grounder,
+saved and paired by ``evaluate``, resumed from the folder."""
+
+import json
+
+import pytest
+import torch
+
+import automr
+from automr.annotation.run import element_tokens
+from automr.data import tokenize_sample
+from automr.evaluation.likelihood import LikelihoodReport
+from automr.grounding import LikelihoodGrounder, dataset_targets
+from automr.llm import HFSplitLLM
+from automr.memory import MemoryConfig, build_memory
+from automr.methods.generative import left_padded_prompts
+from automr.recommenders.finetune import FinetuneConfig, finetune
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("likelihood")
+    dataset = synthetic_dataset(root)
+    model = save_tiny_model(root / "model")
+    finetune(automr.load_model(str(model), device="cpu"), dataset, root / "ft",
+             FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
+                            lora_from_layer=2), progress=False)
+    run = automr.FinetunedRun.open(root / "ft")
+    build_memory(automr.load_model(str(model), device="cpu"), dataset, 2,
+                 MemoryConfig(encoder="item"), root / "mem", progress=False)
+    loaded = run.load(device="cpu")
+    return {"root": root, "dataset": dataset, "run": run, "loaded": loaded,
+            "store": run.open_memory(root / "mem")}
+
+
+def test_bigrec_target_likelihood_is_the_likelihood_grounders_score(workspace):
+    dataset, loaded = workspace["dataset"], workspace["loaded"]
+    samples = dataset.samples("test")[:3]
+    grounder = LikelihoodGrounder(dataset_targets(loaded, dataset))
+    method = automr.GenerativeMethod(loaded, dataset, grounder, layer=2, batch_size=2)
+    ids, mask = left_padded_prompts(loaded, dataset, samples)
+    with torch.no_grad():
+        scores = grounder.scores(HFSplitLLM(loaded.model), ids, mask, 2)
+    index = {item: i for i, item in enumerate(dataset.catalog.ids)}
+    values = method.target_log_likelihoods(samples)
+    for row, (sample, (value, tokens)) in enumerate(zip(samples, values, strict=True)):
+        assert value == pytest.approx(float(scores[row, index[sample.target]]), abs=1e-4)
+        example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
+                                  dataset.prompt_config)
+        assert tokens == len(example.input_ids) - len(example.prompt_ids)
+
+
+def test_with_memory_it_is_the_annotators_value_of_the_retrieved_element(workspace):
+    dataset, loaded, store = workspace["dataset"], workspace["loaded"], workspace["store"]
+    samples = [s for s in dataset.samples("test") if s.memory][:3]
+    retrieval = automr.MemoryRetrieval(store, automr.RandomRetriever(seed=1),
+                                       automr.AppendToken())
+    method = automr.GenerativeMethod(loaded, dataset, LikelihoodGrounder(
+        dataset_targets(loaded, dataset)), layer=2, retrieval=retrieval)
+    values = method.target_log_likelihoods(samples)
+    retrieved = method.details()["retrieved"]
+    annotator = automr.UpperAnnotator(HFSplitLLM(loaded.model), 2, automr.AppendToken())
+    for sample, (value, _) in zip(samples, values, strict=True):
+        example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
+                                  dataset.prompt_config)
+        result = annotator.annotate(torch.tensor(example.prompt_ids),
+                                    torch.tensor(example.input_ids[len(example.prompt_ids):]),
+                                    element_tokens(store, sample, False))
+        _, _, start = store.request_for(sample)
+        [position] = retrieved[sample.id]
+        assert value == pytest.approx(float(result.with_element[position - start]), abs=1e-4)
+
+
+def test_evaluate_measures_likelihood_pairs_and_resumes(workspace, tmp_path):
+    root = workspace["root"]
+    args = ["evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
+            "pop,bigrec:likelihood,random:likelihood", "--finetuned", str(root / "ft"),
+            "--memory", str(root / "mem"), "--model", str(root / "model"), "--samples", "5",
+            "--measures", "likelihood", "--quiet", "--device", "cpu"]
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["methods"] == {}  # no ranking asked for
+    assert set(payload["likelihood"]) == {"bigrec:likelihood", "random:likelihood"}  # LM only
+    diff = payload["likelihood_paired_vs_reference"]["random:likelihood"]["target_ll"]
+    bigrec = LikelihoodReport.load(tmp_path / "loglik" / "bigrec-likelihood.json")
+    other = LikelihoodReport.load(tmp_path / "loglik" / "random-likelihood.json")
+    assert len(bigrec.sample_ids) == 5
+    mean = sum(a - b for a, b in zip(other.log_likelihoods, bigrec.log_likelihoods,
+                                     strict=True)) / 5
+    assert diff["mean"] == pytest.approx(mean, abs=1e-6)
+    assert "Target log-likelihood" in result.output
+    stamp = (tmp_path / "loglik" / "bigrec-likelihood.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "loglik" / "bigrec-likelihood.json").stat().st_mtime_ns == stamp
