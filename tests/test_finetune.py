@@ -1,11 +1,16 @@
-"""BIGRec fine-tuning: exact batching, the loss falls, resume equals an uninterrupted run."""
+"""BIGRec fine-tuning: exact batching, the loss falls, accumulation and cached lower states equal
+the plain loop, the schedule's shape, and resume after any step equals an uninterrupted run
+bit for bit."""
 
+import itertools
 import json
+import math
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from automr.data import TokenizedExample
 from automr.errors import AutomrError
@@ -16,6 +21,7 @@ from automr.recommenders.finetune import (
     batch_nll,
     collate,
     finetune,
+    lr_factor,
 )
 from automr.recommenders.runs import FinetunedRun
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
@@ -82,32 +88,201 @@ def test_lora_from_layer_trains_only_upper_layers(workspace):
     assert config["layers_to_transform"] == [2, 3]
 
 
-def test_resume_equals_uninterrupted_run(workspace, monkeypatch):
+def adapter(folder) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+# two micro-batches per step, warmup then cosine decay, clipping, LoRA dropout drawing from the RNG
+LOOP = dict(max_train_samples=16, batch_size=2, grad_accum=2, epochs=2, warmup_steps=2,
+            schedule="cosine", max_grad_norm=0.5, eval_every=3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    """One uninterrupted run per LoRA placement (0: all layers; 2: cached lower states)."""
+    runs = {}
+    for layer in (0, 2):
+        folder = workspace["root"] / f"uninterrupted-{layer}"
+        record = finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"],
+                          folder, quick_config(**LOOP, lora_from_layer=layer), progress=False)
+        runs[layer] = (folder, record)
+    return runs
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+@pytest.mark.parametrize(("stop_after", "checkpoint_every", "resumes_at"),
+                         [(1, 1, 1), (5, 1, 5), (5, None, 3)])
+def test_resume_after_any_step_is_bit_identical(workspace, uninterrupted, monkeypatch, layer,
+                                                stop_after, checkpoint_every, resumes_at):
+    """Ctrl-C right after optimizer step ``stop_after`` (after its checkpoint with
+    checkpoint_every=1; with None the last checkpoint is the validation's at step 3, so the
+    rerun repeats steps 4-5), then the same command again."""
     import automr.recommenders.finetune as ft
 
     data, model = workspace["data"], str(workspace["model"])
-    config = quick_config(epochs=1)
-    full = finetune(load_model(model, device="cpu"), data, workspace["root"] / "full", config,
-                    progress=False)
-    calls = {"n": 0}
+    config = quick_config(**LOOP, lora_from_layer=layer, checkpoint_every=checkpoint_every)
+    name = "_save_checkpoint" if checkpoint_every else "train_step"
+    original, steps = getattr(ft, name), {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        steps["n"] = args[2]["step"] if checkpoint_every else steps["n"] + 1
+        if steps["n"] == stop_after:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(ft, name, interrupted)
+    run = workspace["root"] / f"resumed-{layer}-{stop_after}-{checkpoint_every}"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    monkeypatch.setattr(ft, name, original)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == resumes_at
+    resumed = finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    folder, full = uninterrupted[layer]
+    assert resumed["step"] == full["step"] == 8
+    assert resumed["train_losses"] == full["train_losses"]  # floats compared exactly
+    assert resumed["evaluations"] == full["evaluations"]
+    for part in ("checkpoint", "best"):
+        ours, theirs = adapter(run / part), adapter(folder / part)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_changed_config_is_refused_on_resume(workspace, monkeypatch):
+    import automr.recommenders.finetune as ft
+
+    data, model = workspace["data"], str(workspace["model"])
     original = ft._save_checkpoint
 
-    def crash_after_first_checkpoint(*args):
+    def crash(*args):
         original(*args)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft, "_save_checkpoint", crash_after_first_checkpoint)
-    run = workspace["root"] / "resumed"
+    monkeypatch.setattr(ft, "_save_checkpoint", crash)
+    run = workspace["root"] / "changed"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_model(model, device="cpu"), data, run, quick_config(**LOOP), progress=False)
+    monkeypatch.setattr(ft, "_save_checkpoint", original)
+    for change in (dict(grad_accum=1), dict(schedule="linear"), dict(max_grad_norm=1.0)):
+        with pytest.raises(AutomrError, match="different config"):
+            finetune(load_model(model, device="cpu"), data, run,
+                     quick_config(**{**LOOP, **change}), progress=False)
+
+
+def test_a_checkpoint_of_an_older_version_resumes(workspace, monkeypatch):
+    """state.json without the loop's newer fields (and rng.pt with the CPU state alone) resumes
+    as the defaults; run options (cache_lower, checkpoint_every) may change on resume."""
+    import automr.recommenders.finetune as ft
+
+    data, model = workspace["data"], str(workspace["model"])
+    config = quick_config(epochs=1, lora_from_layer=2)
+    original = ft._save_checkpoint
+
+    def crash(*args):
+        original(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_save_checkpoint", crash)
+    run = workspace["root"] / "older"
     with pytest.raises(KeyboardInterrupt):
         finetune(load_model(model, device="cpu"), data, run, config, progress=False)
     monkeypatch.setattr(ft, "_save_checkpoint", original)
-    with pytest.raises(AutomrError, match="different config"):
-        finetune(load_model(model, device="cpu"), data, run, quick_config(epochs=1, lr=1e-2),
-                 progress=False)
-    resumed = finetune(load_model(model, device="cpu"), data, run, config, progress=False)
-    assert resumed["step"] == full["step"]
-    for ours, theirs in zip(resumed["evaluations"], full["evaluations"], strict=True):
-        assert ours["step"] == theirs["step"]
-        assert ours["valid_nll"] == pytest.approx(theirs["valid_nll"], abs=1e-5)
+    state_file = run / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    for key in ft.ADDED_FIELDS:
+        del state["config"][key]
+    del state["train_losses"]
+    state_file.write_text(json.dumps(state))
+    rng = run / "checkpoint" / "rng.pt"
+    torch.save(torch.load(rng, weights_only=True)["cpu"], rng)
+    record = finetune(load_model(model, device="cpu"), data, run,
+                      quick_config(epochs=1, lora_from_layer=2, cache_lower=False),
+                      progress=False)
+    assert record["step"] == 8 and record["train_losses"][:4] == [None] * 4
+    written = json.loads((run / "finetune.json").read_text())["config"]
+    assert written["grad_accum"] == 1 and written["cache_lower"] is False
+    assert FinetunedRun.open(run).lora_from_layer == 2
+
+
+def same_run(a: dict, b: dict, folder_a, folder_b, tolerance: float) -> None:
+    assert a["step"] == b["step"]
+    assert a["train_losses"] == pytest.approx(b["train_losses"], abs=tolerance, rel=0)
+    assert [e["valid_nll"] for e in a["evaluations"]] == pytest.approx(
+        [e["valid_nll"] for e in b["evaluations"]], abs=tolerance, rel=0)
+    ours, theirs = adapter(folder_a / "checkpoint"), adapter(folder_b / "checkpoint")
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=tolerance, rtol=0)
+
+
+def test_cached_lower_states_equal_the_plain_path(workspace):
+    """Same batches, per-step losses and final adapter within float rounding; the cache's size
+    is examples x tokens x hidden x 4 bytes."""
+    data, model = workspace["data"], str(workspace["model"])
+    runs = {}
+    for cached in (True, False):
+        folder = workspace["root"] / f"cache-{cached}"
+        config = quick_config(**LOOP, lora_from_layer=2, cache_lower=cached)
+        runs[cached] = folder, finetune(load_model(model, device="cpu"), data, folder, config,
+                                        progress=False)
+    (cached_dir, cached), (plain_dir, plain) = runs[True], runs[False]
+    same_run(cached, plain, cached_dir, plain_dir, 1e-5)
+    assert "lower_cache_bytes" not in plain
+    loaded = load_model(model, device="cpu")
+    tokens = sum(len(ex.input_ids) for split, n in (("train", 16), ("valid", 8))
+                 for ex in ft_examples(loaded, data, split, n))
+    assert cached["lower_cache_bytes"] == tokens * loaded.model.config.hidden_size * 4
+
+
+def ft_examples(loaded, data, split: str, n: int):
+    from automr.data.subsets import seeded_subset
+    from automr.recommenders.finetune import encode_samples
+
+    return encode_samples(loaded, data, seeded_subset(data.samples(split), n, 0))
+
+
+def test_accumulation_equals_one_large_batch(workspace):
+    """2 micro-batches of 2 = one batch of 4 (the loss is the mean over all their tokens);
+    without dropout both draw nothing from the RNG, so they match within float rounding."""
+    data, model = workspace["data"], str(workspace["model"])
+    runs = []
+    for batch_size, grad_accum in ((2, 2), (4, 1)):
+        folder = workspace["root"] / f"accumulate-{batch_size}x{grad_accum}"
+        config = quick_config(max_train_samples=16, batch_size=batch_size, grad_accum=grad_accum,
+                              lora_dropout=0.0, eval_every=2)
+        runs.append((folder, finetune(load_model(model, device="cpu"), data, folder, config,
+                                      progress=False)))
+    (a_dir, a), (b_dir, b) = runs
+    assert a["step"] == 8 and a["tokens"] == b["tokens"]
+    same_run(a, b, a_dir, b_dir, 1e-5)
+
+
+def test_clipping_is_applied_each_step(workspace, monkeypatch):
+    seen = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        seen.append(max_norm)
+        return original(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    for norm in (None, 0.25):
+        config = quick_config(max_train_samples=8, epochs=1, max_grad_norm=norm)
+        finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"],
+                 workspace["root"] / f"clip-{norm}", config, progress=False)
+    assert seen == [0.25, 0.25]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedule_warms_up_then_decays_to_zero(schedule):
+    total, warmup = 20, 4
+    factors = [lr_factor(s, total, warmup, schedule) for s in range(total)]
+    assert factors[:warmup] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    after = factors[warmup:]
+    assert after[0] == 1.0 and all(a >= b for a, b in itertools.pairwise(after))
+    if schedule == "constant":
+        assert set(after) == {1.0}
+    else:
+        assert 0 < after[-1] < 0.1 and lr_factor(total, total, warmup, schedule) == 0
+    if schedule == "cosine":
+        assert lr_factor(12, total, warmup, schedule) == pytest.approx(0.5)
+    assert lr_factor(0, 1, 0, "cosine") == 1.0 and not math.isnan(lr_factor(5, 5, 5, "linear"))

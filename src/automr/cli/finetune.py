@@ -10,7 +10,7 @@ from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
 from automr.llm.loading import DEFAULT_MODEL, load_model
-from automr.recommenders.finetune import LOSS_KINDS, FinetuneConfig, finetune
+from automr.recommenders.finetune import LOSS_KINDS, SCHEDULES, FinetuneConfig, finetune
 
 defaults = FinetuneConfig()
 context_defaults = ContextSpec(kind="trsr")
@@ -27,8 +27,20 @@ def finetune_command(
         help="Validation samples for early stopping (mean target NLL).")] =
         defaults.max_valid_samples,
     epochs: int = defaults.epochs,
-    batch_size: int = defaults.batch_size,
-    lr: float = defaults.lr,
+    batch_size: Annotated[int, typer.Option(help="Samples per micro-batch (one forward).")] =
+        defaults.batch_size,
+    grad_accum: Annotated[int, typer.Option(
+        help="Micro-batches per optimizer step: effective batch = batch-size x grad-accum "
+             "(BIGRec: 128).")] = defaults.grad_accum,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = defaults.lr,
+    warmup_steps: Annotated[int, typer.Option(
+        help="Optimizer steps of linear warmup.")] = defaults.warmup_steps,
+    schedule: Annotated[str, typer.Option(
+        help=f"Learning rate after warmup: {', '.join(SCHEDULES)} (decay to 0 at the planned "
+             f"last step).")] = defaults.schedule,
+    max_grad_norm: Annotated[float, typer.Option(
+        help="Clip the gradient to this L2 norm (0 = no clipping).")] =
+        defaults.max_grad_norm or 0.0,
     lora_r: int = defaults.lora_r,
     lora_alpha: int = defaults.lora_alpha,
     lora_from_layer: Annotated[int, typer.Option(
@@ -36,8 +48,15 @@ def finetune_command(
         defaults.lora_from_layer,
     loss_on: Annotated[str, typer.Option(
         help=f"Which tokens the loss covers: {' or '.join(LOSS_KINDS)}.")] = defaults.loss_on,
-    eval_every: Annotated[int, typer.Option(help="Steps between validations.")] =
+    cache_lower: Annotated[bool, typer.Option(
+        help="With --lora-from-layer L > 0: compute each example's layer-L states once and "
+             "train on the upper half only (CPU memory: samples x tokens x hidden x 4 bytes).")] =
+        defaults.cache_lower,
+    eval_every: Annotated[int, typer.Option(help="Optimizer steps between validations.")] =
         defaults.eval_every,
+    checkpoint_every: Annotated[int, typer.Option(
+        help="Optimizer steps between checkpoints (0 = at each validation).")] =
+        defaults.checkpoint_every or 0,
     patience: Annotated[int, typer.Option(
         help="Stop after this many validations without improvement.")] = defaults.patience,
     seed: int = defaults.seed,
@@ -63,14 +82,19 @@ def finetune_command(
 
     Writes OUT/best (adapter), OUT/checkpoint (resumable state) and OUT/finetune.json.
     """
-    config = FinetuneConfig(
-        max_train_samples=train_samples or None, max_valid_samples=valid_samples,
-        epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_from_layer=lora_from_layer, loss_on=loss_on, eval_every=eval_every,
-        patience=patience, seed=seed,
-        context=context_spec_option(context, context_k, trsr_block_size, trsr_max_blocks,
-                                    trsr_mode, trsr_max_new_tokens),
-    )
+    spec = context_spec_option(context, context_k, trsr_block_size, trsr_max_blocks, trsr_mode,
+                               trsr_max_new_tokens)
+    try:
+        config = FinetuneConfig(
+            max_train_samples=train_samples or None, max_valid_samples=valid_samples,
+            epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_from_layer=lora_from_layer, loss_on=loss_on, eval_every=eval_every,
+            patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
+            schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,
+            checkpoint_every=checkpoint_every or None, context=spec,
+        )
+    except ValueError as error:  # attrs' validators: name the option and the allowed values
+        raise AutomrError(f"invalid fine-tune options: {_option_error(error)}") from None
     dataset = PreparedDataset.load(data)
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     record = finetune(loaded, dataset, out, config, progress=not quiet, cache_dir=cache_dir)
@@ -89,3 +113,12 @@ def context_spec_option(kind: str | None, k: int, block_size: int, max_blocks: i
                            mode=mode, max_new_tokens=max_new_tokens)
     except ValueError as error:
         raise AutomrError(f"invalid context options: {error}") from None
+
+
+def _option_error(error: ValueError) -> str:
+    """attrs' validator message (``'name' must be in (...)``) without its Attribute dump."""
+    args = error.args
+    if len(args) == 4 and hasattr(args[1], "name"):  # in_(...): (msg, attribute, options, value)
+        return (f"--{args[1].name.replace('_', '-')} {args[3]!r}: choose one of "
+                f"{', '.join(map(str, args[2]))}")
+    return str(args[0]) if args else str(error)

@@ -4,23 +4,36 @@ The loss is the mean negative log-likelihood of the target tokens (title + EOS) 
 option, of every token after the first (BIGRec's whole-sequence variant). It runs through the
 split: with ``lora_from_layer = L > 0`` LoRA sits only on layers ``>= L`` and the lower half
 runs under ``no_grad``, so layer-L memories built with the base model stay valid for the tuned
-model and each step is cheaper; logits are computed only where a loss term needs them.
+model and each step is cheaper; logits are computed only where a loss term needs them. Since
+those layers never change, their states are computed once per example (``cache_lower``, on by
+default there) and every epoch and validation runs the upper half only.
+
+An optimizer step covers ``grad_accum`` micro-batches of ``batch_size`` (its loss is the mean
+over all their scored tokens, so it equals one batch of ``batch_size * grad_accum``), clips the
+gradient norm (``max_grad_norm``) and uses a learning rate that follows ``schedule`` (constant,
+or linear / cosine decay to 0 over the planned steps) after ``warmup_steps`` of linear warmup.
 
 A run folder holds ``checkpoint/`` (last state: adapter, optimizer, RNG, progress),
 ``best/`` (the adapter with the best validation loss) and, once finished, ``finetune.json``.
-Running again with the same folder and configuration resumes from ``checkpoint/``.
+Running again with the same folder and configuration resumes from ``checkpoint/``, exactly:
+the schedule is a function of the step, the batches of the epoch's seed, and the checkpoint holds
+the RNG states, so an interrupted run ends bit-identical to one that never stopped.
 """
 
+import itertools
 import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import final
 
 import attrs
 import torch
 from beartype import beartype
+from jaxtyping import Float
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor
 
 from automr.contexts import ContextSpec, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
@@ -31,9 +44,16 @@ from automr.llm.loading import LoadedModel, canonical_model_name
 from automr.llm.split import HFSplitLLM
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from automr.recommenders.runs import RESULT_FILE
+from automr.state import LayerState
 from automr.storage import atomic_dir, read_json, read_safetensors, write_json_atomic
 
 LOSS_KINDS = ("target", "sequence")
+SCHEDULES = ("constant", "linear", "cosine")
+ADDED_FIELDS = ("grad_accum", "warmup_steps", "schedule", "max_grad_norm", "cache_lower",
+                "checkpoint_every")
+"""Config fields newer than some run folders: a checkpoint without them had their defaults."""
+RUN_OPTIONS = ("cache_lower", "checkpoint_every")
+"""Fields that say how a run computes, not what: they may change when it resumes."""
 
 
 @beartype
@@ -59,6 +79,24 @@ class FinetuneConfig:
     seed: int = 0
     context: ContextSpec | None = None
     """A prompt context (ReLLa, TRSR) put in every prompt; None: the plain BIGRec prompt."""
+    grad_accum: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    """Micro-batches per optimizer step: the effective batch is ``batch_size * grad_accum``."""
+    warmup_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """Optimizer steps of linear warmup (step s of them uses ``lr * (s + 1) / warmup_steps``)."""
+    schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
+    """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
+    (``epochs`` full epochs of optimizer steps; early stopping may end sooner)."""
+    max_grad_norm: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+    """Clip the adapter's gradient to this global L2 norm before each step (None: no clipping)."""
+    cache_lower: bool = True
+    """With ``lora_from_layer > 0``: compute every training and validation example's layer-L
+    states once (no_grad) and keep them in CPU memory - examples x tokens x hidden x 4 bytes in
+    float32 (2,048 ML-100K prompts of ~150 tokens at hidden 576: ~0.7 GB) - so epochs and
+    validations run the upper half only. Losses equal the uncached path within float rounding."""
+    checkpoint_every: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+    """Optimizer steps between checkpoints (None: at each validation, every ``eval_every``)."""
 
     def to_json(self) -> dict:
         """The fields as JSON; ``context`` only when set (records of runs without one stay
@@ -100,21 +138,134 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int, loss_on: str = "t
     return Batch(input_ids, mask, logits_at, labels, label_mask)
 
 
-def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int) -> tuple[torch.Tensor, int]:
-    """Summed NLL of the batch's scored tokens and their count (lower half frozen if layer>0)."""
+def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
+              state: LayerState | None = None) -> tuple[torch.Tensor, int]:
+    """Summed NLL of the batch's scored tokens and their count (lower half frozen if layer>0).
+
+    ``state``: the batch's layer-``layer`` states computed beforehand (a :class:`LowerCache`);
+    then only the upper half runs.
+    """
     device = llm.device
-    ids, mask = batch.input_ids.to(device), batch.mask.to(device)
-    if layer > 0:
-        with torch.no_grad():
-            state = llm.lower(ids, mask, layer)
-    else:
-        state = llm.lower(ids, mask, 0)
+    if state is None:
+        ids, mask = batch.input_ids.to(device), batch.mask.to(device)
+        if layer > 0:
+            with torch.no_grad():
+                state = llm.lower(ids, mask, layer)
+        else:
+            state = llm.lower(ids, mask, 0)
     logits = llm.upper(state, logits_at=batch.logits_at.to(device)).float()
     nll = torch.nn.functional.cross_entropy(
         logits.flatten(0, 1), batch.labels.to(device).flatten(), reduction="none"
     )
     label_mask = batch.label_mask.to(device).flatten()
     return (nll * label_mask).sum(), int(label_mask.sum())
+
+
+@final
+@beartype
+@attrs.frozen
+class LowerCache:
+    """Layer-``layer`` states of a fixed list of examples, computed once and kept in CPU memory
+    as one ``[tokens, hidden]`` tensor: examples x tokens x hidden x 4 bytes in float32.
+
+    Valid while layers below ``layer`` do not change (LoRA only on layers ``>= layer``).
+    """
+
+    hidden: Float[Tensor, "tokens hidden"]
+    offsets: tuple[int, ...]
+    lengths: tuple[int, ...]
+    layer: int = attrs.field(validator=attrs.validators.gt(0))
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.offsets) != len(self.lengths) or sum(self.lengths) != self.hidden.shape[0]:
+            raise ValueError("LowerCache: offsets, lengths and hidden disagree")
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, llm: HFSplitLLM, examples: Sequence[TokenizedExample], layer: int,
+              batch_size: int, pad_id: int, progress: bool = False) -> "LowerCache":
+        """Run the lower half over ``examples`` (eval mode, batches of similar length)."""
+        lengths = [len(ex.input_ids) for ex in examples]
+        offsets = [0, *itertools.accumulate(lengths)][:-1]
+        hidden = torch.empty(sum(lengths), llm.hidden_size, dtype=llm.dtype)
+        by_length = sorted(range(len(examples)), key=lengths.__getitem__)
+        llm.model.eval()
+        columns = [TextColumn("layer-L states"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn()]
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("layer-L states", total=len(examples))
+            for start in range(0, len(by_length), batch_size):
+                chunk = by_length[start : start + batch_size]
+                batch = collate([examples[i] for i in chunk], pad_id)
+                state = llm.lower(batch.input_ids.to(llm.device), batch.mask.to(llm.device),
+                                  layer)
+                for row, i in enumerate(chunk):
+                    hidden[offsets[i] : offsets[i] + lengths[i]] = state.hidden[
+                        row, : lengths[i]].cpu()
+                bar.update(task, advance=len(chunk))
+        return cls(hidden, tuple(offsets), tuple(lengths), layer)
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()
+
+    def state(self, indices: Sequence[int], device: torch.device) -> LayerState:
+        """The states of examples ``indices`` right-padded (with zeros) as :func:`collate` pads
+        their token ids."""
+        width = max(self.lengths[i] for i in indices)
+        hidden = torch.zeros(len(indices), width, self.hidden.shape[1], dtype=self.hidden.dtype)
+        mask = torch.zeros(len(indices), width, dtype=torch.bool)
+        for row, i in enumerate(indices):
+            n = self.lengths[i]
+            hidden[row, :n] = self.hidden[self.offsets[i] : self.offsets[i] + n]
+            mask[row, :n] = True
+        return LayerState(hidden=hidden.to(device), mask=mask.to(device), layer=self.layer)
+
+
+@beartype
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based) of ``total_steps``.
+
+    Warmup: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps. Then, with
+    ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` in ``[0, 1)``: ``constant``
+    1, ``linear`` ``1 - p``, ``cosine`` ``(1 + cos(pi p)) / 2`` - 0 is reached at step
+    ``total_steps``, just after the last one.
+    """
+    if schedule not in SCHEDULES:
+        raise AutomrError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    progress = min(progress, 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_step(
+    llm: HFSplitLLM, micro_batches: Sequence[tuple[Batch, LayerState | None]], layer: int,
+    optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float | None = None,
+) -> float:
+    """One optimizer step over ``micro_batches`` (each with its cached layer-L states or None):
+    gradients of the mean NLL over *all* their scored tokens are accumulated, so the step equals
+    one batch of all of them; then clipping to ``max_grad_norm``, and the step at ``lr``.
+    Returns that mean NLL."""
+    count = sum(int(batch.label_mask.sum()) for batch, _ in micro_batches)
+    total = 0.0
+    for batch, state in micro_batches:
+        nll, _ = batch_nll(llm, batch, layer, state)
+        (nll / count).backward()
+        total += nll.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / count
 
 
 def encode_samples(
@@ -129,12 +280,33 @@ def encode_samples(
 
 @torch.no_grad()
 def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
-             batch_size: int, loss_on: str = "target") -> float:
+             batch_size: int, loss_on: str = "target", cache: LowerCache | None = None) -> float:
+    """Mean NLL per scored token over ``examples`` (upper half only when ``cache`` holds their
+    layer-L states)."""
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        nll, n = batch_nll(llm, collate(examples[start : start + batch_size], pad_id, loss_on), 0)
+        batch = collate(examples[start : start + batch_size], pad_id, loss_on)
+        indices = range(start, min(start + batch_size, len(examples)))
+        state = None if cache is None else cache.state(indices, llm.device)
+        nll, n = batch_nll(llm, batch, 0 if cache is None else cache.layer, state)
         total, count = total + float(nll), count + n
     return total / max(count, 1)
+
+
+def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
+    """``loaded.model`` with LoRA attached as ``config`` says, in eval mode (peft leaves the new
+    modules in train mode, so LoRA dropout would draw from the RNG in a validation). Changes the
+    model in place; the adapter's initial weights come from torch's global RNG."""
+    n_layers = loaded.model.config.num_hidden_layers
+    if config.lora_from_layer >= n_layers:
+        raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
+                          f"(the model has {n_layers})")
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=list(range(config.lora_from_layer, n_layers)),
+    )
+    return get_peft_model(loaded.model, lora).eval()
 
 
 def finetune(
@@ -150,10 +322,7 @@ def finetune(
     before LoRA is attached (cached in ``cache_dir``).
     """
     out = Path(out_dir)
-    n_layers = loaded.model.config.num_hidden_layers
-    if config.lora_from_layer >= n_layers:
-        raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
-                          f"(the model has {n_layers})")
+    _check_layers(loaded, config)
     identity = json.loads(json.dumps({  # as it reads back from state.json
         "config": config.to_json(), "model": loaded.name,
         "model_fingerprint": loaded.fingerprint(), "data_fingerprint": dataset_fingerprint(dataset),
@@ -170,12 +339,7 @@ def finetune(
         train_contexts, valid_contexts = (context.texts(train_samples),
                                           context.texts(valid_samples))
     torch.manual_seed(config.seed)
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
-        layers_to_transform=list(range(config.lora_from_layer, n_layers)),
-    )
-    model = get_peft_model(loaded.model, lora)
+    model = lora_model(loaded, config)
     if state is not None:
         _load_adapter(model, out / "checkpoint")
     llm = HFSplitLLM(model)
@@ -186,45 +350,60 @@ def finetune(
         raise AutomrError("the dataset has no training samples; check the protocol's split")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    per_step = config.batch_size * config.grad_accum
+    steps_per_epoch = math.ceil(len(train) / per_step)
     record = state or {**identity, "step": 0, "best_valid_nll": None, "best_step": 0,
                        "evaluations": [], "bad_evaluations": 0, "tokens": 0, "train_seconds": 0.0,
                        "done": False}
+    # per optimizer step; checkpoints of older versions had none (None for their steps)
+    record.setdefault("train_losses", [None] * record["step"])
     if state is not None:
-        checkpoint = out / "checkpoint"
-        try:
-            optimizer.load_state_dict(_load_tensors(checkpoint / "optimizer.pt"))
-            torch.set_rng_state(_load_tensors(checkpoint / "rng.pt"))
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise AutomrError(f"{checkpoint} does not fit this fine-tune ({error}); delete it "
-                              f"to restart from step 0") from None
+        _restore(optimizer, out / "checkpoint")
+    layer = config.lora_from_layer
+    caches = (None, None)
+    if config.cache_lower and layer > 0:  # these layers never change: their states, once
+        started = time.perf_counter()
+        caches = tuple(LowerCache.build(llm, examples, layer, config.batch_size, pad_id,
+                                        progress=progress) for examples in (train, valid))
+        record["lower_cache_bytes"] = sum(cache.nbytes for cache in caches)
+        record["lower_cache_seconds"] = record.get("lower_cache_seconds", 0.0) + (
+            time.perf_counter() - started)
+    train_cache, valid_cache = caches
     if record["step"] == 0 and record["best_valid_nll"] is None:
-        record["initial_valid_nll"] = mean_nll(llm, valid, pad_id, config.batch_size)
+        record["initial_valid_nll"] = mean_nll(llm, valid, pad_id, config.batch_size,
+                                               cache=valid_cache)
     total_steps = steps_per_epoch * config.epochs
     columns = [TextColumn("finetune"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("finetune", total=total_steps, completed=record["step"], status="")
         while record["step"] < total_steps and not record["done"]:
-            epoch, index = divmod(record["step"], steps_per_epoch)
+            step = record["step"]
+            epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
                 config.seed * 1000 + epoch)).tolist()
-            chunk = [train[i] for i in order[index * config.batch_size:][: config.batch_size]]
+            group = order[index * per_step :][:per_step]
             started = time.perf_counter()
             model.train()
-            batch = collate(chunk, pad_id, config.loss_on)
-            nll, count = batch_nll(llm, batch, config.lora_from_layer)
-            (nll / count).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            micro = [group[i : i + config.batch_size]
+                     for i in range(0, len(group), config.batch_size)]
+            batches = [(collate([train[i] for i in ids], pad_id, config.loss_on),
+                        None if train_cache is None else train_cache.state(ids, llm.device))
+                       for ids in micro]
+            lr = config.lr * lr_factor(step, total_steps, config.warmup_steps, config.schedule)
+            loss = train_step(llm, batches, layer, optimizer, lr, config.max_grad_norm)
             model.eval()
             record["train_seconds"] = record.get("train_seconds", 0.0) + (
                 time.perf_counter() - started)  # optimisation only, not validation
             record["step"] += 1
-            record["tokens"] += int(batch.mask.sum())
-            bar.update(task, advance=1, status=f"loss {nll.item() / count:.3f}")
+            record["tokens"] += sum(int(batch.mask.sum()) for batch, _ in batches)
+            record["train_losses"].append(loss)
+            bar.update(task, advance=1, status=f"loss {loss:.3f}")
             if record["step"] % config.eval_every == 0 or record["step"] == total_steps:
-                _evaluate(model, loaded.tokenizer, llm, valid, pad_id, config, record, out)
+                _evaluate(model, loaded.tokenizer, llm, valid, pad_id, config, record, out,
+                          valid_cache, lr)
+                _save_checkpoint(model, optimizer, record, out)
+            elif config.checkpoint_every and record["step"] % config.checkpoint_every == 0:
                 _save_checkpoint(model, optimizer, record, out)
     record["done"] = True
     final = {k: v for k, v in record.items() if k != "bad_evaluations"}
@@ -232,11 +411,23 @@ def finetune(
     return final
 
 
-def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path) -> None:
+def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> None:
+    n_layers = loaded.model.config.num_hidden_layers
+    if config.lora_from_layer >= n_layers:
+        raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
+                          f"(the model has {n_layers})")
+
+
+def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
+              cache: LowerCache | None, lr: float) -> None:
     """Validate; on a new best, write ``best/``: the adapter and the tokenizer (with its pad
     token), so the folder loads with plain transformers + peft."""
-    valid_nll = mean_nll(llm, valid, pad_id, config.batch_size)
-    record["evaluations"].append({"step": record["step"], "valid_nll": valid_nll})
+    valid_nll = mean_nll(llm, valid, pad_id, config.batch_size, cache=cache)
+    previous = record["evaluations"][-1]["step"] if record["evaluations"] else 0
+    recent = [v for v in record["train_losses"][previous:] if v is not None]
+    record["evaluations"].append({
+        "step": record["step"], "valid_nll": valid_nll, "lr": lr,
+        "train_loss": sum(recent) / len(recent) if recent else None})
     best = record["best_valid_nll"]
     if best is None or valid_nll < best:
         record.update(best_valid_nll=valid_nll, best_step=record["step"], bad_evaluations=0)
@@ -250,11 +441,32 @@ def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path) -
 
 
 def _save_checkpoint(model, optimizer, record: dict, out: Path) -> None:
+    """The state after ``record["step"]`` optimizer steps: adapter, optimizer (AdamW moments),
+    the RNG states (LoRA dropout; CUDA's too) and the record (the schedule is a function of the
+    step, so it needs no state of its own)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
     with atomic_dir(out / "checkpoint") as tmp:
         model.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        torch.save(rng, tmp / "rng.pt")
         write_json_atomic(tmp / "state.json", record, indent=2)
+
+
+def _restore(optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
+    """Optimizer and RNG states from ``checkpoint`` (``rng.pt`` of older versions: the CPU
+    state alone)."""
+    try:
+        optimizer.load_state_dict(_load_tensors(checkpoint / "optimizer.pt"))
+        rng = _load_tensors(checkpoint / "rng.pt")
+        rng = rng if isinstance(rng, dict) else {"cpu": rng}
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise AutomrError(f"{checkpoint} does not fit this fine-tune ({error}); delete it "
+                          f"to restart from step 0") from None
 
 
 def _load_tensors(path: Path) -> object:
@@ -291,13 +503,25 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     if not isinstance(state, dict) or not {"step", "evaluations"} <= set(state):
         raise AutomrError(f"{state_file} is not a fine-tune checkpoint; delete "
                           f"{state_file.parent} to restart")
-    differs = [key for key in identity if state.get(key) != identity[key] and not (
-        key == "model" and isinstance(state.get(key), str)
-        and canonical_model_name(state[key]) == canonical_model_name(identity[key]))]
+    if isinstance(state.get("config"), dict):  # fields added since: their defaults then
+        defaults = FinetuneConfig().to_json()
+        state["config"] = {**{key: defaults[key] for key in ADDED_FIELDS}, **state["config"]}
+    ours, theirs = _comparable(identity), _comparable(state)
+    differs = [key for key in ours if theirs.get(key) != ours[key] and not (
+        key == "model" and isinstance(theirs.get(key), str)
+        and canonical_model_name(theirs[key]) == canonical_model_name(ours[key]))]
     if differs:
         raise AutomrError(f"{out} holds an unfinished fine-tune with a different "
                           f"{', '.join(differs)}; use another --out, or delete {out} to restart")
-    return state
+    return {**state, "config": identity["config"]}  # run options as given now, all fields
+
+
+def _comparable(identity: dict) -> dict:
+    """``identity`` without the run options (they may differ between a run and its resume)."""
+    config = identity.get("config")
+    if not isinstance(config, dict):
+        return identity
+    return {**identity, "config": {k: v for k, v in config.items() if k not in RUN_OPTIONS}}
 
 
 def _load_adapter(model: PeftModel, folder: Path) -> None:
