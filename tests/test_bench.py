@@ -54,14 +54,18 @@ def test_bench_ground_reports_every_grounder(workspace, tmp_path):
     assert all(payload[f"{k}_samples_per_s"] > 0 for k in ("constrained", "l2", "likelihood"))
 
 
-def test_bench_finetune_compares_both_lora_variants(workspace, tmp_path):
+def test_bench_finetune_compares_the_three_ways(workspace, tmp_path):
     result = runner.invoke(app, ["bench", "finetune", "--data", str(workspace / "prepared"),
                                  "--out", str(tmp_path), "--model", str(workspace / "model"),
                                  "--layer", "3", "--steps", "2", "--batch-size", "2",
-                                 "--device", "cpu"])
+                                 "--repeats", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "finetune-cpu.json").read_text())
     # 4 layers: the upper variant adapts only layer 3, a quarter of the LoRA weights
     assert payload["upper_layers_lora_parameters"] * 4 == payload["all_layers_lora_parameters"]
-    assert payload["all_layers_s_per_step"] > 0 and payload["upper_layers_s_per_step"] > 0
-    assert "faster per step" in result.output
+    assert payload["upper_cached_lora_parameters"] == payload["upper_layers_lora_parameters"]
+    assert all(payload[f"{w}_s_per_step"] > 0
+               for w in ("all_layers", "upper_layers", "upper_cached"))
+    assert payload["max_abs_loss_diff_cached_vs_plain"] < 1e-5
+    assert payload["lower_cache_bytes"] > 0 and payload["cached_speedup_over_plain"] > 0
+    assert "faster per step" in result.output and "cached layer-L states" in result.output

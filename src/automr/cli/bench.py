@@ -123,16 +123,22 @@ def finetune(
         DEFAULT_LAYER,
     steps: int = 8,
     batch_size: int = 8,
+    repeats: RepeatsOption = 3,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
 ) -> None:
-    """LoRA training speed: all layers vs only the layers above the split (same batches)."""
+    """LoRA training speed, same batches: all layers; only the layers above the split (lower
+    half under no_grad each step); the same with the lower half's states computed once."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_finetune
 
     result = bench_finetune(model, PreparedDataset.load(data), layer, steps, batch_size,
-                            device=device, dtype=dtype, cache_dir=cache_dir)
+                            device=device, dtype=dtype, cache_dir=cache_dir, repeats=repeats)
     _save(result, out, f"finetune-{result['device']}")
-    typer.echo(f"LoRA on layers >= {layer} vs all layers: "
-               f"{result['upper_layers_speedup']:.2f}x faster per step")
+    for key, what in (("upper_layers_speedup", f"LoRA on layers >= {layer} vs all layers"),
+                      ("cached_speedup_over_plain", "cached layer-L states vs plain")):
+        low, high = result[f"{key}_min_max"]
+        typer.echo(f"{what}: {result[key]:.2f}x [{low:.2f}, {high:.2f}] faster per step")
+    typer.echo(f"max |loss difference| cached vs plain: "
+               f"{result['max_abs_loss_diff_cached_vs_plain']:.2e}")

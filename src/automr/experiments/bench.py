@@ -194,36 +194,86 @@ def bench_encode(
 
 def bench_finetune(
     model: str, dataset, layer: int = DEFAULT_LAYER, steps: int = 8, batch_size: int = 8,
-    device: str = "auto", dtype: str = "auto", cache_dir=None, seed: int = 0,
+    device: str = "auto", dtype: str = "auto", cache_dir=None, seed: int = 0, repeats: int = 3,
 ) -> dict[str, object]:
-    """LoRA training steps/s on all layers vs only on layers >= ``layer`` (lower half frozen,
-    run under no_grad), the same seeded batches of real training samples for both."""
-    import tempfile
-
-    from safetensors.torch import load_file
-
+    """LoRA training seconds per step three ways, on the same seeded batches of real training
+    samples, interleaved over ``repeats`` rounds: LoRA on all layers; on layers >= ``layer``
+    with the lower half run under no_grad each step (plain); and the same with the lower half's
+    states computed once beforehand (cached, :class:`LowerCache`; its build time is reported
+    apart: one no-grad lower pass, paid once for all epochs). Each way's first call (the
+    warm-up) starts from the same adapter and seed, so the per-step losses of cached and plain
+    are compared there."""
+    from automr.data.subsets import seeded_subset
     from automr.llm.loading import load_model
-    from automr.recommenders.finetune import FinetuneConfig, finetune
+    from automr.recommenders.finetune import (
+        FinetuneConfig,
+        LowerCache,
+        collate,
+        encode_samples,
+        lora_model,
+        train_step,
+    )
 
+    ways = {"all_layers": (0, False), "upper_layers": (layer, False),
+            "upper_cached": (layer, True)}
     result: dict[str, object] = {"benchmark": "finetune", "model": model, "layer": layer,
-                                 "steps": steps, "batch_size": batch_size}
-    for name, from_layer in (("all_layers", 0), ("upper_layers", layer)):
+                                 "steps": steps, "batch_size": batch_size, "repeats": repeats}
+    calls, first_losses = {}, {}
+    examples = chunks = batches = None
+    for name, (from_layer, cached) in ways.items():
         loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-        config = FinetuneConfig(lora_from_layer=from_layer, batch_size=batch_size,
-                                max_train_samples=steps * batch_size, max_valid_samples=batch_size,
-                                eval_every=steps, seed=seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            record = finetune(loaded, dataset, tmp, config, progress=False)
-            adapter = load_file(f"{tmp}/best/adapter_model.safetensors")
+        pad_id = loaded.tokenizer.pad_token_id
+        if examples is None:  # the same batches for every way
+            examples = encode_samples(loaded, dataset, seeded_subset(
+                dataset.samples("train"), steps * batch_size, seed))
+            chunks = [range(i, min(i + batch_size, len(examples)))
+                      for i in range(0, len(examples), batch_size)]
+            batches = [collate([examples[i] for i in chunk], pad_id) for chunk in chunks]
+        config = FinetuneConfig(lora_from_layer=from_layer, batch_size=batch_size, seed=seed)
+        torch.manual_seed(seed)  # the same initial adapter for both upper-layer ways
+        peft = lora_model(loaded, config)
+        llm = HFSplitLLM(peft)
+        optimizer = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad],
+                                      lr=config.lr)
+        cache = None
+        if cached:
+            start = time.perf_counter()
+            cache = LowerCache.build(llm, examples, from_layer, batch_size, pad_id)
+            result.update(lower_cache_build_s=time.perf_counter() - start,
+                          lower_cache_bytes=cache.nbytes)
+
+        def run(name=name, llm=llm, peft=peft, optimizer=optimizer, cache=cache,
+                from_layer=from_layer, lr=config.lr, batches=batches, chunks=chunks) -> None:
+            torch.manual_seed(seed)  # LoRA dropout draws the same masks in every way
+            peft.train()
+            losses = [train_step(llm, [(batch, None if cache is None else cache.state(
+                chunk, llm.device))], from_layer, optimizer, lr)
+                for batch, chunk in zip(batches, chunks, strict=True)]
+            peft.eval()
+            first_losses.setdefault(name, losses)
+
+        calls[name] = run
         result.update({
-            f"{name}_s_per_step": record["train_seconds"] / record["step"],
-            f"{name}_tokens_per_s": record["tokens"] / record["train_seconds"],
-            f"{name}_lora_parameters": sum(t.numel() for t in adapter.values()),
+            f"{name}_lora_parameters": sum(p.numel() for p in peft.parameters()
+                                           if p.requires_grad),
+            "tokens": sum(int(batch.mask.sum()) for batch in batches),
+            "dtype": str(loaded.model.dtype), "device": str(loaded.model.device),
         })
-        result.update(dtype=str(loaded.model.dtype), device=str(loaded.model.device))
+    seconds = interleaved(calls, repeats, torch.device(result["device"]))
+    n_steps = len(first_losses["all_layers"])
+    for name in ways:
+        per_step = statistics.median(seconds[name]) / n_steps
+        result[f"{name}_s_per_step"] = per_step
+        result[f"{name}_tokens_per_s"] = result["tokens"] / n_steps / per_step
+    for key, slow, fast in (("upper_layers_speedup", "all_layers", "upper_layers"),
+                            ("cached_speedup_over_plain", "upper_layers", "upper_cached"),
+                            ("cached_speedup_over_all_layers", "all_layers", "upper_cached")):
+        spread = ratio(seconds[slow], seconds[fast])
+        result[key] = spread["median"]
+        result[f"{key}_min_max"] = [spread["min"], spread["max"]]
+    result["max_abs_loss_diff_cached_vs_plain"] = max(abs(a - b) for a, b in zip(
+        first_losses["upper_cached"], first_losses["upper_layers"], strict=True))
     result["machine"] = machine()
-    result["upper_layers_speedup"] = (result["all_layers_s_per_step"] /
-                                      result["upper_layers_s_per_step"])
     return result
 
 
