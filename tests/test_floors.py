@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from automr.data.popularity import training_sequences
 from automr.methods import METHODS, Workspace, build_method
-from automr.methods.baselines import CooccurrenceMethod, PopularityMethod, training_sequences
+from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.testing.synthetic import synthetic_dataset
 
 

@@ -118,3 +118,39 @@ def test_l2_grounder_ranks_by_distance_to_the_generated_text(tiny_models, tokeni
     ranking = grounder.rank(llm, ids, mask, 2)
     distances = torch.cdist(embed_texts(model, tokenizer, texts), embeddings)
     assert torch.equal(ranking, distances.argsort(dim=1, stable=True))
+
+
+def test_popularity_injection_is_bigrecs_formula():
+    from automr.grounding.prior import adjusted_distances, choose_gamma, min_max
+
+    distances = torch.tensor([[4.0, 2.0, 3.0, 6.0], [1.0, 1.5, 3.0, 2.0]])
+    prior = torch.tensor([0.0, 0.2, 1.0, 0.5])
+    plain = distances.argsort(dim=1, stable=True)
+    assert torch.equal(adjusted_distances(distances, prior, 0.0).argsort(dim=1, stable=True),
+                       plain)  # gamma 0: the plain L2 ranking
+    gamma = 2.5
+    expected = (distances - distances.amin(1, keepdim=True)) / (
+        distances.amax(1, keepdim=True) - distances.amin(1, keepdim=True)) * (1 + prior) ** -gamma
+    torch.testing.assert_close(adjusted_distances(distances, prior, gamma), expected)
+    assert torch.equal(min_max(torch.tensor([3.0, 3.0])), torch.zeros(2))
+    # targets are the most popular item: a large gamma wins; the nearest item: gamma 0 wins
+    best, values = choose_gamma(distances, prior, torch.tensor([2, 2]))
+    assert best > 0 and values[best] == max(values.values())
+    assert choose_gamma(distances, prior, torch.tensor([1, 0]))[0] == 0.0
+
+
+def test_l2_grounder_with_a_prior_ranks_by_the_adjusted_distance(tiny_models, tokenizer):
+    from automr.grounding.prior import adjusted_distances
+
+    model = tiny_models["llama"]
+    targets = catalog_targets(tokenizer, TITLES)
+    embeddings = embed_texts(model, tokenizer, targets.texts)
+    prior = torch.linspace(0, 1, len(TITLES))
+    plain = L2Grounder(model, tokenizer, embeddings, num_beams=1, max_new_tokens=4)
+    weighted = L2Grounder(model, tokenizer, embeddings, num_beams=1, max_new_tokens=4,
+                          prior=prior, gamma=3.0)
+    ids, mask = encode_prompts(tokenizer, ["abc", "h"])
+    llm = HFSplitLLM(model)
+    distances = plain.distances(llm, ids, mask, 2)
+    assert torch.equal(weighted.rank(llm, ids, mask, 2),
+                       adjusted_distances(distances, prior, 3.0).argsort(dim=1, stable=True))

@@ -99,3 +99,24 @@ def test_evaluate_measures_likelihood_pairs_and_resumes(workspace, tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert (tmp_path / "loglik" / "bigrec-likelihood.json").stat().st_mtime_ns == stamp
+
+
+def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    root = workspace["root"]
+    result = CliRunner().invoke(app, [
+        "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
+        "bigrec:l2-pop,bigrec:constrained-pop", "--finetuned", str(root / "ft"), "--model",
+        str(root / "model"), "--samples", "3", "--tune-samples", "4", "--num-beams", "2",
+        "--layer", "2",
+        "--quiet", "--device", "cpu", "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    for name in ("bigrec-l2-pop", "bigrec-constrained-pop"):
+        tuned = json.loads((tmp_path / "grounding" / f"{name}.json").read_text())
+        assert tuned["tuned_on_valid_samples"] == 4
+        assert tuned["gamma"] in {float(g) for g in tuned["valid_ndcg@5"]}
+        settings = json.loads((tmp_path / "ranks" / f"{name}.settings.json").read_text())
+        assert settings["tune_samples"] == 4

@@ -53,6 +53,9 @@ def evaluate_command(
     seed: int = defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
+    tune_samples: Annotated[int, typer.Option(
+        help="Validation samples on which l2-pop / constrained-pop choose the popularity "
+             "weight gamma.")] = defaults.tune_samples,
     device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,
     quiet: QuietOption = False,
@@ -63,7 +66,7 @@ def evaluate_command(
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
                         exclude_seen=exclude_seen, combiner=combiner, k=k,
                         measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
-                        retrieval_seed=retrieval_seed)
+                        retrieval_seed=retrieval_seed, tune_samples=tune_samples)
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],

@@ -58,12 +58,15 @@ class EvalConfig:
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     retrieval_seed: int | None = None
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
+    tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
+    """Validation samples on which the ``-pop`` grounders choose their popularity weight."""
 
     def method_options(self) -> MethodOptions:
         return MethodOptions(layer=self.layer, num_beams=self.num_beams,
                              batch_size=self.batch_size, exclude_seen=self.exclude_seen,
                              combiner=self.combiner, k=self.k, seed=self.seed,
-                             retrieval_seed=self.retrieval_seed)
+                             retrieval_seed=self.retrieval_seed,
+                             tune_samples=self.tune_samples)
 
 
 def evaluate_methods(

@@ -9,19 +9,22 @@ import torch
 
 from automr.cache import resolve_cache_dir
 from automr.data import PreparedDataset, format_target
+from automr.data.popularity import popularity
 from automr.errors import AutomrError
 from automr.grounding.constrained import ConstrainedGrounder
 from automr.grounding.embedding import embed_texts
 from automr.grounding.l2 import L2Grounder
 from automr.grounding.likelihood import LikelihoodGrounder
+from automr.grounding.prior import min_max
 from automr.grounding.targets import CatalogTargets, catalog_targets
 from automr.interfaces import Grounder
 from automr.llm.loading import LoadedModel
 from automr.progress import Progress
 from automr.storage import read_safetensors
 
-GROUNDER_KINDS = ("l2", "constrained", "likelihood")
-"""The grounders :func:`build_grounder` makes (and the CLI exposes)."""
+GROUNDER_KINDS = ("l2", "constrained", "likelihood", "l2-pop", "constrained-pop")
+"""The grounders :func:`build_grounder` makes (and the CLI exposes); ``-pop``: with BIGRec's
+popularity injection (:mod:`automr.grounding.prior`)."""
 
 
 def dataset_targets(loaded: LoadedModel, dataset: PreparedDataset) -> CatalogTargets:
@@ -58,11 +61,14 @@ def catalog_embeddings(
 def build_grounder(
     kind: str, loaded: LoadedModel, dataset: PreparedDataset, base_fingerprint: str,
     num_beams: int | None = None, cache_dir: Path | str | None = None, progress: bool = True,
+    gamma: float = 0.0,
 ) -> Grounder:
     """A grounder of ``kind`` (:data:`GROUNDER_KINDS`) over ``dataset``'s catalog.
 
     ``base_fingerprint`` names the base model (without adapter) whose catalog embeddings the
-    ``l2`` and ``constrained`` grounders use; they are computed once and cached.
+    ``l2`` and ``constrained`` grounders use; they are computed once and cached. The ``-pop``
+    kinds weigh distances by the training-period popularity with exponent ``gamma``
+    (:func:`~automr.grounding.prior.choose_gamma` picks it on validation samples).
     """
     if kind not in GROUNDER_KINDS:
         raise AutomrError(f"unknown grounder {kind!r}; choose one of {', '.join(GROUNDER_KINDS)}")
@@ -70,7 +76,10 @@ def build_grounder(
     if kind == "likelihood":
         return LikelihoodGrounder(targets)
     embeddings = catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress)
-    if kind == "l2":
+    prior = min_max(popularity(dataset)).float() if kind.endswith("-pop") else None
+    if kind.startswith("l2"):
         return L2Grounder(loaded.model, loaded.tokenizer, embeddings, num_beams=num_beams or 4,
-                          max_new_tokens=max(map(len, targets.token_ids)) + 4)
-    return ConstrainedGrounder(targets, embeddings, num_beams=num_beams or 10)
+                          max_new_tokens=max(map(len, targets.token_ids)) + 4, prior=prior,
+                          gamma=gamma)
+    return ConstrainedGrounder(targets, embeddings, num_beams=num_beams or 10, prior=prior,
+                               gamma=gamma)

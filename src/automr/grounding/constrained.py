@@ -6,6 +6,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.grounding.prior import adjusted_distances
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import TokenTrie, beam_search
@@ -18,11 +19,19 @@ class ConstrainedGrounder:
     their exact sequence log-probability (title tokens + EOS); the rest of the catalog follows,
     ordered by L2 distance to the top beam's title embedding (the BIGRec grounding space), or
     by catalog index when no embeddings are given.
+
+    With a ``prior`` (item scores in [0, 1], e.g. popularity) and ``gamma > 0`` the rest is
+    ordered by the distance re-weighted as in BIGRec's statistical information injection
+    (:func:`~automr.grounding.prior.adjusted_distances`): a large ``gamma`` orders it by the
+    prior, so with ``gamma`` chosen on validation the tail is at least as good as popularity
+    there.
     """
 
     targets: CatalogTargets
     catalog_embeddings: Float[Tensor, "items hidden"] | None = None
     num_beams: int = 10
+    prior: Float[Tensor, " items"] | None = None
+    gamma: float = 0.0
     trie: TokenTrie = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -49,7 +58,11 @@ class ConstrainedGrounder:
 
     def _fallback_order(self, anchor: int | None, n_items: int) -> list[int]:
         if anchor is None or self.catalog_embeddings is None:
+            if self.prior is not None and self.gamma:
+                return self.prior.argsort(descending=True, stable=True).tolist()
             return list(range(n_items))
         emb = self.catalog_embeddings
-        distances = torch.cdist(emb[anchor : anchor + 1], emb)[0]
-        return distances.argsort(stable=True).tolist()
+        distances = torch.cdist(emb[anchor : anchor + 1], emb)
+        if self.prior is not None and self.gamma:
+            distances = adjusted_distances(distances, self.prior, self.gamma)
+        return distances[0].argsort(stable=True).tolist()

@@ -7,6 +7,7 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.grounding.embedding import embed_texts
+from automr.grounding.prior import adjusted_distances
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import beam_search
 from automr.types import TokenIds, TokenMask
@@ -17,6 +18,10 @@ class L2Grounder:
     """Beam search (``num_beams``, BIGRec: 4) for the best title, then every catalog item ranked
     by the L2 distance between its title embedding and the generated text's embedding, both
     from the *base* model (adapter off, last layer, last token).
+
+    With a ``prior`` (item scores in [0, 1], e.g. popularity) and ``gamma > 0``, distances are
+    re-weighted as in BIGRec's statistical information injection
+    (:func:`~automr.grounding.prior.adjusted_distances`).
     """
 
     model: torch.nn.Module
@@ -24,16 +29,28 @@ class L2Grounder:
     catalog_embeddings: Float[Tensor, "items hidden"]
     num_beams: int = 4
     max_new_tokens: int = 32
+    prior: Float[Tensor, " items"] | None = None
+    gamma: float = 0.0
 
     @jaxtyped(typechecker=beartype)
     def rank(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
+        distances = self.distances(llm, input_ids, attention_mask, layer, insert)
+        if self.prior is not None and self.gamma:
+            distances = adjusted_distances(distances, self.prior, self.gamma)
+        return distances.argsort(dim=1, stable=True)
+
+    @jaxtyped(typechecker=beartype)
+    def distances(
+        self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        insert: Insert | None = None,
+    ) -> Float[Tensor, "batch items"]:
+        """L2 distance of every catalog title to each prompt's generated text."""
         texts = self.generate(llm, input_ids, attention_mask, layer, insert)
         generated = embed_texts(self.model, self.tokenizer, texts)
-        distances = torch.cdist(generated, self.catalog_embeddings.to(generated))
-        return distances.argsort(dim=1, stable=True)
+        return torch.cdist(generated, self.catalog_embeddings.to(generated))
 
     def generate(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,

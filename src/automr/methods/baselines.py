@@ -21,25 +21,8 @@ import torch
 from beartype import beartype
 
 from automr.data import PreparedDataset, Sample
+from automr.data.popularity import popularity, training_sequences
 from automr.evaluation.metrics import ranks_from_scores
-
-
-def training_sequences(dataset: PreparedDataset) -> dict[str, list[int]]:
-    """Every user's training-period items as catalog indices, in timeline order."""
-    index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
-    sequences: dict[str, list[int]] = {}
-    for interaction in dataset.interactions:
-        if dataset.boundaries.split_of(interaction.timestamp) == "train":
-            sequences.setdefault(interaction.user, []).append(index[interaction.item])
-    return sequences
-
-
-def popularity(dataset: PreparedDataset) -> torch.Tensor:
-    """Training-period interaction count of every catalog item (float64, catalog order)."""
-    counts = torch.zeros(len(dataset.catalog), dtype=torch.float64)
-    for items in training_sequences(dataset).values():
-        counts += torch.bincount(torch.tensor(items), minlength=len(counts)).double()
-    return counts
 
 
 def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Sample]) -> list[int]:

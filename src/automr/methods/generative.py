@@ -87,6 +87,18 @@ class GenerativeMethod:
             out += list(zip(scores.tolist(), counts, strict=True))
         return out
 
+    def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """``[samples, items]``: the grounder's distance of every catalog title to what was
+        generated for each sample (grounders with a ``distances`` method, i.e. L2)."""
+        if not hasattr(self.grounder, "distances"):
+            raise AutomrError(f"{type(self.grounder).__name__} gives no distances")
+        return torch.cat([d for _, d in self._batches(samples, self._distance_batch)])
+
+    def note(self, kind: str, values: Mapping[str, Any]) -> None:
+        """Keep something the method used beyond per-sample details (e.g. a tuned weight);
+        an evaluation folder saves it as ``KIND/METHOD.json``."""
+        self._details[kind] = dict(values)
+
     def details(self) -> Mapping[str, Mapping[str, Any]]:
         """Per sample id: the memory elements retrieved (timeline positions) and the prompt
         context used, for the samples ranked or scored so far."""
@@ -119,6 +131,9 @@ class GenerativeMethod:
 
     def _rank_batch(self, llm, chunk, ids, mask, insert, texts):
         return self.grounder.rank(llm, ids, mask, self.layer, insert)
+
+    def _distance_batch(self, llm, chunk, ids, mask, insert, texts):
+        return self.grounder.distances(llm, ids, mask, self.layer, insert)
 
     def _likelihood_batch(self, llm, chunk, ids, mask, insert, texts):
         texts = [None] * len(chunk) if texts is None else texts

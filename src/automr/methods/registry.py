@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 from beartype import beartype
 
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
+from automr.data.popularity import popularity
+from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
+from automr.grounding.prior import choose_gamma, min_max
 from automr.interfaces import Method
 from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
 from automr.memory import MemoryRecord
@@ -49,6 +53,8 @@ class MethodOptions:
     seed: int = 0
     """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""
     retrieval_seed: int | None = None
+    tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
+    """Seeded validation samples on which the ``-pop`` grounders choose their ``gamma``."""
 
 
 @attrs.frozen(kw_only=True)
@@ -126,13 +132,37 @@ class Workspace:
             context = build_context(run.context, loaded, self.dataset, base, self.cache_dir,
                                     batch_size=self.options.batch_size, progress=self.progress)
         layer = self.layer if retrieval is None else retrieval.store.layer
-        return GenerativeMethod(
-            loaded, self.dataset,
-            build_grounder(grounder, loaded, self.dataset, base, self.options.num_beams,
-                           self.cache_dir, self.progress),
-            layer=layer, retrieval=retrieval,
-            context=context, batch_size=self.options.batch_size,
-            exclude_seen=self.options.exclude_seen, progress=self.progress, label=label)
+
+        def method(kind: str, gamma: float = 0.0) -> GenerativeMethod:
+            return GenerativeMethod(
+                loaded, self.dataset,
+                build_grounder(kind, loaded, self.dataset, base, self.options.num_beams,
+                               self.cache_dir, self.progress, gamma),
+                layer=layer, retrieval=retrieval, context=context,
+                batch_size=self.options.batch_size, exclude_seen=self.options.exclude_seen,
+                progress=self.progress, label=label)
+
+        if not grounder.endswith("-pop"):
+            return method(grounder)
+        gamma, values = self.tuned_gamma(method("l2"))
+        tuned = method(grounder, gamma)
+        tuned.note("grounding", {"gamma": gamma, "tuned_on_valid_samples":
+                                 self.options.tune_samples, "valid_ndcg@5": values})
+        return tuned
+
+    def tuned_gamma(self, plain: GenerativeMethod) -> tuple[float, dict[str, float]]:
+        """BIGRec's popularity weight: the gamma with the best NDCG@5 on ``tune_samples``
+        seeded validation samples, from ``plain``'s L2 distances (memory included if any)."""
+        samples = seeded_subset(self.dataset.samples("valid"), self.options.tune_samples,
+                                self.options.seed)
+        if not samples:
+            raise AutomrError("the -pop grounders choose gamma on validation samples; this "
+                              "dataset has none")
+        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
+        targets = torch.tensor([index[s.target] for s in samples])
+        prior = min_max(popularity(self.dataset)).float()
+        gamma, values = choose_gamma(plain.distances(samples), prior, targets)
+        return gamma, {str(g): v for g, v in values.items()}
 
     def retrieval(self, kind: str) -> MemoryRetrieval:
         """The memory (checked against the fine-tune) with a retriever of ``kind``: the
@@ -264,6 +294,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
         settings["layer"] = space.layer
     if name in ("rella", "trsr"):
         settings["context"] = space.run(name).context.to_json()
+    if grounder is not None and grounder.endswith("-pop"):
+        settings.update(tune_samples=space.options.tune_samples, tune_seed=space.options.seed)
     return settings
 
 

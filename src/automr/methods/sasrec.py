@@ -4,11 +4,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-import torch
 
 from automr.data import PreparedDataset, Sample
-from automr.evaluation.metrics import ranks_from_scores
-from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec
+from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
 
 
 @attrs.define(eq=False)
@@ -45,12 +43,9 @@ class SASRecMethod:
         return self._model
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
+        """Full-ranking ranks over the catalog; with ``config.exclude_seen`` (the default) the
+        sample's history items other than the target are left out, as SASRec is trained."""
         model, index = self.model(), self.index
-        ranks: list[int] = []
-        with torch.no_grad():
-            for start in range(0, len(samples), 256):
-                chunk = samples[start : start + 256]
-                scores = model.score([[index[i] for i in s.history] for s in chunk])[:, 1:]
-                targets = torch.tensor([index[s.target] - 1 for s in chunk])
-                ranks += ranks_from_scores(scores, targets).tolist()
-        return ranks
+        pairs = [([index[i] for i in s.history], index[s.target]) for s in samples]
+        return rank_targets(model, pairs, self.config.exclude_seen,
+                            self.config.eval_batch_size).tolist()

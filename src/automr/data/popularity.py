@@ -1,0 +1,24 @@
+"""Training-period statistics of a prepared dataset: what the floors and BIGRec's popularity
+injection count (the validation and test periods are never looked at)."""
+
+import torch
+
+from automr.data.prepared import PreparedDataset
+
+
+def training_sequences(dataset: PreparedDataset) -> dict[str, list[int]]:
+    """Every user's training-period items as catalog indices, in timeline order."""
+    index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
+    sequences: dict[str, list[int]] = {}
+    for interaction in dataset.interactions:
+        if dataset.boundaries.split_of(interaction.timestamp) == "train":
+            sequences.setdefault(interaction.user, []).append(index[interaction.item])
+    return sequences
+
+
+def popularity(dataset: PreparedDataset) -> torch.Tensor:
+    """Training-period interaction count of every catalog item (float64, catalog order)."""
+    counts = torch.zeros(len(dataset.catalog), dtype=torch.float64)
+    for items in training_sequences(dataset).values():
+        counts += torch.bincount(torch.tensor(items), minlength=len(counts)).double()
+    return counts

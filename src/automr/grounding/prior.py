@@ -1,0 +1,54 @@
+"""BIGRec's statistical information injection (Bao et al. 2023, §3.3 and their released
+``adjust_pda.py``): re-weight the grounding distance by a prior over items.
+
+With ``d`` an item's L2 distance to the generated text, min-max normalised over the catalog
+per sample, and ``p`` its prior score min-max normalised to [0, 1] (training-period
+popularity here), items are ranked by ``d * (1 + p) ** -gamma`` (smallest first). ``gamma =
+0`` is the plain L2 ranking; a large ``gamma`` tends to the popularity ranking. ``gamma`` is
+chosen on validation samples from BIGRec's grid (0, 0.01, ..., 0.99, 1, 2, ..., 99).
+"""
+
+from collections.abc import Sequence
+
+import torch
+from beartype import beartype
+from jaxtyping import Float, Int, jaxtyped
+from torch import Tensor
+
+from automr.evaluation.metrics import per_sample_metrics, ranks_from_scores
+
+GAMMA_GRID = tuple(i / 100 for i in range(100)) + tuple(float(i) for i in range(1, 100))
+
+
+@jaxtyped(typechecker=beartype)
+def min_max(values: Float[Tensor, "*batch items"]) -> Float[Tensor, "*batch items"]:
+    """Scale each row to [0, 1] (a constant row becomes 0)."""
+    low = values.amin(-1, keepdim=True)
+    span = values.amax(-1, keepdim=True) - low
+    return (values - low) / torch.where(span > 0, span, torch.ones_like(span))
+
+
+@jaxtyped(typechecker=beartype)
+def adjusted_distances(
+    distances: Float[Tensor, "batch items"], prior: Float[Tensor, " items"], gamma: float
+) -> Float[Tensor, "batch items"]:
+    """``min_max(distances) * (1 + prior) ** -gamma`` (``prior`` already in [0, 1])."""
+    weight = (1 + prior.to(distances)) ** -gamma
+    return min_max(distances) * weight
+
+
+@jaxtyped(typechecker=beartype)
+def choose_gamma(
+    distances: Float[Tensor, "batch items"], prior: Float[Tensor, " items"],
+    targets: Int[Tensor, " batch"], metric: str = "ndcg@5",
+    grid: Sequence[float] = GAMMA_GRID,
+) -> tuple[float, dict[float, float]]:
+    """The ``gamma`` of ``grid`` with the best mean ``metric`` on these (validation) samples
+    (the smallest on ties), and every gamma's value."""
+    k = int(metric.split("@")[1])
+    values = {}
+    for gamma in grid:
+        ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets)
+        values[gamma] = float(per_sample_metrics(ranks, (k,))[metric].mean())
+    best = max(values.values())
+    return min(g for g, v in values.items() if v == best), values
