@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 
 from automr.errors import AutomrError
 from automr.evaluation import ranks_from_scores
+from automr.evaluation.metrics import mean_metrics, seen_mask
 from automr.recommenders import SASRec, SASRecConfig, fit_sasrec
-from automr.recommenders.sasrec import pad_histories, sample_negatives, validation_recall
+from automr.recommenders import sasrec as sasrec_module
+from automr.recommenders.sasrec import (
+    pad_histories,
+    rank_targets,
+    sample_negatives,
+    training_tensors,
+    validation_metric,
+)
 
 N_ITEMS = 30
 MAX_LEN = 8
@@ -38,7 +46,10 @@ def _cycle_sequence(rng: random.Random, n_items: int, length: int) -> list[int]:
 
 
 def test_config_validation() -> None:
-    assert SASRecConfig().lr == 1e-3
+    assert SASRecConfig(monitor="recall@1").monitor == "recall@1"
+    for bad in ("ndcg@0", "map@5", "ndcg10", "recall@-1"):
+        with pytest.raises(ValueError):
+            SASRecConfig(monitor=bad)
     with pytest.raises(AutomrError, match="divisible"):
         SASRecConfig(hidden=10, n_heads=3)
     with pytest.raises(ValueError):
@@ -90,49 +101,146 @@ def test_histories_are_truncated_to_their_most_recent_items() -> None:
     assert padded.tolist() == [[0, 0, 3], [1, 2, 3]]
 
 
-@given(
-    positives=st.lists(st.integers(1, 6), min_size=1, max_size=40),
-    n_items=st.integers(6, 9),
-    seed=st.integers(0, 2**31),
-)
-def test_negatives_are_never_the_positive(positives: list[int], n_items: int, seed: int) -> None:
-    pos = torch.tensor([positives])
-    neg = sample_negatives(pos, n_items, torch.Generator().manual_seed(seed))
-    assert torch.all(neg != pos)
-    assert torch.all((neg >= 1) & (neg <= n_items))
+def _sorted_seen(rows: list[set[int]], n_items: int) -> torch.Tensor:
+    """Each row's ids sorted ascending, right-padded with n_items + 1."""
+    width = max(1, *(len(r) for r in rows))
+    return torch.tensor([sorted(r) + [n_items + 1] * (width - len(r)) for r in rows])
 
 
-def test_negatives_cover_every_other_item() -> None:
-    pos = torch.full((1, 4000), 3)
-    neg = sample_negatives(pos, 5, torch.Generator().manual_seed(0))
-    counts = torch.bincount(neg[0], minlength=6)
-    assert counts[0] == 0 and counts[3] == 0
-    assert torch.all((counts[[1, 2, 4, 5]] > 850) & (counts[[1, 2, 4, 5]] < 1150))
+@given(data=st.data(), n_items=st.integers(2, 12), seed=st.integers(0, 2**31))
+def test_negatives_avoid_the_positive_and_every_seen_item(
+    data: st.DataObject, n_items: int, seed: int
+) -> None:
+    rows = data.draw(st.integers(1, 4), label="rows")
+    seen = [data.draw(st.sets(st.integers(1, n_items), max_size=n_items - 2), label="seen")
+            for _ in range(rows)]
+    length = data.draw(st.integers(1, 12), label="length")
+    positives = torch.tensor([data.draw(st.lists(st.integers(1, n_items), min_size=length,
+                                                 max_size=length), label="positives")
+                              for _ in range(rows)])
+    negatives = sample_negatives(positives, _sorted_seen(seen, n_items), n_items,
+                                 torch.Generator().manual_seed(seed))
+    assert negatives.shape == positives.shape
+    assert torch.all(negatives != positives)
+    assert torch.all((negatives >= 1) & (negatives <= n_items))
+    for row, items in enumerate(seen):
+        assert not set(negatives[row].tolist()) & items
+
+
+def test_negatives_are_uniform_over_the_allowed_items() -> None:
+    pos = torch.full((1, 6000), 3)
+    seen = _sorted_seen([{2, 3, 6}], 7)  # allowed: 1, 4, 5, 7
+    neg = sample_negatives(pos, seen, 7, torch.Generator().manual_seed(0))
+    counts = torch.bincount(neg[0], minlength=8)
+    assert counts[[0, 2, 3, 6]].sum() == 0
+    assert torch.all((counts[[1, 4, 5, 7]] > 1350) & (counts[[1, 4, 5, 7]] < 1650))
+
+
+def test_negatives_are_seeded() -> None:
+    pos, seen = torch.tensor([[1, 2, 3, 4]] * 3), _sorted_seen([{1, 5}, set(), {2, 3, 4}], 9)
+    first = sample_negatives(pos, seen, 9, torch.Generator().manual_seed(7))
+    assert torch.equal(first, sample_negatives(pos, seen, 9, torch.Generator().manual_seed(7)))
+
+
+def test_no_allowed_negative_is_an_error() -> None:
+    with pytest.raises(AutomrError, match="whole catalog"):
+        sample_negatives(torch.tensor([[3]]), _sorted_seen([{1, 2}], 3), 3, torch.Generator())
+    with pytest.raises(AutomrError, match="every one of the 3 items"):
+        training_tensors([[1, 2, 3, 1]], 4, 3)
+
+
+def test_training_rows_keep_the_last_max_len_steps_and_see_the_whole_sequence() -> None:
+    data = training_tensors([[5, 1, 2, 3, 4, 6], [7], [2, 7]], max_len=3, n_items=9)
+    assert data.inputs.tolist() == [[2, 3, 4], [0, 0, 2]]  # the 1-item user has no target
+    assert data.positives.tolist() == [[3, 4, 6], [0, 0, 7]]
+    assert data.seen.tolist() == [[1, 2, 3, 4, 5, 6], [2, 7, 10, 10, 10, 10]]
+
+
+@settings(max_examples=10, deadline=None)
+@given(sequences=st.lists(st.lists(st.integers(1, 12), min_size=2, max_size=14),
+                          min_size=1, max_size=6),
+       seed=st.integers(0, 1000))
+def test_training_never_samples_an_item_of_the_users_sequence(
+    sequences: list[list[int]], seed: int
+) -> None:
+    """End to end: every negative fit_sasrec draws avoids its user's *whole* sequence (not only
+    the kept last max_len + 1 items). Users are told apart by a private first item."""
+    n_items = 14 + len(sequences)  # one more than any user holds
+    users = [[12 + u + 1, *items] for u, items in enumerate(sequences)]
+    drawn: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def recording(positives, seen, n, generator):
+        negatives = sample_negatives(positives, seen, n, generator)
+        drawn.append((seen, positives, negatives))
+        return negatives
+
+    config = SASRecConfig(hidden=8, n_blocks=1, max_len=4, batch_size=2, max_epochs=2,
+                          seed=seed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sasrec_module, "sample_negatives", recording)
+        fit_sasrec(users, [], config, n_items=n_items, quiet=True)
+    assert drawn
+    for seen, positives, negatives in drawn:
+        for row in range(len(seen)):
+            owner = [u for u in users if set(u) == set(seen[row].tolist()) - {n_items + 1}]
+            assert owner  # the row's seen set is exactly one user's whole sequence
+            real = positives[row] != 0
+            assert set(positives[row][real].tolist()) <= set(owner[0])
+            assert not set(negatives[row][real].tolist()) & set(owner[0])
 
 
 def test_learns_a_sequential_pattern_and_restores_the_best_epoch() -> None:
-    n = 20
+    n = 40
     rng = random.Random(0)
-    train = [_cycle_sequence(rng, n, rng.randint(5, 20)) for _ in range(200)]
+    train = [_cycle_sequence(rng, n, rng.randint(5, 15)) for _ in range(300)]
     valid = [(s[:-1], s[-1]) for s in (_cycle_sequence(rng, n, rng.randint(2, 10))
                                        for _ in range(60))]
     test = [(s[:-1], s[-1]) for s in (_cycle_sequence(rng, n, rng.randint(2, 10))
                                       for _ in range(60))]
     config = SASRecConfig(hidden=32, n_blocks=1, max_len=16, lr=1e-2, batch_size=64,
-                          dropout=0.1, max_epochs=25, patience=3)
+                          dropout=0.1, max_epochs=40, patience=3, monitor="recall@1")
     rng_state = torch.get_rng_state()
     model, log = fit_sasrec(train, valid, config, n_items=n, quiet=True)
     assert torch.equal(torch.get_rng_state(), rng_state)  # the caller's RNG is left alone
 
-    scores = model.score([h for h, _ in test])
-    ranks = ranks_from_scores(scores, torch.tensor([t for _, t in test]))
-    assert (ranks < 1).double().mean() >= 0.9
+    # Negatives never include the user's items, so seen items are left out of the ranking.
+    assert (rank_targets(model, test, exclude_seen=True) < 1).double().mean() >= 0.9
     # Early stopping keeps the best validation epoch's weights, not the last epoch's.
-    assert validation_recall(model, valid, k=1) == log.best_valid_recall
-    assert log.best_valid_recall == max(log.valid_recall)
-    assert log.valid_recall[log.best_epoch - 1] == log.best_valid_recall
+    assert validation_metric(model, valid, "recall@1") == log.best_valid
+    assert log.best_valid == max(log.valid)
+    assert log.valid[log.best_epoch - 1] == log.best_valid
     assert len(log.losses) <= log.best_epoch + config.patience
     assert log.losses[-1] < log.losses[0]
+
+
+def test_validation_metric_is_the_mean_full_ranking_metric() -> None:
+    model = _model()
+    rng = random.Random(3)
+    samples = [([rng.randint(1, N_ITEMS) for _ in range(rng.randint(1, 12))],
+                rng.randint(1, N_ITEMS)) for _ in range(50)]
+    scores = model.score([h for h, _ in samples])
+    targets = torch.tensor([t for _, t in samples])
+    for exclude_seen in (False, True):
+        exclude = seen_mask([h for h, _ in samples], N_ITEMS + 1) if exclude_seen else None
+        ranks = ranks_from_scores(scores, targets, exclude)
+        assert torch.equal(rank_targets(model, samples, exclude_seen, batch_size=7), ranks)
+        expected = mean_metrics(ranks, (1, 5, 10))
+        for name in ("recall@5", "ndcg@10", "ndcg@1"):
+            assert validation_metric(model, samples, name, batch_size=7,
+                                     exclude_seen=exclude_seen) == pytest.approx(expected[name])
+    # Leaving seen items out never worsens a rank, and the target is never left out.
+    assert torch.all(rank_targets(model, samples, True) <= rank_targets(model, samples, False))
+
+
+def test_validation_every_n_epochs() -> None:
+    rng = random.Random(4)
+    train = [_cycle_sequence(rng, 10, 6) for _ in range(20)]
+    valid = [([1, 2], 3), ([4], 5)]
+    config = SASRecConfig(hidden=8, n_blocks=1, max_len=6, max_epochs=7, valid_every=3,
+                          patience=5)
+    _, log = fit_sasrec(train, valid, config, quiet=True)
+    assert log.valid_epochs == (3, 6, 7) and len(log.valid) == 3 and len(log.losses) == 7
+    assert log.monitor == "ndcg@10" and log.best_epoch in log.valid_epochs
 
 
 def test_early_stopping_restores_the_best_weights() -> None:
@@ -143,11 +251,11 @@ def test_early_stopping_restores_the_best_weights() -> None:
     checked = 0
     for seed in range(6):
         config = SASRecConfig(hidden=8, n_blocks=1, max_len=8, batch_size=16, lr=3e-2,
-                              max_epochs=12, patience=3, seed=seed)
+                              max_epochs=12, patience=3, seed=seed, monitor="recall@1")
         model, log = fit_sasrec(train, valid, config, n_items=15, quiet=True)
         assert log.stopped_early == (len(log.losses) < config.max_epochs)
-        assert validation_recall(model, valid, k=1) == log.best_valid_recall
-        checked += log.valid_recall[-1] < log.best_valid_recall
+        assert validation_metric(model, valid, "recall@1") == log.best_valid
+        checked += log.valid[-1] < log.best_valid
     assert checked > 0  # at least one run where the last epoch was worse than the best
 
 

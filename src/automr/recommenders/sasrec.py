@@ -16,9 +16,14 @@ Layout choices:
   so a history's scores do not depend on what it is batched with.
 - Pre-LN blocks with a final LayerNorm (the original normalises the query only; pre-LN
   trains more stably and is what later re-implementations use).
-- Training follows the paper: binary cross-entropy with one sampled negative per position
-  (uniform over all items except that position's positive), Adam, and early stopping on
-  validation Recall@``valid_k`` with ``patience`` epochs, restoring the best weights.
+- Training follows the paper and the original: binary cross-entropy with one sampled
+  negative per position, uniform over the items *not in the user's training sequence* (the
+  whole sequence, not only the positive), Adam, and early stopping on a validation metric
+  (``monitor``) with ``patience`` validations, restoring the best weights.
+- Because negatives never include the user's own items, the model is never taught to score
+  them down (it often ranks the last input item itself first). Ranking therefore leaves the
+  sample's history out (``exclude_seen``, as the original's evaluation, whose candidates are
+  unseen items); the target is never left out.
 
 Defaults sit in the paper's search space (lr in {1e-2, 1e-3, 1e-4}, batch in {256, ..., 2048})
 and the original's Amazon settings (hidden 50-64, 2 blocks, 1 head, dropout 0.2, max_len 50;
@@ -41,13 +46,14 @@ from torch import Tensor, nn
 
 from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
-from automr.evaluation.metrics import ranks_from_scores
+from automr.evaluation.metrics import ndcg_at_k, ranks_from_scores, recall_at_k, seen_mask
 from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from automr.storage import load_component, save_component
 
 SASREC_FORMAT: Final = "automr.sasrec/1"
 WEIGHTS_FILE: Final = "model.safetensors"
 PAD: Final = 0
+MONITOR_PATTERN: Final = r"(recall|ndcg)@[1-9][0-9]*"
 
 EvalSample = tuple[Sequence[int], int]
 """An evaluation sample: (history item ids, oldest -> newest; target item id)."""
@@ -68,9 +74,16 @@ class SASRecConfig:
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
     max_epochs: int = attrs.field(default=200, validator=v.ge(1))
     patience: int = attrs.field(default=10, validator=v.ge(1))
-    """Stop after this many validations without a strictly better Recall@``valid_k``."""
-    valid_k: int = attrs.field(default=1, validator=v.ge(1))
-    """Early stopping watches validation Recall@``valid_k`` (the paper: Recall@1)."""
+    """Stop after this many validations without a strictly better ``monitor`` value."""
+    valid_every: int = attrs.field(default=1, validator=v.ge(1))
+    """Validate after every ``valid_every`` epochs (and after the last one)."""
+    monitor: str = attrs.field(default="ndcg@10", validator=v.matches_re(MONITOR_PATTERN))
+    """The validation metric early stopping maximises: ``recall@K`` or ``ndcg@K``."""
+    exclude_seen: bool = True
+    """Rank only items outside the sample's history (its target always stays), in validation
+    and in :class:`~automr.methods.SASRecMethod`. Negatives never include the user's items, so
+    training never scores them down; the original evaluates the same way (its candidates are
+    items the user has not interacted with)."""
     eval_batch_size: int = attrs.field(default=512, validator=v.ge(1))
     seed: int = 0
     """Seeds initialisation, dropout, shuffling and negative sampling."""
@@ -85,15 +98,18 @@ class SASRecConfig:
 @beartype
 @attrs.frozen
 class SASRecTrainingLog:
-    """What happened during training: per-epoch loss and validation Recall@K, and the best epoch.
+    """What happened during training: per-epoch loss, the validation ``monitor`` value of each
+    validation (``valid_epochs`` says after which epochs), and the best epoch.
 
     ``best_epoch`` is 1-based (0 = no validation samples, the last weights are kept).
     """
 
+    monitor: str
     losses: tuple[float, ...]
-    valid_recall: tuple[float, ...]
+    valid: tuple[float, ...]
+    valid_epochs: tuple[int, ...]
     best_epoch: int
-    best_valid_recall: float
+    best_valid: float
     stopped_early: bool
 
 
@@ -248,14 +264,16 @@ def fit_sasrec(
     :class:`SASRecTrainingLog`.
 
     ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
-    position after the first is a next-item target. ``valid_samples``: (history, target)
-    pairs scored with full ranking each epoch for early stopping (empty = train all
-    ``max_epochs`` and keep the last weights). ``n_items`` defaults to the largest id seen.
+    position after the first is a next-item target (the last ``max_len`` of them are used, as
+    in the original), and negatives avoid every item of the user's sequence.
+    ``valid_samples``: (history, target) pairs scored with full ranking each epoch for early
+    stopping on ``config.monitor`` (empty = train all ``max_epochs`` and keep the last
+    weights). ``n_items`` defaults to the largest id seen.
     """
     seen_ids = [i for s in train_sequences for i in s]
     seen_ids += [i for h, t in valid_samples for i in (*h, t)]
     n_items = n_items if n_items is not None else max(seen_ids, default=0)
-    inputs, positives = _training_tensors(train_sequences, config.max_len, n_items)
+    data = training_tensors(train_sequences, config.max_len, n_items)
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
@@ -263,43 +281,86 @@ def fit_sasrec(
     with torch.random.fork_rng(devices=fork_devices):  # leave the caller's global RNG untouched
         torch.manual_seed(config.seed)
         model = SASRec(config, n_items).to(device)
-        log = _train_loop(model, inputs.to(device), positives.to(device), valid_samples, quiet)
+        data = TrainingTensors(*(t.to(device) for t in attrs.astuple(data, recurse=False)))
+        log = _train_loop(model, data, valid_samples, quiet)
     return model.eval(), log
 
 
+@attrs.frozen
+class TrainingTensors:
+    """One row per user: left-padded ``inputs`` and next-item ``positives`` ``[users, max_len]``
+    and ``seen`` ``[users, longest]``, each user's distinct item ids sorted ascending, padded
+    on the right with ``n_items + 1`` (never a real id)."""
+
+    inputs: Tensor
+    positives: Tensor
+    seen: Tensor
+
+
+def training_tensors(
+    sequences: Sequence[Sequence[int]], max_len: int, n_items: int
+) -> TrainingTensors:
+    """Rows for users with >= 2 items: their last ``max_len + 1`` items as inputs/positives,
+    and every item of their *whole* sequence as ``seen`` (what negatives must avoid)."""
+    users = [list(s) for s in sequences if len(s) >= 2]
+    if not users:
+        raise AutomrError("SASRec needs at least one training sequence with 2 or more items")
+    _check_ids(users, n_items)
+    distinct = [sorted(set(s)) for s in users]
+    full = [i for i, d in enumerate(distinct) if len(d) >= n_items]
+    if full:
+        raise AutomrError(f"training sequence {full[0]} contains every one of the {n_items} "
+                          f"items, so no negative can be sampled for it")
+    inputs = torch.zeros(len(users), max_len, dtype=torch.long)
+    positives = torch.zeros(len(users), max_len, dtype=torch.long)
+    seen = torch.full((len(users), max(map(len, distinct))), n_items + 1, dtype=torch.long)
+    for row, (items, sequence) in enumerate(zip(distinct, users, strict=True)):
+        kept = sequence[-(max_len + 1):]
+        n = len(kept) - 1
+        inputs[row, max_len - n :] = torch.tensor(kept[:-1])
+        positives[row, max_len - n :] = torch.tensor(kept[1:])
+        seen[row, : len(items)] = torch.tensor(items)
+    return TrainingTensors(inputs, positives, seen)
+
+
 def _train_loop(
-    model: SASRec, inputs: Tensor, positives: Tensor, valid: Sequence[EvalSample], quiet: bool
+    model: SASRec, data: TrainingTensors, valid: Sequence[EvalSample], quiet: bool
 ) -> SASRecTrainingLog:
     config = model.config
-    generator = torch.Generator(device=inputs.device).manual_seed(config.seed)
+    generator = torch.Generator(device=data.inputs.device).manual_seed(config.seed)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
     losses: list[float] = []
-    recalls: list[float] = []
+    values: list[float] = []
+    valid_epochs: list[int] = []
     stopping = EarlyStopping(config.patience)
     columns = (TextColumn("SASRec {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, disable=quiet) as progress:
         task = progress.add_task("training", total=config.max_epochs)
         for epoch in range(1, config.max_epochs + 1):
-            losses.append(_train_epoch(model, optimizer, inputs, positives, generator))
+            losses.append(_train_epoch(model, optimizer, data, generator))
             status = f"epoch {epoch} loss {losses[-1]:.4f}"
-            if valid:
-                recalls.append(validation_recall(model, valid, config.valid_k,
-                                                 config.eval_batch_size))
-                stopping.update(-recalls[-1], epoch, model)
-                status += (f" valid R@{config.valid_k} {recalls[-1]:.4f}"
+            if valid and (epoch % config.valid_every == 0 or epoch == config.max_epochs):
+                values.append(validation_metric(model, valid, config.monitor,
+                                                config.eval_batch_size,
+                                                exclude_seen=config.exclude_seen))
+                valid_epochs.append(epoch)
+                stopping.update(-values[-1], epoch, model)
+                status += (f" valid {config.monitor} {values[-1]:.4f}"
                            f" (best {-stopping.best:.4f} @ {stopping.best_epoch})")
             progress.update(task, advance=1, description=status)
             if stopping.should_stop:
                 break
     stopping.restore(model)
     return SASRecTrainingLog(
+        monitor=config.monitor,
         losses=tuple(losses),
-        valid_recall=tuple(recalls),
+        valid=tuple(values),
+        valid_epochs=tuple(valid_epochs),
         best_epoch=stopping.best_epoch,
-        best_valid_recall=max(recalls, default=0.0),
+        best_valid=max(values, default=0.0),
         stopped_early=len(losses) < config.max_epochs,
     )
 
@@ -307,20 +368,19 @@ def _train_loop(
 def _train_epoch(
     model: SASRec,
     optimizer: torch.optim.Optimizer,
-    inputs: Tensor,
-    positives: Tensor,
+    data: TrainingTensors,
     generator: torch.Generator,
 ) -> float:
     """One shuffled pass; BCE on (positive, one sampled negative) at every real position."""
     model.train()
-    order = torch.randperm(inputs.shape[0], generator=generator, device=inputs.device)
+    order = torch.randperm(data.inputs.shape[0], generator=generator, device=data.inputs.device)
     total, count = 0.0, 0
     for start in range(0, len(order), model.config.batch_size):
         rows = order[start : start + model.config.batch_size]
-        batch_in, batch_pos = inputs[rows], positives[rows]
+        batch_in, batch_pos = data.inputs[rows], data.positives[rows]
         first = int((batch_in != PAD).any(dim=0).nonzero()[0])  # drop all-padding columns
         batch_in, batch_pos = batch_in[:, first:], batch_pos[:, first:]
-        negatives = sample_negatives(batch_pos, model.n_items, generator)
+        negatives = sample_negatives(batch_pos, data.seen[rows], model.n_items, generator)
         states = model.encode(batch_in)
         real = batch_pos != PAD
         pos_logit = (states * model.item_emb(batch_pos)).sum(-1)[real]
@@ -336,47 +396,68 @@ def _train_epoch(
 
 @jaxtyped(typechecker=beartype)
 def sample_negatives(
-    positives: Int[Tensor, "batch seq"], n_items: int, generator: torch.Generator
+    positives: Int[Tensor, "batch seq"],
+    seen: Int[Tensor, "batch seen"],
+    n_items: int,
+    generator: torch.Generator,
 ) -> Int[Tensor, "batch seq"]:
-    """One negative per position, uniform over items ``1..n_items`` other than the positive.
+    """One negative per position, uniform over items ``1..n_items`` that are neither the
+    position's positive nor in its row's ``seen`` (the user's items, sorted ascending per row;
+    distinct ids, padded on the right with any value > ``n_items``), as in the original SASRec.
 
-    Draws ``r`` uniformly from ``1..n_items-1`` and shifts it up by one where ``r >= positive``,
-    which skips exactly the positive. (Padding positions get some valid id; they are unused.)
+    Exact rejection sampling, like the original: draw uniformly from ``1..n_items`` and redraw
+    the positions whose draw is excluded until none is. A position with no allowed item is an
+    :class:`AutomrError`. (Padding positions, positive 0, get some allowed id; they are unused.)
     """
-    draws = torch.randint(1, n_items, positives.shape, generator=generator,
+    seen = seen.contiguous()
+
+    def in_seen(values: Tensor) -> Tensor:
+        at = torch.searchsorted(seen, values.contiguous()).clamp_(max=seen.shape[1] - 1)
+        return seen.gather(1, at) == values
+
+    forbidden = ((seen >= 1) & (seen <= n_items)).sum(dim=1, keepdim=True)
+    forbidden = forbidden + ((positives >= 1) & ~in_seen(positives)).long()
+    if bool((forbidden >= n_items).any()):
+        raise AutomrError("no negative can be sampled: a user's items cover the whole catalog")
+    draws = torch.randint(1, n_items + 1, positives.shape, generator=generator,
                           device=positives.device)
-    return draws + (draws >= positives).long()
+    bad = in_seen(draws) | (draws == positives)
+    while bool(bad.any()):  # ends: every position has an allowed item (checked above)
+        draws[bad] = torch.randint(1, n_items + 1, (int(bad.sum()),), generator=generator,
+                                   device=positives.device)
+        bad = in_seen(draws) | (draws == positives)
+    return draws
 
 
 @beartype
-def validation_recall(
-    model: SASRec, samples: Sequence[EvalSample], k: int, batch_size: int = 512
-) -> float:
-    """Mean full-ranking Recall@``k`` of ``model`` on (history, target) samples."""
-    hits = 0
+def rank_targets(
+    model: SASRec, samples: Sequence[EvalSample], exclude_seen: bool, batch_size: int = 512
+) -> Int[Tensor, " batch"]:
+    """0-based full-ranking rank of each sample's target among the ``n_items`` items
+    (pessimistic ties); with ``exclude_seen`` the history's items other than the target are
+    left out of the ranking."""
+    ranks: list[Tensor] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        scores = model.score([h for h, _ in chunk])
+        histories = [h for h, _ in chunk]
+        scores = model.score(histories)
         targets = torch.tensor([t for _, t in chunk], dtype=torch.long, device=scores.device)
-        hits += int((ranks_from_scores(scores, targets) < k).sum())
-    return hits / len(samples)
+        exclude = seen_mask(histories, model.n_items + 1) if exclude_seen else None
+        ranks.append(ranks_from_scores(scores, targets, exclude).cpu())
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
-def _training_tensors(
-    sequences: Sequence[Sequence[int]], max_len: int, n_items: int
-) -> tuple[Tensor, Tensor]:
-    """Left-padded ``[users, max_len]`` inputs and next-item targets (users with >= 2 items)."""
-    kept = [list(s)[-(max_len + 1) :] for s in sequences if len(s) >= 2]
-    if not kept:
-        raise AutomrError("SASRec needs at least one training sequence with 2 or more items")
-    _check_ids(kept, n_items)
-    inputs = torch.zeros(len(kept), max_len, dtype=torch.long)
-    positives = torch.zeros(len(kept), max_len, dtype=torch.long)
-    for row, seq in enumerate(kept):
-        n = len(seq) - 1
-        inputs[row, max_len - n :] = torch.tensor(seq[:-1])
-        positives[row, max_len - n :] = torch.tensor(seq[1:])
-    return inputs, positives
+@beartype
+def validation_metric(
+    model: SASRec, samples: Sequence[EvalSample], monitor: str, batch_size: int = 512,
+    *, exclude_seen: bool = True,
+) -> float:
+    """Mean full-ranking ``monitor`` (``recall@K`` or ``ndcg@K``) of ``model`` on
+    (history, target) samples (ranked as :func:`rank_targets` does)."""
+    name, k = monitor.split("@")
+    metric = recall_at_k if name == "recall" else ndcg_at_k
+    ranks = rank_targets(model, samples, exclude_seen, batch_size)
+    return float(metric(ranks, int(k)).mean())
 
 
 def _check_ids(sequences: Sequence[Sequence[int]], n_items: int) -> None:
