@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import automr
-from automr.experiments.demo import DemoConfig, run_demo
+from automr.experiments.demo import DemoConfig, demo_summary, run_demo
 from automr.interfaces import Retriever
 from automr.retrievers import top_k
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
@@ -35,7 +35,8 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     synthetic_dataset(root)
     save_tiny_model(root / "model", num_layers=4)
     config = DemoConfig(model=str(root / "model"), layer=2, train_samples=16, valid_samples=4,
-                        batch_size=4, annotate_samples=12, test_samples=2, num_beams=3)
+                        batch_size=4, annotate_samples=12, test_samples=2, num_beams=3,
+                        likelihood_samples=5)
     run_demo(root / "demo", config, device="cpu", cache_dir=root / "cache", progress=False,
              dataset_dir=root / "prepared", say=lambda line: None)
     folders = {name: root / "demo" / name
@@ -97,6 +98,16 @@ def test_custom_retriever_uses_public_imports_only():
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "automr" in imported
     assert not [name for name in imported if name.startswith("automr.")]
+
+
+def test_the_demo_ends_with_the_likelihood_gain_and_its_intervals(demo):
+    summary = demo_summary(demo["root"] / "demo")
+    assert "| sasrec |" in summary  # the ranking table first
+    assert "5 test samples" in summary
+    for other in ("bigrec", "random"):
+        [line] = [ln for ln in summary.splitlines() if ln.strip().startswith(f"AutoMR - {other}")]
+        mean, low, high = (float(x) for x in re.findall(NUMBER, line))
+        assert low <= mean <= high
 
 
 def test_annotate_interactions_synthetic(demo, capsys):

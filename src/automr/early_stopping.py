@@ -1,6 +1,9 @@
-"""Early stopping on a validation value: keep the best weights, stop after ``patience`` misses."""
+"""Epoch loops: early stopping on a validation value (keep the best weights, stop after
+``patience`` misses) and one progress line per epoch. SASRec and the retriever share both."""
 
+import contextlib
 import copy
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -38,3 +41,21 @@ class EarlyStopping:
     def restore(self, model: torch.nn.Module) -> None:
         if self._state is not None:
             model.load_state_dict(self._state)
+
+
+@contextlib.contextmanager
+def epoch_progress(label: str, epochs: int, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A progress bar over ``epochs``; the yielded function ends an epoch with a status line."""
+    from automr.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (TextColumn(f"{label} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, disable=quiet) as progress:
+        task = progress.add_task("training", total=epochs)
+        yield lambda status: progress.update(task, advance=1, description=status)

@@ -37,9 +37,7 @@ def ablate_command(
     label_form: Annotated[str, typer.Option(help="Retriever labels: log or paper.")] = "log",
     temperature: Annotated[float, typer.Option(help="Label temperature.")] = 1.0,
     seed: int = 0,
-    device: DeviceOption = "auto",
-    cache_dir: CacheDirOption = None,
-    quiet: QuietOption = False,
+    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Score every (encoder, L, combiner, retriever) cell by how much the retrieved element
     raises the true title's log-likelihood on held-out test samples; print the table."""

@@ -62,9 +62,7 @@ def show_command(
     trsr_mode: Mode = context_defaults.mode,
     trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
     batch_size: BatchSize = 8,
-    device: DeviceOption = "auto",
-    cache_dir: CacheDirOption = None,
-    quiet: QuietOption = False,
+    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
     spec = context_spec_option(kind, context_k, trsr_block_size, trsr_max_blocks, trsr_mode,
@@ -100,9 +98,7 @@ def trsr_command(
     trsr_mode: Mode = context_defaults.mode,
     trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
     batch_size: BatchSize = 8,
-    device: DeviceOption = "auto",
-    cache_dir: CacheDirOption = None,
-    quiet: QuietOption = False,
+    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
     evaluation; rerunning, or running it cut short and again, only generates what is missing."""

@@ -56,9 +56,7 @@ def evaluate_command(
     tune_samples: Annotated[int, typer.Option(
         help="Validation samples on which l2-pop / constrained-pop choose the popularity "
              "weight gamma.")] = defaults.tune_samples,
-    device: DeviceOption = "auto",
-    cache_dir: CacheDirOption = None,
-    quiet: QuietOption = False,
+    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> dict[str, dict[str, float]]:
     """Rank (and/or score) the same test samples with every method; print and write the
     results table. Returns each method's metric means (kept in the run record)."""

@@ -53,9 +53,7 @@ def rq2_command(
         help="append-token, prepend-token or concat.")] = "append-token",
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     batch_size: int = 8,
-    device: DeviceOption = "auto",
-    cache_dir: CacheDirOption = None,
-    quiet: QuietOption = False,
+    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
     write the table and box plots (resumes: finished runs are read back)."""

@@ -20,10 +20,9 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.early_stopping import EarlyStopping
+from automr.early_stopping import EarlyStopping, epoch_progress
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
-from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from automr.retrievers.dataset import RetrievalDataset
 from automr.retrievers.mlp import ACTIVATIONS, Activation, MLPRetriever, MLPRetrieverConfig
 from automr.retrievers.selection import masked_log_softmax, top_k
@@ -158,10 +157,7 @@ def _fit(
     valid_kl: list[float] = []
     valid_top1: list[float] = []
     stopping = EarlyStopping(config.patience)
-    columns = (TextColumn("retriever {task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, disable=quiet) as progress:
-        task = progress.add_task("training", total=config.max_epochs)
+    with epoch_progress("retriever", config.max_epochs, quiet) as end_epoch:
         for epoch in range(1, config.max_epochs + 1):
             train_kl.append(_train_epoch(retriever, optimizer, train, config, generator))
             status = f"epoch {epoch} KL {train_kl[-1]:.4f}"
@@ -174,7 +170,7 @@ def _fit(
                 stopping.update(value, epoch, retriever)
                 status += (f" valid KL {metrics.kl:.4f} top-1 {metrics.top1:.3f}"
                            f" (best @ {stopping.best_epoch})")
-            progress.update(task, advance=1, description=status)
+            end_epoch(status)
             if stopping.should_stop:
                 break
     stopping.restore(retriever)
