@@ -39,9 +39,7 @@ def annotate(
     combiner: Annotated[str, typer.Option(help="append-token or prepend-token.")] =
         "append-token",
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Annotation samples/s (upper half only, shared prompt) vs a full forward per element."""
     from automr.experiments.bench import bench_annotate
@@ -66,9 +64,7 @@ def encode(
     texts: int = 32,
     batch_size: int = 16,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Memory-encoding tokens/s vs a raw lower-half forward, and the split's overhead."""
     from automr.data import PreparedDataset
@@ -97,9 +93,7 @@ def ground(
     batch_size: int = 8,
     layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = DEFAULT_LAYER,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Generation + grounding samples/s of each grounder (the whole catalog ranked)."""
     from automr.data import PreparedDataset
@@ -124,9 +118,7 @@ def finetune(
     steps: int = 8,
     batch_size: int = 8,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """LoRA training speed, same batches: all layers; only the layers above the split (lower
     half under no_grad each step); the same with the lower half's states computed once."""
