@@ -386,3 +386,14 @@ def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspac
     model = AutoPeftModelForCausalLM.from_pretrained(best)
     ids = tokenizer(["hello"], return_tensors="pt")
     assert model(**ids).logits.shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "missing"])
+def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp_path, how):
+    run = copy(workspace, "ft", tmp_path)
+    CORRUPTIONS[how](run / "best" / "adapter_model.safetensors")
+    result = runner.invoke(app, [
+        "evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "eval"),
+        "--methods", "bigrec:likelihood", "--finetuned", str(run), "--model",
+        str(workspace / "model"), "--samples", "2", "--layer", "2", *QUIET])
+    one_line_error(result, run / "best" / "adapter_model.safetensors")

@@ -26,7 +26,7 @@ CacheDirOption = Annotated[
     typer.Option(
         "--cache-dir",
         help="Folder for downloads and converted files "
-        "[default: $AUTOMR_CACHE or ~/.cache/automr].",
+        "[default: $AUTOMR_CACHE, else $XDG_CACHE_HOME/automr, else ~/.cache/automr].",
         show_default=False,
     ),
 ]

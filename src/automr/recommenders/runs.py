@@ -15,7 +15,7 @@ from automr.contexts.spec import ContextSpec
 from automr.errors import AutomrError
 from automr.llm.loading import LoadedModel, load_model
 from automr.memory import MemoryStore
-from automr.storage import read_json
+from automr.storage import read_json, read_safetensors
 
 RESULT_FILE = "finetune.json"
 """Written by a fine-tune when it finishes; its presence marks a usable run folder."""
@@ -75,8 +75,11 @@ class FinetunedRun:
         if base.model.dtype == torch.float32 and base.fingerprint() != self.base_fingerprint:
             raise AutomrError(f"the base model {self.base_model!r} found here differs from the "
                               f"one {self.path} was tuned on (fingerprint mismatch)")
+        weights = self.path / ADAPTER_DIR / "adapter_model.safetensors"
+        read_safetensors(weights, f"`automr finetune` (the adapter of {self.path} is damaged: "
+                                  f"fine-tune again into a new --out)")
         model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
-        adapter = sha256_of(self.path / ADAPTER_DIR / "adapter_model.safetensors")
+        adapter = sha256_of(weights)
         fingerprint = hashlib.sha256(f"{self.base_fingerprint}+{adapter}".encode()).hexdigest()
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
