@@ -27,6 +27,8 @@ from automr.storage import read_json, write_json_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+RUNS_FILE = "automr-runs.jsonl"
+EXPORT_FORMAT = "automr.results-export/1"
 
 
 @attrs.frozen
@@ -108,6 +110,46 @@ class EvaluationFolder:
                     return str(data["split"])
         return "test"
 
+    def export(self) -> dict[str, Any]:
+        """Everything needed to recompute every number of ``results.json``, in one JSON-able
+        dict: the tables, each method's per-sample ranks and target log-likelihoods keyed by
+        sample id, and the commands that wrote the folder (its run records)."""
+        results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
+        ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
+                 for m in results["methods"] for r in [self.report(m)]}
+        loglik = {}
+        for method in results.get("likelihood", {}):
+            report = LikelihoodReport.load(self.ranks_file(method, "loglik"))
+            loglik[method] = {s: [v, n] for s, v, n in zip(
+                report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
+        records = self.path / RUNS_FILE
+        commands = ([json.loads(line)["argv"] for line in records.read_text().splitlines()]
+                    if records.is_file() else [])
+        return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
+                "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
+                "ranks": ranks, "loglik": loglik}
+
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
         (self.path / RESULTS_MD).write_text(markdown)
+
+
+def recomputed_means(exported: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Every table mean of an :meth:`EvaluationFolder.export`, recomputed from its per-sample
+    values alone (ranks -> Recall/NDCG@K; log-likelihoods -> per sample and per token)."""
+    import torch
+
+    from automr.evaluation.metrics import per_sample_metrics
+
+    means: dict[str, dict[str, float]] = {}
+    ks = tuple(exported["results"]["config"]["ks"]) if "config" in exported["results"] else (
+        1, 5, 10)
+    for method, ranks in exported["ranks"].items():
+        values = per_sample_metrics(torch.tensor(list(ranks.values())), ks)
+        means[method] = {k: float(v.double().mean()) for k, v in values.items()}
+    for method, pairs in exported["loglik"].items():
+        ll = torch.tensor([v for v, _ in pairs.values()], dtype=torch.float64)
+        tokens = torch.tensor([n for _, n in pairs.values()], dtype=torch.float64)
+        means.setdefault(method, {}).update(target_ll=float(ll.mean()),
+                                            target_ll_per_token=float((ll / tokens).mean()))
+    return means
