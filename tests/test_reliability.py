@@ -397,3 +397,19 @@ def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp
         "--methods", "bigrec:likelihood", "--finetuned", str(run), "--model",
         str(workspace / "model"), "--samples", "2", "--layer", "2", *QUIET])
     one_line_error(result, run / "best" / "adapter_model.safetensors")
+
+
+def test_a_layer_other_than_the_memorys_is_refused_not_recorded(workspace, tmp_path):
+    """Issue 15 item 5: --layer used to be ignored by memory methods yet recorded."""
+    common = ["evaluate", "--data", str(workspace / "prepared"), "--methods",
+              "random:likelihood", "--finetuned", str(workspace / "ft"), "--memory",
+              str(workspace / "mem"), "--model", str(workspace / "model"), "--samples", "2",
+              "--measures", "likelihood", *QUIET]
+    refused = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--layer", "3"])
+    one_line_error(refused, "--layer 3", "layer 2")
+    used = runner.invoke(app, [*common, "--out", str(tmp_path / "b")])
+    assert used.exit_code == 0, used.output
+    settings = json.loads((tmp_path / "b" / "loglik" / "random-likelihood.settings.json")
+                          .read_text())
+    assert settings["combiner"] == "append-token" and "layer" not in settings
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["layer"] is None
