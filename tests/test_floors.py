@@ -17,9 +17,11 @@ def dataset(tmp_path_factory):
     return synthetic_dataset(tmp_path_factory.mktemp("floors"))
 
 
-def plain_rank(scores: dict[str, tuple], target: str) -> int:
-    """Rank of ``target`` under lexicographic scores, ties pessimistic (as ranks_from_scores)."""
-    return sum(1 for item, score in scores.items() if item != target and score >= scores[target])
+def plain_rank(scores: dict[str, tuple], target: str, seen: frozenset = frozenset()) -> int:
+    """Rank of ``target`` under lexicographic scores, ties pessimistic (as ranks_from_scores),
+    items in ``seen`` (other than the target) left out."""
+    return sum(1 for item, score in scores.items()
+               if item != target and item not in seen and score >= scores[target])
 
 
 def test_popularity_counts_the_training_period(dataset):
@@ -31,9 +33,18 @@ def test_popularity_counts_the_training_period(dataset):
     assert PopularityMethod(dataset).rank(samples) == expected
 
 
+def test_popularity_without_seen_items(dataset):
+    counts = Counter(i.item for i in dataset.interactions
+                     if dataset.boundaries.split_of(i.timestamp) == "train")
+    samples = dataset.samples("test")
+    expected = [plain_rank({item: (counts[item],) for item in dataset.catalog.ids}, s.target,
+                           frozenset(s.history)) for s in samples]
+    assert PopularityMethod(dataset, exclude_seen=True).rank(samples) == expected
+
+
 @settings(max_examples=15, deadline=None)
-@given(window=st.integers(1, 6), query_items=st.integers(1, 8))
-def test_cooccurrence_equals_the_plain_count(dataset, window, query_items):
+@given(window=st.integers(1, 6), query_items=st.integers(1, 8), exclude_seen=st.booleans())
+def test_cooccurrence_equals_the_plain_count(dataset, window, query_items, exclude_seen):
     sequences = list(training_sequences(dataset).values())
     ids = dataset.catalog.ids
     follows: Counter = Counter()
@@ -47,8 +58,9 @@ def test_cooccurrence_equals_the_plain_count(dataset, window, query_items):
     for s in samples:
         query = s.history[-query_items:]
         scores = {b: (sum(follows[a, b] for a in query), pop[b]) for b in ids}
-        expected.append(plain_rank(scores, s.target))
-    assert CooccurrenceMethod(dataset, window, query_items).rank(samples) == expected
+        seen = frozenset(s.history) if exclude_seen else frozenset()
+        expected.append(plain_rank(scores, s.target, seen))
+    assert CooccurrenceMethod(dataset, window, query_items, exclude_seen).rank(samples) == expected
 
 
 def test_floors_are_registered_methods(dataset):

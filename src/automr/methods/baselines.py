@@ -22,13 +22,18 @@ from beartype import beartype
 
 from automr.data import PreparedDataset, Sample
 from automr.data.popularity import popularity, training_sequences
-from automr.evaluation.metrics import ranks_from_scores
+from automr.evaluation.metrics import ranks_from_scores, seen_mask
 
 
-def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Sample]) -> list[int]:
+def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Sample],
+          exclude_seen: bool) -> list[int]:
+    """Ranks of the targets; with ``exclude_seen``, the sample's history items are removed
+    from its ranking (the target never is)."""
     index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
     targets = torch.tensor([index[s.target] for s in samples])
-    return ranks_from_scores(scores, targets).tolist()
+    exclude = (seen_mask([[index[i] for i in s.history] for s in samples], scores.shape[1])
+               if exclude_seen else None)
+    return ranks_from_scores(scores, targets, exclude).tolist()
 
 
 @attrs.define(eq=False)
@@ -36,16 +41,18 @@ class PopularityMethod:
     """The same ranking for everyone: training-period popularity (ties ranked pessimistically)."""
 
     dataset: PreparedDataset
+    exclude_seen: bool = False
     _counts: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def settings(self) -> Mapping[str, Any]:
-        return {"popularity": "training period"}
+        return {"popularity": "training period", "exclude_seen": self.exclude_seen}
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         if self._counts is None:
             self._counts = popularity(self.dataset)
-        return _rank(self._counts.expand(len(samples), -1), self.dataset, samples)
+        return _rank(self._counts.expand(len(samples), -1), self.dataset, samples,
+                     self.exclude_seen)
 
 
 @beartype
@@ -57,11 +64,13 @@ class CooccurrenceMethod:
     dataset: PreparedDataset
     window: int = attrs.field(default=10, validator=attrs.validators.gt(0))
     query_items: int = attrs.field(default=5, validator=attrs.validators.gt(0))
+    exclude_seen: bool = False
     _follows: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def settings(self) -> Mapping[str, Any]:
-        return {"cooccurrence": {"window": self.window, "query_items": self.query_items}}
+        return {"cooccurrence": {"window": self.window, "query_items": self.query_items},
+                "exclude_seen": self.exclude_seen}
 
     def follows(self) -> torch.Tensor:
         """Sparse ``[items, items]``: entry ``(a, b)`` counts ``b`` within ``window`` steps
@@ -91,5 +100,5 @@ class CooccurrenceMethod:
                 for item in sample.history[-self.query_items:]:
                     query[row, index[item]] += 1.0
             counts = torch.sparse.mm(follows.t(), query.t()).t()
-            ranks += _rank(counts + tie_break, self.dataset, chunk)
+            ranks += _rank(counts + tie_break, self.dataset, chunk, self.exclude_seen)
         return ranks

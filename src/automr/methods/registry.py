@@ -242,11 +242,13 @@ METHODS: dict[str, MethodKind] = {
     "sasrec": MethodKind("SASRec trained on the training period", _sasrec,
                          options=("seed",), grounded=False, likelihood=False),
     "pop": MethodKind("training-period popularity (a floor)",
-                      lambda space, grounder, label: PopularityMethod(space.dataset),
-                      grounded=False, likelihood=False),
+                      lambda space, grounder, label: PopularityMethod(
+                          space.dataset, exclude_seen=space.options.exclude_seen),
+                      options=("exclude_seen",), grounded=False, likelihood=False),
     "cooc": MethodKind("item-to-item co-occurrence counts (a floor)",
-                       lambda space, grounder, label: CooccurrenceMethod(space.dataset),
-                       grounded=False, likelihood=False),
+                       lambda space, grounder, label: CooccurrenceMethod(
+                           space.dataset, exclude_seen=space.options.exclude_seen),
+                       options=("exclude_seen",), grounded=False, likelihood=False),
     "base": MethodKind("the untuned LM", _base, ("model",), LM_OPTIONS),
     "bigrec": MethodKind("BIGRec: the LM with its LoRA adapter", _tuned("finetuned"),
                          ("finetuned",), LM_OPTIONS),
