@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from beartype import beartype
-from jaxtyping import Float, Int, jaxtyped
+from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.evaluation.metrics import per_sample_metrics, ranks_from_scores
@@ -41,14 +41,16 @@ def adjusted_distances(
 def choose_gamma(
     distances: Float[Tensor, "batch items"], prior: Float[Tensor, " items"],
     targets: Int[Tensor, " batch"], metric: str = "ndcg@5",
-    grid: Sequence[float] = GAMMA_GRID,
+    grid: Sequence[float] = GAMMA_GRID, exclude: Bool[Tensor, "batch items"] | None = None,
 ) -> tuple[float, dict[float, float]]:
     """The ``gamma`` of ``grid`` with the best mean ``metric`` on these (validation) samples
-    (the smallest on ties), and every gamma's value."""
+    (the smallest on ties), and every gamma's value; ``exclude`` as in
+    :func:`~automr.evaluation.metrics.ranks_from_scores` (e.g. the samples' seen items)."""
     k = int(metric.split("@")[1])
     values = {}
     for gamma in grid:
-        ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets)
+        ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets,
+                                  exclude)
         values[gamma] = float(per_sample_metrics(ranks, (k,))[metric].mean())
     best = max(values.values())
     return min(g for g, v in values.items() if v == best), values

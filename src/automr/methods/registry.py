@@ -22,6 +22,7 @@ from automr.data.popularity import popularity
 from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
+from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.prior import choose_gamma, min_max
 from automr.interfaces import Method
@@ -161,7 +162,10 @@ class Workspace:
         index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         targets = torch.tensor([index[s.target] for s in samples])
         prior = min_max(popularity(self.dataset)).float()
-        gamma, values = choose_gamma(plain.distances(samples), prior, targets)
+        exclude = (seen_mask([[index[i] for i in s.history] for s in samples], len(index))
+                   if self.options.exclude_seen else None)
+        gamma, values = choose_gamma(plain.distances(samples), prior, targets,
+                                     exclude=exclude)
         return gamma, {str(g): v for g, v in values.items()}
 
     def retrieval(self, kind: str) -> MemoryRetrieval:
