@@ -1,13 +1,17 @@
-"""Beam search through the split: greedy at one beam, exact log-probs under a trie."""
+"""Beam search through the split: greedy at one beam, exact log-probs under a trie, and the
+fast search equal to the plain reference (tries, memory inserts, padding, shared headers)."""
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from automr.combiners import COMBINERS
+from automr.interfaces import MemoryTokens
 from automr.llm import HFSplitLLM
-from automr.llm.beam import TokenTrie, beam_search
-from automr.llm.decoding import greedy_generate
+from automr.llm.beam import TokenTrie, beam_search, reference_beam_search
+from automr.llm.decoding import greedy_generate, prefill, step
+from automr.testing.strategies import masks, pad_sequences, padding_sides, seeded_tensors
 from automr.testing.tiny import TINY_VOCAB
 
 EOS = 2
@@ -58,3 +62,116 @@ def test_trie_beams_are_exact_and_complete(tiny_models, arch, prompts, titles, l
         for h in hyps:
             expected = sequence_logprob(model, prompt, list(h.tokens))
             assert h.logprob == pytest.approx(expected, abs=1e-4)
+
+
+HEADER = [5, 9, 14, 20, 7, 7, 31, 40, 12, 3]  # a shared prompt header (>= MIN_SHARED tokens)
+
+
+@st.composite
+def search_inputs(draw):
+    """Prompts (some sharing a header, each padded on its own side), titles for a trie (or
+    none; from a few tokens, so that they share prefixes and end in many places), a beam
+    count and a split layer."""
+    header = draw(st.sampled_from([[], HEADER[:8], HEADER]))
+    prompts = draw(st.lists(st.lists(token, min_size=1, max_size=5), min_size=1, max_size=3))
+    prompts = [header + p for p in prompts]
+    letters = draw(st.sampled_from([token, st.integers(3, 10)]))  # few: titles share prefixes
+    titles = draw(st.none() | st.lists(st.lists(letters, min_size=1, max_size=3), min_size=1,
+                                       max_size=16, unique_by=tuple))
+    sides = draw(padding_sides(len(prompts)))
+    return prompts, sides, titles, draw(st.integers(1, 5)), draw(st.integers(0, 3))
+
+
+def assert_same_beams(fast, reference):
+    assert [[h.tokens for h in hyps] for hyps in fast] == \
+        [[h.tokens for h in hyps] for hyps in reference]
+    for hyps, ref in zip(fast, reference, strict=True):
+        for h, r in zip(hyps, ref, strict=True):
+            assert h.logprob == pytest.approx(r.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(inputs=search_inputs(), kind=st.sampled_from([None, *sorted(COMBINERS)]),
+       share=st.booleans(), steps=st.integers(1, 5), data=st.data())
+def test_fast_search_equals_the_reference(tiny_models, arch, inputs, kind, share, steps, data):
+    """Batched beams in blocks of live rows, reserved caches, the shared header run once:
+    the same hypotheses as the plain search, with and without a trie and a memory insert."""
+    prompts, sides, titles, beams, layer = inputs
+    llm = HFSplitLLM(tiny_models[arch])
+    ids, mask = pad_sequences(prompts, sides, pad_id=EOS)
+    insert = None
+    if kind is not None:
+        n = data.draw(st.integers(0, 2), label="memory tokens")
+        hidden = data.draw(seeded_tensors((len(prompts), n, llm.hidden_size)), label="memory")
+        memory = MemoryTokens(hidden=hidden, mask=data.draw(masks(len(prompts), n),
+                                                            label="memory mask"))
+        combiner = COMBINERS[kind]()
+
+        def insert(state):
+            return combiner.combine(state, memory)
+    trie = None
+    if titles is not None:
+        sequences = [[*t, EOS] for t in titles]
+        trie = TokenTrie(sequences, list(range(len(sequences))))
+        steps = max(map(len, sequences))
+    common = {"num_beams": beams, "max_new_tokens": steps, "eos_token_id": EOS, "trie": trie,
+              "insert": insert}
+    reference = reference_beam_search(llm, ids, mask, layer, **common)
+    fast = beam_search(llm, ids, mask, layer, share_prefix=share, **common)
+    assert_same_beams(fast, reference)
+
+
+@given(titles=st.lists(st.lists(token, min_size=1, max_size=4), min_size=1, max_size=12,
+                       unique_by=tuple),
+       walks=st.lists(st.lists(token | st.just(EOS), min_size=1, max_size=5), max_size=6))
+def test_trie_nodes_follow_the_prefixes(titles, walks):
+    """``mask``/``advance`` on node tensors say what ``allowed`` says of each prefix."""
+    sequences = [[*t, EOS] for t in titles]
+    trie = TokenTrie(sequences, list(range(len(sequences))))
+    walks = walks + [s[:cut] for s in sequences for cut in range(len(s) + 1)]
+    for walk in walks:
+        node = torch.tensor([trie.root])
+        for length in range(len(walk) + 1):
+            allowed = trie.allowed(walk[:length])
+            if length and not any(tuple(s[:length]) == tuple(walk[:length]) for s in sequences):
+                assert int(node) == trie.dead
+            mask = trie.mask(node, TINY_VOCAB)[0]
+            assert torch.nonzero(mask == 0).flatten().tolist() == allowed
+            assert bool((mask[mask != 0] == float("-inf")).all())
+            if length < len(walk):
+                node = trie.advance(node, torch.tensor([walk[length]]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(inputs=search_inputs(), data=st.data())
+def test_reserved_decoding_equals_the_growing_cache(tiny_models, arch, inputs, data):
+    """Prefill with the shared header, reserve, then steps that reorder rows among the rows
+    of their prompt (tail only) or take any rows (every position): the plain way's logits."""
+    prompts, sides, _, repeats, layer = inputs
+    llm = HFSplitLLM(tiny_models[arch])
+    ids, mask = pad_sequences(prompts, sides, pad_id=EOS)
+    plain = prefill(llm, ids, mask, layer)
+    plain.repeat_interleave(repeats)
+    fast = prefill(llm, ids, mask, layer, share_prefix=True)
+    fast.reserve(1, repeats=repeats)  # one spare position: later steps grow the buffers
+    prompt_of = [r // repeats for r in range(len(prompts) * repeats)]
+    for _ in range(data.draw(st.integers(1, 4), label="steps")):
+        torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-5)
+        rows = len(prompt_of)
+        picks = data.draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=rows + 2))
+        if data.draw(st.booleans(), label="within prompts"):  # row r takes a row of its prompt
+            indices = []
+            for r, p in zip(range(rows), picks * rows, strict=False):
+                same = [q for q in range(rows) if prompt_of[q] == prompt_of[r]]
+                indices.append(same[p % len(same)])
+            fast.select_beams(torch.tensor(indices))
+        else:
+            indices = picks
+            fast.select(torch.tensor(indices))
+            prompt_of = [prompt_of[i] for i in indices]
+        plain.select(torch.tensor(indices))
+        tokens = torch.tensor(data.draw(st.lists(token, min_size=len(indices),
+                                                 max_size=len(indices))))
+        step(llm, plain, tokens)
+        step(llm, fast, tokens)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-5)

@@ -4,6 +4,12 @@ One implementation serves plain beam search (BIGRec generates, then grounds by L
 and constrained decoding (every beam is a real catalog title). Hypotheses are ranked by their
 summed token log-probability (no length normalisation), so a finished beam's score is exactly
 ``log P(title tokens, EOS | prompt)``.
+
+:func:`beam_search` keeps every prompt's beams in one batch with tensor bookkeeping (trie
+nodes, scores, finished hypotheses), beams share their prompt's keys and values
+(:meth:`~automr.llm.decoding.Decoding.reserve`) and the prompts' common header can run once.
+:func:`reference_beam_search` is the plain version it replaced (Python loops over beams, a
+copied, growing cache); the two give the same beams, and ``automr bench ground`` times both.
 """
 
 from collections.abc import Sequence
@@ -11,11 +17,24 @@ from collections.abc import Sequence
 import attrs
 import torch
 from beartype import beartype
-from jaxtyping import jaxtyped
+from jaxtyping import Bool, Float, Int, jaxtyped
+from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.decoding import prefill, step
 from automr.types import TokenIds, TokenMask
+
+NEG_INF = float("-inf")
+
+
+@attrs.frozen
+class _TrieTensors:
+    """A trie's edges as tensors on one device, sorted by (parent node, token)."""
+
+    child_start: Int[Tensor, " nodes_plus_one"]
+    edge_token: Int[Tensor, " edges"]
+    edge_child: Int[Tensor, " edges"]
+    edge_key: Int[Tensor, " edges"]
 
 
 class TokenTrie:
@@ -23,13 +42,19 @@ class TokenTrie:
 
     ``allowed(prefix)`` lists the tokens that extend ``prefix`` towards a stored sequence;
     ``value(sequence)`` gives what was stored for a complete sequence (e.g. an item index).
+    For batched search, prefixes are also numbered nodes (``root`` is the empty prefix):
+    :meth:`mask` and :meth:`advance` work on a tensor of nodes at once; :attr:`dead` is a
+    node with no continuation.
     """
+
+    root = 0
 
     def __init__(self, sequences: Sequence[Sequence[int]], values: Sequence[int]) -> None:
         if len(sequences) != len(values):
             raise ValueError("TokenTrie: one value per sequence")
         self._children: dict[tuple[int, ...], set[int]] = {}
         self._values: dict[tuple[int, ...], int] = {}
+        nodes: dict[tuple[int, ...], int] = {(): self.root}
         for sequence, value in zip(sequences, values, strict=True):
             key = tuple(sequence)
             if key in self._values:
@@ -37,6 +62,20 @@ class TokenTrie:
             self._values[key] = value
             for end in range(len(key)):
                 self._children.setdefault(key[:end], set()).add(key[end])
+                nodes.setdefault(key[: end + 1], len(nodes))
+        edges = sorted((nodes[prefix[:-1]], prefix[-1], node)
+                       for prefix, node in nodes.items() if prefix)
+        self.dead = len(nodes)
+        self._width = max((token for _, token, _ in edges), default=0) + 1
+        parents = torch.tensor([p for p, _, _ in edges], dtype=torch.long)
+        counts = torch.bincount(parents, minlength=len(nodes) + 1)  # the dead node: none
+        self._cpu = _TrieTensors(
+            child_start=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+            edge_token=torch.tensor([t for _, t, _ in edges], dtype=torch.long),
+            edge_child=torch.tensor([c for _, _, c in edges], dtype=torch.long),
+            edge_key=torch.tensor([p * self._width + t for p, t, _ in edges], dtype=torch.long),
+        )
+        self._on: dict[torch.device, _TrieTensors] = {}
 
     def allowed(self, prefix: Sequence[int]) -> list[int]:
         return sorted(self._children.get(tuple(prefix), ()))
@@ -46,6 +85,38 @@ class TokenTrie:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def _tensors(self, device: torch.device) -> _TrieTensors:
+        if device not in self._on:
+            self._on[device] = _TrieTensors(*(getattr(self._cpu, f.name).to(device)
+                                              for f in attrs.fields(_TrieTensors)))
+        return self._on[device]
+
+    @jaxtyped(typechecker=beartype)
+    def mask(self, nodes: Int[Tensor, " rows"], vocab: int) -> Float[Tensor, "rows vocab"]:
+        """0 where a token continues a node's prefix towards a stored sequence, -inf elsewhere."""
+        t = self._tensors(nodes.device)
+        start = t.child_start[nodes]
+        counts = t.child_start[nodes + 1] - start
+        rows = torch.arange(len(nodes), device=nodes.device).repeat_interleave(counts)
+        first = (counts.cumsum(0) - counts).repeat_interleave(counts)
+        edges = start.repeat_interleave(counts) + torch.arange(len(rows), device=nodes.device) \
+            - first
+        mask = torch.full((len(nodes), vocab), NEG_INF, device=nodes.device)
+        mask[rows, t.edge_token[edges]] = 0.0
+        return mask
+
+    @jaxtyped(typechecker=beartype)
+    def advance(self, nodes: Int[Tensor, " rows"], tokens: Int[Tensor, " rows"]
+                ) -> Int[Tensor, " rows"]:
+        """Each node's child by its token (:attr:`dead` where the trie has no such edge)."""
+        t = self._tensors(nodes.device)
+        if len(t.edge_key) == 0:
+            return torch.full_like(nodes, self.dead)
+        key = nodes * self._width + tokens
+        where = torch.searchsorted(t.edge_key, key).clamp(max=len(t.edge_key) - 1)
+        found = (t.edge_key[where] == key) & (tokens < self._width) & (tokens >= 0)
+        return torch.where(found, t.edge_child[where], self.dead)
 
 
 @attrs.frozen
@@ -61,18 +132,223 @@ class Hypothesis:
 def beam_search(
     llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int, *,
     num_beams: int, max_new_tokens: int, eos_token_id: int,
-    trie: TokenTrie | None = None, insert: Insert | None = None,
+    trie: TokenTrie | None = None, insert: Insert | None = None, share_prefix: bool = False,
 ) -> list[list[Hypothesis]]:
     """Up to ``num_beams`` hypotheses per prompt, best first.
 
     Without a trie, a beam ends when it emits EOS or reaches ``max_new_tokens``; with one, only
-    trie paths are followed and only complete sequences are returned.
+    trie paths are followed and only complete sequences are returned. Every step keeps, per
+    prompt, the best candidates in order until ``num_beams`` live ones (an EOS among them
+    finishes a hypothesis); a prompt is done once it has ``num_beams`` finished hypotheses and
+    no live beam scores above the worst. ``share_prefix``: the prompts' common first tokens
+    run once (:func:`~automr.llm.decoding.prefill`); same beams up to float rounding.
+
+    Rows follow the live beams: each prompt has one row at the start, and its rows shrink
+    as its beams die (when a quarter of all rows would idle) or it is done, so a step costs
+    about what the search needs.
     """
+    decoding = prefill(llm, input_ids, attention_mask, layer, insert, share_prefix=share_prefix)
+    decoding.reserve(max_new_tokens)
+    beams = _Beams.start(input_ids.shape[0], num_beams, max_new_tokens, eos_token_id, trie,
+                         decoding.logits.device)
+    for length in range(max_new_tokens):
+        rows, tokens, same_layout = beams.advance(decoding.logits, length)
+        if length == max_new_tokens - 1 or len(rows) == 0:
+            break
+        if same_layout:  # each prompt keeps its rows: they hold its prompt already
+            decoding.select_beams(rows)
+        else:
+            decoding.select(rows)
+        step(llm, decoding, tokens)
+    if trie is None:  # beams cut by max_new_tokens still count as hypotheses
+        beams.finish_live()
+    return beams.hypotheses()
+
+
+@attrs.define
+class _Beams:
+    """The search's state for ``batch`` prompts with up to ``width`` beams each.
+
+    Beams have slots ``0..width-1`` per prompt (live ones first, in the order they were
+    chosen; ``scores`` is -inf for the rest). Each prompt owns a block of consecutive rows
+    (``blocks`` of them), its ``counts`` live beams in the first ones; the rest are idle.
+    ``tokens`` and ``nodes`` are per row. Finished hypotheses are kept per prompt, best
+    first, as scores (-inf = empty slot), tokens and lengths.
+    """
+
+    width: int
+    eos: int
+    trie: TokenTrie | None
+    scores: Float[Tensor, "batch width"]
+    counts: Int[Tensor, " batch"]
+    blocks: Int[Tensor, " batch"]
+    tokens: Int[Tensor, "rows steps"]
+    nodes: Int[Tensor, " rows"]
+    done: Bool[Tensor, " batch"]
+    finished: Float[Tensor, "batch width"]
+    finished_tokens: Int[Tensor, "batch width steps"]
+    finished_lengths: Int[Tensor, "batch width"]
+    length: int = 0
+
+    @classmethod
+    def start(cls, batch: int, width: int, steps: int, eos: int, trie: TokenTrie | None,
+              device: torch.device) -> "_Beams":
+        scores = torch.full((batch, width), NEG_INF, device=device)
+        scores[:, 0] = 0.0  # one live beam per prompt
+        long = {"dtype": torch.long, "device": device}
+        return cls(width, eos, trie, scores, torch.ones(batch, **long),
+                   torch.ones(batch, **long), torch.zeros(batch, steps, **long),
+                   torch.full((batch,), TokenTrie.root, **long),
+                   torch.zeros(batch, dtype=torch.bool, device=device),
+                   torch.full((batch, width), NEG_INF, device=device),
+                   torch.zeros(batch, width, steps, **long), torch.zeros(batch, width, **long))
+
+    def _live(self) -> tuple[Int[Tensor, " live"], Int[Tensor, " live"], Int[Tensor, " live"]]:
+        """Each live beam's prompt, slot and row."""
+        total = int(self.counts.sum())
+        prompt = torch.arange(len(self.counts), device=self.counts.device).repeat_interleave(
+            self.counts, output_size=total)
+        slot = torch.arange(total, device=prompt.device) - (
+            self.counts.cumsum(0) - self.counts)[prompt]
+        return prompt, slot, (self.blocks.cumsum(0) - self.blocks)[prompt] + slot
+
+    def advance(self, logits: Float[Tensor, "rows vocab"], length: int
+                ) -> tuple[Int[Tensor, " new"], Int[Tensor, " new"], bool]:
+        """One step from every row's next-token logits: the row each new row extends, its
+        token (EOS for idle rows), and whether the prompts kept their blocks of rows."""
+        batch, width = self.scores.shape
+        vocab = logits.shape[-1]
+        prompt, slot, row = self._live()
+        logp = torch.log_softmax(logits[row].float(), dim=-1)
+        if self.trie is not None:
+            logp = logp + self.trie.mask(self.nodes[row], vocab)
+        wide = max(int(self.counts.max()), 1)  # slots that can be live
+        total = torch.full((batch * wide, vocab), NEG_INF, device=logits.device)
+        total[prompt * wide + slot] = self.scores[prompt, slot][:, None] + logp
+        top, index = total.view(batch, -1).topk(min(2 * width, wide * vocab), dim=1)
+        beam, token = index // vocab, index % vocab
+        valid = (top > NEG_INF) & ~self.done[:, None]
+        ends = token == self.eos
+        live = valid & ~ends
+        ahead = live.long().cumsum(1) - live.long()  # live candidates before each one
+        considered = valid & (ahead < width)  # everything up to the width-th live candidate
+        first = (self.blocks.cumsum(0) - self.blocks)[:, None]
+        source = (first + beam).clamp(max=len(logits) - 1)  # the rows candidates extend
+        self._finish(torch.where(considered & ends, top, NEG_INF), source, length)
+        # the k-th kept candidate becomes beam k; missing ones are dead
+        slots = (considered & live)[:, None, :] & (
+            ahead[:, None, :] == torch.arange(width, device=top.device)[None, :, None])
+        has = slots.any(-1)
+        pick = slots.float().argmax(-1)
+        self.scores = torch.where(has, top.gather(1, pick), NEG_INF)
+        self.counts = has.sum(1)
+        sources = torch.where(has, source.gather(1, pick), first)
+        tokens = torch.where(has, token.gather(1, pick), self.eos)
+        # keep the blocks unless a prompt needs more rows or a quarter of the rows would idle
+        keep = bool((self.counts <= self.blocks).all()) and \
+            4 * int(self.counts.sum()) >= 3 * int(self.blocks.sum())
+        if not keep:
+            self.blocks = self.counts
+        used = torch.arange(width, device=top.device)[None, :] < self.blocks[:, None]
+        rows, tokens = sources[used], tokens[used]
+        self.tokens = self.tokens[rows]
+        self.tokens[:, length] = tokens
+        self.length = length + 1
+        if self.trie is not None:
+            self.nodes = self.trie.advance(self.nodes[rows], tokens)
+        full = (self.finished > NEG_INF).all(1)
+        self.done |= full & (self.scores.amax(1) <= self.finished.amin(1))
+        return rows, tokens, keep
+
+    def _finish(self, scores: Float[Tensor, "batch k"], rows: Int[Tensor, "batch k"],
+                length: int) -> None:
+        """Merge candidates (``scores`` -inf = none) extending ``rows`` with EOS into the
+        finished hypotheses, keeping the best ``width``; earlier ones first among ties."""
+        if not bool((scores > NEG_INF).any()):
+            return
+        tokens = self.tokens[rows]
+        tokens[..., length] = self.eos
+        self._merge(scores, tokens, length + 1)
+
+    def finish_live(self) -> None:
+        """Live beams of prompts not done become hypotheses as they are."""
+        batch, width = self.scores.shape
+        prompt, slot, row = self._live()
+        tokens = self.tokens.new_zeros(batch * width, self.tokens.shape[1])
+        tokens[prompt * width + slot] = self.tokens[row]
+        scores = torch.where(self.done[:, None], NEG_INF, self.scores)
+        self._merge(scores, tokens.view(batch, width, -1), self.length)
+
+    def _merge(self, scores: Float[Tensor, "batch k"], tokens: Int[Tensor, "batch k steps"],
+               length: int) -> None:
+        merged = torch.cat([self.finished, scores], 1)
+        order = merged.sort(dim=1, descending=True, stable=True).indices[:, : self.width]
+        self.finished = merged.gather(1, order)
+        steps = tokens.shape[-1]
+        merged_tokens = torch.cat([self.finished_tokens, tokens], 1)
+        self.finished_tokens = merged_tokens.gather(1, order[..., None].expand(-1, -1, steps))
+        lengths = torch.cat([self.finished_lengths, torch.full_like(scores, length,
+                                                                    dtype=torch.long)], 1)
+        self.finished_lengths = lengths.gather(1, order)
+
+    def hypotheses(self) -> list[list[Hypothesis]]:
+        out = []
+        for scores, tokens, lengths in zip(self.finished.tolist(),
+                                           self.finished_tokens.tolist(),
+                                           self.finished_lengths.tolist(), strict=True):
+            out.append([Hypothesis(tuple(t[:n]), s)
+                        for s, t, n in zip(scores, tokens, lengths, strict=True) if s > NEG_INF])
+        return out
+
+
+@torch.no_grad()
+@jaxtyped(typechecker=beartype)
+def generate_beams(
+    model: torch.nn.Module, input_ids: TokenIds, attention_mask: TokenMask, *, num_beams: int,
+    max_new_tokens: int, eos_token_id: int, trie: TokenTrie,
+) -> list[list[Hypothesis]]:
+    """The same search with transformers' ``generate`` on the whole model (no split, no
+    memory): ``num_beams`` beams, the trie as ``prefix_allowed_tokens_fn``, scores summed
+    log-probabilities (``length_penalty=0``) and the exact stopping rule
+    (``early_stopping="never"``). A comparison for tests and benchmarks."""
+    width = input_ids.shape[1]
+
+    def allowed(batch_id: int, sequence: Tensor) -> list[int]:
+        # a prefix off the trie is a beam generate keeps only as a -1e9 spare: any token
+        return trie.allowed(sequence[width:].tolist()) or [eos_token_id]
+
+    out = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
+        num_return_sequences=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
+        length_penalty=0.0, early_stopping="never", eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id, prefix_allowed_tokens_fn=allowed, output_scores=True,
+        return_dict_in_generate=True,
+    )
+    results: list[list[Hypothesis]] = [[] for _ in range(input_ids.shape[0])]
+    for row, (sequence, score) in enumerate(zip(out.sequences[:, width:].tolist(),
+                                                out.sequences_scores.tolist(), strict=True)):
+        tokens = tuple(sequence[: sequence.index(eos_token_id) + 1]
+                       if eos_token_id in sequence else sequence)
+        if trie.value(tokens) is not None and score > -1e8:
+            results[row // num_beams].append(Hypothesis(tokens, score))
+    return results
+
+
+@torch.no_grad()
+@jaxtyped(typechecker=beartype)
+def reference_beam_search(
+    llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int, *,
+    num_beams: int, max_new_tokens: int, eos_token_id: int,
+    trie: TokenTrie | None = None, insert: Insert | None = None,
+) -> list[list[Hypothesis]]:
+    """:func:`beam_search` the plain way (the implementation it replaced): every beam's copy of
+    the prompt cache, reordered and grown by concatenation each step, and Python loops over
+    beams and trie prefixes. Kept as the reference the fast one is tested and timed against."""
     batch = input_ids.shape[0]
     decoding = prefill(llm, input_ids, attention_mask, layer, insert)
     decoding.repeat_interleave(num_beams)
     device = decoding.logits.device
-    scores = torch.full((batch, num_beams), float("-inf"), device=device)
+    scores = torch.full((batch, num_beams), NEG_INF, device=device)
     scores[:, 0] = 0.0
     prefixes: list[tuple[int, ...]] = [()] * (batch * num_beams)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
@@ -86,12 +362,12 @@ def beam_search(
         beam_of = top_index // logp.shape[-1]
         token_of = top_index % logp.shape[-1]
         keep_rows, keep_tokens = [], []
-        new_scores = torch.full_like(scores, float("-inf"))
+        new_scores = torch.full_like(scores, NEG_INF)
         for b in range(batch):
             kept = 0
             for score, beam, token in zip(top_scores[b].tolist(), beam_of[b].tolist(),
                                           token_of[b].tolist(), strict=True):
-                if done[b] or score == float("-inf") or kept == num_beams:
+                if done[b] or score == NEG_INF or kept == num_beams:
                     break
                 row = b * num_beams + beam
                 tokens = (*prefixes[row], token)
@@ -106,7 +382,7 @@ def beam_search(
                 keep_rows.append(b * num_beams)
                 keep_tokens.append(eos_token_id)
                 kept += 1
-            worst = min((h.logprob for h in finished[b]), default=float("-inf"))
+            worst = min((h.logprob for h in finished[b]), default=NEG_INF)
             best_live = float(new_scores[b].max())
             if len(finished[b]) == num_beams and best_live <= worst:
                 done[b] = True
@@ -120,7 +396,7 @@ def beam_search(
         for b in range(batch):
             for beam in range(num_beams):
                 score = float(scores[b, beam])
-                if not done[b] and score > float("-inf"):
+                if not done[b] and score > NEG_INF:
                     hypothesis = Hypothesis(prefixes[b * num_beams + beam], score)
                     _add_finished(finished[b], hypothesis, num_beams)
     return finished
@@ -137,7 +413,7 @@ def _trie_mask(
     trie: TokenTrie, prefixes: list[tuple[int, ...]], vocab: int, device: torch.device
 ) -> torch.Tensor:
     """0 where a token continues a trie path from the beam's prefix, -inf elsewhere."""
-    mask = torch.full((len(prefixes), vocab), float("-inf"), device=device)
+    mask = torch.full((len(prefixes), vocab), NEG_INF, device=device)
     for row, prefix in enumerate(prefixes):
         allowed = trie.allowed(prefix)
         if allowed:

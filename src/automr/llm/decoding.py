@@ -4,6 +4,15 @@ After a prompt is lowered (and, for AutoMR, memory is inserted at layer L), each
 goes through ``lower`` with the lower cache, which never sees memory, and then through
 ``upper`` with the upper cache, which does. Grounders build on :func:`prefill` and
 :func:`step`, so a memory-free recommender and AutoMR share one decoding path.
+
+Two fast paths, both exact up to float rounding:
+
+* ``prefill(..., share_prefix=True)`` runs the tokens every prompt of the batch starts with
+  (the prompt template's fixed header) once, then each prompt's rest on top of that cache.
+* :meth:`Decoding.reserve` moves both caches into buffers with room for the tokens still to
+  come (:class:`ReservedLayers`): a step writes its keys and values in place instead of
+  concatenating (which copies the whole cache every step), and :meth:`Decoding.select_beams`
+  reorders beams without touching the prompt's part, which all beams of a prompt share.
 """
 
 import attrs
@@ -14,7 +23,94 @@ from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
 from automr.state import KVCache, LayerState
-from automr.types import TokenIds, TokenMask
+from automr.types import TokenIds, TokenMask, as_bool_mask
+
+MIN_SHARED = 8
+"""Shortest common prompt prefix worth a pass of its own (``prefill(share_prefix=True)``)."""
+
+
+class ReservedLayers:
+    """A per-layer key/value store that decoder layers call like a transformers cache
+    (``update``), holding each layer's keys and values in a buffer with spare positions.
+
+    Appending writes into the buffer and returns a view of the filled part, so a step copies
+    only its own keys and values (a growing cache concatenates, copying the whole cache per
+    layer and step). The first ``shared`` positions are the prompt's: rows of one prompt
+    (its beams) hold the same ones, so :meth:`select_beams` leaves them where they are.
+    """
+
+    def __init__(self, keys: dict[int, Tensor], values: dict[int, Tensor], length: int,
+                 spare: int) -> None:
+        self.keys, self.values = keys, values
+        self.lengths = dict.fromkeys(keys, length)
+        self.shared, self.spare = length, spare
+
+    @classmethod
+    def from_layers(cls, layers: object, spare: int, repeats: int) -> "ReservedLayers":
+        """Copy a transformers cache's filled layers, each row repeated ``repeats`` times, into
+        buffers with ``spare`` free positions."""
+        keys, values, length = {}, {}, 0
+        for index, layer in enumerate(getattr(layers, "layers", ())):
+            if not getattr(layer, "is_initialized", False) or layer.keys.numel() == 0:
+                continue
+            length = layer.keys.shape[2]
+            keys[index] = _repeated_into_buffer(layer.keys, repeats, spare)
+            values[index] = _repeated_into_buffer(layer.values, repeats, spare)
+        return cls(keys, values, length, spare)
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args,
+               **kwargs) -> tuple[Tensor, Tensor]:
+        """Append ``[batch, heads, new, dim]`` keys and values; return all filled positions."""
+        new = key_states.shape[2]
+        if layer_idx not in self.keys:
+            self.keys[layer_idx] = key_states.new_empty((*key_states.shape[:2], 0,
+                                                         key_states.shape[3]))
+            self.values[layer_idx] = value_states.new_empty((*value_states.shape[:2], 0,
+                                                             value_states.shape[3]))
+            self.lengths[layer_idx] = 0
+        start = self.lengths[layer_idx]
+        if start + new > self.keys[layer_idx].shape[2]:
+            self._grow(layer_idx, start + new + self.spare)
+        end = start + new
+        self.keys[layer_idx][:, :, start:end] = key_states
+        self.values[layer_idx][:, :, start:end] = value_states
+        self.lengths[layer_idx] = end
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def _grow(self, layer_idx: int, capacity: int) -> None:
+        for store in (self.keys, self.values):
+            old = store[layer_idx]
+            grown = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
+            grown[:, :, : self.lengths[layer_idx]] = old[:, :, : self.lengths[layer_idx]]
+            store[layer_idx] = grown
+
+    def select_beams(self, indices: Tensor) -> None:
+        """Row ``r`` takes row ``indices[r]``'s positions after the shared ones; both rows must
+        hold the same prompt."""
+        for index, length in self.lengths.items():
+            for store in (self.keys, self.values):
+                tail = store[index][:, :, self.shared : length]
+                tail.copy_(tail.index_select(0, indices))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        """Keep (and reorder to) any rows, every position."""
+        for store in (self.keys, self.values):
+            for index in store:
+                store[index] = store[index].index_select(0, indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for store in (self.keys, self.values):
+            for index in store:
+                store[index] = store[index].repeat_interleave(repeats, dim=0)
+
+
+def _repeated_into_buffer(states: Tensor, repeats: int, spare: int) -> Tensor:
+    """``states`` ``[batch, heads, seq, dim]`` with each row repeated, in a buffer of
+    ``seq + spare`` positions (one copy, no intermediate)."""
+    batch, heads, seq, dim = states.shape
+    buffer = states.new_empty((batch * repeats, heads, seq + spare, dim))
+    buffer.view(batch, repeats, heads, seq + spare, dim)[:, :, :, :seq] = states[:, None]
+    return buffer
 
 
 @attrs.define
@@ -38,20 +134,88 @@ class Decoding:
         self.upper_cache.select(indices)
         self.logits = self.logits[indices]
 
+    def reserve(self, spare: int, repeats: int = 1) -> None:
+        """Move both caches into buffers with ``spare`` free positions (:class:`ReservedLayers`),
+        each sequence repeated ``repeats`` times (e.g. a prompt's beams)."""
+        for cache in (self.lower_cache, self.upper_cache):
+            cache.layers = ReservedLayers.from_layers(cache.layers, spare, repeats)
+            if cache.past_mask is not None:
+                cache.past_mask = cache.past_mask.repeat_interleave(repeats, dim=0)
+        self.logits = self.logits.repeat_interleave(repeats, dim=0)
+
+    def select_beams(self, indices: Int[Tensor, " n"]) -> None:
+        """Like :meth:`select` where each row takes a row of its own prompt (after
+        :meth:`reserve`): the prompt's keys and values stay in place."""
+        for cache in (self.lower_cache, self.upper_cache):
+            cache.layers.select_beams(indices)
+            cache.past_mask = cache.past_mask[indices]
+        self.logits = self.logits[indices]
+
 
 @torch.no_grad()
 @jaxtyped(typechecker=beartype)
 def prefill(
     llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
-    insert: Insert | None = None,
+    insert: Insert | None = None, share_prefix: bool = False,
 ) -> Decoding:
-    """Run the prompt through both halves (inserting memory at ``layer`` if given)."""
+    """Run the prompt through both halves (inserting memory at ``layer`` if given).
+
+    ``share_prefix``: the tokens every prompt starts with run once (both halves without
+    ``insert``, the lower half with it); the caches then hold ``[prefix | rest | padding]``
+    instead of the batch's layout, which positions and masks make equivalent.
+    """
+    mask = as_bool_mask(attention_mask)
+    if share_prefix:
+        rows = [ids[real].tolist() for ids, real in zip(input_ids, mask, strict=True)]
+        shared = common_prefix(rows)
+        if shared >= MIN_SHARED and len(rows) > 1:
+            return _prefill_shared(llm, rows, shared, layer, insert)
     lower_cache, upper_cache = llm.new_cache(), llm.new_cache()
-    state = llm.lower(input_ids, attention_mask, layer, cache=lower_cache)
+    state = llm.lower(input_ids, mask, layer, cache=lower_cache)
     if insert is not None:
         state = _inserted(insert, state)
     logits = llm.upper(state, cache=upper_cache, logits_at=state.last_positions())
     return Decoding(lower_cache, upper_cache, layer, logits[:, 0])
+
+
+def _prefill_shared(
+    llm: SplitLLM, rows: list[list[int]], shared: int, layer: int, insert: Insert | None
+) -> Decoding:
+    """:func:`prefill` with the first ``shared`` tokens of every row run once."""
+    device = llm.device
+    lower_cache, upper_cache = llm.new_cache(), llm.new_cache()
+    head_ids = torch.tensor([rows[0][:shared]], device=device)
+    head = llm.lower(head_ids, torch.ones_like(head_ids, dtype=torch.bool), layer, lower_cache)
+    lower_cache.repeat_interleave(len(rows))
+    width = max(len(r) for r in rows) - shared
+    rest_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    rest_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for row, tokens in enumerate(rows):
+        rest_ids[row, : len(tokens) - shared] = torch.tensor(tokens[shared:], device=device)
+        rest_mask[row, : len(tokens) - shared] = True
+    rest = llm.lower(rest_ids, rest_mask, layer, lower_cache)
+    if insert is None:
+        llm.upper(head, cache=upper_cache, logits_at=torch.zeros(1, 1, dtype=torch.long,
+                                                                 device=device))
+        upper_cache.repeat_interleave(len(rows))
+        logits = llm.upper(rest, cache=upper_cache, logits_at=rest.last_positions())
+    else:
+        state = LayerState(hidden=torch.cat([head.hidden.expand(len(rows), -1, -1),
+                                             rest.hidden], 1),
+                           mask=torch.cat([head.mask.expand(len(rows), -1), rest.mask], 1),
+                           layer=layer)
+        state = _inserted(insert, state)
+        logits = llm.upper(state, cache=upper_cache, logits_at=state.last_positions())
+    return Decoding(lower_cache, upper_cache, layer, logits[:, 0])
+
+
+def common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving every row at least one more token."""
+    limit = min(map(len, rows)) - 1
+    length = 0
+    while length < limit and all(r[length] == rows[0][length] for r in rows):
+        length += 1
+    return length
 
 
 @jaxtyped(typechecker=beartype)
