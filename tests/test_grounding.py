@@ -154,3 +154,40 @@ def test_l2_grounder_with_a_prior_ranks_by_the_adjusted_distance(tiny_models, to
     distances = plain.distances(llm, ids, mask, 2)
     assert torch.equal(weighted.rank(llm, ids, mask, 2),
                        adjusted_distances(distances, prior, 3.0).argsort(dim=1, stable=True))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(prompts=st.lists(words, min_size=1, max_size=3), layer=st.integers(0, 3),
+       beams=st.integers(1, len(TITLES)), memory=st.booleans(), data=st.data())
+def test_fast_engine_ranks_as_the_reference(tiny_models, tokenizer, arch, prompts, layer, beams,
+                                            memory, data):
+    """The fast search (shared template header, batched live beams) ranks the catalog as the
+    implementation it replaced, memory inserted or not."""
+    from automr.combiners import AppendToken
+    from automr.interfaces import MemoryTokens
+    from automr.testing.strategies import seeded_tensors
+
+    llm = HFSplitLLM(tiny_models[arch])
+    targets = catalog_targets(tokenizer, TITLES)
+    ids, mask = encode_prompts(tokenizer, [f"The user watched: {p}" for p in prompts])
+    insert = None
+    if memory:
+        hidden = data.draw(seeded_tensors((len(prompts), 1, llm.hidden_size)), label="memory")
+        tokens = MemoryTokens(hidden=hidden, mask=torch.ones(len(prompts), 1, dtype=torch.bool))
+
+        def insert(state):
+            return AppendToken().combine(state, tokens)
+    fast = ConstrainedGrounder(targets, num_beams=beams)
+    reference = ConstrainedGrounder(targets, num_beams=beams, engine="reference")
+    assert torch.equal(fast.rank(llm, ids, mask, layer, insert),
+                       reference.rank(llm, ids, mask, layer, insert))
+
+
+def test_generate_engine_refuses_memory(tiny_models, tokenizer):
+    from automr.errors import AutomrError
+
+    llm = HFSplitLLM(tiny_models["llama"])
+    grounder = ConstrainedGrounder(catalog_targets(tokenizer, TITLES), engine="generate")
+    ids, mask = encode_prompts(tokenizer, ["abc"])
+    with pytest.raises(AutomrError, match="without memory"):
+        grounder.rank(llm, ids, mask, 1, insert=lambda state: state)

@@ -1,15 +1,24 @@
 """Constrained decoding: beam search over a trie of catalog titles, so every beam is an item."""
 
+from typing import Literal
+
 import attrs
 import torch
 from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.errors import AutomrError
 from automr.grounding.prior import adjusted_distances
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
-from automr.llm.beam import TokenTrie, beam_search
+from automr.llm.beam import (
+    Hypothesis,
+    TokenTrie,
+    beam_search,
+    generate_beams,
+    reference_beam_search,
+)
 from automr.types import TokenIds, TokenMask
 
 
@@ -25,6 +34,11 @@ class ConstrainedGrounder:
     (:func:`~automr.grounding.prior.adjusted_distances`): a large ``gamma`` orders it by the
     prior, so with ``gamma`` chosen on validation the tail is at least as good as popularity
     there.
+
+    ``engine`` runs the search: ``fast`` (:func:`~automr.llm.beam.beam_search`, the prompts'
+    common header run once), ``reference`` (the plain implementation it replaced, same beams)
+    or ``generate`` (transformers' ``generate`` on the whole model, memory-free only): the
+    last two exist to be compared with.
     """
 
     targets: CatalogTargets
@@ -32,6 +46,8 @@ class ConstrainedGrounder:
     num_beams: int = 10
     prior: Float[Tensor, " items"] | None = None
     gamma: float = 0.0
+    engine: Literal["fast", "reference", "generate"] = attrs.field(
+        default="fast", validator=attrs.validators.in_(("fast", "reference", "generate")))
     trie: TokenTrie = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -42,10 +58,7 @@ class ConstrainedGrounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
-        longest = max(map(len, self.targets.token_ids))
-        beams = beam_search(llm, input_ids, attention_mask, layer, num_beams=self.num_beams,
-                            max_new_tokens=longest, eos_token_id=self.targets.eos_token_id,
-                            trie=self.trie, insert=insert)
+        beams = self.beams(llm, input_ids, attention_mask, layer, insert)
         n_items = len(self.targets)
         rankings = []
         for hyps in beams:
@@ -55,6 +68,24 @@ class ConstrainedGrounder:
             seen = set(found)
             rankings.append(found + [i for i in rest if i not in seen])
         return torch.tensor(rankings, dtype=torch.long)
+
+    def beams(
+        self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+        insert: Insert | None = None,
+    ) -> list[list[Hypothesis]]:
+        """The ``num_beams`` best catalog titles per prompt (tokens + EOS), best first."""
+        common = {"num_beams": self.num_beams, "eos_token_id": self.targets.eos_token_id,
+                  "max_new_tokens": max(map(len, self.targets.token_ids)), "trie": self.trie}
+        if self.engine == "generate":
+            if insert is not None or not hasattr(llm, "model"):
+                raise AutomrError("the generate engine runs a whole transformers model without "
+                                  "memory; use engine='fast'")
+            return generate_beams(llm.model, input_ids, attention_mask, **common)
+        if self.engine == "reference":
+            return reference_beam_search(llm, input_ids, attention_mask, layer, insert=insert,
+                                         **common)
+        return beam_search(llm, input_ids, attention_mask, layer, insert=insert,
+                           share_prefix=True, **common)
 
     def _fallback_order(self, anchor: int | None, n_items: int) -> list[int]:
         if anchor is None or self.catalog_embeddings is None:
