@@ -292,10 +292,17 @@ def markdown_table(result: dict[str, object]) -> str:
 def bench_ground(
     loaded: LoadedModel, dataset, grounders: tuple[str, ...] = ("constrained", "l2"),
     samples: int = 8, batch_size: int = 8, layer: int = DEFAULT_LAYER, seed: int = 0,
-    cache_dir=None, repeats: int = 3,
+    cache_dir=None, repeats: int = 3, engines: tuple[str, ...] = ("reference", "generate"),
 ) -> dict[str, object]:
     """Generation + grounding samples/s of each grounder over real test prompts (whole catalog
-    ranked per sample), interleaved in the same run; ratios against the first grounder."""
+    ranked per sample), interleaved in the same run; ratios against the first grounder.
+
+    Each constrained grounder also runs with the other search ``engines`` (``reference``:
+    the plain implementation the fast one replaced; ``generate``: transformers' ``generate``
+    with the trie) as ``KIND-ENGINE``, reported with the fast one's speed-up over each and
+    how many samples' target ranks differ."""
+    import attrs
+
     from automr.data.subsets import seeded_subset
     from automr.grounding import build_grounder
     from automr.methods import GenerativeMethod
@@ -310,13 +317,25 @@ def bench_ground(
     methods = {kind: GenerativeMethod(loaded, dataset, build_grounder(
         kind, loaded, dataset, loaded.fingerprint(), cache_dir=cache_dir, progress=False),
         layer, batch_size=batch_size) for kind in grounders}
-    seconds = interleaved({kind: lambda m=m: m.rank(chosen) for kind, m in methods.items()},
-                          repeats, loaded.model.device)
+    variants = {f"{kind}-{engine}": (kind, attrs.evolve(
+        methods[kind], grounder=attrs.evolve(methods[kind].grounder, engine=engine)))
+        for kind in grounders if kind.startswith("constrained") for engine in engines}
+    methods.update({name: method for name, (_, method) in variants.items()})
+    ranks: dict[str, list[int]] = {}
+    seconds = interleaved({name: lambda m=m, name=name: ranks.__setitem__(name, m.rank(chosen))
+                           for name, m in methods.items()}, repeats, loaded.model.device)
     first = grounders[0]
-    for kind in grounders:
+    for kind in methods:
         result[f"{kind}_samples_per_s"] = len(chosen) / statistics.median(seconds[kind])
         if kind != first:
             spread = ratio(seconds[first], seconds[kind])
             result[f"{kind}_speed_vs_{first}"] = spread["median"]
             result[f"{kind}_speed_vs_{first}_min_max"] = [spread["min"], spread["max"]]
+    for name, (kind, _) in variants.items():
+        engine = name.removeprefix(f"{kind}-")
+        spread = ratio(seconds[name], seconds[kind])
+        result[f"{kind}_speedup_vs_{engine}"] = spread["median"]
+        result[f"{kind}_speedup_vs_{engine}_min_max"] = [spread["min"], spread["max"]]
+        result[f"{kind}_rank_differences_vs_{engine}"] = sum(
+            a != b for a, b in zip(ranks[kind], ranks[name], strict=True))
     return result
