@@ -113,7 +113,7 @@ def test_fast_search_equals_the_reference(tiny_models, arch, inputs, kind, share
     if titles is not None:
         sequences = [[*t, EOS] for t in titles]
         trie = TokenTrie(sequences, list(range(len(sequences))))
-        steps = max(map(len, sequences))
+        steps = data.draw(st.integers(1, max(map(len, sequences))), label="max new tokens")
     common = {"num_beams": beams, "max_new_tokens": steps, "eos_token_id": EOS, "trie": trie,
               "insert": insert}
     reference = reference_beam_search(llm, ids, mask, layer, **common)

@@ -21,10 +21,15 @@ from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
-from automr.llm.decoding import prefill, step
+from automr.llm.decoding import extend, prefill, step
 from automr.types import TokenIds, TokenMask
 
 NEG_INF = float("-inf")
+ENDGAME_ROWS = 32
+"""Most live beams to finish in one pass (:meth:`_Beams.endgame`): a pass over ``rows x
+longest rest`` positions costs about what that many single steps would, and a step's fixed
+cost (reading the weights) is about that of 30 rows on a CPU, so below this a pass is never
+much dearer than the steps it replaces, even if most of them would have ended early."""
 
 
 @attrs.frozen
@@ -35,6 +40,11 @@ class _TrieTensors:
     edge_token: Int[Tensor, " edges"]
     edge_child: Int[Tensor, " edges"]
     edge_key: Int[Tensor, " edges"]
+    passing: Int[Tensor, " nodes"]  # stored sequences through each node
+    through: Int[Tensor, " nodes"]  # one of them
+    depth: Int[Tensor, " nodes"]
+    sequences: Int[Tensor, "sequences longest"]
+    lengths: Int[Tensor, " sequences"]
 
 
 class TokenTrie:
@@ -43,8 +53,8 @@ class TokenTrie:
     ``allowed(prefix)`` lists the tokens that extend ``prefix`` towards a stored sequence;
     ``value(sequence)`` gives what was stored for a complete sequence (e.g. an item index).
     For batched search, prefixes are also numbered nodes (``root`` is the empty prefix):
-    :meth:`mask` and :meth:`advance` work on a tensor of nodes at once; :attr:`dead` is a
-    node with no continuation.
+    :meth:`mask`, :meth:`advance` and :meth:`completions` work on a tensor of nodes at
+    once; :attr:`dead` is a node with no continuation.
     """
 
     root = 0
@@ -55,14 +65,20 @@ class TokenTrie:
         self._children: dict[tuple[int, ...], set[int]] = {}
         self._values: dict[tuple[int, ...], int] = {}
         nodes: dict[tuple[int, ...], int] = {(): self.root}
-        for sequence, value in zip(sequences, values, strict=True):
+        passing, through = [0], [0]
+        for index, (sequence, value) in enumerate(zip(sequences, values, strict=True)):
             key = tuple(sequence)
             if key in self._values:
                 raise ValueError(f"TokenTrie: sequence {key} stored twice")
             self._values[key] = value
+            passing[self.root] += 1
             for end in range(len(key)):
                 self._children.setdefault(key[:end], set()).add(key[end])
-                nodes.setdefault(key[: end + 1], len(nodes))
+                node = nodes.setdefault(key[: end + 1], len(nodes))
+                if node == len(passing):
+                    passing.append(0)
+                    through.append(index)
+                passing[node] += 1
         edges = sorted((nodes[prefix[:-1]], prefix[-1], node)
                        for prefix, node in nodes.items() if prefix)
         self.dead = len(nodes)
@@ -74,6 +90,11 @@ class TokenTrie:
             edge_token=torch.tensor([t for _, t, _ in edges], dtype=torch.long),
             edge_child=torch.tensor([c for _, _, c in edges], dtype=torch.long),
             edge_key=torch.tensor([p * self._width + t for p, t, _ in edges], dtype=torch.long),
+            passing=torch.tensor([*passing, 0], dtype=torch.long),
+            through=torch.tensor([*through, 0], dtype=torch.long),
+            depth=torch.tensor([*(len(prefix) for prefix in nodes), 0], dtype=torch.long),
+            sequences=_padded([list(s) for s in sequences]),
+            lengths=torch.tensor([len(s) for s in sequences], dtype=torch.long),
         )
         self._on: dict[torch.device, _TrieTensors] = {}
 
@@ -93,18 +114,41 @@ class TokenTrie:
         return self._on[device]
 
     @jaxtyped(typechecker=beartype)
-    def mask(self, nodes: Int[Tensor, " rows"], vocab: int) -> Float[Tensor, "rows vocab"]:
-        """0 where a token continues a node's prefix towards a stored sequence, -inf elsewhere."""
+    def children(self, nodes: Int[Tensor, " rows"]
+                 ) -> tuple[Int[Tensor, " edges"], Int[Tensor, " edges"]]:
+        """Every (row, token) that continues a row's node towards a stored sequence, by row
+        and then token."""
         t = self._tensors(nodes.device)
         start = t.child_start[nodes]
         counts = t.child_start[nodes + 1] - start
-        rows = torch.arange(len(nodes), device=nodes.device).repeat_interleave(counts)
-        first = (counts.cumsum(0) - counts).repeat_interleave(counts)
-        edges = start.repeat_interleave(counts) + torch.arange(len(rows), device=nodes.device) \
-            - first
+        total = int(counts.sum())
+        rows = torch.arange(len(nodes), device=nodes.device).repeat_interleave(
+            counts, output_size=total)
+        edges = torch.arange(total, device=nodes.device) + (start - counts.cumsum(0) + counts)[rows]
+        return rows, t.edge_token[edges]
+
+    @jaxtyped(typechecker=beartype)
+    def mask(self, nodes: Int[Tensor, " rows"], vocab: int) -> Float[Tensor, "rows vocab"]:
+        """0 where a token continues a node's prefix towards a stored sequence, -inf elsewhere."""
+        rows, tokens = self.children(nodes)
         mask = torch.full((len(nodes), vocab), NEG_INF, device=nodes.device)
-        mask[rows, t.edge_token[edges]] = 0.0
+        mask[rows, tokens] = 0.0
         return mask
+
+    @jaxtyped(typechecker=beartype)
+    def completions(self, nodes: Int[Tensor, " rows"]) -> tuple[
+            Bool[Tensor, " rows"], Int[Tensor, "rows longest"], Int[Tensor, " rows"]]:
+        """Whether one stored sequence alone passes through each node (so the rest of it is
+        the only way on), that rest (padded with -1) and its length."""
+        t = self._tensors(nodes.device)
+        unique = t.passing[nodes] == 1
+        sequence, depth = t.through[nodes], t.depth[nodes]
+        lengths = torch.where(unique, t.lengths[sequence] - depth, 0)
+        longest = t.sequences.shape[1]
+        offsets = torch.arange(longest, device=nodes.device)
+        rest = t.sequences[sequence].gather(
+            1, (depth[:, None] + offsets).clamp(max=max(longest - 1, 0)))
+        return unique, torch.where(offsets < lengths[:, None], rest, -1), lengths
 
     @jaxtyped(typechecker=beartype)
     def advance(self, nodes: Int[Tensor, " rows"], tokens: Int[Tensor, " rows"]
@@ -117,6 +161,13 @@ class TokenTrie:
         where = torch.searchsorted(t.edge_key, key).clamp(max=len(t.edge_key) - 1)
         found = (t.edge_key[where] == key) & (tokens < self._width) & (tokens >= 0)
         return torch.where(found, t.edge_child[where], self.dead)
+
+
+def _padded(rows: list[list[int]]) -> Tensor:
+    out = torch.full((len(rows), max(map(len, rows), default=0)), -1, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 @attrs.frozen
@@ -145,7 +196,9 @@ def beam_search(
 
     Rows follow the live beams: each prompt has one row at the start, and its rows shrink
     as its beams die (when a quarter of all rows would idle) or it is done, so a step costs
-    about what the search needs.
+    about what the search needs. Once every live beam can only end one way (one stored
+    sequence passes through its trie node), the rest of each runs in one pass
+    (:meth:`_Beams.finish_endgame` says why that is the same search).
     """
     decoding = prefill(llm, input_ids, attention_mask, layer, insert, share_prefix=share_prefix)
     decoding.reserve(max_new_tokens)
@@ -154,6 +207,11 @@ def beam_search(
     for length in range(max_new_tokens):
         rows, tokens, same_layout = beams.advance(decoding.logits, length)
         if length == max_new_tokens - 1 or len(rows) == 0:
+            break
+        if (end := beams.endgame()) is not None:  # every live beam has one way to end
+            live, ids, mask, rest = end
+            decoding.select(rows[live])
+            beams.finish_endgame(extend(llm, decoding, ids, mask), rest, length)
             break
         if same_layout:  # each prompt keeps its rows: they hold its prompt already
             decoding.select_beams(rows)
@@ -216,17 +274,13 @@ class _Beams:
                 ) -> tuple[Int[Tensor, " new"], Int[Tensor, " new"], bool]:
         """One step from every row's next-token logits: the row each new row extends, its
         token (EOS for idle rows), and whether the prompts kept their blocks of rows."""
-        batch, width = self.scores.shape
-        vocab = logits.shape[-1]
+        width = self.scores.shape[1]
         prompt, slot, row = self._live()
         logp = torch.log_softmax(logits[row].float(), dim=-1)
-        if self.trie is not None:
-            logp = logp + self.trie.mask(self.nodes[row], vocab)
-        wide = max(int(self.counts.max()), 1)  # slots that can be live
-        total = torch.full((batch * wide, vocab), NEG_INF, device=logits.device)
-        total[prompt * wide + slot] = self.scores[prompt, slot][:, None] + logp
-        top, index = total.view(batch, -1).topk(min(2 * width, wide * vocab), dim=1)
-        beam, token = index // vocab, index % vocab
+        if self.trie is None:
+            top, beam, token = self._candidates(prompt, slot, logp)
+        else:
+            top, beam, token = self._trie_candidates(prompt, slot, row, logp)
         valid = (top > NEG_INF) & ~self.done[:, None]
         ends = token == self.eos
         live = valid & ~ends
@@ -260,6 +314,38 @@ class _Beams:
         self.done |= full & (self.scores.amax(1) <= self.finished.amin(1))
         return rows, tokens, keep
 
+    def _candidates(self, prompt: Tensor, slot: Tensor, logp: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per prompt, the ``2 * width`` best (beam, token) continuations: scores, beams,
+        tokens, best first."""
+        batch, width = self.scores.shape
+        vocab = logp.shape[-1]
+        wide = max(int(self.counts.max()), 1)  # slots that can be live
+        total = torch.full((batch * wide, vocab), NEG_INF, device=logp.device)
+        total[prompt * wide + slot] = self.scores[prompt, slot][:, None] + logp
+        top, index = total.view(batch, -1).topk(min(2 * width, wide * vocab), dim=1)
+        return top, index // vocab, index % vocab
+
+    def _trie_candidates(self, prompt: Tensor, slot: Tensor, row: Tensor, logp: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_candidates` among the trie's continuations only (the others are -inf):
+        each prompt's edges in (beam, token) order, padded with -inf."""
+        batch, width = self.scores.shape
+        live, tokens = self.trie.children(self.nodes[row])
+        if len(tokens) == 0:
+            top = torch.full((batch, 1), NEG_INF, device=logp.device)
+            return top, torch.zeros_like(top, dtype=torch.long), \
+                torch.full_like(top, self.eos, dtype=torch.long)
+        values = self.scores[prompt, slot][live] + logp[live, tokens]
+        owner = prompt[live]
+        counts = torch.bincount(owner, minlength=batch)
+        first = counts.cumsum(0) - counts
+        grid = torch.full((batch, max(int(counts.max()), 1)), NEG_INF, device=logp.device)
+        grid[owner, torch.arange(len(owner), device=owner.device) - first[owner]] = values
+        top, index = grid.topk(min(2 * width, grid.shape[1]), dim=1)
+        edge = (index + first[:, None]).clamp(max=len(tokens) - 1)
+        return top, slot[live[edge]], tokens[edge]
+
     def _finish(self, scores: Float[Tensor, "batch k"], rows: Int[Tensor, "batch k"],
                 length: int) -> None:
         """Merge candidates (``scores`` -inf = none) extending ``rows`` with EOS into the
@@ -268,7 +354,56 @@ class _Beams:
             return
         tokens = self.tokens[rows]
         tokens[..., length] = self.eos
-        self._merge(scores, tokens, length + 1)
+        self._merge(scores, tokens, torch.full_like(rows, length + 1))
+
+    def endgame(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """When every live beam (at most :data:`ENDGAME_ROWS`) has a single way to end (with
+        EOS, within ``max_new_tokens``):
+        the live rows among the rows just chosen, the right-padded tokens to run for them (the
+        chosen token, then the rest but its final EOS) with their mask, and the rest (padded
+        with -1)."""
+        if self.trie is None or not 0 < int(self.counts.sum()) <= ENDGAME_ROWS:
+            return None
+        _, _, live = self._live()
+        unique, rest, lengths = self.trie.completions(self.nodes[live])
+        fits = self.length + lengths <= self.tokens.shape[1]  # ends within max_new_tokens
+        if not bool((unique & (lengths > 0) & fits).all()):
+            return None
+        if not bool((rest.gather(1, lengths[:, None] - 1) == self.eos).all()):
+            return None
+        width = int(lengths.max())
+        last = self.tokens[live, self.length - 1]
+        ids = torch.cat([last[:, None], rest[:, : width - 1].clamp(min=0)], 1)
+        mask = torch.arange(width, device=ids.device)[None, :] < lengths[:, None]
+        return live, ids, mask, rest[:, :width]
+
+    def finish_endgame(self, logits: Float[Tensor, "live new vocab"],
+                       rest: Int[Tensor, "live new"], length: int) -> None:
+        """Score the ``rest`` of each live beam (``logits`` after each token run by
+        :meth:`endgame`) as step-by-step search would, and merge the results.
+
+        Step by step, each beam would be its only continuation's one candidate, so it would
+        stay live until it ends, unless its prompt is done first; then its score is already
+        no better than the worst finished one, and so is its final score. Merging all final
+        hypotheses at once, those that end earlier first, gives the same finished ones."""
+        prompt, slot, live = self._live()
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, rest.clamp(min=0)[..., None])
+        score = self.scores[prompt, slot]
+        for j in range(rest.shape[1]):  # one addition per token, in order, as the steps do
+            score = score + torch.where(rest[:, j] >= 0, logp[:, j, 0], 0.0)
+        tokens = self.tokens[live]
+        tokens[:, length + 1 : length + 1 + rest.shape[1]] = torch.where(rest >= 0, rest, 0)
+        batch, width = self.scores.shape
+        scores = torch.full((batch, width), NEG_INF, device=score.device)
+        scores[prompt, slot] = torch.where(self.done[prompt], NEG_INF, score)
+        padded = self.tokens.new_zeros(batch, width, self.tokens.shape[1])
+        padded[prompt, slot] = tokens
+        lengths = torch.full((batch, width), self.tokens.shape[1] + 1, device=score.device)
+        lengths[prompt, slot] = length + 1 + (rest >= 0).sum(1)
+        order = scores.sort(dim=1, descending=True, stable=True).indices
+        order = order.gather(1, lengths.gather(1, order).sort(dim=1, stable=True).indices)
+        self._merge(scores.gather(1, order), padded.gather(1, order[..., None].expand_as(padded)),
+                    lengths.gather(1, order))
 
     def finish_live(self) -> None:
         """Live beams of prompts not done become hypotheses as they are."""
@@ -277,19 +412,18 @@ class _Beams:
         tokens = self.tokens.new_zeros(batch * width, self.tokens.shape[1])
         tokens[prompt * width + slot] = self.tokens[row]
         scores = torch.where(self.done[:, None], NEG_INF, self.scores)
-        self._merge(scores, tokens.view(batch, width, -1), self.length)
+        self._merge(scores, tokens.view(batch, width, -1),
+                    torch.full_like(scores, self.length, dtype=torch.long))
 
     def _merge(self, scores: Float[Tensor, "batch k"], tokens: Int[Tensor, "batch k steps"],
-               length: int) -> None:
+               lengths: Int[Tensor, "batch k"]) -> None:
         merged = torch.cat([self.finished, scores], 1)
         order = merged.sort(dim=1, descending=True, stable=True).indices[:, : self.width]
         self.finished = merged.gather(1, order)
         steps = tokens.shape[-1]
         merged_tokens = torch.cat([self.finished_tokens, tokens], 1)
         self.finished_tokens = merged_tokens.gather(1, order[..., None].expand(-1, -1, steps))
-        lengths = torch.cat([self.finished_lengths, torch.full_like(scores, length,
-                                                                    dtype=torch.long)], 1)
-        self.finished_lengths = lengths.gather(1, order)
+        self.finished_lengths = torch.cat([self.finished_lengths, lengths], 1).gather(1, order)
 
     def hypotheses(self) -> list[list[Hypothesis]]:
         out = []

@@ -18,7 +18,7 @@ Two fast paths, both exact up to float rounding:
 import attrs
 import torch
 from beartype import beartype
-from jaxtyping import Float, Int, jaxtyped
+from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
@@ -233,6 +233,21 @@ def step(llm: SplitLLM, decoding: Decoding, token_ids: Int[Tensor, " batch"]) ->
     mask = torch.ones_like(ids, dtype=torch.bool)
     state = llm.lower(ids, mask, decoding.layer, cache=decoding.lower_cache)
     decoding.logits = llm.upper(state, cache=decoding.upper_cache)[:, -1]
+
+
+@torch.no_grad()
+@jaxtyped(typechecker=beartype)
+def extend(
+    llm: SplitLLM, decoding: Decoding, token_ids: Int[Tensor, "batch new"],
+    mask: Bool[Tensor, "batch new"],
+) -> Float[Tensor, "batch new vocab"]:
+    """Append several tokens per sequence (right-padded, ``mask`` marks real ones; at least
+    one per row): the logits after each, and ``decoding.logits`` after each row's last."""
+    state = llm.lower(token_ids, mask, decoding.layer, cache=decoding.lower_cache)
+    logits = llm.upper(state, cache=decoding.upper_cache)
+    decoding.logits = logits.gather(1, state.last_positions()[..., None].expand(
+        -1, -1, logits.shape[-1]))[:, 0]
+    return logits
 
 
 @torch.no_grad()
