@@ -93,11 +93,6 @@ def ground(
     batch_size: int = 8,
     layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = DEFAULT_LAYER,
     repeats: RepeatsOption = 3,
-    engines: Annotated[str, typer.Option(help="Comma-separated search engines each constrained "
-                                              "grounder also runs with: reference (the plain "
-                                              "implementation), generate (transformers' "
-                                              "generate); empty for none.")] =
-        "reference,generate",
     device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Generation + grounding samples/s of each grounder (the whole catalog ranked); the
@@ -108,9 +103,8 @@ def ground(
 
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
-    chosen = tuple(e.strip() for e in engines.split(",") if e.strip())
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
-                          layer, cache_dir=cache_dir, repeats=repeats, engines=chosen)
+                          layer, cache_dir=cache_dir, repeats=repeats)
     _save(result, out, f"ground-{result['device']}")
     for key, value in list(result.items()):
         if "_speedup_vs_" in key and not key.endswith("_min_max"):
