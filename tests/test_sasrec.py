@@ -1,6 +1,7 @@
 """SASRec: padding invariance, causality, negative sampling, learning a pattern, save/load."""
 
 import functools
+import itertools
 import json
 import random
 
@@ -154,6 +155,20 @@ def test_training_rows_keep_the_last_max_len_steps_and_see_the_whole_sequence() 
     assert data.inputs.tolist() == [[2, 3, 4], [0, 0, 2]]  # the 1-item user has no target
     assert data.positives.tolist() == [[3, 4, 6], [0, 0, 7]]
     assert data.seen.tolist() == [[1, 2, 3, 4, 5, 6], [2, 7, 10, 10, 10, 10]]
+    windows = training_tensors([[5, 1, 2, 3, 4, 6], [7], [2, 7]], 3, 9, windows=True)
+    assert windows.inputs.tolist() == [[2, 3, 4], [0, 5, 1], [0, 0, 2]]
+    assert windows.positives.tolist() == [[3, 4, 6], [0, 1, 2], [0, 0, 7]]
+    assert windows.seen.tolist() == [[1, 2, 3, 4, 5, 6]] * 2 + [[2, 7, 10, 10, 10, 10]]
+
+
+@given(sequence=st.lists(st.integers(1, 30), min_size=2, max_size=40), max_len=st.integers(1, 9))
+def test_windows_make_every_position_a_target_once(sequence: list[int], max_len: int) -> None:
+    data = training_tensors([sequence], max_len, 31, windows=True)
+    pairs = sorted((i, p) for row_in, row_pos in zip(data.inputs.tolist(),
+                                                      data.positives.tolist(), strict=True)
+                   for i, p in zip(row_in, row_pos, strict=True) if p)
+    assert pairs == sorted(itertools.pairwise(sequence))
+    assert len(data.inputs) == -(-(len(sequence) - 1) // max_len)
 
 
 @settings(max_examples=10, deadline=None)

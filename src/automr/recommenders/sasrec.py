@@ -69,6 +69,9 @@ class SASRecConfig:
     n_heads: int = attrs.field(default=1, validator=v.ge(1))
     dropout: float = attrs.field(default=0.2, validator=[v.ge(0.0), v.lt(1.0)])
     max_len: int = attrs.field(default=50, validator=v.ge(1))
+    windows: bool = False
+    """Train on every position: each user's sequence cut into rows of ``max_len + 1`` items
+    (False: only each user's last ``max_len + 1`` items, as the original)."""
     lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
     weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
@@ -273,7 +276,8 @@ def fit_sasrec(
     seen_ids = [i for s in train_sequences for i in s]
     seen_ids += [i for h, t in valid_samples for i in (*h, t)]
     n_items = n_items if n_items is not None else max(seen_ids, default=0)
-    data = training_tensors(train_sequences, config.max_len, n_items)
+    data = training_tensors(train_sequences, config.max_len, n_items,
+                            windows=config.windows)
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
@@ -298,10 +302,15 @@ class TrainingTensors:
 
 
 def training_tensors(
-    sequences: Sequence[Sequence[int]], max_len: int, n_items: int
+    sequences: Sequence[Sequence[int]], max_len: int, n_items: int, *, windows: bool = False
 ) -> TrainingTensors:
-    """Rows for users with >= 2 items: their last ``max_len + 1`` items as inputs/positives,
-    and every item of their *whole* sequence as ``seen`` (what negatives must avoid)."""
+    """Rows for users with >= 2 items, and every item of the user's *whole* sequence as the
+    row's ``seen`` (what negatives must avoid).
+
+    ``windows=False`` (the original): one row per user, its last ``max_len + 1`` items.
+    ``windows=True``: the sequence cut from its end into rows of up to ``max_len + 1`` items
+    that overlap by one, so every position after the first is a target exactly once.
+    """
     users = [list(s) for s in sequences if len(s) >= 2]
     if not users:
         raise AutomrError("SASRec needs at least one training sequence with 2 or more items")
@@ -311,15 +320,20 @@ def training_tensors(
     if full:
         raise AutomrError(f"training sequence {full[0]} contains every one of the {n_items} "
                           f"items, so no negative can be sampled for it")
-    inputs = torch.zeros(len(users), max_len, dtype=torch.long)
-    positives = torch.zeros(len(users), max_len, dtype=torch.long)
-    seen = torch.full((len(users), max(map(len, distinct))), n_items + 1, dtype=torch.long)
-    for row, (items, sequence) in enumerate(zip(distinct, users, strict=True)):
-        kept = sequence[-(max_len + 1):]
+    rows: list[tuple[list[int], int]] = []  # (kept items, user)
+    for user, sequence in enumerate(users):
+        end = len(sequence)
+        while end >= 2:
+            rows.append((sequence[max(0, end - max_len - 1) : end], user))
+            end = end - max_len if windows else 0
+    inputs = torch.zeros(len(rows), max_len, dtype=torch.long)
+    positives = torch.zeros(len(rows), max_len, dtype=torch.long)
+    seen = torch.full((len(rows), max(map(len, distinct))), n_items + 1, dtype=torch.long)
+    for row, (kept, user) in enumerate(rows):
         n = len(kept) - 1
         inputs[row, max_len - n :] = torch.tensor(kept[:-1])
         positives[row, max_len - n :] = torch.tensor(kept[1:])
-        seen[row, : len(items)] = torch.tensor(items)
+        seen[row, : len(distinct[user])] = torch.tensor(distinct[user])
     return TrainingTensors(inputs, positives, seen)
 
 
