@@ -58,8 +58,10 @@ def evaluate_command(
              "weight gamma.")] = defaults.tune_samples,
     device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> dict[str, dict[str, float]]:
-    """Rank (and/or score) the same test samples with every method; print and write the
-    results table. Returns each method's metric means (kept in the run record)."""
+    """Rank the same test samples with every method; print and write the results table.
+
+    With --measures likelihood, the LM methods also score the true titles. Returns each
+    method's metric means (kept in the run record)."""
     config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
                         exclude_seen=exclude_seen, combiner=combiner, k=k,
