@@ -1,9 +1,10 @@
 """Shared CLI plumbing: options every command takes and one-line user errors."""
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -44,3 +45,37 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def option_group(name: str, options: Mapping[str, tuple[Any, Any]],
+                 build: Callable[..., Any]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command a group of options declared once, received as one value.
+
+    ``options`` maps each parameter name to its ``(Annotated type, default)``. The command
+    declares a parameter ``name`` instead; the options take its place on the command line (in
+    that order) and the command receives ``build(**their values)`` as ``name``.
+    """
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        signature = inspect.signature(command)
+        if name not in signature.parameters:
+            raise TypeError(f"{command.__name__} has no parameter {name!r} for its options")
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name == name:
+                parameters += [inspect.Parameter(option, keyword, annotation=annotation,
+                                                 default=default)
+                               for option, (annotation, default) in options.items()]
+            else:
+                parameters.append(parameter.replace(kind=keyword))
+
+        @functools.wraps(command)
+        def with_group(**kwargs: Any) -> R:
+            values = {option: kwargs.pop(option) for option in options}
+            return command(**kwargs, **{name: build(**values)})
+
+        with_group.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return with_group
+
+    return decorate

@@ -12,10 +12,9 @@ from automr.cli.common import (
     QuietOption,
     user_errors,
 )
-from automr.cli.finetune import context_defaults, context_spec_option
+from automr.cli.finetune import TrsrOptions, context_defaults, context_spec_option, trsr_options
 from automr.contexts import (
     CONTEXT_KINDS,
-    TRSR_MODES,
     ContextSpec,
     build_context,
     trsr_context,
@@ -31,10 +30,6 @@ app = typer.Typer(help="Prompt contexts of the ReLLa and TRSR baselines.",
 ModelOption = Annotated[str, typer.Option(
     help="Base model (the one `automr finetune` tunes).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the sample subset.")]
-BlockSize = Annotated[int, typer.Option(help="TRSR: long-term items per summarised block.")]
-MaxBlocks = Annotated[int, typer.Option(help="TRSR: most recent blocks summarised.")]
-Mode = Annotated[str, typer.Option(help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")]
-MaxNewTokens = Annotated[int, typer.Option(help="TRSR: tokens per written summary.")]
 BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
 
 
@@ -48,6 +43,7 @@ def _samples(data: Path, split: str, count: int, seed: int):
 
 @app.command("show")
 @user_errors
+@trsr_options
 def show_command(
     data: DataOption,
     kind: Annotated[str, typer.Option(help=f"{' or '.join(CONTEXT_KINDS)}.")],
@@ -57,16 +53,12 @@ def show_command(
     model: ModelOption = DEFAULT_MODEL,
     context_k: Annotated[int, typer.Option(
         help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
-    trsr_block_size: BlockSize = context_defaults.block_size,
-    trsr_max_blocks: MaxBlocks = context_defaults.max_blocks,
-    trsr_mode: Mode = context_defaults.mode,
-    trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
+    *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,
     device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
-    spec = context_spec_option(kind, context_k, trsr_block_size, trsr_max_blocks, trsr_mode,
-                               trsr_max_new_tokens)
+    spec = context_spec_option(kind, context_k, trsr)
     if spec is None:
         raise AutomrError(f"--kind must be one of {', '.join(CONTEXT_KINDS)}")
     dataset, chosen = _samples(data, split, samples, seed)
@@ -85,6 +77,7 @@ def show_command(
 
 @app.command("trsr")
 @user_errors
+@trsr_options
 def trsr_command(
     data: DataOption,
     split: Annotated[str, typer.Option(help="Which split's samples.")] = "train",
@@ -93,18 +86,14 @@ def trsr_command(
              "of train and --valid-samples of valid with its --seed.")] = 512,
     seed: SeedOption = 0,
     model: ModelOption = DEFAULT_MODEL,
-    trsr_block_size: BlockSize = context_defaults.block_size,
-    trsr_max_blocks: MaxBlocks = context_defaults.max_blocks,
-    trsr_mode: Mode = context_defaults.mode,
-    trsr_max_new_tokens: MaxNewTokens = context_defaults.max_new_tokens,
+    *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,
     device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
     evaluation; rerunning, or running it cut short and again, only generates what is missing."""
     try:
-        spec = ContextSpec(kind="trsr", block_size=trsr_block_size, max_blocks=trsr_max_blocks,
-                           mode=trsr_mode, max_new_tokens=trsr_max_new_tokens)
+        spec = ContextSpec(kind="trsr", **trsr)
     except ValueError as error:
         raise AutomrError(f"invalid TRSR options: {error}") from None
     dataset, chosen = _samples(data, split, samples, seed)

@@ -5,6 +5,8 @@ Each ``prepare`` command is a thin wrapper over the library function of the same
 """
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, option_group, user_errors
 from automr.data import (
     DATASET_KINDS,
     PROMPT_DOMAINS,
@@ -86,6 +88,20 @@ def _protocol(kind: str, start: str | None, end: str | None, **numbers: object) 
                           f"{kind} --help`.") from None
 
 
+PROTOCOL_OPTIONS = {
+    "start": (StartOption, None), "end": (EndOption, None),
+    "train_months": (TrainMonthsOption, None),
+    "min_item_interactions": (MinItemOption, None), "min_user_interactions": (MinUserOption, None),
+    "iterative_filter": (IterativeOption, None), "max_history": (MaxHistoryOption, None),
+    "recent_k": (RecentKOption, None), "min_history": (MinHistoryOption, None),
+}
+
+
+def protocol_options(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The protocol options of a ``prepare`` command, received as one ``protocol``."""
+    return option_group("protocol", PROTOCOL_OPTIONS, functools.partial(_protocol, kind))
+
+
 def _domain(kind: str, domain: str | None) -> str:
     chosen = domain or DATASET_KINDS[kind].domain
     if chosen not in PROMPT_DOMAINS:
@@ -106,45 +122,31 @@ def print_stats(stats: DatasetStats, title: str) -> None:
 
 @prepare_app.command("ml-100k")
 @user_errors
+@protocol_options("ml-100k")
 def prepare_ml_100k_command(
     out: OutOption,
     cache_dir: CacheDirOption = None,
     source: Annotated[Path | None, typer.Option(
         "--source", help="A GroupLens ml-100k folder (u.data, u.item) instead of the RecBole "
         "copy fetched into the cache.")] = None,
-    start: StartOption = None, end: EndOption = None, train_months: TrainMonthsOption = None,
-    min_item_interactions: MinItemOption = None, min_user_interactions: MinUserOption = None,
-    iterative_filter: IterativeOption = None, max_history: MaxHistoryOption = None,
-    recent_k: RecentKOption = None, min_history: MinHistoryOption = None,
+    *, protocol: ProtocolConfig,
 ) -> None:
     """MovieLens-100K (default protocol: Sep 1997 on, 6 months train, rest halved)."""
-    protocol = _protocol(
-        "ml-100k", start, end, train_months=train_months,
-        min_item_interactions=min_item_interactions, min_user_interactions=min_user_interactions,
-        iterative_filter=iterative_filter, max_history=max_history, recent_k=recent_k,
-        min_history=min_history)
     dataset = prepare_movielens_100k(out, cache_dir=cache_dir, source=source, protocol=protocol)
     print_stats(dataset.stats, f"ml-100k -> {out}")
 
 
 @prepare_app.command("amazon")
 @user_errors
+@protocol_options("amazon")
 def prepare_amazon_command(
     reviews: Annotated[Path, typer.Option("--reviews", help="Reviews JSON lines (.gz ok).")],
     meta: Annotated[Path, typer.Option("--meta", help="Metadata JSON lines (.gz ok).")],
     out: OutOption,
     domain: DomainOption = None, merge_same_title: MergeOption = False,
-    start: StartOption = None, end: EndOption = None, train_months: TrainMonthsOption = None,
-    min_item_interactions: MinItemOption = None, min_user_interactions: MinUserOption = None,
-    iterative_filter: IterativeOption = None, max_history: MaxHistoryOption = None,
-    recent_k: RecentKOption = None, min_history: MinHistoryOption = None,
+    *, protocol: ProtocolConfig,
 ) -> None:
     """Amazon Reviews 2018 (default protocol: the paper's, 2017, 10 months train)."""
-    protocol = _protocol(
-        "amazon", start, end, train_months=train_months,
-        min_item_interactions=min_item_interactions, min_user_interactions=min_user_interactions,
-        iterative_filter=iterative_filter, max_history=max_history, recent_k=recent_k,
-        min_history=min_history)
     dataset = prepare_amazon(reviews, meta, out, protocol=protocol,
                              domain=_domain("amazon", domain),
                              merge_same_title=merge_same_title, progress=True)
@@ -153,23 +155,16 @@ def prepare_amazon_command(
 
 @prepare_app.command("csv")
 @user_errors
+@protocol_options("csv")
 def prepare_csv_command(
     interactions: Annotated[Path, typer.Option(
         "--interactions", help="CSV/TSV with columns user,item,timestamp.")],
     items: Annotated[Path, typer.Option("--items", help="CSV/TSV with columns item,title.")],
     out: OutOption,
     domain: DomainOption = None, merge_same_title: MergeOption = False,
-    start: StartOption = None, end: EndOption = None, train_months: TrainMonthsOption = None,
-    min_item_interactions: MinItemOption = None, min_user_interactions: MinUserOption = None,
-    iterative_filter: IterativeOption = None, max_history: MaxHistoryOption = None,
-    recent_k: RecentKOption = None, min_history: MinHistoryOption = None,
+    *, protocol: ProtocolConfig,
 ) -> None:
     """Generic CSV/TSV (default protocol: whole range, 10 months train, rest halved)."""
-    protocol = _protocol(
-        "csv", start, end, train_months=train_months,
-        min_item_interactions=min_item_interactions, min_user_interactions=min_user_interactions,
-        iterative_filter=iterative_filter, max_history=max_history, recent_k=recent_k,
-        min_history=min_history)
     dataset = prepare_csv(interactions, items, out, protocol=protocol,
                           domain=_domain("csv", domain), merge_same_title=merge_same_title,
                           progress=True)

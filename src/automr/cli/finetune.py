@@ -1,11 +1,17 @@
 """``automr finetune``: BIGRec LoRA fine-tuning on a prepared dataset."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from automr.cli.common import CacheDirOption, DeviceOption, DtypeOption, user_errors
+from automr.cli.common import (
+    CacheDirOption,
+    DeviceOption,
+    DtypeOption,
+    option_group,
+    user_errors,
+)
 from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
@@ -15,8 +21,26 @@ from automr.recommenders.finetune import LOSS_KINDS, SCHEDULES, FinetuneConfig, 
 defaults = FinetuneConfig()
 context_defaults = ContextSpec(kind="trsr")
 
+TrsrOptions = dict[str, Any]
+"""The TRSR options as :class:`ContextSpec` fields (``block_size``, ...)."""
+TRSR_OPTIONS = {
+    "trsr_block_size": (Annotated[int, typer.Option(
+        help="TRSR: long-term items per summarised block.")], context_defaults.block_size),
+    "trsr_max_blocks": (Annotated[int, typer.Option(
+        help="TRSR: most recent blocks summarised.")], context_defaults.max_blocks),
+    "trsr_mode": (Annotated[str, typer.Option(
+        help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")], context_defaults.mode),
+    "trsr_max_new_tokens": (Annotated[int, typer.Option(
+        help="TRSR: tokens per written summary.")], context_defaults.max_new_tokens),
+}
+trsr_options = option_group(
+    "trsr", TRSR_OPTIONS,
+    lambda **options: {name.removeprefix("trsr_"): value for name, value in options.items()})
+"""Gives a command the ``--trsr-*`` options, received as one ``trsr`` (:data:`TrsrOptions`)."""
+
 
 @user_errors
+@trsr_options
 def finetune_command(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder (automr data prepare).")],
     out: Annotated[Path, typer.Option(help="Run folder; rerunning with it resumes.")],
@@ -65,14 +89,7 @@ def finetune_command(
         show_default=False)] = None,
     context_k: Annotated[int, typer.Option(
         help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
-    trsr_block_size: Annotated[int, typer.Option(
-        help="TRSR: long-term items per summarised block.")] = context_defaults.block_size,
-    trsr_max_blocks: Annotated[int, typer.Option(
-        help="TRSR: most recent blocks summarised.")] = context_defaults.max_blocks,
-    trsr_mode: Annotated[str, typer.Option(
-        help=f"TRSR: {' or '.join(TRSR_MODES)} summaries.")] = context_defaults.mode,
-    trsr_max_new_tokens: Annotated[int, typer.Option(
-        help="TRSR: tokens per written summary.")] = context_defaults.max_new_tokens,
+    *, trsr: TrsrOptions,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -82,8 +99,7 @@ def finetune_command(
 
     Writes OUT/best (adapter), OUT/checkpoint (resumable state) and OUT/finetune.json.
     """
-    spec = context_spec_option(context, context_k, trsr_block_size, trsr_max_blocks, trsr_mode,
-                               trsr_max_new_tokens)
+    spec = context_spec_option(context, context_k, trsr)
     try:
         config = FinetuneConfig(
             max_train_samples=train_samples or None, max_valid_samples=valid_samples,
@@ -103,14 +119,12 @@ def finetune_command(
                f"{record['step']}); adapter in {Path(out) / 'best'}")
 
 
-def context_spec_option(kind: str | None, k: int, block_size: int, max_blocks: int, mode: str,
-                        max_new_tokens: int) -> ContextSpec | None:
+def context_spec_option(kind: str | None, k: int, trsr: TrsrOptions) -> ContextSpec | None:
     """The :class:`ContextSpec` the context options describe (None without ``--context``)."""
     if kind is None or kind == "none":
         return None
     try:
-        return ContextSpec(kind=kind, k=k, block_size=block_size, max_blocks=max_blocks,
-                           mode=mode, max_new_tokens=max_new_tokens)
+        return ContextSpec(kind=kind, k=k, **trsr)
     except ValueError as error:
         raise AutomrError(f"invalid context options: {error}") from None
 
