@@ -12,8 +12,6 @@ nodes, scores, finished hypotheses), beams share their prompt's keys and values
 copied, growing cache); the two give the same beams, and ``automr bench ground`` times both.
 """
 
-from collections.abc import Sequence
-
 import attrs
 import torch
 from beartype import beartype
@@ -22,152 +20,14 @@ from torch import Tensor
 
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.decoding import extend, prefill, step
+from automr.llm.trie import NEG_INF, TokenTrie
 from automr.types import TokenIds, TokenMask
 
-NEG_INF = float("-inf")
 ENDGAME_ROWS = 32
 """Most live beams to finish in one pass (:meth:`_Beams.endgame`): a pass over ``rows x
 longest rest`` positions costs about what that many single steps would, and a step's fixed
 cost (reading the weights) is about that of 30 rows on a CPU, so below this a pass is never
 much dearer than the steps it replaces, even if most of them would have ended early."""
-
-
-@attrs.frozen
-class _TrieTensors:
-    """A trie's edges as tensors on one device, sorted by (parent node, token)."""
-
-    child_start: Int[Tensor, " nodes_plus_one"]
-    edge_token: Int[Tensor, " edges"]
-    edge_child: Int[Tensor, " edges"]
-    edge_key: Int[Tensor, " edges"]
-    passing: Int[Tensor, " nodes"]  # stored sequences through each node
-    through: Int[Tensor, " nodes"]  # one of them
-    depth: Int[Tensor, " nodes"]
-    sequences: Int[Tensor, "sequences longest"]
-    lengths: Int[Tensor, " sequences"]
-
-
-class TokenTrie:
-    """Prefix tree over token sequences (e.g. every catalog title's tokens + EOS).
-
-    ``allowed(prefix)`` lists the tokens that extend ``prefix`` towards a stored sequence;
-    ``value(sequence)`` gives what was stored for a complete sequence (e.g. an item index).
-    For batched search, prefixes are also numbered nodes (``root`` is the empty prefix):
-    :meth:`mask`, :meth:`advance` and :meth:`completions` work on a tensor of nodes at
-    once; :attr:`dead` is a node with no continuation.
-    """
-
-    root = 0
-
-    def __init__(self, sequences: Sequence[Sequence[int]], values: Sequence[int]) -> None:
-        if len(sequences) != len(values):
-            raise ValueError("TokenTrie: one value per sequence")
-        self._children: dict[tuple[int, ...], set[int]] = {}
-        self._values: dict[tuple[int, ...], int] = {}
-        nodes: dict[tuple[int, ...], int] = {(): self.root}
-        passing, through = [0], [0]
-        for index, (sequence, value) in enumerate(zip(sequences, values, strict=True)):
-            key = tuple(sequence)
-            if key in self._values:
-                raise ValueError(f"TokenTrie: sequence {key} stored twice")
-            self._values[key] = value
-            passing[self.root] += 1
-            for end in range(len(key)):
-                self._children.setdefault(key[:end], set()).add(key[end])
-                node = nodes.setdefault(key[: end + 1], len(nodes))
-                if node == len(passing):
-                    passing.append(0)
-                    through.append(index)
-                passing[node] += 1
-        edges = sorted((nodes[prefix[:-1]], prefix[-1], node)
-                       for prefix, node in nodes.items() if prefix)
-        self.dead = len(nodes)
-        self._width = max((token for _, token, _ in edges), default=0) + 1
-        parents = torch.tensor([p for p, _, _ in edges], dtype=torch.long)
-        counts = torch.bincount(parents, minlength=len(nodes) + 1)  # the dead node: none
-        self._cpu = _TrieTensors(
-            child_start=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
-            edge_token=torch.tensor([t for _, t, _ in edges], dtype=torch.long),
-            edge_child=torch.tensor([c for _, _, c in edges], dtype=torch.long),
-            edge_key=torch.tensor([p * self._width + t for p, t, _ in edges], dtype=torch.long),
-            passing=torch.tensor([*passing, 0], dtype=torch.long),
-            through=torch.tensor([*through, 0], dtype=torch.long),
-            depth=torch.tensor([*(len(prefix) for prefix in nodes), 0], dtype=torch.long),
-            sequences=_padded([list(s) for s in sequences]),
-            lengths=torch.tensor([len(s) for s in sequences], dtype=torch.long),
-        )
-        self._on: dict[torch.device, _TrieTensors] = {}
-
-    def allowed(self, prefix: Sequence[int]) -> list[int]:
-        return sorted(self._children.get(tuple(prefix), ()))
-
-    def value(self, sequence: Sequence[int]) -> int | None:
-        return self._values.get(tuple(sequence))
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def _tensors(self, device: torch.device) -> _TrieTensors:
-        if device not in self._on:
-            self._on[device] = _TrieTensors(*(getattr(self._cpu, f.name).to(device)
-                                              for f in attrs.fields(_TrieTensors)))
-        return self._on[device]
-
-    @jaxtyped(typechecker=beartype)
-    def children(self, nodes: Int[Tensor, " rows"]
-                 ) -> tuple[Int[Tensor, " edges"], Int[Tensor, " edges"]]:
-        """Every (row, token) that continues a row's node towards a stored sequence, by row
-        and then token."""
-        t = self._tensors(nodes.device)
-        start = t.child_start[nodes]
-        counts = t.child_start[nodes + 1] - start
-        total = int(counts.sum())
-        rows = torch.arange(len(nodes), device=nodes.device).repeat_interleave(
-            counts, output_size=total)
-        edges = torch.arange(total, device=nodes.device) + (start - counts.cumsum(0) + counts)[rows]
-        return rows, t.edge_token[edges]
-
-    @jaxtyped(typechecker=beartype)
-    def mask(self, nodes: Int[Tensor, " rows"], vocab: int) -> Float[Tensor, "rows vocab"]:
-        """0 where a token continues a node's prefix towards a stored sequence, -inf elsewhere."""
-        rows, tokens = self.children(nodes)
-        mask = torch.full((len(nodes), vocab), NEG_INF, device=nodes.device)
-        mask[rows, tokens] = 0.0
-        return mask
-
-    @jaxtyped(typechecker=beartype)
-    def completions(self, nodes: Int[Tensor, " rows"]) -> tuple[
-            Bool[Tensor, " rows"], Int[Tensor, "rows longest"], Int[Tensor, " rows"]]:
-        """Whether one stored sequence alone passes through each node (so the rest of it is
-        the only way on), that rest (padded with -1) and its length."""
-        t = self._tensors(nodes.device)
-        unique = t.passing[nodes] == 1
-        sequence, depth = t.through[nodes], t.depth[nodes]
-        lengths = torch.where(unique, t.lengths[sequence] - depth, 0)
-        longest = t.sequences.shape[1]
-        offsets = torch.arange(longest, device=nodes.device)
-        rest = t.sequences[sequence].gather(
-            1, (depth[:, None] + offsets).clamp(max=max(longest - 1, 0)))
-        return unique, torch.where(offsets < lengths[:, None], rest, -1), lengths
-
-    @jaxtyped(typechecker=beartype)
-    def advance(self, nodes: Int[Tensor, " rows"], tokens: Int[Tensor, " rows"]
-                ) -> Int[Tensor, " rows"]:
-        """Each node's child by its token (:attr:`dead` where the trie has no such edge)."""
-        t = self._tensors(nodes.device)
-        if len(t.edge_key) == 0:
-            return torch.full_like(nodes, self.dead)
-        key = nodes * self._width + tokens
-        where = torch.searchsorted(t.edge_key, key).clamp(max=len(t.edge_key) - 1)
-        found = (t.edge_key[where] == key) & (tokens < self._width) & (tokens >= 0)
-        return torch.where(found, t.edge_child[where], self.dead)
-
-
-def _padded(rows: list[list[int]]) -> Tensor:
-    out = torch.full((len(rows), max(map(len, rows), default=0)), -1, dtype=torch.long)
-    for index, row in enumerate(rows):
-        out[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
 
 
 @attrs.frozen
