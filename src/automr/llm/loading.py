@@ -52,19 +52,38 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 }
 
 
+FINGERPRINT_CHANGE = (
+    "Note: a model loaded from a folder or the Hugging Face hub is now identified by the "
+    "sha256 digests of its weight files (model fingerprint format 2); artifacts recorded by "
+    "an older automr with such a model carry a hash of its weights as loaded (which also "
+    "changed with --dtype) and must be rebuilt with this automr. Embedded models "
+    "(smollm2-135m) kept their fingerprints.")
+"""Appended to refusals of an artifact whose recorded model fingerprint is not the model's."""
+
+
 @attrs.define
 class LoadedModel:
-    """A causal LM with its tokenizer, name and a content fingerprint for artifact metadata."""
+    """A causal LM with its tokenizer, name and a content fingerprint for artifact metadata.
+
+    ``source`` is the folder the weights were read from (a local folder or the hub cache's
+    snapshot), if any: its weight files' digests are then the fingerprint."""
 
     model: PreTrainedModel
     tokenizer: Tokenizer
     name: str
     _fingerprint: str | None = None
+    _source: Path | None = None
+    _cache_dir: Path | str | None = None
 
     def fingerprint(self) -> str:
-        """sha256 over the name, the config and every weight (computed once, then reused)."""
+        """The model's identity in artifact metadata, computed once, then reused: for a
+        model read from files, :func:`files_fingerprint` (the same whatever ``--dtype`` or
+        device it was loaded with, and cheap: file digests, kept in the cache); otherwise
+        :func:`model_fingerprint` of the weights in memory."""
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model, self.name)
+            files = () if self._source is None else weight_files(self._source)
+            self._fingerprint = (files_fingerprint(self._source, files, self._cache_dir) if files
+                                 else model_fingerprint(self.model, self.name))
         return self._fingerprint
 
 
@@ -117,7 +136,7 @@ def load_model(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    fingerprint = None
+    fingerprint, folder = None, None
     if name in EMBEDDED_MODELS:
         folder = fetch_embedded(name, cache_dir)
         record = read_json(folder / FINGERPRINT_FILE, f"`automr model fetch {name}` (delete "
@@ -125,10 +144,10 @@ def load_model(
         if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
             raise AutomrError(f"{folder / FINGERPRINT_FILE} is damaged; delete {folder} to "
                               f"convert the model again")
-        fingerprint = record["fingerprint"]
+        fingerprint = record["fingerprint"]  # of the float32 weights, whatever dtype is used
         source: str | Path = folder
     else:
-        source = name
+        source, folder = name, model_folder(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
@@ -142,10 +161,9 @@ def load_model(
         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if fingerprint is not None and torch_dtype != torch.float32:
-        fingerprint = None  # the stored fingerprint is of the float32 weights
     model = model.to(torch_device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
+                       source=folder, cache_dir=cache_dir)
 
 
 def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = None) -> Path:
@@ -202,14 +220,104 @@ def canonical_model_name(name: str) -> str:
     return str(path.resolve()) if path.is_dir() else name
 
 
+def model_folder(name: str) -> Path | None:
+    """The folder transformers reads ``name`` from: a local folder as given, a hub id's
+    snapshot in the Hugging Face cache (looked up locally, no network), else None."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid hub id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+WEIGHT_FILES = (("model.safetensors.index.json", "model.safetensors"),
+                ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+"""transformers' weight files, in the order it prefers them: (shard index, single file)."""
+
+
+def weight_files(folder: Path) -> tuple[Path, ...]:
+    """The files transformers reads a model's weights from in ``folder`` (every shard of a
+    sharded checkpoint), or () when it has none of them."""
+    for index, single in WEIGHT_FILES:
+        if (folder / index).is_file():
+            data = read_json(folder / index, "the model's authors (a damaged shard index)")
+            shards = data.get("weight_map", {}).values() if isinstance(data, dict) else ()
+            return tuple(folder / shard for shard in sorted(set(shards)))
+        if (folder / single).is_file():
+            return (folder / single,)
+    return ()
+
+
+_HUB_BLOB = re.compile(r"[0-9a-f]{64}")
+DIGEST_CACHE_MIN_BYTES = 64 << 20
+"""Files at least this large have their digest kept in the cache; smaller ones are reread."""
+
+
+def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
+    """sha256 of a file's bytes, read at most once per (path, size, modification time).
+
+    A file in the Hugging Face cache is a link to a blob named by this digest (large files
+    are stored by their sha256), so nothing is read; the digests of other large files are
+    kept in the cache's ``digests/`` folder."""
+    from automr.cache import resolve_cache_dir, sha256_of
+
+    real = path.resolve()
+    if real.parent.name == "blobs" and _HUB_BLOB.fullmatch(real.name):
+        return real.name
+    stat = real.stat()
+    if stat.st_size < DIGEST_CACHE_MIN_BYTES:
+        return sha256_of(real)
+    key = {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    name = hashlib.sha256(str(real).encode()).hexdigest()
+    record_path = resolve_cache_dir(cache_dir) / "digests" / f"{name}.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and all(record.get(k) == v for k, v in key.items()) and \
+            isinstance(record.get("sha256"), str):
+        return record["sha256"]
+    digest = sha256_of(real)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record_path, {**key, "sha256": digest})
+    return digest
+
+
+CONFIG_VOLATILE = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+"""Config fields that do not change what a model computes (paths, versions, load dtype)."""
+
+
+def files_fingerprint(folder: Path, files: tuple[Path, ...],
+                      cache_dir: Path | str | None = None) -> str:
+    """sha256 of a model's ``config.json`` (without :data:`CONFIG_VOLATILE`) and of the name
+    and :func:`file_digest` of each weight file: the same files are the same model wherever
+    they lie and whatever dtype they are loaded in; no weight is read into memory."""
+    digest = hashlib.sha256(b"automr model fingerprint 2\n")
+    config = read_json(folder / "config.json", "the model's authors") \
+        if (folder / "config.json").is_file() else {}
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in CONFIG_VOLATILE}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(f"\n{path.relative_to(folder)}:{file_digest(path, cache_dir)}".encode())
+    return digest.hexdigest()
+
+
 def model_fingerprint(model: torch.nn.Module, name: str) -> str:
     """sha256 of a model's name (:func:`canonical_model_name`), config and weights (names,
-    shapes, dtypes and bytes)."""
+    shapes, dtypes and bytes): the identity of a model that has no weight files (built in
+    memory), and of the embedded models (recorded once, at conversion). It reads every
+    weight, so files are fingerprinted by :func:`files_fingerprint` instead."""
     digest = hashlib.sha256(canonical_model_name(name).encode())
     config = getattr(model, "config", None)
     if config is not None:
         fields = config.to_diff_dict()
-        for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+        for volatile in CONFIG_VOLATILE:
             fields.pop(volatile, None)
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for key, tensor in sorted(model.state_dict().items()):

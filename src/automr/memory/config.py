@@ -13,6 +13,7 @@ from beartype import beartype
 from automr.data.catalog import Catalog
 from automr.data.prompts import PromptConfig
 from automr.errors import AutomrError
+from automr.llm.loading import FINGERPRINT_CHANGE
 from automr.memory.encoders import ENCODERS
 from automr.memory.pooling import Pooling
 from automr.storage import write_json_atomic
@@ -158,7 +159,7 @@ class MemoryRecord:
                 f"the memory in {folder} was built with model {self.model_name!r} (fingerprint "
                 f"{_short(self.model_fingerprint)}) at layer {self.layer}, but a model with "
                 f"fingerprint {_short(expect_fingerprint)} is in use. Its keys are meaningless "
-                f"for this model: build a new memory with it.")
+                f"for this model: build a new memory with it. {FINGERPRINT_CHANGE}")
         if expect_layer is not None and expect_layer != self.layer:
             raise AutomrError(
                 f"the memory in {folder} holds layer-{self.layer} states of {self.model_name!r}, "

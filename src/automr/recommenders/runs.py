@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import torch
 
 from automr.contexts.spec import ContextSpec
 from automr.errors import AutomrError
-from automr.llm.loading import LoadedModel, load_model
+from automr.llm.loading import FINGERPRINT_CHANGE, LoadedModel, load_model
 from automr.memory import MemoryStore
 from automr.storage import read_json, read_safetensors
 
@@ -72,9 +71,10 @@ class FinetunedRun:
         from automr.cache import sha256_of
 
         base = load_model(self.base_model, device=device, dtype=dtype, cache_dir=cache_dir)
-        if base.model.dtype == torch.float32 and base.fingerprint() != self.base_fingerprint:
-            raise AutomrError(f"the base model {self.base_model!r} found here differs from the "
-                              f"one {self.path} was tuned on (fingerprint mismatch)")
+        if base.fingerprint() != self.base_fingerprint:  # the same whatever dtype is used
+            raise AutomrError(f"the base model {self.base_model!r} found here (fingerprint "
+                              f"{base.fingerprint()[:12]}) differs from the one {self.path} was "
+                              f"tuned on ({self.base_fingerprint[:12]}). {FINGERPRINT_CHANGE}")
         weights = self.path / ADAPTER_DIR / "adapter_model.safetensors"
         read_safetensors(weights, f"`automr finetune` (the adapter of {self.path} is damaged: "
                                   f"fine-tune again into a new --out)")
@@ -94,7 +94,8 @@ class FinetunedRun:
             raise AutomrError(
                 f"the memory was built with another model (fingerprint "
                 f"{str(memory_fingerprint)[:12]}) than the base of the fine-tune in {self.path} "
-                f"({self.base_fingerprint[:12]}); build it with --model {self.base_model}")
+                f"({self.base_fingerprint[:12]}); build it with --model {self.base_model}. "
+                f"{FINGERPRINT_CHANGE}")
         if self.lora_from_layer < layer:
             raise AutomrError(
                 f"the memory holds layer-{layer} keys of the base model, but the fine-tune in "

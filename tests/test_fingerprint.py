@@ -1,0 +1,152 @@
+"""Model fingerprints: a model read from files is named by its weight files' digests (cheap,
+no weight read into memory, the same in any dtype, folder or shard layout of the same files),
+a fine-tune stays usable in another dtype, and artifacts recorded with the old fingerprint
+are refused with what to do."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import automr.cache
+import automr.llm.loading as loading
+from automr.errors import AutomrError
+from automr.llm.loading import FINGERPRINT_CHANGE, file_digest, load_model, model_fingerprint
+from automr.memory import MemoryStore
+from automr.recommenders.finetune import FinetuneConfig, finetune
+from automr.recommenders.runs import RESULT_FILE, FinetunedRun
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fingerprint")
+    return {"root": root, "data": synthetic_dataset(root), "model": save_tiny_model(root / "model"),
+            "cache": root / "cache"}
+
+
+@pytest.fixture(scope="module")
+def tuned(workspace):
+    """A float32 fine-tune of the tiny model."""
+    run_dir = workspace["root"] / "ft"
+    finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"], run_dir,
+             FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4, epochs=1),
+             progress=False)
+    return run_dir
+
+
+def fingerprint(folder, dtype="float32", cache_dir=None) -> str:
+    return load_model(str(folder), device="cpu", dtype=dtype, cache_dir=cache_dir).fingerprint()
+
+
+def test_files_name_the_model_in_any_dtype_and_place_without_reading_weights(
+        workspace, tmp_path, monkeypatch):
+    expected = fingerprint(workspace["model"])
+    monkeypatch.setattr(loading, "model_fingerprint", None)  # the weights are never hashed
+    assert fingerprint(workspace["model"], "bfloat16") == expected
+    copy = shutil.copytree(workspace["model"], tmp_path / "elsewhere")
+    assert fingerprint(copy) == expected
+    config = json.loads((copy / "config.json").read_text())
+    config["transformers_version"], config["dtype"] = "0.0.1", "bfloat16"  # volatile fields
+    (copy / "config.json").write_text(json.dumps(config))
+    assert fingerprint(copy) == expected
+    config["rope_theta"] = 1234.0  # the model computes something else
+    (copy / "config.json").write_text(json.dumps(config))
+    assert fingerprint(copy) != expected
+
+
+def test_other_weights_or_shards_are_another_model(workspace, tmp_path):
+    expected = fingerprint(workspace["model"])
+    other = tmp_path / "other"
+    tiny_model(tiny_llama_config(num_layers=4), seed=5).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    assert fingerprint(other) != expected
+    sharded = tmp_path / "sharded"
+    model = load_model(str(workspace["model"]), device="cpu").model
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    tiny_tokenizer().save_pretrained(sharded)
+    shards = loading.weight_files(sharded)
+    assert len(shards) > 1 and all(s.suffix == ".safetensors" for s in shards)
+    before = fingerprint(sharded)
+    assert before == fingerprint(sharded, "bfloat16") != expected
+    data = bytearray(shards[-1].read_bytes())  # one bit of the last shard
+    data[-1] ^= 1
+    shards[-1].write_bytes(bytes(data))
+    assert fingerprint(sharded) != before
+
+
+def test_one_changed_byte_changes_the_fingerprint(workspace, tmp_path):
+    copy = shutil.copytree(workspace["model"], tmp_path / "copy")
+    expected = fingerprint(copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert fingerprint(copy) != expected
+
+
+def test_large_files_are_read_once_and_hub_blobs_never(tmp_path, monkeypatch):
+    reads = []
+    original = automr.cache.sha256_of
+    monkeypatch.setattr(automr.cache, "sha256_of", lambda path: reads.append(path) or
+                        original(path))
+    monkeypatch.setattr(loading, "DIGEST_CACHE_MIN_BYTES", 0)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    digest = file_digest(weights, tmp_path / "cache")
+    assert file_digest(weights, tmp_path / "cache") == digest == original(weights)
+    assert len(reads) == 1
+    weights.write_bytes(b"weights, changed")
+    assert file_digest(weights, tmp_path / "cache") == original(weights) != digest
+    assert len(reads) == 2
+    blob = tmp_path / "hub" / "blobs" / original(weights)  # the hub cache's layout
+    blob.parent.mkdir(parents=True)
+    shutil.copy(weights, blob)
+    link = tmp_path / "hub" / "snapshots" / "main" / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    assert file_digest(link, tmp_path / "cache") == blob.name
+    assert len(reads) == 2
+
+
+def test_a_float32_fine_tune_is_used_in_bfloat16(workspace, tuned):
+    run = FinetunedRun.open(tuned)
+    tuned = run.load(device="cpu", dtype="bfloat16")
+    assert tuned.model.dtype == torch.bfloat16
+    assert tuned.fingerprint() == run.load(device="cpu", dtype="float32").fingerprint()
+    run.check_memory(load_model(str(workspace["model"]), device="cpu",
+                                dtype="bfloat16").fingerprint(), 0)
+
+
+def test_artifacts_with_the_old_fingerprint_are_refused_with_the_fix(workspace, tuned, tmp_path):
+    """Artifacts made by an older automr recorded a hash of the weights as loaded."""
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    old = model_fingerprint(loaded.model, str(workspace["model"]))
+    assert old != loaded.fingerprint()
+    run_dir = shutil.copytree(tuned, tmp_path / "old-ft")
+    record = json.loads((run_dir / RESULT_FILE).read_text())
+    record["model_fingerprint"] = old
+    (run_dir / RESULT_FILE).write_text(json.dumps(record))
+    with pytest.raises(AutomrError, match="must be rebuilt") as refused:
+        FinetunedRun.open(run_dir).load(device="cpu")
+    assert FINGERPRINT_CHANGE in str(refused.value)
+    from automr.memory import MemoryConfig, build_memory
+
+    memory = tmp_path / "memory"
+    build_memory(loaded, workspace["data"], 1, MemoryConfig(encoder="item"), memory,
+                 progress=False)
+    config = json.loads((memory / "config.json").read_text())
+    config["model_fingerprint"] = old
+    (memory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AutomrError, match="fingerprint format 2"):
+        MemoryStore.open(memory, expect_fingerprint=loaded.fingerprint())
+
+
+def test_the_embedded_model_keeps_its_recorded_fingerprint_in_any_dtype(real_model):
+    from automr.llm.loading import FINGERPRINT_FILE, fetch_embedded
+
+    record = json.loads((fetch_embedded() / FINGERPRINT_FILE).read_text())
+    assert real_model.fingerprint() == record["fingerprint"]
+    assert load_model(device="cpu", dtype="bfloat16").fingerprint() == record["fingerprint"]
