@@ -223,8 +223,8 @@ def test_learns_a_sequential_pattern_and_restores_the_best_epoch() -> None:
     # Early stopping keeps the best validation epoch's weights, not the last epoch's.
     assert validation_metric(model, valid, "recall@1") == log.best_valid
     assert log.best_valid == max(log.valid)
-    assert log.valid[log.best_epoch - 1] == log.best_valid
-    assert len(log.losses) <= log.best_epoch + config.patience
+    assert log.valid[log.valid_epochs.index(log.best_epoch)] == log.best_valid
+    assert len(log.losses) <= log.best_epoch + config.patience * config.valid_every
     assert log.losses[-1] < log.losses[0]
 
 
