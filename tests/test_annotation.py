@@ -6,9 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from automr.annotation import UpperAnnotator, deltas, labels
-from automr.combiners import AppendToken, PrependToken
+from automr.annotation.likelihood import common_prefix
+from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import MemoryTokens
 from automr.llm import HFSplitLLM
+from automr.state import LayerState
+from automr.testing.strategies import element_memories
 from automr.testing.tiny import TINY_VOCAB
 
 token = st.integers(3, TINY_VOCAB - 1)
@@ -58,6 +61,80 @@ def test_shared_prompt_path_equals_the_plain_path(tiny_models, arch, prompt, tar
                            share_prompt=False).annotate(*args)
     assert fast.base == pytest.approx(plain.base, abs=1e-5)
     torch.testing.assert_close(fast.with_element, plain.with_element, rtol=1e-4, atol=1e-4)
+
+
+def naive_concat(llm: HFSplitLLM, layer: int, prompt: list[int], target: list[int],
+                 memory: MemoryTokens) -> list[float]:
+    """The naive way: per element, the lower half over ``[prompt, target]``, the element's row
+    (its mask as drawn) combined before the prompt, and a full upper-half forward (logits at
+    every position)."""
+    ids = torch.tensor([prompt + target])
+    out = []
+    with torch.no_grad():
+        lowered = llm.lower(ids, torch.ones_like(ids, dtype=torch.bool), layer)
+        n = len(prompt)
+        query = LayerState(hidden=lowered.hidden[:, :n], mask=lowered.mask[:, :n], layer=layer)
+        for m in range(memory.hidden.shape[0]):
+            row = MemoryTokens(hidden=memory.hidden[m : m + 1], mask=memory.mask[m : m + 1])
+            combined = Concat().combine(query, row)
+            full = LayerState(hidden=torch.cat([combined.hidden, lowered.hidden[:, n:]], 1),
+                              mask=torch.cat([combined.mask, lowered.mask[:, n:]], 1),
+                              layer=layer)
+            logp = torch.log_softmax(llm.upper(full)[0].float(), -1)
+            start = combined.seq_len - 1
+            out.append(float(sum(logp[start + j, t] for j, t in enumerate(target))))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(prompt=ids, target=ids, layer=st.integers(0, 3), batch=st.integers(1, 4),
+       memory=element_memories(hidden=32))
+def test_concat_fast_path_equals_a_full_upper_forward_per_element(
+        tiny_models, arch, prompt, target, layer, batch, memory):
+    """Elements of mixed lengths with holes, a bit-identical shared prefix run once through a
+    KV cache, length-sorted batches: the same log-likelihoods as the naive way."""
+    llm = HFSplitLLM(tiny_models[arch])
+    assert memory.hidden.shape[2] == llm.hidden_size
+    fast = UpperAnnotator(llm, layer, Concat(), element_batch=batch).annotate(
+        torch.tensor(prompt), torch.tensor(target), memory)
+    naive = naive_concat(llm, layer, prompt, target, memory)
+    assert fast.with_element.shape == (len(naive),)
+    torch.testing.assert_close(fast.with_element, torch.tensor(naive), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(prompt=ids, target=ids, head=st.lists(token, max_size=3),
+       elements=st.lists(st.lists(token, max_size=3), max_size=4), batch=st.integers(1, 4))
+def test_concat_at_layer_zero_equals_the_element_tokens_written_first(
+        tiny_models, arch, prompt, target, head, elements, batch):
+    """At layer 0 an element made of token embeddings (sharing ``head``, so the prefix cache
+    runs) acts exactly like those tokens written before the prompt, by the model's own
+    forward."""
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    rows = [llm.embed(torch.tensor([head + own], dtype=torch.long))[0] for own in elements]
+    width = max((r.shape[0] for r in rows), default=0)
+    memory = MemoryTokens(hidden=torch.zeros(len(rows), width, llm.hidden_size),
+                          mask=torch.zeros(len(rows), width, dtype=torch.bool))
+    for index, r in enumerate(rows):
+        memory.hidden[index, : r.shape[0]] = r
+        memory.mask[index, : r.shape[0]] = True
+    with torch.no_grad():
+        scores = UpperAnnotator(llm, 0, Concat(), element_batch=batch).annotate(
+            torch.tensor(prompt), torch.tensor(target), memory).with_element
+    for own, score in zip(elements, scores.tolist(), strict=True):
+        assert score == pytest.approx(full_logprob(model, head + own + prompt, target),
+                                      abs=1e-4)
+
+
+def test_common_prefix_counts_bit_identical_leading_vectors():
+    a = torch.arange(12.0).reshape(4, 3)
+    b = a.clone()
+    b[2, 1] += 1e-6
+    assert common_prefix([a, b]) == 2
+    assert common_prefix([a, a[:3]]) == 3
+    assert common_prefix([a]) == 0 and common_prefix([a, a[:0]]) == 0
+    assert common_prefix([a, torch.zeros(4, 3)]) == 0
 
 
 @given(base=st.floats(-30, 0), values=st.lists(st.floats(-30, 0), min_size=1, max_size=8),

@@ -10,6 +10,14 @@ With the append-token layout the prompt's upper-layer work is shared: the prompt
 the upper half once into a KV cache, which every element then extends by its own token and the
 target tokens (DESIGN.md §5). Both paths give the same numbers (tested); the shared one does
 a fraction of the work.
+
+With the layouts that put the element before the prompt (concat, prepend-token) the prompt's
+upper-layer states depend on the element, so nothing of the prompt can be shared exactly. What
+can: the leading tokens that every element of the sample has bit for bit (e.g. a template
+prefix of the element texts) run once into a KV cache that each element extends, and elements
+sorted by length so that a batch carries little padding (masked slots are exact, see
+:mod:`automr.combiners.insert`, but they cost work). The bigger lever there is annotating a
+seeded subset of each sample's elements (:func:`element_subset`).
 """
 
 import copy
@@ -20,7 +28,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.combiners import AppendToken
+from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM
 from automr.state import KVCache, LayerState
 
@@ -38,8 +46,12 @@ class SampleLikelihoods:
 class UpperAnnotator:
     """An :class:`~automr.interfaces.Annotator` over a split LM, a layer and a combiner.
 
-    ``element_batch`` elements run through the upper half together. ``share_prompt`` uses the
-    KV-cache fast path when the combiner appends (:class:`~automr.combiners.AppendToken`).
+    ``element_batch`` elements run through the upper half together. ``share_prompt`` takes the
+    layout's fast path: with :class:`~automr.combiners.AppendToken` the prompt's KV cache is
+    shared by every element; with :class:`~automr.combiners.Concat` and
+    :class:`~automr.combiners.PrependToken` the elements' common leading tokens are, and
+    elements run sorted by length. ``share_prompt=False`` runs every element over the whole
+    combined sequence in memory order (the plain path the fast ones are tested against).
     """
 
     llm: SplitLLM
@@ -77,6 +89,8 @@ class UpperAnnotator:
         shareable = isinstance(self.combiner, AppendToken) and bool(memory.mask.all())
         if self.share_prompt and shareable:
             scores = self._shared(prompt, target, target_ids, memory)
+        elif self.share_prompt and isinstance(self.combiner, Concat | PrependToken):
+            scores = self._prepended(prompt, target, target_ids, memory)
         else:
             scores = torch.cat([
                 self._plain(prompt, target, target_ids, _rows(memory, start, self.element_batch))
@@ -120,6 +134,61 @@ class UpperAnnotator:
             logits = self.llm.upper(tail, cache=shared, logits_at=positions.expand(rows, -1))
             scores.append(_target_logprob(logits, target_ids))
         return torch.cat(scores) if scores else torch.zeros(0, device=prompt.hidden.device)
+
+    def _prepended(self, prompt: LayerState, target: LayerState, target_ids: Tensor,
+                   memory: MemoryTokens) -> Float[Tensor, " mem"]:
+        """Element-before-prompt layouts: ``[element, prompt, target]`` per element, the
+        elements' bit-identical leading tokens run once into a KV cache, elements batched in
+        order of length (each batch right-padded with masked slots to its longest)."""
+        device, dtype = prompt.hidden.device, prompt.hidden.dtype
+        count = memory.hidden.shape[0]
+        scores = torch.zeros(count, device=device)
+        if count == 0:
+            return scores
+        mask = memory.mask.to(memory.hidden.device)
+        rows = [memory.hidden[m][mask[m]].to(device=device, dtype=dtype) for m in range(count)]
+        shared = common_prefix(rows)
+        cache = None
+        if shared:
+            cache = self.llm.new_cache()
+            head = rows[0][None, :shared]
+            real = torch.ones(head.shape[:2], dtype=torch.bool, device=device)
+            self.llm.upper(LayerState(hidden=head, mask=real, layer=self.layer), cache=cache,
+                           logits_at=torch.zeros(1, 0, dtype=torch.long, device=device))
+        order = sorted(range(count), key=lambda m: (rows[m].shape[0], m))
+        for start in range(0, count, self.element_batch):
+            chunk = order[start : start + self.element_batch]
+            rest = [rows[m][shared:] for m in chunk]
+            width = max(r.shape[0] for r in rest)
+            hidden = torch.zeros(len(chunk), width, prompt.hidden.shape[2], dtype=dtype,
+                                 device=device)
+            real = torch.zeros(len(chunk), width, dtype=torch.bool, device=device)
+            for index, r in enumerate(rest):
+                hidden[index, : r.shape[0]] = r
+                real[index, : r.shape[0]] = True
+            query, tail = _expand(prompt, len(chunk)), _expand(target, len(chunk))
+            state = LayerState(hidden=torch.cat([hidden, query.hidden, tail.hidden], 1),
+                               mask=torch.cat([real, query.mask, tail.mask], 1),
+                               layer=self.layer)
+            first = width + prompt.seq_len - 1
+            positions = torch.arange(first, first + target.seq_len, device=device)
+            logits = self.llm.upper(state, cache=None if cache is None else _copy_cache(
+                cache, len(chunk)), logits_at=positions.expand(len(chunk), -1))
+            scores[torch.tensor(chunk, device=device)] = _target_logprob(logits, target_ids)
+        return scores
+
+
+def common_prefix(rows: list[Tensor]) -> int:
+    """How many leading vectors every row (``[len, hidden]``, two or more rows) has bit for bit
+    equal to the first row's (at most the shortest row's length)."""
+    if len(rows) < 2:
+        return 0
+    limit = min(r.shape[0] for r in rows)
+    if limit == 0:
+        return 0
+    heads = torch.stack([r[:limit] for r in rows])
+    same = (heads == heads[:1]).all(2).all(0)
+    return int(same.long().cumprod(0).sum())
 
 
 def _target_logprob(logits: Tensor, target_ids: Tensor) -> Tensor:

@@ -150,3 +150,34 @@ def pad_sequences(
         ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
         mask[row, span] = True
     return ids, mask
+
+
+@st.composite
+def element_memories(
+    draw: st.DrawFn, hidden: int, max_elements: int = 6, max_prefix: int = 3,
+    max_own: int = 4, max_holes: int = 2,
+) -> MemoryTokens:
+    """One sample's memory for the concat layout: one row per element, ``[mem, n, hidden]``.
+
+    Each element is a run of token states: a leading prefix that every element shares bit for
+    bit (0..``max_prefix`` vectors, like the template tokens every element text starts with),
+    then 0..``max_own`` vectors of its own. The real vectors are spread over a width with up to
+    ``max_holes`` masked slots placed anywhere (masked slots hold drawn values too). Values come
+    from a drawn seed (see :func:`seeded_tensors`).
+    """
+    count = draw(st.integers(0, max_elements))
+    prefix = draw(st.integers(0, max_prefix))
+    lengths = draw(st.lists(st.integers(0, max_own), min_size=count, max_size=count))
+    width = max((prefix + n for n in lengths), default=0) + draw(st.integers(0, max_holes))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    shared = torch.randn(prefix, hidden, generator=generator)
+    hidden_states = torch.randn(count, width, hidden, generator=generator)
+    mask = torch.zeros(count, width, dtype=torch.bool)
+    for row, own in enumerate(lengths):
+        real = prefix + own
+        slots = sorted(draw(st.lists(st.integers(0, width - 1), unique=True, min_size=real,
+                                     max_size=real))) if real else []
+        index = torch.tensor(slots, dtype=torch.long)
+        mask[row, index] = True
+        hidden_states[row, index[:prefix]] = shared
+    return MemoryTokens(hidden=hidden_states, mask=mask)
