@@ -2,9 +2,11 @@
 
 An annotation folder holds ``config.json`` (model, layer, combiner, memory, samples) and
 ``shard-NNNNN.safetensors`` files, each with, for ``shard_size`` samples: ``base`` [n]
-(log P(y | z_t)), ``element`` [sum of memory sizes] (log P(y | z_t, z_m), concatenated),
-``offsets`` [n + 1] and ``queries`` [n hidden] (the pooled layer-L prompt, z_t). Labels are
-derived later (:func:`retrieval_dataset`), so one annotation serves every label form.
+(log P(y | z_t)), ``element`` [sum of annotated elements] (log P(y | z_t, z_m), concatenated),
+``index`` [the same] (each annotated element's position in its sample's memory: all of them,
+or a seeded subset with ``element_subset``), ``offsets`` [n + 1] and ``queries`` [n hidden]
+(the pooled layer-L prompt, z_t). Labels are derived later (:func:`retrieval_dataset`), so one
+annotation serves every label form.
 """
 
 import itertools
@@ -19,6 +21,7 @@ from safetensors.torch import save_file
 
 from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
+from automr.annotation.subsets import element_subset
 from automr.combiners import COMBINERS, pad_memory
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
@@ -44,22 +47,31 @@ class AnnotateConfig:
     split: str = "train"
     max_samples: int | None = 256
     seed: int = 0
-    combiner: str = attrs.field(default="append-token", validator=attrs.validators.in_(
+    combiner: str = attrs.field(default="concat", validator=attrs.validators.in_(
         tuple(COMBINERS)))
     element_batch: int = attrs.field(default=32, validator=attrs.validators.gt(0))
+    element_subset: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.gt(0)))
+    """Annotate this many seeded elements of each sample's memory (None: all of them)."""
+    element_seed: int = 0
+    """Seed of the element subsets (with the sample id: :func:`element_subset`)."""
     shard_size: int = attrs.field(default=16, validator=attrs.validators.gt(0))
 
 
-def element_tokens(store: MemoryStore, sample: Sample, token_states: bool) -> MemoryTokens:
-    """One row per memory element of ``sample``: its pooled key, or its token states."""
+def element_tokens(store: MemoryStore, sample: Sample, token_states: bool,
+                   index: Sequence[int] | None = None) -> MemoryTokens:
+    """One row per memory element of ``sample`` (or per element at ``index``, positions in the
+    sample's memory): its pooled key, or its token states."""
     user, count, start = store.request_for(sample)
+    chosen = list(range(count)) if index is None else list(index)
     if not token_states:
-        keys = store.view(user, count, start).keys
-        return MemoryTokens(hidden=keys[:, None], mask=torch.ones(count, 1, dtype=torch.bool))
-    if count == 0:
+        keys = store.view(user, count, start).keys[chosen]
+        return MemoryTokens(hidden=keys[:, None], mask=torch.ones(len(chosen), 1,
+                                                                  dtype=torch.bool))
+    if not chosen:
         return MemoryTokens(hidden=torch.zeros(0, 0, store.hidden_size),
                             mask=torch.zeros(0, 0, dtype=torch.bool))
-    return pad_memory([store.token_states(user, start + i) for i in range(count)])
+    return pad_memory([store.token_states(user, start + i) for i in chosen])
 
 
 def annotate_dataset(
@@ -94,16 +106,19 @@ def annotate_dataset(
             if path.exists():
                 bar.advance(task, len(shard))
                 continue
-            base, element, offsets, queries = [], [], [0], []
+            base, element, offsets, queries, indices = [], [], [0], [], []
             for sample in shard:
                 example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
                                           dataset.prompt_config)
-                memory = element_tokens(store, sample, combiner.uses_token_states)
+                index = element_subset(len(sample.memory), config.element_subset,
+                                       config.element_seed, sample.id)
+                memory = element_tokens(store, sample, combiner.uses_token_states, index)
                 response = example.input_ids[len(example.prompt_ids):]  # title + EOS
                 result = annotator.annotate(torch.tensor(example.prompt_ids),
                                             torch.tensor(response), memory)
                 base.append(result.base)
                 element.append(result.with_element)
+                indices.append(torch.tensor(index, dtype=torch.int64))
                 offsets.append(offsets[-1] + result.with_element.shape[0])
                 prompt = result.query[None]
                 queries.append(pool(prompt, torch.ones(prompt.shape[:2], dtype=torch.bool,
@@ -111,7 +126,8 @@ def annotate_dataset(
                 bar.advance(task)
             tmp = path.with_name(f".{path.name}.partial")
             save_file({"base": torch.tensor(base), "element": torch.cat(element),
-                       "offsets": torch.tensor(offsets), "queries": torch.stack(queries)}, tmp)
+                       "index": torch.cat(indices), "offsets": torch.tensor(offsets),
+                       "queries": torch.stack(queries)}, tmp)
             tmp.replace(path)
     return out
 
@@ -152,17 +168,24 @@ def _comparable(header: object) -> object:
     """``header`` with its memory path resolved (typed relative once, absolute once)."""
     if not isinstance(header, dict) or not isinstance(header.get("memory"), str):
         return header
-    return {**header, "memory": str(Path(header["memory"]).expanduser().resolve())}
+    config = header.get("config")
+    if isinstance(config, dict):  # folders started before element subsets annotate them all
+        config = {"element_subset": None, "element_seed": 0, **config}
+    return {**header, "config": config,
+            "memory": str(Path(header["memory"]).expanduser().resolve())}
 
 
 @attrs.frozen
 class Annotations:
-    """Annotations read back: per sample, the base and per-element log-likelihoods."""
+    """Annotations read back: per sample, the base and per-element log-likelihoods, and the
+    positions in the sample's memory of the elements annotated (``index``; all of them unless
+    the header's ``config.element_subset`` is set)."""
 
     header: dict
     base: torch.Tensor
     element: list[torch.Tensor]
     queries: torch.Tensor
+    index: list[torch.Tensor]
 
     @classmethod
     def load(cls, folder: Path | str) -> "Annotations":
@@ -197,13 +220,18 @@ class Annotations:
             raise AutomrError(f"{folder} is unfinished ({expected - len(missing)} of {expected} "
                               f"shards; {missing[0]} is missing): rerun the same `automr "
                               f"annotate` command to finish it")
-        base, element, queries = [], [], []
+        base, element, queries, index = [], [], [], []
         for number, shard in enumerate(shards):
             data = read_safetensors(shard, MADE_BY_SHARD)
             size = min(shard_size, count - number * shard_size)
             try:
                 offsets = data["offsets"].tolist()
                 pieces = [data["element"][a:b] for a, b in itertools.pairwise(offsets)]
+                positions = ([data["index"][a:b] for a, b in itertools.pairwise(offsets)]
+                             if "index" in data else  # written before element subsets: all
+                             [torch.arange(len(p)) for p in pieces])
+                if "index" in data and data["index"].shape != data["element"].shape:
+                    raise ValueError("index and element disagree")
                 if (data["base"].shape != (size,) or len(data["queries"]) != size
                         or len(pieces) != size or offsets[0] != 0
                         or offsets[-1] != data["element"].shape[0]):
@@ -214,7 +242,8 @@ class Annotations:
             base.append(data["base"])
             queries.append(data["queries"])
             element += pieces
-        return cls(header, torch.cat(base), element, torch.cat(queries))
+            index += positions
+        return cls(header, torch.cat(base), element, torch.cat(queries), index)
 
     def labels(self, form: str, temperature: float) -> list[torch.Tensor]:
         return [labels(float(b), e, form, temperature) for b, e in zip(self.base, self.element,
@@ -225,19 +254,36 @@ def retrieval_dataset(
     annotations: Annotations, dataset: PreparedDataset, store: MemoryStore, split: str,
     form: str = "log", temperature: float = 1.0,
 ) -> RetrievalDataset:
-    """Queries, padded memory keys and labels S' for retriever training (eq. 6)."""
+    """Queries, padded memory keys and labels S' for retriever training (eq. 6).
+
+    Each row holds the sample's annotated elements only, in memory order (all of them, or the
+    seeded subset the annotation was made on: eq. 6's KL is then over that subset).
+    """
     by_key = {s.id: s for s in dataset.samples(split)}
     missing = [k for k in annotations.header["samples"] if k not in by_key]
     if missing:
         raise AutomrError(f"{len(missing)} annotated samples are not in the {split} split of "
                           f"this dataset (e.g. {missing[0]}); use the dataset they came from")
     samples: Sequence[Sample] = [by_key[k] for k in annotations.header["samples"]]
-    keys, mask = store.padded_keys([store.request_for(s) for s in samples])
+    full, _ = store.padded_keys([store.request_for(s) for s in samples])
+    width = max((len(i) for i in annotations.index), default=0)
+    keys = full.new_zeros(len(samples), width, full.shape[2])
+    mask = torch.zeros(len(samples), width, dtype=torch.bool)
     targets = torch.zeros(mask.shape)
-    for row, label in enumerate(annotations.labels(form, temperature)):
+    for row, (index, label) in enumerate(zip(annotations.index, annotations.labels(
+            form, temperature), strict=True)):
+        if len(index) and int(index.max()) >= len(samples[row].memory):
+            raise AutomrError(f"the annotation of sample {samples[row].id} names memory "
+                              f"element {int(index.max())}, but its memory has "
+                              f"{len(samples[row].memory)}: annotated with another dataset")
+        keys[row, : len(index)] = full[row, index.long()]
+        mask[row, : len(index)] = True
         targets[row, : label.shape[0]] = label
+    subset = annotations.header["config"].get("element_subset")
     metadata = {"label_form": form, "temperature": str(temperature),
                 "layer": str(store.layer), "model": annotations.header["model"],
-                "model_fingerprint": str(annotations.header["memory_model_fingerprint"])}
+                "model_fingerprint": str(annotations.header["memory_model_fingerprint"]),
+                "element_subset": "all" if subset is None else str(subset),
+                "element_seed": str(annotations.header["config"].get("element_seed", 0))}
     return RetrievalDataset(queries=annotations.queries.to(keys.dtype), keys=keys, mask=mask,
                             targets=targets, metadata=metadata)

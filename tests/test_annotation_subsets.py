@@ -1,0 +1,114 @@
+"""Annotating a seeded subset of each sample's memory elements, and training on it (eq. 6)."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import automr
+from automr.annotation import labels
+from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
+from automr.annotation.subsets import element_subset
+from automr.errors import AutomrError
+from automr.experiments.retriever import train_retriever
+from automr.memory import MemoryConfig, build_memory
+from automr.retrievers import RetrieverTrainingConfig
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+
+@given(count=st.integers(0, 40), size=st.none() | st.integers(1, 50), seed=st.integers(0, 99),
+       key=st.text(max_size=8))
+def test_element_subsets_are_seeded_sorted_and_of_the_asked_size(count, size, seed, key):
+    chosen = element_subset(count, size, seed, key)
+    assert chosen == element_subset(count, size, seed, key)
+    assert chosen == sorted(set(chosen)) and all(0 <= i < count for i in chosen)
+    assert len(chosen) == (count if size is None else min(size, count))
+
+
+def test_element_subsets_differ_across_samples_and_seeds():
+    draws = {tuple(element_subset(50, 5, seed, key)) for seed in (0, 1) for key in "abcd"}
+    assert len(draws) == 8
+    with pytest.raises(AutomrError, match="at least 1"):
+        element_subset(5, 0, 0, "a")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("subsets")
+    dataset = synthetic_dataset(root)
+    loaded = automr.load_model(str(save_tiny_model(root / "model", num_layers=4)), device="cpu")
+    store = build_memory(loaded, dataset, 2, MemoryConfig(encoder="item",
+                                                          store_token_states=True),
+                         root / "mem", progress=False)
+    folders = {}
+    for name, subset in (("all", None), ("three", 3)):
+        folders[name] = annotate_dataset(loaded, dataset, store, root / name, AnnotateConfig(
+            max_samples=8, combiner="concat", element_subset=subset, element_seed=5,
+            shard_size=3), progress=False)
+    return {"root": root, "dataset": dataset, "store": store, "folders": folders}
+
+
+def test_a_subset_annotation_holds_the_full_annotations_values_at_its_elements(workspace):
+    full = Annotations.load(workspace["folders"]["all"])
+    part = Annotations.load(workspace["folders"]["three"])
+    assert part.header["config"]["element_subset"] == 3
+    assert part.header["config"]["element_seed"] == 5
+    assert part.header["samples"] == full.header["samples"]
+    by_id = {s.id: s for s in workspace["dataset"].samples("train")}
+    for sample_id, index, values, all_index, all_values in zip(
+            part.header["samples"], part.index, part.element, full.index, full.element,
+            strict=True):
+        count = len(by_id[sample_id].memory)
+        assert all_index.tolist() == list(range(count))
+        assert index.tolist() == element_subset(count, 3, 5, sample_id)
+        torch.testing.assert_close(values, all_values[index], rtol=0, atol=1e-5)
+    torch.testing.assert_close(part.base, full.base)
+
+
+def test_the_retrieval_dataset_holds_the_annotated_elements_only(workspace):
+    dataset, store = workspace["dataset"], workspace["store"]
+    part = Annotations.load(workspace["folders"]["three"])
+    data = retrieval_dataset(part, dataset, store, "train")
+    full = retrieval_dataset(Annotations.load(workspace["folders"]["all"]), dataset, store,
+                             "train")
+    assert data.metadata["element_subset"] == "3" and data.metadata["element_seed"] == "5"
+    assert full.metadata["element_subset"] == "all"
+    for row, index in enumerate(part.index):
+        n = len(index)
+        assert data.mask[row].sum() == n and bool(data.mask[row, :n].all())
+        torch.testing.assert_close(data.keys[row, :n], full.keys[row, index])
+        expected = labels(float(part.base[row]), part.element[row], "log", 1.0)
+        torch.testing.assert_close(data.targets[row, :n], expected)
+
+
+def test_a_retriever_trains_on_a_subset_annotation_and_records_it(workspace, tmp_path):
+    record = train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
+                             workspace["root"] / "mem", tmp_path / "ret",
+                             config=RetrieverTrainingConfig(max_epochs=3), progress=False)
+    assert record["train_samples"] > 0
+    saved = json.loads((tmp_path / "ret" / "config.json").read_text())
+    assert saved["provenance"]["element_subset"] == "3"
+
+
+def test_shards_written_before_subsets_read_as_every_element(workspace, tmp_path):
+    """Annotation folders from before the ``index`` tensor load with all elements annotated."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(workspace["folders"]["all"], old)
+    for shard in old.glob("shard-*.safetensors"):
+        tensors = load_file(shard)
+        del tensors["index"]
+        save_file(tensors, shard)
+    header = json.loads((old / "config.json").read_text())
+    for key in ("element_subset", "element_seed"):
+        del header["config"][key]
+    (old / "config.json").write_text(json.dumps(header))
+    loaded, full = Annotations.load(old), Annotations.load(workspace["folders"]["all"])
+    assert [i.tolist() for i in loaded.index] == [i.tolist() for i in full.index]
+    data = retrieval_dataset(loaded, workspace["dataset"], workspace["store"], "train")
+    assert data.metadata["element_subset"] == "all"
