@@ -19,17 +19,25 @@ def workspace(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("combiner", ["append-token", "prepend-token"])
+@pytest.mark.parametrize("combiner", ["concat", "append-token", "prepend-token"])
 def test_bench_annotate_agrees_with_the_naive_way(workspace, tmp_path, combiner):
     result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
                                  str(workspace / "model"), "--layer", "2", "--prompt-tokens",
                                  "12", "--target-tokens", "3", "--elements", "5", "--combiner",
-                                 combiner, "--device", "cpu"])
+                                 combiner, "--element-subset", "2", "--repeats", "1",
+                                 "--device", "cpu"])
     assert result.exit_code == 0, result.output
     [saved] = tmp_path.glob("annotate-*.json")
     payload = json.loads(saved.read_text())
-    assert payload["max_abs_logprob_diff"] < 1e-4
+    for key in ("max_abs_logprob_diff", "max_abs_logprob_diff_plain",
+                "max_abs_logprob_diff_subset"):
+        assert payload[key] < 1e-4
     assert payload["speedup"] > 0 and (tmp_path / saved.name.replace(".json", ".md")).exists()
+    # the naive way's extra work: the lower half per element and the head at every position
+    assert payload["work_ratio"] > 1 and payload["subset_work_ratio"] > payload["work_ratio"]
+    assert payload["element_subset"] == 2
+    if combiner == "append-token":  # the shared prompt is the layout's whole point
+        assert payload["work_ratio_over_plain"] > 1
 
 
 def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):

@@ -36,22 +36,36 @@ def annotate(
     prompt_tokens: int = 150,
     target_tokens: int = 10,
     elements: int = 90,
-    combiner: Annotated[str, typer.Option(help="append-token or prepend-token.")] =
-        "append-token",
+    combiner: Annotated[str, typer.Option(
+        help="concat, append-token or prepend-token.")] = "concat",
+    element_subset: Annotated[int, typer.Option(
+        help="Also time annotating a seeded subset of this many elements (0 = no).")] = 0,
     repeats: RepeatsOption = 3,
     device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
-    """Annotation samples/s (upper half only, shared prompt) vs a full forward per element."""
+    """Annotation samples/s (upper half only, the layout's shared work) vs a full forward per
+    element, and the ratio each way's multiply-adds allow."""
     from automr.experiments.bench import bench_annotate
     from automr.llm.loading import load_model
 
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
-                            repeats=repeats)
+                            repeats=repeats, element_subset=element_subset or None)
     _save(result, out, f"annotate-{combiner}-{result['device']}")
-    typer.echo(f"speedup over the naive way: {result['speedup']:.1f}x "
-               f"[{result['speedup_min']:.1f}, {result['speedup_max']:.1f}], labels equal within "
-               f"{result['max_abs_logprob_diff']:.1e}")
+    typer.echo(f"speedup over the naive way: {result['speedup']:.2f}x "
+               f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "
+               f"{result['work_ratio']:.2f}x), labels equal within "
+               f"{result['max_abs_logprob_diff']:.1e}; over the plain path: "
+               f"{result['speedup_over_plain']:.2f}x [{result['speedup_over_plain_min']:.2f}, "
+               f"{result['speedup_over_plain_max']:.2f}] (work ratio "
+               f"{result['work_ratio_over_plain']:.2f}x)")
+    if element_subset:
+        typer.echo(f"{result['element_subset']} of {elements} elements: "
+                   f"{result['subset_samples_per_s']:.3f} samples/s, "
+                   f"{result['subset_speedup']:.2f}x [{result['subset_speedup_min']:.2f}, "
+                   f"{result['subset_speedup_max']:.2f}] the naive way's (work ratio "
+                   f"{result['subset_work_ratio']:.2f}x), labels equal within "
+                   f"{result['max_abs_logprob_diff_subset']:.1e}")
 
 
 @app.command()

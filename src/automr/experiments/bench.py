@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from automr.annotation import UpperAnnotator
-from automr.combiners import COMBINERS
+from automr.annotation.subsets import element_subset as element_subset_indices
+from automr.combiners import COMBINERS, pad_memory
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
@@ -41,7 +42,8 @@ def naive_log_likelihoods(
     memory: MemoryTokens,
 ) -> torch.Tensor:
     """The naive way: per element, the whole model (lower over prompt + target, upper over the
-    combined sequence) with the head at every position, as a plain forward would."""
+    combined sequence) with the head at every position, as a plain forward would. ``llm`` is a
+    split LM (or a :class:`WorkCounter` around one)."""
     out = []
     ids = torch.cat([prompt, target])[None].to(llm.device)
     for m in range(memory.hidden.shape[0]):
@@ -59,45 +61,154 @@ def naive_log_likelihoods(
     return torch.stack(out).cpu()
 
 
+class WorkCounter:
+    """A split LM that tallies the multiply-adds it is asked for, then runs them.
+
+    Per token and layer: the attention projections and the MLP (padding included: it is
+    computed); per query-key pair and layer: the attention scores and the weighted sum; per
+    logit position: the head. Norms, rotary embeddings and softmaxes are left out. The ratio of
+    two ways' counts (``work_ratio``) is the speed-up their multiply-adds alone allow, what a
+    measured ratio is read against: a measured ratio above it comes from what is not counted
+    (the naive way's batches of one element and its softmax over the vocabulary at every
+    position), one far below it from overheads of the fast way."""
+
+    def __init__(self, llm: HFSplitLLM) -> None:
+        self.llm = llm
+        config = llm.config
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        self.per_token = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * (
+            config.intermediate_size)
+        self.per_pair = 2 * heads * head_dim
+        self.per_logit = hidden * llm.vocab_size
+        self.macs = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.llm, name)
+
+    def _layers(self, batch: int, seq: int, past: int, layers: int) -> None:
+        self.macs += layers * (batch * seq * self.per_token
+                               + batch * seq * (past + seq) * self.per_pair)
+
+    def lower(self, input_ids, attention_mask, layer, cache=None):
+        self._layers(*input_ids.shape, 0 if cache is None else cache.past_len, layer)
+        return self.llm.lower(input_ids, attention_mask, layer, cache)
+
+    def upper(self, state, cache=None, logits_at=None):
+        self._layers(*state.hidden.shape[:2], 0 if cache is None else cache.past_len,
+                     self.llm.num_layers - state.layer)
+        positions = state.mask.numel() if logits_at is None else logits_at.numel()
+        self.macs += positions * self.per_logit
+        return self.llm.upper(state, cache, logits_at)
+
+
+def bench_memory(
+    llm: HFSplitLLM, layer: int, elements: int, token_states: bool,
+    generator: torch.Generator, vocab: int,
+) -> MemoryTokens:
+    """Realistic memory for the annotation benchmark: layer-L states of random token windows.
+
+    Pooled keys (one vector per element, for the token combiners) are the mean of 12-token
+    windows; token states (for concat) are every token of windows of 5-14 tokens that all
+    start with the same token, like item titles in quotes, encoded in one padded batch as the
+    item memory is, right-padded into one row per element."""
+    with torch.no_grad():
+        if not token_states:
+            windows = torch.randint(100, vocab, (elements, 12), generator=generator)
+            windows = windows.to(llm.device)
+            keys = llm.lower(windows, torch.ones_like(windows, dtype=torch.bool),
+                             layer).hidden.mean(1)
+            return MemoryTokens(hidden=keys[:, None], mask=torch.ones(
+                elements, 1, dtype=torch.bool, device=keys.device))
+        lengths = torch.randint(5, 15, (elements,), generator=generator)
+        ids = torch.randint(100, vocab, (elements, int(lengths.max())), generator=generator)
+        ids[:, 0] = 100
+        mask = torch.arange(ids.shape[1]) < lengths[:, None]
+        states = llm.lower(ids.to(llm.device), mask.to(llm.device), layer).hidden
+        return pad_memory([states[m, : int(n)] for m, n in enumerate(lengths)])
+
+
 def bench_annotate(
     loaded: LoadedModel, layer: int = DEFAULT_LAYER, prompt_tokens: int = 150,
     target_tokens: int = 10,
-    elements: int = 90, combiner: str = "append-token", element_batch: int = 32,
-    repeats: int = 3, seed: int = 0,
+    elements: int = 90, combiner: str = "concat", element_batch: int = 32,
+    repeats: int = 3, seed: int = 0, element_subset: int | None = None,
 ) -> dict[str, object]:
-    """Annotation samples/s of :class:`UpperAnnotator` vs the naive way (interleaved rounds),
-    and label agreement."""
+    """Annotation samples/s of :class:`UpperAnnotator` vs the naive way (interleaved rounds)
+    on one sample of ``elements`` (at least 1) memory elements,
+    label agreement, and each way's multiply-adds (:class:`WorkCounter`), whose ratio is the
+    speed-up the layout's work allows.
+
+    Also timed: the plain path (``share_prompt=False``: every element over the whole combined
+    sequence, in memory order, batched) and, with ``element_subset``, the fast path on a seeded
+    subset of that many elements (what ``automr annotate --element-subset`` does), its labels
+    compared with the naive way's on the same elements."""
     llm = HFSplitLLM(loaded.model)
     generator = torch.Generator().manual_seed(seed)
     vocab = loaded.model.config.vocab_size
     prompt = torch.randint(100, vocab, (prompt_tokens,), generator=generator)
     target = torch.randint(100, vocab, (target_tokens,), generator=generator)
-    with torch.no_grad():  # realistic memory: pooled layer-L states of random token windows
-        windows = torch.randint(100, vocab, (elements, 12), generator=generator).to(llm.device)
-        keys = llm.lower(windows, torch.ones_like(windows, dtype=torch.bool), layer).hidden.mean(1)
-    memory = MemoryTokens(hidden=keys[:, None], mask=torch.ones(elements, 1, dtype=torch.bool,
-                                                                 device=keys.device))
     combine = COMBINERS[combiner]()
-    annotator = UpperAnnotator(llm, layer, combine, element_batch=element_batch)
-    fast = annotator.annotate(prompt, target, memory).with_element
-    naive = naive_log_likelihoods(llm, layer, combine, prompt, target, memory)
-    seconds = interleaved({
-        "automr": lambda: annotator.annotate(prompt, target, memory),
+    memory = bench_memory(llm, layer, elements, combine.uses_token_states, generator, vocab)
+    subset = element_subset_indices(elements, element_subset, seed, "bench")
+    sub_memory = MemoryTokens(hidden=memory.hidden[subset], mask=memory.mask[subset])
+    counted = {name: WorkCounter(llm) for name in ("automr", "plain", "naive", "subset")}
+
+    def annotator(target_llm: HFSplitLLM | WorkCounter, share: bool = True) -> UpperAnnotator:
+        return UpperAnnotator(target_llm, layer, combine, element_batch=element_batch,
+                              share_prompt=share)
+
+    fast = annotator(counted["automr"]).annotate(prompt, target, memory).with_element
+    plain = annotator(counted["plain"], share=False).annotate(
+        prompt, target, memory).with_element
+    naive = naive_log_likelihoods(counted["naive"], layer, combine, prompt, target, memory)
+    ways = {
+        "automr": lambda: annotator(llm).annotate(prompt, target, memory),
+        "plain": lambda: annotator(llm, share=False).annotate(prompt, target, memory),
         "naive": lambda: naive_log_likelihoods(llm, layer, combine, prompt, target, memory),
-    }, repeats, llm.device)
-    fast_s, naive_s = (statistics.median(seconds[k]) for k in ("automr", "naive"))
-    speedup = ratio(seconds["naive"], seconds["automr"])
-    return {
+    }
+    if element_subset is not None:
+        sub = annotator(counted["subset"]).annotate(prompt, target, sub_memory)
+        ways["subset"] = lambda: annotator(llm).annotate(prompt, target, sub_memory)
+    seconds = interleaved(ways, repeats, llm.device)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    result: dict[str, object] = {
         "benchmark": "annotate", "model": loaded.name, "layer": layer, "combiner": combiner,
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "elements": elements,
+        "element_tokens_mean": float(memory.mask.sum(1).float().mean()),
         "element_batch": element_batch, "repeats": repeats, "dtype": str(llm.dtype),
         "device": str(llm.device), "machine": machine(),
-        "automr_s_per_sample": fast_s, "naive_s_per_sample": naive_s,
-        "automr_samples_per_s": 1 / fast_s, "naive_samples_per_s": 1 / naive_s,
-        "speedup": speedup["median"], "speedup_min": speedup["min"],
-        "speedup_max": speedup["max"],
-        "max_abs_logprob_diff": float((fast - naive).abs().max()),
+        "automr_s_per_sample": median["automr"], "naive_s_per_sample": median["naive"],
+        "plain_s_per_sample": median["plain"],
+        "automr_samples_per_s": 1 / median["automr"], "naive_samples_per_s": 1 / median["naive"],
+        "plain_samples_per_s": 1 / median["plain"],
     }
+    for name, over in (("speedup", "naive"), ("speedup_over_plain", "plain")):
+        spread = ratio(seconds[over], seconds["automr"])
+        result.update({name: spread["median"], f"{name}_min": spread["min"],
+                       f"{name}_max": spread["max"],
+                       f"{name.replace('speedup', 'work_ratio')}":
+                           counted[over].macs / counted["automr"].macs})
+    result.update({
+        "automr_gmacs_per_sample": counted["automr"].macs / 1e9,
+        "plain_gmacs_per_sample": counted["plain"].macs / 1e9,
+        "naive_gmacs_per_sample": counted["naive"].macs / 1e9,
+        "max_abs_logprob_diff": float((fast - naive).abs().max()),
+        "max_abs_logprob_diff_plain": float((plain - naive).abs().max()),
+    })
+    if element_subset is not None:
+        spread = ratio(seconds["naive"], seconds["subset"])
+        result.update({
+            "element_subset": len(subset), "element_seed": seed,
+            "subset_s_per_sample": median["subset"],
+            "subset_samples_per_s": 1 / median["subset"],
+            "subset_speedup": spread["median"], "subset_speedup_min": spread["min"],
+            "subset_speedup_max": spread["max"],
+            "subset_work_ratio": counted["naive"].macs / counted["subset"].macs,
+            "max_abs_logprob_diff_subset": float((sub.with_element - naive[subset]).abs().max()),
+        })
+    return result
 
 
 def interleaved(
