@@ -59,8 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=32, help="test samples to rank")
     parser.add_argument("--grounder", choices=("likelihood", "constrained"),
                         default="likelihood", help="how generations become catalog rankings")
-    parser.add_argument("--combiner", choices=("append-token", "prepend-token", "concat"),
-                        default="append-token")
+    parser.add_argument("--combiner", choices=("concat", "append-token", "prepend-token"),
+                        default="concat")
     parser.add_argument("--num-beams", type=int, default=None,
                         help="beams of the constrained grounder (default 10)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -28,7 +28,8 @@ def workspace(tmp_path_factory):
                             lora_from_layer=2), progress=False)
     run = automr.FinetunedRun.open(root / "ft")
     build_memory(automr.load_model(str(model), device="cpu"), dataset, 2,
-                 MemoryConfig(encoder="item"), root / "mem", progress=False)
+                 MemoryConfig(encoder="item", store_token_states=True), root / "mem",
+                 progress=False)
     loaded = run.load(device="cpu")
     return {"root": root, "dataset": dataset, "run": run, "loaded": loaded,
             "store": run.open_memory(root / "mem")}

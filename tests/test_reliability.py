@@ -307,7 +307,8 @@ def test_a_shard_that_disagrees_with_the_index_is_refused_on_open(workspace, tmp
 
     memory = copy(workspace, "mem", tmp_path)
     shard = memory / "shard-00000.safetensors"
-    save_file({"keys": torch.zeros(1, 3)}, shard)
+    save_file({"keys": torch.zeros(1, 3), "states": torch.zeros(1, 3),  # token states: the
+               "offsets": torch.zeros(2, dtype=torch.int64)}, shard)  # default build has them
     with pytest.raises(AutomrError, match="keys of shape") as error:
         MemoryStore.open(memory)
     assert str(shard) in str(error.value)
@@ -399,6 +400,28 @@ def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp
     one_line_error(result, run / "best" / "adapter_model.safetensors")
 
 
+def test_concat_on_a_memory_without_token_states_is_one_line_naming_the_fix(workspace,
+                                                                          tmp_path):
+    """concat is the default combiner; a memory built with --no-store-token-states cannot feed
+    it, and annotate and evaluate say so before any work."""
+    data, lean = str(workspace / "prepared"), tmp_path / "lean"
+    built = runner.invoke(app, ["memory", "build", "--data", data, "--out", str(lean),
+                                "--model", str(workspace / "model"), "--layer", "2",
+                                "--encoder", "item", "--no-store-token-states", *QUIET])
+    assert built.exit_code == 0, built.output
+    one_line_error(runner.invoke(app, annotate_args(workspace, lean, tmp_path / "ann")),
+                   "--store-token-states")
+    assert not (tmp_path / "ann").exists()
+    refused = runner.invoke(app, [
+        "evaluate", "--data", data, "--methods", "random:likelihood", "--finetuned",
+        str(workspace / "ft"), "--memory", str(lean), "--model", str(workspace / "model"),
+        "--samples", "2", "--measures", "likelihood", "--out", str(tmp_path / "res"), *QUIET])
+    one_line_error(refused, "--store-token-states", "--combiner append-token")
+    used = runner.invoke(app, annotate_args(workspace, lean, tmp_path / "ann") + [
+        "--combiner", "append-token"])
+    assert used.exit_code == 0, used.output
+
+
 def test_a_layer_other_than_the_memorys_is_refused_not_recorded(workspace, tmp_path):
     """Issue 15 item 5: --layer used to be ignored by memory methods yet recorded."""
     common = ["evaluate", "--data", str(workspace / "prepared"), "--methods",
@@ -411,5 +434,5 @@ def test_a_layer_other_than_the_memorys_is_refused_not_recorded(workspace, tmp_p
     assert used.exit_code == 0, used.output
     settings = json.loads((tmp_path / "b" / "loglik" / "random-likelihood.settings.json")
                           .read_text())
-    assert settings["combiner"] == "append-token" and "layer" not in settings
+    assert settings["combiner"] == "concat" and "layer" not in settings
     assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["layer"] is None

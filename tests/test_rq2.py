@@ -34,7 +34,8 @@ def workspace(tmp_path_factory):
              FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
                             lora_from_layer=2), progress=False)
     store = build_memory(load_model(str(model), device="cpu"), dataset, 2,
-                         MemoryConfig(encoder="item"), root / "mem", progress=False)
+                         MemoryConfig(encoder="item", store_token_states=True), root / "mem",
+                         progress=False)
     for seed in (0, 1):
         build_retriever("mlp", store.hidden_size, seed=seed).save(root / f"ret-{seed}")
     return root

@@ -33,7 +33,7 @@ def evaluate_command(
     trsr: Annotated[Path | None, typer.Option(
         help="Run folder of `automr finetune --context trsr` (trsr).")] = None,
     combiner: Annotated[str, typer.Option(
-        help="append-token, prepend-token or concat.")] = defaults.combiner,
+        help="concat, append-token or prepend-token.")] = defaults.combiner,
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
     model: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_MODEL,
     split: str = defaults.split,

@@ -50,7 +50,7 @@ def rq2_command(
     num_beams: Annotated[int, typer.Option(
         help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
     combiner: Annotated[str, typer.Option(
-        help="append-token, prepend-token or concat.")] = "append-token",
+        help="concat, append-token or prepend-token.")] = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     batch_size: int = 8,
     device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,

@@ -27,7 +27,7 @@ def memory_build(
     pooling: Annotated[str, typer.Option(help="mean (without the first token) or last.")] =
         "mean",
     store_token_states: Annotated[bool, typer.Option(
-        help="Also store token states (for the concat combiner).")] = False,
+        help="Also store token states (the concat combiner, the default, needs them).")] = True,
     storage_dtype: Annotated[str, typer.Option(help="model, float32, float16, bfloat16.")] =
         "model",
     batch_size: int = 16,
@@ -55,9 +55,11 @@ def annotate_command(
     samples: Annotated[int, typer.Option(help="Seeded subset of samples (0 = all).")] = 256,
     split: str = "train",
     combiner: Annotated[str, typer.Option(
-        help="append-token (shares the prompt's work), prepend-token or concat.")] =
-        "append-token",
+        help="concat, append-token (shares the prompt's work) or prepend-token.")] = "concat",
     element_batch: Annotated[int, typer.Option(help="Memory elements per upper pass.")] = 32,
+    element_subset: Annotated[int, typer.Option(
+        help="Annotate a seeded subset of this many elements per sample (0 = all).")] = 0,
+    element_seed: Annotated[int, typer.Option(help="Seed of the element subsets.")] = 0,
     seed: int = 0,
     device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
@@ -69,7 +71,8 @@ def annotate_command(
     run = FinetunedRun.open(finetuned)
     store = run.open_memory(memory)
     config = AnnotateConfig(split=split, max_samples=samples or None, seed=seed,
-                            combiner=combiner, element_batch=element_batch)
+                            combiner=combiner, element_batch=element_batch,
+                            element_subset=element_subset or None, element_seed=element_seed)
     annotate_dataset(run.load(device=device, cache_dir=cache_dir),
                      PreparedDataset.load(data), store, out, config, progress=not quiet)
     typer.echo(f"annotations in {out}")
@@ -115,7 +118,7 @@ def demo_command(
     annotate_samples: Annotated[int, typer.Option(help="Annotated samples.")] = 64,
     test_samples: Annotated[int, typer.Option(help="Test samples per method.")] = 48,
     encoder: Annotated[str, typer.Option(help="Memory encoder: item or window.")] = "item",
-    combiner: Annotated[str, typer.Option(help="Combiner.")] = "append-token",
+    combiner: Annotated[str, typer.Option(help="Combiner.")] = "concat",
     model: Annotated[str, typer.Option(help="Embedded name, HF id or folder.")] =
         "smollm2-135m",
     data: Annotated[Path | None, typer.Option(
@@ -153,7 +156,7 @@ def recommend_command(
         "test",
     grounder: Annotated[str, typer.Option(help="l2, constrained or likelihood.")] =
         "constrained",
-    combiner: str = "append-token",
+    combiner: str = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
     device: DeviceOption = "auto",
     cache_dir: CacheDirOption = None,

@@ -20,6 +20,7 @@ from beartype import beartype
 
 import automr
 from automr.annotation.run import AnnotateConfig, annotate_dataset
+from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, prepare_movielens_100k
 from automr.data.fingerprint import dataset_fingerprint
 from automr.defaults import DEFAULT_LAYER
@@ -50,8 +51,11 @@ class DemoConfig:
     batch_size: int = 8
     lr: float = 1e-3
     encoder: str = "item"
-    combiner: str = "append-token"
+    combiner: str = "concat"
     annotate_samples: int = 64
+    annotate_elements: int | None = 16
+    """Seeded memory elements annotated per sample (None: all; concat shares no prompt work,
+    so each element costs an upper pass over the whole prompt)."""
     label_form: str = "log"
     temperature: float = 1.0
     test_samples: int = 48
@@ -103,14 +107,16 @@ def run_demo(
     memory = out / "memory"
     step("build memory", memory, lambda: build_memory(
         load_model(config.model, device=device, cache_dir=cache_dir), dataset, config.layer,
-        MemoryConfig(encoder=config.encoder), memory,
+        MemoryConfig(encoder=config.encoder,
+                     store_token_states=COMBINERS[config.combiner]().uses_token_states), memory,
         progress=progress))
     annotations = out / "annotations"
     step("annotate (eq. 5)", annotations, lambda: annotate_dataset(
         FinetunedRun.open(bigrec).load(device=device, cache_dir=cache_dir), dataset,
         MemoryStore.open(memory), annotations,
         AnnotateConfig(max_samples=config.annotate_samples, seed=config.seed,
-                       combiner=config.combiner), progress=progress))
+                       combiner=config.combiner, element_subset=config.annotate_elements,
+                       element_seed=config.seed), progress=progress))
     retriever = out / "retriever"
     step("train retriever (eq. 6)", retriever, lambda: train_retriever(
         annotations, data, memory, retriever, config.label_form, config.temperature,

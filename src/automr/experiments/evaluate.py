@@ -54,7 +54,7 @@ class EvalConfig:
     measures: tuple[str, ...] = ("ranks",)
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
     n_resamples: int = 1000
-    combiner: str = "append-token"
+    combiner: str = "concat"
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     retrieval_seed: int | None = None
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""

@@ -38,7 +38,7 @@ def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
 def recommend(
     dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
     retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
-    combiner: str = "append-token", k: int = 1, device: str = "auto",
+    combiner: str = "concat", k: int = 1, device: str = "auto",
     cache_dir: Path | str | None = None,
 ) -> Recommendation:
     dataset = PreparedDataset.load(dataset_dir)

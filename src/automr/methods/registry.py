@@ -48,7 +48,7 @@ class MethodOptions:
     num_beams: int | None = None
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     exclude_seen: bool = False
-    combiner: str = attrs.field(default="append-token",
+    combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(tuple(COMBINERS)))
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     seed: int = 0

@@ -11,6 +11,7 @@ import torch
 
 from automr.combiners import pad_memory
 from automr.data import Sample
+from automr.errors import AutomrError
 from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever
 from automr.memory import MemoryStore
 from automr.retrievers import load_retriever, retrieved_memory, top_k
@@ -30,6 +31,15 @@ class MemoryRetrieval:
     combiner: Combiner
     k: int = 1
     retrieved: list[list[int]] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.combiner.uses_token_states and not self.store.record.store_token_states
+                and self.store.recompute is None):
+            raise AutomrError(
+                f"the {type(self.combiner).__name__} combiner inserts the retrieved elements' "
+                f"token states, but the memory in {self.store.folder} stores none: build it "
+                f"with `automr memory build --store-token-states` (the default) or use "
+                f"--combiner append-token")
 
     def insert_for(self, samples: list[Sample] | tuple[Sample, ...]) -> Insert:
         requests = [self.store.request_for(s) for s in samples]
