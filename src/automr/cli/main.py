@@ -105,6 +105,19 @@ def quiet_libraries() -> None:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
+def join_launcher() -> None:
+    """Under ``torchrun`` / ``accelerate launch`` (N > 1 processes): join the process group
+    before any model is placed, and print only from the main process (errors still reach
+    stderr from every process)."""
+    from automr import distributed
+
+    if not distributed.launched():
+        return
+    distributed.init()
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+
+
 @app.callback()
 @user_errors
 def root(
@@ -115,6 +128,7 @@ def root(
 ) -> None:
     """AutoMR: memory retrieval for LLM-based generative recommenders."""
     quiet_libraries()
+    join_launcher()
     if config is not None:
         from automr.cli.config import default_map
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import automr
+from automr import distributed
 from automr.errors import AutomrError
 
 RUNS_FILE = "automr-runs.jsonl"
@@ -43,7 +44,7 @@ def attach_run_record(command: Any) -> None:
         started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
         result = invoke(ctx)
         out = ctx.params.get("out") or ctx.params.get("results")  # rq3 writes into --results
-        if out is not None:
+        if out is not None and distributed.is_main():  # one record for N processes
             record = run_record(ctx, started, time.perf_counter() - clock)
             record["metrics"] = _jsonable(result) if isinstance(result, Mapping) else None
             append_record(Path(out), record)
@@ -75,6 +76,7 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float) -> dict[str, Any]
         "git": git_state(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "processes": distributed.world_size() if distributed.launched() else 1,
         "cuda_device": torch.cuda.get_device_name() if cuda else None,
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

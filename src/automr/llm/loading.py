@@ -92,7 +92,12 @@ DEVICE_CHOICES = "auto, cpu, mps or cuda[:N]"
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``mps`` or ``cuda[:N]`` as given,
-    once checked to exist here. Anything else is refused with the choices."""
+    once checked to exist here. Anything else is refused with the choices. Under a launcher
+    (``torchrun``), ``auto`` and ``cuda`` are this process's GPU, ``cuda:LOCAL_RANK``."""
+    from automr import distributed
+
+    if device in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
+        return torch.device(f"cuda:{distributed.local_rank()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):

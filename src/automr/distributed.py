@@ -1,0 +1,181 @@
+"""Data-parallel runs on ``torch.distributed``: the process group's lifecycle and the few
+collectives automr uses.
+
+A launcher (``torchrun --nproc-per-node N`` or ``accelerate launch``) starts N copies of a
+command and tells each its place through the environment: ``RANK`` (0..N-1), ``WORLD_SIZE``
+(N), ``LOCAL_RANK`` (its GPU on this node), ``MASTER_ADDR`` / ``MASTER_PORT``. With no
+launcher (or N = 1) there is no process group at all: every helper below answers for a single
+process (rank 0 of 1) and the collectives return at once.
+
+The group is started on first use (:func:`init`, idempotent), ``gloo`` on a CPU-only machine
+and ``cpu:gloo,cuda:nccl`` where CUDA is present (CPU tensors and Python objects go through
+gloo, CUDA tensors through NCCL). Each process then owns ``cuda:LOCAL_RANK``
+(:func:`automr.llm.loading.resolve_device` maps ``auto`` and ``cuda`` there).
+
+How the heavy steps use it (one pattern): the main process checks and prepares the output
+folder (:func:`on_main`, which hands its result or its error to every process), every process
+takes its :func:`share` of the shards still to do (round-robin by shard index) and writes
+each shard atomically under its own name, then, after a :func:`barrier` (or a :func:`gather`
+of small results), the main process writes the final record.
+"""
+
+import atexit
+import datetime
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from automr.errors import AutomrError
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "AUTOMR_DIST_TIMEOUT_MINUTES"
+"""How long a collective waits for the slowest process (default 120 minutes): a process that
+finishes its shards early waits at the barrier for the others."""
+
+
+def launched() -> bool:
+    """Whether a launcher started more than one process (``WORLD_SIZE`` > 1)."""
+    return _env_int("WORLD_SIZE", 1) > 1
+
+
+def local_rank() -> int:
+    """This process's index on its node (its GPU), 0 without a launcher."""
+    return _env_int("LOCAL_RANK", 0)
+
+
+def init() -> bool:
+    """Join the launcher's process group once; False (and nothing done) without a launcher.
+
+    Binds this process to ``cuda:LOCAL_RANK`` when CUDA is present and destroys the group at
+    exit. Without a launcher, torch is not even imported."""
+    if not launched():
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return True
+    if not dist.is_available():
+        raise AutomrError("this torch build has no torch.distributed; run a single process")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise AutomrError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                          f"unset: start the command with `torchrun --nproc-per-node N` or "
+                          f"`accelerate launch`")
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        backend = "cpu:gloo,cuda:nccl"
+    minutes = _env_int(TIMEOUT_ENV, 120)
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    atexit.register(_shutdown)
+    return True
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank (0 for a single process)."""
+    if not init():
+        return 0
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def world_size() -> int:
+    """How many processes take part (1 for a single process)."""
+    if not init():
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
+def is_main() -> bool:
+    """Whether this is the process that writes final records and prints (rank 0)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing for a single process)."""
+    if init():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def share(count: int) -> list[int]:
+    """This process's shard indices among ``range(count)``: ``rank, rank + N, ...``."""
+    return list(range(rank(), count, world_size()))
+
+
+def mine(items: Sequence[T]) -> list[T]:
+    """This process's round-robin share of ``items``."""
+    return [items[i] for i in share(len(items))]
+
+
+def gather(value: T) -> list[T]:
+    """Every process's ``value`` (picklable), in rank order, on every process."""
+    if not init():
+        return [value]
+    import torch.distributed as dist
+
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def all_sum(values: Sequence[float]) -> list[float]:
+    """Element-wise sums of ``values`` over the processes (float64)."""
+    if not init():
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the main process only and return its result on every process.
+
+    The main process's error is raised on every process (an :class:`AutomrError` with the
+    same message elsewhere), so a refused folder stops all of them with one clear line
+    instead of leaving the others waiting. Also a barrier: nothing after it starts before
+    ``fn`` has finished."""
+    if not init():
+        return fn()
+    import torch.distributed as dist
+
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as error:
+            box[0] = ("error", f"{error}" if isinstance(error, AutomrError)
+                      else f"the main process failed: {type(error).__name__}: {error}")
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise AutomrError(value)
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise AutomrError(f"{name}={value!r} is not an integer") from None
