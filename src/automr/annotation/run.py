@@ -7,6 +7,10 @@ An annotation folder holds ``config.json`` (model, layer, combiner, memory, samp
 or a seeded subset with ``element_subset``), ``offsets`` [n + 1] and ``queries`` [n hidden]
 (the pooled layer-L prompt, z_t). Labels are derived later (:func:`retrieval_dataset`), so one
 annotation serves every label form.
+
+Under a launcher (:mod:`automr.distributed`) each process annotates its round-robin share of
+the shards still missing; the folder is the same as a single process's, and resumes per shard
+whatever the number of processes before.
 """
 
 import itertools
@@ -19,6 +23,7 @@ import torch
 from beartype import beartype
 from safetensors.torch import save_file
 
+from automr import distributed
 from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
 from automr.annotation.subsets import element_subset
@@ -95,17 +100,20 @@ def annotate_dataset(
               "memory": str(store.folder.resolve()), "memory_model_fingerprint":
               store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
               "samples": [s.id for s in samples]}
-    _start(out, header)  # written only once the inputs above are checked
     pool = store.record.pooling
     shards = [samples[i : i + config.shard_size]
               for i in range(0, len(samples), config.shard_size)]
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("annotating", total=len(samples))
-        for number, shard in enumerate(shards):
-            path = out / f"shard-{number:05d}.safetensors"
-            if path.exists():
-                bar.advance(task, len(shard))
-                continue
+
+    def prepare() -> list[int]:
+        _start(out, header)  # written only once the inputs above are checked
+        return [n for n in range(len(shards)) if not _shard_path(out, n).exists()]
+
+    todo = distributed.on_main(prepare)
+    mine = distributed.mine(todo)
+    with Progress(disable=not (progress and distributed.is_main())) as bar:
+        task = bar.add_task("annotating", total=sum(len(shards[n]) for n in mine))
+        for number in mine:
+            shard, path = shards[number], _shard_path(out, number)
             base, element, offsets, queries, indices = [], [], [0], [], []
             for sample in shard:
                 example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
@@ -129,7 +137,12 @@ def annotate_dataset(
                        "index": torch.cat(indices), "offsets": torch.tensor(offsets),
                        "queries": torch.stack(queries)}, tmp)
             tmp.replace(path)
+    distributed.barrier()  # every shard is written when any process returns
     return out
+
+
+def _shard_path(out: Path, number: int) -> Path:
+    return out / f"shard-{number:05d}.safetensors"
 
 
 def check_inputs(store: MemoryStore, samples: Sequence[Sample], token_states: bool) -> None:

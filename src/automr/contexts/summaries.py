@@ -7,7 +7,9 @@ greedy decoding, so a batch writes the same text as one instruction at a time.
 
 :class:`SummaryCache` keeps replies in a JSON-lines file keyed by the sha256 of (model
 fingerprint, ``max_new_tokens``, rendered prompt), appended batch by batch: reruns and shared
-prompts cost nothing, and a cut run resumes where it stopped.
+prompts cost nothing, and a cut run resumes where it stopped. Under a launcher
+(:mod:`automr.distributed`) process R appends to its own file beside it (``NAME.rank-R.jsonl``,
+never written by two processes at once); every reader reads them all.
 """
 
 import hashlib
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from automr import distributed
 from automr.grounding.embedding import base_model
 from automr.llm.decoding import greedy_generate
 from automr.llm.split import HFSplitLLM
@@ -70,8 +73,27 @@ class SummaryCache:
         self.path = Path(path)
         self.model_fingerprint, self.max_new_tokens = model_fingerprint, max_new_tokens
         self.entries: dict[str, str] = {}
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
+        self.reload()
+
+    @property
+    def files(self) -> list[Path]:
+        """The cache file and the per-process files beside it."""
+        parts = sorted(self.path.parent.glob(f"{self.path.stem}.rank-*.jsonl"))
+        return [self.path, *parts]
+
+    @property
+    def write_path(self) -> Path:
+        """Where this process appends: the cache file, or its own file under a launcher."""
+        if distributed.world_size() == 1:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.rank-{distributed.rank()}.jsonl")
+
+    def reload(self) -> None:
+        """Read every entry written so far (by any process) into :attr:`entries`."""
+        for path in self.files:
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                     self.entries[entry["key"]] = entry["summary"]
@@ -87,13 +109,14 @@ class SummaryCache:
 
     def add(self, prompts: Sequence[str], summaries: Sequence[str]) -> None:
         """Remember and append (one flush per call, so a cut run keeps finished batches)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+b") as f:
+        path = self.write_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+b") as f:
             if f.tell() > 0:
                 f.seek(-1, 2)
                 if f.read(1) != b"\n":
                     f.write(b"\n")  # end a line cut by an interrupted write
-        with self.path.open("a") as f:
+        with path.open("a") as f:
             for prompt, summary in zip(prompts, summaries, strict=True):
                 key = self.key(prompt)
                 self.entries[key] = summary

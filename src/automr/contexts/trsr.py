@@ -13,11 +13,15 @@ be shorter), summarised oldest block first, greedy, ``max_new_tokens`` each:
 
 The context reads ``Summary of the user's long-term preferences: <summary>``; a sample without
 long-term history (or whose summary comes out empty) gets none.
+
+:meth:`TRSRContext.precompute` writes the summaries of many samples ahead of use; under a
+launcher (:mod:`automr.distributed`) every process writes its round-robin share of them.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from automr import distributed
 from automr.cache import resolve_cache_dir
 from automr.contexts.spec import ContextSpec
 from automr.contexts.summaries import SummaryCache, SummaryWriter
@@ -133,6 +137,19 @@ class TRSRContext:
     def texts(self, samples: Sequence[Sample]) -> list[str | None]:
         return [CONTEXT_TEMPLATE.format(summary=s) if s else None
                 for s in self.summaries(samples)]
+
+    def precompute(self, samples: Sequence[Sample]) -> None:
+        """Write (and cache) the summaries of ``samples``, each process its round-robin share
+        of them; every process then reads all of them from the cache. Collective: every
+        process calls it with the same samples."""
+        progress = self.progress
+        self.progress = progress and distributed.is_main()
+        try:
+            self.summaries(distributed.mine(samples))
+        finally:
+            self.progress = progress
+        distributed.barrier()
+        self.cache.reload()
 
 
 def trsr_context(

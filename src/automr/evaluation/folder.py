@@ -9,11 +9,15 @@
     loglik/METHOD.settings.json       what decided them
     KIND/METHOD.json                  per-sample details: retrieved/ (memory elements),
                                       contexts/ (ReLLa/TRSR prompt contexts)
+    ranks/METHOD.shards/shard-N.json  while a method runs: each finished shard of samples
+    loglik/METHOD.shards/shard-N.json (values and details), so a cut run resumes per shard
+                                      (removed once the method's values are saved)
 
 ``METHOD`` is the method's name with ``:`` written ``-`` (``bigrec:l2`` -> ``bigrec-l2``).
 """
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,31 @@ class EvaluationFolder:
 
     def details_file(self, kind: str, method: str) -> Path:
         return self.path / kind / f"{self.slug(method)}.json"
+
+    def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
+        return self.path / kind / f"{self.slug(method)}.shards" / f"shard-{number:05d}.json"
+
+    def saved_shard(self, method: str, number: int, key: Mapping[str, Any],
+                    kind: str = "ranks") -> dict[str, Any] | None:
+        """Shard ``number`` of ``method``'s values if it was made under ``key`` (the
+        settings' digest and the shard's sample ids), else None."""
+        path = self.shard_file(method, number, kind)
+        if not path.is_file():
+            return None
+        data = read_json(path, "`automr evaluate`")
+        if not isinstance(data, dict) or data.get("key") != json.loads(json.dumps(key)):
+            return None
+        return data
+
+    def save_shard(self, method: str, number: int, key: Mapping[str, Any],
+                   values: list, details: Mapping[str, Any], kind: str = "ranks") -> None:
+        write_json_atomic(self.shard_file(method, number, kind),
+                          {"key": dict(key), "values": values, "details": dict(details)},
+                          indent=None)
+
+    def clear_shards(self, method: str, kind: str = "ranks") -> None:
+        """Remove ``method``'s shard files (its values are saved whole)."""
+        shutil.rmtree(self.shard_file(method, 0, kind).parent, ignore_errors=True)
 
     def saved_report(self, method: str, settings: Mapping[str, Any]) -> MetricReport | None:
         """``method``'s saved report if it was ranked with exactly ``settings``, else None."""

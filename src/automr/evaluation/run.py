@@ -11,6 +11,10 @@ log-likelihood, for :class:`~automr.interfaces.LikelihoodMethod` s: no decoding,
 on thousands of samples and resolves small paired effects). With ``out``, each method's
 values are saved there (:class:`~automr.evaluation.folder.EvaluationFolder`) and a rerun
 reuses those of every method whose ``settings`` are unchanged.
+
+Each method runs over shards of samples (:mod:`automr.evaluation.shards`): a cut run resumes
+per shard, and under a launcher (``torchrun``, ``accelerate launch``) every process takes its
+share; the main process writes the folder. Every process returns the same :class:`Evaluation`.
 """
 
 import platform
@@ -21,6 +25,7 @@ from typing import Any
 import attrs
 import torch
 
+from automr import distributed
 from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference
@@ -32,7 +37,8 @@ from automr.evaluation.likelihood import (
 )
 from automr.evaluation.metrics import DEFAULT_KS
 from automr.evaluation.report import MetricReport, build_report, compare_reports
-from automr.interfaces import Explained, LikelihoodMethod, Method
+from automr.evaluation.shards import DEFAULT_SHARD_SIZE, run_sharded
+from automr.interfaces import LikelihoodMethod, Method
 
 MEASURES = ("ranks", "likelihood")
 
@@ -127,7 +133,7 @@ def evaluate(
     out: Path | str | None = None, reference: str | None = None,
     measures: Collection[str] = ("ranks",), ks: Sequence[int] = DEFAULT_KS,
     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, record: Mapping[str, Any] = {},
-    header: str | None = None,
+    header: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> Evaluation:
     """Measure ``samples`` with every method; bootstrap each metric; pair each method with
     ``reference`` (default: the first method whose name starts with ``bigrec``, else the
@@ -137,7 +143,9 @@ def evaluate(
     :class:`~automr.interfaces.LikelihoodMethod` scores the true titles; others are skipped).
     With ``out``: values, settings and details are saved per method as it finishes (values
     saved with equal settings are not computed again), then ``results.json`` (after
-    ``record``) and ``results.md`` (after ``header``).
+    ``record``) and ``results.md`` (after ``header``). ``shard_size``: samples per shard
+    (the unit of resuming and of sharing among processes; a multiple of the methods' batch
+    sizes keeps their batches those of one pass).
     """
     if not methods:
         raise AutomrError("evaluate needs at least one method")
@@ -160,40 +168,51 @@ def evaluate(
         settings = {"method": name, "samples": ids, "n_items": n_items, **method.settings}
         if "ranks" in measures:
             reports[name] = _ranks(name, method, samples, settings, folder, n_items, ks,
-                                   n_resamples, seed)
+                                   n_resamples, seed, shard_size)
         if "likelihood" in measures and isinstance(method, LikelihoodMethod):
             likelihoods[name] = _likelihoods(name, method, samples, settings, folder,
-                                             n_resamples, seed)
+                                             n_resamples, seed, shard_size)
     evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples)
-    if folder is not None:
-        folder.write_results(evaluation.to_json(record), evaluation.markdown(header))
+    if folder is not None:  # every process returns once the folder is written
+        distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
+                                                         evaluation.markdown(header)))
     return evaluation
 
 
-def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed
+def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, shard_size
            ) -> MetricReport:
     saved = None if folder is None else folder.saved_report(name, settings)
     if saved is not None and saved.ks == tuple(ks) and saved.n_resamples == n_resamples:
         return saved
-    ranks = saved.ranks if saved is not None else method.rank(samples)
+    details: dict = {}
+    if saved is not None:
+        ranks = saved.ranks
+    else:
+        ranks, details = run_sharded(method.rank, method, samples, settings, folder, name,
+                                     "ranks", shard_size)
     report = build_report(name, [s.id for s in samples],
                           torch.tensor(list(ranks), dtype=torch.long), n_items, ks=ks,
                           n_resamples=n_resamples, seed=seed)
-    if folder is not None:
-        details = method.details() if isinstance(method, Explained) and saved is None else {}
+    if folder is not None and distributed.is_main():
         folder.save(report, settings, details)
+        folder.clear_shards(name, "ranks")
     return report
 
 
-def _likelihoods(name, method, samples, settings, folder, n_resamples, seed
+def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, shard_size
                  ) -> LikelihoodReport:
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
     if saved is not None and saved.n_resamples == n_resamples:
         return saved
-    values = (list(zip(saved.log_likelihoods, saved.tokens, strict=True)) if saved is not None
-              else method.target_log_likelihoods(samples))
+    if saved is not None:
+        values = list(zip(saved.log_likelihoods, saved.tokens, strict=True))
+    else:
+        pairs, _ = run_sharded(method.target_log_likelihoods, method, samples, settings,
+                               folder, name, "loglik", shard_size)
+        values = [(float(v), int(n)) for v, n in pairs]
     report = build_likelihood_report(name, [s.id for s in samples], values,
                                      n_resamples=n_resamples, seed=seed)
-    if folder is not None:
+    if folder is not None and distributed.is_main():
         folder.save_likelihoods(report, settings)
+        folder.clear_shards(name, "loglik")
     return report

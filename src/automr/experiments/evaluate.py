@@ -14,7 +14,8 @@ Methods are named ``KIND`` or ``KIND:GROUNDER`` (:data:`automr.methods.METHODS`)
 
 with GROUNDER one of ``l2`` (BIGRec's), ``constrained``, ``likelihood``. The samples, resume,
 reports and tables are :func:`automr.evaluation.evaluate`'s; this module only maps names to
-methods.
+methods. Its shards of samples are whole batches (about 64 samples), so a run under
+``torchrun`` ranks every sample in the batch a single process would.
 """
 
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 import attrs
 from beartype import beartype
 
+from automr import distributed
 from automr.data import PreparedDataset
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
@@ -87,7 +89,7 @@ def evaluate_methods(
         raise AutomrError(f"the {config.split} split of {dataset_dir} has no samples")
     artifacts = artifacts or Artifacts()
     space = Workspace(dataset, artifacts, config.method_options(), device=device,
-                      cache_dir=cache_dir, progress=progress)
+                      cache_dir=cache_dir, progress=progress and distributed.is_main())
     built = {m: build_method(m, space) for m in methods}
     retrieval = ("" if config.retrieval_seed is None
                  else f", random retrieval seed {config.retrieval_seed}")
@@ -99,4 +101,5 @@ def evaluate_methods(
               **{k: None if v is None else str(v) for k, v in attrs.asdict(artifacts).items()}}
     return evaluate(built, samples, len(dataset.catalog), out=out_dir, ks=config.ks,
                     measures=config.measures, n_resamples=config.n_resamples, seed=config.seed,
-                    record=record, header=header)
+                    record=record, header=header,
+                    shard_size=config.batch_size * max(1, 64 // config.batch_size))

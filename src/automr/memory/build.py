@@ -6,8 +6,15 @@ Which interactions become elements: every interaction of the prepared dataset's
 shards of whole users (a shard closes once it holds ``shard_elements`` elements); after each
 shard the index is rewritten atomically. A rerun of the same build skips the finished shards
 and computes the rest exactly as an uninterrupted build would (same shards, same batches).
+
+Under a launcher (``torchrun``, ``accelerate launch``; :mod:`automr.distributed`) each process
+encodes its round-robin share of the shards still to do; a shard file is complete once it has
+its name (it carries its index entry in its metadata), so a build resumes per shard whatever
+the number of processes before. The main process records finished shards in the index, and
+the complete index once every process is done: the folder equals a single process's.
 """
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,8 +22,10 @@ from pathlib import Path
 
 import attrs
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from automr import distributed
 from automr.data.catalog import Catalog
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
@@ -31,7 +40,7 @@ from automr.memory.config import (
     catalog_fingerprint,
 )
 from automr.memory.encoders import ENCODERS, Backbone, ElementEncoder, LayerEncoder
-from automr.memory.shards import MemoryIndex, ShardEntry, UserEntry, write_shard
+from automr.memory.shards import MemoryIndex, ShardEntry, UserEntry, shard_name, write_shard
 from automr.memory.store import MemoryStore
 from automr.progress import (
     BarColumn,
@@ -111,27 +120,78 @@ def build_memory(
     timelines = user_timelines(dataset.interactions)
     users = sorted(timelines)
     plan = plan_shards(users, {u: len(timelines[u][0]) for u in users}, config.shard_elements)
-    index = _start(folder, record)  # the folder is written only after the checks above
-    for number, entry in enumerate(index.shards):
-        if number >= len(plan) or entry.users != plan[number]:
-            raise AutomrError(f"{folder} holds shards of a different build (shard {number} "
-                              f"has other users); delete the folder or pick another one.")
+
+    def prepare() -> list[int]:  # the folder is written only after the checks above
+        index = _start(folder, record)
+        for number, entry in enumerate(index.shards):
+            if number >= len(plan) or entry.users != plan[number]:
+                raise AutomrError(f"{folder} holds shards of a different build (shard "
+                                  f"{number} has other users); delete the folder or pick "
+                                  f"another one.")
+        return [n for n in range(len(index.shards), len(plan))
+                if _finished_shard(folder, n, plan[n]) is None]
+
+    todo_shards = distributed.on_main(prepare)
+    mine = distributed.mine(todo_shards)
     total = sum(len(items) for items, _ in timelines.values())
-    done = sum(e.elements for e in index.shards)
-    with _progress(progress, total, done) as report:
-        for number in range(len(index.shards), len(plan)):
+    elements = [sum(len(timelines[u][0]) for u in users) for users in plan]
+    done = total - sum(elements[n] for n in todo_shards)
+    progress = progress and distributed.is_main()
+    with _progress(progress, done + sum(elements[n] for n in mine), done) as report:
+        for number in mine:
             todo = {u: (timelines[u], range(len(timelines[u][0]))) for u in plan[number]}
-            entry, segments = _write_shard(folder, number, encoder, record, todo, batch_size,
-                                           report)
-            index.shards.append(entry)
-            for user, (items, times) in ((u, timelines[u]) for u in plan[number]):
-                index.users[user] = UserEntry(list(items), list(times), [segments[user]])
-            index.write(folder)
+            _write_shard(folder, number, encoder, record, todo, batch_size, report)
+            if distributed.is_main():
+                _record_shards(folder, plan, timelines, complete=False)
             if on_shard is not None:
                 on_shard(number, len(plan))
-    index.complete = True
-    index.write(folder)
+    distributed.barrier()
+    distributed.on_main(lambda: _record_shards(folder, plan, timelines, complete=True))
     return MemoryStore.open(folder, recompute=encoder)
+
+
+def _record_shards(folder: Path, plan: list[list[str]], timelines: Timelines,
+                   complete: bool) -> None:
+    """Rewrite the index with the finished shards that follow its last one, in order (all of
+    them, and the mark ``complete``, once every process is done)."""
+    index = MemoryIndex.read(folder)
+    while len(index.shards) < len(plan):
+        number = len(index.shards)
+        entry = _finished_shard(folder, number, plan[number])
+        if entry is None:
+            if complete:
+                raise AutomrError(f"shard {number} of {folder} is missing after every process "
+                                  f"finished; rerun the same command to build it")
+            break
+        index.shards.append(entry)
+        row = 0
+        for user in plan[number]:
+            items, times = timelines[user]
+            index.users[user] = UserEntry(list(items), list(times), [(number, row, len(items))])
+            row += len(items)
+    index.complete = complete
+    index.write(folder)
+
+
+def _finished_shard(folder: Path, number: int, users: list[str]) -> ShardEntry | None:
+    """The index entry a finished shard file carries, or None when the file is not there
+    (or predates entries in the metadata: it is built again). A finished shard of other users
+    is refused."""
+    path = folder / shard_name(number)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, "pt") as file:
+            meta = file.metadata() or {}
+    except (SafetensorError, OSError):
+        return None
+    if "users" not in meta:
+        return None
+    if json.loads(meta["users"]) != users:
+        raise AutomrError(f"{folder} holds shards of a different build (shard {number} has "
+                          f"other users); delete the folder or pick another one.")
+    return ShardEntry(file=path.name, elements=int(meta["elements"]), tokens=int(meta["tokens"]),
+                      users=list(users), seconds=float(meta["seconds"]))
 
 
 def append_memory(
@@ -235,7 +295,7 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
             existing = attrs.evolve(existing, model_name=record.model_name)  # typed otherwise
         if existing == record:
             return index
-        if index.shards:
+        if index.shards or any(folder.glob("shard-*.safetensors")):
             differ = [f.name for f in attrs.fields(MemoryRecord)
                       if getattr(existing, f.name) != getattr(record, f.name)]
             raise AutomrError(f"{folder} holds a memory built with other settings "
@@ -272,7 +332,9 @@ def _write_shard(
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
         states = states.to(storage)
-    metadata = {"model_fingerprint": str(record.model_fingerprint), "layer": str(record.layer)}
+    metadata = {"model_fingerprint": str(record.model_fingerprint), "layer": str(record.layer),
+                "users": json.dumps(list(todo)), "elements": str(len(texts)),
+                "tokens": str(sum(lengths)), "seconds": str(round(seconds, 3))}
     name = write_shard(folder, number, keys.to(storage), states, offsets, metadata)
     entry = ShardEntry(file=name, elements=len(texts), tokens=sum(lengths), users=list(todo),
                        seconds=round(seconds, 3))
