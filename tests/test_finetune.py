@@ -286,3 +286,38 @@ def test_schedule_warms_up_then_decays_to_zero(schedule):
     if schedule == "cosine":
         assert lr_factor(12, total, warmup, schedule) == pytest.approx(0.5)
     assert lr_factor(0, 1, 0, "cosine") == 1.0 and not math.isnan(lr_factor(5, 5, 5, "linear"))
+
+
+@pytest.mark.parametrize("autocast", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes_exactly(workspace, monkeypatch, autocast):
+    """bf16 / fp16 autocast (fp16 with a loss scaler, saved in the checkpoint): the loss is
+    close to float32's, and a run cut after step 2 resumes bit-identical."""
+    import automr.recommenders.finetune as ft
+
+    data, model = workspace["data"], str(workspace["model"])
+    fields = dict(max_train_samples=8, batch_size=2, epochs=1, eval_every=2, lora_dropout=0.0,
+                  lora_from_layer=2, checkpoint_every=1)
+    plain = finetune(load_model(model, device="cpu"), data, workspace["root"] / f"fp32-{autocast}",
+                     quick_config(**fields), progress=False)
+    config = quick_config(**fields, autocast=autocast)
+    whole = finetune(load_model(model, device="cpu"), data, workspace["root"] / f"{autocast}-a",
+                     config, progress=False)
+    assert whole["train_losses"] == pytest.approx(plain["train_losses"], rel=0.05)
+    assert whole["train_losses"] != plain["train_losses"]  # it did run in lower precision
+    original = ft._save_checkpoint
+
+    def cut(model_, optimizer, record, out, scaler=None):
+        original(model_, optimizer, record, out, scaler)
+        assert (scaler is not None) == (autocast == "fp16")
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_save_checkpoint", cut)
+    run = workspace["root"] / f"{autocast}-b"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    monkeypatch.setattr(ft, "_save_checkpoint", original)
+    assert (run / "checkpoint" / "scaler.pt").is_file() == (autocast == "fp16")
+    resumed = finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    assert resumed["train_losses"] == whole["train_losses"]
+    assert resumed["evaluations"] == whole["evaluations"]

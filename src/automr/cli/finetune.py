@@ -55,7 +55,8 @@ def finetune_command(
         defaults.batch_size,
     grad_accum: Annotated[int, typer.Option(
         help="Micro-batches per optimizer step: effective batch = batch-size x grad-accum "
-             "(BIGRec: 128).")] = defaults.grad_accum,
+             "(BIGRec: 128), shared among the processes under torchrun.")] =
+        defaults.grad_accum,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = defaults.lr,
     warmup_steps: Annotated[int, typer.Option(
         help="Optimizer steps of linear warmup.")] = defaults.warmup_steps,
@@ -81,6 +82,9 @@ def finetune_command(
     checkpoint_every: Annotated[int, typer.Option(
         help="Optimizer steps between checkpoints (0 = at each validation).")] =
         defaults.checkpoint_every or 0,
+    autocast: Annotated[str, typer.Option(
+        help="Mixed-precision training forward: bf16 or fp16 (with loss scaling) under "
+             "torch.autocast, or none (the model's --dtype).")] = "none",
     patience: Annotated[int, typer.Option(
         help="Stop after this many validations without improvement.")] = defaults.patience,
     seed: int = defaults.seed,
@@ -108,6 +112,7 @@ def finetune_command(
             patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
             schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,
             checkpoint_every=checkpoint_every or None, context=spec,
+            autocast=None if autocast == "none" else autocast,
         )
     except ValueError as error:  # attrs' validators: name the option and the allowed values
         raise AutomrError(f"invalid fine-tune options: {_option_error(error)}") from None

@@ -18,6 +18,14 @@ A run folder holds ``checkpoint/`` (last state: adapter, optimizer, RNG, progres
 Running again with the same folder and configuration resumes from ``checkpoint/``, exactly:
 the schedule is a function of the step, the batches of the epoch's seed, and the checkpoint holds
 the RNG states, so an interrupted run ends bit-identical to one that never stopped.
+
+Under a launcher (``torchrun``, ``accelerate launch``; :mod:`automr.distributed`) the adapter is
+trained with DDP (:mod:`automr.recommenders.parallel`): every effective batch of
+``batch_size * grad_accum`` samples is shared among the N processes (each runs its share in
+micro-batches of at most ``batch_size``), so the optimizer steps and the loss curve are those of
+one process within float rounding (LoRA dropout draws its masks per process); validation is
+shared too. The main process writes ``best/``, checkpoints (with every process's RNG states)
+and ``finetune.json``; a run resumes with any number of processes.
 """
 
 import itertools
@@ -35,7 +43,8 @@ from jaxtyping import Float
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 
-from automr.contexts import ContextSpec, build_context
+from automr import distributed
+from automr.contexts import ContextSpec, TRSRContext, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
@@ -43,6 +52,7 @@ from automr.errors import AutomrError
 from automr.llm.loading import LoadedModel, canonical_model_name
 from automr.llm.split import HFSplitLLM
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from automr.recommenders.parallel import AUTOCAST, NLLModule, StepRunner
 from automr.recommenders.runs import RESULT_FILE
 from automr.state import LayerState
 from automr.storage import atomic_dir, read_json, read_safetensors, write_json_atomic
@@ -50,7 +60,7 @@ from automr.storage import atomic_dir, read_json, read_safetensors, write_json_a
 LOSS_KINDS = ("target", "sequence")
 SCHEDULES = ("constant", "linear", "cosine")
 ADDED_FIELDS = ("grad_accum", "warmup_steps", "schedule", "max_grad_norm", "cache_lower",
-                "checkpoint_every")
+                "checkpoint_every", "autocast")
 """Config fields newer than some run folders: a checkpoint without them had their defaults."""
 RUN_OPTIONS = ("cache_lower", "checkpoint_every")
 """Fields that say how a run computes, not what: they may change when it resumes."""
@@ -97,6 +107,10 @@ class FinetuneConfig:
     checkpoint_every: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
     """Optimizer steps between checkpoints (None: at each validation, every ``eval_every``)."""
+    autocast: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(tuple(AUTOCAST))))
+    """Mixed precision of the training forward: ``bf16`` or ``fp16`` (with loss scaling) under
+    :func:`torch.autocast`, the weights staying in the model's dtype; None: the model's dtype."""
 
     def to_json(self) -> dict:
         """The fields as JSON; ``context`` only when set (records of runs without one stay
@@ -246,26 +260,27 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 def train_step(
     llm: HFSplitLLM, micro_batches: Sequence[tuple[Batch, LayerState | None]], layer: int,
-    optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float | None = None,
+    optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float | None = None, *,
+    runner: StepRunner | None = None, count: int | None = None, weight: float = 1.0,
 ) -> float:
     """One optimizer step over ``micro_batches`` (each with its cached layer-L states or None):
     gradients of the mean NLL over *all* their scored tokens are accumulated, so the step equals
     one batch of all of them; then clipping to ``max_grad_norm``, and the step at ``lr``.
-    Returns that mean NLL."""
-    count = sum(int(batch.label_mask.sum()) for batch, _ in micro_batches)
-    total = 0.0
-    for batch, state in micro_batches:
-        nll, _ = batch_nll(llm, batch, layer, state)
-        (nll / count).backward()
-        total += nll.item()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / count
+    Returns that mean NLL.
+
+    Data-parallel (:class:`~automr.recommenders.parallel.StepRunner`): ``micro_batches`` are
+    this process's share, ``count`` the scored tokens of the whole effective batch, ``weight``
+    0 for a process without a share; the returned NLL is the whole batch's."""
+    if count is None:
+        count = sum(int(batch.label_mask.sum()) for batch, _ in micro_batches)
+    runner = runner or StepRunner(NLLModule(llm.model, layer), llm.device)
+    return runner.step(micro_batches, count, optimizer, lr, max_grad_norm, weight)
+
+
+def scored_tokens(example: TokenizedExample, loss_on: str = "target") -> int:
+    """How many of ``example``'s tokens the loss scores (as :func:`collate` marks them)."""
+    first = len(example.prompt_ids) if loss_on == "target" else 1
+    return len(example.input_ids) - first
 
 
 def encode_samples(
@@ -282,14 +297,16 @@ def encode_samples(
 def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
              batch_size: int, loss_on: str = "target", cache: LowerCache | None = None) -> float:
     """Mean NLL per scored token over ``examples`` (upper half only when ``cache`` holds their
-    layer-L states)."""
+    layer-L states). Under a launcher each process scores its round-robin share of the
+    batches (collective: every process calls it)."""
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
+    for start in distributed.mine(range(0, len(examples), batch_size)):
         batch = collate(examples[start : start + batch_size], pad_id, loss_on)
         indices = range(start, min(start + batch_size, len(examples)))
         state = None if cache is None else cache.state(indices, llm.device)
         nll, n = batch_nll(llm, batch, 0 if cache is None else cache.layer, state)
         total, count = total + float(nll), count + n
+    total, count = distributed.all_sum([total, count])
     return total / max(count, 1)
 
 
@@ -336,13 +353,19 @@ def finetune(
     if config.context is not None:
         context = build_context(config.context, loaded, dataset, loaded.fingerprint(),
                                 cache_dir, batch_size=config.batch_size, progress=progress)
+        if isinstance(context, TRSRContext):  # each process writes its share of summaries
+            context.precompute([*train_samples, *valid_samples])
         train_contexts, valid_contexts = (context.texts(train_samples),
                                           context.texts(valid_samples))
     torch.manual_seed(config.seed)
     model = lora_model(loaded, config)
     if state is not None:
         _load_adapter(model, out / "checkpoint")
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank > 0:  # LoRA dropout: other masks in each process (process 0 draws one's masks)
+        torch.manual_seed(config.seed * 1_000_003 + rank)
     llm = HFSplitLLM(model)
+    progress = progress and rank == 0
     pad_id = loaded.tokenizer.pad_token_id
     train = encode_samples(loaded, dataset, train_samples, train_contexts)
     valid = encode_samples(loaded, dataset, valid_samples, valid_contexts)
@@ -357,9 +380,11 @@ def finetune(
                        "done": False}
     # per optimizer step; checkpoints of older versions had none (None for their steps)
     record.setdefault("train_losses", [None] * record["step"])
-    if state is not None:
-        _restore(optimizer, out / "checkpoint")
     layer = config.lora_from_layer
+    runner = StepRunner.build(model, layer, config.autocast)
+    if state is not None:
+        _restore(optimizer, runner.scaler, out / "checkpoint")
+    record["processes"] = world
     caches = (None, None)
     if config.cache_lower and layer > 0:  # these layers never change: their states, once
         started = time.perf_counter()
@@ -385,29 +410,34 @@ def finetune(
             group = order[index * per_step :][:per_step]
             started = time.perf_counter()
             model.train()
-            micro = [group[i : i + config.batch_size]
-                     for i in range(0, len(group), config.batch_size)]
+            share, weight = group[rank::world], 1.0
+            if not share:  # fewer samples than processes: a zero-weight batch joins the reduction
+                share, weight = group[:1], 0.0
+            micro = [share[i : i + config.batch_size]
+                     for i in range(0, len(share), config.batch_size)]
             batches = [(collate([train[i] for i in ids], pad_id, config.loss_on),
                         None if train_cache is None else train_cache.state(ids, llm.device))
                        for ids in micro]
             lr = config.lr * lr_factor(step, total_steps, config.warmup_steps, config.schedule)
-            loss = train_step(llm, batches, layer, optimizer, lr, config.max_grad_norm)
+            count = sum(scored_tokens(train[i], config.loss_on) for i in group)
+            loss = train_step(llm, batches, layer, optimizer, lr, config.max_grad_norm,
+                              runner=runner, count=count, weight=weight)
             model.eval()
             record["train_seconds"] = record.get("train_seconds", 0.0) + (
                 time.perf_counter() - started)  # optimisation only, not validation
             record["step"] += 1
-            record["tokens"] += sum(int(batch.mask.sum()) for batch, _ in batches)
+            record["tokens"] += sum(len(train[i].input_ids) for i in group)
             record["train_losses"].append(loss)
             bar.update(task, advance=1, status=f"loss {loss:.3f}")
             if record["step"] % config.eval_every == 0 or record["step"] == total_steps:
                 _evaluate(model, loaded.tokenizer, llm, valid, pad_id, config, record, out,
                           valid_cache, lr)
-                _save_checkpoint(model, optimizer, record, out)
+                _save_checkpoint(model, optimizer, record, out, runner.scaler)
             elif config.checkpoint_every and record["step"] % config.checkpoint_every == 0:
-                _save_checkpoint(model, optimizer, record, out)
+                _save_checkpoint(model, optimizer, record, out, runner.scaler)
     record["done"] = True
     final = {k: v for k, v in record.items() if k != "bad_evaluations"}
-    write_json_atomic(out / RESULT_FILE, final, indent=2)
+    distributed.on_main(lambda: write_json_atomic(out / RESULT_FILE, final, indent=2))
     return final
 
 
@@ -431,36 +461,59 @@ def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
     best = record["best_valid_nll"]
     if best is None or valid_nll < best:
         record.update(best_valid_nll=valid_nll, best_step=record["step"], bad_evaluations=0)
-        with atomic_dir(out / "best") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        if distributed.is_main():
+            with atomic_dir(out / "best") as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
     else:
         record["bad_evaluations"] += 1
         if record["bad_evaluations"] >= config.patience:
             record["done"] = True  # early stop; best/ holds the best adapter
 
 
-def _save_checkpoint(model, optimizer, record: dict, out: Path) -> None:
-    """The state after ``record["step"]`` optimizer steps: adapter, optimizer (AdamW moments),
-    the RNG states (LoRA dropout; CUDA's too) and the record (the schedule is a function of the
-    step, so it needs no state of its own)."""
+def _rng_state() -> dict:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    with atomic_dir(out / "checkpoint") as tmp:
-        model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng, tmp / "rng.pt")
-        write_json_atomic(tmp / "state.json", record, indent=2)
+    return rng
 
 
-def _restore(optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
-    """Optimizer and RNG states from ``checkpoint`` (``rng.pt`` of older versions: the CPU
-    state alone)."""
+def _save_checkpoint(model, optimizer, record: dict, out: Path, scaler=None) -> None:
+    """The state after ``record["step"]`` optimizer steps: adapter, optimizer (AdamW moments),
+    the RNG states (LoRA dropout; CUDA's too; every process's), the fp16 loss scaler's and the
+    record (the schedule is a function of the step, so it needs no state of its own).
+    Collective under a launcher: the main process writes it, and every process returns once
+    it is written."""
+    states = distributed.gather(_rng_state())
+    rng = {**states[0], "ranks": states}  # top level: process 0's (what older versions read)
+
+    def write() -> None:
+        with atomic_dir(out / "checkpoint") as tmp:
+            model.save_pretrained(tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(rng, tmp / "rng.pt")
+            if scaler is not None:
+                torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            write_json_atomic(tmp / "state.json", record, indent=2)
+
+    distributed.on_main(write)
+
+
+def _restore(optimizer: torch.optim.Optimizer, scaler, checkpoint: Path) -> None:
+    """Optimizer, loss-scaler and RNG states from ``checkpoint`` (``rng.pt`` of older
+    versions: the CPU state alone; this process's own when the checkpoint has one per
+    process; a process it did not have keeps its own seed). Tensors are read onto the CPU
+    (``map_location``) and the optimizer moves its state to its parameters' device."""
     try:
         optimizer.load_state_dict(_load_tensors(checkpoint / "optimizer.pt"))
+        if scaler is not None and (checkpoint / "scaler.pt").is_file():
+            scaler.load_state_dict(_load_tensors(checkpoint / "scaler.pt"))
         rng = _load_tensors(checkpoint / "rng.pt")
         rng = rng if isinstance(rng, dict) else {"cpu": rng}
+        ranks = rng.get("ranks") or [rng]
+        if distributed.rank() >= len(ranks):
+            return  # a process the checkpoint did not have keeps its own seed
+        rng = ranks[distributed.rank()]
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
