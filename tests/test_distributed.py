@@ -1,0 +1,189 @@
+"""Data-parallel runs (torch.distributed): a single process needs no group; 2 gloo processes
+under torchrun give the single process's memory, annotations, evaluation, fine-tune loss curve
+and TRSR summaries, resuming what a single process left."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import distributed_steps as steps
+from automr import distributed
+from automr.annotation.run import Annotations
+from automr.cli.main import app
+from automr.errors import AutomrError
+from automr.evaluation import evaluate
+from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.likelihood import LikelihoodReport
+from automr.memory import MemoryStore
+from automr.memory.shards import MemoryIndex
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+TESTS = Path(__file__).parent
+
+
+# -- a single process: no launcher, no group -------------------------------------------------
+def test_a_single_process_has_no_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.launched() and not distributed.init()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.share(5) == [0, 1, 2, 3, 4]
+    assert distributed.mine("abc") == ["a", "b", "c"]
+    assert distributed.gather({"x": 1}) == [{"x": 1}]
+    assert distributed.all_sum([1, 2.5]) == [1.0, 2.5]
+    assert distributed.on_main(lambda: 7) == 7
+    distributed.barrier()
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_a_half_set_launcher_environment_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(AutomrError, match="torchrun"):
+        distributed.init()
+
+
+class CountingMethod:
+    """Ranks each sample at its position in the sample list; counts the samples ranked."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.ranked: list[str] = []
+        self.fail_after = fail_after
+        self._details: dict = {}
+
+    @property
+    def settings(self) -> dict:
+        return {"kind": "counting"}
+
+    def rank(self, samples) -> list[int]:
+        if self.fail_after is not None and len(self.ranked) >= self.fail_after:
+            raise KeyboardInterrupt
+        self.ranked += [s.id for s in samples]
+        self._details.setdefault("seen", {}).update({s.id: len(self.ranked) for s in samples})
+        return [int(s.timestamp) % 7 for s in samples]
+
+    def details(self) -> dict:
+        return self._details
+
+
+def test_evaluation_resumes_per_shard(tmp_path):
+    dataset = synthetic_dataset(tmp_path)
+    samples = dataset.samples("test")[:7]
+    cut = CountingMethod(fail_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"m": cut}, samples, 30, out=tmp_path / "ev", shard_size=2, n_resamples=20)
+    folder = EvaluationFolder(tmp_path / "ev")
+    assert folder.shard_file("m", 1).is_file() and not folder.shard_file("m", 2).exists()
+    again = CountingMethod()
+    resumed = evaluate({"m": again}, samples, 30, out=tmp_path / "ev", shard_size=2,
+                       n_resamples=20)
+    assert again.ranked == [s.id for s in samples[4:]]  # shards 0 and 1 were kept
+    whole = evaluate({"m": CountingMethod()}, samples, 30, shard_size=3, n_resamples=20)
+    assert resumed.reports["m"].ranks == whole.reports["m"].ranks
+    assert not folder.shard_file("m", 0).parent.exists()  # removed once saved whole
+    seen = folder.details("seen", "m")
+    assert list(seen) == [s.id for s in samples]  # details of kept and new shards
+
+
+# -- two processes under torchrun --------------------------------------------------------------
+def test_two_processes_equal_one(tmp_path):
+    workspace = tmp_path
+    synthetic_dataset(workspace)
+    save_tiny_model(workspace / "model", num_layers=4)
+    ref, par = workspace / "ref", workspace / "par"
+
+    steps.memory(workspace, ref / "memory")
+
+    def stop(number: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # one process finished shard 0, then stopped
+        steps.memory(workspace, par / "memory", on_shard=stop)
+    assert len(MemoryIndex.read(par / "memory").shards) == 1
+    reference_ft = steps.finetune(workspace, ref / "finetune")
+    steps.annotate(workspace, ref / "memory", ref / "annotations")
+    shards = sorted((ref / "annotations").glob("shard-*.safetensors"))
+    assert len(shards) >= 3
+    shutil.copytree(ref / "annotations", par / "annotations")  # a cut run: 2 shards left
+    for shard in (shards[1], shards[-1]):
+        (par / "annotations" / shard.name).unlink()
+    reference = steps.evaluation(workspace, ref / "finetune", ref / "memory", ref / "evaluation")
+    texts = steps.summaries(workspace, ref / "trsr")
+    cli = CliRunner().invoke(app, steps.cli_evaluate_args(workspace, ref / "cli-evaluation"))
+    assert cli.exit_code == 0, cli.output
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    env.pop("WORLD_SIZE", None)
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(TESTS / "distributed_steps.py"), str(workspace), str(par)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    assert json.loads((par / "processes.json").read_text())["world"] == 2
+
+    # memory: the same index and shards as one uninterrupted process
+    ours, theirs = MemoryIndex.read(par / "memory"), MemoryIndex.read(ref / "memory")
+    assert ours.complete and len(ours.shards) == len(theirs.shards) > 2
+    assert ours.users == theirs.users
+    assert [(s.file, s.elements, s.tokens, s.users) for s in ours.shards] == [
+        (s.file, s.elements, s.tokens, s.users) for s in theirs.shards]
+    for entry in theirs.shards:
+        got, want = load_file(par / "memory" / entry.file), load_file(ref / "memory" / entry.file)
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    MemoryStore.open(par / "memory")
+
+    # annotations: the missing shards filled in, equal to the single process's
+    got, want = Annotations.load(par / "annotations"), Annotations.load(ref / "annotations")
+    assert got.header == want.header
+    torch.testing.assert_close(got.base, want.base, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got.element, want.element, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    # evaluation: the same ranks, log-likelihoods and retrieved elements
+    folder, reference_folder = EvaluationFolder(par / "evaluation"), EvaluationFolder(
+        ref / "evaluation")
+    for method in steps.EVALUATE_METHODS:
+        assert folder.report(method).ranks == reference.reports[method].ranks
+        assert folder.report(method).sample_ids == reference.reports[method].sample_ids
+    for method, want in reference.likelihoods.items():
+        saved = LikelihoodReport.load(folder.ranks_file(method, "loglik"))
+        assert (saved.sample_ids, saved.tokens) == (want.sample_ids, want.tokens)
+        assert saved.log_likelihoods == pytest.approx(want.log_likelihoods, abs=1e-5)
+    assert folder.details("retrieved", "random:likelihood") == reference_folder.details(
+        "retrieved", "random:likelihood")
+    assert not list((par / "evaluation").rglob("*.shards"))
+    cli_ours = json.loads((par / "cli-evaluation" / "results.json").read_text())
+    cli_theirs = json.loads((ref / "cli-evaluation" / "results.json").read_text())
+    assert cli_ours["methods"] == cli_theirs["methods"]
+    assert cli_ours["likelihood"].keys() == cli_theirs["likelihood"].keys()
+    records = (par / "cli-evaluation" / "automr-runs.jsonl").read_text().splitlines()
+    assert len(records) == 1 and json.loads(records[0])["processes"] == 2
+
+    # fine-tune: cut after step 2 and resumed, the single process's loss curve and adapter
+    record = json.loads((par / "finetune" / "finetune.json").read_text())
+    assert record["processes"] == 2 and record["step"] == reference_ft["step"] == 6
+    assert record["train_losses"] == pytest.approx(reference_ft["train_losses"], rel=1e-5)
+    assert [e["valid_nll"] for e in record["evaluations"]] == pytest.approx(
+        [e["valid_nll"] for e in reference_ft["evaluations"]], rel=1e-5)
+    got = load_file(par / "finetune" / "best" / "adapter_model.safetensors")
+    want = load_file(ref / "finetune" / "best" / "adapter_model.safetensors")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+    # TRSR: each process wrote its share; every summary as one process writes it
+    assert json.loads((par / "summaries.json").read_text()) == texts
+    assert sum(text is not None for text in texts) >= 4
+    assert [len(f.read_text().splitlines()) > 0
+            for f in sorted((par / "trsr").glob("summaries.rank-*.jsonl"))] == [True, True]
