@@ -101,6 +101,7 @@ def trsr_command(
     context = trsr_context(loaded, dataset.catalog, dataset.prompt_config, loaded.fingerprint(),
                            spec, cache_dir, batch_size=batch_size, progress=not quiet)
     before = len(context.cache.entries)
+    context.precompute(chosen)  # under torchrun: each process writes its share
     texts = context.texts(chosen)
     written = len(context.cache.entries) - before
     typer.echo(f"{sum(t is not None for t in texts)} of {len(chosen)} {split} samples have a "
