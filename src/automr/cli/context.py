@@ -9,6 +9,7 @@ from automr.cli.common import (
     CacheDirOption,
     DataOption,
     DeviceOption,
+    DtypeOption,
     QuietOption,
     user_errors,
 )
@@ -55,14 +56,15 @@ def show_command(
         help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
     *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
     spec = context_spec_option(kind, context_k, trsr)
     if spec is None:
         raise AutomrError(f"--kind must be one of {', '.join(CONTEXT_KINDS)}")
     dataset, chosen = _samples(data, split, samples, seed)
-    loaded = load_model(model, device=device, cache_dir=cache_dir)
+    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     context = build_context(spec, loaded, dataset, loaded.fingerprint(), cache_dir,
                             batch_size=batch_size, progress=not quiet)
     catalog, words = dataset.catalog, dataset.prompt_config
@@ -88,7 +90,8 @@ def trsr_command(
     model: ModelOption = DEFAULT_MODEL,
     *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
     evaluation; rerunning, or running it cut short and again, only generates what is missing."""
@@ -97,7 +100,7 @@ def trsr_command(
     except ValueError as error:
         raise AutomrError(f"invalid TRSR options: {error}") from None
     dataset, chosen = _samples(data, split, samples, seed)
-    loaded = load_model(model, device=device, cache_dir=cache_dir)
+    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     context = trsr_context(loaded, dataset.catalog, dataset.prompt_config, loaded.fingerprint(),
                            spec, cache_dir, batch_size=batch_size, progress=not quiet)
     before = len(context.cache.entries)

@@ -5,7 +5,13 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
+from automr.cli.common import (
+    CacheDirOption,
+    DeviceOption,
+    DtypeOption,
+    QuietOption,
+    user_errors,
+)
 from automr.defaults import DEFAULT_LAYER
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.llm.loading import DEFAULT_MODEL
@@ -56,7 +62,8 @@ def evaluate_command(
     tune_samples: Annotated[int, typer.Option(
         help="Validation samples on which l2-pop / constrained-pop choose the popularity "
              "weight gamma.")] = defaults.tune_samples,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> dict[str, dict[str, float]]:
     """Rank the same test samples with every method; print and write the results table.
 
@@ -71,7 +78,7 @@ def evaluate_command(
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],
                                   out, config, artifacts, device=device, cache_dir=cache_dir,
-                                  progress=not quiet)
+                                  progress=not quiet, dtype=dtype)
     typer.echo((out / "results.md").read_text())
     means: dict[str, dict[str, float]] = {}
     for reports in (evaluation.reports, evaluation.likelihoods):

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
+from automr.cli.common import (
+    CacheDirOption,
+    DeviceOption,
+    DtypeOption,
+    QuietOption,
+    user_errors,
+)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -53,7 +59,8 @@ def rq2_command(
         help="concat, append-token or prepend-token.")] = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     batch_size: int = 8,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
     write the table and box plots (resumes: finished runs are read back)."""
@@ -63,7 +70,7 @@ def rq2_command(
     config = EvalConfig(max_samples=samples or None, seed=seed, batch_size=batch_size,
                         num_beams=num_beams or None, combiner=combiner, k=k)
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
-            seeds=parse_seeds(seeds), grounder=grounder, config=config, device=device,
+            seeds=parse_seeds(seeds), grounder=grounder, config=config, device=device, dtype=dtype,
             cache_dir=cache_dir, progress=not quiet,
             say=(lambda _: None) if quiet else typer.echo)
     typer.echo((out / "rq2.md").read_text())

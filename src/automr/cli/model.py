@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from automr.cli.common import CacheDirOption, user_errors
+from automr.cli.common import CacheDirOption, DtypeOption, user_errors
 from automr.llm.loading import DEFAULT_MODEL, fetch_embedded, load_model, model_summary
 
 app = typer.Typer(help="Fetch and inspect causal LMs.", no_args_is_help=True)
@@ -39,10 +39,11 @@ def fetch(
 def info(
     name: ModelArgument = DEFAULT_MODEL,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "cpu",
+    dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Architecture, layers, hidden size, parameters and fingerprint of a model."""
-    summary = model_summary(load_model(name, device=device, cache_dir=cache_dir))
+    summary = model_summary(load_model(name, device=device, dtype=dtype, cache_dir=cache_dir))
     width = max(map(len, summary))
     for key, value in summary.items():
         shown = f"{value:,}" if isinstance(value, int) else str(value)

@@ -5,7 +5,13 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, DeviceOption, QuietOption, user_errors
+from automr.cli.common import (
+    CacheDirOption,
+    DeviceOption,
+    DtypeOption,
+    QuietOption,
+    user_errors,
+)
 from automr.defaults import DEFAULT_LAYER
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
@@ -31,7 +37,8 @@ def memory_build(
     storage_dtype: Annotated[str, typer.Option(help="model, float32, float16, bfloat16.")] =
         "model",
     batch_size: int = 16,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Encode every interaction of the dataset into a memory at layer L."""
     from automr.data import PreparedDataset
@@ -40,7 +47,7 @@ def memory_build(
 
     config = MemoryConfig(encoder=encoder, pooling=Pooling(kind=pooling),
                           store_token_states=store_token_states, storage_dtype=storage_dtype)
-    store = build_memory(load_model(model, device=device, cache_dir=cache_dir),
+    store = build_memory(load_model(model, device=device, dtype=dtype, cache_dir=cache_dir),
                          PreparedDataset.load(data), layer, config, out, batch_size=batch_size,
                          progress=not quiet)
     typer.echo(f"memory of {len(store.users())} users at layer {store.layer} in {out}")
@@ -61,7 +68,8 @@ def annotate_command(
         help="Annotate a seeded subset of this many elements per sample (0 = all).")] = 0,
     element_seed: Annotated[int, typer.Option(help="Seed of the element subsets.")] = 0,
     seed: int = 0,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """Eq. 5: each memory element's effect on the true next item's likelihood."""
     from automr.annotation.run import AnnotateConfig, annotate_dataset
@@ -73,7 +81,7 @@ def annotate_command(
     config = AnnotateConfig(split=split, max_samples=samples or None, seed=seed,
                             combiner=combiner, element_batch=element_batch,
                             element_subset=element_subset or None, element_seed=element_seed)
-    annotate_dataset(run.load(device=device, cache_dir=cache_dir),
+    annotate_dataset(run.load(device=device, dtype=dtype, cache_dir=cache_dir),
                      PreparedDataset.load(data), store, out, config, progress=not quiet)
     typer.echo(f"annotations in {out}")
 
@@ -94,6 +102,7 @@ def retriever_train(
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
     patience: int = 10,
     seed: int = 0,
+    device: DeviceOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
     """Eq. 6: train the MLP retriever with KL(S' || S)."""
@@ -102,7 +111,7 @@ def retriever_train(
 
     config = RetrieverTrainingConfig(lr=lr, max_epochs=epochs, patience=patience, seed=seed)
     record = train_retriever(annotations, data, memory, out, label_form, temperature,
-                             valid_fraction, config, progress=not quiet)
+                             valid_fraction, config, progress=not quiet, device=device)
     valid = record["valid"]
     typer.echo(f"retriever in {out} (train {record['train_samples']}, valid "
                f"{record['valid_samples']}" + (f", valid KL {valid['kl']:.4f}, top-1 agreement "
@@ -124,7 +133,8 @@ def demo_command(
     data: Annotated[Path | None, typer.Option(
         help="Use this prepared dataset instead of preparing MovieLens-100K.")] = None,
     seed: int = 0,
-    device: DeviceOption = "auto", cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
+    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
     """The main job: the whole pipeline on the embedded default, ending with a results table.
 
@@ -139,7 +149,7 @@ def demo_command(
                         annotate_samples=annotate_samples, test_samples=test_samples,
                         encoder=encoder, combiner=combiner, seed=seed)
     results = run_demo(out, config, device=device, cache_dir=cache_dir, progress=not quiet,
-                       dataset_dir=data, say=typer.echo)
+                       dataset_dir=data, say=typer.echo, dtype=dtype)
     typer.echo(demo_summary(out))
     typer.echo(f"artifacts: {out.resolve()} (results in {results}, {out / 'likelihood'})")
 
@@ -159,13 +169,14 @@ def recommend_command(
     combiner: str = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
 ) -> None:
     """A user's top items from AutoMR and the memory elements it retrieved (item, date)."""
     from automr.experiments.recommend import recommend
 
     result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
-                       combiner, k, device, cache_dir)
+                       combiner, k, device, cache_dir, dtype)
     sample = result.sample
     typer.echo(f"user {user}, {split} sample at {sample.timestamp} with {len(sample.recent)} "
                f"recent and {len(sample.memory)} memory items")

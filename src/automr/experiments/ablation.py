@@ -112,12 +112,13 @@ def pick_gains(kind: str, gains: Sequence[torch.Tensor], data: RetrievalDataset,
 
 def run_ablation(
     dataset_dir: Path | str, finetuned: Path | str, out_dir: Path | str,
-    config: AblationConfig = AblationConfig(), device: str = "auto",
+    config: AblationConfig = AblationConfig(), device: str = "auto", dtype: str = "auto",
     cache_dir: Path | str | None = None, progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> list[AblationRow]:
     """Build, annotate, train and score every cell of the grid into ``out_dir``; write
-    ``ablation.json`` and ``ablation.md``."""
+    ``ablation.json`` and ``ablation.md``. Models are loaded on ``device`` in ``dtype``; the
+    retrievers train on ``device``."""
     dataset = PreparedDataset.load(dataset_dir)
     run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
@@ -125,8 +126,9 @@ def run_ablation(
 
     def model(kind: str) -> LoadedModel:  # loaded once, and only when a step needs it
         if kind not in models:
-            models[kind] = (load_model(run.base_model, device=device, cache_dir=cache_dir)
-                            if kind == "base" else run.load(device=device, cache_dir=cache_dir))
+            models[kind] = (
+                load_model(run.base_model, device=device, dtype=dtype, cache_dir=cache_dir)
+                if kind == "base" else run.load(device=device, dtype=dtype, cache_dir=cache_dir))
         return models[kind]
 
     rows: list[AblationRow] = []
@@ -139,7 +141,8 @@ def run_ablation(
             run.check_memory(store.record.model_fingerprint, layer)
             for combiner in config.combiners:
                 rows += _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer,
-                                    combiner, config, lambda: model("tuned"), progress, say)
+                                    combiner, config, lambda: model("tuned"), progress, say,
+                                    device)
     write_ablation(rows, out, config, {"dataset": str(dataset_dir),
                                        "finetuned": str(finetuned)})
     return rows
@@ -147,7 +150,7 @@ def run_ablation(
 
 def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, combiner,
                 config: AblationConfig, tuned: Callable[[], LoadedModel], progress: bool,
-                say: Callable[[str], None]) -> list[AblationRow]:
+                say: Callable[[str], None], device: str = "auto") -> list[AblationRow]:
     cell = f"{encoder}-L{layer}-{combiner}"
     folders = {split: out / f"annotations-{cell}-{split}" for split in ("train", "test")}
     sizes = {"train": config.train_samples, "test": config.test_samples}
@@ -163,7 +166,8 @@ def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, co
         say(f"[train retriever {cell}] {retriever_dir}")
         train_retriever(folders["train"], dataset_dir, memory_dir, retriever_dir,
                         config.label_form, config.temperature,
-                        config=RetrieverTrainingConfig(seed=config.seed), progress=progress)
+                        config=RetrieverTrainingConfig(seed=config.seed), progress=progress,
+                        device=device)
     test = Annotations.load(folders["test"])
     data = retrieval_dataset(test, dataset, store, "test", config.label_form, config.temperature)
     gains = [element - base for base, element in zip(test.base, test.element, strict=True)]

@@ -69,8 +69,10 @@ def run_demo(
     out_dir: Path | str, config: DemoConfig = DemoConfig(), device: str = "auto",
     cache_dir: Path | str | None = None, progress: bool = True,
     dataset_dir: Path | str | None = None, say: Callable[[str], None] = print,
+    dtype: str = "auto",
 ) -> Path:
-    """Run every step into ``out_dir``; returns the folder holding ``results.md``.
+    """Run every step into ``out_dir``, models on ``device`` in ``dtype``; returns the folder
+    holding ``results.md``.
 
     ``dataset_dir`` uses an already prepared dataset instead of preparing ML-100K.
     """
@@ -98,7 +100,8 @@ def run_demo(
     dataset = PreparedDataset.load(data)
     bigrec = out / "bigrec"
     step("fine-tune BIGRec", bigrec, lambda: finetune(
-        load_model(config.model, device=device, cache_dir=cache_dir), dataset, bigrec,
+        load_model(config.model, device=device, dtype=dtype, cache_dir=cache_dir), dataset,
+        bigrec,
         FinetuneConfig(max_train_samples=config.train_samples,
                        max_valid_samples=config.valid_samples, epochs=config.epochs,
                        batch_size=config.batch_size, lr=config.lr,
@@ -106,13 +109,15 @@ def run_demo(
         progress=progress))
     memory = out / "memory"
     step("build memory", memory, lambda: build_memory(
-        load_model(config.model, device=device, cache_dir=cache_dir), dataset, config.layer,
+        load_model(config.model, device=device, dtype=dtype, cache_dir=cache_dir), dataset,
+        config.layer,
         MemoryConfig(encoder=config.encoder,
                      store_token_states=COMBINERS[config.combiner]().uses_token_states), memory,
         progress=progress))
     annotations = out / "annotations"
     step("annotate (eq. 5)", annotations, lambda: annotate_dataset(
-        FinetunedRun.open(bigrec).load(device=device, cache_dir=cache_dir), dataset,
+        FinetunedRun.open(bigrec).load(device=device, dtype=dtype, cache_dir=cache_dir),
+        dataset,
         MemoryStore.open(memory), annotations,
         AnnotateConfig(max_samples=config.annotate_samples, seed=config.seed,
                        combiner=config.combiner, element_subset=config.annotate_elements,
@@ -120,7 +125,7 @@ def run_demo(
     retriever = out / "retriever"
     step("train retriever (eq. 6)", retriever, lambda: train_retriever(
         annotations, data, memory, retriever, config.label_form, config.temperature,
-        config=RetrieverTrainingConfig(seed=config.seed), progress=progress))
+        config=RetrieverTrainingConfig(seed=config.seed), progress=progress, device=device))
     results = out / "results"
     grounder = config.grounder
     methods = ["sasrec", f"bigrec:{grounder}", f"automr:{grounder}", f"random:{grounder}"]
@@ -129,7 +134,7 @@ def run_demo(
         EvalConfig(max_samples=config.test_samples, seed=config.seed, layer=config.layer,
                    num_beams=config.num_beams, combiner=config.combiner),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
-        device=device, cache_dir=cache_dir, progress=progress))
+        device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
     likelihood = out / "likelihood"
     step("target likelihood", likelihood, lambda: evaluate_methods(
         data, ["bigrec:likelihood", "automr:likelihood", "random:likelihood"], likelihood,
@@ -137,7 +142,7 @@ def run_demo(
                    layer=config.layer, combiner=config.combiner, measures=("likelihood",),
                    batch_size=16),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
-        device=device, cache_dir=cache_dir, progress=progress))
+        device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
     record = {"config": attrs.asdict(config), "seconds": timings,
               "versions": {"automr": automr.__version__, "torch": torch.__version__,
                            "python": platform.python_version()},

@@ -75,6 +75,7 @@ def evaluate_methods(
     dataset_dir: Path | str, methods: Sequence[str], out_dir: Path | str,
     config: EvalConfig = EvalConfig(), artifacts: Artifacts | None = None,
     device: str = "auto", cache_dir: Path | str | None = None, progress: bool = True,
+    dtype: str = "auto",
 ) -> Evaluation:
     """Measure the same seeded subset of samples with every named method; write the values
     and tables.
@@ -89,7 +90,8 @@ def evaluate_methods(
         raise AutomrError(f"the {config.split} split of {dataset_dir} has no samples")
     artifacts = artifacts or Artifacts()
     space = Workspace(dataset, artifacts, config.method_options(), device=device,
-                      cache_dir=cache_dir, progress=progress and distributed.is_main())
+                      cache_dir=cache_dir, progress=progress and distributed.is_main(),
+                      dtype=dtype)
     built = {m: build_method(m, space) for m in methods}
     retrieval = ("" if config.retrieval_seed is None
                  else f", random retrieval seed {config.retrieval_seed}")

@@ -39,12 +39,12 @@ def recommend(
     dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
     retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
     combiner: str = "concat", k: int = 1, device: str = "auto",
-    cache_dir: Path | str | None = None,
+    cache_dir: Path | str | None = None, dtype: str = "auto",
 ) -> Recommendation:
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
     run = FinetunedRun.open(finetuned)
-    loaded = run.load(device=device, cache_dir=cache_dir)
+    loaded = run.load(device=device, dtype=dtype, cache_dir=cache_dir)
     store = run.open_memory(memory, device=str(loaded.model.device))
     retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever),
                                 COMBINERS[combiner](), k=k)

@@ -9,6 +9,7 @@ import torch
 from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
+from automr.llm.loading import resolve_device
 from automr.memory import MemoryStore
 from automr.retrievers import RetrieverTrainingConfig, evaluate_retriever, train_mlp_retriever
 
@@ -17,10 +18,11 @@ def train_retriever(
     annotations_dir: Path | str, dataset_dir: Path | str, memory_dir: Path | str,
     out_dir: Path | str, form: str = "log", temperature: float = 1.0,
     valid_fraction: float = 0.2, config: RetrieverTrainingConfig | None = None,
-    progress: bool = True,
+    progress: bool = True, device: str = "auto",
 ) -> dict:
-    """Train the MLP retriever; ``valid_fraction`` of the annotated samples (seeded) are held
-    out for early stopping on validation KL (a cheap proxy for validation Recall@1)."""
+    """Train the MLP retriever on ``device`` (``auto``: CUDA when available); ``valid_fraction``
+    of the annotated samples (seeded) are held out for early stopping on validation KL (a
+    cheap proxy for validation Recall@1)."""
     config = config or RetrieverTrainingConfig()
     annotations = Annotations.load(annotations_dir)
     dataset = PreparedDataset.load(dataset_dir)
@@ -36,7 +38,9 @@ def train_retriever(
     n_valid = round(valid_fraction * len(full))
     valid = full.select(order[:n_valid]) if n_valid else None
     train = full.select(order[n_valid:])
-    retriever, history = train_mlp_retriever(train, valid, config, quiet=not progress)
+    retriever, history = train_mlp_retriever(train, valid, config,
+                                             device=resolve_device(device), quiet=not progress)
+    retriever = retriever.cpu()
     out = Path(out_dir)
     retriever.save(out)
     record = {

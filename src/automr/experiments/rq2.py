@@ -135,8 +135,9 @@ def run_rq2(
     dataset_dir: Path | str, out_dir: Path | str, *, finetuned: Path | str,
     memory: Path | str, retrievers: Sequence[Path | str], seeds: Sequence[int] = range(10),
     grounder: str = "constrained", config: EvalConfig | None = None,
-    model: str = DEFAULT_MODEL, device: str = "auto", cache_dir: Path | str | None = None,
-    progress: bool = True, say: Callable[[str], None] = print,
+    model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+    cache_dir: Path | str | None = None, progress: bool = True,
+    say: Callable[[str], None] = print,
 ) -> RQ2Result:
     """Evaluate BIGRec, AutoMR (per retriever) and random retrieval (per seed) on the same
     samples into ``out_dir``; write ``rq2.json``, ``rq2.md`` and the box plots.
@@ -170,7 +171,7 @@ def run_rq2(
             dataset_dir, [method], folder, run_config,
             Artifacts(model=model, finetuned=finetuned,
                       memory=memory if group != "bigrec" else None, retriever=retriever),
-            device=device, cache_dir=cache_dir, progress=progress).reports
+            device=device, dtype=dtype, cache_dir=cache_dir, progress=progress).reports
         report = reports[method]
         ids = ids if runs else report.sample_ids
         if report.sample_ids != ids:

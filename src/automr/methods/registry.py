@@ -26,7 +26,7 @@ from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.prior import choose_gamma, min_max
 from automr.interfaces import Method
-from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model
+from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from automr.memory import MemoryRecord
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
@@ -88,6 +88,8 @@ class Workspace:
     device: str = "auto"
     cache_dir: Path | str | None = None
     progress: bool = True
+    dtype: str = "auto"
+    """The models' dtype (``auto``: bfloat16 on CUDA, float32 on CPU)."""
     _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
 
     def artifact(self, name: str) -> Path:
@@ -117,8 +119,10 @@ class Workspace:
         key = "base" if run is None else str(run.path.resolve())
         if key not in self._models:
             self._models[key] = (
-                load_model(self.artifacts.model, device=self.device, cache_dir=self.cache_dir)
-                if run is None else run.load(device=self.device, cache_dir=self.cache_dir))
+                load_model(self.artifacts.model, device=self.device, dtype=self.dtype,
+                           cache_dir=self.cache_dir)
+                if run is None else run.load(device=self.device, dtype=self.dtype,
+                                             cache_dir=self.cache_dir))
         return self._models[key]
 
     def generative(self, grounder: str, run: FinetunedRun | None, label: str,
@@ -217,7 +221,8 @@ class MethodKind:
 
 
 def _sasrec(space: Workspace, grounder: str | None, label: str) -> Method:
-    return SASRecMethod(space.dataset, SASRecConfig(seed=space.options.seed), space.progress)
+    return SASRecMethod(space.dataset, SASRecConfig(seed=space.options.seed), space.progress,
+                        device=resolve_device(space.device))
 
 
 def _base(space: Workspace, grounder: str | None, label: str) -> Method:

@@ -4,6 +4,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import torch
 
 from automr.data import PreparedDataset, Sample
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
@@ -12,11 +13,13 @@ from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_ta
 @attrs.define(eq=False)
 class SASRecMethod:
     """SASRec trained on every user's training-period sequence (validation split for early
-    stopping), then scoring the whole catalog from each sample's history."""
+    stopping), then scoring the whole catalog from each sample's history; trained and run on
+    ``device``."""
 
     dataset: PreparedDataset
     config: SASRecConfig = attrs.field(factory=SASRecConfig)
     progress: bool = False
+    device: str | torch.device = "cpu"
     _model: SASRec | None = attrs.field(default=None, init=False)
 
     @property
@@ -39,7 +42,8 @@ class SASRecMethod:
             valid = [([index[i] for i in s.history], index[s.target])
                      for s in dataset.samples("valid")]
             self._model, _ = fit_sasrec(list(sequences.values()), valid, self.config,
-                                        n_items=len(index), quiet=not self.progress)
+                                        n_items=len(index), device=self.device,
+                                        quiet=not self.progress)
         return self._model
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
