@@ -64,7 +64,7 @@ def init() -> bool:
                           f"unset: start the command with `torchrun --nproc-per-node N` or "
                           f"`accelerate launch`")
     backend = "gloo"
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
     minutes = _env_int(TIMEOUT_ENV, 120)

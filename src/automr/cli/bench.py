@@ -18,8 +18,11 @@ RepeatsOption = Annotated[int, typer.Option(
 
 
 def _save(result: dict, out: Path, name: str) -> None:
+    from automr import distributed
     from automr.experiments.bench import markdown_table
 
+    if not distributed.is_main():  # under torchrun every process holds the same result
+        return
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown_table(result)

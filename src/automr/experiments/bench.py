@@ -2,6 +2,12 @@
 
 Tests never time anything; these functions do, on whatever model they are given, and return
 plain dicts that the CLI prints and saves as JSON + markdown.
+
+``bench_encode`` and ``bench_annotate`` also run under a launcher (``torchrun``; one process per
+GPU, or per share of a CPU's cores): every process measures its own share of the work at the
+same time (they start together after a barrier), and every process returns the same dict: its
+top-level figures are process 0's, beside ``processes``, ``per_process`` (each one's figures)
+and ``total_*`` (the throughput of all of them together).
 """
 
 import platform
@@ -11,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from automr import distributed
 from automr.annotation import UpperAnnotator
 from automr.annotation.subsets import element_subset as element_subset_indices
 from automr.combiners import COMBINERS, pad_memory
@@ -145,7 +152,7 @@ def bench_annotate(
     subset of that many elements (what ``automr annotate --element-subset`` does), its labels
     compared with the naive way's on the same elements."""
     llm = HFSplitLLM(loaded.model)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + distributed.rank())  # a sample each
     vocab = loaded.model.config.vocab_size
     prompt = torch.randint(100, vocab, (prompt_tokens,), generator=generator)
     target = torch.randint(100, vocab, (target_tokens,), generator=generator)
@@ -171,6 +178,7 @@ def bench_annotate(
     if element_subset is not None:
         sub = annotator(counted["subset"]).annotate(prompt, target, sub_memory)
         ways["subset"] = lambda: annotator(llm).annotate(prompt, target, sub_memory)
+    distributed.barrier()  # every process measures at the same time
     seconds = interleaved(ways, repeats, llm.device)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     result: dict[str, object] = {
@@ -208,7 +216,17 @@ def bench_annotate(
             "subset_work_ratio": counted["naive"].macs / counted["subset"].macs,
             "max_abs_logprob_diff_subset": float((sub.with_element - naive[subset]).abs().max()),
         })
+    rates = [k for k in result if k.endswith("_samples_per_s")]
+    result.update(_processes({k: result[k] for k in (*rates, "max_abs_logprob_diff")}, rates))
     return result
+
+
+def _processes(mine: dict[str, float], rates: Sequence[str]) -> dict[str, object]:
+    """``processes``, ``per_process`` (every process's ``mine``) and ``total_RATE``: the sum
+    of each rate over the processes, which ran at the same time."""
+    per_process = distributed.gather(mine)
+    return {"processes": len(per_process), "per_process": per_process,
+            **{f"total_{rate}": sum(p[rate] for p in per_process) for rate in rates}}
 
 
 def interleaved(
@@ -253,7 +271,10 @@ def bench_encode(
     from automr.memory.encoders import Backbone, LayerEncoder, pad_right
 
     llm = HFSplitLLM(loaded.model)
-    samples = dataset.samples("train")[:texts]
+    if texts < distributed.world_size():
+        raise AutomrError(f"--texts {texts} leaves a process without work; give at least one "
+                          f"per process ({distributed.world_size()})")
+    samples = distributed.mine(dataset.samples("train")[:texts])  # this process's share
     prompts = [format_prompt(dataset.catalog.titles(s.recent), dataset.prompt_config)
                for s in samples]
     encoder = LayerEncoder(Backbone.of(loaded), layer, Pooling(), share_prefix=True)
@@ -282,6 +303,7 @@ def bench_encode(
         for ids, mask in padded:
             loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device).long())
 
+    distributed.barrier()  # every process measures at the same time
     seconds = interleaved({"encode": encode, "raw_lower": raw_lower, "split_full": split_full,
                            "plain_full": plain_full}, repeats, device)
     encode_s, lower_s, split_s, plain_s = (
@@ -300,6 +322,10 @@ def bench_encode(
         "split_full_s": split_s, "plain_full_s": plain_s,
         "split_overhead": overhead["median"] - 1, "split_overhead_min": overhead["min"] - 1,
         "split_overhead_max": overhead["max"] - 1,
+        **_processes({"texts": len(prompts), "tokens": n_tokens,
+                      "encoder_tokens_per_s": n_tokens / encode_s,
+                      "raw_lower_tokens_per_s": n_tokens / lower_s},
+                     ("encoder_tokens_per_s", "raw_lower_tokens_per_s")),
     }
 
 

@@ -97,6 +97,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     from automr import distributed
 
     if device in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
+        if distributed.local_rank() >= torch.cuda.device_count():
+            raise AutomrError(f"process LOCAL_RANK={distributed.local_rank()} has no GPU of its "
+                              f"own (this machine has {torch.cuda.device_count()}): start at "
+                              f"most one process per GPU, or use --device cpu")
         return torch.device(f"cuda:{distributed.local_rank()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
