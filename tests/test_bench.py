@@ -40,6 +40,20 @@ def test_bench_annotate_agrees_with_the_naive_way(workspace, tmp_path, combiner)
         assert payload["work_ratio_over_plain"] > 1
 
 
+def test_bench_annotate_concat_shares_the_elements_common_header(workspace, tmp_path):
+    """Elements that start with a 9-token header (encoded once by the memory encoder, so
+    bit-identical) share its upper-half work: less work than the plain path, same labels."""
+    result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
+                                 str(workspace / "model"), "--layer", "2", "--prompt-tokens",
+                                 "6", "--target-tokens", "3", "--elements", "4",
+                                 "--element-prefix", "9", "--repeats", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "annotate-concat-cpu.json").read_text())
+    assert payload["shared_prefix_tokens"] == 9
+    assert payload["work_ratio_over_plain"] > 1.2
+    assert payload["max_abs_logprob_diff"] < 1e-4
+
+
 def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):
     result = runner.invoke(app, ["bench", "encode", "--data", str(workspace / "prepared"),
                                  "--out", str(tmp_path), "--model", str(workspace / "model"),

@@ -43,6 +43,9 @@ def annotate(
         help="concat, append-token or prepend-token.")] = "concat",
     element_subset: Annotated[int, typer.Option(
         help="Also time annotating a seeded subset of this many elements (0 = no).")] = 0,
+    element_prefix: Annotated[int, typer.Option(
+        help="concat: tokens every element starts with (a window memory's template header).")]
+        = 1,
     repeats: RepeatsOption = 3,
     device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
@@ -53,7 +56,8 @@ def annotate(
 
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
-                            repeats=repeats, element_subset=element_subset or None)
+                            repeats=repeats, element_subset=element_subset or None,
+                            element_prefix=element_prefix)
     _save(result, out, f"annotate-{combiner}-{result['device']}")
     typer.echo(f"speedup over the naive way: {result['speedup']:.2f}x "
                f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "

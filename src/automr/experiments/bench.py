@@ -19,6 +19,7 @@ import torch
 
 from automr import distributed
 from automr.annotation import UpperAnnotator
+from automr.annotation.likelihood import common_prefix
 from automr.annotation.subsets import element_subset as element_subset_indices
 from automr.combiners import COMBINERS, pad_memory
 from automr.defaults import DEFAULT_LAYER
@@ -111,15 +112,21 @@ class WorkCounter:
 
 
 def bench_memory(
-    llm: HFSplitLLM, layer: int, elements: int, token_states: bool,
-    generator: torch.Generator, vocab: int,
+    loaded: LoadedModel, layer: int, elements: int, token_states: bool,
+    generator: torch.Generator, prefix: int = 1,
 ) -> MemoryTokens:
     """Realistic memory for the annotation benchmark: layer-L states of random token windows.
 
     Pooled keys (one vector per element, for the token combiners) are the mean of 12-token
-    windows; token states (for concat) are every token of windows of 5-14 tokens that all
-    start with the same token, like item titles in quotes, encoded in one padded batch as the
-    item memory is, right-padded into one row per element."""
+    windows. Token states (for concat) are every token of ``prefix`` tokens common to all
+    elements followed by 5-14 random ones, encoded in batches of 16 by the memory's own
+    :class:`~automr.memory.encoders.LayerEncoder` (which runs a common prefix of 8 tokens or
+    more once and copies its states, as for a window memory's template header; a 1-token
+    prefix is like an item memory's opening quote), right-padded into one row per element."""
+    from automr.memory.encoders import Backbone, LayerEncoder
+
+    llm = HFSplitLLM(loaded.model)
+    vocab = loaded.model.config.vocab_size
     with torch.no_grad():
         if not token_states:
             windows = torch.randint(100, vocab, (elements, 12), generator=generator)
@@ -128,19 +135,21 @@ def bench_memory(
                              layer).hidden.mean(1)
             return MemoryTokens(hidden=keys[:, None], mask=torch.ones(
                 elements, 1, dtype=torch.bool, device=keys.device))
-        lengths = torch.randint(5, 15, (elements,), generator=generator)
-        ids = torch.randint(100, vocab, (elements, int(lengths.max())), generator=generator)
-        ids[:, 0] = 100
-        mask = torch.arange(ids.shape[1]) < lengths[:, None]
-        states = llm.lower(ids.to(llm.device), mask.to(llm.device), layer).hidden
-        return pad_memory([states[m, : int(n)] for m, n in enumerate(lengths)])
+    head = torch.randint(100, vocab, (prefix,), generator=generator).tolist()
+    lengths = torch.randint(5, 15, (elements,), generator=generator).tolist()
+    token_lists = [head + torch.randint(100, vocab, (n,), generator=generator).tolist()
+                   for n in lengths]
+    encoder = LayerEncoder(Backbone(llm, loaded.tokenizer, loaded.name), layer)
+    states = [state for start in range(0, elements, 16) for state in encoder.encode_tokens(
+        token_lists[start : start + 16], keep_states=True).states]
+    return pad_memory(states)
 
 
 def bench_annotate(
     loaded: LoadedModel, layer: int = DEFAULT_LAYER, prompt_tokens: int = 150,
     target_tokens: int = 10,
     elements: int = 90, combiner: str = "concat", element_batch: int = 32,
-    repeats: int = 3, seed: int = 0, element_subset: int | None = None,
+    repeats: int = 3, seed: int = 0, element_subset: int | None = None, element_prefix: int = 1,
 ) -> dict[str, object]:
     """Annotation samples/s of :class:`UpperAnnotator` vs the naive way (interleaved rounds)
     on one sample of ``elements`` (at least 1) memory elements,
@@ -150,14 +159,17 @@ def bench_annotate(
     Also timed: the plain path (``share_prompt=False``: every element over the whole combined
     sequence, in memory order, batched) and, with ``element_subset``, the fast path on a seeded
     subset of that many elements (what ``automr annotate --element-subset`` does), its labels
-    compared with the naive way's on the same elements."""
+    compared with the naive way's on the same elements. ``element_prefix``: concat elements
+    start with that many common tokens (:func:`bench_memory`); how many of them the annotator
+    finds bit-identical and shares is reported."""
     llm = HFSplitLLM(loaded.model)
     generator = torch.Generator().manual_seed(seed + distributed.rank())  # a sample each
     vocab = loaded.model.config.vocab_size
     prompt = torch.randint(100, vocab, (prompt_tokens,), generator=generator)
     target = torch.randint(100, vocab, (target_tokens,), generator=generator)
     combine = COMBINERS[combiner]()
-    memory = bench_memory(llm, layer, elements, combine.uses_token_states, generator, vocab)
+    memory = bench_memory(loaded, layer, elements, combine.uses_token_states, generator,
+                          element_prefix)
     subset = element_subset_indices(elements, element_subset, seed, "bench")
     sub_memory = MemoryTokens(hidden=memory.hidden[subset], mask=memory.mask[subset])
     counted = {name: WorkCounter(llm) for name in ("automr", "plain", "naive", "subset")}
@@ -185,6 +197,9 @@ def bench_annotate(
         "benchmark": "annotate", "model": loaded.name, "layer": layer, "combiner": combiner,
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "elements": elements,
         "element_tokens_mean": float(memory.mask.sum(1).float().mean()),
+        "element_prefix": element_prefix if combine.uses_token_states else 0,
+        "shared_prefix_tokens": common_prefix([memory.hidden[m][memory.mask[m]]
+                                               for m in range(elements)]),
         "element_batch": element_batch, "repeats": repeats, "dtype": str(llm.dtype),
         "device": str(llm.device), "machine": machine(),
         "automr_s_per_sample": median["automr"], "naive_s_per_sample": median["naive"],
