@@ -16,9 +16,12 @@ from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
 from automr.llm.loading import DEFAULT_MODEL, load_model
+from automr.memory import MemoryStore
 from automr.recommenders.finetune import LOSS_KINDS, SCHEDULES, FinetuneConfig, finetune
+from automr.recommenders.memory_aware import RETRIEVALS, TRAINABLE_COMBINERS, MemoryTraining
 
 defaults = FinetuneConfig()
+memory_defaults = MemoryTraining()
 context_defaults = ContextSpec(kind="trsr")
 
 TrsrOptions = dict[str, Any]
@@ -94,6 +97,19 @@ def finetune_command(
     context_k: Annotated[int, typer.Option(
         help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
     *, trsr: TrsrOptions,
+    memory: Annotated[Path | None, typer.Option(
+        help="Memory-aware fine-tuning (beyond the paper): join elements of this memory "
+             "(automr memory build, at layer --lora-from-layer) to a share of the examples, so "
+             "the upper layers learn to read it.", show_default=False)] = None,
+    memory_share: Annotated[float, typer.Option(
+        help="With --memory: the probability that an example gets an element.")] =
+        memory_defaults.share,
+    memory_retrieval: Annotated[str, typer.Option(
+        help=f"With --memory: which element, {' or '.join(RETRIEVALS)} (closest to the "
+             f"prompt).")] = memory_defaults.retrieval,
+    memory_combiner: Annotated[str, typer.Option(
+        help=f"With --memory: {' or '.join(TRAINABLE_COMBINERS)} (memory before the "
+             f"prompt).")] = memory_defaults.combiner,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -112,13 +128,17 @@ def finetune_command(
             patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
             schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,
             checkpoint_every=checkpoint_every or None, context=spec,
+            memory=None if memory is None else MemoryTraining(
+                share=memory_share, retrieval=memory_retrieval, combiner=memory_combiner),
             autocast=None if autocast == "none" else autocast,
         )
     except ValueError as error:  # attrs' validators: name the option and the allowed values
         raise AutomrError(f"invalid fine-tune options: {_option_error(error)}") from None
     dataset = PreparedDataset.load(data)
     loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-    record = finetune(loaded, dataset, out, config, progress=not quiet, cache_dir=cache_dir)
+    store = None if memory is None else MemoryStore.open(memory)
+    record = finetune(loaded, dataset, out, config, progress=not quiet, cache_dir=cache_dir,
+                      memory=store)
     typer.echo(f"validation NLL {record.get('initial_valid_nll', float('nan')):.4f} -> "
                f"{record['best_valid_nll']:.4f} (best at step {record['best_step']} of "
                f"{record['step']}); adapter in {Path(out) / 'best'}")

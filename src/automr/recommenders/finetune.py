@@ -49,9 +49,12 @@ from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_samp
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
+from automr.interfaces import Insert
 from automr.llm.loading import LoadedModel, canonical_model_name
 from automr.llm.split import HFSplitLLM
+from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from automr.recommenders.memory_aware import MemoryInserts, MemoryTraining
 from automr.recommenders.parallel import AUTOCAST, NLLModule, StepRunner
 from automr.recommenders.runs import RESULT_FILE
 from automr.state import LayerState
@@ -112,12 +115,20 @@ class FinetuneConfig:
     """Mixed precision of the training forward: ``bf16`` or ``fp16`` (with loss scaling) under
     :func:`torch.autocast`, the weights staying in the model's dtype; None: the model's dtype."""
 
+    memory: MemoryTraining | None = None
+    """Memory-aware fine-tuning (beyond the paper): a share of the examples get an element of
+    their memory at layer ``lora_from_layer`` (:mod:`automr.recommenders.memory_aware`); None:
+    BIGRec, frozen to memory as in the paper."""
+
     def to_json(self) -> dict:
-        """The fields as JSON; ``context`` only when set (records of runs without one stay
-        as they were, so their checkpoints still resume)."""
+        """The fields as JSON; ``context`` and ``memory`` only when set (records of runs
+        without them stay as they were, so their checkpoints still resume)."""
         data = attrs.asdict(self, recurse=False)
-        context = data.pop("context")
-        return data if context is None else {**data, "context": context.to_json()}
+        for name in ("context", "memory"):
+            value = data.pop(name)
+            if value is not None:
+                data[name] = value.to_json()
+        return data
 
 
 @attrs.frozen
@@ -129,6 +140,9 @@ class Batch:
     logits_at: torch.Tensor  # [batch k] positions whose logits predict ``labels``
     labels: torch.Tensor  # [batch k] next-token ids
     label_mask: torch.Tensor  # [batch k] bool
+    insert: Insert | None = None
+    """Memory joined to the batch's layer-L states before the prompt (memory-aware
+    fine-tuning, :mod:`automr.recommenders.memory_aware`); the scored positions shift with it."""
 
 
 def collate(examples: Sequence[TokenizedExample], pad_id: int, loss_on: str = "target") -> Batch:
@@ -167,7 +181,12 @@ def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
                 state = llm.lower(ids, mask, layer)
         else:
             state = llm.lower(ids, mask, 0)
-    logits = llm.upper(state, logits_at=batch.logits_at.to(device)).float()
+    logits_at = batch.logits_at.to(device)
+    if batch.insert is not None:  # memory before the prompt: every position moves right
+        width = state.seq_len
+        state = batch.insert(state)
+        logits_at = logits_at + (state.seq_len - width)
+    logits = llm.upper(state, logits_at=logits_at).float()
     nll = torch.nn.functional.cross_entropy(
         logits.flatten(0, 1), batch.labels.to(device).flatten(), reduction="none"
     )
@@ -236,6 +255,15 @@ class LowerCache:
         return LayerState(hidden=hidden.to(device), mask=mask.to(device), layer=self.layer)
 
 
+def with_memory(batch: Batch, memory: MemoryInserts | None, indices: Sequence[int],
+                epoch: int) -> Batch:
+    """``batch`` (of examples ``indices``) with the memory ``memory`` draws for it in
+    ``epoch`` (unchanged without ``memory``)."""
+    if memory is None:
+        return batch
+    return attrs.evolve(batch, insert=memory.insert(indices, epoch))
+
+
 @beartype
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """The learning-rate multiplier of optimizer step ``step`` (0-based) of ``total_steps``.
@@ -295,14 +323,17 @@ def encode_samples(
 
 @torch.no_grad()
 def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
-             batch_size: int, loss_on: str = "target", cache: LowerCache | None = None) -> float:
+             batch_size: int, loss_on: str = "target", cache: LowerCache | None = None,
+             memory: MemoryInserts | None = None) -> float:
     """Mean NLL per scored token over ``examples`` (upper half only when ``cache`` holds their
-    layer-L states). Under a launcher each process scores its round-robin share of the
-    batches (collective: every process calls it)."""
+    layer-L states; with ``memory``, its fixed validation draw). Under a launcher each
+    process scores its round-robin share of the batches (collective: every process calls
+    it)."""
     total, count = 0.0, 0
     for start in distributed.mine(range(0, len(examples), batch_size)):
-        batch = collate(examples[start : start + batch_size], pad_id, loss_on)
         indices = range(start, min(start + batch_size, len(examples)))
+        batch = with_memory(collate(examples[start : start + batch_size], pad_id, loss_on),
+                            memory, indices, epoch=0)
         state = None if cache is None else cache.state(indices, llm.device)
         nll, n = batch_nll(llm, batch, 0 if cache is None else cache.layer, state)
         total, count = total + float(nll), count + n
@@ -329,20 +360,24 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
 def finetune(
     loaded: LoadedModel, dataset: PreparedDataset, out_dir: Path | str,
     config: FinetuneConfig = FinetuneConfig(), progress: bool = True,
-    cache_dir: Path | str | None = None,
+    cache_dir: Path | str | None = None, memory: MemoryStore | None = None,
 ) -> dict:
     """Fine-tune ``loaded`` with LoRA on ``dataset``'s training samples into ``out_dir``.
 
     Resumes from ``out_dir/checkpoint`` when it was written with the same configuration,
     model and data. Returns the run record also written to ``out_dir/finetune.json``.
     With ``config.context`` every prompt carries that context, computed with the base model
-    before LoRA is attached (cached in ``cache_dir``).
+    before LoRA is attached (cached in ``cache_dir``). With ``config.memory``, ``memory`` is
+    the store whose elements join the examples (built from this model at layer
+    ``config.lora_from_layer``).
     """
     out = Path(out_dir)
     _check_layers(loaded, config)
+    _check_memory(loaded, config, memory)
     identity = json.loads(json.dumps({  # as it reads back from state.json
         "config": config.to_json(), "model": loaded.name,
         "model_fingerprint": loaded.fingerprint(), "data_fingerprint": dataset_fingerprint(dataset),
+        **({} if config.memory is None else {"memory": memory_identity(memory)}),
     }))
     state = _load_checkpoint(out, identity)
     train_samples = seeded_subset(dataset.samples("train"), config.max_train_samples,
@@ -371,6 +406,12 @@ def finetune(
     valid = encode_samples(loaded, dataset, valid_samples, valid_contexts)
     if not train:
         raise AutomrError("the dataset has no training samples; check the protocol's split")
+    train_memory = valid_memory = None
+    if config.memory is not None:
+        train_memory, valid_memory = (
+            MemoryInserts(memory, config.memory, samples, [len(ex.prompt_ids) for ex in examples],
+                          seed=config.seed)
+            for samples, examples in ((train_samples, train), (valid_samples, valid)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay)
     per_step = config.batch_size * config.grad_accum
@@ -396,7 +437,7 @@ def finetune(
     train_cache, valid_cache = caches
     if record["step"] == 0 and record["best_valid_nll"] is None:
         record["initial_valid_nll"] = mean_nll(llm, valid, pad_id, config.batch_size,
-                                               cache=valid_cache)
+                                               cache=valid_cache, memory=valid_memory)
     total_steps = steps_per_epoch * config.epochs
     columns = [TextColumn("finetune"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
@@ -415,7 +456,8 @@ def finetune(
                 share, weight = group[:1], 0.0
             micro = [share[i : i + config.batch_size]
                      for i in range(0, len(share), config.batch_size)]
-            batches = [(collate([train[i] for i in ids], pad_id, config.loss_on),
+            batches = [(with_memory(collate([train[i] for i in ids], pad_id, config.loss_on),
+                                    train_memory, ids, epoch),
                         None if train_cache is None else train_cache.state(ids, llm.device))
                        for ids in micro]
             lr = config.lr * lr_factor(step, total_steps, config.warmup_steps, config.schedule)
@@ -431,7 +473,7 @@ def finetune(
             bar.update(task, advance=1, status=f"loss {loss:.3f}")
             if record["step"] % config.eval_every == 0 or record["step"] == total_steps:
                 _evaluate(model, loaded.tokenizer, llm, valid, pad_id, config, record, out,
-                          valid_cache, lr)
+                          valid_cache, lr, valid_memory)
                 _save_checkpoint(model, optimizer, record, out, runner.scaler)
             elif config.checkpoint_every and record["step"] % config.checkpoint_every == 0:
                 _save_checkpoint(model, optimizer, record, out, runner.scaler)
@@ -448,11 +490,36 @@ def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> None:
                           f"(the model has {n_layers})")
 
 
+def _check_memory(loaded: LoadedModel, config: FinetuneConfig,
+                  memory: MemoryStore | None) -> None:
+    if config.memory is None:
+        if memory is not None:
+            raise AutomrError("a memory was given but the config has no memory training "
+                              "(FinetuneConfig.memory)")
+        return
+    if memory is None:
+        raise AutomrError("memory-aware fine-tuning needs the memory folder (--memory DIR)")
+    if memory.layer != config.lora_from_layer:
+        raise AutomrError(f"memory-aware fine-tuning joins memory where the tuned layers begin: "
+                          f"the memory holds layer-{memory.layer} states, so use "
+                          f"--lora-from-layer {memory.layer}")
+    if memory.record.model_fingerprint != loaded.fingerprint():
+        raise AutomrError(f"the memory in {memory.folder} was built with another model than "
+                          f"{loaded.name!r}; build it with that model")
+
+
+def memory_identity(memory: MemoryStore) -> dict:
+    """What a memory-aware run's checkpoint must match: the memory's model and layer."""
+    record = memory.record
+    return {"model_fingerprint": record.model_fingerprint, "layer": record.layer,
+            "encoder": record.encoder, "store_token_states": record.store_token_states}
+
+
 def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
-              cache: LowerCache | None, lr: float) -> None:
+              cache: LowerCache | None, lr: float, memory: MemoryInserts | None) -> None:
     """Validate; on a new best, write ``best/``: the adapter and the tokenizer (with its pad
     token), so the folder loads with plain transformers + peft."""
-    valid_nll = mean_nll(llm, valid, pad_id, config.batch_size, cache=cache)
+    valid_nll = mean_nll(llm, valid, pad_id, config.batch_size, cache=cache, memory=memory)
     previous = record["evaluations"][-1]["step"] if record["evaluations"] else 0
     recent = [v for v in record["train_losses"][previous:] if v is not None]
     record["evaluations"].append({

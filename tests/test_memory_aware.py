@@ -1,0 +1,124 @@
+"""Memory-aware fine-tuning: the training loss with a memory element is exactly the target
+log-likelihood inference computes with that element, rows without one keep the plain loss,
+draws are fixed by (seed, epoch, sample), and a run trains, records and resumes."""
+
+import json
+
+import attrs
+import pytest
+import torch
+
+from automr.combiners import COMBINERS
+from automr.data import tokenize_sample
+from automr.errors import AutomrError
+from automr.grounding.likelihood import target_log_likelihoods
+from automr.llm import HFSplitLLM
+from automr.llm.loading import load_model
+from automr.memory import MemoryConfig, build_memory
+from automr.methods.generative import left_padded_prompts
+from automr.recommenders.finetune import FinetuneConfig, batch_nll, collate, finetune
+from automr.recommenders.memory_aware import MemoryInserts, MemoryTraining
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+LAYER = 2
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory-aware")
+    dataset = synthetic_dataset(root)
+    loaded = load_model(str(save_tiny_model(root / "model")), device="cpu")
+    memory = build_memory(loaded, dataset, LAYER, MemoryConfig(encoder="item",
+                                                              store_token_states=True),
+                          root / "memory", progress=False)
+    samples = [s for s in dataset.samples("train") if s.memory][:6]
+    examples = [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config)
+                for s in samples]
+    return {"root": root, "dataset": dataset, "loaded": loaded, "memory": memory,
+            "samples": samples, "examples": examples}
+
+
+def inserts(space, **spec) -> MemoryInserts:
+    return MemoryInserts(space["memory"], MemoryTraining(**spec), space["samples"],
+                         [len(ex.prompt_ids) for ex in space["examples"]], seed=3)
+
+
+@pytest.mark.parametrize("combiner", ["concat", "prepend-token"])
+@pytest.mark.parametrize("retrieval", ["random", "semantic"])
+def test_training_loss_is_the_inference_likelihood_with_the_same_element(space, combiner,
+                                                                         retrieval):
+    memory = inserts(space, share=1.0, retrieval=retrieval, combiner=combiner)
+    loaded, examples = space["loaded"], space["examples"]
+    llm = HFSplitLLM(loaded.model)
+    indices = list(range(len(examples)))
+    batch = attrs.evolve(collate(examples, loaded.tokenizer.pad_token_id),
+                         insert=memory.insert(indices, epoch=0))
+    with torch.no_grad():
+        nll, _ = batch_nll(llm, batch, LAYER)
+    # inference: the prompt alone through the lower half, the same element joined before it
+    # (chosen from the prompt's own states for semantic), the target teacher-forced after both
+    elements = [memory.drawn(i, 0)[1] for i in indices]
+    if retrieval == "semantic":
+        state = llm.lower(batch.input_ids, batch.mask, LAYER)
+        elements = memory._elements(state, [space["memory"].request_for(s)
+                                             for s in space["samples"]],
+                                    [(True, 0)] * len(indices),
+                                    [len(ex.prompt_ids) for ex in examples])
+    requests = [space["memory"].request_for(s) for s in space["samples"]]
+    tokens = memory._tokens(requests, elements, COMBINERS[combiner]())
+    ids, mask = left_padded_prompts(loaded, space["dataset"], space["samples"])
+    expected = target_log_likelihoods(
+        llm, ids, mask, LAYER, [ex.input_ids[len(ex.prompt_ids):] for ex in examples],
+        insert=lambda state: COMBINERS[combiner]().combine(state, tokens))
+    assert float(nll) == pytest.approx(-float(expected.sum()), rel=1e-4, abs=1e-4)
+
+
+def test_rows_without_an_element_keep_the_plain_loss(space):
+    loaded, examples = space["loaded"], space["examples"]
+    llm = HFSplitLLM(loaded.model)
+    memory = inserts(space, share=0.5)
+    draws = [memory.drawn(i, 0)[0] for i in range(len(examples))]
+    assert any(draws) and not all(draws)  # this seed mixes both kinds of rows
+    plain = collate(examples, loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        with_memory = [float(batch_nll(llm, attrs.evolve(collate([ex], 0), insert=memory.insert(
+            [i], 0)), LAYER)[0]) for i, ex in enumerate(examples)]
+        without = [float(batch_nll(llm, collate([ex], 0), LAYER)[0]) for ex in examples]
+        batched = float(batch_nll(llm, attrs.evolve(plain, insert=memory.insert(
+            range(len(examples)), 0)), LAYER)[0])
+    for drawn, a, b in zip(draws, with_memory, without, strict=True):
+        assert (a != pytest.approx(b, abs=1e-6)) if drawn else a == pytest.approx(b, abs=1e-5)
+    assert batched == pytest.approx(sum(with_memory), rel=1e-4)
+
+
+def test_draws_depend_on_seed_epoch_and_sample_only(space):
+    memory = inserts(space, share=0.5)
+    again = inserts(space, share=0.5)
+    assert [memory.drawn(i, 1) for i in range(6)] == [again.drawn(i, 1) for i in range(6)]
+    epochs = {tuple(memory.drawn(i, epoch) for i in range(6)) for epoch in range(4)}
+    assert len(epochs) > 1
+
+
+def test_append_token_cannot_be_trained():
+    with pytest.raises(ValueError):
+        MemoryTraining(combiner="append-token")
+
+
+def test_memory_aware_finetune_trains_records_and_checks_its_memory(space):
+    config = FinetuneConfig(max_train_samples=16, max_valid_samples=4, batch_size=4, epochs=1,
+                            eval_every=2, lora_from_layer=LAYER,
+                            memory=MemoryTraining(share=0.5))
+    out = space["root"] / "run"
+    record = finetune(space["loaded"], space["dataset"], out, config, progress=False,
+                      memory=space["memory"])
+    assert record["config"]["memory"] == {"share": 0.5, "retrieval": "random",
+                                          "combiner": "concat"}
+    assert record["memory"]["layer"] == LAYER
+    assert json.loads((out / "finetune.json").read_text())["step"] == 4
+    loaded = load_model(str(space["root"] / "model"), device="cpu")
+    with pytest.raises(AutomrError, match="--lora-from-layer 2"):
+        finetune(loaded, space["dataset"], space["root"] / "other",
+                 attrs.evolve(config, lora_from_layer=1), progress=False, memory=space["memory"])
+    with pytest.raises(AutomrError, match="--memory"):
+        finetune(loaded, space["dataset"], space["root"] / "other", config, progress=False)
+
