@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import CacheDirOption, DeviceOption, DtypeOption, user_errors
+from automr.cli.common import ModelChoice, model_options, user_errors
 from automr.defaults import DEFAULT_LAYER
 
 app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
@@ -32,9 +32,10 @@ def _save(result: dict, out: Path, name: str) -> None:
 
 @app.command()
 @user_errors
+@model_options()
 def annotate(
     out: OutOption = Path("benchmarks/results"),
-    model: str = "smollm2-135m",
+    *, model: ModelChoice,
     layer: int = DEFAULT_LAYER,
     prompt_tokens: int = 150,
     target_tokens: int = 10,
@@ -47,14 +48,12 @@ def annotate(
         help="concat: tokens every element starts with (a window memory's template header).")]
         = 1,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Annotation samples/s (upper half only, the layout's shared work) vs a full forward per
     element, and the ratio each way's multiply-adds allow."""
     from automr.experiments.bench import bench_annotate
-    from automr.llm.loading import load_model
 
-    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    loaded = model.load()
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
                             repeats=repeats, element_subset=element_subset or None,
                             element_prefix=element_prefix)
@@ -77,22 +76,21 @@ def annotate(
 
 @app.command()
 @user_errors
+@model_options()
 def encode(
     data: Annotated[Path, typer.Option(help="Prepared dataset (prompts of real samples).")],
     out: OutOption = Path("benchmarks/results"),
-    model: str = "smollm2-135m",
+    *, model: ModelChoice,
     layer: int = DEFAULT_LAYER,
     texts: int = 32,
     batch_size: int = 16,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Memory-encoding tokens/s vs a raw lower-half forward, and the split's overhead."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_encode
-    from automr.llm.loading import load_model
 
-    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    loaded = model.load()
     result = bench_encode(loaded, PreparedDataset.load(data), layer, texts, batch_size,
                           repeats)
     _save(result, out, f"encode-{result['device']}")
@@ -104,28 +102,27 @@ def encode(
 
 @app.command()
 @user_errors
+@model_options()
 def ground(
     data: Annotated[Path, typer.Option(help="Prepared dataset (its test prompts are used).")],
     out: OutOption = Path("benchmarks/results"),
-    model: str = "smollm2-135m",
+    *, model: ModelChoice,
     grounders: Annotated[str, typer.Option(help="Comma-separated: constrained, l2, "
                                                  "likelihood.")] = "constrained,l2",
     samples: int = 8,
     batch_size: int = 8,
     layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = DEFAULT_LAYER,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """Generation + grounding samples/s of each grounder (the whole catalog ranked); the
     constrained search beside the plain implementation and transformers' generate."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_ground
-    from automr.llm.loading import load_model
 
-    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    loaded = model.load()
     kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
-                          layer, cache_dir=cache_dir, repeats=repeats)
+                          layer, cache_dir=model.cache_dir, repeats=repeats)
     _save(result, out, f"ground-{result['device']}")
     for key, value in list(result.items()):
         if "_speedup_vs_" in key and not key.endswith("_min_max"):
@@ -137,24 +134,25 @@ def ground(
 
 @app.command()
 @user_errors
+@model_options()
 def finetune(
     data: Annotated[Path, typer.Option(help="Prepared dataset (its training samples are used).")],
     out: OutOption = Path("benchmarks/results"),
-    model: str = "smollm2-135m",
+    *, model: ModelChoice,
     layer: Annotated[int, typer.Option(help="The upper-layers variant tunes layers >= this.")] =
         DEFAULT_LAYER,
     steps: int = 8,
     batch_size: int = 8,
     repeats: RepeatsOption = 3,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto", cache_dir: CacheDirOption = None,
 ) -> None:
     """LoRA training speed, same batches: all layers; only the layers above the split (lower
     half under no_grad each step); the same with the lower half's states computed once."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_finetune
 
-    result = bench_finetune(model, PreparedDataset.load(data), layer, steps, batch_size,
-                            device=device, dtype=dtype, cache_dir=cache_dir, repeats=repeats)
+    result = bench_finetune(model.name, PreparedDataset.load(data), layer, steps, batch_size,
+                            device=model.device, dtype=model.dtype, cache_dir=model.cache_dir,
+                            repeats=repeats)
     _save(result, out, f"finetune-{result['device']}")
     for key, what in (("upper_layers_speedup", f"LoRA on layers >= {layer} vs all layers"),
                       ("cached_speedup_over_plain", "cached layer-L states vs plain")):

@@ -4,11 +4,15 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
+import attrs
 import typer
 
 from automr.errors import AutomrError
+
+if TYPE_CHECKING:
+    from automr.llm.loading import LoadedModel
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,3 +83,29 @@ def option_group(name: str, options: Mapping[str, tuple[Any, Any]],
         return with_group
 
     return decorate
+
+
+@attrs.frozen
+class ModelChoice:
+    """``--model``, ``--device``, ``--dtype``, ``--cache-dir``: which model, loaded where."""
+
+    name: str
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: Path | None = None
+
+    def load(self) -> "LoadedModel":
+        from automr.llm.loading import load_model
+
+        return load_model(self.name, device=self.device, dtype=self.dtype,
+                          cache_dir=self.cache_dir)
+
+
+def model_options(help: str = "Embedded name, HF id or folder.", default: str = "smollm2-135m",
+                  ) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command ``--model`` (with ``help``), ``--device``, ``--dtype`` and
+    ``--cache-dir``, received as one :class:`ModelChoice` named ``model``."""
+    options = {"model": (Annotated[str, typer.Option(help=help)], default),
+               "device": (DeviceOption, "auto"), "dtype": (DtypeOption, "auto"),
+               "cache_dir": (CacheDirOption, None)}
+    return option_group("model", options, lambda model, **where: ModelChoice(model, **where))
