@@ -37,6 +37,9 @@ def memory_build(
     storage_dtype: Annotated[str, typer.Option(help="model, float32, float16, bfloat16.")] =
         "model",
     batch_size: int = 16,
+    shard_elements: Annotated[int, typer.Option(
+        help="Close a shard once it holds this many elements (0 = the encoder's default: "
+             "2048 for window, 200,000 for item).")] = 0,
     device: DeviceOption = "auto", dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> None:
@@ -45,8 +48,10 @@ def memory_build(
     from automr.llm.loading import load_model
     from automr.memory import MemoryConfig, Pooling, build_memory
 
+    sharding = {"shard_elements": shard_elements} if shard_elements else {}
     config = MemoryConfig(encoder=encoder, pooling=Pooling(kind=pooling),
-                          store_token_states=store_token_states, storage_dtype=storage_dtype)
+                          store_token_states=store_token_states, storage_dtype=storage_dtype,
+                          **sharding)
     store = build_memory(load_model(model, device=device, dtype=dtype, cache_dir=cache_dir),
                          PreparedDataset.load(data), layer, config, out, batch_size=batch_size,
                          progress=not quiet)
