@@ -1,11 +1,65 @@
-"""Running at scale: sharding a small memory build."""
+"""Running at scale: the work-count script (docs/scale.md) and sharding a small memory build."""
 
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from automr.cli.main import app
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "work_count.py"
+CONFIGS = sorted((ROOT / "examples" / "configs").glob("paper-amazon-*.toml"))
+STEPS = ["fine-tune BIGRec", "fine-tune ReLLa", "fine-tune TRSR", "TRSR summaries",
+         "memory build", "annotate", "evaluate (Table 1)", "RQ2"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("work_count", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_the_work_count_script_prints_every_step(config, tmp_path):
+    out = tmp_path / "work.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "--gpus", "8",
+                          "--json", str(out)], capture_output=True, text=True, check=True)
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in rows[2:-1]] == STEPS
+    assert rows[-1].startswith("| **total**")
+    result = json.loads(out.read_text())
+    total = result["total"]
+    assert total["h100_gpu_hours"] < total["a100_gpu_hours"]
+    assert 0 < total["h100_wall_hours_8"] < total["h100_gpu_hours"]
+
+
+def test_the_work_count_model_is_linear_in_the_counts(tmp_path):
+    """Measured counts (a prepared dataset's stats.json) replace the assumed ones; twice the
+    interactions encode twice the tokens, and Llama-2-7B has its 6.74 B parameters."""
+    work = load_script()
+    assert round(work.Shape().params / 1e9, 2) == 6.74
+    stats = {"filtered": {"users": 100, "items": 500, "interactions": 5000},
+             "samples": {"train": 3000, "valid": 500, "test": 500},
+             "memory_length": {s: {"mean": 30.0} for s in ("train", "valid", "test")}}
+    flops = []
+    for scale in (1, 2):
+        scaled = json.loads(json.dumps(stats))
+        for key in ("users", "interactions"):
+            scaled["filtered"][key] *= scale
+        path = tmp_path / f"stats-{scale}.json"
+        path.write_text(json.dumps(scaled))
+        _, result = work.report(CONFIGS[0], path, 0.4, 0.6, (8,))
+        assert result["population"]["assumed"] is False
+        flops.append({s["name"]: s["flops"] for s in result["steps"]})
+    assert flops[1]["memory build"] == pytest.approx(2 * flops[0]["memory build"])
+    assert flops[1]["annotate"] == pytest.approx(flops[0]["annotate"])  # 20,000 samples
 
 
 def test_memory_build_shard_elements_splits_a_small_build(tmp_path):
