@@ -31,7 +31,9 @@ def test_the_work_count_script_prints_every_step(config, tmp_path):
     out = tmp_path / "work.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "--gpus", "8",
                           "--json", str(out)], capture_output=True, text=True, check=True)
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("| users | ") for line in lines)  # the assumptions table
+    rows = lines[lines.index(next(x for x in lines if x.startswith("| step | "))):]
     assert [row.split(" | ")[0][2:] for row in rows[2:-1]] == STEPS
     assert rows[-1].startswith("| **total**")
     result = json.loads(out.read_text())
