@@ -102,7 +102,8 @@ def test_custom_retriever_uses_public_imports_only():
 
 def test_the_demo_ends_with_the_likelihood_gain_and_its_intervals(demo):
     summary = demo_summary(demo["root"] / "demo")
-    assert "| sasrec |" in summary  # the ranking table first
+    assert "| cooc |" in summary  # the ranking table first
+    assert "actual next item ranked" in summary  # one user's recommendation last
     assert "5 test samples" in summary
     for other in ("bigrec", "random"):
         [line] = [ln for ln in summary.splitlines() if ln.strip().startswith(f"AutoMR - {other}")]

@@ -35,8 +35,10 @@ def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
                        cache_dir=tmp_path / "cache", progress=False,
                        dataset_dir=workspace / "prepared", say=lines.append)
     payload = json.loads((results / "results.json").read_text())
-    assert list(payload["methods"]) == ["sasrec", "bigrec:constrained", "automr:constrained",
-                                        "random:constrained"]
+    assert list(payload["methods"]) == ["pop", "cooc", "bigrec:constrained",
+                                        "automr:constrained", "random:constrained"]
+    example = (tmp_path / "demo" / "example" / "example.md").read_text()
+    assert "retrieved from memory:" in example and "actual next item ranked" in example
     retrieved = json.loads((results / "retrieved" / "automr-constrained.json").read_text())
     assert len(retrieved) == payload["samples"]
     annotations = Annotations.load(tmp_path / "demo" / "annotations")

@@ -144,9 +144,10 @@ def demo_command(
     """The main job: the whole pipeline on the embedded default, ending with a results table.
 
     Prepares MovieLens-100K, fine-tunes BIGRec (LoRA on layers >= L), builds the memory,
-    annotates (eq. 5), trains the retriever (eq. 6), evaluates SASRec, BIGRec, AutoMR and
-    random retrieval on the same test samples, and ends with AutoMR's gain in the true
-    title's log-likelihood over BIGRec and over random retrieval, with paired intervals.
+    annotates (eq. 5), trains the retriever (eq. 6), ranks the popularity and co-occurrence
+    floors, BIGRec, AutoMR and random retrieval on the same test samples, and ends with AutoMR's
+    gain in the true title's log-likelihood over BIGRec and over random retrieval, with paired
+    intervals, and one test user's recommendation with the memory AutoMR retrieved.
     """
     from automr.experiments.demo import DemoConfig, demo_summary, run_demo
 
@@ -182,12 +183,4 @@ def recommend_command(
 
     result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
                        combiner, k, device, cache_dir, dtype)
-    sample = result.sample
-    typer.echo(f"user {user}, {split} sample at {sample.timestamp} with {len(sample.recent)} "
-               f"recent and {len(sample.memory)} memory items")
-    for rank, (item, title) in enumerate(result.items, 1):
-        mark = "  <- the actual next item" if item == sample.target else ""
-        typer.echo(f"{rank:>3}. {title} [{item}]{mark}")
-    typer.echo(f"actual next item ranked {result.target_rank + 1}")
-    for item, title, date in result.retrieved:
-        typer.echo(f"retrieved from memory: {title} [{item}] ({date})")
+    typer.echo("\n".join(result.describe(split)))

@@ -1,10 +1,11 @@
 """``automr demo``: the whole pipeline at a size that finishes on a laptop CPU.
 
 prepare -> fine-tune (LoRA on layers >= L) -> memory -> annotation (eq. 5) -> retriever
-training (eq. 6) -> evaluation of SASRec, BIGRec, AutoMR and random retrieval on the same
-test samples -> the true title's log-likelihood under BIGRec, AutoMR and random retrieval on
-more test samples (no decoding: cheap, and paired intervals resolve small effects). Every
-step writes its own folder under the run folder and resumes when rerun;
+training (eq. 6) -> ranking by the two floors (popularity, co-occurrence counts), BIGRec,
+AutoMR and random retrieval on the same test samples -> the true title's log-likelihood under
+BIGRec, AutoMR and random retrieval on more test samples (no decoding: cheap, and paired
+intervals resolve small effects) -> one test user's recommendation with the memory AutoMR
+retrieved. Every step writes its own folder under the run folder and resumes when rerun;
 :func:`demo_summary` says what came out.
 """
 
@@ -23,10 +24,12 @@ from automr.annotation.run import AnnotateConfig, annotate_dataset
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, prepare_movielens_100k
 from automr.data.fingerprint import dataset_fingerprint
+from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.likelihood import LikelihoodReport, compare_likelihoods
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
+from automr.experiments.recommend import recommend
 from automr.experiments.retriever import train_retriever
 from automr.llm.loading import DEFAULT_MODEL, load_model
 from automr.memory import MemoryConfig, build_memory
@@ -35,6 +38,7 @@ from automr.methods.registry import Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
+from automr.storage import write_text_atomic
 
 
 @beartype
@@ -128,11 +132,11 @@ def run_demo(
         config=RetrieverTrainingConfig(seed=config.seed), progress=progress, device=device))
     results = out / "results"
     grounder = config.grounder
-    methods = ["sasrec", f"bigrec:{grounder}", f"automr:{grounder}", f"random:{grounder}"]
+    methods = ["pop", "cooc", f"bigrec:{grounder}", f"automr:{grounder}", f"random:{grounder}"]
     step("evaluate", results, lambda: evaluate_methods(
         data, methods, results,
         EvalConfig(max_samples=config.test_samples, seed=config.seed, layer=config.layer,
-                   num_beams=config.num_beams, combiner=config.combiner),
+                   num_beams=config.num_beams, combiner=config.combiner, exclude_seen=True),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
         device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
     likelihood = out / "likelihood"
@@ -143,6 +147,12 @@ def run_demo(
                    batch_size=16),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
         device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
+    example = out / "example"
+    step("one user's recommendation", example, lambda: write_text_atomic(
+        example / "example.md", "\n".join(recommend(
+            data, example_user(dataset, config), bigrec, memory, retriever, top=5,
+            grounder=grounder, combiner=config.combiner, device=device, cache_dir=cache_dir,
+            dtype=dtype).describe()) + "\n"))
     record = {"config": attrs.asdict(config), "seconds": timings,
               "versions": {"automr": automr.__version__, "torch": torch.__version__,
                            "python": platform.python_version()},
@@ -152,6 +162,11 @@ def run_demo(
     with runs.open("a") as f:
         f.write(json.dumps(record) + "\n")
     return results
+
+
+def example_user(dataset: PreparedDataset, config: DemoConfig) -> str:
+    """The user of the first seeded test sample the likelihood step scores."""
+    return seeded_subset(dataset.samples("test"), config.likelihood_samples, config.seed)[0].user
 
 
 def demo_summary(out_dir: Path | str) -> str:
@@ -172,4 +187,8 @@ def demo_summary(out_dir: Path | str) -> str:
                    else "no difference resolved")
         lines.append(f"  AutoMR - {other:<7} {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
                      f"  ({verdict})")
+    example = out / "example" / "example.md"
+    if example.exists():
+        lines += ["", "One test user (the first sample of the likelihood step), AutoMR's top 5:",
+                  example.read_text().rstrip()]
     return "\n".join(lines) + "\n"

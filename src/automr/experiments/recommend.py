@@ -24,6 +24,23 @@ class Recommendation:
     items: list[tuple[str, str]]  # (item id, title), best first
     retrieved: list[tuple[str, str, str]]  # (item id, title, ISO date) of memory elements
     target_rank: int
+    recent: list[str] = attrs.field(factory=list)  # titles of the prompt's recent items
+
+    def describe(self, split: str = "test") -> list[str]:
+        """The recommendation in lines: the sample, the recent items, what was retrieved from
+        memory, the top items (the actual next one marked) and its rank."""
+        sample = self.sample
+        lines = [f"user {sample.user}, {split} sample at {sample.timestamp} with "
+                 f"{len(sample.recent)} recent and {len(sample.memory)} memory items"]
+        if self.recent:
+            lines.append(f"recent items: {'; '.join(self.recent)}")
+        lines += [f"retrieved from memory: {title} [{item}] ({date})"
+                  for item, title, date in self.retrieved]
+        for rank, (item, title) in enumerate(self.items, 1):
+            mark = "  <- the actual next item" if item == sample.target else ""
+            lines.append(f"{rank:>3}. {title} [{item}]{mark}")
+        lines.append(f"actual next item ranked {self.target_rank + 1}")
+        return lines
 
 
 def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
@@ -64,4 +81,5 @@ def recommend(
     return Recommendation(
         sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
         retrieved=retrieved, target_rank=ranking.index(item_ids.index(sample.target)),
+        recent=list(catalog.titles(sample.recent)),
     )
