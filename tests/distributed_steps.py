@@ -5,8 +5,8 @@ processes) for the data-parallel run::
     python -m torch.distributed.run --standalone --nproc-per-node 2 \\
         tests/distributed_steps.py WORKSPACE OUT
 
-writes OUT/{memory,annotations,evaluation,cli-evaluation,finetune,summaries.json} (memory and
-annotations resume what the test left there).
+writes OUT/{memory,item-memory,annotations,evaluation,cli-evaluation,finetune,summaries.json}
+(memory and annotations resume what the test left there).
 """
 
 import sys
@@ -33,10 +33,11 @@ def _dataset(workspace: Path):
     return PreparedDataset.load(workspace / "prepared")
 
 
-def memory(workspace: Path, out: Path, on_shard=None):
+def memory(workspace: Path, out: Path, on_shard=None, encoder: str = "window"):
+    """A window memory, or with ``encoder="item"`` one of shared shards (each item once)."""
     from automr.memory import MemoryConfig, build_memory
 
-    config = MemoryConfig(shard_elements=40, store_token_states=True)
+    config = MemoryConfig(encoder=encoder, shard_elements=40, store_token_states=True)
     return build_memory(_model(workspace), _dataset(workspace), LAYER, config, out,
                         batch_size=5, progress=False, on_shard=on_shard)
 
@@ -140,6 +141,7 @@ def main(workspace: Path, out: Path) -> None:
     distributed.init()
     ref = workspace / "ref"
     memory(workspace, out / "memory")
+    memory(workspace, out / "item-memory", encoder="item")
     annotate(workspace, ref / "memory", out / "annotations")
     evaluation(workspace, ref / "finetune", ref / "memory", out / "evaluation")
     record = finetune(workspace, out / "finetune", interrupt_after=2)

@@ -103,6 +103,7 @@ def test_two_processes_equal_one(tmp_path):
     ref, par = workspace / "ref", workspace / "par"
 
     steps.memory(workspace, ref / "memory")
+    steps.memory(workspace, ref / "item-memory", encoder="item")
 
     def stop(number: int, total: int) -> None:
         raise KeyboardInterrupt
@@ -131,18 +132,21 @@ def test_two_processes_equal_one(tmp_path):
     assert launched.returncode == 0, launched.stderr[-4000:]
     assert json.loads((par / "processes.json").read_text())["world"] == 2
 
-    # memory: the same index and shards as one uninterrupted process
-    ours, theirs = MemoryIndex.read(par / "memory"), MemoryIndex.read(ref / "memory")
-    assert ours.complete and len(ours.shards) == len(theirs.shards) > 2
-    assert ours.users == theirs.users
-    assert [(s.file, s.elements, s.tokens, s.users) for s in ours.shards] == [
-        (s.file, s.elements, s.tokens, s.users) for s in theirs.shards]
-    for entry in theirs.shards:
-        got, want = load_file(par / "memory" / entry.file), load_file(ref / "memory" / entry.file)
-        assert got.keys() == want.keys()
-        for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
-    MemoryStore.open(par / "memory")
+    # memory (window, and item with each item stored once per shard): the same index and
+    # shards as one uninterrupted process
+    for name in ("memory", "item-memory"):
+        ours, theirs = MemoryIndex.read(par / name), MemoryIndex.read(ref / name)
+        assert ours.complete and len(ours.shards) == len(theirs.shards) > 2
+        assert ours.users == theirs.users
+        assert [(s.file, s.elements, s.tokens, s.users, s.distinct) for s in ours.shards] == [
+            (s.file, s.elements, s.tokens, s.users, s.distinct) for s in theirs.shards]
+        assert all((s.distinct is not None) == (name == "item-memory") for s in ours.shards)
+        for entry in theirs.shards:
+            got, want = load_file(par / name / entry.file), load_file(ref / name / entry.file)
+            assert got.keys() == want.keys()
+            for tensor in want:
+                torch.testing.assert_close(got[tensor], want[tensor], rtol=1e-5, atol=1e-6)
+        MemoryStore.open(par / name)
 
     # annotations: the missing shards filled in, equal to the single process's
     got, want = Annotations.load(par / "annotations"), Annotations.load(ref / "annotations")

@@ -1,7 +1,9 @@
 """Per-user memory: pooling, window/item encoders, views vs samples, storage, resume, append."""
 
 import hashlib
+import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from automr.errors import AutomrError
 from automr.interfaces import Encoder, Memory
 from automr.memory import (
     Backbone,
+    ItemEncoder,
     LayerEncoder,
     MemoryConfig,
     MemoryStore,
@@ -206,6 +209,78 @@ def test_item_encoder_shares_one_key_per_item(backbone, dataset, tmp_path):
     for item, key in keys_by_item.items():
         text = '"' + dataset.catalog.title(item) + '"'
         torch.testing.assert_close(key, pooled_alone(backbone, text), rtol=1e-5, atol=1e-5)
+
+
+def test_item_memory_stores_each_item_once_and_reads_like_one_row_per_element(
+        backbone, dataset, tmp_path, monkeypatch):
+    """A shared (item) memory returns exactly what one row per element returns; a folder of
+    the older per-element format still opens, is not built into, and is upgraded by append."""
+    config = MemoryConfig(encoder="item", shard_elements=12, store_token_states=True)
+    # batch_size=1: every text is encoded alone in both builds, so the floats are identical
+    shared = build_memory(backbone, dataset, LAYER, config, tmp_path / "shared", batch_size=1,
+                          progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(ItemEncoder, "reuses_texts", False)  # the per-element layout
+        flat = build_memory(backbone, dataset, LAYER, config, tmp_path / "flat", batch_size=1,
+                            progress=False)
+    assert len(shared.index.shards) > 1 and shared.record.format == "automr.memory/2"
+    for entry, tensors in zip(shared.index.shards, shard_tensors(shared), strict=True):
+        users = [shared.index.users[u] for u in entry.users]
+        items = list(dict.fromkeys(i for user in users for i in user.items))
+        assert entry.distinct == len(items) < entry.elements
+        assert tensors["keys"].shape[0] == len(items) and tensors["rows"].shape == (
+            entry.elements,)
+        assert tensors["states"].shape[0] == entry.tokens == tensors["offsets"][-1]
+    assert all("rows" not in t and s.distinct is None
+               for s, t in zip(flat.index.shards, shard_tensors(flat), strict=True))
+    assert _folder_bytes(shared.folder) < _folder_bytes(flat.folder)
+
+    old = tmp_path / "old"  # what automr.memory/1 wrote: one row per element, no row map
+    shutil.copytree(flat.folder, old)
+    record = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**record, "format": "automr.memory/1"}))
+    by_runs = MemoryStore.open(shared.folder)
+    by_runs.shared_keys_in_ram = 0  # read the stored rows run by run, as for a large catalog
+    opened = [by_runs, MemoryStore.open(shared.folder, preload=True), MemoryStore.open(old),
+              MemoryStore.open(old, preload=True)]
+    assert opened[2].record.format == "automr.memory/1"
+    requests = []
+    for user in flat.users():
+        n = flat.count(user)
+        want = flat.view(user, n)
+        for store in (shared, *opened):
+            assert torch.equal(store.view(user, n).keys, want.keys)
+            assert store.view(user, n).item_ids == want.item_ids
+        for index in range(n):
+            key = flat.view(user, 1, index).keys
+            states = flat.token_states(user, index)
+            for store in (shared, *opened):
+                assert torch.equal(store.view(user, 1, index).keys, key)
+                assert torch.equal(store.token_states(user, index), states)
+        requests += [(user, n), (user, max(n - 3, 0), 2 if n > 4 else 0)]
+    for store in (shared, *opened):
+        keys, mask = store.padded_keys(requests)
+        want_keys, want_mask = flat.padded_keys(requests)
+        assert torch.equal(keys, want_keys) and torch.equal(mask, want_mask)
+    assert not by_runs._preloaded and shared._preloaded  # each way was taken
+    for sample in samples_of(dataset):
+        assert torch.equal(shared.view_sample(sample).keys, flat.view_sample(sample).keys)
+
+    with pytest.raises(AutomrError, match=r"older format 'automr.memory/1'.*Delete it"):
+        build_memory(backbone, dataset, LAYER, config, old, progress=False)
+    newcomer = [Interaction("zz", item, START + n) for n, item in enumerate("3131")]
+    grown = append_memory(old, backbone, newcomer, dataset.catalog, progress=False)
+    assert grown.record.format == "automr.memory/2" and grown.index.shards[-1].distinct == 2
+    assert grown.view("zz", 4).item_ids == ("3", "1", "3", "1")
+    for user in flat.users():
+        assert torch.equal(grown.view(user, flat.count(user)).keys,
+                           flat.view(user, flat.count(user)).keys)
+    torch.testing.assert_close(grown.view("zz", 4).keys[:2], grown.view("zz", 2, 2).keys,
+                               rtol=0, atol=0)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir())
 
 
 # -- views vs samples -------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from automr.errors import AutomrError
 from automr.llm.loading import LoadedModel, canonical_model_name
 from automr.memory.config import (
     CONFIG_FILE,
+    MEMORY_FORMAT,
     STORAGE_DTYPES,
     MemoryConfig,
     MemoryRecord,
@@ -190,8 +191,9 @@ def _finished_shard(folder: Path, number: int, users: list[str]) -> ShardEntry |
     if json.loads(meta["users"]) != users:
         raise AutomrError(f"{folder} holds shards of a different build (shard {number} has "
                           f"other users); delete the folder or pick another one.")
+    distinct = int(meta["distinct"]) if "distinct" in meta else None
     return ShardEntry(file=path.name, elements=int(meta["elements"]), tokens=int(meta["tokens"]),
-                      users=list(users), seconds=float(meta["seconds"]))
+                      users=list(users), seconds=float(meta["seconds"]), distinct=distinct)
 
 
 def append_memory(
@@ -209,7 +211,9 @@ def append_memory(
     stored one (ties are fine); they are taken in time order, ties in input order. Windows of
     the new elements reach back into the user's stored items. ``catalog`` must name every item
     involved (it may be larger than the one the memory was built with). The index is replaced
-    only once every new shard is written, so an interrupted append changes nothing.
+    only once every new shard is written, so an interrupted append changes nothing. An
+    ``automr.memory/1`` folder is upgraded to the current format (its old shards stay as
+    they are and are read as before).
     """
     folder = Path(out_dir).expanduser()
     record = MemoryRecord.read(folder)
@@ -250,6 +254,8 @@ def append_memory(
             if on_shard is not None:
                 on_shard(offset, len(plan))
     index.write(folder)
+    if plan and record.format != MEMORY_FORMAT:  # new shards may be shared: say so
+        attrs.evolve(record, format=MEMORY_FORMAT).write(folder)
     return MemoryStore.open(folder, recompute=encoder)
 
 
@@ -295,6 +301,12 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
             existing = attrs.evolve(existing, model_name=record.model_name)  # typed otherwise
         if existing == record:
             return index
+        if existing.format != record.format and (
+                index.shards or any(folder.glob("shard-*.safetensors"))):
+            raise AutomrError(
+                f"{folder} holds a memory in the older format {existing.format!r} (still "
+                f"readable as it is); a build cannot continue into it. Delete it or pick "
+                f"another folder to build a {record.format!r} memory.")
         if index.shards or any(folder.glob("shard-*.safetensors")):
             differ = [f.name for f in attrs.fields(MemoryRecord)
                       if getattr(existing, f.name) != getattr(record, f.name)]
@@ -323,8 +335,9 @@ def _write_shard(
         segments[user] = (number, len(texts), len(indices))
         texts.extend(encoder.text(items, times, i) for i in indices)
     started = time.perf_counter()
-    keys, states, lengths = encode_all(encoder.base, texts, batch_size,
-                                       record.store_token_states, encoder.reuses_texts, report)
+    keys, states, lengths, rows = encode_all(encoder.base, texts, batch_size,
+                                             record.store_token_states, encoder.reuses_texts,
+                                             report)
     seconds = time.perf_counter() - started
     storage = record.torch_storage_dtype
     offsets = None
@@ -332,31 +345,35 @@ def _write_shard(
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
         states = states.to(storage)
+    distinct = None if rows is None else len(lengths)
     metadata = {"model_fingerprint": str(record.model_fingerprint), "layer": str(record.layer),
                 "users": json.dumps(list(todo)), "elements": str(len(texts)),
-                "tokens": str(sum(lengths)), "seconds": str(round(seconds, 3))}
-    name = write_shard(folder, number, keys.to(storage), states, offsets, metadata)
+                "tokens": str(sum(lengths)), "seconds": str(round(seconds, 3)),
+                **({} if distinct is None else {"distinct": str(distinct)})}
+    name = write_shard(folder, number, keys.to(storage), states, offsets, metadata, rows)
     entry = ShardEntry(file=name, elements=len(texts), tokens=sum(lengths), users=list(todo),
-                       seconds=round(seconds, 3))
+                       seconds=round(seconds, 3), distinct=distinct)
     return entry, segments
 
 
 def encode_all(
     base: LayerEncoder, texts: Sequence[str], batch_size: int, keep_states: bool,
     dedupe: bool, report: Callable[[int, int], None] = lambda elements, tokens: None,
-) -> tuple[Tensor, Tensor | None, list[int]]:
-    """Keys ``[n hidden]``, optionally concatenated token states ``[T hidden]``, and each
-    text's token count; texts are encoded in batches of similar length (longest first).
+) -> tuple[Tensor, Tensor | None, list[int], Tensor | None]:
+    """Encode ``texts`` in batches of similar length (longest first).
 
-    With ``dedupe``, each distinct text is encoded once. The batches depend only on
-    ``texts``, so equal inputs give bit-identical outputs.
+    Returns keys ``[R hidden]``, optionally the concatenated token states ``[T hidden]``, the
+    token count of each of the R rows, and ``rows``: ``None`` without ``dedupe`` (R = one row
+    per text, in order); with ``dedupe``, each distinct text is encoded and returned once (in
+    order of first occurrence) and ``rows[i]`` ``[n]`` is the row of ``texts[i]``. The batches
+    depend only on ``texts``, so equal inputs give bit-identical outputs.
     """
     distinct = list(dict.fromkeys(texts)) if dedupe else list(texts)
     tokens = base.tokenize(distinct)
     order = sorted(range(len(distinct)), key=lambda i: (-len(tokens[i]), i))
     keys = torch.empty(len(distinct), base.hidden_size, dtype=base.backbone.llm.dtype)
     states: list[Tensor | None] = [None] * len(distinct)
-    uses = {}
+    uses: dict[str, int] = {}
     if dedupe:
         for text in texts:
             uses[text] = uses.get(text, 0) + 1
@@ -369,18 +386,16 @@ def encode_all(
                 states[i] = encoded.states[row].cpu()
         elements = sum(uses[distinct[i]] for i in batch) if dedupe else len(batch)
         report(elements, encoded.tokens)
+    rows = None
     if dedupe:
         position = {text: i for i, text in enumerate(distinct)}
-        rows = [position[t] for t in texts]
-        keys = keys[rows]
-        states = [states[r] for r in rows]
-        lengths = [len(tokens[r]) for r in rows]
-    else:
-        lengths = [len(t) for t in tokens]
-    stacked = torch.cat([s for s in states if s is not None]) if keep_states and texts else None
-    if keep_states and not texts:
-        stacked = torch.empty(0, base.hidden_size, dtype=keys.dtype)
-    return keys, stacked, lengths
+        rows = torch.tensor([position[t] for t in texts], dtype=torch.int64)
+    lengths = [len(t) for t in tokens]
+    stacked = None
+    if keep_states:
+        stacked = torch.cat([s for s in states if s is not None]) if distinct else \
+            torch.empty(0, base.hidden_size, dtype=keys.dtype)
+    return keys, stacked, lengths, rows
 
 
 @contextmanager

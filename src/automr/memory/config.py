@@ -18,7 +18,11 @@ from automr.memory.encoders import ENCODERS
 from automr.memory.pooling import Pooling
 from automr.storage import write_json_atomic
 
-MEMORY_FORMAT: Final = "automr.memory/1"
+MEMORY_FORMAT: Final = "automr.memory/2"
+"""The folder format written. ``/2`` stores an item memory's distinct items once per shard
+(keys and token states) with a per-element row map (:mod:`automr.memory.shards`); ``/1``
+stored one row per element for every encoder and is still read (its shards have no row map)."""
+READABLE_FORMATS: Final = ("automr.memory/1", MEMORY_FORMAT)
 CONFIG_FILE: Final = "config.json"
 
 STORAGE_DTYPES: Final[dict[str, torch.dtype | None]] = {
@@ -142,10 +146,14 @@ class MemoryRecord:
             data = json.loads(path.read_text())
         except ValueError as error:
             raise AutomrError(f"{path} is not valid JSON ({error}); rebuild the memory.") from None
-        if not isinstance(data, dict) or data.get("format") != MEMORY_FORMAT:
-            raise AutomrError(f"{path} is not a memory config (format "
-                              f"{data.get('format') if isinstance(data, dict) else None!r}, "
-                              f"expected {MEMORY_FORMAT!r}).")
+        found = data.get("format") if isinstance(data, dict) else None
+        if found not in READABLE_FORMATS:
+            newer = isinstance(found, str) and found.startswith("automr.memory/")
+            raise AutomrError(
+                f"{path} is not a memory config (format {found!r}, expected one of "
+                f"{', '.join(READABLE_FORMATS)})"
+                + ("; it was written by a newer automr: upgrade automr, or rebuild the memory "
+                   "with `automr memory build` into a new folder." if newer else "."))
         try:
             return cls.from_json(data)
         except (KeyError, TypeError, ValueError) as error:

@@ -6,11 +6,19 @@ Folder layout::
                                     pooling, dtypes, hidden size, prompt config, dataset
     DIR/index.json                  which shards exist, and per user: its elements' item ids
                                     and timestamps (time order) and where their rows live
-    DIR/shard-00000.safetensors     keys    [N hidden]   one row per element
-                                    states  [T hidden]   (optional) every element's token
-                                                         states, concatenated
-                                    offsets [N+1] int64  (with states) element i's states are
-                                                         rows offsets[i]:offsets[i+1]
+    DIR/shard-00000.safetensors     keys    [R hidden]   one row per stored element
+                                    states  [T hidden]   (optional) every stored element's
+                                                         token states, concatenated
+                                    offsets [R+1] int64  (with states) stored row r's states
+                                                         are rows offsets[r]:offsets[r+1]
+                                    rows    [N] int64    (shared shards only) element i's
+                                                         stored row
+
+A window memory stores one row per element (R = N, no ``rows``). An item memory's elements
+depend on the item alone, so its shards are *shared*: each distinct item of the shard is
+stored once (R = its distinct items, in order of first use; T their tokens) and ``rows`` maps
+every element to its item's row. Its ``ShardEntry.distinct`` is R (``None`` for one row per
+element, as every ``automr.memory/1`` shard has).
 
 A shard holds a few large tensors (safetensors headers are capped, DESIGN.md §5) and is written
 under a temporary name and renamed; the index is rewritten atomically after each shard, so a
@@ -42,14 +50,21 @@ def shard_name(number: int) -> str:
 
 @attrs.define
 class ShardEntry:
-    """One written shard: its file, element count, token count (= token-state rows when
-    stored), its users and the seconds spent encoding it."""
+    """One written shard: its file, element count, token count (of the stored rows: the
+    token-state rows when stored), its users, the seconds spent encoding it and, for a shared
+    shard, how many distinct rows it stores (``None``: one per element)."""
 
     file: str
     elements: int
     tokens: int
     users: list[str]
     seconds: float = 0.0
+    distinct: int | None = None
+
+    @property
+    def stored(self) -> int:
+        """Rows of its ``keys`` tensor."""
+        return self.elements if self.distinct is None else self.distinct
 
 
 @attrs.define
@@ -94,7 +109,8 @@ class MemoryIndex:
         return {
             "format": INDEX_FORMAT,
             "complete": self.complete,
-            "shards": [attrs.asdict(s) for s in self.shards],
+            "shards": [attrs.asdict(s, filter=lambda a, v: a.name != "distinct" or v is not None)
+                       for s in self.shards],
             "users": {u: {"items": e.items, "timestamps": e.timestamps,
                           "segments": [list(s) for s in e.segments]}
                       for u, e in sorted(self.users.items())},
@@ -137,6 +153,9 @@ class MemoryIndex:
             if not is_plain_name(entry.file):
                 raise ValueError(f"shard file {entry.file!r} is not a file name inside the "
                                  f"memory folder")
+            if entry.distinct is not None and not 0 <= entry.distinct <= entry.elements:
+                raise ValueError(f"shard {entry.file!r} claims {entry.distinct} distinct rows "
+                                 f"for {entry.elements} elements")
         for user, entry in self.users.items():
             if len(entry.timestamps) != len(entry.items):
                 raise ValueError(f"user {user!r} has {len(entry.items)} items but "
@@ -161,13 +180,16 @@ def is_plain_name(name: str) -> bool:
 
 def write_shard(
     folder: Path, number: int, keys: Tensor, states: Tensor | None, offsets: Tensor | None,
-    metadata: dict[str, str],
+    metadata: dict[str, str], rows: Tensor | None = None,
 ) -> str:
-    """Write shard ``number`` under a temporary name and rename it into place; its file name."""
+    """Write shard ``number`` under a temporary name and rename it into place; its file name.
+    ``rows`` (a shared shard) maps each element to its row of ``keys`` (and ``offsets``)."""
     tensors = {"keys": keys.detach().cpu().contiguous()}
     if states is not None and offsets is not None:
         tensors["states"] = states.detach().cpu().contiguous()
         tensors["offsets"] = offsets.to(torch.int64).cpu().contiguous()
+    if rows is not None:
+        tensors["rows"] = rows.to(torch.int64).cpu().contiguous()
     name = shard_name(number)
     tmp = folder / f".{name}.tmp-{os.getpid()}"
     save_file(tensors, tmp, metadata={"format": MEMORY_FORMAT, **metadata})

@@ -2,13 +2,15 @@
 
 Keys of one user are read with ``safe_open(...).get_slice`` (only those rows, never a whole
 file) unless ``preload=True`` keeps every shard's keys in RAM. They come back in the model's
-dtype on the requested device whatever the storage dtype.
+dtype on the requested device whatever the storage dtype. In a shared shard (an item memory,
+:mod:`automr.memory.shards`) elements are mapped to their item's stored row first; what comes
+back is the same as from one row per element.
 """
 
 import bisect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, final
+from typing import Any, Final, final
 
 import torch
 from beartype import beartype
@@ -25,6 +27,10 @@ from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
 
 Request = tuple[str, int] | tuple[str, int, int]
 """``(user, count)`` or ``(user, count, start)``: elements ``start .. start+count-1``."""
+
+SHARED_KEYS_IN_RAM: Final = 256 * 2**20
+"""A shared shard's keys (one per distinct item, e.g. 3 MB for MovieLens-100K's 1,341 items)
+are read whole and kept once a view needs them, when they take at most this many bytes."""
 
 
 @final
@@ -46,6 +52,8 @@ class MemoryStore:
         self.device = device
         self._handles: dict[int, Any] = {}
         self._preloaded: dict[int, Tensor] = {}
+        self._rows: dict[int, Tensor] = {}
+        self.shared_keys_in_ram = SHARED_KEYS_IN_RAM
         if preload:
             self.preload()
 
@@ -128,6 +136,7 @@ class MemoryStore:
             raise AutomrError(f"user {user!r} has no memory")
         if self.record.store_token_states:
             shard, row = entry.locate(index)
+            row = self._stored_row(shard, row)
             handle = self._handle(shard)
             first, last = handle.get_slice("offsets")[row: row + 2].tolist()
             states = handle.get_slice("states")[first:last]
@@ -206,19 +215,26 @@ class MemoryStore:
         """Open every shard (headers only) and check its tensors against the index, and every
         user's segments against its items, so a missing, truncated or foreign shard (or a
         damaged index) is refused here rather than mid-run."""
-        wanted = ("keys", "states", "offsets") if self.record.store_token_states else ("keys",)
+        stored = ("keys", "states", "offsets") if self.record.store_token_states else ("keys",)
         for number, entry in enumerate(self.index.shards):
             handle = self._handle(number)
             path = self.index.shard_path(self.folder, number)
             present = set(handle.keys())
+            wanted = stored if entry.distinct is None else (*stored, "rows")
             missing = [name for name in wanted if name not in present]
-            shape = handle.get_slice("keys").get_shape() if not missing else None
-            if missing or shape != [entry.elements, self.hidden_size]:
-                found = f"no {', '.join(missing)}" if missing else f"keys of shape {shape}"
+            shape = handle.get_slice("keys").get_shape() if "keys" in present else None
+            rows = handle.get_slice("rows").get_shape() if "rows" in present else None
+            if missing or shape != [entry.stored, self.hidden_size] or (
+                    entry.distinct is not None and rows != [entry.elements]):
+                found = ", ".join(
+                    ([] if shape is None else [f"keys of shape {shape}"])
+                    + ([] if entry.distinct is None or rows is None else
+                       [f"rows of shape {rows}"])
+                    + ([f"no {', '.join(missing)}"] if missing else []))
                 raise AutomrError(
-                    f"{path} holds {found}, but the index expects {entry.elements} keys of "
-                    f"size {self.hidden_size}; the memory folder is damaged: rebuild it with "
-                    f"{MADE_BY}.")
+                    f"{path} holds {found}, but the index expects {entry.stored} keys of "
+                    f"size {self.hidden_size} for {entry.elements} elements; the memory folder "
+                    f"is damaged: rebuild it with {MADE_BY}.")
         for user, entry in self.index.users.items():
             if sum(count for _, _, count in entry.segments) != len(entry.items):
                 raise AutomrError(f"{self.folder / INDEX_FILE} is damaged (user {user!r}: its "
@@ -226,9 +242,53 @@ class MemoryStore:
                                   f"{MADE_BY}.")
 
     def _keys(self, shard: int, lo: int, hi: int) -> Tensor:
+        """Keys of the shard's elements ``lo:hi``: rows of ``keys``, or in a shared shard the
+        stored rows they map to (its keys are kept in RAM once read when they take at most
+        ``shared_keys_in_ram`` bytes, :data:`SHARED_KEYS_IN_RAM` by default; else each
+        contiguous run of rows is read once)."""
+        rows = self._shard_rows(shard)
+        if rows is None:
+            if shard in self._preloaded:
+                return self._preloaded[shard][lo:hi]
+            return self._handle(shard).get_slice("keys")[lo:hi]
+        wanted = rows[lo:hi]
+        entry = self.index.shards[shard]
+        if shard not in self._preloaded and entry.stored * self.hidden_size * \
+                self.record.torch_storage_dtype.itemsize <= self.shared_keys_in_ram:
+            self._preloaded[shard] = self._handle(shard).get_tensor("keys")
         if shard in self._preloaded:
-            return self._preloaded[shard][lo:hi]
-        return self._handle(shard).get_slice("keys")[lo:hi]
+            return self._preloaded[shard][wanted]
+        keys = self._handle(shard).get_slice("keys")
+        if not len(wanted):
+            return keys[0:0]
+        unique, inverse = torch.unique(wanted, sorted=True, return_inverse=True)
+        cuts = [0, *((unique[1:] != unique[:-1] + 1).nonzero().flatten() + 1).tolist(),
+                len(unique)]
+        firsts = unique[cuts[:-1]].tolist()
+        lasts = unique[[c - 1 for c in cuts[1:]]].tolist()
+        return torch.cat([keys[a: b + 1] for a, b in zip(firsts, lasts, strict=True)])[inverse]
+
+    def _shard_rows(self, shard: int) -> Tensor | None:
+        """A shared shard's element -> stored row map (read once; it is small), or None when
+        the shard stores one row per element."""
+        entry = self.index.shards[shard]
+        if entry.distinct is None:
+            return None
+        if shard not in self._rows:
+            rows = self._handle(shard).get_tensor("rows")
+            if rows.dtype != torch.int64 or rows.shape != (entry.elements,) or (
+                    len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < entry.distinct):
+                path = self.index.shard_path(self.folder, shard)
+                raise AutomrError(f"{path} maps its elements outside its {entry.distinct} "
+                                  f"stored rows; the memory folder is damaged: rebuild it with "
+                                  f"{MADE_BY}.")
+            self._rows[shard] = rows
+        return self._rows[shard]
+
+    def _stored_row(self, shard: int, row: int) -> int:
+        """The row of ``keys`` (and ``offsets``) holding the shard's element ``row``."""
+        rows = self._shard_rows(shard)
+        return row if rows is None else int(rows[row])
 
 
 @jaxtyped(typechecker=beartype)
