@@ -417,8 +417,8 @@ def test_concat_on_a_memory_without_token_states_is_one_line_naming_the_fix(work
         str(workspace / "ft"), "--memory", str(lean), "--model", str(workspace / "model"),
         "--samples", "2", "--measures", "likelihood", "--out", str(tmp_path / "res"), *QUIET])
     one_line_error(refused, "--store-token-states", "--combiner append-token")
-    used = runner.invoke(app, annotate_args(workspace, lean, tmp_path / "ann") + [
-        "--combiner", "append-token"])
+    used = runner.invoke(app, [*annotate_args(workspace, lean, tmp_path / "ann"),
+                               "--combiner", "append-token"])
     assert used.exit_code == 0, used.output
 
 
