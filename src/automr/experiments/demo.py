@@ -44,8 +44,8 @@ from automr.storage import write_text_atomic
 @beartype
 @attrs.frozen(kw_only=True)
 class DemoConfig:
-    """Sizes of each step (defaults: 6 minutes measured with SmolLM2-135M on a quiet 2-core
-    CPU; see docs/results.md)."""
+    """Sizes of each step (with append-token these defaults took 6 minutes with SmolLM2-135M
+    on a quiet 2-core CPU; concat annotation costs more, not yet re-measured)."""
 
     model: str = DEFAULT_MODEL
     layer: int = DEFAULT_LAYER
