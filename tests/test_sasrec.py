@@ -8,6 +8,7 @@ import random
 import attrs
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,9 +18,11 @@ from automr.evaluation.metrics import mean_metrics, seen_mask
 from automr.recommenders import SASRec, SASRecConfig, fit_sasrec
 from automr.recommenders import sasrec as sasrec_module
 from automr.recommenders.sasrec import (
+    PAD,
     pad_histories,
     rank_targets,
     sample_negatives,
+    training_loss,
     training_tensors,
     validation_metric,
 )
@@ -190,7 +193,7 @@ def test_training_never_samples_an_item_of_the_users_sequence(
         return negatives
 
     config = SASRecConfig(hidden=8, n_blocks=1, max_len=4, batch_size=2, max_epochs=2,
-                          seed=seed)
+                          seed=seed, loss="bce")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sasrec_module, "sample_negatives", recording)
         fit_sasrec(users, [], config, n_items=n_items, quiet=True)
@@ -204,7 +207,8 @@ def test_training_never_samples_an_item_of_the_users_sequence(
             assert not set(negatives[row][real].tolist()) & set(owner[0])
 
 
-def test_learns_a_sequential_pattern_and_restores_the_best_epoch() -> None:
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+def test_learns_a_sequential_pattern_and_restores_the_best_epoch(loss: str) -> None:
     n = 40
     rng = random.Random(0)
     train = [_cycle_sequence(rng, n, rng.randint(5, 15)) for _ in range(300)]
@@ -213,7 +217,8 @@ def test_learns_a_sequential_pattern_and_restores_the_best_epoch() -> None:
     test = [(s[:-1], s[-1]) for s in (_cycle_sequence(rng, n, rng.randint(2, 10))
                                       for _ in range(60))]
     config = SASRecConfig(hidden=32, n_blocks=1, max_len=16, lr=1e-2, batch_size=64,
-                          dropout=0.1, max_epochs=40, patience=3, monitor="recall@1")
+                          dropout=0.1, max_epochs=40, patience=3, monitor="recall@1",
+                          loss=loss)
     rng_state = torch.get_rng_state()
     model, log = fit_sasrec(train, valid, config, n_items=n, quiet=True)
     assert torch.equal(torch.get_rng_state(), rng_state)  # the caller's RNG is left alone
@@ -226,6 +231,32 @@ def test_learns_a_sequential_pattern_and_restores_the_best_epoch() -> None:
     assert log.valid[log.valid_epochs.index(log.best_epoch)] == log.best_valid
     assert len(log.losses) <= log.best_epoch + config.patience * config.valid_every
     assert log.losses[-1] < log.losses[0]
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 4), seq=st.integers(1, MAX_LEN))
+def test_ce_loss_is_cross_entropy_over_the_catalog_at_real_positions(
+    data: st.DataObject, batch: int, seq: int
+) -> None:
+    """CE = F.cross_entropy on the full [batch seq n_items + 1] logits (padding column -inf),
+    padding positions ignored; gradients agree too."""
+    items = st.lists(st.integers(1, N_ITEMS), min_size=seq, max_size=seq)
+    inputs = torch.tensor([data.draw(items, label="inputs") for _ in range(batch)])
+    positives = torch.tensor([data.draw(items, label="positives") for _ in range(batch)])
+    for row in range(batch):  # left padding, shared by a row's inputs and positives
+        pad = data.draw(st.integers(0, seq - 1), label="padding")
+        inputs[row, :pad] = positives[row, :pad] = PAD
+    model = SASRec(attrs.evolve(_model().config, loss="ce"), N_ITEMS)
+    model.load_state_dict(_model().state_dict())
+    model.eval()  # no dropout: both computations see the same states
+    loss = training_loss(model, inputs, positives, positives, torch.Generator())
+    (ours,) = torch.autograd.grad(loss, model.item_emb.weight)
+    logits = model.encode(inputs) @ model.item_emb.weight.T
+    logits[..., PAD] = -torch.inf
+    plain = F.cross_entropy(logits.flatten(0, 1), positives.flatten(), ignore_index=PAD)
+    (expected,) = torch.autograd.grad(plain, model.item_emb.weight)
+    torch.testing.assert_close(loss, plain)
+    torch.testing.assert_close(ours, expected)
 
 
 def test_validation_metric_is_the_mean_full_ranking_metric() -> None:
