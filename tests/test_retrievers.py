@@ -435,3 +435,26 @@ def test_training_on_top1_and_without_validation():
     assert history.best_epoch == 0 and len(history.train_kl) == 3 and not history.valid_kl
     with pytest.raises(BeartypeCallHintViolation):
         RetrieverTrainingConfig(monitor="recall")
+
+
+def test_regret_is_the_eq5_gain_given_up_by_the_top_pick():
+    """With log labels S' = softmax(gain), regret = mean(best gain - gain of the top-scored
+    element), computed here the plain way from the gains themselves."""
+    torch.manual_seed(0)
+    mask = torch.rand(40, 7) < 0.8
+    mask[:, 0] = True
+    gains = torch.randn(40, 7).masked_fill(~mask, float("-inf"))
+    data = RetrievalDataset(queries=torch.randn(40, 16), keys=torch.randn(40, 7, 16),
+                            mask=mask, targets=torch.softmax(gains, 1))
+    retriever = build_retriever("mlp", 16, seed=0)
+    scores = retriever.scores(data.queries, data.keys, data.mask).masked_fill(~mask, -1e30)
+    picked = scores.argmax(1)
+    expected = float((gains.amax(1) - gains.gather(1, picked[:, None])[:, 0]).mean())
+    metrics = evaluate_retriever(retriever, data, batch_size=16)
+    assert metrics.regret == pytest.approx(expected, abs=1e-5)
+    assert metrics.top1 == float((picked == gains.argmax(1)).float().mean())
+    train = synthetic(64, 0)
+    config = RetrieverTrainingConfig(batch_size=32, max_epochs=4, mlp_hidden=16,
+                                     monitor="regret")
+    _, history = train_mlp_retriever(train, synthetic(32, 1), config, quiet=True)
+    assert history.valid_regret[history.best_epoch - 1] == min(history.valid_regret)

@@ -106,6 +106,9 @@ def retriever_train(
     lr: float = 1e-3,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
     patience: int = 10,
+    monitor: Annotated[str, typer.Option(
+        help="Early stopping on the held-out samples: kl, top1 (agreement with the best "
+             "element) or regret (eq. 5 gain given up by the top pick).")] = "kl",
     seed: int = 0,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
@@ -114,13 +117,15 @@ def retriever_train(
     from automr.experiments.retriever import train_retriever
     from automr.retrievers import RetrieverTrainingConfig
 
-    config = RetrieverTrainingConfig(lr=lr, max_epochs=epochs, patience=patience, seed=seed)
+    config = RetrieverTrainingConfig(lr=lr, max_epochs=epochs, patience=patience,
+                                     monitor=monitor, seed=seed)
     record = train_retriever(annotations, data, memory, out, label_form, temperature,
                              valid_fraction, config, progress=not quiet, device=device)
     valid = record["valid"]
     typer.echo(f"retriever in {out} (train {record['train_samples']}, valid "
                f"{record['valid_samples']}" + (f", valid KL {valid['kl']:.4f}, top-1 agreement "
-                                               f"{valid['top1']:.3f})" if valid else ")"))
+                                               f"{valid['top1']:.3f}, regret "
+                                               f"{valid['regret']:.4f})" if valid else ")"))
 
 
 @user_errors

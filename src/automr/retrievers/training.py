@@ -5,10 +5,14 @@ the dataset's keys, queries and labels). Training follows the paper's retriever 
 (Adam, as for SASRec) with early stopping on a validation measure, restoring the best state.
 
 Early stopping watches ``monitor``: ``"kl"`` (default; validation KL(S' || S), lower is
-better) or ``"top1"`` (validation top-1 agreement, higher is better). KL is the default
-because it is what training optimises and it is smooth: with nearly uniform labels (raw
-eq. 5, DESIGN.md §1) the argmax of S' is close to arbitrary and top-1 agreement is noise.
-Both are recorded every epoch in the history either way.
+better), ``"top1"`` (validation top-1 agreement, higher is better) or ``"regret"`` (how far
+the top-scored element's label lies below the best one's, ``log S'_best - log S'_picked``,
+lower is better). KL is the default because it is what training optimises and it is smooth:
+with nearly uniform labels (raw eq. 5, DESIGN.md §1) the argmax of S' is close to arbitrary
+and top-1 agreement is noise. ``regret`` is the validation eq. 5 gain of what the retriever
+would insert at k = 1: with ``log`` labels (``S' = softmax(gain / T)``) it is
+``(gain_best - gain_picked) / T`` in nats, so its minimum over epochs is the epoch whose picks
+raise the true title's likelihood most. All three are recorded every epoch in the history.
 """
 
 from typing import Literal
@@ -27,7 +31,8 @@ from automr.retrievers.dataset import RetrievalDataset
 from automr.retrievers.mlp import ACTIVATIONS, Activation, MLPRetriever, MLPRetrieverConfig
 from automr.retrievers.selection import masked_log_softmax, top_k
 
-Monitor = Literal["kl", "top1"]
+Monitor = Literal["kl", "top1", "regret"]
+MONITORS = ("kl", "top1", "regret")
 
 
 @jaxtyped(typechecker=beartype)
@@ -59,7 +64,7 @@ class RetrieverTrainingConfig:
     max_epochs: int = attrs.field(default=200, validator=v.ge(1))
     patience: int = attrs.field(default=10, validator=v.ge(1))
     """Stop after this many epochs without a strictly better validation ``monitor``."""
-    monitor: Monitor = attrs.field(default="kl", validator=v.in_(("kl", "top1")))
+    monitor: Monitor = attrs.field(default="kl", validator=v.in_(MONITORS))
     mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
@@ -75,10 +80,13 @@ class RetrievalMetrics:
 
     ``kl``: mean KL(S' || softmax(scores)). ``top1``: share of samples whose top-scored
     element has the largest label (ties in S' count as agreement with any maximal element).
+    ``regret``: mean ``log S'_best - log S'_picked`` of the top-scored element (0 = always
+    the best; for ``log`` labels, the eq. 5 gain given up, in nats times 1/T).
     """
 
     kl: float
     top1: float
+    regret: float
 
 
 @beartype
@@ -90,6 +98,7 @@ class RetrieverTrainingHistory:
     train_kl: tuple[float, ...]
     valid_kl: tuple[float, ...]
     valid_top1: tuple[float, ...]
+    valid_regret: tuple[float, ...]
     monitor: Monitor
     best_epoch: int
     stopped_early: bool
@@ -100,16 +109,21 @@ class RetrieverTrainingHistory:
 def evaluate_retriever(
     retriever: Retriever, dataset: RetrievalDataset, batch_size: int = 1024
 ) -> RetrievalMetrics:
-    """KL and top-1 agreement of any retriever's scores against the dataset's labels."""
-    kl_total, hits = 0.0, 0
+    """KL, top-1 agreement and regret of any retriever's scores against the dataset's labels."""
+    kl_total, hits, regret = 0.0, 0, 0.0
     for batch in dataset.batches(batch_size):
         scores = retriever.scores(batch.queries, batch.keys, batch.mask)
         log_s = masked_log_softmax(scores.float(), batch.mask)
         kl_total += float(kl_loss(log_s, batch.targets.float(), batch.mask)) * len(batch)
         best, _ = top_k(scores, batch.mask, 1)
         picked = batch.targets.gather(1, best)[:, 0]
-        hits += int((picked >= batch.targets.amax(1)).sum())
-    return RetrievalMetrics(kl=kl_total / len(dataset), top1=hits / len(dataset))
+        best_label = batch.targets.amax(1)
+        hits += int((picked >= best_label).sum())
+        tiny = torch.finfo(batch.targets.dtype).tiny
+        regret += float((best_label.clamp_min(tiny).log()
+                         - picked.clamp_min(tiny).log()).sum())
+    n = len(dataset)
+    return RetrievalMetrics(kl=kl_total / n, top1=hits / n, regret=regret / n)
 
 
 @beartype
@@ -156,6 +170,7 @@ def _fit(
     train_kl: list[float] = []
     valid_kl: list[float] = []
     valid_top1: list[float] = []
+    valid_regret: list[float] = []
     stopping = EarlyStopping(config.patience)
     with epoch_progress("retriever", config.max_epochs, quiet) as end_epoch:
         for epoch in range(1, config.max_epochs + 1):
@@ -166,9 +181,12 @@ def _fit(
                 metrics = evaluate_retriever(retriever, valid, config.eval_batch_size)
                 valid_kl.append(metrics.kl)
                 valid_top1.append(metrics.top1)
-                value = metrics.kl if config.monitor == "kl" else -metrics.top1
+                valid_regret.append(metrics.regret)
+                value = {"kl": metrics.kl, "top1": -metrics.top1,
+                         "regret": metrics.regret}[config.monitor]
                 stopping.update(value, epoch, retriever)
                 status += (f" valid KL {metrics.kl:.4f} top-1 {metrics.top1:.3f}"
+                           f" regret {metrics.regret:.4f}"
                            f" (best @ {stopping.best_epoch})")
             end_epoch(status)
             if stopping.should_stop:
@@ -176,6 +194,7 @@ def _fit(
     stopping.restore(retriever)
     return RetrieverTrainingHistory(
         train_kl=tuple(train_kl), valid_kl=tuple(valid_kl), valid_top1=tuple(valid_top1),
+        valid_regret=tuple(valid_regret),
         monitor=config.monitor, best_epoch=stopping.best_epoch,
         stopped_early=len(train_kl) < config.max_epochs,
     )
