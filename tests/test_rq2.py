@@ -1,6 +1,7 @@
 """The random-retrieval seed and ``automr rq2`` on a tiny model and synthetic data."""
 
 import json
+from pathlib import Path
 
 import attrs
 import pytest
@@ -129,6 +130,27 @@ def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypa
     plot_rq2(out)  # re-plot from rq2.json alone
     assert (out / "rq2.png").stat().st_size > 1000
     assert RQ2Result.load(out / "rq2.json") == result
+
+
+def test_rq2_by_target_likelihood(workspace, tmp_path):
+    """measures=("likelihood",): every run is compared by its mean target log-likelihood, the
+    value of its own loglik/ file (no ranking)."""
+    out = tmp_path / "rq2-ll"
+    config = attrs.evolve(CONFIG, measures=("likelihood",))
+    result = run_rq2(workspace / "prepared", out, finetuned=workspace / "ft",
+                     memory=workspace / "mem", retrievers=[workspace / "ret-0"],
+                     seeds=[0, 1], grounder="likelihood", config=config, device="cpu",
+                     progress=False, say=lambda _: None)
+    assert result.metrics == ("target_ll", "target_ll_per_token")
+    assert not list(out.glob("*/ranks/*.json"))
+    for run in result.runs:
+        saved = json.loads(next((Path(run.folder) / "loglik").glob("*-likelihood.json"))
+                           .read_text())
+        values = [s["log_likelihood"] for s in saved["samples"]]
+        assert run.metrics["target_ll"] == pytest.approx(sum(values) / len(values))
+    seeds = [r.metrics["target_ll"] for r in result.group("random")]
+    assert seeds[0] != seeds[1]  # other elements, other likelihoods
+    assert "Target log-likelihood" in (out / "rq2.md").read_text()
 
 
 def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):

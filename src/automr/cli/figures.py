@@ -58,6 +58,9 @@ def rq2_command(
     combiner: Annotated[str, typer.Option(
         help="concat, append-token or prepend-token.")] = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
+    measure: Annotated[str, typer.Option(
+        help="ranks (Recall/NDCG@K, the paper's) or likelihood (mean target "
+             "log-likelihood with --grounder likelihood; no decoding).")] = "ranks",
     batch_size: int = 8,
     device: DeviceOption = "auto", dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None, quiet: QuietOption = False,
@@ -68,7 +71,8 @@ def rq2_command(
     from automr.experiments.rq2 import run_rq2
 
     config = EvalConfig(max_samples=samples or None, seed=seed, batch_size=batch_size,
-                        num_beams=num_beams or None, combiner=combiner, k=k)
+                        num_beams=num_beams or None, combiner=combiner, k=k,
+                        measures=(measure,))
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
             seeds=parse_seeds(seeds), grounder=grounder, config=config, device=device, dtype=dtype,
             cache_dir=cache_dir, progress=not quiet,

@@ -13,7 +13,8 @@ from automr.errors import AutomrError
 PLOTS_HINT = 'pip install "automr[plots]"'
 
 #: Display names of metric keys (``recall@5`` -> ``Recall@5``).
-METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
+METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG", "target_ll": "Target log-likelihood",
+                 "target_ll_per_token": "per token"}
 
 
 def metric_label(key: str) -> str:

@@ -24,6 +24,7 @@ import attrs
 from beartype import beartype
 
 from automr.errors import AutomrError
+from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import metric_label, new_figure, require_matplotlib, save_figure
@@ -32,7 +33,9 @@ from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, parse_method
 
 RQ2_METRICS = ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
-"""The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give)."""
+"""The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give).
+With ``measures=("likelihood",)`` the runs are compared by mean target log-likelihood (per
+sample and per token) instead: no decoding, so many seeds are affordable."""
 
 RQ2_FORMAT = "automr.rq2/1"
 
@@ -167,12 +170,13 @@ def run_rq2(
     for group, folder, source, retriever, run_config in plan:
         method = f"{group}:{grounder}"
         say(f"[rq2] {method}" + (f" ({source})" if source else "") + f" -> {folder}")
-        reports = evaluate_methods(
+        evaluation = evaluate_methods(
             dataset_dir, [method], folder, run_config,
             Artifacts(model=model, finetuned=finetuned,
                       memory=memory if group != "bigrec" else None, retriever=retriever),
-            device=device, dtype=dtype, cache_dir=cache_dir, progress=progress).reports
-        report = reports[method]
+            device=device, dtype=dtype, cache_dir=cache_dir, progress=progress)
+        report = (evaluation.reports if "ranks" in config.measures
+                  else evaluation.likelihoods)[method]
         ids = ids if runs else report.sample_ids
         if report.sample_ids != ids:
             raise AutomrError(f"{folder} ranked other samples than {out / 'bigrec'}")
@@ -186,7 +190,8 @@ def run_rq2(
     return result
 
 
-def run_of(group: str, folder: Path, source: str | None, report: MetricReport) -> RQ2Run:
+def run_of(group: str, folder: Path, source: str | None,
+           report: MetricReport | LikelihoodReport) -> RQ2Run:
     return RQ2Run(group=group, method=report.method, folder=str(folder), source=source,
                   metrics={k: iv.mean for k, iv in report.metrics.items()})
 
