@@ -112,3 +112,57 @@ def test_shards_written_before_subsets_read_as_every_element(workspace, tmp_path
     assert [i.tolist() for i in loaded.index] == [i.tolist() for i in full.index]
     data = retrieval_dataset(loaded, workspace["dataset"], workspace["store"], "train")
     assert data.metadata["element_subset"] == "all"
+
+
+def test_retriever_scores_read_the_first_picks_gain_off_the_annotations(workspace, tmp_path):
+    """Every row against the plain computation: scores of the sample's annotated keys, argmax,
+    that element's annotated log-likelihood minus the prompt's."""
+    from automr.experiments.retriever import score_retrievers
+    from automr.retrievers import RandomRetriever, build_retriever
+
+    store, root = workspace["store"], workspace["root"]
+    mlp = build_retriever("mlp", store.hidden_size, seed=3)
+    scores = score_retrievers(workspace["folders"]["three"], root / "prepared", root / "mem",
+                              {"mlp": mlp}, random_seeds=[0, 1, 2], n_resamples=50)
+    part = Annotations.load(workspace["folders"]["three"])
+    by_id = {s.id: s for s in workspace["dataset"].samples("train")}
+    assert scores.sample_ids == tuple(part.header["samples"])
+    for row, sample_id in enumerate(scores.sample_ids):
+        gains = part.element[row].double() - float(part.base[row])
+        keys = store.view(*store.request_for(by_id[sample_id])).keys[part.index[row]]
+        query = part.queries[row][None]
+        mask = torch.ones(1, len(keys), dtype=torch.bool)
+        assert float(scores.gains["oracle"][row]) == float(gains.max())
+        assert float(scores.gains["random"][row]) == pytest.approx(float(gains.mean()))
+        for name, retriever in (("mlp", mlp), ("random seed 1", RandomRetriever(seed=1))):
+            pick = int(retriever.scores(query, keys[None].float(), mask)[0].argmax())
+            assert float(scores.gains[name][row]) == float(gains[pick]), (name, sample_id)
+    summary = scores.summary()
+    assert summary["oracle"]["picked_best"] == 1.0 and summary["oracle"]["vs_random"] is None
+    assert summary["mlp"]["vs_random"]["mean"] == pytest.approx(
+        float((scores.gains["mlp"] - scores.gains["random"]).mean()))
+    assert scores.seed_spread()["n"] == 3
+    payload = scores.to_json()
+    assert set(payload["samples"]) == set(scores.sample_ids)
+    assert "| mlp |" in scores.markdown() and "over 3 seeds" in scores.markdown()
+
+
+def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tmp_path):
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+    from automr.retrievers import build_retriever
+
+    root = workspace["root"]
+    build_retriever("mlp", workspace["store"].hidden_size, seed=0).save(tmp_path / "ret")
+    args = ["retriever", "score", "--annotations", str(workspace["folders"]["three"]),
+            "--data", str(root / "prepared"), "--memory", str(root / "mem"),
+            "--out", str(tmp_path / "scores"), "--seeds", "0-3"]
+    result = CliRunner().invoke(app, [*args, "--retriever", f"mine={tmp_path / 'ret'}"])
+    assert result.exit_code == 0, result.output
+    assert "| mine |" in result.output and "| semantic |" in result.output
+    payload = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert payload["random_seeds"] == [0, 1, 2, 3]
+    assert set(next(iter(payload["samples"].values()))) >= {"oracle", "random", "mine"}
+    bad = CliRunner().invoke(app, [*args, "--retriever", str(tmp_path / "ret")])
+    assert bad.exit_code != 0 and "NAME=FOLDER" in bad.output

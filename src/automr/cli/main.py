@@ -36,7 +36,7 @@ COMMANDS: dict[str, LazyCommand] = {
         "automr.cli.pipeline:annotate_command",
         "Eq. 5: each memory element's effect on the true next item's likelihood."),
     "retriever": LazyCommand("automr.cli.pipeline:retriever_app",
-                             "Train retrievers on annotations."),
+                             "Train and score retrievers on annotations."),
     "evaluate": LazyCommand(
         "automr.cli.evaluate:evaluate_command",
         "Rank the same test samples with every method; print and write the results table."),

@@ -1,5 +1,6 @@
-"""``automr memory build``, ``automr annotate``, ``automr retriever train``."""
+"""``automr memory build``, ``automr annotate``, ``automr retriever train|score``."""
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,8 @@ from automr.cli.common import (
 from automr.defaults import DEFAULT_LAYER
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
-retriever_app = typer.Typer(help="Train retrievers on annotations.", no_args_is_help=True)
+retriever_app = typer.Typer(help="Train and score retrievers on annotations.",
+                            no_args_is_help=True)
 
 
 
@@ -126,6 +128,42 @@ def retriever_train(
                f"{record['valid_samples']}" + (f", valid KL {valid['kl']:.4f}, top-1 agreement "
                                                f"{valid['top1']:.3f}, regret "
                                                f"{valid['regret']:.4f})" if valid else ")"))
+
+
+@retriever_app.command("score")
+@user_errors
+def retriever_score(
+    annotations: Annotated[Path, typer.Option(
+        help="Annotation folder of held-out samples (e.g. automr annotate --split test).")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    memory: Annotated[Path, typer.Option(help="Memory folder (the one annotated).")],
+    out: Annotated[Path, typer.Option(help="Folder for scores.json and scores.md.")],
+    retriever: Annotated[list[str] | None, typer.Option(
+        help="NAME=FOLDER of a trained retriever; repeat for several.")] = None,
+    semantic: Annotated[bool, typer.Option(help="Also score semantic retrieval.")] = True,
+    seeds: Annotated[str, typer.Option(
+        help="Random retrieval seeds: comma-separated integers or ranges.")] = "0-9",
+) -> None:
+    """What each retriever's first pick is worth: eq. 5's gain read off the annotations
+    (exact, no model), beside the oracle, random expectation and seeded random draws."""
+    from automr.cli.figures import parse_seeds
+    from automr.errors import AutomrError
+    from automr.experiments.retriever import score_retrievers
+    from automr.memory import MemoryStore
+    from automr.retrievers import build_retriever, load_retriever
+
+    hidden = MemoryStore.open(memory).hidden_size
+    chosen = {"semantic": build_retriever("semantic", hidden)} if semantic else {}
+    for text in retriever or []:
+        name, sep, folder = text.partition("=")
+        if not sep or not name or not folder:
+            raise AutomrError(f"--retriever takes NAME=FOLDER, got {text!r}")
+        chosen[name] = load_retriever(folder, hidden_size=hidden)
+    scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores.to_json(), indent=1) + "\n")
+    (out / "scores.md").write_text(scores.markdown())
+    typer.echo(scores.markdown())
 
 
 @user_errors

@@ -29,7 +29,7 @@ from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
-from automr.experiments.retriever import train_retriever
+from automr.experiments.retriever import picked_gains, train_retriever
 from automr.llm.loading import LoadedModel, load_model
 from automr.memory import MemoryConfig, build_memory
 from automr.memory.encoders import ENCODERS
@@ -39,7 +39,6 @@ from automr.retrievers import (
     RetrieverTrainingConfig,
     build_retriever,
     load_retriever,
-    top_k,
 )
 
 ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
@@ -103,10 +102,7 @@ def pick_gains(kind: str, gains: Sequence[torch.Tensor], data: RetrievalDataset,
                 torch.tensor([float((g == g.max()).float().mean()) for g in gains]))
     retriever = (load_retriever(retriever_dir, hidden_size=data.hidden_size) if kind == "mlp"
                  else build_retriever(kind, data.hidden_size))
-    with torch.no_grad():
-        scores = retriever.scores(data.queries, data.keys, data.mask)
-    picked = top_k(scores.float(), data.mask, 1)[0][:, 0].tolist()
-    chosen = torch.tensor([float(g[i]) for g, i in zip(gains, picked, strict=True)])
+    chosen = picked_gains(retriever, gains, data).float()
     return chosen, (chosen >= best).float()
 
 

@@ -1,6 +1,17 @@
-"""``automr retriever train``: eq. 6 on annotated samples (KL(S' || S), MLP retriever)."""
+"""``automr retriever train`` (eq. 6 on annotated samples: KL(S' || S), MLP retriever) and
+``automr retriever score`` (what any retriever's pick is worth on annotated held-out samples).
+
+Scoring reads eq. 5 off the annotations, so it is exact and needs no model: on each annotated
+sample the gain of an element is ``log P(y | z_t, z_m) - log P(y | z_t)`` (nats), and a
+retriever's gain is that of the element it ranks first among the annotated ones (k = 1; all of
+the memory, or the seeded subset the annotation was made on). ``oracle`` is the best annotated
+element, ``random`` the exact expectation over them, ``random seed S`` one seeded uniform draw
+per sample (RQ2's spread, with no model run).
+"""
 
 import json
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -9,9 +20,37 @@ import torch
 from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
+from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+from automr.interfaces import Retriever
 from automr.llm.loading import resolve_device
 from automr.memory import MemoryStore
-from automr.retrievers import RetrieverTrainingConfig, evaluate_retriever, train_mlp_retriever
+from automr.retrievers import (
+    RandomRetriever,
+    RetrievalDataset,
+    RetrieverTrainingConfig,
+    evaluate_retriever,
+    top_k,
+    train_mlp_retriever,
+)
+
+SCORES_FORMAT = "automr.retriever-scores/1"
+
+
+def annotated_dataset(
+    annotations_dir: Path | str, dataset_dir: Path | str, memory_dir: Path | str,
+    form: str = "log", temperature: float = 1.0,
+) -> tuple[Annotations, RetrievalDataset]:
+    """The annotations and their retrieval rows (queries, annotated keys, labels S'), checked
+    to come from ``memory_dir``."""
+    annotations = Annotations.load(annotations_dir)
+    store = MemoryStore.open(memory_dir)
+    if annotations.header["memory_model_fingerprint"] != store.record.model_fingerprint or \
+            annotations.header["layer"] != store.layer:
+        raise AutomrError(f"the annotations in {annotations_dir} were made with another memory "
+                          f"(model or layer differ from {memory_dir})")
+    split = annotations.header["config"]["split"]
+    return annotations, retrieval_dataset(annotations, PreparedDataset.load(dataset_dir), store,
+                                          split, form, temperature)
 
 
 def train_retriever(
@@ -24,15 +63,7 @@ def train_retriever(
     of the annotated samples (seeded) are held out for early stopping on validation KL (a
     cheap proxy for validation Recall@1)."""
     config = config or RetrieverTrainingConfig()
-    annotations = Annotations.load(annotations_dir)
-    dataset = PreparedDataset.load(dataset_dir)
-    store = MemoryStore.open(memory_dir)
-    if annotations.header["memory_model_fingerprint"] != store.record.model_fingerprint or \
-            annotations.header["layer"] != store.layer:
-        raise AutomrError(f"the annotations in {annotations_dir} were made with another memory "
-                          f"(model or layer differ from {memory_dir})")
-    split = annotations.header["config"]["split"]
-    full = retrieval_dataset(annotations, dataset, store, split, form, temperature)
+    _, full = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form, temperature)
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(full), generator=generator)
     n_valid = round(valid_fraction * len(full))
@@ -51,3 +82,107 @@ def train_retriever(
     }
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def element_gains(annotations: Annotations) -> list[torch.Tensor]:
+    """Per sample, eq. 5's gain of each annotated element (nats, float64)."""
+    return [element.double() - float(base)
+            for base, element in zip(annotations.base, annotations.element, strict=True)]
+
+
+@torch.no_grad()
+def picked_gains(retriever: Retriever, gains: Sequence[torch.Tensor],
+                 data: RetrievalDataset) -> torch.Tensor:
+    """Per sample, the gain of the annotated element ``retriever`` ranks first."""
+    scores = retriever.scores(data.queries, data.keys, data.mask)
+    picked = top_k(scores.float(), data.mask, 1)[0][:, 0].tolist()
+    return torch.tensor([float(g[i]) for g, i in zip(gains, picked, strict=True)],
+                        dtype=torch.float64)
+
+
+@attrs.frozen
+class RetrieverScores:
+    """Per-sample gains (nats) of each scored retriever on the same annotated samples."""
+
+    sample_ids: tuple[str, ...]
+    gains: dict[str, torch.Tensor]
+    best: torch.Tensor
+    random_seeds: tuple[int, ...]
+    n_resamples: int = 1000
+    seed: int = 0
+
+    def summary(self) -> dict[str, dict]:
+        """Mean gain [95% CI], share helped, share picking the best element, and the paired
+        difference against ``random`` (the expectation), for every row."""
+        rows = {}
+        for name, gains in self.gains.items():
+            ci = bootstrap_ci(gains, n_resamples=self.n_resamples, seed=self.seed)
+            paired = (None if name in ("random", "oracle") else paired_bootstrap(
+                gains, self.gains["random"], n_resamples=self.n_resamples, seed=self.seed))
+            rows[name] = {"gain": attrs.asdict(ci), "helped": float((gains > 0).double().mean()),
+                          "picked_best": float((gains >= self.best).double().mean()),
+                          "vs_random": None if paired is None else attrs.asdict(paired)}
+        return rows
+
+    def seed_spread(self) -> dict | None:
+        """Mean gain over the random seeds' draws: mean, sample sd, min, max."""
+        means = [float(self.gains[f"random seed {s}"].mean()) for s in self.random_seeds]
+        if not means:
+            return None
+        return {"n": len(means), "mean": statistics.fmean(means),
+                "std": statistics.stdev(means) if len(means) > 1 else 0.0,
+                "min": min(means), "max": max(means)}
+
+    def markdown(self) -> str:
+        lines = [f"{len(self.sample_ids)} annotated samples; gain = log P(y | prompt, element) - "
+                 "log P(y | prompt) of the element each retriever ranks first (nats, k = 1); "
+                 "`random` is the exact expectation over the annotated elements, `oracle` the "
+                 "best one.", "",
+                 "| retriever | gain [95% CI] | helped | picked best | vs random [95% CI] |",
+                 "|---|---|---|---|---|"]
+        for name, row in self.summary().items():
+            if name.startswith("random seed"):
+                continue
+            g, p = row["gain"], row["vs_random"]
+            versus = "-" if p is None else f"{p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
+            lines.append(f"| {name} | {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] | "
+                         f"{row['helped']:.2f} | {row['picked_best']:.2f} | {versus} |")
+        spread = self.seed_spread()
+        if spread is not None:
+            lines += ["", f"Random retrieval over {spread['n']} seeds (one uniform draw per "
+                      f"sample each): mean gain {spread['mean']:+.3f} ± {spread['std']:.3f} "
+                      f"[{spread['min']:+.3f}, {spread['max']:+.3f}]."]
+            for name in self.gains:
+                if name in ("oracle", "random") or name.startswith("random seed"):
+                    continue
+                mean = float(self.gains[name].mean())
+                above = sum(float(self.gains[f"random seed {s}"].mean()) < mean
+                            for s in self.random_seeds)
+                lines.append(f"`{name}` is above {above} of {spread['n']} seeds.")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        return {"format": SCORES_FORMAT, "summary": self.summary(),
+                "random_seeds": list(self.random_seeds), "seed_spread": self.seed_spread(),
+                "samples": {sid: {name: float(g[i]) for name, g in self.gains.items()}
+                            for i, sid in enumerate(self.sample_ids)}}
+
+
+def score_retrievers(
+    annotations_dir: Path | str, dataset_dir: Path | str, memory_dir: Path | str,
+    retrievers: Mapping[str, Retriever], *, random_seeds: Sequence[int] = range(10),
+    form: str = "log", n_resamples: int = 1000, seed: int = 0,
+) -> RetrieverScores:
+    """The gain of each retriever's first pick on annotated held-out samples (module
+    docstring), beside ``oracle``, ``random`` and one row per random seed."""
+    annotations, data = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form)
+    gains = element_gains(annotations)
+    best = torch.tensor([float(g.max()) for g in gains], dtype=torch.float64)
+    rows = {"oracle": best,
+            "random": torch.tensor([float(g.mean()) for g in gains], dtype=torch.float64)}
+    rows |= {name: picked_gains(r, gains, data) for name, r in retrievers.items()}
+    rows |= {f"random seed {s}": picked_gains(RandomRetriever(seed=s), gains, data)
+             for s in random_seeds}
+    return RetrieverScores(sample_ids=tuple(annotations.header["samples"]), gains=rows,
+                           best=best, random_seeds=tuple(random_seeds),
+                           n_resamples=n_resamples, seed=seed)
