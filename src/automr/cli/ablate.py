@@ -7,6 +7,7 @@ import typer
 
 from automr.cli.common import (
     CacheDirOption,
+    DataOption,
     DeviceOption,
     DtypeOption,
     QuietOption,
@@ -21,7 +22,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 @user_errors
 def ablate_command(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: DataOption,
     finetuned: Annotated[Path, typer.Option(
         help="Run folder of `automr finetune`; its LoRA must start at or above every layer.")],
     out: Annotated[Path, typer.Option(

@@ -25,6 +25,9 @@ QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
 ModelOption = Annotated[str, typer.Option(
     help="Base model: a Hugging Face id or folder [default: the embedded SmolLM2-135M].")]
 DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
+MemoryOption = Annotated[Path, typer.Option(help="Memory folder (automr memory build).")]
+FinetunedOption = Annotated[Path, typer.Option(help="Fine-tune run folder (automr finetune).")]
+RetrieverOption = Annotated[Path, typer.Option(help="Trained retriever folder.")]
 
 CacheDirOption = Annotated[
     Path | None,

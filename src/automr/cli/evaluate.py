@@ -7,6 +7,7 @@ import typer
 
 from automr.cli.common import (
     CacheDirOption,
+    DataOption,
     DeviceOption,
     DtypeOption,
     QuietOption,
@@ -22,7 +23,7 @@ defaults = EvalConfig()
 
 @user_errors
 def evaluate_command(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: DataOption,
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, ranks/.")],
     methods: Annotated[str, typer.Option(
         help="Comma-separated: sasrec, or NAME:G with NAME in base, bigrec, automr, random, "

@@ -10,8 +10,11 @@ import typer
 
 from automr.cli.common import (
     CacheDirOption,
+    DataOption,
     DeviceOption,
     DtypeOption,
+    FinetunedOption,
+    MemoryOption,
     QuietOption,
     user_errors,
 )
@@ -36,11 +39,11 @@ def parse_seeds(text: str) -> list[int]:
 
 @user_errors
 def rq2_command(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: DataOption,
     out: Annotated[Path, typer.Option(
         help="Folder for rq2.md/json/png/svg and one evaluation folder per run.")],
-    finetuned: Annotated[Path, typer.Option(help="Run folder of `automr finetune`.")],
-    memory: Annotated[Path, typer.Option(help="Memory folder.")],
+    finetuned: FinetunedOption,
+    memory: MemoryOption,
     retriever: Annotated[list[Path], typer.Option(
         "--retriever", "--retrievers",
         help="Trained retriever folder; repeat it (e.g. retrievers trained with other "

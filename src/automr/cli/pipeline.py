@@ -8,9 +8,13 @@ import typer
 
 from automr.cli.common import (
     CacheDirOption,
+    DataOption,
     DeviceOption,
     DtypeOption,
+    FinetunedOption,
+    MemoryOption,
     QuietOption,
+    RetrieverOption,
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER
@@ -24,7 +28,7 @@ retriever_app = typer.Typer(help="Train and score retrievers on annotations.",
 @memory_app.command("build")
 @user_errors
 def memory_build(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: DataOption,
     out: Annotated[Path, typer.Option(help="Memory folder (a rerun resumes).")],
     model: Annotated[str, typer.Option(help="Embedded name, HF id or folder.")] = "smollm2-135m",
     layer: Annotated[int, typer.Option(help="Split layer L: keys are layer-L states.")] = (
@@ -62,9 +66,9 @@ def memory_build(
 
 @user_errors
 def annotate_command(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
-    memory: Annotated[Path, typer.Option(help="Memory folder (automr memory build).")],
-    finetuned: Annotated[Path, typer.Option(help="Fine-tune run folder (automr finetune).")],
+    data: DataOption,
+    memory: MemoryOption,
+    finetuned: FinetunedOption,
     out: Annotated[Path, typer.Option(help="Annotation folder (a rerun resumes).")],
     samples: Annotated[int, typer.Option(help="Seeded subset of samples (0 = all).")] = 256,
     split: str = "train",
@@ -97,8 +101,8 @@ def annotate_command(
 @user_errors
 def retriever_train(
     annotations: Annotated[Path, typer.Option(help="Annotation folder (automr annotate).")],
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
-    memory: Annotated[Path, typer.Option(help="Memory folder.")],
+    data: DataOption,
+    memory: MemoryOption,
     out: Annotated[Path, typer.Option(help="Retriever folder.")],
     label_form: Annotated[str, typer.Option(
         help="paper (softmax of probability differences, eq. 5) or log.")] = "log",
@@ -135,8 +139,8 @@ def retriever_train(
 def retriever_score(
     annotations: Annotated[Path, typer.Option(
         help="Annotation folder of held-out samples (e.g. automr annotate --split test).")],
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
-    memory: Annotated[Path, typer.Option(help="Memory folder (the one annotated).")],
+    data: DataOption,
+    memory: MemoryOption,
     out: Annotated[Path, typer.Option(help="Folder for scores.json and scores.md.")],
     retriever: Annotated[list[str] | None, typer.Option(
         help="NAME=FOLDER of a trained retriever; repeat for several.")] = None,
@@ -206,10 +210,10 @@ def demo_command(
 @user_errors
 def recommend_command(
     user: Annotated[str, typer.Argument(help="User id (as in the dataset).")],
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
-    finetuned: Annotated[Path, typer.Option(help="Fine-tune run folder.")],
-    memory: Annotated[Path, typer.Option(help="Memory folder.")],
-    retriever: Annotated[Path, typer.Option(help="Trained retriever folder.")],
+    data: DataOption,
+    finetuned: FinetunedOption,
+    memory: MemoryOption,
+    retriever: RetrieverOption,
     top: Annotated[int, typer.Option(help="How many items to show.")] = 10,
     split: Annotated[str, typer.Option(help="Take the user's latest sample of this split.")] =
         "test",
