@@ -164,5 +164,7 @@ def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tm
     payload = json.loads((tmp_path / "scores" / "scores.json").read_text())
     assert payload["random_seeds"] == [0, 1, 2, 3]
     assert set(next(iter(payload["samples"].values()))) >= {"oracle", "random", "mine"}
+    record = json.loads((tmp_path / "scores" / "automr-runs.jsonl").read_text())
+    assert record["fingerprints"]["retriever"][f"mine={tmp_path / 'ret'}"]  # the folder's JSON
     bad = CliRunner().invoke(app, [*args, "--retriever", str(tmp_path / "ret")])
     assert bad.exit_code != 0 and "NAME=FOLDER" in bad.output

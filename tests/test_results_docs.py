@@ -54,3 +54,23 @@ def test_export_round_trips_a_folder(tmp_path):
     check(exported)
     assert exported["ranks"]["b"]["u3@3:x"] == 11
     assert exported["loglik"]["a"]["u2@2:x"] == [-2.0, 3]
+
+
+SCORES = sorted(p for p in RESULTS.rglob("*.json")
+                if json.loads(p.read_text()).get("format") == "automr.retriever-scores/1")
+
+
+@pytest.mark.parametrize("path", SCORES, ids=[p.name for p in SCORES])
+def test_committed_retriever_scores_reproduce_their_means(path):
+    """`automr retriever score` exports: every row's mean gain and paired difference against
+    random, recomputed from the per-sample gains."""
+    exported = json.loads(path.read_text())
+    samples = exported["samples"]
+    for name, row in exported["summary"].items():
+        gains = torch.tensor([s[name] for s in samples.values()], dtype=torch.float64)
+        assert float(gains.mean()) == pytest.approx(row["gain"]["mean"], abs=1e-9), name
+        if row["vs_random"] is not None:
+            random = torch.tensor([s["random"] for s in samples.values()], dtype=torch.float64)
+            assert float((gains - random).mean()) == pytest.approx(row["vs_random"]["mean"],
+                                                                    abs=1e-9), name
+    assert exported["commands"], "every exported table says the command that made it"

@@ -98,8 +98,9 @@ def fingerprints(params: dict[str, Any]) -> dict[str, Any]:
             found["data"] = f"unavailable: {error}"
     for name in INPUT_FOLDERS:
         value = params.get(name)
-        if isinstance(value, (list, tuple)):  # a repeatable option (rq2 --retriever)
-            found[name] = {str(folder): _json_hashes(Path(folder)) for folder in value}
+        if isinstance(value, (list, tuple)):  # repeatable: rq2 --retriever, or NAME=FOLDER
+            found[name] = {str(text): _json_hashes(Path(str(text).rpartition("=")[2]))
+                           for text in value}
         elif value is not None:
             found[name] = _json_hashes(Path(value))
     return found
