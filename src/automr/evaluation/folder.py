@@ -98,8 +98,13 @@ class EvaluationFolder:
             return None
         return LikelihoodReport.load(values)
 
-    def save_likelihoods(self, report: LikelihoodReport, settings: Mapping[str, Any]) -> None:
+    def save_likelihoods(self, report: LikelihoodReport, settings: Mapping[str, Any],
+                         details: Mapping[str, Mapping[str, Any]] = {}) -> None:
+        """Write a method's log-likelihoods, its details (e.g. the retrieved elements), then
+        its settings (last: they mark it done)."""
         report.save(self.ranks_file(report.method, "loglik"))
+        for kind, values in details.items():
+            write_json_atomic(self.details_file(kind, report.method), dict(values), indent=0)
         write_json_atomic(self.settings_file(report.method, "loglik"), dict(settings),
                           indent=None)
 

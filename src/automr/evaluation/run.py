@@ -204,15 +204,16 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
     if saved is not None and saved.n_resamples == n_resamples:
         return saved
+    details: dict = {}
     if saved is not None:
         values = list(zip(saved.log_likelihoods, saved.tokens, strict=True))
     else:
-        pairs, _ = run_sharded(method.target_log_likelihoods, method, samples, settings,
-                               folder, name, "loglik", shard_size)
+        pairs, details = run_sharded(method.target_log_likelihoods, method, samples, settings,
+                                     folder, name, "loglik", shard_size)
         values = [(float(v), int(n)) for v, n in pairs]
     report = build_likelihood_report(name, [s.id for s in samples], values,
                                      n_resamples=n_resamples, seed=seed)
     if folder is not None and distributed.is_main():
-        folder.save_likelihoods(report, settings)
+        folder.save_likelihoods(report, settings, details)
         folder.clear_shards(name, "loglik")
     return report
