@@ -78,6 +78,18 @@ def test_step_commands_chain(workspace, tmp_path):
                                 "--grounder", "likelihood", "--device", "cpu"])
     assert shown.exit_code == 0, shown.output
     assert "retrieved from memory:" in shown.output and " 1. " in shown.output
+    from automr.experiments.recommend import latest_sample, recommend
+
+    dataset = PreparedDataset.load(data)
+    sample = latest_sample(dataset, user, "test")
+    folders = (tmp_path / "ft", tmp_path / "mem", tmp_path / "ret")
+    kept = recommend(data, user, *folders, top=10_000, grounder="likelihood", device="cpu")
+    every = recommend(data, user, *folders, top=10_000, grounder="likelihood", device="cpu",
+                      exclude_seen=False)
+    assert len(every.items) == len(dataset.catalog)
+    seen = set(sample.history) - {sample.target}
+    assert [i for i, _ in kept.items] == [i for i, _ in every.items if i not in seen]
+    assert kept.items[kept.target_rank][0] == every.items[every.target_rank][0] == sample.target
     missing = runner.invoke(app, ["recommend", "nobody", "--data", data, "--finetuned",
                                   str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
                                   "--retriever", str(tmp_path / "ret")])

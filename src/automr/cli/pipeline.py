@@ -221,6 +221,8 @@ def recommend_command(
         "constrained",
     combiner: str = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
+    exclude_seen: Annotated[bool, typer.Option(
+        help="Leave the user's history out of the list (as evaluate --exclude-seen).")] = True,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
@@ -229,5 +231,5 @@ def recommend_command(
     from automr.experiments.recommend import recommend
 
     result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
-                       combiner, k, device, cache_dir, dtype)
+                       combiner, k, device, cache_dir, dtype, exclude_seen)
     typer.echo("\n".join(result.describe(split)))

@@ -56,7 +56,7 @@ def recommend(
     dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
     retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
     combiner: str = "concat", k: int = 1, device: str = "auto",
-    cache_dir: Path | str | None = None, dtype: str = "auto",
+    cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
 ) -> Recommendation:
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
@@ -74,6 +74,10 @@ def recommend(
                               retrieval.insert_for([sample]))[0].tolist()
     catalog = dataset.catalog
     item_ids = catalog.ids
+    if exclude_seen:  # as `automr evaluate --exclude-seen`: the target always stays
+        index = {item: i for i, item in enumerate(item_ids)}
+        seen = {index[i] for i in sample.history} - {index[sample.target]}
+        ranking = [i for i in ranking if i not in seen]
     entry = store.index.users[user]
     retrieved = [(entry.items[i], catalog.title(entry.items[i]),
                   dt.datetime.fromtimestamp(entry.timestamps[i], dt.timezone.utc).date()
