@@ -44,8 +44,8 @@ from automr.storage import write_text_atomic
 @beartype
 @attrs.frozen(kw_only=True)
 class DemoConfig:
-    """Sizes of each step (with append-token these defaults took 6 minutes with SmolLM2-135M
-    on a quiet 2-core CPU; concat annotation costs more, not yet re-measured)."""
+    """Sizes of each step (with SmolLM2-135M these defaults took 14 minutes of CPU time on a
+    2-core x86-64 VM: docs/results.md, "The demo")."""
 
     model: str = DEFAULT_MODEL
     layer: int = DEFAULT_LAYER
