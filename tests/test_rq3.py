@@ -127,6 +127,39 @@ def test_recall_improved_samples_and_exact_ages(dataset_dir, tmp_path):
         assert (out / name).stat().st_size > 1000
 
 
+def test_likelihood_measure_selects_samples_whose_likelihood_rose(dataset_dir, tmp_path):
+    """--measure likelihood: "memory helped" = the true title's log-likelihood rose, read from
+    both methods' loglik/ values; the retrieved elements come from the likelihood run."""
+    from automr.evaluation.likelihood import build_likelihood_report
+
+    ids = list(REFERENCE_RANKS)
+    reference = {U1_50: -10.0, U1_55_B5: -8.0, U1_55_B6: -9.0, U0_60: -7.0}
+    memory = {U1_50: -9.5, U1_55_B5: -6.0, U1_55_B6: -9.0, U0_60: -7.5}
+    folder = EvaluationFolder(tmp_path / "results")
+    for method, values in (("bigrec:likelihood", reference), ("automr:likelihood", memory)):
+        report = build_likelihood_report(method, ids, [(values[i], 3) for i in ids],
+                                         n_resamples=10)
+        details = {"retrieved": RETRIEVED} if "automr" in method else {}
+        folder.save_likelihoods(report, {"split": "test"}, details)
+    result = run_rq3(folder.path, dataset_dir, tmp_path / "out", reference="bigrec:likelihood",
+                     method="automr:likelihood", measure="likelihood")
+    assert result.criterion == "likelihood"
+    assert [r.sample_id for r in result.shown] == [U1_55_B5, U1_50]  # +2.0, then +0.5 nats
+    assert result.counts == {"evaluated": 4, "retrieved": 4, "likelihood_improved": 2,
+                             "likelihood_same": 1, "likelihood_worse": 1, "selected": 2,
+                             "shown": 2}
+    improved = result.improved_ages
+    assert improved is not None and (improved.elements, improved.back_mean) == (2, 3.0)
+    payload = json.loads((tmp_path / "out" / "rq3.json").read_text())
+    assert payload["measure"] == "likelihood"
+    assert payload["shown"][0]["reference_nll"] == 8.0 and payload["shown"][0]["method_nll"] == 6.0
+    text = (tmp_path / "out" / "rq3.md").read_text()
+    assert "log-likelihood rose with memory (2 of 4 samples)" in text and "8.00 -> 6.00" in text
+    with pytest.raises(AutomrError, match="no target log-likelihoods of bigrec:constrained"):
+        run_rq3(folder.path, dataset_dir, tmp_path / "x", method="automr:likelihood",
+                measure="likelihood")
+
+
 def test_rank_improvement_is_the_stated_fallback(dataset_dir, tmp_path):
     results = evaluation(tmp_path / "results",
                          {U1_50: 1, U1_55_B5: 1, U1_55_B6: 1, U0_60: 4})

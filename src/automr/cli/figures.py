@@ -102,10 +102,13 @@ def rq3_command(
     out: Annotated[Path | None, typer.Option(
         help="Folder for rq3.md/json and the figures [default: --results].",
         show_default=False)] = None,
+    measure: Annotated[str, typer.Option(
+        help="ranks (memory helped = Recall@1 or rank improved) or likelihood (= the true "
+             "title's log-likelihood rose; needs --measures likelihood runs).")] = "ranks",
 ) -> None:
     """RQ3: how far back the memory method retrieves; case-study timeline and age histograms."""
     from automr.experiments.rq3_report import run_rq3
 
     run_rq3(results, data, out, reference=reference, method=method, rows=rows, memory=memory,
-            reference_dir=reference_results)
+            reference_dir=reference_results, measure=measure)
     typer.echo(((out or results) / "rq3.md").read_text())

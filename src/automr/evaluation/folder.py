@@ -125,6 +125,15 @@ class EvaluationFolder:
                               f"{self.path} ...`")
         return MetricReport.load(path)
 
+    def likelihoods(self, method: str) -> LikelihoodReport:
+        """The saved target log-likelihoods of ``method``; a clear error if it has none here."""
+        path = self.ranks_file(method, "loglik")
+        if not path.is_file():
+            raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} ({path} "
+                              f"is missing); evaluate it with `automr evaluate --methods "
+                              f"{method} --measures likelihood --out {self.path} ...`")
+        return LikelihoodReport.load(path)
+
     def details(self, kind: str, method: str) -> dict[str, Any]:
         """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``."""
         path = self.details_file(kind, method)

@@ -37,6 +37,7 @@ from beartype import beartype
 from automr.data import PreparedDataset, Sample
 from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.memory.shards import MemoryIndex
 from automr.methods.registry import parse_method
@@ -95,13 +96,14 @@ def locate_retrieved(
 @beartype
 @attrs.frozen
 class SampleRetrieval:
-    """One evaluated sample, its ranks without (reference) and with memory, and what it
-    retrieved."""
+    """One evaluated sample, how the true item fared without (reference) and with memory, and
+    what it retrieved. The losses are the target's rank (measure ``ranks``) or its negative
+    log-likelihood in nats (measure ``likelihood``): lower is better either way."""
 
     sample_id: str
     sample: Sample
-    reference_rank: int
-    method_rank: int
+    reference_loss: float
+    method_loss: float
     retrieved: tuple[RetrievedElement, ...]
 
     @property
@@ -169,21 +171,29 @@ def summarize_ages(rows: Sequence[SampleRetrieval]) -> AgeSummary | None:
 
 RECALL_CRITERION = "recall@1"
 RANK_CRITERION = "rank"
+LIKELIHOOD_CRITERION = "likelihood"
+MEASURES = ("ranks", "likelihood")
 
 
 @beartype
-def select_improved(rows: Sequence[SampleRetrieval]) -> tuple[str, list[SampleRetrieval]]:
+def select_improved(rows: Sequence[SampleRetrieval], measure: str = "ranks"
+                    ) -> tuple[str, list[SampleRetrieval]]:
     """Samples that retrieved something and improved with memory, best improvement first (ties
-    in evaluation order): Recall@1 improved (``"recall@1"``: rank 0 with memory, > 0 without)
-    or, when no sample did, the target rank improved at all (``"rank"``)."""
+    in evaluation order). Ranks: Recall@1 improved (``"recall@1"``: rank 0 with memory, > 0
+    without) or, when no sample did, the target rank improved at all (``"rank"``). Likelihood:
+    the true title's log-likelihood rose (``"likelihood"``)."""
     rows = [r for r in rows if r.retrieved]
-    chosen = [r for r in rows if r.method_rank == 0 < r.reference_rank]
-    criterion = RECALL_CRITERION
-    if not chosen:
-        chosen = [r for r in rows if r.method_rank < r.reference_rank]
-        criterion = RANK_CRITERION
+    if measure == "likelihood":
+        chosen = [r for r in rows if r.method_loss < r.reference_loss]
+        criterion = LIKELIHOOD_CRITERION
+    else:
+        chosen = [r for r in rows if r.method_loss == 0 < r.reference_loss]
+        criterion = RECALL_CRITERION
+        if not chosen:
+            chosen = [r for r in rows if r.method_loss < r.reference_loss]
+            criterion = RANK_CRITERION
     order = sorted(range(len(chosen)),
-                   key=lambda i: (chosen[i].method_rank - chosen[i].reference_rank, i))
+                   key=lambda i: (chosen[i].method_loss - chosen[i].reference_loss, i))
     return criterion, [chosen[i] for i in order]
 
 
@@ -196,6 +206,7 @@ class RQ3Result:
     reference: str
     method: str
     split: str
+    measure: str
     criterion: str
     criterion_text: str
     counts: dict[str, int]
@@ -204,12 +215,24 @@ class RQ3Result:
     shown: tuple[SampleRetrieval, ...]
     evaluated: tuple[SampleRetrieval, ...]
 
+    @property
+    def loss_name(self) -> str:
+        """What the losses are: ``rank`` or ``NLL`` (nats)."""
+        return "rank" if self.measure == "ranks" else "NLL"
+
+    def losses(self, r: SampleRetrieval) -> dict[str, int | float]:
+        """``reference_rank``/``method_rank`` (ranks, integers) or ``reference_nll``/
+        ``method_nll`` (likelihood) of one sample."""
+        if self.measure == "ranks":
+            return {"reference_rank": int(r.reference_loss), "method_rank": int(r.method_loss)}
+        return {"reference_nll": r.reference_loss, "method_nll": r.method_loss}
+
     def to_json(self, dataset: PreparedDataset) -> dict:
         def row(r: SampleRetrieval) -> dict:
             s = r.sample
             return {"sample": r.sample_id, "user": s.user, "target": s.target,
                     "target_title": dataset.catalog.title(s.target),
-                    "reference_rank": r.reference_rank, "method_rank": r.method_rank,
+                    **self.losses(r),
                     "history": len(s.history), "recent": len(s.recent),
                     "recent_oldest_days": r.history_days[len(s.memory)],
                     "retrieved": [{**attrs.asdict(e), "title": dataset.catalog.title(e.item)}
@@ -217,7 +240,8 @@ class RQ3Result:
 
         return {
             "format": "automr.rq3/1", "results": self.results, "reference": self.reference,
-            "method": self.method, "split": self.split, "criterion": self.criterion,
+            "method": self.method, "split": self.split, "measure": self.measure,
+            "criterion": self.criterion,
             "criterion_text": self.criterion_text, "counts": self.counts,
             "ages": {"all": _maybe(self.all_ages), "improved": _maybe(self.improved_ages)},
             "shown": [row(r) for r in self.shown],
@@ -233,43 +257,69 @@ def _maybe(summary: AgeSummary | None) -> dict | None:
 def analyze_rq3(
     results_dir: Path | str, dataset: PreparedDataset, *, reference: str = "bigrec:constrained",
     method: str = "automr:constrained", rows: int = 8, memory: Path | str | None = None,
-    reference_dir: Path | str | None = None,
+    reference_dir: Path | str | None = None, measure: str = "ranks",
 ) -> RQ3Result:
-    """The numbers of RQ3 from an evaluation folder (see :func:`run_rq3` for the arguments)."""
+    """The numbers of RQ3 from an evaluation folder (see :func:`run_rq3` for the arguments).
+    ``measure``: ``ranks`` (the paper's: Recall@1 / rank improved) or ``likelihood`` (the
+    true title's log-likelihood rose; needs both methods' ``loglik/`` values and the memory
+    method's ``retrieved/`` from the same evaluation)."""
     if rows < 1:
         raise AutomrError(f"--rows must be at least 1, got {rows}")
+    if measure not in MEASURES:
+        raise AutomrError(f"--measure must be one of {', '.join(MEASURES)}, got {measure!r}")
     if parse_method(method)[0] not in ("automr", "random", "semantic"):
         raise AutomrError(f"{method!r} retrieves no memory; use automr:G, random:G or semantic:G")
     parse_method(reference)
     results = EvaluationFolder(results_dir)
-    ref_report = EvaluationFolder(reference_dir or results_dir).report(reference)
-    method_report = results.report(method)
+    references = EvaluationFolder(reference_dir or results_dir)
+    if measure == "ranks":
+        ref_ids, ref_losses = _ranks(references.report(reference))
+        ids, losses = _ranks(results.report(method))
+    else:
+        ref_ids, ref_losses = _nlls(references.likelihoods(reference))
+        ids, losses = _nlls(results.likelihoods(method))
     retrieved = {str(k): [int(p) for p in v]
                  for k, v in results.details("retrieved", method).items()}
     split = results.split(method)
-    evaluated = match_samples(dataset, split, ref_report, method_report, retrieved,
-                              timelines(dataset, memory), results.path)
-    criterion, improved = select_improved(evaluated)
+    evaluated = match_samples(dataset, split, dict(zip(ref_ids, ref_losses, strict=True)),
+                              list(zip(ids, losses, strict=True)), retrieved,
+                              timelines(dataset, memory), results.path,
+                              f"{reference} and {method}")
+    criterion, improved = select_improved(evaluated, measure)
     shown = tuple(improved[:rows])
     with_memory = [r for r in evaluated if r.retrieved]
-    counts = {
-        "evaluated": len(evaluated), "retrieved": len(with_memory),
-        "recall1_improved": sum(r.method_rank == 0 < r.reference_rank for r in with_memory),
-        "recall1_worse": sum(r.reference_rank == 0 < r.method_rank for r in with_memory),
-        "rank_improved": sum(r.method_rank < r.reference_rank for r in with_memory),
-        "rank_same": sum(r.method_rank == r.reference_rank for r in with_memory),
-        "rank_worse": sum(r.method_rank > r.reference_rank for r in with_memory),
+    counts = {"evaluated": len(evaluated), "retrieved": len(with_memory)}
+    prefix = "rank" if measure == "ranks" else "likelihood"
+    if measure == "ranks":
+        counts |= {
+            "recall1_improved": sum(r.method_loss == 0 < r.reference_loss for r in with_memory),
+            "recall1_worse": sum(r.reference_loss == 0 < r.method_loss for r in with_memory)}
+    counts |= {
+        f"{prefix}_improved": sum(r.method_loss < r.reference_loss for r in with_memory),
+        f"{prefix}_same": sum(r.method_loss == r.reference_loss for r in with_memory),
+        f"{prefix}_worse": sum(r.method_loss > r.reference_loss for r in with_memory),
         "selected": len(improved), "shown": len(shown),
     }
     return RQ3Result(
         results=str(results.path), reference=reference, method=method, split=split,
-        criterion=criterion, criterion_text=criterion_text(criterion, counts),
+        measure=measure, criterion=criterion, criterion_text=criterion_text(criterion, counts),
         counts=counts, all_ages=summarize_ages(evaluated), improved_ages=summarize_ages(improved),
         shown=shown, evaluated=tuple(evaluated))
 
 
+def _ranks(report: MetricReport) -> tuple[tuple[str, ...], list[float]]:
+    return report.sample_ids, [float(r) for r in report.ranks]
+
+
+def _nlls(report: LikelihoodReport) -> tuple[tuple[str, ...], list[float]]:
+    return report.sample_ids, [-v for v in report.log_likelihoods]
+
+
 def criterion_text(criterion: str, counts: Mapping[str, int]) -> str:
     n, selected = counts["retrieved"], counts["selected"]
+    if criterion == LIKELIHOOD_CRITERION:
+        return (f"the true title's log-likelihood rose with memory ({selected} of {n} "
+                f"samples)")
     if criterion == RECALL_CRITERION:
         return f"Recall@1 improved with memory ({selected} of {n} samples)"
     if selected:
@@ -293,17 +343,18 @@ def timelines(dataset: PreparedDataset, memory: Path | str | None) -> dict[str, 
 
 
 def match_samples(
-    dataset: PreparedDataset, split: str, reference: MetricReport, method: MetricReport,
-    retrieved: Mapping[str, Sequence[int]], users: Mapping[str, Timeline], results: Path,
+    dataset: PreparedDataset, split: str, reference: Mapping[str, float],
+    method: Sequence[tuple[str, float]], retrieved: Mapping[str, Sequence[int]],
+    users: Mapping[str, Timeline], results: Path, names: str,
 ) -> list[SampleRetrieval]:
-    """Every sample of ``method``'s report (in its order) with both ranks and its retrieval."""
-    ref = dict(zip(reference.sample_ids, reference.ranks, strict=True))
-    if set(ref) != set(method.sample_ids):
-        raise AutomrError(f"{reference.method} and {method.method} in {results} ranked "
-                          f"different samples; evaluate both on the same samples")
+    """Every sample of ``method`` (``(id, loss)`` in evaluation order) with the reference's loss
+    and its retrieval."""
+    if set(reference) != {sample_id for sample_id, _ in method}:
+        raise AutomrError(f"{names} in {results} were evaluated on different samples; "
+                          f"evaluate both on the same samples")
     by_id = {s.id: s for s in dataset.samples(split)}
     rows = []
-    for sample_id, rank in zip(method.sample_ids, method.ranks, strict=True):
+    for sample_id, loss in method:
         sample = by_id.get(sample_id)
         if sample is None:
             raise AutomrError(f"sample {sample_id} of {results} is not a {split} sample of "
@@ -312,6 +363,6 @@ def match_samples(
         found = (locate_retrieved(sample, users.get(sample.user, ((), ())), positions)
                  if positions else ())
         rows.append(SampleRetrieval(sample_id=sample_id, sample=sample,
-                                    reference_rank=ref[sample_id], method_rank=rank,
+                                    reference_loss=reference[sample_id], method_loss=loss,
                                     retrieved=found))
     return rows

@@ -22,6 +22,7 @@ def run_rq3(
     results_dir: Path | str, dataset_dir: Path | str, out_dir: Path | str | None = None, *,
     reference: str = "bigrec:constrained", method: str = "automr:constrained", rows: int = 8,
     memory: Path | str | None = None, reference_dir: Path | str | None = None,
+    measure: str = "ranks",
 ) -> RQ3Result:
     """Write ``rq3.json``, ``rq3.md``, ``rq3-timeline.png/.svg`` and ``rq3-ages.png/.svg`` into
     ``out_dir`` (default: ``results_dir``).
@@ -37,7 +38,7 @@ def run_rq3(
     require_matplotlib()
     dataset = PreparedDataset.load(dataset_dir)
     result = analyze_rq3(results_dir, dataset, reference=reference, method=method, rows=rows,
-                         memory=memory, reference_dir=reference_dir)
+                         memory=memory, reference_dir=reference_dir, measure=measure)
     out = Path(results_dir if out_dir is None else out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rq3.json").write_text(json.dumps(result.to_json(dataset), indent=1) + "\n")
@@ -48,20 +49,26 @@ def run_rq3(
 
 
 def rq3_markdown(result: RQ3Result, dataset: PreparedDataset) -> str:
-    c = result.counts
+    c, loss = result.counts, result.loss_name
+    if result.measure == "ranks":
+        table = ["| samples with memory | Recall@1 improved | Recall@1 lost | rank improved | "
+                 "rank same | rank worse | shown |", "|---|---|---|---|---|---|---|",
+                 f"| {c['retrieved']} | {c['recall1_improved']} | {c['recall1_worse']} | "
+                 f"{c['rank_improved']} | {c['rank_same']} | {c['rank_worse']} | "
+                 f"{c['shown']} |"]
+    else:
+        table = ["| samples with memory | log-likelihood rose | same | fell | shown |",
+                 "|---|---|---|---|---|",
+                 f"| {c['retrieved']} | {c['likelihood_improved']} | {c['likelihood_same']} | "
+                 f"{c['likelihood_worse']} | {c['shown']} |"]
     lines = [
         f"# RQ3: how far back does `{result.method}` retrieve?", "",
         f"Evaluation `{result.results}`: {c['evaluated']} {result.split} samples, "
         f"{c['retrieved']} of which retrieved at least one memory element; reference "
         f"`{result.reference}` (the same model without memory).", "",
         f"Criterion for the case study: **{result.criterion_text}**. Samples are ordered by "
-        f"how much the target's rank improved; the first {c['shown']} are drawn in "
-        "`rq3-timeline.png`.", "",
-        "| samples with memory | Recall@1 improved | Recall@1 lost | rank improved | "
-        "rank same | rank worse | shown |",
-        "|---|---|---|---|---|---|---|",
-        f"| {c['retrieved']} | {c['recall1_improved']} | {c['recall1_worse']} | "
-        f"{c['rank_improved']} | {c['rank_same']} | {c['rank_worse']} | {c['shown']} |", "",
+        f"how much the target's {loss} improved; the first {c['shown']} are drawn in "
+        "`rq3-timeline.png`.", "", *table, "",
         "Ages of the retrieved elements (\"back\": interactions before the sample, 1 = the "
         "latest; the prompt holds the latest "
         f"{dataset.protocol.recent_k}). `uniform` is the expectation under uniform random "
@@ -90,16 +97,22 @@ def rq3_markdown(result: RQ3Result, dataset: PreparedDataset) -> str:
         lines.append(f"| {name} | {' | '.join(cells)} |")
     if result.shown:
         lines += ["", "Case-study samples:", "",
-                  f"| sample | target | rank {result.reference} -> {result.method} | "
+                  f"| sample | target | {loss} {result.reference} -> {result.method} | "
                   "retrieved (back, days) | prompt reaches back (days) |",
                   "|---|---|---|---|---|"]
         for r in result.shown:
             got = "; ".join(f"{dataset.catalog.title(e.item)} ({e.back}, {e.days:.1f})"
                             for e in r.retrieved)
             lines.append(f"| {r.sample_id} | {dataset.catalog.title(r.sample.target)} | "
-                         f"{r.reference_rank} -> {r.method_rank} | {got} | "
+                         f"{_loss(r.reference_loss, result.measure)} -> "
+                         f"{_loss(r.method_loss, result.measure)} | {got} | "
                          f"{r.history_days[len(r.sample.memory)]:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _loss(value: float, measure: str) -> str:
+    """A rank as an integer, an NLL (nats) with two decimals."""
+    return f"{int(value)}" if measure == "ranks" else f"{value:.2f}"
 
 
 def plot_timeline(result: RQ3Result, dataset: PreparedDataset, stem: Path) -> tuple[Path, Path]:
@@ -122,7 +135,9 @@ def plot_timeline(result: RQ3Result, dataset: PreparedDataset, stem: Path) -> tu
                    facecolors="none", edgecolors="tab:orange", linewidths=2, zorder=3,
                    label=f"retrieved by {result.method}" if y == 0 else None)
     ax.set_yticks(range(len(rows)),
-                  [f"user {r.sample.user}: rank {r.reference_rank}→{r.method_rank}"
+                  [f"user {r.sample.user}: {result.loss_name} "
+                   f"{_loss(r.reference_loss, result.measure)}→"
+                   f"{_loss(r.method_loss, result.measure)}"
                    for r in rows])
     ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
     time_axis(ax, span, negative=True)
