@@ -139,6 +139,8 @@ def test_retriever_scores_read_the_first_picks_gain_off_the_annotations(workspac
             assert float(scores.gains[name][row]) == float(gains[pick]), (name, sample_id)
     summary = scores.summary()
     assert summary["oracle"]["picked_best"] == 1.0 and summary["oracle"]["vs_random"] is None
+    chance = [float((e == e.max()).double().mean()) for e in part.element]
+    assert summary["random"]["picked_best"] == pytest.approx(sum(chance) / len(chance))
     assert summary["mlp"]["vs_random"]["mean"] == pytest.approx(
         float((scores.gains["mlp"] - scores.gains["random"]).mean()))
     assert scores.seed_spread()["n"] == 3

@@ -107,6 +107,8 @@ class RetrieverScores:
     sample_ids: tuple[str, ...]
     gains: dict[str, torch.Tensor]
     best: torch.Tensor
+    best_share: torch.Tensor
+    """Per sample, the share of annotated elements that are best (random's chance of it)."""
     random_seeds: tuple[int, ...]
     n_resamples: int = 1000
     seed: int = 0
@@ -119,8 +121,10 @@ class RetrieverScores:
             ci = bootstrap_ci(gains, n_resamples=self.n_resamples, seed=self.seed)
             paired = (None if name in ("random", "oracle") else paired_bootstrap(
                 gains, self.gains["random"], n_resamples=self.n_resamples, seed=self.seed))
+            picked_best = (self.best_share if name == "random"
+                           else (gains >= self.best).double())
             rows[name] = {"gain": attrs.asdict(ci), "helped": float((gains > 0).double().mean()),
-                          "picked_best": float((gains >= self.best).double().mean()),
+                          "picked_best": float(picked_best.mean()),
                           "vs_random": None if paired is None else attrs.asdict(paired)}
         return rows
 
@@ -183,6 +187,8 @@ def score_retrievers(
     rows |= {name: picked_gains(r, gains, data) for name, r in retrievers.items()}
     rows |= {f"random seed {s}": picked_gains(RandomRetriever(seed=s), gains, data)
              for s in random_seeds}
+    share = torch.tensor([float((g == g.max()).double().mean()) for g in gains],
+                         dtype=torch.float64)
     return RetrieverScores(sample_ids=tuple(annotations.header["samples"]), gains=rows,
-                           best=best, random_seeds=tuple(random_seeds),
+                           best=best, best_share=share, random_seeds=tuple(random_seeds),
                            n_resamples=n_resamples, seed=seed)
