@@ -59,6 +59,19 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     ])
     assert changed.exit_code == 0, changed.output
     assert saved.stat().st_mtime_ns != stamp
+    paired = runner.invoke(app, [  # --reference: the finished runs are paired with sasrec
+        "evaluate", "--data", data, "--out", str(out), "--methods", "sasrec,bigrec:constrained",
+        "--reference", "sasrec", "--finetuned", str(run), "--model", model, "--samples", "4",
+        "--layer", "2", "--num-beams", "2", "--quiet", "--device", "cpu",
+        "--cache-dir", str(tmp_path / "cache")])
+    assert paired.exit_code == 0, paired.output
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["reference"] == "sasrec"
+    assert list(payload["paired_vs_reference"]) == ["bigrec:constrained"]
+    assert "vs `sasrec`" in paired.output
+    bad = runner.invoke(app, ["evaluate", "--data", data, "--out", str(out), "--methods",
+                              "sasrec", "--reference", "pop", "--quiet", "--device", "cpu"])
+    assert bad.exit_code == 2 and "reference 'pop' is not among" in bad.output
 
 
 def test_bad_method_is_a_one_line_error(workspace, tmp_path):

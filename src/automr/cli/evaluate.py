@@ -63,6 +63,9 @@ def evaluate_command(
     tune_samples: Annotated[int, typer.Option(
         help="Validation samples on which l2-pop / constrained-pop choose the popularity "
              "weight gamma.")] = defaults.tune_samples,
+    reference: Annotated[str | None, typer.Option(
+        help="The method every other is paired with [default: the first bigrec method, else "
+             "the first].", show_default=False)] = None,
     device: DeviceOption = "auto", dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None, quiet: QuietOption = False,
 ) -> dict[str, dict[str, float]]:
@@ -74,7 +77,8 @@ def evaluate_command(
                         batch_size=batch_size, layer=layer, num_beams=num_beams or None,
                         exclude_seen=exclude_seen, combiner=combiner, k=k,
                         measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
-                        retrieval_seed=retrieval_seed, tune_samples=tune_samples)
+                        retrieval_seed=retrieval_seed, tune_samples=tune_samples,
+                        reference=reference)
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],

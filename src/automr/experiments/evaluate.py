@@ -62,6 +62,8 @@ class EvalConfig:
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
     tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
     """Validation samples on which the ``-pop`` grounders choose their popularity weight."""
+    reference: str | None = None
+    """The method every other is paired with (None: the first ``bigrec*``, else the first)."""
 
     def method_options(self) -> MethodOptions:
         return MethodOptions(layer=self.layer, num_beams=self.num_beams,
@@ -102,6 +104,7 @@ def evaluate_methods(
     record = {"config": attrs.asdict(config), "dataset": str(dataset_dir),
               **{k: None if v is None else str(v) for k, v in attrs.asdict(artifacts).items()}}
     return evaluate(built, samples, len(dataset.catalog), out=out_dir, ks=config.ks,
+                    reference=config.reference,
                     measures=config.measures, n_resamples=config.n_resamples, seed=config.seed,
                     record=record, header=header,
                     shard_size=config.batch_size * max(1, 64 // config.batch_size))
