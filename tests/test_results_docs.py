@@ -42,8 +42,9 @@ def test_export_round_trips_a_folder(tmp_path):
                for m, r in {"a": [0, 3, 19, 5, 1, 2], "b": [4, 0, 0, 11, 7, 2]}.items()}
     loglik = build_likelihood_report("a", ids, [(-float(i), i + 1) for i in range(6)],
                                      n_resamples=10)
-    for report in reports.values():
-        folder.save(report, {})
+    retrieved = {i: [n] for n, i in enumerate(ids)}
+    for name, report in reports.items():
+        folder.save(report, {}, {"retrieved": retrieved} if name == "b" else {})
     folder.save_likelihoods(loglik, {})
     from automr.evaluation.run import Evaluation
 
@@ -52,6 +53,7 @@ def test_export_round_trips_a_folder(tmp_path):
                          evaluation.markdown())
     exported = folder.export()
     check(exported)
+    assert exported["retrieved"] == {"b": retrieved}  # b's memory elements, per sample
     assert exported["ranks"]["b"]["u3@3:x"] == 11
     assert exported["loglik"]["a"]["u2@2:x"] == [-2.0, 3]
 

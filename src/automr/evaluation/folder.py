@@ -156,7 +156,9 @@ class EvaluationFolder:
     def export(self) -> dict[str, Any]:
         """Everything needed to recompute every number of ``results.json``, in one JSON-able
         dict: the tables, each method's per-sample ranks and target log-likelihoods keyed by
-        sample id, and the commands that wrote the folder (its run records)."""
+        sample id, the memory elements each memory method retrieved (``retrieved``: method ->
+        sample id -> timeline positions), and the commands that wrote the folder (its run
+        records)."""
         results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
                  for m in results["methods"] for r in [self.report(m)]}
@@ -168,9 +170,11 @@ class EvaluationFolder:
         records = self.path / RUNS_FILE
         commands = ([json.loads(line)["argv"] for line in records.read_text().splitlines()]
                     if records.is_file() else [])
+        retrieved = {m: self.details("retrieved", m)
+                     for m in (*ranks, *loglik) if self.details_file("retrieved", m).is_file()}
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
-                "ranks": ranks, "loglik": loglik}
+                "ranks": ranks, "loglik": loglik, "retrieved": retrieved}
 
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
