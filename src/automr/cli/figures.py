@@ -64,6 +64,8 @@ def rq2_command(
     measure: Annotated[str, typer.Option(
         help="ranks (Recall/NDCG@K, the paper's) or likelihood (mean target "
              "log-likelihood with --grounder likelihood; no decoding).")] = "ranks",
+    exclude_seen: Annotated[bool, typer.Option(
+        help="Remove the user's history items from the ranking.")] = False,
     batch_size: int = 8,
     device: DeviceOption = "auto", dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None, quiet: QuietOption = False,
@@ -75,7 +77,7 @@ def rq2_command(
 
     config = EvalConfig(max_samples=samples or None, seed=seed, batch_size=batch_size,
                         num_beams=num_beams or None, combiner=combiner, k=k,
-                        measures=(measure,))
+                        measures=(measure,), exclude_seen=exclude_seen)
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
             seeds=parse_seeds(seeds), grounder=grounder, config=config, device=device, dtype=dtype,
             cache_dir=cache_dir, progress=not quiet,
