@@ -10,7 +10,6 @@ per sample (RQ2's spread, with no model run).
 """
 
 import json
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+from automr.experiments.rq2 import Spread
 from automr.interfaces import Retriever
 from automr.llm.loading import resolve_device
 from automr.memory import MemoryStore
@@ -129,13 +129,9 @@ class RetrieverScores:
         return rows
 
     def seed_spread(self) -> dict | None:
-        """Mean gain over the random seeds' draws: mean, sample sd, min, max."""
+        """The random seeds' mean gains as RQ2 summarises runs: n, mean, sample sd, min, max."""
         means = [float(self.gains[f"random seed {s}"].mean()) for s in self.random_seeds]
-        if not means:
-            return None
-        return {"n": len(means), "mean": statistics.fmean(means),
-                "std": statistics.stdev(means) if len(means) > 1 else 0.0,
-                "min": min(means), "max": max(means)}
+        return attrs.asdict(Spread.of(means)) if means else None
 
     def markdown(self) -> str:
         lines = [f"{len(self.sample_ids)} annotated samples; gain = log P(y | prompt, element) - "
