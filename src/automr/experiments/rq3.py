@@ -6,7 +6,9 @@ ranks of a reference method (default ``bigrec:constrained``) and of a memory met
 
 - the *case study* (the paper's Figure 3): samples whose Recall@1 improved with memory (target
   ranked first with it, not without); when there are none, samples whose target rank improved
-  at all (said so in the figure title and in ``rq3.md``). For up to ``rows`` of them, the
+  at all (said so in the figure title and in ``rq3.md``). With ``measure="likelihood"`` the
+  methods' target log-likelihoods (``loglik/``) decide instead: samples whose true title
+  became more likely with memory. For up to ``rows`` of them, the
   history before the sample on a time axis, the prompt's items shaded, the retrieved ones
   highlighted (``rq3-timeline.png/.svg``);
 - the ages of the retrieved elements over *all* evaluated samples, in interactions and in days
