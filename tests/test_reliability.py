@@ -362,11 +362,12 @@ def test_an_interrupted_command_says_how_to_resume(tmp_path, monkeypatch):
 
 def test_sigint_exits_130_with_the_resume_line(tmp_path):
     script = (
-        "import os, signal\n"
+        "import os, signal, time\n"
         "from automr.cli.main import app\n"
         "from automr.data import PreparedDataset\n"
         "def load(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(60)  # the handler runs at the next check, at the latest in here\n"
         "PreparedDataset.load = load\n"
         f"app(['data', 'stats', {str(tmp_path)!r}])\n"
     )
