@@ -76,3 +76,20 @@ def test_committed_retriever_scores_reproduce_their_means(path):
             assert float((gains - random).mean()) == pytest.approx(row["vs_random"]["mean"],
                                                                     abs=1e-9), name
     assert exported["commands"], "every exported table says the command that made it"
+
+
+RQ2 = sorted(p for p in RESULTS.rglob("*.json")
+             if json.loads(p.read_text()).get("format") == "automr.rq2/1")
+
+
+@pytest.mark.parametrize("path", RQ2, ids=[p.name for p in RQ2])
+def test_committed_rq2_runs_reproduce_their_means(path):
+    """An RQ2 by likelihood with its per-sample values: every run's mean target
+    log-likelihood, recomputed."""
+    exported = json.loads(path.read_text())
+    for run in exported["runs"]:
+        values = exported["loglik"][f"{run['group']}:{run['source']}"]
+        mean = sum(v for v, _ in values.values()) / len(values)
+        assert mean == pytest.approx(run["metrics"]["target_ll"], abs=1e-9), run["folder"]
+        assert len(values) == exported["samples"]
+    assert exported["commands"]
