@@ -365,6 +365,7 @@ def test_sigint_exits_130_with_the_resume_line(tmp_path):
         "import os, signal, time\n"
         "from automr.cli.main import app\n"
         "from automr.data import PreparedDataset\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
         "def load(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(60)  # the handler runs at the next check, at the latest in here\n"
