@@ -166,8 +166,9 @@ def retriever_score(
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(json.dumps(scores.to_json(), indent=1) + "\n")
-    (out / "scores.md").write_text(scores.markdown())
-    typer.echo(scores.markdown())
+    text = scores.markdown()
+    (out / "scores.md").write_text(text)
+    typer.echo(text)
 
 
 @user_errors
