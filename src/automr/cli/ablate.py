@@ -5,14 +5,7 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import (
-    CacheDirOption,
-    DataOption,
-    DeviceOption,
-    DtypeOption,
-    QuietOption,
-    user_errors,
-)
+from automr.cli.common import DataOption, Runtime, runtime_options, user_errors
 from automr.defaults import DEFAULT_LAYER
 
 
@@ -21,6 +14,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 @user_errors
+@runtime_options()
 def ablate_command(
     data: DataOption,
     finetuned: Annotated[Path, typer.Option(
@@ -44,8 +38,7 @@ def ablate_command(
     label_form: Annotated[str, typer.Option(help="Retriever labels: log or paper.")] = "log",
     temperature: Annotated[float, typer.Option(help="Label temperature.")] = 1.0,
     seed: int = 0,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    *, runtime: Runtime,
 ) -> None:
     """Score every (encoder, L, combiner, retriever) cell by how much the retrieved element
     raises the true title's log-likelihood on held-out test samples; print the table."""
@@ -60,6 +53,6 @@ def ablate_command(
                             combiners=_names(combiners), retrievers=_names(retrievers),
                             train_samples=train_samples, test_samples=test_samples,
                             label_form=label_form, temperature=temperature, seed=seed)
-    run_ablation(data, finetuned, out, config, device=device, dtype=dtype, cache_dir=cache_dir,
-                 progress=not quiet, say=typer.echo)
+    run_ablation(data, finetuned, out, config, **runtime.keywords(), progress=runtime.progress,
+                 say=typer.echo)
     typer.echo((out / "ablation.md").read_text())

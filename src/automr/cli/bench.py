@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import ModelChoice, model_options, user_errors
-from automr.defaults import DEFAULT_LAYER
+from automr.cli.common import ModelOption, Runtime, runtime_options, user_errors
+from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 
 app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
                   no_args_is_help=True)
@@ -32,10 +32,10 @@ def _save(result: dict, out: Path, name: str) -> None:
 
 @app.command()
 @user_errors
-@model_options()
+@runtime_options(quiet=False)
 def annotate(
     out: OutOption = Path("benchmarks/results"),
-    *, model: ModelChoice,
+    *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
     layer: int = DEFAULT_LAYER,
     prompt_tokens: int = 150,
     target_tokens: int = 10,
@@ -53,7 +53,7 @@ def annotate(
     element, and the ratio each way's multiply-adds allow."""
     from automr.experiments.bench import bench_annotate
 
-    loaded = model.load()
+    loaded = runtime.load_model(model)
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
                             repeats=repeats, element_subset=element_subset or None,
                             element_prefix=element_prefix)
@@ -76,11 +76,11 @@ def annotate(
 
 @app.command()
 @user_errors
-@model_options()
+@runtime_options(quiet=False)
 def encode(
     data: Annotated[Path, typer.Option(help="Prepared dataset (prompts of real samples).")],
     out: OutOption = Path("benchmarks/results"),
-    *, model: ModelChoice,
+    *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
     layer: int = DEFAULT_LAYER,
     texts: int = 32,
     batch_size: int = 16,
@@ -90,7 +90,7 @@ def encode(
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_encode
 
-    loaded = model.load()
+    loaded = runtime.load_model(model)
     result = bench_encode(loaded, PreparedDataset.load(data), layer, texts, batch_size,
                           repeats)
     _save(result, out, f"encode-{result['device']}")
@@ -102,11 +102,11 @@ def encode(
 
 @app.command()
 @user_errors
-@model_options()
+@runtime_options(quiet=False)
 def ground(
     data: Annotated[Path, typer.Option(help="Prepared dataset (its test prompts are used).")],
     out: OutOption = Path("benchmarks/results"),
-    *, model: ModelChoice,
+    *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
     grounders: Annotated[str, typer.Option(help="Comma-separated: constrained, l2, "
                                                  "likelihood.")] = "constrained,l2",
     samples: int = 8,
@@ -119,10 +119,10 @@ def ground(
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_ground
 
-    loaded = model.load()
+    loaded = runtime.load_model(model)
     kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
-                          layer, cache_dir=model.cache_dir, repeats=repeats)
+                          layer, cache_dir=runtime.cache_dir, repeats=repeats)
     _save(result, out, f"ground-{result['device']}")
     for key, value in list(result.items()):
         if "_speedup_vs_" in key and not key.endswith("_min_max"):
@@ -134,11 +134,11 @@ def ground(
 
 @app.command()
 @user_errors
-@model_options()
+@runtime_options(quiet=False)
 def finetune(
     data: Annotated[Path, typer.Option(help="Prepared dataset (its training samples are used).")],
     out: OutOption = Path("benchmarks/results"),
-    *, model: ModelChoice,
+    *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
     layer: Annotated[int, typer.Option(help="The upper-layers variant tunes layers >= this.")] =
         DEFAULT_LAYER,
     steps: int = 8,
@@ -150,8 +150,9 @@ def finetune(
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_finetune
 
-    result = bench_finetune(model.name, PreparedDataset.load(data), layer, steps, batch_size,
-                            device=model.device, dtype=model.dtype, cache_dir=model.cache_dir,
+    result = bench_finetune(model, PreparedDataset.load(data), layer, steps, batch_size,
+                            device=runtime.device, dtype=runtime.dtype,
+                            cache_dir=runtime.cache_dir,
                             repeats=repeats)
     _save(result, out, f"finetune-{result['device']}")
     for key, what in (("upper_layers_speedup", f"LoRA on layers >= {layer} vs all layers"),

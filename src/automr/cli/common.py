@@ -23,7 +23,7 @@ DtypeOption = Annotated[str, typer.Option(
 LayerOption = Annotated[int, typer.Option(help="Split layer L (layer-L states are joined).")]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
 ModelOption = Annotated[str, typer.Option(
-    help="Base model: a Hugging Face id or folder [default: the embedded SmolLM2-135M].")]
+    help="Base model: the embedded name, a Hugging Face id or a folder.")]
 DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
 MemoryOption = Annotated[Path, typer.Option(help="Memory folder (automr memory build).")]
 FinetunedOption = Annotated[Path, typer.Option(help="Fine-tune run folder (automr finetune).")]
@@ -89,26 +89,36 @@ def option_group(name: str, options: Mapping[str, tuple[Any, Any]],
 
 
 @attrs.frozen
-class ModelChoice:
-    """``--model``, ``--device``, ``--dtype``, ``--cache-dir``: which model, loaded where."""
+class Runtime:
+    """``--device``, ``--dtype``, ``--cache-dir`` (and ``--quiet``): where a command's models
+    load and run, and whether it shows progress."""
 
-    name: str
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: Path | None = None
+    quiet: bool = False
 
-    def load(self) -> "LoadedModel":
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def keywords(self) -> dict[str, Any]:
+        """``device=``, ``dtype=``, ``cache_dir=`` for the library functions that take them."""
+        return {"device": self.device, "dtype": self.dtype, "cache_dir": self.cache_dir}
+
+    def load_model(self, name: str) -> "LoadedModel":
+        """The base model ``name`` (embedded name, HF id or folder), loaded here."""
         from automr.llm.loading import load_model
 
-        return load_model(self.name, device=self.device, dtype=self.dtype,
-                          cache_dir=self.cache_dir)
+        return load_model(name, **self.keywords())
 
 
-def model_options(help: str = "Embedded name, HF id or folder.", default: str = "smollm2-135m",
-                  ) -> Callable[[Callable[..., R]], Callable[..., R]]:
-    """Give a command ``--model`` (with ``help``), ``--device``, ``--dtype`` and
-    ``--cache-dir``, received as one :class:`ModelChoice` named ``model``."""
-    options = {"model": (Annotated[str, typer.Option(help=help)], default),
-               "device": (DeviceOption, "auto"), "dtype": (DtypeOption, "auto"),
-               "cache_dir": (CacheDirOption, None)}
-    return option_group("model", options, lambda model, **where: ModelChoice(model, **where))
+def runtime_options(quiet: bool = True) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command ``--device``, ``--dtype``, ``--cache-dir`` (and ``--quiet`` unless
+    ``quiet`` is False), received as one :class:`Runtime` named ``runtime``."""
+    options: dict[str, tuple[Any, Any]] = {
+        "device": (DeviceOption, "auto"), "dtype": (DtypeOption, "auto"),
+        "cache_dir": (CacheDirOption, None)}
+    if quiet:
+        options["quiet"] = (QuietOption, False)
+    return option_group("runtime", options, Runtime)

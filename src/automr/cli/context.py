@@ -6,11 +6,10 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
-    CacheDirOption,
     DataOption,
-    DeviceOption,
-    DtypeOption,
-    QuietOption,
+    ModelOption,
+    Runtime,
+    runtime_options,
     user_errors,
 )
 from automr.cli.finetune import TrsrOptions, context_defaults, context_spec_option, trsr_options
@@ -22,14 +21,12 @@ from automr.contexts import (
 )
 from automr.data import PreparedDataset
 from automr.data.subsets import seeded_subset
+from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.loading import DEFAULT_MODEL, load_model
 
 app = typer.Typer(help="Prompt contexts of the ReLLa and TRSR baselines.",
                   no_args_is_help=True)
 
-ModelOption = Annotated[str, typer.Option(
-    help="Base model (the one `automr finetune` tunes).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the sample subset.")]
 BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
 
@@ -45,6 +42,7 @@ def _samples(data: Path, split: str, count: int, seed: int):
 @app.command("show")
 @user_errors
 @trsr_options
+@runtime_options()
 def show_command(
     data: DataOption,
     kind: Annotated[str, typer.Option(help=f"{' or '.join(CONTEXT_KINDS)}.")],
@@ -56,17 +54,16 @@ def show_command(
         help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
     *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    runtime: Runtime,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
     spec = context_spec_option(kind, context_k, trsr)
     if spec is None:
         raise AutomrError(f"--kind must be one of {', '.join(CONTEXT_KINDS)}")
     dataset, chosen = _samples(data, split, samples, seed)
-    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-    context = build_context(spec, loaded, dataset, loaded.fingerprint(), cache_dir,
-                            batch_size=batch_size, progress=not quiet)
+    loaded = runtime.load_model(model)
+    context = build_context(spec, loaded, dataset, loaded.fingerprint(), runtime.cache_dir,
+                            batch_size=batch_size, progress=runtime.progress)
     catalog, words = dataset.catalog, dataset.prompt_config
     for sample, text in zip(chosen, context.texts(chosen), strict=True):
         typer.echo(f"user {sample.user} at {sample.timestamp}: {len(sample.memory)} long-term, "
@@ -80,6 +77,7 @@ def show_command(
 @app.command("trsr")
 @user_errors
 @trsr_options
+@runtime_options()
 def trsr_command(
     data: DataOption,
     split: Annotated[str, typer.Option(help="Which split's samples.")] = "train",
@@ -90,8 +88,7 @@ def trsr_command(
     model: ModelOption = DEFAULT_MODEL,
     *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    runtime: Runtime,
 ) -> None:
     """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
     evaluation; rerunning, or running it cut short and again, only generates what is missing."""
@@ -100,9 +97,10 @@ def trsr_command(
     except ValueError as error:
         raise AutomrError(f"invalid TRSR options: {error}") from None
     dataset, chosen = _samples(data, split, samples, seed)
-    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    loaded = runtime.load_model(model)
     context = trsr_context(loaded, dataset.catalog, dataset.prompt_config, loaded.fingerprint(),
-                           spec, cache_dir, batch_size=batch_size, progress=not quiet)
+                           spec, runtime.cache_dir, batch_size=batch_size,
+                           progress=runtime.progress)
     before = len(context.cache.entries)
     context.precompute(chosen)  # under torchrun: each process writes its share
     texts = context.texts(chosen)

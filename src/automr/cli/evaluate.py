@@ -6,22 +6,21 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
-    CacheDirOption,
     DataOption,
-    DeviceOption,
-    DtypeOption,
-    QuietOption,
+    ModelOption,
+    Runtime,
+    runtime_options,
     user_errors,
 )
-from automr.defaults import DEFAULT_LAYER
+from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
-from automr.llm.loading import DEFAULT_MODEL
 from automr.methods.registry import Artifacts
 
 defaults = EvalConfig()
 
 
 @user_errors
+@runtime_options()
 def evaluate_command(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, ranks/.")],
@@ -42,7 +41,7 @@ def evaluate_command(
     combiner: Annotated[str, typer.Option(
         help="concat, append-token or prepend-token.")] = defaults.combiner,
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
-    model: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_MODEL,
+    model: ModelOption = DEFAULT_MODEL,
     split: str = defaults.split,
     samples: Annotated[int, typer.Option(
         help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,
@@ -66,8 +65,7 @@ def evaluate_command(
     reference: Annotated[str | None, typer.Option(
         help="The method every other is paired with [default: the first bigrec method, else "
              "the first].", show_default=False)] = None,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    *, runtime: Runtime,
 ) -> dict[str, dict[str, float]]:
     """Rank the same test samples with every method; print and write the results table.
 
@@ -82,8 +80,8 @@ def evaluate_command(
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],
-                                  out, config, artifacts, device=device, cache_dir=cache_dir,
-                                  progress=not quiet, dtype=dtype)
+                                  out, config, artifacts, progress=runtime.progress,
+                                  **runtime.keywords())
     typer.echo((out / "results.md").read_text())
     means: dict[str, dict[str, float]] = {}
     for reports in (evaluation.reports, evaluation.likelihoods):

@@ -9,13 +9,11 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
-    CacheDirOption,
     DataOption,
-    DeviceOption,
-    DtypeOption,
     FinetunedOption,
     MemoryOption,
-    QuietOption,
+    Runtime,
+    runtime_options,
     user_errors,
 )
 
@@ -38,6 +36,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 @user_errors
+@runtime_options()
 def rq2_command(
     data: DataOption,
     out: Annotated[Path, typer.Option(
@@ -67,8 +66,7 @@ def rq2_command(
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking.")] = False,
     batch_size: int = 8,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    *, runtime: Runtime,
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
     write the table and box plots (resumes: finished runs are read back)."""
@@ -79,9 +77,9 @@ def rq2_command(
                         num_beams=num_beams or None, combiner=combiner, k=k,
                         measures=(measure,), exclude_seen=exclude_seen)
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
-            seeds=parse_seeds(seeds), grounder=grounder, config=config, device=device, dtype=dtype,
-            cache_dir=cache_dir, progress=not quiet,
-            say=(lambda _: None) if quiet else typer.echo)
+            seeds=parse_seeds(seeds), grounder=grounder, config=config, **runtime.keywords(),
+            progress=runtime.progress,
+            say=typer.echo if runtime.progress else (lambda _: None))
     typer.echo((out / "rq2.md").read_text())
 
 

@@ -5,17 +5,11 @@ from typing import Annotated, Any
 
 import typer
 
-from automr.cli.common import (
-    CacheDirOption,
-    DeviceOption,
-    DtypeOption,
-    option_group,
-    user_errors,
-)
+from automr.cli.common import ModelOption, Runtime, option_group, runtime_options, user_errors
 from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
+from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.loading import DEFAULT_MODEL, load_model
 from automr.memory import MemoryStore
 from automr.recommenders.finetune import LOSS_KINDS, SCHEDULES, FinetuneConfig, finetune
 from automr.recommenders.memory_aware import RETRIEVALS, TRAINABLE_COMBINERS, MemoryTraining
@@ -44,10 +38,11 @@ trsr_options = option_group(
 
 @user_errors
 @trsr_options
+@runtime_options()
 def finetune_command(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder (automr data prepare).")],
     out: Annotated[Path, typer.Option(help="Run folder; rerunning with it resumes.")],
-    model: Annotated[str, typer.Option(help="Embedded name, HF id or folder.")] = DEFAULT_MODEL,
+    model: ModelOption = DEFAULT_MODEL,
     train_samples: Annotated[int, typer.Option(
         help="Seeded subset of training samples (0 = all).")] = defaults.max_train_samples or 0,
     valid_samples: Annotated[int, typer.Option(
@@ -110,10 +105,7 @@ def finetune_command(
     memory_combiner: Annotated[str, typer.Option(
         help=f"With --memory: {' or '.join(TRAINABLE_COMBINERS)} (memory before the "
              f"prompt).")] = memory_defaults.combiner,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    runtime: Runtime,
 ) -> None:
     """Fine-tune the LM with LoRA to generate the next item's title (BIGRec).
 
@@ -135,10 +127,10 @@ def finetune_command(
     except ValueError as error:  # attrs' validators: name the option and the allowed values
         raise AutomrError(f"invalid fine-tune options: {_option_error(error)}") from None
     dataset = PreparedDataset.load(data)
-    loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+    loaded = runtime.load_model(model)
     store = None if memory is None else MemoryStore.open(memory)
-    record = finetune(loaded, dataset, out, config, progress=not quiet, cache_dir=cache_dir,
-                      memory=store)
+    record = finetune(loaded, dataset, out, config, progress=runtime.progress,
+                      cache_dir=runtime.cache_dir, memory=store)
     typer.echo(f"validation NLL {record.get('initial_valid_nll', float('nan')):.4f} -> "
                f"{record['best_valid_nll']:.4f} (best at step {record['best_step']} of "
                f"{record['step']}); adapter in {Path(out) / 'best'}")

