@@ -6,7 +6,7 @@ what they are (a retrieved element's pooled key, or its per-token states).
 """
 
 from collections.abc import Sequence
-from typing import final
+from typing import ClassVar, final
 
 import attrs
 import torch
@@ -30,9 +30,7 @@ class PrependToken:
     layout (its positions and attention depend on the memory).
     """
 
-    @property
-    def uses_token_states(self) -> bool:
-        return False
+    uses_token_states: ClassVar[bool] = False
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
@@ -50,9 +48,7 @@ class AppendToken:
     is what lets annotation share the prompt's upper-layer work across elements.
     """
 
-    @property
-    def uses_token_states(self) -> bool:
-        return False
+    uses_token_states: ClassVar[bool] = False
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
@@ -65,9 +61,7 @@ class Concat:
     """A retrieved element's token states (``[batch n hidden]``, n = its token count) before
     the prompt: prepend with the whole encoded element instead of its pooled key."""
 
-    @property
-    def uses_token_states(self) -> bool:
-        return True
+    uses_token_states: ClassVar[bool] = True
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:

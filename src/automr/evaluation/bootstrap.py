@@ -26,6 +26,17 @@ DEFAULT_CONFIDENCE = 0.95
 _BLOCK_ELEMENTS = 1 << 22  # indices per block of the resample matrix (32 MiB of int64)
 
 
+def _not_below_low(interval: "Interval | PairedDifference", _: attrs.Attribute,
+                   high: float) -> None:
+    if not interval.low <= high:
+        raise AutomrError(f"interval low {interval.low} exceeds high {high}")
+
+
+def _share(_: object, __: attrs.Attribute, share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise AutomrError(f"share_leq_zero must lie in [0, 1], got {share}")
+
+
 @beartype
 @attrs.frozen
 class Interval:
@@ -33,12 +44,8 @@ class Interval:
 
     mean: float
     low: float
-    high: float
+    high: float = attrs.field(validator=_not_below_low)
     confidence: float = DEFAULT_CONFIDENCE
-
-    def __attrs_post_init__(self) -> None:
-        if not self.low <= self.high:
-            raise AutomrError(f"interval low {self.low} exceeds high {self.high}")
 
 
 @beartype
@@ -56,16 +63,10 @@ class PairedDifference:
 
     mean: float
     low: float
-    high: float
-    share_leq_zero: float
-    n_samples: int
+    high: float = attrs.field(validator=_not_below_low)
+    share_leq_zero: float = attrs.field(validator=_share)
+    n_samples: int = attrs.field()
     confidence: float = DEFAULT_CONFIDENCE
-
-    def __attrs_post_init__(self) -> None:
-        if not self.low <= self.high:
-            raise AutomrError(f"interval low {self.low} exceeds high {self.high}")
-        if not 0.0 <= self.share_leq_zero <= 1.0:
-            raise AutomrError(f"share_leq_zero must lie in [0, 1], got {self.share_leq_zero}")
 
 
 def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int) -> Tensor:
