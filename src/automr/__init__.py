@@ -64,7 +64,7 @@ _EXPORTS = {
         "METHODS", "Artifacts", "GenerativeMethod", "SASRecMethod", "Workspace",
         "build_method")},
     **{name: "automr.evaluation" for name in (
-        "Evaluation", "EvaluationFolder", "MetricReport", "evaluate")},
+        "Evaluation", "EvaluationFolder", "MetricReport", "combine_folders", "evaluate")},
 }
 
 __all__ = sorted(_EXPORTS)

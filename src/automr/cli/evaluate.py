@@ -88,3 +88,32 @@ def evaluate_command(
         for method, report in reports.items():
             means.setdefault(method, {}).update({k: v.mean for k, v in report.metrics.items()})
     return means
+
+
+@user_errors
+def compare_command(
+    out: Annotated[Path, typer.Option(help="Folder for results.md, results.json and the "
+                                           "methods' values under their new names.")],
+    method: Annotated[list[str], typer.Option(
+        "--method", help="NAME=FOLDER/METHOD: METHOD as evaluated into FOLDER (automr "
+                         "evaluate --out), shown as NAME; repeat for each.")],
+    reference: Annotated[str | None, typer.Option(
+        help="The NAME every other is paired with [default: the first].",
+        show_default=False)] = None,
+) -> None:
+    """Methods of several evaluation folders side by side, paired on their shared samples
+    (e.g. two fine-tuned recommenders); nothing is recomputed."""
+    from automr.errors import AutomrError
+    from automr.evaluation import combine_folders
+
+    sources: dict[str, tuple[str, str]] = {}
+    for text in method:
+        name, sep, where = text.partition("=")
+        folder, slash, evaluated = where.rpartition("/")
+        if not sep or not name or not slash or not evaluated:
+            raise AutomrError(f"--method takes NAME=FOLDER/METHOD, got {text!r}")
+        if name in sources:
+            raise AutomrError(f"--method names {name!r} twice")
+        sources[name] = (folder, evaluated)
+    evaluation = combine_folders(sources, out=out, reference=reference)
+    typer.echo(evaluation.markdown())

@@ -40,6 +40,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "evaluate": LazyCommand(
         "automr.cli.evaluate:evaluate_command",
         "Rank the same test samples with every method; print and write the results table."),
+    "compare": LazyCommand(
+        "automr.cli.evaluate:compare_command",
+        "Methods of several evaluation folders side by side, paired on their shared samples "
+        "(e.g. two fine-tuned recommenders); nothing is recomputed."),
     "recommend": LazyCommand(
         "automr.cli.pipeline:recommend_command",
         "A user's top items from AutoMR and the memory elements it retrieved (item, date)."),

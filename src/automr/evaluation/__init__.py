@@ -21,6 +21,7 @@ from automr.evaluation.bootstrap import (
     bootstrap_ci,
     paired_bootstrap,
 )
+from automr.evaluation.combine import combine_folders
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import (
     DEFAULT_KS,
@@ -47,6 +48,7 @@ __all__ = [
     "PairedDifference",
     "bootstrap_ci",
     "build_report",
+    "combine_folders",
     "compare_reports",
     "evaluate",
     "mean_metrics",

@@ -1,0 +1,84 @@
+"""Methods from several evaluation folders side by side, paired by sample id.
+
+Two runs of ``automr evaluate`` on the same seeded samples (two fine-tuned recommenders, say,
+which one run cannot hold) are compared from what they saved, with nothing recomputed::
+
+    evaluation = combine_folders({"frozen": ("runs/a", "bigrec:likelihood"),
+                                  "memory-aware": ("runs/b", "bigrec:likelihood")},
+                                 out="runs/a-vs-b")
+    print(evaluation.markdown())
+
+``out`` becomes an evaluation folder of its own (the methods under their new names, with their
+retrieved elements), so :meth:`~automr.evaluation.folder.EvaluationFolder.export` works on it.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from automr.errors import AutomrError
+from automr.evaluation.bootstrap import DEFAULT_RESAMPLES
+from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.run import Evaluation
+
+
+def combine_folders(
+    sources: Mapping[str, tuple[Path | str, str]], *, out: Path | str | None = None,
+    reference: str | None = None, n_resamples: int = DEFAULT_RESAMPLES,
+) -> Evaluation:
+    """``{name: (evaluation folder, method in it)}`` -> one :class:`Evaluation`, each method
+    paired with ``reference`` (default: the first name) on the samples they share.
+
+    Every method brings its ranks and/or its target log-likelihoods, whichever its folder
+    holds; all methods of a measure must cover the same samples (same ids), so pairs are
+    exact."""
+    if not sources:
+        raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
+    reference = reference or next(iter(sources))
+    if reference not in sources:
+        raise AutomrError(f"the reference {reference!r} is none of {', '.join(sources)}")
+    reports, likelihoods, retrieved = {}, {}, {}
+    for name, (path, method) in sources.items():
+        folder = EvaluationFolder(path)
+        found = False
+        if folder.ranks_file(method).is_file():
+            reports[name] = attrs.evolve(folder.report(method), method=name)
+            found = True
+        if folder.ranks_file(method, "loglik").is_file():
+            likelihoods[name] = attrs.evolve(folder.likelihoods(method), method=name)
+            found = True
+        if not found:
+            raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
+                              f"{method}")
+        if folder.details_file("retrieved", method).is_file():
+            retrieved[name] = folder.details("retrieved", method)
+    for kind, measured in (("ranks", reports), ("log-likelihoods", likelihoods)):
+        ids = {name: frozenset(report.sample_ids) for name, report in measured.items()}
+        if len(set(ids.values())) > 1:
+            sizes = ", ".join(f"{name}: {len(s)}" for name, s in ids.items())
+            raise AutomrError(f"the {kind} cover different samples ({sizes} ids); evaluate "
+                              f"them with the same --split, --samples and --seed")
+    if len({r.n_items for r in reports.values()}) > 1:
+        raise AutomrError("the ranks were made over catalogs of different sizes")
+    samples = len(next(iter((reports or likelihoods).values())).sample_ids)
+    evaluation = Evaluation(reports, reference, likelihoods, samples, n_resamples)
+    if out is not None:
+        _write(EvaluationFolder(out), evaluation, sources, retrieved)
+    return evaluation
+
+
+def _write(folder: EvaluationFolder, evaluation: Evaluation,
+           sources: Mapping[str, tuple[Path | str, str]],
+           retrieved: Mapping[str, Mapping[str, object]]) -> None:
+    origin = {name: {"folder": str(path), "method": method}
+              for name, (path, method) in sources.items()}
+    for name, report in evaluation.reports.items():
+        folder.save(report, origin[name], {"retrieved": retrieved[name]}
+                    if name in retrieved else {})
+    for name, report in evaluation.likelihoods.items():
+        folder.save_likelihoods(report, origin[name], {"retrieved": retrieved[name]}
+                                if name in retrieved else {})
+    ks = next((list(r.ks) for r in evaluation.reports.values()), [])
+    folder.write_results(evaluation.to_json({"config": {"ks": ks}, "sources": origin}),
+                         evaluation.markdown())

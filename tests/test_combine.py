@@ -1,0 +1,74 @@
+"""`automr compare` / `combine_folders`: methods of two evaluation folders paired by sample id,
+against the plain per-sample differences."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from automr.cli.main import app
+from automr.errors import AutomrError
+from automr.evaluation import EvaluationFolder, build_report, combine_folders
+from automr.evaluation.folder import recomputed_means
+from automr.evaluation.likelihood import build_likelihood_report
+
+IDS = [f"u{i}@{i}:x" for i in range(8)]
+
+
+def evaluated(path, method, ranks, lls, ids=IDS, retrieved=None):
+    folder = EvaluationFolder(path)
+    details = {} if retrieved is None else {"retrieved": retrieved}
+    folder.save(build_report(method, ids, torch.tensor(ranks), 30, n_resamples=50), {},
+                details)
+    folder.save_likelihoods(build_likelihood_report(
+        method, ids, [(v, 3) for v in lls], n_resamples=50), {}, details)
+    return path
+
+
+def test_folders_are_paired_by_sample_id_and_written_as_one_evaluation(tmp_path):
+    a = evaluated(tmp_path / "a", "bigrec:x", [0, 3, 29, 5, 1, 2, 8, 4],
+                  [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0])
+    # the same samples saved in another order, under another method name
+    order = [3, 1, 0, 7, 2, 6, 5, 4]
+    b_ranks, b_lls = [4, 0, 0, 11, 7, 2, 1, 0], [-0.5, -2.5, -3.0, -3.0, -2.0, -1.0, -5.0, -3.5]
+    b = evaluated(tmp_path / "b", "automr:x", [b_ranks[i] for i in order],
+                  [b_lls[i] for i in order], ids=[IDS[i] for i in order],
+                  retrieved={IDS[i]: [i] for i in order})
+    out = tmp_path / "ab"
+    result = CliRunner().invoke(app, ["compare", "--out", str(out), "--method",
+                                      f"frozen={a}/bigrec:x", "--method",
+                                      f"aware={b}/automr:x"])
+    assert result.exit_code == 0, result.output
+    assert "| aware |" in result.output and "vs `frozen`" in result.output
+    exported = EvaluationFolder(out).export()
+    payload = exported["results"]
+    plain = torch.tensor(b_lls, dtype=torch.float64) - torch.tensor(
+        [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0], dtype=torch.float64)
+    got = payload["likelihood_paired_vs_reference"]["aware"]["target_ll"]["mean"]
+    assert got == pytest.approx(float(plain.mean()), abs=1e-12)
+    hits_b = sum(r < 5 for r in b_ranks) / 8
+    hits_a = sum(r < 5 for r in [0, 3, 29, 5, 1, 2, 8, 4]) / 8
+    assert payload["paired_vs_reference"]["aware"]["recall@5"]["mean"] == pytest.approx(
+        hits_b - hits_a)
+    means = recomputed_means(exported)  # the export recomputes its own table
+    assert means["aware"]["recall@5"] == pytest.approx(payload["methods"]["aware"]["recall@5"]
+                                                       ["mean"])
+    assert exported["retrieved"] == {"aware": {IDS[i]: [i] for i in order}}
+    assert exported["commands"][0][:2] == ["automr", "compare"]
+    settings = json.loads(EvaluationFolder(out).settings_file("aware").read_text())
+    assert settings == {"folder": str(b), "method": "automr:x"}
+
+
+def test_different_samples_or_a_missing_method_are_refused(tmp_path):
+    a = evaluated(tmp_path / "a", "m", [0] * 8, [-1.0] * 8)
+    c = evaluated(tmp_path / "c", "m", [0] * 7, [-1.0] * 7, ids=IDS[:7])
+    with pytest.raises(AutomrError, match="different samples"):
+        combine_folders({"a": (a, "m"), "c": (c, "m")})
+    with pytest.raises(AutomrError, match="neither ranks nor"):
+        combine_folders({"a": (a, "m"), "x": (a, "other")})
+    with pytest.raises(AutomrError, match="reference"):
+        combine_folders({"a": (a, "m")}, reference="b")
+    bad = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",
+                                   f"{a}/m"])
+    assert bad.exit_code != 0 and "NAME=FOLDER/METHOD" in bad.output
