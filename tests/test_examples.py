@@ -157,3 +157,18 @@ def test_score_retriever_compares_with_baselines(demo, capsys):
     out = capsys.readouterr().out
     assert "annotated samples, label form paper, temperature 0.5" in out
     assert set(everything) == set(names)
+
+
+def test_element_gains_sets_gains_beside_what_a_retriever_sees(demo, tmp_path):
+    out = tmp_path / "gains.json"
+    annotations = str(demo["annotations"])
+    summary = load_example("element_gains").main(
+        ["--data", str(demo["data"]), "--annotations", annotations, "--other", annotations,
+         "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(out)])
+    # the same annotation twice: perfectly stable, the same best element everywhere
+    assert summary["corr_gain_across_finetunes"] == pytest.approx(1.0)
+    assert summary["same_best_element"] == summary["compared_samples"] == summary["samples"] > 0
+    assert -1.0 <= summary["corr_gain_cos_target"] <= 1.0
+    exported = __import__("json").loads(out.read_text())
+    assert len(exported["per_sample"]) == summary["samples"]
+    assert exported["commands"][0][:2] == ["python", "examples/element_gains.py"]

@@ -93,3 +93,35 @@ def test_committed_rq2_runs_reproduce_their_means(path):
         assert mean == pytest.approx(run["metrics"]["target_ll"], abs=1e-9), run["folder"]
         assert len(values) == exported["samples"]
     assert exported["commands"]
+
+
+GAINS = sorted(p for p in RESULTS.rglob("*.json")
+               if json.loads(p.read_text()).get("format") == "automr.element-gains/1")
+
+
+def _within(pairs):
+    xs, ys = [], []
+    for x, y in pairs:
+        x, y = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+        if len(x) > 1 and float(x.std()) > 0 and float(y.std()) > 0:
+            xs.append(x - x.mean())
+            ys.append(y - y.mean())
+    x, y = torch.cat(xs), torch.cat(ys)
+    return float((x * y).sum() / (x.norm() * y.norm()))
+
+
+@pytest.mark.parametrize("path", GAINS, ids=[p.name for p in GAINS])
+def test_committed_element_gain_correlations_reproduce(path):
+    """examples/element_gains.py exports: the within-sample correlations and best-element
+    counts, recomputed from the per-sample values (rounded to 1e-5 in the file)."""
+    exported = json.loads(path.read_text())
+    samples, summary = exported["per_sample"].values(), exported["summary"]
+    assert summary["samples"] == len(samples)
+    for key, other in (("corr_gain_cos_target", "cos_target"),
+                       ("corr_gain_cos_recent", "cos_recent")):
+        got = _within([(s["gain"], s[other]) for s in samples])
+        assert got == pytest.approx(summary[key], abs=2e-3), key
+    across = [(s["gain"], s["gain_other"]) for s in samples if "gain_other" in s]
+    if across:
+        assert _within(across) == pytest.approx(summary["corr_gain_across_finetunes"], abs=2e-3)
+    assert exported["commands"]
