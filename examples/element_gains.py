@@ -5,8 +5,12 @@ Within each annotated sample, the gain of every annotated element (log P(y | pro
 similarity of the element's title to the recent items' (what the query sees) and to the true
 next title's (what no retriever sees), in the base model's title embeddings (the ones BIGRec's
 L2 grounding uses); and, with a second annotation of the same elements under another
-fine-tune, how stable the gains are across recommenders. Writes one JSON with the summary and
-every sample's values (keyed by sample id) so each figure can be recomputed::
+fine-tune, how stable the gains are across recommenders. With ``--memory``, also a retriever
+that reads token states instead of two pooled vectors: each element scored by late interaction
+(for each of its layer-L token states, the best cosine to any of the prompt's layer-L token
+states, averaged), and the gain of the element it ranks first against the sample's mean.
+Writes one JSON with the summary and every sample's values (keyed by sample id) so each figure
+can be recomputed::
 
     python examples/element_gains.py --data runs/data --annotations runs/annot-concat-1000 \\
         --other runs/annot-mem-train-1000 --out docs/results/automr/element-gains-train.json
@@ -20,8 +24,10 @@ import torch
 
 import automr
 from automr.annotation.run import Annotations
+from automr.data.prompts import tokenize_sample
 from automr.experiments.retriever import element_gains
 from automr.grounding.catalog import catalog_embeddings, dataset_targets
+from automr.llm.split import HFSplitLLM
 
 
 def within_sample_correlation(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -36,6 +42,24 @@ def within_sample_correlation(pairs: list[tuple[torch.Tensor, torch.Tensor]]) ->
     return float((x * y).sum() / (x.norm() * y.norm()))
 
 
+@torch.no_grad()
+def late_interaction(split_llm, store, loaded, dataset, sample, index) -> torch.Tensor:
+    """Per annotated element: the mean over its layer-L token states of the best cosine to any
+    of the prompt's layer-L token states (no learning; reads what a pooled key throws away)."""
+    prompt = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
+                             dataset.prompt_config).prompt_ids
+    ids = torch.tensor([prompt])
+    query = split_llm.lower(ids, torch.ones_like(ids, dtype=torch.bool), store.layer).hidden[0]
+    query = torch.nn.functional.normalize(query.double(), dim=-1)
+    user, _, start = store.request_for(sample)
+    scores = []
+    for i in index.tolist():
+        element = torch.nn.functional.normalize(
+            store.token_states(user, start + i).double(), dim=-1)
+        scores.append(float((element @ query.T).max(dim=1).values.mean()))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
 def _rounded(values: torch.Tensor) -> list[float]:
     return [round(v, 5) for v in values.tolist()]  # the file stays small; the summary is exact
 
@@ -48,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="smollm2-135m", help="base model of the fine-tunes")
     parser.add_argument("--cache-dir", type=Path, help="automr's cache (title embeddings)")
+    parser.add_argument("--memory", type=Path, help="the memory folder the annotation used "
+                                                    "(with token states): adds late interaction")
     args = parser.parse_args(argv)
 
     dataset = automr.PreparedDataset.load(args.data)
@@ -65,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         other.header["samples"], zip(element_gains(other), other.index, strict=True),
         strict=True))
 
-    per_sample, to_target, to_recent, across = {}, [], [], []
+    store = automr.MemoryStore.open(args.memory) if args.memory else None
+    split_llm = HFSplitLLM(loaded.model) if store else None
+    per_sample, to_target, to_recent, across, late = {}, [], [], [], []
     for sample_id, gains, index in zip(annotations.header["samples"],
                                        element_gains(annotations), annotations.index,
                                        strict=True):
@@ -80,6 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
                   "cos_target": _rounded(target_sim), "cos_recent": _rounded(recent_sim)}
         to_target.append((gains, target_sim))
         to_recent.append((gains, recent_sim))
+        if store is not None:
+            scores = late_interaction(split_llm, store, loaded, dataset, sample, index)
+            values["late_interaction"] = _rounded(scores)
+            late.append((gains, scores))
         if sample_id in other_gains and torch.equal(other_gains[sample_id][1], index):
             values["gain_other"] = _rounded(other_gains[sample_id][0])
             across.append((gains, other_gains[sample_id][0]))
@@ -95,6 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
         "best_is_most_target_like": best_target_like,
         "chance_best_is_most_target_like": sum(1 / len(g) for g, _ in to_target),
     }
+    if late:
+        picked = torch.tensor([float(g[s.argmax()] - g.mean()) for g, s in late],
+                              dtype=torch.float64)
+        summary |= {"corr_gain_late_interaction": within_sample_correlation(late),
+                    "late_interaction_pick_minus_random": float(picked.mean()),
+                    "late_interaction_pick_minus_random_sem": float(
+                        picked.std() / len(picked) ** 0.5),
+                    "late_interaction_picks_best": sum(int(g.argmax() == s.argmax())
+                                                       for g, s in late)}
     if across:
         summary |= {"compared_samples": len(across),
                     "corr_gain_across_finetunes": within_sample_correlation(across),
@@ -104,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
                "--annotations", str(args.annotations), "--out", str(args.out)]
     if args.other:
         command[5:5] = ["--other", str(args.other)]
+    if args.memory:
+        command[-2:-2] = ["--memory", str(args.memory)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"format": "automr.element-gains/1", "commands": [command],
                                     "summary": summary, "per_sample": per_sample}) + "\n")

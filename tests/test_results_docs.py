@@ -121,6 +121,9 @@ def test_committed_element_gain_correlations_reproduce(path):
                        ("corr_gain_cos_recent", "cos_recent")):
         got = _within([(s["gain"], s[other]) for s in samples])
         assert got == pytest.approx(summary[key], abs=2e-3), key
+    late = [(s["gain"], s["late_interaction"]) for s in samples if "late_interaction" in s]
+    if late:
+        assert _within(late) == pytest.approx(summary["corr_gain_late_interaction"], abs=2e-3)
     across = [(s["gain"], s["gain_other"]) for s in samples if "gain_other" in s]
     if across:
         assert _within(across) == pytest.approx(summary["corr_gain_across_finetunes"], abs=2e-3)
