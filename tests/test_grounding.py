@@ -139,21 +139,18 @@ def test_popularity_injection_is_bigrecs_formula():
     assert choose_gamma(distances, prior, torch.tensor([1, 0]))[0] == 0.0
 
 
-def test_l2_grounder_with_a_prior_ranks_by_the_adjusted_distance(tiny_models, tokenizer):
-    from automr.grounding.prior import adjusted_distances
+def test_a_prior_per_sample_weighs_each_row_by_its_own_scores():
+    """BIGRec's collaborative injection: one prior row per sample, each row as if alone."""
+    from automr.grounding.prior import adjusted_distances, choose_gamma
 
-    model = tiny_models["llama"]
-    targets = catalog_targets(tokenizer, TITLES)
-    embeddings = embed_texts(model, tokenizer, targets.texts)
-    prior = torch.linspace(0, 1, len(TITLES))
-    plain = L2Grounder(model, tokenizer, embeddings, num_beams=1, max_new_tokens=4)
-    weighted = L2Grounder(model, tokenizer, embeddings, num_beams=1, max_new_tokens=4,
-                          prior=prior, gamma=3.0)
-    ids, mask = encode_prompts(tokenizer, ["abc", "h"])
-    llm = HFSplitLLM(model)
-    distances = plain.distances(llm, ids, mask, 2)
-    assert torch.equal(weighted.rank(llm, ids, mask, 2),
-                       adjusted_distances(distances, prior, 3.0).argsort(dim=1, stable=True))
+    distances = torch.tensor([[2.0, 4.0, 3.0, 6.0], [1.0, 1.5, 3.0, 2.0]])
+    prior = torch.tensor([[0.0, 1.0, 0.2, 0.5], [0.0, 0.0, 0.3, 1.0]])
+    for gamma in (0.0, 0.7, 40.0):
+        rows = [adjusted_distances(distances[i : i + 1], prior[i], gamma) for i in range(2)]
+        torch.testing.assert_close(adjusted_distances(distances, prior, gamma), torch.cat(rows))
+    # each target is its row's top prior item, third by distance: a gamma > 0 lifts both
+    best, values = choose_gamma(distances, prior, torch.tensor([1, 3]))
+    assert best > 0 and values[best] == max(values.values()) > values[0.0]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -121,3 +121,43 @@ def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
         assert tuned["gamma"] in {float(g) for g in tuned["valid_ndcg@5"]}
         settings = json.loads((tmp_path / "ranks" / f"{name}.settings.json").read_text())
         assert settings["tune_samples"] == 4
+
+
+def test_l2_injections_rank_by_the_weighted_distances(workspace, tmp_path):
+    """``bigrec:l2-pop`` / ``bigrec:l2-sasrec`` = BIGRec's L2 distances weighted by popularity /
+    SASRec's per-sample scores with the gamma each chose on validation, recomputed from parts."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+    from automr.data.popularity import popularity
+    from automr.evaluation.metrics import ranks_from_scores
+    from automr.grounding.prior import adjusted_distances, min_max
+    from automr.methods import Artifacts, MethodOptions, Workspace
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    result = CliRunner().invoke(app, [
+        "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
+        "bigrec:l2-sasrec,bigrec:l2-pop,sasrec", "--finetuned", str(root / "ft"), "--model",
+        str(root / "model"), "--samples", "4", "--tune-samples", "4", "--num-beams", "2",
+        "--layer", "2", "--quiet", "--device", "cpu", "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "ranks" / "bigrec-l2-sasrec.settings.json").read_text())
+    assert settings["sasrec"]["seed"] == 0 and settings["tune_samples"] == 4
+
+    space = Workspace(dataset, Artifacts(model=str(root / "model"), finetuned=root / "ft"),
+                      MethodOptions(layer=2, num_beams=2), device="cpu",
+                      cache_dir=root / "cache", progress=False)
+    plain = space.generative("l2", space.run("finetuned"), "plain")
+    samples = automr.seeded_subset(dataset.samples("test"), 4, 0)
+    index = {item: i for i, item in enumerate(dataset.catalog.ids)}
+    targets = torch.tensor([index[s.target] for s in samples])
+    priors = {"sasrec": space.sasrec().scores(samples), "pop": popularity(dataset)[None]}
+    for prior, scores in priors.items():
+        method = f"bigrec:l2-{prior}"
+        tuned = json.loads((tmp_path / "grounding" / f"bigrec-l2-{prior}.json").read_text())
+        assert tuned["prior"] == prior and tuned["tuned_on_valid_samples"] == 4
+        weighted = adjusted_distances(plain.distances(samples), min_max(scores.float()),
+                                      tuned["gamma"])
+        saved = automr.EvaluationFolder(tmp_path).report(method)
+        by_id = dict(zip(saved.sample_ids, saved.ranks, strict=True))
+        assert [by_id[s.id] for s in samples] == ranks_from_scores(-weighted, targets).tolist()

@@ -61,8 +61,8 @@ _EXPORTS = {
     "SASRecConfig": "automr.recommenders.sasrec",
     # methods and evaluation
     **{name: "automr.methods" for name in (
-        "METHODS", "Artifacts", "GenerativeMethod", "SASRecMethod", "Workspace",
-        "build_method")},
+        "METHODS", "Artifacts", "GenerativeMethod", "PriorWeightedMethod", "SASRecMethod",
+        "Workspace", "build_method")},
     **{name: "automr.evaluation" for name in (
         "Evaluation", "EvaluationFolder", "MetricReport", "combine_folders", "evaluate")},
 }

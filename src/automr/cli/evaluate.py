@@ -25,8 +25,9 @@ def evaluate_command(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, ranks/.")],
     methods: Annotated[str, typer.Option(
-        help="Comma-separated: sasrec, or NAME:G with NAME in base, bigrec, automr, random, "
-             "semantic, rella, trsr and G in l2, constrained, likelihood.")] =
+        help="Comma-separated: sasrec, pop, cooc, or NAME:G with NAME in base, bigrec, "
+             "automr, random, semantic, rella, trsr and G in l2, constrained, likelihood, "
+             "l2-pop, l2-sasrec, constrained-pop.")] =
         "sasrec,base:l2,bigrec:l2",
     finetuned: Annotated[Path | None, typer.Option(
         help="Run folder of `automr finetune` (all but sasrec and base).")] = None,
@@ -60,8 +61,8 @@ def evaluate_command(
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
     tune_samples: Annotated[int, typer.Option(
-        help="Validation samples on which l2-pop / constrained-pop choose the popularity "
-             "weight gamma.")] = defaults.tune_samples,
+        help="Validation samples on which l2-pop / l2-sasrec / constrained-pop choose the "
+             "prior's weight gamma.")] = defaults.tune_samples,
     reference: Annotated[str | None, typer.Option(
         help="The method every other is paired with [default: the first bigrec method, else "
              "the first].", show_default=False)] = None,

@@ -22,9 +22,11 @@ from automr.llm.loading import LoadedModel
 from automr.progress import Progress
 from automr.storage import read_safetensors
 
-GROUNDER_KINDS = ("l2", "constrained", "likelihood", "l2-pop", "constrained-pop")
-"""The grounders :func:`build_grounder` makes (and the CLI exposes); ``-pop``: with BIGRec's
-popularity injection (:mod:`automr.grounding.prior`)."""
+GROUNDER_KINDS = ("l2", "constrained", "likelihood", "constrained-pop")
+"""The grounders :func:`build_grounder` makes; ``constrained-pop``: the constrained beams with
+the rest of the catalog ordered by BIGRec's popularity injection
+(:mod:`automr.grounding.prior`). The L2 grounding's injections (``l2-pop``, ``l2-sasrec``)
+re-weight its distances per sample: :class:`~automr.methods.injection.PriorWeightedMethod`."""
 
 
 def dataset_targets(loaded: LoadedModel, dataset: PreparedDataset) -> CatalogTargets:
@@ -66,8 +68,9 @@ def build_grounder(
     """A grounder of ``kind`` (:data:`GROUNDER_KINDS`) over ``dataset``'s catalog.
 
     ``base_fingerprint`` names the base model (without adapter) whose catalog embeddings the
-    ``l2`` and ``constrained`` grounders use; they are computed once and cached. The ``-pop``
-    kinds weigh distances by the training-period popularity with exponent ``gamma``
+    ``l2`` and ``constrained`` grounders use; they are computed once and cached.
+    ``constrained-pop`` orders the catalog after its beams by distances weighted by the
+    training-period popularity with exponent ``gamma``
     (:func:`~automr.grounding.prior.choose_gamma` picks it on validation samples).
     """
     if kind not in GROUNDER_KINDS:
@@ -76,10 +79,9 @@ def build_grounder(
     if kind == "likelihood":
         return LikelihoodGrounder(targets)
     embeddings = catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress)
-    prior = min_max(popularity(dataset)).float() if kind.endswith("-pop") else None
-    if kind.startswith("l2"):
+    if kind == "l2":
         return L2Grounder(loaded.model, loaded.tokenizer, embeddings, num_beams=num_beams or 4,
-                          max_new_tokens=max(map(len, targets.token_ids)) + 4, prior=prior,
-                          gamma=gamma)
+                          max_new_tokens=max(map(len, targets.token_ids)) + 4)
+    prior = min_max(popularity(dataset)).float() if kind.endswith("-pop") else None
     return ConstrainedGrounder(targets, embeddings, num_beams=num_beams or 10, prior=prior,
                                gamma=gamma)

@@ -7,7 +7,6 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.grounding.embedding import embed_texts
-from automr.grounding.prior import adjusted_distances
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import beam_search
 from automr.types import TokenIds, TokenMask
@@ -19,9 +18,9 @@ class L2Grounder:
     by the L2 distance between its title embedding and the generated text's embedding, both
     from the *base* model (adapter off, last layer, last token).
 
-    With a ``prior`` (item scores in [0, 1], e.g. popularity) and ``gamma > 0``, distances are
-    re-weighted as in BIGRec's statistical information injection
-    (:func:`~automr.grounding.prior.adjusted_distances`).
+    BIGRec's statistical information injection re-weights :meth:`distances` by a prior
+    (popularity or a conventional model's scores) at the method level:
+    :class:`~automr.methods.injection.PriorWeightedMethod`.
     """
 
     model: torch.nn.Module
@@ -29,8 +28,6 @@ class L2Grounder:
     catalog_embeddings: Float[Tensor, "items hidden"]
     num_beams: int = 4
     max_new_tokens: int = 32
-    prior: Float[Tensor, " items"] | None = None
-    gamma: float = 0.0
 
     @jaxtyped(typechecker=beartype)
     def rank(
@@ -38,8 +35,6 @@ class L2Grounder:
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
         distances = self.distances(llm, input_ids, attention_mask, layer, insert)
-        if self.prior is not None and self.gamma:
-            distances = adjusted_distances(distances, self.prior, self.gamma)
         return distances.argsort(dim=1, stable=True)
 
     @jaxtyped(typechecker=beartype)

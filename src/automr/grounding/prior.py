@@ -2,10 +2,12 @@
 ``adjust_pda.py``): re-weight the grounding distance by a prior over items.
 
 With ``d`` an item's L2 distance to the generated text, min-max normalised over the catalog
-per sample, and ``p`` its prior score min-max normalised to [0, 1] (training-period
-popularity here), items are ranked by ``d * (1 + p) ** -gamma`` (smallest first). ``gamma =
-0`` is the plain L2 ranking; a large ``gamma`` tends to the popularity ranking. ``gamma`` is
-chosen on validation samples from BIGRec's grid (0, 0.01, ..., 0.99, 1, 2, ..., 99).
+per sample, and ``p`` its prior score min-max normalised to [0, 1], items are ranked by
+``d * (1 + p) ** -gamma`` (smallest first). ``gamma = 0`` is the plain L2 ranking; a large
+``gamma`` tends to the prior's ranking. ``gamma`` is chosen on validation samples from
+BIGRec's grid (0, 0.01, ..., 0.99, 1, 2, ..., 99). The prior is one score per item
+(training-period popularity: their ``adjust_pda.py``) or one row per sample (a conventional
+model's scores, "collaborative information": their ``adjust_ci.py`` with SASRec).
 """
 
 from collections.abc import Sequence
@@ -30,16 +32,18 @@ def min_max(values: Float[Tensor, "*batch items"]) -> Float[Tensor, "*batch item
 
 @jaxtyped(typechecker=beartype)
 def adjusted_distances(
-    distances: Float[Tensor, "batch items"], prior: Float[Tensor, " items"], gamma: float
+    distances: Float[Tensor, "batch items"], prior: Float[Tensor, "*prior_batch items"],
+    gamma: float,
 ) -> Float[Tensor, "batch items"]:
-    """``min_max(distances) * (1 + prior) ** -gamma`` (``prior`` already in [0, 1])."""
+    """``min_max(distances) * (1 + prior) ** -gamma`` (``prior`` already in [0, 1]: one row
+    for every sample, or one per sample)."""
     weight = (1 + prior.to(distances)) ** -gamma
     return min_max(distances) * weight
 
 
 @jaxtyped(typechecker=beartype)
 def choose_gamma(
-    distances: Float[Tensor, "batch items"], prior: Float[Tensor, " items"],
+    distances: Float[Tensor, "batch items"], prior: Float[Tensor, "*prior_batch items"],
     targets: Int[Tensor, " batch"], metric: str = "ndcg@5",
     grid: Sequence[float] = GAMMA_GRID, exclude: Bool[Tensor, "batch items"] | None = None,
 ) -> tuple[float, dict[float, float]]:

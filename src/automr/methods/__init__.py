@@ -4,11 +4,14 @@
   retriever object) and a prompt context (ReLLa, TRSR). BIGRec, the base model and every
   retrieval variant are this class with other parts.
 - :class:`SASRecMethod`: the conventional baseline.
+- :class:`PriorWeightedMethod`: an L2 method with BIGRec's statistical information injection
+  (popularity, or SASRec's scores per sample).
 - :data:`METHODS`: the kinds the CLI names (``sasrec``, ``bigrec:l2``, ...), each one builder;
   :func:`build_method` builds one by name from a :class:`Workspace` (data + artifact folders).
 """
 
 from automr.methods.generative import GenerativeMethod, left_padded_prompts
+from automr.methods.injection import PriorWeightedMethod
 from automr.methods.registry import (
     METHODS,
     Artifacts,
@@ -27,6 +30,7 @@ __all__ = [
     "GenerativeMethod",
     "MethodKind",
     "MethodOptions",
+    "PriorWeightedMethod",
     "SASRecMethod",
     "Workspace",
     "build_method",

@@ -63,6 +63,7 @@ class GenerativeMethod:
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _distances: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
@@ -89,10 +90,16 @@ class GenerativeMethod:
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, items]``: the grounder's distance of every catalog title to what was
-        generated for each sample (grounders with a ``distances`` method, i.e. L2)."""
+        generated for each sample (grounders with a ``distances`` method, i.e. L2). Each
+        sample's row is kept, so asking again (another prior's injection) generates nothing."""
         if not hasattr(self.grounder, "distances"):
             raise AutomrError(f"{type(self.grounder).__name__} gives no distances")
-        return torch.cat([d for _, d in self._batches(samples, self._distance_batch)])
+        todo = list({s.id: s for s in samples if s.id not in self._distances}.values())
+        for chunk, rows in self._batches(todo, self._distance_batch):
+            self._distances.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
+        width = len(self.dataset.catalog)
+        return torch.stack([self._distances[s.id] for s in samples]) if samples else (
+            torch.zeros(0, width))
 
     def note(self, kind: str, values: Mapping[str, Any]) -> None:
         """Keep something the method used beyond per-sample details (e.g. a tuned weight);

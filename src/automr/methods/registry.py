@@ -30,6 +30,7 @@ from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_d
 from automr.memory import MemoryRecord
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
+from automr.methods.injection import PriorWeightedMethod, Scores
 from automr.methods.sasrec import SASRecMethod
 from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
@@ -55,7 +56,20 @@ class MethodOptions:
     """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""
     retrieval_seed: int | None = None
     tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
-    """Seeded validation samples on which the ``-pop`` grounders choose their ``gamma``."""
+    """Seeded validation samples on which the ``-pop`` and ``-sasrec`` grounders choose their
+    ``gamma``."""
+
+
+INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
+    "l2-pop": lambda space: lambda samples: popularity(space.dataset).float()[None],
+    "l2-sasrec": lambda space: space.sasrec().scores,
+}
+"""The L2 grounding with BIGRec's statistical information injection
+(:class:`~automr.methods.injection.PriorWeightedMethod`), by name: the prior's scores, from
+training-period popularity (the same for every sample) or SASRec (per sample)."""
+
+GROUNDERS = (*GROUNDER_KINDS, *INJECTIONS)
+"""What ``KIND:GROUNDER`` accepts: every grounder kind and every L2 injection."""
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +105,8 @@ class Workspace:
     dtype: str = "auto"
     """The models' dtype (``auto``: bfloat16 on CUDA, float32 on CPU)."""
     _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
+    _sasrec: SASRecMethod | None = attrs.field(default=None, init=False)
+    _plain: dict[str, GenerativeMethod] = attrs.field(factory=dict, init=False)
 
     def artifact(self, name: str) -> Path:
         """The folder of artifact ``name`` (``finetuned``, ``memory``, ...), which must be given."""
@@ -126,8 +142,15 @@ class Workspace:
         return self._models[key]
 
     def generative(self, grounder: str, run: FinetunedRun | None, label: str,
-                   retrieval: MemoryRetrieval | None = None) -> GenerativeMethod:
-        """BIGRec-style ranking with ``run``'s tuned model (None: the base model)."""
+                   retrieval: MemoryRetrieval | None = None) -> Method:
+        """BIGRec-style ranking with ``run``'s tuned model (None: the base model); the L2
+        injections (``l2-pop``, ``l2-sasrec``) share one plain L2 method per model."""
+        if grounder in INJECTIONS:
+            return self.injected(grounder, self.plain_l2(run, retrieval, label))
+        return self._generative(grounder, run, label, retrieval)
+
+    def _generative(self, grounder: str, run: FinetunedRun | None, label: str,
+                    retrieval: MemoryRetrieval | None = None) -> GenerativeMethod:
         loaded = self.model(run)
         base = loaded.fingerprint() if run is None else run.base_fingerprint
         context = None
@@ -149,15 +172,44 @@ class Workspace:
 
         if not grounder.endswith("-pop"):
             return method(grounder)
-        gamma, values = self.tuned_gamma(method("l2"))
+        gamma, values = self.tuned_gamma(self.plain_l2(run, retrieval, label),
+                                         INJECTIONS["l2-pop"](self))
         tuned = method(grounder, gamma)
         tuned.note("grounding", {"gamma": gamma, "tuned_on_valid_samples":
                                  self.options.tune_samples, "valid_ndcg@5": values})
         return tuned
 
-    def tuned_gamma(self, plain: GenerativeMethod) -> tuple[float, dict[str, float]]:
-        """BIGRec's popularity weight: the gamma with the best NDCG@5 on ``tune_samples``
-        seeded validation samples, from ``plain``'s L2 distances (memory included if any)."""
+    def plain_l2(self, run: FinetunedRun | None, retrieval: MemoryRetrieval | None,
+                 label: str) -> GenerativeMethod:
+        """The L2 method of ``run``'s model, one per model (memory-free) so that its
+        generations serve every injection; with memory, one per call (each retrieval differs)."""
+        if retrieval is not None:
+            return self._generative("l2", run, label, retrieval)
+        key = "base" if run is None else str(run.path.resolve())
+        if key not in self._plain:
+            self._plain[key] = self._generative("l2", run, label)
+        return self._plain[key]
+
+    def injected(self, grounder: str, plain: GenerativeMethod) -> PriorWeightedMethod:
+        """``plain`` with the prior of ``grounder`` and its gamma tuned on validation."""
+        scores = INJECTIONS[grounder](self)
+        gamma, values = self.tuned_gamma(plain, scores)
+        return PriorWeightedMethod(plain, scores, gamma, {
+            "prior": grounder.removeprefix("l2-"), "tuned_on_valid_samples":
+            self.options.tune_samples, "valid_ndcg@5": values})
+
+    def sasrec(self) -> SASRecMethod:
+        """SASRec (seed ``options.seed``), trained once for every method that uses it."""
+        if self._sasrec is None:
+            self._sasrec = SASRecMethod(self.dataset, SASRecConfig(seed=self.options.seed),
+                                        self.progress, device=resolve_device(self.device))
+        return self._sasrec
+
+    def tuned_gamma(self, plain: GenerativeMethod,
+                    scores: Scores) -> tuple[float, dict[str, float]]:
+        """BIGRec's prior weight: the gamma with the best NDCG@5 on ``tune_samples`` seeded
+        validation samples, from ``plain``'s L2 distances (memory included if any) and the
+        prior ``scores``."""
         samples = seeded_subset(self.dataset.samples("valid"), self.options.tune_samples,
                                 self.options.seed)
         if not samples:
@@ -165,7 +217,7 @@ class Workspace:
                               "dataset has none")
         index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         targets = torch.tensor([index[s.target] for s in samples])
-        prior = min_max(popularity(self.dataset)).float()
+        prior = min_max(scores(samples).float())
         exclude = (seen_mask([[index[i] for i in s.history] for s in samples], len(index))
                    if self.options.exclude_seen else None)
         gamma, values = choose_gamma(plain.distances(samples), prior, targets,
@@ -221,8 +273,7 @@ class MethodKind:
 
 
 def _sasrec(space: Workspace, grounder: str | None, label: str) -> Method:
-    return SASRecMethod(space.dataset, SASRecConfig(seed=space.options.seed), space.progress,
-                        device=resolve_device(space.device))
+    return space.sasrec()
 
 
 def _base(space: Workspace, grounder: str | None, label: str) -> Method:
@@ -279,13 +330,13 @@ def parse_method(method: str) -> tuple[str, str | None]:
     """``"bigrec:l2"`` -> ``("bigrec", "l2")``; ``"sasrec"`` -> ``("sasrec", None)``."""
     name, _, grounder = method.partition(":")
     kind = METHODS.get(name)
-    if kind is not None and (grounder in GROUNDER_KINDS if kind.grounded else not grounder):
+    if kind is not None and (grounder in GROUNDERS if kind.grounded else not grounder):
         return name, grounder or None
     plain = [n for n, k in METHODS.items() if not k.grounded]
     grounded = [n for n, k in METHODS.items() if k.grounded]
     raise AutomrError(
         f"unknown method {method!r}; use {', '.join(plain)} or NAME:GROUNDER with NAME in "
-        f"{', '.join(grounded)} and GROUNDER in {', '.join(GROUNDER_KINDS)}")
+        f"{', '.join(grounded)} and GROUNDER in {', '.join(GROUNDERS)}")
 
 
 def method_settings(method: str, space: Workspace) -> dict[str, Any]:
@@ -305,8 +356,10 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
         settings["layer"] = space.layer
     if name in ("rella", "trsr"):
         settings["context"] = space.run(name).context.to_json()
-    if grounder is not None and grounder.endswith("-pop"):
+    if grounder is not None and grounder.endswith(("-pop", "-sasrec")):
         settings.update(tune_samples=space.options.tune_samples, tune_seed=space.options.seed)
+    if grounder == "l2-sasrec":
+        settings["sasrec"] = attrs.asdict(SASRecConfig(seed=space.options.seed))
     return settings
 
 

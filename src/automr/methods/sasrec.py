@@ -53,3 +53,13 @@ class SASRecMethod:
         pairs = [([index[i] for i in s.history], index[s.target]) for s in samples]
         return rank_targets(model, pairs, self.config.exclude_seen,
                             self.config.eval_batch_size).tolist()
+
+    def scores(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """``[samples, catalog items]`` float32 on the CPU: the trained model's score of every
+        catalog item (column ``i`` is the catalog's ``i``-th item) after each sample's history."""
+        model, index = self.model(), self.index
+        histories = [[index[i] for i in s.history] for s in samples]
+        size = self.config.eval_batch_size
+        return torch.cat([model.score(histories[start : start + size])[:, 1:].float().cpu()
+                          for start in range(0, len(histories), size)]
+                         or [torch.zeros(0, len(index))])
