@@ -36,14 +36,16 @@ class SASRecMethod:
         if self._model is None:
             index, dataset = self.index, self.dataset
             sequences: dict[str, list[int]] = {}
+            times: dict[str, list[int]] = {}
             for interaction in dataset.interactions:
                 if dataset.boundaries.split_of(interaction.timestamp) == "train":
                     sequences.setdefault(interaction.user, []).append(index[interaction.item])
+                    times.setdefault(interaction.user, []).append(interaction.timestamp)
             valid = [([index[i] for i in s.history], index[s.target])
                      for s in dataset.samples("valid")]
             self._model, _ = fit_sasrec(list(sequences.values()), valid, self.config,
-                                        n_items=len(index), device=self.device,
-                                        quiet=not self.progress)
+                                        times=list(times.values()), n_items=len(index),
+                                        device=self.device, quiet=not self.progress)
         return self._model
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:

@@ -32,6 +32,7 @@ original's Amazon settings (hidden 64, 2 blocks, 1 head, dropout 0.2, max_len 50
 (``windows``).
 """
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,8 @@ PAD: Final = 0
 MONITOR_PATTERN: Final = r"(recall|ndcg)@[1-9][0-9]*"
 Loss = Literal["bce", "ce"]
 LOSSES: Final = ("bce", "ce")
+Targets = Literal["next-item", "next-time"]
+TARGETS: Final = ("next-item", "next-time")
 
 EvalSample = tuple[Sequence[int], int]
 """An evaluation sample: (history item ids, oldest -> newest; target item id)."""
@@ -81,6 +84,14 @@ class SASRecConfig:
     """``"bce"``: binary cross-entropy on the positive and one sampled negative per position
     (the paper and the original). ``"ce"``: softmax cross-entropy over the whole catalog at
     every position (Klenitskiy & Vasilev, 2023); see the module docstring."""
+    targets: Targets = attrs.field(default="next-item", validator=v.in_(TARGETS))
+    """What a training position predicts. ``"next-item"``: the item that follows it in the
+    sequence (the original). ``"next-time"``: as the evaluation builds a sample (history
+    strictly before the target's time), every item is predicted from the last item *strictly
+    earlier in time*, so items sharing a timestamp never see each other and the position at
+    the end of a timestamp group predicts every item of the next group; needs the sequences'
+    timestamps (``fit_sasrec(times=...)``). On ML-100K half the training-period transitions
+    are between items rated in the same second, in an arbitrary order."""
     lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
     weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
@@ -268,6 +279,7 @@ def fit_sasrec(
     valid_samples: Sequence[EvalSample],
     config: SASRecConfig,
     *,
+    times: Sequence[Sequence[int]] | None = None,
     n_items: int | None = None,
     device: str | torch.device = "cpu",
     quiet: bool = False,
@@ -277,7 +289,8 @@ def fit_sasrec(
 
     ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
     position after the first is a next-item target (the last ``max_len`` of them are used, as
-    in the original), and negatives avoid every item of the user's sequence.
+    in the original), and negatives avoid every item of the user's sequence. ``times``: the
+    sequences' timestamps (non-decreasing), needed by ``config.targets == "next-time"``.
     ``valid_samples``: (history, target) pairs scored with full ranking each epoch for early
     stopping on ``config.monitor`` (empty = train all ``max_epochs`` and keep the last
     weights). ``n_items`` defaults to the largest id seen.
@@ -285,8 +298,10 @@ def fit_sasrec(
     seen_ids = [i for s in train_sequences for i in s]
     seen_ids += [i for h, t in valid_samples for i in (*h, t)]
     n_items = n_items if n_items is not None else max(seen_ids, default=0)
-    data = training_tensors(train_sequences, config.max_len, n_items,
-                            windows=config.windows)
+    if config.targets == "next-time" and times is None:
+        raise AutomrError('targets="next-time" needs the training sequences\' times')
+    data = training_tensors(train_sequences, config.max_len, n_items, windows=config.windows,
+                            times=times if config.targets == "next-time" else None)
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
@@ -301,17 +316,21 @@ def fit_sasrec(
 
 @attrs.frozen
 class TrainingTensors:
-    """One row per user: left-padded ``inputs`` and next-item ``positives`` ``[users, max_len]``
-    and ``seen`` ``[users, longest]``, each user's distinct item ids sorted ascending, padded
-    on the right with ``n_items + 1`` (never a real id)."""
+    """Left-padded rows: ``inputs``, ``positives`` and ``sources`` ``[rows, max_len]`` and
+    ``seen`` ``[rows, longest]``, the row's user's distinct item ids sorted ascending, padded
+    on the right with ``n_items + 1`` (never a real id). The positive in column ``c`` is
+    predicted from the state of input column ``sources[c]`` (``c`` itself for next-item
+    targets and for padding, ``positives == 0``)."""
 
     inputs: Tensor
     positives: Tensor
+    sources: Tensor
     seen: Tensor
 
 
 def training_tensors(
-    sequences: Sequence[Sequence[int]], max_len: int, n_items: int, *, windows: bool = False
+    sequences: Sequence[Sequence[int]], max_len: int, n_items: int, *, windows: bool = False,
+    times: Sequence[Sequence[int]] | None = None,
 ) -> TrainingTensors:
     """Rows for users with >= 2 items, and every item of the user's *whole* sequence as the
     row's ``seen`` (what negatives must avoid).
@@ -319,8 +338,18 @@ def training_tensors(
     ``windows=False`` (the original): one row per user, its last ``max_len + 1`` items.
     ``windows=True``: the sequence cut from its end into rows of up to ``max_len + 1`` items
     that overlap by one, so every position after the first is a target exactly once.
+    ``times`` (next-time targets): each item is predicted from the last item of its row that
+    is strictly earlier in time; an item with none in its row (the row's first timestamp, or
+    a timestamp group cut by the row's start) is not a target of that row.
     """
-    users = [list(s) for s in sequences if len(s) >= 2]
+    keep = [i for i, s in enumerate(sequences) if len(s) >= 2]
+    users = [list(sequences[i]) for i in keep]
+    if times is not None:
+        if len(times) != len(sequences) or any(len(times[i]) != len(sequences[i]) for i in keep):
+            raise AutomrError("times must give one timestamp per item of every sequence")
+        if any(b < a for i in keep for a, b in itertools.pairwise(times[i])):
+            raise AutomrError("every sequence's times must be non-decreasing")
+    before = [_previous_time(list(times[i])) if times is not None else None for i in keep]
     if not users:
         raise AutomrError("SASRec needs at least one training sequence with 2 or more items")
     _check_ids(users, n_items)
@@ -329,21 +358,36 @@ def training_tensors(
     if full:
         raise AutomrError(f"training sequence {full[0]} contains every one of the {n_items} "
                           f"items, so no negative can be sampled for it")
-    rows: list[tuple[list[int], int]] = []  # (kept items, user)
+    rows: list[tuple[int, int, int]] = []  # (user, first kept index, end)
     for user, sequence in enumerate(users):
         end = len(sequence)
         while end >= 2:
-            rows.append((sequence[max(0, end - max_len - 1) : end], user))
+            rows.append((user, max(0, end - max_len - 1), end))
             end = end - max_len if windows else 0
     inputs = torch.zeros(len(rows), max_len, dtype=torch.long)
     positives = torch.zeros(len(rows), max_len, dtype=torch.long)
+    sources = torch.arange(max_len).repeat(len(rows), 1)
     seen = torch.full((len(rows), max(map(len, distinct))), n_items + 1, dtype=torch.long)
-    for row, (kept, user) in enumerate(rows):
-        n = len(kept) - 1
-        inputs[row, max_len - n :] = torch.tensor(kept[:-1])
-        positives[row, max_len - n :] = torch.tensor(kept[1:])
+    for row, (user, start, end) in enumerate(rows):
+        kept, offset = users[user][start:end], max_len - (end - start - 1)
+        inputs[row, offset:] = torch.tensor(kept[:-1])
         seen[row, : len(distinct[user])] = torch.tensor(distinct[user])
-    return TrainingTensors(inputs, positives, seen)
+        for j in range(1, len(kept)):  # kept[j] is the positive of column offset + j - 1
+            source = j - 1 if before[user] is None else before[user][start + j] - start
+            if source >= 0:
+                positives[row, offset + j - 1] = kept[j]
+                sources[row, offset + j - 1] = offset + source
+    return TrainingTensors(inputs, positives, sources, seen)
+
+
+def _previous_time(times: list[int]) -> list[int]:
+    """For each index, the last index with a strictly smaller time (-1 if none)."""
+    last, previous = -1, []
+    for j, time in enumerate(times):
+        if j and time != times[j - 1]:
+            last = j - 1
+        previous.append(last)
+    return previous
 
 
 def _train_loop(
@@ -403,7 +447,9 @@ def _train_epoch(
         batch_in, batch_pos = data.inputs[rows], data.positives[rows]
         first = int((batch_in != PAD).any(dim=0).nonzero()[0])  # drop all-padding columns
         batch_in, batch_pos = batch_in[:, first:], batch_pos[:, first:]
-        loss = training_loss(model, batch_in, batch_pos, data.seen[rows], generator)
+        sources = data.sources[rows, first:] - first
+        loss = training_loss(model, batch_in, batch_pos, data.seen[rows], generator,
+                             sources=None if model.config.targets == "next-item" else sources)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -420,8 +466,12 @@ def training_loss(
     positives: Int[Tensor, "batch seq"],
     seen: Int[Tensor, "batch seen"],
     generator: torch.Generator,
+    *,
+    sources: Int[Tensor, "batch seq"] | None = None,
 ) -> Float[Tensor, ""]:
-    """Mean ``model.config.loss`` over the real positions (``positives != 0``) of a batch.
+    """Mean ``model.config.loss`` over the real positions (``positives != 0``) of a batch;
+    the positive of column ``c`` is scored from the state of column ``sources[c]`` (``None``:
+    ``c`` itself, next-item targets).
 
     ``"bce"``: binary cross-entropy with logits on the positive and one negative per position
     drawn by :func:`sample_negatives` (avoiding the row's ``seen``; consumes ``generator``).
@@ -430,6 +480,8 @@ def training_loss(
     dropout applies, as in any forward pass.
     """
     states = model.encode(inputs)
+    if sources is not None:
+        states = states.gather(1, sources[..., None].expand_as(states))
     real = positives != PAD
     if model.config.loss == "ce":
         logits = states[real] @ model.item_emb.weight[PAD + 1 :].T  # [positions n_items]
