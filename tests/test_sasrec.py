@@ -22,6 +22,7 @@ from automr.recommenders.sasrec import (
     pad_histories,
     rank_targets,
     sample_negatives,
+    shuffled_ties,
     training_loss,
     training_tensors,
     validation_metric,
@@ -174,88 +175,64 @@ def test_windows_make_every_position_a_target_once(sequence: list[int], max_len:
     assert len(data.inputs) == -(-(len(sequence) - 1) // max_len)
 
 
-def test_next_time_targets_come_from_the_last_strictly_earlier_item() -> None:
-    # Items 1, 2 | 3, 4, 5 | 6 share timestamps: 3, 4 and 5 are all predicted from 2 (the
-    # end of the previous timestamp), 6 from 5; 2 shares its time with the first item.
+def test_ties_are_the_rows_timestamp_groups() -> None:
     data = training_tensors([[1, 2, 3, 4, 5, 6]], 6, 9, times=[[1, 1, 2, 2, 2, 3]])
-    assert data.inputs.tolist() == [[0, 1, 2, 3, 4, 5]]
-    assert data.positives.tolist() == [[0, 0, 3, 4, 5, 6]]
-    assert data.sources.tolist() == [[0, 1, 2, 2, 2, 5]]
-    # A group cut by the row's start has no earlier item in the row: 4 and 5 are not targets.
-    cut = training_tensors([[1, 2, 3, 4, 5, 6]], 3, 9, times=[[1, 1, 2, 2, 2, 3]])
-    assert (cut.inputs.tolist(), cut.positives.tolist(), cut.sources.tolist()) == (
-        [[3, 4, 5]], [[0, 0, 6]], [[0, 1, 2]])
+    assert data.ties.tolist() == [[-1, 0, 0, 1, 1, 1, 2]]
+    cut = training_tensors([[1, 2, 3, 4, 5, 6]], 3, 9, windows=True, times=[[1, 1, 2, 2, 2, 3]])
+    assert cut.inputs.tolist() == [[3, 4, 5], [0, 1, 2]]
+    assert cut.ties.tolist() == [[0, 0, 0, 1], [-1, 0, 0, 1]]  # from each row's first item
+    plain = training_tensors([[1, 2, 3, 4, 5, 6]], 6, 9)
+    assert plain.ties.tolist() == [[-1, 0, 1, 2, 3, 4, 5]]  # no times: every item alone
     with pytest.raises(AutomrError, match="non-decreasing"):
         training_tensors([[1, 2, 3]], 6, 9, times=[[2, 1, 3]])
     with pytest.raises(AutomrError, match="one timestamp per item"):
         training_tensors([[1, 2, 3]], 6, 9, times=[[1, 2]])
-    with pytest.raises(AutomrError, match="next-time"):
-        fit_sasrec([[1, 2, 3]], [], SASRecConfig(targets="next-time"), quiet=True)
+    with pytest.raises(AutomrError, match="shuffle_ties"):
+        fit_sasrec([[1, 2, 3]], [], SASRecConfig(shuffle_ties=True), quiet=True)
 
 
 @settings(max_examples=50)
-@given(gaps=st.lists(st.integers(0, 2), min_size=2, max_size=40),
-       max_len=st.integers(1, 12), windows=st.booleans())
-def test_next_time_pairs_are_the_protocols_history_ends(
-    gaps: list[int], max_len: int, windows: bool
+@given(gaps=st.lists(st.lists(st.integers(0, 2), min_size=2, max_size=30), min_size=1,
+                     max_size=4),
+       max_len=st.integers(1, 12), windows=st.booleans(), seed=st.integers(0, 2**31))
+def test_shuffled_ties_permute_items_only_within_their_timestamp(
+    gaps: list[list[int]], max_len: int, windows: bool, seed: int
 ) -> None:
-    """Every (source, positive) pair is (last item strictly earlier in time, item), each item
-    is a target at most once, with distinct times the targets are next-item's, and one row
-    long enough keeps every item that has an earlier one."""
-    sequence = list(range(1, len(gaps) + 1))  # distinct ids: an id names its position
-    times = list(itertools.accumulate(gaps))
-    data = training_tensors([sequence], max_len, len(sequence) + 1, windows=windows,
-                            times=[times])
-    pairs = [(row_in[src], pos) for row_in, row_pos, row_src in
-             zip(data.inputs.tolist(), data.positives.tolist(), data.sources.tolist(),
-                 strict=True) for pos, src in zip(row_pos, row_src, strict=True) if pos]
-    earlier = {j + 1: max((i + 1 for i in range(j) if times[i] < times[j]), default=None)
-               for j in range(len(sequence))}
-    assert all(earlier[pos] == src for src, pos in pairs)
-    assert len({pos for _, pos in pairs}) == len(pairs)
-    if len(set(times)) == len(times):
-        plain = training_tensors([sequence], max_len, len(sequence) + 1, windows=windows)
-        assert torch.equal(data.inputs, plain.inputs)
-        assert torch.equal(data.positives, plain.positives)
-    if max_len >= len(sequence):
-        assert sorted(pos for _, pos in pairs) == [j for j, i in earlier.items() if i]
+    """Each row's items keep their positions' timestamps (a permutation inside every group),
+    padding stays on the left, positives are the next inputs; without ties nothing moves."""
+    first = itertools.accumulate([0] + [len(g) for g in gaps])
+    sequences = [list(range(a + 1, a + len(g) + 1)) for a, g in zip(first, gaps, strict=False)]
+    times = [list(itertools.accumulate(g)) for g in gaps]
+    time_of = {i: t for s, ts in zip(sequences, times, strict=True)
+               for i, t in zip(s, ts, strict=True)}
+    n_items = sum(map(len, sequences)) + 1
+    data = training_tensors(sequences, max_len, n_items, windows=windows, times=times)
+    shuffled = shuffled_ties(data, torch.Generator().manual_seed(seed))
+    before = torch.cat([data.inputs, data.positives[:, -1:]], dim=1).tolist()
+    after = torch.cat([shuffled.inputs, shuffled.positives[:, -1:]], dim=1).tolist()
+    for old, new in zip(before, after, strict=True):
+        assert [time_of.get(i) for i in old] == [time_of.get(i) for i in new]
+        assert sorted(old) == sorted(new)
+    real = shuffled.inputs != PAD
+    assert torch.equal(real, data.inputs != PAD)
+    items = torch.tensor(after)
+    assert torch.equal(shuffled.positives, torch.where(real, items[:, 1:], PAD))
+    plain = training_tensors(sequences, max_len, n_items, windows=windows)
+    unmoved = shuffled_ties(plain, torch.Generator().manual_seed(seed))
+    assert torch.equal(unmoved.inputs, plain.inputs)
+    assert torch.equal(unmoved.positives, plain.positives)
 
 
-@settings(max_examples=20, deadline=None)
-@given(data=st.data(), loss=st.sampled_from(["bce", "ce"]))
-def test_sources_score_each_positive_from_its_source_state(
-    data: st.DataObject, loss: str
-) -> None:
-    """The loss with ``sources`` equals the plain per-position computation on the source's
-    state (CE), and identity sources are next-item training exactly (both losses)."""
-    inputs = torch.tensor([data.draw(st.lists(st.integers(1, N_ITEMS), min_size=MAX_LEN,
-                                              max_size=MAX_LEN)) for _ in range(3)])
-    positives = inputs.roll(-1, dims=1)
-    positives[:, -1] = PAD
-    sources = torch.tensor([sorted(data.draw(st.lists(st.integers(0, c), min_size=1,
-                                                      max_size=1))[0] for c in range(MAX_LEN))
-                            for _ in range(3)])
-    model = SASRec(attrs.evolve(_model().config, loss=loss), N_ITEMS)
-    model.load_state_dict(_model().state_dict())
-    model.eval()
-
-    def run(**kwargs):
-        return training_loss(model, inputs, positives, positives, torch.Generator().manual_seed(3),
-                             **kwargs)
-
-    identity = torch.arange(MAX_LEN).repeat(3, 1)
-    torch.testing.assert_close(run(sources=identity), run(), rtol=0, atol=0)
-    if loss == "ce":
-        states = model.encode(inputs)
-        real = positives != PAD
-        picked = torch.stack([states[b, sources[b, c]] for b, c in real.nonzero().tolist()])
-        plain = F.cross_entropy(picked @ model.item_emb.weight[1:].T, positives[real] - 1)
-        torch.testing.assert_close(run(sources=sources), plain)
+def test_shuffled_ties_draw_every_order() -> None:
+    data = training_tensors([[1, 2, 3, 4]], 3, 9, times=[[5, 7, 7, 7]])
+    generator = torch.Generator().manual_seed(0)
+    orders = {tuple(shuffled_ties(data, generator).positives[0].tolist()) for _ in range(200)}
+    assert orders == {tuple(p) for p in itertools.permutations([2, 3, 4])}
 
 
-def test_next_time_training_learns_what_follows_a_timestamp() -> None:
-    """Each user rates a pair of items at once, in a random order, then the pair's successor:
-    next-time training predicts the successor from either order, as a sample sees it."""
+def test_training_with_shuffled_ties_learns_what_follows_a_timestamp() -> None:
+    """Each user rates a pair of items at once, in a random order, then the next pair: the
+    model trained on shuffled ties ranks the next pair first after either order."""
     n, rng = 30, random.Random(0)  # pair p is items 3p + 1 and 3p + 2; p + 1 follows p
 
     def user(length: int) -> tuple[list[int], list[int]]:
@@ -268,7 +245,7 @@ def test_next_time_training_learns_what_follows_a_timestamp() -> None:
 
     users = [user(rng.randint(3, 6)) for _ in range(200)]
     config = SASRecConfig(hidden=32, n_blocks=1, max_len=12, lr=1e-2, batch_size=64,
-                          max_epochs=30, targets="next-time", windows=True)
+                          max_epochs=30, shuffle_ties=True)
     model, _ = fit_sasrec([u for u, _ in users], [], config, times=[t for _, t in users],
                           n_items=n, quiet=True)
     tests = [user(3) for _ in range(50)]

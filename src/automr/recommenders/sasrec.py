@@ -59,8 +59,6 @@ PAD: Final = 0
 MONITOR_PATTERN: Final = r"(recall|ndcg)@[1-9][0-9]*"
 Loss = Literal["bce", "ce"]
 LOSSES: Final = ("bce", "ce")
-Targets = Literal["next-item", "next-time"]
-TARGETS: Final = ("next-item", "next-time")
 
 EvalSample = tuple[Sequence[int], int]
 """An evaluation sample: (history item ids, oldest -> newest; target item id)."""
@@ -84,14 +82,11 @@ class SASRecConfig:
     """``"bce"``: binary cross-entropy on the positive and one sampled negative per position
     (the paper and the original). ``"ce"``: softmax cross-entropy over the whole catalog at
     every position (Klenitskiy & Vasilev, 2023); see the module docstring."""
-    targets: Targets = attrs.field(default="next-item", validator=v.in_(TARGETS))
-    """What a training position predicts. ``"next-item"``: the item that follows it in the
-    sequence (the original). ``"next-time"``: as the evaluation builds a sample (history
-    strictly before the target's time), every item is predicted from the last item *strictly
-    earlier in time*, so items sharing a timestamp never see each other and the position at
-    the end of a timestamp group predicts every item of the next group; needs the sequences'
-    timestamps (``fit_sasrec(times=...)``). On ML-100K half the training-period transitions
-    are between items rated in the same second, in an arbitrary order."""
+    shuffle_ties: bool = False
+    """Every epoch, put the items of a training sequence that share a timestamp in a new
+    random order (needs ``fit_sasrec(times=...)``). A source's order of ties is arbitrary: on
+    ML-100K half the training-period transitions are between items rated in the same second,
+    and training on one fixed order of them teaches that order."""
     lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
     weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
@@ -290,7 +285,7 @@ def fit_sasrec(
     ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
     position after the first is a next-item target (the last ``max_len`` of them are used, as
     in the original), and negatives avoid every item of the user's sequence. ``times``: the
-    sequences' timestamps (non-decreasing), needed by ``config.targets == "next-time"``.
+    sequences' timestamps (non-decreasing), needed by ``config.shuffle_ties``.
     ``valid_samples``: (history, target) pairs scored with full ranking each epoch for early
     stopping on ``config.monitor`` (empty = train all ``max_epochs`` and keep the last
     weights). ``n_items`` defaults to the largest id seen.
@@ -298,10 +293,10 @@ def fit_sasrec(
     seen_ids = [i for s in train_sequences for i in s]
     seen_ids += [i for h, t in valid_samples for i in (*h, t)]
     n_items = n_items if n_items is not None else max(seen_ids, default=0)
-    if config.targets == "next-time" and times is None:
-        raise AutomrError('targets="next-time" needs the training sequences\' times')
+    if config.shuffle_ties and times is None:
+        raise AutomrError("shuffle_ties needs the training sequences' times")
     data = training_tensors(train_sequences, config.max_len, n_items, windows=config.windows,
-                            times=times if config.targets == "next-time" else None)
+                            times=times)
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
@@ -316,15 +311,15 @@ def fit_sasrec(
 
 @attrs.frozen
 class TrainingTensors:
-    """Left-padded rows: ``inputs``, ``positives`` and ``sources`` ``[rows, max_len]`` and
-    ``seen`` ``[rows, longest]``, the row's user's distinct item ids sorted ascending, padded
-    on the right with ``n_items + 1`` (never a real id). The positive in column ``c`` is
-    predicted from the state of input column ``sources[c]`` (``c`` itself for next-item
-    targets and for padding, ``positives == 0``)."""
+    """Left-padded rows: ``inputs`` and next-item ``positives`` ``[rows, max_len]``, ``ties``
+    ``[rows, max_len + 1]``, the timestamp group of each of the row's items (the inputs, then
+    the last positive; ascending from 0 within a row, -1 on padding; without times every item
+    is its own group), and ``seen`` ``[rows, longest]``, the row's user's distinct item ids
+    sorted ascending, padded on the right with ``n_items + 1`` (never a real id)."""
 
     inputs: Tensor
     positives: Tensor
-    sources: Tensor
+    ties: Tensor
     seen: Tensor
 
 
@@ -338,9 +333,7 @@ def training_tensors(
     ``windows=False`` (the original): one row per user, its last ``max_len + 1`` items.
     ``windows=True``: the sequence cut from its end into rows of up to ``max_len + 1`` items
     that overlap by one, so every position after the first is a target exactly once.
-    ``times`` (next-time targets): each item is predicted from the last item of its row that
-    is strictly earlier in time; an item with none in its row (the row's first timestamp, or
-    a timestamp group cut by the row's start) is not a target of that row.
+    ``times``: the sequences' timestamps, which give ``ties`` (:func:`shuffled_ties`).
     """
     keep = [i for i, s in enumerate(sequences) if len(s) >= 2]
     users = [list(sequences[i]) for i in keep]
@@ -349,7 +342,8 @@ def training_tensors(
             raise AutomrError("times must give one timestamp per item of every sequence")
         if any(b < a for i in keep for a, b in itertools.pairwise(times[i])):
             raise AutomrError("every sequence's times must be non-decreasing")
-    before = [_previous_time(list(times[i])) if times is not None else None for i in keep]
+    groups = [_time_groups(times[i] if times is not None else range(len(sequences[i])))
+              for i in keep]
     if not users:
         raise AutomrError("SASRec needs at least one training sequence with 2 or more items")
     _check_ids(users, n_items)
@@ -366,28 +360,32 @@ def training_tensors(
             end = end - max_len if windows else 0
     inputs = torch.zeros(len(rows), max_len, dtype=torch.long)
     positives = torch.zeros(len(rows), max_len, dtype=torch.long)
-    sources = torch.arange(max_len).repeat(len(rows), 1)
+    ties = torch.full((len(rows), max_len + 1), -1, dtype=torch.long)
     seen = torch.full((len(rows), max(map(len, distinct))), n_items + 1, dtype=torch.long)
     for row, (user, start, end) in enumerate(rows):
         kept, offset = users[user][start:end], max_len - (end - start - 1)
         inputs[row, offset:] = torch.tensor(kept[:-1])
+        positives[row, offset:] = torch.tensor(kept[1:])
+        row_groups = groups[user][start:end]
+        ties[row, offset:] = torch.tensor(row_groups) - row_groups[0]
         seen[row, : len(distinct[user])] = torch.tensor(distinct[user])
-        for j in range(1, len(kept)):  # kept[j] is the positive of column offset + j - 1
-            source = j - 1 if before[user] is None else before[user][start + j] - start
-            if source >= 0:
-                positives[row, offset + j - 1] = kept[j]
-                sources[row, offset + j - 1] = offset + source
-    return TrainingTensors(inputs, positives, sources, seen)
+    return TrainingTensors(inputs, positives, ties, seen)
 
 
-def _previous_time(times: list[int]) -> list[int]:
-    """For each index, the last index with a strictly smaller time (-1 if none)."""
-    last, previous = -1, []
-    for j, time in enumerate(times):
-        if j and time != times[j - 1]:
-            last = j - 1
-        previous.append(last)
-    return previous
+def _time_groups(times: Sequence[int]) -> list[int]:
+    """0, 1, 2, ...: a new group wherever the time changes."""
+    return [0, *itertools.accumulate(int(b != a) for a, b in itertools.pairwise(times))]
+
+
+def shuffled_ties(data: TrainingTensors, generator: torch.Generator) -> TrainingTensors:
+    """``data`` with each row's items put in a random order within every group of ``ties``
+    (groups keep their order; padding stays on the left); consumes ``generator``."""
+    items = torch.cat([data.inputs, data.positives[:, -1:]], dim=1)
+    keys = data.ties.double() + torch.rand(data.ties.shape, generator=generator,
+                                           dtype=torch.float64, device=data.ties.device)
+    items = items.gather(1, keys.argsort(dim=1))
+    inputs = items[:, :-1].contiguous()
+    return attrs.evolve(data, inputs=inputs, positives=items[:, 1:] * (inputs != PAD))
 
 
 def _train_loop(
@@ -440,6 +438,8 @@ def _train_epoch(
 ) -> float:
     """One shuffled pass of :func:`training_loss` over the rows; the mean loss per position."""
     model.train()
+    if model.config.shuffle_ties:
+        data = shuffled_ties(data, generator)
     order = torch.randperm(data.inputs.shape[0], generator=generator, device=data.inputs.device)
     total, count = 0.0, 0
     for start in range(0, len(order), model.config.batch_size):
@@ -447,9 +447,7 @@ def _train_epoch(
         batch_in, batch_pos = data.inputs[rows], data.positives[rows]
         first = int((batch_in != PAD).any(dim=0).nonzero()[0])  # drop all-padding columns
         batch_in, batch_pos = batch_in[:, first:], batch_pos[:, first:]
-        sources = data.sources[rows, first:] - first
-        loss = training_loss(model, batch_in, batch_pos, data.seen[rows], generator,
-                             sources=None if model.config.targets == "next-item" else sources)
+        loss = training_loss(model, batch_in, batch_pos, data.seen[rows], generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -466,12 +464,8 @@ def training_loss(
     positives: Int[Tensor, "batch seq"],
     seen: Int[Tensor, "batch seen"],
     generator: torch.Generator,
-    *,
-    sources: Int[Tensor, "batch seq"] | None = None,
 ) -> Float[Tensor, ""]:
-    """Mean ``model.config.loss`` over the real positions (``positives != 0``) of a batch;
-    the positive of column ``c`` is scored from the state of column ``sources[c]`` (``None``:
-    ``c`` itself, next-item targets).
+    """Mean ``model.config.loss`` over the real positions (``positives != 0``) of a batch.
 
     ``"bce"``: binary cross-entropy with logits on the positive and one negative per position
     drawn by :func:`sample_negatives` (avoiding the row's ``seen``; consumes ``generator``).
@@ -480,8 +474,6 @@ def training_loss(
     dropout applies, as in any forward pass.
     """
     states = model.encode(inputs)
-    if sources is not None:
-        states = states.gather(1, sources[..., None].expand_as(states))
     real = positives != PAD
     if model.config.loss == "ce":
         logits = states[real] @ model.item_emb.weight[PAD + 1 :].T  # [positions n_items]
