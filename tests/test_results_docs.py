@@ -128,3 +128,26 @@ def test_committed_element_gain_correlations_reproduce(path):
     if across:
         assert _within(across) == pytest.approx(summary["corr_gain_across_finetunes"], abs=2e-3)
     assert exported["commands"]
+
+
+def test_sasrec_ties_study_reproduces_its_numbers():
+    """docs/results/sasrec/ties.json: every run's metrics and its paired NDCG@5 difference to
+    cooc are recomputed from the committed per-sample ranks."""
+    from automr.evaluation.bootstrap import paired_bootstrap
+    from automr.evaluation.metrics import ndcg_at_k, recall_at_k
+
+    study = json.loads((RESULTS / "sasrec" / "ties.json").read_text())
+    metric = {"recall": recall_at_k, "ndcg": ndcg_at_k}
+    for row in study["runs"]:
+        for split in ("valid", "test"):
+            ranks = torch.tensor(row["ranks"][split])
+            assert len(ranks) == len(study["ids"][split])
+            for name, value in row[split].items():
+                kind, k = name.split("@")
+                assert float(metric[kind](ranks, int(k)).double().mean()) == pytest.approx(
+                    value, abs=1e-6), (row["tag"], split, name)
+            cooc = ndcg_at_k(torch.tensor(study["cooc_ranks"][split]), 5).double()
+            diff = paired_bootstrap(ndcg_at_k(ranks, 5).double(), cooc)
+            expected = row[f"{split}_ndcg@5_minus_cooc"]
+            assert (diff.mean, diff.low, diff.high) == pytest.approx(
+                (expected["mean"], expected["low"], expected["high"]), abs=1e-6)

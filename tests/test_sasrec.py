@@ -187,8 +187,6 @@ def test_ties_are_the_rows_timestamp_groups() -> None:
         training_tensors([[1, 2, 3]], 6, 9, times=[[2, 1, 3]])
     with pytest.raises(AutomrError, match="one timestamp per item"):
         training_tensors([[1, 2, 3]], 6, 9, times=[[1, 2]])
-    with pytest.raises(AutomrError, match="shuffle_ties"):
-        fit_sasrec([[1, 2, 3]], [], SASRecConfig(shuffle_ties=True), quiet=True)
 
 
 @settings(max_examples=50)
