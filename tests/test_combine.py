@@ -72,3 +72,32 @@ def test_different_samples_or_a_missing_method_are_refused(tmp_path):
     bad = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",
                                    f"{a}/m"])
     assert bad.exit_code != 0 and "NAME=FOLDER/METHOD" in bad.output
+
+
+def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
+    """A committed export (docs/results/*.json) pairs exactly as the folder it came from:
+    the same ranks, log-likelihoods, retrieved elements, intervals and paired differences."""
+    a = evaluated(tmp_path / "a", "bigrec:x", [0, 3, 29, 5, 1, 2, 8, 4],
+                  [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0],
+                  retrieved={i: [n] for n, i in enumerate(IDS)})
+    b = evaluated(tmp_path / "b", "automr:x", [4, 0, 0, 11, 7, 2, 1, 0],
+                  [-0.5, -2.5, -3.0, -3.0, -2.0, -1.0, -5.0, -3.5])
+    combine_folders({"bigrec:x": (a, "bigrec:x")}, out=tmp_path / "a-table", n_resamples=50)
+    exported = tmp_path / "a-table.json"
+    exported.write_text(json.dumps(EvaluationFolder(tmp_path / "a-table").export()))
+    from_folder = combine_folders({"ref": (a, "bigrec:x"), "new": (b, "automr:x")},
+                                  out=tmp_path / "f", n_resamples=50)
+    from_export = combine_folders({"ref": (exported, "bigrec:x"), "new": (b, "automr:x")},
+                                  out=tmp_path / "e", n_resamples=50)
+    assert from_export.reports["ref"].ranks == from_folder.reports["ref"].ranks
+    assert from_export.likelihoods["ref"] == from_folder.likelihoods["ref"]
+    assert from_export.paired() == from_folder.paired()
+    assert from_export.paired_likelihoods() == from_folder.paired_likelihoods()
+    assert (EvaluationFolder(tmp_path / "e").export()["retrieved"]
+            == {"ref": {i: [n] for n, i in enumerate(IDS)}})
+    with pytest.raises(AutomrError, match="neither ranks nor"):
+        combine_folders({"x": (exported, "other")})
+    not_export = tmp_path / "other.json"
+    not_export.write_text("{}")
+    with pytest.raises(AutomrError, match="not an exported evaluation"):
+        combine_folders({"x": (not_export, "bigrec:x")})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from automr.evaluation import EvaluationFolder, build_report
-from automr.evaluation.folder import EXPORT_FORMAT, recomputed_means
+from automr.evaluation.folder import EXPORT_FORMAT, exported_reports, recomputed_means
 from automr.evaluation.likelihood import build_likelihood_report
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -26,6 +26,10 @@ def check(exported: dict) -> None:
                     method, metric)
     for method, ranks in exported["ranks"].items():
         assert len(ranks) == results["samples"], method
+    for method in {*exported["ranks"], *exported["loglik"]}:  # `automr compare` can pair them
+        report, likelihoods = exported_reports(exported, method)
+        assert report is None or report.ranks == tuple(exported["ranks"][method].values())
+        assert likelihoods is None or len(likelihoods.tokens) == results["samples"]
 
 
 @pytest.mark.parametrize("path", EXPORTS, ids=[p.name for p in EXPORTS])

@@ -97,7 +97,8 @@ def compare_command(
                                            "methods' values under their new names.")],
     method: Annotated[list[str], typer.Option(
         "--method", help="NAME=FOLDER/METHOD: METHOD as evaluated into FOLDER (automr "
-                         "evaluate --out), shown as NAME; repeat for each.")],
+                         "evaluate --out, or an exported .json such as docs/results/'s), "
+                         "shown as NAME; repeat for each.")],
     reference: Annotated[str | None, typer.Option(
         help="The NAME every other is paired with [default: the first].",
         show_default=False)] = None,

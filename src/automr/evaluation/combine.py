@@ -8,6 +8,10 @@ which one run cannot hold) are compared from what they saved, with nothing recom
                                  out="runs/a-vs-b")
     print(evaluation.markdown())
 
+A source may also be an exported evaluation (the JSON files under docs/results/, written by
+:meth:`~automr.evaluation.folder.EvaluationFolder.export`): a new method is paired with a
+committed table's methods on the same seeded samples without rerunning them.
+
 ``out`` becomes an evaluation folder of its own (the methods under their new names, with their
 retrieved elements), so :meth:`~automr.evaluation.folder.EvaluationFolder.export` works on it.
 """
@@ -19,7 +23,9 @@ import attrs
 
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES
-from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.folder import EvaluationFolder, exported_reports, read_export
+from automr.evaluation.likelihood import LikelihoodReport
+from automr.evaluation.report import MetricReport
 from automr.evaluation.run import Evaluation
 
 
@@ -40,19 +46,16 @@ def combine_folders(
         raise AutomrError(f"the reference {reference!r} is none of {', '.join(sources)}")
     reports, likelihoods, retrieved = {}, {}, {}
     for name, (path, method) in sources.items():
-        folder = EvaluationFolder(path)
-        found = False
-        if folder.ranks_file(method).is_file():
-            reports[name] = attrs.evolve(folder.report(method), method=name)
-            found = True
-        if folder.ranks_file(method, "loglik").is_file():
-            likelihoods[name] = attrs.evolve(folder.likelihoods(method), method=name)
-            found = True
-        if not found:
+        report, likelihood, elements = _saved(Path(path), method)
+        if report is None and likelihood is None:
             raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
                               f"{method}")
-        if folder.details_file("retrieved", method).is_file():
-            retrieved[name] = folder.details("retrieved", method)
+        if report is not None:
+            reports[name] = attrs.evolve(report, method=name)
+        if likelihood is not None:
+            likelihoods[name] = attrs.evolve(likelihood, method=name)
+        if elements is not None:
+            retrieved[name] = elements
     for kind, measured in (("ranks", reports), ("log-likelihoods", likelihoods)):
         ids = {name: frozenset(report.sample_ids) for name, report in measured.items()}
         if len(set(ids.values())) > 1:
@@ -68,6 +71,21 @@ def combine_folders(
     return evaluation
 
 
+def _saved(path: Path, method: str
+           ) -> tuple[MetricReport | None, LikelihoodReport | None, dict | None]:
+    """``method``'s ranks, log-likelihoods and retrieved elements (None where missing), from
+    an evaluation folder or from an exported one (a ``.json`` file, e.g. under docs/results/)."""
+    if path.is_file():
+        exported = read_export(path)
+        return (*exported_reports(exported, method), exported["retrieved"].get(method))
+    folder = EvaluationFolder(path)
+    return (folder.report(method) if folder.ranks_file(method).is_file() else None,
+            folder.likelihoods(method) if folder.ranks_file(method, "loglik").is_file()
+            else None,
+            folder.details("retrieved", method)
+            if folder.details_file("retrieved", method).is_file() else None)
+
+
 def _write(folder: EvaluationFolder, evaluation: Evaluation,
            sources: Mapping[str, tuple[Path | str, str]],
            retrieved: Mapping[str, Mapping[str, object]]) -> None:
@@ -80,5 +98,6 @@ def _write(folder: EvaluationFolder, evaluation: Evaluation,
         folder.save_likelihoods(report, origin[name], {"retrieved": retrieved[name]}
                                 if name in retrieved else {})
     ks = next((list(r.ks) for r in evaluation.reports.values()), [])
-    folder.write_results(evaluation.to_json({"config": {"ks": ks}, "sources": origin}),
+    config = {"ks": ks, "n_resamples": evaluation.n_resamples}
+    folder.write_results(evaluation.to_json({"config": config, "sources": origin}),
                          evaluation.markdown())

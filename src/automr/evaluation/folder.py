@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 
 from automr.errors import AutomrError
+from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, Interval
 from automr.evaluation.likelihood import LikelihoodReport
+from automr.evaluation.metrics import DEFAULT_KS, per_sample_metrics
 from automr.evaluation.report import MetricReport
 from automr.storage import read_json, write_json_atomic
 
@@ -181,16 +184,49 @@ class EvaluationFolder:
         (self.path / RESULTS_MD).write_text(markdown)
 
 
+def read_export(path: Path | str) -> dict[str, Any]:
+    """An :meth:`EvaluationFolder.export` written to ``path`` (e.g. under docs/results/)."""
+    exported = read_json(path, "an exported evaluation")
+    if not isinstance(exported, dict) or exported.get("format") != EXPORT_FORMAT:
+        raise AutomrError(f"{path} is not an exported evaluation (format {EXPORT_FORMAT})")
+    return exported
+
+
+def exported_reports(exported: Mapping[str, Any], method: str
+                     ) -> tuple[MetricReport | None, LikelihoodReport | None]:
+    """``method``'s ranks and target log-likelihoods (None where it has none) rebuilt from an
+    export: its per-sample values with the intervals its table reports."""
+    results = exported["results"]
+    config = results.get("config", {})
+    kept = {"n_resamples": int(config.get("n_resamples", DEFAULT_RESAMPLES)),
+            "seed": int(config.get("seed", 0))}
+    report = likelihoods = None
+    if method in exported["ranks"]:
+        ranks = exported["ranks"][method]
+        report = MetricReport(
+            method=method, n_items=int(exported["n_items"]),
+            ks=tuple(config.get("ks", DEFAULT_KS)), sample_ids=tuple(ranks),
+            ranks=tuple(int(r) for r in ranks.values()),
+            metrics=_intervals(results["methods"][method]), **kept)
+    if method in exported["loglik"]:
+        pairs = exported["loglik"][method]
+        likelihoods = LikelihoodReport(
+            method=method, sample_ids=tuple(pairs),
+            log_likelihoods=tuple(float(v) for v, _ in pairs.values()),
+            tokens=tuple(int(n) for _, n in pairs.values()),
+            metrics=_intervals(results["likelihood"][method]), **kept)
+    return report, likelihoods
+
+
+def _intervals(table: Mapping[str, Mapping[str, float]]) -> dict[str, Interval]:
+    return {metric: Interval(**interval) for metric, interval in table.items()}
+
+
 def recomputed_means(exported: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Every table mean of an :meth:`EvaluationFolder.export`, recomputed from its per-sample
     values alone (ranks -> Recall/NDCG@K; log-likelihoods -> per sample and per token)."""
-    import torch
-
-    from automr.evaluation.metrics import per_sample_metrics
-
     means: dict[str, dict[str, float]] = {}
-    ks = tuple(exported["results"]["config"]["ks"]) if "config" in exported["results"] else (
-        1, 5, 10)
+    ks = tuple(exported["results"].get("config", {}).get("ks", DEFAULT_KS))
     for method, ranks in exported["ranks"].items():
         values = per_sample_metrics(torch.tensor(list(ranks.values())), ks)
         means[method] = {k: float(v.double().mean()) for k, v in values.items()}
