@@ -159,7 +159,7 @@ def test_mean_pool_leaves_out_first_positions():
 def test_protocols(backbone, built):
     assert isinstance(built, Memory)
     assert isinstance(LayerEncoder(backbone, LAYER), Encoder)
-    assert isinstance(built.recompute, Encoder)
+    assert isinstance(built.recompute.base, Encoder)
     assert built.layer == LAYER
 
 

@@ -231,10 +231,6 @@ class ElementEncoder(Protocol):
 
     def settings(self) -> dict[str, Any]: ...
 
-    def encode(
-        self, input_ids: TokenIds, attention_mask: TokenMask
-    ) -> Float[Tensor, "batch hidden"]: ...
-
 
 @final
 class WindowEncoder:
@@ -286,12 +282,6 @@ class WindowEncoder:
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "window": self.window, "includes_item": self.includes_item}
 
-    @jaxtyped(typechecker=beartype)
-    def encode(
-        self, input_ids: TokenIds, attention_mask: TokenMask
-    ) -> Float[Tensor, "batch hidden"]:
-        return self.base.encode(input_ids, attention_mask)
-
 
 @final
 class ItemEncoder:
@@ -311,12 +301,6 @@ class ItemEncoder:
 
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "window": None, "includes_item": True}
-
-    @jaxtyped(typechecker=beartype)
-    def encode(
-        self, input_ids: TokenIds, attention_mask: TokenMask
-    ) -> Float[Tensor, "batch hidden"]:
-        return self.base.encode(input_ids, attention_mask)
 
 
 @beartype
