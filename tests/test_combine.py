@@ -82,9 +82,13 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
                   retrieved={i: [n] for n, i in enumerate(IDS)})
     b = evaluated(tmp_path / "b", "automr:x", [4, 0, 0, 11, 7, 2, 1, 0],
                   [-0.5, -2.5, -3.0, -3.0, -2.0, -1.0, -5.0, -3.5])
+    made_a = ["automr", "evaluate", "--out", str(a)]
+    (a / "automr-runs.jsonl").write_text(json.dumps({"argv": made_a}) + "\n")
     combine_folders({"bigrec:x": (a, "bigrec:x")}, out=tmp_path / "a-table", n_resamples=50)
-    exported = tmp_path / "a-table.json"
-    exported.write_text(json.dumps(EvaluationFolder(tmp_path / "a-table").export()))
+    exported = tmp_path / "results" / "a-table.json"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "a-table"), str(exported)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(exported.read_text()) == EvaluationFolder(tmp_path / "a-table").export()
     from_folder = combine_folders({"ref": (a, "bigrec:x"), "new": (b, "automr:x")},
                                   out=tmp_path / "f", n_resamples=50)
     from_export = combine_folders({"ref": (exported, "bigrec:x"), "new": (b, "automr:x")},
@@ -95,8 +99,14 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
     assert from_export.paired_likelihoods() == from_folder.paired_likelihoods()
     assert (EvaluationFolder(tmp_path / "e").export()["retrieved"]
             == {"ref": {i: [n] for n, i in enumerate(IDS)}})
+    # the commands behind a source come along, through a folder or an export, each once
+    assert EvaluationFolder(tmp_path / "a-table").commands() == [made_a]
+    assert EvaluationFolder(tmp_path / "e").commands() == [made_a]
     with pytest.raises(AutomrError, match="neither ranks nor"):
         combine_folders({"x": (exported, "other")})
+    missing = CliRunner().invoke(app, ["export", str(tmp_path / "f" / "ranks"),
+                                       str(tmp_path / "x.json")])
+    assert missing.exit_code != 0 and "results.json is missing" in missing.output
     not_export = tmp_path / "other.json"
     not_export.write_text("{}")
     with pytest.raises(AutomrError, match="not an exported evaluation"):

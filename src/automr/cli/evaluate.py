@@ -119,3 +119,21 @@ def compare_command(
         sources[name] = (folder, evaluated)
     evaluation = combine_folders(sources, out=out, reference=reference)
     typer.echo(evaluation.markdown())
+
+
+@user_errors
+def export_command(
+    folder: Annotated[Path, typer.Argument(help="Evaluation folder (automr evaluate or "
+                                                "compare --out).")],
+    file: Annotated[Path, typer.Argument(help="JSON file to write, e.g. under docs/results/.")],
+) -> None:
+    """Write an evaluation folder as one JSON file: its tables, every method's per-sample
+    ranks and target log-likelihoods keyed by sample id, and the commands that made it."""
+    from automr.evaluation import EvaluationFolder
+    from automr.storage import write_json_atomic
+
+    exported = EvaluationFolder(folder).export()
+    write_json_atomic(file, exported, indent=0)
+    typer.echo(f"{file}: {len(exported['ranks'])} ranked and {len(exported['loglik'])} "
+               f"likelihood method(s), {exported['results'].get('samples')} samples, "
+               f"{len(exported['commands'])} command(s)")

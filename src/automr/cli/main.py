@@ -44,6 +44,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "automr.cli.evaluate:compare_command",
         "Methods of several evaluation folders side by side, paired on their shared samples "
         "(e.g. two fine-tuned recommenders); nothing is recomputed."),
+    "export": LazyCommand(
+        "automr.cli.evaluate:export_command",
+        "Write an evaluation folder as one JSON file: its tables, every method's per-sample "
+        "ranks and target log-likelihoods keyed by sample id, and the commands that made it."),
     "recommend": LazyCommand(
         "automr.cli.pipeline:recommend_command",
         "A user's top items from AutoMR and the memory elements it retrieved (item, date)."),

@@ -170,14 +170,31 @@ class EvaluationFolder:
             report = LikelihoodReport.load(self.ranks_file(method, "loglik"))
             loglik[method] = {s: [v, n] for s, v, n in zip(
                 report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
-        records = self.path / RUNS_FILE
-        commands = ([json.loads(line)["argv"] for line in records.read_text().splitlines()]
-                    if records.is_file() else [])
+        commands = self.commands()
         retrieved = {m: self.details("retrieved", m)
                      for m in (*ranks, *loglik) if self.details_file("retrieved", m).is_file()}
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
                 "ranks": ranks, "loglik": loglik, "retrieved": retrieved}
+
+    def commands(self) -> list[list[str]]:
+        """The argv of every command behind this folder, each once, oldest first: for a method
+        that ``automr compare`` brought in, the commands behind its source (a folder, through
+        its own :meth:`commands`, or an export's ``commands``); then the folder's run records."""
+        found: list[list[str]] = []
+        for path in sorted(self.path.glob("*/*.settings.json")):
+            settings = read_json(path, "`automr evaluate`")
+            if not isinstance(settings, dict) or set(settings) != {"folder", "method"}:
+                continue
+            source = Path(settings["folder"])
+            if source.is_file():
+                found += read_export(source)["commands"]
+            elif source.is_dir():
+                found += EvaluationFolder(source).commands()
+        records = self.path / RUNS_FILE
+        if records.is_file():
+            found += [json.loads(line)["argv"] for line in records.read_text().splitlines()]
+        return [list(argv) for argv in dict.fromkeys(tuple(argv) for argv in found)]
 
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
