@@ -48,7 +48,8 @@ def test_export_round_trips_a_folder(tmp_path):
                                      n_resamples=10)
     retrieved = {i: [n] for n, i in enumerate(ids)}
     for name, report in reports.items():
-        folder.save(report, {}, {"retrieved": retrieved} if name == "b" else {})
+        folder.save(report, {}, {"retrieved": retrieved} if name == "b" else
+                    {"grounding": {"gamma": 28.0}})
     folder.save_likelihoods(loglik, {})
     from automr.evaluation.run import Evaluation
 
@@ -58,6 +59,7 @@ def test_export_round_trips_a_folder(tmp_path):
     exported = folder.export()
     check(exported)
     assert exported["retrieved"] == {"b": retrieved}  # b's memory elements, per sample
+    assert exported["grounding"] == {"a": {"gamma": 28.0}}  # what a's grounder chose
     assert exported["ranks"]["b"]["u3@3:x"] == 11
     assert exported["loglik"]["a"]["u2@2:x"] == [-2.0, 3]
 

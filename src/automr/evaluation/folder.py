@@ -160,7 +160,8 @@ class EvaluationFolder:
         """Everything needed to recompute every number of ``results.json``, in one JSON-able
         dict: the tables, each method's per-sample ranks and target log-likelihoods keyed by
         sample id, the memory elements each memory method retrieved (``retrieved``: method ->
-        sample id -> timeline positions), and the commands that wrote the folder (its run
+        sample id -> timeline positions), what a grounder chose on validation samples
+        (``grounding``: method -> e.g. its gamma and the grid it was chosen on), and the commands that wrote the folder (its run
         records)."""
         results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
@@ -171,11 +172,13 @@ class EvaluationFolder:
             loglik[method] = {s: [v, n] for s, v, n in zip(
                 report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
         commands = self.commands()
-        retrieved = {m: self.details("retrieved", m)
-                     for m in (*ranks, *loglik) if self.details_file("retrieved", m).is_file()}
+        retrieved, grounding = ({m: self.details(kind, m) for m in (*ranks, *loglik)
+                                 if self.details_file(kind, m).is_file()}
+                                for kind in ("retrieved", "grounding"))
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
-                "ranks": ranks, "loglik": loglik, "retrieved": retrieved}
+                "ranks": ranks, "loglik": loglik, "retrieved": retrieved,
+                "grounding": grounding}
 
     def commands(self) -> list[list[str]]:
         """The argv of every command behind this folder, each once, oldest first: for a method
