@@ -161,8 +161,8 @@ class EvaluationFolder:
         dict: the tables, each method's per-sample ranks and target log-likelihoods keyed by
         sample id, the memory elements each memory method retrieved (``retrieved``: method ->
         sample id -> timeline positions), what a grounder chose on validation samples
-        (``grounding``: method -> e.g. its gamma and the grid it was chosen on), and the commands that wrote the folder (its run
-        records)."""
+        (``grounding``: method -> e.g. its gamma and the grid it was chosen on), and the
+        commands that wrote the folder (its run records)."""
         results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
                  for m in results["methods"] for r in [self.report(m)]}
