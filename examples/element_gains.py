@@ -18,6 +18,7 @@ can be recomputed::
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -141,12 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "corr_gain_across_finetunes": within_sample_correlation(across),
                     "same_best_element": best_same,
                     "chance_same_best_element": sum(1 / len(a) for a, _ in across)}
-    command = ["python", "examples/element_gains.py", "--data", str(args.data),
-               "--annotations", str(args.annotations), "--out", str(args.out)]
-    if args.other:
-        command[5:5] = ["--other", str(args.other)]
-    if args.memory:
-        command[-2:-2] = ["--memory", str(args.memory)]
+    command = ["python", "examples/element_gains.py",
+               *(sys.argv[1:] if argv is None else argv)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"format": "automr.element-gains/1", "commands": [command],
                                     "summary": summary, "per_sample": per_sample}) + "\n")
