@@ -76,6 +76,23 @@ def test_bench_ground_reports_every_grounder(workspace, tmp_path):
     assert all(payload[f"{k}_samples_per_s"] > 0 for k in ("constrained", "l2", "likelihood"))
 
 
+def test_bench_ground_generates_in_every_round(workspace, tmp_path, monkeypatch):
+    """An L2 method keeps its distances; each timed round must still generate, not read them."""
+    from automr.grounding.l2 import L2Grounder
+
+    calls = []
+    distances = L2Grounder.distances
+    monkeypatch.setattr(L2Grounder, "distances",
+                        lambda self, *args: calls.append(1) or distances(self, *args))
+    result = runner.invoke(app, ["bench", "ground", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
+                                 "--grounders", "l2", "--samples", "2", "--batch-size", "2",
+                                 "--layer", "2", "--repeats", "2", "--device", "cpu",
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 3  # the warm-up and two rounds, one batch each
+
+
 def test_bench_finetune_compares_the_three_ways(workspace, tmp_path):
     result = runner.invoke(app, ["bench", "finetune", "--data", str(workspace / "prepared"),
                                  "--out", str(tmp_path), "--model", str(workspace / "model"),

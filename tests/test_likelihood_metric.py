@@ -102,19 +102,23 @@ def test_evaluate_measures_likelihood_pairs_and_resumes(workspace, tmp_path):
     assert (tmp_path / "loglik" / "bigrec-likelihood.json").stat().st_mtime_ns == stamp
 
 
-def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
+def evaluate_tuned(root, out, methods: str, samples: int = 4) -> None:
+    """``automr evaluate`` of ``methods`` with the tiny fine-tune, gamma tuned on 4 samples."""
     from typer.testing import CliRunner
 
     from automr.cli.main import app
 
-    root = workspace["root"]
     result = CliRunner().invoke(app, [
-        "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
-        "bigrec:l2-pop,bigrec:constrained-pop", "--finetuned", str(root / "ft"), "--model",
-        str(root / "model"), "--samples", "3", "--tune-samples", "4", "--num-beams", "2",
-        "--layer", "2",
-        "--quiet", "--device", "cpu", "--cache-dir", str(root / "cache")])
+        "evaluate", "--data", str(root / "prepared"), "--out", str(out), "--methods", methods,
+        "--finetuned", str(root / "ft"), "--model", str(root / "model"), "--samples",
+        str(samples), "--tune-samples", "4", "--num-beams", "2", "--layer", "2", "--quiet",
+        "--device", "cpu", "--cache-dir", str(root / "cache")])
     assert result.exit_code == 0, result.output
+
+
+def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
+    root = workspace["root"]
+    evaluate_tuned(root, tmp_path, "bigrec:l2-pop,bigrec:constrained-pop", samples=3)
     for name in ("bigrec-l2-pop", "bigrec-constrained-pop"):
         tuned = json.loads((tmp_path / "grounding" / f"{name}.json").read_text())
         assert tuned["tuned_on_valid_samples"] == 4
@@ -126,21 +130,13 @@ def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
 def test_l2_injections_rank_by_the_weighted_distances(workspace, tmp_path):
     """``bigrec:l2-pop`` / ``bigrec:l2-sasrec`` = BIGRec's L2 distances weighted by popularity /
     SASRec's per-sample scores with the gamma each chose on validation, recomputed from parts."""
-    from typer.testing import CliRunner
-
-    from automr.cli.main import app
     from automr.data.popularity import popularity
     from automr.evaluation.metrics import ranks_from_scores
     from automr.grounding.prior import adjusted_distances, min_max
     from automr.methods import Artifacts, MethodOptions, Workspace
 
     root, dataset = workspace["root"], workspace["dataset"]
-    result = CliRunner().invoke(app, [
-        "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
-        "bigrec:l2-sasrec,bigrec:l2-pop,sasrec", "--finetuned", str(root / "ft"), "--model",
-        str(root / "model"), "--samples", "4", "--tune-samples", "4", "--num-beams", "2",
-        "--layer", "2", "--quiet", "--device", "cpu", "--cache-dir", str(root / "cache")])
-    assert result.exit_code == 0, result.output
+    evaluate_tuned(root, tmp_path, "bigrec:l2-sasrec,bigrec:l2-pop,sasrec")
     settings = json.loads((tmp_path / "ranks" / "bigrec-l2-sasrec.settings.json").read_text())
     assert settings["sasrec"]["seed"] == 0 and settings["tune_samples"] == 4
 
@@ -161,3 +157,28 @@ def test_l2_injections_rank_by_the_weighted_distances(workspace, tmp_path):
         saved = automr.EvaluationFolder(tmp_path).report(method)
         by_id = dict(zip(saved.sample_ids, saved.ranks, strict=True))
         assert [by_id[s.id] for s in samples] == ranks_from_scores(-weighted, targets).tolist()
+
+
+def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(workspace,
+                                                                              tmp_path):
+    """``bigrec:l2`` beside its injections is the one plain L2 method they weight (nothing is
+    generated twice), and its ranks are the L2 grounder's own ranking of the same batch."""
+    from automr.methods import Artifacts, MethodOptions, Workspace
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    space = Workspace(dataset, Artifacts(model=str(root / "model"), finetuned=root / "ft"),
+                      MethodOptions(layer=2, num_beams=2, tune_samples=4), device="cpu",
+                      cache_dir=root / "cache", progress=False)
+    run = space.run("finetuned")
+    plain = space.generative("l2", run, "bigrec:l2")
+    assert space.generative("l2-pop", run, "bigrec:l2-pop").plain is plain
+
+    evaluate_tuned(root, tmp_path, "bigrec:l2-pop,bigrec:l2")
+    samples = automr.seeded_subset(dataset.samples("test"), 4, 0)
+    index = {item: i for i, item in enumerate(dataset.catalog.ids)}
+    ids, mask = left_padded_prompts(plain.loaded, dataset, samples)
+    rankings = plain.grounder.rank(HFSplitLLM(plain.loaded.model), ids, mask, 2).tolist()
+    saved = automr.EvaluationFolder(tmp_path).report("bigrec:l2")
+    by_id = dict(zip(saved.sample_ids, saved.ranks, strict=True))
+    assert [by_id[s.id] for s in samples] == [
+        ranking.index(index[s.target]) for s, ranking in zip(samples, rankings, strict=True)]

@@ -474,8 +474,11 @@ def bench_ground(
         for kind in grounders if kind.startswith("constrained") for engine in engines}
     methods.update({name: method for name, (_, method) in variants.items()})
     ranks: dict[str, list[int]] = {}
-    seconds = interleaved({name: lambda m=m, name=name: ranks.__setitem__(name, m.rank(chosen))
-                           for name, m in methods.items()}, repeats, loaded.model.device)
+    # a fresh copy each repeat: an L2 method keeps the distances it computed (and would not
+    # generate again)
+    seconds = interleaved({name: lambda m=m, name=name: ranks.__setitem__(
+        name, attrs.evolve(m).rank(chosen)) for name, m in methods.items()}, repeats,
+        loaded.model.device)
     first = grounders[0]
     for kind in methods:
         result[f"{kind}_samples_per_s"] = len(chosen) / statistics.median(seconds[kind])

@@ -34,8 +34,7 @@ class L2Grounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
-        distances = self.distances(llm, input_ids, attention_mask, layer, insert)
-        return distances.argsort(dim=1, stable=True)
+        return rank_by_distance(self.distances(llm, input_ids, attention_mask, layer, insert))
 
     @jaxtyped(typechecker=beartype)
     def distances(
@@ -57,3 +56,9 @@ class L2Grounder:
                             max_new_tokens=self.max_new_tokens, eos_token_id=eos, insert=insert)
         tokens = [[t for t in hyps[0].tokens if t != eos] if hyps else [] for hyps in beams]
         return [text or " " for text in self.tokenizer.batch_decode(tokens)]
+
+
+@jaxtyped(typechecker=beartype)
+def rank_by_distance(distances: Float[Tensor, "batch items"]) -> Int[Tensor, "batch items"]:
+    """Each row's items, nearest first; equal distances (repeated titles) keep catalog order."""
+    return distances.argsort(dim=1, stable=True)

@@ -15,6 +15,7 @@ import torch
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
+from automr.grounding.l2 import L2Grounder, rank_by_distance
 from automr.grounding.likelihood import target_log_likelihoods
 from automr.interfaces import Grounder, PromptContext
 from automr.llm.loading import LoadedModel
@@ -71,10 +72,17 @@ class GenerativeMethod:
                               f"cannot be joined at layer {self.layer}")
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
-        """The 0-based rank of each sample's target in the grounder's full catalog ranking."""
+        """The 0-based rank of each sample's target in the grounder's full catalog ranking.
+
+        The L2 grounder's ranking (:func:`~automr.grounding.l2.rank_by_distance`) is made
+        from :meth:`distances`, so ranking after an injection of the same method (or before
+        one) generates nothing again."""
         index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         ranks: list[int] = []
-        for chunk, rankings in self._batches(samples, self._rank_batch):
+        batches = (self._batches(samples, self._rank_batch)
+                   if not isinstance(self.grounder, L2Grounder)
+                   else [(samples, rank_by_distance(self.distances(samples)))])
+        for chunk, rankings in batches:
             for sample, ranking in zip(chunk, rankings.tolist(), strict=True):
                 seen = {index[i] for i in sample.history} - {index[sample.target]}
                 ranked = [i for i in ranking if i not in seen] if self.exclude_seen else ranking

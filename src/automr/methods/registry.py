@@ -144,7 +144,10 @@ class Workspace:
     def generative(self, grounder: str, run: FinetunedRun | None, label: str,
                    retrieval: MemoryRetrieval | None = None) -> Method:
         """BIGRec-style ranking with ``run``'s tuned model (None: the base model); the L2
-        injections (``l2-pop``, ``l2-sasrec``) share one plain L2 method per model."""
+        grounding and its injections (``l2-pop``, ``l2-sasrec``) share one plain L2 method
+        per model, so each sample is generated for once."""
+        if grounder == "l2":
+            return self.plain_l2(run, retrieval, label)
         if grounder in INJECTIONS:
             return self.injected(grounder, self.plain_l2(run, retrieval, label))
         return self._generative(grounder, run, label, retrieval)
