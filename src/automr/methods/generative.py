@@ -79,9 +79,12 @@ class GenerativeMethod:
         one) generates nothing again."""
         index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         ranks: list[int] = []
-        batches = (self._batches(samples, self._rank_batch)
-                   if not isinstance(self.grounder, L2Grounder)
-                   else [(samples, rank_by_distance(self.distances(samples)))])
+        if isinstance(self.grounder, L2Grounder):
+            distances, size = self.distances(samples), self.batch_size
+            batches = ((samples[i : i + size], rank_by_distance(distances[i : i + size]))
+                       for i in range(0, len(samples), size))
+        else:
+            batches = self._batches(samples, self._rank_batch)
         for chunk, rankings in batches:
             for sample, ranking in zip(chunk, rankings.tolist(), strict=True):
                 seen = {index[i] for i in sample.history} - {index[sample.target]}
