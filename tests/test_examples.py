@@ -177,3 +177,35 @@ def test_element_gains_sets_gains_beside_what_a_retriever_sees(demo, tmp_path):
     assert exported["commands"] == [["python", "examples/element_gains.py", *argv]]
     some = next(iter(exported["per_sample"].values()))
     assert len(some["late_interaction"]) == len(some["gain"])
+
+
+def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_path):
+    gains = tmp_path / "gains.json"
+    annotations = str(demo["annotations"])
+    load_example("element_gains").main(
+        ["--data", str(demo["data"]), "--annotations", annotations, "--other", annotations,
+         "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(gains)])
+    out = tmp_path / "scorer.json"
+    argv = ["--data", str(demo["data"]), "--memory", str(demo["memory"]), "--train", str(gains),
+            "--test", str(gains), "--model", str(demo["model"]), "--epochs", "2",
+            "--out", str(out)]
+    summary = load_example("token_scorer").main(argv)
+    exported = __import__("json").loads(out.read_text())
+    per_sample = __import__("json").loads(gains.read_text())["per_sample"]
+    assert exported["commands"] == [["python", "examples/token_scorer.py", *argv]]
+    assert set(exported["per_sample"]) == set(per_sample)
+    # the summary is what the picks are worth, read off the gains export
+    values = []
+    for sample_id, picked in exported["per_sample"].items():
+        gain = per_sample[sample_id]["gain"]
+        assert len(picked["scores"]) == len(gain)
+        values.append(gain[picked["picked"]] - sum(gain) / len(gain))
+    for key in ("test_gain", "test_gain_other"):  # --other is the same annotation
+        assert summary[key]["samples"] == len(values)
+        assert summary[key]["pick_minus_mean"] == pytest.approx(sum(values) / len(values),
+                                                                abs=1e-4)
+        assert summary[key]["low"] <= summary[key]["pick_minus_mean"] <= summary[key]["high"]
+    module = load_example("token_scorer")
+    assert summary["objective"] in module.CANDIDATES and 1 <= summary["epochs"] <= 2
+    assert set(exported["cv_curves"]) == set(module.CANDIDATES)
+    assert summary["cv_pick_minus_mean"] == max(max(c) for c in exported["cv_curves"].values())
