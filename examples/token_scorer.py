@@ -13,8 +13,9 @@ objective, temperature and epoch count are chosen by 5-fold cross-validation on 
 export (the mean held-out gain of the pick), then one scorer is trained on all of it. What a
 pick is worth is read off the second export, exactly, with no model run: its gain minus the
 sample's mean gain (what random retrieval gets in expectation), for ``gain`` and, where the
-export has it, ``gain_other`` (the same elements under another
-fine-tune). Writes one JSON with the summary and every sample's scores (keyed by sample id)::
+export has it, ``gain_other`` (the same elements under another fine-tune). Writes one JSON
+with the summary, the cross-validation curves and every test sample's scores (keyed by
+sample id)::
 
     python examples/token_scorer.py --data runs/data --memory runs/memory-item-l15 \\
         --train docs/results/automr/element-gains-train.json \\
