@@ -194,14 +194,14 @@ def main(argv: list[str] | None = None) -> dict:
             per_sample[sample_id] = {"scores": [round(v, 5) for v in scores.tolist()],
                                      "picked": int(scores.argmax())}
     for key in ("gain", "gain_other"):
-        values = pick_values(model, test, key)
-        if values:
-            ends = [(test[i][3][key].argmax(), test[i][3][key].argmin()) for i in values]
-            picked = [per_sample[i]["picked"] for i in values]
-            summary[f"test_{key}"] = summarize(values) | {
-                "picks_best": sum(int(b == p) for (b, _), p in zip(ends, picked, strict=True)),
-                "picks_worst": sum(int(w == p) for (_, w), p in zip(ends, picked, strict=True)),
-                "chance_each": sum(1 / len(test[i][3][key]) for i in values)}
+        gains = {i: g[key] for i, (*_, g) in test.items() if key in g}
+        if gains:
+            picked = {i: per_sample[i]["picked"] for i in gains}
+            summary[f"test_{key}"] = summarize(
+                {i: float(g[picked[i]] - g.mean()) for i, g in gains.items()}) | {
+                "picks_best": sum(int(g.argmax() == picked[i]) for i, g in gains.items()),
+                "picks_worst": sum(int(g.argmin() == picked[i]) for i, g in gains.items()),
+                "chance_each": sum(1 / len(g) for g in gains.values())}
     command = ["python", "examples/token_scorer.py", *(sys.argv[1:] if argv is None else argv)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

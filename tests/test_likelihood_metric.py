@@ -182,3 +182,28 @@ def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(wo
     by_id = dict(zip(saved.sample_ids, saved.ranks, strict=True))
     assert [by_id[s.id] for s in samples] == [
         ranking.index(index[s.target]) for s, ranking in zip(samples, rankings, strict=True)]
+
+
+def test_l2_ranks_from_kept_distances_equal_the_grounders_batch_by_batch(workspace):
+    """Ranking from the kept distances, several batches and a second call (all cached), equals
+    the L2 grounder's own ranking of each batch."""
+    import attrs
+
+    from automr.methods import Artifacts, MethodOptions, Workspace
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    space = Workspace(dataset, Artifacts(model=str(root / "model"), finetuned=root / "ft"),
+                      MethodOptions(layer=2, num_beams=2), device="cpu",
+                      cache_dir=root / "cache", progress=False)
+    method = attrs.evolve(space.generative("l2", space.run("finetuned"), "l2"), batch_size=2)
+    samples = automr.seeded_subset(dataset.samples("test"), 5, 0)
+    index = {item: i for i, item in enumerate(dataset.catalog.ids)}
+    llm = HFSplitLLM(method.loaded.model)
+    expected = []
+    for start in range(0, len(samples), 2):
+        chunk = samples[start : start + 2]
+        ids, mask = left_padded_prompts(method.loaded, dataset, chunk)
+        rankings = method.grounder.rank(llm, ids, mask, 2).tolist()
+        expected += [r.index(index[s.target]) for s, r in zip(chunk, rankings, strict=True)]
+    assert method.rank(samples) == expected
+    assert method.rank(samples) == expected  # from the kept distances alone
