@@ -135,7 +135,8 @@ def train(data: dict, objective: str, epochs: int, seed: int,
     return model, curve
 
 
-def cross_validate(data: dict, epochs: int, seed: int) -> dict[str, list[float]]:
+def cross_validate(data: dict, epochs: int, seed: int,
+                   objectives: tuple[str, ...] = CANDIDATES) -> dict[str, list[float]]:
     """Per objective: the held-out pick value after each epoch, averaged over the folds."""
     if len(data) < FOLDS:
         raise SystemExit(f"{len(data)} samples with two or more elements: too few for "
@@ -144,11 +145,31 @@ def cross_validate(data: dict, epochs: int, seed: int) -> dict[str, list[float]]
     random.Random(seed).shuffle(ids)
     folds = [set(ids[k::FOLDS]) for k in range(FOLDS)]
     curves = {}
-    for objective in CANDIDATES:
+    for objective in objectives:
         runs = [train({i: data[i] for i in ids if i not in fold}, objective, epochs, seed,
                       {i: data[i] for i in fold})[1] for fold in folds]
         curves[objective] = [sum(values) / FOLDS for values in zip(*runs, strict=True)]
     return curves
+
+
+def fit(data: dict, epochs: int, seed: int, objectives: tuple[str, ...] = CANDIDATES,
+        ) -> tuple[CrossScorer, str, int, dict[str, list[float]]]:
+    """The objective and epoch count with the best cross-validated pick value, and a scorer
+    trained with them on all of ``data``; also the cross-validation curves."""
+    curves = cross_validate(data, epochs, seed, objectives)
+    objective, best = max(((o, e + 1) for o, curve in curves.items() for e in range(len(curve))),
+                          key=lambda pair: curves[pair[0]][pair[1] - 1])
+    return train(data, objective, best, seed)[0], objective, best, curves
+
+
+def score(model: CrossScorer, data: dict) -> dict[str, dict]:
+    """Per sample id: every element's score and the index of the one scored first."""
+    model.eval()
+    with torch.no_grad():
+        scores = {sample_id: model(prompt, elements, mask)
+                  for sample_id, (prompt, elements, mask, _) in data.items()}
+    return {sample_id: {"scores": [round(v, 5) for v in s.tolist()], "picked": int(s.argmax())}
+            for sample_id, s in scores.items()}
 
 
 def summarize(values: dict[str, float]) -> dict[str, float]:
@@ -179,20 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     learn = features(json.loads(args.train.read_text()), dataset, store, loaded)
     test = features(json.loads(args.test.read_text()), dataset, store, loaded)
 
-    curves = cross_validate(learn, args.epochs, args.seed)
-    objective, epochs = max(((o, e + 1) for o, curve in curves.items()
-                             for e in range(len(curve))),
-                            key=lambda pair: curves[pair[0]][pair[1] - 1])
-    model, _ = train(learn, objective, epochs, args.seed)
+    model, objective, epochs, curves = fit(learn, args.epochs, args.seed)
     summary = {"train_samples": len(learn), "folds": FOLDS, "objective": objective,
                "epochs": epochs, "cv_pick_minus_mean": curves[objective][epochs - 1]}
-    per_sample = {}
-    model.eval()
-    with torch.no_grad():
-        for sample_id, (prompt, elements, mask, _) in test.items():
-            scores = model(prompt, elements, mask)
-            per_sample[sample_id] = {"scores": [round(v, 5) for v in scores.tolist()],
-                                     "picked": int(scores.argmax())}
+    per_sample = score(model, test)
     for key in ("gain", "gain_other"):
         gains = {i: g[key] for i, (*_, g) in test.items() if key in g}
         if gains:

@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -172,7 +173,7 @@ def test_element_gains_sets_gains_beside_what_a_retriever_sees(demo, tmp_path):
     assert -1.0 <= summary["corr_gain_cos_target"] <= 1.0
     assert -1.0 <= summary["corr_gain_late_interaction"] <= 1.0
     assert 0 <= summary["late_interaction_picks_best"] <= summary["samples"]
-    exported = __import__("json").loads(out.read_text())
+    exported = json.loads(out.read_text())
     assert len(exported["per_sample"]) == summary["samples"]
     assert exported["commands"] == [["python", "examples/element_gains.py", *argv]]
     some = next(iter(exported["per_sample"].values()))
@@ -190,8 +191,8 @@ def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_
             "--test", str(gains), "--model", str(demo["model"]), "--epochs", "2",
             "--out", str(out)]
     summary = load_example("token_scorer").main(argv)
-    exported = __import__("json").loads(out.read_text())
-    per_sample = __import__("json").loads(gains.read_text())["per_sample"]
+    exported = json.loads(out.read_text())
+    per_sample = json.loads(gains.read_text())["per_sample"]
     assert exported["commands"] == [["python", "examples/token_scorer.py", *argv]]
     assert set(exported["per_sample"]) == set(per_sample)
     # the summary is what the picks are worth, read off the gains export
@@ -209,3 +210,61 @@ def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_
     assert summary["objective"] in module.CANDIDATES and 1 <= summary["epochs"] <= 2
     assert set(exported["cv_curves"]) == set(module.CANDIDATES)
     assert summary["cv_pick_minus_mean"] == max(max(c) for c in exported["cv_curves"].values())
+
+
+def test_token_scorer_curve_trains_on_nested_subsets_and_reads_each_pick_off_the_test_gains(
+        demo, tmp_path):
+    gains = tmp_path / "gains.json"
+    annotations = str(demo["annotations"])
+    load_example("element_gains").main(
+        ["--data", str(demo["data"]), "--annotations", annotations, "--model",
+         str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(gains)])
+    per_sample = json.loads(gains.read_text())["per_sample"]
+    available = len(per_sample)
+    assert available >= 6
+    out = tmp_path / "curve.json"
+    argv = ["--data", str(demo["data"]), "--memory", str(demo["memory"]), "--train", str(gains),
+            str(gains), "--test", str(gains), "--model", str(demo["model"]), "--epochs", "2",
+            "--sizes", f"{available},5", "--seeds", "0,1", "--objectives", "regression",
+            "--out", str(out)]
+    module = load_example("token_scorer_curve")
+    result = module.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["commands"] == [["python", "examples/token_scorer_curve.py", *argv]]
+    assert result["train_samples_available"] == available  # the same export twice: merged
+    runs = {(r["seed"], r["train_samples"]): r for r in result["runs"]}
+    assert set(runs) == {(seed, size) for seed in (0, 1) for size in (5, available)}
+    assert all(r["objective"] == "regression" and 1 <= r["epochs"] <= 2 for r in runs.values())
+
+    def value(run, sample_id):
+        gain = per_sample[sample_id]["gain"]
+        return gain[run["picks"][sample_id]] - sum(gain) / len(gain)
+
+    averaged = {size: {i: (value(runs[0, size], i) + value(runs[1, size], i)) / 2
+                       for i in per_sample} for size in (5, available)}
+    assert [(p["train_samples"], p["key"]) for p in result["curve"]] == [
+        (5, "gain"), (available, "gain")]  # no gain_other in this export
+    for point in result["curve"]:
+        values = averaged[point["train_samples"]]
+        assert point["samples"] == len(values)
+        assert point["pick_minus_mean"] == pytest.approx(sum(values.values()) / len(values))
+        assert point["low"] <= point["pick_minus_mean"] <= point["high"]
+    difference = result["largest_minus_smallest"]["gain"]
+    assert difference["difference"] == pytest.approx(
+        sum(averaged[available][i] - averaged[5][i] for i in per_sample) / available)
+    # subsets are nested within a seed, and a size beyond the exports is refused
+    subsets = module.nested_subsets(list(per_sample), [3, 5], seed=0)
+    assert set(subsets[3]) < set(subsets[5])
+    with pytest.raises(SystemExit, match="asks for"):
+        module.nested_subsets(list(per_sample), [available + 1], seed=0)
+
+
+def test_token_scorer_curve_refuses_to_merge_one_sample_annotated_on_other_elements():
+    module = load_example("token_scorer_curve")
+    first = {"per_sample": {"u@1:2": {"elements": [0, 1], "gain": [0.1, 0.2]}}}
+    same = {"per_sample": {"u@1:2": {"elements": [0, 1], "gain": [0.1, 0.2]},
+                           "v@3:4": {"elements": [2], "gain": [0.0]}}}
+    assert set(module.merge([first, same])["per_sample"]) == {"u@1:2", "v@3:4"}
+    other = {"per_sample": {"u@1:2": {"elements": [0, 2], "gain": [0.1, 0.2]}}}
+    with pytest.raises(SystemExit, match="different elements"):
+        module.merge([first, other])
