@@ -150,3 +150,19 @@ def test_the_embedded_model_keeps_its_recorded_fingerprint_in_any_dtype(real_mod
     record = json.loads((fetch_embedded() / FINGERPRINT_FILE).read_text())
     assert real_model.fingerprint() == record["fingerprint"]
     assert load_model(device="cpu", dtype="bfloat16").fingerprint() == record["fingerprint"]
+
+
+def test_models_load_without_hub_kernels(workspace, monkeypatch):
+    """transformers 5.25 turns hub kernels on by default (fetched from the hub, replacing the
+    torch modules whose numerics automr's tests prove): every load turns them off."""
+    calls = []
+    original = loading.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", spy)
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    assert calls and all(kwargs.get("use_kernels") is False for kwargs in calls)
+    assert not getattr(loaded.model, "use_kernels", False)

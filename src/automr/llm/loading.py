@@ -25,6 +25,10 @@ from automr.errors import AutomrError
 from automr.storage import atomic_dir, read_json, write_json_atomic
 
 FINGERPRINT_FILE = "automr-model.json"
+NO_HUB_KERNELS = {"use_kernels": False}
+"""Every load keeps the torch implementations: transformers 5.25 turned hub kernels on by
+default, which fetches code from the hub (and needs the ``kernels`` package) where automr must
+load offline, and its numerics are proven on the torch path."""
 
 
 @attrs.frozen
@@ -158,7 +162,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation="sdpa"
+            source, dtype=torch_dtype, attn_implementation="sdpa", **NO_HUB_KERNELS
         )
     except OSError as error:
         raise AutomrError(
@@ -207,7 +211,8 @@ def _dequantise_gguf(folder: Path, gguf_name: str) -> tuple[PreTrainedModel, Tok
     fresh model of the same config with the dequantised state dict saves normally.
     """
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32,
+                                                  **NO_HUB_KERNELS)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
