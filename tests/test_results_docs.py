@@ -157,3 +157,45 @@ def test_sasrec_ties_study_reproduces_its_numbers():
             expected = row[f"{split}_ndcg@5_minus_cooc"]
             assert (diff.mean, diff.low, diff.high) == pytest.approx(
                 (expected["mean"], expected["low"], expected["high"]), abs=1e-6)
+
+
+SCORERS = sorted(p for p in RESULTS.rglob("*.json") if json.loads(p.read_text()).get("format")
+                 in ("automr.token-scorer/1", "automr.token-scorer-curve/1"))
+
+
+def _test_gains(exported: dict) -> dict:
+    """The element-gains export a token-scorer export picked on (its command's ``--test``)."""
+    command = exported["commands"][0]
+    path = Path(__file__).resolve().parents[1] / command[command.index("--test") + 1]
+    return json.loads(path.read_text())["per_sample"]
+
+
+def _pick_worth(picks: dict[str, int], gains: dict, key: str) -> dict[str, float]:
+    return {i: gains[i][key][p] - sum(gains[i][key]) / len(gains[i][key])
+            for i, p in picks.items() if key in gains[i]}
+
+
+@pytest.mark.parametrize("path", SCORERS, ids=[p.name for p in SCORERS])
+def test_committed_token_scorer_picks_reproduce_their_means(path):
+    """examples/token_scorer.py and token_scorer_curve.py exports: every mean pick value,
+    recomputed from the picks and the test export's gains (rounded to 1e-5 there)."""
+    exported = json.loads(path.read_text())
+    gains = _test_gains(exported)
+    if exported["format"] == "automr.token-scorer/1":
+        picks = {i: s["picked"] for i, s in exported["per_sample"].items()}
+        for key in ("gain", "gain_other"):
+            if f"test_{key}" in exported["summary"]:
+                worth = _pick_worth(picks, gains, key)
+                summary = exported["summary"][f"test_{key}"]
+                assert summary["samples"] == len(worth) == len(gains)
+                assert sum(worth.values()) / len(worth) == pytest.approx(
+                    summary["pick_minus_mean"], abs=1e-4), key
+        return
+    for point in exported["curve"]:
+        runs = [r for r in exported["runs"] if r["train_samples"] == point["train_samples"]]
+        worth = [_pick_worth(r["picks"], gains, point["key"]) for r in runs]
+        averaged = [sum(w[i] for w in worth) / len(worth) for i in worth[0]]
+        assert point["samples"] == len(averaged) == len(gains)
+        assert sum(averaged) / len(averaged) == pytest.approx(point["pick_minus_mean"],
+                                                              abs=1e-4), point
+    assert exported["commands"]
