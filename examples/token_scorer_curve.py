@@ -10,7 +10,8 @@ several sizes and for several seeds, and reads each pick's worth off the test ex
 (different ``automr annotate --seed``) count together. Per size, each test sample's pick value
 is averaged over the seeds and summarised with a bootstrap interval; the largest size minus
 the smallest is paired per sample. Writes one JSON with the curve and every run's pick per
-test sample (keyed by sample id; with the test export, every value is recomputable)::
+test sample (keyed by sample id; with the test export, every value is recomputable), after
+every run, so an interrupted call keeps what it finished and the same command resumes::
 
     python examples/token_scorer_curve.py --data runs/data --memory runs/memory-item-l15 \\
         --train docs/results/automr/element-gains-train.json \\
@@ -32,6 +33,7 @@ import torch
 
 import automr
 from automr.evaluation import paired_bootstrap
+from automr.storage import write_json_atomic
 
 
 def _sibling(name: str):
@@ -105,19 +107,46 @@ def main(argv: list[str] | None = None) -> dict:
                                   dataset, store, loaded)
     test = token_scorer.features(json.loads(args.test.read_text()), dataset, store, loaded)
 
+    command = ["python", "examples/token_scorer_curve.py",
+               *(sys.argv[1:] if argv is None else argv)]
+    done = {(r["seed"], r["train_samples"]): r for r in finished_runs(args.out, command)}
     runs = []
     for seed in seeds:
         for size, ids in nested_subsets(list(learn), sizes, seed).items():
-            model, objective, epochs, curves = token_scorer.fit(
-                {i: learn[i] for i in ids}, args.epochs, seed, objectives)
-            picks = {i: s["picked"] for i, s in token_scorer.score(model, test).items()}
-            runs.append({"seed": seed, "train_samples": size, "objective": objective,
-                         "epochs": epochs, "cv_pick_minus_mean": curves[objective][epochs - 1],
-                         "picks": picks})
-            print(json.dumps({k: v for k, v in runs[-1].items() if k != "picks"}), flush=True)
+            if (seed, size) not in done:
+                model, objective, epochs, curves = token_scorer.fit(
+                    {i: learn[i] for i in ids}, args.epochs, seed, objectives)
+                picks = {i: s["picked"] for i, s in token_scorer.score(model, test).items()}
+                done[seed, size] = {"seed": seed, "train_samples": size, "objective": objective,
+                                    "epochs": epochs,
+                                    "cv_pick_minus_mean": curves[objective][epochs - 1],
+                                    "picks": picks}
+                print(json.dumps({k: v for k, v in done[seed, size].items() if k != "picks"}),
+                      flush=True)
+            runs.append(done[seed, size])
+            finished = len(runs) == len(seeds) * len(sizes)
+            result = {"format": "automr.token-scorer-curve/1", "commands": [command],
+                      "finished": finished, "train_samples_available": len(learn),
+                      "folds": token_scorer.FOLDS, **summarize_runs(runs, test), "runs": runs}
+            write_json_atomic(args.out, result, indent=None)
+    print(json.dumps({k: result[k] for k in ("curve", "largest_minus_smallest")}, indent=1))
+    return result
+
+
+def finished_runs(out: Path, command: list[str]) -> list[dict]:
+    """The runs an earlier, interrupted call with the same command already wrote to ``out``."""
+    if not out.exists():
+        return []
+    earlier = json.loads(out.read_text())
+    return earlier["runs"] if earlier["commands"] == [command] else []
+
+
+def summarize_runs(runs: list[dict], test: dict) -> dict:
+    """Per size (and gain key): each test sample's pick value averaged over that size's runs,
+    bootstrapped; and the largest size minus the smallest, paired per sample."""
+    sizes = sorted({r["train_samples"] for r in runs})
 
     def averaged(size: int, key: str) -> dict[str, float]:
-        """Per test sample: its pick value averaged over the seeds' runs of this size."""
         values = [worth(r["picks"], test, key) for r in runs if r["train_samples"] == size]
         return {i: sum(v[i] for v in values) / len(values) for i in values[0]}
 
@@ -126,23 +155,17 @@ def main(argv: list[str] | None = None) -> dict:
         if not any(key in g for *_, g in test.values()):
             continue
         by_size = {size: averaged(size, key) for size in sizes}
-        curve += [{"train_samples": size, "key": key, **token_scorer.summarize(by_size[size])}
-                  for size in sizes]
-        ids = sorted(by_size[sizes[0]])
-        diff = paired_bootstrap(*(torch.tensor([by_size[s][i] for i in ids], dtype=torch.float64)
-                                  for s in (sizes[-1], sizes[0])))
-        largest_minus_smallest[key] = {"samples": len(ids), "difference": diff.mean,
-                                       "low": diff.low, "high": diff.high}
-    command = ["python", "examples/token_scorer_curve.py",
-               *(sys.argv[1:] if argv is None else argv)]
-    result = {"format": "automr.token-scorer-curve/1", "commands": [command],
-              "train_samples_available": len(learn), "folds": token_scorer.FOLDS,
-              "curve": curve, "largest_minus_smallest": largest_minus_smallest, "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result) + "\n")
-    print(json.dumps({"curve": curve, "largest_minus_smallest": largest_minus_smallest},
-                     indent=1))
-    return result
+        curve += [{"train_samples": size, "key": key,
+                   "seeds": sorted(r["seed"] for r in runs if r["train_samples"] == size),
+                   **token_scorer.summarize(by_size[size])} for size in sizes]
+        if len(sizes) > 1:
+            ids = sorted(by_size[sizes[0]])
+            diff = paired_bootstrap(*(torch.tensor([by_size[s][i] for i in ids],
+                                                   dtype=torch.float64)
+                                      for s in (sizes[-1], sizes[0])))
+            largest_minus_smallest[key] = {"samples": len(ids), "difference": diff.mean,
+                                           "low": diff.low, "high": diff.high}
+    return {"curve": curve, "largest_minus_smallest": largest_minus_smallest}
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_
 
 
 def test_token_scorer_curve_trains_on_nested_subsets_and_reads_each_pick_off_the_test_gains(
-        demo, tmp_path):
+        demo, tmp_path, monkeypatch):
     gains = tmp_path / "gains.json"
     annotations = str(demo["annotations"])
     load_example("element_gains").main(
@@ -252,6 +252,11 @@ def test_token_scorer_curve_trains_on_nested_subsets_and_reads_each_pick_off_the
     difference = result["largest_minus_smallest"]["gain"]
     assert difference["difference"] == pytest.approx(
         sum(averaged[available][i] - averaged[5][i] for i in per_sample) / available)
+    assert result["finished"] and all(p["seeds"] == [0, 1] for p in result["curve"])
+    # the same command again finds every run done and trains nothing; another command does
+    monkeypatch.setattr(module.token_scorer, "fit", lambda *a, **k: pytest.fail("retrained"))
+    assert module.main(argv) == result
+    assert module.finished_runs(out, ["python", "examples/token_scorer_curve.py"]) == []
     # subsets are nested within a seed, and a size beyond the exports is refused
     subsets = module.nested_subsets(list(per_sample), [3, 5], seed=0)
     assert set(subsets[3]) < set(subsets[5])

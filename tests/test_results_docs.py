@@ -191,6 +191,8 @@ def test_committed_token_scorer_picks_reproduce_their_means(path):
                 assert sum(worth.values()) / len(worth) == pytest.approx(
                     summary["pick_minus_mean"], abs=1e-4), key
         return
+    assert exported.get("finished", True), "an interrupted curve is not a result"  # (the
+    # field came after the first curve, which ran to the end)
     for point in exported["curve"]:
         runs = [r for r in exported["runs"] if r["train_samples"] == point["train_samples"]]
         worth = [_pick_worth(r["picks"], gains, point["key"]) for r in runs]
