@@ -48,7 +48,8 @@ token_scorer = _sibling("token_scorer")
 
 
 def merge(exports: list[dict]) -> dict:
-    """One export whose samples are every export's (a sample in several must agree)."""
+    """One export whose samples are every export's; a sample in several must have been
+    annotated on the same elements, and the first export's gains are kept."""
     per_sample: dict[str, dict] = {}
     for export in exports:
         for sample_id, values in export["per_sample"].items():
