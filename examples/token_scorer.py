@@ -104,6 +104,12 @@ def pick_values(model: CrossScorer, data: dict, key: str = "gain") -> dict[str, 
                 for sample_id, (p, e, m, g) in data.items() if key in g}
 
 
+def worth(picks: dict[str, int], data: dict, key: str = "gain") -> dict[str, float]:
+    """Per sample with ``key``: the picked element's gain minus the sample's mean gain."""
+    return {i: float(g[key][picks[i]] - g[key].mean())
+            for i, (*_, g) in data.items() if key in g}
+
+
 def loss_of(objective: str, scores: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     """One sample's loss: listwise KL (eq. 6, up to the labels' entropy) or squared error on
     the centred gains (scores centred too: only differences within a sample matter)."""
@@ -208,8 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         gains = {i: g[key] for i, (*_, g) in test.items() if key in g}
         if gains:
             picked = {i: per_sample[i]["picked"] for i in gains}
-            summary[f"test_{key}"] = summarize(
-                {i: float(g[picked[i]] - g.mean()) for i, g in gains.items()}) | {
+            summary[f"test_{key}"] = summarize(worth(picked, test, key)) | {
                 "picks_best": sum(int(g.argmax() == picked[i]) for i, g in gains.items()),
                 "picks_worst": sum(int(g.argmin() == picked[i]) for i, g in gains.items()),
                 "chance_each": sum(1 / len(g) for g in gains.values())}

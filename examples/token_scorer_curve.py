@@ -69,12 +69,6 @@ def nested_subsets(ids: list[str], sizes: list[int], seed: int) -> dict[int, lis
     return {size: order[:size] for size in sizes}
 
 
-def worth(picks: dict[str, int], test: dict, key: str) -> dict[str, float]:
-    """Per test sample with ``key``: the picked element's gain minus the sample's mean gain."""
-    return {i: float(g[key][picks[i]] - g[key].mean())
-            for i, (*_, g) in test.items() if key in g}
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -148,7 +142,8 @@ def summarize_runs(runs: list[dict], test: dict) -> dict:
     sizes = sorted({r["train_samples"] for r in runs})
 
     def averaged(size: int, key: str) -> dict[str, float]:
-        values = [worth(r["picks"], test, key) for r in runs if r["train_samples"] == size]
+        values = [token_scorer.worth(r["picks"], test, key)
+                  for r in runs if r["train_samples"] == size]
         return {i: sum(v[i] for v in values) / len(values) for i in values[0]}
 
     curve, largest_minus_smallest = [], {}
