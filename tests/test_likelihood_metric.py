@@ -184,6 +184,30 @@ def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(wo
         ranking.index(index[s.target]) for s, ranking in zip(samples, rankings, strict=True)]
 
 
+def test_memory_methods_share_one_retrieval_and_generation_per_kind(workspace):
+    """``random:l2`` and ``random:l2-pop`` built by name retrieve with one object and weight
+    one plain L2 method (the samples are generated for once); another kind gets its own."""
+    from automr.methods import Artifacts, MethodOptions, Workspace, build_method
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    space = Workspace(dataset, Artifacts(model=str(root / "model"), finetuned=root / "ft",
+                                         memory=root / "mem"),
+                      MethodOptions(layer=2, num_beams=2, tune_samples=4, combiner="append-token"),
+                      device="cpu", cache_dir=root / "cache", progress=False)
+    methods = {name: build_method(name, space)
+               for name in ("random:l2", "random:l2-pop", "semantic:l2")}
+    samples = [s for s in dataset.samples("test") if s.memory][:3]
+    evaluation = automr.evaluate(methods, samples, len(dataset.catalog))
+    plain = methods["random:l2"].method
+    assert methods["random:l2-pop"].method.plain is plain
+    assert methods["semantic:l2"].method is not plain
+    assert space.retrieval("random") is plain.retrieval
+    assert space.retrieval("semantic") is methods["semantic:l2"].method.retrieval
+    retrieved = plain.details()["retrieved"]
+    assert all(retrieved[s.id] for s in samples)
+    assert set(evaluation.reports) == set(methods)
+
+
 def test_l2_ranks_from_kept_distances_equal_the_grounders_batch_by_batch(workspace):
     """Ranking from the kept distances, several batches and a second call (all cached), equals
     the L2 grounder's own ranking of each batch."""

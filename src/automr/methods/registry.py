@@ -106,7 +106,9 @@ class Workspace:
     """The models' dtype (``auto``: bfloat16 on CUDA, float32 on CPU)."""
     _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
     _sasrec: SASRecMethod | None = attrs.field(default=None, init=False)
-    _plain: dict[str, GenerativeMethod] = attrs.field(factory=dict, init=False)
+    _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
+                                                                        init=False)
+    _retrievals: dict[str, MemoryRetrieval] = attrs.field(factory=dict, init=False)
 
     def artifact(self, name: str) -> Path:
         """The folder of artifact ``name`` (``finetuned``, ``memory``, ...), which must be given."""
@@ -145,7 +147,7 @@ class Workspace:
                    retrieval: MemoryRetrieval | None = None) -> Method:
         """BIGRec-style ranking with ``run``'s tuned model (None: the base model); the L2
         grounding and its injections (``l2-pop``, ``l2-sasrec``) share one plain L2 method
-        per model, so each sample is generated for once."""
+        per model and retrieval, so each sample is generated for once."""
         if grounder == "l2":
             return self.plain_l2(run, retrieval, label)
         if grounder in INJECTIONS:
@@ -184,13 +186,13 @@ class Workspace:
 
     def plain_l2(self, run: FinetunedRun | None, retrieval: MemoryRetrieval | None,
                  label: str) -> GenerativeMethod:
-        """The L2 method of ``run``'s model, one per model (memory-free) so that its
-        generations serve every injection; with memory, one per call (each retrieval differs)."""
-        if retrieval is not None:
-            return self._generative("l2", run, label, retrieval)
-        key = "base" if run is None else str(run.path.resolve())
+        """The L2 method of ``run``'s model with ``retrieval`` (None: no memory), one per
+        model and retrieval object, so that its generations serve every injection."""
+        model = "base" if run is None else str(run.path.resolve())
+        # the plain method holds its retrieval, so the object's id stays unique while cached
+        key = (model, None if retrieval is None else id(retrieval))
         if key not in self._plain:
-            self._plain[key] = self._generative("l2", run, label)
+            self._plain[key] = self._generative("l2", run, label, retrieval)
         return self._plain[key]
 
     def injected(self, grounder: str, plain: GenerativeMethod) -> PriorWeightedMethod:
@@ -229,7 +231,10 @@ class Workspace:
 
     def retrieval(self, kind: str) -> MemoryRetrieval:
         """The memory (checked against the fine-tune) with a retriever of ``kind``: the
-        trained one (``automr``) or a fresh ``random``/``semantic`` one."""
+        trained one (``automr``) or a fresh ``random``/``semantic`` one; one per kind, so
+        that a kind's L2 grounding and its injections share their generations."""
+        if kind in self._retrievals:
+            return self._retrievals[kind]
         run = self.run("finetuned")
         store = run.open_memory(self.artifact("memory"), device=str(self.model(run).model.device))
         layer = self.options.layer
@@ -238,8 +243,10 @@ class Workspace:
                               f"memory methods run at the layer their keys come from")
         retriever = (load_retriever_for(store, self.artifact("retriever")) if kind == "automr"
                      else build_retriever(kind, store.hidden_size, seed=self.retrieval_seed))
-        return MemoryRetrieval(store, retriever, COMBINERS[self.options.combiner](),
-                               k=self.options.k)
+        self._retrievals[kind] = MemoryRetrieval(store, retriever,
+                                                 COMBINERS[self.options.combiner](),
+                                                 k=self.options.k)
+        return self._retrievals[kind]
 
     @property
     def layer(self) -> int:
