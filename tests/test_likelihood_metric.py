@@ -52,6 +52,31 @@ def test_bigrec_target_likelihood_is_the_likelihood_grounders_score(workspace):
         assert tokens == len(example.input_ids) - len(example.prompt_ids)
 
 
+def test_target_likelihoods_are_kept_per_sample(workspace, monkeypatch):
+    """Asking again (in any order, with new samples among them) computes only the new ones and
+    returns what one call over all of them gives."""
+    dataset, loaded = workspace["dataset"], workspace["loaded"]
+    samples = dataset.samples("test")[:4]
+    grounder = LikelihoodGrounder(dataset_targets(loaded, dataset))
+    method = automr.GenerativeMethod(loaded, dataset, grounder, layer=2, batch_size=2)
+    first = method.target_log_likelihoods(samples[:2])
+    computed = []
+    batch = automr.GenerativeMethod._likelihood_batch
+
+    def spy(self, llm, chunk, *args):
+        computed.extend(s.id for s in chunk)
+        return batch(self, llm, chunk, *args)
+
+    monkeypatch.setattr(automr.GenerativeMethod, "_likelihood_batch", spy)
+    again = method.target_log_likelihoods(samples[::-1])
+    assert computed == [s.id for s in samples[:1:-1]]
+    assert again[::-1][:2] == first
+    fresh = automr.GenerativeMethod(loaded, dataset, grounder, layer=2, batch_size=2)
+    for (value, tokens), (other, count) in zip(again[::-1], fresh.target_log_likelihoods(
+            samples), strict=True):
+        assert value == pytest.approx(other, abs=1e-4) and tokens == count
+
+
 def test_with_memory_it_is_the_annotators_value_of_the_retrieved_element(workspace):
     dataset, loaded, store = workspace["dataset"], workspace["loaded"], workspace["store"]
     samples = [s for s in dataset.samples("test") if s.memory][:3]

@@ -65,6 +65,7 @@ class GenerativeMethod:
     settings: Mapping[str, Any] = attrs.field(factory=dict)
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _distances: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
+    _likelihoods: dict[str, tuple[float, int]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
@@ -93,11 +94,14 @@ class GenerativeMethod:
         return ranks
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
-        """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample."""
-        out: list[tuple[float, int]] = []
-        for _, (scores, counts) in self._batches(samples, self._likelihood_batch):
-            out += list(zip(scores.tolist(), counts, strict=True))
-        return out
+        """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample.
+        Each sample's value is kept, so asking again (an injection of this method) computes
+        nothing."""
+        todo = list({s.id: s for s in samples if s.id not in self._likelihoods}.values())
+        for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
+            self._likelihoods.update(zip((s.id for s in chunk),
+                                         zip(scores.tolist(), counts, strict=True), strict=True))
+        return [self._likelihoods[s.id] for s in samples]
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, items]``: the grounder's distance of every catalog title to what was
