@@ -273,3 +273,55 @@ def test_token_scorer_curve_refuses_to_merge_one_sample_annotated_on_other_eleme
     other = {"per_sample": {"u@1:2": {"elements": [0, 2], "gain": [0.1, 0.2]}}}
     with pytest.raises(SystemExit, match="different elements"):
         module.merge([first, other])
+
+
+def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo, tmp_path):
+    module = load_example("oracle_ranking")
+    dataset = automr.PreparedDataset.load(demo["data"])
+    store = automr.FinetunedRun.open(demo["bigrec"]).open_memory(demo["memory"])
+    samples = [s for s in automr.seeded_subset(dataset.samples("test"), 6, 0) if s.memory]
+    assert samples
+    gains = {}
+    for sample in samples:  # made-up gains: the view's second element (if any) is the best
+        _, count, start = store.request_for(sample)
+        elements = list(range(start, start + count))
+        gains[sample.id] = {"elements": elements,
+                            "gain": [-abs(e - start - 1) / 10 for e in elements]}
+    path = tmp_path / "gains.json"
+    path.write_text(json.dumps({"per_sample": gains}))
+    out = tmp_path / "eval"
+    argv = ["--data", str(demo["data"]), "--finetuned", str(demo["bigrec"]), "--memory",
+            str(demo["memory"]), "--gains", str(path), "--samples", "6", "--tune-samples", "4",
+            "--batch-size", "2", "--device", "cpu", "--cache-dir", str(demo["cache"]),
+            "--quiet", "--out", str(out)]
+    evaluation = module.main(argv)
+    names = {f"{arm}:{g}" for arm in module.ARMS for g in module.GROUNDINGS}
+    assert set(evaluation.reports) == set(evaluation.likelihoods) == names
+    folder = automr.EvaluationFolder(out)
+    oracle = folder.details("retrieved", "oracle:l2")
+    drawn = folder.details("retrieved", "random:l2")
+    for sample in samples:
+        _, count, start = store.request_for(sample)
+        assert oracle[sample.id] == [start + min(1, count - 1)]
+        assert drawn[sample.id][0] in gains[sample.id]["elements"]
+    gammas = {name: json.loads(folder.settings_file(name).read_text())["gamma"]
+              for name in names if not name.endswith(":l2")}
+    for g in module.GROUNDINGS[1:]:
+        assert gammas[f"oracle:{g}"] == gammas[f"random:{g}"] == gammas[f"bigrec:{g}"]
+    with pytest.raises(automr.AutomrError, match="no record"):  # no memory in BIGRec's arm
+        folder.details("retrieved", "bigrec:l2")
+    again = module.main(argv)  # resumed from the folder: the same values
+    assert again.reports["oracle:l2"].ranks == evaluation.reports["oracle:l2"].ranks
+
+
+def test_pick_retriever_scores_the_pick_and_refuses_an_unknown_view():
+    module = load_example("oracle_ranking")
+    keys = torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    picks = {module.view_key(keys[0]): 2, module.view_key(keys[1][:2]): 0}
+    retriever = module.PickRetriever(picks)
+    assert isinstance(retriever, Retriever)
+    indices, _ = top_k(retriever.scores(torch.randn(2, 4), keys, mask), mask, 1)
+    assert indices.tolist() == [[2], [0]]
+    with pytest.raises(automr.AutomrError, match="no pick"):
+        retriever.scores(torch.randn(2, 4), torch.randn(2, 3, 4), mask)

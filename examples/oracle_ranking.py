@@ -1,0 +1,184 @@
+"""How far could retrieval lift ranking? AutoMR with the memory element annotation found best.
+
+Annotation (eq. 5) measures, for some of each test sample's memory elements, how much
+inserting that element raises the true title's log-likelihood. Inserting the best of them is
+the ceiling of retrieval among those elements: it reads the answer, so it is a bound, not a
+method. This example ranks the catalog three ways on the annotated test samples, from the
+same fine-tune and memory, and pairs them:
+
+- ``bigrec``: no memory;
+- ``random``: one of the sample's annotated elements, drawn uniformly (seeded);
+- ``oracle``: the annotated element with the largest gain.
+
+Each arm is ranked with BIGRec's L2 grounding and its two injections (``l2-pop``,
+``l2-sasrec``); the memory arms reuse BIGRec's injection as it is (prior and gamma, chosen on
+validation without memory), so the arms differ only in the element inserted. The arms'
+target log-likelihoods are measured too (``--measures``): the oracle's minus BIGRec's
+recovers the annotated gains, a check that the intended element went in.
+
+The picks reach :class:`automr.MemoryRetrieval` as an ordinary retriever object
+(:class:`PickRetriever`): it recognises a sample's memory view by the bytes of its keys and
+scores the element picked for it. Only public imports are used. Run it on the gains that
+``examples/element_gains.py`` exported from ``automr annotate`` of the test split::
+
+    python examples/oracle_ranking.py --data runs/data --finetuned runs/bigrec-l15-2k \\
+        --memory runs/memory-item-l15 --gains docs/results/automr/element-gains-test.json \\
+        --samples 1000 --out runs/oracle-ranking-1000
+
+``--out`` keeps every method's values as it finishes (the same command resumes).
+"""
+
+import argparse
+import hashlib
+import json
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from beartype import beartype
+from jaxtyping import Bool, Float, jaxtyped
+from torch import Tensor
+
+import automr
+from automr.methods import MethodOptions
+
+GROUNDINGS = ("l2", "l2-pop", "l2-sasrec")
+ARMS = ("bigrec", "random", "oracle")
+
+
+def view_key(keys: Float[Tensor, "mem hidden"]) -> str:
+    """What identifies a memory view: a digest of its real keys' bytes."""
+    return hashlib.sha256(keys.detach().to("cpu", torch.float32).contiguous().numpy()
+                          .tobytes()).hexdigest()
+
+
+class PickRetriever:
+    """Scores 1 for the element picked in advance for each memory view, 0 for the others.
+
+    ``picks`` maps :func:`view_key` of a view's real keys to the element's index in the view.
+    A view without a pick is an error: this retriever only serves the samples it was made for.
+    """
+
+    def __init__(self, picks: Mapping[str, int]) -> None:
+        self.picks = dict(picks)
+
+    @jaxtyped(typechecker=beartype)
+    def scores(
+        self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
+        mask: Bool[Tensor, "batch mem"],
+    ) -> Float[Tensor, "batch mem"]:
+        scores = torch.zeros(mask.shape, dtype=keys.dtype, device=keys.device)
+        for row in range(len(keys)):
+            pick = self.picks.get(view_key(keys[row][mask[row]]))
+            if pick is None:
+                raise automr.AutomrError("PickRetriever was given a memory view it has no "
+                                         "pick for")
+            scores[row, pick] = 1.0
+        return scores.masked_fill(~mask, -torch.inf)
+
+
+def picks_by_view(
+    store: automr.MemoryStore, samples: Sequence[automr.Sample],
+    gains: Mapping[str, Mapping[str, list]], field: str, seed: int,
+) -> dict[str, dict[str, int]]:
+    """Per arm (``random``, ``oracle``): :func:`view_key` of each sample's view -> the index
+    in the view of the element the arm inserts. ``gains[sample id]`` holds the annotated
+    ``elements`` (timeline positions) and their gains under ``field``."""
+    draw = random.Random(seed)
+    picks: dict[str, dict[str, int]] = {"random": {}, "oracle": {}}
+    for sample in samples:
+        entry = gains[sample.id]
+        request = store.request_for(sample)
+        keys, mask = store.padded_keys([request])
+        key, start = view_key(keys[0][mask[0]]), request[2]
+        values = entry[field]
+        picks["oracle"][key] = entry["elements"][values.index(max(values))] - start
+        picks["random"][key] = draw.choice(entry["elements"]) - start
+    return picks
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    parser.add_argument("--finetuned", type=Path, required=True,
+                        help="BIGRec fine-tune run folder (automr finetune)")
+    parser.add_argument("--memory", type=Path, required=True,
+                        help="memory folder (automr memory build)")
+    parser.add_argument("--gains", type=Path, required=True,
+                        help="element-gains export of test annotations "
+                             "(examples/element_gains.py)")
+    parser.add_argument("--field", default="gain",
+                        help="which gains pick the oracle's element (gain: the annotated "
+                             "fine-tune's; gain_other: the --other one's)")
+    parser.add_argument("--samples", type=int, default=1000,
+                        help="seeded test samples; those with annotated gains are ranked")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which test samples, SASRec's seed and the random arm's draws")
+    parser.add_argument("--combiner", default="concat",
+                        help="how the element joins the prompt (as annotated)")
+    parser.add_argument("--measures", default="ranks,likelihood")
+    parser.add_argument("--tune-samples", type=int, default=200,
+                        help="validation samples on which BIGRec's injections choose gamma")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="evaluation folder (values kept; the same command resumes)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
+    args = parse_args(argv)
+    gains = json.loads(args.gains.read_text())["per_sample"]
+    dataset = automr.PreparedDataset.load(args.data)
+    samples = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples, args.seed)
+               if s.id in gains]
+    if not samples:
+        raise SystemExit(f"none of the {args.samples} seeded test samples is in {args.gains}")
+    run = automr.FinetunedRun.open(args.finetuned)
+    loaded = run.load(device=args.device, cache_dir=args.cache_dir)
+    store = run.open_memory(args.memory, device=str(loaded.model.device))
+    grounder = automr.build_grounder("l2", loaded, dataset, run.base_fingerprint, None,
+                                     args.cache_dir, progress=not args.quiet)
+    space = automr.Workspace(dataset, options=MethodOptions(
+        exclude_seen=True, seed=args.seed, tune_samples=args.tune_samples), device=args.device,
+        cache_dir=args.cache_dir, progress=not args.quiet)
+    picks = picks_by_view(store, samples, gains, args.field, args.seed)
+    common = {"fine_tune": str(args.finetuned.resolve()), "memory": str(args.memory.resolve()),
+              "layer": store.layer, "exclude_seen": True}
+
+    def plain(arm: str) -> automr.GenerativeMethod:
+        retrieval = None if arm == "bigrec" else automr.MemoryRetrieval(
+            store, PickRetriever(picks[arm]), automr.COMBINERS[args.combiner](), k=1)
+        settings = {**common, "grounder": "l2"}
+        if retrieval is not None:
+            settings.update(picks=arm, gains=str(args.gains.resolve()), field=args.field,
+                            combiner=args.combiner, seed=args.seed)
+        return automr.GenerativeMethod(loaded, dataset, grounder, store.layer,
+                                       retrieval=retrieval, batch_size=args.batch_size,
+                                       exclude_seen=True, progress=not args.quiet,
+                                       label=f"{arm}:l2", settings=settings)
+
+    plains = {arm: plain(arm) for arm in ARMS}
+    injected = {g: space.injected(g, plains["bigrec"]) for g in GROUNDINGS[1:]}
+    methods: dict = {}
+    for arm in ARMS:
+        methods[f"{arm}:l2"] = plains[arm]
+        for g, bigrec in injected.items():
+            settings = {**plains[arm].settings, "grounder": g, "gamma": bigrec.gamma,
+                        "tune_samples": args.tune_samples}
+            methods[f"{arm}:{g}"] = attrs.evolve(bigrec, plain=plains[arm], settings=settings)
+    evaluation = automr.evaluate(methods, samples, len(dataset.catalog), out=args.out,
+                                 reference="bigrec:l2-sasrec",
+                                 measures=tuple(args.measures.split(",")), seed=args.seed)
+    print(f"{len(samples)} test samples with annotated gains ({args.gains}), layer "
+          f"{store.layer}, {args.combiner}, {len(dataset.catalog)} items")
+    print(evaluation.markdown())
+    return evaluation
+
+
+if __name__ == "__main__":
+    main()
