@@ -36,11 +36,15 @@ def run_sharded(
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
                             ).hexdigest()
     done: dict[int, dict[str, Any]] = {}
+    # the first shard computed here keeps what the method noted before it (e.g. a gamma
+    # tuned when it was built), as a method built on first use notes it during that shard
+    first = True
     for number in distributed.share(len(shards)):
         key = {"settings": digest, "samples": [s.id for s in shards[number]]}
         saved = None if folder is None else folder.saved_shard(name, number, key, kind)
         if saved is None:
-            before = _details(method)
+            before = {} if first else _details(method)
+            first = False
             values = json.loads(json.dumps(list(compute(shards[number]))))
             gained = _gained(before, _details(method))
             saved = {"values": values, "details": gained}
