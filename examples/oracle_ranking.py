@@ -25,13 +25,16 @@ scores the element picked for it. Only public imports are used. Run it on the ga
         --memory runs/memory-item-l15 --gains docs/results/automr/element-gains-test.json \\
         --samples 1000 --out runs/oracle-ranking-1000
 
-``--out`` keeps every method's values as it finishes (the same command resumes).
+``--out`` keeps every method's values as it finishes (the same command resumes);
+``--export FILE`` then writes the folder as one JSON (``automr export``'s format) with this
+command in it.
 """
 
 import argparse
 import hashlib
 import json
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -126,12 +129,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None,
                         help="evaluation folder (values kept; the same command resumes)")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="JSON file for the whole evaluation (needs --out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     args = parse_args(argv)
+    if args.export is not None and args.out is None:
+        raise SystemExit("--export needs --out")
     gains = json.loads(args.gains.read_text())["per_sample"]
     dataset = automr.PreparedDataset.load(args.data)
     samples = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples, args.seed)
@@ -177,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     print(f"{len(samples)} test samples with annotated gains ({args.gains}), layer "
           f"{store.layer}, {args.combiner}, {len(dataset.catalog)} items")
     print(evaluation.markdown())
+    if args.export is not None:
+        exported = automr.EvaluationFolder(args.out).export()
+        exported["commands"] = [["python", "examples/oracle_ranking.py",
+                                 *(sys.argv[1:] if argv is None else argv)]]
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        args.export.write_text(json.dumps(exported, indent=1))
     return evaluation
 
 

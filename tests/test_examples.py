@@ -293,7 +293,7 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
     argv = ["--data", str(demo["data"]), "--finetuned", str(demo["bigrec"]), "--memory",
             str(demo["memory"]), "--gains", str(path), "--samples", "6", "--tune-samples", "4",
             "--batch-size", "2", "--device", "cpu", "--cache-dir", str(demo["cache"]),
-            "--quiet", "--out", str(out)]
+            "--quiet", "--out", str(out), "--export", str(tmp_path / "export.json")]
     evaluation = module.main(argv)
     names = {f"{arm}:{g}" for arm in module.ARMS for g in module.GROUNDINGS}
     assert set(evaluation.reports) == set(evaluation.likelihoods) == names
@@ -304,7 +304,7 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
         _, count, start = store.request_for(sample)
         assert oracle[sample.id] == [start + min(1, count - 1)]
         assert drawn[sample.id][0] in gains[sample.id]["elements"]
-    gammas = {name: json.loads(folder.settings_file(name).read_text())["gamma"]
+    gammas = {name: folder.details("grounding", name)["gamma"]
               for name in names if not name.endswith(":l2")}
     for g in module.GROUNDINGS[1:]:
         assert gammas[f"oracle:{g}"] == gammas[f"random:{g}"] == gammas[f"bigrec:{g}"]
@@ -312,6 +312,11 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
         folder.details("retrieved", "bigrec:l2")
     again = module.main(argv)  # resumed from the folder: the same values
     assert again.reports["oracle:l2"].ranks == evaluation.reports["oracle:l2"].ranks
+    exported = json.loads((tmp_path / "export.json").read_text())
+    assert exported["commands"] == [["python", "examples/oracle_ranking.py", *argv]]
+    assert exported["grounding"]["oracle:l2-sasrec"]["gamma"] == gammas["bigrec:l2-sasrec"]
+    assert set(exported["retrieved"]) == {f"{arm}:{g}" for arm in ("random", "oracle")
+                                          for g in module.GROUNDINGS}
 
 
 def test_pick_retriever_scores_the_pick_and_refuses_an_unknown_view():
