@@ -88,17 +88,15 @@ def picks_by_view(
 ) -> dict[str, dict[str, int]]:
     """Per arm (``random``, ``oracle``): :func:`view_key` of each sample's view -> the index
     in the view of the element the arm inserts. ``gains[sample id]`` holds the annotated
-    ``elements`` (timeline positions) and their gains under ``field``."""
+    ``elements`` (indices in the sample's memory view) and their gains under ``field``."""
     draw = random.Random(seed)
     picks: dict[str, dict[str, int]] = {"random": {}, "oracle": {}}
     for sample in samples:
         entry = gains[sample.id]
-        request = store.request_for(sample)
-        keys, mask = store.padded_keys([request])
-        key, start = view_key(keys[0][mask[0]]), request[2]
-        values = entry[field]
-        picks["oracle"][key] = entry["elements"][values.index(max(values))] - start
-        picks["random"][key] = draw.choice(entry["elements"]) - start
+        keys, mask = store.padded_keys([store.request_for(sample)])
+        key, values = view_key(keys[0][mask[0]]), entry[field]
+        picks["oracle"][key] = entry["elements"][values.index(max(values))]
+        picks["random"][key] = draw.choice(entry["elements"])
     return picks
 
 

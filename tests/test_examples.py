@@ -283,10 +283,8 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
     assert samples
     gains = {}
     for sample in samples:  # made-up gains: the view's second element (if any) is the best
-        _, count, start = store.request_for(sample)
-        elements = list(range(start, start + count))
-        gains[sample.id] = {"elements": elements,
-                            "gain": [-abs(e - start - 1) / 10 for e in elements]}
+        elements = list(range(len(sample.memory)))
+        gains[sample.id] = {"elements": elements, "gain": [-abs(e - 1) / 10 for e in elements]}
     path = tmp_path / "gains.json"
     path.write_text(json.dumps({"per_sample": gains}))
     out = tmp_path / "eval"
@@ -301,9 +299,10 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
     oracle = folder.details("retrieved", "oracle:l2")
     drawn = folder.details("retrieved", "random:l2")
     for sample in samples:
-        _, count, start = store.request_for(sample)
+        _, count, start = store.request_for(sample)  # retrieved: positions in the timeline
         assert oracle[sample.id] == [start + min(1, count - 1)]
-        assert drawn[sample.id][0] in gains[sample.id]["elements"]
+        assert drawn[sample.id][0] - start in gains[sample.id]["elements"]
+    assert any(store.request_for(s)[2] > 0 for s in samples)  # views that start later
     gammas = {name: folder.details("grounding", name)["gamma"]
               for name in names if not name.endswith(":l2")}
     for g in module.GROUNDINGS[1:]:
