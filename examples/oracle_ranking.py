@@ -18,8 +18,9 @@ recovers the annotated gains, a check that the intended element went in.
 
 The picks reach :class:`automr.MemoryRetrieval` as an ordinary retriever object
 (:class:`PickRetriever`): it recognises a sample's memory view by the bytes of its keys and
-scores the element picked for it. Only public imports are used. Run it on the gains that
-``examples/element_gains.py`` exported from ``automr annotate`` of the test split::
+scores the element picked for it. Only public imports (``automr``, ``automr.methods``) are
+used; the history is excluded from every ranking, as with ``--exclude-seen``. Run it on the
+gains that ``examples/element_gains.py`` exported from ``automr annotate`` of the test split::
 
     python examples/oracle_ranking.py --data runs/data --finetuned runs/bigrec-l15-2k \\
         --memory runs/memory-item-l15 --gains docs/results/automr/element-gains-test.json \\
