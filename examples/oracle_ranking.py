@@ -188,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
         exported["commands"] = [["python", "examples/oracle_ranking.py",
                                  *(sys.argv[1:] if argv is None else argv)]]
         args.export.parent.mkdir(parents=True, exist_ok=True)
-        args.export.write_text(json.dumps(exported, indent=1))
+        partial = args.export.with_name(args.export.name + ".partial")
+        partial.write_text(json.dumps(exported, indent=1))
+        partial.replace(args.export)  # a cut run leaves no half-written export
     return evaluation
 
 
