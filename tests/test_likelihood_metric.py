@@ -187,7 +187,8 @@ def test_l2_injections_rank_by_the_weighted_distances(workspace, tmp_path):
 def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(workspace,
                                                                               tmp_path):
     """``bigrec:l2`` beside its injections is the one plain L2 method they weight (nothing is
-    generated twice), and its ranks are the L2 grounder's own ranking of the same batch."""
+    generated twice), its ranks are the L2 grounder's own ranking of the same batch, and the
+    folder keeps the title it generated for each sample."""
     from automr.methods import Artifacts, MethodOptions, Workspace
 
     root, dataset = workspace["root"], workspace["dataset"]
@@ -202,11 +203,17 @@ def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(wo
     samples = automr.seeded_subset(dataset.samples("test"), 4, 0)
     index = {item: i for i, item in enumerate(dataset.catalog.ids)}
     ids, mask = left_padded_prompts(plain.loaded, dataset, samples)
-    rankings = plain.grounder.rank(HFSplitLLM(plain.loaded.model), ids, mask, 2).tolist()
-    saved = automr.EvaluationFolder(tmp_path).report("bigrec:l2")
+    llm = HFSplitLLM(plain.loaded.model)
+    rankings = plain.grounder.rank(llm, ids, mask, 2).tolist()
+    folder = automr.EvaluationFolder(tmp_path)
+    saved = folder.report("bigrec:l2")
     by_id = dict(zip(saved.sample_ids, saved.ranks, strict=True))
     assert [by_id[s.id] for s in samples] == [
         ranking.index(index[s.target]) for s, ranking in zip(samples, rankings, strict=True)]
+    texts = plain.grounder.generate(llm, ids, mask, 2)
+    for method in ("bigrec:l2", "bigrec:l2-pop"):
+        generated = folder.details("generated", method)
+        assert [generated[s.id] for s in samples] == texts
 
 
 def test_memory_methods_share_one_retrieval_and_generation_per_kind(workspace):

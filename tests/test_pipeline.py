@@ -90,6 +90,9 @@ def test_step_commands_chain(workspace, tmp_path):
     seen = set(sample.history) - {sample.target}
     assert [i for i, _ in kept.items] == [i for i, _ in every.items if i not in seen]
     assert kept.items[kept.target_rank][0] == every.items[every.target_rank][0] == sample.target
+    assert every.generated is None
+    l2 = recommend(data, user, *folders, top=3, grounder="l2", device="cpu")
+    assert isinstance(l2.generated, str) and f"generated: {l2.generated}" in l2.describe()
     missing = runner.invoke(app, ["recommend", "nobody", "--data", data, "--finetuned",
                                   str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
                                   "--retriever", str(tmp_path / "ret")])

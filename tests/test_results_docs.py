@@ -47,9 +47,10 @@ def test_export_round_trips_a_folder(tmp_path):
     loglik = build_likelihood_report("a", ids, [(-float(i), i + 1) for i in range(6)],
                                      n_resamples=10)
     retrieved = {i: [n] for n, i in enumerate(ids)}
+    generated = {i: f"Title {n}" for n, i in enumerate(ids)}
     for name, report in reports.items():
         folder.save(report, {}, {"retrieved": retrieved} if name == "b" else
-                    {"grounding": {"gamma": 28.0}})
+                    {"grounding": {"gamma": 28.0}, "generated": generated})
     folder.save_likelihoods(loglik, {})
     from automr.evaluation.run import Evaluation
 
@@ -60,6 +61,7 @@ def test_export_round_trips_a_folder(tmp_path):
     check(exported)
     assert exported["retrieved"] == {"b": retrieved}  # b's memory elements, per sample
     assert exported["grounding"] == {"a": {"gamma": 28.0}}  # what a's grounder chose
+    assert exported["generated"] == {"a": generated}  # the title a generated, per sample
     assert exported["ranks"]["b"]["u3@3:x"] == 11
     assert exported["loglik"]["a"]["u2@2:x"] == [-2.0, 3]
 

@@ -8,7 +8,8 @@
     loglik/METHOD.json                each LM method's target log-likelihoods (--likelihood)
     loglik/METHOD.settings.json       what decided them
     KIND/METHOD.json                  per-sample details: retrieved/ (memory elements),
-                                      contexts/ (ReLLa/TRSR prompt contexts)
+                                      contexts/ (ReLLa/TRSR prompt contexts), generated/
+                                      (the title an L2 grounding generated)
     ranks/METHOD.shards/shard-N.json  while a method runs: each finished shard of samples
     loglik/METHOD.shards/shard-N.json (values and details), so a cut run resumes per shard
                                       (removed once the method's values are saved)
@@ -161,8 +162,9 @@ class EvaluationFolder:
         dict: the tables, each method's per-sample ranks and target log-likelihoods keyed by
         sample id, the memory elements each memory method retrieved (``retrieved``: method ->
         sample id -> timeline positions), what a grounder chose on validation samples
-        (``grounding``: method -> e.g. its gamma and the grid it was chosen on), and the
-        commands that wrote the folder (its run records)."""
+        (``grounding``: method -> e.g. its gamma and the grid it was chosen on), the title each
+        L2 grounding generated (``generated``: method -> sample id -> text), and the commands
+        that wrote the folder (its run records)."""
         results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
                  for m in results["methods"] for r in [self.report(m)]}
@@ -172,13 +174,12 @@ class EvaluationFolder:
             loglik[method] = {s: [v, n] for s, v, n in zip(
                 report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
         commands = self.commands()
-        retrieved, grounding = ({m: self.details(kind, m) for m in (*ranks, *loglik)
-                                 if self.details_file(kind, m).is_file()}
-                                for kind in ("retrieved", "grounding"))
+        details = {kind: {m: self.details(kind, m) for m in (*ranks, *loglik)
+                          if self.details_file(kind, m).is_file()}
+                   for kind in ("retrieved", "grounding", "generated")}
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
-                "ranks": ranks, "loglik": loglik, "retrieved": retrieved,
-                "grounding": grounding}
+                "ranks": ranks, "loglik": loglik, **details}
 
     def commands(self) -> list[list[str]]:
         """The argv of every command behind this folder, each once, oldest first: for a method

@@ -10,6 +10,7 @@ from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
 from automr.errors import AutomrError
 from automr.grounding import build_grounder
+from automr.grounding.l2 import L2Grounder, rank_by_distance
 from automr.llm.split import HFSplitLLM
 from automr.methods.generative import left_padded_prompts
 from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
@@ -25,6 +26,7 @@ class Recommendation:
     retrieved: list[tuple[str, str, str]]  # (item id, title, ISO date) of memory elements
     target_rank: int
     recent: list[str] = attrs.field(factory=list)  # titles of the prompt's recent items
+    generated: str | None = None  # the title an L2 grounding generated and ranked by
 
     def describe(self, split: str = "test") -> list[str]:
         """The recommendation in lines: the sample, the recent items, what was retrieved from
@@ -36,6 +38,8 @@ class Recommendation:
             lines.append(f"recent items: {'; '.join(self.recent)}")
         lines += [f"retrieved from memory: {title} [{item}] ({date})"
                   for item, title, date in self.retrieved]
+        if self.generated is not None:
+            lines.append(f"generated: {self.generated}")
         for rank, (item, title) in enumerate(self.items, 1):
             mark = "  <- the actual next item" if item == sample.target else ""
             lines.append(f"{rank:>3}. {title} [{item}]{mark}")
@@ -69,9 +73,15 @@ def recommend(
                             num_beams=max(top, 4), cache_dir=cache_dir, progress=False)
     ids, mask = left_padded_prompts(loaded, dataset, [sample])
     llm = HFSplitLLM(loaded.model)
+    args = (llm, ids.to(llm.device), mask.to(llm.device), store.layer,
+            retrieval.insert_for([sample]))
+    generated = None
     with torch.no_grad():
-        ranking = ranker.rank(llm, ids.to(llm.device), mask.to(llm.device), store.layer,
-                              retrieval.insert_for([sample]))[0].tolist()
+        if isinstance(ranker, L2Grounder):
+            [generated] = ranker.generate(*args)
+            ranking = rank_by_distance(ranker.distances_to([generated]))[0].tolist()
+        else:
+            ranking = ranker.rank(*args)[0].tolist()
     catalog = dataset.catalog
     item_ids = catalog.ids
     if exclude_seen:  # as `automr evaluate --exclude-seen`: the target always stays
@@ -85,5 +95,5 @@ def recommend(
     return Recommendation(
         sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
         retrieved=retrieved, target_rank=ranking.index(item_ids.index(sample.target)),
-        recent=list(catalog.titles(sample.recent)),
+        recent=list(catalog.titles(sample.recent)), generated=generated,
     )

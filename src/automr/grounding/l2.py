@@ -42,7 +42,10 @@ class L2Grounder:
         insert: Insert | None = None,
     ) -> Float[Tensor, "batch items"]:
         """L2 distance of every catalog title to each prompt's generated text."""
-        texts = self.generate(llm, input_ids, attention_mask, layer, insert)
+        return self.distances_to(self.generate(llm, input_ids, attention_mask, layer, insert))
+
+    def distances_to(self, texts: list[str]) -> Float[Tensor, "batch items"]:
+        """L2 distance of every catalog title to each of ``texts`` (e.g. kept generations)."""
         generated = embed_texts(self.model, self.tokenizer, texts)
         return torch.cdist(generated, self.catalog_embeddings.to(generated))
 

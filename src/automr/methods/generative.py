@@ -122,8 +122,9 @@ class GenerativeMethod:
         self._details[kind] = dict(values)
 
     def details(self) -> Mapping[str, Mapping[str, Any]]:
-        """Per sample id: the memory elements retrieved (timeline positions) and the prompt
-        context used, for the samples ranked or scored so far."""
+        """Per sample id: the memory elements retrieved (timeline positions), the prompt
+        context used and, with an L2 grounder, the generated title, for the samples ranked or
+        scored so far."""
         return self._details
 
     def _batches(self, samples: Sequence[Sample], run):
@@ -155,7 +156,12 @@ class GenerativeMethod:
         return self.grounder.rank(llm, ids, mask, self.layer, insert)
 
     def _distance_batch(self, llm, chunk, ids, mask, insert, texts):
-        return self.grounder.distances(llm, ids, mask, self.layer, insert)
+        if not isinstance(self.grounder, L2Grounder):
+            return self.grounder.distances(llm, ids, mask, self.layer, insert)
+        generated = self.grounder.generate(llm, ids, mask, self.layer, insert)
+        self._details.setdefault("generated", {}).update(
+            zip((s.id for s in chunk), generated, strict=True))
+        return self.grounder.distances_to(generated)
 
     def _likelihood_batch(self, llm, chunk, ids, mask, insert, texts):
         texts = [None] * len(chunk) if texts is None else texts
