@@ -31,17 +31,20 @@ from automr.evaluation.run import Evaluation
 
 def combine_folders(
     sources: Mapping[str, tuple[Path | str, str]], *, out: Path | str | None = None,
-    reference: str | None = None, n_resamples: int = DEFAULT_RESAMPLES,
+    reference: str | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
 ) -> Evaluation:
     """``{name: (evaluation folder, method in it)}`` -> one :class:`Evaluation`, each method
     paired with ``reference`` (default: the first name) on the samples they share.
 
     Every method brings its ranks and/or its target log-likelihoods, whichever its folder
     holds; all methods of a measure must cover the same samples (same ids), so pairs are
-    exact."""
+    exact, and all ranks must be measured at the same cut-offs. ``n_resamples`` and ``seed``:
+    the paired bootstrap's."""
     if not sources:
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     reference = reference or next(iter(sources))
+    if out is not None:
+        EvaluationFolder.check_names(list(sources))
     if reference not in sources:
         raise AutomrError(f"the reference {reference!r} is none of {', '.join(sources)}")
     reports, likelihoods, retrieved = {}, {}, {}
@@ -64,8 +67,11 @@ def combine_folders(
                               f"them with the same --split, --samples and --seed")
     if len({r.n_items for r in reports.values()}) > 1:
         raise AutomrError("the ranks were made over catalogs of different sizes")
+    if len({r.ks for r in reports.values()}) > 1:
+        cutoffs = ", ".join(f"{name}: {list(r.ks)}" for name, r in reports.items())
+        raise AutomrError(f"the ranks were measured at different cut-offs ({cutoffs})")
     samples = len(next(iter((reports or likelihoods).values())).sample_ids)
-    evaluation = Evaluation(reports, reference, likelihoods, samples, n_resamples)
+    evaluation = Evaluation(reports, reference, likelihoods, samples, n_resamples, seed)
     if out is not None:
         _write(EvaluationFolder(out), evaluation, sources, retrieved)
     return evaluation
@@ -98,6 +104,6 @@ def _write(folder: EvaluationFolder, evaluation: Evaluation,
         folder.save_likelihoods(report, origin[name], {"retrieved": retrieved[name]}
                                 if name in retrieved else {})
     ks = next((list(r.ks) for r in evaluation.reports.values()), [])
-    config = {"ks": ks, "n_resamples": evaluation.n_resamples}
+    config = {"ks": ks, "n_resamples": evaluation.n_resamples, "seed": evaluation.seed}
     folder.write_results(evaluation.to_json({"config": config, "sources": origin}),
                          evaluation.markdown())

@@ -19,7 +19,7 @@
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +106,31 @@ class EvaluationFolder:
                          details: Mapping[str, Mapping[str, Any]] = {}) -> None:
         """Write a method's log-likelihoods, its details (e.g. the retrieved elements), then
         its settings (last: they mark it done)."""
-        report.save(self.ranks_file(report.method, "loglik"))
-        for kind, values in details.items():
-            write_json_atomic(self.details_file(kind, report.method), dict(values), indent=0)
-        write_json_atomic(self.settings_file(report.method, "loglik"), dict(settings),
-                          indent=None)
+        self._save(report, "loglik", settings, details)
 
     def save(self, report: MetricReport, settings: Mapping[str, Any],
              details: Mapping[str, Mapping[str, Any]] = {}) -> None:
         """Write a method's ranks, its details, then its settings (last: they mark it done)."""
-        report.save(self.ranks_file(report.method))
-        for kind, values in details.items():
-            write_json_atomic(self.details_file(kind, report.method), dict(values), indent=0)
-        write_json_atomic(self.settings_file(report.method), dict(settings), indent=None)
+        self._save(report, "ranks", settings, details)
+
+    def _save(self, report: MetricReport | LikelihoodReport, kind: str,
+              settings: Mapping[str, Any], details: Mapping[str, Mapping[str, Any]]) -> None:
+        done = self.settings_file(report.method, kind)
+        done.unlink(missing_ok=True)  # a cut write must not pass for the older settings' values
+        report.save(self.ranks_file(report.method, kind))
+        for detail, values in details.items():
+            write_json_atomic(self.details_file(detail, report.method), dict(values), indent=0)
+        write_json_atomic(done, dict(settings), indent=None)
+
+    @classmethod
+    def check_names(cls, methods: Sequence[str]) -> None:
+        """Refuse names that would share files (``a:b`` and ``a-b`` are both ``a-b``)."""
+        owners: dict[str, str] = {}
+        for method in methods:
+            other = owners.setdefault(cls.slug(method), method)
+            if other != method:
+                raise AutomrError(f"the methods {other!r} and {method!r} would share the files "
+                                  f"{cls.slug(method)}.json of an evaluation folder; rename one")
 
     def report(self, method: str) -> MetricReport:
         """The saved ranks of ``method``; a clear error if it was not evaluated here."""

@@ -54,21 +54,23 @@ class Evaluation:
     likelihoods: dict[str, LikelihoodReport] = attrs.field(factory=dict)
     samples: int = 0
     n_resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
 
     def paired(self) -> dict[str, dict[str, PairedDifference]]:
         """Each other method minus the reference, per ranking metric (paired bootstrap)."""
         if self.reference not in self.reports:
             return {}
         reference = self.reports[self.reference]
-        return {m: compare_reports(r, reference) for m, r in self.reports.items()
-                if m != self.reference}
+        return {m: compare_reports(r, reference, n_resamples=self.n_resamples, seed=self.seed)
+                for m, r in self.reports.items() if m != self.reference}
 
     def paired_likelihoods(self) -> dict[str, dict[str, PairedDifference]]:
         """Each other LM method minus the reference, per likelihood metric."""
         if self.reference not in self.likelihoods:
             return {}
         reference = self.likelihoods[self.reference]
-        return {m: compare_likelihoods(r, reference, n_resamples=self.n_resamples)
+        return {m: compare_likelihoods(r, reference, n_resamples=self.n_resamples,
+                                       seed=self.seed)
                 for m, r in self.likelihoods.items() if m != self.reference}
 
     def to_json(self, record: Mapping[str, Any] = {}) -> dict[str, Any]:
@@ -162,6 +164,8 @@ def evaluate(
     if reference not in methods:
         raise AutomrError(f"the reference {reference!r} is not among the methods {names}")
     folder = None if out is None else EvaluationFolder(out)
+    if folder is not None:
+        folder.check_names(names)
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}
     for name, method in methods.items():
@@ -172,7 +176,7 @@ def evaluate(
         if "likelihood" in measures and isinstance(method, LikelihoodMethod):
             likelihoods[name] = _likelihoods(name, method, samples, settings, folder,
                                              n_resamples, seed, shard_size)
-    evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples)
+    evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples, seed)
     if folder is not None:  # every process returns once the folder is written
         distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
                                                          evaluation.markdown(header)))
@@ -182,7 +186,8 @@ def evaluate(
 def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, shard_size
            ) -> MetricReport:
     saved = None if folder is None else folder.saved_report(name, settings)
-    if saved is not None and saved.ks == tuple(ks) and saved.n_resamples == n_resamples:
+    if saved is not None and (saved.ks, saved.n_resamples, saved.seed) == (tuple(ks),
+                                                                           n_resamples, seed):
         return saved
     details: dict = {}
     if saved is not None:
@@ -202,7 +207,7 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
 def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, shard_size
                  ) -> LikelihoodReport:
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
-    if saved is not None and saved.n_resamples == n_resamples:
+    if saved is not None and (saved.n_resamples, saved.seed) == (n_resamples, seed):
         return saved
     details: dict = {}
     if saved is not None:

@@ -1,0 +1,93 @@
+"""`automr.evaluate`'s bookkeeping with plain methods: the bootstrap it is asked for, what a
+rerun may reuse, a cut save, names that would share files, and combining folders."""
+
+import pytest
+import torch
+
+from automr.data.records import Sample
+from automr.errors import AutomrError
+from automr.evaluation import EvaluationFolder, build_report, combine_folders, evaluate
+from automr.evaluation import folder as folder_module
+from automr.evaluation.likelihood import build_likelihood_report, compare_likelihoods
+from automr.evaluation.report import compare_reports
+
+SAMPLES = [Sample(user=f"u{i}", target="t", timestamp=100 + i, recent=("a",),
+                  recent_timestamps=(1,)) for i in range(24)]
+
+
+class Constant:
+    """Ranks the target at ``rank + (i % 5)`` and scores it ``-(i % 7) - rank`` for sample i."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank_value = rank
+        self.settings = {"rank": rank}
+
+    def rank(self, samples):
+        return [self.rank_value + int(s.timestamp) % 5 for s in samples]
+
+    def target_log_likelihoods(self, samples):
+        return [(-float(int(s.timestamp) % 7) - self.rank_value, 3) for s in samples]
+
+
+def test_paired_tables_use_the_resamples_and_seed_asked_for():
+    methods = {"bigrec": Constant(0), "mine": Constant(2)}
+    evaluation = evaluate(methods, SAMPLES, 30, n_resamples=50, seed=7,
+                          measures=("ranks", "likelihood"))
+    reports, likelihoods = evaluation.reports, evaluation.likelihoods
+    assert evaluation.paired()["mine"] == compare_reports(
+        reports["mine"], reports["bigrec"], n_resamples=50, seed=7)
+    assert evaluation.paired()["mine"] != compare_reports(reports["mine"], reports["bigrec"])
+    assert evaluation.paired_likelihoods()["mine"] == compare_likelihoods(
+        likelihoods["mine"], likelihoods["bigrec"], n_resamples=50, seed=7)
+
+
+def test_a_saved_report_of_another_bootstrap_seed_is_rebuilt_from_its_ranks(tmp_path):
+    evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path, n_resamples=40, seed=0,
+             measures=("ranks", "likelihood"))
+    again = evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path, n_resamples=40, seed=5,
+                     measures=("ranks", "likelihood"))
+    ids = [s.id for s in SAMPLES]
+    expected = build_report("m", ids, torch.tensor(Constant(1).rank(SAMPLES)), 30,
+                            n_resamples=40, seed=5)
+    assert again.reports["m"] == expected
+    assert EvaluationFolder(tmp_path).report("m").seed == 5
+    lls = build_likelihood_report("m", ids, Constant(1).target_log_likelihoods(SAMPLES),
+                                  n_resamples=40, seed=5)
+    assert again.likelihoods["m"] == lls
+
+
+def test_a_save_cut_short_is_not_taken_for_the_older_settings(tmp_path, monkeypatch):
+    """Ranks of new settings written, their settings not: a rerun of the old settings must not
+    read the new ranks as its own."""
+    evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    real = folder_module.write_json_atomic
+
+    def cut(path, data, indent=1):
+        if str(path).endswith(".settings.json"):
+            raise KeyboardInterrupt
+        return real(path, data, indent)
+
+    monkeypatch.setattr(folder_module, "write_json_atomic", cut)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"m": Constant(9)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    monkeypatch.setattr(folder_module, "write_json_atomic", real)
+    rerun = evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    assert list(rerun.reports["m"].ranks) == Constant(0).rank(SAMPLES)
+
+
+def test_names_that_would_share_files_are_refused(tmp_path):
+    with pytest.raises(AutomrError, match="would share the files"):
+        evaluate({"a:b": Constant(0), "a-b": Constant(3)}, SAMPLES, 30, out=tmp_path)
+    evaluate({"a:b": Constant(0), "a-b": Constant(3)}, SAMPLES, 30)  # no folder: no files
+    evaluate({"a:b": Constant(0)}, SAMPLES, 30, out=tmp_path / "x")
+    evaluate({"a-b": Constant(3)}, SAMPLES, 30, out=tmp_path / "y")
+    with pytest.raises(AutomrError, match="would share the files"):
+        combine_folders({"a:b": (tmp_path / "x", "a:b"), "a-b": (tmp_path / "y", "a-b")},
+                        out=tmp_path / "xy")
+
+
+def test_ranks_at_different_cut_offs_are_not_combined(tmp_path):
+    evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path / "a", ks=(1, 5, 10))
+    evaluate({"m": Constant(2)}, SAMPLES, 30, out=tmp_path / "b", ks=(10, 20))
+    with pytest.raises(AutomrError, match="different cut-offs"):
+        combine_folders({"a": (tmp_path / "a", "m"), "b": (tmp_path / "b", "m")})
