@@ -155,3 +155,19 @@ def test_paper_form_is_near_uniform_for_long_targets():
     assert (s - 1 / 3).abs().max() < 1e-6
     sharp = labels(-25.0, torch.tensor([-20.0, -24.0, -30.0]), "log", 1.0)
     assert sharp.argmax() == 0 and sharp.max() > 0.9
+
+
+@given(base=st.floats(-300, -20), gaps=st.lists(st.floats(-3, 3), min_size=2, max_size=8))
+def test_paper_labels_at_the_deltas_scale_are_the_plain_float64_softmax(base, gaps):
+    """With the deltas' own scale as temperature, S' keeps its shape however small the
+    products are (log P(y) of -120 is below float32's range)."""
+    import math
+
+    with_element = torch.tensor([base + g for g in gaps], dtype=torch.float64)
+    plain = with_element.exp() - math.exp(base)
+    scale = float(plain.abs().max())
+    if scale == 0.0:
+        return
+    expected = torch.softmax(plain / scale, 0)
+    got = labels(base, with_element.float(), "paper", scale)
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=0)

@@ -24,18 +24,23 @@ LABEL_FORMS = ("paper", "log")
 def deltas(base: float, with_element: Float[Tensor, " mem"], form: str = "paper"
            ) -> Float[Tensor, " mem"]:
     """How much each element changes the target's likelihood (``form``: paper or log)."""
-    values = with_element.double()
-    if form == "paper":
-        return (values.exp() - torch.tensor(base, dtype=torch.float64).exp()).float()
-    if form == "log":
-        return (values - base).float()
-    raise AutomrError(f"unknown label form {form!r}; choose {' or '.join(LABEL_FORMS)}")
+    return _deltas(base, with_element, form).float()
 
 
 @jaxtyped(typechecker=beartype)
 def labels(base: float, with_element: Float[Tensor, " mem"], form: str = "paper",
            temperature: float = 1.0) -> Float[Tensor, " mem"]:
-    """S' = softmax(delta / temperature) over the sample's memory."""
+    """S' = softmax(delta / temperature) over the sample's memory (in float64 throughout:
+    the paper's deltas of a long title are below float32's range)."""
     if temperature <= 0:
         raise AutomrError(f"temperature must be positive, got {temperature}")
-    return torch.softmax(deltas(base, with_element, form).double() / temperature, 0).float()
+    return torch.softmax(_deltas(base, with_element, form) / temperature, 0).float()
+
+
+def _deltas(base: float, with_element: Tensor, form: str) -> Tensor:
+    values = with_element.double()
+    if form == "paper":
+        return values.exp() - torch.tensor(base, dtype=torch.float64).exp()
+    if form == "log":
+        return values - base
+    raise AutomrError(f"unknown label form {form!r}; choose {' or '.join(LABEL_FORMS)}")
