@@ -95,6 +95,10 @@ def test_merge_same_title(tmp_path):
     ("user,item,timestamp\nu,a\n", "item,title\na,A\n", r"i\.csv line 2: expected 3 fields"),
     ("user,item,when\nu,a,1\n", "item,title\na,A\n", r"i\.csv line 1: header .* lacks"),
     ("user,item,timestamp\nu,a,1\n", "item,name\na,A\n", r"t\.csv line 1: header .* lacks"),
+    ("user,item,timestamp\nu,a,1\n", "item,title,title\na,A,B\n",
+     r"t\.csv line 1: header .* repeats column\(s\) \['title'\]\. See docs"),
+    ("user,item,timestamp,user\nu,a,1,v\n", "item,title\na,A\n",
+     r"i\.csv line 1: header .* repeats column\(s\) \['user'\]\. See docs"),
     ("user,item,timestamp\nu,a,1\n", "item,title\na,A\na,B\n", r"t\.csv line 3: item id 'a' "
                                                                 r"listed twice"),
     ("user,item,timestamp\n,a,1\n", "item,title\na,A\n", r"i\.csv line 2: empty user"),
@@ -108,6 +112,26 @@ def test_bad_csv_input(tmp_path, inter_text, items_text, message):
     with pytest.raises(AutomrError, match=message):
         prepare_csv(inter, items, out, protocol=PROTOCOL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.csv", "t.csv"]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".csv.gz"])
+def test_byte_order_mark_is_ignored(tmp_path, ext):
+    # Excel's "CSV UTF-8" export starts each file with U+FEFF: it must not stick to the header.
+    inter, items = small_csv(tmp_path, ext)
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    for path in (inter, items):
+        data = gzip.decompress(path.read_bytes()) if ext.endswith(".gz") else path.read_bytes()
+        write(marked / path.name, "\ufeff" + data.decode())
+    plain, src = load_csv(inter, items), load_csv(marked / inter.name, marked / items.name)
+    assert attrs.evolve(src, fingerprints=plain.fingerprints, options=plain.options) == plain
+    assert src.fingerprints != plain.fingerprints  # the raw bytes differ
+
+
+def test_byte_order_mark_before_a_quoted_header(tmp_path):
+    inter = write(tmp_path / "i.csv", '\ufeff"user","item","timestamp"\nu,a,1500000000\n')
+    items = write(tmp_path / "t.csv", '\ufeff"item","title"\na,A\n')
+    assert [i.item for i in load_csv(inter, items).interactions] == ["a"]
 
 
 def test_unknown_extension(tmp_path):

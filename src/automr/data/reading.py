@@ -150,7 +150,9 @@ def parse_unix_seconds(text: str) -> int:
 def parse_timestamp(text: str) -> int:
     """Unix seconds from an integer/float second count or an ISO 8601 date/datetime.
 
-    ISO values without a timezone are taken as UTC (``2017-03-05`` -> midnight UTC).
+    ISO values without a timezone are taken as UTC (``2017-03-05`` -> midnight UTC). A bare
+    integer is always Unix seconds, so a date must be written with dashes: ``20170714`` is
+    20,170,714 s (1970-08-22), not 2017-07-14.
     """
     text = text.strip()
     try:

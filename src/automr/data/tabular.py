@@ -2,7 +2,8 @@
 
 - ``interactions``: columns ``user``, ``item``, ``timestamp`` (any order, more columns
   ignored). ``timestamp`` is Unix seconds (``1500000000`` or ``1500000000.0``) or ISO 8601
-  (``2017-07-14`` or ``2017-07-14T02:40:00``; no timezone means UTC).
+  (``2017-07-14`` or ``2017-07-14T02:40:00``; no timezone means UTC). A bare integer is always
+  Unix seconds: write dates with dashes (``20170714`` would be 1970-08-22).
 - ``items``: columns ``item`` and ``title``; every other column is kept in ``Item.extra``.
 
 The delimiter follows the extension: ``.csv`` -> comma, ``.tsv`` / ``.tab`` -> tab, each
@@ -10,8 +11,8 @@ optionally gzipped (``.csv.gz``). Fields follow :mod:`csv` quoting (titles with 
 double quotes). Items with an empty title are skipped and counted with their interactions; a
 row repeating an earlier row's user, item and time is dropped and counted
 (``duplicate_interactions``); an interaction whose item is not in the items file, a missing
-column, a short row, a bad timestamp or one outside 1970 .. 2100 is an error naming the file and
-line.
+column, a repeated column name, a short row, a bad timestamp or one outside 1970 .. 2100 is an
+error naming the file and line. A leading UTF-8 byte-order mark (Excel's "CSV UTF-8") is ignored.
 """
 
 import csv
@@ -54,7 +55,8 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
     def text() -> Iterator[str]:
         for number, line in lines:
             numbers.append(number)
-            yield line + "\n"
+            # A leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column.
+            yield (line.removeprefix("\ufeff") if number == 1 else line) + "\n"
 
     reader = csv.reader(text(), delimiter=delimiter)
     try:
@@ -65,6 +67,9 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
     missing = [c for c in required if c not in header]
     if missing:
         raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}", _FIX)
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise bad_input(source.path, 1, f"header {header} repeats column(s) {repeated}", _FIX)
     try:
         for row in reader:
             number = numbers[-1]
