@@ -1,8 +1,13 @@
 """``automr model fetch|info`` through Typer's CliRunner."""
 
+import shutil
+from types import SimpleNamespace
+
+import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner
 
+import automr.llm.loading as loading
 from automr.cli.main import app
 from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
 
@@ -46,3 +51,31 @@ def test_fetch_and_info_on_the_embedded_default():
     assert result.exit_code == 0, result.output
     assert "layers" in result.output and " 30" in result.output
     assert "576" in result.output
+
+
+def test_a_hub_model_has_one_fingerprint_from_its_first_download_on(tiny_folder, tmp_path,
+                                                                     monkeypatch):
+    """The first load of a hub id (downloaded then) is named as every later, cached load."""
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+
+    def download(name: str):  # what a real download leaves in the hub cache
+        repo = hub / f"models--{name.replace('/', '--')}"
+        snapshot = repo / "snapshots" / ("0" * 40)
+        if not snapshot.is_dir():
+            shutil.copytree(tiny_folder, snapshot)
+            (repo / "refs").mkdir()
+            (repo / "refs" / "main").write_text("0" * 40)
+        return snapshot
+
+    def from_hub(auto):
+        return SimpleNamespace(from_pretrained=lambda name, **kw: auto.from_pretrained(
+            download(name), **kw))
+
+    monkeypatch.setattr(loading, "AutoTokenizer", from_hub(loading.AutoTokenizer))
+    monkeypatch.setattr(loading, "AutoModelForCausalLM", from_hub(loading.AutoModelForCausalLM))
+    first = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
+    again = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
+    assert first.fingerprint() == again.fingerprint()

@@ -1,5 +1,7 @@
 """Grounders rank the whole catalog exactly as the plain computations say."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,12 +11,14 @@ from automr.grounding import (
     ConstrainedGrounder,
     L2Grounder,
     LikelihoodGrounder,
+    catalog_embeddings,
     catalog_targets,
     embed_texts,
     target_log_likelihoods,
 )
 from automr.llm import HFSplitLLM
 from automr.llm.decoding import greedy_generate
+from automr.llm.loading import LoadedModel
 
 TITLES = ['"Heat (1995)"', '"Heat (1996)"', '"Toy Story (1995)"', '"Up"', '"U"']
 words = st.text(alphabet="abcdefgh ", min_size=1, max_size=8)
@@ -188,3 +192,21 @@ def test_generate_engine_refuses_memory(tiny_models, tokenizer):
     ids, mask = encode_prompts(tokenizer, ["abc"])
     with pytest.raises(AutomrError, match="without memory"):
         grounder.rank(llm, ids, mask, 1, insert=lambda state: state)
+
+
+def test_catalog_embeddings_are_cached_per_dtype(tiny_models, tokenizer, tmp_path):
+    tokenizer.padding_side = "right"
+    model = tiny_models["llama"]
+    targets = catalog_targets(tokenizer, TITLES)
+    fingerprint = "f" * 64  # a model's fingerprint is the same in every dtype
+    half = LoadedModel(model=copy.deepcopy(model).to(torch.bfloat16), tokenizer=tokenizer,
+                       name="tiny", fingerprint=fingerprint)
+    full = LoadedModel(model=model, tokenizer=tokenizer, name="tiny", fingerprint=fingerprint)
+    cached = catalog_embeddings(half, targets, fingerprint, tmp_path, progress=False)
+    expected = embed_texts(model, tokenizer, targets.texts)
+    assert not torch.equal(cached, expected)
+    for _ in range(2):  # computed, then read from the cache
+        got = catalog_embeddings(full, targets, fingerprint, tmp_path, progress=False)
+        assert torch.equal(got, expected)
+    assert torch.equal(catalog_embeddings(half, targets, fingerprint, tmp_path, progress=False),
+                       cached)

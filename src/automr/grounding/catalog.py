@@ -39,12 +39,14 @@ def catalog_embeddings(
     loaded: LoadedModel, targets: CatalogTargets, base_fingerprint: str,
     cache_dir: Path | str | None = None, progress: bool = True,
 ) -> torch.Tensor:
-    """Base-model embeddings of every catalog response text, cached by model and catalog."""
+    """Base-model embeddings of every catalog response text, cached by model, dtype (the
+    fingerprint is the same in every dtype, the embeddings are not) and catalog."""
     from safetensors.torch import save_file
 
     catalog_hash = hashlib.sha256("\n".join(targets.texts).encode()).hexdigest()
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
     path = (resolve_cache_dir(cache_dir) / "grounding" /
-            f"{base_fingerprint[:16]}-{catalog_hash[:16]}.safetensors")
+            f"{base_fingerprint[:16]}-{dtype}-{catalog_hash[:16]}.safetensors")
     if path.exists():
         return read_safetensors(path, "any grounding run (delete the file to recompute it)")[
             "embeddings"]
@@ -55,7 +57,7 @@ def catalog_embeddings(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     save_file({"embeddings": embeddings.contiguous()}, tmp,
-              metadata={"model": base_fingerprint, "catalog": catalog_hash})
+              metadata={"model": base_fingerprint, "dtype": dtype, "catalog": catalog_hash})
     os.replace(tmp, path)
     return embeddings
 

@@ -158,7 +158,7 @@ def load_model(
         fingerprint = record["fingerprint"]  # of the float32 weights, whatever dtype is used
         source: str | Path = folder
     else:
-        source, folder = name, model_folder(name)
+        source = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
@@ -170,6 +170,8 @@ def load_model(
             f"weights and tokenizer files, an id reachable on the Hugging Face hub, or "
             f"{DEFAULT_MODEL!r} for the embedded default."
         ) from error
+    if folder is None:  # looked up once loaded: a hub id's first load downloads it
+        folder = model_folder(name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(torch_device).eval()
