@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -438,3 +439,69 @@ def test_a_layer_other_than_the_memorys_is_refused_not_recorded(workspace, tmp_p
                           .read_text())
     assert settings["combiner"] == "concat" and "layer" not in settings
     assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["layer"] is None
+
+
+# -- artifacts of one memory stay with it -----------------------------------------------------
+def test_the_same_interactions_in_another_prompt_domain_are_not_the_memorys(workspace,
+                                                                             tmp_path):
+    """The histories match, so only the memory's recorded dataset tells them apart."""
+    from automr.data import prepare_csv
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL
+
+    raw = workspace / "raw"
+    prepare_csv(raw / "interactions.csv", raw / "items.csv", tmp_path / "movies",
+                protocol=SYNTHETIC_PROTOCOL, domain="movies")
+    annotate = runner.invoke(app, [*annotate_args(workspace, workspace / "mem",
+                                                  tmp_path / "ann"), "--data",
+                                   str(tmp_path / "movies")])
+    assert "built from another dataset" in one_line_error(annotate, workspace / "mem")
+    train = runner.invoke(app, ["retriever", "train", "--annotations", str(workspace / "ann"),
+                                "--data", str(tmp_path / "movies"), "--memory",
+                                str(workspace / "mem"), "--out", str(tmp_path / "ret"),
+                                "--quiet"])
+    assert "built from another dataset" in one_line_error(train, workspace / "mem")
+
+
+def test_annotations_and_retrievers_are_refused_with_a_memory_of_another_encoder(workspace,
+                                                                                 tmp_path):
+    from automr.memory import MemoryStore
+    from automr.recommenders.automr import load_retriever_for
+
+    data = str(workspace / "prepared")
+    window = runner.invoke(app, ["memory", "build", "--data", data, "--out",
+                                 str(tmp_path / "mem"), "--model", str(workspace / "model"),
+                                 "--layer", "2", "--encoder", "window", *QUIET])
+    assert window.exit_code == 0, window.output
+    train = runner.invoke(app, ["retriever", "train", "--annotations", str(workspace / "ann"),
+                                "--data", data, "--memory", str(tmp_path / "mem"), "--out",
+                                str(tmp_path / "ret"), "--quiet"])
+    assert "encoder differ" in one_line_error(train, tmp_path / "mem")
+    made = runner.invoke(app, ["retriever", "train", "--annotations", str(workspace / "ann"),
+                               "--data", data, "--memory", str(workspace / "mem"), "--out",
+                               str(tmp_path / "ret"), "--quiet"])
+    assert made.exit_code == 0, made.output
+    load_retriever_for(MemoryStore.open(workspace / "mem"), tmp_path / "ret")
+    with pytest.raises(AutomrError, match="encoder"):
+        load_retriever_for(MemoryStore.open(tmp_path / "mem"), tmp_path / "ret")
+
+
+def test_annotating_samples_without_memory_is_one_line(workspace, tmp_path, monkeypatch):
+    import automr.annotation.run as annotation_run
+
+    short = [s for s in annotation_run.PreparedDataset.load(workspace / "prepared")
+             .samples("train") if s.memory][:2]
+    monkeypatch.setattr(annotation_run, "seeded_subset", lambda samples, n, seed: [
+        attrs.evolve(s, memory=(), memory_timestamps=()) for s in short])
+    result = runner.invoke(app, annotate_args(workspace, workspace / "mem", tmp_path / "ann"))
+    assert "has a memory element to annotate" in one_line_error(result)
+    assert not (tmp_path / "ann").exists()
+
+
+def test_an_annotation_folder_from_before_the_encoder_was_recorded_still_resumes(workspace,
+                                                                                 tmp_path):
+    out = copy(workspace, "ann", tmp_path)
+    header = json.loads((out / "config.json").read_text())
+    del header["memory_encoder"]
+    (out / "config.json").write_text(json.dumps(header))
+    result = runner.invoke(app, annotate_args(workspace, workspace / "mem", out))
+    assert result.exit_code == 0, result.output

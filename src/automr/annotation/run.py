@@ -42,6 +42,7 @@ from automr.storage import read_json, read_safetensors, write_json_atomic
 FORMAT = "automr.annotations/1"
 MADE_BY_CONFIG = "`automr annotate` into a new --out"
 MADE_BY_SHARD = "delete it and rerun the same `automr annotate` command to redo it"
+RECORDED_LATER = ("memory_encoder",)  # folders started before resume without it
 
 
 @beartype
@@ -91,6 +92,11 @@ def annotate_dataset(
     out = Path(out_dir)
     samples = [s for s in seeded_subset(dataset.samples(config.split), config.max_samples,
                                         config.seed) if s.memory]
+    if not samples:
+        raise AutomrError(f"no {config.split} sample among the {config.max_samples or 'all'} "
+                          f"chosen has a memory element to annotate (every history fits in "
+                          f"the recent items)")
+    store.check_dataset(dataset)
     combiner = COMBINERS[config.combiner]()
     check_inputs(store, samples, combiner.uses_token_states)
     annotator = UpperAnnotator(HFSplitLLM(loaded.model), store.layer, combiner,
@@ -99,6 +105,7 @@ def annotate_dataset(
               "model_fingerprint": loaded.fingerprint(), "layer": store.layer,
               "memory": str(store.folder.resolve()), "memory_model_fingerprint":
               store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
+              "memory_encoder": store.record.encoder_settings(),
               "samples": [s.id for s in samples]}
     pool = store.record.pooling
     shards = [samples[i : i + config.shard_size]
@@ -166,7 +173,8 @@ def _start(out: Path, header: dict) -> None:
         if not isinstance(previous, dict) or previous.get("format") != FORMAT:
             raise AutomrError(f"{out} is not an annotation folder ({config_file} is another "
                               f"artifact's); refusing to write into it. Pick a new --out.")
-        if _comparable(previous) == _comparable(json.loads(json.dumps(header))):
+        current = {k: v for k, v in header.items() if k in previous or k not in RECORDED_LATER}
+        if _comparable(previous) == _comparable(json.loads(json.dumps(current))):
             return
         if any(out.glob("shard-*.safetensors")):
             raise AutomrError(f"{out} holds annotations made with other settings; use another "
@@ -258,6 +266,23 @@ class Annotations:
             index += positions
         return cls(header, torch.cat(base), element, torch.cat(queries), index)
 
+    def check_memory(self, store: MemoryStore) -> None:
+        """Refuse a memory other than the one annotated with: its model, layer, pooling and
+        (when recorded) encoder must be the annotation's, as its keys pair with these queries
+        and labels."""
+        header, record = self.header, store.record
+        made = {"model": header["memory_model_fingerprint"], "layer": header["layer"],
+                "pooling": header["pooling"],
+                "encoder": header.get("memory_encoder", record.encoder_settings())}
+        given = {"model": record.model_fingerprint, "layer": record.layer,
+                 "pooling": attrs.asdict(record.pooling), "encoder": record.encoder_settings()}
+        differ = [k for k in made if json.loads(json.dumps(made[k])) != json.loads(
+            json.dumps(given[k]))]
+        if differ:
+            raise AutomrError(f"the annotations were made with another memory than the one in "
+                              f"{store.folder} ({', '.join(differ)} differ); use the memory "
+                              f"they were made with")
+
     def labels(self, form: str, temperature: float) -> list[torch.Tensor]:
         return [labels(float(b), e, form, temperature) for b, e in zip(self.base, self.element,
                                                                         strict=True)]
@@ -272,6 +297,8 @@ def retrieval_dataset(
     Each row holds the sample's annotated elements only, in memory order (all of them, or the
     seeded subset the annotation was made on: eq. 6's KL is then over that subset).
     """
+    annotations.check_memory(store)
+    store.check_dataset(dataset)
     by_key = {s.id: s for s in dataset.samples(split)}
     missing = [k for k in annotations.header["samples"] if k not in by_key]
     if missing:
@@ -294,8 +321,7 @@ def retrieval_dataset(
         targets[row, : label.shape[0]] = label
     subset = annotations.header["config"].get("element_subset")
     metadata = {"label_form": form, "temperature": str(temperature),
-                "layer": str(store.layer), "model": annotations.header["model"],
-                "model_fingerprint": str(annotations.header["memory_model_fingerprint"]),
+                "model": annotations.header["model"], **store.record.provenance(),
                 "element_subset": "all" if subset is None else str(subset),
                 "element_seed": str(annotations.header["config"].get("element_seed", 0))}
     return RetrievalDataset(queries=annotations.queries.to(keys.dtype), keys=keys, mask=mask,

@@ -67,6 +67,7 @@ def recommend(
     run = FinetunedRun.open(finetuned)
     loaded = run.load(device=device, dtype=dtype, cache_dir=cache_dir)
     store = run.open_memory(memory, device=str(loaded.model.device))
+    store.check_dataset(dataset)
     retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever),
                                 COMBINERS[combiner](), k=k)
     ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,

@@ -18,7 +18,6 @@ import torch
 
 from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
-from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
 from automr.experiments.rq2 import Spread
 from automr.interfaces import Retriever
@@ -44,10 +43,6 @@ def annotated_dataset(
     to come from ``memory_dir``."""
     annotations = Annotations.load(annotations_dir)
     store = MemoryStore.open(memory_dir)
-    if annotations.header["memory_model_fingerprint"] != store.record.model_fingerprint or \
-            annotations.header["layer"] != store.layer:
-        raise AutomrError(f"the annotations in {annotations_dir} were made with another memory "
-                          f"(model or layer differ from {memory_dir})")
     split = annotations.header["config"]["split"]
     return annotations, retrieval_dataset(annotations, PreparedDataset.load(dataset_dir), store,
                                           split, form, temperature)

@@ -123,6 +123,13 @@ class MemoryRecord:
         return {"kind": self.encoder, "window": self.window,
                 "includes_item": self.window_includes_item}
 
+    def provenance(self) -> dict[str, str]:
+        """What keys from this memory depend on, as a retriever trained on them records it
+        (and is checked against on load): model, layer, encoder and pooling."""
+        return {"model_fingerprint": str(self.model_fingerprint), "layer": str(self.layer),
+                "encoder": json.dumps(self.encoder_settings(), sort_keys=True),
+                "pooling": json.dumps(attrs.asdict(self.pooling), sort_keys=True)}
+
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
 

@@ -18,6 +18,8 @@ from jaxtyping import Bool, Float, jaxtyped
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from automr.data.fingerprint import dataset_fingerprint
+from automr.data.prepared import PreparedDataset
 from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
@@ -91,6 +93,16 @@ class MemoryStore:
         if preload:
             store.preload()
         return store
+
+    def check_dataset(self, dataset: PreparedDataset) -> None:
+        """Refuse a dataset other than the one the memory was built from, when its build
+        recorded one (the fingerprint covers the source files, the prompt domain, the
+        protocol and the catalog)."""
+        built = self.record.dataset_fingerprint
+        if built is not None and built != dataset_fingerprint(dataset):
+            raise AutomrError(f"the memory in {self.folder} was built from another dataset "
+                              f"(other data, prompt domain, protocol or catalog); build one "
+                              f"from this dataset with `automr memory build`")
 
     # -- the Memory protocol ------------------------------------------------------------
     @property

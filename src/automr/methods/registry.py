@@ -237,6 +237,7 @@ class Workspace:
             return self._retrievals[kind]
         run = self.run("finetuned")
         store = run.open_memory(self.artifact("memory"), device=str(self.model(run).model.device))
+        store.check_dataset(self.dataset)
         layer = self.options.layer
         if layer is not None and layer != store.layer:
             raise AutomrError(f"--layer {layer} differs from the memory's layer {store.layer}: "

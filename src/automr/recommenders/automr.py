@@ -68,8 +68,7 @@ class MemoryRetrieval:
 
 
 def load_retriever_for(store: MemoryStore, directory: Path | str) -> Retriever:
-    """The saved retriever in ``directory``, refused unless it was trained on keys of the
-    memory's model and layer (and its hidden size)."""
-    expect = {"model_fingerprint": str(store.record.model_fingerprint), "layer": str(store.layer)}
-    return load_retriever(directory, device=str(store.device), expect=expect,
-                          hidden_size=store.hidden_size)
+    """The saved retriever in ``directory``, refused unless it was trained on keys like the
+    memory's: its model, layer, encoder and pooling (those it recorded), and hidden size."""
+    return load_retriever(directory, device=str(store.device),
+                          expect=store.record.provenance(), hidden_size=store.hidden_size)
