@@ -263,3 +263,20 @@ def test_l2_ranks_from_kept_distances_equal_the_grounders_batch_by_batch(workspa
         expected += [r.index(index[s.target]) for s, r in zip(chunk, rankings, strict=True)]
     assert method.rank(samples) == expected
     assert method.rank(samples) == expected  # from the kept distances alone
+
+
+def test_random_retrieval_picks_do_not_depend_on_the_batch(workspace):
+    """A sample's random element is the same alone or in a padded batch of others (the
+    query's last bits move with the padding; the picks must not)."""
+    dataset, loaded, store = workspace["dataset"], workspace["loaded"], workspace["store"]
+    samples = [s for s in dataset.samples("test") if len(s.memory) >= 3]
+    picks = []
+    for batch_size in (1, len(samples)):
+        retrieval = automr.MemoryRetrieval(store, automr.RandomRetriever(0),
+                                           automr.AppendToken(), k=1)
+        method = automr.GenerativeMethod(loaded, dataset,
+                                         LikelihoodGrounder(dataset_targets(loaded, dataset)),
+                                         layer=2, retrieval=retrieval, batch_size=batch_size)
+        method.target_log_likelihoods(samples)
+        picks.append(method.details()["retrieved"])
+    assert len(samples) >= 8 and picks[0] == picks[1]

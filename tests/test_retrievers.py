@@ -230,16 +230,25 @@ def test_random_scores_depend_on_seed_and_inputs_only(memory, seed):
 
 
 def test_random_selections_are_spread_and_seeds_differ():
-    """Over many queries with the same 5 keys, each key is picked about equally often."""
+    """Over many memories of 5 keys, each position is picked about equally often."""
     generator = torch.Generator().manual_seed(0)
     queries = torch.randn(2000, HIDDEN, generator=generator)
-    keys = torch.randn(1, 5, HIDDEN, generator=generator).expand(2000, -1, -1)
+    keys = torch.randn(2000, 5, HIDDEN, generator=generator)
     mask = torch.ones(2000, 5, dtype=torch.bool)
     picks = top_k(RandomRetriever(0).scores(queries, keys, mask), mask, 1)[0][:, 0]
     counts = torch.bincount(picks, minlength=5).float()
     assert bool(((counts - 400).abs() < 80).all()), counts  # ~4.5 sigma
     other = top_k(RandomRetriever(1).scores(queries, keys, mask), mask, 1)[0][:, 0]
     assert 0.1 < float((other == picks).float().mean()) < 0.3  # independent: ~1/5 agree
+
+
+@given(memory=padded_memories(HIDDEN))
+def test_random_scores_do_not_read_the_query(memory):
+    """The query's last bits move with the batch's padding; a sample's pick must not."""
+    nudged = memory.query * (1 + 1e-6) + 1e-9
+    first = RandomRetriever(0).scores(memory.query, memory.keys, memory.mask)
+    again = RandomRetriever(0).scores(nudged, memory.keys, memory.mask)
+    assert torch.equal(first[memory.mask], again[memory.mask])
 
 
 # -- save / load and the registry --------------------------------------------------------------

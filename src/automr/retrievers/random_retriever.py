@@ -1,17 +1,19 @@
 """The random-retrieval baseline (the paper's RQ2): scores unrelated to usefulness.
 
-Scores are a seeded *hash* of the query and each key (bit patterns of the float32 values, mixed
-with an integer hash), mapped to ``[0, 1)``. So:
+Scores are a seeded *hash* of each key and of the row's memory (bit patterns of the float32
+values of its real keys, mixed with an integer hash), mapped to ``[0, 1)``. So:
 
-* the same seed and the same inputs give the same scores, in any process and on any device;
-* scores are pseudo-random across elements and across queries, and carry no information about
+* the same seed and the same memory give the same scores, in any process and on any device;
+* scores are pseudo-random across elements and across memories, and carry no information about
   content (unlike a random projection, similar keys do not get similar scores);
-* an element's score depends only on (seed, its query, its key): not on the other rows of the
-  batch, the padding width, the batch order or how many calls came before. Calls therefore do
-  **not** advance a random stream; to draw a different selection, change ``seed``.
+* an element's score depends only on (seed, its row's real keys, its key): not on the query,
+  the other rows of the batch, the padding width, the batch order or how many calls came
+  before. Calls therefore do **not** advance a random stream; to draw a different selection,
+  change ``seed``.
 
-This makes the baseline's results independent of batch size, and it passes the same retriever
-contract as the trained ones (per-row independence, padding invariance, determinism).
+Keys are read from the memory as saved, so their bits are the same however the samples are
+batched; the query is not hashed, as its last bits move with the batch's padding (a sample's
+pick would change with the batch size).
 """
 
 from collections.abc import Mapping
@@ -70,9 +72,9 @@ class RandomRetriever:
         self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
         mask: Bool[Tensor, "batch mem"],
     ) -> Float[Tensor, "batch mem"]:
-        keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
-        row = _mix32((_hash_vectors(query, self.seed) + 0x632BE5AB) & _MASK32)
-        element = _mix32(_hash_vectors(keys, self.seed) ^ row.unsqueeze(1))
+        hashes = _hash_vectors(keys, self.seed).masked_fill(~mask, 0)
+        row = _mix32((hashes.sum(-1) + 0x632BE5AB) & _MASK32)  # of the row's real keys, any order
+        element = _mix32(hashes ^ row.unsqueeze(1))
         uniform = (element >> 8).to(torch.float32) / 2.0**24  # 24 bits: exact, below 1
         return uniform.masked_fill(~mask, -torch.inf)
 
