@@ -329,3 +329,44 @@ def test_pick_retriever_scores_the_pick_and_refuses_an_unknown_view():
     assert indices.tolist() == [[2], [0]]
     with pytest.raises(automr.AutomrError, match="no pick"):
         retriever.scores(torch.randn(2, 4), torch.randn(2, 3, 4), mask)
+
+
+class Writes:
+    """Ranks nothing in particular; 'generates' the given text for each sample."""
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        self.texts, self.settings = texts, {}
+
+    def rank(self, samples):
+        return [0] * len(samples)
+
+    def details(self):
+        return {"generated": self.texts}
+
+
+def test_generated_titles_sorts_each_text_into_target_history_catalog_or_other(demo, tmp_path):
+    from automr.data import format_target
+
+    dataset = automr.PreparedDataset.load(demo["data"])
+    config, catalog = dataset.prompt_config, dataset.catalog
+    samples = [s for s in dataset.samples("test") if s.memory][:4]
+    a, b, c, d = samples
+    unseen = next(i.id for i in catalog if i.id not in {*c.memory, *c.recent, c.target})
+    texts = {a.id: format_target(catalog.title(a.target), config),
+             b.id: format_target(catalog.title(b.memory[0]), config),
+             c.id: format_target(catalog.title(unseen), config),
+             d.id: catalog.title(d.target)}  # no quotes: not a response text
+    out = tmp_path / "e"
+    automr.evaluate({"bigrec:l2": Writes(texts)}, samples, len(catalog), out=out)
+    (tmp_path / "e.json").write_text(json.dumps(automr.EvaluationFolder(out).export()))
+    script = load_example("generated_titles")
+    for results in (out, tmp_path / "e.json"):
+        report = script.main(["--results", str(results), "--data", str(demo["data"]), "--json",
+                              str(tmp_path / "g.json")])["bigrec:l2"]
+        assert report["per_sample"] == {a.id: "target", b.id: "history", c.id: "catalog",
+                                        d.id: "other"}
+        assert report["shares"] == {"target": 0.25, "history": 0.25, "catalog": 0.25,
+                                    "other": 0.25}
+        assert report["distinct"] == len(set(texts.values()))
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert saved["command"][:2] == ["python", "examples/generated_titles.py"]

@@ -1,0 +1,95 @@
+"""What an L2 grounding generated: how often the title the LM writes is a catalog title, the true
+next one, one already in the user's history, and which titles it writes most.
+
+BIGRec's L2 grounding ranks the catalog by the distance of each title to the text the LM
+generated (beam search); `automr evaluate` keeps that text per sample (`generated/` in the
+evaluation folder, `generated` in an export). This reads it with the prepared dataset::
+
+    automr evaluate --data runs/data --finetuned runs/bigrec-l15-2k --methods bigrec:l2 \\
+        --samples 1000 --exclude-seen --out runs/generated-1000
+    python examples/generated_titles.py --results runs/generated-1000 --data runs/data
+
+``--results`` is an evaluation folder or an exported one (`automr export`, e.g. under
+docs/results/). Prints one block per method that generated; ``--json FILE`` writes the same
+numbers, with the per-sample classes keyed by sample id.
+"""
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import automr
+from automr.data import format_target
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, required=True,
+                        help="evaluation folder (automr evaluate --out) or its export")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="the prepared dataset it was evaluated on")
+    parser.add_argument("--split", default="test", help="the split its samples come from")
+    parser.add_argument("--top", type=int, default=5, help="most generated titles to show")
+    parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    return parser.parse_args(argv)
+
+
+def generated_texts(results: Path) -> dict[str, dict[str, str]]:
+    """Method -> sample id -> generated text, from a folder or an export."""
+    exported = (json.loads(results.read_text()) if results.is_file() else
+                automr.EvaluationFolder(results).export())
+    return exported.get("generated", {})
+
+
+def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: str,
+             top: int) -> dict:
+    """Each sample's generated text as ``target`` (the true next title), ``history`` (a title
+    the user had seen: in the prompt or in memory), ``catalog`` (another catalog title) or
+    ``other`` (no catalog title); the shares, the distinct texts and the most generated."""
+    samples = {s.id: s for s in dataset.samples(split)}
+    response = {item.id: format_target(item.title, dataset.prompt_config)
+                for item in dataset.catalog}
+    titles = set(response.values())
+    classes = {}
+    for sample_id, text in texts.items():
+        sample = samples[sample_id]
+        seen = {response[item] for item in (*sample.memory, *sample.recent)}
+        classes[sample_id] = ("target" if text == response[sample.target] else
+                              "history" if text in seen else
+                              "catalog" if text in titles else "other")
+    counts = Counter(classes.values())
+    most = Counter(texts.values()).most_common(top)
+    return {"samples": len(texts),
+            "shares": {k: counts[k] / len(texts) for k in ("target", "history", "catalog",
+                                                             "other")},
+            "distinct": len(set(texts.values())),
+            "most_generated": [[text, n] for text, n in most], "per_sample": classes}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    dataset = automr.PreparedDataset.load(args.data)
+    found = generated_texts(args.results)
+    if not found:
+        raise SystemExit(f"{args.results} holds no generated titles (an L2 method's, evaluated "
+                         f"by this automr or later)")
+    report = {method: classify(texts, dataset, args.split, args.top)
+              for method, texts in found.items()}
+    for method, numbers in report.items():
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in numbers["shares"].items())
+        print(f"{method}: {numbers['samples']} samples; the generated text is {shares}; "
+              f"{numbers['distinct']} distinct texts")
+        for text, n in numbers["most_generated"]:
+            print(f"  {n:>5}  {text}")
+    if args.json is not None:
+        given = list(sys.argv[1:] if argv is None else argv)
+        command = ["python", "examples/generated_titles.py", *given]
+        args.json.write_text(json.dumps({"command": command, **report}, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
