@@ -56,7 +56,8 @@ def evaluate_command(
         help="Comma-separated: ranks (Recall/NDCG) and/or likelihood (the LM methods' target "
              "log-likelihood; no decoding).")] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
-        help="Remove the user's history items from the ranking.")] = False,
+        help="Remove the user's history items from the ranking (sasrec always does, as its "
+             "original evaluation).")] = False,
     seed: int = defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
