@@ -91,3 +91,11 @@ def test_ranks_at_different_cut_offs_are_not_combined(tmp_path):
     evaluate({"m": Constant(2)}, SAMPLES, 30, out=tmp_path / "b", ks=(10, 20))
     with pytest.raises(AutomrError, match="different cut-offs"):
         combine_folders({"a": (tmp_path / "a", "m"), "b": (tmp_path / "b", "m")})
+
+
+def test_a_methods_own_settings_cannot_hide_another_sample_set(tmp_path):
+    method = Constant(1)
+    method.settings = {"samples": "mine", "n_items": 0}
+    evaluate({"m": method}, SAMPLES[:12], 30, out=tmp_path)
+    again = evaluate({"m": method}, SAMPLES[12:], 30, out=tmp_path)
+    assert again.reports["m"].sample_ids == tuple(s.id for s in SAMPLES[12:])

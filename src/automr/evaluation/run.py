@@ -169,7 +169,7 @@ def evaluate(
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}
     for name, method in methods.items():
-        settings = {"method": name, "samples": ids, "n_items": n_items, **method.settings}
+        settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
         if "ranks" in measures:
             reports[name] = _ranks(name, method, samples, settings, folder, n_items, ks,
                                    n_resamples, seed, shard_size)
