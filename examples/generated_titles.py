@@ -1,5 +1,6 @@
 """What an L2 grounding generated: how often the title the LM writes is a catalog title, the true
-next one, one already in the user's history, and which titles it writes most.
+next one, one already in the user's history, and which titles it writes most (with each
+one's rank by training-period popularity).
 
 BIGRec's L2 grounding ranks the catalog by the distance of each title to the text the LM
 generated (beam search); `automr evaluate` keeps that text per sample (`generated/` in the
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import automr
 from automr.data import format_target
+from automr.data.popularity import popularity
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,7 +50,9 @@ def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: s
              top: int) -> dict:
     """Each sample's generated text as ``target`` (the true next title), ``history`` (a title
     the user had seen: in the prompt or in memory), ``catalog`` (another catalog title) or
-    ``other`` (no catalog title); the shares, the distinct texts and the most generated."""
+    ``other`` (no catalog title); the shares, the distinct texts and the most generated, each
+    with its rank by training-period popularity (1 + the titles with more interactions; None:
+    not a catalog title)."""
     samples = {s.id: s for s in dataset.samples(split)}
     response = {item.id: format_target(item.title, dataset.prompt_config)
                 for item in dataset.catalog}
@@ -61,12 +65,19 @@ def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: s
                               "history" if text in seen else
                               "catalog" if text in titles else "other")
     counts = Counter(classes.values())
-    most = Counter(texts.values()).most_common(top)
+    interactions = dict(zip(response.values(), popularity(dataset).tolist(), strict=True))
+
+    def rank(text: str) -> int | None:  # 1 + the titles with more training interactions
+        if text not in interactions:
+            return None
+        return 1 + sum(n > interactions[text] for n in interactions.values())
+
+    most = [[text, n, rank(text)] for text, n in Counter(texts.values()).most_common(top)]
     return {"samples": len(texts),
             "shares": {k: counts[k] / len(texts) for k in ("target", "history", "catalog",
                                                              "other")},
             "distinct": len(set(texts.values())),
-            "most_generated": [[text, n] for text, n in most], "per_sample": classes}
+            "most_generated": most, "per_sample": classes}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -82,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         shares = ", ".join(f"{k} {v:.1%}" for k, v in numbers["shares"].items())
         print(f"{method}: {numbers['samples']} samples; the generated text is {shares}; "
               f"{numbers['distinct']} distinct texts")
-        for text, n in numbers["most_generated"]:
-            print(f"  {n:>5}  {text}")
+        for text, n, rank in numbers["most_generated"]:
+            where = "not a catalog title" if rank is None else f"popularity rank {rank}"
+            print(f"  {n:>5}  {text}  ({where})")
     if args.json is not None:
         given = list(sys.argv[1:] if argv is None else argv)
         command = ["python", "examples/generated_titles.py", *given]

@@ -346,6 +346,7 @@ class Writes:
 
 def test_generated_titles_sorts_each_text_into_target_history_catalog_or_other(demo, tmp_path):
     from automr.data import format_target
+    from automr.data.popularity import popularity
 
     dataset = automr.PreparedDataset.load(demo["data"])
     config, catalog = dataset.prompt_config, dataset.catalog
@@ -368,5 +369,9 @@ def test_generated_titles_sorts_each_text_into_target_history_catalog_or_other(d
         assert report["shares"] == {"target": 0.25, "history": 0.25, "catalog": 0.25,
                                     "other": 0.25}
         assert report["distinct"] == len(set(texts.values()))
+        ranks = {text: rank for text, _, rank in report["most_generated"]}
+        assert ranks[texts[d.id]] is None and ranks[texts[a.id]] == 1 + sum(
+            count > popularity(dataset)[catalog.ids.index(a.target)]
+            for count in popularity(dataset).tolist())
     saved = json.loads((tmp_path / "g.json").read_text())
     assert saved["command"][:2] == ["python", "examples/generated_titles.py"]
