@@ -26,6 +26,8 @@ import automr
 from automr.data import format_target
 from automr.data.popularity import popularity
 
+FORMAT = "automr.generated-titles/1"
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -99,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.json is not None:
         given = list(sys.argv[1:] if argv is None else argv)
         command = ["python", "examples/generated_titles.py", *given]
-        args.json.write_text(json.dumps({"command": command, **report}, indent=1))
+        args.json.write_text(json.dumps({"format": FORMAT, "command": command,
+                                         "results": str(args.results), "methods": report},
+                                        indent=1))
     return report
 
 

@@ -375,3 +375,4 @@ def test_generated_titles_sorts_each_text_into_target_history_catalog_or_other(d
             for count in popularity(dataset).tolist())
     saved = json.loads((tmp_path / "g.json").read_text())
     assert saved["command"][:2] == ["python", "examples/generated_titles.py"]
+    assert saved["format"] == script.FORMAT and saved["methods"]["bigrec:l2"] == report

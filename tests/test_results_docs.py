@@ -203,3 +203,26 @@ def test_committed_token_scorer_picks_reproduce_their_means(path):
         assert sum(averaged) / len(averaged) == pytest.approx(point["pick_minus_mean"],
                                                               abs=1e-4), point
     assert exported["commands"]
+
+
+TITLES = sorted(p for p in RESULTS.rglob("*.json")
+                if json.loads(p.read_text()).get("format") == "automr.generated-titles/1")
+
+
+@pytest.mark.parametrize("path", TITLES, ids=[p.name for p in TITLES])
+def test_committed_generated_titles_reproduce_from_their_export(path):
+    """examples/generated_titles.py exports: the shares from the per-sample classes, the
+    distinct texts and the most generated ones from the export's generated texts."""
+    from collections import Counter
+
+    saved = json.loads(path.read_text())
+    generated = json.loads((path.parents[3] / saved["results"]).read_text())["generated"]
+    for method, numbers in saved["methods"].items():
+        texts = generated[method]
+        assert set(numbers["per_sample"]) == set(texts) and numbers["samples"] == len(texts)
+        classes = Counter(numbers["per_sample"].values())
+        for kind, share in numbers["shares"].items():
+            assert share == pytest.approx(classes[kind] / len(texts), abs=1e-12)
+        assert numbers["distinct"] == len(set(texts.values()))
+        counts = Counter(texts.values())
+        assert all(counts[text] == n for text, n, _ in numbers["most_generated"])
