@@ -81,9 +81,9 @@ def test_bench_ground_generates_in_every_round(workspace, tmp_path, monkeypatch)
     from automr.grounding.l2 import L2Grounder
 
     calls = []
-    distances = L2Grounder.distances
-    monkeypatch.setattr(L2Grounder, "distances",
-                        lambda self, *args: calls.append(1) or distances(self, *args))
+    generate = L2Grounder.generate
+    monkeypatch.setattr(L2Grounder, "generate",
+                        lambda self, *args: calls.append(1) or generate(self, *args))
     result = runner.invoke(app, ["bench", "ground", "--data", str(workspace / "prepared"),
                                  "--out", str(tmp_path), "--model", str(workspace / "model"),
                                  "--grounders", "l2", "--samples", "2", "--batch-size", "2",
