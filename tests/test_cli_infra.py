@@ -205,6 +205,30 @@ def test_a_run_record_holds_the_git_commit_and_the_returned_metrics(tmp_path):
     assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
 
 
+def test_a_run_record_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    """A commit made while a long run works is not the code that ran."""
+    import typer
+    from click.testing import CliRunner as ClickRunner
+
+    import automr.cli.record as record_module
+
+    commits = iter([{"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": False}])
+    monkeypatch.setattr(record_module, "git_state", lambda: next(commits))
+    single = typer.Typer()
+
+    @single.command()
+    def work(out: Annotated[Path, typer.Option()]) -> None:
+        record_module.git_state()  # someone commits meanwhile
+
+    command = typer.main.get_command(single)
+    record_module.attach_run_record(command)
+    result = ClickRunner().invoke(command, ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line)
+                 for line in (tmp_path / "run" / RUNS_FILE).read_text().splitlines()]
+    assert record["git"]["commit"] == "a" * 40
+
+
 def test_git_state_is_none_outside_a_checkout(tmp_path):
     from automr.cli.record import git_state
 

@@ -42,10 +42,11 @@ def attach_run_record(command: Any) -> None:
     @functools.wraps(invoke)
     def recorded(ctx: Any) -> Any:
         started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+        git = git_state()  # the code that runs: a commit made during a long run is not it
         result = invoke(ctx)
         out = ctx.params.get("out") or ctx.params.get("results")  # rq3 writes into --results
         if out is not None and distributed.is_main():  # one record for N processes
-            record = run_record(ctx, started, time.perf_counter() - clock)
+            record = run_record(ctx, started, time.perf_counter() - clock, git)
             record["metrics"] = _jsonable(result) if isinstance(result, Mapping) else None
             append_record(Path(out), record)
         return result
@@ -59,8 +60,10 @@ def append_record(out: Path, record: dict[str, Any]) -> None:
         file.write(json.dumps(record) + "\n")
 
 
-def run_record(ctx: Any, started: dt.datetime, seconds: float) -> dict[str, Any]:
-    """What ran, with what, where and how long (``ctx``: the finished command's context)."""
+def run_record(ctx: Any, started: dt.datetime, seconds: float,
+               git: dict[str, Any] | None) -> dict[str, Any]:
+    """What ran, with what, where and how long (``ctx``: the finished command's context;
+    ``git``: :func:`git_state` when it started)."""
     torch = sys.modules.get("torch")  # None when the command never needed it (data prepare)
     cuda = torch is not None and torch.cuda.is_available()
     root = ctx.find_root()
@@ -73,7 +76,7 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float) -> dict[str, Any]
         "sources": {name: _source(ctx.get_parameter_source(name)) for name in params},
         "versions": {**{name: _version(name) for name in PACKAGES},
                      "python": platform.python_version()},
-        "git": git_state(),
+        "git": git,
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "processes": distributed.world_size() if distributed.launched() else 1,
