@@ -4,9 +4,10 @@ sample, a conventional model's scores (``l2-sasrec``, their ``adjust_ci.py`` wit
 
 The formula is :func:`~automr.grounding.prior.adjusted_distances`: the prior min-max
 normalised over the catalog (per sample for scores), ``gamma`` chosen on validation samples.
-``gamma = 0`` is BIGRec's plain L2 ranking; a large ``gamma`` hands the ranking to the prior,
-so a ``gamma`` chosen on validation sits where the two together rank best. Every injection of
-one LM shares its generations: ``plain`` keeps the distances it computed per sample.
+``gamma = 0`` is BIGRec's plain L2 ranking; a large ``gamma`` hands the ranking to the prior
+(after the nearest title, whose normalised distance is 0), so a ``gamma`` chosen on
+validation sits where the two together rank best. Every injection of one LM shares its
+generations: ``plain`` keeps the distances it computed per sample.
 """
 
 from collections.abc import Callable, Mapping, Sequence
