@@ -3,7 +3,8 @@
 Scores are a seeded *hash* of each key and of the row's memory (bit patterns of the float32
 values of its real keys, mixed with an integer hash), mapped to ``[0, 1)``. So:
 
-* the same seed and the same memory give the same scores, in any process and on any device;
+* the same seed and the same memory (its keys in the same dtype) give the same scores, in any
+  process and on any device;
 * scores are pseudo-random across elements and across memories, and carry no information about
   content (unlike a random projection, similar keys do not get similar scores);
 * an element's score depends only on (seed, its row's real keys, its key): not on the query,
