@@ -111,3 +111,27 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
     not_export.write_text("{}")
     with pytest.raises(AutomrError, match="not an exported evaluation"):
         combine_folders({"x": (not_export, "bigrec:x")})
+
+
+def test_a_compared_method_keeps_the_split_of_its_source(tmp_path):
+    """rq3 and friends ask a folder which split a method ranked; `automr compare` folders
+    answer with their source's, whether a folder or an export."""
+    from automr.data.records import Sample
+    from automr.evaluation import evaluate
+
+    class First:
+        def __init__(self) -> None:
+            self.settings: dict = {}
+
+        def rank(self, samples):
+            return [0] * len(samples)
+
+    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
+                      recent_timestamps=(0,)) for i in range(4)]
+    evaluate({"m": First()}, samples, 10, out=tmp_path / "a",
+             record={"config": {"split": "valid"}})
+    (tmp_path / "a.json").write_text(json.dumps(EvaluationFolder(tmp_path / "a").export()))
+    combine_folders({"x": (tmp_path / "a", "m"), "y": (tmp_path / "a.json", "m")},
+                    out=tmp_path / "c")
+    compared = EvaluationFolder(tmp_path / "c")
+    assert compared.split("x") == compared.split("y") == "valid"

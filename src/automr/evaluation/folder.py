@@ -159,9 +159,17 @@ class EvaluationFolder:
         return dict(read_json(path, "`automr evaluate`"))
 
     def split(self, method: str) -> str:
-        """The split that was ranked (from the method's settings or ``results.json``; test)."""
-        for path, key in ((self.settings_file(method), None), (self.path / RESULTS_JSON,
-                                                                "config")):
+        """The split that was ranked (from the method's settings or ``results.json``, or, for a
+        method `automr compare` brought in, from its source; test)."""
+        settings = self.settings_file(method)
+        origin = read_json(settings, "`automr evaluate`") if settings.is_file() else {}
+        if isinstance(origin, dict) and set(origin) == {"folder", "method"}:
+            source = Path(origin["folder"])
+            if source.is_dir():
+                return EvaluationFolder(source).split(origin["method"])
+            if source.is_file():
+                return str(read_export(source)["results"].get("config", {}).get("split", "test"))
+        for path, key in ((settings, None), (self.path / RESULTS_JSON, "config")):
             if path.is_file():
                 data = read_json(path, "`automr evaluate`")
                 data = data.get(key, {}) if key else data
