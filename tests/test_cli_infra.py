@@ -236,3 +236,38 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
     assert git_state(ROOT / "src" / "automr")["commit"] == subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
         check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--k", "0"], "'k'"),
+    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--combiner", "foo"],
+     "--combiner 'foo'"),
+    (["rq2", "--data", "d", "--out", "o", "--finetuned", "f", "--memory", "m", "--retriever",
+      "r", "--batch-size", "0"], "'batch_size'"),
+    (["ablate", "--data", "d", "--finetuned", "f", "--out", "o", "--test-samples", "0"],
+     "'test_samples'"),
+    (["memory", "build", "--data", "d", "--out", "o", "--encoder", "foo"], "encoder 'foo'"),
+    (["annotate", "--data", "d", "--memory", "m", "--finetuned", "f", "--out", "o",
+      "--combiner", "foo"], "--combiner 'foo'"),
+    (["retriever", "train", "--annotations", "a", "--data", "d", "--memory", "m", "--out", "o",
+      "--monitor", "foo"], "monitor='foo'"),
+    (["recommend", "u", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever", "r",
+      "--combiner", "foo"], "combiner 'foo'"),
+    (["bench", "ground", "--data", "d", "--grounders", ","], "no grounder"),
+], ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else None)
+def test_a_refused_option_value_is_one_line_before_any_work(args, says, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no input exists: the option is refused before it is read
+    result = runner.invoke(app, args)
+    text = result.output.strip()
+    assert result.exit_code == 2, result.output
+    assert text.startswith("error: ") and "\n" not in text and "Traceback" not in text, text
+    assert says in text, text
+
+
+@pytest.mark.parametrize("name", ["oracle", "random", "random seed 3"])
+def test_a_scored_retriever_cannot_take_a_reference_rows_name(name):
+    from automr.errors import AutomrError
+    from automr.experiments.retriever import score_retrievers
+
+    with pytest.raises(AutomrError, match="reference rows"):
+        score_retrievers("a", "d", "m", {name: object()})

@@ -5,7 +5,13 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import DataOption, Runtime, runtime_options, user_errors
+from automr.cli.common import (
+    DataOption,
+    Runtime,
+    checked_options,
+    runtime_options,
+    user_errors,
+)
 from automr.defaults import DEFAULT_LAYER
 
 
@@ -49,10 +55,10 @@ def ablate_command(
         layer_values = tuple(int(v) for v in _names(layers))
     except ValueError:
         raise AutomrError(f"--layers must be comma-separated integers, got {layers!r}") from None
-    config = AblationConfig(encoders=_names(encoders), layers=layer_values,
-                            combiners=_names(combiners), retrievers=_names(retrievers),
-                            train_samples=train_samples, test_samples=test_samples,
-                            label_form=label_form, temperature=temperature, seed=seed)
+    config = checked_options("ablation", lambda: AblationConfig(
+        encoders=_names(encoders), layers=layer_values, combiners=_names(combiners),
+        retrievers=_names(retrievers), train_samples=train_samples, test_samples=test_samples,
+        label_form=label_form, temperature=temperature, seed=seed))
     run_ablation(data, finetuned, out, config, **runtime.keywords(), progress=runtime.progress,
                  say=typer.echo)
     typer.echo((out / "ablation.md").read_text())

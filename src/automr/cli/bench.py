@@ -8,6 +8,7 @@ import typer
 
 from automr.cli.common import ModelOption, Runtime, runtime_options, user_errors
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
+from automr.errors import AutomrError
 
 app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
                   no_args_is_help=True)
@@ -119,8 +120,10 @@ def ground(
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_ground
 
-    loaded = runtime.load_model(model)
     kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
+    if not kinds:
+        raise AutomrError("--grounders names no grounder; give e.g. constrained,l2")
+    loaded = runtime.load_model(model)
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
                           layer, cache_dir=runtime.cache_dir, repeats=repeats)
     _save(result, out, f"ground-{result['device']}")

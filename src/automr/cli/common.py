@@ -54,6 +54,28 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def option_error(error: Exception) -> str:
+    """A validator's message in one line: attrs' ``in_`` as ``--name 'value': choose one of
+    ...``, others as their first line (beartype's and attrs' messages name the field)."""
+    args = error.args
+    if len(args) == 4 and hasattr(args[1], "name"):  # in_(...): (msg, attribute, options, value)
+        return (f"--{args[1].name.replace('_', '-')} {args[3]!r}: choose one of "
+                f"{', '.join(map(str, args[2]))}")
+    text = str(args[0]) if args else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def checked_options(what: str, build: Callable[[], R]) -> R:
+    """``build()``, a config made of command-line options, with a value its validators refuse
+    turned into one line (:class:`AutomrError`) instead of a traceback."""
+    from beartype.roar import BeartypeCallHintViolation
+
+    try:
+        return build()
+    except (ValueError, BeartypeCallHintViolation) as error:
+        raise AutomrError(f"invalid {what} options: {option_error(error)}") from None
+
+
 def option_group(name: str, options: Mapping[str, tuple[Any, Any]],
                  build: Callable[..., Any]) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Give a command a group of options declared once, received as one value.

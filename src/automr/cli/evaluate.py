@@ -9,6 +9,7 @@ from automr.cli.common import (
     DataOption,
     ModelOption,
     Runtime,
+    checked_options,
     runtime_options,
     user_errors,
 )
@@ -73,12 +74,11 @@ def evaluate_command(
 
     With --measures likelihood, the LM methods also score the true titles. Returns each
     method's metric means (kept in the run record)."""
-    config = EvalConfig(split=split, max_samples=samples or None, seed=seed,
-                        batch_size=batch_size, layer=layer, num_beams=num_beams or None,
-                        exclude_seen=exclude_seen, combiner=combiner, k=k,
-                        measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
-                        retrieval_seed=retrieval_seed, tune_samples=tune_samples,
-                        reference=reference)
+    config = checked_options("evaluation", lambda: EvalConfig(
+        split=split, max_samples=samples or None, seed=seed, batch_size=batch_size,
+        layer=layer, num_beams=num_beams or None, exclude_seen=exclude_seen, combiner=combiner,
+        k=k, measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
+        retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference))
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],

@@ -13,6 +13,7 @@ from automr.cli.common import (
     FinetunedOption,
     MemoryOption,
     Runtime,
+    checked_options,
     runtime_options,
     user_errors,
 )
@@ -73,9 +74,10 @@ def rq2_command(
     from automr.experiments.evaluate import EvalConfig
     from automr.experiments.rq2 import run_rq2
 
-    config = EvalConfig(max_samples=samples or None, seed=seed, batch_size=batch_size,
-                        num_beams=num_beams or None, combiner=combiner, k=k,
-                        measures=(measure,), exclude_seen=exclude_seen)
+    config = checked_options("rq2", lambda: EvalConfig(
+        max_samples=samples or None, seed=seed, batch_size=batch_size,
+        num_beams=num_beams or None, combiner=combiner, k=k, measures=(measure,),
+        exclude_seen=exclude_seen))
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
             seeds=parse_seeds(seeds), grounder=grounder, config=config, **runtime.keywords(),
             progress=runtime.progress,

@@ -5,7 +5,14 @@ from typing import Annotated, Any
 
 import typer
 
-from automr.cli.common import ModelOption, Runtime, option_group, runtime_options, user_errors
+from automr.cli.common import (
+    ModelOption,
+    Runtime,
+    option_error,
+    option_group,
+    runtime_options,
+    user_errors,
+)
 from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_MODEL
@@ -125,7 +132,7 @@ def finetune_command(
             autocast=None if autocast == "none" else autocast,
         )
     except ValueError as error:  # attrs' validators: name the option and the allowed values
-        raise AutomrError(f"invalid fine-tune options: {_option_error(error)}") from None
+        raise AutomrError(f"invalid fine-tune options: {option_error(error)}") from None
     dataset = PreparedDataset.load(data)
     loaded = runtime.load_model(model)
     store = None if memory is None else MemoryStore.open(memory)
@@ -144,12 +151,3 @@ def context_spec_option(kind: str | None, k: int, trsr: TrsrOptions) -> ContextS
         return ContextSpec(kind=kind, k=k, **trsr)
     except ValueError as error:
         raise AutomrError(f"invalid context options: {error}") from None
-
-
-def _option_error(error: ValueError) -> str:
-    """attrs' validator message (``'name' must be in (...)``) without its Attribute dump."""
-    args = error.args
-    if len(args) == 4 and hasattr(args[1], "name"):  # in_(...): (msg, attribute, options, value)
-        return (f"--{args[1].name.replace('_', '-')} {args[3]!r}: choose one of "
-                f"{', '.join(map(str, args[2]))}")
-    return str(args[0]) if args else str(error)

@@ -15,6 +15,7 @@ from automr.cli.common import (
     QuietOption,
     RetrieverOption,
     Runtime,
+    checked_options,
     runtime_options,
     user_errors,
 )
@@ -55,9 +56,9 @@ def memory_build(
     from automr.memory import MemoryConfig, Pooling, build_memory
 
     sharding = {"shard_elements": shard_elements} if shard_elements else {}
-    config = MemoryConfig(encoder=encoder, pooling=Pooling(kind=pooling),
-                          store_token_states=store_token_states, storage_dtype=storage_dtype,
-                          **sharding)
+    config = checked_options("memory", lambda: MemoryConfig(
+        encoder=encoder, pooling=Pooling(kind=pooling), store_token_states=store_token_states,
+        storage_dtype=storage_dtype, **sharding))
     store = build_memory(runtime.load_model(model), PreparedDataset.load(data), layer, config,
                          out, batch_size=batch_size, progress=runtime.progress)
     typer.echo(f"memory of {len(store.users())} users at layer {store.layer} in {out}")
@@ -86,11 +87,12 @@ def annotate_command(
     from automr.data import PreparedDataset
     from automr.recommenders.runs import FinetunedRun
 
+    config = checked_options("annotation", lambda: AnnotateConfig(
+        split=split, max_samples=samples or None, seed=seed, combiner=combiner,
+        element_batch=element_batch, element_subset=element_subset or None,
+        element_seed=element_seed))
     run = FinetunedRun.open(finetuned)
     store = run.open_memory(memory)
-    config = AnnotateConfig(split=split, max_samples=samples or None, seed=seed,
-                            combiner=combiner, element_batch=element_batch,
-                            element_subset=element_subset or None, element_seed=element_seed)
     annotate_dataset(run.load(**runtime.keywords()), PreparedDataset.load(data), store, out,
                      config, progress=runtime.progress)
     typer.echo(f"annotations in {out}")
@@ -122,8 +124,8 @@ def retriever_train(
     from automr.experiments.retriever import train_retriever
     from automr.retrievers import RetrieverTrainingConfig
 
-    config = RetrieverTrainingConfig(lr=lr, max_epochs=epochs, patience=patience,
-                                     monitor=monitor, seed=seed)
+    config = checked_options("retriever training", lambda: RetrieverTrainingConfig(
+        lr=lr, max_epochs=epochs, patience=patience, monitor=monitor, seed=seed))
     record = train_retriever(annotations, data, memory, out, label_form, temperature,
                              valid_fraction, config, progress=not quiet, device=device)
     valid = record["valid"]
@@ -161,6 +163,9 @@ def retriever_score(
         name, sep, folder = text.partition("=")
         if not sep or not name or not folder:
             raise AutomrError(f"--retriever takes NAME=FOLDER, got {text!r}")
+        if name in chosen:
+            raise AutomrError(f"--retriever names {name!r} twice (with --semantic, 'semantic' "
+                              f"is taken)")
         chosen[name] = load_retriever(folder, hidden_size=hidden)
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
     out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import attrs
 from beartype import beartype
 
 from automr import distributed
+from automr.combiners import COMBINERS
 from automr.data import PreparedDataset
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
@@ -56,7 +57,8 @@ class EvalConfig:
     measures: tuple[str, ...] = ("ranks",)
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
     n_resamples: int = 1000
-    combiner: str = "concat"
+    combiner: str = attrs.field(default="concat",
+                                validator=attrs.validators.in_(tuple(COMBINERS)))
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     retrieval_seed: int | None = None
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""

@@ -62,6 +62,8 @@ def recommend(
     combiner: str = "concat", k: int = 1, device: str = "auto",
     cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
 ) -> Recommendation:
+    if combiner not in COMBINERS:
+        raise AutomrError(f"unknown combiner {combiner!r}; choose one of {', '.join(COMBINERS)}")
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
     run = FinetunedRun.open(finetuned)

@@ -18,6 +18,7 @@ import torch
 
 from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
+from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
 from automr.experiments.rq2 import Spread
 from automr.interfaces import Retriever
@@ -170,6 +171,10 @@ def score_retrievers(
 ) -> RetrieverScores:
     """The gain of each retriever's first pick on annotated held-out samples (module
     docstring), beside ``oracle``, ``random`` and one row per random seed."""
+    reserved = [n for n in retrievers if n in ("oracle", "random") or n.startswith("random seed")]
+    if reserved:
+        raise AutomrError(f"the names {', '.join(reserved)} are the reference rows' (oracle, "
+                          f"random, random seed S); name the retrievers otherwise")
     annotations, data = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form)
     gains = element_gains(annotations)
     best = torch.tensor([float(g.max()) for g in gains], dtype=torch.float64)
