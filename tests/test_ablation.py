@@ -63,6 +63,24 @@ def test_every_cell_is_scored_and_the_oracle_bounds_every_retriever(workspace, t
     assert [r.gains for r in rerun] == [r.gains for r in rows]
 
 
+def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifacts(
+        workspace, tmp_path):
+    import attrs
+
+    small = AblationConfig(layers=(2,), combiners=("append-token",), train_samples=6,
+                           test_samples=4, n_resamples=20)
+    run_ablation(workspace / "prepared", workspace / "ft", tmp_path, small, device="cpu",
+                 progress=False, say=lambda line: None)
+    for changed in (attrs.evolve(small, test_samples=3), attrs.evolve(small, seed=5)):
+        with pytest.raises(AutomrError, match="other settings"):
+            run_ablation(workspace / "prepared", workspace / "ft", tmp_path, changed,
+                         device="cpu", progress=False, say=lambda line: None)
+    with pytest.raises(AutomrError, match="retriever trained with other settings"):
+        run_ablation(workspace / "prepared", workspace / "ft", tmp_path,
+                     attrs.evolve(small, label_form="paper"), device="cpu", progress=False,
+                     say=lambda line: None)
+
+
 def test_a_layer_below_the_tuned_layers_is_refused(workspace, tmp_path):
     with pytest.raises(AutomrError, match="lora-from-layer"):
         run_ablation(workspace / "prepared", workspace / "ft", tmp_path,

@@ -152,18 +152,19 @@ def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, co
     sizes = {"train": config.train_samples, "test": config.test_samples}
     for split, folder in folders.items():
         needed = split == "test" or "mlp" in config.retrievers
-        if needed and not _finished(folder):
+        settings = AnnotateConfig(split=split, max_samples=sizes[split], seed=config.seed,
+                                  combiner=combiner)
+        if needed and not _finished(folder, settings):  # annotate resumes, or refuses others
             say(f"[annotate {cell}, {split}] {folder}")
-            annotate_dataset(tuned(), dataset, store, folder, AnnotateConfig(
-                split=split, max_samples=sizes[split], seed=config.seed, combiner=combiner),
-                progress=progress)
+            annotate_dataset(tuned(), dataset, store, folder, settings, progress=progress)
     retriever_dir = out / f"retriever-{cell}"
-    if "mlp" in config.retrievers and not (retriever_dir / "training.json").exists():
+    training = RetrieverTrainingConfig(seed=config.seed)
+    if "mlp" in config.retrievers and not _trained(retriever_dir, folders["train"], config,
+                                                   training):
         say(f"[train retriever {cell}] {retriever_dir}")
         train_retriever(folders["train"], dataset_dir, memory_dir, retriever_dir,
-                        config.label_form, config.temperature,
-                        config=RetrieverTrainingConfig(seed=config.seed), progress=progress,
-                        device=device)
+                        config.label_form, config.temperature, config=training,
+                        progress=progress, device=device)
     test = Annotations.load(folders["test"])
     data = retrieval_dataset(test, dataset, store, "test", config.label_form, config.temperature)
     gains = [element - base for base, element in zip(test.base, test.element, strict=True)]
@@ -175,11 +176,30 @@ def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, co
     return rows
 
 
-def _finished(folder: Path) -> bool:
+def _finished(folder: Path, settings: AnnotateConfig) -> bool:
+    """The annotations in ``folder`` are complete and were made with ``settings``."""
     try:
-        Annotations.load(folder)
+        made = Annotations.load(folder).header["config"]
     except AutomrError:
         return False
+    return made == json.loads(json.dumps(attrs.asdict(settings)))
+
+
+def _trained(folder: Path, annotations: Path, config: AblationConfig,
+             training: RetrieverTrainingConfig) -> bool:
+    """A retriever in ``folder`` trained on ``annotations`` with these labels and settings;
+    one trained otherwise is refused (a rerun must not score it as this configuration's)."""
+    record_file = folder / "training.json"
+    if not record_file.exists():
+        return False
+    record = json.loads(record_file.read_text())
+    made = (record.get("annotations"), record.get("label_form"), record.get("temperature"),
+            record.get("config"))
+    wanted = (str(annotations), config.label_form, config.temperature,
+              json.loads(json.dumps(attrs.asdict(training))))
+    if made != wanted:
+        raise AutomrError(f"{folder} holds a retriever trained with other settings (labels, "
+                          f"temperature, seed or annotations); use another --out")
     return True
 
 
