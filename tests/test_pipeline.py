@@ -2,6 +2,7 @@
 
 import json
 
+import attrs
 import pytest
 from typer.testing import CliRunner
 
@@ -48,6 +49,10 @@ def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
              progress=False, dataset_dir=workspace / "prepared", say=again.append)
     assert all("already done" in line for line in again)
+    other = attrs.evolve(tiny_demo(workspace), test_samples=3, seed=1)
+    with pytest.raises(AutomrError, match=r"other settings \(seed, test_samples\)"):
+        run_demo(tmp_path / "demo", other, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared", say=again.append)
 
 
 def test_step_commands_chain(workspace, tmp_path):

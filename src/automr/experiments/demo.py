@@ -26,6 +26,7 @@ from automr.data import PreparedDataset, prepare_movielens_100k
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
+from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.likelihood import LikelihoodReport, compare_likelihoods
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
@@ -82,6 +83,8 @@ def run_demo(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, {"config": attrs.asdict(config), "dataset": None if dataset_dir is None
+                          else str(Path(dataset_dir).resolve())})
     timings: dict[str, float] = {}
 
     def step(name: str, folder: Path, work: Callable[[], object]) -> None:
@@ -162,6 +165,25 @@ def run_demo(
     with runs.open("a") as f:
         f.write(json.dumps(record) + "\n")
     return results
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Finished steps are skipped on a rerun, so a rerun must have the first run's settings
+    (else the results of the old ones would be shown, and recorded, as the new ones')."""
+    path = out / "settings.json"
+    settings = json.loads(json.dumps(settings))
+    if not path.exists():
+        write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
+        return
+    first = json.loads(path.read_text())
+    if first != settings:
+        changed = sorted(k for k in {**first.get("config", {}), **settings["config"]}
+                         if first.get("config", {}).get(k) != settings["config"].get(k))
+        if first.get("dataset") != settings["dataset"]:
+            changed.append("data")
+        raise AutomrError(f"{out} holds a demo run with other settings "
+                          f"({', '.join(changed)}); its finished steps would be shown as this "
+                          f"run's. Use another --out.")
 
 
 def example_user(dataset: PreparedDataset, config: DemoConfig) -> str:
