@@ -1,11 +1,14 @@
-"""The random-retrieval seed and ``automr rq2`` on a tiny model and synthetic data."""
+"""What a named method's settings hold, the random-retrieval seed and ``automr rq2``, on a tiny
+model and synthetic data."""
 
 import json
+import shutil
 from pathlib import Path
 
 import attrs
 import pytest
 import typer
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from automr.cli.figures import parse_seeds, rq2_command
@@ -15,7 +18,7 @@ from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import require_matplotlib
 from automr.experiments.rq2 import RQ2Result, plot_rq2, run_rq2
 from automr.llm.loading import load_model
-from automr.memory import MemoryConfig, build_memory
+from automr.memory import MemoryConfig, MemoryRecord, build_memory
 from automr.methods import Artifacts, GenerativeMethod, MethodOptions, Workspace, method_settings
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.retrievers import build_retriever
@@ -64,6 +67,72 @@ def test_retrieval_seed_enters_only_random_settings(workspace):
     assert settings("random:l2", seed=4, retrieval_seed=1)["retrieval_seed"] == 1
     assert settings("bigrec:l2", retrieval_seed=3) == settings("bigrec:l2")  # unaffected
     assert settings("bigrec:l2")["finetuned"] == str((workspace / "ft").resolve())
+
+
+def copies(workspace, folder, *names):
+    for name in names:
+        shutil.copytree(workspace / name, folder / name)
+    return Artifacts(finetuned=folder / "ft", memory=folder / "mem", retriever=folder / "ret-0")
+
+
+def test_settings_change_when_an_artifact_is_made_again_in_its_folder(workspace, tmp_path):
+    """An evaluation folder reuses ranks whose settings are equal: what each artifact folder
+    holds is part of them, not only its path, and so are the dataset and an LM's dtype."""
+    dataset = PreparedDataset.load(workspace / "prepared")
+    artifacts = copies(workspace, tmp_path / "a", "ft", "mem", "ret-0")
+
+    def settings(method="automr:l2", data=dataset, **space):
+        return method_settings(method, Workspace(data, space.pop("artifacts", artifacts),
+                                                 **space))
+
+    before = settings()
+    elsewhere = settings(artifacts=copies(workspace, tmp_path / "b", "ft", "mem", "ret-0"))
+    assert before["digests"] == elsewhere["digests"]  # the same files in another folder
+    assert before["finetuned"] != elsewhere["finetuned"]
+
+    shutil.rmtree(artifacts.retriever)  # trained again into the same folder
+    shutil.copytree(workspace / "ret-1", artifacts.retriever)
+    after = settings()
+    assert after["digests"]["retriever"] != before["digests"]["retriever"]
+    assert {k: v for k, v in after.items() if k != "digests"} == {
+        k: v for k, v in before.items() if k != "digests"}
+
+    adapter = artifacts.finetuned / "best" / "adapter_model.safetensors"
+    weights = load_file(adapter)
+    save_file({k: v + 1e-3 for k, v in weights.items()}, adapter)
+    assert settings()["digests"]["finetuned"] != after["digests"]["finetuned"]
+    assert settings("bigrec:l2")["digests"] == {"finetuned": settings()["digests"]["finetuned"]}
+
+    config = artifacts.memory / "config.json"
+    built = json.loads(config.read_text())
+    config.write_text(json.dumps({**built, "pooling": {"kind": "last", "skip_first": 0}}))
+    assert settings()["digests"]["memory"] != after["digests"]["memory"]
+
+    other = synthetic_dataset(tmp_path / "other", seed=1)
+    assert settings("pop", other)["data"] != settings("pop")["data"]
+    assert settings("bigrec:l2")["dtype"] == "float32"
+    assert settings("bigrec:l2", dtype="bfloat16")["dtype"] == "bfloat16"
+    assert "dtype" not in settings("pop") and "digests" not in settings("pop")
+
+
+def test_a_retriever_trained_again_in_its_folder_is_ranked_again(workspace, tmp_path):
+    """The stale-reuse bug: the same command after ``automr retriever train`` wrote a new
+    retriever into the same --retriever folder read the old retriever's ranks back."""
+    artifacts = copies(workspace, tmp_path, "ret-0")
+    artifacts = attrs.evolve(artifacts, finetuned=workspace / "ft", memory=workspace / "mem")
+
+    def evaluate(out):
+        return evaluate_methods(workspace / "prepared", ["automr:likelihood"], out,
+                                attrs.evolve(CONFIG, measures=("likelihood",)), artifacts,
+                                device="cpu", progress=False)
+
+    first = evaluate(tmp_path / "out").likelihoods["automr:likelihood"]
+    shutil.rmtree(artifacts.retriever)
+    hidden = MemoryRecord.read(workspace / "mem").hidden_size
+    build_retriever("mlp", hidden, seed=1).save(artifacts.retriever)
+    again = evaluate(tmp_path / "out").likelihoods["automr:likelihood"]
+    fresh = evaluate(tmp_path / "fresh").likelihoods["automr:likelihood"]
+    assert again == fresh != first
 
 
 def test_retrieval_seed_changes_retrieval_not_samples(workspace, tmp_path):

@@ -9,12 +9,15 @@
   ``config.json`` (``format``, settings, ``provenance``) + one safetensors file whose metadata
   repeats format and provenance (so the weights file alone says what it belongs to).
 - :func:`check_provenance`: refuse a component built with another model or layer.
+- :func:`files_digest`: what a folder's files hold, for keys that must change when an artifact
+  is made again in the same place.
 """
 
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,3 +164,15 @@ def check_provenance(
         if key in saved and str(saved[key]) != str(value):
             raise AutomrError(f"{what} was built with {key}={saved[key]!r}, but {value!r} is in "
                               f"use: {remedy}")
+
+
+def files_digest(folder: Path | str, names: Sequence[str]) -> str:
+    """sha256 over the name and content of each of ``names`` in ``folder`` (a missing one
+    counts as missing): equal digests, equal files, wherever the folder lies."""
+    from automr.cache import sha256_of
+
+    digest = hashlib.sha256()
+    for name in names:
+        path = Path(folder) / name
+        digest.update(f"{name}:{sha256_of(path) if path.is_file() else 'missing'}\n".encode())
+    return digest.hexdigest()

@@ -23,9 +23,10 @@ from automr.data.prepared import PreparedDataset
 from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
-from automr.memory.config import MemoryRecord
+from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
+from automr.storage import files_digest
 
 Request = tuple[str, int] | tuple[str, int, int]
 """``(user, count)`` or ``(user, count, start)``: elements ``start .. start+count-1``."""
@@ -93,6 +94,12 @@ class MemoryStore:
         if preload:
             store.preload()
         return store
+
+    @staticmethod
+    def digest(folder: Path | str) -> str:
+        """What a memory folder holds, hashed: its config and index, which decide every key
+        (a memory built again in the same folder with other settings has another)."""
+        return files_digest(folder, (CONFIG_FILE, INDEX_FILE))
 
     def check_dataset(self, dataset: PreparedDataset) -> None:
         """Refuse a dataset other than the one the memory was built from, when its build

@@ -18,6 +18,7 @@ from beartype import beartype
 
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
+from automr.data.fingerprint import dataset_fingerprint
 from automr.data.popularity import popularity
 from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
@@ -26,8 +27,14 @@ from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.prior import choose_gamma, min_max
 from automr.interfaces import Method
-from automr.llm.loading import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
-from automr.memory import MemoryRecord
+from automr.llm.loading import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from automr.memory import MemoryRecord, MemoryStore
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
 from automr.methods.injection import PriorWeightedMethod, Scores
@@ -36,6 +43,7 @@ from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
 from automr.retrievers import build_retriever
+from automr.retrievers.storage import retriever_digest
 
 
 @beartype
@@ -89,6 +97,16 @@ MADE_BY = {
     "retriever": "`automr retriever train`", "rella": "`automr finetune --context rella`",
     "trsr": "`automr finetune --context trsr`",
 }
+
+DIGESTS: dict[str, Callable[[Path], str]] = {
+    "finetuned": lambda folder: FinetunedRun.open(folder).fingerprint(),
+    "rella": lambda folder: FinetunedRun.open(folder).fingerprint(),
+    "trsr": lambda folder: FinetunedRun.open(folder).fingerprint(),
+    "memory": MemoryStore.digest,
+    "retriever": retriever_digest,
+}
+"""What each artifact folder holds, hashed: part of a method's settings, so that an artifact
+made again in the same folder is not taken for the old one by a resumed evaluation."""
 
 
 @attrs.define
@@ -351,15 +369,24 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 
 def method_settings(method: str, space: Workspace) -> dict[str, Any]:
-    """What decides ``method``'s ranks: its artifacts (resolved paths, and the prompt context
-    a context baseline was tuned with) and the options it uses."""
+    """What decides ``method``'s ranks: the dataset (its fingerprint), an LM's dtype, its
+    artifacts (resolved paths, what they hold, and the prompt context a context baseline was
+    tuned with) and the options it uses."""
     name, grounder = parse_method(method)
     kind = METHODS[name]
-    settings: dict[str, Any] = {"grounder": grounder} if kind.grounded else {}
+    settings: dict[str, Any] = {"data": dataset_fingerprint(space.dataset)}
+    if kind.grounded:
+        settings["grounder"] = grounder
+    if kind.likelihood:  # an LM's dtype moves its scores (and so ties and beams)
+        dtype = resolve_dtype(space.dtype, resolve_device(space.device))
+        settings["dtype"] = str(dtype).removeprefix("torch.")
     for artifact in kind.artifacts:
-        value = (space.artifacts.model if artifact == "model"
-                 else str(space.artifact(artifact).resolve()))
-        settings[artifact] = value
+        if artifact == "model":
+            settings["model"] = space.artifacts.model
+            continue
+        folder = space.artifact(artifact)
+        settings[artifact] = str(folder.resolve())
+        settings.setdefault("digests", {})[artifact] = DIGESTS[artifact](folder)
     for option in kind.options:
         settings[option] = (space.retrieval_seed if option == "retrieval_seed"
                             else getattr(space.options, option))

@@ -56,7 +56,7 @@ from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from automr.recommenders.memory_aware import MemoryInserts, MemoryTraining
 from automr.recommenders.parallel import AUTOCAST, NLLModule, StepRunner
-from automr.recommenders.runs import RESULT_FILE
+from automr.recommenders.runs import ADAPTER_WEIGHTS, RESULT_FILE
 from automr.state import LayerState
 from automr.storage import atomic_dir, read_json, read_safetensors, write_json_atomic
 
@@ -647,6 +647,6 @@ def _comparable(identity: dict) -> dict:
 def _load_adapter(model: PeftModel, folder: Path) -> None:
     from peft.utils import set_peft_model_state_dict
 
-    weights = read_safetensors(folder / "adapter_model.safetensors",
+    weights = read_safetensors(folder / ADAPTER_WEIGHTS,
                                f"`automr finetune` (delete {folder} to restart)")
     set_peft_model_state_dict(model, weights)

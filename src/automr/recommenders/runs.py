@@ -20,6 +20,7 @@ RESULT_FILE = "finetune.json"
 """Written by a fine-tune when it finishes; its presence marks a usable run folder."""
 ADAPTER_DIR = "best"
 """The adapter with the best validation loss (peft's folder layout)."""
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @attrs.frozen
@@ -68,21 +69,26 @@ class FinetunedRun:
         """The base model with the best adapter attached (eval mode)."""
         from peft import PeftModel
 
-        from automr.cache import sha256_of
-
         base = load_model(self.base_model, device=device, dtype=dtype, cache_dir=cache_dir)
         if base.fingerprint() != self.base_fingerprint:  # the same whatever dtype is used
             raise AutomrError(f"the base model {self.base_model!r} found here (fingerprint "
                               f"{base.fingerprint()[:12]}) differs from the one {self.path} was "
                               f"tuned on ({self.base_fingerprint[:12]}). {FINGERPRINT_CHANGE}")
-        weights = self.path / ADAPTER_DIR / "adapter_model.safetensors"
-        read_safetensors(weights, f"`automr finetune` (the adapter of {self.path} is damaged: "
-                                  f"fine-tune again into a new --out)")
+        fingerprint = self.fingerprint()  # a missing or damaged adapter is one line first
         model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
-        adapter = sha256_of(weights)
-        fingerprint = hashlib.sha256(f"{self.base_fingerprint}+{adapter}".encode()).hexdigest()
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
+
+    def fingerprint(self) -> str:
+        """The tuned model's fingerprint: its base model's and its adapter's bytes (read from
+        disk each time, so a fine-tune made again in this folder has another)."""
+        from automr.cache import sha256_of
+
+        weights = self.path / ADAPTER_DIR / ADAPTER_WEIGHTS
+        read_safetensors(weights, f"`automr finetune` (the adapter of {self.path} is damaged: "
+                                  f"fine-tune again into a new --out)")
+        adapter = sha256_of(weights)
+        return hashlib.sha256(f"{self.base_fingerprint}+{adapter}".encode()).hexdigest()
 
     def check_memory(self, memory_fingerprint: str | None, layer: int) -> None:
         """Refuse layer-``layer`` keys the tuned model's lower half would not reproduce.

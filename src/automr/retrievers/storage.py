@@ -15,7 +15,13 @@ from beartype import beartype
 from torch import Tensor
 
 from automr.errors import AutomrError
-from automr.storage import check_provenance, load_component, save_component
+from automr.storage import (
+    CONFIG_FILE,
+    check_provenance,
+    files_digest,
+    load_component,
+    save_component,
+)
 
 RETRIEVER_FORMAT: Final = "automr.retriever/1"
 WEIGHTS_FILE: Final = "retriever.safetensors"
@@ -62,3 +68,10 @@ def read_retriever(
     check_provenance(f"the retriever in {directory}", meta.get("provenance", {}), expect,
                      "train one for this setting")
     return meta, tensors
+
+
+@beartype
+def retriever_digest(directory: Path | str) -> str:
+    """What a saved retriever holds, hashed: its config and weights (a retriever trained again
+    in the same folder has another)."""
+    return files_digest(directory, (CONFIG_FILE, WEIGHTS_FILE))
