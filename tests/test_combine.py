@@ -135,3 +135,17 @@ def test_a_compared_method_keeps_the_split_of_its_source(tmp_path):
                     out=tmp_path / "c")
     compared = EvaluationFolder(tmp_path / "c")
     assert compared.split("x") == compared.split("y") == "valid"
+
+
+def test_every_interval_of_a_combined_table_comes_from_its_bootstrap(tmp_path):
+    """Sources saved with other resamples or seeds are summarised again from their values,
+    so one table never mixes intervals of different bootstraps."""
+    ranks, lls = [0, 3, 29, 5, 1, 2, 8, 4], [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0]
+    a = evaluated(tmp_path / "a", "m", ranks, lls)  # 50 resamples, seed 0
+    combined = combine_folders({"a": (a, "m")}, n_resamples=70, seed=3)
+    expected = build_report("a", IDS, torch.tensor(ranks), 30, n_resamples=70, seed=3)
+    assert combined.reports["a"] == expected
+    assert combined.likelihoods["a"] == build_likelihood_report(
+        "a", IDS, [(v, 3) for v in lls], n_resamples=70, seed=3)
+    same = combine_folders({"a": (a, "m")}, n_resamples=50, seed=0)
+    assert same.reports["a"].metrics == EvaluationFolder(a).report("m").metrics

@@ -39,7 +39,8 @@ def combine_folders(
     Every method brings its ranks and/or its target log-likelihoods, whichever its folder
     holds; all methods of a measure must cover the same samples (same ids), so pairs are
     exact, and all ranks must be measured at the same cut-offs. ``n_resamples`` and ``seed``:
-    the paired bootstrap's."""
+    the bootstrap's, for every interval (a source saved with others is summarised again from
+    its values)."""
     if not sources:
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     reference = reference or next(iter(sources))
@@ -53,10 +54,12 @@ def combine_folders(
         if report is None and likelihood is None:
             raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
                               f"{method}")
-        if report is not None:
-            reports[name] = attrs.evolve(report, method=name)
+        if report is not None:  # one bootstrap for every interval of the table
+            reports[name] = attrs.evolve(report.resampled(report.ks, n_resamples, seed),
+                                         method=name)
         if likelihood is not None:
-            likelihoods[name] = attrs.evolve(likelihood, method=name)
+            likelihoods[name] = attrs.evolve(likelihood.resampled(n_resamples, seed),
+                                             method=name)
         if elements is not None:
             retrieved[name] = elements
     for kind, measured in (("ranks", reports), ("log-likelihoods", likelihoods)):

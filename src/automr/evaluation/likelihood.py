@@ -54,6 +54,16 @@ class LikelihoodReport:
         return {"target_ll": ll,
                 "target_ll_per_token": ll / torch.tensor(self.tokens, dtype=torch.float64)}
 
+    def resampled(self, n_resamples: int, seed: int) -> "LikelihoodReport":
+        """This report with intervals from ``n_resamples`` resamples of ``seed`` (itself when
+        they are those already)."""
+        if (self.n_resamples, self.seed) == (n_resamples, seed):
+            return self
+        return build_likelihood_report(
+            self.method, self.sample_ids, list(zip(self.log_likelihoods, self.tokens,
+                                                   strict=True)),
+            n_resamples=n_resamples, seed=seed)
+
     def save(self, path: Path | str) -> None:
         write_json_atomic(path, {
             "format": LIKELIHOOD_FORMAT, "method": self.method, "n_resamples": self.n_resamples,

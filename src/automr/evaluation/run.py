@@ -186,18 +186,17 @@ def evaluate(
 def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, shard_size
            ) -> MetricReport:
     saved = None if folder is None else folder.saved_report(name, settings)
-    if saved is not None and (saved.ks, saved.n_resamples, saved.seed) == (tuple(ks),
-                                                                           n_resamples, seed):
-        return saved
     details: dict = {}
     if saved is not None:
-        ranks = saved.ranks
+        report = saved.resampled(ks, n_resamples, seed)
+        if report is saved:
+            return saved
     else:
         ranks, details = run_sharded(method.rank, method, samples, settings, folder, name,
                                      "ranks", shard_size)
-    report = build_report(name, [s.id for s in samples],
-                          torch.tensor(list(ranks), dtype=torch.long), n_items, ks=ks,
-                          n_resamples=n_resamples, seed=seed)
+        report = build_report(name, [s.id for s in samples],
+                              torch.tensor(list(ranks), dtype=torch.long), n_items, ks=ks,
+                              n_resamples=n_resamples, seed=seed)
     if folder is not None and distributed.is_main():
         folder.save(report, settings, details)
         folder.clear_shards(name, "ranks")
@@ -207,17 +206,17 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
 def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, shard_size
                  ) -> LikelihoodReport:
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
-    if saved is not None and (saved.n_resamples, saved.seed) == (n_resamples, seed):
-        return saved
     details: dict = {}
     if saved is not None:
-        values = list(zip(saved.log_likelihoods, saved.tokens, strict=True))
+        report = saved.resampled(n_resamples, seed)
+        if report is saved:
+            return saved
     else:
         pairs, details = run_sharded(method.target_log_likelihoods, method, samples, settings,
                                      folder, name, "loglik", shard_size)
-        values = [(float(v), int(n)) for v, n in pairs]
-    report = build_likelihood_report(name, [s.id for s in samples], values,
-                                     n_resamples=n_resamples, seed=seed)
+        report = build_likelihood_report(name, [s.id for s in samples],
+                                         [(float(v), int(n)) for v, n in pairs],
+                                         n_resamples=n_resamples, seed=seed)
     if folder is not None and distributed.is_main():
         folder.save_likelihoods(report, settings, details)
         folder.clear_shards(name, "loglik")
