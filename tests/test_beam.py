@@ -36,6 +36,8 @@ def test_one_beam_is_greedy(tiny_models, arch, prompt, layer):
     [hyps] = beam_search(llm, ids, mask, layer, num_beams=1, max_new_tokens=5, eos_token_id=EOS)
     greedy = greedy_generate(llm, ids, mask, layer, max_new_tokens=5, eos_token_id=EOS)[0]
     assert list(hyps[0].tokens) == greedy.tolist()[: len(hyps[0].tokens)]
+    nothing = greedy_generate(llm, ids, mask, layer, max_new_tokens=0, eos_token_id=EOS)
+    assert nothing.shape == (1, 0) and nothing.dtype == ids.dtype
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
