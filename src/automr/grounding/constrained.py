@@ -67,7 +67,7 @@ class ConstrainedGrounder:
             rest = self._fallback_order(found[0] if found else None, n_items)
             seen = set(found)
             rankings.append(found + [i for i in rest if i not in seen])
-        return torch.tensor(rankings, dtype=torch.long)
+        return torch.tensor(rankings, dtype=torch.long, device=input_ids.device)
 
     def beams(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
