@@ -1,10 +1,12 @@
 """``automr ablate`` on a tiny model: every cell scored from the same exact annotations."""
 
 import json
+import shutil
 
 import pytest
 import torch
 import typer
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from automr.annotation.run import Annotations
@@ -79,6 +81,45 @@ def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifact
         run_ablation(workspace / "prepared", workspace / "ft", tmp_path,
                      attrs.evolve(small, label_form="paper"), device="cpu", progress=False,
                      say=lambda line: None)
+
+    other = retuned(workspace, tmp_path / "ft-2")  # another fine-tune, same settings
+    with pytest.raises(AutomrError, match="other settings"):
+        run_ablation(workspace / "prepared", other, tmp_path, small, device="cpu",
+                     progress=False, say=lambda line: None)
+    for annotations in tmp_path.glob("annotations-*"):  # made again in place by it
+        shutil.rmtree(annotations)
+    with pytest.raises(AutomrError, match="retriever trained with other settings"):
+        run_ablation(workspace / "prepared", other, tmp_path, small, device="cpu",
+                     progress=False, say=lambda line: None)
+
+
+def retuned(workspace, folder):
+    """A copy of the fine-tune whose adapter weights moved a little."""
+    shutil.copytree(workspace / "ft", folder)
+    adapter = folder / "best" / "adapter_model.safetensors"
+    save_file({k: v + 1e-3 for k, v in load_file(adapter).items()}, adapter)
+    return folder
+
+
+def test_a_rerun_with_the_out_folder_typed_otherwise_reuses_everything(workspace, tmp_path,
+                                                                       monkeypatch):
+    small = AblationConfig(layers=(2,), combiners=("append-token",), train_samples=6,
+                           test_samples=4, n_resamples=20)
+    monkeypatch.chdir(tmp_path)
+    first = run_ablation(workspace / "prepared", workspace / "ft", "out", small, device="cpu",
+                         progress=False, say=lambda line: None)
+    steps = []
+    again = run_ablation(workspace / "prepared", workspace / "ft", tmp_path / "out", small,
+                         device="cpu", progress=False, say=steps.append)
+    assert again == first
+    assert not [step for step in steps if step.startswith(("[annotate", "[train"))]
+
+
+def test_bad_labels_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="label_form"):
+        AblationConfig(label_form="logarithm")
+    with pytest.raises(ValueError, match="temperature"):
+        AblationConfig(temperature=0.0)
 
 
 def test_a_layer_below_the_tuned_layers_is_refused(workspace, tmp_path):

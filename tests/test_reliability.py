@@ -501,7 +501,8 @@ def test_an_annotation_folder_from_before_the_encoder_was_recorded_still_resumes
                                                                                  tmp_path):
     out = copy(workspace, "ann", tmp_path)
     header = json.loads((out / "config.json").read_text())
-    del header["memory_encoder"]
+    assert header["dtype"] == "float32"
+    del header["memory_encoder"], header["dtype"]
     (out / "config.json").write_text(json.dumps(header))
     result = runner.invoke(app, annotate_args(workspace, workspace / "mem", out))
     assert result.exit_code == 0, result.output

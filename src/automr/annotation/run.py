@@ -32,7 +32,7 @@ from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
-from automr.llm.loading import LoadedModel
+from automr.llm.loading import LoadedModel, dtype_name
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import Progress
@@ -42,7 +42,7 @@ from automr.storage import read_json, read_safetensors, write_json_atomic
 FORMAT = "automr.annotations/1"
 MADE_BY_CONFIG = "`automr annotate` into a new --out"
 MADE_BY_SHARD = "delete it and rerun the same `automr annotate` command to redo it"
-RECORDED_LATER = ("memory_encoder",)  # folders started before resume without it
+RECORDED_LATER = ("memory_encoder", "dtype")  # folders started before resume without them
 
 
 @beartype
@@ -102,7 +102,8 @@ def annotate_dataset(
     annotator = UpperAnnotator(HFSplitLLM(loaded.model), store.layer, combiner,
                                element_batch=config.element_batch)
     header = {"format": FORMAT, "config": attrs.asdict(config), "model": loaded.name,
-              "model_fingerprint": loaded.fingerprint(), "layer": store.layer,
+              "model_fingerprint": loaded.fingerprint(), "dtype": dtype_name(loaded.model.dtype),
+              "layer": store.layer,
               "memory": str(store.folder.resolve()), "memory_model_fingerprint":
               store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
               "memory_encoder": store.record.encoder_settings(),

@@ -23,14 +23,21 @@ import attrs
 import torch
 from beartype import beartype
 
+from automr.annotation.labels import LABEL_FORMS
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
-from automr.experiments.retriever import picked_gains, train_retriever
-from automr.llm.loading import LoadedModel, load_model
+from automr.experiments.retriever import annotations_digest, picked_gains, train_retriever
+from automr.llm.loading import (
+    LoadedModel,
+    dtype_name,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 from automr.memory import MemoryConfig, build_memory
 from automr.memory.encoders import ENCODERS
 from automr.recommenders.runs import FinetunedRun
@@ -66,8 +73,8 @@ class AblationConfig:
                                               validator=_subset(ABLATION_RETRIEVERS))
     train_samples: int = attrs.field(default=128, validator=attrs.validators.gt(0))
     test_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
-    label_form: str = "log"
-    temperature: float = 1.0
+    label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
+    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     seed: int = 0
     n_resamples: int = 1000
 
@@ -118,6 +125,8 @@ def run_ablation(
     dataset = PreparedDataset.load(dataset_dir)
     run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
+    made_by = {"model_fingerprint": run.fingerprint(),  # what reused annotations must match
+               "dtype": dtype_name(resolve_dtype(dtype, resolve_device(device)))}
     models: dict[str, LoadedModel] = {}
 
     def model(kind: str) -> LoadedModel:  # loaded once, and only when a step needs it
@@ -137,16 +146,17 @@ def run_ablation(
             run.check_memory(store.record.model_fingerprint, layer)
             for combiner in config.combiners:
                 rows += _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer,
-                                    combiner, config, lambda: model("tuned"), progress, say,
-                                    device)
+                                    combiner, config, lambda: model("tuned"), made_by,
+                                    progress, say, device)
     write_ablation(rows, out, config, {"dataset": str(dataset_dir),
                                        "finetuned": str(finetuned)})
     return rows
 
 
 def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, combiner,
-                config: AblationConfig, tuned: Callable[[], LoadedModel], progress: bool,
-                say: Callable[[str], None], device: str = "auto") -> list[AblationRow]:
+                config: AblationConfig, tuned: Callable[[], LoadedModel],
+                made_by: dict[str, str], progress: bool, say: Callable[[str], None],
+                device: str = "auto") -> list[AblationRow]:
     cell = f"{encoder}-L{layer}-{combiner}"
     folders = {split: out / f"annotations-{cell}-{split}" for split in ("train", "test")}
     sizes = {"train": config.train_samples, "test": config.test_samples}
@@ -154,7 +164,7 @@ def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, co
         needed = split == "test" or "mlp" in config.retrievers
         settings = AnnotateConfig(split=split, max_samples=sizes[split], seed=config.seed,
                                   combiner=combiner)
-        if needed and not _finished(folder, settings):  # annotate resumes, or refuses others
+        if needed and not _finished(folder, settings, made_by):  # else resumed or refused
             say(f"[annotate {cell}, {split}] {folder}")
             annotate_dataset(tuned(), dataset, store, folder, settings, progress=progress)
     retriever_dir = out / f"retriever-{cell}"
@@ -176,13 +186,16 @@ def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, co
     return rows
 
 
-def _finished(folder: Path, settings: AnnotateConfig) -> bool:
-    """The annotations in ``folder`` are complete and were made with ``settings``."""
+def _finished(folder: Path, settings: AnnotateConfig, made_by: dict[str, str]) -> bool:
+    """The annotations in ``folder`` are complete and were made with ``settings`` by the
+    model (fingerprint) and dtype of ``made_by``."""
     try:
-        made = Annotations.load(folder).header["config"]
+        header = Annotations.load(folder).header
     except AutomrError:
         return False
-    return made == json.loads(json.dumps(attrs.asdict(settings)))
+    return (header["config"] == json.loads(json.dumps(attrs.asdict(settings)))
+            and all(header.get(key, value) == value  # the dtype was recorded later
+                    for key, value in made_by.items()))
 
 
 def _trained(folder: Path, annotations: Path, config: AblationConfig,
@@ -193,9 +206,11 @@ def _trained(folder: Path, annotations: Path, config: AblationConfig,
     if not record_file.exists():
         return False
     record = json.loads(record_file.read_text())
-    made = (record.get("annotations"), record.get("label_form"), record.get("temperature"),
-            record.get("config"))
-    wanted = (str(annotations), config.label_form, config.temperature,
+    same = (record["annotations_digest"] == annotations_digest(annotations)
+            if "annotations_digest" in record  # older records name the folder only
+            else Path(str(record.get("annotations"))).resolve() == annotations.resolve())
+    made = (same, record.get("label_form"), record.get("temperature"), record.get("config"))
+    wanted = (True, config.label_form, config.temperature,
               json.loads(json.dumps(attrs.asdict(training))))
     if made != wanted:
         raise AutomrError(f"{folder} holds a retriever trained with other settings (labels, "

@@ -32,6 +32,7 @@ from automr.retrievers import (
     top_k,
     train_mlp_retriever,
 )
+from automr.storage import files_digest
 
 SCORES_FORMAT = "automr.retriever-scores/1"
 
@@ -71,13 +72,20 @@ def train_retriever(
     out = Path(out_dir)
     retriever.save(out)
     record = {
-        "annotations": str(annotations_dir), "label_form": form, "temperature": temperature,
+        "annotations": str(annotations_dir), "annotations_digest": annotations_digest(
+            annotations_dir), "label_form": form, "temperature": temperature,
         "train_samples": len(train), "valid_samples": n_valid,
         "config": attrs.asdict(config), "history": attrs.asdict(history),
         "valid": attrs.asdict(evaluate_retriever(retriever, valid)) if valid else None,
     }
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def annotations_digest(folder: Path | str) -> str:
+    """What an annotation folder holds, hashed: its header (settings, model fingerprint and
+    dtype, memory, sample ids), which decides every value."""
+    return files_digest(folder, ("config.json",))
 
 
 def element_gains(annotations: Annotations) -> list[torch.Tensor]:

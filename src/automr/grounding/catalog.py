@@ -18,7 +18,7 @@ from automr.grounding.likelihood import LikelihoodGrounder
 from automr.grounding.prior import min_max
 from automr.grounding.targets import CatalogTargets, catalog_targets
 from automr.interfaces import Grounder
-from automr.llm.loading import LoadedModel
+from automr.llm.loading import LoadedModel, dtype_name
 from automr.progress import Progress
 from automr.storage import read_safetensors
 
@@ -44,7 +44,7 @@ def catalog_embeddings(
     from safetensors.torch import save_file
 
     catalog_hash = hashlib.sha256("\n".join(targets.texts).encode()).hexdigest()
-    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    dtype = dtype_name(loaded.model.dtype)
     path = (resolve_cache_dir(cache_dir) / "grounding" /
             f"{base_fingerprint[:16]}-{dtype}-{catalog_hash[:16]}.safetensors")
     if path.exists():

@@ -126,6 +126,11 @@ def resolve_device(device: str = "auto") -> torch.device:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: how artifacts and settings record a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 on CUDA, float32 on CPU (bf16 is slow on CPUs without it)."""
     if dtype == "auto":
@@ -355,7 +360,7 @@ def model_summary(loaded: LoadedModel) -> dict[str, object]:
         "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
         "vocab_size": config.vocab_size,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "dtype": dtype_name(loaded.model.dtype),
         "device": str(loaded.model.device),
         "fingerprint": loaded.fingerprint(),
     }

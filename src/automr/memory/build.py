@@ -31,7 +31,7 @@ from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
 from automr.data.records import Interaction
 from automr.errors import AutomrError
-from automr.llm.loading import LoadedModel, canonical_model_name
+from automr.llm.loading import LoadedModel, canonical_model_name, dtype_name
 from automr.memory.config import (
     CONFIG_FILE,
     MEMORY_FORMAT,
@@ -63,7 +63,7 @@ def make_record(backbone: Backbone, layer: int, config: MemoryConfig, prompt_con
                 catalog: Catalog) -> MemoryRecord:
     """The ``config.json`` of a memory built with these settings."""
     llm = backbone.llm
-    dtype = str(llm.dtype).removeprefix("torch.")
+    dtype = dtype_name(llm.dtype)
     storage = STORAGE_DTYPES[config.storage_dtype]
     return MemoryRecord(
         model_name=backbone.name, model_fingerprint=backbone.fingerprint, layer=layer,
@@ -72,7 +72,7 @@ def make_record(backbone: Backbone, layer: int, config: MemoryConfig, prompt_con
         window=window if config.encoder == "window" else None,
         window_includes_item=config.window_includes_item if config.encoder == "window" else True,
         pooling=config.pooling, store_token_states=config.store_token_states,
-        storage_dtype=dtype if storage is None else str(storage).removeprefix("torch."),
+        storage_dtype=dtype if storage is None else dtype_name(storage),
         shard_elements=config.shard_elements, share_prefix=config.share_prefix,
         prompt_config=prompt_config,
         dataset_fingerprint=None if dataset is None else dataset_fingerprint(dataset),

@@ -30,6 +30,7 @@ from automr.interfaces import Method
 from automr.llm.loading import (
     DEFAULT_MODEL,
     LoadedModel,
+    dtype_name,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -378,8 +379,7 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     if kind.grounded:
         settings["grounder"] = grounder
     if kind.likelihood:  # an LM's dtype moves its scores (and so ties and beams)
-        dtype = resolve_dtype(space.dtype, resolve_device(space.device))
-        settings["dtype"] = str(dtype).removeprefix("torch.")
+        settings["dtype"] = dtype_name(resolve_dtype(space.dtype, resolve_device(space.device)))
     for artifact in kind.artifacts:
         if artifact == "model":
             settings["model"] = space.artifacts.model
