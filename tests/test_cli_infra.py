@@ -239,13 +239,13 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--k", "0"], "'k'"),
+    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--k", "0"], "--k must be > 0"),
     (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--combiner", "foo"],
      "--combiner 'foo'"),
     (["rq2", "--data", "d", "--out", "o", "--finetuned", "f", "--memory", "m", "--retriever",
-      "r", "--batch-size", "0"], "'batch_size'"),
+      "r", "--batch-size", "0"], "--batch-size must be > 0"),
     (["ablate", "--data", "d", "--finetuned", "f", "--out", "o", "--test-samples", "0"],
-     "'test_samples'"),
+     "--test-samples must be > 0"),
     (["memory", "build", "--data", "d", "--out", "o", "--encoder", "foo"], "encoder 'foo'"),
     (["annotate", "--data", "d", "--memory", "m", "--finetuned", "f", "--out", "o",
       "--combiner", "foo"], "--combiner 'foo'"),

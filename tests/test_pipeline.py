@@ -53,6 +53,25 @@ def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     with pytest.raises(AutomrError, match=r"other settings \(seed, test_samples\)"):
         run_demo(tmp_path / "demo", other, device="cpu", cache_dir=tmp_path / "cache",
                  progress=False, dataset_dir=workspace / "prepared", say=again.append)
+    with pytest.raises(AutomrError, match=r"other settings \(dtype\)"):
+        run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", dtype="bfloat16",
+                 cache_dir=tmp_path / "cache", progress=False,
+                 dataset_dir=workspace / "prepared", say=again.append)
+    settings = tmp_path / "demo" / "settings.json"  # as written before the dtype was recorded
+    first = json.loads(settings.read_text())
+    assert first.pop("dtype") == "float32"
+    settings.write_text(json.dumps(first))
+    run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
+             progress=False, dataset_dir=workspace / "prepared", say=again.append)
+
+
+@pytest.mark.parametrize("option, value", [("--combiner", "foo"), ("--encoder", "foo"),
+                                           ("--test-samples", "0")])
+def test_a_bad_demo_option_is_one_line_before_any_work(tmp_path, option, value):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), option, value])
+    assert result.exit_code == 2, result.output
+    assert f"invalid demo options: {option}" in result.output
+    assert not (tmp_path / "demo").exists()  # nothing written: a corrected rerun can start
 
 
 def test_step_commands_chain(workspace, tmp_path):

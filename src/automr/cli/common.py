@@ -2,6 +2,7 @@
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
@@ -62,7 +63,9 @@ def option_error(error: Exception) -> str:
         return (f"--{args[1].name.replace('_', '-')} {args[3]!r}: choose one of "
                 f"{', '.join(map(str, args[2]))}")
     text = str(args[0]) if args else str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    # attrs' gt/ge/...: "'test_samples' must be > 0: 0" -> "--test-samples must be > 0: 0"
+    return re.sub(r"^'(\w+)' must", lambda m: f"--{m[1].replace('_', '-')} must", line)
 
 
 def checked_options(what: str, build: Callable[[], R]) -> R:

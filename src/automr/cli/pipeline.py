@@ -202,9 +202,9 @@ def demo_command(
     """
     from automr.experiments.demo import DemoConfig, demo_summary, run_demo
 
-    config = DemoConfig(model=model, layer=layer, train_samples=train_samples,
-                        annotate_samples=annotate_samples, test_samples=test_samples,
-                        encoder=encoder, combiner=combiner, seed=seed)
+    config = checked_options("demo", lambda: DemoConfig(
+        model=model, layer=layer, train_samples=train_samples, annotate_samples=annotate_samples,
+        test_samples=test_samples, encoder=encoder, combiner=combiner, seed=seed))
     results = run_demo(out, config, **runtime.keywords(), progress=runtime.progress,
                        dataset_dir=data, say=typer.echo)
     typer.echo(demo_summary(out))

@@ -20,6 +20,7 @@ import torch
 from beartype import beartype
 
 import automr
+from automr.annotation.labels import LABEL_FORMS
 from automr.annotation.run import AnnotateConfig, annotate_dataset
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, prepare_movielens_100k
@@ -32,14 +33,22 @@ from automr.evaluation.likelihood import LikelihoodReport, compare_likelihoods
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.recommend import recommend
 from automr.experiments.retriever import train_retriever
-from automr.llm.loading import DEFAULT_MODEL, load_model
-from automr.memory import MemoryConfig, build_memory
+from automr.llm.loading import (
+    DEFAULT_MODEL,
+    dtype_name,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from automr.memory import ENCODERS, MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
-from automr.methods.registry import Artifacts
+from automr.methods.registry import GROUNDERS, Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
 from automr.storage import write_text_atomic
+
+_POSITIVE = attrs.validators.gt(0)
 
 
 @beartype
@@ -50,23 +59,26 @@ class DemoConfig:
 
     model: str = DEFAULT_MODEL
     layer: int = DEFAULT_LAYER
-    train_samples: int = 96
-    valid_samples: int = 16
-    epochs: int = 1
-    batch_size: int = 8
+    train_samples: int = attrs.field(default=96, validator=_POSITIVE)
+    valid_samples: int = attrs.field(default=16, validator=_POSITIVE)
+    epochs: int = attrs.field(default=1, validator=_POSITIVE)
+    batch_size: int = attrs.field(default=8, validator=_POSITIVE)
     lr: float = 1e-3
-    encoder: str = "item"
-    combiner: str = "concat"
-    annotate_samples: int = 64
-    annotate_elements: int | None = 16
+    encoder: str = attrs.field(default="item", validator=attrs.validators.in_(tuple(ENCODERS)))
+    combiner: str = attrs.field(default="concat",
+                                validator=attrs.validators.in_(tuple(COMBINERS)))
+    annotate_samples: int = attrs.field(default=64, validator=_POSITIVE)
+    annotate_elements: int | None = attrs.field(
+        default=16, validator=attrs.validators.optional(_POSITIVE))
     """Seeded memory elements annotated per sample (None: all; concat shares no prompt work,
     so each element costs an upper pass over the whole prompt)."""
-    label_form: str = "log"
-    temperature: float = 1.0
-    test_samples: int = 48
-    likelihood_samples: int = 200
-    grounder: str = "constrained"
-    num_beams: int = 5
+    label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
+    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    test_samples: int = attrs.field(default=48, validator=_POSITIVE)
+    likelihood_samples: int = attrs.field(default=200, validator=_POSITIVE)
+    grounder: str = attrs.field(default="constrained",
+                                validator=attrs.validators.in_(GROUNDERS))
+    num_beams: int = attrs.field(default=5, validator=_POSITIVE)
     seed: int = 0
 
 
@@ -84,7 +96,8 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"config": attrs.asdict(config), "dataset": None if dataset_dir is None
-                          else str(Path(dataset_dir).resolve())})
+                          else str(Path(dataset_dir).resolve()),
+                          "dtype": dtype_name(resolve_dtype(dtype, resolve_device(device)))})
     timings: dict[str, float] = {}
 
     def step(name: str, folder: Path, work: Callable[[], object]) -> None:
@@ -176,11 +189,12 @@ def _check_settings(out: Path, settings: dict) -> None:
         write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
         return
     first = json.loads(path.read_text())
+    first.setdefault("dtype", settings["dtype"])  # recorded since; older runs took it as given
     if first != settings:
         changed = sorted(k for k in {**first.get("config", {}), **settings["config"]}
                          if first.get("config", {}).get(k) != settings["config"].get(k))
-        if first.get("dataset") != settings["dataset"]:
-            changed.append("data")
+        changed += [name for key, name in (("dataset", "data"), ("dtype", "dtype"))
+                    if first.get(key) != settings[key]]
         raise AutomrError(f"{out} holds a demo run with other settings "
                           f"({', '.join(changed)}); its finished steps would be shown as this "
                           f"run's. Use another --out.")
