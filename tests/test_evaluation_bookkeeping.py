@@ -99,3 +99,53 @@ def test_a_methods_own_settings_cannot_hide_another_sample_set(tmp_path):
     evaluate({"m": method}, SAMPLES[:12], 30, out=tmp_path)
     again = evaluate({"m": method}, SAMPLES[12:], 30, out=tmp_path)
     assert again.reports["m"].sample_ids == tuple(s.id for s in SAMPLES[12:])
+
+
+class Retrieving(Constant):
+    """A Constant that records, per sample, which element it retrieved (what a memory method
+    reports) and a retriever version, changed between runs."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(0)
+        self.settings = {"retriever": version}
+        self.version = version
+        self.seen: dict[str, list[int]] = {}
+
+    def rank(self, samples):
+        self.seen |= {s.id: [self.version] for s in samples}
+        return super().rank(samples)
+
+    def target_log_likelihoods(self, samples):
+        self.seen |= {s.id: [self.version] for s in samples}
+        return super().target_log_likelihoods(samples)
+
+    def details(self):
+        return {"retrieved": dict(self.seen)}
+
+
+def test_the_ranks_and_the_likelihoods_keep_their_own_retrieved_elements(tmp_path):
+    """A likelihood run on other samples (or settings) into the folder of a ranking run
+    replaced the one retrieved/METHOD.json both shared, so what rq3 read of the ranking held
+    the likelihood run's samples only."""
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    evaluate({"m": Retrieving(2)}, SAMPLES[:3], 30, out=tmp_path, n_resamples=20,
+             measures=("likelihood",))
+    folder = EvaluationFolder(tmp_path)
+    assert folder.details("retrieved", "m") == {s.id: [1] for s in SAMPLES}
+    assert folder.details("retrieved", "m", "loglik") == {s.id: [2] for s in SAMPLES[:3]}
+    combined = combine_folders({"n": (tmp_path, "m")}, out=tmp_path / "combined",
+                               n_resamples=20)
+    assert set(combined.reports) == set(combined.likelihoods) == {"n"}
+    again = EvaluationFolder(tmp_path / "combined")
+    assert again.details("retrieved", "n") == {s.id: [1] for s in SAMPLES}
+    assert again.details("retrieved", "n", "loglik") == {s.id: [2] for s in SAMPLES[:3]}
+
+
+def test_a_likelihood_run_of_an_older_version_keeps_its_retrieved_elements(tmp_path):
+    """Folders written before the measures had their own files kept one, read for a
+    likelihood measure of a method that has no ranks."""
+    evaluate({"m": Retrieving(2)}, SAMPLES[:3], 30, out=tmp_path, n_resamples=20,
+             measures=("likelihood",))
+    folder = EvaluationFolder(tmp_path)
+    (tmp_path / "retrieved" / "m.loglik.json").rename(tmp_path / "retrieved" / "m.json")
+    assert folder.details("retrieved", "m", "loglik") == {s.id: [2] for s in SAMPLES[:3]}

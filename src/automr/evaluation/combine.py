@@ -60,8 +60,7 @@ def combine_folders(
         if likelihood is not None:
             likelihoods[name] = attrs.evolve(likelihood.resampled(n_resamples, seed),
                                              method=name)
-        if elements is not None:
-            retrieved[name] = elements
+        retrieved[name] = elements
     for kind, measured in (("ranks", reports), ("log-likelihoods", likelihoods)):
         ids = {name: frozenset(report.sample_ids) for name, report in measured.items()}
         if len(set(ids.values())) > 1:
@@ -81,31 +80,38 @@ def combine_folders(
 
 
 def _saved(path: Path, method: str
-           ) -> tuple[MetricReport | None, LikelihoodReport | None, dict | None]:
-    """``method``'s ranks, log-likelihoods and retrieved elements (None where missing), from
-    an evaluation folder or from an exported one (a ``.json`` file, e.g. under docs/results/)."""
+           ) -> tuple[MetricReport | None, LikelihoodReport | None, dict[str, dict]]:
+    """``method``'s ranks, log-likelihoods (None where missing) and retrieved elements per
+    measure (``ranks``, ``loglik``; where recorded), from an evaluation folder or from an
+    exported one (a ``.json`` file, e.g. under docs/results/, with one set for both)."""
     if path.is_file():
         exported = read_export(path)
-        return (*exported_reports(exported, method), exported["retrieved"].get(method))
+        elements = exported["retrieved"].get(method)
+        return (*exported_reports(exported, method),
+                {} if elements is None else {"ranks": elements, "loglik": elements})
     folder = EvaluationFolder(path)
     return (folder.report(method) if folder.ranks_file(method).is_file() else None,
             folder.likelihoods(method) if folder.ranks_file(method, "loglik").is_file()
             else None,
-            folder.details("retrieved", method)
-            if folder.details_file("retrieved", method).is_file() else None)
+            {measure: folder.details("retrieved", method, measure)
+             for measure in ("ranks", "loglik")
+             if folder.details_file("retrieved", method, measure).is_file()})
 
 
 def _write(folder: EvaluationFolder, evaluation: Evaluation,
            sources: Mapping[str, tuple[Path | str, str]],
-           retrieved: Mapping[str, Mapping[str, object]]) -> None:
+           retrieved: Mapping[str, Mapping[str, dict]]) -> None:
     origin = {name: {"folder": str(path), "method": method}
               for name, (path, method) in sources.items()}
+
+    def details(name: str, measure: str) -> dict:
+        elements = retrieved[name].get(measure)
+        return {} if elements is None else {"retrieved": elements}
+
     for name, report in evaluation.reports.items():
-        folder.save(report, origin[name], {"retrieved": retrieved[name]}
-                    if name in retrieved else {})
+        folder.save(report, origin[name], details(name, "ranks"))
     for name, report in evaluation.likelihoods.items():
-        folder.save_likelihoods(report, origin[name], {"retrieved": retrieved[name]}
-                                if name in retrieved else {})
+        folder.save_likelihoods(report, origin[name], details(name, "loglik"))
     ks = next((list(r.ks) for r in evaluation.reports.values()), [])
     config = {"ks": ks, "n_resamples": evaluation.n_resamples, "seed": evaluation.seed}
     folder.write_results(evaluation.to_json({"config": config, "sources": origin}),

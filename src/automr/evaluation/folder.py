@@ -7,9 +7,11 @@
     ranks/METHOD.settings.json        what decided those ranks (a rerun reuses equal ones)
     loglik/METHOD.json                each LM method's target log-likelihoods (--likelihood)
     loglik/METHOD.settings.json       what decided them
-    KIND/METHOD.json                  per-sample details: retrieved/ (memory elements),
-                                      contexts/ (ReLLa/TRSR prompt contexts), generated/
-                                      (the title an L2 grounding generated)
+    KIND/METHOD.json                  per-sample details of the ranking: retrieved/ (memory
+                                      elements), contexts/ (ReLLa/TRSR prompt contexts),
+                                      generated/ (the title an L2 grounding generated)
+    KIND/METHOD.loglik.json           the same of the likelihood measure (its own samples and
+                                      settings)
     ranks/METHOD.shards/shard-N.json  while a method runs: each finished shard of samples
     loglik/METHOD.shards/shard-N.json (values and details), so a cut run resumes per shard
                                       (removed once the method's values are saved)
@@ -55,8 +57,19 @@ class EvaluationFolder:
     def settings_file(self, method: str, kind: str = "ranks") -> Path:
         return self.path / kind / f"{self.slug(method)}.settings.json"
 
-    def details_file(self, kind: str, method: str) -> Path:
-        return self.path / kind / f"{self.slug(method)}.json"
+    def details_file(self, kind: str, method: str, measure: str = "ranks") -> Path:
+        """Where ``method``'s details of ``kind`` (``retrieved``, ...) made while measuring
+        ``measure`` (``ranks`` or ``loglik``) are, or were written by older versions, which
+        kept one file for both (read for a likelihood measure of a method without ranks)."""
+        own = self._details_file(kind, method, measure)
+        if measure == "loglik" and not own.is_file() and not self.ranks_file(method).is_file():
+            older = self._details_file(kind, method, "ranks")
+            return older if older.is_file() else own
+        return own
+
+    def _details_file(self, kind: str, method: str, measure: str) -> Path:
+        suffix = ".loglik.json" if measure == "loglik" else ".json"
+        return self.path / kind / f"{self.slug(method)}{suffix}"
 
     def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
         return self.path / kind / f"{self.slug(method)}.shards" / f"shard-{number:05d}.json"
@@ -119,7 +132,8 @@ class EvaluationFolder:
         done.unlink(missing_ok=True)  # a cut write must not pass for the older settings' values
         report.save(self.ranks_file(report.method, kind))
         for detail, values in details.items():
-            write_json_atomic(self.details_file(detail, report.method), dict(values), indent=0)
+            write_json_atomic(self._details_file(detail, report.method, kind), dict(values),
+                              indent=0)
         write_json_atomic(done, dict(settings), indent=None)
 
     @classmethod
@@ -150,9 +164,10 @@ class EvaluationFolder:
                               f"{method} --measures likelihood --out {self.path} ...`")
         return LikelihoodReport.load(path)
 
-    def details(self, kind: str, method: str) -> dict[str, Any]:
-        """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``."""
-        path = self.details_file(kind, method)
+    def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:
+        """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``,
+        made while measuring ``measure`` (``ranks`` or ``loglik``)."""
+        path = self.details_file(kind, method, measure)
         if not path.is_file():
             raise AutomrError(f"{path} is missing: {self.path} has no record of the {kind} of "
                               f"{method} (evaluate it again with this version of automr)")
@@ -194,8 +209,10 @@ class EvaluationFolder:
             loglik[method] = {s: [v, n] for s, v, n in zip(
                 report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
         commands = self.commands()
-        details = {kind: {m: self.details(kind, m) for m in (*ranks, *loglik)
-                          if self.details_file(kind, m).is_file()}
+        measured = {m: "ranks" for m in ranks}  # a ranked method's details: its ranking's
+        measured.update({m: "loglik" for m in loglik if m not in ranks})
+        details = {kind: {m: self.details(kind, m, measure) for m, measure in measured.items()
+                          if self.details_file(kind, m, measure).is_file()}
                    for kind in ("retrieved", "grounding", "generated")}
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),

@@ -280,8 +280,8 @@ def analyze_rq3(
     else:
         ref_ids, ref_losses = _nlls(references.likelihoods(reference))
         ids, losses = _nlls(results.likelihoods(method))
-    retrieved = {str(k): [int(p) for p in v]
-                 for k, v in results.details("retrieved", method).items()}
+    retrieved = {str(k): [int(p) for p in v] for k, v in results.details(
+        "retrieved", method, "ranks" if measure == "ranks" else "loglik").items()}
     split = results.split(method)
     evaluated = match_samples(dataset, split, dict(zip(ref_ids, ref_losses, strict=True)),
                               list(zip(ids, losses, strict=True)), retrieved,
