@@ -88,14 +88,18 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     grounder = automr.build_grounder(args.grounder, loaded, dataset, run.base_fingerprint,
                                      args.num_beams, args.cache_dir, progress=not args.quiet)
     common = {"batch_size": args.batch_size, "progress": not args.quiet}
+    # what decides the ranks: a rerun into --out reuses a method's ranks only if they are equal
+    decided_by = {"model": loaded.fingerprint(), "data": str(args.data.resolve()),
+                  "grounder": args.grounder, "num_beams": args.num_beams}
     retrieval = automr.MemoryRetrieval(store, retriever, automr.COMBINERS[args.combiner](), k=1)
     methods = {
         "bigrec": automr.GenerativeMethod(loaded, dataset, grounder, store.layer, **common,
-                                          label="bigrec"),
+                                          label="bigrec", settings=decided_by),
         "automr+recency": automr.GenerativeMethod(
             loaded, dataset, grounder, store.layer, retrieval=retrieval, **common,
-            label="automr+recency", settings={"retriever": "recency",
-                                              "combiner": args.combiner}),
+            label="automr+recency", settings={
+                **decided_by, "memory": automr.MemoryStore.digest(args.memory),
+                "retriever": "recency", "combiner": args.combiner}),
     }
     evaluation = automr.evaluate(methods, samples, len(dataset.catalog), out=args.out,
                                  ks=(1, 5, 10), seed=args.seed)

@@ -92,6 +92,22 @@ def test_custom_retriever_is_evaluated_against_bigrec(demo, capsys, tmp_path, gr
                                                                   saved.report("bigrec").sample_ids}
 
 
+def test_custom_retriever_ranks_again_into_its_out_after_another_grounder(demo, tmp_path):
+    """--out reuses a method's ranks only when what decides them (model, data, grounder,
+    beams; memory, retriever, combiner) is unchanged."""
+    def run(grounder, out):
+        return load_example("custom_retriever").main([
+            "--data", str(demo["data"]), "--finetuned", str(demo["bigrec"]), "--memory",
+            str(demo["memory"]), "--samples", "3", "--grounder", grounder, "--num-beams", "3",
+            "--device", "cpu", "--cache-dir", str(demo["cache"]), "--quiet", "--out", str(out)])
+
+    run("likelihood", tmp_path / "eval")
+    again = run("constrained", tmp_path / "eval")
+    assert again.reports == run("constrained", tmp_path / "fresh").reports
+    settings = automr.EvaluationFolder(tmp_path / "eval").settings_file("bigrec")
+    assert '"grounder": "constrained"' in settings.read_text()
+
+
 def test_custom_retriever_uses_public_imports_only():
     tree = ast.parse((EXAMPLES / "custom_retriever.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
