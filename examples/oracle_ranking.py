@@ -17,9 +17,12 @@ target log-likelihoods are measured too (``--measures``): the oracle's minus BIG
 recovers the annotated gains, a check that the intended element went in.
 
 The picks reach :class:`automr.MemoryRetrieval` as an ordinary retriever object
-(:class:`PickRetriever`): it recognises a sample's memory view by the bytes of its keys and
-scores the element picked for it. Only public imports (``automr``, ``automr.methods``) are
-used; the history is excluded from every ranking, as with ``--exclude-seen``. Run it on the
+(:class:`PickRetriever`, which scores the element picked for each row), told each batch's
+picks by :class:`PickedRetrieval`, which knows the batch's samples: two samples of a user in
+the same second share their prompt and memory view, so nothing a retriever sees tells them
+apart, and the oracle's pick is the sample's own. Only public imports (``automr``,
+``automr.methods``) are used; the history is excluded from every ranking, as with
+``--exclude-seen``. Run it on the
 gains that ``examples/element_gains.py`` exported from ``automr annotate`` of the test split::
 
     python examples/oracle_ranking.py --data runs/data --finetuned runs/bigrec-l15-2k \\
@@ -32,7 +35,6 @@ command in it.
 """
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -52,52 +54,67 @@ GROUNDINGS = ("l2", "l2-pop", "l2-sasrec")
 ARMS = ("bigrec", "random", "oracle")
 
 
-def view_key(keys: Float[Tensor, "mem hidden"]) -> str:
-    """What identifies a memory view: a digest of its real keys' bytes."""
-    return hashlib.sha256(keys.detach().to("cpu", torch.float32).contiguous().numpy()
-                          .tobytes()).hexdigest()
-
-
 class PickRetriever:
-    """Scores 1 for the element picked in advance for each memory view, 0 for the others.
+    """Scores 1 for the element picked for each row of the batch (``rows``, set by
+    :class:`PickedRetrieval` before each insert), 0 for the others."""
 
-    ``picks`` maps :func:`view_key` of a view's real keys to the element's index in the view.
-    A view without a pick is an error: this retriever only serves the samples it was made for.
-    """
-
-    def __init__(self, picks: Mapping[str, int]) -> None:
-        self.picks = dict(picks)
+    def __init__(self) -> None:
+        self.rows: list[int] = []
 
     @jaxtyped(typechecker=beartype)
     def scores(
         self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
         mask: Bool[Tensor, "batch mem"],
     ) -> Float[Tensor, "batch mem"]:
+        if len(self.rows) != len(keys):
+            raise automr.AutomrError("PickRetriever scores the batch PickedRetrieval set up")
         scores = torch.zeros(mask.shape, dtype=keys.dtype, device=keys.device)
-        for row in range(len(keys)):
-            pick = self.picks.get(view_key(keys[row][mask[row]]))
-            if pick is None:
-                raise automr.AutomrError("PickRetriever was given a memory view it has no "
-                                         "pick for")
+        for row, pick in enumerate(self.rows):
             scores[row, pick] = 1.0
         return scores.masked_fill(~mask, -torch.inf)
 
 
-def picks_by_view(
-    store: automr.MemoryStore, samples: Sequence[automr.Sample],
-    gains: Mapping[str, Mapping[str, list]], field: str, seed: int,
+@attrs.define
+class PickedRetrieval:
+    """A :class:`automr.MemoryRetrieval` whose :class:`PickRetriever` inserts, for each
+    sample, the element picked for that sample id (an index in its memory view)."""
+
+    retrieval: automr.MemoryRetrieval
+    picks: Mapping[str, int]
+
+    @property
+    def store(self) -> automr.MemoryStore:
+        return self.retrieval.store
+
+    @property
+    def retrieved(self) -> list[list[int]]:
+        return self.retrieval.retrieved
+
+    def insert_for(self, samples: Sequence[automr.Sample]):
+        inner = self.retrieval.insert_for(samples)
+        rows = [self.picks[s.id] for s in samples]
+
+        def insert(state):
+            self.retrieval.retriever.rows = rows
+            return inner(state)
+
+        return insert
+
+
+def picks_by_sample(
+    samples: Sequence[automr.Sample], gains: Mapping[str, Mapping[str, list]], field: str,
+    seed: int,
 ) -> dict[str, dict[str, int]]:
-    """Per arm (``random``, ``oracle``): :func:`view_key` of each sample's view -> the index
-    in the view of the element the arm inserts. ``gains[sample id]`` holds the annotated
-    ``elements`` (indices in the sample's memory view) and their gains under ``field``."""
+    """Per arm (``random``, ``oracle``): each sample's id -> the index in its memory view of
+    the element the arm inserts. ``gains[sample id]`` holds the annotated ``elements``
+    (indices in the sample's memory view) and their gains under ``field``."""
     draw = random.Random(seed)
     picks: dict[str, dict[str, int]] = {"random": {}, "oracle": {}}
     for sample in samples:
         entry = gains[sample.id]
-        keys, mask = store.padded_keys([store.request_for(sample)])
-        key, values = view_key(keys[0][mask[0]]), entry[field]
-        picks["oracle"][key] = entry["elements"][values.index(max(values))]
-        picks["random"][key] = draw.choice(entry["elements"])
+        values = entry[field]
+        picks["oracle"][sample.id] = entry["elements"][values.index(max(values))]
+        picks["random"][sample.id] = draw.choice(entry["elements"])
     return picks
 
 
@@ -152,17 +169,17 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     space = automr.Workspace(dataset, options=MethodOptions(
         exclude_seen=True, seed=args.seed, tune_samples=args.tune_samples), device=args.device,
         cache_dir=args.cache_dir, progress=not args.quiet)
-    picks = picks_by_view(store, samples, gains, args.field, args.seed)
+    picks = picks_by_sample(samples, gains, args.field, args.seed)
     common = {"fine_tune": str(args.finetuned.resolve()), "memory": str(args.memory.resolve()),
               "layer": store.layer, "exclude_seen": True}
 
     def plain(arm: str) -> automr.GenerativeMethod:
-        retrieval = None if arm == "bigrec" else automr.MemoryRetrieval(
-            store, PickRetriever(picks[arm]), automr.COMBINERS[args.combiner](), k=1)
+        retrieval = None if arm == "bigrec" else PickedRetrieval(automr.MemoryRetrieval(
+            store, PickRetriever(), automr.COMBINERS[args.combiner](), k=1), picks[arm])
         settings = {**common, "grounder": "l2"}
-        if retrieval is not None:
-            settings.update(picks=arm, gains=str(args.gains.resolve()), field=args.field,
-                            combiner=args.combiner, seed=args.seed)
+        if retrieval is not None:  # picked by sample id (earlier versions: by memory view)
+            settings.update(picks=arm, picked_by="sample", gains=str(args.gains.resolve()),
+                            field=args.field, combiner=args.combiner, seed=args.seed)
         return automr.GenerativeMethod(loaded, dataset, grounder, store.layer,
                                        retrieval=retrieval, batch_size=args.batch_size,
                                        exclude_seen=True, progress=not args.quiet,

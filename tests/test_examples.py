@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+import attrs
 import pytest
 import torch
 
@@ -334,17 +335,38 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
                                           for g in module.GROUNDINGS}
 
 
-def test_pick_retriever_scores_the_pick_and_refuses_an_unknown_view():
+def test_each_sample_gets_its_own_pick_even_where_samples_share_their_view():
+    """Two samples of a user in the same second share prompt and memory view; the oracle's
+    pick is each sample's own (picks keyed by view gave both the later sample's)."""
     module = load_example("oracle_ranking")
-    keys = torch.randn(2, 3, 4)
-    mask = torch.tensor([[True, True, True], [True, True, False]])
-    picks = {module.view_key(keys[0]): 2, module.view_key(keys[1][:2]): 0}
-    retriever = module.PickRetriever(picks)
-    assert isinstance(retriever, Retriever)
-    indices, _ = top_k(retriever.scores(torch.randn(2, 4), keys, mask), mask, 1)
-    assert indices.tolist() == [[2], [0]]
-    with pytest.raises(automr.AutomrError, match="no pick"):
-        retriever.scores(torch.randn(2, 4), torch.randn(2, 3, 4), mask)
+    first = automr.Sample(user="u", target="x", timestamp=5, recent=("a",),
+                          recent_timestamps=(1,), memory=("b", "c", "d"),
+                          memory_timestamps=(0, 0, 1))
+    second = attrs.evolve(first, target="y")
+    picked: list[list[list[int]]] = []
+
+    class Retrieval:  # stands for automr.MemoryRetrieval: scores the batch when it inserts
+        retriever, store, retrieved = module.PickRetriever(), None, []
+
+        def insert_for(self, samples):
+            keys = torch.ones(len(samples), 3, 4)  # one view for every sample
+            mask = torch.ones(len(samples), 3, dtype=torch.bool)
+
+            def insert(state):
+                scores = self.retriever.scores(torch.zeros(len(samples), 4), keys, mask)
+                picked.append(top_k(scores, mask, 1)[0].tolist())
+
+            return insert
+
+    assert isinstance(module.PickRetriever(), Retriever)
+    retrieval = module.PickedRetrieval(Retrieval(), {first.id: 2, second.id: 0})
+    retrieval.insert_for([first, second])(None)
+    retrieval.insert_for([second])(None)
+    assert picked == [[[2], [0]], [[0]]]
+    picks = module.picks_by_sample([first, second], {
+        first.id: {"elements": [0, 1, 2], "gain": [0.0, 0.3, 0.1]},
+        second.id: {"elements": [0, 1, 2], "gain": [0.2, 0.0, 0.1]}}, "gain", 0)
+    assert picks["oracle"] == {first.id: 1, second.id: 0}
 
 
 class Writes:
