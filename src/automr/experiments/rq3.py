@@ -219,8 +219,8 @@ class RQ3Result:
 
     @property
     def loss_name(self) -> str:
-        """What the losses are: ``rank`` or ``NLL`` (nats)."""
-        return "rank" if self.measure == "ranks" else "NLL"
+        """What the losses are: the target's 0-based rank, or its NLL (nats)."""
+        return "rank (0 = first)" if self.measure == "ranks" else "NLL"
 
     def losses(self, r: SampleRetrieval) -> dict[str, int | float]:
         """``reference_rank``/``method_rank`` (ranks, integers) or ``reference_nll``/
