@@ -114,6 +114,16 @@ def test_settings_change_when_an_artifact_is_made_again_in_its_folder(workspace,
     assert settings("bigrec:l2", dtype="bfloat16")["dtype"] == "bfloat16"
     assert "dtype" not in settings("pop") and "digests" not in settings("pop")
 
+    model = tmp_path / "model"  # a base model read from a folder: its files decide it
+    shutil.copytree(workspace / "model", model)
+    base = settings("base:l2", artifacts=attrs.evolve(artifacts, model=str(model)))
+    weights = model / "model.safetensors"
+    save_file({k: v + 1e-3 for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    moved = settings("base:l2", artifacts=attrs.evolve(artifacts, model=str(model)))
+    assert base["digests"]["model"] != moved["digests"]["model"]
+    assert "digests" not in settings("base:l2")  # the embedded default: its name decides it
+
 
 def test_a_retriever_trained_again_in_its_folder_is_ranked_again(workspace, tmp_path):
     """The stale-reuse bug: the same command after ``automr retriever train`` wrote a new

@@ -31,9 +31,12 @@ from automr.llm.loading import (
     DEFAULT_MODEL,
     LoadedModel,
     dtype_name,
+    files_fingerprint,
     load_model,
+    model_folder,
     resolve_device,
     resolve_dtype,
+    weight_files,
 )
 from automr.memory import MemoryRecord, MemoryStore
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
@@ -371,8 +374,9 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     """What decides ``method``'s ranks: the dataset (its fingerprint), an LM's dtype, its
-    artifacts (resolved paths, what they hold, and the prompt context a context baseline was
-    tuned with) and the options it uses."""
+    artifacts (resolved paths, what they hold, a base model read from files by their
+    fingerprint, and the prompt context a context baseline was tuned with) and the options it
+    uses."""
     name, grounder = parse_method(method)
     kind = METHODS[name]
     settings: dict[str, Any] = {"data": dataset_fingerprint(space.dataset)}
@@ -383,6 +387,11 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     for artifact in kind.artifacts:
         if artifact == "model":
             settings["model"] = space.artifacts.model
+            folder = model_folder(space.artifacts.model)  # a local folder or hub snapshot
+            files = () if folder is None else weight_files(folder)
+            if files:
+                settings.setdefault("digests", {})["model"] = files_fingerprint(
+                    folder, files, space.cache_dir)
             continue
         folder = space.artifact(artifact)
         settings[artifact] = str(folder.resolve())
