@@ -146,6 +146,14 @@ def test_documented_defaults_are_the_real_ones(path: tuple[str, ...], command: A
     assert described_here <= documented, f"stale DESCRIBED_DEFAULTS: {described_here - documented}"
 
 
+def test_the_command_tree_names_every_command() -> None:
+    """docs/cli.md's tree of commands is the overview of the sections that follow."""
+    tree = (ROOT / "docs" / "cli.md").read_text().split("```\nautomr\n", 1)[1].split("```")[0]
+    named = set(re.findall(r"[├└]── ([\w-]+)", tree))
+    missing = {path[-1] for path, _ in COMMANDS} - named
+    assert not missing, f"docs/cli.md's command tree lacks {sorted(missing)}"
+
+
 def test_readme_quick_start_commands_are_on_the_home_page() -> None:
     readme = (ROOT / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
