@@ -92,6 +92,16 @@ def test_a_retriever_trains_on_a_subset_annotation_and_records_it(workspace, tmp
     assert saved["provenance"]["element_subset"] == "3"
 
 
+@pytest.mark.parametrize("fraction, says", [(1.0, "in \\[0, 1\\)"), (0.999, "none is left")])
+def test_a_held_out_share_that_leaves_nothing_to_train_on_is_one_line(workspace, tmp_path,
+                                                                       fraction, says):
+    with pytest.raises(AutomrError, match=says):
+        train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
+                        workspace["root"] / "mem", tmp_path / "ret", valid_fraction=fraction,
+                        progress=False)
+    assert not (tmp_path / "ret").exists()
+
+
 def test_shards_written_before_subsets_read_as_every_element(workspace, tmp_path):
     """Annotation folders from before the ``index`` tensor load with all elements annotated."""
     import shutil

@@ -60,12 +60,17 @@ def train_retriever(
     of the annotated samples (seeded) are held out for early stopping on validation KL (a
     cheap proxy for validation Recall@1)."""
     config = config or RetrieverTrainingConfig()
+    if not 0.0 <= valid_fraction < 1.0:
+        raise AutomrError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
     _, full = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form, temperature)
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(full), generator=generator)
     n_valid = round(valid_fraction * len(full))
     valid = full.select(order[:n_valid]) if n_valid else None
     train = full.select(order[n_valid:])
+    if not len(train):
+        raise AutomrError(f"--valid-fraction {valid_fraction} holds out all {len(full)} "
+                          f"annotated samples: none is left to train on")
     retriever, history = train_mlp_retriever(train, valid, config,
                                              device=resolve_device(device), quiet=not progress)
     retriever = retriever.cpu()
