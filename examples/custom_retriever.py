@@ -89,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
                                      args.num_beams, args.cache_dir, progress=not args.quiet)
     common = {"batch_size": args.batch_size, "progress": not args.quiet}
     # what decides the ranks: a rerun into --out reuses a method's ranks only if they are equal
-    decided_by = {"model": loaded.fingerprint(), "data": str(args.data.resolve()),
-                  "grounder": args.grounder, "num_beams": args.num_beams}
+    decided_by = {"model": loaded.fingerprint(), "dtype": str(loaded.model.dtype),
+                  "data": automr.dataset_fingerprint(dataset), "grounder": args.grounder,
+                  "num_beams": args.num_beams}
     retrieval = automr.MemoryRetrieval(store, retriever, automr.COMBINERS[args.combiner](), k=1)
     methods = {
         "bigrec": automr.GenerativeMethod(loaded, dataset, grounder, store.layer, **common,

@@ -1,6 +1,7 @@
 """``automr ablate`` on a tiny model: every cell scored from the same exact annotations."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -88,6 +89,14 @@ def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifact
                      progress=False, say=lambda line: None)
     for annotations in tmp_path.glob("annotations-*"):  # made again in place by it
         shutil.rmtree(annotations)
+    with pytest.raises(AutomrError, match="retriever trained with other settings"):
+        run_ablation(workspace / "prepared", other, tmp_path, small, device="cpu",
+                     progress=False, say=lambda line: None)
+    for record_file in tmp_path.glob("retriever-*/training.json"):  # as older versions wrote
+        record = json.loads(record_file.read_text())
+        del record["annotations_digest"]
+        record_file.write_text(json.dumps(record))
+        os.utime(record_file, (1, 1))  # ... before the annotations were made again
     with pytest.raises(AutomrError, match="retriever trained with other settings"):
         run_ablation(workspace / "prepared", other, tmp_path, small, device="cpu",
                      progress=False, say=lambda line: None)

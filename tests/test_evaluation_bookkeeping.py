@@ -1,6 +1,8 @@
 """`automr.evaluate`'s bookkeeping with plain methods: the bootstrap it is asked for, what a
 rerun may reuse, a cut save, names that would share files, and combining folders."""
 
+import json
+
 import pytest
 import torch
 
@@ -149,3 +151,65 @@ def test_a_likelihood_run_of_an_older_version_keeps_its_retrieved_elements(tmp_p
     folder = EvaluationFolder(tmp_path)
     (tmp_path / "retrieved" / "m.loglik.json").rename(tmp_path / "retrieved" / "m.json")
     assert folder.details("retrieved", "m", "loglik") == {s.id: [2] for s in SAMPLES[:3]}
+
+
+def test_an_older_folder_with_both_measures_keeps_the_likelihoods_elements(tmp_path):
+    """Older versions wrote one retrieved/METHOD.json for both measures: read as the
+    likelihood measure's when both ran in one evaluation (same settings and samples), and kept
+    as its own file when a new ranking run replaces it."""
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+             measures=("ranks", "likelihood"))
+    (tmp_path / "retrieved" / "m.loglik.json").unlink()  # as the older version left it
+    folder = EvaluationFolder(tmp_path)
+    assert folder.details("retrieved", "m", "loglik") == {s.id: [1] for s in SAMPLES}
+    evaluate({"m": Retrieving(3)}, SAMPLES, 30, out=tmp_path, n_resamples=20)  # ranked again
+    assert folder.details("retrieved", "m") == {s.id: [3] for s in SAMPLES}
+    assert folder.details("retrieved", "m", "loglik") == {s.id: [1] for s in SAMPLES}
+
+
+def test_an_older_folder_whose_measures_differ_does_not_guess(tmp_path):
+    """Measures saved with other settings or samples: the shared file may be either's, so
+    the likelihood measure's elements are missing (evaluate it again), never the ranking's."""
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    evaluate({"m": Retrieving(2)}, SAMPLES[:3], 30, out=tmp_path, n_resamples=20,
+             measures=("likelihood",))
+    (tmp_path / "retrieved" / "m.loglik.json").unlink()
+    with pytest.raises(AutomrError, match="missing"):
+        EvaluationFolder(tmp_path).details("retrieved", "m", "loglik")
+
+
+def test_a_likelihood_only_older_folder_keeps_its_elements_when_ranked(tmp_path):
+    evaluate({"m": Retrieving(2)}, SAMPLES[:3], 30, out=tmp_path, n_resamples=20,
+             measures=("likelihood",))
+    retrieved = tmp_path / "retrieved"
+    (retrieved / "m.loglik.json").replace(retrieved / "m.json")  # as the older version left it
+    evaluate({"m": Retrieving(3)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    folder = EvaluationFolder(tmp_path)
+    assert folder.details("retrieved", "m") == {s.id: [3] for s in SAMPLES}
+    assert folder.details("retrieved", "m", "loglik") == {s.id: [2] for s in SAMPLES[:3]}
+
+
+class TwoWays(Retrieving):
+    """Retrieves element 1 when it ranks and element 2 when it scores likelihoods."""
+
+    def target_log_likelihoods(self, samples):
+        self.seen |= {s.id: [2] for s in samples}
+        return Constant.target_log_likelihoods(self, samples)
+
+
+def test_an_export_carries_each_measures_elements_to_compare(tmp_path):
+    evaluate({"m": TwoWays(1)}, SAMPLES, 30, out=tmp_path / "a", n_resamples=20,
+             measures=("ranks", "likelihood"))
+    exported = EvaluationFolder(tmp_path / "a").export()
+    assert exported["retrieved"]["m"] == {s.id: [1] for s in SAMPLES}
+    assert exported["retrieved_loglik"]["m"] == {s.id: [2] for s in SAMPLES}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(exported))
+    combine_folders({"n": (path, "m")}, out=tmp_path / "b", n_resamples=20)
+    again = EvaluationFolder(tmp_path / "b")
+    assert again.details("retrieved", "n") == {s.id: [1] for s in SAMPLES}
+    assert again.details("retrieved", "n", "loglik") == {s.id: [2] for s in SAMPLES}
+    del exported["retrieved_loglik"]  # an export from before: no likelihood elements, not
+    path.write_text(json.dumps(exported))  # the ranking's in their place
+    combine_folders({"n": (path, "m")}, out=tmp_path / "c", n_resamples=20)
+    assert not EvaluationFolder(tmp_path / "c").details_file("retrieved", "n", "loglik").is_file()

@@ -123,6 +123,9 @@ def test_settings_change_when_an_artifact_is_made_again_in_its_folder(workspace,
     moved = settings("base:l2", artifacts=attrs.evolve(artifacts, model=str(model)))
     assert base["digests"]["model"] != moved["digests"]["model"]
     assert "digests" not in settings("base:l2")  # the embedded default: its name decides it
+    weights.unlink()  # a folder missing its weights: loading it says so, not the settings
+    assert "digests" not in settings("base:l2", artifacts=attrs.evolve(artifacts,
+                                                                     model=str(model)))
 
 
 def test_a_retriever_trained_again_in_its_folder_is_ranked_again(workspace, tmp_path):

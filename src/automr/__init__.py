@@ -36,6 +36,7 @@ _EXPORTS = {
         "Sample", "load_amazon", "load_csv", "load_movielens_100k", "prepare_dataset",
         "prepare_movielens_100k")},
     "seeded_subset": "automr.data.subsets",
+    "dataset_fingerprint": "automr.data.fingerprint",
     # the LM and its split
     **{name: "automr.llm" for name in (
         "DEFAULT_MODEL", "HFSplitLLM", "LayerState", "LoadedModel", "load_model")},

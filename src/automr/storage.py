@@ -173,6 +173,6 @@ def files_digest(folder: Path | str, names: Sequence[str]) -> str:
 
     digest = hashlib.sha256()
     for name in names:
-        path = Path(folder) / name
+        path = Path(folder).expanduser() / name
         digest.update(f"{name}:{sha256_of(path) if path.is_file() else 'missing'}\n".encode())
     return digest.hexdigest()

@@ -83,12 +83,15 @@ def _saved(path: Path, method: str
            ) -> tuple[MetricReport | None, LikelihoodReport | None, dict[str, dict]]:
     """``method``'s ranks, log-likelihoods (None where missing) and retrieved elements per
     measure (``ranks``, ``loglik``; where recorded), from an evaluation folder or from an
-    exported one (a ``.json`` file, e.g. under docs/results/, with one set for both)."""
+    exported one (a ``.json`` file, e.g. under docs/results/)."""
     if path.is_file():
         exported = read_export(path)
-        elements = exported["retrieved"].get(method)
-        return (*exported_reports(exported, method),
-                {} if elements is None else {"ranks": elements, "loglik": elements})
+        report, likelihood = exported_reports(exported, method)
+        elements = exported["retrieved"].get(method)  # the ranking's, else the likelihood's
+        retrieved = {} if elements is None else {
+            "ranks" if report is not None else "loglik": elements}
+        own = exported.get("retrieved_loglik", {}).get(method)  # exports from before: none
+        return report, likelihood, retrieved | ({} if own is None else {"loglik": own})
     folder = EvaluationFolder(path)
     return (folder.report(method) if folder.ranks_file(method).is_file() else None,
             folder.likelihoods(method) if folder.ranks_file(method, "loglik").is_file()

@@ -59,17 +59,33 @@ class EvaluationFolder:
 
     def details_file(self, kind: str, method: str, measure: str = "ranks") -> Path:
         """Where ``method``'s details of ``kind`` (``retrieved``, ...) made while measuring
-        ``measure`` (``ranks`` or ``loglik``) are, or were written by older versions, which
-        kept one file for both (read for a likelihood measure of a method without ranks)."""
+        ``measure`` (``ranks`` or ``loglik``) are; for the likelihood measure of a folder
+        written before the measures had files of their own, the one file they shared when it
+        is that measure's (:meth:`_older_is_likelihoods`)."""
         own = self._details_file(kind, method, measure)
-        if measure == "loglik" and not own.is_file() and not self.ranks_file(method).is_file():
-            older = self._details_file(kind, method, "ranks")
-            return older if older.is_file() else own
+        if measure == "loglik" and not own.is_file() and self._older_is_likelihoods(kind, method):
+            return self._details_file(kind, method, "ranks")
         return own
 
     def _details_file(self, kind: str, method: str, measure: str) -> Path:
         suffix = ".loglik.json" if measure == "loglik" else ".json"
         return self.path / kind / f"{self.slug(method)}{suffix}"
+
+    def _older_is_likelihoods(self, kind: str, method: str) -> bool:
+        """Older versions kept one ``KIND/METHOD.json`` for both measures, written by the one
+        that ran last. It is the likelihood measure's when that measure alone was saved, or
+        when both were saved by one evaluation with the same settings and samples (so both
+        retrieved the same elements)."""
+        shared = self._details_file(kind, method, "ranks")
+        if not (shared.is_file() and self.ranks_file(method, "loglik").is_file()):
+            return False
+        if not self.ranks_file(method).is_file():
+            return True
+        settings = [self.settings_file(method, measure) for measure in ("ranks", "loglik")]
+        if not all(path.is_file() for path in settings):
+            return False
+        ranks, loglik = (read_json(path, "`automr evaluate`") for path in settings)
+        return isinstance(ranks, dict) and "samples" in ranks and ranks == loglik
 
     def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
         return self.path / kind / f"{self.slug(method)}.shards" / f"shard-{number:05d}.json"
@@ -128,6 +144,10 @@ class EvaluationFolder:
 
     def _save(self, report: MetricReport | LikelihoodReport, kind: str,
               settings: Mapping[str, Any], details: Mapping[str, Mapping[str, Any]]) -> None:
+        for detail in details if kind == "ranks" else ():  # an older folder's likelihood
+            own = self._details_file(detail, report.method, "loglik")  # details, kept apart
+            if not own.is_file() and self._older_is_likelihoods(detail, report.method):
+                shutil.copyfile(self._details_file(detail, report.method, "ranks"), own)
         done = self.settings_file(report.method, kind)
         done.unlink(missing_ok=True)  # a cut write must not pass for the older settings' values
         report.save(self.ranks_file(report.method, kind))
@@ -198,8 +218,9 @@ class EvaluationFolder:
         sample id, the memory elements each memory method retrieved (``retrieved``: method ->
         sample id -> timeline positions), what a grounder chose on validation samples
         (``grounding``: method -> e.g. its gamma and the grid it was chosen on), the title each
-        L2 grounding generated (``generated``: method -> sample id -> text), and the commands
-        that wrote the folder (its run records)."""
+        L2 grounding generated (``generated``: method -> sample id -> text), the elements a
+        method with both measures retrieved while scoring likelihoods (``retrieved_loglik``),
+        and the commands that wrote the folder (its run records)."""
         results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
                  for m in results["methods"] for r in [self.report(m)]}
@@ -214,6 +235,9 @@ class EvaluationFolder:
         details = {kind: {m: self.details(kind, m, measure) for m, measure in measured.items()
                           if self.details_file(kind, m, measure).is_file()}
                    for kind in ("retrieved", "grounding", "generated")}
+        details["retrieved_loglik"] = {  # of methods with both measures: the likelihood's own
+            m: self.details("retrieved", m, "loglik") for m in loglik
+            if m in ranks and self.details_file("retrieved", m, "loglik").is_file()}
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
                 "ranks": ranks, "loglik": loglik, **details}

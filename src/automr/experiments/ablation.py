@@ -206,16 +206,24 @@ def _trained(folder: Path, annotations: Path, config: AblationConfig,
     if not record_file.exists():
         return False
     record = json.loads(record_file.read_text())
-    same = (record["annotations_digest"] == annotations_digest(annotations)
-            if "annotations_digest" in record  # older records name the folder only
-            else Path(str(record.get("annotations"))).resolve() == annotations.resolve())
-    made = (same, record.get("label_form"), record.get("temperature"), record.get("config"))
+    made = (_same_annotations(record_file, record, annotations), record.get("label_form"),
+            record.get("temperature"), record.get("config"))
     wanted = (True, config.label_form, config.temperature,
               json.loads(json.dumps(attrs.asdict(training))))
     if made != wanted:
         raise AutomrError(f"{folder} holds a retriever trained with other settings (labels, "
                           f"temperature, seed or annotations); use another --out")
     return True
+
+
+def _same_annotations(record_file: Path, record: dict, annotations: Path) -> bool:
+    """The retriever of ``record`` was trained on the annotations now in ``annotations``: the
+    same digest, or, for records from before it was kept, the same folder with annotations
+    older than the retriever."""
+    if "annotations_digest" in record:
+        return record["annotations_digest"] == annotations_digest(annotations)
+    return (Path(str(record.get("annotations"))).resolve() == annotations.resolve()
+            and (annotations / "config.json").stat().st_mtime <= record_file.stat().st_mtime)
 
 
 def write_ablation(rows: Sequence[AblationRow], out: Path, config: AblationConfig,

@@ -257,9 +257,9 @@ def greedy_generate(
     max_new_tokens: int, eos_token_id: int | None = None, insert: Insert | None = None,
 ) -> Int[Tensor, "batch new"]:
     """Greedy decoding through the split; finished sequences are padded with ``eos_token_id``."""
+    decoding = prefill(llm, input_ids, attention_mask, layer, insert)  # inserts, as always
     if max_new_tokens == 0:
         return input_ids.new_zeros((input_ids.shape[0], 0))
-    decoding = prefill(llm, input_ids, attention_mask, layer, insert)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     generated = []
     for _ in range(max_new_tokens):

@@ -33,7 +33,6 @@ from automr.llm.loading import (
     dtype_name,
     files_fingerprint,
     load_model,
-    model_folder,
     resolve_device,
     resolve_dtype,
     weight_files,
@@ -374,7 +373,7 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     """What decides ``method``'s ranks: the dataset (its fingerprint), an LM's dtype, its
-    artifacts (resolved paths, what they hold, a base model read from files by their
+    artifacts (resolved paths, what they hold, a base model in a local folder by its files'
     fingerprint, and the prompt context a context baseline was tuned with) and the options it
     uses."""
     name, grounder = parse_method(method)
@@ -387,9 +386,9 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     for artifact in kind.artifacts:
         if artifact == "model":
             settings["model"] = space.artifacts.model
-            folder = model_folder(space.artifacts.model)  # a local folder or hub snapshot
-            files = () if folder is None else weight_files(folder)
-            if files:
+            folder = Path(space.artifacts.model).expanduser()  # a local folder: its files
+            files = weight_files(folder) if folder.is_dir() else ()  # (a hub id names them)
+            if files and all(file.is_file() for file in files):
                 settings.setdefault("digests", {})["model"] = files_fingerprint(
                     folder, files, space.cache_dir)
             continue
