@@ -231,7 +231,7 @@ def test_rq2_by_target_likelihood(workspace, tmp_path):
         values = [s["log_likelihood"] for s in saved["samples"]]
         assert run.metrics["target_ll"] == pytest.approx(sum(values) / len(values))
     folder = out / "random-seed-0"  # the elements behind each likelihood, per sample
-    retrieved = json.loads((folder / "retrieved" / "random-likelihood.json").read_text())
+    retrieved = json.loads((folder / "retrieved" / "random-likelihood.loglik.json").read_text())
     scored = json.loads((folder / "loglik" / "random-likelihood.json").read_text())
     assert set(retrieved) == {s["id"] for s in scored["samples"]}
     seeds = [r.metrics["target_ll"] for r in result.group("random")]
