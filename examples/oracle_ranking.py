@@ -35,6 +35,7 @@ command in it.
 """
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -172,7 +173,10 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
         exclude_seen=True, seed=args.seed, tune_samples=args.tune_samples), device=args.device,
         cache_dir=args.cache_dir, progress=not args.quiet)
     picks = picks_by_sample(samples, gains, args.field, args.seed)
-    common = {"fine_tune": str(args.finetuned.resolve()), "memory": str(args.memory.resolve()),
+    # what decides the ranks, by content: a fine-tune, memory or gains file made again in its
+    # place is not taken for the old one by a resumed --out
+    common = {"fine_tune": run.fingerprint(), "memory": automr.MemoryStore.digest(args.memory),
+              "data": automr.dataset_fingerprint(dataset), "dtype": str(loaded.model.dtype),
               "layer": store.layer, "exclude_seen": True}
 
     def plain(arm: str) -> automr.GenerativeMethod:
@@ -180,8 +184,9 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
             store, PickRetriever(), automr.COMBINERS[args.combiner](), k=1), picks[arm])
         settings = {**common, "grounder": "l2"}
         if retrieval is not None:  # picked by sample id (earlier versions: by memory view)
-            settings.update(picks=arm, picked_by="sample", gains=str(args.gains.resolve()),
-                            field=args.field, combiner=args.combiner, seed=args.seed)
+            settings.update(picks=arm, picked_by="sample", gains=hashlib.sha256(
+                args.gains.read_bytes()).hexdigest(), field=args.field,
+                combiner=args.combiner, seed=args.seed)
         return automr.GenerativeMethod(loaded, dataset, grounder, store.layer,
                                        retrieval=retrieval, batch_size=args.batch_size,
                                        exclude_seen=True, progress=not args.quiet,
