@@ -101,12 +101,13 @@ MADE_BY = {
     "trsr": "`automr finetune --context trsr`",
 }
 
+def _tuned_fingerprint(folder: Path) -> str:
+    return FinetunedRun.open(folder).fingerprint()
+
+
 DIGESTS: dict[str, Callable[[Path], str]] = {
-    "finetuned": lambda folder: FinetunedRun.open(folder).fingerprint(),
-    "rella": lambda folder: FinetunedRun.open(folder).fingerprint(),
-    "trsr": lambda folder: FinetunedRun.open(folder).fingerprint(),
-    "memory": MemoryStore.digest,
-    "retriever": retriever_digest,
+    "finetuned": _tuned_fingerprint, "rella": _tuned_fingerprint, "trsr": _tuned_fingerprint,
+    "memory": MemoryStore.digest, "retriever": retriever_digest,
 }
 """What each artifact folder holds, hashed: part of a method's settings, so that an artifact
 made again in the same folder is not taken for the old one by a resumed evaluation."""
