@@ -149,3 +149,13 @@ def test_every_interval_of_a_combined_table_comes_from_its_bootstrap(tmp_path):
         "a", IDS, [(v, 3) for v in lls], n_resamples=70, seed=3)
     same = combine_folders({"a": (a, "m")}, n_resamples=50, seed=0)
     assert same.reports["a"].metrics == EvaluationFolder(a).report("m").metrics
+
+
+def test_compare_seeds_its_bootstrap(tmp_path):
+    a = evaluated(tmp_path / "a", "m", [0, 3, 29, 5, 1, 2, 8, 4], [-1.0] * 8)
+    result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",
+                                      f"x={a}/m", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    saved = EvaluationFolder(tmp_path / "o").report("x")
+    assert saved.seed == 4
+    assert saved == build_report("x", IDS, torch.tensor([0, 3, 29, 5, 1, 2, 8, 4]), 30, seed=4)

@@ -103,6 +103,8 @@ def compare_command(
     reference: Annotated[str | None, typer.Option(
         help="The NAME every other is paired with [default: the first].",
         show_default=False)] = None,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the bootstrap behind every interval (as automr evaluate --seed).")] = 0,
 ) -> None:
     """Methods of several evaluation folders side by side, paired on their shared samples
     (e.g. two fine-tuned recommenders); nothing is recomputed."""
@@ -118,7 +120,7 @@ def compare_command(
         if name in sources:
             raise AutomrError(f"--method names {name!r} twice")
         sources[name] = (folder, evaluated)
-    evaluation = combine_folders(sources, out=out, reference=reference)
+    evaluation = combine_folders(sources, out=out, reference=reference, seed=seed)
     typer.echo(evaluation.markdown())
 
 
