@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from automr.cli.figures import parse_seeds, rq2_command
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
+from automr.evaluation import EvaluationFolder
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import require_matplotlib
 from automr.experiments.rq2 import RQ2Result, plot_rq2, run_rq2
@@ -146,6 +147,48 @@ def test_a_retriever_trained_again_in_its_folder_is_ranked_again(workspace, tmp_
     again = evaluate(tmp_path / "out").likelihoods["automr:likelihood"]
     fresh = evaluate(tmp_path / "fresh").likelihoods["automr:likelihood"]
     assert again == fresh != first
+
+
+def test_an_injection_added_to_a_folder_measures_the_kept_generations(workspace, tmp_path,
+                                                                        monkeypatch):
+    """X:l2-pop (or -sasrec) added to a folder that holds X:l2 measures the titles X:l2
+    generated there with the same settings (and an injection's validation titles) instead of
+    generating them again; the ranks equal a fresh evaluation's."""
+    from automr.grounding.l2 import L2Grounder
+
+    config = attrs.evolve(CONFIG, tune_samples=4)
+    artifacts = Artifacts(finetuned=workspace / "ft", memory=workspace / "mem")
+
+    def evaluate(methods, out):
+        return evaluate_methods(workspace / "prepared", methods, out, config, artifacts,
+                                device="cpu", progress=False).reports
+
+    fresh = evaluate(["bigrec:l2-pop", "random:l2-pop", "bigrec:l2-sasrec"], tmp_path / "fresh")
+    evaluate(["bigrec:l2", "random:l2"], tmp_path / "out")
+    real, generated = L2Grounder.generate, []
+
+    def counted(self, llm, input_ids, *args, **kwargs):
+        generated.append(len(input_ids))
+        return real(self, llm, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(L2Grounder, "generate", counted)
+    added = evaluate(["bigrec:l2", "bigrec:l2-pop", "random:l2", "random:l2-pop"],
+                     tmp_path / "out")
+    assert sum(generated) == 2 * 4  # the 4 validation samples gamma is tuned on, per model
+    for method in ("bigrec:l2-pop", "random:l2-pop"):
+        assert added[method].ranks == fresh[method].ranks
+    folder = EvaluationFolder(tmp_path / "out")
+    test_ids = set(added["random:l2"].sample_ids)
+    kept = folder.details("retrieved", "random:l2-pop")
+    assert {k: v for k, v in kept.items() if k in test_ids} == folder.details(
+        "retrieved", "random:l2")
+    generated.clear()
+    sasrec = evaluate(["bigrec:l2-sasrec"], tmp_path / "out")  # validation titles kept too
+    assert not generated and sasrec["bigrec:l2-sasrec"].ranks == fresh["bigrec:l2-sasrec"].ranks
+    other = attrs.evolve(config, num_beams=2)  # other generations: not taken for these
+    evaluate_methods(workspace / "prepared", ["bigrec:l2-pop"], tmp_path / "out", other,
+                     artifacts, device="cpu", progress=False)
+    assert sum(generated) == 4 + len(test_ids)
 
 
 def test_retrieval_seed_changes_retrieval_not_samples(workspace, tmp_path):

@@ -29,6 +29,7 @@ from automr.combiners import COMBINERS
 from automr.data import PreparedDataset
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
+from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.run import Evaluation, evaluate
 from automr.methods.registry import (
     Artifacts,
@@ -95,7 +96,7 @@ def evaluate_methods(
     artifacts = artifacts or Artifacts()
     space = Workspace(dataset, artifacts, config.method_options(), device=device,
                       cache_dir=cache_dir, progress=progress and distributed.is_main(),
-                      dtype=dtype)
+                      dtype=dtype, kept=None if out_dir is None else EvaluationFolder(out_dir))
     built = {m: build_method(m, space) for m in methods}
     retrieval = ("" if config.retrieval_seed is None
                  else f", random retrieval seed {config.retrieval_seed}")

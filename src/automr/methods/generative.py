@@ -66,6 +66,7 @@ class GenerativeMethod:
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _distances: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
     _likelihoods: dict[str, tuple[float, int]] = attrs.field(factory=dict, init=False)
+    _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
@@ -110,11 +111,29 @@ class GenerativeMethod:
         if not hasattr(self.grounder, "distances"):
             raise AutomrError(f"{type(self.grounder).__name__} gives no distances")
         todo = list({s.id: s for s in samples if s.id not in self._distances}.values())
+        generated = self._kept.get("generated", {})
+        kept = [s for s in todo if s.id in generated]
+        for start in range(0, len(kept), self.batch_size):  # measured, not generated again
+            chunk = kept[start : start + self.batch_size]
+            rows = self.grounder.distances_to([generated[s.id] for s in chunk])
+            self._distances.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
+            for kind, entries in self._kept.items():
+                self._details.setdefault(kind, {}).update(
+                    {s.id: entries[s.id] for s in chunk if s.id in entries})
+        todo = [s for s in todo if s.id not in generated]
         for chunk, rows in self._batches(todo, self._distance_batch):
             self._distances.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
         width = len(self.dataset.catalog)
         return torch.stack([self._distances[s.id] for s in samples]) if samples else (
             torch.zeros(0, width))
+
+    def keep(self, details: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take per-sample details this method wrote before with the same settings (from an
+        evaluation folder): the samples whose ``generated`` text an L2 grounding kept are
+        measured to it, not generated for again, and keep their other details (retrieved
+        elements, contexts)."""
+        for kind, entries in details.items():
+            self._kept.setdefault(kind, {}).update(entries)
 
     def note(self, kind: str, values: Mapping[str, Any]) -> None:
         """Keep something the method used beyond per-sample details (e.g. a tuned weight);

@@ -8,6 +8,7 @@ first ranks, so a resumed evaluation loads no model and trains nothing.
 Adding a method kind is one builder function and one line in :data:`METHODS`.
 """
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from automr.data.popularity import popularity
 from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
+from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.prior import choose_gamma, min_max
@@ -47,6 +49,7 @@ from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
 from automr.retrievers import build_retriever
 from automr.retrievers.storage import retriever_digest
+from automr.storage import read_json
 
 
 @beartype
@@ -126,6 +129,9 @@ class Workspace:
     progress: bool = True
     dtype: str = "auto"
     """The models' dtype (``auto``: bfloat16 on CUDA, float32 on CPU)."""
+    kept: EvaluationFolder | None = None
+    """An evaluation folder whose L2 generations made with the same settings are measured
+    again instead of generated again (an injection added to a folder that holds ``X:l2``)."""
     _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
     _sasrec: SASRecMethod | None = attrs.field(default=None, init=False)
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
@@ -215,7 +221,28 @@ class Workspace:
         key = (model, None if retrieval is None else id(retrieval))
         if key not in self._plain:
             self._plain[key] = self._generative("l2", run, label, retrieval)
+            self._plain[key].keep(self.kept_generations(label.partition(":")[0]))
         return self._plain[key]
+
+    def kept_generations(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The per-sample details (``generated``, ``retrieved``, ``contexts``) that ``kind``'s
+        L2 grounding and its injections saved in :attr:`kept` with the settings its L2
+        grounding has now (the same model, memory, beams, dtype, ...)."""
+        if self.kept is None:
+            return {}
+        wanted = _generation_settings(method_settings(f"{kind}:l2", self))
+        details: dict[str, dict[str, Any]] = {}
+        for grounder in ("l2", *INJECTIONS):
+            method = f"{kind}:{grounder}"
+            saved = self.kept.settings_file(method)
+            if not (saved.is_file() and self.kept.details_file("generated", method).is_file()):
+                continue
+            if _generation_settings(read_json(saved, "`automr evaluate`")) != wanted:
+                continue
+            for detail in ("generated", "retrieved", "contexts"):
+                if self.kept.details_file(detail, method).is_file():
+                    details.setdefault(detail, {}).update(self.kept.details(detail, method))
+        return details
 
     def injected(self, grounder: str, plain: GenerativeMethod) -> PriorWeightedMethod:
         """``plain`` with the prior of ``grounder`` and its gamma tuned on validation."""
@@ -408,6 +435,15 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     if grounder == "l2-sasrec":
         settings["sasrec"] = attrs.asdict(SASRecConfig(seed=space.options.seed))
     return settings
+
+
+def _generation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What decides an L2 grounding's generations: a method's settings without its samples,
+    name and what only an injection adds (JSON-normalised, as saved)."""
+    grounding_only = {"method", "samples", "n_items", "grounder", "tune_samples", "tune_seed",
+                      "sasrec"}
+    return json.loads(json.dumps({k: v for k, v in settings.items()
+                                  if k not in grounding_only}))
 
 
 def build_method(method: str, space: Workspace) -> Method:
