@@ -31,13 +31,7 @@ from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
 from automr.experiments.retriever import annotations_digest, picked_gains, train_retriever
-from automr.llm.loading import (
-    LoadedModel,
-    dtype_name,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-)
+from automr.llm.loading import LoadedModel, dtype_used, load_model
 from automr.memory import MemoryConfig, build_memory
 from automr.memory.encoders import ENCODERS
 from automr.recommenders.runs import FinetunedRun
@@ -126,7 +120,7 @@ def run_ablation(
     run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
     made_by = {"model_fingerprint": run.fingerprint(),  # what reused annotations must match
-               "dtype": dtype_name(resolve_dtype(dtype, resolve_device(device)))}
+               "dtype": dtype_used(dtype, device)}
     models: dict[str, LoadedModel] = {}
 
     def model(kind: str) -> LoadedModel:  # loaded once, and only when a step needs it

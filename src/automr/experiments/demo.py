@@ -33,13 +33,7 @@ from automr.evaluation.likelihood import LikelihoodReport, compare_likelihoods
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.recommend import recommend
 from automr.experiments.retriever import train_retriever
-from automr.llm.loading import (
-    DEFAULT_MODEL,
-    dtype_name,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-)
+from automr.llm.loading import DEFAULT_MODEL, dtype_used, load_model
 from automr.memory import ENCODERS, MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
 from automr.methods.registry import GROUNDERS, Artifacts
@@ -97,7 +91,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"config": attrs.asdict(config), "dataset": None if dataset_dir is None
                           else str(Path(dataset_dir).resolve()),
-                          "dtype": dtype_name(resolve_dtype(dtype, resolve_device(device)))})
+                          "dtype": dtype_used(dtype, device)})
     timings: dict[str, float] = {}
 
     def step(name: str, folder: Path, work: Callable[[], object]) -> None:

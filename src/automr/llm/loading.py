@@ -131,6 +131,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def dtype_used(dtype: str = "auto", device: str = "auto") -> str:
+    """The name of the dtype :func:`load_model` gives a model with these options (what
+    settings record: ``auto`` is bfloat16 on CUDA, float32 elsewhere)."""
+    return dtype_name(resolve_dtype(dtype, resolve_device(device)))
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 on CUDA, float32 on CPU (bf16 is slow on CPUs without it)."""
     if dtype == "auto":

@@ -32,11 +32,10 @@ from automr.interfaces import Method
 from automr.llm.loading import (
     DEFAULT_MODEL,
     LoadedModel,
-    dtype_name,
+    dtype_used,
     files_fingerprint,
     load_model,
     resolve_device,
-    resolve_dtype,
     weight_files,
 )
 from automr.memory import MemoryRecord, MemoryStore
@@ -137,6 +136,14 @@ class Workspace:
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
                                                                         init=False)
     _retrievals: dict[str, MemoryRetrieval] = attrs.field(factory=dict, init=False)
+    _data_fingerprint: str | None = attrs.field(default=None, init=False)
+
+    @property
+    def data_fingerprint(self) -> str:
+        """The dataset's fingerprint (computed once: every method's settings hold it)."""
+        if self._data_fingerprint is None:
+            self._data_fingerprint = dataset_fingerprint(self.dataset)
+        return self._data_fingerprint
 
     def artifact(self, name: str) -> Path:
         """The folder of artifact ``name`` (``finetuned``, ``memory``, ...), which must be given."""
@@ -406,11 +413,11 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     uses."""
     name, grounder = parse_method(method)
     kind = METHODS[name]
-    settings: dict[str, Any] = {"data": dataset_fingerprint(space.dataset)}
+    settings: dict[str, Any] = {"data": space.data_fingerprint}
     if kind.grounded:
         settings["grounder"] = grounder
     if kind.likelihood:  # an LM's dtype moves its scores (and so ties and beams)
-        settings["dtype"] = dtype_name(resolve_dtype(space.dtype, resolve_device(space.device)))
+        settings["dtype"] = dtype_used(space.dtype, space.device)
     for artifact in kind.artifacts:
         if artifact == "model":
             settings["model"] = space.artifacts.model
