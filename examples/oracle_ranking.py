@@ -29,7 +29,9 @@ gains that ``examples/element_gains.py`` exported from ``automr annotate`` of th
         --memory runs/memory-item-l15 --gains docs/results/automr/element-gains-test.json \\
         --samples 1000 --out runs/oracle-ranking-1000
 
-``--out`` keeps every method's values as it finishes (the same command resumes);
+``--out`` keeps every method's values as it finishes (the same command resumes, and measures
+the titles it generated there, BIGRec's validation titles that choose gamma included, instead
+of generating them again);
 ``--export FILE`` then writes the folder as one JSON (``automr export``'s format) with this
 command in it.
 """
@@ -193,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
                                        label=f"{arm}:l2", settings=settings)
 
     plains = {arm: plain(arm) for arm in ARMS}
+    if args.out is not None:  # a rerun measures the titles it generated (validation too)
+        folder = automr.EvaluationFolder(args.out)
+        for arm, method in plains.items():
+            method.keep(folder.generations([f"{arm}:{g}" for g in GROUNDINGS], method.settings,
+                                           ignore=("grounder", "gamma", "tune_samples")))
     injected = {g: space.injected(g, plains["bigrec"]) for g in GROUNDINGS[1:]}
     methods: dict = {}
     for arm in ARMS:

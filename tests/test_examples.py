@@ -292,7 +292,10 @@ def test_token_scorer_curve_refuses_to_merge_one_sample_annotated_on_other_eleme
         module.merge([first, other])
 
 
-def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo, tmp_path):
+def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo, tmp_path,
+                                                                             monkeypatch):
+    from automr.grounding.l2 import L2Grounder
+
     module = load_example("oracle_ranking")
     dataset = automr.PreparedDataset.load(demo["data"])
     store = automr.FinetunedRun.open(demo["bigrec"]).open_memory(demo["memory"])
@@ -326,8 +329,17 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
         assert gammas[f"oracle:{g}"] == gammas[f"random:{g}"] == gammas[f"bigrec:{g}"]
     with pytest.raises(automr.AutomrError, match="no record"):  # no memory in BIGRec's arm
         folder.details("retrieved", "bigrec:l2")
+    real, generated = L2Grounder.generate, []
+
+    def counted(self, llm, input_ids, *args, **kwargs):
+        generated.append(len(input_ids))
+        return real(self, llm, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(L2Grounder, "generate", counted)
     again = module.main(argv)  # resumed from the folder: the same values
     assert again.reports["oracle:l2"].ranks == evaluation.reports["oracle:l2"].ranks
+    assert not generated  # nor are BIGRec's validation titles (gamma) generated again
+    assert folder.details("grounding", "bigrec:l2-pop")["gamma"] == gammas["bigrec:l2-pop"]
     exported = json.loads((tmp_path / "export.json").read_text())
     assert exported["commands"] == [["python", "examples/oracle_ranking.py", *argv]]
     assert exported["grounding"]["oracle:l2-sasrec"]["gamma"] == gammas["bigrec:l2-sasrec"]

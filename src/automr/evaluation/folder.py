@@ -21,7 +21,7 @@
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RUNS_FILE = "automr-runs.jsonl"
 EXPORT_FORMAT = "automr.results-export/1"
+EVALUATION_KEYS = ("method", "samples", "n_items")
+"""What an evaluation adds to every method's settings (its name and the samples measured)."""
 
 
 @attrs.frozen
@@ -192,6 +194,32 @@ class EvaluationFolder:
             raise AutomrError(f"{path} is missing: {self.path} has no record of the {kind} of "
                               f"{method} (evaluate it again with this version of automr)")
         return dict(read_json(path, "`automr evaluate`"))
+
+    def generations(self, methods: Sequence[str], settings: Mapping[str, Any],
+                    ignore: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+        """What L2 groundings saved here that is still theirs: per detail kind (``generated``,
+        ``retrieved``, ``contexts``), ``{sample id: value}`` merged over those of ``methods``
+        that saved generated titles with ``settings`` (keys in ``ignore``, and the samples and
+        name that every method's settings add, aside). A method's
+        :meth:`~automr.methods.GenerativeMethod.keep` takes it, so that an injection added later
+        measures the kept titles instead of generating them again."""
+        ignore = {*ignore, *EVALUATION_KEYS}
+
+        def decisive(values: Mapping[str, Any]) -> dict[str, Any]:
+            return json.loads(json.dumps({k: v for k, v in values.items() if k not in ignore}))
+
+        wanted = decisive(settings)
+        kept: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            saved = self.settings_file(method)
+            if not (saved.is_file() and self.details_file("generated", method).is_file()):
+                continue
+            if decisive(read_json(saved, "`automr evaluate`")) != wanted:
+                continue
+            for kind in ("generated", "retrieved", "contexts"):
+                if self.details_file(kind, method).is_file():
+                    kept.setdefault(kind, {}).update(self.details(kind, method))
+        return kept
 
     def split(self, method: str) -> str:
         """The split that was ranked (from the method's settings or ``results.json``, or, for a

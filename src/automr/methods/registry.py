@@ -8,7 +8,6 @@ first ranks, so a resumed evaluation loads no model and trains nothing.
 Adding a method kind is one builder function and one line in :data:`METHODS`.
 """
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
 from automr.retrievers import build_retriever
 from automr.retrievers.storage import retriever_digest
-from automr.storage import read_json
 
 
 @beartype
@@ -80,6 +78,10 @@ INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
 """The L2 grounding with BIGRec's statistical information injection
 (:class:`~automr.methods.injection.PriorWeightedMethod`), by name: the prior's scores, from
 training-period popularity (the same for every sample) or SASRec (per sample)."""
+
+INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "sasrec")
+"""What only an injection's settings hold beside its L2 grounding's (its generations are the
+same)."""
 
 GROUNDERS = (*GROUNDER_KINDS, *INJECTIONS)
 """What ``KIND:GROUNDER`` accepts: every grounder kind and every L2 injection."""
@@ -237,19 +239,8 @@ class Workspace:
         grounding has now (the same model, memory, beams, dtype, ...)."""
         if self.kept is None:
             return {}
-        wanted = _generation_settings(method_settings(f"{kind}:l2", self))
-        details: dict[str, dict[str, Any]] = {}
-        for grounder in ("l2", *INJECTIONS):
-            method = f"{kind}:{grounder}"
-            saved = self.kept.settings_file(method)
-            if not (saved.is_file() and self.kept.details_file("generated", method).is_file()):
-                continue
-            if _generation_settings(read_json(saved, "`automr evaluate`")) != wanted:
-                continue
-            for detail in ("generated", "retrieved", "contexts"):
-                if self.kept.details_file(detail, method).is_file():
-                    details.setdefault(detail, {}).update(self.kept.details(detail, method))
-        return details
+        return self.kept.generations([f"{kind}:{g}" for g in ("l2", *INJECTIONS)],
+                                     method_settings(f"{kind}:l2", self), INJECTION_ONLY)
 
     def injected(self, grounder: str, plain: GenerativeMethod) -> PriorWeightedMethod:
         """``plain`` with the prior of ``grounder`` and its gamma tuned on validation."""
@@ -442,15 +433,6 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     if grounder == "l2-sasrec":
         settings["sasrec"] = attrs.asdict(SASRecConfig(seed=space.options.seed))
     return settings
-
-
-def _generation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What decides an L2 grounding's generations: a method's settings without its samples,
-    name and what only an injection adds (JSON-normalised, as saved)."""
-    grounding_only = {"method", "samples", "n_items", "grounder", "tune_samples", "tune_seed",
-                      "sasrec"}
-    return json.loads(json.dumps({k: v for k, v in settings.items()
-                                  if k not in grounding_only}))
 
 
 def build_method(method: str, space: Workspace) -> Method:
