@@ -53,8 +53,8 @@ def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: s
     """Each sample's generated text as ``target`` (the true next title), ``history`` (a title
     the user had seen: in the prompt or in memory), ``catalog`` (another catalog title) or
     ``other`` (no catalog title); the shares, the distinct texts and the most generated, each
-    with its rank by training-period popularity (1 + the titles with more interactions; None:
-    not a catalog title)."""
+    with its rank by training-period popularity (1 + the titles with more interactions, those of
+    the items sharing a title added up; None: not a catalog title)."""
     samples = {s.id: s for s in dataset.samples(split)}
     response = {item.id: format_target(item.title, dataset.prompt_config)
                 for item in dataset.catalog}
@@ -67,7 +67,9 @@ def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: s
                               "history" if text in seen else
                               "catalog" if text in titles else "other")
     counts = Counter(classes.values())
-    interactions = dict(zip(response.values(), popularity(dataset).tolist(), strict=True))
+    interactions: Counter[str] = Counter()  # items sharing a title share its text's count
+    for text, count in zip(response.values(), popularity(dataset).tolist(), strict=True):
+        interactions[text] += count
 
     def rank(text: str) -> int | None:  # 1 + the titles with more training interactions
         if text not in interactions:

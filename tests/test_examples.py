@@ -426,3 +426,26 @@ def test_generated_titles_sorts_each_text_into_target_history_catalog_or_other(d
     saved = json.loads((tmp_path / "g.json").read_text())
     assert saved["command"][:2] == ["python", "examples/generated_titles.py"]
     assert saved["format"] == script.FORMAT and saved["methods"]["bigrec:l2"] == report
+
+
+def test_generated_titles_counts_a_title_shared_by_items_once_with_their_interactions(tmp_path):
+    from automr.data import format_target, prepare_csv
+    from automr.data.popularity import popularity
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL, write_synthetic_csv
+
+    interactions, items = write_synthetic_csv(tmp_path / "raw")
+    lines = items.read_text().splitlines()  # i0 and i1 share a title, as in Amazon catalogs
+    lines[2] = "i1," + lines[1].partition(",")[2]
+    items.write_text("\n".join(lines) + "\n")
+    dataset = prepare_csv(interactions, items, tmp_path / "data", protocol=SYNTHETIC_PROTOCOL)
+    counts = dict(zip(dataset.catalog.ids, popularity(dataset).tolist(), strict=True))
+    shared = format_target(dataset.catalog.title("i0"), dataset.prompt_config)
+    sample = dataset.samples("test")[0]
+    report = load_example("generated_titles").classify({sample.id: shared}, dataset, "test", 1)
+    others: dict[str, float] = {}  # every other title's count
+    for item in dataset.catalog:
+        if item.id not in ("i0", "i1"):
+            others[item.title] = others.get(item.title, 0) + counts[item.id]
+    expected = 1 + sum(n > counts["i0"] + counts["i1"] for n in others.values())
+    assert counts["i0"] > 0 and counts["i1"] > 0
+    assert report["most_generated"] == [[shared, 1, expected]]
