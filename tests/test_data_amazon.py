@@ -77,7 +77,7 @@ def test_load_small_category(tmp_path, gz):
         "reviews_outside_window": 1}
     assert (src.raw_users, src.raw_items, src.raw_interactions) == (4, 10, 39)
     assert len(src.interactions) == 36
-    assert src.fingerprints == {reviews.name: sha256_of(reviews), metas.name: sha256_of(metas)}
+    assert src.fingerprints == {"reviews": sha256_of(reviews), "meta": sha256_of(metas)}
 
 
 def test_plain_and_gzipped_give_the_same_data(tmp_path):
@@ -101,8 +101,7 @@ def test_prepare_amazon_end_to_end(tmp_path):
     for split in ("train", "valid", "test"):
         assert again.samples(split) == dataset.samples(split)
     config = json.loads((out / "config.json").read_text())
-    assert config["source"]["fingerprints"][reviews.name] == dataset.source.fingerprints[
-        reviews.name]
+    assert config["source"]["fingerprints"]["reviews"] == dataset.source.fingerprints["reviews"]
     assert config["protocol"]["start"] == "2017-01-01"
 
 

@@ -103,7 +103,14 @@ def test_merge_same_title(tmp_path):
                                                                 r"listed twice"),
     ("user,item,timestamp\n,a,1\n", "item,title\na,A\n", r"i\.csv line 2: empty user"),
     ("", "item,title\na,A\n", r"i\.csv: file is empty"),
-    ('user,item,timestamp\nu,"a,1\n', "item,title\na,A\n", r"i\.csv line \d+: "),
+    ('user,item,timestamp\nu,"a,1\n', "item,title\na,A\n", r"i\.csv line 2: malformed"),
+    ("user,item,timestamp\nu,a,1\n", 'item,title\na,"Sabrina (1954)\n',
+     r"t\.csv line 2: malformed"),
+    ("user,item,timestamp\nu,a,1\nu,b,2\n", 'item,title\na,"Heroes\nb,B\n',
+     r"t\.csv line 2: malformed"),  # an open quote does not take the next rows as its title
+    ("user,item,timestamp\nu,a,1\n", 'item,title\na,"Weird Al" Live\n',
+     r"t\.csv line 2: malformed"),
+    ('"user,item,timestamp\nu,a,1\n', "item,title\na,A\n", r"i\.csv line 1: malformed"),
 ])
 def test_bad_csv_input(tmp_path, inter_text, items_text, message):
     inter = write(tmp_path / "i.csv", inter_text)
@@ -290,3 +297,47 @@ def test_a_folder_with_an_empty_split_is_refused(tmp_path):
     (out / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(AutomrError, match=r"has an empty split .* 0 / .*--start/--end"):
         PreparedDataset.load(out)
+
+
+def test_the_fingerprint_covers_both_inputs_whatever_they_are_called(tmp_path):
+    """Two inputs of one name (a/data.csv, b/data.csv) are both in the fingerprint; the same
+    data under other names has the same one."""
+    from automr import dataset_fingerprint
+
+    inter, items = small_csv(tmp_path)
+
+    def prepared(name: str, interactions: str) -> PreparedDataset:
+        (tmp_path / name / "a").mkdir(parents=True)
+        (tmp_path / name / "b").mkdir()
+        write(tmp_path / name / "a" / "data.csv", interactions)
+        write(tmp_path / name / "b" / "data.csv", items.read_text())
+        return prepare_csv(tmp_path / name / "a" / "data.csv", tmp_path / name / "b" / "data.csv",
+                           tmp_path / name / "out", protocol=PROTOCOL)
+
+    same = prepare_csv(inter, items, tmp_path / "out", protocol=PROTOCOL)
+    renamed = prepared("renamed", inter.read_text())
+    assert dataset_fingerprint(renamed) == dataset_fingerprint(same)
+    later = inter.read_text().replace("1577836800,user0,gone", "1577836801,user0,gone")
+    other = prepared("other", later)  # a dropped interaction moved by a second
+    assert len(other.interactions) == len(same.interactions)
+    assert [i.id for i in other.catalog] == [i.id for i in same.catalog]
+    assert dataset_fingerprint(other) != dataset_fingerprint(same)
+
+
+def test_a_fraction_of_a_second_is_dropped_in_both_forms():
+    from automr.data.reading import parse_timestamp
+
+    assert parse_timestamp("1500000000.9") == parse_timestamp("1500000000") == parse_timestamp(
+        "2017-07-14T02:40:00.9Z")
+    for text in ("nan", "inf", "1500000000,5"):
+        with pytest.raises(ValueError):
+            parse_timestamp(text)
+
+
+def test_quotes_in_a_tsv_follow_csv_quoting(tmp_path):
+    inter = write(tmp_path / "i.tsv", "user\titem\ttimestamp\nu\ta\t1\nu\tb\t2\n")
+    items = write(tmp_path / "t.tsv", 'item\ttitle\na\t"""Weird Al"" Live"\nb\tB\n')
+    assert load_csv(inter, items).catalog.title("a") == '"Weird Al" Live'
+    write(items, 'item\ttitle\na\t"Weird Al" Live\nb\tB\n')
+    with pytest.raises(AutomrError, match=r"t\.tsv line 2: malformed"):
+        load_csv(inter, items)

@@ -82,7 +82,7 @@ def load_amazon(
         kind="amazon", domain=domain, catalog=Catalog(tuple(items)), interactions=tuple(kept),
         raw_users=raw[0], raw_items=raw[1], raw_interactions=raw[2], merge=report,
         skipped=skips.as_dict(),
-        fingerprints={reviews.name: review_lines.sha256, meta.name: meta_lines.sha256},
+        fingerprints={"reviews": review_lines.sha256, "meta": meta_lines.sha256},
         options={"reviews": str(reviews), "meta": str(meta),
                  "merge_same_title": str(merge_same_title).lower()},
     )

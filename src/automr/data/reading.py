@@ -5,6 +5,7 @@ and errors that name the file and line.
 
 import contextlib
 import datetime as dt
+import decimal
 import gzip
 import hashlib
 import io
@@ -148,7 +149,7 @@ def parse_unix_seconds(text: str) -> int:
 
 
 def parse_timestamp(text: str) -> int:
-    """Unix seconds from an integer/float second count or an ISO 8601 date/datetime.
+    """Unix seconds from a second count (a fraction dropped) or an ISO 8601 date/datetime.
 
     ISO values without a timezone are taken as UTC (``2017-03-05`` -> midnight UTC). A bare
     integer is always Unix seconds, so a date must be written with dashes: ``20170714`` is
@@ -159,6 +160,12 @@ def parse_timestamp(text: str) -> int:
         return parse_unix_seconds(text)
     except ValueError:
         pass
+    try:  # a fraction of a second is dropped, as an ISO time's is
+        seconds = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        seconds = None
+    if seconds is not None and seconds.is_finite():
+        return int(seconds.to_integral_value(rounding=decimal.ROUND_FLOOR))
     parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # ValueError if not ISO
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)

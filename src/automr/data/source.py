@@ -47,8 +47,10 @@ class SourceData:
 
     ``raw_users`` / ``raw_items`` / ``raw_interactions`` count the input as read, before
     merging, skipping and filtering (ML-100K: 943 / 1682 / 100000). ``fingerprints`` maps each
-    input's name to its sha256. ``domain`` names the prompt vocabulary (``"movies"``, ``"books"``)
-    and ``kind`` the loader (``"ml-100k"``, ``"amazon"``, ``"csv"``).
+    input to its sha256, by role (``reviews``/``meta``, ``interactions``/``items``; ML-100K:
+    its file names), so that two inputs of one name are both covered. ``domain`` names the
+    prompt vocabulary (``"movies"``, ``"books"``) and ``kind`` the loader (``"ml-100k"``,
+    ``"amazon"``, ``"csv"``).
     """
 
     kind: str

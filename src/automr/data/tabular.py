@@ -58,21 +58,24 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
             # A leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column.
             yield (line.removeprefix("\ufeff") if number == 1 else line) + "\n"
 
-    reader = csv.reader(text(), delimiter=delimiter)
+    reader = csv.reader(text(), delimiter=delimiter, strict=True)  # broken quoting: an error
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise bad_input(source.path, None, "file is empty (a header row is required)",
                         _FIX) from None
+    except csv.Error as error:
+        raise bad_input(source.path, 1, f"malformed CSV header ({error})", _FIX) from None
     missing = [c for c in required if c not in header]
     if missing:
         raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}", _FIX)
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise bad_input(source.path, 1, f"header {header} repeats column(s) {repeated}", _FIX)
+    starts = numbers[-1] + 1  # the line the next row starts on (a quoted field may span lines)
     try:
         for row in reader:
-            number = numbers[-1]
+            number, starts = starts, numbers[-1] + 1
             if not row or all(not f.strip() for f in row):
                 continue
             if len(row) != len(header):
@@ -80,7 +83,9 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
                                 f"{len(row)}", _FIX)
             yield number, {h: v.strip() for h, v in zip(header, row, strict=True)}
     except csv.Error as error:
-        raise bad_input(source.path, numbers[-1], f"malformed CSV ({error})", _FIX) from None
+        raise bad_input(source.path, starts, f"malformed CSV in the row that starts here "
+                        f"({error}; a quoted field must end with its quote, inner quotes "
+                        f"doubled)", _FIX) from None
 
 
 def load_csv(
@@ -143,7 +148,7 @@ def load_csv(
         kind="csv", domain=domain, catalog=Catalog(tuple(catalog_items)),
         interactions=tuple(records), raw_users=raw_users, raw_items=raw_items,
         raw_interactions=raw_interactions, merge=report, skipped=skips.as_dict(),
-        fingerprints={inter_path.name: inter_lines.sha256, item_path.name: item_lines.sha256},
+        fingerprints={"interactions": inter_lines.sha256, "items": item_lines.sha256},
         options={"interactions": str(inter_path), "items": str(item_path),
                  "merge_same_title": str(merge_same_title).lower()},
     )
