@@ -341,3 +341,20 @@ def test_quotes_in_a_tsv_follow_csv_quoting(tmp_path):
     write(items, 'item\ttitle\na\t"Weird Al" Live\nb\tB\n')
     with pytest.raises(AutomrError, match=r"t\.tsv line 2: malformed"):
         load_csv(inter, items)
+
+
+def test_nothing_left_says_what_the_loader_skipped(tmp_path):
+    inter = write(tmp_path / "i.csv", "user,item,timestamp\nu,a,1577836800\nu,b,1577923200\n")
+    items = write(tmp_path / "t.csv", "item,title\na,\nb,\n")  # no title: skipped, counted
+    protocol = attrs.evolve(PROTOCOL, start=dt.date(2020, 1, 1), end=dt.date(2021, 1, 1))
+    with pytest.raises(AutomrError, match=r"0 in the window.*the loader skipped 2 "
+                                          r"interactions_of_skipped_items, 2 items_empty_title"):
+        prepare_csv(inter, items, tmp_path / "out", protocol=protocol)
+
+
+def test_a_prepared_folder_without_its_stats_is_one_line(tmp_path):
+    inter, items = small_csv(tmp_path)
+    prepare_csv(inter, items, tmp_path / "prepared", protocol=PROTOCOL)
+    (tmp_path / "prepared" / "stats.json").unlink()
+    with pytest.raises(AutomrError, match="damaged prepared dataset"):
+        PreparedDataset.load(tmp_path / "prepared")

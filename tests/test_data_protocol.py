@@ -166,6 +166,31 @@ def test_too_many_train_months_is_a_user_error():
         resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=10), log)
 
 
+def test_a_window_beside_the_data_names_the_data_not_the_training_months():
+    log = [Interaction("u", "a", to_unix(dt.date(2017, 1, 5))),
+           Interaction("u", "b", to_unix(dt.date(2017, 6, 5)))]
+    for config in (ProtocolConfig(start=dt.date(2018, 1, 1), end=None),
+                   ProtocolConfig(start=None, end=dt.date(2016, 6, 1))):
+        with pytest.raises(AutomrError, match=r"the data run from 2017-01-05T00:00:00Z to "
+                                              r"2017-06-05T00:00:00Z, so choose a --start or "
+                                              r"--end inside them"):
+            resolve_boundaries(config, log)
+    for months in (100_000, 10**20):  # past the year 9999: still one line, not a traceback
+        with pytest.raises(AutomrError, match="train-months"):
+            resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=months), log)
+
+
+def test_a_window_bound_is_a_whole_day():
+    midnight = ProtocolConfig(start=dt.datetime(2017, 1, 1), end=dt.datetime(
+        2018, 1, 1, tzinfo=dt.timezone.utc))
+    assert midnight == ProtocolConfig()  # and so it saves and loads as a date
+    assert ProtocolConfig.from_json(midnight.to_json()) == midnight
+    for later in (dt.datetime(2017, 1, 1, 12), dt.datetime(
+            2017, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))):
+        with pytest.raises(ValueError, match="whole UTC day"):
+            ProtocolConfig(start=later)
+
+
 def test_add_months_clamps_day():
     assert add_months(dt.date(2017, 1, 31), 1) == dt.date(2017, 2, 28)
     assert add_months(dt.date(2017, 11, 1), 3) == dt.date(2018, 2, 1)

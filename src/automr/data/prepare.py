@@ -54,10 +54,13 @@ def prepare_dataset(
                             protocol.min_user_interactions, protocol.iterative_filter)
     interactions = timeline_order(filtered.interactions)
     if not interactions:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in source.skipped.items() if n)
         raise AutomrError(
             f"no interactions left after the window and filtering ({len(windowed)} in the "
             f"window; items need >= {protocol.min_item_interactions}, users >= "
-            f"{protocol.min_user_interactions}). Lower the thresholds or widen the window.")
+            f"{protocol.min_user_interactions}). Lower the thresholds or widen the window"
+            + (f"; the loader skipped {skipped} before it (check the input files)."
+               if skipped and not windowed else "."))
     samples = build_samples(interactions, boundaries, protocol)
     _require_samples(samples, interactions, loaded, boundaries, protocol)
     kept_items = {i.item for i in interactions}

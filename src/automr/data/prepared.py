@@ -137,7 +137,7 @@ class PreparedDataset:
                 source=SourceInfo(**config["source"]),
                 path=folder,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
             raise AutomrError(f"{folder} holds a damaged prepared dataset ({error}). Prepare it "
                               f"again with `automr data prepare ...`.") from None
         counts = {split: dataset.stats.samples.get(split, 0) for split in SPLITS}

@@ -29,6 +29,16 @@ def _at_least(minimum: int):
     return check
 
 
+def _whole_day(value: dt.date | None) -> dt.date | None:
+    """A window bound is a UTC day: a midnight ``datetime`` is taken as its date; one with a
+    time of day or another timezone is refused (it would be cut to the day silently)."""
+    if not isinstance(value, dt.datetime):
+        return value
+    if value.time() != dt.time(0) or value.utcoffset() not in (None, dt.timedelta(0)):
+        raise ValueError(f"a window bound is a whole UTC day (a datetime.date), got {value}")
+    return value.date()
+
+
 @beartype
 @attrs.frozen
 class ProtocolConfig:
@@ -53,8 +63,8 @@ class ProtocolConfig:
       strictly earlier interactions (``None``: ``recent_k``, so every prompt has K items).
     """
 
-    start: dt.date | None = dt.date(2017, 1, 1)
-    end: dt.date | None = dt.date(2018, 1, 1)
+    start: dt.date | None = attrs.field(default=dt.date(2017, 1, 1), converter=_whole_day)
+    end: dt.date | None = attrs.field(default=dt.date(2018, 1, 1), converter=_whole_day)
     train_months: int = attrs.field(default=10, validator=_at_least(1))
     min_item_interactions: int = attrs.field(default=5, validator=_at_least(0))
     min_user_interactions: int = attrs.field(default=20, validator=_at_least(0))
@@ -188,8 +198,17 @@ def resolve_boundaries(
     start = to_unix(start_day)
     end = to_unix(config.end) if config.end is not None else \
         max(i.timestamp for i in interactions) + 1
-    train_end = to_unix(add_months(start_day, config.train_months))
-    if not start < train_end < end:
+    if end <= start:  # one bound given, the other from data that lie beyond it
+        times = [i.timestamp for i in interactions]
+        raise AutomrError(
+            f"the window would start {start_day} and end {to_iso(end)}: the data run from "
+            f"{to_iso(min(times))} to {to_iso(max(times))}, so choose a --start or --end "
+            f"inside them.")
+    try:
+        train_end = to_unix(add_months(start_day, config.train_months))
+    except (ValueError, OverflowError):  # past the year 9999: beyond any window
+        train_end = None
+    if train_end is None or not start < train_end < end:
         raise AutomrError(
             f"{config.train_months} training months from {start_day} leave nothing for "
             f"validation and test (window ends {to_iso(end)}). Use fewer --train-months or "
