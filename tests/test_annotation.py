@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from automr.annotation import UpperAnnotator, deltas, labels
 from automr.annotation.likelihood import common_prefix
-from automr.combiners import AppendToken, Concat, PrependToken
+from automr.combiners import AppendToken, Concat, PrependToken, pad_memory
 from automr.interfaces import MemoryTokens
 from automr.llm import HFSplitLLM
 from automr.state import LayerState
@@ -43,6 +43,24 @@ def test_layer_zero_elements_equal_extra_prompt_tokens(tiny_models, arch, combin
     assert float(base) == pytest.approx(full_logprob(model, prompt, target), abs=1e-4)
     for element, score in zip(elements, scores.tolist(), strict=True):
         before = [element, *prompt] if isinstance(combiner, PrependToken) else [*prompt, element]
+        assert score == pytest.approx(full_logprob(model, before, target), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("combiner", [PrependToken(), AppendToken(), Concat()])
+@given(prompt=ids, target=ids, elements=st.lists(st.lists(token, min_size=1, max_size=3),
+                                                 min_size=1, max_size=4), share=st.booleans())
+def test_masked_slots_of_shorter_elements_are_invisible(tiny_models, arch, combiner, prompt,
+                                                        target, elements, share):
+    """Elements of several vectors, padded to the longest with masked slots (pad_memory): at
+    layer 0 each scores as its tokens written into the prompt, whatever follows it."""
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    memory = pad_memory([llm.embed(torch.tensor([tokens]))[0] for tokens in elements])
+    annotator = UpperAnnotator(llm, 0, combiner, share_prompt=share)
+    _, scores = annotator.log_likelihoods(torch.tensor(prompt), torch.tensor(target), memory)
+    for tokens, score in zip(elements, scores.tolist(), strict=True):
+        before = [*prompt, *tokens] if isinstance(combiner, AppendToken) else [*tokens, *prompt]
         assert score == pytest.approx(full_logprob(model, before, target), abs=1e-4)
 
 

@@ -108,9 +108,14 @@ class UpperAnnotator:
             hidden=torch.cat([combined.hidden, _expand(target, rows).hidden], 1),
             mask=torch.cat([combined.mask, _expand(target, rows).mask], 1), layer=self.layer,
         )
-        start = combined.seq_len - 1
-        positions = torch.arange(start, start + target.seq_len, device=full.hidden.device)
-        logits = self.llm.upper(full, logits_at=positions.expand(rows, -1))
+        # the first target token is read at each row's last real slot: a memory row padded
+        # with masked slots (append layout) ends with them
+        device = full.hidden.device
+        last = combined.mask.to(device).long().cumsum(1).argmax(1)
+        later = torch.arange(combined.seq_len, combined.seq_len + target.seq_len - 1,
+                             device=device)
+        positions = torch.cat([last[:, None], later.expand(rows, -1)], 1)
+        logits = self.llm.upper(full, logits_at=positions)
         return _target_logprob(logits, target_ids)
 
     def _shared(self, prompt: LayerState, target: LayerState, target_ids: Tensor,
