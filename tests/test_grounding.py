@@ -120,8 +120,27 @@ def test_l2_grounder_ranks_by_distance_to_the_generated_text(tiny_models, tokeni
         expected = tokenizer.decode([t for t in greedy[row].tolist() if t != 2])
         assert text == (expected or " ")
     ranking = grounder.rank(llm, ids, mask, 2)
-    distances = torch.cdist(embed_texts(model, tokenizer, texts), embeddings)
+    generated = embed_texts(model, tokenizer, texts)
+    distances = torch.tensor([[float((g.double() - e.double()).norm()) for e in embeddings]
+                              for g in generated])
     assert torch.equal(ranking, distances.argsort(dim=1, stable=True))
+
+
+@given(rows=st.integers(1, 40), items=st.integers(1, 60), scale=st.sampled_from([1.0, 50.0]),
+       seed=st.integers(0, 2**16))
+def test_l2_distances_equal_the_plain_float64_loop(rows, items, scale, seed):
+    """Past 25 rows cdist's default cancels (|a|^2 + |b|^2 - 2ab); ours stays at float
+    rounding, a query's distance to itself included, at title embeddings' norms (~50)."""
+    from automr.grounding.embedding import l2_distances
+
+    generator = torch.Generator().manual_seed(seed)
+    catalog = scale * torch.randn(items, 64, generator=generator) / 8
+    queries = torch.cat([catalog[:1], scale * torch.randn(rows - 1, 64, generator=generator) / 8])
+    plain = torch.tensor([[float(((q.double() - c.double()) ** 2).sum().sqrt()) for c in catalog]
+                          for q in queries], dtype=torch.float64)
+    distances = l2_distances(queries, catalog)
+    assert float((distances.double() - plain).abs().max()) <= 1e-5 * scale
+    assert float(distances[0, 0]) == 0.0
 
 
 def test_popularity_injection_is_bigrecs_formula():

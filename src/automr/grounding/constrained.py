@@ -9,6 +9,7 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.errors import AutomrError
+from automr.grounding.embedding import l2_distances
 from automr.grounding.prior import adjusted_distances
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
@@ -93,7 +94,7 @@ class ConstrainedGrounder:
                 return self.prior.argsort(descending=True, stable=True).tolist()
             return list(range(n_items))
         emb = self.catalog_embeddings
-        distances = torch.cdist(emb[anchor : anchor + 1], emb)
+        distances = l2_distances(emb[anchor : anchor + 1], emb)
         if self.prior is not None and self.gamma:
             distances = adjusted_distances(distances, self.prior, self.gamma)
         return distances[0].argsort(stable=True).tolist()

@@ -6,7 +6,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.grounding.embedding import embed_texts
+from automr.grounding.embedding import embed_texts, l2_distances
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import beam_search
 from automr.types import TokenIds, TokenMask
@@ -47,7 +47,7 @@ class L2Grounder:
     def distances_to(self, texts: list[str]) -> Float[Tensor, "batch items"]:
         """L2 distance of every catalog title to each of ``texts`` (e.g. kept generations)."""
         generated = embed_texts(self.model, self.tokenizer, texts)
-        return torch.cdist(generated, self.catalog_embeddings.to(generated))
+        return l2_distances(generated, self.catalog_embeddings.to(generated))
 
     def generate(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
