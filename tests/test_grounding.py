@@ -162,6 +162,35 @@ def test_popularity_injection_is_bigrecs_formula():
     assert choose_gamma(distances, prior, torch.tensor([1, 0]))[0] == 0.0
 
 
+def test_plain_l2_and_its_injection_at_gamma_0_rank_ties_alike(tiny_models, tokenizer,
+                                                               tmp_path, monkeypatch):
+    """Items at one distance (a title shared by several items) rank the target below all of
+    them in the plain L2 method as in its injections (plain L2 put the lower index first)."""
+    from automr.methods import GenerativeMethod
+    from automr.methods.injection import PriorWeightedMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    samples = dataset.samples("test")[:3]
+    n_items = len(dataset.catalog)
+    column = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
+    distances = torch.full((len(samples), n_items), 5.0)
+    partner = {s.id: (column[s.target] + 1) % n_items for s in samples}  # listed after it
+    for row, sample in enumerate(samples):  # the target and its partner at 1.0
+        distances[row, column[sample.target]] = distances[row, partner[sample.id]] = 1.0
+    monkeypatch.setattr(GenerativeMethod, "distances", lambda self, given: distances)
+    loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tokenizer, name="tiny")
+    for exclude_seen in (False, True):
+        plain = GenerativeMethod(loaded, dataset, L2Grounder(
+            loaded.model, tokenizer, torch.zeros(n_items, 4)), exclude_seen=exclude_seen)
+        injected = PriorWeightedMethod(plain, lambda given: torch.rand(len(given), n_items),
+                                       gamma=0.0)
+        assert plain.rank(samples) == injected.rank(samples)
+        assert plain.rank(samples) == [
+            1 - (exclude_seen and dataset.catalog.ids[partner[s.id]] in s.history)
+            for s in samples]
+
+
 def test_a_prior_per_sample_weighs_each_row_by_its_own_scores():
     """BIGRec's collaborative injection: one prior row per sample, each row as if alone."""
     from automr.grounding.prior import adjusted_distances, choose_gamma

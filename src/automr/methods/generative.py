@@ -15,7 +15,8 @@ import torch
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
-from automr.grounding.l2 import L2Grounder, rank_by_distance
+from automr.evaluation.metrics import ranks_from_scores, seen_mask
+from automr.grounding.l2 import L2Grounder
 from automr.grounding.likelihood import target_log_likelihoods
 from automr.interfaces import Grounder, PromptContext
 from automr.llm.loading import LoadedModel
@@ -76,23 +77,31 @@ class GenerativeMethod:
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         """The 0-based rank of each sample's target in the grounder's full catalog ranking.
 
-        The L2 grounder's ranking (:func:`~automr.grounding.l2.rank_by_distance`) is made
-        from :meth:`distances`, so ranking after an injection of the same method (or before
-        one) generates nothing again."""
+        The L2 grounder's is made from :meth:`distances` (:meth:`ranks_by_distance`, ties
+        broken against the target as every score-based method's), so ranking after an
+        injection of the same method (or before one) generates nothing again."""
+        if isinstance(self.grounder, L2Grounder):
+            return self.ranks_by_distance(samples, self.distances(samples))
         index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         ranks: list[int] = []
-        if isinstance(self.grounder, L2Grounder):
-            distances, size = self.distances(samples), self.batch_size
-            batches = ((samples[i : i + size], rank_by_distance(distances[i : i + size]))
-                       for i in range(0, len(samples), size))
-        else:
-            batches = self._batches(samples, self._rank_batch)
-        for chunk, rankings in batches:
+        for chunk, rankings in self._batches(samples, self._rank_batch):
             for sample, ranking in zip(chunk, rankings.tolist(), strict=True):
                 seen = {index[i] for i in sample.history} - {index[sample.target]}
                 ranked = [i for i in ranking if i not in seen] if self.exclude_seen else ranking
                 ranks.append(ranked.index(index[sample.target]))
         return ranks
+
+    def ranks_by_distance(self, samples: Sequence[Sample],
+                          distances: torch.Tensor) -> list[int]:
+        """Each target's 0-based rank when the catalog is ordered by ``distances``
+        (``[samples items]``, nearest first; the history left out with ``exclude_seen``): the
+        number of other items at most as far, so a title shared by several items ranks below
+        all of them (:func:`~automr.evaluation.metrics.ranks_from_scores`)."""
+        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
+        targets = torch.tensor([index[s.target] for s in samples], dtype=torch.long)
+        exclude = (seen_mask([[index[i] for i in s.history] for s in samples], len(index))
+                   if self.exclude_seen else None)
+        return ranks_from_scores(-distances, targets, exclude).tolist()
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
         """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample.

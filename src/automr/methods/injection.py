@@ -17,7 +17,6 @@ import attrs
 import torch
 
 from automr.data import Sample
-from automr.evaluation.metrics import ranks_from_scores, seen_mask
 from automr.grounding.prior import adjusted_distances, min_max
 from automr.methods.generative import GenerativeMethod
 
@@ -42,14 +41,10 @@ class PriorWeightedMethod:
     settings: Mapping[str, Any] = attrs.field(factory=dict)
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
-        index = {item_id: i for i, item_id in enumerate(self.plain.dataset.catalog.ids)}
         distances = self.plain.distances(samples)
         weighted = adjusted_distances(distances, min_max(self.scores(samples).to(distances)),
                                       self.gamma)
-        targets = torch.tensor([index[s.target] for s in samples])
-        exclude = (seen_mask([[index[i] for i in s.history] for s in samples], len(index))
-                   if self.plain.exclude_seen else None)
-        return ranks_from_scores(-weighted, targets, exclude).tolist()
+        return self.plain.ranks_by_distance(samples, weighted)
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
         return self.plain.target_log_likelihoods(samples)
