@@ -1,6 +1,7 @@
 """Bootstrap intervals: invariants on drawn data, calibration against the normal approximation."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -104,3 +105,22 @@ def test_bad_arguments_are_refused() -> None:
         bootstrap_ci(_t([1.0]), confidence=1.0)
     with pytest.raises(Exception, match="batch"):  # different sample counts
         paired_bootstrap(_t([1.0, 2.0]), _t([1.0]))
+
+
+@settings(max_examples=20)
+@given(levels=st.lists(st.sampled_from([0.0, 1.0, 0.5, 1 / math.log2(3), 1 / math.log2(5)]),
+                       min_size=4, max_size=40), seed=st.integers(0, 2**16))
+def test_share_leq_zero_counts_resamples_as_exact_sums_would(levels, seed) -> None:
+    """NDCG-like values: a resample whose differences cancel exactly counts as <= 0 (a
+    float mean leaves a few ulps either side of 0); checked against Fraction sums over the
+    same resample indices."""
+    half = len(levels) // 2
+    a = torch.tensor(levels[:half], dtype=torch.float64)
+    b = torch.tensor(levels[half : 2 * half], dtype=torch.float64)
+    resamples = 200
+    got = paired_bootstrap(a, b, n_resamples=resamples, seed=seed)
+    index = torch.randint(0, half, (resamples, half), generator=torch.Generator().manual_seed(
+        seed))
+    exact = [Fraction(x) - Fraction(y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+    expected = sum(sum(exact[i] for i in row) <= 0 for row in index.tolist()) / resamples
+    assert got.share_leq_zero == expected

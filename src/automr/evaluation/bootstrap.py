@@ -70,11 +70,12 @@ class PairedDifference:
 
 
 def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int) -> Tensor:
-    """The ``[n_resamples]`` means (float64) of bootstrap resamples of the 1-D ``values``.
+    """The ``[..., n_resamples]`` means (float64) of bootstrap resamples of ``values``
+    (``[..., n]``: each row resampled with the same indices).
 
     Vectorised: each block of resamples is one index matrix and one gather + mean.
     """
-    n = values.shape[0]
+    n = values.shape[-1]
     if n == 0:
         raise AutomrError("cannot bootstrap zero samples")
     if n_resamples < 1:
@@ -86,8 +87,8 @@ def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int) -> Tensor:
     for start in range(0, n_resamples, rows_per_block):
         rows = min(rows_per_block, n_resamples - start)
         index = torch.randint(0, n, (rows, n), generator=generator)
-        means.append(values[index].mean(dim=1))
-    return torch.cat(means)
+        means.append(values[..., index].mean(dim=-1))
+    return torch.cat(means, dim=-1)
 
 
 @jaxtyped(typechecker=beartype)
@@ -122,13 +123,17 @@ def paired_bootstrap(
     """
     _check_confidence(confidence)
     diff = values_a.detach().to(torch.float64) - values_b.detach().to(torch.float64)
-    means = _bootstrap_means(diff, n_resamples=n_resamples, seed=seed)
+    means, magnitudes = _bootstrap_means(torch.stack([diff, diff.abs()]),
+                                         n_resamples=n_resamples, seed=seed)
+    # a resample whose differences cancel exactly (1 - 1/log2(3) and its negative) sums to a
+    # few ulps either side of 0: within the sum's rounding bound it is 0, so <= 0
+    rounding = diff.shape[0] * torch.finfo(torch.float64).eps * magnitudes
     low, high = _percentiles(means, confidence)
     return PairedDifference(
         mean=float(diff.mean()),
         low=low,
         high=high,
-        share_leq_zero=float((means <= 0).to(torch.float64).mean()),
+        share_leq_zero=float((means <= rounding).to(torch.float64).mean()),
         n_samples=diff.shape[0],
         confidence=confidence,
     )
