@@ -213,3 +213,57 @@ def test_an_export_carries_each_measures_elements_to_compare(tmp_path):
     path.write_text(json.dumps(exported))  # the ranking's in their place
     combine_folders({"n": (path, "m")}, out=tmp_path / "c", n_resamples=20)
     assert not EvaluationFolder(tmp_path / "c").details_file("retrieved", "n", "loglik").is_file()
+
+
+class Generating(Constant):
+    """What an L2 method records: a note when built (a gamma, the validation titles it was
+    tuned on), the title it generated for each ranked sample, the element it retrieved for
+    each sample of either measure; ``cut`` raises after that many likelihood batches."""
+
+    def __init__(self, cut: int | None = None) -> None:
+        super().__init__(0)
+        self.cut, self.recorded = cut, {"grounding": {"gamma": 0.5},
+                                        "generated": {"valid-1": "a title"}}
+
+    def rank(self, samples):
+        self.recorded["generated"].update({s.id: f"title {s.id}" for s in samples})
+        self.recorded.setdefault("retrieved", {}).update({s.id: [1] for s in samples})
+        return super().rank(samples)
+
+    def target_log_likelihoods(self, samples):
+        if self.cut is not None:
+            if self.cut == 0:
+                raise KeyboardInterrupt
+            self.cut -= 1
+        self.recorded.setdefault("retrieved", {}).update({s.id: [1] for s in samples})
+        return super().target_log_likelihoods(samples)
+
+    def details(self):
+        return self.recorded
+
+
+def test_the_likelihoods_details_are_a_single_passs_after_a_cut_and_a_resume(tmp_path):
+    """A likelihood measure cut and resumed wrote only the resumed shards' elements, and the
+    ranking's generated titles where a ranking had run before it in the process; it holds
+    each measured sample's elements and the method's notes, never generated titles."""
+    whole = tmp_path / "whole"
+    evaluate({"m": Generating()}, SAMPLES, 30, out=whole, n_resamples=20, shard_size=5,
+             measures=("ranks", "likelihood"))
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"m": Generating(cut=2)}, SAMPLES, 30, out=cut, n_resamples=20, shard_size=5,
+                 measures=("ranks", "likelihood"))
+    evaluate({"m": Generating()}, SAMPLES, 30, out=cut, n_resamples=20, shard_size=5,
+             measures=("ranks", "likelihood"))
+    for folder in (EvaluationFolder(whole), EvaluationFolder(cut)):
+        assert folder.details("retrieved", "m", "loglik") == {s.id: [1] for s in SAMPLES}
+        assert folder.details("grounding", "m", "loglik") == {"gamma": 0.5}
+        assert not folder.details_file("generated", "m", "loglik").is_file()
+        assert folder.details("generated", "m") == {"valid-1": "a title"} | {
+            s.id: f"title {s.id}" for s in SAMPLES}
+    for kind in ("retrieved", "grounding", "generated"):
+        for measure in ("ranks", "loglik"):
+            path = EvaluationFolder(whole).details_file(kind, "m", measure)
+            if path.is_file():
+                assert path.read_bytes() == EvaluationFolder(cut).details_file(
+                    kind, "m", measure).read_bytes()

@@ -11,7 +11,7 @@
                                       elements), contexts/ (ReLLa/TRSR prompt contexts),
                                       generated/ (the title an L2 grounding generated)
     KIND/METHOD.loglik.json           the same of the likelihood measure (its own samples and
-                                      settings)
+                                      settings; no generated/: it generates nothing)
     ranks/METHOD.shards/shard-N.json  while a method runs: each finished shard of samples
     loglik/METHOD.shards/shard-N.json (values and details), so a cut run resumes per shard
                                       (removed once the method's values are saved)
@@ -39,6 +39,9 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RUNS_FILE = "automr-runs.jsonl"
 EXPORT_FORMAT = "automr.results-export/1"
+RANKING_ONLY_DETAILS = ("generated",)
+"""Details only a ranking makes: the likelihood measure scores the true title and generates
+nothing, so its ``KIND/METHOD.loglik.json`` never holds them."""
 EVALUATION_KEYS = ("method", "samples", "n_items")
 """What an evaluation adds to every method's settings (its name and the samples measured)."""
 
@@ -65,7 +68,8 @@ class EvaluationFolder:
         written before the measures had files of their own, the one file they shared when it
         is that measure's (:meth:`_older_is_likelihoods`)."""
         own = self._details_file(kind, method, measure)
-        if measure == "loglik" and not own.is_file() and self._older_is_likelihoods(kind, method):
+        if (measure == "loglik" and kind not in RANKING_ONLY_DETAILS and not own.is_file()
+                and self._older_is_likelihoods(kind, method)):
             return self._details_file(kind, method, "ranks")
         return own
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from automr import distributed
 from automr.data.records import Sample
-from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.folder import RANKING_ONLY_DETAILS, EvaluationFolder
 from automr.interfaces import Explained
 
 DEFAULT_SHARD_SIZE = 64
@@ -29,27 +29,27 @@ def run_sharded(
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """``compute`` over ``samples`` shard by shard: the values in sample order (JSON values:
     tuples come back as lists) and, for an :class:`~automr.interfaces.Explained` ``method``,
-    the details it gained (``{kind: {key: value}}``, merged in shard order)."""
+    its details of the samples and its notes (``{kind: {key: value}}``, merged in shard
+    order; the likelihood measure's without :data:`RANKING_ONLY_DETAILS`)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
                             ).hexdigest()
     done: dict[int, dict[str, Any]] = {}
-    # the first shard computed here keeps what the method noted before it (e.g. a gamma
-    # tuned when it was built), as a method built on first use notes it during that shard
-    first = True
+    measured = {s.id for s in samples}
+    omit = RANKING_ONLY_DETAILS if kind == "loglik" else ()
+    first = True  # the first shard computed here also keeps the method's notes
     for number in distributed.share(len(shards)):
         key = {"settings": digest, "samples": [s.id for s in shards[number]]}
         saved = None if folder is None else folder.saved_shard(name, number, key, kind)
         if saved is None:
-            before = {} if first else _details(method)
-            first = False
             values = json.loads(json.dumps(list(compute(shards[number]))))
-            gained = _gained(before, _details(method))
-            saved = {"values": values, "details": gained}
+            details = _shard_details(_details(method), key["samples"], measured, first, omit)
+            first = False
+            saved = {"values": values, "details": details}
             if folder is not None:
-                folder.save_shard(name, number, key, values, gained, kind)
+                folder.save_shard(name, number, key, values, details, kind)
         done[number] = {"values": saved["values"], "details": saved["details"]}
     for part in distributed.gather(done):
         done.update(part)
@@ -68,13 +68,19 @@ def _details(method: object) -> dict[str, dict[str, Any]]:
     return {kind: dict(entries) for kind, entries in method.details().items()}
 
 
-def _gained(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
-            ) -> dict[str, dict[str, Any]]:
-    """Entries of ``after`` that ``before`` lacks or holds with another value (JSON)."""
-    gained = {}
-    for kind, entries in after.items():
-        old = before.get(kind, {})
-        new = {k: v for k, v in entries.items() if k not in old or old[k] != v}
-        if new:
-            gained[kind] = new
-    return json.loads(json.dumps(gained))
+def _shard_details(details: Mapping[str, Mapping[str, Any]], shard: Sequence[str],
+                   measured: set[str], notes: bool, omit: Sequence[str]
+                   ) -> dict[str, dict[str, Any]]:
+    """What the method's ``details`` hold of a shard's samples (in sample order, JSON), after,
+    with ``notes``, what is not about a measured sample (a tuned gamma, the validation titles
+    it was tuned on). The same whichever measure or process ran before, so a resumed or
+    launched run writes the details a single pass does."""
+    kept = {}
+    for kind, entries in details.items():
+        if kind in omit:
+            continue
+        own = {k: v for k, v in entries.items() if notes and k not in measured}
+        own.update((k, entries[k]) for k in shard if k in entries)
+        if own:
+            kept[kind] = own
+    return json.loads(json.dumps(kept))
