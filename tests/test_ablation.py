@@ -152,3 +152,22 @@ def test_cli_prints_the_table_and_rejects_bad_grids(workspace, tmp_path):
     assert "| item | 2 | prepend-token | semantic |" in result.output
     bad = runner.invoke(app, [*common, "--combiners", "sideways"])
     assert bad.exit_code == 2 and "combiners" in bad.output
+
+
+def test_a_damaged_training_record_is_one_line_naming_it(tmp_path):
+    """A retriever folder whose training.json was cut (a kill or a full disk while writing it,
+    before it was written atomically) is named, not a JSON traceback."""
+    from automr.experiments.ablation import _trained
+    from automr.retrievers import RetrieverTrainingConfig
+
+    (tmp_path / "training.json").write_text('{"annotations": "ann", "label_')
+    with pytest.raises(AutomrError, match=r"training\.json is not valid JSON"):
+        _trained(tmp_path, tmp_path / "ann", AblationConfig(), RetrieverTrainingConfig())
+
+
+def test_damaged_demo_settings_are_one_line_naming_them(tmp_path):
+    from automr.experiments.demo import _check_settings
+
+    (tmp_path / "settings.json").write_text('{"config": {')
+    with pytest.raises(AutomrError, match=r"settings\.json is not valid JSON"):
+        _check_settings(tmp_path, {"config": {}, "dataset": "d", "dtype": "float32"})

@@ -63,6 +63,12 @@ def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     settings.write_text(json.dumps(first))
     run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
              progress=False, dataset_dir=workspace / "prepared", say=again.append)
+    for marker in (tmp_path / "demo").glob(".done-*"):  # each step cut after its work ended
+        marker.unlink()
+    again = run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu",
+                     cache_dir=tmp_path / "cache", progress=False,
+                     dataset_dir=workspace / "prepared", say=lambda line: None)
+    assert json.loads((again / "results.json").read_text()) == payload
 
 
 @pytest.mark.parametrize("option, value", [("--combiner", "foo"), ("--encoder", "foo"),

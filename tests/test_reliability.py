@@ -393,14 +393,60 @@ def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspac
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "missing"])
-def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp_path, how):
+@pytest.mark.parametrize("file", ["adapter_model.safetensors", "adapter_config.json"])
+def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp_path, file,
+                                                                  how):
     run = copy(workspace, "ft", tmp_path)
-    CORRUPTIONS[how](run / "best" / "adapter_model.safetensors")
+    CORRUPTIONS[how](run / "best" / file)
     result = runner.invoke(app, [
         "evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "eval"),
         "--methods", "bigrec:likelihood", "--finetuned", str(run), "--model",
         str(workspace / "model"), "--samples", "2", "--layer", "2", *QUIET])
-    one_line_error(result, run / "best" / "adapter_model.safetensors")
+    one_line_error(result, run / "best" / file)
+
+
+@pytest.mark.parametrize("artifact", ["mem", "ann", "ft"])
+def test_retriever_train_never_writes_into_another_artifact(workspace, tmp_path, artifact):
+    target = copy(workspace, artifact, tmp_path)
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(workspace / "ann"), "--data",
+        str(workspace / "prepared"), "--memory", str(workspace / "mem"), "--out", str(target),
+        "--epochs", "1", *QUIET])
+    one_line_error(result, target)
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+
+
+def test_a_write_the_disk_refuses_is_one_line_that_says_the_command_resumes(workspace,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    import errno
+
+    from safetensors import SafetensorError
+
+    import automr.memory.shards as shards
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(shards, "save_file", full)
+    build = ["memory", "build", "--data", str(workspace / "prepared"), "--out",
+             str(tmp_path / "mem"), "--model", str(workspace / "model"), "--layer", "2",
+             "--encoder", "item", *QUIET]
+    assert "rerun the same command" in one_line_error(runner.invoke(app, build),
+                                                      os.strerror(errno.ENOSPC))
+    monkeypatch.undo()
+    assert runner.invoke(app, build).exit_code == 0  # and it does
+
+    def quota(*args, **kwargs):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(tmp_path / "x.json"))
+
+    monkeypatch.setattr("automr.evaluation.folder.write_json_atomic", quota)
+    result = runner.invoke(app, [
+        "evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "eval"),
+        "--methods", "pop", "--samples", "2", *QUIET])
+    one_line_error(result, tmp_path / "x.json", os.strerror(errno.EDQUOT))
 
 
 def test_concat_on_a_memory_without_token_states_is_one_line_naming_the_fix(workspace,
@@ -475,7 +521,7 @@ def test_annotations_and_retrievers_are_refused_with_a_memory_of_another_encoder
     train = runner.invoke(app, ["retriever", "train", "--annotations", str(workspace / "ann"),
                                 "--data", data, "--memory", str(tmp_path / "mem"), "--out",
                                 str(tmp_path / "ret"), "--quiet"])
-    assert "encoder differ" in one_line_error(train, tmp_path / "mem")
+    assert "(encoder, content differ)" in one_line_error(train, tmp_path / "mem")
     made = runner.invoke(app, ["retriever", "train", "--annotations", str(workspace / "ann"),
                                "--data", data, "--memory", str(workspace / "mem"), "--out",
                                str(tmp_path / "ret"), "--quiet"])
@@ -506,3 +552,22 @@ def test_an_annotation_folder_from_before_the_encoder_was_recorded_still_resumes
     (out / "config.json").write_text(json.dumps(header))
     result = runner.invoke(app, annotate_args(workspace, workspace / "mem", out))
     assert result.exit_code == 0, result.output
+
+
+def test_annotations_are_not_resumed_or_used_with_a_memory_rebuilt_in_place(workspace,
+                                                                            tmp_path):
+    """The memory is named by what it holds: annotations made with the memory that stood in
+    the same folder before are not resumed (or trained on) with the rebuilt one."""
+    memory, out = tmp_path / "mem", tmp_path / "ann"
+    build = ["memory", "build", "--data", str(workspace / "prepared"), "--out", str(memory),
+             "--model", str(workspace / "model"), "--layer", "2", "--encoder", "item", *QUIET]
+    assert runner.invoke(app, build).exit_code == 0
+    assert runner.invoke(app, annotate_args(workspace, memory, out)).exit_code == 0
+    shutil.rmtree(memory)
+    assert runner.invoke(app, [*build, "--storage-dtype", "float16"]).exit_code == 0
+    result = runner.invoke(app, annotate_args(workspace, memory, out))
+    assert "other settings" in one_line_error(result, out)
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(out), "--data", str(workspace / "prepared"),
+        "--memory", str(memory), "--out", str(tmp_path / "ret"), "--epochs", "1", *QUIET])
+    assert "content" in one_line_error(result, memory)

@@ -115,6 +115,7 @@ def save_component(
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    _check_not_foreign(directory, format)
     directory.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})
     weights = directory / weights_file
@@ -131,6 +132,24 @@ def save_component(
     write_json_atomic(directory / CONFIG_FILE,
                       {"format": format, **config, "provenance": provenance})
     return directory
+
+
+def _check_not_foreign(directory: Path, format: str) -> None:
+    """Refuse to save into a folder that holds something else (another artifact's
+    ``config.json``, or files and no config): it would be overwritten or mixed in."""
+    what = format.split("/")[0].removeprefix("automr.")
+    config = directory / CONFIG_FILE
+    if config.is_file():
+        try:
+            held = json.loads(config.read_text()).get("format")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            held = None
+        if held != format:
+            raise AutomrError(f"{directory} holds another artifact ({CONFIG_FILE} of format "
+                              f"{held!r}); save the {what} into a new folder")
+    elif directory.is_dir() and any(directory.iterdir()):
+        raise AutomrError(f"{directory} holds other files and no {what}; save the {what} into "
+                          f"a new or empty folder")
 
 
 def load_component(

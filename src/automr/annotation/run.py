@@ -42,7 +42,7 @@ from automr.storage import read_json, read_safetensors, write_json_atomic
 FORMAT = "automr.annotations/1"
 MADE_BY_CONFIG = "`automr annotate` into a new --out"
 MADE_BY_SHARD = "delete it and rerun the same `automr annotate` command to redo it"
-RECORDED_LATER = ("memory_encoder", "dtype")  # folders started before resume without them
+RECORDED_LATER = ("memory_encoder", "dtype", "memory_digest")  # older folders resume without
 
 
 @beartype
@@ -104,7 +104,8 @@ def annotate_dataset(
     header = {"format": FORMAT, "config": attrs.asdict(config), "model": loaded.name,
               "model_fingerprint": loaded.fingerprint(), "dtype": dtype_name(loaded.model.dtype),
               "layer": store.layer,
-              "memory": str(store.folder.resolve()), "memory_model_fingerprint":
+              "memory": str(store.folder.resolve()),
+              "memory_digest": MemoryStore.digest(store.folder), "memory_model_fingerprint":
               store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
               "memory_encoder": store.record.encoder_settings(),
               "samples": [s.id for s in samples]}
@@ -269,14 +270,17 @@ class Annotations:
 
     def check_memory(self, store: MemoryStore) -> None:
         """Refuse a memory other than the one annotated with: its model, layer, pooling and
-        (when recorded) encoder must be the annotation's, as its keys pair with these queries
-        and labels."""
+        (when recorded) encoder and content (:meth:`MemoryStore.digest`) must be the
+        annotation's, as its keys pair with these queries and labels."""
         header, record = self.header, store.record
         made = {"model": header["memory_model_fingerprint"], "layer": header["layer"],
                 "pooling": header["pooling"],
                 "encoder": header.get("memory_encoder", record.encoder_settings())}
         given = {"model": record.model_fingerprint, "layer": record.layer,
                  "pooling": attrs.asdict(record.pooling), "encoder": record.encoder_settings()}
+        if "memory_digest" in header:  # what it holds: one rebuilt in place is another
+            made["content"], given["content"] = header["memory_digest"], MemoryStore.digest(
+                store.folder)
         differ = [k for k in made if json.loads(json.dumps(made[k])) != json.loads(
             json.dumps(given[k]))]
         if differ:

@@ -1,7 +1,9 @@
 """Shared CLI plumbing: options every command takes and one-line user errors."""
 
+import errno
 import functools
 import inspect
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,17 +44,42 @@ CacheDirOption = Annotated[
 
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn an :class:`AutomrError` into one line on stderr and exit code 2."""
+    """Turn an :class:`AutomrError`, or a write the disk refused (full, over quota, read-only),
+    into one line on stderr and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except AutomrError as error:
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        except Exception as error:
+            line = str(error) if isinstance(error, AutomrError) else disk_error(error)
+            if line is None:
+                raise
+            typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+"""A write the disk refused: no space left, over quota, file too large, read-only."""
+
+
+def disk_error(error: Exception) -> str | None:
+    """One line for a write the disk refused (an ``OSError``, or safetensors' error around
+    one), None for anything else. Every artifact is written atomically, so nothing half
+    written is left to be read back: the same command resumes."""
+    if isinstance(error, OSError):
+        code, where = error.errno, f" {error.filename}" if error.filename else ""
+    elif type(error).__name__ == "SafetensorError":  # safetensors wraps the OS error
+        found = re.search(r"os error (\d+)", str(error))
+        code, where = (int(found[1]) if found else None), ""
+    else:
+        return None
+    if code not in DISK_ERRNOS:
+        return None
+    return (f"could not write{where}: {os.strerror(code)}. Free space (or make the folder "
+            f"writable), then rerun the same command: it resumes")
 
 
 def option_error(error: Exception) -> str:

@@ -41,6 +41,7 @@ from automr.retrievers import (
     build_retriever,
     load_retriever,
 )
+from automr.storage import read_json
 
 ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
 
@@ -199,7 +200,8 @@ def _trained(folder: Path, annotations: Path, config: AblationConfig,
     record_file = folder / "training.json"
     if not record_file.exists():
         return False
-    record = json.loads(record_file.read_text())
+    record = read_json(record_file, f"`automr retriever train` (delete {folder} and rerun "
+                                    f"the ablation to train it again)")
     made = (_same_annotations(record_file, record, annotations), record.get("label_form"),
             record.get("temperature"), record.get("config"))
     wanted = (True, config.label_form, config.temperature,

@@ -38,9 +38,9 @@ from automr.memory import ENCODERS, MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
 from automr.methods.registry import GROUNDERS, Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
-from automr.recommenders.runs import FinetunedRun
+from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
-from automr.storage import write_text_atomic
+from automr.storage import read_json, write_text_atomic
 
 _POSITIVE = attrs.validators.gt(0)
 
@@ -113,14 +113,20 @@ def run_demo(
              lambda: prepare_movielens_100k(data, cache_dir=cache_dir))
     dataset = PreparedDataset.load(data)
     bigrec = out / "bigrec"
-    step("fine-tune BIGRec", bigrec, lambda: finetune(
-        load_model(config.model, device=device, dtype=dtype, cache_dir=cache_dir), dataset,
-        bigrec,
-        FinetuneConfig(max_train_samples=config.train_samples,
-                       max_valid_samples=config.valid_samples, epochs=config.epochs,
-                       batch_size=config.batch_size, lr=config.lr,
-                       lora_from_layer=config.layer, eval_every=4, seed=config.seed),
-        progress=progress))
+
+    def tune() -> None:
+        if (bigrec / RESULT_FILE).is_file():  # finished, cut before its step was marked
+            return
+        finetune(
+            load_model(config.model, device=device, dtype=dtype, cache_dir=cache_dir), dataset,
+            bigrec,
+            FinetuneConfig(max_train_samples=config.train_samples,
+                           max_valid_samples=config.valid_samples, epochs=config.epochs,
+                           batch_size=config.batch_size, lr=config.lr,
+                           lora_from_layer=config.layer, eval_every=4, seed=config.seed),
+            progress=progress)
+
+    step("fine-tune BIGRec", bigrec, tune)
     memory = out / "memory"
     step("build memory", memory, lambda: build_memory(
         load_model(config.model, device=device, dtype=dtype, cache_dir=cache_dir), dataset,
@@ -182,7 +188,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     if not path.exists():
         write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
         return
-    first = json.loads(path.read_text())
+    first = read_json(path, f"`automr demo` (delete {path} and rerun the same demo)")
     first.setdefault("dtype", settings["dtype"])  # recorded since; older runs took it as given
     if first != settings:
         changed = sorted(k for k in {**first.get("config", {}), **settings["config"]}

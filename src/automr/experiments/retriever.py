@@ -9,7 +9,6 @@ element, ``random`` the exact expectation over them, ``random seed S`` one seede
 per sample (RQ2's spread, with no model run).
 """
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from automr.retrievers import (
     top_k,
     train_mlp_retriever,
 )
-from automr.storage import files_digest
+from automr.storage import files_digest, write_json_atomic
 
 SCORES_FORMAT = "automr.retriever-scores/1"
 
@@ -83,7 +82,7 @@ def train_retriever(
         "config": attrs.asdict(config), "history": attrs.asdict(history),
         "valid": attrs.asdict(evaluate_retriever(retriever, valid)) if valid else None,
     }
-    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_json_atomic(out / "training.json", record)
     return record
 
 

@@ -21,6 +21,7 @@ RESULT_FILE = "finetune.json"
 ADAPTER_DIR = "best"
 """The adapter with the best validation loss (peft's folder layout)."""
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @attrs.frozen
@@ -75,6 +76,9 @@ class FinetunedRun:
                               f"{base.fingerprint()[:12]}) differs from the one {self.path} was "
                               f"tuned on ({self.base_fingerprint[:12]}). {FINGERPRINT_CHANGE}")
         fingerprint = self.fingerprint()  # a missing or damaged adapter is one line first
+        read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG,
+                  f"`automr finetune` (the adapter of {self.path} is damaged: fine-tune again "
+                  f"into a new --out)")
         model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
