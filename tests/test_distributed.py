@@ -53,6 +53,24 @@ def test_a_half_set_launcher_environment_is_a_clear_error(monkeypatch):
         distributed.init()
 
 
+@pytest.mark.parametrize(("argv", "command"), [
+    (["data", "prepare", "ml-100k", "--out", "x"], "data prepare"),
+    (["--config", "CONFIG", "retriever", "train"], "retriever train"),
+    (["rq2", "--data", "x"], "rq2"), (["bench", "ground", "--data", "x"], "bench ground")])
+def test_a_single_process_command_under_a_launcher_is_refused_first(monkeypatch, tmp_path,
+                                                                      argv, command):
+    """Every process would do all its work into the same files; refused before the process
+    group is joined (none is set up here: joining would fail otherwise)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "evaluate"  # a config file named like a shared command
+    config.write_text("")
+    result = CliRunner().invoke(app, [str(config) if w == "CONFIG" else w for w in argv])
+    assert result.exit_code == 2, result.output
+    assert f"`automr {command}` runs in one process" in result.output
+
+
 class CountingMethod:
     """Ranks each sample at its position in the sample list; counts the samples ranked."""
 

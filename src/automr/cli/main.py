@@ -16,6 +16,7 @@ import typer.main
 
 from automr.cli.common import user_errors
 from automr.cli.lazy import LazyCommand, LazyGroup
+from automr.errors import AutomrError
 
 # The one place where sub-commands are registered: name -> where it lives ("module:attribute",
 # a Typer app or a command function) and the one-line help `automr --help` shows. Order is
@@ -113,14 +114,31 @@ def quiet_libraries() -> None:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
-def join_launcher() -> None:
-    """Under ``torchrun`` / ``accelerate launch`` (N > 1 processes): join the process group
-    before any model is placed, and print only from the main process (errors still reach
-    stderr from every process)."""
+SHARED_BY_A_LAUNCHER = ("finetune", "memory build", "annotate", "evaluate", "bench encode",
+                        "bench annotate", "context trsr")
+"""The commands whose work a launcher's processes share (docs/distributed.md); the others run
+in one process."""
+
+
+def join_launcher(ctx: typer.Context) -> None:
+    """Under ``torchrun`` / ``accelerate launch`` (N > 1 processes): refuse a command that runs
+    in one process (every process would do all its work into the same files), join the
+    process group before any model is placed, and print only from the main process (errors
+    still reach stderr from every process)."""
     from automr import distributed
 
     if not distributed.launched():
         return
+    argv = ctx.meta.get("automr.argv", sys.argv)
+    words = [w for i, w in enumerate(argv[1:]) if not w.startswith("-")
+             and not (i and argv[i] == "--config")][:2]  # the command, after root options
+    if words and "--help" not in argv:
+        group = ctx.command.get_command(ctx, words[0])
+        command = " ".join(words if hasattr(group, "commands") else words[:1])
+        if command not in SHARED_BY_A_LAUNCHER:
+            raise AutomrError(f"`automr {command}` runs in one process: start it without a "
+                              f"launcher (a launcher shares the work of: "
+                              f"{', '.join(SHARED_BY_A_LAUNCHER)})")
     distributed.init()
     if not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
@@ -136,7 +154,7 @@ def root(
 ) -> None:
     """AutoMR: memory retrieval for LLM-based generative recommenders."""
     quiet_libraries()
-    join_launcher()
+    join_launcher(ctx)
     if config is not None:
         from automr.cli.config import default_map
 
