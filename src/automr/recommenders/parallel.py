@@ -64,11 +64,17 @@ class StepRunner:
         device = next(model.parameters()).device
         module: torch.nn.Module = NLLModule(model, layer)
         if distributed.init():
+            import inspect
+
             from torch.nn.parallel import DistributedDataParallel
 
+            # no buffer is synced in forward (rotary tables, equal in every process); torch
+            # 2.13 renamed the flag and warns in every process on the old name
+            sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+                DistributedDataParallel).parameters else "broadcast_buffers")
             module = DistributedDataParallel(
                 module, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=False)
+                find_unused_parameters=False, **{sync: False})
         scaler = torch.amp.GradScaler(device.type) if autocast == "fp16" else None
         return cls(module, device, autocast, scaler)
 
