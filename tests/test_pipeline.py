@@ -123,6 +123,9 @@ def test_step_commands_chain(workspace, tmp_path):
     assert every.generated is None
     l2 = recommend(data, user, *folders, top=3, grounder="l2", device="cpu")
     assert isinstance(l2.generated, str) and f"generated: {l2.generated}" in l2.describe()
+    for top in (12, 40):  # evaluate's beams whatever --top (it took max(top, 4) beams)
+        longer = recommend(data, user, *folders, top=top, grounder="l2", device="cpu")
+        assert (longer.generated, longer.target_rank) == (l2.generated, l2.target_rank)
     missing = runner.invoke(app, ["recommend", "nobody", "--data", data, "--finetuned",
                                   str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
                                   "--retriever", str(tmp_path / "ret")])

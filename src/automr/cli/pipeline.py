@@ -228,6 +228,8 @@ def recommend_command(
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
     exclude_seen: Annotated[bool, typer.Option(
         help="Leave the user's history out of the list (as evaluate --exclude-seen).")] = True,
+    num_beams: Annotated[int, typer.Option(
+        help="Beams, as evaluate's (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
     *, runtime: Runtime,
 ) -> None:
     """A user's top items from AutoMR and the memory elements it retrieved (item, date)."""
@@ -235,5 +237,5 @@ def recommend_command(
 
     result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
                        combiner, k, runtime.device, runtime.cache_dir, runtime.dtype,
-                       exclude_seen)
+                       exclude_seen, num_beams or None)
     typer.echo("\n".join(result.describe(split)))

@@ -168,7 +168,7 @@ def run_demo(
         example / "example.md", "\n".join(recommend(
             data, example_user(dataset, config), bigrec, memory, retriever, top=5,
             grounder=grounder, combiner=config.combiner, device=device, cache_dir=cache_dir,
-            dtype=dtype).describe()) + "\n"))
+            dtype=dtype, num_beams=config.num_beams).describe()) + "\n"))
     record = {"config": attrs.asdict(config), "seconds": timings,
               "versions": {"automr": automr.__version__, "torch": torch.__version__,
                            "python": platform.python_version()},

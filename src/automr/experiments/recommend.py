@@ -61,7 +61,11 @@ def recommend(
     retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
     combiner: str = "concat", k: int = 1, device: str = "auto",
     cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
+    num_beams: int | None = None,
 ) -> Recommendation:
+    """The user's latest ``split`` sample ranked by AutoMR as ``automr evaluate`` ranks it (the
+    same grounder and ``num_beams``: None is the grounder's default, 4 for l2 and 10 for
+    constrained), its ``top`` items and the memory elements retrieved."""
     if combiner not in COMBINERS:
         raise AutomrError(f"unknown combiner {combiner!r}; choose one of {', '.join(COMBINERS)}")
     dataset = PreparedDataset.load(dataset_dir)
@@ -73,7 +77,7 @@ def recommend(
     retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever),
                                 COMBINERS[combiner](), k=k)
     ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,
-                            num_beams=max(top, 4), cache_dir=cache_dir, progress=False)
+                            num_beams=num_beams, cache_dir=cache_dir, progress=False)
     ids, mask = left_padded_prompts(loaded, dataset, [sample])
     llm = HFSplitLLM(loaded.model)
     args = (llm, ids.to(llm.device), mask.to(llm.device), store.layer,
