@@ -86,3 +86,17 @@ def test_missing_finetune_is_a_clear_error(workspace, tmp_path):
                                  "--out", str(tmp_path), "--methods", "bigrec:l2"])
     assert result.exit_code == 2
     assert "--finetuned" in result.output
+
+
+@pytest.mark.parametrize(("methods", "measures", "message"), [
+    ("pop,cooc,pop", "ranks", "--methods names pop more than once"),
+    ("pop,cooc", "likelihood", "none of pop, cooc does")])
+def test_a_table_that_would_drop_a_method_is_refused(workspace, tmp_path, methods, measures,
+                                                     message):
+    """A repeated name was kept once, and a likelihood-only table of methods that score no
+    title was written empty (exit 0)."""
+    result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"), "--out",
+                                 str(tmp_path / "out"), "--methods", methods, "--measures",
+                                 measures, "--samples", "4"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "out" / "results.md").exists()

@@ -267,3 +267,21 @@ def test_the_likelihoods_details_are_a_single_passs_after_a_cut_and_a_resume(tmp
             if path.is_file():
                 assert path.read_bytes() == EvaluationFolder(cut).details_file(
                     kind, "m", measure).read_bytes()
+
+
+def test_a_compare_of_measures_on_other_samples_says_each_count_and_unpaired(tmp_path):
+    """Ranks of one source on 4 samples beside log-likelihoods of two others on 8: the table
+    said "4 samples" over both and dropped the likelihood pairing without a word."""
+    ids4, ids8 = [f"u{i}@{i}:x" for i in range(4)], [f"v{i}@{i}:y" for i in range(8)]
+    EvaluationFolder(tmp_path / "a").save(build_report("pop", ids4, torch.tensor([0, 3, 9, 1]),
+                                                       30), {})
+    b = EvaluationFolder(tmp_path / "b")
+    for m in ("bigrec", "automr"):
+        b.save_likelihoods(build_likelihood_report(m, ids8, [(-float(i), 3) for i in range(8)]),
+                           {})
+    combined = combine_folders({"pop": (tmp_path / "a", "pop"), "bigrec": (tmp_path / "b",
+                                "bigrec"), "automr": (tmp_path / "b", "automr")},
+                               out=tmp_path / "out", n_resamples=20)
+    text = combined.markdown()
+    assert text.startswith("4 samples") and "higher is better; 8 samples)" in text
+    assert "No paired differences: the reference `pop` has no values here" in text

@@ -102,8 +102,10 @@ class Evaluation:
         if self.reports:
             parts += _tables(self.reports, self.paired(), self.reference, "{:.4f}")
         if self.likelihoods:
+            scored = len(next(iter(self.likelihoods.values())).sample_ids)
+            count = f"; {scored} samples" if self.reports and scored != self.samples else ""
             parts += ["Target log-likelihood (nats; per sample and per target token; higher "
-                      "is better):", ""]
+                      f"is better{count}):", ""]
             parts += _tables(self.likelihoods, self.paired_likelihoods(), self.reference,
                              "{:.3f}")
         return "\n".join(parts)
@@ -118,6 +120,9 @@ def _tables(reports, paired, reference: str, number: str) -> list[str]:
                  f"{number.format(iv.high)}]" for iv in report.metrics.values()]
         lines.append(f"| {method} | {' | '.join(cells)} |")
     lines.append("")
+    if len(reports) > 1 and reference not in reports:
+        lines += [f"No paired differences: the reference `{reference}` has no values here "
+                  f"(--reference names another).", ""]
     if paired:
         signed = number.replace("{:", "{:+")
         lines += [f"Paired bootstrap difference vs `{reference}` (mean [95% CI]):", "",
@@ -163,6 +168,10 @@ def evaluate(
     reference = reference or next((m for m in names if m.startswith("bigrec")), names[0])
     if reference not in methods:
         raise AutomrError(f"the reference {reference!r} is not among the methods {names}")
+    if "ranks" not in measures and not any(isinstance(m, LikelihoodMethod)
+                                           for m in methods.values()):
+        raise AutomrError(f"the likelihood measure scores the true title with an LM; none of "
+                          f"{', '.join(names)} does: add one or measure ranks")
     folder = None if out is None else EvaluationFolder(out)
     if folder is not None:
         folder.check_names(names)

@@ -89,6 +89,9 @@ def evaluate_methods(
     """
     for method in methods:
         parse_method(method)  # every name is checked before any work
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+        raise AutomrError(f"--methods names {', '.join(repeated)} more than once")
     dataset = PreparedDataset.load(dataset_dir)
     samples = seeded_subset(dataset.samples(config.split), config.max_samples, config.seed)
     if not samples:
