@@ -2,6 +2,8 @@
 against the plain per-sample differences."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,7 +59,27 @@ def test_folders_are_paired_by_sample_id_and_written_as_one_evaluation(tmp_path)
     assert exported["retrieved"] == {"aware": {IDS[i]: [i] for i in order}}
     assert exported["commands"][0][:2] == ["automr", "compare"]
     settings = json.loads(EvaluationFolder(out).settings_file("aware").read_text())
-    assert settings == {"folder": str(b), "method": "automr:x"}
+    assert (out / settings.pop("folder")).resolve() == b.resolve()
+    assert settings == {"method": "automr:x", "relative_to": "this folder"}
+
+
+def test_a_compare_folder_reads_its_sources_from_any_working_directory(tmp_path, monkeypatch):
+    """Sources named relative to where `automr compare` ran were read against the current
+    directory: exported elsewhere, their commands were left out without a word."""
+    monkeypatch.chdir(tmp_path)
+    evaluated(Path("a"), "m", [0] * 8, [-1.0] * 8)
+    evaluated(Path("a"), "n", [1] * 8, [-2.0] * 8)
+    (Path("a") / "automr-runs.jsonl").write_text(json.dumps({"argv": ["automr", "evaluate",
+                                                                      "a"]}) + "\n")
+    combine_folders({"x": (Path("a"), "m"), "y": (Path("a"), "n")}, out=Path("out"),
+                    n_resamples=20)
+    here = EvaluationFolder(tmp_path / "out").commands()
+    assert ["automr", "evaluate", "a"] in here
+    monkeypatch.chdir(tmp_path / "a")
+    assert EvaluationFolder(tmp_path / "out").commands() == here
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(AutomrError, match=r"the source of m .* is missing"):
+        EvaluationFolder(tmp_path / "out").commands()
 
 
 def test_different_samples_or_a_missing_method_are_refused(tmp_path):

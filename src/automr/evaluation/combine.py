@@ -104,8 +104,8 @@ def _saved(path: Path, method: str
 def _write(folder: EvaluationFolder, evaluation: Evaluation,
            sources: Mapping[str, tuple[Path | str, str]],
            retrieved: Mapping[str, Mapping[str, dict]]) -> None:
-    origin = {name: {"folder": str(path), "method": method}
-              for name, (path, method) in sources.items()}
+    origin = {name: folder.source_record(path, method) for name, (path, method) in
+              sources.items()}
 
     def details(name: str, measure: str) -> dict:
         elements = retrieved[name].get(measure)

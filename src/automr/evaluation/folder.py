@@ -20,6 +20,7 @@
 """
 
 import json
+import os
 import shutil
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -225,17 +226,41 @@ class EvaluationFolder:
                     kept.setdefault(kind, {}).update(self.details(kind, method))
         return kept
 
+    def source_record(self, source: Path | str, method: str) -> dict[str, str]:
+        """The settings of a method `automr compare` brings in from ``source`` (a folder or an
+        export): its path relative to this folder, so that the folder reads it back from any
+        working directory."""
+        where = os.path.relpath(Path(source).resolve(), self.path.resolve())
+        return {"folder": where, "method": method, "relative_to": "this folder"}
+
+    def source(self, settings: object) -> tuple[Path, str] | None:
+        """Where a method `automr compare` brought in comes from (its folder or export, and
+        its name there), from its settings; None for a method measured here. A missing source
+        is an error: its commands and split would be left out silently."""
+        if not (isinstance(settings, dict) and {"folder", "method"} <= set(settings)
+                <= {"folder", "method", "relative_to"}):
+            return None
+        path = Path(settings["folder"])
+        if "relative_to" in settings:
+            path = self.path / path
+        if not (path.is_dir() or path.is_file()):
+            where = ("" if "relative_to" in settings else " (recorded relative to the "
+                     "directory `automr compare` ran in: run this there)")
+            raise AutomrError(f"{path}, the source of {settings['method']} in {self.path}, is "
+                              f"missing{where}")
+        return path, str(settings["method"])
+
     def split(self, method: str) -> str:
         """The split that was ranked (from the method's settings or ``results.json``, or, for a
         method `automr compare` brought in, from its source; test)."""
         settings = self.settings_file(method)
         origin = read_json(settings, "`automr evaluate`") if settings.is_file() else {}
-        if isinstance(origin, dict) and set(origin) == {"folder", "method"}:
-            source = Path(origin["folder"])
+        brought = self.source(origin)
+        if brought is not None:
+            source, name = brought
             if source.is_dir():
-                return EvaluationFolder(source).split(origin["method"])
-            if source.is_file():
-                return str(read_export(source)["results"].get("config", {}).get("split", "test"))
+                return EvaluationFolder(source).split(name)
+            return str(read_export(source)["results"].get("config", {}).get("split", "test"))
         for path, key in ((settings, None), (self.path / RESULTS_JSON, "config")):
             if path.is_file():
                 data = read_json(path, "`automr evaluate`")
@@ -280,14 +305,12 @@ class EvaluationFolder:
         its own :meth:`commands`, or an export's ``commands``); then the folder's run records."""
         found: list[list[str]] = []
         for path in sorted(self.path.glob("*/*.settings.json")):
-            settings = read_json(path, "`automr evaluate`")
-            if not isinstance(settings, dict) or set(settings) != {"folder", "method"}:
+            brought = self.source(read_json(path, "`automr evaluate`"))
+            if brought is None:
                 continue
-            source = Path(settings["folder"])
-            if source.is_file():
-                found += read_export(source)["commands"]
-            elif source.is_dir():
-                found += EvaluationFolder(source).commands()
+            source = brought[0]
+            found += (read_export(source)["commands"] if source.is_file()
+                      else EvaluationFolder(source).commands())
         records = self.path / RUNS_FILE
         if records.is_file():
             found += [json.loads(line)["argv"] for line in records.read_text().splitlines()]
