@@ -285,3 +285,38 @@ def test_a_compare_of_measures_on_other_samples_says_each_count_and_unpaired(tmp
     text = combined.markdown()
     assert text.startswith("4 samples") and "higher is better; 8 samples)" in text
     assert "No paired differences: the reference `pop` has no values here" in text
+
+
+class Returns:
+    """A method whose rank() returns ``ranks`` as given (a custom method gone slightly off)."""
+
+    def __init__(self, ranks, settings=None) -> None:
+        self.ranks, self.settings = ranks, settings or {}
+
+    def rank(self, samples):
+        return self.ranks
+
+
+@pytest.mark.parametrize(("ranks", "message"), [
+    ([1.7, 2.2, 0.9, 3.5], r"the rank 1\.7: ranks are ints in \[0, 30\)"),
+    ([1, 2, 40, 3], r"the rank 40"), ([1, 2, 3], r"ranked 3 of 4 samples"),
+    ([True, 1, 2, 3], r"the rank True")])
+def test_ranks_that_are_not_places_in_the_catalog_are_refused(ranks, message):
+    """Float ranks (mid-ranks for ties) were cut to their floor in the table, silently."""
+    with pytest.raises(AutomrError, match=message):
+        evaluate({"m": Returns(ranks)}, SAMPLES[:4], 30, n_resamples=20)
+
+
+def test_integer_ranks_of_numpy_or_torch_are_taken(tmp_path):
+    import numpy as np
+
+    for ranks in (np.array([1, 2, 0, 3]), torch.tensor([1, 2, 0, 3])):
+        result = evaluate({"m": Returns(ranks)}, SAMPLES[:4], 30, out=tmp_path,
+                          n_resamples=20)
+        assert result.reports["m"].ranks == (1, 2, 0, 3)
+
+
+def test_settings_that_cannot_be_saved_are_refused_before_any_ranking():
+    method = Returns([0, 0, 0, 0], settings={"dtype": torch.float32})
+    with pytest.raises(AutomrError, match="the settings of m are not JSON"):
+        evaluate({"m": method}, SAMPLES[:4], 30, n_resamples=20)

@@ -17,6 +17,8 @@ per shard, and under a launcher (``torchrun``, ``accelerate launch``) every proc
 share; the main process writes the folder. Every process returns the same :class:`Evaluation`.
 """
 
+import json
+import numbers
 import platform
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -179,6 +181,11 @@ def evaluate(
     likelihoods: dict[str, LikelihoodReport] = {}
     for name, method in methods.items():
         settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
+        try:  # they are saved with the values, and decide what a rerun reuses
+            json.dumps(settings)
+        except (TypeError, ValueError) as error:
+            raise AutomrError(f"the settings of {name} are not JSON ({error}): give "
+                              f"strings, numbers, lists and dicts") from None
         if "ranks" in measures:
             reports[name] = _ranks(name, method, samples, settings, folder, n_items, ks,
                                    n_resamples, seed, shard_size)
@@ -192,6 +199,37 @@ def evaluate(
     return evaluation
 
 
+def _checked_ranks(name: str, ranks: Any, count: int, n_items: int) -> list[int]:
+    """A method's ranks as ints, one per sample, each a 0-based place in the catalog: a float
+    (a mid-rank for ties, say) would be cut to its floor in the table, silently."""
+    values = ranks.tolist() if hasattr(ranks, "tolist") else list(ranks)
+    if len(values) != count:
+        raise AutomrError(f"{name} ranked {len(values)} of {count} samples: rank() returns one "
+                          f"rank per sample")
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                or not 0 <= v < n_items), None)
+    if bad is not None:
+        raise AutomrError(f"{name} returned the rank {bad!r}: ranks are ints in [0, {n_items}) "
+                          f"(0 = first; break ties yourself, e.g. against the target)")
+    return [int(v) for v in values]
+
+
+def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float, int]]:
+    """A method's ``(log-likelihood, token count)`` per sample, as floats and ints."""
+    values = list(pairs)
+    if len(values) != count:
+        raise AutomrError(f"{name} scored {len(values)} of {count} samples: "
+                          f"target_log_likelihoods() returns one pair per sample")
+    try:
+        checked = [(float(v), int(n)) for v, n in values]
+    except (TypeError, ValueError):
+        checked = None
+    if checked is None or any(n < 1 or int(n) != n for (_, n) in values):
+        raise AutomrError(f"{name} returned {values[:3]!r}...: each sample's value is a pair "
+                          f"(log-likelihood, token count >= 1)")
+    return checked
+
+
 def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, shard_size
            ) -> MetricReport:
     saved = None if folder is None else folder.saved_report(name, settings)
@@ -201,8 +239,10 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
         if report is saved:
             return saved
     else:
-        ranks, details = run_sharded(method.rank, method, samples, settings, folder, name,
-                                     "ranks", shard_size)
+        ranks, details = run_sharded(lambda given: _checked_ranks(name, method.rank(given),
+                                                                  len(given), n_items),
+                                     method, samples, settings, folder, name, "ranks",
+                                     shard_size)
         report = build_report(name, [s.id for s in samples],
                               torch.tensor(list(ranks), dtype=torch.long), n_items, ks=ks,
                               n_resamples=n_resamples, seed=seed)
@@ -221,8 +261,10 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
         if report is saved:
             return saved
     else:
-        pairs, details = run_sharded(method.target_log_likelihoods, method, samples, settings,
-                                     folder, name, "loglik", shard_size)
+        pairs, details = run_sharded(
+            lambda given: _checked_likelihoods(name, method.target_log_likelihoods(given),
+                                               len(given)),
+            method, samples, settings, folder, name, "loglik", shard_size)
         report = build_likelihood_report(name, [s.id for s in samples],
                                          [(float(v), int(n)) for v, n in pairs],
                                          n_resamples=n_resamples, seed=seed)
