@@ -51,6 +51,26 @@ class TestConcat(CombinerContract):
         return Concat()
 
 
+class WritesIntoItsQuery:
+    """Append-token that zeroes the query's first position in place (then appends)."""
+
+    uses_token_states = False
+
+    def combine(self, query, memory):
+        query.hidden[:, 0] = 0
+        return AppendToken().combine(query, memory)
+
+
+def test_the_contract_fails_a_combiner_that_writes_into_its_inputs():
+    """The contract computed what it expected after combining, so an in-place edit passed."""
+    contract = CombinerContract()
+    contract.hidden_size = 8
+    for check in (contract.test_empty_memory_is_the_identity,
+                  contract.test_output_holds_the_real_tokens_of_both):
+        with pytest.raises(AssertionError):
+            check(WritesIntoItsQuery())
+
+
 def full(model, seq: list[int]) -> torch.Tensor:
     """The plain computation: the full model on one unpadded sequence."""
     with torch.no_grad():

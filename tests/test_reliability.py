@@ -571,3 +571,40 @@ def test_annotations_are_not_resumed_or_used_with_a_memory_rebuilt_in_place(work
         "retriever", "train", "--annotations", str(out), "--data", str(workspace / "prepared"),
         "--memory", str(memory), "--out", str(tmp_path / "ret"), "--epochs", "1", *QUIET])
     assert "content" in one_line_error(result, memory)
+
+
+def test_a_batch_whose_first_sample_has_no_memory_hands_the_memorys_dtype(workspace,
+                                                                          tmp_path):
+    """The empty row was float32 on the CPU, and pad_memory takes the first row's dtype and
+    device: a bfloat16 memory reached a combiner as float32 when the first sample had none."""
+    from automr.combiners import Concat
+    from automr.data import PreparedDataset
+    from automr.recommenders.automr import MemoryRetrieval
+    from automr.retrievers import build_retriever
+    from automr.state import LayerState
+
+    result = runner.invoke(app, [
+        "memory", "build", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "m"),
+        "--model", str(workspace / "model"), "--layer", "2", "--encoder", "item",
+        "--dtype", "bfloat16", *QUIET])
+    assert result.exit_code == 0, result.output
+    store = MemoryStore.open(tmp_path / "m")
+    samples = [s for split in ("train", "valid", "test")
+               for s in PreparedDataset.load(workspace / "prepared").samples(split)]
+    empty, full = (next(s for s in samples if not s.memory), next(s for s in samples
+                                                                 if s.memory))
+    given = []
+
+    class Spy:
+        uses_token_states = True
+
+        def combine(self, query, memory):
+            given.append(memory.hidden.dtype)
+            return Concat().combine(query, memory)
+
+    retrieval = MemoryRetrieval(store, build_retriever("random", store.hidden_size), Spy())
+    state = LayerState(hidden=torch.zeros(2, 3, store.hidden_size, dtype=torch.bfloat16),
+                       mask=torch.ones(2, 3, dtype=torch.bool), layer=2)
+    for batch in ([full, empty], [empty, full]):
+        retrieval.insert_for(batch)(state)
+    assert given == [torch.bfloat16, torch.bfloat16]

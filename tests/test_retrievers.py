@@ -60,6 +60,41 @@ class TestMLPRetriever(RetrieverContract):
         return mlp()
 
 
+class TestTheExamplesRecencyRetriever(RetrieverContract):
+    """examples/custom_retriever.py's retriever scores by position: the contract must take it
+    (it failed it, inserting masked slots mid-row, which the library never does)."""
+
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).parents[1] / "examples" / "custom_retriever.py"
+        spec = importlib.util.spec_from_file_location("automr_example_custom_retriever", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.RecencyRetriever()
+
+
+class Vetoing:
+    """Scores -inf at real elements whose key sums below 0 (a filter): top_k picks them after
+    every finite one, so the contract takes it (it refused any non-finite real score)."""
+
+    def scores(self, query, keys, mask):
+        values = torch.where(keys.sum(-1) < 0, -torch.inf, keys.sum(-1))
+        return values.masked_fill(~mask, -torch.inf)
+
+
+class TestAVetoingRetriever(RetrieverContract):
+    hidden_size = HIDDEN
+
+    @pytest.fixture
+    def retriever(self):
+        return Vetoing()
+
+
 class TestMLPRetrieverReluTemperature(RetrieverContract):
     hidden_size = HIDDEN
 

@@ -62,8 +62,8 @@ class MemoryRetrieval:
         rows = []
         for (user, _, start), chosen in zip(requests, indices.tolist(), strict=True):
             states = [self.store.token_states(user, start + i) for i in chosen if i >= 0]
-            rows.append(torch.cat(states) if states
-                        else torch.zeros(0, self.store.hidden_size))
+            rows.append(torch.cat(states) if states  # an empty row as the memory's keys
+                        else keys.new_zeros((0, self.store.hidden_size)))
         return pad_memory(rows)
 
 
