@@ -608,3 +608,17 @@ def test_a_batch_whose_first_sample_has_no_memory_hands_the_memorys_dtype(worksp
     for batch in ([full, empty], [empty, full]):
         retrieval.insert_for(batch)(state)
     assert given == [torch.bfloat16, torch.bfloat16]
+
+
+def test_a_retriever_is_not_trained_on_test_annotations(workspace, tmp_path):
+    """`automr retriever score` asks for test annotations; given to `retriever train` they
+    trained a retriever that evaluate then scored on its own training samples."""
+    out = tmp_path / "ann-test"
+    result = runner.invoke(app, [*annotate_args(workspace, workspace / "mem", out),
+                                 "--split", "test"])
+    assert result.exit_code == 0, result.output
+    train = runner.invoke(app, ["retriever", "train", "--annotations", str(out), "--data",
+                                str(workspace / "prepared"), "--memory", str(workspace / "mem"),
+                                "--out", str(tmp_path / "ret"), "--quiet"])
+    assert "annotates test samples" in one_line_error(train, out)
+    assert not (tmp_path / "ret").exists()

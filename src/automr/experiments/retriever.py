@@ -61,7 +61,13 @@ def train_retriever(
     config = config or RetrieverTrainingConfig()
     if not 0.0 <= valid_fraction < 1.0:
         raise AutomrError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
-    _, full = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form, temperature)
+    annotations, full = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form,
+                                          temperature)
+    if annotations.header["config"]["split"] == "test":
+        raise AutomrError(f"{annotations_dir} annotates test samples: a retriever trained on "
+                          f"them would be scored on the samples it learned from; annotate "
+                          f"--split train for training (test annotations are for `automr "
+                          f"retriever score`)")
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(full), generator=generator)
     n_valid = round(valid_fraction * len(full))

@@ -21,6 +21,11 @@ class L2Grounder:
     BIGRec's statistical information injection re-weights :meth:`distances` by a prior
     (popularity or a conventional model's scores) at the method level:
     :class:`~automr.methods.injection.PriorWeightedMethod`.
+
+    Two details differ from BIGRec's released code: both sides are embedded as response texts,
+    quotes kept (``"Toy Story (1995)"``; BIGRec strips them from both), and without special
+    tokens (BIGRec's tokenizer call adds a BOS for Llama models; SmolLM2's ids are the same
+    either way).
     """
 
     model: torch.nn.Module

@@ -6,7 +6,8 @@ per sample, and ``p`` its prior score min-max normalised to [0, 1], items are ra
 ``d * (1 + p) ** -gamma`` (smallest first). ``gamma = 0`` is the plain L2 ranking; a large
 ``gamma`` tends to the prior's ranking after the nearest title, which stays first (its
 normalised distance is 0), as in BIGRec's code. ``gamma`` is chosen on validation samples from
-BIGRec's grid (0, 0.01, ..., 0.99, 1, 2, ..., 99). The prior is one score per item
+BIGRec's grid (0, 0.01, ..., 0.99, 1, 2, ..., 99: their ``adjust_ci.py``'s; the 0, 1, ..., 99 of
+their ``adjust_pda.py`` is part of it). The prior is one score per item
 (training-period popularity: their ``adjust_pda.py``) or one row per sample (a conventional
 model's scores, "collaborative information": their ``adjust_ci.py`` with SASRec).
 """

@@ -34,9 +34,10 @@ Defaults (docs/results/sasrec/): the paper's learning-rate x batch-size search o
 validation split (search.json) chose batch 256; CE at lr 1e-2 and BCE at lr 1e-3 are level on
 validation (three seeds each), CE wins on test and trains in half the epochs; shuffled ties
 are level on validation and lift the test split above co-occurrence counting (ties.json).
-The architecture is the original's Amazon setting (hidden 64, 2 blocks, 1 head, dropout 0.2,
-max_len 50; use ``max_len=100`` to see the paper's whole capped sequence), with every
-position trained (``windows``).
+The architecture: hidden 64, 2 blocks, 1 head, dropout 0.2, max_len 50 (use ``max_len=100``
+to see the paper's whole capped sequence), every position trained (``windows``); the
+original's defaults are hidden 50, 2 blocks, 1 head, dropout 0.5, max_len 50 (its ML-1M run:
+dropout 0.2, max_len 200).
 """
 
 import itertools
