@@ -258,3 +258,31 @@ def test_catalog_embeddings_are_cached_per_dtype(tiny_models, tokenizer, tmp_pat
         assert torch.equal(got, expected)
     assert torch.equal(catalog_embeddings(half, targets, fingerprint, tmp_path, progress=False),
                        cached)
+
+
+def test_a_grounder_or_context_that_breaks_its_protocol_is_named(tiny_models, tokenizer,
+                                                                  tmp_path):
+    """A grounder ranking only its top 10, or a context with one text too few, was a bare
+    ValueError ("0 is not in list", "zip() argument 2 is shorter")."""
+    from automr.errors import AutomrError
+    from automr.methods import GenerativeMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    samples = list(dataset.samples("test")[:2])
+    loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tokenizer, name="tiny")
+
+    class TopTen:
+        def rank(self, llm, input_ids, attention_mask, layer, insert=None):
+            return torch.arange(10).expand(input_ids.shape[0], -1)
+
+    class OneShort:
+        config: dict = {}
+
+        def texts(self, given):
+            return ["context"] * (len(given) - 1)
+
+    with pytest.raises(AutomrError, match="TopTen.rank gave .* not an order of the whole"):
+        GenerativeMethod(loaded, dataset, TopTen(), layer=1).rank(samples)
+    with pytest.raises(AutomrError, match="OneShort.texts gave 1 texts for 2 samples"):
+        GenerativeMethod(loaded, dataset, TopTen(), layer=1, context=OneShort()).rank(samples)

@@ -469,3 +469,33 @@ def test_shard_size_defaults_depend_on_the_encoder():
     assert MemoryConfig(encoder="item").shard_elements == 200_000  # the catalog once per shard
     assert MemoryConfig(encoder="window").shard_elements == 2048
     assert MemoryConfig(encoder="item", shard_elements=7).shard_elements == 7
+
+
+def test_an_element_encoder_of_ones_own_builds_and_reads_a_memory(backbone, dataset, tmp_path,
+                                                                   monkeypatch):
+    """The documented way to change what a memory holds: an EncoderKind in ENCODERS."""
+    import automr.memory as memory
+
+    class Shouted:
+        kind, reuses_texts = "shouted", True
+
+        def __init__(self, base, catalog):
+            self.base, self.catalog = base, catalog
+
+        def text(self, items, timestamps, index):
+            return self.catalog.title(items[index]).upper()
+
+        def settings(self):
+            return {"kind": self.kind, "window": None, "includes_item": True}
+
+    monkeypatch.setitem(memory.ENCODERS, "shouted", memory.EncoderKind(
+        "the item's title in capitals", lambda base, catalog, prompt, window, includes:
+        Shouted(base, catalog)))
+    store = build_memory(backbone, dataset, LAYER, MemoryConfig(encoder="shouted"),
+                         tmp_path / "m", progress=False)
+    sample = next(s for s in samples_of(dataset) if s.memory)
+    view = memory.MemoryStore.open(tmp_path / "m").view_sample(sample)
+    first = dataset.catalog.title(sample.memory[0]).upper()
+    expected = memory.LayerEncoder(backbone, LAYER).encode_texts([first]).keys[0]
+    torch.testing.assert_close(view.keys[0], expected, rtol=1e-5, atol=1e-5)
+    assert store.record.encoder == "shouted"

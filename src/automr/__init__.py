@@ -62,8 +62,8 @@ _EXPORTS = {
     "SASRecConfig": "automr.recommenders.sasrec",
     # methods and evaluation
     **{name: "automr.methods" for name in (
-        "METHODS", "Artifacts", "GenerativeMethod", "PriorWeightedMethod", "SASRecMethod",
-        "Workspace", "build_method")},
+        "METHODS", "Artifacts", "CooccurrenceMethod", "GenerativeMethod", "PopularityMethod",
+        "PriorWeightedMethod", "SASRecMethod", "Workspace", "build_method")},
     **{name: "automr.evaluation" for name in (
         "Evaluation", "EvaluationFolder", "MetricReport", "combine_folders", "evaluate")},
 }

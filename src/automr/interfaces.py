@@ -130,6 +130,11 @@ class Memory(Protocol):
     long-term history is that span sees exactly it (never its recent K or anything later;
     ``start > 0`` when the history cap dropped the user's oldest interactions).
     ``token_states`` gives one element's per-token states (for the concat combiner).
+
+    What the library reads memory through is :class:`~automr.memory.MemoryStore`, a built
+    memory folder: retrieval, annotation and training also need its pooling, its index (which
+    elements a sample sees) and its content digest. To change what a memory holds, build one
+    with an element encoder of your own (:data:`automr.memory.ENCODERS`).
     """
 
     @property
@@ -144,7 +149,9 @@ class Memory(Protocol):
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Turns token sequences into layer-L memory entries: one pooled key per sequence."""
+    """Turns token sequences into layer-L memory entries: one pooled key per sequence
+    (:class:`~automr.memory.LayerEncoder`; the element texts it encodes come from an element
+    encoder, :data:`automr.memory.ENCODERS`)."""
 
     def encode(
         self, input_ids: TokenIds, attention_mask: TokenMask

@@ -2,7 +2,8 @@
 
 - Encoding: :class:`Pooling` (:data:`POOLINGS`), :class:`LayerEncoder` (the
   :class:`~automr.interfaces.Encoder`), element encoders :class:`WindowEncoder` (eq. 2) and
-  :class:`ItemEncoder` (:data:`ENCODERS`), :class:`Backbone` (split LM + tokenizer + fingerprint).
+  :class:`ItemEncoder` (:data:`ENCODERS`: add an :class:`EncoderKind` of your own
+  :class:`ElementEncoder` there), :class:`Backbone` (split LM + tokenizer + fingerprint).
 - Building: :class:`MemoryConfig`, :func:`build_memory` (resumable), :func:`append_memory`,
   :func:`memory_encoder`.
 - Reading: :class:`MemoryStore` (the :class:`~automr.interfaces.Memory`): ``view``,
@@ -16,7 +17,9 @@ from automr.memory.config import MemoryConfig, MemoryRecord
 from automr.memory.encoders import (
     ENCODERS,
     Backbone,
+    ElementEncoder,
     Encoded,
+    EncoderKind,
     ItemEncoder,
     LayerEncoder,
     WindowEncoder,
@@ -28,7 +31,9 @@ __all__ = [
     "ENCODERS",
     "POOLINGS",
     "Backbone",
+    "ElementEncoder",
     "Encoded",
+    "EncoderKind",
     "ItemEncoder",
     "LayerEncoder",
     "MemoryConfig",

@@ -324,4 +324,8 @@ ENCODERS: Final[dict[str, EncoderKind]] = {
         lambda base, catalog, prompt, window, includes: ItemEncoder(base, catalog, prompt),
     ),
 }
-"""Element-encoder kinds by name (``automr`` CLI ``--encoder``)."""
+"""Element-encoder kinds by name (``automr`` CLI ``--encoder``, ``MemoryConfig.encoder``). A
+kind of your own (an :class:`ElementEncoder`: the text of element ``index`` of a timeline)
+enters by name: ``ENCODERS["genre"] = EncoderKind("...", build)``, then
+``MemoryConfig(encoder="genre")``; a memory built so is opened, annotated and retrieved from
+as any other (register the kind again in a new process before reading it)."""

@@ -86,6 +86,11 @@ class GenerativeMethod:
         ranks: list[int] = []
         for chunk, rankings in self._batches(samples, self._rank_batch):
             for sample, ranking in zip(chunk, rankings.tolist(), strict=True):
+                if sorted(ranking) != list(range(len(index))):
+                    raise AutomrError(f"{type(self.grounder).__name__}.rank gave {self.label} "
+                                      f"{len(ranking)} item indices that are not an order of "
+                                      f"the whole catalog ({len(index)} items): a grounder "
+                                      f"ranks every item")
                 seen = {index[i] for i in sample.history} - {index[sample.target]}
                 ranked = [i for i in ranking if i not in seen] if self.exclude_seen else ranking
                 ranks.append(ranked.index(index[sample.target]))
@@ -158,6 +163,9 @@ class GenerativeMethod:
     def _batches(self, samples: Sequence[Sample], run):
         llm = HFSplitLLM(self.loaded.model)
         contexts = None if self.context is None else self.context.texts(samples)
+        if contexts is not None and len(contexts) != len(samples):
+            raise AutomrError(f"{type(self.context).__name__}.texts gave {len(contexts)} texts "
+                              f"for {len(samples)} samples: one per sample (None for none)")
         if contexts is not None:
             self._details.setdefault("contexts", {}).update(
                 zip((s.id for s in samples), contexts, strict=True))
