@@ -622,3 +622,13 @@ def test_a_retriever_is_not_trained_on_test_annotations(workspace, tmp_path):
                                 "--out", str(tmp_path / "ret"), "--quiet"])
     assert "annotates test samples" in one_line_error(train, out)
     assert not (tmp_path / "ret").exists()
+
+
+def test_a_retriever_save_cut_before_its_config_is_saved_again_in_place(tmp_path):
+    from automr.retrievers import build_retriever
+
+    retriever = build_retriever("mlp", 8, seed=0)
+    retriever.save(tmp_path / "ret")
+    (tmp_path / "ret" / "config.json").unlink()  # cut between the weights and the config
+    retriever.save(tmp_path / "ret")
+    assert (tmp_path / "ret" / "config.json").is_file()

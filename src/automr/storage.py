@@ -115,7 +115,7 @@ def save_component(
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    _check_not_foreign(directory, format)
+    _check_not_foreign(directory, format, weights_file)
     directory.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})
     weights = directory / weights_file
@@ -134,9 +134,10 @@ def save_component(
     return directory
 
 
-def _check_not_foreign(directory: Path, format: str) -> None:
+def _check_not_foreign(directory: Path, format: str, weights_file: str) -> None:
     """Refuse to save into a folder that holds something else (another artifact's
-    ``config.json``, or files and no config): it would be overwritten or mixed in."""
+    ``config.json``, or files and no config beside a save of ours cut before its config): it
+    would be overwritten or mixed in."""
     what = format.split("/")[0].removeprefix("automr.")
     config = directory / CONFIG_FILE
     if config.is_file():
@@ -147,7 +148,8 @@ def _check_not_foreign(directory: Path, format: str) -> None:
         if held != format:
             raise AutomrError(f"{directory} holds another artifact ({CONFIG_FILE} of format "
                               f"{held!r}); save the {what} into a new folder")
-    elif directory.is_dir() and any(directory.iterdir()):
+    elif directory.is_dir() and any(not (p.name == weights_file or p.name.startswith("."))
+                                    for p in directory.iterdir()):
         raise AutomrError(f"{directory} holds other files and no {what}; save the {what} into "
                           f"a new or empty folder")
 
