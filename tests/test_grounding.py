@@ -1,6 +1,7 @@
 """Grounders rank the whole catalog exactly as the plain computations say."""
 
 import copy
+import typing
 
 import pytest
 import torch
@@ -277,12 +278,12 @@ def test_a_grounder_or_context_that_breaks_its_protocol_is_named(tiny_models, to
             return torch.arange(10).expand(input_ids.shape[0], -1)
 
     class OneShort:
-        config: dict = {}
+        config: typing.ClassVar[dict] = {}
 
         def texts(self, given):
             return ["context"] * (len(given) - 1)
 
-    with pytest.raises(AutomrError, match="TopTen.rank gave .* not an order of the whole"):
+    with pytest.raises(AutomrError, match=r"TopTen\.rank gave .* not an order of the whole"):
         GenerativeMethod(loaded, dataset, TopTen(), layer=1).rank(samples)
-    with pytest.raises(AutomrError, match="OneShort.texts gave 1 texts for 2 samples"):
+    with pytest.raises(AutomrError, match=r"OneShort\.texts gave 1 texts for 2 samples"):
         GenerativeMethod(loaded, dataset, TopTen(), layer=1, context=OneShort()).rank(samples)
