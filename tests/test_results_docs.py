@@ -229,36 +229,88 @@ def test_committed_generated_titles_reproduce_from_their_export(path):
 
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def _table(after: str, path: str, rows: list[tuple[str, str, str | None]]) -> list[tuple]:
+    """The rows of one docs/results.md table: (label, the text it follows, export, method,
+    the method it is paired with or None)."""
+    return [(label, after, path, method, reference) for label, method, reference in rows]
+
+
 INJECTION = "`docs/results/bigrec/injection-{1k,2k}-test-1000.json`"  # the 2k table's
-TABLE_ROWS = [  # docs/results.md row label (first after a text) -> export, method, paired with
-    ("pop (training-period popularity)", "", "floors/test-1000.json", "pop", None),
-    ("cooc (followed within 10 steps, counted)", "", "floors/test-1000.json", "cooc", None),
-    ("cooc - pop, paired", "", "floors/test-1000.json", "cooc", "pop"),
-    ("bigrec:l2-pop (gamma 28)", "", "bigrec/test-1000.json", "bigrec:l2-pop", None),
-    ("pop - bigrec:l2-pop, paired", "", "bigrec/test-1000.json", "pop", "bigrec:l2-pop"),
-    ("cooc - bigrec:l2-pop, paired", "", "bigrec/test-1000.json", "cooc", "bigrec:l2-pop"),
-    *[(label, INJECTION, "bigrec/injection-2k-test-1000.json", method, reference)
-      for label, method, reference in [
-          ("bigrec:l2-sasrec, 2k fine-tune (gamma 49)", "bigrec:l2-sasrec", None),
-          ("bigrec:l2-pop, 2k fine-tune (gamma 28)", "bigrec:l2-pop", None),
-          ("sasrec", "sasrec", None), ("pop", "pop", None), ("cooc", "cooc", None),
-          ("pop - bigrec:l2-sasrec (2k), paired", "pop", "bigrec:l2-sasrec"),
-          ("sasrec - bigrec:l2-sasrec (2k), paired", "sasrec", "bigrec:l2-sasrec"),
-          ("cooc - bigrec:l2-sasrec (2k), paired", "cooc", "bigrec:l2-sasrec")]],
+CE = "pairings with the rows above by"
+CONSTRAINED = "**BIGRec with trie-constrained decoding**"
+MEMORY = "added to that evaluation folder, which reused the finished ones"
+AWARE = "`aware-vs-frozen-ranks-1000.json`):"
+TABLE_ROWS = [  # every docs/results.md table of the five ranking metrics with an export
+    *_table("", "floors/test-1000.json", [
+        ("pop (training-period popularity)", "pop", None),
+        ("cooc (followed within 10 steps, counted)", "cooc", None),
+        ("cooc - pop, paired", "cooc", "pop")]),
+    *_table("", "sasrec/test-all.json", [
+        ("SASRec", "sasrec", None), ("cooc - SASRec, paired", "cooc", "sasrec"),
+        ("pop - SASRec, paired", "pop", "sasrec")]),
+    *_table("", "bigrec/test-1000.json", [
+        ("bigrec:l2-pop (gamma 28)", "bigrec:l2-pop", None),
+        ("pop - bigrec:l2-pop, paired", "pop", "bigrec:l2-pop"),
+        ("cooc - bigrec:l2-pop, paired", "cooc", "bigrec:l2-pop")]),
+    *_table(INJECTION, "bigrec/injection-2k-test-1000.json", [
+        ("bigrec:l2-sasrec, 2k fine-tune (gamma 49)", "bigrec:l2-sasrec", None),
+        ("bigrec:l2-pop, 2k fine-tune (gamma 28)", "bigrec:l2-pop", None),
+        ("sasrec", "sasrec", None), ("pop", "pop", None), ("cooc", "cooc", None),
+        ("pop - bigrec:l2-sasrec (2k), paired", "pop", "bigrec:l2-sasrec"),
+        ("sasrec - bigrec:l2-sasrec (2k), paired", "sasrec", "bigrec:l2-sasrec"),
+        ("cooc - bigrec:l2-sasrec (2k), paired", "cooc", "bigrec:l2-sasrec")]),
+    *_table(INJECTION, "bigrec/injection-1k-test-1000.json", [
+        ("bigrec:l2-sasrec, 1k fine-tune (gamma 35)", "bigrec:l2-sasrec", None),
+        ("bigrec:l2-pop, 1k fine-tune (gamma 18)", "bigrec:l2-pop", None),
+        ("pop - bigrec:l2-sasrec (1k), paired", "pop", "bigrec:l2-sasrec")]),
+    *_table(CE, "bigrec/injection-2k-ce-test-1000.json", [
+        ("bigrec:l2-sasrec, today's SASRec (gamma 35)", "bigrec:l2-sasrec", None),
+        ("sasrec, today's defaults", "sasrec", None),
+        ("bigrec:l2-pop (gamma 28)", "bigrec:l2-pop", None),
+        ("sasrec - bigrec:l2-sasrec, paired", "sasrec", "bigrec:l2-sasrec"),
+        ("cooc - bigrec:l2-sasrec, paired", "cooc", "bigrec:l2-sasrec")]),
+    *_table(CE, "bigrec/injection-ce-vs-bce-1000.json", [
+        ("l2-sasrec with the earlier SASRec - with today's, paired", "bigrec:l2-sasrec-bce",
+         "bigrec:l2-sasrec-ce")]),
+    *_table(CONSTRAINED, "bigrec/test-1000.json", [
+        ("bigrec:constrained", "bigrec:constrained", None),
+        ("constrained - bigrec:l2-pop, paired", "bigrec:constrained", "bigrec:l2-pop"),
+        ("base:l2-pop (the untuned LM, gamma 14)", "base:l2-pop", None),
+        ("base - bigrec:l2-pop, paired", "base:l2-pop", "bigrec:l2-pop"),
+        ("rella:l2-pop (ReLLa, 2,048 samples, gamma 28)", "rella:l2-pop", None),
+        ("rella - bigrec:l2-pop, paired", "rella:l2-pop", "bigrec:l2-pop")]),
+    *_table(CONSTRAINED, "bigrec/trsr-test-1000.json", [
+        ("trsr:l2-pop (TRSR, 2,048 samples, gamma 37)", "trsr:l2-pop", None),
+        ("trsr - bigrec:l2-pop, paired", "trsr:l2-pop", "bigrec:l2-pop")]),
+    *_table(MEMORY, "bigrec/test-1000.json", [
+        ("bigrec:l2-pop", "bigrec:l2-pop", None), ("automr:l2-pop", "automr:l2-pop", None),
+        ("AutoMR - BIGRec, paired", "automr:l2-pop", "bigrec:l2-pop"),
+        ("pop - BIGRec, paired", "pop", "bigrec:l2-pop")]),
+    *_table(AWARE, "automr/aware-vs-frozen-ranks-1000.json", [
+        ("frozen BIGRec", "frozen-bigrec", None),
+        ("memory-aware BIGRec", "aware-bigrec", None),
+        ("memory-aware AutoMR", "aware-automr", None),
+        ("AutoMR - its BIGRec, paired", "aware-automr", "aware-bigrec"),
+        ("AutoMR - frozen BIGRec, paired", "aware-automr", "frozen-bigrec"),
+        ("pop - frozen BIGRec, paired", "pop", "frozen-bigrec")]),
 ]
 
 
 @pytest.mark.parametrize(("label", "after", "path", "method", "reference"), TABLE_ROWS,
                          ids=[f"{row[2]}: {row[0]}" for row in TABLE_ROWS])
-def test_the_floor_and_bigrec_rows_of_the_docs_read_as_their_exports_recompute(
+def test_the_ranking_tables_of_the_docs_read_as_their_exports_recompute(
         label, after, path, method, reference):
     """Each cell, at the precision the row prints, from the committed per-sample ranks with
     the export's bootstrap (four cells had been rounded twice: 0.04548 -> 0.0455 -> 0.046)."""
-    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+    from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
     from automr.evaluation.metrics import per_sample_metrics
 
     exported = json.loads((RESULTS / path).read_text())
-    config = exported["results"]["config"]
+    config = exported["results"]["config"]  # a compare's export keeps the defaults
+    kwargs = {"n_resamples": config.get("n_resamples", DEFAULT_RESAMPLES),
+              "seed": config.get("seed", 0)}
     ids = list(exported["ranks"][method])
 
     def metrics(name: str) -> dict[str, torch.Tensor]:
@@ -272,7 +324,6 @@ def test_the_floor_and_bigrec_rows_of_the_docs_read_as_their_exports_recompute(
     cells = [cell.strip().replace("**", "") for cell in row.strip("|").split("|")[1:]]
     for key, cell in zip(("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10"), cells,
                          strict=True):
-        kwargs = {"n_resamples": config["n_resamples"], "seed": config["seed"]}
         interval = (bootstrap_ci(values[key].double(), **kwargs) if other is None else
                     paired_bootstrap(values[key].double(), other[key].double(), **kwargs))
         decimals = len(cell.split()[0].split(".")[1])
@@ -281,3 +332,31 @@ def test_the_floor_and_bigrec_rows_of_the_docs_read_as_their_exports_recompute(
         expected = (f"{number.format(interval.mean)} [{number.format(interval.low)}, "
                     f"{number.format(interval.high)}]")
         assert cell == expected, (label, key)
+
+
+TIES_ROWS = {  # docs/results.md's SASRec ties table: row label -> the study's runs, by seed
+    "BCE, lr 1e-3, ties in file order (old default)": ("ni-bce", "ni-s1", "ni-s2"),
+    "BCE, lr 1e-3, shuffled ties": ("sh-lib", "sh-s1", "sh-s2"),
+    "CE, lr 1e-2, ties in file order": ("ni-ce", "ni-ce-s1", "ni-ce-s2"),
+    "CE, lr 1e-2, shuffled ties (default)": ("sh-ce-lr1e-2", "sh-ce-s1", "sh-ce-s2"),
+}
+
+
+@pytest.mark.parametrize("label", TIES_ROWS)
+def test_the_sasrec_ties_table_of_the_docs_reads_as_its_study(label):
+    """Validation and test NDCG@5 per seed, their validation mean (from the unrounded values:
+    the default's mean had been averaged from rounded ones) and the paired difference to cooc,
+    at the precision printed."""
+    study = json.loads((RESULTS / "sasrec" / "ties.json").read_text())
+    runs = [next(r for r in study["runs"] if r["tag"] == tag) for tag in TIES_ROWS[label]]
+    row = next(line for line in DOCS.read_text().splitlines()
+               if line.replace("**", "").startswith(f"| {label} |"))
+    cells = [cell.strip().replace("**", "") for cell in row.strip("|").split("|")[1:]]
+    valid = [r["valid"]["ndcg@5"] for r in runs]
+    differences = [r["test_ndcg@5_minus_cooc"] for r in runs]
+    assert cells == [
+        " / ".join(f"{v:.4f}" for v in valid),
+        f"{sum(valid) / len(valid):.4f}",
+        " / ".join(f"{r['test']['ndcg@5']:.4f}" for r in runs),
+        " / ".join(f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in differences),
+    ]
