@@ -216,6 +216,35 @@ def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(wo
         assert [generated[s.id] for s in samples] == texts
 
 
+def test_l2_distances_keep_an_embedding_per_sample_not_a_catalog_row(workspace, monkeypatch):
+    """An L2 method keeps each generated text's embedding (hidden-sized: a catalog of 100k
+    items made a 385 KiB row per sample), and its distances are the grounder's own from the
+    generated texts, over any subset and order of the samples, generating nothing again."""
+    from automr.grounding.catalog import build_grounder
+
+    dataset, loaded = workspace["dataset"], workspace["loaded"]
+    grounder = build_grounder("l2", loaded, dataset, workspace["run"].base_fingerprint,
+                              num_beams=2, cache_dir=workspace["root"] / "cache",
+                              progress=False)
+    method = automr.GenerativeMethod(loaded, dataset, grounder, layer=2, batch_size=2)
+    samples = dataset.samples("test")[:5]
+    first = method.distances(samples)
+    generated = method.details()["generated"]
+    expected = grounder.distances_to([generated[s.id] for s in samples])
+    assert torch.equal(first, expected)
+    hidden = loaded.model.config.hidden_size
+    assert all(v.shape == (hidden,) for v in method._embeddings.values())
+    assert len(method._embeddings) == len(samples)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(type(grounder), "generate", no_generation)
+    again = method.distances(samples[::-1][:3])
+    assert torch.equal(again, expected.flip(0)[:3])
+    assert method.ranks_by_distance(samples, first) == method.rank(samples)
+
+
 def test_memory_methods_share_one_retrieval_and_generation_per_kind(workspace):
     """``random:l2`` and ``random:l2-pop`` built by name retrieve with one object and weight
     one plain L2 method (the samples are generated for once); another kind gets its own."""

@@ -81,8 +81,10 @@ def build_grounder(
     if kind == "likelihood":
         return LikelihoodGrounder(targets)
     embeddings = catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress)
-    if kind == "l2":
-        return L2Grounder(loaded.model, loaded.tokenizer, embeddings, num_beams=num_beams or 4,
+    if kind == "l2":  # its distances are measured where the LM runs, the catalog moved once
+        device = next(loaded.model.parameters()).device
+        return L2Grounder(loaded.model, loaded.tokenizer, embeddings.to(device),
+                          num_beams=num_beams or 4,
                           max_new_tokens=max(map(len, targets.token_ids)) + 4)
     prior = min_max(popularity(dataset)).float() if kind.endswith("-pop") else None
     return ConstrainedGrounder(targets, embeddings, num_beams=num_beams or 10, prior=prior,

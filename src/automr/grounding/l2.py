@@ -51,8 +51,20 @@ class L2Grounder:
 
     def distances_to(self, texts: list[str]) -> Float[Tensor, "batch items"]:
         """L2 distance of every catalog title to each of ``texts`` (e.g. kept generations)."""
-        generated = embed_texts(self.model, self.tokenizer, texts)
-        return l2_distances(generated, self.catalog_embeddings.to(generated))
+        return self.distances_from(self.embed(texts))
+
+    def embed(self, texts: list[str]) -> Float[Tensor, "batch hidden"]:
+        """The embedding of each text that :meth:`distances_from` measures the titles to."""
+        return embed_texts(self.model, self.tokenizer, texts)
+
+    @jaxtyped(typechecker=beartype)
+    def distances_from(
+        self, embeddings: Float[Tensor, "batch hidden"]
+    ) -> Float[Tensor, "batch items"]:
+        """L2 distance of every catalog title to each embedding, on the catalog's device; a
+        row depends on its embedding only (not on the others in the batch)."""
+        catalog = self.catalog_embeddings
+        return l2_distances(embeddings.to(catalog), catalog)
 
     def generate(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,

@@ -65,7 +65,7 @@ class GenerativeMethod:
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    _distances: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
+    _embeddings: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
     _likelihoods: dict[str, tuple[float, int]] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
@@ -119,27 +119,30 @@ class GenerativeMethod:
         return [self._likelihoods[s.id] for s in samples]
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """``[samples, items]``: the grounder's distance of every catalog title to what was
-        generated for each sample (grounders with a ``distances`` method, i.e. L2). Each
-        sample's row is kept, so asking again (another prior's injection) generates nothing."""
-        if not hasattr(self.grounder, "distances"):
-            raise AutomrError(f"{type(self.grounder).__name__} gives no distances")
-        todo = list({s.id: s for s in samples if s.id not in self._distances}.values())
+        """``[samples, items]``: the L2 grounder's distance of every catalog title to what was
+        generated for each sample. Each sample's generated text's embedding is kept (not its
+        row of the catalog's size), so asking again (another prior's injection) generates
+        nothing and memory grows with the hidden size, not the catalog."""
+        if not isinstance(self.grounder, L2Grounder):
+            raise AutomrError(f"{type(self.grounder).__name__} gives no distances (the L2 "
+                              f"grounder does)")
+        todo = list({s.id: s for s in samples if s.id not in self._embeddings}.values())
         generated = self._kept.get("generated", {})
         kept = [s for s in todo if s.id in generated]
         for start in range(0, len(kept), self.batch_size):  # measured, not generated again
             chunk = kept[start : start + self.batch_size]
-            rows = self.grounder.distances_to([generated[s.id] for s in chunk])
-            self._distances.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
+            rows = self.grounder.embed([generated[s.id] for s in chunk])
+            self._embeddings.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
             for kind, entries in self._kept.items():
                 self._details.setdefault(kind, {}).update(
                     {s.id: entries[s.id] for s in chunk if s.id in entries})
         todo = [s for s in todo if s.id not in generated]
-        for chunk, rows in self._batches(todo, self._distance_batch):
-            self._distances.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
-        width = len(self.dataset.catalog)
-        return torch.stack([self._distances[s.id] for s in samples]) if samples else (
-            torch.zeros(0, width))
+        for chunk, rows in self._batches(todo, self._generated_embeddings):
+            self._embeddings.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
+        if not samples:
+            return torch.zeros(0, len(self.dataset.catalog))
+        return self.grounder.distances_from(
+            torch.stack([self._embeddings[s.id] for s in samples])).cpu()
 
     def keep(self, details: Mapping[str, Mapping[str, Any]]) -> None:
         """Take per-sample details this method wrote before with the same settings (from an
@@ -191,13 +194,11 @@ class GenerativeMethod:
     def _rank_batch(self, llm, chunk, ids, mask, insert, texts):
         return self.grounder.rank(llm, ids, mask, self.layer, insert)
 
-    def _distance_batch(self, llm, chunk, ids, mask, insert, texts):
-        if not isinstance(self.grounder, L2Grounder):
-            return self.grounder.distances(llm, ids, mask, self.layer, insert)
+    def _generated_embeddings(self, llm, chunk, ids, mask, insert, texts):
         generated = self.grounder.generate(llm, ids, mask, self.layer, insert)
         self._details.setdefault("generated", {}).update(
             zip((s.id for s in chunk), generated, strict=True))
-        return self.grounder.distances_to(generated)
+        return self.grounder.embed(generated)
 
     def _likelihood_batch(self, llm, chunk, ids, mask, insert, texts):
         texts = [None] * len(chunk) if texts is None else texts
