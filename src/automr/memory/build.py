@@ -142,8 +142,6 @@ def build_memory(
         for number in mine:
             todo = {u: (timelines[u], range(len(timelines[u][0]))) for u in plan[number]}
             _write_shard(folder, number, encoder, record, todo, batch_size, report)
-            if distributed.is_main():
-                _record_shards(folder, plan, timelines, complete=False)
             if on_shard is not None:
                 on_shard(number, len(plan))
     distributed.barrier()
@@ -153,8 +151,11 @@ def build_memory(
 
 def _record_shards(folder: Path, plan: list[list[str]], timelines: Timelines,
                    complete: bool) -> None:
-    """Rewrite the index with the finished shards that follow its last one, in order (all of
-    them, and the mark ``complete``, once every process is done)."""
+    """Rewrite the index with the finished shards that follow its last one, in order, once
+    every process is done. Not after each shard: the index names every user's items, and
+    rewriting it per shard made a build quadratic (870 shards of a 98.7k-item catalog: a 66
+    MB index, 16 s per rewrite at the end); a resumed build finds its finished shards by
+    their files, which carry their own entries."""
     index = MemoryIndex.read(folder)
     while len(index.shards) < len(plan):
         number = len(index.shards)

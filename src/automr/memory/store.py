@@ -84,9 +84,9 @@ class MemoryStore:
         record.check(folder, expect_fingerprint, expect_layer)
         index = MemoryIndex.read(folder)
         if not index.complete:
-            raise AutomrError(f"the memory in {folder} is incomplete ({len(index.shards)} shards "
-                              f"written): its build was interrupted. Run the same build again "
-                              f"to finish it (finished shards are kept).")
+            raise AutomrError(f"the memory in {folder} is incomplete: its build was "
+                              f"interrupted. Run the same build again to finish it (finished "
+                              f"shards are kept).")
         if recompute is not None:
             check_encoder(folder, record, recompute)
         store = cls(folder, record, index, recompute, torch.device(device), preload=False)
