@@ -2,12 +2,15 @@
 
 from collections import Counter
 
+import attrs
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from automr.data.popularity import training_sequences
-from automr.methods import METHODS, Workspace, build_method
+from automr.data import Interaction, Sample
+from automr.data.popularity import popularity, training_sequences
+from automr.methods import METHODS, Workspace, baselines, build_method, registry
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.testing.synthetic import synthetic_dataset
 
@@ -69,3 +72,86 @@ def test_floors_are_registered_methods(dataset):
         assert not METHODS[name].grounded
         method = build_method(name, space)
         assert len(method.rank(dataset.samples("test")[:4])) == 4
+
+
+def random_data(dataset, data):
+    """``dataset`` with random interactions (some outside the training period, items from a
+    few catalog items so that counts tie) and random test samples (repeats in histories)."""
+    ids = dataset.catalog.ids
+    used = ids[: data.draw(st.integers(1, len(ids)))]
+    times = st.integers(dataset.boundaries.start, dataset.boundaries.end - 1)
+    rows = data.draw(st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]),
+                                        st.sampled_from(used), times), max_size=40))
+    histories = data.draw(st.lists(st.tuples(st.sampled_from(ids),
+                                             st.lists(st.sampled_from(used), max_size=8)),
+                                   min_size=1, max_size=6))
+    samples = tuple(Sample(user=f"s{n}", target=target, timestamp=100, recent=tuple(history),
+                           recent_timestamps=tuple(range(len(history))))
+                    for n, (target, history) in enumerate(histories))
+    return attrs.evolve(dataset, interactions=tuple(Interaction(*row) for row in rows),
+                        samples={"test": samples})
+
+
+def plain_popularity(dataset) -> torch.Tensor:
+    """One count per user over the whole catalog, summed."""
+    counts = torch.zeros(len(dataset.catalog), dtype=torch.float64)
+    for user in {i.user for i in dataset.interactions}:
+        for i in dataset.interactions:
+            if i.user == user and dataset.boundaries.split_of(i.timestamp) == "train":
+                counts[dataset.catalog.ids.index(i.item)] += 1.0
+    return counts
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_popularity_equals_the_per_user_count(dataset, data):
+    random = random_data(dataset, data)
+    assert torch.equal(popularity(random), plain_popularity(random))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), window=st.integers(1, 4), query_items=st.integers(1, 5),
+       exclude_seen=st.booleans())
+def test_cooccurrence_equals_the_dense_computation(dataset, data, window, query_items,
+                                                   exclude_seen):
+    random = random_data(dataset, data)
+    ids = list(random.catalog.ids)
+    follows = torch.zeros(len(ids), len(ids), dtype=torch.float64)
+    for items in training_sequences(random).values():
+        for i, a in enumerate(items):
+            for b in items[i + 1 : i + 1 + window]:
+                follows[a, b] += 1.0
+    pop = plain_popularity(random)
+    expected = []
+    for s in random.samples("test"):
+        query = torch.zeros(len(ids), dtype=torch.float64)
+        for item in s.history[-query_items:]:
+            query[ids.index(item)] += 1.0
+        scores = query @ follows + pop / (pop.max() + 1)
+        target = ids.index(s.target)
+        expected.append(sum(1 for b, item in enumerate(ids) if b != target
+                            and not (exclude_seen and item in s.history)
+                            and scores[b] >= scores[target]))
+    method = CooccurrenceMethod(random, window, query_items, exclude_seen)
+    assert method.rank(random.samples("test")) == expected
+
+
+def test_popularity_is_counted_once_per_method(dataset, monkeypatch):
+    calls = Counter()
+
+    def counted(name):
+        def count(data):
+            calls[name] += 1
+            return popularity(data)
+        return count
+
+    monkeypatch.setattr(baselines, "popularity", counted("floors"))
+    monkeypatch.setattr(registry, "popularity", counted("l2-pop"))
+    samples = dataset.samples("test")
+    floors = [PopularityMethod(dataset), CooccurrenceMethod(dataset)]
+    prior = registry.INJECTIONS["l2-pop"](Workspace(dataset))
+    for start in range(0, 12, 4):
+        for method in floors:
+            assert len(method.rank(samples[start : start + 4])) == 4
+        assert torch.equal(prior(samples[start : start + 4]), popularity(dataset).float()[None])
+    assert calls == {"floors": 2, "l2-pop": 1}

@@ -18,7 +18,6 @@ def training_sequences(dataset: PreparedDataset) -> dict[str, list[int]]:
 
 def popularity(dataset: PreparedDataset) -> torch.Tensor:
     """Training-period interaction count of every catalog item (float64, catalog order)."""
-    counts = torch.zeros(len(dataset.catalog), dtype=torch.float64)
-    for items in training_sequences(dataset).values():
-        counts += torch.bincount(torch.tensor(items), minlength=len(counts)).double()
-    return counts
+    items = [item for items in training_sequences(dataset).values() for item in items]
+    return torch.bincount(torch.tensor(items, dtype=torch.long),
+                          minlength=len(dataset.catalog)).double()

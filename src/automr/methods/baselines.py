@@ -13,6 +13,7 @@ SASRec's training data, and learn nothing.
   validation samples (``docs/results/floors/cooc-grid.json``).
 """
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,17 @@ def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Samp
     exclude = (seen_mask([[index[i] for i in s.history] for s in samples], scores.shape[1])
                if exclude_seen else None)
     return ranks_from_scores(scores, targets, exclude).tolist()
+
+
+def _csr_counts(rows: list[int], cols: list[int], shape: tuple[int, int]) -> torch.Tensor:
+    """Sparse CSR float64 matrix of ``shape``: entry ``(r, c)`` counts the pairs ``(r, c)``
+    in ``zip(rows, cols)``."""
+    with warnings.catch_warnings():  # CSR is marked beta; products and to_dense are exact
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_coo_tensor(
+            torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
+            torch.ones(len(rows), dtype=torch.float64), shape,
+            check_invariants=True).coalesce().to_sparse_csr()
 
 
 @attrs.define(eq=False)
@@ -66,6 +78,7 @@ class CooccurrenceMethod:
     query_items: int = attrs.field(default=5, validator=attrs.validators.gt(0))
     exclude_seen: bool = False
     _follows: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
+    _tie_break: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def settings(self) -> Mapping[str, Any]:
@@ -73,8 +86,8 @@ class CooccurrenceMethod:
                 "exclude_seen": self.exclude_seen}
 
     def follows(self) -> torch.Tensor:
-        """Sparse ``[items, items]``: entry ``(a, b)`` counts ``b`` within ``window`` steps
-        after ``a`` in a training-period sequence."""
+        """Sparse CSR ``[items, items]``: entry ``(a, b)`` counts ``b`` within ``window``
+        steps after ``a`` in a training-period sequence (built once)."""
         if self._follows is None:
             rows, cols = [], []
             for items in training_sequences(self.dataset).values():
@@ -82,23 +95,30 @@ class CooccurrenceMethod:
                     rows += items[:-gap]
                     cols += items[gap:]
             n = len(self.dataset.catalog)
-            self._follows = torch.sparse_coo_tensor(
-                torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
-                torch.ones(len(rows), dtype=torch.float64), (n, n),
-                check_invariants=True).coalesce()
+            self._follows = _csr_counts(rows, cols, (n, n))
         return self._follows
+
+    def tie_break(self) -> torch.Tensor:
+        """Popularity scaled below 1, so that it only orders items with equal counts
+        (computed once)."""
+        if self._tie_break is None:
+            pop = popularity(self.dataset)
+            self._tie_break = pop / (pop.max() + 1)
+        return self._tie_break
+
+    def _query(self, samples: Sequence[Sample], index: Mapping[str, int]) -> torch.Tensor:
+        """Sparse CSR ``[samples, items]``: how often each item is among a sample's last
+        ``query_items`` history items."""
+        rows = [row for row, s in enumerate(samples) for _ in s.history[-self.query_items:]]
+        cols = [index[item] for s in samples for item in s.history[-self.query_items:]]
+        return _csr_counts(rows, cols, (len(samples), len(index)))
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
-        follows, pop = self.follows(), popularity(self.dataset)
-        tie_break = pop / (pop.max() + 1)  # < 1: only orders items with equal counts
+        follows, tie_break = self.follows(), self.tie_break()
         ranks: list[int] = []
         for start in range(0, len(samples), 256):
             chunk = samples[start : start + 256]
-            query = torch.zeros(len(chunk), len(index), dtype=torch.float64)
-            for row, sample in enumerate(chunk):
-                for item in sample.history[-self.query_items:]:
-                    query[row, index[item]] += 1.0
-            counts = torch.sparse.mm(follows.t(), query.t()).t()
+            counts = (self._query(chunk, index) @ follows).to_dense()
             ranks += _rank(counts + tie_break, self.dataset, chunk, self.exclude_seen)
         return ranks

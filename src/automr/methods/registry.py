@@ -71,8 +71,14 @@ class MethodOptions:
     ``gamma``."""
 
 
+def _popularity_prior(space: "Workspace") -> Scores:
+    """Training-period popularity, counted once: one row, the same for every sample."""
+    prior = popularity(space.dataset).float()[None]
+    return lambda samples: prior
+
+
 INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
-    "l2-pop": lambda space: lambda samples: popularity(space.dataset).float()[None],
+    "l2-pop": _popularity_prior,
     "l2-sasrec": lambda space: space.sasrec().scores,
 }
 """The L2 grounding with BIGRec's statistical information injection
