@@ -37,3 +37,11 @@ def real_model():
     from automr.llm.loading import load_model
 
     return load_model(device="cpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes the real model is a ``real_model`` test (``-m "not real_model"``
+    leaves it out) whether or not it says so."""
+    for item in items:
+        if "real_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_model)

@@ -254,6 +254,14 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
     (["recommend", "u", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever", "r",
       "--combiner", "foo"], "combiner 'foo'"),
     (["bench", "ground", "--data", "d", "--grounders", ","], "no grounder"),
+    (["finetune", "--data", "d", "--out", "o", "--context", "foo"],
+     "--context 'foo': choose one of rella, trsr"),
+    (["finetune", "--data", "d", "--out", "o", "--context", "rella", "--context-k", "0"],
+     "--context-k must be > 0"),
+    (["finetune", "--data", "d", "--out", "o", "--memory", "m", "--memory-combiner",
+      "append-token"], "--memory-combiner 'append-token': choose one of"),
+    (["context", "show", "--data", "d", "--kind", "foo"], "--kind 'foo': choose one of"),
+    (["context", "trsr", "--data", "d", "--trsr-mode", "foo"], "--trsr-mode 'foo': choose"),
 ], ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else None)
 def test_a_refused_option_value_is_one_line_before_any_work(args, says, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no input exists: the option is refused before it is read

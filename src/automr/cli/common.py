@@ -82,17 +82,21 @@ def disk_error(error: Exception) -> str | None:
             f"writable), then rerun the same command: it resumes")
 
 
-def option_error(error: Exception) -> str:
+def option_error(error: Exception, options: Mapping[str, str] | None = None) -> str:
     """A validator's message in one line: attrs' ``in_`` as ``--name 'value': choose one of
-    ...``, others as their first line (beartype's and attrs' messages name the field)."""
+    ...``, others as their first line (beartype's and attrs' messages name the field).
+    ``options`` names the option of a field whose name is not the option's (``kind`` ->
+    ``context``); other fields are their option with dashes."""
+    def option(field: str) -> str:
+        return "--" + (options or {}).get(field, field).replace("_", "-")
+
     args = error.args
     if len(args) == 4 and hasattr(args[1], "name"):  # in_(...): (msg, attribute, options, value)
-        return (f"--{args[1].name.replace('_', '-')} {args[3]!r}: choose one of "
-                f"{', '.join(map(str, args[2]))}")
+        return f"{option(args[1].name)} {args[3]!r}: choose one of {', '.join(map(str, args[2]))}"
     text = str(args[0]) if args else str(error)
     line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     # attrs' gt/ge/...: "'test_samples' must be > 0: 0" -> "--test-samples must be > 0: 0"
-    return re.sub(r"^'(\w+)' must", lambda m: f"--{m[1].replace('_', '-')} must", line)
+    return re.sub(r"^'(\w+)' must", lambda m: f"{option(m[1])} must", line)
 
 
 def checked_options(what: str, build: Callable[[], R]) -> R:

@@ -15,7 +15,6 @@ from automr.cli.common import (
 from automr.cli.finetune import TrsrOptions, context_defaults, context_spec_option, trsr_options
 from automr.contexts import (
     CONTEXT_KINDS,
-    ContextSpec,
     build_context,
     trsr_context,
 )
@@ -57,7 +56,7 @@ def show_command(
     runtime: Runtime,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
-    spec = context_spec_option(kind, context_k, trsr)
+    spec = context_spec_option(kind, context_k, trsr, kind_option="kind")
     if spec is None:
         raise AutomrError(f"--kind must be one of {', '.join(CONTEXT_KINDS)}")
     dataset, chosen = _samples(data, split, samples, seed)
@@ -92,10 +91,7 @@ def trsr_command(
 ) -> None:
     """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
     evaluation; rerunning, or running it cut short and again, only generates what is missing."""
-    try:
-        spec = ContextSpec(kind="trsr", **trsr)
-    except ValueError as error:
-        raise AutomrError(f"invalid TRSR options: {error}") from None
+    spec = context_spec_option("trsr", context_defaults.k, trsr)
     dataset, chosen = _samples(data, split, samples, seed)
     loaded = runtime.load_model(model)
     context = trsr_context(loaded, dataset.catalog, dataset.prompt_config, loaded.fingerprint(),

@@ -37,6 +37,9 @@ TRSR_OPTIONS = {
     "trsr_max_new_tokens": (Annotated[int, typer.Option(
         help="TRSR: tokens per written summary.")], context_defaults.max_new_tokens),
 }
+CONTEXT_OPTION_NAMES = {name.removeprefix("trsr_"): name for name in TRSR_OPTIONS}
+MEMORY_OPTION_NAMES = {name: f"memory_{name}" for name in ("share", "retrieval", "combiner")}
+"""Fields of the configs these options build, by the option each comes from."""
 trsr_options = option_group(
     "trsr", TRSR_OPTIONS,
     lambda **options: {name.removeprefix("trsr_"): value for name, value in options.items()})
@@ -132,7 +135,8 @@ def finetune_command(
             autocast=None if autocast == "none" else autocast,
         )
     except ValueError as error:  # attrs' validators: name the option and the allowed values
-        raise AutomrError(f"invalid fine-tune options: {option_error(error)}") from None
+        raise AutomrError(f"invalid fine-tune options: "
+                          f"{option_error(error, MEMORY_OPTION_NAMES)}") from None
     dataset = PreparedDataset.load(data)
     loaded = runtime.load_model(model)
     store = None if memory is None else MemoryStore.open(memory)
@@ -143,11 +147,14 @@ def finetune_command(
                f"{record['step']}); adapter in {Path(out) / 'best'}")
 
 
-def context_spec_option(kind: str | None, k: int, trsr: TrsrOptions) -> ContextSpec | None:
-    """The :class:`ContextSpec` the context options describe (None without ``--context``)."""
+def context_spec_option(kind: str | None, k: int, trsr: TrsrOptions,
+                        kind_option: str = "context") -> ContextSpec | None:
+    """The :class:`ContextSpec` the context options describe (None without ``--context``, the
+    option ``kind_option`` names)."""
     if kind is None or kind == "none":
         return None
     try:
         return ContextSpec(kind=kind, k=k, **trsr)
     except ValueError as error:
-        raise AutomrError(f"invalid context options: {error}") from None
+        names = {"kind": kind_option, "k": "context_k", **CONTEXT_OPTION_NAMES}
+        raise AutomrError(f"invalid context options: {option_error(error, names)}") from None

@@ -20,7 +20,9 @@ ModelArgument = Annotated[
 @app.command()
 @user_errors
 def fetch(
-    name: ModelArgument = DEFAULT_MODEL, cache_dir: CacheDirOption = None
+    name: Annotated[str, typer.Argument(
+        help=f"The embedded model to fetch (only {DEFAULT_MODEL}).")] = DEFAULT_MODEL,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Download and convert the embedded default model once; print its cached folder.
 
