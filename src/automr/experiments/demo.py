@@ -48,7 +48,7 @@ _POSITIVE = attrs.validators.gt(0)
 @beartype
 @attrs.frozen(kw_only=True)
 class DemoConfig:
-    """Sizes of each step (with SmolLM2-135M these defaults took 14 minutes of CPU time on a
+    """Sizes of each step (with SmolLM2-135M these defaults took 11 to 24 minutes of CPU time on a
     2-core x86-64 VM: docs/results.md, "The demo")."""
 
     model: str = DEFAULT_MODEL
