@@ -406,7 +406,14 @@ def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp
 
 
 @pytest.mark.parametrize("artifact", ["mem", "ann", "ft"])
-def test_retriever_train_never_writes_into_another_artifact(workspace, tmp_path, artifact):
+def test_retriever_train_never_writes_into_another_artifact(workspace, tmp_path, artifact,
+                                                            monkeypatch):
+    import automr.experiments.retriever as experiment
+
+    def trained(*args, **kwargs):
+        raise AssertionError("refused only after training")
+
+    monkeypatch.setattr(experiment, "train_mlp_retriever", trained)  # refused before it
     target = copy(workspace, artifact, tmp_path)
     before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
     result = runner.invoke(app, [

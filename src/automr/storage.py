@@ -115,7 +115,7 @@ def save_component(
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    _check_not_foreign(directory, format, weights_file)
+    check_save_target(directory, format, weights_file)
     directory.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})
     weights = directory / weights_file
@@ -134,10 +134,11 @@ def save_component(
     return directory
 
 
-def _check_not_foreign(directory: Path, format: str, weights_file: str) -> None:
+def check_save_target(directory: Path, format: str, weights_file: str) -> None:
     """Refuse to save into a folder that holds something else (another artifact's
     ``config.json``, or files and no config beside a save of ours cut before its config): it
-    would be overwritten or mixed in."""
+    would be overwritten or mixed in. :func:`save_component` checks; a command that works long
+    before it saves checks first."""
     what = format.split("/")[0].removeprefix("automr.")
     config = directory / CONFIG_FILE
     if config.is_file():

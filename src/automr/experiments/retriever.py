@@ -31,6 +31,7 @@ from automr.retrievers import (
     top_k,
     train_mlp_retriever,
 )
+from automr.retrievers.storage import check_retriever_target
 from automr.storage import files_digest, write_json_atomic
 
 SCORES_FORMAT = "automr.retriever-scores/1"
@@ -59,6 +60,7 @@ def train_retriever(
     of the annotated samples (seeded) are held out for early stopping on validation KL (a
     cheap proxy for validation Recall@1)."""
     config = config or RetrieverTrainingConfig()
+    check_retriever_target(out_dir)  # not after the epochs
     if not 0.0 <= valid_fraction < 1.0:
         raise AutomrError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
     annotations, full = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form,

@@ -18,6 +18,7 @@ from automr.errors import AutomrError
 from automr.storage import (
     CONFIG_FILE,
     check_provenance,
+    check_save_target,
     files_digest,
     load_component,
     save_component,
@@ -38,6 +39,11 @@ def write_retriever(
     save_component(directory, RETRIEVER_FORMAT,
                    {"kind": kind, "hidden_size": hidden_size, "settings": dict(settings)},
                    tensors, WEIGHTS_FILE, provenance)
+
+
+def check_retriever_target(directory: Path | str) -> None:
+    """Refuse, before any training, a folder :func:`write_retriever` would refuse."""
+    check_save_target(Path(directory), RETRIEVER_FORMAT, WEIGHTS_FILE)
 
 
 @beartype
