@@ -287,3 +287,50 @@ def test_a_grounder_or_context_that_breaks_its_protocol_is_named(tiny_models, to
         GenerativeMethod(loaded, dataset, TopTen(), layer=1).rank(samples)
     with pytest.raises(AutomrError, match=r"OneShort\.texts gave 1 texts for 2 samples"):
         GenerativeMethod(loaded, dataset, TopTen(), layer=1, context=OneShort()).rank(samples)
+
+
+@pytest.fixture(scope="module")
+def ordered_method(tmp_path_factory):
+    """A generative method over the synthetic catalog, only its ranking arithmetic used."""
+    from automr.methods import GenerativeMethod
+    from automr.testing.synthetic import synthetic_dataset
+    from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
+
+    dataset = synthetic_dataset(tmp_path_factory.mktemp("ordered"))
+    loaded = LoadedModel(model=tiny_model(tiny_llama_config(num_layers=2), seed=0),
+                         tokenizer=tiny_tokenizer(), name="tiny")
+    return GenerativeMethod(loaded, dataset, grounder=None, layer=1)
+
+
+@given(data=st.data(), exclude_seen=st.booleans())
+def test_ranks_in_order_are_the_targets_positions_in_the_lists(ordered_method, data,
+                                                                exclude_seen):
+    """A grounder's orders of the whole catalog -> each target's rank, vectorised: the
+    target's index in the list with the history (but not the target) taken out, as a list
+    walk finds it (the walk took 26 ms a sample at 98.7k items)."""
+    import attrs
+
+    method = attrs.evolve(ordered_method, exclude_seen=exclude_seen)
+    ids = list(method.dataset.catalog.ids)
+    samples = data.draw(st.lists(st.sampled_from(method.dataset.samples("test")), min_size=1,
+                                 max_size=5))
+    rankings = torch.stack([torch.tensor(data.draw(st.permutations(range(len(ids)))))
+                            for _ in samples])
+    expected = []
+    for sample, ranking in zip(samples, rankings.tolist(), strict=True):
+        seen = {ids.index(i) for i in sample.history} - {ids.index(sample.target)}
+        kept = [i for i in ranking if i not in seen] if exclude_seen else ranking
+        expected.append(kept.index(ids.index(sample.target)))
+    assert method.ranks_in_order(samples, rankings) == expected
+
+
+@pytest.mark.parametrize("broken", ["repeated", "outside", "negative"])
+def test_a_ranking_that_is_not_an_order_of_the_catalog_is_refused(ordered_method, broken):
+    from automr.errors import AutomrError
+
+    samples = list(ordered_method.dataset.samples("test")[:2])
+    n_items = len(ordered_method.dataset.catalog)
+    rankings = torch.stack([torch.randperm(n_items), torch.arange(n_items)])
+    rankings[1, 0] = {"repeated": 1, "outside": n_items, "negative": -1}[broken]
+    with pytest.raises(AutomrError, match="not an order of the whole catalog"):
+        ordered_method.ranks_in_order(samples, rankings)

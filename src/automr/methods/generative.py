@@ -44,6 +44,15 @@ def left_padded_prompts(
     return ids, mask
 
 
+def _each_item_once(rankings: torch.Tensor) -> bool:
+    """Whether every row of ``[rows items]`` holds each of ``0 .. items-1`` once (counted,
+    not sorted: O(items))."""
+    if not bool(((rankings >= 0) & (rankings < rankings.shape[1])).all()):
+        return False
+    counts = torch.zeros_like(rankings).scatter_add_(1, rankings, torch.ones_like(rankings))
+    return bool((counts == 1).all())
+
+
 @attrs.define(eq=False)
 class GenerativeMethod:
     """Ranks the catalog with an LM: prompt -> lower half -> (memory) -> upper half -> grounder.
@@ -82,19 +91,30 @@ class GenerativeMethod:
         injection of the same method (or before one) generates nothing again."""
         if isinstance(self.grounder, L2Grounder):
             return self.ranks_by_distance(samples, self.distances(samples))
-        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         ranks: list[int] = []
         for chunk, rankings in self._batches(samples, self._rank_batch):
-            for sample, ranking in zip(chunk, rankings.tolist(), strict=True):
-                if sorted(ranking) != list(range(len(index))):
-                    raise AutomrError(f"{type(self.grounder).__name__}.rank gave {self.label} "
-                                      f"{len(ranking)} item indices that are not an order of "
-                                      f"the whole catalog ({len(index)} items): a grounder "
-                                      f"ranks every item")
-                seen = {index[i] for i in sample.history} - {index[sample.target]}
-                ranked = [i for i in ranking if i not in seen] if self.exclude_seen else ranking
-                ranks.append(ranked.index(index[sample.target]))
+            ranks += self.ranks_in_order(chunk, rankings.cpu())
         return ranks
+
+    def ranks_in_order(self, samples: Sequence[Sample], rankings: torch.Tensor) -> list[int]:
+        """Each target's 0-based position in its row of ``rankings`` (``[samples items]``,
+        catalog indices best first, an order of the whole catalog), counting only the items
+        left in with ``exclude_seen`` (the history out, the target in)."""
+        n_items = len(self.dataset.catalog)
+        if rankings.shape[1] != n_items or not _each_item_once(rankings):
+            raise AutomrError(f"{type(self.grounder).__name__}.rank gave {self.label} "
+                              f"{rankings.shape[1]} item indices per sample that are not an "
+                              f"order of the whole catalog ({n_items} items): a grounder ranks "
+                              f"every item")
+        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
+        targets = torch.tensor([index[s.target] for s in samples], dtype=torch.long)
+        positions = (rankings == targets[:, None]).long().argmax(dim=1)
+        if not self.exclude_seen:
+            return positions.tolist()
+        seen = seen_mask([[index[i] for i in s.history] for s in samples], n_items)
+        seen[torch.arange(len(samples)), targets] = False
+        seen_before = seen.gather(1, rankings).long().cumsum(1).gather(1, positions[:, None])
+        return (positions - seen_before[:, 0]).tolist()
 
     def ranks_by_distance(self, samples: Sequence[Sample],
                           distances: torch.Tensor) -> list[int]:
