@@ -3,7 +3,7 @@ fast search equal to the plain reference (tries, memory inserts, padding, shared
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from automr.combiners import COMBINERS
@@ -11,7 +11,7 @@ from automr.interfaces import MemoryTokens
 from automr.llm import HFSplitLLM
 from automr.llm.beam import TokenTrie, beam_search, reference_beam_search
 from automr.llm.decoding import greedy_generate, prefill, step
-from automr.testing.strategies import masks, pad_sequences, padding_sides, seeded_tensors
+from automr.testing.strategies import masks, pad_sequences, padding_sides
 from automr.testing.tiny import TINY_VOCAB
 
 EOS = 2
@@ -92,31 +92,64 @@ def assert_same_beams(fast, reference):
             assert h.logprob == pytest.approx(r.logprob, abs=1e-4)
 
 
+@st.composite
+def memory_draws(draw):
+    """What a memory insert is made of, for up to 3 prompts: a token count, the seed of its
+    states and its mask (each batch takes its prompts' rows)."""
+    n = draw(st.integers(0, 2))
+    return n, draw(st.integers(0, 2**32 - 1)), draw(masks(3, n))
+
+
+def competing_eos(logits: torch.Tensor, titles, rank: int | None) -> int:
+    """EOS itself (``rank`` None) or the token at ``rank`` among those the model ranks highest
+    after any prompt (none of the titles' tokens): an end of sequence the beams compete with."""
+    if rank is None:
+        return EOS
+    used = {t for title in titles or [] for t in title}
+    order = logits.float().log_softmax(-1).amax(0).argsort(descending=True).tolist()
+    return [t for t in order if t not in used][rank]
+
+
+# the trie's candidates include each prompt's 2 * beams best edges: a beam ending on EOS
+# leaves its prompt a live beam to follow (title (4,) here) as the reference does
+SHORT_TITLES = ([[3]], ["left"], [[3], [4], [3, 3]], 2, 0)
+# a live beam whose only way on is EOS (after title (3,)) while the other prompt branches
+ONLY_EOS = ([[3], [7, 8, 9]], ["left", "right"], [[3], [4], [4, 5, 6], [4, 5, 7], [7]], 2, 1)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @given(inputs=search_inputs(), kind=st.sampled_from([None, *sorted(COMBINERS)]),
-       share=st.booleans(), steps=st.integers(1, 5), data=st.data())
-def test_fast_search_equals_the_reference(tiny_models, arch, inputs, kind, share, steps, data):
+       share=st.booleans(), steps=st.integers(1, 5), memory=memory_draws(),
+       eos_rank=st.sampled_from([0, 1, 2, None]))
+@example(inputs=SHORT_TITLES, kind=None, share=False, steps=2, memory=(0, 0, None),
+         eos_rank=None)
+@example(inputs=ONLY_EOS, kind=None, share=False, steps=3, memory=(0, 0, None), eos_rank=None)
+@example(inputs=ONLY_EOS, kind=None, share=True, steps=4, memory=(0, 0, None), eos_rank=0)
+def test_fast_search_equals_the_reference(tiny_models, arch, inputs, kind, share, steps, memory,
+                                          eos_rank):
     """Batched beams in blocks of live rows, reserved caches, the shared header run once:
-    the same hypotheses as the plain search, with and without a trie and a memory insert."""
+    the same hypotheses as the plain search, with and without a trie and a memory insert,
+    with an EOS the model ranks high (so that ending competes with going on)."""
     prompts, sides, titles, beams, layer = inputs
     llm = HFSplitLLM(tiny_models[arch])
     ids, mask = pad_sequences(prompts, sides, pad_id=EOS)
     insert = None
     if kind is not None:
-        n = data.draw(st.integers(0, 2), label="memory tokens")
-        hidden = data.draw(seeded_tensors((len(prompts), n, llm.hidden_size)), label="memory")
-        memory = MemoryTokens(hidden=hidden, mask=data.draw(masks(len(prompts), n),
-                                                            label="memory mask"))
+        n, seed, real = memory
+        hidden = torch.randn((len(prompts), n, llm.hidden_size),
+                             generator=torch.Generator().manual_seed(seed))
+        tokens = MemoryTokens(hidden=hidden, mask=real[: len(prompts)])
         combiner = COMBINERS[kind]()
 
         def insert(state):
-            return combiner.combine(state, memory)
+            return combiner.combine(state, tokens)
+    eos = competing_eos(prefill(llm, ids, mask, layer, insert).logits, titles, eos_rank)
     trie = None
     if titles is not None:
-        sequences = [[*t, EOS] for t in titles]
+        sequences = [[*t, eos] for t in titles]
         trie = TokenTrie(sequences, list(range(len(sequences))))
-        steps = data.draw(st.integers(1, max(map(len, sequences))), label="max new tokens")
-    common = {"num_beams": beams, "max_new_tokens": steps, "eos_token_id": EOS, "trie": trie,
+        steps = min(steps, max(map(len, sequences)))
+    common = {"num_beams": beams, "max_new_tokens": steps, "eos_token_id": eos, "trie": trie,
               "insert": insert}
     reference = reference_beam_search(llm, ids, mask, layer, **common)
     fast = beam_search(llm, ids, mask, layer, share_prefix=share, **common)

@@ -87,13 +87,20 @@ def test_pairing_removes_shared_sample_difficulty() -> None:
     assert paired.share_leq_zero == 0.0
 
 
-def test_blocked_resamples_give_valid_intervals(monkeypatch) -> None:
-    """Large sample counts are resampled in row blocks; results stay valid and reproducible."""
-    monkeypatch.setattr(bootstrap, "_BLOCK_ELEMENTS", 64)
-    values = _t([float(i % 4 == 0) for i in range(50)])  # one row per block
-    first = bootstrap_ci(values, n_resamples=300, seed=5)
-    assert first == bootstrap_ci(values, n_resamples=300, seed=5)
-    assert first.low < first.mean < first.high
+@pytest.mark.parametrize("block", [1, 7, 64, 150])
+def test_blocked_resamples_equal_one_block(monkeypatch, block) -> None:
+    """Large sample counts are resampled in row blocks (a row may not fit one: then one row
+    per block); the blocks continue one generator stream, so the numbers are exactly those of
+    a single block, for single and paired intervals alike."""
+    values = _t([float(i % 4 == 0) + 0.01 * (i % 7) for i in range(50)])
+    other = _t([float(i % 3 == 0) for i in range(50)])
+    whole = bootstrap_ci(values, n_resamples=301, seed=5)
+    paired = paired_bootstrap(values, other, n_resamples=301, seed=5)
+    monkeypatch.setattr(bootstrap, "_BLOCK_ELEMENTS", block)
+    blocked = bootstrap_ci(values, n_resamples=301, seed=5)
+    assert blocked == whole
+    assert blocked.low < blocked.mean < blocked.high
+    assert paired_bootstrap(values, other, n_resamples=301, seed=5) == paired
 
 
 def test_bad_arguments_are_refused() -> None:

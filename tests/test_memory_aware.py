@@ -14,10 +14,11 @@ from automr.errors import AutomrError
 from automr.grounding.likelihood import target_log_likelihoods
 from automr.llm import HFSplitLLM
 from automr.llm.loading import load_model
-from automr.memory import MemoryConfig, build_memory
+from automr.memory import MemoryConfig, Pooling, build_memory
 from automr.methods.generative import left_padded_prompts
 from automr.recommenders.finetune import FinetuneConfig, batch_nll, collate, finetune
 from automr.recommenders.memory_aware import MemoryInserts, MemoryTraining
+from automr.retrievers import SemanticRetriever
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 
 LAYER = 2
@@ -28,27 +29,56 @@ def space(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory-aware")
     dataset = synthetic_dataset(root)
     loaded = load_model(str(save_tiny_model(root / "model")), device="cpu")
-    memory = build_memory(loaded, dataset, LAYER, MemoryConfig(encoder="item",
-                                                              store_token_states=True),
-                          root / "memory", progress=False)
-    samples = [s for s in dataset.samples("train") if s.memory][:6]
-    examples = [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config)
-                for s in samples]
+    memory, last = (build_memory(loaded, dataset, LAYER, MemoryConfig(
+        encoder="item", store_token_states=True, pooling=Pooling(kind)), root / f"memory-{kind}",
+        progress=False) for kind in ("mean", "last"))
+    with_memory = [s for s in dataset.samples("train") if s.memory]
+    samples = with_memory[:6]
+    longest = sorted(with_memory, key=lambda s: -len(s.memory))[:6]  # the most to choose from
+
+    def tokenize(chosen):
+        return [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config)
+                for s in chosen]
+
     return {"root": root, "dataset": dataset, "loaded": loaded, "memory": memory,
-            "samples": samples, "examples": examples}
+            "last": last, "samples": samples, "examples": tokenize(samples),
+            "longest": longest, "longest_examples": tokenize(longest)}
 
 
-def inserts(space, **spec) -> MemoryInserts:
-    return MemoryInserts(space["memory"], MemoryTraining(**spec), space["samples"],
-                         [len(ex.prompt_ids) for ex in space["examples"]], seed=3)
+def inserts(space, store=None, samples=None, examples=None, **spec) -> MemoryInserts:
+    return MemoryInserts(store or space["memory"], MemoryTraining(**spec),
+                         samples or space["samples"],
+                         [len(ex.prompt_ids) for ex in examples or space["examples"]], seed=3)
+
+
+def closest_elements(llm, store, samples, examples, whole: bool = False) -> list[int]:
+    """Computed plainly: each prompt alone (``whole``: with its target) through the lower
+    half, pooled as the memory's record says, and the element of its memory with the highest
+    (uncentred) cosine."""
+    chosen = []
+    for sample, example in zip(samples, examples, strict=True):
+        ids = torch.tensor([example.input_ids if whole else example.prompt_ids])
+        with torch.no_grad():
+            state = llm.lower(ids, torch.ones_like(ids), LAYER)
+        query = store.record.pooling(state.hidden, torch.ones_like(ids, dtype=torch.bool))
+        keys, mask = store.padded_keys([store.request_for(sample)])
+        scores = SemanticRetriever().scores(query.to(keys.dtype), keys, mask)
+        chosen.append(int(scores[0].argmax()))
+    return chosen
 
 
 @pytest.mark.parametrize("combiner", ["concat", "prepend-token"])
-@pytest.mark.parametrize("retrieval", ["random", "semantic"])
+@pytest.mark.parametrize(("retrieval", "pooling"),
+                         [("random", "mean"), ("semantic", "mean"), ("semantic", "last")])
 def test_training_loss_is_the_inference_likelihood_with_the_same_element(space, combiner,
-                                                                         retrieval):
-    memory = inserts(space, share=1.0, retrieval=retrieval, combiner=combiner)
-    loaded, examples = space["loaded"], space["examples"]
+                                                                         retrieval, pooling):
+    store = space["memory"] if pooling == "mean" else space["last"]
+    samples, examples = space["samples"], space["examples"]
+    if retrieval == "semantic":
+        samples, examples = space["longest"], space["longest_examples"]
+    memory = inserts(space, store, samples, examples, share=1.0, retrieval=retrieval,
+                     combiner=combiner)
+    loaded = space["loaded"]
     llm = HFSplitLLM(loaded.model)
     indices = list(range(len(examples)))
     batch = attrs.evolve(collate(examples, loaded.tokenizer.pad_token_id),
@@ -57,16 +87,18 @@ def test_training_loss_is_the_inference_likelihood_with_the_same_element(space, 
         nll, _ = batch_nll(llm, batch, LAYER)
     # inference: the prompt alone through the lower half, the same element joined before it
     # (chosen from the prompt's own states for semantic), the target teacher-forced after both
+    requests = [store.request_for(s) for s in samples]
     elements = [memory.drawn(i, 0)[1] for i in indices]
     if retrieval == "semantic":
-        state = llm.lower(batch.input_ids, batch.mask, LAYER)
-        elements = memory._elements(state, [space["memory"].request_for(s)
-                                             for s in space["samples"]],
-                                    [(True, 0)] * len(indices),
-                                    [len(ex.prompt_ids) for ex in examples])
-    requests = [space["memory"].request_for(s) for s in space["samples"]]
+        elements = closest_elements(llm, store, samples, examples)
+        if pooling == "last":  # seeing the target would change some pick: the check has teeth
+            assert closest_elements(llm, store, samples, examples, whole=True) != elements
+        with torch.no_grad():
+            state = llm.lower(batch.input_ids, batch.mask, LAYER)
+        assert memory._elements(state, requests, [(True, 0)] * len(indices),
+                                [len(ex.prompt_ids) for ex in examples]) == elements
     tokens = memory._tokens(requests, elements, COMBINERS[combiner]())
-    ids, mask = left_padded_prompts(loaded, space["dataset"], space["samples"])
+    ids, mask = left_padded_prompts(loaded, space["dataset"], samples)
     expected = target_log_likelihoods(
         llm, ids, mask, LAYER, [ex.input_ids[len(ex.prompt_ids):] for ex in examples],
         insert=lambda state: COMBINERS[combiner]().combine(state, tokens))

@@ -1,0 +1,101 @@
+"""AutoMR's retrieval query at inference: each sample's prompt alone, encoded at the memory's
+layer and pooled as the memory's record says (what annotation records as ``z_t``), whatever
+the batch and its left padding; so a query-dependent retriever picks the same elements at
+any batch size."""
+
+import pytest
+import torch
+
+import automr
+from automr.data import tokenize_sample
+from automr.grounding import LikelihoodGrounder, dataset_targets
+from automr.memory import Backbone, LayerEncoder, MemoryConfig, build_memory
+from automr.retrievers import SemanticRetriever
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+LAYER = 2
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval-query")
+    dataset = synthetic_dataset(root)
+    loaded = automr.load_model(str(save_tiny_model(root / "model")), device="cpu")
+    store = build_memory(loaded, dataset, LAYER, MemoryConfig(encoder="item"), root / "mem",
+                         progress=False)
+    prompts = {}  # one test sample per prompt length: the batch is left-padded unevenly
+    for sample in dataset.samples("test"):
+        if sample.memory:
+            prompt = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
+                                     dataset.prompt_config).prompt_ids
+            prompts.setdefault(len(prompt), (sample, prompt))
+    chosen = [sample for length, (sample, _) in sorted(prompts.items())]
+    assert len(chosen) >= 3
+    contexts = [None] * len(chosen)
+    contexts[1] = "Earlier they also watched " + ", ".join(f'"Item {k}"' for k in range(12))
+    prompts = [tokenize_sample(loaded.tokenizer, s, dataset.catalog, dataset.prompt_config,
+                               context=c).prompt_ids for s, c in zip(chosen, contexts,
+                                                                     strict=True)]
+    return {"dataset": dataset, "loaded": loaded, "store": store, "samples": chosen,
+            "context": FixedContext(dict(zip((s.id for s in chosen), contexts, strict=True))),
+            "prompts": prompts}
+
+
+class FixedContext:
+    """A prompt context of given texts (one long one, so most prompts are padded far)."""
+
+    def __init__(self, texts: dict) -> None:
+        self.by_id = texts
+
+    @property
+    def config(self) -> dict:
+        return {"kind": "fixed"}
+
+    def texts(self, samples):
+        return [self.by_id[s.id] for s in samples]
+
+
+class SpyRetriever:
+    """A semantic retriever that records every query it is asked about."""
+
+    def __init__(self) -> None:
+        self.inner = SemanticRetriever()
+        self.queries: list[torch.Tensor] = []
+
+    def scores(self, query, keys, mask):
+        self.queries.append(query.detach().clone())
+        return self.inner.scores(query, keys, mask)
+
+
+def method(workspace, retriever, batch_size: int, k: int = 2) -> automr.GenerativeMethod:
+    loaded, dataset = workspace["loaded"], workspace["dataset"]
+    retrieval = automr.MemoryRetrieval(workspace["store"], retriever, automr.AppendToken(), k=k)
+    return automr.GenerativeMethod(loaded, dataset, LikelihoodGrounder(
+        dataset_targets(loaded, dataset)), layer=LAYER, retrieval=retrieval,
+        batch_size=batch_size, context=workspace["context"])
+
+
+def test_the_query_is_the_pooled_prompt_alone(workspace):
+    samples, store = workspace["samples"], workspace["store"]
+    spy = SpyRetriever()
+    method(workspace, spy, batch_size=len(samples)).target_log_likelihoods(samples)
+    [queries] = spy.queries  # one batch, one retrieval
+    assert len({len(p) for p in workspace["prompts"]}) == len(samples)  # all padded differently
+    encoder = LayerEncoder(Backbone.of(workspace["loaded"]), LAYER, store.record.pooling)
+    expected = torch.cat([encoder.encode_tokens([prompt]).keys
+                          for prompt in workspace["prompts"]])
+    torch.testing.assert_close(queries.float(), expected.float(), rtol=0, atol=1e-5)
+
+
+def test_a_query_dependent_retriever_picks_the_same_at_any_batch_size(workspace):
+    samples = workspace["samples"]
+    store = workspace["store"]
+    keys, mask = store.padded_keys([store.request_for(s) for s in samples])
+    retriever = SemanticRetriever.centered(keys, mask)  # centred: picks follow the query
+    picks = {}
+    for batch_size in (1, len(samples)):
+        run = method(workspace, retriever, batch_size=batch_size)
+        run.target_log_likelihoods(samples)
+        picks[batch_size] = run.details()["retrieved"]
+    assert picks[1] == picks[len(samples)]
+    assert all(len(picks[1][s.id]) == 2 for s in samples)
