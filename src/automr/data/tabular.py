@@ -16,6 +16,7 @@ error naming the file and line. A leading UTF-8 byte-order mark (Excel's "CSV UT
 """
 
 import csv
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,11 +51,11 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
     """``(line_number, {column: value})`` per data row; header checked first."""
     delimiter = delimiter_for(source.path)
     lines = iter(source)
-    numbers: list[int] = []
+    last = [0]  # the number of the last line read (only that: not one int per line kept)
 
     def text() -> Iterator[str]:
         for number, line in lines:
-            numbers.append(number)
+            last[0] = number
             # A leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column.
             yield (line.removeprefix("\ufeff") if number == 1 else line) + "\n"
 
@@ -72,10 +73,10 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise bad_input(source.path, 1, f"header {header} repeats column(s) {repeated}", _FIX)
-    starts = numbers[-1] + 1  # the line the next row starts on (a quoted field may span lines)
+    starts = last[0] + 1  # the line the next row starts on (a quoted field may span lines)
     try:
         for row in reader:
-            number, starts = starts, numbers[-1] + 1
+            number, starts = starts, last[0] + 1
             if not row or all(not f.strip() for f in row):
                 continue
             if len(row) != len(header):
@@ -124,7 +125,8 @@ def load_csv(
         inter_lines = LineSource(inter_path, progress=bar)
         records: list[Interaction] = []
         for number, row in _rows(inter_lines, ("user", "item", "timestamp")):
-            user, item, stamp = row["user"], row["item"], row["timestamp"]
+            # one string per distinct id, as the Amazon loader keeps (millions of rows)
+            user, item, stamp = sys.intern(row["user"]), sys.intern(row["item"]), row["timestamp"]
             if not user or not item:
                 raise bad_input(inter_path, number, "empty user or item", _FIX)
             if item not in known and item not in empty:
