@@ -22,6 +22,7 @@ from automr.recommenders.sasrec import (
     pad_histories,
     rank_targets,
     sample_negatives,
+    seen_table,
     shuffled_ties,
     training_loss,
     training_tensors,
@@ -158,11 +159,58 @@ def test_training_rows_keep_the_last_max_len_steps_and_see_the_whole_sequence() 
     data = training_tensors([[5, 1, 2, 3, 4, 6], [7], [2, 7]], max_len=3, n_items=9)
     assert data.inputs.tolist() == [[2, 3, 4], [0, 0, 2]]  # the 1-item user has no target
     assert data.positives.tolist() == [[3, 4, 6], [0, 0, 7]]
-    assert data.seen.tolist() == [[1, 2, 3, 4, 5, 6], [2, 7, 10, 10, 10, 10]]
+    assert seen_table(data, torch.arange(2), 9).tolist() == [[1, 2, 3, 4, 5, 6],
+                                                             [2, 7, 10, 10, 10, 10]]
     windows = training_tensors([[5, 1, 2, 3, 4, 6], [7], [2, 7]], 3, 9, windows=True)
     assert windows.inputs.tolist() == [[2, 3, 4], [0, 5, 1], [0, 0, 2]]
     assert windows.positives.tolist() == [[3, 4, 6], [0, 1, 2], [0, 0, 7]]
-    assert windows.seen.tolist() == [[1, 2, 3, 4, 5, 6]] * 2 + [[2, 7, 10, 10, 10, 10]]
+    assert seen_table(windows, torch.arange(3), 9).tolist() == (
+        [[1, 2, 3, 4, 5, 6]] * 2 + [[2, 7, 10, 10, 10, 10]])
+    assert seen_table(windows, torch.tensor([2]), 9).tolist() == [[2, 7]]  # the batch's longest
+
+
+@settings(max_examples=30, deadline=None)
+@given(sequences=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=12), min_size=1,
+                          max_size=8),
+       heavy=st.sets(st.integers(1, 40), min_size=2, max_size=39), data=st.data())
+def test_seen_table_is_each_rows_users_item_set(
+    sequences: list[list[int]], heavy: set[int], data: st.DataObject
+) -> None:
+    """Against the plain per-user sets, with one heavy user (many items, many rows) among
+    light ones; the stored items are only each user's distinct ids, not rows x heaviest."""
+    sequences = [*sequences, sorted(heavy) * 2]
+    n_items, max_len = 41, data.draw(st.integers(1, 6), label="max_len")
+    data_ = training_tensors(sequences, max_len, n_items, windows=True)
+    owners = [s for s in sequences if len(s) >= 2]
+    assert data_.seen_items.numel() == sum(len(set(s)) for s in owners)
+    user_of_row = [u for u, s in enumerate(owners) for _ in range(-(-(len(s) - 1) // max_len))]
+    assert data_.users.tolist() == user_of_row
+    n_rows = len(user_of_row)
+    rows = data.draw(st.lists(st.integers(0, n_rows - 1), min_size=1, max_size=n_rows),
+                     label="rows")
+    width = max(len(set(owners[user_of_row[r]])) for r in rows)
+    expected = [sorted(set(owners[user_of_row[r]])) for r in rows]
+    expected = [e + [n_items + 1] * (width - len(e)) for e in expected]
+    assert seen_table(data_, torch.tensor(rows), n_items).tolist() == expected
+
+
+@given(data=st.data(), n_items=st.integers(2, 12), extra=st.integers(1, 5),
+       seed=st.integers(0, 2**31))
+def test_negatives_do_not_depend_on_how_wide_the_seen_table_is_padded(
+    data: st.DataObject, n_items: int, extra: int, seed: int
+) -> None:
+    """A batch's table is padded to its own longest row: the same draws as a wider table."""
+    rows = data.draw(st.integers(1, 4), label="rows")
+    seen = [data.draw(st.sets(st.integers(1, n_items), max_size=n_items - 2), label="seen")
+            for _ in range(rows)]
+    positives = torch.tensor(data.draw(st.lists(st.lists(st.integers(1, n_items), min_size=5,
+                                                         max_size=5),
+                                                min_size=rows, max_size=rows), label="pos"))
+    table = _sorted_seen(seen, n_items)
+    wider = F.pad(table, (0, extra), value=n_items + 1)
+    draws = [sample_negatives(positives, t, n_items, torch.Generator().manual_seed(seed))
+             for t in (table, wider)]
+    assert torch.equal(*draws)
 
 
 @given(sequence=st.lists(st.integers(1, 30), min_size=2, max_size=40), max_len=st.integers(1, 9))
@@ -334,6 +382,39 @@ def test_ce_loss_is_cross_entropy_over_the_catalog_at_real_positions(
     (expected,) = torch.autograd.grad(plain, model.item_emb.weight)
     torch.testing.assert_close(loss, plain)
     torch.testing.assert_close(ours, expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 4), seq=st.integers(1, MAX_LEN),
+       n_items=st.integers(2, 40), chunk_logits=st.integers(1, 200), seed=st.integers(0, 99))
+def test_chunked_ce_equals_the_dense_loss_and_every_gradient(
+    data: st.DataObject, batch: int, seq: int, n_items: int, chunk_logits: int, seed: int
+) -> None:
+    """CE over chunks of positions (recomputed in the backward pass) = the dense
+    [positions n_items] computation: the loss and every parameter's gradient, with dropout
+    on (the same seed for both) and padding positions left out."""
+    items = st.lists(st.integers(1, n_items), min_size=seq, max_size=seq)
+    inputs = torch.tensor([data.draw(items, label="inputs") for _ in range(batch)])
+    positives = torch.tensor([data.draw(items, label="positives") for _ in range(batch)])
+    for row in range(batch):
+        pad = data.draw(st.integers(0, seq - 1), label="padding")
+        inputs[row, :pad] = positives[row, :pad] = PAD
+    config = SASRecConfig(hidden=8, n_blocks=2, n_heads=2, max_len=MAX_LEN, dropout=0.3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SASRec(config, n_items)
+        state = torch.get_rng_state()
+        loss = training_loss(model, inputs, positives, positives, torch.Generator(),
+                             chunk_logits=chunk_logits)
+        ours = torch.autograd.grad(loss, list(model.parameters()))
+        torch.set_rng_state(state)  # the same dropout masks
+        states = model.encode(inputs)[positives != PAD]
+        logits = states @ model.item_emb.weight[PAD + 1 :].T
+        dense = F.cross_entropy(logits, positives[positives != PAD] - 1)
+        expected = torch.autograd.grad(dense, list(model.parameters()))
+    torch.testing.assert_close(loss, dense)
+    for (name, _), got, want in zip(model.named_parameters(), ours, expected, strict=True):
+        torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_validation_metric_is_the_mean_full_ranking_metric() -> None:

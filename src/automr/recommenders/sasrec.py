@@ -19,7 +19,8 @@ Layout choices:
 - Training: ``loss="bce"`` is the paper's and the original's binary cross-entropy with one
   sampled negative per position, uniform over the items *not in the user's training
   sequence* (the whole sequence, not only the positive); ``loss="ce"`` (the default) is
-  softmax cross-entropy over the whole catalog (Klenitskiy & Vasilev, 2023). Adam, and early
+  softmax cross-entropy over the whole catalog (Klenitskiy & Vasilev, 2023), computed over
+  chunks of positions so its memory does not grow with batch x catalog. Adam, and early
   stopping on a validation metric (``monitor``) with ``patience`` validations, restoring the
   best weights.
 - BCE's negatives never include the user's own items, so that model is never taught to score
@@ -54,6 +55,7 @@ from beartype import beartype
 from einops import rearrange
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
@@ -67,6 +69,9 @@ PAD: Final = 0
 MONITOR_PATTERN: Final = r"(recall|ndcg)@[1-9][0-9]*"
 Loss = Literal["bce", "ce"]
 LOSSES: Final = ("bce", "ce")
+CE_CHUNK_LOGITS: Final = 2**24
+"""The most logits (positions x catalog items, 64 MiB in float32) that ``loss="ce"`` holds
+at once: the positions are taken in chunks of ``CE_CHUNK_LOGITS // n_items`` (at least 1)."""
 
 EvalSample = tuple[Sequence[int], int]
 """An evaluation sample: (history item ids, oldest -> newest; target item id)."""
@@ -322,13 +327,17 @@ class TrainingTensors:
     """Left-padded rows: ``inputs`` and next-item ``positives`` ``[rows, max_len]``, ``ties``
     ``[rows, max_len + 1]``, the timestamp group of each of the row's items (the inputs, then
     the last positive; ascending from 0 within a row, -1 on padding; without times every item
-    is its own group), and ``seen`` ``[rows, longest]``, the row's user's distinct item ids
-    sorted ascending, padded on the right with ``n_items + 1`` (never a real id)."""
+    is its own group), and ``users`` ``[rows]``, the row's user; that user's distinct item ids,
+    sorted ascending, are ``seen_items[seen_offsets[user] : seen_offsets[user + 1]]`` (users one
+    after another, so a heavy user costs only its own items; :func:`seen_table` pads them for a
+    batch of rows)."""
 
     inputs: Tensor
     positives: Tensor
     ties: Tensor
-    seen: Tensor
+    users: Tensor
+    seen_items: Tensor
+    seen_offsets: Tensor
 
 
 def training_tensors(
@@ -336,7 +345,7 @@ def training_tensors(
     times: Sequence[Sequence[int]] | None = None,
 ) -> TrainingTensors:
     """Rows for users with >= 2 items, and every item of the user's *whole* sequence as the
-    row's ``seen`` (what negatives must avoid).
+    row's seen items (what negatives must avoid).
 
     ``windows=False`` (the original): one row per user, its last ``max_len + 1`` items.
     ``windows=True``: the sequence cut from its end into rows of up to ``max_len + 1`` items
@@ -369,15 +378,33 @@ def training_tensors(
     inputs = torch.zeros(len(rows), max_len, dtype=torch.long)
     positives = torch.zeros(len(rows), max_len, dtype=torch.long)
     ties = torch.full((len(rows), max_len + 1), -1, dtype=torch.long)
-    seen = torch.full((len(rows), max(map(len, distinct))), n_items + 1, dtype=torch.long)
     for row, (user, start, end) in enumerate(rows):
         kept, offset = users[user][start:end], max_len - (end - start - 1)
         inputs[row, offset:] = torch.tensor(kept[:-1])
         positives[row, offset:] = torch.tensor(kept[1:])
         row_groups = groups[user][start:end]
         ties[row, offset:] = torch.tensor(row_groups) - row_groups[0]
-        seen[row, : len(distinct[user])] = torch.tensor(distinct[user])
-    return TrainingTensors(inputs, positives, ties, seen)
+    return TrainingTensors(
+        inputs, positives, ties,
+        users=torch.tensor([user for user, _, _ in rows], dtype=torch.long),
+        seen_items=torch.tensor(list(itertools.chain.from_iterable(distinct)), dtype=torch.long),
+        seen_offsets=torch.tensor([0, *itertools.accumulate(map(len, distinct))],
+                                  dtype=torch.long),
+    )
+
+
+@jaxtyped(typechecker=beartype)
+def seen_table(
+    data: TrainingTensors, rows: Int[Tensor, " batch"], n_items: int
+) -> Int[Tensor, "batch longest"]:
+    """The seen items of ``rows``' users as :func:`sample_negatives` takes them: each row's
+    distinct ids sorted ascending, right-padded with ``n_items + 1`` to the longest of them."""
+    users = data.users[rows]
+    start = data.seen_offsets[users]
+    length = data.seen_offsets[users + 1] - start
+    column = torch.arange(int(length.max()), device=rows.device)
+    index = (start[:, None] + column).clamp_(max=data.seen_items.shape[0] - 1)
+    return torch.where(column < length[:, None], data.seen_items[index], n_items + 1)
 
 
 def _time_groups(times: Sequence[int]) -> list[int]:
@@ -455,7 +482,8 @@ def _train_epoch(
         batch_in, batch_pos = data.inputs[rows], data.positives[rows]
         first = int((batch_in != PAD).any(dim=0).nonzero()[0])  # drop all-padding columns
         batch_in, batch_pos = batch_in[:, first:], batch_pos[:, first:]
-        loss = training_loss(model, batch_in, batch_pos, data.seen[rows], generator)
+        seen = seen_table(data, rows, model.n_items)
+        loss = training_loss(model, batch_in, batch_pos, seen, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -472,24 +500,49 @@ def training_loss(
     positives: Int[Tensor, "batch seq"],
     seen: Int[Tensor, "batch seen"],
     generator: torch.Generator,
+    *,
+    chunk_logits: int = CE_CHUNK_LOGITS,
 ) -> Float[Tensor, ""]:
     """Mean ``model.config.loss`` over the real positions (``positives != 0``) of a batch.
 
     ``"bce"``: binary cross-entropy with logits on the positive and one negative per position
     drawn by :func:`sample_negatives` (avoiding the row's ``seen``; consumes ``generator``).
     ``"ce"``: softmax cross-entropy of the positive against every item ``1..n_items`` (the
-    padding column is not a class; ``seen`` and ``generator`` are unused). In training mode
-    dropout applies, as in any forward pass.
+    padding column is not a class; ``seen`` and ``generator`` are unused), by
+    :func:`catalog_cross_entropy` on chunks of at most ``chunk_logits`` logits. In training
+    mode dropout applies, as in any forward pass.
     """
     states = model.encode(inputs)
     real = positives != PAD
     if model.config.loss == "ce":
-        logits = states[real] @ model.item_emb.weight[PAD + 1 :].T  # [positions n_items]
-        return F.cross_entropy(logits, positives[real] - 1)
+        return catalog_cross_entropy(states[real], model.item_emb.weight[PAD + 1 :],
+                                     positives[real] - 1, max(1, chunk_logits // model.n_items))
     negatives = sample_negatives(positives, seen, model.n_items, generator)
     pos_logit = (states * model.item_emb(positives)).sum(-1)[real]
     neg_logit = (states * model.item_emb(negatives)).sum(-1)[real]
     return (F.softplus(-pos_logit) + F.softplus(neg_logit)).mean()  # BCE with logits
+
+
+@jaxtyped(typechecker=beartype)
+def catalog_cross_entropy(
+    states: Float[Tensor, "positions hidden"],
+    items: Float[Tensor, "n_items hidden"],
+    targets: Int[Tensor, " positions"],
+    chunk: int,
+) -> Float[Tensor, ""]:
+    """Mean softmax cross-entropy of each position's ``targets`` row of ``items`` against all
+    of them (logits ``states @ items.T``), ``F.cross_entropy`` on ``chunk`` positions at a
+    time. Each chunk's logits are recomputed in the backward pass (``checkpoint``), so either
+    pass holds only a few ``chunk x n_items`` buffers (logits, log-probabilities and their
+    gradients), never ``positions x n_items``; the loss and gradients are the dense
+    computation's up to float rounding."""
+    summed = [checkpoint(_summed_cross_entropy, part, items, part_targets, use_reentrant=False)
+              for part, part_targets in zip(states.split(chunk), targets.split(chunk), strict=True)]
+    return sum(summed, start=states.new_zeros(())) / targets.shape[0]  # no positions: NaN
+
+
+def _summed_cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(states @ items.T, targets, reduction="sum")
 
 
 @jaxtyped(typechecker=beartype)
