@@ -21,8 +21,9 @@ every element to its item's row. Its ``ShardEntry.distinct`` is R (``None`` for 
 element, as every ``automr.memory/1`` shard has).
 
 A shard holds a few large tensors (safetensors headers are capped, DESIGN.md §5) and is written
-under a temporary name and renamed; the index is rewritten atomically after each shard, so a
-crash never leaves a half-written shard in the index. A user's elements are rows of one or more
+under a temporary name and renamed, with its index entry in its metadata; the index is written
+atomically once every shard is done, so a crash never leaves a half-written shard in it (a
+resumed build finds the finished shards by their files). A user's elements are rows of one or more
 *segments* ``(shard, row, count)``: one per build, one more per append.
 """
 
