@@ -49,6 +49,30 @@ def test_every_registered_command_resolves_with_its_own_help():
         assert entry.help == first, f"{name}: registry help differs from the command's"
 
 
+def _leaf_commands(command, path=()):
+    subs = getattr(command, "commands", None)  # duck-typed: typer may vendor click
+    if not subs:
+        return [(" ".join(path), command)]
+    return [leaf for name, sub in subs.items() for leaf in _leaf_commands(sub, (*path, name))]
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    leaves = _leaf_commands(command_tree())
+    assert len(leaves) >= len(COMMANDS)
+    missing = [f"automr {path} {param.opts[0]}" for path, command in leaves
+               for param in command.params
+               if param.param_type_name == "option" and not param.help]
+    assert not missing, missing
+
+
+def test_the_shared_combiner_option_names_every_combiner():
+    from automr.cli.common import CombinerOption
+    from automr.combiners import COMBINERS
+
+    help_text = CombinerOption.__metadata__[0].help
+    assert all(name in help_text for name in COMBINERS), help_text
+
+
 def test_a_sub_command_help_loads_only_on_request():
     result = runner.invoke(app, ["memory", "build", "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output

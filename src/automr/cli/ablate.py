@@ -43,7 +43,8 @@ def ablate_command(
         help="Seeded test samples per cell, every memory element annotated.")] = 64,
     label_form: Annotated[str, typer.Option(help="Retriever labels: log or paper.")] = "log",
     temperature: Annotated[float, typer.Option(help="Label temperature.")] = 1.0,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the sample subsets and retriever training.")] = 0,
     *, runtime: Runtime,
 ) -> None:
     """Score every (encoder, L, combiner, retriever) cell by how much the retrieved element

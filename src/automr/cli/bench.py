@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from automr.cli.common import ModelOption, Runtime, runtime_options, user_errors
+from automr.cli.common import (
+    CombinerOption,
+    LayerOption,
+    ModelOption,
+    Runtime,
+    runtime_options,
+    user_errors,
+)
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
 
@@ -37,12 +44,11 @@ def _save(result: dict, out: Path, name: str) -> None:
 def annotate(
     out: OutOption = Path("benchmarks/results"),
     *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
-    layer: int = DEFAULT_LAYER,
-    prompt_tokens: int = 150,
-    target_tokens: int = 10,
-    elements: int = 90,
-    combiner: Annotated[str, typer.Option(
-        help="concat, append-token or prepend-token.")] = "concat",
+    layer: LayerOption = DEFAULT_LAYER,
+    prompt_tokens: Annotated[int, typer.Option(help="Tokens of the seeded prompt.")] = 150,
+    target_tokens: Annotated[int, typer.Option(help="Tokens of the seeded target title.")] = 10,
+    elements: Annotated[int, typer.Option(help="Memory elements of the sample.")] = 90,
+    combiner: CombinerOption = "concat",
     element_subset: Annotated[int, typer.Option(
         help="Also time annotating a seeded subset of this many elements (0 = no).")] = 0,
     element_prefix: Annotated[int, typer.Option(
@@ -82,9 +88,9 @@ def encode(
     data: Annotated[Path, typer.Option(help="Prepared dataset (prompts of real samples).")],
     out: OutOption = Path("benchmarks/results"),
     *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
-    layer: int = DEFAULT_LAYER,
-    texts: int = 32,
-    batch_size: int = 16,
+    layer: LayerOption = DEFAULT_LAYER,
+    texts: Annotated[int, typer.Option(help="Window prompts encoded per round.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward.")] = 16,
     repeats: RepeatsOption = 3,
 ) -> None:
     """Memory-encoding tokens/s vs a raw lower-half forward, and the split's overhead."""
@@ -110,9 +116,9 @@ def ground(
     *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
     grounders: Annotated[str, typer.Option(help="Comma-separated: constrained, l2, "
                                                  "likelihood.")] = "constrained,l2",
-    samples: int = 8,
-    batch_size: int = 8,
-    layer: Annotated[int, typer.Option(help="Split layer of the forward.")] = DEFAULT_LAYER,
+    samples: Annotated[int, typer.Option(help="Test prompts per round.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
+    layer: LayerOption = DEFAULT_LAYER,
     repeats: RepeatsOption = 3,
 ) -> None:
     """Generation + grounding samples/s of each grounder (the whole catalog ranked); the
@@ -144,8 +150,8 @@ def finetune(
     *, model: ModelOption = DEFAULT_MODEL, runtime: Runtime,
     layer: Annotated[int, typer.Option(help="The upper-layers variant tunes layers >= this.")] =
         DEFAULT_LAYER,
-    steps: int = 8,
-    batch_size: int = 8,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per way and round.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 8,
     repeats: RepeatsOption = 3,
 ) -> None:
     """LoRA training speed, same batches: all layers; only the layers above the split (lower

@@ -23,7 +23,13 @@ R = TypeVar("R")
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, mps or cuda[:N].")]
 DtypeOption = Annotated[str, typer.Option(
     help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")]
-LayerOption = Annotated[int, typer.Option(help="Split layer L (layer-L states are joined).")]
+LayerOption = Annotated[int, typer.Option(
+    help="Split layer L: memory keys and the states the combiner joins are layer-L states.")]
+CombinerOption = Annotated[str, typer.Option(
+    help="How memory joins the prompt: concat, append-token (shares the prompt's work) or "
+         "prepend-token.")]
+SplitOption = Annotated[str, typer.Option(help="Dataset split: train, valid or test.")]
+SampleSeedOption = Annotated[int, typer.Option(help="Seed of the seeded sample subset.")]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
 ModelOption = Annotated[str, typer.Option(
     help="Base model: the embedded name, a Hugging Face id or a folder.")]

@@ -9,6 +9,8 @@ from automr.cli.common import (
     DataOption,
     ModelOption,
     Runtime,
+    SampleSeedOption,
+    SplitOption,
     runtime_options,
     user_errors,
 )
@@ -26,7 +28,6 @@ from automr.errors import AutomrError
 app = typer.Typer(help="Prompt contexts of the ReLLa and TRSR baselines.",
                   no_args_is_help=True)
 
-SeedOption = Annotated[int, typer.Option(help="Seed of the sample subset.")]
 BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
 
 
@@ -45,9 +46,9 @@ def _samples(data: Path, split: str, count: int, seed: int):
 def show_command(
     data: DataOption,
     kind: Annotated[str, typer.Option(help=f"{' or '.join(CONTEXT_KINDS)}.")],
-    split: str = "test",
+    split: SplitOption = "test",
     samples: Annotated[int, typer.Option(help="Seeded samples to show.")] = 3,
-    seed: SeedOption = 0,
+    seed: SampleSeedOption = 0,
     model: ModelOption = DEFAULT_MODEL,
     context_k: Annotated[int, typer.Option(
         help="ReLLa: long-term items listed in the prompt.")] = context_defaults.k,
@@ -79,11 +80,11 @@ def show_command(
 @runtime_options()
 def trsr_command(
     data: DataOption,
-    split: Annotated[str, typer.Option(help="Which split's samples.")] = "train",
+    split: SplitOption = "train",
     samples: Annotated[int, typer.Option(
         help="Seeded subset of the split (0 = all); `automr finetune` uses --train-samples "
              "of train and --valid-samples of valid with its --seed.")] = 512,
-    seed: SeedOption = 0,
+    seed: SampleSeedOption = 0,
     model: ModelOption = DEFAULT_MODEL,
     *, trsr: TrsrOptions,
     batch_size: BatchSize = 8,

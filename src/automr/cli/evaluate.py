@@ -6,9 +6,11 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
+    CombinerOption,
     DataOption,
     ModelOption,
     Runtime,
+    SplitOption,
     checked_options,
     runtime_options,
     user_errors,
@@ -40,14 +42,13 @@ def evaluate_command(
         help="Run folder of `automr finetune --context rella` (rella).")] = None,
     trsr: Annotated[Path | None, typer.Option(
         help="Run folder of `automr finetune --context trsr` (trsr).")] = None,
-    combiner: Annotated[str, typer.Option(
-        help="concat, append-token or prepend-token.")] = defaults.combiner,
+    combiner: CombinerOption = defaults.combiner,
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
     model: ModelOption = DEFAULT_MODEL,
-    split: str = defaults.split,
+    split: SplitOption = defaults.split,
     samples: Annotated[int, typer.Option(
         help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,
-    batch_size: int = defaults.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = defaults.batch_size,
     layer: Annotated[int | None, typer.Option(
         help=f"Split layer L [default: the memory's when given, else {DEFAULT_LAYER}].",
         show_default=False)] = None,
@@ -59,7 +60,8 @@ def evaluate_command(
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking (sasrec always does, as its "
              "original evaluation).")] = False,
-    seed: int = defaults.seed,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the seeded sample subset (and of random retrieval).")] = defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
     tune_samples: Annotated[int, typer.Option(

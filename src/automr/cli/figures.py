@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
+    CombinerOption,
     DataOption,
     FinetunedOption,
     MemoryOption,
@@ -58,15 +59,14 @@ def rq2_command(
         help="Seed of the sample subset and the bootstrap (not of random retrieval).")] = 0,
     num_beams: Annotated[int, typer.Option(
         help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
-    combiner: Annotated[str, typer.Option(
-        help="concat, append-token or prepend-token.")] = "concat",
+    combiner: CombinerOption = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     measure: Annotated[str, typer.Option(
         help="ranks (Recall/NDCG@K, the paper's) or likelihood (mean target "
              "log-likelihood with --grounder likelihood; no decoding).")] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking.")] = False,
-    batch_size: int = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 8,
     *, runtime: Runtime,
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;

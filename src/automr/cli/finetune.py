@@ -58,7 +58,7 @@ def finetune_command(
     valid_samples: Annotated[int, typer.Option(
         help="Validation samples for early stopping (mean target NLL).")] =
         defaults.max_valid_samples,
-    epochs: int = defaults.epochs,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = defaults.epochs,
     batch_size: Annotated[int, typer.Option(help="Samples per micro-batch (one forward).")] =
         defaults.batch_size,
     grad_accum: Annotated[int, typer.Option(
@@ -74,8 +74,9 @@ def finetune_command(
     max_grad_norm: Annotated[float, typer.Option(
         help="Clip the gradient to this L2 norm (0 = no clipping).")] =
         defaults.max_grad_norm or 0.0,
-    lora_r: int = defaults.lora_r,
-    lora_alpha: int = defaults.lora_alpha,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank r.")] = defaults.lora_r,
+    lora_alpha: Annotated[int, typer.Option(
+        help="LoRA alpha (the update is scaled by alpha / r).")] = defaults.lora_alpha,
     lora_from_layer: Annotated[int, typer.Option(
         help="Put LoRA only on layers >= L and freeze the lower half (0 = all layers).")] =
         defaults.lora_from_layer,
@@ -95,7 +96,9 @@ def finetune_command(
              "torch.autocast, or none (the model's --dtype).")] = "none",
     patience: Annotated[int, typer.Option(
         help="Stop after this many validations without improvement.")] = defaults.patience,
-    seed: int = defaults.seed,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the sample subsets, the adapter's initialisation and batch order.")] =
+        defaults.seed,
     context: Annotated[str | None, typer.Option(
         help=f"Prompt context of a baseline: {' or '.join(CONTEXT_KINDS)} (none: BIGRec).",
         show_default=False)] = None,

@@ -7,14 +7,18 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
+    CombinerOption,
     DataOption,
     DeviceOption,
     FinetunedOption,
+    LayerOption,
     MemoryOption,
     ModelOption,
     QuietOption,
     RetrieverOption,
     Runtime,
+    SampleSeedOption,
+    SplitOption,
     checked_options,
     runtime_options,
     user_errors,
@@ -34,8 +38,7 @@ def memory_build(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Memory folder (a rerun resumes).")],
     model: ModelOption = DEFAULT_MODEL,
-    layer: Annotated[int, typer.Option(help="Split layer L: keys are layer-L states.")] = (
-        DEFAULT_LAYER),
+    layer: LayerOption = DEFAULT_LAYER,
     encoder: Annotated[str, typer.Option(
         help="window (eq. 2: the prompt at each interaction) or item (the title alone).")] =
         "window",
@@ -45,7 +48,7 @@ def memory_build(
         help="Also store token states (the concat combiner, the default, needs them).")] = True,
     storage_dtype: Annotated[str, typer.Option(help="model, float32, float16, bfloat16.")] =
         "model",
-    batch_size: int = 16,
+    batch_size: Annotated[int, typer.Option(help="Prompts per lower-half forward.")] = 16,
     shard_elements: Annotated[int, typer.Option(
         help="Close a shard once it holds this many elements (0 = the encoder's default: "
              "2048 for window, 200,000 for item).")] = 0,
@@ -72,14 +75,13 @@ def annotate_command(
     finetuned: FinetunedOption,
     out: Annotated[Path, typer.Option(help="Annotation folder (a rerun resumes).")],
     samples: Annotated[int, typer.Option(help="Seeded subset of samples (0 = all).")] = 256,
-    split: str = "train",
-    combiner: Annotated[str, typer.Option(
-        help="concat, append-token (shares the prompt's work) or prepend-token.")] = "concat",
+    split: SplitOption = "train",
+    combiner: CombinerOption = "concat",
     element_batch: Annotated[int, typer.Option(help="Memory elements per upper pass.")] = 32,
     element_subset: Annotated[int, typer.Option(
         help="Annotate a seeded subset of this many elements per sample (0 = all).")] = 0,
     element_seed: Annotated[int, typer.Option(help="Seed of the element subsets.")] = 0,
-    seed: int = 0,
+    seed: SampleSeedOption = 0,
     *, runtime: Runtime,
 ) -> None:
     """Eq. 5: each memory element's effect on the true next item's likelihood."""
@@ -110,13 +112,15 @@ def retriever_train(
     temperature: Annotated[float, typer.Option(help="Label softmax temperature.")] = 1.0,
     valid_fraction: Annotated[float, typer.Option(
         help="Held-out share of annotated samples for early stopping.")] = 0.2,
-    lr: float = 1e-3,
+    lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 1e-3,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
-    patience: int = 10,
+    patience: Annotated[int, typer.Option(
+        help="Stop after this many epochs without improvement (the best state is kept).")] = 10,
     monitor: Annotated[str, typer.Option(
         help="Early stopping on the held-out samples: kl, top1 (agreement with the best "
              "element) or regret (eq. 5 gain given up by the top pick).")] = "kl",
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the held-out split, initialisation and batch order.")] = 0,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
@@ -180,16 +184,17 @@ def retriever_score(
 def demo_command(
     out: Annotated[Path, typer.Option(help="Run folder (a rerun resumes).")] = Path(
         "runs/demo"),
-    layer: Annotated[int, typer.Option(help="Split layer L.")] = DEFAULT_LAYER,
+    layer: LayerOption = DEFAULT_LAYER,
     train_samples: Annotated[int, typer.Option(help="Fine-tuning samples.")] = 96,
     annotate_samples: Annotated[int, typer.Option(help="Annotated samples.")] = 64,
     test_samples: Annotated[int, typer.Option(help="Test samples per method.")] = 48,
     encoder: Annotated[str, typer.Option(help="Memory encoder: item or window.")] = "item",
-    combiner: Annotated[str, typer.Option(help="Combiner.")] = "concat",
+    combiner: CombinerOption = "concat",
     model: ModelOption = DEFAULT_MODEL,
     data: Annotated[Path | None, typer.Option(
         help="Use this prepared dataset instead of preparing MovieLens-100K.")] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of every step (sample subsets, fine-tune, retriever).")] = 0,
     *, runtime: Runtime,
 ) -> None:
     """The main job: the whole pipeline on the embedded default, ending with a results table.
@@ -224,7 +229,7 @@ def recommend_command(
         "test",
     grounder: Annotated[str, typer.Option(help="l2, constrained or likelihood.")] =
         "constrained",
-    combiner: str = "concat",
+    combiner: CombinerOption = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
     exclude_seen: Annotated[bool, typer.Option(
         help="Leave the user's history out of the list (as evaluate --exclude-seen).")] = True,
