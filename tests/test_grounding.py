@@ -89,6 +89,52 @@ def test_constrained_with_enough_beams_is_the_likelihood_ranking(tiny_models, to
         assert (ordered[:-1] >= ordered[1:] - 1e-5).all(), ordered
 
 
+def plain_found_first(grounder: ConstrainedGrounder, found: list[list[int]]) -> list[list[int]]:
+    """One sample at a time, in Python lists: the beams' items, then the rest of the catalog
+    by (prior-adjusted) distance to the first one, else by the prior, else in catalog order."""
+    from automr.grounding.prior import adjusted_distances
+
+    n_items, emb, prior = len(grounder.targets), grounder.catalog_embeddings, grounder.prior
+    rankings = []
+    for items in found:
+        if items and emb is not None:
+            distances = torch.cdist(emb[items[0]: items[0] + 1], emb)
+            if prior is not None and grounder.gamma:
+                distances = adjusted_distances(distances, prior, grounder.gamma)
+            rest = distances[0].argsort(stable=True).tolist()
+        elif prior is not None and grounder.gamma:
+            rest = prior.argsort(descending=True, stable=True).tolist()
+        else:
+            rest = list(range(n_items))
+        rankings.append(items + [i for i in rest if i not in items])
+    return rankings
+
+
+@given(data=st.data(), n_items=st.integers(1, 12), with_embeddings=st.booleans(),
+       gamma=st.sampled_from([0.0, 0.5, 3.0]), with_prior=st.booleans())
+def test_constrained_ranking_after_the_beams_is_the_plain_walk(data, n_items, with_embeddings,
+                                                                gamma, with_prior):
+    """Batched tensor ops give each sample's plain order: beams' items first, the rest once."""
+    from automr.grounding.targets import CatalogTargets
+
+    targets = CatalogTargets(tuple(f"t{i}" for i in range(n_items)),
+                             tuple((i + 3, 2) for i in range(n_items)), eos_token_id=2)
+    values = st.floats(-4, 4, width=32)  # few distinct values: ties between items
+    emb = torch.tensor(data.draw(st.lists(st.lists(values.map(round), min_size=3, max_size=3),
+                                          min_size=n_items, max_size=n_items)),
+                       dtype=torch.float32)
+    prior = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.25, 1.0]),
+                                            min_size=n_items, max_size=n_items)))
+    grounder = ConstrainedGrounder(targets, emb if with_embeddings else None,
+                                   prior=prior if with_prior else None, gamma=gamma)
+    found = data.draw(st.lists(st.lists(st.integers(0, n_items - 1), unique=True,
+                                        max_size=n_items), min_size=1, max_size=4))
+    from automr.grounding.constrained import found_first
+
+    ranked = found_first(found, grounder.fallback_orders([f[0] if f else None for f in found]))
+    assert ranked.tolist() == plain_found_first(grounder, found)
+
+
 def test_constrained_fallback_follows_l2_distance_to_the_top_beam(tiny_models, tokenizer):
     llm = HFSplitLLM(tiny_models["llama"])
     targets = catalog_targets(tokenizer, TITLES)

@@ -60,15 +60,10 @@ class ConstrainedGrounder:
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
         beams = self.beams(llm, input_ids, attention_mask, layer, insert)
-        n_items = len(self.targets)
-        rankings = []
-        for hyps in beams:
-            found = [self.trie.value(h.tokens) for h in hyps]
-            found = [i for i in found if i is not None]
-            rest = self._fallback_order(found[0] if found else None, n_items)
-            seen = set(found)
-            rankings.append(found + [i for i in rest if i not in seen])
-        return torch.tensor(rankings, dtype=torch.long, device=input_ids.device)
+        found = [[i for i in map(self.trie.value, (h.tokens for h in hyps)) if i is not None]
+                 for hyps in beams]
+        orders = self.fallback_orders([items[0] if items else None for items in found])
+        return found_first(found, orders).to(input_ids.device)
 
     def beams(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
@@ -88,13 +83,40 @@ class ConstrainedGrounder:
         return beam_search(llm, input_ids, attention_mask, layer, insert=insert,
                            share_prefix=True, **common)
 
-    def _fallback_order(self, anchor: int | None, n_items: int) -> list[int]:
-        if anchor is None or self.catalog_embeddings is None:
-            if self.prior is not None and self.gamma:
-                return self.prior.argsort(descending=True, stable=True).tolist()
-            return list(range(n_items))
-        emb = self.catalog_embeddings
-        distances = l2_distances(emb[anchor : anchor + 1], emb)
+    def fallback_orders(self, anchors: list[int | None]) -> Int[Tensor, "batch items"]:
+        """Each sample's order of the whole catalog after its beams: by (prior-adjusted) L2
+        distance to its ``anchor`` (the top beam's item); by the prior, or catalog order,
+        without an anchor or embeddings. One batched distance computation for all anchors
+        (:func:`l2_distances` is batch-invariant, so a row does not depend on the others)."""
+        n_items = len(self.targets)
         if self.prior is not None and self.gamma:
-            distances = adjusted_distances(distances, self.prior, self.gamma)
-        return distances[0].argsort(stable=True).tolist()
+            plain = self.prior.argsort(descending=True, stable=True)
+        else:
+            plain = torch.arange(n_items)
+        orders = plain.to(self._device()).expand(len(anchors), n_items).clone()
+        rows = [row for row, anchor in enumerate(anchors) if anchor is not None]
+        if rows and self.catalog_embeddings is not None:
+            emb = self.catalog_embeddings
+            distances = l2_distances(emb[[anchors[row] for row in rows]], emb)
+            if self.prior is not None and self.gamma:
+                distances = adjusted_distances(distances, self.prior, self.gamma)
+            orders[rows] = distances.argsort(dim=1, stable=True).to(orders.device)
+        return orders
+
+    def _device(self) -> torch.device:
+        held = self.catalog_embeddings if self.catalog_embeddings is not None else self.prior
+        return held.device if held is not None else torch.device("cpu")
+
+
+@jaxtyped(typechecker=beartype)
+def found_first(found: list[list[int]], orders: Int[Tensor, "batch items"]
+                ) -> Int[Tensor, "batch items"]:
+    """Each row: the items ``found`` (in their order), then the rest of ``orders``'s row, in
+    its order, without them. ``found`` holds distinct items of the catalog."""
+    ranked = torch.empty_like(orders)
+    for row, (items, order) in enumerate(zip(found, orders, strict=True)):
+        head = torch.tensor(items, dtype=torch.long, device=order.device)
+        taken = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
+        taken[head] = True
+        ranked[row] = torch.cat([head, order[~taken[order]]])
+    return ranked
