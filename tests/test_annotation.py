@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from automr.annotation import UpperAnnotator, deltas, labels
 from automr.annotation.likelihood import common_prefix
 from automr.combiners import AppendToken, Concat, PrependToken, pad_memory
+from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
 from automr.llm import HFSplitLLM
 from automr.state import LayerState
@@ -175,17 +176,23 @@ def test_paper_form_is_near_uniform_for_long_targets():
     assert sharp.argmax() == 0 and sharp.max() > 0.9
 
 
+@example(base=-20.0, gaps=[0.0, 0.0])  # every delta is 0: the deltas have no scale
+@example(base=-120.0, gaps=[0.0, -1.0, 2.0])
 @given(base=st.floats(-300, -20), gaps=st.lists(st.floats(-3, 3), min_size=2, max_size=8))
 def test_paper_labels_at_the_deltas_scale_are_the_plain_float64_softmax(base, gaps):
     """With the deltas' own scale as temperature, S' keeps its shape however small the
-    products are (log P(y) of -120 is below float32's range)."""
+    products are (log P(y) of -120 is below float32's range). When every element leaves
+    P(y) unchanged (all deltas 0) that scale is 0, which is refused as a temperature, and
+    at any temperature S' is uniform, as the plain softmax of zeros."""
     import math
 
     with_element = torch.tensor([base + g for g in gaps])  # float32, as annotation stores it
     plain = with_element.double().exp() - math.exp(base)
     scale = float(plain.abs().max())
     if scale == 0.0:
-        return
-    expected = torch.softmax(plain / scale, 0)
-    got = labels(base, with_element, "paper", scale)
+        with pytest.raises(AutomrError, match="positive"):
+            labels(base, with_element, "paper", scale)
+    temperature = scale if scale > 0.0 else 1.0
+    expected = torch.softmax(plain / temperature, 0)
+    got = labels(base, with_element, "paper", temperature)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=0)

@@ -461,12 +461,43 @@ def test_training_restores_the_best_state_and_is_seeded():
     assert len(history.valid_kl) == len(history.valid_top1) == len(history.train_kl)
     assert history.valid_kl[history.best_epoch - 1] == min(history.valid_kl)
     assert evaluate_retriever(retriever, valid).kl == pytest.approx(min(history.valid_kl))
-    if history.stopped_early:
-        assert len(history.train_kl) - history.best_epoch == config.patience
+    # Training ends patience epochs after the best one, or at max_epochs if that comes first.
+    assert len(history.train_kl) == min(config.max_epochs, history.best_epoch + config.patience)
+    assert history.stopped_early == (len(history.train_kl) < config.max_epochs)
     again, history_again = train_mlp_retriever(train, valid, config, quiet=True)
     assert history_again == history
     for a, b in zip(retriever.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("max_epochs", "patience", "stops"),
+                         [(8, 3, True), (5, 3, True), (4, 3, False), (3, 3, False)])
+def test_early_stopping_on_a_flat_validation_keeps_the_first_epoch(max_epochs, patience, stops):
+    """Validation samples of one element each score top-1 1 whatever the weights, so epoch 1
+    is the best and no later epoch is strictly better: training stops after epoch
+    1 + patience exactly when that comes before max_epochs (else runs all max_epochs), and
+    returns epoch 1's weights, not the last epoch's."""
+    train, one = synthetic(64, 0), synthetic(16, 1)
+    single = torch.zeros_like(one.mask)
+    single[:, 0] = True
+    valid = RetrievalDataset(queries=one.queries, keys=one.keys, mask=single,
+                             targets=single.float())
+
+    def config(epochs: int) -> RetrieverTrainingConfig:
+        return RetrieverTrainingConfig(lr=0.05, batch_size=16, max_epochs=epochs,
+                                       patience=patience, mlp_hidden=16, seed=3,
+                                       monitor="top1")
+
+    retriever, history = train_mlp_retriever(train, valid, config(max_epochs), quiet=True)
+    assert history.valid_top1 == (1.0,) * len(history.train_kl)
+    assert history.best_epoch == 1
+    assert history.stopped_early is stops
+    assert len(history.train_kl) == (1 + patience if stops else max_epochs)
+    first, _ = train_mlp_retriever(train, valid, config(1), quiet=True)
+    last, _ = train_mlp_retriever(train, None, config(len(history.train_kl)), quiet=True)
+    pairs = list(zip(retriever.parameters(), first.parameters(), last.parameters(), strict=True))
+    assert all(torch.equal(got, want) for got, want, _ in pairs)
+    assert not all(torch.equal(got, trained) for got, _, trained in pairs)
 
 
 def test_training_on_top1_and_without_validation():

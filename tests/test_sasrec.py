@@ -417,6 +417,62 @@ def test_chunked_ce_equals_the_dense_loss_and_every_gradient(
         torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@settings(max_examples=20, deadline=None)
+@given(sequences=st.lists(st.lists(st.integers(1, N_ITEMS), min_size=2, max_size=MAX_LEN + 3),
+                          min_size=1, max_size=7),
+       batch_size=st.integers(1, 7), seed=st.integers(0, 99))
+def test_training_batches_drop_only_all_padding_columns_and_lose_nothing(
+    sequences: list[list[int]], batch_size: int, seed: int
+) -> None:
+    """An epoch trims each batch to its real columns before the forward: every batch it feeds
+    training_loss is some of the data's rows less their leading all-padding columns (none of
+    which is kept), and its states, logits, loss and gradients at the real positions equal
+    those of the same rows left max_len wide. Rows of 1..max_len items (sequences of up to
+    max_len + 3 items, cut into windows), dropout 0 and lr 0: every forward sees one model."""
+    config = SASRecConfig(hidden=8, n_blocks=2, n_heads=2, max_len=MAX_LEN, dropout=0.0,
+                          batch_size=batch_size, shuffle_ties=False, loss="ce")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SASRec(config, N_ITEMS)
+    data = training_tensors(sequences, MAX_LEN, N_ITEMS, windows=True)
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording(model, inputs, positives, seen, generator, **kwargs):
+        batches.append((inputs, positives))
+        return training_loss(model, inputs, positives, seen, generator, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sasrec_module, "training_loss", recording)
+        epoch_loss = sasrec_module._train_epoch(
+            model, torch.optim.SGD(model.parameters(), lr=0.0), data,
+            torch.Generator().manual_seed(seed))
+    model.eval()
+    params = list(model.parameters())
+    rows: list[list[int]] = []
+    for inputs, positives in batches:
+        width = inputs.shape[1]
+        assert bool((inputs[:, 0] != PAD).any())  # no all-padding column is left
+        wide_in = F.pad(inputs, (MAX_LEN - width, 0), value=PAD)
+        wide_pos = F.pad(positives, (MAX_LEN - width, 0), value=PAD)
+        rows += torch.cat([wide_in, wide_pos], dim=1).tolist()
+        real = inputs != PAD
+        states = model.encode(inputs)
+        wide_states = model.encode(wide_in)[:, -width:]
+        torch.testing.assert_close(states[real], wide_states[real])
+        torch.testing.assert_close(states[real] @ model.item_emb.weight.T,
+                                   wide_states[real] @ model.item_emb.weight.T)
+        trimmed = training_loss(model, inputs, positives, positives, torch.Generator())
+        wide = training_loss(model, wide_in, wide_pos, wide_pos, torch.Generator())
+        torch.testing.assert_close(trimmed, wide)
+        for got, want in zip(torch.autograd.grad(trimmed, params),
+                             torch.autograd.grad(wide, params), strict=True):
+            torch.testing.assert_close(got, want)
+    # Together the batches are the data's rows, each once, with only padding dropped.
+    assert sorted(rows) == sorted(torch.cat([data.inputs, data.positives], dim=1).tolist())
+    plain = training_loss(model, data.inputs, data.positives, data.positives, torch.Generator())
+    assert epoch_loss == pytest.approx(float(plain.detach()), rel=1e-5)
+
+
 def test_validation_metric_is_the_mean_full_ranking_metric() -> None:
     model = _model()
     rng = random.Random(3)
