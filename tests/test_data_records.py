@@ -60,6 +60,11 @@ def test_catalog_lookups_with_repeated_titles():
     assert catalog.repeated_titles == {"Sabrina": ("1", "2")}
     assert "2" in catalog and len(catalog) == 3 and catalog.ids == ("1", "2", "3")
     assert catalog.subset({"3", "1"}).ids == ("1", "3")
+    assert catalog["2"] == Item("2", "Sabrina")
+    assert catalog.positions(["3", "1", "3"]) == [2, 0, 2]
+    assert catalog.positions(catalog.ids) == list(range(len(catalog)))
+    with pytest.raises(KeyError):
+        catalog.positions(["1", "9"])
     with pytest.raises(ValueError, match="twice"):
         Catalog((Item("1", "a"), Item("1", "b")))
 

@@ -8,7 +8,7 @@ each long-term (memory) item is scored by cosine similarity to the query and the
 listed oldest first: ``Earlier, the user has also watched: "A", "B".``
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -45,13 +45,11 @@ class ReLLaContext:
     catalog: Catalog = attrs.field(repr=False)
     prompt: PromptConfig = attrs.field(repr=False)
     k: int = attrs.field(default=5, validator=attrs.validators.gt(0))
-    index: Mapping[str, int] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.catalog):
             raise ValueError(f"ReLLaContext: embeddings {tuple(self.embeddings.shape)} need one "
                              f"row per catalog item ({len(self.catalog)})")
-        object.__setattr__(self, "index", {item: i for i, item in enumerate(self.catalog.ids)})
 
     @property
     def config(self) -> dict:
@@ -64,8 +62,8 @@ class ReLLaContext:
         if not latest or not sample.recent:
             return ()
         positions = sorted(latest.values())
-        rows = torch.tensor([self.index[sample.memory[p]] for p in positions])
-        recent = torch.tensor([self.index[item] for item in sample.recent])
+        rows = torch.tensor(self.catalog.positions(sample.memory[p] for p in positions))
+        recent = torch.tensor(self.catalog.positions(sample.recent))
         scores = rella_scores(self.embeddings[rows].float(), self.embeddings[recent].float())
         order = sorted(range(len(positions)), key=lambda j: (-float(scores[j]), -positions[j]))
         chosen = sorted(positions[j] for j in order[: self.k])

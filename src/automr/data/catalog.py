@@ -54,18 +54,18 @@ class Catalog:
     """
 
     items: tuple[Item, ...] = attrs.field(converter=tuple)
-    _by_id: dict[str, Item] = attrs.field(init=False, repr=False, eq=False)
+    _position: dict[str, int] = attrs.field(init=False, repr=False, eq=False)
     _by_title: dict[str, tuple[str, ...]] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        by_id: dict[str, Item] = {}
+        position: dict[str, int] = {}
         by_title: dict[str, list[str]] = {}
-        for item in self.items:
-            if item.id in by_id:
+        for i, item in enumerate(self.items):
+            if item.id in position:
                 raise ValueError(f"item id {item.id!r} appears twice in the catalog")
-            by_id[item.id] = item
+            position[item.id] = i
             by_title.setdefault(item.title, []).append(item.id)
-        object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_position", position)
         object.__setattr__(self, "_by_title", {t: tuple(ids) for t, ids in by_title.items()})
 
     def __len__(self) -> int:
@@ -75,10 +75,10 @@ class Catalog:
         return iter(self.items)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._by_id
+        return item_id in self._position
 
     def __getitem__(self, item_id: str) -> Item:
-        return self._by_id[item_id]
+        return self.items[self._position[item_id]]
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -86,10 +86,15 @@ class Catalog:
 
     def title(self, item_id: str) -> str:
         """The display title of ``item_id`` (KeyError if unknown)."""
-        return self._by_id[item_id].title
+        return self[item_id].title
 
     def titles(self, item_ids: Iterable[str]) -> list[str]:
-        return [self._by_id[i].title for i in item_ids]
+        return [self[i].title for i in item_ids]
+
+    def positions(self, item_ids: Iterable[str]) -> list[int]:
+        """Each item's place in the catalog order (its index in :attr:`ids`, its row or column
+        in anything built over all items); KeyError if unknown."""
+        return [self._position[i] for i in item_ids]
 
     def ids_for_title(self, title: str) -> tuple[str, ...]:
         """All item ids whose display title is exactly ``title`` (empty tuple if none)."""

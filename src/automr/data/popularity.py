@@ -8,12 +8,11 @@ from automr.data.prepared import PreparedDataset
 
 def training_sequences(dataset: PreparedDataset) -> dict[str, list[int]]:
     """Every user's training-period items as catalog indices, in timeline order."""
-    index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
-    sequences: dict[str, list[int]] = {}
+    items: dict[str, list[str]] = {}
     for interaction in dataset.interactions:
         if dataset.boundaries.split_of(interaction.timestamp) == "train":
-            sequences.setdefault(interaction.user, []).append(index[interaction.item])
-    return sequences
+            items.setdefault(interaction.user, []).append(interaction.item)
+    return {user: dataset.catalog.positions(ids) for user, ids in items.items()}
 
 
 def popularity(dataset: PreparedDataset) -> torch.Tensor:

@@ -30,9 +30,9 @@ def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Samp
           exclude_seen: bool) -> list[int]:
     """Ranks of the targets; with ``exclude_seen``, the sample's history items are removed
     from its ranking (the target never is)."""
-    index = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
-    targets = torch.tensor([index[s.target] for s in samples])
-    exclude = (seen_mask([[index[i] for i in s.history] for s in samples], scores.shape[1])
+    catalog = dataset.catalog
+    targets = torch.tensor(catalog.positions(s.target for s in samples))
+    exclude = (seen_mask([catalog.positions(s.history) for s in samples], scores.shape[1])
                if exclude_seen else None)
     return ranks_from_scores(scores, targets, exclude).tolist()
 
@@ -106,19 +106,19 @@ class CooccurrenceMethod:
             self._tie_break = pop / (pop.max() + 1)
         return self._tie_break
 
-    def _query(self, samples: Sequence[Sample], index: Mapping[str, int]) -> torch.Tensor:
+    def _query(self, samples: Sequence[Sample]) -> torch.Tensor:
         """Sparse CSR ``[samples, items]``: how often each item is among a sample's last
         ``query_items`` history items."""
+        catalog = self.dataset.catalog
         rows = [row for row, s in enumerate(samples) for _ in s.history[-self.query_items:]]
-        cols = [index[item] for s in samples for item in s.history[-self.query_items:]]
-        return _csr_counts(rows, cols, (len(samples), len(index)))
+        cols = catalog.positions(item for s in samples for item in s.history[-self.query_items:])
+        return _csr_counts(rows, cols, (len(samples), len(catalog)))
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
-        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
         follows, tie_break = self.follows(), self.tie_break()
         ranks: list[int] = []
         for start in range(0, len(samples), 256):
             chunk = samples[start : start + 256]
-            counts = (self._query(chunk, index) @ follows).to_dense()
+            counts = (self._query(chunk) @ follows).to_dense()
             ranks += _rank(counts + tie_break, self.dataset, chunk, self.exclude_seen)
         return ranks

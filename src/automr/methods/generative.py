@@ -106,12 +106,12 @@ class GenerativeMethod:
                               f"{rankings.shape[1]} item indices per sample that are not an "
                               f"order of the whole catalog ({n_items} items): a grounder ranks "
                               f"every item")
-        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
-        targets = torch.tensor([index[s.target] for s in samples], dtype=torch.long)
+        catalog = self.dataset.catalog
+        targets = torch.tensor(catalog.positions(s.target for s in samples), dtype=torch.long)
         positions = (rankings == targets[:, None]).long().argmax(dim=1)
         if not self.exclude_seen:
             return positions.tolist()
-        seen = seen_mask([[index[i] for i in s.history] for s in samples], n_items)
+        seen = seen_mask([catalog.positions(s.history) for s in samples], n_items)
         seen[torch.arange(len(samples)), targets] = False
         seen_before = seen.gather(1, rankings).long().cumsum(1).gather(1, positions[:, None])
         return (positions - seen_before[:, 0]).tolist()
@@ -122,9 +122,9 @@ class GenerativeMethod:
         (``[samples items]``, nearest first; the history left out with ``exclude_seen``): the
         number of other items at most as far, so a title shared by several items ranks below
         all of them (:func:`~automr.evaluation.metrics.ranks_from_scores`)."""
-        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
-        targets = torch.tensor([index[s.target] for s in samples], dtype=torch.long)
-        exclude = (seen_mask([[index[i] for i in s.history] for s in samples], len(index))
+        catalog = self.dataset.catalog
+        targets = torch.tensor(catalog.positions(s.target for s in samples), dtype=torch.long)
+        exclude = (seen_mask([catalog.positions(s.history) for s in samples], len(catalog))
                    if self.exclude_seen else None)
         return ranks_from_scores(-distances, targets, exclude).tolist()
 

@@ -273,10 +273,10 @@ class Workspace:
         if not samples:
             raise AutomrError("the -pop grounders choose gamma on validation samples; this "
                               "dataset has none")
-        index = {item_id: i for i, item_id in enumerate(self.dataset.catalog.ids)}
-        targets = torch.tensor([index[s.target] for s in samples])
+        catalog = self.dataset.catalog
+        targets = torch.tensor(catalog.positions(s.target for s in samples))
         prior = min_max(scores(samples).float())
-        exclude = (seen_mask([[index[i] for i in s.history] for s in samples], len(index))
+        exclude = (seen_mask([catalog.positions(s.history) for s in samples], len(catalog))
                    if self.options.exclude_seen else None)
         gamma, values = choose_gamma(plain.distances(samples), prior, targets,
                                      exclude=exclude)

@@ -1,6 +1,6 @@
 """SASRec as a :class:`~automr.interfaces.Method`: trained on the training period on first use."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -26,42 +26,40 @@ class SASRecMethod:
     def settings(self) -> Mapping[str, Any]:
         return {"sasrec": attrs.asdict(self.config)}
 
-    @property
-    def index(self) -> dict[str, int]:
-        """Catalog item id -> SASRec item id (0 is padding)."""
-        return {item_id: i + 1 for i, item_id in enumerate(self.dataset.catalog.ids)}
+    def item_ids(self, items: Iterable[str]) -> list[int]:
+        """SASRec's ids of catalog items: the catalog position + 1 (0 is padding)."""
+        return [position + 1 for position in self.dataset.catalog.positions(items)]
 
     def model(self) -> SASRec:
         """The trained model (trained on the first call)."""
         if self._model is None:
-            index, dataset = self.index, self.dataset
-            sequences: dict[str, list[int]] = {}
+            dataset, ids = self.dataset, self.item_ids
+            items: dict[str, list[str]] = {}
             times: dict[str, list[int]] = {}
             for interaction in dataset.interactions:
                 if dataset.boundaries.split_of(interaction.timestamp) == "train":
-                    sequences.setdefault(interaction.user, []).append(index[interaction.item])
+                    items.setdefault(interaction.user, []).append(interaction.item)
                     times.setdefault(interaction.user, []).append(interaction.timestamp)
-            valid = [([index[i] for i in s.history], index[s.target])
-                     for s in dataset.samples("valid")]
-            self._model, _ = fit_sasrec(list(sequences.values()), valid, self.config,
-                                        times=list(times.values()), n_items=len(index),
+            valid = [(ids(s.history), ids([s.target])[0]) for s in dataset.samples("valid")]
+            self._model, _ = fit_sasrec([ids(i) for i in items.values()], valid, self.config,
+                                        times=list(times.values()), n_items=len(dataset.catalog),
                                         device=self.device, quiet=not self.progress)
         return self._model
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         """Full-ranking ranks over the catalog; with ``config.exclude_seen`` (the default) the
         sample's history items other than the target are left out, as SASRec is trained."""
-        model, index = self.model(), self.index
-        pairs = [([index[i] for i in s.history], index[s.target]) for s in samples]
+        model, ids = self.model(), self.item_ids
+        pairs = [(ids(s.history), ids([s.target])[0]) for s in samples]
         return rank_targets(model, pairs, self.config.exclude_seen,
                             self.config.eval_batch_size).tolist()
 
     def scores(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, catalog items]`` float32 on the CPU: the trained model's score of every
         catalog item (column ``i`` is the catalog's ``i``-th item) after each sample's history."""
-        model, index = self.model(), self.index
-        histories = [[index[i] for i in s.history] for s in samples]
+        model = self.model()
+        histories = [self.item_ids(s.history) for s in samples]
         size = self.config.eval_batch_size
         return torch.cat([model.score(histories[start : start + size])[:, 1:].float().cpu()
                           for start in range(0, len(histories), size)]
-                         or [torch.zeros(0, len(index))])
+                         or [torch.zeros(0, len(self.dataset.catalog))])
