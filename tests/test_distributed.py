@@ -71,6 +71,14 @@ def test_a_single_process_command_under_a_launcher_is_refused_first(monkeypatch,
     assert f"`automr {command}` runs in one process" in result.output
 
 
+def _why_a_worker_failed(stderr: str) -> str:
+    """The lines that name an abort's cause (they can scroll out of the tail when the other
+    worker's traceback follows), then the tail."""
+    causes = ("terminate called", "what():", "Fatal Python error", "Error", "exitcode")
+    clues = [line for line in stderr.splitlines() if any(c in line for c in causes)]
+    return "\n".join([*clues[:40], "--- last lines ---", stderr[-6000:]])
+
+
 class CountingMethod:
     """Ranks each sample at its position in the sample list; counts the samples ranked."""
 
@@ -141,13 +149,15 @@ def test_two_processes_equal_one(tmp_path):
     cli = CliRunner().invoke(app, steps.cli_evaluate_args(workspace, ref / "cli-evaluation"))
     assert cli.exit_code == 0, cli.output
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    # faulthandler: a worker that aborts prints every thread's Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS),
+           "PYTHONFAULTHANDLER": "1"}
     env.pop("WORLD_SIZE", None)
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(TESTS / "distributed_steps.py"), str(workspace), str(par)],
         env=env, capture_output=True, text=True, timeout=300)
-    assert launched.returncode == 0, launched.stderr[-4000:]
+    assert launched.returncode == 0, _why_a_worker_failed(launched.stderr)
     assert json.loads((par / "processes.json").read_text())["world"] == 2
 
     # memory (window, and item with each item stored once per shard): the same index and
