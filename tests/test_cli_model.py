@@ -1,5 +1,6 @@
 """``automr model fetch|info`` through Typer's CliRunner."""
 
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 import automr.llm.loading as loading
 from automr.cli.main import app
+from automr.errors import AutomrError
 from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
 
 runner = CliRunner()
@@ -31,11 +33,103 @@ def test_info_on_a_local_folder(tiny_folder):
     assert len(lines["fingerprint"]) == 64
 
 
-def test_missing_model_is_a_one_line_error(tmp_path):
-    result = runner.invoke(app, ["model", "info", str(tmp_path / "nope")])
+@pytest.mark.parametrize("name", ["ABS", "./w/nope", "w/nope", "../here/w/nope"])
+def test_missing_model_folder_is_a_one_line_error(tmp_path, monkeypatch, name):
+    """A name that can only be a path (absolute, ./, ../, or under a folder that exists here)
+    is not asked of the hub: it names a missing folder."""
+    (tmp_path / "here" / "w").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    missing = tmp_path / "nope" if name == "ABS" else tmp_path / "here" / "w" / "nope"
+    result = runner.invoke(app, ["model", "info", str(missing) if name == "ABS" else name])
     assert result.exit_code == 2
-    assert "could not load model" in result.output
-    assert "Traceback" not in result.output
+    assert result.output.strip() == f"error: no model folder at {missing}"
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_hub_id_with_no_folder_and_no_hub_is_a_one_line_error(tmp_path, monkeypatch, offline):
+    """Not a folder here, not in the hub cache and the hub is unreachable: said at once (no
+    download retries), naming both."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    monkeypatch.setattr(loading, "AutoTokenizer", None)  # nothing is downloaded
+    result = runner.invoke(app, ["model", "info", "org/nothere"])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert f"no model folder 'org/nothere' here ({tmp_path})" in result.output
+    assert "hub could not be reached" in result.output
+    assert ("HF_HUB_OFFLINE" if offline else "Name or service not known") in result.output
+
+
+def not_a_model(folder, tiny_folder):
+    folder.mkdir()
+    return folder
+
+
+def dataset_like(folder, tiny_folder):
+    folder.mkdir()
+    (folder / "config.json").write_text('{"format": "automr.prepared-dataset/1"}')
+    return folder
+
+
+def finetune_run(folder, tiny_folder):
+    (folder / "best").mkdir(parents=True)
+    (folder / "finetune.json").write_text("{}")
+    return folder
+
+
+def damaged_weights(folder, tiny_folder):
+    shutil.copytree(tiny_folder, folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("make, expected", [
+    (not_a_model, "{folder} holds no model (no config.json with a model_type)"),
+    (dataset_like, "{folder} holds no model (no config.json with a model_type)"),
+    (finetune_run, "{folder} holds no model (no config.json with a model_type): it is an "
+                   "`automr finetune` run, give it as --finetuned"),
+    (damaged_weights, "could not load the model in {folder}: "),
+])
+def test_a_folder_without_a_loadable_model_is_a_one_line_error(tmp_path, tiny_folder, make,
+                                                               expected):
+    folder = make(tmp_path / "folder", tiny_folder)
+    result = runner.invoke(app, ["model", "info", str(folder)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: {expected.format(folder=folder)}")
+
+
+def test_a_finetune_records_its_base_model_folder_as_an_absolute_path(tmp_path, monkeypatch):
+    """``--model m`` typed relative is recorded absolute, so the run loads from any folder;
+    once the folder is gone, loading says so, naming the run's record."""
+    from automr.recommenders.finetune import FinetuneConfig, finetune
+    from automr.recommenders.runs import FinetunedRun
+    from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    save_tiny_model(tmp_path / "m")
+    config = FinetuneConfig(max_train_samples=4, max_valid_samples=2, batch_size=2, epochs=1,
+                            lora_from_layer=2)
+    record = finetune(loaded := loading.load_model("m", device="cpu"),
+                      synthetic_dataset(tmp_path), tmp_path / "run", config, progress=False)
+    assert record["model"] == str(tmp_path / "m")
+    adapter = json.loads((tmp_path / "run" / "best" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tmp_path / "m")
+    assert loaded.name == "m"
+    monkeypatch.chdir(tmp_path / "run")
+    FinetunedRun.open(tmp_path / "run").load(device="cpu")
+    (tmp_path / "m").rename(tmp_path / "moved")
+    with pytest.raises(AutomrError) as refused:
+        FinetunedRun.open(tmp_path / "run").load(device="cpu")
+    assert str(refused.value) == (f"the base model folder {tmp_path / 'm'} recorded in "
+                                  f"{tmp_path / 'run' / 'finetune.json'} is missing; put the "
+                                  f"model back there")
 
 
 def test_fetch_refuses_other_models():
@@ -74,6 +168,7 @@ def test_a_hub_model_has_one_fingerprint_from_its_first_download_on(tiny_folder,
         return SimpleNamespace(from_pretrained=lambda name, **kw: auto.from_pretrained(
             download(name), **kw))
 
+    monkeypatch.setattr(loading, "hub_unreachable", lambda name: None)  # the hub answers
     monkeypatch.setattr(loading, "AutoTokenizer", from_hub(loading.AutoTokenizer))
     monkeypatch.setattr(loading, "AutoModelForCausalLM", from_hub(loading.AutoModelForCausalLM))
     first = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")

@@ -169,13 +169,18 @@ def load_model(
         fingerprint = record["fingerprint"]  # of the float32 weights, whatever dtype is used
         source: str | Path = folder
     else:
-        source = name
+        source = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, attn_implementation="sdpa", **NO_HUB_KERNELS
         )
-    except OSError as error:
+    except Exception as error:
+        if isinstance(source, Path):  # a local folder: whatever failed is in its files
+            raise AutomrError(f"could not load the model in {source}: {one_line(error)}") \
+                from error
+        if not isinstance(error, OSError):
+            raise
         raise AutomrError(
             f"could not load model {name!r}: {error}. Give a local folder with config.json, "
             f"weights and tokenizer files, an id reachable on the Hugging Face hub, or "
@@ -188,6 +193,72 @@ def load_model(
     model = model.to(torch_device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
                        source=folder, cache_dir=cache_dir)
+
+
+def model_source(name: str) -> str | Path:
+    """What transformers loads ``name`` (not an embedded name) from: a local folder, resolved
+    (the model then records an absolute path), else the hub id as given. Refused at once: a
+    folder without ``config.json``, a name that can only be a path and names no folder, and a
+    hub id neither cached nor local while the hub cannot be reached (no download retries)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not _has_model_config(path):
+            hint = (": it is an `automr finetune` run, give it as --finetuned"
+                    if (path / "finetune.json").is_file() else "")
+            raise AutomrError(f"{path} holds no model (no config.json with a model_type){hint}")
+        return path.resolve()
+    if not _could_be_hub_id(name):
+        raise AutomrError(f"no model folder at {path.resolve()}")
+    if model_folder(name) is None and (reason := hub_unreachable(name)):
+        raise AutomrError(f"no model folder {name!r} here ({Path.cwd()}), and the Hugging Face "
+                          f"hub could not be reached to fetch it ({reason})")
+    return name
+
+
+def _has_model_config(folder: Path) -> bool:
+    """Whether ``folder`` has a model's ``config.json``: one that names its ``model_type``, or
+    one too damaged to tell (loading it then says what is wrong)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except OSError:
+        return False
+    except ValueError:
+        return True
+    return isinstance(config, dict) and "model_type" in config
+
+
+def _could_be_hub_id(name: str) -> bool:
+    """Whether ``name`` is a valid hub id whose first part is no local file or folder (``w/m``
+    with a folder ``w`` here is a path; ``./m``, ``/m`` and ``~/m`` are no hub ids)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not Path(name.split("/")[0]).exists()
+
+
+def hub_unreachable(name: str) -> str | None:
+    """Why the Hugging Face hub cannot be asked for ``name`` now (offline mode, no
+    connection), or None: one request without retries, made before a first download."""
+    from huggingface_hub import is_offline_mode, model_info
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        model_info(name, timeout=10)
+    except HfHubHTTPError:  # the hub answered (no such model, private, ...): loading says why
+        return None
+    except Exception as error:  # no answer at all: no network, DNS, timeout
+        return one_line(error)
+    return None
+
+
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = None) -> Path:

@@ -375,7 +375,7 @@ def finetune(
     _check_layers(loaded, config)
     _check_memory(loaded, config, memory)
     identity = json.loads(json.dumps({  # as it reads back from state.json
-        "config": config.to_json(), "model": loaded.name,
+        "config": config.to_json(), "model": canonical_model_name(loaded.name),
         "model_fingerprint": loaded.fingerprint(), "data_fingerprint": dataset_fingerprint(dataset),
         **({} if config.memory is None else {"memory": memory_identity(memory)}),
     }))

@@ -46,7 +46,8 @@ class FinetunedRun:
 
     @property
     def base_model(self) -> str:
-        """The base model's id or folder, as given to ``automr finetune --model``."""
+        """The base model's hub id or folder's absolute path (runs of older automr versions
+        recorded a folder as typed to ``automr finetune --model``)."""
         return self.record["model"]
 
     @property
@@ -70,6 +71,10 @@ class FinetunedRun:
         """The base model with the best adapter attached (eval mode)."""
         from peft import PeftModel
 
+        folder = Path(self.base_model).expanduser()
+        if folder.is_absolute() and not folder.is_dir():
+            raise AutomrError(f"the base model folder {folder} recorded in "
+                              f"{self.path / RESULT_FILE} is missing; put the model back there")
         base = load_model(self.base_model, device=device, dtype=dtype, cache_dir=cache_dir)
         if base.fingerprint() != self.base_fingerprint:  # the same whatever dtype is used
             raise AutomrError(f"the base model {self.base_model!r} found here (fingerprint "
