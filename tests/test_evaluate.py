@@ -85,7 +85,7 @@ def test_missing_finetune_is_a_clear_error(workspace, tmp_path):
     result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"),
                                  "--out", str(tmp_path), "--methods", "bigrec:l2"])
     assert result.exit_code == 2
-    assert "--finetuned" in result.output
+    assert "bigrec:l2 needs --finetuned RUN_DIR" in result.output  # it named no method
 
 
 @pytest.mark.parametrize(("methods", "measures", "message"), [
@@ -100,3 +100,65 @@ def test_a_table_that_would_drop_a_method_is_refused(workspace, tmp_path, method
                                  measures, "--samples", "4"])
     assert result.exit_code == 2, result.output
     assert message in result.output and not (tmp_path / "out" / "results.md").exists()
+
+
+def test_without_layer_a_small_model_splits_within_it(workspace, tmp_path):
+    """The default layer 15 was refused for the 4-layer model though no --layer was given;
+    the settings keep 15, so that folders of the default on larger models resume."""
+    data, model = str(workspace / "prepared"), str(workspace / "model")
+    args = ["evaluate", "--data", data, "--model", model, "--methods", "base:constrained",
+            "--samples", "2", "--quiet", "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "out/ranks/base-constrained.settings.json").read_text())
+    assert settings["layer"] == 15
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--layer", "9"])
+    assert bad.exit_code == 2 and "--layer 9 is outside 0..4" in bad.output, bad.output
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--num-beams", "-1", "--num-beams must be >= 0"), ("--layer", "-1", "--layer must be >= 0")])
+def test_a_negative_beam_count_or_layer_is_one_line(workspace, tmp_path, option, value, says):
+    result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"), "--out",
+                                 str(tmp_path / "out"), "--methods", "base:l2", option, value])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_out_into_another_artifact_or_a_file_is_refused(workspace, tmp_path):
+    """Ranks and results were written into a prepared dataset's folder (or a traceback for a
+    file)."""
+    (tmp_path / "file").write_text("x")
+    for out, says in ((workspace / "prepared", "is not an evaluation folder"),
+                      (tmp_path / "file", "is a file")):
+        result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"),
+                                     "--out", str(out), "--methods", "pop", "--samples", "2"])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert not (workspace / "prepared" / "ranks").exists()
+
+
+def test_a_finetune_of_another_dataset_is_refused(workspace, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "finetune.json").write_text(json.dumps({
+        "model": str(workspace / "model"), "model_fingerprint": "0" * 64,
+        "data_fingerprint": "1" * 64, "config": {"lora_from_layer": 0}}))
+    result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"), "--out",
+                                 str(tmp_path / "out"), "--methods", "bigrec:likelihood",
+                                 "--finetuned", str(run), "--samples", "2", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert f"{run} was tuned on another dataset than" in result.output
+    assert str(workspace / "prepared") in result.output
+
+
+@pytest.mark.parametrize(("keywords", "says"), [
+    ({"top": -5}, "--top must be >= 1"), ({"top": 0}, "--top must be >= 1"),
+    ({"k": 0}, "--k must be >= 1"), ({"num_beams": -1}, "--num-beams must be >= 0")])
+def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
+    """--top -5 showed 11 items, --top 0 none, --k 0 ran without memory, and negative beams
+    were a traceback."""
+    from automr.errors import AutomrError
+    from automr.experiments.recommend import recommend
+
+    with pytest.raises(AutomrError, match=says):
+        recommend("no-data", "u", "no-ft", "no-memory", "no-retriever", **keywords)

@@ -320,3 +320,38 @@ def test_settings_that_cannot_be_saved_are_refused_before_any_ranking():
     method = Returns([0, 0, 0, 0], settings={"dtype": torch.float32})
     with pytest.raises(AutomrError, match="the settings of m are not JSON"):
         evaluate({"m": method}, SAMPLES[:4], 30, n_resamples=20)
+
+
+def test_the_api_takes_named_methods_a_catalog_size_and_any_iterable_of_samples():
+    """A list of methods failed on 'startswith', n_items=0 blamed the method, and an iterator
+    of samples was read up before the ranking."""
+    with pytest.raises(AutomrError, match=r"dict \{name: method\}"):
+        evaluate([Constant(0)], SAMPLES, 30)
+    with pytest.raises(AutomrError, match="n_items"):
+        evaluate({"m": Constant(0)}, SAMPLES, 0)
+    assert (evaluate({"m": Constant(1)}, iter(SAMPLES), 30).reports
+            == evaluate({"m": Constant(1)}, SAMPLES, 30).reports)
+
+
+def test_an_out_of_another_artifact_or_a_file_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "config.json").write_text("{}")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AutomrError, match=r"config\.json.*not an evaluation folder"):
+        evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "data")
+    with pytest.raises(AutomrError, match="is a file"):
+        evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "file")
+    assert not (tmp_path / "data" / "ranks").exists()
+    evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "eval")
+    evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "eval")  # its own: resumed
+
+
+def test_a_damaged_ranks_file_says_to_delete_it(tmp_path):
+    """It said to make it again with `automr evaluate`, the command that had just failed."""
+    evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path)
+    EvaluationFolder(tmp_path).ranks_file("m").write_text("{cut")
+    with pytest.raises(AutomrError, match=r"ranks/m\.json is not valid JSON.*delete it") as error:
+        evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path)
+    assert "make it again" not in str(error.value)
+    EvaluationFolder(tmp_path).ranks_file("m").unlink()  # as it says: then the rerun works
+    evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path)

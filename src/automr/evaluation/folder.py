@@ -22,7 +22,7 @@
 import json
 import os
 import shutil
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,24 @@ class EvaluationFolder:
     """The files of one evaluation, by method name."""
 
     path: Path = attrs.field(converter=Path)
+
+    def check_target(self) -> None:
+        """Refuse a file, or a folder that holds something and is not an evaluation (another
+        artifact's would get ranks/ and results mixed in). A new or empty folder is fine, and
+        an evaluation folder (its ranks/, loglik/ or results.json; reports such as rq3's may
+        sit beside them) is resumed."""
+        if self.path.exists() and not self.path.is_dir():
+            raise AutomrError(f"{self.path} is a file; write the evaluation into a new or empty "
+                              f"folder")
+        if not self.path.is_dir() or any((self.path / name).exists()
+                                         for name in ("ranks", "loglik", RESULTS_JSON)):
+            return
+        other = sorted(p.name for p in self.path.iterdir()
+                       if p.name != RUNS_FILE and not p.name.startswith("."))
+        if other:
+            raise AutomrError(f"{self.path} holds other files ({', '.join(other[:4])}) and is "
+                              f"not an evaluation folder; write the evaluation into a new or "
+                              f"empty folder (or an evaluation folder, to resume it)")
 
     @staticmethod
     def slug(method: str) -> str:
@@ -91,7 +109,7 @@ class EvaluationFolder:
         settings = [self.settings_file(method, measure) for measure in ("ranks", "loglik")]
         if not all(path.is_file() for path in settings):
             return False
-        ranks, loglik = (read_json(path, "`automr evaluate`") for path in settings)
+        ranks, loglik = (_read(path) for path in settings)
         return isinstance(ranks, dict) and "samples" in ranks and ranks == loglik
 
     def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
@@ -104,7 +122,7 @@ class EvaluationFolder:
         path = self.shard_file(method, number, kind)
         if not path.is_file():
             return None
-        data = read_json(path, "`automr evaluate`")
+        data = _read(path)
         if not isinstance(data, dict) or data.get("key") != json.loads(json.dumps(key)):
             return None
         return data
@@ -124,9 +142,9 @@ class EvaluationFolder:
         ranks, saved = self.ranks_file(method), self.settings_file(method)
         if not ranks.exists() or not saved.exists():
             return None
-        if read_json(saved, "`automr evaluate`") != json.loads(json.dumps(settings)):
+        if _read(saved) != json.loads(json.dumps(settings)):
             return None
-        return MetricReport.load(ranks)
+        return _read(ranks, MetricReport.load)
 
     def saved_likelihoods(self, method: str, settings: Mapping[str, Any]
                           ) -> LikelihoodReport | None:
@@ -134,9 +152,9 @@ class EvaluationFolder:
         values, saved = self.ranks_file(method, "loglik"), self.settings_file(method, "loglik")
         if not values.exists() or not saved.exists():
             return None
-        if read_json(saved, "`automr evaluate`") != json.loads(json.dumps(settings)):
+        if _read(saved) != json.loads(json.dumps(settings)):
             return None
-        return LikelihoodReport.load(values)
+        return _read(values, LikelihoodReport.load)
 
     def save_likelihoods(self, report: LikelihoodReport, settings: Mapping[str, Any],
                          details: Mapping[str, Mapping[str, Any]] = {}) -> None:
@@ -180,7 +198,7 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path} holds no ranks of {method} ({path} is missing); "
                               f"evaluate it with `automr evaluate --methods {method} --out "
                               f"{self.path} ...`")
-        return MetricReport.load(path)
+        return _read(path, MetricReport.load)
 
     def likelihoods(self, method: str) -> LikelihoodReport:
         """The saved target log-likelihoods of ``method``; a clear error if it has none here."""
@@ -189,7 +207,7 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} ({path} "
                               f"is missing); evaluate it with `automr evaluate --methods "
                               f"{method} --measures likelihood --out {self.path} ...`")
-        return LikelihoodReport.load(path)
+        return _read(path, LikelihoodReport.load)
 
     def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:
         """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``,
@@ -198,7 +216,7 @@ class EvaluationFolder:
         if not path.is_file():
             raise AutomrError(f"{path} is missing: {self.path} has no record of the {kind} of "
                               f"{method} (evaluate it again with this version of automr)")
-        return dict(read_json(path, "`automr evaluate`"))
+        return dict(_read(path))
 
     def generations(self, methods: Sequence[str], settings: Mapping[str, Any],
                     ignore: Collection[str] = ()) -> dict[str, dict[str, Any]]:
@@ -219,7 +237,7 @@ class EvaluationFolder:
             saved = self.settings_file(method)
             if not (saved.is_file() and self.details_file("generated", method).is_file()):
                 continue
-            if decisive(read_json(saved, "`automr evaluate`")) != wanted:
+            if decisive(_read(saved)) != wanted:
                 continue
             for kind in ("generated", "retrieved", "contexts"):
                 if self.details_file(kind, method).is_file():
@@ -254,7 +272,7 @@ class EvaluationFolder:
         """The split that was ranked (from the method's settings or ``results.json``, or, for a
         method `automr compare` brought in, from its source; test)."""
         settings = self.settings_file(method)
-        origin = read_json(settings, "`automr evaluate`") if settings.is_file() else {}
+        origin = _read(settings) if settings.is_file() else {}
         brought = self.source(origin)
         if brought is not None:
             source, name = brought
@@ -263,7 +281,7 @@ class EvaluationFolder:
             return str(read_export(source)["results"].get("config", {}).get("split", "test"))
         for path, key in ((settings, None), (self.path / RESULTS_JSON, "config")):
             if path.is_file():
-                data = read_json(path, "`automr evaluate`")
+                data = _read(path)
                 data = data.get(key, {}) if key else data
                 if "split" in data:
                     return str(data["split"])
@@ -278,12 +296,12 @@ class EvaluationFolder:
         L2 grounding generated (``generated``: method -> sample id -> text), the elements a
         method with both measures retrieved while scoring likelihoods (``retrieved_loglik``),
         and the commands that wrote the folder (its run records)."""
-        results = read_json(self.path / RESULTS_JSON, "`automr evaluate`")
+        results = _read(self.path / RESULTS_JSON)
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
                  for m in results["methods"] for r in [self.report(m)]}
         loglik = {}
         for method in results.get("likelihood", {}):
-            report = LikelihoodReport.load(self.ranks_file(method, "loglik"))
+            report = _read(self.ranks_file(method, "loglik"), LikelihoodReport.load)
             loglik[method] = {s: [v, n] for s, v, n in zip(
                 report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
         commands = self.commands()
@@ -305,7 +323,7 @@ class EvaluationFolder:
         its own :meth:`commands`, or an export's ``commands``); then the folder's run records."""
         found: list[list[str]] = []
         for path in sorted(self.path.glob("*/*.settings.json")):
-            brought = self.source(read_json(path, "`automr evaluate`"))
+            brought = self.source(_read(path))
             if brought is None:
                 continue
             source = brought[0]
@@ -319,6 +337,19 @@ class EvaluationFolder:
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
         (self.path / RESULTS_MD).write_text(markdown)
+
+
+def _read(path: Path, load: Callable[[Path], Any] | None = None) -> Any:
+    """``load(path)`` (default: its JSON) of a file of an evaluation folder; a damaged one is
+    one line saying to delete it, as a rerun of the command that just failed cannot help."""
+    try:
+        return read_json(path, "`automr evaluate`") if load is None else load(path)
+    except AutomrError as error:
+        if not path.is_file():
+            raise
+        reason = str(error).split(";")[0]
+        raise AutomrError(f"{reason}; it is damaged: delete it and run the evaluation again "
+                          f"(which writes it anew)") from None
 
 
 def read_export(path: Path | str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ share; the main process writes the folder. Every process returns the same :class
 import json
 import numbers
 import platform
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,26 +138,35 @@ def _tables(reports, paired, reference: str, number: str) -> list[str]:
 
 
 def evaluate(
-    methods: Mapping[str, Method], samples: Sequence[Sample], n_items: int, *,
+    methods: Mapping[str, Method], samples: Iterable[Sample], n_items: int, *,
     out: Path | str | None = None, reference: str | None = None,
     measures: Collection[str] = ("ranks",), ks: Sequence[int] = DEFAULT_KS,
     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, record: Mapping[str, Any] = {},
     header: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> Evaluation:
-    """Measure ``samples`` with every method; bootstrap each metric; pair each method with
+    """Measure ``samples`` (any iterable, read once) with every method (``{name: method}``)
+    over a catalog of ``n_items``; bootstrap each metric; pair each method with
     ``reference`` (default: the first method whose name starts with ``bigrec``, else the
     first).
 
     ``measures``: ``ranks`` (every method ranks the catalog) and/or ``likelihood`` (every
     :class:`~automr.interfaces.LikelihoodMethod` scores the true titles; others are skipped).
-    With ``out``: values, settings and details are saved per method as it finishes (values
+    With ``out`` (a new or empty folder, or an evaluation folder: anything else is refused):
+    values, settings and details are saved per method as it finishes (values
     saved with equal settings are not computed again), then ``results.json`` (after
     ``record``) and ``results.md`` (after ``header``). ``shard_size``: samples per shard
     (the unit of resuming and of sharing among processes; a multiple of the methods' batch
     sizes keeps their batches those of one pass).
     """
+    if not isinstance(methods, Mapping):
+        raise AutomrError(f"evaluate takes the methods as a dict {{name: method}}, not a "
+                          f"{type(methods).__name__}")
     if not methods:
         raise AutomrError("evaluate needs at least one method")
+    if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral) or n_items < 1:
+        raise AutomrError(f"n_items is the catalog's size, an int >= 1; got {n_items!r}")
+    n_items = int(n_items)
+    samples = list(samples)  # any iterable, read once
     if not samples:
         raise AutomrError("evaluate needs at least one sample")
     unknown = set(measures) - set(MEASURES)
@@ -176,6 +185,7 @@ def evaluate(
                           f"{', '.join(names)} does: add one or measure ranks")
     folder = None if out is None else EvaluationFolder(out)
     if folder is not None:
+        folder.check_target()
         folder.check_names(names)
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}

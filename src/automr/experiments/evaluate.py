@@ -49,10 +49,14 @@ class EvalConfig:
     max_samples: int | None = 200
     seed: int = 0
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    layer: int | None = None
+    layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.ge(0)))
     """Split layer; None: the memory's when one is given, else 15 (what was used is in each
-    method's settings)."""
-    num_beams: int | None = None
+    method's settings; a memory-free method of a model with fewer layers splits at its last,
+    as it ranks the same at any layer)."""
+    num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.gt(0)))
+    """Beams of the l2 and constrained grounders (None: the grounder's default)."""
     exclude_seen: bool = False
     ks: tuple[int, ...] = (1, 5, 10)
     measures: tuple[str, ...] = ("ranks",)
@@ -89,6 +93,8 @@ def evaluate_methods(
     """
     for method in methods:
         parse_method(method)  # every name is checked before any work
+    if out_dir is not None:
+        EvaluationFolder(out_dir).check_target()
     repeated = sorted({m for m in methods if list(methods).count(m) > 1})
     if repeated:
         raise AutomrError(f"--methods names {', '.join(repeated)} more than once")

@@ -66,6 +66,11 @@ def recommend(
     """The user's latest ``split`` sample ranked by AutoMR as ``automr evaluate`` ranks it (the
     same grounder and ``num_beams``: None is the grounder's default, 4 for l2 and 10 for
     constrained), its ``top`` items and the memory elements retrieved."""
+    for option, value, least in (("--top", top, 1), ("--k", k, 1),
+                                 ("--num-beams", num_beams or 0, 0)):
+        if value < least:
+            default = " (0: the grounder's default)" if least == 0 else ""
+            raise AutomrError(f"{option} must be >= {least}{default}, got {value}")
     if combiner not in COMBINERS:
         raise AutomrError(f"unknown combiner {combiner!r}; choose one of {', '.join(COMBINERS)}")
     dataset = PreparedDataset.load(dataset_dir)

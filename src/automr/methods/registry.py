@@ -37,6 +37,7 @@ from automr.llm.loading import (
     resolve_device,
     weight_files,
 )
+from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryRecord, MemoryStore
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
@@ -54,10 +55,13 @@ from automr.retrievers.storage import retriever_digest
 class MethodOptions:
     """How named methods run (the method-level part of ``automr evaluate``'s options)."""
 
-    layer: int | None = None
-    """Split layer; None: the memory's layer when a memory is given, else the default (15).
-    Memory-free methods rank the same at any layer (the split is exact)."""
-    num_beams: int | None = None
+    layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.ge(0)))
+    """Split layer; None: the memory's layer when a memory is given, else the default (15,
+    or a smaller model's last). Memory-free methods rank the same at any layer (the split is
+    exact)."""
+    num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.gt(0)))
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     exclude_seen: bool = False
     combiner: str = attrs.field(default="concat",
@@ -153,12 +157,13 @@ class Workspace:
             self._data_fingerprint = dataset_fingerprint(self.dataset)
         return self._data_fingerprint
 
-    def artifact(self, name: str) -> Path:
-        """The folder of artifact ``name`` (``finetuned``, ``memory``, ...), which must be given."""
+    def artifact(self, name: str, method: str = "this method") -> Path:
+        """The folder of artifact ``name`` (``finetuned``, ``memory``, ...), which must be
+        given (``method`` needs it)."""
         path = getattr(self.artifacts, name)
         if path is None:
             folder = "DIR" if name in ("memory", "retriever") else "RUN_DIR"
-            raise AutomrError(f"this method needs --{name} {folder} (from {MADE_BY[name]})")
+            raise AutomrError(f"{method} needs --{name} {folder} (from {MADE_BY[name]})")
         return path
 
     def run(self, name: str) -> FinetunedRun:
@@ -173,6 +178,12 @@ class Workspace:
                    f"{kind}:G with --{kind})" if wanted is None else
                    f"{name}:* methods need a fine-tune from {MADE_BY[name]}")
             raise AutomrError(f"{run.path} was fine-tuned {how}; {use}")
+        tuned_on = run.record.get("data_fingerprint")
+        if tuned_on is not None and tuned_on != self.data_fingerprint:
+            data = self.dataset.path or "this one"
+            raise AutomrError(f"the fine-tune in {run.path} was tuned on another dataset than "
+                              f"{data} (other data, prompt domain, protocol or catalog); "
+                              f"fine-tune on this dataset with `automr finetune`")
         return run
 
     def model(self, run: FinetunedRun | None) -> LoadedModel:
@@ -207,7 +218,7 @@ class Workspace:
 
             context = build_context(run.context, loaded, self.dataset, base, self.cache_dir,
                                     batch_size=self.options.batch_size, progress=self.progress)
-        layer = self.layer if retrieval is None else retrieval.store.layer
+        layer = self.split_layer(loaded) if retrieval is None else retrieval.store.layer
 
         def method(kind: str, gamma: float = 0.0) -> GenerativeMethod:
             return GenerativeMethod(
@@ -310,6 +321,16 @@ class Workspace:
         if self.artifacts.memory is not None:
             return MemoryRecord.read(self.artifacts.memory).layer
         return DEFAULT_LAYER
+
+    def split_layer(self, loaded: LoadedModel) -> int:
+        """Where a memory-free method of ``loaded`` splits: :attr:`layer`, the default kept
+        within a smaller model (it ranks the same at any layer); a given ``--layer`` must
+        fit."""
+        layers = HFSplitLLM(loaded.model).num_layers
+        if self.options.layer is not None and self.options.layer > layers:
+            raise AutomrError(f"--layer {self.options.layer} is outside 0..{layers} for "
+                              f"{loaded.name}")
+        return min(self.layer, layers)
 
     @property
     def retrieval_seed(self) -> int:
@@ -424,7 +445,9 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
                 settings.setdefault("digests", {})["model"] = files_fingerprint(
                     folder, files, space.cache_dir)
             continue
-        folder = space.artifact(artifact)
+        folder = space.artifact(artifact, method)
+        if artifact in ("finetuned", "rella", "trsr"):
+            space.run(artifact)  # its prompt context and dataset, checked before any work
         settings[artifact] = str(folder.resolve())
         settings.setdefault("digests", {})[artifact] = DIGESTS[artifact](folder)
     for option in kind.options:
