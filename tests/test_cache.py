@@ -6,7 +6,7 @@ import pytest
 
 from automr.cache import WheelSpec, fetch_wheel, sha256_of
 from automr.errors import AutomrError
-from automr.storage import atomic_dir
+from automr.storage import atomic_dir, save_component, save_safetensors, write_text_atomic
 
 SPEC = WheelSpec(name="automr-no-such-package", version="9.9.9",
                  filename="automr_no_such_package-9.9.9-py3-none-any.whl", sha256="0" * 64)
@@ -92,3 +92,54 @@ def test_a_python_without_pip_gets_the_manual_step(tmp_path, monkeypatch):
     assert "no pip" in message and "uv pip install pip" in message
     assert f"https://pypi.org/project/{SPEC.name}/{SPEC.version}/#files" in message
     assert str(tmp_path / "wheels" / SPEC.filename) in message
+
+
+def test_a_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError):  # `automr export EVAL folder` hit this
+        write_text_atomic(tmp_path / "folder", "{}")
+    with pytest.raises(IsADirectoryError):
+        save_safetensors(tmp_path / "folder", {"x": torch.zeros(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]
+
+
+@pytest.fixture
+def umask_027():
+    import os
+
+    before = os.umask(0o027)
+    yield 0o640
+    os.umask(before)
+
+
+def test_weights_files_get_the_permissions_of_every_other_file(tmp_path, umask_027):
+    """safetensors writes 0600 whatever the umask; others on a shared machine could read the
+    configs but not the weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "plain").write_text("")
+    mode = (tmp_path / "plain").stat().st_mode & 0o777
+    assert mode == umask_027
+    save_component(tmp_path / "c", "automr.test/1", {}, {"w": torch.zeros(2)})
+    save_safetensors(tmp_path / "s.safetensors", {"w": torch.zeros(2)})
+    with atomic_dir(tmp_path / "pretrained") as work:  # what save_pretrained writes into
+        save_file({"w": torch.zeros(2)}, work / "adapter_model.safetensors")
+    for path in (tmp_path / "c" / "model.safetensors", tmp_path / "c" / "config.json",
+                 tmp_path / "s.safetensors", tmp_path / "pretrained" / "adapter_model.safetensors"):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_a_file_as_the_cache_folder_is_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, env in ((["--cache-dir", str(afile)], {}), ([], {"AUTOMR_CACHE": str(afile)})):
+        result = CliRunner().invoke(app, ["model", "info", *args], env=env)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"error: cannot use {afile}: it is a file, not a folder"

@@ -429,15 +429,14 @@ def test_a_write_the_disk_refuses_is_one_line_that_says_the_command_resumes(work
                                                                             monkeypatch):
     import errno
 
+    import safetensors.torch
     from safetensors import SafetensorError
-
-    import automr.memory.shards as shards
 
     def full(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device "
                               "(os error 28)")
 
-    monkeypatch.setattr(shards, "save_file", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)  # read when a shard is saved
     build = ["memory", "build", "--data", str(workspace / "prepared"), "--out",
              str(tmp_path / "mem"), "--model", str(workspace / "model"), "--layer", "2",
              "--encoder", "item", *QUIET]
@@ -639,3 +638,83 @@ def test_a_retriever_save_cut_before_its_config_is_saved_again_in_place(tmp_path
     (tmp_path / "ret" / "config.json").unlink()  # cut between the weights and the config
     retriever.save(tmp_path / "ret")
     assert (tmp_path / "ret" / "config.json").is_file()
+
+
+# -- paths that cannot be used, damaged shards resumed, weights' permissions -------------------
+def retriever_train(workspace: Path, out: Path, annotations: Path | None = None) -> list[str]:
+    return ["retriever", "train", "--annotations", str(annotations or workspace / "ann"), "--data",
+            str(workspace / "prepared"), "--memory", str(workspace / "mem"), "--out", str(out),
+            "--epochs", "1", *QUIET]
+
+
+def evaluate_pop(workspace: Path, out: Path | str) -> list[str]:
+    return ["evaluate", "--data", str(workspace / "prepared"), "--out", str(out), "--methods",
+            "pop", "--samples", "2", *QUIET]
+
+
+def test_a_file_where_a_folder_is_needed_is_one_line_naming_both(workspace, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, retriever_train(workspace, afile))
+    assert one_line_error(result).endswith(f"cannot use {afile}: it is a file, not a folder")
+    result = runner.invoke(app, evaluate_pop(workspace, afile / "sub"))
+    assert f"{afile} is a file, not a folder" in one_line_error(result, afile / "sub")
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys")
+def test_an_out_folder_the_system_refuses_is_one_line(workspace):
+    out = Path("/sys/automr-not-allowed")  # refused even to root (EPERM, EACCES or EROFS)
+    one_line_error(runner.invoke(app, evaluate_pop(workspace, out)), out)
+
+
+def test_an_unwritable_out_is_one_line_naming_it(workspace, tmp_path, monkeypatch):
+    import errno
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr("automr.evaluation.folder.write_json_atomic", refused)
+    result = runner.invoke(app, evaluate_pop(workspace, tmp_path / "eval"))
+    assert "permission denied" in one_line_error(result, tmp_path / "eval")
+
+
+def test_export_onto_a_folder_is_one_line_and_leaves_nothing(workspace, tmp_path,
+                                                            monkeypatch):
+    assert runner.invoke(app, evaluate_pop(workspace, tmp_path / "eval")).exit_code == 0
+    (tmp_path / "o").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", str(tmp_path / "eval"), "o"])
+    assert one_line_error(result) == "error: cannot use o: it is a folder, not a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "o"]  # no .o.partial-N
+
+
+@pytest.mark.parametrize("size", [100, None])
+def test_annotate_redoes_a_damaged_shard_when_resumed(workspace, tmp_path, size):
+    annotations = copy(workspace, "ann", tmp_path)
+    shard = annotations / "shard-00000.safetensors"
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: size or len(whole) // 2])
+    result = runner.invoke(app, annotate_args(workspace, workspace / "mem", annotations))
+    assert result.exit_code == 0, result.output
+    assert shard.read_bytes() == whole
+
+
+def test_a_damaged_annotation_shard_says_which_command_makes_it(workspace, tmp_path):
+    annotations = copy(workspace, "ann", tmp_path)
+    truncate(annotations / "shard-00000.safetensors")
+    result = runner.invoke(app, retriever_train(workspace, tmp_path / "ret", annotations))
+    text = one_line_error(result, annotations / "shard-00000.safetensors")
+    assert "with delete" not in text
+    assert text.endswith("it comes from `automr annotate` (rerun the same command: it redoes "
+                         "a damaged shard)")
+
+
+def test_every_weights_file_the_commands_write_is_as_readable_as_their_configs(workspace,
+                                                                              tmp_path):
+    (tmp_path / "plain").write_text("")  # under the umask the fixture ran with
+    weights = [p for name in ("mem", "ann", "ft") for p in (workspace / name).rglob(
+        "*.safetensors")]
+    assert {p.parent.name for p in weights} >= {"mem", "ann", "best", "checkpoint"}
+    modes = {p: p.stat().st_mode & 0o777 for p in weights}
+    assert modes == dict.fromkeys(weights, (tmp_path / "plain").stat().st_mode & 0o777)

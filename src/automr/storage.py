@@ -1,7 +1,9 @@
 """Reading and writing artifacts: one way each.
 
-- :func:`atomic_dir` / :func:`write_text_atomic` / :func:`write_json_atomic`: nothing
-  half-written is ever left under the final name.
+- :func:`atomic_dir` / :func:`write_text_atomic` / :func:`write_json_atomic` /
+  :func:`save_safetensors`: nothing half-written is ever left under the final name, and a
+  failed write leaves no temporary file. Weights files get the permissions the umask gives
+  every other file (safetensors alone writes them 0600).
 - :func:`read_json` / :func:`read_safetensors`: every artifact read goes through these, so a
   missing, truncated or garbage file ends in one :class:`~automr.errors.AutomrError` line that
   names the file and says which command makes it, never a raw traceback.
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,9 +58,24 @@ class _AtomicDir:
         if exc_type is not None or (self.keep_existing and self.target.exists()):
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        mode = file_mode(self.tmp)
+        for weights in self.tmp.rglob("*.safetensors"):  # save_pretrained writes them 0600
+            weights.chmod(mode)
         if self.target.exists():
             shutil.rmtree(self.target)
         os.replace(self.tmp, self.target)
+
+
+def file_mode(folder: Path) -> int:
+    """The permissions a new file in ``folder`` gets under the umask (0644 under 022), read
+    off a probe file (reading the umask itself would set it for a moment: not thread-safe)."""
+    probe = folder / f".mode-probe-{os.getpid()}-{threading.get_ident()}"
+    descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        return os.fstat(descriptor).st_mode & 0o777
+    finally:
+        os.close(descriptor)
+        probe.unlink()
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
@@ -65,8 +83,39 @@ def write_text_atomic(path: Path | str, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``tensors`` (contiguous, on the CPU) as a safetensors file at ``path``, atomically
+    and with the permissions of the project's other files (see :func:`file_mode`)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
+        tmp.chmod(file_mode(path.parent))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def safetensors_intact(path: Path | str) -> bool:
+    """Whether ``path`` is a whole safetensors file (its header parses and its data is all
+    there): how a resumed command tells a finished shard from a damaged one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False
 
 
 def write_json_atomic(path: Path | str, data: object, indent: int | None = 1) -> None:
@@ -78,12 +127,12 @@ def read_json(path: Path | str, made_by: str = "the command that wrote it") -> A
     """Parsed JSON of ``path``; a missing or unparsable file is one clear error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise AutomrError(f"{path} is missing; make it with {made_by}")
+        raise AutomrError(f"{path} is missing; it comes from {made_by}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AutomrError(f"{path} is not valid JSON ({error}); it is damaged: make it again "
-                          f"with {made_by}") from None
+        raise AutomrError(f"{path} is not valid JSON ({error}); it is damaged: it comes "
+                          f"from {made_by}") from None
 
 
 def read_safetensors(
@@ -95,12 +144,12 @@ def read_safetensors(
 
     path = Path(path)
     if not path.is_file():
-        raise AutomrError(f"{path} is missing; make it with {made_by}")
+        raise AutomrError(f"{path} is missing; it comes from {made_by}")
     try:
         return load_file(path, device=device)
     except (SafetensorError, OSError) as error:
         raise AutomrError(f"{path} is not a readable safetensors file ({error}); it is "
-                          f"damaged: make it again with {made_by}") from None
+                          f"damaged: it comes from {made_by}") from None
 
 
 def save_component(
@@ -112,8 +161,6 @@ def save_component(
     tensors, ``weights_file`` whose metadata repeats the format, ``config``'s scalar values and
     the provenance (so the weights file alone says what it belongs to). A stale weights file
     from an earlier save is removed when there are none. Returns the folder."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     check_save_target(directory, format, weights_file)
     directory.mkdir(parents=True, exist_ok=True)
@@ -121,12 +168,10 @@ def save_component(
     weights = directory / weights_file
     if tensors:
         state = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-        tmp = weights.with_name(f".{weights.name}.partial-{os.getpid()}")
         scalars = {k: str(v) for k, v in config.items() if isinstance(v, str | int | float)}
-        save_file(state, tmp, metadata={
+        save_safetensors(weights, state, metadata={
             "format": format, **scalars,
             **{f"provenance.{k}": v for k, v in provenance.items()}})
-        os.replace(tmp, weights)
     elif weights.exists():
         weights.unlink()  # it would contradict config.json
     write_json_atomic(directory / CONFIG_FILE,
@@ -165,8 +210,8 @@ def load_component(
     path = directory / CONFIG_FILE
     if not path.is_file():
         what = format.split("/")[0].removeprefix("automr.")
-        raise AutomrError(f"{directory} is not a saved {what}: {CONFIG_FILE} is missing (make "
-                          f"it with {made_by})")
+        raise AutomrError(f"{directory} is not a saved {what}: {CONFIG_FILE} is missing; it "
+                          f"comes from {made_by}")
     config = read_json(path, made_by)
     if not isinstance(config, dict) or config.get("format") != format:
         found = config.get("format") if isinstance(config, dict) else None

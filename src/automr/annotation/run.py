@@ -21,7 +21,6 @@ from pathlib import Path
 import attrs
 import torch
 from beartype import beartype
-from safetensors.torch import save_file
 
 from automr import distributed
 from automr.annotation.labels import labels
@@ -37,11 +36,17 @@ from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import Progress
 from automr.retrievers import RetrievalDataset
-from automr.storage import read_json, read_safetensors, write_json_atomic
+from automr.storage import (
+    read_json,
+    read_safetensors,
+    safetensors_intact,
+    save_safetensors,
+    write_json_atomic,
+)
 
 FORMAT = "automr.annotations/1"
 MADE_BY_CONFIG = "`automr annotate` into a new --out"
-MADE_BY_SHARD = "delete it and rerun the same `automr annotate` command to redo it"
+MADE_BY_SHARD = "`automr annotate` (rerun the same command: it redoes a damaged shard)"
 RECORDED_LATER = ("memory_encoder", "dtype", "memory_digest")  # older folders resume without
 
 
@@ -87,7 +92,8 @@ def annotate_dataset(
     """Annotate ``config.max_samples`` seeded samples of ``config.split`` into ``out_dir``.
 
     Samples with an empty memory are skipped (nothing to label). Rerunning with the same
-    settings resumes after the last finished shard.
+    settings resumes: it annotates the shards that are missing or damaged (as a resumed
+    memory build does).
     """
     out = Path(out_dir)
     samples = [s for s in seeded_subset(dataset.samples(config.split), config.max_samples,
@@ -115,7 +121,7 @@ def annotate_dataset(
 
     def prepare() -> list[int]:
         _start(out, header)  # written only once the inputs above are checked
-        return [n for n in range(len(shards)) if not _shard_path(out, n).exists()]
+        return [n for n in range(len(shards)) if not safetensors_intact(_shard_path(out, n))]
 
     todo = distributed.on_main(prepare)
     mine = distributed.mine(todo)
@@ -141,11 +147,9 @@ def annotate_dataset(
                 queries.append(pool(prompt, torch.ones(prompt.shape[:2], dtype=torch.bool,
                                                        device=prompt.device))[0].float().cpu())
                 bar.advance(task)
-            tmp = path.with_name(f".{path.name}.partial")
-            save_file({"base": torch.tensor(base), "element": torch.cat(element),
-                       "index": torch.cat(indices), "offsets": torch.tensor(offsets),
-                       "queries": torch.stack(queries)}, tmp)
-            tmp.replace(path)
+            save_safetensors(path, {"base": torch.tensor(base), "element": torch.cat(element),
+                                    "index": torch.cat(indices), "offsets": torch.tensor(offsets),
+                                    "queries": torch.stack(queries)})
     distributed.barrier()  # every shard is written when any process returns
     return out
 
@@ -261,7 +265,8 @@ class Annotations:
                     raise ValueError(f"expected {size} samples")
             except (KeyError, ValueError, IndexError) as error:
                 raise AutomrError(f"{shard} is damaged ({error!r}); it is not what "
-                                  f"`automr annotate` writes: {MADE_BY_SHARD}") from None
+                                  f"`automr annotate` writes: delete it and rerun the same "
+                                  f"`automr annotate` command to redo it") from None
             base.append(data["base"])
             queries.append(data["queries"])
             element += pieces

@@ -2,7 +2,6 @@
 (cached), and one builder for every grounder kind the CLI exposes."""
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from automr.grounding.targets import CatalogTargets, catalog_targets
 from automr.interfaces import Grounder
 from automr.llm.loading import LoadedModel, dtype_name
 from automr.progress import Progress
-from automr.storage import read_safetensors
+from automr.storage import read_safetensors, save_safetensors
 
 GROUNDER_KINDS = ("l2", "constrained", "likelihood", "constrained-pop")
 """The grounders :func:`build_grounder` makes; ``constrained-pop``: the constrained beams with
@@ -41,8 +40,6 @@ def catalog_embeddings(
 ) -> torch.Tensor:
     """Base-model embeddings of every catalog response text, cached by model, dtype (the
     fingerprint is the same in every dtype, the embeddings are not) and catalog."""
-    from safetensors.torch import save_file
-
     catalog_hash = hashlib.sha256("\n".join(targets.texts).encode()).hexdigest()
     dtype = dtype_name(loaded.model.dtype)
     path = (resolve_cache_dir(cache_dir) / "grounding" /
@@ -55,10 +52,8 @@ def catalog_embeddings(
         embeddings = embed_texts(loaded.model, loaded.tokenizer, targets.texts,
                                  progress=lambda n: bar.advance(task, n))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    save_file({"embeddings": embeddings.contiguous()}, tmp,
-              metadata={"model": base_fingerprint, "dtype": dtype, "catalog": catalog_hash})
-    os.replace(tmp, path)
+    save_safetensors(path, {"embeddings": embeddings.contiguous()},
+                     metadata={"model": base_fingerprint, "dtype": dtype, "catalog": catalog_hash})
     return embeddings
 
 

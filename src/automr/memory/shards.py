@@ -27,18 +27,16 @@ resumed build finds the finished shards by their files). A user's elements are r
 *segments* ``(shard, row, count)``: one per build, one more per append.
 """
 
-import os
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from automr.errors import AutomrError
 from automr.memory.config import MEMORY_FORMAT
-from automr.storage import read_json, write_json_atomic
+from automr.storage import read_json, save_safetensors, write_json_atomic
 
 INDEX_FORMAT: Final = "automr.memory-index/1"
 INDEX_FILE: Final = "index.json"
@@ -192,7 +190,5 @@ def write_shard(
     if rows is not None:
         tensors["rows"] = rows.to(torch.int64).cpu().contiguous()
     name = shard_name(number)
-    tmp = folder / f".{name}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata={"format": MEMORY_FORMAT, **metadata})
-    tmp.replace(folder / name)
+    save_safetensors(folder / name, tensors, metadata={"format": MEMORY_FORMAT, **metadata})
     return name
