@@ -180,3 +180,9 @@ def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tm
     assert record["fingerprints"]["retriever"][f"mine={tmp_path / 'ret'}"]  # the folder's JSON
     bad = CliRunner().invoke(app, [*args, "--retriever", str(tmp_path / "ret")])
     assert bad.exit_code != 0 and "NAME=FOLDER" in bad.output
+    from automr.experiments.retriever import annotations_digest
+
+    (tmp_path / "ret" / "training.json").write_text(json.dumps(
+        {"annotations_digest": annotations_digest(workspace["folders"]["three"])}))
+    memorised = CliRunner().invoke(app, [*args, "--retriever", f"mine={tmp_path / 'ret'}"])
+    assert memorised.exit_code == 2 and "was trained on" in memorised.output

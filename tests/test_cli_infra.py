@@ -101,6 +101,7 @@ def test_the_paper_setting_configs_match_the_real_commands(name):
     ("[finetune]\ntrain-samples = '3'\n", "[finetune] train-samples: expected an integer"),
     ("[memory.build]\nstore-token-states = 1\n", "store-token-states: expected true or false"),
     ("[finetune]\nlr = true\n", "[finetune] lr: expected a number"),
+    ("[finetune]\nlora_r = 4\nlora-r = 8\n", "lora-r: the option is set twice"),
     ("finetune = 3\n", "finetune must be a table"),
     ("[finetune\n", "is not valid TOML"),
 ])
@@ -274,7 +275,23 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
     (["annotate", "--data", "d", "--memory", "m", "--finetuned", "f", "--out", "o",
       "--combiner", "foo"], "--combiner 'foo'"),
     (["retriever", "train", "--annotations", "a", "--data", "d", "--memory", "m", "--out", "o",
-      "--monitor", "foo"], "monitor='foo'"),
+      "--monitor", "foo"], "--monitor 'foo': choose one of kl, top1, regret"),
+    (["retriever", "train", "--annotations", "a", "--data", "d", "--memory", "m", "--out", "o",
+      "--epochs", "0"], "--epochs must be >= 1"),
+    (["annotate", "--data", "d", "--memory", "m", "--finetuned", "f", "--out", "o",
+      "--element-subset", "-1"], "--element-subset must be >= 0 (0: every element)"),
+    (["annotate", "--data", "d", "--memory", "m", "--finetuned", "f", "--out", "o",
+      "--element-batch", "0"], "--element-batch must be > 0"),
+    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--batch-size", "0"],
+     "--batch-size must be > 0"),
+    (["finetune", "--data", "d", "--out", "o", "--valid-samples", "0"],
+     "--valid-samples must be > 0"),
+    (["finetune", "--data", "d", "--out", "o", "--autocast", "foo"],
+     "--autocast 'foo': choose one of none, bf16, fp16"),
+    (["finetune", "--data", "d", "--out", "o", "--memory-retrieval", "foo"],
+     "--memory-retrieval 'foo': choose one of"),  # checked without --memory too
+    (["finetune", "--data", "d", "--out", "o", "--trsr-mode", "foo"],
+     "--trsr-mode 'foo': choose"),  # checked without --context too
     (["recommend", "u", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever", "r",
       "--combiner", "foo"], "combiner 'foo'"),
     (["bench", "ground", "--data", "d", "--grounders", ","], "no grounder"),
@@ -303,3 +320,17 @@ def test_a_scored_retriever_cannot_take_a_reference_rows_name(name):
 
     with pytest.raises(AutomrError, match="reference rows"):
         score_retrievers("a", "d", "m", {name: object()})
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    (PermissionError(13, "Permission denied", "out"), "cannot use out: permission denied"),
+    (IsADirectoryError(21, "Is a directory", ".o.partial-1", None, "o"),  # os.replace: target
+     "cannot use o: it is a folder, not a file"),
+    (FileNotFoundError(2, "No such file or directory", "x"), None),  # not a user's path error
+    (PermissionError(13, "Permission denied"), None),  # no path to name
+    (KeyError("bug"), None),
+])
+def test_only_os_errors_about_a_path_become_one_line(error, line):
+    from automr.cli.common import path_error
+
+    assert path_error(error) == line

@@ -292,6 +292,8 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     with pytest.raises(AutomrError, match="--seeds"):
         parse_seeds("a-b")
+    with pytest.raises(AutomrError, match="the range 3-1 runs backwards; write 1-3"):
+        parse_seeds("3-1")
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch):

@@ -50,15 +50,17 @@ CacheDirOption = Annotated[
 
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn an :class:`AutomrError`, or a write the disk refused (full, over quota, read-only),
-    into one line on stderr and exit code 2."""
+    """Turn an :class:`AutomrError`, a write the disk refused (full, over quota, read-only), or
+    a path that cannot be used (a file where a folder is needed, no permission) into one line
+    on stderr and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except Exception as error:
-            line = str(error) if isinstance(error, AutomrError) else disk_error(error)
+            line = (str(error) if isinstance(error, AutomrError)
+                    else disk_error(error) or path_error(error))
             if line is None:
                 raise
             typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
@@ -88,6 +90,23 @@ def disk_error(error: Exception) -> str | None:
             f"writable), then rerun the same command: it resumes")
 
 
+def path_error(error: Exception) -> str | None:
+    """One line for an ``OSError`` about a path that cannot be used as given: no permission, a
+    file where a folder is needed (or the reverse). None for anything else (a bug's traceback
+    stays)."""
+    if not isinstance(error, OSError) or not error.filename or error.errno not in (
+            errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return None
+    path = Path(str(error.filename2 or error.filename))  # os.replace: the target
+    if error.errno == errno.EISDIR:
+        return f"cannot use {path}: it is a folder, not a file"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if file is not None:
+            return f"cannot use {path}: {'it' if file == path else file} is a file, not a folder"
+    return f"cannot use {path}: {os.strerror(error.errno).lower()}"
+
+
 def option_error(error: Exception, options: Mapping[str, str] | None = None) -> str:
     """A validator's message in one line: attrs' ``in_`` as ``--name 'value': choose one of
     ...``, others as their first line (beartype's and attrs' messages name the field).
@@ -100,20 +119,29 @@ def option_error(error: Exception, options: Mapping[str, str] | None = None) -> 
     if len(args) == 4 and hasattr(args[1], "name"):  # in_(...): (msg, attribute, options, value)
         return f"{option(args[1].name)} {args[3]!r}: choose one of {', '.join(map(str, args[2]))}"
     text = str(args[0]) if args else str(error)
+    # beartype on a Literal field: "... parameter monitor='foo' violates type hint
+    # typing.Literal['kl', 'top1'], ..." -> "--monitor 'foo': choose one of kl, top1"
+    literal = re.search(r"parameter (\w+)=(.+?) violates type hint typing\.Literal\[(.+?)\]",
+                        text)
+    if literal:
+        choices = ", ".join(c.strip().strip("'\"") for c in literal[3].split(","))
+        return f"{option(literal[1])} {literal[2]}: choose one of {choices}"
     line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     # attrs' gt/ge/...: "'test_samples' must be > 0: 0" -> "--test-samples must be > 0: 0"
     return re.sub(r"^'(\w+)' must", lambda m: f"{option(m[1])} must", line)
 
 
-def checked_options(what: str, build: Callable[[], R]) -> R:
+def checked_options(what: str, build: Callable[[], R],
+                    options: Mapping[str, str] | None = None) -> R:
     """``build()``, a config made of command-line options, with a value its validators refuse
-    turned into one line (:class:`AutomrError`) instead of a traceback."""
+    turned into one line (:class:`AutomrError`) instead of a traceback; ``options`` as in
+    :func:`option_error`."""
     from beartype.roar import BeartypeCallHintViolation
 
     try:
         return build()
     except (ValueError, BeartypeCallHintViolation) as error:
-        raise AutomrError(f"invalid {what} options: {option_error(error)}") from None
+        raise AutomrError(f"invalid {what} options: {option_error(error, options)}") from None
 
 
 def option_group(name: str, options: Mapping[str, tuple[Any, Any]],

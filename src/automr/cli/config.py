@@ -79,6 +79,9 @@ def _option_map(table: Mapping[str, Any], command: Any, ctx: Any, path: Path,
             raise AutomrError(f"{section} {key}: no such option (options: {known}).")
         if isinstance(value, dict):
             raise AutomrError(f"{section} {key}: expected a value, got a table.")
+        if name in result:
+            raise AutomrError(f"{section} {key}: the option is set twice (as "
+                              f"{name.replace('_', '-')} and {name}); keep one.")
         kind = _option_type(param)
         expected = _TOML_TYPES.get(kind, (object,)) if kind is not None else (object,)
         if not isinstance(value, expected) or (isinstance(value, bool) and kind is not bool

@@ -16,6 +16,7 @@ from automr.cli.common import (
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
+from automr.errors import AutomrError
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.methods.registry import Artifacts
 
@@ -76,11 +77,15 @@ def evaluate_command(
 
     With --measures likelihood, the LM methods also score the true titles. Returns each
     method's metric means (kept in the run record)."""
+    if num_beams < 0:
+        raise AutomrError(f"--num-beams must be >= 0 (0: the grounder's default), got "
+                          f"{num_beams}")
     config = checked_options("evaluation", lambda: EvalConfig(
         split=split, max_samples=samples or None, seed=seed, batch_size=batch_size,
         layer=layer, num_beams=num_beams or None, exclude_seen=exclude_seen, combiner=combiner,
         k=k, measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
-        retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference))
+        retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference),
+        {"max_samples": "samples"})
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],
@@ -110,7 +115,6 @@ def compare_command(
 ) -> None:
     """Methods of several evaluation folders side by side, paired on their shared samples
     (e.g. two fine-tuned recommenders); nothing is recomputed."""
-    from automr.errors import AutomrError
     from automr.evaluation import combine_folders
 
     sources: dict[str, tuple[str, str]] = {}

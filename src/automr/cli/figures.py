@@ -28,6 +28,8 @@ def parse_seeds(text: str) -> list[int]:
     try:
         for part in (p.strip() for p in text.split(",") if p.strip()):
             low, dash, high = part.partition("-")
+            if dash and int(high) < int(low):
+                raise AutomrError(f"--seeds: the range {part} runs backwards; write {high}-{low}")
             seeds += list(range(int(low), int(high) + 1)) if dash else [int(part)]
     except ValueError:
         raise AutomrError(f"--seeds must be integers or ranges such as 0-9, got {text!r}") \
@@ -77,7 +79,7 @@ def rq2_command(
     config = checked_options("rq2", lambda: EvalConfig(
         max_samples=samples or None, seed=seed, batch_size=batch_size,
         num_beams=num_beams or None, combiner=combiner, k=k, measures=(measure,),
-        exclude_seen=exclude_seen))
+        exclude_seen=exclude_seen), {"max_samples": "samples"})
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
             seeds=parse_seeds(seeds), grounder=grounder, config=config, **runtime.keywords(),
             progress=runtime.progress,

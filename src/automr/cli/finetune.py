@@ -18,7 +18,13 @@ from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 from automr.memory import MemoryStore
-from automr.recommenders.finetune import LOSS_KINDS, SCHEDULES, FinetuneConfig, finetune
+from automr.recommenders.finetune import (
+    AUTOCAST,
+    LOSS_KINDS,
+    SCHEDULES,
+    FinetuneConfig,
+    finetune,
+)
 from automr.recommenders.memory_aware import RETRIEVALS, TRAINABLE_COMBINERS, MemoryTraining
 
 defaults = FinetuneConfig()
@@ -39,6 +45,8 @@ TRSR_OPTIONS = {
 }
 CONTEXT_OPTION_NAMES = {name.removeprefix("trsr_"): name for name in TRSR_OPTIONS}
 MEMORY_OPTION_NAMES = {name: f"memory_{name}" for name in ("share", "retrieval", "combiner")}
+FINETUNE_OPTION_NAMES = {"max_train_samples": "train_samples",
+                         "max_valid_samples": "valid_samples", **MEMORY_OPTION_NAMES}
 """Fields of the configs these options build, by the option each comes from."""
 trsr_options = option_group(
     "trsr", TRSR_OPTIONS,
@@ -125,7 +133,11 @@ def finetune_command(
     Writes OUT/best (adapter), OUT/checkpoint (resumable state) and OUT/finetune.json.
     """
     spec = context_spec_option(context, context_k, trsr)
+    if autocast not in ("none", *AUTOCAST):
+        raise AutomrError(f"--autocast {autocast!r}: choose one of none, {', '.join(AUTOCAST)}")
     try:
+        memory_training = MemoryTraining(  # checked without --memory too: a typo is an error
+            share=memory_share, retrieval=memory_retrieval, combiner=memory_combiner)
         config = FinetuneConfig(
             max_train_samples=train_samples or None, max_valid_samples=valid_samples,
             epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -133,13 +145,12 @@ def finetune_command(
             patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
             schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,
             checkpoint_every=checkpoint_every or None, context=spec,
-            memory=None if memory is None else MemoryTraining(
-                share=memory_share, retrieval=memory_retrieval, combiner=memory_combiner),
+            memory=None if memory is None else memory_training,
             autocast=None if autocast == "none" else autocast,
         )
     except ValueError as error:  # attrs' validators: name the option and the allowed values
         raise AutomrError(f"invalid fine-tune options: "
-                          f"{option_error(error, MEMORY_OPTION_NAMES)}") from None
+                          f"{option_error(error, FINETUNE_OPTION_NAMES)}") from None
     dataset = PreparedDataset.load(data)
     loaded = runtime.load_model(model)
     store = None if memory is None else MemoryStore.open(memory)
@@ -153,11 +164,10 @@ def finetune_command(
 def context_spec_option(kind: str | None, k: int, trsr: TrsrOptions,
                         kind_option: str = "context") -> ContextSpec | None:
     """The :class:`ContextSpec` the context options describe (None without ``--context``, the
-    option ``kind_option`` names)."""
-    if kind is None or kind == "none":
-        return None
+    option ``kind_option`` names); the values are checked without it too."""
     try:
-        return ContextSpec(kind=kind, k=k, **trsr)
+        spec = ContextSpec(kind="trsr" if kind in (None, "none") else kind, k=k, **trsr)
     except ValueError as error:
         names = {"kind": kind_option, "k": "context_k", **CONTEXT_OPTION_NAMES}
         raise AutomrError(f"invalid context options: {option_error(error, names)}") from None
+    return None if kind in (None, "none") else spec

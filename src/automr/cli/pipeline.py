@@ -24,6 +24,7 @@ from automr.cli.common import (
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
+from automr.errors import AutomrError
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
 retriever_app = typer.Typer(help="Train and score retrievers on annotations.",
@@ -89,10 +90,13 @@ def annotate_command(
     from automr.data import PreparedDataset
     from automr.recommenders.runs import FinetunedRun
 
+    if element_subset < 0:
+        raise AutomrError(f"--element-subset must be >= 0 (0: every element), got "
+                          f"{element_subset}")
     config = checked_options("annotation", lambda: AnnotateConfig(
         split=split, max_samples=samples or None, seed=seed, combiner=combiner,
         element_batch=element_batch, element_subset=element_subset or None,
-        element_seed=element_seed))
+        element_seed=element_seed), {"max_samples": "samples"})
     run = FinetunedRun.open(finetuned)
     store = run.open_memory(memory)
     annotate_dataset(run.load(**runtime.keywords()), PreparedDataset.load(data), store, out,
@@ -129,7 +133,8 @@ def retriever_train(
     from automr.retrievers import RetrieverTrainingConfig
 
     config = checked_options("retriever training", lambda: RetrieverTrainingConfig(
-        lr=lr, max_epochs=epochs, patience=patience, monitor=monitor, seed=seed))
+        lr=lr, max_epochs=epochs, patience=patience, monitor=monitor, seed=seed),
+        {"max_epochs": "epochs"})
     record = train_retriever(annotations, data, memory, out, label_form, temperature,
                              valid_fraction, config, progress=not quiet, device=device)
     valid = record["valid"]
@@ -156,8 +161,7 @@ def retriever_score(
     """What each retriever's first pick is worth: eq. 5's gain read off the annotations
     (exact, no model), beside the oracle, random expectation and seeded random draws."""
     from automr.cli.figures import parse_seeds
-    from automr.errors import AutomrError
-    from automr.experiments.retriever import score_retrievers
+    from automr.experiments.retriever import check_held_out, score_retrievers
     from automr.memory import MemoryStore
     from automr.retrievers import build_retriever, load_retriever
 
@@ -170,6 +174,7 @@ def retriever_score(
         if name in chosen:
             raise AutomrError(f"--retriever names {name!r} twice (with --semantic, 'semantic' "
                               f"is taken)")
+        check_held_out(folder, annotations)
         chosen[name] = load_retriever(folder, hidden_size=hidden)
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from automr.retrievers import (
     train_mlp_retriever,
 )
 from automr.retrievers.storage import check_retriever_target
-from automr.storage import files_digest, write_json_atomic
+from automr.storage import files_digest, read_json, write_json_atomic
 
 SCORES_FORMAT = "automr.retriever-scores/1"
 
@@ -92,6 +92,16 @@ def train_retriever(
     }
     write_json_atomic(out / "training.json", record)
     return record
+
+
+def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> None:
+    """Refuse to score a retriever on the annotations it was trained on (its training.json
+    records their digest): its picks there say what it memorised, not what it learned."""
+    record = Path(retriever_dir) / "training.json"
+    if record.is_file() and (read_json(record).get("annotations_digest")
+                             == annotations_digest(annotations_dir)):
+        raise AutomrError(f"the retriever in {retriever_dir} was trained on {annotations_dir}; "
+                          f"score it on held-out annotations (automr annotate --split test)")
 
 
 def annotations_digest(folder: Path | str) -> str:

@@ -111,7 +111,7 @@ def build_memory(
     (with the encoder attached for token-state recomputation).
     """
     if batch_size < 1:
-        raise AutomrError(f"batch_size must be >= 1, got {batch_size}")
+        raise AutomrError(f"the batch size (--batch-size) must be >= 1, got {batch_size}")
     backbone = Backbone.of(model)
     window = config.window or dataset.protocol.recent_k
     record = make_record(backbone, layer, config, dataset.prompt_config, window, dataset,
