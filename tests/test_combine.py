@@ -181,3 +181,18 @@ def test_compare_seeds_its_bootstrap(tmp_path):
     saved = EvaluationFolder(tmp_path / "o").report("x")
     assert saved.seed == 4
     assert saved == build_report("x", IDS, torch.tensor([0, 3, 29, 5, 1, 2, 8, 4]), 30, seed=4)
+
+
+def test_the_table_is_not_written_into_another_artifact_or_onto_a_file(tmp_path):
+    a = evaluated(tmp_path / "a", "bigrec:x", [0, 3, 29, 5, 1, 2, 8, 4],
+                  [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0])
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "config.json").write_text("{}")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AutomrError, match="not an evaluation folder"):
+        combine_folders({"x": (a, "bigrec:x")}, out=tmp_path / "memory", n_resamples=50)
+    with pytest.raises(AutomrError, match="is a file"):
+        combine_folders({"x": (a, "bigrec:x")}, out=tmp_path / "file", n_resamples=50)
+    assert sorted(p.name for p in (tmp_path / "memory").iterdir()) == ["config.json"]
+    for _ in range(2):  # its own table folder: written again
+        combine_folders({"x": (a, "bigrec:x")}, out=tmp_path / "table", n_resamples=50)

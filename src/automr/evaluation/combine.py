@@ -45,6 +45,7 @@ def combine_folders(
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     reference = reference or next(iter(sources))
     if out is not None:
+        EvaluationFolder(out).check_target()
         EvaluationFolder.check_names(list(sources))
     if reference not in sources:
         raise AutomrError(f"the reference {reference!r} is none of {', '.join(sources)}")
