@@ -32,6 +32,15 @@ def check(exported: dict) -> None:
         assert likelihoods is None or len(likelihoods.tokens) == results["samples"]
 
 
+def test_every_committed_result_says_how_it_was_made():
+    """The evidence rule: a number in the docs can be recomputed, so every JSON under
+    docs/results/ names the command (or the calls) that produced it."""
+    unexplained = [str(path.relative_to(RESULTS)) for path in sorted(RESULTS.rglob("*.json"))
+                   if not any(json.loads(path.read_text()).get(key)
+                              for key in ("commands", "command", "how"))]
+    assert not unexplained
+
+
 @pytest.mark.parametrize("path", EXPORTS, ids=[p.name for p in EXPORTS])
 def test_committed_results_reproduce_their_tables(path):
     exported = json.loads(path.read_text())
