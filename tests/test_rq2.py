@@ -307,3 +307,32 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
 def test_synthetic_test_split_has_samples_with_memory(workspace):
     samples = PreparedDataset.load(workspace / "prepared").samples("test")
     assert sum(bool(s.memory) for s in samples) >= 6
+
+
+@pytest.mark.parametrize("metrics", [2, 5], ids=["likelihood", "ranks"])
+def test_every_title_of_the_rq2_figure_fits_inside_it(metrics, tmp_path):
+    """The committed 1,000-sample RQ2 (two likelihood metrics) and a five-metric one: the
+    figure's title and each panel's title are drawn whole, not cut at the figure's edge."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from automr.experiments.rq2 import rq2_figure
+
+    payload = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "automr"
+                          / "rq2-likelihood-1000.json").read_text())
+    if metrics == 5:  # the same runs under the five ranking metrics' names
+        names = ["recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10"]
+        payload["metrics"] = names
+        for run in payload["runs"]:
+            run["metrics"] = dict(zip(names, [*run["metrics"].values()] * 3, strict=False))
+    (tmp_path / "rq2.json").write_text(json.dumps(payload))
+    figure = rq2_figure(RQ2Result.load(tmp_path / "rq2.json"))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer, bounds = canvas.get_renderer(), figure.bbox
+    titles = [figure._suptitle, *(ax.title for ax in figure.axes)]
+    assert len(titles) == metrics + 1
+    for title in titles:
+        box = title.get_window_extent(renderer)
+        assert bounds.x0 <= box.x0 and box.x1 <= bounds.x1 and box.y1 <= bounds.y1, (
+            title.get_text())

@@ -14,7 +14,7 @@ PLOTS_HINT = 'pip install "automr[plots]"'
 
 #: Display names of metric keys (``recall@5`` -> ``Recall@5``).
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG", "target_ll": "Target log-likelihood",
-                 "target_ll_per_token": "per token"}
+                 "target_ll_per_token": "Log-likelihood per token"}
 
 
 def metric_label(key: str) -> str:

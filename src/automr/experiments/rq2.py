@@ -19,6 +19,7 @@ import json
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from beartype import beartype
@@ -241,11 +242,15 @@ def rq2_markdown(result: RQ2Result) -> str:
 
 
 def plot_rq2(out_dir: Path | str) -> tuple[Path, Path]:
-    """Draw ``rq2.png`` / ``rq2.svg`` from ``OUT/rq2.json``: per metric, random seeds as a box
-    with their points, AutoMR as a box (several retrievers) or a marker, BIGRec as a line."""
+    """Draw ``rq2.png`` / ``rq2.svg`` from ``OUT/rq2.json`` (:func:`rq2_figure`)."""
     out = Path(out_dir)
-    result = RQ2Result.load(out / "rq2.json")
-    figure = new_figure(2.3 * len(result.metrics) + 0.6, 3.4)
+    return save_figure(rq2_figure(RQ2Result.load(out / "rq2.json")), out / "rq2")
+
+
+def rq2_figure(result: RQ2Result) -> Any:
+    """Per metric, random seeds as a box with their points, AutoMR as a box (several
+    retrievers) or a marker, BIGRec as a line (a matplotlib ``Figure``)."""
+    figure = new_figure(2.6 * len(result.metrics) + 0.6, 3.6)
     axes = figure.subplots(1, len(result.metrics), squeeze=False)[0]
     for ax, metric in zip(axes, result.metrics, strict=True):
         random = [r.metrics[metric] for r in result.group("random")]
@@ -268,6 +273,6 @@ def plot_rq2(out_dir: Path | str) -> tuple[Path, Path]:
         ax.grid(axis="y", alpha=0.3)
     axes[0].plot([], [], color="tab:gray", linestyle="--", label="BIGRec")
     axes[0].legend(loc="best", fontsize="small", frameon=False)
-    figure.suptitle(f"AutoMR vs random retrieval ({len(result.group('random'))} seeds, "
-                    f"{result.samples} samples, grounder {result.grounder})")
-    return save_figure(figure, out / "rq2")
+    figure.suptitle(f"AutoMR vs random retrieval\n{len(result.group('random'))} seeds, "
+                    f"{result.samples} samples, grounder {result.grounder}")
+    return figure
