@@ -186,3 +186,30 @@ def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tm
         {"annotations_digest": annotations_digest(workspace["folders"]["three"])}))
     memorised = CliRunner().invoke(app, [*args, "--retriever", f"mine={tmp_path / 'ret'}"])
     assert memorised.exit_code == 2 and "was trained on" in memorised.output
+
+
+def test_retriever_score_refuses_samples_the_retriever_was_trained_on(workspace, tmp_path):
+    """Another folder annotating the training samples (here the same samples, 3 elements
+    each) is refused as the training folder itself is; a retriever that never saw them is
+    scored."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    root, folders = workspace["root"], workspace["folders"]
+    record = train_retriever(folders["all"], root / "prepared", root / "mem", tmp_path / "ret",
+                             config=RetrieverTrainingConfig(max_epochs=2), progress=False)
+    assert record["annotated_samples"] == Annotations.header_of(folders["all"])["samples"]
+    args = ["retriever", "score", "--annotations", str(folders["three"]), "--data",
+            str(root / "prepared"), "--memory", str(root / "mem"), "--out",
+            str(tmp_path / "scores"), "--retriever", f"mine={tmp_path / 'ret'}"]
+    seen = CliRunner().invoke(app, args)
+    assert seen.exit_code == 2, seen.output
+    count = len(Annotations.header_of(folders["three"])["samples"])
+    assert f"{count} of the {count} samples annotated in" in " ".join(seen.output.split())
+    training = tmp_path / "ret" / "training.json"
+    payload = json.loads(training.read_text())
+    payload["annotated_samples"] = ["a sample of another split"]
+    training.write_text(json.dumps(payload))
+    unseen = CliRunner().invoke(app, args)
+    assert unseen.exit_code == 0, unseen.output

@@ -214,10 +214,10 @@ class Annotations:
     queries: torch.Tensor
     index: list[torch.Tensor]
 
-    @classmethod
-    def load(cls, folder: Path | str) -> "Annotations":
-        """A finished annotation folder; a missing, damaged or foreign one is one clear error
-        naming the file."""
+    @staticmethod
+    def header_of(folder: Path | str) -> dict:
+        """An annotation folder's config.json (settings, model, memory, the annotated
+        samples' ids), checked; a missing, damaged or foreign one is one clear error."""
         folder = Path(folder)
         path = folder / "config.json"
         if not path.is_file():
@@ -230,7 +230,8 @@ class Annotations:
                               f"{found!r}, expected {FORMAT!r}); pass the folder that "
                               f"`automr annotate --out` wrote")
         try:
-            count = len(header["samples"])
+            if not isinstance(header["samples"], list):
+                raise TypeError("samples is not a list")
             shard_size = int(header["config"]["shard_size"])
             for key in ("model", "memory_model_fingerprint"):  # retrieval_dataset reads them
                 if key not in header:
@@ -240,6 +241,15 @@ class Annotations:
         except (KeyError, TypeError, ValueError) as error:
             raise AutomrError(f"{path} is damaged ({error!r} is wrong or missing); annotate "
                               f"again with {MADE_BY_CONFIG}") from None
+        return header
+
+    @classmethod
+    def load(cls, folder: Path | str) -> "Annotations":
+        """A finished annotation folder; a missing, damaged or foreign one is one clear error
+        naming the file."""
+        folder = Path(folder)
+        header = cls.header_of(folder)
+        count, shard_size = len(header["samples"]), int(header["config"]["shard_size"])
         expected = -(-count // shard_size)
         shards = [folder / f"shard-{n:05d}.safetensors" for n in range(expected)]
         missing = [shard for shard in shards if not shard.is_file()]

@@ -85,7 +85,8 @@ def train_retriever(
     retriever.save(out)
     record = {
         "annotations": str(annotations_dir), "annotations_digest": annotations_digest(
-            annotations_dir), "label_form": form, "temperature": temperature,
+            annotations_dir), "annotated_samples": list(annotations.header["samples"]),
+        "label_form": form, "temperature": temperature,
         "train_samples": len(train), "valid_samples": n_valid,
         "config": attrs.asdict(config), "history": attrs.asdict(history),
         "valid": attrs.asdict(evaluate_retriever(retriever, valid)) if valid else None,
@@ -95,13 +96,23 @@ def train_retriever(
 
 
 def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> None:
-    """Refuse to score a retriever on the annotations it was trained on (its training.json
-    records their digest): its picks there say what it memorised, not what it learned."""
+    """Refuse to score a retriever on samples it was trained on (its training.json records
+    their ids, and the digest of their annotations): its picks there say what it memorised,
+    not what it learned. Another folder annotating some of the same samples is refused too."""
     record = Path(retriever_dir) / "training.json"
-    if record.is_file() and (read_json(record).get("annotations_digest")
-                             == annotations_digest(annotations_dir)):
+    if not record.is_file():
+        return
+    training = read_json(record)
+    if training.get("annotations_digest") == annotations_digest(annotations_dir):
         raise AutomrError(f"the retriever in {retriever_dir} was trained on {annotations_dir}; "
                           f"score it on held-out annotations (automr annotate --split test)")
+    scored = Annotations.header_of(annotations_dir)["samples"]
+    seen = set(training.get("annotated_samples", ())).intersection(scored)
+    if seen:
+        raise AutomrError(f"{len(seen)} of the {len(scored)} samples annotated in "
+                          f"{annotations_dir} were among those the retriever in "
+                          f"{retriever_dir} was trained on; score it on held-out annotations "
+                          f"(automr annotate --split test)")
 
 
 def annotations_digest(folder: Path | str) -> str:
