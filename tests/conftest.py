@@ -1,6 +1,7 @@
 """Shared fixtures: tiny offline models (fast) and the real embedded model (one download)."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,24 @@ def real_model():
     from automr.llm.loading import load_model
 
     return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ml100k():
+    """The real MovieLens-100K from the RecBole wheel (fetched into the cache once, ~2 MB)."""
+    from automr.data import load_movielens_100k
+
+    return load_movielens_100k()
+
+
+@pytest.fixture(scope="session")
+def ml100k_prepared(ml100k, tmp_path_factory):
+    """ML-100K prepared under its preset protocol, as `automr data prepare ml-100k` does:
+    ``(dataset, folder)``."""
+    from automr.data import ProtocolConfig, prepare_dataset
+
+    out: Path = tmp_path_factory.mktemp("ml") / "prepared"
+    return prepare_dataset(ml100k, ProtocolConfig.movielens_100k(), out), out
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,17 +12,6 @@ from automr.data.movielens import GROUPLENS_GENRES, RECBOLE_DIR, RECBOLE_WHEEL
 from automr.errors import AutomrError
 
 
-@pytest.fixture(scope="module")
-def ml100k():
-    return load_movielens_100k()
-
-
-@pytest.fixture(scope="module")
-def ml100k_prepared(ml100k, tmp_path_factory) -> tuple[PreparedDataset, Path]:
-    out = tmp_path_factory.mktemp("ml") / "prepared"
-    return prepare_dataset(ml100k, ProtocolConfig.movielens_100k(), out), out
-
-
 def test_raw_counts(ml100k):
     assert (ml100k.raw_users, ml100k.raw_items, ml100k.raw_interactions) == (943, 1682, 100_000)
     assert set(ml100k.fingerprints) == {RECBOLE_WHEEL.filename, "ml-100k.inter", "ml-100k.item"}
