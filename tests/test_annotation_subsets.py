@@ -75,6 +75,10 @@ def test_the_retrieval_dataset_holds_the_annotated_elements_only(workspace):
                              "train")
     assert data.metadata["element_subset"] == "3" and data.metadata["element_seed"] == "5"
     assert full.metadata["element_subset"] == "all"
+    by_id = {s.id: s for s in dataset.samples("train")}  # the plain way: every memory, padded
+    plain, plain_mask = store.padded_keys([store.request_for(by_id[key])
+                                           for key in part.header["samples"]])
+    assert torch.equal(full.keys, plain) and torch.equal(full.mask, plain_mask)
     for row, index in enumerate(part.index):
         n = len(index)
         assert data.mask[row].sum() == n and bool(data.mask[row, :n].all())

@@ -325,9 +325,9 @@ def retrieval_dataset(
         raise AutomrError(f"{len(missing)} annotated samples are not in the {split} split of "
                           f"this dataset (e.g. {missing[0]}); use the dataset they came from")
     samples: Sequence[Sample] = [by_key[k] for k in annotations.header["samples"]]
-    full, _ = store.padded_keys([store.request_for(s) for s in samples])
     width = max((len(i) for i in annotations.index), default=0)
-    keys = full.new_zeros(len(samples), width, full.shape[2])
+    keys = torch.zeros(len(samples), width, store.hidden_size, dtype=store.record.torch_dtype,
+                       device=store.device)  # filled one sample's memory at a time
     mask = torch.zeros(len(samples), width, dtype=torch.bool)
     targets = torch.zeros(mask.shape)
     for row, (index, label) in enumerate(zip(annotations.index, annotations.labels(
@@ -336,7 +336,7 @@ def retrieval_dataset(
             raise AutomrError(f"the annotation of sample {samples[row].id} names memory "
                               f"element {int(index.max())}, but its memory has "
                               f"{len(samples[row].memory)}: annotated with another dataset")
-        keys[row, : len(index)] = full[row, index.long()]
+        keys[row, : len(index)] = store.view_sample(samples[row]).keys[index.long()]
         mask[row, : len(index)] = True
         targets[row, : label.shape[0]] = label
     subset = annotations.header["config"].get("element_subset")
