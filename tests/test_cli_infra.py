@@ -65,6 +65,22 @@ def test_every_option_of_every_command_says_what_it_is_for():
     assert not missing, missing
 
 
+def test_every_help_text_is_shown_whole():
+    """Typer reads help as rich markup: '[default: the first]' or '[min, max]' was a style
+    tag and vanished from --help. Every command's and option's help renders as written."""
+    from rich.markup import escape
+    from rich.text import Text
+
+    leaves = _leaf_commands(command_tree())
+    helps = [part.help for _, command in leaves for part in (command, *command.params)
+             if getattr(part, "help", None)]
+    assert helps and all(escape(Text.from_markup(h).plain) == h for h in helps)
+    for args, shown in ((["evaluate"], "with [default: the first bigrec method, else the"),
+                        (["bench", "annotate"], "the median over rounds [min, max]")):
+        result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "250"})
+        assert shown in " ".join(result.output.split()), result.output
+
+
 def test_the_shared_combiner_option_names_every_combiner():
     from automr.cli.common import CombinerOption
     from automr.combiners import COMBINERS

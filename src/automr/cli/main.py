@@ -77,13 +77,27 @@ def _attach_run_record(command: object) -> None:
     attach_run_record(command)
 
 
+def _plain_help(command: object) -> None:
+    """Help texts are plain text: Typer reads them as rich markup, where a bracketed part
+    (``[default: the first]``, ``[min, max]``) is a style tag and vanished from ``--help``."""
+    if not typer.core.HAS_RICH:
+        return
+    from rich.markup import escape
+
+    for part in [command, *getattr(command, "params", ())]:
+        if getattr(part, "help", None):
+            part.help = escape(part.help)
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 @final
 class AutomrGroup(LazyGroup):
     """The root group: :data:`COMMANDS`, each with a run record when it has ``--out``; an
     interrupted command says how to resume."""
 
     registry = COMMANDS
-    on_load = (_attach_run_record,)
+    on_load = (_attach_run_record, _plain_help)
 
     def invoke(self, ctx: typer.Context) -> object:
         """Run the sub-command; Ctrl-C ends with one line saying how to go on (exit 130)."""
