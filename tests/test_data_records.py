@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from automr.data import Catalog, Interaction, Item, Sample, display_title, merge_duplicates
 from automr.data.catalog import split_title_year
+from automr.errors import AutomrError
 
 
 def test_sample_refuses_future_history():
@@ -63,7 +64,8 @@ def test_catalog_lookups_with_repeated_titles():
     assert catalog["2"] == Item("2", "Sabrina")
     assert catalog.positions(["3", "1", "3"]) == [2, 0, 2]
     assert catalog.positions(catalog.ids) == list(range(len(catalog)))
-    with pytest.raises(KeyError):
+    with pytest.raises(AutomrError, match=r"item '9' is not in this catalog \(3 items\): are "
+                                          r"the samples from another dataset\?"):
         catalog.positions(["1", "9"])
     with pytest.raises(ValueError, match="twice"):
         Catalog((Item("1", "a"), Item("1", "b")))

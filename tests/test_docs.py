@@ -171,6 +171,9 @@ def test_custom_components_tutorial_runs() -> None:
     namespace: dict[str, object] = {"__name__": "tutorial"}
     exec(compile(code, "custom-components.md", "exec"), namespace)
     assert namespace["tokens"].shape[0] == 2  # type: ignore[attr-defined]
+    evaluation = namespace["evaluation"]  # the recommender's section: ranked beside pop
+    assert set(evaluation.reports) == {"pop", "recent"}  # type: ignore[attr-defined]
+    assert "recent" in evaluation.paired()  # type: ignore[attr-defined]
 
 
 def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:

@@ -298,13 +298,50 @@ class Returns:
 
 
 @pytest.mark.parametrize(("ranks", "message"), [
-    ([1.7, 2.2, 0.9, 3.5], r"the rank 1\.7: ranks are ints in \[0, 30\)"),
-    ([1, 2, 40, 3], r"the rank 40"), ([1, 2, 3], r"ranked 3 of 4 samples"),
-    ([True, 1, 2, 3], r"the rank True")])
+    ([1.7, 2.2, 0.9, 3.5], r"the rank 1\.7: ranks are ints in \[0, 30\] \(0 = first, 30 = a miss"),
+    ([1, 2, 31, 3], r"the rank 31"), ([1, 2, 3], r"ranked 3 of 4 samples"),
+    ([True, 1, 2, 3], r"the rank True"), (None, r"m's rank\(\) returned NoneType")])
 def test_ranks_that_are_not_places_in_the_catalog_are_refused(ranks, message):
     """Float ranks (mid-ranks for ties) were cut to their floor in the table, silently."""
     with pytest.raises(AutomrError, match=message):
         evaluate({"m": Returns(ranks)}, SAMPLES[:4], 30, n_resamples=20)
+
+
+def test_a_miss_is_the_catalogs_size_as_rank_in_list_gives_it():
+    """A top-20 list method's miss (rank_in_list's n_items) was refused as out of range."""
+    from automr.evaluation import rank_in_list
+
+    ranks = [rank_in_list([5, 7], target, 30) for target in (7, 9, 5, 9)]
+    assert ranks == [1, 30, 0, 30]
+    report = evaluate({"m": Returns(ranks)}, SAMPLES[:4], 30, n_resamples=20).reports["m"]
+    assert report.ranks == (1, 30, 0, 30) and report.metrics["recall@5"].mean == 0.5
+
+
+def test_what_is_not_a_method_is_one_line_before_any_ranking():
+    class NoSettings:
+        def rank(self, samples):
+            raise AssertionError("ranked")
+
+    for method in (NoSettings(), Returns, Returns([0, 0, 0, 0], settings="v1")):
+        with pytest.raises(AutomrError, match=r"m is not a Method: it needs rank\(samples\) "
+                                              r"and settings, a dict"):
+            evaluate({"bigrec": Constant(0), "m": method}, SAMPLES[:4], 30)
+    with pytest.raises(AutomrError, match=r"n_items is .* \(e\.g\. len\(dataset\.catalog\)\); "
+                                          r"got a list$"):
+        evaluate({"m": Constant(0)}, SAMPLES, list(range(10_000)))
+    single = evaluate({"m": Constant(0)}, SAMPLES, 30, measures="ranks")
+    assert single.reports["m"] == evaluate({"m": Constant(0)}, SAMPLES, 30).reports["m"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "my/method", "a\\b", "", " ",
+                                  ".hidden"])
+def test_a_method_name_that_is_not_a_file_name_is_refused(tmp_path, name):
+    """'../escape' wrote its ranks outside the folder, '/tmp/abs' anywhere."""
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(AutomrError, match="cannot name the files of an evaluation folder"):
+        evaluate({name: Constant(0)}, SAMPLES, 30, out=out)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    evaluate({name: Constant(0)}, SAMPLES, 30)  # no folder: any name
 
 
 def test_integer_ranks_of_numpy_or_torch_are_taken(tmp_path):

@@ -237,11 +237,16 @@ class PromptContext(Protocol):
 class Method(Protocol):
     """A recommender as :func:`automr.evaluate` sees it: a full-catalog rank per sample.
 
-    ``rank`` gives, for each sample, the 0-based rank of its target among all catalog items.
-    ``settings`` is a JSON-able description of everything that decides those ranks (model,
-    adapter, grounder, retriever, ...): an evaluation folder reuses ranks saved under the
-    same name only when the settings are equal. Builders for every method kind the CLI
-    knows are in :mod:`automr.methods`; any object of this shape works.
+    ``rank`` gives, for each sample, the 0-based rank of its target among all catalog items
+    (an int; the catalog's size for a miss, as
+    :func:`~automr.evaluation.metrics.rank_in_list` gives for a target not in a list). It is
+    called once per shard of samples (64 by default), not once for all of them.
+    ``settings`` is a dict, JSON-able, of everything that decides those ranks (model,
+    adapter, grounder, retriever, and for your own class its name and version): an
+    evaluation folder reuses ranks saved under the same name only when the settings are
+    equal (``evaluate`` adds the keys ``method``, ``samples`` and ``n_items`` itself).
+    Builders for every method kind the CLI knows are in :mod:`automr.methods`; any object of
+    this shape works.
     """
 
     @property

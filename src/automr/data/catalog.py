@@ -19,6 +19,7 @@ import attrs
 from beartype import beartype
 
 from automr.data.records import Interaction, Item
+from automr.errors import AutomrError
 
 _TRAILING_YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -93,8 +94,12 @@ class Catalog:
 
     def positions(self, item_ids: Iterable[str]) -> list[int]:
         """Each item's place in the catalog order (its index in :attr:`ids`, its row or column
-        in anything built over all items); KeyError if unknown."""
-        return [self._position[i] for i in item_ids]
+        in anything built over all items); an unknown item is an error that names it."""
+        try:
+            return [self._position[i] for i in item_ids]
+        except KeyError as error:
+            raise AutomrError(f"item {error.args[0]!r} is not in this catalog ({len(self)} "
+                              f"items): are the samples from another dataset?") from None
 
     def ids_for_title(self, title: str) -> tuple[str, ...]:
         """All item ids whose display title is exactly ``title`` (empty tuple if none)."""

@@ -183,9 +183,16 @@ class EvaluationFolder:
 
     @classmethod
     def check_names(cls, methods: Sequence[str]) -> None:
-        """Refuse names that would share files (``a:b`` and ``a-b`` are both ``a-b``)."""
+        """Refuse names that cannot name a file of the folder (empty, hidden, a path: they
+        would be written elsewhere) or would share files (``a:b`` and ``a-b`` are both
+        ``a-b``)."""
         owners: dict[str, str] = {}
         for method in methods:
+            if (not isinstance(method, str) or not method.strip() or method.startswith(".")
+                    or "/" in method or "\\" in method):
+                raise AutomrError(f"the method name {method!r} cannot name the files of an "
+                                  f"evaluation folder (ranks/NAME.json): give a name without "
+                                  f"'/' or '\\' that does not start with '.'")
             other = owners.setdefault(cls.slug(method), method)
             if other != method:
                 raise AutomrError(f"the methods {other!r} and {method!r} would share the files "

@@ -164,11 +164,16 @@ def evaluate(
     if not methods:
         raise AutomrError("evaluate needs at least one method")
     if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral) or n_items < 1:
-        raise AutomrError(f"n_items is the catalog's size, an int >= 1; got {n_items!r}")
+        shown = repr(n_items) if isinstance(n_items, numbers.Number) else (
+            f"a {type(n_items).__name__}")
+        raise AutomrError(f"n_items is the catalog's size, an int >= 1 (e.g. "
+                          f"len(dataset.catalog)); got {shown}")
     n_items = int(n_items)
     samples = list(samples)  # any iterable, read once
     if not samples:
         raise AutomrError("evaluate needs at least one sample")
+    if isinstance(measures, str):
+        measures = (measures,)
     unknown = set(measures) - set(MEASURES)
     if unknown or not measures:
         raise AutomrError(f"measures must be among {', '.join(MEASURES)}; got {sorted(measures)}")
@@ -190,6 +195,10 @@ def evaluate(
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}
     for name, method in methods.items():
+        if not isinstance(method, Method) or not isinstance(method.settings, Mapping):
+            raise AutomrError(f"{name} is not a Method: it needs rank(samples) and settings, a "
+                              f"dict of what decides its ranks (got a {type(method).__name__})")
+    for name, method in methods.items():
         settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
         try:  # they are saved with the values, and decide what a rerun reuses
             json.dumps(settings)
@@ -210,17 +219,23 @@ def evaluate(
 
 
 def _checked_ranks(name: str, ranks: Any, count: int, n_items: int) -> list[int]:
-    """A method's ranks as ints, one per sample, each a 0-based place in the catalog: a float
-    (a mid-rank for ties, say) would be cut to its floor in the table, silently."""
-    values = ranks.tolist() if hasattr(ranks, "tolist") else list(ranks)
+    """A method's ranks as ints, one per sample, each a 0-based place in the catalog or
+    ``n_items`` for a miss (:func:`~automr.evaluation.metrics.rank_in_list`'s): a float (a
+    mid-rank for ties, say) would be cut to its floor in the table, silently."""
+    try:
+        values = ranks.tolist() if hasattr(ranks, "tolist") else list(ranks)
+    except TypeError:
+        raise AutomrError(f"{name}'s rank() returned {type(ranks).__name__}, not a sequence "
+                          f"of ranks") from None
     if len(values) != count:
         raise AutomrError(f"{name} ranked {len(values)} of {count} samples: rank() returns one "
                           f"rank per sample")
     bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                or not 0 <= v < n_items), None)
+                or not 0 <= v <= n_items), None)
     if bad is not None:
-        raise AutomrError(f"{name} returned the rank {bad!r}: ranks are ints in [0, {n_items}) "
-                          f"(0 = first; break ties yourself, e.g. against the target)")
+        raise AutomrError(f"{name} returned the rank {bad!r}: ranks are ints in [0, {n_items}] "
+                          f"(0 = first, {n_items} = a miss; break ties yourself, e.g. against "
+                          f"the target)")
     return [int(v) for v in values]
 
 
