@@ -12,6 +12,7 @@ from automr.data import Interaction, Sample
 from automr.data.popularity import popularity, training_sequences
 from automr.methods import METHODS, Workspace, baselines, build_method, registry
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
+from automr.testing.contracts import MethodContract
 from automr.testing.synthetic import synthetic_dataset
 
 
@@ -155,3 +156,38 @@ def test_popularity_is_counted_once_per_method(dataset, monkeypatch):
             assert len(method.rank(samples[start : start + 4])) == 4
         assert torch.equal(prior(samples[start : start + 4]), popularity(dataset).float()[None])
     assert calls == {"floors": 2, "l2-pop": 1}
+
+
+class TestPopularityContract(MethodContract):
+    @pytest.fixture
+    def method(self, dataset):
+        return PopularityMethod(dataset, exclude_seen=True)
+
+    @pytest.fixture
+    def samples(self, dataset):
+        return dataset.samples("test")[:12]
+
+
+class TestCooccurrenceContract(TestPopularityContract):
+    @pytest.fixture
+    def method(self, dataset):
+        return CooccurrenceMethod(dataset, window=3, query_items=2)
+
+
+class RanksByPlaceInTheCall:
+    """A method whose ranks follow the sample's place in the call, not the sample: evaluate's
+    shards would change its numbers."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.settings = dataset, {"kind": "by-place"}
+
+    def rank(self, samples):
+        return [row % 3 for row in range(len(samples))]
+
+
+def test_the_method_contract_fails_a_method_that_depends_on_its_batch(dataset):
+    contract, method = MethodContract(), RanksByPlaceInTheCall(dataset)
+    samples = dataset.samples("test")[:12]
+    contract.test_one_rank_per_sample_in_the_catalog(method, samples)  # well-formed ranks
+    with pytest.raises(AssertionError):
+        contract.test_shards_and_order_do_not_matter(method, samples)

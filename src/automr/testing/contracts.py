@@ -1,4 +1,4 @@
-"""Contract tests every Retriever and every Combiner must pass (pytest mixins).
+"""Contract tests every Retriever, Combiner and Method must pass (pytest mixins).
 
 Use them by subclassing in a test module and providing the component as a fixture::
 
@@ -16,18 +16,31 @@ Use them by subclassing in a test module and providing the component as a fixtur
         def combiner(self):
             return MyCombiner()
 
+    class TestMyMethod(MethodContract):
+        @pytest.fixture
+        def method(self, dataset):
+            return MyMethod(dataset)
+
+        @pytest.fixture
+        def samples(self, dataset):
+            return dataset.samples("test")[:8]
+
 The checks are hypothesis properties run inside each test (so fixtures of any scope work).
 Combiner checks assume a combiner that *inserts* memory vectors as extra positions (as all of
 automr's do); the model-level identity check runs a tiny offline Llama (``split_llm``
 fixture, overridable).
 """
 
+import json
+import numbers
+from collections.abc import Mapping
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from automr.interfaces import Combiner, MemoryTokens, Retriever
+from automr.interfaces import Combiner, MemoryTokens, Method, Retriever
 from automr.llm.split import HFSplitLLM
 from automr.retrievers.selection import top_k
 from automr.state import LayerState
@@ -250,3 +263,47 @@ class CombinerContract:
             torch.testing.assert_close(got, expected, **TOLERANCE)
 
         check()
+
+
+class MethodContract:
+    """What :func:`automr.evaluate` relies on from a :class:`~automr.interfaces.Method`.
+
+    Subclasses provide a ``method`` fixture and a ``samples`` fixture (a few samples of the
+    method's dataset, at least two), and set ``n_items`` to its catalog's size when it is not
+    ``len(method.dataset.catalog)``. ``evaluate`` ranks in shards and a rerun reads saved
+    ranks back, so a method must rank each sample the same whatever else is in the call.
+    """
+
+    n_items: int | None = None
+
+    def _catalog_size(self, method) -> int:
+        return self.n_items if self.n_items is not None else len(method.dataset.catalog)
+
+    def test_is_a_method_with_json_settings(self, method):
+        assert isinstance(method, Method)
+        assert isinstance(method.settings, Mapping)
+        json.dumps(dict(method.settings))
+
+    def test_one_rank_per_sample_in_the_catalog(self, method, samples):
+        ranks = _ranks(method, samples)
+        assert len(ranks) == len(samples)
+        n_items = self._catalog_size(method)
+        assert all(isinstance(r, numbers.Integral) and not isinstance(r, bool)
+                   and 0 <= r <= n_items for r in ranks), ranks  # n_items: a miss
+
+    def test_shards_and_order_do_not_matter(self, method, samples):
+        whole = _ranks(method, samples)
+        half = len(samples) // 2
+        assert _ranks(method, samples[:half]) + _ranks(method, samples[half:]) == whole
+        assert _ranks(method, samples[::-1]) == whole[::-1]
+
+    def test_deterministic(self, method, samples):
+        assert _ranks(method, samples) == _ranks(method, samples)
+
+
+def _ranks(method: Method, samples) -> list:
+    """``rank``'s answer as a list (numpy and torch integers as Python's, as evaluate reads
+    them)."""
+    ranks = method.rank(list(samples))
+    return ranks.tolist() if hasattr(ranks, "tolist") else list(ranks)
+
