@@ -1,0 +1,47 @@
+"""Every method kind the CLI builds passes :class:`MethodContract` on a tiny model: the same
+ranks whatever else is in the call (evaluate ranks in shards, the LM methods in padded
+batches of 3 here), in any order, on a repeat."""
+
+import pytest
+
+import automr
+from automr.memory import MemoryConfig, build_memory
+from automr.methods import Artifacts, MethodOptions, Workspace, build_method
+from automr.recommenders.finetune import FinetuneConfig, finetune
+from automr.retrievers import build_retriever
+from automr.testing.contracts import MethodContract
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+KINDS = ["pop", "cooc", "sasrec", "base:l2", "bigrec:constrained", "bigrec:l2",
+         "bigrec:l2-pop", "automr:constrained", "random:l2", "semantic:constrained"]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("contract")
+    dataset = synthetic_dataset(root)
+    model = str(save_tiny_model(root / "model"))
+    finetune(automr.load_model(model, device="cpu"), dataset, root / "ft",
+             FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
+                            lora_from_layer=2), progress=False)
+    store = build_memory(automr.load_model(model, device="cpu"), dataset, 2,
+                         MemoryConfig(encoder="item", store_token_states=True), root / "mem",
+                         progress=False)
+    build_retriever("mlp", store.hidden_size, seed=0).save(root / "ret")
+    artifacts = Artifacts(model=model, finetuned=root / "ft", memory=root / "mem",
+                          retriever=root / "ret")
+    options = MethodOptions(batch_size=3, num_beams=3, layer=2, tune_samples=4)
+    return Workspace(dataset=dataset, artifacts=artifacts, options=options, device="cpu",
+                     progress=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+class TestEveryMethodKind(MethodContract):
+    @pytest.fixture
+    def method(self, space, kind):
+        self.n_items = len(space.dataset.catalog)
+        return build_method(kind, space)
+
+    @pytest.fixture
+    def samples(self, space):
+        return space.dataset.samples("test")[:7]
