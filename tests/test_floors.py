@@ -191,3 +191,12 @@ def test_the_method_contract_fails_a_method_that_depends_on_its_batch(dataset):
     contract.test_one_rank_per_sample_in_the_catalog(method, samples)  # well-formed ranks
     with pytest.raises(AssertionError):
         contract.test_shards_and_order_do_not_matter(method, samples)
+
+
+def test_a_floor_is_built_on_a_dataset_not_its_folder():
+    """PopularityMethod('/path') was taken and failed only when it ranked."""
+    from beartype.roar import BeartypeCallHintParamViolation
+
+    for floor in (PopularityMethod, CooccurrenceMethod):
+        with pytest.raises(BeartypeCallHintParamViolation, match="PreparedDataset"):
+            floor("runs/data")

@@ -48,6 +48,7 @@ def _csr_counts(rows: list[int], cols: list[int], shape: tuple[int, int]) -> tor
             check_invariants=True).coalesce().to_sparse_csr()
 
 
+@beartype
 @attrs.define(eq=False)
 class PopularityMethod:
     """The same ranking for everyone: training-period popularity (ties ranked pessimistically)."""
