@@ -35,3 +35,20 @@ def test_the_committed_floors_are_recomputed_exactly_by_their_command(ml100k_pre
         report = folder.report(method)
         assert len(committed) == 1000
         assert dict(zip(report.sample_ids, report.ranks, strict=True)) == committed, method
+
+
+def test_the_committed_rq3_is_recomputed_from_its_evaluations_export(ml100k_prepared):
+    """docs/results/automr/rq3-1000.json (how far back AutoMR's retrieved elements lie) from
+    the committed per-sample values of the evaluation it analysed, on the real data."""
+    from automr.experiments.rq3 import analyze_rq3
+
+    results = FLOORS.parents[1] / "automr"
+    committed = json.loads((results / "rq3-1000.json").read_text())
+    dataset = ml100k_prepared[0]
+    result = analyze_rq3(results / "memory-1000.json", dataset,
+                         reference=committed["reference"], method=committed["method"],
+                         measure=committed["measure"], rows=len(committed["shown"]))
+    recomputed = result.to_json(dataset)
+    assert recomputed.keys() >= committed.keys() - {"commands"}
+    for key in committed.keys() - {"commands", "results"}:
+        assert recomputed[key] == committed[key], key

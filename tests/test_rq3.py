@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 
+import attrs
 import pytest
 import torch
 import typer
@@ -212,3 +213,36 @@ def test_cli_and_one_line_errors(dataset_dir, tmp_path):
                      retrieved={**RETRIEVED, U0_60: [5]})
     wrong = runner.invoke(app, ["rq3", "--results", str(bad), "--data", str(dataset_dir)])
     assert wrong.exit_code == 2 and "outside the sample's memory" in wrong.output
+
+
+def test_an_export_gives_the_folders_rq3(dataset_dir, tmp_path):
+    """`automr rq3 --results X.json`: an exported evaluation (docs/results/) gives what its
+    folder gives, for ranks and for likelihoods; without --out it says where to write."""
+    from automr.evaluation.likelihood import build_likelihood_report
+
+    folder = evaluation(tmp_path / "results", {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4})
+    ids = list(REFERENCE_RANKS)
+    for method, shift in (("bigrec:constrained", 0.0), ("automr:constrained", 0.5)):
+        EvaluationFolder(folder).save_likelihoods(
+            build_likelihood_report(method, ids, [(-5.0 - shift * (i % 3), 3)
+                                                  for i, _ in enumerate(ids)], n_resamples=10),
+            {"split": "test"}, {"retrieved": RETRIEVED} if "automr" in method else {})
+    saved, both = EvaluationFolder(folder), ("bigrec:constrained", "automr:constrained")
+
+    def table(reports):
+        return {r.method: {k: attrs.asdict(v) for k, v in r.metrics.items()} for r in reports}
+
+    (folder / "results.json").write_text(json.dumps({  # as evaluate writes it, in short
+        "methods": table(saved.report(m) for m in both),
+        "likelihood": table(saved.likelihoods(m) for m in both),
+        "config": {"split": "test", "ks": [1, 5, 10], "n_resamples": 10, "seed": 0}}))
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps(EvaluationFolder(folder).export()))
+    for measure in ("ranks", "likelihood"):
+        from_folder = run_rq3(folder, dataset_dir, tmp_path / f"f-{measure}", measure=measure)
+        from_export = run_rq3(exported, dataset_dir, tmp_path / f"e-{measure}", measure=measure)
+        dataset = PreparedDataset.load(dataset_dir)
+        expected = {**from_folder.to_json(dataset), "results": str(exported)}
+        assert from_export.to_json(dataset) == expected, measure
+    with pytest.raises(AutomrError, match="is an exported evaluation: say where"):
+        run_rq3(exported, dataset_dir)

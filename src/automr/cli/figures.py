@@ -90,7 +90,8 @@ def rq2_command(
 @user_errors
 def rq3_command(
     results: Annotated[Path, typer.Option(
-        help="Evaluation folder (`automr evaluate --out`) with ranks/ and retrieved/.")],
+        help="Evaluation folder (`automr evaluate --out`) with ranks/ and retrieved/, or its "
+             "export (`automr export`, e.g. under docs/results/).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset the evaluation used.")],
     memory: Annotated[Path | None, typer.Option(
         help="Memory folder: read the retrieved positions against its index "
@@ -98,13 +99,13 @@ def rq3_command(
     reference: Annotated[str, typer.Option(help="The method without memory.")] =
         "bigrec:constrained",
     reference_results: Annotated[Path | None, typer.Option(
-        help="Evaluation folder holding --reference's ranks [default: --results].",
+        help="Evaluation folder (or export) holding --reference's ranks [default: --results].",
         show_default=False)] = None,
     method: Annotated[str, typer.Option(help="The method with memory.")] =
         "automr:constrained",
     rows: Annotated[int, typer.Option(help="Samples drawn in the timeline figure.")] = 8,
     out: Annotated[Path | None, typer.Option(
-        help="Folder for rq3.md/json and the figures [default: --results].",
+        help="Folder for rq3.md/json and the figures [default: --results, when a folder].",
         show_default=False)] = None,
     measure: Annotated[str, typer.Option(
         help="ranks (memory helped = Recall@1 or rank improved) or likelihood (= the true "

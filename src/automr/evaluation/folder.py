@@ -283,9 +283,7 @@ class EvaluationFolder:
         brought = self.source(origin)
         if brought is not None:
             source, name = brought
-            if source.is_dir():
-                return EvaluationFolder(source).split(name)
-            return str(read_export(source)["results"].get("config", {}).get("split", "test"))
+            return open_evaluation(source).split(name)
         for path, key in ((settings, None), (self.path / RESULTS_JSON, "config")):
             if path.is_file():
                 data = _read(path)
@@ -365,6 +363,58 @@ def read_export(path: Path | str) -> dict[str, Any]:
     if not isinstance(exported, dict) or exported.get("format") != EXPORT_FORMAT:
         raise AutomrError(f"{path} is not an exported evaluation (format {EXPORT_FORMAT})")
     return exported
+
+
+@attrs.frozen
+class ExportedEvaluation:
+    """An evaluation written to one JSON file (:meth:`EvaluationFolder.export`, e.g. under
+    docs/results/), read as the folder it came from: its ranks, target log-likelihoods,
+    details and split, for analyses such as RQ3 (not for resuming)."""
+
+    path: Path
+    exported: Mapping[str, Any]
+
+    @classmethod
+    def open(cls, path: Path | str) -> "ExportedEvaluation":
+        return cls(Path(path), read_export(path))
+
+    def report(self, method: str) -> MetricReport:
+        report, _ = exported_reports(self.exported, method)
+        if report is None:
+            raise AutomrError(f"{self.path} holds no ranks of {method} (ranked there: "
+                              f"{', '.join(self.exported['ranks']) or 'none'})")
+        return report
+
+    def likelihoods(self, method: str) -> LikelihoodReport:
+        _, likelihoods = exported_reports(self.exported, method)
+        if likelihoods is None:
+            raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} "
+                              f"(scored there: {', '.join(self.exported['loglik']) or 'none'})")
+        return likelihoods
+
+    def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:
+        """As :meth:`EvaluationFolder.details`: an export keeps a method's details of its
+        ranking, or of its likelihoods when it was not ranked, and (``retrieved``) those of
+        both when it was."""
+        ranked = method in self.exported["ranks"]
+        if kind == "retrieved" and measure == "loglik" and ranked:
+            values = self.exported.get("retrieved_loglik", {}).get(method)
+        elif measure == ("ranks" if ranked else "loglik"):
+            values = self.exported.get(kind, {}).get(method)
+        else:
+            values = None
+        if values is None:
+            raise AutomrError(f"{self.path} has no record of the {kind} of {method} "
+                              f"({measure})")
+        return dict(values)
+
+    def split(self, method: str) -> str:
+        return str(self.exported["results"].get("config", {}).get("split", "test"))
+
+
+def open_evaluation(path: Path | str) -> "EvaluationFolder | ExportedEvaluation":
+    """An evaluation to read: a folder (``automr evaluate --out``) or its export (a file)."""
+    return ExportedEvaluation.open(path) if Path(path).is_file() else EvaluationFolder(path)
 
 
 def exported_reports(exported: Mapping[str, Any], method: str

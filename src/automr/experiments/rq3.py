@@ -38,7 +38,7 @@ from beartype import beartype
 
 from automr.data import PreparedDataset, Sample
 from automr.errors import AutomrError
-from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.folder import open_evaluation
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.memory.shards import MemoryIndex
@@ -272,8 +272,8 @@ def analyze_rq3(
     if parse_method(method)[0] not in ("automr", "random", "semantic"):
         raise AutomrError(f"{method!r} retrieves no memory; use automr:G, random:G or semantic:G")
     parse_method(reference)
-    results = EvaluationFolder(results_dir)
-    references = EvaluationFolder(reference_dir or results_dir)
+    results = open_evaluation(results_dir)
+    references = open_evaluation(reference_dir or results_dir)
     if measure == "ranks":
         ref_ids, ref_losses = _ranks(references.report(reference))
         ids, losses = _ranks(results.report(method))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy
 
 from automr.data import PreparedDataset
+from automr.errors import AutomrError
 from automr.experiments.plotting import new_figure, require_matplotlib, save_figure
 from automr.experiments.rq3 import (
     OLDER_THAN_DAYS,
@@ -25,7 +26,8 @@ def run_rq3(
     measure: str = "ranks",
 ) -> RQ3Result:
     """Write ``rq3.json``, ``rq3.md``, ``rq3-timeline.png/.svg`` and ``rq3-ages.png/.svg`` into
-    ``out_dir`` (default: ``results_dir``).
+    ``out_dir`` (default: ``results_dir``). ``results_dir`` (and ``reference_dir``) may also be
+    an exported evaluation (``automr export``, e.g. under docs/results/).
 
     The reference's ranks are read from ``reference_dir`` when given (e.g. ``OUT/bigrec`` of
     :func:`~automr.experiments.rq2.run_rq2`, with ``results_dir`` one of its ``OUT/automr-I``),
@@ -36,6 +38,9 @@ def run_rq3(
     appended to the memory later).
     """
     require_matplotlib()
+    if out_dir is None and Path(results_dir).is_file():
+        raise AutomrError(f"{results_dir} is an exported evaluation: say where rq3.md/json and "
+                          f"the figures go with --out")
     dataset = PreparedDataset.load(dataset_dir)
     result = analyze_rq3(results_dir, dataset, reference=reference, method=method, rows=rows,
                          memory=memory, reference_dir=reference_dir, measure=measure)
