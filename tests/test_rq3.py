@@ -246,3 +246,6 @@ def test_an_export_gives_the_folders_rq3(dataset_dir, tmp_path):
         assert from_export.to_json(dataset) == expected, measure
     with pytest.raises(AutomrError, match="is an exported evaluation: say where"):
         run_rq3(exported, dataset_dir)
+    with pytest.raises(AutomrError, match=r"holds no ranks of random:constrained \(there: "
+                                          r"bigrec:constrained, automr:constrained\)"):
+        run_rq3(exported, dataset_dir, tmp_path / "x", method="random:constrained")

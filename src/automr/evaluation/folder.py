@@ -379,18 +379,20 @@ class ExportedEvaluation:
         return cls(Path(path), read_export(path))
 
     def report(self, method: str) -> MetricReport:
-        report, _ = exported_reports(self.exported, method)
-        if report is None:
-            raise AutomrError(f"{self.path} holds no ranks of {method} (ranked there: "
-                              f"{', '.join(self.exported['ranks']) or 'none'})")
-        return report
+        return self._measured(method, "ranks")
 
     def likelihoods(self, method: str) -> LikelihoodReport:
-        _, likelihoods = exported_reports(self.exported, method)
-        if likelihoods is None:
-            raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} "
-                              f"(scored there: {', '.join(self.exported['loglik']) or 'none'})")
-        return likelihoods
+        return self._measured(method, "loglik")
+
+    def _measured(self, method: str, measure: str) -> Any:
+        """``method``'s ranks (``ranks``) or target log-likelihoods (``loglik``)."""
+        report, likelihoods = exported_reports(self.exported, method)
+        values = report if measure == "ranks" else likelihoods
+        if values is None:
+            what = "ranks" if measure == "ranks" else "target log-likelihoods"
+            raise AutomrError(f"{self.path} holds no {what} of {method} (there: "
+                              f"{', '.join(self.exported[measure]) or 'none'})")
+        return values
 
     def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:
         """As :meth:`EvaluationFolder.details`: an export keeps a method's details of its
