@@ -153,3 +153,16 @@ def test_missing_and_corrupt_files(tmp_path):
     broken.write_bytes(full[: len(full) // 2])
     with pytest.raises(AutomrError, match="could not be read"):
         load_amazon(broken, metas)
+
+
+def test_a_damaged_python_literal_line_is_skipped_without_a_warning():
+    """'1and 2' made ast print '<unknown>:1: SyntaxWarning: invalid decimal literal' (seen
+    under the fuzz test) while the line was skipped anyway."""
+    import warnings
+
+    from automr.data.amazon import _parse_object
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _parse_object("1and 2") is None
+        assert _parse_object("{'asin': 'B1', 'title': 'T'}") == {"asin": "B1", "title": "T"}

@@ -22,6 +22,7 @@ import html
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from automr.data.catalog import Catalog, MergeReport, merge_duplicates
@@ -94,7 +95,9 @@ def _parse_object(line: str) -> object:
     except (ValueError, RecursionError):
         pass
     try:
-        return ast.literal_eval(line)
+        with warnings.catch_warnings():  # a damaged line ('1and 2') is skipped, not printed
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return ast.literal_eval(line)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
 
