@@ -358,3 +358,27 @@ def test_a_prepared_folder_without_its_stats_is_one_line(tmp_path):
     (tmp_path / "prepared" / "stats.json").unlink()
     with pytest.raises(AutomrError, match="damaged prepared dataset"):
         PreparedDataset.load(tmp_path / "prepared")
+
+
+def test_a_row_of_empty_fields_is_counted_not_dropped_silently(tmp_path):
+    """',,,' (a spreadsheet's empty row) was skipped with no count; a blank line is no row."""
+    inter = write(tmp_path / "i.csv", "user,item,timestamp\nu,a,1577836800\n,,,\n\n"
+                                      "u,b,1577923200\n")
+    items = write(tmp_path / "t.csv", "item,title\na,A\n,\nb,B\n")
+    data = load_csv(inter, items)
+    assert data.raw_interactions == 2 and data.skipped["empty_rows"] == 2
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    """The message gave the byte's place in a decoded chunk (2533) and no line."""
+    rows = ["item,title", *(f"i{n},Title {n}" for n in range(3000))]
+    rows[2501] = "i2500,Caf\xe9 Society"
+    items = tmp_path / "t.csv"
+    items.write_bytes(("\n".join(rows) + "\n").encode("latin1"))
+    inter = write(tmp_path / "i.csv", "user,item,timestamp\nu,i1,1577836800\n")
+    with pytest.raises(AutomrError, match=r"t\.csv line 2502: not valid utf-8 text \(byte "
+                                          r"b'\\xe9', the line's byte 10\)"):
+        load_csv(inter, items)
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(items.read_bytes()))
+    with pytest.raises(AutomrError, match=r"line 2502: not valid utf-8"):
+        load_csv(inter, tmp_path / "t.csv.gz")

@@ -166,6 +166,20 @@ def test_too_many_train_months_is_a_user_error():
         resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=10), log)
 
 
+def test_nothing_after_the_training_months_suggests_only_what_can_help():
+    """A 5-day log with --train-months 1 was told to use fewer training months or a later
+    --end (neither possible); YYYYMMDD dates read as seconds got no hint."""
+    short = [Interaction("u", "a", to_unix(dt.date(2019, 1, 1))),
+             Interaction("u", "b", to_unix(dt.date(2019, 1, 5)))]
+    with pytest.raises(AutomrError, match=r"\(window ends 2019-01-05T00:00:01Z\)\. The data "
+                                          r"are too short for one training month"):
+        resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=1), short)
+    dates = [Interaction("u", "a", 20170714), Interaction("u", "b", 20170920)]
+    with pytest.raises(AutomrError, match=r"The window lies in 1970: are the timestamps dates "
+                                          r"written as numbers .* Use fewer --train-months\.$"):
+        resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=10), dates)
+
+
 def test_a_window_beside_the_data_names_the_data_not_the_training_months():
     log = [Interaction("u", "a", to_unix(dt.date(2017, 1, 5))),
            Interaction("u", "b", to_unix(dt.date(2017, 6, 5)))]
@@ -189,6 +203,10 @@ def test_a_window_bound_is_a_whole_day():
             2017, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))):
         with pytest.raises(ValueError, match="whole UTC day"):
             ProtocolConfig(start=later)
+    # in Python as on the command line: the ISO text of the day (it needed a date object)
+    assert ProtocolConfig(start="2017-01-01", end="2018-01-01") == ProtocolConfig()
+    with pytest.raises(ValueError, match=r"a window bound is a date YYYY-MM-DD, got '2017-02-30'"):
+        ProtocolConfig(start="2017-02-30")
 
 
 def test_add_months_clamps_day():

@@ -59,8 +59,8 @@ def evaluate_command(
         help="Comma-separated: ranks (Recall/NDCG) and/or likelihood (the LM methods' target "
              "log-likelihood; no decoding).")] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
-        help="Remove the user's history items from the ranking (sasrec always does, as its "
-             "original evaluation).")] = False,
+        help="Remove the user's history items from the ranking, the target excepted (sasrec "
+             "always does, as its original evaluation).")] = False,
     seed: Annotated[int, typer.Option(
         help="Seed of the seeded sample subset (and of random retrieval).")] = defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(

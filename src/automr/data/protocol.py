@@ -29,9 +29,15 @@ def _at_least(minimum: int):
     return check
 
 
-def _whole_day(value: dt.date | None) -> dt.date | None:
-    """A window bound is a UTC day: a midnight ``datetime`` is taken as its date; one with a
-    time of day or another timezone is refused (it would be cut to the day silently)."""
+def _whole_day(value: dt.date | str | None) -> dt.date | None:
+    """A window bound is a UTC day: a ``date``, or its ISO text (``"2017-01-01"``, as the CLI
+    takes it); a midnight ``datetime`` is taken as its date; one with a time of day or another
+    timezone is refused (it would be cut to the day silently)."""
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"a window bound is a date YYYY-MM-DD, got {value!r}") from None
     if not isinstance(value, dt.datetime):
         return value
     if value.time() != dt.time(0) or value.utcoffset() not in (None, dt.timedelta(0)):
@@ -209,10 +215,16 @@ def resolve_boundaries(
     except (ValueError, OverflowError):  # past the year 9999: beyond any window
         train_end = None
     if train_end is None or not start < train_end < end:
+        fixes = [fix for fix, possible in (("fewer --train-months", config.train_months > 1),
+                                           ("a later --end", config.end is not None)) if possible]
+        hint = (" The window lies in 1970: are the timestamps dates written as numbers "
+                "(20170714 is read as 20,170,714 seconds)? Write them 2017-07-14."
+                if start_day.year == 1970 else "")
+        fix = (f" Use {' or '.join(fixes)}." if fixes else
+               " The data are too short for one training month and a period after it.")
         raise AutomrError(
             f"{config.train_months} training months from {start_day} leave nothing for "
-            f"validation and test (window ends {to_iso(end)}). Use fewer --train-months or "
-            f"a later --end.")
+            f"validation and test (window ends {to_iso(end)}).{hint}{fix}")
     return SplitBoundaries(start, train_end, train_end + (end - train_end) // 2, end)
 
 

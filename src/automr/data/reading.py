@@ -107,9 +107,12 @@ class LineSource:
             try:
                 for number, line in enumerate(text, start=1):
                     yield number, line.rstrip("\n")
-            except UnicodeDecodeError as error:
-                raise bad_input(self.path, None, f"not valid {self.encoding} text ({error})",
-                                f"Save the file as {self.encoding}") from None
+            except UnicodeDecodeError:
+                line, column, byte = first_undecodable(self.path, self.encoding)
+                raise bad_input(self.path, line, f"not valid {self.encoding} text (byte "
+                                f"{byte!r}, the line's byte {column})",
+                                f"Save the file as {self.encoding} (e.g. `iconv -f latin1 -t "
+                                f"{self.encoding}`)") from None
             except (OSError, EOFError, zlib.error) as error:  # truncated / corrupt gzip
                 raise bad_input(self.path, None, f"could not be read ({error})",
                                 "Download the file again") from None
@@ -119,6 +122,20 @@ class LineSource:
         self._sha256 = hashing.digest.hexdigest()
         if self.progress is not None and task is not None:
             self.progress.remove_task(task)
+
+
+def first_undecodable(path: Path, encoding: str) -> tuple[int | None, int | None, bytes]:
+    """Where ``path`` (plain or gzipped) first fails to decode: its line, the 1-based place in
+    that line and the byte (the text layer decodes whole chunks, so its error's position says
+    neither). Read again from the start, only once a decoding error was met."""
+    with path.open("rb") as raw:
+        binary = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        for number, line in enumerate(binary, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as error:
+                return number, error.start + 1, line[error.start:error.start + 1]
+    return None, None, b""
 
 
 @contextlib.contextmanager

@@ -47,8 +47,11 @@ def delimiter_for(path: Path) -> str:
     return DELIMITERS[suffixes[-1]]
 
 
-def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line_number, {column: value})`` per data row; header checked first."""
+def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter
+          ) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line_number, {column: value})`` per data row; header checked first. A row of empty
+    fields only (``,,,``: a spreadsheet's) is counted in ``skips`` as ``empty_rows``; a blank
+    line is no row."""
     delimiter = delimiter_for(source.path)
     lines = iter(source)
     last = [0]  # the number of the last line read (only that: not one int per line kept)
@@ -77,7 +80,10 @@ def _rows(source: LineSource, required: tuple[str, ...]) -> Iterator[tuple[int, 
     try:
         for row in reader:
             number, starts = starts, last[0] + 1
-            if not row or all(not f.strip() for f in row):
+            if not row:
+                continue
+            if all(not f.strip() for f in row):
+                skips["empty_rows"] += 1
                 continue
             if len(row) != len(header):
                 raise bad_input(source.path, number, f"expected {len(header)} fields, got "
@@ -108,7 +114,7 @@ def load_csv(
         known: set[str] = set()
         empty: set[str] = set()
         raw_items = 0
-        for number, row in _rows(item_lines, ("item", "title")):
+        for number, row in _rows(item_lines, ("item", "title"), skips):
             raw_items += 1
             item_id = row.pop("item")
             title = " ".join(row.pop("title").split())
@@ -124,7 +130,7 @@ def load_csv(
             catalog_items.append(Item(item_id, title, row))
         inter_lines = LineSource(inter_path, progress=bar)
         records: list[Interaction] = []
-        for number, row in _rows(inter_lines, ("user", "item", "timestamp")):
+        for number, row in _rows(inter_lines, ("user", "item", "timestamp"), skips):
             # one string per distinct id, as the Amazon loader keeps (millions of rows)
             user, item, stamp = sys.intern(row["user"]), sys.intern(row["item"]), row["timestamp"]
             if not user or not item:
