@@ -382,3 +382,14 @@ def test_a_byte_that_is_not_utf8_is_named_with_its_line(tmp_path):
     (tmp_path / "t.csv.gz").write_bytes(gzip.compress(items.read_bytes()))
     with pytest.raises(AutomrError, match=r"line 2502: not valid utf-8"):
         load_csv(inter, tmp_path / "t.csv.gz")
+
+
+def test_an_unclosed_quote_that_swallows_items_is_named_where_they_go_missing(tmp_path):
+    """'"Hello' on item 2 joins items 3 and 4 into its title (CSV quoting); the interaction
+    with item 3 then said only that it is not in the items file."""
+    items = write(tmp_path / "t.tsv", 'item\ttitle\n1\tA\n2\t"Hello\n3\tC\n4\tWorld"\n5\tE\n')
+    inter = write(tmp_path / "i.csv", "user,item,timestamp\nu,1,1577836800\nu,3,1577923200\n")
+    with pytest.raises(AutomrError, match=r"i\.csv line 3: item '3' is not in t\.tsv \(1 of its "
+                                          r"rows span several lines, the first at line 3: a "
+                                          r"quote never closed"):
+        load_csv(inter, items)

@@ -48,8 +48,9 @@ def delimiter_for(path: Path) -> str:
 
 
 def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter
-          ) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line_number, {column: value})`` per data row; header checked first. A row of empty
+          ) -> Iterator[tuple[int, dict[str, str], int]]:
+    """``(line_number, {column: value}, lines)`` per data row (``lines``: how many lines it
+    spans, more than one only with a quoted line break); header checked first. A row of empty
     fields only (``,,,``: a spreadsheet's) is counted in ``skips`` as ``empty_rows``; a blank
     line is no row."""
     delimiter = delimiter_for(source.path)
@@ -88,7 +89,8 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter
             if len(row) != len(header):
                 raise bad_input(source.path, number, f"expected {len(header)} fields, got "
                                 f"{len(row)}", _FIX)
-            yield number, {h: v.strip() for h, v in zip(header, row, strict=True)}
+            yield (number, {h: v.strip() for h, v in zip(header, row, strict=True)},
+                   last[0] - number + 1)
     except csv.Error as error:
         raise bad_input(source.path, starts, f"malformed CSV in the row that starts here "
                         f"({error}; a quoted field must end with its quote, inner quotes "
@@ -114,8 +116,11 @@ def load_csv(
         known: set[str] = set()
         empty: set[str] = set()
         raw_items = 0
-        for number, row in _rows(item_lines, ("item", "title"), skips):
+        spanning: list[int] = []  # the lines of item rows with a quoted line break
+        for number, row, lines in _rows(item_lines, ("item", "title"), skips):
             raw_items += 1
+            if lines > 1:
+                spanning.append(number)
             item_id = row.pop("item")
             title = " ".join(row.pop("title").split())
             if not item_id:
@@ -130,14 +135,17 @@ def load_csv(
             catalog_items.append(Item(item_id, title, row))
         inter_lines = LineSource(inter_path, progress=bar)
         records: list[Interaction] = []
-        for number, row in _rows(inter_lines, ("user", "item", "timestamp"), skips):
+        for number, row, _ in _rows(inter_lines, ("user", "item", "timestamp"), skips):
             # one string per distinct id, as the Amazon loader keeps (millions of rows)
             user, item, stamp = sys.intern(row["user"]), sys.intern(row["item"]), row["timestamp"]
             if not user or not item:
                 raise bad_input(inter_path, number, "empty user or item", _FIX)
             if item not in known and item not in empty:
-                raise bad_input(inter_path, number, f"item {item!r} is not in {item_path.name}",
-                                "Add it to the items file or remove the interaction")
+                joined = (f" ({len(spanning)} of its rows span several lines, the first at "
+                          f"line {spanning[0]}: a quote never closed joins the lines after it "
+                          f"into one title)" if spanning else "")
+                raise bad_input(inter_path, number, f"item {item!r} is not in {item_path.name}"
+                                f"{joined}", "Add it to the items file or remove the interaction")
             try:
                 timestamp = parse_timestamp(stamp)
             except ValueError:
