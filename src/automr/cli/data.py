@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from automr.cli.common import CacheDirOption, option_group, user_errors
+from automr.cli.common import CacheDirOption, QuietOption, option_group, user_errors
 from automr.data import (
     DATASET_KINDS,
     PROMPT_DOMAINS,
@@ -144,12 +144,12 @@ def prepare_amazon_command(
     meta: Annotated[Path, typer.Option("--meta", help="Metadata JSON lines (.gz ok).")],
     out: OutOption,
     domain: DomainOption = None, merge_same_title: MergeOption = False,
-    *, protocol: ProtocolConfig,
+    quiet: QuietOption = False, *, protocol: ProtocolConfig,
 ) -> None:
     """Amazon Reviews 2018 (default protocol: the paper's, 2017, 10 months train)."""
     dataset = prepare_amazon(reviews, meta, out, protocol=protocol,
                              domain=_domain("amazon", domain),
-                             merge_same_title=merge_same_title, progress=True)
+                             merge_same_title=merge_same_title, progress=not quiet)
     print_stats(dataset.stats, f"amazon -> {out}")
 
 
@@ -162,12 +162,12 @@ def prepare_csv_command(
     items: Annotated[Path, typer.Option("--items", help="CSV/TSV with columns item,title.")],
     out: OutOption,
     domain: DomainOption = None, merge_same_title: MergeOption = False,
-    *, protocol: ProtocolConfig,
+    quiet: QuietOption = False, *, protocol: ProtocolConfig,
 ) -> None:
     """Generic CSV/TSV (default protocol: whole range, 10 months train, rest halved)."""
     dataset = prepare_csv(interactions, items, out, protocol=protocol,
                           domain=_domain("csv", domain), merge_same_title=merge_same_title,
-                          progress=True)
+                          progress=not quiet)
     print_stats(dataset.stats, f"csv -> {out}")
 
 
