@@ -22,7 +22,7 @@ from automr.evaluation.bootstrap import (
     paired_bootstrap,
 )
 from automr.evaluation.combine import combine_folders
-from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.folder import EvaluationFolder, ExportedEvaluation, open_evaluation
 from automr.evaluation.metrics import (
     DEFAULT_KS,
     mean_metrics,
@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_RESAMPLES",
     "Evaluation",
     "EvaluationFolder",
+    "ExportedEvaluation",
     "Interval",
     "MetricReport",
     "PairedDifference",
@@ -54,6 +55,7 @@ __all__ = [
     "mean_metrics",
     "metric_names",
     "ndcg_at_k",
+    "open_evaluation",
     "paired_bootstrap",
     "per_sample_metrics",
     "rank_in_list",
