@@ -200,3 +200,13 @@ def test_a_floor_is_built_on_a_dataset_not_its_folder():
     for floor in (PopularityMethod, CooccurrenceMethod):
         with pytest.raises(BeartypeCallHintParamViolation, match="PreparedDataset"):
             floor("runs/data")
+
+
+@given(sequences=st.lists(st.lists(st.integers(0, 6), max_size=12), max_size=6),
+       window=st.integers(1, 5))
+def test_follow_pairs_are_the_plain_walk(sequences, window):
+    """The vectorised pairs (all sequences at once) are those of a walk over each sequence."""
+    rows, cols = baselines.follow_pairs(sequences, window)
+    plain = Counter((seq[i], seq[j]) for seq in sequences for i in range(len(seq))
+                    for j in range(i + 1, min(i + window + 1, len(seq))))
+    assert Counter(zip(rows.tolist(), cols.tolist(), strict=True)) == plain

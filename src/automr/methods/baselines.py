@@ -37,15 +37,35 @@ def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Samp
     return ranks_from_scores(scores, targets, exclude).tolist()
 
 
-def _csr_counts(rows: list[int], cols: list[int], shape: tuple[int, int]) -> torch.Tensor:
+def _csr_counts(rows: list[int] | torch.Tensor, cols: list[int] | torch.Tensor,
+                shape: tuple[int, int]) -> torch.Tensor:
     """Sparse CSR float64 matrix of ``shape``: entry ``(r, c)`` counts the pairs ``(r, c)``
-    in ``zip(rows, cols)``."""
+    in ``zip(rows, cols)``. The pairs are counted by one sort of their row-major keys (a COO
+    tensor's coalesce took three times as long at 24 M pairs)."""
+    width = shape[1]
+    keys, counts = torch.unique(torch.as_tensor(rows, dtype=torch.long) * width
+                                + torch.as_tensor(cols, dtype=torch.long), return_counts=True)
+    crow = torch.zeros(shape[0] + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(keys // width, minlength=shape[0]).cumsum(0)
     with warnings.catch_warnings():  # CSR is marked beta; products and to_dense are exact
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_coo_tensor(
-            torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
-            torch.ones(len(rows), dtype=torch.float64), shape,
-            check_invariants=True).coalesce().to_sparse_csr()
+        return torch.sparse_csr_tensor(crow, keys % width, counts.double(), shape,
+                                       check_invariants=True)
+
+
+def follow_pairs(sequences: Sequence[Sequence[int]], window: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(a, b)`` where ``b`` comes 1 to ``window`` steps after ``a`` in one of
+    ``sequences`` (item positions), as two int64 tensors: all sequences at once, one gap at a
+    time, a pair kept where both ends lie in the same sequence."""
+    items = torch.tensor([i for sequence in sequences for i in sequence], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.tensor([len(s) for s in sequences], dtype=torch.long))
+    rows, cols = [], []
+    for gap in range(1, window + 1):
+        same = owner[:-gap] == owner[gap:]
+        rows.append(items[:-gap][same])
+        cols.append(items[gap:][same])
+    return torch.cat(rows), torch.cat(cols)
 
 
 @beartype
@@ -90,11 +110,8 @@ class CooccurrenceMethod:
         """Sparse CSR ``[items, items]``: entry ``(a, b)`` counts ``b`` within ``window``
         steps after ``a`` in a training-period sequence (built once)."""
         if self._follows is None:
-            rows, cols = [], []
-            for items in training_sequences(self.dataset).values():
-                for gap in range(1, self.window + 1):
-                    rows += items[:-gap]
-                    cols += items[gap:]
+            rows, cols = follow_pairs(list(training_sequences(self.dataset).values()),
+                                      self.window)
             n = len(self.dataset.catalog)
             self._follows = _csr_counts(rows, cols, (n, n))
         return self._follows
