@@ -15,14 +15,13 @@ Writes ``cooc-cpu.json`` and ``cooc-cpu.md`` to ``--out``.
 """
 
 import argparse
-import json
 import statistics
 import warnings
 from pathlib import Path
 
 import torch
 
-from automr.experiments.bench import interleaved, machine, markdown_table, ratio
+from automr.experiments.bench import interleaved, machine, ratio, write_result
 from automr.methods.baselines import _csr_counts, follow_pairs
 
 
@@ -79,11 +78,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     result = bench_cooc(args.users, args.length, args.items, args.window, args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cooc-cpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown_table(result)
-    (args.out / "cooc-cpu.md").write_text(table)
-    print(table)
+    print(write_result(result, args.out, "cooc-cpu"))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ Writes ``fallback-cpu.json`` and ``fallback-cpu.md`` to ``--out``.
 """
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
 
-from automr.experiments.bench import interleaved, machine, markdown_table, ratio
+from automr.experiments.bench import interleaved, machine, ratio, write_result
 from automr.grounding.constrained import ConstrainedGrounder, found_first
 from automr.grounding.embedding import l2_distances
 from automr.grounding.prior import adjusted_distances
@@ -83,11 +82,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     result = bench_fallback(args.items, args.hidden, args.batch, args.beams, args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fallback-cpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown_table(result)
-    (args.out / "fallback-cpu.md").write_text(table)
-    print(table)
+    print(write_result(result, args.out, "fallback-cpu"))
 
 
 if __name__ == "__main__":

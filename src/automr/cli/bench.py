@@ -1,6 +1,5 @@
 """``automr bench encode|annotate``: throughput beside the naive way, printed and saved."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,15 +26,10 @@ RepeatsOption = Annotated[int, typer.Option(
 
 def _save(result: dict, out: Path, name: str) -> None:
     from automr import distributed
-    from automr.experiments.bench import markdown_table
+    from automr.experiments.bench import write_result
 
-    if not distributed.is_main():  # under torchrun every process holds the same result
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown_table(result)
-    (out / f"{name}.md").write_text(table)
-    typer.echo(table)
+    if distributed.is_main():  # under torchrun every process holds the same result
+        typer.echo(write_result(result, out, name))
 
 
 @app.command()

@@ -10,10 +10,12 @@ top-level figures are process 0's, beside ``processes``, ``per_process`` (each o
 and ``total_*`` (the throughput of all of them together).
 """
 
+import json
 import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -427,6 +429,16 @@ def bench_finetune(
         first_losses["upper_cached"], first_losses["upper_layers"], strict=True))
     result["machine"] = machine()
     return result
+
+
+def write_result(result: dict[str, object], out: Path, name: str) -> str:
+    """``OUT/NAME.json`` (every field) and ``OUT/NAME.md`` (:func:`markdown_table`); returns
+    the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown_table(result)
+    (out / f"{name}.md").write_text(table)
+    return table
 
 
 def markdown_table(result: dict[str, object]) -> str:
