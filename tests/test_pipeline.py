@@ -97,6 +97,15 @@ def test_step_commands_chain(workspace, tmp_path):
        str(tmp_path / "ft"), "--out", str(tmp_path / "ann"), "--samples", "8", *common)
     ok("retriever", "train", "--annotations", str(tmp_path / "ann"), "--data", data,
        "--memory", str(tmp_path / "mem"), "--out", str(tmp_path / "ret"), "--quiet")
+    normalized = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(tmp_path / "ann"), "--data", data,
+        "--memory", str(tmp_path / "mem"), "--out", str(tmp_path / "ret-n"), "--normalize",
+        "--quiet"])
+    assert "(equal scores " in normalized.output, normalized.output
+    from automr.retrievers import load_retriever
+
+    assert load_retriever(tmp_path / "ret-n").config.normalize
+    assert not load_retriever(tmp_path / "ret").config.normalize
     ok("evaluate", "--data", data, "--out", str(tmp_path / "res"), "--methods",
        "automr:likelihood,semantic:likelihood", "--finetuned", str(tmp_path / "ft"),
        "--memory", str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"),
@@ -132,7 +141,7 @@ def test_step_commands_chain(workspace, tmp_path):
     assert missing.exit_code == 2 and "has no test sample" in missing.output
 
 
-def test_memory_below_the_tuned_layers_is_refused(workspace, tmp_path):
+def test_a_memory_above_the_first_tuned_layer_is_refused(workspace, tmp_path):
     from automr.recommenders.runs import FinetunedRun
 
     data, model = str(workspace / "prepared"), str(workspace / "model")

@@ -125,6 +125,9 @@ def retriever_train(
              "element) or regret (eq. 5 gain given up by the top pick).")] = "kl",
     seed: Annotated[int, typer.Option(
         help="Seed of the held-out split, initialisation and batch order.")] = 0,
+    normalize: Annotated[bool, typer.Option(
+        help="Standardise queries and unit-scale keys before eq. 3 (the paper's scores on raw "
+             "layer states start nearly one-hot).")] = False,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
@@ -133,13 +136,15 @@ def retriever_train(
     from automr.retrievers import RetrieverTrainingConfig
 
     config = checked_options("retriever training", lambda: RetrieverTrainingConfig(
-        lr=lr, max_epochs=epochs, patience=patience, monitor=monitor, seed=seed),
+        lr=lr, max_epochs=epochs, patience=patience, monitor=monitor, seed=seed,
+        normalize=normalize),
         {"max_epochs": "epochs"})
     record = train_retriever(annotations, data, memory, out, label_form, temperature,
                              valid_fraction, config, progress=not quiet, device=device)
     valid = record["valid"]
     typer.echo(f"retriever in {out} (train {record['train_samples']}, valid "
-               f"{record['valid_samples']}" + (f", valid KL {valid['kl']:.4f}, top-1 agreement "
+               f"{record['valid_samples']}" + (f", valid KL {valid['kl']:.4f} (equal scores "
+                                               f"{valid['uniform_kl']:.4f}), top-1 agreement "
                                                f"{valid['top1']:.3f}, regret "
                                                f"{valid['regret']:.4f})" if valid else ")"))
 

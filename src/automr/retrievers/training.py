@@ -68,6 +68,8 @@ class RetrieverTrainingConfig:
     mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
+    normalize: bool = False
+    """Standardise queries and unit-scale keys before eq. 3 (:class:`MLPRetrieverConfig`)."""
     seed: int = 0
     """Seeds initialisation and shuffling."""
     eval_batch_size: int = attrs.field(default=1024, validator=v.ge(1))
@@ -82,11 +84,14 @@ class RetrievalMetrics:
     element has the largest label (ties in S' count as agreement with any maximal element).
     ``regret``: mean ``log S'_best - log S'_picked`` of the top-scored element (0 = always
     the best; for ``log`` labels, the eq. 5 gain given up, in nats times 1/T).
+    ``uniform_kl``: the KL of equal scores on the same samples, what ``kl`` must beat for
+    the scores to say more than "any element".
     """
 
     kl: float
     top1: float
     regret: float
+    uniform_kl: float
 
 
 @beartype
@@ -110,11 +115,14 @@ def evaluate_retriever(
     retriever: Retriever, dataset: RetrievalDataset, batch_size: int = 1024
 ) -> RetrievalMetrics:
     """KL, top-1 agreement and regret of any retriever's scores against the dataset's labels."""
-    kl_total, hits, regret = 0.0, 0, 0.0
+    kl_total, uniform_total, hits, regret = 0.0, 0.0, 0, 0.0
     for batch in dataset.batches(batch_size):
         scores = retriever.scores(batch.queries, batch.keys, batch.mask)
+        targets = batch.targets.float()
         log_s = masked_log_softmax(scores.float(), batch.mask)
-        kl_total += float(kl_loss(log_s, batch.targets.float(), batch.mask)) * len(batch)
+        kl_total += float(kl_loss(log_s, targets, batch.mask)) * len(batch)
+        log_uniform = masked_log_softmax(torch.zeros_like(log_s), batch.mask)
+        uniform_total += float(kl_loss(log_uniform, targets, batch.mask)) * len(batch)
         best, _ = top_k(scores, batch.mask, 1)
         picked = batch.targets.gather(1, best)[:, 0]
         best_label = batch.targets.amax(1)
@@ -123,7 +131,8 @@ def evaluate_retriever(
         regret += float((best_label.clamp_min(tiny).log()
                          - picked.clamp_min(tiny).log()).sum())
     n = len(dataset)
-    return RetrievalMetrics(kl=kl_total / n, top1=hits / n, regret=regret / n)
+    return RetrievalMetrics(kl=kl_total / n, top1=hits / n, regret=regret / n,
+                            uniform_kl=uniform_total / n)
 
 
 @beartype
@@ -148,6 +157,7 @@ def train_mlp_retriever(
     retriever_config = MLPRetrieverConfig(
         hidden_size=train.hidden_size, mlp_hidden=config.mlp_hidden,
         activation=config.activation, temperature=config.temperature,
+        normalize=config.normalize,
     )
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
