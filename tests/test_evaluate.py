@@ -2,6 +2,7 @@
 
 import json
 
+import attrs
 import pytest
 from typer.testing import CliRunner
 
@@ -162,3 +163,26 @@ def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
 
     with pytest.raises(AutomrError, match=says):
         recommend("no-data", "u", "no-ft", "no-memory", "no-retriever", **keywords)
+
+
+def test_recommend_names_the_true_item_its_rank_and_dates():
+    """The output showed raw Unix times and, with the true item below the list, only a rank
+    (counted from 1 where rq3 counts from 0, without saying so)."""
+    from automr.data import Sample
+    from automr.experiments.recommend import Recommendation
+
+    sample = Sample(user="7", target="t", timestamp=889_000_000, recent=("a",),
+                    recent_timestamps=(888_000_000,), memory=("m",),
+                    memory_timestamps=(880_000_000,))
+    shown = Recommendation(sample=sample, items=[("x", "X"), ("y", "Y")],
+                           retrieved=[("m", "M", 880_000_000)], target_rank=56,
+                           target_title="The True One")
+    lines = "\n".join(shown.describe())
+    assert "sample at 1998-03-04 08:26 UTC" in lines and "M [m] (1997-11-20 04:26 UTC)" in lines
+    assert "889000000" not in lines and "top 2 (rank 1 = first):" in lines
+    assert ("actual next item ranked 57 (1 = first; automr rq3 counts from 0), not in the top "
+            "list: The True One [t]") in lines
+    inside = attrs.evolve(shown, items=[("x", "X"), ("t", "The True One")], target_rank=1)
+    assert inside.describe()[-2:] == [
+        "  2. The True One [t]  <- the actual next item",
+        "actual next item ranked 2 (1 = first; automr rq3 counts from 0): The True One [t]"]

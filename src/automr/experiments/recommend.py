@@ -17,33 +17,43 @@ from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 
 
+def utc_minute(seconds: int) -> str:
+    """Unix seconds as ``YYYY-MM-DD HH:MM UTC``."""
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 @attrs.frozen
 class Recommendation:
     """What AutoMR recommended for one sample and why."""
 
     sample: Sample
     items: list[tuple[str, str]]  # (item id, title), best first
-    retrieved: list[tuple[str, str, str]]  # (item id, title, ISO date) of memory elements
-    target_rank: int
+    retrieved: list[tuple[str, str, int]]  # (item id, title, Unix time) of memory elements
+    target_rank: int  # 0 = first
+    target_title: str
     recent: list[str] = attrs.field(factory=list)  # titles of the prompt's recent items
     generated: str | None = None  # the title an L2 grounding generated and ranked by
 
     def describe(self, split: str = "test") -> list[str]:
         """The recommendation in lines: the sample, the recent items, what was retrieved from
-        memory, the top items (the actual next one marked) and its rank."""
+        memory, the top items (the actual next one marked) and the actual next item's rank,
+        counted from 1 (``automr rq3`` counts from 0); times are UTC."""
         sample = self.sample
-        lines = [f"user {sample.user}, {split} sample at {sample.timestamp} with "
+        lines = [f"user {sample.user}, {split} sample at {utc_minute(sample.timestamp)} with "
                  f"{len(sample.recent)} recent and {len(sample.memory)} memory items"]
         if self.recent:
             lines.append(f"recent items: {'; '.join(self.recent)}")
-        lines += [f"retrieved from memory: {title} [{item}] ({date})"
-                  for item, title, date in self.retrieved]
+        lines += [f"retrieved from memory: {title} [{item}] ({utc_minute(time)})"
+                  for item, title, time in self.retrieved]
         if self.generated is not None:
             lines.append(f"generated: {self.generated}")
+        lines.append(f"top {len(self.items)} (rank 1 = first):")
         for rank, (item, title) in enumerate(self.items, 1):
             mark = "  <- the actual next item" if item == sample.target else ""
             lines.append(f"{rank:>3}. {title} [{item}]{mark}")
-        lines.append(f"actual next item ranked {self.target_rank + 1}")
+        shown = "" if self.target_rank < len(self.items) else ", not in the top list"
+        lines.append(f"actual next item ranked {self.target_rank + 1} (1 = first; automr rq3 "
+                     f"counts from 0){shown}: {self.target_title} [{sample.target}]")
         return lines
 
 
@@ -101,11 +111,11 @@ def recommend(
         seen = {index[i] for i in sample.history} - {index[sample.target]}
         ranking = [i for i in ranking if i not in seen]
     entry = store.index.users[user]
-    retrieved = [(entry.items[i], catalog.title(entry.items[i]),
-                  dt.datetime.fromtimestamp(entry.timestamps[i], dt.timezone.utc).date()
-                  .isoformat()) for i in retrieval.retrieved[0]]
+    retrieved = [(entry.items[i], catalog.title(entry.items[i]), int(entry.timestamps[i]))
+                 for i in retrieval.retrieved[0]]
     return Recommendation(
         sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
         retrieved=retrieved, target_rank=ranking.index(item_ids.index(sample.target)),
+        target_title=catalog.title(sample.target),
         recent=list(catalog.titles(sample.recent)), generated=generated,
     )
