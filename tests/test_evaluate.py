@@ -186,3 +186,22 @@ def test_recommend_names_the_true_item_its_rank_and_dates():
     assert inside.describe()[-2:] == [
         "  2. The True One [t]  <- the actual next item",
         "actual next item ranked 2 (1 = first; automr rq3 counts from 0): The True One [t]"]
+
+
+@pytest.mark.parametrize(("user", "offered"), [
+    ("99999", "940, 941, 942, 943, 1000"), ("95", "9, 10, 100, 940, 941"),
+    ("nobody", "9, 10, 100, 940, 941")])
+def test_recommend_offers_users_in_numeric_order(user, offered):
+    """An unknown user was offered ids sorted as strings (10, 100, 1000, 9, 940)."""
+    from types import SimpleNamespace
+
+    from automr.data import Sample
+    from automr.errors import AutomrError
+    from automr.experiments.recommend import latest_sample
+
+    users = ["9", "10", "100", "1000", "940", "941", "942", "943"]
+    samples = [Sample(user=u, target="t", timestamp=1, recent=(), recent_timestamps=())
+               for u in users]
+    dataset = SimpleNamespace(samples=lambda split: samples)
+    with pytest.raises(AutomrError, match=f"try one of {offered} \\(8 users have one\\)$"):
+        latest_sample(dataset, user, "test")

@@ -1,6 +1,7 @@
 """``automr recommend``: one user's top items from AutoMR, with the memory it retrieved."""
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import attrs
@@ -61,9 +62,23 @@ def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
     """The user's latest sample in ``split`` (its target is the item actually chosen next)."""
     mine = [s for s in dataset.samples(split) if s.user == user]
     if not mine:
-        users = sorted({s.user for s in dataset.samples(split)})[:5]
-        raise AutomrError(f"user {user!r} has no {split} sample; try one of {', '.join(users)}")
+        users = {s.user for s in dataset.samples(split)}
+        raise AutomrError(f"user {user!r} has no {split} sample; try one of "
+                          f"{', '.join(suggested_users(users, user))} ({len(users)} users have "
+                          f"one)")
     return max(mine, key=lambda s: s.timestamp)
+
+
+def suggested_users(users: set[str], user: str, count: int = 5) -> list[str]:
+    """Up to ``count`` of ``users`` to offer instead of ``user``, in natural order (``"9"``
+    before ``"10"``): the numerically nearest when all ids are integers, else the first."""
+    if user.isdigit() and all(u.isdigit() for u in users):
+        users = set(sorted(users, key=lambda u: (abs(int(u) - int(user)), int(u)))[:count])
+    return sorted(users, key=_natural)[:count]
+
+
+def _natural(text: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def recommend(
