@@ -211,6 +211,18 @@ def test_item_encoder_shares_one_key_per_item(backbone, dataset, tmp_path):
         torch.testing.assert_close(key, pooled_alone(backbone, text), rtol=1e-5, atol=1e-5)
 
 
+def test_build_progress_counts_and_rates_elements(backbone, dataset, tmp_path, monkeypatch,
+                                                 capsys):
+    """The bar counted elements but its rate was encoded tokens/s."""
+    monkeypatch.setenv("AUTOMR_PROGRESS_EVERY", "0")  # captured output: one plain line a batch
+    memory = build_memory(backbone, dataset, LAYER, MemoryConfig(encoder="item"),
+                          tmp_path / "m", progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(memory.count(user) for user in memory.users())
+    assert lines[-1].startswith(f"memory elements: {total:,}/{total:,} (100%)")
+    assert all(line.endswith(" elements/s") for line in lines), lines
+
+
 def test_item_memory_stores_each_item_once_and_reads_like_one_row_per_element(
         backbone, dataset, tmp_path, monkeypatch):
     """A shared (item) memory returns exactly what one row per element returns; a folder of

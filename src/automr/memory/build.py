@@ -327,7 +327,7 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
 def _write_shard(
     folder: Path, number: int, encoder: ElementEncoder, record: MemoryRecord,
     todo: dict[str, tuple[tuple[list[str], list[int]], range]], batch_size: int,
-    report: Callable[[int, int], None],
+    report: Callable[[int], None],
 ) -> tuple[ShardEntry, dict[str, tuple[int, int, int]]]:
     """Encode the elements ``todo[user][1]`` of each user and write them as shard ``number``."""
     texts: list[str] = []
@@ -359,7 +359,7 @@ def _write_shard(
 
 def encode_all(
     base: LayerEncoder, texts: Sequence[str], batch_size: int, keep_states: bool,
-    dedupe: bool, report: Callable[[int, int], None] = lambda elements, tokens: None,
+    dedupe: bool, report: Callable[[int], None] = lambda elements: None,
 ) -> tuple[Tensor, Tensor | None, list[int], Tensor | None]:
     """Encode ``texts`` in batches of similar length (longest first).
 
@@ -386,7 +386,7 @@ def encode_all(
             if encoded.states is not None:
                 states[i] = encoded.states[row].cpu()
         elements = sum(uses[distinct[i]] for i in batch) if dedupe else len(batch)
-        report(elements, encoded.tokens)
+        report(elements)
     rows = None
     if dedupe:
         position = {text: i for i, text in enumerate(distinct)}
@@ -400,21 +400,21 @@ def encode_all(
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, done: int) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar over elements with encoded tokens/s; yields ``report(elements, tokens)``."""
+def _progress(enabled: bool, total: int, done: int) -> Iterator[Callable[[int], None]]:
+    """A rich bar over elements with elements/s (of this run); yields ``report(elements)``."""
     if not enabled:
-        yield lambda elements, tokens: None
+        yield lambda elements: None
         return
-    columns = (TextColumn("[bold]memory"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn("[bold]memory elements"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn())
     started = time.perf_counter()
     counted = [0]
     with Progress(*columns) as bar:
         task = bar.add_task("memory", total=total, completed=done, speed="")
 
-        def report(elements: int, tokens: int) -> None:
-            counted[0] += tokens
+        def report(elements: int) -> None:
+            counted[0] += elements
             rate = counted[0] / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, advance=elements, speed=f"{rate:,.0f} tokens/s")
+            bar.update(task, advance=elements, speed=f"{rate:,.0f} elements/s")
 
         yield report
