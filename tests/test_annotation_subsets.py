@@ -47,7 +47,21 @@ def workspace(tmp_path_factory):
         folders[name] = annotate_dataset(loaded, dataset, store, root / name, AnnotateConfig(
             max_samples=8, combiner="concat", element_subset=subset, element_seed=5,
             shard_size=3), progress=False)
-    return {"root": root, "dataset": dataset, "store": store, "folders": folders}
+    return {"root": root, "dataset": dataset, "store": store, "folders": folders,
+            "loaded": loaded}
+
+
+def test_resuming_with_other_settings_names_them(workspace, tmp_path):
+    """The refusal said "other settings" without saying which."""
+    import shutil
+
+    folder = shutil.copytree(workspace["folders"]["three"], tmp_path / "three")
+    with pytest.raises(AutomrError, match=r"other settings \(config\.element_seed was 5, now 6; "
+                                          r"config\.max_samples was 8, now 4; samples was "
+                                          r"\d+ entries, now \d+ entries\); use another"):
+        annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"], folder,
+                         AnnotateConfig(max_samples=4, combiner="concat", element_subset=3,
+                                        element_seed=6, shard_size=3), progress=False)
 
 
 def test_a_subset_annotation_holds_the_full_annotations_values_at_its_elements(workspace):

@@ -180,20 +180,36 @@ def _start(out: Path, header: dict) -> None:
             raise AutomrError(f"{out} is not an annotation folder ({config_file} is another "
                               f"artifact's); refusing to write into it. Pick a new --out.")
         current = {k: v for k, v in header.items() if k in previous or k not in RECORDED_LATER}
-        if _comparable(previous) == _comparable(json.loads(json.dumps(current))):
+        old, new = _comparable(previous), _comparable(json.loads(json.dumps(current)))
+        if old == new:
             return
         if any(out.glob("shard-*.safetensors")):
-            raise AutomrError(f"{out} holds annotations made with other settings; use another "
-                              f"--out or delete it")
+            raise AutomrError(f"{out} holds annotations made with other settings "
+                              f"({'; '.join(_differences(old, new))}); use another --out or "
+                              f"delete it")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutomrError(f"{out} exists and is not an annotation folder; refusing to write "
                           f"into it. Pick a new --out.")
     write_json_atomic(config_file, header)
 
 
-def _comparable(header: object) -> object:
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``name was OLD, now NEW`` for each setting that differs (nested ones by dotted name; a
+    list by its length)."""
+    found = []
+    for key in sorted(old.keys() | new.keys()):
+        was, now = old.get(key), new.get(key)
+        if isinstance(was, dict) and isinstance(now, dict):
+            found += _differences(was, now, f"{prefix}{key}.")
+        elif was != now:
+            shown = [f"{len(v)} entries" if isinstance(v, list) else repr(v) for v in (was, now)]
+            found.append(f"{prefix}{key} was {shown[0]}, now {shown[1]}")
+    return found
+
+
+def _comparable(header: dict) -> dict:
     """``header`` with its memory path resolved (typed relative once, absolute once)."""
-    if not isinstance(header, dict) or not isinstance(header.get("memory"), str):
+    if not isinstance(header.get("memory"), str):
         return header
     config = header.get("config")
     if isinstance(config, dict):  # folders started before element subsets annotate them all
