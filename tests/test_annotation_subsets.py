@@ -64,6 +64,21 @@ def test_resuming_with_other_settings_names_them(workspace, tmp_path):
                                         element_seed=6, shard_size=3), progress=False)
 
 
+def test_a_resumed_annotation_counts_the_samples_annotated_before(workspace, tmp_path,
+                                                                  monkeypatch, capsys):
+    """Its progress counted only the samples left (1/1 where 6 of 7 were done)."""
+    import shutil
+
+    folder = shutil.copytree(workspace["folders"]["three"], tmp_path / "three")
+    (folder / "shard-00002.safetensors").unlink()
+    monkeypatch.setenv("AUTOMR_PROGRESS_EVERY", "0")  # captured output: plain lines
+    annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"], folder,
+                     AnnotateConfig(max_samples=8, combiner="concat", element_subset=3,
+                                    element_seed=5, shard_size=3), progress=True)
+    total = len(Annotations.header_of(folder)["samples"])
+    assert capsys.readouterr().out.startswith(f"annotating: {total}/{total} (100%)")
+
+
 def test_a_subset_annotation_holds_the_full_annotations_values_at_its_elements(workspace):
     full = Annotations.load(workspace["folders"]["all"])
     part = Annotations.load(workspace["folders"]["three"])

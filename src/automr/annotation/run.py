@@ -125,8 +125,10 @@ def annotate_dataset(
 
     todo = distributed.on_main(prepare)
     mine = distributed.mine(todo)
+    done = len(samples) - sum(len(shards[n]) for n in todo)  # annotated by an earlier run
     with Progress(disable=not (progress and distributed.is_main())) as bar:
-        task = bar.add_task("annotating", total=sum(len(shards[n]) for n in mine))
+        task = bar.add_task("annotating", total=done + sum(len(shards[n]) for n in mine),
+                            completed=done)
         for number in mine:
             shard, path = shards[number], _shard_path(out, number)
             base, element, offsets, queries, indices = [], [], [0], [], []
