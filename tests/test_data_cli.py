@@ -48,6 +48,28 @@ def test_protocol_options_reach_the_library(tmp_path):
     assert sum(json.loads((out / "stats.json").read_text())["samples"].values()) == 2 * 7
 
 
+def test_statistics_name_what_was_skipped_in_words(tmp_path):
+    """They showed the internal keys (skipped empty_rows, skipped items_empty_title)."""
+    inter = tmp_path / "i.tsv"
+    inter.write_text("user\titem\ttimestamp\n\t\t\n" + "".join(
+        f"u{u}\tm{k % 4}\t{1577836800 + (10 * k + u) * 86400}\n"
+        for u in range(2) for k in range(10)) + "u0\tm4\t1577836800\n")
+    items = tmp_path / "t.tsv"
+    items.write_text("item\ttitle\n" + "".join(f"m{i}\tMovie {i}\n" for i in range(4)) + "m4\t\n")
+    out = tmp_path / "p"
+    prepared = runner.invoke(app, [
+        "data", "prepare", "csv", "--interactions", str(inter), "--items", str(items),
+        "--out", str(out), "--train-months", "2", "--min-item-interactions", "1",
+        "--min-user-interactions", "2", "--recent-k", "3"])
+    assert prepared.exit_code == 0, prepared.output
+    shown = runner.invoke(app, ["data", "stats", str(out)], terminal_width=200)
+    for output in (prepared.output, shown.output):
+        assert "_" not in output.replace(str(tmp_path), "")
+    for label in ("skipped: rows of empty fields", "skipped: items without a title",
+                  "skipped: interactions with items without a title"):
+        assert label in shown.output
+
+
 def test_bad_input_exits_2_with_one_line(tmp_path):
     inter = tmp_path / "i.csv"
     inter.write_text("user,item,timestamp\nu,a,1\nu,ghost,2\n")

@@ -26,7 +26,7 @@ from automr.data.protocol import (
 )
 from automr.data.records import Interaction, Sample
 from automr.data.samples import build_samples, timeline_order
-from automr.data.source import SkipCounter, SourceData, drop_repeats
+from automr.data.source import SkipCounter, SourceData, drop_repeats, skip_label
 from automr.data.stats import Counts, DatasetStats, memory_lengths
 from automr.data.tabular import load_csv
 from automr.errors import AutomrError
@@ -54,12 +54,13 @@ def prepare_dataset(
                             protocol.min_user_interactions, protocol.iterative_filter)
     interactions = timeline_order(filtered.interactions)
     if not interactions:
-        skipped = ", ".join(f"{n} {reason}" for reason, n in source.skipped.items() if n)
+        skipped = ", ".join(f"{n} {skip_label(reason)}" for reason, n in source.skipped.items()
+                            if n)
         raise AutomrError(
             f"no interactions left after the window and filtering ({len(windowed)} in the "
             f"window; items need >= {protocol.min_item_interactions}, users >= "
             f"{protocol.min_user_interactions}). Lower the thresholds or widen the window"
-            + (f"; the loader skipped {skipped} before it (check the input files)."
+            + (f"; before it, the loader skipped {skipped} (check the input files)."
                if skipped and not windowed else "."))
     samples = build_samples(interactions, boundaries, protocol)
     _require_samples(samples, interactions, loaded, boundaries, protocol)

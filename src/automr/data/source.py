@@ -40,6 +40,24 @@ class SkipCounter(Counter):
         return {k: int(v) for k, v in sorted(self.items()) if v}
 
 
+SKIP_LABELS = {
+    "items_empty_title": "items without a title",
+    "interactions_of_skipped_items": "interactions with items without a title",
+    "interactions_without_metadata": "reviews of items without metadata",
+    "duplicate_metadata": "repeated metadata lines",
+    "duplicate_interactions": "duplicate interaction rows",
+    "same_second_repeats": "repeats of a user and item in one second",
+    "reviews_outside_window": "reviews outside the time window",
+    "empty_rows": "rows of empty fields",
+}
+"""What each :class:`SkipCounter` reason reads as in printed statistics and messages."""
+
+
+def skip_label(reason: str) -> str:
+    """The readable label of a skip ``reason`` (one not in :data:`SKIP_LABELS`: its words)."""
+    return SKIP_LABELS.get(reason, reason.replace("_", " "))
+
+
 @beartype
 @attrs.frozen
 class SourceData:

@@ -11,6 +11,7 @@ import attrs
 from beartype import beartype
 
 from automr.data.records import Sample
+from automr.data.source import skip_label
 
 
 @beartype
@@ -90,7 +91,8 @@ class DatasetStats:
             ("merged duplicate items", f"{self.merged_items:,}"),
             ("remapped interactions", f"{self.remapped_interactions:,}"),
         ]
-        rows += [(f"skipped {reason}", f"{count:,}") for reason, count in self.skipped.items()]
+        rows += [(f"skipped: {skip_label(reason)}", f"{count:,}")
+                 for reason, count in self.skipped.items()]
         rows += [
             ("loaded items / interactions", f"{lo.items:,} / {lo.interactions:,}"),
             ("outside the time window", f"{self.outside_window:,}"),
