@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -343,10 +344,15 @@ def test_a_scored_retriever_cannot_take_a_reference_rows_name(name):
     (IsADirectoryError(21, "Is a directory", ".o.partial-1", None, "o"),  # os.replace: target
      "cannot use o: it is a folder, not a file"),
     (FileNotFoundError(2, "No such file or directory", "x"), None),  # not a user's path error
+    (FileNotFoundError(2, "No such file or directory", "o/ranks/x.json"), None),  # inside --out
+    (FileNotFoundError(2, "No such file or directory", "p"),  # a folder above --out
+     "cannot use p: it does not exist and cannot be created there"),
+    (PermissionError(13, "Permission denied", f"p/.o.partial-{os.getpid()}"),  # beside --out
+     "cannot use p/o: permission denied"),
     (PermissionError(13, "Permission denied"), None),  # no path to name
     (KeyError("bug"), None),
 ])
 def test_only_os_errors_about_a_path_become_one_line(error, line):
     from automr.cli.common import path_error
 
-    assert path_error(error) == line
+    assert path_error(error, [Path("p/o"), Path("o")]) == line

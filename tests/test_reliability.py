@@ -668,6 +668,21 @@ def test_an_out_folder_the_system_refuses_is_one_line(workspace):
     one_line_error(runner.invoke(app, evaluate_pop(workspace, out)), out)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("out", ["/proc/automr-x", "/proc/automr-x/sub"])
+def test_an_out_folder_that_cannot_be_created_is_one_line(workspace, tmp_path, out):
+    """/proc takes no new entry (ENOENT, even for root): a traceback from both the folder
+    evaluate makes and the temporary folder beside it that data prepare makes."""
+    from automr.testing.synthetic import write_synthetic_csv
+
+    interactions, items = write_synthetic_csv(tmp_path / "raw")
+    prepare = ["data", "prepare", "csv", "--interactions", str(interactions), "--items",
+               str(items), "--out", out, "--train-months", "2", "--quiet"]
+    for args in (evaluate_pop(workspace, out), prepare):
+        assert one_line_error(runner.invoke(app, args)).endswith(
+            "cannot use /proc/automr-x: it does not exist and cannot be created there")
+
+
 def test_an_unwritable_out_is_one_line_naming_it(workspace, tmp_path, monkeypatch):
     import errno
 

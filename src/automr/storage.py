@@ -42,11 +42,16 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     return _AtomicDir(Path(target), keep_existing)
 
 
+def partial_path(target: Path) -> Path:
+    """The temporary sibling this process writes ``target`` into before renaming it."""
+    return target.with_name(f".{target.name}.partial-{os.getpid()}")
+
+
 class _AtomicDir:
     def __init__(self, target: Path, keep_existing: bool = False) -> None:
         self.target = target
         self.keep_existing = keep_existing
-        self.tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        self.tmp = partial_path(target)
 
     def __enter__(self) -> Path:
         if self.tmp.exists():
@@ -82,7 +87,7 @@ def write_text_atomic(path: Path | str, text: str) -> None:
     """Write ``text`` to a temporary sibling, then rename it over ``path`` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = partial_path(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -97,7 +102,7 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = partial_path(path)
     try:
         save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
         tmp.chmod(file_mode(path.parent))

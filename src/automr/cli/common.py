@@ -5,7 +5,7 @@ import functools
 import inspect
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -13,6 +13,7 @@ import attrs
 import typer
 
 from automr.errors import AutomrError
+from automr.storage import partial_path
 
 if TYPE_CHECKING:
     from automr.llm.loading import LoadedModel
@@ -51,16 +52,18 @@ CacheDirOption = Annotated[
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn an :class:`AutomrError`, a write the disk refused (full, over quota, read-only), or
-    a path that cannot be used (a file where a folder is needed, no permission) into one line
-    on stderr and exit code 2."""
+    a path that cannot be used (a file where a folder is needed, no permission, a folder that
+    cannot be created where the command was told to write) into one line on stderr and exit
+    code 2."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except Exception as error:
+            given = [v for v in kwargs.values() if isinstance(v, Path)]
             line = (str(error) if isinstance(error, AutomrError)
-                    else disk_error(error) or path_error(error))
+                    else disk_error(error) or path_error(error, given))
             if line is None:
                 raise
             typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
@@ -90,14 +93,21 @@ def disk_error(error: Exception) -> str | None:
             f"writable), then rerun the same command: it resumes")
 
 
-def path_error(error: Exception) -> str | None:
+def path_error(error: Exception, given: Sequence[Path] = ()) -> str | None:
     """One line for an ``OSError`` about a path that cannot be used as given: no permission, a
-    file where a folder is needed (or the reverse). None for anything else (a bug's traceback
-    stays)."""
-    if not isinstance(error, OSError) or not error.filename or error.errno not in (
-            errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+    file where a folder is needed (or the reverse), or (for the ``given`` paths, the command's
+    options) one that does not exist and cannot be created, such as ``--out /proc/x``. None
+    for anything else (a bug's traceback stays)."""
+    if not isinstance(error, OSError) or not error.filename:
         return None
     path = Path(str(error.filename2 or error.filename))  # os.replace: the target
+    named = _given_path(path, given)
+    if error.errno == errno.ENOENT and named is not None:
+        return f"cannot use {named}: it does not exist and cannot be created there"
+    if error.errno not in (errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                           errno.EISDIR):
+        return None
+    path = named or path
     if error.errno == errno.EISDIR:
         return f"cannot use {path}: it is a folder, not a file"
     if error.errno in (errno.EEXIST, errno.ENOTDIR):
@@ -105,6 +115,20 @@ def path_error(error: Exception) -> str | None:
         if file is not None:
             return f"cannot use {path}: {'it' if file == path else file} is a file, not a folder"
     return f"cannot use {path}: {os.strerror(error.errno).lower()}"
+
+
+def _given_path(path: Path, given: Sequence[Path]) -> Path | None:
+    """The path to name for ``path``: itself when it is one of ``given`` or a folder above
+    one; the given one when it is beside it (an atomic write's temporary ``.NAME.partial``);
+    None otherwise (a file inside the command's folders)."""
+    where = Path(os.path.abspath(path))
+    for option in given:
+        full = Path(os.path.abspath(option))
+        if where == full or where in full.parents:
+            return path
+        if where == partial_path(full):
+            return option
+    return None
 
 
 def option_error(error: Exception, options: Mapping[str, str] | None = None) -> str:
