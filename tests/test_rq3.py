@@ -249,3 +249,19 @@ def test_an_export_gives_the_folders_rq3(dataset_dir, tmp_path):
     with pytest.raises(AutomrError, match=r"holds no ranks of random:constrained \(there: "
                                           r"bigrec:constrained, automr:constrained\)"):
         run_rq3(exported, dataset_dir, tmp_path / "x", method="random:constrained")
+
+
+def test_rq3_records_its_run_where_it_writes_and_an_export_leaves_it_out(dataset_dir, tmp_path):
+    """Without --out, rq3 writes its report and run record into the evaluation folder, whose
+    export then listed rq3 among the commands behind the evaluation."""
+    from automr.cli.main import app as automr_app
+
+    results = evaluation(tmp_path / "results", {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4})
+    for out in (["--out", str(tmp_path / "o")], []):
+        ran = runner.invoke(automr_app, ["rq3", "--results", str(results), "--data",
+                                         str(dataset_dir), "--rows", "1", *out])
+        assert ran.exit_code == 0, ran.output
+    [record] = (tmp_path / "o" / "automr-runs.jsonl").read_text().splitlines()
+    assert json.loads(record)["params"]["out"] == str(tmp_path / "o")
+    assert json.loads((results / "automr-runs.jsonl").read_text())["command"] == "automr rq3"
+    assert EvaluationFolder(results).commands() == []

@@ -43,6 +43,10 @@ EXPORT_FORMAT = "automr.results-export/1"
 RANKING_ONLY_DETAILS = ("generated",)
 """Details only a ranking makes: the likelihood measure scores the true title and generates
 nothing, so its ``KIND/METHOD.loglik.json`` never holds them."""
+REPORTS_BESIDE = ("rq3",)
+"""Commands that write their report (and run record) into the evaluation folder they read,
+without --out: none of them is behind the evaluation, so :meth:`EvaluationFolder.commands`
+leaves their records out."""
 EVALUATION_KEYS = ("method", "samples", "n_items")
 """What an evaluation adds to every method's settings (its name and the samples measured)."""
 
@@ -325,7 +329,8 @@ class EvaluationFolder:
     def commands(self) -> list[list[str]]:
         """The argv of every command behind this folder, each once, oldest first: for a method
         that ``automr compare`` brought in, the commands behind its source (a folder, through
-        its own :meth:`commands`, or an export's ``commands``); then the folder's run records."""
+        its own :meth:`commands`, or an export's ``commands``); then the folder's run records
+        (but those of :data:`REPORTS_BESIDE`)."""
         found: list[list[str]] = []
         for path in sorted(self.path.glob("*/*.settings.json")):
             brought = self.source(_read(path))
@@ -336,7 +341,8 @@ class EvaluationFolder:
                       else EvaluationFolder(source).commands())
         records = self.path / RUNS_FILE
         if records.is_file():
-            found += [json.loads(line)["argv"] for line in records.read_text().splitlines()]
+            found += [record["argv"] for record in map(json.loads, records.read_text().splitlines())
+                      if record.get("command", "").rpartition(" ")[2] not in REPORTS_BESIDE]
         return [list(argv) for argv in dict.fromkeys(tuple(argv) for argv in found)]
 
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
