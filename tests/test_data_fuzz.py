@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from automr.data import (
@@ -221,9 +221,17 @@ def test_amazon_rows(body, extra):
     _amazon(_amazon_rows(body) + "".join(line + "\n" for line in extra))
 
 
+DAMAGED_GZIP_META = (  # found by this test: a byte not UTF-8, then a failing checksum, which
+    # finding the byte's line read into (BadGzipFile instead of the one-line error)
+    b"\x1f\x8b\x08\x00\xc5\xc7\x12k\x02\xff\xabVJ,\xce\xccS\xb2RP2T\xd2QP*\xc9,\xc9I\x05\xf1"
+    b"\x9c\xf2\xf3\xb3\x15\x0c\x95j\xb9\xaa\xe1\n\x8c0\x15\x18\xa1(0\xc6T`\x8c\xa2\xc0 S\x81\t"
+    b"\x8a\x02SL\x05\xa6(\n\xcc0\x15\x98\x01\x15\x00\x00h\xb9\xcac\xc6\x00\x00\x00")
+
+
 @FUZZ
 @given(file_bytes(_amazon_rows(VALID_LOG).encode()), file_bytes(AMAZON_META.encode()),
        st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=60)), max_size=4))
+@example(reviews=b"", meta=DAMAGED_GZIP_META, meta_lines=[])
 def test_amazon_bytes(reviews, meta, meta_lines):
     _amazon(reviews)
     _amazon(_amazon_rows(VALID_LOG), meta)

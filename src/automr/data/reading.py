@@ -105,14 +105,15 @@ class LineSource:
             binary = gzip.GzipFile(fileobj=buffered) if is_gz else buffered
             text = io.TextIOWrapper(binary, encoding=self.encoding, newline=None)
             try:
-                for number, line in enumerate(text, start=1):
-                    yield number, line.rstrip("\n")
-            except UnicodeDecodeError:
-                line, column, byte = first_undecodable(self.path, self.encoding)
-                raise bad_input(self.path, line, f"not valid {self.encoding} text (byte "
-                                f"{byte!r}, the line's byte {column})",
-                                f"Save the file as {self.encoding} (e.g. `iconv -f latin1 -t "
-                                f"{self.encoding}`)") from None
+                try:
+                    for number, line in enumerate(text, start=1):
+                        yield number, line.rstrip("\n")
+                except UnicodeDecodeError:  # finding the line reads again: a gzip may fail
+                    line, column, byte = first_undecodable(self.path, self.encoding)
+                    raise bad_input(self.path, line, f"not valid {self.encoding} text (byte "
+                                    f"{byte!r}, the line's byte {column})",
+                                    f"Save the file as {self.encoding} (e.g. `iconv -f latin1 "
+                                    f"-t {self.encoding}`)") from None
             except (OSError, EOFError, zlib.error) as error:  # truncated / corrupt gzip
                 raise bad_input(self.path, None, f"could not be read ({error})",
                                 "Download the file again") from None
