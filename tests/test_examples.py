@@ -229,6 +229,38 @@ def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_
     assert summary["cv_pick_minus_mean"] == max(max(c) for c in exported["cv_curves"].values())
 
 
+def test_retriever_normalize_trains_both_ways_and_reads_each_pick_off_the_test_gains(
+        demo, tmp_path):
+    gains = tmp_path / "gains.json"
+    annotations = str(demo["annotations"])
+    load_example("element_gains").main(
+        ["--data", str(demo["data"]), "--annotations", annotations, "--other", annotations,
+         "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(gains)])
+    out = tmp_path / "normalize.json"
+    argv = ["--data", str(demo["data"]), "--memory", str(demo["memory"]), "--train", str(gains),
+            "--test", str(gains), "--model", str(demo["model"]), "--seeds", "0,1",
+            "--out", str(out)]
+    summary = load_example("retriever_normalize").main(argv)
+    exported = json.loads(out.read_text())
+    per_sample = json.loads(gains.read_text())["per_sample"]
+    assert exported["commands"] == [["python", "examples/retriever_normalize.py", *argv]]
+    assert set(exported["per_sample"]) == set(per_sample)
+    runs = ("raw/0", "raw/1", "normalized/0", "normalized/1")
+    assert set(summary["runs"]) == set(runs)
+    for run in runs:
+        values = [exported["per_sample"][i][run] for i in per_sample]
+        for sample_id, value in zip(per_sample, values, strict=True):
+            gain = per_sample[sample_id]["gain"]  # a pick's value: one element's gain - mean
+            assert any(abs(g - sum(gain) / len(gain) - value) < 1e-4 for g in gain)
+        assert summary["runs"][run]["test_pick_minus_mean"]["mean"] == pytest.approx(
+            sum(values) / len(values), abs=1e-4)
+        end = summary["runs"][run]["end"]
+        assert end["uniform_kl"] == pytest.approx(summary["runs"][run]["start"]["uniform_kl"])
+    averaged = summary["seeds_averaged"]
+    assert summary["normalized_minus_raw"]["mean"] == pytest.approx(
+        averaged["normalized"]["mean"] - averaged["raw"]["mean"], abs=1e-9)
+
+
 def test_token_scorer_curve_trains_on_nested_subsets_and_reads_each_pick_off_the_test_gains(
         demo, tmp_path, monkeypatch):
     gains = tmp_path / "gains.json"
