@@ -30,9 +30,7 @@ import attrs
 import torch
 
 import automr
-from automr.data.prompts import tokenize_sample
 from automr.evaluation import bootstrap_ci, paired_bootstrap
-from automr.llm.split import HFSplitLLM
 from automr.retrievers import (
     MLPRetriever,
     MLPRetrieverConfig,
@@ -43,6 +41,9 @@ from automr.retrievers import (
     train_mlp_retriever,
 )
 
+sys.path.insert(0, str(Path(__file__).parent))  # a sibling script's prompt states
+from token_scorer import prompt_states
+
 VARIANTS = {"raw": False, "normalized": True}
 VALID_FRACTION = 0.2
 
@@ -50,15 +51,11 @@ VALID_FRACTION = 0.2
 @torch.no_grad()
 def samples(export: dict, dataset, store, loaded) -> dict[str, RetrievalSample]:
     """Per sample id: the pooled layer-L prompt, the annotated elements' keys, S' of eq. 6."""
-    split_llm = HFSplitLLM(loaded.model)
-    splits = {s.id: s for split in ("train", "valid", "test") for s in dataset.samples(split)}
     out = {}
-    for sample_id, values in export["per_sample"].items():
-        sample = splits[sample_id]
-        ids = torch.tensor([tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
-                                            dataset.prompt_config).prompt_ids])
-        mask = torch.ones_like(ids, dtype=torch.bool)
-        query = store.record.pooling(split_llm.lower(ids, mask, store.layer).hidden, mask)[0]
+    for sample_id, (sample, prompt) in prompt_states(export, dataset, store.layer,
+                                                     loaded).items():
+        values = export["per_sample"][sample_id]
+        query = store.record.pooling(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool))[0]
         keys = store.view_sample(sample).keys[torch.tensor(values["elements"])]
         gains = torch.tensor(values["gain"], dtype=torch.float64)
         out[sample_id] = RetrievalSample(query=query.float(), keys=keys.float(),

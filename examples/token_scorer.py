@@ -72,17 +72,27 @@ class CrossScorer(nn.Module):
 
 
 @torch.no_grad()
-def features(export: dict, dataset, store, loaded) -> dict[str, tuple]:
-    """Per sample id: ``(prompt states, padded element states, their mask, gains by key)``."""
+def prompt_states(export: dict, dataset, layer: int, loaded) -> dict[str, tuple]:
+    """Per sample id of ``export``: ``(sample, its prompt's layer-``layer`` token states)``."""
     split_llm = HFSplitLLM(loaded.model)
     splits = {s.id: s for split in ("train", "valid", "test") for s in dataset.samples(split)}
     out = {}
-    for sample_id, values in export["per_sample"].items():
+    for sample_id in export["per_sample"]:
         sample = splits[sample_id]
         ids = torch.tensor([tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
                                             dataset.prompt_config).prompt_ids])
-        prompt = split_llm.lower(ids, torch.ones_like(ids, dtype=torch.bool),
-                                 store.layer).hidden[0].float()
+        states = split_llm.lower(ids, torch.ones_like(ids, dtype=torch.bool), layer).hidden
+        out[sample_id] = sample, states[0].float()
+    return out
+
+
+@torch.no_grad()
+def features(export: dict, dataset, store, loaded) -> dict[str, tuple]:
+    """Per sample id: ``(prompt states, padded element states, their mask, gains by key)``."""
+    out = {}
+    for sample_id, (sample, prompt) in prompt_states(export, dataset, store.layer,
+                                                     loaded).items():
+        values = export["per_sample"][sample_id]
         user, _, start = store.request_for(sample)
         states = [store.token_states(user, start + i).float() for i in values["elements"]]
         width = max(len(s) for s in states)

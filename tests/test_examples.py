@@ -197,21 +197,35 @@ def test_element_gains_sets_gains_beside_what_a_retriever_sees(demo, tmp_path):
     assert len(some["late_interaction"]) == len(some["gain"])
 
 
-def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_path):
-    gains = tmp_path / "gains.json"
+def gains_export(demo: dict[str, Path], out: Path) -> Path:
+    """element_gains.py's export of the demo's annotations, with themselves as ``--other``."""
     annotations = str(demo["annotations"])
     load_example("element_gains").main(
         ["--data", str(demo["data"]), "--annotations", annotations, "--other", annotations,
-         "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(gains)])
-    out = tmp_path / "scorer.json"
+         "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(out)])
+    return out
+
+
+def learn_and_pick(name: str, demo: dict[str, Path], tmp_path: Path,
+                   *options: str) -> tuple[dict, dict, dict]:
+    """Run example ``name`` learning and picking on one gains export of the demo; returns its
+    summary, its export and the gains export's samples, having checked the export's command
+    and samples."""
+    gains = gains_export(demo, tmp_path / "gains.json")
+    out = tmp_path / f"{name}.json"
     argv = ["--data", str(demo["data"]), "--memory", str(demo["memory"]), "--train", str(gains),
-            "--test", str(gains), "--model", str(demo["model"]), "--epochs", "2",
-            "--out", str(out)]
-    summary = load_example("token_scorer").main(argv)
+            "--test", str(gains), "--model", str(demo["model"]), *options, "--out", str(out)]
+    summary = load_example(name).main(argv)
     exported = json.loads(out.read_text())
     per_sample = json.loads(gains.read_text())["per_sample"]
-    assert exported["commands"] == [["python", "examples/token_scorer.py", *argv]]
+    assert exported["commands"] == [["python", f"examples/{name}.py", *argv]]
     assert set(exported["per_sample"]) == set(per_sample)
+    return summary, exported, per_sample
+
+
+def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_path):
+    summary, exported, per_sample = learn_and_pick("token_scorer", demo, tmp_path,
+                                                   "--epochs", "2")
     # the summary is what the picks are worth, read off the gains export
     values = []
     for sample_id, picked in exported["per_sample"].items():
@@ -231,20 +245,8 @@ def test_token_scorer_learns_on_one_gains_export_and_picks_on_another(demo, tmp_
 
 def test_retriever_normalize_trains_both_ways_and_reads_each_pick_off_the_test_gains(
         demo, tmp_path):
-    gains = tmp_path / "gains.json"
-    annotations = str(demo["annotations"])
-    load_example("element_gains").main(
-        ["--data", str(demo["data"]), "--annotations", annotations, "--other", annotations,
-         "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(gains)])
-    out = tmp_path / "normalize.json"
-    argv = ["--data", str(demo["data"]), "--memory", str(demo["memory"]), "--train", str(gains),
-            "--test", str(gains), "--model", str(demo["model"]), "--seeds", "0,1",
-            "--out", str(out)]
-    summary = load_example("retriever_normalize").main(argv)
-    exported = json.loads(out.read_text())
-    per_sample = json.loads(gains.read_text())["per_sample"]
-    assert exported["commands"] == [["python", "examples/retriever_normalize.py", *argv]]
-    assert set(exported["per_sample"]) == set(per_sample)
+    summary, exported, per_sample = learn_and_pick("retriever_normalize", demo, tmp_path,
+                                                   "--seeds", "0,1")
     runs = ("raw/0", "raw/1", "normalized/0", "normalized/1")
     assert set(summary["runs"]) == set(runs)
     for run in runs:
