@@ -90,3 +90,23 @@ def test_bad_protocol_option_exits_2(tmp_path):
     result = runner.invoke(app, ["data", "prepare", "ml-100k", "--out", str(tmp_path / "o"),
                                  "--start", "last year"])
     assert result.exit_code == 2 and "--start" in result.output
+
+
+def test_csv_columns_are_mapped_on_the_command_line(tmp_path):
+    inter = tmp_path / "ratings.csv"
+    inter.write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{m},5,{1577836800 + 86400 * (10 * m + u)}\n" for u in range(3) for m in range(8)))
+    items = tmp_path / "movies.csv"
+    items.write_text("movieId,title\n" + "".join(f"{m},Movie {m}\n" for m in range(8)))
+    args = ["data", "prepare", "csv", "--interactions", str(inter), "--items", str(items),
+            "--train-months", "1", "--min-user-interactions", "2", "--min-item-interactions",
+            "1", "--recent-k", "2", "--quiet"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--column",
+                                 "user=userId", "--column", "item = movieId"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["source"]["options"]["columns"] == "item=movieId,user=userId"
+    for bad in ("user", "user=userId,item=movieId"):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--column", bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "bad").exists()

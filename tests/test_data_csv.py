@@ -394,3 +394,44 @@ def test_an_unclosed_quote_that_swallows_items_is_named_where_they_go_missing(tm
                                           r"rows span several lines, the first at line 3: a "
                                           r"quote never closed"):
         load_csv(inter, items)
+
+
+def movielens_named(folder: Path) -> tuple[Path, Path]:
+    """small_csv's files with MovieLens' column names (ratings.csv, movies.csv)."""
+    (folder / "plain").mkdir()
+    inter, items = small_csv(folder / "plain")
+    ratings = inter.read_text().replace("timestamp,user,item,", "when,userId,movieId,", 1)
+    movies = items.read_text().replace("item,title,", "movieId,name,", 1)
+    return write(folder / "ratings.csv", ratings), write(folder / "movies.csv", movies)
+
+
+def test_columns_map_the_formats_names_to_the_files(tmp_path):
+    ratings, movies = movielens_named(tmp_path)
+    mapped = load_csv(ratings, movies, columns={"user": "userId", "item": "movieId",
+                                                "timestamp": "when", "title": "name"})
+    plain = load_csv(tmp_path / "plain" / "inter.csv", tmp_path / "plain" / "items.csv")
+    assert mapped.interactions == plain.interactions and mapped.catalog == plain.catalog
+    assert mapped.skipped == plain.skipped and mapped.catalog["m1"].extra == {"genre": "Drama"}
+    assert mapped.options["columns"] == "item=movieId,timestamp=when,title=name,user=userId"
+    assert "columns" not in plain.options
+
+
+def test_a_column_mapping_is_checked_and_a_missing_column_names_the_files_name(tmp_path):
+    ratings, movies = movielens_named(tmp_path)
+    with pytest.raises(AutomrError, match=r"movies\.csv line 1: header \['movieId', 'name', "
+                                          r"'genre'\] lacks column\(s\) \['item', 'title'\]; "
+                                          r"name yours with --column"):
+        load_csv(ratings, movies)
+    with pytest.raises(AutomrError, match=r"lacks column\(s\) \['item'\]\. See"):
+        load_csv(ratings, movies, columns={"title": "name"})
+    with pytest.raises(AutomrError, match=r"lacks column\(s\) \['userid'\]"):
+        load_csv(ratings, movies, columns={"user": "userid", "item": "movieId",
+                                           "timestamp": "when", "title": "name"})
+    with pytest.raises(AutomrError, match=r"columns \['rating'\] are not read"):
+        load_csv(ratings, movies, columns={"rating": "x"})
+    with pytest.raises(AutomrError, match="each must name a different"):
+        load_csv(ratings, movies, columns={"user": "movieId", "item": "movieId"})
+    both = write(tmp_path / "both.csv", "item,movieId,title\na,a,A\n")
+    with pytest.raises(AutomrError, match=r"has column\(s\) \['item'\] beside the one\(s\) "
+                                          r"mapped to them"):
+        load_csv(ratings, both, columns={"item": "movieId"})

@@ -162,13 +162,28 @@ def prepare_csv_command(
     items: Annotated[Path, typer.Option("--items", help="CSV/TSV with columns item,title.")],
     out: OutOption,
     domain: DomainOption = None, merge_same_title: MergeOption = False,
+    column: Annotated[list[str] | None, typer.Option(
+        help="NAME=COLUMN: the files name column NAME (user, item, timestamp, title) "
+             "COLUMN, e.g. --column user=userId --column item=movieId; repeat.")] = None,
     quiet: QuietOption = False, *, protocol: ProtocolConfig,
 ) -> None:
     """Generic CSV/TSV (default protocol: whole range, 10 months train, rest halved)."""
     dataset = prepare_csv(interactions, items, out, protocol=protocol,
                           domain=_domain("csv", domain), merge_same_title=merge_same_title,
-                          progress=not quiet)
+                          progress=not quiet, columns=_columns(column or []))
     print_stats(dataset.stats, f"csv -> {out}")
+
+
+def _columns(pairs: list[str]) -> dict[str, str]:
+    """``--column NAME=COLUMN`` options as ``{NAME: COLUMN}``."""
+    columns: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, column = (part.strip() for part in pair.partition("="))
+        if not sep or name in columns:
+            raise AutomrError(f"--column {pair!r}: write NAME=COLUMN (e.g. user=userId), each "
+                              f"NAME once")
+        columns[name] = column
+    return columns
 
 
 @app.command("stats")

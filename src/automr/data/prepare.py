@@ -184,11 +184,13 @@ def prepare_csv(
     domain: str = "items",
     merge_same_title: bool = False,
     progress: bool = False,
+    columns: Mapping[str, str] | None = None,
 ) -> PreparedDataset:
-    """Generic CSV/TSV files -> prepared dataset (default: whole range, 10 training months)."""
+    """Generic CSV/TSV files -> prepared dataset (default: whole range, 10 training months);
+    ``columns`` maps the format's column names to the files' (``{"user": "userId"}``)."""
     _check_out(out)
     data = load_csv(interactions, items, domain=domain, merge_same_title=merge_same_title,
-                    progress=progress)
+                    progress=progress, columns=columns)
     return prepare_dataset(data, protocol or ProtocolConfig(start=None, end=None), out)
 
 

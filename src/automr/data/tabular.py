@@ -5,6 +5,8 @@
   (``2017-07-14`` or ``2017-07-14T02:40:00``; no timezone means UTC). A bare integer is always
   Unix seconds: write dates with dashes (``20170714`` would be 1970-08-22).
 - ``items``: columns ``item`` and ``title``; every other column is kept in ``Item.extra``.
+- ``columns`` maps these names to a file's own (``{"user": "userId", "item": "movieId"}`` for
+  MovieLens' ``ratings.csv`` and ``movies.csv``), for both files.
 
 The delimiter follows the extension: ``.csv`` -> comma, ``.tsv`` / ``.tab`` -> tab, each
 optionally gzipped (``.csv.gz``). Fields follow :mod:`csv` quoting (titles with commas go in
@@ -17,7 +19,7 @@ error naming the file and line. A leading UTF-8 byte-order mark (Excel's "CSV UT
 
 import csv
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from automr.data.catalog import Catalog, MergeReport, merge_duplicates
@@ -34,6 +36,8 @@ from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipp
 from automr.errors import AutomrError
 
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+COLUMNS = ("user", "item", "timestamp", "title")
+"""The columns the format reads; a file may name them otherwise (``columns``)."""
 _FIX = "See docs/data.md for the generic CSV/TSV format"
 
 
@@ -47,12 +51,27 @@ def delimiter_for(path: Path) -> str:
     return DELIMITERS[suffixes[-1]]
 
 
-def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter
-          ) -> Iterator[tuple[int, dict[str, str], int]]:
+def check_columns(columns: Mapping[str, str]) -> dict[str, str]:
+    """``columns`` (format name -> the file's name) checked: only :data:`COLUMNS`, each file
+    column once."""
+    unknown = sorted(set(columns) - set(COLUMNS))
+    if unknown:
+        raise AutomrError(f"columns {unknown} are not read by the CSV format; map "
+                          f"{', '.join(COLUMNS)} to the files' names (e.g. user=userId)")
+    named = list(columns.values())
+    if any(not name for name in named) or len(set(named)) < len(named):
+        raise AutomrError(f"columns {dict(columns)}: each must name a different, non-empty "
+                          f"column of the files")
+    return dict(columns)
+
+
+def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
+          columns: Mapping[str, str]) -> Iterator[tuple[int, dict[str, str], int]]:
     """``(line_number, {column: value}, lines)`` per data row (``lines``: how many lines it
-    spans, more than one only with a quoted line break); header checked first. A row of empty
-    fields only (``,,,``: a spreadsheet's) is counted in ``skips`` as ``empty_rows``; a blank
-    line is no row."""
+    spans, more than one only with a quoted line break), the ``required`` columns under the
+    format's names (``columns``: format name -> the file's); header checked first. A row of
+    empty fields only (``,,,``: a spreadsheet's) is counted in ``skips`` as ``empty_rows``; a
+    blank line is no row."""
     delimiter = delimiter_for(source.path)
     lines = iter(source)
     last = [0]  # the number of the last line read (only that: not one int per line kept)
@@ -71,12 +90,20 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter
                         _FIX) from None
     except csv.Error as error:
         raise bad_input(source.path, 1, f"malformed CSV header ({error})", _FIX) from None
-    missing = [c for c in required if c not in header]
+    missing = [columns.get(c, c) for c in required if columns.get(c, c) not in header]
     if missing:
-        raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}", _FIX)
+        hint = "" if columns else "; name yours with --column (e.g. --column user=userId)"
+        raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}{hint}",
+                        _FIX)
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise bad_input(source.path, 1, f"header {header} repeats column(s) {repeated}", _FIX)
+    ours = {columns.get(c, c): c for c in required}
+    taken = sorted(c for c in header if c in required and c not in ours)
+    if taken:
+        raise bad_input(source.path, 1, f"header {header} has column(s) {taken} beside the "
+                        f"one(s) mapped to them; map only one", _FIX)
+    header = [ours.get(h, h) for h in header]
     starts = last[0] + 1  # the line the next row starts on (a quoted field may span lines)
     try:
         for row in reader:
@@ -104,9 +131,12 @@ def load_csv(
     domain: str = "items",
     merge_same_title: bool = False,
     progress: bool = False,
+    columns: Mapping[str, str] | None = None,
 ) -> SourceData:
     """Load the generic CSV/TSV format (module docstring). ``merge_same_title=True`` merges
-    items with identical titles into the first one listed."""
+    items with identical titles into the first one listed; ``columns`` maps the format's
+    column names to the files' (``{"item": "movieId"}``)."""
+    columns = check_columns(columns or {})
     inter_path = require_file(interactions, "interactions")
     item_path = require_file(items, "items")
     skips = SkipCounter()
@@ -117,7 +147,7 @@ def load_csv(
         empty: set[str] = set()
         raw_items = 0
         spanning: list[int] = []  # the lines of item rows with a quoted line break
-        for number, row, lines in _rows(item_lines, ("item", "title"), skips):
+        for number, row, lines in _rows(item_lines, ("item", "title"), skips, columns):
             raw_items += 1
             if lines > 1:
                 spanning.append(number)
@@ -135,7 +165,8 @@ def load_csv(
             catalog_items.append(Item(item_id, title, row))
         inter_lines = LineSource(inter_path, progress=bar)
         records: list[Interaction] = []
-        for number, row, _ in _rows(inter_lines, ("user", "item", "timestamp"), skips):
+        for number, row, _ in _rows(inter_lines, ("user", "item", "timestamp"), skips,
+                                    columns):
             # one string per distinct id, as the Amazon loader keeps (millions of rows)
             user, item, stamp = sys.intern(row["user"]), sys.intern(row["item"]), row["timestamp"]
             if not user or not item:
@@ -166,5 +197,7 @@ def load_csv(
         raw_interactions=raw_interactions, merge=report, skipped=skips.as_dict(),
         fingerprints={"interactions": inter_lines.sha256, "items": item_lines.sha256},
         options={"interactions": str(inter_path), "items": str(item_path),
-                 "merge_same_title": str(merge_same_title).lower()},
+                 "merge_same_title": str(merge_same_title).lower(),
+                 **({"columns": ",".join(f"{k}={v}" for k, v in sorted(columns.items()))}
+                    if columns else {})},
     )
