@@ -53,6 +53,51 @@ def test_a_half_set_launcher_environment_is_a_clear_error(monkeypatch):
         distributed.init()
 
 
+def test_processes_that_never_join_are_one_line(monkeypatch):
+    """A missing process (or another MASTER_PORT) left the others waiting, then a screen of
+    traceback ending in DistStoreError."""
+    import torch.distributed as dist
+
+    def never(*args, **kwargs):
+        raise dist.DistStoreError("Timed out after 61 seconds waiting for clients. 1/2 clients "
+                                  "joined.\nException raised from ...")
+
+    monkeypatch.setattr(dist, "init_process_group", never)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in (("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "1")
+    with pytest.raises(AutomrError, match=r"not every one of the 2 processes joined within 1 "
+                                          r"min \(Timed out .* 1/2 clients joined\.\): start "
+                                          r"all of them, with the same "
+                                          r"MASTER_ADDR:MASTER_PORT \(127\.0\.0\.1:29533\)"):
+        distributed.init()
+
+
+def test_processes_started_with_different_arguments_are_refused(tmp_path):
+    """Started by hand with other settings (here --seed), every process went on with its own:
+    an evaluation mixed two sample draws, an annotation folder held other samples' shards."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port}
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "automr", "evaluate", "--data", str(tmp_path / "none"), "--out",
+         str(tmp_path / "out"), "--methods", "pop", "--seed", str(rank)],
+        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2, stderr
+        assert "the 2 processes were started with different arguments" in stderr, stderr
+        assert "--seed 1`): start every process with the same command" in stderr
+        assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("argv", "command"), [
     (["data", "prepare", "ml-100k", "--out", "x"], "data prepare"),
     (["--config", "CONFIG", "retriever", "train"], "retriever train"),

@@ -68,7 +68,15 @@ def init() -> bool:
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
     minutes = _env_int(TIMEOUT_ENV, 120)
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    except dist.DistStoreError as error:  # the others never came (or another address)
+        first = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise AutomrError(
+            f"not every one of the {os.environ['WORLD_SIZE']} processes joined within "
+            f"{minutes} min ({first}): start all of them, with the same MASTER_ADDR:MASTER_PORT "
+            f"({os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}); {TIMEOUT_ENV} sets "
+            f"the wait") from None
     atexit.register(_shutdown)
     return True
 

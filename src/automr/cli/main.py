@@ -154,8 +154,31 @@ def join_launcher(ctx: typer.Context) -> None:
                               f"launcher (a launcher shares the work of: "
                               f"{', '.join(SHARED_BY_A_LAUNCHER)})")
     distributed.init()
+    started = distributed.gather(invocation(argv))
+    differing = [rank for rank, other in enumerate(started) if other != started[0]]
+    if differing:
+        raise AutomrError(
+            f"the {len(started)} processes were started with different arguments (process 0: "
+            f"`{' '.join(started[0][0])}`; process {differing[0]}: "
+            f"`{' '.join(started[differing[0]][0])}`"
+            + (", or --config files" if started[0][0] == started[differing[0]][0] else "")
+            + "): start every process with the same command")
     if not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+
+
+def invocation(argv: list[str]) -> tuple[list[str], str | None]:
+    """What decides a command's work: its arguments (not the program's path) and the
+    sha256 of its ``--config`` file, if any."""
+    import hashlib
+
+    words = argv[1:]
+    config = next((words[i + 1] if w == "--config" else w.removeprefix("--config=")
+                   for i, w in enumerate(words) if w.startswith("--config")
+                   and (w != "--config" or i + 1 < len(words))), None)
+    digest = (hashlib.sha256(Path(config).read_bytes()).hexdigest()
+              if config is not None and Path(config).is_file() else None)
+    return words, digest
 
 
 @app.callback()
