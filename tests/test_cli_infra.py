@@ -303,6 +303,8 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
      "--batch-size must be > 0"),
     (["finetune", "--data", "d", "--out", "o", "--valid-samples", "0"],
      "--valid-samples must be > 0"),
+    (["finetune", "--data", "d", "--out", "o", "--lora-dropout", "1.5"],
+     "--lora-dropout must be < 1"),
     (["finetune", "--data", "d", "--out", "o", "--autocast", "foo"],
      "--autocast 'foo': choose one of none, bf16, fp16"),
     (["finetune", "--data", "d", "--out", "o", "--memory-retrieval", "foo"],

@@ -90,7 +90,9 @@ def test_step_commands_chain(workspace, tmp_path):
 
     ok("finetune", "--data", data, "--out", str(tmp_path / "ft"), "--model", model,
        "--train-samples", "8", "--valid-samples", "4", "--batch-size", "4",
-       "--lora-from-layer", "2", *common)
+       "--lora-from-layer", "2", "--lora-dropout", "0", *common)
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["config"][
+        "lora_dropout"] == 0.0
     ok("memory", "build", "--data", data, "--out", str(tmp_path / "mem"), "--model", model,
        "--layer", "2", "--encoder", "window", *common)
     ok("annotate", "--data", data, "--memory", str(tmp_path / "mem"), "--finetuned",

@@ -85,6 +85,9 @@ def finetune_command(
     lora_r: Annotated[int, typer.Option(help="LoRA rank r.")] = defaults.lora_r,
     lora_alpha: Annotated[int, typer.Option(
         help="LoRA alpha (the update is scaled by alpha / r).")] = defaults.lora_alpha,
+    lora_dropout: Annotated[float, typer.Option(
+        help="LoRA dropout (BIGRec's 0.05; 0 makes a run under a launcher reproduce one "
+             "process's within float rounding).")] = defaults.lora_dropout,
     lora_from_layer: Annotated[int, typer.Option(
         help="Put LoRA only on layers >= L and freeze the lower half (0 = all layers).")] =
         defaults.lora_from_layer,
@@ -141,7 +144,8 @@ def finetune_command(
         config = FinetuneConfig(
             max_train_samples=train_samples or None, max_valid_samples=valid_samples,
             epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
-            lora_from_layer=lora_from_layer, loss_on=loss_on, eval_every=eval_every,
+            lora_dropout=lora_dropout, lora_from_layer=lora_from_layer, loss_on=loss_on,
+            eval_every=eval_every,
             patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
             schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,
             checkpoint_every=checkpoint_every or None, context=spec,
