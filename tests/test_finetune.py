@@ -5,6 +5,7 @@ bit for bit."""
 import itertools
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -164,8 +165,11 @@ def test_a_changed_config_is_refused_on_resume(workspace, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         finetune(load_model(model, device="cpu"), data, run, quick_config(**LOOP), progress=False)
     monkeypatch.setattr(ft, "_save_checkpoint", original)
-    for change in (dict(grad_accum=1), dict(schedule="linear"), dict(max_grad_norm=1.0)):
-        with pytest.raises(AutomrError, match="different config"):
+    for change, says in ((dict(grad_accum=1), f"config.grad_accum was {LOOP['grad_accum']}, "
+                                               f"now 1"),
+                         (dict(schedule="linear"), "config.schedule was 'cosine', now 'linear'"),
+                         (dict(max_grad_norm=1.0), "config.max_grad_norm was 0.5, now 1.0")):
+        with pytest.raises(AutomrError, match=f"made with other settings \\({re.escape(says)}\\)"):
             finetune(load_model(model, device="cpu"), data, run,
                      quick_config(**{**LOOP, **change}), progress=False)
 

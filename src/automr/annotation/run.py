@@ -41,6 +41,7 @@ from automr.storage import (
     read_safetensors,
     safetensors_intact,
     save_safetensors,
+    setting_differences,
     write_json_atomic,
 )
 
@@ -187,26 +188,12 @@ def _start(out: Path, header: dict) -> None:
             return
         if any(out.glob("shard-*.safetensors")):
             raise AutomrError(f"{out} holds annotations made with other settings "
-                              f"({'; '.join(_differences(old, new))}); use another --out or "
+                              f"({'; '.join(setting_differences(old, new))}); use another --out or "
                               f"delete it")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutomrError(f"{out} exists and is not an annotation folder; refusing to write "
                           f"into it. Pick a new --out.")
     write_json_atomic(config_file, header)
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """``name was OLD, now NEW`` for each setting that differs (nested ones by dotted name; a
-    list by its length)."""
-    found = []
-    for key in sorted(old.keys() | new.keys()):
-        was, now = old.get(key), new.get(key)
-        if isinstance(was, dict) and isinstance(now, dict):
-            found += _differences(was, now, f"{prefix}{key}.")
-        elif was != now:
-            shown = [f"{len(v)} entries" if isinstance(v, list) else repr(v) for v in (was, now)]
-            found.append(f"{prefix}{key} was {shown[0]}, now {shown[1]}")
-    return found
 
 
 def _comparable(header: dict) -> dict:

@@ -58,7 +58,13 @@ from automr.recommenders.memory_aware import MemoryInserts, MemoryTraining
 from automr.recommenders.parallel import AUTOCAST, NLLModule, StepRunner
 from automr.recommenders.runs import ADAPTER_WEIGHTS, RESULT_FILE
 from automr.state import LayerState
-from automr.storage import atomic_dir, read_json, read_safetensors, write_json_atomic
+from automr.storage import (
+    atomic_dir,
+    read_json,
+    read_safetensors,
+    setting_differences,
+    write_json_atomic,
+)
 
 LOSS_KINDS = ("target", "sequence")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -631,8 +637,10 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
         key == "model" and isinstance(theirs.get(key), str)
         and canonical_model_name(theirs[key]) == canonical_model_name(ours[key]))]
     if differs:
-        raise AutomrError(f"{out} holds an unfinished fine-tune with a different "
-                          f"{', '.join(differs)}; use another --out, or delete {out} to restart")
+        named = setting_differences({k: theirs.get(k) for k in differs},
+                                    {k: ours[k] for k in differs})
+        raise AutomrError(f"{out} holds an unfinished fine-tune made with other settings "
+                          f"({'; '.join(named)}); use another --out, or delete {out} to restart")
     return {**state, "config": identity["config"]}  # run options as given now, all fields
 
 
