@@ -1,6 +1,7 @@
 """ReLLa and TRSR end to end on a tiny model: fine-tune with a context, evaluate, the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -119,6 +120,8 @@ def test_context_show_and_trsr_commands(workspace):
     assert written.exit_code == 0, written.output
     assert "3 of 3 valid samples have a summary" in written.output
     assert "(0 prompts generated" not in written.output
+    named = written.output.strip().rsplit(" cached) in ", 1)[1].split(", ")
+    assert named and all(Path(path).is_file() for path in named), named  # not under a launcher
     again = runner.invoke(context_app, command)
     assert "(0 prompts generated" in again.output
     trsr = runner.invoke(context_app, ["show", "--data", workspace["data"], "--kind", "trsr",

@@ -103,4 +103,5 @@ def trsr_command(
     texts = context.texts(chosen)
     written = len(context.cache.entries) - before
     typer.echo(f"{sum(t is not None for t in texts)} of {len(chosen)} {split} samples have a "
-               f"summary ({written} prompts generated, the rest cached) in {context.cache.path}")
+               f"summary ({written} prompts generated, the rest cached) in "
+               f"{', '.join(str(f) for f in context.cache.files if f.exists())}")
