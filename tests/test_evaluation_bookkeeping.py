@@ -103,6 +103,19 @@ def test_a_methods_own_settings_cannot_hide_another_sample_set(tmp_path):
     assert again.reports["m"].sample_ids == tuple(s.id for s in SAMPLES[12:])
 
 
+def test_a_method_without_settings_is_never_read_back(tmp_path):
+    """Settings decide reuse: with none, a GenerativeMethod with another retriever or combiner
+    under the same name got the first one's values back from the folder."""
+    first, other = Constant(1), Constant(3)
+    first.settings = other.settings = {}
+    evaluate({"m": first}, SAMPLES, 30, out=tmp_path, measures=("ranks", "likelihood"))
+    again = evaluate({"m": other}, SAMPLES, 30, out=tmp_path, measures=("ranks", "likelihood"))
+    assert again.reports["m"].ranks == tuple(other.rank(SAMPLES))
+    assert again.likelihoods["m"].log_likelihoods == tuple(
+        v for v, _ in other.target_log_likelihoods(SAMPLES))
+    assert EvaluationFolder(tmp_path).report("m").ranks == tuple(other.rank(SAMPLES))
+
+
 class Retrieving(Constant):
     """A Constant that records, per sample, which element it retrieved (what a memory method
     reports) and a retriever version, changed between runs."""

@@ -244,7 +244,8 @@ class Method(Protocol):
     ``settings`` is a dict, JSON-able, of everything that decides those ranks (model,
     adapter, grounder, retriever, and for your own class its name and version): an
     evaluation folder reuses ranks saved under the same name only when the settings are
-    equal (``evaluate`` adds the keys ``method``, ``samples`` and ``n_items`` itself).
+    equal (``evaluate`` adds the keys ``method``, ``samples`` and ``n_items`` itself); with
+    empty settings it never reuses them.
     Builders for every method kind the CLI knows are in :mod:`automr.methods`; any object of
     this shape works.
     """

@@ -20,6 +20,7 @@ share; the main process writes the folder. Every process returns the same :class
 import json
 import numbers
 import platform
+import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,9 @@ def evaluate(
     :class:`~automr.interfaces.LikelihoodMethod` scores the true titles; others are skipped).
     With ``out`` (a new or empty folder, or an evaluation folder: anything else is refused):
     values, settings and details are saved per method as it finishes (values
-    saved with equal settings are not computed again), then ``results.json`` (after
+    saved with equal settings are not computed again; a method whose ``settings`` are empty
+    is computed again every time, as nothing tells it from another one under its name), then
+    ``results.json`` (after
     ``record``) and ``results.md`` (after ``header``). ``shard_size``: samples per shard
     (the unit of resuming and of sharing among processes; a multiple of the methods' batch
     sizes keeps their batches those of one pass).
@@ -200,6 +203,8 @@ def evaluate(
                               f"dict of what decides its ranks (got a {type(method).__name__})")
     for name, method in methods.items():
         settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
+        if folder is not None and not method.settings:  # nothing says what made saved values:
+            settings["run"] = distributed.on_main(lambda: uuid.uuid4().hex)  # reuse none
         try:  # they are saved with the values, and decide what a rerun reuses
             json.dumps(settings)
         except (TypeError, ValueError) as error:
