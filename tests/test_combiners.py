@@ -71,6 +71,25 @@ def test_the_contract_fails_a_combiner_that_writes_into_its_inputs():
             check(WritesIntoItsQuery())
 
 
+class SharesMemoryAcrossTheBatch:
+    """Adds the mean of the whole batch's memory to every position: one user's memory leaks
+    into another's states (a fresh-eyes reviewer's mutant, which the contract passed)."""
+
+    uses_token_states = False
+
+    def combine(self, query, memory):
+        real = memory.mask.unsqueeze(-1)
+        pooled = memory.hidden.masked_fill(~real, 0.0).sum((0, 1)) / real.sum().clamp(min=1)
+        return LayerState(hidden=query.hidden + pooled, mask=query.mask, layer=query.layer)
+
+
+def test_the_contract_fails_a_combiner_that_mixes_the_rows_of_a_batch():
+    contract = CombinerContract()
+    contract.hidden_size = 8
+    with pytest.raises(AssertionError, match="differs from it alone"):
+        contract.test_a_batch_equals_its_rows_one_at_a_time(SharesMemoryAcrossTheBatch())
+
+
 def full(model, seq: list[int]) -> torch.Tensor:
     """The plain computation: the full model on one unpadded sequence."""
     with torch.no_grad():

@@ -197,7 +197,29 @@ class CombinerContract:
                                                                            given_mask)
             for row in range(query.batch_size):
                 assert torch.equal(_real_rows(combined.hidden, combined.mask, row),
-                                   _real_rows(given_hidden, given_mask, row))
+                                   _real_rows(given_hidden, given_mask, row)), (
+                    f"row {row}: with no real memory slot its real states must be the query's")
+
+        check()
+
+    def test_a_batch_equals_its_rows_one_at_a_time(self, combiner):
+        """Each row's real states depend on that row's query and memory only (no user sees
+        another's memory)."""
+
+        @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
+        def check(query, data):
+            memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
+            combined = combiner.combine(query, memory)
+            for row in range(query.batch_size):
+                alone = combiner.combine(
+                    LayerState(hidden=query.hidden[row:row + 1], mask=query.mask[row:row + 1],
+                               layer=query.layer),
+                    MemoryTokens(hidden=memory.hidden[row:row + 1],
+                                 mask=memory.mask[row:row + 1]))
+                torch.testing.assert_close(
+                    _real_rows(combined.hidden, combined.mask, row),
+                    _real_rows(alone.hidden, alone.mask, 0), **TOLERANCE,
+                    msg=lambda m, row=row: f"row {row} of a batch differs from it alone: {m}")
 
         check()
 
@@ -232,9 +254,11 @@ class CombinerContract:
             junk = memory.hidden.masked_fill(~memory.mask.unsqueeze(-1), torch.nan)
             clean = combiner.combine(query, memory)
             dirty = combiner.combine(query, MemoryTokens(hidden=junk, mask=memory.mask))
-            assert torch.equal(clean.mask, dirty.mask)
-            assert torch.equal(clean.hidden[clean.mask], dirty.hidden[dirty.mask])
-            assert not bool(torch.isnan(dirty.hidden[dirty.mask]).any())
+            assert torch.equal(clean.mask, dirty.mask), "masked slots changed the output mask"
+            assert torch.equal(clean.hidden[clean.mask], dirty.hidden[dirty.mask]), (
+                "what masked memory slots hold changed real output states")
+            assert not bool(torch.isnan(dirty.hidden[dirty.mask]).any()), (
+                "NaN in masked memory slots reached real output states")
 
         check()
 
