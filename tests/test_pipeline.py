@@ -108,6 +108,14 @@ def test_step_commands_chain(workspace, tmp_path):
 
     assert load_retriever(tmp_path / "ret-n").config.normalize
     assert not load_retriever(tmp_path / "ret").config.normalize
+    assert load_retriever(tmp_path / "ret").provenance["combiner"] == "concat"
+    other = runner.invoke(app, [
+        "evaluate", "--data", data, "--out", str(tmp_path / "other"), "--methods",
+        "automr:likelihood", "--finetuned", str(tmp_path / "ft"), "--memory",
+        str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"), "--combiner",
+        "append-token", "--model", model, "--samples", "4", *common])
+    assert other.exit_code == 2, other.output  # its labels were annotated with concat
+    assert "built with combiner='concat', but 'append-token' is in use" in other.output
     ok("evaluate", "--data", data, "--out", str(tmp_path / "res"), "--methods",
        "automr:likelihood,semantic:likelihood", "--finetuned", str(tmp_path / "ft"),
        "--memory", str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"),

@@ -347,6 +347,7 @@ def retrieval_dataset(
     subset = annotations.header["config"].get("element_subset")
     metadata = {"label_form": form, "temperature": str(temperature),
                 "model": annotations.header["model"], **store.record.provenance(),
+                "combiner": annotations.header["config"]["combiner"],
                 "element_subset": "all" if subset is None else str(subset),
                 "element_seed": str(annotations.header["config"].get("element_seed", 0))}
     return RetrievalDataset(queries=annotations.queries.to(keys.dtype), keys=keys, mask=mask,

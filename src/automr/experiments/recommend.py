@@ -104,7 +104,7 @@ def recommend(
     loaded = run.load(device=device, dtype=dtype, cache_dir=cache_dir)
     store = run.open_memory(memory, device=str(loaded.model.device))
     store.check_dataset(dataset)
-    retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever),
+    retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever, combiner),
                                 COMBINERS[combiner](), k=k)
     ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,
                             num_beams=num_beams, cache_dir=cache_dir, progress=False)

@@ -306,7 +306,8 @@ class Workspace:
         if layer is not None and layer != store.layer:
             raise AutomrError(f"--layer {layer} differs from the memory's layer {store.layer}: "
                               f"memory methods run at the layer their keys come from")
-        retriever = (load_retriever_for(store, self.artifact("retriever")) if kind == "automr"
+        retriever = (load_retriever_for(store, self.artifact("retriever"),
+                                        self.options.combiner) if kind == "automr"
                      else build_retriever(kind, store.hidden_size, seed=self.retrieval_seed))
         self._retrievals[kind] = MemoryRetrieval(store, retriever,
                                                  COMBINERS[self.options.combiner](),

@@ -67,8 +67,11 @@ class MemoryRetrieval:
         return pad_memory(rows)
 
 
-def load_retriever_for(store: MemoryStore, directory: Path | str) -> Retriever:
+def load_retriever_for(store: MemoryStore, directory: Path | str,
+                       combiner: str | None = None) -> Retriever:
     """The saved retriever in ``directory``, refused unless it was trained on keys like the
-    memory's: its model, layer, encoder and pooling (those it recorded), and hidden size."""
-    return load_retriever(directory, device=str(store.device),
-                          expect=store.record.provenance(), hidden_size=store.hidden_size)
+    memory's (its model, layer, encoder and pooling), and on labels annotated with the
+    registry combiner named ``combiner`` (those it recorded), and hidden size."""
+    expect = {**store.record.provenance(), **({} if combiner is None else {"combiner": combiner})}
+    return load_retriever(directory, device=str(store.device), expect=expect,
+                          hidden_size=store.hidden_size)
