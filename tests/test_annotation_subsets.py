@@ -246,3 +246,30 @@ def test_retriever_score_refuses_samples_the_retriever_was_trained_on(workspace,
     training.write_text(json.dumps(payload))
     unseen = CliRunner().invoke(app, args)
     assert unseen.exit_code == 0, unseen.output
+
+
+class ConcatOfMyOwn:
+    """A user's combiner (no registry name): the element's token states before the prompt,
+    as the built-in concat, which the annotator recognises for its fast path; this one it
+    does not."""
+
+    uses_token_states = True
+
+    def combine(self, query, memory):
+        return automr.Concat().combine(query, memory)
+
+
+def test_an_annotation_takes_a_combiner_object_and_records_its_class(workspace, tmp_path):
+    """Only registry names were taken: a user's own combiner could not be annotated."""
+    folder = annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"],
+                              tmp_path / "own", AnnotateConfig(
+                                  max_samples=8, element_subset=3, element_seed=5,
+                                  shard_size=3), progress=False, combiner=ConcatOfMyOwn())
+    own, builtin = Annotations.load(folder), Annotations.load(workspace["folders"]["three"])
+    assert own.header["config"]["combiner"] == f"{__name__}.ConcatOfMyOwn"
+    assert own.header["samples"] == builtin.header["samples"]
+    torch.testing.assert_close(own.base, builtin.base, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(own.element, builtin.element, strict=True):  # the plain path
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    data = retrieval_dataset(own, workspace["dataset"], workspace["store"], "train")
+    assert data.metadata["combiner"] == f"{__name__}.ConcatOfMyOwn"

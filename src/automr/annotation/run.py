@@ -30,7 +30,7 @@ from automr.combiners import COMBINERS, pad_memory
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.interfaces import MemoryTokens
+from automr.interfaces import Combiner, MemoryTokens
 from automr.llm.loading import LoadedModel, dtype_name
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
@@ -89,12 +89,17 @@ def element_tokens(store: MemoryStore, sample: Sample, token_states: bool,
 def annotate_dataset(
     loaded: LoadedModel, dataset: PreparedDataset, store: MemoryStore, out_dir: Path | str,
     config: AnnotateConfig = AnnotateConfig(), progress: bool = True,
+    combiner: Combiner | None = None,
 ) -> Path:
     """Annotate ``config.max_samples`` seeded samples of ``config.split`` into ``out_dir``.
 
     Samples with an empty memory are skipped (nothing to label). Rerunning with the same
     settings resumes: it annotates the shards that are missing or damaged (as a resumed
-    memory build does).
+    memory build does). ``combiner``: an object (your own :class:`~automr.interfaces.Combiner`)
+    in place of the registry's ``config.combiner``; the folder records it as
+    ``module.ClassName``, and so does a retriever trained on it. (The built-in layouts share
+    the prompt's upper-half work among elements where they can; another combiner takes the
+    plain path, one upper-half pass per element: exact, slower.)
     """
     out = Path(out_dir)
     samples = [s for s in seeded_subset(dataset.samples(config.split), config.max_samples,
@@ -104,11 +109,14 @@ def annotate_dataset(
                           f"chosen has a memory element to annotate (every history fits in "
                           f"the recent items)")
     store.check_dataset(dataset)
-    combiner = COMBINERS[config.combiner]()
+    named = config.combiner if combiner is None else (
+        f"{type(combiner).__module__}.{type(combiner).__qualname__}")
+    combiner = COMBINERS[config.combiner]() if combiner is None else combiner
     check_inputs(store, samples, combiner.uses_token_states)
     annotator = UpperAnnotator(HFSplitLLM(loaded.model), store.layer, combiner,
                                element_batch=config.element_batch)
-    header = {"format": FORMAT, "config": attrs.asdict(config), "model": loaded.name,
+    header = {"format": FORMAT, "config": {**attrs.asdict(config), "combiner": named},
+              "model": loaded.name,
               "model_fingerprint": loaded.fingerprint(), "dtype": dtype_name(loaded.model.dtype),
               "layer": store.layer,
               "memory": str(store.folder.resolve()),
