@@ -125,6 +125,35 @@ def test_a_retriever_trains_on_a_subset_annotation_and_records_it(workspace, tmp
     assert saved["provenance"]["element_subset"] == "3"
 
 
+def test_training_holds_the_split_not_also_the_whole_dataset(workspace, tmp_path, monkeypatch):
+    """The whole retrieval dataset stayed alive beside its split while the retriever trained:
+    two copies of every annotated key (about 30 GB in the paper's Book setting)."""
+    import gc
+    import weakref
+
+    from automr.experiments import retriever as module
+
+    made, alive = [], []
+    build, fit = module.annotated_dataset, module.train_mlp_retriever
+
+    def annotated(*args, **kwargs):
+        annotations, full = build(*args, **kwargs)
+        made.append(weakref.ref(full))
+        return annotations, full
+
+    def train(*args, **kwargs):
+        gc.collect()
+        alive.append(made[0]() is not None)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(module, "annotated_dataset", annotated)
+    monkeypatch.setattr(module, "train_mlp_retriever", train)
+    train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
+                    workspace["root"] / "mem", tmp_path / "ret",
+                    config=RetrieverTrainingConfig(max_epochs=1), progress=False)
+    assert alive == [False]
+
+
 @pytest.mark.parametrize("fraction, says", [(1.0, "in \\[0, 1\\)"), (0.999, "none is left")])
 def test_a_held_out_share_that_leaves_nothing_to_train_on_is_one_line(workspace, tmp_path,
                                                                        fraction, says):

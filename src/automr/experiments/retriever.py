@@ -78,6 +78,7 @@ def train_retriever(
     if not len(train):
         raise AutomrError(f"--valid-fraction {valid_fraction} holds out all {len(full)} "
                           f"annotated samples: none is left to train on")
+    del full  # the split holds its own copies: training needs one copy of the keys, not two
     retriever, history = train_mlp_retriever(train, valid, config,
                                              device=resolve_device(device), quiet=not progress)
     retriever = retriever.cpu()
