@@ -69,6 +69,9 @@ def test_prepare_csv_round_trip(tmp_path):
     assert sum(stats["samples"].values()) == 3 * (10 - 2)
     loaded = PreparedDataset.load(out)
     assert loaded == attrs.evolve(dataset, path=out)
+    train, valid, test = (len(loaded.samples(s)) for s in ("train", "valid", "test"))
+    assert repr(loaded) == (f"PreparedDataset({out}: csv, 6 items, 30 interactions, samples "
+                            f"train {train}, valid {valid}, test {test})")  # not every row
     for split in ("train", "valid", "test"):
         assert loaded.samples(split) == dataset.samples(split)
     # Memory holds the history beyond the recent 2, capped at 4 in all.

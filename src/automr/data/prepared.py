@@ -77,6 +77,12 @@ class PreparedDataset:
         for split, samples in self._samples.items():
             check_unique_ids(samples, f"the {split} split")
 
+    def __repr__(self) -> str:  # attrs' would print every interaction and item
+        return (f"PreparedDataset({str(self.path) if self.path else 'in memory'}: "
+                f"{self.source.kind}, {len(self.catalog):,} items, "
+                f"{len(self.interactions):,} interactions, samples "
+                f"{', '.join(f'{s} {n:,}' for s, n in self.stats.samples.items())})")
+
     def samples(self, split: str) -> tuple[Sample, ...]:
         """A split's samples; their ids (:attr:`Sample.id`) are unique within the split."""
         if split not in SPLITS:
