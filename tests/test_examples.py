@@ -483,3 +483,37 @@ def test_generated_titles_counts_a_title_shared_by_items_once_with_their_interac
     expected = 1 + sum(n > counts["i0"] + counts["i1"] for n in others.values())
     assert counts["i0"] > 0 and counts["i1"] > 0
     assert report["most_generated"] == [[shared, 1, expected]]
+
+
+def test_foreign_memory_scores_each_sample_with_another_users_element(demo, tmp_path):
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    folders = [str(demo[name]) for name in ("data", "bigrec", "memory")]
+    evaluated = CliRunner().invoke(app, [
+        "evaluate", "--data", folders[0], "--finetuned", folders[1], "--memory", folders[2],
+        "--out", str(tmp_path / "ev"), "--methods", "bigrec:likelihood,random:likelihood",
+        "--measures", "likelihood", "--samples", "6", "--device", "cpu", "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+    exported = CliRunner().invoke(app, ["export", str(tmp_path / "ev"),
+                                        str(tmp_path / "ev.json")])
+    assert exported.exit_code == 0, exported.output
+    out = tmp_path / "foreign.json"
+    argv = ["--data", folders[0], "--finetuned", folders[1], "--memory", folders[2],
+            "--reference", str(tmp_path / "ev.json"), "--samples", "6", "--out", str(out)]
+    summary = load_example("foreign_memory").main(argv)
+    result = json.loads(out.read_text())
+    assert result["commands"] == [["python", "examples/foreign_memory.py", *argv]]
+    reference = json.loads((tmp_path / "ev.json").read_text())["loglik"]
+    per_sample = result["per_sample"]
+    assert summary["samples"] == len(per_sample) > 1
+    donors = [entry["donor"] for entry in per_sample.values()]
+    assert sorted(donors) == sorted(per_sample)  # each sample a donor once
+    assert all(d.split("@")[0] != i.split("@")[0] for i, d in zip(per_sample, donors, strict=True))
+    own = [reference["random:likelihood"][i][0] - reference["bigrec:likelihood"][i][0]
+           for i in per_sample]
+    assert summary["own_minus_none"]["mean"] == pytest.approx(sum(own) / len(own), abs=1e-9)
+    foreign = [per_sample[i]["loglik"] - reference["bigrec:likelihood"][i][0] for i in per_sample]
+    assert summary["donor_minus_none"]["mean"] == pytest.approx(sum(foreign) / len(foreign),
+                                                                abs=1e-9)
