@@ -21,7 +21,6 @@ Queries are pooled from the base model's lower half, which a fine-tune with LoRA
 split layer (``--lora-from-layer``) leaves as it is.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ from automr.retrievers import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))  # a sibling script's prompt states
-from token_scorer import prompt_states
+from token_scorer import gains_parser, prompt_states
 
 VARIANTS = {"raw": False, "normalized": True}
 VALID_FRACTION = 0.2
@@ -51,16 +50,18 @@ VALID_FRACTION = 0.2
 @torch.no_grad()
 def samples(export: dict, dataset, store, loaded) -> dict[str, RetrievalSample]:
     """Per sample id: the pooled layer-L prompt, the annotated elements' keys, S' of eq. 6."""
-    out = {}
-    for sample_id, (sample, prompt) in prompt_states(export, dataset, store.layer,
-                                                     loaded).items():
-        values = export["per_sample"][sample_id]
-        query = store.record.pooling(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool))[0]
-        keys = store.view_sample(sample).keys[torch.tensor(values["elements"])]
-        gains = torch.tensor(values["gain"], dtype=torch.float64)
-        out[sample_id] = RetrievalSample(query=query.float(), keys=keys.float(),
-                                         targets=gains.softmax(0).float())
-    return out
+    return {sample_id: retrieval_sample(store, sample, export["per_sample"][sample_id], prompt)
+            for sample_id, (sample, prompt) in prompt_states(export, dataset, store.layer,
+                                                             loaded).items()}
+
+
+def retrieval_sample(store, sample, values: dict, prompt: torch.Tensor) -> RetrievalSample:
+    """One sample's pooled prompt, its annotated elements' keys and ``softmax(gain)``."""
+    query = store.record.pooling(prompt[None], torch.ones(1, len(prompt), dtype=torch.bool))[0]
+    keys = store.view_sample(sample).keys[torch.tensor(values["elements"])]
+    gains = torch.tensor(values["gain"], dtype=torch.float64)
+    return RetrievalSample(query=query.float(), keys=keys.float(),
+                           targets=gains.softmax(0).float())
 
 
 def train(learn: list[RetrievalSample], normalize: bool, seed: int) -> tuple[MLPRetriever, dict]:
@@ -102,15 +103,7 @@ def interval(values: torch.Tensor) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--memory", type=Path, required=True, help="the memory annotated")
-    parser.add_argument("--train", type=Path, required=True,
-                        help="element-gains export to learn on")
-    parser.add_argument("--test", type=Path, required=True,
-                        help="element-gains export to pick on")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="smollm2-135m", help="base model of the fine-tunes")
+    parser = gains_parser(__doc__, "the memory annotated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -194,17 +194,22 @@ def summarize(values: dict[str, float]) -> dict[str, float]:
             "high": interval.high}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gains_parser(doc: str, memory_help: str) -> argparse.ArgumentParser:
+    """The options of a script that learns on one element-gains export and picks on another."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--memory", type=Path, required=True,
-                        help="the memory the annotations used (with token states)")
+    parser.add_argument("--memory", type=Path, required=True, help=memory_help)
     parser.add_argument("--train", type=Path, required=True,
                         help="element-gains export to learn on")
     parser.add_argument("--test", type=Path, required=True,
                         help="element-gains export to pick on")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="smollm2-135m", help="base model of the fine-tunes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = gains_parser(__doc__, "the memory the annotations used (with token states)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12,
                         help="the most epochs cross-validation considers")
