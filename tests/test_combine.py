@@ -124,6 +124,12 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
     # the commands behind a source come along, through a folder or an export, each once
     assert EvaluationFolder(tmp_path / "a-table").commands() == [made_a]
     assert EvaluationFolder(tmp_path / "e").commands() == [made_a]
+    older = tmp_path / "older.json"  # exports from before retrieved elements were kept
+    older.write_text(json.dumps({k: v for k, v in json.loads(exported.read_text()).items()
+                                 if k not in ("retrieved", "retrieved_loglik")}))
+    from_older = combine_folders({"ref": (older, "bigrec:x"), "new": (b, "automr:x")},
+                                 out=tmp_path / "o", n_resamples=50)
+    assert from_older.paired() == from_folder.paired()
     with pytest.raises(AutomrError, match="neither ranks nor"):
         combine_folders({"x": (exported, "other")})
     missing = CliRunner().invoke(app, ["export", str(tmp_path / "f" / "ranks"),

@@ -88,7 +88,7 @@ def _saved(path: Path, method: str
     if path.is_file():
         exported = read_export(path)
         report, likelihood = exported_reports(exported, method)
-        elements = exported["retrieved"].get(method)  # the ranking's, else the likelihood's
+        elements = exported.get("retrieved", {}).get(method)  # ranking's, else likelihood's
         retrieved = {} if elements is None else {
             "ranks" if report is not None else "loglik": elements}
         own = exported.get("retrieved_loglik", {}).get(method)  # exports from before: none
