@@ -42,10 +42,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def generated_texts(results: Path) -> dict[str, dict[str, str]]:
-    """Method -> sample id -> generated text, from a folder or an export."""
+    """Method -> sample id -> generated text of the ranked samples, from a folder or an export
+    (which also keeps the titles generated for the validation samples a prior's weight was
+    tuned on, e.g. ``l2-pop``'s: they are left out here)."""
     exported = (json.loads(results.read_text()) if results.is_file() else
                 automr.EvaluationFolder(results).export())
-    return exported.get("generated", {})
+    ranked = exported.get("ranks", {})
+    return {method: {i: text for i, text in texts.items()
+                     if method not in ranked or i in ranked[method]}
+            for method, texts in exported.get("generated", {}).items()}
 
 
 def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: str,

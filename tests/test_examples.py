@@ -442,7 +442,9 @@ def test_generated_titles_sorts_each_text_into_target_history_catalog_or_other(d
              c.id: format_target(catalog.title(unseen), config),
              d.id: catalog.title(d.target)}  # no quotes: not a response text
     out = tmp_path / "e"
-    automr.evaluate({"bigrec:l2": Writes(texts)}, samples, len(catalog), out=out)
+    tuned = dataset.samples("valid")[0]  # a prior's weight is tuned on validation samples
+    automr.evaluate({"bigrec:l2": Writes({**texts, tuned.id: texts[a.id]})}, samples,
+                    len(catalog), out=out)
     (tmp_path / "e.json").write_text(json.dumps(automr.EvaluationFolder(out).export()))
     script = load_example("generated_titles")
     for results in (out, tmp_path / "e.json"):

@@ -302,7 +302,8 @@ class EvaluationFolder:
         sample id, the memory elements each memory method retrieved (``retrieved``: method ->
         sample id -> timeline positions), what a grounder chose on validation samples
         (``grounding``: method -> e.g. its gamma and the grid it was chosen on), the title each
-        L2 grounding generated (``generated``: method -> sample id -> text), the elements a
+        L2 grounding generated (``generated``: method -> sample id -> text; with a prior, also
+        for the validation samples its weight was tuned on), the elements a
         method with both measures retrieved while scoring likelihoods (``retrieved_loglik``),
         and the commands that wrote the folder (its run records)."""
         results = _read(self.path / RESULTS_JSON)
