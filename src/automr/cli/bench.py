@@ -24,10 +24,13 @@ RepeatsOption = Annotated[int, typer.Option(
     help="Interleaved rounds after a warm-up; ratios are the median over rounds [min, max].")]
 
 
-def _save(result: dict, out: Path, name: str) -> None:
+def _save(result: dict, out: Path, kind: str) -> None:
+    """``OUT/KIND-DEVICE.json`` and ``.md``, DEVICE the device's type (``cuda``, not
+    ``cuda:0``: no colon in a file name)."""
     from automr import distributed
     from automr.experiments.bench import write_result
 
+    name = f"{kind}-{str(result['device']).split(':')[0]}"
     if distributed.is_main():  # under torchrun every process holds the same result
         typer.echo(write_result(result, out, name))
 
@@ -58,7 +61,7 @@ def annotate(
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
                             repeats=repeats, element_subset=element_subset or None,
                             element_prefix=element_prefix)
-    _save(result, out, f"annotate-{combiner}-{result['device']}")
+    _save(result, out, f"annotate-{combiner}")
     typer.echo(f"speedup over the naive way: {result['speedup']:.2f}x "
                f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "
                f"{result['work_ratio']:.2f}x), labels equal within "
@@ -94,7 +97,7 @@ def encode(
     loaded = runtime.load_model(model)
     result = bench_encode(loaded, PreparedDataset.load(data), layer, texts, batch_size,
                           repeats)
-    _save(result, out, f"encode-{result['device']}")
+    _save(result, out, "encode")
     typer.echo(f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
                f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
                f"[{100 * result['split_overhead_min']:+.1f}%, "
@@ -126,7 +129,7 @@ def ground(
     loaded = runtime.load_model(model)
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
                           layer, cache_dir=runtime.cache_dir, repeats=repeats)
-    _save(result, out, f"ground-{result['device']}")
+    _save(result, out, "ground")
     for key, value in list(result.items()):
         if "_speedup_vs_" in key and not key.endswith("_min_max"):
             kind, engine = key.split("_speedup_vs_")
@@ -157,7 +160,7 @@ def finetune(
                             device=runtime.device, dtype=runtime.dtype,
                             cache_dir=runtime.cache_dir,
                             repeats=repeats)
-    _save(result, out, f"finetune-{result['device']}")
+    _save(result, out, "finetune")
     for key, what in (("upper_layers_speedup", f"LoRA on layers >= {layer} vs all layers"),
                       ("cached_speedup_over_plain", "cached layer-L states vs plain")):
         low, high = result[f"{key}_min_max"]
