@@ -358,3 +358,33 @@ def test_only_os_errors_about_a_path_become_one_line(error, line):
     from automr.cli.common import path_error
 
     assert path_error(error, [Path("p/o"), Path("o")]) == line
+
+
+def test_annotate_takes_float32_for_dtype_auto_on_every_device(monkeypatch, tmp_path):
+    """Eq. 5's gains are small differences of log-likelihoods that bfloat16 moves (measured
+    in docs/results.md), so `annotate --dtype auto` loads float32 even where CUDA would give
+    bfloat16; a dtype given by name is kept, and the other commands' auto is unchanged."""
+    from automr.cli.common import Runtime
+    from automr.errors import AutomrError
+    from automr.recommenders.runs import FinetunedRun
+
+    assert Runtime(dtype="auto", exact=True).keywords()["dtype"] == "float32"
+    assert Runtime(dtype="bfloat16", exact=True).keywords()["dtype"] == "bfloat16"
+    assert Runtime(dtype="auto").keywords()["dtype"] == "auto"
+    loads = []
+
+    class Run:
+        def open_memory(self, folder):
+            return None
+
+        def load(self, **keywords):
+            loads.append(keywords)
+            raise AutomrError("stop here")
+
+    monkeypatch.setattr(FinetunedRun, "open", classmethod(lambda cls, path: Run()))
+    for given, expected in ((["--dtype", "auto"], "float32"), ([], "float32"),
+                            (["--dtype", "bfloat16"], "bfloat16")):
+        result = runner.invoke(app, ["annotate", "--data", str(tmp_path), "--memory",
+                                     str(tmp_path), "--finetuned", str(tmp_path), "--out",
+                                     str(tmp_path / "a"), "--device", "cuda", *given])
+        assert "stop here" in result.output and loads[-1]["dtype"] == expected, result.output

@@ -69,7 +69,7 @@ def memory_build(
 
 
 @user_errors
-@runtime_options()
+@runtime_options(exact=True)
 def annotate_command(
     data: DataOption,
     memory: MemoryOption,
