@@ -399,8 +399,8 @@ def report(config_path: Path, stats: Path | None, mfu: float, bw_eff: float,
         f"| bf16 dense peak, HBM bandwidth | A100 {a100.bf16_tflops:.0f} TFLOP/s, "
         f"{a100.hbm_tb_s} TB/s; H100 {h100.bf16_tflops:.0f} TFLOP/s, {h100.hbm_tb_s} TB/s | "
         "vendor datasheets (SXM) |",
-        f"| MFU; decoding's share of HBM bandwidth | {mfu:.0%}; {bw_eff:.0%} | assumed: no GPU "
-        "was lent to this project |",
+        f"| MFU; decoding's share of HBM bandwidth | {mfu:.0%}; {bw_eff:.0%} | assumed: the "
+        "one GPU run here used the 135M model ([Measured on a GPU](#measured-on-a-gpu)) |",
         "",
         "| step | command | work | tokens (G) | PFLOP | A100 GPU-h | H100 GPU-h | "
         + "".join(f"H100 wall h, {n} GPUs | " for n in gpus) + "note |",
