@@ -3,7 +3,7 @@
 # CPU values, then BIGRec on every training sample, then benchmarks/run_gpu.sh. Needs the
 # weak BIGRec of "Memory at power" in runs/bigrec-l15-32 (automr finetune --data runs/data
 # --out runs/bigrec-l15-32 --lora-from-layer 15 --train-samples 32 --device cpu). On the lent
-# H200 the fine-tune was stopped by the lease at step 1,600 of 2,171.
+# H200 the fine-tune was stopped by the lease at step 1,600 of 2,172.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/gpu}
