@@ -89,6 +89,31 @@ def test_constrained_with_enough_beams_is_the_likelihood_ranking(tiny_models, to
         assert (ordered[:-1] >= ordered[1:] - 1e-5).all(), ordered
 
 
+@pytest.mark.parametrize("beams", [2, len(set(TITLES))])
+def test_items_sharing_a_title_are_found_together(tiny_models, tokenizer, beams):
+    """Amazon keeps items with the same title apart (editions, by default): a beam that
+    writes the title finds every item holding it, in catalog order, and the ranking stays an
+    order of the whole catalog; with a beam per title it is the likelihood ranking."""
+    titles = [*TITLES, TITLES[0], TITLES[3], TITLES[0]]
+    llm = HFSplitLLM(tiny_models["llama"])
+    targets = catalog_targets(tokenizer, titles)
+    ids, mask = encode_prompts(tokenizer, ["a b", "hh"])
+    ranked = ConstrainedGrounder(targets, num_beams=beams).rank(llm, ids, mask, 2)
+    scores = LikelihoodGrounder(targets).scores(llm, ids, mask, 2)
+    for row in range(2):
+        order = ranked[row].tolist()
+        assert sorted(order) == list(range(len(titles)))
+        groups = [[i for i, t in enumerate(titles) if t == title] for title in TITLES]
+        top = next(g for g in groups if order[0] in g)
+        assert order[: len(top)] == top, order  # the best beam's title: all its items first
+        if beams == len(set(TITLES)):  # every title found: each one's items together
+            for group in groups:
+                at = order.index(group[0])
+                assert order[at : at + len(group)] == group, order
+            ordered = scores[row][ranked[row]]
+            assert (ordered[:-1] >= ordered[1:] - 1e-5).all(), ordered
+
+
 def plain_found_first(grounder: ConstrainedGrounder, found: list[list[int]]) -> list[list[int]]:
     """One sample at a time, in Python lists: the beams' items, then the rest of the catalog
     by (prior-adjusted) distance to the first one, else by the prior, else in catalog order."""

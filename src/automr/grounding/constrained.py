@@ -26,7 +26,8 @@ from automr.types import TokenIds, TokenMask
 @attrs.define
 class ConstrainedGrounder:
     """The ``num_beams`` titles found by trie-constrained beam search come first, ordered by
-    their exact sequence log-probability (title tokens + EOS); the rest of the catalog follows,
+    their exact sequence log-probability (title tokens + EOS; the items sharing a title
+    together, in catalog order); the rest of the catalog follows,
     ordered by L2 distance to the top beam's title embedding (the BIGRec grounding space), or
     by catalog index when no embeddings are given.
 
@@ -50,9 +51,11 @@ class ConstrainedGrounder:
     engine: Literal["fast", "reference", "generate"] = attrs.field(
         default="fast", validator=attrs.validators.in_(("fast", "reference", "generate")))
     trie: TokenTrie = attrs.field(init=False)
+    sharing: dict[int, tuple[int, ...]] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.trie = self.targets.trie()
+        self.sharing = self.targets.sharing()
 
     @jaxtyped(typechecker=beartype)
     def rank(
@@ -60,8 +63,8 @@ class ConstrainedGrounder:
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
         beams = self.beams(llm, input_ids, attention_mask, layer, insert)
-        found = [[i for i in map(self.trie.value, (h.tokens for h in hyps)) if i is not None]
-                 for hyps in beams]
+        found = [[item for i in map(self.trie.value, (h.tokens for h in hyps)) if i is not None
+                  for item in self.sharing[i]] for hyps in beams]  # a title: all its items
         orders = self.fallback_orders([items[0] if items else None for items in found])
         return found_first(found, orders).to(input_ids.device)
 

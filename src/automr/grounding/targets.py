@@ -30,8 +30,19 @@ class CatalogTargets:
         return len(self.texts)
 
     def trie(self) -> TokenTrie:
-        """A trie over every item's tokens; its values are catalog indices."""
-        return TokenTrie(self.token_ids, list(range(len(self))))
+        """A trie over the catalog's distinct token sequences; each one's value is the first
+        catalog index holding it (:meth:`sharing` gives them all)."""
+        firsts = self.sharing()
+        return TokenTrie([self.token_ids[i] for i in firsts], list(firsts))
+
+    def sharing(self) -> dict[int, tuple[int, ...]]:
+        """Each distinct token sequence's first catalog index -> every index holding it, in
+        catalog order: items with the same title (Amazon keeps editions apart by default)
+        are one sequence the model can write."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, ids in enumerate(self.token_ids):
+            groups.setdefault(ids, []).append(index)
+        return {indices[0]: tuple(indices) for indices in groups.values()}
 
 
 def catalog_targets(tokenizer, texts: Sequence[str]) -> CatalogTargets:
