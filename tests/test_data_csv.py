@@ -423,8 +423,17 @@ def test_a_column_mapping_is_checked_and_a_missing_column_names_the_files_name(t
     ratings, movies = movielens_named(tmp_path)
     with pytest.raises(AutomrError, match=r"movies\.csv line 1: header \['movieId', 'name', "
                                           r"'genre'\] lacks column\(s\) \['item', 'title'\]; "
-                                          r"name yours with --column"):
+                                          r"name yours with --column \(e\.g\. --column "
+                                          r"item=YOUR_NAME\)"):
         load_csv(ratings, movies)
+    items = write(tmp_path / "items.csv", "item,title\nm1,A\n")
+    semicolons = write(tmp_path / "semi.csv", "user;item;timestamp\nu1;m1;1\n")
+    with pytest.raises(AutomrError, match=r"reads as one column: the file looks semicolon-"
+                                          r"separated, and the extension says comma"):
+        load_csv(semicolons, items)
+    commas = write(tmp_path / "commas.tsv", "user,item,timestamp\nu1,m1,1\n")
+    with pytest.raises(AutomrError, match=r"looks comma-separated, and the extension says tab"):
+        load_csv(commas, items)
     with pytest.raises(AutomrError, match=r"lacks column\(s\) \['item'\]\. See"):
         load_csv(ratings, movies, columns={"title": "name"})
     with pytest.raises(AutomrError, match=r"lacks column\(s\) \['userid'\]"):

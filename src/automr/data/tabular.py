@@ -51,6 +51,22 @@ def delimiter_for(path: Path) -> str:
     return DELIMITERS[suffixes[-1]]
 
 
+def _header_hint(header: list[str], missing: list[str], delimiter: str,
+                 columns: Mapping[str, str]) -> str:
+    """Why a header may lack ``missing``: one field holding another delimiter (a ``;`` file
+    named .csv, a comma file named .tsv), else names of the user's own (``--column``)."""
+    names = {",": "comma", "\t": "tab", ";": "semicolon"}
+    if len(header) == 1:
+        found = [d for d in names if d != delimiter and d in header[0]]
+        if found:
+            return (f"; the header reads as one column: the file looks {names[found[0]]}-"
+                    f"separated, and the extension says {names[delimiter]} (*.csv: comma, "
+                    f"*.tsv: tab)")
+    if columns:
+        return ""
+    return f"; name yours with --column (e.g. --column {missing[0]}=YOUR_NAME)"
+
+
 def check_columns(columns: Mapping[str, str]) -> dict[str, str]:
     """``columns`` (format name -> the file's name) checked: only :data:`COLUMNS`, each file
     column once."""
@@ -92,9 +108,8 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
         raise bad_input(source.path, 1, f"malformed CSV header ({error})", _FIX) from None
     missing = [columns.get(c, c) for c in required if columns.get(c, c) not in header]
     if missing:
-        hint = "" if columns else "; name yours with --column (e.g. --column user=userId)"
-        raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}{hint}",
-                        _FIX)
+        raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}"
+                        f"{_header_hint(header, missing, delimiter, columns)}", _FIX)
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise bad_input(source.path, 1, f"header {header} repeats column(s) {repeated}", _FIX)
