@@ -354,6 +354,11 @@ def test_nothing_left_says_what_the_loader_skipped(tmp_path):
                                           r"interactions with items without a title, 2 items "
                                           r"without a title \(check"):
         prepare_csv(inter, items, tmp_path / "out", protocol=protocol)
+    write(items, "item,title\na,A\nb,\n")  # one left in the window, then filtered out
+    with pytest.raises(AutomrError, match=r"1 in the window.*before it, the loader skipped 1 "
+                                          r"interactions with items without a title, 1 items "
+                                          r"without a title\.$"):
+        prepare_csv(inter, items, tmp_path / "out", protocol=protocol)
 
 
 def test_a_prepared_folder_without_its_stats_is_one_line(tmp_path):

@@ -60,8 +60,8 @@ def prepare_dataset(
             f"no interactions left after the window and filtering ({len(windowed)} in the "
             f"window; items need >= {protocol.min_item_interactions}, users >= "
             f"{protocol.min_user_interactions}). Lower the thresholds or widen the window"
-            + (f"; before it, the loader skipped {skipped} (check the input files)."
-               if skipped and not windowed else "."))
+            + (f"; before it, the loader skipped {skipped}"
+               + (" (check the input files)." if not windowed else ".") if skipped else "."))
     samples = build_samples(interactions, boundaries, protocol)
     _require_samples(samples, interactions, loaded, boundaries, protocol)
     kept_items = {i.item for i in interactions}

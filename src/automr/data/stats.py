@@ -95,7 +95,7 @@ class DatasetStats:
                  for reason, count in self.skipped.items()]
         rows += [
             ("loaded items / interactions", f"{lo.items:,} / {lo.interactions:,}"),
-            ("outside the time window", f"{self.outside_window:,}"),
+            ("outside the time window, of those loaded", f"{self.outside_window:,}"),
             ("filtered users / items / interactions",
              f"{f.users:,} / {f.items:,} / {f.interactions:,}"),
             ("filter rounds", str(self.filter_rounds)),
