@@ -20,7 +20,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 @user_errors
-@runtime_options()
+@runtime_options(exact=True)
 def ablate_command(
     data: DataOption,
     finetuned: Annotated[Path, typer.Option(
