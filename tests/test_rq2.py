@@ -232,6 +232,9 @@ def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypa
     assert "| random | 2 |" in text and "| AutoMR | 2 |" in text and "NDCG@10" in text
     for name in ("rq2.png", "rq2.svg"):
         assert (out / name).stat().st_size > 1000
+    svg = (out / "rq2.svg").read_bytes()
+    plot_rq2(out)  # redrawn from rq2.json: the same file (marker ids are not random)
+    assert (out / "rq2.svg").read_bytes() == svg
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/ranks/*.json")}
     assert len(stamps) == 10  # 5 reports + 5 settings
 
@@ -289,6 +292,11 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
     with pytest.raises(AutomrError, match="unknown method"):
         run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
                 memory=workspace / "mem", retrievers=[workspace / "ret-0"], grounder="magic")
+    # a mismatched artifact is refused before BIGRec's reference run (nothing written)
+    with pytest.raises(AutomrError, match="retriever"):
+        run_rq2(workspace / "prepared", tmp_path / "early", finetuned=workspace / "ft",
+                memory=workspace / "mem", retrievers=[tmp_path / "nope"], seeds=[0])
+    assert not (tmp_path / "early").exists()
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     with pytest.raises(AutomrError, match="--seeds"):
         parse_seeds("a-b")

@@ -32,6 +32,8 @@ from automr.experiments.plotting import metric_label, new_figure, require_matplo
 from automr.llm.loading import DEFAULT_MODEL
 from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, parse_method
+from automr.recommenders.automr import load_retriever_for
+from automr.recommenders.runs import FinetunedRun
 
 RQ2_METRICS = ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
 """The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give).
@@ -160,6 +162,10 @@ def run_rq2(
         raise AutomrError("RQ2 needs at least one trained retriever (--retriever)")
     parse_method(f"random:{grounder}")  # refuses an unknown grounder before any work
     require_matplotlib()
+    store = FinetunedRun.open(finetuned).open_memory(memory)  # a mismatch, before BIGRec runs
+    for retriever_dir in retrievers:
+        load_retriever_for(store, retriever_dir, config.combiner)
+    del store
     out = Path(out_dir)
     plan: list[tuple[str, Path, str | None, Path | None, EvalConfig]] = [
         ("bigrec", out / "bigrec", None, None, config)]
