@@ -44,5 +44,8 @@ def save_figure(figure: Any, stem: Path) -> tuple[Path, Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
     figure.savefig(png, dpi=150)
-    figure.savefig(svg, metadata={"Date": None})
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": stem.name}):  # ids from the name, not random
+        figure.savefig(svg, metadata={"Date": None})
     return png, svg
