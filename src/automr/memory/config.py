@@ -148,7 +148,8 @@ class MemoryRecord:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise AutomrError(f"{folder} is not a memory folder ({CONFIG_FILE} is missing). "
-                              f"Build one with automr.memory.build_memory.")
+                              f"Build one with `automr memory build` "
+                              f"(automr.memory.build_memory in Python).")
         try:
             data = json.loads(path.read_text())
         except ValueError as error:
