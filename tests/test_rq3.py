@@ -172,7 +172,8 @@ def test_rank_improvement_is_the_stated_fallback(dataset_dir, tmp_path):
     assert "no sample's Recall@1 improved with memory" in text
     assert "target rank improved instead (3 of 4)" in text
     assert (results / "rq3-timeline.svg").stat().st_size > 1000
-    assert "Recall@1 improved with memory" in (results / "rq3-timeline.svg").read_text()  # title
+    svg = (results / "rq3-timeline.svg").read_text()  # the title, wrapped over lines
+    assert all(word in svg for word in ("Recall@1", "improved", "memory", "rank"))
 
 
 def test_no_improvement_still_writes_everything(dataset_dir, tmp_path):

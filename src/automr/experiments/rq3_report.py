@@ -87,8 +87,8 @@ def rq3_markdown(result: RQ3Result, dataset: PreparedDataset) -> str:
          lambda s: f"{s.back_median:g} / {s.back_mean:.1f} / {s.back_max}"),
         ("back, uniform: mean", lambda s: f"{s.uniform_back_mean:.1f}"),
         ("days: median / mean / max",
-         lambda s: f"{s.days_median:.1f} / {s.days_mean:.1f} / {s.days_max:.1f}"),
-        ("days, uniform: mean", lambda s: f"{s.uniform_days_mean:.1f}"),
+         lambda s: f"{_days(s.days_median)} / {_days(s.days_mean)} / {_days(s.days_max)}"),
+        ("days, uniform: mean", lambda s: _days(s.uniform_days_mean)),
         ("strictly older than the prompt's oldest item",
          lambda s: f"{s.before_recent_window:.0%}"),
         *[(f"more than {d} day{'s' * (d > 1)} back",
@@ -106,13 +106,19 @@ def rq3_markdown(result: RQ3Result, dataset: PreparedDataset) -> str:
                   "retrieved (back, days) | prompt reaches back (days) |",
                   "|---|---|---|---|---|"]
         for r in result.shown:
-            got = "; ".join(f"{dataset.catalog.title(e.item)} ({e.back}, {e.days:.1f})"
+            got = "; ".join(f"{dataset.catalog.title(e.item)} ({e.back}, {_days(e.days)})"
                             for e in r.retrieved)
             lines.append(f"| {r.sample_id} | {dataset.catalog.title(r.sample.target)} | "
                          f"{_loss(r.reference_loss, result.measure)} -> "
                          f"{_loss(r.method_loss, result.measure)} | {got} | "
-                         f"{r.history_days[len(r.sample.memory)]:.1f} |")
+                         f"{_days(r.history_days[len(r.sample.memory)])} |")
     return "\n".join(lines) + "\n"
+
+
+def _days(value: float) -> str:
+    """Days with three significant digits: ML-100K's sessions are minutes (0.00926 days), a
+    year of Amazon reviews is hundreds of days (312)."""
+    return f"{value:.3g}"
 
 
 def _loss(value: float, measure: str) -> str:
@@ -152,8 +158,8 @@ def plot_timeline(result: RQ3Result, dataset: PreparedDataset, stem: Path) -> tu
         ax.legend(loc="lower left", fontsize="small", frameon=False)
     else:
         ax.text(0.5, 0.5, "no case to show", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(textwrap.fill(f"{result.method}: {result.criterion_text}", 90),
-                 fontsize="medium")
+    ax.set_title(textwrap.fill(f"{result.method}: {result.criterion_text}", 60),
+                 fontsize="medium")  # 60: the axes leave room to the long y labels
     return save_figure(figure, stem)
 
 
