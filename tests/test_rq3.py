@@ -266,3 +266,14 @@ def test_rq3_records_its_run_where_it_writes_and_an_export_leaves_it_out(dataset
     assert json.loads(record)["params"]["out"] == str(tmp_path / "o")
     assert json.loads((results / "automr-runs.jsonl").read_text())["command"] == "automr rq3"
     assert EvaluationFolder(results).commands() == []
+
+
+def test_an_rq2_run_without_its_reference_folder_is_pointed_to_it(dataset_dir, tmp_path):
+    """rq2 keeps BIGRec's ranks in OUT/bigrec: rq3 on OUT/automr-0 alone names the option."""
+    run = evaluation(tmp_path / "rq2" / "automr-0", {i: 0 for i in REFERENCE_RANKS})
+    EvaluationFolder(run).ranks_file("bigrec:constrained").unlink()
+    (tmp_path / "rq2" / "rq2.json").write_text("{}")
+    with pytest.raises(AutomrError, match=r"a run of `automr rq2`, which keeps "
+                                          r"bigrec:constrained apart: give --reference-results "
+                                          r".*rq2/bigrec$"):
+        run_rq3(run, dataset_dir)

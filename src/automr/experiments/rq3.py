@@ -274,12 +274,18 @@ def analyze_rq3(
     parse_method(reference)
     results = open_evaluation(results_dir)
     references = open_evaluation(reference_dir or results_dir)
-    if measure == "ranks":
-        ref_ids, ref_losses = _ranks(references.report(reference))
-        ids, losses = _ranks(results.report(method))
-    else:
-        ref_ids, ref_losses = _nlls(references.likelihoods(reference))
-        ids, losses = _nlls(results.likelihoods(method))
+    try:
+        ref_ids, ref_losses = (_ranks(references.report(reference)) if measure == "ranks" else
+                               _nlls(references.likelihoods(reference)))
+    except AutomrError:
+        rq2 = Path(results_dir).parent
+        if reference_dir is None and (rq2 / "rq2.json").is_file():
+            raise AutomrError(f"{results_dir} is a run of `automr rq2`, which keeps "
+                              f"{reference} apart: give --reference-results {rq2 / 'bigrec'}"
+                              ) from None
+        raise
+    ids, losses = (_ranks(results.report(method)) if measure == "ranks" else
+                   _nlls(results.likelihoods(method)))
     retrieved = {str(k): [int(p) for p in v] for k, v in results.details(
         "retrieved", method, "ranks" if measure == "ranks" else "loglik").items()}
     split = results.split(method)
