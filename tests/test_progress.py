@@ -110,3 +110,15 @@ def test_only_rich_public_api_is_used():
                and node.attr.startswith("_") and not node.attr.startswith("__")
                and isinstance(node.value, ast.Name) and node.value.id == "self"}
     assert private <= {"_reported", "_report", "_print", "_task"}, private
+
+
+def test_a_task_with_nothing_to_do_prints_no_line_until_it_gets_work():
+    """TRSR's summaries with every prompt cached: no "0/0" line; work added later is shown."""
+    console, buffer = log_console()
+    with Progress(console=console, every=0) as bar:
+        task = bar.add_task("summaries", total=0)
+        bar.update(task, total=0)
+        assert buffer.getvalue() == ""
+        bar.update(task, total=2)
+        bar.advance(task, 2)
+    assert buffer.getvalue().splitlines()[-1].startswith("summaries: 2/2 (100%)")

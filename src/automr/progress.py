@@ -119,6 +119,8 @@ class Progress(rich_progress.Progress):
         task = self._task(task_id)
         if not self.plain or seen is None or task is None:
             return
+        if task.total == 0 and not task.completed:  # nothing to do (all cached): no "0/0" line
+            return
         if seen.finished and not task.finished:  # the total grew after the task completed
             seen.finished = False
         if seen.finished:
