@@ -107,14 +107,16 @@ def naive_concat(llm: HFSplitLLM, layer: int, prompt: list[int], target: list[in
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @given(prompt=ids, target=ids, layer=st.integers(0, 3), batch=st.integers(1, 4),
-       memory=element_memories(hidden=32))
+       memory=element_memories(hidden=32), min_shared=st.sampled_from([1, 2, 8]))
 def test_concat_fast_path_equals_a_full_upper_forward_per_element(
-        tiny_models, arch, prompt, target, layer, batch, memory):
+        tiny_models, arch, prompt, target, layer, batch, memory, min_shared):
     """Elements of mixed lengths with holes, a bit-identical shared prefix run once through a
-    KV cache, length-sorted batches: the same log-likelihoods as the naive way."""
+    KV cache (when at least ``min_shared`` long), length-sorted batches: the same
+    log-likelihoods as the naive way."""
     llm = HFSplitLLM(tiny_models[arch])
     assert memory.hidden.shape[2] == llm.hidden_size
-    fast = UpperAnnotator(llm, layer, Concat(), element_batch=batch).annotate(
+    fast = UpperAnnotator(llm, layer, Concat(), element_batch=batch,
+                          min_shared=min_shared).annotate(
         torch.tensor(prompt), torch.tensor(target), memory)
     naive = naive_concat(llm, layer, prompt, target, memory)
     assert fast.with_element.shape == (len(naive),)
@@ -123,12 +125,13 @@ def test_concat_fast_path_equals_a_full_upper_forward_per_element(
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @given(prompt=ids, target=ids, head=st.lists(token, max_size=3),
-       elements=st.lists(st.lists(token, max_size=3), max_size=4), batch=st.integers(1, 4))
+       elements=st.lists(st.lists(token, max_size=3), max_size=4), batch=st.integers(1, 4),
+       min_shared=st.sampled_from([1, 8]))
 def test_concat_at_layer_zero_equals_the_element_tokens_written_first(
-        tiny_models, arch, prompt, target, head, elements, batch):
-    """At layer 0 an element made of token embeddings (sharing ``head``, so the prefix cache
-    runs) acts exactly like those tokens written before the prompt, by the model's own
-    forward."""
+        tiny_models, arch, prompt, target, head, elements, batch, min_shared):
+    """At layer 0 an element made of token embeddings (sharing ``head``, so with
+    ``min_shared=1`` the prefix cache runs) acts exactly like those tokens written before the
+    prompt, by the model's own forward."""
     model = tiny_models[arch]
     llm = HFSplitLLM(model)
     rows = [llm.embed(torch.tensor([head + own], dtype=torch.long))[0] for own in elements]
@@ -139,7 +142,8 @@ def test_concat_at_layer_zero_equals_the_element_tokens_written_first(
         memory.hidden[index, : r.shape[0]] = r
         memory.mask[index, : r.shape[0]] = True
     with torch.no_grad():
-        scores = UpperAnnotator(llm, 0, Concat(), element_batch=batch).annotate(
+        scores = UpperAnnotator(llm, 0, Concat(), element_batch=batch,
+                                min_shared=min_shared).annotate(
             torch.tensor(prompt), torch.tensor(target), memory).with_element
     for own, score in zip(elements, scores.tolist(), strict=True):
         assert score == pytest.approx(full_logprob(model, head + own + prompt, target),
@@ -150,10 +154,14 @@ def test_common_prefix_counts_bit_identical_leading_vectors():
     a = torch.arange(12.0).reshape(4, 3)
     b = a.clone()
     b[2, 1] += 1e-6
-    assert common_prefix([a, b]) == 2
-    assert common_prefix([a, a[:3]]) == 3
-    assert common_prefix([a]) == 0 and common_prefix([a, a[:0]]) == 0
-    assert common_prefix([a, torch.zeros(4, 3)]) == 0
+    assert common_prefix(pad_memory([a, b])) == 2
+    assert common_prefix(pad_memory([a, a[:3]])) == 3
+    assert common_prefix(pad_memory([a])) == 0
+    assert common_prefix(pad_memory([a, a[:0]])) == 0
+    assert common_prefix(pad_memory([a, torch.zeros(4, 3)])) == 0
+    holed = MemoryTokens(hidden=torch.stack([a, torch.cat([a[:1], b[2:3], a[1:3]])]),
+                         mask=torch.tensor([[True] * 4, [True, False, True, True]]))
+    assert common_prefix(holed) == 3  # the masked vector is skipped, not compared
 
 
 @given(base=st.floats(-30, 0), values=st.lists(st.floats(-30, 0), min_size=1, max_size=8),

@@ -38,6 +38,8 @@ def test_bench_annotate_agrees_with_the_naive_way(workspace, tmp_path, combiner)
     assert payload["element_subset"] == 2
     if combiner == "append-token":  # the shared prompt is the layout's whole point
         assert payload["work_ratio_over_plain"] > 1
+    if combiner == "concat":  # one shared token is below min_shared: not cached
+        assert payload["shared_prefix_tokens"] == 1 and payload["prefix_cached"] is False
 
 
 def test_bench_annotate_concat_shares_the_elements_common_header(workspace, tmp_path):
@@ -49,7 +51,7 @@ def test_bench_annotate_concat_shares_the_elements_common_header(workspace, tmp_
                                  "--element-prefix", "9", "--repeats", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "annotate-concat-cpu.json").read_text())
-    assert payload["shared_prefix_tokens"] == 9
+    assert payload["shared_prefix_tokens"] == 9 and payload["prefix_cached"] is True
     assert payload["work_ratio_over_plain"] > 1.2
     assert payload["max_abs_logprob_diff"] < 1e-4
 
@@ -62,6 +64,7 @@ def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "encode-cpu.json").read_text())
     assert payload["tokens"] > 0 and payload["encoder_tokens_per_s"] > 0
+    assert payload["unshared_tokens_per_s"] > 0 and payload["sharing_speedup"] > 0
     assert "split overhead" in result.output
 
 

@@ -99,6 +99,8 @@ def encode(
                           repeats)
     _save(result, out, "encode")
     typer.echo(f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
+               f"prefix sharing vs the same encoder without: {result['sharing_speedup']:.2f}x "
+               f"[{result['sharing_speedup_min']:.2f}, {result['sharing_speedup_max']:.2f}]; "
                f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
                f"[{100 * result['split_overhead_min']:+.1f}%, "
                f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats})")

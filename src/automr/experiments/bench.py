@@ -163,7 +163,7 @@ def bench_annotate(
     subset of that many elements (what ``automr annotate --element-subset`` does), its labels
     compared with the naive way's on the same elements. ``element_prefix``: concat elements
     start with that many common tokens (:func:`bench_memory`); how many of them the annotator
-    finds bit-identical and shares is reported."""
+    finds bit-identical is reported, and whether it caches them (``min_shared`` or more)."""
     llm = HFSplitLLM(loaded.model)
     generator = torch.Generator().manual_seed(seed + distributed.rank())  # a sample each
     vocab = loaded.model.config.vocab_size
@@ -200,8 +200,8 @@ def bench_annotate(
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "elements": elements,
         "element_tokens_mean": float(memory.mask.sum(1).float().mean()),
         "element_prefix": element_prefix if combine.uses_token_states else 0,
-        "shared_prefix_tokens": common_prefix([memory.hidden[m][memory.mask[m]]
-                                               for m in range(elements)]),
+        "shared_prefix_tokens": common_prefix(memory),
+        "prefix_cached": common_prefix(memory) >= annotator(llm).min_shared,
         "element_batch": element_batch, "repeats": repeats, "dtype": str(llm.dtype),
         "device": str(llm.device), "machine": machine(),
         "automr_s_per_sample": median["automr"], "naive_s_per_sample": median["naive"],
@@ -281,8 +281,9 @@ def bench_encode(
     batch_size: int = 16, repeats: int = 3,
 ) -> dict[str, object]:
     """Memory-encoding tokens/s (window prompts of real samples, shared-prefix encoder) beside
-    a raw lower-half forward of the same padded batches, and the split's overhead: ``upper(lower
-    (x))`` against the model's own forward at equal work."""
+    a raw lower-half forward of the same padded batches and beside the same encoder without
+    prefix sharing (what sharing itself buys), and the split's overhead: ``upper(lower(x))``
+    against the model's own forward at equal work."""
     from automr.data import format_prompt
     from automr.memory import Pooling
     from automr.memory.encoders import Backbone, LayerEncoder, pad_right
@@ -294,7 +295,9 @@ def bench_encode(
     samples = distributed.mine(dataset.samples("train")[:texts])  # this process's share
     prompts = [format_prompt(dataset.catalog.titles(s.recent), dataset.prompt_config)
                for s in samples]
-    encoder = LayerEncoder(Backbone.of(loaded), layer, Pooling(), share_prefix=True)
+    backbone = Backbone.of(loaded)
+    encoder = LayerEncoder(backbone, layer, Pooling(), share_prefix=True)
+    unshared = LayerEncoder(backbone, layer, Pooling(), share_prefix=False)
     token_lists = encoder.tokenize(prompts)
     n_tokens = sum(map(len, token_lists))
     batches = [token_lists[i : i + batch_size] for i in range(0, len(token_lists), batch_size)]
@@ -304,6 +307,10 @@ def bench_encode(
     def encode() -> None:
         for batch in batches:
             encoder.encode_tokens(batch)
+
+    def encode_unshared() -> None:
+        for batch in batches:
+            unshared.encode_tokens(batch)
 
     @torch.no_grad()
     def raw_lower() -> None:
@@ -321,12 +328,14 @@ def bench_encode(
             loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device).long())
 
     distributed.barrier()  # every process measures at the same time
-    seconds = interleaved({"encode": encode, "raw_lower": raw_lower, "split_full": split_full,
+    seconds = interleaved({"encode": encode, "encode_unshared": encode_unshared,
+                           "raw_lower": raw_lower, "split_full": split_full,
                            "plain_full": plain_full}, repeats, device)
     encode_s, lower_s, split_s, plain_s = (
         statistics.median(seconds[k]) for k in ("encode", "raw_lower", "split_full",
                                                 "plain_full"))
     speedup = ratio(seconds["raw_lower"], seconds["encode"])
+    sharing = ratio(seconds["encode_unshared"], seconds["encode"])
     overhead = ratio(seconds["split_full"], seconds["plain_full"])
     return {
         "benchmark": "encode", "model": loaded.name, "layer": layer, "texts": len(prompts),
@@ -336,6 +345,9 @@ def bench_encode(
         "raw_lower_tokens_per_s": n_tokens / lower_s,
         "encoder_speedup_over_raw_lower": speedup["median"],
         "encoder_speedup_min": speedup["min"], "encoder_speedup_max": speedup["max"],
+        "unshared_tokens_per_s": n_tokens / statistics.median(seconds["encode_unshared"]),
+        "sharing_speedup": sharing["median"], "sharing_speedup_min": sharing["min"],
+        "sharing_speedup_max": sharing["max"],
         "split_full_s": split_s, "plain_full_s": plain_s,
         "split_overhead": overhead["median"] - 1, "split_overhead_min": overhead["min"] - 1,
         "split_overhead_max": overhead["max"] - 1,
