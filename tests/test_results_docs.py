@@ -253,6 +253,7 @@ CE = "pairings with the rows above by"
 CONSTRAINED = "**BIGRec with trie-constrained decoding**"
 MEMORY = "added to that evaluation folder, which reused the finished ones"
 AWARE = "`aware-vs-frozen-ranks-1000.json`):"
+WHOLE_SPLIT = "**The same BIGRec on the whole test split**"
 TABLE_ROWS = [  # every docs/results.md table of the five ranking metrics with an export
     *_table("", "floors/test-1000.json", [
         ("pop (training-period popularity)", "pop", None),
@@ -306,6 +307,11 @@ TABLE_ROWS = [  # every docs/results.md table of the five ranking metrics with a
         ("AutoMR - its BIGRec, paired", "aware-automr", "aware-bigrec"),
         ("AutoMR - frozen BIGRec, paired", "aware-automr", "frozen-bigrec"),
         ("pop - frozen BIGRec, paired", "pop", "frozen-bigrec")]),
+    *_table(WHOLE_SPLIT, "bigrec/51k-vs-sasrec-test-all.json", [
+        ("bigrec-51k (`bigrec:l2-pop`, gamma 5)", "bigrec-51k", None),
+        ("pop - bigrec-51k, paired", "pop", "bigrec-51k"),
+        ("cooc - bigrec-51k, paired", "cooc", "bigrec-51k"),
+        ("sasrec - bigrec-51k, paired", "sasrec", "bigrec-51k")]),
 ]
 
 
