@@ -111,3 +111,33 @@ def test_bench_finetune_compares_the_three_ways(workspace, tmp_path):
     assert payload["max_abs_loss_diff_cached_vs_plain"] < 1e-5
     assert payload["lower_cache_bytes"] > 0 and payload["cached_speedup_over_plain"] > 0
     assert "faster per step" in result.output and "cached layer-L states" in result.output
+
+
+def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
+        workspace, tmp_path, monkeypatch):
+    """Two processes (the other's share gathered as a stand-in): the file's texts and tokens
+    were process 0's alone and the printed ratios read as the whole run's."""
+    from automr.experiments import bench
+
+    other = {"texts": 3, "tokens": 40, "encoder_tokens_per_s": 1.0,
+             "raw_lower_tokens_per_s": 2.0, "max_abs_logprob_diff": 0.5}
+    monkeypatch.setattr(bench.distributed, "gather",
+                        lambda mine: [mine, {k: other.get(k, 1.0) for k in mine}])
+    result = runner.invoke(app, ["bench", "encode", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
+                                 "--layer", "2", "--texts", "6", "--batch-size", "3",
+                                 "--repeats", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "encode-cpu.json").read_text())
+    own = payload["per_process"][0]
+    assert payload["processes"] == 2 and own["texts"] == 6
+    assert (payload["texts"], payload["tokens"]) == (9, own["tokens"] + 40)
+    assert "process 0 of 2: encoder vs raw lower half" in result.output
+    result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
+                                 str(workspace / "model"), "--layer", "2", "--prompt-tokens",
+                                 "6", "--target-tokens", "2", "--elements", "3", "--repeats",
+                                 "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "annotate-concat-cpu.json").read_text())
+    assert payload["max_abs_logprob_diff"] == 0.5  # the worst process's
+    assert "process 0 of 2: speedup over the naive way" in result.output

@@ -74,6 +74,34 @@ def test_processes_that_never_join_are_one_line(monkeypatch):
         distributed.init()
 
 
+@pytest.mark.parametrize("step", ["barrier", "gather", "all_sum", "on_main"])
+def test_a_process_that_stops_midway_is_one_line_on_the_others(monkeypatch, step):
+    """Joined, then one process died or stalled: the others' next collective raised gloo's
+    timeout as a screen of traceback that named neither the cause nor the way on."""
+    import torch.distributed as dist
+
+    def timed_out(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Timed out "
+                           "waiting 60000ms for send operation to complete\nmore")
+
+    monkeypatch.setattr(distributed, "init", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    for name in ("barrier", "all_gather_object", "all_reduce", "broadcast_object_list"):
+        monkeypatch.setattr(dist, name, timed_out)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "1")
+    call = {"barrier": distributed.barrier, "gather": lambda: distributed.gather(1),
+            "all_sum": lambda: distributed.all_sum([1.0]),
+            "on_main": lambda: distributed.on_main(lambda: 7)}[step]
+    with pytest.raises(AutomrError, match=r"^process 0 of 2 stopped waiting for the others at "
+                                          r".*\(\[.*Timed out waiting 60000ms for send "
+                                          r"operation to complete\): another process stopped "
+                                          r".* stalled past 1 min .* run the same command "
+                                          r"again, it resumes") as raised:
+        call()
+    assert "\n" not in str(raised.value)
+
+
 def test_processes_started_with_different_arguments_are_refused(tmp_path):
     """Started by hand with other settings (here --seed), every process went on with its own:
     an evaluation mixed two sample draws, an annotation folder held other samples' shards."""

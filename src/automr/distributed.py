@@ -20,9 +20,10 @@ of small results), the main process writes the final record.
 """
 
 import atexit
+import contextlib
 import datetime
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from automr.errors import AutomrError
@@ -111,12 +112,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
+@contextlib.contextmanager
+def _together(what: str) -> Iterator[None]:
+    """A collective's failure (another process stopped, or stalled past the timeout) as one
+    line that says so, instead of the backend's traceback."""
+    try:
+        yield
+    except RuntimeError as error:  # gloo and nccl raise RuntimeError subclasses
+        first = (str(error).strip() or type(error).__name__).splitlines()[0][:200]
+        raise AutomrError(
+            f"process {rank()} of {world_size()} stopped waiting for the others at {what} "
+            f"({first}): another process stopped (its own message says why) or stalled past "
+            f"{_env_int(TIMEOUT_ENV, 120)} min ({TIMEOUT_ENV}); run the same command again, "
+            f"it resumes from what is written") from None
+
+
 def barrier() -> None:
     """Wait until every process gets here (nothing for a single process)."""
     if init():
         import torch.distributed as dist
 
-        dist.barrier()
+        with _together("a barrier"):
+            dist.barrier()
 
 
 def share(count: int) -> list[int]:
@@ -136,7 +153,8 @@ def gather(value: T) -> list[T]:
     import torch.distributed as dist
 
     out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
+    with _together("a gather"):
+        dist.all_gather_object(out, value)
     return out
 
 
@@ -148,7 +166,8 @@ def all_sum(values: Sequence[float]) -> list[float]:
     import torch.distributed as dist
 
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    dist.all_reduce(tensor)
+    with _together("a sum"):
+        dist.all_reduce(tensor)
     return tensor.tolist()
 
 
@@ -170,9 +189,11 @@ def on_main(fn: Callable[[], T]) -> T:
         except Exception as error:
             box[0] = ("error", f"{error}" if isinstance(error, AutomrError)
                       else f"the main process failed: {type(error).__name__}: {error}")
-            dist.broadcast_object_list(box, src=0)
+            with _together("the main process's step"):
+                dist.broadcast_object_list(box, src=0)
             raise
-    dist.broadcast_object_list(box, src=0)
+    with _together("the main process's step"):
+        dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if status == "error":
         raise AutomrError(value)

@@ -31,8 +31,18 @@ def _save(result: dict, out: Path, kind: str) -> None:
     from automr.experiments.bench import write_result
 
     name = f"{kind}-{str(result['device']).split(':')[0]}"
-    if distributed.is_main():  # under torchrun every process holds the same result
+    if distributed.is_main():  # under a launcher, rank 0's result (it has every process's)
         typer.echo(write_result(result, out, name))
+
+
+def _say(result: dict, line: str) -> None:
+    """A summary line, printed once; under a launcher its figures are process 0's (every
+    process's rates are in per_process, their sums in total_*)."""
+    from automr import distributed
+
+    if distributed.is_main():
+        processes = result.get("processes", 1)
+        typer.echo((f"process 0 of {processes}: " if processes > 1 else "") + line)
 
 
 @app.command()
@@ -62,20 +72,20 @@ def annotate(
                             repeats=repeats, element_subset=element_subset or None,
                             element_prefix=element_prefix)
     _save(result, out, f"annotate-{combiner}")
-    typer.echo(f"speedup over the naive way: {result['speedup']:.2f}x "
-               f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "
-               f"{result['work_ratio']:.2f}x), labels equal within "
-               f"{result['max_abs_logprob_diff']:.1e}; over the plain path: "
-               f"{result['speedup_over_plain']:.2f}x [{result['speedup_over_plain_min']:.2f}, "
-               f"{result['speedup_over_plain_max']:.2f}] (work ratio "
-               f"{result['work_ratio_over_plain']:.2f}x)")
+    _say(result, f"speedup over the naive way: {result['speedup']:.2f}x "
+                 f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "
+                 f"{result['work_ratio']:.2f}x), labels equal within "
+                 f"{result['max_abs_logprob_diff']:.1e}; over the plain path: "
+                 f"{result['speedup_over_plain']:.2f}x [{result['speedup_over_plain_min']:.2f}, "
+                 f"{result['speedup_over_plain_max']:.2f}] (work ratio "
+                 f"{result['work_ratio_over_plain']:.2f}x)")
     if element_subset:
-        typer.echo(f"{result['element_subset']} of {elements} elements: "
-                   f"{result['subset_samples_per_s']:.3f} samples/s, "
-                   f"{result['subset_speedup']:.2f}x [{result['subset_speedup_min']:.2f}, "
-                   f"{result['subset_speedup_max']:.2f}] the naive way's (work ratio "
-                   f"{result['subset_work_ratio']:.2f}x), labels equal within "
-                   f"{result['max_abs_logprob_diff_subset']:.1e}")
+        _say(result, f"{result['element_subset']} of {elements} elements: "
+                     f"{result['subset_samples_per_s']:.3f} samples/s, "
+                     f"{result['subset_speedup']:.2f}x [{result['subset_speedup_min']:.2f}, "
+                     f"{result['subset_speedup_max']:.2f}] the naive way's (work ratio "
+                     f"{result['subset_work_ratio']:.2f}x), labels equal within "
+                     f"{result['max_abs_logprob_diff_subset']:.1e}")
 
 
 @app.command()
@@ -98,12 +108,12 @@ def encode(
     result = bench_encode(loaded, PreparedDataset.load(data), layer, texts, batch_size,
                           repeats)
     _save(result, out, "encode")
-    typer.echo(f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
-               f"prefix sharing vs the same encoder without: {result['sharing_speedup']:.2f}x "
-               f"[{result['sharing_speedup_min']:.2f}, {result['sharing_speedup_max']:.2f}]; "
-               f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
-               f"[{100 * result['split_overhead_min']:+.1f}%, "
-               f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats})")
+    _say(result, f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
+                 f"prefix sharing vs the same encoder without: {result['sharing_speedup']:.2f}x "
+                 f"[{result['sharing_speedup_min']:.2f}, {result['sharing_speedup_max']:.2f}]; "
+                 f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
+                 f"[{100 * result['split_overhead_min']:+.1f}%, "
+                 f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats})")
 
 
 @app.command()

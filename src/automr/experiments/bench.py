@@ -235,12 +235,15 @@ def bench_annotate(
         })
     rates = [k for k in result if k.endswith("_samples_per_s")]
     result.update(_processes({k: result[k] for k in (*rates, "max_abs_logprob_diff")}, rates))
+    result["max_abs_logprob_diff"] = max(p["max_abs_logprob_diff"]  # over every process's
+                                         for p in result["per_process"])
     return result
 
 
 def _processes(mine: dict[str, float], rates: Sequence[str]) -> dict[str, object]:
     """``processes``, ``per_process`` (every process's ``mine``) and ``total_RATE``: the sum
-    of each rate over the processes, which ran at the same time."""
+    of each rate over the processes, which ran at the same time. A result's other rates and
+    ratios are its own process's (rank 0's in the files written)."""
     per_process = distributed.gather(mine)
     return {"processes": len(per_process), "per_process": per_process,
             **{f"total_{rate}": sum(p[rate] for p in per_process) for rate in rates}}
@@ -337,9 +340,15 @@ def bench_encode(
     speedup = ratio(seconds["raw_lower"], seconds["encode"])
     sharing = ratio(seconds["encode_unshared"], seconds["encode"])
     overhead = ratio(seconds["split_full"], seconds["plain_full"])
-    return {
-        "benchmark": "encode", "model": loaded.name, "layer": layer, "texts": len(prompts),
-        "tokens": n_tokens, "batch_size": batch_size, "repeats": repeats,
+    processes = _processes({"texts": len(prompts), "tokens": n_tokens,
+                            "encoder_tokens_per_s": n_tokens / encode_s,
+                            "raw_lower_tokens_per_s": n_tokens / lower_s},
+                           ("encoder_tokens_per_s", "raw_lower_tokens_per_s"))
+    return {  # texts and tokens of every process; rates and ratios of this one
+        "benchmark": "encode", "model": loaded.name, "layer": layer,
+        "texts": sum(p["texts"] for p in processes["per_process"]),
+        "tokens": sum(p["tokens"] for p in processes["per_process"]),
+        "batch_size": batch_size, "repeats": repeats,
         "dtype": str(llm.dtype), "device": str(device), "machine": machine(),
         "encoder_tokens_per_s": n_tokens / encode_s,
         "raw_lower_tokens_per_s": n_tokens / lower_s,
@@ -350,11 +359,7 @@ def bench_encode(
         "sharing_speedup_max": sharing["max"],
         "split_full_s": split_s, "plain_full_s": plain_s,
         "split_overhead": overhead["median"] - 1, "split_overhead_min": overhead["min"] - 1,
-        "split_overhead_max": overhead["max"] - 1,
-        **_processes({"texts": len(prompts), "tokens": n_tokens,
-                      "encoder_tokens_per_s": n_tokens / encode_s,
-                      "raw_lower_tokens_per_s": n_tokens / lower_s},
-                     ("encoder_tokens_per_s", "raw_lower_tokens_per_s")),
+        "split_overhead_max": overhead["max"] - 1, **processes,
     }
 
 
