@@ -360,7 +360,8 @@ def test_only_os_errors_about_a_path_become_one_line(error, line):
     assert path_error(error, [Path("p/o"), Path("o")]) == line
 
 
-def test_annotate_and_ablate_take_float32_for_dtype_auto_on_every_device(monkeypatch, tmp_path):
+def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(monkeypatch,
+                                                                            tmp_path):
     """Eq. 5's gains are small differences of log-likelihoods that bfloat16 moves (measured
     in docs/results.md), so `annotate --dtype auto` loads float32 even where CUDA would give
     bfloat16; a dtype given by name is kept, and the other commands' auto is unchanged."""
@@ -388,6 +389,13 @@ def test_annotate_and_ablate_take_float32_for_dtype_auto_on_every_device(monkeyp
     result = runner.invoke(app, ["ablate", "--data", str(tmp_path), "--finetuned",
                                  str(tmp_path), "--out", str(tmp_path / "b"), "--device", "cuda"])
     assert ablations == ["float32"], result.output  # every ablation cell is eq. 5 gains
+    demos = []  # the demo annotates and ends with likelihood differences (it ran bf16 on CUDA)
+    monkeypatch.setattr("automr.experiments.demo.run_demo",
+                        lambda out, config, **keywords: demos.append(
+                            (keywords["dtype"], config.likelihood_samples)) or 1 / 0)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cuda",
+                                 "--likelihood-samples", "7"])
+    assert demos == [("float32", 7)], result.output
     for given, expected in ((["--dtype", "auto"], "float32"), ([], "float32"),
                             (["--dtype", "bfloat16"], "bfloat16")):
         result = runner.invoke(app, ["annotate", "--data", str(tmp_path), "--memory",

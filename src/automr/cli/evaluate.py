@@ -106,14 +106,15 @@ def compare_command(
     method: Annotated[list[str], typer.Option(
         "--method", help="NAME=FOLDER/METHOD: METHOD as evaluated into FOLDER (automr "
                          "evaluate --out, or an exported .json such as docs/results/'s), "
-                         "shown as NAME; repeat for each.")],
+                         "shown as NAME; repeat for each. All on the same samples (same "
+                         "--split, --samples, --seed).")],
     reference: Annotated[str | None, typer.Option(
         help="The NAME every other is paired with [default: the first].",
         show_default=False)] = None,
     seed: Annotated[int, typer.Option(
         help="Seed of the bootstrap behind every interval (as automr evaluate --seed).")] = 0,
 ) -> None:
-    """Methods of several evaluation folders side by side, paired on their shared samples
+    """Methods of several evaluation folders side by side, paired on the same samples
     (e.g. two fine-tuned recommenders); nothing is recomputed."""
     from automr.evaluation import combine_folders
 

@@ -43,7 +43,7 @@ COMMANDS: dict[str, LazyCommand] = {
         "Rank the same test samples with every method; print and write the results table."),
     "compare": LazyCommand(
         "automr.cli.evaluate:compare_command",
-        "Methods of several evaluation folders side by side, paired on their shared samples "
+        "Methods of several evaluation folders side by side, paired on the same samples "
         "(e.g. two fine-tuned recommenders); nothing is recomputed."),
     "export": LazyCommand(
         "automr.cli.evaluate:export_command",

@@ -190,14 +190,16 @@ def retriever_score(
 
 
 @user_errors
-@runtime_options()
+@runtime_options(exact=True)  # eq. 5's gains and the closing likelihood differences
 def demo_command(
     out: Annotated[Path, typer.Option(help="Run folder (a rerun resumes).")] = Path(
         "runs/demo"),
     layer: LayerOption = DEFAULT_LAYER,
     train_samples: Annotated[int, typer.Option(help="Fine-tuning samples.")] = 96,
     annotate_samples: Annotated[int, typer.Option(help="Annotated samples.")] = 64,
-    test_samples: Annotated[int, typer.Option(help="Test samples per method.")] = 48,
+    test_samples: Annotated[int, typer.Option(help="Test samples per ranked method.")] = 48,
+    likelihood_samples: Annotated[int, typer.Option(
+        help="Test samples of the closing target-likelihood comparison.")] = 200,
     encoder: Annotated[str, typer.Option(help="Memory encoder: item or window.")] = "item",
     combiner: CombinerOption = "concat",
     model: ModelOption = DEFAULT_MODEL,
@@ -219,7 +221,8 @@ def demo_command(
 
     config = checked_options("demo", lambda: DemoConfig(
         model=model, layer=layer, train_samples=train_samples, annotate_samples=annotate_samples,
-        test_samples=test_samples, encoder=encoder, combiner=combiner, seed=seed))
+        test_samples=test_samples, likelihood_samples=likelihood_samples, encoder=encoder,
+        combiner=combiner, seed=seed))
     results = run_demo(out, config, **runtime.keywords(), progress=runtime.progress,
                        dataset_dir=data, say=typer.echo)
     typer.echo(demo_summary(out))
