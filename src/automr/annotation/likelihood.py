@@ -211,6 +211,7 @@ def _shared_length(packed: Tensor, lengths: list[int]) -> int:
     same = (heads == heads[:1]).all(2).all(0)
     return int(same.long().cumprod(0).sum())
 
+
 def _target_logprob(logits: Tensor, target_ids: Tensor) -> Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(2, target_ids.expand(logits.shape[0], -1)[..., None])[..., 0].sum(1)
