@@ -12,3 +12,5 @@ automr bench encode --device cuda --data "$data" --texts 512 --batch-size 64 \
 automr bench annotate --device cuda --combiner concat --element-subset 16 --repeats 2
 automr bench finetune --device cuda --data "$data"
 automr bench ground --device cuda --data "$data" --grounders constrained,l2
+# the shared paths at 135M, 1.1B and 7B parameters (random weights; results/model-size-cuda.*)
+python benchmarks/model_size.py --data "$data" --device cuda
