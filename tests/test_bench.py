@@ -141,3 +141,23 @@ def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
     payload = json.loads((tmp_path / "annotate-concat-cpu.json").read_text())
     assert payload["max_abs_logprob_diff"] == 0.5  # the worst process's
     assert "process 0 of 2: speedup over the naive way" in result.output
+
+
+def test_the_model_size_script_runs_both_benches_on_a_random_model(workspace, tmp_path):
+    """benchmarks/model_size.py, which a GPU session runs once without a rehearsal: on the
+    tiny shape it writes one row and the JSON of both benches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "model_size.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data", str(workspace / "prepared"), "--shapes", "tiny",
+         "--device", "cpu", "--tokenizer", str(workspace / "model"), "--texts", "4",
+         "--batch-size", "2", "--repeats", "1", "--out", str(tmp_path / "size")],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "size-cpu.json").read_text())["shapes"]["tiny"]
+    assert saved["encode"]["texts"] == 4 and saved["encode"]["sharing_speedup"] > 0
+    assert saved["annotate"]["max_abs_logprob_diff"] < 1e-4
+    assert (tmp_path / "size-cpu.md").read_text().count("| tiny |") == 1
