@@ -83,7 +83,7 @@ def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifact
                      attrs.evolve(small, label_form="paper"), device="cpu", progress=False,
                      say=lambda line: None)
 
-    other = retuned(workspace, tmp_path / "ft-2")  # another fine-tune, same settings
+    other = retuned(workspace, tmp_path.with_name(tmp_path.name + "-ft-2"))  # same settings
     with pytest.raises(AutomrError, match="other settings"):
         run_ablation(workspace / "prepared", other, tmp_path, small, device="cpu",
                      progress=False, say=lambda line: None)
@@ -171,3 +171,21 @@ def test_damaged_demo_settings_are_one_line_naming_them(tmp_path):
     (tmp_path / "settings.json").write_text('{"config": {')
     with pytest.raises(AutomrError, match=r"settings\.json is not valid JSON"):
         _check_settings(tmp_path, {"config": {}, "dataset": "d", "dtype": "float32"})
+
+
+def test_a_memory_layer_the_fine_tune_changes_and_a_foreign_folder_are_refused_first(
+        workspace, tmp_path):
+    """The fine-tune's LoRA starts at layer 2: a layer-3 cell was refused only after its
+    memory was built (a window memory takes hours); a folder of other files got the grid's
+    folders mixed in."""
+    with pytest.raises(AutomrError, match=r"changes layers 2\.\.2 below it"):
+        run_ablation(workspace / "prepared", workspace / "ft", tmp_path / "deep",
+                     AblationConfig(layers=(2, 3), combiners=("append-token",)), device="cpu",
+                     progress=False, say=lambda line: None)
+    assert not (tmp_path / "deep").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(AutomrError, match=r"holds other files \(notes.txt\)"):
+        run_ablation(workspace / "prepared", workspace / "ft", tmp_path / "busy", CONFIG,
+                     device="cpu", progress=False, say=lambda line: None)
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]

@@ -248,6 +248,20 @@ def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tm
         {"annotations_digest": annotations_digest(workspace["folders"]["three"])}))
     memorised = CliRunner().invoke(app, [*args, "--retriever", f"mine={tmp_path / 'ret'}"])
     assert memorised.exit_code == 2 and "was trained on" in memorised.output
+    # keys of another layer, labels of another combiner: scored on these keys before
+    store = workspace["store"]
+    for key, value in (("layer", "9"), ("combiner", "append-token")):
+        other = build_retriever("mlp", store.hidden_size, seed=0)
+        other.provenance = {**store.record.provenance(), "combiner": "concat", key: value}
+        other.save(tmp_path / key)
+        refused = CliRunner().invoke(app, [*args, "--retriever", f"x={tmp_path / key}"])
+        assert refused.exit_code == 2 and repr(value) in refused.output, refused.output
+    # another artifact's folder as --out: scores.json was written beside its files
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "stats.json").write_text("{}")
+    busy = CliRunner().invoke(app, [*args[:-4], "--out", str(tmp_path / "busy")])
+    assert busy.exit_code == 2 and "holds other files (stats.json)" in busy.output
+    assert not (tmp_path / "busy" / "scores.json").exists()
 
 
 def test_retriever_score_refuses_samples_the_retriever_was_trained_on(workspace, tmp_path):

@@ -120,6 +120,11 @@ def test_the_paper_setting_configs_match_the_real_commands(name):
     ("[finetune]\nlr = true\n", "[finetune] lr: expected a number"),
     ("[finetune]\nlora_r = 4\nlora-r = 8\n", "lora-r: the option is set twice"),
     ("finetune = 3\n", "finetune must be a table"),
+    ("[compare]\nmethod = 'a=f/bigrec:l2'\n", "[compare] method: expected a list of strings"),
+    ("[retriever]\nepochs = 3\n", "epochs stands directly under [retriever], a group of "
+                                   "commands; put it in the table of one of them "
+                                   "([retriever.train], [retriever.score])"),
+    ("[retriever.score]\nretriever = [5]\n", "retriever: expected a list of strings"),
     ("[finetune\n", "is not valid TOML"),
 ])
 def test_config_errors_are_one_line_with_exit_code_2(tmp_path, text, expected):

@@ -135,6 +135,8 @@ def test_a_finetune_records_its_base_model_folder_as_an_absolute_path(tmp_path, 
 def test_fetch_refuses_other_models():
     result = runner.invoke(app, ["model", "fetch", "gpt2"])
     assert result.exit_code == 2
+    assert result.output.startswith("error: only the embedded model 'smollm2-135m' can be "
+                                    "fetched, not 'gpt2'") and result.output.count("\n") == 1
 
 
 @pytest.mark.real_model

@@ -202,3 +202,20 @@ def test_the_table_is_not_written_into_another_artifact_or_onto_a_file(tmp_path)
     assert sorted(p.name for p in (tmp_path / "memory").iterdir()) == ["config.json"]
     for _ in range(2):  # its own table folder: written again
         combine_folders({"x": (a, "bigrec:x")}, out=tmp_path / "table", n_resamples=50)
+
+
+def test_compare_refuses_an_evaluation_as_its_out_and_names_a_missing_source(tmp_path):
+    """Into an `automr evaluate` folder, compare replaced its results: its methods were gone
+    from its table and export. A compare folder is rewritten; a source path that does not
+    exist was 'holds neither ranks nor target log-likelihoods'."""
+    a = evaluated(tmp_path / "a", "bigrec:x", [0, 3, 29, 5, 1, 2, 8, 4], [-1.0] * 8)
+    sources = {"x": (a, "bigrec:x")}
+    with pytest.raises(AutomrError, match="holds an evaluation; its results would be replaced"):
+        combine_folders(sources, out=a)
+    assert not (a / "results.json").exists()
+    combine_folders(sources, out=tmp_path / "c")
+    combine_folders({**sources, "y": (a, "bigrec:x")}, out=tmp_path / "c")  # its own: rewritten
+    assert "| y |" in (tmp_path / "c" / "results.md").read_text()
+    for missing in (tmp_path / "nope", tmp_path / "nope.json"):
+        with pytest.raises(AutomrError, match=f"{missing} does not exist"):
+            combine_folders({"x": (missing, "bigrec:x")})

@@ -50,6 +50,11 @@ def _group_map(table: Mapping[str, Any], group: Any, ctx: Any, path: Path,
                where: tuple[str, ...]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in table.items():
+        if where and not isinstance(value, dict):
+            tables = ", ".join(f"[{'.'.join((*where, n))}]" for n in group.list_commands(ctx))
+            raise AutomrError(f"config file {path}: {key} stands directly under "
+                              f"[{'.'.join(where)}], a group of commands; put it in the table "
+                              f"of one of them ({tables}).")
         command = group.get_command(ctx, key)
         if command is None:
             names = ", ".join(group.list_commands(ctx))
@@ -82,6 +87,12 @@ def _option_map(table: Mapping[str, Any], command: Any, ctx: Any, path: Path,
         if name in result:
             raise AutomrError(f"{section} {key}: the option is set twice (as "
                               f"{name.replace('_', '-')} and {name}); keep one.")
+        if getattr(param, "multiple", False):  # a repeatable option: a list of its values
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise AutomrError(f"{section} {key}: expected a list of strings (the option "
+                                  f"repeats), got {value!r} ({type(value).__name__}).")
+            result[name] = value
+            continue
         kind = _option_type(param)
         expected = _TOML_TYPES.get(kind, (object,)) if kind is not None else (object,)
         if not isinstance(value, expected) or (isinstance(value, bool) and kind is not bool

@@ -47,7 +47,7 @@ def show_command(
     data: DataOption,
     kind: Annotated[str, typer.Option(help=f"{' or '.join(CONTEXT_KINDS)}.")],
     split: SplitOption = "test",
-    samples: Annotated[int, typer.Option(help="Seeded samples to show.")] = 3,
+    samples: Annotated[int, typer.Option(help="Seeded samples to show (0 = all).")] = 3,
     seed: SampleSeedOption = 0,
     model: ModelOption = DEFAULT_MODEL,
     context_k: Annotated[int, typer.Option(

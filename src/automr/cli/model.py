@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from automr.cli.common import CacheDirOption, DtypeOption, user_errors
+from automr.errors import AutomrError
 from automr.llm.loading import DEFAULT_MODEL, fetch_embedded, load_model, model_summary
 
 app = typer.Typer(help="Fetch and inspect causal LMs.", no_args_is_help=True)
@@ -30,7 +31,9 @@ def fetch(
     from GGUF and saved as safetensors, so later loads need no network.
     """
     if name != DEFAULT_MODEL:
-        raise typer.BadParameter(f"only the embedded model {DEFAULT_MODEL!r} can be fetched")
+        raise AutomrError(f"only the embedded model {DEFAULT_MODEL!r} can be fetched, not "
+                          f"{name!r}; a Hugging Face id or folder needs no fetch (give it as "
+                          f"--model to the command that uses it)")
     with console.status(f"fetching and converting {name} (first time: ~30 s)"):
         folder = fetch_embedded(name, cache_dir)
     typer.echo(folder)

@@ -165,12 +165,17 @@ def retriever_score(
 ) -> None:
     """What each retriever's first pick is worth: eq. 5's gain read off the annotations
     (exact, no model), beside the oracle, random expectation and seeded random draws."""
+    from automr.annotation.run import Annotations
     from automr.cli.figures import parse_seeds
     from automr.experiments.retriever import check_held_out, score_retrievers
     from automr.memory import MemoryStore
-    from automr.retrievers import build_retriever, load_retriever
+    from automr.recommenders.automr import load_retriever_for
+    from automr.retrievers import build_retriever
 
-    hidden = MemoryStore.open(memory).hidden_size
+    _check_scores_target(out)
+    store = MemoryStore.open(memory)
+    combiner = Annotations.header_of(annotations)["config"]["combiner"]
+    hidden = store.hidden_size
     chosen = {"semantic": build_retriever("semantic", hidden)} if semantic else {}
     for text in retriever or []:
         name, sep, folder = text.partition("=")
@@ -180,13 +185,29 @@ def retriever_score(
             raise AutomrError(f"--retriever names {name!r} twice (with --semantic, 'semantic' "
                               f"is taken)")
         check_held_out(folder, annotations)
-        chosen[name] = load_retriever(folder, hidden_size=hidden)
+        chosen[name] = load_retriever_for(store, folder, combiner)  # this memory's keys
+    del store
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(json.dumps(scores.to_json(), indent=1) + "\n")
     text = scores.markdown()
     (out / "scores.md").write_text(text)
     typer.echo(text)
+
+
+def _check_scores_target(out: Path) -> None:
+    """``retriever score`` writes into a new or empty folder, or one it wrote before (another
+    artifact's folder would get scores.json beside its own files)."""
+    from automr.cli.record import RUNS_FILE
+
+    if out.exists() and not out.is_dir():
+        raise AutomrError(f"{out} is a file; write the scores into a new or empty folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in {
+        "scores.json", "scores.md", RUNS_FILE} and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if other:
+        raise AutomrError(f"{out} holds other files ({', '.join(other[:4])}); write the scores "
+                          f"into a new or empty folder")
 
 
 @user_errors

@@ -23,10 +23,16 @@ import attrs
 
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES
-from automr.evaluation.folder import EvaluationFolder, exported_reports, read_export
+from automr.evaluation.folder import (
+    RESULTS_JSON,
+    EvaluationFolder,
+    exported_reports,
+    read_export,
+)
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.evaluation.run import Evaluation
+from automr.storage import read_json
 
 
 def combine_folders(
@@ -45,12 +51,15 @@ def combine_folders(
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     reference = reference or next(iter(sources))
     if out is not None:
-        EvaluationFolder(out).check_target()
+        _check_target(Path(out))
         EvaluationFolder.check_names(list(sources))
     if reference not in sources:
         raise AutomrError(f"the reference {reference!r} is none of {', '.join(sources)}")
     reports, likelihoods, retrieved = {}, {}, {}
     for name, (path, method) in sources.items():
+        if not Path(path).exists():
+            raise AutomrError(f"{path} does not exist (the source of {name}: an evaluation "
+                              f"folder or an exported .json)")
         report, likelihood, elements = _saved(Path(path), method)
         if report is None and likelihood is None:
             raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
@@ -78,6 +87,19 @@ def combine_folders(
     if out is not None:
         _write(EvaluationFolder(out), evaluation, sources, retrieved)
     return evaluation
+
+
+def _check_target(out: Path) -> None:
+    """New, empty, or a combination written before: an ``automr evaluate`` folder would have
+    its results replaced by the combination's (its methods gone from its table and export)."""
+    EvaluationFolder(out).check_target()
+    if not any((out / name).exists() for name in ("ranks", "loglik")):
+        return
+    results = out / RESULTS_JSON
+    held = read_json(results, "automr compare") if results.is_file() else None
+    if not (isinstance(held, dict) and "sources" in held):  # what a combination records
+        raise AutomrError(f"{out} holds an evaluation; its results would be replaced by the "
+                          f"combination's: write it into a new folder")
 
 
 def _saved(path: Path, method: str

@@ -108,6 +108,22 @@ def pick_gains(kind: str, gains: Sequence[torch.Tensor], data: RetrievalDataset,
     return chosen, (chosen >= best).float()
 
 
+ABLATION_FILES = ("memory-", "annotations-", "retriever-", "ablation.", "automr-runs.jsonl")
+"""What an ablation folder holds: its cells' folders (by prefix), its table and run records."""
+
+
+def _check_out(out: Path) -> None:
+    """A new or empty folder, or an ablation's (resumed): another artifact's would get the
+    grid's memories and annotations mixed in."""
+    if out.exists() and not out.is_dir():
+        raise AutomrError(f"{out} is a file; write the ablation into a new or empty folder")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(
+        (*ABLATION_FILES, "."))) if out.is_dir() else []
+    if other:
+        raise AutomrError(f"{out} holds other files ({', '.join(other[:4])}) and is not an "
+                          f"ablation folder; write the ablation into a new or empty folder")
+
+
 def run_ablation(
     dataset_dir: Path | str, finetuned: Path | str, out_dir: Path | str,
     config: AblationConfig = AblationConfig(), device: str = "auto", dtype: str = "auto",
@@ -120,6 +136,9 @@ def run_ablation(
     dataset = PreparedDataset.load(dataset_dir)
     run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
+    _check_out(out)
+    for layer in config.layers:  # before any memory is built (a window memory takes hours)
+        run.check_memory(run.base_fingerprint, layer)
     made_by = {"model_fingerprint": run.fingerprint(),  # what reused annotations must match
                "dtype": dtype_used(dtype, device)}
     models: dict[str, LoadedModel] = {}

@@ -81,6 +81,10 @@ def _natural(text: str) -> list[str | int]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+RECOMMEND_GROUNDERS = ("l2", "constrained", "likelihood")
+"""The grounders of `automr recommend` (those without a prior tuned on samples)."""
+
+
 def recommend(
     dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
     retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
@@ -98,6 +102,10 @@ def recommend(
             raise AutomrError(f"{option} must be >= {least}{default}, got {value}")
     if combiner not in COMBINERS:
         raise AutomrError(f"unknown combiner {combiner!r}; choose one of {', '.join(COMBINERS)}")
+    if grounder not in RECOMMEND_GROUNDERS:  # the -pop/-sasrec ones tune a prior on samples
+        raise AutomrError(f"recommend grounds with {', '.join(RECOMMEND_GROUNDERS)}, not "
+                          f"{grounder!r} (a grounder with a prior is tuned on validation "
+                          f"samples by automr evaluate)")
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
     run = FinetunedRun.open(finetuned)
