@@ -56,11 +56,14 @@ def test_bench_annotate_concat_shares_the_elements_common_header(workspace, tmp_
     assert payload["max_abs_logprob_diff"] < 1e-4
 
 
+def encode_args(workspace, out) -> list[str]:
+    return ["bench", "encode", "--data", str(workspace / "prepared"), "--out", str(out),
+            "--model", str(workspace / "model"), "--layer", "2", "--texts", "6", "--batch-size",
+            "3", "--repeats", "1", "--device", "cpu"]
+
+
 def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):
-    result = runner.invoke(app, ["bench", "encode", "--data", str(workspace / "prepared"),
-                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
-                                 "--layer", "2", "--texts", "6", "--batch-size", "3",
-                                 "--device", "cpu"])
+    result = runner.invoke(app, encode_args(workspace, tmp_path))
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "encode-cpu.json").read_text())
     assert payload["tokens"] > 0 and payload["encoder_tokens_per_s"] > 0
@@ -123,10 +126,7 @@ def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
              "raw_lower_tokens_per_s": 2.0, "max_abs_logprob_diff": 0.5}
     monkeypatch.setattr(bench.distributed, "gather",
                         lambda mine: [mine, {k: other.get(k, 1.0) for k in mine}])
-    result = runner.invoke(app, ["bench", "encode", "--data", str(workspace / "prepared"),
-                                 "--out", str(tmp_path), "--model", str(workspace / "model"),
-                                 "--layer", "2", "--texts", "6", "--batch-size", "3",
-                                 "--repeats", "1", "--device", "cpu"])
+    result = runner.invoke(app, encode_args(workspace, tmp_path))
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "encode-cpu.json").read_text())
     own = payload["per_process"][0]
