@@ -63,8 +63,10 @@ def annotate(
         = 1,
     repeats: RepeatsOption = 3,
 ) -> None:
-    """Annotation samples/s (upper half only, the layout's shared work) vs a full forward per
-    element, and the ratio each way's multiply-adds allow."""
+    """Annotation samples/s vs a full forward per element, and the ratio the work allows.
+
+    The annotator runs the upper half only, sharing what the layout allows; each way's
+    multiply-adds are counted."""
     from automr.experiments.bench import bench_annotate
 
     loaded = runtime.load_model(model)
@@ -130,8 +132,10 @@ def ground(
     layer: LayerOption = DEFAULT_LAYER,
     repeats: RepeatsOption = 3,
 ) -> None:
-    """Generation + grounding samples/s of each grounder (the whole catalog ranked); the
-    constrained search beside the plain implementation and transformers' generate."""
+    """Generation + grounding samples/s of each grounder (the whole catalog ranked).
+
+    The constrained search is timed beside its plain implementation and transformers'
+    generate."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_ground
 
@@ -163,8 +167,10 @@ def finetune(
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 8,
     repeats: RepeatsOption = 3,
 ) -> None:
-    """LoRA training speed, same batches: all layers; only the layers above the split (lower
-    half under no_grad each step); the same with the lower half's states computed once."""
+    """LoRA training seconds per step three ways, on the same batches.
+
+    All layers; only the layers above the split (the lower half under no_grad each step); the
+    same with the lower half's states computed once."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_finetune
 

@@ -90,8 +90,9 @@ def trsr_command(
     batch_size: BatchSize = 8,
     runtime: Runtime,
 ) -> None:
-    """Write (and cache) the TRSR summaries of a split's samples ahead of fine-tuning or
-    evaluation; rerunning, or running it cut short and again, only generates what is missing."""
+    """Write (and cache) the TRSR summaries of a split's samples before fine-tuning or evaluation.
+
+    Rerunning, or running it cut short and again, only generates what is missing."""
     spec = context_spec_option("trsr", context_defaults.k, trsr)
     dataset, chosen = _samples(data, split, samples, seed)
     loaded = runtime.load_model(model)

@@ -163,8 +163,9 @@ def retriever_score(
     seeds: Annotated[str, typer.Option(
         help="Random retrieval seeds: comma-separated integers or ranges.")] = "0-9",
 ) -> None:
-    """What each retriever's first pick is worth: eq. 5's gain read off the annotations
-    (exact, no model), beside the oracle, random expectation and seeded random draws."""
+    """What each retriever's first pick is worth: eq. 5's gain, read off the annotations.
+
+    Exact, no model; beside the oracle, the random expectation and seeded random draws."""
     from automr.annotation.run import Annotations
     from automr.cli.figures import parse_seeds
     from automr.experiments.retriever import check_held_out, score_retrievers
