@@ -205,6 +205,19 @@ def check_save_target(directory: Path, format: str, weights_file: str) -> None:
                           f"a new or empty folder")
 
 
+def check_own_folder(out: Path, what: str, prefixes: Sequence[str]) -> None:
+    """Refuse a file, or a folder holding files whose names start with none of ``prefixes``
+    (run records and hidden files aside): ``what`` goes into a new or empty folder, or one it
+    wrote before, never beside another artifact's files."""
+    if out.exists() and not out.is_dir():
+        raise AutomrError(f"{out} is a file; write the {what} into a new or empty folder")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(
+        (*prefixes, "automr-runs.jsonl", "."))) if out.is_dir() else []
+    if other:
+        raise AutomrError(f"{out} holds other files ({', '.join(other[:4])}); write the {what} "
+                          f"into a new or empty folder")
+
+
 def load_component(
     directory: Path | str, format: str, weights_file: str | None = "model.safetensors",
     made_by: str = "the command that wrote it", device: str = "cpu",

@@ -172,8 +172,9 @@ def retriever_score(
     from automr.memory import MemoryStore
     from automr.recommenders.automr import load_retriever_for
     from automr.retrievers import build_retriever
+    from automr.storage import check_own_folder
 
-    _check_scores_target(out)
+    check_own_folder(out, "scores", ("scores.json", "scores.md"))
     store = MemoryStore.open(memory)
     combiner = Annotations.header_of(annotations)["config"]["combiner"]
     hidden = store.hidden_size
@@ -194,21 +195,6 @@ def retriever_score(
     text = scores.markdown()
     (out / "scores.md").write_text(text)
     typer.echo(text)
-
-
-def _check_scores_target(out: Path) -> None:
-    """``retriever score`` writes into a new or empty folder, or one it wrote before (another
-    artifact's folder would get scores.json beside its own files)."""
-    from automr.cli.record import RUNS_FILE
-
-    if out.exists() and not out.is_dir():
-        raise AutomrError(f"{out} is a file; write the scores into a new or empty folder")
-    other = sorted(p.name for p in out.iterdir() if p.name not in {
-        "scores.json", "scores.md", RUNS_FILE} and not p.name.startswith(".")) \
-        if out.is_dir() else []
-    if other:
-        raise AutomrError(f"{out} holds other files ({', '.join(other[:4])}); write the scores "
-                          f"into a new or empty folder")
 
 
 @user_errors

@@ -41,7 +41,7 @@ from automr.retrievers import (
     build_retriever,
     load_retriever,
 )
-from automr.storage import read_json
+from automr.storage import check_own_folder, read_json
 
 ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
 
@@ -108,20 +108,8 @@ def pick_gains(kind: str, gains: Sequence[torch.Tensor], data: RetrievalDataset,
     return chosen, (chosen >= best).float()
 
 
-ABLATION_FILES = ("memory-", "annotations-", "retriever-", "ablation.", "automr-runs.jsonl")
-"""What an ablation folder holds: its cells' folders (by prefix), its table and run records."""
-
-
-def _check_out(out: Path) -> None:
-    """A new or empty folder, or an ablation's (resumed): another artifact's would get the
-    grid's memories and annotations mixed in."""
-    if out.exists() and not out.is_dir():
-        raise AutomrError(f"{out} is a file; write the ablation into a new or empty folder")
-    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(
-        (*ABLATION_FILES, "."))) if out.is_dir() else []
-    if other:
-        raise AutomrError(f"{out} holds other files ({', '.join(other[:4])}) and is not an "
-                          f"ablation folder; write the ablation into a new or empty folder")
+ABLATION_FILES = ("memory-", "annotations-", "retriever-", "ablation.")
+"""What an ablation folder holds: its cells' folders (by prefix) and its table."""
 
 
 def run_ablation(
@@ -136,7 +124,7 @@ def run_ablation(
     dataset = PreparedDataset.load(dataset_dir)
     run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
-    _check_out(out)
+    check_own_folder(out, "ablation", ABLATION_FILES)  # a resumed one, or new
     for layer in config.layers:  # before any memory is built (a window memory takes hours)
         run.check_memory(run.base_fingerprint, layer)
     made_by = {"model_fingerprint": run.fingerprint(),  # what reused annotations must match
