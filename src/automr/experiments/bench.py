@@ -195,13 +195,14 @@ def bench_annotate(
     distributed.barrier()  # every process measures at the same time
     seconds = interleaved(ways, repeats, llm.device)
     median = {name: statistics.median(values) for name, values in seconds.items()}
+    shared = common_prefix(memory)
     result: dict[str, object] = {
         "benchmark": "annotate", "model": loaded.name, "layer": layer, "combiner": combiner,
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "elements": elements,
         "element_tokens_mean": float(memory.mask.sum(1).float().mean()),
         "element_prefix": element_prefix if combine.uses_token_states else 0,
-        "shared_prefix_tokens": common_prefix(memory),
-        "prefix_cached": common_prefix(memory) >= annotator(llm).min_shared,
+        "shared_prefix_tokens": shared,
+        "prefix_cached": shared >= annotator(llm).min_shared,
         "element_batch": element_batch, "repeats": repeats, "dtype": str(llm.dtype),
         "device": str(llm.device), "machine": machine(),
         "automr_s_per_sample": median["automr"], "naive_s_per_sample": median["naive"],
