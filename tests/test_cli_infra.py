@@ -407,3 +407,21 @@ def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(mo
                                      str(tmp_path), "--finetuned", str(tmp_path), "--out",
                                      str(tmp_path / "a"), "--device", "cuda", *given])
         assert "stop here" in result.output and loads[-1]["dtype"] == expected, result.output
+
+
+@pytest.mark.parametrize("measures,given,expected", [
+    ("ranks,likelihood", [], "float32"), ("likelihood", ["--dtype", "auto"], "float32"),
+    ("likelihood", ["--dtype", "bfloat16"], "bfloat16"), ("ranks", [], "auto"),
+])
+def test_evaluate_takes_float32_for_dtype_auto_with_the_likelihood_measure(
+        monkeypatch, tmp_path, measures, given, expected):
+    """Paired likelihood differences are small differences of log-likelihoods (bfloat16 moved
+    eq. 5's by 0.1 nats), so `--measures likelihood` makes `auto` float32 as annotate's;
+    ranking alone keeps `auto` (bfloat16 on CUDA)."""
+    calls = []
+    monkeypatch.setattr("automr.cli.evaluate.evaluate_methods",
+                        lambda *args, **keywords: calls.append(keywords["dtype"]) or 1 / 0)
+    result = runner.invoke(app, ["evaluate", "--data", str(tmp_path), "--out",
+                                 str(tmp_path / "e"), "--methods", "bigrec:l2", "--measures",
+                                 measures, "--device", "cuda", *given])
+    assert calls == [expected], result.output

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 CONFIG_FILE = "config.json"
+RUNS_FILE = "automr-runs.jsonl"
+"""The run records every command with an ``--out`` appends to (:mod:`automr.cli.record`)."""
 
 
 def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
@@ -212,7 +214,7 @@ def check_own_folder(out: Path, what: str, prefixes: Sequence[str]) -> None:
     if out.exists() and not out.is_dir():
         raise AutomrError(f"{out} is a file; write the {what} into a new or empty folder")
     other = sorted(p.name for p in out.iterdir() if not p.name.startswith(
-        (*prefixes, "automr-runs.jsonl", "."))) if out.is_dir() else []
+        (*prefixes, RUNS_FILE, "."))) if out.is_dir() else []
     if other:
         raise AutomrError(f"{out} holds other files ({', '.join(other[:4])}); write the {what} "
                           f"into a new or empty folder")

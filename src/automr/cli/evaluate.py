@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Annotated
 
+import attrs
 import typer
 
 from automr.cli.common import (
@@ -57,7 +58,8 @@ def evaluate_command(
         help="Beams (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
     measures: Annotated[str, typer.Option(
         help="Comma-separated: ranks (Recall/NDCG) and/or likelihood (the LM methods' target "
-             "log-likelihood; no decoding).")] = "ranks",
+             "log-likelihood; no decoding; --dtype auto is then float32 on every device).")
+    ] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking, the target excepted (sasrec "
              "always does, as its original evaluation).")] = False,
@@ -86,6 +88,8 @@ def evaluate_command(
         k=k, measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
         retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference),
         {"max_samples": "samples"})
+    if "likelihood" in config.measures:  # small differences of log-likelihoods: not in bf16
+        runtime = attrs.evolve(runtime, exact=True)
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
     evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],

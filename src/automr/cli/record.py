@@ -23,8 +23,8 @@ from typing import Any
 import automr
 from automr import distributed
 from automr.errors import AutomrError
+from automr.storage import RUNS_FILE
 
-RUNS_FILE = "automr-runs.jsonl"
 INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
 PACKAGES = ("automr", "torch", "transformers", "peft")
 SOURCES = {"COMMANDLINE": "command line", "DEFAULT_MAP": "config file", "DEFAULT": "default",

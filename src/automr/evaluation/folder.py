@@ -34,11 +34,10 @@ from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, Interval
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.metrics import DEFAULT_KS, per_sample_metrics
 from automr.evaluation.report import MetricReport
-from automr.storage import read_json, write_json_atomic
+from automr.storage import RUNS_FILE, read_json, write_json_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
-RUNS_FILE = "automr-runs.jsonl"
 EXPORT_FORMAT = "automr.results-export/1"
 RANKING_ONLY_DETAILS = ("generated",)
 """Details only a ranking makes: the likelihood measure scores the true title and generates
