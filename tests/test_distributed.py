@@ -279,6 +279,7 @@ def test_two_processes_equal_one(tmp_path):
     # fine-tune: cut after step 2 and resumed, the single process's loss curve and adapter
     record = json.loads((par / "finetune" / "finetune.json").read_text())
     assert record["processes"] == 2 and record["step"] == reference_ft["step"] == 6
+    assert record["processes_from_step"] == [[0, 2]]  # cut and resumed on as many
     assert record["train_losses"] == pytest.approx(reference_ft["train_losses"], rel=1e-5)
     assert [e["valid_nll"] for e in record["evaluations"]] == pytest.approx(
         [e["valid_nll"] for e in reference_ft["evaluations"]], rel=1e-5)

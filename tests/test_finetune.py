@@ -23,6 +23,7 @@ from automr.recommenders.finetune import (
     collate,
     finetune,
     lr_factor,
+    note_processes,
 )
 from automr.recommenders.runs import FinetunedRun
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
@@ -326,3 +327,19 @@ def test_mixed_precision_trains_and_resumes_exactly(workspace, monkeypatch, auto
     resumed = finetune(load_model(model, device="cpu"), data, run, config, progress=False)
     assert resumed["train_losses"] == whole["train_losses"]
     assert resumed["evaluations"] == whole["evaluations"]
+
+
+def test_the_record_says_how_many_processes_trained_from_which_step():
+    """A run resumes on any number of processes; finetune.json keeps each count with the step
+    it took over at, not only the last (a record of an older version starts from its count)."""
+    record = {"step": 0}
+    note_processes(record, 2)
+    record["step"] = 40
+    note_processes(record, 2)  # resumed on as many: nothing new
+    assert record["processes_from_step"] == [[0, 2]] and record["processes"] == 2
+    record["step"] = 90
+    note_processes(record, 8)
+    assert record["processes_from_step"] == [[0, 2], [90, 8]] and record["processes"] == 8
+    older = {"step": 12, "processes": 4}
+    note_processes(older, 1)
+    assert older["processes_from_step"] == [[0, 4], [12, 1]] and older["processes"] == 1

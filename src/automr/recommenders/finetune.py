@@ -25,7 +25,8 @@ trained with DDP (:mod:`automr.recommenders.parallel`): every effective batch of
 micro-batches of at most ``batch_size``), so the optimizer steps and the loss curve are those of
 one process within float rounding (LoRA dropout draws its masks per process); validation is
 shared too. The main process writes ``best/``, checkpoints (with every process's RNG states)
-and ``finetune.json``; a run resumes with any number of processes.
+and ``finetune.json``; a run resumes with any number of processes (``finetune.json`` says how
+many ran from which step).
 """
 
 import itertools
@@ -34,7 +35,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import final
+from typing import Any, final
 
 import attrs
 import torch
@@ -363,6 +364,16 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
     return get_peft_model(loaded.model, lora).eval()
 
 
+def note_processes(record: dict[str, Any], world: int) -> None:
+    """Record that ``world`` processes train from ``record["step"]`` on: ``processes`` is the
+    latest count, ``processes_from_step`` every ``[step, count]`` since the run began (a record
+    of an older version, which kept the latest count only, starts from that count)."""
+    legs = record.setdefault("processes_from_step", [[0, record.get("processes", world)]])
+    if legs[-1][1] != world:
+        legs.append([record["step"], world])
+    record["processes"] = world
+
+
 def finetune(
     loaded: LoadedModel, dataset: PreparedDataset, out_dir: Path | str,
     config: FinetuneConfig = FinetuneConfig(), progress: bool = True,
@@ -431,7 +442,7 @@ def finetune(
     runner = StepRunner.build(model, layer, config.autocast)
     if state is not None:
         _restore(optimizer, runner.scaler, out / "checkpoint")
-    record["processes"] = world
+    note_processes(record, world)
     caches = (None, None)
     if config.cache_lower and layer > 0:  # these layers never change: their states, once
         started = time.perf_counter()
