@@ -54,7 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="embedded name, Hugging Face id or model folder")
     parser.add_argument("--layer", type=int, default=15, help="split layer L")
-    parser.add_argument("--samples", type=int, default=4, help="training samples to annotate")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="training samples to annotate (0 = all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="keep the dataset and memory here (default: a temporary folder)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
@@ -99,7 +100,7 @@ def annotate(args: argparse.Namespace, out: Path) -> list[dict]:
     if not candidates:
         raise AutomrError("no training sample has a memory; lower --recent-k or raise "
                           "--max-history / --train-months")
-    samples = seeded_subset(candidates, args.samples, args.seed)
+    samples = seeded_subset(candidates, args.samples or None, args.seed)
     catalog = dataset.catalog
     print(f"{len(dataset.interactions)} interactions, {len(catalog)} items; annotating "
           f"{len(samples)} of {len(candidates)} training samples with {loaded.name} at "

@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="BIGRec fine-tune run folder (automr finetune)")
     parser.add_argument("--memory", type=Path, default=Path("runs/demo/memory"),
                         help="memory folder (automr memory build)")
-    parser.add_argument("--samples", type=int, default=32, help="test samples to rank")
+    parser.add_argument("--samples", type=int, default=32, help="test samples to rank (0 = all)")
     parser.add_argument("--grounder", choices=("constrained", "likelihood"),
                         default="constrained", help="how generations become catalog rankings")
     parser.add_argument("--combiner", choices=("concat", "append-token", "prepend-token"),
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     assert isinstance(retriever, automr.Retriever), "RecencyRetriever must match the Protocol"
 
     dataset = automr.PreparedDataset.load(args.data)
-    samples = automr.seeded_subset(dataset.samples("test"), args.samples, args.seed)
+    samples = automr.seeded_subset(dataset.samples("test"), args.samples or None, args.seed)
     run = automr.FinetunedRun.open(args.finetuned)
     loaded = run.load(device=args.device, cache_dir=args.cache_dir)
     # the memory's keys must be what the tuned model's lower half computes (checked here)

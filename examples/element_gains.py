@@ -39,6 +39,9 @@ def within_sample_correlation(pairs: list[tuple[torch.Tensor, torch.Tensor]]) ->
         if len(x) > 1 and float(x.std()) > 0 and float(y.std()) > 0:
             xs.append(x - x.mean())
             ys.append(y - y.mean())
+    if not xs:
+        raise SystemExit("no sample has two annotated elements whose values differ: annotate "
+                         "more elements per sample (automr annotate --element-subset 2 or more)")
     x, y = torch.cat(xs), torch.cat(ys)
     return float((x * y).sum() / (x.norm() * y.norm()))
 
@@ -59,6 +62,13 @@ def late_interaction(split_llm, store, loaded, dataset, sample, index) -> torch.
             store.token_states(user, start + i).double(), dim=-1)
         scores.append(float((element @ query.T).max(dim=1).values.mean()))
     return torch.tensor(scores, dtype=torch.float64)
+
+
+def memory_of(header: dict) -> dict:
+    """The memory an annotation used (its model, layer and, when recorded, content): what a
+    script reading the gains' element indices checks its own memory against."""
+    return {"model_fingerprint": header["memory_model_fingerprint"], "layer": header["layer"],
+            "digest": header.get("memory_digest")}
 
 
 def _rounded(values: torch.Tensor) -> list[float]:
@@ -88,11 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
     split = annotations.header["config"]["split"]
     by_id = {s.id: s for s in dataset.samples(split)}
     other = Annotations.load(args.other) if args.other else None
+    if other is not None and memory_of(other.header) != memory_of(annotations.header):
+        raise SystemExit(f"{args.other} annotated another memory than {args.annotations}: "
+                         f"their elements are not the same")
     other_gains = {} if other is None else dict(zip(
         other.header["samples"], zip(element_gains(other), other.index, strict=True),
         strict=True))
 
     store = automr.MemoryStore.open(args.memory) if args.memory else None
+    if store is not None:
+        annotations.check_memory(store)  # its keys and token states are those annotated
     split_llm = HFSplitLLM(loaded.model) if store else None
     per_sample, to_target, to_recent, across, late = {}, [], [], [], []
     for sample_id, gains, index in zip(annotations.header["samples"],
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
                *(sys.argv[1:] if argv is None else argv)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"format": "automr.element-gains/1", "commands": [command],
+                                    "memory": memory_of(annotations.header),
                                     "summary": summary, "per_sample": per_sample}) + "\n")
     print(json.dumps(summary, indent=1))
     return summary

@@ -4,8 +4,9 @@ With a barely tuned BIGRec, a random element of the user's memory raises the tru
 likelihood by almost a nat (docs/results.md, "Memory at power"). That may be the user's taste,
 or only the shape of a title inserted before the prompt. This example inserts, into each
 sample's prompt, a random element of *another* user's memory (a seeded donor: another user's
-sample of the same evaluation), with the same retriever (random), combiner, layer and
-fine-tune, and scores the sample's own true title. The sample's prompt is unchanged (checked
+sample of the same evaluation whose memory does not hold the sample's true title), with the
+same retriever (random), combiner, layer and fine-tune, and scores the sample's own true
+title. The sample's prompt is unchanged (checked
 token for token); only the memory is the donor's. A reference export of ``automr evaluate``
 with ``bigrec:likelihood`` and ``random:likelihood`` on the same samples gives the paired
 differences: donor's element minus no memory, and own element minus donor's::
@@ -19,6 +20,7 @@ Samples without a memory of their own are left out (random retrieval inserts not
 """
 
 import argparse
+import collections
 import json
 import random
 import sys
@@ -32,18 +34,50 @@ from automr.data.prompts import tokenize_sample
 from automr.evaluation import bootstrap_ci, paired_bootstrap
 
 
-def donors(samples: list, seed: int) -> dict[str, object]:
-    """Per sample id: a sample of another user, each sample a donor once (a seeded shuffle,
-    each paired with the next; a pair of one user swaps donors with another pair)."""
+def donors(samples: list, seed: int, title) -> dict[str, object]:
+    """Per sample id: a sample of another user whose memory does not hold the sample's true
+    title (else a random element of it could be the answer itself), each sample a donor once.
+    In a seeded shuffle each sample takes the next as donor where it fits; the rest are matched
+    along augmenting paths (a perfect matching when one exists). ``title``: item id -> title."""
     order = list(samples)
     random.Random(seed).shuffle(order)
-    given = order[1:] + order[:1]
+    held = [{title(item) for item in sample.memory} for sample in order]
+    n = len(order)
+    candidates = []
     for i, sample in enumerate(order):
-        if given[i].user == sample.user:
-            j = next(j for j in range(len(order)) if given[j].user != sample.user
-                     and given[i].user != order[j].user)
-            given[i], given[j] = given[j], given[i]
-    return {sample.id: donor for sample, donor in zip(order, given, strict=True)}
+        others = [(i + 1 + k) % n for k in range(n - 1)]  # the next first, then on round
+        candidates.append([j for j in others if order[j].user != sample.user
+                           and title(sample.target) not in held[j]])
+    donor: list[int | None] = [None] * n
+    taker: list[int | None] = [None] * n
+    for i in range(n):
+        if candidates[i] and candidates[i][0] == (i + 1) % n:
+            donor[i], taker[(i + 1) % n] = (i + 1) % n, i
+    for i in range(n):
+        if donor[i] is None and not _augment(i, candidates, donor, taker):
+            raise SystemExit(f"no donor fits sample {order[i].id} (another user's, without its "
+                             f"true title): take more samples, or samples of more users")
+    return {sample.id: order[donor[i]] for i, sample in enumerate(order)}
+
+
+def _augment(start: int, candidates: list[list[int]], donor: list, taker: list) -> bool:
+    """Give ``start`` a donor, moving others' along one alternating path (breadth first)."""
+    reached, queue = {}, collections.deque([start])
+    while queue:
+        sample = queue.popleft()
+        for j in candidates[sample]:
+            if j in reached:
+                continue
+            reached[j] = sample
+            if taker[j] is None:
+                while j is not None:  # flip the path back to start
+                    sample = reached[j]
+                    j_before = donor[sample]
+                    donor[sample], taker[j] = j, sample
+                    j = j_before
+                return True
+            queue.append(taker[j])
+    return False
 
 
 def hybrid(sample, donor):
@@ -65,19 +99,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory", type=Path, required=True)
     parser.add_argument("--reference", type=Path, required=True,
                         help="export with bigrec:likelihood and random:likelihood")
-    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=1000, help="0 = all")
     parser.add_argument("--seed", type=int, default=0, help="as automr evaluate --seed")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     dataset = automr.PreparedDataset.load(args.data)
+    chosen = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples or None,
+                                               args.seed) if s.memory]
+    reference = json.loads(args.reference.read_text())["loglik"]
+    own, plain = reference["random:likelihood"], reference["bigrec:likelihood"]
+    ids = [s.id for s in chosen if s.id in own]
+    if len(ids) < 2:  # before the model runs: a reference of other samples or another --seed
+        raise SystemExit(f"{args.reference} holds {len(ids)} of these {len(chosen)} samples; "
+                         f"give the --samples and --seed of its automr evaluate")
+    pairs = donors(chosen, args.seed, dataset.catalog.title)
     run = automr.FinetunedRun.open(args.finetuned)
     loaded = run.load(device="cpu")
     store = run.open_memory(args.memory)
-    chosen = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples, args.seed)
-              if s.memory]
-    pairs = donors(chosen, args.seed)
     mixed = {s.id: hybrid(s, pairs[s.id]) for s in chosen}
     assert len({m.id for m in mixed.values()}) == len(mixed)  # values are kept by id
     for s in chosen:  # the prompt and the true title are the sample's own
@@ -93,9 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
         store.layer, retrieval=retrieval, batch_size=args.batch_size)
     values = method.target_log_likelihoods([mixed[s.id] for s in chosen])
 
-    reference = json.loads(args.reference.read_text())["loglik"]
-    own, plain = reference["random:likelihood"], reference["bigrec:likelihood"]
-    ids = [s.id for s in chosen if s.id in own]
     foreign = {s.id: v for s, (v, _) in zip(chosen, values, strict=True)}
     pick = {name: torch.tensor([table[i][0] for i in ids], dtype=torch.float64)
             for name, table in (("own", own), ("none", plain))}

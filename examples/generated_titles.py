@@ -61,6 +61,10 @@ def classify(texts: Mapping[str, str], dataset: automr.PreparedDataset, split: s
     with its rank by training-period popularity (1 + the titles with more interactions, those of
     the items sharing a title added up; None: not a catalog title)."""
     samples = {s.id: s for s in dataset.samples(split)}
+    if missing := [i for i in texts if i not in samples]:
+        raise SystemExit(f"{len(missing)} of the {len(texts)} samples (e.g. {missing[0]}) are "
+                         f"not in the {split} split of this dataset; give the --data and "
+                         f"--split they were evaluated on")
     response = {item.id: format_target(item.title, dataset.prompt_config)
                 for item in dataset.catalog}
     titles = set(response.values())
@@ -108,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.json is not None:
         given = list(sys.argv[1:] if argv is None else argv)
         command = ["python", "examples/generated_titles.py", *given]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"format": FORMAT, "command": command,
                                          "results": str(args.results), "methods": report},
                                         indent=1))

@@ -135,8 +135,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="which gains pick the oracle's element (gain: the annotated "
                              "fine-tune's; gain_other: the --other one's)")
     parser.add_argument("--samples", type=int, default=1000,
-                        help="seeded test samples; those with annotated gains (--field) are "
-                             "ranked")
+                        help="seeded test samples (0 = all); those with annotated gains (--field) "
+                             "are ranked")
     parser.add_argument("--seed", type=int, default=0,
                         help="which test samples, SASRec's seed and the random arm's draws")
     parser.add_argument("--combiner", default="concat",
@@ -161,10 +161,10 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
         raise SystemExit("--export needs --out")
     gains = json.loads(args.gains.read_text())["per_sample"]
     dataset = automr.PreparedDataset.load(args.data)
-    samples = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples, args.seed)
-               if args.field in gains.get(s.id, {})]
+    chosen = automr.seeded_subset(dataset.samples("test"), args.samples or None, args.seed)
+    samples = [s for s in chosen if args.field in gains.get(s.id, {})]
     if not samples:
-        raise SystemExit(f"none of the {args.samples} seeded test samples has {args.field!r} "
+        raise SystemExit(f"none of the {len(chosen)} seeded test samples has {args.field!r} "
                          f"gains in {args.gains}")
     run = automr.FinetunedRun.open(args.finetuned)
     loaded = run.load(device=args.device, cache_dir=args.cache_dir)

@@ -41,7 +41,7 @@ from automr.retrievers import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))  # a sibling script's prompt states
-from token_scorer import gains_parser, prompt_states
+from token_scorer import gains_parser, prompt_states, read_gains
 
 VARIANTS = {"raw": False, "normalized": True}
 VALID_FRACTION = 0.2
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
     loaded = automr.load_model(args.model, device="cpu")
-    test_export = json.loads(args.test.read_text())
-    learn = samples(json.loads(args.train.read_text()), dataset, store, loaded)
+    test_export = read_gains(args.test, store)
+    learn = samples(read_gains(args.train, store), dataset, store, loaded)
     test = samples(test_export, dataset, store, loaded)
     gains = {i: v["gain"] for i, v in test_export["per_sample"].items()}
 

@@ -1,11 +1,14 @@
-"""Score a trained retriever against the annotations it never saw, beside two baselines.
+"""Score a trained retriever on annotated samples it did not train on, beside two baselines.
 
 The annotations (eq. 5) say, for each annotated sample, how much every memory element raises
 the likelihood of the true next item; as labels S' = softmax(delta / temperature) they are
-what the retriever learns to match (eq. 6). ``automr retriever train`` holds a seeded
-fraction of the annotated samples out for early stopping; this example rebuilds exactly that
-held-out set (from the retriever's ``training.json``) with
-:func:`automr.annotation.run.retrieval_dataset` and compares, with
+what the retriever learns to match (eq. 6). Given the annotations the retriever trained on,
+this example rebuilds the seeded fraction ``automr retriever train`` held out of training
+(from the retriever's ``training.json``) with
+:func:`automr.annotation.run.retrieval_dataset`; those samples chose the epoch training
+stopped at, so the MLP's numbers on them lean optimistic. Given other annotations (``automr
+annotate --split test``, as ``automr retriever score`` takes), it scores every sample and
+refuses any the retriever trained on. It compares, with
 :func:`automr.retrievers.evaluate_retriever`:
 
 - the trained MLP retriever (eq. 3),
@@ -36,6 +39,7 @@ from automr.annotation import LABEL_FORMS
 from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
+from automr.experiments.retriever import annotations_digest
 from automr.memory import MemoryStore
 from automr.retrievers import (
     RandomRetriever,
@@ -61,22 +65,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=None,
                         help="label temperature (default: the retriever's training one)")
     parser.add_argument("--all", action="store_true",
-                        help="score every annotated sample, not only the held-out ones")
+                        help="score every annotated sample, the training ones too (optimistic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random retriever")
     return parser.parse_args(argv)
 
 
-def held_out(full: RetrievalDataset, training: dict | None) -> RetrievalDataset | None:
-    """The validation rows ``automr retriever train`` held out (same seeded permutation)."""
-    if training is None or not training.get("valid_samples"):
-        return None
+def held_out(full: RetrievalDataset, annotations: Annotations, folder: Path,
+             training: dict | None) -> tuple[RetrievalDataset, str]:
+    """The rows to score, and what they are: every row of annotations the retriever did not
+    train on, else the validation rows ``automr retriever train`` held out (same seeded
+    permutation)."""
+    if training is None:
+        return full, "annotated (no training.json: which trained the retriever is unknown)"
+    digest = training.get("annotations_digest")  # absent in records of older versions
+    if digest is not None and digest != annotations_digest(folder):
+        seen = set(training.get("annotated_samples", ())) & set(annotations.header["samples"])
+        if seen:
+            raise AutomrError(f"{len(seen)} samples of {folder} were among those the retriever "
+                              f"trained on; give the annotations it trained on (their "
+                              f"validation rows are scored) or held-out ones")
+        return full, "held-out (annotated apart from the retriever's training)"
+    if not training.get("valid_samples"):
+        return full, "annotated (the retriever trained on all of them: optimistic)"
     if training["train_samples"] + training["valid_samples"] != len(full):
         raise AutomrError(f"the retriever was trained on {training['train_samples']} + "
                           f"{training['valid_samples']} samples, but these annotations hold "
                           f"{len(full)}; pass the annotations it was trained on")
     generator = torch.Generator().manual_seed(training["config"]["seed"])
     order = torch.randperm(len(full), generator=generator)
-    return full.select(order[: training["valid_samples"]])
+    return (full.select(order[: training["valid_samples"]]),
+            "validation (held out of training; they chose its stopping epoch)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
@@ -89,15 +107,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
     annotations = Annotations.load(args.annotations)
     dataset = PreparedDataset.load(args.data)
     store = MemoryStore.open(args.memory)
-    if annotations.header["memory_model_fingerprint"] != store.record.model_fingerprint or \
-            annotations.header["layer"] != store.layer:
-        raise AutomrError(f"the annotations in {args.annotations} were made with another "
-                          f"memory (model or layer differ from {args.memory})")
+    annotations.check_memory(store)
     split = annotations.header["config"]["split"]
     full = retrieval_dataset(annotations, dataset, store, split, form, temperature)
-    scored, which = (None, "") if args.all else (held_out(full, training), "held-out")
-    if scored is None:
-        scored, which = full, "annotated" if args.all else "annotated (none was held out)"
+    scored, which = ((full, "annotated") if args.all
+                     else held_out(full, annotations, args.annotations, training))
 
     retrievers = {
         "mlp (trained)": load_retriever(args.retriever, hidden_size=store.hidden_size),
@@ -114,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
     sizes = scored.mask.sum(1).float()
     best = (scored.targets >= scored.targets.amax(1, keepdim=True)) & scored.mask
     chance = float((best.sum(1) / sizes).mean())  # a uniformly random pick's top-1
-    print(f"{len(scored)} {which} samples, label form {form}, temperature {temperature}, "
+    print(f"{len(scored)} samples, {which}; label form {form}, temperature {temperature}, "
           f"{sizes.mean():.1f} memory elements on average, chance top-1 {chance:.3f}")
     print(f"{'retriever':<20}{'KL':>10}{'top-1':>10}")
     for name, (kl, top1) in results.items():

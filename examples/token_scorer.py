@@ -194,6 +194,19 @@ def summarize(values: dict[str, float]) -> dict[str, float]:
             "high": interval.high}
 
 
+def read_gains(path: Path, store: automr.MemoryStore) -> dict:
+    """An element-gains export, refused unless its annotation used ``store`` (exports of older
+    versions, which do not say, are taken as they are)."""
+    export = json.loads(path.read_text())
+    made = export.get("memory")
+    given = {"model_fingerprint": store.record.model_fingerprint, "layer": store.layer,
+             "digest": automr.MemoryStore.digest(store.folder)}
+    if made is not None and any(made[k] != given[k] for k in made if made[k] is not None):
+        raise SystemExit(f"{path} annotated another memory than {store.folder} (model, layer "
+                         f"or content differ); give the memory its annotation used")
+    return export
+
+
 def gains_parser(doc: str, memory_help: str) -> argparse.ArgumentParser:
     """The options of a script that learns on one element-gains export and picks on another."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -218,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
     loaded = automr.load_model(args.model, device="cpu")
-    learn = features(json.loads(args.train.read_text()), dataset, store, loaded)
-    test = features(json.loads(args.test.read_text()), dataset, store, loaded)
+    learn = features(read_gains(args.train, store), dataset, store, loaded)
+    test = features(read_gains(args.test, store), dataset, store, loaded)
 
     model, objective, epochs, curves = fit(learn, args.epochs, args.seed)
     summary = {"train_samples": len(learn), "folds": FOLDS, "objective": objective,

@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
     loaded = automr.load_model(args.model, device="cpu")
-    learn = token_scorer.features(merge([json.loads(p.read_text()) for p in args.train]),
-                                  dataset, store, loaded)
-    test = token_scorer.features(json.loads(args.test.read_text()), dataset, store, loaded)
+    learn = token_scorer.features(merge([token_scorer.read_gains(p, store)
+                                         for p in args.train]), dataset, store, loaded)
+    test = token_scorer.features(token_scorer.read_gains(args.test, store), dataset, store,
+                                 loaded)
 
     command = ["python", "examples/token_scorer_curve.py",
                *(sys.argv[1:] if argv is None else argv)]

@@ -4,6 +4,7 @@ import ast
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -155,13 +156,14 @@ def test_annotate_interactions_own_csv_kept_in_out(demo, capsys, tmp_path):
     assert (tmp_path / "mine" / "data").is_dir() and (tmp_path / "mine" / "memory").is_dir()
 
 
-def test_score_retriever_compares_with_baselines(demo, capsys):
+def test_score_retriever_compares_with_baselines(demo, capsys, tmp_path):
     score = load_example("score_retriever")
     common = ["--annotations", str(demo["annotations"]), "--data", str(demo["data"]),
               "--memory", str(demo["memory"]), "--retriever", str(demo["retriever"])]
     results = score.main(common)
     out = capsys.readouterr().out
-    assert "held-out samples, label form log, temperature 1.0" in out
+    assert ("samples, validation (held out of training; they chose its stopping epoch); "
+            "label form log, temperature 1.0") in out
     names = ("mlp (trained)", "random", "semantic", "semantic (centred)")
     assert tuple(results) == names
     for name in names:
@@ -173,8 +175,14 @@ def test_score_retriever_compares_with_baselines(demo, capsys):
     everything = score.main([*common, "--all", "--label-form", "paper",
                              "--temperature", "0.5"])
     out = capsys.readouterr().out
-    assert "annotated samples, label form paper, temperature 0.5" in out
+    assert "samples, annotated; label form paper, temperature 0.5" in out
     assert set(everything) == set(names)
+    other = tmp_path / "annotations"  # another folder annotating the samples it trained on
+    shutil.copytree(demo["annotations"], other)
+    header = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(header, indent=3))  # another digest
+    with pytest.raises(automr.AutomrError, match="were among those the retriever trained on"):
+        score.main(["--annotations", str(other), *common[2:]])
 
 
 def test_element_gains_sets_gains_beside_what_a_retriever_sees(demo, tmp_path):
@@ -204,6 +212,23 @@ def gains_export(demo: dict[str, Path], out: Path) -> Path:
         ["--data", str(demo["data"]), "--annotations", annotations, "--other", annotations,
          "--model", str(demo["model"]), "--cache-dir", str(demo["cache"]), "--out", str(out)])
     return out
+
+
+def test_gains_exports_say_which_memory_and_readers_refuse_another(demo, tmp_path):
+    """The element indices of a gains export mean something only in the memory annotated:
+    the export records it, and the scripts that read it refuse another memory."""
+    gains = gains_export(demo, tmp_path / "gains.json")
+    store = automr.MemoryStore.open(demo["memory"])
+    exported = json.loads(gains.read_text())
+    assert exported["memory"]["layer"] == store.layer
+    assert exported["memory"]["model_fingerprint"] == store.record.model_fingerprint
+    read_gains = load_example("token_scorer").read_gains
+    assert read_gains(gains, store)["per_sample"] == exported["per_sample"]
+    for key, value in (("layer", store.layer + 1), ("digest", "0" * 64)):
+        other = tmp_path / f"other-{key}.json"
+        other.write_text(json.dumps({**exported, "memory": {**exported["memory"], key: value}}))
+        with pytest.raises(SystemExit, match="annotated another memory"):
+            read_gains(other, store)
 
 
 def learn_and_pick(name: str, demo: dict[str, Path], tmp_path: Path,
@@ -496,14 +521,14 @@ def test_foreign_memory_scores_each_sample_with_another_users_element(demo, tmp_
     evaluated = CliRunner().invoke(app, [
         "evaluate", "--data", folders[0], "--finetuned", folders[1], "--memory", folders[2],
         "--out", str(tmp_path / "ev"), "--methods", "bigrec:likelihood,random:likelihood",
-        "--measures", "likelihood", "--samples", "6", "--device", "cpu", "--quiet"])
+        "--measures", "likelihood", "--samples", "12", "--device", "cpu", "--quiet"])
     assert evaluated.exit_code == 0, evaluated.output
     exported = CliRunner().invoke(app, ["export", str(tmp_path / "ev"),
                                         str(tmp_path / "ev.json")])
     assert exported.exit_code == 0, exported.output
     out = tmp_path / "foreign.json"
     argv = ["--data", folders[0], "--finetuned", folders[1], "--memory", folders[2],
-            "--reference", str(tmp_path / "ev.json"), "--samples", "6", "--out", str(out)]
+            "--reference", str(tmp_path / "ev.json"), "--samples", "12", "--out", str(out)]
     summary = load_example("foreign_memory").main(argv)
     result = json.loads(out.read_text())
     assert result["commands"] == [["python", "examples/foreign_memory.py", *argv]]
@@ -513,9 +538,50 @@ def test_foreign_memory_scores_each_sample_with_another_users_element(demo, tmp_
     donors = [entry["donor"] for entry in per_sample.values()]
     assert sorted(donors) == sorted(per_sample)  # each sample a donor once
     assert all(d.split("@")[0] != i.split("@")[0] for i, d in zip(per_sample, donors, strict=True))
+    dataset = automr.PreparedDataset.load(folders[0])
+    test = {sample.id: sample for sample in dataset.samples("test")}
+    title = dataset.catalog.title
+    for i, d in zip(per_sample, donors, strict=True):  # no donor element is the answer itself
+        assert title(test[i].target) not in {title(item) for item in test[d].memory}
     own = [reference["random:likelihood"][i][0] - reference["bigrec:likelihood"][i][0]
            for i in per_sample]
     assert summary["own_minus_none"]["mean"] == pytest.approx(sum(own) / len(own), abs=1e-9)
     foreign = [per_sample[i]["loglik"] - reference["bigrec:likelihood"][i][0] for i in per_sample]
     assert summary["donor_minus_none"]["mean"] == pytest.approx(sum(foreign) / len(foreign),
                                                                 abs=1e-9)
+
+
+def test_donors_never_give_a_memory_that_holds_the_answer():
+    """Every sample gets another user's sample as donor, each sample a donor once, and no
+    donor's memory holds the sample's true title (by title: merged items share one); where no
+    donor can fit, it says so."""
+    import attrs
+
+    donors = load_example("foreign_memory").donors
+
+    @attrs.frozen
+    class Sample:
+        id: str
+        user: str
+        target: str
+        memory: tuple[str, ...]
+
+    def title(item: str) -> str:
+        return "A" if item in ("a", "b") else item  # a and b: one title
+
+    def build(popular_target: int) -> list[Sample]:  # a or b in 3 of 4 memories
+        return [Sample(f"s{i}", f"u{i // 2}", "ab"[i % 2] if i % popular_target == 0 else
+                       f"t{i}", ("a", "b", f"m{i}") if i % 4 else (f"m{i}",))
+                for i in range(40)]
+
+    for seed in range(5):
+        samples = build(5)  # 8 samples with title A, 10 donors without it
+        pairs = donors(samples, seed, title)
+        by_id = {sample.id: sample for sample in samples}
+        assert sorted(d.id for d in pairs.values()) == sorted(by_id)
+        for sid, donor in pairs.items():
+            sample = by_id[sid]
+            assert donor.user != sample.user
+            assert title(sample.target) not in {title(m) for m in donor.memory}
+    with pytest.raises(SystemExit, match="no donor fits"):
+        donors(build(2), 0, title)  # 20 samples with title A, 10 donors without it
