@@ -196,6 +196,15 @@ def test_empty_after_filtering_is_a_user_error(tmp_path):
                     protocol=attrs.evolve(PROTOCOL, min_user_interactions=1000))
 
 
+def test_a_window_that_misses_the_data_names_the_datas_times(tmp_path):
+    inter, items = small_csv(tmp_path)  # 2020-01-01 .. 2020-04-01
+    window = attrs.evolve(PROTOCOL, start=dt.date(2016, 1, 1), end=dt.date(2016, 6, 1))
+    with pytest.raises(AutomrError, match=r"none of the 30 loaded interactions lies in the "
+                                          r"window 2016-01-01T00:00:00Z .. 2016-06-01T00:00:00Z: "
+                                          r"they lie in 2020-01-01T.* .. 2020-04-0.*--start/--end"):
+        prepare_csv(inter, items, None, protocol=window)
+
+
 def test_duplicate_rows_are_dropped_and_counted(tmp_path):
     # Item "rare" has 2 rows that are one interaction (a repeated line, and the same second
     # spelt as a float with another rating): with a 2-interaction item threshold it must go.

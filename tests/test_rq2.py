@@ -292,6 +292,12 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
     with pytest.raises(AutomrError, match="unknown method"):
         run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
                 memory=workspace / "mem", retrievers=[workspace / "ret-0"], grounder="magic")
+    # the likelihood measure decodes nothing: another grounder would only name its runs
+    with pytest.raises(AutomrError, match="give grounder likelihood"):
+        run_rq2(workspace / "prepared", tmp_path / "named", finetuned=workspace / "ft",
+                memory=workspace / "mem", retrievers=[workspace / "ret-0"], seeds=[0],
+                config=EvalConfig(measures=("likelihood",)))
+    assert not (tmp_path / "named").exists()
     # a mismatched artifact is refused before BIGRec's reference run (nothing written)
     with pytest.raises(AutomrError, match="retriever"):
         run_rq2(workspace / "prepared", tmp_path / "early", finetuned=workspace / "ft",

@@ -65,7 +65,7 @@ def rq2_command(
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     measure: Annotated[str, typer.Option(
         help="ranks (Recall/NDCG@K, the paper's) or likelihood (mean target "
-             "log-likelihood with --grounder likelihood; no decoding).")] = "ranks",
+             "log-likelihood; no decoding; needs --grounder likelihood).")] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking.")] = False,
     batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 8,

@@ -53,6 +53,13 @@ def prepare_dataset(
     filtered = kcore_filter(windowed, protocol.min_item_interactions,
                             protocol.min_user_interactions, protocol.iterative_filter)
     interactions = timeline_order(filtered.interactions)
+    if loaded and not windowed:
+        times = [i.timestamp for i in loaded]
+        raise AutomrError(
+            f"none of the {len(loaded):,} loaded interactions lies in the window "
+            f"{to_iso(boundaries.start)} .. {to_iso(boundaries.end)}: they lie in "
+            f"{to_iso(min(times))} .. {to_iso(max(times))}; set --start/--end (YYYY-MM-DD) "
+            f"around the period you want")
     if not interactions:
         skipped = ", ".join(f"{n} {skip_label(reason)}" for reason, n in source.skipped.items()
                             if n)

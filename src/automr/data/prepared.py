@@ -15,7 +15,7 @@ Folder layout::
 
 A sample line stores its history as positions in its user's timeline (the user's lines of
 ``interactions.jsonl``, counted from 0): memory = ``timeline[history_start:recent_start]``,
-recent = ``timeline[recent_start:history_end]``. This keeps the files small (ML-100K: ~5 MB
+recent = ``timeline[recent_start:history_end]``. This keeps the files small (ML-100K: ~9 MB
 instead of ~100 MB with the lists spelled out) and loading fast; :class:`Sample` validation on
 load re-checks that every history is strictly older than its sample.
 

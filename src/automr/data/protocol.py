@@ -103,7 +103,7 @@ class ProtocolConfig:
     @classmethod
     def movielens_100k(cls) -> "ProtocolConfig":
         """ML-100K (Sep 20 1997 - Apr 22 1998): the whole range from Sep 1 1997, the first 6
-        calendar months (to Mar 1 1998) train, the remaining ~7.7 weeks halved by time.
+        calendar months (to Mar 1 1998) train, the remaining ~7.6 weeks halved by time.
         6 of ~7.7 months (78%) is the closest whole-month match to the paper's 10 of 12 (83%)."""
         return cls(start=None, end=None, train_months=6)
 

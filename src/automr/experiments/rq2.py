@@ -161,6 +161,10 @@ def run_rq2(
     if not retrievers:
         raise AutomrError("RQ2 needs at least one trained retriever (--retriever)")
     parse_method(f"random:{grounder}")  # refuses an unknown grounder before any work
+    if "ranks" not in config.measures and grounder != "likelihood":
+        raise AutomrError(f"the likelihood measure scores the true title and decodes nothing, "
+                          f"so grounder {grounder!r} would only name its runs; give grounder "
+                          f"likelihood (--grounder likelihood)")
     require_matplotlib()
     store = FinetunedRun.open(finetuned).open_memory(memory)  # a mismatch, before BIGRec runs
     for retriever_dir in retrievers:
