@@ -3,9 +3,10 @@
 Both layouts give the same catalog but for one title (item 1412: GroupLens' ends in ``(1995)
 (V)``, kept as is; RecBole's in ``(1995)``; docs/data.md): display titles ``"Title (Year)"``,
 items with an empty or placeholder title (``unknown``; RecBole spells it ``unkonwn``, item 267)
-skipped and counted, and the 18 pairs of items that share title *and* year (e.g. "Chasing Amy (1997)", ids 246 and
-268) merged into the first id, their interactions remapped. Same-title items of different years
-("Sabrina (1954)" / "Sabrina (1995)") stay apart, separated by the year in their title.
+skipped and counted, and the 18 pairs of items that share title *and* year (e.g. "Chasing Amy
+(1997)", ids 246 and 268) merged into the first id, their interactions remapped. Same-title
+items of different years ("Sabrina (1954)" / "Sabrina (1995)") stay apart, separated by the
+year in their title.
 
 Merging leaves 39 same-second repeats (a user who rated both ids of one film in one second);
 :func:`automr.data.prepare_dataset` keeps one of each (``same_second_repeats``). Repeated input
