@@ -76,3 +76,30 @@ def test_interfaces_and_the_package_import_light():
 def test_every_public_name_resolves():
     for name in automr.__all__:
         assert getattr(automr, name) is not None, name
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+    """A package attribute named like one of its submodules becomes that module once the
+    submodule is imported (``automr.recommenders.finetune``): with every module imported, each
+    name in each ``__all__`` is still the object it names, never a module."""
+    import importlib
+    import pkgutil
+    import types
+
+    modules = [info.name for info in pkgutil.walk_packages([str(PACKAGE)], "automr.")
+               if not info.name.startswith("automr.testing.")]
+    for name in modules:
+        importlib.import_module(name)
+    for name in ["automr", *modules]:
+        package = sys.modules[name]
+        for public in getattr(package, "__all__", ()):
+            assert not isinstance(getattr(package, public), types.ModuleType), f"{name}.{public}"
+
+
+def test_light_names_stay_light():
+    """The name of the default model, and the floors, need neither transformers nor peft."""
+    code = ("import sys, automr; automr.DEFAULT_MODEL; automr.PopularityMethod; "
+            "automr.CooccurrenceMethod; "
+            "print(sorted(m for m in ('transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

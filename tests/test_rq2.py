@@ -314,7 +314,8 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with pytest.raises(AutomrError, match=r'pip install "automr\[plots\]"'):
+    with pytest.raises(AutomrError, match=r'pip install matplotlib \(in a checkout of automr: '
+                                          r'pip install -e "\.\[plots\]"\)'):
         require_matplotlib()
 
 

@@ -322,14 +322,16 @@ class Annotations:
 
 
 def retrieval_dataset(
-    annotations: Annotations, dataset: PreparedDataset, store: MemoryStore, split: str,
-    form: str = "log", temperature: float = 1.0,
+    annotations: Annotations, dataset: PreparedDataset, store: MemoryStore,
+    split: str | None = None, form: str = "log", temperature: float = 1.0,
 ) -> RetrievalDataset:
     """Queries, padded memory keys and labels S' for retriever training (eq. 6).
 
     Each row holds the sample's annotated elements only, in memory order (all of them, or the
-    seeded subset the annotation was made on: eq. 6's KL is then over that subset).
+    seeded subset the annotation was made on: eq. 6's KL is then over that subset). ``split``:
+    where the annotated samples are (default: the split the annotation recorded).
     """
+    split = split or annotations.header["config"]["split"]
     annotations.check_memory(store)
     store.check_dataset(dataset)
     by_key = {s.id: s for s in dataset.samples(split)}

@@ -1,4 +1,4 @@
-"""Figures of the experiments (optional ``matplotlib``: ``pip install "automr[plots]"``).
+"""Figures of the experiments (optional ``matplotlib``: ``pip install matplotlib``).
 
 Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Figure``, no
 ``pyplot``): nothing global changes, no window opens, and PNG is rendered by the Agg backend
@@ -10,7 +10,7 @@ from typing import Any
 
 from automr.errors import AutomrError
 
-PLOTS_HINT = 'pip install "automr[plots]"'
+PLOTS_HINT = 'pip install matplotlib (in a checkout of automr: pip install -e ".[plots]")'
 
 #: Display names of metric keys (``recall@5`` -> ``Recall@5``).
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG", "target_ll": "Target log-likelihood",

@@ -9,7 +9,7 @@ __all__ = ["DEFAULT_MODEL", "HFSplitLLM", "KVCache", "LayerState", "LoadedModel"
            "attention_bias", "load_model", "token_positions"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "DEFAULT_MODEL": "automr.llm.loading",
+    "DEFAULT_MODEL": "automr.defaults",
     "HFSplitLLM": "automr.llm.split",
     "KVCache": "automr.state",
     "LayerState": "automr.state",

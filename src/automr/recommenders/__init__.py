@@ -1,10 +1,21 @@
-"""Recommenders: the generative ones (BIGRec, AutoMR) and the paper's baselines."""
+"""Recommenders: the generative ones (BIGRec fine-tuning, a finished fine-tune, AutoMR's
+memory retrieval) and the paper's conventional baseline, SASRec.
 
-from automr.recommenders.sasrec import (
-    SASRec,
-    SASRecConfig,
-    SASRecTrainingLog,
-    fit_sasrec,
-)
+Names are imported on first use, so SASRec does not pull in peft or transformers.
+"""
 
-__all__ = ["SASRec", "SASRecConfig", "SASRecTrainingLog", "fit_sasrec"]
+from automr._lazy import lazy_exports
+
+__all__ = ["FinetuneConfig", "FinetunedRun", "MemoryRetrieval", "SASRec", "SASRecConfig",
+           "SASRecTrainingLog", "fit_sasrec"]
+# BIGRec's fine-tuning function is automr.finetune (here, the name is its module's)
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "FinetuneConfig": "automr.recommenders.finetune",
+    "FinetunedRun": "automr.recommenders.runs",
+    "MemoryRetrieval": "automr.recommenders.automr",
+    "SASRec": "automr.recommenders.sasrec",
+    "SASRecConfig": "automr.recommenders.sasrec",
+    "SASRecTrainingLog": "automr.recommenders.sasrec",
+    "fit_sasrec": "automr.recommenders.sasrec",
+})

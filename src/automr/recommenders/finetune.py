@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
@@ -361,7 +362,9 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(config.lora_from_layer, n_layers)),
     )
-    return get_peft_model(loaded.model, lora).eval()
+    with warnings.catch_warnings():  # peft calls a transformers name deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return get_peft_model(loaded.model, lora).eval()
 
 
 def note_processes(record: dict[str, Any], world: int) -> None:

@@ -5,6 +5,7 @@ it (memory built with its base model and below its LoRA layers) live here, once.
 """
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ class FinetunedRun:
         read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG,
                   f"`automr finetune` (the adapter of {self.path} is damaged: fine-tune again "
                   f"into a new --out)")
-        model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
+        with warnings.catch_warnings():  # peft calls a transformers name deprecated in 5.x
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
 
