@@ -16,29 +16,7 @@ Names are imported on first use, so reading a memory does not pull in the model 
 
 from automr._lazy import lazy_exports
 
-__all__ = [
-    "ENCODERS",
-    "POOLINGS",
-    "Backbone",
-    "ElementEncoder",
-    "Encoded",
-    "EncoderKind",
-    "ItemEncoder",
-    "LayerEncoder",
-    "MemoryConfig",
-    "MemoryRecord",
-    "MemoryStore",
-    "Pooling",
-    "WindowEncoder",
-    "append_memory",
-    "build_memory",
-    "last_pool",
-    "mean_pool",
-    "memory_encoder",
-    "plan_shards",
-]
-
-__getattr__, __dir__ = lazy_exports(__name__, {
+_EXPORTS = {
     "Backbone": "automr.memory.encoders",
     "ENCODERS": "automr.memory.encoders",
     "ElementEncoder": "automr.memory.encoders",
@@ -58,4 +36,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "mean_pool": "automr.memory.pooling",
     "memory_encoder": "automr.memory.build",
     "plan_shards": "automr.memory.build",
-})
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,24 +15,7 @@ Names are imported on first use, so the floors and the registry do not pull in t
 
 from automr._lazy import lazy_exports
 
-__all__ = [
-    "METHODS",
-    "Artifacts",
-    "CooccurrenceMethod",
-    "GenerativeMethod",
-    "MethodKind",
-    "MethodOptions",
-    "PopularityMethod",
-    "PriorWeightedMethod",
-    "SASRecMethod",
-    "Workspace",
-    "build_method",
-    "left_padded_prompts",
-    "method_settings",
-    "parse_method",
-]
-
-__getattr__, __dir__ = lazy_exports(__name__, {
+_EXPORTS = {
     "Artifacts": "automr.methods.registry",
     "CooccurrenceMethod": "automr.methods.baselines",
     "GenerativeMethod": "automr.methods.generative",
@@ -47,4 +30,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "left_padded_prompts": "automr.methods.generative",
     "method_settings": "automr.methods.registry",
     "parse_method": "automr.methods.registry",
-})
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,11 +6,7 @@ Names are imported on first use, so SASRec does not pull in peft or transformers
 
 from automr._lazy import lazy_exports
 
-__all__ = ["FinetuneConfig", "FinetunedRun", "MemoryRetrieval", "SASRec", "SASRecConfig",
-           "SASRecTrainingLog", "fit_sasrec"]
-# BIGRec's fine-tuning function is automr.finetune (here, the name is its module's)
-
-__getattr__, __dir__ = lazy_exports(__name__, {
+_EXPORTS = {
     "FinetuneConfig": "automr.recommenders.finetune",
     "FinetunedRun": "automr.recommenders.runs",
     "MemoryRetrieval": "automr.recommenders.automr",
@@ -18,4 +14,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "SASRecConfig": "automr.recommenders.sasrec",
     "SASRecTrainingLog": "automr.recommenders.sasrec",
     "fit_sasrec": "automr.recommenders.sasrec",
-})
+}
+# BIGRec's fine-tuning function is automr.finetune (here, the name is its module's)
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
