@@ -96,10 +96,9 @@ def test_no_public_name_is_shadowed_by_a_submodule():
             assert not isinstance(getattr(package, public), types.ModuleType), f"{name}.{public}"
 
 
-def test_light_names_stay_light():
-    """The name of the default model, and the floors, need neither transformers nor peft."""
-    code = ("import sys, automr; automr.DEFAULT_MODEL; automr.PopularityMethod; "
-            "automr.CooccurrenceMethod; "
+def test_the_default_names_stay_light():
+    """The default model's name and the default layer need neither transformers nor peft."""
+    code = ("import sys, automr; automr.DEFAULT_MODEL; automr.DEFAULT_LAYER; "
             "print(sorted(m for m in ('transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -5,7 +5,10 @@ Names are imported on first use, so the layer-state types do not pull in transfo
 
 from automr._lazy import lazy_exports
 
-_EXPORTS = {
+__all__ = ["DEFAULT_MODEL", "HFSplitLLM", "KVCache", "LayerState", "LoadedModel",
+           "attention_bias", "load_model", "token_positions"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
     "DEFAULT_MODEL": "automr.defaults",
     "HFSplitLLM": "automr.llm.split",
     "KVCache": "automr.state",
@@ -14,7 +17,4 @@ _EXPORTS = {
     "attention_bias": "automr.llm.split",
     "load_model": "automr.llm.loading",
     "token_positions": "automr.llm.split",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+})

@@ -10,33 +10,41 @@
   ``view_sample``, ``request_for``, ``padded_keys``, ``token_states``.
 
 The folder layout is described in :mod:`automr.memory.shards`.
-
-Names are imported on first use, so reading a memory does not pull in the model loader.
 """
 
-from automr._lazy import lazy_exports
+from automr.memory.build import append_memory, build_memory, memory_encoder, plan_shards
+from automr.memory.config import MemoryConfig, MemoryRecord
+from automr.memory.encoders import (
+    ENCODERS,
+    Backbone,
+    ElementEncoder,
+    Encoded,
+    EncoderKind,
+    ItemEncoder,
+    LayerEncoder,
+    WindowEncoder,
+)
+from automr.memory.pooling import POOLINGS, Pooling, last_pool, mean_pool
+from automr.memory.store import MemoryStore
 
-_EXPORTS = {
-    "Backbone": "automr.memory.encoders",
-    "ENCODERS": "automr.memory.encoders",
-    "ElementEncoder": "automr.memory.encoders",
-    "Encoded": "automr.memory.encoders",
-    "EncoderKind": "automr.memory.encoders",
-    "ItemEncoder": "automr.memory.encoders",
-    "LayerEncoder": "automr.memory.encoders",
-    "MemoryConfig": "automr.memory.config",
-    "MemoryRecord": "automr.memory.config",
-    "MemoryStore": "automr.memory.store",
-    "POOLINGS": "automr.memory.pooling",
-    "Pooling": "automr.memory.pooling",
-    "WindowEncoder": "automr.memory.encoders",
-    "append_memory": "automr.memory.build",
-    "build_memory": "automr.memory.build",
-    "last_pool": "automr.memory.pooling",
-    "mean_pool": "automr.memory.pooling",
-    "memory_encoder": "automr.memory.build",
-    "plan_shards": "automr.memory.build",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "ENCODERS",
+    "POOLINGS",
+    "Backbone",
+    "ElementEncoder",
+    "Encoded",
+    "EncoderKind",
+    "ItemEncoder",
+    "LayerEncoder",
+    "MemoryConfig",
+    "MemoryRecord",
+    "MemoryStore",
+    "Pooling",
+    "WindowEncoder",
+    "append_memory",
+    "build_memory",
+    "last_pool",
+    "mean_pool",
+    "memory_encoder",
+    "plan_shards",
+]

@@ -9,28 +9,36 @@
   (popularity, or SASRec's scores per sample).
 - :data:`METHODS`: the kinds the CLI names (``sasrec``, ``bigrec:l2``, ...), each one builder;
   :func:`build_method` builds one by name from a :class:`Workspace` (data + artifact folders).
-
-Names are imported on first use, so the floors and the registry do not pull in transformers.
 """
 
-from automr._lazy import lazy_exports
+from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
+from automr.methods.generative import GenerativeMethod, left_padded_prompts
+from automr.methods.injection import PriorWeightedMethod
+from automr.methods.registry import (
+    METHODS,
+    Artifacts,
+    MethodKind,
+    MethodOptions,
+    Workspace,
+    build_method,
+    method_settings,
+    parse_method,
+)
+from automr.methods.sasrec import SASRecMethod
 
-_EXPORTS = {
-    "Artifacts": "automr.methods.registry",
-    "CooccurrenceMethod": "automr.methods.baselines",
-    "GenerativeMethod": "automr.methods.generative",
-    "METHODS": "automr.methods.registry",
-    "MethodKind": "automr.methods.registry",
-    "MethodOptions": "automr.methods.registry",
-    "PopularityMethod": "automr.methods.baselines",
-    "PriorWeightedMethod": "automr.methods.injection",
-    "SASRecMethod": "automr.methods.sasrec",
-    "Workspace": "automr.methods.registry",
-    "build_method": "automr.methods.registry",
-    "left_padded_prompts": "automr.methods.generative",
-    "method_settings": "automr.methods.registry",
-    "parse_method": "automr.methods.registry",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "METHODS",
+    "Artifacts",
+    "CooccurrenceMethod",
+    "GenerativeMethod",
+    "MethodKind",
+    "MethodOptions",
+    "PopularityMethod",
+    "PriorWeightedMethod",
+    "SASRecMethod",
+    "Workspace",
+    "build_method",
+    "left_padded_prompts",
+    "method_settings",
+    "parse_method",
+]

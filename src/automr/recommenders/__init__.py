@@ -1,21 +1,14 @@
-"""Recommenders: the generative ones (BIGRec fine-tuning, a finished fine-tune, AutoMR's
-memory retrieval) and the paper's conventional baseline, SASRec.
+"""Recommenders: the paper's conventional baseline, SASRec, exported here; the generative ones
+are in their modules (imported only when used, as they need peft): BIGRec's fine-tuning in
+:mod:`~automr.recommenders.finetune`, a finished fine-tune in :mod:`~automr.recommenders.runs`,
+AutoMR's memory retrieval in :mod:`~automr.recommenders.automr` (``automr.finetune``,
+``automr.FinetunedRun``, ``automr.MemoryRetrieval`` at the top level)."""
 
-Names are imported on first use, so SASRec does not pull in peft or transformers.
-"""
+from automr.recommenders.sasrec import (
+    SASRec,
+    SASRecConfig,
+    SASRecTrainingLog,
+    fit_sasrec,
+)
 
-from automr._lazy import lazy_exports
-
-_EXPORTS = {
-    "FinetuneConfig": "automr.recommenders.finetune",
-    "FinetunedRun": "automr.recommenders.runs",
-    "MemoryRetrieval": "automr.recommenders.automr",
-    "SASRec": "automr.recommenders.sasrec",
-    "SASRecConfig": "automr.recommenders.sasrec",
-    "SASRecTrainingLog": "automr.recommenders.sasrec",
-    "fit_sasrec": "automr.recommenders.sasrec",
-}
-# BIGRec's fine-tuning function is automr.finetune (here, the name is its module's)
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["SASRec", "SASRecConfig", "SASRecTrainingLog", "fit_sasrec"]
