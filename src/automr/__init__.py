@@ -46,8 +46,8 @@ _EXPORTS = {
     # retrievers and combiners
     **{name: "automr.retrievers" for name in (
         "MLPRetriever", "RETRIEVERS", "RandomRetriever", "RetrievalDataset",
-        "RetrieverTrainingConfig",
-        "SemanticRetriever", "build_retriever", "load_retriever", "train_mlp_retriever")},
+        "RetrieverTrainingConfig", "SemanticRetriever", "build_retriever", "load_retriever",
+        "train_mlp_retriever")},
     **{name: "automr.combiners" for name in ("AppendToken", "COMBINERS", "Concat",
                                               "PrependToken")},
     # grounding, annotation, recommenders

@@ -7,11 +7,14 @@ saved once as a plain safetensors model folder, so later loads take about a seco
 no network.
 """
 
+import contextlib
 import hashlib
 import json
 import re
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -90,6 +93,15 @@ class LoadedModel:
 
 
 DEVICE_CHOICES = "auto, cpu, mps or cuda[:N]"
+
+
+@contextlib.contextmanager
+def without_peft_deprecation() -> Iterator[None]:
+    """peft calls a name transformers 5.x deprecates (``is_gradient_checkpointing``); its
+    FutureWarning says nothing to a user of automr, so it is silenced where peft is called."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -33,7 +33,6 @@ import itertools
 import json
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
@@ -52,7 +51,7 @@ from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.interfaces import Insert
-from automr.llm.loading import LoadedModel, canonical_model_name
+from automr.llm.loading import LoadedModel, canonical_model_name, without_peft_deprecation
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -362,8 +361,7 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(config.lora_from_layer, n_layers)),
     )
-    with warnings.catch_warnings():  # peft calls a transformers name deprecated in 5.x
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with without_peft_deprecation():
         return get_peft_model(loaded.model, lora).eval()
 
 

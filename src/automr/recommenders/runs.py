@@ -5,7 +5,6 @@ it (memory built with its base model and below its LoRA layers) live here, once.
 """
 
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,12 @@ import attrs
 
 from automr.contexts.spec import ContextSpec
 from automr.errors import AutomrError
-from automr.llm.loading import FINGERPRINT_CHANGE, LoadedModel, load_model
+from automr.llm.loading import (
+    FINGERPRINT_CHANGE,
+    LoadedModel,
+    load_model,
+    without_peft_deprecation,
+)
 from automr.memory import MemoryStore
 from automr.storage import read_json, read_safetensors
 
@@ -85,8 +89,7 @@ class FinetunedRun:
         read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG,
                   f"`automr finetune` (the adapter of {self.path} is damaged: fine-tune again "
                   f"into a new --out)")
-        with warnings.catch_warnings():  # peft calls a transformers name deprecated in 5.x
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        with without_peft_deprecation():
             model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
