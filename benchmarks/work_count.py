@@ -13,18 +13,26 @@ the year. Every quantity is linear in the counts, so hours scale with (real coun
 
 Arithmetic: a forward costs 2 x (layer parameters) FLOPs per token and layer, plus the attention
 scores and weighted sum (4 x hidden x attended keys), plus 2 x hidden x vocab per position that
-gets logits; training x3 (forward + backward). Time = FLOPs / (peak bf16 x MFU) for prefill,
-encoding and training; a decoding step reads all weights and the KV cache, so it takes
-max(FLOPs / (peak x MFU), bytes / (HBM bandwidth x efficiency)). MFU and efficiency are
+gets logits. LoRA training with frozen base weights (no gradient checkpointing) adds a backward
+that computes the activations' gradients (one more product per frozen weight matrix, two per
+attention product) and no weight gradients but LoRA's (left out): the trained layers x2, their
+attention x3, the frozen head x2 at the scored positions. Each step is priced at the dtype its
+matrix products run in (the config section's ``dtype``; ``auto`` is bfloat16 on CUDA, float32
+for ``automr annotate``, which needs exact log-likelihood differences; ``autocast``: 16-bit):
+time = FLOPs / (that dtype's dense peak x MFU) for prefill, encoding and training; a decoding
+step reads all weights and the KV cache, so it takes max(FLOPs / (peak x MFU), bytes / (HBM
+bandwidth x efficiency)). Float32's peak is the datasheet's plain FP32 (PyTorch leaves TF32 off
+for matrix products by default, and automr does not turn it on). MFU and efficiency are
 assumptions; on one H200 a random-weight 7B-shaped Llama reached 44% of the bf16 datasheet
-peak in prefill-like forwards (benchmarks/model_size.py, docs/scale.md "Measured on a GPU").
+peak in prefill-like forwards (benchmarks/model_size.py, docs/scale.md "Measured on a GPU");
+float32 and training were not measured.
 """
 
 import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -45,7 +53,6 @@ class Shape:
     hidden: int = 4096
     intermediate: int = 11008
     vocab: int = 32000
-    bytes_per_param: int = 2  # bfloat16
 
     @property
     def layer_params(self) -> int:  # q, k, v, o + gate, up, down (norms left out)
@@ -59,22 +66,49 @@ class Shape:
         """FLOPs of ``tokens`` through ``layers`` layers, each attending to ``keys`` keys."""
         return 2 * tokens * layers * (self.layer_params + 2 * self.hidden * keys)
 
+    def train_layer_flops(self, tokens: float, layers: int, keys: float) -> float:
+        """Forward + backward of LoRA layers whose base weights are frozen: the backward
+        multiplies each activation gradient by every weight matrix once more (no weight
+        gradients; LoRA's rank-r ones left out) and the attention's two products twice."""
+        return 2 * tokens * layers * (2 * self.layer_params + 3 * 2 * self.hidden * keys)
+
     def head_flops(self, positions: float) -> float:
         return 2 * positions * self.hidden * self.vocab
 
-    def kv_bytes(self, tokens: float) -> float:
+    def kv_bytes(self, tokens: float, dtype: str) -> float:
         """KV cache of ``tokens`` positions over every layer."""
-        return 2 * self.layers * self.hidden * self.bytes_per_param * tokens
+        return 2 * self.layers * self.hidden * BYTES[dtype] * tokens
+
+
+BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
 class Gpu:
     name: str
-    bf16_tflops: float  # dense peak, vendor datasheet
+    bf16_tflops: float  # dense tensor-core peak, vendor datasheet
+    fp32_tflops: float  # plain FP32 peak (no TF32), vendor datasheet
     hbm_tb_s: float
 
+    def peak_flops(self, dtype: str) -> float:
+        return 1e12 * (self.fp32_tflops if dtype == "float32" else self.bf16_tflops)
 
-GPUS = {"a100": Gpu("A100 SXM 80GB", 312.0, 2.039), "h100": Gpu("H100 SXM 80GB", 989.0, 3.35)}
+
+GPUS = {"a100": Gpu("A100 SXM 80GB", 312.0, 19.5, 2.039),
+        "h100": Gpu("H100 SXM 80GB", 989.0, 67.0, 3.35)}
+
+
+def priced_dtype(section: dict, exact: bool = False) -> str:
+    """The dtype a step's matrix products run in on CUDA: ``autocast`` (bf16 or fp16) makes
+    them 16-bit; else the section's ``dtype``, whose ``auto`` is bfloat16, or float32 where
+    the command is ``exact`` (``automr annotate``: eq. 5's small log-likelihood
+    differences)."""
+    if section.get("autocast", "none") != "none":
+        return "bfloat16"
+    dtype = section.get("dtype", "auto")
+    if dtype == "auto":
+        return "float32" if exact else "bfloat16"
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -185,6 +219,7 @@ class Step:
     decode_flops: float = 0.0  # the part of ``flops`` spent in decoding steps
     decode_steps: float = 0.0  # batched decoding steps (each reads the weights)
     decode_kv_tokens: float = 0.0  # summed over steps: cached positions read per step
+    dtype: str = "bfloat16"  # what its matrix products run in (:func:`priced_dtype`)
     unsharded_flops: float = 0.0  # work every process (or node) repeats
     max_processes: float = math.inf  # units that can be shared out
     storage_bytes: float = 0.0
@@ -204,7 +239,7 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
     train = pop.samples["train"] if not ft.get("train-samples") else ft["train-samples"]
     epochs, batch = ft["epochs"], ft["batch-size"]
     optimizer_steps = epochs * math.ceil(train / batch)
-    valid_tokens = optimizer_steps / ft["eval-every"] * ft["valid-samples"]
+    valid_samples = optimizer_steps / ft["eval-every"] * ft["valid-samples"]
     rella_extra = tok.context_line + 5 * (tok.title + tok.separator)  # k = 5 long-term items
     trsr_extra = tok.context_line + tok.summary
     for name, extra, command in (("BIGRec", 0, "finetune"),
@@ -212,16 +247,17 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
                                  ("TRSR", trsr_extra, "finetune --context trsr")):
         seq = prompt + extra + target
         trained = epochs * train * seq
-        flops = (shape.layer_flops(trained, L, seq / 2)  # lower: forward only
-                 + 3 * shape.layer_flops(trained, upper, seq / 2)  # upper: forward + backward
-                 + 3 * shape.head_flops(trained)
-                 + shape.layer_flops(valid_tokens * seq, shape.layers, seq / 2)
-                 + shape.head_flops(valid_tokens * seq))
+        flops = (shape.layer_flops(trained, L, seq / 2)  # lower: forward only (no_grad)
+                 + shape.train_layer_flops(trained, upper, seq / 2)  # upper: + backward
+                 + 2 * shape.head_flops(epochs * train * target)  # logits at the target only
+                 + shape.layer_flops(valid_samples * seq, shape.layers, seq / 2)
+                 + shape.head_flops(valid_samples * target))
         steps.append(Step(
             f"fine-tune {name}", command,
             f"{epochs} epochs x {train:,.0f} samples x {seq:.0f} tokens (upper {upper} layers "
-            f"x3, lower {L} x1); {optimizer_steps:,.0f} optimizer steps of {batch}",
-            trained, flops, max_processes=batch,
+            f"x2: forward + activation gradients, frozen weights get none; lower {L} x1); "
+            f"{optimizer_steps:,.0f} optimizer steps of {batch}",
+            trained, flops, dtype=priced_dtype(ft), max_processes=batch,
             note="DDP: each effective batch of 32 shared, so at most 32 processes"))
 
     # -- TRSR summaries (context trsr, every split): recurrent, greedy, 40 new tokens per block
@@ -241,7 +277,7 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
         f"{calls / sum(pop.samples.values()):.1f} blocks), {block_prompt:.0f}-token prompts, "
         f"{new} tokens generated greedily each",
         prefill + decoded, flops, decode_flops=decode_flops,
-        decode_steps=calls / trsr_batch * new,
+        dtype=priced_dtype(config["context"]["trsr"]), decode_steps=calls / trsr_batch * new,
         decode_kv_tokens=calls / trsr_batch * new * trsr_batch * (block_prompt + new / 2),
         max_processes=calls / trsr_batch))
 
@@ -251,19 +287,21 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
     elements = pop.interactions
     window_tokens = (elements * (tok.template - tok.separator)
                      + pop.window_titles * (tok.title + tok.separator))
-    encoded = window_tokens - tok.shared_prefix * elements * (1 - 1 / mem_batch)
+    # the shared template prefix is memoised by the encoder: computed once per process
+    encoded = window_tokens - tok.shared_prefix * elements
     stored_states = mem.get("store-token-states", True)
-    storage = elements * shape.hidden * shape.bytes_per_param * (
+    mem_dtype = priced_dtype(mem)
+    storage = elements * shape.hidden * BYTES[mem_dtype] * (
         1 + (window_tokens / elements if stored_states else 0))
     steps.append(Step(
         "memory build", "memory build",
         f"{elements:,.0f} elements (every interaction) x {window_tokens / elements:.0f}-token "
-        f"window prompts, lower {L} layers; the {tok.shared_prefix}-token template prefix once "
-        f"per batch of {mem_batch}",
-        encoded, shape.layer_flops(encoded, L, window_tokens / elements / 2),
+        f"window prompts in batches of {mem_batch}, lower {L} layers; the "
+        f"{tok.shared_prefix}-token template prefix computed once per process (memoised)",
+        encoded, shape.layer_flops(encoded, L, window_tokens / elements / 2), dtype=mem_dtype,
         max_processes=elements / mem.get("shard-elements", 2048), storage_bytes=storage,
         note=("token states stored (concat): "
-              f"{window_tokens / elements:.0f} x {shape.hidden} bf16 per element"
+              f"{window_tokens / elements:.0f} x {shape.hidden} {mem_dtype} per element"
               if stored_states else "keys only")))
 
     # -- annotation (concat): per element, upper half over element + prompt + target
@@ -285,12 +323,14 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
         f"{annotated:,.0f} samples x {per_sample:.1f} elements x ({element:.0f} element + "
         f"{prompt:.0f} prompt + {target} target) tokens, upper {upper} layers; shared prefix "
         f"saves {100 * shared / naive_upper:.1f}%",
-        lower_tokens + upper_tokens, flops, max_processes=annotated / 16,
+        lower_tokens + upper_tokens, flops, dtype=priced_dtype(ann, exact=True),
+        max_processes=annotated / 16,
         note=f"all {pop.samples['train']:,.0f} training samples: x"
              f"{pop.samples['train'] / annotated:.0f}"))
 
     # -- evaluation (Table 1) and RQ2: prefill + beam search + L2 grounding per LM method
     ev = config["evaluate"]
+    exact_eval = "likelihood" in ev.get("measures", "")  # evaluate's auto is float32 then
     test = pop.samples["test"] if not ev.get("samples") else ev["samples"]
     methods = [m.strip() for m in ev["methods"].split(",") if ":" in m]
     extra = {"rella": rella_extra, "trsr": trsr_extra, "automr": element, "random": element}
@@ -299,9 +339,10 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
     low, _, high = rq2["seeds"].partition("-")
     rq2_runs = ["bigrec", "automr"] + ["random"] * (int(high or low) - int(low) + 1)
     catalog_tokens = pop.items * target
-    for name, runs, command in (("evaluate (Table 1)", [m.split(":")[0] for m in methods],
-                                 "evaluate"),
-                                ("RQ2", rq2_runs, "rq2")):
+    for name, runs, command, dtype in (
+            ("evaluate (Table 1)", [m.split(":")[0] for m in methods], "evaluate",
+             priced_dtype(ev, exact=exact_eval)),
+            ("RQ2", rq2_runs, "rq2", priced_dtype(rq2))):
         prefill = decoded = kv = flops = decode_flops = 0.0
         for method in runs:
             seq = prompt + extra.get(method, 0)
@@ -320,7 +361,7 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
             f"{len(runs)} LM runs ({', '.join(sorted(set(runs)))}) x {test:,.0f} test samples: "
             f"prefill {prompt:.0f}+ tokens, {beams} beams x {target} steps, batch {eval_batch}",
             prefill + decoded, flops, decode_flops=decode_flops, decode_steps=decode_steps,
-            decode_kv_tokens=kv,
+            decode_kv_tokens=kv, dtype=dtype,
             unsharded_flops=shape.layer_flops(catalog_tokens, shape.layers, target / 2),
             max_processes=test / 64 if command == "evaluate" else 1,
             note=(f"shards of 64 samples; the {pop.items:,}-title catalog embedded once (L2)"
@@ -331,22 +372,22 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
 def decode_seconds(step: Step, shape: Shape, gpu: Gpu, mfu: float, bw_eff: float) -> float:
     """Decoding steps: each reads every weight and its batch's KV cache, or computes, whichever
     takes longer."""
-    compute = step.decode_flops / (gpu.bf16_tflops * 1e12 * mfu)
-    read = (step.decode_steps * shape.params * shape.bytes_per_param
-            + shape.kv_bytes(step.decode_kv_tokens)) / (gpu.hbm_tb_s * 1e12 * bw_eff)
+    compute = step.decode_flops / (gpu.peak_flops(step.dtype) * mfu)
+    read = (step.decode_steps * shape.params * BYTES[step.dtype]
+            + shape.kv_bytes(step.decode_kv_tokens, step.dtype)) / (gpu.hbm_tb_s * 1e12 * bw_eff)
     return max(compute, read)
 
 
 def hours(step: Step, shape: Shape, gpu: Gpu, mfu: float, bw_eff: float) -> float:
-    """GPU-hours: everything but decoding at ``mfu`` of peak, decoding per
+    """GPU-hours: everything but decoding at ``mfu`` of the step's dtype's peak, decoding per
     :func:`decode_seconds`, plus the work every process repeats."""
     compute = (step.flops - step.decode_flops + step.unsharded_flops) / (
-        gpu.bf16_tflops * 1e12 * mfu)
+        gpu.peak_flops(step.dtype) * mfu)
     return (compute + decode_seconds(step, shape, gpu, mfu, bw_eff)) / 3600
 
 
 def wall_hours(step: Step, shape: Shape, gpu: Gpu, mfu: float, bw_eff: float, n: int) -> float:
-    unsharded = step.unsharded_flops / (gpu.bf16_tflops * 1e12 * mfu) / 3600
+    unsharded = step.unsharded_flops / (gpu.peak_flops(step.dtype) * mfu) / 3600
     shared = hours(step, shape, gpu, mfu, bw_eff) - unsharded
     return shared / min(n, step.max_processes) + unsharded
 
@@ -373,6 +414,8 @@ def report(config_path: Path, stats: Path | None, mfu: float, bw_eff: float,
             "h100_gpu_hours": hours(s, shape, h100, mfu, bw_eff),
             **{f"h100_wall_hours_{n}": wall_hours(s, shape, h100, mfu, bw_eff, n)
                for n in gpus},
+            "h100_gpu_hours_in_bfloat16": hours(replace(s, dtype="bfloat16"), shape, h100,
+                                                mfu, bw_eff),
         })
     walls = [f"h100_wall_hours_{n}" for n in gpus]
     total = {key: sum(r[key] for r in rows) for key in
@@ -397,27 +440,38 @@ def report(config_path: Path, stats: Path | None, mfu: float, bw_eff: float,
         f"template prefix | {tok.prompt(protocol['recent-k']):.0f} / {tok.target} / "
         f"{tok.shared_prefix} | assumed: {tok.title} tokens per quoted title, "
         f"{tok.template}-token template (`Tokens`) |",
-        f"| bf16 dense peak, HBM bandwidth | A100 {a100.bf16_tflops:.0f} TFLOP/s, "
-        f"{a100.hbm_tb_s} TB/s; H100 {h100.bf16_tflops:.0f} TFLOP/s, {h100.hbm_tb_s} TB/s | "
-        "vendor datasheets (SXM) |",
-        f"| MFU; decoding's share of HBM bandwidth | {mfu:.0%}; {bw_eff:.0%} | assumed: the "
-        "one GPU run here used the 135M model ([Measured on a GPU](#measured-on-a-gpu)) |",
+        f"| bf16 dense peak (tensor cores), HBM bandwidth | A100 {a100.bf16_tflops:.0f} "
+        f"TFLOP/s, {a100.hbm_tb_s} TB/s; H100 {h100.bf16_tflops:.0f} TFLOP/s, "
+        f"{h100.hbm_tb_s} TB/s | vendor datasheets (SXM) |",
+        f"| float32 peak (plain FP32: PyTorch's default leaves TF32 off for matrix products) | "
+        f"A100 {a100.fp32_tflops:g} TFLOP/s; H100 {h100.fp32_tflops:g} TFLOP/s | vendor "
+        "datasheets (SXM) |",
+        f"| MFU (of the step's dtype's peak); decoding's share of HBM bandwidth | {mfu:.0%}; "
+        f"{bw_eff:.0%} | assumed; a random-weight 7B-shaped Llama on one H200 reached 44% of "
+        "the H100 datasheet's bf16 peak in a lower-half forward and 38% in concat annotation "
+        "(bf16; [Measured on a GPU](#measured-on-a-gpu)); float32, training and decoding not "
+        "measured |",
         "",
-        "| step | command | work | tokens (G) | PFLOP | A100 GPU-h | H100 GPU-h | "
+        "| step | command | dtype | work | tokens (G) | PFLOP | A100 GPU-h | H100 GPU-h | "
         + "".join(f"H100 wall h, {n} GPUs | " for n in gpus) + "note |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | " + "---: | " * len(gpus) + "--- |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | " + "---: | " * len(gpus)
+        + "--- |",
     ]
     for r in rows:
         note = r["note"]
         if r["storage_bytes"]:
             note = f"writes {r['storage_bytes'] / 1e12:.1f} TB; " + note
+        if r["dtype"] == "float32":
+            note = (f"in bfloat16 (`--dtype bfloat16`): "
+                    f"{fmt(r['h100_gpu_hours_in_bfloat16'])} H100 GPU-h; " + note)
         lines.append(
-            f"| {r['name']} | `{r['command']}` | {r['what']} | {r['tokens'] / 1e9:,.2f} | "
+            f"| {r['name']} | `{r['command']}` | {r['dtype']} | {r['what']} | "
+            f"{r['tokens'] / 1e9:,.2f} | "
             f"{r['flops'] / 1e15:,.0f} | {fmt(r['a100_gpu_hours'])} | "
             f"{fmt(r['h100_gpu_hours'])} | "
             + "".join(f"{fmt(r[w])} | " for w in walls) + f"{note} |")
     lines.append(
-        f"| **total** | | | {total['tokens'] / 1e9:,.2f} | {total['flops'] / 1e15:,.0f} | "
+        f"| **total** | | | | {total['tokens'] / 1e9:,.2f} | {total['flops'] / 1e15:,.0f} | "
         f"**{fmt(total['a100_gpu_hours'])}** | **{fmt(total['h100_gpu_hours'])}** | "
         + "".join(f"**{fmt(total[w])}** | " for w in walls) + " |")
     result = {"config": str(config_path), "population": asdict(pop), "tokens": asdict(tok),

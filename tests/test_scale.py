@@ -76,3 +76,26 @@ def test_memory_build_shard_elements_splits_a_small_build(tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert json.loads((out / "config.json").read_text())["shard_elements"] == 40
     assert len(index["shards"]) == len(list(out.glob("shard-*.safetensors"))) > 1
+
+
+def test_each_step_is_priced_at_the_dtype_it_runs_in(tmp_path):
+    """``automr annotate --dtype auto`` is float32 (eq. 5's labels), priced at the float32
+    peak; a config ``dtype`` prices it in bfloat16. LoRA's frozen weights get no gradient: the
+    trained layers' matrix products count twice, not three times."""
+    work = load_script()
+    _, auto = work.report(CONFIGS[0], None, 0.4, 0.6, (8,))
+    steps = {s["name"]: s for s in auto["steps"]}
+    assert steps["annotate"]["dtype"] == "float32"
+    assert steps["fine-tune BIGRec"]["dtype"] == steps["memory build"]["dtype"] == "bfloat16"
+    config = tmp_path / "bf16.toml"
+    config.write_text(CONFIGS[0].read_text().replace("[annotate]\n",
+                                                     '[annotate]\ndtype = "bfloat16"\n'))
+    _, given = work.report(config, None, 0.4, 0.6, (8,))
+    annotate = next(s for s in given["steps"] if s["name"] == "annotate")
+    assert annotate["dtype"] == "bfloat16" and annotate["flops"] == steps["annotate"]["flops"]
+    assert steps["annotate"]["h100_gpu_hours"] / annotate["h100_gpu_hours"] == pytest.approx(
+        989 / 67)
+    assert annotate["h100_gpu_hours"] == pytest.approx(
+        steps["annotate"]["h100_gpu_hours_in_bfloat16"])
+    shape = work.Shape()
+    assert shape.train_layer_flops(100, 16, 0) == 2 * shape.layer_flops(100, 16, 0)
