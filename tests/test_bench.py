@@ -69,6 +69,12 @@ def test_bench_encode_reports_throughput_and_overhead(workspace, tmp_path):
     assert payload["tokens"] > 0 and payload["encoder_tokens_per_s"] > 0
     assert payload["unshared_tokens_per_s"] > 0 and payload["sharing_speedup"] > 0
     assert "split overhead" in result.output
+    # the ways agree: the prompts' shared template header (memoised, run once) changes the
+    # keys only by float rounding, and upper(lower(x)) is the model's own forward
+    assert payload["encoder_prefixes"] >= 1 and payload["encoder_prefix_tokens"] > 0
+    assert payload["max_abs_key_diff_sharing"] < 1e-4
+    assert payload["max_abs_diff_split"] < 1e-4
+    assert "keys with vs without sharing within" in result.output
 
 
 def test_bench_ground_reports_every_grounder(workspace, tmp_path):

@@ -115,7 +115,9 @@ def encode(
                  f"[{result['sharing_speedup_min']:.2f}, {result['sharing_speedup_max']:.2f}]; "
                  f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
                  f"[{100 * result['split_overhead_min']:+.1f}%, "
-                 f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats})")
+                 f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats}); "
+                 f"keys with vs without sharing within {result['max_abs_key_diff_sharing']:.1e}, "
+                 f"split vs plain logits within {result['max_abs_diff_split']:.1e}")
 
 
 @app.command()

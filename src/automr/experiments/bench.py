@@ -287,7 +287,14 @@ def bench_encode(
     """Memory-encoding tokens/s (window prompts of real samples, shared-prefix encoder) beside
     a raw lower-half forward of the same padded batches and beside the same encoder without
     prefix sharing (what sharing itself buys), and the split's overhead: ``upper(lower(x))``
-    against the model's own forward at equal work."""
+    against the model's own forward at equal work.
+
+    The encoder memoises each batch's shared prefix (:class:`LayerEncoder`, up to
+    ``PREFIX_CACHE_SIZE`` distinct ones): the warm-up computes it, the timed rounds do not
+    (``encoder_prefix_tokens`` counts those tokens, every row's copy, and ``encoder_prefixes``
+    the distinct prefixes). How far the ways' outputs are apart comes from one more, untimed
+    pass: the keys with and without sharing (``max_abs_key_diff_sharing``) and the split's
+    logits against the model's own at every real token (``max_abs_diff_split``)."""
     from automr.data import format_prompt
     from automr.memory import Pooling
     from automr.memory.encoders import Backbone, LayerEncoder, pad_right
@@ -306,6 +313,7 @@ def bench_encode(
     n_tokens = sum(map(len, token_lists))
     batches = [token_lists[i : i + batch_size] for i in range(0, len(token_lists), batch_size)]
     padded = [pad_right(batch, encoder.pad_id) for batch in batches]
+    prefixes = [tuple(batch[0][: encoder.shared_tokens(batch)]) for batch in batches]
     device = llm.device
 
     def encode() -> None:
@@ -341,11 +349,14 @@ def bench_encode(
     speedup = ratio(seconds["raw_lower"], seconds["encode"])
     sharing = ratio(seconds["encode_unshared"], seconds["encode"])
     overhead = ratio(seconds["split_full"], seconds["plain_full"])
+    agreement = _encode_agreement(loaded.model, llm, layer, encoder, unshared, batches, padded)
     processes = _processes({"texts": len(prompts), "tokens": n_tokens,
                             "encoder_tokens_per_s": n_tokens / encode_s,
-                            "raw_lower_tokens_per_s": n_tokens / lower_s},
+                            "raw_lower_tokens_per_s": n_tokens / lower_s, **agreement},
                            ("encoder_tokens_per_s", "raw_lower_tokens_per_s"))
-    return {  # texts and tokens of every process; rates and ratios of this one
+    agreement = {k: max(p[k] for p in processes["per_process"]) for k in agreement}
+    return {  # texts and tokens of every process; rates and ratios of this one; the
+        # differences are the largest over the processes
         "benchmark": "encode", "model": loaded.name, "layer": layer,
         "texts": sum(p["texts"] for p in processes["per_process"]),
         "tokens": sum(p["tokens"] for p in processes["per_process"]),
@@ -358,10 +369,32 @@ def bench_encode(
         "unshared_tokens_per_s": n_tokens / statistics.median(seconds["encode_unshared"]),
         "sharing_speedup": sharing["median"], "sharing_speedup_min": sharing["min"],
         "sharing_speedup_max": sharing["max"],
+        "encoder_prefix_tokens": sum(len(p) * len(b) for p, b in zip(prefixes, batches,
+                                                                      strict=True)),
+        "encoder_prefixes": len(set(prefixes) - {()}), **agreement,
         "split_full_s": split_s, "plain_full_s": plain_s,
         "split_overhead": overhead["median"] - 1, "split_overhead_min": overhead["min"] - 1,
         "split_overhead_max": overhead["max"] - 1, **processes,
     }
+
+
+@torch.no_grad()
+def _encode_agreement(model, llm: HFSplitLLM, layer: int, encoder, unshared, batches,
+                      padded) -> dict[str, float]:
+    """The largest absolute differences between :func:`bench_encode`'s ways, one untimed
+    pass: keys with and without prefix sharing; ``upper(lower(x))``'s logits against the
+    model's own forward's, at the real tokens."""
+    keys = split = 0.0
+    for batch, (ids, mask) in zip(batches, padded, strict=True):
+        apart = encoder.encode_tokens(batch).keys - unshared.encode_tokens(batch).keys
+        keys = max(keys, float(apart.abs().max()))
+        ids, mask = ids.to(llm.device), mask.to(llm.device)
+        ours = llm.upper(llm.lower(ids, mask, layer))
+        theirs = model(input_ids=ids, attention_mask=mask.long()).logits
+        for row, real in enumerate(mask):
+            split = max(split, float((ours[row, real].float() - theirs[row, real].float())
+                                     .abs().max()))
+    return {"max_abs_key_diff_sharing": keys, "max_abs_diff_split": split}
 
 
 def bench_finetune(

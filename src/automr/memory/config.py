@@ -64,9 +64,10 @@ class MemoryConfig:
       hold whole users, so a build resumes at user granularity). Default: 2048 for the window
       encoder; 200,000 for the item encoder, which encodes each distinct item once per shard,
       so small shards would encode the catalog again and again;
-    - ``share_prefix``: compute the tokens all prompts of a batch start with once per batch
-      (:class:`~automr.memory.encoders.LayerEncoder`); same keys up to float rounding, about
-      half the work for BIGRec prompts.
+    - ``share_prefix``: compute the tokens all prompts of a batch start with once, not per
+      prompt, and remember them across batches (:class:`~automr.memory.encoders.LayerEncoder`:
+      a build computes the template header once); same keys up to float rounding, about half
+      the work for BIGRec prompts.
     """
 
     encoder: str = attrs.field(default="window", validator=_known_encoder)

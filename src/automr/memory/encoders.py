@@ -87,8 +87,10 @@ class LayerEncoder:
 
     ``share_prefix``: :meth:`encode_tokens` runs the tokens every sequence of a batch starts
     with (the prompt template's fixed header, about half of a BIGRec prompt) once, and the
-    rest of each sequence on top of that KV cache. Same states up to float rounding; batches
-    whose common prefix is shorter than ``min_shared`` tokens run plainly.
+    rest of each sequence on top of that KV cache; the prefix's states are remembered
+    (``PREFIX_CACHE_SIZE`` of them), so a later batch with the same prefix does not compute it
+    again. Same states up to float rounding; batches whose common prefix is shorter than
+    ``min_shared`` tokens run plainly.
     """
 
     def __init__(self, backbone: Backbone, layer: int, pooling: Pooling = DEFAULT_POOLING,
@@ -137,17 +139,23 @@ class LayerEncoder:
         self, token_lists: Sequence[Sequence[int]], keep_states: bool = False
     ) -> Encoded:
         """Keys (and optionally real-token states) of unpadded token lists, as one batch."""
-        shared = common_prefix(token_lists) if self.share_prefix and self.layer > 0 else 0
-        if shared < self.min_shared or len(token_lists) < 2:
-            state = self.states(*pad_right(token_lists, self.pad_id))
-        else:
+        shared = self.shared_tokens(token_lists)
+        if shared:
             state = self._states_after_prefix(token_lists, shared)
+        else:
+            state = self.states(*pad_right(token_lists, self.pad_id))
         keys = self.pooling(state.hidden, state.mask)
         states = None
         if keep_states:
             states = tuple(state.hidden[row, : len(tokens)].clone()
                            for row, tokens in enumerate(token_lists))
         return Encoded(keys=keys, states=states, tokens=sum(len(t) for t in token_lists))
+
+    def shared_tokens(self, token_lists: Sequence[Sequence[int]]) -> int:
+        """How many leading tokens :meth:`encode_tokens` runs once for this batch (0: none).
+        Their states are memoised: a later batch with the same prefix does not compute it."""
+        shared = common_prefix(token_lists) if self.share_prefix and self.layer > 0 else 0
+        return shared if shared >= self.min_shared and len(token_lists) >= 2 else 0
 
     def _states_after_prefix(self, token_lists: Sequence[Sequence[int]], shared: int
                              ) -> LayerState:
