@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # CUDA benchmarks of the embedded default (bf16: --dtype auto on CUDA); results in
 # benchmarks/results/*-cuda.*. The figures there came from these commands on one H200
-# (docs/results.md, "On a GPU"). Ratios: interleaved rounds after a warm-up, median [min, max].
+# (docs/results.md, "On a GPU") with the code of 4 December 2026: its annotator cached a
+# one-token shared prefix (now only 8 or more, UpperAnnotator.min_shared) and its files lack
+# the fields added since (benchmarks/README.md). Ratios: interleaved rounds after a warm-up,
+# median [min, max].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-runs/ml-100k}

@@ -48,9 +48,11 @@ def test_bench_annotate_concat_shares_the_elements_common_header(workspace, tmp_
     result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
                                  str(workspace / "model"), "--layer", "2", "--prompt-tokens",
                                  "6", "--target-tokens", "3", "--elements", "4",
-                                 "--element-prefix", "9", "--repeats", "1", "--device", "cpu"])
+                                 "--element-prefix", "9", "--repeats", "1", "--device", "cpu",
+                                 "--label", "header"])
     assert result.exit_code == 0, result.output
-    payload = json.loads((tmp_path / "annotate-concat-cpu.json").read_text())
+    assert [p.name for p in tmp_path.glob("*.json")] == ["annotate-concat-header-cpu.json"]
+    payload = json.loads((tmp_path / "annotate-concat-header-cpu.json").read_text())
     assert payload["shared_prefix_tokens"] == 9 and payload["prefix_cached"] is True
     assert payload["work_ratio_over_plain"] > 1.2
     assert payload["max_abs_logprob_diff"] < 1e-4

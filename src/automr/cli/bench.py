@@ -62,6 +62,8 @@ def annotate(
         help="concat: tokens every element starts with (a window memory's template header).")]
         = 1,
     repeats: RepeatsOption = 3,
+    label: Annotated[str | None, typer.Option(
+        help="Name the files annotate-COMBINER-LABEL-DEVICE.* (letters, digits, '-').")] = None,
 ) -> None:
     """Annotation samples/s vs a full forward per element, and the ratio the work allows.
 
@@ -69,11 +71,13 @@ def annotate(
     multiply-adds are counted."""
     from automr.experiments.bench import bench_annotate
 
+    if label and not label.replace("-", "").isalnum():
+        raise AutomrError(f"--label {label!r}: use letters, digits and '-' only")
     loaded = runtime.load_model(model)
     result = bench_annotate(loaded, layer, prompt_tokens, target_tokens, elements, combiner,
                             repeats=repeats, element_subset=element_subset or None,
                             element_prefix=element_prefix)
-    _save(result, out, f"annotate-{combiner}")
+    _save(result, out, f"annotate-{combiner}" + (f"-{label}" if label else ""))
     _say(result, f"speedup over the naive way: {result['speedup']:.2f}x "
                  f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "
                  f"{result['work_ratio']:.2f}x), labels equal within "
