@@ -42,6 +42,13 @@ def test_the_work_count_script_prints_every_step(config, tmp_path):
     assert 0 < total["h100_wall_hours_8"] < total["h100_gpu_hours"]
 
 
+def test_docs_scale_quotes_the_work_count_scripts_tables():
+    """docs/scale.md says the script prints its tables: they must be its output, verbatim."""
+    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout in (ROOT / "docs" / "scale.md").read_text()
+
+
 def test_the_work_count_model_is_linear_in_the_counts(tmp_path):
     """Measured counts (a prepared dataset's stats.json) replace the assumed ones; twice the
     interactions encode twice the tokens, and Llama-2-7B has its 6.74 B parameters."""
