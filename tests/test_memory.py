@@ -39,7 +39,7 @@ from automr.memory import (
     memory_encoder,
 )
 from automr.memory.encoders import common_prefix, pad_right
-from automr.memory.shards import MemoryIndex, shard_name
+from automr.memory.shards import INDEX_FILE, MemoryIndex, shard_name
 from automr.testing.tiny import TINY_VOCAB, tiny_llama_config, tiny_model
 
 LAYER = 2
@@ -400,13 +400,6 @@ def shard_tensors(store: MemoryStore) -> list[dict[str, torch.Tensor]]:
     return [load_file(store.folder / s.file) for s in store.index.shards]
 
 
-def index_without_timings(store: MemoryStore) -> dict:
-    data = MemoryIndex.read(store.folder).to_json()
-    for shard in data["shards"]:
-        shard.pop("seconds")
-    return data
-
-
 def test_resume_after_interruption_equals_full_build(backbone, dataset, built, tmp_path):
     config = MemoryConfig(shard_elements=12, store_token_states=True)
     out = tmp_path / "resumed"
@@ -426,7 +419,10 @@ def test_resume_after_interruption_equals_full_build(backbone, dataset, built, t
     resumed = build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
                            on_shard=lambda number, total: seen.append(number))
     assert seen[0] == 1  # shard 0 was kept, not recomputed
-    assert index_without_timings(resumed) == index_without_timings(built)
+    # the same index, byte for byte (no timings in it), so the same digest: annotations and
+    # evaluations made with the first build take the second as the same memory
+    assert (out / INDEX_FILE).read_bytes() == (built.folder / INDEX_FILE).read_bytes()
+    assert MemoryStore.digest(out) == MemoryStore.digest(built.folder)
     for got, want in zip(shard_tensors(resumed), shard_tensors(built), strict=True):
         assert got.keys() == want.keys()
         assert all(torch.equal(got[name], want[name]) for name in want)
@@ -512,3 +508,21 @@ def test_an_element_encoder_of_ones_own_builds_and_reads_a_memory(backbone, data
     expected = memory.LayerEncoder(backbone, LAYER).encode_texts([first]).keys[0]
     torch.testing.assert_close(view.keys[0], expected, rtol=1e-5, atol=1e-5)
     assert store.record.encoder == "shouted"
+
+
+def test_an_index_of_an_older_version_with_timings_reads(built, tmp_path):
+    """Older builds kept each shard's seconds in index.json; it still opens, and its digest
+    (of the files as they are) is unchanged by reading it."""
+    import json
+    import shutil
+
+    folder = tmp_path / "older"
+    shutil.copytree(built.folder, folder)
+    data = json.loads((folder / INDEX_FILE).read_text())
+    for shard in data["shards"]:
+        shard["seconds"] = 1.25
+    (folder / INDEX_FILE).write_text(json.dumps(data))
+    digest = MemoryStore.digest(folder)
+    store = MemoryStore.open(folder)
+    assert [s.file for s in store.index.shards] == [s.file for s in built.index.shards]
+    assert MemoryStore.digest(folder) == digest

@@ -194,7 +194,7 @@ def _finished_shard(folder: Path, number: int, users: list[str]) -> ShardEntry |
                           f"other users); delete the folder or pick another one.")
     distinct = int(meta["distinct"]) if "distinct" in meta else None
     return ShardEntry(file=path.name, elements=int(meta["elements"]), tokens=int(meta["tokens"]),
-                      users=list(users), seconds=float(meta["seconds"]), distinct=distinct)
+                      users=list(users), distinct=distinct)
 
 
 def append_memory(
@@ -353,7 +353,7 @@ def _write_shard(
                 **({} if distinct is None else {"distinct": str(distinct)})}
     name = write_shard(folder, number, keys.to(storage), states, offsets, metadata, rows)
     entry = ShardEntry(file=name, elements=len(texts), tokens=sum(lengths), users=list(todo),
-                       seconds=round(seconds, 3), distinct=distinct)
+                       distinct=distinct)
     return entry, segments
 
 

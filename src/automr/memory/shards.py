@@ -50,14 +50,15 @@ def shard_name(number: int) -> str:
 @attrs.define
 class ShardEntry:
     """One written shard: its file, element count, token count (of the stored rows: the
-    token-state rows when stored), its users, the seconds spent encoding it and, for a shared
-    shard, how many distinct rows it stores (``None``: one per element)."""
+    token-state rows when stored), its users and, for a shared shard, how many distinct rows it
+    stores (``None``: one per element). What the index holds decides every key, so no timing
+    is kept here (a shard's metadata says how long it took): a memory built again with the
+    same settings and data has the same index, and the same :meth:`MemoryStore.digest`."""
 
     file: str
     elements: int
     tokens: int
     users: list[str]
-    seconds: float = 0.0
     distinct: int | None = None
 
     @property
@@ -118,7 +119,8 @@ class MemoryIndex:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "MemoryIndex":
         return cls(
-            shards=[ShardEntry(**s) for s in data["shards"]],
+            shards=[ShardEntry(**{k: v for k, v in s.items() if k != "seconds"})
+                    for s in data["shards"]],  # indexes of older versions kept timings
             users={u: UserEntry(list(e["items"]), [int(t) for t in e["timestamps"]],
                                 [(int(a), int(b), int(c)) for a, b, c in e["segments"]])
                    for u, e in data["users"].items()},
