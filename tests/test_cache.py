@@ -3,6 +3,9 @@
 from pathlib import Path
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from automr.cache import WheelSpec, fetch_wheel, sha256_of
 from automr.errors import AutomrError
@@ -143,3 +146,37 @@ def test_a_file_as_the_cache_folder_is_one_line(tmp_path, monkeypatch):
         result = CliRunner().invoke(app, ["model", "info", *args], env=env)
         assert result.exit_code == 2, result.output
         assert result.output.strip() == f"error: cannot use {afile}: it is a file, not a folder"
+
+
+TEXT = st.characters(blacklist_categories=("Cs",))  # any text UTF-8 can hold
+
+
+@settings(max_examples=25, deadline=None)
+@given(metadata=st.dictionaries(st.text(TEXT, min_size=1, max_size=12), st.text(TEXT, max_size=20),
+                                max_size=8),
+       names=st.lists(st.text(alphabet="abcdefgh._", min_size=1, max_size=6), min_size=1,
+                      max_size=6, unique=True))
+def test_the_same_tensors_and_metadata_are_the_same_bytes(metadata, names):
+    """safetensors orders its header's maps differently on each write; save_safetensors sorts
+    them, so a retriever trained twice alike has one digest (an evaluation resumes on it), and
+    the file reads back exactly (tensors and metadata) with safetensors' own reader."""
+    import hashlib
+    import tempfile
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = {name: torch.arange(i + 1, dtype=torch.float32) * (i + 2)
+               for i, name in enumerate(names)}
+    with tempfile.TemporaryDirectory() as folder:
+        digests = set()
+        for copy in range(4):
+            path = Path(folder) / f"t{copy}.safetensors"
+            save_safetensors(path, tensors, metadata)
+            digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+            loaded = load_file(path)
+            assert loaded.keys() == tensors.keys()
+            assert all(torch.equal(loaded[n], tensors[n]) for n in tensors)
+            with safe_open(path, "pt") as file:
+                assert (file.metadata() or {}) == metadata
+        assert len(digests) == 1

@@ -100,17 +100,36 @@ def write_text_atomic(path: Path | str, text: str) -> None:
 def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
                      metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` (contiguous, on the CPU) as a safetensors file at ``path``, atomically
-    and with the permissions of the project's other files (see :func:`file_mode`)."""
+    and with the permissions of the project's other files (see :func:`file_mode`). The same
+    tensors and metadata give the same bytes (:func:`_sort_header`), so a file's digest says
+    what it holds."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = partial_path(path)
     try:
         save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
+        _sort_header(tmp)
         tmp.chmod(file_mode(path.parent))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header in place with its keys sorted. safetensors
+    writes the header's maps (tensor names, metadata) in an order that changes from one write
+    to the next; sorted, the same content is the same bytes. The header keeps its length (the
+    same keys and values, compact, padded with spaces as safetensors pads it), so the data and
+    its offsets do not move."""
+    with path.open("r+b") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+        ordered = json.dumps(header, sort_keys=True, separators=(",", ":"),
+                             ensure_ascii=False).encode()
+        if len(ordered) <= length:
+            file.seek(8)
+            file.write(ordered.ljust(length, b" "))
 
 
 def safetensors_intact(path: Path | str) -> bool:
