@@ -176,6 +176,23 @@ def test_a_changed_config_is_refused_on_resume(workspace, monkeypatch):
         with pytest.raises(AutomrError, match=f"made with other settings \\({re.escape(says)}\\)"):
             finetune(load_model(model, device="cpu"), data, run,
                      quick_config(**{**LOOP, **change}), progress=False)
+    # the model's dtype too: a run cut in float32 does not go on in bfloat16
+    with pytest.raises(AutomrError, match="dtype was 'float32', now 'bfloat16'"):
+        finetune(load_model(model, device="cpu", dtype="bfloat16"), data, run,
+                 quick_config(**LOOP), progress=False)
+
+
+def test_finetune_never_writes_beside_another_artifact(workspace, tmp_path):
+    """A folder holding another artifact's files (here a prepared dataset) is refused before
+    any work; a later command that replaces that folder would take the fine-tune with it."""
+    import shutil
+
+    folder = tmp_path / "dataset-copy"
+    shutil.copytree(workspace["data"].path, folder)
+    with pytest.raises(AutomrError, match=r"holds other files .*write the fine-tune into a new"):
+        finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"], folder,
+                 quick_config(), progress=False)
+    assert not (folder / "checkpoint").exists()
 
 
 def test_a_checkpoint_of_an_older_version_resumes(workspace, monkeypatch):
@@ -200,7 +217,7 @@ def test_a_checkpoint_of_an_older_version_resumes(workspace, monkeypatch):
     state = json.loads(state_file.read_text())
     for key in ft.ADDED_FIELDS:
         del state["config"][key]
-    del state["train_losses"]
+    del state["train_losses"], state["dtype"]
     state_file.write_text(json.dumps(state))
     rng = run / "checkpoint" / "rng.pt"
     torch.save(torch.load(rng, weights_only=True)["cpu"], rng)

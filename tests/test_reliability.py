@@ -238,6 +238,20 @@ def test_annotations_with_finished_shards_and_other_settings_are_refused(workspa
     assert "other settings" in one_line_error(result, out)
 
 
+def test_annotations_resume_with_another_element_batch(workspace, tmp_path):
+    """Elements per forward is a run option: after running out of memory a resume may lower
+    it; the folder's config (and so its digest) stays the first run's."""
+    out = copy(workspace, "ann", tmp_path)
+    shards = sorted(out.glob("shard-*.safetensors"))
+    before = (out / "config.json").read_bytes()
+    shards[-1].unlink()  # cut before the last shard
+    result = runner.invoke(app, [*annotate_args(workspace, workspace / "mem", out),
+                                 "--element-batch", "1"])
+    assert result.exit_code == 0, result.output
+    assert sorted(out.glob("shard-*.safetensors")) == shards
+    assert (out / "config.json").read_bytes() == before
+
+
 def test_annotate_never_writes_into_another_artifact(workspace, tmp_path):
     memory = copy(workspace, "mem", tmp_path)
     before = (memory / "config.json").read_bytes()

@@ -205,12 +205,15 @@ def _start(out: Path, header: dict) -> None:
 
 
 def _comparable(header: dict) -> dict:
-    """``header`` with its memory path resolved (typed relative once, absolute once)."""
+    """``header`` with its memory path resolved (typed relative once, absolute once), without
+    the run option ``element_batch`` (elements per forward: a resume may lower it after
+    running out of memory; the values stay the same, up to float rounding)."""
     if not isinstance(header.get("memory"), str):
         return header
     config = header.get("config")
     if isinstance(config, dict):  # folders started before element subsets annotate them all
         config = {"element_subset": None, "element_seed": 0, **config}
+        config.pop("element_batch", None)
     return {**header, "config": config,
             "memory": str(Path(header["memory"]).expanduser().resolve())}
 

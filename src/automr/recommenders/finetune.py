@@ -51,7 +51,12 @@ from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.interfaces import Insert
-from automr.llm.loading import LoadedModel, canonical_model_name, without_peft_deprecation
+from automr.llm.loading import (
+    LoadedModel,
+    canonical_model_name,
+    dtype_name,
+    without_peft_deprecation,
+)
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -61,6 +66,7 @@ from automr.recommenders.runs import ADAPTER_WEIGHTS, RESULT_FILE
 from automr.state import LayerState
 from automr.storage import (
     atomic_dir,
+    check_own_folder,
     read_json,
     read_safetensors,
     setting_differences,
@@ -73,6 +79,10 @@ ADDED_FIELDS = ("grad_accum", "warmup_steps", "schedule", "max_grad_norm", "cach
                 "checkpoint_every", "autocast")
 """Config fields newer than some run folders: a checkpoint without them had their defaults."""
 RUN_OPTIONS = ("cache_lower", "checkpoint_every")
+RECORDED_LATER = ("dtype",)
+"""Identity keys checkpoints of older versions lack: such a checkpoint resumes as before."""
+OWN_FILES = ("best", "checkpoint", RESULT_FILE)
+"""What a fine-tune writes into its folder (beside run records and temporary names)."""
 """Fields that say how a run computes, not what: they may change when it resumes."""
 
 
@@ -394,7 +404,8 @@ def finetune(
     _check_memory(loaded, config, memory)
     identity = json.loads(json.dumps({  # as it reads back from state.json
         "config": config.to_json(), "model": canonical_model_name(loaded.name),
-        "model_fingerprint": loaded.fingerprint(), "data_fingerprint": dataset_fingerprint(dataset),
+        "model_fingerprint": loaded.fingerprint(), "dtype": dtype_name(loaded.model.dtype),
+        "data_fingerprint": dataset_fingerprint(dataset),
         **({} if config.memory is None else {"memory": memory_identity(memory)}),
     }))
     state = _load_checkpoint(out, identity)
@@ -635,6 +646,7 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
         if state_file.parent.exists():  # written atomically: without state.json it is damaged
             raise AutomrError(f"{state_file} is missing, so {state_file.parent} cannot be "
                               f"resumed; delete {state_file.parent} to restart the fine-tune")
+        check_own_folder(out, "fine-tune", OWN_FILES)  # never beside another artifact
         out.mkdir(parents=True, exist_ok=True)
         return None
     state = read_json(state_file, f"`automr finetune` (delete {state_file.parent} to restart)")
@@ -647,7 +659,8 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     ours, theirs = _comparable(identity), _comparable(state)
     differs = [key for key in ours if theirs.get(key) != ours[key] and not (
         key == "model" and isinstance(theirs.get(key), str)
-        and canonical_model_name(theirs[key]) == canonical_model_name(ours[key]))]
+        and canonical_model_name(theirs[key]) == canonical_model_name(ours[key]))
+        and not (key in RECORDED_LATER and key not in theirs)]
     if differs:
         named = setting_differences({k: theirs.get(k) for k in differs},
                                     {k: ours[k] for k in differs})
