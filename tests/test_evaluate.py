@@ -39,6 +39,7 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
     assert list(payload["methods"]) == methods.split(",")
+    assert payload["model"] == model and payload["finetuned"] == str(run)  # base and bigrec
     assert payload["reference"] == "bigrec:l2"
     assert payload["samples"] == 4
     assert "| sasrec |" in (out / "results.md").read_text()
@@ -69,6 +70,8 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     payload = json.loads((out / "results.json").read_text())
     assert payload["reference"] == "sasrec"
     assert list(payload["paired_vs_reference"]) == ["bigrec:constrained"]
+    # the artifacts as used: --model decides base:* only, not ranked here
+    assert payload["finetuned"] == str(run) and payload["model"] is None
     assert "vs `sasrec`" in paired.output
     bad = runner.invoke(app, ["evaluate", "--data", data, "--out", str(out), "--methods",
                               "sasrec", "--reference", "pop", "--quiet", "--device", "cpu"])

@@ -129,7 +129,7 @@ def test_artifacts_with_the_old_fingerprint_are_refused_with_the_fix(workspace, 
     record = json.loads((run_dir / RESULT_FILE).read_text())
     record["model_fingerprint"] = old
     (run_dir / RESULT_FILE).write_text(json.dumps(record))
-    with pytest.raises(AutomrError, match="must be rebuilt") as refused:
+    with pytest.raises(AutomrError, match="old fingerprint: rebuild it") as refused:
         FinetunedRun.open(run_dir).load(device="cpu")
     assert FINGERPRINT_CHANGE in str(refused.value)
     from automr.memory import MemoryConfig, build_memory

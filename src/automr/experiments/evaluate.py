@@ -32,6 +32,7 @@ from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.run import Evaluation, evaluate
 from automr.methods.registry import (
+    METHODS,
     Artifacts,
     MethodOptions,
     Workspace,
@@ -113,8 +114,10 @@ def evaluate_methods(
               f"full ranking over the catalog, {config.n_resamples} bootstrap resamples.")
     if "ranks" not in config.measures:
         header = header.replace("full ranking over the catalog", "target log-likelihoods")
-    record = {"config": attrs.asdict(config), "dataset": str(dataset_dir),
-              **{k: None if v is None else str(v) for k, v in attrs.asdict(artifacts).items()}}
+    used = {a for m in methods for a in METHODS[parse_method(m)[0]].artifacts}
+    record = {"config": attrs.asdict(config), "dataset": str(dataset_dir),  # artifacts as used
+              **{k: None if v is None or k not in used else str(v)
+                 for k, v in attrs.asdict(artifacts).items()}}
     return evaluate(built, samples, len(dataset.catalog), out=out_dir, ks=config.ks,
                     reference=config.reference,
                     measures=config.measures, n_resamples=config.n_resamples, seed=config.seed,

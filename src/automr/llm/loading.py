@@ -58,12 +58,12 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 
 FINGERPRINT_CHANGE = (
-    "Note: a model loaded from a folder or the Hugging Face hub is now identified by the "
-    "sha256 digests of its weight files (model fingerprint format 2); artifacts recorded by "
-    "an older automr with such a model carry a hash of its weights as loaded (which also "
-    "changed with --dtype) and must be rebuilt with this automr. Embedded models "
-    "(smollm2-135m) kept their fingerprints.")
-"""Appended to refusals of an artifact whose recorded model fingerprint is not the model's."""
+    "(Made by an automr before model fingerprint format 2 with a model from a folder or the "
+    "hub? Then it is the old fingerprint: rebuild it.)")
+"""Appended to refusals of an artifact whose recorded model fingerprint is not the model's:
+format 2 identifies a model from a folder or the hub by the sha256 digests of its weight files;
+earlier versions hashed its weights as loaded (which also changed with ``--dtype``). Embedded
+models kept their fingerprints."""
 
 
 @attrs.define
