@@ -6,10 +6,10 @@ or only the shape of a title inserted before the prompt. This example inserts, i
 sample's prompt, a random element of *another* user's memory (a seeded donor: another user's
 sample of the same evaluation whose memory does not hold the sample's true title), with the
 same retriever (random), combiner, layer and fine-tune, and scores the sample's own true
-title. The sample's prompt is unchanged (checked
-token for token); only the memory is the donor's. A reference export of ``automr evaluate``
-with ``bigrec:likelihood`` and ``random:likelihood`` on the same samples gives the paired
-differences: donor's element minus no memory, and own element minus donor's::
+title. The sample's prompt is unchanged (checked token for token); only the memory is the
+donor's. A reference export of ``automr evaluate`` with ``bigrec:likelihood`` and
+``random:likelihood`` on the same samples gives the paired differences: donor's element minus
+no memory, and own element minus donor's::
 
     python examples/foreign_memory.py --data runs/data --finetuned runs/bigrec-l15-32 \\
         --memory runs/memory-item-l15 \\
