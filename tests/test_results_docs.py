@@ -377,3 +377,46 @@ def test_the_sasrec_ties_table_of_the_docs_reads_as_its_study(label):
         " / ".join(f"{r['test']['ndcg@5']:.4f}" for r in runs),
         " / ".join(f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in differences),
     ]
+
+
+SIZES = "| BIGRec fine-tuned on | BIGRec, nats per sample |"
+SIZE_ROWS = {  # docs/results.md's random element by fine-tune size: label -> export(s)
+    "32 samples": ("weak-bigrec-memory-1000.json", None),
+    "2,048 samples (the table above)": ("memory-1000.json", None),
+    "51,200 samples (on a GPU, [below](#on-a-gpu))": ("gpu-bigrec-memory-1000.json", None),
+    "32 minus 2,048, per sample paired": ("weak-bigrec-memory-1000.json", "memory-1000.json"),
+    "51,200 minus 2,048, per sample paired": ("gpu-bigrec-memory-1000.json", "memory-1000.json"),
+}
+
+
+@pytest.mark.parametrize("label", list(SIZE_ROWS))
+def test_the_random_element_by_fine_tune_size_table_reads_as_its_exports(label):
+    """BIGRec's log-likelihood and a random element's gain over it (paired per sample id, in
+    the exports' order, as every other table), and the gains of two fine-tunes paired."""
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+
+    path, other = SIZE_ROWS[label]
+    loglik = json.loads((RESULTS / "automr" / path).read_text())["loglik"]
+    ids = list(loglik["random:likelihood"])
+
+    def gains(values: dict) -> torch.Tensor:
+        return torch.tensor([values["random:likelihood"][i][0] - values["bigrec:likelihood"][i][0]
+                             for i in ids], dtype=torch.float64)
+
+    def text(interval, sign: str = "+") -> str:
+        return f"{interval.mean:{sign}.3f} [{interval.low:{sign}.3f}, {interval.high:{sign}.3f}]"
+
+    page = DOCS.read_text()
+    row = next(line for line in page[page.index(SIZES):].splitlines()
+               if line.startswith(f"| {label} |"))
+    cells = [cell.strip().replace("**", "") for cell in row.strip("|").split("|")[1:]]
+    if other is None:
+        plain = torch.tensor([loglik["bigrec:likelihood"][i][0] for i in ids],
+                             dtype=torch.float64)
+        share = float((gains(loglik) > 0).double().mean())  # 0.325 and 0.395: halves up
+        helped = f"{int(100 * share + 0.5)}%"
+        assert cells == [text(bootstrap_ci(plain), ""), text(bootstrap_ci(gains(loglik))),
+                         helped]
+    else:
+        theirs = json.loads((RESULTS / "automr" / other).read_text())["loglik"]
+        assert cells[1] == text(paired_bootstrap(gains(loglik), gains(theirs)))
