@@ -45,3 +45,17 @@ class TestEveryMethodKind(MethodContract):
     @pytest.fixture
     def samples(self, space):
         return space.dataset.samples("test")[:7]
+
+
+def test_a_method_without_a_dataset_is_told_to_set_n_items():
+    """The Method Protocol does not require ``dataset``; the contract says what to set."""
+    from automr.testing.contracts import MethodContract
+
+    class Bare:
+        settings: dict = {}
+
+        def rank(self, samples):
+            return [0 for _ in samples]
+
+    with pytest.raises(AssertionError, match="set n_items"):
+        MethodContract()._catalog_size(Bare())

@@ -578,3 +578,37 @@ def test_regret_is_the_eq5_gain_given_up_by_the_top_pick():
                                      monitor="regret")
     _, history = train_mlp_retriever(train, synthetic(32, 1), config, quiet=True)
     assert history.valid_regret[history.best_epoch - 1] == min(history.valid_regret)
+
+
+class TestARetrieverAtARealModelsWidth(RetrieverContract):
+    """SmolLM2's 576: the contract draws such tensors from a seed (value by value they were
+    too large for hypothesis, and five of its checks failed a health check)."""
+
+    hidden_size = 576
+
+    @pytest.fixture
+    def retriever(self):
+        return SemanticRetriever()
+
+
+def test_the_retriever_contract_catches_writes_and_dtype_refusals():
+    """Two bugs the other checks let through: normalising the keys in place (the inserted
+    memory is then another), and float32 weights that refuse bfloat16 states."""
+    contract = RetrieverContract()
+
+    class InPlace:
+        def scores(self, query, keys, mask):
+            keys.div_(keys.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+            return torch.einsum("bh,bmh->bm", query, keys)
+
+    class Float32Weights:
+        weight = torch.eye(RetrieverContract.hidden_size)
+
+        def scores(self, query, keys, mask):
+            return torch.einsum("bh,bmh->bm", query @ self.weight, keys)
+
+    with pytest.raises(AssertionError, match="wrote into its keys"):
+        contract.test_leaves_its_inputs_unchanged(InPlace())
+    with pytest.raises(RuntimeError, match="dtype"):
+        contract.test_scores_bfloat16_states(Float32Weights())
+    contract.test_scores_bfloat16_states(SemanticRetriever())  # casts: passes

@@ -344,5 +344,6 @@ def check_encoder(folder: Path, record: MemoryRecord, encoder: ElementEncoder) -
         mismatches.append("prompt config")
     if mismatches:
         raise AutomrError(f"the encoder differs from the one the memory in {folder} was built "
-                          f"with: {'; '.join(mismatches)}. Make it with make_encoder(record, "
-                          f"...) from the memory's config.")
+                          f"with: {'; '.join(mismatches)}. Make it with "
+                          f"automr.memory.memory_encoder({folder}, model, catalog), which "
+                          f"rebuilds it from the memory's config.")

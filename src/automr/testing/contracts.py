@@ -136,7 +136,36 @@ class RetrieverContract:
             first = _scores(retriever, memory.query, memory.keys, memory.mask)
             second = _scores(retriever, memory.query, memory.keys, memory.mask)
             real = memory.mask
-            assert torch.equal(first[real], second[real])
+            assert torch.equal(first[real], second[real]), "the same inputs scored otherwise"
+
+        check()
+
+    def test_leaves_its_inputs_unchanged(self, retriever):
+        """The keys a retriever scores are the ones then inserted (:class:`MemoryRetrieval`
+        gathers them from the same tensor): no write into query, keys or mask."""
+
+        @given(memory=padded_memories(self.hidden_size))
+        def check(memory):
+            before = [t.clone() for t in (memory.query, memory.keys, memory.mask)]
+            _scores(retriever, memory.query, memory.keys, memory.mask)
+            for name, now, was in zip(("query", "keys", "mask"),
+                                      (memory.query, memory.keys, memory.mask), before,
+                                      strict=True):
+                assert _unchanged(now, was), f"the retriever wrote into its {name}"
+
+        check()
+
+    def test_scores_bfloat16_states(self, retriever):
+        """On CUDA the model, its memory keys and the query are bfloat16 by default: they are
+        scored too (finite floats at real elements), not refused by a dtype mismatch."""
+
+        @given(memory=padded_memories(self.hidden_size))
+        def check(memory):
+            scores = _scores(retriever, memory.query.bfloat16(), memory.keys.bfloat16(),
+                             memory.mask)
+            assert scores.shape == memory.mask.shape and scores.is_floating_point()
+            real = scores[memory.mask]
+            assert not bool(torch.isnan(real).any()) and not bool((real == torch.inf).any())
 
         check()
 
@@ -301,7 +330,13 @@ class MethodContract:
     n_items: int | None = None
 
     def _catalog_size(self, method) -> int:
-        return self.n_items if self.n_items is not None else len(method.dataset.catalog)
+        if self.n_items is not None:
+            return self.n_items
+        dataset = getattr(method, "dataset", None)
+        if dataset is None:
+            raise AssertionError(f"{type(method).__name__} has no dataset: set n_items, the "
+                                 f"catalog size it ranks over, on the contract's subclass")
+        return len(dataset.catalog)
 
     def test_is_a_method_with_json_settings(self, method):
         assert isinstance(method, Method)

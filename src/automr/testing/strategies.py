@@ -25,6 +25,8 @@ right at random (``mixed``), or any pattern with holes anywhere (``any``)."""
 
 FLOATS = st.floats(min_value=-4.0, max_value=4.0, allow_nan=False, width=32)
 """Default element strategy: finite float32 values of moderate size."""
+SEEDED_FROM = 128
+"""Width from which :func:`padded_memories` draws its tensors from a seed."""
 
 
 def float_tensors(
@@ -88,18 +90,26 @@ class PaddedMemory:
 @st.composite
 def padded_memories(
     draw: st.DrawFn, hidden: int, max_batch: int = 3, max_mem: int = 6, min_real: int = 0,
-    elements: st.SearchStrategy[float] = FLOATS,
+    elements: st.SearchStrategy[float] | None = None,
 ) -> PaddedMemory:
     """Queries ``[b, hidden]``, keys ``[b, m, hidden]`` and a mask with holes anywhere.
 
     ``b`` in ``1..max_batch``, ``m`` in ``max(min_real, 1)..max_mem``; masked keys hold drawn
-    values too (a retriever must ignore them).
+    values too (a retriever must ignore them). Values: ``elements`` (default :data:`FLOATS`);
+    without ``elements``, from ``hidden`` = :data:`SEEDED_FROM` on (a real model's width),
+    from a drawn seed (:func:`seeded_tensors`): drawn one by one they would exceed what
+    hypothesis generates per example.
     """
     batch = draw(st.integers(1, max_batch))
     mem = draw(st.integers(max(min_real, 1), max(max_mem, min_real, 1)))
+    wide = elements is None and hidden >= SEEDED_FROM  # a real model's width: from a seed
+
+    def tensors(shape: tuple[int, ...]) -> st.SearchStrategy[Tensor]:
+        return seeded_tensors(shape) if wide else float_tensors(shape, elements or FLOATS)
+
     return PaddedMemory(
-        query=draw(float_tensors((batch, hidden), elements)),
-        keys=draw(float_tensors((batch, mem, hidden), elements)),
+        query=draw(tensors((batch, hidden))),
+        keys=draw(tensors((batch, mem, hidden))),
         mask=draw(masks(batch, mem, min_real=min_real)),
     )
 
