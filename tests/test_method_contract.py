@@ -52,7 +52,9 @@ def test_a_method_without_a_dataset_is_told_to_set_n_items():
     from automr.testing.contracts import MethodContract
 
     class Bare:
-        settings: dict = {}
+        @property
+        def settings(self) -> dict:
+            return {}
 
         def rank(self, samples):
             return [0 for _ in samples]
