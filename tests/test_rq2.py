@@ -70,6 +70,18 @@ def test_retrieval_seed_enters_only_random_settings(workspace):
     assert settings("bigrec:l2")["finetuned"] == str((workspace / "ft").resolve())
 
 
+def test_a_method_kinds_version_enters_its_settings_from_2_on(workspace, monkeypatch):
+    """A builder that comes to rank otherwise raises its kind's version, so saved ranks of the
+    old one are not reused; at version 1 nothing is added (older folders stay valid)."""
+    from automr.methods import registry
+
+    space = Workspace(PreparedDataset.load(workspace / "prepared"), Artifacts())
+    assert "version" not in method_settings("pop", space)
+    monkeypatch.setitem(registry.METHODS, "pop",
+                        attrs.evolve(registry.METHODS["pop"], version=2))
+    assert method_settings("pop", space)["version"] == 2
+
+
 def copies(workspace, folder, *names):
     for name in names:
         shutil.copytree(workspace / name, folder / name)

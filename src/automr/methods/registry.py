@@ -356,6 +356,10 @@ class MethodKind:
     """Named ``KIND:GROUNDER`` (an LM that writes titles) rather than ``KIND``."""
     likelihood: bool = True
     """Scores the true title (:class:`~automr.interfaces.LikelihoodMethod`)."""
+    version: int = 1
+    """Raise it when the builder's method ranks otherwise (another algorithm): the resume
+    settings are known before the method is built, so its own ``settings`` cannot tell a
+    rerun that ranks saved by the old one are stale; ``version`` does."""
 
 
 def _sasrec(space: Workspace, grounder: str | None, label: str) -> Method:
@@ -462,6 +466,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
         settings.update(tune_samples=space.options.tune_samples, tune_seed=space.options.seed)
     if grounder == "l2-sasrec":
         settings["sasrec"] = attrs.asdict(SASRecConfig(seed=space.options.seed))
+    if kind.version != 1:  # absent at 1, so ranks saved before versions existed stay valid
+        settings["version"] = kind.version
     return settings
 
 
