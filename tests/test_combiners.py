@@ -66,7 +66,7 @@ def test_the_contract_fails_a_combiner_that_writes_into_its_inputs():
     contract = CombinerContract()
     contract.hidden_size = 8
     for check in (contract.test_empty_memory_is_the_identity,
-                  contract.test_output_holds_the_real_tokens_of_both):
+                  contract.test_keeps_layer_batch_width_dtype_and_its_inputs):
         with pytest.raises(AssertionError):
             check(WritesIntoItsQuery())
 
@@ -288,3 +288,31 @@ def test_cached_generation_equals_recomputation(tiny_models, arch, seqs, layer, 
                 next_token = int(logits[0, 0].argmax())
                 assert int(generated[row, step]) == next_token
                 context.append(next_token)
+
+
+def test_the_contract_fails_a_pooling_combiner_that_drops_memory_or_changes_dtype():
+    """A pooling combiner opts out of the insertion check only; the shape, dtype and
+    input checks, and that real memory reaches the output, still hold for it."""
+    contract = CombinerContract()
+    contract.hidden_size = 8
+
+    class IgnoresMemory:
+        uses_token_states = False
+
+        def combine(self, query, memory):
+            return LayerState(hidden=query.hidden.clone(), mask=query.mask.clone(),
+                              layer=query.layer)
+
+    class AddsMeanInFloat64:
+        uses_token_states = False
+
+        def combine(self, query, memory):
+            weight = memory.mask.unsqueeze(-1).double()
+            mean = (memory.hidden.double() * weight).sum(1) / weight.sum(1).clamp(min=1)
+            return LayerState(hidden=query.hidden.double() + mean.unsqueeze(1),
+                              mask=query.mask.clone(), layer=query.layer)
+
+    with pytest.raises(AssertionError, match="changed nothing"):
+        contract.test_real_memory_reaches_the_output(IgnoresMemory())
+    with pytest.raises(AssertionError, match="float64 out"):
+        contract.test_keeps_layer_batch_width_dtype_and_its_inputs(AddsMeanInFloat64())

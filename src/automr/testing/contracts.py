@@ -46,6 +46,7 @@ from automr.retrievers.selection import top_k
 from automr.state import LayerState
 from automr.testing.strategies import (
     layer_states,
+    masks,
     memory_tokens,
     pad_sequences,
     padded_memories,
@@ -252,21 +253,56 @@ class CombinerContract:
 
         check()
 
-    def test_output_holds_the_real_tokens_of_both(self, combiner):
-        """Layer, batch and width are kept; the real positions are exactly the query's and the
-        memory's real vectors, each in its own order."""
+    def test_keeps_layer_batch_width_dtype_and_its_inputs(self, combiner):
+        """Every combiner, inserting or pooling: a layer state of the query's layer, batch,
+        width and dtype, and nothing written into the query or the memory."""
 
         @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
         def check(query, data):
             memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
-            given = (query.hidden.clone(), memory.hidden.clone())
+            given = (query.hidden.clone(), query.mask.clone(), memory.hidden.clone())
             combined = combiner.combine(query, memory)
-            assert _unchanged(query.hidden, given[0]) and _unchanged(memory.hidden, given[1])
+            assert _unchanged(query.hidden, given[0]) and torch.equal(query.mask, given[1]), (
+                "the combiner wrote into the query")
+            assert _unchanged(memory.hidden, given[2]), "the combiner wrote into the memory"
             assert isinstance(combined, LayerState)
-            assert combined.layer == query.layer
-            assert combined.batch_size == query.batch_size
-            assert combined.hidden.shape[2] == self.hidden_size
-            assert combined.hidden.dtype == query.hidden.dtype
+            assert combined.layer == query.layer, "the layer changed"
+            assert combined.batch_size == query.batch_size, "the batch size changed"
+            assert combined.hidden.shape[2] == self.hidden_size, "the width changed"
+            assert combined.hidden.dtype == query.hidden.dtype, (
+                f"{query.hidden.dtype} in, {combined.hidden.dtype} out")
+
+        check()
+
+    def test_real_memory_reaches_the_output(self, combiner):
+        """A row with a real memory slot comes out other than its query alone: memory that
+        does not reach the upper layers is retrieved for nothing."""
+
+        @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
+        def check(query, data):
+            n = data.draw(st.integers(1, 3), label="slots")
+            mask = data.draw(masks(query.batch_size, n, min_real=1), label="mask")
+            seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+            hidden = torch.randn(query.batch_size, n, self.hidden_size,
+                                 generator=torch.Generator().manual_seed(seed))
+            combined = combiner.combine(query, MemoryTokens(hidden=hidden, mask=mask))
+            for row in range(query.batch_size):
+                out = _real_rows(combined.hidden, combined.mask, row)
+                alone = _real_rows(query.hidden, query.mask, row)
+                assert out.shape != alone.shape or not torch.equal(out, alone), (
+                    f"row {row}: {int(mask[row].sum())} real memory slots changed nothing")
+
+        check()
+
+    def test_output_holds_the_real_tokens_of_both(self, combiner):
+        """For a combiner that inserts memory vectors as positions (all of automr's): the real
+        positions are exactly the query's and the memory's real vectors, each in its own
+        order. A pooling combiner opts out of this check only."""
+
+        @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
+        def check(query, data):
+            memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
+            combined = combiner.combine(query, memory)
             torch.testing.assert_close(combined.mask.sum(1),
                                        query.mask.sum(1) + memory.mask.sum(1))
             for row in range(query.batch_size):
