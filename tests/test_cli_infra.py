@@ -425,3 +425,18 @@ def test_evaluate_takes_float32_for_dtype_auto_with_the_likelihood_measure(
                                  str(tmp_path / "e"), "--methods", "bigrec:l2", "--measures",
                                  measures, "--device", "cuda", *given])
     assert calls == [expected], result.output
+
+
+def test_evaluate_help_names_every_method_kind_and_grounder():
+    """The --methods help is written by hand (building it from the registry would load it for
+    --help); it must still name every kind of METHODS and every grounder."""
+    import inspect
+    import re
+
+    from automr.cli.evaluate import evaluate_command
+    from automr.methods.registry import GROUNDERS, METHODS
+
+    annotation = inspect.signature(evaluate_command).parameters["methods"].annotation
+    text = next(m.help for m in annotation.__metadata__ if getattr(m, "help", None))
+    named = set(re.findall(r"[a-z][a-z0-9-]*", text))
+    assert set(METHODS) <= named and set(GROUNDERS) <= named, text
