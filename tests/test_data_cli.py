@@ -23,6 +23,7 @@ def test_prepare_ml_100k(tmp_path):
     assert config["protocol"]["train_months"] == 6 and config["source"]["kind"] == "ml-100k"
     shown = runner.invoke(app, ["data", "stats", str(out)])
     assert shown.exit_code == 0 and "samples train" in shown.output
+    assert "note:" not in result.output  # titles unique after merging, every split large
 
 
 def test_protocol_options_reach_the_library(tmp_path):
@@ -110,3 +111,24 @@ def test_csv_columns_are_mapped_on_the_command_line(tmp_path):
         result = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--column", bad])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_shared_titles_and_small_splits_get_a_note(tmp_path):
+    """The model names items by title, so items sharing one cannot be told apart; a split of
+    a few samples cannot compare methods. Both passed without a word."""
+    inter = tmp_path / "ratings.csv"
+    inter.write_text("user,item,timestamp\n" + "".join(
+        f"{u},{m},{1577836800 + 86400 * (10 * m + u)}\n" for u in range(3) for m in range(8)))
+    items = tmp_path / "movies.csv"
+    items.write_text("item,title\n" + "".join(
+        f"{m},{'Twin' if m in (1, 2) else f'Movie {m}'}\n" for m in range(8)))
+    args = ["data", "prepare", "csv", "--interactions", str(inter), "--items", str(items),
+            "--train-months", "1", "--min-user-interactions", "2", "--min-item-interactions",
+            "1", "--recent-k", "2", "--quiet"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "note: 2 items share 1 title(s) (e.g. 'Twin')" in result.output
+    assert "--merge-same-title" in result.output
+    assert "note: few samples (train " in result.output
+    merged = runner.invoke(app, [*args, "--out", str(tmp_path / "merged"), "--merge-same-title"])
+    assert merged.exit_code == 0 and "items share" not in merged.output, merged.output

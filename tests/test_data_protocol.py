@@ -168,7 +168,8 @@ def test_too_many_train_months_is_a_user_error():
 
 def test_nothing_after_the_training_months_suggests_only_what_can_help():
     """A 5-day log with --train-months 1 was told to use fewer training months or a later
-    --end (neither possible); YYYYMMDD dates read as seconds got no hint."""
+    --end (neither possible); YYYYMMDD dates read as seconds got no hint, then the hint and
+    "use fewer --train-months", which points away from the fix."""
     short = [Interaction("u", "a", to_unix(dt.date(2019, 1, 1))),
              Interaction("u", "b", to_unix(dt.date(2019, 1, 5)))]
     with pytest.raises(AutomrError, match=r"\(window ends 2019-01-05T00:00:01Z\)\. The data "
@@ -176,7 +177,7 @@ def test_nothing_after_the_training_months_suggests_only_what_can_help():
         resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=1), short)
     dates = [Interaction("u", "a", 20170714), Interaction("u", "b", 20170920)]
     with pytest.raises(AutomrError, match=r"The window lies in 1970: are the timestamps dates "
-                                          r"written as numbers .* Use fewer --train-months\.$"):
+                                          r"written as numbers .* Write them 2017-07-14\.$"):
         resolve_boundaries(ProtocolConfig(start=None, end=None, train_months=10), dates)
 
 

@@ -110,6 +110,28 @@ def _domain(kind: str, domain: str | None) -> str:
     return chosen
 
 
+FEW_SAMPLES = 100
+"""Below this many samples a split's intervals are too wide to read (a note says so)."""
+
+
+def print_notes(dataset: PreparedDataset) -> None:
+    """What a prepared dataset's statistics leave for the user to notice: titles several items
+    share (the LM names items by title, so those targets cannot be told apart) and splits too
+    small to compare methods on."""
+    shared = dataset.catalog.repeated_titles
+    if shared:
+        items = sum(len(ids) for ids in shared.values())
+        example = next(iter(shared))
+        typer.echo(f"note: {items:,} items share {len(shared):,} title(s) (e.g. {example!r}); "
+                   f"the model names items by title, so it cannot tell them apart: "
+                   f"--merge-same-title makes each such title one item")
+    small = {split: n for split, n in dataset.stats.samples.items() if n < FEW_SAMPLES}
+    if small:
+        counts = ", ".join(f"{split} {n}" for split, n in small.items())
+        typer.echo(f"note: few samples ({counts}): intervals on so few are too wide to compare "
+                   f"methods; move the split with --train-months or --start/--end")
+
+
 def print_stats(stats: DatasetStats, title: str) -> None:
     """The statistics as a two-column rich table on stdout."""
     table = Table(title=title, show_header=False)
@@ -134,6 +156,7 @@ def prepare_ml_100k_command(
     """MovieLens-100K (default protocol: Sep 1997 on, 6 months train, rest halved)."""
     dataset = prepare_movielens_100k(out, cache_dir=cache_dir, source=source, protocol=protocol)
     print_stats(dataset.stats, f"ml-100k -> {out}")
+    print_notes(dataset)
 
 
 @prepare_app.command("amazon")
@@ -151,6 +174,7 @@ def prepare_amazon_command(
                              domain=_domain("amazon", domain),
                              merge_same_title=merge_same_title, progress=not quiet)
     print_stats(dataset.stats, f"amazon -> {out}")
+    print_notes(dataset)
 
 
 @prepare_app.command("csv")
@@ -164,7 +188,8 @@ def prepare_csv_command(
     domain: DomainOption = None, merge_same_title: MergeOption = False,
     column: Annotated[list[str] | None, typer.Option(
         help="NAME=COLUMN: the files name column NAME (user, item, timestamp, title) "
-             "COLUMN, e.g. --column user=userId --column item=movieId; repeat.")] = None,
+             "COLUMN, e.g. --column user=userId --column item=movieId; repeat. One mapping "
+             "renames the column in both files.")] = None,
     quiet: QuietOption = False, *, protocol: ProtocolConfig,
 ) -> None:
     """Generic CSV/TSV (default protocol: whole range, 10 months train, rest halved)."""
@@ -172,6 +197,7 @@ def prepare_csv_command(
                           domain=_domain("csv", domain), merge_same_title=merge_same_title,
                           progress=not quiet, columns=_columns(column or []))
     print_stats(dataset.stats, f"csv -> {out}")
+    print_notes(dataset)
 
 
 def _columns(pairs: list[str]) -> dict[str, str]:

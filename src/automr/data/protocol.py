@@ -220,7 +220,7 @@ def resolve_boundaries(
         hint = (" The window lies in 1970: are the timestamps dates written as numbers "
                 "(20170714 is read as 20,170,714 seconds)? Write them 2017-07-14."
                 if start_day.year == 1970 else "")
-        fix = (f" Use {' or '.join(fixes)}." if fixes else
+        fix = ("" if hint else f" Use {' or '.join(fixes)}." if fixes else
                " The data are too short for one training month and a period after it.")
         raise AutomrError(
             f"{config.train_months} training months from {start_day} leave nothing for "
