@@ -168,7 +168,7 @@ def attention_bias(
 ) -> Float[Tensor, "batch 1 seq total"]:
     """Additive 4D mask: query i sees real keys up to itself (past keys included).
 
-    A padding query sees only itself, so no row is fully masked (no NaNs); its output is
+    A padding query also sees itself, so no row is fully masked (no NaNs); its output is
     never used.
     """
     batch, seq = mask.shape
