@@ -11,9 +11,9 @@ matters is the 0-based ``rank`` of the target in that ranking:
 A *miss* (the target does not appear in a method's ranked list at all) has rank equal to the
 catalog size, which is ``>= K`` for every sensible ``K`` and so scores 0 on every metric.
 
-Seen items: by default the ranking keeps the items the user already interacted with, as the
-paper does. ``exclude`` masks (or lists) remove such items from the ranking - every item
-except the target itself - which can only move the target up.
+Seen items: by default the ranking keeps the items the user already interacted with (the
+paper does not say either way). ``exclude`` masks (or lists) remove such items from the
+ranking - every item except the target itself - which can only move the target up.
 """
 
 import math
