@@ -55,8 +55,17 @@ def test_every_cell_is_scored_and_the_oracle_bounds_every_retriever(workspace, t
     test = Annotations.load(tmp_path / "annotations-item-L2-concat-test")
     expected = [float((e - b).mean()) for b, e in zip(test.base, test.element, strict=True)]
     assert by[("item-L2-concat", "random")].tolist() == pytest.approx(expected, abs=1e-6)
+    # ... and its "helped" is the chance a uniform pick helps, not whether that mean is > 0
+    random_row = next(r for r in rows if (r.cell, r.retriever) == ("item-L2-concat", "random"))
+    chance = sum(float(((e - b) > 0).double().mean()) for b, e in zip(
+        test.base, test.element, strict=True)) / len(test.base)
+    assert random_row.helped == pytest.approx(chance, abs=1e-6)
+    assert all(r.samples == tuple(test.header["samples"]) for r in rows)  # the same, paired
     payload = json.loads((tmp_path / "ablation.json").read_text())
     assert len(payload["rows"]) == len(rows)
+    assert [p["helped"] for p in payload["rows"]] == [
+        float((torch.tensor(r.gains) > 0).double().mean()) if r.retriever != "random"
+        else r.helped for r in rows]
     assert "| item | 2 | concat | oracle |" in (tmp_path / "ablation.md").read_text()
 
     again: list[str] = []  # resumes: nothing is annotated or trained twice

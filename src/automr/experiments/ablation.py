@@ -85,7 +85,14 @@ class AblationRow:
     retriever: str
     gains: tuple[float, ...]
     best_picked: float
-    """Share of samples where the retriever picked the best element (``random``: 1/|M|)."""
+    """Share of samples where the retriever picked the best element (``random``: the chance a
+    uniform pick does, averaged over the samples)."""
+    helped: float | None = None
+    """Share of samples where the retrieved element raised the likelihood (``random``: the
+    chance a uniform pick does, averaged over the samples; not whether the mean gain is
+    positive). None: read off ``gains``."""
+    samples: tuple[str, ...] = ()
+    """The test samples' ids, in the order of ``gains`` (every cell scores the same ones)."""
 
     @property
     def cell(self) -> str:
@@ -93,19 +100,21 @@ class AblationRow:
 
 
 def pick_gains(kind: str, gains: Sequence[torch.Tensor], data: RetrievalDataset,
-               retriever_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per test sample: the gain of the element ``kind`` retrieves, and whether it was the best
-    element (a probability for ``random``)."""
+               retriever_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per test sample: the gain of the element ``kind`` retrieves, whether it was the best
+    element and whether it raised the likelihood (for ``random``, the expected gain and the
+    probabilities of both)."""
     best = torch.tensor([float(g.max()) for g in gains])
     if kind == "oracle":
-        return best, torch.ones(len(gains))
+        return best, torch.ones(len(gains)), (best > 0).float()
     if kind == "random":
         return (torch.tensor([float(g.mean()) for g in gains]),
-                torch.tensor([float((g == g.max()).float().mean()) for g in gains]))
+                torch.tensor([float((g == g.max()).float().mean()) for g in gains]),
+                torch.tensor([float((g > 0).double().mean()) for g in gains]))
     retriever = (load_retriever(retriever_dir, hidden_size=data.hidden_size) if kind == "mlp"
                  else build_retriever(kind, data.hidden_size))
     chosen = picked_gains(retriever, gains, data).float()
-    return chosen, (chosen >= best).float()
+    return chosen, (chosen >= best).float(), (chosen > 0).float()
 
 
 ABLATION_FILES = ("memory-", "annotations-", "retriever-", "ablation.")
@@ -182,9 +191,11 @@ def _score_cell(out, dataset, dataset_dir, store, memory_dir, encoder, layer, co
     gains = [element - base for base, element in zip(test.base, test.element, strict=True)]
     rows = []
     for kind in config.retrievers:
-        chosen, best = pick_gains(kind, gains, data, retriever_dir)
+        chosen, best, helped = pick_gains(kind, gains, data, retriever_dir)
         rows.append(AblationRow(encoder=encoder, layer=layer, combiner=combiner, retriever=kind,
-                                gains=tuple(chosen.tolist()), best_picked=float(best.mean())))
+                                gains=tuple(chosen.tolist()), best_picked=float(best.mean()),
+                                helped=float(helped.double().mean()),
+                                samples=tuple(test.header["samples"])))
     return rows
 
 
@@ -245,7 +256,7 @@ def write_ablation(rows: Sequence[AblationRow], out: Path, config: AblationConfi
         paired = (paired_bootstrap(gains, torch.tensor(random.gains, dtype=torch.float64),
                                    n_resamples=config.n_resamples, seed=config.seed)
                   if random is not None and row.retriever != "random" else None)
-        helped = float((gains > 0).double().mean())
+        helped = (float((gains > 0).double().mean()) if row.helped is None else row.helped)
         versus = (f"{paired.mean:+.3f} [{paired.low:+.3f}, {paired.high:+.3f}]" if paired
                   else "-")
         lines.append(f"| {row.encoder} | {row.layer} | {row.combiner} | {row.retriever} | "
@@ -259,5 +270,6 @@ def write_ablation(rows: Sequence[AblationRow], out: Path, config: AblationConfi
         {"config": attrs.asdict(config), **sources, "rows": payload_rows}, indent=1) + "\n")
     header = ("Gain = log P(true title | prompt, retrieved element) - log P(true title | "
               "prompt), in nats, on held-out test samples (k = 1); `random` is the exact "
-              "expectation over the sample's elements, `oracle` the best element.\n\n")
+              "expectation over the sample's elements (its helped and picked best: the chance "
+              "a uniform pick helps, or is the best), `oracle` the best element.\n\n")
     (out / "ablation.md").write_text(header + "\n".join(lines) + "\n")
