@@ -138,6 +138,8 @@ def test_bad_labels_are_refused_before_any_work():
         AblationConfig(label_form="logarithm")
     with pytest.raises(ValueError, match="temperature"):
         AblationConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="n_resamples"):  # not after every cell is annotated
+        AblationConfig(n_resamples=0)
 
 
 def test_a_layer_below_the_tuned_layers_is_refused(workspace, tmp_path):

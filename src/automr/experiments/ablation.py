@@ -71,7 +71,7 @@ class AblationConfig:
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
     temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     seed: int = 0
-    n_resamples: int = 1000
+    n_resamples: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
 
 
 @beartype
