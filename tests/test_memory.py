@@ -470,6 +470,21 @@ def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path
                       dataset.catalog, progress=False)
 
 
+def test_append_under_a_launcher_is_refused_before_any_work(backbone, dataset, built,
+                                                             tmp_path, monkeypatch):
+    """Under torchrun every process appended the same interactions; one that read the index
+    after another had appended added them a second time (a user's items doubled)."""
+    folder = tmp_path / "m"
+    shutil.copytree(built.folder, folder)
+    before = {p.name: _sha(p) for p in folder.iterdir()}
+    user = sorted(built.users())[0]
+    late = [Interaction(user, "0", built.view(user, built.count(user)).timestamps[-1] + 1)]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no group is joined: refused before that
+    with pytest.raises(AutomrError, match="append_memory runs in one process"):
+        append_memory(folder, backbone, late, dataset.catalog, progress=False)
+    assert {p.name: _sha(p) for p in folder.iterdir()} == before
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

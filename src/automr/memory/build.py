@@ -216,6 +216,11 @@ def append_memory(
     ``automr.memory/1`` folder is upgraded to the current format (its old shards stay as
     they are and are read as before).
     """
+    if distributed.launched():  # every process would append the same interactions again
+        raise AutomrError("append_memory runs in one process: call it without a launcher "
+                          "(under torchrun each process appended the new interactions, and a "
+                          "process that read the index after another had appended added "
+                          "them a second time)")
     folder = Path(out_dir).expanduser()
     record = MemoryRecord.read(folder)
     index = MemoryIndex.read(folder)
