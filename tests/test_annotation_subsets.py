@@ -213,6 +213,9 @@ def test_retriever_scores_read_the_first_picks_gain_off_the_annotations(workspac
     assert summary["oracle"]["picked_best"] == 1.0 and summary["oracle"]["vs_random"] is None
     chance = [float((e == e.max()).double().mean()) for e in part.element]
     assert summary["random"]["picked_best"] == pytest.approx(sum(chance) / len(chance))
+    helps = [float((e > b).double().mean()) for e, b in zip(part.element, part.base, strict=True)]
+    assert summary["random"]["helped"] == pytest.approx(sum(helps) / len(helps))  # not mean > 0
+    assert summary["mlp"]["helped"] == float((scores.gains["mlp"] > 0).double().mean())
     assert summary["mlp"]["vs_random"]["mean"] == pytest.approx(
         float((scores.gains["mlp"] - scores.gains["random"]).mean()))
     assert scores.seed_spread()["n"] == 3

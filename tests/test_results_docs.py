@@ -420,3 +420,31 @@ def test_the_random_element_by_fine_tune_size_table_reads_as_its_exports(label):
     else:
         theirs = json.loads((RESULTS / "automr" / other).read_text())["loglik"]
         assert cells[1] == text(paired_bootstrap(gains(loglik), gains(theirs)))
+
+
+def test_random_helped_is_the_chance_a_uniform_pick_helps():
+    """The two 16-element tables' random rows: the chance that a uniform pick helps, averaged
+    over the samples, from every element's gain (a sample absent from element-gains-test.json
+    has one element, so random is its only pick); not the share with a positive mean gain that
+    the exports' summaries hold."""
+    elements = json.loads(
+        (RESULTS / "automr" / "element-gains-test.json").read_text())["per_sample"]
+    page = DOCS.read_text()
+    for export, key, cell in (("test-annotation-1000.json", "gain", "| -0.081 [-0.105, -0.056] |"),
+                              ("test-annotation-aware-1000.json", "gain_other",
+                               "| +0.018 [-0.008, +0.044] |")):
+        samples = json.loads((RESULTS / "automr" / export).read_text())["samples"]
+        chances = []
+        for sample_id, row in samples.items():
+            if sample_id in elements:
+                gains = elements[sample_id][key]
+                assert sum(gains) / len(gains) == pytest.approx(row["random"], abs=1e-4)
+                chances.append(sum(g > 0 for g in gains) / len(gains))
+            else:
+                assert row["oracle"] == row["random"], sample_id
+                chances.append(float(row["random"] > 0))
+        chance = sum(chances) / len(chances)
+        row = next(line for line in page.splitlines()
+                   if line.startswith(f"| random (exact expectation) {cell}"))
+        assert f"| {round(100 * chance)}%\u00b9 |" in row
+        assert f"{100 * chance:.2f}%" in page

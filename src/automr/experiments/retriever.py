@@ -9,7 +9,7 @@ element, ``random`` the exact expectation over them, ``random seed S`` one seede
 per sample (RQ2's spread, with no model run).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -147,6 +147,9 @@ class RetrieverScores:
     best: torch.Tensor
     best_share: torch.Tensor
     """Per sample, the share of annotated elements that are best (random's chance of it)."""
+    helped_share: torch.Tensor
+    """Per sample, the share of annotated elements with a positive gain (random's chance of
+    helping; not whether its expected gain is positive)."""
     random_seeds: tuple[int, ...]
     n_resamples: int = 1000
     seed: int = 0
@@ -161,7 +164,8 @@ class RetrieverScores:
                 gains, self.gains["random"], n_resamples=self.n_resamples, seed=self.seed))
             picked_best = (self.best_share if name == "random"
                            else (gains >= self.best).double())
-            rows[name] = {"gain": attrs.asdict(ci), "helped": float((gains > 0).double().mean()),
+            helped = self.helped_share if name == "random" else (gains > 0).double()
+            rows[name] = {"gain": attrs.asdict(ci), "helped": float(helped.mean()),
                           "picked_best": float(picked_best.mean()),
                           "vs_random": None if paired is None else attrs.asdict(paired)}
         return rows
@@ -174,7 +178,8 @@ class RetrieverScores:
     def markdown(self) -> str:
         lines = [f"{len(self.sample_ids)} annotated samples; gain = log P(y | prompt, element) - "
                  "log P(y | prompt) of the element each retriever ranks first (nats, k = 1); "
-                 "`random` is the exact expectation over the annotated elements, `oracle` the "
+                 "`random` is the exact expectation over the annotated elements (its helped and "
+                 "picked best: the chance a uniform pick helps, or is the best), `oracle` the "
                  "best one.", "",
                  "| retriever | gain [95% CI] | helped | picked best | vs random [95% CI] |",
                  "|---|---|---|---|---|"]
@@ -225,8 +230,12 @@ def score_retrievers(
     rows |= {name: picked_gains(r, gains, data) for name, r in retrievers.items()}
     rows |= {f"random seed {s}": picked_gains(RandomRetriever(seed=s), gains, data)
              for s in random_seeds}
-    share = torch.tensor([float((g == g.max()).double().mean()) for g in gains],
-                         dtype=torch.float64)
+    def share(picked: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return torch.tensor([float(picked(g).double().mean()) for g in gains],
+                            dtype=torch.float64)
+
     return RetrieverScores(sample_ids=tuple(annotations.header["samples"]), gains=rows,
-                           best=best, best_share=share, random_seeds=tuple(random_seeds),
+                           best=best, best_share=share(lambda g: g == g.max()),
+                           helped_share=share(lambda g: g > 0),
+                           random_seeds=tuple(random_seeds),
                            n_resamples=n_resamples, seed=seed)
