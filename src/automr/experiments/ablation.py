@@ -49,10 +49,17 @@ ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
 def _subset(allowed: Sequence[str]) -> Callable:
     def check(instance: object, attribute: attrs.Attribute, value: tuple) -> None:
         unknown = [v for v in value if v not in allowed]
-        if not value or unknown:
+        if not value or unknown or len(set(value)) < len(value):
             raise AutomrError(f"{attribute.name} must be a non-empty subset of "
-                              f"{', '.join(allowed)}; got {', '.join(map(str, value))}")
+                              f"{', '.join(allowed)}, each named once; got "
+                              f"{', '.join(map(str, value))}")
     return check
+
+
+def _layers(instance: object, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
+    if not value or len(set(value)) < len(value) or min(value) < 1:
+        raise AutomrError(f"layers must be split layers >= 1, each named once; got "
+                          f"{', '.join(map(str, value))}")
 
 
 @beartype
@@ -61,7 +68,7 @@ class AblationConfig:
     """The grid (every combination is one cell) and the sample sizes."""
 
     encoders: tuple[str, ...] = attrs.field(default=("item",), validator=_subset(tuple(ENCODERS)))
-    layers: tuple[int, ...] = (DEFAULT_LAYER,)
+    layers: tuple[int, ...] = attrs.field(default=(DEFAULT_LAYER,), validator=_layers)
     combiners: tuple[str, ...] = attrs.field(
         default=("append-token", "prepend-token", "concat"), validator=_subset(tuple(COMBINERS)))
     retrievers: tuple[str, ...] = attrs.field(default=ABLATION_RETRIEVERS,
@@ -123,13 +130,14 @@ ABLATION_FILES = ("memory-", "annotations-", "retriever-", "ablation.")
 
 def run_ablation(
     dataset_dir: Path | str, finetuned: Path | str, out_dir: Path | str,
-    config: AblationConfig = AblationConfig(), device: str = "auto", dtype: str = "auto",
+    config: AblationConfig = AblationConfig(), device: str = "auto", dtype: str = "float32",
     cache_dir: Path | str | None = None, progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> list[AblationRow]:
     """Build, annotate, train and score every cell of the grid into ``out_dir``; write
-    ``ablation.json`` and ``ablation.md``. Models are loaded on ``device`` in ``dtype``; the
-    retrievers train on ``device``."""
+    ``ablation.json`` and ``ablation.md``. Models are loaded on ``device`` in ``dtype``
+    (float32 by default, as ``automr ablate``'s: bfloat16 moves eq. 5's labels; ``auto`` is
+    bfloat16 on CUDA); the retrievers train on ``device``."""
     dataset = PreparedDataset.load(dataset_dir)
     run = FinetunedRun.open(finetuned)
     out = Path(out_dir)
