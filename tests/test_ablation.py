@@ -140,7 +140,7 @@ def test_bad_labels_are_refused_before_any_work():
         AblationConfig(temperature=0.0)
     with pytest.raises(ValueError, match="n_resamples"):  # not after every cell is annotated
         AblationConfig(n_resamples=0)
-    for grid in ({"layers": (2, 2)}, {"layers": (0,)}, {"layers": ()},
+    for grid in ({"layers": (2, 2)}, {"layers": (-1,)}, {"layers": ()},
                  {"combiners": ("concat", "concat")}, {"retrievers": ("random", "random")}):
         with pytest.raises(AutomrError, match="each named once"):  # a cell twice in the table
             AblationConfig(**grid)

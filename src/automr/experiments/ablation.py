@@ -57,8 +57,8 @@ def _subset(allowed: Sequence[str]) -> Callable:
 
 
 def _layers(instance: object, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
-    if not value or len(set(value)) < len(value) or min(value) < 1:
-        raise AutomrError(f"layers must be split layers >= 1, each named once; got "
+    if not value or len(set(value)) < len(value) or min(value) < 0:
+        raise AutomrError(f"layers must be split layers >= 0, each named once; got "
                           f"{', '.join(map(str, value))}")
 
 
