@@ -427,6 +427,25 @@ def test_evaluate_takes_float32_for_dtype_auto_with_the_likelihood_measure(
     assert calls == [expected], result.output
 
 
+@pytest.mark.parametrize("measure,given,expected", [
+    ("likelihood", [], "float32"), ("likelihood", ["--dtype", "bfloat16"], "bfloat16"),
+    ("ranks", [], "auto"),
+])
+def test_rq2_takes_float32_for_dtype_auto_with_the_likelihood_measure(
+        monkeypatch, tmp_path, measure, given, expected):
+    """rq2's likelihood measure pairs AutoMR with random retrieval by the same small
+    log-likelihood differences as `evaluate --measures likelihood`: `auto` is float32 there
+    too, not bfloat16 on CUDA."""
+    calls = []
+    monkeypatch.setattr("automr.experiments.rq2.run_rq2",
+                        lambda *args, **keywords: calls.append(keywords["dtype"]) or 1 / 0)
+    result = runner.invoke(app, ["rq2", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                                 "--finetuned", str(tmp_path), "--memory", str(tmp_path),
+                                 "--retriever", str(tmp_path), "--measure", measure,
+                                 "--grounder", "likelihood", "--device", "cuda", *given])
+    assert calls == [expected], result.output
+
+
 def test_evaluate_help_names_every_method_kind_and_grounder():
     """The --methods help is written by hand (building it from the registry would load it for
     --help); it must still name every kind of METHODS and every grounder."""

@@ -6,6 +6,7 @@ Library modules are imported inside the commands, so listing the CLI needs no to
 from pathlib import Path
 from typing import Annotated
 
+import attrs
 import typer
 
 from automr.cli.common import (
@@ -65,7 +66,8 @@ def rq2_command(
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = 1,
     measure: Annotated[str, typer.Option(
         help="ranks (Recall/NDCG@K, the paper's) or likelihood (mean target "
-             "log-likelihood; no decoding; needs --grounder likelihood).")] = "ranks",
+             "log-likelihood; no decoding; needs --grounder likelihood; --dtype auto is then "
+             "float32 on every device).")] = "ranks",
     exclude_seen: Annotated[bool, typer.Option(
         help="Remove the user's history items from the ranking.")] = False,
     batch_size: Annotated[int, typer.Option(help="Samples per forward.")] = 8,
@@ -76,6 +78,8 @@ def rq2_command(
     from automr.experiments.evaluate import EvalConfig
     from automr.experiments.rq2 import run_rq2
 
+    if measure == "likelihood":  # small differences of log-likelihoods: not in bf16
+        runtime = attrs.evolve(runtime, exact=True)
     config = checked_options("rq2", lambda: EvalConfig(
         max_samples=samples or None, seed=seed, batch_size=batch_size,
         num_beams=num_beams or None, combiner=combiner, k=k, measures=(measure,),
