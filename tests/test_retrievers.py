@@ -348,6 +348,15 @@ def test_registry_kinds_round_trip_through_load_retriever(tmp_path):
         build_retriever("oracle", HIDDEN)
 
 
+def test_another_kind_of_folder_names_the_command_that_writes_retrievers(tmp_path):
+    """A memory or annotation folder given as --retriever: the error says which folder to
+    pass instead, not only the format it expected."""
+    (tmp_path / "config.json").write_text('{"format": "automr.memory/2"}')
+    with pytest.raises(AutomrError, match=r"has format 'automr\.memory/2', expected "
+                                          r"'automr\.retriever/1'.*`automr retriever train`"):
+        load_retriever(tmp_path)
+
+
 def test_mlp_load_refuses_another_model(tmp_path):
     retriever = MLPRetriever(MLPRetrieverConfig(hidden_size=HIDDEN),
                              provenance={"model": "abc", "layer": "4"})

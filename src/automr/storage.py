@@ -254,7 +254,8 @@ def load_component(
     config = read_json(path, made_by)
     if not isinstance(config, dict) or config.get("format") != format:
         found = config.get("format") if isinstance(config, dict) else None
-        raise AutomrError(f"{path} has format {found!r}, expected {format!r}")
+        raise AutomrError(f"{path} has format {found!r}, expected {format!r}: {directory} is "
+                          f"another kind of folder; pass one written by {made_by}")
     weights = None if weights_file is None else directory / weights_file
     tensors = (read_safetensors(weights, made_by, device)
                if weights is not None and weights.is_file() else {})
