@@ -63,7 +63,7 @@ def combine_folders(
         report, likelihood, elements = _saved(Path(path), method)
         if report is None and likelihood is None:
             raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
-                              f"{method}")
+                              f"{method} (there: {', '.join(_held(Path(path))) or 'none'})")
         if report is not None:  # one bootstrap for every interval of the table
             reports[name] = attrs.evolve(report.resampled(report.ks, n_resamples, seed),
                                          method=name)
@@ -122,6 +122,21 @@ def _saved(path: Path, method: str
             {measure: folder.details("retrieved", method, measure)
              for measure in ("ranks", "loglik")
              if folder.details_file("retrieved", method, measure).is_file()})
+
+
+def _held(path: Path) -> list[str]:
+    """The methods an evaluation folder (or an export) holds ranks or log-likelihoods of."""
+    if path.is_file():
+        exported = read_export(path)
+        return list(dict.fromkeys([*exported.get("ranks", {}), *exported.get("loglik", {})]))
+    names = []
+    for kind in ("ranks", "loglik"):
+        for file in sorted((path / kind).glob("*.json")):
+            settings = file.name.endswith(".settings.json")
+            saved = None if settings else read_json(file, "automr evaluate")
+            if isinstance(saved, dict) and isinstance(saved.get("method"), str):
+                names.append(saved["method"])
+    return list(dict.fromkeys(names))
 
 
 def _write(folder: EvaluationFolder, evaluation: Evaluation,
