@@ -64,7 +64,8 @@ def evaluate_command(
         help="Remove the user's history items from the ranking, the target excepted (sasrec "
              "always does, as its original evaluation).")] = False,
     seed: Annotated[int, typer.Option(
-        help="Seed of the seeded sample subset (and of random retrieval).")] = defaults.seed,
+        help="Seed of the sample subset, SASRec, random retrieval and the bootstrap.")] =
+        defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
     tune_samples: Annotated[int, typer.Option(
