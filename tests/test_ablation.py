@@ -193,7 +193,8 @@ def test_a_memory_layer_the_fine_tune_changes_and_a_foreign_folder_are_refused_f
     """The fine-tune's LoRA starts at layer 2: a layer-3 cell was refused only after its
     memory was built (a window memory takes hours); a folder of other files got the grid's
     folders mixed in."""
-    with pytest.raises(AutomrError, match=r"changes layers 2\.\.2 below it"):
+    with pytest.raises(AutomrError, match=r"--layers 3: .* changes layers 2\.\.2 below it.*"
+                                          r"--layers at most 2, or .*--lora-from-layer 3"):
         run_ablation(workspace / "prepared", workspace / "ft", tmp_path / "deep",
                      AblationConfig(layers=(2, 3), combiners=("append-token",)), device="cpu",
                      progress=False, say=lambda line: None)

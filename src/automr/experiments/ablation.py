@@ -143,6 +143,13 @@ def run_ablation(
     out = Path(out_dir)
     check_own_folder(out, "ablation", ABLATION_FILES)  # a resumed one, or new
     for layer in config.layers:  # before any memory is built (a window memory takes hours)
+        if run.lora_from_layer < layer:  # named as ablate's options, not as a built memory
+            raise AutomrError(
+                f"--layers {layer}: the fine-tune in {run.path} changes layers "
+                f"{run.lora_from_layer}..{layer - 1} below it, so its lower half would not "
+                f"compute the base model's layer-{layer} keys a memory holds; give --layers "
+                f"at most {run.lora_from_layer}, or a fine-tune made with --lora-from-layer "
+                f"{max(config.layers)}")
         run.check_memory(run.base_fingerprint, layer)
     made_by = {"model_fingerprint": run.fingerprint(),  # what reused annotations must match
                "dtype": dtype_used(dtype, device)}
