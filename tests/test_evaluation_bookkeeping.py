@@ -103,6 +103,18 @@ def test_a_methods_own_settings_cannot_hide_another_sample_set(tmp_path):
     assert again.reports["m"].sample_ids == tuple(s.id for s in SAMPLES[12:])
 
 
+def test_an_evaluation_says_which_values_it_read_back(tmp_path):
+    first = evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path,
+                     measures=("ranks", "likelihood"))
+    assert first.reused == ()
+    added = evaluate({"m": Constant(1), "n": Constant(2)}, SAMPLES, 30, out=tmp_path, seed=3,
+                     measures=("ranks", "likelihood"))  # another bootstrap: ranks read back
+    assert added.reused == ("ranks:m", "likelihood:m")
+    changed = evaluate({"m": Constant(4), "n": Constant(2)}, SAMPLES, 30, out=tmp_path,
+                       measures=("ranks",))
+    assert changed.reused == ("ranks:n",)
+
+
 def test_a_method_without_settings_is_never_read_back(tmp_path):
     """Settings decide reuse: with none, a GenerativeMethod with another retriever or combiner
     under the same name got the first one's values back from the folder."""

@@ -97,6 +97,9 @@ def evaluate_command(
                                   out, config, artifacts, progress=runtime.progress,
                                   **runtime.keywords())
     typer.echo((out / "results.md").read_text())
+    if evaluation.reused:
+        typer.echo(f"Read back from {out} (saved with the same samples and settings), not "
+                   f"computed again: {', '.join(evaluation.reused)}")
     means: dict[str, dict[str, float]] = {}
     for reports in (evaluation.reports, evaluation.likelihoods):
         for method, report in reports.items():

@@ -58,6 +58,9 @@ class Evaluation:
     samples: int = 0
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+    reused: tuple[str, ...] = ()
+    """``measure:method`` values read back from the folder (saved with the same samples and
+    settings), not computed in this call."""
 
     def paired(self) -> dict[str, dict[str, PairedDifference]]:
         """Each other method minus the reference, per ranking metric (paired bootstrap)."""
@@ -197,6 +200,7 @@ def evaluate(
         folder.check_names(names)
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}
+    reused: list[str] = []
     for name, method in methods.items():
         if not isinstance(method, Method) or not isinstance(method.settings, Mapping):
             raise AutomrError(f"{name} is not a Method: it needs rank(samples) and settings, a "
@@ -211,12 +215,15 @@ def evaluate(
             raise AutomrError(f"the settings of {name} are not JSON ({error}): give "
                               f"strings, numbers, lists and dicts") from None
         if "ranks" in measures:
-            reports[name] = _ranks(name, method, samples, settings, folder, n_items, ks,
-                                   n_resamples, seed, shard_size)
+            reports[name], saved = _ranks(name, method, samples, settings, folder, n_items, ks,
+                                          n_resamples, seed, shard_size)
+            reused += [f"ranks:{name}"] if saved else []
         if "likelihood" in measures and isinstance(method, LikelihoodMethod):
-            likelihoods[name] = _likelihoods(name, method, samples, settings, folder,
-                                             n_resamples, seed, shard_size)
-    evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples, seed)
+            likelihoods[name], saved = _likelihoods(name, method, samples, settings, folder,
+                                                    n_resamples, seed, shard_size)
+            reused += [f"likelihood:{name}"] if saved else []
+    evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples, seed,
+                            tuple(reused))
     if folder is not None:  # every process returns once the folder is written
         distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
                                                          evaluation.markdown(header)))
@@ -261,13 +268,14 @@ def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float,
 
 
 def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, shard_size
-           ) -> MetricReport:
+           ) -> tuple[MetricReport, bool]:
+    """The method's report, and whether its ranks were read back rather than computed."""
     saved = None if folder is None else folder.saved_report(name, settings)
     details: dict = {}
     if saved is not None:
         report = saved.resampled(ks, n_resamples, seed)
         if report is saved:
-            return saved
+            return saved, True
     else:
         ranks, details = run_sharded(lambda given: _checked_ranks(name, method.rank(given),
                                                                   len(given), n_items),
@@ -279,17 +287,18 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
     if folder is not None and distributed.is_main():
         folder.save(report, settings, details)
         folder.clear_shards(name, "ranks")
-    return report
+    return report, saved is not None
 
 
 def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, shard_size
-                 ) -> LikelihoodReport:
+                 ) -> tuple[LikelihoodReport, bool]:
+    """The method's report, and whether its values were read back rather than computed."""
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
     details: dict = {}
     if saved is not None:
         report = saved.resampled(n_resamples, seed)
         if report is saved:
-            return saved
+            return saved, True
     else:
         pairs, details = run_sharded(
             lambda given: _checked_likelihoods(name, method.target_log_likelihoods(given),
@@ -301,4 +310,4 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
     if folder is not None and distributed.is_main():
         folder.save_likelihoods(report, settings, details)
         folder.clear_shards(name, "loglik")
-    return report
+    return report, saved is not None
