@@ -426,6 +426,8 @@ def test_resume_after_interruption_equals_full_build(backbone, dataset, built, t
     for got, want in zip(shard_tensors(resumed), shard_tensors(built), strict=True):
         assert got.keys() == want.keys()
         assert all(torch.equal(got[name], want[name]) for name in want)
+    for shard in built.folder.glob("shard-*.safetensors"):  # no timings in the metadata either
+        assert (out / shard.name).read_bytes() == shard.read_bytes(), shard.name
 
 
 def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path):

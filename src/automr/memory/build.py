@@ -340,11 +340,9 @@ def _write_shard(
     for user, ((items, times), indices) in todo.items():
         segments[user] = (number, len(texts), len(indices))
         texts.extend(encoder.text(items, times, i) for i in indices)
-    started = time.perf_counter()
     keys, states, lengths, rows = encode_all(encoder.base, texts, batch_size,
                                              record.store_token_states, encoder.reuses_texts,
                                              report)
-    seconds = time.perf_counter() - started
     storage = record.torch_storage_dtype
     offsets = None
     if states is not None:
@@ -354,7 +352,7 @@ def _write_shard(
     distinct = None if rows is None else len(lengths)
     metadata = {"model_fingerprint": str(record.model_fingerprint), "layer": str(record.layer),
                 "users": json.dumps(list(todo)), "elements": str(len(texts)),
-                "tokens": str(sum(lengths)), "seconds": str(round(seconds, 3)),
+                "tokens": str(sum(lengths)),  # no timing: a rebuild writes the same bytes
                 **({} if distinct is None else {"distinct": str(distinct)})}
     name = write_shard(folder, number, keys.to(storage), states, offsets, metadata, rows)
     entry = ShardEntry(file=name, elements=len(texts), tokens=sum(lengths), users=list(todo),
