@@ -6,7 +6,8 @@ processes) for the data-parallel run::
         tests/distributed_steps.py WORKSPACE OUT
 
 writes OUT/{memory,item-memory,annotations,evaluation,cli-evaluation,finetune,summaries.json}
-(memory and annotations resume what the test left there).
+and OUT/finetune-cut, a fine-tune stopped after step 4 (the test resumes it in one process);
+memory and annotations resume what the test left there.
 """
 
 import sys
@@ -51,9 +52,10 @@ def annotate(workspace: Path, memory_dir: Path, out: Path) -> None:
                      config, progress=False)
 
 
-def finetune(workspace: Path, out: Path, interrupt_after: int | None = None) -> dict:
+def finetune(workspace: Path, out: Path, interrupt_after: int | None = None,
+             resume: bool = True) -> dict | None:
     """The fine-tune; with ``interrupt_after``, Ctrl-C right after that step's checkpoint,
-    then the same call again (it resumes)."""
+    then (``resume``) the same call again (it resumes)."""
     import automr.recommenders.finetune as ft
 
     config = ft.FinetuneConfig(**FINETUNE)
@@ -72,6 +74,8 @@ def finetune(workspace: Path, out: Path, interrupt_after: int | None = None) -> 
             pass
         finally:
             ft._save_checkpoint = original
+        if not resume:
+            return None
     return ft.finetune(_model(workspace), _dataset(workspace), out, config, progress=False)
 
 
@@ -145,6 +149,7 @@ def main(workspace: Path, out: Path) -> None:
     annotate(workspace, ref / "memory", out / "annotations")
     evaluation(workspace, ref / "finetune", ref / "memory", out / "evaluation")
     record = finetune(workspace, out / "finetune", interrupt_after=2)
+    finetune(workspace, out / "finetune-cut", interrupt_after=4, resume=False)  # test resumes
     texts = summaries(workspace, out / "trsr")
     app(cli_evaluate_args(workspace, out / "cli-evaluation"), standalone_mode=False)
     if distributed.is_main():

@@ -287,6 +287,13 @@ def test_two_processes_equal_one(tmp_path):
     want = load_file(ref / "finetune" / "best" / "adapter_model.safetensors")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+    # ... and one cut after step 4 on 2 processes, resumed here on one
+    resumed = steps.finetune(workspace, par / "finetune-cut")
+    assert resumed["processes_from_step"] == [[0, 2], [4, 1]]
+    assert resumed["train_losses"] == pytest.approx(reference_ft["train_losses"], rel=1e-5)
+    got = load_file(par / "finetune-cut" / "best" / "adapter_model.safetensors")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
 
     # TRSR: each process wrote its share; every summary as one process writes it
     assert json.loads((par / "summaries.json").read_text()) == texts
