@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
@@ -131,6 +131,26 @@ def test_shared_prefix_encoding_equals_plain(backbone, prefix, tails, kind, skip
     assert got.states is not None and want.states is not None and got.tokens == want.tokens
     for a, b in zip(got.states, want.states, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=15)
+@given(prefixes=st.lists(st.lists(token, min_size=2, max_size=6), min_size=1, max_size=3),
+       batches=st.lists(st.tuples(st.integers(0, 2), sequences), min_size=2, max_size=5),
+       layer=st.integers(1, 3))
+@example(prefixes=[[5, 6, 7], [8, 9, 10]], batches=[(0, [[11], [12, 13]]), (1, [[11], [14]]),
+                                                    (0, [[15], [16]])], layer=2)
+def test_a_reused_encoder_equals_plain_across_batches(backbone, prefixes, batches, layer):
+    """The memoised prefix states: one encoder over several batches (the same prefix again,
+    other prefixes of the same length, more batches than it remembers) = plain encoding."""
+    shared = LayerEncoder(backbone, layer, share_prefix=True, min_shared=1)
+    plain = LayerEncoder(backbone, layer, share_prefix=False)
+    for pick, tails in batches:
+        seqs = [prefixes[pick % len(prefixes)] + tail for tail in tails]
+        got, want = shared.encode_tokens(seqs, True), plain.encode_tokens(seqs, True)
+        torch.testing.assert_close(got.keys, want.keys, rtol=1e-5, atol=1e-5)
+        assert got.states is not None and want.states is not None
+        for a, b in zip(got.states, want.states, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def pad_left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
