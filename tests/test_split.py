@@ -77,19 +77,23 @@ def test_logits_at_selected_positions(tiny_models, arch, seqs, layer, side):
     split=st.integers(1, 9),
 )
 def test_incremental_decoding_equals_full_forward(tiny_models, arch, seqs, layer, side, split):
-    """Prefill a prefix, then feed the rest token by token through both halves' caches."""
+    """Prefill each sequence but its last ``rest`` tokens (prefixes of different lengths, so
+    the batch is padded on ``side``), then feed the rest token by token through both halves'
+    caches."""
     model = tiny_models[arch]
     llm = HFSplitLLM(model)
-    cut = min(split, min(map(len, seqs)) - 1)
-    ids, mask = pad([seq[:cut] for seq in seqs], side)
+    rest = min(split, min(map(len, seqs)) - 1)
+    cuts = [len(seq) - rest for seq in seqs]
+    ids, mask = pad([seq[:cut] for seq, cut in zip(seqs, cuts, strict=True)], side)
     decoding = prefill(llm, ids, mask, layer)
     for row, seq in enumerate(seqs):
-        torch.testing.assert_close(decoding.logits[row], alone(model, seq[:cut])[-1], rtol=1e-5,
-                                   atol=1e-5)
-    for offset in range(cut, min(map(len, seqs))):
-        step(llm, decoding, torch.tensor([seq[offset] for seq in seqs]))
+        torch.testing.assert_close(decoding.logits[row], alone(model, seq[: cuts[row]])[-1],
+                                   rtol=1e-5, atol=1e-5)
+    for done in range(rest):
+        step(llm, decoding, torch.tensor([seq[cut + done] for seq, cut in zip(seqs, cuts,
+                                                                              strict=True)]))
         for row, seq in enumerate(seqs):
-            expected = alone(model, seq[: offset + 1])[-1]
+            expected = alone(model, seq[: cuts[row] + done + 1])[-1]
             torch.testing.assert_close(decoding.logits[row], expected, rtol=1e-5, atol=1e-5)
 
 
