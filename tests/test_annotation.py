@@ -127,6 +127,8 @@ def test_concat_fast_path_equals_a_full_upper_forward_per_element(
 @given(prompt=ids, target=ids, head=st.lists(token, max_size=3),
        elements=st.lists(st.lists(token, max_size=3), max_size=4), batch=st.integers(1, 4),
        min_shared=st.sampled_from([1, 8]))
+# equal vectors after the first differing one are no shared prefix
+@example(prompt=[5], target=[6], head=[], elements=[[5, 7], [6, 7]], batch=2, min_shared=1)
 def test_concat_at_layer_zero_equals_the_element_tokens_written_first(
         tiny_models, arch, prompt, target, head, elements, batch, min_shared):
     """At layer 0 an element made of token embeddings (sharing ``head``, so with
