@@ -4,7 +4,7 @@ per node, whether one sequence alone passes through it and the rest of that sequ
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from automr.llm.trie import TokenTrie
@@ -43,6 +43,8 @@ def test_allowed_and_value_are_the_plain_computation(sequences, extra, offset):
 
 
 @given(sequences=stored, extra=walks)
+# 15 = 8 + 7: past the largest token (7) a node * 8 + token key may be another node's edge
+@example(sequences=[(7,), (0, 7)], extra=[[15]])
 def test_nodes_are_the_plain_computation(sequences, extra):
     """Walking node tensors with ``advance``: ``mask`` gives the next tokens, a prefix no
     sequence starts with is the dead node, and ``completions`` finds the one sequence left."""
