@@ -120,16 +120,22 @@ ONLY_EOS = ([[3], [7, 8, 9]], ["left", "right"], [[3], [4], [4, 5, 6], [4, 5, 7]
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @given(inputs=search_inputs(), kind=st.sampled_from([None, *sorted(COMBINERS)]),
        share=st.booleans(), steps=st.integers(1, 5), memory=memory_draws(),
-       eos_rank=st.sampled_from([0, 1, 2, None]))
+       eos_rank=st.sampled_from([0, 1, 2, None]), open_end=st.booleans())
 @example(inputs=SHORT_TITLES, kind=None, share=False, steps=2, memory=(0, 0, None),
-         eos_rank=None)
-@example(inputs=ONLY_EOS, kind=None, share=False, steps=3, memory=(0, 0, None), eos_rank=None)
-@example(inputs=ONLY_EOS, kind=None, share=True, steps=4, memory=(0, 0, None), eos_rank=0)
+         eos_rank=None, open_end=False)
+@example(inputs=ONLY_EOS, kind=None, share=False, steps=3, memory=(0, 0, None), eos_rank=None,
+         open_end=False)
+@example(inputs=ONLY_EOS, kind=None, share=True, steps=4, memory=(0, 0, None), eos_rank=0,
+         open_end=False)
+# a trie holding (3, 3) alone, without EOS: its one beam can never finish, in one pass or not
+@example(inputs=([[3], [3]], ["left", "left"], [[3, 3]], 1, 0), kind=None, share=False,
+         steps=2, memory=(0, 0, None), eos_rank=0, open_end=True)
 def test_fast_search_equals_the_reference(tiny_models, arch, inputs, kind, share, steps, memory,
-                                          eos_rank):
+                                          eos_rank, open_end):
     """Batched beams in blocks of live rows, reserved caches, the shared header run once:
     the same hypotheses as the plain search, with and without a trie and a memory insert,
-    with an EOS the model ranks high (so that ending competes with going on)."""
+    with an EOS the model ranks high (so that ending competes with going on), and with
+    ``open_end`` a trie whose longest sequence does not end with EOS (it never completes)."""
     prompts, sides, titles, beams, layer = inputs
     llm = HFSplitLLM(tiny_models[arch])
     ids, mask = pad_sequences(prompts, sides, pad_id=EOS)
@@ -147,6 +153,9 @@ def test_fast_search_equals_the_reference(tiny_models, arch, inputs, kind, share
     trie = None
     if titles is not None:
         sequences = [[*t, eos] for t in titles]
+        if open_end:
+            longest = max(range(len(titles)), key=lambda i: len(titles[i]))
+            sequences[longest] = list(titles[longest])
         trie = TokenTrie(sequences, list(range(len(sequences))))
         steps = min(steps, max(map(len, sequences)))
     common = {"num_beams": beams, "max_new_tokens": steps, "eos_token_id": eos, "trie": trie,
