@@ -131,3 +131,35 @@ def test_share_leq_zero_counts_resamples_as_exact_sums_would(levels, seed) -> No
     exact = [Fraction(x) - Fraction(y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
     expected = sum(sum(exact[i] for i in row) <= 0 for row in index.tolist()) / resamples
     assert got.share_leq_zero == expected
+
+
+def _plain_percentile(sorted_means: list[float], q: float) -> float:
+    """Linear interpolation between the order statistics around ``q * (R - 1)``."""
+    position = q * (len(sorted_means) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(sorted_means) - 1)
+    return sorted_means[below] + (position - below) * (sorted_means[above] - sorted_means[below])
+
+
+@settings(max_examples=30)
+@given(a=values_strategy, data=st.data(), seed=st.integers(0, 2**16),
+       resamples=st.integers(1, 120), confidence=st.sampled_from([0.5, 0.9, 0.95]))
+def test_intervals_are_the_plain_loop_over_the_same_resamples(a, data, seed, resamples,
+                                                              confidence) -> None:
+    """The vectorised resampling: each resample's mean and the percentile bounds as a Python
+    loop over the rows of the same index matrix computes them, single and paired."""
+    b = data.draw(st.lists(st.floats(0.0, 1.0, allow_subnormal=False), min_size=len(a),
+                           max_size=len(a)))
+    index = torch.randint(0, len(a), (resamples, len(a)),
+                          generator=torch.Generator().manual_seed(seed)).tolist()
+    tail = (1 - confidence) / 2
+    for got, values in ((bootstrap_ci(_t(a), n_resamples=resamples, confidence=confidence,
+                                      seed=seed), a),
+                        (paired_bootstrap(_t(a), _t(b), n_resamples=resamples,
+                                          confidence=confidence, seed=seed),
+                         [x - y for x, y in zip(a, b, strict=True)])):
+        means = sorted(math.fsum(values[i] for i in row) / len(row) for row in index)
+        assert got.mean == pytest.approx(math.fsum(values) / len(values), abs=1e-12)
+        assert got.low == pytest.approx(_plain_percentile(means, tail), abs=1e-12)
+        assert got.high == pytest.approx(max(_plain_percentile(means, 1 - tail), got.low),
+                                         abs=1e-12)
