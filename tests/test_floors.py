@@ -210,3 +210,16 @@ def test_follow_pairs_are_the_plain_walk(sequences, window):
     plain = Counter((seq[i], seq[j]) for seq in sequences for i in range(len(seq))
                     for j in range(i + 1, min(i + window + 1, len(seq))))
     assert Counter(zip(rows.tolist(), cols.tolist(), strict=True)) == plain
+
+
+def test_cooccurrence_ranks_past_one_chunk_equal_each_samples_own(dataset):
+    """The samples are ranked 256 at a time: a list longer than that (the test samples
+    repeated, in shifted copies) ranks each sample as the sample alone does."""
+    samples = dataset.samples("test")
+    method = CooccurrenceMethod(dataset, window=3, query_items=2, exclude_seen=True)
+    alone = [method.rank([s])[0] for s in samples]
+    copies = 300 // len(samples) + 2
+    many = [samples[(i + c) % len(samples)] for c in range(copies) for i in range(len(samples))]
+    assert len(many) > 256
+    assert method.rank(many) == [alone[(i + c) % len(samples)] for c in range(copies)
+                                 for i in range(len(samples))]
