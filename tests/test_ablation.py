@@ -60,6 +60,10 @@ def test_every_cell_is_scored_and_the_oracle_bounds_every_retriever(workspace, t
     chance = sum(float(((e - b) > 0).double().mean()) for b, e in zip(
         test.base, test.element, strict=True)) / len(test.base)
     assert random_row.helped == pytest.approx(chance, abs=1e-6)
+    # ... and its "picked best" the chance a uniform pick is a best element
+    best_chance = sum(float((e == e.max()).double().mean()) for e in test.element) / len(
+        test.base)
+    assert random_row.best_picked == pytest.approx(best_chance, abs=1e-6)
     assert all(r.samples == tuple(test.header["samples"]) for r in rows)  # the same, paired
     payload = json.loads((tmp_path / "ablation.json").read_text())
     assert len(payload["rows"]) == len(rows)
