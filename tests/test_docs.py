@@ -262,3 +262,19 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
     assert result.returncode == 0, output
     assert "WARNING" not in output, output
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_distributed_page_holds_the_recorded_one_and_two_process_runs():
+    """distributed.md's CPU table: every step's times and speed-up as
+    benchmarks/results/distributed-cpu.json holds them, and outputs that were identical."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "distributed-cpu.json").read_text())
+    page = (DOCS / "distributed.md").read_text()
+    rows = page[page.index("## Measured on this project's CPU"):].splitlines()
+    for name, step in result["steps"].items():
+        one, two = step["runs"]
+        cells = (f"| {one['wall_seconds']:.0f} s ({one['recorded_seconds']:.0f}) "
+                 f"| {two['wall_seconds']:.0f} s ({two['recorded_seconds']:.0f}) "
+                 f"| {one['wall_seconds'] / two['wall_seconds']:.2f}x |")
+        assert any(cells in row for row in rows), (name, cells)
+        assert set(step["files"].values()) == {"identical"}, name
+        assert two["recorded_processes"] == 2 and one["recorded_processes"] == 1
