@@ -278,3 +278,38 @@ def test_distributed_page_holds_the_recorded_one_and_two_process_runs():
         assert any(cells in row for row in rows), (name, cells)
         assert set(step["files"].values()) == {"identical"}, name
         assert two["recorded_processes"] == 2 and one["recorded_processes"] == 1
+
+
+def test_api_index_names_every_top_level_export() -> None:
+    """docs/api/index.md ('what to import for what') names every name of ``automr.__all__``,
+    and every ``automr.NAME`` it names is one of them (or a sub-package)."""
+    import automr
+
+    named = set(re.findall(r"`automr\.([A-Za-z_]\w*)", (DOCS / "api" / "index.md").read_text()))
+    assert set(automr.__all__) - named == set(), "docs/api/index.md lacks these exports"
+    unknown = {n for n in named - set(automr.__all__) if not hasattr(automr, n)}
+    assert not unknown, f"docs/api/index.md names what automr does not export: {unknown}"
+
+
+def test_every_top_level_export_is_rendered_on_an_api_page() -> None:
+    """The module that defines each name of ``automr.__all__`` has a ``::: module`` block on a
+    docs/api page, so the page index.md points to documents it."""
+    import importlib
+    import inspect
+
+    import automr
+
+    pages = "".join(page.read_text() for page in (DOCS / "api").glob("*.md"))
+    rendered = set(re.findall(r"^::: (automr[\w.]*)", pages, re.MULTILINE))
+    missing = []
+    for name in automr.__all__:
+        value = getattr(automr, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            homes = {value.__module__}
+        else:  # a constant: the rendered module (or its package) that assigns it
+            homes = {module for module in rendered | {automr._EXPORTS[name]} if re.search(
+                rf"^{name}\b[^=\n]*=", inspect.getsource(importlib.import_module(module)),
+                re.MULTILINE)}
+        if not homes & rendered:
+            missing.append(f"{name} ({', '.join(sorted(homes))})")
+    assert not missing, f"no docs/api page renders: {missing}"

@@ -1,4 +1,4 @@
-"""Turning per-element log-likelihoods into retriever labels S' (eq. 5 and two variants).
+"""Turning per-element log-likelihoods into retriever labels S' (eq. 5 and a log variant).
 
 - ``paper``: delta_m = P(y | z_t, z_m) - P(y | z_t) with P the product of the target tokens'
   probabilities, S' = softmax(delta / temperature). As the paper writes it. The products are

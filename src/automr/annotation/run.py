@@ -57,17 +57,26 @@ class AnnotateConfig:
     """Which samples to annotate and how."""
 
     split: str = "train"
+    """The split whose samples are annotated."""
     max_samples: int | None = 256
+    """A seeded subset of this many of the split's samples (None: all); those among them
+    with an empty memory are then left out."""
     seed: int = 0
+    """Seed of the sample subset."""
     combiner: str = attrs.field(default="concat", validator=attrs.validators.in_(
         tuple(COMBINERS)))
+    """The registry combiner (:data:`~automr.combiners.COMBINERS`) each element is inserted
+    with; a retriever trained on the annotations is checked against it at evaluation."""
     element_batch: int = attrs.field(default=32, validator=attrs.validators.gt(0))
+    """Elements run through the upper half together (:class:`UpperAnnotator`)."""
     element_subset: int | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.gt(0)))
     """Annotate this many seeded elements of each sample's memory (None: all of them)."""
     element_seed: int = 0
     """Seed of the element subsets (with the sample id: :func:`element_subset`)."""
     shard_size: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    """Samples per ``shard-NNNNN.safetensors`` file: the unit of resuming and of sharing
+    among processes."""
 
 
 def element_tokens(store: MemoryStore, sample: Sample, token_states: bool,
@@ -320,6 +329,8 @@ class Annotations:
                               f"they were made with")
 
     def labels(self, form: str, temperature: float) -> list[torch.Tensor]:
+        """Each sample's labels S' over its annotated elements
+        (:func:`~automr.annotation.labels.labels` with ``form`` and ``temperature``)."""
         return [labels(float(b), e, form, temperature) for b, e in zip(self.base, self.element,
                                                                         strict=True)]
 
@@ -332,7 +343,11 @@ def retrieval_dataset(
 
     Each row holds the sample's annotated elements only, in memory order (all of them, or the
     seeded subset the annotation was made on: eq. 6's KL is then over that subset). ``split``:
-    where the annotated samples are (default: the split the annotation recorded).
+    where the annotated samples are (default: the split the annotation recorded). ``form``
+    (:data:`~automr.annotation.labels.LABEL_FORMS`: ``log`` or ``paper``) and
+    ``temperature`` make the labels S' = softmax(delta / temperature). Refuses (an
+    :class:`~automr.errors.AutomrError`) a memory other than the annotated one
+    (:meth:`Annotations.check_memory`) or a dataset other than its own.
     """
     split = split or annotations.header["config"]["split"]
     annotations.check_memory(store)

@@ -9,7 +9,8 @@ from automr.data.prepared import PreparedDataset
 
 
 def dataset_fingerprint(dataset: PreparedDataset) -> str:
-    """sha256 over the source files' hashes, the protocol, the split times and the catalog.
+    """sha256 over the source (kind, prompt domain, its files' hashes), the protocol, the
+    split times, the catalog (ids and titles) and the number of interactions.
 
     Input paths are left out, so the same data prepared from two places has one fingerprint.
     """

@@ -39,12 +39,15 @@ def combine_folders(
     sources: Mapping[str, tuple[Path | str, str]], *, out: Path | str | None = None,
     reference: str | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
 ) -> Evaluation:
-    """``{name: (evaluation folder, method in it)}`` -> one :class:`Evaluation`, each method
-    paired with ``reference`` (default: the first name) on the samples they share.
+    """``{name: (evaluation folder or exported .json, method in it)}`` -> one
+    :class:`Evaluation`, each method paired with ``reference`` (default: the first name).
 
-    Every method brings its ranks and/or its target log-likelihoods, whichever its folder
-    holds; all methods of a measure must cover the same samples (same ids), so pairs are
-    exact, and all ranks must be measured at the same cut-offs. ``n_resamples`` and ``seed``:
+    Every method brings its ranks and/or its target log-likelihoods, whichever its source
+    holds; all methods of a measure must cover the same samples (same ids; otherwise an
+    :class:`~automr.errors.AutomrError`, not an intersection), so pairs are exact, and all
+    ranks must be measured at the same cut-offs over the same catalog. ``out``: a new or
+    empty folder, or one a combination wrote before (an ``automr evaluate`` folder is
+    refused: its results would be replaced). ``n_resamples`` and ``seed``:
     the bootstrap's, for every interval (a source saved with others is summarised again from
     its values)."""
     if not sources:

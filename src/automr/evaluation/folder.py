@@ -5,7 +5,8 @@
     results.md, results.json          the tables (means, intervals, paired differences)
     ranks/METHOD.json                 each method's per-sample ranks (a MetricReport)
     ranks/METHOD.settings.json        what decided those ranks (a rerun reuses equal ones)
-    loglik/METHOD.json                each LM method's target log-likelihoods (--likelihood)
+    loglik/METHOD.json                each LM method's target log-likelihoods (--measures
+                                      likelihood)
     loglik/METHOD.settings.json       what decided them
     KIND/METHOD.json                  per-sample details of the ranking: retrieved/ (memory
                                       elements), contexts/ (ReLLa/TRSR prompt contexts),

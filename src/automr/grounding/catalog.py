@@ -65,7 +65,10 @@ def build_grounder(
     """A grounder of ``kind`` (:data:`GROUNDER_KINDS`) over ``dataset``'s catalog.
 
     ``base_fingerprint`` names the base model (without adapter) whose catalog embeddings the
-    ``l2`` and ``constrained`` grounders use; they are computed once and cached.
+    ``l2`` and ``constrained`` grounders use; they are computed once and cached under
+    ``cache_dir`` (default: the automr cache), with a progress bar unless ``progress`` is
+    False. ``num_beams`` (None: 4 for ``l2``, 10 for the constrained kinds; ``likelihood``
+    has none) is the beam width of the generation.
     ``constrained-pop`` orders the catalog after its beams by distances weighted by the
     training-period popularity with exponent ``gamma``
     (:func:`~automr.grounding.prior.choose_gamma` picks it on validation samples).

@@ -167,6 +167,12 @@ def load_model(
     """Load a causal LM and its tokenizer by embedded name, HF id or local folder.
 
     The model is in eval mode with SDPA attention (the split needs explicit 4D masks).
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``mps`` or ``cuda[:N]``
+    (:func:`resolve_device`); ``dtype``: ``auto`` (bfloat16 on CUDA, float32 elsewhere) or
+    a key of :data:`DTYPES`; ``cache_dir``: where an embedded model is converted and file
+    fingerprints are kept (default: ``$AUTOMR_CACHE``, else ``$XDG_CACHE_HOME/automr``, else
+    ``~/.cache/automr``). A tokenizer without a pad token gets its EOS token as one. A name
+    that cannot be loaded is an :class:`~automr.errors.AutomrError`.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -108,7 +108,10 @@ def build_memory(
     Resumable: if ``out_dir`` holds an interrupted build with the same settings, finished
     shards are kept and the rest is built. A folder holding a memory built with other
     settings (model, layer, encoder, dataset, ...) is refused. Returns the opened memory
-    (with the encoder attached for token-state recomputation).
+    (with the encoder attached for token-state recomputation). ``batch_size``: prompts per
+    lower-half forward; ``on_shard``: called after each shard is written (:data:`ShardHook`).
+    Under a launcher (:mod:`automr.distributed`) each process encodes its share of the
+    missing shards.
     """
     if batch_size < 1:
         raise AutomrError(f"the batch size (--batch-size) must be >= 1, got {batch_size}")

@@ -57,8 +57,13 @@ class MemoryConfig:
     - ``window_includes_item``: element m's window ends with item m (default) or is the K
       items strictly before m (the paper's literal ``x_{u,h_m}``), see
       :class:`~automr.memory.encoders.WindowEncoder`;
-    - ``store_token_states``: also store every element's layer-L token states (for the concat
-      combiner); otherwise they are recomputed on demand for the retrieved element only;
+    - ``store_token_states``: also store every element's layer-L token states (what the
+      concat combiner inserts; ``automr memory build`` stores them unless
+      ``--no-store-token-states``, this class does not by default). Otherwise they are
+      recomputed on demand for the retrieved element only by a store that has the encoder
+      (the one :func:`~automr.memory.build.build_memory` returns, or
+      ``MemoryStore.open(dir, recompute=memory_encoder(...))``); a store opened without it,
+      as ``FinetunedRun.open_memory`` opens one, refuses the concat combiner;
     - ``storage_dtype``: ``model``, ``float32``, ``float16`` or ``bfloat16`` on disk;
     - ``shard_elements``: a shard is closed once it holds at least this many elements (shards
       hold whole users, so a build resumes at user granularity). Default: 2048 for the window

@@ -58,8 +58,13 @@ class GenerativeMethod:
     """Ranks the catalog with an LM: prompt -> lower half -> (memory) -> upper half -> grounder.
 
     ``layer`` is the split layer; with ``retrieval`` it must be the memory's layer (its keys
-    are layer-L states). ``settings`` describes the method for resuming an evaluation folder:
-    give everything that changes the ranks (the registry's builders do).
+    are layer-L states). ``context`` puts a prompt context (ReLLa, TRSR) in every prompt: the
+    one ``loaded`` was fine-tuned with (:func:`automr.contexts.build_context` of
+    ``FinetunedRun.context``). ``batch_size`` samples run per forward;
+    ``exclude_seen`` leaves each sample's history items out of its ranking (the target
+    stays); ``progress`` shows a bar named ``label``. ``settings`` describes the method for
+    resuming an evaluation folder: give everything that changes the ranks (the registry's
+    builders do).
     """
 
     loaded: LoadedModel

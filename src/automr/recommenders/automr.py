@@ -22,6 +22,10 @@ from automr.state import LayerState
 class MemoryRetrieval:
     """Retrieval of the top ``k`` memory elements per sample and their combination.
 
+    ``store``'s keys are scored by ``retriever`` against the prompt's layer-L state pooled
+    as the memory was (its record's pooling); ``combiner`` joins the top ``k`` (default 1)
+    to that state. A combiner that inserts token states (concat) needs a memory that stores
+    them or a store opened with ``recompute=`` (else :class:`~automr.errors.AutomrError`).
     ``retrieved`` collects, per sample passed through an insert, the absolute element
     indices (positions in the user's timeline) that were retrieved, for inspection.
     """
@@ -42,6 +46,11 @@ class MemoryRetrieval:
                 f"--combiner append-token")
 
     def insert_for(self, samples: list[Sample] | tuple[Sample, ...]) -> Insert:
+        """The ``insert`` (:data:`~automr.interfaces.Insert`) for a batch of ``samples``, in
+        order: called with their prompts' layer-L state, it retrieves each sample's top ``k``
+        elements of its own memory (:meth:`MemoryStore.request_for`), appends their positions
+        to :attr:`retrieved` and returns the combined state. Pass it to a grounder's
+        ``rank``/``generate`` (:class:`~automr.methods.GenerativeMethod` does)."""
         requests = [self.store.request_for(s) for s in samples]
         keys, mask = self.store.padded_keys(requests)
 

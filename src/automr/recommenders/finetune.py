@@ -79,11 +79,11 @@ ADDED_FIELDS = ("grad_accum", "warmup_steps", "schedule", "max_grad_norm", "cach
                 "checkpoint_every", "autocast")
 """Config fields newer than some run folders: a checkpoint without them had their defaults."""
 RUN_OPTIONS = ("cache_lower", "checkpoint_every")
+"""Fields that say how a run computes, not what: they may change when it resumes."""
 RECORDED_LATER = ("dtype",)
 """Identity keys checkpoints of older versions lack: such a checkpoint resumes as before."""
 OWN_FILES = ("best", "checkpoint", RESULT_FILE)
 """What a fine-tune writes into its folder (beside run records and temporary names)."""
-"""Fields that say how a run computes, not what: they may change when it resumes."""
 
 
 @beartype
@@ -97,16 +97,26 @@ class FinetuneConfig:
         default=0.05, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     lora_from_layer: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """LoRA only on layers ``>= lora_from_layer``; set it to the memory's layer L so that
+    layer-L memories of the base model stay valid for the tuned one (0: every layer)."""
     loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
+    """``target``: the NLL of the target tokens (title + EOS); ``sequence``: of every token
+    after the first (BIGRec's whole-sequence variant)."""
     lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
     weight_decay: float = 0.0
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     max_train_samples: int | None = 512
+    """A seeded subset of this many training samples (None: all of them)."""
     max_valid_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    """A seeded subset of this many validation samples, for the validation NLL."""
     eval_every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
+    """Optimizer steps between validations (and after the last step); ``best/`` is the
+    adapter of the best one."""
     patience: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    """Stop after this many validations in a row without a strictly lower validation NLL."""
     seed: int = 0
+    """Seeds the sample subsets, LoRA's initialisation and the batch order."""
     context: ContextSpec | None = None
     """A prompt context (ReLLa, TRSR) put in every prompt; None: the plain BIGRec prompt."""
     grad_accum: int = attrs.field(default=1, validator=attrs.validators.gt(0))

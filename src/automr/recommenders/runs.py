@@ -38,6 +38,10 @@ class FinetunedRun:
 
     @classmethod
     def open(cls, path: Path | str) -> "FinetunedRun":
+        """The finished fine-tune in ``path`` (``automr finetune --out``): its
+        ``finetune.json`` read and checked; a folder without one (unfinished, or not a
+        fine-tune) is an :class:`~automr.errors.AutomrError`. Nothing is loaded yet
+        (:meth:`load`)."""
         path = Path(path)
         if not (path / RESULT_FILE).exists():
             raise AutomrError(f"{path} is not a finished fine-tune (no {RESULT_FILE}); run "
@@ -125,7 +129,10 @@ class FinetunedRun:
                 f"{self.lora_from_layer}")
 
     def open_memory(self, memory: Path | str, device: str = "cpu") -> MemoryStore:
-        """The memory folder ``memory``, checked to be usable with this fine-tune."""
+        """The memory folder ``memory``, checked to be usable with this fine-tune
+        (:meth:`check_memory`), its keys returned on ``device``. Opened without an encoder:
+        token states it does not store are not recomputed (see
+        :class:`~automr.memory.MemoryConfig`)."""
         store = MemoryStore.open(memory, device=device)
         self.check_memory(store.record.model_fingerprint, store.layer)
         return store

@@ -69,7 +69,14 @@ def load_retriever(
     directory: Path | str, device: str | torch.device = "cpu",
     expect: Mapping[str, str] | None = None, hidden_size: int | None = None,
 ) -> Retriever:
-    """Load any saved retriever, dispatching on the ``kind`` in its ``config.json``."""
+    """Load any saved retriever, dispatching on the ``kind`` in its ``config.json``, onto
+    ``device``.
+
+    Refused (:class:`~automr.errors.AutomrError`): a retriever saved for another
+    ``hidden_size`` (when given), or whose provenance contradicts a key of ``expect`` (e.g.
+    ``store.record.provenance()``, the model, layer, encoder and pooling of the keys it
+    will score; ``load_retriever_for`` in :mod:`automr.recommenders.automr` does this).
+    """
     kind = read_config(directory).get("kind")
     if kind not in RETRIEVERS:
         raise AutomrError(f"{directory} holds an unknown retriever kind {kind!r}; known: "

@@ -2,7 +2,9 @@
 
 Use them by subclassing in a test module and providing the component as a fixture::
 
-    from automr.testing.contracts import RetrieverContract
+    import pytest
+
+    from automr.testing.contracts import CombinerContract, MethodContract, RetrieverContract
 
     class TestMyRetriever(RetrieverContract):
         hidden_size = 8
@@ -16,7 +18,7 @@ Use them by subclassing in a test module and providing the component as a fixtur
         def combiner(self):
             return MyCombiner()
 
-    class TestMyMethod(MethodContract):
+    class TestMyMethod(MethodContract):  # ``dataset``: a fixture of yours (a PreparedDataset)
         @pytest.fixture
         def method(self, dataset):
             return MyMethod(dataset)
