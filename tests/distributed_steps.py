@@ -19,7 +19,7 @@ FINETUNE = dict(max_train_samples=17, max_valid_samples=5, batch_size=2, grad_ac
                 lora_from_layer=LAYER, checkpoint_every=1)
 """17 samples in effective batches of 8: every third step has 1 sample (one process has none);
 with 2 processes each runs 2 micro-batches of 2 (the first without gradient sync)."""
-EVALUATE_METHODS = ("pop", "base:l2", "random:likelihood")
+EVALUATE_METHODS = ("pop", "sasrec", "base:l2", "random:likelihood")
 
 
 def _model(workspace: Path):
@@ -147,7 +147,13 @@ def main(workspace: Path, out: Path) -> None:
     memory(workspace, out / "memory")
     memory(workspace, out / "item-memory", encoder="item")
     annotate(workspace, ref / "memory", out / "annotations")
+    import automr.methods.sasrec as sasrec
+
+    fits, fit = [], sasrec.fit_sasrec
+    sasrec.fit_sasrec = lambda *args, **kwargs: fits.append(1) or fit(*args, **kwargs)
     evaluation(workspace, ref / "finetune", ref / "memory", out / "evaluation")
+    sasrec.fit_sasrec = fit
+    write_json_atomic(out / f"sasrec-fits.rank-{distributed.rank()}.json", len(fits))
     record = finetune(workspace, out / "finetune", interrupt_after=2)
     finetune(workspace, out / "finetune-cut", interrupt_after=4, resume=False)  # test resumes
     texts = summaries(workspace, out / "trsr")

@@ -269,6 +269,9 @@ def test_two_processes_equal_one(tmp_path):
     assert folder.details("retrieved", "random:likelihood") == reference_folder.details(
         "retrieved", "random:likelihood")
     assert not list((par / "evaluation").rglob("*.shards"))
+    # one SASRec, trained on the main process, ranked every process's shards
+    assert [json.loads((par / f"sasrec-fits.rank-{r}.json").read_text()) for r in (0, 1)] == [
+        1, 0]
     cli_ours = json.loads((par / "cli-evaluation" / "results.json").read_text())
     cli_theirs = json.loads((ref / "cli-evaluation" / "results.json").read_text())
     assert cli_ours["methods"] == cli_theirs["methods"]

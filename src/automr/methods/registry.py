@@ -16,6 +16,7 @@ import attrs
 import torch
 from beartype import beartype
 
+from automr import distributed
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
 from automr.data.fingerprint import dataset_fingerprint
@@ -268,10 +269,13 @@ class Workspace:
             self.options.tune_samples, "valid_ndcg@5": values})
 
     def sasrec(self) -> SASRecMethod:
-        """SASRec (seed ``options.seed``), trained once for every method that uses it."""
+        """SASRec (seed ``options.seed``), trained once for every method that uses it: on
+        first use, or under a launcher here, on the main process, for every process."""
         if self._sasrec is None:
             self._sasrec = SASRecMethod(self.dataset, SASRecConfig(seed=self.options.seed),
                                         self.progress, device=resolve_device(self.device))
+            if distributed.launched():  # every process builds its methods at this point
+                self._sasrec.train_on_main()
         return self._sasrec
 
     def tuned_gamma(self, plain: GenerativeMethod,

@@ -6,6 +6,7 @@ from typing import Any
 import attrs
 import torch
 
+from automr import distributed
 from automr.data import PreparedDataset, Sample
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
 
@@ -45,6 +46,18 @@ class SASRecMethod:
                                         times=list(times.values()), n_items=len(dataset.catalog),
                                         device=self.device, quiet=not self.progress)
         return self._model
+
+    def train_on_main(self) -> None:
+        """Under a launcher: train on the main process only and give every process its
+        weights, so that every shard is ranked by one model (CUDA training is not
+        bit-deterministic; N trainings would also cost N times). Every process calls it at the
+        same point; without a launcher it trains here."""
+        weights = distributed.on_main(
+            lambda: {name: tensor.cpu() for name, tensor in self.model().state_dict().items()})
+        if self._model is None:
+            model = SASRec(self.config, n_items=len(self.dataset.catalog))
+            model.load_state_dict(weights)
+            self._model = model.to(self.device).eval()
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         """Full-ranking ranks over the catalog; with ``config.exclude_seen`` (the default) the
