@@ -36,9 +36,11 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
+        """Whether ``patience`` updates in a row brought no improvement."""
         return self.stale >= self.patience
 
     def restore(self, model: torch.nn.Module) -> None:
+        """Load the best weights into ``model`` (nothing without an update)."""
         if self._state is not None:
             model.load_state_dict(self._state)
 

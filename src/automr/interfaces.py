@@ -43,31 +43,41 @@ class SplitLLM(Protocol):
     """
 
     @property
-    def num_layers(self) -> int: ...
+    def num_layers(self) -> int:
+        """The number of decoder layers."""
 
     @property
-    def hidden_size(self) -> int: ...
+    def hidden_size(self) -> int:
+        """The width of the layer states."""
 
     @property
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int:
+        """The width of the logits."""
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """Where the model's weights (and its outputs) are."""
 
     @property
-    def dtype(self) -> torch.dtype: ...
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
 
-    def new_cache(self) -> "KVCache": ...
+    def new_cache(self) -> "KVCache":
+        """An empty cache for one half (one for ``lower``, another for ``upper``)."""
 
     def lower(
         self, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         cache: "KVCache | None" = None,
-    ) -> LayerState: ...
+    ) -> LayerState:
+        """Embeddings and layers ``0..layer-1``: the state entering layer ``layer`` (appended
+        to ``cache``'s past when given)."""
 
     def upper(
         self, state: LayerState, cache: "KVCache | None" = None,
         logits_at: Positions | None = None,
-    ) -> Float[Tensor, "batch k vocab"]: ...
+    ) -> Float[Tensor, "batch k vocab"]:
+        """Layers ``L..``, the final norm and the head on ``state``: logits at the positions
+        ``logits_at`` (``k`` per sequence)."""
 
 
 @jaxtyped(typechecker=beartype)
@@ -138,13 +148,17 @@ class Memory(Protocol):
     """
 
     @property
-    def layer(self) -> int: ...
+    def layer(self) -> int:
+        """The layer L the keys were taken at."""
 
-    def users(self) -> Sequence[str]: ...
+    def users(self) -> Sequence[str]:
+        """Every user with memory elements."""
 
-    def view(self, user: str, count: int, start: int = 0) -> MemoryView: ...
+    def view(self, user: str, count: int, start: int = 0) -> MemoryView:
+        """Elements ``start .. start+count-1`` of ``user``'s memory."""
 
-    def token_states(self, user: str, index: int) -> Float[Tensor, "seq hidden"]: ...
+    def token_states(self, user: str, index: int) -> Float[Tensor, "seq hidden"]:
+        """Element ``index``'s per-token layer-L states (for the concat combiner)."""
 
 
 @runtime_checkable
@@ -155,7 +169,8 @@ class Encoder(Protocol):
 
     def encode(
         self, input_ids: TokenIds, attention_mask: TokenMask
-    ) -> Float[Tensor, "batch hidden"]: ...
+    ) -> Float[Tensor, "batch hidden"]:
+        """One pooled layer-L key per sequence."""
 
 
 @runtime_checkable
@@ -170,7 +185,8 @@ class Retriever(Protocol):
     def scores(
         self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
         mask: Bool[Tensor, "batch mem"],
-    ) -> Float[Tensor, "batch mem"]: ...
+    ) -> Float[Tensor, "batch mem"]:
+        """One score per memory element (higher = more useful; masked ones are ignored)."""
 
 
 @runtime_checkable
@@ -183,9 +199,11 @@ class Combiner(Protocol):
     """
 
     @property
-    def uses_token_states(self) -> bool: ...
+    def uses_token_states(self) -> bool:
+        """Whether it takes each element's token states (else its pooled key)."""
 
-    def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState: ...
+    def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        """``query`` with ``memory`` joined (the query itself for an empty ``memory``)."""
 
 
 @runtime_checkable
@@ -200,7 +218,8 @@ class Annotator(Protocol):
     def log_likelihoods(
         self, prompt_ids: Int[Tensor, " seq"], target_ids: Int[Tensor, " target"],
         memory: MemoryTokens,
-    ) -> tuple[Float[Tensor, ""], Float[Tensor, " mem"]]: ...
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, " mem"]]:
+        """The target's log-likelihood without memory, and with each element of ``memory``."""
 
 
 @runtime_checkable
@@ -214,7 +233,8 @@ class Grounder(Protocol):
     def rank(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
-    ) -> Int[Tensor, "batch items"]: ...
+    ) -> Int[Tensor, "batch items"]:
+        """Catalog positions, best first, one full ranking per prompt."""
 
 
 @runtime_checkable
@@ -228,9 +248,11 @@ class PromptContext(Protocol):
     """
 
     @property
-    def config(self) -> dict: ...
+    def config(self) -> dict:
+        """A JSON-able description the same context is rebuilt from."""
 
-    def texts(self, samples: Sequence["Sample"]) -> list[str | None]: ...
+    def texts(self, samples: Sequence["Sample"]) -> list[str | None]:
+        """The context text of each sample (None: no context for it)."""
 
 
 @runtime_checkable
@@ -251,9 +273,12 @@ class Method(Protocol):
     """
 
     @property
-    def settings(self) -> Mapping[str, Any]: ...
+    def settings(self) -> Mapping[str, Any]:
+        """Everything that decides the ranks (JSON-able)."""
 
-    def rank(self, samples: Sequence["Sample"]) -> Sequence[int]: ...
+    def rank(self, samples: Sequence["Sample"]) -> Sequence[int]:
+        """Each sample's target's 0-based rank among all catalog items (the catalog's size
+        for a miss)."""
 
 
 @runtime_checkable
@@ -265,7 +290,8 @@ class LikelihoodMethod(Method, Protocol):
     the quantity eq. 5 optimises, a continuous measure that resolves small paired effects.
     """
 
-    def target_log_likelihoods(self, samples: Sequence["Sample"]) -> list[tuple[float, int]]: ...
+    def target_log_likelihoods(self, samples: Sequence["Sample"]) -> list[tuple[float, int]]:
+        """``(log P(target title + EOS | prompt), number of target tokens)`` per sample."""
 
 
 @runtime_checkable
@@ -275,4 +301,5 @@ class Explained(Protocol):
     ``contexts``) to ``{sample id: value}``; evaluation folders save each kind beside the
     ranks (``KIND/METHOD.json``)."""
 
-    def details(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def details(self) -> Mapping[str, Mapping[str, Any]]:
+        """``{kind: {sample id: value}}`` of the samples ranked so far."""

@@ -38,10 +38,12 @@ class LayerState:
 
     @property
     def batch_size(self) -> int:
+        """The number of sequences (``hidden.shape[0]``)."""
         return self.hidden.shape[0]
 
     @property
     def seq_len(self) -> int:
+        """The padded length, inserted memory positions included (``hidden.shape[1]``)."""
         return self.hidden.shape[1]
 
     def last_positions(self) -> Int[Tensor, "batch 1"]:
@@ -79,6 +81,7 @@ class KVCache:
 
     @property
     def past_len(self) -> int:
+        """How many positions (padding included) the cache holds; 0 before the first call."""
         return 0 if self.past_mask is None else self.past_mask.shape[1]
 
     def next_positions(self) -> Int[Tensor, "batch 1"] | None:

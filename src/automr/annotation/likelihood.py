@@ -70,6 +70,8 @@ class UpperAnnotator:
         self, prompt_ids: Int[Tensor, " seq"], target_ids: Int[Tensor, " target"],
         memory: MemoryTokens,
     ) -> tuple[Float[Tensor, ""], Float[Tensor, " mem"]]:
+        """The target's log-likelihood without memory and with each element (one row of
+        ``memory`` per element): :meth:`annotate` without the prompt's states."""
         result = self.annotate(prompt_ids, target_ids, memory)
         return torch.tensor(result.base), result.with_element
 

@@ -34,6 +34,8 @@ class PrependToken:
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        """``query`` with ``memory``'s vectors as soft tokens before the prompt
+        (:func:`insert_memory`)."""
         return insert_memory(query, memory, "before")
 
 
@@ -52,6 +54,8 @@ class AppendToken:
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        """``query`` with ``memory``'s vectors as soft tokens after the prompt
+        (:func:`insert_memory`)."""
         return insert_memory(query, memory, "after")
 
 
@@ -65,6 +69,7 @@ class Concat:
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
+        """``query`` with the element's token states before the prompt (:func:`insert_memory`)."""
         return insert_memory(query, memory, "before")
 
 

@@ -53,6 +53,7 @@ class ReLLaContext:
 
     @property
     def config(self) -> dict:
+        """``{"kind": "rella", "k": k}`` (:meth:`ContextSpec.to_json`)."""
         return ContextSpec(kind="rella", k=self.k).to_json()
 
     def selected(self, sample: Sample) -> tuple[str, ...]:
@@ -70,6 +71,8 @@ class ReLLaContext:
         return tuple(sample.memory[p] for p in chosen)
 
     def text(self, sample: Sample) -> str | None:
+        """``"Earlier, the user has also {verb}: {titles}."`` with the :meth:`selected` items'
+        titles; None when none is selected (no long-term or no recent history)."""
         items = self.selected(sample)
         if not items:
             return None
@@ -77,6 +80,7 @@ class ReLLaContext:
         return RELLA_TEMPLATE.format(verb=self.prompt.verb, titles=titles)
 
     def texts(self, samples: Sequence[Sample]) -> list[str | None]:
+        """:meth:`text` of each sample."""
         return [self.text(sample) for sample in samples]
 
 

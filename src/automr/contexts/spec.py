@@ -27,6 +27,7 @@ class ContextSpec:
     max_new_tokens: int = attrs.field(default=40, validator=_positive)
 
     def to_json(self) -> dict:
+        """``kind`` and the fields it uses (``k`` for ``rella``; the other four for ``trsr``)."""
         if self.kind == "rella":
             return {"kind": self.kind, "k": self.k}
         return {"kind": self.kind, "block_size": self.block_size, "max_blocks": self.max_blocks,
@@ -34,4 +35,5 @@ class ContextSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "ContextSpec":
+        """The spec of a :meth:`to_json` dict (the fields it lacks take their defaults)."""
         return cls(**data)

@@ -101,10 +101,13 @@ class SummaryCache:
                     continue  # a line cut by an interrupted write
 
     def key(self, prompt: str) -> str:
+        """The sha256 hex digest of the model fingerprint, ``max_new_tokens`` and ``prompt``."""
         payload = json.dumps([self.model_fingerprint, self.max_new_tokens, prompt])
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, prompt: str) -> str | None:
+        """The cached reply to ``prompt`` (as of the last :meth:`reload` or :meth:`add`), else
+        None."""
         return self.entries.get(self.key(prompt))
 
     def add(self, prompts: Sequence[str], summaries: Sequence[str]) -> None:

@@ -82,6 +82,7 @@ class TRSRContext:
 
     @property
     def config(self) -> dict:
+        """The ``trsr`` :class:`ContextSpec` as JSON (block size, blocks, mode, tokens)."""
         return self.spec.to_json()
 
     def blocks(self, sample: Sample) -> list[list[str]]:
@@ -135,6 +136,8 @@ class TRSRContext:
         return [self.cache.get(p) or "" for p in prompts]
 
     def texts(self, samples: Sequence[Sample]) -> list[str | None]:
+        """``"Summary of the user's long-term preferences: {summary}"`` per sample (None where
+        :meth:`summaries` gives None or an empty summary)."""
         return [CONTEXT_TEMPLATE.format(summary=s) if s else None
                 for s in self.summaries(samples)]
 

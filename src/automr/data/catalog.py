@@ -83,6 +83,7 @@ class Catalog:
 
     @property
     def ids(self) -> tuple[str, ...]:
+        """Every item id, in catalog order (a new tuple on each read)."""
         return tuple(item.id for item in self.items)
 
     def title(self, item_id: str) -> str:
@@ -90,6 +91,7 @@ class Catalog:
         return self[item_id].title
 
     def titles(self, item_ids: Iterable[str]) -> list[str]:
+        """The display titles of ``item_ids``, in order (KeyError on an unknown id)."""
         return [self[i].title for i in item_ids]
 
     def positions(self, item_ids: Iterable[str]) -> list[int]:

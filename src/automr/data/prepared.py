@@ -158,6 +158,8 @@ class PreparedDataset:
 
 
 def is_prepared_dir(folder: Path) -> bool:
+    """Whether ``folder/config.json`` is a JSON object whose ``format`` is :data:`FORMAT`
+    (False for a missing or unreadable file, never an error)."""
     try:
         return json.loads((folder / "config.json").read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):

@@ -133,11 +133,13 @@ class TokenizedExample:
 
     @property
     def input_ids(self) -> tuple[int, ...]:
+        """``prompt_ids + target_ids``, then ``eos_id`` when it is not None."""
         eos = (self.eos_id,) if self.eos_id is not None else ()
         return self.prompt_ids + self.target_ids + eos
 
     @property
     def target_span(self) -> tuple[int, int]:
+        """``(start, end)``: the title's tokens are ``input_ids[start:end]`` (EOS excluded)."""
         start = len(self.prompt_ids)
         return start, start + len(self.target_ids)
 
@@ -149,6 +151,7 @@ class TokenizedExample:
 
     @property
     def labels(self) -> tuple[int, ...]:
+        """``IGNORE_INDEX`` on every prompt token, then the target's ids and EOS (unshifted)."""
         return (IGNORE_INDEX,) * len(self.prompt_ids) + self.input_ids[len(self.prompt_ids):]
 
 

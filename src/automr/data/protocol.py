@@ -108,11 +108,13 @@ class ProtocolConfig:
         return cls(start=None, end=None, train_months=6)
 
     def to_json(self) -> dict[str, object]:
+        """The fields as a dict, dates as ISO strings (``YYYY-MM-DD``)."""
         return attrs.asdict(self, value_serializer=lambda _i, _a, v: v.isoformat()
                             if isinstance(v, dt.date) else v)
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> "ProtocolConfig":
+        """The config of a :meth:`to_json` dict (``start``/``end`` parsed from ISO dates)."""
         values = dict(data)
         for key in ("start", "end"):
             if values.get(key) is not None:
@@ -128,10 +130,12 @@ def add_months(day: dt.date, months: int) -> dt.date:
 
 
 def to_unix(day: dt.date) -> int:
+    """Unix seconds of ``day``'s midnight UTC."""
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
 
 
 def to_iso(seconds: int) -> str:
+    """Unix ``seconds`` as an ISO 8601 UTC time ending in ``Z`` (``1998-03-01T00:00:00Z``)."""
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
@@ -181,6 +185,7 @@ class SplitBoundaries:
         return "valid" if timestamp < self.valid_end else "test"
 
     def to_json(self) -> dict[str, str]:
+        """The four boundaries as :func:`to_iso` strings."""
         return {"start": to_iso(self.start), "train_end": to_iso(self.train_end),
                 "valid_end": to_iso(self.valid_end), "end": to_iso(self.end)}
 

@@ -100,4 +100,6 @@ class Sample:
 
     @property
     def history_timestamps(self) -> tuple[int, ...]:
+        """The times of :attr:`history`'s items (Unix seconds, ascending):
+        ``memory_timestamps + recent_timestamps``."""
         return self.memory_timestamps + self.recent_timestamps

@@ -37,6 +37,7 @@ class SkipCounter(Counter):
     """
 
     def as_dict(self) -> dict[str, int]:
+        """The non-zero counts as ``{reason: count}``, reasons sorted."""
         return {k: int(v) for k, v in sorted(self.items()) if v}
 
 

@@ -17,6 +17,8 @@ from automr.data.source import skip_label
 @beartype
 @attrs.frozen
 class Counts:
+    """Numbers of users, items and interactions at one stage of preparation."""
+
     users: int
     items: int
     interactions: int
@@ -32,6 +34,7 @@ class LengthStats:
 
     @classmethod
     def of(cls, lengths: Sequence[int]) -> "LengthStats":
+        """The mean (rounded to 3 decimals) and max of ``lengths``; ``(0.0, 0)`` when empty."""
         if not lengths:
             return cls(0.0, 0)
         return cls(round(sum(lengths) / len(lengths), 3), max(lengths))
@@ -71,10 +74,12 @@ class DatasetStats:
     window: Mapping[str, str]
 
     def to_json(self) -> dict[str, object]:
+        """Every field as plain JSON (``attrs.asdict``, nested counts as dicts)."""
         return attrs.asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> "DatasetStats":
+        """The stats of a :meth:`to_json` dict (nested counts and lengths rebuilt)."""
         values = dict(data)
         values["loaded"] = Counts(**values["loaded"])  # type: ignore[arg-type]
         values["filtered"] = Counts(**values["filtered"])  # type: ignore[arg-type]

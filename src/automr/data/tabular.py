@@ -42,6 +42,8 @@ _FIX = "See docs/data.md for the generic CSV/TSV format"
 
 
 def delimiter_for(path: Path) -> str:
+    """The delimiter ``path``'s extension names (``.csv``: comma; ``.tsv``, ``.tab``: tab;
+    a final ``.gz`` aside); an :class:`~automr.errors.AutomrError` for any other."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]

@@ -77,12 +77,17 @@ class EvaluationFolder:
 
     @staticmethod
     def slug(method: str) -> str:
+        """``method`` as it names the folder's files: each ``:`` written ``-``."""
         return method.replace(":", "-")
 
     def ranks_file(self, method: str, kind: str = "ranks") -> Path:
+        """``KIND/METHOD.json``: ``method``'s ranks (``kind="ranks"``) or target
+        log-likelihoods (``kind="loglik"``)."""
         return self.path / kind / f"{self.slug(method)}.json"
 
     def settings_file(self, method: str, kind: str = "ranks") -> Path:
+        """``KIND/METHOD.settings.json``: the settings ``method``'s ranks or log-likelihoods
+        were made with (written last, so it marks them complete)."""
         return self.path / kind / f"{self.slug(method)}.settings.json"
 
     def details_file(self, kind: str, method: str, measure: str = "ranks") -> Path:
@@ -117,6 +122,8 @@ class EvaluationFolder:
         return isinstance(ranks, dict) and "samples" in ranks and ranks == loglik
 
     def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
+        """``KIND/METHOD.shards/shard-NNNNN.json``: shard ``number`` of ``method``'s values
+        (number zero-padded to five digits)."""
         return self.path / kind / f"{self.slug(method)}.shards" / f"shard-{number:05d}.json"
 
     def saved_shard(self, method: str, number: int, key: Mapping[str, Any],
@@ -133,6 +140,8 @@ class EvaluationFolder:
 
     def save_shard(self, method: str, number: int, key: Mapping[str, Any],
                    values: list, details: Mapping[str, Any], kind: str = "ranks") -> None:
+        """Write shard ``number`` of ``method``'s values and details atomically, under ``key``
+        (what :meth:`saved_shard` checks before reusing it)."""
         write_json_atomic(self.shard_file(method, number, kind),
                           {"key": dict(key), "values": values, "details": dict(details)},
                           indent=None)
@@ -347,6 +356,8 @@ class EvaluationFolder:
         return [list(argv) for argv in dict.fromkeys(tuple(argv) for argv in found)]
 
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
+        """Write the tables: ``payload`` to ``results.json`` (atomically) and ``markdown`` to
+        ``results.md``."""
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
         (self.path / RESULTS_MD).write_text(markdown)
 
@@ -383,12 +394,18 @@ class ExportedEvaluation:
 
     @classmethod
     def open(cls, path: Path | str) -> "ExportedEvaluation":
+        """Read the export at ``path`` (:func:`read_export`: an
+        :class:`~automr.errors.AutomrError` if it is not one)."""
         return cls(Path(path), read_export(path))
 
     def report(self, method: str) -> MetricReport:
+        """``method``'s ranks, with the intervals its table reports; an
+        :class:`~automr.errors.AutomrError` if the export holds none."""
         return self._measured(method, "ranks")
 
     def likelihoods(self, method: str) -> LikelihoodReport:
+        """``method``'s target log-likelihoods, with the intervals its table reports; an
+        :class:`~automr.errors.AutomrError` if the export holds none."""
         return self._measured(method, "loglik")
 
     def _measured(self, method: str, measure: str) -> Any:
@@ -418,6 +435,8 @@ class ExportedEvaluation:
         return dict(values)
 
     def split(self, method: str) -> str:
+        """The split the exported evaluation ranked (its ``results.json`` config's, else
+        ``test``); the same for every ``method``."""
         return str(self.exported["results"].get("config", {}).get("split", "test"))
 
 

@@ -163,6 +163,24 @@ def evaluate(
     ``record``) and ``results.md`` (after ``header``). ``shard_size``: samples per shard
     (the unit of resuming and of sharing among processes; a multiple of the methods' batch
     sizes keeps their batches those of one pass).
+
+    ``ks``: the cut-offs K of Recall@K and NDCG@K (default 1, 5, 10; positive and distinct;
+    the ranks measure only). ``n_resamples`` (default 1000, >= 1) and ``seed``: the bootstrap
+    of every interval and paired difference (all metrics share one set of resamples of
+    ``seed``); they seed nothing in the methods. Saved values are summarised again (not
+    computed again) when ``ks``, ``n_resamples`` or ``seed`` differ from those they were
+    saved with.
+
+    Raises :class:`~automr.errors.AutomrError` before any method runs when ``methods`` is
+    not a non-empty dict of :class:`~automr.interfaces.Method` s, ``n_items`` is not an
+    int >= 1, there are no samples or their ids repeat, ``measures`` is empty or unknown,
+    ``reference`` is not a method, only ``likelihood`` is measured and no method is a
+    :class:`~automr.interfaces.LikelihoodMethod`, or ``out`` (or a method's name) cannot
+    hold the evaluation. Then, method by method: when its ``settings`` are not JSON, it
+    returns a wrong number of values or a rank that is not an int in ``[0, n_items]``, or a
+    saved file is damaged. Invalid ``ks`` or ``n_resamples`` raise it only once the first
+    method's values are computed or read back (they are checked when its report is built);
+    ``shard_size < 1`` raises ``ValueError``.
     """
     if not isinstance(methods, Mapping):
         raise AutomrError(f"evaluate takes the methods as a dict {{name: method}}, not a "

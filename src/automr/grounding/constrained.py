@@ -62,6 +62,9 @@ class ConstrainedGrounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
+        """Each prompt's catalog positions, best first: the items of its :meth:`beams`' titles,
+        then the rest in :meth:`fallback_orders` (anchored on the top beam's item).
+        ``layer`` is the split and ``insert`` (optional) joins memory there."""
         beams = self.beams(llm, input_ids, attention_mask, layer, insert)
         found = [[item for i in map(self.trie.value, (h.tokens for h in hyps)) if i is not None
                   for item in self.sharing[i]] for hyps in beams]  # a title: all its items

@@ -39,6 +39,8 @@ class L2Grounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
+        """Each prompt's catalog positions by :meth:`distances`, nearest first (equal
+        distances in catalog order)."""
         return rank_by_distance(self.distances(llm, input_ids, attention_mask, layer, insert))
 
     @jaxtyped(typechecker=beartype)

@@ -32,6 +32,8 @@ class LikelihoodGrounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
+        """Each prompt's catalog positions by :meth:`scores`, highest first (equal scores in
+        catalog order)."""
         scores = self.scores(llm, input_ids, attention_mask, layer, insert)
         return scores.argsort(dim=1, descending=True, stable=True)
 
@@ -40,6 +42,8 @@ class LikelihoodGrounder:
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
     ) -> Float[Tensor, "batch items"]:
+        """``[prompts, items]``: each title's ``log P(title tokens, EOS | prompt)``, the prompt
+        split at ``layer`` with ``insert`` (optional) joined there."""
         batch = prefill(llm, input_ids, attention_mask, layer, insert)
         rows = []
         for b in range(input_ids.shape[0]):

@@ -56,22 +56,27 @@ class HFSplitLLM:
     # -- sizes -------------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
+        """The number of decoder layers (the config's ``num_hidden_layers``)."""
         return self.config.num_hidden_layers
 
     @property
     def hidden_size(self) -> int:
+        """The width of the layer states (the config's ``hidden_size``)."""
         return self.config.hidden_size
 
     @property
     def vocab_size(self) -> int:
+        """The width of the logits: the output head's ``out_features``."""
         return self.head.out_features
 
     @property
     def device(self) -> torch.device:
+        """The device of the output head's weight."""
         return self.head.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the output head's weight."""
         return self.head.weight.dtype
 
     def new_cache(self) -> KVCache:

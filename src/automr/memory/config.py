@@ -119,13 +119,16 @@ class MemoryRecord:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a ``torch.dtype`` (the model's: keys are returned in it)."""
         return getattr(torch, self.dtype)
 
     @property
     def torch_storage_dtype(self) -> torch.dtype:
+        """``storage_dtype`` as a ``torch.dtype`` (the keys' dtype on disk)."""
         return getattr(torch, self.storage_dtype)
 
     def encoder_settings(self) -> dict[str, Any]:
+        """The element encoder: ``{"kind", "window", "includes_item"}``."""
         return {"kind": self.encoder, "window": self.window,
                 "includes_item": self.window_includes_item}
 
@@ -137,20 +140,25 @@ class MemoryRecord:
                 "pooling": json.dumps(attrs.asdict(self.pooling), sort_keys=True)}
 
     def to_json(self) -> dict[str, Any]:
+        """Every field as plain JSON (``attrs.asdict``: pooling and prompt config as dicts)."""
         return attrs.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "MemoryRecord":
+        """The record of a :meth:`to_json` dict (pooling and prompt config rebuilt)."""
         values = dict(data)
         values["pooling"] = Pooling(**values["pooling"])
         values["prompt_config"] = PromptConfig(**values["prompt_config"])
         return cls(**values)
 
     def write(self, folder: Path) -> None:
+        """Write :meth:`to_json` to ``folder/config.json`` atomically."""
         write_json_atomic(folder / CONFIG_FILE, self.to_json())
 
     @classmethod
     def read(cls, folder: Path) -> "MemoryRecord":
+        """The record in ``folder/config.json``; an :class:`~automr.errors.AutomrError` when
+        it is missing, not JSON, of another (or a newer) format, or damaged."""
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise AutomrError(f"{folder} is not a memory folder ({CONFIG_FILE} is missing). "

@@ -53,6 +53,8 @@ class Backbone:
 
     @classmethod
     def of(cls, model: "LoadedModel | Backbone") -> "Backbone":
+        """``model`` itself if it is a Backbone, else its model split, tokenizer, name and
+        fingerprint."""
         if isinstance(model, Backbone):
             return model
         return cls(HFSplitLLM(model.model), model.tokenizer, model.name, model.fingerprint())
@@ -107,6 +109,7 @@ class LayerEncoder:
 
     @property
     def hidden_size(self) -> int:
+        """The width of the keys (the split LM's hidden size)."""
         return self.backbone.llm.hidden_size
 
     @jaxtyped(typechecker=beartype)
@@ -172,6 +175,8 @@ class LayerEncoder:
         return LayerState(hidden=hidden, mask=full_mask, layer=self.layer)
 
     def encode_texts(self, texts: Sequence[str], keep_states: bool = False) -> Encoded:
+        """:meth:`encode_tokens` of the texts' :meth:`tokenize` ids (an
+        :class:`~automr.errors.AutomrError` for a text that tokenizes to nothing)."""
         return self.encode_tokens(self.tokenize(texts), keep_states)
 
     def _prefix(self, tokens: tuple[int, ...]) -> tuple[LayerState, KVCache]:
@@ -192,6 +197,7 @@ class LayerEncoder:
 
     @property
     def pad_id(self) -> int:
+        """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0."""
         tokenizer = self.backbone.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
             tokenizer.eos_token_id
@@ -235,9 +241,11 @@ class ElementEncoder(Protocol):
     base: LayerEncoder
     reuses_texts: bool
 
-    def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str: ...
+    def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str:
+        """The text of element ``index`` of a timeline (``items`` with their ``timestamps``)."""
 
-    def settings(self) -> dict[str, Any]: ...
+    def settings(self) -> dict[str, Any]:
+        """``{"kind", "window", "includes_item"}``, as the memory's ``config.json`` records it."""
 
 
 @final
@@ -284,10 +292,12 @@ class WindowEncoder:
         return range(max(0, prior - self.window), prior)
 
     def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str:
+        """The prompt over the titles at :meth:`positions` (``items`` a user's timeline)."""
         window = [items[i] for i in self.positions(timestamps, index)]
         return format_prompt(self.catalog.titles(window), self.prompt_config)
 
     def settings(self) -> dict[str, Any]:
+        """``{"kind": "window", "window": K, "includes_item": ...}``."""
         return {"kind": self.kind, "window": self.window, "includes_item": self.includes_item}
 
 
@@ -305,9 +315,11 @@ class ItemEncoder:
         self.prompt_config = prompt_config
 
     def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str:
+        """Item ``items[index]``'s title in the prompt's title format (``timestamps`` unused)."""
         return self.prompt_config.title_format.format(title=self.catalog.title(items[index]))
 
     def settings(self) -> dict[str, Any]:
+        """``{"kind": "item", "window": None, "includes_item": True}``."""
         return {"kind": self.kind, "window": None, "includes_item": True}
 
 

@@ -114,10 +114,12 @@ class MemoryStore:
     # -- the Memory protocol ------------------------------------------------------------
     @property
     def layer(self) -> int:
+        """The layer L the keys were taken at (the memory's record)."""
         return self.record.layer
 
     @property
     def hidden_size(self) -> int:
+        """The width of each key (the model's hidden size, from the memory's record)."""
         return self.record.hidden_size
 
     def users(self) -> Sequence[str]:

@@ -79,9 +79,13 @@ class PopularityMethod:
 
     @property
     def settings(self) -> Mapping[str, Any]:
+        """What decides the ranks: the training-period popularity and ``exclude_seen``."""
         return {"popularity": "training period", "exclude_seen": self.exclude_seen}
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
+        """Each sample's target's 0-based rank among all catalog items by training-period
+        popularity (ties pessimistic; the history left out with ``exclude_seen``). The counts
+        are computed on the first call and kept."""
         if self._counts is None:
             self._counts = popularity(self.dataset)
         return _rank(self._counts.expand(len(samples), -1), self.dataset, samples,
@@ -103,6 +107,7 @@ class CooccurrenceMethod:
 
     @property
     def settings(self) -> Mapping[str, Any]:
+        """What decides the ranks: ``window``, ``query_items`` and ``exclude_seen``."""
         return {"cooccurrence": {"window": self.window, "query_items": self.query_items},
                 "exclude_seen": self.exclude_seen}
 
@@ -133,6 +138,8 @@ class CooccurrenceMethod:
         return _csr_counts(rows, cols, (len(samples), len(catalog)))
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
+        """Each sample's target's 0-based rank by follow counts plus the popularity tie-break
+        (ties pessimistic; the history left out with ``exclude_seen``), 256 samples at a time."""
         follows, tie_break = self.follows(), self.tie_break()
         ranks: list[int] = []
         for start in range(0, len(samples), 256):

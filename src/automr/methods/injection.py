@@ -41,13 +41,20 @@ class PriorWeightedMethod:
     settings: Mapping[str, Any] = attrs.field(factory=dict)
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
+        """Each target's 0-based rank when the catalog is ordered by ``plain``'s L2 distances
+        weighted by the prior (:func:`~automr.grounding.prior.adjusted_distances` with
+        ``min_max(scores(samples))`` and ``gamma``; smallest first, ties pessimistic)."""
         distances = self.plain.distances(samples)
         weighted = adjusted_distances(distances, min_max(self.scores(samples).to(distances)),
                                       self.gamma)
         return self.plain.ranks_by_distance(samples, weighted)
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
+        """``plain``'s (the prior changes the ranking only): ``(log P(true title + EOS |
+        prompt [+ memory]), its token count)`` per sample."""
         return self.plain.target_log_likelihoods(samples)
 
     def details(self) -> Mapping[str, Mapping[str, Any]]:
+        """``plain``'s details, with ``grounding``: the ``gamma`` used and ``grounding``'s
+        entries (e.g. the prior and each gamma's validation NDCG@5)."""
         return {**self.plain.details(), "grounding": {"gamma": self.gamma, **self.grounding}}

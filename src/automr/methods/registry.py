@@ -339,6 +339,8 @@ class Workspace:
 
     @property
     def retrieval_seed(self) -> int:
+        """The seed of the retrievers built here rather than loaded (random retrieval draws
+        from it): ``options.retrieval_seed``, else ``options.seed``."""
         options = self.options
         return options.seed if options.retrieval_seed is None else options.retrieval_seed
 
@@ -495,14 +497,17 @@ class Deferred:
 
     @property
     def method(self) -> Method:
+        """The method, built by ``make`` on the first read and kept."""
         if self._method is None:
             self._method = self.make()
         return self._method
 
     def rank(self, samples: Sequence[Sample]) -> Sequence[int]:
+        """The built :attr:`method`'s ranks (building it on the first call)."""
         return self.method.rank(samples)
 
     def details(self) -> Mapping[str, Mapping[str, Any]]:
+        """The built method's details; ``{}`` when it is not built yet or keeps none."""
         if self._method is None or not hasattr(self._method, "details"):
             return {}
         return self._method.details()
@@ -513,4 +518,5 @@ class DeferredLikelihood(Deferred):
     """A :class:`Deferred` LM method: it also scores the true title."""
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
+        """The built :attr:`method`'s (building it on the first call)."""
         return self.method.target_log_likelihoods(samples)

@@ -25,6 +25,7 @@ class SASRecMethod:
 
     @property
     def settings(self) -> Mapping[str, Any]:
+        """``{"sasrec": config}``: every field of the :class:`SASRecConfig`."""
         return {"sasrec": attrs.asdict(self.config)}
 
     def item_ids(self, items: Iterable[str]) -> list[int]:

@@ -267,6 +267,7 @@ class LowerCache:
 
     @property
     def nbytes(self) -> int:
+        """The bytes ``hidden`` takes: total tokens x hidden size x the element size."""
         return self.hidden.numel() * self.hidden.element_size()
 
     def state(self, indices: Sequence[int], device: torch.device) -> LayerState:

@@ -46,10 +46,15 @@ class MemoryTraining:
                                                        attrs.validators.le(1.0)])
     """Probability that a training example (with a non-empty memory) gets an element."""
     retrieval: str = attrs.field(default="random", validator=attrs.validators.in_(RETRIEVALS))
+    """Which element a chosen example gets: ``random`` (uniform over its memory) or
+    ``semantic`` (the one closest to its pooled prompt)."""
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(TRAINABLE_COMBINERS))
+    """How the element joins the prompt: ``concat`` or ``prepend-token`` (the combiners of
+    :data:`TRAINABLE_COMBINERS`)."""
 
     def to_json(self) -> dict:
+        """The fields as a JSON-able dict (``attrs.asdict``)."""
         return attrs.asdict(self)
 
 
@@ -59,10 +64,14 @@ class MemoryInserts:
     prompts are the first ``prompt_lengths[i]`` tokens of their right-padded sequences."""
 
     store: MemoryStore
+    """The memory the elements come from."""
     spec: MemoryTraining
+    """The share, retrieval and combiner."""
     samples: Sequence[Sample]
     prompt_lengths: Sequence[int]
     seed: int = 0
+    """With the epoch and the sample id, decides which examples get an element and, for
+    ``random``, which one."""
 
     def __attrs_post_init__(self) -> None:
         combiner = COMBINERS[self.spec.combiner]()

@@ -89,13 +89,16 @@ class RetrievalDataset:
 
     @property
     def hidden_size(self) -> int:
+        """The width of queries and keys."""
         return self.queries.shape[1]
 
     @property
     def mem_size(self) -> int:
+        """The padded memory width ``mem`` (the most elements of any sample)."""
         return self.mask.shape[1]
 
     def to(self, device: str | torch.device) -> "RetrievalDataset":
+        """A copy with queries, keys, mask and targets on ``device`` (metadata kept)."""
         return attrs.evolve(self, queries=self.queries.to(device), keys=self.keys.to(device),
                             mask=self.mask.to(device), targets=self.targets.to(device))
 

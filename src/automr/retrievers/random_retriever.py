@@ -76,6 +76,8 @@ class RandomRetriever:
         self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
         mask: Bool[Tensor, "batch mem"],
     ) -> Float[Tensor, "batch mem"]:
+        """A score in ``[0, 1)`` per real element from the seed, its key and its row's real
+        keys (``query`` unused); ``-inf`` at masked elements."""
         hashes = _hash_vectors(keys, self.seed).masked_fill(~mask, 0)
         row = _mix32((hashes.sum(-1) + 0x632BE5AB) & _MASK32)  # of the row's real keys, any order
         element = _mix32(hashes ^ row.unsqueeze(1))

@@ -50,6 +50,8 @@ class SemanticRetriever:
         self, query: Float[Tensor, "batch hidden"], keys: Float[Tensor, "batch mem hidden"],
         mask: Bool[Tensor, "batch mem"],
     ) -> Float[Tensor, "batch mem"]:
+        """``cosine(query - center, key - center)`` per element (no centring without
+        ``center``); ``-inf`` at masked elements."""
         keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.center is not None:
             center = self.center.to(dtype=query.dtype, device=query.device)

@@ -59,20 +59,31 @@ class RetrieverTrainingConfig:
     """Optimisation, early stopping and MLP settings for :func:`train_mlp_retriever`."""
 
     lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
+    """Adam's learning rate (> 0)."""
     weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    """Adam's ``weight_decay`` (an L2 term added to the gradients; >= 0, default none)."""
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
+    """Training samples per optimiser step; the training set is reshuffled every epoch."""
     max_epochs: int = attrs.field(default=200, validator=v.ge(1))
+    """The most epochs (full passes over the training set) run."""
     patience: int = attrs.field(default=10, validator=v.ge(1))
     """Stop after this many epochs without a strictly better validation ``monitor``."""
     monitor: Monitor = attrs.field(default="kl", validator=v.in_(MONITORS))
+    """The validation value early stopping watches: ``kl`` or ``regret`` (lower is better) or
+    ``top1`` (higher is better); see the module docstring. Unused without a validation set."""
     mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
+    """Width of the MLP's hidden layer (:class:`MLPRetrieverConfig`; the paper's 256)."""
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
+    """The MLP's activation between its two linear layers: ``gelu`` or ``relu``."""
     temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
+    """The scores are ``MLP(z_t) . m / temperature`` (> 0; the paper's 1)."""
     normalize: bool = False
     """Standardise queries and unit-scale keys before eq. 3 (:class:`MLPRetrieverConfig`)."""
     seed: int = 0
     """Seeds initialisation and shuffling."""
     eval_batch_size: int = attrs.field(default=1024, validator=v.ge(1))
+    """Validation samples per batch when the validation metrics are measured after each
+    epoch (a memory and speed setting: it does not change what is measured)."""
 
 
 @beartype
