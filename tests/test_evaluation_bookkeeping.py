@@ -378,10 +378,35 @@ def test_integer_ranks_of_numpy_or_torch_are_taken(tmp_path):
         assert result.reports["m"].ranks == (1, 2, 0, 3)
 
 
+class Counted(Returns):
+    """Returns, counting the samples it was asked to rank."""
+
+    ranked = 0
+
+    def rank(self, samples):
+        Counted.ranked += len(samples)
+        return super().rank(samples)
+
+
 def test_settings_that_cannot_be_saved_are_refused_before_any_ranking():
     method = Returns([0, 0, 0, 0], settings={"dtype": torch.float32})
     with pytest.raises(AutomrError, match="the settings of m are not JSON"):
         evaluate({"m": method}, SAMPLES[:4], 30, n_resamples=20)
+    Counted.ranked = 0  # a second method's settings: refused before the first one ranks
+    with pytest.raises(AutomrError, match="the settings of n are not JSON"):
+        evaluate({"m": Counted([0, 0, 0, 0]), "n": method}, SAMPLES[:4], 30, n_resamples=20)
+    assert Counted.ranked == 0
+
+
+@pytest.mark.parametrize(("keywords", "says"), [
+    ({"ks": ()}, "cut-offs"), ({"ks": (0, 5)}, "cut-offs"), ({"ks": (5, 5)}, "distinct"),
+    ({"n_resamples": 0}, "n_resamples"), ({"shard_size": 0}, "shard_size")])
+def test_bad_bootstrap_or_shard_arguments_are_refused_before_any_ranking(tmp_path, keywords,
+                                                                        says):
+    Counted.ranked = 0
+    with pytest.raises(AutomrError, match=says):
+        evaluate({"m": Counted([0, 0, 0, 0])}, SAMPLES[:4], 30, out=tmp_path, **keywords)
+    assert Counted.ranked == 0
 
 
 def test_the_api_takes_named_methods_a_catalog_size_and_any_iterable_of_samples():

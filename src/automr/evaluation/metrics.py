@@ -32,7 +32,7 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> tuple[str, ...]:
     """The metric keys for cut-offs ``ks``: ``recall@K`` for each K, then ``ndcg@K``."""
-    _check_ks(ks)
+    check_ks(ks)
     return tuple(f"recall@{k}" for k in ks) + tuple(f"ndcg@{k}" for k in ks)
 
 
@@ -116,7 +116,7 @@ def rank_in_list(
 @jaxtyped(typechecker=beartype)
 def recall_at_k(ranks: Int[Tensor, " batch"], k: int) -> Float[Tensor, " batch"]:
     """Per-sample Recall@K: 1.0 where the target's rank is below ``k``, else 0.0."""
-    _check_ks((k,))
+    check_ks((k,))
     _check_ranks(ranks)
     return (ranks < k).to(torch.float64)
 
@@ -124,7 +124,7 @@ def recall_at_k(ranks: Int[Tensor, " batch"], k: int) -> Float[Tensor, " batch"]
 @jaxtyped(typechecker=beartype)
 def ndcg_at_k(ranks: Int[Tensor, " batch"], k: int) -> Float[Tensor, " batch"]:
     """Per-sample NDCG@K with one relevant item: ``1 / log2(rank + 2)`` if ``rank < k``, else 0."""
-    _check_ks((k,))
+    check_ks((k,))
     _check_ranks(ranks)
     gain = 1.0 / torch.log2(ranks.to(torch.float64) + 2.0)
     return torch.where(ranks < k, gain, torch.zeros_like(gain))
@@ -153,7 +153,8 @@ def ndcg_of_rank(rank: int, k: int) -> float:
     return 1.0 / math.log2(rank + 2) if rank < k else 0.0
 
 
-def _check_ks(ks: Sequence[int]) -> None:
+def check_ks(ks: Sequence[int]) -> None:
+    """Refuse cut-offs that are not distinct positive integers (an empty list too)."""
     if not ks or any(k < 1 for k in ks):
         raise AutomrError(f"cut-offs K must be positive integers, got {tuple(ks)}")
     if len(set(ks)) != len(ks):

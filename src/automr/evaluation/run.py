@@ -38,7 +38,7 @@ from automr.evaluation.likelihood import (
     build_likelihood_report,
     compare_likelihoods,
 )
-from automr.evaluation.metrics import DEFAULT_KS
+from automr.evaluation.metrics import DEFAULT_KS, check_ks
 from automr.evaluation.report import MetricReport, build_report, compare_reports
 from automr.evaluation.shards import DEFAULT_SHARD_SIZE, run_sharded
 from automr.interfaces import LikelihoodMethod, Method
@@ -219,19 +219,24 @@ def evaluate(
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}
     reused: list[str] = []
-    for name, method in methods.items():
+    for name, method in methods.items():  # every argument checked before any method runs
         if not isinstance(method, Method) or not isinstance(method.settings, Mapping):
             raise AutomrError(f"{name} is not a Method: it needs rank(samples) and settings, a "
                               f"dict of what decides its ranks (got a {type(method).__name__})")
+        try:  # they are saved with the values, and decide what a rerun reuses
+            json.dumps(dict(method.settings))
+        except (TypeError, ValueError) as error:
+            raise AutomrError(f"the settings of {name} are not JSON ({error}): give "
+                              f"strings, numbers, lists and dicts") from None
+    if "ranks" in measures:
+        check_ks(ks)
+    for count, what in ((n_resamples, "n_resamples"), (shard_size, "shard_size")):
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+            raise AutomrError(f"{what} must be an int >= 1, got {count!r}")
     for name, method in methods.items():
         settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
         if folder is not None and not method.settings:  # nothing says what made saved values:
             settings["run"] = distributed.on_main(lambda: uuid.uuid4().hex)  # reuse none
-        try:  # they are saved with the values, and decide what a rerun reuses
-            json.dumps(settings)
-        except (TypeError, ValueError) as error:
-            raise AutomrError(f"the settings of {name} are not JSON ({error}): give "
-                              f"strings, numbers, lists and dicts") from None
         if "ranks" in measures:
             reports[name], saved = _ranks(name, method, samples, settings, folder, n_items, ks,
                                           n_resamples, seed, shard_size)

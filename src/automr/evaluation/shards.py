@@ -16,6 +16,7 @@ from typing import Any
 
 from automr import distributed
 from automr.data.records import Sample
+from automr.errors import AutomrError
 from automr.evaluation.folder import RANKING_ONLY_DETAILS, EvaluationFolder
 from automr.interfaces import Explained
 
@@ -32,7 +33,7 @@ def run_sharded(
     its details of the samples and its notes (``{kind: {key: value}}``, merged in shard
     order; the likelihood measure's without :data:`RANKING_ONLY_DETAILS`)."""
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise AutomrError(f"shard_size must be >= 1, got {shard_size}")
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
                             ).hexdigest()
