@@ -621,3 +621,13 @@ def test_the_retriever_contract_catches_writes_and_dtype_refusals():
     with pytest.raises(RuntimeError, match="dtype"):
         contract.test_scores_bfloat16_states(Float32Weights())
     contract.test_scores_bfloat16_states(SemanticRetriever())  # casts: passes
+
+
+def test_evaluating_a_retriever_on_no_samples_is_one_line():
+    """It divided by the sample count (ZeroDivisionError); train_mlp_retriever guards its own
+    empty validation set, a direct call did not."""
+    good = synthetic(4, 0)
+    empty = RetrievalDataset(queries=good.queries[:0], keys=good.keys[:0], mask=good.mask[:0],
+                             targets=good.targets[:0])
+    with pytest.raises(AutomrError, match="at least one annotated sample"):
+        evaluate_retriever(build_retriever("mlp", 16, seed=0), empty)

@@ -125,7 +125,11 @@ class RetrieverTrainingHistory:
 def evaluate_retriever(
     retriever: Retriever, dataset: RetrievalDataset, batch_size: int = 1024
 ) -> RetrievalMetrics:
-    """KL, top-1 agreement and regret of any retriever's scores against the dataset's labels."""
+    """KL, top-1 agreement and regret of any retriever's scores against the dataset's labels
+    (means over its samples; an empty dataset is refused)."""
+    if len(dataset) == 0:
+        raise AutomrError("evaluate_retriever needs at least one annotated sample; the "
+                          "dataset is empty")
     kl_total, uniform_total, hits, regret = 0.0, 0.0, 0, 0.0
     for batch in dataset.batches(batch_size):
         scores = retriever.scores(batch.queries, batch.keys, batch.mask)
