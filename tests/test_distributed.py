@@ -194,6 +194,52 @@ def test_evaluation_resumes_per_shard(tmp_path):
     assert list(seen) == [s.id for s in samples]  # details of kept and new shards
 
 
+SASREC_EVALUATION = """
+import json, sys
+from pathlib import Path
+from automr import distributed
+from automr.data import PreparedDataset
+from automr.evaluation import evaluate
+from automr.methods.registry import Workspace, build_method
+distributed.init()
+dataset = PreparedDataset.load(Path(sys.argv[1]))
+space = Workspace(dataset, device="cpu", progress=False)
+result = evaluate({"sasrec": build_method("sasrec", space)}, dataset.samples("test")[:3],
+                  len(dataset.catalog), out=Path(sys.argv[2]), n_resamples=10)
+print(json.dumps(list(result.reports["sasrec"].ranks)))
+"""
+
+
+def test_a_process_with_no_shard_left_still_receives_sasrec(tmp_path):
+    """SASRec is trained on the main process and sent to the others when it is first built;
+    a method is built when it first ranks, so a process with no shard to rank (fewer shards
+    than processes, or its shards saved by a cut run) never came to the broadcast and the
+    others waited for it until the timeout."""
+    import socket
+
+    dataset = synthetic_dataset(tmp_path)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port, distributed.TIMEOUT_ENV: "1"}
+    processes = [subprocess.Popen(  # 3 samples: one shard, none for process 1
+        [sys.executable, "-c", SASREC_EVALUATION, str(tmp_path / "prepared"),
+         str(tmp_path / "ev")], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr[-3000:]
+        outputs.append(json.loads(stdout.splitlines()[-1]))
+    from automr.methods.registry import Workspace, build_method
+
+    alone = evaluate({"sasrec": build_method("sasrec", Workspace(dataset, device="cpu",
+                                                                   progress=False))},
+                     dataset.samples("test")[:3], len(dataset.catalog), n_resamples=10)
+    assert outputs == [list(alone.reports["sasrec"].ranks)] * 2
+
+
 # -- two processes under torchrun --------------------------------------------------------------
 def test_two_processes_equal_one(tmp_path):
     workspace = tmp_path

@@ -270,11 +270,12 @@ class Workspace:
 
     def sasrec(self) -> SASRecMethod:
         """SASRec (seed ``options.seed``), trained once for every method that uses it: on
-        first use, or under a launcher here, on the main process, for every process."""
+        first use, or under a launcher here, on the main process, for every process (every
+        process must call this at the same point: :func:`build_method` does)."""
         if self._sasrec is None:
             self._sasrec = SASRecMethod(self.dataset, SASRecConfig(seed=self.options.seed),
                                         self.progress, device=resolve_device(self.device))
-            if distributed.launched():  # every process builds its methods at this point
+            if distributed.launched():
                 self._sasrec.train_on_main()
         return self._sasrec
 
@@ -479,10 +480,14 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
 
 def build_method(method: str, space: Workspace) -> Method:
     """The method named ``method``, checked now (artifacts present and compatible names) and
-    built when it first ranks."""
+    built when it first ranks. Under a launcher, a method that uses SASRec has it trained
+    here, on the main process for every process: every process builds its methods at this
+    point, while a process with no shard to rank would never reach a first rank."""
     name, grounder = parse_method(method)
     kind = METHODS[name]
     settings = method_settings(method, space)
+    if distributed.launched() and (name == "sasrec" or grounder == "l2-sasrec"):
+        space.sasrec()
     deferred = DeferredLikelihood if kind.likelihood else Deferred
     return deferred(settings, lambda: kind.build(space, grounder, method))
 
