@@ -10,7 +10,7 @@ tensors of a ``.safetensors`` file) and times both (wall seconds around the comm
 and model loads included; the run record's own ``seconds`` beside). The evaluations' per-sample
 values (ranks, target log-likelihoods, keyed by sample id) go into the JSON. A step already
 measured in ``--work`` is not run again (the file ``progress.json`` there), so a cut run
-resumes at the next step.
+resumes at the next step (a step measured with another command or thread count is run again).
 
 Writes ``distributed-cpu.json`` and ``distributed-cpu.md`` to ``--out``.
 """
@@ -134,12 +134,14 @@ def main() -> None:
     progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
     commands = steps(args.data, args.finetuned, args.memory, args.samples, args.annotate_samples)
     for name in args.steps.split(","):
-        if name in progress:
-            continue
+        done = progress.get(name, {})
+        if done.get("argv") == commands[name] and done.get("threads", 1) == args.threads:
+            continue  # measured with these settings (another command or thread count: again)
         folders = [args.work / name / f"{n}-process" for n in (1, 2)]
         runs = [run(commands[name], folder, n, args.threads)
                 for folder, n in zip(folders, (1, 2), strict=True)]
-        step = {"argv": commands[name], "runs": runs, "files": same_files(*folders)}
+        step = {"argv": commands[name], "threads": args.threads, "runs": runs,
+                "files": same_files(*folders)}
         if name.startswith("evaluate"):
             step["per_sample"] = per_sample(folders[0])
         progress[name] = step

@@ -89,6 +89,10 @@ def test_different_samples_or_a_missing_method_are_refused(tmp_path):
         combine_folders({"a": (a, "m"), "c": (c, "m")})
     with pytest.raises(AutomrError, match=r"neither ranks nor .* of other \(there: m\)"):
         combine_folders({"a": (a, "m"), "x": (a, "other")})
+    (a / "ranks" / "damaged.json").write_text("{not json")  # another method's, not asked for
+    with pytest.raises(AutomrError, match=r"neither ranks nor .* of other \(there: m\)"):
+        combine_folders({"a": (a, "m"), "x": (a, "other")})
+    (a / "ranks" / "damaged.json").unlink()
     with pytest.raises(AutomrError, match="reference"):
         combine_folders({"a": (a, "m")}, reference="b")
     bad = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",

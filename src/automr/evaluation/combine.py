@@ -135,8 +135,12 @@ def _held(path: Path) -> list[str]:
     names = []
     for kind in ("ranks", "loglik"):
         for file in sorted((path / kind).glob("*.json")):
-            settings = file.name.endswith(".settings.json")
-            saved = None if settings else read_json(file, "automr evaluate")
+            if file.name.endswith(".settings.json"):
+                continue
+            try:  # a damaged file elsewhere in the folder must not hide this message
+                saved = read_json(file, "automr evaluate")
+            except AutomrError:
+                continue
             if isinstance(saved, dict) and isinstance(saved.get("method"), str):
                 names.append(saved["method"])
     return list(dict.fromkeys(names))

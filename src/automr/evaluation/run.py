@@ -175,12 +175,11 @@ def evaluate(
     not a non-empty dict of :class:`~automr.interfaces.Method` s, ``n_items`` is not an
     int >= 1, there are no samples or their ids repeat, ``measures`` is empty or unknown,
     ``reference`` is not a method, only ``likelihood`` is measured and no method is a
-    :class:`~automr.interfaces.LikelihoodMethod`, or ``out`` (or a method's name) cannot
-    hold the evaluation. Then, method by method: when its ``settings`` are not JSON, it
-    returns a wrong number of values or a rank that is not an int in ``[0, n_items]``, or a
-    saved file is damaged. Invalid ``ks`` or ``n_resamples`` raise it only once the first
-    method's values are computed or read back (they are checked when its report is built);
-    ``shard_size < 1`` raises ``ValueError``.
+    :class:`~automr.interfaces.LikelihoodMethod`, ``out`` (or a method's name) cannot hold
+    the evaluation, a method's ``settings`` are not JSON, ``ks`` are not distinct positive
+    ints (when ranks are measured), or ``n_resamples`` or ``shard_size`` is not an int >= 1.
+    Then, method by method: when it returns a wrong number of values or a rank that is not
+    an int in ``[0, n_items]``, or a saved file is damaged.
     """
     if not isinstance(methods, Mapping):
         raise AutomrError(f"evaluate takes the methods as a dict {{name: method}}, not a "
