@@ -89,9 +89,11 @@ def run(argv: list[str], out: Path, processes: int, threads: int) -> dict[str, o
 
 
 def per_sample(folder: Path) -> dict[str, object]:
-    """An evaluation folder's per-sample values, by method file."""
+    """An evaluation folder's per-sample values, by method file (not the settings files:
+    they hold the machine's absolute artifact paths, and the files' equality is compared)."""
     return {f"{p.parent.name}/{p.name}": json.loads(p.read_text())
-            for kind in ("ranks", "loglik") for p in sorted((folder / kind).glob("*.json"))}
+            for kind in ("ranks", "loglik") for p in sorted((folder / kind).glob("*.json"))
+            if not p.name.endswith(".settings.json")}
 
 
 def markdown(result: dict) -> str:
