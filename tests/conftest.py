@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_qwen2_config, tiny_tokenizer
+from automr.testing.tiny import TINY_ARCHITECTURES, tiny_config, tiny_model, tiny_tokenizer
 
 settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True)
 settings.register_profile("dev", deadline=None, max_examples=25)
@@ -15,16 +15,11 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
-TINY_ARCHITECTURES = {
-    "llama": lambda: tiny_model(tiny_llama_config(num_layers=3), seed=0),
-    "qwen2": lambda: tiny_model(tiny_qwen2_config(num_layers=3), seed=1),
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, torch.nn.Module]:
-    """One tiny randomly initialised model per supported architecture."""
-    return {name: build() for name, build in TINY_ARCHITECTURES.items()}
+    """One tiny randomly initialised model (3 layers) per supported architecture."""
+    return {arch: tiny_model(tiny_config(arch, num_layers=3), seed=seed)
+            for seed, arch in enumerate(TINY_ARCHITECTURES)}
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import automr.llm.loading as loading
 from automr.cli.main import app
 from automr.errors import AutomrError
-from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
+from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 runner = CliRunner()
 
@@ -19,7 +19,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model(tiny_llama_config(num_layers=4)).save_pretrained(folder)
+    tiny_model(tiny_config(num_layers=4)).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
 

@@ -12,9 +12,9 @@ from automr.llm import HFSplitLLM, LayerState
 from automr.llm.decoding import greedy_generate
 from automr.testing.contracts import CombinerContract
 from automr.testing.strategies import masks, pad_sequences, padding_sides, seeded_tensors
-from automr.testing.tiny import TINY_VOCAB
+from automr.testing.tiny import TINY_ARCHITECTURES, TINY_VOCAB
 
-ARCHS = ["llama", "qwen2"]
+ARCHS = list(TINY_ARCHITECTURES)
 NUM_LAYERS = 3
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 BEFORE = ["prepend-token", "concat"]

@@ -28,7 +28,7 @@ from automr.recommenders.finetune import (
 )
 from automr.recommenders.runs import FinetunedRun
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
-from automr.testing.tiny import TINY_VOCAB
+from automr.testing.tiny import TINY_ARCHITECTURES, TINY_VOCAB
 
 token = st.integers(3, TINY_VOCAB - 1)
 # (prompt ids, target ids); the examples are built in the test, since beartype's checks of a
@@ -92,6 +92,26 @@ def test_lora_from_layer_trains_only_upper_layers(workspace):
              progress=False)
     config = json.loads((run / "best" / "adapter_config.json").read_text())
     assert config["layers_to_transform"] == [2, 3]
+
+
+@pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])
+def test_every_supported_architecture_fine_tunes_from_a_layer_and_stays_exact(workspace,
+                                                                               tmp_path, arch):
+    """LoRA on the upper layers only (the module names match), the loss falls, and the reloaded
+    run's split still equals its full forward."""
+    loaded = load_model(str(save_tiny_model(tmp_path / "model", arch)), device="cpu")
+    record = finetune(loaded, workspace["data"], tmp_path / "run",
+                      quick_config(lora_from_layer=2), progress=False)
+    assert record["best_valid_nll"] < record["initial_valid_nll"]
+    config = json.loads((tmp_path / "run" / "best" / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [2, 3]
+    tuned = FinetunedRun.open(tmp_path / "run").load(device="cpu")
+    ids = torch.tensor([[5, 9, 40, 7, 12]])
+    mask = torch.ones_like(ids)
+    llm = HFSplitLLM(tuned.model)
+    with torch.no_grad():
+        full = tuned.model(input_ids=ids).logits
+        assert torch.allclose(llm.upper(llm.lower(ids, mask, 2)), full, atol=1e-5)
 
 
 def adapter(folder) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from automr.memory import MemoryStore
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
-from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
+from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_files_name_the_model_in_any_dtype_and_place_without_reading_weights(
 def test_other_weights_or_shards_are_another_model(workspace, tmp_path):
     expected = fingerprint(workspace["model"])
     other = tmp_path / "other"
-    tiny_model(tiny_llama_config(num_layers=4), seed=5).save_pretrained(other)
+    tiny_model(tiny_config(num_layers=4), seed=5).save_pretrained(other)
     tiny_tokenizer().save_pretrained(other)
     assert fingerprint(other) != expected
     sharded = tmp_path / "sharded"

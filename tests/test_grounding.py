@@ -365,10 +365,10 @@ def ordered_method(tmp_path_factory):
     """A generative method over the synthetic catalog, only its ranking arithmetic used."""
     from automr.methods import GenerativeMethod
     from automr.testing.synthetic import synthetic_dataset
-    from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_tokenizer
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
     dataset = synthetic_dataset(tmp_path_factory.mktemp("ordered"))
-    loaded = LoadedModel(model=tiny_model(tiny_llama_config(num_layers=2), seed=0),
+    loaded = LoadedModel(model=tiny_model(tiny_config(num_layers=2), seed=0),
                          tokenizer=tiny_tokenizer(), name="tiny")
     return GenerativeMethod(loaded, dataset, grounder=None, layer=1)
 

@@ -40,7 +40,7 @@ from automr.memory import (
 )
 from automr.memory.encoders import common_prefix, pad_right
 from automr.memory.shards import INDEX_FILE, MemoryIndex, shard_name
-from automr.testing.tiny import TINY_VOCAB, tiny_llama_config, tiny_model
+from automr.testing.tiny import TINY_VOCAB, tiny_config, tiny_model
 
 LAYER = 2
 DAY = 86_400
@@ -69,7 +69,7 @@ def synthetic_dataset(users: int = 5, seed: int = 0) -> PreparedDataset:
 
 @pytest.fixture(scope="module")
 def backbone(tokenizer) -> Backbone:
-    return Backbone.from_model(tiny_model(tiny_llama_config(num_layers=3), seed=0), tokenizer,
+    return Backbone.from_model(tiny_model(tiny_config(num_layers=3), seed=0), tokenizer,
                                "tiny-llama")
 
 
@@ -387,7 +387,7 @@ def test_wrong_model_or_layer_is_refused(backbone, dataset, built, tokenizer, tm
     with pytest.raises(AutomrError, match=r"layer-2 states.*layer 1 was asked"):
         MemoryStore.open(built.folder, expect_layer=1)
     MemoryStore.open(built.folder, expect_fingerprint=backbone.fingerprint, expect_layer=LAYER)
-    other = Backbone.from_model(tiny_model(tiny_llama_config(num_layers=3), seed=7), tokenizer,
+    other = Backbone.from_model(tiny_model(tiny_config(num_layers=3), seed=7), tokenizer,
                                 "tiny-llama")
     with pytest.raises(AutomrError, match="built with model"):
         memory_encoder(built.folder, other, dataset.catalog)

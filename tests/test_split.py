@@ -6,12 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
 
+from automr.errors import AutomrError
 from automr.interfaces import SplitLLM
 from automr.llm import HFSplitLLM, LayerState
 from automr.llm.decoding import prefill, step
-from automr.testing.tiny import TINY_VOCAB
+from automr.llm.split import SUPPORTED_MODEL_TYPES
+from automr.testing.tiny import TINY_ARCHITECTURES, TINY_VOCAB, tiny_config, tiny_model
 
-ARCHS = ["llama", "qwen2"]
+ARCHS = list(TINY_ARCHITECTURES)
 NUM_LAYERS = 3
 token = st.integers(min_value=3, max_value=TINY_VOCAB - 1)
 sequences = st.lists(st.lists(token, min_size=1, max_size=9), min_size=1, max_size=3)
@@ -141,6 +143,17 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
         logits = llm.upper(combined)[combined.mask]
         expected = llm.upper(state)[0]
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_supported_model_type_has_a_tiny_model_under_test():
+    assert set(SUPPORTED_MODEL_TYPES) == set(TINY_ARCHITECTURES)
+
+
+def test_an_unsupported_model_type_is_refused_by_name():
+    model = tiny_model(tiny_config(num_layers=1))
+    model.config.model_type = "gpt2"
+    with pytest.raises(AutomrError, match="'gpt2' is not supported by the layer split"):
+        HFSplitLLM(model)
 
 
 def test_wrong_shapes_are_rejected(tiny_models):

@@ -54,7 +54,7 @@ from automr.testing.strategies import (
     padded_memories,
     padding_sides,
 )
-from automr.testing.tiny import TINY_VOCAB, tiny_llama_config, tiny_model
+from automr.testing.tiny import TINY_VOCAB, tiny_config, tiny_model
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -206,7 +206,7 @@ class CombinerContract:
     @classmethod
     def split_llm(cls):
         """A tiny offline Llama for the model-level identity check (override to use another)."""
-        return HFSplitLLM(tiny_model(tiny_llama_config(num_layers=2), seed=0))
+        return HFSplitLLM(tiny_model(tiny_config(num_layers=2), seed=0))
 
     def test_is_a_combiner(self, combiner):
         assert isinstance(combiner, Combiner)

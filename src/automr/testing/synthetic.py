@@ -4,7 +4,7 @@ import random
 from pathlib import Path
 
 from automr.data import PreparedDataset, ProtocolConfig, prepare_csv
-from automr.testing.tiny import tiny_llama_config, tiny_model, tiny_qwen2_config, tiny_tokenizer
+from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 DAY = 86_400
 START = 1_500_000_000  # 2017-07-14
@@ -48,8 +48,8 @@ def synthetic_dataset(folder: Path, **kwargs: int) -> PreparedDataset:
 
 
 def save_tiny_model(folder: Path, arch: str = "llama", num_layers: int = 4) -> Path:
-    """A tiny random model + byte tokenizer saved as a local HF folder (loadable by path)."""
-    config = (tiny_llama_config if arch == "llama" else tiny_qwen2_config)(num_layers=num_layers)
-    tiny_model(config).save_pretrained(folder)
+    """A tiny random model of ``arch`` (:data:`~automr.testing.tiny.TINY_ARCHITECTURES`) +
+    byte tokenizer saved as a local HF folder (loadable by path)."""
+    tiny_model(tiny_config(arch, num_layers)).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder

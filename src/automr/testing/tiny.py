@@ -9,9 +9,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
+    SmolLM3Config,
 )
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -38,31 +42,33 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 TINY_VOCAB = len(SPECIAL_TOKENS) + 256
 
 
-def tiny_llama_config(num_layers: int = 3, **overrides: object) -> LlamaConfig:
-    """A SmolLM2-shaped Llama config (GQA, tied embeddings) at toy size."""
+# Each architecture the split supports, at toy size, with what sets it apart from Llama.
+TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] = {
+    "llama": (LlamaConfig, dict(rms_norm_eps=1e-5)),  # SmolLM2-shaped
+    "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),  # q/k/v biases, untied head
+    "mistral": (MistralConfig, dict(tie_word_embeddings=False)),
+    "qwen3": (Qwen3Config, dict(head_dim=8)),  # q/k norms, an explicit head size
+    "smollm3": (SmolLM3Config, dict(no_rope_layer_interval=2)),  # every 2nd layer without RoPE
+}
+
+
+def tiny_config(arch: str = "llama", num_layers: int = 3,
+                **overrides: object) -> PretrainedConfig:
+    """A config of ``arch`` (a key of :data:`TINY_ARCHITECTURES`) at toy size: GQA (4 query,
+    2 key/value heads), hidden 32, tied embeddings unless the architecture's entry says."""
+    config_class, own = TINY_ARCHITECTURES[arch]
     fields: dict[str, object] = dict(
         vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
+    fields.update(own)
     fields.update(overrides)
-    return LlamaConfig(**fields)
+    return config_class(**fields)
 
 
-def tiny_qwen2_config(num_layers: int = 3, **overrides: object) -> Qwen2Config:
-    """A Qwen2 config (q/k/v biases, untied head) at toy size."""
-    fields: dict[str, object] = dict(
-        vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )
-    fields.update(overrides)
-    return Qwen2Config(**fields)
-
-
-def tiny_model(config: LlamaConfig | Qwen2Config, seed: int = 0) -> PreTrainedModel:
+def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
     """A randomly initialised causal LM in eval mode, float32, with eager-equivalent SDPA."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
