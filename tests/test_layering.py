@@ -2,6 +2,7 @@
 stay light (no transformers, no data layer at import)."""
 
 import ast
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,18 @@ def test_the_default_names_stay_light():
             "print(sorted(m for m in ('transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# their options' defaults come from config classes in modules that need torch (left so far)
+HEAVY_CLI_MODULES = {"context", "evaluate", "finetune"}
+
+
+def test_the_cli_modules_import_neither_torch_nor_transformers():
+    """``automr COMMAND --help`` imports only its command's module: it stays well under a
+    second where that module leaves torch and transformers to the command's body."""
+    names = sorted(info.name for info in pkgutil.iter_modules([str(PACKAGE / "cli")])
+                   if info.name not in HEAVY_CLI_MODULES)
+    code = ("import sys; " + "; ".join(f"import automr.cli.{name}" for name in names)
+            + "; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "model" in names and out.stdout.strip() == "[]"

