@@ -476,3 +476,68 @@ def test_the_trsr_prompt_counts_of_the_docs_are_the_samples_blocks(ml100k_prepar
     assert f"at most {train:,} summary prompts for 2,048 training samples" in baselines
     assert f"at least {8520 / train:.2f} s a prompt" in baselines  # 2 h 22 min: 8,520 s
     assert "3,997 for the test samples" in results and prompts("test", 1000) >= 3997
+
+
+def test_the_rq2_and_rq3_numbers_of_the_docs_read_as_their_exports():
+    """results.md's RQ2 (by likelihood over 10 seeds; by the eq. 5 gain in both arms) and RQ3
+    (how far back, against uniform choice) sentences, from the committed per-sample values."""
+    import statistics
+
+    from automr.evaluation.bootstrap import paired_bootstrap
+
+    page = " ".join(DOCS.read_text().split())
+    rq2 = json.loads((RESULTS / "automr" / "rq2-likelihood-1000.json").read_text())
+    means = {key: statistics.fmean(v for v, _ in values.values())
+             for key, values in rq2["loglik"].items()}
+    seeds = [means[f"random:{s}"] for s in range(10)]
+    [automr] = [m for key, m in means.items() if key.startswith("automr:")]
+    spread = statistics.stdev(seeds)
+    assert (f"scores {statistics.fmean(seeds):.4f} ± {spread:.4f} [{min(seeds):.4f}, "
+            f"{max(seeds):.4f}] nats, AutoMR {automr:.4f}, BIGRec {means['bigrec:None']:.4f}. "
+            f"AutoMR is above all 10 seeds") in page and automr > max(seeds)
+    above = automr - statistics.fmean(seeds)
+    assert f"by {above:.3f} nats, about {above / spread:.1f} times the seeds' spread" in page
+    ids = list(rq2["loglik"]["random:0"])
+    automr_key = next(key for key in rq2["loglik"] if key.startswith("automr:"))
+    diff = paired_bootstrap(*(torch.tensor([rq2["loglik"][k][i][0] for i in ids],
+                                           dtype=torch.float64)
+                              for k in (automr_key, "random:0")))
+    assert f"(+{diff.mean:.3f} [{diff.low:+.3f}, {diff.high:+.3f}], above)" in page
+    assert f"it stays {means['bigrec:None'] - automr:.3f} nats below BIGRec" in page
+
+    for export, text in (("test-annotation-1000.json", "scores {}; AutoMR (`regret`) is above "
+                          "{automr-regret} of the 10 seeds"),
+                         ("test-annotation-aware-1000.json", "sample and seed) {}; this arm's "
+                          "retriever is above {aware-regret} of the 10 seeds, the frozen arm's "
+                          "above {frozen-regret}, semantic above {semantic}")):
+        samples = json.loads((RESULTS / "automr" / export).read_text())["samples"].values()
+        seeds = [statistics.fmean(s[f"random seed {k}"] for s in samples) for k in range(10)]
+        sign = "+" if statistics.fmean(seeds) > 0 else ""
+        spread = (f"{statistics.fmean(seeds):{sign}.3f} {'±' if sign == '' else '+-'} "
+                  f"{statistics.stdev(seeds):.3f} [{min(seeds):{sign}.3f}, "
+                  f"{max(seeds):{sign}.3f}]")
+        above = {name: sum(statistics.fmean(s[name] for s in samples) > x for x in seeds)
+                 for name in next(iter(samples)) if "seed" not in name}
+        assert text.replace("{}", spread).format_map(above) in page, export
+
+    for export, numbers in (("rq3-1000.json", "memory raised it in {improved} of the {retrieved} "
+                             "samples with a memory. The elements AutoMR retrieved lie as far "
+                             "back as uniform choice would put them, for all samples (mean "
+                             "{back:.1f} interactions back against {uniform:.1f} uniform; "
+                             "{days:.1f} days against {uniform_days:.1f}; place in memory "
+                             "{place:.2f}, uniform 0.5) and for the {improved} helped ones "
+                             "({helped_back:.1f} against {helped_uniform:.1f})"),
+                            ("rq3-aware-1000.json", "memory raised the likelihood in {improved} "
+                             "of {retrieved} samples; the retrieved elements lie {back:.1f} "
+                             "interactions back against {uniform:.1f} for uniform choice")):
+        rq3 = json.loads((RESULTS / "automr" / export).read_text())
+        elements = [e for r in rq3["retrieved"].values() for e in r]
+        ages, counts = rq3["ages"], rq3["counts"]
+        assert (counts["retrieved"], ages["all"]["elements"]) == (992, len(elements))
+        assert page.count(numbers.format(
+            improved=counts["likelihood_improved"], retrieved=counts["retrieved"],
+            back=statistics.fmean(b for b, _ in elements), uniform=ages["all"]["uniform_back_mean"],
+            days=statistics.fmean(d for _, d in elements),
+            uniform_days=ages["all"]["uniform_days_mean"], place=ages["all"]["quantile_mean"],
+            helped_back=ages["improved"]["back_mean"],
+            helped_uniform=ages["improved"]["uniform_back_mean"])) == 1, export
