@@ -454,28 +454,31 @@ def test_the_trsr_prompt_counts_of_the_docs_are_the_samples_blocks(ml100k_prepar
     """baselines.md's and results.md's TRSR prompts (the defaults: recurrent over the 5 newest
     blocks of 5 long-term items), recounted from the prepared ML-100K. A recurrent prompt is
     fixed by its sample's blocks up to it, so a split's distinct prompts are at most its
-    distinct block prefixes (equal summaries can only merge more); 2,048 training samples
-    cannot need more than 5 each (13,261 had been written)."""
+    distinct block prefixes (equal summaries can only merge more): 13,261, once written as the
+    training samples' count, fits only all three splits."""
     from automr.contexts.spec import ContextSpec
     from automr.contexts.trsr import trsr_blocks
     from automr.data.subsets import seeded_subset
 
     spec = ContextSpec(kind="trsr")
 
-    def prompts(split: str, count: int) -> int:
+    def prompts(split: str, count: int) -> set:
         samples = seeded_subset(ml100k_prepared[0].samples(split), count, 0)
-        return len({tuple(blocks[:r]) for sample in samples
-                    for blocks in [trsr_blocks(sample.memory, spec.block_size, spec.max_blocks)]
-                    for r in range(1, len(blocks) + 1)})
+        return {tuple(blocks[:r]) for sample in samples
+                for blocks in [trsr_blocks(sample.memory, spec.block_size, spec.max_blocks)]
+                for r in range(1, len(blocks) + 1)}
 
-    train = prompts("train", 2048)
-    assert train <= 2048 * spec.max_blocks
+    train, valid, test = (prompts(split, count)
+                          for split, count in (("train", 2048), ("valid", 200), ("test", 1000)))
+    assert len(train) <= 2048 * spec.max_blocks
     results = " ".join(DOCS.read_text().split())
-    assert f"at most {train:,} prompts for the training samples" in results
+    assert (f"they need at most {len(train):,} and all three splits at most "
+            f"{len(train | valid | test):,}") in results
+    assert len(train) < 13_261 <= len(train | valid | test)
     baselines = " ".join((DOCS.parent / "baselines.md").read_text().split())
-    assert f"at most {train:,} summary prompts for 2,048 training samples" in baselines
-    assert f"at least {8520 / train:.2f} s a prompt" in baselines  # 2 h 22 min: 8,520 s
-    assert "3,997 for the test samples" in results and prompts("test", 1000) >= 3997
+    assert f"(at most {len(train):,} distinct ones)" in baselines
+    assert round(8520 / len(train)) == 1  # 2 h 22 min: 8,520 s, "about 1 s a prompt"
+    assert "the test samples' 3,997 prompts" in results and len(test) >= 3997
 
 
 def test_the_rq2_and_rq3_numbers_of_the_docs_read_as_their_exports():
