@@ -9,7 +9,7 @@ from automr.combiners import COMBINERS, AppendToken, Concat, PrependToken, pad_m
 from automr.errors import AutomrError
 from automr.interfaces import Combiner, MemoryTokens
 from automr.llm import HFSplitLLM, LayerState
-from automr.llm.decoding import greedy_generate
+from automr.llm.decoding import greedy_generate, prefill, step
 from automr.testing.contracts import CombinerContract
 from automr.testing.strategies import masks, pad_sequences, padding_sides, seeded_tensors
 from automr.testing.tiny import TINY_ARCHITECTURES, TINY_VOCAB
@@ -261,7 +261,8 @@ def test_generation_after_combine_equals_the_full_model(tiny_models, arch, seqs,
 def test_cached_generation_equals_recomputation(tiny_models, arch, seqs, layer, kind, n, data):
     """At any layer: greedy decoding with both caches after a combine = recomputing lower,
     combine and upper on the whole sequence at every step (no caches), with the generated
-    tokens after the combined prompt (so after the memory, for append-token)."""
+    tokens after the combined prompt (so after the memory, for append-token): the same tokens,
+    and the same logits at every step."""
     llm = HFSplitLLM(tiny_models[arch])
     combiner = COMBINERS[kind]()
     ids, mask = pad_sequences(seqs, data.draw(padding_sides(len(seqs))), pad_id=2)
@@ -270,11 +271,16 @@ def test_cached_generation_equals_recomputation(tiny_models, arch, seqs, layer, 
     steps = 3
     generated = greedy_generate(llm, ids, mask, layer, steps,
                                 insert=lambda state: combiner.combine(state, memory))
+    decoding = prefill(llm, ids, mask, layer, lambda state: combiner.combine(state, memory))
+    cached = [decoding.logits]
+    for step_index in range(steps - 1):
+        step(llm, decoding, generated[:, step_index])
+        cached.append(decoding.logits)
     for row, seq in enumerate(seqs):
         row_memory = MemoryTokens(hidden=hidden[row : row + 1], mask=memory.mask[row : row + 1])
         context = list(seq)
         with torch.no_grad():
-            for step in range(steps):
+            for index in range(steps):
                 ones = torch.ones(1, len(context), dtype=torch.bool)
                 state = llm.lower(torch.tensor([context]), ones, layer)
                 prompt = LayerState(hidden=state.hidden[:, : len(seq)],
@@ -285,8 +291,9 @@ def test_cached_generation_equals_recomputation(tiny_models, arch, seqs, layer, 
                                    mask=torch.cat([combined.mask, state.mask[:, len(seq) :]], 1),
                                    layer=layer)
                 logits = llm.upper(whole, logits_at=whole.last_positions())
+                torch.testing.assert_close(cached[index][row], logits[0, 0], **TOL)
                 next_token = int(logits[0, 0].argmax())
-                assert int(generated[row, step]) == next_token
+                assert int(generated[row, index]) == next_token
                 context.append(next_token)
 
 
