@@ -166,3 +166,27 @@ def test_a_memory_above_the_first_tuned_layer_is_refused(workspace, tmp_path):
     with pytest.raises(AutomrError, match="another model"):
         run.check_memory("0" * 64, 0)
     run.check_memory(fingerprint, 0)  # all layers tuned, L = 0: fine
+
+
+def test_lora_targets_choose_the_adapted_modules_and_an_unknown_one_is_named(workspace,
+                                                                             tmp_path):
+    data, model = str(workspace / "prepared"), str(workspace / "model")
+
+    def finetune(out: str, targets: str):
+        return runner.invoke(app, ["finetune", "--data", data, "--out", str(tmp_path / out),
+                                   "--model", model, "--train-samples", "4", "--valid-samples",
+                                   "4", "--batch-size", "4", "--epochs", "1",
+                                   "--lora-from-layer", "2", "--lora-targets", targets,
+                                   "--device", "cpu", "--quiet"])
+
+    result = finetune("all", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "all" / "best" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
+                                              "gate_proj", "up_proj", "down_proj"}
+    assert config["layers_to_transform"] == [2, 3]
+    wrong = finetune("wrong", "q_proj,qkv_proj")
+    assert wrong.exit_code == 2
+    assert "LoRA target qkv_proj is not a linear module of this model's layers; they have " \
+           "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in wrong.output
+    assert "--lora-targets ' , ' names no module" in finetune("none", " , ").output

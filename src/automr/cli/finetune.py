@@ -46,7 +46,8 @@ TRSR_OPTIONS = {
 CONTEXT_OPTION_NAMES = {name.removeprefix("trsr_"): name for name in TRSR_OPTIONS}
 MEMORY_OPTION_NAMES = {name: f"memory_{name}" for name in ("share", "retrieval", "combiner")}
 FINETUNE_OPTION_NAMES = {"max_train_samples": "train_samples",
-                         "max_valid_samples": "valid_samples", **MEMORY_OPTION_NAMES}
+                         "max_valid_samples": "valid_samples", "target_modules": "lora_targets",
+                         **MEMORY_OPTION_NAMES}
 """Fields of the configs these options build, by the option each comes from."""
 trsr_options = option_group(
     "trsr", TRSR_OPTIONS,
@@ -88,6 +89,10 @@ def finetune_command(
     lora_dropout: Annotated[float, typer.Option(
         help="LoRA dropout (BIGRec's 0.05; 0 makes a run under a launcher reproduce one "
              "process's within float rounding).")] = defaults.lora_dropout,
+    lora_targets: Annotated[str, typer.Option(
+        help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's "
+             "default; q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj: all of a "
+             "Llama or Qwen layer's).")] = ",".join(defaults.target_modules),
     lora_from_layer: Annotated[int, typer.Option(
         help="Put LoRA only on layers >= L and freeze the lower half (0 = all layers).")] =
         defaults.lora_from_layer,
@@ -136,6 +141,10 @@ def finetune_command(
     Writes OUT/best (adapter), OUT/checkpoint (resumable state) and OUT/finetune.json.
     """
     spec = context_spec_option(context, context_k, trsr)
+    targets = tuple(name.strip() for name in lora_targets.split(",") if name.strip())
+    if not targets:
+        raise AutomrError(f"--lora-targets {lora_targets!r} names no module (BIGRec's: "
+                          f"{','.join(defaults.target_modules)})")
     if autocast not in ("none", *AUTOCAST):
         raise AutomrError(f"--autocast {autocast!r}: choose one of none, {', '.join(AUTOCAST)}")
     try:
@@ -145,6 +154,7 @@ def finetune_command(
             max_train_samples=train_samples or None, max_valid_samples=valid_samples,
             epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, lora_from_layer=lora_from_layer, loss_on=loss_on,
+            target_modules=targets,
             eval_every=eval_every,
             patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
             schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,

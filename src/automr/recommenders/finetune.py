@@ -95,7 +95,9 @@ class FinetuneConfig:
     lora_alpha: int = 16
     lora_dropout: float = attrs.field(
         default=0.05, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] = attrs.field(default=("q_proj", "v_proj"),
+                                                  validator=attrs.validators.min_len(1))
+    """The linear modules of each tuned layer that get LoRA (BIGRec's: ``q_proj``, ``v_proj``)."""
     lora_from_layer: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     """LoRA only on layers ``>= lora_from_layer``; set it to the memory's layer L so that
     layer-L memories of the base model stay valid for the tuned one (0: every layer)."""
@@ -377,6 +379,12 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
     if config.lora_from_layer >= n_layers:
         raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
                           f"(the model has {n_layers})")
+    first = loaded.model.get_decoder().layers[config.lora_from_layer]
+    linear = {name.rsplit(".", 1)[-1] for name, module in first.named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    if unknown := sorted(set(config.target_modules) - linear):
+        raise AutomrError(f"LoRA target {', '.join(unknown)} is not a linear module of this "
+                          f"model's layers; they have {', '.join(sorted(linear))}")
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
