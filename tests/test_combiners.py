@@ -323,3 +323,36 @@ def test_the_contract_fails_a_pooling_combiner_that_drops_memory_or_changes_dtyp
         contract.test_real_memory_reaches_the_output(IgnoresMemory())
     with pytest.raises(AssertionError, match="float64 out"):
         contract.test_keeps_layer_batch_width_dtype_and_its_inputs(AddsMeanInFloat64())
+
+
+def test_the_contract_fails_a_combiner_that_leaves_a_bfloat16_query_in_float32():
+    """On CUDA the query's layer-L state is bfloat16 (the model's default there) and a memory
+    built on a CPU holds float32 keys; a combiner that makes a float32 tensor of its own, or
+    joins the memory uncast, hands the upper half float32 states, which a bfloat16 model
+    refuses. The contract drew float32 only, so both passed (a fresh-eyes reviewer's)."""
+    contract = CombinerContract()
+    contract.hidden_size = 8
+
+    class AddsAFloat32Separator:
+        uses_token_states = False
+
+        def combine(self, query, memory):
+            hidden = memory.hidden.to(query.hidden.dtype).masked_fill(
+                ~memory.mask.unsqueeze(-1), 0.0)
+            separator = torch.zeros(query.batch_size, 1, query.hidden.shape[2])  # float32
+            return LayerState(
+                hidden=torch.cat([query.hidden, separator, hidden], 1),
+                mask=torch.cat([query.mask, memory.mask.any(1, keepdim=True), memory.mask], 1),
+                layer=query.layer)
+
+    class JoinsTheMemoryUncast:
+        uses_token_states = False
+
+        def combine(self, query, memory):
+            hidden = memory.hidden.masked_fill(~memory.mask.unsqueeze(-1), 0.0)
+            return LayerState(hidden=torch.cat([query.hidden, hidden], 1),
+                              mask=torch.cat([query.mask, memory.mask], 1), layer=query.layer)
+
+    for combiner in (AddsAFloat32Separator(), JoinsTheMemoryUncast()):
+        with pytest.raises(AssertionError, match=r"torch.bfloat16 in, torch.float32 out"):
+            contract.test_keeps_layer_batch_width_dtype_and_its_inputs(combiner)

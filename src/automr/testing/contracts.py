@@ -257,11 +257,19 @@ class CombinerContract:
 
     def test_keeps_layer_batch_width_dtype_and_its_inputs(self, combiner):
         """Every combiner, inserting or pooling: a layer state of the query's layer, batch,
-        width and dtype, and nothing written into the query or the memory."""
+        width and dtype, and nothing written into the query or the memory. The query and the
+        memory are each float32 or bfloat16: on CUDA the model's states are bfloat16 by
+        default, and a memory built on a CPU holds float32 keys."""
 
-        @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
-        def check(query, data):
+        dtypes = st.sampled_from([torch.float32, torch.bfloat16])
+
+        @given(query=layer_states(self.hidden_size, layer=1), data=st.data(),
+               query_dtype=dtypes, memory_dtype=dtypes)
+        def check(query, data, query_dtype, memory_dtype):
+            query = LayerState(hidden=query.hidden.to(query_dtype), mask=query.mask,
+                               layer=query.layer)
             memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
+            memory = MemoryTokens(hidden=memory.hidden.to(memory_dtype), mask=memory.mask)
             given = (query.hidden.clone(), query.mask.clone(), memory.hidden.clone())
             combined = combiner.combine(query, memory)
             assert _unchanged(query.hidden, given[0]) and torch.equal(query.mask, given[1]), (
