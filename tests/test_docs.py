@@ -176,6 +176,11 @@ def test_custom_components_tutorial_runs() -> None:
     evaluation = namespace["evaluation"]  # the recommender's section: ranked beside pop
     assert set(evaluation.reports) == {"pop", "recent"}  # type: ignore[attr-defined]
     assert "recent" in evaluation.paired()  # type: ignore[attr-defined]
+    grounded = namespace["grounded"]  # the grounder's section: BIGRec's shape, with and
+    assert set(grounded.reports) == {"lm", "lm+mine"}  # without the tutorial's memory
+    assert namespace["grounder"].__class__.__name__ == "BagOfTitleTokens"
+    retrieved = namespace["methods"]["lm+mine"].details()["retrieved"]  # type: ignore[index]
+    assert len(retrieved) == len(grounded.reports["lm"].ranks)  # type: ignore[attr-defined]
 
 
 def test_own_data_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
