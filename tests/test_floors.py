@@ -193,6 +193,36 @@ def test_the_method_contract_fails_a_method_that_depends_on_its_batch(dataset):
         contract.test_shards_and_order_do_not_matter(method, samples)
 
 
+class RanksInBatchesOfFour:
+    """Ranks in fixed batches of four, a sample by its own target and the sum over its batch
+    (whatever the order within the batch, as a grounder that centred its scores over the batch
+    would): with 8 samples, the halves and the reversed call are made of the same batches as
+    the whole call."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.settings = dataset, {"kind": "batches-of-four"}
+
+    def rank(self, samples):
+        positions = self.dataset.catalog.positions(s.target for s in samples)
+        ranks = []
+        for start in range(0, len(positions), 4):
+            batch = positions[start : start + 4]
+            ranks += [(own + sum(batch)) % len(self.dataset.catalog) for own in batch]
+        return ranks
+
+
+def test_the_method_contract_fails_a_method_whose_batches_divide_the_samples(dataset):
+    """Its shard check split the samples at the half and reversed them only: a method whose
+    batch size divided that half saw the same batches every time and passed (a fresh-eyes
+    reviewer's grounder that centred its logits over the batch, in a GenerativeMethod with
+    batch_size=4 on 8 samples)."""
+    contract, method = MethodContract(), RanksInBatchesOfFour(dataset)
+    samples = dataset.samples("test")[:8]
+    assert len({s.target for s in samples}) > 1
+    with pytest.raises(AssertionError):
+        contract.test_shards_and_order_do_not_matter(method, samples)
+
+
 def test_a_floor_is_built_on_a_dataset_not_its_folder():
     """PopularityMethod('/path') was taken and failed only when it ranked."""
     from beartype.roar import BeartypeCallHintParamViolation

@@ -371,6 +371,8 @@ class MethodContract:
     method's dataset, at least two), and set ``n_items`` to its catalog's size when it is not
     ``len(method.dataset.catalog)``. ``evaluate`` ranks in shards and a rerun reads saved
     ranks back, so a method must rank each sample the same whatever else is in the call.
+    Whether a rank is right is not checked (nothing here knows the answer): a method off by
+    one, 1-based, passes; :func:`~automr.evaluation.ranks_from_scores` gives 0-based ranks.
     """
 
     n_items: int | None = None
@@ -397,10 +399,15 @@ class MethodContract:
                    and 0 <= r <= n_items for r in ranks), ranks  # n_items: a miss
 
     def test_shards_and_order_do_not_matter(self, method, samples):
+        """Split in halves, reversed, and rotated by one: a method that ranks in batches of
+        a size that divides the half sees the same batches in the halves and reversed, but
+        other ones rotated."""
         whole = _ranks(method, samples)
         half = len(samples) // 2
         assert _ranks(method, samples[:half]) + _ranks(method, samples[half:]) == whole
         assert _ranks(method, samples[::-1]) == whole[::-1]
+        rotated = [*samples[1:], *samples[:1]]
+        assert _ranks(method, rotated) == [*whole[1:], *whole[:1]]
 
     def test_deterministic(self, method, samples):
         assert _ranks(method, samples) == _ranks(method, samples)
