@@ -747,3 +747,28 @@ def test_every_weights_file_the_commands_write_is_as_readable_as_their_configs(w
     assert {p.parent.name for p in weights} >= {"mem", "ann", "best", "checkpoint"}
     modes = {p: p.stat().st_mode & 0o777 for p in weights}
     assert modes == dict.fromkeys(weights, (tmp_path / "plain").stat().st_mode & 0o777)
+
+
+# -- a prepared dataset cut at a line end, or with a damaged stats.json ----------------------
+def cut_at_a_line_end(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: len(lines) // 2]))
+
+
+@pytest.mark.parametrize("file", ["samples/test.jsonl", "items.jsonl", "interactions.jsonl"])
+def test_a_prepared_file_cut_at_a_line_end_is_one_line_naming_it(workspace, tmp_path, file):
+    """Every line left parses: the test split silently lost half its samples (evaluate ranked
+    the rest), a cut catalog or timeline was blamed on the samples or the fine-tune."""
+    data = copy(workspace, "prepared", tmp_path)
+    cut_at_a_line_end(data / file)
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--out", str(tmp_path / "ev"),
+                                 "--methods", "pop", "--samples", "0", *QUIET])
+    assert "stats.json records" in one_line_error(result, data / file)
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '{"users": 1}'])
+def test_a_damaged_stats_json_is_one_line_naming_it(workspace, tmp_path, text):
+    data = copy(workspace, "prepared", tmp_path)
+    (data / "stats.json").write_text(text)
+    result = runner.invoke(app, ["data", "stats", str(data)])
+    one_line_error(result, data / "stats.json")

@@ -98,6 +98,7 @@ class PreparedDataset:
                 raise AutomrError(f"{path} is damaged ({error!r}). Prepare the dataset again "
                                   f"with `automr data prepare ...`.") from None
             check_unique_ids(samples, str(path))
+            _check_count(path, len(samples), self.stats.samples.get(split), "samples")
             self._samples[split] = samples
         return self._samples[split]
 
@@ -139,13 +140,17 @@ class PreparedDataset:
                                    for row in _read_jsonl(folder / "interactions.jsonl")),
                 protocol=ProtocolConfig.from_json(config["protocol"]),
                 boundaries=SplitBoundaries(**config["boundaries"]),
-                stats=DatasetStats.from_json(json.loads((folder / "stats.json").read_text())),
+                stats=_read_stats(folder / "stats.json"),
                 source=SourceInfo(**config["source"]),
                 path=folder,
             )
         except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
             raise AutomrError(f"{folder} holds a damaged prepared dataset ({error}). Prepare it "
                               f"again with `automr data prepare ...`.") from None
+        _check_count(folder / "items.jsonl", len(dataset.catalog), dataset.stats.filtered.items,
+                     "items")
+        _check_count(folder / "interactions.jsonl", len(dataset.interactions),
+                     dataset.stats.filtered.interactions, "interactions")
         counts = {split: dataset.stats.samples.get(split, 0) for split in SPLITS}
         if not all(counts.values()):
             window = dataset.stats.window
@@ -155,6 +160,31 @@ class PreparedDataset:
                 f"{window.get('start')} .. {window.get('end')}). Prepare it again with a window "
                 f"that gives every split samples (--start/--end, --train-months).")
         return dataset
+
+
+def _read_stats(path: Path) -> DatasetStats:
+    """``stats.json``; a missing or damaged one is one line naming it."""
+    from beartype.roar import BeartypeCallHintViolation
+
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return DatasetStats.from_json(data)
+    except (OSError, KeyError, TypeError, ValueError, BeartypeCallHintViolation) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise AutomrError(f"{path} is missing or damaged ({reason}): {path.parent} holds a "
+                          f"damaged prepared dataset. Prepare it again with `automr data "
+                          f"prepare ...`.") from None
+
+
+def _check_count(path: Path, count: int, recorded: int | None, what: str) -> None:
+    """Refuse a file of the folder holding fewer or more rows than ``stats.json`` records
+    (a copy cut at a line end parses, and would silently lose rows)."""
+    if recorded is not None and count != recorded:
+        raise AutomrError(f"{path} holds {count:,} {what}, but the dataset's stats.json "
+                          f"records {recorded:,}: the prepared dataset is damaged (cut short or "
+                          f"edited). Prepare it again with `automr data prepare ...`.")
 
 
 def is_prepared_dir(folder: Path) -> bool:
