@@ -772,3 +772,52 @@ def test_a_damaged_stats_json_is_one_line_naming_it(workspace, tmp_path, text):
     (data / "stats.json").write_text(text)
     result = runner.invoke(app, ["data", "stats", str(data)])
     one_line_error(result, data / "stats.json")
+
+
+def test_a_retriever_saved_again_in_place_and_cut_before_its_config_is_not_loaded(tmp_path,
+                                                                                  monkeypatch):
+    """The new weights stood beside the older save's config.json: loaded with its provenance
+    (another model, layer or memory) and passed every check."""
+    import automr.storage as storage
+    from automr.retrievers import build_retriever, load_retriever
+
+    old = build_retriever("mlp", 8, seed=0)
+    old.provenance = {"layer": "2"}
+    old.save(tmp_path / "ret")
+    new = build_retriever("mlp", 8, seed=1)
+    new.provenance = {"layer": "3"}
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "write_json_atomic", cut)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "ret")
+    monkeypatch.undo()
+    with pytest.raises(AutomrError, match=r"config\.json is missing"):
+        load_retriever(tmp_path / "ret", expect={"layer": "2"})
+    new.save(tmp_path / "ret")  # saved again in place
+    assert load_retriever(tmp_path / "ret", expect={"layer": "3"}).provenance == {"layer": "3"}
+
+
+def test_a_retriever_trained_again_in_place_and_cut_keeps_no_older_record(
+        workspace, tmp_path, monkeypatch):
+    import automr.experiments.retriever as experiment
+
+    out = tmp_path / "ret"
+    assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 0
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "write_json_atomic", cut)  # training.json, written last
+    assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 130
+    assert not (out / "training.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr("automr.storage.write_json_atomic", cut)  # config.json, after weights
+    assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 130
+    assert not (out / "config.json").exists() and (out / "automr-runs.jsonl").is_file()
+    monkeypatch.undo()
+    again = runner.invoke(app, retriever_train(workspace, out))  # not refused for its record
+    assert again.exit_code == 0, again.output
+    assert (out / "training.json").is_file()

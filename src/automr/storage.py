@@ -186,13 +186,16 @@ def save_component(
     """Write ``config.json`` (``format``, ``config``'s keys, ``provenance``) and, when there are
     tensors, ``weights_file`` whose metadata repeats the format, ``config``'s scalar values and
     the provenance (so the weights file alone says what it belongs to). A stale weights file
-    from an earlier save is removed when there are none. Returns the folder."""
+    from an earlier save is removed when there are none, and the earlier config before the
+    weights are written (cut in between, the folder is one without a config, refused on load
+    and saved again in place). Returns the folder."""
     directory = Path(directory)
     check_save_target(directory, format, weights_file)
     directory.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})
     weights = directory / weights_file
-    if tensors:
+    (directory / CONFIG_FILE).unlink(missing_ok=True)  # a cut save must not pass for the
+    if tensors:  # older config's (its settings and provenance over these weights)
         state = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         scalars = {k: str(v) for k, v in config.items() if isinstance(v, str | int | float)}
         save_safetensors(weights, state, metadata={
@@ -207,7 +210,8 @@ def save_component(
 
 def check_save_target(directory: Path, format: str, weights_file: str) -> None:
     """Refuse to save into a folder that holds something else (another artifact's
-    ``config.json``, or files and no config beside a save of ours cut before its config): it
+    ``config.json``, or files and no config beside a save of ours cut before its config, run
+    records aside): it
     would be overwritten or mixed in. :func:`save_component` checks; a command that works long
     before it saves checks first."""
     what = format.split("/")[0].removeprefix("automr.")
@@ -220,8 +224,8 @@ def check_save_target(directory: Path, format: str, weights_file: str) -> None:
         if held != format:
             raise AutomrError(f"{directory} holds another artifact ({CONFIG_FILE} of format "
                               f"{held!r}); save the {what} into a new folder")
-    elif directory.is_dir() and any(not (p.name == weights_file or p.name.startswith("."))
-                                    for p in directory.iterdir()):
+    elif directory.is_dir() and any(p.name not in (weights_file, RUNS_FILE)
+                                    and not p.name.startswith(".") for p in directory.iterdir()):
         raise AutomrError(f"{directory} holds other files and no {what}; save the {what} into "
                           f"a new or empty folder")
 

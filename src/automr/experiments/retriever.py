@@ -83,6 +83,8 @@ def train_retriever(
                                              device=resolve_device(device), quiet=not progress)
     retriever = retriever.cpu()
     out = Path(out_dir)
+    if (out / "training.json").is_file():  # cut before the new one is written, it would
+        (out / "training.json").unlink()  # describe (and check_held_out trust) the older one
     retriever.save(out)
     record = {
         "annotations": str(annotations_dir), "annotations_digest": annotations_digest(
