@@ -821,3 +821,27 @@ def test_a_retriever_trained_again_in_place_and_cut_keeps_no_older_record(
     again = runner.invoke(app, retriever_train(workspace, out))  # not refused for its record
     assert again.exit_code == 0, again.output
     assert (out / "training.json").is_file()
+
+
+@pytest.mark.parametrize("how", ["missing", "garbage"])
+def test_a_damaged_details_file_says_how_to_write_it_again(workspace, tmp_path, how):
+    """A rerun reuses the saved values and never writes the details again: "delete it and
+    run the evaluation again" left it missing for good."""
+    from automr.evaluation.folder import EvaluationFolder
+
+    args = ["evaluate", "--data", str(workspace / "prepared"), "--methods",
+            "random:likelihood", "--finetuned", str(workspace / "ft"), "--memory",
+            str(workspace / "mem"), "--model", str(workspace / "model"), "--samples", "2",
+            "--measures", "likelihood", "--out", str(tmp_path / "ev"), *QUIET]
+    assert runner.invoke(app, args).exit_code == 0
+    folder = EvaluationFolder(tmp_path / "ev")
+    details = folder.details_file("retrieved", "random:likelihood", "loglik")
+    whole = details.read_bytes()
+    CORRUPTIONS[how](details)
+    with pytest.raises(AutomrError) as error:
+        folder.details("retrieved", "random:likelihood", "loglik")
+    settings = folder.settings_file("random:likelihood", "loglik")
+    assert str(details) in str(error.value) and f"delete {settings}" in str(error.value)
+    settings.unlink()  # as it says
+    assert runner.invoke(app, args).exit_code == 0
+    assert details.read_bytes() == whole

@@ -233,10 +233,20 @@ class EvaluationFolder:
         """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``,
         made while measuring ``measure`` (``ranks`` or ``loglik``)."""
         path = self.details_file(kind, method, measure)
+        again = (f"delete {self.settings_file(method, measure)} and run the evaluation again "
+                 f"with this version of automr (a rerun reuses {method}'s saved values, and "
+                 f"writes its details only when it measures it again)")
         if not path.is_file():
             raise AutomrError(f"{path} is missing: {self.path} has no record of the {kind} of "
-                              f"{method} (evaluate it again with this version of automr)")
-        return dict(_read(path))
+                              f"{method}; {again}")
+        try:
+            values = read_json(path, "`automr evaluate`")
+        except AutomrError as error:
+            values = error
+        if not isinstance(values, dict):
+            raise AutomrError(f"{path} is damaged (not a JSON object of the {kind} of "
+                              f"{method}); {again}")
+        return values
 
     def generations(self, methods: Sequence[str], settings: Mapping[str, Any],
                     ignore: Collection[str] = ()) -> dict[str, dict[str, Any]]:
