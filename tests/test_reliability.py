@@ -845,3 +845,19 @@ def test_a_damaged_details_file_says_how_to_write_it_again(workspace, tmp_path, 
     settings.unlink()  # as it says
     assert runner.invoke(app, args).exit_code == 0
     assert details.read_bytes() == whole
+
+
+@pytest.mark.parametrize("text", ["[]", "null"])
+def test_settings_that_are_json_but_not_settings_are_measured_again(workspace, tmp_path, text):
+    """An L2 grounding's kept titles were looked up through them: an AttributeError."""
+    args = ["evaluate", "--data", str(workspace / "prepared"), "--methods", "bigrec:l2",
+            "--finetuned", str(workspace / "ft"), "--model", str(workspace / "model"),
+            "--layer", "2", "--samples", "2", "--num-beams", "2", "--out", str(tmp_path / "ev"),
+            *QUIET]
+    assert runner.invoke(app, args).exit_code == 0
+    settings = tmp_path / "ev" / "ranks" / "bigrec-l2.settings.json"
+    whole = settings.read_bytes()
+    settings.write_text(text)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert settings.read_bytes() == whole

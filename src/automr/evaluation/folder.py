@@ -267,8 +267,9 @@ class EvaluationFolder:
             saved = self.settings_file(method)
             if not (saved.is_file() and self.details_file("generated", method).is_file()):
                 continue
-            if decisive(_read(saved)) != wanted:
-                continue
+            made = _read(saved)
+            if not isinstance(made, dict) or decisive(made) != wanted:  # valid JSON, not
+                continue  # settings: not these (the method is measured again)
             for kind in ("generated", "retrieved", "contexts"):
                 if self.details_file(kind, method).is_file():
                     kept.setdefault(kind, {}).update(self.details(kind, method))
