@@ -861,3 +861,24 @@ def test_settings_that_are_json_but_not_settings_are_measured_again(workspace, t
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert settings.read_bytes() == whole
+
+
+def test_a_demo_step_whose_output_is_gone_is_run_again_or_named(workspace, tmp_path):
+    """The step was marked done, so a rerun skipped it and the summary read the missing
+    results.md: a FileNotFoundError traceback."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--model", str(workspace / "model"), "--data",
+            str(workspace / "prepared"), "--layer", "2", "--train-samples", "8",
+            "--annotate-samples", "6", "--test-samples", "2", "--likelihood-samples", "2",
+            *QUIET]
+    assert runner.invoke(app, args).exit_code == 0
+    table = (out / "results" / "results.md").read_text()
+    (out / "results" / "results.md").unlink()
+    result = runner.invoke(app, args)  # its steps' lines, then the error's
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {out / 'results' / 'results.md'} is missing; delete {out / '.done-results'} "
+        f"and rerun the same demo (that step runs again, the others are kept)")
+    shutil.rmtree(out / "results")  # a deleted step folder: the step runs again
+    assert runner.invoke(app, args).exit_code == 0
+    assert (out / "results" / "results.md").read_text() == table

@@ -75,7 +75,7 @@ class LikelihoodReport:
 
     @classmethod
     def load(cls, path: Path | str) -> "LikelihoodReport":
-        data = read_json(path, "`automr evaluate --likelihood`")
+        data = read_json(path, "`automr evaluate --measures likelihood`")
         if not isinstance(data, dict) or data.get("format") != LIKELIHOOD_FORMAT:
             raise AutomrError(f"{path} is not an automr likelihood report")
         samples = data["samples"]

@@ -97,7 +97,7 @@ def run_demo(
     def step(name: str, folder: Path, work: Callable[[], object]) -> None:
         """Run ``work`` unless it finished before; each step resumes on its own if cut."""
         done = out / f".done-{folder.name}"
-        if done.exists():
+        if done.exists() and folder.exists():  # a step whose folder was deleted runs again
             say(f"[{name}] already done: {folder}")
             return
         say(f"[{name}] ...")
@@ -209,9 +209,9 @@ def demo_summary(out_dir: Path | str) -> str:
     """What the demo measured, in words: the ranking table, then AutoMR's target
     log-likelihood gain over BIGRec and over random retrieval with paired 95% intervals."""
     out = Path(out_dir)
-    lines = [(out / "results" / "results.md").read_text()]
+    lines = [_step_file(out, out / "results" / "results.md").read_text()]
     likelihood = EvaluationFolder(out / "likelihood")
-    reports = {m: LikelihoodReport.load(likelihood.ranks_file(m, "loglik"))
+    reports = {m: LikelihoodReport.load(_step_file(out, likelihood.ranks_file(m, "loglik")))
                for m in ("bigrec:likelihood", "automr:likelihood", "random:likelihood")}
     n = len(reports["bigrec:likelihood"].sample_ids)
     lines.append(f"Log-likelihood of the true next title, {n} test samples (nats per sample, "
@@ -228,3 +228,13 @@ def demo_summary(out_dir: Path | str) -> str:
         lines += ["", "One test user (the first sample of the likelihood step), AutoMR's top 5:",
                   example.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _step_file(out: Path, path: Path) -> Path:
+    """``path``, written by the demo step of the folder it lies in; a missing one is one line
+    saying how to run that step again (a rerun skips a step marked done)."""
+    if not path.is_file():
+        step = path.relative_to(out).parts[0]
+        raise AutomrError(f"{path} is missing; delete {out / f'.done-{step}'} and rerun the "
+                          f"same demo (that step runs again, the others are kept)")
+    return path
