@@ -882,3 +882,32 @@ def test_a_demo_step_whose_output_is_gone_is_run_again_or_named(workspace, tmp_p
     shutil.rmtree(out / "results")  # a deleted step folder: the step runs again
     assert runner.invoke(app, args).exit_code == 0
     assert (out / "results" / "results.md").read_text() == table
+
+
+@pytest.mark.parametrize("component", ["sasrec", "mlp"])
+@pytest.mark.parametrize("how", ["weights of another", "no settings"])
+def test_weights_and_config_that_do_not_match_are_one_error_naming_the_folder(tmp_path,
+                                                                            component, how):
+    """A weights file copied from another save (another catalog size or MLP width), or a
+    config.json without its settings: a RuntimeError or KeyError from the loader."""
+    from automr.recommenders.sasrec import SASRec, SASRecConfig
+    from automr.retrievers import load_retriever
+    from automr.retrievers.mlp import MLPRetriever, MLPRetrieverConfig
+
+    if component == "sasrec":
+        make = lambda n: SASRec(SASRecConfig(hidden=8), n_items=n)  # noqa: E731
+        weights, key, load = "model.safetensors", "config", SASRec.load
+    else:
+        make = lambda n: MLPRetriever(MLPRetrieverConfig(hidden_size=8, mlp_hidden=n))  # noqa: E731
+        weights, key, load = "retriever.safetensors", "settings", load_retriever
+    make(5).save(tmp_path / "a")
+    make(6).save(tmp_path / "b")
+    if how == "weights of another":
+        shutil.copy(tmp_path / "b" / weights, tmp_path / "a" / weights)
+    else:
+        config = json.loads((tmp_path / "a" / "config.json").read_text())
+        del config[key]
+        (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AutomrError, match="do not match") as error:
+        load(tmp_path / "a")
+    assert str(tmp_path / "a") in str(error.value)

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from attrs import validators as v
 from beartype import beartype
+from beartype.roar import BeartypeCallHintViolation
 from einops import rearrange
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor, nn
@@ -262,8 +263,15 @@ class SASRec(nn.Module):
         if not tensors:
             raise AutomrError(f"{directory} is not a saved SASRec model: {WEIGHTS_FILE} is "
                               f"missing (write it with SASRec.save)")
-        model = cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"]))
-        model.load_state_dict(tensors)
+        try:
+            model = cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"]))
+            model.load_state_dict(tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: the weights
+                BeartypeCallHintViolation) as error:  # of another model
+            reason = str(error).strip().splitlines()[-1].strip()
+            raise AutomrError(f"{directory} holds a damaged SASRec model ({reason}): its "
+                              f"{WEIGHTS_FILE} and config.json do not match; save it again "
+                              f"with SASRec.save") from None
         return model.to(device).eval()
 
 

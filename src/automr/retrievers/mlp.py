@@ -8,6 +8,7 @@ import attrs
 import torch
 from attrs import validators as v
 from beartype import beartype
+from beartype.roar import BeartypeCallHintViolation
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -112,6 +113,13 @@ class MLPRetriever(nn.Module):
         meta, tensors = read_retriever(directory, "mlp", expect, hidden_size)
         if not tensors:
             raise AutomrError(f"{directory} has no weights for its MLP retriever")
-        retriever = cls(MLPRetrieverConfig(**meta["settings"]), meta.get("provenance"))
-        retriever.load_state_dict(tensors)
+        try:
+            retriever = cls(MLPRetrieverConfig(**meta["settings"]), meta.get("provenance"))
+            retriever.load_state_dict(tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: the weights
+                BeartypeCallHintViolation) as error:  # of another retriever
+            reason = str(error).strip().splitlines()[-1].strip()
+            raise AutomrError(f"{directory} holds a damaged retriever ({reason}): its "
+                              f"retriever.safetensors and config.json do not match; train it again "
+                              f"with `automr retriever train`") from None
         return retriever.to(device).eval()
