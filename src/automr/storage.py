@@ -211,9 +211,8 @@ def save_component(
 def check_save_target(directory: Path, format: str, weights_file: str) -> None:
     """Refuse to save into a folder that holds something else (another artifact's
     ``config.json``, or files and no config beside a save of ours cut before its config, run
-    records aside): it
-    would be overwritten or mixed in. :func:`save_component` checks; a command that works long
-    before it saves checks first."""
+    records aside): it would be overwritten or mixed in. :func:`save_component` checks; a
+    command that works long before it saves checks first."""
     what = format.split("/")[0].removeprefix("automr.")
     config = directory / CONFIG_FILE
     if config.is_file():
