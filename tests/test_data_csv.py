@@ -461,3 +461,11 @@ def test_a_column_mapping_is_checked_and_a_missing_column_names_the_files_name(t
     with pytest.raises(AutomrError, match=r"has column\(s\) \['item'\] beside the one\(s\) "
                                           r"mapped to them"):
         load_csv(ratings, both, columns={"item": "movieId"})
+
+
+def test_a_timestamp_of_thousands_of_digits_is_refused_in_one_line(tmp_path):
+    """Python prints no int past 4,300 digits: the message shows its size instead."""
+    inter = write(tmp_path / "i.csv", f"user,item,timestamp\nu,a,{'9' * 5000}\nu,b,1577923200\n")
+    items = write(tmp_path / "t.csv", "item,title\na,A\nb,B\n")
+    with pytest.raises(AutomrError, match=r"i\.csv line 2: timestamp ~10\^500[0-1] is outside"):
+        load_csv(inter, items)

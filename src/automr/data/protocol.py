@@ -10,6 +10,7 @@ test Dec 1 12:00 - Jan 1 2018.
 
 import calendar
 import datetime as dt
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -154,7 +155,9 @@ def timestamp_problem(seconds: int) -> str | None:
     hint = ""
     if MAX_TIMESTAMP <= seconds < MAX_TIMESTAMP * 1000:
         hint = f" (milliseconds? {seconds // 1000} s would be {to_iso(seconds // 1000)})"
-    return (f"timestamp {seconds} is outside the accepted range 1970-01-01 .. 2100-01-01 UTC "
+    shown = seconds if abs(seconds) < 10**30 else (  # str() refuses past 4,300 digits
+        f"{'-' if seconds < 0 else ''}~10^{int(abs(seconds).bit_length() * math.log10(2))}")
+    return (f"timestamp {shown} is outside the accepted range 1970-01-01 .. 2100-01-01 UTC "
             f"(Unix seconds {MIN_TIMESTAMP} .. {MAX_TIMESTAMP - 1}){hint}")
 
 
