@@ -53,6 +53,22 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in target.iterdir()] == ["done.json"]
 
 
+def test_atomic_dir_replaces_the_folder_a_symlink_points_to(tmp_path):
+    """`--out runs/ml-100k` where runs/ml-100k is a symlink to a dataset on another disk:
+    the folder it points to is replaced and the link kept (it was a traceback, rmtree refuses
+    a symlink, and the partial folder was left beside it)."""
+    real = tmp_path / "disk" / "ml-100k"
+    real.mkdir(parents=True)
+    (real / "old.json").write_text("{}")
+    link = tmp_path / "ml-100k"
+    link.symlink_to(real, target_is_directory=True)
+    with atomic_dir(link) as work:
+        (work / "new.json").write_text("{}")
+    assert link.is_symlink() and [p.name for p in link.iterdir()] == ["new.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "ml-100k"]
+    assert [p.name for p in real.parent.iterdir()] == ["ml-100k"]
+
+
 def test_a_folder_another_process_finished_first_is_kept(tmp_path):
     """Two processes converting the embedded model at once: the second must not delete the
     folder the first is already loading from (it did, and the first failed to load)."""

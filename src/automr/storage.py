@@ -40,8 +40,10 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     Nothing half-written is left at ``target`` if the body raises. With ``keep_existing``, a
     ``target`` that appeared meanwhile (another process building the same deterministic
     folder) is kept and this build discarded, so a process already reading it is not cut off.
+    A ``target`` that is a symlink stays one: the folder it points to is the one replaced.
     """
-    return _AtomicDir(Path(target), keep_existing)
+    target = Path(target)
+    return _AtomicDir(target.resolve() if target.is_symlink() else target, keep_existing)
 
 
 def partial_path(target: Path) -> Path:
@@ -68,9 +70,12 @@ class _AtomicDir:
         mode = file_mode(self.tmp)
         for weights in self.tmp.rglob("*.safetensors"):  # save_pretrained writes them 0600
             weights.chmod(mode)
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        os.replace(self.tmp, self.target)
+        try:
+            if self.target.exists():
+                shutil.rmtree(self.target)
+            os.replace(self.tmp, self.target)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # gone already unless it failed
 
 
 def file_mode(folder: Path) -> int:
