@@ -380,6 +380,12 @@ def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(mo
     loads = []
 
     class Run:
+        def check_plain(self):
+            pass
+
+        def check_dataset(self, dataset):
+            pass
+
         def open_memory(self, folder):
             return None
 
@@ -388,6 +394,9 @@ def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(mo
             raise AutomrError("stop here")
 
     monkeypatch.setattr(FinetunedRun, "open", classmethod(lambda cls, path: Run()))
+    from automr.data import PreparedDataset
+
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: None))
     ablations = []
     monkeypatch.setattr("automr.experiments.ablation.run_ablation",
                         lambda *args, **keywords: ablations.append(keywords["dtype"]) or 1 / 0)

@@ -190,3 +190,38 @@ def test_lora_targets_choose_the_adapted_modules_and_an_unknown_one_is_named(wor
     assert "LoRA target qkv_proj is not a linear module of this model's layers; they have " \
            "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in wrong.output
     assert "--lora-targets ' , ' names no module" in finetune("none", " , ").output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data_fingerprint": "0" * 64}, "was tuned on another dataset"),
+    ({"config": {"context": {"kind": "rella", "k": 5}}}, "was fine-tuned with a rella context"),
+])
+def test_annotate_refuses_a_fine_tune_evaluate_would_refuse(workspace, tmp_path, change,
+                                                            message):
+    """`--finetuned` naming a fine-tune of another dataset, or a ReLLa/TRSR baseline's: the
+    labels would come from a model AutoMR is never evaluated with (evaluate refuses both), so
+    annotate refuses it in one line before any work (it annotated silently)."""
+    import shutil
+
+    data, model = str(workspace / "prepared"), str(workspace / "model")
+    common = ["--device", "cpu", "--quiet"]
+    tuned = tmp_path / "ft"
+    for args in (["finetune", "--data", data, "--out", str(tuned), "--model", model,
+                  "--train-samples", "4", "--valid-samples", "2", "--batch-size", "4",
+                  "--lora-from-layer", "2", *common],
+                 ["memory", "build", "--data", data, "--out", str(tmp_path / "mem"), "--model",
+                  model, "--layer", "2", "--encoder", "item", *common]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    other = tmp_path / "other-ft"
+    shutil.copytree(tuned, other)
+    record = json.loads((other / "finetune.json").read_text())
+    for key, value in change.items():
+        record[key] = {**record[key], **value} if isinstance(value, dict) else value
+    (other / "finetune.json").write_text(json.dumps(record))
+    result = runner.invoke(app, ["annotate", "--data", data, "--memory", str(tmp_path / "mem"),
+                                 "--finetuned", str(other), "--out", str(tmp_path / "ann"),
+                                 "--samples", "2", *common])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "ann").exists()

@@ -98,9 +98,12 @@ def annotate_command(
         element_batch=element_batch, element_subset=element_subset or None,
         element_seed=element_seed), {"max_samples": "samples"})
     run = FinetunedRun.open(finetuned)
+    run.check_plain()
+    dataset = PreparedDataset.load(data)
+    run.check_dataset(dataset)
     store = run.open_memory(memory)
-    annotate_dataset(run.load(**runtime.keywords()), PreparedDataset.load(data), store, out,
-                     config, progress=runtime.progress)
+    annotate_dataset(run.load(**runtime.keywords()), dataset, store, out, config,
+                     progress=runtime.progress)
     typer.echo(f"annotations in {out}")
 
 

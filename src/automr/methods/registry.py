@@ -179,12 +179,8 @@ class Workspace:
                    f"{kind}:G with --{kind})" if wanted is None else
                    f"{name}:* methods need a fine-tune from {MADE_BY[name]}")
             raise AutomrError(f"{run.path} was fine-tuned {how}; {use}")
-        tuned_on = run.record.get("data_fingerprint")
-        if tuned_on is not None and tuned_on != self.data_fingerprint:
-            data = self.dataset.path or "this one"
-            raise AutomrError(f"the fine-tune in {run.path} was tuned on another dataset than "
-                              f"{data} (other data, prompt domain, protocol or catalog); "
-                              f"fine-tune on this dataset with `automr finetune`")
+        if run.record.get("data_fingerprint") is not None:
+            run.check_dataset(self.dataset, self.data_fingerprint)
         return run
 
     def model(self, run: FinetunedRun | None) -> LoadedModel:

@@ -109,6 +109,30 @@ class FinetunedRun:
         adapter = sha256_of(weights)
         return hashlib.sha256(f"{self.base_fingerprint}+{adapter}".encode()).hexdigest()
 
+    def check_dataset(self, dataset: Any, fingerprint: str | None = None) -> None:
+        """Refuse ``dataset`` (a :class:`~automr.data.PreparedDataset`; ``fingerprint``: its
+        fingerprint, when already computed) if this run was tuned on another one."""
+        tuned_on = self.record.get("data_fingerprint")
+        if tuned_on is None:  # a record of an automr version that did not write it
+            return
+        if fingerprint is None:
+            from automr.data.fingerprint import dataset_fingerprint
+
+            fingerprint = dataset_fingerprint(dataset)
+        if tuned_on != fingerprint:
+            data = dataset.path or "this one"
+            raise AutomrError(f"the fine-tune in {self.path} was tuned on another dataset than "
+                              f"{data} (other data, prompt domain, protocol or catalog); "
+                              f"fine-tune on this dataset with `automr finetune`")
+
+    def check_plain(self) -> None:
+        """Refuse a ReLLa/TRSR baseline's fine-tune where AutoMR's plain BIGRec prompt is
+        used (annotation): it was tuned on prompts that carry a context."""
+        if self.context is not None:
+            raise AutomrError(f"{self.path} was fine-tuned with a {self.context.kind} context "
+                              f"(a baseline's); AutoMR uses the plain BIGRec prompt: give "
+                              f"--finetuned a fine-tune without --context")
+
     def check_memory(self, memory_fingerprint: str | None, layer: int) -> None:
         """Refuse layer-``layer`` keys the tuned model's lower half would not reproduce.
 
