@@ -20,14 +20,16 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from automr.errors import AutomrError
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
+
+    M = TypeVar("M", bound=nn.Module)
 
 CONFIG_FILE = "config.json"
 RUNS_FILE = "automr-runs.jsonl"
@@ -268,6 +270,24 @@ def load_component(
     tensors = (read_safetensors(weights, made_by, device)
                if weights is not None and weights.is_file() else {})
     return config, tensors
+
+
+def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: str,
+                  build: "Callable[[], M]", tensors: dict[str, "Tensor"]) -> "M":
+    """``build()`` (the module its ``config.json`` describes) with ``tensors`` loaded; a config
+    without a setting or weights that do not fit it (copied from another save) is one line
+    naming ``directory``, ending in ``remedy``."""
+    from beartype.roar import BeartypeCallHintViolation
+
+    try:
+        module = build()
+        module.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: another's weights
+            BeartypeCallHintViolation) as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise AutomrError(f"{directory} holds a damaged {what} ({reason}): its {weights_file} "
+                          f"and {CONFIG_FILE} do not match; {remedy}") from None
+    return module
 
 
 def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

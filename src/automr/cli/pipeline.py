@@ -100,8 +100,9 @@ def annotate_command(
     run = FinetunedRun.open(finetuned)
     run.check_plain()
     dataset = PreparedDataset.load(data)
-    run.check_dataset(dataset)
     store = run.open_memory(memory)
+    store.check_dataset(dataset)  # the memory's dataset first, then the fine-tune's
+    run.check_dataset(dataset)
     annotate_dataset(run.load(**runtime.keywords()), dataset, store, out, config,
                      progress=runtime.progress)
     typer.echo(f"annotations in {out}")

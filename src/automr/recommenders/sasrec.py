@@ -52,7 +52,6 @@ import torch
 import torch.nn.functional as F
 from attrs import validators as v
 from beartype import beartype
-from beartype.roar import BeartypeCallHintViolation
 from einops import rearrange
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor, nn
@@ -62,7 +61,7 @@ from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ndcg_at_k, ranks_from_scores, recall_at_k, seen_mask
 from automr.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from automr.storage import load_component, save_component
+from automr.storage import load_component, loaded_module, save_component
 
 SASREC_FORMAT: Final = "automr.sasrec/1"
 WEIGHTS_FILE: Final = "model.safetensors"
@@ -263,15 +262,9 @@ class SASRec(nn.Module):
         if not tensors:
             raise AutomrError(f"{directory} is not a saved SASRec model: {WEIGHTS_FILE} is "
                               f"missing (write it with SASRec.save)")
-        try:
-            model = cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"]))
-            model.load_state_dict(tensors)
-        except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: the weights
-                BeartypeCallHintViolation) as error:  # of another model
-            reason = str(error).strip().splitlines()[-1].strip()
-            raise AutomrError(f"{directory} holds a damaged SASRec model ({reason}): its "
-                              f"{WEIGHTS_FILE} and config.json do not match; save it again "
-                              f"with SASRec.save") from None
+        model = loaded_module(
+            directory, "SASRec model", WEIGHTS_FILE, "save it again with SASRec.save",
+            lambda: cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"])), tensors)
         return model.to(device).eval()
 
 

@@ -8,14 +8,14 @@ import attrs
 import torch
 from attrs import validators as v
 from beartype import beartype
-from beartype.roar import BeartypeCallHintViolation
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from automr.errors import AutomrError
 from automr.retrievers.selection import masked_log_softmax
-from automr.retrievers.storage import read_retriever, write_retriever
+from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
+from automr.storage import loaded_module
 
 Activation = Literal["gelu", "relu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -113,13 +113,7 @@ class MLPRetriever(nn.Module):
         meta, tensors = read_retriever(directory, "mlp", expect, hidden_size)
         if not tensors:
             raise AutomrError(f"{directory} has no weights for its MLP retriever")
-        try:
-            retriever = cls(MLPRetrieverConfig(**meta["settings"]), meta.get("provenance"))
-            retriever.load_state_dict(tensors)
-        except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: the weights
-                BeartypeCallHintViolation) as error:  # of another retriever
-            reason = str(error).strip().splitlines()[-1].strip()
-            raise AutomrError(f"{directory} holds a damaged retriever ({reason}): its "
-                              f"retriever.safetensors and config.json do not match; train it again "
-                              f"with `automr retriever train`") from None
+        retriever = loaded_module(
+            directory, "retriever", WEIGHTS_FILE, "train it again with `automr retriever train`",
+            lambda: cls(MLPRetrieverConfig(**meta["settings"]), meta.get("provenance")), tensors)
         return retriever.to(device).eval()
