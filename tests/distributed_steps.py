@@ -162,6 +162,7 @@ def main(workspace: Path, out: Path) -> None:
         write_json_atomic(out / "summaries.json", texts)
         write_json_atomic(out / "processes.json", {"world": distributed.world_size(),
                                                    "steps": record["step"]})
+    distributed.barrier()  # every output is written before any process exits
 
 
 if __name__ == "__main__":

@@ -152,6 +152,16 @@ def _why_a_worker_failed(stderr: str) -> str:
     return "\n".join([*clues[:40], "--- last lines ---", stderr[-6000:]])
 
 
+def _aborted_at_exit(stderr: str) -> bool:
+    """A worker that finished (no Python error of a rank) and then aborted while the
+    interpreter shut down: torch 2.13's gloo teardown does so in about 1 of 20 of these runs
+    on CPU (reproduced without automr's steps only with a DDP module left alive at exit;
+    docs/distributed.md). The outputs are then complete (every process passed the script's
+    last barrier) and are compared below as usual."""
+    return ("terminate called without an active exception" in stderr
+            and "<no Python frame>" in stderr and "[rank" not in stderr)
+
+
 class CountingMethod:
     """Ranks each sample at its position in the sample list; counts the samples ranked."""
 
@@ -276,7 +286,8 @@ def test_two_processes_equal_one(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(TESTS / "distributed_steps.py"), str(workspace), str(par)],
         env=env, capture_output=True, text=True, timeout=300)
-    assert launched.returncode == 0, _why_a_worker_failed(launched.stderr)
+    assert launched.returncode == 0 or _aborted_at_exit(launched.stderr), (
+        _why_a_worker_failed(launched.stderr))
     assert json.loads((par / "processes.json").read_text())["world"] == 2
 
     # memory (window, and item with each item stored once per shard): the same index and
