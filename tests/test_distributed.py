@@ -154,8 +154,8 @@ def _why_a_worker_failed(stderr: str) -> str:
 
 def _aborted_at_exit(stderr: str) -> bool:
     """A worker that finished (no Python error of a rank) and then aborted while the
-    interpreter shut down: torch 2.13's gloo teardown does so in about 1 of 20 of these runs
-    on CPU (reproduced without automr's steps only with a DDP module left alive at exit;
+    interpreter shut down: torch 2.13's gloo teardown did so in 2 of 57 of these runs on
+    CPU (reproduced without automr's steps only with a DDP module left alive at exit;
     docs/distributed.md). The outputs are then complete (every process passed the script's
     last barrier) and are compared below as usual."""
     return ("terminate called without an active exception" in stderr
