@@ -813,6 +813,9 @@ def test_a_retriever_trained_again_in_place_and_cut_keeps_no_older_record(
     monkeypatch.setattr(experiment, "write_json_atomic", cut)  # training.json, written last
     assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 130
     assert not (out / "training.json").exists()
+    with pytest.raises(AutomrError, match=r"training\.json is missing though `automr "
+                                          r"retriever train` wrote"):  # samples unknown
+        experiment.check_held_out(out, workspace / "ann")
     monkeypatch.undo()
     monkeypatch.setattr("automr.storage.write_json_atomic", cut)  # config.json, after weights
     assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 130

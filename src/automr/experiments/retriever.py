@@ -9,6 +9,7 @@ element, ``random`` the exact expectation over them, ``random seed S`` one seede
 per sample (RQ2's spread, with no model run).
 """
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from automr.retrievers import (
     train_mlp_retriever,
 )
 from automr.retrievers.storage import check_retriever_target
-from automr.storage import files_digest, read_json, write_json_atomic
+from automr.storage import RUNS_FILE, files_digest, read_json, write_json_atomic
 
 SCORES_FORMAT = "automr.retriever-scores/1"
 
@@ -82,10 +83,6 @@ def train_retriever(
     retriever, history = train_mlp_retriever(train, valid, config,
                                              device=resolve_device(device), quiet=not progress)
     retriever = retriever.cpu()
-    out = Path(out_dir)
-    if (out / "training.json").is_file():  # cut before the new one is written, it would
-        (out / "training.json").unlink()  # describe (and check_held_out trust) the older one
-    retriever.save(out)
     record = {
         "annotations": str(annotations_dir), "annotations_digest": annotations_digest(
             annotations_dir), "annotated_samples": list(annotations.header["samples"]),
@@ -94,8 +91,27 @@ def train_retriever(
         "config": attrs.asdict(config), "history": attrs.asdict(history),
         "valid": attrs.asdict(evaluate_retriever(retriever, valid)) if valid else None,
     }
+    out = Path(out_dir)
+    if (out / "training.json").is_file():  # cut before the new one is written, it would
+        (out / "training.json").unlink()  # describe (and check_held_out trust) the older one
+    retriever.save(out)
     write_json_atomic(out / "training.json", record)
     return record
+
+
+def _written_by_retriever_train(folder: Path) -> bool:
+    """Whether ``folder``'s run records name ``automr retriever train`` (which always writes a
+    training.json beside the retriever)."""
+    runs = folder / RUNS_FILE
+    if not runs.is_file():
+        return False
+    for line in runs.read_text(errors="replace").splitlines():
+        try:
+            if str(json.loads(line).get("command")).endswith(" retriever train"):
+                return True
+        except (ValueError, AttributeError):  # a line cut by a stop, or not a record
+            continue
+    return False
 
 
 def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> None:
@@ -104,6 +120,10 @@ def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> No
     not what it learned. Another folder annotating some of the same samples is refused too."""
     record = Path(retriever_dir) / "training.json"
     if not record.is_file():
+        if _written_by_retriever_train(Path(retriever_dir)):
+            raise AutomrError(f"{record} is missing though `automr retriever train` wrote "
+                              f"{retriever_dir} (a cut run?): which samples it was trained on "
+                              f"is unknown; train it again before scoring it")
         return
     training = read_json(record)
     if training.get("annotations_digest") == annotations_digest(annotations_dir):
