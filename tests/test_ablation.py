@@ -158,6 +158,29 @@ def test_a_layer_below_the_tuned_layers_is_refused(workspace, tmp_path):
                      device="cpu", progress=False, say=lambda _: None)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"data_fingerprint": "0" * 64}, "was tuned on another dataset"),
+    ({"config": {"context": {"kind": "rella", "k": 5}}}, "was fine-tuned with a rella context"),
+])
+def test_a_fine_tune_annotate_would_refuse_is_refused_before_any_work(workspace, tmp_path,
+                                                                      change, message):
+    import json
+    import shutil
+
+    other = tmp_path / "ft"
+    shutil.copytree(workspace / "ft", other)
+    record = json.loads((other / "finetune.json").read_text())
+    for key, value in change.items():
+        record[key] = {**record[key], **value} if isinstance(value, dict) else value
+    (other / "finetune.json").write_text(json.dumps(record))
+    with pytest.raises(AutomrError, match=message):
+        run_ablation(workspace / "prepared", other, tmp_path / "out",
+                     AblationConfig(layers=(2,), combiners=("append-token",),
+                                    retrievers=("random",), test_samples=4),
+                     device="cpu", progress=False, say=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_prints_the_table_and_rejects_bad_grids(workspace, tmp_path):
     app = typer.Typer()
     app.command()(ablate_command)

@@ -140,6 +140,8 @@ def run_ablation(
     bfloat16 on CUDA); the retrievers train on ``device``."""
     dataset = PreparedDataset.load(dataset_dir)
     run = FinetunedRun.open(finetuned)
+    run.check_plain()  # as annotate: labels from the model AutoMR is evaluated with
+    run.check_dataset(dataset)
     out = Path(out_dir)
     check_own_folder(out, "ablation", ABLATION_FILES)  # a resumed one, or new
     for layer in config.layers:  # before any memory is built (a window memory takes hours)
