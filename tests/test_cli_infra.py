@@ -276,6 +276,35 @@ def test_a_run_record_names_the_commit_the_run_started_from(tmp_path, monkeypatc
     assert record["git"]["commit"] == "a" * 40
 
 
+@pytest.mark.parametrize("main", [True, False])
+def test_a_launched_command_leaves_after_the_main_process_wrote_its_record(tmp_path,
+                                                                           monkeypatch, main):
+    """Every process of a finished command meets at a barrier after the run record: one that
+    exits first (and aborts in torch's teardown) cannot have the main one killed mid-write."""
+    import typer
+    from click.testing import CliRunner as ClickRunner
+
+    import automr.cli.record as record_module
+
+    met = []
+    monkeypatch.setattr(record_module.distributed, "launched", lambda: True)
+    monkeypatch.setattr(record_module.distributed, "is_main", lambda: main)
+    monkeypatch.setattr(record_module.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(record_module.distributed, "barrier",
+                        lambda: met.append((tmp_path / "run" / RUNS_FILE).is_file()))
+    single = typer.Typer()
+
+    @single.command()
+    def work(out: Annotated[Path, typer.Option()]) -> None:
+        pass
+
+    command = typer.main.get_command(single)
+    record_module.attach_run_record(command)
+    result = ClickRunner().invoke(command, ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert met == [main]  # the main process had written its record by then
+
+
 def test_git_state_is_none_outside_a_checkout(tmp_path):
     from automr.cli.record import git_state
 

@@ -119,7 +119,7 @@ def test_processes_started_with_different_arguments_are_refused(tmp_path):
         stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     for process in processes:
         _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 2, stderr
+        assert process.returncode == 2 or _aborted_at_exit(stderr), stderr
         assert "the 2 processes were started with different arguments" in stderr, stderr
         assert "--seed 1`): start every process with the same command" in stderr
         assert "Traceback" not in stderr
@@ -154,10 +154,11 @@ def _why_a_worker_failed(stderr: str) -> str:
 
 def _aborted_at_exit(stderr: str) -> bool:
     """A worker that finished (no Python error of a rank) and then aborted while the
-    interpreter shut down: torch 2.13's gloo teardown did so in 2 of 57 of these runs on
-    CPU (reproduced without automr's steps only with a DDP module left alive at exit;
-    docs/distributed.md). The outputs are then complete (every process passed the script's
-    last barrier) and are compared below as usual."""
+    interpreter shut down: torch 2.13's gloo teardown did so in 2 of 57 runs of the launched
+    script on CPU (reproduced without automr's steps only with a DDP module left alive at
+    exit; docs/distributed.md). Every test here that starts two processes accepts it; the
+    script's outputs are then complete (every process passed its last barrier) and are
+    compared as usual."""
     return ("terminate called without an active exception" in stderr
             and "<no Python frame>" in stderr and "[rank" not in stderr)
 
@@ -240,7 +241,7 @@ def test_a_process_with_no_shard_left_still_receives_sasrec(tmp_path):
     outputs = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=240)
-        assert process.returncode == 0, stderr[-3000:]
+        assert process.returncode == 0 or _aborted_at_exit(stderr), stderr[-3000:]
         outputs.append(json.loads(stdout.splitlines()[-1]))
     from automr.methods.registry import Workspace, build_method
 

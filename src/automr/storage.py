@@ -284,7 +284,7 @@ def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: s
         module.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: another's weights
             BeartypeCallHintViolation) as error:
-        reason = str(error).strip().splitlines()[-1].strip()
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
         raise AutomrError(f"{directory} holds a damaged {what} ({reason}): its {weights_file} "
                           f"and {CONFIG_FILE} do not match; {remedy}") from None
     return module

@@ -49,6 +49,8 @@ def attach_run_record(command: Any) -> None:
             record = run_record(ctx, started, time.perf_counter() - clock, git)
             record["metrics"] = _jsonable(result) if isinstance(result, Mapping) else None
             append_record(Path(out), record)
+        if distributed.launched():  # no process leaves (and may abort in torch's teardown,
+            distributed.barrier()  # docs/distributed.md) before the main one has written all
         return result
 
     command.invoke = recorded

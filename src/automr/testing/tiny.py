@@ -56,6 +56,8 @@ def tiny_config(arch: str = "llama", num_layers: int = 3,
                 **overrides: object) -> PretrainedConfig:
     """A config of ``arch`` (a key of :data:`TINY_ARCHITECTURES`) at toy size: GQA (4 query,
     2 key/value heads), hidden 32, tied embeddings unless the architecture's entry says."""
+    if arch not in TINY_ARCHITECTURES:
+        raise ValueError(f"no tiny {arch!r} model; choose one of {', '.join(TINY_ARCHITECTURES)}")
     config_class, own = TINY_ARCHITECTURES[arch]
     fields: dict[str, object] = dict(
         vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64,
