@@ -215,6 +215,21 @@ def test_damaged_demo_settings_are_one_line_naming_them(tmp_path):
         _check_settings(tmp_path, {"config": {}, "dataset": "d", "dtype": "float32"})
 
 
+def test_a_demo_rerun_with_its_model_folder_typed_otherwise_resumes(tmp_path, monkeypatch):
+    from automr.experiments.demo import _check_settings
+
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "demo"
+    out.mkdir()
+    _check_settings(out, {"config": {"model": "./m"}, "dataset": None, "dtype": "float32"})
+    _check_settings(out, {"config": {"model": str(tmp_path / "m")}, "dataset": None,
+                          "dtype": "float32"})
+    with pytest.raises(AutomrError, match=r"other settings \(model\)"):
+        _check_settings(out, {"config": {"model": "smollm2-135m"}, "dataset": None,
+                              "dtype": "float32"})
+
+
 def test_a_memory_layer_the_fine_tune_changes_and_a_foreign_folder_are_refused_first(
         workspace, tmp_path):
     """The fine-tune's LoRA starts at layer 2: a layer-3 cell was refused only after its

@@ -33,7 +33,7 @@ from automr.evaluation.likelihood import LikelihoodReport, compare_likelihoods
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.recommend import recommend
 from automr.experiments.retriever import train_retriever
-from automr.llm.loading import DEFAULT_MODEL, dtype_used, load_model
+from automr.llm.loading import DEFAULT_MODEL, canonical_model_name, dtype_used, load_model
 from automr.memory import ENCODERS, MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
 from automr.methods.registry import GROUNDERS, Artifacts
@@ -184,12 +184,13 @@ def _check_settings(out: Path, settings: dict) -> None:
     """Finished steps are skipped on a rerun, so a rerun must have the first run's settings
     (else the results of the old ones would be shown, and recorded, as the new ones')."""
     path = out / "settings.json"
-    settings = json.loads(json.dumps(settings))
+    settings = _model_as_one_name(json.loads(json.dumps(settings)))
     if not path.exists():
         write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
         return
     first = read_json(path, f"`automr demo` (delete {path} and rerun the same demo)")
     first.setdefault("dtype", settings["dtype"])  # recorded since; older runs took it as given
+    _model_as_one_name(first)  # older runs recorded it as typed
     if first != settings:
         changed = sorted(k for k in {**first.get("config", {}), **settings["config"]}
                          if first.get("config", {}).get(k) != settings["config"].get(k))
@@ -198,6 +199,15 @@ def _check_settings(out: Path, settings: dict) -> None:
         raise AutomrError(f"{out} holds a demo run with other settings "
                           f"({', '.join(changed)}); its finished steps would be shown as this "
                           f"run's. Use another --out.")
+
+
+def _model_as_one_name(settings: dict) -> dict:
+    """``settings`` with its model folder as one path however it was typed (``./m``,
+    ``/abs/m``), so that a rerun with the other spelling resumes."""
+    config = settings.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), str):
+        config["model"] = canonical_model_name(config["model"])
+    return settings
 
 
 def example_user(dataset: PreparedDataset, config: DemoConfig) -> str:
