@@ -103,6 +103,26 @@ def test_damaged_annotations_are_one_line_naming_the_file(workspace, tmp_path, f
     one_line_error(result, annotations / file)
 
 
+def test_configs_that_are_json_with_a_wrong_or_missing_value_are_one_line(workspace,
+                                                                         tmp_path):
+    """A memory config whose layer is not a number, an annotation config without its layer:
+    valid JSON, so they were a beartype traceback and a KeyError in the memory check."""
+    memory = copy(workspace, "mem", tmp_path)
+    config = json.loads((memory / "config.json").read_text())
+    (memory / "config.json").write_text(json.dumps({**config, "layer": "x"}))
+    result = runner.invoke(app, annotate_args(workspace, memory, tmp_path / "ann"))
+    assert "is damaged" in one_line_error(result, memory / "config.json")
+    annotations = copy(workspace, "ann", tmp_path)
+    header = json.loads((annotations / "config.json").read_text())
+    del header["layer"]
+    (annotations / "config.json").write_text(json.dumps(header))
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(annotations), "--data",
+        str(workspace / "prepared"), "--memory", str(workspace / "mem"),
+        "--out", str(tmp_path / "ret"), "--quiet"])
+    assert "'layer'" in one_line_error(result, annotations / "config.json")
+
+
 def test_a_memory_folder_given_as_annotations_is_named(workspace, tmp_path):
     result = runner.invoke(app, [
         "retriever", "train", "--annotations", str(workspace / "mem"), "--data",

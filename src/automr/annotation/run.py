@@ -258,9 +258,11 @@ class Annotations:
             if not isinstance(header["samples"], list):
                 raise TypeError("samples is not a list")
             shard_size = int(header["config"]["shard_size"])
-            for key in ("model", "memory_model_fingerprint"):  # retrieval_dataset reads them
-                if key not in header:
+            for key in ("model", "memory_model_fingerprint", "layer"):  # read by
+                if key not in header:  # retrieval_dataset and the memory check
                     raise KeyError(key)
+            if not isinstance(header["layer"], int):
+                raise TypeError("layer is not an integer")
             if shard_size < 1:
                 raise ValueError(f"shard_size {shard_size}")
         except (KeyError, TypeError, ValueError) as error:

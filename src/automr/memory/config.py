@@ -176,10 +176,13 @@ class MemoryRecord:
                 f"{', '.join(READABLE_FORMATS)})"
                 + ("; it was written by a newer automr: upgrade automr, or rebuild the memory "
                    "with `automr memory build` into a new folder." if newer else "."))
+        from beartype.roar import BeartypeCallHintViolation
+
         try:
             return cls.from_json(data)
-        except (KeyError, TypeError, ValueError) as error:
-            raise AutomrError(f"{path} is damaged ({error}); rebuild the memory.") from None
+        except (KeyError, TypeError, ValueError, BeartypeCallHintViolation) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise AutomrError(f"{path} is damaged ({reason}); rebuild the memory.") from None
 
     def check(self, folder: Path | str, expect_fingerprint: str | None = None,
               expect_layer: int | None = None) -> None:
