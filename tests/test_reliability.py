@@ -439,6 +439,18 @@ def test_a_damaged_fine_tuned_adapter_is_one_line_naming_the_file(workspace, tmp
     one_line_error(result, run / "best" / file)
 
 
+@pytest.mark.parametrize("text", ["{}", '{"peft_type": "LORA", "r": "x"}'])
+def test_an_adapter_config_that_is_json_but_no_adapter_is_one_line_naming_it(workspace,
+                                                                             tmp_path, text):
+    run = copy(workspace, "ft", tmp_path)
+    (run / "best" / "adapter_config.json").write_text(text)
+    result = runner.invoke(app, [
+        "evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "eval"),
+        "--methods", "bigrec:likelihood", "--finetuned", str(run), "--model",
+        str(workspace / "model"), "--samples", "2", "--layer", "2", *QUIET])
+    assert "fine-tune again" in one_line_error(result, run / "best" / "adapter_config.json")
+
+
 @pytest.mark.parametrize("artifact", ["mem", "ann", "ft"])
 def test_retriever_train_never_writes_into_another_artifact(workspace, tmp_path, artifact,
                                                             monkeypatch):

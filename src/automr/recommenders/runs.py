@@ -90,11 +90,17 @@ class FinetunedRun:
                               f"{base.fingerprint()[:12]}) differs from the one {self.path} was "
                               f"tuned on ({self.base_fingerprint[:12]}). {FINGERPRINT_CHANGE}")
         fingerprint = self.fingerprint()  # a missing or damaged adapter is one line first
-        read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG,
-                  f"`automr finetune` (the adapter of {self.path} is damaged: fine-tune again "
-                  f"into a new --out)")
-        with without_peft_deprecation():
-            model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
+        damaged = (f"the adapter of {self.path} is damaged: fine-tune again into a new "
+                   f"--out")
+        read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG, f"`automr finetune` ({damaged})")
+        try:
+            with without_peft_deprecation():
+                model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # JSON, not peft's
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise AutomrError(f"{self.path / ADAPTER_DIR / ADAPTER_CONFIG} or its weights do "
+                              f"not make a LoRA adapter of this model ({reason}); "
+                              f"{damaged}") from None
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
 
