@@ -750,6 +750,18 @@ def test_export_onto_a_folder_is_one_line_and_leaves_nothing(workspace, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "o"]  # no .o.partial-N
 
 
+@pytest.mark.parametrize("text", ["{}", "[]", '{"methods": []}'])
+def test_export_of_a_results_json_that_is_json_but_no_results_is_one_line(workspace, tmp_path,
+                                                                          text):
+    assert runner.invoke(app, evaluate_pop(workspace, tmp_path / "eval")).exit_code == 0
+    (tmp_path / "eval" / "results.json").write_text(text)
+    result = runner.invoke(app, ["export", str(tmp_path / "eval"), str(tmp_path / "e.json")])
+    assert "delete it and run the evaluation again" in one_line_error(
+        result, tmp_path / "eval" / "results.json")
+    again = runner.invoke(app, evaluate_pop(workspace, tmp_path / "eval"))  # as it says
+    assert again.exit_code == 0, again.output
+
+
 @pytest.mark.parametrize("size", [100, None])
 def test_annotate_redoes_a_damaged_shard_when_resumed(workspace, tmp_path, size):
     annotations = copy(workspace, "ann", tmp_path)

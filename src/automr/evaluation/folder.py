@@ -327,6 +327,11 @@ class EvaluationFolder:
         method with both measures retrieved while scoring likelihoods (``retrieved_loglik``),
         and the commands that wrote the folder (its run records)."""
         results = _read(self.path / RESULTS_JSON)
+        if not (isinstance(results, dict) and isinstance(results.get("methods"), dict)
+                and isinstance(results.get("likelihood", {}), dict)):
+            raise AutomrError(f"{self.path / RESULTS_JSON} is damaged (not the results of "
+                              f"`automr evaluate`): delete it and run the evaluation again "
+                              f"(which writes it anew from the saved values)")
         ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
                  for m in results["methods"] for r in [self.report(m)]}
         loglik = {}
