@@ -196,3 +196,30 @@ def test_the_same_tensors_and_metadata_are_the_same_bytes(metadata, names):
             with safe_open(path, "pt") as file:
                 assert (file.metadata() or {}) == metadata
         assert len(digests) == 1
+
+
+def test_a_write_removes_what_a_killed_process_of_this_host_left_of_the_same_target(tmp_path):
+    """A SIGKILLed build leaves its temporary sibling (a memory shard's can take GBs); the
+    next write of that target removes it, but not a running process's nor another host's."""
+    import os
+    import subprocess
+    import sys
+
+    from automr.storage import HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for name in ("a.json", "b.safetensors"):
+        (tmp_path / f".{name}.partial-{HOST}-{dead}").write_text("cut")
+    (tmp_path / f".c.partial-{HOST}-{dead}").mkdir()
+    (tmp_path / f".c.partial-{HOST}-{dead}" / "x").write_text("cut")
+    alive = tmp_path / f".a.json.partial-{HOST}-{os.getppid()}"
+    elsewhere = tmp_path / f".a.json.partial-other-host-{dead}"
+    alive.write_text("being written")
+    elsewhere.write_text("being written on another node")
+    write_text_atomic(tmp_path / "a.json", "{}")
+    save_safetensors(tmp_path / "b.safetensors", {})
+    with atomic_dir(tmp_path / "c") as folder:
+        (folder / "x").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.json", "b.safetensors", "c", alive.name, elsewhere.name])

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from automr.cli.main import COMMANDS, app, command_tree
 from automr.cli.record import RUNS_FILE, fingerprints
 from automr.data import PreparedDataset
 from automr.data.fingerprint import dataset_fingerprint
+from automr.storage import partial_path
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset, write_synthetic_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -383,7 +383,7 @@ def test_a_scored_retriever_cannot_take_a_reference_rows_name(name):
     (FileNotFoundError(2, "No such file or directory", "o/ranks/x.json"), None),  # inside --out
     (FileNotFoundError(2, "No such file or directory", "p"),  # a folder above --out
      "cannot use p: it does not exist and cannot be created there"),
-    (PermissionError(13, "Permission denied", f"p/.o.partial-{os.getpid()}"),  # beside --out
+    (PermissionError(13, "Permission denied", str(partial_path(Path("p/o")))),  # beside --out
      "cannot use p/o: permission denied"),
     (PermissionError(13, "Permission denied"), None),  # no path to name
     (KeyError("bug"), None),

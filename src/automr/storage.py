@@ -15,10 +15,12 @@
   is made again in the same place.
 """
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,9 +50,38 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     return _AtomicDir(target.resolve() if target.is_symlink() else target, keep_existing)
 
 
+HOST = socket.gethostname()
+
+
 def partial_path(target: Path) -> Path:
-    """The temporary sibling this process writes ``target`` into before renaming it."""
-    return target.with_name(f".{target.name}.partial-{os.getpid()}")
+    """The temporary sibling this process writes ``target`` into before renaming it
+    (``.NAME.partial-HOST-PID``: a folder several nodes share tells whose it is)."""
+    return target.with_name(f".{target.name}.partial-{HOST}-{os.getpid()}")
+
+
+def remove_stale_partials(target: Path) -> None:
+    """Remove the temporary siblings of ``target`` that processes of this host which are no
+    longer running left behind (killed before their rename: a memory shard's can take GBs).
+    Another host's, and a running process's, are left alone."""
+    prefix = f".{target.name}.partial-{HOST}-"
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = stale.name.removeprefix(prefix)
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
 
 
 class _AtomicDir:
@@ -60,6 +91,7 @@ class _AtomicDir:
         self.tmp = partial_path(target)
 
     def __enter__(self) -> Path:
+        remove_stale_partials(self.target)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
@@ -96,6 +128,7 @@ def write_text_atomic(path: Path | str, text: str) -> None:
     """Write ``text`` to a temporary sibling, then rename it over ``path`` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
     tmp = partial_path(path)
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -113,6 +146,7 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
     from safetensors.torch import save_file
 
     path = Path(path)
+    remove_stale_partials(path)
     tmp = partial_path(path)
     try:
         save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
