@@ -38,6 +38,21 @@ RUNS_FILE = "automr-runs.jsonl"
 """The run records every command with an ``--out`` appends to (:mod:`automr.cli.record`)."""
 
 
+def read_run_records(folder: Path) -> list[dict[str, Any]]:
+    """The run records in ``folder``'s :data:`RUNS_FILE`, oldest first (none without one; a
+    line cut by a stop, or not a record, is skipped)."""
+    path = folder / RUNS_FILE
+    records = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else ():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     """Context manager: build a folder under a temporary name, rename it into place on success.
 

@@ -35,7 +35,7 @@ from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, Interval
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.metrics import DEFAULT_KS, per_sample_metrics
 from automr.evaluation.report import MetricReport
-from automr.storage import RUNS_FILE, read_json, write_json_atomic
+from automr.storage import RUNS_FILE, read_json, read_run_records, write_json_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -365,10 +365,8 @@ class EvaluationFolder:
             source = brought[0]
             found += (read_export(source)["commands"] if source.is_file()
                       else EvaluationFolder(source).commands())
-        records = self.path / RUNS_FILE
-        if records.is_file():
-            found += [record["argv"] for record in map(json.loads, records.read_text().splitlines())
-                      if record.get("command", "").rpartition(" ")[2] not in REPORTS_BESIDE]
+        found += [record["argv"] for record in read_run_records(self.path)
+                  if str(record.get("command", "")).rpartition(" ")[2] not in REPORTS_BESIDE]
         return [list(argv) for argv in dict.fromkeys(tuple(argv) for argv in found)]
 
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:

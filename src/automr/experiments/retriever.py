@@ -9,7 +9,6 @@ element, ``random`` the exact expectation over them, ``random seed S`` one seede
 per sample (RQ2's spread, with no model run).
 """
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from automr.retrievers import (
     train_mlp_retriever,
 )
 from automr.retrievers.storage import check_retriever_target
-from automr.storage import RUNS_FILE, files_digest, read_json, write_json_atomic
+from automr.storage import files_digest, read_json, read_run_records, write_json_atomic
 
 SCORES_FORMAT = "automr.retriever-scores/1"
 
@@ -102,16 +101,8 @@ def train_retriever(
 def _written_by_retriever_train(folder: Path) -> bool:
     """Whether ``folder``'s run records name ``automr retriever train`` (which always writes a
     training.json beside the retriever)."""
-    runs = folder / RUNS_FILE
-    if not runs.is_file():
-        return False
-    for line in runs.read_text(errors="replace").splitlines():
-        try:
-            if str(json.loads(line).get("command")).endswith(" retriever train"):
-                return True
-        except (ValueError, AttributeError):  # a line cut by a stop, or not a record
-            continue
-    return False
+    return any(str(record.get("command")).endswith(" retriever train")
+               for record in read_run_records(folder))
 
 
 def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> None:
