@@ -457,7 +457,7 @@ def test_evaluate_takes_float32_for_dtype_auto_with_the_likelihood_measure(
     eq. 5's by 0.1 nats), so `--measures likelihood` makes `auto` float32 as annotate's;
     ranking alone keeps `auto` (bfloat16 on CUDA)."""
     calls = []
-    monkeypatch.setattr("automr.cli.evaluate.evaluate_methods",
+    monkeypatch.setattr("automr.experiments.evaluate.evaluate_methods",
                         lambda *args, **keywords: calls.append(keywords["dtype"]) or 1 / 0)
     result = runner.invoke(app, ["evaluate", "--data", str(tmp_path), "--out",
                                  str(tmp_path / "e"), "--methods", "bigrec:l2", "--measures",

@@ -27,6 +27,7 @@ from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
 from automr.annotation.subsets import element_subset
 from automr.combiners import COMBINERS, pad_memory
+from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
@@ -64,7 +65,7 @@ class AnnotateConfig:
     seed: int = 0
     """Seed of the sample subset."""
     combiner: str = attrs.field(default="concat", validator=attrs.validators.in_(
-        tuple(COMBINERS)))
+        COMBINER_NAMES))
     """The registry combiner (:data:`~automr.combiners.COMBINERS`) each element is inserted
     with; a retriever trained on the annotations is checked against it at evaluation."""
     element_batch: int = attrs.field(default=32, validator=attrs.validators.gt(0))

@@ -15,13 +15,8 @@ from automr.cli.common import (
     user_errors,
 )
 from automr.cli.finetune import TrsrOptions, context_defaults, context_spec_option, trsr_options
-from automr.contexts import (
-    CONTEXT_KINDS,
-    build_context,
-    trsr_context,
-)
+from automr.contexts.spec import CONTEXT_KINDS
 from automr.data import PreparedDataset
-from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 
@@ -32,6 +27,8 @@ BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
 
 
 def _samples(data: Path, split: str, count: int, seed: int):
+    from automr.data.subsets import seeded_subset
+
     dataset = PreparedDataset.load(data)
     samples = seeded_subset(dataset.samples(split), count or None, seed)
     if not samples:
@@ -57,6 +54,8 @@ def show_command(
     runtime: Runtime,
 ) -> None:
     """Print the prompt context of a few samples (what the LM wrote, for TRSR)."""
+    from automr.contexts import build_context
+
     spec = context_spec_option(kind, context_k, trsr, kind_option="kind")
     if spec is None:
         raise AutomrError(f"--kind must be one of {', '.join(CONTEXT_KINDS)}")
@@ -93,6 +92,8 @@ def trsr_command(
     """Write (and cache) the TRSR summaries of a split's samples before fine-tuning or evaluation.
 
     Rerunning, or running it cut short and again, only generates what is missing."""
+    from automr.contexts import trsr_context
+
     spec = context_spec_option("trsr", context_defaults.k, trsr)
     dataset, chosen = _samples(data, split, samples, seed)
     loaded = runtime.load_model(model)

@@ -18,8 +18,7 @@ from automr.cli.common import (
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.experiments.evaluate import EvalConfig, evaluate_methods
-from automr.methods.registry import Artifacts
+from automr.experiments.eval_config import EvalConfig
 
 defaults = EvalConfig()
 
@@ -80,6 +79,9 @@ def evaluate_command(
 
     With --measures likelihood, the LM methods also score the true titles. Returns each
     method's metric means (kept in the run record)."""
+    from automr.experiments.evaluate import evaluate_methods
+    from automr.methods.registry import Artifacts
+
     if num_beams < 0:
         raise AutomrError(f"--num-beams must be >= 0 (0: the grounder's default), got "
                           f"{num_beams}")

@@ -75,7 +75,7 @@ def rq2_command(
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
     write the table and box plots (resumes: finished runs are read back)."""
-    from automr.experiments.evaluate import EvalConfig
+    from automr.experiments.eval_config import EvalConfig
     from automr.experiments.rq2 import run_rq2
 
     if measure == "likelihood":  # small differences of log-likelihoods: not in bf16

@@ -13,19 +13,18 @@ from automr.cli.common import (
     runtime_options,
     user_errors,
 )
-from automr.contexts import CONTEXT_KINDS, TRSR_MODES, ContextSpec
-from automr.data import PreparedDataset
+from automr.contexts.spec import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.memory import MemoryStore
-from automr.recommenders.finetune import (
-    AUTOCAST,
+from automr.recommenders.finetune_config import (
+    AUTOCAST_KINDS,
     LOSS_KINDS,
+    RETRIEVALS,
     SCHEDULES,
+    TRAINABLE_COMBINERS,
     FinetuneConfig,
-    finetune,
+    MemoryTraining,
 )
-from automr.recommenders.memory_aware import RETRIEVALS, TRAINABLE_COMBINERS, MemoryTraining
 
 defaults = FinetuneConfig()
 memory_defaults = MemoryTraining()
@@ -145,8 +144,9 @@ def finetune_command(
     if not targets:
         raise AutomrError(f"--lora-targets {lora_targets!r} names no module (BIGRec's: "
                           f"{','.join(defaults.target_modules)})")
-    if autocast not in ("none", *AUTOCAST):
-        raise AutomrError(f"--autocast {autocast!r}: choose one of none, {', '.join(AUTOCAST)}")
+    if autocast not in ("none", *AUTOCAST_KINDS):
+        raise AutomrError(f"--autocast {autocast!r}: choose one of none, "
+                          f"{', '.join(AUTOCAST_KINDS)}")
     try:
         memory_training = MemoryTraining(  # checked without --memory too: a typo is an error
             share=memory_share, retrieval=memory_retrieval, combiner=memory_combiner)
@@ -165,6 +165,10 @@ def finetune_command(
     except ValueError as error:  # attrs' validators: name the option and the allowed values
         raise AutomrError(f"invalid fine-tune options: "
                           f"{option_error(error, FINETUNE_OPTION_NAMES)}") from None
+    from automr.data import PreparedDataset
+    from automr.memory import MemoryStore
+    from automr.recommenders.finetune import finetune
+
     dataset = PreparedDataset.load(data)
     loaded = runtime.load_model(model)
     store = None if memory is None else MemoryStore.open(memory)

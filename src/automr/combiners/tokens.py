@@ -5,7 +5,7 @@ All three insert layer-L vectors as extra positions of the prompt, through
 what they are (a retrieved element's pooled key, or its per-token states).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, final
 
 import attrs
@@ -15,8 +15,9 @@ from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
 from automr.combiners.insert import insert_memory
+from automr.combiners.names import COMBINER_NAMES
 from automr.errors import AutomrError
-from automr.interfaces import MemoryTokens
+from automr.interfaces import Combiner, MemoryTokens
 from automr.state import LayerState
 
 
@@ -90,3 +91,8 @@ def pad_memory(rows: Sequence[Float[Tensor, "_ hidden"]]) -> MemoryTokens:
         hidden[index, : row.shape[0]] = row
         mask[index, : row.shape[0]] = True
     return MemoryTokens(hidden=hidden, mask=mask)
+
+
+COMBINERS: dict[str, Callable[[], Combiner]] = dict(
+    zip(COMBINER_NAMES, (PrependToken, AppendToken, Concat), strict=True))
+"""The registry the CLI exposes: name -> constructor (all are stateless)."""

@@ -25,7 +25,7 @@ from beartype import beartype
 
 from automr.annotation.labels import LABEL_FORMS
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
-from automr.combiners import COMBINERS
+from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
@@ -70,7 +70,7 @@ class AblationConfig:
     encoders: tuple[str, ...] = attrs.field(default=("item",), validator=_subset(tuple(ENCODERS)))
     layers: tuple[int, ...] = attrs.field(default=(DEFAULT_LAYER,), validator=_layers)
     combiners: tuple[str, ...] = attrs.field(
-        default=("append-token", "prepend-token", "concat"), validator=_subset(tuple(COMBINERS)))
+        default=("append-token", "prepend-token", "concat"), validator=_subset(COMBINER_NAMES))
     retrievers: tuple[str, ...] = attrs.field(default=ABLATION_RETRIEVERS,
                                               validator=_subset(ABLATION_RETRIEVERS))
     train_samples: int = attrs.field(default=128, validator=attrs.validators.gt(0))

@@ -23,6 +23,7 @@ import automr
 from automr.annotation.labels import LABEL_FORMS
 from automr.annotation.run import AnnotateConfig, annotate_dataset
 from automr.combiners import COMBINERS
+from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, prepare_movielens_100k
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
@@ -60,7 +61,7 @@ class DemoConfig:
     lr: float = 1e-3
     encoder: str = attrs.field(default="item", validator=attrs.validators.in_(tuple(ENCODERS)))
     combiner: str = attrs.field(default="concat",
-                                validator=attrs.validators.in_(tuple(COMBINERS)))
+                                validator=attrs.validators.in_(COMBINER_NAMES))
     annotate_samples: int = attrs.field(default=64, validator=_POSITIVE)
     annotate_elements: int | None = attrs.field(
         default=16, validator=attrs.validators.optional(_POSITIVE))

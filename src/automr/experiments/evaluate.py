@@ -22,15 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
-from beartype import beartype
 
 from automr import distributed
-from automr.combiners import COMBINERS
 from automr.data import PreparedDataset
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.run import Evaluation, evaluate
+from automr.experiments.eval_config import EvalConfig
 from automr.methods.registry import (
     METHODS,
     Artifacts,
@@ -39,46 +38,6 @@ from automr.methods.registry import (
     build_method,
     parse_method,
 )
-
-
-@beartype
-@attrs.frozen(kw_only=True)
-class EvalConfig:
-    """Which samples, and how methods run on them."""
-
-    split: str = "test"
-    max_samples: int | None = 200
-    seed: int = 0
-    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.ge(0)))
-    """Split layer; None: the memory's when one is given, else 15 (what was used is in each
-    method's settings; a memory-free method of a model with fewer layers splits at its last,
-    as it ranks the same at any layer)."""
-    num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
-    """Beams of the l2 and constrained grounders (None: the grounder's default)."""
-    exclude_seen: bool = False
-    ks: tuple[int, ...] = (1, 5, 10)
-    measures: tuple[str, ...] = ("ranks",)
-    """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
-    n_resamples: int = 1000
-    combiner: str = attrs.field(default="concat",
-                                validator=attrs.validators.in_(tuple(COMBINERS)))
-    k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    retrieval_seed: int | None = None
-    """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
-    tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
-    """Validation samples on which the ``-pop`` grounders choose their popularity weight."""
-    reference: str | None = None
-    """The method every other is paired with (None: the first ``bigrec*``, else the first)."""
-
-    def method_options(self) -> MethodOptions:
-        return MethodOptions(layer=self.layer, num_beams=self.num_beams,
-                             batch_size=self.batch_size, exclude_seen=self.exclude_seen,
-                             combiner=self.combiner, k=self.k, seed=self.seed,
-                             retrieval_seed=self.retrieval_seed,
-                             tune_samples=self.tune_samples)
 
 
 def evaluate_methods(
@@ -104,7 +63,7 @@ def evaluate_methods(
     if not samples:
         raise AutomrError(f"the {config.split} split of {dataset_dir} has no samples")
     artifacts = artifacts or Artifacts()
-    space = Workspace(dataset, artifacts, config.method_options(), device=device,
+    space = Workspace(dataset, artifacts, _method_options(config), device=device,
                       cache_dir=cache_dir, progress=progress and distributed.is_main(),
                       dtype=dtype, kept=None if out_dir is None else EvaluationFolder(out_dir))
     built = {m: build_method(m, space) for m in methods}
@@ -123,3 +82,11 @@ def evaluate_methods(
                     measures=config.measures, n_resamples=config.n_resamples, seed=config.seed,
                     record=record, header=header,
                     shard_size=config.batch_size * max(1, 64 // config.batch_size))
+
+
+def _method_options(config: EvalConfig) -> MethodOptions:
+    """The options every method of an evaluation is built with."""
+    return MethodOptions(layer=config.layer, num_beams=config.num_beams,
+                         batch_size=config.batch_size, exclude_seen=config.exclude_seen,
+                         combiner=config.combiner, k=config.k, seed=config.seed,
+                         retrieval_seed=config.retrieval_seed, tune_samples=config.tune_samples)

@@ -2,7 +2,7 @@
 
 BIGRec, AutoMR and random retrieval (``random:G``) run on the same seeded test samples; random
 retrieval once per retrieval seed (the samples stay fixed: only
-:attr:`~automr.experiments.evaluate.EvalConfig.retrieval_seed` changes), AutoMR once per
+:attr:`~automr.experiments.eval_config.EvalConfig.retrieval_seed` changes), AutoMR once per
 trained retriever given (e.g. retrievers trained with different seeds), so both sides can have
 a distribution. Every run is an ordinary evaluation folder, so an interrupted RQ2 resumes and
 seeds can be added later::

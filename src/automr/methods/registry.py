@@ -18,6 +18,7 @@ from beartype import beartype
 
 from automr import distributed
 from automr.combiners import COMBINERS
+from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.popularity import popularity
@@ -66,7 +67,7 @@ class MethodOptions:
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     exclude_seen: bool = False
     combiner: str = attrs.field(default="concat",
-                                validator=attrs.validators.in_(tuple(COMBINERS)))
+                                validator=attrs.validators.in_(COMBINER_NAMES))
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     seed: int = 0
     """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""

@@ -45,7 +45,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 
 from automr import distributed
-from automr.contexts import ContextSpec, TRSRContext, build_context
+from automr.contexts import TRSRContext, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
@@ -60,8 +60,9 @@ from automr.llm.loading import (
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from automr.recommenders.memory_aware import MemoryInserts, MemoryTraining
-from automr.recommenders.parallel import AUTOCAST, NLLModule, StepRunner
+from automr.recommenders.finetune_config import SCHEDULES, FinetuneConfig
+from automr.recommenders.memory_aware import MemoryInserts
+from automr.recommenders.parallel import NLLModule, StepRunner
 from automr.recommenders.runs import ADAPTER_WEIGHTS, RESULT_FILE
 from automr.state import LayerState
 from automr.storage import (
@@ -73,8 +74,6 @@ from automr.storage import (
     write_json_atomic,
 )
 
-LOSS_KINDS = ("target", "sequence")
-SCHEDULES = ("constant", "linear", "cosine")
 ADDED_FIELDS = ("grad_accum", "warmup_steps", "schedule", "max_grad_norm", "cache_lower",
                 "checkpoint_every", "autocast")
 """Config fields newer than some run folders: a checkpoint without them had their defaults."""
@@ -84,80 +83,6 @@ RECORDED_LATER = ("dtype",)
 """Identity keys checkpoints of older versions lack: such a checkpoint resumes as before."""
 OWN_FILES = ("best", "checkpoint", RESULT_FILE)
 """What a fine-tune writes into its folder (beside run records and temporary names)."""
-
-
-@beartype
-@attrs.frozen(kw_only=True)
-class FinetuneConfig:
-    """LoRA and optimisation settings (defaults: BIGRec's LoRA, a short CPU-sized run)."""
-
-    lora_r: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    lora_alpha: int = 16
-    lora_dropout: float = attrs.field(
-        default=0.05, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    target_modules: tuple[str, ...] = attrs.field(default=("q_proj", "v_proj"),
-                                                  validator=attrs.validators.min_len(1))
-    """The linear modules of each tuned layer that get LoRA (BIGRec's: ``q_proj``, ``v_proj``)."""
-    lora_from_layer: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    """LoRA only on layers ``>= lora_from_layer``; set it to the memory's layer L so that
-    layer-L memories of the base model stay valid for the tuned one (0: every layer)."""
-    loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
-    """``target``: the NLL of the target tokens (title + EOS); ``sequence``: of every token
-    after the first (BIGRec's whole-sequence variant)."""
-    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
-    weight_decay: float = 0.0
-    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    max_train_samples: int | None = 512
-    """A seeded subset of this many training samples (None: all of them)."""
-    max_valid_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
-    """A seeded subset of this many validation samples, for the validation NLL."""
-    eval_every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
-    """Optimizer steps between validations (and after the last step); ``best/`` is the
-    adapter of the best one."""
-    patience: int = attrs.field(default=4, validator=attrs.validators.gt(0))
-    """Stop after this many validations in a row without a strictly lower validation NLL."""
-    seed: int = 0
-    """Seeds the sample subsets, LoRA's initialisation and the batch order."""
-    context: ContextSpec | None = None
-    """A prompt context (ReLLa, TRSR) put in every prompt; None: the plain BIGRec prompt."""
-    grad_accum: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    """Micro-batches per optimizer step: the effective batch is ``batch_size * grad_accum``."""
-    warmup_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    """Optimizer steps of linear warmup (step s of them uses ``lr * (s + 1) / warmup_steps``)."""
-    schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
-    """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
-    (``epochs`` full epochs of optimizer steps; early stopping may end sooner)."""
-    max_grad_norm: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
-    """Clip the adapter's gradient to this global L2 norm before each step (None: no clipping)."""
-    cache_lower: bool = True
-    """With ``lora_from_layer > 0``: compute every training and validation example's layer-L
-    states once (no_grad) and keep them in CPU memory - examples x tokens x hidden x 4 bytes in
-    float32 (2,048 ML-100K prompts of ~205 tokens at hidden 576: ~1 GB) - so epochs and
-    validations run the upper half only. Losses equal the uncached path within float rounding."""
-    checkpoint_every: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
-    """Optimizer steps between checkpoints (None: at each validation, every ``eval_every``)."""
-    autocast: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.in_(tuple(AUTOCAST))))
-    """Mixed precision of the training forward: ``bf16`` or ``fp16`` (with loss scaling) under
-    :func:`torch.autocast`, the weights staying in the model's dtype; None: the model's dtype."""
-
-    memory: MemoryTraining | None = None
-    """Memory-aware fine-tuning (beyond the paper): a share of the examples get an element of
-    their memory at layer ``lora_from_layer`` (:mod:`automr.recommenders.memory_aware`); None:
-    BIGRec, frozen to memory as in the paper."""
-
-    def to_json(self) -> dict:
-        """The fields as JSON; ``context`` and ``memory`` only when set (records of runs
-        without them stay as they were, so their checkpoints still resume)."""
-        data = attrs.asdict(self, recurse=False)
-        for name in ("context", "memory"):
-            value = data.pop(name)
-            if value is not None:
-                data[name] = value.to_json()
-        return data
 
 
 @attrs.frozen

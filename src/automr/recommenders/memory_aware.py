@@ -23,39 +23,15 @@ from collections.abc import Sequence
 
 import attrs
 import torch
-from beartype import beartype
 
 from automr.combiners import COMBINERS, pad_memory
 from automr.data import Sample
 from automr.errors import AutomrError
 from automr.interfaces import Insert, MemoryTokens
 from automr.memory import MemoryStore
+from automr.recommenders.finetune_config import MemoryTraining
 from automr.retrievers import build_retriever, retrieved_memory, top_k
 from automr.state import LayerState
-
-RETRIEVALS = ("random", "semantic")
-TRAINABLE_COMBINERS = ("concat", "prepend-token")
-
-
-@beartype
-@attrs.frozen(kw_only=True)
-class MemoryTraining:
-    """How memory joins fine-tuning: the share of examples, which element, which combiner."""
-
-    share: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0.0),
-                                                       attrs.validators.le(1.0)])
-    """Probability that a training example (with a non-empty memory) gets an element."""
-    retrieval: str = attrs.field(default="random", validator=attrs.validators.in_(RETRIEVALS))
-    """Which element a chosen example gets: ``random`` (uniform over its memory) or
-    ``semantic`` (the one closest to its pooled prompt)."""
-    combiner: str = attrs.field(default="concat",
-                                validator=attrs.validators.in_(TRAINABLE_COMBINERS))
-    """How the element joins the prompt: ``concat`` or ``prepend-token`` (the combiners of
-    :data:`TRAINABLE_COMBINERS`)."""
-
-    def to_json(self) -> dict:
-        """The fields as a JSON-able dict (``attrs.asdict``)."""
-        return attrs.asdict(self)
 
 
 @attrs.define(eq=False)

@@ -24,10 +24,11 @@ import torch
 
 from automr import distributed
 from automr.llm.split import HFSplitLLM
+from automr.recommenders.finetune_config import AUTOCAST_KINDS
 from automr.state import LayerState
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""``FinetuneConfig.autocast`` choices."""
+AUTOCAST = dict(zip(AUTOCAST_KINDS, (torch.bfloat16, torch.float16), strict=True))
+"""The dtype of each ``FinetuneConfig.autocast`` choice."""
 
 
 class NLLModule(torch.nn.Module):
