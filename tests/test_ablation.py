@@ -216,18 +216,22 @@ def test_damaged_demo_settings_are_one_line_naming_them(tmp_path):
 
 
 def test_a_demo_rerun_with_its_model_folder_typed_otherwise_resumes(tmp_path, monkeypatch):
-    from automr.experiments.demo import _check_settings
+    import attrs
+
+    from automr.experiments.demo import DemoConfig, _check_settings
+
+    def settings(model: str) -> dict:
+        return {"config": attrs.asdict(DemoConfig(model=model)), "dataset": None,
+                "dtype": "float32"}
 
     (tmp_path / "m").mkdir()
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo"
     out.mkdir()
-    _check_settings(out, {"config": {"model": "./m"}, "dataset": None, "dtype": "float32"})
-    _check_settings(out, {"config": {"model": str(tmp_path / "m")}, "dataset": None,
-                          "dtype": "float32"})
+    _check_settings(out, settings("./m"))
+    _check_settings(out, settings(str(tmp_path / "m")))
     with pytest.raises(AutomrError, match=r"other settings \(model\)"):
-        _check_settings(out, {"config": {"model": "smollm2-135m"}, "dataset": None,
-                              "dtype": "float32"})
+        _check_settings(out, settings("smollm2-135m"))
 
 
 def test_a_memory_layer_the_fine_tune_changes_and_a_foreign_folder_are_refused_first(
@@ -247,3 +251,22 @@ def test_a_memory_layer_the_fine_tune_changes_and_a_foreign_folder_are_refused_f
         run_ablation(workspace / "prepared", workspace / "ft", tmp_path / "busy", CONFIG,
                      device="cpu", progress=False, say=lambda line: None)
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+
+
+def test_a_demo_run_older_than_lora_targets_resumes_with_the_default_and_refuses_others(
+        tmp_path):
+    """Demo folders of versions without ``--lora-targets`` tuned BIGRec's modules: a rerun
+    with the default resumes them, other modules are a change of settings."""
+    import attrs
+
+    from automr.experiments.demo import DemoConfig, _check_settings
+
+    def settings(config: DemoConfig) -> dict:
+        return {"config": attrs.asdict(config), "dataset": None, "dtype": "float32"}
+
+    older = settings(DemoConfig())
+    del older["config"]["lora_targets"]
+    (tmp_path / "settings.json").write_text(json.dumps(older))
+    _check_settings(tmp_path, settings(DemoConfig()))
+    with pytest.raises(AutomrError, match=r"other settings \(lora_targets\)"):
+        _check_settings(tmp_path, settings(DemoConfig(lora_targets=("qkv_proj",))))

@@ -435,10 +435,11 @@ def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(mo
     demos = []  # the demo annotates and ends with likelihood differences (it ran bf16 on CUDA)
     monkeypatch.setattr("automr.experiments.demo.run_demo",
                         lambda out, config, **keywords: demos.append(
-                            (keywords["dtype"], config.likelihood_samples)) or 1 / 0)
+                            (keywords["dtype"], config.likelihood_samples,
+                             config.lora_targets)) or 1 / 0)
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cuda",
-                                 "--likelihood-samples", "7"])
-    assert demos == [("float32", 7)], result.output
+                                 "--likelihood-samples", "7", "--lora-targets", "qkv_proj, "])
+    assert demos == [("float32", 7, ("qkv_proj",))], result.output
     for given, expected in ((["--dtype", "auto"], "float32"), ([], "float32"),
                             (["--dtype", "bfloat16"], "bfloat16")):
         result = runner.invoke(app, ["annotate", "--data", str(tmp_path), "--memory",

@@ -94,17 +94,22 @@ def test_lora_from_layer_trains_only_upper_layers(workspace):
     assert config["layers_to_transform"] == [2, 3]
 
 
+FUSED_QKV = {"phi3": ("qkv_proj",)}
+"""Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs."""
+
+
 @pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])
 def test_every_supported_architecture_fine_tunes_from_a_layer_and_stays_exact(workspace,
                                                                                tmp_path, arch):
     """LoRA on the upper layers only (the module names match), the loss falls, and the reloaded
     run's split still equals its full forward."""
     loaded = load_model(str(save_tiny_model(tmp_path / "model", arch)), device="cpu")
+    targets = FUSED_QKV.get(arch, FinetuneConfig().target_modules)
     record = finetune(loaded, workspace["data"], tmp_path / "run",
-                      quick_config(lora_from_layer=2), progress=False)
+                      quick_config(lora_from_layer=2, target_modules=targets), progress=False)
     assert record["best_valid_nll"] < record["initial_valid_nll"]
     config = json.loads((tmp_path / "run" / "best" / "adapter_config.json").read_text())
-    assert config["layers_to_transform"] == [2, 3]
+    assert config["layers_to_transform"] == [2, 3] and set(config["target_modules"]) == set(targets)
     tuned = FinetunedRun.open(tmp_path / "run").load(device="cpu")
     ids = torch.tensor([[5, 9, 40, 7, 12]])
     mask = torch.ones_like(ids)

@@ -30,6 +30,21 @@ def tiny_demo(workspace) -> DemoConfig:
                       num_beams=3)
 
 
+def test_the_demo_runs_on_a_model_with_fused_projections_given_its_lora_targets(workspace,
+                                                                               tmp_path):
+    """phi3 fuses q, k and v into ``qkv_proj``: BIGRec's ``q_proj,v_proj`` name nothing there,
+    so the demo tunes the modules ``--lora-targets`` names and runs every step."""
+    model = save_tiny_model(tmp_path / "phi3", "phi3", num_layers=4)
+    config = attrs.evolve(tiny_demo(workspace), model=str(model), lora_targets=("qkv_proj",),
+                          annotate_samples=4, test_samples=3, likelihood_samples=4)
+    run_demo(tmp_path / "demo", config, device="cpu", cache_dir=tmp_path / "cache",
+             progress=False, dataset_dir=workspace / "prepared", say=lambda line: None)
+    adapter = json.loads((tmp_path / "demo" / "bigrec" / "best" / "adapter_config.json")
+                         .read_text())
+    assert adapter["target_modules"] == ["qkv_proj"] and adapter["layers_to_transform"] == [2, 3]
+    assert (tmp_path / "demo" / "likelihood" / "results.json").is_file()
+
+
 def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     lines: list[str] = []
     results = run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu",

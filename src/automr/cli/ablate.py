@@ -9,14 +9,11 @@ from automr.cli.common import (
     DataOption,
     Runtime,
     checked_options,
+    comma_list,
     runtime_options,
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @user_errors
@@ -53,12 +50,12 @@ def ablate_command(
     from automr.experiments.ablation import AblationConfig, run_ablation
 
     try:
-        layer_values = tuple(int(v) for v in _names(layers))
+        layer_values = tuple(int(v) for v in comma_list(layers))
     except ValueError:
         raise AutomrError(f"--layers must be comma-separated integers, got {layers!r}") from None
     config = checked_options("ablation", lambda: AblationConfig(
-        encoders=_names(encoders), layers=layer_values, combiners=_names(combiners),
-        retrievers=_names(retrievers), train_samples=train_samples, test_samples=test_samples,
+        encoders=comma_list(encoders), layers=layer_values, combiners=comma_list(combiners),
+        retrievers=comma_list(retrievers), train_samples=train_samples, test_samples=test_samples,
         label_form=label_form, temperature=temperature, seed=seed))
     run_ablation(data, finetuned, out, config, **runtime.keywords(), progress=runtime.progress,
                  say=typer.echo)

@@ -10,6 +10,7 @@ from automr.cli.common import (
     LayerOption,
     ModelOption,
     Runtime,
+    comma_list,
     runtime_options,
     user_errors,
 )
@@ -145,7 +146,7 @@ def ground(
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_ground
 
-    kinds = tuple(k.strip() for k in grounders.split(",") if k.strip())
+    kinds = comma_list(grounders)
     if not kinds:
         raise AutomrError("--grounders names no grounder; give e.g. constrained,l2")
     loaded = runtime.load_model(model)

@@ -13,6 +13,7 @@ import attrs
 import typer
 
 from automr.errors import AutomrError
+from automr.recommenders.finetune_config import FinetuneConfig
 from automr.storage import partial_path
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
 MemoryOption = Annotated[Path, typer.Option(help="Memory folder (automr memory build).")]
 FinetunedOption = Annotated[Path, typer.Option(help="Fine-tune run folder (automr finetune).")]
 RetrieverOption = Annotated[Path, typer.Option(help="Trained retriever folder.")]
+DEFAULT_LORA_TARGETS = ",".join(attrs.fields(FinetuneConfig).target_modules.default)
+LoraTargetsOption = Annotated[str, typer.Option(
+    help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's default; "
+         "phi3 fuses them: qkv_proj; q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj: "
+         "all of a Llama or Qwen layer's).")]
 
 CacheDirOption = Annotated[
     Path | None,
@@ -51,6 +57,20 @@ CacheDirOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """The non-empty parts of a comma-separated option, stripped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_lora_targets(text: str) -> tuple[str, ...]:
+    """The modules ``--lora-targets`` names (one line when it names none)."""
+    targets = comma_list(text)
+    if not targets:
+        raise AutomrError(f"--lora-targets {text!r} names no module (BIGRec's: "
+                          f"{DEFAULT_LORA_TARGETS})")
+    return targets
 
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:

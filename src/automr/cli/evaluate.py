@@ -13,6 +13,7 @@ from automr.cli.common import (
     Runtime,
     SplitOption,
     checked_options,
+    comma_list,
     runtime_options,
     user_errors,
 )
@@ -88,14 +89,14 @@ def evaluate_command(
     config = checked_options("evaluation", lambda: EvalConfig(
         split=split, max_samples=samples or None, seed=seed, batch_size=batch_size,
         layer=layer, num_beams=num_beams or None, exclude_seen=exclude_seen, combiner=combiner,
-        k=k, measures=tuple(m.strip() for m in measures.split(",") if m.strip()),
+        k=k, measures=comma_list(measures),
         retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference),
         {"max_samples": "samples"})
     if "likelihood" in config.measures:  # small differences of log-likelihoods: not in bf16
         runtime = attrs.evolve(runtime, exact=True)
     artifacts = Artifacts(model=model, finetuned=finetuned, memory=memory,
                           retriever=retriever, rella=rella, trsr=trsr)
-    evaluation = evaluate_methods(data, [m.strip() for m in methods.split(",") if m.strip()],
+    evaluation = evaluate_methods(data, list(comma_list(methods)),
                                   out, config, artifacts, progress=runtime.progress,
                                   **runtime.keywords())
     typer.echo((out / "results.md").read_text())

@@ -6,10 +6,13 @@ from typing import Annotated, Any
 import typer
 
 from automr.cli.common import (
+    DEFAULT_LORA_TARGETS,
+    LoraTargetsOption,
     ModelOption,
     Runtime,
     option_error,
     option_group,
+    parse_lora_targets,
     runtime_options,
     user_errors,
 )
@@ -88,10 +91,7 @@ def finetune_command(
     lora_dropout: Annotated[float, typer.Option(
         help="LoRA dropout (BIGRec's 0.05; 0 makes a run under a launcher reproduce one "
              "process's within float rounding).")] = defaults.lora_dropout,
-    lora_targets: Annotated[str, typer.Option(
-        help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's "
-             "default; q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj: all of a "
-             "Llama or Qwen layer's).")] = ",".join(defaults.target_modules),
+    lora_targets: LoraTargetsOption = DEFAULT_LORA_TARGETS,
     lora_from_layer: Annotated[int, typer.Option(
         help="Put LoRA only on layers >= L and freeze the lower half (0 = all layers).")] =
         defaults.lora_from_layer,
@@ -140,10 +140,7 @@ def finetune_command(
     Writes OUT/best (adapter), OUT/checkpoint (resumable state) and OUT/finetune.json.
     """
     spec = context_spec_option(context, context_k, trsr)
-    targets = tuple(name.strip() for name in lora_targets.split(",") if name.strip())
-    if not targets:
-        raise AutomrError(f"--lora-targets {lora_targets!r} names no module (BIGRec's: "
-                          f"{','.join(defaults.target_modules)})")
+    targets = parse_lora_targets(lora_targets)
     if autocast not in ("none", *AUTOCAST_KINDS):
         raise AutomrError(f"--autocast {autocast!r}: choose one of none, "
                           f"{', '.join(AUTOCAST_KINDS)}")

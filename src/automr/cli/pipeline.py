@@ -7,11 +7,13 @@ from typing import Annotated
 import typer
 
 from automr.cli.common import (
+    DEFAULT_LORA_TARGETS,
     CombinerOption,
     DataOption,
     DeviceOption,
     FinetunedOption,
     LayerOption,
+    LoraTargetsOption,
     MemoryOption,
     ModelOption,
     QuietOption,
@@ -20,6 +22,7 @@ from automr.cli.common import (
     SampleSeedOption,
     SplitOption,
     checked_options,
+    parse_lora_targets,
     runtime_options,
     user_errors,
 )
@@ -215,6 +218,7 @@ def demo_command(
     encoder: Annotated[str, typer.Option(help="Memory encoder: item or window.")] = "item",
     combiner: CombinerOption = "concat",
     model: ModelOption = DEFAULT_MODEL,
+    lora_targets: LoraTargetsOption = DEFAULT_LORA_TARGETS,
     data: Annotated[Path | None, typer.Option(
         help="Use this prepared dataset instead of preparing MovieLens-100K.")] = None,
     seed: Annotated[int, typer.Option(
@@ -234,7 +238,8 @@ def demo_command(
     config = checked_options("demo", lambda: DemoConfig(
         model=model, layer=layer, train_samples=train_samples, annotate_samples=annotate_samples,
         test_samples=test_samples, likelihood_samples=likelihood_samples, encoder=encoder,
-        combiner=combiner, seed=seed))
+        combiner=combiner, seed=seed,
+        lora_targets=parse_lora_targets(lora_targets)))
     results = run_demo(out, config, **runtime.keywords(), progress=runtime.progress,
                        dataset_dir=data, say=typer.echo)
     typer.echo(demo_summary(out))

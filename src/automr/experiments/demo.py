@@ -59,6 +59,11 @@ class DemoConfig:
     epochs: int = attrs.field(default=1, validator=_POSITIVE)
     batch_size: int = attrs.field(default=8, validator=_POSITIVE)
     lr: float = 1e-3
+    lora_targets: tuple[str, ...] = attrs.field(
+        default=attrs.fields(FinetuneConfig).target_modules.default,
+        validator=attrs.validators.min_len(1))
+    """The linear modules of each tuned layer that get LoRA (:attr:`FinetuneConfig.target_modules
+    <automr.recommenders.finetune_config.FinetuneConfig.target_modules>`)."""
     encoder: str = attrs.field(default="item", validator=attrs.validators.in_(tuple(ENCODERS)))
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
@@ -124,7 +129,8 @@ def run_demo(
             FinetuneConfig(max_train_samples=config.train_samples,
                            max_valid_samples=config.valid_samples, epochs=config.epochs,
                            batch_size=config.batch_size, lr=config.lr,
-                           lora_from_layer=config.layer, eval_every=4, seed=config.seed),
+                           lora_from_layer=config.layer, target_modules=config.lora_targets,
+                           eval_every=4, seed=config.seed),
             progress=progress)
 
     step("fine-tune BIGRec", bigrec, tune)
@@ -191,6 +197,8 @@ def _check_settings(out: Path, settings: dict) -> None:
         return
     first = read_json(path, f"`automr demo` (delete {path} and rerun the same demo)")
     first.setdefault("dtype", settings["dtype"])  # recorded since; older runs took it as given
+    if isinstance(first.get("config"), dict):  # older runs tuned the default modules
+        first["config"].setdefault("lora_targets", list(DemoConfig().lora_targets))
     _model_as_one_name(first)  # older runs recorded it as typed
     if first != settings:
         changed = sorted(k for k in {**first.get("config", {}), **settings["config"]}

@@ -21,7 +21,7 @@ from automr.errors import AutomrError
 from automr.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "gemma", "olmo2")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 

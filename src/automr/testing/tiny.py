@@ -8,8 +8,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    GemmaConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -49,6 +52,9 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "mistral": (MistralConfig, dict(tie_word_embeddings=False)),
     "qwen3": (Qwen3Config, dict(head_dim=8)),  # q/k norms, an explicit head size
     "smollm3": (SmolLM3Config, dict(no_rope_layer_interval=2)),  # every 2nd layer without RoPE
+    "phi3": (Phi3Config, dict(partial_rotary_factor=0.5)),  # fused qkv, RoPE on half a head
+    "gemma": (GemmaConfig, dict(head_dim=8)),  # embeddings scaled by sqrt(hidden), (1 + w) norms
+    "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
 }
 
 
