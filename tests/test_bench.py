@@ -169,3 +169,29 @@ def test_the_model_size_script_runs_both_benches_on_a_random_model(workspace, tm
     assert saved["encode"]["texts"] == 4 and saved["encode"]["sharing_speedup"] > 0
     assert saved["annotate"]["max_abs_logprob_diff"] < 1e-4
     assert (tmp_path / "size-cpu.md").read_text().count("| tiny |") == 1
+
+
+@pytest.mark.parametrize(("command", "given", "named"), [
+    (["annotate"], ["--combiner", "foo"], "--combiner 'foo'"),
+    (["annotate"], ["--elements", "0"], "--elements"),
+    (["annotate"], ["--prompt-tokens", "0"], "--prompt-tokens"),
+    (["annotate"], ["--target-tokens", "0"], "--target-tokens"),
+    (["encode", "--data", "DATA"], ["--batch-size", "0"], "--batch-size"),
+    (["ground", "--data", "DATA"], ["--samples", "0"], "--samples"),
+    (["ground", "--data", "DATA"], ["--batch-size", "0"], "--batch-size"),
+    (["finetune", "--data", "DATA"], ["--steps", "0"], "--steps"),
+    (["finetune", "--data", "DATA"], ["--batch-size", "0"], "--batch-size"),
+    (["finetune", "--data", "DATA"], ["--layer", "0"], "--layer"),
+])
+def test_a_bench_option_out_of_range_is_one_line(workspace, tmp_path, command, given, named):
+    """A combiner that does not exist or a count below 1 is one line naming the option (they
+    were a KeyError, IndexError, ZeroDivisionError or attrs traceback, and ``bench ground
+    --samples 0`` timed no sample at all and reported its ratios)."""
+    command = [str(workspace / "prepared") if word == "DATA" else word for word in command]
+    result = runner.invoke(app, ["bench", *command, "--out", str(tmp_path), "--model",
+                                 str(workspace / "model"), "--layer", "2", "--repeats", "1",
+                                 "--device", "cpu", *given])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert named in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("*.json"))

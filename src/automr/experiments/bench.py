@@ -41,6 +41,13 @@ def machine() -> dict[str, object]:
     return info
 
 
+def _at_least(least: int, **options: int) -> None:
+    """One line for a count below ``least``, named as its command-line option."""
+    for name, value in options.items():
+        if value < least:
+            raise AutomrError(f"--{name.replace('_', '-')} {value}: give at least {least}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -164,6 +171,11 @@ def bench_annotate(
     compared with the naive way's on the same elements. ``element_prefix``: concat elements
     start with that many common tokens (:func:`bench_memory`); how many of them the annotator
     finds bit-identical is reported, and whether it caches them (``min_shared`` or more)."""
+    if combiner not in COMBINERS:
+        raise AutomrError(f"--combiner {combiner!r}: choose one of {', '.join(COMBINERS)}")
+    _at_least(1, elements=elements, prompt_tokens=prompt_tokens, target_tokens=target_tokens,
+              repeats=repeats)
+    _at_least(0, element_prefix=element_prefix)
     llm = HFSplitLLM(loaded.model)
     generator = torch.Generator().manual_seed(seed + distributed.rank())  # a sample each
     vocab = loaded.model.config.vocab_size
@@ -299,6 +311,7 @@ def bench_encode(
     from automr.memory import Pooling
     from automr.memory.encoders import Backbone, LayerEncoder, pad_right
 
+    _at_least(1, batch_size=batch_size, repeats=repeats)
     llm = HFSplitLLM(loaded.model)
     if texts < distributed.world_size():
         raise AutomrError(f"--texts {texts} leaves a process without work; give at least one "
@@ -419,6 +432,7 @@ def bench_finetune(
         train_step,
     )
 
+    _at_least(1, steps=steps, batch_size=batch_size, layer=layer, repeats=repeats)
     ways = {"all_layers": (0, False), "upper_layers": (layer, False),
             "upper_cached": (layer, True)}
     result: dict[str, object] = {"benchmark": "finetune", "model": model, "layer": layer,
@@ -522,6 +536,7 @@ def bench_ground(
     from automr.grounding import build_grounder
     from automr.methods import GenerativeMethod
 
+    _at_least(1, samples=samples, batch_size=batch_size, repeats=repeats)
     chosen = seeded_subset(dataset.samples("test"), samples, seed)
     result: dict[str, object] = {
         "benchmark": "ground", "model": loaded.name, "samples": len(chosen),
