@@ -14,6 +14,7 @@ benchmarks/profile_paths.py cuda bfloat16 smollm2-135m .dev/tok runs/data OUT.js
 aaa9ad6:src/automr/annotation/likelihood.py` (this file then had the same steps, less tidy).
 """
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -25,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model_size import random_model
+from model_size import SHAPES, random_model
 
 from automr.annotation.likelihood import UpperAnnotator
 from automr.combiners import COMBINERS
@@ -67,12 +68,25 @@ def profiled(call, device: torch.device) -> dict[str, object]:
 
 
 def main() -> None:
-    device, dtype, shape = torch.device(sys.argv[1]), getattr(torch, sys.argv[2]), sys.argv[3]
-    tokenizer = AutoTokenizer.from_pretrained(sys.argv[4])
-    dataset, out = PreparedDataset.load(sys.argv[5]), Path(sys.argv[6])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("device", metavar="DEVICE", help="cpu, cuda, ...")
+    parser.add_argument("dtype", metavar="DTYPE", choices=("float32", "bfloat16", "float16"),
+                        help="float32, bfloat16 or float16")
+    parser.add_argument("shape", metavar="SHAPE", choices=tuple(SHAPES),
+                        help=f"benchmarks/model_size.py's: {', '.join(SHAPES)}")
+    parser.add_argument("tokenizer", metavar="TOKENIZER",
+                        help="a folder holding the embedded model's tokenizer")
+    parser.add_argument("data", metavar="DATA", type=Path, help="prepared dataset")
+    parser.add_argument("out", metavar="OUT.json", type=Path, help="the JSON file to write")
+    parser.add_argument("old", metavar="OLD.py", nargs="?", type=Path,
+                        help="an older copy of automr/annotation/likelihood.py to profile too")
+    args = parser.parse_args()
+    device, dtype, shape = torch.device(args.device), getattr(torch, args.dtype), args.shape
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    dataset, out = PreparedDataset.load(args.data), args.out
     old = None
-    if len(sys.argv) > 7:
-        spec = importlib.util.spec_from_file_location("old_likelihood", sys.argv[7])
+    if args.old is not None:
+        spec = importlib.util.spec_from_file_location("old_likelihood", args.old)
         old = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(old)
     loaded = random_model(shape, tokenizer, device, dtype)

@@ -195,3 +195,24 @@ def test_a_bench_option_out_of_range_is_one_line(workspace, tmp_path, command, g
     assert isinstance(result.exception, SystemExit)
     assert named in result.output and "Traceback" not in result.output
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_the_profile_script_answers_help_and_runs_on_a_random_model(workspace, tmp_path):
+    """benchmarks/profile_paths.py (positional arguments): --help prints its usage (it was a
+    torch traceback, '--help' read as the device), and the tiny shape writes every way."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_paths.py"
+    usage = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                           text=True, timeout=600)
+    assert usage.returncode == 0 and "DEVICE DTYPE SHAPE" in usage.stdout, usage.stderr
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "cpu", "float32", "tiny", str(workspace / "model"),
+         str(workspace / "prepared"), str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(out.read_text())
+    assert {"annotate_fast_new", "annotate_plain", "encode_shared", "encode_unshared"} <= set(
+        saved) and saved["shape"] == "tiny"
