@@ -226,7 +226,21 @@ class Step:
     note: str = ""
 
 
+def seed_count(seeds: str) -> int:
+    """How many seeds ``rq2 --seeds`` names: comma-separated integers or ranges."""
+    count = 0
+    for part in seeds.split(","):
+        low, _, high = part.strip().partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
 def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> list[Step]:
+    def chosen(section: dict, key: str, split: str, default: int = 0) -> float:
+        """A command's seeded subset of a split: ``0`` (or a number beyond it) is all of it."""
+        count = section.get(key, default)
+        return pop.samples[split] if not count else min(count, pop.samples[split])
+
     protocol = config["data"]["prepare"]["amazon"]
     k = protocol["recent-k"]
     L = config["memory"]["build"]["layer"]
@@ -236,10 +250,10 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
 
     # -- fine-tuning (BIGRec, ReLLa, TRSR): LoRA on layers >= L, lower half under no_grad
     ft = config["finetune"]
-    train = pop.samples["train"] if not ft.get("train-samples") else ft["train-samples"]
+    train = chosen(ft, "train-samples", "train")
     epochs, batch = ft["epochs"], ft["batch-size"]
     optimizer_steps = epochs * math.ceil(train / batch)
-    valid_samples = optimizer_steps / ft["eval-every"] * ft["valid-samples"]
+    valid_samples = optimizer_steps / ft["eval-every"] * chosen(ft, "valid-samples", "valid", 64)
     rella_extra = tok.context_line + 5 * (tok.title + tok.separator)  # k = 5 long-term items
     trsr_extra = tok.context_line + tok.summary
     for name, extra, command in (("BIGRec", 0, "finetune"),
@@ -306,7 +320,7 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
 
     # -- annotation (concat): per element, upper half over element + prompt + target
     ann = config["annotate"]
-    annotated = ann.get("samples", 256) or pop.samples["train"]
+    annotated = chosen(ann, "samples", "train", 256)
     per_sample = ann.get("element-subset") or pop.memory_mean["train"]
     element = tok.prompt(k)  # a window element: a full K-title prompt
     seq = element + prompt + target
@@ -331,18 +345,18 @@ def build_steps(config: dict, pop: Population, shape: Shape, tok: Tokens) -> lis
     # -- evaluation (Table 1) and RQ2: prefill + beam search + L2 grounding per LM method
     ev = config["evaluate"]
     exact_eval = "likelihood" in ev.get("measures", "")  # evaluate's auto is float32 then
-    test = pop.samples["test"] if not ev.get("samples") else ev["samples"]
     methods = [m.strip() for m in ev["methods"].split(",") if ":" in m]
     extra = {"rella": rella_extra, "trsr": trsr_extra, "automr": element, "random": element}
-    eval_batch, beams = ev.get("batch-size", 8), 4
+    beams = 4
     rq2 = config["rq2"]
-    low, _, high = rq2["seeds"].partition("-")
-    rq2_runs = ["bigrec", "automr"] + ["random"] * (int(high or low) - int(low) + 1)
+    rq2_runs = ["bigrec", "automr"] + ["random"] * seed_count(rq2.get("seeds", "0-9"))
     catalog_tokens = pop.items * target
-    for name, runs, command, dtype in (
-            ("evaluate (Table 1)", [m.split(":")[0] for m in methods], "evaluate",
+    for name, runs, command, section, dtype in (
+            ("evaluate (Table 1)", [m.split(":")[0] for m in methods], "evaluate", ev,
              priced_dtype(ev, exact=exact_eval)),
-            ("RQ2", rq2_runs, "rq2", priced_dtype(rq2))):
+            ("RQ2", rq2_runs, "rq2", rq2, priced_dtype(rq2))):
+        # each command's own --samples (200 unless given; 0 = all) and --batch-size
+        test, eval_batch = chosen(section, "samples", "test", 200), section.get("batch-size", 8)
         prefill = decoded = kv = flops = decode_flops = 0.0
         for method in runs:
             seq = prompt + extra.get(method, 0)

@@ -106,3 +106,33 @@ def test_each_step_is_priced_at_the_dtype_it_runs_in(tmp_path):
         steps["annotate"]["h100_gpu_hours_in_bfloat16"])
     shape = work.Shape()
     assert shape.train_layer_flops(100, 16, 0) == 2 * shape.layer_flops(100, 16, 0)
+
+
+def test_each_command_is_counted_with_its_own_samples_and_batch(tmp_path):
+    """A seeded subset never counts more samples than the split holds (20,000 annotated of
+    3,000 training samples were counted as 20,000), and ``rq2`` is counted with its own
+    ``samples``, ``batch-size`` and ``seeds`` (comma-separated too), not ``evaluate``'s."""
+    work = load_script()
+    stats = {"filtered": {"users": 100, "items": 500, "interactions": 5000},
+             "samples": {"train": 3000, "valid": 500, "test": 500},
+             "memory_length": {s: {"mean": 30.0} for s in ("train", "valid", "test")}}
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(stats))
+    _, small = work.report(CONFIGS[0], path, 0.4, 0.6, (8,))
+    annotate = next(s for s in small["steps"] if s["name"] == "annotate")
+    assert annotate["what"].startswith("3,000 samples") and annotate["note"].endswith("x1")
+
+    def hours(text: str) -> dict[str, float]:
+        config = tmp_path / "config.toml"
+        config.write_text(text)
+        _, result = work.report(config, None, 0.4, 0.6, (8,))
+        return {s["name"]: s["h100_gpu_hours"] for s in result["steps"]}
+
+    base = CONFIGS[0].read_text()
+    before = hours(base)
+    evaluate64 = hours(base.replace("[evaluate]\n", "[evaluate]\nbatch-size = 64\n"))
+    rq2_64 = hours(base.replace("[rq2]\n", "[rq2]\nbatch-size = 64\n"))
+    assert evaluate64["evaluate (Table 1)"] < before["evaluate (Table 1)"]
+    assert evaluate64["RQ2"] == before["RQ2"] > rq2_64["RQ2"]
+    assert rq2_64["evaluate (Table 1)"] == before["evaluate (Table 1)"]
+    assert work.seed_count("0,3-4") == 3 and work.seed_count("0-9") == 10
