@@ -110,6 +110,10 @@ def test_the_paper_setting_configs_match_the_real_commands(name):
     assert defaults["finetune"]["model"] == "meta-llama/Llama-2-7b-hf"
     assert defaults["data"]["prepare"]["amazon"]["recent_k"] == 10
     assert defaults["memory"]["build"]["layer"] == defaults["finetune"]["lora_from_layer"]
+    # rq3 reads the Table 1 evaluation: its two methods must be among those evaluated there
+    evaluated = defaults["evaluate"]["methods"].split(",")
+    assert defaults["rq3"]["results"] == defaults["evaluate"]["out"]
+    assert {defaults["rq3"]["method"], defaults["rq3"]["reference"]} <= set(evaluated)
 
 
 @pytest.mark.parametrize("text, expected", [
