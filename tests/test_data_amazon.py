@@ -155,6 +155,21 @@ def test_missing_and_corrupt_files(tmp_path):
         load_amazon(broken, metas)
 
 
+@pytest.mark.parametrize("name", ["r.json", "r.json.gz"])
+def test_an_empty_file_is_named_as_empty(tmp_path, name):
+    """An empty reviews file was 'no interactions left after the window and filtering ...
+    Lower the thresholds or widen the window', advice that cannot help."""
+    reviews = write_lines(tmp_path / name, [json.dumps(review("U", "B1", 1490000000))])
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "t"))])
+    empty = write_lines(tmp_path / f"empty-{name}", ["", "  "])  # blank lines only
+    with pytest.raises(AutomrError, match=rf"empty-{name}: holds no reviews \(the file is "
+                                          r"empty or blank\)"):
+        load_amazon(empty, metas)
+    with pytest.raises(AutomrError, match=rf"empty-{name}: holds no metadata \(the file is "
+                                          r"empty or blank\)"):
+        load_amazon(reviews, empty)
+
+
 def test_a_damaged_python_literal_line_is_skipped_without_a_warning():
     """'1and 2' made ast print '<unknown>:1: SyntaxWarning: invalid decimal literal' (seen
     under the fuzz test) while the line was skipped anyway."""

@@ -14,7 +14,7 @@ Skips (counted, see :class:`automr.data.source.SkipCounter`): empty titles, revi
 with no metadata, repeated metadata lines, duplicate reviews (same reviewer, ASIN and time:
 ``duplicate_interactions``, as in every loader), reviews outside the window. Errors (file and
 line named): a line that is not an object, a missing field, a bad time or one outside
-1970 .. 2100.
+1970 .. 2100; a file without a single non-blank line.
 """
 
 import ast
@@ -111,9 +111,11 @@ def _read_reviews(
     def outside(t: int) -> bool:
         return (start is not None and t < start) or (end is not None and t >= end)
 
+    read = 0
     for number, line in lines:
         if not line.strip():
             continue
+        read += 1
         quick = _REVIEW_TIME.search(line)
         if quick is not None and outside(
                 checked_timestamp(lines.path, number, int(quick.group(1)), _REVIEW_FIX)):
@@ -148,6 +150,9 @@ def _read_reviews(
             continue
         seen.add(key)
         out.append(Interaction(*key))
+    if not read:
+        raise bad_input(lines.path, None, "holds no reviews (the file is empty or blank)",
+                        _REVIEW_FIX)
     return out
 
 
@@ -156,9 +161,11 @@ def _read_meta(
 ) -> tuple[list[Item], set[str]]:
     items: dict[str, Item] = {}
     empty: set[str] = set()
+    read = 0
     for number, line in lines:
         if not line.strip():
             continue
+        read += 1
         quick = _ASIN.search(line)
         if quick is not None and quick.group(1).strip() not in needed:
             continue
@@ -182,4 +189,7 @@ def _read_meta(
             continue
         extra = {k: str(record[k]) for k in ("brand", "main_cat") if record.get(k)}
         items[asin] = Item(asin, title, extra)
+    if not read:
+        raise bad_input(lines.path, None, "holds no metadata (the file is empty or blank)",
+                        _META_FIX)
     return list(items.values()), empty
