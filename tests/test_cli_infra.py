@@ -99,9 +99,50 @@ def test_a_sub_command_help_loads_only_on_request():
 
 def test_the_example_config_matches_the_real_commands():
     defaults = check_config(EXAMPLE_CONFIG)
-    assert defaults["finetune"]["train_samples"] == 1024
+    assert defaults["finetune"]["train_samples"] == 2048
     assert defaults["memory"]["build"]["encoder"] == "item"
     assert defaults["data"]["prepare"]["ml-100k"]["out"] == "runs/ml-100k"
+
+
+_FOLDERS = {"data", "out", "finetuned", "memory", "retriever", "annotations", "quiet"}
+
+
+def _setting(options: dict[str, object]) -> dict[str, object]:
+    """Option values with numbers as floats (``1e-3`` is 0.001), the folders and --quiet left
+    out: they name a machine's runs, not the setting."""
+    def value(v: object) -> object:
+        if isinstance(v, bool):
+            return v
+        try:
+            return float(str(v))
+        except ValueError:
+            return str(v)
+
+    return {k: value(v) for k, v in options.items() if k not in _FOLDERS}
+
+
+def _argv_options(argv: list[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for i, word in enumerate(argv):
+        if word.startswith("--"):
+            flag = i + 1 == len(argv) or argv[i + 1].startswith("--")
+            options[word[2:].replace("-", "_")] = True if flag else argv[i + 1]
+    return options
+
+
+def test_the_example_config_holds_the_settings_of_the_results_run():
+    """cli.md: ml100k-cpu.toml "holds the sizes of the Results run". Each table's settings are
+    those of the command that a committed result of docs/results.md records."""
+    defaults = check_config(EXAMPLE_CONFIG)
+    results = ROOT / "docs" / "results"
+    finetune = json.loads((results / "bigrec" / "finetune-l15-2k.json").read_text())["command"]
+    retrievers = json.loads((results / "automr" / "retrievers-1000.json").read_text())
+    evaluations = json.loads((results / "bigrec" / "test-1000.json").read_text())
+    recorded = {"finetune": (defaults["finetune"], finetune.split()),
+                "retriever train": (defaults["retriever"]["train"], retrievers["commands"][1]),
+                "evaluate": (defaults["evaluate"], evaluations["commands"][1])}
+    for name, (table, argv) in recorded.items():
+        assert _setting(table) == _setting(_argv_options(argv)), name
 
 
 @pytest.mark.parametrize("name", ["paper-amazon-movie.toml", "paper-amazon-book.toml"])
