@@ -21,7 +21,8 @@ from automr.errors import AutomrError
 from automr.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "gemma", "olmo2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "gemma",
+                         "gemma3_text", "olmo2")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
@@ -52,6 +53,11 @@ class HFSplitLLM:
         self.head = base.get_output_embeddings()
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
+        self.rotary_types = (list(config.layer_types)
+                             if hasattr(self.decoder.rotary_emb, "layer_types") else None)
+        """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
+        self.logit_cap = getattr(config, "final_logit_softcapping", None)
+        """Gemma 3's cap on the logits (``cap * tanh(logits / cap)``), where its config sets one."""
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -111,7 +117,10 @@ class HFSplitLLM:
         if logits_at is not None:
             index = logits_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             hidden = hidden.gather(1, index)
-        return self.head(self.decoder.norm(hidden))
+        logits = self.head(self.decoder.norm(hidden))
+        if self.logit_cap is None:
+            return logits
+        return self.logit_cap * torch.tanh(logits / self.logit_cap)
 
     @jaxtyped(typechecker=beartype)
     def final_hidden(self, state: LayerState) -> Float[Tensor, "batch seq hidden"]:
@@ -132,19 +141,29 @@ class HFSplitLLM:
         past_mask = None if cache is None else cache.past_mask
         self._check_window(mask.shape[1] + (0 if past_mask is None else past_mask.shape[1]))
         bias = attention_bias(mask, past_mask, hidden.dtype)
-        rotary = self.decoder.rotary_emb(hidden, position_ids=positions)
+        rotary = self._rotary(hidden, positions, layers)
         for index in layers:
             hidden = self.decoder.layers[index](
                 hidden,
                 attention_mask=bias,
                 position_ids=positions,
-                position_embeddings=rotary,
+                position_embeddings=rotary[index],
                 cache=None if cache is None else cache.layers,
                 use_cache=cache is not None,
             )
         if cache is not None:
             cache.extend(mask)
         return hidden
+
+    def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
+        """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
+        a rotary per layer type (Gemma 3: local and global layers), its layer type's."""
+        rotary = self.decoder.rotary_emb
+        if self.rotary_types is None:
+            return dict.fromkeys(layers, rotary(hidden, position_ids=positions))
+        by_type = {kind: rotary(hidden, positions, kind)
+                   for kind in {self.rotary_types[index] for index in layers}}
+        return {index: by_type[self.rotary_types[index]] for index in layers}
 
     def _check_window(self, total: int) -> None:
         if self.sliding_window is not None and total > self.sliding_window:

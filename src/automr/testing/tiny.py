@@ -8,6 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GemmaConfig,
     LlamaConfig,
     MistralConfig,
@@ -54,6 +55,10 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "smollm3": (SmolLM3Config, dict(no_rope_layer_interval=2)),  # every 2nd layer without RoPE
     "phi3": (Phi3Config, dict(partial_rotary_factor=0.5)),  # fused qkv, RoPE on half a head
     "gemma": (GemmaConfig, dict(head_dim=8)),  # embeddings scaled by sqrt(hidden), (1 + w) norms
+    # q/k norms, a local (sliding, own RoPE base) layer before each global one, capped logits
+    "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=512, layer_types=None,
+                                           sliding_window_pattern=2,
+                                           final_logit_softcapping=10.0)),
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
 }
 
