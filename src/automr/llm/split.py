@@ -22,8 +22,16 @@ from automr.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "gemma",
-                         "gemma3_text", "olmo2")
+                         "gemma2", "gemma3_text", "olmo2")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+EAGER_ONLY_TYPES = ("gemma2",)
+"""Types whose attention transformers runs eager only (Gemma 2 caps its attention scores)."""
+
+
+def attention_for(model_type: str) -> str:
+    """The attention implementation a model of ``model_type`` is loaded with: ``sdpa``, or
+    ``eager`` for :data:`EAGER_ONLY_TYPES` (both take the split's explicit masks)."""
+    return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
 
 
 class HFSplitLLM:
@@ -57,7 +65,7 @@ class HFSplitLLM:
                              if hasattr(self.decoder.rotary_emb, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
         self.logit_cap = getattr(config, "final_logit_softcapping", None)
-        """Gemma 3's cap on the logits (``cap * tanh(logits / cap)``), where its config sets one."""
+        """Gemma 2 and 3's cap on the logits (``cap * tanh(logits / cap)``), where set."""
 
     # -- sizes -------------------------------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
     LlamaConfig,
@@ -21,6 +22,8 @@ from transformers import (
     Qwen3Config,
     SmolLM3Config,
 )
+
+from automr.llm.split import attention_for
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -55,6 +58,9 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "smollm3": (SmolLM3Config, dict(no_rope_layer_interval=2)),  # every 2nd layer without RoPE
     "phi3": (Phi3Config, dict(partial_rotary_factor=0.5)),  # fused qkv, RoPE on half a head
     "gemma": (GemmaConfig, dict(head_dim=8)),  # embeddings scaled by sqrt(hidden), (1 + w) norms
+    # eager attention with capped scores, local and global layers, capped logits
+    "gemma2": (Gemma2Config, dict(head_dim=8, sliding_window=512, attn_logit_softcapping=5.0,
+                                  final_logit_softcapping=10.0)),
     # q/k norms, a local (sliding, own RoPE base) layer before each global one, capped logits
     "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=512, layer_types=None,
                                            sliding_window_pattern=2,
@@ -82,7 +88,9 @@ def tiny_config(arch: str = "llama", num_layers: int = 3,
 
 
 def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
-    """A randomly initialised causal LM in eval mode, float32, with eager-equivalent SDPA."""
+    """A randomly initialised causal LM in eval mode, float32, with SDPA attention (eager for
+    :data:`~automr.llm.split.EAGER_ONLY_TYPES`)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation=attention_for(config.model_type))
     return model.eval()
