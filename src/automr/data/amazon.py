@@ -111,11 +111,7 @@ def _read_reviews(
     def outside(t: int) -> bool:
         return (start is not None and t < start) or (end is not None and t >= end)
 
-    read = 0
-    for number, line in lines:
-        if not line.strip():
-            continue
-        read += 1
+    for number, line in lines.non_blank("reviews", _REVIEW_FIX):
         quick = _REVIEW_TIME.search(line)
         if quick is not None and outside(
                 checked_timestamp(lines.path, number, int(quick.group(1)), _REVIEW_FIX)):
@@ -150,9 +146,6 @@ def _read_reviews(
             continue
         seen.add(key)
         out.append(Interaction(*key))
-    if not read:
-        raise bad_input(lines.path, None, "holds no reviews (the file is empty or blank)",
-                        _REVIEW_FIX)
     return out
 
 
@@ -161,11 +154,7 @@ def _read_meta(
 ) -> tuple[list[Item], set[str]]:
     items: dict[str, Item] = {}
     empty: set[str] = set()
-    read = 0
-    for number, line in lines:
-        if not line.strip():
-            continue
-        read += 1
+    for number, line in lines.non_blank("metadata", _META_FIX):
         quick = _ASIN.search(line)
         if quick is not None and quick.group(1).strip() not in needed:
             continue
@@ -189,7 +178,4 @@ def _read_meta(
             continue
         extra = {k: str(record[k]) for k in ("brand", "main_cat") if record.get(k)}
         items[asin] = Item(asin, title, extra)
-    if not read:
-        raise bad_input(lines.path, None, "holds no metadata (the file is empty or blank)",
-                        _META_FIX)
     return list(items.values()), empty

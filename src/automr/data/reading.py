@@ -94,6 +94,17 @@ class LineSource:
             raise RuntimeError("sha256 is known only after a complete pass over the file")
         return self._sha256
 
+    def non_blank(self, what: str, fix: str) -> Iterator[tuple[int, str]]:
+        """The lines that are not blank; a file without one is an error saying it holds no
+        ``what`` (``fix``: what to do)."""
+        found = False
+        for number, line in self:
+            if line.strip():
+                found = True
+                yield number, line
+        if not found:
+            raise bad_input(self.path, None, f"holds no {what} (the file is empty or blank)", fix)
+
     def __iter__(self) -> Iterator[tuple[int, str]]:
         task = None
         if self.progress is not None:
