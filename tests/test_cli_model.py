@@ -31,6 +31,31 @@ def test_info_on_a_local_folder(tiny_folder):
     assert lines["layers"] == "4"
     assert lines["hidden_size"] == "32"
     assert len(lines["fingerprint"]) == 64
+    assert lines["layer_split"] == "yes" and lines["sliding_window"] == "none"
+    assert lines["linear_modules"] == "down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj"
+
+
+def test_info_says_why_the_split_refuses_a_model_and_which_modules_lora_can_target(tmp_path):
+    """``model info`` answers "can I use this model, and with which --lora-targets?" before a
+    fine-tune fails: a type the split lacks is named, a fused projection is listed."""
+    from transformers import GPT2Config
+
+    gpt2 = tmp_path / "gpt2"
+    tiny_model(GPT2Config(vocab_size=259, n_embd=32, n_layer=2, n_head=4)).save_pretrained(gpt2)
+    tiny_tokenizer().save_pretrained(gpt2)
+    phi3 = tmp_path / "phi3"
+    tiny_model(tiny_config("phi3")).save_pretrained(phi3)
+    tiny_tokenizer().save_pretrained(phi3)
+    lines = {}
+    for folder in (gpt2, phi3):
+        result = runner.invoke(app, ["model", "info", str(folder)])
+        assert result.exit_code == 0, result.output
+        lines[folder.name] = dict(line.split(None, 1) for line in result.output.splitlines()
+                                  if line.strip())
+    assert lines["gpt2"]["layer_split"].startswith("no: model type 'gpt2' is not supported")
+    assert lines["gpt2"]["linear_modules"] == "unknown"
+    assert lines["phi3"]["layer_split"] == "yes"
+    assert lines["phi3"]["linear_modules"] == "down_proj,gate_up_proj,o_proj,qkv_proj"
 
 
 @pytest.mark.parametrize("name", ["ABS", "./w/nope", "w/nope", "../here/w/nope"])

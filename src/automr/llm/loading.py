@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.split import attention_for
+from automr.llm.split import HFSplitLLM, attention_for, layer_linear_modules
 from automr.storage import atomic_dir, read_json, write_json_atomic
 
 FINGERPRINT_FILE = "automr-model.json"
@@ -446,8 +446,15 @@ def model_fingerprint(model: torch.nn.Module, name: str) -> str:
 
 
 def model_summary(loaded: LoadedModel) -> dict[str, object]:
-    """Architecture, depth, width and size of a loaded model, for ``automr model info``."""
+    """Architecture, depth, width and size of a loaded model, for ``automr model info``, and
+    what automr can do with it: whether the layer split takes it (else why not), its sliding
+    window (the split's longest sequence) and the linear modules LoRA can target."""
     config = loaded.model.config
+    try:
+        window = HFSplitLLM(loaded.model).sliding_window
+        split, linear = "yes", ",".join(layer_linear_modules(loaded.model))
+    except AutomrError as error:
+        window, split, linear = None, f"no: {error}", "unknown"
     return {
         "name": loaded.name,
         "architecture": type(loaded.model).__name__,
@@ -461,4 +468,7 @@ def model_summary(loaded: LoadedModel) -> dict[str, object]:
         "dtype": dtype_name(loaded.model.dtype),
         "device": str(loaded.model.device),
         "fingerprint": loaded.fingerprint(),
+        "layer_split": split,
+        "sliding_window": "none" if window is None else window,
+        "linear_modules": linear,
     }

@@ -34,6 +34,15 @@ def attention_for(model_type: str) -> str:
     return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
 
 
+def layer_linear_modules(model: PreTrainedModel | nn.Module, layer: int = 0) -> list[str]:
+    """The names of decoder layer ``layer``'s linear modules (``q_proj``, ...): what LoRA can
+    target there (``automr finetune --lora-targets``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    block = base.get_decoder().layers[layer]
+    return sorted({name.rsplit(".", 1)[-1] for name, module in block.named_modules()
+                   if isinstance(module, nn.Linear)})
+
+
 class HFSplitLLM:
     """A :class:`~automr.interfaces.SplitLLM` over a transformers causal LM (also peft-wrapped).
 

@@ -57,7 +57,7 @@ from automr.llm.loading import (
     dtype_name,
     without_peft_deprecation,
 )
-from automr.llm.split import HFSplitLLM
+from automr.llm.split import HFSplitLLM, layer_linear_modules
 from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from automr.recommenders.finetune_config import SCHEDULES, FinetuneConfig
@@ -304,12 +304,10 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
     if config.lora_from_layer >= n_layers:
         raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
                           f"(the model has {n_layers})")
-    first = loaded.model.get_decoder().layers[config.lora_from_layer]
-    linear = {name.rsplit(".", 1)[-1] for name, module in first.named_modules()
-              if isinstance(module, torch.nn.Linear)}
-    if unknown := sorted(set(config.target_modules) - linear):
+    linear = layer_linear_modules(loaded.model, config.lora_from_layer)
+    if unknown := sorted(set(config.target_modules) - set(linear)):
         raise AutomrError(f"LoRA target {', '.join(unknown)} is not a linear module of this "
-                          f"model's layers; they have {', '.join(sorted(linear))}")
+                          f"model's layers; they have {', '.join(linear)}")
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
