@@ -145,6 +145,38 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch,overrides,windows", [
+    ("mistral", {}, [4, 4, 4]),  # every layer slides
+    ("gemma3_text", {}, [4, None, 4]),  # local layers slide, global ones see everything
+    ("qwen3", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
+     [None, 3, 3]),  # Qwen: the layers from max_window_layers on
+    ("llama", {}, [None, None, None]),
+])
+def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(
+        arch, overrides, windows):
+    """Sequences several windows long, padded left and right, split at every layer and decoded
+    token by token through both halves' caches, equal the full model on each sequence alone."""
+    model = tiny_model(tiny_config(arch, num_layers=NUM_LAYERS, **overrides))
+    llm = HFSplitLLM(model)
+    assert llm.layer_windows == windows
+    generator = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist() for n in (23, 16)]
+    for side in ("left", "right"):
+        ids, mask = pad(seqs, side)
+        for layer in range(NUM_LAYERS + 1):
+            with torch.no_grad():
+                logits = llm.upper(llm.lower(ids, mask, layer))
+            for row, seq in enumerate(seqs):
+                torch.testing.assert_close(logits[row][mask[row].bool()], alone(model, seq),
+                                           rtol=1e-5, atol=1e-5)
+        decoding = prefill(llm, *pad([seq[:9] for seq in seqs], side), 2)
+        for done in range(9, 16):
+            step(llm, decoding, torch.tensor([seq[done] for seq in seqs]))
+            for row, seq in enumerate(seqs):
+                torch.testing.assert_close(decoding.logits[row], alone(model, seq[: done + 1])[-1],
+                                           rtol=1e-5, atol=1e-5)
+
+
 def test_every_supported_model_type_has_a_tiny_model_under_test():
     assert set(SUPPORTED_MODEL_TYPES) == set(TINY_ARCHITECTURES)
 

@@ -448,7 +448,7 @@ def model_fingerprint(model: torch.nn.Module, name: str) -> str:
 def model_summary(loaded: LoadedModel) -> dict[str, object]:
     """Architecture, depth, width and size of a loaded model, for ``automr model info``, and
     what automr can do with it: whether the layer split takes it (else why not), its sliding
-    window (the split's longest sequence) and the linear modules LoRA can target."""
+    window (if any) and the linear modules LoRA can target."""
     config = loaded.model.config
     try:
         window = HFSplitLLM(loaded.model).sliding_window

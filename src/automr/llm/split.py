@@ -70,6 +70,14 @@ class HFSplitLLM:
         self.head = base.get_output_embeddings()
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
+        """How many positions a sliding-window layer sees (itself and the nearest earlier
+        ones), or None where the model has none."""
+        types = getattr(config, "layer_types", None)
+        self.layer_windows: list[int | None] = [
+            self.sliding_window if types is None or types[index] == "sliding_attention" else None
+            for index in range(config.num_hidden_layers)]
+        """Each layer's window: every layer's (Mistral, Phi-3) or its type's (Gemma 2 and 3's
+        local layers, Qwen's upper ones where set); None: full attention."""
         self.rotary_types = (list(config.layer_types)
                              if hasattr(self.decoder.rotary_emb, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
@@ -104,7 +112,7 @@ class HFSplitLLM:
 
     def new_cache(self) -> KVCache:
         """An empty cache for one half (use one for ``lower`` and another for ``upper``)."""
-        return KVCache(DynamicCache(config=self.config))
+        return KVCache(DynamicCache())  # every layer keeps all its keys: windows are masks
 
     def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
         """Token embeddings (the state entering layer 0)."""
@@ -156,13 +164,13 @@ class HFSplitLLM:
     ) -> Tensor:
         positions = token_positions(mask, None if cache is None else cache.next_positions())
         past_mask = None if cache is None else cache.past_mask
-        self._check_window(mask.shape[1] + (0 if past_mask is None else past_mask.shape[1]))
-        bias = attention_bias(mask, past_mask, hidden.dtype)
+        biases = {window: attention_bias(mask, past_mask, hidden.dtype, window)
+                  for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
         for index in layers:
             hidden = self.decoder.layers[index](
                 hidden,
-                attention_mask=bias,
+                attention_mask=biases[self.layer_windows[index]],
                 position_ids=positions,
                 position_embeddings=rotary[index],
                 cache=None if cache is None else cache.layers,
@@ -182,13 +190,6 @@ class HFSplitLLM:
                    for kind in {self.rotary_types[index] for index in layers}}
         return {index: by_type[self.rotary_types[index]] for index in layers}
 
-    def _check_window(self, total: int) -> None:
-        if self.sliding_window is not None and total > self.sliding_window:
-            raise AutomrError(
-                f"sequence of {total} positions exceeds the model's sliding window "
-                f"({self.sliding_window}); the split supports full attention only"
-            )
-
 
 @jaxtyped(typechecker=beartype)
 def token_positions(
@@ -205,9 +206,12 @@ def token_positions(
 @jaxtyped(typechecker=beartype)
 def attention_bias(
     mask: Bool[Tensor, "batch seq"], past_mask: Bool[Tensor, "batch past"] | None,
-    dtype: torch.dtype,
+    dtype: torch.dtype, window: int | None = None,
 ) -> Float[Tensor, "batch 1 seq total"]:
-    """Additive 4D mask: query i sees real keys up to itself (past keys included).
+    """Additive 4D mask: query i sees real keys up to itself (past keys included) and, with a
+    ``window``, only those fewer than ``window`` real tokens back (a sliding-window layer's
+    view; counted in real tokens, as the positions are, so padding and masked insertions
+    never shift it).
 
     A padding query also sees itself, so no row is fully masked (no NaNs); its output is
     never used.
@@ -219,6 +223,10 @@ def attention_bias(
     key_index = torch.arange(past + seq, device=mask.device).unsqueeze(0)
     causal = key_index <= query_index
     allowed = causal.unsqueeze(0) & keys.unsqueeze(1)
+    if window is not None:
+        key_positions = token_positions(keys)
+        behind = key_positions[:, past:].unsqueeze(2) - key_positions.unsqueeze(1)
+        allowed = allowed & (behind < window)
     allowed = allowed | (key_index == query_index).unsqueeze(0)
     bias = torch.zeros(batch, 1, seq, past + seq, dtype=dtype, device=mask.device)
     return bias.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)

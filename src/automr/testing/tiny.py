@@ -53,16 +53,17 @@ TINY_VOCAB = len(SPECIAL_TOKENS) + 256
 TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] = {
     "llama": (LlamaConfig, dict(rms_norm_eps=1e-5)),  # SmolLM2-shaped
     "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),  # q/k/v biases, untied head
-    "mistral": (MistralConfig, dict(tie_word_embeddings=False)),
+    "mistral": (MistralConfig, dict(tie_word_embeddings=False, sliding_window=4)),  # every layer
     "qwen3": (Qwen3Config, dict(head_dim=8)),  # q/k norms, an explicit head size
     "smollm3": (SmolLM3Config, dict(no_rope_layer_interval=2)),  # every 2nd layer without RoPE
-    "phi3": (Phi3Config, dict(partial_rotary_factor=0.5)),  # fused qkv, RoPE on half a head
+    # fused qkv, RoPE on half a head, a sliding window in every layer
+    "phi3": (Phi3Config, dict(partial_rotary_factor=0.5, sliding_window=5)),
     "gemma": (GemmaConfig, dict(head_dim=8)),  # embeddings scaled by sqrt(hidden), (1 + w) norms
-    # eager attention with capped scores, local and global layers, capped logits
-    "gemma2": (Gemma2Config, dict(head_dim=8, sliding_window=512, attn_logit_softcapping=5.0,
+    # eager attention with capped scores, local (sliding) and global layers, capped logits
+    "gemma2": (Gemma2Config, dict(head_dim=8, sliding_window=4, attn_logit_softcapping=5.0,
                                   final_logit_softcapping=10.0)),
     # q/k norms, a local (sliding, own RoPE base) layer before each global one, capped logits
-    "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=512, layer_types=None,
+    "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=4, layer_types=None,
                                            sliding_window_pattern=2,
                                            final_logit_softcapping=10.0)),
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
