@@ -225,3 +225,52 @@ def test_decoding_accepts_an_undecorated_insert_that_lengthens_the_state(tiny_mo
 
     out = greedy_generate(llm, ids, torch.ones_like(ids), 1, max_new_tokens=3, insert=prepend_two)
     assert out.shape == (1, 3)
+
+
+def longrope_phi3(original: int = 8) -> torch.nn.Module:
+    """A tiny Phi-3 with longrope as Phi-3 128k, Phi-3.5 mini and Phi-4 mini have it (their
+    original context 4,096 of 131,072, here ``original`` of 32 times that; one factor per
+    rotary frequency, long ones far above the short ones)."""
+    return tiny_model(tiny_config(
+        "phi3", num_layers=2, original_max_position_embeddings=original,
+        max_position_embeddings=32 * original,
+        rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5], long_factor=[4.0, 40.0])))
+
+
+@pytest.mark.parametrize("lengths", [[3, 6, 8], [9, 12, 20]])
+def test_longrope_split_equals_the_full_model_within_and_past_its_original_context(lengths):
+    """Longrope rotates every position with its short or its long factors, by the sequence's
+    length; both halves do as the model does, on either side of the switch, cached or not."""
+    model, seqs = longrope_phi3(), [list(range(5, 5 + n)) for n in lengths]
+    llm = HFSplitLLM(model)
+    ids, mask = pad(seqs, "left")
+    with torch.no_grad():
+        for layer in range(llm.num_layers + 1):
+            logits = llm.upper(llm.lower(ids, mask, layer))
+            for row, seq in enumerate(seqs):
+                torch.testing.assert_close(logits[row][mask[row].bool()], alone(model, seq))
+            decoding = prefill(llm, *pad([seq[:-2] for seq in seqs], "left"), layer)
+            for done in (2, 1):
+                step(llm, decoding, torch.tensor([seq[-done] for seq in seqs]))
+            for row, seq in enumerate(seqs):
+                torch.testing.assert_close(decoding.logits[row], alone(model, seq)[-1])
+
+
+def test_decoding_across_the_longrope_switch_is_a_clear_error():
+    """Past its original context longrope rotates every position with the long factors, so a
+    cache holding keys rotated with the short ones cannot continue there (transformers'
+    generate recomputes its cache at that point; the split's caches are per half)."""
+    llm = HFSplitLLM(longrope_phi3(original=8))
+    prompt = torch.tensor([list(range(5, 12))])
+    decoding = prefill(llm, prompt, torch.ones_like(prompt), 1)
+    step(llm, decoding, torch.tensor([12]))  # 8 positions: still the short factors
+    with pytest.raises(AutomrError, match=r"9 positions.*original context of 8.*long factors"):
+        step(llm, decoding, torch.tensor([13]))
+
+
+def test_a_bidirectional_gemma3_is_refused():
+    """EmbeddingGemma's config is a gemma3_text one whose attention looks both ways; the
+    split's masks are causal, so its halves would not be that model."""
+    model = tiny_model(tiny_config("gemma3_text", num_layers=1, use_bidirectional_attention=True))
+    with pytest.raises(AutomrError, match="bidirectional"):
+        HFSplitLLM(model)

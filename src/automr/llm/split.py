@@ -58,6 +58,11 @@ class HFSplitLLM:
                 f"model type {config.model_type!r} is not supported by the layer split; "
                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        if getattr(config, "use_bidirectional_attention", False):
+            raise AutomrError(
+                f"this {config.model_type} model attends bidirectionally (an encoder such as "
+                f"EmbeddingGemma); the layer split is for causal LMs"
+            )
         attention = config._attn_implementation
         if attention not in SUPPORTED_ATTENTION:
             raise AutomrError(
@@ -82,7 +87,13 @@ class HFSplitLLM:
                              if hasattr(self.decoder.rotary_emb, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
         self.logit_cap = getattr(config, "final_logit_softcapping", None)
-        """Gemma 2 and 3's cap on the logits (``cap * tanh(logits / cap)``), where set."""
+        """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
+        (Gemma 2's; Gemma 3's configs leave it unset)."""
+        rope = getattr(config, "rope_parameters", None) or {}
+        self.longrope_switch = (rope.get("original_max_position_embeddings")
+                                if rope.get("rope_type") == "longrope" else None)
+        """Longrope's original context (Phi-3 128k, Phi-3.5 mini, Phi-4 mini: 4,096): up to it
+        every position is rotated with the short factors, past it with the long ones."""
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -164,6 +175,8 @@ class HFSplitLLM:
     ) -> Tensor:
         positions = token_positions(mask, None if cache is None else cache.next_positions())
         past_mask = None if cache is None else cache.past_mask
+        if self.longrope_switch is not None and cache is not None and past_mask is not None:
+            self._check_longrope(cache.next_positions(), positions)
         biases = {window: attention_bias(mask, past_mask, hidden.dtype, window)
                   for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
@@ -189,6 +202,20 @@ class HFSplitLLM:
         by_type = {kind: rotary(hidden, positions, kind)
                    for kind in {self.rotary_types[index] for index in layers}}
         return {index: by_type[self.rotary_types[index]] for index in layers}
+
+    def _check_longrope(self, seen: Tensor, positions: Tensor) -> None:
+        """Refuse to continue a cache across longrope's switch: the model then rotates every
+        position with the long factors, and the cached keys were rotated with the short ones
+        (transformers' ``generate`` recomputes its cache there; each half here has its own)."""
+        before, after = int(seen.max()), int(positions.max()) + 1
+        if before <= self.longrope_switch < after:
+            raise AutomrError(
+                f"continuing a cache of {before} positions to {after} positions crosses the "
+                f"model's original context of {self.longrope_switch}, past which its longrope "
+                f"rotary embedding uses the long factors for every position: the cached keys "
+                f"have the short ones. Keep prompt, memory and generated tokens within "
+                f"{self.longrope_switch} positions, or pass the whole prompt (past it) at once"
+            )
 
 
 @jaxtyped(typechecker=beartype)
