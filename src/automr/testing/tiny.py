@@ -62,7 +62,8 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     # eager attention with capped scores, local (sliding) and global layers, capped logits
     "gemma2": (Gemma2Config, dict(head_dim=8, sliding_window=4, attn_logit_softcapping=5.0,
                                   final_logit_softcapping=10.0)),
-    # q/k norms, a local (sliding, own RoPE base) layer before each global one, capped logits
+    # q/k norms, a local (sliding, own RoPE base) layer before each global one; a logit cap
+    # (Gemma 2 has one, real Gemma 3 configs none) tests the split applying one
     "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=4, layer_types=None,
                                            sliding_window_pattern=2,
                                            final_logit_softcapping=10.0)),
