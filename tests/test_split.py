@@ -150,6 +150,8 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
     ("gemma3_text", {}, [4, None, 4]),  # local layers slide, global ones see everything
     ("qwen3", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
      [None, 3, 3]),  # Qwen: the layers from max_window_layers on
+    ("olmo3", {}, [4, 4, None]),  # three local layers to a global one
+    ("qwen3_moe", dict(use_sliding_window=True, sliding_window=3), [3, 3, 3]),  # no layer types
     ("llama", {}, [None, None, None]),
 ])
 def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(

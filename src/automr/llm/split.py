@@ -21,8 +21,8 @@ from automr.errors import AutomrError
 from automr.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "gemma",
-                         "gemma2", "gemma3_text", "olmo2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smollm3", "phi3",
+                         "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 EAGER_ONLY_TYPES = ("gemma2",)
 """Types whose attention transformers runs eager only (Gemma 2 caps its attention scores)."""

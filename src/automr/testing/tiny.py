@@ -14,12 +14,14 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     Olmo2Config,
+    Olmo3Config,
     Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
     SmolLM3Config,
 )
 
@@ -68,6 +70,10 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
                                            sliding_window_pattern=2,
                                            final_logit_softcapping=10.0)),
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
+    "olmo3": (Olmo3Config, dict(sliding_window=4)),  # OLMo 2's layers, 3 local : 1 global
+    # mixture-of-experts MLPs (4 experts, 2 per token), Qwen3's attention
+    "qwen3_moe": (Qwen3MoeConfig, dict(head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                       moe_intermediate_size=16)),
 }
 
 
