@@ -150,7 +150,7 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
     ("gemma3_text", {}, [4, None, 4]),  # local layers slide, global ones see everything
     ("qwen3", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
      [None, 3, 3]),  # Qwen: the layers from max_window_layers on
-    ("olmo3", {}, [4, 4, None]),  # three local layers to a global one
+    ("olmo3", dict(num_layers=4), [4, 4, 4, None]),  # three local layers to a global one
     ("qwen3_moe", dict(use_sliding_window=True, sliding_window=3), [3, 3, 3]),  # no layer types
     ("llama", {}, [None, None, None]),
 ])
@@ -158,14 +158,14 @@ def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(
         arch, overrides, windows):
     """Sequences several windows long, padded left and right, split at every layer and decoded
     token by token through both halves' caches, equal the full model on each sequence alone."""
-    model = tiny_model(tiny_config(arch, num_layers=NUM_LAYERS, **overrides))
+    model = tiny_model(tiny_config(arch, **{"num_layers": NUM_LAYERS, **overrides}))
     llm = HFSplitLLM(model)
     assert llm.layer_windows == windows
     generator = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist() for n in (23, 16)]
     for side in ("left", "right"):
         ids, mask = pad(seqs, side)
-        for layer in range(NUM_LAYERS + 1):
+        for layer in range(llm.num_layers + 1):
             with torch.no_grad():
                 logits = llm.upper(llm.lower(ids, mask, layer))
             for row, seq in enumerate(seqs):
