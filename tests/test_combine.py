@@ -141,7 +141,8 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
     assert missing.exit_code != 0 and "results.json is missing" in missing.output
     not_export = tmp_path / "other.json"
     not_export.write_text("{}")
-    with pytest.raises(AutomrError, match="not an exported evaluation"):
+    with pytest.raises(AutomrError, match=r"other\.json has format None, expected "
+                                          r"'automr\.results-export/.*another kind of file"):
         combine_folders({"x": (not_export, "bigrec:x")})
 
 

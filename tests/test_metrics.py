@@ -177,7 +177,8 @@ def test_report_refuses_inconsistent_records(tmp_path) -> None:
         build_report("m", ["a", "a"], _ranks([1, 2]), n_items=10)
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
-    with pytest.raises(AutomrError, match="not an automr metric report"):
+    with pytest.raises(AutomrError, match=r"has format 'something else', expected "
+                                          r"'automr\.metric_report/"):
         MetricReport.load(bad)
 
 

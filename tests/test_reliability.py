@@ -129,7 +129,7 @@ def test_a_memory_folder_given_as_annotations_is_named(workspace, tmp_path):
         str(workspace / "prepared"), "--memory", str(workspace / "mem"),
         "--out", str(tmp_path / "ret"), "--quiet"])
     text = one_line_error(result, workspace / "mem" / "config.json")
-    assert "not an annotation folder" in text
+    assert "has format 'automr.memory/" in text and "pass one written by `automr annotate`" in text
 
 
 def unfinished_finetune(workspace: Path, tmp_path: Path) -> Path:
@@ -958,3 +958,22 @@ def test_weights_and_config_that_do_not_match_are_one_error_naming_the_folder(tm
     with pytest.raises(AutomrError, match="do not match") as error:
         load(tmp_path / "a")
     assert str(tmp_path / "a") in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["[]", "3", "{}", '{"format": "automr.metric_report/1"}'])
+def test_a_json_file_of_another_kind_is_one_line_naming_it_and_its_format(tmp_path, text):
+    """Every artifact read with its format (a saved report, an export, an RQ2 result, ...) is
+    refused the same way when the JSON is valid but no such artifact; an RQ2 result given a
+    list was an AttributeError traceback."""
+    from automr.experiments.rq2 import RQ2_FORMAT, RQ2Result
+    from automr.storage import read_json
+
+    path = tmp_path / "rq2.json"
+    path.write_text(text)
+    with pytest.raises(AutomrError, match=r"rq2\.json has format .*, expected 'automr\.rq2/1': "
+                                          r"it is another kind of file; pass one written by "
+                                          r"`automr rq2`"):
+        RQ2Result.load(path)
+    assert read_json(path) == json.loads(text)  # without a format: any valid JSON
+    path.write_text(json.dumps({"format": RQ2_FORMAT}))
+    assert read_json(path, "x", RQ2_FORMAT) == {"format": RQ2_FORMAT}

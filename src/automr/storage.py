@@ -205,16 +205,23 @@ def write_json_atomic(path: Path | str, data: object, indent: int | None = 1) ->
     write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
 
 
-def read_json(path: Path | str, made_by: str = "the command that wrote it") -> Any:
-    """Parsed JSON of ``path``; a missing or unparsable file is one clear error naming it."""
+def read_json(path: Path | str, made_by: str = "the command that wrote it",
+              format: str | None = None) -> Any:
+    """Parsed JSON of ``path``; a missing or unparsable file is one clear error naming it, and
+    so, given a ``format``, is one that is not a JSON object of that ``"format"``."""
     path = Path(path)
     if not path.is_file():
         raise AutomrError(f"{path} is missing; it comes from {made_by}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AutomrError(f"{path} is not valid JSON ({error}); it is damaged: it comes "
                           f"from {made_by}") from None
+    found = data.get("format") if isinstance(data, dict) else None
+    if format is not None and found != format:
+        raise AutomrError(f"{path} has format {found!r}, expected {format!r}: it is another "
+                          f"kind of file; pass one written by {made_by}")
+    return data
 
 
 def read_safetensors(
@@ -310,11 +317,7 @@ def load_component(
         what = format.split("/")[0].removeprefix("automr.")
         raise AutomrError(f"{directory} is not a saved {what}: {CONFIG_FILE} is missing; it "
                           f"comes from {made_by}")
-    config = read_json(path, made_by)
-    if not isinstance(config, dict) or config.get("format") != format:
-        found = config.get("format") if isinstance(config, dict) else None
-        raise AutomrError(f"{path} has format {found!r}, expected {format!r}: {directory} is "
-                          f"another kind of folder; pass one written by {made_by}")
+    config = read_json(path, made_by, format)
     weights = None if weights_file is None else directory / weights_file
     tensors = (read_safetensors(weights, made_by, device)
                if weights is not None and weights.is_file() else {})

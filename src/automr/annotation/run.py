@@ -249,12 +249,7 @@ class Annotations:
         if not path.is_file():
             raise AutomrError(f"{folder} holds no annotations ({path} is missing); run "
                               f"`automr annotate` first")
-        header = read_json(path, MADE_BY_CONFIG)
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            found = header.get("format") if isinstance(header, dict) else None
-            raise AutomrError(f"{folder} is not an annotation folder ({path} has format "
-                              f"{found!r}, expected {FORMAT!r}); pass the folder that "
-                              f"`automr annotate --out` wrote")
+        header = read_json(path, MADE_BY_CONFIG, FORMAT)
         try:
             if not isinstance(header["samples"], list):
                 raise TypeError("samples is not a list")

@@ -391,10 +391,7 @@ def _read(path: Path, load: Callable[[Path], Any] | None = None) -> Any:
 
 def read_export(path: Path | str) -> dict[str, Any]:
     """An :meth:`EvaluationFolder.export` written to ``path`` (e.g. under docs/results/)."""
-    exported = read_json(path, "an exported evaluation")
-    if not isinstance(exported, dict) or exported.get("format") != EXPORT_FORMAT:
-        raise AutomrError(f"{path} is not an exported evaluation (format {EXPORT_FORMAT})")
-    return exported
+    return read_json(path, "`automr export` (an exported evaluation)", EXPORT_FORMAT)
 
 
 @attrs.frozen

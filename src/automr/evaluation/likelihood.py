@@ -75,9 +75,7 @@ class LikelihoodReport:
 
     @classmethod
     def load(cls, path: Path | str) -> "LikelihoodReport":
-        data = read_json(path, "`automr evaluate --measures likelihood`")
-        if not isinstance(data, dict) or data.get("format") != LIKELIHOOD_FORMAT:
-            raise AutomrError(f"{path} is not an automr likelihood report")
+        data = read_json(path, "`automr evaluate --measures likelihood`", LIKELIHOOD_FORMAT)
         samples = data["samples"]
         return cls(method=data["method"], sample_ids=tuple(s["id"] for s in samples),
                    log_likelihoods=tuple(float(s["log_likelihood"]) for s in samples),

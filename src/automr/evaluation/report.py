@@ -93,13 +93,7 @@ class MetricReport:
     @classmethod
     def load(cls, path: Path | str) -> "MetricReport":
         """Read a report written by :meth:`save`."""
-        payload = read_json(path, "`automr evaluate`")
-        if not isinstance(payload, dict) or payload.get("format") != REPORT_FORMAT:
-            raise AutomrError(
-                f"{path} is not an automr metric report (format "
-                f"{payload.get('format') if isinstance(payload, dict) else None!r}, "
-                f"expected {REPORT_FORMAT!r})"
-            )
+        payload = read_json(path, "`automr evaluate`", REPORT_FORMAT)
         return cls(
             method=payload["method"],
             n_items=payload["n_items"],

@@ -34,6 +34,7 @@ from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, parse_method
 from automr.recommenders.automr import load_retriever_for
 from automr.recommenders.runs import FinetunedRun
+from automr.storage import read_json
 
 RQ2_METRICS = ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
 """The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give).
@@ -125,13 +126,7 @@ class RQ2Result:
 
     @classmethod
     def load(cls, path: Path | str) -> "RQ2Result":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise AutomrError(f"cannot read {path}: {error}") from None
-        if data.get("format") != RQ2_FORMAT:
-            raise AutomrError(f"{path} is not an RQ2 result (format {data.get('format')!r})")
+        data = read_json(path, "`automr rq2`", RQ2_FORMAT)
         return cls(grounder=data["grounder"], samples=data["samples"], config=data["config"],
                    metrics=tuple(data["metrics"]),
                    runs=tuple(RQ2Run(**r) for r in data["runs"]))
