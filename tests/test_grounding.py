@@ -17,8 +17,8 @@ from automr.grounding import (
     embed_texts,
     target_log_likelihoods,
 )
-from automr.llm import HFSplitLLM
-from automr.llm.decoding import greedy_generate
+from automr.llm import HFSplitLLM, LayerState
+from automr.llm.decoding import MIN_SHARED, common_prefix, greedy_generate
 from automr.llm.loading import LoadedModel
 
 TITLES = ['"Heat (1995)"', '"Heat (1996)"', '"Toy Story (1995)"', '"Up"', '"U"']
@@ -72,6 +72,45 @@ def test_target_log_likelihoods_equal_full_forwards(tiny_models, tokenizer, arch
     for row, (prompt, c) in enumerate(zip(prompts, chosen, strict=True)):
         torch.testing.assert_close(scores[row], plain_scores(model, tokenizer, prompt, targets)[c],
                                    rtol=1e-4, atol=1e-4)
+
+
+HEADER = "Below is what the user watched: "
+"""A common opening of every prompt (as the template's), long enough to be run once."""
+
+
+def prepend_two(state: LayerState) -> LayerState:
+    """Two fixed vectors before every row (memory joined at the split layer)."""
+    extra = torch.full((state.batch_size, 2, state.hidden.shape[2]), 0.5)
+    return LayerState(hidden=torch.cat([extra, state.hidden], 1),
+                      mask=torch.cat([torch.ones(state.batch_size, 2, dtype=torch.bool),
+                                      state.mask], 1), layer=state.layer)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+@given(data=st.data(), prompts=st.lists(words, min_size=2, max_size=3), layer=st.integers(0, 3),
+       inserted=st.booleans())
+def test_target_log_likelihoods_run_the_shared_opening_once_and_equal_the_unshared(
+        tiny_models, tokenizer, arch, data, prompts, layer, inserted):
+    """With the prompts' common opening run once (the default), each row's likelihood is the
+    one prompt by prompt gives, memory inserted or not, and without memory a full forward's."""
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    targets = catalog_targets(tokenizer, TITLES)
+    chosen = [data.draw(st.integers(0, len(TITLES) - 1)) for _ in prompts]
+    texts = [HEADER + prompt for prompt in prompts]
+    ids, mask = encode_prompts(tokenizer, texts)
+    rows = [row[real].tolist() for row, real in zip(ids, mask.bool(), strict=True)]
+    assert common_prefix(rows) >= MIN_SHARED  # the shared pass is the one tested
+    insert = prepend_two if inserted else None
+    title_ids = [targets.token_ids[c] for c in chosen]
+    shared = target_log_likelihoods(llm, ids, mask, layer, title_ids, insert)
+    plain = target_log_likelihoods(llm, ids, mask, layer, title_ids, insert, share_prefix=False)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
+    if not inserted:
+        for row, (text, c) in enumerate(zip(texts, chosen, strict=True)):
+            torch.testing.assert_close(shared[row], plain_scores(model, tokenizer, text,
+                                                                 targets)[c],
+                                       rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

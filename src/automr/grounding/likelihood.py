@@ -67,17 +67,20 @@ class LikelihoodGrounder:
 @jaxtyped(typechecker=beartype)
 def target_log_likelihoods(
     llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
-    targets: Sequence[Sequence[int]], insert: Insert | None = None,
+    targets: Sequence[Sequence[int]], insert: Insert | None = None, share_prefix: bool = True,
 ) -> Float[Tensor, " batch"]:
     """``log P(targets[b] | prompt b)`` for each row, teacher-forced through the split.
 
     The prompts run once (memory inserted at ``layer`` if given); then every row's target
-    tokens run in one right-padded pass against the prompt caches. Exactly the score
+    tokens run in one right-padded pass against the prompt caches. The score
     :class:`LikelihoodGrounder` gives that title, without scoring the rest of the catalog.
+    ``share_prefix``: the tokens every prompt of the batch starts with (the template's
+    opening) run once (:func:`~automr.llm.decoding.prefill`); the values equal the unshared
+    ones within float rounding (a property test; ``benchmarks/likelihood.py`` measures both).
     """
     if len(targets) != input_ids.shape[0] or not all(targets):
         raise ValueError("target_log_likelihoods: one non-empty target per prompt")
-    decoding = prefill(llm, input_ids, attention_mask, layer, insert)
+    decoding = prefill(llm, input_ids, attention_mask, layer, insert, share_prefix=share_prefix)
     return _continuation_log_likelihoods(llm, decoding, targets)
 
 
