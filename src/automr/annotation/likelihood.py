@@ -47,10 +47,10 @@ class UpperAnnotator:
     """An :class:`~automr.interfaces.Annotator` over a split LM, a layer and a combiner.
 
     ``element_batch`` elements run through the upper half together. ``share_prompt`` takes the
-    layout's fast path: with :class:`~automr.combiners.AppendToken` the prompt's KV cache is
-    shared by every element; with :class:`~automr.combiners.Concat` and
-    :class:`~automr.combiners.PrependToken` elements run sorted by length, and their common
-    leading vectors run once into a KV cache when there are at least ``min_shared`` of them
+    layout's fast path: with :class:`~automr.combiners.tokens.AppendToken` the prompt's KV
+    cache is shared by every element; with :class:`~automr.combiners.tokens.Concat` and
+    :class:`~automr.combiners.tokens.PrependToken` elements run sorted by length, and their
+    common leading vectors run once into a KV cache when there are at least ``min_shared`` of them
     (an item memory's elements share one, its opening quote: caching it cost more than it
     saved, 0.76-0.90x the plain path on an H200 from 135M to 7B parameters). ``share_prompt=
     False`` runs every element over the whole combined sequence in memory order (the plain

@@ -66,8 +66,8 @@ class AnnotateConfig:
     """Seed of the sample subset."""
     combiner: str = attrs.field(default="concat", validator=attrs.validators.in_(
         COMBINER_NAMES))
-    """The registry combiner (:data:`~automr.combiners.COMBINERS`) each element is inserted
-    with; a retriever trained on the annotations is checked against it at evaluation."""
+    """The registry combiner (:data:`~automr.combiners.tokens.COMBINERS`) each element is
+    inserted with; a retriever trained on the annotations is checked against it at evaluation."""
     element_batch: int = attrs.field(default=32, validator=attrs.validators.gt(0))
     """Elements run through the upper half together (:class:`UpperAnnotator`)."""
     element_subset: int | None = attrs.field(default=None, validator=attrs.validators.optional(

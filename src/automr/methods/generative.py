@@ -59,7 +59,7 @@ class GenerativeMethod:
 
     ``layer`` is the split layer; with ``retrieval`` it must be the memory's layer (its keys
     are layer-L states). ``context`` puts a prompt context (ReLLa, TRSR) in every prompt: the
-    one ``loaded`` was fine-tuned with (:func:`automr.contexts.build_context` of
+    one ``loaded`` was fine-tuned with (:func:`automr.contexts.build.build_context` of
     ``FinetunedRun.context``). ``batch_size`` samples run per forward;
     ``exclude_seen`` leaves each sample's history items out of its ranking (the target
     stays); ``progress`` shows a bar named ``label``. ``settings`` describes the method for
