@@ -210,3 +210,16 @@ def test_recommend_offers_users_in_numeric_order(user, offered):
     dataset = SimpleNamespace(samples=lambda split: samples)
     with pytest.raises(AutomrError, match=f"try one of {offered} \\(8 users have one\\)$"):
         latest_sample(dataset, user, "test")
+
+
+def test_an_eval_config_still_gives_its_method_options():
+    """``EvalConfig.method_options()`` (documented API) survived its move to a torch-free
+    module: the options every method of the evaluation is built with."""
+    from automr.experiments.evaluate import EvalConfig
+    from automr.methods.registry import MethodOptions
+
+    config = EvalConfig(layer=3, num_beams=2, batch_size=4, exclude_seen=True,
+                        combiner="append-token", k=2, seed=5, retrieval_seed=7, tune_samples=9)
+    assert config.method_options() == MethodOptions(
+        layer=3, num_beams=2, batch_size=4, exclude_seen=True, combiner="append-token", k=2,
+        seed=5, retrieval_seed=7, tune_samples=9)

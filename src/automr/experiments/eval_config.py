@@ -38,3 +38,13 @@ class EvalConfig:
     """Validation samples on which the ``-pop`` grounders choose their popularity weight."""
     reference: str | None = None
     """The method every other is paired with (None: the first ``bigrec*``, else the first)."""
+
+    def method_options(self) -> "automr.methods.registry.MethodOptions":  # noqa: F821
+        """The options every method of the evaluation is built with."""
+        from automr.methods.registry import MethodOptions
+
+        return MethodOptions(layer=self.layer, num_beams=self.num_beams,
+                             batch_size=self.batch_size, exclude_seen=self.exclude_seen,
+                             combiner=self.combiner, k=self.k, seed=self.seed,
+                             retrieval_seed=self.retrieval_seed,
+                             tune_samples=self.tune_samples)

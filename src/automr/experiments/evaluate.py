@@ -33,7 +33,6 @@ from automr.experiments.eval_config import EvalConfig
 from automr.methods.registry import (
     METHODS,
     Artifacts,
-    MethodOptions,
     Workspace,
     build_method,
     parse_method,
@@ -63,7 +62,7 @@ def evaluate_methods(
     if not samples:
         raise AutomrError(f"the {config.split} split of {dataset_dir} has no samples")
     artifacts = artifacts or Artifacts()
-    space = Workspace(dataset, artifacts, _method_options(config), device=device,
+    space = Workspace(dataset, artifacts, config.method_options(), device=device,
                       cache_dir=cache_dir, progress=progress and distributed.is_main(),
                       dtype=dtype, kept=None if out_dir is None else EvaluationFolder(out_dir))
     built = {m: build_method(m, space) for m in methods}
@@ -83,10 +82,3 @@ def evaluate_methods(
                     record=record, header=header,
                     shard_size=config.batch_size * max(1, 64 // config.batch_size))
 
-
-def _method_options(config: EvalConfig) -> MethodOptions:
-    """The options every method of an evaluation is built with."""
-    return MethodOptions(layer=config.layer, num_beams=config.num_beams,
-                         batch_size=config.batch_size, exclude_seen=config.exclude_seen,
-                         combiner=config.combiner, k=config.k, seed=config.seed,
-                         retrieval_seed=config.retrieval_seed, tune_samples=config.tune_samples)
