@@ -167,7 +167,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer by embedded name, HF id or local folder.
 
-    The model is in eval mode with SDPA attention (the split needs explicit 4D masks).
+    The model is in eval mode with SDPA attention, eager for the types transformers runs
+    eager only (:func:`~automr.llm.split.attention_for`; the split needs explicit 4D masks).
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``mps`` or ``cuda[:N]``
     (:func:`resolve_device`); ``dtype``: ``auto`` (bfloat16 on CUDA, float32 elsewhere) or
     a key of :data:`DTYPES`; ``cache_dir``: where an embedded model is converted and file
