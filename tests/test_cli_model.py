@@ -54,6 +54,7 @@ def test_info_says_why_the_split_refuses_a_model_and_which_modules_lora_can_targ
                                   if line.strip())
     assert lines["gpt2"]["layer_split"].startswith("no: model type 'gpt2' is not supported")
     assert lines["gpt2"]["linear_modules"] == "unknown"
+    assert lines["gpt2"]["sliding_window"] == "unknown"  # 'none' would say every layer sees all
     assert lines["phi3"]["layer_split"] == "yes"
     assert lines["phi3"]["linear_modules"] == "down_proj,gate_up_proj,o_proj,qkv_proj"
 

@@ -454,8 +454,9 @@ def model_summary(loaded: LoadedModel) -> dict[str, object]:
     try:
         window = HFSplitLLM(loaded.model).sliding_window
         split, linear = "yes", ",".join(layer_linear_modules(loaded.model))
-    except AutomrError as error:
-        window, split, linear = None, f"no: {error}", "unknown"
+        window = "none" if window is None else window
+    except AutomrError as error:  # a refused model's window is not read
+        window, split, linear = "unknown", f"no: {error}", "unknown"
     return {
         "name": loaded.name,
         "architecture": type(loaded.model).__name__,
@@ -470,6 +471,6 @@ def model_summary(loaded: LoadedModel) -> dict[str, object]:
         "device": str(loaded.model.device),
         "fingerprint": loaded.fingerprint(),
         "layer_split": split,
-        "sliding_window": "none" if window is None else window,
+        "sliding_window": window,
         "linear_modules": linear,
     }
