@@ -203,7 +203,8 @@ def test_lora_targets_choose_the_adapted_modules_and_an_unknown_one_is_named(wor
     wrong = finetune("wrong", "q_proj,qkv_proj")
     assert wrong.exit_code == 2
     assert "LoRA target qkv_proj is not a linear module of this model's layers; they have " \
-           "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in wrong.output
+           "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj: name those to tune " \
+           "with --lora-targets" in wrong.output
     assert "--lora-targets ' , ' names no module" in finetune("none", " , ").output
 
 

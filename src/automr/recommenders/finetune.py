@@ -307,7 +307,8 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
     linear = layer_linear_modules(loaded.model, config.lora_from_layer)
     if unknown := sorted(set(config.target_modules) - set(linear)):
         raise AutomrError(f"LoRA target {', '.join(unknown)} is not a linear module of this "
-                          f"model's layers; they have {', '.join(linear)}")
+                          f"model's layers; they have {', '.join(linear)}: name those to tune "
+                          f"with --lora-targets (FinetuneConfig.target_modules)")
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
