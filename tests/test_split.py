@@ -270,6 +270,32 @@ def test_decoding_across_the_longrope_switch_is_a_clear_error():
         step(llm, decoding, torch.tensor([13]))
 
 
+def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch():
+    """prefill(share_prefix=True) runs the batch's common opening first and the rest on its
+    cache: for prompts past longrope's switch that continued a short-factor cache there (an
+    error), where the whole prompt at once is the model's forward. The target-likelihood
+    measure shares by default, so on a Phi-3 128k with long prompts it failed; the opening is
+    now run apart only where the prompts stay on its side of the switch."""
+    def prepend_two(state: LayerState) -> LayerState:  # memory joined at the split layer
+        extra = torch.full((state.batch_size, 2, state.hidden.shape[2]), 0.5)
+        return LayerState(hidden=torch.cat([extra, state.hidden], 1), layer=state.layer,
+                          mask=torch.cat([torch.ones(state.batch_size, 2, dtype=torch.bool),
+                                          state.mask], 1))
+
+    model = longrope_phi3(original=16)
+    llm = HFSplitLLM(model)
+    opening = list(range(5, 15))  # 10 >= MIN_SHARED tokens, within the original context
+    seqs = [opening + list(range(20, 28)), opening + list(range(30, 37))]  # 18, 17: past it
+    for layer in (0, 1, 2):
+        for insert in (None, prepend_two):
+            decoding = prefill(llm, *pad(seqs, "left"), layer, insert, share_prefix=True)
+            if insert is None:
+                for row, seq in enumerate(seqs):
+                    torch.testing.assert_close(decoding.logits[row], alone(model, seq)[-1])
+            unshared = prefill(llm, *pad(seqs, "left"), layer, insert)
+            torch.testing.assert_close(decoding.logits, unshared.logits)
+
+
 def test_a_bidirectional_gemma3_is_refused():
     """EmbeddingGemma's config is a gemma3_text one whose attention looks both ways; the
     split's masks are causal, so its halves would not be that model."""

@@ -162,13 +162,17 @@ def prefill(
 
     ``share_prefix``: the tokens every prompt starts with run once (both halves without
     ``insert``, the lower half with it); the caches then hold ``[prefix | rest | padding]``
-    instead of the batch's layout, which positions and masks make equivalent.
+    instead of the batch's layout, which positions and masks make equivalent. Not where a
+    prompt crosses the model's longrope switch after the prefix: its cache could not continue
+    there (:class:`~automr.llm.split.HFSplitLLM`), the whole prompt at once can.
     """
     mask = as_bool_mask(attention_mask)
     if share_prefix:
         rows = [ids[real].tolist() for ids, real in zip(input_ids, mask, strict=True)]
         shared = common_prefix(rows)
-        if shared >= MIN_SHARED and len(rows) > 1:
+        switch = getattr(llm, "longrope_switch", None)
+        crosses = switch is not None and shared <= switch < max(map(len, rows))
+        if shared >= MIN_SHARED and len(rows) > 1 and not crosses:
             return _prefill_shared(llm, rows, shared, layer, insert)
     lower_cache, upper_cache = llm.new_cache(), llm.new_cache()
     state = llm.lower(input_ids, mask, layer, cache=lower_cache)
