@@ -35,6 +35,47 @@ def test_info_on_a_local_folder(tiny_folder):
     assert lines["linear_modules"] == "down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj"
 
 
+def test_info_reads_no_weight_and_says_what_a_load_gives(tiny_folder, monkeypatch):
+    """``model info`` builds the model on the meta device (a 7B model would need 28 GB loaded):
+    it says what :func:`load_model` with the same options gives, from the config and the
+    weight files' digests alone."""
+    loaded = loading.load_model(str(tiny_folder), device="cpu", dtype="bfloat16")
+    monkeypatch.setattr(loading, "AutoModelForCausalLM", SimpleNamespace(
+        from_config=loading.AutoModelForCausalLM.from_config))  # no from_pretrained
+    result = runner.invoke(app, ["model", "info", str(tiny_folder), "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert lines["parameters"] == f"{sum(p.numel() for p in loaded.model.parameters()):,}"
+    assert lines["fingerprint"] == loaded.fingerprint()
+    assert lines["architecture"] == type(loaded.model).__name__
+    assert (lines["dtype"], lines["device"]) == ("bfloat16", "cpu")
+
+
+def test_info_on_a_hub_id_downloads_no_weight(tiny_folder, tmp_path, monkeypatch):
+    """A hub id's config is enough: its weights are not fetched for ``info`` (the fingerprint
+    waits for them); once cached, the fingerprint is the one every load records."""
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--org--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny_folder / "config.json", snapshot)  # what fetching the config leaves
+    (hub / "models--org--tiny" / "refs").mkdir()
+    (hub / "models--org--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    config = loading.AutoConfig
+    monkeypatch.setattr(loading, "AutoConfig", SimpleNamespace(
+        from_pretrained=lambda name, **kw: config.from_pretrained(snapshot)))
+    result = runner.invoke(app, ["model", "info", "org/tiny"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert lines["fingerprint"].startswith("unknown until its weights are downloaded")
+    assert lines["layers"] == "4" and lines["layer_split"] == "yes"
+    shutil.copytree(tiny_folder, snapshot, dirs_exist_ok=True)  # what a load downloads
+    result = runner.invoke(app, ["model", "info", "org/tiny"])
+    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert lines["fingerprint"] == loading.load_model(str(snapshot), device="cpu").fingerprint()
+
+
 def test_info_says_why_the_split_refuses_a_model_and_which_modules_lora_can_target(tmp_path):
     """``model info`` answers "can I use this model, and with which --lora-targets?" before a
     fine-tune fails: a type the split lacks is named, a fused projection is listed."""
@@ -115,12 +156,28 @@ def damaged_weights(folder, tiny_folder):
     return folder
 
 
+def truncated_weights(folder, tiny_folder):
+    shutil.copytree(tiny_folder, folder)
+    whole = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(whole[: len(whole) - 100])
+    return folder
+
+
+def no_weights(folder, tiny_folder):
+    shutil.copytree(tiny_folder, folder)
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
 @pytest.mark.parametrize("make, expected", [
     (not_a_model, "{folder} holds no model (no config.json with a model_type)"),
     (dataset_like, "{folder} holds no model (no config.json with a model_type)"),
     (finetune_run, "{folder} holds no model (no config.json with a model_type): it is an "
                    "`automr finetune` run, give it as --finetuned"),
     (damaged_weights, "could not load the model in {folder}: "),
+    (truncated_weights, "could not load the model in {folder}: "),
+    (no_weights, "could not load the model in {folder}: no model.safetensors or "
+                 "pytorch_model.bin"),
 ])
 def test_a_folder_without_a_loadable_model_is_a_one_line_error(tmp_path, tiny_folder, make,
                                                                expected):

@@ -45,14 +45,16 @@ def fetch(
 @user_errors
 def info(
     name: ModelArgument = DEFAULT_MODEL,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "cpu",
+    device: Annotated[str, typer.Option(
+        help="auto, cpu or cuda[:N]: the device a load would use.")] = "cpu",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
 ) -> None:
-    """Architecture, layers, hidden size, parameters and fingerprint of a model."""
-    from automr.llm.loading import load_model, model_summary
+    """Architecture, layers, hidden size, parameters and fingerprint of a model, and whether
+    the layer split takes it; no weight is loaded (a 7B model needs no 28 GB)."""
+    from automr.llm.loading import describe_model
 
-    summary = model_summary(load_model(name, device=device, dtype=dtype, cache_dir=cache_dir))
+    summary = describe_model(name, device=device, dtype=dtype, cache_dir=cache_dir)
     width = max(map(len, summary))
     for key, value in summary.items():
         shown = f"{value:,}" if isinstance(value, int) else str(value)

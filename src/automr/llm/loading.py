@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import safetensors
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
@@ -178,25 +179,44 @@ def load_model(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    fingerprint, folder = None, None
-    if name in EMBEDDED_MODELS:
-        folder = fetch_embedded(name, cache_dir)
-        record = read_json(folder / FINGERPRINT_FILE, f"`automr model fetch {name}` (delete "
-                                                       f"{folder} to convert it again)")
-        if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
-            raise AutomrError(f"{folder / FINGERPRINT_FILE} is damaged; delete {folder} to "
-                              f"convert the model again")
-        fingerprint = record["fingerprint"]  # of the float32 weights, whatever dtype is used
-        source: str | Path = folder
-    else:
-        source = model_source(name)
-    try:
+    source, folder, fingerprint = _locate(name, cache_dir)
+    with _load_errors(name, source):
         tokenizer = AutoTokenizer.from_pretrained(source)
         config = AutoConfig.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
             source, config=config, dtype=torch_dtype,
             attn_implementation=attention_for(config.model_type), **NO_HUB_KERNELS
         )
+    if folder is None:  # looked up once loaded: a hub id's first load downloads it
+        folder = model_folder(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(torch_device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
+                       source=folder, cache_dir=cache_dir)
+
+
+def _locate(name: str, cache_dir: Path | str | None) -> tuple[str | Path, Path | None,
+                                                             str | None]:
+    """What transformers loads ``name`` from, the local folder of its files if known yet, and
+    its recorded fingerprint (embedded models: of the float32 weights, whatever the dtype)."""
+    if name not in EMBEDDED_MODELS:
+        return model_source(name), None, None
+    folder = fetch_embedded(name, cache_dir)
+    record = read_json(folder / FINGERPRINT_FILE, f"`automr model fetch {name}` (delete "
+                                                   f"{folder} to convert it again)")
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+        raise AutomrError(f"{folder / FINGERPRINT_FILE} is damaged; delete {folder} to "
+                          f"convert the model again")
+    return folder, folder, record["fingerprint"]
+
+
+@contextlib.contextmanager
+def _load_errors(name: str, source: str | Path) -> Iterator[None]:
+    """A model that cannot be loaded from ``source`` as one line: whatever failed in a local
+    folder's files, or a hub id that could not be fetched."""
+    try:
+        yield
     except Exception as error:
         if isinstance(source, Path):  # a local folder: whatever failed is in its files
             raise AutomrError(f"could not load the model in {source}: {one_line(error)}") \
@@ -208,13 +228,6 @@ def load_model(
             f"weights and tokenizer files, an id reachable on the Hugging Face hub, or "
             f"{DEFAULT_MODEL!r} for the embedded default."
         ) from error
-    if folder is None:  # looked up once loaded: a hub id's first load downloads it
-        folder = model_folder(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(torch_device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
-                       source=folder, cache_dir=cache_dir)
 
 
 def model_source(name: str) -> str | Path:
@@ -446,30 +459,54 @@ def model_fingerprint(model: torch.nn.Module, name: str) -> str:
     return digest.hexdigest()
 
 
-def model_summary(loaded: LoadedModel) -> dict[str, object]:
-    """Architecture, depth, width and size of a loaded model, for ``automr model info``, and
-    what automr can do with it: whether the layer split takes it (else why not), its sliding
-    window (if any) and the linear modules LoRA can target."""
-    config = loaded.model.config
+def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto",
+                   cache_dir: Path | str | None = None) -> dict[str, object]:
+    """Architecture, depth, width and size of a model, for ``automr model info``, and what
+    automr can do with it: whether the layer split takes it (else why not), its sliding window
+    (if any) and the linear modules LoRA can target; ``dtype`` and ``device`` are what
+    :func:`load_model` with these arguments gives.
+
+    No weight is read: the model is built on the meta device from its config (a 7B model
+    needs no 28 GB), the fingerprint is :func:`files_fingerprint` (a hub id's weights are not
+    downloaded for it: until then it is unknown) and each safetensors file's header is
+    checked, so a damaged file is still said here."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source, folder, fingerprint = _locate(name, cache_dir)
+    with _load_errors(name, source):
+        config = AutoConfig.from_pretrained(source)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch_dtype, attn_implementation=attention_for(config.model_type))
+        folder = folder or model_folder(name)
+        files = weight_files(folder) if folder is not None else ()
+        if isinstance(source, Path) and not files:
+            raise FileNotFoundError(f"no {' or '.join(single for _, single in WEIGHT_FILES)}")
+        for path in files:
+            if path.suffix == ".safetensors":
+                safetensors.safe_open(path, "pt").keys()
+    if fingerprint is None and files:
+        fingerprint = files_fingerprint(folder, files, cache_dir)
     try:
-        window = HFSplitLLM(loaded.model).sliding_window
-        split, linear = "yes", ",".join(layer_linear_modules(loaded.model))
+        window = HFSplitLLM(model).sliding_window
+        split, linear = "yes", ",".join(layer_linear_modules(model))
         window = "none" if window is None else window
     except AutomrError as error:  # a refused model's window is not read
         window, split, linear = "unknown", f"no: {error}", "unknown"
     return {
-        "name": loaded.name,
-        "architecture": type(loaded.model).__name__,
+        "name": name,
+        "architecture": type(model).__name__,
         "model_type": config.model_type,
         "layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size,
         "attention_heads": config.num_attention_heads,
         "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
         "vocab_size": config.vocab_size,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "dtype": dtype_name(loaded.model.dtype),
-        "device": str(loaded.model.device),
-        "fingerprint": loaded.fingerprint(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": dtype_name(torch_dtype),
+        "device": str(torch_device),
+        "fingerprint": fingerprint or "unknown until its weights are downloaded (the first "
+                                      "command that loads the model does)",
         "layer_split": split,
         "sliding_window": window,
         "linear_modules": linear,
