@@ -7,6 +7,8 @@ import typer
 
 from automr.cli.common import (
     DataOption,
+    LabelFormOption,
+    LabelTemperatureOption,
     Runtime,
     checked_options,
     comma_list,
@@ -38,8 +40,8 @@ def ablate_command(
         help="Annotated training samples per cell (for the mlp retriever).")] = 128,
     test_samples: Annotated[int, typer.Option(
         help="Seeded test samples per cell, every memory element annotated.")] = 64,
-    label_form: Annotated[str, typer.Option(help="Retriever labels: log or paper.")] = "log",
-    temperature: Annotated[float, typer.Option(help="Label temperature.")] = 1.0,
+    label_form: LabelFormOption = "log",
+    temperature: LabelTemperatureOption = 1.0,
     seed: Annotated[int, typer.Option(
         help="Seed of the sample subsets and retriever training.")] = 0,
     *, runtime: Runtime,

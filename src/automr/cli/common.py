@@ -42,6 +42,11 @@ DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
 MemoryOption = Annotated[Path, typer.Option(help="Memory folder (automr memory build).")]
 FinetunedOption = Annotated[Path, typer.Option(help="Fine-tune run folder (automr finetune).")]
 RetrieverOption = Annotated[Path, typer.Option(help="Trained retriever folder.")]
+LabelFormOption = Annotated[str, typer.Option(
+    help="Retriever labels: paper (softmax of probability differences, eq. 5) or log (of "
+         "log-likelihood differences).")]
+LabelTemperatureOption = Annotated[float, typer.Option(
+    "--temperature", help="Label softmax temperature: S' = softmax(delta / temperature).")]
 DEFAULT_LORA_TARGETS = ",".join(attrs.fields(FinetuneConfig).target_modules.default)
 LoraTargetsOption = Annotated[str, typer.Option(
     help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's default; "

@@ -12,6 +12,8 @@ from automr.cli.common import (
     DataOption,
     DeviceOption,
     FinetunedOption,
+    LabelFormOption,
+    LabelTemperatureOption,
     LayerOption,
     LoraTargetsOption,
     MemoryOption,
@@ -118,9 +120,8 @@ def retriever_train(
     data: DataOption,
     memory: MemoryOption,
     out: Annotated[Path, typer.Option(help="Retriever folder.")],
-    label_form: Annotated[str, typer.Option(
-        help="paper (softmax of probability differences, eq. 5) or log.")] = "log",
-    temperature: Annotated[float, typer.Option(help="Label softmax temperature.")] = 1.0,
+    label_form: LabelFormOption = "log",
+    temperature: LabelTemperatureOption = 1.0,
     valid_fraction: Annotated[float, typer.Option(
         help="Held-out share of annotated samples for early stopping.")] = 0.2,
     lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 1e-3,
