@@ -113,3 +113,18 @@ def test_the_cli_modules_import_neither_torch_nor_transformers():
             + "; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert {"evaluate", "finetune", "model"} <= set(names) and out.stdout.strip() == "[]"
+
+
+def test_every_name_of_each_all_resolves_and_is_listed_by_dir():
+    """Each package's ``__all__`` names resolve, and ``dir(package)`` (what IPython and editors
+    complete from) lists them all: the lazily imported ones and those imported at once."""
+    import importlib
+
+    for info in pkgutil.iter_modules([str(PACKAGE)], "automr."):
+        package = importlib.import_module(info.name)
+        public = getattr(package, "__all__", ())
+        for name in public:
+            assert getattr(package, name) is not None, f"{info.name}.{name}"
+        assert set(public) <= set(dir(package)), (
+            f"dir({info.name}) lacks {sorted(set(public) - set(dir(package)))}")
+    assert {"__version__", *automr.__all__} <= set(dir(automr))
