@@ -4,5 +4,5 @@ try:  # a failed contract shows the values it compared, as a test's own assert d
     import pytest
 
     pytest.register_assert_rewrite("automr.testing.contracts")
-except ImportError:  # the contracts need the dev extra; the rest of this package does not
+except ImportError:  # the contracts and strategies need the dev extra; tiny and synthetic do not
     pass
