@@ -22,7 +22,9 @@ from automr.state import KVCache, LayerState
 from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smollm3", "phi3",
-                         "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3")
+                         "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "olmo3", "granite",
+                         "cohere", "cohere2", "exaone4", "ernie4_5", "glm", "glm4", "helium",
+                         "stablelm", "nemotron", "arcee")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 EAGER_ONLY_TYPES = ("gemma2",)
 """Types whose attention transformers runs eager only (Gemma 2 caps its attention scores)."""
@@ -86,6 +88,12 @@ class HFSplitLLM:
         self.rotary_types = (list(config.layer_types)
                              if hasattr(self.decoder.rotary_emb, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
+        self.embedding_multiplier = (config.embedding_multiplier
+                                     if config.model_type == "granite" else None)
+        """What Granite multiplies its embeddings by, outside the embedding module."""
+        self.logit_scale = config.logit_scale if config.model_type.startswith("cohere") else None
+        self.logits_scaling = config.logits_scaling if config.model_type == "granite" else None
+        """What Cohere multiplies its logits by and Granite divides them by (outside the head)."""
         self.logit_cap = getattr(config, "final_logit_softcapping", None)
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
         (Gemma 2's; Gemma 3's configs leave it unset)."""
@@ -127,7 +135,10 @@ class HFSplitLLM:
 
     def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
         """Token embeddings (the state entering layer 0)."""
-        return self.decoder.embed_tokens(input_ids)
+        embeddings = self.decoder.embed_tokens(input_ids)
+        if self.embedding_multiplier is None:
+            return embeddings
+        return embeddings * self.embedding_multiplier
 
     # -- the two halves --------------------------------------------------------------------
     @jaxtyped(typechecker=beartype)
@@ -154,6 +165,10 @@ class HFSplitLLM:
             index = logits_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             hidden = hidden.gather(1, index)
         logits = self.head(self.decoder.norm(hidden))
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.logits_scaling is not None:
+            logits = logits / self.logits_scaling
         if self.logit_cap is None:
             return logits
         return self.logit_cap * torch.tanh(logits / self.logit_cap)

@@ -7,14 +7,25 @@ RMSNorm, tied embeddings) at a size where a forward takes milliseconds.
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    ArceeConfig,
     AutoModelForCausalLM,
+    Cohere2Config,
+    CohereConfig,
+    Ernie4_5Config,
+    Exaone4Config,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
+    Glm4Config,
+    GlmConfig,
+    GraniteConfig,
+    HeliumConfig,
     LlamaConfig,
     MistralConfig,
+    NemotronConfig,
     Olmo2Config,
     Olmo3Config,
+    OlmoConfig,
     Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
@@ -23,6 +34,7 @@ from transformers import (
     Qwen3Config,
     Qwen3MoeConfig,
     SmolLM3Config,
+    StableLmConfig,
 )
 
 from automr.llm.split import attention_for
@@ -69,11 +81,33 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=4, layer_types=None,
                                            sliding_window_pattern=2,
                                            final_logit_softcapping=10.0)),
+    "olmo": (OlmoConfig, dict(clip_qkv=0.5)),  # norms without weights, q/k/v clipped
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
     "olmo3": (Olmo3Config, dict(sliding_window=4)),  # OLMo 2's layers, 3 local : 1 global
     # mixture-of-experts MLPs (4 experts, 2 per token), Qwen3's attention
     "qwen3_moe": (Qwen3MoeConfig, dict(head_dim=8, num_experts=4, num_experts_per_tok=2,
                                        moe_intermediate_size=16)),
+    # scaled embeddings, residuals and attention; logits divided, outside the head
+    "granite": (GraniteConfig, dict(embedding_multiplier=3.0, residual_multiplier=0.5,
+                                    attention_multiplier=0.2, logits_scaling=4.0)),
+    # attention and MLP in parallel from one LayerNorm, q/k norms, logits scaled
+    "cohere": (CohereConfig, dict(head_dim=8, use_qk_norm=True, logit_scale=0.5)),
+    # Cohere's layers, 1 local (sliding, with RoPE) : 1 global (no RoPE) here
+    "cohere2": (Cohere2Config, dict(head_dim=8, sliding_window=4, sliding_window_pattern=2,
+                                    logit_scale=0.5)),
+    # q/k norms, norms after attention and MLP, local layers with RoPE, global ones without
+    "exaone4": (Exaone4Config, dict(head_dim=8, sliding_window=4, sliding_window_pattern=2)),
+    "ernie4_5": (Ernie4_5Config, dict(head_dim=8, use_bias=True)),  # biases everywhere
+    # RoPE on half a head (interleaved pairs), q/k/v biases; GLM 4 adds norms after sublayers
+    "glm": (GlmConfig, dict(head_dim=8)),
+    "glm4": (Glm4Config, dict(head_dim=8)),
+    "helium": (HeliumConfig, dict(head_dim=8)),
+    # LayerNorm, RoPE on a quarter of a head, q/k LayerNorms per head, parallel residual
+    "stablelm": (StableLmConfig, dict(qk_layernorm=True, use_parallel_residual=True,
+                                      use_qkv_bias=True)),
+    # LayerNorm with (1 + w), squared-ReLU MLP without a gate, RoPE on half a head
+    "nemotron": (NemotronConfig, dict(head_dim=8)),
+    "arcee": (ArceeConfig, dict(head_dim=8)),  # squared-ReLU MLP without a gate
 }
 
 
