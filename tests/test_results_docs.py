@@ -482,6 +482,42 @@ def test_the_trsr_prompt_counts_of_the_docs_are_the_samples_blocks(ml100k_prepar
     assert "the test samples' 3,997 prompts" in results and len(test) >= 3997
 
 
+def test_the_timestamp_tie_counts_of_the_docs_are_the_datas(ml100k_prepared):
+    """results.md's "Why: timestamp ties" and the table's header, recounted from the prepared
+    ML-100K: training-period transitions joining two items of the same second (76,800 had
+    been written for the 76,680 transitions), test samples sharing their time with another
+    of the user's, file order of tied pairs, and the 1,000 seeded samples with history older
+    than the prompt's 100 items."""
+    from collections import Counter, defaultdict
+    from itertools import pairwise
+
+    from automr.data.subsets import seeded_subset
+
+    dataset = ml100k_prepared[0]
+    timelines = defaultdict(list)
+    for interaction in dataset.interactions:  # stable sort: ties keep the file's order
+        timelines[interaction.user].append(interaction)
+    for timeline in timelines.values():
+        timeline.sort(key=lambda interaction: interaction.timestamp)
+    pairs = [(a, b) for timeline in timelines.values() for a, b in pairwise(timeline)]
+    train = [(a, b) for a, b in pairs if b.timestamp < dataset.boundaries.train_end]
+    tied = sum(a.timestamp == b.timestamp for a, b in train)
+    ties = [(a, b) for a, b in pairs if a.timestamp == b.timestamp]
+    ascending = sum(int(a.item) < int(b.item) for a, b in ties) / len(ties)
+    test = dataset.samples("test")
+    times = Counter((s.user, s.timestamp) for s in test)
+    shared = sum(times[s.user, s.timestamp] > 1 for s in test) / len(test)
+    page = " ".join(DOCS.read_text().split())
+    assert f"({tied:,} of {len(train):,}) join two items with the same timestamp" in page
+    assert f"and {round(100 * shared)}% of test samples have a target" in page
+    assert f"(ascending item id in {100 * ascending:.1f}% of all tied pairs)" in page
+    older = [before - len(s.history) for s in seeded_subset(test, 1000, 0)
+             for before in [sum(i.timestamp < s.timestamp for i in timelines[s.user])]
+             if before > len(s.history)]
+    mean = round(sum(older) / len(older))  # 98.6: the page had 98
+    assert f"{len(older)} of the 1,000 samples have such items, {mean} on average" in page
+
+
 def test_the_rq2_and_rq3_numbers_of_the_docs_read_as_their_exports():
     """results.md's RQ2 (by likelihood over 10 seeds; by the eq. 5 gain in both arms) and RQ3
     (how far back, against uniform choice) sentences, from the committed per-sample values."""
