@@ -469,3 +469,24 @@ def test_a_timestamp_of_thousands_of_digits_is_refused_in_one_line(tmp_path):
     items = write(tmp_path / "t.csv", "item,title\na,A\nb,B\n")
     with pytest.raises(AutomrError, match=r"i\.csv line 2: timestamp ~10\^500[0-1] is outside"):
         load_csv(inter, items)
+
+
+@pytest.mark.parametrize("file, old, new", [
+    ("interactions.jsonl", r'"timestamp":(\d+)', r'"timestamp":"\1"'),
+    ("items.jsonl", r'"id":"([^"]+)"', r'"id":7'),
+    ("config.json", r'"train_months": 2', r'"train_months": "2"'),
+    ("samples/test.jsonl", r'"timestamp":(\d+)', r'"timestamp":"\1"'),
+])
+def test_a_value_of_the_wrong_type_in_a_prepared_folder_is_one_line(tmp_path, file, old, new):
+    """A value of the wrong type (an id or time rewritten as another type, say by a script)
+    went past the damaged-folder check as a multi-line beartype traceback."""
+    import re
+
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "prepared"
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    text = (out / file).read_text(encoding="utf-8")
+    (out / file).write_text(re.sub(old, new, text, count=1), encoding="utf-8")
+    with pytest.raises(AutomrError, match="damaged") as caught:
+        PreparedDataset.load(out).samples("test")
+    assert "\n" not in str(caught.value)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import attrs
 from beartype import beartype
+from beartype.roar import BeartypeCallHintViolation
 
 from automr.data.catalog import Catalog
 from automr.data.prompts import PROMPT_DOMAINS, PromptConfig
@@ -41,6 +42,14 @@ from automr.errors import AutomrError
 from automr.storage import write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
+_DAMAGED = (KeyError, TypeError, ValueError, IndexError, BeartypeCallHintViolation)
+"""What reading a damaged folder's rows raises: a missing key, a value of the wrong type (the
+records' type checks) or out of range."""
+
+
+def _reason(error: Exception) -> str:
+    """The first line of ``error`` (a type check's message runs over several)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 @beartype
@@ -94,9 +103,10 @@ class PreparedDataset:
             timelines = _timelines(self.interactions)
             try:
                 samples = tuple(_sample(row, timelines) for row in _read_jsonl(path))
-            except (KeyError, TypeError, ValueError, IndexError) as error:
-                raise AutomrError(f"{path} is damaged ({error!r}). Prepare the dataset again "
-                                  f"with `automr data prepare ...`.") from None
+            except _DAMAGED as error:
+                raise AutomrError(f"{path} is damaged ({type(error).__name__}: "
+                                  f"{_reason(error)}). Prepare the dataset again with "
+                                  f"`automr data prepare ...`.") from None
             check_unique_ids(samples, str(path))
             _check_count(path, len(samples), self.stats.samples.get(split), "samples")
             self._samples[split] = samples
@@ -144,9 +154,9 @@ class PreparedDataset:
                 source=SourceInfo(**config["source"]),
                 path=folder,
             )
-        except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
-            raise AutomrError(f"{folder} holds a damaged prepared dataset ({error}). Prepare it "
-                              f"again with `automr data prepare ...`.") from None
+        except (*_DAMAGED, FileNotFoundError) as error:
+            raise AutomrError(f"{folder} holds a damaged prepared dataset ({_reason(error)}). "
+                              f"Prepare it again with `automr data prepare ...`.") from None
         _check_count(folder / "items.jsonl", len(dataset.catalog), dataset.stats.filtered.items,
                      "items")
         _check_count(folder / "interactions.jsonl", len(dataset.interactions),
@@ -164,16 +174,13 @@ class PreparedDataset:
 
 def _read_stats(path: Path) -> DatasetStats:
     """``stats.json``; a missing or damaged one is one line naming it."""
-    from beartype.roar import BeartypeCallHintViolation
-
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         return DatasetStats.from_json(data)
-    except (OSError, KeyError, TypeError, ValueError, BeartypeCallHintViolation) as error:
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise AutomrError(f"{path} is missing or damaged ({reason}): {path.parent} holds a "
+    except (OSError, *_DAMAGED) as error:
+        raise AutomrError(f"{path} is missing or damaged ({_reason(error)}): {path.parent} holds a "
                           f"damaged prepared dataset. Prepare it again with `automr data "
                           f"prepare ...`.") from None
 
