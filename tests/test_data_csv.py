@@ -490,3 +490,24 @@ def test_a_value_of_the_wrong_type_in_a_prepared_folder_is_one_line(tmp_path, fi
     with pytest.raises(AutomrError, match="damaged") as caught:
         PreparedDataset.load(out).samples("test")
     assert "\n" not in str(caught.value)
+
+
+def test_a_folder_prepared_from_a_non_ascii_path_loads_under_any_locale(tmp_path):
+    """config.json is written as UTF-8 (the input paths in it may be `café/...`) but was read
+    in the locale's encoding: under an ASCII locale the folder was 'not a prepared dataset'."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "café"
+    folder.mkdir()
+    inter, items = small_csv(folder)
+    out = tmp_path / "prepared"
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    env.pop("LANG", None)
+    script = ("from automr.data import PreparedDataset; "
+              f"PreparedDataset.load({str(out)!r}).samples('test')")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, encoding="utf-8")
+    assert result.returncode == 0, result.stderr

@@ -142,7 +142,7 @@ class PreparedDataset:
         if not is_prepared_dir(folder):
             raise AutomrError(f"{folder} is not a prepared dataset (no config.json with format "
                               f"{FORMAT}). Create one with `automr data prepare ...`.")
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         try:
             dataset = cls(
                 catalog=Catalog(tuple(Item(**row) for row in _read_jsonl(folder / "items.jsonl"))),
@@ -175,7 +175,7 @@ class PreparedDataset:
 def _read_stats(path: Path) -> DatasetStats:
     """``stats.json``; a missing or damaged one is one line naming it."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         return DatasetStats.from_json(data)
@@ -198,7 +198,8 @@ def is_prepared_dir(folder: Path) -> bool:
     """Whether ``folder/config.json`` is a JSON object whose ``format`` is :data:`FORMAT`
     (False for a missing or unreadable file, never an error)."""
     try:
-        return json.loads((folder / "config.json").read_text()).get("format") == FORMAT
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get(
+            "format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
