@@ -511,3 +511,15 @@ def test_a_folder_prepared_from_a_non_ascii_path_loads_under_any_locale(tmp_path
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, encoding="utf-8")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["t.tsv", "t.tsv.gz"])
+def test_a_utf16_file_is_named_as_such_not_sent_through_latin1(tmp_path, name):
+    """Excel's "Unicode Text" (UTF-16, tab-separated) failed as 'not valid utf-8 (byte
+    b'\\xff')' with the advice `iconv -f latin1`, which turns it into NUL-laced text."""
+    text = "item\ttitle\ni1\tCafé Society\n".encode("utf-16")
+    items = tmp_path / name
+    items.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    inter = write(tmp_path / "i.tsv", "user\titem\ttimestamp\nu\ti1\t1577836800\n")
+    with pytest.raises(AutomrError, match=r"is UTF-16 text .*iconv -f utf-16 -t utf-8"):
+        load_csv(inter, items)

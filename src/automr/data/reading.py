@@ -120,6 +120,11 @@ class LineSource:
                     for number, line in enumerate(text, start=1):
                         yield number, line.rstrip("\n")
                 except UnicodeDecodeError:  # finding the line reads again: a gzip may fail
+                    if is_utf16(self.path):  # Excel's "Unicode Text": not latin-1, not lines
+                        raise bad_input(self.path, None, f"is UTF-16 text (it starts with a "
+                                        f"UTF-16 byte-order mark), not {self.encoding}",
+                                        f"Save it as {self.encoding} (e.g. `iconv -f utf-16 "
+                                        f"-t {self.encoding}`)") from None
                     line, column, byte = first_undecodable(self.path, self.encoding)
                     raise bad_input(self.path, line, f"not valid {self.encoding} text (byte "
                                     f"{byte!r}, the line's byte {column})",
@@ -134,6 +139,14 @@ class LineSource:
         self._sha256 = hashing.digest.hexdigest()
         if self.progress is not None and task is not None:
             self.progress.remove_task(task)
+
+
+def is_utf16(path: Path) -> bool:
+    """Whether ``path`` (plain or gzipped) starts with a UTF-16 byte-order mark, as Excel's
+    "Unicode Text" files do."""
+    with path.open("rb") as raw:
+        binary = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        return binary.read(2) in (b"\xff\xfe", b"\xfe\xff")
 
 
 def first_undecodable(path: Path, encoding: str) -> tuple[int | None, int | None, bytes]:
