@@ -88,6 +88,19 @@ def test_plain_and_gzipped_give_the_same_data(tmp_path):
     assert plain.catalog == zipped.catalog and plain.interactions == zipped.interactions
 
 
+def test_files_starting_with_a_byte_order_mark_load_as_without(tmp_path):
+    """Some editors save JSON lines with a UTF-8 byte-order mark: the first line was 'not a
+    JSON object'; it is the same data as the file without the mark."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = load_amazon(*small_category(tmp_path / "a", gz=False))
+    for path in small_category(tmp_path / "b", gz=False):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = load_amazon(tmp_path / "b" / "reviews.json", tmp_path / "b" / "meta.json")
+    assert marked.catalog == plain.catalog and marked.interactions == plain.interactions
+    assert marked.skipped == plain.skipped
+
+
 def test_prepare_amazon_end_to_end(tmp_path):
     reviews, metas = small_category(tmp_path, gz=True)
     protocol = attrs.evolve(ProtocolConfig.amazon_2017(), min_user_interactions=3,

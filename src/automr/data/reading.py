@@ -118,7 +118,10 @@ class LineSource:
             try:
                 try:
                     for number, line in enumerate(text, start=1):
-                        yield number, line.rstrip("\n")
+                        # A leading byte-order mark (Excel's "CSV UTF-8", some editors' JSON
+                        # lines) is not part of the first line's text.
+                        yield number, (line.removeprefix("\ufeff") if number == 1
+                                       else line).rstrip("\n")
                 except UnicodeDecodeError:  # finding the line reads again: a gzip may fail
                     if is_utf16(self.path):  # Excel's "Unicode Text": not latin-1, not lines
                         raise bad_input(self.path, None, f"is UTF-16 text (it starts with a "

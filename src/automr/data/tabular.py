@@ -97,8 +97,7 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
     def text() -> Iterator[str]:
         for number, line in lines:
             last[0] = number
-            # A leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column.
-            yield (line.removeprefix("\ufeff") if number == 1 else line) + "\n"
+            yield line + "\n"
 
     reader = csv.reader(text(), delimiter=delimiter, strict=True)  # broken quoting: an error
     try:
