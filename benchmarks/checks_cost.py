@@ -143,9 +143,9 @@ def main() -> None:
         }
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"checks-{torch.device(device).type}"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     table = markdown_table(result)
-    (args.out / f"{name}.md").write_text(table)
+    (args.out / f"{name}.md").write_text(table, encoding="utf-8")
     print(table)
 
 

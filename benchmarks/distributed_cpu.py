@@ -81,7 +81,7 @@ def run(argv: list[str], out: Path, processes: int, threads: int) -> dict[str, o
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     wall = time.perf_counter() - start
-    record = json.loads((out / RUNS_FILE).read_text().splitlines()[-1])
+    record = json.loads((out / RUNS_FILE).read_text(encoding="utf-8").splitlines()[-1])
     return {"processes": processes, "wall_seconds": round(wall, 1),
             "recorded_seconds": record.get("seconds"), "recorded_processes":
             record.get("processes", 1), "load_average_before": round(load, 2),
@@ -91,7 +91,7 @@ def run(argv: list[str], out: Path, processes: int, threads: int) -> dict[str, o
 def per_sample(folder: Path) -> dict[str, object]:
     """An evaluation folder's per-sample values, by method file (not the settings files:
     they hold the machine's absolute artifact paths, and the files' equality is compared)."""
-    return {f"{p.parent.name}/{p.name}": json.loads(p.read_text())
+    return {f"{p.parent.name}/{p.name}": json.loads(p.read_text(encoding="utf-8"))
             for kind in ("ranks", "loglik") for p in sorted((folder / kind).glob("*.json"))
             if not p.name.endswith(".settings.json")}
 
@@ -133,7 +133,8 @@ def main() -> None:
                                            "memory-build")
     args = parser.parse_args()
     progress_file = args.work / "progress.json"
-    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    progress = (json.loads(progress_file.read_text(encoding="utf-8"))
+                if progress_file.is_file() else {})
     commands = steps(args.data, args.finetuned, args.memory, args.samples, args.annotate_samples)
     for name in args.steps.split(","):
         done = progress.get(name, {})
@@ -148,15 +149,16 @@ def main() -> None:
             step["per_sample"] = per_sample(folders[0])
         progress[name] = step
         args.work.mkdir(parents=True, exist_ok=True)
-        progress_file.write_text(json.dumps(progress, indent=1) + "\n")
+        progress_file.write_text(json.dumps(progress, indent=1) + "\n", encoding="utf-8")
         print(name, [r["wall_seconds"] for r in runs], flush=True)
     result = {"benchmark": "distributed-cpu", "threads": args.threads, "machine": machine(),
               "cores": os.cpu_count(),
               "command": ["python", "benchmarks/distributed_cpu.py", *sys.argv[1:]],
               "steps": progress}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distributed-cpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "distributed-cpu.md").write_text(markdown(result))
+    (args.out / "distributed-cpu.json").write_text(json.dumps(result, indent=1) + "\n",
+                                                   encoding="utf-8")
+    (args.out / "distributed-cpu.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
 
 

@@ -101,10 +101,10 @@ def main() -> None:
         rows.append(row(shape, loaded, encode, annotate))
         print(rows[-1], flush=True)
         args.out.with_name(f"{name}.json").write_text(
-            json.dumps({"command": command, "shapes": results}, indent=1) + "\n")
+            json.dumps({"command": command, "shapes": results}, indent=1) + "\n", encoding="utf-8")
         args.out.with_name(f"{name}.md").write_text(
             f"`{command}` ({dtype}, {device}; ratios median [min, max] of {args.repeats} "
-            f"interleaved rounds)\n\n" + header + "\n".join(rows) + "\n")
+            f"interleaved rounds)\n\n" + header + "\n".join(rows) + "\n", encoding="utf-8")
         del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -119,7 +119,7 @@ def main() -> None:
     for name, call in ways.items():
         result[name] = profiled(call, device)
         print(name, json.dumps(result[name]), flush=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

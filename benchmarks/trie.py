@@ -202,9 +202,9 @@ def main() -> None:
     args = parser.parse_args()
     result = bench_trie(args.titles, args.repeats, args.check)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trie-cpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "trie-cpu.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     table = markdown_table({k: v for k, v in result.items() if k != "memory"})
-    (args.out / "trie-cpu.md").write_text(table)
+    (args.out / "trie-cpu.md").write_text(table, encoding="utf-8")
     print(table)
 
 

@@ -194,7 +194,7 @@ def assumed_population(protocol: dict, users: int = 40_000, alpha: float = 2.5,
 
 def stats_population(path: Path, protocol: dict) -> Population:
     """From a prepared dataset's stats.json (``automr data stats``): measured counts."""
-    stats = json.loads(path.read_text())
+    stats = json.loads(path.read_text(encoding="utf-8"))
     k = protocol["recent-k"]
     filtered = stats.get("filtered", stats)
     users, interactions = filtered["users"], filtered["interactions"]
@@ -414,7 +414,7 @@ def fmt(x: float, digits: int = 1) -> str:
 
 def report(config_path: Path, stats: Path | None, mfu: float, bw_eff: float,
            gpus: tuple[int, ...] = (8, 64)) -> tuple[str, dict]:
-    config = tomllib.loads(config_path.read_text())
+    config = tomllib.loads(config_path.read_text(encoding="utf-8"))
     protocol = config["data"]["prepare"]["amazon"]
     shape, tok = Shape(), Tokens()
     pop = stats_population(stats, protocol) if stats else assumed_population(protocol)
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     table, result = report(args.config, args.stats, args.mfu, args.bandwidth_efficiency, gpus)
     print(table, end="")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

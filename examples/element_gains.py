@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"format": "automr.element-gains/1", "commands": [command],
                                     "memory": memory_of(annotations.header),
-                                    "summary": summary, "per_sample": per_sample}) + "\n")
+                                    "summary": summary, "per_sample": per_sample}) + "\n",
+                        encoding="utf-8")
     print(json.dumps(summary, indent=1))
     return summary
 

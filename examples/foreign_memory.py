@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = automr.PreparedDataset.load(args.data)
     chosen = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples or None,
                                                args.seed) if s.memory]
-    reference = json.loads(args.reference.read_text())["loglik"]
+    reference = json.loads(args.reference.read_text(encoding="utf-8"))["loglik"]
     own, plain = reference["random:likelihood"], reference["bigrec:likelihood"]
     ids = [s.id for s in chosen if s.id in own]
     if len(ids) < 2:  # before the model runs: a reference of other samples or another --seed
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps({
         "format": "automr.foreign-memory/1", "commands": [command], "summary": summary,
         "per_sample": {s.id: {"donor": pairs[s.id].id, "loglik": foreign[s.id], "tokens": n}
-                       for s, (_, n) in zip(chosen, values, strict=True)}}) + "\n")
+                       for s, (_, n) in zip(chosen, values, strict=True)}}) + "\n",
+        encoding="utf-8")
     print(json.dumps(summary, indent=1))
     return summary
 

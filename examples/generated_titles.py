@@ -45,7 +45,7 @@ def generated_texts(results: Path) -> dict[str, dict[str, str]]:
     """Method -> sample id -> generated text of the ranked samples, from a folder or an export
     (which also keeps the titles generated for the validation samples a prior's weight was
     tuned on, e.g. ``l2-pop``'s: they are left out here)."""
-    exported = (json.loads(results.read_text()) if results.is_file() else
+    exported = (json.loads(results.read_text(encoding="utf-8")) if results.is_file() else
                 automr.EvaluationFolder(results).export())
     ranked = exported.get("ranks", {})
     return {method: {i: text for i, text in texts.items()
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"format": FORMAT, "command": command,
                                          "results": str(args.results), "methods": report},
-                                        indent=1))
+                                        indent=1), encoding="utf-8")
     return report
 
 

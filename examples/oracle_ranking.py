@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     args = parse_args(argv)
     if args.export is not None and args.out is None:
         raise SystemExit("--export needs --out")
-    gains = json.loads(args.gains.read_text())["per_sample"]
+    gains = json.loads(args.gains.read_text(encoding="utf-8"))["per_sample"]
     dataset = automr.PreparedDataset.load(args.data)
     chosen = automr.seeded_subset(dataset.samples("test"), args.samples or None, args.seed)
     samples = [s for s in chosen if args.field in gains.get(s.id, {})]
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
                                  *(sys.argv[1:] if argv is None else argv)]]
         args.export.parent.mkdir(parents=True, exist_ok=True)
         partial = args.export.with_name(args.export.name + ".partial")
-        partial.write_text(json.dumps(exported, indent=1))
+        partial.write_text(json.dumps(exported, indent=1), encoding="utf-8")
         partial.replace(args.export)  # a cut run leaves no half-written export
     return evaluation
 

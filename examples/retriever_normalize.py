@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "format": "automr.retriever-normalize/1", "commands": [command], "summary": summary,
-        "per_sample": per_sample}) + "\n")
+        "per_sample": per_sample}) + "\n", encoding="utf-8")
     print(json.dumps(summary | {"runs": {k: {"best_epoch": v["best_epoch"],
                                              "valid_kl": v["end"]["kl"]}
                                          for k, v in runs.items()}}, indent=1))

@@ -100,7 +100,8 @@ def held_out(full: RetrievalDataset, annotations: Annotations, folder: Path,
 def main(argv: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
     args = parse_args(argv)
     record_file = args.retriever / "training.json"
-    training = json.loads(record_file.read_text()) if record_file.is_file() else None
+    training = (json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file()
+                else None)
     form = args.label_form or (training or {}).get("label_form", "log")
     temperature = args.temperature or (training or {}).get("temperature", 1.0)
 

@@ -197,7 +197,7 @@ def summarize(values: dict[str, float]) -> dict[str, float]:
 def read_gains(path: Path, store: automr.MemoryStore) -> dict:
     """An element-gains export, refused unless its annotation used ``store`` (exports of older
     versions, which do not say, are taken as they are)."""
-    export = json.loads(path.read_text())
+    export = json.loads(path.read_text(encoding="utf-8"))
     made = export.get("memory")
     given = {"model_fingerprint": store.record.model_fingerprint, "layer": store.layer,
              "digest": automr.MemoryStore.digest(store.folder)}
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "format": "automr.token-scorer/1", "commands": [command], "summary": summary,
-        "cv_curves": curves, "per_sample": per_sample}) + "\n")
+        "cv_curves": curves, "per_sample": per_sample}) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -133,7 +133,7 @@ def finished_runs(out: Path, command: list[str]) -> list[dict]:
     """The runs an earlier, interrupted call with the same command already wrote to ``out``."""
     if not out.exists():
         return []
-    earlier = json.loads(out.read_text())
+    earlier = json.loads(out.read_text(encoding="utf-8"))
     return earlier["runs"] if earlier["commands"] == [command] else []
 
 

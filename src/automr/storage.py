@@ -43,7 +43,8 @@ def read_run_records(folder: Path) -> list[dict[str, Any]]:
     line cut by a stop, or not a record, is skipped)."""
     path = folder / RUNS_FILE
     records = []
-    for line in path.read_text(errors="replace").splitlines() if path.is_file() else ():
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -280,7 +281,7 @@ def check_save_target(directory: Path, format: str, weights_file: str) -> None:
     config = directory / CONFIG_FILE
     if config.is_file():
         try:
-            held = json.loads(config.read_text()).get("format")
+            held = json.loads(config.read_text(encoding="utf-8")).get("format")
         except (ValueError, AttributeError, UnicodeDecodeError):
             held = None
         if held != format:

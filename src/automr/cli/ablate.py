@@ -61,4 +61,4 @@ def ablate_command(
         label_form=label_form, temperature=temperature, seed=seed))
     run_ablation(data, finetuned, out, config, **runtime.keywords(), progress=runtime.progress,
                  say=typer.echo)
-    typer.echo((out / "ablation.md").read_text())
+    typer.echo((out / "ablation.md").read_text(encoding="utf-8"))

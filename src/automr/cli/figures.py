@@ -88,7 +88,7 @@ def rq2_command(
             seeds=parse_seeds(seeds), grounder=grounder, config=config, **runtime.keywords(),
             progress=runtime.progress,
             say=typer.echo if runtime.progress else (lambda _: None))
-    typer.echo((out / "rq2.md").read_text())
+    typer.echo((out / "rq2.md").read_text(encoding="utf-8"))
 
 
 @user_errors
@@ -120,4 +120,4 @@ def rq3_command(
 
     run_rq3(results, data, out, reference=reference, method=method, rows=rows, memory=memory,
             reference_dir=reference_results, measure=measure)
-    typer.echo(((out or results) / "rq3.md").read_text())
+    typer.echo(((out or results) / "rq3.md").read_text(encoding="utf-8"))

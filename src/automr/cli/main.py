@@ -164,7 +164,7 @@ def join_launcher(ctx: typer.Context) -> None:
             + (", or --config files" if started[0][0] == started[differing[0]][0] else "")
             + "): start every process with the same command")
     if not distributed.is_main():
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - process-long
 
 
 def invocation(argv: list[str]) -> tuple[list[str], str | None]:

@@ -199,9 +199,10 @@ def retriever_score(
     del store
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(json.dumps(scores.to_json(), indent=1) + "\n")
+    (out / "scores.json").write_text(json.dumps(scores.to_json(), indent=1) + "\n",
+                                     encoding="utf-8")
     text = scores.markdown()
-    (out / "scores.md").write_text(text)
+    (out / "scores.md").write_text(text, encoding="utf-8")
     typer.echo(text)
 
 

@@ -93,7 +93,7 @@ class SummaryCache:
         for path in self.files:
             if not path.exists():
                 continue
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
                     self.entries[entry["key"]] = entry["summary"]
@@ -119,7 +119,7 @@ class SummaryCache:
                 f.seek(-1, 2)
                 if f.read(1) != b"\n":
                     f.write(b"\n")  # end a line cut by an interrupted write
-        with path.open("a") as f:
+        with path.open("a", encoding="utf-8") as f:
             for prompt, summary in zip(prompts, summaries, strict=True):
                 key = self.key(prompt)
                 self.entries[key] = summary

@@ -373,7 +373,7 @@ class EvaluationFolder:
         """Write the tables: ``payload`` to ``results.json`` (atomically) and ``markdown`` to
         ``results.md``."""
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
-        (self.path / RESULTS_MD).write_text(markdown)
+        (self.path / RESULTS_MD).write_text(markdown, encoding="utf-8")
 
 
 def _read(path: Path, load: Callable[[Path], Any] | None = None) -> Any:

@@ -500,9 +500,9 @@ def write_result(result: dict[str, object], out: Path, name: str) -> str:
     """``OUT/NAME.json`` (every field) and ``OUT/NAME.md`` (:func:`markdown_table`); returns
     the table."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     table = markdown_table(result)
-    (out / f"{name}.md").write_text(table)
+    (out / f"{name}.md").write_text(table, encoding="utf-8")
     return table
 
 

@@ -110,7 +110,7 @@ def run_demo(
         start = time.perf_counter()
         work()
         timings[name] = round(time.perf_counter() - start, 1)
-        done.write_text(json.dumps({"seconds": timings[name]}))
+        done.write_text(json.dumps({"seconds": timings[name]}), encoding="utf-8")
         say(f"[{name}] done in {timings[name]} s: {folder}")
 
     data = Path(dataset_dir) if dataset_dir is not None else out / "data"
@@ -182,7 +182,7 @@ def run_demo(
               "machine": platform.platform(), "threads": torch.get_num_threads(),
               "dataset_fingerprint": dataset_fingerprint(dataset)}
     runs = out / "runs.jsonl"
-    with runs.open("a") as f:
+    with runs.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return results
 
@@ -228,7 +228,7 @@ def demo_summary(out_dir: Path | str) -> str:
     """What the demo measured, in words: the ranking table, then AutoMR's target
     log-likelihood gain over BIGRec and over random retrieval with paired 95% intervals."""
     out = Path(out_dir)
-    lines = [_step_file(out, out / "results" / "results.md").read_text()]
+    lines = [_step_file(out, out / "results" / "results.md").read_text(encoding="utf-8")]
     likelihood = EvaluationFolder(out / "likelihood")
     reports = {m: LikelihoodReport.load(_step_file(out, likelihood.ranks_file(m, "loglik")))
                for m in ("bigrec:likelihood", "automr:likelihood", "random:likelihood")}
@@ -245,7 +245,7 @@ def demo_summary(out_dir: Path | str) -> str:
     example = out / "example" / "example.md"
     if example.exists():
         lines += ["", "One test user (the first sample of the likelihood step), AutoMR's top 5:",
-                  example.read_text().rstrip()]
+                  example.read_text(encoding="utf-8").rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -205,8 +205,8 @@ def run_of(group: str, folder: Path, source: str | None,
 def write_rq2(result: RQ2Result, out: Path) -> None:
     """``rq2.json``, ``rq2.md`` and the figure."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rq2.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
-    (out / "rq2.md").write_text(rq2_markdown(result))
+    (out / "rq2.json").write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
+    (out / "rq2.md").write_text(rq2_markdown(result), encoding="utf-8")
     plot_rq2(out)
 
 

@@ -254,7 +254,7 @@ def _has_model_config(folder: Path) -> bool:
     """Whether ``folder`` has a model's ``config.json``: one that names its ``model_type``, or
     one too damaged to tell (loading it then says what is wrong)."""
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except OSError:
         return False
     except ValueError:
@@ -407,7 +407,7 @@ def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
     name = hashlib.sha256(str(real).encode()).hexdigest()
     record_path = resolve_cache_dir(cache_dir) / "digests" / f"{name}.json"
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = None
     if isinstance(record, dict) and all(record.get(k) == v for k, v in key.items()) and \

@@ -165,7 +165,7 @@ class MemoryRecord:
                               f"Build one with `automr memory build` "
                               f"(automr.memory.build_memory in Python).")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as error:
             raise AutomrError(f"{path} is not valid JSON ({error}); rebuild the memory.") from None
         found = data.get("format") if isinstance(data, dict) else None

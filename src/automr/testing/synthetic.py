@@ -29,9 +29,9 @@ def write_synthetic_csv(
             position = (position + stride) % items
     titles = ["item,title"] + [f"i{k},Item {chr(65 + k % 26)}{k}" for k in range(items)]
     interactions = folder / "interactions.csv"
-    interactions.write_text("\n".join(lines) + "\n")
+    interactions.write_text("\n".join(lines) + "\n", encoding="utf-8")
     catalog = folder / "items.csv"
-    catalog.write_text("\n".join(titles) + "\n")
+    catalog.write_text("\n".join(titles) + "\n", encoding="utf-8")
     return interactions, catalog
 
 
