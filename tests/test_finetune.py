@@ -119,6 +119,28 @@ def test_every_supported_architecture_fine_tunes_from_a_layer_and_stays_exact(wo
         assert torch.allclose(llm.upper(llm.lower(ids, mask, 2)), full, atol=1e-5)
 
 
+def test_lora_targets_are_the_linear_modules_of_every_tuned_layer(workspace, tmp_path):
+    """A Qwen3-MoE with a dense MLP in layer 3 only (``mlp_only_layers``): its ``down_proj`` is
+    listed (only the first tuned layer was looked at). peft adapts the experts' fused
+    ``down_proj`` weights of every layer, ignoring ``layers_to_transform``: LoRA in the layers
+    under the split, which must stay the base model's, is refused, naming where."""
+    from automr.llm.loading import describe_model
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model(tiny_config("qwen3_moe", 4, mlp_only_layers=[3])).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    assert "down_proj" in describe_model(str(folder))["linear_modules"].split(",")
+    with pytest.raises(AutomrError) as refused:
+        finetune(load_model(str(folder), device="cpu"), workspace["data"], tmp_path / "run",
+                 quick_config(lora_from_layer=2, lora_dropout=0.0,
+                              target_modules=("q_proj", "down_proj")), progress=False)
+    assert str(refused.value).startswith(
+        "LoRA target(s) q_proj, down_proj put adapters below layer 2 (model.layers.0.mlp."
+        "experts, model.layers.1.mlp.experts): peft adapts a mixture of experts' weights")
+    assert not (tmp_path / "run" / "best").exists()
+
+
 def adapter(folder) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter_model.safetensors")
 

@@ -36,13 +36,14 @@ def attention_for(model_type: str) -> str:
     return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
 
 
-def layer_linear_modules(model: PreTrainedModel | nn.Module, layer: int = 0) -> list[str]:
-    """The names of decoder layer ``layer``'s linear modules (``q_proj``, ...): what LoRA can
-    target there (``automr finetune --lora-targets``)."""
+def layer_linear_modules(model: PreTrainedModel | nn.Module, first_layer: int = 0) -> list[str]:
+    """The names of the linear modules (``q_proj``, ...) of decoder layers ``first_layer..``:
+    what LoRA can target there (``automr finetune --lora-targets``). Layers may differ (dense
+    MLPs between mixtures of experts): a name any of them has is listed."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    block = base.get_decoder().layers[layer]
-    return sorted({name.rsplit(".", 1)[-1] for name, module in block.named_modules()
-                   if isinstance(module, nn.Linear)})
+    return sorted({name.rsplit(".", 1)[-1]
+                   for block in base.get_decoder().layers[first_layer:]
+                   for name, module in block.named_modules() if isinstance(module, nn.Linear)})
 
 
 class HFSplitLLM:

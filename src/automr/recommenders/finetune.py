@@ -32,6 +32,7 @@ many ran from which step).
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -315,7 +316,27 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
         layers_to_transform=list(range(config.lora_from_layer, n_layers)),
     )
     with without_peft_deprecation():
-        return get_peft_model(loaded.model, lora).eval()
+        model = get_peft_model(loaded.model, lora).eval()
+    if below := lora_below(model, config.lora_from_layer):
+        raise AutomrError(
+            f"LoRA target(s) {', '.join(config.target_modules)} put adapters below layer "
+            f"{config.lora_from_layer} ({', '.join(below[:3])}{', ...' if len(below) > 3 else ''}"
+            f"): peft adapts a mixture of experts' weights in every layer, whatever the layers "
+            f"asked, and the layers under the split must stay the base model's. Name linear "
+            f"modules only with --lora-targets ({', '.join(linear)})")
+    return model
+
+
+def lora_below(model: torch.nn.Module, first_layer: int) -> list[str]:
+    """The modules ``model`` holds LoRA weights in that lie below decoder layer
+    ``first_layer`` or outside the layers."""
+    found = set()
+    for name, _ in model.named_parameters():
+        if ".lora_" in name:
+            layer = re.search(r"\.layers\.(\d+)\.", name)
+            if layer is None or int(layer.group(1)) < first_layer:
+                found.add(name.split(".lora_")[0].removeprefix("base_model.model."))
+    return sorted(found)
 
 
 def note_processes(record: dict[str, Any], world: int) -> None:
