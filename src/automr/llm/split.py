@@ -24,7 +24,10 @@ from automr.types import Positions, TokenIds, TokenMask, as_bool_mask
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smollm3", "phi3",
                          "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "olmo3", "granite",
                          "cohere", "cohere2", "exaone4", "ernie4_5", "glm", "glm4", "helium",
-                         "stablelm", "nemotron", "arcee")
+                         "stablelm", "nemotron", "arcee", "mixtral", "qwen2_moe", "olmoe",
+                         "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe")
+GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared")
+"""Types that scale embeddings and logits outside the modules the split calls, as Granite."""
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 EAGER_ONLY_TYPES = ("gemma2",)
 """Types whose attention transformers runs eager only (Gemma 2 caps its attention scores)."""
@@ -90,10 +93,11 @@ class HFSplitLLM:
                              if hasattr(self.decoder.rotary_emb, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
         self.embedding_multiplier = (config.embedding_multiplier
-                                     if config.model_type == "granite" else None)
+                                     if config.model_type in GRANITE_TYPES else None)
         """What Granite multiplies its embeddings by, outside the embedding module."""
         self.logit_scale = config.logit_scale if config.model_type.startswith("cohere") else None
-        self.logits_scaling = config.logits_scaling if config.model_type == "granite" else None
+        self.logits_scaling = (config.logits_scaling
+                               if config.model_type in GRANITE_TYPES else None)
         """What Cohere multiplies its logits by and Granite divides them by (outside the head)."""
         self.logit_cap = getattr(config, "final_logit_softcapping", None)
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one

@@ -11,26 +11,34 @@ from transformers import (
     AutoModelForCausalLM,
     Cohere2Config,
     CohereConfig,
+    Ernie4_5_MoeConfig,
     Ernie4_5Config,
     Exaone4Config,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
     Glm4Config,
+    Glm4MoeConfig,
     GlmConfig,
     GraniteConfig,
+    GraniteMoeConfig,
+    GraniteMoeSharedConfig,
     HeliumConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     NemotronConfig,
     Olmo2Config,
     Olmo3Config,
     OlmoConfig,
+    OlmoeConfig,
     Phi3Config,
+    PhimoeConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
     SmolLM3Config,
@@ -63,6 +71,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 TINY_VOCAB = len(SPECIAL_TOKENS) + 256
 
 
+MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+GRANITE = dict(embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
+               logits_scaling=4.0)
+
 # Each architecture the split supports, at toy size, with what sets it apart from Llama.
 TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] = {
     "llama": (LlamaConfig, dict(rms_norm_eps=1e-5)),  # SmolLM2-shaped
@@ -88,8 +100,7 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "qwen3_moe": (Qwen3MoeConfig, dict(head_dim=8, num_experts=4, num_experts_per_tok=2,
                                        moe_intermediate_size=16)),
     # scaled embeddings, residuals and attention; logits divided, outside the head
-    "granite": (GraniteConfig, dict(embedding_multiplier=3.0, residual_multiplier=0.5,
-                                    attention_multiplier=0.2, logits_scaling=4.0)),
+    "granite": (GraniteConfig, GRANITE),
     # attention and MLP in parallel from one LayerNorm, q/k norms, logits scaled
     "cohere": (CohereConfig, dict(head_dim=8, use_qk_norm=True, logit_scale=0.5)),
     # Cohere's layers, 1 local (sliding, with RoPE) : 1 global (no RoPE) here
@@ -108,6 +119,23 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     # LayerNorm with (1 + w), squared-ReLU MLP without a gate, RoPE on half a head
     "nemotron": (NemotronConfig, dict(head_dim=8)),
     "arcee": (ArceeConfig, dict(head_dim=8)),  # squared-ReLU MLP without a gate
+    # mixtures of experts (4 experts, 2 per token) over the dense types' attention
+    "mixtral": (MixtralConfig, dict(sliding_window=4, **MOE)),
+    "qwen2_moe": (Qwen2MoeConfig, dict(num_experts=4, num_experts_per_tok=2,
+                                       moe_intermediate_size=16,
+                                       shared_expert_intermediate_size=16)),  # + a shared one
+    "olmoe": (OlmoeConfig, dict(num_experts=4, num_experts_per_tok=2)),  # q/k norms
+    "phimoe": (PhimoeConfig, dict(sliding_window=5, **MOE)),  # LayerNorm, a window everywhere
+    "granitemoe": (GraniteMoeConfig, dict(GRANITE, **MOE)),
+    "granitemoeshared": (GraniteMoeSharedConfig, dict(GRANITE, **MOE,
+                                                      shared_intermediate_size=16)),
+    # dense first layer, then experts with a shared one; partial RoPE, q/k/v biases
+    "glm4_moe": (Glm4MoeConfig, dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+                                     moe_intermediate_size=16, first_k_dense_replace=1,
+                                     n_group=1, topk_group=1)),
+    "ernie4_5_moe": (Ernie4_5_MoeConfig, dict(head_dim=8, moe_num_experts=4, moe_k=2,
+                                              moe_intermediate_size=16, moe_layer_start_index=1,
+                                              moe_num_shared_experts=1)),
 }
 
 
