@@ -3,10 +3,11 @@
 The loss is the mean negative log-likelihood of the target tokens (title + EOS) or, as an
 option, of every token after the first (BIGRec's whole-sequence variant). It runs through the
 split: with ``lora_from_layer = L > 0`` LoRA sits only on layers ``>= L`` and the lower half
-runs under ``no_grad``, so layer-L memories built with the base model stay valid for the tuned
-model and each step is cheaper; logits are computed only where a loss term needs them. Since
-those layers never change, their states are computed once per example (``cache_lower``, on by
-default there) and every epoch and validation runs the upper half only.
+runs under ``no_grad`` in eval mode (no dropout), so layer-L memories built with the base
+model stay valid for the tuned model and each step is cheaper; logits are computed only where
+a loss term needs them. Since those layers never change, their states are computed once per
+example (``cache_lower``, on by default there) and every epoch and validation runs the upper
+half only.
 
 An optimizer step covers ``grad_accum`` micro-batches of ``batch_size`` (its loss is the mean
 over all their scored tokens, so it equals one batch of ``batch_size * grad_accum``), clips the
@@ -34,7 +35,8 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, final
 
@@ -121,18 +123,33 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int, loss_on: str = "t
     return Batch(input_ids, mask, logits_at, labels, label_mask)
 
 
+@contextmanager
+def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """``modules`` in eval mode within the block; each submodule's mode is restored after."""
+    modes = [(module, module.training) for root in modules for module in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
               state: LayerState | None = None) -> tuple[torch.Tensor, int]:
     """Summed NLL of the batch's scored tokens and their count (lower half frozen if layer>0).
 
     ``state``: the batch's layer-``layer`` states computed beforehand (a :class:`LowerCache`);
-    then only the upper half runs.
+    then only the upper half runs. The frozen lower half runs in eval mode even in training (no
+    dropout: Granite 3's configs set attention_dropout 0.1), so its states are the cache's.
     """
     device = llm.device
     if state is None:
         ids, mask = batch.input_ids.to(device), batch.mask.to(device)
         if layer > 0:
-            with torch.no_grad():
+            with torch.no_grad(), _eval_mode(llm.decoder.embed_tokens,
+                                             *llm.decoder.layers[:layer]):
                 state = llm.lower(ids, mask, layer)
         else:
             state = llm.lower(ids, mask, 0)
