@@ -152,6 +152,11 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
      [None, 3, 3]),  # Qwen: the layers from max_window_layers on
     ("olmo3", dict(num_layers=4), [4, 4, 4, None]),  # three local layers to a global one
     ("qwen3_moe", dict(use_sliding_window=True, sliding_window=3), [3, 3, 3]),  # no layer types
+    # Command R7B and EXAONE 4.0 32B: three local layers (with RoPE) to a global one (without)
+    ("cohere2", dict(num_layers=5, sliding_window_pattern=4), [4, 4, 4, None, 4]),
+    ("exaone4", dict(num_layers=5, sliding_window_pattern=4), [4, 4, 4, None, 4]),
+    # EXAONE 4.0 1.2B: no window, every layer global and with RoPE
+    ("exaone4", dict(sliding_window=None, layer_types=["full_attention"] * 3), [None] * 3),
     ("llama", {}, [None, None, None]),
 ])
 def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(
