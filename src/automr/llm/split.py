@@ -25,12 +25,14 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "olmo3", "granite",
                          "cohere", "cohere2", "exaone4", "ernie4_5", "glm", "glm4", "helium",
                          "stablelm", "nemotron", "arcee", "mixtral", "qwen2_moe", "olmoe",
-                         "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe")
+                         "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe",
+                         "gpt_oss", "exaone_moe", "seed_oss", "apertus")
 GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-EAGER_ONLY_TYPES = ("gemma2",)
-"""Types whose attention transformers runs eager only (Gemma 2 caps its attention scores)."""
+EAGER_ONLY_TYPES = ("gemma2", "gpt_oss")
+"""Types whose attention transformers runs eager only (Gemma 2 caps its attention scores,
+gpt-oss adds a learned sink to each head's softmax)."""
 
 
 def attention_for(model_type: str) -> str:

@@ -7,6 +7,7 @@ RMSNorm, tied embeddings) at a size where a forward takes milliseconds.
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    ApertusConfig,
     ArceeConfig,
     AutoModelForCausalLM,
     Cohere2Config,
@@ -14,12 +15,14 @@ from transformers import (
     Ernie4_5_MoeConfig,
     Ernie4_5Config,
     Exaone4Config,
+    ExaoneMoeConfig,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
     Glm4Config,
     Glm4MoeConfig,
     GlmConfig,
+    GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
     GraniteMoeSharedConfig,
@@ -41,6 +44,7 @@ from transformers import (
     Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
+    SeedOssConfig,
     SmolLM3Config,
     StableLmConfig,
 )
@@ -136,6 +140,21 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "ernie4_5_moe": (Ernie4_5_MoeConfig, dict(head_dim=8, moe_num_experts=4, moe_k=2,
                                               moe_intermediate_size=16, moe_layer_start_index=1,
                                               moe_num_shared_experts=1)),
+    # eager attention with a learned sink per head, local and global layers, biased q/k/v/o
+    # (yarn RoPE, scaled to this size)
+    "gpt_oss": (GptOssConfig, dict(head_dim=8, sliding_window=4, **MOE, rope_parameters=dict(
+        rope_type="yarn", factor=4.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
+        original_max_position_embeddings=128, rope_theta=150000.0))),
+    # EXAONE 4's attention, a dense first layer, then experts with a shared one
+    "exaone_moe": (ExaoneMoeConfig, dict(head_dim=8, sliding_window=4, sliding_window_pattern=2,
+                                         num_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=16, layer_types=None,
+                                         mlp_layer_types=None)),
+    "seed_oss": (SeedOssConfig, dict(head_dim=8)),  # q/k/v biases without an o one
+    # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
+    "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
+        rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
+        high_freq_factor=4.0, original_max_position_embeddings=128))),
 }
 
 
