@@ -301,6 +301,25 @@ def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch():
             torch.testing.assert_close(decoding.logits, unshared.logits)
 
 
+def test_granite_4_with_rotary_positions_is_exact_and_with_mamba_layers_refused():
+    """Granite 4 (granitemoehybrid) runs through the split when every layer is attention, with
+    RoPE (as here) or without (the tiny model of every test); a Mamba layer keeps a recurrent
+    state no mask can stand for: refused at once, naming the layer kind."""
+    model = tiny_model(tiny_config("granitemoehybrid", position_embedding_type="rope"))
+    llm = HFSplitLLM(model)
+    ids, mask = pad([[5, 9, 40, 7, 12, 3], [8, 11]], "left")
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask,
+                     position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+        for layer in range(NUM_LAYERS + 1):
+            split = llm.upper(llm.lower(ids, mask, layer))
+            torch.testing.assert_close(split[mask.bool()], full[mask.bool()])
+    hybrid = tiny_model(tiny_config("granitemoehybrid", layer_types=[
+        "full_attention", "linear_attention", "full_attention"]))
+    with pytest.raises(AutomrError, match="has linear_attention layers"):
+        HFSplitLLM(hybrid)
+
+
 def test_a_bidirectional_gemma3_is_refused():
     """EmbeddingGemma's config is a gemma3_text one whose attention looks both ways; the
     split's masks are causal, so its halves would not be that model."""

@@ -26,10 +26,12 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "cohere", "cohere2", "exaone4", "ernie4_5", "glm", "glm4", "helium",
                          "stablelm", "nemotron", "arcee", "mixtral", "qwen2_moe", "olmoe",
                          "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe",
-                         "gpt_oss", "exaone_moe", "seed_oss", "apertus")
-GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared")
+                         "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid")
+GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
+"""The layer types (a config's ``layer_types``) the split runs."""
 EAGER_ONLY_TYPES = ("gemma2", "gpt_oss")
 """Types whose attention transformers runs eager only (Gemma 2 caps its attention scores,
 gpt-oss adds a learned sink to each head's softmax)."""
@@ -66,6 +68,12 @@ class HFSplitLLM:
                 f"model type {config.model_type!r} is not supported by the layer split; "
                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
+        if kinds:
+            raise AutomrError(
+                f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
+                f"or linear attention: a recurrent state, not attention over a mask); the layer "
+                f"split runs attention layers only")
         if getattr(config, "use_bidirectional_attention", False):
             raise AutomrError(
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -91,8 +99,10 @@ class HFSplitLLM:
             for index in range(config.num_hidden_layers)]
         """Each layer's window: every layer's (Mistral, Phi-3) or its type's (Gemma 2 and 3's
         local layers, Qwen's upper ones where set); None: full attention."""
+        self.rotary = getattr(self.decoder, "rotary_emb", None)
+        """The rotary embedding, or None where the model has none (Granite 4: no positions)."""
         self.rotary_types = (list(config.layer_types)
-                             if hasattr(self.decoder.rotary_emb, "layer_types") else None)
+                             if hasattr(self.rotary, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
         self.embedding_multiplier = (config.embedding_multiplier
                                      if config.model_type in GRANITE_TYPES else None)
@@ -217,8 +227,11 @@ class HFSplitLLM:
 
     def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
         """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
-        a rotary per layer type (Gemma 3: local and global layers), its layer type's."""
-        rotary = self.decoder.rotary_emb
+        a rotary per layer type (Gemma 3: local and global layers), its layer type's; None
+        where the model has no rotary embedding."""
+        rotary = self.rotary
+        if rotary is None:
+            return dict.fromkeys(layers)
         if self.rotary_types is None:
             return dict.fromkeys(layers, rotary(hidden, position_ids=positions))
         by_type = {kind: rotary(hidden, positions, kind)

@@ -25,6 +25,7 @@ from transformers import (
     GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
+    GraniteMoeHybridConfig,
     GraniteMoeSharedConfig,
     HeliumConfig,
     LlamaConfig,
@@ -73,6 +74,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 TINY_VOCAB = len(SPECIAL_TOKENS) + 256
+
+
+class PerLayer(str):
+    """A layer type every layer gets: ``layer_types`` as long as the config has layers."""
 
 
 MOE = dict(num_local_experts=4, num_experts_per_tok=2)
@@ -152,6 +157,10 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
                                          mlp_layer_types=None)),
     "seed_oss": (SeedOssConfig, dict(head_dim=8)),  # q/k/v biases without an o one
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
+    # Granite 4 with attention layers only: no positions at all (NoPE), experts + a shared MLP
+    "granitemoehybrid": (GraniteMoeHybridConfig, dict(GRANITE, **MOE, shared_intermediate_size=16,
+                                                      position_embedding_type=None, mamba_n_heads=4,
+                                                      layer_types=PerLayer("full_attention"))),
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
         high_freq_factor=4.0, original_max_position_embeddings=128))),
@@ -173,6 +182,8 @@ def tiny_config(arch: str = "llama", num_layers: int = 3,
     )
     fields.update(own)
     fields.update(overrides)
+    fields.update({name: [str(value)] * num_layers for name, value in fields.items()
+                   if isinstance(value, PerLayer)})
     return config_class(**fields)
 
 
