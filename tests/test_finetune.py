@@ -269,6 +269,21 @@ def test_finetune_never_writes_beside_another_artifact(workspace, tmp_path):
     assert not (folder / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_a_split_without_samples_is_refused(workspace, tmp_path, monkeypatch, split):
+    """No validation samples gave a validation NLL of 0.0 that never improved: the run stopped
+    early after --patience validations and kept the first one's adapter as best/, silently."""
+    data = workspace["data"]
+    samples = type(data).samples
+    monkeypatch.setattr(type(data), "samples",
+                        lambda self, which: [] if which == split else samples(self, which))
+    name = {"train": "training", "valid": "validation"}[split]
+    with pytest.raises(AutomrError, match=f"the dataset has no {name} samples"):
+        finetune(load_model(str(workspace["model"]), device="cpu"), data, tmp_path / "run",
+                 quick_config(patience=1, eval_every=1), progress=False)
+    assert not (tmp_path / "run" / "best").exists()
+
+
 def test_a_checkpoint_of_an_older_version_resumes(workspace, monkeypatch):
     """state.json without the loop's newer fields (and rng.pt with the CPU state alone) resumes
     as the defaults; run options (cache_lower, checkpoint_every) may change on resume."""

@@ -394,6 +394,12 @@ def finetune(
                                   config.seed)
     valid_samples = seeded_subset(dataset.samples("valid"), config.max_valid_samples,
                                   config.seed)
+    if not train_samples:
+        raise AutomrError("the dataset has no training samples; check the protocol's split")
+    if not valid_samples:  # a validation NLL of 0.0 would never improve: early stop, silently
+        raise AutomrError("the dataset has no validation samples, which the fine-tune's "
+                          "validation NLL (early stopping, best/) needs; check the protocol's "
+                          "split (a longer window or fewer --train-months)")
     train_contexts = valid_contexts = None
     if config.context is not None:
         context = build_context(config.context, loaded, dataset, loaded.fingerprint(),
@@ -414,8 +420,6 @@ def finetune(
     pad_id = loaded.tokenizer.pad_token_id
     train = encode_samples(loaded, dataset, train_samples, train_contexts)
     valid = encode_samples(loaded, dataset, valid_samples, valid_contexts)
-    if not train:
-        raise AutomrError("the dataset has no training samples; check the protocol's split")
     train_memory = valid_memory = None
     if config.memory is not None:
         train_memory, valid_memory = (
