@@ -384,6 +384,8 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
      "--valid-samples must be > 0"),
     (["finetune", "--data", "d", "--out", "o", "--lora-dropout", "1.5"],
      "--lora-dropout must be < 1"),
+    (["finetune", "--data", "d", "--out", "o", "--lora-alpha", "0"],
+     "--lora-alpha must be > 0"),  # scales the update by alpha / r: 0 trained nothing
     (["finetune", "--data", "d", "--out", "o", "--autocast", "foo"],
      "--autocast 'foo': choose one of none, bf16, fp16"),
     (["finetune", "--data", "d", "--out", "o", "--memory-retrieval", "foo"],

@@ -99,6 +99,15 @@ def quick_config(**overrides) -> FinetuneConfig:
     return FinetuneConfig(**fields)
 
 
+@pytest.mark.parametrize("field", [dict(lora_alpha=0), dict(lora_alpha=-16),
+                                   dict(weight_decay=-0.1)])
+def test_config_refuses_a_scale_that_trains_nothing_or_a_negative_decay(field):
+    """LoRA's update is scaled by alpha / r: alpha 0 trained nothing, silently; AdamW refused a
+    negative weight decay only once the model and data were loaded, as a raw ValueError."""
+    with pytest.raises(ValueError, match=next(iter(field))):
+        FinetuneConfig(**field)
+
+
 def test_finetune_lowers_validation_loss_and_reloads(workspace):
     loaded = load_model(str(workspace["model"]), device="cpu")
     run = workspace["root"] / "run"

@@ -40,7 +40,8 @@ class FinetuneConfig:
     """LoRA and optimisation settings (defaults: BIGRec's LoRA, a short CPU-sized run)."""
 
     lora_r: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    lora_alpha: int = 16
+    lora_alpha: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    """LoRA's update is scaled by ``lora_alpha / lora_r`` (0 would train nothing)."""
     lora_dropout: float = attrs.field(
         default=0.05, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     target_modules: tuple[str, ...] = attrs.field(default=("q_proj", "v_proj"),
@@ -53,7 +54,7 @@ class FinetuneConfig:
     """``target``: the NLL of the target tokens (title + EOS); ``sequence``: of every token
     after the first (BIGRec's whole-sequence variant)."""
     lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
-    weight_decay: float = 0.0
+    weight_decay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     max_train_samples: int | None = 512
