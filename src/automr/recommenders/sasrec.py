@@ -350,7 +350,9 @@ def training_tensors(
 
     ``windows=False`` (the original): one row per user, its last ``max_len + 1`` items.
     ``windows=True``: the sequence cut from its end into rows of up to ``max_len + 1`` items
-    that overlap by one, so every position after the first is a target exactly once.
+    that overlap by one, so every position after the first is a target exactly once (with
+    :func:`shuffled_ties`, each row is shuffled apart: a group of equal times across a row
+    boundary may then give one of its items as a target twice in an epoch, another not).
     ``times``: the sequences' timestamps, which give ``ties`` (:func:`shuffled_ties`).
     """
     keep = [i for i, s in enumerate(sequences) if len(s) >= 2]
