@@ -9,6 +9,7 @@ import torch
 import automr
 from automr.annotation.run import element_tokens
 from automr.data import tokenize_sample
+from automr.errors import AutomrError
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.grounding import LikelihoodGrounder, dataset_targets
 from automr.llm import HFSplitLLM
@@ -75,6 +76,15 @@ def test_target_likelihoods_are_kept_per_sample(workspace, monkeypatch):
     for (value, tokens), (other, count) in zip(again[::-1], fresh.target_log_likelihoods(
             samples), strict=True):
         assert value == pytest.approx(other, abs=1e-4) and tokens == count
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_retrieving_no_element_is_refused(workspace, k):
+    """k=0 inserted nothing (the method was BIGRec under AutoMR's name); k=-1 failed only at
+    the first batch."""
+    with pytest.raises(AutomrError, match=r"k must be an int >= 1"):
+        automr.MemoryRetrieval(workspace["store"], automr.RandomRetriever(seed=1),
+                               automr.AppendToken(), k=k)
 
 
 def test_with_memory_it_is_the_annotators_value_of_the_retrieved_element(workspace):

@@ -37,6 +37,9 @@ class MemoryRetrieval:
     retrieved: list[list[int]] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise AutomrError(f"k must be an int >= 1 (elements retrieved per sample), got "
+                              f"{self.k!r}: k=0 would insert nothing, which is BIGRec")
         if (self.combiner.uses_token_states and not self.store.record.store_token_states
                 and self.store.recompute is None):
             raise AutomrError(
