@@ -75,6 +75,49 @@ def test_processes_that_never_join_are_one_line(monkeypatch):
         distributed.init()
 
 
+def test_a_port_in_use_is_one_line(monkeypatch):
+    """Process 0 could not listen on MASTER_PORT (another job holds it): torch's
+    DistNetworkError came out as a screen of traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                            ("MASTER_PORT", port), (distributed.TIMEOUT_ENV, "1")):
+            monkeypatch.setenv(name, value)
+        with pytest.raises(AutomrError, match=rf"^process 0 of 2 could not join the others "
+                                              rf"through 127\.0\.0\.1:{port} \(.*address "
+                                              rf"already in use.*\): ") as raised:
+            distributed.init()
+    assert "\n" not in str(raised.value)
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_a_process_that_cannot_reach_the_main_one_is_one_line(monkeypatch):
+    """Process 1 started while process 0 never did (or with another MASTER_ADDR / PORT): the
+    client's timeout was a traceback ending in DistNetworkError, not the one line that a
+    main process waiting for the others gives."""
+    import torch.distributed as dist
+
+    def unreachable(*args, **kwargs):
+        raise dist.DistNetworkError("The client socket has timed out after 60000ms while "
+                                    "trying to connect to (127.0.0.1, 29534).\nException ...")
+
+    monkeypatch.setattr(dist, "init_process_group", unreachable)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29534"), (distributed.TIMEOUT_ENV, "1")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AutomrError, match=r"^process 1 of 2 could not join the others through "
+                                          r"127\.0\.0\.1:29534 \(The client socket has timed "
+                                          r"out .*\): process 0 listens there") as raised:
+        distributed.init()
+    assert "\n" not in str(raised.value)
+
+
 @pytest.mark.parametrize("step", ["barrier", "gather", "all_sum", "on_main"])
 def test_a_process_that_stops_midway_is_one_line_on_the_others(monkeypatch, step):
     """Joined, then one process died or stalled: the others' next collective raised gloo's

@@ -78,6 +78,14 @@ def init() -> bool:
             f"{minutes} min ({first}): start all of them, with the same MASTER_ADDR:MASTER_PORT "
             f"({os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}); {TIMEOUT_ENV} sets "
             f"the wait") from None
+    except dist.DistNetworkError as error:  # process 0 could not listen, or not be reached
+        first = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise AutomrError(
+            f"process {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join the "
+            f"others through {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+            f"({first}): process 0 listens there, so give every process process 0's address "
+            f"and a port free on its machine, and start them all within {minutes} min "
+            f"({TIMEOUT_ENV} sets the wait)") from None
     atexit.register(_shutdown)
     return True
 
