@@ -84,6 +84,28 @@ def test_a_folder_another_process_finished_first_is_kept(tmp_path):
     assert [p.name for p in target.iterdir()] == ["new.json"]
 
 
+def test_a_folder_another_process_renames_during_the_finish_is_kept(tmp_path, monkeypatch):
+    """Launched processes convert the embedded model at the same time and finish together:
+    the other one's folder could appear after this one checked for it and before its rename,
+    and was then deleted (while the other process loaded from it) to put this one's there."""
+    import automr.storage as storage
+
+    target = tmp_path / "model"
+    mode = storage.file_mode
+
+    def other_process_renames(folder):
+        if not target.exists():
+            target.mkdir()
+            (target / "theirs.json").write_text("{}")
+        return mode(folder)
+
+    monkeypatch.setattr(storage, "file_mode", other_process_renames)
+    with atomic_dir(target, keep_existing=True) as work:
+        (work / "mine.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["theirs.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_the_cache_folder_honours_xdg_after_automr_cache(tmp_path, monkeypatch):
     from automr.cache import default_cache_dir
 

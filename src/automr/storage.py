@@ -121,9 +121,12 @@ class _AtomicDir:
         for weights in self.tmp.rglob("*.safetensors"):  # save_pretrained writes them 0600
             weights.chmod(mode)
         try:
-            if self.target.exists():
+            if self.target.exists() and not self.keep_existing:
                 shutil.rmtree(self.target)
-            os.replace(self.tmp, self.target)
+            os.replace(self.tmp, self.target)  # fails onto a folder that is not empty
+        except OSError:
+            if not (self.keep_existing and self.target.exists()):
+                raise  # else another process's folder appeared since the check: kept
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)  # gone already unless it failed
 
