@@ -177,6 +177,20 @@ def test_lora_targets_are_the_linear_modules_of_every_tuned_layer(workspace, tmp
     assert not (tmp_path / "run" / "best").exists()
 
 
+def test_a_router_that_subclasses_linear_is_no_lora_target(workspace, tmp_path):
+    """Phi-3.5-MoE's ``router`` is an ``nn.Linear`` whose forward returns routing weights and
+    experts: it was listed as a LoRA target, and tuning it failed at the first forward with a
+    raw AttributeError from peft. It is not listed, and naming it is a one-line refusal."""
+    from automr.llm.loading import describe_model
+
+    folder = save_tiny_model(tmp_path / "model", "phimoe")
+    assert describe_model(str(folder))["linear_modules"] == "k_proj,o_proj,q_proj,v_proj"
+    with pytest.raises(AutomrError, match="LoRA target router is not a linear module"):
+        finetune(load_model(str(folder), device="cpu"), workspace["data"], tmp_path / "run",
+                 quick_config(lora_from_layer=2, target_modules=("q_proj", "router")),
+                 progress=False)
+
+
 def adapter(folder) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter_model.safetensors")
 

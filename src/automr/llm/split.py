@@ -46,11 +46,22 @@ def attention_for(model_type: str) -> str:
 def layer_linear_modules(model: PreTrainedModel | nn.Module, first_layer: int = 0) -> list[str]:
     """The names of the linear modules (``q_proj``, ...) of decoder layers ``first_layer..``:
     what LoRA can target there (``automr finetune --lora-targets``). Layers may differ (dense
-    MLPs between mixtures of experts): a name any of them has is listed."""
+    MLPs between mixtures of experts): a name any of them has is listed, but not a model's own
+    subclass of ``nn.Linear`` with another ``forward`` (Phi-3.5-MoE's ``router`` returns
+    routing weights and chosen experts, no tensor LoRA can add to: peft failed at the first
+    forward)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return sorted({name.rsplit(".", 1)[-1]
                    for block in base.get_decoder().layers[first_layer:]
-                   for name, module in block.named_modules() if isinstance(module, nn.Linear)})
+                   for name, module in block.named_modules() if _lora_linear(module)})
+
+
+def _lora_linear(module: nn.Module) -> bool:
+    """Whether LoRA can wrap ``module``: an ``nn.Linear`` whose forward gives the linear map
+    (quantised linears of transformers' integrations are kept; a model's router is not)."""
+    kind = type(module)
+    return isinstance(module, nn.Linear) and (
+        kind.forward is nn.Linear.forward or not kind.__module__.startswith("transformers.models."))
 
 
 class HFSplitLLM:
