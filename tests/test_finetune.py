@@ -191,6 +191,36 @@ def test_a_router_that_subclasses_linear_is_no_lora_target(workspace, tmp_path):
                  progress=False)
 
 
+@pytest.mark.parametrize("arch", ["glm4_moe", "ernie4_5_moe", "exaone_moe"])
+@pytest.mark.parametrize("targets, dropout, layer, expected", [
+    (("gate_proj",), 0.0, 0, "peft refused LoRA target(s) gate_proj on this {arch} model: "
+                             "Cannot convert PEFT target(s) gate_proj without also targeting "
+                             "up_proj"),
+    (("q_proj", "down_proj"), 0.05, 0, "peft refused LoRA target(s) q_proj, down_proj on this "
+                                       "{arch} model: lora.ParamWrapper does not work with "
+                                       "lora_dropout != 0"),
+    (("q_proj", "down_proj"), 0.0, 2, "Leave down_proj out of --lora-targets"),
+])
+def test_lora_on_an_experts_projection_name_is_one_line(arch, targets, dropout, layer,
+                                                         expected):
+    """Mixtures of experts with dense or shared MLPs list gate_proj, up_proj and down_proj
+    among their layers' linear modules (``model info`` does), but peft takes these names for
+    the experts' fused weights too: what peft refuses is one line naming the targets (it was
+    peft's raw ValueError), and LoRA it puts below the split says which target to leave out
+    (it advised names that include that very target)."""
+    from automr.llm.loading import LoadedModel
+    from automr.llm.split import layer_linear_modules
+    from automr.recommenders.finetune import lora_model
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    loaded = LoadedModel(model=tiny_model(tiny_config(arch, 4)), tokenizer=tiny_tokenizer(),
+                         name="tiny")
+    assert {"gate_proj", "up_proj", "down_proj"} <= set(layer_linear_modules(loaded.model))
+    with pytest.raises(AutomrError, match=re.escape(expected.format(arch=arch))):
+        lora_model(loaded, FinetuneConfig(lora_from_layer=layer, lora_dropout=dropout,
+                                          target_modules=targets))
+
+
 def adapter(folder) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter_model.safetensors")
 

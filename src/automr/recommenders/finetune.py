@@ -58,6 +58,7 @@ from automr.llm.loading import (
     LoadedModel,
     canonical_model_name,
     dtype_name,
+    one_line,
     without_peft_deprecation,
 )
 from automr.llm.split import HFSplitLLM, layer_linear_modules
@@ -332,15 +333,27 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(config.lora_from_layer, n_layers)),
     )
-    with without_peft_deprecation():
-        model = get_peft_model(loaded.model, lora).eval()
+    targets = ", ".join(config.target_modules)
+    try:
+        with without_peft_deprecation():
+            model = get_peft_model(loaded.model, lora).eval()
+    except ValueError as error:  # e.g. an experts' projection name (their weights are fused)
+        raise AutomrError(f"peft refused LoRA target(s) {targets} on this "
+                          f"{loaded.model.config.model_type} model: {one_line(error)}") from error
     if below := lora_below(model, config.lora_from_layer):
+        # peft takes a mixture of experts' projection names (gate_proj, ...) as its experts'
+        # fused weights too: those targets are no longer among its target modules
+        experts = [name for name in config.target_modules
+                   if name not in model.peft_config["default"].target_modules]
+        advice = (f"Leave {', '.join(experts)} out of --lora-targets (peft takes "
+                  f"{'it' if len(experts) == 1 else 'them'} for the experts' weights too)"
+                  if experts else f"Name linear modules only with --lora-targets "
+                                  f"({', '.join(linear)})")
         raise AutomrError(
-            f"LoRA target(s) {', '.join(config.target_modules)} put adapters below layer "
-            f"{config.lora_from_layer} ({', '.join(below[:3])}{', ...' if len(below) > 3 else ''}"
-            f"): peft adapts a mixture of experts' weights in every layer, whatever the layers "
-            f"asked, and the layers under the split must stay the base model's. Name linear "
-            f"modules only with --lora-targets ({', '.join(linear)})")
+            f"LoRA target(s) {targets} put adapters below layer {config.lora_from_layer} "
+            f"({', '.join(below[:3])}{', ...' if len(below) > 3 else ''}): peft adapts a "
+            f"mixture of experts' weights in every layer, whatever the layers asked, and the "
+            f"layers under the split must stay the base model's. {advice}")
     return model
 
 
