@@ -1,6 +1,7 @@
 """``automr model fetch|info`` through Typer's CliRunner."""
 
 import json
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -52,12 +53,14 @@ def test_info_reads_no_weight_and_says_what_a_load_gives(tiny_folder, monkeypatc
 
 
 def test_info_on_a_hub_id_downloads_no_weight(tiny_folder, tmp_path, monkeypatch):
-    """A hub id's config is enough: its weights are not fetched for ``info`` (the fingerprint
-    waits for them); once cached, the fingerprint is the one every load records."""
+    """A hub id's config and tokenizer are enough: its weights are not fetched for ``info``
+    (the fingerprint waits for them); once cached, the fingerprint is the one every load records."""
     hub = tmp_path / "hub"
     snapshot = hub / "models--org--tiny" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
-    shutil.copy(tiny_folder / "config.json", snapshot)  # what fetching the config leaves
+    for path in tiny_folder.iterdir():  # what fetching the config and tokenizer leaves
+        if not path.name.endswith(".safetensors"):
+            shutil.copy(path, snapshot)
     (hub / "models--org--tiny" / "refs").mkdir()
     (hub / "models--org--tiny" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -65,6 +68,9 @@ def test_info_on_a_hub_id_downloads_no_weight(tiny_folder, tmp_path, monkeypatch
     config = loading.AutoConfig
     monkeypatch.setattr(loading, "AutoConfig", SimpleNamespace(
         from_pretrained=lambda name, **kw: config.from_pretrained(snapshot)))
+    tokenizer = loading.AutoTokenizer
+    monkeypatch.setattr(loading, "AutoTokenizer", SimpleNamespace(
+        from_pretrained=lambda name, **kw: tokenizer.from_pretrained(snapshot)))
     result = runner.invoke(app, ["model", "info", "org/tiny"])
     assert result.exit_code == 0, result.output
     lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
@@ -169,6 +175,13 @@ def no_weights(folder, tiny_folder):
     return folder
 
 
+def no_tokenizer(folder, tiny_folder):
+    shutil.copytree(tiny_folder, folder)
+    for path in folder.glob("*token*"):
+        path.unlink()
+    return folder
+
+
 @pytest.mark.parametrize("make, expected", [
     (not_a_model, "{folder} holds no model (no config.json with a model_type)"),
     (dataset_like, "{folder} holds no model (no config.json with a model_type)"),
@@ -178,14 +191,18 @@ def no_weights(folder, tiny_folder):
     (truncated_weights, "could not load the model in {folder}: "),
     (no_weights, "could not load the model in {folder}: no model.safetensors or "
                  "pytorch_model.bin"),
+    (no_tokenizer, "could not load the model in {folder}: "),  # info said it was fine
 ])
 def test_a_folder_without_a_loadable_model_is_a_one_line_error(tmp_path, tiny_folder, make,
                                                                expected):
+    """``model info`` refuses what a load refuses, though it reads no weight."""
     folder = make(tmp_path / "folder", tiny_folder)
     result = runner.invoke(app, ["model", "info", str(folder)])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.startswith(f"error: {expected.format(folder=folder)}")
+    with pytest.raises(AutomrError, match="^" + re.escape(expected.format(folder=folder)[:40])):
+        loading.load_model(str(folder), device="cpu")
 
 
 def test_a_finetune_records_its_base_model_folder_as_an_absolute_path(tmp_path, monkeypatch):

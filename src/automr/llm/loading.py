@@ -479,12 +479,13 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
 
     No weight is read: the model is built on the meta device from its config (a 7B model
     needs no 28 GB), the fingerprint is :func:`files_fingerprint` (a hub id's weights are not
-    downloaded for it: until then it is unknown) and each safetensors file's header is
-    checked, so a damaged file is still said here."""
+    downloaded for it: until then it is unknown) and the tokenizer is loaded and each
+    safetensors file's header checked, so a model a load refuses for them is refused here."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source, folder, fingerprint = _locate(name, cache_dir)
     with _load_errors(name, source):
+        AutoTokenizer.from_pretrained(source)  # a folder without one is no model to load
         config = AutoConfig.from_pretrained(source)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(
