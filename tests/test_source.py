@@ -4,12 +4,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT_CALLS = ("read_text", "write_text", "open")
+TEXT_CALLS = ("read_text", "write_text", "open", "fdopen")
 
 
 def calls_without_encoding(source: str) -> list[int]:
     """Lines of ``x.read_text(...)``, ``x.write_text(...)`` and text-mode ``open(...)`` /
-    ``x.open(...)`` calls that name no encoding (binary modes need none)."""
+    ``x.open(...)`` / ``os.fdopen(...)`` calls that name no encoding (binary modes need
+    none)."""
     lines = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
@@ -22,13 +23,13 @@ def calls_without_encoding(source: str) -> list[int]:
                      and isinstance(a.value, str) and set(a.value) <= set("rwaxbt+")), None)
         mode = next((k.value.value for k in node.keywords if k.arg == "mode"
                      and isinstance(k.value, ast.Constant)), mode)
-        if name == "open":
-            if isinstance(node.func, ast.Attribute) and not node.args and not node.keywords:
-                continue  # FinetunedRun.open(folder) and the like take a folder, not a mode
+        if name in ("open", "fdopen"):
             if mode is not None and "b" in mode:
                 continue
-            if isinstance(node.func, ast.Attribute) and mode is None:
-                continue  # MemoryStore.open(path), ExportedEvaluation.open(path)
+            if name == "open" and isinstance(node.func, ast.Attribute) and mode is None \
+                    and node.args:
+                continue  # MemoryStore.open(path), FinetunedRun.open(folder), gzip.open(path)
+            # path.open() and path.open(newline="") read text in the locale's encoding
         lines.append(node.lineno)
     return lines
 
@@ -53,5 +54,10 @@ path.open("a")
 path.open("a+b")
 FinetunedRun.open(folder)
 FinetunedRun.open("runs/demo/bigrec")
+path.open()
+path.open(newline="")
+path.open(mode="rb")
+os.fdopen(fd, "w")
+os.fdopen(fd, "wb")
 """
-    assert calls_without_encoding(source) == [2, 4, 6]
+    assert calls_without_encoding(source) == [2, 4, 6, 10, 11, 13]
