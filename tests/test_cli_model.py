@@ -82,6 +82,32 @@ def test_info_on_a_hub_id_downloads_no_weight(tiny_folder, tmp_path, monkeypatch
     assert lines["fingerprint"] == loading.load_model(str(snapshot), device="cpu").fingerprint()
 
 
+def test_a_hub_model_transformers_cannot_build_is_one_line(tiny_folder, tmp_path, monkeypatch):
+    """A hub id whose config names a model type this transformers does not know (a newer
+    architecture) failed as transformers' ValueError traceback, in ``info`` and every load; a
+    local folder's was one line already."""
+    snapshot = tmp_path / "hub" / "models--org--odd" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_folder, snapshot)
+    config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
+    (snapshot / "config.json").write_text(json.dumps({**config, "model_type": "foobar_lm"}),
+                                          encoding="utf-8")
+    (tmp_path / "hub" / "models--org--odd" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--odd" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"):
+        real = getattr(loading, name)
+        monkeypatch.setattr(loading, name, SimpleNamespace(
+            from_pretrained=lambda source, *args, real=real, **kw: real.from_pretrained(
+                snapshot, *args, **kw), from_config=getattr(real, "from_config", None)))
+    result = runner.invoke(app, ["model", "info", "org/odd"])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: could not load model 'org/odd': The checkpoint you "
+                                    "are trying to load has model type `foobar_lm`")
+    with pytest.raises(AutomrError, match=r"^could not load model 'org/odd': The checkpoint"):
+        loading.load_model("org/odd", device="cpu")
+
+
 def test_info_says_why_the_split_refuses_a_model_and_which_modules_lora_can_target(tmp_path):
     """``model info`` answers "can I use this model, and with which --lora-targets?" before a
     fine-tune fails: a type the split lacks is named, a fused projection is listed."""

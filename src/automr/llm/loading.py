@@ -214,7 +214,9 @@ def _locate(name: str, cache_dir: Path | str | None) -> tuple[str | Path, Path |
 @contextlib.contextmanager
 def _load_errors(name: str, source: str | Path) -> Iterator[None]:
     """A model that cannot be loaded from ``source`` as one line: whatever failed in a local
-    folder's files, or a hub id that could not be fetched."""
+    folder's files, a hub id that could not be fetched, or one whose files transformers
+    cannot build a model from (a model type it does not know, a class it has no causal LM
+    of)."""
     try:
         yield
     except Exception as error:
@@ -222,7 +224,7 @@ def _load_errors(name: str, source: str | Path) -> Iterator[None]:
             raise AutomrError(f"could not load the model in {source}: {one_line(error)}") \
                 from error
         if not isinstance(error, OSError):
-            raise
+            raise AutomrError(f"could not load model {name!r}: {one_line(error)}") from error
         raise AutomrError(
             f"could not load model {name!r}: {error}. Give a local folder with config.json, "
             f"weights and tokenizer files, an id reachable on the Hugging Face hub, or "
