@@ -156,11 +156,11 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
                                          moe_intermediate_size=16, layer_types=None,
                                          mlp_layer_types=None)),
     "seed_oss": (SeedOssConfig, dict(head_dim=8)),  # q/k/v biases without an o one
-    # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     # Granite 4 with attention layers only: no positions at all (NoPE), experts + a shared MLP
     "granitemoehybrid": (GraniteMoeHybridConfig, dict(GRANITE, **MOE, shared_intermediate_size=16,
                                                       position_embedding_type=None, mamba_n_heads=4,
                                                       layer_types=PerLayer("full_attention"))),
+    # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
         high_freq_factor=4.0, original_max_position_embeddings=128))),
