@@ -167,10 +167,12 @@ def test_lora_targets_are_the_linear_modules_of_every_tuned_layer(workspace, tmp
     tiny_model(tiny_config("qwen3_moe", 4, mlp_only_layers=[3])).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     assert "down_proj" in describe_model(str(folder))["linear_modules"].split(",")
+    loaded = load_model(str(folder), device="cpu")
     with pytest.raises(AutomrError) as refused:
-        finetune(load_model(str(folder), device="cpu"), workspace["data"], tmp_path / "run",
+        finetune(loaded, workspace["data"], tmp_path / "run",
                  quick_config(lora_from_layer=2, lora_dropout=0.0,
                               target_modules=("q_proj", "down_proj")), progress=False)
+    assert not any("lora_" in name for name, _ in loaded.model.named_parameters())
     assert str(refused.value).startswith(
         "LoRA target(s) q_proj, down_proj put adapters below layer 2 (model.layers.0.mlp."
         "experts, model.layers.1.mlp.experts): peft adapts a mixture of experts' weights")

@@ -349,6 +349,7 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
                   f"{'it' if len(experts) == 1 else 'them'} for the experts' weights too)"
                   if experts else f"Name linear modules only with --lora-targets "
                                   f"({', '.join(linear)})")
+        model.unload()  # the caller's model as it was, for another try
         raise AutomrError(
             f"LoRA target(s) {targets} put adapters below layer {config.lora_from_layer} "
             f"({', '.join(below[:3])}{', ...' if len(below) > 3 else ''}): peft adapts a "
