@@ -268,6 +268,33 @@ def test_masked_keys_give_no_nan_gradients(normalize):
     assert all(bool(torch.isfinite(p.grad).all()) for p in retriever.parameters())
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keys_padded_with_zeros_train_and_score_as_float32(dtype):
+    """Keys of a model loaded in float16 (a retrieval dataset keeps the memory's dtype): the
+    padding's zero keys must not turn into NaN when normalised (float16 cannot hold
+    ``F.normalize``'s eps), neither in the scores nor in the gradients; a real zero key scores
+    0 with the semantic retriever too."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 3, HIDDEN, generator=generator)
+    keys[1, 1] = 0.0
+    query = torch.randn(2, HIDDEN, generator=generator)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    targets = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    half = keys.to(dtype)
+    retriever = mlp(normalize=True)
+    log_probs = retriever.log_probs(query.to(dtype), half, mask)
+    kl_loss(log_probs, targets, mask).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in retriever.parameters())
+    expected = mlp(normalize=True).log_probs(query.to(dtype), half.float(), mask)
+    torch.testing.assert_close(log_probs, expected, rtol=0, atol=1e-6)
+    semantic = SemanticRetriever().scores(query.to(dtype), half, mask)
+    assert semantic[1, 1] == 0 and bool(torch.isfinite(semantic[mask]).all())
+    torch.testing.assert_close(
+        semantic, SemanticRetriever().scores(query.to(dtype).float(), half.float(), mask))
+    centered = SemanticRetriever(center=half[0, 0]).scores(query.to(dtype), half, mask)
+    assert centered[0, 0] == 0 and bool(torch.isfinite(centered[mask]).all())
+
 @given(memory=padded_memories(HIDDEN, min_real=1),
        scale=st.floats(0.1, 10.0), shift=float_tensors((HIDDEN,)))
 def test_semantic_is_cosine_and_centering_removes_a_shift(memory, scale, shift):

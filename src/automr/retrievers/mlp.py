@@ -81,9 +81,10 @@ class MLPRetriever(nn.Module):
         keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.config.normalize:
             query = F.layer_norm(query, query.shape[-1:])
-            keys = F.normalize(keys, dim=-1)
         projected = self.project(query)
-        keys = keys.to(dtype=projected.dtype)
+        keys = keys.to(dtype=projected.dtype)  # before normalising: in float16 (a model
+        if self.config.normalize:  # loaded so) its eps is 0 and a zero key, e.g. every masked
+            keys = F.normalize(keys, dim=-1)  # slot, gave NaN scores and NaN gradients
         logits = torch.einsum("bh,bmh->bm", projected, keys) / self.config.temperature
         return logits.masked_fill(~mask, -torch.inf)
 

@@ -25,7 +25,8 @@ from automr.retrievers.storage import read_retriever, write_retriever
 class SemanticRetriever:
     """Scores = cosine(query - center, key - center); ``center`` is optional (default none).
 
-    Zero vectors (after centering) score 0. Masked elements come back as ``-inf``.
+    Computed (and returned) in float32 or wider, whatever the inputs' dtype. Zero vectors (after
+    centering) score 0. Masked elements come back as ``-inf``.
     """
 
     @jaxtyped(typechecker=beartype)
@@ -52,7 +53,9 @@ class SemanticRetriever:
     ) -> Float[Tensor, "batch mem"]:
         """``cosine(query - center, key - center)`` per element (no centring without
         ``center``); ``-inf`` at masked elements."""
-        keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
+        # at least float32: float16 cannot hold ``eps``, so a zero vector was 0/0 = NaN there
+        dtype = torch.promote_types(torch.promote_types(query.dtype, keys.dtype), torch.float32)
+        query, keys = query.to(dtype), keys.to(dtype).masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.center is not None:
             center = self.center.to(dtype=query.dtype, device=query.device)
             query, keys = query - center, keys - center
