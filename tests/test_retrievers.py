@@ -321,6 +321,19 @@ def test_mean_key_averages_real_keys_only():
         mean_key(keys, torch.zeros(2, 2, dtype=torch.bool))
 
 
+
+def test_mean_key_of_many_float16_keys_does_not_overflow():
+    """20,000 keys near 10: their float16 sum (2e5) is beyond float16's range (65,504), so
+    summing in the keys' dtype gave an infinite centre and NaN for every centred score."""
+    keys = (torch.randn(1, 20_000, HIDDEN, generator=torch.Generator().manual_seed(0)) + 10)
+    mask = torch.ones(1, 20_000, dtype=torch.bool)
+    center = mean_key(keys.half(), mask)
+    assert center.dtype == torch.float16
+    torch.testing.assert_close(center, mean_key(keys.half().float(), mask).half())
+    scores = SemanticRetriever.centered(keys.half(), mask).scores(keys[:, 0].half(),
+                                                                  keys.half(), mask)
+    assert bool(torch.isfinite(scores).all())
+
 @given(memory=padded_memories(HIDDEN), seed=st.integers(0, 2**31))
 def test_random_scores_depend_on_seed_and_inputs_only(memory, seed):
     first = RandomRetriever(seed).scores(memory.query, memory.keys, memory.mask)

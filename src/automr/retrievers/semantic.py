@@ -86,9 +86,11 @@ class SemanticRetriever:
 def mean_key(
     keys: Float[Tensor, "batch mem hidden"], mask: Bool[Tensor, "batch mem"]
 ) -> Float[Tensor, " hidden"]:
-    """The mean of all real keys (every row's real elements pooled together)."""
+    """The mean of all real keys (every row's real elements pooled together), summed in at
+    least float32 (a float16 sum of a memory's keys overflows) and returned in their dtype."""
     count = mask.sum()
     if int(count) == 0:
         raise ValueError("mean_key: there are no real keys to average")
-    weights = mask.unsqueeze(-1).to(keys.dtype)
-    return (keys.masked_fill(~mask.unsqueeze(-1), 0.0) * weights).sum((0, 1)) / count
+    wide = keys.to(torch.promote_types(keys.dtype, torch.float32))
+    total = wide.masked_fill(~mask.unsqueeze(-1), 0.0).sum((0, 1))
+    return (total / count).to(keys.dtype)
