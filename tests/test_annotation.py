@@ -178,6 +178,14 @@ def test_labels_are_distributions_ordered_like_the_deltas(base, values, temperat
         assert (s[order][1:] >= s[order][:-1] - 1e-7).all()
 
 
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_temperature_that_is_not_positive_and_finite_is_refused(temperature):
+    """NaN gave NaN labels (refused later as 'targets must be finite', naming no temperature)
+    and inf uniform ones, silently: a retriever trained on them learns nothing."""
+    with pytest.raises(AutomrError, match="positive and finite"):
+        labels(-5.0, torch.tensor([-4.0, -6.0]), "log", temperature)
+
 def test_paper_form_is_near_uniform_for_long_targets():
     """Products of many token probabilities are tiny, so softmax(delta) is nearly uniform."""
     s = labels(-25.0, torch.tensor([-20.0, -24.0, -30.0]), "paper", 1.0)

@@ -10,6 +10,8 @@
 Validation decides which to use; every run records the form and temperature.
 """
 
+import math
+
 import torch
 from beartype import beartype
 from jaxtyping import Float, jaxtyped
@@ -32,8 +34,8 @@ def labels(base: float, with_element: Float[Tensor, " mem"], form: str = "paper"
            temperature: float = 1.0) -> Float[Tensor, " mem"]:
     """S' = softmax(delta / temperature) over the sample's memory (in float64 throughout:
     the paper's deltas of a long title are below float32's range)."""
-    if temperature <= 0:
-        raise AutomrError(f"temperature must be positive, got {temperature}")
+    if not 0 < temperature < math.inf:  # NaN too: it gave NaN labels, inf uniform ones
+        raise AutomrError(f"temperature must be positive and finite, got {temperature}")
     return torch.softmax(_deltas(base, with_element, form) / temperature, 0).float()
 
 
