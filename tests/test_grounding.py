@@ -153,6 +153,25 @@ def test_items_sharing_a_title_are_found_together(tiny_models, tokenizer, beams)
             assert (ordered[:-1] >= ordered[1:] - 1e-5).all(), ordered
 
 
+def test_a_prior_orders_the_items_sharing_a_found_title(tiny_models, tokenizer):
+    """constrained-pop: the prior that orders the tail also orders the items of a found title
+    (highest first, equal values in catalog order), and tells them apart as its ``tie_key``;
+    without a weight (gamma 0) they are ties in catalog order."""
+    titles = [*TITLES, TITLES[0], TITLES[3], TITLES[0]]
+    prior = torch.tensor([0.1, 0.0, 0.0, 0.2, 0.0, 0.9, 0.5, 0.1])
+    llm = HFSplitLLM(tiny_models["llama"])
+    targets = catalog_targets(tokenizer, titles)
+    ids, mask = encode_prompts(tokenizer, ["a b", "hh"])
+    for gamma, groups in ((2.0, [[5, 0, 7], [6, 3]]), (0.0, [[0, 5, 7], [3, 6]])):
+        grounder = ConstrainedGrounder(targets, num_beams=len(set(titles)), prior=prior,
+                                       gamma=gamma)
+        assert (grounder.tie_key is None) == (gamma == 0)
+        for order in grounder.rank(llm, ids, mask, 2).tolist():
+            for group in groups:
+                at = order.index(group[0])
+                assert order[at : at + len(group)] == group, order
+
+
 def plain_found_first(grounder: ConstrainedGrounder, found: list[list[int]]) -> list[list[int]]:
     """One sample at a time, in Python lists: the beams' items, then the rest of the catalog
     by (prior-adjusted) distance to the first one, else by the prior, else in catalog order."""
@@ -444,3 +463,69 @@ def test_a_ranking_that_is_not_an_order_of_the_catalog_is_refused(ordered_method
     rankings[1, 0] = {"repeated": 1, "outside": n_items, "negative": -1}[broken]
     with pytest.raises(AutomrError, match="not an order of the whole catalog"):
         ordered_method.ranks_in_order(samples, rankings)
+
+
+def shared_title_dataset(folder):
+    """The synthetic dataset with items i5, i6 sharing one title and i10, i11, i12 another (as
+    Amazon editions do: CSV items are not merged by default)."""
+    from automr.data import PreparedDataset, prepare_csv
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL, write_synthetic_csv
+
+    interactions, items = write_synthetic_csv(folder / "raw")
+    shared = {"i5": "Twin", "i6": "Twin", "i10": "Triple", "i11": "Triple", "i12": "Triple"}
+    lines = items.read_text(encoding="utf-8").splitlines()
+    items.write_text("\n".join([lines[0], *(
+        f"{line.split(',')[0]},{shared.get(line.split(',')[0], line.split(',', 1)[1])}"
+        for line in lines[1:])]) + "\n", encoding="utf-8")
+    prepare_csv(interactions, items, folder / "prepared", protocol=SYNTHETIC_PROTOCOL)
+    return PreparedDataset.load(folder / "prepared")
+
+
+@given(data=st.data(), exclude_seen=st.booleans(), together=st.booleans(),
+       keyed=st.booleans())
+def test_a_target_sharing_its_title_ranks_below_the_items_listed_with_it(
+        shared_method, data, exclude_seen, together, keyed):
+    """The model writes a title, not an item: items sharing the target's title that a grounder
+    lists together with it (the constrained beams' titles, equal likelihoods) are ties, broken
+    against the target as :func:`ranks_from_scores` (and the L2 grounding) break them; the
+    constrained and likelihood grounders list them in catalog order, so the first listed
+    edition ranked above the others. A grounder's ``tie_key`` (constrained-pop's prior) tells
+    them apart: only equal values tie."""
+    import attrs
+
+    key = torch.tensor([float(i % 2) for i in range(len(shared_method.dataset.catalog))])
+    grounder = type("Keyed", (), {"tie_key": key})() if keyed else None
+    method = attrs.evolve(shared_method, exclude_seen=exclude_seen, grounder=grounder)
+    catalog = method.dataset.catalog
+    ids = list(catalog.ids)
+    shared = [s for s in method.dataset.samples("test") if len(
+        catalog.ids_for_title(catalog.title(s.target))) > 1]
+    samples = data.draw(st.lists(st.sampled_from(shared), min_size=1, max_size=5))
+    rankings, expected = [], []
+    for sample in samples:
+        target = ids.index(sample.target)
+        mates = [ids.index(i) for i in catalog.ids_for_title(catalog.title(sample.target))]
+        ranking = data.draw(st.permutations(range(len(ids))))
+        if together:  # the title's items one after the other, where the first one stood
+            mates = data.draw(st.permutations(mates))
+            first = min(ranking.index(i) for i in mates)
+            rest = [i for i in ranking if i not in mates]
+            ranking = [*rest[:first], *mates, *rest[first:]]
+        rankings.append(torch.tensor(ranking))
+        seen = {ids.index(i) for i in sample.history} - {target} if exclude_seen else set()
+        kept = [i for i in ranking if i not in seen]
+        at = kept.index(target)
+        while at + 1 < len(kept) and kept[at + 1] in mates and (
+                not keyed or key[kept[at + 1]] == key[target]):
+            at += 1
+        expected.append(at)
+    assert method.ranks_in_order(samples, torch.stack(rankings)) == expected
+
+
+@pytest.fixture(scope="module")
+def shared_method(tmp_path_factory, ordered_method):
+    import attrs
+
+    dataset = shared_title_dataset(tmp_path_factory.mktemp("shared"))
+    assert len(dataset.catalog.repeated_titles) == 2
+    return attrs.evolve(ordered_method, dataset=dataset)

@@ -27,7 +27,9 @@ from automr.types import TokenIds, TokenMask
 class ConstrainedGrounder:
     """The ``num_beams`` titles found by trie-constrained beam search come first, ordered by
     their exact sequence log-probability (title tokens + EOS; the items sharing a title
-    together, in catalog order); the rest of the catalog follows,
+    together, in catalog order, or by the prior when it weighs in; ties that an evaluation
+    breaks against the target, :meth:`~automr.methods.GenerativeMethod.ranks_in_order`);
+    the rest of the catalog follows,
     ordered by L2 distance to the top beam's title embedding (the BIGRec grounding space), or
     by catalog index when no embeddings are given.
 
@@ -67,9 +69,23 @@ class ConstrainedGrounder:
         ``layer`` is the split and ``insert`` (optional) joins memory there."""
         beams = self.beams(llm, input_ids, attention_mask, layer, insert)
         found = [[item for i in map(self.trie.value, (h.tokens for h in hyps)) if i is not None
-                  for item in self.sharing[i]] for hyps in beams]  # a title: all its items
+                  for item in self._items(i)] for hyps in beams]  # a title: all its items
         orders = self.fallback_orders([items[0] if items else None for items in found])
         return found_first(found, orders).to(input_ids.device)
+
+    @property
+    def tie_key(self) -> Float[Tensor, " items"] | None:
+        """What tells items sharing a title apart in this ranking: the prior when it weighs
+        in (``gamma > 0``), else nothing (they are ties); see
+        :meth:`~automr.methods.GenerativeMethod.ranks_in_order`."""
+        return self.prior if self.prior is not None and self.gamma else None
+
+    def _items(self, first: int) -> tuple[int, ...]:
+        """The items of the title whose first catalog index is ``first``: in catalog order,
+        or by :attr:`tie_key` (highest first, then catalog order) when it is set."""
+        items = self.sharing[first]
+        key = self.tie_key
+        return items if key is None else tuple(sorted(items, key=lambda i: -float(key[i])))
 
     def beams(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,

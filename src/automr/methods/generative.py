@@ -102,9 +102,15 @@ class GenerativeMethod:
         return ranks
 
     def ranks_in_order(self, samples: Sequence[Sample], rankings: torch.Tensor) -> list[int]:
-        """Each target's 0-based position in its row of ``rankings`` (``[samples items]``,
-        catalog indices best first, an order of the whole catalog), counting only the items
-        left in with ``exclude_seen`` (the history out, the target in)."""
+        """Each target's 0-based rank in its row of ``rankings`` (``[samples items]``, catalog
+        indices best first, an order of the whole catalog), counting only the items left in
+        with ``exclude_seen`` (the history out, the target in).
+
+        The model writes a title, not an item: items sharing the target's title that the
+        grounder lists together with it are ties, broken against the target as
+        :func:`~automr.evaluation.metrics.ranks_from_scores` breaks them (the target counts
+        from the last of them). A grounder whose ``tie_key`` (one value per item) is set
+        tells such items apart by it: only those with the target's value are ties."""
         n_items = len(self.dataset.catalog)
         if rankings.shape[1] != n_items or not _each_item_once(rankings):
             raise AutomrError(f"{type(self.grounder).__name__}.rank gave {self.label} "
@@ -112,14 +118,21 @@ class GenerativeMethod:
                               f"order of the whole catalog ({n_items} items): a grounder ranks "
                               f"every item")
         catalog = self.dataset.catalog
-        targets = torch.tensor(catalog.positions(s.target for s in samples), dtype=torch.long)
-        positions = (rankings == targets[:, None]).long().argmax(dim=1)
-        if not self.exclude_seen:
-            return positions.tolist()
-        seen = seen_mask([catalog.positions(s.history) for s in samples], n_items)
-        seen[torch.arange(len(samples)), targets] = False
-        seen_before = seen.gather(1, rankings).long().cumsum(1).gather(1, positions[:, None])
-        return (positions - seen_before[:, 0]).tolist()
+        targets = catalog.positions(s.target for s in samples)
+        seen = (seen_mask([catalog.positions(s.history) for s in samples], n_items)
+                if self.exclude_seen else torch.zeros(len(samples), n_items, dtype=torch.bool))
+        key = getattr(self.grounder, "tie_key", None)
+        ranks = []
+        for row, (sample, target) in enumerate(zip(samples, targets, strict=True)):
+            seen[row, target] = False
+            kept = rankings[row][~seen[row][rankings[row]]]
+            at = int((kept == target).nonzero()[0, 0])
+            ties = torch.zeros(n_items, dtype=torch.bool)
+            ties[catalog.positions(catalog.ids_for_title(catalog.title(sample.target)))] = True
+            if key is not None:
+                ties &= key.cpu() == key[target].cpu()
+            ranks.append(at + int(ties[kept[at + 1:]].long().cumprod(0).sum()))
+        return ranks
 
     def ranks_by_distance(self, samples: Sequence[Sample],
                           distances: torch.Tensor) -> list[int]:
