@@ -241,3 +241,55 @@ def test_annotate_refuses_a_fine_tune_evaluate_would_refuse(workspace, tmp_path,
     assert result.exit_code == 2, result.output
     assert message in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "ann").exists()
+
+
+def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path):
+    """Items sharing the target's title (Amazon editions) are ties, broken against the target
+    by evaluate; recommend put the target at its place in the grounder's order (catalog order
+    among the title's items), so it could show a better rank than evaluate gave the sample."""
+    from automr.data import prepare_csv
+    from automr.experiments.recommend import latest_sample, recommend
+    from automr.methods.registry import Artifacts, MethodOptions, Workspace, build_method
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL, write_synthetic_csv
+
+    interactions, items = write_synthetic_csv(tmp_path / "raw")
+    shared = {"i5": "Twin", "i6": "Twin", "i10": "Triple", "i11": "Triple", "i12": "Triple"}
+    lines = items.read_text(encoding="utf-8").splitlines()
+    items.write_text("\n".join([lines[0], *(
+        f"{line.split(',')[0]},{shared.get(line.split(',')[0], line.split(',', 1)[1])}"
+        for line in lines[1:])]) + "\n", encoding="utf-8")
+    dataset = prepare_csv(interactions, items, tmp_path / "data", protocol=SYNTHETIC_PROTOCOL)
+    save_tiny_model(tmp_path / "model", num_layers=4)
+    data, model = str(tmp_path / "data"), str(tmp_path / "model")
+    common = ["--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    for args in (["finetune", "--data", data, "--out", str(tmp_path / "ft"), "--model", model,
+                  "--train-samples", "8", "--valid-samples", "4", "--batch-size", "4",
+                  "--lora-from-layer", "2", *common],
+                 ["memory", "build", "--data", data, "--out", str(tmp_path / "mem"), "--model",
+                  model, "--layer", "2", "--encoder", "window", *common],
+                 ["annotate", "--data", data, "--memory", str(tmp_path / "mem"), "--finetuned",
+                  str(tmp_path / "ft"), "--out", str(tmp_path / "ann"), "--samples", "8",
+                  *common],
+                 ["retriever", "train", "--annotations", str(tmp_path / "ann"), "--data", data,
+                  "--memory", str(tmp_path / "mem"), "--out", str(tmp_path / "ret"),
+                  "--quiet"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    catalog = dataset.catalog
+    users = [u for u in sorted({s.user for s in dataset.samples("test")})
+             if len(catalog.ids_for_title(catalog.title(latest_sample(dataset, u, "test")
+                                                        .target))) > 1]
+    assert users
+    folders = (tmp_path / "ft", tmp_path / "mem", tmp_path / "ret")
+    space = Workspace(dataset, Artifacts(finetuned=folders[0], memory=folders[1],
+                                         retriever=folders[2]),
+                      MethodOptions(exclude_seen=True), device="cpu", progress=False,
+                      cache_dir=tmp_path / "cache")
+    for grounder in ("l2", "constrained", "likelihood"):
+        method = build_method(f"automr:{grounder}", space)
+        for user in users:
+            sample = latest_sample(dataset, user, "test")
+            shown = recommend(data, user, *folders, top=len(catalog), grounder=grounder,
+                              device="cpu", cache_dir=tmp_path / "cache")
+            assert shown.target_rank == method.rank([sample])[0], (grounder, user)
+            assert shown.items[shown.target_rank][0] == sample.target

@@ -120,25 +120,42 @@ def recommend(
     llm = HFSplitLLM(loaded.model)
     args = (llm, ids.to(llm.device), mask.to(llm.device), store.layer,
             retrieval.insert_for([sample]))
+    catalog = dataset.catalog
+    item_ids = catalog.ids
+    [target] = catalog.positions([sample.target])
     generated = None
     with torch.no_grad():
         if isinstance(ranker, L2Grounder):
             [generated] = ranker.generate(*args)
-            ranking = rank_by_distance(ranker.distances_to([generated]))[0].tolist()
+            [distances] = ranker.distances_to([generated])
+            ranking = rank_by_distance(distances[None])[0].tolist()
+            tied = (distances <= distances[target]).nonzero()[:, 0].tolist()
         else:
             ranking = ranker.rank(*args)[0].tolist()
-    catalog = dataset.catalog
-    item_ids = catalog.ids
+            tied = catalog.positions(catalog.ids_for_title(catalog.title(sample.target)))
+            key = getattr(ranker, "tie_key", None)  # as GenerativeMethod.ranks_in_order
+            tied = [i for i in tied if key is None or bool(key[i] == key[target])]
     if exclude_seen:  # as `automr evaluate --exclude-seen`: the target always stays
-        index = {item: i for i, item in enumerate(item_ids)}
-        seen = {index[i] for i in sample.history} - {index[sample.target]}
+        seen = set(catalog.positions(sample.history)) - {target}
         ranking = [i for i in ranking if i not in seen]
+    ranking = behind_its_ties(ranking, target, tied)
     entry = store.index.users[user]
     retrieved = [(entry.items[i], catalog.title(entry.items[i]), int(entry.timestamps[i]))
                  for i in retrieval.retrieved[0]]
     return Recommendation(
         sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
-        retrieved=retrieved, target_rank=ranking.index(item_ids.index(sample.target)),
+        retrieved=retrieved, target_rank=ranking.index(target),
         target_title=catalog.title(sample.target),
         recent=list(catalog.titles(sample.recent)), generated=generated,
     )
+
+
+def behind_its_ties(ranking: list[int], target: int, tied: list[int]) -> list[int]:
+    """``ranking`` with ``target`` moved behind the ``tied`` items that directly follow it
+    (equal distances, or the items sharing its title listed with it), so that its place is
+    the rank ``automr evaluate`` gives it: ties broken against the target."""
+    at = end = ranking.index(target)
+    tied = set(tied)
+    while end + 1 < len(ranking) and ranking[end + 1] in tied:
+        end += 1
+    return [*ranking[:at], *ranking[at + 1 : end + 1], target, *ranking[end + 1 :]]
