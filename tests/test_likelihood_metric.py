@@ -160,6 +160,12 @@ def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
         assert tuned["gamma"] in {float(g) for g in tuned["valid_ndcg@5"]}
         settings = json.loads((tmp_path / "ranks" / f"{name}.settings.json").read_text())
         assert settings["tune_samples"] == 4
+    constrained = json.loads((tmp_path / "grounding" / "bigrec-constrained-pop.json")
+                             .read_text())  # l2-pop's gamma and values, and it says so
+    l2 = json.loads((tmp_path / "grounding" / "bigrec-l2-pop.json").read_text())
+    assert constrained["tuned_with"] == "l2-pop"
+    assert (constrained["gamma"], constrained["valid_ndcg@5"]) == (l2["gamma"],
+                                                                   l2["valid_ndcg@5"])
 
 
 def test_l2_injections_rank_by_the_weighted_distances(workspace, tmp_path):

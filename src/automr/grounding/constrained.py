@@ -36,8 +36,10 @@ class ConstrainedGrounder:
     With a ``prior`` (item scores in [0, 1], e.g. popularity) and ``gamma > 0`` the rest is
     ordered by the distance re-weighted as in BIGRec's statistical information injection
     (:func:`~automr.grounding.prior.adjusted_distances`): a large ``gamma`` orders it by the
-    prior, so with ``gamma`` chosen on validation the tail is at least as good as popularity
-    there.
+    prior. ``automr evaluate``'s ``constrained-pop`` takes the ``gamma`` that the L2
+    grounding's injection (``l2-pop``) chooses on validation samples, from the distances to
+    the *generated* text: it is not tuned on this ranking, whose tail is anchored on the top
+    beam's title.
 
     ``engine`` runs the search: ``fast`` (:func:`~automr.llm.beam.beam_search`, the prompts'
     common header run once), ``reference`` (the plain implementation it replaced, same beams)

@@ -233,7 +233,8 @@ class Workspace:
                                          INJECTIONS["l2-pop"](self))
         tuned = method(grounder, gamma)
         tuned.note("grounding", {"gamma": gamma, "tuned_on_valid_samples":
-                                 self.options.tune_samples, "valid_ndcg@5": values})
+                                 self.options.tune_samples, "tuned_with": "l2-pop",
+                                 "valid_ndcg@5": values})
         return tuned
 
     def plain_l2(self, run: FinetunedRun | None, retrieval: MemoryRetrieval | None,
