@@ -164,6 +164,18 @@ def test_step_commands_chain(workspace, tmp_path):
                                   str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
                                   "--retriever", str(tmp_path / "ret")])
     assert missing.exit_code == 2 and "has no test sample" in missing.output
+    synthetic_dataset(tmp_path / "other", seed=1)  # a fine-tune evaluate refuses: recommend too
+    for out, extra in (("ft-other", ["--data", str(tmp_path / "other" / "prepared")]),
+                       ("ft-rella", ["--data", data, "--context", "rella"])):
+        ok("finetune", *extra, "--out", str(tmp_path / out), "--model", model,
+           "--train-samples", "4", "--valid-samples", "4", "--batch-size", "4", "--epochs", "1",
+           "--lora-from-layer", "2", *common)
+    for out, says in (("ft-other", "was tuned on another dataset than"),
+                      ("ft-rella", "was fine-tuned with a rella context")):
+        refused = runner.invoke(app, ["recommend", user, "--data", data, "--finetuned",
+                                      str(tmp_path / out), "--memory", str(tmp_path / "mem"),
+                                      "--retriever", str(tmp_path / "ret"), "--device", "cpu"])
+        assert refused.exit_code == 2 and says in refused.output, refused.output
 
 
 def test_a_memory_above_the_first_tuned_layer_is_refused(workspace, tmp_path):

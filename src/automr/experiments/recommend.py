@@ -109,6 +109,8 @@ def recommend(
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
     run = FinetunedRun.open(finetuned)
+    run.check_plain()  # as automr evaluate's automr:G: a baseline's fine-tune wants its context
+    run.check_dataset(dataset)
     loaded = run.load(device=device, dtype=dtype, cache_dir=cache_dir)
     store = run.open_memory(memory, device=str(loaded.model.device))
     store.check_dataset(dataset)
