@@ -224,3 +224,38 @@ def test_compare_refuses_an_evaluation_as_its_out_and_names_a_missing_source(tmp
     for missing in (tmp_path / "nope", tmp_path / "nope.json"):
         with pytest.raises(AutomrError, match=f"{missing} does not exist"):
             combine_folders({"x": (missing, "bigrec:x")})
+
+
+def test_an_export_of_an_api_evaluation_keeps_its_cut_offs_and_bootstrap(tmp_path):
+    """`automr.evaluate` called without a record wrote no cut-offs or bootstrap into
+    results.json, so its export was read back at K = 1, 5, 10 with 1000 resamples of seed 0:
+    other cut-offs were refused ('metrics do not match'), other resamples passed for 1000."""
+    import attrs
+
+    from automr.data.records import Sample
+    from automr.evaluation import evaluate
+    from automr.evaluation.folder import ExportedEvaluation
+
+    class Spread:
+        def __init__(self) -> None:
+            self.settings = {"spread": 1}
+
+        def rank(self, samples):
+            return [(3 * int(s.timestamp)) % 30 for s in samples]
+
+    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
+                      recent_timestamps=(0,)) for i in range(12)]
+    for ks, n_resamples, seed in (((1, 20), 40, 3), ((1, 5, 10), 40, 3)):
+        out = tmp_path / f"a{len(ks)}"
+        made = evaluate({"m": Spread()}, samples, 30, out=out, ks=ks, n_resamples=n_resamples,
+                        seed=seed).reports["m"]
+        exported = out.with_suffix(".json")
+        exported.write_text(json.dumps(EvaluationFolder(out).export()))
+        assert ExportedEvaluation.open(exported).report("m") == made
+        assert recomputed_means(json.loads(exported.read_text()))["m"] == {
+            k: iv.mean for k, iv in made.metrics.items()}
+        same = combine_folders({"x": (exported, "m")}, n_resamples=n_resamples, seed=seed)
+        assert same.reports["x"] == attrs.evolve(made, method="x")
+        other = combine_folders({"x": (exported, "m")})  # 1000 resamples of seed 0
+        assert other.reports["x"] == build_report("x", made.sample_ids, made.rank_tensor(), 30,
+                                                  ks=ks)

@@ -159,8 +159,9 @@ def evaluate(
     values, settings and details are saved per method as it finishes (values
     saved with equal settings are not computed again; a method whose ``settings`` are empty
     is computed again every time, as nothing tells it from another one under its name), then
-    ``results.json`` (after
-    ``record``) and ``results.md`` (after ``header``). ``shard_size``: samples per shard
+    ``results.json`` (after ``record``, whose ``config`` gains the ``ks``, ``n_resamples`` and
+    ``seed`` of the tables, so that an export reads them back) and ``results.md`` (after
+    ``header``). ``shard_size``: samples per shard
     (the unit of resuming and of sharing among processes; a multiple of the methods' batch
     sizes keeps their batches those of one pass).
 
@@ -247,9 +248,22 @@ def evaluate(
     evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples, seed,
                             tuple(reused))
     if folder is not None:  # every process returns once the folder is written
+        record = _with_summary(record, ks if "ranks" in measures else None, n_resamples, seed)
         distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
                                                          evaluation.markdown(header)))
     return evaluation
+
+
+def _with_summary(record: Mapping[str, Any], ks: Sequence[int] | None, n_resamples: int,
+                  seed: int) -> dict[str, Any]:
+    """``record`` with the cut-offs and the bootstrap the tables were summarised with in its
+    ``config`` (what an export of the folder is read back with), over what it says of them."""
+    config = record.get("config", {})
+    if not isinstance(config, Mapping):
+        return dict(record)
+    summary = {"n_resamples": n_resamples, "seed": seed} | ({} if ks is None
+                                                            else {"ks": list(ks)})
+    return {**record, "config": {**config, **summary}}
 
 
 def _checked_ranks(name: str, ranks: Any, count: int, n_items: int) -> list[int]:
