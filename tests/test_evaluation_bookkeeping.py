@@ -332,6 +332,22 @@ def test_ranks_that_are_not_places_in_the_catalog_are_refused(ranks, message):
         evaluate({"m": Returns(ranks)}, SAMPLES[:4], 30, n_resamples=20)
 
 
+@pytest.mark.parametrize("value", [float("-inf"), float("nan"), float("inf")])
+def test_a_log_likelihood_that_is_not_finite_is_refused_naming_the_method(value, tmp_path):
+    """-inf or NaN came out after every shard as 'interval low nan exceeds high nan', naming
+    no method; +inf gave a mean of inf outside its own interval."""
+
+    class Scores(Constant):
+        def target_log_likelihoods(self, samples):
+            return [(value if i == 2 else v, n)
+                    for i, (v, n) in enumerate(super().target_log_likelihoods(samples))]
+
+    with pytest.raises(AutomrError, match=r"m returned the log-likelihood (-?inf|nan) .*finite"):
+        evaluate({"m": Scores(0)}, SAMPLES[:4], 30, measures=("likelihood",),
+                 n_resamples=20, out=tmp_path)
+    assert not list(tmp_path.glob("loglik/*.shards/*.json"))  # nothing saved to resume from
+
+
 def test_a_miss_is_the_catalogs_size_as_rank_in_list_gives_it():
     """A top-20 list method's miss (rank_in_list's n_items) was refused as out of range."""
     from automr.evaluation import rank_in_list

@@ -18,6 +18,7 @@ share; the main process writes the folder. Every process returns the same :class
 """
 
 import json
+import math
 import numbers
 import platform
 import uuid
@@ -179,8 +180,9 @@ def evaluate(
     :class:`~automr.interfaces.LikelihoodMethod`, ``out`` (or a method's name) cannot hold
     the evaluation, a method's ``settings`` are not JSON, ``ks`` are not distinct positive
     ints (when ranks are measured), or ``n_resamples`` or ``shard_size`` is not an int >= 1.
-    Then, method by method: when it returns a wrong number of values or a rank that is not
-    an int in ``[0, n_items]``, or a saved file is damaged.
+    Then, method by method: when it returns a wrong number of values, a rank that is not
+    an int in ``[0, n_items]`` or a log-likelihood that is not finite, or a saved file is
+    damaged.
     """
     if not isinstance(methods, Mapping):
         raise AutomrError(f"evaluate takes the methods as a dict {{name: method}}, not a "
@@ -300,6 +302,10 @@ def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float,
     if checked is None or any(n < 1 or int(n) != n for (_, n) in values):
         raise AutomrError(f"{name} returned {values[:3]!r}...: each sample's value is a pair "
                           f"(log-likelihood, token count >= 1)")
+    bad = next((v for v, _ in checked if not math.isfinite(v)), None)
+    if bad is not None:
+        raise AutomrError(f"{name} returned the log-likelihood {bad} for a true title: each is "
+                          f"a finite number of nats (log P <= 0)")
     return checked
 
 
