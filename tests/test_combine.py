@@ -259,3 +259,37 @@ def test_an_export_of_an_api_evaluation_keeps_its_cut_offs_and_bootstrap(tmp_pat
         other = combine_folders({"x": (exported, "m")})  # 1000 resamples of seed 0
         assert other.reports["x"] == build_report("x", made.sample_ids, made.rank_tensor(), 30,
                                                   ks=ks)
+
+
+def test_an_export_refuses_a_table_older_than_its_values(tmp_path):
+    """A rerun into the folder on other samples, cut after its first method, left results.json
+    of the run before: the export held a table (recall@10 0.5 on 12 samples) that its
+    per-sample ranks (16 samples, 0.3125) contradicted."""
+    from automr.data.records import Sample
+    from automr.evaluation import evaluate
+
+    class Spread:
+        def __init__(self, offset: int, cut: bool = False) -> None:
+            self.offset, self.cut, self.settings = offset, cut, {"offset": offset}
+
+        def rank(self, samples):
+            if self.cut:
+                raise KeyboardInterrupt
+            return [(3 * int(s.timestamp) + self.offset) % 30 for s in samples]
+
+    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
+                      recent_timestamps=(0,)) for i in range(20)]
+    evaluate({"a": Spread(0), "b": Spread(1)}, samples[:12], 30, out=tmp_path, n_resamples=30)
+    exported = EvaluationFolder(tmp_path).export()
+    assert recomputed_means(exported)["a"]["recall@10"] == 0.5
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"a": Spread(0), "b": Spread(1, cut=True)}, samples[4:], 30, out=tmp_path,
+                 n_resamples=30)
+    with pytest.raises(AutomrError, match=r"results\.json does not hold the table of the "
+                                          r"values now saved in .*a\.json.*run that evaluation "
+                                          r"again to its end"):
+        EvaluationFolder(tmp_path).export()
+    evaluate({"a": Spread(0), "b": Spread(1)}, samples[4:], 30, out=tmp_path, n_resamples=30)
+    exported = EvaluationFolder(tmp_path).export()
+    assert recomputed_means(exported)["a"] == {
+        k: v["mean"] for k, v in exported["results"]["methods"]["a"].items()}

@@ -332,11 +332,14 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path / RESULTS_JSON} is damaged (not the results of "
                               f"`automr evaluate`): delete it and run the evaluation again "
                               f"(which writes it anew from the saved values)")
-        ranks = {m: dict(zip(r.sample_ids, r.ranks, strict=True))
-                 for m in results["methods"] for r in [self.report(m)]}
-        loglik = {}
-        for method in results.get("likelihood", {}):
+        ranks, loglik = {}, {}
+        for method, table in results["methods"].items():
+            report = self.report(method)
+            self._check_table(method, table, report, "ranks")
+            ranks[method] = dict(zip(report.sample_ids, report.ranks, strict=True))
+        for method, table in results.get("likelihood", {}).items():
             report = _read(self.ranks_file(method, "loglik"), LikelihoodReport.load)
+            self._check_table(method, table, report, "loglik")
             loglik[method] = {s: [v, n] for s, v, n in zip(
                 report.sample_ids, report.log_likelihoods, report.tokens, strict=True)}
         commands = self.commands()
@@ -351,6 +354,19 @@ class EvaluationFolder:
         return {"format": EXPORT_FORMAT, "commands": commands, "results": results,
                 "n_items": next(iter(self.report(m).n_items for m in results["methods"]), None),
                 "ranks": ranks, "loglik": loglik, **details}
+
+    def _check_table(self, method: str, table: Any,
+                     report: MetricReport | LikelihoodReport, kind: str) -> None:
+        """Refuse a ``results.json`` whose table of ``method`` is not that of its values now
+        saved (a later evaluation into the folder replaced them and was cut before its
+        tables): the export would hold numbers its per-sample values contradict."""
+        if table != json.loads(json.dumps({k: attrs.asdict(v)
+                                           for k, v in report.metrics.items()})):
+            raise AutomrError(
+                f"{self.path / RESULTS_JSON} does not hold the table of the values now saved "
+                f"in {self.ranks_file(method, kind)} (a later evaluation into {self.path} "
+                f"replaced them and did not finish): run that evaluation again to its end (it "
+                f"reads back what it saved), then export")
 
     def commands(self) -> list[list[str]]:
         """The argv of every command behind this folder, each once, oldest first: for a method
