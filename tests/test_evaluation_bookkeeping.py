@@ -43,6 +43,16 @@ def test_paired_tables_use_the_resamples_and_seed_asked_for():
         likelihoods["mine"], likelihoods["bigrec"], n_resamples=50, seed=7)
 
 
+def test_a_likelihood_only_table_does_not_say_it_ranked_the_catalog():
+    """The default header of results.md said 'full ranking over the catalog' where nothing
+    was ranked (as `automr evaluate` already says otherwise)."""
+    only = evaluate({"m": Constant(0)}, SAMPLES, 30, n_resamples=20, measures=("likelihood",))
+    assert only.markdown().startswith("24 samples, target log-likelihoods, 20 bootstrap")
+    both = evaluate({"m": Constant(0)}, SAMPLES, 30, n_resamples=20,
+                    measures=("ranks", "likelihood"))
+    assert both.markdown().startswith("24 samples, full ranking over the catalog, 20 bootstrap")
+
+
 def test_a_saved_report_of_another_bootstrap_seed_is_rebuilt_from_its_ranks(tmp_path):
     evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path, n_resamples=40, seed=0,
              measures=("ranks", "likelihood"))

@@ -103,8 +103,9 @@ class Evaluation:
     def markdown(self, header: str | None = None) -> str:
         """Each metric's mean [95% CI], then the paired differences against the reference;
         the same for the target log-likelihood when it was measured."""
-        header = header or (f"{self.samples} samples, full ranking over the catalog, "
-                            f"{self.n_resamples} bootstrap resamples.")
+        measured = "full ranking over the catalog" if self.reports else "target log-likelihoods"
+        header = header or (f"{self.samples} samples, {measured}, {self.n_resamples} bootstrap "
+                            f"resamples.")
         parts = [header, ""]
         if self.reports:
             parts += _tables(self.reports, self.paired(), self.reference, "{:.4f}")
