@@ -75,6 +75,14 @@ def test_processes_that_never_join_are_one_line(monkeypatch):
         distributed.init()
 
 
+def launched(monkeypatch, rank: int, port: str) -> None:
+    """The environment a launcher gives process ``rank`` of 2 (process 0 at 127.0.0.1:``port``),
+    waiting 1 s for the others."""
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", str(rank)), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", port), (distributed.TIMEOUT_ENV, "1")):
+        monkeypatch.setenv(name, value)
+
+
 def test_a_port_in_use_is_one_line(monkeypatch):
     """Process 0 could not listen on MASTER_PORT (another job holds it): torch's
     DistNetworkError came out as a screen of traceback."""
@@ -84,9 +92,7 @@ def test_a_port_in_use_is_one_line(monkeypatch):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
-                            ("MASTER_PORT", port), (distributed.TIMEOUT_ENV, "1")):
-            monkeypatch.setenv(name, value)
+        launched(monkeypatch, rank=0, port=port)
         with pytest.raises(AutomrError, match=rf"^process 0 of 2 could not join the others "
                                               rf"through 127\.0\.0\.1:{port} \(.*address "
                                               rf"already in use.*\): ") as raised:
@@ -108,9 +114,7 @@ def test_a_process_that_cannot_reach_the_main_one_is_one_line(monkeypatch):
                                     "trying to connect to (127.0.0.1, 29534).\nException ...")
 
     monkeypatch.setattr(dist, "init_process_group", unreachable)
-    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                        ("MASTER_PORT", "29534"), (distributed.TIMEOUT_ENV, "1")):
-        monkeypatch.setenv(name, value)
+    launched(monkeypatch, rank=1, port="29534")
     with pytest.raises(AutomrError, match=r"^process 1 of 2 could not join the others through "
                                           r"127\.0\.0\.1:29534 \(The client socket has timed "
                                           r"out .*\): process 0 listens there") as raised:

@@ -465,20 +465,15 @@ def test_a_ranking_that_is_not_an_order_of_the_catalog_is_refused(ordered_method
         ordered_method.ranks_in_order(samples, rankings)
 
 
+SHARED_TITLES = {"i5": "Twin", "i6": "Twin", "i10": "Triple", "i11": "Triple", "i12": "Triple"}
+
+
 def shared_title_dataset(folder):
     """The synthetic dataset with items i5, i6 sharing one title and i10, i11, i12 another (as
     Amazon editions do: CSV items are not merged by default)."""
-    from automr.data import PreparedDataset, prepare_csv
-    from automr.testing.synthetic import SYNTHETIC_PROTOCOL, write_synthetic_csv
+    from automr.testing.synthetic import synthetic_dataset
 
-    interactions, items = write_synthetic_csv(folder / "raw")
-    shared = {"i5": "Twin", "i6": "Twin", "i10": "Triple", "i11": "Triple", "i12": "Triple"}
-    lines = items.read_text(encoding="utf-8").splitlines()
-    items.write_text("\n".join([lines[0], *(
-        f"{line.split(',')[0]},{shared.get(line.split(',')[0], line.split(',', 1)[1])}"
-        for line in lines[1:])]) + "\n", encoding="utf-8")
-    prepare_csv(interactions, items, folder / "prepared", protocol=SYNTHETIC_PROTOCOL)
-    return PreparedDataset.load(folder / "prepared")
+    return synthetic_dataset(folder, titles=SHARED_TITLES)
 
 
 @given(data=st.data(), exclude_seen=st.booleans(), together=st.booleans(),

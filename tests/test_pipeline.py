@@ -259,20 +259,14 @@ def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path):
     """Items sharing the target's title (Amazon editions) are ties, broken against the target
     by evaluate; recommend put the target at its place in the grounder's order (catalog order
     among the title's items), so it could show a better rank than evaluate gave the sample."""
-    from automr.data import prepare_csv
     from automr.experiments.recommend import latest_sample, recommend
     from automr.methods.registry import Artifacts, MethodOptions, Workspace, build_method
-    from automr.testing.synthetic import SYNTHETIC_PROTOCOL, write_synthetic_csv
+    from automr.testing.synthetic import synthetic_dataset
 
-    interactions, items = write_synthetic_csv(tmp_path / "raw")
-    shared = {"i5": "Twin", "i6": "Twin", "i10": "Triple", "i11": "Triple", "i12": "Triple"}
-    lines = items.read_text(encoding="utf-8").splitlines()
-    items.write_text("\n".join([lines[0], *(
-        f"{line.split(',')[0]},{shared.get(line.split(',')[0], line.split(',', 1)[1])}"
-        for line in lines[1:])]) + "\n", encoding="utf-8")
-    dataset = prepare_csv(interactions, items, tmp_path / "data", protocol=SYNTHETIC_PROTOCOL)
+    dataset = synthetic_dataset(tmp_path, titles={"i5": "Twin", "i6": "Twin", "i10": "Triple",
+                                                  "i11": "Triple", "i12": "Triple"})
     save_tiny_model(tmp_path / "model", num_layers=4)
-    data, model = str(tmp_path / "data"), str(tmp_path / "model")
+    data, model = str(tmp_path / "prepared"), str(tmp_path / "model")
     common = ["--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")]
     for args in (["finetune", "--data", data, "--out", str(tmp_path / "ft"), "--model", model,
                   "--train-samples", "8", "--valid-samples", "4", "--batch-size", "4",

@@ -1,7 +1,9 @@
 """Small synthetic datasets and saved tiny models, for fast end-to-end tests and examples."""
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from automr.data import PreparedDataset, ProtocolConfig, prepare_csv
 from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
@@ -11,12 +13,14 @@ START = 1_500_000_000  # 2017-07-14
 
 
 def write_synthetic_csv(
-    folder: Path, users: int = 12, items: int = 30, per_user: int = 24, seed: int = 0
+    folder: Path, users: int = 12, items: int = 30, per_user: int = 24, seed: int = 0,
+    titles: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """Interactions and items files in the generic CSV format, spread over ~3 months.
 
     Each user walks through the catalog with a user-specific stride, so histories carry some
-    signal about the next item.
+    signal about the next item. ``titles``: some items' titles instead of the generated ones
+    (``{"i5": "Twin", "i6": "Twin"}``: items sharing a title, as Amazon editions do).
     """
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -27,7 +31,9 @@ def write_synthetic_csv(
         for t in times:
             lines.append(f"u{user},i{position},{START + t}")
             position = (position + stride) % items
-    titles = ["item,title"] + [f"i{k},Item {chr(65 + k % 26)}{k}" for k in range(items)]
+    given = titles or {}
+    titles = ["item,title"] + [f"i{k},{given.get(f'i{k}', f'Item {chr(65 + k % 26)}{k}')}"
+                               for k in range(items)]
     interactions = folder / "interactions.csv"
     interactions.write_text("\n".join(lines) + "\n", encoding="utf-8")
     catalog = folder / "items.csv"
@@ -40,7 +46,7 @@ SYNTHETIC_PROTOCOL = ProtocolConfig(start=None, end=None, train_months=2,
                                     max_history=20, recent_k=3)
 
 
-def synthetic_dataset(folder: Path, **kwargs: int) -> PreparedDataset:
+def synthetic_dataset(folder: Path, **kwargs: Any) -> PreparedDataset:
     """A prepared dataset (in ``folder/prepared``) from :func:`write_synthetic_csv`."""
     interactions, items = write_synthetic_csv(folder / "raw", **kwargs)
     prepare_csv(interactions, items, folder / "prepared", protocol=SYNTHETIC_PROTOCOL)
