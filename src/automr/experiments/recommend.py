@@ -13,7 +13,7 @@ from automr.errors import AutomrError
 from automr.grounding import build_grounder
 from automr.grounding.l2 import L2Grounder, rank_by_distance
 from automr.llm.split import HFSplitLLM
-from automr.methods.generative import left_padded_prompts
+from automr.methods.generative import left_padded_prompts, title_ties
 from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 
@@ -134,9 +134,7 @@ def recommend(
             tied = (distances <= distances[target]).nonzero()[:, 0].tolist()
         else:
             ranking = ranker.rank(*args)[0].tolist()
-            tied = catalog.positions(catalog.ids_for_title(catalog.title(sample.target)))
-            key = getattr(ranker, "tie_key", None)  # as GenerativeMethod.ranks_in_order
-            tied = [i for i in tied if key is None or bool(key[i] == key[target])]
+            tied = title_ties(catalog, sample.target, ranker).nonzero()[:, 0].tolist()
     if exclude_seen:  # as `automr evaluate --exclude-seen`: the target always stays
         seen = set(catalog.positions(sample.history)) - {target}
         ranking = [i for i in ranking if i not in seen]

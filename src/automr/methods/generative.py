@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import torch
 
-from automr.data import PreparedDataset, Sample, tokenize_sample
+from automr.data import Catalog, PreparedDataset, Sample, tokenize_sample
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores, seen_mask
@@ -121,16 +121,12 @@ class GenerativeMethod:
         targets = catalog.positions(s.target for s in samples)
         seen = (seen_mask([catalog.positions(s.history) for s in samples], n_items)
                 if self.exclude_seen else torch.zeros(len(samples), n_items, dtype=torch.bool))
-        key = getattr(self.grounder, "tie_key", None)
         ranks = []
         for row, (sample, target) in enumerate(zip(samples, targets, strict=True)):
             seen[row, target] = False
             kept = rankings[row][~seen[row][rankings[row]]]
             at = int((kept == target).nonzero()[0, 0])
-            ties = torch.zeros(n_items, dtype=torch.bool)
-            ties[catalog.positions(catalog.ids_for_title(catalog.title(sample.target)))] = True
-            if key is not None:
-                ties &= key.cpu() == key[target].cpu()
+            ties = title_ties(catalog, sample.target, self.grounder)
             ranks.append(at + int(ties[kept[at + 1:]].long().cumprod(0).sum()))
         return ranks
 
@@ -247,3 +243,16 @@ class GenerativeMethod:
             targets.append(example.input_ids[len(example.prompt_ids):])
         scores = target_log_likelihoods(llm, ids, mask, self.layer, targets, insert)
         return scores, [len(t) for t in targets]
+
+
+def title_ties(catalog: Catalog, target: str, grounder: object) -> torch.Tensor:
+    """``[items]``: the items a grounder's order ties with item ``target`` (those sharing its
+    title; where the grounder sets a ``tie_key``, only those with the target's value), which
+    an evaluation ranks above the target (:meth:`GenerativeMethod.ranks_in_order`)."""
+    ties = torch.zeros(len(catalog), dtype=torch.bool)
+    ties[catalog.positions(catalog.ids_for_title(catalog.title(target)))] = True
+    key = getattr(grounder, "tie_key", None)
+    if key is not None:
+        [position] = catalog.positions([target])
+        ties &= key.cpu() == key[position].cpu()
+    return ties
