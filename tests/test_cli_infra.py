@@ -40,6 +40,30 @@ def test_help_lists_every_command_without_importing_torch():
         assert f"{name} " in done.stdout and entry.help.split()[0] in done.stdout
 
 
+def test_version_names_automr_and_its_numeric_libraries_without_importing_them():
+    from importlib.metadata import version
+
+    import automr
+
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from automr.cli.main import app\n"
+        "result = CliRunner().invoke(app, ['--version'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(result.output)\n"
+        "print('heavy:', sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "heavy: []" in done.stdout
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(f"automr {automr.__version__} (")
+    assert automr.__version__ == version("automr")  # one version: pyproject reads automr's
+    for name in ("torch", "transformers", "peft"):
+        assert f"{name} {version(name)}" in first
+
+
 def test_every_registered_command_resolves_with_its_own_help():
     tree = command_tree()
     assert list(tree.commands) == list(COMMANDS)

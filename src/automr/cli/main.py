@@ -181,10 +181,36 @@ def invocation(argv: list[str]) -> tuple[list[str], str | None]:
     return words, digest
 
 
+def show_version(wanted: bool) -> None:
+    """``automr --version``: automr's version and those of the libraries its numbers depend
+    on (what a bug report needs), read from the installed metadata without importing them."""
+    if not wanted:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    import automr
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in VERSIONED_LIBRARIES)
+    typer.echo(f"automr {automr.__version__} (Python {sys.version.split()[0]}; {libraries})")
+    raise typer.Exit
+
+
+VERSIONED_LIBRARIES = ("torch", "transformers", "peft")
+
+
 @app.callback()
 @user_errors
 def root(
     ctx: typer.Context,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print automr's version and those of torch, transformers and peft.",
+        callback=show_version, is_eager=True)] = False,
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of defaults, one table per command (finetune, memory.build, "
         "...); options given on the command line win.", show_default=False)] = None,
