@@ -179,6 +179,27 @@ def test_lora_targets_are_the_linear_modules_of_every_tuned_layer(workspace, tmp
     assert not (tmp_path / "run" / "best").exists()
 
 
+def test_lora_on_gemma3_with_a_vision_tower_tunes_the_language_model_only():
+    """Gemma 3 4B-27B hold their language model beside a SigLIP vision tower whose layers have
+    q/k/v_proj too: layers_to_transform's indexes matched the tower's layers as well (LoRA in
+    vision layers 1 and 2 here). Only the language model's tuned layers get adapters, and
+    :func:`lora_below` names an adapter in the tower (it read any ``.layers.N``)."""
+    from automr.llm.loading import LoadedModel
+    from automr.recommenders.finetune import lora_below, lora_model
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    loaded = LoadedModel(model=tiny_model(tiny_config("gemma3", 3)), tokenizer=tiny_tokenizer(),
+                         name="tiny")
+    tuned = lora_model(loaded, FinetuneConfig(lora_from_layer=1))
+    adapted = {name.split(".lora_")[0].removeprefix("base_model.model.")
+               for name, _ in tuned.named_parameters() if ".lora_" in name}
+    assert adapted == {f"model.language_model.layers.{layer}.self_attn.{kind}_proj"
+                       for layer in (1, 2) for kind in "qv"}
+    assert lora_below(tuned, 1) == []
+    tower = loaded.model.model.vision_tower
+    assert any(name.endswith("layers.1.self_attn.q_proj") for name, _ in tower.named_modules())
+
+
 def test_a_router_that_subclasses_linear_is_no_lora_target(workspace, tmp_path):
     """Phi-3.5-MoE's ``router`` is an ``nn.Linear`` whose forward returns routing weights and
     experts: it was listed as a LoRA target, and tuning it failed at the first forward with a

@@ -10,7 +10,7 @@ from automr.errors import AutomrError
 from automr.interfaces import SplitLLM
 from automr.llm import HFSplitLLM, LayerState
 from automr.llm.decoding import prefill, step
-from automr.llm.split import SUPPORTED_MODEL_TYPES
+from automr.llm.split import SUPPORTED_MODEL_TYPES, VISION_LANGUAGE_TYPES
 from automr.testing.tiny import TINY_ARCHITECTURES, TINY_VOCAB, tiny_config, tiny_model
 
 ARCHS = list(TINY_ARCHITECTURES)
@@ -185,13 +185,24 @@ def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(
 
 
 def test_every_supported_model_type_has_a_tiny_model_under_test():
-    assert set(SUPPORTED_MODEL_TYPES) == set(TINY_ARCHITECTURES)
+    assert set(SUPPORTED_MODEL_TYPES + VISION_LANGUAGE_TYPES) == set(TINY_ARCHITECTURES)
 
 
 def test_an_unsupported_model_type_is_refused_by_name():
     model = tiny_model(tiny_config(num_layers=1))
     model.config.model_type = "gpt2"
     with pytest.raises(AutomrError, match="'gpt2' is not supported by the layer split"):
+        HFSplitLLM(model)
+
+
+def test_only_known_vision_language_wrappers_are_split(tiny_models):
+    """Gemma 3 4B-27B's class holds a ``gemma3_text`` language model beside a vision tower:
+    the split runs that language model. Another wrapper of a supported language model (an OCR
+    or speech model around Qwen2, say) is refused, its forward not being checked here."""
+    assert HFSplitLLM(tiny_models["gemma3"]).config.model_type == "gemma3_text"
+    model = tiny_model(tiny_config("gemma3", num_layers=1))
+    model.config.model_type = "got_ocr2"
+    with pytest.raises(AutomrError, match="'got_ocr2' is not supported by the layer split"):
         HFSplitLLM(model)
 
 

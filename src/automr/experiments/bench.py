@@ -135,7 +135,7 @@ def bench_memory(
     from automr.memory.encoders import Backbone, LayerEncoder
 
     llm = HFSplitLLM(loaded.model)
-    vocab = loaded.model.config.vocab_size
+    vocab = llm.vocab_size
     with torch.no_grad():
         if not token_states:
             windows = torch.randint(100, vocab, (elements, 12), generator=generator)
@@ -178,7 +178,7 @@ def bench_annotate(
     _at_least(0, element_prefix=element_prefix)
     llm = HFSplitLLM(loaded.model)
     generator = torch.Generator().manual_seed(seed + distributed.rank())  # a sample each
-    vocab = loaded.model.config.vocab_size
+    vocab = llm.vocab_size
     prompt = torch.randint(100, vocab, (prompt_tokens,), generator=generator)
     target = torch.randint(100, vocab, (target_tokens,), generator=generator)
     combine = COMBINERS[combiner]()

@@ -507,15 +507,17 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
         window = "none" if window is None else window
     except AutomrError as error:  # a refused model's window is not read
         window, split, linear = "unknown", f"no: {error}", "unknown"
+    text = config.get_text_config()  # a vision-language model's language model (Gemma 3 4B)
     return {
         "name": name,
         "architecture": type(model).__name__,
-        "model_type": config.model_type,
-        "layers": config.num_hidden_layers,
-        "hidden_size": config.hidden_size,
-        "attention_heads": config.num_attention_heads,
-        "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
-        "vocab_size": config.vocab_size,
+        "model_type": config.model_type if text is config
+                      else f"{config.model_type} (language model: {text.model_type})",
+        "layers": text.num_hidden_layers,
+        "hidden_size": text.hidden_size,
+        "attention_heads": text.num_attention_heads,
+        "kv_heads": getattr(text, "num_key_value_heads", text.num_attention_heads),
+        "vocab_size": text.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": dtype_name(torch_dtype),
         "device": str(torch_device),

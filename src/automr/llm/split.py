@@ -15,7 +15,7 @@ import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedConfig, PreTrainedModel
 
 from automr.errors import AutomrError
 from automr.state import KVCache, LayerState
@@ -27,6 +27,9 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "stablelm", "nemotron", "arcee", "mixtral", "qwen2_moe", "olmoe",
                          "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe",
                          "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid")
+VISION_LANGUAGE_TYPES = ("gemma3",)
+"""Types whose causal LM holds a language model of a supported type beside a vision tower
+(Gemma 3 4B, 12B and 27B): the split, fine-tuning and memory run the language model, on text."""
 GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -41,6 +44,24 @@ def attention_for(model_type: str) -> str:
     """The attention implementation a model of ``model_type`` is loaded with: ``sdpa``, or
     ``eager`` for :data:`EAGER_ONLY_TYPES` (both take the split's explicit masks)."""
     return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
+
+
+def text_config(model: PreTrainedModel | nn.Module) -> PreTrainedConfig:
+    """The configuration of ``model``'s language model: its own config, or the ``text_config``
+    of a model that wraps one beside a vision tower (Gemma 3 4B-27B, whose causal LM class is
+    ``Gemma3ForConditionalGeneration``). Its sizes (layers, width, vocabulary) are the ones
+    the split, fine-tuning and memory use."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config.get_text_config()
+
+
+def decoder_layers_name(model: PreTrainedModel | nn.Module) -> str:
+    """The qualified name of the decoder layers among the base model's modules: ``model.layers``,
+    or ``model.language_model.layers`` beside a vision tower (whose own ``layers`` LoRA must
+    not touch)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.get_decoder().layers
+    return next(name for name, module in base.named_modules() if module is layers)
 
 
 def layer_linear_modules(model: PreTrainedModel | nn.Module, first_layer: int = 0) -> list[str]:
@@ -73,11 +94,13 @@ class HFSplitLLM:
 
     def __init__(self, model: PreTrainedModel | nn.Module) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        config = base.config
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
+        config = text_config(base)
+        kind = base.config.model_type
+        if config.model_type not in SUPPORTED_MODEL_TYPES or (
+                config is not base.config and kind not in VISION_LANGUAGE_TYPES):
             raise AutomrError(
-                f"model type {config.model_type!r} is not supported by the layer split; "
-                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"model type {kind!r} is not supported by the layer split; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES + VISION_LANGUAGE_TYPES)}"
             )
         kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
         if kinds:
@@ -122,9 +145,11 @@ class HFSplitLLM:
         self.logits_scaling = (config.logits_scaling
                                if config.model_type in GRANITE_TYPES else None)
         """What Cohere multiplies its logits by and Granite divides them by (outside the head)."""
-        self.logit_cap = getattr(config, "final_logit_softcapping", None)
+        self.logit_cap = (getattr(config, "final_logit_softcapping", None)
+                          if config is base.config else None)
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
-        (Gemma 2's; Gemma 3's configs leave it unset)."""
+        (Gemma 2's; Gemma 3's configs leave it unset, and its vision-language class applies
+        none whatever its text config says)."""
         rope = getattr(config, "rope_parameters", None) or {}
         self.longrope_switch = (rope.get("original_max_position_embeddings")
                                 if rope.get("rope_type") == "longrope" else None)

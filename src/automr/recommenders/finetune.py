@@ -61,7 +61,7 @@ from automr.llm.loading import (
     one_line,
     without_peft_deprecation,
 )
-from automr.llm.split import HFSplitLLM, layer_linear_modules
+from automr.llm.split import HFSplitLLM, decoder_layers_name, layer_linear_modules, text_config
 from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from automr.recommenders.finetune_config import SCHEDULES, FinetuneConfig
@@ -319,10 +319,7 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
     """``loaded.model`` with LoRA attached as ``config`` says, in eval mode (peft leaves the new
     modules in train mode, so LoRA dropout would draw from the RNG in a validation). Changes the
     model in place; the adapter's initial weights come from torch's global RNG."""
-    n_layers = loaded.model.config.num_hidden_layers
-    if config.lora_from_layer >= n_layers:
-        raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
-                          f"(the model has {n_layers})")
+    n_layers = _check_layers(loaded, config)
     linear = layer_linear_modules(loaded.model, config.lora_from_layer)
     if unknown := sorted(set(config.target_modules) - set(linear)):
         raise AutomrError(f"LoRA target {', '.join(unknown)} is not a linear module of this "
@@ -332,14 +329,18 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(config.lora_from_layer, n_layers)),
+        # the decoder's layers only: a vision tower beside them (Gemma 3 4B) has layers and
+        # q_proj ... of its own, which layers_to_transform's indexes also match
+        exclude_modules=rf"(?!{re.escape(decoder_layers_name(loaded.model))}\.).*",
     )
     targets = ", ".join(config.target_modules)
     try:
         with without_peft_deprecation():
             model = get_peft_model(loaded.model, lora).eval()
     except ValueError as error:  # e.g. an experts' projection name (their weights are fused)
-        raise AutomrError(f"peft refused LoRA target(s) {targets} on this "
-                          f"{loaded.model.config.model_type} model: {one_line(error)}") from error
+        kind = text_config(loaded.model).model_type
+        raise AutomrError(f"peft refused LoRA target(s) {targets} on this {kind} model: "
+                          f"{one_line(error)}") from error
     if below := lora_below(model, config.lora_from_layer):
         # peft takes a mixture of experts' projection names (gate_proj, ...) as its experts'
         # fused weights too: those targets are no longer among its target modules
@@ -362,11 +363,13 @@ def lora_below(model: torch.nn.Module, first_layer: int) -> list[str]:
     """The modules ``model`` holds LoRA weights in that lie below decoder layer
     ``first_layer`` or outside the layers."""
     found = set()
+    inside = re.compile(rf"{re.escape(decoder_layers_name(model))}\.(\d+)\.")
     for name, _ in model.named_parameters():
         if ".lora_" in name:
-            layer = re.search(r"\.layers\.(\d+)\.", name)
+            module = name.split(".lora_")[0].removeprefix("base_model.model.")
+            layer = inside.match(module)
             if layer is None or int(layer.group(1)) < first_layer:
-                found.add(name.split(".lora_")[0].removeprefix("base_model.model."))
+                found.add(module)
     return sorted(found)
 
 
@@ -511,11 +514,13 @@ def finetune(
     return final
 
 
-def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> None:
-    n_layers = loaded.model.config.num_hidden_layers
+def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> int:
+    """The model's number of decoder layers, once ``config.lora_from_layer`` leaves one to tune."""
+    n_layers = text_config(loaded.model).num_hidden_layers
     if config.lora_from_layer >= n_layers:
         raise AutomrError(f"lora_from_layer={config.lora_from_layer} leaves no layer to tune "
                           f"(the model has {n_layers})")
+    return n_layers
 
 
 def _check_memory(loaded: LoadedModel, config: FinetuneConfig,

@@ -4,6 +4,8 @@ They are for fast tests only: they have the real architectures' code paths (RoPE
 RMSNorm, tied embeddings) at a size where a forward takes milliseconds.
 """
 
+from collections.abc import Callable
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -17,6 +19,7 @@ from transformers import (
     Exaone4Config,
     ExaoneMoeConfig,
     Gemma2Config,
+    Gemma3Config,
     Gemma3TextConfig,
     GemmaConfig,
     Glm4Config,
@@ -84,8 +87,17 @@ MOE = dict(num_local_experts=4, num_experts_per_tok=2)
 GRANITE = dict(embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
                logits_scaling=4.0)
 
+def gemma3_config(**text: object) -> Gemma3Config:
+    """Gemma 3 as its 4B-27B models are: the language model (``text``'s fields) beside a
+    SigLIP vision tower (toy size) whose layers have the language model's module names."""
+    return Gemma3Config(text_config=Gemma3TextConfig(**text), mm_tokens_per_image=4,
+                        vision_config=dict(hidden_size=16, intermediate_size=32,
+                                           num_hidden_layers=3, num_attention_heads=2,
+                                           image_size=28, patch_size=14))
+
+
 # Each architecture the split supports, at toy size, with what sets it apart from Llama.
-TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] = {
+TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, object]]] = {
     "llama": (LlamaConfig, dict(rms_norm_eps=1e-5)),  # SmolLM2-shaped
     "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),  # q/k/v biases, untied head
     "mistral": (MistralConfig, dict(tie_word_embeddings=False, sliding_window=4)),  # every layer
@@ -102,6 +114,10 @@ TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, object]]] 
     "gemma3_text": (Gemma3TextConfig, dict(head_dim=8, sliding_window=4, layer_types=None,
                                            sliding_window_pattern=2,
                                            final_logit_softcapping=10.0)),
+    # Gemma 3's language model (as above) beside a vision tower with 3 layers of q/k/v_proj;
+    # this class applies no logit cap, whatever its text config says
+    "gemma3": (gemma3_config, dict(head_dim=8, sliding_window=4, layer_types=None,
+                                   sliding_window_pattern=2, final_logit_softcapping=10.0)),
     "olmo": (OlmoConfig, dict(clip_qkv=0.5)),  # norms without weights, q/k/v clipped
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
     "olmo3": (Olmo3Config, dict(sliding_window=4)),  # OLMo 2's layers, 3 local : 1 global
