@@ -208,6 +208,15 @@ def no_tokenizer(folder, tiny_folder):
     return folder
 
 
+def no_eos(folder, tiny_folder):
+    """A tokenizer with a pad token but no EOS (its eos_token taken out of the config)."""
+    shutil.copytree(tiny_folder, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["eos_token"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
 @pytest.mark.parametrize("make, expected", [
     (not_a_model, "{folder} holds no model (no config.json with a model_type)"),
     (dataset_like, "{folder} holds no model (no config.json with a model_type)"),
@@ -218,6 +227,8 @@ def no_tokenizer(folder, tiny_folder):
     (no_weights, "could not load the model in {folder}: no model.safetensors or "
                  "pytorch_model.bin"),
     (no_tokenizer, "could not load the model in {folder}: "),  # info said it was fine
+    # a fine-tune failed with a TypeError on its padding (before that, trained no stop)
+    (no_eos, "could not load the model in {folder}: its tokenizer has no EOS token"),
 ])
 def test_a_folder_without_a_loadable_model_is_a_one_line_error(tmp_path, tiny_folder, make,
                                                                expected):

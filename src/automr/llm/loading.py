@@ -174,14 +174,15 @@ def load_model(
     (:func:`resolve_device`); ``dtype``: ``auto`` (bfloat16 on CUDA, float32 elsewhere) or
     a key of :data:`DTYPES`; ``cache_dir``: where an embedded model is converted and file
     fingerprints are kept (default: ``$AUTOMR_CACHE``, else ``$XDG_CACHE_HOME/automr``, else
-    ``~/.cache/automr``). A tokenizer without a pad token gets its EOS token as one. A name
+    ``~/.cache/automr``). A tokenizer without a pad token gets its EOS token as one; one
+    without an EOS token is refused (:func:`checked_tokenizer`). A name
     that cannot be loaded is an :class:`~automr.errors.AutomrError`.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source, folder, fingerprint = _locate(name, cache_dir)
     with _load_errors(name, source):
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = checked_tokenizer(AutoTokenizer.from_pretrained(source))
         config = AutoConfig.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
             source, config=config, dtype=torch_dtype,
@@ -194,6 +195,17 @@ def load_model(
     model = model.to(torch_device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
                        source=folder, cache_dir=cache_dir)
+
+
+def checked_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer``, refused (``ValueError``; a load says which model) without an EOS token:
+    a recommender is trained to end each title with it, grounding scores and stops on it, and
+    it pads batches of a tokenizer without a pad token. Without one, fine-tuning failed deep
+    inside with a ``TypeError`` on its padding and trained no stop."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("its tokenizer has no EOS token, which automr ends every title with "
+                         "(set eos_token in its tokenizer_config.json)")
+    return tokenizer
 
 
 def _locate(name: str, cache_dir: Path | str | None) -> tuple[str | Path, Path | None,
@@ -487,7 +499,7 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
     torch_dtype = resolve_dtype(dtype, torch_device)
     source, folder, fingerprint = _locate(name, cache_dir)
     with _load_errors(name, source):
-        AutoTokenizer.from_pretrained(source)  # a folder without one is no model to load
+        checked_tokenizer(AutoTokenizer.from_pretrained(source))  # none: no model to load
         config = AutoConfig.from_pretrained(source)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(
