@@ -18,6 +18,8 @@ from automr.contexts import (
 )
 from automr.data import Catalog, Item, PromptConfig, Sample, format_prompt, tokenize_sample
 from automr.interfaces import PromptContext
+from automr.llm.decoding import greedy_generate
+from automr.llm.split import HFSplitLLM
 from automr.testing.strategies import seeded_tensors
 from automr.testing.tiny import tiny_tokenizer
 
@@ -221,6 +223,24 @@ def test_writer_uses_the_chat_template_when_there_is_one(tiny_models):
     writer = SummaryWriter(tiny_models["llama"], tokenizer, max_new_tokens=3)
     assert writer.render("Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert len(writer.generate([writer.render("Hi")])) == 1
+
+
+def test_a_reply_ends_at_the_models_end_of_turn_token_too(tiny_models, monkeypatch):
+    """Gemma's chat turns end with ``<end_of_turn>``, which is no EOS of its tokenizer: its
+    generation config lists it among the EOS ids, and a reply stops there (it ran on to
+    ``max_new_tokens``, writing the next turn into the summary)."""
+    model, tokenizer = tiny_models["qwen2"], tiny_tokenizer()  # writes distinct tokens
+    writer = SummaryWriter(model, tokenizer, max_new_tokens=6)
+    prompt = writer.render("Summarise the user's taste")
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    free = greedy_generate(HFSplitLLM(model), ids, torch.ones_like(ids), 0, 6)[0].tolist()
+    turn_end = free[2]
+    assert tokenizer.eos_token_id not in free[:3] and turn_end not in free[:2]
+    monkeypatch.setattr(model.generation_config, "eos_token_id",
+                        [tokenizer.eos_token_id, turn_end])
+    expected = " ".join(tokenizer.decode(free[:2], skip_special_tokens=True).split())
+    assert writer.generate([prompt]) == [expected]
+    assert writer.stop_ids() == [tokenizer.eos_token_id, turn_end]
 
 
 def test_context_spec_round_trips_and_validates():

@@ -54,16 +54,25 @@ class SummaryWriter:
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = True
         llm = HFSplitLLM(self.model)
-        eos = tokenizer.eos_token_id
+        stops = self.stop_ids()
         with base_model(self.model):
             new = greedy_generate(llm, ids.to(llm.device), mask.to(llm.device), 0,
-                                  self.max_new_tokens, eos_token_id=eos)
+                                  self.max_new_tokens, eos_token_id=stops)
         replies = []
         for row in new.tolist():
-            if eos is not None and eos in row:
-                row = row[: row.index(eos)]
+            row = row[: next((i for i, t in enumerate(row) if t in stops), len(row))]
             replies.append(" ".join(tokenizer.decode(row, skip_special_tokens=True).split()))
         return replies
+
+    def stop_ids(self) -> list[int]:
+        """The tokens a reply ends at: the tokenizer's EOS and those of the model's generation
+        config (as ``generate`` stops), where a chat model's end of turn is (Gemma's
+        ``<end_of_turn>``, Phi-3's ``<|end|>``: no EOS of their tokenizers)."""
+        config = getattr(self.model, "generation_config", None)
+        given = getattr(config, "eos_token_id", None)
+        ids = [self.tokenizer.eos_token_id,
+               *([given] if isinstance(given, int) else list(given or ()))]
+        return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 class SummaryCache:

@@ -15,6 +15,8 @@ Two fast paths, both exact up to float rounding:
   reorders beams without touching the prompt's part, which all beams of a prompt share.
 """
 
+from collections.abc import Sequence
+
 import attrs
 import torch
 from beartype import beartype
@@ -258,19 +260,24 @@ def extend(
 @jaxtyped(typechecker=beartype)
 def greedy_generate(
     llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
-    max_new_tokens: int, eos_token_id: int | None = None, insert: Insert | None = None,
+    max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
+    insert: Insert | None = None,
 ) -> Int[Tensor, "batch new"]:
-    """Greedy decoding through the split; finished sequences are padded with ``eos_token_id``."""
+    """Greedy decoding through the split; a sequence finishes at ``eos_token_id`` (or at any
+    of several: a chat model's end of turn, e.g. Gemma's ``<end_of_turn>``, is no EOS of its
+    tokenizer) and is then padded with it (the first of several)."""
     decoding = prefill(llm, input_ids, attention_mask, layer, insert)  # inserts, as always
     if max_new_tokens == 0:
         return input_ids.new_zeros((input_ids.shape[0], 0))
+    stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else
+                         list(eos_token_id or ()), dtype=torch.long, device=input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     generated = []
     for _ in range(max_new_tokens):
         token = decoding.logits.argmax(-1)
-        if eos_token_id is not None:
-            token = token.masked_fill(finished, eos_token_id)
-            finished |= token == eos_token_id
+        if len(stops):
+            token = token.masked_fill(finished, int(stops[0]))
+            finished |= torch.isin(token, stops)
         generated.append(token)
         if bool(finished.all()) or len(generated) == max_new_tokens:
             break
