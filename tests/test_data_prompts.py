@@ -84,3 +84,44 @@ def test_tokenize_sample():
     example = tokenize_sample(TOKENIZER, sample, catalog)
     start, end = example.target_span
     assert TOKENIZER.decode(list(example.input_ids[start:end])) == '"B (1991)"'
+
+
+def llama2_like_tokenizer():
+    """Llama-2's kind: SentencePiece pieces ('▁' for a space, one before the text), byte
+    fallback, a BOS added to every encoding with special tokens, no pad token."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for char in "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\"'(),.:#":
+        vocab.setdefault(char, len(vocab))
+    vocab["▁\""] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "\"")], unk_token="<unk>",
+                                   byte_fallback=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def test_a_bos_adding_tokenizer_gives_one_bos_and_the_catalogs_title_tokens():
+    """With Llama-2's tokenizer (a BOS on every encoding with special tokens, the target's
+    own word-start piece) an example holds one BOS, at the start; the title's tokens are
+    those the grounders' catalog holds (trie, likelihood), and the EOS is appended once."""
+    from automr.grounding.targets import catalog_targets
+
+    tokenizer = llama2_like_tokenizer()
+    prompt, target = format_prompt(["Toy Story (1995)"]), format_target("Heat (1995)")
+    example = tokenize_example(tokenizer, prompt, target)
+    assert example.input_ids.count(1) == 1 and example.input_ids[0] == 1
+    assert example.input_ids.count(2) == 1 and example.input_ids[-1] == 2
+    assert tokenizer.convert_ids_to_tokens(list(example.target_ids[:1])) == ["▁\""]
+    assert catalog_targets(tokenizer, [target]).token_ids == (example.input_ids[
+        example.target_span[0]:],)
+    assert example.labels == ((IGNORE_INDEX,) * len(example.prompt_ids) + example.target_ids
+                              + (2,))
+    assert tokenizer.decode(list(example.target_ids)) == target
