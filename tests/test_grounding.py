@@ -390,6 +390,29 @@ def test_catalog_embeddings_are_cached_per_dtype(tiny_models, tokenizer, tmp_pat
                        cached)
 
 
+def test_text_embeddings_start_with_the_bos_a_tokenizer_adds(tiny_models, tmp_path):
+    """Llama's and Gemma's tokenizers add a BOS to every encoding; titles and generated texts
+    were embedded without it (Gemma's states without its BOS are not the model's; BIGRec's
+    code keeps it). An embedding is the model's final state at the last token of BOS + text,
+    and the catalog's cache tells a tokenizer that adds one from one that does not."""
+    from automr.testing.tiny import tiny_tokenizer
+
+    model, bos = tiny_models["llama"], tiny_tokenizer(bos=True)
+    ids = bos("abc")["input_ids"]
+    assert ids[0] == bos.bos_token_id and len(ids) == 4
+    with torch.no_grad():
+        plain = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    torch.testing.assert_close(embed_texts(model, bos, ["abc"])[0], plain)
+    targets = catalog_targets(bos, TITLES)
+    fingerprint = "f" * 64
+    without = catalog_embeddings(LoadedModel(model=model, tokenizer=tiny_tokenizer(), name="t"),
+                                 targets, fingerprint, tmp_path, progress=False)
+    with_bos = catalog_embeddings(LoadedModel(model=model, tokenizer=bos, name="t"), targets,
+                                  fingerprint, tmp_path, progress=False)
+    assert torch.equal(with_bos, embed_texts(model, bos, targets.texts))
+    assert not torch.allclose(with_bos, without)
+
+
 def test_a_grounder_or_context_that_breaks_its_protocol_is_named(tiny_models, tokenizer,
                                                                   tmp_path):
     """A grounder ranking only its top 10, or a context with one text too few, was a bare

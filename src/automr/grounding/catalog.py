@@ -2,6 +2,7 @@
 (cached), and one builder for every grounder kind the CLI exposes."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -39,8 +40,11 @@ def catalog_embeddings(
     cache_dir: Path | str | None = None, progress: bool = True,
 ) -> torch.Tensor:
     """Base-model embeddings of every catalog response text, cached by model, dtype (the
-    fingerprint is the same in every dtype, the embeddings are not) and catalog."""
-    catalog_hash = hashlib.sha256("\n".join(targets.texts).encode()).hexdigest()
+    fingerprint is the same in every dtype, the embeddings are not) and the token ids embedded
+    (the texts with the special tokens the tokenizer adds: a tokenizer's files are not in the
+    model's fingerprint)."""
+    embedded = loaded.tokenizer(list(targets.texts))["input_ids"]
+    catalog_hash = hashlib.sha256(json.dumps(embedded).encode()).hexdigest()
     dtype = dtype_name(loaded.model.dtype)
     path = (resolve_cache_dir(cache_dir) / "grounding" /
             f"{base_fingerprint[:16]}-{dtype}-{catalog_hash[:16]}.safetensors")

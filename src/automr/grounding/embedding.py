@@ -23,15 +23,17 @@ def embed_texts(
 ) -> Float[Tensor, "n hidden"]:
     """The final-layer hidden state (after the final norm) at each text's last token.
 
-    Texts are tokenized without special tokens; batching with padding gives the same vectors
-    as one at a time (positions and masks come from the split's exact forward).
+    Texts are tokenized as the tokenizer does by default, with the BOS that Llama's and
+    Gemma's add (as BIGRec's code does: their states without it are not the model's; SmolLM2's
+    and Qwen's add none); batching with padding gives the same vectors as one at a time
+    (positions and masks come from the split's exact forward).
     """
     llm = HFSplitLLM(model)
     vectors = []
     with base_model(model):
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            batch = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt")
+            batch = tokenizer(chunk, padding=True, return_tensors="pt")
             ids = batch["input_ids"].to(llm.device)
             mask = batch["attention_mask"].to(llm.device)
             state = llm.lower(ids, mask, 0)

@@ -22,10 +22,9 @@ class L2Grounder:
     (popularity or a conventional model's scores) at the method level:
     :class:`~automr.methods.injection.PriorWeightedMethod`.
 
-    Two details differ from BIGRec's released code: both sides are embedded as response texts,
-    quotes kept (``"Toy Story (1995)"``; BIGRec strips them from both), and without special
-    tokens (BIGRec's tokenizer call adds a BOS for Llama models; SmolLM2's ids are the same
-    either way).
+    One detail differs from BIGRec's released code: both sides are embedded as response texts,
+    quotes kept (``"Toy Story (1995)"``; BIGRec strips them from both). As there, the texts
+    get the special tokens the tokenizer adds (Llama's BOS; SmolLM2's: none).
     """
 
     model: torch.nn.Module

@@ -7,7 +7,7 @@ RMSNorm, tied embeddings) at a size where a forward takes milliseconds.
 from collections.abc import Callable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     ApertusConfig,
     ArceeConfig,
@@ -58,8 +58,10 @@ from automr.llm.split import attention_for
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (3 special tokens + 256 bytes, no merges): any text round-trips."""
+def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (3 special tokens + 256 bytes, no merges): any text round-trips.
+    With ``bos``, every encoding with special tokens starts with the BOS, as Llama's and
+    Gemma's do (SmolLM2's and Qwen's add none)."""
     byte_vocab = pre_tokenizers.ByteLevel.alphabet()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for symbol in sorted(byte_vocab):
@@ -67,6 +69,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{SPECIAL_TOKENS[1]} $A", pair=f"{SPECIAL_TOKENS[1]} $A {SPECIAL_TOKENS[1]} $B",
+            special_tokens=[(SPECIAL_TOKENS[1], 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token=SPECIAL_TOKENS[0],
