@@ -1,5 +1,7 @@
 """Prompt contexts (ReLLa, TRSR): the prompt layout, what each context picks, TRSR's summaries."""
 
+import hashlib
+import json
 import math
 
 import pytest
@@ -241,6 +243,18 @@ def test_a_reply_ends_at_the_models_end_of_turn_token_too(tiny_models, monkeypat
     expected = " ".join(tokenizer.decode(free[:2], skip_special_tokens=True).split())
     assert writer.generate([prompt]) == [expected]
     assert writer.stop_ids() == [tokenizer.eos_token_id, turn_end]
+
+
+def test_summaries_that_stop_at_an_end_of_turn_token_are_cached_apart(tmp_path):
+    """A generation config's end-of-turn token changes the replies but is not in the model's
+    fingerprint: replies written when they stopped at the EOS alone (before it was honoured)
+    are not read back for such a model; a model stopping at its EOS alone keeps its keys."""
+    path = tmp_path / "summaries.jsonl"
+    SummaryCache(path, "fp", 5).add(["a"], ["ran on into the next turn"])
+    assert SummaryCache(path, "fp", 5, more_stops=[7]).get("a") is None
+    assert SummaryCache(path, "fp", 5, more_stops=()).get("a") == "ran on into the next turn"
+    payload = json.dumps(["fp", 5, "a"])
+    assert SummaryCache(path, "fp", 5).key("a") == hashlib.sha256(payload.encode()).hexdigest()
 
 
 def test_context_spec_round_trips_and_validates():

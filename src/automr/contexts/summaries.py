@@ -6,10 +6,10 @@ off) for a reply to each instruction: wrapped in the tokenizer's chat template w
 greedy decoding, so a batch writes the same text as one instruction at a time.
 
 :class:`SummaryCache` keeps replies in a JSON-lines file keyed by the sha256 of (model
-fingerprint, ``max_new_tokens``, rendered prompt), appended batch by batch: reruns and shared
-prompts cost nothing, and a cut run resumes where it stopped. Under a launcher
-(:mod:`automr.distributed`) process R appends to its own file beside it (``NAME.rank-R.jsonl``,
-never written by two processes at once); every reader reads them all.
+fingerprint, ``max_new_tokens``, rendered prompt, stop tokens besides the EOS), appended batch
+by batch: reruns and shared prompts cost nothing, and a cut run resumes where it stopped. Under
+a launcher (:mod:`automr.distributed`) process R appends to its own file beside it
+(``NAME.rank-R.jsonl``, never written by two processes at once); every reader reads them all.
 """
 
 import hashlib
@@ -78,9 +78,13 @@ class SummaryWriter:
 class SummaryCache:
     """Replies by prompt for one model, in ``path`` (JSON lines ``{"key", "summary"}``)."""
 
-    def __init__(self, path: Path | str, model_fingerprint: str, max_new_tokens: int) -> None:
+    def __init__(self, path: Path | str, model_fingerprint: str, max_new_tokens: int,
+                 more_stops: Sequence[int] = ()) -> None:
         self.path = Path(path)
         self.model_fingerprint, self.max_new_tokens = model_fingerprint, max_new_tokens
+        self.more_stops = tuple(more_stops)
+        """Stop tokens besides the tokenizer's EOS (a chat model's end of turn): they change
+        the replies, and a generation config is not in the model's fingerprint."""
         self.entries: dict[str, str] = {}
         self.reload()
 
@@ -110,8 +114,11 @@ class SummaryCache:
                     continue  # a line cut by an interrupted write
 
     def key(self, prompt: str) -> str:
-        """The sha256 hex digest of the model fingerprint, ``max_new_tokens`` and ``prompt``."""
-        payload = json.dumps([self.model_fingerprint, self.max_new_tokens, prompt])
+        """The sha256 hex digest of the model fingerprint, ``max_new_tokens``, ``prompt`` and
+        the stops besides the EOS, where there are any (replies that stop at the EOS alone are
+        keyed as before those were)."""
+        payload = json.dumps([self.model_fingerprint, self.max_new_tokens, prompt,
+                              *([list(self.more_stops)] if self.more_stops else [])])
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, prompt: str) -> str | None:

@@ -165,6 +165,7 @@ def trsr_context(
     root = Path(folder) if folder is not None else resolve_cache_dir(cache_dir) / "trsr"
     writer = SummaryWriter(loaded.model, loaded.tokenizer, spec.max_new_tokens, batch_size)
     cache = SummaryCache(root / f"{base_fingerprint[:16]}.jsonl", base_fingerprint,
-                         spec.max_new_tokens)
+                         spec.max_new_tokens,
+                         [i for i in writer.stop_ids() if i != loaded.tokenizer.eos_token_id])
     return TRSRContext(writer, cache, catalog, prompt, spec.block_size, spec.max_blocks,
                        spec.mode, progress)
