@@ -15,7 +15,7 @@ import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedConfig, PreTrainedModel
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from automr.errors import AutomrError
 from automr.state import KVCache, LayerState
@@ -46,20 +46,24 @@ def attention_for(model_type: str) -> str:
     return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
 
 
-def text_config(model: PreTrainedModel | nn.Module) -> PreTrainedConfig:
+def base_model_of(model: PreTrainedModel | nn.Module) -> PreTrainedModel | nn.Module:
+    """``model`` without a peft wrapper (itself if it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def text_config(model: PreTrainedModel | nn.Module) -> PretrainedConfig:
     """The configuration of ``model``'s language model: its own config, or the ``text_config``
     of a model that wraps one beside a vision tower (Gemma 3 4B-27B, whose causal LM class is
     ``Gemma3ForConditionalGeneration``). Its sizes (layers, width, vocabulary) are the ones
     the split, fine-tuning and memory use."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config.get_text_config()
+    return base_model_of(model).config.get_text_config()
 
 
 def decoder_layers_name(model: PreTrainedModel | nn.Module) -> str:
     """The qualified name of the decoder layers among the base model's modules: ``model.layers``,
     or ``model.language_model.layers`` beside a vision tower (whose own ``layers`` LoRA must
     not touch)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model_of(model)
     layers = base.get_decoder().layers
     return next(name for name, module in base.named_modules() if module is layers)
 
@@ -71,7 +75,7 @@ def layer_linear_modules(model: PreTrainedModel | nn.Module, first_layer: int = 
     subclass of ``nn.Linear`` with another ``forward`` (Phi-3.5-MoE's ``router`` returns
     routing weights and chosen experts, no tensor LoRA can add to: peft failed at the first
     forward)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model_of(model)
     return sorted({name.rsplit(".", 1)[-1]
                    for block in base.get_decoder().layers[first_layer:]
                    for name, module in block.named_modules() if _lora_linear(module)})
@@ -93,7 +97,7 @@ class HFSplitLLM:
     """
 
     def __init__(self, model: PreTrainedModel | nn.Module) -> None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model_of(model)
         config = text_config(base)
         kind = base.config.model_type
         if config.model_type not in SUPPORTED_MODEL_TYPES or (
