@@ -492,6 +492,28 @@ def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path
                       dataset.catalog, progress=False)
 
 
+def test_append_with_the_model_in_another_dtype_is_refused(dataset, tmp_path):
+    """A model read from files has one fingerprint in every dtype, so appending with it
+    loaded in bfloat16 to a float32 memory wrote bfloat16-precision keys (0.4% off a float32
+    build's) under a record that says float32; a resumed build refuses the same change."""
+    from automr.llm.loading import load_model
+    from automr.testing.synthetic import save_tiny_model
+
+    folder = str(save_tiny_model(tmp_path / "model", num_layers=3))
+    memory = build_memory(load_model(folder, device="cpu", dtype="float32"), dataset, LAYER,
+                          MemoryConfig(), tmp_path / "m", progress=False)
+    user = sorted(memory.users())[0]
+    late = [Interaction(user, "0", memory.view(user, memory.count(user)).timestamps[-1] + 1)]
+    before = {p.name: _sha(p) for p in memory.folder.iterdir()}
+    with pytest.raises(AutomrError, match=r"built in float32.*bfloat16 here"):
+        append_memory(memory.folder, load_model(folder, device="cpu", dtype="bfloat16"), late,
+                      dataset.catalog, progress=False)
+    assert {p.name: _sha(p) for p in memory.folder.iterdir()} == before
+    grown = append_memory(memory.folder, load_model(folder, device="cpu", dtype="float32"),
+                          late, dataset.catalog, progress=False)
+    assert grown.count(user) == memory.count(user) + 1
+
+
 def test_append_under_a_launcher_is_refused_before_any_work(backbone, dataset, built,
                                                              tmp_path, monkeypatch):
     """Under torchrun every process appended the same interactions; one that read the index
