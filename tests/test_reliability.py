@@ -123,6 +123,19 @@ def test_configs_that_are_json_with_a_wrong_or_missing_value_are_one_line(worksp
     assert "'layer'" in one_line_error(result, annotations / "config.json")
 
 
+@pytest.mark.parametrize("field, value", [("dtype", "bf16"), ("storage_dtype", "model"),
+                                          ("dtype", "int8")])
+def test_a_memory_config_naming_no_float_dtype_is_one_line(workspace, tmp_path, field, value):
+    """Its dtypes were looked up on torch when keys were read: an AttributeError traceback
+    mid-run (or int8 keys) instead of the damaged config named."""
+    memory = copy(workspace, "mem", tmp_path)
+    config = json.loads((memory / "config.json").read_text())
+    (memory / "config.json").write_text(json.dumps({**config, field: value}))
+    result = runner.invoke(app, annotate_args(workspace, memory, tmp_path / "ann"))
+    assert "is damaged" in one_line_error(result, memory / "config.json")
+    assert not (tmp_path / "ann").exists()
+
+
 def test_a_memory_folder_given_as_annotations_is_named(workspace, tmp_path):
     result = runner.invoke(app, [
         "retriever", "train", "--annotations", str(workspace / "mem"), "--data",

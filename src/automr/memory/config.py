@@ -33,6 +33,13 @@ STORAGE_DTYPES: Final[dict[str, torch.dtype | None]] = {
 are always cast back to the model's dtype."""
 
 
+def _float_dtype(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    """A record's dtypes (its model's, its keys' on disk) name a torch floating dtype."""
+    dtype = getattr(torch, value, None)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"{attribute.name} {value!r} is no floating torch dtype")
+
+
 def _known_encoder(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if value not in ENCODERS:
         raise ValueError(f"unknown encoder {value!r}; choose one of {', '.join(ENCODERS)}")
@@ -103,13 +110,13 @@ class MemoryRecord:
     layer: int
     hidden_size: int
     num_layers: int
-    dtype: str
+    dtype: str = attrs.field(validator=_float_dtype)
     encoder: str
     window: int | None
     window_includes_item: bool
     pooling: Pooling
     store_token_states: bool
-    storage_dtype: str
+    storage_dtype: str = attrs.field(validator=_float_dtype)
     shard_elements: int
     share_prefix: bool
     prompt_config: PromptConfig
