@@ -3,7 +3,8 @@
 :class:`SummaryWriter` asks the *untuned* base model (a peft adapter, if present, is switched
 off) for a reply to each instruction: wrapped in the tokenizer's chat template when it has one
 (SmolLM2-Instruct does), else as plain text; left-padded batches through the split's exact
-greedy decoding, so a batch writes the same text as one instruction at a time.
+greedy decoding, so in float32 a batch writes the same text as one instruction at a time (in
+bfloat16 or float16 padding changes the rounding, which can change a greedy reply).
 
 :class:`SummaryCache` keeps replies in a JSON-lines file keyed by the sha256 of (model
 fingerprint, ``max_new_tokens``, rendered prompt, stop tokens besides the EOS), appended batch
