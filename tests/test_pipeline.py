@@ -95,6 +95,14 @@ def test_a_bad_demo_option_is_one_line_before_any_work(tmp_path, option, value):
     assert not (tmp_path / "demo").exists()  # nothing written: a corrected rerun can start
 
 
+@pytest.mark.parametrize("option, value", [("--dtype", "fp16"), ("--device", "gpu")])
+def test_a_bad_demo_dtype_or_device_writes_nothing(tmp_path, option, value):
+    """They were checked after the run folder was made: an empty folder was left."""
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), option, value])
+    assert result.exit_code == 2 and f"'{value}'" in result.output, result.output
+    assert not (tmp_path / "demo").exists()
+
+
 def test_step_commands_chain(workspace, tmp_path):
     data, model = str(workspace / "prepared"), str(workspace / "model")
     common = ["--device", "cpu", "--quiet"]

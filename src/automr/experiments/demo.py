@@ -94,10 +94,10 @@ def run_demo(
     ``dataset_dir`` uses an already prepared dataset instead of preparing ML-100K.
     """
     out = Path(out_dir)
+    used = dtype_used(dtype, device)  # a --dtype or --device refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"config": attrs.asdict(config), "dataset": None if dataset_dir is None
-                          else str(Path(dataset_dir).resolve()),
-                          "dtype": dtype_used(dtype, device)})
+                          else str(Path(dataset_dir).resolve()), "dtype": used})
     timings: dict[str, float] = {}
 
     def step(name: str, folder: Path, work: Callable[[], object]) -> None:
