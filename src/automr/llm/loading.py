@@ -109,8 +109,14 @@ def without_peft_deprecation() -> Iterator[None]:
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``mps`` or ``cuda[:N]`` as given,
     once checked to exist here. Anything else is refused with the choices. Under a launcher
-    (``torchrun``), ``auto`` and ``cuda`` are this process's GPU, ``cuda:LOCAL_RANK``."""
+    (``torchrun``), ``auto`` and ``cuda`` are this process's GPU, ``cuda:LOCAL_RANK``; a GPU
+    named by its index is refused there (every process would take that one)."""
     from automr import distributed
+
+    if re.fullmatch(r"cuda:\d+", str(device)) and distributed.launched():
+        raise AutomrError(f"--device {device} under a launcher puts every process on that one "
+                          f"GPU: give --device cuda (or auto), each process then takes its own "
+                          f"(cuda:LOCAL_RANK), or set CUDA_VISIBLE_DEVICES to choose the GPUs")
 
     if device in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
         if distributed.local_rank() >= torch.cuda.device_count():
