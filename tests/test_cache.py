@@ -220,6 +220,60 @@ def test_the_same_tensors_and_metadata_are_the_same_bytes(metadata, names):
         assert len(digests) == 1
 
 
+KILL_WHILE_REPLACING = """
+import os, shutil, signal, sys
+from pathlib import Path
+from automr import storage
+target, moment = Path(sys.argv[1]), sys.argv[2]
+rename, rmtree = os.rename, shutil.rmtree
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def renamed(src, dst):  # between moving the old folder away and the new one into place
+    rename(src, dst)
+    if moment == "renames" and Path(src) == target:
+        die()
+def removed(path, *args, **kwargs):  # half-way through deleting the old folder
+    if moment == "delete" and Path(path).exists() and Path(path) in (
+            target, storage.replaced_path(target)):
+        (Path(path) / "a").unlink()
+        die()
+    rmtree(path, *args, **kwargs)
+os.rename, shutil.rmtree = renamed, removed
+with storage.atomic_dir(target) as tmp:
+    for name in ("a", "b"):
+        (tmp / name).write_text("new")
+"""
+
+
+@pytest.mark.parametrize(("moment", "whole"), [("renames", "old"), ("delete", "new")])
+def test_a_kill_while_atomic_dir_replaces_a_folder_leaves_one_whole(tmp_path, moment, whole):
+    """SIGKILLed while it replaced an existing folder (a fine-tune's checkpoint/), atomic_dir
+    had already deleted the old one (rmtree, then rename): killed between the two, the
+    checkpoint was gone and the rerun started again from step 0; killed during the rmtree,
+    the half-deleted checkpoint was refused until deleted by hand. Now the old folder is
+    renamed aside first: one of the two is whole whenever the kill comes, and
+    restore_replaced (run by the next atomic_dir and by a resuming fine-tune) puts the old
+    one back or removes what is left of it."""
+    import signal
+    import subprocess
+    import sys
+
+    from automr.storage import restore_replaced
+
+    target = tmp_path / "c"
+    target.mkdir()
+    for name in ("a", "b"):
+        (target / name).write_text("old")
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_REPLACING, str(target), moment],
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    restore_replaced(target)
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a": whole, "b": whole}
+    with atomic_dir(target) as folder:  # the next write removes the new one's partial
+        (folder / "a").write_text("newer")
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
 def test_a_write_removes_what_a_killed_process_of_this_host_left_of_the_same_target(tmp_path):
     """A SIGKILLed build leaves its temporary sibling (a memory shard's can take GBs); the
     next write of that target removes it, but not a running process's nor another host's."""

@@ -304,6 +304,50 @@ def test_resume_after_any_step_is_bit_identical(workspace, uninterrupted, monkey
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_a_run_killed_while_its_checkpoint_was_replaced_resumes_from_the_older_one(
+        workspace, uninterrupted, monkeypatch):
+    """A kill between moving checkpoint/ aside and renaming the new one into place (atomic_dir)
+    left no checkpoint/ but a whole older one beside it; the rerun started again from step 0
+    (here 8 steps instead of 3). It now puts the older one back and resumes from it."""
+    import os
+    import subprocess
+    import sys
+
+    import automr.recommenders.finetune as ft
+    from automr.storage import HOST
+
+    data, model = workspace["data"], str(workspace["model"])
+    config = quick_config(**LOOP, lora_from_layer=2, checkpoint_every=1)
+    original, steps = ft._save_checkpoint, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        original(*args, **kwargs)
+        if args[2]["step"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_save_checkpoint", interrupted)
+    run = workspace["root"] / "killed-while-replacing"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    os.rename(run / "checkpoint", run / f".checkpoint.replaced-{HOST}-{dead}")
+    monkeypatch.setattr(ft, "_save_checkpoint", original)
+    train_step = ft.train_step
+
+    def counted(*args, **kwargs):
+        steps["n"] += 1
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "train_step", counted)
+    resumed = finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    assert steps["n"] == 3  # steps 6-8
+    full = uninterrupted[2][1]
+    assert resumed["train_losses"] == full["train_losses"]
+    assert resumed["evaluations"] == full["evaluations"]
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint", "finetune.json"]
+
+
 def test_a_changed_config_is_refused_on_resume(workspace, monkeypatch):
     import automr.recommenders.finetune as ft
 

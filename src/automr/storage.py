@@ -15,6 +15,7 @@
   is made again in the same place.
 """
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -61,6 +62,11 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     ``target`` that appeared meanwhile (another process building the same deterministic
     folder) is kept and this build discarded, so a process already reading it is not cut off.
     A ``target`` that is a symlink stays one: the folder it points to is the one replaced.
+    An existing ``target`` is renamed aside before the new folder takes its name and deleted
+    after, so a process killed while replacing it leaves one of the two whole, never a
+    half-deleted folder: cut between the two renames, ``target`` is missing and
+    :func:`restore_replaced` (which the next ``atomic_dir`` of it runs first) puts the older
+    folder back.
     """
     target = Path(target)
     return _AtomicDir(target.resolve() if target.is_symlink() else target, keep_existing)
@@ -73,6 +79,31 @@ def partial_path(target: Path) -> Path:
     """The temporary sibling this process writes ``target`` into before renaming it
     (``.NAME.partial-HOST-PID``: a folder several nodes share tells whose it is)."""
     return target.with_name(f".{target.name}.partial-{HOST}-{os.getpid()}")
+
+
+def replaced_path(target: Path) -> Path:
+    """Where :func:`atomic_dir` moves the folder it replaces while the new one takes its name
+    (``.NAME.replaced-HOST-PID``); deleted once the new one is in place."""
+    return target.with_name(f".{target.name}.replaced-{HOST}-{os.getpid()}")
+
+
+def restore_replaced(target: Path | str) -> None:
+    """Undo what a process of this host, killed while :func:`atomic_dir` replaced ``target``,
+    left: the older folder it had moved aside is put back when ``target`` is missing (cut
+    between the two renames), else deleted. A running process's, and another host's, are left
+    alone. A command that resumes from such a folder runs this before it looks."""
+    target = Path(target)
+    target = target.resolve() if target.is_symlink() else target
+    prefix = f".{target.name}.replaced-{HOST}-"
+    for aside in sorted(target.parent.glob(f"{glob.escape(prefix)}*")):
+        pid = aside.name.removeprefix(prefix)
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        if not target.exists():
+            with contextlib.suppress(OSError):  # another process of the command was first
+                os.rename(aside, target)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_stale_partials(target: Path) -> None:
@@ -107,6 +138,7 @@ class _AtomicDir:
         self.tmp = partial_path(target)
 
     def __enter__(self) -> Path:
+        restore_replaced(self.target)
         remove_stale_partials(self.target)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
@@ -122,8 +154,17 @@ class _AtomicDir:
             weights.chmod(mode)
         try:
             if self.target.exists() and not self.keep_existing:
-                shutil.rmtree(self.target)
-            os.replace(self.tmp, self.target)  # fails onto a folder that is not empty
+                aside = replaced_path(self.target)
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(self.target, aside)  # killed from here on, one folder is whole
+                try:
+                    os.replace(self.tmp, self.target)
+                except OSError:
+                    os.rename(aside, self.target)
+                    raise
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.target)  # fails onto a folder that is not empty
         except OSError:
             if not (self.keep_existing and self.target.exists()):
                 raise  # else another process's folder appeared since the check: kept

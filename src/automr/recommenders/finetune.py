@@ -74,6 +74,7 @@ from automr.storage import (
     check_own_folder,
     read_json,
     read_safetensors,
+    restore_replaced,
     setting_differences,
     write_json_atomic,
 )
@@ -643,6 +644,8 @@ def _load_tensors(path: Path) -> object:
 
 def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     state_file = out / "checkpoint" / "state.json"
+    for folder in ("checkpoint", "best"):  # killed while it was replaced: the older one back
+        restore_replaced(out / folder)
     if (out / RESULT_FILE).exists():
         raise AutomrError(f"{out} already holds a finished fine-tune; choose another --out or "
                           f"delete it to start over")
