@@ -450,6 +450,30 @@ def test_resume_after_interruption_equals_full_build(backbone, dataset, built, t
         assert (out / shard.name).read_bytes() == shard.read_bytes(), shard.name
 
 
+@pytest.mark.parametrize("cut", ["config", "index"])
+def test_a_build_cut_while_starting_its_folder_resumes(backbone, dataset, built, tmp_path,
+                                                       monkeypatch, cut):
+    """A build killed after writing its empty index and before its config.json left a folder
+    holding only index.json, which the rerun refused as 'not a memory folder' until deleted by
+    hand. The config is now written first, and a folder cut before its index resumes."""
+    from automr.memory.config import MemoryRecord
+
+    config = MemoryConfig(shard_elements=12, store_token_states=True)
+    out = tmp_path / "cut"
+    cls, name = (MemoryRecord, "write") if cut == "config" else (MemoryIndex, "write")
+    original = getattr(cls, name)
+
+    def killed(self, folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls, name, killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False)
+    monkeypatch.setattr(cls, name, original)
+    resumed = build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False)
+    assert MemoryStore.digest(resumed.folder) == MemoryStore.digest(built.folder)
+
+
 def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path):
     # Hold back the last 2 interactions of every user and all of one user, then append them.
     by_user: dict[str, list[Interaction]] = {}

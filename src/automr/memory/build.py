@@ -41,7 +41,14 @@ from automr.memory.config import (
     catalog_fingerprint,
 )
 from automr.memory.encoders import ENCODERS, Backbone, ElementEncoder, LayerEncoder
-from automr.memory.shards import MemoryIndex, ShardEntry, UserEntry, shard_name, write_shard
+from automr.memory.shards import (
+    INDEX_FILE,
+    MemoryIndex,
+    ShardEntry,
+    UserEntry,
+    shard_name,
+    write_shard,
+)
 from automr.memory.store import MemoryStore
 from automr.progress import (
     BarColumn,
@@ -307,14 +314,18 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
     """Prepare ``folder`` for a build with ``record``: resume a matching one, refuse others.
 
     A folder whose build with other settings finished no shard (a run that failed early)
-    holds no work; it is started over rather than blocking the corrected command.
+    holds no work; it is started over rather than blocking the corrected command. The config
+    is written before the index: a build cut between the two resumes without one (its
+    finished shards carry their entries).
     """
     if (folder / CONFIG_FILE).is_file():
         existing = MemoryRecord.read(folder)
-        index = MemoryIndex.read(folder)
+        index = MemoryIndex.read(folder) if (folder / INDEX_FILE).is_file() else MemoryIndex()
         if canonical_model_name(existing.model_name) == canonical_model_name(record.model_name):
             existing = attrs.evolve(existing, model_name=record.model_name)  # typed otherwise
         if existing == record:
+            if not (folder / INDEX_FILE).is_file():  # cut before its first index
+                index.write(folder)
             return index
         if existing.format != record.format and (
                 index.shards or any(folder.glob("shard-*.safetensors"))):
@@ -331,9 +342,9 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
         raise AutomrError(f"{folder} exists and is not a memory folder; refusing to write into "
                           f"it. Pick a new folder.")
     folder.mkdir(parents=True, exist_ok=True)
+    record.write(folder)  # first: a folder holding only the index was refused as a stranger's
     index = MemoryIndex()
     index.write(folder)
-    record.write(folder)
     return index
 
 
