@@ -896,6 +896,31 @@ def test_a_retriever_trained_again_in_place_and_cut_keeps_no_older_record(
     assert (out / "training.json").is_file()
 
 
+def test_a_first_retriever_training_cut_before_its_record_is_not_scored(workspace, tmp_path,
+                                                                       monkeypatch):
+    """Killed between saving the retriever and writing its training.json, a first training
+    left a loadable retriever and no run record (one is appended only when a command
+    finishes): check_held_out took it for a hand-saved one, and `automr retriever score` on
+    the very annotations it was trained on scored it."""
+    import automr.experiments.retriever as experiment
+
+    out = tmp_path / "ret"
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "write_json_atomic", cut)  # training.json, written last
+    assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 130
+    assert (out / "config.json").is_file() and not (out / "automr-runs.jsonl").exists()
+    with pytest.raises(AutomrError, match=r"training\.json is missing though `automr "
+                                          r"retriever train` wrote"):
+        experiment.check_held_out(out, workspace / "ann")
+    monkeypatch.undo()
+    assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "automr-runs.jsonl", "config.json", "retriever.safetensors", "training.json"]
+
+
 @pytest.mark.parametrize("how", ["missing", "garbage"])
 def test_a_damaged_details_file_says_how_to_write_it_again(workspace, tmp_path, how):
     """A rerun reuses the saved values and never writes the details again: "delete it and

@@ -35,6 +35,8 @@ from automr.retrievers.storage import check_retriever_target
 from automr.storage import files_digest, read_json, read_run_records, write_json_atomic
 
 SCORES_FORMAT = "automr.retriever-scores/1"
+UNFINISHED = ".training-unfinished"
+"""Beside a retriever while ``automr retriever train`` saves it and its training.json."""
 
 
 def annotated_dataset(
@@ -91,10 +93,14 @@ def train_retriever(
         "valid": attrs.asdict(evaluate_retriever(retriever, valid)) if valid else None,
     }
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unfinished = out / UNFINISHED  # until training.json is written: a cut run's retriever
+    unfinished.touch()  # then says so (a first run, cut, has no run record to say it)
     if (out / "training.json").is_file():  # cut before the new one is written, it would
         (out / "training.json").unlink()  # describe (and check_held_out trust) the older one
     retriever.save(out)
     write_json_atomic(out / "training.json", record)
+    unfinished.unlink()
     return record
 
 
@@ -111,7 +117,8 @@ def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> No
     not what it learned. Another folder annotating some of the same samples is refused too."""
     record = Path(retriever_dir) / "training.json"
     if not record.is_file():
-        if _written_by_retriever_train(Path(retriever_dir)):
+        if (Path(retriever_dir) / UNFINISHED).exists() or _written_by_retriever_train(
+                Path(retriever_dir)):
             raise AutomrError(f"{record} is missing though `automr retriever train` wrote "
                               f"{retriever_dir} (a cut run?): which samples it was trained on "
                               f"is unknown; train it again before scoring it")
