@@ -181,6 +181,15 @@ def test_custom_components_tutorial_runs() -> None:
     assert namespace["grounder"].__class__.__name__ == "BagOfTitleTokens"
     retrieved = namespace["methods"]["lm+mine"].details()["retrieved"]  # type: ignore[index]
     assert len(retrieved) == len(grounded.reports["lm"].ranks)  # type: ignore[attr-defined]
+    # the grounder read loaded.model.config.vocab_size, which Gemma 3 4B-27B's config (a
+    # language model's beside a vision tower) lacks: AttributeError; it takes the logits' width
+    from automr.llm import HFSplitLLM, LoadedModel
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    gemma3 = LoadedModel(model=tiny_model(tiny_config("gemma3", 2)), tokenizer=tiny_tokenizer(),
+                         name="tiny-gemma3")
+    bags = namespace["BagOfTitleTokens"](gemma3, namespace["dataset"]).bags  # type: ignore
+    assert bags.shape[1] == HFSplitLLM(gemma3.model).vocab_size
 
 
 def test_own_data_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
