@@ -73,6 +73,22 @@ def test_logits_at_selected_positions(tiny_models, arch, seqs, layer, side):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
+def test_final_hidden_is_the_models_last_hidden_state(tiny_models, arch, seqs, layer, side):
+    """The state L2 grounding embeds: the decoder's output after its final norm."""
+    model = tiny_models[arch]
+    llm = HFSplitLLM(model)
+    ids, mask = pad(seqs, side)
+    with torch.no_grad():
+        hidden = llm.final_hidden(llm.lower(ids, mask, layer))
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        expected = model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                       position_ids=positions).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @given(
     seqs=st.lists(st.lists(token, min_size=2, max_size=10), min_size=1, max_size=3),
     layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]),
