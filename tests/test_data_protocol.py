@@ -139,6 +139,10 @@ def test_split_periods_are_disjoint_and_ordered(bounds):
     inside = [s for s in seen if s is not None]
     assert [order[s] for s in inside] == sorted(order[s] for s in inside)
     assert bounds.split_of(bounds.start - 1) is None and bounds.split_of(bounds.end) is None
+    # each period is half-open [from, to): its first second is in, its end is the next's
+    edges = {bounds.start: "train", bounds.train_end - 1: "train", bounds.train_end: "valid",
+             bounds.valid_end - 1: "valid", bounds.valid_end: "test", bounds.end - 1: "test"}
+    assert {t: bounds.split_of(t) for t in edges} == edges
 
 
 def test_paper_split_for_2017():
