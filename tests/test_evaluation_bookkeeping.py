@@ -43,6 +43,28 @@ def test_paired_tables_use_the_resamples_and_seed_asked_for():
         likelihoods["mine"], likelihoods["bigrec"], n_resamples=50, seed=7)
 
 
+def test_compare_likelihoods_aligns_samples_by_id_and_divides_by_tokens():
+    """A's and B's values are paired by sample id (B listed in another order), and the
+    per-token value is each sample's log-likelihood over its own token count."""
+    ids = [f"s{i}" for i in range(30)]
+    values_a = [(-float(i % 5), 1 + i % 3) for i in range(30)]
+    values_b = [(ll - 0.5, tokens) for ll, tokens in values_a]  # A better by 0.5 everywhere
+    a = build_likelihood_report("a", ids, values_a, n_resamples=100)
+    b = build_likelihood_report("b", ids, values_b, n_resamples=100)
+    order = list(reversed(range(30)))
+    b_reversed = build_likelihood_report("b", [ids[i] for i in order],
+                                         [values_b[i] for i in order], n_resamples=100)
+    diffs = compare_likelihoods(a, b, n_resamples=100)
+    assert compare_likelihoods(a, b_reversed, n_resamples=100) == diffs
+    assert (diffs["target_ll"].mean, diffs["target_ll"].low, diffs["target_ll"].high) == \
+        pytest.approx((0.5, 0.5, 0.5))
+    assert diffs["target_ll"].share_leq_zero == 0.0
+    per_token = sum(0.5 / tokens for _, tokens in values_a) / 30
+    assert diffs["target_ll_per_token"].mean == pytest.approx(per_token)
+    assert a.metrics["target_ll_per_token"].mean == pytest.approx(
+        sum(ll / tokens for ll, tokens in values_a) / 30)
+
+
 def test_a_likelihood_only_table_does_not_say_it_ranked_the_catalog():
     """The default header of results.md said 'full ranking over the catalog' where nothing
     was ranked (as `automr evaluate` already says otherwise)."""
