@@ -5,7 +5,7 @@ import datetime as dt
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from automr.data import (
@@ -63,6 +63,9 @@ def reference_history(log: list[Interaction], index: int, cap: int) -> list[Inte
 
 @settings(max_examples=150, deadline=None)
 @given(interaction_logs(), protocols(), boundaries())
+# a history longer than max_history, cut to it (the drawn logs rarely reach the cap)
+@example([Interaction("u0", f"i{n}", n) for n in range(7)],
+         ProtocolConfig(recent_k=2, max_history=3), SplitBoundaries(0, 4, 5, 7))
 def test_samples_match_the_definition(log, protocol, bounds):
     samples = build_samples(log, bounds, protocol)
     expected: dict[str, list[tuple]] = {s: [] for s in SPLITS}
