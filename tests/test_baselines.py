@@ -133,6 +133,19 @@ def test_context_show_and_trsr_commands(workspace):
     assert bad.exit_code == 2 and "kind" in bad.output
 
 
+def test_context_show_tells_an_empty_summary_from_no_history(workspace, tmp_path, monkeypatch):
+    """A sample with long-term history whose summary came out empty (a small LM may write only
+    whitespace) is not said to have no long-term history."""
+    monkeypatch.setattr(SummaryWriter, "generate", lambda self, prompts: [""] * len(prompts))
+    common = [*workspace["common"][:-1], str(tmp_path / "cache")]  # a cache of its own
+    shown = runner.invoke(context_app, ["show", "--data", workspace["data"], "--kind", "trsr",
+                                        "--split", "valid", "--samples", "3", "--quiet",
+                                        *TRSR_OPTIONS, *common])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("context: (none: the summary came out empty)") == 3
+    assert "no long-term history" not in shown.output
+
+
 def test_finetune_rejects_bad_context_options(workspace, tmp_path):
     result = runner.invoke(app, ["finetune", "--data", workspace["data"], "--out",
                                  str(tmp_path / "x"), "--context", "trsr", "--trsr-mode", "odd",

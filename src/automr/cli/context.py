@@ -67,7 +67,9 @@ def show_command(
     for sample, text in zip(chosen, context.texts(chosen), strict=True):
         typer.echo(f"user {sample.user} at {sample.timestamp}: {len(sample.memory)} long-term, "
                    f"{len(sample.recent)} recent items; next: {catalog.title(sample.target)}")
-        typer.echo(f"  context: {text if text else '(none: no long-term history)'}")
+        none = ("(none: no long-term history)" if not sample.memory else
+                "(none: the summary came out empty)")
+        typer.echo(f"  context: {text if text else none}")
         recent = ", ".join(words.title_format.format(title=t)
                            for t in catalog.titles(sample.recent))
         typer.echo(f"  recent:  {recent}\n")
