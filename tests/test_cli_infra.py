@@ -23,21 +23,28 @@ EXAMPLE_CONFIG = ROOT / "examples" / "configs" / "ml100k-cpu.toml"
 runner = CliRunner()
 
 
-def test_help_lists_every_command_without_importing_torch():
+def output_in_a_fresh_process(args: list[str]) -> str:
+    """``automr ARGS``'s output in a new interpreter, checked to have imported none of torch,
+    transformers and peft."""
     script = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from automr.cli.main import app\n"
-        "result = CliRunner().invoke(app, ['--help'], terminal_width=200)\n"
+        f"result = CliRunner().invoke(app, {args!r}, terminal_width=200)\n"
         "assert result.exit_code == 0, result.output\n"
         "print(result.output)\n"
         "print('heavy:', sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=True)
-    assert "heavy: []" in done.stdout
+    assert done.stdout.rstrip().endswith("heavy: []")
+    return done.stdout
+
+
+def test_help_lists_every_command_without_importing_torch():
+    output = output_in_a_fresh_process(["--help"])
     for name, entry in COMMANDS.items():
-        assert f"{name} " in done.stdout and entry.help.split()[0] in done.stdout
+        assert f"{name} " in output and entry.help.split()[0] in output
 
 
 def test_version_names_automr_and_its_numeric_libraries_without_importing_them():
@@ -45,19 +52,7 @@ def test_version_names_automr_and_its_numeric_libraries_without_importing_them()
 
     import automr
 
-    script = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from automr.cli.main import app\n"
-        "result = CliRunner().invoke(app, ['--version'])\n"
-        "assert result.exit_code == 0, result.output\n"
-        "print(result.output)\n"
-        "print('heavy:', sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=True)
-    assert "heavy: []" in done.stdout
-    first = done.stdout.splitlines()[0]
+    first = output_in_a_fresh_process(["--version"]).splitlines()[0]
     assert first.startswith(f"automr {automr.__version__} (")
     assert automr.__version__ == version("automr")  # one version: pyproject reads automr's
     for name in ("torch", "transformers", "peft"):

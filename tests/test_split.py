@@ -44,15 +44,21 @@ def test_hf_split_is_a_split_llm(tiny_models):
 @pytest.mark.parametrize("arch", ARCHS)
 @given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
 def test_upper_of_lower_equals_full_model(tiny_models, arch, seqs, layer, side):
+    """The logits, and the final state L2 grounding embeds (the decoder's output after its
+    final norm), equal the model's own."""
     model = tiny_models[arch]
     llm = HFSplitLLM(model)
     ids, mask = pad(seqs, side)
     with torch.no_grad():
-        logits = llm.upper(llm.lower(ids, mask, layer))
+        state = llm.lower(ids, mask, layer)
+        logits, hidden = llm.upper(state), llm.final_hidden(state)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         batched = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        last = model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                   position_ids=positions).last_hidden_state
     real = mask.bool()
     torch.testing.assert_close(logits[real], batched[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden[real], last[real], rtol=1e-5, atol=1e-5)
     for row, seq in enumerate(seqs):
         torch.testing.assert_close(logits[row][real[row]], alone(model, seq), rtol=1e-5, atol=1e-5)
 
@@ -70,22 +76,6 @@ def test_logits_at_selected_positions(tiny_models, arch, seqs, layer, side):
     torch.testing.assert_close(selected[:, 0], full[torch.arange(len(seqs)), last[:, 0]])
     for row, seq in enumerate(seqs):
         assert ids[row, last[row, 0]] == seq[-1]
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
-def test_final_hidden_is_the_models_last_hidden_state(tiny_models, arch, seqs, layer, side):
-    """The state L2 grounding embeds: the decoder's output after its final norm."""
-    model = tiny_models[arch]
-    llm = HFSplitLLM(model)
-    ids, mask = pad(seqs, side)
-    with torch.no_grad():
-        hidden = llm.final_hidden(llm.lower(ids, mask, layer))
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        expected = model.get_decoder()(input_ids=ids, attention_mask=mask,
-                                       position_ids=positions).last_hidden_state
-    real = mask.bool()
-    torch.testing.assert_close(hidden[real], expected[real], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
