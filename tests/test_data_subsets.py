@@ -1,7 +1,7 @@
 """Seeded subsets: what None, 0 and negative counts mean."""
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from automr.data.subsets import seeded_subset
@@ -9,12 +9,21 @@ from automr.errors import AutomrError
 
 
 @given(st.lists(st.integers(), max_size=30), st.integers(0, 40), st.integers(0, 2**31))
+# the drawn lists are mostly no longer than the limit (kept whole): one that is cut
+@example(list(range(30)), 7, 0)
 def test_subset_is_a_seeded_ordered_selection(values, limit, seed):
     chosen = seeded_subset(values, limit, seed)
     assert len(chosen) == min(limit, len(values))
     assert chosen == seeded_subset(values, limit, seed)
     positions = iter(range(len(values)))
     assert all(any(values[i] == x for i in positions) for x in chosen)  # order kept
+
+
+def test_the_seed_draws_the_subset():
+    # not the first `limit` samples, and another seed draws others
+    values = list(range(50))
+    chosen = seeded_subset(values, 10, 0)
+    assert chosen != values[:10] and chosen != seeded_subset(values, 10, 1)
 
 
 def test_none_means_all_and_zero_means_none():
