@@ -274,6 +274,28 @@ def test_a_kill_while_atomic_dir_replaces_a_folder_leaves_one_whole(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
 
+def test_a_replaced_folder_left_under_this_processs_own_pid_is_put_back(tmp_path):
+    """A container restarted after a kill (Docker's restart policy, a Kubernetes pod's
+    container) keeps its hostname and often its PID (1 for an entrypoint): the older folder
+    the killed run had moved aside bore this process's own HOST-PID, so restore_replaced took
+    it for this process's own replacement in progress and left it there; the fine-tune found
+    no checkpoint/ and started again from step 0. No replacement of this process is in
+    progress when it runs: it is put back."""
+    import os
+
+    from automr.storage import replaced_path, restore_replaced
+
+    target = tmp_path / "checkpoint"
+    replaced_path(target).mkdir()  # the killed run's, moved aside: target missing
+    (replaced_path(target) / "state.json").write_text("old")
+    restore_replaced(target)
+    assert (target / "state.json").read_text() == "old"
+    assert os.listdir(tmp_path) == ["checkpoint"]
+    replaced_path(target).mkdir()  # cut while deleting it, the new one in place: removed
+    restore_replaced(target)
+    assert os.listdir(tmp_path) == ["checkpoint"]
+
+
 def test_a_write_removes_what_a_killed_process_of_this_host_left_of_the_same_target(tmp_path):
     """A SIGKILLed build leaves its temporary sibling (a memory shard's can take GBs); the
     next write of that target removes it, but not a running process's nor another host's."""

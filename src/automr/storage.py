@@ -91,13 +91,15 @@ def restore_replaced(target: Path | str) -> None:
     """Undo what a process of this host, killed while :func:`atomic_dir` replaced ``target``,
     left: the older folder it had moved aside is put back when ``target`` is missing (cut
     between the two renames), else deleted. A running process's, and another host's, are left
-    alone. A command that resumes from such a folder runs this before it looks."""
+    alone; one bearing this process's own PID is a killed one's (a container restarted with
+    its hostname and PID): no replacement of this process is under way while this runs. A
+    command that resumes from such a folder runs this before it looks."""
     target = Path(target)
     target = target.resolve() if target.is_symlink() else target
     prefix = f".{target.name}.replaced-{HOST}-"
     for aside in sorted(target.parent.glob(f"{glob.escape(prefix)}*")):
         pid = aside.name.removeprefix(prefix)
-        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+        if not pid.isdigit() or (int(pid) != os.getpid() and _running(int(pid))):
             continue
         if not target.exists():
             with contextlib.suppress(OSError):  # another process of the command was first
