@@ -198,6 +198,18 @@ def test_lora_on_gemma3_with_a_vision_tower_tunes_the_language_model_only():
     assert lora_below(tuned, 1) == []
     tower = loaded.model.model.vision_tower
     assert any(name.endswith("layers.1.self_attn.q_proj") for name, _ in tower.named_modules())
+    # adapters in the tower's layers 1 and 2 (LoRA kept to layers 1.. by index alone) lie
+    # outside the decoder's layers: lora_below names them, though their index is >= 1
+    from peft import LoraConfig, get_peft_model
+
+    from automr.llm.loading import without_peft_deprecation
+
+    with without_peft_deprecation():
+        everywhere = get_peft_model(
+            tiny_model(tiny_config("gemma3", 3)),
+            LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[1, 2]))
+    outside = lora_below(everywhere, 1)
+    assert outside and all(".vision_tower." in name for name in outside), outside
 
 
 def test_a_router_that_subclasses_linear_is_no_lora_target(workspace, tmp_path):
