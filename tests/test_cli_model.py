@@ -132,6 +132,20 @@ def test_info_says_why_the_split_refuses_a_model_and_which_modules_lora_can_targ
     assert lines["phi3"]["linear_modules"] == "down_proj,gate_up_proj,o_proj,qkv_proj"
 
 
+def test_info_on_gemma3_with_a_vision_tower_reads_its_language_model(tmp_path):
+    """Gemma 3 4B-27B's config.json holds its language model's sizes in text_config (beside
+    a vision tower's): model info read the top-level config, which has none of them."""
+    from automr.testing.synthetic import save_tiny_model
+
+    gemma3 = save_tiny_model(tmp_path / "gemma3", "gemma3", num_layers=3)
+    result = runner.invoke(app, ["model", "info", str(gemma3)])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert lines["model_type"] == "gemma3 (language model: gemma3_text)"
+    assert (lines["layers"], lines["hidden_size"], lines["vocab_size"]) == ("3", "32", "259")
+    assert lines["layer_split"] == "yes" and lines["sliding_window"] == "4"
+
+
 @pytest.mark.parametrize("name", ["ABS", "./w/nope", "w/nope", "../here/w/nope"])
 def test_missing_model_folder_is_a_one_line_error(tmp_path, monkeypatch, name):
     """A name that can only be a path (absolute, ./, ../, or under a folder that exists here)
