@@ -242,7 +242,7 @@ def append_memory(
         # one fingerprint in every dtype: the record's check above lets it through
         raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the model "
                           f"is loaded in {dtype} here: its new keys would not be the ones a "
-                          f"build computes. Load it with --dtype {record.dtype} "
+                          f"build computes. Load it in {record.dtype} "
                           f"(load_model(..., dtype={record.dtype!r})) to append.")
     new = user_timelines(sorted(interactions, key=lambda i: i.timestamp))
     timelines: Timelines = {}
