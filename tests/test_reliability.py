@@ -381,17 +381,19 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         resolve_device("cuda:1")
 
 
-def test_a_gpu_named_by_index_under_a_launcher_is_refused(monkeypatch):
-    """``--device cuda:0`` under ``torchrun --nproc-per-node 2`` put both processes on GPU 0
-    (only ``auto`` and ``cuda`` map to each process's own GPU)."""
+def test_under_a_launcher_cuda_is_each_processs_own_gpu(monkeypatch):
+    """``cuda`` (and ``auto``) is ``cuda:LOCAL_RANK``; a process past the GPUs it sees is told
+    how to go on, ``cuda:0`` among the ways (where a scheduler shows each its own GPU alone)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(AutomrError, match="--device cuda:0 under a launcher puts every process"):
-        resolve_device("cuda:0")
     assert resolve_device("cuda") == torch.device("cuda:1")
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(AutomrError, match="give --device cuda:0 where each process is shown"):
+        resolve_device("cuda")
 
 
 def test_known_devices_resolve():

@@ -110,19 +110,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``mps`` or ``cuda[:N]`` as given,
     once checked to exist here. Anything else is refused with the choices. Under a launcher
     (``torchrun``), ``auto`` and ``cuda`` are this process's GPU, ``cuda:LOCAL_RANK``; a GPU
-    named by its index is refused there (every process would take that one)."""
+    named by its index is the one every process takes (a scheduler that shows each process
+    its own GPU alone, as SLURM's ``--gpus-per-task`` does, wants ``cuda:0``)."""
     from automr import distributed
-
-    if re.fullmatch(r"cuda:\d+", str(device)) and distributed.launched():
-        raise AutomrError(f"--device {device} under a launcher puts every process on that one "
-                          f"GPU: give --device cuda (or auto), each process then takes its own "
-                          f"(cuda:LOCAL_RANK), or set CUDA_VISIBLE_DEVICES to choose the GPUs")
 
     if device in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
         if distributed.local_rank() >= torch.cuda.device_count():
             raise AutomrError(f"process LOCAL_RANK={distributed.local_rank()} has no GPU of its "
-                              f"own (this machine has {torch.cuda.device_count()}): start at "
-                              f"most one process per GPU, or use --device cpu")
+                              f"own (it sees {torch.cuda.device_count()}): start at most one "
+                              f"process per GPU, give --device cuda:0 where each process is "
+                              f"shown its own GPU alone (SLURM --gpus-per-task), or use "
+                              f"--device cpu")
         return torch.device(f"cuda:{distributed.local_rank()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
