@@ -399,6 +399,9 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
       "--element-batch", "0"], "--element-batch must be > 0"),
     (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--batch-size", "0"],
      "--batch-size must be > 0"),
+    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--dtype", "fp16"],
+     "unknown dtype 'fp16'"),  # ignored where no method loads a model
+    (["memory", "build", "--data", "d", "--out", "o", "--dtype", "bf16"], "unknown dtype 'bf16'"),
     (["finetune", "--data", "d", "--out", "o", "--valid-samples", "0"],
      "--valid-samples must be > 0"),
     (["finetune", "--data", "d", "--out", "o", "--lora-dropout", "1.5"],

@@ -242,6 +242,14 @@ class Runtime:
     exact: bool = False
     """``auto`` means float32 on every device, not bfloat16 on CUDA (:func:`runtime_options`)."""
 
+    def __attrs_post_init__(self) -> None:
+        """A misspelt ``--dtype`` is refused at once, also by a command whose methods load no
+        model (``evaluate --methods sasrec,pop``), where it was silently ignored."""
+        from automr.llm.loading import DTYPES
+
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise AutomrError(f"unknown dtype {self.dtype!r}; choose auto, {', '.join(DTYPES)}")
+
     @property
     def progress(self) -> bool:
         return not self.quiet
