@@ -87,6 +87,19 @@ def test_rella_lists_the_most_similar_long_term_items_oldest_first():
     assert context.config == {"kind": "rella", "k": 3}
 
 
+def test_rella_counts_a_repeated_item_once_at_its_latest_position_and_ties_go_recent():
+    # i1 and i2 share an embedding (equal scores): with k=1 the more recent one is chosen;
+    # i3 repeats: it is listed once, at its latest position (after i1, not before it)
+    embeddings = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.2], [1.0, 0.1]])
+    catalog = catalog_of(5)
+    assert ReLLaContext(embeddings, catalog, WORDS, k=1).selected(
+        sample_of(["i2", "i1"], ["i4"])) == ("i1",)
+    assert ReLLaContext(embeddings, catalog, WORDS, k=1).selected(
+        sample_of(["i1", "i2"], ["i4"])) == ("i2",)
+    assert ReLLaContext(embeddings, catalog, WORDS, k=2).selected(
+        sample_of(["i3", "i1", "i3"], ["i4"])) == ("i1", "i3")
+
+
 def test_rella_gives_no_context_without_long_term_history():
     context = ReLLaContext(torch.eye(4), catalog_of(4), WORDS, k=2)
     assert context.texts([sample_of([], ["i1", "i2"])]) == [None]
