@@ -38,7 +38,7 @@ from automr.memory import (
     mean_pool,
     memory_encoder,
 )
-from automr.memory.encoders import common_prefix, pad_right
+from automr.memory.encoders import WindowEncoder, common_prefix, pad_right
 from automr.memory.shards import INDEX_FILE, MemoryIndex, shard_name
 from automr.testing.tiny import TINY_VOCAB, tiny_config, tiny_model
 
@@ -215,6 +215,18 @@ def test_window_without_item_equals_the_query_of_a_sample_at_that_time(
     first = memory.view(memory.users()[0], 1).keys[0]
     empty = pooled_alone(backbone, format_prompt([], dataset.prompt_config))
     torch.testing.assert_close(first, empty, rtol=1e-5, atol=1e-5)
+
+
+def test_window_without_item_leaves_out_the_items_sharing_its_timestamp():
+    """Without the item, element m's window ends before the first interaction at m's time
+    (as a sample's prompt at that time does), not just before m."""
+    times = [1, 2, 2, 2, 3]
+    without = WindowEncoder(None, None, None, window=2, includes_item=False)
+    assert [list(without.positions(times, m)) for m in range(5)] == [
+        [], [0], [0], [0], [2, 3]]
+    including = WindowEncoder(None, None, None, window=2)
+    assert [list(including.positions(times, m)) for m in range(5)] == [
+        [0], [0, 1], [1, 2], [2, 3], [3, 4]]
 
 
 def test_item_encoder_shares_one_key_per_item(backbone, dataset, tmp_path):
