@@ -61,3 +61,17 @@ os.fdopen(fd, "w")
 os.fdopen(fd, "wb")
 """
     assert calls_without_encoding(source) == [2, 4, 6, 10, 11, 13]
+
+
+def test_files_are_written_whole_or_not_at_all():
+    """A report a command writes (results.md, scores.json, ablation.md, rq2.json, rq3.md, a
+    bench result, the demo's step marker) was written in place, so a command cut during the
+    write left it truncated; every file goes through storage's atomic helpers (write to a
+    sibling, then rename), the one ``write_text`` being theirs (automr.testing writes fixtures)."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}"
+             for path in sorted((ROOT / "src" / "automr").rglob("*.py"))
+             if path.name != "storage.py" and "testing" not in path.parts
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "write_text"]
+    assert not found, "write through automr.storage.write_text_atomic at " + ", ".join(found)

@@ -180,7 +180,7 @@ def retriever_score(
     from automr.memory import MemoryStore
     from automr.recommenders.automr import load_retriever_for
     from automr.retrievers import build_retriever
-    from automr.storage import check_own_folder
+    from automr.storage import check_own_folder, write_text_atomic
 
     check_own_folder(out, "scores", ("scores.json", "scores.md"))
     store = MemoryStore.open(memory)
@@ -199,10 +199,9 @@ def retriever_score(
     del store
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(json.dumps(scores.to_json(), indent=1) + "\n",
-                                     encoding="utf-8")
+    write_text_atomic(out / "scores.json", json.dumps(scores.to_json(), indent=1) + "\n")
     text = scores.markdown()
-    (out / "scores.md").write_text(text, encoding="utf-8")
+    write_text_atomic(out / "scores.md", text)
     typer.echo(text)
 
 

@@ -35,7 +35,13 @@ from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, Interval
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.metrics import DEFAULT_KS, per_sample_metrics
 from automr.evaluation.report import MetricReport
-from automr.storage import RUNS_FILE, read_json, read_run_records, write_json_atomic
+from automr.storage import (
+    RUNS_FILE,
+    read_json,
+    read_run_records,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -389,7 +395,7 @@ class EvaluationFolder:
         """Write the tables: ``payload`` to ``results.json`` (atomically) and ``markdown`` to
         ``results.md``."""
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
-        (self.path / RESULTS_MD).write_text(markdown, encoding="utf-8")
+        write_text_atomic(self.path / RESULTS_MD, markdown)
 
 
 def _read(path: Path, load: Callable[[Path], Any] | None = None) -> Any:

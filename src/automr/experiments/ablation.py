@@ -41,7 +41,7 @@ from automr.retrievers import (
     build_retriever,
     load_retriever,
 )
-from automr.storage import check_own_folder, read_json
+from automr.storage import check_own_folder, read_json, write_text_atomic
 
 ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
 
@@ -283,11 +283,10 @@ def write_ablation(rows: Sequence[AblationRow], out: Path, config: AblationConfi
                              "helped": helped,
                              "vs_random": attrs.asdict(paired) if paired else None})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(
-        {"config": attrs.asdict(config), **sources, "rows": payload_rows}, indent=1) + "\n",
-        encoding="utf-8")
+    write_text_atomic(out / "ablation.json", json.dumps(
+        {"config": attrs.asdict(config), **sources, "rows": payload_rows}, indent=1) + "\n")
     header = ("Gain = log P(true title | prompt, retrieved element) - log P(true title | "
               "prompt), in nats, on held-out test samples (k = 1); `random` is the exact "
               "expectation over the sample's elements (its helped and picked best: the chance "
               "a uniform pick helps, or is the best), `oracle` the best element.\n\n")
-    (out / "ablation.md").write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(out / "ablation.md", header + "\n".join(lines) + "\n")

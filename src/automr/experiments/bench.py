@@ -30,6 +30,7 @@ from automr.interfaces import MemoryTokens
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
 from automr.state import LayerState
+from automr.storage import write_text_atomic
 
 
 def machine() -> dict[str, object]:
@@ -500,9 +501,9 @@ def write_result(result: dict[str, object], out: Path, name: str) -> str:
     """``OUT/NAME.json`` (every field) and ``OUT/NAME.md`` (:func:`markdown_table`); returns
     the table."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out / f"{name}.json", json.dumps(result, indent=1) + "\n")
     table = markdown_table(result)
-    (out / f"{name}.md").write_text(table, encoding="utf-8")
+    write_text_atomic(out / f"{name}.md", table)
     return table
 
 

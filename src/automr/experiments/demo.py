@@ -110,7 +110,7 @@ def run_demo(
         start = time.perf_counter()
         work()
         timings[name] = round(time.perf_counter() - start, 1)
-        done.write_text(json.dumps({"seconds": timings[name]}), encoding="utf-8")
+        write_text_atomic(done, json.dumps({"seconds": timings[name]}))
         say(f"[{name}] done in {timings[name]} s: {folder}")
 
     data = Path(dataset_dir) if dataset_dir is not None else out / "data"

@@ -35,7 +35,7 @@ from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, parse_method
 from automr.recommenders.automr import load_retriever_for
 from automr.recommenders.runs import FinetunedRun
-from automr.storage import read_json
+from automr.storage import read_json, write_text_atomic
 
 RQ2_METRICS = ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
 """The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give).
@@ -210,8 +210,8 @@ def run_of(group: str, folder: Path, source: str | None,
 def write_rq2(result: RQ2Result, out: Path) -> None:
     """``rq2.json``, ``rq2.md`` and the figure."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rq2.json").write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
-    (out / "rq2.md").write_text(rq2_markdown(result), encoding="utf-8")
+    write_text_atomic(out / "rq2.json", json.dumps(result.to_json(), indent=1) + "\n")
+    write_text_atomic(out / "rq2.md", rq2_markdown(result))
     plot_rq2(out)
 
 

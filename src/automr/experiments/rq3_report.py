@@ -17,6 +17,7 @@ from automr.experiments.rq3 import (
     RQ3Result,
     analyze_rq3,
 )
+from automr.storage import write_text_atomic
 
 
 def run_rq3(
@@ -46,9 +47,8 @@ def run_rq3(
                          memory=memory, reference_dir=reference_dir, measure=measure)
     out = Path(results_dir if out_dir is None else out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rq3.json").write_text(json.dumps(result.to_json(dataset), indent=1) + "\n",
-                                  encoding="utf-8")
-    (out / "rq3.md").write_text(rq3_markdown(result, dataset), encoding="utf-8")
+    write_text_atomic(out / "rq3.json", json.dumps(result.to_json(dataset), indent=1) + "\n")
+    write_text_atomic(out / "rq3.md", rq3_markdown(result, dataset))
     plot_timeline(result, dataset, out / "rq3-timeline")
     plot_ages(result, out / "rq3-ages")
     return result
