@@ -218,6 +218,26 @@ def test_constrained_ranking_after_the_beams_is_the_plain_walk(data, n_items, wi
     assert ranked.tolist() == plain_found_first(grounder, found)
 
 
+@pytest.mark.parametrize(("gamma", "rest"), [(0.0, [1, 2, 3, 4]), (3.0, [4, 1, 2, 3])])
+def test_constrained_rest_is_anchored_on_the_top_beam_and_weighed_by_the_prior(
+        tiny_models, monkeypatch, gamma, rest):
+    """Items on a line, beams finding items 0 then 5: the rest goes by distance to item 0 (not
+    to the last beam's item 5); a strong prior on item 4 lifts it as BIGRec's injection does."""
+    from automr.grounding.targets import CatalogTargets
+    from automr.llm.beam import Hypothesis
+
+    targets = CatalogTargets(tuple(f"t{i}" for i in range(6)),
+                             tuple((i + 3, 2) for i in range(6)), eos_token_id=2)
+    emb = torch.tensor([[float(i), 0.0, 0.0] for i in range(6)])
+    prior = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    grounder = ConstrainedGrounder(targets, emb, num_beams=2, prior=prior, gamma=gamma)
+    monkeypatch.setattr(ConstrainedGrounder, "beams", lambda *args, **kwargs: [
+        [Hypothesis((3, 2), -1.0), Hypothesis((8, 2), -2.0)]])
+    ids = torch.tensor([[5, 6]])
+    ranking = grounder.rank(HFSplitLLM(tiny_models["llama"]), ids, torch.ones_like(ids), 1)
+    assert ranking.tolist() == [[0, 5, *rest]]
+
+
 def test_constrained_fallback_follows_l2_distance_to_the_top_beam(tiny_models, tokenizer):
     llm = HFSplitLLM(tiny_models["llama"])
     targets = catalog_targets(tokenizer, TITLES)
