@@ -341,6 +341,24 @@ def test_plain_l2_and_its_injection_at_gamma_0_rank_ties_alike(tiny_models, toke
             for s in samples]
 
 
+def test_an_injection_weighs_by_the_prior_scaled_to_0_1():
+    """Raw scores (popularity counts, SASRec logits) are min-max scaled per sample before
+    weighing: scores in any unit rank as the same scores in [0, 1]."""
+    from types import SimpleNamespace
+
+    from automr.grounding.prior import adjusted_distances
+    from automr.methods.injection import PriorWeightedMethod
+
+    distances = torch.tensor([[0.0, 1.0, 2.0, 4.0]])
+    plain = SimpleNamespace(distances=lambda samples: distances,
+                            ranks_by_distance=lambda samples, weighted: weighted)
+    unit = torch.tensor([[0.0, 0.0, 1.0, 0.5]])
+    weighted = adjusted_distances(distances, unit, 2.0)
+    for scores in (unit, 40 * unit + 10):
+        injected = PriorWeightedMethod(plain, lambda samples, s=scores: s, gamma=2.0)
+        torch.testing.assert_close(injected.rank([]), weighted)
+
+
 def test_a_prior_per_sample_weighs_each_row_by_its_own_scores():
     """BIGRec's collaborative injection: one prior row per sample, each row as if alone."""
     from automr.grounding.prior import adjusted_distances, choose_gamma
