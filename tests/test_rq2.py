@@ -70,6 +70,27 @@ def test_retrieval_seed_enters_only_random_settings(workspace):
     assert settings("bigrec:l2")["finetuned"] == str((workspace / "ft").resolve())
 
 
+def test_every_option_that_moves_ranks_enters_the_settings(workspace):
+    """A resumed evaluation reuses ranks whose settings are equal: the memory's k for every
+    memory kind, the injection's tuning for both priors, the split for what an injection
+    takes of its L2 grounding's generations."""
+    from automr.methods.registry import INJECTION_ONLY
+
+    dataset = PreparedDataset.load(workspace / "prepared")
+    artifacts = Artifacts(finetuned=workspace / "ft", memory=workspace / "mem",
+                          retriever=workspace / "ret-0")
+
+    def settings(method, **options):
+        return method_settings(method, Workspace(dataset, artifacts, MethodOptions(**options)))
+
+    for kind in ("automr", "random", "semantic"):
+        assert settings(f"{kind}:l2", k=1) != settings(f"{kind}:l2", k=2)
+    for injection in ("l2-pop", "l2-sasrec"):
+        assert settings(f"bigrec:{injection}", tune_samples=4) != settings(
+            f"bigrec:{injection}", tune_samples=5)
+    assert not {"layer", "num_beams", "k", "finetuned"} & set(INJECTION_ONLY)
+
+
 def test_a_method_kinds_version_enters_its_settings_from_2_on(workspace, monkeypatch):
     """A builder that comes to rank otherwise raises its kind's version, so saved ranks of the
     old one are not reused; at version 1 nothing is added (older folders stay valid)."""
