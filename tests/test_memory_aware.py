@@ -154,3 +154,28 @@ def test_memory_aware_finetune_trains_records_and_checks_its_memory(space):
     with pytest.raises(AutomrError, match="--memory"):
         finetune(loaded, space["dataset"], space["root"] / "other", config, progress=False)
 
+
+
+def test_a_row_not_drawn_gets_no_element_beside_one_drawn(space):
+    """In a batch mixing both kinds of rows, a row not drawn keeps its plain loss exactly
+    (its memory row masked), the drawn one gets its element: the pair's loss is the sum."""
+    loaded, examples = space["loaded"], space["examples"]
+    llm = HFSplitLLM(loaded.model)
+    memory = inserts(space, share=0.5)
+    draws = [memory.drawn(i, 0)[0] for i in range(len(examples))]
+    drawn, missed = draws.index(True), draws.index(False)
+    with torch.no_grad():
+        alone = float(batch_nll(llm, attrs.evolve(collate([examples[drawn]], 0),
+                                                  insert=memory.insert([drawn], 0)), LAYER)[0])
+        plain = float(batch_nll(llm, collate([examples[missed]], 0), LAYER)[0])
+        pair = float(batch_nll(llm, attrs.evolve(
+            collate([examples[drawn], examples[missed]], loaded.tokenizer.pad_token_id),
+            insert=memory.insert([drawn, missed], 0)), LAYER)[0])
+    assert pair == pytest.approx(alone + plain, abs=2e-4)
+
+
+@pytest.mark.parametrize("share", [0.2, 1.0])
+def test_the_share_is_the_fraction_of_examples_drawn(space, share):
+    memory = inserts(space, share=share)
+    draws = [memory.drawn(i, epoch)[0] for i in range(6) for epoch in range(50)]
+    assert sum(draws) / len(draws) == pytest.approx(share, abs=0.08)
