@@ -564,6 +564,16 @@ def test_training_restores_the_best_state_and_is_seeded():
         assert torch.equal(a, b)
 
 
+def test_the_epochs_training_kl_is_the_sample_weighted_mean():
+    """Without learning (a vanishing lr), one epoch's training KL in batches of 16 (the last
+    one of 4 rows) is the KL over all 36 rows at once: each batch weighs by its rows."""
+    train = synthetic(36, 0)
+    kls = [train_mlp_retriever(train, None, RetrieverTrainingConfig(
+        lr=1e-30, batch_size=size, max_epochs=1, mlp_hidden=32, seed=7), quiet=True)[1].train_kl
+        for size in (16, 36)]
+    assert kls[0][0] == pytest.approx(kls[1][0], rel=1e-5)
+
+
 @pytest.mark.parametrize(("max_epochs", "patience", "stops"),
                          [(8, 3, True), (5, 3, True), (4, 3, False), (3, 3, False)])
 def test_early_stopping_on_a_flat_validation_keeps_the_first_epoch(max_epochs, patience, stops):
