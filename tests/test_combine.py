@@ -87,6 +87,10 @@ def test_different_samples_or_a_missing_method_are_refused(tmp_path):
     c = evaluated(tmp_path / "c", "m", [0] * 7, [-1.0] * 7, ids=IDS[:7])
     with pytest.raises(AutomrError, match="different samples"):
         combine_folders({"a": (a, "m"), "c": (c, "m")})
+    other = EvaluationFolder(tmp_path / "n")  # the same samples ranked among 40 items
+    other.save(build_report("m", IDS, torch.zeros(8, dtype=torch.long), 40, n_resamples=50), {})
+    with pytest.raises(AutomrError, match="catalogs of different sizes"):
+        combine_folders({"a": (a, "m"), "n": (tmp_path / "n", "m")})
     with pytest.raises(AutomrError, match=r"neither ranks nor .* of other \(there: m\)"):
         combine_folders({"a": (a, "m"), "x": (a, "other")})
     (a / "ranks" / "damaged.json").write_text("{not json")  # another method's, not asked for
