@@ -277,3 +277,20 @@ def test_an_rq2_run_without_its_reference_folder_is_pointed_to_it(dataset_dir, t
                                           r"bigrec:constrained apart: give --reference-results "
                                           r".*rq2/bigrec$"):
         run_rq3(run, dataset_dir)
+
+
+def test_the_uniform_ages_weigh_each_sample_by_its_retrieved_elements(dataset_dir):
+    """With k > 1 a sample's memory counts once per element it retrieved: u0@60 retrieves 2
+    (uniform back 4.5 each), u1@50 1 (3.5)."""
+    from automr.experiments.rq3 import SampleRetrieval, summarize_ages
+
+    dataset = PreparedDataset.load(dataset_dir)
+    users = timelines(dataset, None)
+    u1_50, u0_60 = dataset.samples("test")[0], dataset.samples("test")[3]
+    rows = [SampleRetrieval(u0_60.id, u0_60, 1.0, 0.0, locate_retrieved(u0_60, users["u0"],
+                                                                         [0, 1])),
+            SampleRetrieval(u1_50.id, u1_50, 1.0, 0.0, locate_retrieved(u1_50, users["u1"],
+                                                                         [1]))]
+    ages = summarize_ages(rows)
+    assert ages.elements == 3 and ages.back_mean == pytest.approx((6 + 5 + 3) / 3)
+    assert ages.uniform_back_mean == pytest.approx((2 * 4.5 + 3.5) / 3)
