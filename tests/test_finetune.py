@@ -113,6 +113,8 @@ def test_finetune_lowers_validation_loss_and_reloads(workspace):
     run = workspace["root"] / "run"
     record = finetune(loaded, workspace["data"], run, quick_config(), progress=False)
     assert record["best_valid_nll"] < record["initial_valid_nll"]
+    best = min(record["evaluations"], key=lambda e: e["valid_nll"])  # best/ is the lowest's
+    assert (record["best_valid_nll"], record["best_step"]) == (best["valid_nll"], best["step"])
     with warnings.catch_warnings():  # peft's call of a name transformers 5 deprecates is ours
         warnings.simplefilter("error", FutureWarning)
         tuned = FinetunedRun.open(run).load(device="cpu")
