@@ -245,10 +245,11 @@ class Runtime:
     def __attrs_post_init__(self) -> None:
         """A misspelt ``--dtype`` is refused at once, also by a command whose methods load no
         model (``evaluate --methods sasrec,pop``), where it was silently ignored."""
-        from automr.llm.loading import DTYPES
+        import torch
 
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise AutomrError(f"unknown dtype {self.dtype!r}; choose auto, {', '.join(DTYPES)}")
+        from automr.llm.loading import resolve_dtype
+
+        resolve_dtype(self.dtype, torch.device("cpu"))  # refuses an unknown name
 
     @property
     def progress(self) -> bool:
