@@ -1,5 +1,6 @@
 """Prompt contexts (ReLLa, TRSR): the prompt layout, what each context picks, TRSR's summaries."""
 
+import copy
 import hashlib
 import json
 import math
@@ -279,6 +280,30 @@ def test_context_spec_round_trips_and_validates():
     with pytest.raises(ValueError):
         ContextSpec(kind="trsr", mode="sideways")
 
+
+def test_summaries_written_in_another_dtype_are_cached_apart(tmp_path, tiny_models):
+    """A model's fingerprint is the same in every dtype, its bfloat16 replies are not its
+    float32 ones: a TRSR context of a bfloat16 model does not read float32 replies (float32
+    keys are as they were)."""
+    from automr.contexts import trsr_context
+    from automr.llm.loading import LoadedModel
+
+    spec, catalog = ContextSpec(kind="trsr", max_new_tokens=5), catalog_of(4)
+
+    def cache_of(model):
+        loaded = LoadedModel(model=model, tokenizer=tiny_tokenizer(), name="tiny")
+        return trsr_context(loaded, catalog, WORDS, "fp", spec, folder=tmp_path,
+                            progress=False).cache
+
+    model = tiny_models["llama"]
+    cache_of(model).add(["a"], ["a float32 reply"])
+    assert cache_of(model).get("a") == "a float32 reply"
+    payload = json.dumps(["fp", 5, "a"])
+    assert cache_of(model).key("a") == hashlib.sha256(payload.encode()).hexdigest()
+    half = cache_of(copy.deepcopy(model).to(torch.bfloat16))
+    assert half.dtype == "bfloat16" and half.get("a") is None
+    half.add(["a"], ["a bfloat16 reply"])
+    assert cache_of(model).get("a") == "a float32 reply"
 
 def test_generation_prompts_carry_the_contexts(tmp_path):
     from automr.llm.loading import LoadedModel

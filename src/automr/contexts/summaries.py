@@ -80,12 +80,15 @@ class SummaryCache:
     """Replies by prompt for one model, in ``path`` (JSON lines ``{"key", "summary"}``)."""
 
     def __init__(self, path: Path | str, model_fingerprint: str, max_new_tokens: int,
-                 more_stops: Sequence[int] = ()) -> None:
+                 more_stops: Sequence[int] = (), dtype: str = "float32") -> None:
         self.path = Path(path)
         self.model_fingerprint, self.max_new_tokens = model_fingerprint, max_new_tokens
         self.more_stops = tuple(more_stops)
         """Stop tokens besides the tokenizer's EOS (a chat model's end of turn): they change
         the replies, and a generation config is not in the model's fingerprint."""
+        self.dtype = dtype
+        """The dtype the replies are written in (``"bfloat16"``): a reply in bfloat16 is not
+        the float32 one, and a model's fingerprint is the same in every dtype."""
         self.entries: dict[str, str] = {}
         self.reload()
 
@@ -115,11 +118,12 @@ class SummaryCache:
                     continue  # a line cut by an interrupted write
 
     def key(self, prompt: str) -> str:
-        """The sha256 hex digest of the model fingerprint, ``max_new_tokens``, ``prompt`` and
-        the stops besides the EOS, where there are any (replies that stop at the EOS alone are
-        keyed as before those were)."""
+        """The sha256 hex digest of the model fingerprint, ``max_new_tokens``, ``prompt``, the
+        stops besides the EOS where there are any and the dtype where it is not float32
+        (float32 replies that stop at the EOS alone are keyed as before those two were)."""
         payload = json.dumps([self.model_fingerprint, self.max_new_tokens, prompt,
-                              *([list(self.more_stops)] if self.more_stops else [])])
+                              *([list(self.more_stops)] if self.more_stops else []),
+                              *([self.dtype] if self.dtype != "float32" else [])])
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, prompt: str) -> str | None:

@@ -27,7 +27,7 @@ from automr.contexts.spec import ContextSpec
 from automr.contexts.summaries import SummaryCache, SummaryWriter
 from automr.data import Catalog, PromptConfig, Sample
 from automr.data.prompts import format_titles
-from automr.llm.loading import LoadedModel
+from automr.llm.loading import LoadedModel, dtype_name
 from automr.progress import Progress
 
 CONTEXT_TEMPLATE = "Summary of the user's long-term preferences: {summary}"
@@ -166,6 +166,7 @@ def trsr_context(
     writer = SummaryWriter(loaded.model, loaded.tokenizer, spec.max_new_tokens, batch_size)
     cache = SummaryCache(root / f"{base_fingerprint[:16]}.jsonl", base_fingerprint,
                          spec.max_new_tokens,
-                         [i for i in writer.stop_ids() if i != loaded.tokenizer.eos_token_id])
+                         [i for i in writer.stop_ids() if i != loaded.tokenizer.eos_token_id],
+                         dtype_name(loaded.model.dtype))
     return TRSRContext(writer, cache, catalog, prompt, spec.block_size, spec.max_blocks,
                        spec.mode, progress)
