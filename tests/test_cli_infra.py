@@ -231,6 +231,35 @@ def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
     assert record["sources"]["max_history"] == "default"
 
 
+def test_a_leading_tilde_in_a_path_option_is_the_home_folder(tmp_path, monkeypatch):
+    """``--out=~/x`` and a config file's ``"~/x"`` reach automr unexpanded (a shell expands a
+    ``~`` only at the start of a word): they name the home folder, never a folder ``~``."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    write_synthetic_csv(home / "raw")
+    config = tmp_path / "run.toml"
+    config.write_text("[data.prepare.csv]\nitems = '~/raw/items.csv'\nout = '~/prepared'\n"
+                      "train_months = 2\nmin-item-interactions = 1\n")
+    result = runner.invoke(app, ["--config=" + str(config), "data", "prepare", "csv",
+                                 "--interactions=~/raw/interactions.csv"])
+    assert result.exit_code == 0, result.output
+    assert (home / "prepared" / "config.json").is_file()
+    assert (home / "prepared" / RUNS_FILE).is_file()
+    result = runner.invoke(app, ["evaluate", "--data=~/prepared", "--out=~/evaluation",
+                                 "--methods", "pop", "--samples", "4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (home / "evaluation" / "results.json").is_file()
+    (record,) = [json.loads(line)
+                 for line in (home / "evaluation" / RUNS_FILE).read_text().splitlines()]
+    assert record["params"]["out"] == str(home / "evaluation")
+    result = runner.invoke(app, ["compare", "--out=~/compared", "--method=a=~/evaluation/pop"])
+    assert result.exit_code == 0, result.output
+    assert (home / "compared" / "results.json").is_file()
+    assert not (cwd / "~").exists()
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("infra")

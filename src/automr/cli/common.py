@@ -100,6 +100,33 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def expand_home(command: Any) -> None:
+    """Make ``command`` (and every command under it) read a leading ``~`` in its path options
+    as the home folder. A shell expands it only at the start of a word: ``--out=~/runs`` and
+    a config file's ``out = "~/runs"`` arrive as typed, and were a folder named ``~`` in the
+    current one for some commands, the home folder for others."""
+    for sub in getattr(command, "commands", {}).values():
+        expand_home(sub)
+    if getattr(command, "commands", None) is not None:
+        return
+    invoke = command.invoke
+
+    @functools.wraps(invoke)
+    def expanded(ctx: Any) -> Any:
+        ctx.params = {name: _home_expanded(value) for name, value in ctx.params.items()}
+        return invoke(ctx)
+
+    command.invoke = expanded
+
+
+def _home_expanded(value: Any) -> Any:
+    if isinstance(value, Path):
+        return value.expanduser()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
+        return type(value)(_home_expanded(v) for v in value)
+    return value
+
+
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 """A write the disk refused: no space left, over quota, file too large, read-only."""
 

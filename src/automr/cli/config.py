@@ -4,7 +4,8 @@ Each table names a command (``[finetune]``, ``[memory.build]``, ``[data.prepare.
 and holds option values by option name (``train_samples`` or ``train-samples``). The file is
 checked against the real commands, then handed to click as the context's ``default_map``: a
 value from the file replaces the option's default, and an option given on the command line
-wins over both. Paths are relative to the current directory, as on the command line.
+wins over both. Paths are relative to the current directory, as on the command line, and a
+leading ``~`` is the home folder.
 """
 
 import sys

@@ -137,7 +137,7 @@ def compare_command(
             raise AutomrError(f"--method takes NAME=FOLDER/METHOD, got {text!r}")
         if name in sources:
             raise AutomrError(f"--method names {name!r} twice")
-        sources[name] = (folder, evaluated)
+        sources[name] = (str(Path(folder).expanduser()), evaluated)  # as --out's ~
     evaluation = combine_folders(sources, out=out, reference=reference, seed=seed)
     typer.echo(evaluation.markdown())
 

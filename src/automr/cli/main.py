@@ -14,7 +14,7 @@ import typer
 import typer.core
 import typer.main
 
-from automr.cli.common import user_errors
+from automr.cli.common import expand_home, user_errors
 from automr.cli.lazy import LazyCommand, LazyGroup
 from automr.errors import AutomrError
 
@@ -97,7 +97,7 @@ class AutomrGroup(LazyGroup):
     interrupted command says how to resume."""
 
     registry = COMMANDS
-    on_load = (_attach_run_record, _plain_help)
+    on_load = (_attach_run_record, expand_home, _plain_help)  # paths expanded for the record
 
     def invoke(self, ctx: typer.Context) -> object:
         """Run the sub-command; Ctrl-C ends with one line saying how to go on (exit 130)."""
@@ -176,8 +176,8 @@ def invocation(argv: list[str]) -> tuple[list[str], str | None]:
     config = next((words[i + 1] if w == "--config" else w.removeprefix("--config=")
                    for i, w in enumerate(words) if w.startswith("--config")
                    and (w != "--config" or i + 1 < len(words))), None)
-    digest = (hashlib.sha256(Path(config).read_bytes()).hexdigest()
-              if config is not None and Path(config).is_file() else None)
+    digest = (hashlib.sha256(Path(config).expanduser().read_bytes()).hexdigest()
+              if config is not None and Path(config).expanduser().is_file() else None)
     return words, digest
 
 
@@ -221,7 +221,7 @@ def root(
     if config is not None:
         from automr.cli.config import default_map
 
-        ctx.default_map = default_map(config, ctx.command, ctx)
+        ctx.default_map = default_map(config.expanduser(), ctx.command, ctx)
 
 
 def command_tree() -> typer.core.TyperGroup:
