@@ -84,6 +84,36 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert not out.exists()
 
 
+def test_a_mount_point_out_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """``--out /out``, a container's mounted volume: the dataset is written beside the folder
+    and renamed into its place, which the system refuses for a mount point (EBUSY, a raw
+    traceback after all the work); it is refused first, in one line."""
+    import errno
+    import os
+
+    from automr.testing.synthetic import write_synthetic_csv
+
+    interactions, items = write_synthetic_csv(tmp_path / "raw")
+    out = tmp_path / "volume"
+    out.mkdir()
+    real_ismount, real_rename = os.path.ismount, os.rename
+
+    def rename(source, target):  # as the system does for a mount point
+        if os.path.abspath(source) == str(out):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(source), str(target))
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(out) or real_ismount(p))
+    monkeypatch.setattr(os, "rename", rename)
+    result = runner.invoke(app, ["data", "prepare", "csv", "--interactions", str(interactions),
+                                 "--items", str(items), "--out", str(out), "--train-months",
+                                 "2", "--min-item-interactions", "1", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{out} is a mount point" in result.output and str(out / "prepared") in result.output
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "raw", "volume"]
+
+
 def test_bad_protocol_option_exits_2(tmp_path):
     result = runner.invoke(app, ["data", "prepare", "ml-100k", "--out", str(tmp_path / "o"),
                                  "--recent-k", "200"])

@@ -5,6 +5,7 @@
 :data:`DATASET_KINDS`, with the same parameters as the command.
 """
 
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -142,6 +143,10 @@ def _check_out(out: Path | str | None) -> Path | None:
                                 (target.is_dir() and not any(target.iterdir()))):
         raise AutomrError(f"{target} exists and is not a prepared dataset; refusing to replace "
                           f"it. Pass a new folder to --out (or delete that one).")
+    if os.path.ismount(target):  # the folder is written beside it and renamed into its place
+        raise AutomrError(f"{target} is a mount point, which cannot be replaced by a folder "
+                          f"written beside it; pass a folder inside it to --out (e.g. "
+                          f"{target / 'prepared'})")
     return target
 
 
