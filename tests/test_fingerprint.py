@@ -87,6 +87,19 @@ def test_one_changed_byte_changes_the_fingerprint(workspace, tmp_path):
     assert fingerprint(copy) != expected
 
 
+def test_a_cache_that_cannot_be_written_does_not_stop_a_digest(tmp_path, monkeypatch):
+    """A large file's digest is kept in the cache to save rereading it; a cache it cannot
+    write (shared read-only, a read-only home: here a file where its folder would be) only
+    costs the rereading, it no longer stops every local model of 64 MB or more loading."""
+    monkeypatch.setattr(loading, "DIGEST_CACHE_MIN_BYTES", 0)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    (tmp_path / "readonly").write_text("")
+    for _ in range(2):
+        assert file_digest(weights, tmp_path / "readonly" / "cache") == \
+            automr.cache.sha256_of(weights)
+
+
 def test_large_files_are_read_once_and_hub_blobs_never(tmp_path, monkeypatch):
     reads = []
     original = automr.cache.sha256_of

@@ -410,6 +410,20 @@ def test_generate_engine_refuses_memory(tiny_models, tokenizer):
         grounder.rank(llm, ids, mask, 1, insert=lambda state: state)
 
 
+def test_catalog_embeddings_come_without_a_cache_that_cannot_be_written(tiny_models, tokenizer,
+                                                                        tmp_path):
+    """A shared, read-only cache (here: a file where the cache folder would be) does not stop
+    grounding: the embeddings are computed and not kept."""
+    tokenizer.padding_side = "right"
+    model = tiny_models["llama"]
+    targets = catalog_targets(tokenizer, TITLES)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, name="tiny", fingerprint="f" * 64)
+    (tmp_path / "readonly").write_text("")
+    got = catalog_embeddings(loaded, targets, "f" * 64, tmp_path / "readonly" / "cache",
+                             progress=False)
+    assert torch.equal(got, embed_texts(model, tokenizer, targets.texts))
+
+
 def test_catalog_embeddings_are_cached_per_dtype(tiny_models, tokenizer, tmp_path):
     tokenizer.padding_side = "right"
     model = tiny_models["llama"]

@@ -35,10 +35,12 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "automr"
 
 
-def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
-    """``cache_dir`` if given, else :func:`default_cache_dir`; created if missing."""
+def resolve_cache_dir(cache_dir: Path | str | None, create: bool = True) -> Path:
+    """``cache_dir`` if given, else :func:`default_cache_dir`; created if missing (unless not
+    ``create``: for a cache that is only an optional shortcut, which may be read-only)."""
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

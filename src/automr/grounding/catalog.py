@@ -1,6 +1,7 @@
 """From a prepared dataset and a model to a grounder: catalog targets, base-model embeddings
 (cached), and one builder for every grounder kind the CLI exposes."""
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -42,11 +43,11 @@ def catalog_embeddings(
     """Base-model embeddings of every catalog response text, cached by model, dtype (the
     fingerprint is the same in every dtype, the embeddings are not) and the token ids embedded
     (the texts with the special tokens the tokenizer adds: a tokenizer's files are not in the
-    model's fingerprint)."""
+    model's fingerprint). A cache that cannot be written (shared, read-only) is only read."""
     embedded = loaded.tokenizer(list(targets.texts))["input_ids"]
     catalog_hash = hashlib.sha256(json.dumps(embedded).encode()).hexdigest()
     dtype = dtype_name(loaded.model.dtype)
-    path = (resolve_cache_dir(cache_dir) / "grounding" /
+    path = (resolve_cache_dir(cache_dir, create=False) / "grounding" /
             f"{base_fingerprint[:16]}-{dtype}-{catalog_hash[:16]}.safetensors")
     if path.exists():
         return read_safetensors(path, "any grounding run (delete the file to recompute it)")[
@@ -55,9 +56,10 @@ def catalog_embeddings(
         task = bar.add_task("embedding catalog titles", total=len(targets))
         embeddings = embed_texts(loaded.model, loaded.tokenizer, targets.texts,
                                  progress=lambda n: bar.advance(task, n))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(path, {"embeddings": embeddings.contiguous()},
-                     metadata={"model": base_fingerprint, "dtype": dtype, "catalog": catalog_hash})
+    with contextlib.suppress(OSError):  # not cached: computed again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(path, {"embeddings": embeddings.contiguous()}, metadata={
+            "model": base_fingerprint, "dtype": dtype, "catalog": catalog_hash})
     return embeddings
 
 

@@ -423,7 +423,8 @@ def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
 
     A file in the Hugging Face cache is a link to a blob named by this digest (large files
     are stored by their sha256), so nothing is read; the digests of other large files are
-    kept in the cache's ``digests/`` folder."""
+    kept in the cache's ``digests/`` folder when it can be written (a shared, read-only cache
+    is only read)."""
     from automr.cache import resolve_cache_dir, sha256_of
 
     real = path.resolve()
@@ -434,7 +435,7 @@ def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
         return sha256_of(real)
     key = {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     name = hashlib.sha256(str(real).encode()).hexdigest()
-    record_path = resolve_cache_dir(cache_dir) / "digests" / f"{name}.json"
+    record_path = resolve_cache_dir(cache_dir, create=False) / "digests" / f"{name}.json"
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -443,8 +444,9 @@ def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
             isinstance(record.get("sha256"), str):
         return record["sha256"]
     digest = sha256_of(real)
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(record_path, {**key, "sha256": digest})
+    with contextlib.suppress(OSError):  # a cache it cannot write: the file is read again next time
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record_path, {**key, "sha256": digest})
     return digest
 
 
