@@ -146,6 +146,25 @@ def test_info_on_gemma3_with_a_vision_tower_reads_its_language_model(tmp_path):
     assert lines["layer_split"] == "yes" and lines["sliding_window"] == "4"
 
 
+def test_ministral3_checkpoints_load_and_are_described(tmp_path):
+    """Ministral 3's hub checkpoints are ``mistral3`` (a language model beside a vision
+    tower), a type transformers' AutoModelForCausalLM does not build: they failed to load
+    ("Unrecognized configuration class") though the split runs them. They load as their
+    image-text-to-text class, and model info reads their language model."""
+    from automr.llm.loading import load_model
+    from automr.testing.synthetic import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "ministral3", "mistral3", num_layers=3)
+    loaded = load_model(str(folder), device="cpu")
+    assert type(loaded.model).__name__ == "Mistral3ForConditionalGeneration"
+    result = runner.invoke(app, ["model", "info", str(folder)])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert lines["model_type"] == "mistral3 (language model: ministral3)"
+    assert (lines["layers"], lines["hidden_size"], lines["vocab_size"]) == ("3", "32", "259")
+    assert lines["layer_split"] == "yes" and lines["sliding_window"] == "none"
+
+
 @pytest.mark.parametrize("name", ["ABS", "./w/nope", "w/nope", "../here/w/nope"])
 def test_missing_model_folder_is_a_one_line_error(tmp_path, monkeypatch, name):
     """A name that can only be a path (absolute, ./, ../, or under a folder that exists here)

@@ -181,16 +181,18 @@ def test_lora_targets_are_the_linear_modules_of_every_tuned_layer(workspace, tmp
     assert not (tmp_path / "run" / "best").exists()
 
 
-def test_lora_on_gemma3_with_a_vision_tower_tunes_the_language_model_only():
+@pytest.mark.parametrize("arch", ["gemma3", "mistral3"])
+def test_lora_beside_a_vision_tower_tunes_the_language_model_only(arch):
     """Gemma 3 4B-27B hold their language model beside a SigLIP vision tower whose layers have
     q/k/v_proj too: layers_to_transform's indexes matched the tower's layers as well (LoRA in
     vision layers 1 and 2 here). Only the language model's tuned layers get adapters, and
-    :func:`lora_below` names an adapter in the tower (it read any ``.layers.N``)."""
+    :func:`lora_below` names an adapter in the tower (it read any ``.layers.N``). Ministral 3
+    (``mistral3``) has a Pixtral tower with layers of q/k/v_proj likewise."""
     from automr.llm.loading import LoadedModel
     from automr.recommenders.finetune import lora_below, lora_model
     from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
-    loaded = LoadedModel(model=tiny_model(tiny_config("gemma3", 3)), tokenizer=tiny_tokenizer(),
+    loaded = LoadedModel(model=tiny_model(tiny_config(arch, 3)), tokenizer=tiny_tokenizer(),
                          name="tiny")
     tuned = lora_model(loaded, FinetuneConfig(lora_from_layer=1))
     adapted = {name.split(".lora_")[0].removeprefix("base_model.model.")
@@ -199,7 +201,7 @@ def test_lora_on_gemma3_with_a_vision_tower_tunes_the_language_model_only():
                        for layer in (1, 2) for kind in "qv"}
     assert lora_below(tuned, 1) == []
     tower = loaded.model.model.vision_tower
-    assert any(name.endswith("layers.1.self_attn.q_proj") for name, _ in tower.named_modules())
+    assert any(re.search(r"layers\.1\.\w+\.q_proj$", name) for name, _ in tower.named_modules())
     # adapters in the tower's layers 1 and 2 (LoRA kept to layers 1.. by index alone) lie
     # outside the decoder's layers: lora_below names them, though their index is >= 1
     from peft import LoraConfig, get_peft_model
@@ -208,7 +210,7 @@ def test_lora_on_gemma3_with_a_vision_tower_tunes_the_language_model_only():
 
     with without_peft_deprecation():
         everywhere = get_peft_model(
-            tiny_model(tiny_config("gemma3", 3)),
+            tiny_model(tiny_config(arch, 3)),
             LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[1, 2]))
     outside = lora_below(everywhere, 1)
     assert outside and all(".vision_tower." in name for name in outside), outside

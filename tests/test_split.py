@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
+from transformers import LlamaConfig, MistralConfig
 
 from automr.errors import AutomrError
 from automr.interfaces import SplitLLM
@@ -164,6 +165,14 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
     # EXAONE 4.0 1.2B: no window, every layer global and with RoPE
     ("exaone4", dict(sliding_window=None, layer_types=["full_attention"] * 3), [None] * 3),
     ("llama", {}, [None, None, None]),
+    ("ministral", {}, [4, None, 4]),  # Ministral 8B: sliding layers among full ones
+    ("vaultgemma", {}, [4, None, 4]),
+    ("starcoder2", {}, [4, 4, 4]),
+    ("cohere2_moe", {}, [None, 4, None]),  # a dense global first layer with RoPE
+    # no window: positions far past Ministral 3's (toy) original context, whose queries
+    # are scaled up there by position (Llama 4's scale), cached or not
+    ("ministral3", {}, [None, None, None]),
+    ("mistral3", {}, [None, None, None]),
 ])
 def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(
         arch, overrides, windows):
@@ -210,6 +219,48 @@ def test_only_known_vision_language_wrappers_are_split(tiny_models):
     model.config.model_type = "got_ocr2"
     with pytest.raises(AutomrError, match="'got_ocr2' is not supported by the layer split"):
         HFSplitLLM(model)
+
+
+def test_ministral3_beside_a_vision_tower_runs_its_language_model_and_mistral_small_too():
+    """Ministral 3's hub checkpoints are ``mistral3`` (Mistral3ForConditionalGeneration): a
+    ``ministral3`` language model beside a Pixtral tower; Mistral Small 3.1 and 3.2 have the
+    same class around a ``mistral`` one. The split runs that language model, exactly; the
+    class around another language model is refused, naming both."""
+    from automr.testing.tiny import mistral3_config
+
+    assert HFSplitLLM(tiny_model(tiny_config("mistral3"))).config.model_type == "ministral3"
+    mistral = tiny_config("mistral", num_layers=NUM_LAYERS)
+    small = tiny_model(mistral3_config(MistralConfig, **mistral.to_diff_dict()))
+    llm = HFSplitLLM(small)
+    assert llm.config.model_type == "mistral" and llm.layer_windows == [4, 4, 4]
+    ids, mask = pad([[5, 9, 40, 7, 12, 3, 8, 20], [8, 11, 30]], "left")
+    with torch.no_grad():
+        for layer in range(NUM_LAYERS + 1):
+            logits = llm.upper(llm.lower(ids, mask, layer))
+            for row, seq in enumerate([[5, 9, 40, 7, 12, 3, 8, 20], [8, 11, 30]]):
+                torch.testing.assert_close(logits[row][mask[row].bool()], alone(small, seq))
+    llama = tiny_config("llama", num_layers=1)
+    with pytest.raises(AutomrError, match="'mistral3' is not supported by the layer split "
+                                          "with a llama language model"):
+        HFSplitLLM(tiny_model(mistral3_config(LlamaConfig, **llama.to_diff_dict())))
+
+
+def test_starcoder2_drops_out_its_embeddings_in_training_only():
+    """StarCoder 2 applies dropout to its embeddings in its model's forward (no module does),
+    in training; the split does too, where the embedding module is in training mode (a frozen
+    lower half runs in eval mode) and never in eval mode."""
+    model = tiny_model(tiny_config("starcoder2", num_layers=1, embedding_dropout=0.5))
+    llm = HFSplitLLM(model)
+    ids = torch.tensor([list(range(5, 45))])
+    plain = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(llm.embed(ids), plain)
+    model.train()
+    dropped = llm.embed(ids)
+    zeroed = (dropped == 0).float().mean().item()
+    assert 0.3 < zeroed < 0.7
+    torch.testing.assert_close(dropped[dropped != 0], 2 * plain[dropped != 0])
+    model.get_input_embeddings().eval()
+    torch.testing.assert_close(llm.embed(ids), plain)
 
 
 def test_wrong_shapes_are_rejected(tiny_models):

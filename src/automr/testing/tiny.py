@@ -12,12 +12,15 @@ from transformers import (
     ApertusConfig,
     ArceeConfig,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     Cohere2Config,
+    Cohere2MoeConfig,
     CohereConfig,
     Ernie4_5_MoeConfig,
     Ernie4_5Config,
     Exaone4Config,
     ExaoneMoeConfig,
+    FlexOlmoConfig,
     Gemma2Config,
     Gemma3Config,
     Gemma3TextConfig,
@@ -31,9 +34,15 @@ from transformers import (
     GraniteMoeHybridConfig,
     GraniteMoeSharedConfig,
     HeliumConfig,
+    HunYuanDenseV1Config,
+    Jais2Config,
     LlamaConfig,
+    Ministral3Config,
+    MinistralConfig,
+    Mistral3Config,
     MistralConfig,
     MixtralConfig,
+    NanoChatConfig,
     NemotronConfig,
     Olmo2Config,
     Olmo3Config,
@@ -41,6 +50,7 @@ from transformers import (
     OlmoeConfig,
     Phi3Config,
     PhimoeConfig,
+    PixtralVisionConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -50,10 +60,13 @@ from transformers import (
     Qwen3MoeConfig,
     SeedOssConfig,
     SmolLM3Config,
+    SolarOpenConfig,
     StableLmConfig,
+    Starcoder2Config,
+    VaultGemmaConfig,
 )
 
-from automr.llm.split import attention_for
+from automr.llm.split import IMAGE_TEXT_TYPES, attention_for
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -101,6 +114,31 @@ def gemma3_config(**text: object) -> Gemma3Config:
                                            num_hidden_layers=3, num_attention_heads=2,
                                            image_size=28, patch_size=14))
 
+
+def mistral3_config(text_class: Callable[..., PretrainedConfig] = Ministral3Config,
+                    **text: object) -> Mistral3Config:
+    """Ministral 3 as its hub checkpoints are (``mistral3``): the language model (``text``'s
+    fields, a ``ministral3`` or, Mistral Small 3.1's, a ``mistral``) beside a Pixtral vision
+    tower (toy size) whose layers have q/k/v_proj too."""
+    return Mistral3Config(text_config=text_class(**text),
+                          tie_word_embeddings=text.get("tie_word_embeddings", False),
+                          vision_config=PixtralVisionConfig(
+                              hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                              num_attention_heads=2, head_dim=8, image_size=28, patch_size=14))
+
+
+def ministral_config(**fields: object) -> MinistralConfig:
+    """Ministral 8B: sliding-window layers among full ones (here every other layer slides)."""
+    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+    return MinistralConfig(**{"layer_types": [("sliding_attention", "full_attention")[index % 2]
+                                              for index in range(layers)], **fields})
+
+
+# Ministral 3's RoPE, scaled to this size: yarn (16 x its original context, as 262,144 of
+# 16,384), and queries scaled by 1 + beta * log(1 + position // original) (Llama 4's)
+MINISTRAL3 = dict(head_dim=8, max_position_embeddings=128, rope_parameters=dict(
+    rope_type="yarn", rope_theta=1000000.0, factor=16.0, original_max_position_embeddings=8,
+    beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0, llama_4_scaling_beta=0.1))
 
 # Each architecture the split supports, at toy size, with what sets it apart from Llama.
 TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, object]]] = {
@@ -186,6 +224,34 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
         high_freq_factor=4.0, original_max_position_embeddings=128))),
+    "ministral3": (Ministral3Config, MINISTRAL3),
+    # Ministral 3 3B-14B as on the hub: the language model above beside a vision tower
+    "mistral3": (mistral3_config, MINISTRAL3),
+    "ministral": (ministral_config, dict(head_dim=8, sliding_window=4)),  # local and global layers
+    # Gemma 2's eager attention with capped scores and capped logits, no norms after sublayers
+    "vaultgemma": (VaultGemmaConfig, dict(head_dim=8, sliding_window=4,
+                                          attn_logit_softcapping=5.0,
+                                          final_logit_softcapping=10.0)),
+    # LayerNorm, biases everywhere, an MLP without a gate (c_fc, c_proj), a window everywhere
+    "starcoder2": (Starcoder2Config, dict(sliding_window=4, use_bias=True)),
+    # q/k norms after RoPE; RoPE's base stretched by a fixed NTK alpha
+    "hunyuan_v1_dense": (HunYuanDenseV1Config, dict(head_dim=8, rope_parameters=dict(
+        rope_type="dynamic", rope_theta=10000.0, alpha=1000.0, factor=1.0))),
+    # weightless norms, one before layer 0 too, q/k norms, squared-ReLU MLP, capped logits
+    "nanochat": (NanoChatConfig, dict(final_logit_softcapping=15.0)),
+    "jais2": (Jais2Config, dict(head_dim=8)),  # LayerNorm, biased squared-ReLU MLP, no gate
+    # OLMo 2's norms after sublayers around experts (4, 2 per token)
+    "flex_olmo": (FlexOlmoConfig, dict(num_experts=4, num_experts_per_tok=2)),
+    # Llama's attention, GLM 4 MoE's experts (with a shared one)
+    "solar_open": (SolarOpenConfig, dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=16, n_group=1, topk_group=1)),
+    # Cohere 2's local (RoPE) and global (none) layers, here a dense first one (global, with
+    # RoPE) then experts (4, 2 per token) with a shared MLP; logits scaled
+    "cohere2_moe": (Cohere2MoeConfig, dict(head_dim=8, sliding_window=4, sliding_window_pattern=2,
+                                           first_k_dense_replace=1, num_experts=4,
+                                           prefix_dense_intermediate_size=16,
+                                           num_experts_per_tok=2, num_shared_experts=1,
+                                           logit_scale=0.5)),
 }
 
 
@@ -213,6 +279,7 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
     """A randomly initialised causal LM in eval mode, float32, with SDPA attention (eager for
     :data:`~automr.llm.split.EAGER_ONLY_TYPES`)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(
-        config, attn_implementation=attention_for(config.model_type))
+    auto = (AutoModelForImageTextToText if config.model_type in IMAGE_TEXT_TYPES
+            else AutoModelForCausalLM)
+    model = auto.from_config(config, attn_implementation=attention_for(config.model_type))
     return model.eval()
