@@ -4,6 +4,7 @@ blocking half-started folders, device names, unsafe checkpoints, index paths, Ct
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -440,6 +441,35 @@ def test_sigint_exits_130_with_the_resume_line(tmp_path):
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
 
+
+
+def test_sigterm_exits_143_with_the_resume_line_after_the_commands_clean_up(tmp_path):
+    """A scheduler's time limit (SLURM) or ``kill`` sends SIGTERM, whose default ends Python
+    at once: the command's ``finally`` blocks run and the resume line is printed."""
+    script = (
+        "import os, signal, time\n"
+        "from automr.cli.main import app\n"
+        "from automr.data import PreparedDataset\n"
+        "def load(*a, **k):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        "        print('cleaned up', flush=True)\n"
+        "PreparedDataset.load = load\n"
+        f"app(['data', 'stats', {str(tmp_path)!r}])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.strip() == "cleaned up"
+    assert done.stderr.strip().splitlines()[-1] == "terminated; rerun the same command to resume"
+
+
+def test_the_sigterm_handler_is_restored_after_a_command(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    runner.invoke(app, ["data", "stats", str(tmp_path)])
+    assert signal.getsignal(signal.SIGTERM) is before
 
 # -- conventions: the fine-tuned adapter folder loads with plain transformers + peft ----------
 def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspace):

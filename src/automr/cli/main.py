@@ -4,9 +4,13 @@ Sub-commands are imported only when used (:mod:`automr.cli.lazy`), so ``automr -
 stays fast. To add a command, add one entry to :data:`COMMANDS` below - nothing else.
 """
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, final
 
@@ -100,12 +104,41 @@ class AutomrGroup(LazyGroup):
     on_load = (_attach_run_record, expand_home, _plain_help)  # paths expanded for the record
 
     def invoke(self, ctx: typer.Context) -> object:
-        """Run the sub-command; Ctrl-C ends with one line saying how to go on (exit 130)."""
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            typer.echo("\ninterrupted; rerun the same command to resume", err=True)
-            raise typer.Exit(code=130) from None
+        """Run the sub-command; Ctrl-C (exit 130) and SIGTERM (exit 143: a scheduler's time
+        limit, ``kill``) end with one line saying how to go on, after the command's own
+        clean-up (Python's default SIGTERM ends a process without it)."""
+        with _sigterm_raises():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                typer.echo("\ninterrupted; rerun the same command to resume", err=True)
+                raise typer.Exit(code=130) from None
+            except Terminated:
+                typer.echo("\nterminated; rerun the same command to resume", err=True)
+                raise typer.Exit(code=143) from None
+
+
+class Terminated(BaseException):
+    """Raised by SIGTERM while a command runs (a ``BaseException``, as ``KeyboardInterrupt``:
+    no ``except Exception`` swallows it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while inside; the handler before
+    is restored after (elsewhere than the main thread, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 app = typer.Typer(
