@@ -346,6 +346,16 @@ def test_a_fraction_of_a_second_is_dropped_in_both_forms():
             parse_timestamp(text)
 
 
+def test_an_iso_fraction_of_a_second_is_dropped_before_1970_too():
+    """Dropped, not truncated toward zero: 0.5 s before 1970 is second -1 in both forms. The
+    ISO fraction is cut from the text, which also keeps it readable on Python 3.10 (whose
+    ``fromisoformat`` takes 3 or 6 digits only, and refused ``00.9``)."""
+    from automr.data.reading import parse_timestamp
+
+    assert parse_timestamp("1969-12-31T23:59:59.5Z") == parse_timestamp("-0.5") == -1
+    assert parse_timestamp("2017-07-14T02:40:00.1234567+00:00") == 1500000000
+
+
 def test_quotes_in_a_tsv_follow_csv_quoting(tmp_path):
     inter = write(tmp_path / "i.tsv", "user\titem\ttimestamp\nu\ta\t1\nu\tb\t2\n")
     items = write(tmp_path / "t.tsv", 'item\ttitle\na\t"""Weird Al"" Live"\nb\tB\n')

@@ -9,6 +9,7 @@ import decimal
 import gzip
 import hashlib
 import io
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +194,10 @@ def parse_unix_seconds(text: str) -> int:
     return int(value)
 
 
+ISO_FRACTION = re.compile(r"(\d\d:\d\d:\d\d)[.,]\d+")
+"""A fraction of a second in an ISO time (after ``HH:MM:SS``); group 1: all before it."""
+
+
 def parse_timestamp(text: str) -> int:
     """Unix seconds from a second count (a fraction dropped) or an ISO 8601 date/datetime.
 
@@ -211,7 +216,10 @@ def parse_timestamp(text: str) -> int:
         seconds = None
     if seconds is not None and seconds.is_finite():
         return int(seconds.to_integral_value(rounding=decimal.ROUND_FLOOR))
-    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # ValueError if not ISO
+    # the fraction is cut from the text: dropped toward the earlier second, as a count's is, and
+    # Python 3.10's fromisoformat takes only 3 or 6 digits of one
+    text = ISO_FRACTION.sub(r"\1", text.replace("Z", "+00:00"), count=1)
+    parsed = dt.datetime.fromisoformat(text)  # ValueError if not ISO
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return int(parsed.timestamp())
