@@ -106,6 +106,39 @@ def test_incremental_decoding_equals_full_forward(tiny_models, arch, seqs, layer
             torch.testing.assert_close(decoding.logits[row], expected, rtol=1e-5, atol=1e-5)
 
 
+class OldLayer(torch.nn.Module):
+    """A decoder layer whose forward names its cache ``past_key_values``, as transformers
+    5.20-5.23's do (5.24 renamed it ``cache``); the cache is handed on by position, which
+    both name alike. Other keywords are dropped, as those layers' attention ignored them."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
+        return self.layer(hidden_states, attention_mask, position_ids, past_key_values,
+                          use_cache=use_cache, position_embeddings=position_embeddings)
+
+
+def test_a_layer_that_names_its_cache_past_key_values_gets_it():
+    """Decoding through layers of transformers before 5.24 fills their caches: the cache went
+    by the new name ``cache`` into the layers' ``**kwargs``, was never filled, and the second
+    step failed on a mask longer than the keys."""
+    model = tiny_model(tiny_config("llama", num_layers=NUM_LAYERS), seed=0)
+    seq = [5, 6, 7, 8, 9]
+    expected = alone(model, seq)
+    decoder = model.get_decoder()
+    decoder.layers = torch.nn.ModuleList(OldLayer(layer) for layer in decoder.layers)
+    llm = HFSplitLLM(model)
+    with torch.no_grad():
+        decoding = prefill(llm, torch.tensor([seq[:3]]), torch.ones(1, 3, dtype=torch.long), 1)
+        for done, token in enumerate(seq[3:]):
+            step(llm, decoding, torch.tensor([token]))
+            torch.testing.assert_close(decoding.logits[0], expected[3 + done], rtol=1e-5,
+                                       atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @given(prefix=st.lists(token, min_size=0, max_size=4), seq=st.lists(token, min_size=1, max_size=8))
 def test_inserted_positions_at_layer_zero_equal_a_longer_prompt(tiny_models, arch, prefix, seq):

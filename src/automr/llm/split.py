@@ -11,6 +11,8 @@ and rotary embeddings computed from positions derived from the mask, so
 This is the only module that touches transformers' layer internals.
 """
 
+import inspect
+
 import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
@@ -151,6 +153,10 @@ class HFSplitLLM:
             for index in range(config.num_hidden_layers)]
         """Each layer's window: every layer's (Mistral, Phi-3) or its type's (Gemma 2 and 3's
         local layers, Qwen's upper ones where set); None: full attention."""
+        forward = inspect.signature(self.decoder.layers[0].forward).parameters
+        self.cache_argument = "cache" if "cache" in forward else "past_key_values"
+        """What a decoder layer's forward calls its KV cache: ``cache`` from transformers 5.24,
+        ``past_key_values`` before (a layer takes any keyword: a wrong name was dropped)."""
         self.rotary = getattr(self.decoder, "rotary_emb", None)
         """The rotary embedding, or None where the model has none (Granite 4: no positions)."""
         self.rotary_types = (list(config.layer_types)
@@ -283,8 +289,8 @@ class HFSplitLLM:
                 attention_mask=biases[self.layer_windows[index]],
                 position_ids=positions,
                 position_embeddings=rotary[index],
-                cache=None if cache is None else cache.layers,
                 use_cache=cache is not None,
+                **{self.cache_argument: None if cache is None else cache.layers},
             )
         if cache is not None:
             cache.extend(mask)
