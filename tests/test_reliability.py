@@ -424,36 +424,22 @@ def test_an_interrupted_command_says_how_to_resume(tmp_path, monkeypatch):
     assert "interrupted; rerun the same command to resume" in result.output
 
 
-def test_sigint_exits_130_with_the_resume_line(tmp_path):
+@pytest.mark.parametrize(("name", "code", "line"), [
+    ("SIGINT", 130, "interrupted; rerun the same command to resume"),
+    ("SIGTERM", 143, "terminated; rerun the same command to resume")])
+def test_a_signal_ends_a_command_with_the_resume_line_after_its_clean_up(tmp_path, name, code,
+                                                                         line):
+    """Ctrl-C (SIGINT) and a scheduler's time limit or ``kill`` (SIGTERM, whose default ends
+    Python at once): the command's ``finally`` blocks run and the resume line is printed."""
     script = (
         "import os, signal, time\n"
         "from automr.cli.main import app\n"
         "from automr.data import PreparedDataset\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
         "def load(*a, **k):\n"
-        "    os.kill(os.getpid(), signal.SIGINT)\n"
-        "    time.sleep(60)  # the handler runs at the next check, at the latest in here\n"
-        "PreparedDataset.load = load\n"
-        f"app(['data', 'stats', {str(tmp_path)!r}])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 130, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
-
-
-
-def test_sigterm_exits_143_with_the_resume_line_after_the_commands_clean_up(tmp_path):
-    """A scheduler's time limit (SLURM) or ``kill`` sends SIGTERM, whose default ends Python
-    at once: the command's ``finally`` blocks run and the resume line is printed."""
-    script = (
-        "import os, signal, time\n"
-        "from automr.cli.main import app\n"
-        "from automr.data import PreparedDataset\n"
-        "def load(*a, **k):\n"
         "    try:\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
-        "        time.sleep(60)\n"
+        f"        os.kill(os.getpid(), signal.{name})\n"
+        "        time.sleep(60)  # the handler runs at the next check, at the latest in here\n"
         "    finally:\n"
         "        print('cleaned up', flush=True)\n"
         "PreparedDataset.load = load\n"
@@ -461,15 +447,16 @@ def test_sigterm_exits_143_with_the_resume_line_after_the_commands_clean_up(tmp_
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 143, done.stderr
+    assert done.returncode == code, done.stderr
     assert done.stdout.strip() == "cleaned up"
-    assert done.stderr.strip().splitlines()[-1] == "terminated; rerun the same command to resume"
+    assert done.stderr.strip().splitlines()[-1] == line
 
 
 def test_the_sigterm_handler_is_restored_after_a_command(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     runner.invoke(app, ["data", "stats", str(tmp_path)])
     assert signal.getsignal(signal.SIGTERM) is before
+
 
 # -- conventions: the fine-tuned adapter folder loads with plain transformers + peft ----------
 def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspace):
