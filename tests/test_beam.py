@@ -40,6 +40,28 @@ def test_one_beam_is_greedy(tiny_models, arch, prompt, layer):
     assert nothing.shape == (1, 0) and nothing.dtype == ids.dtype
 
 
+@given(prompts=st.lists(st.lists(token, min_size=1, max_size=5), min_size=2, max_size=3),
+       layer=st.integers(0, 3), data=st.data())
+def test_greedy_stops_at_any_of_several_ids_and_pads_with_the_first(tiny_models, prompts,
+                                                                     layer, data):
+    """With several stop ids, a row finishes at any of them and is then padded with the first;
+    decoding ends once every row has finished. The plain computation: each row's free greedy
+    tokens cut after its first stop."""
+    llm = HFSplitLLM(tiny_models["qwen2"])
+    ids, mask = pad_sequences(prompts, data.draw(padding_sides(len(prompts))), pad_id=EOS)
+    steps = 6
+    free = greedy_generate(llm, ids, mask, layer, max_new_tokens=steps).tolist()
+    # stops: a token no row writes (padding), then tokens the rows do write early on
+    unused = next(t for t in range(3, TINY_VOCAB) if all(t not in row for row in free))
+    stops = [unused, *data.draw(st.lists(st.sampled_from([t for row in free for t in row[:3]]),
+                                         min_size=1, max_size=3), label="stops")]
+    ends = [next((i + 1 for i, t in enumerate(row) if t in stops), steps) for row in free]
+    width = max(ends)
+    expected = [row[:end] + [unused] * (width - end) for row, end in zip(free, ends, strict=True)]
+    generated = greedy_generate(llm, ids, mask, layer, max_new_tokens=steps, eos_token_id=stops)
+    assert generated.tolist() == expected
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @given(
     prompts=st.lists(st.lists(token, min_size=1, max_size=5), min_size=1, max_size=2),
