@@ -376,7 +376,8 @@ def test_decoding_across_the_longrope_switch_is_a_clear_error():
         step(llm, decoding, torch.tensor([13]))
 
 
-def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch():
+@pytest.mark.parametrize("opening_length", [10, 16])  # 16: the opening fills the context
+def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch(opening_length):
     """prefill(share_prefix=True) runs the batch's common opening first and the rest on its
     cache: for prompts past longrope's switch that continued a short-factor cache there (an
     error), where the whole prompt at once is the model's forward. The target-likelihood
@@ -390,8 +391,8 @@ def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch():
 
     model = longrope_phi3(original=16)
     llm = HFSplitLLM(model)
-    opening = list(range(5, 15))  # 10 >= MIN_SHARED tokens, within the original context
-    seqs = [opening + list(range(20, 28)), opening + list(range(30, 37))]  # 18, 17: past it
+    opening = list(range(40, 40 + opening_length))  # >= MIN_SHARED, within the original context
+    seqs = [opening + list(range(20, 28)), opening + list(range(30, 37))]  # past it
     for layer in (0, 1, 2):
         for insert in (None, prepend_two):
             decoding = prefill(llm, *pad(seqs, "left"), layer, insert, share_prefix=True)
