@@ -523,6 +523,26 @@ def test_clipping_is_applied_each_step(workspace, monkeypatch):
     assert seen == [0.25, 0.25]
 
 
+def test_each_optimizer_step_uses_the_scheduled_learning_rate(workspace, monkeypatch):
+    """Step s of the run (over all its epochs) runs at ``lr * lr_factor(s, total, ...)``, the
+    rate the optimizer holds when it steps."""
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    config = quick_config(max_train_samples=8, batch_size=2, epochs=2, warmup_steps=2,
+                          schedule="linear", eval_every=100)
+    finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"],
+             workspace["root"] / "schedule", config, progress=False)
+    total = 8  # 4 steps of 2 samples per epoch
+    assert seen == pytest.approx([config.lr * lr_factor(s, total, 2, "linear")
+                                  for s in range(total)])
+
+
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_schedule_warms_up_then_decays_to_zero(schedule):
     total, warmup = 20, 4
