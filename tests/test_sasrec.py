@@ -503,6 +503,20 @@ def test_validation_every_n_epochs() -> None:
     assert log.monitor == "ndcg@10" and log.best_epoch in log.valid_epochs
 
 
+def test_weight_decay_shrinks_the_trained_weights() -> None:
+    """``weight_decay`` reaches the optimizer: the same seeded run ends with smaller weights."""
+    rng = random.Random(4)
+    train = [_cycle_sequence(rng, 10, 6) for _ in range(20)]
+
+    def norm(decay: float) -> float:
+        config = SASRecConfig(hidden=8, n_blocks=1, max_len=6, max_epochs=4, lr=5e-2,
+                              weight_decay=decay)
+        model, _ = fit_sasrec(train, [], config, n_items=10, quiet=True)
+        return float(sum(p.detach().square().sum() for p in model.parameters()))
+
+    assert norm(1.0) < 0.75 * norm(0.0)
+
+
 def test_early_stopping_restores_the_best_weights() -> None:
     """On noise the validation recall falls after its peak; the returned model is the peak's."""
     rng = random.Random(2)
