@@ -179,3 +179,20 @@ def test_the_share_is_the_fraction_of_examples_drawn(space, share):
     memory = inserts(space, share=share)
     draws = [memory.drawn(i, epoch)[0] for i in range(6) for epoch in range(50)]
     assert sum(draws) / len(draws) == pytest.approx(share, abs=0.08)
+
+
+def test_inserted_token_states_are_the_drawn_element_of_the_samples_own_memory(space):
+    """``concat`` inserts the token states of the element drawn from the sample's memory,
+    which starts past the user's first interaction once the history outgrows max_history:
+    pooled as the memory pools them, they are that element's key."""
+    store = space["memory"]
+    samples = [s for s in space["dataset"].samples("test") if store.request_for(s)[2] > 0][:4]
+    assert samples  # the check needs memories that do not start at the timeline's start
+    memory = MemoryInserts(store, MemoryTraining(share=1.0, combiner="concat"), samples,
+                           [1] * len(samples), seed=3)
+    requests = [store.request_for(s) for s in samples]
+    elements = [memory.drawn(i, 0)[1] for i in range(len(samples))]
+    tokens = memory._tokens(requests, elements, COMBINERS["concat"]())
+    keys, _ = store.padded_keys(requests)
+    torch.testing.assert_close(store.record.pooling(tokens.hidden, tokens.mask),
+                               keys[torch.arange(len(samples)), torch.tensor(elements)])
