@@ -294,3 +294,55 @@ def test_the_uniform_ages_weigh_each_sample_by_its_retrieved_elements(dataset_di
     ages = summarize_ages(rows)
     assert ages.elements == 3 and ages.back_mean == pytest.approx((6 + 5 + 3) / 3)
     assert ages.uniform_back_mean == pytest.approx((2 * 4.5 + 3.5) / 3)
+
+
+def test_ties_samples_without_retrieval_and_what_the_report_and_figures_hold(
+        dataset_dir, tmp_path, monkeypatch):
+    """Equal gains keep evaluation order; a sample that retrieved nothing is never selected
+    (u1@55:b6 improved); a target first both times is no Recall@1 loss. rq3.json and rq3.md
+    give each shown sample's prompt reach (its oldest recent item: b3, 25 days before b5) and
+    every sample's (back, days); the age figure's uniform outline weighs each memory by the
+    elements its sample retrieved (u0@60 retrieves two), so it sums to the elements shown."""
+    import matplotlib.axes
+
+    hists = []
+    original = matplotlib.axes.Axes.hist
+
+    def spy(self, x, *args, **kwargs):
+        hists.append((list(x), kwargs.get("weights")))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", spy)
+    retrieved = {U1_50: [1], U1_55_B5: [2], U1_55_B6: [], U0_60: [0, 1]}
+    results = evaluation(tmp_path / "results", {U1_50: 1, U1_55_B5: 3, U1_55_B6: 1, U0_60: 0},
+                         retrieved=retrieved)
+    result = run_rq3(results, dataset_dir, tmp_path / "out")
+    assert result.criterion == "rank"
+    assert [r.sample_id for r in result.shown] == [U1_50, U1_55_B5]  # both 2 ranks up
+    assert result.counts == {"evaluated": 4, "retrieved": 3, "recall1_improved": 0,
+                             "recall1_worse": 0, "rank_improved": 2, "rank_same": 1,
+                             "rank_worse": 0, "selected": 2, "shown": 2}
+    payload = json.loads((tmp_path / "out" / "rq3.json").read_text())
+    assert payload["shown"][1]["recent_oldest_days"] == 25.0
+    assert payload["retrieved"] == {U1_50: [[3, 47.0]], U1_55_B5: [[3, 52.0]], U1_55_B6: [],
+                                    U0_60: [[6, 60.0], [5, 58.0]]}
+    [row] = [line for line in (tmp_path / "out" / "rq3.md").read_text().splitlines()
+             if line.startswith(f"| {U1_55_B5} |")]
+    assert row.endswith("| 25 |")
+    (back, _), (uniform, weights) = hists[:2]  # the interactions-back panel
+    assert back == [3, 3, 6, 5]
+    assert uniform == [4, 3, 5, 4, 3, 6, 5, 4, 3]
+    assert weights == pytest.approx([1 / 2] * 2 + [1 / 3] * 3 + [2 / 4] * 4)
+    (days, _), (_, day_weights) = hists[2:4]  # the days panel: the same weights
+    assert days == [47.0, 52.0, 60.0, 58.0] and day_weights == pytest.approx(weights)
+
+
+def test_an_element_exactly_d_days_back_is_not_more_than_d_days_back(dataset_dir):
+    from automr.experiments.rq3 import SampleRetrieval, summarize_ages
+
+    dataset = PreparedDataset.load(dataset_dir)
+    u0_60 = dataset.samples("test")[3]
+    (element,) = locate_retrieved(u0_60, timelines(dataset, None)["u0"], [1])
+    elements = tuple(attrs.evolve(element, days=d) for d in (1.0, 7.0, 30.0, 90.0))
+    ages = summarize_ages([SampleRetrieval(u0_60.id, u0_60, 1.0, 0.0, elements)])
+    assert ages.older_than_days == {"1": 0.75, "7": 0.5, "30": 0.25, "90": 0.0}
