@@ -195,3 +195,29 @@ def test_a_damaged_python_literal_line_is_skipped_without_a_warning():
         assert _parse_object("1and 2") is None
         assert _parse_object("{'asin': 'B1', 'title': 'T'}") == {"asin": "B1", "title": "T"}
     assert not shown, [str(w.message) for w in shown]
+
+
+def test_the_window_is_start_inclusive_end_exclusive_and_ids_are_stripped(tmp_path):
+    """``start <= unixReviewTime < end``; a reviewerID or asin with surrounding spaces is the
+    same id as without (so " U1 "'s review of B1 at U1's time is a duplicate)."""
+    start, end = JAN_2017, JAN_2017 + 10 * DAY
+    reviews = write_lines(tmp_path / "r.json", [json.dumps(review("U1", "B1", t)) for t in (
+        start - 1, start, end - 1, end)] + [json.dumps(review(" U1 ", " B1 ", start))])
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "t"))])
+    src = load_amazon(reviews, metas, start=start, end=end)
+    assert [i.timestamp for i in src.interactions] == [start, end - 1]
+    assert src.skipped == {"reviews_outside_window": 2, "duplicate_interactions": 1}
+
+
+def test_an_asin_listed_again_after_an_empty_title_stays_out(tmp_path):
+    """The first metadata line of an asin decides, an empty title included: a later line with
+    a title is a duplicate, and the asin's reviews are dropped with it."""
+    reviews = write_lines(tmp_path / "r.json", [json.dumps(review("U1", "B1", JAN_2017)),
+                                                json.dumps(review("U1", "B2", JAN_2017 + 1))])
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "t")),
+                                              json.dumps(meta("B2", " ")),
+                                              json.dumps(meta("B2", "a title after all"))])
+    src = load_amazon(reviews, metas)
+    assert "B2" not in src.catalog and [i.item for i in src.interactions] == ["B1"]
+    assert src.skipped == {"items_empty_title": 1, "duplicate_metadata": 1,
+                           "interactions_of_skipped_items": 1}
