@@ -104,6 +104,8 @@ def test_merge_same_title(tmp_path):
      r"i\.csv line 1: header .* repeats column\(s\) \['user'\]\. See docs"),
     ("user,item,timestamp\nu,a,1\n", "item,title\na,A\na,B\n", r"t\.csv line 3: item id 'a' "
                                                                 r"listed twice"),
+    ("user,item,timestamp\nu,a,1\n", "item,title\na, \na,B\n", r"t\.csv line 3: item id 'a' "
+                                                               r"listed twice"),  # empty first
     ("user,item,timestamp\n,a,1\n", "item,title\na,A\n", r"i\.csv line 2: empty user"),
     ("", "item,title\na,A\n", r"i\.csv: file is empty"),
     ('user,item,timestamp\nu,"a,1\n', "item,title\na,A\n", r"i\.csv line 2: malformed"),
