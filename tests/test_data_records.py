@@ -82,3 +82,13 @@ def test_merge_duplicates_keeps_first_id_and_both_interactions():
         ("u", "246", 5), ("u", "246", 6), ("v", "7", 1)]
     assert report.merged_items == 1 and report.remapped_interactions == 1
     assert report.alias == {"268": "246"}
+
+
+def test_three_items_with_one_title_merge_into_the_first():
+    """Amazon lists one book under several ASINs: every one of them goes to the first."""
+    items = [Item(i, "Same Book") for i in ("a", "b", "c")]
+    inters = [Interaction("u", "c", 1), Interaction("u", "b", 2)]
+    new_items, new_inters, report = merge_duplicates(items, inters)
+    assert [i.id for i in new_items] == ["a"] and new_items[0].extra["merged_ids"] == "a|b|c"
+    assert [i.item for i in new_inters] == ["a", "a"]
+    assert report.groups == (("a", "b", "c"),) and report.merged_items == 2
