@@ -18,6 +18,7 @@ from automr.data import (
     Item,
     PreparedDataset,
     ProtocolConfig,
+    Sample,
     SourceData,
     format_prompt,
     prepare_dataset,
@@ -355,6 +356,18 @@ def test_views_are_exactly_the_samples_memories(dataset, built):
     for user, rows in timeline.items():
         view = built.view(user, len(rows))
         assert list(zip(view.item_ids, view.timestamps, strict=True)) == rows
+
+
+def test_a_sample_whose_memory_the_store_does_not_hold_is_refused(dataset, built):
+    """Same user, same times, other items (a memory built from other data): refused, not read
+    as that sample's memory."""
+    sample = next(s for s in samples_of(dataset) if s.memory)
+    other = Sample(user=sample.user, target=sample.target, timestamp=sample.timestamp,
+                   recent=sample.recent, recent_timestamps=sample.recent_timestamps,
+                   memory=("not-in-the-memory", *sample.memory[1:]),
+                   memory_timestamps=sample.memory_timestamps)
+    with pytest.raises(AutomrError, match="built from other data"):
+        built.request_for(other)
 
 
 def test_padded_keys_and_bad_requests(built):
