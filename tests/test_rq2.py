@@ -390,3 +390,24 @@ def test_every_title_of_the_rq2_figure_fits_inside_it(metrics, tmp_path):
         box = title.get_window_extent(renderer)
         assert bounds.x0 <= box.x0 and box.x1 <= bounds.x1 and box.y1 <= bounds.y1, (
             title.get_text())
+
+
+def test_the_summary_and_the_automr_vs_random_counts_are_the_plain_computation():
+    """Per group the mean, the *sample* standard deviation, min and max over its runs; per
+    (AutoMR run, random seed) pair a win where AutoMR's value is higher."""
+    from automr.experiments.rq2 import RQ2Run
+
+    def run(group: str, value: float) -> RQ2Run:
+        return RQ2Run(group=group, method=f"{group}:likelihood", folder=group, source=None,
+                      metrics={"ndcg@10": value})
+
+    result = RQ2Result(grounder="likelihood", samples=3, config={}, metrics=("ndcg@10",),
+                       runs=(run("bigrec", 0.1), run("automr", 0.3), run("automr", 0.2),
+                             run("random", 0.2), run("random", 0.1), run("random", 0.0)))
+    payload = result.to_json()
+    assert payload["summary"]["random"]["ndcg@10"] == pytest.approx(
+        {"n": 3, "mean": 0.1, "std": 0.1, "min": 0.0, "max": 0.2})
+    assert payload["summary"]["bigrec"]["ndcg@10"]["std"] == 0.0  # one run
+    # 0.3 beats all three seeds; 0.2 beats 0.1 and 0.0 and ties 0.2
+    assert payload["automr_vs_random"]["ndcg@10"] == {"wins": 5, "ties": 1, "losses": 0,
+                                                      "pairs": 6}
