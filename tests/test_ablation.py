@@ -51,6 +51,12 @@ def test_every_cell_is_scored_and_the_oracle_bounds_every_retriever(workspace, t
     for row in rows:
         assert len(row.gains) > 0 and 0.0 <= row.best_picked <= 1.0
         assert bool((by[(row.cell, "oracle")] >= torch.tensor(row.gains) - 1e-6).all())
+    # a retriever picked the best element where its gain is the oracle's (ties included)
+    picked = [r for r in rows if r.retriever in ("mlp", "semantic")]
+    for row in picked:
+        best = torch.tensor(row.gains) == by[(row.cell, "oracle")]
+        assert row.best_picked == pytest.approx(float(best.double().mean()))
+    assert any(row.best_picked > 0 for row in picked)  # the check has teeth
     # random is the exact expectation: the mean over each sample's elements of the gain
     test = Annotations.load(tmp_path / "annotations-item-L2-concat-test")
     expected = [float((e - b).mean()) for b, e in zip(test.base, test.element, strict=True)]
