@@ -165,6 +165,22 @@ def test_ministral3_checkpoints_load_and_are_described(tmp_path):
     assert lines["layer_split"] == "yes" and lines["sliding_window"] == "none"
 
 
+def test_info_says_none_where_a_window_is_set_but_no_layer_slides(tmp_path):
+    """A config may set ``sliding_window`` while every layer is a full-attention one
+    (``layer_types``: VaultGemma's, Qwen's below ``max_window_layers``): the split gives no
+    layer a window, and model info said the window all the same ("8"), not ``none``."""
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "vaultgemma"
+    config = tiny_config("vaultgemma", 3, sliding_window=8, layer_types=["full_attention"] * 3)
+    tiny_model(config).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    result = runner.invoke(app, ["model", "info", str(folder)])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    assert lines["layer_split"] == "yes" and lines["sliding_window"] == "none"
+
+
 @pytest.mark.parametrize("name", ["ABS", "./w/nope", "w/nope", "../here/w/nope"])
 def test_missing_model_folder_is_a_one_line_error(tmp_path, monkeypatch, name):
     """A name that can only be a path (absolute, ./, ../, or under a folder that exists here)

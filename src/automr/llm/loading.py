@@ -533,9 +533,10 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
     if fingerprint is None and files:
         fingerprint = files_fingerprint(folder, files, cache_dir)
     try:
-        window = HFSplitLLM(model).sliding_window
+        llm = HFSplitLLM(model)
         split, linear = "yes", ",".join(layer_linear_modules(model))
-        window = "none" if window is None else window
+        # a window only where some layer slides (a config may set one for full layers only)
+        window = "none" if set(llm.layer_windows) == {None} else llm.sliding_window
     except AutomrError as error:  # a refused model's window is not read
         window, split, linear = "unknown", f"no: {error}", "unknown"
     text = config.get_text_config()  # a vision-language model's language model (Gemma 3 4B)
