@@ -260,6 +260,23 @@ def test_a_leading_tilde_in_a_path_option_is_the_home_folder(tmp_path, monkeypat
     assert not (cwd / "~").exists()
 
 
+@pytest.mark.parametrize("args", [
+    ["data", "prepare", "ml-100k", "--out=~automr-no-such-user/data"],
+    ["--config=~automr-no-such-user/run.toml", "data", "stats", "x"],
+    ["compare", "--out=o", "--method=a=~automr-no-such-user/evaluation/pop"],
+])
+def test_a_tilde_naming_no_user_is_one_line(tmp_path, monkeypatch, args):
+    """``~NAME`` is NAME's home folder; where there is no user NAME, pathlib raises a bare
+    RuntimeError ("Could not determine home directory"), which came out as a traceback."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ~automr-no-such-user/")
+    assert line.endswith("there is no user 'automr-no-such-user' whose home folder "
+                         "~automr-no-such-user is")
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("infra")

@@ -113,15 +113,31 @@ def expand_home(command: Any) -> None:
 
     @functools.wraps(invoke)
     def expanded(ctx: Any) -> Any:
-        ctx.params = {name: _home_expanded(value) for name, value in ctx.params.items()}
+        try:
+            ctx.params = {name: _home_expanded(value) for name, value in ctx.params.items()}
+        except AutomrError as error:  # before the command's own user_errors
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from None
         return invoke(ctx)
 
     command.invoke = expanded
 
 
+def home_path(path: Path | str) -> Path:
+    """``path`` with a leading ``~`` (or ``~NAME``) read as the home folder (NAME's); one line
+    where there is none (``~NAME`` of no user: pathlib raises a bare ``RuntimeError``)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = Path(path).parts[0][1:]
+        raise AutomrError(f"{path}: there is no user {user!r} whose home folder ~{user} is"
+                          if user else f"{path}: no home folder is known ($HOME is not set)"
+                          ) from None
+
+
 def _home_expanded(value: Any) -> Any:
     if isinstance(value, Path):
-        return value.expanduser()
+        return home_path(value)
     if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
         return type(value)(_home_expanded(v) for v in value)
     return value

@@ -14,6 +14,7 @@ from automr.cli.common import (
     SplitOption,
     checked_options,
     comma_list,
+    home_path,
     runtime_options,
     user_errors,
 )
@@ -137,7 +138,7 @@ def compare_command(
             raise AutomrError(f"--method takes NAME=FOLDER/METHOD, got {text!r}")
         if name in sources:
             raise AutomrError(f"--method names {name!r} twice")
-        sources[name] = (str(Path(folder).expanduser()), evaluated)  # as --out's ~
+        sources[name] = (str(home_path(folder)), evaluated)  # as --out's ~
     evaluation = combine_folders(sources, out=out, reference=reference, seed=seed)
     typer.echo(evaluation.markdown())
 

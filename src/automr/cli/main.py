@@ -18,7 +18,7 @@ import typer
 import typer.core
 import typer.main
 
-from automr.cli.common import expand_home, user_errors
+from automr.cli.common import expand_home, home_path, user_errors
 from automr.cli.lazy import LazyCommand, LazyGroup
 from automr.errors import AutomrError
 
@@ -209,8 +209,9 @@ def invocation(argv: list[str]) -> tuple[list[str], str | None]:
     config = next((words[i + 1] if w == "--config" else w.removeprefix("--config=")
                    for i, w in enumerate(words) if w.startswith("--config")
                    and (w != "--config" or i + 1 < len(words))), None)
-    digest = (hashlib.sha256(Path(config).expanduser().read_bytes()).hexdigest()
-              if config is not None and Path(config).expanduser().is_file() else None)
+    path = None if config is None else home_path(config)
+    digest = (hashlib.sha256(path.read_bytes()).hexdigest()
+              if path is not None and path.is_file() else None)
     return words, digest
 
 
@@ -254,7 +255,7 @@ def root(
     if config is not None:
         from automr.cli.config import default_map
 
-        ctx.default_map = default_map(config.expanduser(), ctx.command, ctx)
+        ctx.default_map = default_map(home_path(config), ctx.command, ctx)
 
 
 def command_tree() -> typer.core.TyperGroup:

@@ -24,6 +24,7 @@ from automr.cli.common import (
     SampleSeedOption,
     SplitOption,
     checked_options,
+    home_path,
     parse_lora_targets,
     runtime_options,
     user_errors,
@@ -191,7 +192,7 @@ def retriever_score(
         name, sep, folder = text.partition("=")
         if not sep or not name or not folder:
             raise AutomrError(f"--retriever takes NAME=FOLDER, got {text!r}")
-        folder = str(Path(folder).expanduser())  # as --out's ~
+        folder = str(home_path(folder))  # as --out's ~
         if name in chosen:
             raise AutomrError(f"--retriever names {name!r} twice (with --semantic, 'semantic' "
                               f"is taken)")
