@@ -458,6 +458,28 @@ def test_the_sigterm_handler_is_restored_after_a_command(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_sigterm_handler_set_outside_python_is_put_back_as_the_default(tmp_path,
+                                                                          monkeypatch):
+    """``signal.signal`` returns None for a handler set in C (a program embedding Python),
+    and refuses None when it is put back."""
+    import automr.cli.main as cli_main
+
+    real, calls = signal.signal, []
+
+    def recorded(signum, handler):
+        calls.append(handler)
+        real(signum, handler)
+        return None if len(calls) == 1 else signal.SIG_DFL
+
+    monkeypatch.setattr(cli_main.signal, "signal", recorded)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        runner.invoke(app, ["data", "stats", str(tmp_path)])
+    finally:
+        real(signal.SIGTERM, before)
+    assert calls[-1] is signal.SIG_DFL and len(calls) == 2
+
+
 # -- conventions: the fine-tuned adapter folder loads with plain transformers + peft ----------
 def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspace):
     from peft import AutoPeftModelForCausalLM
