@@ -452,6 +452,19 @@ def test_a_signal_ends_a_command_with_the_resume_line_after_its_clean_up(tmp_pat
     assert done.stderr.strip().splitlines()[-1] == line
 
 
+
+@pytest.mark.parametrize(("world_size", "handled"), [("1", True), ("2", False)])
+def test_sigterm_is_left_to_its_default_under_a_launcher(monkeypatch, world_size, handled):
+    """A launcher SIGTERMs every process when one fails; one waiting in a collective for it
+    would take a Python handler only when the wait ends: the default ends it at once."""
+    from automr.cli.main import _sigterm_raises
+
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    before = signal.getsignal(signal.SIGTERM)
+    with _sigterm_raises():
+        assert (signal.getsignal(signal.SIGTERM) is not before) == handled
+
+
 def test_the_sigterm_handler_is_restored_after_a_command(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     runner.invoke(app, ["data", "stats", str(tmp_path)])

@@ -126,8 +126,12 @@ class Terminated(BaseException):
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """SIGTERM raises :class:`Terminated` in the main thread while inside; the handler before
-    is restored after (elsewhere than the main thread, nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
+    is restored after. Elsewhere than the main thread, and under a launcher, nothing changes:
+    a process waiting in a collective for a peer that failed runs no Python handler until the
+    wait ends, so the launcher's SIGTERM must end it at once, as by default."""
+    from automr import distributed
+
+    if threading.current_thread() is not threading.main_thread() or distributed.launched():
         yield
         return
 
