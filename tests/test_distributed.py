@@ -382,8 +382,11 @@ def test_two_processes_equal_one(tmp_path):
     assert cli.exit_code == 0, cli.output
 
     # faulthandler: a worker that aborts prints every thread's Python stack
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS),
-           "PYTHONFAULTHANDLER": "1"}
+    # the tests' folder first, then whatever automr this process imports (not the installed
+    # one: a PYTHONPATH of another checkout would be replaced)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS),
+                                                       os.environ.get("PYTHONPATH")]))}
     env.pop("WORLD_SIZE", None)
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
