@@ -466,3 +466,32 @@ def test_two_processes_equal_one(tmp_path):
     assert sum(text is not None for text in texts) >= 4
     assert [len(f.read_text().splitlines()) > 0
             for f in sorted((par / "trsr").glob("summaries.rank-*.jsonl"))] == [True, True]
+
+
+class _SquaredNLL(torch.nn.Module):
+    """Stands in for NLLModule: ``forward(batch, state)`` is ``sum((w * batch)^2)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, batch, state):
+        return ((self.w * batch) ** 2).sum()
+
+
+def test_a_step_of_a_process_with_no_share_adds_nothing(monkeypatch):
+    """Fewer samples than processes: a process with no share runs a dummy batch with weight 0
+    (so it joins the gradient reduction); its NLL must not enter the step's reported loss,
+    nor its gradient the step. Here as that process sees it (the sum over processes is the
+    identity)."""
+    from automr.recommenders.parallel import StepRunner
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    module = _SquaredNLL()
+    runner = StepRunner(module, torch.device("cpu"))
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    batch = torch.tensor([1.0, 2.0, 3.0])
+    assert runner.step([(batch, None)], 7, optimizer, 0.1, weight=0.0) == 0.0
+    assert module.w.tolist() == [1.0, 1.0, 1.0]
+    assert runner.step([(batch, None), (batch, None)], 7, optimizer, 0.1) == pytest.approx(4.0)
+    assert module.w.detach() == pytest.approx(1 - 0.1 * 2 * 2 * batch ** 2 / 7)
