@@ -3,9 +3,10 @@
 Which interactions become elements: every interaction of the prepared dataset's
 ``interactions`` (in-window, filtered), per user in timeline order, so every sample's memory
 (a slice of its user's timeline) is covered. Users are processed in sorted order, grouped into
-shards of whole users (a shard closes once it holds ``shard_elements`` elements); after each
-shard the index is rewritten atomically. A rerun of the same build skips the finished shards
-and computes the rest exactly as an uninterrupted build would (same shards, same batches).
+shards of whole users (a shard closes once it holds ``shard_elements`` elements); each shard
+file carries its index entry, and the index is written atomically once every shard is done. A
+rerun of the same build skips the finished shards (found by their files) and computes the rest
+exactly as an uninterrupted build would (same shards, same batches).
 
 Under a launcher (``torchrun``, ``accelerate launch``; :mod:`automr.distributed`) each process
 encodes its round-robin share of the shards still to do; a shard file is complete once it has
