@@ -297,3 +297,28 @@ def test_an_export_refuses_a_table_older_than_its_values(tmp_path):
     exported = EvaluationFolder(tmp_path).export()
     assert recomputed_means(exported)["a"] == {
         k: v["mean"] for k, v in exported["results"]["methods"]["a"].items()}
+
+
+def test_compare_refuses_a_finished_evaluation_as_its_out(tmp_path):
+    """An `automr evaluate` folder with its tables written (results.json, with its config) is
+    refused as well as one cut before them: only a combination's own results.json (it
+    records its sources) lets compare write its tables there."""
+    from automr.data.records import Sample
+    from automr.evaluation import evaluate
+
+    class Spread:
+        def __init__(self) -> None:
+            self.settings = {"spread": 1}
+
+        def rank(self, samples):
+            return [(3 * int(s.timestamp)) % 30 for s in samples]
+
+    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
+                      recent_timestamps=(0,)) for i in range(8)]
+    out = tmp_path / "ev"
+    evaluate({"m": Spread()}, samples, 30, out=out, n_resamples=20)
+    before = (out / "results.json").read_text()
+    assert "config" in json.loads(before)
+    with pytest.raises(AutomrError, match="holds an evaluation; its results would be replaced"):
+        combine_folders({"x": (out, "m")}, out=out, n_resamples=20)
+    assert (out / "results.json").read_text() == before
