@@ -481,6 +481,18 @@ def test_an_out_of_another_artifact_or_a_file_is_refused(tmp_path):
     evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "eval")  # its own: resumed
 
 
+def test_an_out_holding_only_run_records_or_hidden_files_is_evaluated_into(tmp_path):
+    """What a command leaves beside its outputs (its run record) and a file browser's hidden
+    files are not another artifact's: the folder is still new to an evaluation."""
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "automr-runs.jsonl").write_text(json.dumps({"argv": ["automr", "x"]}) + "\n")
+    (out / ".DS_Store").write_text("")
+    EvaluationFolder(out).check_target()
+    evaluate({"m": Constant(1)}, SAMPLES, 30, out=out)
+    assert EvaluationFolder(out).ranks_file("m").is_file()
+
+
 def test_a_damaged_ranks_file_says_to_delete_it(tmp_path):
     """It said to make it again with `automr evaluate`, the command that had just failed."""
     evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path)
