@@ -502,3 +502,15 @@ def test_a_damaged_ranks_file_says_to_delete_it(tmp_path):
     assert "make it again" not in str(error.value)
     EvaluationFolder(tmp_path).ranks_file("m").unlink()  # as it says: then the rerun works
     evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path)
+
+
+def test_settings_that_json_writes_otherwise_still_reuse_the_saved_values(tmp_path):
+    """Settings are compared as their JSON is read back: a tuple (a grid) is read back a
+    list and an int key a string, so the settings a rerun gives must go through JSON too, or
+    no rerun would ever reuse the values it saved."""
+    method = Constant(1)
+    method.settings = {"rank": 1, "grid": (0.1, 0.5), "per_layer": {2: "x"}}
+    measures = ("ranks", "likelihood")
+    evaluate({"m": method}, SAMPLES, 30, out=tmp_path, measures=measures)
+    again = evaluate({"m": method}, SAMPLES, 30, out=tmp_path, measures=measures)
+    assert again.reused == ("ranks:m", "likelihood:m")
