@@ -634,3 +634,111 @@ def test_an_index_of_an_older_version_with_timings_reads(built, tmp_path):
     store = MemoryStore.open(folder)
     assert [s.file for s in store.index.shards] == [s.file for s in built.index.shards]
     assert MemoryStore.digest(folder) == digest
+
+
+@pytest.mark.parametrize(("shards", "segment", "distinct", "ok"), [
+    (1, (0, 0, 3), 3, True),  # a shared shard whose items are all distinct: one row each
+    (1, (0, 1, 2), 0, True),
+    (1, (0, 1, 3), None, False),  # one row past its shard
+    (1, (1, 0, 1), None, False),  # the shard just past the listed ones
+    (1, (0, 0, 3), 4, False),  # more distinct rows than elements
+    (2, (1, 0, 3), None, True),
+])
+def test_an_index_check_takes_segments_and_distinct_rows_to_their_bounds(shards, segment,
+                                                                          distinct, ok):
+    """``MemoryIndex.check`` at the edges: what it passes reads, what it refuses would read
+    another user's rows or none (a shard index one past the list was a raw IndexError)."""
+    from automr.memory.shards import ShardEntry, UserEntry
+
+    index = MemoryIndex(
+        shards=[ShardEntry(shard_name(n), 3, 5, ["u"], distinct) for n in range(shards)],
+        users={"u": UserEntry(["a"] * segment[2], [0] * segment[2], [segment])})
+    if ok:
+        index.check()
+    else:
+        with pytest.raises(ValueError):
+            index.check()
+
+
+def test_shard_file_names_with_a_folder_part_are_not_plain():
+    from automr.memory.shards import is_plain_name
+
+    assert is_plain_name("shard-00000.safetensors")
+    for name in ("", ".", "..", "a/b", "..\\shard", "/abs", "a\x00b", 3):
+        assert not is_plain_name(name)
+
+
+def test_token_states_of_appended_elements_are_their_own(backbone, dataset, built, tmp_path):
+    """A user's elements span two segments once appended to: the token states of each one
+    (the first of the new segment included) are those a full build stores for it."""
+    by_user: dict[str, list[Interaction]] = {}
+    for inter in dataset.interactions:
+        by_user.setdefault(inter.user, []).append(inter)
+    old = [i for rows in by_user.values() for i in rows[:-2]]
+    new = [i for rows in by_user.values() for i in rows[-2:]]
+    partial = PreparedDataset(catalog=dataset.catalog, interactions=tuple(old),
+                              protocol=dataset.protocol, boundaries=dataset.boundaries,
+                              stats=dataset.stats, source=dataset.source)
+    config = MemoryConfig(shard_elements=12, store_token_states=True)
+    build_memory(backbone, partial, LAYER, config, tmp_path / "m", batch_size=5,
+                 progress=False)
+    grown = append_memory(tmp_path / "m", backbone, new, dataset.catalog, batch_size=5,
+                          progress=False)
+    checked = 0
+    for user in grown.users():
+        assert len(grown.index.users[user].segments) == 2
+        for index in range(grown.count(user)):
+            torch.testing.assert_close(grown.token_states(user, index),
+                                       built.token_states(user, index), rtol=1e-5, atol=1e-5)
+            checked += 1
+    assert checked == sum(built.count(u) for u in built.users())
+
+
+def test_a_shard_missing_once_every_process_is_done_is_an_error(backbone, dataset, tmp_path,
+                                                               monkeypatch):
+    """A process that reached the end without writing its shards (here: this one skips its
+    last) must not leave an index that calls the memory complete without them."""
+    from automr import distributed
+
+    monkeypatch.setattr(distributed, "mine", lambda todo: list(todo)[:-1])
+    config = MemoryConfig(shard_elements=12)
+    with pytest.raises(AutomrError, match=r"shard \d+ of .* is missing after every process "
+                                          r"finished; rerun the same command"):
+        build_memory(backbone, dataset, LAYER, config, tmp_path / "m", progress=False)
+    assert not MemoryIndex.read(tmp_path / "m").complete
+    monkeypatch.undo()
+    build_memory(backbone, dataset, LAYER, config, tmp_path / "m", progress=False)
+
+
+def test_a_shard_closes_once_it_holds_its_elements():
+    """Whole users in order; a shard closes as soon as it reaches ``limit`` elements (not
+    only once past it); users without elements are left out."""
+    from automr.memory.build import plan_shards
+
+    sizes = {"a": 2, "b": 1, "c": 1, "d": 0, "e": 3, "f": 1}
+    assert plan_shards(list(sizes), sizes, 2) == [["a"], ["b", "c"], ["e"], ["f"]]
+    assert plan_shards(list(sizes), sizes, 100) == [["a", "b", "c", "e", "f"]]
+    assert plan_shards(["d"], sizes, 2) == []
+
+
+def test_a_finished_shard_without_its_entry_is_built_again(backbone, dataset, built, tmp_path):
+    """A cut build's shard written before shards carried their index entry (no ``users`` in
+    its metadata) cannot be recorded from its file: the resumed build makes it again."""
+    from safetensors.torch import save_file
+
+    config = MemoryConfig(shard_elements=12, store_token_states=True)
+    out = tmp_path / "older"
+
+    def interrupt(number: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
+                     on_shard=interrupt)
+    save_file(load_file(out / shard_name(0)), out / shard_name(0),
+              metadata={"format": "automr.memory/1"})
+    seen = []
+    build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
+                 on_shard=lambda number, total: seen.append(number))
+    assert seen[0] == 0
+    assert MemoryStore.digest(out) == MemoryStore.digest(built.folder)
