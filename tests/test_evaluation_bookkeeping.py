@@ -514,3 +514,43 @@ def test_settings_that_json_writes_otherwise_still_reuse_the_saved_values(tmp_pa
     evaluate({"m": method}, SAMPLES, 30, out=tmp_path, measures=measures)
     again = evaluate({"m": method}, SAMPLES, 30, out=tmp_path, measures=measures)
     assert again.reused == ("ranks:m", "likelihood:m")
+
+
+def test_an_exported_evaluation_gives_each_measures_details_as_its_folder_does(tmp_path):
+    """Read from its export, a method measured by likelihood alone has no ranking's details
+    (its folder has none either), and one measured both ways keeps each measure's."""
+    from automr.evaluation.folder import ExportedEvaluation
+
+    sources = {}
+    for method, measures in (("both", ("ranks", "likelihood")), ("ll", ("likelihood",))):
+        evaluate({method: TwoWays(1)}, SAMPLES, 30, out=tmp_path / method, n_resamples=20,
+                 measures=measures)
+        folder = EvaluationFolder(tmp_path / method)
+        path = tmp_path / f"{method}.json"
+        path.write_text(json.dumps(folder.export()))
+        sources[method] = folder, ExportedEvaluation.open(path)
+    for method, measure in (("both", "ranks"), ("both", "loglik"), ("ll", "loglik")):
+        folder, exported = sources[method]
+        assert exported.details("retrieved", method, measure) == folder.details(
+            "retrieved", method, measure)
+    for source in sources["ll"]:
+        with pytest.raises(AutomrError, match="no record of the retrieved of ll"):
+            source.details("retrieved", "ll", "ranks")
+
+
+def test_an_export_without_its_bootstrap_is_read_with_the_evaluations_defaults(tmp_path):
+    """An export whose results.json records no cut-offs or bootstrap (written before they
+    were recorded) was made with evaluate's defaults: K = 1, 5, 10, 1000 resamples of seed 0;
+    it is read back with them."""
+    from automr.evaluation.folder import ExportedEvaluation
+
+    made = evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "a",
+                    measures=("ranks", "likelihood"))
+    exported = EvaluationFolder(tmp_path / "a").export()
+    for key in ("ks", "n_resamples", "seed"):
+        del exported["results"]["config"][key]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(exported))
+    again = ExportedEvaluation.open(path)
+    assert again.report("m") == made.reports["m"]
+    assert again.likelihoods("m") == made.likelihoods["m"]
