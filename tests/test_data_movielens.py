@@ -162,3 +162,20 @@ def test_grouplens_line_cut_mid_timestamp_is_an_error_not_empty_splits(tmp_path)
     assert "the train and valid splits would be empty" in message
     assert "1970-01-01T00:01:27Z" in message and "--start/--end" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_grouplens_items_take_the_year_from_the_date_and_skip_placeholders_in_any_case(
+        tmp_path):
+    """u.item is latin-1; a title without its year takes it from the release date, and a
+    placeholder title is skipped whatever its case."""
+    flags = "|".join(["0"] * len(GROUPLENS_GENRES))
+    (tmp_path / "u.item").write_text(
+        f"1|Toy Story|01-Jan-1995||x|{flags}\n2|UNKNOWN|||x|{flags}\n"
+        f"3|Café au lait (1993)|01-Jan-1994||x|{flags}\n", encoding="latin-1")
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n1\t2\t4\t881250950\n"
+                                     "1\t3\t3\t881250951\n")
+    source = load_movielens_100k(source=tmp_path)
+    assert [(i.id, i.title, i.extra.get("year")) for i in source.catalog] == [
+        ("1", "Toy Story (1995)", "1995"), ("3", "Café au lait (1993)", "1993")]
+    assert source.skipped["items_empty_title"] == 1
+    assert [i.item for i in source.interactions] == ["1", "3"]
