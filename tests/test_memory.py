@@ -742,3 +742,28 @@ def test_a_finished_shard_without_its_entry_is_built_again(backbone, dataset, bu
                  on_shard=lambda number, total: seen.append(number))
     assert seen[0] == 0
     assert MemoryStore.digest(out) == MemoryStore.digest(built.folder)
+
+
+def test_a_memory_out_that_is_a_file_is_one_line(backbone, dataset, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AutomrError, match="exists and is not a memory folder"):
+        build_memory(backbone, dataset, LAYER, MemoryConfig(shard_elements=12),
+                     tmp_path / "file", progress=False)
+
+
+def test_append_takes_an_interaction_tied_with_the_last_stored_one(backbone, dataset, built,
+                                                                   tmp_path):
+    """Ties with a user's last stored interaction are fine (only older ones are refused), and
+    new interactions are taken in time order whatever their order in the input."""
+    folder = tmp_path / "m"
+    shutil.copytree(built.folder, folder)
+    user = built.users()[0]
+    last = built.index.users[user].timestamps[-1]
+    first, second = (item.id for item, _ in zip(dataset.catalog, range(2), strict=False))
+    grown = append_memory(folder, backbone, [Interaction(user, first, last + 10),
+                                             Interaction(user, second, last)],
+                          dataset.catalog, progress=False)
+    assert grown.count(user) == built.count(user) + 2
+    entry = grown.index.users[user]
+    assert entry.timestamps[-3:] == [last, last, last + 10]
+    assert entry.items[-2:] == [second, first]
