@@ -475,6 +475,28 @@ def test_resume_after_interruption_equals_full_build(backbone, dataset, built, t
         assert (out / shard.name).read_bytes() == shard.read_bytes(), shard.name
 
 
+
+def test_a_build_resumes_with_its_model_folder_named_otherwise(dataset, tmp_path, monkeypatch):
+    """One model folder typed as an absolute path, then relative to the working folder: the
+    rerun resumes (the record keeps the name as typed; the two name one model)."""
+    from automr.llm.loading import load_model
+    from automr.testing.synthetic import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "model", num_layers=3)
+    config, out = MemoryConfig(shard_elements=12), tmp_path / "m"
+
+    def interrupt(number: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(load_model(str(folder.resolve()), device="cpu", dtype="float32"), dataset,
+                     LAYER, config, out, progress=False, on_shard=interrupt)
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    build_memory(load_model("model", device="cpu", dtype="float32"), dataset, LAYER, config,
+                 out, progress=False, on_shard=lambda number, total: seen.append(number))
+    assert seen and seen[0] == 1  # shard 0 kept
+
 @pytest.mark.parametrize("cut", ["config", "index"])
 def test_a_build_cut_while_starting_its_folder_resumes(backbone, dataset, built, tmp_path,
                                                        monkeypatch, cut):
