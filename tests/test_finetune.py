@@ -132,8 +132,11 @@ def test_lora_from_layer_trains_only_upper_layers(workspace):
     assert config["layers_to_transform"] == [2, 3]
 
 
-FUSED_QKV = {"phi3": ("qkv_proj",)}
-"""Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs."""
+FUSED_QKV = {"phi3": ("qkv_proj",),
+             "qwen3_5_text": ("q_proj", "v_proj", "in_proj_qkv", "in_proj_z", "in_proj_b",
+                              "in_proj_a", "out_proj")}
+"""Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;
+and Qwen 3.5's, whose linear-attention layers have other linear modules (all tuned here)."""
 
 
 @pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, MistralConfig
 from automr.errors import AutomrError
 from automr.interfaces import SplitLLM
 from automr.llm import HFSplitLLM, LayerState
-from automr.llm.decoding import prefill, step
+from automr.llm.decoding import Decoding, prefill, step
 from automr.llm.split import SUPPORTED_MODEL_TYPES, VISION_LANGUAGE_TYPES
 from automr.testing.tiny import TINY_ARCHITECTURES, TINY_VOCAB, tiny_config, tiny_model
 
@@ -428,3 +428,102 @@ def test_a_bidirectional_gemma3_is_refused():
     model = tiny_model(tiny_config("gemma3_text", num_layers=1, use_bidirectional_attention=True))
     with pytest.raises(AutomrError, match="bidirectional"):
         HFSplitLLM(model)
+
+
+def float64_gated_delta_rule(query, key, value, g, beta, initial_state=None,
+                             output_final_state=False, use_qk_l2norm_in_kernel=False, **kwargs):
+    """Qwen 3.5's gated delta rule one position at a time in float64 (transformers' torch
+    kernels compute in float32, whose rounding could hide a logic error)."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import l2norm
+    heads = value.shape[2]
+    query = query.repeat_interleave(heads // query.shape[2], dim=2)
+    key = key.repeat_interleave(heads // key.shape[2], dim=2)
+    q, k, v, b, g = (x.transpose(1, 2).double() for x in (query, key, value, beta, g))
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    q = q / key.shape[-1] ** 0.5
+    state = (torch.zeros(*v.shape[:2], k.shape[-1], v.shape[-1], dtype=torch.float64)
+             if initial_state is None else initial_state.double())
+    out = torch.zeros_like(v)
+    for i in range(v.shape[2]):
+        state = state * g[:, :, i].exp()[..., None, None]
+        read = (state * k[:, :, i, :, None]).sum(-2)
+        state = state + k[:, :, i, :, None] * ((v[:, :, i] - read) * b[:, :, i, None])[..., None, :]
+        out[:, :, i] = (state * q[:, :, i, :, None]).sum(-2)
+    return out.transpose(1, 2).to(query.dtype), state if output_final_state else None
+
+
+def test_gated_deltanet_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch):
+    """Qwen 3.5's linear-attention layers in float64 (kernels too): each row, padded left or
+    right or with masked positions in its middle, split at every layer, prefilled in two
+    chunks and stepped one token at a time, shared as a prefix (repeat_interleave) and
+    reordered (select, reserved beams), gives the model's logits on its sequence alone to
+    1e-12."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5
+    monkeypatch.setattr(modeling_qwen3_5, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
+    monkeypatch.setattr(modeling_qwen3_5, "torch_recurrent_gated_delta_rule",
+                        float64_gated_delta_rule)
+    model = tiny_model(tiny_config("qwen3_5_text", num_layers=4)).double()
+    llm = HFSplitLLM(model)
+    generator = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist()
+            for n in (13, 30, 5, 21)]
+
+    def check(logits, expected):
+        assert (logits - expected).abs().max().item() < 1e-12
+
+    def middle(seqs, gap=4):
+        """Right padding and ``gap`` masked positions after each row's first third."""
+        width = max(map(len, seqs)) + gap
+        ids = torch.full((len(seqs), width), 2)
+        mask = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for row, seq in enumerate(seqs):
+            cut = len(seq) // 3
+            ids[row, :cut], ids[row, cut + gap: len(seq) + gap] = (torch.tensor(seq[:cut]),
+                                                                  torch.tensor(seq[cut:]))
+            mask[row, :cut], mask[row, cut + gap: len(seq) + gap] = True, True
+        return ids, mask
+
+    with torch.no_grad():
+        layouts = [pad(seqs, "left"), pad(seqs, "right"), middle(seqs)]
+        for ids, mask in layouts:
+            mask = mask.bool()
+            for layer in range(5):
+                logits = llm.upper(llm.lower(ids, mask, layer))
+                for row, seq in enumerate(seqs):
+                    check(logits[row][mask[row]], alone(model, seq))
+            # two chunks through both halves' caches, then one-token steps
+            lower, upper = llm.new_cache(), llm.new_cache()
+            parts = []
+            for part in (slice(0, 9), slice(9, None)):
+                state = llm.lower(ids[:, part], mask[:, part], 2, lower)
+                parts.append(llm.upper(state, upper))
+            logits = torch.cat(parts, 1)
+            for row, seq in enumerate(seqs):
+                check(logits[row][mask[row]], alone(model, seq))
+            decoding = Decoding(lower, upper, 2, logits[:, -1])
+            more = torch.randint(3, TINY_VOCAB, (len(seqs), 3), generator=generator)
+            for done in range(3):
+                step(llm, decoding, more[:, done])
+                for row, seq in enumerate(seqs):
+                    grown = seq + more[row, :done + 1].tolist()
+                    check(decoding.logits[row], alone(model, grown)[-1])
+        # a shared header, repeated per row, then the rows' rests; select; reserved beams
+        head, rests = seqs[0], seqs[1:]
+        decoding = prefill(llm, *pad([head + rest for rest in rests], "left"), 1,
+                           share_prefix=True)
+        for row, rest in enumerate(rests):
+            check(decoding.logits[row], alone(model, head + rest)[-1])
+        decoding.select(torch.tensor([2, 0, 0]))
+        step(llm, decoding, torch.tensor([5, 6, 7]))
+        for row, (source, token) in enumerate(zip([2, 0, 0], [5, 6, 7], strict=True)):
+            check(decoding.logits[row], alone(model, head + rests[source] + [token])[-1])
+        decoding.reserve(spare=4, repeats=2)
+        step(llm, decoding, torch.tensor([8, 9, 10, 11, 12, 13]))
+        beams = [1, 0, 3, 3, 5, 4]  # each row takes a row of its own prompt
+        decoding.select_beams(torch.tensor(beams))
+        step(llm, decoding, torch.full((6,), 14))
+        sources, lasts = [2, 2, 0, 0, 0, 0], [5, 5, 6, 6, 7, 7]
+        for row, beam in enumerate(beams):
+            history = head + rests[sources[beam]] + [lasts[beam], 8 + beam, 14]
+            check(decoding.logits[row], alone(model, history)[-1])

@@ -78,6 +78,10 @@ class KVCache:
 
     layers: "DynamicCache"
     past_mask: Bool[Tensor, "batch past"] | None = None
+    recurrent: dict[int, tuple[Tensor, Tensor]] = attrs.field(factory=dict)
+    """Each linear-attention layer's state (Qwen 3.5's Gated DeltaNet): the last inputs of
+    its causal convolution ``[batch, kernel - 1, channels]`` and its recurrent state
+    ``[batch, heads, key, value]``, both after the last real position."""
 
     @property
     def past_len(self) -> int:
@@ -95,11 +99,19 @@ class KVCache:
     def repeat_interleave(self, repeats: int) -> None:
         """Repeat every sequence ``repeats`` times along the batch (e.g. for beams)."""
         self.layers.batch_repeat_interleave(repeats)
+        self.recurrent = {index: tuple(part.repeat_interleave(repeats, dim=0) for part in state)
+                          for index, state in self.recurrent.items()}
         if self.past_mask is not None:
             self.past_mask = self.past_mask.repeat_interleave(repeats, dim=0)
 
     def select(self, indices: Int[Tensor, " n"]) -> None:
         """Keep (and reorder to) the sequences at ``indices`` of the batch."""
         self.layers.batch_select_indices(indices)
+        self.select_recurrent(indices)
         if self.past_mask is not None:
             self.past_mask = self.past_mask[indices]
+
+    def select_recurrent(self, indices: Int[Tensor, " n"]) -> None:
+        """Keep (and reorder to) the rows at ``indices`` of the linear-attention states."""
+        self.recurrent = {index: tuple(part.index_select(0, indices) for part in state)
+                          for index, state in self.recurrent.items()}

@@ -141,6 +141,9 @@ class Decoding:
         each sequence repeated ``repeats`` times (e.g. a prompt's beams)."""
         for cache in (self.lower_cache, self.upper_cache):
             cache.layers = ReservedLayers.from_layers(cache.layers, spare, repeats)
+            cache.recurrent = {index: tuple(part.repeat_interleave(repeats, dim=0)
+                                            for part in state)
+                               for index, state in cache.recurrent.items()}
             if cache.past_mask is not None:
                 cache.past_mask = cache.past_mask.repeat_interleave(repeats, dim=0)
         self.logits = self.logits.repeat_interleave(repeats, dim=0)
@@ -150,6 +153,7 @@ class Decoding:
         :meth:`reserve`): the prompt's keys and values stay in place."""
         for cache in (self.lower_cache, self.upper_cache):
             cache.layers.select_beams(indices)
+            cache.select_recurrent(indices)  # a fixed size per row: copied whole
             cache.past_mask = cache.past_mask[indices]
         self.logits = self.logits[indices]
 

@@ -12,12 +12,14 @@ This is the only module that touches transformers' layer internals.
 """
 
 import inspect
+import sys
 
 import torch
 from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
 
 from automr.errors import AutomrError
 from automr.state import KVCache, LayerState
@@ -30,7 +32,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "phimoe", "granitemoe", "granitemoeshared", "glm4_moe", "ernie4_5_moe",
                          "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid",
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
-                         "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe")
+                         "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
+                         "qwen3_5_text")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
 model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Ministral 3 3B, 8B and 14B
@@ -47,6 +50,9 @@ GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
+LINEAR_ATTENTION_TYPES = ("qwen3_5_text",)
+"""Types whose ``linear_attention`` layers (Gated DeltaNet) the split runs too, exactly, with
+masked positions anywhere (:func:`gated_delta_masked`); other types' are refused."""
 EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
 """Types whose attention transformers runs eager only (Gemma 2 and VaultGemma cap their
 attention scores, gpt-oss adds a learned sink to each head's softmax)."""
@@ -123,6 +129,8 @@ class HFSplitLLM:
                 f"{', '.join(SUPPORTED_MODEL_TYPES + tuple(wrappers))}"
             )
         kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
+        if config.model_type in LINEAR_ATTENTION_TYPES:
+            kinds.discard("linear_attention")
         if kinds:
             raise AutomrError(
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
@@ -148,6 +156,9 @@ class HFSplitLLM:
         """How many positions a sliding-window layer sees (itself and the nearest earlier
         ones), or None where the model has none."""
         types = getattr(config, "layer_types", None)
+        self.linear_layers = frozenset(
+            index for index, kind in enumerate(types or ()) if kind == "linear_attention")
+        """The layers with a recurrent state (Gated DeltaNet) instead of attention."""
         self.layer_windows: list[int | None] = [
             self.sliding_window if types is None or types[index] == "sliding_attention" else None
             for index in range(config.num_hidden_layers)]
@@ -284,6 +295,9 @@ class HFSplitLLM:
                   for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
         for index in layers:
+            if index in self.linear_layers:
+                hidden = self._linear_layer(index, hidden, mask, cache)
+                continue
             hidden = self.decoder.layers[index](
                 hidden,
                 attention_mask=biases[self.layer_windows[index]],
@@ -295,6 +309,20 @@ class HFSplitLLM:
         if cache is not None:
             cache.extend(mask)
         return hidden
+
+    def _linear_layer(self, index: int, hidden: Tensor, mask: Tensor,
+                      cache: KVCache | None) -> Tensor:
+        """Decoder layer ``index`` with a Gated DeltaNet mixer, as the model runs it (norm,
+        mixer, residual, norm, MLP, residual), the mixer through :func:`gated_delta_masked`
+        with this half's state of the layer (updated in ``cache``)."""
+        layer = self.decoder.layers[index]
+        state = None if cache is None else cache.recurrent.get(index)
+        mixed, state = gated_delta_masked(layer.linear_attn, layer.input_layernorm(hidden),
+                                          mask, state)
+        if cache is not None:
+            cache.recurrent[index] = state
+        hidden = hidden + mixed
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
     def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
         """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
@@ -363,3 +391,54 @@ def attention_bias(
     allowed = allowed | (key_index == query_index).unsqueeze(0)
     bias = torch.zeros(batch, 1, seq, past + seq, dtype=dtype, device=mask.device)
     return bias.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+
+def gated_delta_masked(
+    mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
+    state: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """A Gated DeltaNet mixer (Qwen 3.5's ``linear_attn``) on ``hidden`` where positions with
+    ``mask`` False change nothing: each row gives exactly what the model gives on its real
+    positions alone, wherever the masked ones are (left or right padding, inserted memory).
+
+    Masked inputs are zeroed; the causal convolution runs over each row's real positions only,
+    after the last ``kernel - 1`` real inputs before them (``state[0]``); masked positions get
+    no decay (``g = 0``) and no write (``beta = 0``), so the recurrent state (``state[1]``)
+    passes them unchanged. The model module's own chunked and one-token kernels do the rest
+    (flash-linear-attention's where transformers finds it). Returns the output (zero at masked
+    positions) and the state after the last real position.
+    """
+    kernels = sys.modules[type(mixer).__module__]
+    batch, seq, _ = hidden.shape
+    keep = mask.to(hidden.dtype).unsqueeze(-1)
+    hidden = hidden * keep
+    qkv = mixer.in_proj_qkv(hidden)
+    channels = qkv.shape[-1]
+    gate = mixer.in_proj_z(hidden).reshape(batch, seq, -1, mixer.head_v_dim)
+    b, a = mixer.in_proj_b(hidden), mixer.in_proj_a(hidden)
+    width = mixer.conv_kernel_size - 1
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # real ones first
+    order = order.unsqueeze(-1).expand(-1, -1, channels)
+    before = qkv.new_zeros(batch, width, channels) if state is None else state[0].to(qkv.dtype)
+    inputs = torch.cat([before, qkv.gather(1, order)], 1)
+    weight = mixer.conv1d.weight
+    conv = nn.functional.conv1d(inputs.transpose(1, 2).to(weight.dtype), weight,
+                                mixer.conv1d.bias, groups=channels).transpose(1, 2)
+    conv = ACT2FN[mixer.activation](conv).to(qkv.dtype)
+    conv = torch.empty_like(conv).scatter_(1, order, conv) * keep
+    tail = mask.sum(1, keepdim=True) + torch.arange(width, device=mask.device)
+    conv_state = inputs.gather(1, tail.unsqueeze(-1).expand(-1, -1, channels))
+    query, key, value = torch.split(conv, [mixer.key_dim, mixer.key_dim, mixer.value_dim], -1)
+    query = query.reshape(batch, seq, -1, mixer.head_k_dim)
+    key = key.reshape(batch, seq, -1, mixer.head_k_dim)
+    value = value.reshape(batch, seq, -1, mixer.head_v_dim)
+    beta = b.sigmoid() * keep
+    decay = -mixer.A_log.float().exp() * nn.functional.softplus(a.float() + mixer.dt_bias)
+    decay = decay * keep.float()
+    recurrent = None if state is None else state[1]
+    rule = (kernels.torch_recurrent_gated_delta_rule if recurrent is not None and seq == 1
+            else kernels.torch_chunk_gated_delta_rule)
+    core, recurrent = rule(query, key, value, g=decay, beta=beta, initial_state=recurrent,
+                           output_final_state=True, use_qk_l2norm_in_kernel=True)
+    core = mixer.norm(core.reshape(-1, mixer.head_v_dim), gate.reshape(-1, mixer.head_v_dim))
+    return mixer.out_proj(core.reshape(batch, seq, -1)), (conv_state, recurrent)

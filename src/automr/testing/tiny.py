@@ -56,6 +56,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2MoeConfig,
+    Qwen3_5TextConfig,
     Qwen3Config,
     Qwen3MoeConfig,
     SeedOssConfig,
@@ -132,6 +133,14 @@ def ministral_config(**fields: object) -> MinistralConfig:
     layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
     return MinistralConfig(**{"layer_types": [("sliding_attention", "full_attention")[index % 2]
                                               for index in range(layers)], **fields})
+
+
+def qwen3_5_config(**fields: object) -> Qwen3_5TextConfig:
+    """Qwen 3.5's language model: Gated DeltaNet (linear attention) layers among gated full
+    attention ones; here layers alternate, a linear one first."""
+    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+    return Qwen3_5TextConfig(**{"layer_types": [("linear_attention", "full_attention")[index % 2]
+                                                for index in range(layers)], **fields})
 
 
 # Ministral 3's RoPE, scaled to this size: yarn (16 x its original context, as 262,144 of
@@ -252,7 +261,17 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
                                            prefix_dense_intermediate_size=16,
                                            num_experts_per_tok=2, num_shared_experts=1,
                                            logit_scale=0.5)),
+    # Gated DeltaNet layers (a causal convolution and a recurrent state) between gated
+    # attention ones with q/k norms and RoPE on half a head; (1 + w) norms, set non-zero
+    "qwen3_5_text": (qwen3_5_config, dict(
+        head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=8, linear_value_head_dim=8,
+        linear_num_key_heads=2, linear_num_value_heads=4, rope_parameters=dict(
+            rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+            mrope_section=[1, 1, 0], mrope_interleaved=True))),
 }
+NONZERO_NORMS = ("qwen3_5_text",)
+"""Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
+random norm weights, so a norm the split skipped or misplaced changes the output."""
 
 
 def tiny_config(arch: str = "llama", num_layers: int = 3,
@@ -282,4 +301,9 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
     auto = (AutoModelForImageTextToText if config.model_type in IMAGE_TEXT_TYPES
             else AutoModelForCausalLM)
     model = auto.from_config(config, attn_implementation=attention_for(config.model_type))
+    if config.model_type in NONZERO_NORMS:
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    weight.normal_(0.0, 0.3)
     return model.eval()
