@@ -362,3 +362,31 @@ def test_a_hub_model_has_one_fingerprint_from_its_first_download_on(tiny_folder,
     first = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
     again = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
     assert first.fingerprint() == again.fingerprint()
+
+
+def test_a_checkpoint_without_weights_for_its_head_is_refused(tmp_path):
+    """A Qwen 3.5 vision-language checkpoint that ties its head to the embeddings at the top
+    of its config only saves no head; transformers' causal LM (its text model, untied by the
+    text config) then started the head at random, with no error: now refused in one line."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    from automr.llm import HFSplitLLM
+    from automr.llm.loading import load_model
+
+    text = tiny_config("qwen3_5_text", num_layers=2).to_dict()
+    text["tie_word_embeddings"] = False
+    config = Qwen3_5Config(text_config=text, tie_word_embeddings=True, vision_config=dict(
+        depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32))
+    folder = tmp_path / "qwen3_5"
+    Qwen3_5ForConditionalGeneration(config).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    with pytest.raises(AutomrError, match=r"no weights for its output head \(lm_head.weight\)"):
+        load_model(str(folder), device="cpu")
+    config.text_config.tie_word_embeddings = True
+    config.save_pretrained(folder)
+    loaded = load_model(str(folder), device="cpu")
+    head = loaded.model.get_output_embeddings().weight
+    assert head is loaded.model.get_input_embeddings().weight
+    # its language model alone, which the split runs (the vision tower is not loaded)
+    assert type(loaded.model).__name__ == "Qwen3_5ForCausalLM"
+    assert HFSplitLLM(loaded.model).num_layers == 2

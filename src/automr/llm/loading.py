@@ -194,10 +194,11 @@ def load_model(
     with _load_errors(name, source):
         tokenizer = checked_tokenizer(AutoTokenizer.from_pretrained(source))
         config = AutoConfig.from_pretrained(source)
-        model = auto_class(config.model_type).from_pretrained(
-            source, config=config, dtype=torch_dtype,
+        model, info = auto_class(config.model_type).from_pretrained(
+            source, config=config, dtype=torch_dtype, output_loading_info=True,
             attn_implementation=attention_for(config.model_type), **NO_HUB_KERNELS
         )
+    _check_head_loaded(model, info["missing_keys"], name)
     if folder is None:  # looked up once loaded: a hub id's first load downloads it
         folder = model_folder(name)
     if tokenizer.pad_token is None:
@@ -205,6 +206,20 @@ def load_model(
     model = model.to(torch_device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
                        source=folder, cache_dir=cache_dir)
+
+
+def _check_head_loaded(model: PreTrainedModel, missing: set[str] | list[str], name: str) -> None:
+    """Refuse a model whose output head the checkpoint has no weights for: transformers starts
+    it at random (a Qwen 3.5 vision-language checkpoint that ties its head to the embeddings
+    at the top of its config, not in its ``text_config``, loads so as a causal LM)."""
+    head = model.get_output_embeddings()
+    prefix = next((f"{module_name}." for module_name, module in model.named_modules()
+                   if module is head), None)
+    if prefix is not None and any(key.startswith(prefix) for key in missing):
+        raise AutomrError(
+            f"model {name!r} has no weights for its output head ({prefix}weight): transformers "
+            f"would start it at random. If its head is its embeddings (tie_word_embeddings at "
+            f"the top of its config.json), set tie_word_embeddings in its text_config too")
 
 
 def auto_class(model_type: str) -> type:
