@@ -27,7 +27,7 @@ def full_logprob(model, before: list[int], target: list[int]) -> float:
     return float(sum(logp[len(before) - 1 + j, t] for j, t in enumerate(target)))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @pytest.mark.parametrize("combiner", [PrependToken(), AppendToken()])
 @given(prompt=ids, target=ids, elements=st.lists(token, min_size=0, max_size=5),
        batch=st.integers(1, 4), share=st.booleans())
@@ -47,7 +47,7 @@ def test_layer_zero_elements_equal_extra_prompt_tokens(tiny_models, arch, combin
         assert score == pytest.approx(full_logprob(model, before, target), abs=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @pytest.mark.parametrize("combiner", [PrependToken(), AppendToken(), Concat()])
 @given(prompt=ids, target=ids, elements=st.lists(st.lists(token, min_size=1, max_size=3),
                                                  min_size=1, max_size=4), share=st.booleans())
@@ -65,7 +65,7 @@ def test_masked_slots_of_shorter_elements_are_invisible(tiny_models, arch, combi
         assert score == pytest.approx(full_logprob(model, before, target), abs=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompt=ids, target=ids, layer=st.integers(0, 3), mem=st.integers(0, 6),
        batch=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_shared_prompt_path_equals_the_plain_path(tiny_models, arch, prompt, target, layer, mem,
@@ -105,7 +105,7 @@ def naive_concat(llm: HFSplitLLM, layer: int, prompt: list[int], target: list[in
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompt=ids, target=ids, layer=st.integers(0, 3), batch=st.integers(1, 4),
        memory=element_memories(hidden=32), min_shared=st.sampled_from([1, 2, 8]))
 def test_concat_fast_path_equals_a_full_upper_forward_per_element(
@@ -123,7 +123,7 @@ def test_concat_fast_path_equals_a_full_upper_forward_per_element(
     torch.testing.assert_close(fast.with_element, torch.tensor(naive), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompt=ids, target=ids, head=st.lists(token, max_size=3),
        elements=st.lists(st.lists(token, max_size=3), max_size=4), batch=st.integers(1, 4),
        min_shared=st.sampled_from([1, 8]))

@@ -43,7 +43,7 @@ def plain_scores(model, tokenizer, prompt: str, targets) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompts=st.lists(words, min_size=1, max_size=2), layer=st.integers(0, 3),
        chunk=st.integers(1, 5))
 def test_likelihood_scores_equal_full_forwards(tiny_models, tokenizer, arch, prompts, layer,
@@ -58,7 +58,7 @@ def test_likelihood_scores_equal_full_forwards(tiny_models, tokenizer, arch, pro
                                    rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(data=st.data(), prompts=st.lists(words, min_size=1, max_size=3), layer=st.integers(0, 3))
 def test_target_log_likelihoods_equal_full_forwards(tiny_models, tokenizer, arch, data, prompts,
                                                     layer):
@@ -113,7 +113,7 @@ def test_target_log_likelihoods_run_the_shared_opening_once_and_equal_the_unshar
                                        rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompts=st.lists(words, min_size=1, max_size=2), layer=st.integers(0, 3))
 def test_constrained_with_enough_beams_is_the_likelihood_ranking(tiny_models, tokenizer, arch,
                                                                  prompts, layer):
@@ -373,7 +373,7 @@ def test_a_prior_per_sample_weighs_each_row_by_its_own_scores():
     assert best > 0 and values[best] == max(values.values()) > values[0.0]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompts=st.lists(words, min_size=1, max_size=3), layer=st.integers(0, 3),
        beams=st.integers(1, len(TITLES)), memory=st.booleans(), data=st.data())
 def test_fast_engine_ranks_as_the_reference(tiny_models, tokenizer, arch, prompts, layer, beams,
