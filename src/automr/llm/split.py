@@ -135,7 +135,7 @@ class HFSplitLLM:
             raise AutomrError(
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
-                f"split runs attention layers only")
+                f"split runs attention layers, and Qwen 3.5's linear attention, only")
         if getattr(config, "use_bidirectional_attention", False):
             raise AutomrError(
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
