@@ -10,12 +10,31 @@ import torch
 from typer.testing import CliRunner
 
 from automr.cli.main import app
+from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.evaluation import EvaluationFolder, build_report, combine_folders
 from automr.evaluation.folder import recomputed_means
 from automr.evaluation.likelihood import build_likelihood_report
 
 IDS = [f"u{i}@{i}:x" for i in range(8)]
+
+
+class Spread:
+    """Ranks each sample's target at ``(3 * timestamp + offset) % 30``; ``cut``: interrupted."""
+
+    def __init__(self, offset: int, cut: bool = False) -> None:
+        self.offset, self.cut, self.settings = offset, cut, {"offset": offset}
+
+    def rank(self, samples):
+        if self.cut:
+            raise KeyboardInterrupt
+        return [(3 * int(s.timestamp) + self.offset) % 30 for s in samples]
+
+
+def spread_samples(count: int) -> list[Sample]:
+    """``count`` one-item samples of users u0.. at times 1.., target ``t``."""
+    return [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
+                   recent_timestamps=(0,)) for i in range(count)]
 
 
 def evaluated(path, method, ranks, lls, ids=IDS, retrieved=None):
@@ -153,7 +172,6 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
 def test_a_compared_method_keeps_the_split_of_its_source(tmp_path):
     """rq3 and friends ask a folder which split a method ranked; `automr compare` folders
     answer with their source's, whether a folder or an export."""
-    from automr.data.records import Sample
     from automr.evaluation import evaluate
 
     class First:
@@ -163,8 +181,7 @@ def test_a_compared_method_keeps_the_split_of_its_source(tmp_path):
         def rank(self, samples):
             return [0] * len(samples)
 
-    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
-                      recent_timestamps=(0,)) for i in range(4)]
+    samples = spread_samples(4)
     evaluate({"m": First()}, samples, 10, out=tmp_path / "a",
              record={"config": {"split": "valid"}})
     (tmp_path / "a.json").write_text(json.dumps(EvaluationFolder(tmp_path / "a").export()))
@@ -236,22 +253,13 @@ def test_an_export_of_an_api_evaluation_keeps_its_cut_offs_and_bootstrap(tmp_pat
     other cut-offs were refused ('metrics do not match'), other resamples passed for 1000."""
     import attrs
 
-    from automr.data.records import Sample
     from automr.evaluation import evaluate
     from automr.evaluation.folder import ExportedEvaluation
 
-    class Spread:
-        def __init__(self) -> None:
-            self.settings = {"spread": 1}
-
-        def rank(self, samples):
-            return [(3 * int(s.timestamp)) % 30 for s in samples]
-
-    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
-                      recent_timestamps=(0,)) for i in range(12)]
+    samples = spread_samples(12)
     for ks, n_resamples, seed in (((1, 20), 40, 3), ((1, 5, 10), 40, 3)):
         out = tmp_path / f"a{len(ks)}"
-        made = evaluate({"m": Spread()}, samples, 30, out=out, ks=ks, n_resamples=n_resamples,
+        made = evaluate({"m": Spread(0)}, samples, 30, out=out, ks=ks, n_resamples=n_resamples,
                         seed=seed).reports["m"]
         exported = out.with_suffix(".json")
         exported.write_text(json.dumps(EvaluationFolder(out).export()))
@@ -269,20 +277,9 @@ def test_an_export_refuses_a_table_older_than_its_values(tmp_path):
     """A rerun into the folder on other samples, cut after its first method, left results.json
     of the run before: the export held a table (recall@10 0.5 on 12 samples) that its
     per-sample ranks (16 samples, 0.3125) contradicted."""
-    from automr.data.records import Sample
     from automr.evaluation import evaluate
 
-    class Spread:
-        def __init__(self, offset: int, cut: bool = False) -> None:
-            self.offset, self.cut, self.settings = offset, cut, {"offset": offset}
-
-        def rank(self, samples):
-            if self.cut:
-                raise KeyboardInterrupt
-            return [(3 * int(s.timestamp) + self.offset) % 30 for s in samples]
-
-    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
-                      recent_timestamps=(0,)) for i in range(20)]
+    samples = spread_samples(20)
     evaluate({"a": Spread(0), "b": Spread(1)}, samples[:12], 30, out=tmp_path, n_resamples=30)
     exported = EvaluationFolder(tmp_path).export()
     assert recomputed_means(exported)["a"]["recall@10"] == 0.5
@@ -303,20 +300,11 @@ def test_compare_refuses_a_finished_evaluation_as_its_out(tmp_path):
     """An `automr evaluate` folder with its tables written (results.json, with its config) is
     refused as well as one cut before them: only a combination's own results.json (it
     records its sources) lets compare write its tables there."""
-    from automr.data.records import Sample
     from automr.evaluation import evaluate
 
-    class Spread:
-        def __init__(self) -> None:
-            self.settings = {"spread": 1}
-
-        def rank(self, samples):
-            return [(3 * int(s.timestamp)) % 30 for s in samples]
-
-    samples = [Sample(user=f"u{i}", target="t", timestamp=i + 1, recent=("a",),
-                      recent_timestamps=(0,)) for i in range(8)]
+    samples = spread_samples(8)
     out = tmp_path / "ev"
-    evaluate({"m": Spread()}, samples, 30, out=out, n_resamples=20)
+    evaluate({"m": Spread(0)}, samples, 30, out=out, n_resamples=20)
     before = (out / "results.json").read_text()
     assert "config" in json.loads(before)
     with pytest.raises(AutomrError, match="holds an evaluation; its results would be replaced"):
