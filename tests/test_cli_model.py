@@ -17,6 +17,13 @@ from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 runner = CliRunner()
 
 
+def info_lines(*args: str) -> dict[str, str]:
+    """``automr model info ARGS``'s lines by their first word (it must succeed)."""
+    result = runner.invoke(app, ["model", "info", *args])
+    assert result.exit_code == 0, result.output
+    return dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -26,9 +33,7 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_info_on_a_local_folder(tiny_folder):
-    result = runner.invoke(app, ["model", "info", str(tiny_folder)])
-    assert result.exit_code == 0, result.output
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines(str(tiny_folder))
     assert lines["layers"] == "4"
     assert lines["hidden_size"] == "32"
     assert len(lines["fingerprint"]) == 64
@@ -43,9 +48,7 @@ def test_info_reads_no_weight_and_says_what_a_load_gives(tiny_folder, monkeypatc
     loaded = loading.load_model(str(tiny_folder), device="cpu", dtype="bfloat16")
     monkeypatch.setattr(loading, "AutoModelForCausalLM", SimpleNamespace(
         from_config=loading.AutoModelForCausalLM.from_config))  # no from_pretrained
-    result = runner.invoke(app, ["model", "info", str(tiny_folder), "--dtype", "bfloat16"])
-    assert result.exit_code == 0, result.output
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines(str(tiny_folder), "--dtype", "bfloat16")
     assert lines["parameters"] == f"{sum(p.numel() for p in loaded.model.parameters()):,}"
     assert lines["fingerprint"] == loaded.fingerprint()
     assert lines["architecture"] == type(loaded.model).__name__
@@ -71,14 +74,11 @@ def test_info_on_a_hub_id_downloads_no_weight(tiny_folder, tmp_path, monkeypatch
     tokenizer = loading.AutoTokenizer
     monkeypatch.setattr(loading, "AutoTokenizer", SimpleNamespace(
         from_pretrained=lambda name, **kw: tokenizer.from_pretrained(snapshot)))
-    result = runner.invoke(app, ["model", "info", "org/tiny"])
-    assert result.exit_code == 0, result.output
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines("org/tiny")
     assert lines["fingerprint"].startswith("unknown until its weights are downloaded")
     assert lines["layers"] == "4" and lines["layer_split"] == "yes"
     shutil.copytree(tiny_folder, snapshot, dirs_exist_ok=True)  # what a load downloads
-    result = runner.invoke(app, ["model", "info", "org/tiny"])
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines("org/tiny")
     assert lines["fingerprint"] == loading.load_model(str(snapshot), device="cpu").fingerprint()
 
 
@@ -119,12 +119,7 @@ def test_info_says_why_the_split_refuses_a_model_and_which_modules_lora_can_targ
     phi3 = tmp_path / "phi3"
     tiny_model(tiny_config("phi3")).save_pretrained(phi3)
     tiny_tokenizer().save_pretrained(phi3)
-    lines = {}
-    for folder in (gpt2, phi3):
-        result = runner.invoke(app, ["model", "info", str(folder)])
-        assert result.exit_code == 0, result.output
-        lines[folder.name] = dict(line.split(None, 1) for line in result.output.splitlines()
-                                  if line.strip())
+    lines = {folder.name: info_lines(str(folder)) for folder in (gpt2, phi3)}
     assert lines["gpt2"]["layer_split"].startswith("no: model type 'gpt2' is not supported")
     assert lines["gpt2"]["linear_modules"] == "unknown"
     assert lines["gpt2"]["sliding_window"] == "unknown"  # 'none' would say every layer sees all
@@ -138,9 +133,7 @@ def test_info_on_gemma3_with_a_vision_tower_reads_its_language_model(tmp_path):
     from automr.testing.synthetic import save_tiny_model
 
     gemma3 = save_tiny_model(tmp_path / "gemma3", "gemma3", num_layers=3)
-    result = runner.invoke(app, ["model", "info", str(gemma3)])
-    assert result.exit_code == 0, result.output
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines(str(gemma3))
     assert lines["model_type"] == "gemma3 (language model: gemma3_text)"
     assert (lines["layers"], lines["hidden_size"], lines["vocab_size"]) == ("3", "32", "259")
     assert lines["layer_split"] == "yes" and lines["sliding_window"] == "4"
@@ -157,9 +150,7 @@ def test_ministral3_checkpoints_load_and_are_described(tmp_path):
     folder = save_tiny_model(tmp_path / "ministral3", "mistral3", num_layers=3)
     loaded = load_model(str(folder), device="cpu")
     assert type(loaded.model).__name__ == "Mistral3ForConditionalGeneration"
-    result = runner.invoke(app, ["model", "info", str(folder)])
-    assert result.exit_code == 0, result.output
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines(str(folder))
     assert lines["model_type"] == "mistral3 (language model: ministral3)"
     assert (lines["layers"], lines["hidden_size"], lines["vocab_size"]) == ("3", "32", "259")
     assert lines["layer_split"] == "yes" and lines["sliding_window"] == "none"
@@ -175,9 +166,7 @@ def test_info_says_none_where_a_window_is_set_but_no_layer_slides(tmp_path):
     config = tiny_config("vaultgemma", 3, sliding_window=8, layer_types=["full_attention"] * 3)
     tiny_model(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
-    result = runner.invoke(app, ["model", "info", str(folder)])
-    assert result.exit_code == 0, result.output
-    lines = dict(line.split(None, 1) for line in result.output.splitlines() if line.strip())
+    lines = info_lines(str(folder))
     assert lines["layer_split"] == "yes" and lines["sliding_window"] == "none"
 
 
