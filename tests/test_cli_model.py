@@ -371,8 +371,14 @@ def test_a_checkpoint_without_weights_for_its_head_is_refused(tmp_path):
     tiny_tokenizer().save_pretrained(folder)
     with pytest.raises(AutomrError, match=r"no weights for its output head \(lm_head.weight\)"):
         load_model(str(folder), device="cpu")
+    # model info (which reads no weight) refuses it too, not "layer_split yes"
+    result = runner.invoke(app, ["model", "info", str(folder)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "no weights for its output head (lm_head.weight)" in result.output
     config.text_config.tie_word_embeddings = True
     config.save_pretrained(folder)
+    assert runner.invoke(app, ["model", "info", str(folder)]).exit_code == 0
     loaded = load_model(str(folder), device="cpu")
     head = loaded.model.get_output_embeddings().weight
     assert head is loaded.model.get_input_embeddings().weight

@@ -222,6 +222,19 @@ def _check_head_loaded(model: PreTrainedModel, missing: set[str] | list[str], na
             f"the top of its config.json), set tie_word_embeddings in its text_config too")
 
 
+def _head_missing(model: PreTrainedModel, keys: list[str]) -> list[str]:
+    """The output head's weight name where ``keys`` (a checkpoint's) hold none for it and the
+    head is not the input embeddings, else nothing: what a load would find missing."""
+    head = model.get_output_embeddings()
+    if head is None or head.weight is model.get_input_embeddings().weight:
+        return []
+    name = next((f"{module_name}.weight" for module_name, module in model.named_modules()
+                 if module is head), None)
+    if name is None or any(key == name or key.endswith(f".{name}") for key in keys):
+        return []
+    return [name]
+
+
 def auto_class(model_type: str) -> type:
     """The transformers auto class that builds a model of ``model_type`` with its LM head:
     ``AutoModelForCausalLM``, or ``AutoModelForImageTextToText`` for the vision-language
@@ -528,7 +541,8 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
     No weight is read: the model is built on the meta device from its config (a 7B model
     needs no 28 GB), the fingerprint is :func:`files_fingerprint` (a hub id's weights are not
     downloaded for it: until then it is unknown) and the tokenizer is loaded and each
-    safetensors file's header checked, so a model a load refuses for them is refused here."""
+    safetensors file's header checked, so a model a load refuses for them is refused here
+    (also one whose safetensors hold no weights for an untied output head)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source, folder, fingerprint = _locate(name, cache_dir)
@@ -542,9 +556,12 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
         files = weight_files(folder) if folder is not None else ()
         if isinstance(source, Path) and not files:
             raise FileNotFoundError(f"no {' or '.join(single for _, single in WEIGHT_FILES)}")
+        keys: list[str] = []
         for path in files:
             if path.suffix == ".safetensors":
-                safetensors.safe_open(path, "pt").keys()
+                keys.extend(safetensors.safe_open(path, "pt").keys())
+    if files and all(path.suffix == ".safetensors" for path in files):
+        _check_head_loaded(model, _head_missing(model, keys), name)
     if fingerprint is None and files:
         fingerprint = files_fingerprint(folder, files, cache_dir)
     try:
