@@ -11,8 +11,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     ApertusConfig,
     ArceeConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
     Cohere2Config,
     Cohere2MoeConfig,
     CohereConfig,
@@ -67,7 +65,8 @@ from transformers import (
     VaultGemmaConfig,
 )
 
-from automr.llm.split import IMAGE_TEXT_TYPES, attention_for
+from automr.llm.loading import auto_class
+from automr.llm.split import attention_for
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -298,9 +297,8 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
     """A randomly initialised causal LM in eval mode, float32, with SDPA attention (eager for
     :data:`~automr.llm.split.EAGER_ONLY_TYPES`)."""
     torch.manual_seed(seed)
-    auto = (AutoModelForImageTextToText if config.model_type in IMAGE_TEXT_TYPES
-            else AutoModelForCausalLM)
-    model = auto.from_config(config, attn_implementation=attention_for(config.model_type))
+    model = auto_class(config.model_type).from_config(
+        config, attn_implementation=attention_for(config.model_type))
     if config.model_type in NONZERO_NORMS:
         with torch.no_grad():
             for name, weight in model.named_parameters():
