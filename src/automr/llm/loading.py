@@ -212,12 +212,10 @@ def _check_head_loaded(model: PreTrainedModel, missing: set[str] | list[str], na
     """Refuse a model whose output head the checkpoint has no weights for: transformers starts
     it at random (a Qwen 3.5 vision-language checkpoint that ties its head to the embeddings
     at the top of its config, not in its ``text_config``, loads so as a causal LM)."""
-    head = model.get_output_embeddings()
-    prefix = next((f"{module_name}." for module_name, module in model.named_modules()
-                   if module is head), None)
-    if prefix is not None and any(key.startswith(prefix) for key in missing):
+    head = _head_name(model)
+    if head is not None and any(key.startswith(f"{head}.") for key in missing):
         raise AutomrError(
-            f"model {name!r} has no weights for its output head ({prefix}weight): transformers "
+            f"model {name!r} has no weights for its output head ({head}.weight): transformers "
             f"would start it at random. If its head is its embeddings (tie_word_embeddings at "
             f"the top of its config.json), set tie_word_embeddings in its text_config too")
 
@@ -225,14 +223,17 @@ def _check_head_loaded(model: PreTrainedModel, missing: set[str] | list[str], na
 def _head_missing(model: PreTrainedModel, keys: list[str]) -> list[str]:
     """The output head's weight name where ``keys`` (a checkpoint's) hold none for it and the
     head is not the input embeddings, else nothing: what a load would find missing."""
+    head = _head_name(model)
+    if head is None or model.get_output_embeddings().weight is model.get_input_embeddings().weight:
+        return []
+    name = f"{head}.weight"
+    return [] if any(key == name or key.endswith(f".{name}") for key in keys) else [name]
+
+
+def _head_name(model: PreTrainedModel) -> str | None:
+    """The qualified name of ``model``'s output head (``lm_head``), None where it has none."""
     head = model.get_output_embeddings()
-    if head is None or head.weight is model.get_input_embeddings().weight:
-        return []
-    name = next((f"{module_name}.weight" for module_name, module in model.named_modules()
-                 if module is head), None)
-    if name is None or any(key == name or key.endswith(f".{name}") for key in keys):
-        return []
-    return [name]
+    return next((name for name, module in model.named_modules() if module is head), None)
 
 
 def auto_class(model_type: str) -> type:
