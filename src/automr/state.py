@@ -99,8 +99,7 @@ class KVCache:
     def repeat_interleave(self, repeats: int) -> None:
         """Repeat every sequence ``repeats`` times along the batch (e.g. for beams)."""
         self.layers.batch_repeat_interleave(repeats)
-        self.recurrent = {index: tuple(part.repeat_interleave(repeats, dim=0) for part in state)
-                          for index, state in self.recurrent.items()}
+        self.repeat_recurrent(repeats)
         if self.past_mask is not None:
             self.past_mask = self.past_mask.repeat_interleave(repeats, dim=0)
 
@@ -110,6 +109,11 @@ class KVCache:
         self.select_recurrent(indices)
         if self.past_mask is not None:
             self.past_mask = self.past_mask[indices]
+
+    def repeat_recurrent(self, repeats: int) -> None:
+        """Repeat every row of the linear-attention states ``repeats`` times."""
+        self.recurrent = {index: tuple(part.repeat_interleave(repeats, dim=0) for part in state)
+                          for index, state in self.recurrent.items()}
 
     def select_recurrent(self, indices: Int[Tensor, " n"]) -> None:
         """Keep (and reorder to) the rows at ``indices`` of the linear-attention states."""

@@ -141,9 +141,7 @@ class Decoding:
         each sequence repeated ``repeats`` times (e.g. a prompt's beams)."""
         for cache in (self.lower_cache, self.upper_cache):
             cache.layers = ReservedLayers.from_layers(cache.layers, spare, repeats)
-            cache.recurrent = {index: tuple(part.repeat_interleave(repeats, dim=0)
-                                            for part in state)
-                               for index, state in cache.recurrent.items()}
+            cache.repeat_recurrent(repeats)  # a fixed size per row: repeated whole
             if cache.past_mask is not None:
                 cache.past_mask = cache.past_mask.repeat_interleave(repeats, dim=0)
         self.logits = self.logits.repeat_interleave(repeats, dim=0)
