@@ -326,3 +326,28 @@ def test_random_retrieval_picks_do_not_depend_on_the_batch(workspace):
         method.target_log_likelihoods(samples)
         picks.append(method.details()["retrieved"])
     assert len(samples) >= 8 and picks[0] == picks[1]
+
+
+def test_base_is_the_fine_tunes_base_model_unless_model_is_given(workspace, tmp_path):
+    """``base:*`` beside ``--finetuned`` and no ``--model`` ran the embedded default,
+    whatever model the fine-tune had tuned: base and bigrec were two models."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+    from automr.methods import Artifacts, Workspace
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    result = CliRunner().invoke(app, [
+        "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path),
+        "--methods", "base:likelihood", "--measures", "likelihood", "--finetuned",
+        str(root / "ft"), "--samples", "2", "--layer", "2", "--quiet", "--device", "cpu",
+        "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    model = str(root / "model")
+    assert json.loads((tmp_path / "results.json").read_text())["model"] == model
+    settings = json.loads((tmp_path / "loglik" / "base-likelihood.settings.json")
+                          .read_text())
+    assert settings["model"] == model
+    assert Workspace(dataset, Artifacts(model="other", finetuned=root / "ft")).base_model == \
+        "other"
+    assert Workspace(dataset, Artifacts()).base_model == automr.DEFAULT_MODEL

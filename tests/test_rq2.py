@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from automr.cli.figures import parse_seeds, rq2_command
 from automr.data import PreparedDataset
+from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 from automr.evaluation import EvaluationFolder
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
@@ -156,7 +157,8 @@ def test_settings_change_when_an_artifact_is_made_again_in_its_folder(workspace,
               metadata={"format": "pt"})
     moved = settings("base:l2", artifacts=attrs.evolve(artifacts, model=str(model)))
     assert base["digests"]["model"] != moved["digests"]["model"]
-    assert "digests" not in settings("base:l2")  # the embedded default: its name decides it
+    embedded = settings("base:l2", artifacts=Artifacts())  # its name decides it
+    assert embedded["model"] == DEFAULT_MODEL and "digests" not in embedded
     weights.unlink()  # a folder missing its weights: loading it says so, not the settings
     assert "digests" not in settings("base:l2", artifacts=attrs.evolve(artifacts,
                                                                      model=str(model)))

@@ -9,7 +9,6 @@ import typer
 from automr.cli.common import (
     CombinerOption,
     DataOption,
-    ModelOption,
     Runtime,
     SplitOption,
     checked_options,
@@ -47,7 +46,10 @@ def evaluate_command(
         help="Run folder of `automr finetune --context trsr` (trsr).")] = None,
     combiner: CombinerOption = defaults.combiner,
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
-    model: ModelOption = DEFAULT_MODEL,
+    model: Annotated[str | None, typer.Option(
+        help=f"The untuned LM of base:G: the embedded name, a Hugging Face id or a folder "
+             f"[default: --finetuned's base model, else {DEFAULT_MODEL}].",
+        show_default=False)] = None,
     split: SplitOption = defaults.split,
     samples: Annotated[int, typer.Option(
         help="Seeded subset of the split's samples (0 = all).")] = defaults.max_samples or 0,

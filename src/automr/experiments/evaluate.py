@@ -73,6 +73,8 @@ def evaluate_methods(
     if "ranks" not in config.measures:
         header = header.replace("full ranking over the catalog", "target log-likelihoods")
     used = {a for m in methods for a in METHODS[parse_method(m)[0]].artifacts}
+    if "model" in used:  # the model base:* ran, resolved
+        artifacts = attrs.evolve(artifacts, model=space.base_model)
     record = {"config": attrs.asdict(config), "dataset": str(dataset_dir),  # artifacts as used
               **{k: None if v is None or k not in used else str(v)
                  for k, v in attrs.asdict(artifacts).items()}}

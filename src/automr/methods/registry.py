@@ -103,7 +103,9 @@ GROUNDERS = (*GROUNDER_KINDS, *INJECTIONS)
 class Artifacts:
     """The folders named methods are built from; each method kind says which it needs."""
 
-    model: str = DEFAULT_MODEL
+    model: str | None = None
+    """The untuned LM of ``base`` methods; None: ``finetuned``'s base model (so that ``base``
+    and ``bigrec`` are one model), else :data:`~automr.defaults.DEFAULT_MODEL`."""
     finetuned: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     memory: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     retriever: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
@@ -184,12 +186,21 @@ class Workspace:
             run.check_dataset(self.dataset, self.data_fingerprint)
         return run
 
+    @property
+    def base_model(self) -> str:
+        """The model ``base`` methods run (:attr:`Artifacts.model` resolved)."""
+        if self.artifacts.model is not None:
+            return self.artifacts.model
+        if self.artifacts.finetuned is not None:
+            return FinetunedRun.open(self.artifacts.finetuned).base_model
+        return DEFAULT_MODEL
+
     def model(self, run: FinetunedRun | None) -> LoadedModel:
         """The base model (``run`` None) or ``run``'s tuned model, loaded once."""
         key = "base" if run is None else str(run.path.resolve())
         if key not in self._models:
             self._models[key] = (
-                load_model(self.artifacts.model, device=self.device, dtype=self.dtype,
+                load_model(self.base_model, device=self.device, dtype=self.dtype,
                            cache_dir=self.cache_dir)
                 if run is None else run.load(device=self.device, dtype=self.dtype,
                                              cache_dir=self.cache_dir))
@@ -448,8 +459,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
         settings["dtype"] = dtype_used(space.dtype, space.device)
     for artifact in kind.artifacts:
         if artifact == "model":
-            settings["model"] = space.artifacts.model
-            folder = Path(space.artifacts.model).expanduser()  # a local folder: its files
+            settings["model"] = space.base_model
+            folder = Path(space.base_model).expanduser()  # a local folder: its files
             files = weight_files(folder) if folder.is_dir() else ()  # (a hub id names them)
             if files and all(file.is_file() for file in files):
                 settings.setdefault("digests", {})["model"] = files_fingerprint(
