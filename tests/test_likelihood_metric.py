@@ -78,6 +78,33 @@ def test_target_likelihoods_are_kept_per_sample(workspace, monkeypatch):
         assert value == pytest.approx(other, abs=1e-4) and tokens == count
 
 
+def test_grounders_of_one_model_and_retrieval_share_its_likelihoods(workspace, monkeypatch):
+    """Grounding does not change a target's likelihood: a second grounder of the same model
+    (and memory retrieval) computed every sample's again."""
+    from automr.methods import Artifacts, MethodOptions, Workspace, build_method
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    space = Workspace(dataset, Artifacts(finetuned=root / "ft", memory=root / "mem"),
+                      MethodOptions(layer=2, num_beams=2), device="cpu",
+                      cache_dir=root / "cache", progress=False)
+    computed = []
+    batch = automr.GenerativeMethod._likelihood_batch
+
+    def spy(self, llm, chunk, *args):
+        computed.extend(s.id for s in chunk)
+        return batch(self, llm, chunk, *args)
+
+    monkeypatch.setattr(automr.GenerativeMethod, "_likelihood_batch", spy)
+    samples = dataset.samples("test")[:3]
+    values = {name: build_method(name, space).target_log_likelihoods(samples) for name in (
+        "bigrec:l2", "bigrec:constrained", "bigrec:likelihood", "random:l2",
+        "random:constrained", "base:l2", "base:constrained")}
+    assert sorted(computed) == sorted([s.id for s in samples] * 3)  # bigrec, random, base
+    assert values["bigrec:constrained"] == values["bigrec:l2"] == values["bigrec:likelihood"]
+    assert values["random:constrained"] == values["random:l2"] != values["bigrec:l2"]
+    assert values["base:constrained"] == values["base:l2"] != values["bigrec:l2"]
+
+
 @pytest.mark.parametrize("k", [0, -1, 1.5, True])
 def test_retrieving_no_element_is_refused(workspace, k):
     """k=0 inserted nothing (the method was BIGRec under AutoMR's name); k=-1 failed only at

@@ -78,9 +78,12 @@ class GenerativeMethod:
     progress: bool = False
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
+    likelihoods: dict[str, tuple[float, int]] = attrs.field(factory=dict)
+    """Each sample's target log-likelihood and token count, by sample id, once computed:
+    grounding does not change them, so methods of one model, retrieval and context may share
+    one dict (the registry's do: a second grounder computes none again)."""
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _embeddings: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
-    _likelihoods: dict[str, tuple[float, int]] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -144,13 +147,13 @@ class GenerativeMethod:
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
         """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample.
-        Each sample's value is kept, so asking again (an injection of this method) computes
-        nothing."""
-        todo = list({s.id: s for s in samples if s.id not in self._likelihoods}.values())
+        Each sample's value is kept (:attr:`likelihoods`), so asking again (an injection of
+        this method, another grounder of its model) computes nothing."""
+        todo = list({s.id: s for s in samples if s.id not in self.likelihoods}.values())
         for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
-            self._likelihoods.update(zip((s.id for s in chunk),
+            self.likelihoods.update(zip((s.id for s in chunk),
                                          zip(scores.tolist(), counts, strict=True), strict=True))
-        return [self._likelihoods[s.id] for s in samples]
+        return [self.likelihoods[s.id] for s in samples]
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, items]``: the L2 grounder's distance of every catalog title to what was

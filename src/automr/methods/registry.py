@@ -131,6 +131,11 @@ DIGESTS: dict[str, Callable[[Path], str]] = {
 made again in the same folder is not taken for the old one by a resumed evaluation."""
 
 
+def _model_key(run: FinetunedRun | None) -> str:
+    """Which loaded model: ``base``, or a fine-tune by its folder."""
+    return "base" if run is None else str(run.path.resolve())
+
+
 @attrs.define
 class Workspace:
     """What the builders share: the data, the artifacts, options, and loaded models (each
@@ -152,6 +157,9 @@ class Workspace:
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
                                                                         init=False)
     _retrievals: dict[str, MemoryRetrieval] = attrs.field(factory=dict, init=False)
+    _likelihoods: dict[tuple[str, int | None], dict[str, tuple[float, int]]] = attrs.field(
+        factory=dict, init=False)
+    """Target log-likelihoods by model and retrieval, shared by their methods' grounders."""
     _data_fingerprint: str | None = attrs.field(default=None, init=False)
 
     @property
@@ -197,7 +205,7 @@ class Workspace:
 
     def model(self, run: FinetunedRun | None) -> LoadedModel:
         """The base model (``run`` None) or ``run``'s tuned model, loaded once."""
-        key = "base" if run is None else str(run.path.resolve())
+        key = _model_key(run)
         if key not in self._models:
             self._models[key] = (
                 load_model(self.base_model, device=self.device, dtype=self.dtype,
@@ -228,6 +236,8 @@ class Workspace:
             context = build_context(run.context, loaded, self.dataset, base, self.cache_dir,
                                     batch_size=self.options.batch_size, progress=self.progress)
         layer = self.split_layer(loaded) if retrieval is None else retrieval.store.layer
+        likelihoods = self._likelihoods.setdefault(
+            (_model_key(run), None if retrieval is None else id(retrieval)), {})
 
         def method(kind: str, gamma: float = 0.0) -> GenerativeMethod:
             return GenerativeMethod(
@@ -236,7 +246,7 @@ class Workspace:
                                self.cache_dir, self.progress, gamma),
                 layer=layer, retrieval=retrieval, context=context,
                 batch_size=self.options.batch_size, exclude_seen=self.options.exclude_seen,
-                progress=self.progress, label=label)
+                progress=self.progress, label=label, likelihoods=likelihoods)
 
         if not grounder.endswith("-pop"):
             return method(grounder)
@@ -252,9 +262,8 @@ class Workspace:
                  label: str) -> GenerativeMethod:
         """The L2 method of ``run``'s model with ``retrieval`` (None: no memory), one per
         model and retrieval object, so that its generations serve every injection."""
-        model = "base" if run is None else str(run.path.resolve())
         # the plain method holds its retrieval, so the object's id stays unique while cached
-        key = (model, None if retrieval is None else id(retrieval))
+        key = (_model_key(run), None if retrieval is None else id(retrieval))
         if key not in self._plain:
             self._plain[key] = self._generative("l2", run, label, retrieval)
             self._plain[key].keep(self.kept_generations(label.partition(":")[0]))
