@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from automr.cache import WheelSpec, fetch_wheel, sha256_of
+import automr
+from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir, sha256_of
 from automr.errors import AutomrError
 from automr.storage import atomic_dir, save_component, save_safetensors, write_text_atomic
 
@@ -321,3 +322,39 @@ def test_a_write_removes_what_a_killed_process_of_this_host_left_of_the_same_tar
         (folder / "x").write_text("done")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a.json", "b.safetensors", "c", alive.name, elsewhere.name])
+
+
+def test_without_a_home_folder_the_default_cache_is_one_line(tmp_path, monkeypatch):
+    """With no $HOME and a user id the password database lacks (containers run under an
+    arbitrary id), pathlib's ``Path.home()`` raises a bare RuntimeError: every command that
+    used the default cache ended in a traceback."""
+    from typer.testing import CliRunner
+
+    from automr.cache import default_cache_dir
+    from automr.cli.main import app
+
+    def no_home(cls=None):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("AUTOMR_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    with pytest.raises(AutomrError, match=r"no home folder is known .* set HOME, or "
+                                          r"AUTOMR_CACHE \(or --cache-dir\)"):
+        default_cache_dir()
+    result = CliRunner().invoke(app, ["model", "info"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: no home folder is known")
+    monkeypatch.setenv("AUTOMR_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache"
+
+
+@pytest.mark.parametrize("load", [
+    lambda path: automr.load_model(path), lambda path: automr.PreparedDataset.load(path),
+    lambda path: automr.MemoryStore.open(path), lambda path: resolve_cache_dir(path)])
+def test_the_library_reads_a_tilde_of_no_user_in_one_line(load):
+    """The library expands ``~`` in the paths it is given (as the CLI does); ``~NAME`` of no
+    user NAME was pathlib's bare RuntimeError."""
+    with pytest.raises(AutomrError, match="there is no user 'automr-no-such-user'"):
+        load("~automr-no-such-user/x")

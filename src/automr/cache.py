@@ -19,6 +19,7 @@ from pathlib import Path
 import attrs
 
 from automr.errors import AutomrError
+from automr.paths import home_folder, home_path
 
 CACHE_ENV = "AUTOMR_CACHE"
 
@@ -28,17 +29,17 @@ def default_cache_dir() -> Path:
     as the XDG spec asks; a relative one is ignored), else ``~/.cache/automr``."""
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser()
+        return home_path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / "automr"
-    return Path.home() / ".cache" / "automr"
+    return home_folder() / ".cache" / "automr"
 
 
 def resolve_cache_dir(cache_dir: Path | str | None, create: bool = True) -> Path:
     """``cache_dir`` if given, else :func:`default_cache_dir`; created if missing (unless not
     ``create``: for a cache that is only an optional shortcut, which may be read-only)."""
-    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = home_path(cache_dir) if cache_dir is not None else default_cache_dir()
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from automr.errors import AutomrError
+from automr.paths import home_path
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -422,6 +423,6 @@ def files_digest(folder: Path | str, names: Sequence[str]) -> str:
 
     digest = hashlib.sha256()
     for name in names:
-        path = Path(folder).expanduser() / name
+        path = home_path(folder) / name
         digest.update(f"{name}:{sha256_of(path) if path.is_file() else 'missing'}\n".encode())
     return digest.hexdigest()

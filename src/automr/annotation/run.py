@@ -35,6 +35,7 @@ from automr.interfaces import Combiner, MemoryTokens
 from automr.llm.loading import LoadedModel, dtype_name
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
+from automr.paths import home_path
 from automr.progress import Progress
 from automr.retrievers import RetrievalDataset
 from automr.storage import (
@@ -225,7 +226,7 @@ def _comparable(header: dict) -> dict:
         config = {"element_subset": None, "element_seed": 0, **config}
         config.pop("element_batch", None)
     return {**header, "config": config,
-            "memory": str(Path(header["memory"]).expanduser().resolve())}
+            "memory": str(home_path(header["memory"]).resolve())}
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ import attrs
 import typer
 
 from automr.errors import AutomrError
+from automr.paths import home_path
 from automr.recommenders.finetune_config import FinetuneConfig
 from automr.storage import partial_path
 
@@ -121,18 +122,6 @@ def expand_home(command: Any) -> None:
         return invoke(ctx)
 
     command.invoke = expanded
-
-
-def home_path(path: Path | str) -> Path:
-    """``path`` with a leading ``~`` (or ``~NAME``) read as the home folder (NAME's); one line
-    where there is none (``~NAME`` of no user: pathlib raises a bare ``RuntimeError``)."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        user = Path(path).parts[0][1:]
-        raise AutomrError(f"{path}: there is no user {user!r} whose home folder ~{user} is"
-                          if user else f"{path}: no home folder is known ($HOME is not set)"
-                          ) from None
 
 
 def _home_expanded(value: Any) -> Any:

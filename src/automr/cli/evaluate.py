@@ -13,13 +13,13 @@ from automr.cli.common import (
     SplitOption,
     checked_options,
     comma_list,
-    home_path,
     runtime_options,
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
 from automr.experiments.eval_config import EvalConfig
+from automr.paths import home_path
 
 defaults = EvalConfig()
 

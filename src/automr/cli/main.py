@@ -18,9 +18,10 @@ import typer
 import typer.core
 import typer.main
 
-from automr.cli.common import expand_home, home_path, user_errors
+from automr.cli.common import expand_home, user_errors
 from automr.cli.lazy import LazyCommand, LazyGroup
 from automr.errors import AutomrError
+from automr.paths import home_path
 
 # The one place where sub-commands are registered: name -> where it lives ("module:attribute",
 # a Typer app or a command function) and the one-line help `automr --help` shows. Order is

@@ -24,13 +24,13 @@ from automr.cli.common import (
     SampleSeedOption,
     SplitOption,
     checked_options,
-    home_path,
     parse_lora_targets,
     runtime_options,
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
+from automr.paths import home_path
 
 memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
 retriever_app = typer.Typer(help="Train and score retrievers on annotations.",

@@ -24,6 +24,7 @@ from automr.data.reading import LineSource, bad_input, checked_timestamp, parse_
 from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipped_items
 from automr.errors import AutomrError
+from automr.paths import home_path
 
 RECBOLE_WHEEL = WheelSpec(
     name="recbole",
@@ -55,7 +56,7 @@ def load_movielens_100k(
     (pipe-separated, latin-1, title with year) are read instead.
     """
     if source is not None:
-        return _load_grouplens(Path(source).expanduser())
+        return _load_grouplens(home_path(source))
     wheel = fetch_wheel(RECBOLE_WHEEL, cache_dir)
     try:
         with zipfile.ZipFile(wheel) as zf:

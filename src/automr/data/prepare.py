@@ -31,6 +31,7 @@ from automr.data.source import SkipCounter, SourceData, drop_repeats, skip_label
 from automr.data.stats import Counts, DatasetStats, memory_lengths
 from automr.data.tabular import load_csv
 from automr.errors import AutomrError
+from automr.paths import home_path
 from automr.storage import atomic_dir
 
 
@@ -138,7 +139,7 @@ def _require_samples(
 def _check_out(out: Path | str | None) -> Path | None:
     if out is None:
         return None
-    target = Path(out).expanduser()
+    target = home_path(out)
     if target.exists() and not (is_prepared_dir(target) or
                                 (target.is_dir() and not any(target.iterdir()))):
         raise AutomrError(f"{target} exists and is not a prepared dataset; refusing to replace "

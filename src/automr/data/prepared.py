@@ -39,6 +39,7 @@ from automr.data.records import Interaction, Item, Sample
 from automr.data.samples import check_unique_ids
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
+from automr.paths import home_path
 from automr.storage import write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
@@ -138,7 +139,7 @@ class PreparedDataset:
     @classmethod
     def load(cls, folder: Path | str) -> "PreparedDataset":
         """Read a folder written by :meth:`save` / ``automr data prepare``."""
-        folder = Path(folder).expanduser()
+        folder = home_path(folder)
         if not is_prepared_dir(folder):
             raise AutomrError(f"{folder} is not a prepared dataset (no config.json with format "
                               f"{FORMAT}). Create one with `automr data prepare ...`.")

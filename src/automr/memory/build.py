@@ -51,6 +51,7 @@ from automr.memory.shards import (
     write_shard,
 )
 from automr.memory.store import MemoryStore
+from automr.paths import home_path
 from automr.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -128,7 +129,7 @@ def build_memory(
     record = make_record(backbone, layer, config, dataset.prompt_config, window, dataset,
                          dataset.catalog)
     encoder = memory_encoder(record, backbone, dataset.catalog)
-    folder = Path(out_dir).expanduser()
+    folder = home_path(out_dir)
     timelines = user_timelines(dataset.interactions)
     users = sorted(timelines)
     plan = plan_shards(users, {u: len(timelines[u][0]) for u in users}, config.shard_elements)
@@ -232,7 +233,7 @@ def append_memory(
                           "(under torchrun each process appended the new interactions, and a "
                           "process that read the index after another had appended added "
                           "them a second time)")
-    folder = Path(out_dir).expanduser()
+    folder = home_path(out_dir)
     record = MemoryRecord.read(folder)
     index = MemoryIndex.read(folder)
     if not index.complete:

@@ -26,6 +26,7 @@ from automr.interfaces import MemoryView
 from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
+from automr.paths import home_path
 from automr.storage import files_digest
 
 Request = tuple[str, int] | tuple[str, int, int]
@@ -79,7 +80,7 @@ class MemoryStore:
         encoder with the memory's settings on the memory's model; with it, token states that
         were not stored are recomputed on demand (:meth:`token_states`).
         """
-        folder = Path(folder).expanduser()
+        folder = home_path(folder)
         record = MemoryRecord.read(folder)
         record.check(folder, expect_fingerprint, expect_layer)
         index = MemoryIndex.read(folder)

@@ -45,6 +45,7 @@ from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
 from automr.methods.injection import PriorWeightedMethod, Scores
 from automr.methods.sasrec import SASRecMethod
+from automr.paths import home_path
 from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
@@ -469,7 +470,7 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     for artifact in kind.artifacts:
         if artifact == "model":
             settings["model"] = space.base_model
-            folder = Path(space.base_model).expanduser()  # a local folder: its files
+            folder = home_path(space.base_model)  # a local folder: its files
             files = weight_files(folder) if folder.is_dir() else ()  # (a hub id names them)
             if files and all(file.is_file() for file in files):
                 settings.setdefault("digests", {})["model"] = files_fingerprint(

@@ -19,6 +19,7 @@ from automr.llm.loading import (
     without_peft_deprecation,
 )
 from automr.memory import MemoryStore
+from automr.paths import home_path
 from automr.storage import read_json, read_safetensors
 
 RESULT_FILE = "finetune.json"
@@ -80,7 +81,7 @@ class FinetunedRun:
         """The base model with the best adapter attached (eval mode)."""
         from peft import PeftModel
 
-        folder = Path(self.base_model).expanduser()
+        folder = home_path(self.base_model)
         if folder.is_absolute() and not folder.is_dir():
             raise AutomrError(f"the base model folder {folder} recorded in "
                               f"{self.path / RESULT_FILE} is missing; put the model back there")
