@@ -611,3 +611,41 @@ def test_the_record_says_how_many_processes_trained_from_which_step():
     older = {"step": 12, "processes": 4}
     note_processes(older, 1)
     assert older["processes_from_step"] == [[0, 4], [12, 1]] and older["processes"] == 1
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_best_adapter(workspace, tmp_path):
+    """A NaN loss went on for every remaining step (the weights are lost with it) and ended
+    as a finished fine-tune; a NaN validation NLL was taken for the best and written to
+    best/. Now the first non-finite loss ends the run in one line naming the best kept."""
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    run = tmp_path / "run"
+    with pytest.raises(AutomrError, match=r"the training loss at step (\d+) is nan: training "
+                                          r"diverged \(learning rate 1e\+08\); best/ holds "
+                                          r"step 2's adapter"):
+        finetune(loaded, workspace["data"], run, quick_config(
+            max_train_samples=16, epochs=1, eval_every=2, lr=1e8, max_grad_norm=1e30),
+            progress=False)
+    assert not (run / "finetune.json").exists()
+    weights = load_file(run / "best" / "adapter_model.safetensors")
+    assert all(bool(torch.isfinite(value).all()) for value in weights.values())
+
+
+@pytest.mark.parametrize(("calls", "message"), [
+    (0, "the validation NLL before training is nan: the model's outputs are not finite in "
+        "float32"),
+    (1, "the validation NLL at step 2 is nan: training diverged .*; no adapter was kept")])
+def test_a_nan_validation_is_never_the_best(workspace, tmp_path, monkeypatch, calls, message):
+    import automr.recommenders.finetune as ft
+
+    original, seen = ft.mean_nll, []
+
+    def nan_after(*args, **kwargs):
+        seen.append(1)
+        return original(*args, **kwargs) if len(seen) <= calls else math.nan
+
+    monkeypatch.setattr(ft, "mean_nll", nan_after)
+    run = tmp_path / "run"
+    with pytest.raises(AutomrError, match=message):
+        finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"], run,
+                 quick_config(max_train_samples=8, epochs=1, eval_every=2), progress=False)
+    assert not (run / "best").exists() and not (run / "finetune.json").exists()

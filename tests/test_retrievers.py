@@ -694,3 +694,21 @@ def test_evaluating_a_retriever_on_no_samples_is_one_line():
                              targets=good.targets[:0])
     with pytest.raises(AutomrError, match="at least one annotated sample"):
         evaluate_retriever(build_retriever("mlp", 16, seed=0), empty)
+
+
+def test_early_stopping_never_keeps_a_nan():
+    """A NaN first epoch became the best: no later value is below NaN, so the NaN epoch's
+    weights were restored at the end."""
+    from automr.early_stopping import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stopping = EarlyStopping(patience=3)
+    assert not stopping.update(math.nan, 1, model)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    assert stopping.update(0.5, 2, model) and not stopping.update(math.nan, 3, model)
+    with torch.no_grad():
+        model.weight.fill_(9.0)
+    stopping.restore(model)
+    assert (stopping.best, stopping.best_epoch, stopping.stale) == (0.5, 2, 1)
+    assert bool((model.weight == 2.0).all())

@@ -3,6 +3,7 @@
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,8 +27,9 @@ class EarlyStopping:
     _state: dict[str, Any] | None = attrs.field(default=None, repr=False)
 
     def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
-        """Record epoch ``epoch``'s value; True when it is the best so far."""
-        if self.best is None or value < self.best:
+        """Record epoch ``epoch``'s value; True when it is the best so far (a NaN never is:
+        taken first, no later value was below it and its weights were restored)."""
+        if not math.isnan(value) and (self.best is None or value < self.best):
             self.best, self.best_epoch, self.stale = value, epoch, 0
             self._state = copy.deepcopy(model.state_dict())
             return True

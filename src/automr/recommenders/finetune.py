@@ -468,8 +468,9 @@ def finetune(
             time.perf_counter() - started)
     train_cache, valid_cache = caches
     if record["step"] == 0 and record["best_valid_nll"] is None:
-        record["initial_valid_nll"] = mean_nll(llm, valid, pad_id, config.batch_size,
-                                               cache=valid_cache, memory=valid_memory)
+        record["initial_valid_nll"] = _finite(mean_nll(
+            llm, valid, pad_id, config.batch_size, cache=valid_cache, memory=valid_memory),
+            "the validation NLL before training", record, lr=None, dtype=model.dtype)
     total_steps = steps_per_epoch * config.epochs
     columns = [TextColumn("finetune"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
@@ -496,6 +497,9 @@ def finetune(
             count = sum(scored_tokens(train[i], config.loss_on) for i in group)
             loss = train_step(llm, batches, layer, optimizer, lr, config.max_grad_norm,
                               runner=runner, count=count, weight=weight)
+            if runner.scaler is None:  # fp16's loss scaler skips such a step instead
+                _finite(loss, f"the training loss at step {record['step'] + 1}", record, lr,
+                        model.dtype)
             model.eval()
             record["train_seconds"] = record.get("train_seconds", 0.0) + (
                 time.perf_counter() - started)  # optimisation only, not validation
@@ -553,7 +557,9 @@ def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
               cache: LowerCache | None, lr: float, memory: MemoryInserts | None) -> None:
     """Validate; on a new best, write ``best/``: the adapter and the tokenizer (with its pad
     token), so the folder loads with plain transformers + peft."""
-    valid_nll = mean_nll(llm, valid, pad_id, config.batch_size, cache=cache, memory=memory)
+    valid_nll = _finite(mean_nll(llm, valid, pad_id, config.batch_size, cache=cache,
+                                 memory=memory),
+                        f"the validation NLL at step {record['step']}", record, lr, model.dtype)
     previous = record["evaluations"][-1]["step"] if record["evaluations"] else 0
     recent = [v for v in record["train_losses"][previous:] if v is not None]
     record["evaluations"].append({
@@ -570,6 +576,28 @@ def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
         record["bad_evaluations"] += 1
         if record["bad_evaluations"] >= config.patience:
             record["done"] = True  # early stop; best/ holds the best adapter
+
+
+def _finite(value: float, what: str, record: dict, lr: float | None,
+            dtype: torch.dtype) -> float:
+    """``value``, or one line saying what a NaN or infinite one means: the model's outputs
+    overflow in ``dtype`` (float16 on Gemma) or training diverged at learning rate ``lr``
+    (None: before training); the weights cannot recover either way. A NaN validation NLL was
+    taken for the best, and ``best/`` replaced by the broken adapter."""
+    if math.isfinite(value):
+        return value
+    half = dtype == torch.float16
+    if lr is None:
+        raise AutomrError(f"{what} is {value}: the model's outputs are not finite in "
+                          f"{str(dtype).removeprefix('torch.')}"
+                          + ("; use --dtype bfloat16 or float32" if half else ""))
+    best = (f"best/ holds step {record['best_step']}'s adapter (validation NLL "
+            f"{record['best_valid_nll']:.4f})" if record["best_valid_nll"] is not None
+            else "no adapter was kept")
+    raise AutomrError(f"{what} is {value}: training diverged (learning rate {lr:.3g})"
+                      + (" or the outputs overflow in float16" if half else "")
+                      + f"; {best}. Fine-tune again into a new --out with a lower --lr or "
+                        f"--max-grad-norm" + (", or --dtype bfloat16" if half else ""))
 
 
 def _rng_state() -> dict:
