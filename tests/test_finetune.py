@@ -649,3 +649,31 @@ def test_a_nan_validation_is_never_the_best(workspace, tmp_path, monkeypatch, ca
         finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"], run,
                  quick_config(max_train_samples=8, epochs=1, eval_every=2), progress=False)
     assert not (run / "best").exists() and not (run / "finetune.json").exists()
+
+
+def test_the_record_names_the_layers_lora_reached(workspace, tmp_path):
+    """Qwen 3.5's linear-attention layers have no ``q_proj``/``v_proj``: BIGRec's default
+    targets tune its full-attention layers only, which nothing said. The record lists the
+    layers that hold LoRA weights, and ``automr finetune`` says when some tuned ones have none."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model(tiny_config("qwen3_5_text", 4)).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    args = ["finetune", "--data", str(workspace["root"] / "prepared"), "--model", str(folder),
+            "--train-samples", "4", "--valid-samples", "2", "--batch-size", "2",
+            "--lora-from-layer", "1", "--quiet", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "finetune.json").read_text())["lora_layers"] == [1, 3]
+    assert ("note: LoRA reached 2 of the 3 tuned layers (1, 3); layer 2 has none of the "
+            "targets q_proj, v_proj (`automr model info` lists every linear module "
+            "--lora-targets may name)") in result.output.replace("\n", " ")
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--lora-targets",
+                                      "q_proj,v_proj,in_proj_qkv"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "finetune.json").read_text())["lora_layers"] == [1, 2, 3]
+    assert "LoRA reached" not in result.output

@@ -163,6 +163,7 @@ def finetune_command(
         raise AutomrError(f"invalid fine-tune options: "
                           f"{option_error(error, FINETUNE_OPTION_NAMES)}") from None
     from automr.data import PreparedDataset
+    from automr.llm.split import text_config
     from automr.memory import MemoryStore
     from automr.recommenders.finetune import finetune
 
@@ -174,6 +175,14 @@ def finetune_command(
     typer.echo(f"validation NLL {record.get('initial_valid_nll', float('nan')):.4f} -> "
                f"{record['best_valid_nll']:.4f} (best at step {record['best_step']} of "
                f"{record['step']}); adapter in {Path(out) / 'best'}")
+    tuned = range(lora_from_layer, text_config(loaded.model).num_hidden_layers)
+    if missing := [layer for layer in tuned if layer not in record["lora_layers"]]:
+        reached = ", ".join(map(str, record["lora_layers"]))
+        typer.echo(f"note: LoRA reached {len(tuned) - len(missing)} of the {len(tuned)} "
+                   f"tuned layers ({reached}); layer{'s' if len(missing) > 1 else ''} "
+                   f"{', '.join(map(str, missing))} {'have' if len(missing) > 1 else 'has'} "
+                   f"none of the targets {', '.join(targets)} (`automr model info` lists "
+                   f"every linear module --lora-targets may name)")
 
 
 def context_spec_option(kind: str | None, k: int, trsr: TrsrOptions,

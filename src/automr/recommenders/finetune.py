@@ -374,6 +374,16 @@ def lora_below(model: torch.nn.Module, first_layer: int) -> list[str]:
     return sorted(found)
 
 
+def lora_layers(model: torch.nn.Module) -> list[int]:
+    """The decoder layers ``model`` holds LoRA weights in. Fewer than were tuned where the
+    targets are missing from some layers (Qwen 3.5's linear-attention layers have no
+    ``q_proj``/``v_proj``: BIGRec's default targets tune one layer in four there)."""
+    inside = re.compile(rf"(?:base_model\.model\.)?{re.escape(decoder_layers_name(model))}"
+                        rf"\.(\d+)\..*\.lora_")
+    return sorted({int(found.group(1)) for name, _ in model.named_parameters()
+                   if (found := inside.match(name))})
+
+
 def note_processes(record: dict[str, Any], world: int) -> None:
     """Record that ``world`` processes train from ``record["step"]`` on: ``processes`` is the
     latest count, ``processes_from_step`` every ``[step, count]`` since the run began (a record
@@ -458,6 +468,7 @@ def finetune(
     if state is not None:
         _restore(optimizer, runner.scaler, out / "checkpoint")
     note_processes(record, world)
+    record["lora_layers"] = lora_layers(model)
     caches = (None, None)
     if config.cache_lower and layer > 0:  # these layers never change: their states, once
         started = time.perf_counter()
