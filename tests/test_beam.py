@@ -15,6 +15,9 @@ from automr.testing.strategies import masks, pad_sequences, padding_sides
 from automr.testing.tiny import TINY_VOCAB
 
 EOS = 2
+ARCHS = ["llama", "qwen2", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next"]
+"""Llama, an untied head with biases, and the hybrids with recurrent layers (their states
+are selected, repeated and reserved with the keys and values)."""
 token = st.integers(min_value=3, max_value=TINY_VOCAB - 1)
 
 
@@ -27,7 +30,7 @@ def sequence_logprob(model, prompt: list[int], continuation: list[int]) -> float
     return float(sum(logp[start + i, tok] for i, tok in enumerate(continuation)))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
+@pytest.mark.parametrize("arch", ARCHS)
 @given(prompt=st.lists(token, min_size=1, max_size=6), layer=st.integers(0, 3))
 def test_one_beam_is_greedy(tiny_models, arch, prompt, layer):
     llm = HFSplitLLM(tiny_models[arch])
@@ -62,7 +65,7 @@ def test_greedy_stops_at_any_of_several_ids_and_pads_with_the_first(tiny_models,
     assert generated.tolist() == expected
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
+@pytest.mark.parametrize("arch", ARCHS)
 @given(
     prompts=st.lists(st.lists(token, min_size=1, max_size=5), min_size=1, max_size=2),
     titles=st.lists(st.lists(token, min_size=1, max_size=3), min_size=1, max_size=5,
@@ -139,7 +142,7 @@ SHORT_TITLES = ([[3]], ["left"], [[3], [4], [3, 3]], 2, 0)
 ONLY_EOS = ([[3], [7, 8, 9]], ["left", "right"], [[3], [4], [4, 5, 6], [4, 5, 7], [7]], 2, 1)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
+@pytest.mark.parametrize("arch", ARCHS)
 @given(inputs=search_inputs(), kind=st.sampled_from([None, *sorted(COMBINERS)]),
        share=st.booleans(), steps=st.integers(1, 5), memory=memory_draws(),
        eos_rank=st.sampled_from([0, 1, 2, None]), open_end=st.booleans())
@@ -208,7 +211,7 @@ def test_trie_nodes_follow_the_prefixes(titles, walks):
                 node = trie.advance(node, torch.tensor([walk[length]]))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
+@pytest.mark.parametrize("arch", ARCHS)
 @given(inputs=search_inputs(), data=st.data())
 def test_reserved_decoding_equals_the_growing_cache(tiny_models, arch, inputs, data):
     """Prefill with the shared header, reserve, then steps that reorder rows among the rows

@@ -353,21 +353,25 @@ def test_a_hub_model_has_one_fingerprint_from_its_first_download_on(tiny_folder,
     assert first.fingerprint() == again.fingerprint()
 
 
-def test_a_checkpoint_without_weights_for_its_head_is_refused(tmp_path):
-    """A Qwen 3.5 vision-language checkpoint that ties its head to the embeddings at the top
-    of its config only saves no head; transformers' causal LM (its text model, untied by the
-    text config) then started the head at random, with no error: now refused in one line."""
-    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+@pytest.mark.parametrize("kind", ["qwen3_5", "qwen3_5_moe"])
+def test_a_checkpoint_without_weights_for_its_head_is_refused(tmp_path, kind):
+    """A Qwen 3.5 vision-language checkpoint (dense, or Qwen3.5-35B-A3B's mixture of experts)
+    that ties its head to the embeddings at the top of its config only saves no head;
+    transformers' causal LM (its text model, untied by the text config) then started the head
+    at random, with no error: now refused in one line."""
+    import transformers
 
     from automr.llm import HFSplitLLM
     from automr.llm.loading import load_model
 
-    text = tiny_config("qwen3_5_text", num_layers=2).to_dict()
+    name = {"qwen3_5": "Qwen3_5", "qwen3_5_moe": "Qwen3_5Moe"}[kind]
+    text = tiny_config(f"{kind}_text", num_layers=2).to_dict()
     text["tie_word_embeddings"] = False
-    config = Qwen3_5Config(text_config=text, tie_word_embeddings=True, vision_config=dict(
-        depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32))
-    folder = tmp_path / "qwen3_5"
-    Qwen3_5ForConditionalGeneration(config).save_pretrained(folder)
+    config = getattr(transformers, f"{name}Config")(
+        text_config=text, tie_word_embeddings=True, vision_config=dict(
+            depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32))
+    folder = tmp_path / kind
+    getattr(transformers, f"{name}ForConditionalGeneration")(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     with pytest.raises(AutomrError, match=r"no weights for its output head \(lm_head.weight\)"):
         load_model(str(folder), device="cpu")
@@ -378,10 +382,59 @@ def test_a_checkpoint_without_weights_for_its_head_is_refused(tmp_path):
     assert "no weights for its output head (lm_head.weight)" in result.output
     config.text_config.tie_word_embeddings = True
     config.save_pretrained(folder)
-    assert runner.invoke(app, ["model", "info", str(folder)]).exit_code == 0
+    assert info_lines(str(folder))["layer_split"] == "yes"
     loaded = load_model(str(folder), device="cpu")
     head = loaded.model.get_output_embeddings().weight
     assert head is loaded.model.get_input_embeddings().weight
     # its language model alone, which the split runs (the vision tower is not loaded)
-    assert type(loaded.model).__name__ == "Qwen3_5ForCausalLM"
+    assert type(loaded.model).__name__ == f"{name}ForCausalLM"
     assert HFSplitLLM(loaded.model).num_layers == 2
+
+
+@pytest.mark.parametrize("kind", ["qwen3_5_moe", "qwen3_next"])
+def test_qwen3_5_moe_and_qwen3_next_checkpoints_load_and_split(tmp_path, kind):
+    """Qwen3.5-35B-A3B as published (``qwen3_5_moe``: its language model beside a vision
+    tower, an untied head here) and Qwen3-Next (``qwen3_next``) load through load_model as
+    their causal LM with every weight the checkpoint holds, and model info says the split
+    takes them: the loaded model, and the split at every layer, give the published class's
+    logits on text."""
+    import torch
+    import transformers
+
+    from automr.llm import HFSplitLLM
+    from automr.llm.loading import load_model
+
+    text = tiny_config(f"{kind}_text" if kind == "qwen3_5_moe" else kind, num_layers=4,
+                       tie_word_embeddings=False)
+    if kind == "qwen3_5_moe":
+        config = transformers.Qwen3_5MoeConfig(
+            text_config=text.to_dict(), tie_word_embeddings=False, vision_config=dict(
+                depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                out_hidden_size=32))
+        torch.manual_seed(0)
+        published = transformers.Qwen3_5MoeForConditionalGeneration(config).eval()
+        with torch.no_grad():  # its norms start as the identity
+            for name, weight in published.named_parameters():
+                if name.endswith("norm.weight"):
+                    weight.normal_(0.0, 0.3)
+    else:
+        published = tiny_model(text)
+    folder = tmp_path / kind
+    published.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    lines = info_lines(str(folder))
+    assert lines["layer_split"] == "yes"
+    assert lines["model_type"] == ("qwen3_5_moe (language model: qwen3_5_moe_text)"
+                                   if kind == "qwen3_5_moe" else "qwen3_next")
+    assert ("in_proj_qkv" if kind == "qwen3_5_moe" else "in_proj_qkvz") in lines["linear_modules"]
+    loaded = load_model(str(folder), device="cpu").model
+    assert type(loaded).__name__ == {"qwen3_5_moe": "Qwen3_5MoeForCausalLM",
+                                     "qwen3_next": "Qwen3NextForCausalLM"}[kind]
+    ids = torch.tensor([[5, 9, 40, 7, 12, 33, 8]])
+    llm = HFSplitLLM(loaded)
+    with torch.no_grad():
+        expected = published(input_ids=ids).logits
+        assert torch.equal(loaded(input_ids=ids).logits, expected)
+        for layer in range(5):
+            split = llm.upper(llm.lower(ids, torch.ones_like(ids), layer))
+            assert (split - expected).abs().max() < 1e-5

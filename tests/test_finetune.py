@@ -132,11 +132,15 @@ def test_lora_from_layer_trains_only_upper_layers(workspace):
     assert config["layers_to_transform"] == [2, 3]
 
 
+QWEN3_5_LINEAR = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
 FUSED_QKV = {"phi3": ("qkv_proj",),
-             "qwen3_5_text": ("q_proj", "v_proj", "in_proj_qkv", "in_proj_z", "in_proj_b",
-                              "in_proj_a", "out_proj")}
+             "qwen3_5_text": ("q_proj", "v_proj", *QWEN3_5_LINEAR),
+             "qwen3_5_moe_text": ("q_proj", "v_proj", *QWEN3_5_LINEAR, "shared_expert_gate"),
+             "qwen3_next": ("q_proj", "v_proj", "in_proj_qkvz", "in_proj_ba", "out_proj",
+                            "shared_expert_gate")}
 """Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;
-and Qwen 3.5's, whose linear-attention layers have other linear modules (all tuned here)."""
+and Qwen 3.5's and Qwen3-Next's: their linear-attention layers' own linear modules and their
+mixtures' gate on the shared expert (all tuned here)."""
 
 
 @pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])
@@ -233,7 +237,7 @@ def test_a_router_that_subclasses_linear_is_no_lora_target(workspace, tmp_path):
                  progress=False)
 
 
-@pytest.mark.parametrize("arch", ["glm4_moe", "ernie4_5_moe", "exaone_moe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "ernie4_5_moe", "exaone_moe", "qwen3_next"])
 @pytest.mark.parametrize("targets, dropout, layer, expected", [
     (("gate_proj",), 0.0, 0, "peft refused LoRA target(s) gate_proj on this {arch} model: "
                              "Cannot convert PEFT target(s) gate_proj without also targeting "

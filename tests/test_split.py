@@ -1,5 +1,7 @@
 """The layer split is exact: upper(lower(x)) equals the full model, padded or not, cached or not."""
 
+import sys
+
 import pytest
 import torch
 from hypothesis import given
@@ -432,8 +434,9 @@ def test_a_bidirectional_gemma3_is_refused():
 
 def float64_gated_delta_rule(query, key, value, g, beta, initial_state=None,
                              output_final_state=False, use_qk_l2norm_in_kernel=False, **kwargs):
-    """Qwen 3.5's gated delta rule one position at a time in float64 (transformers' torch
-    kernels compute in float32, whose rounding could hide a logic error)."""
+    """The gated delta rule of Qwen 3.5 and Qwen3-Next one position at a time in float64
+    (transformers' torch kernels compute in float32, whose rounding could hide a logic
+    error)."""
     from transformers.models.qwen3_5.modeling_qwen3_5 import l2norm
     heads = value.shape[2]
     query = query.repeat_interleave(heads // query.shape[2], dim=2)
@@ -453,17 +456,19 @@ def float64_gated_delta_rule(query, key, value, g, beta, initial_state=None,
     return out.transpose(1, 2).to(query.dtype), state if output_final_state else None
 
 
-def test_gated_deltanet_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch):
-    """Qwen 3.5's linear-attention layers in float64 (kernels too): each row, padded left or
-    right or with masked positions in its middle, split at every layer, prefilled in two
-    chunks and stepped one token at a time, shared as a prefix (repeat_interleave) and
-    reordered (select, reserved beams), gives the model's logits on its sequence alone to
-    1e-12."""
-    from transformers.models.qwen3_5 import modeling_qwen3_5
-    monkeypatch.setattr(modeling_qwen3_5, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
-    monkeypatch.setattr(modeling_qwen3_5, "torch_recurrent_gated_delta_rule",
-                        float64_gated_delta_rule)
-    model = tiny_model(tiny_config("qwen3_5_text", num_layers=4)).double()
+@pytest.mark.parametrize("arch", ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next"])
+def test_gated_deltanet_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch,
+                                                                                   arch):
+    """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
+    interleaved projections) in float64 (kernels too): each row, padded left or right or with
+    masked positions in its middle, split at every layer, prefilled in two chunks and stepped
+    one token at a time, shared as a prefix (repeat_interleave) and reordered (select,
+    reserved beams), gives the model's logits on its sequence alone to 1e-12."""
+    model = tiny_model(tiny_config(arch, num_layers=4)).double()
+    model.set_experts_implementation("eager")  # grouped_mm takes no float64
+    kernels = sys.modules[type(model.model.layers[0].linear_attn).__module__]
+    monkeypatch.setattr(kernels, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
+    monkeypatch.setattr(kernels, "torch_recurrent_gated_delta_rule", float64_gated_delta_rule)
     llm = HFSplitLLM(model)
     generator = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist()
@@ -527,3 +532,26 @@ def test_gated_deltanet_layers_are_exact_in_float64_with_masks_anywhere_and_cach
         for row, beam in enumerate(beams):
             history = head + rests[sources[beam]] + [lasts[beam], 8 + beam, 14]
             check(decoding.logits[row], alone(model, history)[-1])
+
+
+def test_a_linear_layer_takes_an_mlp_that_returns_its_router_logits_too():
+    """Qwen3-Next's and Qwen 3.5 MoE's layers take their MLP's output, or its first part where
+    the MLP returns a tuple (a mixture of experts with its router logits): the split runs
+    the linear layers' MLP itself and does the same."""
+    model = tiny_model(tiny_config("qwen3_next", num_layers=2))
+
+    class WithRouterLogits(torch.nn.Module):
+        def __init__(self, mlp):
+            super().__init__()
+            self.mlp = mlp
+
+        def forward(self, hidden):
+            return self.mlp(hidden), torch.zeros(hidden.shape[:-1])
+
+    model.model.layers[0].mlp = WithRouterLogits(model.model.layers[0].mlp)  # a linear layer
+    llm = HFSplitLLM(model)
+    ids, mask = pad([[5, 9, 40, 7], [12, 33]], "left")
+    with torch.no_grad():
+        logits = llm.upper(llm.lower(ids, mask, 1))
+    for row, seq in enumerate([[5, 9, 40, 7], [12, 33]]):
+        assert torch.allclose(logits[row][mask[row].bool()], alone(model, seq), atol=1e-5)

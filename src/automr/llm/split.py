@@ -33,7 +33,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid",
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
-                         "qwen3_5_text")
+                         "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
 model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Ministral 3 3B, 8B and 14B
@@ -50,9 +50,10 @@ GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
-LINEAR_ATTENTION_TYPES = ("qwen3_5_text",)
+LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose ``linear_attention`` layers (Gated DeltaNet) the split runs too, exactly, with
-masked positions anywhere (:func:`gated_delta_masked`); other types' are refused."""
+masked positions anywhere (:func:`gated_delta_masked`): Qwen 3.5's, dense and mixture of
+experts, and Qwen3-Next's; other types' are refused."""
 EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
 """Types whose attention transformers runs eager only (Gemma 2 and VaultGemma cap their
 attention scores, gpt-oss adds a learned sink to each head's softmax)."""
@@ -135,7 +136,8 @@ class HFSplitLLM:
             raise AutomrError(
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
-                f"split runs attention layers, and Qwen 3.5's linear attention, only")
+                f"split runs attention layers, and the linear attention of Qwen 3.5 and "
+                f"Qwen3-Next, only")
         if getattr(config, "use_bidirectional_attention", False):
             raise AutomrError(
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -322,7 +324,10 @@ class HFSplitLLM:
         if cache is not None:
             cache.recurrent[index] = state
         hidden = hidden + mixed
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        out = layer.mlp(layer.post_attention_layernorm(hidden))
+        if isinstance(out, tuple):  # a mixture of experts may add its router's logits
+            out = out[0]
+        return hidden + out
 
     def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
         """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
@@ -397,9 +402,10 @@ def gated_delta_masked(
     mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
     state: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """A Gated DeltaNet mixer (Qwen 3.5's ``linear_attn``) on ``hidden`` where positions with
-    ``mask`` False change nothing: each row gives exactly what the model gives on its real
-    positions alone, wherever the masked ones are (left or right padding, inserted memory).
+    """A Gated DeltaNet mixer (the ``linear_attn`` of Qwen 3.5 or Qwen3-Next) on ``hidden``
+    where positions with ``mask`` False change nothing: each row gives exactly what the model
+    gives on its real positions alone, wherever the masked ones are (left or right padding,
+    inserted memory).
 
     Masked inputs are zeroed; the causal convolution runs over each row's real positions only,
     after the last ``kernel - 1`` real inputs before them (``state[0]``); masked positions get
@@ -411,11 +417,8 @@ def gated_delta_masked(
     kernels = sys.modules[type(mixer).__module__]
     batch, seq, _ = hidden.shape
     keep = mask.to(hidden.dtype).unsqueeze(-1)
-    hidden = hidden * keep
-    qkv = mixer.in_proj_qkv(hidden)
+    qkv, gate, b, a = _gated_delta_inputs(mixer, hidden * keep)
     channels = qkv.shape[-1]
-    gate = mixer.in_proj_z(hidden).reshape(batch, seq, -1, mixer.head_v_dim)
-    b, a = mixer.in_proj_b(hidden), mixer.in_proj_a(hidden)
     width = mixer.conv_kernel_size - 1
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # real ones first
     order = order.unsqueeze(-1).expand(-1, -1, channels)
@@ -442,3 +445,19 @@ def gated_delta_masked(
                            output_final_state=True, use_qk_l2norm_in_kernel=True)
     core = mixer.norm(core.reshape(-1, mixer.head_v_dim), gate.reshape(-1, mixer.head_v_dim))
     return mixer.out_proj(core.reshape(batch, seq, -1)), (conv_state, recurrent)
+
+
+def _gated_delta_inputs(mixer: nn.Module,
+                        hidden: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A Gated DeltaNet mixer's projections of ``hidden``: the convolution's inputs (queries,
+    keys and values side by side), the output gate ``[batch, seq, heads, head_v_dim]`` and the
+    ``b`` and ``a`` that give each value head's write strength and decay. Qwen 3.5 projects
+    each apart; Qwen3-Next fuses them (``in_proj_qkvz``, ``in_proj_ba``, interleaved per key
+    head), which its module's own ``fix_query_key_value_ordering`` takes apart."""
+    if hasattr(mixer, "in_proj_qkvz"):
+        query, key, value, gate, b, a = mixer.fix_query_key_value_ordering(
+            mixer.in_proj_qkvz(hidden), mixer.in_proj_ba(hidden))
+        return torch.cat([part.flatten(2) for part in (query, key, value)], -1), gate, b, a
+    batch, seq, _ = hidden.shape
+    gate = mixer.in_proj_z(hidden).reshape(batch, seq, -1, mixer.head_v_dim)
+    return mixer.in_proj_qkv(hidden), gate, mixer.in_proj_b(hidden), mixer.in_proj_a(hidden)

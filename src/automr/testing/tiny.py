@@ -54,9 +54,11 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2MoeConfig,
+    Qwen3_5MoeTextConfig,
     Qwen3_5TextConfig,
     Qwen3Config,
     Qwen3MoeConfig,
+    Qwen3NextConfig,
     SeedOssConfig,
     SmolLM3Config,
     SolarOpenConfig,
@@ -134,12 +136,15 @@ def ministral_config(**fields: object) -> MinistralConfig:
                                               for index in range(layers)], **fields})
 
 
-def qwen3_5_config(**fields: object) -> Qwen3_5TextConfig:
-    """Qwen 3.5's language model: Gated DeltaNet (linear attention) layers among gated full
-    attention ones; here layers alternate, a linear one first."""
-    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
-    return Qwen3_5TextConfig(**{"layer_types": [("linear_attention", "full_attention")[index % 2]
-                                                for index in range(layers)], **fields})
+def hybrid_config(config_class: type[PretrainedConfig]) -> Callable[..., PretrainedConfig]:
+    """A config maker for Qwen 3.5's or Qwen3-Next's language model: Gated DeltaNet (linear
+    attention) layers among gated full attention ones; here layers alternate, a linear one
+    first."""
+    def make(**fields: object) -> PretrainedConfig:
+        layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+        return config_class(**{"layer_types": [("linear_attention", "full_attention")[index % 2]
+                                               for index in range(layers)], **fields})
+    return make
 
 
 # Ministral 3's RoPE, scaled to this size: yarn (16 x its original context, as 262,144 of
@@ -147,6 +152,15 @@ def qwen3_5_config(**fields: object) -> Qwen3_5TextConfig:
 MINISTRAL3 = dict(head_dim=8, max_position_embeddings=128, rope_parameters=dict(
     rope_type="yarn", rope_theta=1000000.0, factor=16.0, original_max_position_embeddings=8,
     beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0, llama_4_scaling_beta=0.1))
+# Qwen 3.5's Gated DeltaNet (kernel 3, 2 key heads, 4 value heads) and gated attention with
+# RoPE on half a head (interleaved over its three position sections, all text positions)
+QWEN3_5 = dict(head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=8,
+               linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                    partial_rotary_factor=0.5, mrope_section=[1, 1, 0],
+                                    mrope_interleaved=True))
+QWEN_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                shared_expert_intermediate_size=16)
 
 # Each architecture the split supports, at toy size, with what sets it apart from Llama.
 TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, object]]] = {
@@ -262,13 +276,16 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
                                            logit_scale=0.5)),
     # Gated DeltaNet layers (a causal convolution and a recurrent state) between gated
     # attention ones with q/k norms and RoPE on half a head; (1 + w) norms, set non-zero
-    "qwen3_5_text": (qwen3_5_config, dict(
-        head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=8, linear_value_head_dim=8,
-        linear_num_key_heads=2, linear_num_value_heads=4, rope_parameters=dict(
-            rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
-            mrope_section=[1, 1, 0], mrope_interleaved=True))),
+    "qwen3_5_text": (hybrid_config(Qwen3_5TextConfig), QWEN3_5),
+    # Qwen 3.5's layers over experts (4, 2 per token) with a gated shared one
+    "qwen3_5_moe_text": (hybrid_config(Qwen3_5MoeTextConfig), dict(QWEN3_5, **QWEN_MOE)),
+    # Qwen3-Next: its Gated DeltaNet projects q, k, v, z and b, a fused, interleaved per key
+    # head; a dense MLP on layer 0, experts with a gated shared one after
+    "qwen3_next": (hybrid_config(Qwen3NextConfig), dict(
+        QWEN3_5, **QWEN_MOE, mlp_only_layers=[0], rope_parameters=dict(
+            rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5))),
 }
-NONZERO_NORMS = ("qwen3_5_text",)
+NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
 random norm weights, so a norm the split skipped or misplaced changes the output."""
 
