@@ -53,6 +53,19 @@ def test_bigrec_target_likelihood_is_the_likelihood_grounders_score(workspace):
         assert tokens == len(example.input_ids) - len(example.prompt_ids)
 
 
+def likelihood_spy(monkeypatch) -> list[str]:
+    """The ids of the samples whose likelihoods are computed from now on, in order."""
+    computed: list[str] = []
+    batch = automr.GenerativeMethod._likelihood_batch
+
+    def spy(self, llm, chunk, *args):
+        computed.extend(s.id for s in chunk)
+        return batch(self, llm, chunk, *args)
+
+    monkeypatch.setattr(automr.GenerativeMethod, "_likelihood_batch", spy)
+    return computed
+
+
 def test_target_likelihoods_are_kept_per_sample(workspace, monkeypatch):
     """Asking again (in any order, with new samples among them) computes only the new ones and
     returns what one call over all of them gives."""
@@ -61,14 +74,7 @@ def test_target_likelihoods_are_kept_per_sample(workspace, monkeypatch):
     grounder = LikelihoodGrounder(dataset_targets(loaded, dataset))
     method = automr.GenerativeMethod(loaded, dataset, grounder, layer=2, batch_size=2)
     first = method.target_log_likelihoods(samples[:2])
-    computed = []
-    batch = automr.GenerativeMethod._likelihood_batch
-
-    def spy(self, llm, chunk, *args):
-        computed.extend(s.id for s in chunk)
-        return batch(self, llm, chunk, *args)
-
-    monkeypatch.setattr(automr.GenerativeMethod, "_likelihood_batch", spy)
+    computed = likelihood_spy(monkeypatch)
     again = method.target_log_likelihoods(samples[::-1])
     assert computed == [s.id for s in samples[:1:-1]]
     assert again[::-1][:2] == first
@@ -87,14 +93,7 @@ def test_grounders_of_one_model_and_retrieval_share_its_likelihoods(workspace, m
     space = Workspace(dataset, Artifacts(finetuned=root / "ft", memory=root / "mem"),
                       MethodOptions(layer=2, num_beams=2), device="cpu",
                       cache_dir=root / "cache", progress=False)
-    computed = []
-    batch = automr.GenerativeMethod._likelihood_batch
-
-    def spy(self, llm, chunk, *args):
-        computed.extend(s.id for s in chunk)
-        return batch(self, llm, chunk, *args)
-
-    monkeypatch.setattr(automr.GenerativeMethod, "_likelihood_batch", spy)
+    computed = likelihood_spy(monkeypatch)
     samples = dataset.samples("test")[:3]
     values = {name: build_method(name, space).target_log_likelihoods(samples) for name in (
         "bigrec:l2", "bigrec:constrained", "bigrec:likelihood", "random:l2",
