@@ -198,11 +198,10 @@ class Workspace:
     @property
     def base_model(self) -> str:
         """The model ``base`` methods run (:attr:`Artifacts.model` resolved)."""
-        if self.artifacts.model is not None:
-            return self.artifacts.model
-        if self.artifacts.finetuned is not None:
-            return FinetunedRun.open(self.artifacts.finetuned).base_model
-        return DEFAULT_MODEL
+        model, finetuned = self.artifacts.model, self.artifacts.finetuned
+        if model is None and finetuned is not None:
+            return FinetunedRun.open(finetuned).base_model
+        return DEFAULT_MODEL if model is None else model
 
     def model(self, run: FinetunedRun | None) -> LoadedModel:
         """The base model (``run`` None) or ``run``'s tuned model, loaded once."""
