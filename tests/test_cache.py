@@ -147,6 +147,40 @@ def test_a_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["folder"]
 
 
+KILLED_IN_SAFETENSORS = """
+import os, signal, sys
+from pathlib import Path
+import safetensors.torch
+import torch
+from automr.storage import save_safetensors
+
+def killed(tensors, filename, metadata=None):  # as safetensors 0.8 writes: a temporary beside
+    (Path(filename).parent / ".tmpAbC123").write_bytes(b"half of a shard")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+safetensors.torch.save_file = killed
+save_safetensors(Path(sys.argv[1]), {"x": torch.zeros(2)})
+"""
+
+
+def test_a_process_killed_inside_safetensors_leaves_nothing_the_next_write_keeps(tmp_path):
+    """safetensors writes through its own temporary file (.tmpXXXXXX) beside the file it is
+    given: a worker killed while writing a memory shard (SIGKILL, or the default SIGTERM a
+    launcher sends the others when one fails) left it in the output folder, a shard's size,
+    and no rerun removed it."""
+    import subprocess
+    import sys
+
+    import torch
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_SAFETENSORS,
+                             str(tmp_path / "shard.safetensors")], capture_output=True,
+                            text=True)
+    assert killed.returncode == -9, killed.stderr
+    save_safetensors(tmp_path / "shard.safetensors", {"x": torch.ones(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.safetensors"]
+
+
 @pytest.fixture
 def umask_027():
     import os

@@ -210,14 +210,18 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
 
     path = Path(path)
     remove_stale_partials(path)
-    tmp = partial_path(path)
+    # safetensors (0.8) writes through a temporary file of its own (.tmpXXXXXX) beside the
+    # file it is given: in a partial folder, what a killed process leaves is that folder
+    work = partial_path(path)
+    work.mkdir(exist_ok=True)
+    tmp = work / path.name
     try:
         save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
         _sort_header(tmp)
         tmp.chmod(file_mode(path.parent))
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _sort_header(path: Path) -> None:
