@@ -200,6 +200,60 @@ def test_a_process_that_stops_midway_is_one_line_on_the_others(monkeypatch, step
     assert "\n" not in str(raised.value)
 
 
+class SafetensorError(Exception):
+    """Named as safetensors' own (which wraps a full disk's OS error)."""
+
+
+def _full_disk(out: Path) -> None:
+    raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                          "(os error 28)")
+
+
+@pytest.mark.parametrize(("step", "line"), [
+    (lambda out: out.mkdir(parents=True), "cannot use {out}: {file} is a file, not a folder"),
+    (_full_disk, "could not write: No space left on device. Free space")])
+def test_a_path_the_main_process_cannot_use_is_the_same_line_on_every_process(
+        tmp_path, monkeypatch, capsys, step, line):
+    """`torchrun ... memory build --out FILE/x`: process 0 said 'cannot use FILE/x: FILE is a
+    file, not a folder', the others 'the main process failed: NotADirectoryError: [Errno 20]
+    Not a directory: ...' (the docs: a refused output folder stops all of them with the same
+    line); a full disk, 'could not write: ...' against safetensors' message. Each process as
+    it runs under a launcher, the broadcast passing what process 0 sent through pickle."""
+    import pickle
+
+    import torch.distributed as dist
+    import typer
+
+    from automr.cli.common import user_errors
+
+    (tmp_path / "file").write_text("")
+    sent: list = []
+
+    def broadcast(box, src, rank):
+        if rank == 0:
+            sent.append(pickle.dumps(box))
+        else:
+            box[:] = pickle.loads(sent[0])
+
+    @user_errors
+    def command(out: Path) -> None:
+        distributed.on_main(lambda: step(out))
+
+    monkeypatch.setattr(distributed, "init", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    lines = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(dist, "broadcast_object_list",
+                            lambda box, src, rank=rank: broadcast(box, src, rank))
+        with pytest.raises(typer.Exit):
+            command(out=tmp_path / "file" / "x")
+        lines.append(capsys.readouterr().err)
+    expected = line.format(out=tmp_path / "file" / "x", file=tmp_path / "file")
+    assert lines[0].startswith(f"error: {expected}")
+    assert lines[1] == lines[0]
+
+
 def test_processes_started_with_different_arguments_are_refused(tmp_path):
     """Started by hand with other settings (here --seed), every process went on with its own:
     an evaluation mixed two sample draws, an annotation folder held other samples' shards."""

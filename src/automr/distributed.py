@@ -182,10 +182,11 @@ def all_sum(values: Sequence[float]) -> list[float]:
 def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on the main process only and return its result on every process.
 
-    The main process's error is raised on every process (an :class:`AutomrError` with the
-    same message elsewhere), so a refused folder stops all of them with one clear line
-    instead of leaving the others waiting. Also a barrier: nothing after it starts before
-    ``fn`` has finished."""
+    The main process's error is raised on every process (a :class:`MainProcessError` with the
+    same message elsewhere, holding the main process's error as ``cause``, so the CLI words a
+    refused path or a full disk as the main process does), so a refused folder stops all of
+    them with one clear line instead of leaving the others waiting. Also a barrier: nothing after
+    it starts before ``fn`` has finished."""
     if not init():
         return fn()
     import torch.distributed as dist
@@ -195,8 +196,9 @@ def on_main(fn: Callable[[], T]) -> T:
         try:
             box[0] = ("ok", fn())
         except Exception as error:
-            box[0] = ("error", f"{error}" if isinstance(error, AutomrError)
-                      else f"the main process failed: {type(error).__name__}: {error}")
+            message = (f"{error}" if isinstance(error, AutomrError)
+                       else f"the main process failed: {type(error).__name__}: {error}")
+            box[0] = ("error", (message, error if _picklable(error) else None))
             with _together("the main process's step"):
                 dist.broadcast_object_list(box, src=0)
             raise
@@ -204,8 +206,27 @@ def on_main(fn: Callable[[], T]) -> T:
         dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if status == "error":
-        raise AutomrError(value)
+        raise MainProcessError(*value)
     return value
+
+
+class MainProcessError(AutomrError):
+    """The main process's error in :func:`on_main`, raised on the others; ``cause``: that
+    error itself (None where it could not be sent)."""
+
+    def __init__(self, message: str, cause: Exception | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _picklable(error: Exception) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
 
 
 def _env_int(name: str, default: int) -> int:

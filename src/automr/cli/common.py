@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import attrs
 import typer
 
+from automr.distributed import MainProcessError
 from automr.errors import AutomrError
 from automr.paths import home_path
 from automr.recommenders.finetune_config import FinetuneConfig
@@ -91,8 +92,13 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except Exception as error:
             given = [v for v in kwargs.values() if isinstance(v, Path)]
-            line = (str(error) if isinstance(error, AutomrError)
-                    else disk_error(error) or path_error(error, given))
+            if isinstance(error, MainProcessError) and error.cause is not None:
+                # under a launcher: the main process's error, worded as it words it
+                line = disk_error(error.cause) or path_error(error.cause, given) or str(error)
+            elif isinstance(error, AutomrError):
+                line = str(error)
+            else:
+                line = disk_error(error) or path_error(error, given)
             if line is None:
                 raise
             typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
