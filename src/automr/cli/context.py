@@ -94,6 +94,7 @@ def trsr_command(
     """Write (and cache) the TRSR summaries of a split's samples before fine-tuning or evaluation.
 
     Rerunning, or running it cut short and again, only generates what is missing."""
+    from automr import distributed
     from automr.contexts import trsr_context
 
     spec = context_spec_option("trsr", context_defaults.k, trsr)
@@ -103,6 +104,7 @@ def trsr_command(
                            spec, runtime.cache_dir, batch_size=batch_size,
                            progress=runtime.progress)
     before = len(context.cache.entries)
+    distributed.barrier()  # under torchrun: no process writes before every one has counted
     context.precompute(chosen)  # under torchrun: each process writes its share
     texts = context.texts(chosen)
     written = len(context.cache.entries) - before
