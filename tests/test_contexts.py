@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 
+import attrs
 import pytest
 import torch
 from hypothesis import given
@@ -319,3 +320,27 @@ def test_generation_prompts_carry_the_contexts(tmp_path):
         expected = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
                                    dataset.prompt_config, context=context).prompt_ids
         assert ids[row][mask[row].bool()].tolist() == list(expected)
+
+
+def test_processes_share_trsr_summaries_by_user(tmp_path, monkeypatch):
+    """A user's samples at one timestamp (MovieLens rates many films in a second) have one
+    memory and so the same prompts: shared by sample, two processes wrote them both."""
+    from automr import distributed
+
+    same = [attrs.evolve(sample_of([f"i{k}" for k in range(1, 6)], ["i6"]), target=target)
+            for target in ("i7", "i8", "i9", "i10")]
+    other = attrs.evolve(sample_of(["i2", "i4", "i6"], ["i1"]), user="v")
+    samples = [same[0], other, *same[1:]]
+    writers = [FakeWriter(), FakeWriter()]
+    contexts = [trsr(tmp_path, writer) for writer in writers]  # both read the cache first
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for rank, context in enumerate(contexts):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        context.precompute(samples)
+    monkeypatch.undo()
+    written = [[p for call in writer.calls for p in call] for writer in writers]
+    assert [len(prompts) for prompts in written] == [3, 2]  # u's three blocks, v's two
+    assert not set(written[0]) & set(written[1])
+    fresh = FakeWriter()
+    texts = trsr(tmp_path, fresh).texts(samples)
+    assert fresh.calls == [] and texts[0] == texts[2] == texts[3] != texts[1]

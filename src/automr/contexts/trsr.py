@@ -142,13 +142,20 @@ class TRSRContext:
                 for s in self.summaries(samples)]
 
     def precompute(self, samples: Sequence[Sample]) -> None:
-        """Write (and cache) the summaries of ``samples``, each process its round-robin share
-        of them; every process then reads all of them from the cache. Collective: every
-        process calls it with the same samples."""
+        """Write (and cache) the summaries of ``samples``, each process those of its
+        round-robin share of their users (most samples first); every process then reads all
+        of them from the cache. Collective: every process calls it with the same samples.
+
+        A user's samples share their older blocks' prompts: shared by sample, every process
+        wrote them again (113 generations for 87 distinct prompts on two processes)."""
+        by_user: dict[str, list[Sample]] = {}
+        for sample in samples:
+            by_user.setdefault(sample.user, []).append(sample)
+        users = sorted(by_user, key=lambda user: (-len(by_user[user]), user))
         progress = self.progress
         self.progress = progress and distributed.is_main()
         try:
-            self.summaries(distributed.mine(samples))
+            self.summaries([s for user in distributed.mine(users) for s in by_user[user]])
         finally:
             self.progress = progress
         distributed.barrier()
