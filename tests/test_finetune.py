@@ -371,6 +371,46 @@ def test_a_run_killed_while_its_checkpoint_was_replaced_resumes_from_the_older_o
     assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint", "finetune.json"]
 
 
+@pytest.mark.parametrize("cut", ["before", "after"])
+def test_best_holds_the_adapter_the_record_names_after_a_kill_at_a_new_best(
+        workspace, monkeypatch, cut):
+    """A new best's best/ was written before its checkpoint: killed between the two, the rerun
+    resumed from the older checkpoint, and where its own validation of that step came out no
+    better (another number of processes, a GPU's rounding; here made worse), the finished run's
+    best/ held the killed run's adapter while finetune.json named an earlier step. Now the
+    checkpoint is written first and a resume from a new best's checkpoint (re)writes best/ from
+    it. Cut at the first new best after the first validation, before or after its checkpoint."""
+    import automr.recommenders.finetune as ft
+
+    data, model = workspace["data"], str(workspace["model"])
+    config = quick_config(**LOOP, lora_from_layer=2)
+    run = workspace["root"] / f"killed-at-a-best-{cut}"
+    original, saved = ft._save_checkpoint, {}
+
+    def recorded(*args, **kwargs):  # the adapter of each checkpointed step
+        record = args[2]
+        new_best = record["best_step"] == record["step"] > config.eval_every
+        if cut == "before" and new_best and not saved.get("cut"):
+            saved["cut"] = True
+            raise KeyboardInterrupt
+        original(*args, **kwargs)
+        saved[record["step"]] = adapter(run / "checkpoint")
+        if cut == "after" and new_best and not saved.get("cut"):
+            saved["cut"] = True
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_save_checkpoint", recorded)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    mean_nll = ft.mean_nll
+    monkeypatch.setattr(ft, "mean_nll", lambda *a, **k: mean_nll(*a, **k) + 1.0)  # no new best
+    record = finetune(load_model(model, device="cpu"), data, run, config, progress=False)
+    best = adapter(run / "best")
+    named = saved[record["best_step"]]
+    assert best.keys() == named.keys()
+    assert all(torch.equal(best[k], named[k]) for k in best)
+
+
 def test_a_changed_config_is_refused_on_resume(workspace, monkeypatch):
     import automr.recommenders.finetune as ft
 

@@ -440,6 +440,8 @@ def finetune(
     model = lora_model(loaded, config)
     if state is not None:
         _load_adapter(model, out / "checkpoint")
+        if state["best_valid_nll"] is not None and state["best_step"] == state["step"]:
+            _save_best(model, loaded.tokenizer, out)  # killed before its best/ was written
     rank, world = distributed.rank(), distributed.world_size()
     if rank > 0:  # LoRA dropout: other masks in each process (process 0 draws one's masks)
         torch.manual_seed(config.seed * 1_000_003 + rank)
@@ -519,9 +521,11 @@ def finetune(
             record["train_losses"].append(loss)
             bar.update(task, advance=1, status=f"loss {loss:.3f}")
             if record["step"] % config.eval_every == 0 or record["step"] == total_steps:
-                _evaluate(model, loaded.tokenizer, llm, valid, pad_id, config, record, out,
-                          valid_cache, lr, valid_memory)
+                improved = _evaluate(model, llm, valid, pad_id, config, record, valid_cache,
+                                     lr, valid_memory)
                 _save_checkpoint(model, optimizer, record, out, runner.scaler)
+                if improved:  # after the checkpoint that names it: see _save_best
+                    _save_best(model, loaded.tokenizer, out)
             elif config.checkpoint_every and record["step"] % config.checkpoint_every == 0:
                 _save_checkpoint(model, optimizer, record, out, runner.scaler)
     record["done"] = True
@@ -564,10 +568,10 @@ def memory_identity(memory: MemoryStore) -> dict:
             "encoder": record.encoder, "store_token_states": record.store_token_states}
 
 
-def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
-              cache: LowerCache | None, lr: float, memory: MemoryInserts | None) -> None:
-    """Validate; on a new best, write ``best/``: the adapter and the tokenizer (with its pad
-    token), so the folder loads with plain transformers + peft."""
+def _evaluate(model, llm, valid, pad_id, config, record, cache: LowerCache | None,
+              lr: float, memory: MemoryInserts | None) -> bool:
+    """Validate and record it; whether it is a new best (the record names it, and the caller
+    writes ``best/``)."""
     valid_nll = _finite(mean_nll(llm, valid, pad_id, config.batch_size, cache=cache,
                                  memory=memory),
                         f"the validation NLL at step {record['step']}", record, lr, model.dtype)
@@ -579,14 +583,27 @@ def _evaluate(model, tokenizer, llm, valid, pad_id, config, record, out: Path,
     best = record["best_valid_nll"]
     if best is None or valid_nll < best:
         record.update(best_valid_nll=valid_nll, best_step=record["step"], bad_evaluations=0)
-        if distributed.is_main():
-            with atomic_dir(out / "best") as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-    else:
-        record["bad_evaluations"] += 1
-        if record["bad_evaluations"] >= config.patience:
-            record["done"] = True  # early stop; best/ holds the best adapter
+        return True
+    record["bad_evaluations"] += 1
+    if record["bad_evaluations"] >= config.patience:
+        record["done"] = True  # early stop; best/ holds the best adapter
+    return False
+
+
+def _save_best(model, tokenizer, out: Path) -> None:
+    """``best/``: the adapter and the tokenizer (with its pad token), so the folder loads with
+    plain transformers + peft. Written after the checkpoint whose record names this step the
+    best, and again on a resume from that checkpoint, so it always holds the adapter the record
+    names (written before it, a run killed between the two resumed from the checkpoint before,
+    and a rerun that validated the step no better - on another number of processes, or with a
+    GPU's rounding - finished with a ``best/`` its record did not name). Collective under a
+    launcher, as :func:`_save_checkpoint`."""
+    def write() -> None:
+        with atomic_dir(out / "best") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+    distributed.on_main(write)
 
 
 def _finite(value: float, what: str, record: dict, lr: float | None,
