@@ -107,6 +107,19 @@ def test_rella_gives_no_context_without_long_term_history():
     assert context.texts([sample_of([], ["i1", "i2"])]) == [None]
 
 
+def test_rella_queries_with_the_mean_of_all_recent_items():
+    """The query is the mean of the recent items' embeddings, not one of them."""
+    memory = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    recent = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(rella_scores(memory, recent),
+                               torch.tensor([1.0, 0.5 ** 0.5, 0.5 ** 0.5]))
+    # i1 lies between the two recent items: it is chosen, though each is closer to one of them
+    embeddings = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.1], [0.1, 1.0], [1.0, 0.0],
+                               [0.0, 1.0]])
+    context = ReLLaContext(embeddings, catalog_of(6), WORDS, k=1)
+    assert context.selected(sample_of(["i1", "i2", "i3"], ["i4", "i5"])) == ("i1",)
+
+
 @given(embeddings=seeded_tensors((12, 5)), data=st.data())
 def test_rella_picks_at_most_k_memory_items_by_score(embeddings, data):
     order = data.draw(st.permutations(range(12)))
@@ -208,6 +221,27 @@ def test_summaries_are_cached_and_reused(tmp_path):
     cache = SummaryCache(tmp_path / "summaries.jsonl", "other", other.max_new_tokens)
     TRSRContext(other, cache, catalog_of(12), WORDS, 2, 3, progress=False).texts(samples)
     assert other.calls
+
+
+def test_a_prompt_shared_by_samples_is_written_once(tmp_path):
+    writer = FakeWriter()
+    same = [sample_of(["i1", "i2", "i3"], ["i4"]), sample_of(["i1", "i2", "i3"], ["i5"])]
+    texts = trsr(tmp_path, writer).texts(same)
+    prompts = [p for call in writer.calls for p in call]
+    assert len(prompts) == len(set(prompts)) == 2  # blocks [1] [2 3], once for both samples
+    assert texts[0] == texts[1] is not None
+
+
+class EmptyWriter(FakeWriter):
+    def generate(self, prompts):
+        super().generate(prompts)
+        return ["" for _ in prompts]
+
+
+def test_an_empty_summary_gives_no_context(tmp_path):
+    context = trsr(tmp_path, EmptyWriter())
+    assert context.summaries([sample_of(["i1"], ["i2"])]) == [""]
+    assert context.texts([sample_of(["i1"], ["i2"])]) == [None]
 
 
 def test_a_cut_cache_line_is_skipped_and_the_file_stays_readable(tmp_path):
