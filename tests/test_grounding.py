@@ -599,3 +599,28 @@ def shared_method(tmp_path_factory, ordered_method):
     dataset = shared_title_dataset(tmp_path_factory.mktemp("shared"))
     assert len(dataset.catalog.repeated_titles) == 2
     return attrs.evolve(ordered_method, dataset=dataset)
+
+
+def test_text_embeddings_come_from_the_base_model_with_a_peft_adapter_off(tiny_models,
+                                                                          tokenizer):
+    """Titles are embedded (and TRSR summaries written) by the base LM: a fine-tune's adapter
+    is switched off, so the embeddings are the untuned model's, as their cache key says."""
+    from peft import LoraConfig, get_peft_model
+
+    base = copy.deepcopy(tiny_models["qwen2"])
+    texts = ["abc", "hello there"]
+    expected = embed_texts(base, tokenizer, texts)
+    tuned = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, weight in tuned.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0.0, 1.0)  # peft starts B at 0: an adapter that changes nothing
+        ids = torch.tensor([tokenizer("abc")["input_ids"]])
+        assert not torch.allclose(tuned(input_ids=ids).logits, base(input_ids=ids).logits)
+    torch.testing.assert_close(embed_texts(tuned, tokenizer, texts), expected)
+
+
+def test_a_shared_titles_trie_value_is_its_first_catalog_index(tokenizer):
+    targets = catalog_targets(tokenizer, ['"a"', '"b"', '"a"', '"a"'])
+    assert targets.sharing() == {0: (0, 2, 3), 1: (1,)}
+    assert targets.trie().value(targets.token_ids[3]) == 0
