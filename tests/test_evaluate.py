@@ -212,6 +212,14 @@ def test_recommend_offers_users_in_numeric_order(user, offered):
         latest_sample(dataset, user, "test")
 
 
+def test_recommend_offers_the_lower_of_two_equally_near_users():
+    """Users as near below as above: the lower id is offered, whatever the set's order."""
+    from automr.experiments.recommend import suggested_users
+
+    for gap in range(1, 21):
+        assert suggested_users({str(50 - gap), str(50 + gap)}, "50", count=1) == [str(50 - gap)]
+
+
 def test_an_eval_config_still_gives_its_method_options():
     """``EvalConfig.method_options()`` (documented API) survived its move to a torch-free
     module: the options every method of the evaluation is built with."""
