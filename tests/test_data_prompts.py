@@ -42,7 +42,9 @@ def test_bigrec_prompt_text():
 def test_prompt_config_validates_templates():
     with pytest.raises(ValueError, match="history"):
         PromptConfig(history="The user has {verb} {nouns}: {titles}")
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="title_format template '\\{0\\}' is invalid"):
+        PromptConfig(title_format="{0}")  # a positional field: an IndexError, reported alike
+    with pytest.raises(KeyError, match="unknown prompt domain 'cars'; known: \\['books', "):
         prompt_config("cars")
     custom = PromptConfig(title_format="<{title}>", separator="; ", response="{title}")
     assert "<A>; <B>" in format_prompt(["A", "B"], custom)
