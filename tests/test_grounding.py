@@ -624,3 +624,10 @@ def test_a_shared_titles_trie_value_is_its_first_catalog_index(tokenizer):
     targets = catalog_targets(tokenizer, ['"a"', '"b"', '"a"', '"a"'])
     assert targets.sharing() == {0: (0, 2, 3), 1: (1,)}
     assert targets.trie().value(targets.token_ids[3]) == 0
+
+
+def test_catalog_targets_need_an_eos(tokenizer):
+    tokenizer.eos_token = None
+    assert tokenizer.eos_token_id is None
+    with pytest.raises(ValueError, match="the tokenizer has no EOS token"):
+        catalog_targets(tokenizer, TITLES)
