@@ -200,6 +200,14 @@ def test_config_errors_are_one_line_with_exit_code_2(tmp_path, text, expected):
     assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
 
 
+def test_a_config_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    config = tmp_path / "latin1.toml"
+    config.write_bytes("[finetune]\n# caf\u00e9\n".encode("latin-1"))
+    result = runner.invoke(app, ["--config", str(config), "data", "stats", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "is not valid TOML" in result.output and "Traceback" not in result.output
+
+
 def test_a_missing_config_file_is_an_error(tmp_path):
     result = runner.invoke(app, ["--config", str(tmp_path / "nope.toml"), "data", "stats", "."])
     assert result.exit_code == 2 and "nope.toml does not exist" in result.output
