@@ -105,6 +105,8 @@ def test_rella_counts_a_repeated_item_once_at_its_latest_position_and_ties_go_re
 def test_rella_gives_no_context_without_long_term_history():
     context = ReLLaContext(torch.eye(4), catalog_of(4), WORDS, k=2)
     assert context.texts([sample_of([], ["i1", "i2"])]) == [None]
+    with pytest.raises(ValueError):
+        ReLLaContext(torch.eye(4), catalog_of(4), WORDS, k=0)
 
 
 def test_rella_queries_with_the_mean_of_all_recent_items():
