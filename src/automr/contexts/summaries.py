@@ -7,10 +7,11 @@ greedy decoding, so in float32 a batch writes the same text as one instruction a
 bfloat16 or float16 padding changes the rounding, which can change a greedy reply).
 
 :class:`SummaryCache` keeps replies in a JSON-lines file keyed by the sha256 of (model
-fingerprint, ``max_new_tokens``, rendered prompt, stop tokens besides the EOS), appended batch
-by batch: reruns and shared prompts cost nothing, and a cut run resumes where it stopped. Under
-a launcher (:mod:`automr.distributed`) process R appends to its own file beside it
-(``NAME.rank-R.jsonl``, never written by two processes at once); every reader reads them all.
+fingerprint, ``max_new_tokens``, rendered prompt, stop tokens besides the EOS, dtype where it
+is not float32), appended batch by batch: reruns and shared prompts cost nothing, and a cut run
+resumes where it stopped. Under a launcher (:mod:`automr.distributed`) process R appends to
+its own file beside it (``NAME.rank-R.jsonl``, never written by two processes at once); every
+reader reads them all.
 """
 
 import hashlib
