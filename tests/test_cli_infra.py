@@ -208,6 +208,13 @@ def test_a_config_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     assert "is not valid TOML" in result.output and "Traceback" not in result.output
 
 
+def test_a_whole_number_is_a_valid_value_of_a_float_option(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("[finetune]\nlr = 1\nlora-dropout = 0\n")
+    defaults = check_config(config)["finetune"]
+    assert (defaults["lr"], defaults["lora_dropout"]) == (1, 0)
+
+
 def test_a_missing_config_file_is_an_error(tmp_path):
     result = runner.invoke(app, ["--config", str(tmp_path / "nope.toml"), "data", "stats", "."])
     assert result.exit_code == 2 and "nope.toml does not exist" in result.output
