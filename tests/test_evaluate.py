@@ -231,3 +231,12 @@ def test_an_eval_config_still_gives_its_method_options():
     assert config.method_options() == MethodOptions(
         layer=3, num_beams=2, batch_size=4, exclude_seen=True, combiner="append-token", k=2,
         seed=5, retrieval_seed=7, tune_samples=9)
+
+
+@pytest.mark.parametrize("bad", [{"k": 0}, {"batch_size": 0}, {"tune_samples": 0},
+                                 {"num_beams": 0}, {"layer": -1}, {"combiner": "glue"}])
+def test_an_eval_config_refuses_counts_below_one(bad):
+    from automr.experiments.eval_config import EvalConfig
+
+    with pytest.raises(ValueError):
+        EvalConfig(**bad)
