@@ -220,6 +220,27 @@ def test_recommend_offers_the_lower_of_two_equally_near_users():
         assert suggested_users({str(50 - gap), str(50 + gap)}, "50", count=1) == [str(50 - gap)]
 
 
+def test_the_evaluate_commands_defaults_are_the_eval_configs():
+    """`automr evaluate` and the Python API (``EvalConfig()``) evaluate alike by default."""
+    import typer
+
+    from automr.cli.main import app
+    from automr.experiments.eval_config import EvalConfig
+
+    group = typer.main.get_command(app)
+    with group.make_context("automr", [], resilient_parsing=True) as ctx:
+        command = group.get_command(ctx, "evaluate")
+    cli = {p.name: p.default for p in command.params}
+    config = EvalConfig()
+    assert (cli["split"], cli["samples"] or None, cli["seed"], cli["batch_size"]) == (
+        config.split, config.max_samples, config.seed, config.batch_size)
+    assert (cli["layer"], cli["num_beams"] or None, cli["exclude_seen"], cli["combiner"],
+            cli["k"], cli["retrieval_seed"], cli["tune_samples"], cli["reference"]) == (
+        config.layer, config.num_beams, config.exclude_seen, config.combiner, config.k,
+        config.retrieval_seed, config.tune_samples, config.reference)
+    assert tuple(cli["measures"].split(",")) == config.measures
+
+
 def test_an_eval_config_still_gives_its_method_options():
     """``EvalConfig.method_options()`` (documented API) survived its move to a torch-free
     module: the options every method of the evaluation is built with."""
