@@ -164,6 +164,7 @@ def test_step_commands_chain(workspace, tmp_path):
     assert kept.items[kept.target_rank][0] == every.items[every.target_rank][0] == sample.target
     assert every.generated is None
     l2 = recommend(data, user, *folders, top=3, grounder="l2", device="cpu")
+    assert len(l2.items) == 3 and "top 3 (rank 1 = first):" in l2.describe()
     assert isinstance(l2.generated, str) and f"generated: {l2.generated}" in l2.describe()
     for top in (12, 40):  # evaluate's beams whatever --top (it took max(top, 4) beams)
         longer = recommend(data, user, *folders, top=top, grounder="l2", device="cpu")
