@@ -8,3 +8,9 @@ DEFAULT_LAYER = 15
 """The split layer L used unless told otherwise: the middle of SmolLM2-135M's 30 layers (the
 paper splits Llama-2-7B's 32 layers near the middle too). Memory, annotation, retrievers and
 evaluation must agree on it; artifacts record the layer they were made at."""
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+"""Cut-offs reported by default: Recall@{1,5,10} and NDCG@{1,5,10} (NDCG@1 == Recall@1)."""
+
+DEFAULT_RESAMPLES = 1000
+"""Bootstrap resamples of every interval and paired difference."""

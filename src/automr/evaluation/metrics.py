@@ -24,10 +24,8 @@ from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.defaults import DEFAULT_KS
 from automr.errors import AutomrError
-
-DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-"""Cut-offs reported by default: Recall@{1,5,10} and NDCG@{1,5,10} (NDCG@1 == Recall@1)."""
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ import attrs
 from beartype import beartype
 
 from automr.combiners.names import COMBINER_NAMES
+from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES
 
 
 @beartype
@@ -25,10 +26,10 @@ class EvalConfig:
         attrs.validators.gt(0)))
     """Beams of the l2 and constrained grounders (None: the grounder's default)."""
     exclude_seen: bool = False
-    ks: tuple[int, ...] = (1, 5, 10)
+    ks: tuple[int, ...] = DEFAULT_KS
     measures: tuple[str, ...] = ("ranks",)
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
-    n_resamples: int = 1000
+    n_resamples: int = DEFAULT_RESAMPLES
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
     k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
