@@ -104,6 +104,26 @@ def test_grounders_of_one_model_and_retrieval_share_its_likelihoods(workspace, m
     assert values["base:constrained"] == values["base:l2"] != values["bigrec:l2"]
 
 
+def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace, tmp_path):
+    """The second grounder of a retrieval took its likelihoods from the first and ran nothing,
+    so under ``--measures likelihood`` its ``retrieved/METHOD.loglik.json`` was never written
+    (the first's was): now it holds the elements the likelihoods were computed with."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    root = workspace["root"]
+    result = CliRunner().invoke(app, [
+        "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
+        "random:l2,random:constrained", "--measures", "likelihood", "--finetuned",
+        str(root / "ft"), "--memory", str(root / "mem"), "--samples", "3", "--layer", "2",
+        "--quiet", "--device", "cpu", "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads((tmp_path / "retrieved" / f"random-{g}.loglik.json")
+                                .read_text()) for g in ("l2", "constrained"))
+    assert len(first) == 3 and second == first
+
+
 @pytest.mark.parametrize("k", [0, -1, 1.5, True])
 def test_retrieving_no_element_is_refused(workspace, k):
     """k=0 inserted nothing (the method was BIGRec under AutoMR's name); k=-1 failed only at

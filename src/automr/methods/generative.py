@@ -24,6 +24,10 @@ from automr.llm.split import HFSplitLLM
 from automr.progress import Progress
 from automr.recommenders.automr import MemoryRetrieval
 
+INPUT_DETAILS = ("retrieved", "contexts")
+"""The details a method makes of every sample it runs, whatever it computes: the memory
+elements retrieved and the prompt context (not ``generated``, an L2 grounding's own)."""
+
 
 def left_padded_prompts(
     loaded: LoadedModel, dataset: PreparedDataset, samples: Sequence[Sample],
@@ -78,10 +82,11 @@ class GenerativeMethod:
     progress: bool = False
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
-    likelihoods: dict[str, tuple[float, int]] = attrs.field(factory=dict)
-    """Each sample's target log-likelihood and token count, by sample id, once computed:
-    grounding does not change them, so methods of one model, retrieval and context may share
-    one dict (the registry's do: a second grounder computes none again)."""
+    likelihoods: dict[str, tuple[float, int, dict[str, Any]]] = attrs.field(factory=dict)
+    """Each sample's target log-likelihood, token count and the details it was computed with
+    (:data:`INPUT_DETAILS`), by sample id, once computed: grounding does not change them, so
+    methods of one model, retrieval and context may share one dict (the registry's do: a
+    second grounder computes none again, and its details still name what was retrieved)."""
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _embeddings: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -151,9 +156,14 @@ class GenerativeMethod:
         this method, another grounder of its model) computes nothing."""
         todo = list({s.id: s for s in samples if s.id not in self.likelihoods}.values())
         for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
-            self.likelihoods.update(zip((s.id for s in chunk),
-                                         zip(scores.tolist(), counts, strict=True), strict=True))
-        return [self.likelihoods[s.id] for s in samples]
+            for sample, score, count in zip(chunk, scores.tolist(), counts, strict=True):
+                made = {kind: self._details[kind][sample.id] for kind in INPUT_DETAILS
+                        if sample.id in self._details.get(kind, {})}
+                self.likelihoods[sample.id] = (score, count, made)
+        for sample in samples:  # computed by another method sharing them: its details too
+            for kind, value in self.likelihoods[sample.id][2].items():
+                self._details.setdefault(kind, {})[sample.id] = value
+        return [self.likelihoods[s.id][:2] for s in samples]
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, items]``: the L2 grounder's distance of every catalog title to what was

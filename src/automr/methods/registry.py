@@ -158,8 +158,8 @@ class Workspace:
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
                                                                         init=False)
     _retrievals: dict[str, MemoryRetrieval] = attrs.field(factory=dict, init=False)
-    _likelihoods: dict[tuple[str, int | None], dict[str, tuple[float, int]]] = attrs.field(
-        factory=dict, init=False)
+    _likelihoods: dict[tuple[str, int | None], dict[str, tuple[float, int, dict[str, Any]]]] = (
+        attrs.field(factory=dict, init=False))
     """Target log-likelihoods by model and retrieval, shared by their methods' grounders."""
     _data_fingerprint: str | None = attrs.field(default=None, init=False)
 
