@@ -78,7 +78,7 @@ DESCRIBED_DEFAULTS = {
     ("automr data prepare ml-100k", "--source"): "the RecBole copy, downloaded to the cache",
     ("automr data prepare amazon", "--domain"): "the kind's domain (DATASET_KINDS)",
     ("automr data prepare csv", "--domain"): "the kind's domain (DATASET_KINDS)",
-    ("automr evaluate", "--model"): "--finetuned's base model, else DEFAULT_MODEL",
+    ("automr evaluate", "--model"): "the fine-tune's base model, else DEFAULT_MODEL",
     ("automr evaluate", "--layer"): "the memory's layer, else DEFAULT_LAYER",
     ("automr evaluate", "--reference"): "picked from --methods",
     ("automr evaluate", "--retrieval-seed"): "follows --seed",

@@ -397,3 +397,4 @@ def test_base_is_the_fine_tunes_base_model_unless_model_is_given(workspace, tmp_
     assert Workspace(dataset, Artifacts(model="other", finetuned=root / "ft")).base_model == \
         "other"
     assert Workspace(dataset, Artifacts()).base_model == automr.DEFAULT_MODEL
+    assert Workspace(dataset, Artifacts(trsr=root / "ft")).base_model == model  # any fine-tune

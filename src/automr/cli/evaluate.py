@@ -48,7 +48,8 @@ def evaluate_command(
     k: Annotated[int, typer.Option(help="Memory elements retrieved per sample.")] = defaults.k,
     model: Annotated[str | None, typer.Option(
         help=f"The untuned LM of base:G: the embedded name, a Hugging Face id or a folder "
-             f"[default: --finetuned's base model, else {DEFAULT_MODEL}].",
+             f"[default: the fine-tune's base model (--finetuned, else --rella, else "
+             f"--trsr), else {DEFAULT_MODEL}].",
         show_default=False)] = None,
     split: SplitOption = defaults.split,
     samples: Annotated[int, typer.Option(

@@ -105,8 +105,9 @@ class Artifacts:
     """The folders named methods are built from; each method kind says which it needs."""
 
     model: str | None = None
-    """The untuned LM of ``base`` methods; None: ``finetuned``'s base model (so that ``base``
-    and ``bigrec`` are one model), else :data:`~automr.defaults.DEFAULT_MODEL`."""
+    """The untuned LM of ``base`` methods; None: the base model of the fine-tune given
+    (``finetuned``, else ``rella``, else ``trsr``: so that ``base`` and the tuned methods are
+    one model), else :data:`~automr.defaults.DEFAULT_MODEL`."""
     finetuned: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     memory: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     retriever: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
@@ -198,10 +199,10 @@ class Workspace:
     @property
     def base_model(self) -> str:
         """The model ``base`` methods run (:attr:`Artifacts.model` resolved)."""
-        model, finetuned = self.artifacts.model, self.artifacts.finetuned
-        if model is None and finetuned is not None:
-            return FinetunedRun.open(finetuned).base_model
-        return DEFAULT_MODEL if model is None else model
+        tuned = [self.artifacts.finetuned, self.artifacts.rella, self.artifacts.trsr]
+        if self.artifacts.model is None and any(tuned):
+            return FinetunedRun.open(next(run for run in tuned if run)).base_model
+        return DEFAULT_MODEL if self.artifacts.model is None else self.artifacts.model
 
     def model(self, run: FinetunedRun | None) -> LoadedModel:
         """The base model (``run`` None) or ``run``'s tuned model, loaded once."""
