@@ -22,6 +22,23 @@ def tiny_models() -> dict[str, torch.nn.Module]:
             for seed, arch in enumerate(TINY_ARCHITECTURES)}
 
 
+def save_writing_model(folder: Path) -> Path:
+    """A tiny llama (4 layers) + byte tokenizer saved in ``folder``, whose replies to the
+    synthetic prompts differ from sample to sample. ``save_tiny_model``'s (weights of std
+    0.02) writes one text for every sample (the prompts end alike), so every L2 distance row
+    is the same and a test of whose row or text a sample got cannot fail; weights of std 0.5
+    make the reply depend on the history."""
+    tiny_model(tiny_config("llama", num_layers=4, initializer_range=0.5)).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def writing_model():
+    """:func:`save_writing_model`, for the tests of L2 grounding on synthetic data."""
+    return save_writing_model
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()

@@ -16,14 +16,14 @@ from automr.llm import HFSplitLLM
 from automr.memory import MemoryConfig, build_memory
 from automr.methods.generative import left_padded_prompts
 from automr.recommenders.finetune import FinetuneConfig, finetune
-from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+from automr.testing.synthetic import synthetic_dataset
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, writing_model):
     root = tmp_path_factory.mktemp("likelihood")
     dataset = synthetic_dataset(root)
-    model = save_tiny_model(root / "model")
+    model = writing_model(root / "model")  # its replies, so its L2 rows, differ per sample
     finetune(automr.load_model(str(model), device="cpu"), dataset, root / "ft",
              FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
                             lora_from_layer=2), progress=False)
@@ -235,12 +235,13 @@ def test_l2_injections_rank_by_the_weighted_distances(workspace, tmp_path):
     index = {item: i for i, item in enumerate(dataset.catalog.ids)}
     targets = torch.tensor([index[s.target] for s in samples])
     priors = {"sasrec": space.sasrec().scores(samples), "pop": popularity(dataset)[None]}
+    distances = plain.distances(samples)
+    assert len({tuple(row) for row in distances.tolist()}) == len(samples)  # whose row shows
     for prior, scores in priors.items():
         method = f"bigrec:l2-{prior}"
         tuned = json.loads((tmp_path / "grounding" / f"bigrec-l2-{prior}.json").read_text())
         assert tuned["prior"] == prior and tuned["tuned_on_valid_samples"] == 4
-        weighted = adjusted_distances(plain.distances(samples), min_max(scores.float()),
-                                      tuned["gamma"])
+        weighted = adjusted_distances(distances, min_max(scores.float()), tuned["gamma"])
         saved = automr.EvaluationFolder(tmp_path).report(method)
         by_id = dict(zip(saved.sample_ids, saved.ranks, strict=True))
         assert [by_id[s.id] for s in samples] == ranks_from_scores(-weighted, targets).tolist()
@@ -273,6 +274,7 @@ def test_plain_l2_shares_the_injections_generations_and_ranks_as_its_grounder(wo
     assert [by_id[s.id] for s in samples] == [
         ranking.index(index[s.target]) for s, ranking in zip(samples, rankings, strict=True)]
     texts = plain.grounder.generate(llm, ids, mask, 2)
+    assert len(set(texts)) == len(samples)  # a text given to another sample shows
     for method in ("bigrec:l2", "bigrec:l2-pop"):
         generated = folder.details("generated", method)
         assert [generated[s.id] for s in samples] == texts
@@ -293,6 +295,7 @@ def test_l2_distances_keep_an_embedding_per_sample_not_a_catalog_row(workspace, 
     first = method.distances(samples)
     generated = method.details()["generated"]
     texts = [generated[s.id] for s in samples]  # embedded in the method's batches of 2
+    assert len(set(texts)) == len(samples)  # a row given to another sample shows
     expected = torch.cat([grounder.distances_to(texts[i : i + 2]) for i in range(0, 5, 2)])
     assert torch.equal(first, expected)
     hidden = loaded.model.config.hidden_size
@@ -354,6 +357,8 @@ def test_l2_ranks_from_kept_distances_equal_the_grounders_batch_by_batch(workspa
         rankings = method.grounder.rank(llm, ids, mask, 2).tolist()
         expected += [r.index(index[s.target]) for s, r in zip(chunk, rankings, strict=True)]
     assert method.rank(samples) == expected
+    generated = method.details()["generated"]
+    assert len({generated[s.id] for s in samples}) == len(samples)  # whose row shows
     assert method.rank(samples) == expected  # from the kept distances alone
 
 
