@@ -265,6 +265,7 @@ def test_l2_grounder_ranks_by_distance_to_the_generated_text(tiny_models, tokeni
     grounder = L2Grounder(model, tokenizer, embeddings, num_beams=1, max_new_tokens=4)
     ids, mask = encode_prompts(tokenizer, ["ab", "hello"])
     texts = grounder.generate(llm, ids, mask, 2)
+    assert len(set(texts)) == 2 and " " not in texts  # else every row is one row: no check
     greedy = greedy_generate(llm, ids, mask, 2, max_new_tokens=4, eos_token_id=2)
     for row, text in enumerate(texts):
         expected = tokenizer.decode([t for t in greedy[row].tolist() if t != 2])
