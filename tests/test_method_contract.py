@@ -2,6 +2,7 @@
 ranks whatever else is in the call (evaluate ranks in shards, the LM methods in padded
 batches of 3 here), in any order, on a repeat."""
 
+import attrs
 import pytest
 
 import automr
@@ -10,17 +11,17 @@ from automr.methods import Artifacts, MethodOptions, Workspace, build_method
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.retrievers import build_retriever
 from automr.testing.contracts import MethodContract
-from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+from automr.testing.synthetic import synthetic_dataset
 
 KINDS = ["pop", "cooc", "sasrec", "base:l2", "bigrec:constrained", "bigrec:l2",
          "bigrec:l2-pop", "automr:constrained", "random:l2", "semantic:constrained"]
 
 
 @pytest.fixture(scope="module")
-def space(tmp_path_factory) -> Workspace:
+def space(tmp_path_factory, writing_model) -> Workspace:
     root = tmp_path_factory.mktemp("contract")
     dataset = synthetic_dataset(root)
-    model = str(save_tiny_model(root / "model"))
+    model = str(writing_model(root / "model"))  # its L2 texts differ per sample
     finetune(automr.load_model(model, device="cpu"), dataset, root / "ft",
              FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
                             lora_from_layer=2), progress=False)
@@ -61,3 +62,22 @@ def test_a_method_without_a_dataset_is_told_to_set_n_items():
 
     with pytest.raises(AssertionError, match="set n_items"):
         MethodContract()._catalog_size(Bare())
+
+
+@pytest.mark.parametrize("kind", ["bigrec:l2", "random:l2"])
+def test_l2_texts_do_not_depend_on_the_batch_they_were_generated_in(space, kind):
+    """The contract's repeats of an L2 method measure the texts its first call generated
+    (kept per sample): here each call is a fresh workspace's method, which generates again,
+    in other padded batches."""
+    samples = space.dataset.samples("test")[:7]
+
+    def fresh(chunk):
+        method = build_method(kind, attrs.evolve(space))
+        ranks = method.rank(chunk)
+        generated = method.details()["generated"]
+        return ranks, [generated[s.id] for s in chunk]
+
+    whole, texts = fresh(samples)
+    assert len(set(texts)) > len(samples) // 2  # else whose text is whose shows little
+    assert fresh(samples[::-1]) == (whole[::-1], texts[::-1])
+    assert fresh(samples[1:5]) == (whole[1:5], texts[1:5])
