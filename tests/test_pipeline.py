@@ -264,7 +264,7 @@ def test_annotate_refuses_a_fine_tune_evaluate_would_refuse(workspace, tmp_path,
     assert not (tmp_path / "ann").exists()
 
 
-def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path):
+def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path, writing_model):
     """Items sharing the target's title (Amazon editions) are ties, broken against the target
     by evaluate; recommend put the target at its place in the grounder's order (catalog order
     among the title's items), so it could show a better rank than evaluate gave the sample."""
@@ -274,7 +274,7 @@ def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path):
 
     dataset = synthetic_dataset(tmp_path, titles={"i5": "Twin", "i6": "Twin", "i10": "Triple",
                                                   "i11": "Triple", "i12": "Triple"})
-    save_tiny_model(tmp_path / "model", num_layers=4)
+    writing_model(tmp_path / "model")  # its L2 texts differ per sample (and with memory)
     data, model = str(tmp_path / "prepared"), str(tmp_path / "model")
     common = ["--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")]
     for args in (["finetune", "--data", data, "--out", str(tmp_path / "ft"), "--model", model,
@@ -300,6 +300,7 @@ def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path):
                                          retriever=folders[2]),
                       MethodOptions(exclude_seen=True), device="cpu", progress=False,
                       cache_dir=tmp_path / "cache")
+    texts = set()
     for grounder in ("l2", "constrained", "likelihood"):
         method = build_method(f"automr:{grounder}", space)
         for user in users:
@@ -308,3 +309,8 @@ def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path):
                               device="cpu", cache_dir=tmp_path / "cache")
             assert shown.target_rank == method.rank([sample])[0], (grounder, user)
             assert shown.items[shown.target_rank][0] == sample.target
+            if grounder == "l2":
+                generated = method.details()["generated"][sample.id]
+                assert shown.generated == generated, user
+                texts.add(generated)
+    assert len(texts) == len(users) > 1  # each user's own text: whose text shows
