@@ -24,18 +24,19 @@ from automr.memory import MemoryConfig, MemoryRecord, build_memory
 from automr.methods import Artifacts, GenerativeMethod, MethodOptions, Workspace, method_settings
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.retrievers import build_retriever
-from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+from automr.testing.synthetic import synthetic_dataset
 
 runner = CliRunner()
 CONFIG = EvalConfig(max_samples=6, batch_size=6, num_beams=3)
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A fine-tune (LoRA from layer 2), a layer-2 memory and two untrained MLP retrievers."""
+def workspace(tmp_path_factory, writing_model):
+    """A fine-tune (LoRA from layer 2), a layer-2 memory and two untrained MLP retrievers, of
+    a tiny model whose L2 texts differ per sample."""
     root = tmp_path_factory.mktemp("rq2")
     dataset = synthetic_dataset(root)
-    model = save_tiny_model(root / "model")
+    model = writing_model(root / "model")
     finetune(load_model(str(model), device="cpu"), dataset, root / "ft",
              FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
                             lora_from_layer=2), progress=False)
@@ -213,6 +214,8 @@ def test_an_injection_added_to_a_folder_measures_the_kept_generations(workspace,
     for method in ("bigrec:l2-pop", "random:l2-pop"):
         assert added[method].ranks == fresh[method].ranks
     folder = EvaluationFolder(tmp_path / "out")
+    texts = folder.details("generated", "bigrec:l2")
+    assert len(set(texts.values())) == len(texts)  # a text measured for another sample shows
     test_ids = set(added["random:l2"].sample_ids)
     kept = folder.details("retrieved", "random:l2-pop")
     assert {k: v for k, v in kept.items() if k in test_ids} == folder.details(
