@@ -16,7 +16,7 @@ import automr
 from automr.experiments.demo import DemoConfig, demo_summary, run_demo
 from automr.interfaces import Retriever
 from automr.retrievers import top_k
-from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+from automr.testing.synthetic import synthetic_dataset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NUMBER = r"-?\d+\.\d+"
@@ -32,11 +32,12 @@ def load_example(name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    """``automr demo``'s folders (data, bigrec, memory, annotations, retriever), tiny sizes."""
+def demo(tmp_path_factory, writing_model) -> dict[str, Path]:
+    """``automr demo``'s folders (data, bigrec, memory, annotations, retriever), tiny sizes, of
+    a tiny model whose L2 texts differ per sample (and with the memory inserted)."""
     root = tmp_path_factory.mktemp("examples")
     synthetic_dataset(root)
-    save_tiny_model(root / "model", num_layers=4)
+    writing_model(root / "model")
     config = DemoConfig(model=str(root / "model"), layer=2, train_samples=16, valid_samples=4,
                         batch_size=4, annotate_samples=12, test_samples=2, num_beams=3,
                         likelihood_samples=5)
@@ -388,6 +389,12 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
         assert gammas[f"oracle:{g}"] == gammas[f"random:{g}"] == gammas[f"bigrec:{g}"]
     with pytest.raises(automr.AutomrError, match="no record"):  # no memory in BIGRec's arm
         folder.details("retrieved", "bigrec:l2")
+    texts = {name: folder.details("generated", name) for name in names}
+    for name in names:  # each arm's injections weight the arm's own generations
+        assert texts[name] == texts[f"{name.partition(':')[0]}:l2"], name
+    bigrec = [texts["bigrec:l2"][s.id] for s in samples]
+    assert len(set(bigrec)) == len(samples)  # else whose text is whose shows nothing
+    assert [texts["oracle:l2"][s.id] for s in samples] != bigrec  # the memory is inserted
     real, generated = L2Grounder.generate, []
 
     def counted(self, llm, input_ids, *args, **kwargs):
