@@ -1,5 +1,6 @@
 """The layer split is exact: upper(lower(x)) equals the full model, padded or not, cached or not."""
 
+import math
 import sys
 
 import pytest
@@ -405,23 +406,32 @@ def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch(ope
             torch.testing.assert_close(decoding.logits, unshared.logits)
 
 
-def test_granite_4_with_rotary_positions_is_exact_and_with_mamba_layers_refused():
-    """Granite 4 (granitemoehybrid) runs through the split when every layer is attention, with
-    RoPE (as here) or without (the tiny model of every test); a Mamba layer keeps a recurrent
-    state no mask can stand for: refused at once, naming the layer kind."""
-    model = tiny_model(tiny_config("granitemoehybrid", position_embedding_type="rope"))
+@pytest.mark.parametrize("layer_types", [None, ["full_attention"] * NUM_LAYERS])
+def test_granite_4_with_rotary_positions_is_exact_with_mamba_layers_or_without(layer_types):
+    """Granite 4 (granitemoehybrid) runs through the split with RoPE (as here) or without (the
+    tiny model of every test), its Mamba2 layers among attention ones (Granite 4.0-H) or
+    attention layers only (granite-4.0-micro)."""
+    model = tiny_model(tiny_config("granitemoehybrid", position_embedding_type="rope",
+                                   **({} if layer_types is None else {"layer_types": layer_types})))
     llm = HFSplitLLM(model)
-    ids, mask = pad([[5, 9, 40, 7, 12, 3], [8, 11]], "left")
+    assert len(llm.linear_layers) == (2 if layer_types is None else 0)
+    seqs = [[5, 9, 40, 7, 12, 3], [8, 11]]
+    ids, mask = pad(seqs, "left")
     with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask,
-                     position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
         for layer in range(NUM_LAYERS + 1):
             split = llm.upper(llm.lower(ids, mask, layer))
-            torch.testing.assert_close(split[mask.bool()], full[mask.bool()])
-    hybrid = tiny_model(tiny_config("granitemoehybrid", layer_types=[
-        "full_attention", "linear_attention", "full_attention"]))
-    with pytest.raises(AutomrError, match="has linear_attention layers"):
-        HFSplitLLM(hybrid)
+            for row, seq in enumerate(seqs):
+                torch.testing.assert_close(split[row][mask[row].bool()], alone(model, seq))
+
+
+def test_recurrent_layers_of_other_types_are_refused_by_kind():
+    """A layer kind the split does not run (linear attention outside
+    :data:`~automr.llm.split.LINEAR_ATTENTION_TYPES`, Mamba of other types) keeps a recurrent
+    state no mask can stand for: refused at once, naming the layer kind."""
+    model = tiny_model(tiny_config("qwen3"))
+    model.config.layer_types = ["full_attention", "linear_attention", "mamba"]
+    with pytest.raises(AutomrError, match="has linear_attention, mamba layers"):
+        HFSplitLLM(model)
 
 
 def test_a_bidirectional_gemma3_is_refused():
@@ -456,19 +466,81 @@ def float64_gated_delta_rule(query, key, value, g, beta, initial_state=None,
     return out.transpose(1, 2).to(query.dtype), state if output_final_state else None
 
 
-@pytest.mark.parametrize("arch", ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next"])
-def test_gated_deltanet_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch,
-                                                                                   arch):
+def float64_mamba2_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
+                        initial_states=None, dt_softplus=False, dt_limit=(0.0, math.inf),
+                        return_final_states=False, **kwargs):
+    """Mamba2's scan (Granite 4.0-H's ``mamba2_chunk_scan``) one position at a time in float64
+    (transformers' computes in float32)."""
+    batch, seq, heads, head_dim = hidden_states.shape
+    dt = dt.double() + (0.0 if dt_bias is None else dt_bias.double())
+    dt = torch.nn.functional.softplus(dt) if dt_softplus else dt
+    dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    x = hidden_states.double()
+    B, C = (part.double().repeat_interleave(heads // B.shape[2], dim=2) for part in (B, C))
+    state = (torch.zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float64)
+             if initial_states is None else initial_states.double())
+    out = torch.zeros_like(x)
+    for i in range(seq):
+        decay = torch.exp(dt[:, i] * A.double())[..., None, None]
+        state = state * decay + dt[:, i, :, None, None] * x[:, i, ..., None] * B[:, i, :, None]
+        out[:, i] = (state * C[:, i, :, None]).sum(-1)
+        if D is not None:
+            out[:, i] = out[:, i] + D.double()[:, None] * x[:, i]
+    return (out, state) if return_final_states else out
+
+
+def float64_mamba2_step(state, hidden_states, dt, A, B, C, D=None, dt_bias=None,
+                        dt_softplus=False, z=None, **kwargs):
+    """Mamba2's one-token update (``mamba2_selective_state_update``: per-head values expanded
+    over the head, the state written in place) through :func:`float64_mamba2_scan`."""
+    out, new = float64_mamba2_scan(
+        hidden_states[:, None], dt[:, None, :, 0], A[:, 0, 0], B[:, None], C[:, None], 1,
+        D=None if D is None else D[:, 0], dt_bias=None if dt_bias is None else dt_bias[:, 0],
+        initial_states=state, dt_softplus=dt_softplus, return_final_states=True)
+    state.copy_(new)
+    return out[:, 0].to(hidden_states.dtype)
+
+
+def float64_rms_norm(self, hidden, gate=None):
+    """Granite 4's RMS norms (gated or not) in float64 (transformers' compute in float32, whose
+    rounding differs now and then between a padded batch and a sequence alone)."""
+    if gate is not None:
+        hidden = hidden * torch.nn.functional.silu(gate)
+    group = getattr(self, "group_size", hidden.shape[-1])
+    grouped = hidden.unflatten(-1, (-1, group))
+    grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    return self.weight * grouped.flatten(-2)
+
+
+def float64_kernels(monkeypatch, model) -> None:
+    """Patch a model's recurrent kernels to float64: the gated delta rule of Qwen 3.5 and
+    Qwen3-Next; Granite 4.0-H's Mamba2 scan and one-token update, and its norms."""
+    layer = model.model.layers[0]
+    mixer = layer.mamba if hasattr(layer, "mamba") else layer.linear_attn
+    kernels = sys.modules[type(mixer).__module__]
+    if hasattr(layer, "mamba"):
+        monkeypatch.setattr(kernels, "mamba2_chunk_scan", float64_mamba2_scan)
+        monkeypatch.setattr(kernels, "mamba2_selective_state_update", float64_mamba2_step)
+        monkeypatch.setattr(kernels.GraniteMoeHybridRMSNorm, "forward", float64_rms_norm)
+        monkeypatch.setattr(kernels.GraniteMoeHybridRMSNormGated, "forward", float64_rms_norm)
+    else:
+        monkeypatch.setattr(kernels, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
+        monkeypatch.setattr(kernels, "torch_recurrent_gated_delta_rule",
+                            float64_gated_delta_rule)
+
+
+@pytest.mark.parametrize("arch",
+                         ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid"])
+def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch, arch):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
-    interleaved projections) in float64 (kernels too): each row, padded left or right or with
-    masked positions in its middle, split at every layer, prefilled in two chunks and stepped
-    one token at a time, shared as a prefix (repeat_interleave) and reordered (select,
-    reserved beams), gives the model's logits on its sequence alone to 1e-12."""
+    interleaved projections) and the Mamba2 layers of Granite 4.0-H in float64 (kernels too):
+    each row, padded left or right or with masked positions in its middle, split at every
+    layer, prefilled in two chunks and stepped one token at a time, shared as a prefix
+    (repeat_interleave) and reordered (select, reserved beams), gives the model's logits on its
+    sequence alone to 1e-12."""
     model = tiny_model(tiny_config(arch, num_layers=4)).double()
     model.set_experts_implementation("eager")  # grouped_mm takes no float64
-    kernels = sys.modules[type(model.model.layers[0].linear_attn).__module__]
-    monkeypatch.setattr(kernels, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
-    monkeypatch.setattr(kernels, "torch_recurrent_gated_delta_rule", float64_gated_delta_rule)
+    float64_kernels(monkeypatch, model)
     llm = HFSplitLLM(model)
     generator = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist()

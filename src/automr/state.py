@@ -79,9 +79,10 @@ class KVCache:
     layers: "DynamicCache"
     past_mask: Bool[Tensor, "batch past"] | None = None
     recurrent: dict[int, tuple[Tensor, Tensor]] = attrs.field(factory=dict)
-    """Each linear-attention layer's state (Qwen 3.5's Gated DeltaNet): the last inputs of
-    its causal convolution ``[batch, kernel - 1, channels]`` and its recurrent state
-    ``[batch, heads, key, value]``, both after the last real position."""
+    """Each linear-attention layer's state (Qwen 3.5's Gated DeltaNet, Granite 4.0-H's Mamba2):
+    the last inputs of its causal convolution ``[batch, kernel - 1, channels]`` and its
+    recurrent state (``[batch, heads, key, value]``; Mamba2's ``[batch, heads, head_dim,
+    state]``), both after the last real position."""
 
     @property
     def past_len(self) -> int:

@@ -12,6 +12,7 @@ This is the only module that touches transformers' layer internals.
 """
 
 import inspect
+import math
 import sys
 
 import torch
@@ -50,10 +51,11 @@ GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
-LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
-"""Types whose ``linear_attention`` layers (Gated DeltaNet) the split runs too, exactly, with
-masked positions anywhere (:func:`gated_delta_masked`): Qwen 3.5's, dense and mixture of
-experts, and Qwen3-Next's; other types' are refused."""
+LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid")
+"""Types whose ``linear_attention`` layers the split runs too, exactly, with masked positions
+anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen3-Next
+(:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H (:func:`mamba2_masked`;
+transformers names them ``linear_attention`` too); other types' are refused."""
 EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
 """Types whose attention transformers runs eager only (Gemma 2 and VaultGemma cap their
 attention scores, gpt-oss adds a learned sink to each head's softmax)."""
@@ -137,7 +139,7 @@ class HFSplitLLM:
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
-                f"Qwen3-Next, only")
+                f"Qwen3-Next and the Mamba layers of Granite 4.0-H, only")
         if getattr(config, "use_bidirectional_attention", False):
             raise AutomrError(
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -160,7 +162,7 @@ class HFSplitLLM:
         types = getattr(config, "layer_types", None)
         self.linear_layers = frozenset(
             index for index, kind in enumerate(types or ()) if kind == "linear_attention")
-        """The layers with a recurrent state (Gated DeltaNet) instead of attention."""
+        """The layers with a recurrent state (Gated DeltaNet, Mamba2) instead of attention."""
         self.layer_windows: list[int | None] = [
             self.sliding_window if types is None or types[index] == "sliding_attention" else None
             for index in range(config.num_hidden_layers)]
@@ -314,20 +316,37 @@ class HFSplitLLM:
 
     def _linear_layer(self, index: int, hidden: Tensor, mask: Tensor,
                       cache: KVCache | None) -> Tensor:
-        """Decoder layer ``index`` with a Gated DeltaNet mixer, as the model runs it (norm,
-        mixer, residual, norm, MLP, residual), the mixer through :func:`gated_delta_masked`
-        with this half's state of the layer (updated in ``cache``)."""
+        """Decoder layer ``index`` with a Gated DeltaNet or Mamba2 mixer, as the model runs it
+        (norm, mixer, residual, norm, MLP, residual), the mixer through
+        :func:`gated_delta_masked` or :func:`mamba2_masked` with this half's state of the layer
+        (updated in ``cache``)."""
         layer = self.decoder.layers[index]
         state = None if cache is None else cache.recurrent.get(index)
-        mixed, state = gated_delta_masked(layer.linear_attn, layer.input_layernorm(hidden),
-                                          mask, state)
+        mamba = getattr(layer, "mamba", None)
+        if mamba is not None:
+            mixed, state = mamba2_masked(mamba, layer.input_layernorm(hidden), mask, state)
+        else:
+            mixed, state = gated_delta_masked(layer.linear_attn, layer.input_layernorm(hidden),
+                                              mask, state)
         if cache is not None:
             cache.recurrent[index] = state
+        if mamba is not None:
+            return self._granite_mlp(layer, hidden + mixed * layer.residual_multiplier)
         hidden = hidden + mixed
         out = layer.mlp(layer.post_attention_layernorm(hidden))
         if isinstance(out, tuple):  # a mixture of experts may add its router's logits
             out = out[0]
         return hidden + out
+
+    @staticmethod
+    def _granite_mlp(layer: nn.Module, hidden: Tensor) -> Tensor:
+        """The rest of a Granite 4 decoder layer after its mixer's residual: norm, experts
+        (where it has them) plus the shared MLP, scaled residual."""
+        normed = layer.post_attention_layernorm(hidden)
+        out = layer.shared_mlp(normed)
+        if layer.has_experts:
+            out = layer.block_sparse_moe(normed) + out
+        return hidden + out * layer.residual_multiplier
 
     def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
         """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
@@ -418,19 +437,7 @@ def gated_delta_masked(
     batch, seq, _ = hidden.shape
     keep = mask.to(hidden.dtype).unsqueeze(-1)
     qkv, gate, b, a = _gated_delta_inputs(mixer, hidden * keep)
-    channels = qkv.shape[-1]
-    width = mixer.conv_kernel_size - 1
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # real ones first
-    order = order.unsqueeze(-1).expand(-1, -1, channels)
-    before = qkv.new_zeros(batch, width, channels) if state is None else state[0].to(qkv.dtype)
-    inputs = torch.cat([before, qkv.gather(1, order)], 1)
-    weight = mixer.conv1d.weight
-    conv = nn.functional.conv1d(inputs.transpose(1, 2).to(weight.dtype), weight,
-                                mixer.conv1d.bias, groups=channels).transpose(1, 2)
-    conv = ACT2FN[mixer.activation](conv).to(qkv.dtype)
-    conv = torch.empty_like(conv).scatter_(1, order, conv) * keep
-    tail = mask.sum(1, keepdim=True) + torch.arange(width, device=mask.device)
-    conv_state = inputs.gather(1, tail.unsqueeze(-1).expand(-1, -1, channels))
+    conv, conv_state = causal_conv_masked(mixer, qkv, mask, None if state is None else state[0])
     query, key, value = torch.split(conv, [mixer.key_dim, mixer.key_dim, mixer.value_dim], -1)
     query = query.reshape(batch, seq, -1, mixer.head_k_dim)
     key = key.reshape(batch, seq, -1, mixer.head_k_dim)
@@ -445,6 +452,84 @@ def gated_delta_masked(
                            output_final_state=True, use_qk_l2norm_in_kernel=True)
     core = mixer.norm(core.reshape(-1, mixer.head_v_dim), gate.reshape(-1, mixer.head_v_dim))
     return mixer.out_proj(core.reshape(batch, seq, -1)), (conv_state, recurrent)
+
+
+def mamba2_masked(
+    mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
+    state: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """A Mamba2 mixer (the ``mamba`` of Granite 4.0-H) on ``hidden`` where positions with
+    ``mask`` False change nothing: each row gives exactly what the model gives on its real
+    positions alone, wherever the masked ones are.
+
+    As :func:`gated_delta_masked`: masked inputs are zeroed and the causal convolution runs over
+    each row's real positions only, after the last ``kernel - 1`` real inputs before them
+    (``state[0]``). The time step is made as the model's scan makes it (``dt_bias``, softplus,
+    the ``time_step_limit`` clamp), then set to 0 at masked positions: no decay
+    (``exp(0 * A) = 1``) and no write (``0 * B x``), so the state (``state[1]``) passes them
+    unchanged; the scan is then told to add no bias, softplus or clamp of its own. The model
+    module's own chunked scan and one-token update do the rest (mamba-ssm's where transformers
+    finds it), the ``D`` skip connection, gated norm and output projection as the model has
+    them. Returns the output (its masked positions unused) and the state after the last real
+    position. (The model's own one-token update leaves ``time_step_limit`` out; here every
+    step clamps, as its full forward does.)
+    """
+    kernels = sys.modules[type(mixer).__module__]
+    batch, seq, _ = hidden.shape
+    keep = mask.to(hidden.dtype).unsqueeze(-1)
+    gate, inputs, dt = mixer.in_proj(hidden * keep).split(
+        [mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
+    conv, conv_state = causal_conv_masked(mixer, inputs, mask,
+                                          None if state is None else state[0])
+    heads, head_dim, groups, size = (mixer.num_heads, mixer.head_dim, mixer.n_groups,
+                                     mixer.ssm_state_size)
+    x, B, C = torch.split(conv, [mixer.intermediate_size, groups * size, groups * size], -1)
+    dt = nn.functional.softplus(dt + mixer.dt_bias.to(dt.dtype))
+    low, high = mixer.time_step_limit or (0.0, math.inf)
+    dt = dt.clamp(min=low, max=high) * keep
+    A = -torch.exp(mixer.A_log.float())
+    ssm = None if state is None else state[1]
+    if ssm is not None and seq == 1:
+        ssm = ssm.clone()  # the one-token update writes the state in place
+        out = kernels.mamba2_selective_state_update(
+            ssm, x.view(batch, heads, head_dim), dt.transpose(1, 2).expand(-1, -1, head_dim),
+            A[:, None, None].expand(-1, head_dim, size), B.view(batch, groups, size),
+            C.view(batch, groups, size), mixer.D[:, None].expand(-1, head_dim), z=None,
+            dt_bias=None, dt_softplus=False)
+    else:
+        out, ssm = kernels.mamba2_chunk_scan(
+            x.view(batch, seq, heads, head_dim), dt, A, B.view(batch, seq, groups, size),
+            C.view(batch, seq, groups, size), chunk_size=mixer.chunk_size, D=mixer.D, z=None,
+            dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf), initial_states=ssm,
+            return_final_states=True)
+    out = mixer.norm(out.reshape(batch, seq, -1), gate)
+    return mixer.out_proj(out.to(hidden.dtype)), (conv_state, ssm)
+
+
+def causal_conv_masked(
+    mixer: nn.Module, inputs: Tensor, mask: Bool[Tensor, "batch seq"],
+    before: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A mixer's causal depthwise convolution (its ``conv1d``, ``conv_kernel_size`` and
+    ``activation``) over each row's real positions only: they are gathered to the front (a
+    stable sort), after ``before``, the last ``kernel - 1`` real inputs of earlier calls (zeros
+    at first), convolved, and put back; masked positions get zeros. Returns the outputs and the
+    last ``kernel - 1`` real inputs now (``[batch, kernel - 1, channels]``)."""
+    batch, _, channels = inputs.shape
+    width = mixer.conv_kernel_size - 1
+    keep = mask.to(inputs.dtype).unsqueeze(-1)
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # real ones first
+    order = order.unsqueeze(-1).expand(-1, -1, channels)
+    before = inputs.new_zeros(batch, width, channels) if before is None else before.to(
+        inputs.dtype)
+    inputs = torch.cat([before, inputs.gather(1, order)], 1)
+    weight = mixer.conv1d.weight
+    conv = nn.functional.conv1d(inputs.transpose(1, 2).to(weight.dtype), weight,
+                                mixer.conv1d.bias, groups=channels).transpose(1, 2)
+    conv = ACT2FN[mixer.activation](conv).to(inputs.dtype)
+    conv = torch.empty_like(conv).scatter_(1, order, conv) * keep
+    tail = mask.sum(1, keepdim=True) + torch.arange(width, device=mask.device)
+    return conv, inputs.gather(1, tail.unsqueeze(-1).expand(-1, -1, channels))
 
 
 def _gated_delta_inputs(mixer: nn.Module,

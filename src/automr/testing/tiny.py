@@ -4,6 +4,7 @@ They are for fast tests only: they have the real architectures' code paths (RoPE
 RMSNorm, tied embeddings) at a size where a forward takes milliseconds.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -66,6 +67,9 @@ from transformers import (
     Starcoder2Config,
     VaultGemmaConfig,
 )
+from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
+    GraniteMoeHybridMambaLayer,
+)
 
 from automr.llm.loading import auto_class
 from automr.llm.split import attention_for
@@ -98,10 +102,6 @@ def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
 
 
 TINY_VOCAB = len(SPECIAL_TOKENS) + 256
-
-
-class PerLayer(str):
-    """A layer type every layer gets: ``layer_types`` as long as the config has layers."""
 
 
 MOE = dict(num_local_experts=4, num_experts_per_tok=2)
@@ -137,9 +137,9 @@ def ministral_config(**fields: object) -> MinistralConfig:
 
 
 def hybrid_config(config_class: type[PretrainedConfig]) -> Callable[..., PretrainedConfig]:
-    """A config maker for Qwen 3.5's or Qwen3-Next's language model: Gated DeltaNet (linear
-    attention) layers among gated full attention ones; here layers alternate, a linear one
-    first."""
+    """A config maker for Qwen 3.5's or Qwen3-Next's language model (Gated DeltaNet layers among
+    gated full attention ones) or Granite 4.0-H (Mamba2 layers among attention ones): both
+    ``linear_attention`` layers to transformers; here layers alternate, a linear one first."""
     def make(**fields: object) -> PretrainedConfig:
         layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
         return config_class(**{"layer_types": [("linear_attention", "full_attention")[index % 2]
@@ -238,10 +238,11 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
                                          moe_intermediate_size=16, layer_types=None,
                                          mlp_layer_types=None)),
     "seed_oss": (SeedOssConfig, dict(head_dim=8)),  # q/k/v biases without an o one
-    # Granite 4 with attention layers only: no positions at all (NoPE), experts + a shared MLP
-    "granitemoehybrid": (GraniteMoeHybridConfig, dict(GRANITE, **MOE, shared_intermediate_size=16,
-                                                      position_embedding_type=None, mamba_n_heads=4,
-                                                      layer_types=PerLayer("full_attention"))),
+    # Granite 4.0-H: Mamba2 layers (2 groups; chunks of 8 positions, so prompts cross them)
+    # between attention ones without positions (NoPE), experts + a shared MLP
+    "granitemoehybrid": (hybrid_config(GraniteMoeHybridConfig), dict(
+        GRANITE, **MOE, shared_intermediate_size=16, position_embedding_type=None,
+        mamba_n_heads=4, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=8)),
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
@@ -305,8 +306,6 @@ def tiny_config(arch: str = "llama", num_layers: int = 3,
     )
     fields.update(own)
     fields.update(overrides)
-    fields.update({name: [str(value)] * num_layers for name, value in fields.items()
-                   if isinstance(value, PerLayer)})
     return config_class(**fields)
 
 
@@ -321,4 +320,24 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
             for name, weight in model.named_parameters():
                 if name.endswith("norm.weight"):
                     weight.normal_(0.0, 0.3)
+    for module in model.modules():
+        if isinstance(module, GraniteMoeHybridMambaLayer):
+            _mamba2_init(module)
     return model.eval()
+
+
+@torch.no_grad()
+def _mamba2_init(mixer: torch.nn.Module) -> None:
+    """A Mamba2 mixer whose state matters at this size (transformers initialises ``A`` to
+    ``1..heads`` and ``dt_bias`` to 1, a state forgotten within a few positions, and the input
+    projection small, which leaves the output to the ``D`` skip): ``A`` uniform in 1..16 (as
+    Mamba2's), the time step log-uniform in 0.01..0.5 (Mamba2's is 0.001..0.1), the input
+    projection at unit scale, ``D`` and the gated norm random. A masked position that decayed
+    or wrote the state, or a convolution that saw it, then changes the logits."""
+    heads = mixer.num_heads
+    mixer.A_log.copy_(torch.log(1 + 15 * torch.rand(heads)))
+    dt = torch.exp(math.log(0.01) + torch.rand(heads) * (math.log(0.5) - math.log(0.01)))
+    mixer.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+    mixer.in_proj.weight.normal_(0.0, mixer.in_proj.in_features ** -0.5)
+    mixer.D.normal_()
+    mixer.norm.weight.normal_(1.0, 0.3)
