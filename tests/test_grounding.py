@@ -608,10 +608,13 @@ def test_text_embeddings_come_from_the_base_model_with_a_peft_adapter_off(tiny_m
     is switched off, so the embeddings are the untuned model's, as their cache key says."""
     from peft import LoraConfig, get_peft_model
 
+    from automr.llm.loading import without_peft_deprecation
+
     base = copy.deepcopy(tiny_models["qwen2"])
     texts = ["abc", "hello there"]
     expected = embed_texts(base, tokenizer, texts)
-    tuned = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj"]))
+    with without_peft_deprecation():
+        tuned = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj"]))
     with torch.no_grad():
         for name, weight in tuned.named_parameters():
             if "lora_B" in name:
