@@ -514,28 +514,29 @@ def float64_rms_norm(self, hidden, gate=None):
 
 def float64_kernels(monkeypatch, model) -> None:
     """Patch a model's recurrent kernels to float64: the gated delta rule of Qwen 3.5 and
-    Qwen3-Next; Granite 4.0-H's Mamba2 scan and one-token update, and its norms."""
+    Qwen3-Next; the Mamba2 scan and one-token update of Granite 4.0-H and Bamba, and their
+    norms (the layer's and the mixer's gated one)."""
     layer = model.model.layers[0]
     mixer = layer.mamba if hasattr(layer, "mamba") else layer.linear_attn
     kernels = sys.modules[type(mixer).__module__]
     if hasattr(layer, "mamba"):
         monkeypatch.setattr(kernels, "mamba2_chunk_scan", float64_mamba2_scan)
         monkeypatch.setattr(kernels, "mamba2_selective_state_update", float64_mamba2_step)
-        monkeypatch.setattr(kernels.GraniteMoeHybridRMSNorm, "forward", float64_rms_norm)
-        monkeypatch.setattr(kernels.GraniteMoeHybridRMSNormGated, "forward", float64_rms_norm)
+        monkeypatch.setattr(type(layer.input_layernorm), "forward", float64_rms_norm)
+        monkeypatch.setattr(type(mixer.norm), "forward", float64_rms_norm)
     else:
         monkeypatch.setattr(kernels, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
         monkeypatch.setattr(kernels, "torch_recurrent_gated_delta_rule",
                             float64_gated_delta_rule)
 
 
-@pytest.mark.parametrize("arch",
-                         ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid"])
+@pytest.mark.parametrize(
+    "arch", ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid", "bamba"])
 def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch, arch):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
-    interleaved projections) and the Mamba2 layers of Granite 4.0-H in float64 (kernels too):
-    each row, padded left or right or with masked positions in its middle, split at every
-    layer, prefilled in two chunks and stepped one token at a time, shared as a prefix
+    interleaved projections) and the Mamba2 layers of Granite 4.0-H and Bamba in float64
+    (kernels too): each row, padded left or right or with masked positions in its middle, split
+    at every layer, prefilled in two chunks and stepped one token at a time, shared as a prefix
     (repeat_interleave) and reordered (select, reserved beams), gives the model's logits on its
     sequence alone to 1e-12."""
     model = tiny_model(tiny_config(arch, num_layers=4)).double()

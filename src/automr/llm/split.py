@@ -34,7 +34,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid",
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
-                         "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
+                         "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
 model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Ministral 3 3B, 8B and 14B
@@ -51,11 +51,13 @@ GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
-LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid")
+LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid",
+                          "bamba")
 """Types whose ``linear_attention`` layers the split runs too, exactly, with masked positions
 anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen3-Next
-(:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H (:func:`mamba2_masked`;
-transformers names them ``linear_attention`` too); other types' are refused."""
+(:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H and Bamba
+(:func:`mamba2_masked`; transformers names them ``linear_attention`` too); other types' are
+refused."""
 EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
 """Types whose attention transformers runs eager only (Gemma 2 and VaultGemma cap their
 attention scores, gpt-oss adds a learned sink to each head's softmax)."""
@@ -139,7 +141,7 @@ class HFSplitLLM:
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
-                f"Qwen3-Next and the Mamba layers of Granite 4.0-H, only")
+                f"Qwen3-Next and the Mamba layers of Granite 4.0-H and Bamba, only")
         if getattr(config, "use_bidirectional_attention", False):
             raise AutomrError(
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -155,6 +157,9 @@ class HFSplitLLM:
         self.config = config
         self.decoder = base.get_decoder()
         self.head = base.get_output_embeddings()
+        final = getattr(self.decoder, "final_layernorm", None)
+        self.final_norm: nn.Module = self.decoder.norm if final is None else final
+        """The norm before the head (Bamba's ``final_layernorm``, every other type's ``norm``)."""
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
         """How many positions a sliding-window layer sees (itself and the nearest earlier
@@ -267,7 +272,7 @@ class HFSplitLLM:
         if logits_at is not None:
             index = logits_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             hidden = hidden.gather(1, index)
-        logits = self.head(self.decoder.norm(hidden))
+        logits = self.head(self.final_norm(hidden))
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.logits_scaling is not None:
@@ -280,7 +285,7 @@ class HFSplitLLM:
     def final_hidden(self, state: LayerState) -> Float[Tensor, "batch seq hidden"]:
         """Layers ``state.layer..`` and the final norm (no head): the model's last hidden state."""
         hidden = self._run_layers(state.hidden, state.mask, range(state.layer, self.num_layers))
-        return self.decoder.norm(hidden)
+        return self.final_norm(hidden)
 
     # -- internals ---------------------------------------------------------------------------
     def _check_layer(self, layer: int) -> None:
@@ -310,6 +315,8 @@ class HFSplitLLM:
                 use_cache=cache is not None,
                 **{self.cache_argument: None if cache is None else cache.layers},
             )
+            if isinstance(hidden, tuple):  # Bamba's layers add their attention weights
+                hidden = hidden[0]
         if cache is not None:
             cache.extend(mask)
         return hidden
@@ -330,9 +337,11 @@ class HFSplitLLM:
                                               mask, state)
         if cache is not None:
             cache.recurrent[index] = state
-        if mamba is not None:
+        if hasattr(layer, "shared_mlp"):
             return self._granite_mlp(layer, hidden + mixed * layer.residual_multiplier)
         hidden = hidden + mixed
+        if hasattr(layer, "feed_forward"):  # Bamba's names
+            return hidden + layer.feed_forward(layer.pre_ff_layernorm(hidden))
         out = layer.mlp(layer.post_attention_layernorm(hidden))
         if isinstance(out, tuple):  # a mixture of experts may add its router's logits
             out = out[0]
@@ -458,7 +467,7 @@ def mamba2_masked(
     mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
     state: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """A Mamba2 mixer (the ``mamba`` of Granite 4.0-H) on ``hidden`` where positions with
+    """A Mamba2 mixer (the ``mamba`` of Granite 4.0-H and Bamba) on ``hidden`` where positions with
     ``mask`` False change nothing: each row gives exactly what the model gives on its real
     positions alone, wherever the masked ones are.
 

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     ApertusConfig,
     ArceeConfig,
+    BambaConfig,
     Cohere2Config,
     Cohere2MoeConfig,
     CohereConfig,
@@ -67,6 +68,7 @@ from transformers import (
     Starcoder2Config,
     VaultGemmaConfig,
 )
+from transformers.models.bamba.modeling_bamba import BambaMixer
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
     GraniteMoeHybridMambaLayer,
 )
@@ -145,6 +147,13 @@ def hybrid_config(config_class: type[PretrainedConfig]) -> Callable[..., Pretrai
         return config_class(**{"layer_types": [("linear_attention", "full_attention")[index % 2]
                                                for index in range(layers)], **fields})
     return make
+
+
+def bamba_config(**fields: object) -> PretrainedConfig:
+    """A Bamba config whose layers alternate as :func:`hybrid_config`'s, a Mamba2 one first
+    (Bamba's ``layer_types`` are made from ``attn_layer_indices``)."""
+    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+    return BambaConfig(**{"attn_layer_indices": list(range(1, layers, 2)), **fields})
 
 
 # Ministral 3's RoPE, scaled to this size: yarn (16 x its original context, as 262,144 of
@@ -243,6 +252,10 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "granitemoehybrid": (hybrid_config(GraniteMoeHybridConfig), dict(
         GRANITE, **MOE, shared_intermediate_size=16, position_embedding_type=None,
         mamba_n_heads=4, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=8)),
+    # Bamba: Mamba2 layers (2 groups, chunks of 8) between attention ones with RoPE on half a
+    # head (Bamba's config sets it); a final_layernorm, a pre_ff_layernorm and feed_forward
+    "bamba": (bamba_config, dict(mamba_n_heads=4, mamba_n_groups=2, mamba_d_state=8,
+                                 mamba_chunk_size=8)),
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
@@ -321,7 +334,7 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
                 if name.endswith("norm.weight"):
                     weight.normal_(0.0, 0.3)
     for module in model.modules():
-        if isinstance(module, GraniteMoeHybridMambaLayer):
+        if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer)):
             _mamba2_init(module)
     return model.eval()
 
