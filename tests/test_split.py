@@ -2,6 +2,7 @@
 
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -424,6 +425,24 @@ def test_granite_4_with_rotary_positions_is_exact_with_mamba_layers_or_without(l
                 torch.testing.assert_close(split[row][mask[row].bool()], alone(model, seq))
 
 
+def test_nemotron_h_blocks_of_every_kind_are_exact_masks_anywhere():
+    """Nemotron-H with each of its block kinds (Mamba2, experts, attention, Mamba2, MLP: the
+    tiny model's 4 layers have no MLP block), masked positions inside a row: split at every
+    layer, each row gives the model's logits on its sequence alone."""
+    model = tiny_model(tiny_config("nemotron_h", num_layers=5))
+    assert model.config.layer_types[-1] == "mlp"
+    llm = HFSplitLLM(model)
+    seqs = [[5, 9, 40, 7, 12, 3, 8, 11, 20, 21], [8, 11, 4]]
+    ids, mask = pad(seqs, "right")
+    ids, mask = torch.cat([ids[:, :2], ids[:, :3], ids[:, 2:]], 1), torch.cat(
+        [mask[:, :2], torch.zeros_like(mask[:, :3]), mask[:, 2:]], 1).bool()
+    with torch.no_grad():
+        for layer in range(6):
+            split = llm.upper(llm.lower(ids, mask, layer))
+            for row, seq in enumerate(seqs):
+                torch.testing.assert_close(split[row][mask[row]], alone(model, seq))
+
+
 def test_recurrent_layers_of_other_types_are_refused_by_kind():
     """A layer kind the split does not run (linear attention outside
     :data:`~automr.llm.split.LINEAR_ATTENTION_TYPES`, Mamba of other types) keeps a recurrent
@@ -512,37 +531,56 @@ def float64_rms_norm(self, hidden, gate=None):
     return self.weight * grouped.flatten(-2)
 
 
+def float64_linear(x, weight, bias=None):
+    """``F.linear`` in float64 (Nemotron-H's router casts both to float32)."""
+    return torch.nn.functional.linear(x.double(), weight.double(),
+                                      None if bias is None else bias.double())
+
+
 def float64_kernels(monkeypatch, model) -> None:
     """Patch a model's recurrent kernels to float64: the gated delta rule of Qwen 3.5 and
-    Qwen3-Next; the Mamba2 scan and one-token update of Granite 4.0-H and Bamba, and their
-    norms (the layer's and the mixer's gated one)."""
+    Qwen3-Next; the Mamba2 scan and one-token update of Granite 4.0-H, Bamba and Nemotron-H,
+    their norms (the layer's and the mixer's gated one) and Nemotron-H's router."""
     layer = model.model.layers[0]
-    mixer = layer.mamba if hasattr(layer, "mamba") else layer.linear_attn
+    mixer = getattr(layer, "mamba", None) or getattr(layer, "mixer", None) or layer.linear_attn
     kernels = sys.modules[type(mixer).__module__]
-    if hasattr(layer, "mamba"):
+    if hasattr(mixer, "A_log") and hasattr(mixer, "chunk_size"):  # Mamba2
         monkeypatch.setattr(kernels, "mamba2_chunk_scan", float64_mamba2_scan)
         monkeypatch.setattr(kernels, "mamba2_selective_state_update", float64_mamba2_step)
-        monkeypatch.setattr(type(layer.input_layernorm), "forward", float64_rms_norm)
+        norm = getattr(layer, "input_layernorm", None) or layer.norm
+        monkeypatch.setattr(type(norm), "forward", float64_rms_norm)
         monkeypatch.setattr(type(mixer.norm), "forward", float64_rms_norm)
+        if hasattr(kernels, "NemotronHTopkRouter"):  # its router computes in float32
+            monkeypatch.setattr(kernels, "F", SimpleNamespace(
+                **{**vars(torch.nn.functional), "linear": float64_linear}))
     else:
         monkeypatch.setattr(kernels, "torch_chunk_gated_delta_rule", float64_gated_delta_rule)
         monkeypatch.setattr(kernels, "torch_recurrent_gated_delta_rule",
                             float64_gated_delta_rule)
 
 
-@pytest.mark.parametrize(
-    "arch", ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid", "bamba"])
+@pytest.mark.parametrize("arch", ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next",
+                                  "granitemoehybrid", "bamba", "nemotron_h"])
 def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch, arch):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
-    interleaved projections) and the Mamba2 layers of Granite 4.0-H and Bamba in float64
-    (kernels too): each row, padded left or right or with masked positions in its middle, split
-    at every layer, prefilled in two chunks and stepped one token at a time, shared as a prefix
-    (repeat_interleave) and reordered (select, reserved beams), gives the model's logits on its
-    sequence alone to 1e-12."""
+    interleaved projections) and the Mamba2 layers of Granite 4.0-H, Bamba and Nemotron-H in
+    float64 (kernels too): each row, padded left or right or with masked positions in its
+    middle, split at every layer, prefilled in two chunks and stepped one token at a time,
+    shared as a prefix (repeat_interleave) and reordered (select, reserved beams), gives the
+    model's logits on its sequence alone to 1e-12."""
     model = tiny_model(tiny_config(arch, num_layers=4)).double()
     model.set_experts_implementation("eager")  # grouped_mm takes no float64
     float64_kernels(monkeypatch, model)
     llm = HFSplitLLM(model)
+
+    def reference(seq):
+        """The model on ``seq`` alone; Nemotron-H's causal LM casts its logits to float32, so
+        there its head on its base model's output (the same, but float64)."""
+        if arch != "nemotron_h":
+            return alone(model, seq)
+        with torch.no_grad():
+            return model.lm_head(model.model(input_ids=torch.tensor([seq])).last_hidden_state)[0]
+
     generator = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist()
             for n in (13, 30, 5, 21)]
@@ -569,7 +607,7 @@ def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(mo
             for layer in range(5):
                 logits = llm.upper(llm.lower(ids, mask, layer))
                 for row, seq in enumerate(seqs):
-                    check(logits[row][mask[row]], alone(model, seq))
+                    check(logits[row][mask[row]], reference(seq))
             # two chunks through both halves' caches, then one-token steps
             lower, upper = llm.new_cache(), llm.new_cache()
             parts = []
@@ -578,24 +616,24 @@ def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(mo
                 parts.append(llm.upper(state, upper))
             logits = torch.cat(parts, 1)
             for row, seq in enumerate(seqs):
-                check(logits[row][mask[row]], alone(model, seq))
+                check(logits[row][mask[row]], reference(seq))
             decoding = Decoding(lower, upper, 2, logits[:, -1])
             more = torch.randint(3, TINY_VOCAB, (len(seqs), 3), generator=generator)
             for done in range(3):
                 step(llm, decoding, more[:, done])
                 for row, seq in enumerate(seqs):
                     grown = seq + more[row, :done + 1].tolist()
-                    check(decoding.logits[row], alone(model, grown)[-1])
+                    check(decoding.logits[row], reference(grown)[-1])
         # a shared header, repeated per row, then the rows' rests; select; reserved beams
         head, rests = seqs[0], seqs[1:]
         decoding = prefill(llm, *pad([head + rest for rest in rests], "left"), 1,
                            share_prefix=True)
         for row, rest in enumerate(rests):
-            check(decoding.logits[row], alone(model, head + rest)[-1])
+            check(decoding.logits[row], reference(head + rest)[-1])
         decoding.select(torch.tensor([2, 0, 0]))
         step(llm, decoding, torch.tensor([5, 6, 7]))
         for row, (source, token) in enumerate(zip([2, 0, 0], [5, 6, 7], strict=True)):
-            check(decoding.logits[row], alone(model, head + rests[source] + [token])[-1])
+            check(decoding.logits[row], reference(head + rests[source] + [token])[-1])
         decoding.reserve(spare=4, repeats=2)
         step(llm, decoding, torch.tensor([8, 9, 10, 11, 12, 13]))
         beams = [1, 0, 3, 3, 5, 4]  # each row takes a row of its own prompt
@@ -604,7 +642,7 @@ def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(mo
         sources, lasts = [2, 2, 0, 0, 0, 0], [5, 5, 6, 6, 7, 7]
         for row, beam in enumerate(beams):
             history = head + rests[sources[beam]] + [lasts[beam], 8 + beam, 14]
-            check(decoding.logits[row], alone(model, history)[-1])
+            check(decoding.logits[row], reference(history)[-1])
 
 
 def test_a_linear_layer_takes_an_mlp_that_returns_its_router_logits_too():

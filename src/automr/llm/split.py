@@ -34,7 +34,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "gpt_oss", "exaone_moe", "seed_oss", "apertus", "granitemoehybrid",
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
-                         "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba")
+                         "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba",
+                         "nemotron_h")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
 model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Ministral 3 3B, 8B and 14B
@@ -52,12 +53,15 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
 LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid",
-                          "bamba")
+                          "bamba", "nemotron_h")
 """Types whose ``linear_attention`` layers the split runs too, exactly, with masked positions
 anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen3-Next
-(:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H and Bamba
+(:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H, Bamba and Nemotron-H
 (:func:`mamba2_masked`; transformers names them ``linear_attention`` too); other types' are
 refused."""
+TOKENWISE_LAYERS = {"nemotron_h": {"mlp", "moe"}}
+"""Layer types of a model type that mix nothing across positions: Nemotron-H's blocks with an MLP
+or experts alone (norm, MLP, residual), run as the model runs them."""
 EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
 """Types whose attention transformers runs eager only (Gemma 2 and VaultGemma cap their
 attention scores, gpt-oss adds a learned sink to each head's softmax)."""
@@ -136,12 +140,13 @@ class HFSplitLLM:
         kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
         if config.model_type in LINEAR_ATTENTION_TYPES:
             kinds.discard("linear_attention")
+        kinds -= TOKENWISE_LAYERS.get(config.model_type, set())
         if kinds:
             raise AutomrError(
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
-                f"Qwen3-Next and the Mamba layers of Granite 4.0-H and Bamba, only")
+                f"Qwen3-Next and the Mamba layers of Granite 4.0-H, Bamba and Nemotron-H, only")
         if getattr(config, "use_bidirectional_attention", False):
             raise AutomrError(
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -157,9 +162,10 @@ class HFSplitLLM:
         self.config = config
         self.decoder = base.get_decoder()
         self.head = base.get_output_embeddings()
-        final = getattr(self.decoder, "final_layernorm", None)
-        self.final_norm: nn.Module = self.decoder.norm if final is None else final
-        """The norm before the head (Bamba's ``final_layernorm``, every other type's ``norm``)."""
+        self.final_norm: nn.Module = next(getattr(self.decoder, name) for name in (
+            "final_layernorm", "norm_f", "norm") if hasattr(self.decoder, name))
+        """The norm before the head (Bamba's ``final_layernorm``, Nemotron-H's ``norm_f``, every
+        other type's ``norm``)."""
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
         """How many positions a sliding-window layer sees (itself and the nearest earlier
@@ -238,12 +244,13 @@ class HFSplitLLM:
 
     def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
         """Token embeddings (the state entering layer 0)."""
-        embeddings = self.decoder.embed_tokens(input_ids)
+        table = self.decoder.get_input_embeddings()  # embed_tokens (Nemotron-H: embeddings)
+        embeddings = table(input_ids)
         if self.embedding_multiplier is not None:
             embeddings = embeddings * self.embedding_multiplier
         if self.embedding_dropout:
             embeddings = nn.functional.dropout(embeddings, self.embedding_dropout,
-                                               training=self.decoder.embed_tokens.training)
+                                               training=table.training)
         if self.embedding_norm:
             embeddings = self.decoder.norm(embeddings)
         return embeddings
@@ -329,6 +336,11 @@ class HFSplitLLM:
         (updated in ``cache``)."""
         layer = self.decoder.layers[index]
         state = None if cache is None else cache.recurrent.get(index)
+        if hasattr(layer, "mixer"):  # a Nemotron-H block: norm, mixer, residual, no MLP
+            mixed, state = mamba2_masked(layer.mixer, layer.norm(hidden), mask, state)
+            if cache is not None:
+                cache.recurrent[index] = state
+            return hidden + mixed
         mamba = getattr(layer, "mamba", None)
         if mamba is not None:
             mixed, state = mamba2_masked(mamba, layer.input_layernorm(hidden), mask, state)

@@ -150,7 +150,7 @@ def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
     if state is None:
         ids, mask = batch.input_ids.to(device), batch.mask.to(device)
         if layer > 0:
-            with torch.no_grad(), _eval_mode(llm.decoder.embed_tokens,
+            with torch.no_grad(), _eval_mode(llm.decoder.get_input_embeddings(),
                                              *llm.decoder.layers[:layer]):
                 state = llm.lower(ids, mask, layer)
         else:

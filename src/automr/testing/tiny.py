@@ -44,6 +44,7 @@ from transformers import (
     MixtralConfig,
     NanoChatConfig,
     NemotronConfig,
+    NemotronHConfig,
     Olmo2Config,
     Olmo3Config,
     OlmoConfig,
@@ -72,6 +73,7 @@ from transformers.models.bamba.modeling_bamba import BambaMixer
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
     GraniteMoeHybridMambaLayer,
 )
+from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
 
 from automr.llm.loading import auto_class
 from automr.llm.split import attention_for
@@ -154,6 +156,17 @@ def bamba_config(**fields: object) -> PretrainedConfig:
     (Bamba's ``layer_types`` are made from ``attn_layer_indices``)."""
     layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
     return BambaConfig(**{"attn_layer_indices": list(range(1, layers, 2)), **fields})
+
+
+NEMOTRON_H_BLOCKS = ("linear_attention", "moe", "full_attention", "linear_attention", "mlp")
+
+
+def nemotron_h_config(**fields: object) -> PretrainedConfig:
+    """A Nemotron-H config whose blocks (one mixer each) cycle Mamba2, experts, attention,
+    Mamba2, MLP: with 4 layers a Mamba2 layer on either side of a split at 2."""
+    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+    return NemotronHConfig(**{"layers_block_type": [
+        NEMOTRON_H_BLOCKS[index % len(NEMOTRON_H_BLOCKS)] for index in range(layers)], **fields})
 
 
 # Ministral 3's RoPE, scaled to this size: yarn (16 x its original context, as 262,144 of
@@ -256,6 +269,13 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # head (Bamba's config sets it); a final_layernorm, a pre_ff_layernorm and feed_forward
     "bamba": (bamba_config, dict(mamba_n_heads=4, mamba_n_groups=2, mamba_d_state=8,
                                  mamba_chunk_size=8)),
+    # Nemotron-H: blocks of one mixer each (Mamba2 with 2 groups and chunks of 8, attention
+    # without positions, experts with a shared one; a relu2 MLP from 5 layers), an untied
+    # head, norm_f
+    "nemotron_h": (nemotron_h_config, dict(
+        head_dim=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=2, ssm_state_size=8,
+        chunk_size=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=16, tie_word_embeddings=False)),
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
@@ -334,7 +354,7 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
                 if name.endswith("norm.weight"):
                     weight.normal_(0.0, 0.3)
     for module in model.modules():
-        if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer)):
+        if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer)):
             _mamba2_init(module)
     return model.eval()
 
