@@ -14,3 +14,6 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
 DEFAULT_RESAMPLES = 1000
 """Bootstrap resamples of every interval and paired difference."""
+
+DEFAULT_CONFIDENCE = 0.95
+"""Coverage of every bootstrap interval (percentile method)."""

@@ -11,14 +11,14 @@ from automr.cli.common import (
     ModelOption,
     Runtime,
     comma_list,
+    command_group,
     runtime_options,
     user_errors,
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
 
-app = typer.Typer(help="Measure throughput beside the naive way (JSON + markdown).",
-                  no_args_is_help=True)
+app = command_group("Measure throughput beside the naive way (JSON + markdown).")
 
 OutOption = Annotated[Path, typer.Option(help="Folder for NAME.json and NAME.md.")]
 RepeatsOption = Annotated[int, typer.Option(

@@ -66,6 +66,12 @@ CacheDirOption = Annotated[
 ]
 
 
+def command_group(help: str) -> typer.Typer:
+    """A group of subcommands (``automr data``, ``automr bench``, ...), shown with its help
+    when run with none."""
+    return typer.Typer(help=help, no_args_is_help=True)
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     """The non-empty parts of a comma-separated option, stripped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -11,6 +11,7 @@ from automr.cli.common import (
     Runtime,
     SampleSeedOption,
     SplitOption,
+    command_group,
     runtime_options,
     user_errors,
 )
@@ -20,8 +21,7 @@ from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 
-app = typer.Typer(help="Prompt contexts of the ReLLa and TRSR baselines.",
-                  no_args_is_help=True)
+app = command_group("Prompt contexts of the ReLLa and TRSR baselines.")
 
 BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from automr.cli.common import CacheDirOption, QuietOption, option_group, user_errors
+from automr.cli.common import CacheDirOption, QuietOption, command_group, option_group, user_errors
 from automr.data import (
     DATASET_KINDS,
     PROMPT_DOMAINS,
@@ -28,9 +28,8 @@ from automr.data import (
 )
 from automr.errors import AutomrError
 
-app = typer.Typer(help="Prepare datasets under the paper's protocol.", no_args_is_help=True)
-prepare_app = typer.Typer(help="Load a source, apply the protocol, write a dataset folder.",
-                          no_args_is_help=True)
+app = command_group("Prepare datasets under the paper's protocol.")
+prepare_app = command_group("Load a source, apply the protocol, write a dataset folder.")
 app.add_typer(prepare_app, name="prepare")
 
 _P = "Protocol"

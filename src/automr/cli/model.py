@@ -5,11 +5,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from automr.cli.common import CacheDirOption, DtypeOption, user_errors
+from automr.cli.common import CacheDirOption, DtypeOption, command_group, user_errors
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
 
-app = typer.Typer(help="Fetch and inspect causal LMs.", no_args_is_help=True)
+app = command_group("Fetch and inspect causal LMs.")
 console = Console()
 
 ModelArgument = Annotated[

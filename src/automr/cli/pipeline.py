@@ -24,6 +24,7 @@ from automr.cli.common import (
     SampleSeedOption,
     SplitOption,
     checked_options,
+    command_group,
     parse_lora_targets,
     runtime_options,
     user_errors,
@@ -32,9 +33,8 @@ from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
 from automr.paths import home_path
 
-memory_app = typer.Typer(help="Build per-user layer-L memories.", no_args_is_help=True)
-retriever_app = typer.Typer(help="Train and score retrievers on annotations.",
-                            no_args_is_help=True)
+memory_app = command_group("Build per-user layer-L memories.")
+retriever_app = command_group("Train and score retrievers on annotations.")
 
 
 

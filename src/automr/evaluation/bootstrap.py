@@ -19,10 +19,9 @@ from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
-from automr.defaults import DEFAULT_RESAMPLES
+from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 
-DEFAULT_CONFIDENCE = 0.95
 _BLOCK_ELEMENTS = 1 << 22  # indices per block of the resample matrix (32 MiB of int64)
 
 

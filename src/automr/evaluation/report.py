@@ -15,16 +15,10 @@ from beartype import beartype
 from jaxtyping import Int, jaxtyped
 from torch import Tensor
 
+from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_KS, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import (
-    DEFAULT_CONFIDENCE,
-    DEFAULT_RESAMPLES,
-    Interval,
-    PairedDifference,
-    bootstrap_ci,
-    paired_bootstrap,
-)
-from automr.evaluation.metrics import DEFAULT_KS, metric_names, per_sample_metrics
+from automr.evaluation.bootstrap import Interval, PairedDifference, bootstrap_ci, paired_bootstrap
+from automr.evaluation.metrics import metric_names, per_sample_metrics
 from automr.storage import read_json, write_json_atomic
 
 REPORT_FORMAT = "automr.metric_report/1"
