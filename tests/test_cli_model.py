@@ -139,6 +139,26 @@ def test_info_on_gemma3_with_a_vision_tower_reads_its_language_model(tmp_path):
     assert lines["layer_split"] == "yes" and lines["sliding_window"] == "4"
 
 
+def test_info_on_gemma4_reads_heads_by_layer_and_names_what_the_split_refuses(tmp_path):
+    """Gemma 4's config varies key/value heads by layer and refuses to give one value: model
+    info failed on it. It says each value; an E2B/E4B-shaped model (per-layer embeddings)
+    loads and is described, its split refused with the reason."""
+    from automr.testing.synthetic import save_tiny_model
+
+    gemma4 = save_tiny_model(tmp_path / "gemma4", "gemma4", num_layers=3)
+    lines = info_lines(str(gemma4))
+    assert lines["model_type"] == "gemma4 (language model: gemma4_text)"
+    assert lines["kv_heads"] == "1 or 2" and lines["attention_heads"] == "4"
+    assert lines["layer_split"] == "yes" and lines["sliding_window"] == "4"
+    folder = tmp_path / "e2b"
+    tiny_model(tiny_config("gemma4_text", 2, hidden_size_per_layer_input=4)).save_pretrained(
+        folder)
+    tiny_tokenizer().save_pretrained(folder)
+    lines = info_lines(str(folder))
+    assert lines["layer_split"].startswith("no: this gemma4_text model feeds every layer "
+                                           "per-layer embeddings")
+
+
 def test_ministral3_checkpoints_load_and_are_described(tmp_path):
     """Ministral 3's hub checkpoints are ``mistral3`` (a language model beside a vision
     tower), a type transformers' AutoModelForCausalLM does not build: they failed to load

@@ -188,27 +188,33 @@ def test_lora_targets_are_the_linear_modules_of_every_tuned_layer(workspace, tmp
     assert not (tmp_path / "run" / "best").exists()
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "mistral3"])
+@pytest.mark.parametrize("arch", ["gemma3", "gemma4", "mistral3"])
 def test_lora_beside_a_vision_tower_tunes_the_language_model_only(arch):
     """Gemma 3 4B-27B hold their language model beside a SigLIP vision tower whose layers have
     q/k/v_proj too: layers_to_transform's indexes matched the tower's layers as well (LoRA in
     vision layers 1 and 2 here). Only the language model's tuned layers get adapters, and
     :func:`lora_below` names an adapter in the tower (it read any ``.layers.N``). Ministral 3
-    (``mistral3``) has a Pixtral tower with layers of q/k/v_proj likewise."""
+    (``mistral3``) has a Pixtral tower with layers of q/k/v_proj likewise, Gemma 4 its own
+    (its global layers, whose keys are the values, have no v_proj)."""
     from automr.llm.loading import LoadedModel
     from automr.recommenders.finetune import lora_below, lora_model
     from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
-    loaded = LoadedModel(model=tiny_model(tiny_config(arch, 3)), tokenizer=tiny_tokenizer(),
-                         name="tiny")
+    local = dict(layer_types=["sliding_attention"] * 2 + ["full_attention"])
+    loaded = LoadedModel(model=tiny_model(tiny_config(arch, 3, **(
+        local if arch == "gemma4" else {}))), tokenizer=tiny_tokenizer(), name="tiny")
     tuned = lora_model(loaded, FinetuneConfig(lora_from_layer=1))
     adapted = {name.split(".lora_")[0].removeprefix("base_model.model.")
                for name, _ in tuned.named_parameters() if ".lora_" in name}
+    names = {name for name, _ in loaded.model.named_modules()}
     assert adapted == {f"model.language_model.layers.{layer}.self_attn.{kind}_proj"
-                       for layer in (1, 2) for kind in "qv"}
+                       for layer in (1, 2) for kind in "qv"} & names
+    assert "model.language_model.layers.1.self_attn.q_proj" in adapted
     assert lora_below(tuned, 1) == []
     tower = loaded.model.model.vision_tower
     assert any(re.search(r"layers\.1\.\w+\.q_proj$", name) for name, _ in tower.named_modules())
+    if arch == "gemma4":  # its tower's q_proj wraps a linear: peft refuses it outright
+        return
     # adapters in the tower's layers 1 and 2 (LoRA kept to layers 1.. by index alone) lie
     # outside the decoder's layers: lora_below names them, though their index is >= 1
     from peft import LoraConfig, get_peft_model

@@ -282,6 +282,50 @@ def test_ministral3_beside_a_vision_tower_runs_its_language_model_and_mistral_sm
         HFSplitLLM(tiny_model(mistral3_config(LlamaConfig, **llama.to_diff_dict())))
 
 
+def test_gemma4_layers_that_share_keys_and_values_run_exactly_within_a_half():
+    """Gemma 4's last ``num_kv_shared_layers`` layers reuse the keys and values of the last
+    earlier layer of their type. Split where both lie in one half, the split equals the model,
+    prefilled and decoded through the caches; a split between them has no keys for the
+    positions a combiner inserts, and is refused by name."""
+    model = tiny_model(tiny_config("gemma4_text", num_layers=5, num_kv_shared_layers=2))
+    llm = HFSplitLLM(model)
+    assert llm.kv_sources == {3: 1, 4: 1}  # layers s f s | f f: both reuse layer 1's
+    seqs = [[5, 9, 40, 7, 12, 3, 8, 20], [8, 11, 30, 6]]
+    ids, mask = pad(seqs, "left")
+    with torch.no_grad():
+        for layer in (0, 1, 5):
+            logits = llm.upper(llm.lower(ids, mask, layer))
+            decoding = prefill(llm, ids[:, :-2], mask[:, :-2], layer)
+            step(llm, decoding, ids[:, -2])
+            step(llm, decoding, ids[:, -1])
+            for row, seq in enumerate(seqs):
+                expected = alone(model, seq)
+                torch.testing.assert_close(logits[row][mask[row].bool()], expected)
+                torch.testing.assert_close(decoding.logits[row], expected[-1])
+        for layer in (2, 3, 4):
+            with pytest.raises(AutomrError, match=f"layer {layer} splits this model between "
+                                                  f"layers that share keys and values"):
+                llm.lower(ids, mask, layer)
+
+
+def test_gemma4_with_per_layer_embeddings_is_refused_and_vision_attention_is_not():
+    """Gemma 4 E2B and E4B feed each layer an embedding of the token ids, which inserted soft
+    tokens lack: refused. ``use_bidirectional_attention="vision"`` only opens image tokens'
+    attention: a text model stays causal, and is split."""
+    with pytest.raises(AutomrError, match="per-layer embeddings"):
+        HFSplitLLM(tiny_model(tiny_config("gemma4_text", num_layers=2,
+                                          hidden_size_per_layer_input=4)))
+    vision = tiny_model(tiny_config("gemma4_text", num_layers=2,
+                                    use_bidirectional_attention="vision"))
+    llm, seq = HFSplitLLM(vision), [5, 9, 40, 7, 12, 3]
+    with torch.no_grad():
+        state = llm.lower(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long), 1)
+        torch.testing.assert_close(llm.upper(state)[0], alone(vision, seq))
+    with pytest.raises(AutomrError, match="bidirectional"):
+        HFSplitLLM(tiny_model(tiny_config("gemma4_text", num_layers=2,
+                                          use_bidirectional_attention="all")))
+
+
 def test_starcoder2_drops_out_its_embeddings_in_training_only():
     """StarCoder 2 applies dropout to its embeddings in its model's forward (no module does),
     in training; the split does too, where the embedding module is in training mode (a frozen

@@ -28,7 +28,7 @@ from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
 from automr.llm.loading import LoadedModel
-from automr.llm.split import HFSplitLLM
+from automr.llm.split import HFSplitLLM, layer_values
 from automr.state import LayerState
 from automr.storage import write_text_atomic
 
@@ -94,11 +94,12 @@ class WorkCounter:
         self.llm = llm
         config = llm.config
         hidden, heads = config.hidden_size, config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or hidden // heads
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        self.per_token = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * (
-            config.intermediate_size)
-        self.per_pair = 2 * heads * head_dim
+        widths = [(head_dim or hidden // heads, kv or heads) for head_dim, kv in zip(
+            layer_values(config, "head_dim"), layer_values(config, "num_key_value_heads"),
+            strict=True)]  # a mean over layers where they differ (Gemma 4's global ones)
+        self.per_token = sum(head_dim * (2 * heads + 2 * kv) for head_dim, kv in widths) * (
+            hidden / len(widths)) + 3 * hidden * config.intermediate_size
+        self.per_pair = 2 * heads * sum(head_dim for head_dim, _ in widths) / len(widths)
         self.per_logit = hidden * llm.vocab_size
         self.macs = 0
 

@@ -32,7 +32,13 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.split import IMAGE_TEXT_TYPES, HFSplitLLM, attention_for, layer_linear_modules
+from automr.llm.split import (
+    IMAGE_TEXT_TYPES,
+    HFSplitLLM,
+    attention_for,
+    layer_linear_modules,
+    layer_values,
+)
 from automr.paths import home_path
 from automr.storage import atomic_dir, read_json, write_json_atomic
 
@@ -533,6 +539,11 @@ def model_fingerprint(model: torch.nn.Module, name: str) -> str:
     return digest.hexdigest()
 
 
+def _one_or_all(values: set[int]) -> int | str:
+    """A model's one value, or its layers' values (``1 or 2``: Gemma 4's key/value heads)."""
+    return values.pop() if len(values) == 1 else " or ".join(map(str, sorted(values)))
+
+
 def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto",
                    cache_dir: Path | str | None = None) -> dict[str, object]:
     """Architecture, depth, width and size of a model, for ``automr model info``, and what
@@ -582,7 +593,8 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
         "layers": text.num_hidden_layers,
         "hidden_size": text.hidden_size,
         "attention_heads": text.num_attention_heads,
-        "kv_heads": getattr(text, "num_key_value_heads", text.num_attention_heads),
+        "kv_heads": _one_or_all({heads or text.num_attention_heads
+                                 for heads in layer_values(text, "num_key_value_heads")}),
         "vocab_size": text.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": dtype_name(torch_dtype),

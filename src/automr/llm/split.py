@@ -35,12 +35,17 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
                          "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba",
-                         "nemotron_h")
-LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "mistral3": ("ministral3", "mistral")}
+                         "nemotron_h", "gemma4_text")
+LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
+                   "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
-model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Ministral 3 3B, 8B and 14B
-(``ministral3``) and Mistral Small 3.1 and 3.2 (``mistral``), both ``mistral3``. Their classes
-call the language model on text alone and add nothing to its logits; other pairs are refused."""
+model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Gemma 4 (``gemma4_text``); Ministral
+3 3B, 8B and 14B (``ministral3``) and Mistral Small 3.1 and 3.2 (``mistral``), both
+``mistral3``. Their classes call the language model on text alone and add nothing to its logits
+but Gemma 4's cap (:data:`CAPPING_WRAPPERS`); other pairs are refused."""
+CAPPING_WRAPPERS = ("gemma4",)
+"""Vision-language types whose class caps the logits with its text config's
+``final_logit_softcapping`` (Gemma 3's applies no cap, whatever its text config says)."""
 VISION_LANGUAGE_TYPES = tuple(LANGUAGE_MODELS)
 """Types whose causal LM holds a language model of a supported type beside a vision tower
 (:data:`LANGUAGE_MODELS`): the split, fine-tuning and memory run the language model, on text."""
@@ -84,6 +89,15 @@ def text_config(model: PreTrainedModel | nn.Module) -> PretrainedConfig:
     ``Gemma3ForConditionalGeneration``; Ministral 3's ``Mistral3ForConditionalGeneration``).
     Its sizes (layers, width, vocabulary) are the ones the split, fine-tuning and memory use."""
     return base_model_of(model).config.get_text_config()
+
+
+def layer_values(config: PretrainedConfig, name: str) -> list[object]:
+    """Field ``name`` of each layer of ``config``: the layer's own where a config varies it
+    (Gemma 4's global layers have wider heads and fewer key/value heads; reading one value
+    for the model fails there), else the config's one value; None where it has none."""
+    per_layer = getattr(config, "per_layer_config", None)
+    return [getattr(per_layer[index], name, None) if per_layer is not None
+            else getattr(config, name, None) for index in range(config.num_hidden_layers)]
 
 
 def decoder_layers_name(model: PreTrainedModel | nn.Module) -> str:
@@ -147,11 +161,17 @@ class HFSplitLLM:
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
                 f"Qwen3-Next and the Mamba layers of Granite 4.0-H, Bamba and Nemotron-H, only")
-        if getattr(config, "use_bidirectional_attention", False):
-            raise AutomrError(
+        if getattr(config, "use_bidirectional_attention", None) in (True, "all"):
+            raise AutomrError(  # Gemma 4's "vision": image tokens only, text stays causal
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
                 f"EmbeddingGemma); the layer split is for causal LMs"
             )
+        if getattr(config, "hidden_size_per_layer_input", None):
+            raise AutomrError(
+                f"this {config.model_type} model feeds every layer per-layer embeddings of the "
+                f"token ids (Gemma 4 E2B and E4B's PLE), which the soft tokens a combiner "
+                f"inserts at layer L do not have; the layer split runs models without them "
+                f"(Gemma 4 26B-A4B and 31B)")
         attention = config._attn_implementation
         if attention not in SUPPORTED_ATTENTION:
             raise AutomrError(
@@ -183,6 +203,12 @@ class HFSplitLLM:
         self.cache_argument = "cache" if "cache" in forward else "past_key_values"
         """What a decoder layer's forward calls its KV cache: ``cache`` from transformers 5.24,
         ``past_key_values`` before (a layer takes any keyword: a wrong name was dropped)."""
+        self.shares_kv = "shared_kv_states" in forward
+        """Whether layers pass keys and values on to later ones (Gemma 4: the last layers of a
+        type may reuse the last earlier one's instead of their own): each half's call gives its
+        layers one place for them."""
+        self.kv_sources = kv_sources(config)
+        """Each layer that reuses another's keys and values, and that layer."""
         self.rotary = getattr(self.decoder, "rotary_emb", None)
         """The rotary embedding, or None where the model has none (Granite 4: no positions)."""
         self.rotary_types = (list(config.layer_types)
@@ -202,10 +228,10 @@ class HFSplitLLM:
                                if config.model_type in GRANITE_TYPES else None)
         """What Cohere multiplies its logits by and Granite divides them by (outside the head)."""
         self.logit_cap = (getattr(config, "final_logit_softcapping", None)
-                          if config is base.config else None)
+                          if config is base.config or kind in CAPPING_WRAPPERS else None)
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
-        (Gemma 2's; Gemma 3's configs leave it unset, and its vision-language class applies
-        none whatever its text config says)."""
+        (Gemma 2's and 4's; Gemma 3's configs leave it unset, and its vision-language class
+        applies none whatever its text config says)."""
         rope = getattr(config, "rope_parameters", None) or {}
         self.longrope_switch = (rope.get("original_max_position_embeddings")
                                 if rope.get("rope_type") == "longrope" else None)
@@ -298,6 +324,14 @@ class HFSplitLLM:
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer <= self.num_layers:
             raise AutomrError(f"layer {layer} is outside 0..{self.num_layers} for this model")
+        crossing = sorted(reuse for reuse, source in self.kv_sources.items()
+                          if source < layer <= reuse)
+        if crossing:
+            raise AutomrError(
+                f"layer {layer} splits this model between layers that share keys and values "
+                f"(layer {crossing[0]} reuses layer {self.kv_sources[crossing[0]]}'s); split "
+                f"at or below layer {min(self.kv_sources.values())}, or at or above "
+                f"{max(self.kv_sources) + 1}")
 
     def _run_layers(
         self, hidden: Tensor, mask: Bool[Tensor, "batch seq"], layers: range,
@@ -310,6 +344,7 @@ class HFSplitLLM:
         biases = {window: attention_bias(mask, past_mask, hidden.dtype, window)
                   for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
+        shared = {"shared_kv_states": {}} if self.shares_kv else {}
         for index in layers:
             if index in self.linear_layers:
                 hidden = self._linear_layer(index, hidden, mask, cache)
@@ -321,6 +356,7 @@ class HFSplitLLM:
                 position_embeddings=rotary[index],
                 use_cache=cache is not None,
                 **{self.cache_argument: None if cache is None else cache.layers},
+                **shared,
             )
             if isinstance(hidden, tuple):  # Bamba's layers add their attention weights
                 hidden = hidden[0]
@@ -436,6 +472,19 @@ def attention_bias(
     allowed = allowed | (key_index == query_index).unsqueeze(0)
     bias = torch.zeros(batch, 1, seq, past + seq, dtype=dtype, device=mask.device)
     return bias.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+
+def kv_sources(config: PretrainedConfig) -> dict[int, int]:
+    """Each layer of ``config`` that reuses keys and values (Gemma 4's last
+    ``num_kv_shared_layers``), and the layer whose it reuses: the last earlier layer of its type
+    that keeps its own."""
+    modes = getattr(config, "kv_sharing_modes", None)
+    if not modes:
+        return {}
+    types = config.layer_types
+    return {index: max(source for source, mode in enumerate(modes)
+                       if mode != "reuse" and types[source] == types[index] and source < index)
+            for index, mode in enumerate(modes) if mode == "reuse"}
 
 
 def gated_delta_masked(

@@ -24,6 +24,8 @@ from transformers import (
     Gemma2Config,
     Gemma3Config,
     Gemma3TextConfig,
+    Gemma4Config,
+    Gemma4TextConfig,
     GemmaConfig,
     Glm4Config,
     Glm4MoeConfig,
@@ -121,6 +123,23 @@ def gemma3_config(**text: object) -> Gemma3Config:
                                            image_size=28, patch_size=14))
 
 
+def gemma4_text_config(**fields: object) -> Gemma4TextConfig:
+    """Gemma 4's language model with a local (sliding) layer before each global one and a
+    global one last (the model requires it)."""
+    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+    return Gemma4TextConfig(**{"layer_types": [
+        "full_attention" if index % 2 or index == layers - 1 else "sliding_attention"
+        for index in range(layers)], **fields})
+
+
+def gemma4_config(**text: object) -> Gemma4Config:
+    """Gemma 4 as its vision-language checkpoints are: the language model (``text``'s fields)
+    beside a vision tower (toy size) whose layers have q/k/v_proj too."""
+    return Gemma4Config(text_config=gemma4_text_config(**text), vision_config=dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, patch_size=14, pooling_kernel_size=2))
+
+
 def mistral3_config(text_class: Callable[..., PretrainedConfig] = Ministral3Config,
                     **text: object) -> Mistral3Config:
     """Ministral 3 as its hub checkpoints are (``mistral3``): the language model (``text``'s
@@ -181,6 +200,9 @@ QWEN3_5 = dict(head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=8,
                rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                     partial_rotary_factor=0.5, mrope_section=[1, 1, 0],
                                     mrope_interleaved=True))
+GEMMA4 = dict(head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
+              attention_k_eq_v=True, sliding_window=4, hidden_size_per_layer_input=0,
+              final_logit_softcapping=10.0)
 QWEN_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                 shared_expert_intermediate_size=16)
 
@@ -206,6 +228,15 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # this class applies no logit cap, whatever its text config says
     "gemma3": (gemma3_config, dict(head_dim=8, sliding_window=4, layer_types=None,
                                    sliding_window_pattern=2, final_logit_softcapping=10.0)),
+    # q/k norms and a weightless v norm, local layers (RoPE) then a global one with wider heads,
+    # fewer key/value heads whose keys are the values, and RoPE on a quarter of a head
+    # ("proportional"); norms after sublayers, a scalar per layer, capped logits; no per-layer
+    # embeddings (PLE: refused)
+    "gemma4_text": (gemma4_text_config, GEMMA4),
+    # Gemma 4 26B-A4B-shaped: the above with a mixture of experts beside every MLP, the language
+    # model of a vision-language class that caps the logits too
+    "gemma4": (gemma4_config, dict(GEMMA4, enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                   moe_intermediate_size=16)),
     "olmo": (OlmoConfig, dict(clip_qkv=0.5)),  # norms without weights, q/k/v clipped
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
     "olmo3": (Olmo3Config, dict(sliding_window=4)),  # OLMo 2's layers, 3 local : 1 global
