@@ -566,13 +566,16 @@ def float64_mamba2_step(state, hidden_states, dt, A, B, C, D=None, dt_bias=None,
 
 def float64_rms_norm(self, hidden, gate=None):
     """Granite 4's RMS norms (gated or not) in float64 (transformers' compute in float32, whose
-    rounding differs now and then between a padded batch and a sequence alone)."""
-    if gate is not None:
+    rounding differs now and then between a padded batch and a sequence alone); Falcon-H1's
+    gated one may gate after the norm (``norm_before_gate``) and norms ``n_groups`` groups."""
+    after = gate is not None and getattr(self, "norm_before_gate", False)
+    if gate is not None and not after:
         hidden = hidden * torch.nn.functional.silu(gate)
-    group = getattr(self, "group_size", hidden.shape[-1])
+    group = getattr(self, "group_size", hidden.shape[-1] // getattr(self, "n_groups", 1))
     grouped = hidden.unflatten(-1, (-1, group))
     grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-    return self.weight * grouped.flatten(-2)
+    normed = self.weight * grouped.flatten(-2)
+    return normed * torch.nn.functional.silu(gate) if after else normed
 
 
 def float64_linear(x, weight, bias=None):
@@ -583,7 +586,8 @@ def float64_linear(x, weight, bias=None):
 
 def float64_kernels(monkeypatch, model) -> None:
     """Patch a model's recurrent kernels to float64: the gated delta rule of Qwen 3.5 and
-    Qwen3-Next; the Mamba2 scan and one-token update of Granite 4.0-H, Bamba and Nemotron-H,
+    Qwen3-Next; the Mamba2 scan and one-token update of Granite 4.0-H, Bamba, Nemotron-H and
+    Falcon-H1,
     their norms (the layer's and the mixer's gated one) and Nemotron-H's router."""
     layer = model.model.layers[0]
     mixer = getattr(layer, "mamba", None) or getattr(layer, "mixer", None) or layer.linear_attn
@@ -593,7 +597,8 @@ def float64_kernels(monkeypatch, model) -> None:
         monkeypatch.setattr(kernels, "mamba2_selective_state_update", float64_mamba2_step)
         norm = getattr(layer, "input_layernorm", None) or layer.norm
         monkeypatch.setattr(type(norm), "forward", float64_rms_norm)
-        monkeypatch.setattr(type(mixer.norm), "forward", float64_rms_norm)
+        if hasattr(mixer.norm, "weight"):  # not Falcon-H1's identity (mamba_rms_norm False)
+            monkeypatch.setattr(type(mixer.norm), "forward", float64_rms_norm)
         if hasattr(kernels, "NemotronHTopkRouter"):  # its router computes in float32
             monkeypatch.setattr(kernels, "F", SimpleNamespace(
                 **{**vars(torch.nn.functional), "linear": float64_linear}))
@@ -603,16 +608,19 @@ def float64_kernels(monkeypatch, model) -> None:
                             float64_gated_delta_rule)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_5_text", "qwen3_5_moe_text", "qwen3_next",
-                                  "granitemoehybrid", "bamba", "nemotron_h"])
-def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(monkeypatch, arch):
+@pytest.mark.parametrize("arch,overrides", [
+    *((arch, {}) for arch in ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next",
+                              "granitemoehybrid", "bamba", "nemotron_h", "falcon_h1")),
+    ("falcon_h1", dict(mamba_rms_norm=False))])  # a mixer gated without a norm
+def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(
+        monkeypatch, arch, overrides):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
-    interleaved projections) and the Mamba2 layers of Granite 4.0-H, Bamba and Nemotron-H in
-    float64 (kernels too): each row, padded left or right or with masked positions in its
-    middle, split at every layer, prefilled in two chunks and stepped one token at a time,
-    shared as a prefix (repeat_interleave) and reordered (select, reserved beams), gives the
-    model's logits on its sequence alone to 1e-12."""
-    model = tiny_model(tiny_config(arch, num_layers=4)).double()
+    interleaved projections) and the Mamba2 layers of Granite 4.0-H, Bamba, Nemotron-H and
+    Falcon-H1 (beside attention) in float64 (kernels too): each row, padded left or right or
+    with masked positions in its middle, split at every layer, prefilled in two chunks and
+    stepped one token at a time, shared as a prefix (repeat_interleave) and reordered (select,
+    reserved beams), gives the model's logits on its sequence alone to 1e-12."""
+    model = tiny_model(tiny_config(arch, num_layers=4, **overrides)).double()
     model.set_experts_implementation("eager")  # grouped_mm takes no float64
     float64_kernels(monkeypatch, model)
     llm = HFSplitLLM(model)

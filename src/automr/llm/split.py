@@ -35,7 +35,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
                          "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba",
-                         "nemotron_h", "gemma4_text")
+                         "nemotron_h", "gemma4_text", "falcon_h1")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
@@ -54,6 +54,10 @@ IMAGE_TEXT_TYPES = ("mistral3",)
 Gemma 3's, not Mistral 3's): they load with ``AutoModelForImageTextToText``."""
 GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
+PARALLEL_TYPES = ("falcon_h1",)
+"""Types whose every layer (``hybrid``) runs attention and a Mamba2 mixer side by side on one
+norm's output, their scaled sum added to the residual (Falcon-H1); the split runs the mixer
+through :func:`mamba2_masked`."""
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
@@ -155,12 +159,15 @@ class HFSplitLLM:
         if config.model_type in LINEAR_ATTENTION_TYPES:
             kinds.discard("linear_attention")
         kinds -= TOKENWISE_LAYERS.get(config.model_type, set())
+        if config.model_type in PARALLEL_TYPES:
+            kinds.discard("hybrid")
         if kinds:
             raise AutomrError(
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
-                f"Qwen3-Next and the Mamba layers of Granite 4.0-H, Bamba and Nemotron-H, only")
+                f"Qwen3-Next and the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H and "
+                f"Falcon-H1, only")
         if getattr(config, "use_bidirectional_attention", None) in (True, "all"):
             raise AutomrError(  # Gemma 4's "vision": image tokens only, text stays causal
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -194,6 +201,9 @@ class HFSplitLLM:
         self.linear_layers = frozenset(
             index for index, kind in enumerate(types or ()) if kind == "linear_attention")
         """The layers with a recurrent state (Gated DeltaNet, Mamba2) instead of attention."""
+        self.parallel_layers = frozenset(
+            index for index, kind in enumerate(types or ()) if kind == "hybrid")
+        """The layers with attention and a Mamba2 mixer side by side (Falcon-H1)."""
         self.layer_windows: list[int | None] = [
             self.sliding_window if types is None or types[index] == "sliding_attention" else None
             for index in range(config.num_hidden_layers)]
@@ -214,19 +224,23 @@ class HFSplitLLM:
         self.rotary_types = (list(config.layer_types)
                              if hasattr(self.rotary, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
-        self.embedding_multiplier = (config.embedding_multiplier
-                                     if config.model_type in GRANITE_TYPES else None)
-        """What Granite multiplies its embeddings by, outside the embedding module."""
+        self.embedding_multiplier = (config.embedding_multiplier if config.model_type in
+                                     GRANITE_TYPES + PARALLEL_TYPES else None)
+        """What Granite and Falcon-H1 multiply their embeddings by, outside the embedding
+        module."""
         self.embedding_dropout = (config.embedding_dropout
                                   if config.model_type == "starcoder2" else 0.0)
         """The dropout StarCoder 2 applies to its embeddings in training, outside any module
         (in training mode of the embedding module: a frozen lower half runs in eval mode)."""
         self.embedding_norm = config.model_type == "nanochat"
         """Whether the embeddings go through the final norm before layer 0 (nanochat's)."""
-        self.logit_scale = config.logit_scale if config.model_type.startswith("cohere") else None
+        self.logit_scale = (config.logit_scale if config.model_type.startswith("cohere") else
+                            config.lm_head_multiplier if config.model_type in PARALLEL_TYPES
+                            else None)
         self.logits_scaling = (config.logits_scaling
                                if config.model_type in GRANITE_TYPES else None)
-        """What Cohere multiplies its logits by and Granite divides them by (outside the head)."""
+        """What Cohere and Falcon-H1 multiply their logits by and Granite divides them by
+        (outside the head)."""
         self.logit_cap = (getattr(config, "final_logit_softcapping", None)
                           if config is base.config or kind in CAPPING_WRAPPERS else None)
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
@@ -349,6 +363,11 @@ class HFSplitLLM:
             if index in self.linear_layers:
                 hidden = self._linear_layer(index, hidden, mask, cache)
                 continue
+            if index in self.parallel_layers:
+                hidden = self._parallel_layer(index, hidden, mask,
+                                              biases[self.layer_windows[index]], positions,
+                                              rotary[index], cache)
+                continue
             hidden = self.decoder.layers[index](
                 hidden,
                 attention_mask=biases[self.layer_windows[index]],
@@ -394,6 +413,26 @@ class HFSplitLLM:
         if isinstance(out, tuple):  # a mixture of experts may add its router's logits
             out = out[0]
         return hidden + out
+
+    def _parallel_layer(self, index: int, hidden: Tensor, mask: Tensor, bias: Tensor,
+                        positions: Tensor, rotary: object, cache: KVCache | None) -> Tensor:
+        """A Falcon-H1 layer as the model runs it: one norm; the Mamba2 mixer through
+        :func:`mamba2_masked` (its state in ``cache``) and the attention (of the scaled input,
+        over the split's mask) side by side, each output scaled, their sum added to the
+        residual; norm, MLP, residual."""
+        layer = self.decoder.layers[index]
+        normed = layer.input_layernorm(hidden)
+        state = None if cache is None else cache.recurrent.get(index)
+        mixed, state = mamba2_masked(layer.mamba, normed, mask, state)
+        if cache is not None:
+            cache.recurrent[index] = state
+        attended, _ = layer.self_attn(
+            hidden_states=normed * layer.attention_in_multiplier, attention_mask=bias,
+            position_ids=positions, position_embeddings=rotary, use_cache=cache is not None,
+            **{self.cache_argument: None if cache is None else cache.layers})
+        hidden = hidden + (mixed * layer.ssm_out_multiplier
+                           + attended * layer.attn_out_multiplier)
+        return hidden + layer.feed_forward(layer.pre_ff_layernorm(hidden))
 
     @staticmethod
     def _granite_mlp(layer: nn.Module, hidden: Tensor) -> Tensor:
@@ -528,9 +567,9 @@ def mamba2_masked(
     mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
     state: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """A Mamba2 mixer (the ``mamba`` of Granite 4.0-H and Bamba) on ``hidden`` where positions with
-    ``mask`` False change nothing: each row gives exactly what the model gives on its real
-    positions alone, wherever the masked ones are.
+    """A Mamba2 mixer (the ``mamba`` of Granite 4.0-H, Bamba and Falcon-H1) on ``hidden`` where
+    positions with ``mask`` False change nothing: each row gives exactly what the model gives on
+    its real positions alone, wherever the masked ones are.
 
     As :func:`gated_delta_masked`: masked inputs are zeroed and the causal convolution runs over
     each row's real positions only, after the last ``kernel - 1`` real inputs before them
@@ -547,7 +586,10 @@ def mamba2_masked(
     kernels = sys.modules[type(mixer).__module__]
     batch, seq, _ = hidden.shape
     keep = mask.to(hidden.dtype).unsqueeze(-1)
-    gate, inputs, dt = mixer.in_proj(hidden * keep).split(
+    projected = mixer.in_proj(hidden * keep * getattr(mixer, "ssm_in_multiplier", 1.0))
+    if hasattr(mixer, "mup_vector"):  # Falcon-H1's per-channel multipliers
+        projected = projected * mixer.mup_vector
+    gate, inputs, dt = projected.split(
         [mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
     conv, conv_state = causal_conv_masked(mixer, inputs, mask,
                                           None if state is None else state[0])
@@ -572,7 +614,11 @@ def mamba2_masked(
             C.view(batch, seq, groups, size), chunk_size=mixer.chunk_size, D=mixer.D, z=None,
             dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf), initial_states=ssm,
             return_final_states=True)
-    out = mixer.norm(out.reshape(batch, seq, -1), gate)
+    out = out.reshape(batch, seq, -1)
+    if getattr(mixer, "mamba_rms_norm", True):
+        out = mixer.norm(out, gate)
+    else:  # Falcon-H1 without the gated norm
+        out = out * nn.functional.silu(gate)
     return mixer.out_proj(out.to(hidden.dtype)), (conv_state, ssm)
 
 

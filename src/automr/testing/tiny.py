@@ -20,6 +20,7 @@ from transformers import (
     Ernie4_5Config,
     Exaone4Config,
     ExaoneMoeConfig,
+    FalconH1Config,
     FlexOlmoConfig,
     Gemma2Config,
     Gemma3Config,
@@ -72,6 +73,7 @@ from transformers import (
     VaultGemmaConfig,
 )
 from transformers.models.bamba.modeling_bamba import BambaMixer
+from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
     GraniteMoeHybridMambaLayer,
 )
@@ -307,6 +309,15 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
         head_dim=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=2, ssm_state_size=8,
         chunk_size=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
         moe_shared_expert_intermediate_size=16, tie_word_embeddings=False)),
+    # Falcon-H1: attention and a Mamba2 mixer (2 groups, chunks of 8) side by side in every
+    # layer, muP multipliers everywhere (embeddings, logits, each branch's input and output,
+    # the mixer's projections per channel, keys, MLP), here each set apart from 1
+    "falcon_h1": (FalconH1Config, dict(
+        head_dim=8, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8,
+        mamba_chunk_size=8, mamba_d_ssm=64, mamba_rms_norm=True, embedding_multiplier=3.0,
+        lm_head_multiplier=0.5, attention_in_multiplier=0.7, attention_out_multiplier=0.8,
+        ssm_in_multiplier=1.3, ssm_out_multiplier=0.9, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.05],
+        mlp_multipliers=[0.9, 1.1], key_multiplier=0.6)),
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
@@ -385,7 +396,8 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
                 if name.endswith("norm.weight"):
                     weight.normal_(0.0, 0.3)
     for module in model.modules():
-        if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer)):
+        if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer,
+                               FalconH1Mixer)):
             _mamba2_init(module)
     return model.eval()
 
@@ -404,4 +416,5 @@ def _mamba2_init(mixer: torch.nn.Module) -> None:
     mixer.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
     mixer.in_proj.weight.normal_(0.0, mixer.in_proj.in_features ** -0.5)
     mixer.D.normal_()
-    mixer.norm.weight.normal_(1.0, 0.3)
+    if hasattr(mixer.norm, "weight"):  # Falcon-H1's may be none (mamba_rms_norm False)
+        mixer.norm.weight.normal_(1.0, 0.3)
