@@ -308,6 +308,32 @@ def test_gemma4_layers_that_share_keys_and_values_run_exactly_within_a_half():
                 llm.lower(ids, mask, layer)
 
 
+def test_gemma4_vision_language_class_embeds_its_placeholder_ids_as_padding_and_so_does_the_split():
+    """Gemma 4's vision-language class embeds its image, video and audio placeholder ids (ids
+    of the text vocabulary: 258880, 258884 and 258881 in the published configs) as the pad
+    token, text alone too: the split embedded them as themselves, off the model wherever a
+    text held one. It embeds them as the model does, in a prompt, a decoded token and an
+    inserted embedding alike."""
+    config = tiny_config("gemma4", num_layers=NUM_LAYERS)
+    config.image_token_id, config.video_token_id, config.audio_token_id = 250, 251, 252
+    model = tiny_model(config)
+    llm = HFSplitLLM(model)
+    seq = [5, 250, 9, 40, 251, 7, 252, 12]
+    expected = alone(model, seq)
+    with torch.no_grad():
+        for layer in range(NUM_LAYERS + 1):
+            state = llm.lower(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long),
+                              layer)
+            torch.testing.assert_close(llm.upper(state)[0], expected)
+        decoding = prefill(llm, torch.tensor([seq[:-2]]), torch.ones(1, len(seq) - 2,
+                                                                     dtype=torch.long), 1)
+        step(llm, decoding, torch.tensor([seq[-2]]))
+        step(llm, decoding, torch.tensor([seq[-1]]))
+        torch.testing.assert_close(decoding.logits[0], expected[-1])
+        torch.testing.assert_close(llm.embed(torch.tensor([[250, 251, 252]])),
+                                   llm.embed(torch.tensor([[2, 2, 2]])))
+
+
 def test_gemma4_with_per_layer_embeddings_is_refused_and_vision_attention_is_not():
     """Gemma 4 E2B and E4B feed each layer an embedding of the token ids, which inserted soft
     tokens lack: refused. ``use_bidirectional_attention="vision"`` only opens image tokens'

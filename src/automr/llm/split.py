@@ -42,10 +42,15 @@ LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
 model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Gemma 4 (``gemma4_text``); Ministral
 3 3B, 8B and 14B (``ministral3``) and Mistral Small 3.1 and 3.2 (``mistral``), both
 ``mistral3``. Their classes call the language model on text alone and add nothing to its logits
-but Gemma 4's cap (:data:`CAPPING_WRAPPERS`); other pairs are refused."""
+but Gemma 4's cap (:data:`CAPPING_WRAPPERS`), nor to its input but Gemma 4's placeholder ids
+(:data:`PLACEHOLDER_WRAPPERS`); other pairs are refused."""
 CAPPING_WRAPPERS = ("gemma4",)
 """Vision-language types whose class caps the logits with its text config's
 ``final_logit_softcapping`` (Gemma 3's applies no cap, whatever its text config says)."""
+PLACEHOLDER_WRAPPERS = ("gemma4",)
+"""Vision-language types whose class embeds its image, video and audio placeholder ids (the
+config's ``image_token_id``, ``video_token_id``, ``audio_token_id``, ids of the text
+vocabulary) as the text config's ``pad_token_id``, on text alone too."""
 VISION_LANGUAGE_TYPES = tuple(LANGUAGE_MODELS)
 """Types whose causal LM holds a language model of a supported type beside a vision tower
 (:data:`LANGUAGE_MODELS`): the split, fine-tuning and memory run the language model, on text."""
@@ -246,6 +251,12 @@ class HFSplitLLM:
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
         (Gemma 2's and 4's; Gemma 3's configs leave it unset, and its vision-language class
         applies none whatever its text config says)."""
+        self.placeholders = tuple(
+            value for name in ("image_token_id", "video_token_id", "audio_token_id")
+            if (value := getattr(base.config, name, None)) is not None
+        ) if kind in PLACEHOLDER_WRAPPERS and config.pad_token_id is not None else ()
+        """The ids the vision-language class embeds as the pad token (Gemma 4's placeholders
+        for images, video and audio), none for other models."""
         rope = getattr(config, "rope_parameters", None) or {}
         self.longrope_switch = (rope.get("original_max_position_embeddings")
                                 if rope.get("rope_type") == "longrope" else None)
@@ -285,6 +296,9 @@ class HFSplitLLM:
     def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
         """Token embeddings (the state entering layer 0)."""
         table = self.decoder.get_input_embeddings()  # embed_tokens (Nemotron-H: embeddings)
+        if self.placeholders:
+            placeholder = torch.isin(input_ids, input_ids.new_tensor(self.placeholders))
+            input_ids = input_ids.masked_fill(placeholder, self.config.pad_token_id)
         embeddings = table(input_ids)
         if self.embedding_multiplier is not None:
             embeddings = embeddings * self.embedding_multiplier
