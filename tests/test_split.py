@@ -210,6 +210,11 @@ def test_masked_insertions_change_nothing(tiny_models, arch, seq, extra, layer, 
     # are scaled up there by position (Llama 4's scale), cached or not
     ("ministral3", {}, [None, None, None]),
     ("mistral3", {}, [None, None, None]),
+    # Gemma 4: a local layer, then global ones with wider heads and keys as values; its
+    # vision-language class around it, with experts beside every MLP
+    ("gemma4_text", {}, [4, None, None]),
+    ("gemma4", dict(layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                 "full_attention"], num_layers=4), [4, None, 4, None]),
 ])
 def test_sliding_window_layers_see_what_the_full_model_sees_far_past_the_window(
         arch, overrides, windows):
@@ -306,6 +311,41 @@ def test_gemma4_layers_that_share_keys_and_values_run_exactly_within_a_half():
             with pytest.raises(AutomrError, match=f"layer {layer} splits this model between "
                                                   f"layers that share keys and values"):
                 llm.lower(ids, mask, layer)
+
+
+def test_gemma4_local_layers_that_share_keys_and_values_see_what_the_model_sees_past_the_window():
+    """Local layers reusing a local layer's keys and values (Gemma 4 E2B's last layers are
+    local and global): over sequences several windows long, padded left and right, with masked
+    positions inserted, and decoded through both halves' caches, the split equals the model
+    at every layer it allows."""
+    local, full = "sliding_attention", "full_attention"
+    model = tiny_model(tiny_config("gemma4_text", num_layers=6, num_kv_shared_layers=3,
+                                   layer_types=[local, local, full, local, local, full]))
+    llm = HFSplitLLM(model)
+    assert llm.kv_sources == {3: 1, 4: 1, 5: 2} and llm.layer_windows == [4, 4, None, 4, 4, None]
+    generator = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist() for n in (23, 16)]
+    expected = [alone(model, seq) for seq in seqs]
+    junk, off = torch.full((2, 3, llm.hidden_size), 3.0), torch.zeros(2, 3, dtype=torch.bool)
+    for side in ("left", "right"):
+        ids, mask = pad(seqs, side)
+        for layer in (0, 1, 6):
+            with torch.no_grad():
+                state = llm.lower(ids, mask, layer)
+                inserted = LayerState(
+                    hidden=torch.cat([state.hidden[:, :10], junk, state.hidden[:, 10:]], 1),
+                    mask=torch.cat([state.mask[:, :10], off, state.mask[:, 10:]], 1),
+                    layer=layer)
+                logits = llm.upper(inserted)
+            for row in range(len(seqs)):
+                torch.testing.assert_close(logits[row][inserted.mask[row]], expected[row],
+                                           rtol=1e-5, atol=1e-5)
+            decoding = prefill(llm, *pad([seq[:9] for seq in seqs], side), layer)
+            for done in range(9, 16):
+                step(llm, decoding, torch.tensor([seq[done] for seq in seqs]))
+                for row in range(len(seqs)):
+                    torch.testing.assert_close(decoding.logits[row], alone(
+                        model, seqs[row][: done + 1])[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_gemma4_vision_language_class_embeds_its_placeholder_ids_as_padding_and_so_does_the_split():
