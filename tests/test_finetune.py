@@ -137,10 +137,12 @@ FUSED_QKV = {"phi3": ("qkv_proj",),
              "qwen3_5_text": ("q_proj", "v_proj", *QWEN3_5_LINEAR),
              "qwen3_5_moe_text": ("q_proj", "v_proj", *QWEN3_5_LINEAR, "shared_expert_gate"),
              "qwen3_next": ("q_proj", "v_proj", "in_proj_qkvz", "in_proj_ba", "out_proj",
-                            "shared_expert_gate")}
+                            "shared_expert_gate"),
+             "lfm2": ("q_proj", "v_proj", "in_proj", "out_proj"),
+             "lfm2_moe": ("q_proj", "v_proj", "in_proj", "out_proj")}
 """Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;
-and Qwen 3.5's and Qwen3-Next's: their linear-attention layers' own linear modules and their
-mixtures' gate on the shared expert (all tuned here)."""
+and Qwen 3.5's, Qwen3-Next's and LFM2's: their linear-attention (LFM2: short convolution)
+layers' own linear modules and their mixtures' gate on the shared expert (all tuned here)."""
 
 
 @pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])

@@ -654,8 +654,12 @@ def float64_kernels(monkeypatch, model) -> None:
     """Patch a model's recurrent kernels to float64: the gated delta rule of Qwen 3.5 and
     Qwen3-Next; the Mamba2 scan and one-token update of Granite 4.0-H, Bamba, Nemotron-H and
     Falcon-H1,
-    their norms (the layer's and the mixer's gated one) and Nemotron-H's router."""
+    their norms (the layer's and the mixer's gated one) and Nemotron-H's router; LFM2's norms
+    (its convolution runs in the model's dtype)."""
     layer = model.model.layers[0]
+    if hasattr(layer, "conv"):  # LFM2: its RMS norms compute in float32
+        monkeypatch.setattr(type(layer.operator_norm), "forward", float64_rms_norm)
+        return
     mixer = getattr(layer, "mamba", None) or getattr(layer, "mixer", None) or layer.linear_attn
     kernels = sys.modules[type(mixer).__module__]
     if hasattr(mixer, "A_log") and hasattr(mixer, "chunk_size"):  # Mamba2
@@ -676,16 +680,18 @@ def float64_kernels(monkeypatch, model) -> None:
 
 @pytest.mark.parametrize("arch,overrides", [
     *((arch, {}) for arch in ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next",
-                              "granitemoehybrid", "bamba", "nemotron_h", "falcon_h1")),
+                              "granitemoehybrid", "bamba", "nemotron_h", "falcon_h1", "lfm2",
+                              "lfm2_moe")),
     ("falcon_h1", dict(mamba_rms_norm=False))])  # a mixer gated without a norm
 def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(
         monkeypatch, arch, overrides):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
-    interleaved projections) and the Mamba2 layers of Granite 4.0-H, Bamba, Nemotron-H and
-    Falcon-H1 (beside attention) in float64 (kernels too): each row, padded left or right or
-    with masked positions in its middle, split at every layer, prefilled in two chunks and
-    stepped one token at a time, shared as a prefix (repeat_interleave) and reordered (select,
-    reserved beams), gives the model's logits on its sequence alone to 1e-12."""
+    interleaved projections), the Mamba2 layers of Granite 4.0-H, Bamba, Nemotron-H and
+    Falcon-H1 (beside attention) and the short convolutions of LFM2 (dense and experts) in
+    float64 (kernels too): each row, padded left or right or with masked positions in its
+    middle, split at every layer, prefilled in two chunks and stepped one token at a time,
+    shared as a prefix (repeat_interleave) and reordered (select, reserved beams), gives the
+    model's logits on its sequence alone to 1e-12."""
     model = tiny_model(tiny_config(arch, num_layers=4, **overrides)).double()
     model.set_experts_implementation("eager")  # grouped_mm takes no float64
     float64_kernels(monkeypatch, model)

@@ -35,7 +35,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
                          "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba",
-                         "nemotron_h", "gemma4_text", "falcon_h1")
+                         "nemotron_h", "gemma4_text", "falcon_h1", "lfm2", "lfm2_moe")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
@@ -73,6 +73,9 @@ anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen
 (:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H, Bamba and Nemotron-H
 (:func:`mamba2_masked`; transformers names them ``linear_attention`` too); other types' are
 refused."""
+SHORT_CONV_TYPES = ("lfm2", "lfm2_moe")
+"""Types whose ``conv`` layers the split runs too, exactly, with masked positions anywhere: the
+gated short convolutions of LFM2, dense and mixture of experts (:func:`short_conv_masked`)."""
 TOKENWISE_LAYERS = {"nemotron_h": {"mlp", "moe"}}
 """Layer types of a model type that mix nothing across positions: Nemotron-H's blocks with an MLP
 or experts alone (norm, MLP, residual), run as the model runs them."""
@@ -163,6 +166,8 @@ class HFSplitLLM:
         kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
         if config.model_type in LINEAR_ATTENTION_TYPES:
             kinds.discard("linear_attention")
+        if config.model_type in SHORT_CONV_TYPES:
+            kinds.discard("conv")
         kinds -= TOKENWISE_LAYERS.get(config.model_type, set())
         if config.model_type in PARALLEL_TYPES:
             kinds.discard("hybrid")
@@ -171,8 +176,8 @@ class HFSplitLLM:
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
-                f"Qwen3-Next and the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H and "
-                f"Falcon-H1, only")
+                f"Qwen3-Next, the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H and "
+                f"Falcon-H1 and the short convolutions of LFM2, only")
         if getattr(config, "use_bidirectional_attention", None) in (True, "all"):
             raise AutomrError(  # Gemma 4's "vision": image tokens only, text stays causal
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -195,17 +200,18 @@ class HFSplitLLM:
         self.decoder = base.get_decoder()
         self.head = base.get_output_embeddings()
         self.final_norm: nn.Module = next(getattr(self.decoder, name) for name in (
-            "final_layernorm", "norm_f", "norm") if hasattr(self.decoder, name))
-        """The norm before the head (Bamba's ``final_layernorm``, Nemotron-H's ``norm_f``, every
-        other type's ``norm``)."""
+            "final_layernorm", "norm_f", "norm", "embedding_norm") if hasattr(self.decoder, name))
+        """The norm before the head (Bamba's ``final_layernorm``, Nemotron-H's ``norm_f``, LFM2's
+        ``embedding_norm`` (applied last, despite its name), every other type's ``norm``)."""
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
         """How many positions a sliding-window layer sees (itself and the nearest earlier
         ones), or None where the model has none."""
         types = getattr(config, "layer_types", None)
         self.linear_layers = frozenset(
-            index for index, kind in enumerate(types or ()) if kind == "linear_attention")
-        """The layers with a recurrent state (Gated DeltaNet, Mamba2) instead of attention."""
+            index for index, kind in enumerate(types or ()) if kind in ("linear_attention", "conv"))
+        """The layers with a recurrent state (Gated DeltaNet, Mamba2, LFM2's short convolution)
+        instead of attention."""
         self.parallel_layers = frozenset(
             index for index, kind in enumerate(types or ()) if kind == "hybrid")
         """The layers with attention and a Mamba2 mixer side by side (Falcon-H1)."""
@@ -224,8 +230,10 @@ class HFSplitLLM:
         layers one place for them."""
         self.kv_sources = kv_sources(config)
         """Each layer that reuses another's keys and values, and that layer."""
-        self.rotary = getattr(self.decoder, "rotary_emb", None)
-        """The rotary embedding, or None where the model has none (Granite 4: no positions)."""
+        self.rotary = getattr(self.decoder, "rotary_emb", None) or getattr(
+            self.decoder, "pos_emb", None)
+        """The rotary embedding (LFM2-MoE's ``pos_emb``), or None where the model has none
+        (Granite 4: no positions)."""
         self.rotary_types = (list(config.layer_types)
                              if hasattr(self.rotary, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
@@ -399,10 +407,10 @@ class HFSplitLLM:
 
     def _linear_layer(self, index: int, hidden: Tensor, mask: Tensor,
                       cache: KVCache | None) -> Tensor:
-        """Decoder layer ``index`` with a Gated DeltaNet or Mamba2 mixer, as the model runs it
-        (norm, mixer, residual, norm, MLP, residual), the mixer through
-        :func:`gated_delta_masked` or :func:`mamba2_masked` with this half's state of the layer
-        (updated in ``cache``)."""
+        """Decoder layer ``index`` with a Gated DeltaNet, Mamba2 or short convolution mixer, as
+        the model runs it (norm, mixer, residual, norm, MLP, residual), the mixer through
+        :func:`gated_delta_masked`, :func:`mamba2_masked` or :func:`short_conv_masked` with this
+        half's state of the layer (updated in ``cache``)."""
         layer = self.decoder.layers[index]
         state = None if cache is None else cache.recurrent.get(index)
         if hasattr(layer, "mixer"):  # a Nemotron-H block: norm, mixer, residual, no MLP
@@ -411,7 +419,9 @@ class HFSplitLLM:
                 cache.recurrent[index] = state
             return hidden + mixed
         mamba = getattr(layer, "mamba", None)
-        if mamba is not None:
+        if hasattr(layer, "conv"):  # LFM2's names
+            mixed, state = short_conv_masked(layer.conv, layer.operator_norm(hidden), mask, state)
+        elif mamba is not None:
             mixed, state = mamba2_masked(mamba, layer.input_layernorm(hidden), mask, state)
         else:
             mixed, state = gated_delta_masked(layer.linear_attn, layer.input_layernorm(hidden),
@@ -421,6 +431,8 @@ class HFSplitLLM:
         if hasattr(layer, "shared_mlp"):
             return self._granite_mlp(layer, hidden + mixed * layer.residual_multiplier)
         hidden = hidden + mixed
+        if hasattr(layer, "ffn_norm"):  # LFM2's names
+            return hidden + layer.feed_forward(layer.ffn_norm(hidden))
         if hasattr(layer, "feed_forward"):  # Bamba's names
             return hidden + layer.feed_forward(layer.pre_ff_layernorm(hidden))
         out = layer.mlp(layer.post_attention_layernorm(hidden))
@@ -560,7 +572,8 @@ def gated_delta_masked(
     batch, seq, _ = hidden.shape
     keep = mask.to(hidden.dtype).unsqueeze(-1)
     qkv, gate, b, a = _gated_delta_inputs(mixer, hidden * keep)
-    conv, conv_state = causal_conv_masked(mixer, qkv, mask, None if state is None else state[0])
+    conv, conv_state = causal_conv_masked(mixer.conv1d, qkv, mask,
+                                          None if state is None else state[0], mixer.activation)
     query, key, value = torch.split(conv, [mixer.key_dim, mixer.key_dim, mixer.value_dim], -1)
     query = query.reshape(batch, seq, -1, mixer.head_k_dim)
     key = key.reshape(batch, seq, -1, mixer.head_k_dim)
@@ -605,8 +618,8 @@ def mamba2_masked(
         projected = projected * mixer.mup_vector
     gate, inputs, dt = projected.split(
         [mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
-    conv, conv_state = causal_conv_masked(mixer, inputs, mask,
-                                          None if state is None else state[0])
+    conv, conv_state = causal_conv_masked(mixer.conv1d, inputs, mask,
+                                          None if state is None else state[0], mixer.activation)
     heads, head_dim, groups, size = (mixer.num_heads, mixer.head_dim, mixer.n_groups,
                                      mixer.ssm_state_size)
     x, B, C = torch.split(conv, [mixer.intermediate_size, groups * size, groups * size], -1)
@@ -636,27 +649,45 @@ def mamba2_masked(
     return mixer.out_proj(out.to(hidden.dtype)), (conv_state, ssm)
 
 
+def short_conv_masked(
+    mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
+    state: tuple[Tensor] | None = None,
+) -> tuple[Tensor, tuple[Tensor]]:
+    """LFM2's gated short convolution (its ``conv`` layers' mixer) on ``hidden`` where positions
+    with ``mask`` False change nothing: the input projection gives gates ``B`` and ``C`` and
+    values ``x``; ``B * x`` goes through the causal convolution over each row's real positions
+    only, after the last ``kernel - 1`` real inputs before them (``state[0]``,
+    :func:`causal_conv_masked`), is gated by ``C`` and projected out. Returns the output (its
+    masked positions unused) and the state after the last real position."""
+    B, C, x = mixer.in_proj(hidden).chunk(3, dim=-1)
+    conv, conv_state = causal_conv_masked(mixer.conv, B * x, mask,
+                                          None if state is None else state[0])
+    return mixer.out_proj(C * conv), (conv_state,)
+
+
 def causal_conv_masked(
-    mixer: nn.Module, inputs: Tensor, mask: Bool[Tensor, "batch seq"],
-    before: Tensor | None = None,
+    conv1d: nn.Conv1d, inputs: Tensor, mask: Bool[Tensor, "batch seq"],
+    before: Tensor | None = None, activation: str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """A mixer's causal depthwise convolution (its ``conv1d``, ``conv_kernel_size`` and
-    ``activation``) over each row's real positions only: they are gathered to the front (a
-    stable sort), after ``before``, the last ``kernel - 1`` real inputs of earlier calls (zeros
-    at first), convolved, and put back; masked positions get zeros. Returns the outputs and the
-    last ``kernel - 1`` real inputs now (``[batch, kernel - 1, channels]``)."""
+    """A mixer's causal depthwise convolution ``conv1d``, then ``activation`` where it has one,
+    over each row's real positions only: they are gathered to the front (a stable sort), after
+    ``before``, the last ``kernel - 1`` real inputs of earlier calls (zeros at first),
+    convolved, and put back; masked positions get zeros. Returns the outputs and the last
+    ``kernel - 1`` real inputs now (``[batch, kernel - 1, channels]``)."""
     batch, _, channels = inputs.shape
-    width = mixer.conv_kernel_size - 1
+    width = conv1d.kernel_size[0] - 1
     keep = mask.to(inputs.dtype).unsqueeze(-1)
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # real ones first
     order = order.unsqueeze(-1).expand(-1, -1, channels)
     before = inputs.new_zeros(batch, width, channels) if before is None else before.to(
         inputs.dtype)
     inputs = torch.cat([before, inputs.gather(1, order)], 1)
-    weight = mixer.conv1d.weight
+    weight = conv1d.weight
     conv = nn.functional.conv1d(inputs.transpose(1, 2).to(weight.dtype), weight,
-                                mixer.conv1d.bias, groups=channels).transpose(1, 2)
-    conv = ACT2FN[mixer.activation](conv).to(inputs.dtype)
+                                conv1d.bias, groups=channels).transpose(1, 2)
+    if activation is not None:
+        conv = ACT2FN[activation](conv)
+    conv = conv.to(inputs.dtype)
     conv = torch.empty_like(conv).scatter_(1, order, conv) * keep
     tail = mask.sum(1, keepdim=True) + torch.arange(width, device=mask.device)
     return conv, inputs.gather(1, tail.unsqueeze(-1).expand(-1, -1, channels))

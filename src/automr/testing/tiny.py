@@ -39,6 +39,8 @@ from transformers import (
     HeliumConfig,
     HunYuanDenseV1Config,
     Jais2Config,
+    Lfm2Config,
+    Lfm2MoeConfig,
     LlamaConfig,
     Ministral3Config,
     MinistralConfig,
@@ -77,6 +79,8 @@ from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
     GraniteMoeHybridMambaLayer,
 )
+from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+from transformers.models.lfm2_moe.modeling_lfm2_moe import Lfm2MoeShortConv
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
 
 from automr.llm.loading import auto_class
@@ -161,13 +165,15 @@ def ministral_config(**fields: object) -> MinistralConfig:
                                               for index in range(layers)], **fields})
 
 
-def hybrid_config(config_class: type[PretrainedConfig]) -> Callable[..., PretrainedConfig]:
+def hybrid_config(config_class: type[PretrainedConfig],
+                  kind: str = "linear_attention") -> Callable[..., PretrainedConfig]:
     """A config maker for Qwen 3.5's or Qwen3-Next's language model (Gated DeltaNet layers among
     gated full attention ones) or Granite 4.0-H (Mamba2 layers among attention ones): both
-    ``linear_attention`` layers to transformers; here layers alternate, a linear one first."""
+    ``linear_attention`` layers to transformers; or LFM2's (``kind`` ``conv``: short
+    convolutions among attention layers); here layers alternate, a recurrent one first."""
     def make(**fields: object) -> PretrainedConfig:
         layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
-        return config_class(**{"layer_types": [("linear_attention", "full_attention")[index % 2]
+        return config_class(**{"layer_types": [(kind, "full_attention")[index % 2]
                                                for index in range(layers)], **fields})
     return make
 
@@ -360,6 +366,16 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "qwen3_next": (hybrid_config(Qwen3NextConfig), dict(
         QWEN3_5, **QWEN_MOE, mlp_only_layers=[0], rope_parameters=dict(
             rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5))),
+    # LFM2: gated short convolutions (kernel 3) between attention layers with q/k norms and an
+    # out_proj; an MLP of w1, w2, w3 at the configured width, the final norm embedding_norm
+    "lfm2": (hybrid_config(Lfm2Config, "conv"), dict(block_auto_adjust_ff_dim=False)),
+    # LFM2-8B-A1B: LFM2's layers, a dense MLP on layer 0, then experts (4, 2 per token; sigmoid
+    # router with an expert bias); the rotary embedding is pos_emb. Biased projections around
+    # the convolutions (conv_bias; LFM2's checkpoints have none): a masked position's input to
+    # the convolution is then non-zero, even where transformers zeroes its hidden state
+    "lfm2_moe": (hybrid_config(Lfm2MoeConfig, "conv"), dict(
+        num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        conv_bias=True)),
 }
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
@@ -399,7 +415,20 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
         if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer,
                                FalconH1Mixer)):
             _mamba2_init(module)
+        if isinstance(module, (Lfm2ShortConv, Lfm2MoeShortConv)):
+            _short_conv_init(module)
     return model.eval()
+
+
+@torch.no_grad()
+def _short_conv_init(mixer: torch.nn.Module) -> None:
+    """An LFM2 short convolution whose every tap matters at this size: its input projection
+    (gates ``B``, ``C`` and values ``x``) at unit scale and the kernel at unit scale over its
+    taps (transformers' 0.02 leaves ``B * x`` convolved and gated by ``C`` a thousandth of the
+    residual stream). A masked position the convolution saw, or one that shifted its window,
+    then changes the logits."""
+    mixer.in_proj.weight.normal_(0.0, mixer.in_proj.in_features ** -0.5)
+    mixer.conv.weight.normal_(0.0, mixer.conv.kernel_size[0] ** -0.5)
 
 
 @torch.no_grad()
