@@ -553,6 +553,28 @@ def test_nemotron_h_blocks_of_every_kind_are_exact_masks_anywhere():
                 torch.testing.assert_close(split[row][mask[row]], alone(model, seq))
 
 
+def test_lfm2_with_biased_convolutions_is_exact_where_transformers_own_forward_is_not():
+    """LFM2 with biases around its convolutions (``conv_bias``; the published checkpoints have
+    none): a padded or masked position's input to the convolution is the bias's, not zero,
+    though transformers zeroes its hidden state, so its own forward is off on a left-padded
+    row. The split skips those positions: each row, padded left or with masked positions
+    inside, split at every layer, gives the model's logits on its sequence alone."""
+    model = tiny_model(tiny_config("lfm2", num_layers=4, conv_bias=True))
+    llm = HFSplitLLM(model)
+    seqs = [[5, 9, 40, 7, 12, 3, 8, 11, 20, 21], [8, 11, 4]]
+    left = pad(seqs, "left")
+    inside = (torch.cat([left[0][:, :8], left[0][:, :3], left[0][:, 8:]], 1),
+              torch.cat([left[1][:, :8], torch.zeros_like(left[1][:, :3]), left[1][:, 8:]], 1))
+    with torch.no_grad():
+        own = model(input_ids=left[0], attention_mask=left[1]).logits
+        assert not torch.allclose(own[1][left[1][1].bool()], alone(model, seqs[1]), atol=1e-3)
+        for ids, mask in (left, inside):
+            for layer in range(5):
+                split = llm.upper(llm.lower(ids, mask, layer))
+                for row, seq in enumerate(seqs):
+                    torch.testing.assert_close(split[row][mask[row].bool()], alone(model, seq))
+
+
 def test_recurrent_layers_of_other_types_are_refused_by_kind():
     """A layer kind the split does not run (linear attention outside
     :data:`~automr.llm.split.LINEAR_ATTENTION_TYPES`, Mamba of other types) keeps a recurrent

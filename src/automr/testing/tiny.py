@@ -370,12 +370,9 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # out_proj; an MLP of w1, w2, w3 at the configured width, the final norm embedding_norm
     "lfm2": (hybrid_config(Lfm2Config, "conv"), dict(block_auto_adjust_ff_dim=False)),
     # LFM2-8B-A1B: LFM2's layers, a dense MLP on layer 0, then experts (4, 2 per token; sigmoid
-    # router with an expert bias); the rotary embedding is pos_emb. Biased projections around
-    # the convolutions (conv_bias; LFM2's checkpoints have none): a masked position's input to
-    # the convolution is then non-zero, even where transformers zeroes its hidden state
+    # router with an expert bias); the rotary embedding is pos_emb
     "lfm2_moe": (hybrid_config(Lfm2MoeConfig, "conv"), dict(
-        num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-        conv_bias=True)),
+        num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
 }
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
@@ -425,10 +422,14 @@ def _short_conv_init(mixer: torch.nn.Module) -> None:
     """An LFM2 short convolution whose every tap matters at this size: its input projection
     (gates ``B``, ``C`` and values ``x``) at unit scale and the kernel at unit scale over its
     taps (transformers' 0.02 leaves ``B * x`` convolved and gated by ``C`` a thousandth of the
-    residual stream). A masked position the convolution saw, or one that shifted its window,
-    then changes the logits."""
+    residual stream); its biases, where it has them (``conv_bias``), random too (transformers
+    zeroes them). A masked position the convolution saw, or one that shifted its window, then
+    changes the logits."""
     mixer.in_proj.weight.normal_(0.0, mixer.in_proj.in_features ** -0.5)
     mixer.conv.weight.normal_(0.0, mixer.conv.kernel_size[0] ** -0.5)
+    for module in (mixer.in_proj, mixer.conv, mixer.out_proj):
+        if module.bias is not None:
+            module.bias.normal_(0.0, 0.5)
 
 
 @torch.no_grad()
