@@ -139,7 +139,8 @@ FUSED_QKV = {"phi3": ("qkv_proj",),
              "qwen3_next": ("q_proj", "v_proj", "in_proj_qkvz", "in_proj_ba", "out_proj",
                             "shared_expert_gate"),
              "lfm2": ("q_proj", "v_proj", "in_proj", "out_proj"),
-             "lfm2_moe": ("q_proj", "v_proj", "in_proj", "out_proj")}
+             "lfm2_moe": ("q_proj", "v_proj", "in_proj", "out_proj"),
+             "lfm3": ("q_proj", "v_proj", "in_proj", "out_proj")}
 """Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;
 and Qwen 3.5's, Qwen3-Next's and LFM2's: their linear-attention (LFM2: short convolution)
 layers' own linear modules and their mixtures' gate on the shared expert (all tuned here)."""

@@ -703,15 +703,15 @@ def float64_kernels(monkeypatch, model) -> None:
 @pytest.mark.parametrize("arch,overrides", [
     *((arch, {}) for arch in ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next",
                               "granitemoehybrid", "bamba", "nemotron_h", "falcon_h1", "lfm2",
-                              "lfm2_moe")),
+                              "lfm2_moe", "lfm3")),
     ("falcon_h1", dict(mamba_rms_norm=False))])  # a mixer gated without a norm
 def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(
         monkeypatch, arch, overrides):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
     interleaved projections), the Mamba2 layers of Granite 4.0-H, Bamba, Nemotron-H and
-    Falcon-H1 (beside attention) and the short convolutions of LFM2 (dense and experts) in
-    float64 (kernels too): each row, padded left or right or with masked positions in its
-    middle, split at every layer, prefilled in two chunks and stepped one token at a time,
+    Falcon-H1 (beside attention) and the short convolutions of LFM2 (dense and experts) and
+    LFM3 in float64 (kernels too): each row, padded left or right or with masked positions in
+    its middle, split at every layer, prefilled in two chunks and stepped one token at a time,
     shared as a prefix (repeat_interleave) and reordered (select, reserved beams), gives the
     model's logits on its sequence alone to 1e-12."""
     model = tiny_model(tiny_config(arch, num_layers=4, **overrides)).double()

@@ -35,7 +35,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
                          "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba",
-                         "nemotron_h", "gemma4_text", "falcon_h1", "lfm2", "lfm2_moe")
+                         "nemotron_h", "gemma4_text", "falcon_h1", "lfm2", "lfm2_moe",
+                         "lfm3")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
@@ -73,9 +74,10 @@ anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen
 (:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H, Bamba and Nemotron-H
 (:func:`mamba2_masked`; transformers names them ``linear_attention`` too); other types' are
 refused."""
-SHORT_CONV_TYPES = ("lfm2", "lfm2_moe")
+SHORT_CONV_TYPES = ("lfm2", "lfm2_moe", "lfm3")
 """Types whose ``conv`` layers the split runs too, exactly, with masked positions anywhere: the
-gated short convolutions of LFM2, dense and mixture of experts (:func:`short_conv_masked`)."""
+gated short convolutions of LFM2, dense and mixture of experts, and LFM3
+(:func:`short_conv_masked`)."""
 TOKENWISE_LAYERS = {"nemotron_h": {"mlp", "moe"}}
 """Layer types of a model type that mix nothing across positions: Nemotron-H's blocks with an MLP
 or experts alone (norm, MLP, residual), run as the model runs them."""
@@ -177,7 +179,7 @@ class HFSplitLLM:
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
                 f"Qwen3-Next, the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H and "
-                f"Falcon-H1 and the short convolutions of LFM2, only")
+                f"Falcon-H1 and the short convolutions of LFM2 and LFM3, only")
         if getattr(config, "use_bidirectional_attention", None) in (True, "all"):
             raise AutomrError(  # Gemma 4's "vision": image tokens only, text stays causal
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -418,10 +420,16 @@ class HFSplitLLM:
             if cache is not None:
                 cache.recurrent[index] = state
             return hidden + mixed
-        mamba = getattr(layer, "mamba", None)
-        if hasattr(layer, "conv"):  # LFM2's names
+        if hasattr(layer, "conv"):  # LFM2's names; LFM3's norms after both sublayers
             mixed, state = short_conv_masked(layer.conv, layer.operator_norm(hidden), mask, state)
-        elif mamba is not None:
+            if cache is not None:
+                cache.recurrent[index] = state
+            after_mixer, after_mlp = (getattr(layer, name, nn.Identity())
+                                      for name in ("post_operator_norm", "post_ffn_norm"))
+            hidden = hidden + after_mixer(mixed)
+            return hidden + after_mlp(layer.feed_forward(layer.ffn_norm(hidden)))
+        mamba = getattr(layer, "mamba", None)
+        if mamba is not None:
             mixed, state = mamba2_masked(mamba, layer.input_layernorm(hidden), mask, state)
         else:
             mixed, state = gated_delta_masked(layer.linear_attn, layer.input_layernorm(hidden),
@@ -431,8 +439,6 @@ class HFSplitLLM:
         if hasattr(layer, "shared_mlp"):
             return self._granite_mlp(layer, hidden + mixed * layer.residual_multiplier)
         hidden = hidden + mixed
-        if hasattr(layer, "ffn_norm"):  # LFM2's names
-            return hidden + layer.feed_forward(layer.ffn_norm(hidden))
         if hasattr(layer, "feed_forward"):  # Bamba's names
             return hidden + layer.feed_forward(layer.pre_ff_layernorm(hidden))
         out = layer.mlp(layer.post_attention_layernorm(hidden))
@@ -472,16 +478,17 @@ class HFSplitLLM:
 
     def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
         """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
-        a rotary per layer type (Gemma 3: local and global layers), its layer type's; None
-        where the model has no rotary embedding."""
+        a rotary per layer type (Gemma 3: local and global layers), its layer type's (None for a
+        type it has none for: LFM3's ``conv``); None where the model has no rotary embedding."""
         rotary = self.rotary
         if rotary is None:
             return dict.fromkeys(layers)
         if self.rotary_types is None:
             return dict.fromkeys(layers, rotary(hidden, position_ids=positions))
         by_type = {kind: rotary(hidden, positions, kind)
-                   for kind in {self.rotary_types[index] for index in layers}}
-        return {index: by_type[self.rotary_types[index]] for index in layers}
+                   for kind in {self.rotary_types[index] for index in layers}
+                   if kind in rotary.layer_types}
+        return {index: by_type.get(self.rotary_types[index]) for index in layers}
 
     def _check_longrope(self, seen: Tensor, positions: Tensor) -> None:
         """Refuse to continue a cache across longrope's switch: the model then rotates every

@@ -41,6 +41,7 @@ from transformers import (
     Jais2Config,
     Lfm2Config,
     Lfm2MoeConfig,
+    Lfm3Config,
     LlamaConfig,
     Ministral3Config,
     MinistralConfig,
@@ -81,6 +82,7 @@ from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
 )
 from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
 from transformers.models.lfm2_moe.modeling_lfm2_moe import Lfm2MoeShortConv
+from transformers.models.lfm3.modeling_lfm3 import Lfm3ShortConv
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
 
 from automr.llm.loading import auto_class
@@ -183,6 +185,16 @@ def bamba_config(**fields: object) -> PretrainedConfig:
     (Bamba's ``layer_types`` are made from ``attn_layer_indices``)."""
     layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
     return BambaConfig(**{"attn_layer_indices": list(range(1, layers, 2)), **fields})
+
+
+def lfm3_config(**fields: object) -> PretrainedConfig:
+    """An LFM3 config whose layers cycle a short convolution, a sliding-window attention layer,
+    a full one and a convolution again: every kind in 3 layers, and with 4 a convolution on
+    either side of a split at 2."""
+    kinds = ("conv", "sliding_attention", "full_attention", "conv")
+    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+    return Lfm3Config(**{"layer_types": [kinds[index % len(kinds)] for index in range(layers)],
+                         **fields})
 
 
 NEMOTRON_H_BLOCKS = ("linear_attention", "moe", "full_attention", "linear_attention", "mlp")
@@ -373,6 +385,10 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # router with an expert bias); the rotary embedding is pos_emb
     "lfm2_moe": (hybrid_config(Lfm2MoeConfig, "conv"), dict(
         num_dense_layers=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
+    # LFM3: LFM2's convolutions (kernel 7 here, as LFM3's) between sliding-window attention
+    # layers (RoPE) and full ones (proportional RoPE on half a head); its attention gates each
+    # head's output (g_proj) and names its output o_proj; norms after both sublayers
+    "lfm3": (lfm3_config, dict(head_dim=8, sliding_window=4)),
 }
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
@@ -412,7 +428,7 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
         if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer,
                                FalconH1Mixer)):
             _mamba2_init(module)
-        if isinstance(module, (Lfm2ShortConv, Lfm2MoeShortConv)):
+        if isinstance(module, (Lfm2ShortConv, Lfm2MoeShortConv, Lfm3ShortConv)):
             _short_conv_init(module)
     return model.eval()
 
