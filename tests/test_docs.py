@@ -328,3 +328,17 @@ def test_every_top_level_export_is_rendered_on_an_api_page() -> None:
         if not homes & rendered:
             missing.append(f"{name} ({', '.join(sorted(homes))})")
     assert not missing, f"no docs/api page renders: {missing}"
+
+
+def test_the_split_page_names_every_model_type_and_the_readme_counts_them() -> None:
+    """docs/concepts/split.md lists every type the split runs (each in backticks) and README's
+    and the home page's counts are the real one: a type added to the split without a word in
+    the docs, or a count left behind, fails."""
+    from automr.llm.split import SUPPORTED_MODEL_TYPES, VISION_LANGUAGE_TYPES
+
+    types = SUPPORTED_MODEL_TYPES + VISION_LANGUAGE_TYPES
+    page = (ROOT / "docs" / "concepts" / "split.md").read_text(encoding="utf-8")
+    assert [kind for kind in types if f"`{kind}`" not in page] == []
+    for text in (ROOT / "README.md", ROOT / "docs" / "index.md"):
+        counts = re.findall(r"lists all (\d+) types", text.read_text(encoding="utf-8"))
+        assert counts == [str(len(types))], text

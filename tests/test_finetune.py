@@ -133,7 +133,8 @@ def test_lora_from_layer_trains_only_upper_layers(workspace):
 
 
 QWEN3_5_LINEAR = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
-FUSED_QKV = {"phi3": ("qkv_proj",),
+FUSED_QKV = {"phi3": ("qkv_proj",), "gpt_neox": ("query_key_value",),
+             "persimmon": ("query_key_value",), "ergo": ("qkv_proj",), "jetmoe": ("kv_proj",),
              "qwen3_5_text": ("q_proj", "v_proj", *QWEN3_5_LINEAR),
              "qwen3_5_moe_text": ("q_proj", "v_proj", *QWEN3_5_LINEAR, "shared_expert_gate"),
              "qwen3_next": ("q_proj", "v_proj", "in_proj_qkvz", "in_proj_ba", "out_proj",

@@ -287,6 +287,22 @@ def test_ministral3_beside_a_vision_tower_runs_its_language_model_and_mistral_sm
         HFSplitLLM(tiny_model(mistral3_config(LlamaConfig, **llama.to_diff_dict())))
 
 
+@pytest.mark.parametrize("arch,field", [("phi", "embd_pdrop"), ("gpt_neox", "hidden_dropout")])
+def test_an_embedding_dropout_module_drops_out_in_training_only(arch, field):
+    """Phi and GPT-NeoX drop out their embeddings through a module of the decoder
+    (``embed_dropout``, ``emb_dropout``), in training: the split does too, and never in eval
+    mode."""
+    model = tiny_model(tiny_config(arch, num_layers=1, **{field: 0.5}))
+    llm = HFSplitLLM(model)
+    ids = torch.tensor([list(range(5, 45))])
+    plain = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(llm.embed(ids), plain)
+    model.train()
+    dropped = llm.embed(ids)
+    assert 0.3 < (dropped == 0).float().mean().item() < 0.7
+    torch.testing.assert_close(dropped[dropped != 0], 2 * plain[dropped != 0])
+
+
 def test_gemma4_layers_that_share_keys_and_values_run_exactly_within_a_half():
     """Gemma 4's last ``num_kv_shared_layers`` layers reuse the keys and values of the last
     earlier layer of their type. Split where both lie in one half, the split equals the model,

@@ -35,8 +35,11 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "ministral3", "ministral", "vaultgemma", "starcoder2", "hunyuan_v1_dense",
                          "nanochat", "jais2", "flex_olmo", "solar_open", "cohere2_moe",
                          "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "bamba",
-                         "nemotron_h", "gemma4_text", "falcon_h1", "lfm2", "lfm2_moe",
-                         "lfm3")
+                         "nemotron_h", "gemma4_text", "falcon_h1", "lfm2", "lfm2_moe", "lfm3",
+                         "phi", "gpt_neox", "exaone", "internlm3", "iquestcoder", "param2moe",
+                         "sarvam_moe", "bitnet", "minimax_m2", "hunyuan_v1_moe", "afmoe", "cwm",
+                         "jetmoe", "persimmon", "diffllama", "mellum", "laguna",
+                         "kolibri1", "hy_v3", "apertus1p5_text", "ergo")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
@@ -202,9 +205,11 @@ class HFSplitLLM:
         self.decoder = base.get_decoder()
         self.head = base.get_output_embeddings()
         self.final_norm: nn.Module = next(getattr(self.decoder, name) for name in (
-            "final_layernorm", "norm_f", "norm", "embedding_norm") if hasattr(self.decoder, name))
-        """The norm before the head (Bamba's ``final_layernorm``, Nemotron-H's ``norm_f``, LFM2's
-        ``embedding_norm`` (applied last, despite its name), every other type's ``norm``)."""
+            "final_layernorm", "final_layer_norm", "norm_f", "norm", "embedding_norm")
+            if hasattr(self.decoder, name))
+        """The norm before the head (Bamba's and Phi's ``final_layernorm``, GPT-NeoX's
+        ``final_layer_norm``, Nemotron-H's ``norm_f``, LFM2's ``embedding_norm`` (applied last,
+        despite its name), every other type's ``norm``)."""
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
         """How many positions a sliding-window layer sees (itself and the nearest earlier
@@ -223,9 +228,11 @@ class HFSplitLLM:
         """Each layer's window: every layer's (Mistral, Phi-3) or its type's (Gemma 2 and 3's
         local layers, Qwen's upper ones where set); None: full attention."""
         forward = inspect.signature(self.decoder.layers[0].forward).parameters
-        self.cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self.cache_argument = next(
+            (name for name in ("cache", "layer_past") if name in forward), "past_key_values")
         """What a decoder layer's forward calls its KV cache: ``cache`` from transformers 5.24,
-        ``past_key_values`` before (a layer takes any keyword: a wrong name was dropped)."""
+        ``past_key_values`` before, GPT-NeoX's ``layer_past`` (a layer takes any keyword: a
+        wrong name was dropped)."""
         self.shares_kv = "shared_kv_states" in forward
         """Whether layers pass keys and values on to later ones (Gemma 4: the last layers of a
         type may reuse the last earlier one's instead of their own): each half's call gives its
@@ -315,6 +322,10 @@ class HFSplitLLM:
         if self.embedding_dropout:
             embeddings = nn.functional.dropout(embeddings, self.embedding_dropout,
                                                training=table.training)
+        dropout = getattr(self.decoder, "emb_dropout", None) or getattr(
+            self.decoder, "embed_dropout", None)  # GPT-NeoX's, Phi's: modules, in training
+        if dropout is not None:
+            embeddings = dropout(embeddings)
         if self.embedding_norm:
             embeddings = self.decoder.norm(embeddings)
         return embeddings
@@ -479,15 +490,17 @@ class HFSplitLLM:
     def _rotary(self, hidden: Tensor, positions: Tensor, layers: range) -> dict[int, object]:
         """Each layer's rotary embeddings (cos, sin): one for all layers or, where the model has
         a rotary per layer type (Gemma 3: local and global layers), its layer type's (None for a
-        type it has none for: LFM3's ``conv``); None where the model has no rotary embedding."""
+        type it has none for: LFM3's ``conv``, Ergo's global layers); None where the model has
+        no rotary embedding."""
         rotary = self.rotary
         if rotary is None:
             return dict.fromkeys(layers)
         if self.rotary_types is None:
             return dict.fromkeys(layers, rotary(hidden, position_ids=positions))
+        rotated = rotary.rope_type if isinstance(getattr(rotary, "rope_type", None), dict) else (
+            rotary.layer_types)  # the types with rotary parameters
         by_type = {kind: rotary(hidden, positions, kind)
-                   for kind in {self.rotary_types[index] for index in layers}
-                   if kind in rotary.layer_types}
+                   for kind in {self.rotary_types[index] for index in layers} if kind in rotated}
         return {index: by_type.get(self.rotary_types[index]) for index in layers}
 
     def _check_longrope(self, seen: Tensor, positions: Tensor) -> None:

@@ -10,15 +10,22 @@ from collections.abc import Callable
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
+    AfmoeConfig,
+    Apertus1p5TextConfig,
     ApertusConfig,
     ArceeConfig,
     BambaConfig,
+    BitNetConfig,
     Cohere2Config,
     Cohere2MoeConfig,
     CohereConfig,
+    CwmConfig,
+    DiffLlamaConfig,
+    ErgoConfig,
     Ernie4_5_MoeConfig,
     Ernie4_5Config,
     Exaone4Config,
+    ExaoneConfig,
     ExaoneMoeConfig,
     FalconH1Config,
     FlexOlmoConfig,
@@ -31,6 +38,7 @@ from transformers import (
     Glm4Config,
     Glm4MoeConfig,
     GlmConfig,
+    GPTNeoXConfig,
     GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
@@ -38,11 +46,20 @@ from transformers import (
     GraniteMoeSharedConfig,
     HeliumConfig,
     HunYuanDenseV1Config,
+    HunYuanMoEV1Config,
+    HYV3Config,
+    InternLM3Config,
+    IQuestCoderConfig,
     Jais2Config,
+    JetMoeConfig,
+    Kolibri1Config,
+    LagunaConfig,
     Lfm2Config,
     Lfm2MoeConfig,
     Lfm3Config,
     LlamaConfig,
+    MellumConfig,
+    MiniMaxM2Config,
     Ministral3Config,
     MinistralConfig,
     Mistral3Config,
@@ -55,7 +72,10 @@ from transformers import (
     Olmo3Config,
     OlmoConfig,
     OlmoeConfig,
+    Param2MoeConfig,
+    PersimmonConfig,
     Phi3Config,
+    PhiConfig,
     PhimoeConfig,
     PixtralVisionConfig,
     PretrainedConfig,
@@ -68,6 +88,7 @@ from transformers import (
     Qwen3Config,
     Qwen3MoeConfig,
     Qwen3NextConfig,
+    SarvamMoEConfig,
     SeedOssConfig,
     SmolLM3Config,
     SolarOpenConfig,
@@ -160,11 +181,14 @@ def mistral3_config(text_class: Callable[..., PretrainedConfig] = Ministral3Conf
                               num_attention_heads=2, head_dim=8, image_size=28, patch_size=14))
 
 
-def ministral_config(**fields: object) -> MinistralConfig:
-    """Ministral 8B: sliding-window layers among full ones (here every other layer slides)."""
-    layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
-    return MinistralConfig(**{"layer_types": [("sliding_attention", "full_attention")[index % 2]
-                                              for index in range(layers)], **fields})
+def local_and_global(config_class: type[PretrainedConfig]) -> Callable[..., PretrainedConfig]:
+    """A config maker for a model with sliding-window layers among full ones (Ministral 8B,
+    Trinity, ...): here every other layer slides, the first one first."""
+    def make(**fields: object) -> PretrainedConfig:
+        layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
+        return config_class(**{"layer_types": [("sliding_attention", "full_attention")[index % 2]
+                                               for index in range(layers)], **fields})
+    return make
 
 
 def hybrid_config(config_class: type[PretrainedConfig],
@@ -223,8 +247,10 @@ QWEN3_5 = dict(head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=8,
 GEMMA4 = dict(head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
               attention_k_eq_v=True, sliding_window=4, hidden_size_per_layer_input=0,
               final_logit_softcapping=10.0)
-QWEN_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                shared_expert_intermediate_size=16)
+QWEN_MOE4 = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+GLM_MOE = dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+               first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True)
+QWEN_MOE = dict(QWEN_MOE4, shared_expert_intermediate_size=16)
 
 # Each architecture the split supports, at toy size, with what sets it apart from Llama.
 TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, object]]] = {
@@ -336,6 +362,54 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
         lm_head_multiplier=0.5, attention_in_multiplier=0.7, attention_out_multiplier=0.8,
         ssm_in_multiplier=1.3, ssm_out_multiplier=0.9, ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.05],
         mlp_multipliers=[0.9, 1.1], key_multiplier=0.6)),
+    # Phi-1 to Phi-2: attention and a gateless MLP in parallel from one LayerNorm, biases,
+    # RoPE on half a head, q/k LayerNorms (set), embedding dropout, final_layernorm
+    "phi": (PhiConfig, dict(qk_layernorm=True, partial_rotary_factor=0.5)),
+    # Pythia: fused query_key_value, RoPE on a quarter of a head, attention and MLP in parallel
+    # (use_parallel_residual), a cache named layer_past, embed_in / embed_out / final_layer_norm
+    "gpt_neox": (GPTNeoXConfig, dict(rotary_pct=0.25, use_parallel_residual=True,
+                                     tie_word_embeddings=False)),
+    # EXAONE 3 and 3.5, InternLM3 and IQuest-Coder: transformers builds them with Llama's classes
+    "exaone": (ExaoneConfig, dict(head_dim=8)),
+    "internlm3": (InternLM3Config, dict(head_dim=8)),
+    "iquestcoder": (IQuestCoderConfig, dict(head_dim=8)),
+    # Param-2 MoE and Sarvam MoE: built with GLM-4.5's mixture-of-experts classes (q/k norms set)
+    "param2moe": (Param2MoeConfig, GLM_MOE),
+    "sarvam_moe": (SarvamMoEConfig, GLM_MOE),
+    # BitNet b1.58: norms inside attention and MLP before their output projections, squared ReLU
+    "bitnet": (BitNetConfig, dict()),
+    # MiniMax-M2: q/k norms over all heads at once, experts (4, 2 per token) in every layer
+    "minimax_m2": (MiniMaxM2Config, dict(head_dim=8, **MOE)),
+    # Hunyuan-A13B: q/k LayerNorms after RoPE, experts with a shared MLP
+    "hunyuan_v1_moe": (HunYuanMoEV1Config, dict(head_dim=8, num_experts=4, moe_topk=2)),
+    # Trinity (Arcee's AFMoE): gated attention heads, q/k norms, norms around the MLP, local and
+    # global layers, a dense first layer, then experts with a shared one
+    "afmoe": (local_and_global(AfmoeConfig), dict(head_dim=8, sliding_window=4, **QWEN_MOE4,
+                                                 num_dense_layers=1, num_shared_experts=1)),
+    # Code World Model: a global layer then local ones, Llama 3's RoPE scaling
+    "cwm": (CwmConfig, dict(head_dim=8, sliding_window=4)),
+    # JetMoE: mixtures of attention heads (queries and outputs per expert) and of MLP experts
+    "jetmoe": (JetMoeConfig, dict(**MOE)),
+    # Persimmon: fused query_key_value, q/k LayerNorms, RoPE on half a head, squared-ReLU MLP
+    "persimmon": (PersimmonConfig, dict()),
+    # Differential attention: two softmax maps subtracted (a learned lambda), a group norm
+    "diffllama": (DiffLlamaConfig, dict(head_dim=8)),
+    # Mellum 2: Qwen3 MoE's attention, local and global layers with a RoPE base each
+    "mellum": (local_and_global(MellumConfig), dict(head_dim=8, sliding_window=4, **QWEN_MOE4)),
+    # Laguna: gated heads, q/k norms, local and global layers (RoPE on half of a global head),
+    # a dense first MLP then experts with a shared one
+    "laguna": (local_and_global(LagunaConfig), dict(head_dim=8, sliding_window=4, **QWEN_MOE)),
+    # Kolibri 1: EXAONE 4's attention (q/k norms), norms after attention and MLP, local and
+    # global layers, experts with a shared one
+    "kolibri1": (local_and_global(Kolibri1Config), dict(head_dim=8, sliding_window=4,
+                                                       **QWEN_MOE)),
+    # Hunyuan v3: q/k norms, experts with a shared one
+    "hy_v3": (HYV3Config, dict(head_dim=8, **QWEN_MOE4, num_shared_experts=1)),
+    # Apertus 1.5: q/k norms, norms named for their sublayers, Llama 3's RoPE scaling
+    "apertus1p5_text": (Apertus1p5TextConfig, dict()),
+    # Ergo: fused qkv_proj, q/k norms, gated residuals, norms around every sublayer, local
+    # layers with RoPE and global ones without, a dense first MLP then experts
+    "ergo": (local_and_global(ErgoConfig), dict(sliding_window=4, **QWEN_MOE4)),
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
@@ -343,7 +417,8 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "ministral3": (Ministral3Config, MINISTRAL3),
     # Ministral 3 3B-14B as on the hub: the language model above beside a vision tower
     "mistral3": (mistral3_config, MINISTRAL3),
-    "ministral": (ministral_config, dict(head_dim=8, sliding_window=4)),  # local and global layers
+    # local and global layers
+    "ministral": (local_and_global(MinistralConfig), dict(head_dim=8, sliding_window=4)),
     # Gemma 2's eager attention with capped scores and capped logits, no norms after sublayers
     "vaultgemma": (VaultGemmaConfig, dict(head_dim=8, sliding_window=4,
                                           attn_logit_softcapping=5.0,
