@@ -141,10 +141,15 @@ FUSED_QKV = {"phi3": ("qkv_proj",), "gpt_neox": ("query_key_value",),
                             "shared_expert_gate"),
              "lfm2": ("q_proj", "v_proj", "in_proj", "out_proj"),
              "lfm2_moe": ("q_proj", "v_proj", "in_proj", "out_proj"),
-             "lfm3": ("q_proj", "v_proj", "in_proj", "out_proj")}
+             "lfm3": ("q_proj", "v_proj", "in_proj", "out_proj"),
+             **dict.fromkeys(("deepseek_v3", "glm4_moe_lite", "youtu"),
+                             ("q_b_proj", "kv_b_proj")),
+             **dict.fromkeys(("deepseek_v2", "sarvam_mla"), ("q_proj", "kv_b_proj"))}
 """Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;
 and Qwen 3.5's, Qwen3-Next's and LFM2's: their linear-attention (LFM2: short convolution)
-layers' own linear modules and their mixtures' gate on the shared expert (all tuned here)."""
+layers' own linear modules and their mixtures' gate on the shared expert (all tuned here).
+Multi-head latent attention's queries come out of ``q_b_proj`` (``q_proj`` without query
+compression), its values (and keys) out of ``kv_b_proj``."""
 
 
 @pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])
@@ -247,7 +252,8 @@ def test_a_router_that_subclasses_linear_is_no_lora_target(workspace, tmp_path):
                  progress=False)
 
 
-@pytest.mark.parametrize("arch", ["glm4_moe", "ernie4_5_moe", "exaone_moe", "qwen3_next"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "ernie4_5_moe", "exaone_moe", "qwen3_next",
+                                  "deepseek_v2", "sarvam_mla"])
 @pytest.mark.parametrize("targets, dropout, layer, expected", [
     (("gate_proj",), 0.0, 0, "peft refused LoRA target(s) gate_proj on this {arch} model: "
                              "Cannot convert PEFT target(s) gate_proj without also targeting "
@@ -275,6 +281,31 @@ def test_lora_on_an_experts_projection_name_is_one_line(arch, targets, dropout, 
     with pytest.raises(AutomrError, match=re.escape(expected.format(arch=arch))):
         lora_model(loaded, FinetuneConfig(lora_from_layer=layer, lora_dropout=dropout,
                                           target_modules=targets))
+
+
+@pytest.mark.parametrize("arch, absent", [("deepseek_v3", "q_proj, v_proj"),
+                                           ("deepseek_v2", "v_proj")])
+def test_bigrec_targets_on_latent_attention_are_refused_naming_its_modules(arch, absent):
+    """Multi-head latent attention (DeepSeek V2 and V3, Kimi K2, GLM-4.7-Flash, MiniCPM3) has
+    no ``v_proj``, and no ``q_proj`` where it compresses its queries (V3; V2-Lite does not):
+    BIGRec's default targets are refused in one line that names the layers' linear modules,
+    before any adapter is attached; its own (``q_b_proj,kv_b_proj``) tune the upper layers."""
+    from automr.llm.loading import LoadedModel
+    from automr.recommenders.finetune import lora_below, lora_layers, lora_model
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    loaded = LoadedModel(model=tiny_model(tiny_config(arch, 4)), tokenizer=tiny_tokenizer(),
+                         name="tiny")
+    with pytest.raises(AutomrError) as refused:
+        lora_model(loaded, FinetuneConfig(lora_from_layer=2))
+    message = str(refused.value)
+    assert message.startswith(f"LoRA target {absent} is not a linear module") and (
+        "\n" not in message)
+    assert "kv_a_proj_with_mqa, kv_b_proj, o_proj" in message
+    assert not any("lora_" in name for name, _ in loaded.model.named_parameters())
+    targets = FUSED_QKV[arch]
+    tuned = lora_model(loaded, FinetuneConfig(lora_from_layer=2, target_modules=targets))
+    assert lora_layers(tuned) == [2, 3] and lora_below(tuned, 2) == []
 
 
 def adapter(folder) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ from transformers import (
     Cohere2MoeConfig,
     CohereConfig,
     CwmConfig,
+    DeepseekV2Config,
+    DeepseekV3Config,
     DiffLlamaConfig,
     ErgoConfig,
     Ernie4_5_MoeConfig,
@@ -37,6 +39,7 @@ from transformers import (
     GemmaConfig,
     Glm4Config,
     Glm4MoeConfig,
+    Glm4MoeLiteConfig,
     GlmConfig,
     GPTNeoXConfig,
     GptOssConfig,
@@ -88,6 +91,7 @@ from transformers import (
     Qwen3Config,
     Qwen3MoeConfig,
     Qwen3NextConfig,
+    SarvamMLAConfig,
     SarvamMoEConfig,
     SeedOssConfig,
     SmolLM3Config,
@@ -95,6 +99,7 @@ from transformers import (
     StableLmConfig,
     Starcoder2Config,
     VaultGemmaConfig,
+    YoutuConfig,
 )
 from transformers.models.bamba.modeling_bamba import BambaMixer
 from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
@@ -251,6 +256,25 @@ QWEN_MOE4 = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
 GLM_MOE = dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True)
 QWEN_MOE = dict(QWEN_MOE4, shared_expert_intermediate_size=16)
+# Multi-head latent attention (DeepSeek V2's): queries through a low-rank bottleneck (q_a_proj,
+# a norm, q_b_proj; q_proj where q_lora_rank is None), keys and values from one compressed latent
+# (kv_a_proj_with_mqa, a norm, kv_b_proj) and one rotary key shared by all heads; every head its
+# own keys (as many key/value heads as queries), values narrower than queries and keys
+MLA = dict(num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
+           qk_nope_head_dim=8, v_head_dim=8)
+# DeepSeek's experts: 4 routed (2 per token) and a shared one, after a dense first layer
+MLA_MOE = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+               first_k_dense_replace=1)
+
+
+def deepseek_yarn(mscale: float) -> dict[str, object]:
+    """DeepSeek's yarn RoPE scaled to this size (4 x an original context of 128, as V3's 40 x
+    4,096), with ``mscale`` and ``mscale_all_dim`` as its configs set them (V2: 0.707, V3: 1):
+    equal, so the rotary embedding keeps its scale, and the attention's softmax scale grows by
+    ``(1 + 0.1 * mscale * ln 4) ** 2``."""
+    return dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                original_max_position_embeddings=128, beta_fast=32.0, beta_slow=1.0,
+                mscale=mscale, mscale_all_dim=mscale)
 
 # Each architecture the split supports, at toy size, with what sets it apart from Llama.
 TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, object]]] = {
@@ -464,6 +488,30 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # layers (RoPE) and full ones (proportional RoPE on half a head); its attention gates each
     # head's output (g_proj) and names its output o_proj; norms after both sublayers
     "lfm3": (lfm3_config, dict(head_dim=8, sliding_window=4)),
+    # DeepSeek-V3 and R1 (Moonlight's and Kimi K2's layers too): multi-head latent attention (MLA
+    # above), its rotary part in interleaved pairs (rope_interleave), yarn with mscale (softmax
+    # scale grown); sigmoid routing with a bias (noaux_tc) within the better of 2 groups; a dense
+    # layer 0
+    "deepseek_v3": (DeepseekV3Config, dict(MLA, **MLA_MOE, n_group=2, topk_group=1,
+                                           rope_parameters=deepseek_yarn(1.0))),
+    # DeepSeek-V2: MLA rotating interleaved pairs as complex numbers, here with V2-Lite's
+    # uncompressed queries (q_proj); yarn with V2's mscale 0.707; softmax routing, V2's
+    # group-limited greedy (within the better of 2 groups), 2 shared experts; a dense layer 0
+    "deepseek_v2": (DeepseekV2Config, dict(MLA, **MLA_MOE, q_lora_rank=None, n_shared_experts=2,
+                                           topk_method="group_limited_greedy", n_group=2,
+                                           topk_group=1, rope_parameters=deepseek_yarn(0.707))),
+    # GLM-4.7-Flash: DeepSeek-V3's MLA and experts (without groups), values as wide as queries
+    # and keys; dense and sparse MLPs by mlp_layer_types (a dense first layer)
+    "glm4_moe_lite": (Glm4MoeLiteConfig, dict(MLA, **MLA_MOE, v_head_dim=12, n_group=1,
+                                              topk_group=1)),
+    # Youtu-LLM: DeepSeek-V3's MLA over a dense MLP in every layer, tied embeddings
+    "youtu": (YoutuConfig, dict(MLA)),
+    # Sarvam's MLA models (sarvam-105b): DeepSeek-V3's classes without query compression
+    # (q_proj), routing over all experts at once (1 group), yarn; weights drawn as the others'
+    # (its default 0.006, for width 4,096, leaves positions under the tests' tolerance here)
+    "sarvam_mla": (SarvamMLAConfig, dict(MLA, **MLA_MOE, q_lora_rank=None,
+                                         rope_parameters=deepseek_yarn(1.0),
+                                         initializer_range=0.02)),
 }
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
