@@ -142,7 +142,7 @@ FUSED_QKV = {"phi3": ("qkv_proj",), "gpt_neox": ("query_key_value",),
              "lfm2": ("q_proj", "v_proj", "in_proj", "out_proj"),
              "lfm2_moe": ("q_proj", "v_proj", "in_proj", "out_proj"),
              "lfm3": ("q_proj", "v_proj", "in_proj", "out_proj"),
-             **dict.fromkeys(("deepseek_v3", "glm4_moe_lite", "youtu"),
+             **dict.fromkeys(("deepseek_v3", "glm4_moe_lite", "minicpm3", "youtu"),
                              ("q_b_proj", "kv_b_proj")),
              **dict.fromkeys(("deepseek_v2", "sarvam_mla"), ("q_proj", "kv_b_proj"))}
 """Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;

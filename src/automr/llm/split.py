@@ -40,7 +40,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "sarvam_moe", "bitnet", "minimax_m2", "hunyuan_v1_moe", "afmoe", "cwm",
                          "jetmoe", "persimmon", "diffllama", "mellum", "laguna",
                          "kolibri1", "hy_v3", "apertus1p5_text", "ergo",
-                         "deepseek_v3", "deepseek_v2", "glm4_moe_lite", "youtu", "sarvam_mla")
+                         "deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
@@ -64,6 +64,10 @@ IMAGE_TEXT_TYPES = ("mistral3",)
 Gemma 3's, not Mistral 3's): they load with ``AutoModelForImageTextToText``."""
 GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
+HEAD_INPUT_SCALING_TYPES = ("minicpm3",)
+"""Types that divide the final hidden states by their config's ``logits_scaling`` before the
+head, outside the modules the split calls (MiniCPM3; its embeddings and residual branches are
+scaled inside its modules)."""
 PARALLEL_TYPES = ("falcon_h1",)
 """Types whose every layer (``hybrid``) runs attention and a Mamba2 mixer side by side on one
 norm's output, their scaled sum added to the residual (Falcon-H1); the split runs the mixer
@@ -264,6 +268,10 @@ class HFSplitLLM:
                                if config.model_type in GRANITE_TYPES else None)
         """What Cohere and Falcon-H1 multiply their logits by and Granite divides them by
         (outside the head)."""
+        self.head_input_scaling = (config.logits_scaling
+                                   if config.model_type in HEAD_INPUT_SCALING_TYPES else None)
+        """What MiniCPM3 divides the final norm's output by before the head, outside it
+        (``hidden_size / dim_model_base``: 10 in MiniCPM3-4B)."""
         self.logit_cap = (getattr(config, "final_logit_softcapping", None)
                           if config is base.config or kind in CAPPING_WRAPPERS else None)
         """The cap on the logits (``cap * tanh(logits / cap)``) where the config sets one
@@ -355,7 +363,10 @@ class HFSplitLLM:
         if logits_at is not None:
             index = logits_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             hidden = hidden.gather(1, index)
-        logits = self.head(self.final_norm(hidden))
+        hidden = self.final_norm(hidden)
+        if self.head_input_scaling is not None:
+            hidden = hidden / self.head_input_scaling
+        logits = self.head(hidden)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.logits_scaling is not None:

@@ -62,6 +62,7 @@ from transformers import (
     Lfm3Config,
     LlamaConfig,
     MellumConfig,
+    MiniCPM3Config,
     MiniMaxM2Config,
     Ministral3Config,
     MinistralConfig,
@@ -504,6 +505,15 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # and keys; dense and sparse MLPs by mlp_layer_types (a dense first layer)
     "glm4_moe_lite": (Glm4MoeLiteConfig, dict(MLA, **MLA_MOE, v_head_dim=12, n_group=1,
                                               topk_group=1)),
+    # MiniCPM3: MLA rotating half-heads (not interleaved), longrope up to its whole context (as
+    # 32,768 of 32,768); embeddings scaled inside their module (scale_emb), residual branches
+    # by scale_depth / sqrt(layers), the final hidden states divided by hidden / dim_model_base
+    # before the head (outside it: here by 4)
+    "minicpm3": (MiniCPM3Config, dict(MLA, scale_emb=3.0, scale_depth=1.4, dim_model_base=8,
+                                      rope_parameters=dict(
+                                          rope_type="longrope", rope_theta=10000.0,
+                                          original_max_position_embeddings=512,
+                                          short_factor=[1.0, 1.3], long_factor=[1.1, 2.0]))),
     # Youtu-LLM: DeepSeek-V3's MLA over a dense MLP in every layer, tied embeddings
     "youtu": (YoutuConfig, dict(MLA)),
     # Sarvam's MLA models (sarvam-105b): DeepSeek-V3's classes without query compression
