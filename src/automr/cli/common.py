@@ -53,7 +53,8 @@ DEFAULT_LORA_TARGETS = ",".join(attrs.fields(FinetuneConfig).target_modules.defa
 LoraTargetsOption = Annotated[str, typer.Option(
     help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's default; "
          "phi3 fuses them: qkv_proj; q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj: "
-         "all of a Llama or Qwen layer's).")]
+         "all of a Llama or Qwen layer's; multi-head latent attention (DeepSeek, GLM-4.7-Flash, "
+         "MiniCPM3): q_b_proj,kv_b_proj, or q_proj,kv_b_proj without query compression).")]
 
 CacheDirOption = Annotated[
     Path | None,
