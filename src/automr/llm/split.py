@@ -39,8 +39,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "phi", "gpt_neox", "exaone", "internlm3", "iquestcoder", "param2moe",
                          "sarvam_moe", "bitnet", "minimax_m2", "hunyuan_v1_moe", "afmoe", "cwm",
                          "jetmoe", "persimmon", "diffllama", "mellum", "laguna",
-                         "kolibri1", "hy_v3", "apertus1p5_text", "ergo",
-                         "deepseek_v3", "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla")
+                         "kolibri1", "hy_v3", "apertus1p5_text", "ergo", "deepseek_v3",
+                         "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
