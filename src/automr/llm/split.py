@@ -64,6 +64,9 @@ IMAGE_TEXT_TYPES = ("mistral3",)
 Gemma 3's, not Mistral 3's): they load with ``AutoModelForImageTextToText``."""
 GRANITE_TYPES = ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid")
 """Types that scale embeddings and logits outside the modules the split calls, as Granite."""
+MUP_EMBEDDING_TYPES = ("afmoe",)
+"""Types that, where their config sets ``mup_enabled`` (Trinity's do), multiply the embeddings
+by ``sqrt(hidden_size)`` outside the embedding module."""
 HEAD_INPUT_SCALING_TYPES = ("minicpm3",)
 """Types that divide the final hidden states by their config's ``logits_scaling`` before the
 head, outside the modules the split calls (MiniCPM3; its embeddings and residual branches are
@@ -251,10 +254,12 @@ class HFSplitLLM:
         self.rotary_types = (list(config.layer_types)
                              if hasattr(self.rotary, "layer_types") else None)
         """Each layer's type where the rotary embedding depends on it (Gemma 3), else None."""
-        self.embedding_multiplier = (config.embedding_multiplier if config.model_type in
-                                     GRANITE_TYPES + PARALLEL_TYPES else None)
+        self.embedding_multiplier = (
+            config.embedding_multiplier if config.model_type in GRANITE_TYPES + PARALLEL_TYPES
+            else config.hidden_size ** 0.5 if config.model_type in MUP_EMBEDDING_TYPES
+            and getattr(config, "mup_enabled", False) else None)
         """What Granite and Falcon-H1 multiply their embeddings by, outside the embedding
-        module."""
+        module (and Trinity, with ``mup_enabled``, by the square root of its width)."""
         self.embedding_dropout = (config.embedding_dropout
                                   if config.model_type == "starcoder2" else 0.0)
         """The dropout StarCoder 2 applies to its embeddings in training, outside any module

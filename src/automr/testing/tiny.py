@@ -408,9 +408,11 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # Hunyuan-A13B: q/k LayerNorms after RoPE, experts with a shared MLP
     "hunyuan_v1_moe": (HunYuanMoEV1Config, dict(head_dim=8, num_experts=4, moe_topk=2)),
     # Trinity (Arcee's AFMoE): gated attention heads, q/k norms, norms around the MLP, local and
-    # global layers, a dense first layer, then experts with a shared one
+    # global layers, a dense first layer, then experts with a shared one; embeddings scaled by
+    # sqrt(hidden_size) outside their module (mup_enabled, as Trinity's configs set it)
     "afmoe": (local_and_global(AfmoeConfig), dict(head_dim=8, sliding_window=4, **QWEN_MOE4,
-                                                 num_dense_layers=1, num_shared_experts=1)),
+                                                 num_dense_layers=1, num_shared_experts=1,
+                                                 mup_enabled=True)),
     # Code World Model: a global layer then local ones, Llama 3's RoPE scaling
     "cwm": (CwmConfig, dict(head_dim=8, sliding_window=4)),
     # JetMoE: mixtures of attention heads (queries and outputs per expert) and of MLP experts
