@@ -475,10 +475,12 @@ def longrope_phi3(original: int = 8) -> torch.nn.Module:
         rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5], long_factor=[4.0, 40.0])))
 
 
-@pytest.mark.parametrize("lengths", [[3, 6, 8], [9, 12, 20]])
+@pytest.mark.parametrize("lengths", [[3, 6, 8], [11, 12, 20], [3, 12, 20]])
 def test_longrope_split_equals_the_full_model_within_and_past_its_original_context(lengths):
     """Longrope rotates every position with its short or its long factors, by the sequence's
-    length; both halves do as the model does, on either side of the switch, cached or not."""
+    length; both halves do as the model does, on either side of the switch, cached or not, and
+    in a batch with rows on both sides each row as alone (the batch's longest row set the
+    factors of all: a row within the switch was 9e-4 off beside one past it)."""
     model, seqs = longrope_phi3(), [list(range(5, 5 + n)) for n in lengths]
     llm = HFSplitLLM(model)
     ids, mask = pad(seqs, "left")
@@ -488,6 +490,8 @@ def test_longrope_split_equals_the_full_model_within_and_past_its_original_conte
             for row, seq in enumerate(seqs):
                 torch.testing.assert_close(logits[row][mask[row].bool()], alone(model, seq))
             decoding = prefill(llm, *pad([seq[:-2] for seq in seqs], "left"), layer)
+            for row, seq in enumerate(seqs):  # no row's cache crosses the switch
+                torch.testing.assert_close(decoding.logits[row], alone(model, seq[:-2])[-1])
             for done in (2, 1):
                 step(llm, decoding, torch.tensor([seq[-done] for seq in seqs]))
             for row, seq in enumerate(seqs):
@@ -504,6 +508,12 @@ def test_decoding_across_the_longrope_switch_is_a_clear_error():
     step(llm, decoding, torch.tensor([12]))  # 8 positions: still the short factors
     with pytest.raises(AutomrError, match=r"9 positions.*original context of 8.*long factors"):
         step(llm, decoding, torch.tensor([13]))
+    # a row crossing beside one already past the switch (whose keys have the long factors)
+    prompts = torch.tensor([[2, 2, 2, 5, 6, 7, 8, 9, 10, 11], list(range(5, 15))])
+    decoding = prefill(llm, prompts, (prompts != 2).long(), 1)
+    step(llm, decoding, torch.tensor([12, 15]))
+    with pytest.raises(AutomrError, match=r"8 positions to 9 positions.*original context of 8"):
+        step(llm, decoding, torch.tensor([13, 16]))
 
 
 @pytest.mark.parametrize("opening_length", [10, 16])  # 16: the opening fills the context

@@ -292,7 +292,8 @@ class HFSplitLLM:
         self.longrope_switch = (rope.get("original_max_position_embeddings")
                                 if rope.get("rope_type") == "longrope" else None)
         """Longrope's original context (Phi-3 128k, Phi-3.5 mini, Phi-4 mini: 4,096): up to it
-        every position is rotated with the short factors, past it with the long ones."""
+        every position of a sequence is rotated with the short factors, past it with the long
+        ones; in a batch, each row by its own length (as the model on that row alone)."""
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -512,6 +513,12 @@ class HFSplitLLM:
         rotary = self.rotary
         if rotary is None:
             return dict.fromkeys(layers)
+        if self.longrope_switch is not None:  # longrope picks its factors by a row's length
+            long = positions.amax(1) + 1 > self.longrope_switch
+            if bool(long.any()) and not bool(long.all()):  # rows on both sides of the switch
+                short, far = (self._rotary(hidden[rows], positions[rows], layers)
+                              for rows in (~long, long))
+                return {index: _merge_rows(short[index], far[index], long) for index in layers}
         if self.rotary_types is None:
             return dict.fromkeys(layers, rotary(hidden, position_ids=positions))
         rotated = rotary.rope_type if isinstance(getattr(rotary, "rope_type", None), dict) else (
@@ -524,8 +531,11 @@ class HFSplitLLM:
         """Refuse to continue a cache across longrope's switch: the model then rotates every
         position with the long factors, and the cached keys were rotated with the short ones
         (transformers' ``generate`` recomputes its cache there; each half here has its own)."""
-        before, after = int(seen.max()), int(positions.max()) + 1
-        if before <= self.longrope_switch < after:
+        before, after = seen[:, 0], positions.amax(1) + 1
+        crossing = ((before <= self.longrope_switch) & (after > self.longrope_switch)).nonzero()
+        if len(crossing):  # a row whose cached keys have the short factors, the new the long
+            row = int(crossing[0, 0])
+            before, after = int(before[row]), int(after[row])
             raise AutomrError(
                 f"continuing a cache of {before} positions to {after} positions crosses the "
                 f"model's original context of {self.longrope_switch}, past which its longrope "
@@ -533,6 +543,20 @@ class HFSplitLLM:
                 f"have the short ones. Keep prompt, memory and generated tokens within "
                 f"{self.longrope_switch} positions, or pass the whole prompt (past it) at once"
             )
+
+
+def _merge_rows(short: tuple[Tensor, ...] | None, far: tuple[Tensor, ...] | None,
+                long: Bool[Tensor, " batch"]) -> tuple[Tensor, ...] | None:
+    """One layer's rotary embeddings (cos, sin) for a batch from those of its rows within
+    longrope's original context (``short``) and those past it (``far``, the rows ``long``)."""
+    if short is None or far is None:
+        return None
+    merged = []
+    for within, past in zip(short, far, strict=True):
+        both = within.new_empty((len(long), *within.shape[1:]))
+        both[~long], both[long] = within, past
+        merged.append(both)
+    return tuple(merged)
 
 
 @jaxtyped(typechecker=beartype)
