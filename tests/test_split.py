@@ -516,6 +516,28 @@ def test_decoding_across_the_longrope_switch_is_a_clear_error():
         step(llm, decoding, torch.tensor([13, 16]))
 
 
+def test_dynamic_ntk_rope_is_exact_within_its_context_and_refused_past_it():
+    """InternLM3-8B's dynamic NTK RoPE rescales every position's rotation past
+    ``max_position_embeddings`` by the longest sequence the rotary embedding is called on (and
+    keeps the scale): a row within it beside a longer one was 1e-4 off in the toy. Within it the
+    split is exact; a sequence past it is refused, prompt or decoding."""
+    model = tiny_model(tiny_config("internlm3", max_position_embeddings=16, rope_parameters=dict(
+        rope_type="dynamic", rope_theta=10000.0, factor=6.0)))
+    llm = HFSplitLLM(model)
+    seqs = [list(range(5, 12)), list(range(5, 21))]  # 7 and 16 positions
+    ids, mask = pad(seqs, "left")
+    with torch.no_grad():
+        logits = llm.upper(llm.lower(ids, mask, 1))
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row][mask[row].bool()], alone(model, seq))
+    longer = pad([seqs[0], seqs[1] + [21]], "left")
+    with pytest.raises(AutomrError, match=r"17 positions is past .*16.*dynamic NTK"):
+        llm.lower(*longer, 1)
+    decoding = prefill(llm, ids, mask, 1)
+    with pytest.raises(AutomrError, match=r"17 positions is past"):
+        step(llm, decoding, torch.tensor([12, 21]))
+
+
 @pytest.mark.parametrize("opening_length", [10, 16])  # 16: the opening fills the context
 def test_a_shared_opening_does_not_split_a_prompt_across_the_longrope_switch(opening_length):
     """prefill(share_prefix=True) runs the batch's common opening first and the rest on its

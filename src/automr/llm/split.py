@@ -294,6 +294,16 @@ class HFSplitLLM:
         """Longrope's original context (Phi-3 128k, Phi-3.5 mini, Phi-4 mini: 4,096): up to it
         every position of a sequence is rotated with the short factors, past it with the long
         ones; in a batch, each row by its own length (as the model on that row alone)."""
+        kinds = getattr(self.rotary, "rope_type", None)
+        kinds = kinds.values() if isinstance(kinds, dict) else (kinds,)
+        self.dynamic_limit = (getattr(self.rotary, "original_max_seq_len", None)
+                              or config.max_position_embeddings) if any(
+            isinstance(kind, str) and "dynamic" in kind for kind in kinds) else None
+        """Where the rotary embedding is dynamic NTK (InternLM3-8B's), the positions it rotates
+        as configured (``max_position_embeddings``): past them it rescales the rotation of
+        every position by the longest sequence of the batch (and keeps that scale for later
+        calls), which no row alone would get; None for other rotary embeddings (Hunyuan's
+        ``dynamic`` with a fixed ``alpha`` is static)."""
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -408,6 +418,12 @@ class HFSplitLLM:
         past_mask = None if cache is None else cache.past_mask
         if self.longrope_switch is not None and cache is not None and past_mask is not None:
             self._check_longrope(cache.next_positions(), positions)
+        if self.dynamic_limit is not None and int(positions.max()) >= self.dynamic_limit:
+            raise AutomrError(
+                f"a sequence of {int(positions.max()) + 1} positions is past this "
+                f"{self.config.model_type} model's {self.dynamic_limit}, past which its dynamic "
+                f"NTK rotary embedding rotates every position by the batch's longest sequence; "
+                f"the layer split runs it within {self.dynamic_limit} positions")
         biases = {window: attention_bias(mask, past_mask, hidden.dtype, window)
                   for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
