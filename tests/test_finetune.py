@@ -20,6 +20,7 @@ from automr.llm import HFSplitLLM
 from automr.llm.loading import load_model
 from automr.recommenders.finetune import (
     FinetuneConfig,
+    LowerCache,
     batch_nll,
     collate,
     finetune,
@@ -570,6 +571,31 @@ def test_cached_lower_states_equal_the_plain_path(workspace):
     tokens = sum(len(ex.input_ids) for split, n in (("train", 16), ("valid", 8))
                  for ex in ft_examples(loaded, data, split, n))
     assert cached["lower_cache_bytes"] == tokens * loaded.model.config.hidden_size * 4
+
+
+def test_cached_lower_states_keep_the_states_dtype_ergos_float32_in_bfloat16():
+    """Ergo keeps its residual stream in float32 in a bfloat16 model (its embeddings and norms
+    stay float32, its head is bfloat16): the cache kept the states in the head's dtype, so
+    the upper half trained on states rounded to bfloat16, not the model's own."""
+    from transformers import AutoModelForCausalLM
+
+    from automr.testing.tiny import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("ergo"), attn_implementation="sdpa",
+                                             dtype=torch.bfloat16).eval()
+    llm = HFSplitLLM(model)
+    assert llm.dtype == torch.bfloat16
+    examples = [TokenizedExample(prompt_ids=(5, 9, 40, 7), target_ids=(12, 3)),
+                TokenizedExample(prompt_ids=(8, 11), target_ids=(30,))]
+    cache = LowerCache.build(llm, examples, 2, batch_size=2, pad_id=2)
+    state = cache.state([0, 1], torch.device("cpu"))
+    batch = collate(examples, 2)
+    with torch.no_grad():
+        expected = llm.lower(batch.input_ids, batch.mask, 2)
+    assert cache.hidden.dtype == torch.float32
+    torch.testing.assert_close(state.hidden[state.mask], expected.hidden[expected.mask],
+                               rtol=0, atol=0)
 
 
 def ft_examples(loaded, data, split: str, n: int):

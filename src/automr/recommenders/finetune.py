@@ -191,10 +191,12 @@ class LowerCache:
     @torch.no_grad()
     def build(cls, llm: HFSplitLLM, examples: Sequence[TokenizedExample], layer: int,
               batch_size: int, pad_id: int, progress: bool = False) -> "LowerCache":
-        """Run the lower half over ``examples`` (eval mode, batches of similar length)."""
+        """Run the lower half over ``examples`` (eval mode, batches of similar length), keeping
+        the states in their own dtype (Ergo's residual stream is float32 in a bfloat16
+        model, whose head, ``llm.dtype``, is bfloat16)."""
         lengths = [len(ex.input_ids) for ex in examples]
         offsets = [0, *itertools.accumulate(lengths)][:-1]
-        hidden = torch.empty(sum(lengths), llm.hidden_size, dtype=llm.dtype)
+        hidden = None  # made at the first batch, in the states' dtype (Ergo's: float32)
         by_length = sorted(range(len(examples)), key=lengths.__getitem__)
         llm.model.eval()
         columns = [TextColumn("layer-L states"), BarColumn(),
@@ -206,10 +208,15 @@ class LowerCache:
                 batch = collate([examples[i] for i in chunk], pad_id)
                 state = llm.lower(batch.input_ids.to(llm.device), batch.mask.to(llm.device),
                                   layer)
+                if hidden is None:
+                    hidden = state.hidden.new_empty((sum(lengths), llm.hidden_size),
+                                                    device="cpu")
                 for row, i in enumerate(chunk):
                     hidden[offsets[i] : offsets[i] + lengths[i]] = state.hidden[
                         row, : lengths[i]].cpu()
                 bar.update(task, advance=len(chunk))
+        if hidden is None:  # no examples
+            hidden = torch.empty(0, llm.hidden_size, dtype=llm.dtype)
         return cls(hidden, tuple(offsets), tuple(lengths), layer)
 
     @property
