@@ -364,13 +364,15 @@ def test_gemma4_local_layers_that_share_keys_and_values_see_what_the_model_sees_
                         model, seqs[row][: done + 1])[-1], rtol=1e-5, atol=1e-5)
 
 
-def test_gemma4_vision_language_class_embeds_its_placeholder_ids_as_padding_and_so_does_the_split():
-    """Gemma 4's vision-language class embeds its image, video and audio placeholder ids (ids
-    of the text vocabulary: 258880, 258884 and 258881 in the published configs) as the pad
-    token, text alone too: the split embedded them as themselves, off the model wherever a
-    text held one. It embeds them as the model does, in a prompt, a decoded token and an
-    inserted embedding alike."""
-    config = tiny_config("gemma4", num_layers=NUM_LAYERS)
+@pytest.mark.parametrize("arch", ["gemma4", "gemma4_unified"])
+def test_gemma4_vision_language_class_embeds_its_placeholder_ids_as_padding_and_so_does_the_split(
+        arch):
+    """Gemma 4's vision-language classes (12B's too) embed their image, video and audio
+    placeholder ids (ids of the text vocabulary: 258880, 258884 and 258881 in the published
+    configs) as the pad token, text alone too: the split embedded them as themselves, off the
+    model wherever a text held one. It embeds them as the model does, in a prompt, a decoded
+    token and an inserted embedding alike."""
+    config = tiny_config(arch, num_layers=NUM_LAYERS)
     config.image_token_id, config.video_token_id, config.audio_token_id = 250, 251, 252
     model = tiny_model(config)
     llm = HFSplitLLM(model)

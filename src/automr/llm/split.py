@@ -40,19 +40,22 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "sarvam_moe", "bitnet", "minimax_m2", "hunyuan_v1_moe", "afmoe", "cwm",
                          "jetmoe", "persimmon", "diffllama", "mellum", "laguna",
                          "kolibri1", "hy_v3", "apertus1p5_text", "ergo", "deepseek_v3",
-                         "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla")
+                         "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla",
+                         "gemma4_unified_text")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
+                   "gemma4_unified": ("gemma4_unified_text",),
                    "mistral3": ("ministral3", "mistral")}
 """Each vision-language type whose language model the split runs, and the types that language
-model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Gemma 4 (``gemma4_text``); Ministral
+model may have: Gemma 3 4B, 12B and 27B (``gemma3_text``); Gemma 4 (``gemma4_text``; 12B:
+``gemma4_unified_text``); Ministral
 3 3B, 8B and 14B (``ministral3``) and Mistral Small 3.1 and 3.2 (``mistral``), both
 ``mistral3``. Their classes call the language model on text alone and add nothing to its logits
 but Gemma 4's cap (:data:`CAPPING_WRAPPERS`), nor to its input but Gemma 4's placeholder ids
 (:data:`PLACEHOLDER_WRAPPERS`); other pairs are refused."""
-CAPPING_WRAPPERS = ("gemma4",)
+CAPPING_WRAPPERS = ("gemma4", "gemma4_unified")
 """Vision-language types whose class caps the logits with its text config's
 ``final_logit_softcapping`` (Gemma 3's applies no cap, whatever its text config says)."""
-PLACEHOLDER_WRAPPERS = ("gemma4",)
+PLACEHOLDER_WRAPPERS = ("gemma4", "gemma4_unified")
 """Vision-language types whose class embeds its image, video and audio placeholder ids (the
 config's ``image_token_id``, ``video_token_id``, ``audio_token_id``, ids of the text
 vocabulary) as the text config's ``pad_token_id``, on text alone too."""

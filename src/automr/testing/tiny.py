@@ -36,6 +36,8 @@ from transformers import (
     Gemma3TextConfig,
     Gemma4Config,
     Gemma4TextConfig,
+    Gemma4UnifiedConfig,
+    Gemma4UnifiedTextConfig,
     GemmaConfig,
     Glm4Config,
     Glm4MoeConfig,
@@ -161,10 +163,14 @@ def gemma3_config(**text: object) -> Gemma3Config:
 def gemma4_text_config(**fields: object) -> Gemma4TextConfig:
     """Gemma 4's language model with a local (sliding) layer before each global one and a
     global one last (the model requires it)."""
+    return Gemma4TextConfig(**_gemma4_layers(fields))
+
+
+def _gemma4_layers(fields: dict[str, object]) -> dict[str, object]:
     layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
-    return Gemma4TextConfig(**{"layer_types": [
+    return {"layer_types": [
         "full_attention" if index % 2 or index == layers - 1 else "sliding_attention"
-        for index in range(layers)], **fields})
+        for index in range(layers)], **fields}
 
 
 def gemma4_config(**text: object) -> Gemma4Config:
@@ -173,6 +179,15 @@ def gemma4_config(**text: object) -> Gemma4Config:
     return Gemma4Config(text_config=gemma4_text_config(**text), vision_config=dict(
         hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
         num_key_value_heads=2, head_dim=8, patch_size=14, pooling_kernel_size=2))
+
+
+def gemma4_unified_config(**text: object) -> Gemma4UnifiedConfig:
+    """Gemma 4 12B as published (``gemma4_unified``): Gemma 4's dense language model (no
+    per-layer embeddings, no experts) beside a patch embedder (toy size)."""
+    return Gemma4UnifiedConfig(text_config=Gemma4UnifiedTextConfig(**_gemma4_layers(text)),
+                               vision_config=dict(patch_size=2, pooling_kernel_size=2,
+                                                  mm_embed_dim=16, mm_posemb_size=8,
+                                                  output_proj_dims=32))
 
 
 def mistral3_config(text_class: Callable[..., PretrainedConfig] = Ministral3Config,
@@ -250,9 +265,9 @@ QWEN3_5 = dict(head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=8,
                rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                     partial_rotary_factor=0.5, mrope_section=[1, 1, 0],
                                     mrope_interleaved=True))
-GEMMA4 = dict(head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
-              attention_k_eq_v=True, sliding_window=4, hidden_size_per_layer_input=0,
-              final_logit_softcapping=10.0)
+GEMMA4_UNIFIED = dict(head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
+                      attention_k_eq_v=True, sliding_window=4, final_logit_softcapping=10.0)
+GEMMA4 = dict(GEMMA4_UNIFIED, hidden_size_per_layer_input=0)
 QWEN_MOE4 = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
 GLM_MOE = dict(head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True)
@@ -308,6 +323,12 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # model of a vision-language class that caps the logits too
     "gemma4": (gemma4_config, dict(GEMMA4, enable_moe_block=True, num_experts=4, top_k_experts=2,
                                    moe_intermediate_size=16)),
+    # Gemma 4 12B: Gemma 4's dense layers (image tokens attend both ways, text causally)
+    "gemma4_unified_text": (lambda **fields: Gemma4UnifiedTextConfig(**_gemma4_layers(fields)),
+                            GEMMA4_UNIFIED),
+    # and the vision-language class it is published in, which caps the logits and embeds its
+    # placeholder ids as padding, as Gemma 4's does
+    "gemma4_unified": (gemma4_unified_config, GEMMA4_UNIFIED),
     "olmo": (OlmoConfig, dict(clip_qkv=0.5)),  # norms without weights, q/k/v clipped
     "olmo2": (Olmo2Config, dict(tie_word_embeddings=False)),  # norms after attention and MLP
     "olmo3": (Olmo3Config, dict(sliding_window=4)),  # OLMo 2's layers, 3 local : 1 global
