@@ -16,11 +16,12 @@ from automr.testing.tiny import TINY_VOCAB
 
 EOS = 2
 ARCHS = ["llama", "qwen2", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "deepseek_v3",
-         "minicpm3"]
+         "minicpm3", "mamba2", "mamba"]
 """Llama, an untied head with biases, and the hybrids with recurrent layers (their states
 are selected, repeated and reserved with the keys and values); multi-head latent attention,
 whose caches hold a compressed latent and one rotary key per position, of other widths, in
-place of keys and values (DeepSeek-V3; MiniCPM3, its head's input scaled too)."""
+place of keys and values (DeepSeek-V3; MiniCPM3, its head's input scaled too); Mamba2 and
+Mamba, recurrent states alone (no keys and values at all)."""
 token = st.integers(min_value=3, max_value=TINY_VOCAB - 1)
 
 

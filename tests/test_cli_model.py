@@ -458,3 +458,14 @@ def test_qwen3_5_moe_and_qwen3_next_checkpoints_load_and_split(tmp_path, kind):
         for layer in range(5):
             split = llm.upper(llm.lower(ids, torch.ones_like(ids), layer))
             assert (split - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "mamba"])
+def test_info_on_a_model_without_attention_says_it_has_no_attention_heads(tmp_path, arch):
+    """A Mamba or Mamba2 config has no attention heads at all: model info failed reading them.
+    It says 0, the split takes the model, and the mixers' projections are LoRA's targets."""
+    from automr.testing.synthetic import save_tiny_model
+
+    lines = info_lines(str(save_tiny_model(tmp_path / arch, arch, num_layers=2)))
+    assert (lines["attention_heads"], lines["kv_heads"], lines["layer_split"]) == ("0", "0", "yes")
+    assert "in_proj" in lines["linear_modules"].split(",")

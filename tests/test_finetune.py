@@ -145,12 +145,16 @@ FUSED_QKV = {"phi3": ("qkv_proj",), "gpt_neox": ("query_key_value",),
              "lfm3": ("q_proj", "v_proj", "in_proj", "out_proj"),
              **dict.fromkeys(("deepseek_v3", "glm4_moe_lite", "minicpm3", "youtu"),
                              ("q_b_proj", "kv_b_proj")),
-             **dict.fromkeys(("deepseek_v2", "sarvam_mla"), ("q_proj", "kv_b_proj"))}
+             **dict.fromkeys(("deepseek_v2", "sarvam_mla"), ("q_proj", "kv_b_proj")),
+             "mamba2": ("in_proj",),
+             **dict.fromkeys(("mamba", "falcon_mamba"), ("in_proj", "x_proj"))}
 """Architectures whose layers have no ``q_proj``/``v_proj`` (BIGRec's targets), and theirs;
 and Qwen 3.5's, Qwen3-Next's and LFM2's: their linear-attention (LFM2: short convolution)
 layers' own linear modules and their mixtures' gate on the shared expert (all tuned here).
 Multi-head latent attention's queries come out of ``q_b_proj`` (``q_proj`` without query
-compression), its values (and keys) out of ``kv_b_proj``."""
+compression), its values (and keys) out of ``kv_b_proj``. Mamba's and Mamba2's layers have no
+attention: their mixers' input projections (Mamba1's ``x_proj`` too; peft refuses ``out_proj``
+on Mamba types, and Mamba1 reads ``dt_proj``'s weight, never calling it)."""
 
 
 @pytest.mark.parametrize("arch", [arch for arch in TINY_ARCHITECTURES if arch != "llama"])

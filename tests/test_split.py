@@ -625,6 +625,49 @@ def test_lfm2_with_biased_convolutions_is_exact_where_transformers_own_forward_i
                     torch.testing.assert_close(split[row][mask[row].bool()], alone(model, seq))
 
 
+@pytest.mark.parametrize("arch", ["mamba2", "mamba", "falcon_mamba"])
+def test_mamba_in_bfloat16_keeps_its_residual_stream_in_float32_as_the_model_does(arch):
+    """Mamba's and Mamba2's blocks add their mixer's output to a float32 residual
+    (``residual_in_fp32``), so a bfloat16 model's states are float32 past its first layer: the
+    split's are too (rounding them to bfloat16 after each layer puts the logits 0.01 to 0.03
+    off), and its logits, padded left, at every layer, are the model's on each row alone."""
+    model = tiny_model(tiny_config(arch, num_layers=4)).to(torch.bfloat16)
+    llm = HFSplitLLM(model)
+    seqs = [[5, 9, 40, 7, 12, 3, 8, 11, 20, 21], [8, 11, 4]]
+    ids, mask = pad(seqs, "left")
+    with torch.no_grad():
+        for layer in range(5):
+            state = llm.lower(ids, mask, layer)
+            assert state.hidden.dtype == (torch.bfloat16 if layer == 0 else torch.float32)
+            logits = llm.upper(state)
+            for row, seq in enumerate(seqs):
+                assert torch.equal(logits[row][mask[row].bool()].float(), alone(model, seq))
+
+
+@pytest.mark.parametrize("arch", ["mamba", "falcon_mamba"])
+def test_mamba1_continues_a_cached_prompt_where_transformers_own_forward_does_not(arch):
+    """transformers' own Mamba1 forward starts every multi-token call's scan from zeros (its
+    cache's state is dropped: a prompt's second chunk is off) and its padded positions still
+    decay the state (a masked block inside a row is off). The split runs both as the model runs
+    each row alone."""
+    model = tiny_model(tiny_config(arch, num_layers=4))
+    llm = HFSplitLLM(model)
+    seq = [5, 9, 40, 7, 12, 3, 8, 11, 20, 21]
+    with torch.no_grad():
+        expected = alone(model, seq)
+        first = model(input_ids=torch.tensor([seq[:6]]), use_cache=True)
+        second = model(input_ids=torch.tensor([seq[6:]]), cache=first.cache, use_cache=True)
+        assert (second.logits[0] - expected[6:]).abs().max() > 0.05
+        ids = torch.tensor([[*seq[:3], 2, 2, 2, *seq[3:]]])
+        mask = torch.tensor([[1] * 3 + [0] * 3 + [1] * 7])
+        own = model(input_ids=ids, attention_mask=mask).logits[0][mask[0].bool()]
+        assert (own - expected).abs().max() > 0.5
+        lower, upper = llm.new_cache(), llm.new_cache()
+        chunks = [llm.upper(llm.lower(ids[:, part], mask[:, part], 2, lower), upper)
+                  for part in (slice(0, 5), slice(5, None))]
+        torch.testing.assert_close(torch.cat(chunks, 1)[0][mask[0].bool()], expected)
+
+
 def test_recurrent_layers_of_other_types_are_refused_by_kind():
     """A layer kind the split does not run (linear attention outside
     :data:`~automr.llm.split.LINEAR_ATTENTION_TYPES`, Mamba of other types) keeps a recurrent
@@ -702,6 +745,45 @@ def float64_mamba2_step(state, hidden_states, dt, A, B, C, D=None, dt_bias=None,
     return out[:, 0].to(hidden_states.dtype)
 
 
+def float64_mamba1_scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None,
+                        delta_softplus=False, return_last_state=False, **kwargs):
+    """Mamba1's selective scan (``mamba_selective_scan`` of Mamba, FalconMamba and Jamba: inputs
+    ``[batch, channels, seq]``, ``B`` and ``C`` ``[batch, state, seq]``) one position at a time
+    in float64 (transformers' computes in float32)."""
+    x, dt, A, B, C = (part.double() for part in (hidden_states, dt, A, B, C))
+    dt = dt + (0.0 if delta_bias is None else delta_bias.double()[:, None])
+    dt = torch.nn.functional.softplus(dt) if delta_softplus else dt
+    state = torch.zeros(*x.shape[:2], A.shape[-1], dtype=torch.float64)
+    out = torch.zeros_like(x)
+    for i in range(x.shape[-1]):
+        state = (state * torch.exp(dt[:, :, i, None] * A)
+                 + dt[:, :, i, None] * B[:, None, :, i] * x[:, :, i, None])
+        out[:, :, i] = (state * C[:, None, :, i]).sum(-1)
+    out = out + (0.0 if D is None else D.double()[:, None] * x)
+    out = (out if z is None else out * torch.nn.functional.silu(z.double())).to(
+        hidden_states.dtype)
+    return (out, state) if return_last_state else out
+
+
+def float64_mamba1_step(state, hidden_states, dt, A, B, C, D=None, z=None, dt_bias=None,
+                        dt_softplus=False, **kwargs):
+    """Mamba1's one-token update (``mamba_selective_state_update``: the state written in place)
+    through :func:`float64_mamba1_scan`, from ``state``."""
+    x, dt, A, B, C = (part.double() for part in (hidden_states, dt, A, B, C))
+    dt = dt + (0.0 if dt_bias is None else dt_bias.double())
+    dt = torch.nn.functional.softplus(dt) if dt_softplus else dt
+    new = state.double() * torch.exp(dt[..., None] * A) + dt[..., None] * B[:, None] * x[..., None]
+    state.copy_(new)
+    out = (new * C[:, None]).sum(-1) + (0.0 if D is None else D.double() * x)
+    out = out if z is None else out * torch.nn.functional.silu(z.double())
+    return out.to(hidden_states.dtype)
+
+
+def float64_weightless_rms_norm(self, hidden):
+    """FalconMamba's RMS norms without weights (on dt's input, ``B``, ``C``) in float64."""
+    return hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+
 def float64_rms_norm(self, hidden, gate=None):
     """Granite 4's RMS norms (gated or not) in float64 (transformers' compute in float32, whose
     rounding differs now and then between a padded batch and a sequence alone); Falcon-H1's
@@ -728,13 +810,19 @@ def float64_kernels(monkeypatch, model) -> None:
     Falcon-H1,
     their norms (the layer's and the mixer's gated one) and Nemotron-H's router; LFM2's norms
     (its convolution runs in the model's dtype)."""
-    layer = model.model.layers[0]
+    layer = model.get_decoder().layers[0]
     if hasattr(layer, "conv"):  # LFM2: its RMS norms compute in float32
         monkeypatch.setattr(type(layer.operator_norm), "forward", float64_rms_norm)
         return
     mixer = getattr(layer, "mamba", None) or getattr(layer, "mixer", None) or layer.linear_attn
     kernels = sys.modules[type(mixer).__module__]
-    if hasattr(mixer, "A_log") and hasattr(mixer, "chunk_size"):  # Mamba2
+    if hasattr(mixer, "x_proj"):  # Mamba1: its scan, update and norms
+        monkeypatch.setattr(kernels, "mamba_selective_scan", float64_mamba1_scan)
+        monkeypatch.setattr(kernels, "mamba_selective_state_update", float64_mamba1_step)
+        monkeypatch.setattr(type(layer.norm), "forward", float64_rms_norm)
+        if hasattr(mixer, "dt_layernorm"):
+            monkeypatch.setattr(type(mixer.dt_layernorm), "forward", float64_weightless_rms_norm)
+    elif hasattr(mixer, "A_log") and hasattr(mixer, "chunk_size"):  # Mamba2
         monkeypatch.setattr(kernels, "mamba2_chunk_scan", float64_mamba2_scan)
         monkeypatch.setattr(kernels, "mamba2_selective_state_update", float64_mamba2_step)
         norm = getattr(layer, "input_layernorm", None) or layer.norm
@@ -754,28 +842,34 @@ def float64_kernels(monkeypatch, model) -> None:
     *((arch, {}) for arch in ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next",
                               "granitemoehybrid", "bamba", "nemotron_h", "falcon_h1", "lfm2",
                               "lfm2_moe", "lfm3")),
-    ("falcon_h1", dict(mamba_rms_norm=False))])  # a mixer gated without a norm
+    ("falcon_h1", dict(mamba_rms_norm=False)),  # a mixer gated without a norm
+    # Mamba2 and Mamba1 alone: their residual stream, in float32 (rounding float64's) as they
+    # have it, here float64
+    *((arch, dict(residual_in_fp32=False)) for arch in ("mamba2", "mamba", "falcon_mamba"))])
 def test_recurrent_layers_are_exact_in_float64_with_masks_anywhere_and_caches(
         monkeypatch, arch, overrides):
     """The linear-attention layers of Qwen 3.5 (dense and experts) and Qwen3-Next (its fused,
     interleaved projections), the Mamba2 layers of Granite 4.0-H, Bamba, Nemotron-H and
-    Falcon-H1 (beside attention) and the short convolutions of LFM2 (dense and experts) and
-    LFM3 in float64 (kernels too): each row, padded left or right or with masked positions in
-    its middle, split at every layer, prefilled in two chunks and stepped one token at a time,
-    shared as a prefix (repeat_interleave) and reordered (select, reserved beams), gives the
-    model's logits on its sequence alone to 1e-12."""
+    Falcon-H1 (beside attention) and of Mamba2 alone, the Mamba1 layers of Mamba and FalconMamba
+    and the short convolutions of LFM2 (dense and experts) and LFM3 in float64 (kernels too):
+    each row, padded left or right or with masked positions in its middle, split at every
+    layer, prefilled in two chunks and stepped one token at a time, shared as a prefix
+    (repeat_interleave) and reordered (select, reserved beams), gives the model's logits on its
+    sequence alone to 1e-12."""
     model = tiny_model(tiny_config(arch, num_layers=4, **overrides)).double()
     model.set_experts_implementation("eager")  # grouped_mm takes no float64
     float64_kernels(monkeypatch, model)
     llm = HFSplitLLM(model)
 
     def reference(seq):
-        """The model on ``seq`` alone; Nemotron-H's causal LM casts its logits to float32, so
-        there its head on its base model's output (the same, but float64)."""
-        if arch != "nemotron_h":
+        """The model on ``seq`` alone; Nemotron-H's, Mamba's and Mamba2's causal LMs cast their
+        logits to float32, so there its head on its base model's output (the same, but
+        float64)."""
+        if arch not in ("nemotron_h", "mamba2", "mamba", "falcon_mamba"):
             return alone(model, seq)
         with torch.no_grad():
-            return model.lm_head(model.model(input_ids=torch.tensor([seq])).last_hidden_state)[0]
+            base = model.get_decoder()
+            return model.lm_head(base(input_ids=torch.tensor([seq])).last_hidden_state)[0]
 
     generator = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, TINY_VOCAB, (n,), generator=generator).tolist()

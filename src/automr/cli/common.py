@@ -54,7 +54,8 @@ LoraTargetsOption = Annotated[str, typer.Option(
     help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's default; "
          "phi3 fuses them: qkv_proj; q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj: "
          "all of a Llama or Qwen layer's; multi-head latent attention (DeepSeek, GLM-4.7-Flash, "
-         "MiniCPM3): q_b_proj,kv_b_proj, or q_proj,kv_b_proj without query compression).")]
+         "MiniCPM3): q_b_proj,kv_b_proj, or q_proj,kv_b_proj without query compression; "
+         "Mamba2: in_proj; Mamba and FalconMamba: in_proj,x_proj).")]
 
 CacheDirOption = Annotated[
     Path | None,

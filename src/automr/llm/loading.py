@@ -585,6 +585,7 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
     except AutomrError as error:  # a refused model's window is not read
         window, split, linear = "unknown", f"no: {error}", "unknown"
     text = config.get_text_config()  # a vision-language model's language model (Gemma 3 4B)
+    heads = getattr(text, "num_attention_heads", 0)  # none without attention (Mamba)
     return {
         "name": name,
         "architecture": type(model).__name__,
@@ -592,9 +593,8 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
                       else f"{config.model_type} (language model: {text.model_type})",
         "layers": text.num_hidden_layers,
         "hidden_size": text.hidden_size,
-        "attention_heads": text.num_attention_heads,
-        "kv_heads": _one_or_all({heads or text.num_attention_heads
-                                 for heads in layer_values(text, "num_key_value_heads")}),
+        "attention_heads": heads,
+        "kv_heads": _one_or_all({kv or heads for kv in layer_values(text, "num_key_value_heads")}),
         "vocab_size": text.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": dtype_name(torch_dtype),

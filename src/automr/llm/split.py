@@ -41,7 +41,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "jetmoe", "persimmon", "diffllama", "mellum", "laguna",
                          "kolibri1", "hy_v3", "apertus1p5_text", "ergo", "deepseek_v3",
                          "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla",
-                         "gemma4_unified_text")
+                         "gemma4_unified_text", "mamba2", "mamba", "falcon_mamba")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "gemma4_unified": ("gemma4_unified_text",),
                    "mistral3": ("ministral3", "mistral")}
@@ -82,12 +82,13 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
 LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid",
-                          "bamba", "nemotron_h")
+                          "bamba", "nemotron_h", "mamba2", "mamba", "falcon_mamba")
 """Types whose ``linear_attention`` layers the split runs too, exactly, with masked positions
 anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen3-Next
-(:func:`gated_delta_masked`), and the Mamba2 mixers of Granite 4.0-H, Bamba and Nemotron-H
-(:func:`mamba2_masked`; transformers names them ``linear_attention`` too); other types' are
-refused."""
+(:func:`gated_delta_masked`), the Mamba2 mixers of Granite 4.0-H, Bamba, Nemotron-H and pure
+Mamba2 models (Mamba-Codestral; :func:`mamba2_masked`) and the Mamba1 mixers of Mamba and
+FalconMamba (:func:`mamba1_masked`; transformers names them all ``linear_attention`` too);
+other types' are refused."""
 SHORT_CONV_TYPES = ("lfm2", "lfm2_moe", "lfm3")
 """Types whose ``conv`` layers the split runs too, exactly, with masked positions anywhere: the
 gated short convolutions of LFM2, dense and mixture of experts, and LFM3
@@ -100,10 +101,16 @@ EAGER_ONLY_TYPES = ("gemma2", "gpt_oss", "vaultgemma")
 attention scores, gpt-oss adds a learned sink to each head's softmax)."""
 
 
+ATTENTION_FREE_TYPES = ("mamba2", "mamba", "falcon_mamba")
+"""Types without attention, every layer a Mamba mixer: transformers refuses to load them with
+``sdpa`` (they load ``eager``, which nothing uses)."""
+
+
 def attention_for(model_type: str) -> str:
     """The attention implementation a model of ``model_type`` is loaded with: ``sdpa``, or
-    ``eager`` for :data:`EAGER_ONLY_TYPES` (both take the split's explicit masks)."""
-    return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
+    ``eager`` for :data:`EAGER_ONLY_TYPES` (both take the split's explicit masks) and
+    :data:`ATTENTION_FREE_TYPES`."""
+    return "eager" if model_type in EAGER_ONLY_TYPES + ATTENTION_FREE_TYPES else "sdpa"
 
 
 def base_model_of(model: PreTrainedModel | nn.Module) -> PreTrainedModel | nn.Module:
@@ -192,8 +199,9 @@ class HFSplitLLM:
                 f"this {config.model_type} model has {', '.join(sorted(kinds))} layers (Mamba "
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
-                f"Qwen3-Next, the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H and "
-                f"Falcon-H1 and the short convolutions of LFM2 and LFM3, only")
+                f"Qwen3-Next, the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H, "
+                f"Falcon-H1, Mamba, Mamba2 and FalconMamba and the short convolutions of LFM2 "
+                f"and LFM3, only")
         if getattr(config, "use_bidirectional_attention", None) in (True, "all"):
             raise AutomrError(  # Gemma 4's "vision": image tokens only, text stays causal
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "
@@ -219,8 +227,8 @@ class HFSplitLLM:
             "final_layernorm", "final_layer_norm", "norm_f", "norm", "embedding_norm")
             if hasattr(self.decoder, name))
         """The norm before the head (Bamba's and Phi's ``final_layernorm``, GPT-NeoX's
-        ``final_layer_norm``, Nemotron-H's ``norm_f``, LFM2's ``embedding_norm`` (applied last,
-        despite its name), every other type's ``norm``)."""
+        ``final_layer_norm``, Nemotron-H's, Mamba's and Mamba2's ``norm_f``, LFM2's
+        ``embedding_norm`` (applied last, despite its name), every other type's ``norm``)."""
         self.sliding_window = getattr(config, "sliding_window", None) if getattr(
             config, "use_sliding_window", True) else None
         """How many positions a sliding-window layer sees (itself and the nearest earlier
@@ -228,8 +236,8 @@ class HFSplitLLM:
         types = getattr(config, "layer_types", None)
         self.linear_layers = frozenset(
             index for index, kind in enumerate(types or ()) if kind in ("linear_attention", "conv"))
-        """The layers with a recurrent state (Gated DeltaNet, Mamba2, LFM2's short convolution)
-        instead of attention."""
+        """The layers with a recurrent state (Gated DeltaNet, Mamba2, Mamba1, LFM2's short
+        convolution) instead of attention."""
         self.parallel_layers = frozenset(
             index for index, kind in enumerate(types or ()) if kind == "hybrid")
         """The layers with attention and a Mamba2 mixer side by side (Falcon-H1)."""
@@ -263,6 +271,11 @@ class HFSplitLLM:
             and getattr(config, "mup_enabled", False) else None)
         """What Granite and Falcon-H1 multiply their embeddings by, outside the embedding
         module (and Trinity, with ``mup_enabled``, by the square root of its width)."""
+        self.residual_dtype = (self.head.weight.dtype
+                               if getattr(config, "residual_in_fp32", False) else None)
+        """The dtype the final norm's output is cast to before the head where the residual
+        stream runs in float32 whatever the model's dtype (Mamba's and Mamba2's
+        ``residual_in_fp32``: a bfloat16 model's states are float32 past its first layer)."""
         self.embedding_dropout = (config.embedding_dropout
                                   if config.model_type == "starcoder2" else 0.0)
         """The dropout StarCoder 2 applies to its embeddings in training, outside any module
@@ -385,7 +398,7 @@ class HFSplitLLM:
         hidden = self.final_norm(hidden)
         if self.head_input_scaling is not None:
             hidden = hidden / self.head_input_scaling
-        logits = self.head(hidden)
+        logits = self.head(hidden.to(self.residual_dtype) if self.residual_dtype else hidden)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.logits_scaling is not None:
@@ -457,16 +470,21 @@ class HFSplitLLM:
 
     def _linear_layer(self, index: int, hidden: Tensor, mask: Tensor,
                       cache: KVCache | None) -> Tensor:
-        """Decoder layer ``index`` with a Gated DeltaNet, Mamba2 or short convolution mixer, as
-        the model runs it (norm, mixer, residual, norm, MLP, residual), the mixer through
-        :func:`gated_delta_masked`, :func:`mamba2_masked` or :func:`short_conv_masked` with this
+        """Decoder layer ``index`` with a Gated DeltaNet, Mamba2, Mamba1 or short convolution
+        mixer, as the model runs it (norm, mixer, residual, norm, MLP, residual; a block of
+        Nemotron-H, Mamba or Mamba2: norm, mixer, residual, the residual in float32 where the
+        block keeps it so), the mixer through :func:`gated_delta_masked`,
+        :func:`mamba2_masked`, :func:`mamba1_masked` or :func:`short_conv_masked` with this
         half's state of the layer (updated in ``cache``)."""
         layer = self.decoder.layers[index]
         state = None if cache is None else cache.recurrent.get(index)
-        if hasattr(layer, "mixer"):  # a Nemotron-H block: norm, mixer, residual, no MLP
-            mixed, state = mamba2_masked(layer.mixer, layer.norm(hidden), mask, state)
+        if hasattr(layer, "mixer"):  # a block: norm, mixer, residual, no MLP (Nemotron-H, Mamba)
+            normed = layer.norm(hidden.to(layer.norm.weight.dtype))
+            mixed, state = _mamba_masked(layer.mixer)(layer.mixer, normed, mask, state)
             if cache is not None:
                 cache.recurrent[index] = state
+            if getattr(layer, "residual_in_fp32", False):  # Mamba's and Mamba2's blocks
+                hidden = hidden.to(torch.float32)
             return hidden + mixed
         if hasattr(layer, "conv"):  # LFM2's names; LFM3's norms after both sublayers
             mixed, state = short_conv_masked(layer.conv, layer.operator_norm(hidden), mask, state)
@@ -478,7 +496,7 @@ class HFSplitLLM:
             return hidden + after_mlp(layer.feed_forward(layer.ffn_norm(hidden)))
         mamba = getattr(layer, "mamba", None)
         if mamba is not None:
-            mixed, state = mamba2_masked(mamba, layer.input_layernorm(hidden), mask, state)
+            mixed, state = _mamba_masked(mamba)(mamba, layer.input_layernorm(hidden), mask, state)
         else:
             mixed, state = gated_delta_masked(layer.linear_attn, layer.input_layernorm(hidden),
                                               mask, state)
@@ -727,6 +745,63 @@ def mamba2_masked(
     else:  # Falcon-H1 without the gated norm
         out = out * nn.functional.silu(gate)
     return mixer.out_proj(out.to(hidden.dtype)), (conv_state, ssm)
+
+
+def mamba1_masked(
+    mixer: nn.Module, hidden: Tensor, mask: Bool[Tensor, "batch seq"],
+    state: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """A Mamba1 mixer (the ``mixer`` of Mamba and FalconMamba, the ``mamba`` of Jamba) on
+    ``hidden`` where positions with ``mask`` False change nothing: each row gives exactly what
+    the model gives on its real positions alone, wherever the masked ones are.
+
+    As :func:`mamba2_masked`: masked inputs are zeroed, the input projection gives values ``x``
+    and a gate; ``x`` goes through the causal convolution over each row's real positions only,
+    after the last ``kernel - 1`` real inputs before them (``state[0]``); ``x_proj`` gives the
+    time step's low-rank input, ``B`` and ``C`` (FalconMamba and Jamba normalise all three),
+    ``dt_proj`` and softplus the time step per channel, then set to 0 at masked positions: no
+    decay (``exp(0 * A) = 1``) and no write (``0 * B x``), so the state (``state[1]``,
+    ``[batch, d_inner, d_state]``) passes them unchanged. The module's own scan runs a prompt
+    from an empty state; from a state (a cached chunk or step) its one-token update runs one
+    position at a time (transformers' scan starts every call from zeros). Both add the ``D``
+    skip connection and the ``silu`` gate. Returns the output (its masked positions unused) and
+    the state after the last real position."""
+    kernels = sys.modules[type(mixer).__module__]
+    batch, seq, _ = hidden.shape
+    keep = mask.to(hidden.dtype).unsqueeze(-1)
+    x, gate = mixer.in_proj(hidden * keep).chunk(2, dim=-1)
+    conv, conv_state = causal_conv_masked(mixer.conv1d, x, mask,
+                                          None if state is None else state[0], mixer.activation)
+    size = mixer.ssm_state_size
+    time_step, B, C = torch.split(mixer.x_proj(conv), [mixer.time_step_rank, size, size], -1)
+    if hasattr(mixer, "dt_layernorm"):  # FalconMamba's and Jamba's norms
+        time_step, B, C = (mixer.dt_layernorm(time_step), mixer.b_layernorm(B),
+                           mixer.c_layernorm(C))
+    if hasattr(getattr(mixer, "config", None), "_is_quantized"):  # as the module: its linear
+        dt = (mixer.dt_proj(time_step) - mixer.dt_proj.bias).transpose(1, 2)
+    else:
+        dt = mixer.dt_proj.weight @ time_step.transpose(1, 2)
+    dt = nn.functional.softplus(dt + mixer.dt_proj.bias.float().to(dt.dtype)[:, None])
+    dt = dt * mask.to(dt.dtype).unsqueeze(1)  # [batch, d_inner, seq]
+    A = -torch.exp(mixer.A_log.float())
+    x, gate = conv.transpose(1, 2), gate.transpose(1, 2)
+    if state is None and seq > 1:
+        out, ssm = kernels.mamba_selective_scan(
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D=mixer.D.float(), z=gate,
+            delta_bias=None, delta_softplus=False, return_last_state=True)
+    else:
+        ssm = (torch.zeros(batch, *A.shape, dtype=torch.promote_types(A.dtype, hidden.dtype),
+                           device=hidden.device) if state is None else state[1].clone())
+        out = torch.stack([kernels.mamba_selective_state_update(
+            ssm, x[..., i], dt[..., i], A, B[:, i], C[:, i], mixer.D.float(), z=gate[..., i],
+            dt_bias=None, dt_softplus=False) for i in range(seq)], -1)  # ssm written in place
+    return mixer.out_proj(out.transpose(1, 2).to(hidden.dtype)), (conv_state, ssm)
+
+
+def _mamba_masked(mixer: nn.Module) -> object:
+    """:func:`mamba1_masked` for a Mamba1 mixer (it has ``x_proj``), else
+    :func:`mamba2_masked`."""
+    return mamba1_masked if hasattr(mixer, "x_proj") else mamba2_masked
 
 
 def short_conv_masked(

@@ -30,6 +30,7 @@ from transformers import (
     ExaoneConfig,
     ExaoneMoeConfig,
     FalconH1Config,
+    FalconMambaConfig,
     FlexOlmoConfig,
     Gemma2Config,
     Gemma3Config,
@@ -63,6 +64,8 @@ from transformers import (
     Lfm2MoeConfig,
     Lfm3Config,
     LlamaConfig,
+    Mamba2Config,
+    MambaConfig,
     MellumConfig,
     MiniCPM3Config,
     MiniMaxM2Config,
@@ -106,12 +109,15 @@ from transformers import (
 )
 from transformers.models.bamba.modeling_bamba import BambaMixer
 from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
+from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
     GraniteMoeHybridMambaLayer,
 )
 from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
 from transformers.models.lfm2_moe.modeling_lfm2_moe import Lfm2MoeShortConv
 from transformers.models.lfm3.modeling_lfm3 import Lfm3ShortConv
+from transformers.models.mamba.modeling_mamba import MambaMixer
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
 
 from automr.llm.loading import auto_class
@@ -230,6 +236,18 @@ def bamba_config(**fields: object) -> PretrainedConfig:
     (Bamba's ``layer_types`` are made from ``attn_layer_indices``)."""
     layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
     return BambaConfig(**{"attn_layer_indices": list(range(1, layers, 2)), **fields})
+
+
+def attention_free(config_class: type[PretrainedConfig]) -> Callable[..., PretrainedConfig]:
+    """A config maker for a model without attention (Mamba, Mamba2): the toy fields it has no
+    use for (attention heads, MLP width, context) left out, as its published configs have
+    none."""
+    def make(**fields: object) -> PretrainedConfig:
+        for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            fields.pop(name, None)
+        return config_class(**fields)
+    return make
 
 
 def lfm3_config(**fields: object) -> PretrainedConfig:
@@ -545,6 +563,17 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "sarvam_mla": (SarvamMLAConfig, dict(MLA, **MLA_MOE, q_lora_rank=None,
                                          rope_parameters=deepseek_yarn(1.0),
                                          initializer_range=0.02)),
+    # Mamba2 alone (Mamba-Codestral): blocks of an RMS norm and a Mamba2 mixer (4 heads of 16,
+    # 2 groups, chunks of 8), no attention, no positions; the residual stream in float32
+    # (residual_in_fp32), embeddings, norm_f
+    "mamba2": (attention_free(Mamba2Config), dict(num_heads=4, head_dim=16, n_groups=2,
+                                                  state_size=8, chunk_size=8)),
+    # Mamba (state-spaces/mamba-130m..2.8b): blocks of an RMS norm and a Mamba1 mixer (a
+    # causal convolution on x, x_proj to dt's rank-4 input, B and C, dt_proj, the selective
+    # scan over a state of 8 per channel, D, a silu gate), the residual in float32
+    "mamba": (attention_free(MambaConfig), dict(state_size=8, time_step_rank=4)),
+    # FalconMamba: Mamba's blocks, RMS norms without weights on dt's input, B and C
+    "falcon_mamba": (attention_free(FalconMambaConfig), dict(state_size=8, time_step_rank=4)),
 }
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
@@ -582,8 +611,10 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
                     weight.normal_(0.0, 0.3)
     for module in model.modules():
         if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer,
-                               FalconH1Mixer)):
+                               FalconH1Mixer, Mamba2Mixer)):
             _mamba2_init(module)
+        if isinstance(module, (MambaMixer, FalconMambaMixer)):
+            _mamba1_init(module)
         if isinstance(module, (Lfm2ShortConv, Lfm2MoeShortConv, Lfm3ShortConv)):
             _short_conv_init(module)
     return model.eval()
@@ -620,3 +651,19 @@ def _mamba2_init(mixer: torch.nn.Module) -> None:
     mixer.D.normal_()
     if hasattr(mixer.norm, "weight"):  # Falcon-H1's may be none (mamba_rms_norm False)
         mixer.norm.weight.normal_(1.0, 0.3)
+
+
+@torch.no_grad()
+def _mamba1_init(mixer: torch.nn.Module) -> None:
+    """A Mamba1 mixer whose state matters at this size, as :func:`_mamba2_init`'s: ``A`` per
+    channel and state entry uniform in 1..16, the time step log-uniform in 0.01..0.5, the input
+    projection, ``x_proj`` and ``dt_proj`` at unit scale (transformers' small ones leave the
+    output to the ``D`` skip), ``D`` random. A masked position that decayed or wrote the
+    state, or a convolution that saw it, then changes the logits."""
+    channels, size = mixer.A_log.shape
+    mixer.A_log.copy_(torch.log(1 + 15 * torch.rand(channels, size)))
+    dt = torch.exp(math.log(0.01) + torch.rand(channels) * (math.log(0.5) - math.log(0.01)))
+    mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
+    for linear in (mixer.in_proj, mixer.x_proj, mixer.dt_proj):
+        linear.weight.normal_(0.0, linear.in_features ** -0.5)
+    mixer.D.normal_()
