@@ -81,7 +81,7 @@ class KVCache:
     recurrent: dict[int, tuple[Tensor, ...]] = attrs.field(factory=dict)
     """Each linear-attention layer's state (the Gated DeltaNet of Qwen 3.5 and Qwen3-Next, the
     Mamba2 of Granite 4.0-H, Bamba, Nemotron-H, Falcon-H1 and Mamba2 models, the Mamba1 of Mamba
-    and FalconMamba, the short convolution of LFM2 and LFM3): the last inputs of its causal
+    FalconMamba and Jamba, the short convolution of LFM2 and LFM3): the last inputs of its causal
     convolution ``[batch, kernel - 1, channels]`` and its recurrent state (``[batch, heads,
     key, value]``; Mamba2's ``[batch, heads, head_dim, state]``; Mamba1's ``[batch, d_inner,
     state]``; the short convolution has none), all after the last real position."""

@@ -41,7 +41,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "smo
                          "jetmoe", "persimmon", "diffllama", "mellum", "laguna",
                          "kolibri1", "hy_v3", "apertus1p5_text", "ergo", "deepseek_v3",
                          "deepseek_v2", "glm4_moe_lite", "minicpm3", "youtu", "sarvam_mla",
-                         "gemma4_unified_text", "mamba2", "mamba", "falcon_mamba")
+                         "gemma4_unified_text", "mamba2", "mamba", "falcon_mamba", "jamba")
 LANGUAGE_MODELS = {"gemma3": ("gemma3_text",), "gemma4": ("gemma4_text",),
                    "gemma4_unified": ("gemma4_unified_text",),
                    "mistral3": ("ministral3", "mistral")}
@@ -82,13 +82,13 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
 """The layer types (a config's ``layer_types``) the split runs."""
 LINEAR_ATTENTION_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid",
-                          "bamba", "nemotron_h", "mamba2", "mamba", "falcon_mamba")
+                          "bamba", "nemotron_h", "mamba2", "mamba", "falcon_mamba", "jamba")
 """Types whose ``linear_attention`` layers the split runs too, exactly, with masked positions
 anywhere: the Gated DeltaNet of Qwen 3.5, dense and mixture of experts, and Qwen3-Next
 (:func:`gated_delta_masked`), the Mamba2 mixers of Granite 4.0-H, Bamba, Nemotron-H and pure
-Mamba2 models (Mamba-Codestral; :func:`mamba2_masked`) and the Mamba1 mixers of Mamba and
-FalconMamba (:func:`mamba1_masked`; transformers names them all ``linear_attention`` too);
-other types' are refused."""
+Mamba2 models (Mamba-Codestral; :func:`mamba2_masked`) and the Mamba1 mixers of Mamba,
+FalconMamba and Jamba (:func:`mamba1_masked`; transformers names them all ``linear_attention``
+too); other types' are refused."""
 SHORT_CONV_TYPES = ("lfm2", "lfm2_moe", "lfm3")
 """Types whose ``conv`` layers the split runs too, exactly, with masked positions anywhere: the
 gated short convolutions of LFM2, dense and mixture of experts, and LFM3
@@ -200,8 +200,8 @@ class HFSplitLLM:
                 f"or linear attention: a recurrent state, not attention over a mask); the layer "
                 f"split runs attention layers, and the linear attention of Qwen 3.5 and "
                 f"Qwen3-Next, the Mamba layers of Granite 4.0-H, Bamba, Nemotron-H, "
-                f"Falcon-H1, Mamba, Mamba2 and FalconMamba and the short convolutions of LFM2 "
-                f"and LFM3, only")
+                f"Falcon-H1, Mamba, Mamba2, FalconMamba and Jamba and the short convolutions of "
+                f"LFM2 and LFM3, only")
         if getattr(config, "use_bidirectional_attention", None) in (True, "all"):
             raise AutomrError(  # Gemma 4's "vision": image tokens only, text stays causal
                 f"this {config.model_type} model attends bidirectionally (an encoder such as "

@@ -57,6 +57,7 @@ from transformers import (
     InternLM3Config,
     IQuestCoderConfig,
     Jais2Config,
+    JambaConfig,
     JetMoeConfig,
     Kolibri1Config,
     LagunaConfig,
@@ -113,6 +114,7 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMi
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
     GraniteMoeHybridMambaLayer,
 )
+from transformers.models.jamba.modeling_jamba import JambaMambaMixer
 from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
 from transformers.models.lfm2_moe.modeling_lfm2_moe import Lfm2MoeShortConv
 from transformers.models.lfm3.modeling_lfm3 import Lfm3ShortConv
@@ -574,6 +576,13 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "mamba": (attention_free(MambaConfig), dict(state_size=8, time_step_rank=4)),
     # FalconMamba: Mamba's blocks, RMS norms without weights on dt's input, B and C
     "falcon_mamba": (attention_free(FalconMambaConfig), dict(state_size=8, time_step_rank=4)),
+    # Jamba: Mamba1 layers (RMS norms with weights on dt's input, B and C) between attention ones
+    # without positions (attn_layer_period 2, offset 1), experts (4, 2 per token) in the Mamba
+    # layers and dense MLPs in the attention ones; final_layernorm, an untied head
+    "jamba": (JambaConfig, dict(mamba_d_state=8, mamba_dt_rank=4, attn_layer_period=2,
+                                attn_layer_offset=1, expert_layer_period=2,
+                                expert_layer_offset=0, num_experts=4, num_experts_per_tok=2,
+                                tie_word_embeddings=False)),
 }
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
@@ -613,7 +622,7 @@ def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
         if isinstance(module, (GraniteMoeHybridMambaLayer, BambaMixer, NemotronHMamba2Mixer,
                                FalconH1Mixer, Mamba2Mixer)):
             _mamba2_init(module)
-        if isinstance(module, (MambaMixer, FalconMambaMixer)):
+        if isinstance(module, (MambaMixer, FalconMambaMixer, JambaMambaMixer)):
             _mamba1_init(module)
         if isinstance(module, (Lfm2ShortConv, Lfm2MoeShortConv, Lfm3ShortConv)):
             _short_conv_init(module)
