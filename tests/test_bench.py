@@ -216,3 +216,29 @@ def test_the_profile_script_answers_help_and_runs_on_a_random_model(workspace, t
     saved = json.loads(out.read_text())
     assert {"annotate_fast_new", "annotate_plain", "encode_shared", "encode_unshared"} <= set(
         saved) and saved["shape"] == "tiny"
+
+
+def test_the_work_count_reads_each_layers_own_modules():
+    """The count per token is the layers' linear modules (for Llama exactly the attention and
+    MLP projections from its sizes, what it was computed from); a Mamba, whose config has no
+    attention heads or MLP width (real ones: the count failed on them), counts its mixers'
+    projections and no attention; Nemotron-H counts attention pairs in its attention blocks
+    only."""
+    from automr.experiments.bench import WorkCounter
+    from automr.llm.split import HFSplitLLM
+    from automr.testing.tiny import tiny_config, tiny_model
+
+    llama = WorkCounter(HFSplitLLM(tiny_model(tiny_config("llama", 2))))
+    config = llama.config
+    projections = config.hidden_size * config.head_dim * 2 * (
+        config.num_attention_heads + config.num_key_value_heads)
+    assert llama.per_token == projections + 3 * config.hidden_size * config.intermediate_size
+    assert llama.per_pair == 2 * config.num_attention_heads * config.head_dim
+    mamba = tiny_config("mamba", 2)
+    assert not hasattr(mamba, "num_attention_heads")
+    counted = WorkCounter(HFSplitLLM(tiny_model(mamba)))
+    assert counted.per_pair == 0 and counted.per_token > 0
+    nemotron = WorkCounter(HFSplitLLM(tiny_model(tiny_config("nemotron_h", 5))))
+    kinds = nemotron.config.layer_types
+    assert nemotron.per_pair == 2 * nemotron.config.num_attention_heads * 8 * kinds.count(
+        "full_attention") / len(kinds)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from automr import distributed
 from automr.annotation import UpperAnnotator
@@ -28,7 +29,7 @@ from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
 from automr.llm.loading import LoadedModel
-from automr.llm.split import HFSplitLLM, layer_values
+from automr.llm.split import ATTENTION_LAYERS, HFSplitLLM, layer_values
 from automr.state import LayerState
 from automr.storage import write_text_atomic
 
@@ -82,25 +83,30 @@ def naive_log_likelihoods(
 class WorkCounter:
     """A split LM that tallies the multiply-adds it is asked for, then runs them.
 
-    Per token and layer: the attention projections and the MLP (padding included: it is
-    computed); per query-key pair and layer: the attention scores and the weighted sum; per
-    logit position: the head. Norms, rotary embeddings and softmaxes are left out. The ratio of
-    two ways' counts (``work_ratio``) is the speed-up their multiply-adds alone allow, what a
-    measured ratio is read against: a measured ratio above it comes from what is not counted
-    (the naive way's batches of one element and its softmax over the vocabulary at every
-    position), one far below it from overheads of the fast way."""
+    Per token and layer: the layer's linear modules (attention or mixer projections and the
+    MLP, padding included: it is computed; a mixture's routed experts, fused weights, are left
+    out); per query-key pair and attention layer: the attention scores and the weighted sum;
+    per logit position: the head. Norms, rotary embeddings, convolutions, recurrent scans and
+    softmaxes are left out; figures that differ by layer are their mean over the layers. The
+    ratio of two ways' counts (``work_ratio``) is the speed-up their multiply-adds alone
+    allow, what a measured ratio is read against: a measured ratio above it comes from what is
+    not counted (the naive way's batches of one element and its softmax over the vocabulary at
+    every position), one far below it from overheads of the fast way."""
 
     def __init__(self, llm: HFSplitLLM) -> None:
         self.llm = llm
         config = llm.config
-        hidden, heads = config.hidden_size, config.num_attention_heads
-        widths = [(head_dim or hidden // heads, kv or heads) for head_dim, kv in zip(
-            layer_values(config, "head_dim"), layer_values(config, "num_key_value_heads"),
-            strict=True)]  # a mean over layers where they differ (Gemma 4's global ones)
-        self.per_token = sum(head_dim * (2 * heads + 2 * kv) for head_dim, kv in widths) * (
-            hidden / len(widths)) + 3 * hidden * config.intermediate_size
-        self.per_pair = 2 * heads * sum(head_dim for head_dim, _ in widths) / len(widths)
-        self.per_logit = hidden * llm.vocab_size
+        layers = llm.decoder.layers
+        self.per_token = sum(module.weight.numel() for layer in layers
+                             for module in layer.modules()
+                             if isinstance(module, nn.Linear)) / len(layers)
+        heads = getattr(config, "num_attention_heads", None) or 0  # none: Mamba
+        types = getattr(config, "layer_types", None) or ["full_attention"] * len(layers)
+        self.per_pair = 2 * heads * sum(
+            head_dim or config.hidden_size // heads
+            for head_dim, kind in zip(layer_values(config, "head_dim"), types, strict=True)
+            if kind in ATTENTION_LAYERS | {"hybrid"}) / len(layers)
+        self.per_logit = config.hidden_size * llm.vocab_size
         self.macs = 0
 
     def __getattr__(self, name: str) -> object:
