@@ -8,7 +8,7 @@ Granite 4.0-H's Mamba2 ``mamba`` (hidden 4,096; 128 heads of 64, state 256, kern
 left-padded batch (row ``i`` has ``seq - 16 i`` real tokens), each run two ways on the same
 inputs:
 
-* ``split``: :func:`automr.llm.split.gated_delta_masked` / :func:`~automr.llm.split.
+* ``split``: :func:`automr.llm.recurrent.gated_delta_masked` / :func:`~automr.llm.recurrent.
   mamba2_masked`, exact with masked positions anywhere (the causal convolution over each row's
   real positions, no decay and no write where masked);
 * ``transformers``: the module's own ``forward`` with the attention mask, which is exact for
@@ -35,7 +35,7 @@ from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
 
 from automr.experiments.bench import interleaved, machine, ratio, write_result
-from automr.llm.split import gated_delta_masked, mamba2_masked
+from automr.llm.recurrent import gated_delta_masked, mamba2_masked
 
 MIXERS = {
     "gated_deltanet": lambda: (
