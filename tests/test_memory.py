@@ -789,3 +789,26 @@ def test_append_takes_an_interaction_tied_with_the_last_stored_one(backbone, dat
     entry = grown.index.users[user]
     assert entry.timestamps[-3:] == [last, last, last + 10]
     assert entry.items[-2:] == [second, first]
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_a_bfloat16_model_with_a_float32_residual_builds_its_memory_in_bfloat16(dataset, tmp_path,
+                                                                               arch):
+    """Mamba's and Mamba2's residual stream stays float32 in a bfloat16 model: the build wrote
+    its float32 states into bfloat16 keys and stopped (an index put of mismatched dtypes). Keys
+    and token states are the model's dtype, the layer's states rounded to it."""
+    from automr.llm.loading import load_model
+    from automr.testing.synthetic import save_tiny_model
+
+    loaded = load_model(str(save_tiny_model(tmp_path / "model", arch, num_layers=3)),
+                        device="cpu", dtype="bfloat16")
+    config = MemoryConfig(store_token_states=True)
+    memory = build_memory(loaded, dataset, LAYER, config, tmp_path / "m", progress=False)
+    user = sorted(memory.users())[0]
+    keys = memory.view(user, memory.count(user)).keys
+    assert keys.dtype == memory.token_states(user, 0).dtype == torch.bfloat16
+    states = memory.token_states(user, 0)
+    assert keys.dtype == states.dtype == torch.bfloat16
+    encoded = LayerEncoder(Backbone.of(loaded), LAYER).encode_texts(["Alien (1979)"], True)
+    assert encoded.keys.dtype == torch.float32  # the layer's states: float32
+    torch.testing.assert_close(states[1:].float().mean(0), keys[0].float(), rtol=0.02, atol=0.02)

@@ -406,10 +406,10 @@ def encode_all(
     for first in range(0, len(order), batch_size):
         batch = order[first: first + batch_size]
         encoded = base.encode_tokens([tokens[i] for i in batch], keep_states)
-        keys[batch] = encoded.keys.cpu()
+        keys[batch] = encoded.keys.to(keys.dtype).cpu()  # Mamba: float32 states, bf16 model
         for row, i in enumerate(batch):
             if encoded.states is not None:
-                states[i] = encoded.states[row].cpu()
+                states[i] = encoded.states[row].to(keys.dtype).cpu()
         elements = sum(uses[distinct[i]] for i in batch) if dedupe else len(batch)
         report(elements)
     rows = None
