@@ -214,3 +214,23 @@ def test_paper_labels_at_the_deltas_scale_are_the_plain_float64_softmax(base, ga
     expected = torch.softmax(plain / temperature, 0)
     got = labels(base, with_element, "paper", temperature)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("combiner", [AppendToken(), Concat()])
+def test_a_fast_path_whose_cache_would_cross_longrope_switch_runs_plain(tiny_models, combiner):
+    """MiniCPM3 (and Phi-3 128k) rotate every position with longrope's long factors once a
+    sequence passes the original context (512 in the tiny model): the split refuses to continue
+    a cache across it, and annotation stopped there (``automr annotate`` on MiniCPM3 with a
+    concat memory); a fast path that would cross runs the plain way, with its scores."""
+    llm = HFSplitLLM(tiny_models["minicpm3"])
+    assert llm.longrope_switch == 512
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, TINY_VOCAB, (510,), generator=generator)
+    target = torch.tensor([7, 9, 11])
+    width = 1 if isinstance(combiner, AppendToken) else 20
+    hidden = torch.randn(3, width, llm.hidden_size, generator=generator)
+    hidden[:, : width // 2] = hidden[:1, : width // 2]  # a shared prefix: cached once
+    memory = MemoryTokens(hidden=hidden, mask=torch.ones(3, width, dtype=torch.bool))
+    fast, plain = (UpperAnnotator(llm, 2, combiner, min_shared=1, share_prompt=share).annotate(
+        prompt, target, memory) for share in (True, False))
+    assert fast.with_element.tolist() == plain.with_element.tolist()

@@ -54,7 +54,8 @@ class UpperAnnotator:
     (an item memory's elements share one, its opening quote: caching it cost more than it
     saved, 0.76-0.90x the plain path on an H200 from 135M to 7B parameters). ``share_prompt=
     False`` runs every element over the whole combined sequence in memory order (the plain
-    path the fast ones are tested against).
+    path the fast ones are tested against). A fast path whose cache would continue across a
+    longrope switch (MiniCPM3, Phi-3 128k: the split refuses that) runs the plain way.
     """
 
     llm: SplitLLM
@@ -92,7 +93,9 @@ class UpperAnnotator:
                             layer=self.layer)
         target_ids = target_ids.to(device)
         base = self._plain(prompt, target, target_ids, None)[0]
-        shareable = isinstance(self.combiner, AppendToken) and bool(memory.mask.all())
+        shareable = isinstance(self.combiner, AppendToken) and bool(memory.mask.all()) and not (
+            _crosses(self.llm, prompt.seq_len, prompt.seq_len + memory.hidden.shape[1]
+                     + target.seq_len))
         if self.share_prompt and shareable:
             scores = self._shared(prompt, target, target_ids, memory)
         elif self.share_prompt and isinstance(self.combiner, Concat | PrependToken):
@@ -161,6 +164,8 @@ class UpperAnnotator:
         lengths = real.sum(1).tolist()  # the only reads back: lengths, then the prefix
         shared = _shared_length(packed, lengths)
         shared = shared if shared >= self.min_shared else 0
+        if _crosses(self.llm, shared, max(lengths) + prompt.seq_len + target.seq_len):
+            shared = 0  # the whole sequence at once: a cache cannot continue past the switch
         cache = None
         if shared:
             cache = self.llm.new_cache()
@@ -212,6 +217,14 @@ def _shared_length(packed: Tensor, lengths: list[int]) -> int:
     heads = packed[:, :limit]
     same = (heads == heads[:1]).all(2).all(0)
     return int(same.long().cumprod(0).sum())
+
+
+def _crosses(llm: SplitLLM, cached: int, total: int) -> bool:
+    """Whether continuing a cache of ``cached`` positions to ``total`` crosses the model's
+    longrope switch (:class:`~automr.llm.split.HFSplitLLM` refuses that; the whole sequence
+    in one pass gets the factors its length calls for)."""
+    switch = getattr(llm, "longrope_switch", None)
+    return switch is not None and cached <= switch < total
 
 
 def _target_logprob(logits: Tensor, target_ids: Tensor) -> Tensor:
