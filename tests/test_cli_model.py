@@ -469,3 +469,18 @@ def test_info_on_a_model_without_attention_says_it_has_no_attention_heads(tmp_pa
     lines = info_lines(str(save_tiny_model(tmp_path / arch, arch, num_layers=2)))
     assert (lines["attention_heads"], lines["kv_heads"], lines["layer_split"]) == ("0", "0", "yes")
     assert "in_proj" in lines["linear_modules"].split(",")
+
+
+def test_info_reads_a_head_saved_under_another_name_than_the_models(tmp_path):
+    """GPT-NeoX's checkpoints (Pythia) hold its head as ``embed_out``, which transformers loads
+    into ``lm_head``: model info looked for ``lm_head.weight`` on disk and refused every one
+    ("no weights for its output head"). It reads the names a load gives the checkpoint's."""
+    from safetensors import safe_open
+
+    from automr.testing.synthetic import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "neox", "gpt_neox", num_layers=2)
+    saved = safe_open(folder / "model.safetensors", "pt").keys()
+    assert "embed_out.weight" in saved and "lm_head.weight" not in saved
+    lines = info_lines(str(folder))
+    assert (lines["model_type"], lines["layer_split"]) == ("gpt_neox", "yes")

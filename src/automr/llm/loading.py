@@ -234,7 +234,22 @@ def _head_missing(model: PreTrainedModel, keys: list[str]) -> list[str]:
     if head is None or model.get_output_embeddings().weight is model.get_input_embeddings().weight:
         return []
     name = f"{head}.weight"
+    keys = _loaded_names(model, keys)
     return [] if any(key == name or key.endswith(f".{name}") for key in keys) else [name]
+
+
+def _loaded_names(model: PreTrainedModel, keys: list[str]) -> list[str]:
+    """``keys`` (a checkpoint's) under the names a load gives them: transformers renames some
+    (GPT-NeoX's head is ``embed_out`` on disk, ``lm_head`` in the model)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    if not renamings:
+        return keys
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    return [rename_source_key(key, renamings, converters)[0] for key in keys]
 
 
 def _head_name(model: PreTrainedModel) -> str | None:
