@@ -3,6 +3,7 @@
 import copy
 import typing
 
+import attrs
 import pytest
 import torch
 from hypothesis import given
@@ -409,6 +410,22 @@ def test_generate_engine_refuses_memory(tiny_models, tokenizer):
     ids, mask = encode_prompts(tokenizer, ["abc"])
     with pytest.raises(AutomrError, match="without memory"):
         grounder.rank(llm, ids, mask, 1, insert=lambda state: state)
+
+
+@given(prompts=st.lists(words, min_size=1, max_size=3))
+def test_generate_engine_with_one_beam_finds_the_fast_engines_title(tiny_models, tokenizer,
+                                                                    prompts):
+    """With one beam transformers' generate runs greedy search, which gives no sequence
+    scores: the title and its log-probability are still the fast search's."""
+    llm = HFSplitLLM(tiny_models["llama"])
+    grounder = ConstrainedGrounder(catalog_targets(tokenizer, TITLES), num_beams=1)
+    ids, mask = encode_prompts(tokenizer, prompts)
+    fast = grounder.beams(llm, ids, mask, 1)
+    generated = attrs.evolve(grounder, engine="generate").beams(llm, ids, mask, 1)
+    assert [[h.tokens for h in hyps] for hyps in generated] == \
+        [[h.tokens for h in hyps] for hyps in fast]
+    for hyps, ours in zip(generated, fast, strict=True):
+        assert hyps[0].logprob == pytest.approx(ours[0].logprob, abs=1e-4)
 
 
 def test_catalog_embeddings_come_without_a_cache_that_cannot_be_written(tiny_models, tokenizer,

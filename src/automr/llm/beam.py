@@ -322,16 +322,26 @@ def generate_beams(
         num_return_sequences=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
         length_penalty=0.0, early_stopping="never", eos_token_id=eos_token_id,
         pad_token_id=eos_token_id, prefix_allowed_tokens_fn=allowed, output_scores=True,
-        return_dict_in_generate=True,
+        output_logits=num_beams == 1, return_dict_in_generate=True,
     )
+    new = out.sequences[:, width:]
+    scores = (out.sequences_scores if num_beams > 1 else
+              _greedy_scores(torch.stack(out.logits, 1), new, eos_token_id))
     results: list[list[Hypothesis]] = [[] for _ in range(input_ids.shape[0])]
-    for row, (sequence, score) in enumerate(zip(out.sequences[:, width:].tolist(),
-                                                out.sequences_scores.tolist(), strict=True)):
+    for row, (sequence, score) in enumerate(zip(new.tolist(), scores.tolist(), strict=True)):
         tokens = tuple(sequence[: sequence.index(eos_token_id) + 1]
                        if eos_token_id in sequence else sequence)
         if trie.value(tokens) is not None and score > -1e8:
             results[row // num_beams].append(Hypothesis(tokens, score))
     return results
+
+
+def _greedy_scores(logits: Tensor, tokens: Tensor, eos: int) -> Tensor:
+    """Each row's summed log-probability of its ``tokens`` up to its first ``eos`` (included),
+    from the raw ``logits`` before each: the score greedy ``generate`` does not give."""
+    logp = torch.log_softmax(logits.float(), -1).gather(2, tokens[..., None])[..., 0]
+    ended = (tokens == eos).long().cumsum(1) - (tokens == eos).long()  # EOS before each
+    return torch.where(ended == 0, logp, 0.0).sum(1)
 
 
 @torch.no_grad()
