@@ -10,6 +10,9 @@ nodes, scores, finished hypotheses), beams share their prompt's keys and values
 (:meth:`~automr.llm.decoding.Decoding.reserve`) and the prompts' common header can run once.
 :func:`reference_beam_search` is the plain version it replaced (Python loops over beams, a
 copied, growing cache); the two give the same beams, and ``automr bench ground`` times both.
+Not where trie candidates tie exactly (bfloat16 logits can): each keeps the ones ``topk``
+puts first among them, from rows laid out differently (8 tokens given one head row in a tiny
+Qwen2: other beams for 150 of 211 prompts).
 """
 
 import attrs
