@@ -26,10 +26,10 @@ class L2Grounder:
     quotes kept (``"Toy Story (1995)"``; BIGRec strips them from both). As there, the texts
     get the special tokens the tokenizer adds (Llama's BOS; SmolLM2's: none). And the top beam
     is the one with the best summed log-probability (:mod:`automr.llm.beam`), where BIGRec's
-    ``generate`` (``length_penalty`` 1) divides it by the length: the generated tokens' since
-    transformers 4.36, the prompt's too before (BIGRec's time). Re-ranked so, the 4 beams of
-    32 ML-100K test prompts (SmolLM2 tuned on 32 samples) had another top in 24 (2 with the
-    prompt counted).
+    ``generate`` (``length_penalty`` 1) divides it by the length (the generated tokens' in
+    today's transformers; older ones, BIGRec's, counted the prompt's too). Re-ranked so, the 4
+    beams of 32 ML-100K test prompts (SmolLM2 tuned on 32 samples) had another top in 24 (2
+    with the prompt counted).
     """
 
     model: torch.nn.Module
