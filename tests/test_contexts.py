@@ -258,6 +258,20 @@ def test_a_cut_cache_line_is_skipped_and_the_file_stays_readable(tmp_path):
     assert SummaryCache(path, "fp", 5).get("b") == "B"
 
 
+def test_the_first_reply_written_for_a_prompt_is_the_one_kept(tmp_path):
+    """Two writers can reply to the same prompt (a batch's padding changes bfloat16 replies;
+    processes under a launcher): the cache keeps the first, as the docs say."""
+    path = tmp_path / "s.jsonl"
+    one, other = SummaryCache(path, "fp", 5), SummaryCache(path, "fp", 5)
+    one.add(["a"], ["first"])
+    other.add(["a"], ["second"])  # opened before the first was written
+    cache = SummaryCache(path, "fp", 5)
+    assert cache.get("a") == "first"
+    cache.add(["a"], ["third"])
+    assert cache.get("a") == "first"
+    assert SummaryCache(path, "fp", 5).get("a") == "first"
+
+
 def test_batched_summaries_equal_one_at_a_time(tiny_models):
     # the tiny llama ends every reply at once (all replies ''); qwen2 writes distinct tokens
     writer = SummaryWriter(tiny_models["qwen2"], tiny_tokenizer(), max_new_tokens=6,

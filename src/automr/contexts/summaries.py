@@ -107,14 +107,15 @@ class SummaryCache:
         return self.path.with_name(f"{self.path.stem}.rank-{distributed.rank()}.jsonl")
 
     def reload(self) -> None:
-        """Read every entry written so far (by any process) into :attr:`entries`."""
+        """Read every entry written so far (by any process) into :attr:`entries`; of two
+        replies to one prompt, the earlier line (the cache file before the per-process ones)."""
         for path in self.files:
             if not path.exists():
                 continue
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
-                    self.entries[entry["key"]] = entry["summary"]
+                    self.entries.setdefault(entry["key"], entry["summary"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut by an interrupted write
 
@@ -133,7 +134,8 @@ class SummaryCache:
         return self.entries.get(self.key(prompt))
 
     def add(self, prompts: Sequence[str], summaries: Sequence[str]) -> None:
-        """Remember and append (one flush per call, so a cut run keeps finished batches)."""
+        """Remember and append (one flush per call, so a cut run keeps finished batches); a
+        prompt with a reply already keeps that one (the first written is the one read)."""
         path = self.write_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a+b") as f:
@@ -144,5 +146,7 @@ class SummaryCache:
         with path.open("a", encoding="utf-8") as f:
             for prompt, summary in zip(prompts, summaries, strict=True):
                 key = self.key(prompt)
+                if key in self.entries:
+                    continue
                 self.entries[key] = summary
                 f.write(json.dumps({"key": key, "summary": summary}) + "\n")
