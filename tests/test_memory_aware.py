@@ -196,3 +196,23 @@ def test_inserted_token_states_are_the_drawn_element_of_the_samples_own_memory(s
     keys, _ = store.padded_keys(requests)
     torch.testing.assert_close(store.record.pooling(tokens.hidden, tokens.mask),
                                keys[torch.arange(len(samples)), torch.tensor(elements)])
+
+
+def test_memory_aware_finetune_refuses_a_memory_of_another_dataset(space):
+    """The same interactions in another prompt domain: every history matches, so only the
+    memory's recorded dataset tells them apart (its window elements are other prompts)."""
+    from automr.data import PreparedDataset, prepare_csv
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL
+
+    raw, other = space["root"] / "raw", space["root"] / "movies"
+    if not other.exists():
+        prepare_csv(raw / "interactions.csv", raw / "items.csv", other,
+                    protocol=SYNTHETIC_PROTOCOL, domain="movies")
+    config = FinetuneConfig(max_train_samples=4, max_valid_samples=2, batch_size=4,
+                            eval_every=1, lora_from_layer=LAYER, memory=MemoryTraining())
+    out = space["root"] / "other-dataset"
+    with pytest.raises(AutomrError, match="built from another dataset"):
+        finetune(load_model(str(space["root"] / "model"), device="cpu"),
+                 PreparedDataset.load(other), out, config, progress=False,
+                 memory=space["memory"])
+    assert not out.exists()

@@ -417,7 +417,7 @@ def finetune(
     """
     out = Path(out_dir)
     _check_layers(loaded, config)
-    _check_memory(loaded, config, memory)
+    _check_memory(loaded, dataset, config, memory)
     identity = json.loads(json.dumps({  # as it reads back from state.json
         "config": config.to_json(), "model": canonical_model_name(loaded.name),
         "model_fingerprint": loaded.fingerprint(), "dtype": dtype_name(loaded.model.dtype),
@@ -550,8 +550,10 @@ def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> int:
     return n_layers
 
 
-def _check_memory(loaded: LoadedModel, config: FinetuneConfig,
+def _check_memory(loaded: LoadedModel, dataset: PreparedDataset, config: FinetuneConfig,
                   memory: MemoryStore | None) -> None:
+    """Refuse a memory that memory-aware fine-tuning cannot use: none or an unwanted one,
+    another layer than the tuned layers', another model's, or another dataset's."""
     if config.memory is None:
         if memory is not None:
             raise AutomrError("a memory was given but the config has no memory training "
@@ -566,6 +568,7 @@ def _check_memory(loaded: LoadedModel, config: FinetuneConfig,
     if memory.record.model_fingerprint != loaded.fingerprint():
         raise AutomrError(f"the memory in {memory.folder} was built with another model than "
                           f"{loaded.name!r}; build it with that model")
+    memory.check_dataset(dataset)  # its elements are other prompts (another prompt domain)
 
 
 def memory_identity(memory: MemoryStore) -> dict:
