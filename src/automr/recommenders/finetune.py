@@ -86,6 +86,8 @@ RUN_OPTIONS = ("cache_lower", "checkpoint_every")
 """Fields that say how a run computes, not what: they may change when it resumes."""
 RECORDED_LATER = ("dtype",)
 """Identity keys checkpoints of older versions lack: such a checkpoint resumes as before."""
+MEMORY_RECORDED_LATER = ("digest",)
+"""The same, of a memory-aware run's memory identity (:func:`memory_identity`)."""
 OWN_FILES = ("best", "checkpoint", RESULT_FILE)
 """What a fine-tune writes into its folder (beside run records and temporary names)."""
 
@@ -572,10 +574,13 @@ def _check_memory(loaded: LoadedModel, dataset: PreparedDataset, config: Finetun
 
 
 def memory_identity(memory: MemoryStore) -> dict:
-    """What a memory-aware run's checkpoint must match: the memory's model and layer."""
+    """What a memory-aware run's checkpoint must match: the memory's model, layer, encoder,
+    whether it stores token states, and what it holds (:meth:`MemoryStore.digest`: another
+    pooling, window or storage dtype gives other elements)."""
     record = memory.record
     return {"model_fingerprint": record.model_fingerprint, "layer": record.layer,
-            "encoder": record.encoder, "store_token_states": record.store_token_states}
+            "encoder": record.encoder, "store_token_states": record.store_token_states,
+            "digest": MemoryStore.digest(memory.folder)}
 
 
 def _evaluate(model, llm, valid, pad_id, config, record, cache: LowerCache | None,
@@ -729,6 +734,10 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     if isinstance(state.get("config"), dict):  # fields added since: their defaults then
         defaults = FinetuneConfig().to_json()
         state["config"] = {**{key: defaults[key] for key in ADDED_FIELDS}, **state["config"]}
+    if isinstance(state.get("memory"), dict) and isinstance(identity.get("memory"), dict):
+        identity = {**identity, "memory": {  # keys an older checkpoint lacks: as before
+            k: v for k, v in identity["memory"].items()
+            if k in state["memory"] or k not in MEMORY_RECORDED_LATER}}
     ours, theirs = _comparable(identity), _comparable(state)
     differs = [key for key in ours if theirs.get(key) != ours[key] and not (
         key == "model" and isinstance(theirs.get(key), str)
