@@ -388,6 +388,18 @@ def test_registry_kinds_round_trip_through_load_retriever(tmp_path):
         build_retriever("oracle", HIDDEN)
 
 
+def test_a_bfloat16_mlp_retriever_loads_in_bfloat16_with_its_scores(tmp_path):
+    retriever = mlp().to(torch.bfloat16)
+    retriever.save(tmp_path / "mlp")
+    loaded = load_retriever(tmp_path / "mlp", hidden_size=HIDDEN)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    keys = torch.randn(2, 3, HIDDEN, generator=torch.Generator().manual_seed(1))
+    query = torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    with torch.no_grad():
+        assert torch.equal(loaded.scores(query, keys, mask), retriever.scores(query, keys, mask))
+
+
 def test_another_kind_of_folder_names_the_command_that_writes_retrievers(tmp_path):
     """A memory or annotation folder given as --retriever: the error says which folder to
     pass instead, not only the format it expected."""

@@ -556,6 +556,15 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert torch.equal(loaded.score(histories), model.score(histories))
 
 
+def test_a_bfloat16_model_loads_in_bfloat16_with_its_scores(tmp_path) -> None:
+    model = _model().to(torch.bfloat16)
+    model.save(tmp_path / "sasrec")
+    loaded = SASRec.load(tmp_path / "sasrec")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    histories = [[1, 2, 3], [30], list(range(5, 17))]
+    assert torch.equal(loaded.score(histories), model.score(histories))
+
+
 def test_bad_inputs_are_refused(tmp_path) -> None:
     model = _model()
     with pytest.raises(AutomrError, match=r"1\.\.30"):

@@ -378,14 +378,18 @@ def load_component(
 
 def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: str,
                   build: "Callable[[], M]", tensors: dict[str, "Tensor"]) -> "M":
-    """``build()`` (the module its ``config.json`` describes) with ``tensors`` loaded; a config
-    without a setting or weights that do not fit it (copied from another save) is one line
-    naming ``directory``, ending in ``remedy``."""
+    """``build()`` (the module its ``config.json`` describes) with ``tensors`` loaded, in their
+    dtype when they share one (a module saved in bfloat16 loads in bfloat16, not in the
+    float32 ``build`` makes); a config without a setting or weights that do not fit it (copied
+    from another save) is one line naming ``directory``, ending in ``remedy``."""
     from beartype.roar import BeartypeCallHintViolation
 
     try:
         module = build()
         module.load_state_dict(tensors)
+        dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+        if len(dtypes) == 1:
+            module.to(dtypes.pop())
     except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: another's weights
             BeartypeCallHintViolation) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
