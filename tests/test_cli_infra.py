@@ -326,6 +326,18 @@ def test_a_run_record_is_appended_after_each_successful_run(workspace, tmp_path)
     assert set(found["memory"]) == {p.name for p in out.glob("*.json")} and found["memory"]
 
 
+def test_a_record_after_one_a_stop_cut_short_is_read_back(tmp_path):
+    """A record cut mid-line (a full disk, a kill) must not take the next run's with it."""
+    from automr.cli.record import append_record
+    from automr.storage import read_run_records
+
+    (tmp_path / RUNS_FILE).write_text('{"command": "automr finetune", "par')
+    append_record(tmp_path, {"command": "automr memory build"})
+    append_record(tmp_path, {"command": "automr annotate"})
+    assert [r["command"] for r in read_run_records(tmp_path)] == [
+        "automr memory build", "automr annotate"]
+
+
 def test_a_failed_run_writes_no_record(tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["memory", "build", "--data", str(tmp_path / "missing"),

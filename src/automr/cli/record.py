@@ -23,7 +23,7 @@ from typing import Any
 import automr
 from automr import distributed
 from automr.errors import AutomrError
-from automr.storage import RUNS_FILE
+from automr.storage import RUNS_FILE, append_line
 
 INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
 PACKAGES = ("automr", "torch", "transformers", "peft")
@@ -57,9 +57,7 @@ def attach_run_record(command: Any) -> None:
 
 
 def append_record(out: Path, record: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / RUNS_FILE).open("a", encoding="utf-8") as file:
-        file.write(json.dumps(record) + "\n")
+    append_line(out / RUNS_FILE, json.dumps(record))
 
 
 def run_record(ctx: Any, started: dt.datetime, seconds: float,
