@@ -224,6 +224,15 @@ def test_annotate_resumes_with_the_memory_typed_relative_then_absolute(
     assert header["memory"] == str((workspace / "mem").resolve())
 
 
+def test_annotate_resumes_with_its_memory_moved_elsewhere(workspace, tmp_path):
+    """The same content (digest) in another folder is the same memory: the resume goes on."""
+    out, moved = copy(workspace, "ann", tmp_path), copy(workspace, "mem", tmp_path)
+    before = {p.name: p.read_bytes() for p in out.glob("*.*") if p.suffix != ".jsonl"}
+    result = runner.invoke(app, annotate_args(workspace, moved, out))
+    assert result.exit_code == 0, result.output
+    assert before == {p.name: p.read_bytes() for p in out.glob("*.*") if p.name in before}
+
+
 def test_finetune_resumes_with_the_model_typed_relative_then_absolute(
         workspace, tmp_path, monkeypatch):
     run = unfinished_finetune(workspace, tmp_path)  # started with an absolute --model

@@ -216,15 +216,19 @@ def _start(out: Path, header: dict) -> None:
 
 
 def _comparable(header: dict) -> dict:
-    """``header`` with its memory path resolved (typed relative once, absolute once), without
-    the run option ``element_batch`` (elements per forward: a resume may lower it after
-    running out of memory; the values stay the same, up to float rounding)."""
+    """``header`` with its memory path resolved (typed relative once, absolute once), or
+    without it where the memory's content digest says which memory it is (one moved or
+    copied elsewhere is the same memory), and without the run option ``element_batch``
+    (elements per forward: a resume may lower it after running out of memory; the values stay
+    the same, up to float rounding)."""
     if not isinstance(header.get("memory"), str):
         return header
     config = header.get("config")
     if isinstance(config, dict):  # folders started before element subsets annotate them all
         config = {"element_subset": None, "element_seed": 0, **config}
         config.pop("element_batch", None)
+    if "memory_digest" in header:
+        return {k: v for k, v in {**header, "config": config}.items() if k != "memory"}
     return {**header, "config": config,
             "memory": str(home_path(header["memory"]).resolve())}
 
