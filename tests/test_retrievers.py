@@ -400,6 +400,16 @@ def test_a_bfloat16_mlp_retriever_loads_in_bfloat16_with_its_scores(tmp_path):
         assert torch.equal(loaded.scores(query, keys, mask), retriever.scores(query, keys, mask))
 
 
+def test_a_centred_semantic_retriever_without_its_centre_is_refused(tmp_path):
+    """Loaded without it, it would score as the plain cosine, silently."""
+    SemanticRetriever(center=torch.ones(HIDDEN)).save(tmp_path / "centred")
+    (tmp_path / "centred" / "retriever.safetensors").unlink()
+    with pytest.raises(AutomrError, match="without its centre"):
+        load_retriever(tmp_path / "centred", hidden_size=HIDDEN)
+    SemanticRetriever().save(tmp_path / "plain")
+    assert load_retriever(tmp_path / "plain", hidden_size=HIDDEN).center is None
+
+
 def test_another_kind_of_folder_names_the_command_that_writes_retrievers(tmp_path):
     """A memory or annotation folder given as --retriever: the error says which folder to
     pass instead, not only the format it expected."""

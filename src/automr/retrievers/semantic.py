@@ -18,7 +18,8 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.retrievers.storage import read_retriever, write_retriever
+from automr.errors import AutomrError
+from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
 
 
 @final
@@ -78,6 +79,9 @@ class SemanticRetriever:
         """Rebuild a retriever written by :meth:`save`."""
         meta, tensors = read_retriever(directory, "semantic", expect, hidden_size)
         center = tensors.get("center")
+        if center is None and meta.get("hidden_size") is not None:  # saved with a centre
+            raise AutomrError(f"{directory} holds a centred semantic retriever without its "
+                              f"centre ({WEIGHTS_FILE} is missing or holds none); save it again")
         return cls(center=None if center is None else center.to(device),
                    eps=float(meta["settings"]["eps"]), provenance=meta.get("provenance"))
 
