@@ -585,6 +585,20 @@ def test_append_with_the_model_in_another_dtype_is_refused(dataset, tmp_path):
     assert grown.count(user) == memory.count(user) + 1
 
 
+def test_keys_that_overflow_the_storage_dtype_are_refused_not_stored(dataset, tokenizer,
+                                                                      tmp_path):
+    """float16 holds at most 65504: larger layer states were stored as inf, silently."""
+    model = tiny_model(tiny_config(num_layers=3), seed=0)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(1e7)
+    loud = Backbone.from_model(model, tokenizer, "tiny-llama-loud")
+    with pytest.raises(AutomrError, match=r"not finite in float16.*--storage-dtype"):
+        build_memory(loud, dataset, LAYER, MemoryConfig(storage_dtype="float16"),
+                     tmp_path / "m16", progress=False)
+    assert not list((tmp_path / "m16").glob("shard-*"))
+    build_memory(loud, dataset, LAYER, MemoryConfig(), tmp_path / "m32", progress=False)
+
+
 def test_append_under_a_launcher_is_refused_before_any_work(backbone, dataset, built,
                                                              tmp_path, monkeypatch):
     """Under torchrun every process appended the same interactions; one that read the index

@@ -367,19 +367,39 @@ def _write_shard(
                                              report)
     storage = record.torch_storage_dtype
     offsets = None
+    keys = keys.to(storage)
     if states is not None:
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
         states = states.to(storage)
+    _check_finite(folder, number, record, keys, states)
     distinct = None if rows is None else len(lengths)
     metadata = {"model_fingerprint": str(record.model_fingerprint), "layer": str(record.layer),
                 "users": json.dumps(list(todo)), "elements": str(len(texts)),
                 "tokens": str(sum(lengths)),  # no timing: a rebuild writes the same bytes
                 **({} if distinct is None else {"distinct": str(distinct)})}
-    name = write_shard(folder, number, keys.to(storage), states, offsets, metadata, rows)
+    name = write_shard(folder, number, keys, states, offsets, metadata, rows)
     entry = ShardEntry(file=name, elements=len(texts), tokens=sum(lengths), users=list(todo),
                        distinct=distinct)
     return entry, segments
+
+
+def _check_finite(folder: Path, number: int, record: MemoryRecord, keys: Tensor,
+                  states: Tensor | None) -> None:
+    """Refuse a shard whose stored keys or token states are not finite: a storage dtype
+    narrower than the model's states (float16's largest value is 65504) overflows to inf, which
+    every later read would hand on as a key."""
+    for what, values in (("keys", keys), ("token states", states)):
+        if values is not None and not all(bool(torch.isfinite(rows).all())  # a shard's states
+                                          for rows in values.split(4096)):  # take GBs: by parts
+            narrower = record.storage_dtype == "float16" != record.dtype  # bf16: fp32's range
+            raise AutomrError(
+                f"the layer-{record.layer} {what} of shard {number} of {folder} are not finite "
+                f"in {record.storage_dtype}" + (
+                    f" (the model's {record.dtype} states overflow it): build with "
+                    f"--storage-dtype model or float32" if narrower else
+                    ": the model computes them so (an overflow or NaN); use another --dtype or "
+                    "--layer"))
 
 
 def encode_all(
