@@ -4,10 +4,15 @@ import json
 
 import attrs
 import pytest
+import torch
 from typer.testing import CliRunner
 
+import automr.methods.sasrec
 from automr.cli.main import app
+from automr.data import PreparedDataset
+from automr.evaluation import EvaluationFolder
 from automr.evaluation.report import MetricReport
+from automr.methods import MethodOptions, Workspace
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 
 runner = CliRunner()
@@ -76,6 +81,33 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     bad = runner.invoke(app, ["evaluate", "--data", data, "--out", str(out), "--methods",
                               "sasrec", "--reference", "pop", "--quiet", "--device", "cpu"])
     assert bad.exit_code == 2 and "reference 'pop' is not among" in bad.output
+
+
+def test_a_resumed_evaluation_ranks_with_the_sasrec_its_first_shards_used(
+        workspace, tmp_path, monkeypatch):
+    """CUDA training is not bit-deterministic: a resume that trained SASRec again would rank
+    its last shards with another model than its first (and tune l2-sasrec's gamma on it)."""
+    fit, trainings = automr.methods.sasrec.fit_sasrec, []
+
+    def one_epoch(sequences, valid, config, **kwargs):
+        trainings.append(config.seed)
+        return fit(sequences, valid, attrs.evolve(config, max_epochs=1), **kwargs)
+
+    monkeypatch.setattr(automr.methods.sasrec, "fit_sasrec", one_epoch)
+    dataset, folder = PreparedDataset.load(workspace / "prepared"), EvaluationFolder(tmp_path)
+
+    def weights(seed):
+        space = Workspace(dataset, options=MethodOptions(seed=seed), device="cpu",
+                          progress=False, kept=folder)
+        return space.sasrec().model().state_dict()
+
+    first, again = weights(0), weights(0)
+    assert trainings == [0]
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    weights(1)  # another training's model is kept apart
+    assert trainings == [0, 1]
+    folder.check_target()  # the models alone make an evaluation folder, resumed
 
 
 def test_bad_method_is_a_one_line_error(workspace, tmp_path):

@@ -20,6 +20,7 @@
 ``METHOD`` is the method's name with ``:`` written ``-`` (``bigrec:l2`` -> ``bigrec-l2``).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,7 +73,8 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path} is a file; write the evaluation into a new or empty "
                               f"folder")
         if not self.path.is_dir() or any((self.path / name).exists()
-                                         for name in ("ranks", "loglik", RESULTS_JSON)):
+                                         for name in ("ranks", "loglik", "models",
+                                                      RESULTS_JSON)):
             return
         other = sorted(p.name for p in self.path.iterdir()
                        if p.name != RUNS_FILE and not p.name.startswith("."))
@@ -126,6 +128,12 @@ class EvaluationFolder:
             return False
         ranks, loglik = (_read(path) for path in settings)
         return isinstance(ranks, dict) and "samples" in ranks and ranks == loglik
+
+    def model_dir(self, name: str, key: Mapping[str, Any]) -> Path:
+        """``models/NAME-DIGEST/``: a model the methods train themselves (SASRec), kept for a
+        resume; DIGEST, of ``key`` (what it was trained on and with), tells trainings apart."""
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.path / "models" / f"{name}-{digest}"
 
     def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
         """``KIND/METHOD.shards/shard-NNNNN.json``: shard ``number`` of ``method``'s values

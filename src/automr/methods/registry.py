@@ -153,7 +153,8 @@ class Workspace:
     """The models' dtype (``auto``: bfloat16 on CUDA, float32 on CPU)."""
     kept: EvaluationFolder | None = None
     """An evaluation folder whose L2 generations made with the same settings are measured
-    again instead of generated again (an injection added to a folder that holds ``X:l2``)."""
+    again instead of generated again (an injection added to a folder that holds ``X:l2``),
+    and where the SASRec its methods train is kept for a resume."""
     _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
     _sasrec: SASRecMethod | None = attrs.field(default=None, init=False)
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
@@ -292,8 +293,11 @@ class Workspace:
         first use, or under a launcher here, on the main process, for every process (every
         process must call this at the same point: :func:`build_method` does)."""
         if self._sasrec is None:
-            self._sasrec = SASRecMethod(self.dataset, SASRecConfig(seed=self.options.seed),
-                                        self.progress, device=resolve_device(self.device))
+            config = SASRecConfig(seed=self.options.seed)
+            saved = None if self.kept is None else self.kept.model_dir(
+                "sasrec", {"dataset": self.data_fingerprint, "sasrec": attrs.asdict(config)})
+            self._sasrec = SASRecMethod(self.dataset, config, self.progress,
+                                        device=resolve_device(self.device), saved=saved)
             if distributed.launched():
                 self._sasrec.train_on_main()
         return self._sasrec

@@ -1,6 +1,7 @@
 """SASRec as a :class:`~automr.interfaces.Method`: trained on the training period on first use."""
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -9,6 +10,7 @@ import torch
 from automr import distributed
 from automr.data import PreparedDataset, Sample
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
+from automr.storage import CONFIG_FILE
 
 
 @attrs.define(eq=False)
@@ -21,6 +23,10 @@ class SASRecMethod:
     config: SASRecConfig = attrs.field(factory=SASRecConfig)
     progress: bool = False
     device: str | torch.device = "cpu"
+    saved: Path | None = None
+    """Where the trained model is kept: loaded from there when it was saved, else trained and
+    saved there, so a resumed evaluation ranks with the model its first shards used (CUDA
+    training is not bit-deterministic)."""
     _model: SASRec | None = attrs.field(default=None, init=False)
 
     @property
@@ -33,7 +39,9 @@ class SASRecMethod:
         return [position + 1 for position in self.dataset.catalog.positions(items)]
 
     def model(self) -> SASRec:
-        """The trained model (trained on the first call)."""
+        """The trained model (trained, or loaded from :attr:`saved`, on the first call)."""
+        if self._model is None and self.saved is not None and (self.saved / CONFIG_FILE).is_file():
+            self._model = SASRec.load(self.saved, self.device)
         if self._model is None:
             dataset, ids = self.dataset, self.item_ids
             items: dict[str, list[str]] = {}
@@ -46,6 +54,8 @@ class SASRecMethod:
             self._model, _ = fit_sasrec([ids(i) for i in items.values()], valid, self.config,
                                         times=list(times.values()), n_items=len(dataset.catalog),
                                         device=self.device, quiet=not self.progress)
+            if self.saved is not None:
+                self._model.save(self.saved)
         return self._model
 
     def train_on_main(self) -> None:
