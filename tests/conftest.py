@@ -1,5 +1,6 @@
 """Shared fixtures: tiny offline models (fast) and the real embedded model (one download)."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,30 @@ settings.register_profile("dev", deadline=None, max_examples=25)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+@pytest.fixture
+def cut_at_first_checkpoint(monkeypatch):
+    """``with cut_at_first_checkpoint(): finetune(...)``: the run stops (KeyboardInterrupt,
+    expected) once its first checkpoint is written, as a run killed there would."""
+    import automr.recommenders.finetune as ft
+
+    @contextlib.contextmanager
+    def cut():
+        original = ft._save_checkpoint
+
+        def crash(*args):
+            original(*args)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ft, "_save_checkpoint", crash)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(ft, "_save_checkpoint", original)
+
+    return cut
+
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, torch.nn.Module]:

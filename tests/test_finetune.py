@@ -457,21 +457,11 @@ def test_best_holds_the_adapter_the_record_names_after_a_kill_at_a_new_best(
     assert all(torch.equal(best[k], named[k]) for k in best)
 
 
-def test_a_changed_config_is_refused_on_resume(workspace, monkeypatch):
-    import automr.recommenders.finetune as ft
-
+def test_a_changed_config_is_refused_on_resume(workspace, cut_at_first_checkpoint):
     data, model = workspace["data"], str(workspace["model"])
-    original = ft._save_checkpoint
-
-    def crash(*args):
-        original(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ft, "_save_checkpoint", crash)
     run = workspace["root"] / "changed"
-    with pytest.raises(KeyboardInterrupt):
+    with cut_at_first_checkpoint():
         finetune(load_model(model, device="cpu"), data, run, quick_config(**LOOP), progress=False)
-    monkeypatch.setattr(ft, "_save_checkpoint", original)
     for change, says in ((dict(grad_accum=1), f"config.grad_accum was {LOOP['grad_accum']}, "
                                                f"now 1"),
                          (dict(schedule="linear"), "config.schedule was 'cosine', now 'linear'"),
@@ -513,24 +503,16 @@ def test_a_split_without_samples_is_refused(workspace, tmp_path, monkeypatch, sp
     assert not (tmp_path / "run" / "best").exists()
 
 
-def test_a_checkpoint_of_an_older_version_resumes(workspace, monkeypatch):
+def test_a_checkpoint_of_an_older_version_resumes(workspace, cut_at_first_checkpoint):
     """state.json without the loop's newer fields (and rng.pt with the CPU state alone) resumes
     as the defaults; run options (cache_lower, checkpoint_every) may change on resume."""
     import automr.recommenders.finetune as ft
 
     data, model = workspace["data"], str(workspace["model"])
     config = quick_config(epochs=1, lora_from_layer=2)
-    original = ft._save_checkpoint
-
-    def crash(*args):
-        original(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ft, "_save_checkpoint", crash)
     run = workspace["root"] / "older"
-    with pytest.raises(KeyboardInterrupt):
+    with cut_at_first_checkpoint():
         finetune(load_model(model, device="cpu"), data, run, config, progress=False)
-    monkeypatch.setattr(ft, "_save_checkpoint", original)
     state_file = run / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
     for key in ft.ADDED_FIELDS:

@@ -218,28 +218,19 @@ def test_memory_aware_finetune_refuses_a_memory_of_another_dataset(space):
     assert not out.exists()
 
 
-def test_a_memory_aware_run_resumes_only_with_the_memory_it_began_with(space, monkeypatch):
+def test_a_memory_aware_run_resumes_only_with_the_memory_it_began_with(
+        space, cut_at_first_checkpoint):
     """Cut after its first checkpoint, the run goes on with its own memory (also from a
     checkpoint of a version that recorded no digest), never with another one of the same
     model, layer and encoder (here pooled otherwise: other semantic picks)."""
-    import automr.recommenders.finetune as ft
-
     config = FinetuneConfig(max_train_samples=8, max_valid_samples=2, batch_size=4,
                             eval_every=1, lora_from_layer=LAYER,
                             memory=MemoryTraining(retrieval="semantic"))
-    original = ft._save_checkpoint
-
-    def crash(*args):
-        original(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ft, "_save_checkpoint", crash)
     out = space["root"] / "resumed-memory"
     model = str(space["root"] / "model")
-    with pytest.raises(KeyboardInterrupt):
+    with cut_at_first_checkpoint():
         finetune(load_model(model, device="cpu"), space["dataset"], out, config, progress=False,
                  memory=space["memory"])
-    monkeypatch.setattr(ft, "_save_checkpoint", original)
     with pytest.raises(AutomrError, match=r"other settings \(memory\.digest was"):
         finetune(load_model(model, device="cpu"), space["dataset"], out, config,
                  progress=False, memory=space["last"])
