@@ -354,6 +354,18 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
         parse_seeds("3-1")
 
 
+def test_rq2_refuses_an_out_holding_another_artifact(workspace, tmp_path):
+    """--out swapped with --data: its runs would be written beside the dataset's files."""
+    data = shutil.copytree(workspace / "prepared", tmp_path / "data")
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(AutomrError, match=r"holds other files .*new or empty folder"):
+        run_rq2(workspace / "prepared", data, finetuned=workspace / "ft",
+                memory=workspace / "mem", retrievers=[workspace / "ret-0"], seeds=[0],
+                grounder="likelihood", config=CONFIG, device="cpu", progress=False,
+                say=lambda _: None)
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     import sys
 

@@ -35,7 +35,7 @@ from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, parse_method
 from automr.recommenders.automr import load_retriever_for
 from automr.recommenders.runs import FinetunedRun
-from automr.storage import read_json, write_text_atomic
+from automr.storage import check_own_folder, read_json, write_text_atomic
 
 RQ2_METRICS = ("recall@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10")
 """The metrics of the paper's Figure 2, in its order (those the evaluation's ``ks`` give).
@@ -43,6 +43,9 @@ With ``measures=("likelihood",)`` the runs are compared by mean target log-likel
 sample and per token) instead: no decoding, so many seeds are affordable."""
 
 RQ2_FORMAT = "automr.rq2/1"
+
+RQ2_FILES = ("bigrec", "automr-", "random-seed-", "rq2.")
+"""What an RQ2 folder holds: its runs' evaluation folders (by prefix) and its table and plots."""
 
 
 @beartype
@@ -166,11 +169,12 @@ def run_rq2(
                           f"so grounder {grounder!r} would only name its runs; give grounder "
                           f"likelihood (--grounder likelihood)")
     require_matplotlib()
+    out = Path(out_dir)
+    check_own_folder(out, "RQ2 runs", RQ2_FILES)  # a resumed one, or new
     store = FinetunedRun.open(finetuned).open_memory(memory)  # a mismatch, before BIGRec runs
     for retriever_dir in retrievers:
         load_retriever_for(store, retriever_dir, config.combiner)
     del store
-    out = Path(out_dir)
     plan: list[tuple[str, Path, str | None, Path | None, EvalConfig]] = [
         ("bigrec", out / "bigrec", None, None, config)]
     plan += [("automr", out / f"automr-{i}", str(r), r, config) for i, r in enumerate(retrievers)]
