@@ -86,6 +86,19 @@ def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     assert json.loads((again / "results.json").read_text()) == payload
 
 
+def test_the_demo_refuses_an_out_holding_another_artifact(workspace, tmp_path):
+    """Its steps' folders would be written beside another artifact's files (here a dataset's,
+    given to --out instead of --data)."""
+    import shutil
+
+    data = shutil.copytree(workspace / "prepared", tmp_path / "data")
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(AutomrError, match=r"holds other files .*new or empty folder"):
+        run_demo(data, tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared", say=lambda _: None)
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
 @pytest.mark.parametrize("option, value", [("--combiner", "foo"), ("--encoder", "foo"),
                                            ("--test-samples", "0")])
 def test_a_bad_demo_option_is_one_line_before_any_work(tmp_path, option, value):

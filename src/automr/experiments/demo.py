@@ -41,7 +41,7 @@ from automr.methods.registry import GROUNDERS, Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
-from automr.storage import read_json, write_text_atomic
+from automr.storage import check_own_folder, read_json, write_text_atomic
 
 _POSITIVE = attrs.validators.gt(0)
 
@@ -82,6 +82,11 @@ class DemoConfig:
     seed: int = 0
 
 
+DEMO_FILES = ("data", "bigrec", "memory", "annotations", "retriever", "results", "likelihood",
+              "example", "settings.json", "runs.jsonl")
+"""What a demo folder holds: its steps' folders, its settings and its run log."""
+
+
 def run_demo(
     out_dir: Path | str, config: DemoConfig = DemoConfig(), device: str = "auto",
     cache_dir: Path | str | None = None, progress: bool = True,
@@ -95,6 +100,7 @@ def run_demo(
     """
     out = Path(out_dir)
     used = dtype_used(dtype, device)  # a --dtype or --device refused before anything is written
+    check_own_folder(out, "demo", DEMO_FILES)  # a resumed one, or new
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"config": attrs.asdict(config), "dataset": None if dataset_dir is None
                           else str(Path(dataset_dir).resolve()), "dtype": used})
