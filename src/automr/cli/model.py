@@ -46,7 +46,7 @@ def fetch(
 def info(
     name: ModelArgument = DEFAULT_MODEL,
     device: Annotated[str, typer.Option(
-        help="auto, cpu or cuda[:N]: the device a load would use.")] = "cpu",
+        help="auto, cpu, mps or cuda[:N]: the device a load would use.")] = "cpu",
     dtype: DtypeOption = "auto",
     cache_dir: CacheDirOption = None,
 ) -> None:
