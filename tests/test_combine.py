@@ -245,6 +245,9 @@ def test_compare_refuses_an_evaluation_as_its_out_and_names_a_missing_source(tmp
     for missing in (tmp_path / "nope", tmp_path / "nope.json"):
         with pytest.raises(AutomrError, match=f"{missing} does not exist"):
             combine_folders({"x": (missing, "bigrec:x")})
+    with pytest.raises(AutomrError, match=r"a is an evaluation: name one of its methods, "
+                                          r"x=.*a/METHOD \(there: bigrec:x\)"):
+        combine_folders({"x": (tmp_path, "a")})  # --method x=FOLDER, read as FOLDER's parent/a
 
 
 def test_an_export_of_an_api_evaluation_keeps_its_cut_offs_and_bootstrap(tmp_path):

@@ -65,6 +65,10 @@ def combine_folders(
                               f"folder or an exported .json)")
         report, likelihood, elements = _saved(Path(path), method)
         if report is None and likelihood is None:
+            whole = Path(path) / method  # NAME=FOLDER, the method left off
+            if _held(Path(path)) == [] and whole.exists() and _held(whole):
+                raise AutomrError(f"{whole} is an evaluation: name one of its methods, "
+                                  f"{name}={whole}/METHOD (there: {', '.join(_held(whole))})")
             raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
                               f"{method} (there: {', '.join(_held(Path(path))) or 'none'})")
         if report is not None:  # one bootstrap for every interval of the table
