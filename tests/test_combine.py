@@ -82,6 +82,21 @@ def test_folders_are_paired_by_sample_id_and_written_as_one_evaluation(tmp_path)
     assert settings == {"method": "automr:x", "relative_to": "this folder"}
 
 
+def test_a_name_compared_again_from_a_source_without_memory_drops_the_older_elements(
+        tmp_path):
+    """Comparing into the same --out again, a name brought in from a memory method, then from
+    one without memory, kept the first one's retrieved elements under the name."""
+    memory = evaluated(tmp_path / "a", "automr:l2", [0] * 8, [-1.0] * 8,
+                       retrieved={i: [3] for i in IDS})
+    plain = evaluated(tmp_path / "b", "bigrec:l2", [1] * 8, [-2.0] * 8)
+    out = tmp_path / "out"
+    combine_folders({"ref": (plain, "bigrec:l2"), "x": (memory, "automr:l2")}, out=out)
+    assert EvaluationFolder(out).export()["retrieved"]["x"] == {i: [3] for i in IDS}
+    combine_folders({"ref": (plain, "bigrec:l2"), "x": (plain, "bigrec:l2")}, out=out)
+    exported = EvaluationFolder(out).export()
+    assert exported["retrieved"] == exported["retrieved_loglik"] == {}
+
+
 def test_a_compare_folder_reads_its_sources_from_any_working_directory(tmp_path, monkeypatch):
     """Sources named relative to where `automr compare` ran were read against the current
     directory: exported elsewhere, their commands were left out without a word."""

@@ -246,6 +246,29 @@ def test_a_likelihood_only_older_folder_keeps_its_elements_when_ranked(tmp_path)
     assert folder.details("retrieved", "m", "loglik") == {s.id: [2] for s in SAMPLES[:3]}
 
 
+def test_a_method_ranked_again_without_a_detail_leaves_none_of_the_older_runs(tmp_path):
+    """A name ranked again by a method that retrieves nothing kept the retrieved elements of
+    the run before: the export and rq3 read them as the new ranks'."""
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+             measures=("ranks", "likelihood"))
+    evaluate({"m": Constant(4)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+             measures=("ranks", "likelihood"))
+    exported = EvaluationFolder(tmp_path).export()
+    assert exported["retrieved"] == exported["retrieved_loglik"] == {}
+    assert not list((tmp_path / "retrieved").iterdir())
+
+
+def test_saved_values_summarised_again_keep_their_details(tmp_path):
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+             measures=("ranks", "likelihood"))
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=30, seed=2,
+             measures=("ranks", "likelihood"))
+    folder = EvaluationFolder(tmp_path)
+    assert folder.report("m").n_resamples == folder.likelihoods("m").n_resamples == 30
+    assert folder.details("retrieved", "m") == folder.details("retrieved", "m", "loglik") \
+        == {s.id: [1] for s in SAMPLES}
+
+
 class TwoWays(Retrieving):
     """Retrieves element 1 when it ranks and element 2 when it scores likelihoods."""
 

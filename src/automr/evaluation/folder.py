@@ -184,29 +184,44 @@ class EvaluationFolder:
         return _read(values, LikelihoodReport.load)
 
     def save_likelihoods(self, report: LikelihoodReport, settings: Mapping[str, Any],
-                         details: Mapping[str, Mapping[str, Any]] = {}) -> None:
+                         details: Mapping[str, Mapping[str, Any]] | None = {}) -> None:
         """Write a method's log-likelihoods, its details (e.g. the retrieved elements), then
-        its settings (last: they mark it done)."""
+        its settings (last: they mark it done); ``details`` as in :meth:`save`."""
         self._save(report, "loglik", settings, details)
 
     def save(self, report: MetricReport, settings: Mapping[str, Any],
-             details: Mapping[str, Mapping[str, Any]] = {}) -> None:
-        """Write a method's ranks, its details, then its settings (last: they mark it done)."""
+             details: Mapping[str, Mapping[str, Any]] | None = {}) -> None:
+        """Write a method's ranks, its details, then its settings (last: they mark it done).
+        The details replace all those the method saved for this measure before (a kind it has
+        no more is removed); ``None`` keeps them (the same values summarised again)."""
         self._save(report, "ranks", settings, details)
 
     def _save(self, report: MetricReport | LikelihoodReport, kind: str,
-              settings: Mapping[str, Any], details: Mapping[str, Mapping[str, Any]]) -> None:
-        for detail in details if kind == "ranks" else ():  # an older folder's likelihood
-            own = self._details_file(detail, report.method, "loglik")  # details, kept apart
+              settings: Mapping[str, Any],
+              details: Mapping[str, Mapping[str, Any]] | None) -> None:
+        stale = [] if details is None else [
+            detail for detail in self._detail_kinds(report.method, kind) if detail not in details]
+        for detail in [*(details or {}), *stale] if kind == "ranks" else ():  # an older
+            own = self._details_file(detail, report.method, "loglik")  # folder's likelihood
             if not own.is_file() and self._older_is_likelihoods(detail, report.method):
                 shutil.copyfile(self._details_file(detail, report.method, "ranks"), own)
         done = self.settings_file(report.method, kind)
         done.unlink(missing_ok=True)  # a cut write must not pass for the older settings' values
         report.save(self.ranks_file(report.method, kind))
-        for detail, values in details.items():
+        for detail in stale:  # another run's: they would be read as these values' details
+            self._details_file(detail, report.method, kind).unlink()
+        for detail, values in (details or {}).items():
             write_json_atomic(self._details_file(detail, report.method, kind), dict(values),
                               indent=0)
         write_json_atomic(done, dict(settings), indent=None)
+
+    def _detail_kinds(self, method: str, measure: str) -> list[str]:
+        """The kinds of detail ``method`` has saved here while measuring ``measure``."""
+        if not self.path.is_dir():
+            return []
+        return sorted(path.name for path in self.path.iterdir() if path.is_dir()
+                      and path.name not in ("ranks", "loglik")
+                      and self._details_file(path.name, method, measure).is_file())
 
     @classmethod
     def check_names(cls, methods: Sequence[str]) -> None:

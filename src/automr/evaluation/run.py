@@ -314,7 +314,7 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
            ) -> tuple[MetricReport, bool]:
     """The method's report, and whether its ranks were read back rather than computed."""
     saved = None if folder is None else folder.saved_report(name, settings)
-    details: dict = {}
+    details: dict | None = None  # read back: the details saved with the ranks stay
     if saved is not None:
         report = saved.resampled(ks, n_resamples, seed)
         if report is saved:
@@ -337,7 +337,7 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
                  ) -> tuple[LikelihoodReport, bool]:
     """The method's report, and whether its values were read back rather than computed."""
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
-    details: dict = {}
+    details: dict | None = None  # read back: the details saved with the values stay
     if saved is not None:
         report = saved.resampled(n_resamples, seed)
         if report is saved:
