@@ -13,6 +13,7 @@ from automr.grounding import (
     ConstrainedGrounder,
     L2Grounder,
     LikelihoodGrounder,
+    build_grounder,
     catalog_embeddings,
     catalog_targets,
     embed_texts,
@@ -458,6 +459,27 @@ def test_catalog_embeddings_are_cached_per_dtype(tiny_models, tokenizer, tmp_pat
         assert torch.equal(got, expected)
     assert torch.equal(catalog_embeddings(half, targets, fingerprint, tmp_path, progress=False),
                        cached)
+
+
+def test_editions_embedded_in_other_batches_tie_in_bfloat16(tiny_models, tokenizer, tmp_path):
+    """Two items of one title, embedded in batches of other padding, rounded apart in
+    bfloat16 (SmolLM2-135M: 0.39 to 0.61 apart, 8 copies of 8): the L2 grounding ranked the
+    target first or second by which edition it was, where both rank below the other."""
+    from automr.evaluation.metrics import ranks_from_scores
+    from automr.testing.synthetic import synthetic_dataset
+
+    tokenizer.padding_side = "right"
+    dataset = synthetic_dataset(tmp_path / "data", items=40, titles={
+        "i0": "Twin", "i39": "Twin", "i20": "A title much longer than any other one (1999)"})
+    twins = dataset.catalog.positions(dataset.catalog.ids_for_title("Twin"))
+    assert len({position // 32 for position in twins}) == 2  # embed_texts' batches of 32
+    model = copy.deepcopy(tiny_models["llama"]).to(torch.bfloat16)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, name="tiny", fingerprint="f" * 64)
+    grounder = build_grounder("l2", loaded, dataset, "f" * 64, cache_dir=tmp_path / "cache",
+                              progress=False)
+    rows = grounder.catalog_embeddings[twins]
+    distances = grounder.distances_from(rows[:1].expand(2, -1).float())
+    assert ranks_from_scores(-distances, torch.tensor(twins)).tolist() == [1, 1]
 
 
 def test_text_embeddings_start_with_the_bos_a_tokenizer_adds(tiny_models, tmp_path):

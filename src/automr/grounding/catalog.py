@@ -63,6 +63,17 @@ def catalog_embeddings(
     return embeddings
 
 
+def one_row_per_title(embeddings: torch.Tensor, targets: CatalogTargets) -> torch.Tensor:
+    """``embeddings`` with the items of a repeated title (Amazon editions) given the row of
+    its first item: embedded in batches of other padding, copies of a text round apart in
+    bfloat16, and their L2 distances would rank a target above or below its other editions
+    by rounding, where an evaluation ties them against it."""
+    first = torch.arange(len(targets))
+    for head, items in targets.sharing().items():
+        first[list(items)] = head
+    return embeddings[first.to(embeddings.device)]
+
+
 def build_grounder(
     kind: str, loaded: LoadedModel, dataset: PreparedDataset, base_fingerprint: str,
     num_beams: int | None = None, cache_dir: Path | str | None = None, progress: bool = True,
@@ -84,7 +95,8 @@ def build_grounder(
     targets = dataset_targets(loaded, dataset)
     if kind == "likelihood":
         return LikelihoodGrounder(targets)
-    embeddings = catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress)
+    embeddings = one_row_per_title(
+        catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress), targets)
     if kind == "l2":  # its distances are measured where the LM runs, the catalog moved once
         device = next(loaded.model.parameters()).device
         return L2Grounder(loaded.model, loaded.tokenizer, embeddings.to(device),
