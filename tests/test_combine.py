@@ -220,6 +220,23 @@ def test_every_interval_of_a_combined_table_comes_from_its_bootstrap(tmp_path):
     assert same.reports["a"].metrics == EvaluationFolder(a).report("m").metrics
 
 
+def test_a_source_summarised_at_another_confidence_is_bootstrapped_at_the_tables(tmp_path):
+    """A report saved with 90% intervals (the API's build_report(confidence=0.9)) and the
+    bootstrap compare uses (1000 resamples of seed 0) went into the table as it was, whose
+    header says 95%: its intervals narrower than every other method's."""
+    ranks, lls = [0, 3, 7, 12, 1, 30, 2, 5], [-float(i) for i in range(8)]
+    folder = EvaluationFolder(tmp_path / "a")
+    folder.save(build_report("m", IDS, torch.tensor(ranks), 30, confidence=0.9), {})
+    combined = combine_folders({"m": (tmp_path / "a", "m")})  # ndcg@10 was [0.222, 0.582]
+    assert combined.reports["m"].metrics == build_report("m", IDS, torch.tensor(ranks),
+                                                         30).metrics  # [0.196, 0.615]
+    folder.save_likelihoods(build_likelihood_report("m", IDS, [(v, 3) for v in lls],
+                                                    confidence=0.9), {})
+    combined = combine_folders({"m": (tmp_path / "a", "m")})
+    assert combined.likelihoods["m"].metrics == build_likelihood_report(
+        "m", IDS, [(v, 3) for v in lls]).metrics
+
+
 def test_compare_seeds_its_bootstrap(tmp_path):
     a = evaluated(tmp_path / "a", "m", [0, 3, 29, 5, 1, 2, 8, 4], [-1.0] * 8)
     result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",

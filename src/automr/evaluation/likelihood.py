@@ -14,6 +14,7 @@ import attrs
 import torch
 from beartype import beartype
 
+from automr.defaults import DEFAULT_CONFIDENCE
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import (
     DEFAULT_RESAMPLES,
@@ -54,15 +55,17 @@ class LikelihoodReport:
         return {"target_ll": ll,
                 "target_ll_per_token": ll / torch.tensor(self.tokens, dtype=torch.float64)}
 
-    def resampled(self, n_resamples: int, seed: int) -> "LikelihoodReport":
-        """This report with intervals from ``n_resamples`` resamples of ``seed`` (itself when
-        they are those already)."""
-        if (self.n_resamples, self.seed) == (n_resamples, seed):
+    def resampled(self, n_resamples: int, seed: int,
+                  confidence: float = DEFAULT_CONFIDENCE) -> "LikelihoodReport":
+        """This report with intervals from ``n_resamples`` resamples of ``seed`` at
+        ``confidence`` (itself when they are those already)."""
+        if ((self.n_resamples, self.seed) == (n_resamples, seed)
+                and all(iv.confidence == confidence for iv in self.metrics.values())):
             return self
         return build_likelihood_report(
             self.method, self.sample_ids, list(zip(self.log_likelihoods, self.tokens,
                                                    strict=True)),
-            n_resamples=n_resamples, seed=seed)
+            n_resamples=n_resamples, confidence=confidence, seed=seed)
 
     def save(self, path: Path | str) -> None:
         write_json_atomic(path, {
@@ -86,16 +89,17 @@ class LikelihoodReport:
 
 def build_likelihood_report(
     method: str, sample_ids: Sequence[str], values: Sequence[tuple[float, int]], *,
-    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    n_resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
 ) -> LikelihoodReport:
-    """Bootstrap the per-sample ``(log-likelihood, tokens)`` pairs of one method."""
+    """Bootstrap the per-sample ``(log-likelihood, tokens)`` pairs of one method (intervals
+    at ``confidence``)."""
     if not values:
         raise AutomrError("cannot build a likelihood report from zero samples")
     report = LikelihoodReport(method=method, sample_ids=tuple(sample_ids),
                               log_likelihoods=tuple(float(v) for v, _ in values),
                               tokens=tuple(int(n) for _, n in values), metrics={},
                               n_resamples=n_resamples, seed=seed)
-    metrics = {k: bootstrap_ci(v, n_resamples=n_resamples, seed=seed)
+    metrics = {k: bootstrap_ci(v, n_resamples=n_resamples, confidence=confidence, seed=seed)
                for k, v in report.values().items()}
     return attrs.evolve(report, metrics=metrics)
 

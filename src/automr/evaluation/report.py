@@ -56,13 +56,15 @@ class MetricReport:
         if set(self.metrics) != set(metric_names(self.ks)):
             raise AutomrError(f"report {self.method!r} metrics do not match ks={self.ks}")
 
-    def resampled(self, ks: Sequence[int], n_resamples: int, seed: int) -> "MetricReport":
+    def resampled(self, ks: Sequence[int], n_resamples: int, seed: int,
+                  confidence: float = DEFAULT_CONFIDENCE) -> "MetricReport":
         """This report with its summaries at ``ks`` from ``n_resamples`` resamples of ``seed``
-        (itself when they are those already)."""
-        if (self.ks, self.n_resamples, self.seed) == (tuple(ks), n_resamples, seed):
+        at ``confidence`` (itself when they are those already)."""
+        if ((self.ks, self.n_resamples, self.seed) == (tuple(ks), n_resamples, seed)
+                and all(iv.confidence == confidence for iv in self.metrics.values())):
             return self
         return build_report(self.method, self.sample_ids, self.rank_tensor(), self.n_items,
-                            ks=ks, n_resamples=n_resamples, seed=seed)
+                            ks=ks, n_resamples=n_resamples, confidence=confidence, seed=seed)
 
     def rank_tensor(self) -> Int[Tensor, " batch"]:
         """The ranks as an int64 tensor, in ``sample_ids`` order."""
