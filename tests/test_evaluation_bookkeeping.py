@@ -65,6 +65,14 @@ def test_compare_likelihoods_aligns_samples_by_id_and_divides_by_tokens():
         sum(ll / tokens for ll, tokens in values_a) / 30)
 
 
+def test_a_likelihood_report_refuses_a_repeated_sample_id():
+    """As a metric report does: compare_likelihoods pairs by id, and with an id twice its
+    paired mean was -1.667 where the two means differ by -2.0 (one of B's values paired twice,
+    another never)."""
+    with pytest.raises(AutomrError, match="duplicate sample ids"):
+        build_likelihood_report("a", ["s0", "s1", "s1"], [(-1.0, 1), (-2.0, 1), (-9.0, 1)])
+
+
 def test_a_likelihood_only_table_does_not_say_it_ranked_the_catalog():
     """The default header of results.md said 'full ranking over the catalog' where nothing
     was ranked (as `automr evaluate` already says otherwise)."""

@@ -46,6 +46,8 @@ class LikelihoodReport:
         if not len(self.sample_ids) == len(self.log_likelihoods) == len(self.tokens):
             raise AutomrError(f"likelihood report {self.method!r}: ids, values and token "
                               f"counts differ in length")
+        if len(set(self.sample_ids)) != len(self.sample_ids):
+            raise AutomrError(f"likelihood report {self.method!r} has duplicate sample ids")
         if any(n < 1 for n in self.tokens):
             raise AutomrError(f"likelihood report {self.method!r}: a target has no token")
 
