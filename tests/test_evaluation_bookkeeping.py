@@ -411,6 +411,25 @@ def test_a_log_likelihood_that_is_not_finite_is_refused_naming_the_method(value,
     assert not list(tmp_path.glob("loglik/*.shards/*.json"))  # nothing saved to resume from
 
 
+def test_a_positive_log_likelihood_a_loss_is_refused_but_not_a_rounding_above_zero(tmp_path):
+    """A method that returns its loss (the negative log-likelihood) had every comparison's
+    sign flipped without a word."""
+
+    class Loss(Constant):
+        def target_log_likelihoods(self, samples):
+            return [(-v, n) for v, n in super().target_log_likelihoods(samples)]
+
+    with pytest.raises(AutomrError, match=r"m returned the log-likelihood [1-9]\.0 .*a loss"):
+        evaluate({"m": Loss(0)}, SAMPLES[:4], 30, measures=("likelihood",), n_resamples=20,
+                 out=tmp_path)
+
+    class Rounded(Constant):
+        def target_log_likelihoods(self, samples):
+            return [(1e-6, n) for _, n in super().target_log_likelihoods(samples)]
+
+    evaluate({"m": Rounded(0)}, SAMPLES[:4], 30, measures=("likelihood",), n_resamples=20)
+
+
 def test_a_miss_is_the_catalogs_size_as_rank_in_list_gives_it():
     """A top-20 list method's miss (rank_in_list's n_items) was refused as out of range."""
     from automr.evaluation import rank_in_list

@@ -45,6 +45,8 @@ from automr.evaluation.shards import DEFAULT_SHARD_SIZE, run_sharded
 from automr.interfaces import LikelihoodMethod, Method
 
 MEASURES = ("ranks", "likelihood")
+POSITIVE_TOLERANCE = 1e-3
+"""How far above 0 a returned log-likelihood may be (a sum's rounding) before it is refused."""
 
 
 @attrs.frozen
@@ -307,6 +309,10 @@ def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float,
     if bad is not None:
         raise AutomrError(f"{name} returned the log-likelihood {bad} for a true title: each is "
                           f"a finite number of nats (log P <= 0)")
+    positive = next((v for v, _ in checked if v > POSITIVE_TOLERANCE), None)
+    if positive is not None:  # a loss (the negative log-likelihood) flips every comparison
+        raise AutomrError(f"{name} returned the log-likelihood {positive} for a true title: "
+                          f"log P <= 0 (a negative log-likelihood, a loss, has the other sign)")
     return checked
 
 
