@@ -338,6 +338,31 @@ def test_the_fingerprint_covers_both_inputs_whatever_they_are_called(tmp_path):
     assert dataset_fingerprint(other) != dataset_fingerprint(same)
 
 
+def test_the_fingerprint_covers_the_column_mapping(tmp_path):
+    """One log with two time columns read with --column timestamp=created, then =updated:
+    other timelines from the same files, catalog, count and split times, so another
+    fingerprint (a memory or fine-tune of one was accepted for the other)."""
+    from automr import dataset_fingerprint
+
+    rows = ["user,item,created,updated"]
+    for u in range(3):
+        for k in range(10):
+            day = 10 * k + u
+            created = 1577836800 + day * 86400
+            rows.append(f"user{u},m{(k + u) % 6},{created},{created + (k % 3) * 3 * 86400}")
+    inter = write(tmp_path / "log.csv", "\n".join(rows) + "\n")
+    items = write(tmp_path / "items.csv", "item,title\n" + "".join(f"m{i},M{i}\n"
+                                                                   for i in range(6)))
+    fixed = attrs.evolve(PROTOCOL, start=dt.date(2020, 1, 1), end=dt.date(2020, 5, 1))
+    created, updated = (prepare_csv(inter, items, None, protocol=fixed,
+                                    columns={"timestamp": column})
+                        for column in ("created", "updated"))
+    assert created.interactions != updated.interactions
+    assert created.catalog == updated.catalog and created.boundaries == updated.boundaries
+    assert len(created.interactions) == len(updated.interactions)
+    assert dataset_fingerprint(created) != dataset_fingerprint(updated)
+
+
 def test_a_fraction_of_a_second_is_dropped_in_both_forms():
     from automr.data.reading import parse_timestamp
 

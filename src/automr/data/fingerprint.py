@@ -9,10 +9,14 @@ from automr.data.prepared import PreparedDataset
 
 
 def dataset_fingerprint(dataset: PreparedDataset) -> str:
-    """sha256 over the source (kind, prompt domain, its files' hashes), the protocol, the
-    split times, the catalog (ids and titles) and the number of interactions.
+    """sha256 over the source (kind, prompt domain, its files' hashes, the CSV column
+    mapping when one was given), the protocol, the split times, the catalog (ids and titles)
+    and the number of interactions.
 
     Input paths are left out, so the same data prepared from two places has one fingerprint.
+    The column mapping is in it because it picks what is read from the same files (another
+    ``--column timestamp=...`` is other timelines); a dataset prepared without one keeps the
+    fingerprint it always had.
     """
     payload = {
         "source": [dataset.source.kind, dataset.source.domain, dict(dataset.source.fingerprints)],
@@ -21,4 +25,6 @@ def dataset_fingerprint(dataset: PreparedDataset) -> str:
         "catalog": [[item.id, item.title] for item in dataset.catalog],
         "interactions": len(dataset.interactions),
     }
+    if "columns" in dataset.source.options:
+        payload["columns"] = dataset.source.options["columns"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
