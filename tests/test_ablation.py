@@ -148,6 +148,8 @@ def test_bad_labels_are_refused_before_any_work():
         AblationConfig(label_form="logarithm")
     with pytest.raises(ValueError, match="temperature"):
         AblationConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):  # labels refuse it, after annotating
+        AblationConfig(temperature=float("inf"))
     with pytest.raises(ValueError, match="n_resamples"):  # not after every cell is annotated
         AblationConfig(n_resamples=0)
     for grid in ({"layers": (2, 2)}, {"layers": (-1,)}, {"layers": ()},

@@ -16,6 +16,7 @@ Every step writes its own folder under the output folder and resumes when rerun.
 """
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -76,7 +77,8 @@ class AblationConfig:
     train_samples: int = attrs.field(default=128, validator=attrs.validators.gt(0))
     test_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    temperature: float = attrs.field(default=1.0, validator=[  # finite: labels refuse inf,
+        attrs.validators.gt(0), attrs.validators.lt(math.inf)])  # but only after annotating
     seed: int = 0
     n_resamples: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
 
