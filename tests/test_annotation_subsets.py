@@ -116,6 +116,29 @@ def test_the_retrieval_dataset_holds_the_annotated_elements_only(workspace):
         torch.testing.assert_close(data.targets[row, :n], expected)
 
 
+def test_training_rows_keep_labels_below_float32s_range(workspace):
+    """At a temperature 200 times sharper than the widest gain spread, the labels of the worst
+    elements fall below float32's range: the rows held them as 0 and the regret of always
+    picking the worst element was clamped far below its (best - worst gain) / temperature."""
+    from automr.retrievers import evaluate_retriever
+
+    part = Annotations.load(workspace["folders"]["all"])
+    gains = [e.double() - float(b) for b, e in zip(part.base, part.element, strict=True)]
+    temperature = max(float(g.max() - g.min()) for g in gains) / 200
+    data = retrieval_dataset(part, workspace["dataset"], workspace["store"], "train", "log",
+                             temperature)
+    worst = torch.tensor([int(g.argmin()) for g in gains])
+
+    class Worst:
+        def scores(self, query, keys, mask):
+            scores = torch.zeros(mask.shape).scatter(1, worst[:, None], 1.0)
+            return scores.masked_fill(~mask, -torch.inf)
+
+    expected = sum(float(g.max() - g.min()) for g in gains) / len(gains) / temperature
+    regret = evaluate_retriever(Worst(), data).regret
+    assert regret == pytest.approx(expected, rel=1e-6)
+
+
 def test_a_retriever_trains_on_a_subset_annotation_and_records_it(workspace, tmp_path):
     record = train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
                              workspace["root"] / "mem", tmp_path / "ret",

@@ -674,6 +674,46 @@ def test_regret_is_the_eq5_gain_given_up_by_the_top_pick():
     assert history.valid_regret[history.best_epoch - 1] == min(history.valid_regret)
 
 
+class _PickingRetriever:
+    """Scores its fixed ``picks`` (one element per row) above every other element."""
+
+    def __init__(self, picks: list[int]) -> None:
+        self.picks = picks
+
+    def scores(self, query, keys, mask):
+        scores = torch.zeros(mask.shape)
+        scores[torch.arange(len(self.picks)), self.picks] = 1.0
+        return scores.masked_fill(~mask, -torch.inf)
+
+
+def test_regret_of_a_label_below_float32s_range_is_the_gain_given_up():
+    """A sharp temperature puts S' below float32's range (here exp(-100)): labels were cast to
+    float32, that label read as 0 and the regret came out clamped at 87.3, not 100."""
+    from automr.annotation.labels import labels
+
+    gains = torch.tensor([0.0, -10.0, -5.0])
+    sample = RetrievalSample(query=torch.zeros(4), keys=torch.eye(3, 4),
+                             targets=labels(0.0, gains, "log", temperature=0.1))
+    metrics = evaluate_retriever(_PickingRetriever([1]), collate([sample]))
+    assert metrics.regret == pytest.approx(100.0, rel=1e-9)
+    assert metrics.top1 == 0.0
+
+
+def test_top1_and_regret_tell_apart_the_papers_near_uniform_labels():
+    """The paper's labels at temperature 1 differ by ~1e-9: cast to float32 they tied, so
+    picking the worst element counted as agreement (top-1 1.0) with regret 0."""
+    import math
+
+    from automr.annotation.labels import labels
+
+    with_element = torch.tensor([-20.0, -24.0, -30.0])
+    sample = RetrievalSample(query=torch.zeros(4), keys=torch.eye(3, 4),
+                             targets=labels(-25.0, with_element, "paper", 1.0))
+    metrics = evaluate_retriever(_PickingRetriever([2]), collate([sample]))
+    assert metrics.top1 == 0.0
+    assert metrics.regret == pytest.approx(math.exp(-20.0) - math.exp(-30.0), rel=1e-4)
+
+
 class TestARetrieverAtARealModelsWidth(RetrieverContract):
     """SmolLM2's 576: the contract draws such tensors from a seed (value by value they were
     too large for hypothesis, and five of its checks failed a health check)."""

@@ -32,11 +32,12 @@ def deltas(base: float, with_element: Float[Tensor, " mem"], form: str = "paper"
 @jaxtyped(typechecker=beartype)
 def labels(base: float, with_element: Float[Tensor, " mem"], form: str = "paper",
            temperature: float = 1.0) -> Float[Tensor, " mem"]:
-    """S' = softmax(delta / temperature) over the sample's memory (in float64 throughout:
-    the paper's deltas of a long title are below float32's range)."""
+    """S' = softmax(delta / temperature) over the sample's memory, in float64 throughout and
+    returned so: the paper's deltas of a long title are below float32's range, and a sharp
+    temperature puts labels there (a label 0 in float32 had no regret to measure)."""
     if not 0 < temperature < math.inf:  # NaN too: it gave NaN labels, inf uniform ones
         raise AutomrError(f"temperature must be positive and finite, got {temperature}")
-    return torch.softmax(_deltas(base, with_element, form) / temperature, 0).float()
+    return torch.softmax(_deltas(base, with_element, form) / temperature, 0)
 
 
 def _deltas(base: float, with_element: Tensor, form: str) -> Tensor:

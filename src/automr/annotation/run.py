@@ -365,7 +365,7 @@ def retrieval_dataset(
     keys = torch.zeros(len(samples), width, store.hidden_size, dtype=store.record.torch_dtype,
                        device=store.device)  # filled one sample's memory at a time
     mask = torch.zeros(len(samples), width, dtype=torch.bool)
-    targets = torch.zeros(mask.shape)
+    targets = torch.zeros(mask.shape, dtype=torch.float64)  # as the labels: see labels()
     for row, (index, label) in enumerate(zip(annotations.index, annotations.labels(
             form, temperature), strict=True)):
         if len(index) and int(index.max()) >= len(samples[row].memory):

@@ -98,9 +98,13 @@ class RetrievalDataset:
         return self.mask.shape[1]
 
     def to(self, device: str | torch.device) -> "RetrievalDataset":
-        """A copy with queries, keys, mask and targets on ``device`` (metadata kept)."""
+        """A copy with queries, keys, mask and targets on ``device`` (metadata kept; float64
+        targets become float32 on MPS, which has no float64)."""
+        targets = self.targets
+        if torch.device(device).type == "mps" and targets.dtype == torch.float64:
+            targets = targets.float()
         return attrs.evolve(self, queries=self.queries.to(device), keys=self.keys.to(device),
-                            mask=self.mask.to(device), targets=self.targets.to(device))
+                            mask=self.mask.to(device), targets=targets.to(device))
 
     @jaxtyped(typechecker=beartype)
     def select(self, indices: Int[Tensor, " k"]) -> "RetrievalDataset":
@@ -168,7 +172,7 @@ def collate(
     first = samples[0].query
     keys = first.new_zeros(len(samples), width, hidden)
     mask = torch.zeros(len(samples), width, dtype=torch.bool, device=first.device)
-    targets = first.new_zeros(len(samples), width)
+    targets = samples[0].targets.new_zeros(len(samples), width)  # in the labels' dtype
     for row, sample in enumerate(samples):
         if sample.query.shape[0] != hidden or sample.keys.shape[1] != hidden:
             raise AutomrError(f"collate: sample {row} has hidden size "
