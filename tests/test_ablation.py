@@ -144,12 +144,15 @@ def test_a_rerun_with_the_out_folder_typed_otherwise_reuses_everything(workspace
 
 
 def test_bad_labels_are_refused_before_any_work():
+    from automr.experiments.demo import DemoConfig
+
     with pytest.raises(ValueError, match="label_form"):
         AblationConfig(label_form="logarithm")
     with pytest.raises(ValueError, match="temperature"):
         AblationConfig(temperature=0.0)
-    with pytest.raises(ValueError, match="temperature"):  # labels refuse it, after annotating
-        AblationConfig(temperature=float("inf"))
+    for config in (AblationConfig, DemoConfig):  # labels refuse inf, after annotating
+        with pytest.raises(ValueError, match="temperature"):
+            config(temperature=float("inf"))
     with pytest.raises(ValueError, match="n_resamples"):  # not after every cell is annotated
         AblationConfig(n_resamples=0)
     for grid in ({"layers": (2, 2)}, {"layers": (-1,)}, {"layers": ()},

@@ -12,6 +12,7 @@ Validation decides which to use; every run records the form and temperature.
 
 import math
 
+import attrs
 import torch
 from beartype import beartype
 from jaxtyping import Float, jaxtyped
@@ -20,6 +21,8 @@ from torch import Tensor
 from automr.errors import AutomrError
 
 LABEL_FORMS = ("paper", "log")
+LABEL_TEMPERATURE = (attrs.validators.gt(0.0), attrs.validators.lt(math.inf))
+"""The attrs validators of a setting that :func:`labels` will take as its temperature."""
 
 
 @jaxtyped(typechecker=beartype)

@@ -16,7 +16,6 @@ Every step writes its own folder under the output folder and resumes when rerun.
 """
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import attrs
 import torch
 from beartype import beartype
 
-from automr.annotation.labels import LABEL_FORMS
+from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
@@ -77,8 +76,7 @@ class AblationConfig:
     train_samples: int = attrs.field(default=128, validator=attrs.validators.gt(0))
     test_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=[  # finite: labels refuse inf,
-        attrs.validators.gt(0), attrs.validators.lt(math.inf)])  # but only after annotating
+    temperature: float = attrs.field(default=1.0, validator=list(LABEL_TEMPERATURE))
     seed: int = 0
     n_resamples: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
 

@@ -20,7 +20,7 @@ import torch
 from beartype import beartype
 
 import automr
-from automr.annotation.labels import LABEL_FORMS
+from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, annotate_dataset
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
@@ -73,7 +73,7 @@ class DemoConfig:
     """Seeded memory elements annotated per sample (None: all; concat shares no prompt work,
     so each element costs an upper pass over the whole prompt)."""
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    temperature: float = attrs.field(default=1.0, validator=list(LABEL_TEMPERATURE))
     test_samples: int = attrs.field(default=48, validator=_POSITIVE)
     likelihood_samples: int = attrs.field(default=200, validator=_POSITIVE)
     grounder: str = attrs.field(default="constrained",
