@@ -2,6 +2,7 @@
 
 import json
 
+import attrs
 import pytest
 import torch
 from hypothesis import given
@@ -243,6 +244,18 @@ def test_retriever_scores_read_the_first_picks_gain_off_the_annotations(workspac
         float((scores.gains["mlp"] - scores.gains["random"]).mean()))
     assert scores.seed_spread()["n"] == 3
     payload = scores.to_json()
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+
+    for name in ("mlp", "random"):  # every interval again from the per-sample gains it holds
+        values = torch.tensor([payload["samples"][s][name] for s in scores.sample_ids],
+                              dtype=torch.float64)
+        random = torch.tensor([payload["samples"][s]["random"] for s in scores.sample_ids],
+                              dtype=torch.float64)
+        again = {"n_resamples": payload["n_resamples"], "seed": payload["seed"]}
+        assert payload["summary"][name]["gain"] == attrs.asdict(bootstrap_ci(values, **again))
+        if name == "mlp":
+            assert payload["summary"][name]["vs_random"] == attrs.asdict(
+                paired_bootstrap(values, random, **again))
     assert set(payload["samples"]) == set(scores.sample_ids)
     assert "| mlp |" in scores.markdown() and "over 3 seeds" in scores.markdown()
 

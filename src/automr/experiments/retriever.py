@@ -226,6 +226,7 @@ class RetrieverScores:
 
     def to_json(self) -> dict:
         return {"format": SCORES_FORMAT, "summary": self.summary(),
+                "n_resamples": self.n_resamples, "seed": self.seed,  # the intervals' bootstrap
                 "random_seeds": list(self.random_seeds), "seed_spread": self.seed_spread(),
                 "samples": {sid: {name: float(g[i]) for name, g in self.gains.items()}
                             for i, sid in enumerate(self.sample_ids)}}
