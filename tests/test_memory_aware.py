@@ -241,3 +241,18 @@ def test_a_memory_aware_run_resumes_only_with_the_memory_it_began_with(
     record = finetune(load_model(model, device="cpu"), space["dataset"], out, config,
                       progress=False, memory=space["memory"])
     assert record["step"] == 2
+
+
+def test_validation_joins_memory_at_layer_l_with_or_without_the_lower_cache(space):
+    """Without the lower cache the validation NLL is the cached one: the element joins the
+    layer-L states, not the embeddings (which moved every validation NLL and best/)."""
+    config = FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4,
+                            eval_every=1, lora_from_layer=LAYER,
+                            memory=MemoryTraining(share=1.0))
+    model = str(space["root"] / "model")
+    records = [finetune(load_model(model, device="cpu"), space["dataset"],
+                        space["root"] / f"cache-{cache}", attrs.evolve(config, cache_lower=cache),
+                        progress=False, memory=space["memory"]) for cache in (True, False)]
+    cached, plain = ([r["initial_valid_nll"], *(e["valid_nll"] for e in r["evaluations"])]
+                     for r in records)
+    assert plain == pytest.approx(cached, abs=1e-5)

@@ -308,9 +308,10 @@ def encode_samples(
 @torch.no_grad()
 def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
              batch_size: int, loss_on: str = "target", cache: LowerCache | None = None,
-             memory: MemoryInserts | None = None) -> float:
+             memory: MemoryInserts | None = None, layer: int = 0) -> float:
     """Mean NLL per scored token over ``examples`` (upper half only when ``cache`` holds their
-    layer-L states; with ``memory``, its fixed validation draw). Under a launcher each
+    layer-L states; with ``memory``, its fixed validation draw joined at ``layer``, the
+    cache's when there is one). Under a launcher each
     process scores its round-robin share of the batches (collective: every process calls
     it)."""
     total, count = 0.0, 0
@@ -319,7 +320,7 @@ def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
         batch = with_memory(collate(examples[start : start + batch_size], pad_id, loss_on),
                             memory, indices, epoch=0)
         state = None if cache is None else cache.state(indices, llm.device)
-        nll, n = batch_nll(llm, batch, 0 if cache is None else cache.layer, state)
+        nll, n = batch_nll(llm, batch, layer if cache is None else cache.layer, state)
         total, count = total + float(nll), count + n
     total, count = distributed.all_sum([total, count])
     return total / max(count, 1)
@@ -491,7 +492,8 @@ def finetune(
     train_cache, valid_cache = caches
     if record["step"] == 0 and record["best_valid_nll"] is None:
         record["initial_valid_nll"] = _finite(mean_nll(
-            llm, valid, pad_id, config.batch_size, cache=valid_cache, memory=valid_memory),
+            llm, valid, pad_id, config.batch_size, cache=valid_cache, memory=valid_memory,
+            layer=layer),
             "the validation NLL before training", record, lr=None, dtype=model.dtype)
     total_steps = steps_per_epoch * config.epochs
     columns = [TextColumn("finetune"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -588,7 +590,7 @@ def _evaluate(model, llm, valid, pad_id, config, record, cache: LowerCache | Non
     """Validate and record it; whether it is a new best (the record names it, and the caller
     writes ``best/``)."""
     valid_nll = _finite(mean_nll(llm, valid, pad_id, config.batch_size, cache=cache,
-                                 memory=memory),
+                                 memory=memory, layer=config.lora_from_layer),
                         f"the validation NLL at step {record['step']}", record, lr, model.dtype)
     previous = record["evaluations"][-1]["step"] if record["evaluations"] else 0
     recent = [v for v in record["train_losses"][previous:] if v is not None]
