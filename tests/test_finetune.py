@@ -66,15 +66,19 @@ def test_batched_loss_equals_one_at_a_time(tiny_models, loss_on, ids, layer):
     assert float(nll) == pytest.approx(sum(v for v, _ in expected), rel=1e-4, abs=1e-4)
 
 
-def test_the_frozen_lower_half_runs_without_dropout_in_training():
+@pytest.mark.parametrize(("arch", "dropout"), [("granite", dict(attention_dropout=0.5)),
+                                               ("phi", dict(embd_pdrop=0.5, resid_pdrop=0.5)),
+                                               ("gpt_neox", dict(hidden_dropout=0.5))])
+def test_the_frozen_lower_half_runs_without_dropout_in_training(arch, dropout):
     """In train mode the layers below L are still frozen feature extractors: their states are
     those of eval mode, as the lower cache (``cache_lower``, computed in eval mode) and layer-L
     memories have them. Granite 3's configs set attention_dropout 0.1: the plain loop dropped
     attention out in the lower layers too, so it trained on other states than the cached one
-    (and drew other dropout masks above L)."""
+    (and drew other dropout masks above L). Phi's and GPT-NeoX's embedding dropout is a module
+    of the decoder, outside the embeddings and the layers: it dropped out too."""
     from automr.testing.tiny import tiny_config, tiny_model
 
-    model = tiny_model(tiny_config("granite", num_layers=4, attention_dropout=0.5))
+    model = tiny_model(tiny_config(arch, num_layers=4, **dropout))
     llm = HFSplitLLM(model)
     batch = collate([TokenizedExample((5, 9, 40, 7, 12), (30, 31), 2),
                      TokenizedExample((6, 8), (33,), 2)], 2)
@@ -86,7 +90,7 @@ def test_the_frozen_lower_half_runs_without_dropout_in_training():
         torch.manual_seed(0)  # the upper half's dropout masks
         with torch.no_grad():
             results.append(batch_nll(llm, batch, 2, state)[0])
-    assert model.training and all(layer.training for layer in model.model.layers)
+    assert model.training and all(layer.training for layer in llm.decoder.layers)
     torch.testing.assert_close(results[0], results[1])
     torch.manual_seed(1)
     with torch.no_grad():  # the upper half does drop out in training

@@ -367,13 +367,19 @@ class HFSplitLLM:
         if self.embedding_dropout:
             embeddings = nn.functional.dropout(embeddings, self.embedding_dropout,
                                                training=table.training)
-        dropout = getattr(self.decoder, "emb_dropout", None) or getattr(
-            self.decoder, "embed_dropout", None)  # GPT-NeoX's, Phi's: modules, in training
+        dropout = self.embedding_dropout_module
         if dropout is not None:
             embeddings = dropout(embeddings)
         if self.embedding_norm:
             embeddings = self.decoder.norm(embeddings)
         return embeddings
+
+    @property
+    def embedding_dropout_module(self) -> nn.Module | None:
+        """The decoder's dropout module on the embeddings (GPT-NeoX's ``emb_dropout``, Phi's
+        ``embed_dropout``; active in training), or None."""
+        return getattr(self.decoder, "emb_dropout", None) or getattr(
+            self.decoder, "embed_dropout", None)
 
     # -- the two halves --------------------------------------------------------------------
     @jaxtyped(typechecker=beartype)

@@ -140,6 +140,14 @@ def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def _lower_modules(llm: HFSplitLLM, layer: int) -> list[torch.nn.Module]:
+    """What the lower half runs: the embeddings, their dropout module (GPT-NeoX's, Phi's) and
+    the layers below ``layer``."""
+    dropout = llm.embedding_dropout_module
+    return [llm.decoder.get_input_embeddings(), *([] if dropout is None else [dropout]),
+            *llm.decoder.layers[:layer]]
+
+
 def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
               state: LayerState | None = None) -> tuple[torch.Tensor, int]:
     """Summed NLL of the batch's scored tokens and their count (lower half frozen if layer>0).
@@ -152,8 +160,7 @@ def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
     if state is None:
         ids, mask = batch.input_ids.to(device), batch.mask.to(device)
         if layer > 0:
-            with torch.no_grad(), _eval_mode(llm.decoder.get_input_embeddings(),
-                                             *llm.decoder.layers[:layer]):
+            with torch.no_grad(), _eval_mode(*_lower_modules(llm, layer)):
                 state = llm.lower(ids, mask, layer)
         else:
             state = llm.lower(ids, mask, 0)
