@@ -413,6 +413,42 @@ def test_a_run_record_names_the_commit_the_run_started_from(tmp_path, monkeypatc
     assert record["git"]["commit"] == "a" * 40
 
 
+def test_a_run_record_names_the_automr_version_that_ran(tmp_path, monkeypatch):
+    """The running code's version, not the installed package's metadata: a checkout on
+    PYTHONPATH beside another (or no) installed automr recorded that one's (or null)."""
+    import importlib.metadata
+
+    import typer
+    from click.testing import CliRunner as ClickRunner
+
+    import automr
+    from automr.cli.record import attach_run_record
+
+    installed = importlib.metadata.version
+
+    def not_installed(name: str) -> str:
+        if name == "automr":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    monkeypatch.setattr(automr, "__version__", "9.8.7")
+    single = typer.Typer()
+
+    @single.command()
+    def work(out: Annotated[Path, typer.Option()]) -> None:
+        pass
+
+    command = typer.main.get_command(single)
+    attach_run_record(command)
+    result = ClickRunner().invoke(command, ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line)
+                 for line in (tmp_path / "run" / RUNS_FILE).read_text().splitlines()]
+    assert record["versions"]["automr"] == "9.8.7"
+    assert record["versions"]["torch"] == installed("torch")
+
+
 @pytest.mark.parametrize("main", [True, False])
 def test_a_launched_command_leaves_after_the_main_process_wrote_its_record(tmp_path,
                                                                            monkeypatch, main):

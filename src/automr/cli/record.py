@@ -26,7 +26,7 @@ from automr.errors import AutomrError
 from automr.storage import RUNS_FILE, append_line
 
 INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
-PACKAGES = ("automr", "torch", "transformers", "peft")
+LIBRARIES = ("torch", "transformers", "peft")
 SOURCES = {"COMMANDLINE": "command line", "DEFAULT_MAP": "config file", "DEFAULT": "default",
            "ENVIRONMENT": "environment", "PROMPT": "prompt"}
 
@@ -74,7 +74,8 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float,
         "config_file": _jsonable(root.params.get("config")),
         "params": params,
         "sources": {name: _source(ctx.get_parameter_source(name)) for name in params},
-        "versions": {**{name: _version(name) for name in PACKAGES},
+        "versions": {"automr": automr.__version__,  # the code that runs, installed or not
+                     **{name: _version(name) for name in LIBRARIES},
                      "python": platform.python_version()},
         "git": git,
         "platform": platform.platform(),
