@@ -131,7 +131,8 @@ def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
     from automr.experiments import bench
 
     other = {"texts": 3, "tokens": 40, "encoder_tokens_per_s": 1.0,
-             "raw_lower_tokens_per_s": 2.0, "max_abs_logprob_diff": 0.5}
+             "raw_lower_tokens_per_s": 2.0, "max_abs_logprob_diff": 0.5,
+             "max_abs_logprob_diff_plain": 0.25, "max_abs_logprob_diff_subset": 0.125}
     monkeypatch.setattr(bench.distributed, "gather",
                         lambda mine: [mine, {k: other.get(k, 1.0) for k in mine}])
     result = runner.invoke(app, encode_args(workspace, tmp_path))
@@ -144,10 +145,12 @@ def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
     result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
                                  str(workspace / "model"), "--layer", "2", "--prompt-tokens",
                                  "6", "--target-tokens", "2", "--elements", "3", "--repeats",
-                                 "1", "--device", "cpu"])
+                                 "1", "--device", "cpu", "--element-subset", "2"])
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "annotate-concat-cpu.json").read_text())
     assert payload["max_abs_logprob_diff"] == 0.5  # the worst process's
+    assert payload["max_abs_logprob_diff_plain"] == 0.25  # so the plain path's, the subset's
+    assert payload["max_abs_logprob_diff_subset"] == 0.125
     assert "process 0 of 2: speedup over the naive way" in result.output
 
 

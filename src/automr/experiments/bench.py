@@ -255,9 +255,10 @@ def bench_annotate(
             "max_abs_logprob_diff_subset": float((sub.with_element - naive[subset]).abs().max()),
         })
     rates = [k for k in result if k.endswith("_samples_per_s")]
-    result.update(_processes({k: result[k] for k in (*rates, "max_abs_logprob_diff")}, rates))
-    result["max_abs_logprob_diff"] = max(p["max_abs_logprob_diff"]  # over every process's
-                                         for p in result["per_process"])
+    differences = [k for k in result if k.startswith("max_abs_logprob_diff")]
+    result.update(_processes({k: result[k] for k in (*rates, *differences)}, rates))
+    result.update({k: max(p[k] for p in result["per_process"])  # over every process's
+                   for k in differences})
     return result
 
 
