@@ -132,7 +132,8 @@ def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
 
     other = {"texts": 3, "tokens": 40, "encoder_tokens_per_s": 1.0,
              "raw_lower_tokens_per_s": 2.0, "max_abs_logprob_diff": 0.5,
-             "max_abs_logprob_diff_plain": 0.25, "max_abs_logprob_diff_subset": 0.125}
+             "max_abs_logprob_diff_plain": 0.25, "max_abs_logprob_diff_subset": 0.125,
+             "encoder_prefix_tokens": 30, "encoder_prefixes": 1}
     monkeypatch.setattr(bench.distributed, "gather",
                         lambda mine: [mine, {k: other.get(k, 1.0) for k in mine}])
     result = runner.invoke(app, encode_args(workspace, tmp_path))
@@ -141,6 +142,9 @@ def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(
     own = payload["per_process"][0]
     assert payload["processes"] == 2 and own["texts"] == 6
     assert (payload["texts"], payload["tokens"]) == (9, own["tokens"] + 40)
+    assert own["encoder_prefix_tokens"] > 0  # of the same tokens: every process's
+    assert payload["encoder_prefix_tokens"] == own["encoder_prefix_tokens"] + 30
+    assert payload["encoder_prefixes"] == own["encoder_prefixes"] + 1
     assert "process 0 of 2: encoder vs raw lower half" in result.output
     result = runner.invoke(app, ["bench", "annotate", "--out", str(tmp_path), "--model",
                                  str(workspace / "model"), "--layer", "2", "--prompt-tokens",

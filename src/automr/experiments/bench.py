@@ -372,13 +372,17 @@ def bench_encode(
     sharing = ratio(seconds["encode_unshared"], seconds["encode"])
     overhead = ratio(seconds["split_full"], seconds["plain_full"])
     agreement = _encode_agreement(loaded.model, llm, layer, encoder, unshared, batches, padded)
-    processes = _processes({"texts": len(prompts), "tokens": n_tokens,
+    shared = {"encoder_prefix_tokens": sum(len(p) * len(b) for p, b in zip(prefixes, batches,
+                                                                            strict=True)),
+              "encoder_prefixes": len(set(prefixes) - {()})}
+    processes = _processes({"texts": len(prompts), "tokens": n_tokens, **shared,
                             "encoder_tokens_per_s": n_tokens / encode_s,
                             "raw_lower_tokens_per_s": n_tokens / lower_s, **agreement},
                            ("encoder_tokens_per_s", "raw_lower_tokens_per_s"))
     agreement = {k: max(p[k] for p in processes["per_process"]) for k in agreement}
-    return {  # texts and tokens of every process; rates and ratios of this one; the
-        # differences are the largest over the processes
+    shared = {k: sum(p[k] for p in processes["per_process"]) for k in shared}
+    return {  # texts, tokens and prefix counts of every process; rates and ratios of this
+        # one; the differences are the largest over the processes
         "benchmark": "encode", "model": loaded.name, "layer": layer,
         "texts": sum(p["texts"] for p in processes["per_process"]),
         "tokens": sum(p["tokens"] for p in processes["per_process"]),
@@ -391,9 +395,7 @@ def bench_encode(
         "unshared_tokens_per_s": n_tokens / statistics.median(seconds["encode_unshared"]),
         "sharing_speedup": sharing["median"], "sharing_speedup_min": sharing["min"],
         "sharing_speedup_max": sharing["max"],
-        "encoder_prefix_tokens": sum(len(p) * len(b) for p, b in zip(prefixes, batches,
-                                                                      strict=True)),
-        "encoder_prefixes": len(set(prefixes) - {()}), **agreement,
+        **shared, **agreement,
         "split_full_s": split_s, "plain_full_s": plain_s,
         "split_overhead": overhead["median"] - 1, "split_overhead_min": overhead["min"] - 1,
         "split_overhead_max": overhead["max"] - 1, **processes,
