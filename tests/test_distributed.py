@@ -75,6 +75,24 @@ def test_processes_that_never_join_are_one_line(monkeypatch):
         distributed.init()
 
 
+@pytest.mark.parametrize("minutes", ["0", "-5"])
+def test_a_wait_below_one_minute_is_refused_before_joining(monkeypatch, minutes):
+    """torch took 0 or -5 minutes as its wait: every process failed at once, with a line that
+    blamed MASTER_ADDR:MASTER_PORT ("could not join the others through ...")."""
+    import torch.distributed as dist
+
+    def joined(*args, **kwargs):
+        raise AssertionError("joined with a wait below one minute")
+
+    monkeypatch.setattr(dist, "init_process_group", joined)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29535"), (distributed.TIMEOUT_ENV, minutes)):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AutomrError, match=rf"^{distributed.TIMEOUT_ENV}={minutes}: give the "
+                                          rf"minutes .* at least 1"):
+        distributed.init()
+
+
 def launched(monkeypatch, rank: int, port: str) -> None:
     """The environment a launcher gives process ``rank`` of 2 (process 0 at 127.0.0.1:``port``),
     waiting 1 s for the others."""

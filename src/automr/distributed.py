@@ -68,7 +68,7 @@ def init() -> bool:
     if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
-    minutes = _env_int(TIMEOUT_ENV, 120)
+    minutes = _timeout_minutes()
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
     except dist.DistStoreError as error:  # the others never came (or another address)
@@ -131,7 +131,7 @@ def _together(what: str) -> Iterator[None]:
         raise AutomrError(
             f"process {rank()} of {world_size()} stopped waiting for the others at {what} "
             f"({first}): another process stopped (its own message says why) or stalled past "
-            f"{_env_int(TIMEOUT_ENV, 120)} min ({TIMEOUT_ENV}); run the same command again, "
+            f"{_timeout_minutes()} min ({TIMEOUT_ENV}); run the same command again, "
             f"it resumes from what is written") from None
 
 
@@ -227,6 +227,16 @@ def _picklable(error: Exception) -> bool:
     except Exception:
         return False
     return True
+
+
+def _timeout_minutes() -> int:
+    """``$AUTOMR_DIST_TIMEOUT_MINUTES`` (default 120); below 1 is refused: torch took 0 or a
+    negative wait for a failed connection, and the line blamed the address and port."""
+    minutes = _env_int(TIMEOUT_ENV, 120)
+    if minutes < 1:
+        raise AutomrError(f"{TIMEOUT_ENV}={minutes}: give the minutes a process waits for the "
+                          f"others, at least 1 (default 120)")
+    return minutes
 
 
 def _env_int(name: str, default: int) -> int:
