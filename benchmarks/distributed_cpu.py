@@ -75,8 +75,8 @@ def run(argv: list[str], out: Path, processes: int, threads: int) -> dict[str, o
     launcher = ([] if processes == 1 else
                 [sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc-per-node", str(processes), "-m"])
-    command = [*launcher, "automr", *argv, "--out", str(out)] if launcher else \
-        [shutil.which("automr") or "automr", *argv, "--out", str(out)]
+    # this interpreter's automr both ways (PATH's `automr` may be another install's, or none)
+    command = [*(launcher or [sys.executable, "-m"]), "automr", *argv, "--out", str(out)]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})

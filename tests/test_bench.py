@@ -249,3 +249,37 @@ def test_the_work_count_reads_each_layers_own_modules():
     kinds = nemotron.config.layer_types
     assert nemotron.per_pair == 2 * nemotron.config.num_attention_heads * 8 * kinds.count(
         "full_attention") / len(kinds)
+
+
+def test_the_distributed_script_runs_both_ways_with_its_own_interpreter(tmp_path,
+                                                                        monkeypatch):
+    """benchmarks/distributed_cpu.py started one process as whatever `automr` PATH found (none
+    when the venv is not activated: the run stopped; another install's: other code timed)
+    and two as `sys.executable -m automr`."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from automr.storage import RUNS_FILE
+
+    script = Path(__file__).parents[1] / "benchmarks" / "distributed_cpu.py"
+    spec = importlib.util.spec_from_file_location("distributed_cpu", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    started = []
+
+    def run(command, **kwargs):
+        started.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / RUNS_FILE).write_text(json.dumps({"seconds": 1.0, "processes": 1}) + "\n")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(module.subprocess, "run", run)
+    monkeypatch.setattr(module.shutil, "which", lambda name: "/another/env/bin/automr")
+    for processes in (1, 2):
+        module.run(["memory", "build"], tmp_path / str(processes), processes, 1)
+    one, two = started
+    assert one[:3] == [sys.executable, "-m", "automr"]
+    assert two[0] == sys.executable and two[two.index("-m", 3):][:2] == ["-m", "automr"]
