@@ -93,6 +93,32 @@ def test_a_wait_below_one_minute_is_refused_before_joining(monkeypatch, minutes)
         distributed.init()
 
 
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_every_process_shown_its_own_gpu_alone_joins_with_nccl(monkeypatch, local_rank):
+    """Each process seeing one GPU (SLURM --gpus-per-task; docs: give --device cuda:0): the
+    one with LOCAL_RANK 0 joined with cuda:nccl and the others with gloo alone, so DDP's first
+    CUDA all-reduce ran on NCCL in one process and on gloo in the others, each waiting for
+    the other."""
+    import torch.distributed as dist
+
+    backends = []
+
+    def joined(backend, **kwargs):
+        backends.append(backend)
+
+    monkeypatch.setattr(dist, "init_process_group", joined)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(distributed.atexit, "register", lambda fn: None)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", local_rank), ("LOCAL_RANK", local_rank),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29536")):
+        monkeypatch.setenv(name, value)
+    assert distributed.init()
+    assert backends == ["cpu:gloo,cuda:nccl"]
+
+
 def launched(monkeypatch, rank: int, port: str) -> None:
     """The environment a launcher gives process ``rank`` of 2 (process 0 at 127.0.0.1:``port``),
     waiting 1 s for the others."""

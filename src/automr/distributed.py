@@ -65,8 +65,10 @@ def init() -> bool:
                           f"unset: start the command with `torchrun --nproc-per-node N` or "
                           f"`accelerate launch`")
     backend = "gloo"
-    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
-        torch.cuda.set_device(local_rank())
+    if torch.cuda.is_available():  # every process alike: a gloo-only one meets NCCL ones at
+        # the first CUDA all-reduce (DDP) on another backend, and each waits for the other
+        if local_rank() < torch.cuda.device_count():  # else shown its own GPU alone (cuda:0)
+            torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
     minutes = _timeout_minutes()
     try:
