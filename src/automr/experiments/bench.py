@@ -5,9 +5,10 @@ plain dicts that the CLI prints and saves as JSON + markdown.
 
 ``bench_encode`` and ``bench_annotate`` also run under a launcher (``torchrun``; one process per
 GPU, or per share of a CPU's cores): every process measures its own share of the work at the
-same time (they start together after a barrier), and every process returns the same dict: its
-top-level figures are process 0's, beside ``processes``, ``per_process`` (each one's figures)
-and ``total_*`` (the throughput of all of them together).
+same time (they start together after a barrier), and each process returns its own rates and
+ratios (the CLI writes process 0's) beside what every process shares: the counts of all of
+them, the largest differences between the ways, ``processes``, ``per_process`` (each one's
+figures) and ``total_*`` (the throughput of all of them together).
 """
 
 import json
