@@ -77,6 +77,27 @@ def test_other_weights_or_shards_are_another_model(workspace, tmp_path):
     assert fingerprint(sharded) != before
 
 
+@pytest.mark.parametrize("second", ["sharded", "single"])
+def test_a_folder_saved_twice_is_named_by_the_weights_transformers_loads(tmp_path, second):
+    """transformers keeps a single file and a shard index saved over each other (each save
+    deletes only the other's shards) and loads the single file; the index was fingerprinted:
+    the loaded model was named as another (sharded over single) or failed (single over
+    sharded: the index names deleted shards)."""
+    folder, alone = tmp_path / "both", tmp_path / "alone"
+    first, last = tiny_model(tiny_config(), seed=0), tiny_model(tiny_config(), seed=1)
+    unsharded = first if second == "sharded" else last
+    for model, shard in ((first, second == "single"), (last, second == "sharded")):
+        model.save_pretrained(folder, **({"max_shard_size": "100KB"} if shard else {}))
+    tiny_tokenizer().save_pretrained(folder)
+    assert (folder / "model.safetensors").is_file()
+    assert (folder / "model.safetensors.index.json").is_file()
+    unsharded.save_pretrained(alone)
+    tiny_tokenizer().save_pretrained(alone)
+    loaded = load_model(str(folder), device="cpu")
+    assert torch.equal(loaded.model.lm_head.weight, unsharded.lm_head.weight)
+    assert loaded.fingerprint() == fingerprint(alone)
+
+
 def test_one_changed_byte_changes_the_fingerprint(workspace, tmp_path):
     copy = shutil.copytree(workspace["model"], tmp_path / "copy")
     expected = fingerprint(copy)

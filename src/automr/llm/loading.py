@@ -461,19 +461,20 @@ def model_folder(name: str) -> Path | None:
 
 WEIGHT_FILES = (("model.safetensors.index.json", "model.safetensors"),
                 ("pytorch_model.bin.index.json", "pytorch_model.bin"))
-"""transformers' weight files, in the order it prefers them: (shard index, single file)."""
+"""transformers' weight files, by format in the order it prefers them: (shard index, single
+file); of one format it reads the single file where both are (a save over another keeps both)."""
 
 
 def weight_files(folder: Path) -> tuple[Path, ...]:
     """The files transformers reads a model's weights from in ``folder`` (every shard of a
     sharded checkpoint), or () when it has none of them."""
     for index, single in WEIGHT_FILES:
+        if (folder / single).is_file():
+            return (folder / single,)
         if (folder / index).is_file():
             data = read_json(folder / index, "the model's authors (a damaged shard index)")
             shards = data.get("weight_map", {}).values() if isinstance(data, dict) else ()
             return tuple(folder / shard for shard in sorted(set(shards)))
-        if (folder / single).is_file():
-            return (folder / single,)
     return ()
 
 
