@@ -386,9 +386,22 @@ def test_without_a_home_folder_the_default_cache_is_one_line(tmp_path, monkeypat
 
 @pytest.mark.parametrize("load", [
     lambda path: automr.load_model(path), lambda path: automr.PreparedDataset.load(path),
-    lambda path: automr.MemoryStore.open(path), lambda path: resolve_cache_dir(path)])
+    lambda path: automr.MemoryStore.open(path), lambda path: resolve_cache_dir(path),
+    lambda path: automr.FinetunedRun.open(path), lambda path: automr.load_retriever(path)])
 def test_the_library_reads_a_tilde_of_no_user_in_one_line(load):
     """The library expands ``~`` in the paths it is given (as the CLI does); ``~NAME`` of no
     user NAME was pathlib's bare RuntimeError."""
     with pytest.raises(AutomrError, match="there is no user 'automr-no-such-user'"):
         load("~automr-no-such-user/x")
+
+
+def test_a_finetune_and_a_retriever_are_found_under_a_tilde(tmp_path, monkeypatch):
+    """``FinetunedRun.open("~/ft")`` and ``load_retriever("~/ret")`` (what ``recommend``
+    opens) looked for a folder named ``~`` in the working folder: not a finished fine-tune."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "finetune.json").write_text(
+        '{"model": "m", "model_fingerprint": "0", "config": {}}')
+    automr.build_retriever("mlp", 8, seed=0).save(tmp_path / "ret")
+    assert automr.FinetunedRun.open("~/ft").path == tmp_path / "ft"
+    assert automr.load_retriever("~/ret").config == automr.load_retriever(tmp_path / "ret").config

@@ -376,7 +376,7 @@ def load_component(
 ) -> tuple[dict[str, Any], dict[str, "Tensor"]]:
     """``config.json`` (format checked) and the tensors of a folder written by
     :func:`save_component` (empty when it saved none, or ``weights_file`` is None)."""
-    directory = Path(directory)
+    directory = home_path(directory)
     path = directory / CONFIG_FILE
     if not path.is_file():
         what = format.split("/")[0].removeprefix("automr.")

@@ -43,7 +43,7 @@ class FinetunedRun:
         ``finetune.json`` read and checked; a folder without one (unfinished, or not a
         fine-tune) is an :class:`~automr.errors.AutomrError`. Nothing is loaded yet
         (:meth:`load`)."""
-        path = Path(path)
+        path = home_path(path)
         if not (path / RESULT_FILE).exists():
             raise AutomrError(f"{path} is not a finished fine-tune (no {RESULT_FILE}); run "
                               f"`automr finetune` first")
