@@ -94,6 +94,7 @@ def test_a_hub_model_transformers_cannot_build_is_one_line(tiny_folder, tmp_path
     (tmp_path / "hub" / "models--org--odd" / "refs").mkdir()
     (tmp_path / "hub" / "models--org--odd" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(loading, "hub_unreachable", lambda name: None)  # the hub answers
     for name in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"):
         real = getattr(loading, name)
         monkeypatch.setattr(loading, name, SimpleNamespace(
@@ -371,6 +372,26 @@ def test_a_hub_model_has_one_fingerprint_from_its_first_download_on(tiny_folder,
     first = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
     again = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
     assert first.fingerprint() == again.fingerprint()
+
+
+def test_a_cached_hub_model_loads_from_its_snapshot_while_the_hub_cannot_be_reached(
+        tiny_folder, tmp_path, monkeypatch):
+    """Cached, but no network (HF_HUB_OFFLINE unset): by its id transformers asked the hub for
+    each file with 5 retries (190 s to load a tiny model); its snapshot folder is read at once.
+    Cached without its weights (what ``model info`` fetches), it is asked for by its id."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(loading, "hub_unreachable", lambda name: "Name or service not known")
+    repo = hub / "models--org--tiny"
+    snapshot = shutil.copytree(tiny_folder, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert loading.model_source("org/tiny") == snapshot
+    loaded = loading.load_model("org/tiny", device="cpu", cache_dir=tmp_path / "cache")
+    assert loaded.fingerprint() == loading.load_model(str(tiny_folder), device="cpu").fingerprint()
+    for weights in loading.weight_files(snapshot):
+        weights.unlink()
+    assert loading.model_source("org/tiny") == "org/tiny"
 
 
 @pytest.mark.parametrize("kind", ["qwen3_5", "qwen3_5_moe"])

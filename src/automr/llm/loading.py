@@ -316,7 +316,9 @@ def model_source(name: str) -> str | Path:
     """What transformers loads ``name`` (not an embedded name) from: a local folder, resolved
     (the model then records an absolute path), else the hub id as given. Refused at once: a
     folder without ``config.json``, a name that can only be a path and names no folder, and a
-    hub id neither cached nor local while the hub cannot be reached (no download retries)."""
+    hub id neither cached nor local while the hub cannot be reached (no download retries).
+    A hub id cached with its weights is read from its snapshot while the hub cannot be
+    reached."""
     path = home_path(name)
     if path.is_dir():
         if not _has_model_config(path):
@@ -326,9 +328,12 @@ def model_source(name: str) -> str | Path:
         return path.resolve()
     if not _could_be_hub_id(name):
         raise AutomrError(f"no model folder at {path.resolve()}")
-    if model_folder(name) is None and (reason := hub_unreachable(name)):
+    cached = model_folder(name)
+    if cached is None and (reason := hub_unreachable(name)):
         raise AutomrError(f"no model folder {name!r} here ({Path.cwd()}), and the Hugging Face "
                           f"hub could not be reached to fetch it ({reason})")
+    if cached is not None and weight_files(cached) and hub_unreachable(name):
+        return cached  # by its id, transformers asks the hub for each file, 5 retries each
     return name
 
 
@@ -358,7 +363,7 @@ def _could_be_hub_id(name: str) -> bool:
 
 def hub_unreachable(name: str) -> str | None:
     """Why the Hugging Face hub cannot be asked for ``name`` now (offline mode, no
-    connection), or None: one request without retries, made before a first download."""
+    connection), or None: one request without retries, made before a hub id is loaded."""
     from huggingface_hub import is_offline_mode, model_info
     from huggingface_hub.errors import HfHubHTTPError
 
