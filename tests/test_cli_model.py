@@ -378,7 +378,8 @@ def test_a_cached_hub_model_loads_from_its_snapshot_while_the_hub_cannot_be_reac
         tiny_folder, tmp_path, monkeypatch):
     """Cached, but no network (HF_HUB_OFFLINE unset): by its id transformers asked the hub for
     each file with 5 retries (190 s to load a tiny model); its snapshot folder is read at once.
-    Cached without its weights (what ``model info`` fetches), it is asked for by its id."""
+    Cached without its weights (what ``model info`` fetches), a load is one line at once and
+    ``info`` asks for it by its id."""
     hub = tmp_path / "hub"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(loading, "hub_unreachable", lambda name: "Name or service not known")
@@ -391,7 +392,10 @@ def test_a_cached_hub_model_loads_from_its_snapshot_while_the_hub_cannot_be_reac
     assert loaded.fingerprint() == loading.load_model(str(tiny_folder), device="cpu").fingerprint()
     for weights in loading.weight_files(snapshot):
         weights.unlink()
-    assert loading.model_source("org/tiny") == "org/tiny"
+    with pytest.raises(AutomrError, match=r"in the Hugging Face cache without its weights .* "
+                                          r"could not be reached .*Name or service not known"):
+        loading.load_model("org/tiny", device="cpu")
+    assert loading.model_source("org/tiny", weights=False) == "org/tiny"
 
 
 @pytest.mark.parametrize("kind", ["qwen3_5", "qwen3_5_moe"])

@@ -276,12 +276,12 @@ def checked_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def _locate(name: str, cache_dir: Path | str | None) -> tuple[str | Path, Path | None,
-                                                             str | None]:
+def _locate(name: str, cache_dir: Path | str | None, weights: bool = True
+            ) -> tuple[str | Path, Path | None, str | None]:
     """What transformers loads ``name`` from, the local folder of its files if known yet, and
     its recorded fingerprint (embedded models: of the float32 weights, whatever the dtype)."""
     if name not in EMBEDDED_MODELS:
-        return model_source(name), None, None
+        return model_source(name, weights), None, None
     folder = fetch_embedded(name, cache_dir)
     record = read_json(folder / FINGERPRINT_FILE, f"`automr model fetch {name}` (delete "
                                                    f"{folder} to convert it again)")
@@ -312,13 +312,13 @@ def _load_errors(name: str, source: str | Path) -> Iterator[None]:
         ) from error
 
 
-def model_source(name: str) -> str | Path:
+def model_source(name: str, weights: bool = True) -> str | Path:
     """What transformers loads ``name`` (not an embedded name) from: a local folder, resolved
     (the model then records an absolute path), else the hub id as given. Refused at once: a
     folder without ``config.json``, a name that can only be a path and names no folder, and a
     hub id neither cached nor local while the hub cannot be reached (no download retries).
     A hub id cached with its weights is read from its snapshot while the hub cannot be
-    reached."""
+    reached; cached without them (``weights``: a load needs them), it is refused at once."""
     path = home_path(name)
     if path.is_dir():
         if not _has_model_config(path):
@@ -332,9 +332,14 @@ def model_source(name: str) -> str | Path:
     if cached is None and (reason := hub_unreachable(name)):
         raise AutomrError(f"no model folder {name!r} here ({Path.cwd()}), and the Hugging Face "
                           f"hub could not be reached to fetch it ({reason})")
-    if cached is not None and weight_files(cached) and hub_unreachable(name):
-        return cached  # by its id, transformers asks the hub for each file, 5 retries each
-    return name
+    if cached is None or not (weights or weight_files(cached)):
+        return name
+    reason = hub_unreachable(name)
+    if reason and not weight_files(cached):
+        raise AutomrError(f"model {name!r} is in the Hugging Face cache without its weights "
+                          f"({cached}), and the hub could not be reached to fetch them "
+                          f"({reason})")
+    return cached if reason else name  # by its id, transformers asks the hub for each file
 
 
 def _has_model_config(folder: Path) -> bool:
@@ -579,7 +584,7 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
     (also one whose safetensors hold no weights for an untied output head)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    source, folder, fingerprint = _locate(name, cache_dir)
+    source, folder, fingerprint = _locate(name, cache_dir, weights=False)
     with _load_errors(name, source):
         checked_tokenizer(AutoTokenizer.from_pretrained(source))  # none: no model to load
         config = AutoConfig.from_pretrained(source)
