@@ -318,9 +318,8 @@ def mean_nll(llm: HFSplitLLM, examples: Sequence[TokenizedExample], pad_id: int,
              memory: MemoryInserts | None = None, layer: int = 0) -> float:
     """Mean NLL per scored token over ``examples`` (upper half only when ``cache`` holds their
     layer-L states; with ``memory``, its fixed validation draw joined at ``layer``, the
-    cache's when there is one). Under a launcher each
-    process scores its round-robin share of the batches (collective: every process calls
-    it)."""
+    cache's when there is one). Under a launcher each process scores its round-robin share
+    of the batches (collective: every process calls it)."""
     total, count = 0.0, 0
     for start in distributed.mine(range(0, len(examples), batch_size)):
         indices = range(start, min(start + batch_size, len(examples)))
