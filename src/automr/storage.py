@@ -56,17 +56,17 @@ def read_run_records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append ``line`` and a newline to ``path`` (created with its parents). A last line a
-    stopped write cut short is ended first: glued onto it, this line would be skipped with
-    it by every reader (:func:`read_run_records`)."""
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append ``lines``, each ended by a newline, to ``path`` (created with its parents), in
+    one write. A last line a stopped write cut short is ended first: glued onto it, the first
+    new line would be skipped with it by every reader (:func:`read_run_records`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+b") as file:
         if file.tell() > 0:
             file.seek(-1, os.SEEK_END)
             if file.read(1) != b"\n":
                 file.write(b"\n")
-        file.write(line.encode() + b"\n")
+        file.write("".join(line + "\n" for line in lines).encode())
 
 
 def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":

@@ -23,7 +23,7 @@ from typing import Any
 import automr
 from automr import distributed
 from automr.errors import AutomrError
-from automr.storage import RUNS_FILE, append_line
+from automr.storage import RUNS_FILE, append_lines
 
 INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
 LIBRARIES = ("torch", "transformers", "peft")
@@ -57,7 +57,7 @@ def attach_run_record(command: Any) -> None:
 
 
 def append_record(out: Path, record: dict[str, Any]) -> None:
-    append_line(out / RUNS_FILE, json.dumps(record))
+    append_lines(out / RUNS_FILE, [json.dumps(record)])
 
 
 def run_record(ctx: Any, started: dt.datetime, seconds: float,

@@ -25,6 +25,7 @@ from automr import distributed
 from automr.grounding.embedding import base_model
 from automr.llm.decoding import greedy_generate
 from automr.llm.split import HFSplitLLM
+from automr.storage import append_lines
 
 
 class SummaryWriter:
@@ -136,17 +137,10 @@ class SummaryCache:
     def add(self, prompts: Sequence[str], summaries: Sequence[str]) -> None:
         """Remember and append (one flush per call, so a cut run keeps finished batches); a
         prompt with a reply already keeps that one (the first written is the one read)."""
-        path = self.write_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a+b") as f:
-            if f.tell() > 0:
-                f.seek(-1, 2)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")  # end a line cut by an interrupted write
-        with path.open("a", encoding="utf-8") as f:
-            for prompt, summary in zip(prompts, summaries, strict=True):
-                key = self.key(prompt)
-                if key in self.entries:
-                    continue
+        lines = []
+        for prompt, summary in zip(prompts, summaries, strict=True):
+            key = self.key(prompt)
+            if key not in self.entries:
                 self.entries[key] = summary
-                f.write(json.dumps({"key": key, "summary": summary}) + "\n")
+                lines.append(json.dumps({"key": key, "summary": summary}))
+        append_lines(self.write_path, lines)
