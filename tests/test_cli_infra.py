@@ -367,11 +367,23 @@ def test_a_repeated_folder_option_is_fingerprinted_per_folder(tmp_path):
         str(second): {"config.json": hashlib.sha256(b"[]").hexdigest()}}}
 
 
-def test_a_run_record_holds_the_git_commit_and_the_returned_metrics(tmp_path):
+def only_record(app, out: Path) -> dict:
+    """The one run record of the typer ``app``'s command run with ``--out OUT``."""
     import typer
     from click.testing import CliRunner as ClickRunner
 
     from automr.cli.record import attach_run_record
+
+    command = typer.main.get_command(app)
+    attach_run_record(command)
+    result = ClickRunner().invoke(command, ["--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (out / RUNS_FILE).read_text().splitlines()]
+    return record
+
+
+def test_a_run_record_holds_the_git_commit_and_the_returned_metrics(tmp_path):
+    import typer
 
     single = typer.Typer()
 
@@ -379,12 +391,7 @@ def test_a_run_record_holds_the_git_commit_and_the_returned_metrics(tmp_path):
     def measure(out: Annotated[Path, typer.Option()]) -> dict:
         return {"recall@10": 0.25, "per_method": {"bigrec": {"ndcg@10": 0.125}}}
 
-    command = typer.main.get_command(single)
-    attach_run_record(command)
-    result = ClickRunner().invoke(command, ["--out", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
-    (record,) = [json.loads(line)
-                 for line in (tmp_path / "run" / RUNS_FILE).read_text().splitlines()]
+    record = only_record(single, tmp_path / "run")
     assert record["metrics"] == {"recall@10": 0.25, "per_method": {"bigrec": {"ndcg@10": 0.125}}}
     assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
 
@@ -419,10 +426,8 @@ def test_a_run_record_names_the_automr_version_that_ran(tmp_path, monkeypatch):
     import importlib.metadata
 
     import typer
-    from click.testing import CliRunner as ClickRunner
 
     import automr
-    from automr.cli.record import attach_run_record
 
     installed = importlib.metadata.version
 
@@ -439,12 +444,7 @@ def test_a_run_record_names_the_automr_version_that_ran(tmp_path, monkeypatch):
     def work(out: Annotated[Path, typer.Option()]) -> None:
         pass
 
-    command = typer.main.get_command(single)
-    attach_run_record(command)
-    result = ClickRunner().invoke(command, ["--out", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
-    (record,) = [json.loads(line)
-                 for line in (tmp_path / "run" / RUNS_FILE).read_text().splitlines()]
+    record = only_record(single, tmp_path / "run")
     assert record["versions"]["automr"] == "9.8.7"
     assert record["versions"]["torch"] == installed("torch")
 
