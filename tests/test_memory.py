@@ -316,6 +316,7 @@ def test_item_memory_stores_each_item_once_and_reads_like_one_row_per_element(
     newcomer = [Interaction("zz", item, START + n) for n, item in enumerate("3131")]
     grown = append_memory(old, backbone, newcomer, dataset.catalog, progress=False)
     assert grown.record.format == "automr.memory/2" and grown.index.shards[-1].distinct == 2
+    assert grown.record.dataset_fingerprint is None  # no longer the dataset it was built from
     assert grown.view("zz", 4).item_ids == ("3", "1", "3", "1")
     for user in flat.users():
         assert torch.equal(grown.view(user, flat.count(user)).keys,
@@ -542,7 +543,10 @@ def test_append_keeps_old_rows_and_adds_new_elements(backbone, dataset, tmp_path
     assert late_user not in old_keys
     shuffled = sorted(new, key=lambda i: i.user, reverse=True)  # users mixed, ties in order
     grown = append_memory(first.folder, backbone, shuffled, dataset.catalog,
-                          progress=False)
+                          progress=False, dataset=dataset)
+    grown.check_dataset(dataset)  # it holds the whole dataset now, not the part it was built on
+    with pytest.raises(AutomrError, match="built from another dataset"):
+        grown.check_dataset(partial)
     assert {s.file: _sha(grown.folder / s.file) for s in grown.index.shards[:len(before)]} \
         == before
     assert len(grown.index.shards) > len(before)

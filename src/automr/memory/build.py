@@ -217,6 +217,7 @@ def append_memory(
     batch_size: int = 16,
     progress: bool = True,
     on_shard: ShardHook | None = None,
+    dataset: PreparedDataset | None = None,
 ) -> MemoryStore:
     """Add elements for new ``interactions`` (existing or new users) in new shards.
 
@@ -227,6 +228,11 @@ def append_memory(
     only once every new shard is written, so an interrupted append changes nothing. An
     ``automr.memory/1`` folder is upgraded to the current format (its old shards stay as
     they are and are read as before).
+
+    The grown memory no longer holds the dataset it was built from: pass ``dataset``, the one
+    it now holds (the old interactions and the new), to record its fingerprint, so that
+    ``evaluate``/``annotate``/``recommend`` take that dataset and refuse others. Without it the
+    record names no dataset and none is refused. Appending nothing changes nothing.
     """
     if distributed.launched():  # every process would append the same interactions again
         raise AutomrError("append_memory runs in one process: call it without a launcher "
@@ -278,8 +284,10 @@ def append_memory(
             if on_shard is not None:
                 on_shard(offset, len(plan))
     index.write(folder)
-    if plan and record.format != MEMORY_FORMAT:  # new shards may be shared: say so
-        attrs.evolve(record, format=MEMORY_FORMAT).write(folder)
+    if plan:  # new shards may be shared (the format says so) and other data is held
+        attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
+            catalog), dataset_fingerprint=None if dataset is None else dataset_fingerprint(
+            dataset)).write(folder)
     return MemoryStore.open(folder, recompute=encoder)
 
 
