@@ -265,7 +265,8 @@ def recommend_command(
     combiner: CombinerOption = "concat",
     k: Annotated[int, typer.Option(help="Memory elements retrieved.")] = 1,
     exclude_seen: Annotated[bool, typer.Option(
-        help="Leave the user's history out of the list (as evaluate --exclude-seen).")] = True,
+        help="Leave the sample's history (the user's latest max_history items, 100 by "
+             "default: older ones stay) out of the list, as evaluate --exclude-seen.")] = True,
     num_beams: Annotated[int, typer.Option(
         help="Beams, as evaluate's (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
     *, runtime: Runtime,
