@@ -59,7 +59,8 @@ class Recommendation:
 
 
 def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
-    """The user's latest sample in ``split`` (its target is the item actually chosen next)."""
+    """The user's latest sample in ``split`` (its target is the item actually chosen next);
+    of samples at the same last timestamp, the first in the split's order."""
     mine = [s for s in dataset.samples(split) if s.user == user]
     if not mine:
         users = {s.user for s in dataset.samples(split)}
