@@ -99,3 +99,14 @@ def test_a_query_dependent_retriever_picks_the_same_at_any_batch_size(workspace)
         picks[batch_size] = run.details()["retrieved"]
     assert picks[1] == picks[len(samples)]
     assert all(len(picks[1][s.id]) == 2 for s in samples)
+
+
+@pytest.mark.parametrize("given", ["retriever", "combiner"])
+def test_a_component_given_by_name_is_refused_at_once(workspace, given):
+    """MemoryRetrieval(store, "semantic", ...) was accepted and failed only once ranking
+    reached the first insert, with an AttributeError ('str' object has no attribute
+    'scores'); a combiner by name failed with another."""
+    store = workspace["store"]
+    parts = {"retriever": SemanticRetriever(), "combiner": automr.AppendToken(), given: "x"}
+    with pytest.raises(automr.AutomrError, match=f"the {given} is not a"):
+        automr.MemoryRetrieval(store, parts["retriever"], parts["combiner"])
