@@ -533,6 +533,24 @@ def test_a_grounder_or_context_that_breaks_its_protocol_is_named(tiny_models, to
         GenerativeMethod(loaded, dataset, TopTen(), layer=1, context=OneShort()).rank(samples)
 
 
+@pytest.mark.parametrize("given", ["grounder", "context"])
+def test_a_grounder_or_context_given_by_name_is_refused_at_once(tiny_models, tokenizer,
+                                                                 tmp_path, given):
+    """GenerativeMethod(loaded, dataset, "constrained") was accepted and failed when ranking
+    with an AttributeError ('str' object has no attribute 'rank'; a context: 'texts'), after
+    every method before it in an evaluation had ranked."""
+    from automr.errors import AutomrError
+    from automr.methods import GenerativeMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tokenizer, name="tiny")
+    grounder = L2Grounder(loaded.model, tokenizer, torch.zeros(len(dataset.catalog), 4))
+    parts = {"grounder": grounder, "context": None, given: "rella"}
+    with pytest.raises(AutomrError, match=f"the {given} is not a"):
+        GenerativeMethod(loaded, dataset, parts["grounder"], layer=1, context=parts["context"])
+
+
 @pytest.fixture(scope="module")
 def ordered_method(tmp_path_factory):
     """A generative method over the synthetic catalog, only its ranking arithmetic used."""
