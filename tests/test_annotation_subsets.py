@@ -355,3 +355,13 @@ def test_an_annotation_takes_a_combiner_object_and_records_its_class(workspace, 
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     data = retrieval_dataset(own, workspace["dataset"], workspace["store"], "train")
     assert data.metadata["combiner"] == f"{__name__}.ConcatOfMyOwn"
+
+
+def test_an_annotation_refuses_a_combiner_by_name_in_place_of_an_object(workspace, tmp_path):
+    """combiner="concat" (a registry name, which belongs in AnnotateConfig) failed with an
+    AttributeError ('str' object has no attribute 'uses_token_states')."""
+    with pytest.raises(automr.AutomrError, match="the combiner is not a Combiner"):
+        annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"],
+                         tmp_path / "named", AnnotateConfig(max_samples=8), progress=False,
+                         combiner="concat")
+    assert not (tmp_path / "named").exists()

@@ -120,6 +120,10 @@ def annotate_dataset(
                           f"chosen has a memory element to annotate (every history fits in "
                           f"the recent items)")
     store.check_dataset(dataset)
+    if combiner is not None and not isinstance(combiner, Combiner):
+        raise AutomrError(f"the combiner is not a Combiner: it needs uses_token_states and "
+                          f"combine(query, memory) (got a {type(combiner).__name__}; a built-in "
+                          f"one by name is AnnotateConfig(combiner=name))")
     named = config.combiner if combiner is None else (
         f"{type(combiner).__module__}.{type(combiner).__qualname__}")
     combiner = COMBINERS[config.combiner]() if combiner is None else combiner
