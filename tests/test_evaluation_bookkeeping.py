@@ -496,6 +496,18 @@ def test_settings_that_cannot_be_saved_are_refused_before_any_ranking():
     assert Counted.ranked == 0
 
 
+@pytest.mark.parametrize("settings", [{1: "x"}, {"grid": {1: "x", "b": 2}}])
+def test_settings_that_json_cannot_sort_are_refused_before_any_ranking(tmp_path, settings):
+    """An int key among the settings' names (or among a nested dict's strings) passed the
+    check and then failed in json's sort_keys with a bare TypeError ('<' not supported
+    between instances of 'str' and 'int'); a nested dict of int keys alone is fine (below)."""
+    Counted.ranked = 0
+    with pytest.raises(AutomrError, match="the settings of m are not JSON"):
+        evaluate({"m": Counted([0, 0, 0, 0], settings=settings)}, SAMPLES[:4], 30,
+                 n_resamples=20, out=tmp_path)
+    assert Counted.ranked == 0
+
+
 @pytest.mark.parametrize(("keywords", "says"), [
     ({"ks": ()}, "cut-offs"), ({"ks": (0, 5)}, "cut-offs"), ({"ks": (5, 5)}, "distinct"),
     ({"n_resamples": 0}, "n_resamples"), ({"shard_size": 0}, "shard_size")])

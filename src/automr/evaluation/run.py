@@ -229,7 +229,10 @@ def evaluate(
             raise AutomrError(f"{name} is not a Method: it needs rank(samples) and settings, a "
                               f"dict of what decides its ranks (got a {type(method).__name__})")
         try:  # they are saved with the values, and decide what a rerun reuses
-            json.dumps(dict(method.settings))
+            json.dumps(dict(method.settings), sort_keys=True)  # sorted, as they are saved
+            named = [key for key in method.settings if not isinstance(key, str)]
+            if named:  # sorted among the names the evaluation adds (method, samples, ...)
+                raise TypeError(f"its keys must be strings, got {named[0]!r}")
         except (TypeError, ValueError) as error:
             raise AutomrError(f"the settings of {name} are not JSON ({error}): give "
                               f"strings, numbers, lists and dicts") from None
