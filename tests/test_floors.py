@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from automr.data import Interaction, Sample
 from automr.data.popularity import popularity, training_sequences
+from automr.errors import AutomrError
+from automr.evaluation import evaluate
 from automr.methods import METHODS, Workspace, baselines, build_method, registry
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.testing.contracts import MethodContract
@@ -221,6 +223,18 @@ def test_the_method_contract_fails_a_method_whose_batches_divide_the_samples(dat
     assert len({s.target for s in samples}) > 1
     with pytest.raises(AssertionError):
         contract.test_shards_and_order_do_not_matter(method, samples)
+
+
+@pytest.mark.parametrize("settings", [{1: "x"}, {"grid": {1: "x", "b": 2}}])
+def test_the_method_contract_fails_settings_evaluate_refuses(dataset, settings):
+    """Settings with an int key passed the contract's JSON check; evaluate refuses them (it
+    saves them sorted among its own string keys)."""
+    method = RanksByPlaceInTheCall(dataset)
+    method.settings = settings
+    with pytest.raises((AssertionError, TypeError)):
+        MethodContract().test_is_a_method_with_json_settings(method)
+    with pytest.raises(AutomrError, match="not JSON"):
+        evaluate({"m": method}, dataset.samples("test")[:4], len(dataset.catalog))
 
 
 def test_a_floor_is_built_on_a_dataset_not_its_folder():

@@ -389,7 +389,10 @@ class MethodContract:
     def test_is_a_method_with_json_settings(self, method):
         assert isinstance(method, Method)
         assert isinstance(method.settings, Mapping)
-        json.dumps(dict(method.settings))
+        json.dumps(dict(method.settings), sort_keys=True)  # evaluate saves them sorted
+        assert all(isinstance(key, str) for key in method.settings), (
+            f"settings keys must be strings (evaluate adds its own among them): "
+            f"{list(method.settings)}")
 
     def test_one_rank_per_sample_in_the_catalog(self, method, samples):
         ranks = _ranks(method, samples)
