@@ -27,6 +27,7 @@ from automr.data import (
 )
 from automr.errors import AutomrError
 from automr.interfaces import Encoder, Memory
+from automr.llm.loading import resolve_device
 from automr.memory import (
     Backbone,
     ItemEncoder,
@@ -830,3 +831,19 @@ def test_a_bfloat16_model_with_a_float32_residual_builds_its_memory_in_bfloat16(
     encoded = LayerEncoder(Backbone.of(loaded), LAYER).encode_texts(["Alien (1979)"], True)
     assert encoded.keys.dtype == torch.float32  # the layer's states: float32
     torch.testing.assert_close(states[1:].float().mean(0), keys[0].float(), rtol=0.02, atol=0.02)
+
+
+def test_a_memory_opens_on_a_device_named_as_a_model_loads(built):
+    """device="auto" (load_model's and FinetunedRun.load's default) was a bare RuntimeError
+    from torch, and "cuda" on a machine without CUDA was taken and failed at the first view
+    with an AssertionError ('Torch not compiled with CUDA enabled')."""
+    store = MemoryStore.open(built.folder, device="auto")
+    assert store.device == resolve_device("auto")
+    user = store.users()[0]
+    assert store.view(user, 1).keys.device.type == store.device.type
+    assert MemoryStore.open(built.folder, device=torch.device("cpu")).device.type == "cpu"
+    with pytest.raises(AutomrError, match="unknown device 'gpu'"):
+        MemoryStore.open(built.folder, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(AutomrError, match="CUDA is not available"):
+            MemoryStore.open(built.folder, device="cuda")

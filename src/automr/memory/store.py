@@ -23,6 +23,7 @@ from automr.data.prepared import PreparedDataset
 from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
+from automr.llm.loading import resolve_device
 from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
@@ -78,8 +79,11 @@ class MemoryStore:
         ``expect_fingerprint`` / ``expect_layer`` refuse a memory built with another model or
         layer (:class:`~automr.errors.AutomrError` naming both). ``recompute`` is an element
         encoder with the memory's settings on the memory's model; with it, token states that
-        were not stored are recomputed on demand (:meth:`token_states`).
+        were not stored are recomputed on demand (:meth:`token_states`). ``device``: where
+        keys are returned, as :func:`~automr.llm.loading.resolve_device` takes it (``auto``,
+        ``cpu``, ``mps``, ``cuda[:N]``; one not here is refused) or a ``torch.device``.
         """
+        device = device if isinstance(device, torch.device) else resolve_device(device)
         folder = home_path(folder)
         record = MemoryRecord.read(folder)
         record.check(folder, expect_fingerprint, expect_layer)
@@ -90,7 +94,7 @@ class MemoryStore:
                               f"shards are kept).")
         if recompute is not None:
             check_encoder(folder, record, recompute)
-        store = cls(folder, record, index, recompute, torch.device(device), preload=False)
+        store = cls(folder, record, index, recompute, device, preload=False)
         store._check_shards()
         if preload:
             store.preload()

@@ -161,7 +161,8 @@ class FinetunedRun:
 
     def open_memory(self, memory: Path | str, device: str = "cpu") -> MemoryStore:
         """The memory folder ``memory``, checked to be usable with this fine-tune
-        (:meth:`check_memory`), its keys returned on ``device``. Opened without an encoder:
+        (:meth:`check_memory`), its keys returned on ``device`` (``auto``, ``cpu``, ``mps``,
+        ``cuda[:N]``, as :meth:`load` takes it). Opened without an encoder:
         token states it does not store are not recomputed (see
         :class:`~automr.memory.MemoryConfig`)."""
         store = MemoryStore.open(memory, device=device)
