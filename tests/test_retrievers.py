@@ -388,6 +388,21 @@ def test_registry_kinds_round_trip_through_load_retriever(tmp_path):
         build_retriever("oracle", HIDDEN)
 
 
+@pytest.mark.parametrize("kind", sorted(RETRIEVERS))
+def test_a_retriever_loads_on_a_device_named_as_a_model_loads(tmp_path, kind):
+    """device="auto" (load_model's default) was a bare RuntimeError from torch, and "cuda"
+    without CUDA failed with an AssertionError ('Torch not compiled with CUDA enabled')."""
+    build_retriever(kind, HIDDEN, seed=4).save(tmp_path / kind)
+    loaded = load_retriever(tmp_path / kind, device="auto", hidden_size=HIDDEN)
+    keys, mask = torch.randn(1, 2, HIDDEN), torch.ones(1, 2, dtype=torch.bool)
+    assert loaded.scores(torch.randn(1, HIDDEN), keys, mask).shape == (1, 2)
+    with pytest.raises(AutomrError, match="unknown device 'gpu'"):
+        load_retriever(tmp_path / kind, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(AutomrError, match="CUDA is not available"):
+            load_retriever(tmp_path / kind, device="cuda")
+
+
 def test_a_bfloat16_mlp_retriever_loads_in_bfloat16_with_its_scores(tmp_path):
     retriever = mlp().to(torch.bfloat16)
     retriever.save(tmp_path / "mlp")

@@ -9,6 +9,7 @@ from beartype import beartype
 
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
+from automr.llm.loading import resolve_device
 from automr.retrievers.mlp import MLPRetriever, MLPRetrieverConfig
 from automr.retrievers.random_retriever import RandomRetriever
 from automr.retrievers.semantic import SemanticRetriever
@@ -70,13 +71,15 @@ def load_retriever(
     expect: Mapping[str, str] | None = None, hidden_size: int | None = None,
 ) -> Retriever:
     """Load any saved retriever, dispatching on the ``kind`` in its ``config.json``, onto
-    ``device``.
+    ``device`` (``auto``, ``cpu``, ``mps``, ``cuda[:N]``, as a model loads; or a
+    ``torch.device``).
 
     Refused (:class:`~automr.errors.AutomrError`): a retriever saved for another
     ``hidden_size`` (when given), or whose provenance contradicts a key of ``expect`` (e.g.
     ``store.record.provenance()``, the model, layer, encoder and pooling of the keys it
     will score; ``load_retriever_for`` in :mod:`automr.recommenders.automr` does this).
     """
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     kind = read_config(directory).get("kind")
     if kind not in RETRIEVERS:
         raise AutomrError(f"{directory} holds an unknown retriever kind {kind!r}; known: "
