@@ -577,3 +577,23 @@ def test_bad_inputs_are_refused(tmp_path) -> None:
         SASRec.load(tmp_path)
     with pytest.raises(AutomrError, match="2 or more items"):
         fit_sasrec([[1], [2]], [], SASRecConfig(), n_items=5, quiet=True)
+
+
+def test_sasrec_method_takes_a_device_as_a_model_load_does(tmp_path):
+    """SASRecMethod(dataset, device="auto") (load_model's default) was taken and failed when
+    it first ranked, a bare RuntimeError from torch; now "auto" resolves and an unknown or
+    missing device is refused at construction."""
+    from automr.llm.loading import resolve_device
+    from automr.methods import SASRecMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=8, max_epochs=1)
+    method = SASRecMethod(dataset, config, device="auto")
+    assert len(method.rank(dataset.samples("test")[:2])) == 2
+    assert method.device == resolve_device("auto")
+    with pytest.raises(AutomrError, match="unknown device 'gpu'"):
+        SASRecMethod(dataset, config, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(AutomrError, match="CUDA is not available"):
+            SASRecMethod(dataset, config, device="cuda")

@@ -9,6 +9,7 @@ import torch
 
 from automr import distributed
 from automr.data import PreparedDataset, Sample
+from automr.llm.loading import resolve_device
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
 from automr.storage import CONFIG_FILE
 
@@ -17,12 +18,14 @@ from automr.storage import CONFIG_FILE
 class SASRecMethod:
     """SASRec trained on every user's training-period sequence (validation split for early
     stopping), then scoring the whole catalog from each sample's history; trained and run on
-    ``device``."""
+    ``device`` (``auto``, ``cpu``, ``mps``, ``cuda[:N]``, as a model loads; or a
+    ``torch.device``)."""
 
     dataset: PreparedDataset
     config: SASRecConfig = attrs.field(factory=SASRecConfig)
     progress: bool = False
-    device: str | torch.device = "cpu"
+    device: torch.device = attrs.field(default="cpu", converter=lambda device: (
+        device if isinstance(device, torch.device) else resolve_device(device)))
     saved: Path | None = None
     """Where the trained model is kept: loaded from there when it was saved, else trained and
     saved there, so a resumed evaluation ranks with the model its first shards used (CUDA
