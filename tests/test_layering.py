@@ -74,6 +74,15 @@ def test_interfaces_and_the_package_import_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_retrievers_and_sasrec_import_without_transformers():
+    """They are torch alone: resolving a device (automr.devices) must not pull in the model
+    loader (a retriever's load did, for ``resolve_device``)."""
+    code = ("import sys, automr.retrievers, automr.recommenders.sasrec; "
+            "print(sorted(m for m in ('transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_every_public_name_resolves():
     for name in automr.__all__:
         assert getattr(automr, name) is not None, name

@@ -25,9 +25,9 @@ from automr.data import (
     sample_texts,
     tokenize_example,
 )
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import Encoder, Memory
-from automr.llm.loading import resolve_device
 from automr.memory import (
     Backbone,
     ItemEncoder,

@@ -15,8 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from automr.cli.main import app
+from automr.devices import resolve_device
 from automr.errors import AutomrError
-from automr.llm.loading import resolve_device
 from automr.memory import MemoryConfig, MemoryStore, build_memory
 from automr.memory.shards import INDEX_FILE
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset

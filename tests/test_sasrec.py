@@ -583,7 +583,7 @@ def test_sasrec_method_takes_a_device_as_a_model_load_does(tmp_path):
     """SASRecMethod(dataset, device="auto") (load_model's default) was taken and failed when
     it first ranked, a bare RuntimeError from torch; now "auto" resolves and an unknown or
     missing device is refused at construction."""
-    from automr.llm.loading import resolve_device
+    from automr.devices import resolve_device
     from automr.methods import SASRecMethod
     from automr.testing.synthetic import synthetic_dataset
 

@@ -10,7 +10,7 @@ process (rank 0 of 1) and the collectives return at once.
 The group is started on first use (:func:`init`, idempotent), ``gloo`` on a CPU-only machine
 and ``cpu:gloo,cuda:nccl`` where CUDA is present (CPU tensors and Python objects go through
 gloo, CUDA tensors through NCCL). Each process then owns ``cuda:LOCAL_RANK``
-(:func:`automr.llm.loading.resolve_device` maps ``auto`` and ``cuda`` there).
+(:func:`automr.devices.resolve_device` maps ``auto`` and ``cuda`` there).
 
 How the heavy steps use it (one pattern): the main process checks and prepares the output
 folder (:func:`on_main`, which hands its result or its error to every process), every process

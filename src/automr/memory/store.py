@@ -21,9 +21,9 @@ from torch import Tensor
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
 from automr.data.records import Sample
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
-from automr.llm.loading import resolve_device
 from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
@@ -80,7 +80,7 @@ class MemoryStore:
         layer (:class:`~automr.errors.AutomrError` naming both). ``recompute`` is an element
         encoder with the memory's settings on the memory's model; with it, token states that
         were not stored are recomputed on demand (:meth:`token_states`). ``device``: where
-        keys are returned, as :func:`~automr.llm.loading.resolve_device` takes it (``auto``,
+        keys are returned, as :func:`~automr.devices.resolve_device` takes it (``auto``,
         ``cpu``, ``mps``, ``cuda[:N]``; one not here is refused) or a ``torch.device``.
         """
         device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -24,6 +24,7 @@ from automr.data.fingerprint import dataset_fingerprint
 from automr.data.popularity import popularity
 from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import seen_mask
@@ -36,7 +37,6 @@ from automr.llm.loading import (
     dtype_used,
     files_fingerprint,
     load_model,
-    resolve_device,
     weight_files,
 )
 from automr.llm.split import HFSplitLLM

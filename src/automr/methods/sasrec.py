@@ -9,7 +9,7 @@ import torch
 
 from automr import distributed
 from automr.data import PreparedDataset, Sample
-from automr.llm.loading import resolve_device
+from automr.devices import resolve_device
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
 from automr.storage import CONFIG_FILE
 

@@ -7,9 +7,9 @@ import attrs
 import torch
 from beartype import beartype
 
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
-from automr.llm.loading import resolve_device
 from automr.retrievers.mlp import MLPRetriever, MLPRetrieverConfig
 from automr.retrievers.random_retriever import RandomRetriever
 from automr.retrievers.semantic import SemanticRetriever
