@@ -6,15 +6,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 from automr.testing.tiny import TINY_ARCHITECTURES, tiny_config, tiny_model, tiny_tokenizer
 
 settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True)
 settings.register_profile("dev", deadline=None, max_examples=25)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+PROFILE = "ci" if os.environ.get("CI") else "dev"
+settings.register_profile(f"{PROFILE}-unshrunk", settings.get_profile(PROFILE),
+                          phases=(Phase.explicit, Phase.reuse, Phase.generate))
+settings.load_profile(PROFILE)
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+@pytest.fixture
+def unshrunk():
+    """For a test that expects a property to fail (a contract catching a faulty component): the
+    first failing example is enough, and shrinking it took most of such a test's time."""
+    settings.load_profile(f"{PROFILE}-unshrunk")
+    yield
+    settings.load_profile(PROFILE)
+
 
 @pytest.fixture
 def cut_at_first_checkpoint(monkeypatch):

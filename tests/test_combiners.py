@@ -61,7 +61,7 @@ class WritesIntoItsQuery:
         return AppendToken().combine(query, memory)
 
 
-def test_the_contract_fails_a_combiner_that_writes_into_its_inputs():
+def test_the_contract_fails_a_combiner_that_writes_into_its_inputs(unshrunk):
     """The contract computed what it expected after combining, so an in-place edit passed."""
     contract = CombinerContract()
     contract.hidden_size = 8
@@ -83,7 +83,7 @@ class SharesMemoryAcrossTheBatch:
         return LayerState(hidden=query.hidden + pooled, mask=query.mask, layer=query.layer)
 
 
-def test_the_contract_fails_a_combiner_that_mixes_the_rows_of_a_batch():
+def test_the_contract_fails_a_combiner_that_mixes_the_rows_of_a_batch(unshrunk):
     contract = CombinerContract()
     contract.hidden_size = 8
     with pytest.raises(AssertionError, match="differs from it alone"):
@@ -297,7 +297,7 @@ def test_cached_generation_equals_recomputation(tiny_models, arch, seqs, layer, 
                 context.append(next_token)
 
 
-def test_the_contract_fails_a_pooling_combiner_that_drops_memory_or_changes_dtype():
+def test_the_contract_fails_a_pooling_combiner_that_drops_memory_or_changes_dtype(unshrunk):
     """A pooling combiner opts out of the insertion check only; the shape, dtype and
     input checks, and that real memory reaches the output, still hold for it."""
     contract = CombinerContract()
@@ -325,7 +325,7 @@ def test_the_contract_fails_a_pooling_combiner_that_drops_memory_or_changes_dtyp
         contract.test_keeps_layer_batch_width_dtype_and_its_inputs(AddsMeanInFloat64())
 
 
-def test_the_contract_fails_a_combiner_that_leaves_a_bfloat16_query_in_float32():
+def test_the_contract_fails_a_combiner_that_leaves_a_bfloat16_query_in_float32(unshrunk):
     """On CUDA the query's layer-L state is bfloat16 (the model's default there) and a memory
     built on a CPU holds float32 keys; a combiner that makes a float32 tensor of its own, or
     joins the memory uncast, hands the upper half float32 states, which a bfloat16 model

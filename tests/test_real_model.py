@@ -49,17 +49,16 @@ def test_greedy_generation_through_the_split_equals_generate(real_model):
     assert torch.equal(ours, theirs), (tok.batch_decode(ours), tok.batch_decode(theirs))
 
 
-def test_constrained_beams_equal_generate(real_model, tmp_path):
+def test_constrained_beams_equal_generate(real_model, ml100k_prepared):
     """On real ML-100K test prompts, trie-constrained beam search through the split finds the
     titles transformers' generate finds (10 beams, the trie as prefix_allowed_tokens_fn)."""
     import attrs
 
-    from automr.data import ProtocolConfig, load_movielens_100k, prepare_dataset
     from automr.data.subsets import seeded_subset
     from automr.grounding import ConstrainedGrounder, dataset_targets
     from automr.methods.generative import left_padded_prompts
 
-    dataset = prepare_dataset(load_movielens_100k(), ProtocolConfig.movielens_100k(), tmp_path)
+    dataset, _ = ml100k_prepared
     ids, mask = left_padded_prompts(real_model, dataset,
                                     seeded_subset(dataset.samples("test"), 2, 0))
     targets = dataset_targets(real_model, dataset)

@@ -740,7 +740,7 @@ class TestARetrieverAtARealModelsWidth(RetrieverContract):
         return SemanticRetriever()
 
 
-def test_the_retriever_contract_catches_writes_and_dtype_refusals():
+def test_the_retriever_contract_catches_writes_and_dtype_refusals(unshrunk):
     """Two bugs the other checks let through: normalising the keys in place (the inserted
     memory is then another), and float32 weights that refuse bfloat16 states."""
     contract = RetrieverContract()
