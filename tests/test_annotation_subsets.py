@@ -357,6 +357,19 @@ def test_an_annotation_takes_a_combiner_object_and_records_its_class(workspace, 
     assert data.metadata["combiner"] == f"{__name__}.ConcatOfMyOwn"
 
 
+def test_a_built_in_combiner_object_is_recorded_by_its_registry_name(workspace, tmp_path):
+    """automr.Concat() was recorded as 'automr.combiners.tokens.Concat', so a retriever trained
+    on the labels was refused by `evaluate --combiner concat`, which it was trained for."""
+    folder = annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"],
+                              tmp_path / "object", AnnotateConfig(
+                                  max_samples=8, element_subset=3, element_seed=5,
+                                  shard_size=3), progress=False, combiner=automr.Concat())
+    labels = Annotations.load(folder)
+    assert labels.header["config"]["combiner"] == "concat"
+    data = retrieval_dataset(labels, workspace["dataset"], workspace["store"], "train")
+    assert data.metadata["combiner"] == "concat"
+
+
 def test_an_annotation_refuses_a_combiner_by_name_in_place_of_an_object(workspace, tmp_path):
     """combiner="concat" (a registry name, which belongs in AnnotateConfig) failed with an
     AttributeError ('str' object has no attribute 'uses_token_states')."""

@@ -108,7 +108,8 @@ def annotate_dataset(
     settings resumes: it annotates the shards that are missing or damaged (as a resumed
     memory build does). ``combiner``: an object (your own :class:`~automr.interfaces.Combiner`)
     in place of the registry's ``config.combiner``; the folder records it as
-    ``module.ClassName``, and so does a retriever trained on it. (The built-in layouts share
+    ``module.ClassName`` (a built-in one by its registry name), and so does a retriever
+    trained on it. (The built-in layouts share
     the prompt's upper-half work among elements where they can; another combiner takes the
     plain path, one upper-half pass per element: exact, slower.)
     """
@@ -124,7 +125,8 @@ def annotate_dataset(
         raise AutomrError(f"the combiner is not a Combiner: it needs uses_token_states and "
                           f"combine(query, memory) (got a {type(combiner).__name__}; a built-in "
                           f"one by name is AnnotateConfig(combiner=name))")
-    named = config.combiner if combiner is None else (
+    named = config.combiner if combiner is None else next(
+        (name for name, built_in in COMBINERS.items() if type(combiner) is built_in),
         f"{type(combiner).__module__}.{type(combiner).__qualname__}")
     combiner = COMBINERS[config.combiner]() if combiner is None else combiner
     check_inputs(store, samples, combiner.uses_token_states)
