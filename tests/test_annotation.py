@@ -179,6 +179,19 @@ def test_labels_are_distributions_ordered_like_the_deltas(base, values, temperat
 
 
 
+def test_deltas_are_eq5_differences_of_probabilities_or_log_probabilities():
+    """Hand-computed: P(y | z_t) = 0.2; with the elements 0.5 and 0.1. The ordering test
+    above cannot see a constant added to every delta (softmax ignores it)."""
+    import math
+
+    base, with_element = math.log(0.2), torch.tensor([math.log(0.5), math.log(0.1)])
+    torch.testing.assert_close(deltas(base, with_element, "paper"), torch.tensor([0.3, -0.1]))
+    torch.testing.assert_close(deltas(base, with_element, "log"),
+                               torch.tensor([math.log(2.5), math.log(0.5)]))
+    torch.testing.assert_close(labels(base, with_element, "log", 2.0),
+                               torch.tensor([2.5**0.5, 0.5**0.5]).double() / (2.5**0.5 + 0.5**0.5))
+
+
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
 def test_a_temperature_that_is_not_positive_and_finite_is_refused(temperature):
     """NaN gave NaN labels (refused later as 'targets must be finite', naming no temperature)
