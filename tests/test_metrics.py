@@ -159,6 +159,16 @@ def test_bad_inputs_are_refused() -> None:
         ranks_from_scores(torch.zeros(2, 3), torch.tensor([0, 1, 2]))
 
 
+def test_the_edges_of_the_refused_inputs() -> None:
+    """A repeated cut-off (its keys would collide) and an item id equal to the catalog size
+    (one past the last column) are refused, named, not passed on."""
+    with pytest.raises(AutomrError, match="distinct"):
+        metric_names((5, 10, 5))
+    with pytest.raises(AutomrError, match="outside"):
+        seen_mask([[0], [3]], 3)
+    assert seen_mask([[2]], 3).tolist() == [[False, False, True]]
+
+
 def test_report_round_trip(tmp_path) -> None:
     ranks = _ranks([0, 3, 12, 1, 50])
     ids = ["u1:0", "u2:0", "u3:0", "u4:0", "u5:0"]
