@@ -279,6 +279,25 @@ def test_l2_grounder_ranks_by_distance_to_the_generated_text(tiny_models, tokeni
     assert torch.equal(ranking, distances.argsort(dim=1, stable=True))
 
 
+def test_l2_grounder_generates_the_top_beam(tiny_models, tokenizer):
+    """With several beams the text measured from is the best one by summed log-probability
+    (with one beam, as above, any beam is the top one)."""
+    from automr.llm.beam import beam_search
+
+    model = tiny_models["llama"]
+    llm = HFSplitLLM(model)
+    grounder = L2Grounder(model, tokenizer, embed_texts(model, tokenizer, TITLES), num_beams=3,
+                          max_new_tokens=4)
+    ids, mask = encode_prompts(tokenizer, ["ab", "hello"])
+    beams = beam_search(llm, ids, mask, 2, num_beams=3, max_new_tokens=4, eos_token_id=2)
+    decoded = [[tokenizer.decode([t for t in h.tokens if t != 2]) for h in hyps]
+               for hyps in beams]
+    assert all(len(set(texts)) > 1 for texts in decoded)  # else any beam would do: no check
+    best = [max(hyps, key=lambda h: h.logprob) for hyps in beams]
+    expected = [tokenizer.decode([t for t in h.tokens if t != 2]) or " " for h in best]
+    assert grounder.generate(llm, ids, mask, 2) == expected
+
+
 @given(rows=st.integers(1, 40), items=st.integers(1, 60), scale=st.sampled_from([1.0, 50.0]),
        seed=st.integers(0, 2**16))
 def test_l2_distances_equal_the_plain_float64_loop(rows, items, scale, seed):
