@@ -229,16 +229,19 @@ def test_paper_labels_at_the_deltas_scale_are_the_plain_float64_softmax(base, ga
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("combiner", [AppendToken(), Concat()])
-def test_a_fast_path_whose_cache_would_cross_longrope_switch_runs_plain(tiny_models, combiner):
+@pytest.mark.parametrize(("combiner", "n_prompt"),
+                         [(AppendToken(), 510), (Concat(), 510), (AppendToken(), 512)])
+def test_a_fast_path_whose_cache_would_cross_longrope_switch_runs_plain(tiny_models, combiner,
+                                                                         n_prompt):
     """MiniCPM3 (and Phi-3 128k) rotate every position with longrope's long factors once a
     sequence passes the original context (512 in the tiny model): the split refuses to continue
     a cache across it, and annotation stopped there (``automr annotate`` on MiniCPM3 with a
-    concat memory); a fast path that would cross runs the plain way, with its scores."""
+    concat memory); a fast path that would cross runs the plain way, with its scores. A
+    prompt of exactly 512 fills the original context: its cache crosses too."""
     llm = HFSplitLLM(tiny_models["minicpm3"])
     assert llm.longrope_switch == 512
     generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(3, TINY_VOCAB, (510,), generator=generator)
+    prompt = torch.randint(3, TINY_VOCAB, (n_prompt,), generator=generator)
     target = torch.tensor([7, 9, 11])
     width = 1 if isinstance(combiner, AppendToken) else 20
     hidden = torch.randn(3, width, llm.hidden_size, generator=generator)
