@@ -115,6 +115,18 @@ def test_target_log_likelihoods_run_the_shared_opening_once_and_equal_the_unshar
                                        rtol=1e-4, atol=1e-4)
 
 
+def test_likelihood_grounder_ranks_the_most_likely_title_first(tiny_models, tokenizer):
+    """rank is scores sorted highest first (the test above checks the scores only)."""
+    llm = HFSplitLLM(tiny_models["llama"])
+    grounder = LikelihoodGrounder(catalog_targets(tokenizer, TITLES))
+    ids, mask = encode_prompts(tokenizer, ["ab", "hello"])
+    scores = grounder.scores(llm, ids, mask, 2)
+    ranking = grounder.rank(llm, ids, mask, 2)
+    for row in range(2):
+        expected = sorted(range(len(TITLES)), key=lambda i: (-float(scores[row, i]), i))
+        assert ranking[row].tolist() == expected
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_5_text"])
 @given(prompts=st.lists(words, min_size=1, max_size=2), layer=st.integers(0, 3))
 def test_constrained_with_enough_beams_is_the_likelihood_ranking(tiny_models, tokenizer, arch,
