@@ -65,6 +65,31 @@ def test_compare_likelihoods_aligns_samples_by_id_and_divides_by_tokens():
         sum(ll / tokens for ll, tokens in values_a) / 30)
 
 
+def test_likelihood_intervals_are_the_bootstraps_asked_for():
+    """compare_likelihoods is the paired bootstrap at the seed given, and resampled rebuilds
+    at another confidence (same resamples and seed)."""
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+
+    ids = [f"s{i}" for i in range(20)]
+    values_a = [(-float(i % 7), 2) for i in range(20)]
+    values_b = [(-float(i % 4), 2) for i in range(20)]
+    a = build_likelihood_report("a", ids, values_a, n_resamples=50, seed=3)
+    b = build_likelihood_report("b", ids, values_b, n_resamples=50, seed=3)
+    lls = [torch.tensor([v for v, _ in values], dtype=torch.float64)
+           for values in (values_a, values_b)]
+    assert compare_likelihoods(a, b, n_resamples=50, seed=7)["target_ll"] == paired_bootstrap(
+        *lls, n_resamples=50, seed=7)
+    narrower = a.resampled(50, 3, confidence=0.5)
+    assert narrower.metrics["target_ll"] == bootstrap_ci(lls[0], n_resamples=50, seed=3,
+                                                         confidence=0.5)
+    assert narrower.metrics != a.metrics
+
+
+def test_a_likelihood_report_refuses_a_target_of_no_token():
+    with pytest.raises(AutomrError, match="no token"):
+        build_likelihood_report("a", ["s0", "s1"], [(-1.0, 2), (0.0, 0)])
+
+
 def test_a_likelihood_report_refuses_a_repeated_sample_id():
     """As a metric report does: compare_likelihoods pairs by id, and with an id twice its
     paired mean was -1.667 where the two means differ by -2.0 (one of B's values paired twice,
