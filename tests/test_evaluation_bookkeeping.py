@@ -90,6 +90,15 @@ def test_a_likelihood_report_refuses_a_target_of_no_token():
         build_likelihood_report("a", ["s0", "s1"], [(-1.0, 2), (0.0, 0)])
 
 
+def test_likelihood_reports_of_other_samples_are_not_compared():
+    """B holding a sample that A lacks is refused, not compared on A's samples only."""
+    a = build_likelihood_report("a", ["s0", "s1"], [(-1.0, 2), (-2.0, 2)], n_resamples=10)
+    b = build_likelihood_report("b", ["s0", "s1", "s2"], [(-1.0, 2), (-2.0, 2), (-3.0, 2)],
+                                n_resamples=10)
+    with pytest.raises(AutomrError, match="different samples"):
+        compare_likelihoods(a, b, n_resamples=10)
+
+
 def test_a_likelihood_report_refuses_a_repeated_sample_id():
     """As a metric report does: compare_likelihoods pairs by id, and with an id twice its
     paired mean was -1.667 where the two means differ by -2.0 (one of B's values paired twice,
