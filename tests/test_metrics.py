@@ -167,6 +167,8 @@ def test_the_edges_of_the_refused_inputs() -> None:
     with pytest.raises(AutomrError, match="outside"):
         seen_mask([[0], [3]], 3)
     assert seen_mask([[2]], 3).tolist() == [[False, False, True]]
+    with pytest.raises(AutomrError, match="zero samples"):  # the means of nothing were NaN
+        mean_metrics(_ranks([]))
 
 
 def test_report_round_trip(tmp_path) -> None:
