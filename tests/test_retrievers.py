@@ -527,6 +527,28 @@ def test_dataset_rejects_inconsistent_inputs():
                          targets=good.targets)
 
 
+
+def test_dataset_rejects_labels_short_of_one_negative_or_non_finite_inputs():
+    """Labels summing to less than 1 (not only more), a negative label that keeps the sum at 1
+    and a non-finite query or real key are refused, each by its own message."""
+    good = synthetic(4, 0)
+    with pytest.raises(AutomrError, match="sum to 1"):
+        RetrievalDataset(queries=good.queries, keys=good.keys, mask=good.mask,
+                         targets=good.targets * 0.5)
+    negative = good.targets.clone()
+    real = good.mask[0].nonzero()[:, 0]
+    negative[0, real] = 0.0
+    negative[0, real[0]], negative[0, real[1]] = 1.5, -0.5
+    with pytest.raises(AutomrError, match="non-negative"):
+        RetrievalDataset(queries=good.queries, keys=good.keys, mask=good.mask, targets=negative)
+    for name in ("queries", "keys"):
+        bad = getattr(good, name).clone()
+        bad[0, 0] = torch.nan  # the first key of each row is real
+        with pytest.raises(AutomrError, match="finite"):
+            RetrievalDataset(**{"queries": good.queries, "keys": good.keys, "mask": good.mask,
+                                "targets": good.targets, name: bad})
+
+
 @given(n=st.integers(1, 20), batch_size=st.integers(1, 8), shuffle=st.booleans(),
        seed=st.integers(0, 100))
 def test_batches_cover_every_row_once(n, batch_size, shuffle, seed):
