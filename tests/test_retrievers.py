@@ -1,6 +1,7 @@
 """Retrievers pass the shared contract; top-k, KL (eq. 6), datasets and training behave."""
 
 import math
+import struct
 
 import attrs
 import pytest
@@ -363,6 +364,62 @@ def test_random_scores_do_not_read_the_query(memory):
     first = RandomRetriever(0).scores(memory.query, memory.keys, memory.mask)
     again = RandomRetriever(0).scores(nudged, memory.keys, memory.mask)
     assert torch.equal(first[memory.mask], again[memory.mask])
+
+
+
+@given(memory=padded_memories(HIDDEN), seed=st.integers(0, 2**32 - 1))
+def test_random_scores_ignore_padding_and_the_other_rows(memory, seed):
+    """A real element's score is the same with other values in the masked slots, wider
+    padding and each row alone (module docstring)."""
+    retriever = RandomRetriever(seed)
+    first = retriever.scores(memory.query, memory.keys, memory.mask)
+    batch, mem, _ = memory.keys.shape
+    keys = torch.cat([memory.keys.masked_fill(~memory.mask.unsqueeze(-1), 7.0),
+                      torch.full((batch, 2, HIDDEN), -3.0)], 1)
+    mask = torch.cat([memory.mask, torch.zeros(batch, 2, dtype=torch.bool)], 1)
+    wider = retriever.scores(memory.query, keys, mask)[:, :mem]
+    assert torch.equal(first[memory.mask], wider[memory.mask])
+    for row in range(batch):
+        alone = retriever.scores(memory.query[row : row + 1], memory.keys[row : row + 1],
+                                 memory.mask[row : row + 1])[0]
+        assert torch.equal(alone[memory.mask[row]], first[row][memory.mask[row]])
+
+
+def _plain_random_score(keys: list[list[float]], element: int, seed: int) -> float:
+    """The random retriever's score of ``keys[element]`` in a memory of ``keys``, by the
+    module's definition in plain integers (lowbias32 over each float32's bits)."""
+    full = 0xFFFFFFFF
+
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & full
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & full
+        return x ^ (x >> 16)
+
+    seed_hash = mix(seed & full)
+
+    def key_hash(key: list[float]) -> int:
+        bits = [struct.unpack("<I", struct.pack("<f", value))[0] for value in key]
+        salts = [mix((i + seed_hash + 1) & full) for i in range(len(key))]
+        return mix(sum(mix(b ^ s) for b, s in zip(bits, salts, strict=True)) & full)
+
+    hashes = [key_hash(key) for key in keys]
+    row = mix((sum(hashes) + 0x632BE5AB) & full)
+    return (mix(hashes[element] ^ row) >> 8) / 2.0**24
+
+
+@given(memory=padded_memories(HIDDEN, max_batch=2, max_mem=4),
+       seed=st.integers(-(2**40), 2**40))
+def test_random_scores_are_the_plain_integer_hash(memory, seed):
+    """Every real element's score is the hash computed in plain Python integers: the draws
+    committed with the results depend on each bit of it."""
+    scores = RandomRetriever(seed).scores(memory.query, memory.keys, memory.mask)
+    for row in range(memory.keys.shape[0]):
+        real = memory.mask[row].nonzero()[:, 0].tolist()
+        keys = [memory.keys[row, m].float().tolist() for m in real]
+        for j, m in enumerate(real):
+            assert float(scores[row, m]) == _plain_random_score(keys, j, seed)
 
 
 # -- save / load and the registry --------------------------------------------------------------
