@@ -768,6 +768,30 @@ def test_regret_is_the_eq5_gain_given_up_by_the_top_pick():
     assert history.valid_regret[history.best_epoch - 1] == min(history.valid_regret)
 
 
+def test_the_uniform_kl_is_that_of_equal_scores_over_the_real_elements():
+    """``uniform_kl`` is mean_b sum_m S'_bm log(S'_bm * n_b), ``n_b`` the row's real elements,
+    whatever the retriever scores; ``kl`` is the plain KL of the retriever's softmax (over
+    uneven batches)."""
+    torch.manual_seed(0)
+    mask = torch.rand(40, 7) < 0.8
+    mask[:, 0] = True
+    targets = torch.softmax(torch.randn(40, 7).masked_fill(~mask, float("-inf")), 1)
+    data = RetrievalDataset(queries=torch.randn(40, 16), keys=torch.randn(40, 7, 16),
+                            mask=mask, targets=targets)
+    retriever = build_retriever("mlp", 16, seed=0)
+    log_s = torch.log_softmax(retriever.scores(data.queries, data.keys, data.mask).detach()
+                              .masked_fill(~mask, float("-inf")), 1)
+    real = targets > 0
+    plain = torch.where(real, targets * (targets.log() - log_s), 0.0).sum(1).mean()
+    uniform = torch.where(real, targets * (targets * mask.sum(1, keepdim=True)).log(),
+                          0.0).sum(1).mean()
+    metrics = evaluate_retriever(retriever, data, batch_size=16)
+    assert metrics.kl == pytest.approx(float(plain), abs=1e-5)
+    assert metrics.uniform_kl == pytest.approx(float(uniform), abs=1e-5)
+    assert metrics.uniform_kl != pytest.approx(metrics.kl, abs=1e-3)
+
+
+
 class _PickingRetriever:
     """Scores its fixed ``picks`` (one element per row) above every other element."""
 
