@@ -616,6 +616,28 @@ def test_ranks_in_order_are_the_targets_positions_in_the_lists(ordered_method, d
         expected.append(kept.index(ids.index(sample.target)))
     assert method.ranks_in_order(samples, rankings) == expected
 
+@given(data=st.data(), exclude_seen=st.booleans())
+def test_ranks_by_distance_count_the_items_at_most_as_far(ordered_method, data, exclude_seen):
+    """L2's (and every injection's) ranks: the other items at most as far as the target,
+    the history's left out with ``exclude_seen`` (the target never is)."""
+    import attrs
+
+    method = attrs.evolve(ordered_method, exclude_seen=exclude_seen)
+    ids = list(method.dataset.catalog.ids)
+    samples = data.draw(st.lists(st.sampled_from(method.dataset.samples("test")), min_size=1,
+                                 max_size=5))
+    distances = torch.tensor([data.draw(st.lists(st.integers(0, 3), min_size=len(ids),
+                                                 max_size=len(ids))) for _ in samples],
+                             dtype=torch.float32)
+    expected = []
+    for sample, row in zip(samples, distances.tolist(), strict=True):
+        target = ids.index(sample.target)
+        seen = {ids.index(i) for i in sample.history} if exclude_seen else set()
+        expected.append(sum(1 for b in range(len(ids)) if b != target and b not in seen
+                            and row[b] <= row[target]))
+    assert method.ranks_by_distance(samples, distances) == expected
+
+
 
 @pytest.mark.parametrize("broken", ["repeated", "outside", "negative"])
 def test_a_ranking_that_is_not_an_order_of_the_catalog_is_refused(ordered_method, broken):
