@@ -31,7 +31,7 @@ from model_size import SHAPES, random_model
 from automr.annotation.likelihood import UpperAnnotator
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, format_prompt
-from automr.experiments.bench import bench_memory
+from automr.experiments.bench import bench_memory, machine
 from automr.llm import HFSplitLLM
 from automr.memory import Pooling
 from automr.memory.encoders import Backbone, LayerEncoder
@@ -115,7 +115,9 @@ def main() -> None:
         "encode_shared": lambda: [shared.encode_tokens(b) for b in batches],
         "encode_unshared": lambda: [unshared.encode_tokens(b) for b in batches],
     }
-    result: dict[str, object] = {"shape": shape, "dtype": str(dtype), "layer": layer}
+    result: dict[str, object] = {"shape": shape, "dtype": str(dtype), "layer": layer,
+                                 "device": str(device), "machine": machine(),
+                                 "command": "python " + " ".join(sys.argv)}
     for name, call in ways.items():
         result[name] = profiled(call, device)
         print(name, json.dumps(result[name]), flush=True)

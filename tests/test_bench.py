@@ -206,7 +206,8 @@ def test_a_bench_option_out_of_range_is_one_line(workspace, tmp_path, command, g
 
 def test_the_profile_script_answers_help_and_runs_on_a_random_model(workspace, tmp_path):
     """benchmarks/profile_paths.py (positional arguments): --help prints its usage (it was a
-    torch traceback, '--help' read as the device), and the tiny shape writes every way."""
+    torch traceback, '--help' read as the device), and the tiny shape writes every way, with
+    the device, machine and command it ran on (it wrote none of them)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -223,6 +224,8 @@ def test_the_profile_script_answers_help_and_runs_on_a_random_model(workspace, t
     saved = json.loads(out.read_text())
     assert {"annotate_fast_new", "annotate_plain", "encode_shared", "encode_unshared"} <= set(
         saved) and saved["shape"] == "tiny"
+    assert saved["device"] == "cpu" and saved["machine"]["threads"] >= 1
+    assert saved["command"].startswith("python ") and str(out) in saved["command"]
 
 
 def test_the_work_count_reads_each_layers_own_modules():
