@@ -62,8 +62,7 @@ def bench_likelihood(data: Path, samples: int, batch_size: int, layer: int, repe
         "benchmark": "likelihood", "model": loaded.name, "samples": len(chosen),
         "batch_size": batch_size, "layer": layer, "repeats": repeats, "device": "cpu",
         "dtype": str(loaded.model.dtype), "machine": machine(),
-        "prompt_tokens_mean": statistics.mean(
-            int(mask.sum()) / mask.shape[0] for _, mask, _ in batches),
+        "prompt_tokens_mean": sum(int(mask.sum()) for _, mask, _ in batches) / len(chosen),
         "shared_opening_tokens": statistics.median(opening),
         "per_prompt_samples_per_s": len(chosen) / statistics.median(seconds["per_prompt"]),
         "shared_samples_per_s": len(chosen) / statistics.median(seconds["shared_opening"]),

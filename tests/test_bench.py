@@ -286,3 +286,32 @@ def test_the_distributed_script_runs_both_ways_with_its_own_interpreter(tmp_path
     one, two = started
     assert one[:3] == [sys.executable, "-m", "automr"]
     assert two[0] == sys.executable and two[two.index("-m", 3):][:2] == ["-m", "automr"]
+
+
+def test_the_likelihood_script_averages_prompt_lengths_over_samples(workspace, monkeypatch):
+    """benchmarks/likelihood.py's ``prompt_tokens_mean`` is the mean over the samples, also
+    when the last batch is short (it was the mean of the batches' means: 413.75 for prompts of
+    415, 414 and 413 tokens in batches of 2)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood.py"
+    spec = importlib.util.spec_from_file_location("likelihood_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lengths, prompts = [], module.left_padded_prompts
+
+    def shortened(loaded, dataset, batch):  # the synthetic prompts are all of one length
+        ids, mask = prompts(loaded, dataset, batch)
+        for row in range(len(batch)):  # the n-th prompt loses its first n tokens
+            cut = mask[row].nonzero()[0, 0] + len(lengths)
+            ids[row, :cut], mask[row, :cut] = loaded.tokenizer.pad_token_id, 0
+            lengths.append(int(mask[row].sum()))
+        return ids, mask
+
+    monkeypatch.setattr(module, "left_padded_prompts", shortened)
+    result = module.bench_likelihood(workspace / "prepared", samples=3, batch_size=2, layer=2,
+                                     repeats=1, model=str(workspace / "model"))
+    assert result["samples"] == 3 and len(set(lengths)) == 3
+    assert result["prompt_tokens_mean"] == pytest.approx(sum(lengths) / 3)
+    assert result["max_abs_diff_nats"] < 1e-4
