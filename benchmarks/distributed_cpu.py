@@ -136,6 +136,9 @@ def main() -> None:
     progress = (json.loads(progress_file.read_text(encoding="utf-8"))
                 if progress_file.is_file() else {})
     commands = steps(args.data, args.finetuned, args.memory, args.samples, args.annotate_samples)
+    unknown = [name for name in args.steps.split(",") if name not in commands]
+    if unknown:  # before any step runs, not after the ones before it
+        parser.error(f"--steps: unknown {', '.join(unknown)}; choose from {', '.join(commands)}")
     for name in args.steps.split(","):
         done = progress.get(name, {})
         if done.get("argv") == commands[name] and done.get("threads", 1) == args.threads:

@@ -315,3 +315,27 @@ def test_the_likelihood_script_averages_prompt_lengths_over_samples(workspace, m
     assert result["samples"] == 3 and len(set(lengths)) == 3
     assert result["prompt_tokens_mean"] == pytest.approx(sum(lengths) / 3)
     assert result["max_abs_diff_nats"] < 1e-4
+
+
+def test_the_distributed_script_refuses_an_unknown_step_before_running_any(tmp_path,
+                                                                          monkeypatch, capsys):
+    """``--steps evaluate-l2,anotate`` ran the evaluation (minutes to hours), then stopped on
+    a KeyError at the misspelt step; it is one line naming it, before anything runs."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "distributed_cpu.py"
+    spec = importlib.util.spec_from_file_location("distributed_cpu", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    started = []
+    monkeypatch.setattr(module, "run", lambda *args: started.append(args))
+    monkeypatch.setattr(sys, "argv", [
+        "distributed_cpu.py", "--data", "d", "--finetuned", "f", "--memory", "m", "--work",
+        str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--steps",
+        "evaluate-l2,anotate"])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert stopped.value.code == 2 and not started
+    assert "--steps: unknown anotate; choose from evaluate-l2" in capsys.readouterr().err
