@@ -25,8 +25,18 @@ from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.experiments.bench import interleaved, machine, ratio, write_result
 from automr.grounding.likelihood import target_log_likelihoods
 from automr.llm import HFSplitLLM, load_model
-from automr.llm.decoding import common_prefix
+from automr.llm.decoding import MIN_SHARED, common_prefix
 from automr.methods.generative import left_padded_prompts
+
+
+def run_once(llm: HFSplitLLM, rows: list[list[int]]) -> int:
+    """The opening tokens :func:`~automr.llm.decoding.prefill` runs once for a batch of
+    ``rows``: their common prefix, or 0 where it shares none (one prompt, fewer than
+    ``MIN_SHARED`` tokens, or a prompt crossing the longrope switch after them)."""
+    shared = common_prefix(rows)
+    switch = getattr(llm, "longrope_switch", None)
+    crosses = switch is not None and shared <= switch < max(map(len, rows))
+    return shared if shared >= MIN_SHARED and len(rows) > 1 and not crosses else 0
 
 
 def bench_likelihood(data: Path, samples: int, batch_size: int, layer: int, repeats: int,
@@ -55,8 +65,8 @@ def bench_likelihood(data: Path, samples: int, batch_size: int, layer: int, repe
     seconds = interleaved({"per_prompt": lambda: way(False), "shared_opening": lambda: way(True)},
                           repeats, loaded.model.device)
     spread = ratio(seconds["per_prompt"], seconds["shared_opening"])
-    opening = [common_prefix([row[real].tolist() for row, real in zip(ids, mask.bool(),
-                                                                    strict=True)])
+    opening = [run_once(llm, [row[real].tolist() for row, real in zip(ids, mask.bool(),
+                                                                   strict=True)])
                for ids, mask, _ in batches]
     return {
         "benchmark": "likelihood", "model": loaded.name, "samples": len(chosen),

@@ -339,3 +339,33 @@ def test_the_distributed_script_refuses_an_unknown_step_before_running_any(tmp_p
         module.main()
     assert stopped.value.code == 2 and not started
     assert "--steps: unknown anotate; choose from evaluate-l2" in capsys.readouterr().err
+
+
+def test_the_likelihood_script_counts_the_opening_tokens_it_runs_once(workspace):
+    """``shared_opening_tokens`` counts what prefill runs once: a batch of one prompt shares
+    nothing (it reported the whole prompt, 414 tokens here), two prompts their common
+    opening."""
+    import importlib.util
+    from pathlib import Path
+
+    from automr.data import PreparedDataset, tokenize_sample
+    from automr.data.subsets import seeded_subset
+    from automr.llm import load_model
+    from automr.llm.decoding import common_prefix
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood.py"
+    spec = importlib.util.spec_from_file_location("likelihood_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def opening(samples: int) -> float:
+        return module.bench_likelihood(workspace / "prepared", samples=samples, batch_size=2,
+                                       layer=2, repeats=1, model=str(workspace / "model"),
+                                       )["shared_opening_tokens"]
+
+    dataset = PreparedDataset.load(workspace / "prepared")
+    tokenizer = load_model(str(workspace / "model"), device="cpu").tokenizer
+    prompts = [tokenize_sample(tokenizer, s, dataset.catalog, dataset.prompt_config).prompt_ids
+               for s in seeded_subset(dataset.samples("test"), 2, 0)]
+    assert opening(1) == 0
+    assert opening(2) == common_prefix(prompts) >= 8
