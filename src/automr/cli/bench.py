@@ -1,4 +1,5 @@
-"""``automr bench encode|annotate``: throughput beside the naive way, printed and saved."""
+"""``automr bench encode|annotate|ground|finetune``: throughput beside the naive way, printed and
+saved."""
 
 from pathlib import Path
 from typing import Annotated
