@@ -405,3 +405,95 @@ def test_a_finetune_and_a_retriever_are_found_under_a_tilde(tmp_path, monkeypatc
     automr.build_retriever("mlp", 8, seed=0).save(tmp_path / "ret")
     assert automr.FinetunedRun.open("~/ft").path == tmp_path / "ft"
     assert automr.load_retriever("~/ret").config == automr.load_retriever(tmp_path / "ret").config
+
+
+def test_a_run_record_line_that_is_json_but_no_record_is_skipped(tmp_path):
+    """A line of valid JSON that is no object (a number, a list) is not a record: readers
+    index records by key."""
+    from automr.storage import RUNS_FILE, read_run_records
+
+    (tmp_path / RUNS_FILE).write_text('[1, 2]\n7\n{"command": "automr annotate"}\n')
+    assert read_run_records(tmp_path) == [{"command": "automr annotate"}]
+
+
+def test_files_digest_covers_every_named_file(tmp_path):
+    """A digest that misses the weights file keeps the key of a retriever trained again."""
+    from automr.storage import files_digest
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"one")
+    before = files_digest(tmp_path, ("config.json", "model.safetensors"))
+    (tmp_path / "model.safetensors").write_bytes(b"two")
+    assert files_digest(tmp_path, ("config.json", "model.safetensors")) != before
+
+
+def test_provenance_compares_recorded_text_with_values_of_any_type():
+    """Metadata is text: a layer recorded as "15" is layer 15, and 16 is refused."""
+    from automr.storage import check_provenance
+
+    check_provenance("the retriever", {"layer": "15"}, {"layer": 15}, "retrain it")
+    with pytest.raises(AutomrError, match="layer='15', but 16 is in use"):
+        check_provenance("the retriever", {"layer": "15"}, {"layer": 16}, "retrain it")
+
+
+def test_setting_differences_name_nested_settings_by_dotted_name():
+    from automr.storage import setting_differences
+
+    assert setting_differences({"a": 1, "m": {"k": 2}}, {"a": 1, "m": {"k": 3}}) == [
+        "m.k was 2, now 3"]
+
+
+def test_the_weights_file_repeats_format_settings_and_provenance(tmp_path):
+    from safetensors import safe_open
+
+    save_component(tmp_path / "c", "automr.thing/1", {"dim": 4, "name": "x", "ids": [1]},
+                   {"w": torch.zeros(2)}, provenance={"layer": "15"})
+    with safe_open(tmp_path / "c" / "model.safetensors", "pt") as file:
+        assert file.metadata() == {"format": "automr.thing/1", "dim": "4", "name": "x",
+                                   "provenance.layer": "15"}
+
+
+def test_a_component_saved_without_tensors_loads_with_none(tmp_path):
+    from automr.storage import load_component
+
+    save_component(tmp_path / "c", "automr.thing/1", {"dim": 4})
+    config, tensors = load_component(tmp_path / "c", "automr.thing/1")
+    assert (config["dim"], tensors) == (4, {})
+
+
+@pytest.mark.parametrize("text", ['{"model_type": "llama"}', "not json"])
+def test_a_folder_whose_config_json_is_no_automr_artifact_is_not_saved_into(tmp_path, text):
+    """A model's folder has a config.json without a format: saving there overwrote it."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(text)
+    with pytest.raises(AutomrError, match="holds another artifact"):
+        save_component(folder, "automr.thing/1", {"dim": 4}, {"w": torch.zeros(2)})
+    assert (folder / "config.json").read_text() == text
+
+
+def test_a_module_saved_in_mixed_dtypes_loads_in_the_dtype_built(tmp_path):
+    from automr.storage import loaded_module
+
+    tensors = {"weight": torch.ones(1, 2, dtype=torch.bfloat16), "bias": torch.ones(1)}
+    module = loaded_module(tmp_path, "module", "model.safetensors", "save it again",
+                           lambda: torch.nn.Linear(2, 1), tensors)
+    assert {p.dtype for p in module.parameters()} == {torch.float32}
+
+
+def test_a_replace_that_fails_puts_the_older_folder_back(tmp_path, monkeypatch):
+    import automr.storage as storage
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.json").write_text("{}")
+
+    def refuse(source, destination):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(storage.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk gone"), atomic_dir(target) as work:
+        (work / "new.json").write_text("{}")
+    monkeypatch.undo()
+    assert [p.name for p in target.iterdir()] == ["old.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
