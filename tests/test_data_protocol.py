@@ -148,6 +148,14 @@ def test_split_periods_are_disjoint_and_ordered(bounds):
     assert {t: bounds.split_of(t) for t in edges} == edges
 
 
+@pytest.mark.parametrize("cuts", [(0, 0, 1, 2), (0, 1, 1, 2), (0, 1, 2, 2), (0, 2, 1, 3)])
+def test_boundaries_that_leave_a_period_empty_are_refused(cuts):
+    """Equal cuts leave a split with no second of its own (a one-second window after the
+    training months gave an empty validation period)."""
+    with pytest.raises(AutomrError, match="the time split is empty somewhere"):
+        SplitBoundaries(*cuts)
+
+
 def test_paper_split_for_2017():
     bounds = resolve_boundaries(ProtocolConfig.amazon_2017(), [])
     assert bounds.start == to_unix(dt.date(2017, 1, 1))
