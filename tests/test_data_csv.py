@@ -560,3 +560,19 @@ def test_a_utf16_file_is_named_as_such_not_sent_through_latin1(tmp_path, name):
     inter = write(tmp_path / "i.tsv", "user\titem\ttimestamp\nu\ti1\t1577836800\n")
     with pytest.raises(AutomrError, match=r"is UTF-16 text .*iconv -f utf-16 -t utf-8"):
         load_csv(inter, items)
+
+
+def test_the_fingerprint_covers_titles_and_split_times(tmp_path):
+    """A dataset made in memory (a SourceData without file hashes) is told apart by what its
+    fingerprint says it covers: the catalog's titles (the prompts) and the split times."""
+    from automr import dataset_fingerprint
+    from automr.data import Catalog
+
+    dataset = prepare_csv(*small_csv(tmp_path), None, protocol=PROTOCOL)
+    dataset = attrs.evolve(dataset, source=attrs.evolve(dataset.source, fingerprints={}))
+    first, *rest = dataset.catalog
+    retitled = attrs.evolve(dataset, catalog=Catalog((attrs.evolve(first, title="Other"),
+                                                      *rest)))
+    bounds = dataset.boundaries
+    later = attrs.evolve(dataset, boundaries=attrs.evolve(bounds, valid_end=bounds.valid_end + 1))
+    assert len({dataset_fingerprint(d) for d in (dataset, retitled, later)}) == 3
