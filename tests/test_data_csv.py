@@ -263,6 +263,19 @@ def test_repeated_sample_ids_in_a_folder_are_refused(tmp_path):
         PreparedDataset.load(out).samples("test")
 
 
+def test_a_sample_whose_memory_starts_after_its_recent_items_is_refused(tmp_path):
+    """history_start past recent_start read as an empty memory, silently."""
+    inter, items = small_csv(tmp_path)
+    out = tmp_path / "p"
+    prepare_csv(inter, items, out, protocol=PROTOCOL)
+    path = out / "samples" / "test.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["history_start"] = rows[0]["recent_start"] + 1
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(AutomrError, match=r"test\.jsonl is damaged .*out of range"):
+        PreparedDataset.load(out).samples("test")
+
+
 @pytest.mark.parametrize(("stamp", "message"), [
     ("99999999999999999", r"i\.csv line 3: timestamp 99999999999999999 is outside the accepted "
                           r"range 1970-01-01 \.\. 2100-01-01"),
