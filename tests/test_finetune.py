@@ -113,6 +113,25 @@ def test_config_refuses_a_scale_that_trains_nothing_or_a_negative_decay(field):
         FinetuneConfig(**field)
 
 
+@pytest.mark.parametrize("field", [dict(lora_dropout=1.0), dict(lora_r=0), dict(patience=0)])
+def test_config_refuses_a_dropout_of_everything_and_zero_counts(field):
+    with pytest.raises(ValueError, match=next(iter(field))):
+        FinetuneConfig(**field)
+
+
+def test_memory_training_refuses_a_share_of_no_examples():
+    from automr.recommenders.finetune_config import MemoryTraining
+
+    with pytest.raises(ValueError, match="share"):
+        MemoryTraining(share=0.0)
+
+
+def test_a_config_without_context_or_memory_records_neither():
+    """A run's record of a plain BIGRec config must stay as it was, so its checkpoints
+    still resume."""
+    assert not {"context", "memory"} & set(FinetuneConfig().to_json())
+
+
 def test_finetune_lowers_validation_loss_and_reloads(workspace):
     loaded = load_model(str(workspace["model"]), device="cpu")
     run = workspace["root"] / "run"
