@@ -130,6 +130,9 @@ def test_the_cache_folder_honours_xdg_after_automr_cache(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "xdg" / "automr"
     monkeypatch.setenv("AUTOMR_CACHE", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AUTOMR_CACHE", "~/tilde")  # as a shell leaves it, quoted
+    assert default_cache_dir() == tmp_path / "tilde"
     monkeypatch.delenv("AUTOMR_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec says: ignore it
     assert default_cache_dir() == Path.home() / ".cache" / "automr"
