@@ -589,3 +589,16 @@ def test_the_fingerprint_covers_titles_and_split_times(tmp_path):
     bounds = dataset.boundaries
     later = attrs.evolve(dataset, boundaries=attrs.evolve(bounds, valid_end=bounds.valid_end + 1))
     assert len({dataset_fingerprint(d) for d in (dataset, retitled, later)}) == 3
+
+
+def test_another_artifacts_folder_is_neither_replaced_nor_loaded_as_a_dataset(tmp_path):
+    """Any config.json with a format passed for a prepared dataset's: prepare replaced
+    (deleted) a memory's folder given as --out."""
+    other = tmp_path / "memory"
+    other.mkdir()
+    (other / "config.json").write_text('{"format": "automr.memory/1"}')
+    with pytest.raises(AutomrError, match="is not a prepared dataset; refusing to replace"):
+        prepare_csv(*small_csv(tmp_path), other, protocol=PROTOCOL)
+    assert [p.name for p in other.iterdir()] == ["config.json"]
+    with pytest.raises(AutomrError, match="is not a prepared dataset"):
+        PreparedDataset.load(other)
