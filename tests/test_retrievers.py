@@ -876,6 +876,14 @@ def test_evaluating_a_retriever_on_no_samples_is_one_line():
         evaluate_retriever(build_retriever("mlp", 16, seed=0), empty)
 
 
+def test_early_stopping_refuses_a_patience_of_zero():
+    """Patience 0 stopped after the first epoch, whatever it gave."""
+    from automr.early_stopping import EarlyStopping
+
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(patience=0)
+
+
 def test_early_stopping_never_keeps_a_nan():
     """A NaN first epoch became the best: no later value is below NaN, so the NaN epoch's
     weights were restored at the end."""
