@@ -450,6 +450,7 @@ def test_provenance_compares_recorded_text_with_values_of_any_type():
     from automr.storage import check_provenance
 
     check_provenance("the retriever", {"layer": "15"}, {"layer": 15}, "retrain it")
+    check_provenance("the retriever", {}, {"layer": 15}, "retrain it")  # made before it was
     with pytest.raises(AutomrError, match="layer='15', but 16 is in use"):
         check_provenance("the retriever", {"layer": "15"}, {"layer": 16}, "retrain it")
 
@@ -515,3 +516,12 @@ def test_a_replace_that_fails_puts_the_older_folder_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [p.name for p in target.iterdir()] == ["old.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_one_byte_line_cut_short_is_ended_before_the_next(tmp_path):
+    from automr.storage import append_lines
+
+    path = tmp_path / "log.jsonl"
+    path.write_text("{")
+    append_lines(path, ['{"a": 1}'])
+    assert path.read_text().splitlines() == ["{", '{"a": 1}']
