@@ -228,6 +228,10 @@ def test_a_window_bound_is_a_whole_day():
 def test_add_months_clamps_day():
     assert add_months(dt.date(2017, 1, 31), 1) == dt.date(2017, 2, 28)
     assert add_months(dt.date(2017, 11, 1), 3) == dt.date(2018, 2, 1)
+    # to the last day of the month it lands in, not of every month
+    assert add_months(dt.date(2016, 1, 31), 1) == dt.date(2016, 2, 29)
+    assert add_months(dt.date(2017, 3, 31), 1) == dt.date(2017, 4, 30)
+    assert add_months(dt.date(2017, 1, 30), 12) == dt.date(2018, 1, 30)
 
 
 def test_protocol_validation_and_json_round_trip():
