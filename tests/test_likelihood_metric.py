@@ -403,3 +403,37 @@ def test_base_is_the_fine_tunes_base_model_unless_model_is_given(workspace, tmp_
         "other"
     assert Workspace(dataset, Artifacts()).base_model == automr.DEFAULT_MODEL
     assert Workspace(dataset, Artifacts(trsr=root / "ft")).base_model == model  # any fine-tune
+
+
+def test_concat_inserts_only_the_retrieved_elements_where_a_memory_is_shorter_than_k(workspace):
+    """top_k fills the row of a memory with fewer than k elements with -1: nothing is inserted
+    there (not the element before the memory's first)."""
+    from automr.state import LayerState
+
+    store = workspace["store"]
+    samples = sorted((s for s in workspace["dataset"].samples("test") if s.memory),
+                     key=lambda s: len(s.memory))
+    short, long = samples[0], samples[-1]
+    assert len(short.memory) < len(long.memory)
+    inserted = []
+
+    class Spy:
+        uses_token_states = True
+
+        def combine(self, query, memory):
+            inserted.append(memory)
+            return query
+
+    retrieval = automr.MemoryRetrieval(store, automr.RandomRetriever(seed=1), Spy(),
+                                       k=len(long.memory))
+    state = LayerState(hidden=torch.zeros(2, 3, store.hidden_size),
+                       mask=torch.ones(2, 3, dtype=torch.bool), layer=2)
+    retrieval.insert_for([short, long])(state)
+    [memory] = inserted
+    assert [len(r) for r in retrieval.retrieved] == [len(short.memory), len(long.memory)]
+    for row, (sample, chosen) in enumerate(zip((short, long), retrieval.retrieved, strict=True)):
+        user = store.request_for(sample)[0]
+        expected = torch.cat([store.token_states(user, i) for i in chosen])
+        assert int(memory.mask[row].sum()) == len(expected)
+        torch.testing.assert_close(memory.hidden[row, :len(expected)], expected.to(
+            memory.hidden.dtype))
