@@ -803,3 +803,25 @@ def test_the_record_names_the_layers_lora_reached(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "finetune.json").read_text())["lora_layers"] == [1, 2, 3]
     assert "LoRA reached" not in result.output
+
+
+def test_a_run_refuses_a_non_record_and_memories_or_data_it_was_not_made_with(tmp_path):
+    """Only the record is read: the checks need no model."""
+    from types import SimpleNamespace
+
+    (tmp_path / "finetune.json").write_text(json.dumps({"model": "m", "config": {}}))
+    with pytest.raises(AutomrError, match="is not a fine-tune record"):
+        FinetunedRun.open(tmp_path)
+    record = {"model": "m", "model_fingerprint": "a" * 64, "data_fingerprint": "d",
+              "config": {"lora_from_layer": 2}}
+    (tmp_path / "finetune.json").write_text(json.dumps(record))
+    run = FinetunedRun.open(tmp_path)
+    run.check_memory("a" * 64, 2)  # the adapter starts at the memory's layer: its keys hold
+    with pytest.raises(AutomrError, match=r"changes layers 2\.\.2 below it"):
+        run.check_memory("a" * 64, 3)
+    with pytest.raises(AutomrError, match="built with another model"):
+        run.check_memory("b" * 64, 2)
+    run.check_dataset(None, "d")
+    with pytest.raises(AutomrError, match="tuned on another dataset"):
+        run.check_dataset(SimpleNamespace(path="elsewhere"), "e")
+    run.check_plain()
