@@ -156,6 +156,35 @@ def test_memory_aware_finetune_trains_records_and_checks_its_memory(space):
 
 
 
+@pytest.mark.parametrize("retrieval", ["random", "semantic"])
+def test_only_the_rows_drawn_are_given_an_element(space, retrieval):
+    loaded, examples = space["loaded"], space["examples"]
+    memory = inserts(space, share=0.5, retrieval=retrieval)
+    draws = [memory.drawn(i, 0) for i in range(len(examples))]
+    assert any(chosen for chosen, _ in draws) and not all(chosen for chosen, _ in draws)
+    batch = collate(examples, loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        state = HFSplitLLM(loaded.model).lower(batch.input_ids, batch.mask, LAYER)
+    requests = [space["memory"].request_for(s) for s in space["samples"]]
+    elements = memory._elements(state, requests, draws, [len(ex.prompt_ids) for ex in examples])
+    assert [element >= 0 for element in elements] == [chosen for chosen, _ in draws]
+
+
+def test_random_draws_reach_every_element_of_the_memory(space):
+    memory = inserts(space, share=1.0)
+    for index, sample in enumerate(space["samples"]):
+        drawn = {memory.drawn(index, epoch)[1] for epoch in range(300)}
+        assert drawn == set(range(len(sample.memory)))
+
+
+def test_concat_training_is_refused_a_memory_without_token_states_at_once(space, tmp_path):
+    store = build_memory(space["loaded"], space["dataset"], LAYER, MemoryConfig(
+        encoder="item", store_token_states=False), tmp_path / "mem", progress=False)
+    with pytest.raises(AutomrError, match="--store-token-states"):
+        inserts(space, store, share=1.0, combiner="concat")
+    inserts(space, store, share=1.0, combiner="prepend-token")  # pooled keys: no token states
+
+
 def test_a_row_not_drawn_gets_no_element_beside_one_drawn(space):
     """In a batch mixing both kinds of rows, a row not drawn keeps its plain loss exactly
     (its memory row masked), the drawn one gets its element: the pair's loss is the sum."""
