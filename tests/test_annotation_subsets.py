@@ -260,6 +260,38 @@ def test_retriever_scores_read_the_first_picks_gain_off_the_annotations(workspac
     assert "| mlp |" in scores.markdown() and "over 3 seeds" in scores.markdown()
 
 
+def test_a_retrievers_picked_best_counts_ties_helped_counts_only_gains_and_seeds_below():
+    """The summary and table of given per-sample gains: a pick equal to the oracle's is the
+    best, a zero gain did not help, and a retriever is above the seeds whose mean is below."""
+    from automr.experiments.retriever import RetrieverScores
+
+    def gains(*values):
+        return torch.tensor(values, dtype=torch.float64)
+
+    best = gains(1.0, 2.0, 0.5)
+    rows = {"oracle": best, "random": gains(0.2, 0.5, 0.1), "mine": gains(1.0, 0.0, 0.5),
+            "random seed 0": gains(0.0, 0.0, 0.0), "random seed 1": best}
+    scores = RetrieverScores(sample_ids=("a", "b", "c"), gains=rows, best=best,
+                             best_share=gains(0.5, 0.5, 0.5), helped_share=gains(1.0, 1.0, 0.5),
+                             random_seeds=(0, 1), n_resamples=20)
+    summary = scores.summary()
+    assert summary["mine"]["picked_best"] == pytest.approx(2 / 3)
+    assert summary["mine"]["helped"] == pytest.approx(2 / 3)
+    assert (summary["random"]["picked_best"], summary["random"]["helped"]) == (
+        pytest.approx(0.5), pytest.approx(2.5 / 3))
+    assert "`mine` is above 1 of 2 seeds." in scores.markdown()
+
+
+def test_retriever_scores_keep_the_bootstrap_seed_asked_for(workspace):
+    from automr.experiments.retriever import score_retrievers
+
+    root = workspace["root"]
+    scores = score_retrievers(workspace["folders"]["three"], root / "prepared", root / "mem",
+                              {}, random_seeds=[], n_resamples=20, seed=4)
+    assert (scores.seed, scores.n_resamples) == (4, 20)
+    assert scores.to_json()["seed"] == 4
+
+
 def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tmp_path):
     from typer.testing import CliRunner
 
