@@ -4,6 +4,7 @@ batches of 3 here), in any order, on a repeat."""
 
 import attrs
 import pytest
+import torch
 
 import automr
 from automr.memory import MemoryConfig, build_memory
@@ -81,3 +82,75 @@ def test_l2_texts_do_not_depend_on_the_batch_they_were_generated_in(space, kind)
     assert len(set(texts)) > len(samples) // 2  # else whose text is whose shows little
     assert fresh(samples[::-1]) == (whole[::-1], texts[::-1])
     assert fresh(samples[1:5]) == (whole[1:5], texts[1:5])
+
+
+def test_memory_methods_retrieve_with_the_options_k_combiner_and_retrieval_seed(space):
+    """Each memory kind gets its own retriever, and every one the asked k and combiner."""
+    options = attrs.evolve(space.options, k=2, combiner="append-token", seed=3, retrieval_seed=7)
+    other = attrs.evolve(space, options=options)
+    retrievals = {kind: other.retrieval(kind) for kind in ("automr", "random", "semantic")}
+    assert {kind: type(r.retriever).__name__ for kind, r in retrievals.items()} == {
+        "automr": "MLPRetriever", "random": "RandomRetriever", "semantic": "SemanticRetriever"}
+    assert all(r.k == 2 and isinstance(r.combiner, automr.AppendToken)
+               for r in retrievals.values())
+    assert retrievals["random"].retriever.seed == 7
+    for kind, retrieval in retrievals.items():  # each kind's methods use its retrieval
+        assert build_method(f"{kind}:constrained", other).method.retrieval is retrieval
+    assert attrs.evolve(space, options=attrs.evolve(options, retrieval_seed=None)).retrieval(
+        "random").retriever.seed == 3  # unset: the sample seed
+
+
+def test_a_retriever_trained_for_another_combiner_is_refused(space, tmp_path):
+    retriever = build_retriever("mlp", space.retrieval("automr").store.hidden_size, seed=0)
+    retriever.provenance["combiner"] = "concat"
+    retriever.save(tmp_path / "ret")
+    other = attrs.evolve(space, artifacts=attrs.evolve(space.artifacts, retriever=tmp_path / "ret"),
+                         options=attrs.evolve(space.options, combiner="append-token"))
+    with pytest.raises(automr.AutomrError, match="combiner"):
+        other.retrieval("automr")
+    assert attrs.evolve(other, options=space.options).retrieval("automr").k == 1  # concat: taken
+
+
+@pytest.mark.parametrize("kind", ["pop", "cooc", "bigrec:l2", "random:constrained"])
+def test_exclude_seen_reaches_the_built_method(space, kind):
+    other = attrs.evolve(space, options=attrs.evolve(space.options, exclude_seen=True))
+    assert build_method(kind, other).method.exclude_seen
+    assert not build_method(kind, space).method.exclude_seen
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
+        space, monkeypatch, exclude_seen):
+    from automr.data.subsets import seeded_subset
+    from automr.methods import registry
+
+    seen = {}
+
+    def choose_gamma(distances, prior, targets, exclude=None):
+        seen.update(targets=targets.tolist(), exclude=exclude)
+        return 0.0, {0.0: 0.0}
+
+    monkeypatch.setattr(registry, "choose_gamma", choose_gamma)
+    options = attrs.evolve(space.options, seed=5, tune_samples=3, exclude_seen=exclude_seen)
+    other, catalog = attrs.evolve(space, options=options), space.dataset.catalog
+
+    class Plain:
+        def distances(self, samples):
+            return torch.zeros(len(samples), len(catalog))
+
+    other.tuned_gamma(Plain(), lambda samples: torch.zeros(1, len(catalog)))
+    samples = seeded_subset(space.dataset.samples("valid"), 3, 5)
+    assert seen["targets"] == catalog.positions(s.target for s in samples)
+    assert seen["targets"] != catalog.positions(
+        s.target for s in seeded_subset(space.dataset.samples("valid"), 3, 0))
+    if not exclude_seen:
+        assert seen["exclude"] is None
+    else:
+        assert [set(torch.nonzero(row).flatten().tolist()) for row in seen["exclude"]] == [
+            set(catalog.positions(s.history)) for s in samples]
+
+
+def test_a_memory_method_at_another_layer_than_its_memorys_is_refused(space):
+    other = attrs.evolve(space, options=attrs.evolve(space.options, layer=1))
+    with pytest.raises(automr.AutomrError, match="--layer 1 differs from the memory's layer 2"):
+        other.retrieval("random")
