@@ -154,3 +154,29 @@ def test_a_memory_method_at_another_layer_than_its_memorys_is_refused(space):
     other = attrs.evolve(space, options=attrs.evolve(space.options, layer=1))
     with pytest.raises(automr.AutomrError, match="--layer 1 differs from the memory's layer 2"):
         other.retrieval("random")
+
+
+def fine_tune_copy(space, folder, **changes):
+    """The workspace's fine-tune copied to ``folder``, its record's config changed."""
+    import json
+    import shutil
+
+    shutil.copytree(space.artifacts.finetuned, folder)
+    record = json.loads((folder / "finetune.json").read_text())
+    record["config"].update(changes)
+    record.pop("data_fingerprint")  # as written before automr recorded it: not checked
+    (folder / "finetune.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_a_memory_above_the_adapters_first_layer_is_refused_where_it_is_opened(space, tmp_path):
+    run = automr.FinetunedRun.open(fine_tune_copy(space, tmp_path / "ft", lora_from_layer=1))
+    with pytest.raises(automr.AutomrError, match=r"changes layers 1\.\.1 below it"):
+        run.open_memory(space.artifacts.memory)
+
+
+def test_a_memory_of_another_dataset_is_refused(space, tmp_path):
+    other = synthetic_dataset(tmp_path, seed=1)
+    artifacts = attrs.evolve(space.artifacts, finetuned=fine_tune_copy(space, tmp_path / "ft"))
+    with pytest.raises(automr.AutomrError, match="built from another dataset"):
+        attrs.evolve(space, dataset=other, artifacts=artifacts).retrieval("random")
