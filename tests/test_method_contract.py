@@ -180,3 +180,23 @@ def test_a_memory_of_another_dataset_is_refused(space, tmp_path):
     artifacts = attrs.evolve(space.artifacts, finetuned=fine_tune_copy(space, tmp_path / "ft"))
     with pytest.raises(automr.AutomrError, match="built from another dataset"):
         attrs.evolve(space, dataset=other, artifacts=artifacts).retrieval("random")
+
+
+def test_a_layer_up_to_the_models_count_splits_there_and_one_above_is_refused(space):
+    from automr.llm.split import HFSplitLLM
+
+    loaded = space.model(None)
+    layers = HFSplitLLM(loaded.model).num_layers
+    at = attrs.evolve(space, options=attrs.evolve(space.options, layer=layers))
+    assert at.split_layer(loaded) == layers  # the whole model below the split
+    above = attrs.evolve(space, options=attrs.evolve(space.options, layer=layers + 1))
+    with pytest.raises(automr.AutomrError, match=f"outside 0..{layers}"):
+        above.split_layer(loaded)
+
+
+@pytest.mark.parametrize("name", ["sasrec:l2", "pop:constrained", "bigrec", "bigrec:nope"])
+def test_a_kind_is_named_with_a_grounder_exactly_when_it_takes_one(name):
+    from automr.methods import parse_method
+
+    with pytest.raises(automr.AutomrError, match="unknown method"):
+        parse_method(name)
