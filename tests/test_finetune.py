@@ -105,10 +105,12 @@ def quick_config(**overrides) -> FinetuneConfig:
 
 
 @pytest.mark.parametrize("field", [dict(lora_alpha=0), dict(lora_alpha=-16),
-                                   dict(weight_decay=-0.1)])
+                                   dict(weight_decay=-0.1), dict(max_train_samples=0),
+                                   dict(max_train_samples=-2)])
 def test_config_refuses_a_scale_that_trains_nothing_or_a_negative_decay(field):
     """LoRA's update is scaled by alpha / r: alpha 0 trained nothing, silently; AdamW refused a
-    negative weight decay only once the model and data were loaded, as a raw ValueError."""
+    negative weight decay only once the model and data were loaded, as a raw ValueError; a
+    training subset of 0 was refused then too, as 'the dataset has no training samples'."""
     with pytest.raises(ValueError, match=next(iter(field))):
         FinetuneConfig(**field)
 

@@ -57,7 +57,8 @@ class FinetuneConfig:
     weight_decay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    max_train_samples: int | None = 512
+    max_train_samples: int | None = attrs.field(
+        default=512, validator=attrs.validators.optional(attrs.validators.gt(0)))
     """A seeded subset of this many training samples (None: all of them)."""
     max_valid_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
     """A seeded subset of this many validation samples, for the validation NLL."""
