@@ -285,3 +285,28 @@ def test_validation_joins_memory_at_layer_l_with_or_without_the_lower_cache(spac
     cached, plain = ([r["initial_valid_nll"], *(e["valid_nll"] for e in r["evaluations"])]
                      for r in records)
     assert plain == pytest.approx(cached, abs=1e-5)
+
+
+@pytest.mark.parametrize("combiner", ["concat", "prepend-token"])
+@pytest.mark.parametrize("retrieval", ["random", "semantic"])
+def test_the_joined_memory_is_visible_exactly_in_the_rows_drawn(space, combiner, retrieval):
+    """In a batch mixing both kinds of rows, the insert joins unmasked memory to each drawn
+    row (its element's tokens for concat, one key for prepend-token) and only masked slots to
+    the others: checked on the states themselves, as the tiny model's loss barely moves."""
+    loaded, examples, store = space["loaded"], space["examples"], space["memory"]
+    memory = inserts(space, share=0.5, retrieval=retrieval, combiner=combiner)
+    draws = [memory.drawn(i, 0)[0] for i in range(len(examples))]
+    assert any(draws) and not all(draws)
+    batch = collate(examples, loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        state = HFSplitLLM(loaded.model).lower(batch.input_ids, batch.mask, LAYER)
+    insert = memory.insert(range(len(examples)), 0)
+    assert insert is not None
+    joined = insert(state)
+    added = (joined.mask.sum(1) - state.mask.sum(1)).tolist()
+    requests = [store.request_for(s) for s in space["samples"]]
+    every = [(True, memory.drawn(i, 0)[1]) for i in range(len(examples))]  # each row's pick
+    elements = memory._elements(state, requests, every, [len(ex.prompt_ids) for ex in examples])
+    sizes = [len(store.token_states(user, start + element)) if combiner == "concat" else 1
+             for (user, _, start), element in zip(requests, elements, strict=True)]
+    assert added == [size if drawn else 0 for drawn, size in zip(draws, sizes, strict=True)]
