@@ -310,3 +310,40 @@ def test_the_joined_memory_is_visible_exactly_in_the_rows_drawn(space, combiner,
     sizes = [len(store.token_states(user, start + element)) if combiner == "concat" else 1
              for (user, _, start), element in zip(requests, elements, strict=True)]
     assert added == [size if drawn else 0 for drawn, size in zip(draws, sizes, strict=True)]
+
+
+def test_memory_aware_finetune_joins_each_batch_its_own_draw(space, monkeypatch):
+    """Every training batch is joined the draw of its own examples with the run's seed and
+    the step's epoch, every validation batch the validation examples' draw of epoch 0 (the
+    tiny model's losses barely tell: each call is checked instead)."""
+    import automr.recommenders.finetune as finetune_module
+
+    calls = []
+    plain = finetune_module.with_memory
+
+    def spy(batch, memory, indices, epoch):
+        calls.append((batch, memory, list(indices), epoch))
+        return plain(batch, memory, indices, epoch)
+
+    monkeypatch.setattr(finetune_module, "with_memory", spy)
+    config = FinetuneConfig(max_train_samples=4, max_valid_samples=4, batch_size=2, epochs=2,
+                            eval_every=2, lora_from_layer=LAYER, seed=5,
+                            memory=MemoryTraining(share=0.5))
+    finetune(load_model(str(space["root"] / "model"), device="cpu"), space["dataset"],
+             space["root"] / "wired", config, progress=False, memory=space["memory"])
+    dataset, tokenizer = space["dataset"], space["loaded"].tokenizer
+    valid = {s.id for s in dataset.samples("valid")}
+    train_epochs, valid_calls = [], 0
+    for batch, memory, indices, epoch in calls:
+        assert memory is not None and memory.seed == 5
+        for row, index in enumerate(indices):  # the draw is the batch's own examples'
+            ids = tokenize_sample(tokenizer, memory.samples[index], dataset.catalog,
+                                  dataset.prompt_config).input_ids
+            assert batch.input_ids[row, : len(ids)].tolist() == list(ids)
+        if memory.samples[0].id in valid:
+            valid_calls += 1
+            assert epoch == 0
+        else:
+            train_epochs.append(epoch)
+    assert train_epochs == [0, 0, 1, 1]  # 2 steps of one batch per epoch
+    assert valid_calls == 6  # 2 batches, before training and after steps 2 and 4
