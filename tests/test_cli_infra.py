@@ -676,3 +676,230 @@ def test_evaluate_help_names_every_method_kind_and_grounder():
     text = next(m.help for m in annotation.__metadata__ if getattr(m, "help", None))
     named = set(re.findall(r"[a-z][a-z0-9-]*", text))
     assert set(METHODS) <= named and set(GROUNDERS) <= named, text
+
+
+class Stop(Exception):
+    """Raised by a stand-in for a command's library call once it has recorded its arguments."""
+
+
+def recorded(calls):
+    """A stand-in for a library function: records its arguments, then stops the command."""
+    def call(*args, **keywords):
+        calls.append((args, keywords))
+        raise Stop
+
+    return call
+
+
+RUNTIME_GIVEN = ["--device", "cpu:1", "--dtype", "float16", "--cache-dir", "c"]
+RUNTIME_KEYWORDS = {"device": "cpu:1", "dtype": "float16", "cache_dir": Path("c")}
+
+
+def test_evaluate_passes_every_option_on(monkeypatch, tmp_path):
+    """Each evaluate option reaches EvalConfig's field of its name, not its default or another
+    option's value (a swapped or dropped option would go unnoticed by the results' shape)."""
+    from automr.experiments.eval_config import EvalConfig
+    from automr.methods.registry import Artifacts
+
+    calls = []
+    monkeypatch.setattr("automr.experiments.evaluate.evaluate_methods", recorded(calls))
+    result = runner.invoke(app, [
+        "evaluate", "--data", "d", "--out", "o", "--methods", "bigrec:l2,automr:l2",
+        "--finetuned", "f", "--memory", "m", "--retriever", "r", "--rella", "rl", "--trsr", "t",
+        "--model", "lm", "--combiner", "append-token", "--k", "2", "--split", "valid",
+        "--samples", "5", "--batch-size", "3", "--layer", "7", "--num-beams", "6",
+        "--exclude-seen", "--seed", "4", "--retrieval-seed", "9", "--tune-samples", "11",
+        "--reference", "automr:l2", "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    (args, keywords), = calls
+    assert args == (Path("d"), ["bigrec:l2", "automr:l2"], Path("o"), EvalConfig(
+        split="valid", max_samples=5, seed=4, batch_size=3, layer=7, num_beams=6,
+        exclude_seen=True, combiner="append-token", k=2, retrieval_seed=9, tune_samples=11,
+        reference="automr:l2"), Artifacts(model="lm", finetuned="f", memory="m",
+                                          retriever="r", rella="rl", trsr="t"))
+    assert keywords == {"progress": False, **RUNTIME_KEYWORDS}
+    calls.clear()  # 0 means all samples and the grounder's beams
+    runner.invoke(app, ["evaluate", "--data", "d", "--out", "o", "--samples", "0"])
+    config = calls[0][0][3]
+    assert (config.max_samples, config.num_beams, config.layer) == (None, None, None)
+
+
+def test_memory_build_passes_every_option_on(monkeypatch, tmp_path):
+    from automr.cli.common import Runtime
+    from automr.memory import MemoryConfig, Pooling
+
+    calls, loads = [], []
+    monkeypatch.setattr("automr.memory.build_memory", recorded(calls))
+    monkeypatch.setattr(Runtime, "load_model",
+                        lambda self, name: loads.append((name, self.keywords())) or "loaded")
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
+    result = runner.invoke(app, [
+        "memory", "build", "--data", "d", "--out", "o", "--model", "lm", "--layer", "2",
+        "--encoder", "item", "--pooling", "last", "--no-store-token-states",
+        "--storage-dtype", "float16", "--batch-size", "5", "--shard-elements", "7", "--quiet",
+        *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert loads == [("lm", RUNTIME_KEYWORDS)]
+    assert calls == [(("loaded", "dataset", 2, MemoryConfig(
+        encoder="item", pooling=Pooling(kind="last"), store_token_states=False,
+        storage_dtype="float16", shard_elements=7), Path("o")),
+        {"batch_size": 5, "progress": False})]
+
+
+def test_annotate_passes_every_option_on(monkeypatch, tmp_path):
+    from automr.annotation.run import AnnotateConfig
+    from automr.recommenders.runs import FinetunedRun
+
+    class Run:
+        def check_plain(self):
+            pass
+
+        def check_dataset(self, dataset):
+            pass
+
+        def open_memory(self, folder):
+            return self
+
+        def load(self, **keywords):
+            return keywords
+
+    calls = []
+    monkeypatch.setattr(FinetunedRun, "open", classmethod(lambda cls, path: Run()))
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
+    monkeypatch.setattr("automr.annotation.run.annotate_dataset", recorded(calls))
+    result = runner.invoke(app, [
+        "annotate", "--data", "d", "--memory", "m", "--finetuned", "f", "--out", "o",
+        "--samples", "5", "--split", "valid", "--combiner", "prepend-token",
+        "--element-batch", "3", "--element-subset", "4", "--element-seed", "6", "--seed", "7",
+        "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    (args, keywords), = calls
+    assert args[0] == RUNTIME_KEYWORDS and args[1] == "dataset" and args[3:] == (
+        Path("o"), AnnotateConfig(split="valid", max_samples=5, seed=7, combiner="prepend-token",
+                                  element_batch=3, element_subset=4, element_seed=6))
+    assert keywords == {"progress": False}
+
+
+def test_retriever_train_passes_every_option_on(monkeypatch, tmp_path):
+    from automr.retrievers import RetrieverTrainingConfig
+
+    calls = []
+    monkeypatch.setattr("automr.experiments.retriever.train_retriever", recorded(calls))
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", "a", "--data", "d", "--memory", "m", "--out",
+        "o", "--label-form", "paper", "--temperature", "0.5", "--valid-fraction", "0.3",
+        "--lr", "0.02", "--epochs", "3", "--patience", "4", "--monitor", "top1", "--seed", "5",
+        "--normalize", "--device", "cpu:1", "--quiet"])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls == [((Path("a"), Path("d"), Path("m"), Path("o"), "paper", 0.5, 0.3,
+                       RetrieverTrainingConfig(lr=0.02, max_epochs=3, patience=4,
+                                               monitor="top1", seed=5, normalize=True)),
+                      {"progress": False, "device": "cpu:1"})]
+
+
+def test_recommend_passes_every_option_on(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("automr.experiments.recommend.recommend", recorded(calls))
+    result = runner.invoke(app, [
+        "recommend", "u1", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever",
+        "r", "--top", "3", "--split", "valid", "--grounder", "l2", "--combiner",
+        "append-token", "--k", "2", "--no-exclude-seen", "--num-beams", "5", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls == [((Path("d"), "u1", Path("f"), Path("m"), Path("r"), 3, "valid", "l2",
+                       "append-token", 2, "cpu:1", Path("c"), "float16", False, 5), {})]
+    calls.clear()
+    runner.invoke(app, ["recommend", "u1", "--data", "d", "--finetuned", "f", "--memory", "m",
+                        "--retriever", "r"])
+    assert calls[0][0][-2:] == (True, None)  # exclude seen; 0 beams: the grounder's default
+
+
+def test_demo_ablate_and_rq2_pass_every_option_on(monkeypatch, tmp_path):
+    from automr.experiments.ablation import AblationConfig
+    from automr.experiments.demo import DemoConfig
+    from automr.experiments.eval_config import EvalConfig
+
+    calls = []
+    monkeypatch.setattr("automr.experiments.demo.run_demo", recorded(calls))
+    result = runner.invoke(app, [
+        "demo", "--out", "o", "--layer", "2", "--train-samples", "3", "--annotate-samples",
+        "4", "--test-samples", "5", "--likelihood-samples", "6", "--encoder", "window",
+        "--combiner", "prepend-token", "--model", "lm", "--lora-targets", "q_proj",
+        "--data", "d", "--seed", "8", "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    (args, keywords), = calls
+    assert args == (Path("o"), DemoConfig(
+        model="lm", layer=2, train_samples=3, annotate_samples=4, test_samples=5,
+        likelihood_samples=6, encoder="window", combiner="prepend-token", seed=8,
+        lora_targets=("q_proj",)))
+    assert {k: v for k, v in keywords.items() if k != "say"} == {
+        "progress": False, "dataset_dir": Path("d"), **RUNTIME_KEYWORDS}
+    calls.clear()
+    monkeypatch.setattr("automr.experiments.ablation.run_ablation", recorded(calls))
+    result = runner.invoke(app, [
+        "ablate", "--data", "d", "--finetuned", "f", "--out", "o", "--encoders", "window",
+        "--layers", "1,2", "--combiners", "concat", "--retrievers", "mlp,oracle",
+        "--train-samples", "3", "--test-samples", "4", "--label-form", "paper",
+        "--temperature", "0.5", "--seed", "6", "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    (args, keywords), = calls
+    assert args == (Path("d"), Path("f"), Path("o"), AblationConfig(
+        encoders=("window",), layers=(1, 2), combiners=("concat",),
+        retrievers=("mlp", "oracle"), train_samples=3, test_samples=4, label_form="paper",
+        temperature=0.5, seed=6))
+    assert {k: v for k, v in keywords.items() if k != "say"} == {
+        "progress": False, **RUNTIME_KEYWORDS}
+    calls.clear()
+    monkeypatch.setattr("automr.experiments.rq2.run_rq2", recorded(calls))
+    result = runner.invoke(app, [
+        "rq2", "--data", "d", "--out", "o", "--finetuned", "f", "--memory", "m",
+        "--retriever", "r1", "--retriever", "r2", "--seeds", "1-2,5", "--grounder", "l2",
+        "--samples", "3", "--seed", "4", "--num-beams", "5", "--combiner", "append-token",
+        "--k", "2", "--exclude-seen", "--batch-size", "6", "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    (args, keywords), = calls
+    assert args == (Path("d"), Path("o"))
+    assert {k: v for k, v in keywords.items() if k != "say"} == {
+        "finetuned": Path("f"), "memory": Path("m"), "retrievers": [Path("r1"), Path("r2")],
+        "seeds": [1, 2, 5], "grounder": "l2", "progress": False, "config": EvalConfig(
+            max_samples=3, seed=4, batch_size=6, num_beams=5, combiner="append-token", k=2,
+            exclude_seen=True), **RUNTIME_KEYWORDS}
+
+
+def test_finetune_passes_every_option_on(monkeypatch, tmp_path):
+    from automr.cli.common import Runtime
+    from automr.contexts.spec import ContextSpec
+    from automr.memory import MemoryStore
+    from automr.recommenders.finetune_config import FinetuneConfig, MemoryTraining
+
+    calls, loads = [], []
+    monkeypatch.setattr("automr.recommenders.finetune.finetune", recorded(calls))
+    monkeypatch.setattr(Runtime, "load_model",
+                        lambda self, name: loads.append((name, self.keywords())) or "loaded")
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
+    monkeypatch.setattr(MemoryStore, "open", classmethod(lambda cls, folder: ("memory", folder)))
+    result = runner.invoke(app, [
+        "finetune", "--data", "d", "--out", "o", "--model", "lm", "--train-samples", "3",
+        "--valid-samples", "4", "--epochs", "5", "--batch-size", "6", "--grad-accum", "7",
+        "--lr", "0.02", "--warmup-steps", "8", "--schedule", "cosine", "--max-grad-norm",
+        "0.5", "--lora-r", "9", "--lora-alpha", "10", "--lora-dropout", "0.1",
+        "--lora-targets", "q_proj,v_proj", "--lora-from-layer", "2", "--loss-on", "sequence",
+        "--cache-lower", "--eval-every", "11", "--checkpoint-every", "12", "--autocast",
+        "bf16", "--patience", "13", "--seed", "14", "--context", "trsr", "--context-k", "15",
+        "--trsr-block-size", "16", "--trsr-max-blocks", "17", "--trsr-mode", "hierarchical",
+        "--trsr-max-new-tokens", "18", "--memory", "m", "--memory-share", "0.25",
+        "--memory-retrieval", "semantic", "--memory-combiner", "prepend-token", "--quiet",
+        *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert loads == [("lm", RUNTIME_KEYWORDS)]
+    (args, keywords), = calls
+    assert args == ("loaded", "dataset", Path("o"), FinetuneConfig(
+        max_train_samples=3, max_valid_samples=4, epochs=5, batch_size=6, grad_accum=7,
+        lr=0.02, warmup_steps=8, schedule="cosine", max_grad_norm=0.5, lora_r=9,
+        lora_alpha=10, lora_dropout=0.1, target_modules=("q_proj", "v_proj"),
+        lora_from_layer=2, loss_on="sequence", cache_lower=True, eval_every=11,
+        checkpoint_every=12, autocast="bf16", patience=13, seed=14, context=ContextSpec(
+            kind="trsr", k=15, block_size=16, max_blocks=17, mode="hierarchical",
+            max_new_tokens=18),
+        memory=MemoryTraining(share=0.25, retrieval="semantic", combiner="prepend-token")))
+    assert keywords == {"progress": False, "cache_dir": Path("c"),
+                        "memory": ("memory", Path("m"))}
