@@ -162,3 +162,29 @@ def test_shared_titles_and_small_splits_get_a_note(tmp_path):
     assert "note: few samples (train " in result.output
     merged = runner.invoke(app, [*args, "--out", str(tmp_path / "merged"), "--merge-same-title"])
     assert merged.exit_code == 0 and "items share" not in merged.output, merged.output
+
+
+def test_ml_100k_passes_its_source_cache_and_window_on(monkeypatch, tmp_path):
+    """--cache-dir, --source, --start/--end (a date or auto) and --min-history reach the
+    library call, over ML-100K's preset protocol."""
+    import datetime as dt
+    from pathlib import Path
+
+    import attrs
+
+    from automr.data import ProtocolConfig
+
+    calls = []
+
+    def prepare(out, **keywords):
+        calls.append((out, keywords))
+        raise KeyboardInterrupt  # stop before the statistics
+
+    monkeypatch.setattr("automr.cli.data.prepare_movielens_100k", prepare)
+    runner.invoke(app, ["data", "prepare", "ml-100k", "--out", "o", "--cache-dir", "c",
+                        "--source", "s", "--start", "1997-10-01", "--end", "auto",
+                        "--min-history", "2"])
+    assert calls == [(Path("o"), {"cache_dir": Path("c"), "source": Path("s"), "protocol":
+                                  attrs.evolve(ProtocolConfig.movielens_100k(),
+                                               start=dt.date(1997, 10, 1), end=None,
+                                               min_history=2)})]
