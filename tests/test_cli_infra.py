@@ -572,6 +572,22 @@ def test_only_os_errors_about_a_path_become_one_line(error, line):
     assert path_error(error, [Path("p/o"), Path("o")]) == line
 
 
+class StandInRun:
+    """A fine-tuned run whose checks pass, its memory itself, its load the keywords given."""
+
+    def check_plain(self):
+        pass
+
+    def check_dataset(self, dataset):
+        pass
+
+    def open_memory(self, folder):
+        return self  # a memory whose dataset check passes, too
+
+    def load(self, **keywords):
+        return keywords
+
+
 def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(monkeypatch,
                                                                             tmp_path):
     """Eq. 5's gains are small differences of log-likelihoods that bfloat16 moves (measured
@@ -586,16 +602,7 @@ def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(mo
     assert Runtime(dtype="auto").keywords()["dtype"] == "auto"
     loads = []
 
-    class Run:
-        def check_plain(self):
-            pass
-
-        def check_dataset(self, dataset):
-            pass
-
-        def open_memory(self, folder):
-            return self  # a memory whose dataset check passes, too
-
+    class Run(StandInRun):
         def load(self, **keywords):
             loads.append(keywords)
             raise AutomrError("stop here")
@@ -691,6 +698,19 @@ def recorded(calls):
     return call
 
 
+def recorded_with_loads(monkeypatch, target: str) -> tuple[list, list]:
+    """``target`` recorded (:func:`recorded`), the model load recorded with the runtime's
+    keywords and the dataset load a stand-in: ``(calls, loads)``."""
+    from automr.cli.common import Runtime
+
+    calls, loads = [], []
+    monkeypatch.setattr(target, recorded(calls))
+    monkeypatch.setattr(Runtime, "load_model",
+                        lambda self, name: loads.append((name, self.keywords())) or "loaded")
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
+    return calls, loads
+
+
 RUNTIME_GIVEN = ["--device", "cpu:1", "--dtype", "float16", "--cache-dir", "c"]
 RUNTIME_KEYWORDS = {"device": "cpu:1", "dtype": "float16", "cache_dir": Path("c")}
 
@@ -725,14 +745,9 @@ def test_evaluate_passes_every_option_on(monkeypatch, tmp_path):
 
 
 def test_memory_build_passes_every_option_on(monkeypatch, tmp_path):
-    from automr.cli.common import Runtime
     from automr.memory import MemoryConfig, Pooling
 
-    calls, loads = [], []
-    monkeypatch.setattr("automr.memory.build_memory", recorded(calls))
-    monkeypatch.setattr(Runtime, "load_model",
-                        lambda self, name: loads.append((name, self.keywords())) or "loaded")
-    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
+    calls, loads = recorded_with_loads(monkeypatch, "automr.memory.build_memory")
     result = runner.invoke(app, [
         "memory", "build", "--data", "d", "--out", "o", "--model", "lm", "--layer", "2",
         "--encoder", "item", "--pooling", "last", "--no-store-token-states",
@@ -750,21 +765,8 @@ def test_annotate_passes_every_option_on(monkeypatch, tmp_path):
     from automr.annotation.run import AnnotateConfig
     from automr.recommenders.runs import FinetunedRun
 
-    class Run:
-        def check_plain(self):
-            pass
-
-        def check_dataset(self, dataset):
-            pass
-
-        def open_memory(self, folder):
-            return self
-
-        def load(self, **keywords):
-            return keywords
-
     calls = []
-    monkeypatch.setattr(FinetunedRun, "open", classmethod(lambda cls, path: Run()))
+    monkeypatch.setattr(FinetunedRun, "open", classmethod(lambda cls, path: StandInRun()))
     monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
     monkeypatch.setattr("automr.annotation.run.annotate_dataset", recorded(calls))
     result = runner.invoke(app, [
@@ -866,16 +868,11 @@ def test_demo_ablate_and_rq2_pass_every_option_on(monkeypatch, tmp_path):
 
 
 def test_finetune_passes_every_option_on(monkeypatch, tmp_path):
-    from automr.cli.common import Runtime
     from automr.contexts.spec import ContextSpec
     from automr.memory import MemoryStore
     from automr.recommenders.finetune_config import FinetuneConfig, MemoryTraining
 
-    calls, loads = [], []
-    monkeypatch.setattr("automr.recommenders.finetune.finetune", recorded(calls))
-    monkeypatch.setattr(Runtime, "load_model",
-                        lambda self, name: loads.append((name, self.keywords())) or "loaded")
-    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: "dataset"))
+    calls, loads = recorded_with_loads(monkeypatch, "automr.recommenders.finetune.finetune")
     monkeypatch.setattr(MemoryStore, "open", classmethod(lambda cls, folder: ("memory", folder)))
     result = runner.invoke(app, [
         "finetune", "--data", "d", "--out", "o", "--model", "lm", "--train-samples", "3",
