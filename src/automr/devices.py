@@ -13,14 +13,17 @@ from automr.errors import AutomrError
 DEVICE_CHOICES = "auto, cpu, mps or cuda[:N]"
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``mps`` or ``cuda[:N]`` as given,
-    once checked to exist here. Anything else is refused with the choices. Under a launcher
-    (``torchrun``), ``auto`` and ``cuda`` are this process's GPU, ``cuda:LOCAL_RANK``; a GPU
-    named by its index is the one every process takes (a scheduler that shows each process
-    its own GPU alone, as SLURM's ``--gpus-per-task`` does, wants ``cuda:0``)."""
+    once checked to exist here; a ``torch.device`` as it is. Anything else is refused with the
+    choices. Under a launcher (``torchrun``), ``auto`` and ``cuda`` are this process's GPU,
+    ``cuda:LOCAL_RANK``; a GPU named by its index is the one every process takes (a scheduler
+    that shows each process its own GPU alone, as SLURM's ``--gpus-per-task`` does, wants
+    ``cuda:0``)."""
     from automr import distributed
 
+    if isinstance(device, torch.device):
+        return device
     if device in ("auto", "cuda") and torch.cuda.is_available() and distributed.launched():
         if distributed.local_rank() >= torch.cuda.device_count():
             raise AutomrError(f"process LOCAL_RANK={distributed.local_rank()} has no GPU of its "

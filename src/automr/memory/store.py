@@ -83,7 +83,7 @@ class MemoryStore:
         keys are returned, as :func:`~automr.devices.resolve_device` takes it (``auto``,
         ``cpu``, ``mps``, ``cuda[:N]``; one not here is refused) or a ``torch.device``.
         """
-        device = device if isinstance(device, torch.device) else resolve_device(device)
+        device = resolve_device(device)
         folder = home_path(folder)
         record = MemoryRecord.read(folder)
         record.check(folder, expect_fingerprint, expect_layer)

@@ -24,8 +24,7 @@ class SASRecMethod:
     dataset: PreparedDataset
     config: SASRecConfig = attrs.field(factory=SASRecConfig)
     progress: bool = False
-    device: torch.device = attrs.field(default="cpu", converter=lambda device: (
-        device if isinstance(device, torch.device) else resolve_device(device)))
+    device: torch.device = attrs.field(default="cpu", converter=resolve_device)
     saved: Path | None = None
     """Where the trained model is kept: loaded from there when it was saved, else trained and
     saved there, so a resumed evaluation ranks with the model its first shards used (CUDA

@@ -79,7 +79,7 @@ def load_retriever(
     ``store.record.provenance()``, the model, layer, encoder and pooling of the keys it
     will score; ``load_retriever_for`` in :mod:`automr.recommenders.automr` does this).
     """
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = resolve_device(device)
     kind = read_config(directory).get("kind")
     if kind not in RETRIEVERS:
         raise AutomrError(f"{directory} holds an unknown retriever kind {kind!r}; known: "
