@@ -10,7 +10,11 @@ from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.evaluation import EvaluationFolder, build_report, combine_folders, evaluate
 from automr.evaluation import folder as folder_module
-from automr.evaluation.likelihood import build_likelihood_report, compare_likelihoods
+from automr.evaluation.likelihood import (
+    LikelihoodReport,
+    build_likelihood_report,
+    compare_likelihoods,
+)
 from automr.evaluation.report import compare_reports
 
 SAMPLES = [Sample(user=f"u{i}", target="t", timestamp=100 + i, recent=("a",),
@@ -88,6 +92,21 @@ def test_likelihood_intervals_are_the_bootstraps_asked_for():
 def test_a_likelihood_report_refuses_a_target_of_no_token():
     with pytest.raises(AutomrError, match="no token"):
         build_likelihood_report("a", ["s0", "s1"], [(-1.0, 2), (0.0, 0)])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_a_likelihood_report_refuses_a_value_that_is_not_finite(tmp_path, value):
+    """`evaluate` refuses such a value from a method; a report built directly failed in its
+    interval ("low nan exceeds high nan", for -inf too), and one loaded from a file took it."""
+    with pytest.raises(AutomrError, match="not a finite number"):
+        build_likelihood_report("a", ["s0", "s1"], [(-1.0, 2), (value, 2)], n_resamples=10)
+    build_likelihood_report("a", ["s0", "s1"], [(-1.0, 2), (-2.0, 2)],
+                            n_resamples=10).save(tmp_path / "a.json")
+    saved = json.loads((tmp_path / "a.json").read_text())
+    saved["samples"][1]["log_likelihood"] = value
+    (tmp_path / "a.json").write_text(json.dumps(saved))
+    with pytest.raises(AutomrError, match="not a finite number"):
+        LikelihoodReport.load(tmp_path / "a.json")
 
 
 def test_likelihood_reports_of_other_samples_are_not_compared():

@@ -7,6 +7,7 @@ value (``target_ll_per_token``). Paired differences resolve effects far smaller 
 counts can: this is the quantity eq. 5 optimises.
 """
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class LikelihoodReport:
             raise AutomrError(f"likelihood report {self.method!r} has duplicate sample ids")
         if any(n < 1 for n in self.tokens):
             raise AutomrError(f"likelihood report {self.method!r}: a target has no token")
+        if not all(math.isfinite(v) for v in self.log_likelihoods):
+            raise AutomrError(f"likelihood report {self.method!r} holds a log-likelihood that "
+                              f"is not a finite number")
 
     def values(self) -> dict[str, torch.Tensor]:
         """Per-sample values of each metric, in ``sample_ids`` order."""
