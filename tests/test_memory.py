@@ -382,8 +382,9 @@ def test_padded_keys_and_bad_requests(built):
     assert built.view("nobody", 0).keys.shape == (0, built.hidden_size)
     with pytest.raises(AutomrError, match="has 0 memory elements"):
         built.view("nobody", 1)
-    with pytest.raises(AutomrError, match="memory elements"):
+    with pytest.raises(AutomrError, match="memory elements") as too_many:
         built.view(users[0], built.count(users[0]) + 1)
+    assert "other data" not in str(too_many.value)  # the request, not the memory, is wrong
 
 
 # -- storage ----------------------------------------------------------------------------------

@@ -219,9 +219,8 @@ class MemoryStore:
         entry = self.index.users.get(user)
         have = 0 if entry is None else len(entry.items)
         if start + count > have:
-            raise AutomrError(f"user {user!r} has {have} memory elements, but elements "
-                              f"{start}..{start + count - 1} were asked for; the memory in "
-                              f"{self.folder} was built from other data.")
+            raise AutomrError(f"user {user!r} has {have} memory elements in {self.folder}, "
+                              f"but elements {start}..{start + count - 1} were asked for")
         return entry
 
     def _handle(self, shard: int) -> Any:
