@@ -13,7 +13,7 @@ from automr.cli.main import app
 from automr.data.records import Sample
 from automr.errors import AutomrError
 from automr.evaluation import EvaluationFolder, build_report, combine_folders
-from automr.evaluation.folder import recomputed_means
+from automr.evaluation.folder import open_evaluation, recomputed_means
 from automr.evaluation.likelihood import build_likelihood_report
 
 IDS = [f"u{i}@{i}:x" for i in range(8)]
@@ -136,6 +136,12 @@ def test_different_samples_or_a_missing_method_are_refused(tmp_path):
     bad = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",
                                    f"{a}/m"])
     assert bad.exit_code != 0 and "NAME=FOLDER/METHOD" in bad.output
+
+
+def test_open_evaluation_refuses_a_path_that_does_not_exist(tmp_path):
+    """It gave an empty EvaluationFolder whose split() answered 'test' for any method."""
+    with pytest.raises(AutomrError, match="does not exist"):
+        open_evaluation(tmp_path / "nowhere")
 
 
 def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):

@@ -498,6 +498,9 @@ class ExportedEvaluation:
 
 def open_evaluation(path: Path | str) -> "EvaluationFolder | ExportedEvaluation":
     """An evaluation to read: a folder (``automr evaluate --out``) or its export (a file)."""
+    if not Path(path).exists():
+        raise AutomrError(f"{path} does not exist: an evaluation to read is a folder "
+                          f"(automr evaluate --out) or its export (automr export)")
     return ExportedEvaluation.open(path) if Path(path).is_file() else EvaluationFolder(path)
 
 
