@@ -9,6 +9,7 @@ import torch
 import automr
 from automr.data import tokenize_sample
 from automr.grounding import LikelihoodGrounder, dataset_targets
+from automr.interfaces import Combiner, Grounder, PromptContext, Retriever, require
 from automr.memory import Backbone, LayerEncoder, MemoryConfig, build_memory
 from automr.retrievers import SemanticRetriever
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
@@ -110,3 +111,18 @@ def test_a_component_given_by_name_is_refused_at_once(workspace, given):
     parts = {"retriever": SemanticRetriever(), "combiner": automr.AppendToken(), given: "x"}
     with pytest.raises(automr.AutomrError, match=f"the {given} is not a"):
         automr.MemoryRetrieval(store, parts["retriever"], parts["combiner"])
+
+
+@pytest.mark.parametrize(("protocol", "needs"), [
+    (Retriever, "scores(query, keys, mask)"),
+    (Combiner, "uses_token_states and combine(query, memory)"),
+    (Grounder, "rank(llm, input_ids, attention_mask, layer, insert)"),
+    (PromptContext, "config and texts(samples)")])
+def test_a_refused_component_is_told_what_its_protocol_needs(protocol, needs):
+    """The one-line refusal lists the Protocol's members with their arguments (read from the
+    Protocol, so it cannot fall behind it) and how to get a real one; one of the shape passes."""
+    with pytest.raises(automr.AutomrError) as refused:
+        require("semantic", protocol, "part", "a built-in one by name is X")
+    assert str(refused.value) == (f"the part is not a {protocol.__name__}: it needs {needs} "
+                                  f"(got a str; a built-in one by name is X)")
+    require(SemanticRetriever(), Retriever, "retriever", "")

@@ -13,6 +13,7 @@ Shapes use the axis vocabulary of :mod:`automr.types`. Implementations check the
 time with jaxtyping + beartype.
 """
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -22,6 +23,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.errors import AutomrError
 from automr.state import LayerState
 from automr.types import Positions, TokenIds, TokenMask
 
@@ -303,3 +305,16 @@ class Explained(Protocol):
 
     def details(self) -> Mapping[str, Mapping[str, Any]]:
         """``{kind: {sample id: value}}`` of the samples ranked so far."""
+
+
+def require(value: object, protocol: type, role: str, instead: str) -> None:
+    """Refuse ``value`` (the ``role`` a caller gave it) unless it has ``protocol``'s shape,
+    in one line that lists what the shape needs and ``instead``, how to get a real one: a
+    registry name or a wrong object would otherwise fail at its first use, mid-run."""
+    if isinstance(value, protocol):
+        return
+    needs = [name if isinstance(member, property) else
+             f"{name}({', '.join(list(inspect.signature(member).parameters)[1:])})"
+             for name, member in vars(protocol).items() if not name.startswith("_")]
+    raise AutomrError(f"the {role} is not a {protocol.__name__}: it needs "
+                      f"{' and '.join(needs)} (got a {type(value).__name__}; {instead})")

@@ -31,7 +31,7 @@ from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.interfaces import Combiner, MemoryTokens
+from automr.interfaces import Combiner, MemoryTokens, require
 from automr.llm.loading import LoadedModel, dtype_name
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
@@ -121,10 +121,9 @@ def annotate_dataset(
                           f"chosen has a memory element to annotate (every history fits in "
                           f"the recent items)")
     store.check_dataset(dataset)
-    if combiner is not None and not isinstance(combiner, Combiner):
-        raise AutomrError(f"the combiner is not a Combiner: it needs uses_token_states and "
-                          f"combine(query, memory) (got a {type(combiner).__name__}; a built-in "
-                          f"one by name is AnnotateConfig(combiner=name))")
+    if combiner is not None:
+        require(combiner, Combiner, "combiner",
+                "a built-in one by name is AnnotateConfig(combiner=name)")
     named = config.combiner if combiner is None else next(
         (name for name, built_in in COMBINERS.items() if type(combiner) is built_in),
         f"{type(combiner).__module__}.{type(combiner).__qualname__}")

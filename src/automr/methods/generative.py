@@ -18,7 +18,7 @@ from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores, seen_mask
 from automr.grounding.l2 import L2Grounder
 from automr.grounding.likelihood import target_log_likelihoods
-from automr.interfaces import Grounder, PromptContext
+from automr.interfaces import Grounder, PromptContext, require
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
 from automr.progress import Progress
@@ -92,16 +92,11 @@ class GenerativeMethod:
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.grounder, Grounder):
-            raise AutomrError(f"the grounder is not a Grounder: it needs rank(llm, input_ids, "
-                              f"attention_mask, layer, insert) (got a "
-                              f"{type(self.grounder).__name__}; a built-in one by name is "
-                              f"automr.build_grounder(name, loaded, dataset, fingerprint))")
-        if self.context is not None and not isinstance(self.context, PromptContext):
-            raise AutomrError(f"the context is not a PromptContext: it needs config and "
-                              f"texts(samples) (got a {type(self.context).__name__}; a "
-                              f"fine-tune's is automr.contexts.build_context(run.context, "
-                              f"...))")
+        require(self.grounder, Grounder, "grounder", "a built-in one by name is "
+                "automr.build_grounder(name, loaded, dataset, fingerprint)")
+        if self.context is not None:
+            require(self.context, PromptContext, "context",
+                    "a fine-tune's is automr.contexts.build_context(run.context, ...)")
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
             raise AutomrError(f"the memory holds layer-{self.retrieval.store.layer} states; it "
                               f"cannot be joined at layer {self.layer}")

@@ -12,7 +12,7 @@ import torch
 from automr.combiners import pad_memory
 from automr.data import Sample
 from automr.errors import AutomrError
-from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever
+from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever, require
 from automr.memory import MemoryStore
 from automr.retrievers import load_retriever, retrieved_memory, top_k
 from automr.state import LayerState
@@ -37,14 +37,10 @@ class MemoryRetrieval:
     retrieved: list[list[int]] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.retriever, Retriever):
-            raise AutomrError(f"the retriever is not a Retriever: it needs scores(query, keys, "
-                              f"mask) (got a {type(self.retriever).__name__}; a built-in one "
-                              f"by name is automr.build_retriever(name, store.hidden_size))")
-        if not isinstance(self.combiner, Combiner):
-            raise AutomrError(f"the combiner is not a Combiner: it needs uses_token_states and "
-                              f"combine(query, memory) (got a {type(self.combiner).__name__}; a "
-                              f"built-in one by name is automr.COMBINERS[name]())")
+        require(self.retriever, Retriever, "retriever", "a built-in one by name is "
+                "automr.build_retriever(name, store.hidden_size)")
+        require(self.combiner, Combiner, "combiner",
+                "a built-in one by name is automr.COMBINERS[name]()")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise AutomrError(f"k must be an int >= 1 (elements retrieved per sample), got "
                               f"{self.k!r}: k=0 would insert nothing, which is BIGRec")
