@@ -191,10 +191,12 @@ def test_a_finetune_of_another_dataset_is_refused(workspace, tmp_path):
     ({"top": -5}, "--top must be >= 1"), ({"top": 0}, "--top must be >= 1"),
     ({"k": 0}, "--k must be >= 1"), ({"num_beams": -1}, "--num-beams must be >= 0"),
     ({"grounder": "constrained-pop"}, "recommend grounds with l2, constrained, likelihood, "
-                                      "not 'constrained-pop'")])
+                                      "not 'constrained-pop'"),
+    ({"grounder": "likelihood", "num_beams": 5}, "--num-beams 5 has no use with the "
+                                                "likelihood grounder")])
 def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
-    """--top -5 showed 11 items, --top 0 none, --k 0 ran without memory, and negative beams
-    were a traceback."""
+    """--top -5 showed 11 items, --top 0 none, --k 0 ran without memory, negative beams
+    were a traceback, and beams given to the likelihood grounder were ignored."""
     from automr.errors import AutomrError
     from automr.experiments.recommend import recommend
 

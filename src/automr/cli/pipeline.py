@@ -268,7 +268,8 @@ def recommend_command(
         help="Leave the sample's history (the user's latest max_history items, 100 by "
              "default: older ones stay) out of the list, as evaluate --exclude-seen.")] = True,
     num_beams: Annotated[int, typer.Option(
-        help="Beams, as evaluate's (0 = grounder default: 4 for l2, 10 for constrained).")] = 0,
+        help="Beams, as evaluate's (0 = grounder default: 4 for l2, 10 for constrained; "
+             "likelihood generates none).")] = 0,
     *, runtime: Runtime,
 ) -> None:
     """A user's top items from AutoMR and the memory elements it retrieved (item, date)."""

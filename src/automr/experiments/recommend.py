@@ -107,6 +107,9 @@ def recommend(
         raise AutomrError(f"recommend grounds with {', '.join(RECOMMEND_GROUNDERS)}, not "
                           f"{grounder!r} (a grounder with a prior is tuned on validation "
                           f"samples by automr evaluate)")
+    if grounder == "likelihood" and num_beams:
+        raise AutomrError(f"--num-beams {num_beams} has no use with the likelihood grounder: "
+                          f"it scores every title, generating none")
     dataset = PreparedDataset.load(dataset_dir)
     sample = latest_sample(dataset, user, split)
     run = FinetunedRun.open(finetuned)
