@@ -200,6 +200,9 @@ def main() -> None:
                         help="titles whose prefixes both tries must answer alike")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    for name in ("titles", "repeats", "check"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     result = bench_trie(args.titles, args.repeats, args.check)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trie-cpu.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -369,3 +369,22 @@ def test_the_likelihood_script_counts_the_opening_tokens_it_runs_once(workspace)
                for s in seeded_subset(dataset.samples("test"), 2, 0)]
     assert opening(1) == 0
     assert opening(2) == common_prefix(prompts) >= 8
+
+
+@pytest.mark.parametrize("option", ["--titles", "--repeats", "--check"])
+def test_the_trie_script_refuses_a_count_below_one(tmp_path, monkeypatch, capsys, option):
+    """``--titles 0`` crashed on an empty catalog, ``--repeats 0`` in a traceback, and
+    ``--check 0`` printed a table whose tries were never compared (0 equal answers)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "trie.py"
+    spec = importlib.util.spec_from_file_location("trie_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["trie.py", "--out", str(tmp_path), option, "0"])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert stopped.value.code == 2 and not any(tmp_path.iterdir())
+    assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
