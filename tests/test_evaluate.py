@@ -204,6 +204,31 @@ def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
         recommend("no-data", "u", "no-ft", "no-memory", "no-retriever", **keywords)
 
 
+def test_recommend_checks_the_memory_before_it_loads_the_model(workspace, tmp_path,
+                                                             monkeypatch):
+    """A missing memory folder was told only once the fine-tuned model had loaded (minutes
+    for a 7B model); the run's records are checked, then the memory, then the model loads."""
+    from automr.data.fingerprint import dataset_fingerprint
+    from automr.errors import AutomrError
+    from automr.experiments.recommend import latest_sample, recommend
+    from automr.recommenders.runs import FinetunedRun
+
+    prepared = PreparedDataset.load(workspace / "prepared")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "finetune.json").write_text(json.dumps({
+        "model": str(workspace / "model"), "model_fingerprint": "0" * 64,
+        "data_fingerprint": dataset_fingerprint(prepared), "config": {"lora_from_layer": 0}}))
+    loads = []
+    monkeypatch.setattr(FinetunedRun, "load", lambda *args, **kwargs: loads.append(args))
+    user = prepared.samples("test")[0].user
+    assert latest_sample(prepared, user, "test")
+    with pytest.raises(AutomrError, match="no-memory"):
+        recommend(workspace / "prepared", user, run, tmp_path / "no-memory", "no-retriever",
+                  device="cpu")
+    assert not loads
+
+
 def test_recommend_names_the_true_item_its_rank_and_dates():
     """The output showed raw Unix times and, with the true item below the list, only a rank
     (counted from 1 where rq3 counts from 0, without saying so)."""

@@ -9,6 +9,7 @@ import torch
 
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
+from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.grounding import build_grounder
 from automr.grounding.l2 import L2Grounder, rank_by_distance
@@ -115,11 +116,12 @@ def recommend(
     run = FinetunedRun.open(finetuned)
     run.check_plain()  # as automr evaluate's automr:G: a baseline's fine-tune wants its context
     run.check_dataset(dataset)
-    loaded = run.load(device=device, dtype=dtype, cache_dir=cache_dir)
-    store = run.open_memory(memory, device=str(loaded.model.device))
+    where = str(resolve_device(device))  # memory and retriever checked before the model loads
+    store = run.open_memory(memory, device=where)
     store.check_dataset(dataset)
     retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever, combiner),
                                 COMBINERS[combiner](), k=k)
+    loaded = run.load(device=where, dtype=dtype, cache_dir=cache_dir)
     ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,
                             num_beams=num_beams, cache_dir=cache_dir, progress=False)
     ids, mask = left_padded_prompts(loaded, dataset, [sample])
