@@ -292,6 +292,17 @@ def test_retriever_scores_keep_the_bootstrap_seed_asked_for(workspace):
     assert scores.to_json()["seed"] == 4
 
 
+def test_retriever_scores_refuse_a_random_seed_given_twice(workspace):
+    """`--seeds 0,0,0` drew seed 0 once and reported "over 3 seeds ... ± 0.000" and a retriever
+    "above 3 of 3 seeds"; RQ2 refuses repeated seeds the same way."""
+    from automr.experiments.retriever import score_retrievers
+
+    root = workspace["root"]
+    with pytest.raises(AutomrError, match="must be distinct"):
+        score_retrievers(workspace["folders"]["three"], root / "prepared", root / "mem", {},
+                         random_seeds=[0, 1, 0], n_resamples=20)
+
+
 def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tmp_path):
     from typer.testing import CliRunner
 

@@ -243,6 +243,9 @@ def score_retrievers(
     if reserved:
         raise AutomrError(f"the names {', '.join(reserved)} are the reference rows' (oracle, "
                           f"random, random seed S); name the retrievers otherwise")
+    random_seeds = list(random_seeds)
+    if len(set(random_seeds)) != len(random_seeds):  # one draw counted as several seeds
+        raise AutomrError(f"the random retrieval seeds must be distinct, got {random_seeds}")
     annotations, data = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form)
     gains = element_gains(annotations)
     best = torch.tensor([float(g.max()) for g in gains], dtype=torch.float64)
