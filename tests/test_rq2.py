@@ -354,6 +354,23 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
         parse_seeds("3-1")
 
 
+def test_rq2_refuses_a_retriever_given_twice(workspace, tmp_path, monkeypatch):
+    """`--retriever R --retriever R` ranked R twice (automr-0, automr-1) and counted it as two
+    retrievers in AutoMR's box and in the AutoMR-above-random pair counts."""
+    import automr.experiments.rq2 as rq2
+
+    def ran(*_args, **_kwargs):
+        raise AssertionError("an evaluation ran")
+
+    monkeypatch.setattr(rq2, "evaluate_methods", ran)
+    twice = [workspace / "ret-0", workspace / "." / "ret-0"]
+    with pytest.raises(AutomrError, match=r"distinct retrievers; .*ret-0 is given more than"):
+        run_rq2(workspace / "prepared", tmp_path / "twice", finetuned=workspace / "ft",
+                memory=workspace / "mem", retrievers=twice, seeds=[0], grounder="likelihood",
+                config=CONFIG, device="cpu", progress=False, say=lambda _: None)
+    assert not (tmp_path / "twice").exists()
+
+
 def test_rq2_refuses_an_out_holding_another_artifact(workspace, tmp_path):
     """--out swapped with --data: its runs would be written beside the dataset's files."""
     data = shutil.copytree(workspace / "prepared", tmp_path / "data")

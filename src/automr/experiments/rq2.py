@@ -33,6 +33,7 @@ from automr.experiments.plotting import metric_label, new_figure, require_matplo
 from automr.llm.loading import DEFAULT_MODEL
 from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, parse_method
+from automr.paths import home_path
 from automr.recommenders.automr import load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 from automr.storage import check_own_folder, read_json, write_text_atomic
@@ -159,6 +160,12 @@ def run_rq2(
         raise AutomrError(f"RQ2 needs distinct random retrieval seeds, got {seeds}")
     if not retrievers:
         raise AutomrError("RQ2 needs at least one trained retriever (--retriever)")
+    resolved = [home_path(r).resolve() for r in retrievers]
+    twice = sorted({str(r) for r, key in zip(retrievers, resolved, strict=True)
+                    if resolved.count(key) > 1})
+    if twice:  # its runs would count as several retrievers in AutoMR's box and pair counts
+        raise AutomrError(f"RQ2 needs distinct retrievers; {', '.join(twice)} is given more "
+                          f"than once")
     parse_method(f"random:{grounder}")  # refuses an unknown grounder before any work
     unknown = [m for m in config.measures if m not in MEASURES]
     if unknown or not config.measures:
