@@ -144,6 +144,14 @@ def test_rank_in_list_miss_duplicates_and_exclusion() -> None:
     assert recall_at_k(_ranks([100]), 10).item() == 0.0
 
 
+@pytest.mark.parametrize("ranked, target", [([9], 9), ([0, 1, 2, 3, 4, 5, 6], 6), ([1], -1)])
+def test_rank_in_list_refuses_ids_outside_the_catalog(ranked, target) -> None:
+    """With a 5-item catalog, target 9 ranked first was a hit on no catalog item, and the 7th
+    of 7 listed ids got rank 6, past the miss rank 5 (ranks_from_scores refuses such targets)."""
+    with pytest.raises(AutomrError, match=r"item ids must lie in \[0, 5\)"):
+        rank_in_list(ranked, target, n_items=5)
+
+
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(AutomrError, match="NaN"):
         ranks_from_scores(torch.tensor([[0.0, math.nan]]), torch.tensor([0]))

@@ -95,9 +95,14 @@ def rank_in_list(
     A target missing from the list is a miss: rank ``n_items`` (the catalog size), which
     scores 0 on every metric. Items in ``exclude`` other than the target are dropped from the
     list before the target is located; repeated ids count once (at their first position).
+    Ids are catalog indices in ``[0, n_items)``, as :func:`ranks_from_scores` takes them.
     """
     if n_items < 1:
         raise AutomrError(f"n_items must be >= 1, got {n_items}")
+    outside = [item for item in (target, *ranked) if not 0 <= item < n_items]
+    if outside:  # a target beyond the catalog was a hit, a long list ranked past n_items
+        raise AutomrError(f"item ids must lie in [0, {n_items}) (catalog indices); got "
+                          f"{outside[0]}")
     skip = set(exclude) - {target}
     seen: set[int] = set()
     rank = 0
