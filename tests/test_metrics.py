@@ -220,6 +220,16 @@ def test_compare_reports_aligns_samples_by_id() -> None:
         compare_reports(a, build_report("c", ids[:-1], ranks_b[:-1], n_items=100))
 
 
+def test_compare_reports_refuses_rankings_of_catalogs_of_different_sizes() -> None:
+    """The same sample ids ranked over 100 and 101 items were paired silently (a miss is rank
+    100 in one, 101 in the other); `automr compare` refuses such sources."""
+    ids = [f"s{i}" for i in range(10)]
+    a = build_report("a", ids, _ranks(list(range(10))), n_items=100, n_resamples=20)
+    b = build_report("b", ids, _ranks(list(range(10))), n_items=101, n_resamples=20)
+    with pytest.raises(AutomrError, match=r"catalogs of different sizes \(100 and 101 items\)"):
+        compare_reports(a, b, n_resamples=20)
+
+
 @settings(max_examples=20)
 @given(ranks=ranks_strategy)
 def test_report_means_equal_metric_means(ranks: list[int]) -> None:

@@ -150,7 +150,8 @@ def compare_reports(
 ) -> dict[str, PairedDifference]:
     """Paired bootstrap of A minus B for every metric both reports share (cut-offs in common).
 
-    The reports must cover the same sample ids (in any order); samples are aligned by id.
+    The reports must cover the same sample ids (in any order) and rank catalogs of one size
+    (as ``automr compare`` requires); samples are aligned by id.
     """
     ids_a, ids_b = set(report_a.sample_ids), set(report_b.sample_ids)
     if ids_a != ids_b:
@@ -159,6 +160,10 @@ def compare_reports(
             f"({len(ids_a - ids_b)} only in the first, {len(ids_b - ids_a)} only in the "
             "second); evaluate both methods on the same test samples"
         )
+    if report_a.n_items != report_b.n_items:  # full rankings of different catalogs
+        raise AutomrError(f"reports {report_a.method!r} and {report_b.method!r} rank catalogs "
+                          f"of different sizes ({report_a.n_items} and {report_b.n_items} "
+                          f"items); evaluate both methods on the same dataset")
     ks = tuple(k for k in report_a.ks if k in report_b.ks)
     if not ks:
         raise AutomrError("the two reports share no cut-off K")
