@@ -188,6 +188,16 @@ def test_a_held_out_share_that_leaves_nothing_to_train_on_is_one_line(workspace,
     assert not (tmp_path / "ret").exists()
 
 
+def test_a_held_out_share_under_one_sample_still_holds_one_out(workspace, tmp_path):
+    """--valid-fraction 0.05 of 8 samples rounded to 0: training ran every epoch with no
+    validation and no early stopping, where the user asked for both."""
+    record = train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
+                             workspace["root"] / "mem", tmp_path / "ret", valid_fraction=0.05,
+                             config=RetrieverTrainingConfig(max_epochs=1), progress=False)
+    assert record["valid_samples"] == 1 and record["valid"] is not None
+    assert record["train_samples"] == len(record["annotated_samples"]) - 1
+
+
 def test_shards_written_before_subsets_read_as_every_element(workspace, tmp_path):
     """Annotation folders from before the ``index`` tensor load with all elements annotated."""
     import shutil

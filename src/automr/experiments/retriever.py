@@ -74,7 +74,7 @@ def train_retriever(
                           f"retriever score`)")
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(full), generator=generator)
-    n_valid = round(valid_fraction * len(full))
+    n_valid = max(1, round(valid_fraction * len(full))) if valid_fraction else 0  # at least one
     valid = full.select(order[:n_valid]) if n_valid else None
     train = full.select(order[n_valid:])
     if not len(train):
