@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if len(set(seeds)) != len(seeds):  # a repeat would count one draw as two seeds
+        parser.error(f"--seeds repeats a seed: {args.seeds}")
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)

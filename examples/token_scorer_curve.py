@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     sizes = sorted({int(v) for v in args.sizes.split(",")})
     seeds = [int(v) for v in args.seeds.split(",")]
+    if len(set(seeds)) != len(seeds):  # a repeat would count one draw as two seeds
+        parser.error(f"--seeds repeats a seed: {args.seeds}")
     objectives = tuple(args.objectives.split(","))
     if unknown := set(objectives) - set(token_scorer.CANDIDATES):
         raise SystemExit(f"unknown objectives {sorted(unknown)}; "

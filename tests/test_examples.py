@@ -592,3 +592,16 @@ def test_donors_never_give_a_memory_that_holds_the_answer():
             assert title(sample.target) not in {title(m) for m in donor.memory}
     with pytest.raises(SystemExit, match="no donor fits"):
         donors(build(2), 0, title)  # 20 samples with title A, 10 donors without it
+
+
+@pytest.mark.parametrize(("name", "more"), [("token_scorer_curve", ["--sizes", "4"]),
+                                            ("retriever_normalize", [])])
+def test_the_seed_examples_refuse_a_repeated_seed(name, more, capsys):
+    """``--seeds 0,0`` trained seed 0 twice and averaged it as two seeds (the curve weighted
+    it double, the summary said 2 seeds); refused before any file is read."""
+    module = load_example(name)
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--data", "d", "--memory", "m", "--train", "t", "--test", "t",
+                     "--out", "o", "--seeds", "0,0", *more])
+    assert stopped.value.code == 2
+    assert "--seeds repeats a seed: 0,0" in capsys.readouterr().err
