@@ -437,6 +437,19 @@ def test_a_row_of_empty_fields_is_counted_not_dropped_silently(tmp_path):
     assert data.raw_interactions == 2 and data.skipped["empty_rows"] == 2
 
 
+def test_blank_lines_before_the_header_are_no_row(tmp_path):
+    """A blank first line made the header [], refused as lacking every column (at line 1)."""
+    inter = write(tmp_path / "i.csv", "\n\r\nuser,item,timestamp\nu,a,1577836800\n")
+    items = write(tmp_path / "t.csv", "\ufeff\nitem,title\na,A\n")
+    assert [(i.user, i.item) for i in load_csv(inter, items).interactions] == [("u", "a")]
+    write(tmp_path / "t.csv", "\n\nitem,name\na,A\n")
+    with pytest.raises(AutomrError, match=r"t\.csv line 3: header \['item', 'name'\] lacks"):
+        load_csv(inter, items)
+    write(tmp_path / "t.csv", "\n\n")
+    with pytest.raises(AutomrError, match=r"t\.csv: file is empty"):
+        load_csv(inter, items)
+
+
 def test_a_byte_that_is_not_utf8_is_named_with_its_line(tmp_path):
     """The message gave the byte's place in a decoded chunk (2533) and no line."""
     rows = ["item,title", *(f"i{n},Title {n}" for n in range(3000))]

@@ -100,24 +100,29 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
             yield line + "\n"
 
     reader = csv.reader(text(), delimiter=delimiter, strict=True)  # broken quoting: an error
+    at = 1  # the line the header starts on: blank lines before it are no row
+    header: list[str] = []
     try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise bad_input(source.path, None, "file is empty (a header row is required)",
-                        _FIX) from None
+        for header in reader:
+            if header:
+                break
+            at = last[0] + 1
     except csv.Error as error:
-        raise bad_input(source.path, 1, f"malformed CSV header ({error})", _FIX) from None
+        raise bad_input(source.path, at, f"malformed CSV header ({error})", _FIX) from None
+    if not header:
+        raise bad_input(source.path, None, "file is empty (a header row is required)", _FIX)
+    header = [h.strip() for h in header]
     missing = [columns.get(c, c) for c in required if columns.get(c, c) not in header]
     if missing:
-        raise bad_input(source.path, 1, f"header {header} lacks column(s) {missing}"
+        raise bad_input(source.path, at, f"header {header} lacks column(s) {missing}"
                         f"{_header_hint(header, missing, delimiter, columns)}", _FIX)
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
-        raise bad_input(source.path, 1, f"header {header} repeats column(s) {repeated}", _FIX)
+        raise bad_input(source.path, at, f"header {header} repeats column(s) {repeated}", _FIX)
     ours = {columns.get(c, c): c for c in required}
     taken = sorted(c for c in header if c in required and c not in ours)
     if taken:
-        raise bad_input(source.path, 1, f"header {header} has column(s) {taken} beside the "
+        raise bad_input(source.path, at, f"header {header} has column(s) {taken} beside the "
                         f"one(s) mapped to them; map only one", _FIX)
     header = [ours.get(h, h) for h in header]
     starts = last[0] + 1  # the line the next row starts on (a quoted field may span lines)
