@@ -386,6 +386,18 @@ def test_a_fraction_of_a_second_is_dropped_in_both_forms():
             parse_timestamp(text)
 
 
+def test_a_fraction_just_under_a_second_is_dropped_not_rounded_up():
+    """Read through a float, 1500000000.99999999 (nanosecond exports) became 1500000001."""
+    from automr.data.reading import parse_timestamp, parse_unix_seconds
+
+    assert parse_timestamp("1500000000.999999999") == parse_timestamp(
+        "2017-07-14T02:40:00.999999999Z") == 1500000000
+    assert parse_unix_seconds("881250949.0") == parse_unix_seconds("8.81250949e8") == 881250949
+    for text in ("881250949.99999999", "nan", "inf", "1e", ""):
+        with pytest.raises(ValueError):
+            parse_unix_seconds(text)
+
+
 def test_an_iso_fraction_of_a_second_is_dropped_before_1970_too():
     """Dropped, not truncated toward zero: 0.5 s before 1970 is second -1 in both forms. The
     ISO fraction is cut from the text, which also keeps it readable on Python 3.10 (whose

@@ -189,8 +189,11 @@ def parse_unix_seconds(text: str) -> int:
         return int(text)  # exact, however large (a float would round 17 digits)
     except ValueError:
         pass
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+    try:  # exact: a float rounds 1500000000.99999999 up to a whole second
+        value = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite() or value != value.to_integral_value():
         raise ValueError(f"not a whole number of seconds: {text!r}")
     return int(value)
 
