@@ -462,6 +462,18 @@ def test_blank_lines_before_the_header_are_no_row(tmp_path):
         load_csv(inter, items)
 
 
+def test_a_row_of_empty_fields_before_the_header_is_counted_as_after_it(tmp_path):
+    """A spreadsheet's empty first row (',,') was read as a header repeating column ''."""
+    inter = write(tmp_path / "i.csv", ",,\n \nuser,item,timestamp\nu,a,1577836800\n")
+    items = write(tmp_path / "t.csv", "item,title\na,A\n")
+    data = load_csv(inter, items)
+    assert [(i.user, i.item) for i in data.interactions] == [("u", "a")]
+    assert data.skipped == {"empty_rows": 2}
+    write(tmp_path / "i.csv", ",,\n,,\n")
+    with pytest.raises(AutomrError, match=r"i\.csv: file is empty"):
+        load_csv(inter, items)
+
+
 def test_a_byte_that_is_not_utf8_is_named_with_its_line(tmp_path):
     """The message gave the byte's place in a decoded chunk (2533) and no line."""
     rows = ["item,title", *(f"i{n},Title {n}" for n in range(3000))]

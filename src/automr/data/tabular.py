@@ -88,8 +88,8 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
     """``(line_number, {column: value}, lines)`` per data row (``lines``: how many lines it
     spans, more than one only with a quoted line break), the ``required`` columns under the
     format's names (``columns``: format name -> the file's); header checked first. A row of
-    empty fields only (``,,,``: a spreadsheet's) is counted in ``skips`` as ``empty_rows``; a
-    blank line is no row."""
+    empty fields only (``,,,``: a spreadsheet's), before the header or after it, is counted in
+    ``skips`` as ``empty_rows``; a blank line is no row."""
     delimiter = delimiter_for(source.path)
     lines = iter(source)
     last = [0]  # the number of the last line read (only that: not one int per line kept)
@@ -100,13 +100,17 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
             yield line + "\n"
 
     reader = csv.reader(text(), delimiter=delimiter, strict=True)  # broken quoting: an error
-    at = 1  # the line the header starts on: blank lines before it are no row
+    at = 1  # the line the header starts on: blank lines and empty rows before it are no header
     header: list[str] = []
     try:
         for header in reader:
-            if header:
+            if any(h.strip() for h in header):
                 break
+            if header:
+                skips["empty_rows"] += 1
             at = last[0] + 1
+        else:
+            header = []
     except csv.Error as error:
         raise bad_input(source.path, at, f"malformed CSV header ({error})", _FIX) from None
     if not header:
