@@ -398,6 +398,24 @@ def test_a_fraction_just_under_a_second_is_dropped_not_rounded_up():
             parse_unix_seconds(text)
 
 
+def test_a_number_of_seconds_of_10_000_digits_or_more_is_not_expanded(tmp_path):
+    """A cell such as 1e9999999 was expanded to a ten-million-digit second count (most of an
+    hour on one line of a file) to be refused as out of range; from 10,000 digits on it is not
+    read as seconds at all, and the line is refused at once (fewer digits are read and refused
+    with their size, as below)."""
+    from automr.data.reading import parse_timestamp, parse_unix_seconds
+
+    for text in ("1e10000", "-1e10000", "1e9999999"):
+        for parse in (parse_unix_seconds, parse_timestamp):
+            with pytest.raises(ValueError):
+                parse(text)
+    assert parse_unix_seconds("1e9999") == 10**9999 and parse_timestamp("0e99999") == 0
+    inter = write(tmp_path / "i.csv", "user,item,timestamp\nu,a,1\nu,b,1e9999999\n")
+    items = write(tmp_path / "t.csv", "item,title\na,A\nb,B\n")
+    with pytest.raises(AutomrError, match=r"i\.csv line 3: timestamp '1e9999999' is neither"):
+        load_csv(inter, items)
+
+
 def test_an_iso_fraction_of_a_second_is_dropped_before_1970_too():
     """Dropped, not truncated toward zero: 0.5 s before 1970 is second -1 in both forms. The
     ISO fraction is cut from the text, which also keeps it readable on Python 3.10 (whose

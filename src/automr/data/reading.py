@@ -190,12 +190,23 @@ def parse_unix_seconds(text: str) -> int:
     except ValueError:
         pass
     try:  # exact: a float rounds 1500000000.99999999 up to a whole second
-        value = decimal.Decimal(text)
+        value = _seconds(text)
     except decimal.InvalidOperation:
         raise ValueError(f"not a number of seconds: {text!r}") from None
-    if not value.is_finite() or value != value.to_integral_value():
+    if value != value.to_integral_value():
         raise ValueError(f"not a whole number of seconds: {text!r}")
     return int(value)
+
+
+def _seconds(text: str) -> decimal.Decimal:
+    """``text`` as a finite decimal number of seconds of fewer than 10,000 digits
+    (InvalidOperation otherwise): ``int()`` of ``1e9999999`` would build a ten-million-digit
+    integer, most of an hour, for a value no loader accepts (one of thousands of digits is
+    still read, and refused as out of range with its size)."""
+    value = decimal.Decimal(text)
+    if not value.is_finite() or (value and value.adjusted() >= 10_000):
+        raise decimal.InvalidOperation(text)
+    return value
 
 
 ISO_FRACTION = re.compile(r"(\d\d:\d\d:\d\d)[.,]\d+")
@@ -215,11 +226,9 @@ def parse_timestamp(text: str) -> int:
     except ValueError:
         pass
     try:  # a fraction of a second is dropped, as an ISO time's is
-        seconds = decimal.Decimal(text)
+        return int(_seconds(text).to_integral_value(rounding=decimal.ROUND_FLOOR))
     except decimal.InvalidOperation:
-        seconds = None
-    if seconds is not None and seconds.is_finite():
-        return int(seconds.to_integral_value(rounding=decimal.ROUND_FLOOR))
+        pass
     # the fraction is cut from the text: dropped toward the earlier second, as a count's is, and
     # Python 3.10's fromisoformat takes only 3 or 6 digits of one
     text = ISO_FRACTION.sub(r"\1", text.replace("Z", "+00:00"), count=1)
