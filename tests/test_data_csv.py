@@ -90,6 +90,18 @@ def test_merge_same_title(tmp_path):
     assert load_csv(inter, items).catalog.ids_for_title("Same") == ("a", "b")
 
 
+def test_unnamed_trailing_columns_of_a_spreadsheet_export_are_not_read(tmp_path):
+    """A sheet saved with two formatted empty columns has the header ``item,title,,``: it was
+    refused as repeating the column ''; columns without a name are extra columns, not read."""
+    inter = write(tmp_path / "i.csv", "user,item,timestamp,,\nu,a,1,,\nu,b,2,,x\n")
+    items = write(tmp_path / "t.csv", "item,title,genre,,\na,A,g,,\nb,B,h,,z\n")
+    src = load_csv(inter, items)
+    assert [(i.id, i.title, i.extra) for i in src.catalog.items] == [
+        ("a", "A", {"genre": "g"}), ("b", "B", {"genre": "h"})]
+    assert [(i.user, i.item, i.timestamp) for i in src.interactions] == [("u", "a", 1),
+                                                                          ("u", "b", 2)]
+
+
 @pytest.mark.parametrize(("inter_text", "items_text", "message"), [
     ("user,item,timestamp\nu,a,1\nu,zzz,2\n", "item,title\na,A\n",
      r"i\.csv line 3: item 'zzz' is not in t\.csv"),

@@ -120,7 +120,7 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
     if missing:
         raise bad_input(source.path, at, f"header {header} lacks column(s) {missing}"
                         f"{_header_hint(header, missing, delimiter, columns)}", _FIX)
-    repeated = sorted({h for h in header if header.count(h) > 1})
+    repeated = sorted({h for h in header if h and header.count(h) > 1})  # unnamed: not read
     if repeated:
         raise bad_input(source.path, at, f"header {header} repeats column(s) {repeated}", _FIX)
     ours = {columns.get(c, c): c for c in required}
@@ -141,7 +141,7 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
             if len(row) != len(header):
                 raise bad_input(source.path, number, f"expected {len(header)} fields, got "
                                 f"{len(row)}", _FIX)
-            yield (number, {h: v.strip() for h, v in zip(header, row, strict=True)},
+            yield (number, {h: v.strip() for h, v in zip(header, row, strict=True) if h},
                    last[0] - number + 1)
     except csv.Error as error:
         raise bad_input(source.path, starts, f"malformed CSV in the row that starts here "
