@@ -188,3 +188,51 @@ def test_ml_100k_passes_its_source_cache_and_window_on(monkeypatch, tmp_path):
                                   attrs.evolve(ProtocolConfig.movielens_100k(),
                                                start=dt.date(1997, 10, 1), end=None,
                                                min_history=2)})]
+
+
+def test_amazon_and_csv_pass_every_option_on(monkeypatch):
+    """Each option of `data prepare amazon` and `data prepare csv` reaches the library call:
+    the two input files in their order, --domain, --merge-same-title, --quiet, --column and
+    the protocol options over the kind's own preset (not another kind's)."""
+    import datetime as dt
+    from pathlib import Path
+
+    import attrs
+
+    from automr.data import DATASET_KINDS
+
+    calls = []
+
+    def prepare(*args, **keywords):
+        calls.append((args, keywords))
+        raise KeyboardInterrupt  # stop before the statistics
+
+    monkeypatch.setattr("automr.cli.data.prepare_amazon", prepare)
+    monkeypatch.setattr("automr.cli.data.prepare_csv", prepare)
+    runner.invoke(app, ["data", "prepare", "amazon", "--reviews", "r", "--meta", "m", "--out",
+                        "o", "--domain", "games", "--merge-same-title", "--quiet",
+                        "--recent-k", "4", "--end", "2017-12-01"])
+    runner.invoke(app, ["data", "prepare", "amazon", "--reviews", "r", "--meta", "m", "--out",
+                        "o"])
+    amazon = DATASET_KINDS["amazon"].protocol
+    assert calls == [
+        ((Path("r"), Path("m"), Path("o")), {
+            "protocol": attrs.evolve(amazon, recent_k=4, end=dt.date(2017, 12, 1)),
+            "domain": "games", "merge_same_title": True, "progress": False}),
+        ((Path("r"), Path("m"), Path("o")), {
+            "protocol": amazon, "domain": "items", "merge_same_title": False,
+            "progress": True})]
+    calls.clear()
+    runner.invoke(app, ["data", "prepare", "csv", "--interactions", "i", "--items", "t",
+                        "--out", "o", "--domain", "books", "--merge-same-title", "--quiet",
+                        "--column", "user=u", "--train-months", "3"])
+    runner.invoke(app, ["data", "prepare", "csv", "--interactions", "i", "--items", "t",
+                        "--out", "o"])
+    csv = DATASET_KINDS["csv"].protocol
+    assert calls == [
+        ((Path("i"), Path("t"), Path("o")), {
+            "protocol": attrs.evolve(csv, train_months=3), "domain": "books",
+            "merge_same_title": True, "progress": False, "columns": {"user": "u"}}),
+        ((Path("i"), Path("t"), Path("o")), {
+            "protocol": csv, "domain": "items", "merge_same_title": False, "progress": True,
+            "columns": {}})]
