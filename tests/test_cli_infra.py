@@ -900,3 +900,39 @@ def test_finetune_passes_every_option_on(monkeypatch, tmp_path):
         memory=MemoryTraining(share=0.25, retrieval="semantic", combiner="prepend-token")))
     assert keywords == {"progress": False, "cache_dir": Path("c"),
                         "memory": ("memory", Path("m"))}
+
+
+def test_bench_commands_pass_every_option_on(monkeypatch, tmp_path):
+    """Each option of bench annotate, encode, ground and finetune reaches the bench function;
+    the model loads from --model with the runtime options (the bench tests' real runs pass
+    either way: the embedded default loads from the cache, one round is timed like three)."""
+    bench = "automr.experiments.bench"
+    calls, loads = recorded_with_loads(monkeypatch, f"{bench}.bench_annotate")
+    result = runner.invoke(app, [
+        "bench", "annotate", "--out", "o", "--model", "lm", "--layer", "2", "--prompt-tokens",
+        "5", "--target-tokens", "4", "--elements", "6", "--combiner", "append-token",
+        "--element-subset", "3", "--element-prefix", "7", "--repeats", "2", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls == [(("loaded", 2, 5, 4, 6, "append-token"),
+                      {"repeats": 2, "element_subset": 3, "element_prefix": 7})]
+    monkeypatch.setattr(f"{bench}.bench_encode", recorded(calls))
+    result = runner.invoke(app, [
+        "bench", "encode", "--data", "d", "--out", "o", "--model", "lm", "--layer", "2",
+        "--texts", "5", "--batch-size", "4", "--repeats", "2", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls[1:] == [(("loaded", "dataset", 2, 5, 4, 2), {})]
+    monkeypatch.setattr(f"{bench}.bench_ground", recorded(calls))
+    result = runner.invoke(app, [
+        "bench", "ground", "--data", "d", "--out", "o", "--model", "lm", "--grounders",
+        "likelihood, l2", "--samples", "5", "--batch-size", "4", "--layer", "2", "--repeats",
+        "2", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls[2:] == [(("loaded", "dataset", ("likelihood", "l2"), 5, 4, 2),
+                          {"cache_dir": Path("c"), "repeats": 2})]
+    assert loads == [("lm", RUNTIME_KEYWORDS)] * 3
+    monkeypatch.setattr(f"{bench}.bench_finetune", recorded(calls))
+    result = runner.invoke(app, [
+        "bench", "finetune", "--data", "d", "--out", "o", "--model", "lm", "--layer", "2",
+        "--steps", "5", "--batch-size", "4", "--repeats", "2", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls[3:] == [(("lm", "dataset", 2, 5, 4), {**RUNTIME_KEYWORDS, "repeats": 2})]
