@@ -936,3 +936,16 @@ def test_bench_commands_pass_every_option_on(monkeypatch, tmp_path):
         "--steps", "5", "--batch-size", "4", "--repeats", "2", *RUNTIME_GIVEN])
     assert isinstance(result.exception, Stop), result.output
     assert calls[3:] == [(("lm", "dataset", 2, 5, 4), {**RUNTIME_KEYWORDS, "repeats": 2})]
+
+
+def test_rq3_passes_every_option_on(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("automr.experiments.rq3_report.run_rq3", recorded(calls))
+    result = runner.invoke(app, [
+        "rq3", "--results", "r", "--data", "d", "--memory", "m", "--reference", "base:l2",
+        "--reference-results", "rr", "--method", "random:l2", "--rows", "3", "--out", "o",
+        "--measure", "likelihood"])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls == [((Path("r"), Path("d"), Path("o")), {
+        "reference": "base:l2", "method": "random:l2", "rows": 3, "memory": Path("m"),
+        "reference_dir": Path("rr"), "measure": "likelihood"})]
