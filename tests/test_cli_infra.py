@@ -949,3 +949,13 @@ def test_rq3_passes_every_option_on(monkeypatch, tmp_path):
     assert calls == [((Path("r"), Path("d"), Path("o")), {
         "reference": "base:l2", "method": "random:l2", "rows": 3, "memory": Path("m"),
         "reference_dir": Path("rr"), "measure": "likelihood"})]
+
+
+def test_compare_passes_every_option_on(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("automr.evaluation.combine_folders", recorded(calls))
+    result = runner.invoke(app, ["compare", "--out", "o", "--method", "a=e1/bigrec:l2",
+                                 "--method", "b=x/e2.json/pop", "--reference", "b", "--seed", "4"])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls == [(({"a": ("e1", "bigrec:l2"), "b": ("x/e2.json", "pop")},),
+                      {"out": Path("o"), "reference": "b", "seed": 4})]
