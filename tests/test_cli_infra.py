@@ -959,3 +959,40 @@ def test_compare_passes_every_option_on(monkeypatch, tmp_path):
     assert isinstance(result.exception, Stop), result.output
     assert calls == [(({"a": ("e1", "bigrec:l2"), "b": ("x/e2.json", "pop")},),
                       {"out": Path("o"), "reference": "b", "seed": 4})]
+
+
+def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):
+    """--retriever NAME=FOLDER (a leading ~ the home folder, as --out's), --no-semantic and
+    --seeds reach the scoring, each retriever loaded for the annotations' combiner."""
+    from automr.annotation.run import Annotations
+    from automr.memory import MemoryStore
+
+    class Store:
+        hidden_size = 5
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(MemoryStore, "open", classmethod(lambda cls, folder: Store()))
+    monkeypatch.setattr(Annotations, "header_of", staticmethod(
+        lambda folder: {"config": {"combiner": "append-token"}}))
+    monkeypatch.setattr("automr.retrievers.build_retriever", lambda kind, hidden: (kind, hidden))
+    held_out = []
+    monkeypatch.setattr("automr.experiments.retriever.check_held_out",
+                        lambda folder, annotations: held_out.append((folder, annotations)))
+    monkeypatch.setattr("automr.recommenders.automr.load_retriever_for",
+                        lambda store, folder, combiner: (folder, combiner))
+    calls = []
+    monkeypatch.setattr("automr.experiments.retriever.score_retrievers", recorded(calls))
+    args = ["retriever", "score", "--annotations", "a", "--data", "d", "--memory", "m", "--out",
+            "o"]
+    result = runner.invoke(app, [*args, "--retriever", "x=~/r1", "--retriever", "y=r2",
+                                 "--no-semantic", "--seeds", "3,5-6"])
+    assert isinstance(result.exception, Stop), result.output
+    home = str(tmp_path / "home" / "r1")
+    assert held_out == [(home, Path("a")), ("r2", Path("a"))]
+    assert calls == [((Path("a"), Path("d"), Path("m"), {
+        "x": (home, "append-token"), "y": ("r2", "append-token")}), {"random_seeds": [3, 5, 6]})]
+    calls.clear()
+    result = runner.invoke(app, args)
+    assert calls == [((Path("a"), Path("d"), Path("m"), {"semantic": ("semantic", 5)}),
+                      {"random_seeds": list(range(10))})], result.output
