@@ -996,3 +996,49 @@ def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):
     result = runner.invoke(app, args)
     assert calls == [((Path("a"), Path("d"), Path("m"), {"semantic": ("semantic", 5)}),
                       {"random_seeds": list(range(10))})], result.output
+
+
+def test_context_show_and_trsr_pass_every_option_on(monkeypatch, tmp_path):
+    from automr.cli.common import Runtime
+    from automr.contexts import ContextSpec
+
+    class Dataset:
+        catalog, prompt_config = "catalog", "prompt"
+
+        def samples(self, split):
+            return f"{split} samples"
+
+    class Loaded:
+        def fingerprint(self):
+            return "fp"
+
+    dataset, loaded = Dataset(), Loaded()
+    subsets, loads, calls = [], [], []
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(lambda cls, folder: dataset))
+    monkeypatch.setattr("automr.data.subsets.seeded_subset",
+                        lambda samples, limit, seed: subsets.append((samples, limit, seed))
+                        or ["sample"])
+    monkeypatch.setattr(Runtime, "load_model",
+                        lambda self, name: loads.append((name, self.keywords())) or loaded)
+    monkeypatch.setattr("automr.contexts.build_context", recorded(calls))
+    monkeypatch.setattr("automr.contexts.trsr_context", recorded(calls))
+    trsr = ["--trsr-block-size", "6", "--trsr-max-blocks", "7", "--trsr-mode", "hierarchical",
+            "--trsr-max-new-tokens", "8"]
+    result = runner.invoke(app, [
+        "context", "show", "--data", "d", "--kind", "rella", "--split", "valid", "--samples",
+        "2", "--seed", "3", "--model", "lm", "--context-k", "4", *trsr, "--batch-size", "5",
+        "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    result = runner.invoke(app, [
+        "context", "trsr", "--data", "d", "--split", "test", "--samples", "2", "--seed", "3",
+        "--model", "lm", *trsr, "--batch-size", "5", "--quiet", *RUNTIME_GIVEN])
+    assert isinstance(result.exception, Stop), result.output
+    assert subsets == [("valid samples", 2, 3), ("test samples", 2, 3)]
+    assert loads == [("lm", RUNTIME_KEYWORDS)] * 2
+    written = {"block_size": 6, "max_blocks": 7, "mode": "hierarchical", "max_new_tokens": 8}
+    (show, shown), (summarise, summarised) = calls
+    assert show[0] == ContextSpec(kind="rella", k=4, **written)
+    assert show[1:] == (loaded, dataset, "fp", Path("c"))
+    assert summarise == (loaded, "catalog", "prompt", "fp", ContextSpec(kind="trsr", **written),
+                         Path("c"))
+    assert shown == summarised == {"batch_size": 5, "progress": False}
