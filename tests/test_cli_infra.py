@@ -1042,3 +1042,19 @@ def test_context_show_and_trsr_pass_every_option_on(monkeypatch, tmp_path):
     assert summarise == (loaded, "catalog", "prompt", "fp", ContextSpec(kind="trsr", **written),
                          Path("c"))
     assert shown == summarised == {"batch_size": 5, "progress": False}
+
+
+def test_model_info_and_fetch_pass_every_option_on(monkeypatch, tmp_path):
+    from automr.defaults import DEFAULT_MODEL
+
+    calls = []
+    monkeypatch.setattr("automr.llm.loading.describe_model", recorded(calls))
+    monkeypatch.setattr("automr.llm.loading.fetch_embedded", recorded(calls))
+    result = runner.invoke(app, ["model", "info", "org/lm", "--device", "cuda:1", "--dtype",
+                                 "float16", "--cache-dir", "c"])
+    assert isinstance(result.exception, Stop), result.output
+    result = runner.invoke(app, ["model", "fetch", "--cache-dir", "c"])
+    assert isinstance(result.exception, Stop), result.output
+    assert calls == [(("org/lm",), {"device": "cuda:1", "dtype": "float16",
+                                    "cache_dir": Path("c")}),
+                     ((DEFAULT_MODEL, Path("c")), {})]
