@@ -211,13 +211,13 @@ def test_amazon_and_csv_pass_every_option_on(monkeypatch):
     monkeypatch.setattr("automr.cli.data.prepare_csv", prepare)
     runner.invoke(app, ["data", "prepare", "amazon", "--reviews", "r", "--meta", "m", "--out",
                         "o", "--domain", "games", "--merge-same-title", "--quiet",
-                        "--recent-k", "4", "--end", "2017-12-01"])
+                        "--recent-k", "4", "--start", "auto", "--end", "2017-12-01"])
     runner.invoke(app, ["data", "prepare", "amazon", "--reviews", "r", "--meta", "m", "--out",
                         "o"])
     amazon = DATASET_KINDS["amazon"].protocol
     assert calls == [
         ((Path("r"), Path("m"), Path("o")), {
-            "protocol": attrs.evolve(amazon, recent_k=4, end=dt.date(2017, 12, 1)),
+            "protocol": attrs.evolve(amazon, recent_k=4, start=None, end=dt.date(2017, 12, 1)),
             "domain": "games", "merge_same_title": True, "progress": False}),
         ((Path("r"), Path("m"), Path("o")), {
             "protocol": amazon, "domain": "items", "merge_same_title": False,
