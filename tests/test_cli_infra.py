@@ -534,6 +534,8 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
       "append-token"], "--memory-combiner 'append-token': choose one of"),
     (["context", "show", "--data", "d", "--kind", "foo"], "--kind 'foo': choose one of"),
     (["context", "trsr", "--data", "d", "--trsr-mode", "foo"], "--trsr-mode 'foo': choose"),
+    (["compare", "--out", "o", "--method", "a=e/pop", "--method", "a=f/pop"],
+     "--method names 'a' twice"),
 ], ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else None)
 def test_a_refused_option_value_is_one_line_before_any_work(args, says, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no input exists: the option is refused before it is read
@@ -915,6 +917,9 @@ def test_bench_commands_pass_every_option_on(monkeypatch, tmp_path):
     assert isinstance(result.exception, Stop), result.output
     assert calls == [(("loaded", 2, 5, 4, 6, "append-token"),
                       {"repeats": 2, "element_subset": 3, "element_prefix": 7})]
+    result = runner.invoke(app, ["bench", "annotate", "--label", "a/b"])  # part of a file name
+    assert result.exit_code == 2 and "--label 'a/b': use letters" in result.output
+    assert len(calls) == len(loads) == 1, result.output
     monkeypatch.setattr(f"{bench}.bench_encode", recorded(calls))
     result = runner.invoke(app, [
         "bench", "encode", "--data", "d", "--out", "o", "--model", "lm", "--layer", "2",
@@ -992,6 +997,10 @@ def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):
     assert held_out == [(home, Path("a")), ("r2", Path("a"))]
     assert calls == [((Path("a"), Path("d"), Path("m"), {
         "x": (home, "append-token"), "y": ("r2", "append-token")}), {"random_seeds": [3, 5, 6]})]
+    for twice, says in ((["x=r1", "--retriever", "x=r2"], "names 'x' twice"),
+                        (["semantic=r"], "'semantic' is taken")):
+        result = runner.invoke(app, [*args, "--retriever", *twice])
+        assert result.exit_code == 2 and says in result.output, result.output
     calls.clear()
     result = runner.invoke(app, args)
     assert calls == [((Path("a"), Path("d"), Path("m"), {"semantic": ("semantic", 5)}),
