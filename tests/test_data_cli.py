@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from automr.cli.main import app
@@ -236,3 +237,14 @@ def test_amazon_and_csv_pass_every_option_on(monkeypatch):
         ((Path("i"), Path("t"), Path("o")), {
             "protocol": csv, "domain": "items", "merge_same_title": False, "progress": True,
             "columns": {}})]
+
+
+@pytest.mark.parametrize("kind", ["csv", "amazon"])
+def test_an_empty_domain_is_refused_not_taken_for_the_default(tmp_path, kind):
+    """``--domain ""`` (an unset shell variable) became the kind's default, items, silently."""
+    files = (["--interactions", "i.csv", "--items", "t.csv"] if kind == "csv" else
+             ["--reviews", "r.json.gz", "--meta", "m.json.gz"])
+    result = runner.invoke(app, ["data", "prepare", kind, *files, "--out",
+                                 str(tmp_path / "o"), "--domain", ""])
+    assert result.exit_code == 2 and "--domain '' is unknown; use one of" in result.output, \
+        result.output

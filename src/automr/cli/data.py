@@ -102,7 +102,7 @@ def protocol_options(kind: str) -> Callable[[Callable[..., None]], Callable[...,
 
 
 def _domain(kind: str, domain: str | None) -> str:
-    chosen = domain or DATASET_KINDS[kind].domain
+    chosen = DATASET_KINDS[kind].domain if domain is None else domain
     if chosen not in PROMPT_DOMAINS:
         raise AutomrError(f"--domain {chosen!r} is unknown; use one of "
                           f"{', '.join(sorted(PROMPT_DOMAINS))}.")
