@@ -503,6 +503,7 @@ def test_a_sigterm_handler_set_outside_python_is_put_back_as_the_default(tmp_pat
 
 
 # -- conventions: the fine-tuned adapter folder loads with plain transformers + peft ----------
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft's call
 def test_the_best_adapter_folder_loads_with_plain_transformers_and_peft(workspace):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
