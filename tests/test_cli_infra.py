@@ -526,6 +526,8 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
     (["recommend", "u", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever", "r",
       "--combiner", "foo"], "combiner 'foo'"),
     (["bench", "ground", "--data", "d", "--grounders", ","], "no grounder"),
+    (["bench", "ground", "--data", "d", "--grounders", "l2,cosine"],
+     "--grounders: unknown cosine; choose from l2"),  # it loaded the model first
     (["finetune", "--data", "d", "--out", "o", "--context", "foo"],
      "--context 'foo': choose one of rella, trsr"),
     (["finetune", "--data", "d", "--out", "o", "--context", "rella", "--context-k", "0"],

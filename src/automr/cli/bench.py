@@ -146,10 +146,14 @@ def ground(
     generate."""
     from automr.data import PreparedDataset
     from automr.experiments.bench import bench_ground
+    from automr.grounding import GROUNDER_KINDS
 
     kinds = comma_list(grounders)
     if not kinds:
         raise AutomrError("--grounders names no grounder; give e.g. constrained,l2")
+    if unknown := [kind for kind in kinds if kind not in GROUNDER_KINDS]:  # before the load
+        raise AutomrError(f"--grounders: unknown {', '.join(unknown)}; choose from "
+                          f"{', '.join(GROUNDER_KINDS)}")
     loaded = runtime.load_model(model)
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
                           layer, cache_dir=runtime.cache_dir, repeats=repeats)
