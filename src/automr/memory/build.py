@@ -326,7 +326,8 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
     A folder whose build with other settings finished no shard (a run that failed early)
     holds no work; it is started over rather than blocking the corrected command. The config
     is written before the index: a build cut between the two resumes without one (its
-    finished shards carry their entries).
+    finished shards carry their entries). Hidden files are no stranger's: a build killed
+    while it wrote its config left only ``.config.json.partial-*`` there.
     """
     if (folder / CONFIG_FILE).is_file():
         existing = MemoryRecord.read(folder)
@@ -348,7 +349,8 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
                       if getattr(existing, f.name) != getattr(record, f.name)]
             raise AutomrError(f"{folder} holds a memory built with other settings "
                               f"({', '.join(differ)} differ); delete it or pick another folder.")
-    elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    elif folder.exists() and (not folder.is_dir() or any(
+            not p.name.startswith(".") for p in folder.iterdir())):
         raise AutomrError(f"{folder} exists and is not a memory folder; refusing to write into "
                           f"it. Pick a new folder.")
     folder.mkdir(parents=True, exist_ok=True)
