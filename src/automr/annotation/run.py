@@ -199,7 +199,9 @@ def check_inputs(store: MemoryStore, samples: Sequence[Sample], token_states: bo
 
 def _start(out: Path, header: dict) -> None:
     """Resume ``out`` when it was started with ``header`` (memory paths compared resolved);
-    refuse a folder with finished shards of other settings; start over one without any."""
+    refuse a folder with finished shards of other settings; start over one without any.
+    Hidden files are no stranger's: a run killed while it wrote its config left only
+    ``.config.json.partial-*`` there."""
     config_file = out / "config.json"
     if config_file.exists():
         previous = read_json(config_file, MADE_BY_CONFIG)
@@ -214,7 +216,8 @@ def _start(out: Path, header: dict) -> None:
             raise AutomrError(f"{out} holds annotations made with other settings "
                               f"({'; '.join(setting_differences(old, new))}); use another --out or "
                               f"delete it")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(
+            not p.name.startswith(".") for p in out.iterdir())):
         raise AutomrError(f"{out} exists and is not an annotation folder; refusing to write "
                           f"into it. Pick a new --out.")
     write_json_atomic(config_file, header)
