@@ -170,6 +170,28 @@ def test_a_save_cut_short_is_not_taken_for_the_older_settings(tmp_path, monkeypa
     assert list(rerun.reports["m"].ranks) == Constant(0).rank(SAMPLES)
 
 
+@pytest.mark.parametrize(("measure", "kind"), [("ranks", "ranks"), ("likelihood", "loglik")])
+def test_a_run_cut_before_removing_its_shards_has_them_removed_by_the_rerun(
+        tmp_path, monkeypatch, measure, kind):
+    """Cut between saving a method's values and removing its shard files, a run left
+    KIND/METHOD.shards/ behind for good: the rerun read the values back and never removed
+    them (the folder's layout says they go once the values are saved)."""
+    def cut(self, method, kind="ranks"):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EvaluationFolder, "clear_shards", cut)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20, shard_size=5,
+                 measures=(measure,))
+    shards = EvaluationFolder(tmp_path).shard_file("m", 0, kind).parent
+    assert len(list(shards.iterdir())) == 5
+    monkeypatch.undo()
+    again = evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+                     shard_size=5, measures=(measure,))
+    assert again.reused == (f"{measure}:m",)
+    assert not shards.exists()
+
+
 def test_names_that_would_share_files_are_refused(tmp_path):
     with pytest.raises(AutomrError, match="would share the files"):
         evaluate({"a:b": Constant(0), "a-b": Constant(3)}, SAMPLES, 30, out=tmp_path)

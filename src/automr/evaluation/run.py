@@ -327,6 +327,7 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
     if saved is not None:
         report = saved.resampled(ks, n_resamples, seed)
         if report is saved:
+            _clear_shards(folder, name, "ranks")  # a run cut before it removed them
             return saved, True
     else:
         ranks, details = run_sharded(lambda given: _checked_ranks(name, method.rank(given),
@@ -338,7 +339,7 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
                               n_resamples=n_resamples, seed=seed)
     if folder is not None and distributed.is_main():
         folder.save(report, settings, details)
-        folder.clear_shards(name, "ranks")
+    _clear_shards(folder, name, "ranks")
     return report, saved is not None
 
 
@@ -350,6 +351,7 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
     if saved is not None:
         report = saved.resampled(n_resamples, seed)
         if report is saved:
+            _clear_shards(folder, name, "loglik")  # a run cut before it removed them
             return saved, True
     else:
         pairs, details = run_sharded(
@@ -361,5 +363,13 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
                                          n_resamples=n_resamples, seed=seed)
     if folder is not None and distributed.is_main():
         folder.save_likelihoods(report, settings, details)
-        folder.clear_shards(name, "loglik")
+    _clear_shards(folder, name, "loglik")
     return report, saved is not None
+
+
+def _clear_shards(folder: EvaluationFolder | None, name: str, kind: str) -> None:
+    """Remove ``name``'s shard files of ``kind`` (on the main process) once its values are
+    saved: also when they are read back, as a run cut between saving them and removing its
+    shards left those behind."""
+    if folder is not None and distributed.is_main():
+        folder.clear_shards(name, kind)
