@@ -87,6 +87,8 @@ def test_every_cell_is_scored_and_the_oracle_bounds_every_retriever(workspace, t
 
 def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifacts(
         workspace, tmp_path):
+    """... naming what differs: a retriever's refusal said "(labels, temperature, seed or
+    annotations)" whatever it was."""
     import attrs
 
     small = AblationConfig(layers=(2,), combiners=("append-token",), train_samples=6,
@@ -97,7 +99,8 @@ def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifact
         with pytest.raises(AutomrError, match="other settings"):
             run_ablation(workspace / "prepared", workspace / "ft", tmp_path, changed,
                          device="cpu", progress=False, say=lambda line: None)
-    with pytest.raises(AutomrError, match="retriever trained with other settings"):
+    with pytest.raises(AutomrError, match=r"retriever trained with other settings "
+                                          r"\(label_form was 'log', now 'paper'\); use"):
         run_ablation(workspace / "prepared", workspace / "ft", tmp_path,
                      attrs.evolve(small, label_form="paper"), device="cpu", progress=False,
                      say=lambda line: None)
@@ -108,7 +111,8 @@ def test_a_rerun_with_other_settings_is_refused_not_scored_from_the_old_artifact
                      progress=False, say=lambda line: None)
     for annotations in tmp_path.glob("annotations-*"):  # made again in place by it
         shutil.rmtree(annotations)
-    with pytest.raises(AutomrError, match="retriever trained with other settings"):
+    with pytest.raises(AutomrError, match=r"retriever trained with other settings \(annotations "
+                                          r"other than those now in .*-train\)"):
         run_ablation(workspace / "prepared", other, tmp_path, small, device="cpu",
                      progress=False, say=lambda line: None)
     for record_file in tmp_path.glob("retriever-*/training.json"):  # as older versions wrote

@@ -41,7 +41,12 @@ from automr.retrievers import (
     build_retriever,
     load_retriever,
 )
-from automr.storage import check_own_folder, read_json, write_text_atomic
+from automr.storage import (
+    check_own_folder,
+    read_json,
+    setting_differences,
+    write_text_atomic,
+)
 
 ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
 
@@ -237,13 +242,16 @@ def _trained(folder: Path, annotations: Path, config: AblationConfig,
         return False
     record = read_json(record_file, f"`automr retriever train` (delete {folder} and rerun "
                                     f"the ablation to train it again)")
-    made = (_same_annotations(record_file, record, annotations), record.get("label_form"),
-            record.get("temperature"), record.get("config"))
-    wanted = (True, config.label_form, config.temperature,
-              json.loads(json.dumps(attrs.asdict(training))))
-    if made != wanted:
-        raise AutomrError(f"{folder} holds a retriever trained with other settings (labels, "
-                          f"temperature, seed or annotations); use another --out")
+    made = {"label_form": record.get("label_form"), "temperature": record.get("temperature"),
+            "config": record.get("config")}
+    wanted = {"label_form": config.label_form, "temperature": config.temperature,
+              "config": json.loads(json.dumps(attrs.asdict(training)))}
+    differ = setting_differences(made, wanted)
+    if not _same_annotations(record_file, record, annotations):
+        differ.append(f"annotations other than those now in {annotations}")
+    if differ:
+        raise AutomrError(f"{folder} holds a retriever trained with other settings "
+                          f"({'; '.join(differ)}); use another --out")
     return True
 
 
