@@ -479,6 +479,31 @@ def test_resume_after_interruption_equals_full_build(backbone, dataset, built, t
 
 
 
+@pytest.mark.parametrize("cut", [3, 100])
+def test_a_resumed_build_redoes_a_damaged_shard(backbone, dataset, built, tmp_path, cut):
+    """A finished shard cut short (in its data, or in its header) is built again by the rerun,
+    not taken as finished: the folder equals an uninterrupted build's, byte for byte."""
+    config = MemoryConfig(shard_elements=12, store_token_states=True)
+    out = tmp_path / "damaged"
+
+    def interrupt(number: int, total: int) -> None:
+        if number == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
+                     on_shard=interrupt)
+    shard = out / shard_name(1)
+    shard.write_bytes(shard.read_bytes()[:-cut] if cut < 10 else shard.read_bytes()[:cut])
+    seen = []
+    build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False,
+                 on_shard=lambda number, total: seen.append(number))
+    assert seen == [1, *range(3, len(built.index.shards))]  # shards 0 and 2 kept
+    assert (out / INDEX_FILE).read_bytes() == (built.folder / INDEX_FILE).read_bytes()
+    for path in built.folder.glob("shard-*.safetensors"):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
 def test_a_build_resumes_with_its_model_folder_named_otherwise(dataset, tmp_path, monkeypatch):
     """One model folder typed as an absolute path, then relative to the working folder: the
     rerun resumes (the record keeps the name as typed; the two name one model)."""
