@@ -45,6 +45,33 @@ def test_the_demo_runs_on_a_model_with_fused_projections_given_its_lora_targets(
     assert (tmp_path / "demo" / "likelihood" / "results.json").is_file()
 
 
+def test_a_demo_stopped_before_any_step_of_its_settings_reruns_with_others(workspace,
+                                                                         tmp_path):
+    """A first demo with a mistyped --model stopped at the fine-tune (ML-100K prepared, no
+    other step begun); the corrected command was refused as 'a demo run with other settings
+    (model)' until --out changed. A run that began a step still is."""
+    bad = attrs.evolve(tiny_demo(workspace), model=str(tmp_path / "no-such-model"))
+    with pytest.raises(AutomrError, match="no-such-model"):
+        run_demo(tmp_path / "demo", bad, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared", say=lambda line: None)
+    good = attrs.evolve(tiny_demo(workspace), train_samples=4, valid_samples=2)
+    with pytest.raises(RuntimeError, match="stop after the fine-tune"):
+        run_demo(tmp_path / "demo", good, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared",
+                 say=lambda line: _stop_after_finetune(line))
+    assert json.loads((tmp_path / "demo" / "settings.json").read_text())["config"][
+        "model"] == str(workspace / "model")
+    with pytest.raises(AutomrError, match=r"other settings \(model, train_samples, "
+                                          r"valid_samples\)"):
+        run_demo(tmp_path / "demo", bad, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared", say=lambda line: None)
+
+
+def _stop_after_finetune(line: str) -> None:
+    if line.startswith("[fine-tune BIGRec] done"):
+        raise RuntimeError("stop after the fine-tune")
+
+
 def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     lines: list[str] = []
     results = run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu",

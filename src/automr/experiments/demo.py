@@ -195,10 +195,13 @@ def run_demo(
 
 def _check_settings(out: Path, settings: dict) -> None:
     """Finished steps are skipped on a rerun, so a rerun must have the first run's settings
-    (else the results of the old ones would be shown, and recorded, as the new ones')."""
+    (else the results of the old ones would be shown, and recorded, as the new ones'). A run
+    that left no step's work but ML-100K's (which no setting changes), e.g. one stopped by a
+    mistyped ``--model``, holds nothing of its settings: the rerun takes its place."""
     path = out / "settings.json"
     settings = _model_as_one_name(json.loads(json.dumps(settings)))
-    if not path.exists():
+    worked = any((out / name).exists() for name in DEMO_FILES[1:] if "." not in name)
+    if not path.exists() or not worked:
         write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
         return
     first = read_json(path, f"`automr demo` (delete {path} and rerun the same demo)")
