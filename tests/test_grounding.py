@@ -9,6 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from automr.combiners import COMBINERS
 from automr.grounding import (
     ConstrainedGrounder,
     L2Grounder,
@@ -19,6 +20,7 @@ from automr.grounding import (
     embed_texts,
     target_log_likelihoods,
 )
+from automr.interfaces import MemoryTokens
 from automr.llm import HFSplitLLM, LayerState
 from automr.llm.decoding import MIN_SHARED, common_prefix, greedy_generate
 from automr.llm.loading import LoadedModel
@@ -113,6 +115,52 @@ def test_target_log_likelihoods_run_the_shared_opening_once_and_equal_the_unshar
             torch.testing.assert_close(shared[row], plain_scores(model, tokenizer, text,
                                                                  targets)[c],
                                        rtol=1e-4, atol=1e-4)
+
+
+def plain_joined_scores(llm, prompt_ids, targets, layer, combiner, memory) -> torch.Tensor:
+    """log P(title + EOS | prompt, memory) per title, without a cache: the lower half over
+    ``[prompt, title]`` alone, ``memory`` joined to the prompt's states, the target's states
+    after them, one upper-half forward (logits at every position)."""
+    out = []
+    with torch.no_grad():
+        for title in targets.token_ids:
+            ids = torch.tensor([prompt_ids + list(title)])
+            lowered = llm.lower(ids, torch.ones_like(ids, dtype=torch.bool), layer)
+            n = len(prompt_ids)
+            query = LayerState(hidden=lowered.hidden[:, :n], mask=lowered.mask[:, :n],
+                               layer=layer)
+            joined = combiner.combine(query, memory)
+            full = LayerState(hidden=torch.cat([joined.hidden, lowered.hidden[:, n:]], 1),
+                              mask=torch.cat([joined.mask, lowered.mask[:, n:]], 1), layer=layer)
+            logp = torch.log_softmax(llm.upper(full)[0].float(), -1)
+            start = joined.seq_len - 1
+            out.append(sum(logp[start + j, t] for j, t in enumerate(title)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_5_text"])
+@given(prompts=st.lists(words, min_size=1, max_size=3), layer=st.integers(0, 3),
+       chunk=st.integers(1, 5), kind=st.sampled_from(sorted(COMBINERS)),
+       width=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_likelihood_scores_with_memory_equal_a_plain_forward_per_title(
+        tiny_models, tokenizer, arch, prompts, layer, chunk, kind, width, seed):
+    """Memory joined at the split layer (each prompt its own row, prompts of other lengths
+    left-padded beside it), titles scored in chunks against copies of the prompt's caches:
+    each title's score is the one an uncached forward of that prompt alone gives."""
+    llm = HFSplitLLM(tiny_models[arch])
+    targets = catalog_targets(tokenizer, TITLES)
+    ids, mask = encode_prompts(tokenizer, prompts)
+    hidden = torch.randn(len(prompts), width, llm.hidden_size,
+                         generator=torch.Generator().manual_seed(seed))
+    memory = MemoryTokens(hidden=hidden, mask=torch.ones(len(prompts), width, dtype=torch.bool))
+    combiner = COMBINERS[kind]()
+    scores = LikelihoodGrounder(targets, chunk_size=chunk).scores(
+        llm, ids, mask, layer, lambda state: combiner.combine(state, memory))
+    for row, prompt in enumerate(prompts):
+        own = MemoryTokens(hidden=hidden[row : row + 1], mask=memory.mask[row : row + 1])
+        expected = plain_joined_scores(llm, tokenizer(prompt)["input_ids"], targets, layer,
+                                       combiner, own)
+        torch.testing.assert_close(scores[row], expected, rtol=0, atol=1e-4)
 
 
 def test_likelihood_grounder_ranks_the_most_likely_title_first(tiny_models, tokenizer):
