@@ -125,6 +125,25 @@ def test_a_subset_annotation_holds_the_full_annotations_values_at_its_elements(w
     torch.testing.assert_close(part.base, full.base)
 
 
+def test_the_annotated_queries_are_the_inference_queries_of_the_prompts(workspace):
+    """The retriever trains on z_t pooled from the prompt's share of one lower pass over
+    [prompt, target]; at inference z_t is the prompt alone encoded as a memory key is: the
+    same vectors, so the target (never seen at inference) leaks into no training query."""
+    from automr.data import tokenize_sample
+    from automr.memory.encoders import Backbone, LayerEncoder
+
+    store, dataset, loaded = workspace["store"], workspace["dataset"], workspace["loaded"]
+    encoder = LayerEncoder(Backbone.of(loaded), store.layer, store.record.pooling)
+    by_id = {s.id: s for s in dataset.samples("train")}
+    for name in ("all", "three"):
+        annotations = Annotations.load(workspace["folders"][name])
+        prompts = [tokenize_sample(loaded.tokenizer, by_id[i], dataset.catalog,
+                                   dataset.prompt_config).prompt_ids
+                   for i in annotations.header["samples"]]
+        expected = torch.cat([encoder.encode_tokens([p]).keys for p in prompts])
+        torch.testing.assert_close(annotations.queries, expected.float(), rtol=0, atol=1e-5)
+
+
 def test_the_retrieval_dataset_holds_the_annotated_elements_only(workspace):
     dataset, store = workspace["dataset"], workspace["store"]
     part = Annotations.load(workspace["folders"]["three"])
