@@ -185,11 +185,24 @@ def test_deltas_are_eq5_differences_of_probabilities_or_log_probabilities():
     import math
 
     base, with_element = math.log(0.2), torch.tensor([math.log(0.5), math.log(0.1)])
-    torch.testing.assert_close(deltas(base, with_element, "paper"), torch.tensor([0.3, -0.1]))
+    torch.testing.assert_close(deltas(base, with_element, "paper"),
+                               torch.tensor([0.3, -0.1], dtype=torch.float64))
     torch.testing.assert_close(deltas(base, with_element, "log"),
-                               torch.tensor([math.log(2.5), math.log(0.5)]))
+                               torch.tensor([math.log(2.5), math.log(0.5)], dtype=torch.float64))
     torch.testing.assert_close(labels(base, with_element, "log", 2.0),
                                torch.tensor([2.5**0.5, 0.5**0.5]).double() / (2.5**0.5 + 0.5**0.5))
+
+
+@given(base=st.floats(-300, -20), gaps=st.lists(st.floats(-3, 3), min_size=1, max_size=8))
+def test_paper_deltas_of_long_titles_are_the_plain_float64_differences(base, gaps):
+    """A long title's P(y) is below float32's range (log P(y) < -103): its deltas were
+    returned in float32, every one of them 0, as if no element changed anything."""
+    import math
+
+    with_element = torch.tensor([base + g for g in gaps])  # float32, as annotation stores it
+    expected = torch.tensor([math.exp(v) - math.exp(base) for v in with_element.tolist()],
+                            dtype=torch.float64)
+    torch.testing.assert_close(deltas(base, with_element, "paper"), expected, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
