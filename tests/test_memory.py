@@ -860,6 +860,39 @@ def test_append_takes_an_interaction_tied_with_the_last_stored_one(backbone, dat
     assert entry.items[-2:] == [second, first]
 
 
+@pytest.mark.parametrize("cut", ["config", "index"])
+def test_an_append_cut_while_writing_its_record_or_index_is_appended_again_once(
+        backbone, dataset, built, tmp_path, monkeypatch, cut):
+    """The index was written before the record: cut between the two, the folder held the new
+    elements under the old record, and appending again added each of them a second time (ties
+    with the last stored interaction are taken). The record goes first now: a cut leaves the
+    old index, which the rerun grows once."""
+    from automr.memory.config import MemoryRecord
+
+    user = built.users()[0]
+    last = built.index.users[user].timestamps[-1]
+    new = [Interaction(user, item.id, last + 10) for item, _ in zip(dataset.catalog, range(2),
+                                                                      strict=False)]
+    whole = append_memory(shutil.copytree(built.folder, tmp_path / "whole"), backbone, new,
+                          dataset.catalog, progress=False, dataset=dataset)
+    folder = shutil.copytree(built.folder, tmp_path / "cut")
+    cls = MemoryRecord if cut == "config" else MemoryIndex
+    original = cls.write
+
+    def killed(self, where):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        append_memory(folder, backbone, new, dataset.catalog, progress=False, dataset=dataset)
+    monkeypatch.setattr(cls, "write", original)
+    again = append_memory(folder, backbone, new, dataset.catalog, progress=False,
+                          dataset=dataset)
+    assert again.count(user) == whole.count(user) == built.count(user) + 2
+    assert again.index.users[user].items == whole.index.users[user].items
+    again.check_dataset(dataset)
+
+
 @pytest.mark.parametrize("arch", ["mamba", "mamba2"])
 def test_a_bfloat16_model_with_a_float32_residual_builds_its_memory_in_bfloat16(dataset, tmp_path,
                                                                                arch):

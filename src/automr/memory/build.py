@@ -225,7 +225,8 @@ def append_memory(
     stored one (ties are fine); they are taken in time order, ties in input order. Windows of
     the new elements reach back into the user's stored items. ``catalog`` must name every item
     involved (it may be larger than the one the memory was built with). The index is replaced
-    only once every new shard is written, so an interrupted append changes nothing. An
+    only once every new shard and the record are written, so an interrupted append adds no
+    element, and running it again appends each once. An
     ``automr.memory/1`` folder is upgraded to the current format (its old shards stay as
     they are and are read as before).
 
@@ -283,11 +284,13 @@ def append_memory(
                                               [*previous.segments, segments[user]])
             if on_shard is not None:
                 on_shard(offset, len(plan))
-    index.write(folder)
-    if plan:  # new shards may be shared (the format says so) and other data is held
+    if plan:  # new shards may be shared (the format says so) and other data is held; the
+        # record goes first: an append cut between the two leaves the old index, which a rerun
+        # grows (cut after a new index, the old record let a rerun add every element twice)
         attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
             catalog), dataset_fingerprint=None if dataset is None else dataset_fingerprint(
             dataset)).write(folder)
+    index.write(folder)
     return MemoryStore.open(folder, recompute=encoder)
 
 
