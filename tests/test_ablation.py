@@ -226,6 +226,7 @@ def test_damaged_demo_settings_are_one_line_naming_them(tmp_path):
     from automr.experiments.demo import _check_settings
 
     (tmp_path / "settings.json").write_text('{"config": {')
+    (tmp_path / "bigrec").mkdir()  # a run that began a step (else its settings are replaced)
     with pytest.raises(AutomrError, match=r"settings\.json is not valid JSON"):
         _check_settings(tmp_path, {"config": {}, "dataset": "d", "dtype": "float32"})
 
@@ -242,7 +243,7 @@ def test_a_demo_rerun_with_its_model_folder_typed_otherwise_resumes(tmp_path, mo
     (tmp_path / "m").mkdir()
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo"
-    out.mkdir()
+    (out / "bigrec").mkdir(parents=True)  # a run that began a step
     _check_settings(out, settings("./m"))
     _check_settings(out, settings(str(tmp_path / "m")))
     with pytest.raises(AutomrError, match=r"other settings \(model\)"):
@@ -282,6 +283,7 @@ def test_a_demo_run_older_than_lora_targets_resumes_with_the_default_and_refuses
     older = settings(DemoConfig())
     del older["config"]["lora_targets"]
     (tmp_path / "settings.json").write_text(json.dumps(older))
+    (tmp_path / "bigrec").mkdir()  # a run that began a step
     _check_settings(tmp_path, settings(DemoConfig()))
     with pytest.raises(AutomrError, match=r"other settings \(lora_targets\)"):
         _check_settings(tmp_path, settings(DemoConfig(lora_targets=("qkv_proj",))))
