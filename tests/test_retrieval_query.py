@@ -126,3 +126,13 @@ def test_a_refused_component_is_told_what_its_protocol_needs(protocol, needs):
     assert str(refused.value) == (f"the part is not a {protocol.__name__}: it needs {needs} "
                                   f"(got a str; a built-in one by name is X)")
     require(SemanticRetriever(), Retriever, "retriever", "")
+
+
+@pytest.mark.parametrize(("protocol", "cls"), [
+    (Combiner, automr.Concat), (Combiner, automr.AppendToken), (Retriever, SemanticRetriever)])
+def test_a_component_class_is_refused_for_its_instance(protocol, cls):
+    """A class has its methods' names, so it passed the Protocol's ``isinstance``; its unbound
+    ``combine`` then failed at the first batch (TypeError: missing 'memory')."""
+    with pytest.raises(automr.AutomrError, match=f"the class {cls.__name__}, not an instance"):
+        require(cls, protocol, "part", "X")
+    require(cls(), protocol, "part", "X")

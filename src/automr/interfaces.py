@@ -310,7 +310,12 @@ class Explained(Protocol):
 def require(value: object, protocol: type, role: str, instead: str) -> None:
     """Refuse ``value`` (the ``role`` a caller gave it) unless it has ``protocol``'s shape,
     in one line that lists what the shape needs and ``instead``, how to get a real one: a
-    registry name or a wrong object would otherwise fail at its first use, mid-run."""
+    registry name or a wrong object would otherwise fail at its first use, mid-run. A class
+    (``Concat`` for ``Concat()``) has its methods' names, so it passes ``isinstance``; it is
+    refused too, as its unbound methods fail at the first call."""
+    if isinstance(value, type) and isinstance(value, protocol):
+        raise AutomrError(f"the {role} is the class {value.__name__}, not an instance of it: "
+                          f"pass {value.__name__}(...) ({instead})")
     if isinstance(value, protocol):
         return
     needs = [name if isinstance(member, property) else
