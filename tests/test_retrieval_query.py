@@ -136,3 +136,17 @@ def test_a_component_class_is_refused_for_its_instance(protocol, cls):
     with pytest.raises(automr.AutomrError, match=f"the class {cls.__name__}, not an instance"):
         require(cls, protocol, "part", "X")
     require(cls(), protocol, "part", "X")
+
+
+def test_a_wrong_store_or_retriever_size_is_refused_at_once(workspace):
+    """A memory folder's path for the store failed with AttributeError ('PosixPath' object has
+    no attribute 'record'); an MLP retriever of another hidden size was accepted and the first
+    batch failed in a matmul (mat1 and mat2 shapes cannot be multiplied (2x32 and 999x256))."""
+    store = workspace["store"]
+    with pytest.raises(automr.AutomrError, match="not a MemoryStore"):
+        automr.MemoryRetrieval(store.folder, SemanticRetriever(), automr.AppendToken())
+    wrong = automr.build_retriever("mlp", store.hidden_size + 1)
+    with pytest.raises(automr.AutomrError, match=f"holds keys of size {store.hidden_size}"):
+        automr.MemoryRetrieval(store, wrong, automr.AppendToken())
+    automr.MemoryRetrieval(store, automr.build_retriever("mlp", store.hidden_size),
+                           automr.AppendToken())

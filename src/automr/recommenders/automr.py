@@ -14,7 +14,7 @@ from automr.data import Sample
 from automr.errors import AutomrError
 from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever, require
 from automr.memory import MemoryStore
-from automr.retrievers import load_retriever, retrieved_memory, top_k
+from automr.retrievers import MLPRetriever, load_retriever, retrieved_memory, top_k
 from automr.state import LayerState
 
 
@@ -37,8 +37,18 @@ class MemoryRetrieval:
     retrieved: list[list[int]] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.store, MemoryStore):
+            raise AutomrError(f"the store is a {type(self.store).__name__}, not a MemoryStore: "
+                              f"open a memory folder with automr.MemoryStore.open(folder) (or "
+                              f"FinetunedRun.open_memory)")
         require(self.retriever, Retriever, "retriever", "a built-in one by name is "
                 "automr.build_retriever(name, store.hidden_size)")
+        if (isinstance(self.retriever, MLPRetriever)
+                and self.retriever.config.hidden_size != self.store.hidden_size):
+            raise AutomrError(f"the MLP retriever scores keys of size "
+                              f"{self.retriever.config.hidden_size}, but the memory in "
+                              f"{self.store.folder} holds keys of size {self.store.hidden_size}: "
+                              f"build or train one for this memory")
         require(self.combiner, Combiner, "combiner",
                 "a built-in one by name is automr.COMBINERS[name]()")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
