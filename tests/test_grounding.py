@@ -1,6 +1,7 @@
 """Grounders rank the whole catalog exactly as the plain computations say."""
 
 import copy
+import math
 import typing
 
 import attrs
@@ -17,6 +18,7 @@ from automr.grounding import (
     build_grounder,
     catalog_embeddings,
     catalog_targets,
+    dataset_targets,
     embed_texts,
     target_log_likelihoods,
 )
@@ -803,3 +805,28 @@ def test_catalog_targets_need_an_eos(tokenizer):
     assert tokenizer.eos_token_id is None
     with pytest.raises(ValueError, match="the tokenizer has no EOS token"):
         catalog_targets(tokenizer, TITLES)
+
+
+@pytest.mark.parametrize(("kind", "given"), [
+    ("constrained", {"num_beams": 0}), ("l2", {"num_beams": 0}),
+    ("constrained", {"num_beams": -1}),
+    ("constrained-pop", {"gamma": math.nan}), ("constrained-pop", {"gamma": math.inf})])
+def test_build_grounder_refuses_a_beam_width_or_gamma_at_once(tiny_models, tmp_path, monkeypatch,
+                                                               kind, given):
+    """num_beams=0 silently became the default width (``num_beams or 10``), -1 failed in the
+    beam search (negative dimension -1), and gamma=nan ranked the catalog's tail by NaN
+    distances without a word; each is refused before the catalog is embedded."""
+    import automr.grounding.catalog as catalog
+    from automr.errors import AutomrError
+    from automr.testing.synthetic import synthetic_dataset
+    from automr.testing.tiny import tiny_tokenizer
+
+    dataset = synthetic_dataset(tmp_path / "data")
+    loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tiny_tokenizer(), name="tiny",
+                         fingerprint="f" * 64)
+    monkeypatch.setattr(catalog, "catalog_embeddings", None)  # not reached
+    with pytest.raises(AutomrError, match=next(iter(given))):
+        build_grounder(kind, loaded, dataset, "f" * 64, cache_dir=tmp_path / "cache",
+                       progress=False, **given)
+    with pytest.raises(ValueError, match="num_beams"):
+        ConstrainedGrounder(dataset_targets(loaded, dataset), num_beams=0)

@@ -4,6 +4,7 @@
 import contextlib
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -92,6 +93,11 @@ def build_grounder(
     """
     if kind not in GROUNDER_KINDS:
         raise AutomrError(f"unknown grounder {kind!r}; choose one of {', '.join(GROUNDER_KINDS)}")
+    if num_beams is not None and (isinstance(num_beams, bool) or num_beams < 1):
+        raise AutomrError(f"num_beams must be an int >= 1 (None: the grounder's default), got "
+                          f"{num_beams!r}")
+    if not math.isfinite(gamma):
+        raise AutomrError(f"gamma (the popularity exponent) must be finite, got {gamma}")
     targets = dataset_targets(loaded, dataset)
     if kind == "likelihood":
         return LikelihoodGrounder(targets)
@@ -100,8 +106,8 @@ def build_grounder(
     if kind == "l2":  # its distances are measured where the LM runs, the catalog moved once
         device = next(loaded.model.parameters()).device
         return L2Grounder(loaded.model, loaded.tokenizer, embeddings.to(device),
-                          num_beams=num_beams or 4,
+                          num_beams=4 if num_beams is None else num_beams,
                           max_new_tokens=max(map(len, targets.token_ids)) + 4)
     prior = min_max(popularity(dataset)).float() if kind.endswith("-pop") else None
-    return ConstrainedGrounder(targets, embeddings, num_beams=num_beams or 10, prior=prior,
-                               gamma=gamma)
+    return ConstrainedGrounder(targets, embeddings, num_beams=10 if num_beams is None else
+                               num_beams, prior=prior, gamma=gamma)

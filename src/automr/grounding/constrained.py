@@ -49,7 +49,7 @@ class ConstrainedGrounder:
 
     targets: CatalogTargets
     catalog_embeddings: Float[Tensor, "items hidden"] | None = None
-    num_beams: int = 10
+    num_beams: int = attrs.field(default=10, validator=attrs.validators.gt(0))
     prior: Float[Tensor, " items"] | None = None
     gamma: float = 0.0
     engine: Literal["fast", "reference", "generate"] = attrs.field(

@@ -35,7 +35,7 @@ class L2Grounder:
     model: torch.nn.Module
     tokenizer: object
     catalog_embeddings: Float[Tensor, "items hidden"]
-    num_beams: int = 4
+    num_beams: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     max_new_tokens: int = 32
 
     @jaxtyped(typechecker=beartype)
