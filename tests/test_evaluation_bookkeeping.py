@@ -2,6 +2,7 @@
 rerun may reuse, a cut save, names that would share files, and combining folders."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -527,6 +528,9 @@ def test_what_is_not_a_method_is_one_line_before_any_ranking():
     with pytest.raises(AutomrError, match=r"n_items is .* \(e\.g\. len\(dataset\.catalog\)\); "
                                           r"got a list$"):
         evaluate({"m": Constant(0)}, SAMPLES, list(range(10_000)))
+    for name in (1, ("bigrec", 1)):  # failed with AttributeError: no attribute 'startswith'
+        with pytest.raises(AutomrError, match=f"str names .*got the name {re.escape(repr(name))}$"):
+            evaluate({name: Constant(0)}, SAMPLES, 30)
     single = evaluate({"m": Constant(0)}, SAMPLES, 30, measures="ranks")
     assert single.reports["m"] == evaluate({"m": Constant(0)}, SAMPLES, 30).reports["m"]
 

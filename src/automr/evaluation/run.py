@@ -177,8 +177,8 @@ def evaluate(
     saved with.
 
     Raises :class:`~automr.errors.AutomrError` before any method runs when ``methods`` is
-    not a non-empty dict of :class:`~automr.interfaces.Method` s, ``n_items`` is not an
-    int >= 1, there are no samples or their ids repeat, ``measures`` is empty or unknown,
+    not a non-empty dict of :class:`~automr.interfaces.Method` s under str names, ``n_items``
+    is not an int >= 1, there are no samples or their ids repeat, ``measures`` is empty or unknown,
     ``reference`` is not a method, only ``likelihood`` is measured and no method is a
     :class:`~automr.interfaces.LikelihoodMethod`, ``out`` (or a method's name) cannot hold
     the evaluation, a method's ``settings`` are not JSON, ``ks`` are not distinct positive
@@ -192,6 +192,10 @@ def evaluate(
                           f"{type(methods).__name__}")
     if not methods:
         raise AutomrError("evaluate needs at least one method")
+    unnamed = next((name for name in methods if not isinstance(name, str)), None)
+    if unnamed is not None:
+        raise AutomrError(f"evaluate takes the methods as {{name: method}} with str names (they "
+                          f"name its tables and files); got the name {unnamed!r}")
     if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral) or n_items < 1:
         shown = repr(n_items) if isinstance(n_items, numbers.Number) else (
             f"a {type(n_items).__name__}")
