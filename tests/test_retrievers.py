@@ -900,3 +900,13 @@ def test_early_stopping_never_keeps_a_nan():
     stopping.restore(model)
     assert (stopping.best, stopping.best_epoch, stopping.stale) == (0.5, 2, 1)
     assert bool((model.weight == 2.0).all())
+
+
+@pytest.mark.parametrize("field", ["lr", "weight_decay", "temperature"])
+def test_training_config_refuses_an_infinite_rate_or_temperature(field):
+    """lr=inf (or weight_decay=inf) trained one epoch and failed in top_k ('the retriever
+    produced NaN scores'); temperature=inf trained an MLP whose scores were all 0 (a uniform
+    retriever) without a word."""
+    with pytest.raises(ValueError, match=f"'{field}' must be < inf"):
+        RetrieverTrainingConfig(**{field: math.inf})
+    RetrieverTrainingConfig(**{field: 1e3})

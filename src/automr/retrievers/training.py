@@ -15,6 +15,7 @@ would insert at k = 1: with ``log`` labels (``S' = softmax(gain / T)``) it is
 raise the true title's likelihood most. All three are recorded every epoch in the history.
 """
 
+import math
 from typing import Literal
 
 import attrs
@@ -58,9 +59,9 @@ def kl_loss(
 class RetrieverTrainingConfig:
     """Optimisation, early stopping and MLP settings for :func:`train_mlp_retriever`."""
 
-    lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
+    lr: float = attrs.field(default=1e-3, validator=[v.gt(0.0), v.lt(math.inf)])
     """Adam's learning rate (> 0)."""
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    weight_decay: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(math.inf)])
     """Adam's ``weight_decay`` (an L2 term added to the gradients; >= 0, default none)."""
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
     """Training samples per optimiser step; the training set is reshuffled every epoch."""
@@ -75,7 +76,7 @@ class RetrieverTrainingConfig:
     """Width of the MLP's hidden layer (:class:`MLPRetrieverConfig`; the paper's 256)."""
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     """The MLP's activation between its two linear layers: ``gelu`` or ``relu``."""
-    temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
+    temperature: float = attrs.field(default=1.0, validator=[v.gt(0.0), v.lt(math.inf)])
     """The scores are ``MLP(z_t) . m / temperature`` (> 0; the paper's 1)."""
     normalize: bool = False
     """Standardise queries and unit-scale keys before eq. 3 (:class:`MLPRetrieverConfig`)."""
