@@ -121,6 +121,14 @@ def test_config_refuses_a_dropout_of_everything_and_zero_counts(field):
         FinetuneConfig(**field)
 
 
+@pytest.mark.parametrize("field", ["lr", "weight_decay"])
+def test_config_refuses_an_infinite_rate_or_decay(field):
+    """lr=inf passed the > 0 check and was refused only once training had run with it, the
+    model and data loaded, as a diverged training loss."""
+    with pytest.raises(ValueError, match=f"'{field}' must be < inf"):
+        FinetuneConfig(**{field: math.inf})
+
+
 def test_memory_training_refuses_a_share_of_no_examples():
     from automr.recommenders.finetune_config import MemoryTraining
 

@@ -58,6 +58,9 @@ def test_config_validation() -> None:
             SASRecConfig(monitor=bad)
     with pytest.raises(AutomrError, match="divisible"):
         SASRecConfig(hidden=10, n_heads=3)
+    for field in ("lr", "weight_decay"):  # trained every epoch, then 'scores contain NaN'
+        with pytest.raises(ValueError, match=f"'{field}' must be < inf"):
+            SASRecConfig(**{field: float("inf")})
     with pytest.raises(ValueError):
         SASRecConfig(dropout=1.0)
     with pytest.raises(ValueError):

@@ -1,6 +1,8 @@
 """The settings of a fine-tune (:func:`~automr.recommenders.finetune.finetune`), apart from its
 code so that reading them (the CLI's defaults, a run's ``finetune.json``) needs no torch."""
 
+import math
+
 import attrs
 from beartype import beartype
 
@@ -53,8 +55,10 @@ class FinetuneConfig:
     loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
     """``target``: the NLL of the target tokens (title + EOS); ``sequence``: of every token
     after the first (BIGRec's whole-sequence variant)."""
-    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
-    weight_decay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    lr: float = attrs.field(default=1e-3, validator=[attrs.validators.gt(0),
+                                                     attrs.validators.lt(math.inf)])
+    weight_decay: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0),
+                                                              attrs.validators.lt(math.inf)])
     batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     max_train_samples: int | None = attrs.field(

@@ -101,8 +101,8 @@ class SASRecConfig:
     source's order of ties is arbitrary: on ML-100K half the training-period transitions are
     between items rated in the same second, and training on one fixed order of them teaches
     that order."""
-    lr: float = attrs.field(default=1e-2, validator=v.gt(0.0))
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    lr: float = attrs.field(default=1e-2, validator=[v.gt(0.0), v.lt(math.inf)])
+    weight_decay: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(math.inf)])
     batch_size: int = attrs.field(default=256, validator=v.ge(1))
     max_epochs: int = attrs.field(default=200, validator=v.ge(1))
     patience: int = attrs.field(default=10, validator=v.ge(1))
