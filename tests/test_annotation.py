@@ -263,3 +263,19 @@ def test_a_fast_path_whose_cache_would_cross_longrope_switch_runs_plain(tiny_mod
     fast, plain = (UpperAnnotator(llm, 2, combiner, min_shared=1, share_prompt=share).annotate(
         prompt, target, memory) for share in (True, False))
     assert fast.with_element.tolist() == plain.with_element.tolist()
+
+
+def test_an_annotator_refuses_a_wrong_part_at_construction(tiny_models):
+    """A bare model for the split LM, a combiner by name or class, and an element batch of 0 or
+    -1 were accepted; annotating then failed with AttributeError ('LlamaForCausalLM' object
+    has no attribute 'lower'; 'str' object has no attribute 'combine'), TypeError, or
+    ValueError (range() arg 3 must not be zero; torch.cat(): expected a non-empty list)."""
+    model = tiny_models["llama"]
+    llm = HFSplitLLM(model)
+    for wrong in (dict(llm=model), dict(combiner="concat"), dict(combiner=Concat)):
+        with pytest.raises(AutomrError, match=f"the {next(iter(wrong))} is "):
+            UpperAnnotator(**{"llm": llm, "layer": 1, "combiner": Concat(), **wrong})
+    for batch in (0, -1):
+        with pytest.raises(ValueError, match="element_batch"):
+            UpperAnnotator(llm, 1, Concat(), element_batch=batch)
+    UpperAnnotator(llm, 1, Concat(), element_batch=1)

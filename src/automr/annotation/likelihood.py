@@ -29,7 +29,7 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.combiners import AppendToken, Concat, PrependToken
-from automr.interfaces import Combiner, MemoryTokens, SplitLLM
+from automr.interfaces import Combiner, MemoryTokens, SplitLLM, require
 from automr.state import KVCache, LayerState
 
 
@@ -61,9 +61,15 @@ class UpperAnnotator:
     llm: SplitLLM
     layer: int
     combiner: Combiner
-    element_batch: int = 32
+    element_batch: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     share_prompt: bool = True
     min_shared: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+
+    def __attrs_post_init__(self) -> None:
+        require(self.llm, SplitLLM, "llm", "split a loaded model with "
+                "automr.HFSplitLLM(loaded.model)")
+        require(self.combiner, Combiner, "combiner",
+                "a built-in one by name is automr.COMBINERS[name]()")
 
     @torch.no_grad()
     @jaxtyped(typechecker=beartype)
