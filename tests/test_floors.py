@@ -77,6 +77,21 @@ def test_floors_are_registered_methods(dataset):
         assert len(method.rank(dataset.samples("test")[:4])) == 4
 
 
+def test_a_workspace_refuses_a_folder_or_dict_for_its_parts(dataset):
+    """Workspace(path_of_prepared_data) and Workspace(dataset, artifacts={...}) were accepted
+    and building or ranking a method failed with AttributeError ('PosixPath' object has no
+    attribute 'source'; 'dict' object has no attribute 'finetuned'); Artifacts(model=3) with
+    TypeError: expected str, bytes or os.PathLike object, not int."""
+    with pytest.raises(TypeError, match="'dataset' must be"):
+        Workspace(dataset.path)
+    with pytest.raises(TypeError, match="'artifacts' must be"):
+        Workspace(dataset, artifacts={"finetuned": "x"})
+    with pytest.raises(TypeError, match="'options' must be"):
+        Workspace(dataset, options={"k": 2})
+    with pytest.raises(TypeError, match="'model' must be"):
+        registry.Artifacts(model=3)
+
+
 def random_data(dataset, data):
     """``dataset`` with random interactions (some outside the training period, items from a
     few catalog items so that counts tie) and random test samples (repeats in histories)."""

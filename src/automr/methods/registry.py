@@ -104,7 +104,8 @@ GROUNDERS = (*GROUNDER_KINDS, *INJECTIONS)
 class Artifacts:
     """The folders named methods are built from; each method kind says which it needs."""
 
-    model: str | None = None
+    model: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.instance_of(str)))
     """The untuned LM of ``base`` methods; None: the base model of the fine-tune given
     (``finetuned``, else ``rella``, else ``trsr``: so that ``base`` and the tuned methods are
     one model), else :data:`~automr.defaults.DEFAULT_MODEL`."""
@@ -143,9 +144,12 @@ class Workspace:
     """What the builders share: the data, the artifacts, options, and loaded models (each
     model is loaded once however many methods use it)."""
 
-    dataset: PreparedDataset
-    artifacts: Artifacts = Artifacts()
-    options: MethodOptions = MethodOptions()
+    dataset: PreparedDataset = attrs.field(validator=attrs.validators.instance_of(
+        PreparedDataset))
+    artifacts: Artifacts = attrs.field(default=Artifacts(),
+                                       validator=attrs.validators.instance_of(Artifacts))
+    options: MethodOptions = attrs.field(default=MethodOptions(),
+                                         validator=attrs.validators.instance_of(MethodOptions))
     device: str = "auto"
     cache_dir: Path | str | None = None
     progress: bool = True
