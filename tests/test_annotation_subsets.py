@@ -478,3 +478,12 @@ def test_an_annotation_refuses_a_combiner_by_name_in_place_of_an_object(workspac
                          tmp_path / "named", AnnotateConfig(max_samples=8), progress=False,
                          combiner="concat")
     assert not (tmp_path / "named").exists()
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_annotate_config_refuses_a_sample_count_below_one(count):
+    """max_samples=0 chose no sample and annotate_dataset said 'no train sample among the all
+    chosen has a memory element' (0 read as all); None is all."""
+    with pytest.raises(ValueError, match="'max_samples' must be > 0"):
+        AnnotateConfig(max_samples=count)
+    assert AnnotateConfig(max_samples=None).max_samples is None

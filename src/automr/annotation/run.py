@@ -60,7 +60,8 @@ class AnnotateConfig:
 
     split: str = "train"
     """The split whose samples are annotated."""
-    max_samples: int | None = 256
+    max_samples: int | None = attrs.field(default=256, validator=attrs.validators.optional(
+        attrs.validators.gt(0)))
     """A seeded subset of this many of the split's samples (None: all); those among them
     with an empty memory are then left out."""
     seed: int = 0
