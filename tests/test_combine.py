@@ -144,6 +144,18 @@ def test_open_evaluation_refuses_a_path_that_does_not_exist(tmp_path):
         open_evaluation(tmp_path / "nowhere")
 
 
+def test_open_evaluation_refuses_a_folder_that_is_not_an_evaluation(tmp_path):
+    """A prepared dataset's folder (or an empty one) gave an EvaluationFolder whose split()
+    answered 'test' for any method and whose report() advised evaluating into that folder."""
+    from automr.testing.synthetic import synthetic_dataset
+
+    synthetic_dataset(tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "data" / "prepared", tmp_path / "empty"):
+        with pytest.raises(AutomrError, match="is not an evaluation folder"):
+            open_evaluation(folder)
+
+
 def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
     """A committed export (docs/results/*.json) pairs exactly as the folder it came from:
     the same ranks, log-likelihoods, retrieved elements, intervals and paired differences."""

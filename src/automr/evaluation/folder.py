@@ -72,9 +72,7 @@ class EvaluationFolder:
         if self.path.exists() and not self.path.is_dir():
             raise AutomrError(f"{self.path} is a file; write the evaluation into a new or empty "
                               f"folder")
-        if not self.path.is_dir() or any((self.path / name).exists()
-                                         for name in ("ranks", "loglik", "models",
-                                                      RESULTS_JSON)):
+        if not self.path.is_dir() or self.is_evaluation():
             return
         other = sorted(p.name for p in self.path.iterdir()
                        if p.name != RUNS_FILE and not p.name.startswith("."))
@@ -82,6 +80,12 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path} holds other files ({', '.join(other[:4])}) and is "
                               f"not an evaluation folder; write the evaluation into a new or "
                               f"empty folder (or an evaluation folder, to resume it)")
+
+    def is_evaluation(self) -> bool:
+        """Whether the folder holds an evaluation's files (its ranks/, loglik/, models/ or
+        results.json)."""
+        return any((self.path / name).exists()
+                   for name in ("ranks", "loglik", "models", RESULTS_JSON))
 
     @staticmethod
     def slug(method: str) -> str:
@@ -501,7 +505,14 @@ def open_evaluation(path: Path | str) -> "EvaluationFolder | ExportedEvaluation"
     if not Path(path).exists():
         raise AutomrError(f"{path} does not exist: an evaluation to read is a folder "
                           f"(automr evaluate --out) or its export (automr export)")
-    return ExportedEvaluation.open(path) if Path(path).is_file() else EvaluationFolder(path)
+    if Path(path).is_file():
+        return ExportedEvaluation.open(path)
+    folder = EvaluationFolder(path)
+    if not folder.is_evaluation():
+        raise AutomrError(f"{path} is not an evaluation folder (no ranks/, loglik/ or "
+                          f"{RESULTS_JSON}): pass the --out of `automr evaluate` or its export "
+                          f"(automr export)")
+    return folder
 
 
 def exported_reports(exported: Mapping[str, Any], method: str
