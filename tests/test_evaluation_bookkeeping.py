@@ -535,6 +535,28 @@ def test_what_is_not_a_method_is_one_line_before_any_ranking():
     assert single.reports["m"] == evaluate({"m": Constant(0)}, SAMPLES, 30).reports["m"]
 
 
+@pytest.mark.parametrize(("given", "refused"), [
+    ({"ks": (1.0, 5)}, "cut-offs K must be positive integers"),
+    ({"ks": (True, 5)}, "cut-offs K must be positive integers"),
+    ({"seed": True}, "seed .* must be an int"), ({"seed": 1.5}, "seed .* must be an int"),
+    ({"samples": "abc"}, "takes Samples .* got a str"),
+    ({"samples": [*SAMPLES[:2], 3]}, "takes Samples .* got a int")])
+def test_a_cut_off_seed_or_sample_of_a_wrong_type_is_refused_before_any_ranking(given,
+                                                                                refused):
+    """ks=(1.0, 5) and seed=True (or 1.5) were refused only once every method had ranked every
+    sample (a TypeCheckError of build_report; a RuntimeError of torch.manual_seed); ks=(True,
+    5) gave a 'recall@True' column; a str of samples failed with AttributeError ('str' object
+    has no attribute 'id')."""
+
+    class Refuses(Constant):
+        def rank(self, samples):
+            raise AssertionError("ranked")
+
+    arguments = {"samples": SAMPLES, **given}
+    with pytest.raises(AutomrError, match=refused):
+        evaluate({"m": Refuses(0)}, arguments.pop("samples"), 30, **arguments)
+
+
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "my/method", "a\\b", "", " ",
                                   ".hidden"])
 def test_a_method_name_that_is_not_a_file_name_is_refused(tmp_path, name):

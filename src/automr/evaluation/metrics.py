@@ -17,6 +17,7 @@ ranking - every item except the target itself - which can only move the target u
 """
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -158,7 +159,8 @@ def ndcg_of_rank(rank: int, k: int) -> float:
 
 def check_ks(ks: Sequence[int]) -> None:
     """Refuse cut-offs that are not distinct positive integers (an empty list too)."""
-    if not ks or any(k < 1 for k in ks):
+    if not ks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
+                     for k in ks):
         raise AutomrError(f"cut-offs K must be positive integers, got {tuple(ks)}")
     if len(set(ks)) != len(ks):
         raise AutomrError(f"cut-offs K must be distinct, got {tuple(ks)}")

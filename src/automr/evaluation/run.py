@@ -178,11 +178,13 @@ def evaluate(
 
     Raises :class:`~automr.errors.AutomrError` before any method runs when ``methods`` is
     not a non-empty dict of :class:`~automr.interfaces.Method` s under str names, ``n_items``
-    is not an int >= 1, there are no samples or their ids repeat, ``measures`` is empty or unknown,
+    is not an int >= 1, there are no samples (or what is not a Sample among them) or their ids
+    repeat, ``measures`` is empty or unknown,
     ``reference`` is not a method, only ``likelihood`` is measured and no method is a
     :class:`~automr.interfaces.LikelihoodMethod`, ``out`` (or a method's name) cannot hold
     the evaluation, a method's ``settings`` are not JSON, ``ks`` are not distinct positive
-    ints (when ranks are measured), or ``n_resamples`` or ``shard_size`` is not an int >= 1.
+    ints (when ranks are measured), ``n_resamples`` or ``shard_size`` is not an int >= 1, or
+    ``seed`` is not an int.
     Then, method by method: when it returns a wrong number of values, a rank that is not
     an int in ``[0, n_items]`` or a log-likelihood that is not finite, or a saved file is
     damaged.
@@ -205,6 +207,10 @@ def evaluate(
     samples = list(samples)  # any iterable, read once
     if not samples:
         raise AutomrError("evaluate needs at least one sample")
+    stray = next((s for s in samples if not isinstance(s, Sample)), None)
+    if stray is not None:
+        raise AutomrError(f"evaluate takes Samples (e.g. dataset.samples('test')); got a "
+                          f"{type(stray).__name__} among them")
     if isinstance(measures, str):
         measures = (measures,)
     unknown = set(measures) - set(MEASURES)
@@ -245,6 +251,8 @@ def evaluate(
     for count, what in ((n_resamples, "n_resamples"), (shard_size, "shard_size")):
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise AutomrError(f"{what} must be an int >= 1, got {count!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise AutomrError(f"seed (of the bootstrap) must be an int, got {seed!r}")
     for name, method in methods.items():
         settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
         if folder is not None and not method.settings:  # nothing says what made saved values:
