@@ -36,3 +36,12 @@ def test_negative_or_non_integer_counts_are_refused(limit):
     # Slicing would read -1 as "all but one": refused instead.
     with pytest.raises(AutomrError, match="sample count must be"):
         seeded_subset(["a", "b", "c"], limit, 0)
+
+
+@pytest.mark.parametrize("seed", [True, 1.5, "0", 2**70])
+def test_a_seed_that_is_not_a_64_bit_whole_number_is_refused(seed):
+    """torch refused it with its own words: 'manual_seed expected a long, but got bool';
+    'Overflow when unpacking long long'."""
+    with pytest.raises(AutomrError, match="seed must be a 64-bit whole number"):
+        seeded_subset(list(range(10)), 3, seed)
+    assert len(seeded_subset(list(range(10)), 3, -1)) == 3

@@ -23,6 +23,8 @@ def seeded_subset(samples: Sequence[T], limit: int | None, seed: int) -> list[T]
     if limit is not None and limit < 0:
         raise AutomrError(f"the sample count must be >= 0, got {limit} (on the command line, "
                           f"0 means all samples).")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:
+        raise AutomrError(f"the subset's seed must be a 64-bit whole number, got {seed!r}.")
     if limit is None or limit >= len(samples):
         return list(samples)
     generator = torch.Generator().manual_seed(seed)
