@@ -645,6 +645,25 @@ def ordered_method(tmp_path_factory):
     return GenerativeMethod(loaded, dataset, grounder=NeverRanks(), layer=1)
 
 
+def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_method):
+    """A sample of another dataset failed with a bare KeyError ('333') when its batch's prompts
+    were written, after the batches before it had run; GenerativeMethod(loaded.model, ...) was
+    accepted and failed when ranking with an AttributeError."""
+    import attrs
+
+    from automr.errors import AutomrError
+    from automr.methods import GenerativeMethod
+
+    samples = list(ordered_method.dataset.samples("test")[:2])
+    foreign = [samples[0], attrs.evolve(samples[1], recent=("333", *samples[1].recent[1:]))]
+    for run in (ordered_method.rank, ordered_method.target_log_likelihoods):
+        with pytest.raises(AutomrError, match="item '333' is not in this catalog"):
+            run(foreign)
+    with pytest.raises(AutomrError, match="not a LoadedModel"):
+        GenerativeMethod(ordered_method.loaded.model, ordered_method.dataset, NeverRanks(),
+                         layer=1)
+
+
 @given(data=st.data(), exclude_seen=st.booleans())
 def test_ranks_in_order_are_the_targets_positions_in_the_lists(ordered_method, data,
                                                                 exclude_seen):

@@ -92,6 +92,9 @@ class GenerativeMethod:
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.loaded, LoadedModel):
+            raise AutomrError(f"loaded is a {type(self.loaded).__name__}, not a LoadedModel: "
+                              f"pass what automr.load_model (or FinetunedRun.load) returns")
         require(self.grounder, Grounder, "grounder", "a built-in one by name is "
                 "automr.build_grounder(name, loaded, dataset, fingerprint)")
         if self.context is not None:
@@ -216,6 +219,8 @@ class GenerativeMethod:
         return self._details
 
     def _batches(self, samples: Sequence[Sample], run):
+        for sample in samples:  # an item of another catalog: one line before any batch runs
+            self.dataset.catalog.positions((sample.target, *sample.history))
         llm = HFSplitLLM(self.loaded.model)
         contexts = None if self.context is None else self.context.texts(samples)
         if contexts is not None and len(contexts) != len(samples):
