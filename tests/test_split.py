@@ -46,6 +46,18 @@ def test_hf_split_is_a_split_llm(tiny_models):
     assert isinstance(HFSplitLLM(tiny_models["llama"]), SplitLLM)
 
 
+def test_a_loaded_model_or_tokenizer_is_refused_for_the_model(tiny_models):
+    """HFSplitLLM(loaded) failed with AttributeError: 'LoadedModel' object has no attribute
+    'config'."""
+    from automr.llm import LoadedModel
+    from automr.testing.tiny import tiny_tokenizer
+
+    loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tiny_tokenizer(), name="tiny")
+    for wrong in (loaded, loaded.tokenizer):
+        with pytest.raises(AutomrError, match=f"not a {type(wrong).__name__}$"):
+            HFSplitLLM(wrong)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
 def test_upper_of_lower_equals_full_model(tiny_models, arch, seqs, layer, side):

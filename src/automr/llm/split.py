@@ -177,6 +177,9 @@ class HFSplitLLM:
     """
 
     def __init__(self, model: PreTrainedModel | nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise AutomrError(f"HFSplitLLM splits a model (an nn.Module: loaded.model of a "
+                              f"LoadedModel), not a {type(model).__name__}")
         base = base_model_of(model)
         config = text_config(base)
         kind = base.config.model_type
