@@ -424,6 +424,10 @@ def test_wrong_model_or_layer_is_refused(backbone, dataset, built, tokenizer, tm
                      store_token_states=True), built.folder, progress=False)
     with pytest.raises(AutomrError, match="not a memory folder"):
         MemoryStore.open(tmp_path)
+    for wrong in (backbone, backbone.llm):  # was AttributeError: ... no attribute 'base'
+        with pytest.raises(AutomrError, match=f"not a {type(wrong).__name__}: make it with "
+                                              f"automr.memory.memory_encoder"):
+            MemoryStore.open(built.folder, recompute=wrong)
 
 
 def test_token_states_recomputed_equal_stored(backbone, dataset, built, tmp_path):

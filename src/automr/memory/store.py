@@ -25,7 +25,7 @@ from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
 from automr.memory.config import CONFIG_FILE, MemoryRecord
-from automr.memory.encoders import ElementEncoder
+from automr.memory.encoders import ElementEncoder, LayerEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
 from automr.paths import home_path
 from automr.storage import files_digest
@@ -338,7 +338,11 @@ def pad_keys(
 
 def check_encoder(folder: Path, record: MemoryRecord, encoder: ElementEncoder) -> None:
     """Refuse an encoder that would compute different states than the memory holds."""
-    base = encoder.base
+    base = getattr(encoder, "base", None)
+    if not isinstance(base, LayerEncoder):
+        raise AutomrError(f"recompute is an element encoder, not a {type(encoder).__name__}: "
+                          f"make it with automr.memory.memory_encoder({folder}, model, "
+                          f"catalog)")
     record.check(folder, base.backbone.fingerprint, base.layer)
     mismatches = []
     if encoder.settings() != record.encoder_settings():
