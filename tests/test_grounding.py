@@ -443,6 +443,21 @@ def test_an_injection_weighs_by_the_prior_scaled_to_0_1():
         torch.testing.assert_close(injected.rank([]), weighted)
 
 
+@pytest.mark.parametrize("gamma", [math.inf, -math.inf, math.nan])
+def test_an_injection_refuses_a_gamma_that_is_not_finite(gamma):
+    """gamma=inf ranked by (1 + prior) ** -inf, 0 for every item the prior favours (2 samples
+    of the synthetic data: both targets at rank 27 of 30), without a word; gamma=nan was
+    refused only after the LM had generated for the samples ('scores contain NaN')."""
+    from types import SimpleNamespace
+
+    from automr.methods.injection import PriorWeightedMethod
+
+    plain = SimpleNamespace(distances=lambda samples: torch.zeros(1, 4),
+                            ranks_by_distance=lambda samples, weighted: weighted)
+    with pytest.raises(ValueError, match="'gamma' must be"):
+        PriorWeightedMethod(plain, lambda samples: torch.ones(1, 4), gamma=gamma)
+
+
 def test_a_prior_per_sample_weighs_each_row_by_its_own_scores():
     """BIGRec's collaborative injection: one prior row per sample, each row as if alone."""
     from automr.grounding.prior import adjusted_distances, choose_gamma

@@ -10,6 +10,7 @@ validation sits where the two together rank best. Every injection of one LM shar
 generations: ``plain`` keeps the distances it computed per sample.
 """
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,8 @@ class PriorWeightedMethod:
 
     plain: GenerativeMethod
     scores: Scores
-    gamma: float
+    gamma: float = attrs.field(validator=[attrs.validators.gt(-math.inf),
+                                          attrs.validators.lt(math.inf)])
     grounding: Mapping[str, Any] = attrs.field(factory=dict)
     settings: Mapping[str, Any] = attrs.field(factory=dict)
 
