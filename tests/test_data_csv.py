@@ -55,6 +55,26 @@ def test_load_csv(tmp_path, ext):
     assert src.interactions[0].timestamp == 1577836800
 
 
+def test_an_unknown_domain_or_a_protocol_dict_is_refused_before_reading(tmp_path):
+    """load_csv(..., domain="movie") (or load_amazon's, or a SourceData's) was kept, and the
+    prepared dataset was prompted with the items vocabulary ('interacted with the following
+    items') without a word; prepare_dataset(source, {...}) failed with AttributeError: 'dict'
+    object has no attribute 'start'."""
+    from automr.data import load_amazon, prepare_dataset
+
+    inter, items = small_csv(tmp_path)
+    with pytest.raises(AutomrError, match="unknown prompt domain 'movie'; use one of books"):
+        load_csv(tmp_path / "missing.csv", items, domain="movie")  # before any file is read
+    with pytest.raises(AutomrError, match="unknown prompt domain 'movie'"):
+        load_amazon(tmp_path / "missing.json", tmp_path / "missing.json", domain="movie")
+    source = load_csv(inter, items, domain="movies")
+    with pytest.raises(AutomrError, match="unknown prompt domain 'movie'"):
+        prepare_dataset(attrs.evolve(source, domain="movie"), ProtocolConfig(start=None,
+                                                                            end=None))
+    with pytest.raises(AutomrError, match=r"takes a SourceData .* got a SourceData and a dict"):
+        prepare_dataset(source, {"train_months": 2})
+
+
 def test_prepare_csv_round_trip(tmp_path):
     inter, items = small_csv(tmp_path)
     out = tmp_path / "prepared"

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 from automr.data.catalog import Catalog, MergeReport, merge_duplicates
+from automr.data.prompts import check_domain
 from automr.data.reading import (
     LineSource,
     bad_input,
@@ -61,6 +62,7 @@ def load_amazon(
     ``merge_same_title=True`` merges ASINs with identical titles (editions of one book) into
     one item; by default they stay separate and :meth:`Catalog.ids_for_title` lists them all.
     """
+    check_domain(domain)
     reviews = require_file(reviews, "Amazon reviews")
     meta = require_file(meta, "Amazon metadata")
     skips = SkipCounter()

@@ -16,6 +16,7 @@ from beartype import beartype
 from automr.data.amazon import load_amazon
 from automr.data.movielens import load_movielens_100k
 from automr.data.prepared import PreparedDataset, SourceInfo, is_prepared_dir
+from automr.data.prompts import check_domain
 from automr.data.protocol import (
     SPLITS,
     ProtocolConfig,
@@ -47,6 +48,11 @@ def prepare_dataset(
     samples is an :class:`AutomrError` that shows the counts, the window and the data's time
     range. The folder is written atomically: on any error nothing is left at ``out``.
     """
+    if not isinstance(source, SourceData) or not isinstance(protocol, ProtocolConfig):
+        raise AutomrError(f"prepare_dataset takes a SourceData (automr.load_csv, load_amazon, "
+                          f"load_movielens_100k) and a ProtocolConfig; got a "
+                          f"{type(source).__name__} and a {type(protocol).__name__}")
+    check_domain(source.domain)
     target = _check_out(out)
     skips = SkipCounter(source.skipped)
     loaded = drop_repeats(source.interactions, skips, "same_second_repeats")

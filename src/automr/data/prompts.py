@@ -19,6 +19,7 @@ from beartype import beartype
 
 from automr.data.catalog import Catalog
 from automr.data.records import Sample
+from automr.errors import AutomrError
 
 IGNORE_INDEX = -100
 ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that "
@@ -70,6 +71,14 @@ PROMPT_DOMAINS: dict[str, PromptConfig] = {
     "games": PromptConfig(plural="video games", singular="video game", verb="played"),
     "items": PromptConfig(plural="items", singular="item", verb="interacted with"),
 }
+
+
+def check_domain(domain: str) -> None:
+    """Refuse a ``domain`` that is not one of :data:`PROMPT_DOMAINS`: a prepared dataset of an
+    unknown one would be prompted with the ``items`` vocabulary, without a word."""
+    if domain not in PROMPT_DOMAINS:
+        raise AutomrError(f"unknown prompt domain {domain!r}; use one of "
+                          f"{', '.join(sorted(PROMPT_DOMAINS))}")
 
 
 def prompt_config(domain: str) -> PromptConfig:

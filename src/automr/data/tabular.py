@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from automr.data.catalog import Catalog, MergeReport, merge_duplicates
+from automr.data.prompts import check_domain
 from automr.data.reading import (
     LineSource,
     bad_input,
@@ -161,6 +162,7 @@ def load_csv(
     """Load the generic CSV/TSV format (module docstring). ``merge_same_title=True`` merges
     items with identical titles into the first one listed; ``columns`` maps the format's
     column names to the files' (``{"item": "movieId"}``)."""
+    check_domain(domain)
     columns = check_columns(columns or {})
     inter_path = require_file(interactions, "interactions")
     item_path = require_file(items, "items")
