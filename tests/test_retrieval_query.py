@@ -150,3 +150,35 @@ def test_a_wrong_store_or_retriever_size_is_refused_at_once(workspace):
         automr.MemoryRetrieval(store, wrong, automr.AppendToken())
     automr.MemoryRetrieval(store, automr.build_retriever("mlp", store.hidden_size),
                            automr.AppendToken())
+
+
+def test_the_pipeline_functions_refuse_a_path_dict_or_bare_model_at_once(workspace, tmp_path):
+    """Each failed at its first attribute: build_grounder(loaded.model, ...) with
+    AttributeError ('LlamaForCausalLM' object has no attribute 'tokenizer'), build_memory with
+    the dataset's folder or a dict config ('PosixPath' object has no attribute 'protocol';
+    'dict' object has no attribute 'window'), annotate_dataset with a memory's folder or a
+    dict config ('check_dataset'; 'split'), retrieval_dataset with an annotation folder
+    ('header'), finetune with the bare model ('name')."""
+    dataset, loaded, store = workspace["dataset"], workspace["loaded"], workspace["store"]
+    calls = {
+        "model": [lambda: automr.build_grounder("constrained", loaded.model, dataset, "f" * 64,
+                                                cache_dir=tmp_path, progress=False),
+                  lambda: automr.annotate_dataset(loaded.model, dataset, store, tmp_path / "a",
+                                                  progress=False),
+                  lambda: automr.finetune(loaded.model, dataset, tmp_path / "f",
+                                          progress=False)],
+        "dataset": [lambda: build_memory(loaded, dataset.path, LAYER, MemoryConfig(),
+                                         tmp_path / "m", progress=False)],
+        "config": [lambda: build_memory(loaded, dataset, LAYER, {"encoder": "item"},
+                                        tmp_path / "m", progress=False),
+                   lambda: automr.annotate_dataset(loaded, dataset, store, tmp_path / "a",
+                                                   {"max_samples": 2}, progress=False)],
+        "memory": [lambda: automr.annotate_dataset(loaded, dataset, store.folder,
+                                                   tmp_path / "a", progress=False)],
+        "annotations": [lambda: automr.retrieval_dataset(tmp_path, dataset, store)],
+    }
+    for role, refused in calls.items():
+        for call in refused:
+            with pytest.raises(automr.AutomrError, match=f"^the {role} argument is of type "):
+                call()
+    assert not list(tmp_path.iterdir())

@@ -307,6 +307,15 @@ class Explained(Protocol):
         """``{kind: {sample id: value}}`` of the samples ranked so far."""
 
 
+def require_instance(value: object, kind: type, role: str, instead: str) -> None:
+    """Refuse ``value`` (the ``role`` a caller gave it) unless it is a ``kind``, in one line
+    that says ``instead``, how to get one: a folder's path or a dict where a loaded object is
+    meant would otherwise fail at its first attribute, with an AttributeError."""
+    if not isinstance(value, kind):
+        raise AutomrError(f"the {role} argument is of type {type(value).__name__}, not "
+                          f"{kind.__name__} ({instead})")
+
+
 def require(value: object, protocol: type, role: str, instead: str) -> None:
     """Refuse ``value`` (the ``role`` a caller gave it) unless it has ``protocol``'s shape,
     in one line that lists what the shape needs and ``instead``, how to get a real one: a

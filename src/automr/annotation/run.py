@@ -31,7 +31,7 @@ from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.interfaces import Combiner, MemoryTokens, require
+from automr.interfaces import Combiner, MemoryTokens, require, require_instance
 from automr.llm.loading import LoadedModel, dtype_name
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
@@ -114,6 +114,10 @@ def annotate_dataset(
     the prompt's upper-half work among elements where they can; another combiner takes the
     plain path, one upper-half pass per element: exact, slower.)
     """
+    require_instance(loaded, LoadedModel, "model", "automr.load_model or FinetunedRun.load")
+    require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
+    require_instance(store, MemoryStore, "memory", "automr.MemoryStore.open(folder)")
+    require_instance(config, AnnotateConfig, "config", "automr.AnnotateConfig(...)")
     out = Path(out_dir)
     samples = [s for s in seeded_subset(dataset.samples(config.split), config.max_samples,
                                         config.seed) if s.memory]
@@ -361,6 +365,9 @@ def retrieval_dataset(
     :class:`~automr.errors.AutomrError`) a memory other than the annotated one
     (:meth:`Annotations.check_memory`) or a dataset other than its own.
     """
+    require_instance(annotations, Annotations, "annotations", "automr.Annotations.load(folder)")
+    require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
+    require_instance(store, MemoryStore, "memory", "automr.MemoryStore.open(folder)")
     split = split or annotations.header["config"]["split"]
     annotations.check_memory(store)
     store.check_dataset(dataset)

@@ -19,7 +19,7 @@ from automr.grounding.l2 import L2Grounder
 from automr.grounding.likelihood import LikelihoodGrounder
 from automr.grounding.prior import min_max
 from automr.grounding.targets import CatalogTargets, catalog_targets
-from automr.interfaces import Grounder
+from automr.interfaces import Grounder, require_instance
 from automr.llm.loading import LoadedModel, dtype_name
 from automr.progress import Progress
 from automr.storage import read_safetensors, save_safetensors
@@ -93,6 +93,8 @@ def build_grounder(
     """
     if kind not in GROUNDER_KINDS:
         raise AutomrError(f"unknown grounder {kind!r}; choose one of {', '.join(GROUNDER_KINDS)}")
+    require_instance(loaded, LoadedModel, "model", "automr.load_model or FinetunedRun.load")
+    require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     if num_beams is not None and (isinstance(num_beams, bool) or num_beams < 1):
         raise AutomrError(f"num_beams must be an int >= 1 (None: the grounder's default), got "
                           f"{num_beams!r}")

@@ -32,6 +32,7 @@ from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
 from automr.data.records import Interaction
 from automr.errors import AutomrError
+from automr.interfaces import require_instance
 from automr.llm.loading import LoadedModel, canonical_model_name, dtype_name
 from automr.memory.config import (
     CONFIG_FILE,
@@ -124,6 +125,8 @@ def build_memory(
     """
     if batch_size < 1:
         raise AutomrError(f"the batch size (--batch-size) must be >= 1, got {batch_size}")
+    require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
+    require_instance(config, MemoryConfig, "config", "automr.MemoryConfig(...)")
     backbone = Backbone.of(model)
     window = config.window or dataset.protocol.recent_k
     record = make_record(backbone, layer, config, dataset.prompt_config, window, dataset,

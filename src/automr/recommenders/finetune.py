@@ -53,7 +53,7 @@ from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_samp
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
-from automr.interfaces import Insert
+from automr.interfaces import Insert, require_instance
 from automr.llm.loading import (
     LoadedModel,
     canonical_model_name,
@@ -424,6 +424,9 @@ def finetune(
     the store whose elements join the examples (built from this model at layer
     ``config.lora_from_layer``).
     """
+    require_instance(loaded, LoadedModel, "model", "automr.load_model(name)")
+    require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
+    require_instance(config, FinetuneConfig, "config", "automr.FinetuneConfig(...)")
     out = Path(out_dir)
     _check_layers(loaded, config)
     _check_memory(loaded, dataset, config, memory)
