@@ -910,3 +910,20 @@ def test_training_config_refuses_an_infinite_rate_or_temperature(field):
     with pytest.raises(ValueError, match=f"'{field}' must be < inf"):
         RetrieverTrainingConfig(**{field: math.inf})
     RetrieverTrainingConfig(**{field: 1e3})
+
+
+def test_a_retriever_of_another_size_an_infinite_temperature_or_a_float_seed_is_refused():
+    """evaluate_retriever with an MLP of another hidden size failed in a matmul ('mat1 and
+    mat2 shapes cannot be multiplied (10x4 and 8x8)'); MLPRetrieverConfig(temperature=inf)
+    gave all-zero scores; RandomRetriever(seed=1.5) failed at its first scores ("unsupported
+    operand type(s) for &: 'float' and 'int'")."""
+    data = synthetic(4, 0, hidden=16)
+    torch.manual_seed(0)
+    with pytest.raises(AutomrError, match="scores keys of size 8, but the dataset's are"):
+        evaluate_retriever(MLPRetriever(MLPRetrieverConfig(hidden_size=8)), data)
+    evaluate_retriever(MLPRetriever(MLPRetrieverConfig(hidden_size=16)), data)
+    with pytest.raises(ValueError, match="'temperature' must be < inf"):
+        MLPRetrieverConfig(hidden_size=16, temperature=math.inf)
+    for seed in (1.5, True):
+        with pytest.raises(AutomrError, match="seed must be a whole number"):
+            RandomRetriever(seed=seed)

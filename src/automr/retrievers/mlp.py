@@ -1,5 +1,6 @@
 """The paper's retriever (eq. 3): ``s = softmax(MLP(z_t)^T M)`` over a user's memory."""
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, final
@@ -37,7 +38,7 @@ class MLPRetrieverConfig:
     hidden_size: int = attrs.field(validator=v.gt(0))
     mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
-    temperature: float = attrs.field(default=1.0, validator=v.gt(0.0))
+    temperature: float = attrs.field(default=1.0, validator=[v.gt(0.0), v.lt(math.inf)])
     normalize: bool = False
 
 

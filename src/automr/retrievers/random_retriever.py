@@ -29,6 +29,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.errors import AutomrError
 from automr.retrievers.storage import read_retriever, write_retriever
 
 _MASK32 = 0xFFFFFFFF
@@ -68,6 +69,9 @@ class RandomRetriever:
     """
 
     def __init__(self, seed: int = 0, provenance: Mapping[str, str] | None = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise AutomrError(f"the random retriever's seed must be a whole number, got "
+                              f"{seed!r}")
         self.seed = seed
         self.provenance = dict(provenance or {})
 

@@ -131,6 +131,9 @@ def evaluate_retriever(
     if len(dataset) == 0:
         raise AutomrError("evaluate_retriever needs at least one annotated sample; the "
                           "dataset is empty")
+    if isinstance(retriever, MLPRetriever) and retriever.config.hidden_size != dataset.hidden_size:
+        raise AutomrError(f"the MLP retriever scores keys of size {retriever.config.hidden_size}"
+                          f", but the dataset's are of size {dataset.hidden_size}")
     kl_total, uniform_total, hits, regret = 0.0, 0.0, 0, 0.0
     for batch in dataset.batches(batch_size):
         scores = retriever.scores(batch.queries, batch.keys, batch.mask)
