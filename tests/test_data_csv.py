@@ -689,3 +689,16 @@ def test_another_artifacts_folder_is_neither_replaced_nor_loaded_as_a_dataset(tm
     assert [p.name for p in other.iterdir()] == ["config.json"]
     with pytest.raises(AutomrError, match="is not a prepared dataset"):
         PreparedDataset.load(other)
+
+
+def test_the_fingerprint_of_a_folder_is_refused(tmp_path):
+    """dataset_fingerprint("runs/data") failed with AttributeError: 'PosixPath' object has no
+    attribute 'source'."""
+    from automr import dataset_fingerprint
+
+    inter, items = small_csv(tmp_path)
+    dataset = prepare_csv(inter, items, tmp_path / "out", protocol=PROTOCOL)
+    for folder in (dataset.path, str(dataset.path)):
+        with pytest.raises(AutomrError, match=r"takes a PreparedDataset .*not a (PosixPath|str)$"):
+            dataset_fingerprint(folder)
+    assert dataset_fingerprint(dataset) == dataset_fingerprint(PreparedDataset.load(dataset.path))

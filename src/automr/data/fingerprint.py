@@ -6,6 +6,7 @@ import json
 import attrs
 
 from automr.data.prepared import PreparedDataset
+from automr.errors import AutomrError
 
 
 def dataset_fingerprint(dataset: PreparedDataset) -> str:
@@ -18,6 +19,9 @@ def dataset_fingerprint(dataset: PreparedDataset) -> str:
     ``--column timestamp=...`` is other timelines); a dataset prepared without one keeps the
     fingerprint it always had.
     """
+    if not isinstance(dataset, PreparedDataset):
+        raise AutomrError(f"dataset_fingerprint takes a PreparedDataset (automr.PreparedDataset"
+                          f".load(folder)), not a {type(dataset).__name__}")
     payload = {
         "source": [dataset.source.kind, dataset.source.domain, dict(dataset.source.fingerprints)],
         "protocol": dataset.protocol.to_json(),
