@@ -557,6 +557,26 @@ def test_a_cut_off_seed_or_sample_of_a_wrong_type_is_refused_before_any_ranking(
         evaluate({"m": Refuses(0)}, arguments.pop("samples"), 30, **arguments)
 
 
+@pytest.mark.parametrize(("given", "refused"), [
+    ({"header": 3}, "header .* must be a str, got a int"),
+    ({"record": [1]}, r"record is not a JSON dict \(a list, not a dict\)"),
+    ({"record": {"path": object()}}, "record is not a JSON dict .*not JSON serializable")])
+def test_a_header_or_record_that_cannot_be_written_is_refused_before_any_ranking(
+        tmp_path, given, refused):
+    """Each failed once every method had ranked every sample, when results.md or
+    results.json was written: TypeError ('sequence item 0: expected str instance, int found';
+    'Object of type object is not JSON serializable') or AttributeError ('list' object has no
+    attribute 'get')."""
+
+    class Refuses(Constant):
+        def rank(self, samples):
+            raise AssertionError("ranked")
+
+    with pytest.raises(AutomrError, match=refused):
+        evaluate({"m": Refuses(0)}, SAMPLES[:4], 30, out=tmp_path / "out", **given)
+    evaluate({"m": Constant(0)}, SAMPLES[:4], 30, n_resamples=10, **given)  # no folder: unused
+
+
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "my/method", "a\\b", "", " ",
                                   ".hidden"])
 def test_a_method_name_that_is_not_a_file_name_is_refused(tmp_path, name):

@@ -183,8 +183,9 @@ def evaluate(
     ``reference`` is not a method, only ``likelihood`` is measured and no method is a
     :class:`~automr.interfaces.LikelihoodMethod`, ``out`` (or a method's name) cannot hold
     the evaluation, a method's ``settings`` are not JSON, ``ks`` are not distinct positive
-    ints (when ranks are measured), ``n_resamples`` or ``shard_size`` is not an int >= 1, or
-    ``seed`` is not an int.
+    ints (when ranks are measured), ``n_resamples`` or ``shard_size`` is not an int >= 1,
+    ``seed`` is not an int, or (with ``out``) ``header`` is not a str or ``record`` not a
+    JSON dict.
     Then, method by method: when it returns a wrong number of values, a rank that is not
     an int in ``[0, n_items]`` or a log-likelihood that is not finite, or a saved file is
     damaged.
@@ -253,6 +254,8 @@ def evaluate(
             raise AutomrError(f"{what} must be an int >= 1, got {count!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise AutomrError(f"seed (of the bootstrap) must be an int, got {seed!r}")
+    if out is not None:  # what results.md and results.json start with, once all have run
+        _check_header_and_record(header, record)
     for name, method in methods.items():
         settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
         if folder is not None and not method.settings:  # nothing says what made saved values:
@@ -272,6 +275,19 @@ def evaluate(
         distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
                                                          evaluation.markdown(header)))
     return evaluation
+
+
+def _check_header_and_record(header: object, record: object) -> None:
+    if header is not None and not isinstance(header, str):
+        raise AutomrError(f"header (the text above results.md's tables) must be a str, got a "
+                          f"{type(header).__name__}")
+    try:
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a {type(record).__name__}, not a dict")
+        json.dumps(dict(record))
+    except (TypeError, ValueError) as error:
+        raise AutomrError(f"record is not a JSON dict ({error}): give strings, numbers, lists "
+                          f"and dicts") from None
 
 
 def _with_summary(record: Mapping[str, Any], ks: Sequence[int] | None, n_resamples: int,
