@@ -133,6 +133,11 @@ def test_different_samples_or_a_missing_method_are_refused(tmp_path):
     (a / "ranks" / "damaged.json").unlink()
     with pytest.raises(AutomrError, match="reference"):
         combine_folders({"a": (a, "m")}, reference="b")
+    # a folder without its method: TypeError ('cannot unpack non-iterable PosixPath object'),
+    # ValueError ('too many values to unpack (expected 2)'); a name 1: a beartype violation
+    for sources in ({"a": a}, {"a": str(a)}, {1: (a, "m")}):
+        with pytest.raises(AutomrError, match=r"takes \{name: \(folder, method\)\}"):
+            combine_folders(sources)
     bad = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",
                                    f"{a}/m"])
     assert bad.exit_code != 0 and "NAME=FOLDER/METHOD" in bad.output

@@ -52,6 +52,10 @@ def combine_folders(
     its values)."""
     if not sources:
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
+    for name, source in sources.items():
+        if not isinstance(name, str) or not isinstance(source, tuple | list) or len(source) != 2:
+            raise AutomrError(f"combine_folders takes {{name: (folder, method)}} with str names; "
+                              f"got {name!r}: {source!r}")
     reference = reference or next(iter(sources))
     if out is not None:
         _check_target(Path(out))
