@@ -209,6 +209,15 @@ def test_the_window_is_start_inclusive_end_exclusive_and_ids_are_stripped(tmp_pa
     assert src.skipped == {"reviews_outside_window": 2, "duplicate_interactions": 1}
 
 
+@pytest.mark.parametrize("end", [JAN_2017, JAN_2017 - DAY])
+def test_a_window_that_ends_before_it_starts_is_refused_before_reading(tmp_path, end):
+    """start >= end read the whole reviews file (a category's is gigabytes) to keep none of
+    them; prepare_dataset then refused the empty source."""
+    with pytest.raises(AutomrError, match="must be before end"):
+        load_amazon(tmp_path / "missing.json", tmp_path / "missing.json", start=JAN_2017,
+                    end=end)
+
+
 def test_an_asin_listed_again_after_an_empty_title_stays_out(tmp_path):
     """The first metadata line of an asin decides, an empty title included: a later line with
     a title is a duplicate, and the asin's reviews are dropped with it."""

@@ -36,6 +36,7 @@ from automr.data.reading import (
 )
 from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_skipped_items
+from automr.errors import AutomrError
 
 _REVIEW_TIME = re.compile(r"""["']unixReviewTime["']\s*:\s*(\d+)""")
 _ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
@@ -63,6 +64,9 @@ def load_amazon(
     one item; by default they stay separate and :meth:`Catalog.ids_for_title` lists them all.
     """
     check_domain(domain)
+    if start is not None and end is not None and start >= end:
+        raise AutomrError(f"start ({start}) must be before end ({end}): no review would be "
+                          f"kept (both are Unix seconds)")
     reviews = require_file(reviews, "Amazon reviews")
     meta = require_file(meta, "Amazon metadata")
     skips = SkipCounter()
