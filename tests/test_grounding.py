@@ -416,7 +416,8 @@ def test_plain_l2_and_its_injection_at_gamma_0_rank_ties_alike(tiny_models, toke
     loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tokenizer, name="tiny")
     for exclude_seen in (False, True):
         plain = GenerativeMethod(loaded, dataset, L2Grounder(
-            loaded.model, tokenizer, torch.zeros(n_items, 4)), exclude_seen=exclude_seen)
+            loaded.model, tokenizer, torch.zeros(n_items, 4)), layer=1,
+            exclude_seen=exclude_seen)
         injected = PriorWeightedMethod(plain, lambda given: torch.rand(len(given), n_items),
                                        gamma=0.0)
         assert plain.rank(samples) == injected.rank(samples)
@@ -677,6 +678,18 @@ def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_
     with pytest.raises(AutomrError, match="not a LoadedModel"):
         GenerativeMethod(ordered_method.loaded.model, ordered_method.dataset, NeverRanks(),
                          layer=1)
+
+
+@pytest.mark.parametrize("layer", [-1, 3, 99, True])
+def test_a_layer_the_model_does_not_have_is_refused_at_construction(ordered_method, layer):
+    """layer=99 (of a 2-layer model) was refused only when the method ranked: in an
+    evaluation, after every method before it had ranked every sample; True ran as layer 1."""
+    from automr.errors import AutomrError
+    from automr.methods import GenerativeMethod
+
+    with pytest.raises(AutomrError, match=f"layer {layer!r} is outside 0..2 for this model"):
+        GenerativeMethod(ordered_method.loaded, ordered_method.dataset, NeverRanks(),
+                         layer=layer)
 
 
 @given(data=st.data(), exclude_seen=st.booleans())

@@ -100,6 +100,9 @@ class GenerativeMethod:
         if self.context is not None:
             require(self.context, PromptContext, "context",
                     "a fine-tune's is automr.contexts.build_context(run.context, ...)")
+        layers = HFSplitLLM(self.loaded.model).num_layers
+        if isinstance(self.layer, bool) or not 0 <= self.layer <= layers:
+            raise AutomrError(f"layer {self.layer!r} is outside 0..{layers} for this model")
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
             raise AutomrError(f"the memory holds layer-{self.retrieval.store.layer} states; it "
                               f"cannot be joined at layer {self.layer}")
