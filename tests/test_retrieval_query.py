@@ -182,3 +182,24 @@ def test_the_pipeline_functions_refuse_a_path_dict_or_bare_model_at_once(workspa
             with pytest.raises(automr.AutomrError, match=f"^the {role} argument is of type "):
                 call()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_memory_of_another_models_size_is_refused_at_construction(workspace):
+    """A memory of size-32 states joined to a model of size 64 was accepted; the first batch
+    then failed in the retriever (a jaxtyping TypeCheckError of its scores' 'keys'), after
+    every method before it in an evaluation had ranked."""
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    class Unused:
+        def rank(self, llm, input_ids, attention_mask, layer, insert=None):
+            raise AssertionError("not reached")
+
+    store = workspace["store"]
+    wide = automr.LoadedModel(model=tiny_model(tiny_config(num_layers=3, hidden_size=64)),
+                              tokenizer=tiny_tokenizer(), name="wide")
+    retrieval = automr.MemoryRetrieval(store, SemanticRetriever(), automr.AppendToken())
+    with pytest.raises(automr.AutomrError, match="holds states of size 32, the model's are of "
+                                                 "size 64"):
+        automr.GenerativeMethod(wide, workspace["dataset"], Unused(), LAYER, retrieval=retrieval)
+    automr.GenerativeMethod(workspace["loaded"], workspace["dataset"], Unused(), LAYER,
+                            retrieval=retrieval)

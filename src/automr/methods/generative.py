@@ -100,12 +100,17 @@ class GenerativeMethod:
         if self.context is not None:
             require(self.context, PromptContext, "context",
                     "a fine-tune's is automr.contexts.build_context(run.context, ...)")
-        layers = HFSplitLLM(self.loaded.model).num_layers
-        if isinstance(self.layer, bool) or not 0 <= self.layer <= layers:
-            raise AutomrError(f"layer {self.layer!r} is outside 0..{layers} for this model")
+        llm = HFSplitLLM(self.loaded.model)
+        if isinstance(self.layer, bool) or not 0 <= self.layer <= llm.num_layers:
+            raise AutomrError(f"layer {self.layer!r} is outside 0..{llm.num_layers} for this "
+                              f"model")
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
             raise AutomrError(f"the memory holds layer-{self.retrieval.store.layer} states; it "
                               f"cannot be joined at layer {self.layer}")
+        if self.retrieval is not None and self.retrieval.store.hidden_size != llm.hidden_size:
+            raise AutomrError(f"the memory in {self.retrieval.store.folder} holds states of size "
+                              f"{self.retrieval.store.hidden_size}, the model's are of size "
+                              f"{llm.hidden_size}: it was built with another model")
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         """The 0-based rank of each sample's target in the grounder's full catalog ranking.
