@@ -731,6 +731,16 @@ def test_an_index_of_an_older_version_with_timings_reads(built, tmp_path):
     assert MemoryStore.digest(folder) == digest
 
 
+def test_the_digest_of_a_folder_without_a_memory_is_refused(tmp_path):
+    """A mistyped folder gave the digest of two missing files (the same for every such
+    folder), a dataset's folder one of its config.json: a method's settings recorded it."""
+    with pytest.raises(AutomrError, match="not a memory folder"):
+        MemoryStore.digest(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text('{"format": "automr.prepared-dataset/1"}')
+    with pytest.raises(AutomrError, match="is not a memory config"):
+        MemoryStore.digest(tmp_path)
+
+
 @pytest.mark.parametrize(("shards", "segment", "distinct", "ok"), [
     (1, (0, 0, 3), 3, True),  # a shared shard whose items are all distinct: one row each
     (1, (0, 1, 2), 0, True),

@@ -103,7 +103,9 @@ class MemoryStore:
     @staticmethod
     def digest(folder: Path | str) -> str:
         """What a memory folder holds, hashed: its config and index, which decide every key
-        (a memory built again in the same folder with other settings has another)."""
+        (a memory built again in the same folder with other settings has another). A folder
+        that holds no memory is refused, as :meth:`open` refuses it."""
+        MemoryRecord.read(home_path(folder))
         return files_digest(folder, (CONFIG_FILE, INDEX_FILE))
 
     def check_dataset(self, dataset: PreparedDataset) -> None:
