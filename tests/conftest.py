@@ -53,6 +53,27 @@ def cut_at_first_checkpoint(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def left_by_a_killed_write():
+    """``left_by_a_killed_write(folder, "config.json", text)``: what a process SIGKILLed while
+    writing ``folder/config.json`` leaves, its temporary ``.config.json.partial-HOST-PID``
+    holding ``text``, with the PID of a process that has ended."""
+    import subprocess
+    import sys
+
+    from automr.storage import HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+    def leave(folder: Path, name: str, text: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f".{name}.partial-{HOST}-{dead}").write_text(text)
+        return folder
+
+    return leave
+
+
+@pytest.fixture(scope="session")
 def tiny_models() -> dict[str, torch.nn.Module]:
     """One tiny randomly initialised model (3 layers) per supported architecture."""
     return {arch: tiny_model(tiny_config(arch, num_layers=3), seed=seed)

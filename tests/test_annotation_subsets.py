@@ -80,20 +80,12 @@ def test_a_resumed_annotation_counts_the_samples_annotated_before(workspace, tmp
     assert capsys.readouterr().out.startswith(f"annotating: {total}/{total} (100%)")
 
 
-def test_an_annotation_killed_while_writing_its_config_resumes(workspace, tmp_path):
+def test_an_annotation_killed_while_writing_its_config_resumes(workspace, tmp_path,
+                                                               left_by_a_killed_write):
     """SIGKILLed between writing its config's temporary file and renaming it, a run left a
     folder holding only ``.config.json.partial-HOST-PID``: the rerun refused it as "not an
     annotation folder" until it was deleted by hand."""
-    import subprocess
-    import sys
-
-    from automr.storage import HOST
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    out = tmp_path / "killed"
-    out.mkdir()
-    (out / f".config.json.partial-{HOST}-{dead}").write_text('{"format": "automr.ann')
+    out = left_by_a_killed_write(tmp_path / "killed", "config.json", '{"format": "automr.ann')
     annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"], out,
                      AnnotateConfig(max_samples=8, combiner="concat", element_subset=3,
                                     element_seed=5, shard_size=3), progress=False)

@@ -702,6 +702,15 @@ def recorded(calls):
     return call
 
 
+def invoked(monkeypatch, target: str, args: list[str]) -> list:
+    """The calls ``target`` (:func:`recorded`) receives when the CLI runs ``args``."""
+    calls: list = []
+    monkeypatch.setattr(target, recorded(calls))
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, Stop), result.output
+    return calls
+
+
 def recorded_with_loads(monkeypatch, target: str) -> tuple[list, list]:
     """``target`` recorded (:func:`recorded`), the model load recorded with the runtime's
     keywords and the dataset load a stand-in: ``(calls, loads)``."""
@@ -725,16 +734,13 @@ def test_evaluate_passes_every_option_on(monkeypatch, tmp_path):
     from automr.experiments.eval_config import EvalConfig
     from automr.methods.registry import Artifacts
 
-    calls = []
-    monkeypatch.setattr("automr.experiments.evaluate.evaluate_methods", recorded(calls))
-    result = runner.invoke(app, [
+    calls = invoked(monkeypatch, "automr.experiments.evaluate.evaluate_methods", [
         "evaluate", "--data", "d", "--out", "o", "--methods", "bigrec:l2,automr:l2",
         "--finetuned", "f", "--memory", "m", "--retriever", "r", "--rella", "rl", "--trsr", "t",
         "--model", "lm", "--combiner", "append-token", "--k", "2", "--split", "valid",
         "--samples", "5", "--batch-size", "3", "--layer", "7", "--num-beams", "6",
         "--exclude-seen", "--seed", "4", "--retrieval-seed", "9", "--tune-samples", "11",
         "--reference", "automr:l2", "--quiet", *RUNTIME_GIVEN])
-    assert isinstance(result.exception, Stop), result.output
     (args, keywords), = calls
     assert args == (Path("d"), ["bigrec:l2", "automr:l2"], Path("o"), EvalConfig(
         split="valid", max_samples=5, seed=4, batch_size=3, layer=7, num_beams=6,
@@ -789,14 +795,11 @@ def test_annotate_passes_every_option_on(monkeypatch, tmp_path):
 def test_retriever_train_passes_every_option_on(monkeypatch, tmp_path):
     from automr.retrievers import RetrieverTrainingConfig
 
-    calls = []
-    monkeypatch.setattr("automr.experiments.retriever.train_retriever", recorded(calls))
-    result = runner.invoke(app, [
+    calls = invoked(monkeypatch, "automr.experiments.retriever.train_retriever", [
         "retriever", "train", "--annotations", "a", "--data", "d", "--memory", "m", "--out",
         "o", "--label-form", "paper", "--temperature", "0.5", "--valid-fraction", "0.3",
         "--lr", "0.02", "--epochs", "3", "--patience", "4", "--monitor", "top1", "--seed", "5",
         "--normalize", "--device", "cpu:1", "--quiet"])
-    assert isinstance(result.exception, Stop), result.output
     assert calls == [((Path("a"), Path("d"), Path("m"), Path("o"), "paper", 0.5, 0.3,
                        RetrieverTrainingConfig(lr=0.02, max_epochs=3, patience=4,
                                                monitor="top1", seed=5, normalize=True)),
@@ -804,13 +807,10 @@ def test_retriever_train_passes_every_option_on(monkeypatch, tmp_path):
 
 
 def test_recommend_passes_every_option_on(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setattr("automr.experiments.recommend.recommend", recorded(calls))
-    result = runner.invoke(app, [
+    calls = invoked(monkeypatch, "automr.experiments.recommend.recommend", [
         "recommend", "u1", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever",
         "r", "--top", "3", "--split", "valid", "--grounder", "l2", "--combiner",
         "append-token", "--k", "2", "--no-exclude-seen", "--num-beams", "5", *RUNTIME_GIVEN])
-    assert isinstance(result.exception, Stop), result.output
     assert calls == [((Path("d"), "u1", Path("f"), Path("m"), Path("r"), 3, "valid", "l2",
                        "append-token", 2, "cpu:1", Path("c"), "float16", False, 5), {})]
     calls.clear()
@@ -824,14 +824,11 @@ def test_demo_ablate_and_rq2_pass_every_option_on(monkeypatch, tmp_path):
     from automr.experiments.demo import DemoConfig
     from automr.experiments.eval_config import EvalConfig
 
-    calls = []
-    monkeypatch.setattr("automr.experiments.demo.run_demo", recorded(calls))
-    result = runner.invoke(app, [
+    calls = invoked(monkeypatch, "automr.experiments.demo.run_demo", [
         "demo", "--out", "o", "--layer", "2", "--train-samples", "3", "--annotate-samples",
         "4", "--test-samples", "5", "--likelihood-samples", "6", "--encoder", "window",
         "--combiner", "prepend-token", "--model", "lm", "--lora-targets", "q_proj",
         "--data", "d", "--seed", "8", "--quiet", *RUNTIME_GIVEN])
-    assert isinstance(result.exception, Stop), result.output
     (args, keywords), = calls
     assert args == (Path("o"), DemoConfig(
         model="lm", layer=2, train_samples=3, annotate_samples=4, test_samples=5,
@@ -946,24 +943,19 @@ def test_bench_commands_pass_every_option_on(monkeypatch, tmp_path):
 
 
 def test_rq3_passes_every_option_on(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setattr("automr.experiments.rq3_report.run_rq3", recorded(calls))
-    result = runner.invoke(app, [
+    calls = invoked(monkeypatch, "automr.experiments.rq3_report.run_rq3", [
         "rq3", "--results", "r", "--data", "d", "--memory", "m", "--reference", "base:l2",
         "--reference-results", "rr", "--method", "random:l2", "--rows", "3", "--out", "o",
         "--measure", "likelihood"])
-    assert isinstance(result.exception, Stop), result.output
     assert calls == [((Path("r"), Path("d"), Path("o")), {
         "reference": "base:l2", "method": "random:l2", "rows": 3, "memory": Path("m"),
         "reference_dir": Path("rr"), "measure": "likelihood"})]
 
 
 def test_compare_passes_every_option_on(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setattr("automr.evaluation.combine_folders", recorded(calls))
-    result = runner.invoke(app, ["compare", "--out", "o", "--method", "a=e1/bigrec:l2",
-                                 "--method", "b=x/e2.json/pop", "--reference", "b", "--seed", "4"])
-    assert isinstance(result.exception, Stop), result.output
+    calls = invoked(monkeypatch, "automr.evaluation.combine_folders", [
+        "compare", "--out", "o", "--method", "a=e1/bigrec:l2", "--method", "b=x/e2.json/pop",
+        "--reference", "b", "--seed", "4"])
     assert calls == [(({"a": ("e1", "bigrec:l2"), "b": ("x/e2.json", "pop")},),
                       {"out": Path("o"), "reference": "b", "seed": 4})]
 

@@ -553,20 +553,12 @@ def test_a_build_cut_while_starting_its_folder_resumes(backbone, dataset, built,
     assert MemoryStore.digest(resumed.folder) == MemoryStore.digest(built.folder)
 
 
-def test_a_build_killed_while_writing_its_config_resumes(backbone, dataset, built, tmp_path):
+def test_a_build_killed_while_writing_its_config_resumes(backbone, dataset, built, tmp_path,
+                                                        left_by_a_killed_write):
     """SIGKILLed between writing its config's temporary file and renaming it, a build left a
     folder holding only ``.config.json.partial-HOST-PID``: the rerun refused it as "not a
     memory folder" until it was deleted by hand."""
-    import subprocess
-    import sys
-
-    from automr.storage import HOST
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    out = tmp_path / "killed"
-    out.mkdir()
-    (out / f".config.json.partial-{HOST}-{dead}").write_text('{"format": "automr.mem')
+    out = left_by_a_killed_write(tmp_path / "killed", "config.json", '{"format": "automr.mem')
     config = MemoryConfig(shard_elements=12, store_token_states=True)
     resumed = build_memory(backbone, dataset, LAYER, config, out, batch_size=5, progress=False)
     assert MemoryStore.digest(resumed.folder) == MemoryStore.digest(built.folder)

@@ -195,10 +195,9 @@ def evaluate(
                           f"{type(methods).__name__}")
     if not methods:
         raise AutomrError("evaluate needs at least one method")
-    unnamed = next((name for name in methods if not isinstance(name, str)), None)
-    if unnamed is not None:
+    if unnamed := [name for name in methods if not isinstance(name, str)]:
         raise AutomrError(f"evaluate takes the methods as {{name: method}} with str names (they "
-                          f"name its tables and files); got the name {unnamed!r}")
+                          f"name its tables and files); got the name {unnamed[0]!r}")
     if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral) or n_items < 1:
         shown = repr(n_items) if isinstance(n_items, numbers.Number) else (
             f"a {type(n_items).__name__}")
