@@ -123,7 +123,7 @@ def recommend(
                                 COMBINERS[combiner](), k=k)
     loaded = run.load(device=where, dtype=dtype, cache_dir=cache_dir)
     ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,
-                            num_beams=num_beams, cache_dir=cache_dir, progress=False)
+                            num_beams=num_beams or None, cache_dir=cache_dir, progress=False)
     ids, mask = left_padded_prompts(loaded, dataset, [sample])
     llm = HFSplitLLM(loaded.model)
     args = (llm, ids.to(llm.device), mask.to(llm.device), store.layer,
