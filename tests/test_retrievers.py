@@ -693,6 +693,20 @@ def test_training_restores_the_best_state_and_is_seeded():
         assert torch.equal(a, b)
 
 
+def test_training_takes_a_device_as_every_loader_does():
+    """``device="auto"`` (every loader's default) was torch's error, "Expected one of cpu,
+    cuda, ... device type at start of device string: auto"; a name there is none of is one
+    line with the choices."""
+    from automr.devices import resolve_device
+
+    config = RetrieverTrainingConfig(max_epochs=1, mlp_hidden=8)
+    retriever, _ = train_mlp_retriever(synthetic(16, 0), None, config, quiet=True,
+                                       device="auto")
+    assert next(retriever.parameters()).device.type == resolve_device("auto").type
+    with pytest.raises(AutomrError, match="unknown device 'gpu'"):
+        train_mlp_retriever(synthetic(16, 0), None, config, quiet=True, device="gpu")
+
+
 def test_the_epochs_training_kl_is_the_sample_weighted_mean():
     """Without learning (a vanishing lr), one epoch's training KL in batches of 16 (the last
     one of 4 rows) is the KL over all 36 rows at once: each batch weighs by its rows."""

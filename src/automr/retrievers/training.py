@@ -25,6 +25,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
+from automr.devices import resolve_device
 from automr.early_stopping import EarlyStopping, epoch_progress
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
@@ -159,7 +160,8 @@ def train_mlp_retriever(
     train: RetrievalDataset, valid: RetrievalDataset | None, config: RetrieverTrainingConfig,
     *, device: str | torch.device = "cpu", quiet: bool = False,
 ) -> tuple[MLPRetriever, RetrieverTrainingHistory]:
-    """Train the eq. 3 retriever on ``train`` with KL(S' || S); early-stop on ``valid``.
+    """Train the eq. 3 retriever on ``train`` with KL(S' || S); early-stop on ``valid``, on
+    ``device`` (``auto``, ``cpu``, ``mps``, ``cuda[:N]`` or a ``torch.device``).
 
     Returns the retriever (eval mode, best validation state restored; the last state when
     ``valid`` is None) and the history. The retriever's provenance is ``train.metadata``.
@@ -172,7 +174,7 @@ def train_mlp_retriever(
                           f"hidden size {train.hidden_size}")
     if valid is not None and len(valid) == 0:
         valid = None
-    device = torch.device(device)
+    device = resolve_device(device)
     retriever_config = MLPRetrieverConfig(
         hidden_size=train.hidden_size, mlp_hidden=config.mlp_hidden,
         activation=config.activation, temperature=config.temperature,
