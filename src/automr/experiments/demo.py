@@ -200,7 +200,8 @@ def _check_settings(out: Path, settings: dict) -> None:
     mistyped ``--model``, holds nothing of its settings: the rerun takes its place."""
     path = out / "settings.json"
     settings = _model_as_one_name(json.loads(json.dumps(settings)))
-    worked = any((out / name).exists() for name in DEMO_FILES[1:] if "." not in name)
+    worked = any((out / name).exists() for name in DEMO_FILES
+                 if name != "data" and "." not in name)  # a step's folder, ML-100K's aside
     if not path.exists() or not worked:
         write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
         return
