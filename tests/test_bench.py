@@ -36,6 +36,9 @@ def test_bench_annotate_agrees_with_the_naive_way(workspace, tmp_path, combiner)
     # the naive way's extra work: the lower half per element and the head at every position
     assert payload["work_ratio"] > 1 and payload["subset_work_ratio"] > payload["work_ratio"]
     assert payload["element_subset"] == 2
+    for key in ("speedup", "speedup_over_plain", "subset_speedup"):  # the line says the file's
+        assert (f"{payload[key]:.2f}x [{payload[f'{key}_min']:.2f}, "
+                f"{payload[f'{key}_max']:.2f}]") in result.output
     if combiner == "append-token":  # the shared prompt is the layout's whole point
         assert payload["work_ratio_over_plain"] > 1
     if combiner == "concat":  # one shared token is below min_shared: not cached
@@ -122,6 +125,9 @@ def test_bench_finetune_compares_the_three_ways(workspace, tmp_path):
     assert payload["max_abs_loss_diff_cached_vs_plain"] < 1e-5
     assert payload["lower_cache_bytes"] > 0 and payload["cached_speedup_over_plain"] > 0
     assert "faster per step" in result.output and "cached layer-L states" in result.output
+    for key in ("upper_layers_speedup", "cached_speedup_over_plain"):
+        low, high = payload[f"{key}_min_max"]
+        assert f"{payload[key]:.2f}x [{low:.2f}, {high:.2f}] faster per step" in result.output
 
 
 def test_under_a_launcher_the_files_count_every_process_and_the_line_says_whose(

@@ -47,6 +47,13 @@ def _say(result: dict, line: str) -> None:
         typer.echo((f"process 0 of {processes}: " if processes > 1 else "") + line)
 
 
+def _spread(result: dict, key: str) -> str:
+    """``1.84x [1.71, 1.90]``: a ratio's median over the rounds and its [min, max] (saved as
+    ``KEY_min`` and ``KEY_max``, or as one ``KEY_min_max`` pair)."""
+    low, high = result.get(f"{key}_min_max") or (result[f"{key}_min"], result[f"{key}_max"])
+    return f"{result[key]:.2f}x [{low:.2f}, {high:.2f}]"
+
+
 @app.command()
 @user_errors
 @runtime_options(quiet=False)
@@ -80,18 +87,15 @@ def annotate(
                             repeats=repeats, element_subset=element_subset or None,
                             element_prefix=element_prefix)
     _save(result, out, f"annotate-{combiner}" + (f"-{label}" if label else ""))
-    _say(result, f"speedup over the naive way: {result['speedup']:.2f}x "
-                 f"[{result['speedup_min']:.2f}, {result['speedup_max']:.2f}] (work ratio "
+    _say(result, f"speedup over the naive way: {_spread(result, 'speedup')} (work ratio "
                  f"{result['work_ratio']:.2f}x), labels equal within "
                  f"{result['max_abs_logprob_diff']:.1e}; over the plain path: "
-                 f"{result['speedup_over_plain']:.2f}x [{result['speedup_over_plain_min']:.2f}, "
-                 f"{result['speedup_over_plain_max']:.2f}] (work ratio "
+                 f"{_spread(result, 'speedup_over_plain')} (work ratio "
                  f"{result['work_ratio_over_plain']:.2f}x)")
     if element_subset:
         _say(result, f"{result['element_subset']} of {elements} elements: "
                      f"{result['subset_samples_per_s']:.3f} samples/s, "
-                     f"{result['subset_speedup']:.2f}x [{result['subset_speedup_min']:.2f}, "
-                     f"{result['subset_speedup_max']:.2f}] the naive way's (work ratio "
+                     f"{_spread(result, 'subset_speedup')} the naive way's (work ratio "
                      f"{result['subset_work_ratio']:.2f}x), labels equal within "
                      f"{result['max_abs_logprob_diff_subset']:.1e}")
 
@@ -117,8 +121,8 @@ def encode(
                           repeats)
     _save(result, out, "encode")
     _say(result, f"encoder vs raw lower half: {result['encoder_speedup_over_raw_lower']:.2f}x; "
-                 f"prefix sharing vs the same encoder without: {result['sharing_speedup']:.2f}x "
-                 f"[{result['sharing_speedup_min']:.2f}, {result['sharing_speedup_max']:.2f}]; "
+                 f"prefix sharing vs the same encoder without: "
+                 f"{_spread(result, 'sharing_speedup')}; "
                  f"split overhead over a plain forward: {100 * result['split_overhead']:+.1f}% "
                  f"[{100 * result['split_overhead_min']:+.1f}%, "
                  f"{100 * result['split_overhead_max']:+.1f}%] (median [min, max] of {repeats}); "
@@ -158,11 +162,10 @@ def ground(
     result = bench_ground(loaded, PreparedDataset.load(data), kinds, samples, batch_size,
                           layer, cache_dir=runtime.cache_dir, repeats=repeats)
     _save(result, out, "ground")
-    for key, value in list(result.items()):
+    for key in list(result):
         if "_speedup_vs_" in key and not key.endswith("_min_max"):
             kind, engine = key.split("_speedup_vs_")
-            low, high = result[f"{key}_min_max"]
-            typer.echo(f"{kind} vs {engine}: {value:.2f}x [{low:.2f}, {high:.2f}] faster; "
+            typer.echo(f"{kind} vs {engine}: {_spread(result, key)} faster; "
                        f"{result[f'{kind}_rank_differences_vs_{engine}']} target ranks differ")
 
 
@@ -193,7 +196,6 @@ def finetune(
     _save(result, out, "finetune")
     for key, what in (("upper_layers_speedup", f"LoRA on layers >= {layer} vs all layers"),
                       ("cached_speedup_over_plain", "cached layer-L states vs plain")):
-        low, high = result[f"{key}_min_max"]
-        typer.echo(f"{what}: {result[key]:.2f}x [{low:.2f}, {high:.2f}] faster per step")
+        typer.echo(f"{what}: {_spread(result, key)} faster per step")
     typer.echo(f"max |loss difference| cached vs plain: "
                f"{result['max_abs_loss_diff_cached_vs_plain']:.2e}")
