@@ -687,7 +687,9 @@ def test_a_layer_the_model_does_not_have_is_refused_at_construction(ordered_meth
     from automr.errors import AutomrError
     from automr.methods import GenerativeMethod
 
-    with pytest.raises(AutomrError, match=f"layer {layer!r} is outside 0..2 for this model"):
+    match = ("layer must be an int, not True" if layer is True else
+             f"layer {layer!r} is outside 0..2 for this model")
+    with pytest.raises(AutomrError, match=match):
         GenerativeMethod(ordered_method.loaded, ordered_method.dataset, NeverRanks(),
                          layer=layer)
 

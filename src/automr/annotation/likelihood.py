@@ -28,6 +28,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int
 from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM, require
 from automr.state import KVCache, LayerState
@@ -59,11 +60,11 @@ class UpperAnnotator:
     """
 
     llm: SplitLLM
-    layer: int
+    layer: int = attrs.field(validator=is_int)
     combiner: Combiner
-    element_batch: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    element_batch: int = attrs.field(default=32, validator=[is_int, attrs.validators.ge(1)])
     share_prompt: bool = True
-    min_shared: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    min_shared: int = attrs.field(default=8, validator=[is_int, attrs.validators.ge(1)])
 
     def __attrs_post_init__(self) -> None:
         require(self.llm, SplitLLM, "llm", "split a loaded model with "

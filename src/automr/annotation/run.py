@@ -26,6 +26,7 @@ from automr import distributed
 from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
 from automr.annotation.subsets import element_subset
+from automr.checks import is_int
 from automr.combiners import COMBINERS, pad_memory
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample, tokenize_sample
@@ -61,23 +62,23 @@ class AnnotateConfig:
     split: str = "train"
     """The split whose samples are annotated."""
     max_samples: int | None = attrs.field(default=256, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
+        [is_int, attrs.validators.gt(0)]))
     """A seeded subset of this many of the split's samples (None: all); those among them
     with an empty memory are then left out."""
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=is_int)
     """Seed of the sample subset."""
     combiner: str = attrs.field(default="concat", validator=attrs.validators.in_(
         COMBINER_NAMES))
     """The registry combiner (:data:`~automr.combiners.tokens.COMBINERS`) each element is
     inserted with; a retriever trained on the annotations is checked against it at evaluation."""
-    element_batch: int = attrs.field(default=32, validator=attrs.validators.gt(0))
+    element_batch: int = attrs.field(default=32, validator=[is_int, attrs.validators.gt(0)])
     """Elements run through the upper half together (:class:`UpperAnnotator`)."""
     element_subset: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
+        [is_int, attrs.validators.gt(0)]))
     """Annotate this many seeded elements of each sample's memory (None: all of them)."""
-    element_seed: int = 0
+    element_seed: int = attrs.field(default=0, validator=is_int)
     """Seed of the element subsets (with the sample id: :func:`element_subset`)."""
-    shard_size: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    shard_size: int = attrs.field(default=16, validator=[is_int, attrs.validators.gt(0)])
     """Samples per ``shard-NNNNN.safetensors`` file: the unit of resuming and of sharing
     among processes."""
 

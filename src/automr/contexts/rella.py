@@ -17,6 +17,7 @@ from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int
 from automr.contexts.spec import ContextSpec
 from automr.data import Catalog, PreparedDataset, PromptConfig, Sample
 from automr.data.prompts import format_titles
@@ -44,7 +45,7 @@ class ReLLaContext:
     embeddings: Tensor = attrs.field(repr=False)
     catalog: Catalog = attrs.field(repr=False)
     prompt: PromptConfig = attrs.field(repr=False)
-    k: int = attrs.field(default=5, validator=attrs.validators.gt(0))
+    k: int = attrs.field(default=5, validator=[is_int, attrs.validators.gt(0)])
 
     def __attrs_post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.catalog):

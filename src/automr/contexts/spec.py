@@ -3,6 +3,8 @@
 import attrs
 from beartype import beartype
 
+from automr.checks import is_int
+
 CONTEXT_KINDS = ("rella", "trsr")
 TRSR_MODES = ("recurrent", "hierarchical")
 
@@ -20,11 +22,11 @@ class ContextSpec:
     """
 
     kind: str = attrs.field(validator=attrs.validators.in_(CONTEXT_KINDS))
-    k: int = attrs.field(default=5, validator=_positive)
-    block_size: int = attrs.field(default=5, validator=_positive)
-    max_blocks: int = attrs.field(default=5, validator=_positive)
+    k: int = attrs.field(default=5, validator=[is_int, _positive])
+    block_size: int = attrs.field(default=5, validator=[is_int, _positive])
+    max_blocks: int = attrs.field(default=5, validator=[is_int, _positive])
     mode: str = attrs.field(default="recurrent", validator=attrs.validators.in_(TRSR_MODES))
-    max_new_tokens: int = attrs.field(default=40, validator=_positive)
+    max_new_tokens: int = attrs.field(default=40, validator=[is_int, _positive])
 
     def to_json(self) -> dict:
         """``kind`` and the fields it uses (``k`` for ``rella``; the other four for ``trsr``)."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import attrs
 from beartype import beartype
 
+from automr.checks import is_int
 from automr.data.records import Interaction
 from automr.errors import AutomrError
 
@@ -72,14 +73,14 @@ class ProtocolConfig:
 
     start: dt.date | None = attrs.field(default=dt.date(2017, 1, 1), converter=_whole_day)
     end: dt.date | None = attrs.field(default=dt.date(2018, 1, 1), converter=_whole_day)
-    train_months: int = attrs.field(default=10, validator=_at_least(1))
-    min_item_interactions: int = attrs.field(default=5, validator=_at_least(0))
-    min_user_interactions: int = attrs.field(default=20, validator=_at_least(0))
+    train_months: int = attrs.field(default=10, validator=[is_int, _at_least(1)])
+    min_item_interactions: int = attrs.field(default=5, validator=[is_int, _at_least(0)])
+    min_user_interactions: int = attrs.field(default=20, validator=[is_int, _at_least(0)])
     iterative_filter: bool = True
-    max_history: int = attrs.field(default=100, validator=_at_least(1))
-    recent_k: int = attrs.field(default=10, validator=_at_least(1))
+    max_history: int = attrs.field(default=100, validator=[is_int, _at_least(1)])
+    recent_k: int = attrs.field(default=10, validator=[is_int, _at_least(1)])
     min_history: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_at_least(1)))
+        default=None, validator=attrs.validators.optional([is_int, _at_least(1)]))
 
     def __attrs_post_init__(self) -> None:
         if self.recent_k > self.max_history:

@@ -25,6 +25,7 @@ from beartype import beartype
 
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
+from automr.checks import is_int, is_real
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
@@ -73,17 +74,18 @@ class AblationConfig:
     """The grid (every combination is one cell) and the sample sizes."""
 
     encoders: tuple[str, ...] = attrs.field(default=("item",), validator=_subset(tuple(ENCODERS)))
-    layers: tuple[int, ...] = attrs.field(default=(DEFAULT_LAYER,), validator=_layers)
+    layers: tuple[int, ...] = attrs.field(
+        default=(DEFAULT_LAYER,), validator=[attrs.validators.deep_iterable(is_int), _layers])
     combiners: tuple[str, ...] = attrs.field(
         default=("append-token", "prepend-token", "concat"), validator=_subset(COMBINER_NAMES))
     retrievers: tuple[str, ...] = attrs.field(default=ABLATION_RETRIEVERS,
                                               validator=_subset(ABLATION_RETRIEVERS))
-    train_samples: int = attrs.field(default=128, validator=attrs.validators.gt(0))
-    test_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    train_samples: int = attrs.field(default=128, validator=[is_int, attrs.validators.gt(0)])
+    test_samples: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=list(LABEL_TEMPERATURE))
-    seed: int = 0
-    n_resamples: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    temperature: float = attrs.field(default=1.0, validator=[is_real, *LABEL_TEMPERATURE])
+    seed: int = attrs.field(default=0, validator=is_int)
+    n_resamples: int = attrs.field(default=1000, validator=[is_int, attrs.validators.gt(0)])
 
 
 @beartype

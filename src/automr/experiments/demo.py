@@ -22,6 +22,7 @@ from beartype import beartype
 import automr
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, annotate_dataset
+from automr.checks import is_int, is_real
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, prepare_movielens_100k
@@ -53,12 +54,12 @@ class DemoConfig:
     2-core x86-64 VM: docs/results.md, "The demo")."""
 
     model: str = DEFAULT_MODEL
-    layer: int = DEFAULT_LAYER
-    train_samples: int = attrs.field(default=96, validator=_POSITIVE)
-    valid_samples: int = attrs.field(default=16, validator=_POSITIVE)
-    epochs: int = attrs.field(default=1, validator=_POSITIVE)
-    batch_size: int = attrs.field(default=8, validator=_POSITIVE)
-    lr: float = 1e-3
+    layer: int = attrs.field(default=DEFAULT_LAYER, validator=is_int)
+    train_samples: int = attrs.field(default=96, validator=[is_int, _POSITIVE])
+    valid_samples: int = attrs.field(default=16, validator=[is_int, _POSITIVE])
+    epochs: int = attrs.field(default=1, validator=[is_int, _POSITIVE])
+    batch_size: int = attrs.field(default=8, validator=[is_int, _POSITIVE])
+    lr: float = attrs.field(default=1e-3, validator=is_real)
     lora_targets: tuple[str, ...] = attrs.field(
         default=attrs.fields(FinetuneConfig).target_modules.default,
         validator=attrs.validators.min_len(1))
@@ -67,19 +68,19 @@ class DemoConfig:
     encoder: str = attrs.field(default="item", validator=attrs.validators.in_(tuple(ENCODERS)))
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
-    annotate_samples: int = attrs.field(default=64, validator=_POSITIVE)
+    annotate_samples: int = attrs.field(default=64, validator=[is_int, _POSITIVE])
     annotate_elements: int | None = attrs.field(
-        default=16, validator=attrs.validators.optional(_POSITIVE))
+        default=16, validator=attrs.validators.optional([is_int, _POSITIVE]))
     """Seeded memory elements annotated per sample (None: all; concat shares no prompt work,
     so each element costs an upper pass over the whole prompt)."""
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=list(LABEL_TEMPERATURE))
-    test_samples: int = attrs.field(default=48, validator=_POSITIVE)
-    likelihood_samples: int = attrs.field(default=200, validator=_POSITIVE)
+    temperature: float = attrs.field(default=1.0, validator=[is_real, *LABEL_TEMPERATURE])
+    test_samples: int = attrs.field(default=48, validator=[is_int, _POSITIVE])
+    likelihood_samples: int = attrs.field(default=200, validator=[is_int, _POSITIVE])
     grounder: str = attrs.field(default="constrained",
                                 validator=attrs.validators.in_(GROUNDERS))
-    num_beams: int = attrs.field(default=5, validator=_POSITIVE)
-    seed: int = 0
+    num_beams: int = attrs.field(default=5, validator=[is_int, _POSITIVE])
+    seed: int = attrs.field(default=0, validator=is_int)
 
 
 DEMO_FILES = ("data", "bigrec", "memory", "annotations", "retriever", "results", "likelihood",

@@ -4,6 +4,7 @@ from its code so that the CLI's defaults need no torch."""
 import attrs
 from beartype import beartype
 
+from automr.checks import is_int
 from automr.combiners.names import COMBINER_NAMES
 from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES
 
@@ -14,28 +15,30 @@ class EvalConfig:
     """Which samples, and how methods run on them."""
 
     split: str = "test"
-    max_samples: int | None = 200
-    seed: int = 0
-    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    max_samples: int | None = attrs.field(default=200, validator=attrs.validators.optional(is_int))
+    seed: int = attrs.field(default=0, validator=is_int)
+    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
     layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.ge(0)))
+        [is_int, attrs.validators.ge(0)]))
     """Split layer; None: the memory's when one is given, else 15 (what was used is in each
     method's settings; a memory-free method of a model with fewer layers splits at its last,
     as it ranks the same at any layer)."""
     num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
+        [is_int, attrs.validators.gt(0)]))
     """Beams of the l2 and constrained grounders (None: the grounder's default)."""
     exclude_seen: bool = False
-    ks: tuple[int, ...] = DEFAULT_KS
+    ks: tuple[int, ...] = attrs.field(default=DEFAULT_KS,
+                                      validator=attrs.validators.deep_iterable(is_int))
     measures: tuple[str, ...] = ("ranks",)
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
-    n_resamples: int = DEFAULT_RESAMPLES
+    n_resamples: int = attrs.field(default=DEFAULT_RESAMPLES, validator=is_int)
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
-    k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    retrieval_seed: int | None = None
+    k: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
+    retrieval_seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        is_int))
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
-    tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
+    tune_samples: int = attrs.field(default=200, validator=[is_int, attrs.validators.gt(0)])
     """Validation samples on which the ``-pop`` grounders choose their popularity weight."""
     reference: str | None = None
     """The method every other is paired with (None: the first ``bigrec*``, else the first)."""

@@ -8,6 +8,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int, is_real
 from automr.errors import AutomrError
 from automr.grounding.embedding import l2_distances
 from automr.grounding.prior import adjusted_distances
@@ -49,9 +50,9 @@ class ConstrainedGrounder:
 
     targets: CatalogTargets
     catalog_embeddings: Float[Tensor, "items hidden"] | None = None
-    num_beams: int = attrs.field(default=10, validator=attrs.validators.gt(0))
+    num_beams: int = attrs.field(default=10, validator=[is_int, attrs.validators.gt(0)])
     prior: Float[Tensor, " items"] | None = None
-    gamma: float = 0.0
+    gamma: float = attrs.field(default=0.0, validator=is_real)
     engine: Literal["fast", "reference", "generate"] = attrs.field(
         default="fast", validator=attrs.validators.in_(("fast", "reference", "generate")))
     trie: TokenTrie = attrs.field(init=False)

@@ -6,6 +6,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int
 from automr.grounding.embedding import embed_texts, l2_distances
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import beam_search
@@ -35,8 +36,8 @@ class L2Grounder:
     model: torch.nn.Module
     tokenizer: object
     catalog_embeddings: Float[Tensor, "items hidden"]
-    num_beams: int = attrs.field(default=4, validator=attrs.validators.gt(0))
-    max_new_tokens: int = 32
+    num_beams: int = attrs.field(default=4, validator=[is_int, attrs.validators.gt(0)])
+    max_new_tokens: int = attrs.field(default=32, validator=is_int)
 
     @jaxtyped(typechecker=beartype)
     def rank(

@@ -9,6 +9,7 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.decoding import Decoding, prefill
@@ -25,7 +26,7 @@ class LikelihoodGrounder:
     """
 
     targets: CatalogTargets
-    chunk_size: int = 64
+    chunk_size: int = attrs.field(default=64, validator=is_int)
 
     @jaxtyped(typechecker=beartype)
     def rank(

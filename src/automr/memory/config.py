@@ -10,6 +10,7 @@ import attrs
 import torch
 from beartype import beartype
 
+from automr.checks import is_int
 from automr.data.catalog import Catalog
 from automr.data.prompts import PromptConfig
 from automr.errors import AutomrError
@@ -85,14 +86,14 @@ class MemoryConfig:
     encoder: str = attrs.field(default="window", validator=_known_encoder)
     pooling: Pooling = attrs.field(factory=Pooling)
     window: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+        default=None, validator=attrs.validators.optional([is_int, attrs.validators.ge(1)]))
     window_includes_item: bool = True
     store_token_states: bool = False
     storage_dtype: str = attrs.field(default="model", validator=_known_storage)
     shard_elements: int = attrs.field(
         default=attrs.Factory(lambda self: 200_000 if self.encoder == "item" else 2048,
                               takes_self=True),
-        validator=attrs.validators.ge(1))
+        validator=[is_int, attrs.validators.ge(1)])
     share_prefix: bool = True
 
 

@@ -19,6 +19,8 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int
+
 PoolFn = Callable[[Tensor, Tensor, int], Tensor]
 
 
@@ -60,7 +62,7 @@ class Pooling:
     """Which pooling (a key of :data:`POOLINGS`) and how many first positions ``mean`` skips."""
 
     kind: str = attrs.field(default="mean", validator=_known_pooling)
-    skip_first: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    skip_first: int = attrs.field(default=1, validator=[is_int, attrs.validators.ge(0)])
 
     @jaxtyped(typechecker=beartype)
     def __call__(

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import torch
 
+from automr.checks import is_int
 from automr.data import Catalog, PreparedDataset, Sample, tokenize_sample
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
@@ -74,10 +75,10 @@ class GenerativeMethod:
     loaded: LoadedModel
     dataset: PreparedDataset
     grounder: Grounder
-    layer: int = DEFAULT_LAYER
+    layer: int = attrs.field(default=DEFAULT_LAYER, validator=is_int)
     retrieval: MemoryRetrieval | None = None
     context: PromptContext | None = None
-    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
     exclude_seen: bool = False
     progress: bool = False
     label: str = "ranking"
@@ -101,7 +102,7 @@ class GenerativeMethod:
             require(self.context, PromptContext, "context",
                     "a fine-tune's is automr.contexts.build_context(run.context, ...)")
         llm = HFSplitLLM(self.loaded.model)
-        if isinstance(self.layer, bool) or not 0 <= self.layer <= llm.num_layers:
+        if not 0 <= self.layer <= llm.num_layers:
             raise AutomrError(f"layer {self.layer!r} is outside 0..{llm.num_layers} for this "
                               f"model")
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:

@@ -17,6 +17,7 @@ import torch
 from beartype import beartype
 
 from automr import distributed
+from automr.checks import is_int
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample
@@ -59,21 +60,22 @@ class MethodOptions:
     """How named methods run (the method-level part of ``automr evaluate``'s options)."""
 
     layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.ge(0)))
+        [is_int, attrs.validators.ge(0)]))
     """Split layer; None: the memory's layer when a memory is given, else the default (15,
     or a smaller model's last). Memory-free methods rank the same at any layer (the split is
     exact)."""
     num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
-    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+        [is_int, attrs.validators.gt(0)]))
+    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
     exclude_seen: bool = False
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
-    k: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    seed: int = 0
+    k: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
+    seed: int = attrs.field(default=0, validator=is_int)
     """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""
-    retrieval_seed: int | None = None
-    tune_samples: int = attrs.field(default=200, validator=attrs.validators.gt(0))
+    retrieval_seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        is_int))
+    tune_samples: int = attrs.field(default=200, validator=[is_int, attrs.validators.gt(0)])
     """Seeded validation samples on which the ``-pop`` and ``-sasrec`` grounders choose their
     ``gamma``."""
 

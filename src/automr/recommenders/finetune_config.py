@@ -6,6 +6,7 @@ import math
 import attrs
 from beartype import beartype
 
+from automr.checks import is_int, is_real
 from automr.contexts.spec import ContextSpec
 
 LOSS_KINDS = ("target", "sequence")
@@ -20,7 +21,7 @@ TRAINABLE_COMBINERS = ("concat", "prepend-token")
 class MemoryTraining:
     """How memory joins fine-tuning: the share of examples, which element, which combiner."""
 
-    share: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0.0),
+    share: float = attrs.field(default=0.5, validator=[is_real, attrs.validators.gt(0.0),
                                                        attrs.validators.le(1.0)])
     """Probability that a training example (with a non-empty memory) gets an element."""
     retrieval: str = attrs.field(default="random", validator=attrs.validators.in_(RETRIEVALS))
@@ -41,49 +42,49 @@ class MemoryTraining:
 class FinetuneConfig:
     """LoRA and optimisation settings (defaults: BIGRec's LoRA, a short CPU-sized run)."""
 
-    lora_r: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    lora_alpha: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    lora_r: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
+    lora_alpha: int = attrs.field(default=16, validator=[is_int, attrs.validators.gt(0)])
     """LoRA's update is scaled by ``lora_alpha / lora_r`` (0 would train nothing)."""
     lora_dropout: float = attrs.field(
-        default=0.05, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+        default=0.05, validator=[is_real, attrs.validators.ge(0), attrs.validators.lt(1)])
     target_modules: tuple[str, ...] = attrs.field(default=("q_proj", "v_proj"),
                                                   validator=attrs.validators.min_len(1))
     """The linear modules of each tuned layer that get LoRA (BIGRec's: ``q_proj``, ``v_proj``)."""
-    lora_from_layer: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    lora_from_layer: int = attrs.field(default=0, validator=[is_int, attrs.validators.ge(0)])
     """LoRA only on layers ``>= lora_from_layer``; set it to the memory's layer L so that
     layer-L memories of the base model stay valid for the tuned one (0: every layer)."""
     loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
     """``target``: the NLL of the target tokens (title + EOS); ``sequence``: of every token
     after the first (BIGRec's whole-sequence variant)."""
-    lr: float = attrs.field(default=1e-3, validator=[attrs.validators.gt(0),
+    lr: float = attrs.field(default=1e-3, validator=[is_real, attrs.validators.gt(0),
                                                      attrs.validators.lt(math.inf)])
-    weight_decay: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0),
+    weight_decay: float = attrs.field(default=0.0, validator=[is_real, attrs.validators.ge(0),
                                                               attrs.validators.lt(math.inf)])
-    batch_size: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    epochs: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
+    epochs: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
     max_train_samples: int | None = attrs.field(
-        default=512, validator=attrs.validators.optional(attrs.validators.gt(0)))
+        default=512, validator=attrs.validators.optional([is_int, attrs.validators.gt(0)]))
     """A seeded subset of this many training samples (None: all of them)."""
-    max_valid_samples: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    max_valid_samples: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
     """A seeded subset of this many validation samples, for the validation NLL."""
-    eval_every: int = attrs.field(default=25, validator=attrs.validators.gt(0))
+    eval_every: int = attrs.field(default=25, validator=[is_int, attrs.validators.gt(0)])
     """Optimizer steps between validations (and after the last step); ``best/`` is the
     adapter of the best one."""
-    patience: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    patience: int = attrs.field(default=4, validator=[is_int, attrs.validators.gt(0)])
     """Stop after this many validations in a row without a strictly lower validation NLL."""
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=is_int)
     """Seeds the sample subsets, LoRA's initialisation and the batch order."""
     context: ContextSpec | None = None
     """A prompt context (ReLLa, TRSR) put in every prompt; None: the plain BIGRec prompt."""
-    grad_accum: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    grad_accum: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
     """Micro-batches per optimizer step: the effective batch is ``batch_size * grad_accum``."""
-    warmup_steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    warmup_steps: int = attrs.field(default=0, validator=[is_int, attrs.validators.ge(0)])
     """Optimizer steps of linear warmup (step s of them uses ``lr * (s + 1) / warmup_steps``)."""
     schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
     """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
     (``epochs`` full epochs of optimizer steps; early stopping may end sooner)."""
     max_grad_norm: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+        default=None, validator=attrs.validators.optional([is_real, attrs.validators.gt(0)]))
     """Clip the adapter's gradient to this global L2 norm before each step (None: no clipping)."""
     cache_lower: bool = True
     """With ``lora_from_layer > 0``: compute every training and validation example's layer-L
@@ -91,7 +92,7 @@ class FinetuneConfig:
     float32 (2,048 ML-100K prompts of ~205 tokens at hidden 576: ~1 GB) - so epochs and
     validations run the upper half only. Losses equal the uncached path within float rounding."""
     checkpoint_every: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+        default=None, validator=attrs.validators.optional([is_int, attrs.validators.gt(0)]))
     """Optimizer steps between checkpoints (None: at each validation, every ``eval_every``)."""
     autocast: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.in_(AUTOCAST_KINDS)))

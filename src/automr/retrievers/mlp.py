@@ -13,6 +13,7 @@ from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from automr.checks import is_int, is_real
 from automr.errors import AutomrError
 from automr.retrievers.selection import masked_log_softmax
 from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
@@ -35,10 +36,10 @@ class MLPRetrieverConfig:
     normalised, they start near uniform (docs/results.md, "What makes an element help").
     """
 
-    hidden_size: int = attrs.field(validator=v.gt(0))
-    mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
+    hidden_size: int = attrs.field(validator=[is_int, v.gt(0)])
+    mlp_hidden: int = attrs.field(default=256, validator=[is_int, v.gt(0)])
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
-    temperature: float = attrs.field(default=1.0, validator=[v.gt(0.0), v.lt(math.inf)])
+    temperature: float = attrs.field(default=1.0, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
     normalize: bool = False
 
 

@@ -25,6 +25,7 @@ from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import is_int, is_real
 from automr.devices import resolve_device
 from automr.early_stopping import EarlyStopping, epoch_progress
 from automr.errors import AutomrError
@@ -60,30 +61,30 @@ def kl_loss(
 class RetrieverTrainingConfig:
     """Optimisation, early stopping and MLP settings for :func:`train_mlp_retriever`."""
 
-    lr: float = attrs.field(default=1e-3, validator=[v.gt(0.0), v.lt(math.inf)])
+    lr: float = attrs.field(default=1e-3, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
     """Adam's learning rate (> 0)."""
-    weight_decay: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(math.inf)])
+    weight_decay: float = attrs.field(default=0.0, validator=[is_real, v.ge(0.0), v.lt(math.inf)])
     """Adam's ``weight_decay`` (an L2 term added to the gradients; >= 0, default none)."""
-    batch_size: int = attrs.field(default=256, validator=v.ge(1))
+    batch_size: int = attrs.field(default=256, validator=[is_int, v.ge(1)])
     """Training samples per optimiser step; the training set is reshuffled every epoch."""
-    max_epochs: int = attrs.field(default=200, validator=v.ge(1))
+    max_epochs: int = attrs.field(default=200, validator=[is_int, v.ge(1)])
     """The most epochs (full passes over the training set) run."""
-    patience: int = attrs.field(default=10, validator=v.ge(1))
+    patience: int = attrs.field(default=10, validator=[is_int, v.ge(1)])
     """Stop after this many epochs without a strictly better validation ``monitor``."""
     monitor: Monitor = attrs.field(default="kl", validator=v.in_(MONITORS))
     """The validation value early stopping watches: ``kl`` or ``regret`` (lower is better) or
     ``top1`` (higher is better); see the module docstring. Unused without a validation set."""
-    mlp_hidden: int = attrs.field(default=256, validator=v.gt(0))
+    mlp_hidden: int = attrs.field(default=256, validator=[is_int, v.gt(0)])
     """Width of the MLP's hidden layer (:class:`MLPRetrieverConfig`; the paper's 256)."""
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     """The MLP's activation between its two linear layers: ``gelu`` or ``relu``."""
-    temperature: float = attrs.field(default=1.0, validator=[v.gt(0.0), v.lt(math.inf)])
+    temperature: float = attrs.field(default=1.0, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
     """The scores are ``MLP(z_t) . m / temperature`` (> 0; the paper's 1)."""
     normalize: bool = False
     """Standardise queries and unit-scale keys before eq. 3 (:class:`MLPRetrieverConfig`)."""
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=is_int)
     """Seeds initialisation and shuffling."""
-    eval_batch_size: int = attrs.field(default=1024, validator=v.ge(1))
+    eval_batch_size: int = attrs.field(default=1024, validator=[is_int, v.ge(1)])
     """Validation samples per batch when the validation metrics are measured after each
     epoch (a memory and speed setting: it does not change what is measured)."""
 

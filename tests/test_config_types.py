@@ -1,0 +1,98 @@
+"""The configs' int fields take whole numbers and their float fields real numbers, never a
+bool (``automr.checks``): ``SASRecConfig(max_epochs=True)`` trained for one epoch."""
+
+import math
+import typing
+
+import attrs
+import numpy as np
+import pytest
+from beartype.roar import BeartypeCallHintViolation
+
+from automr.annotation import AnnotateConfig, UpperAnnotator
+from automr.contexts.rella import ReLLaContext
+from automr.contexts.spec import ContextSpec
+from automr.data.protocol import ProtocolConfig
+from automr.errors import AutomrError
+from automr.experiments.ablation import AblationConfig
+from automr.experiments.demo import DemoConfig
+from automr.experiments.eval_config import EvalConfig
+from automr.grounding import ConstrainedGrounder, L2Grounder, LikelihoodGrounder
+from automr.memory import MemoryConfig, Pooling
+from automr.methods import CooccurrenceMethod, GenerativeMethod, MethodOptions, PriorWeightedMethod
+from automr.recommenders.finetune_config import FinetuneConfig, MemoryTraining
+from automr.recommenders.sasrec import SASRecConfig
+from automr.retrievers import MLPRetrieverConfig
+from automr.retrievers.training import RetrieverTrainingConfig
+
+# Configs built for real (beartype's check and the validators), with what they require.
+CONFIGS = {AnnotateConfig: {}, ContextSpec: {"kind": "trsr"}, ProtocolConfig: {},
+           AblationConfig: {}, DemoConfig: {}, EvalConfig: {}, MemoryConfig: {}, Pooling: {},
+           MethodOptions: {}, FinetuneConfig: {}, MemoryTraining: {}, SASRecConfig: {},
+           MLPRetrieverConfig: {"hidden_size": 8}, RetrieverTrainingConfig: {}}
+# Components that need a model or a dataset to build: their fields' validators are called.
+COMPONENTS = (UpperAnnotator, ReLLaContext, ConstrainedGrounder, L2Grounder, LikelihoodGrounder,
+              CooccurrenceMethod, GenerativeMethod, PriorWeightedMethod)
+
+
+def numeric_fields(cls: type) -> list[tuple[str, type]]:
+    """``(name, int or float)`` of each init field typed int, float or either ``| None``."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, kind) for f in attrs.fields(cls) if f.init for kind in (int, float)
+            if hints[f.name] in (kind, kind | None)]
+
+
+def cases(classes, values: dict[type, tuple]) -> list:
+    return [pytest.param(cls, name, value, id=f"{cls.__name__}.{name}={value!r}")
+            for cls in classes for name, kind in numeric_fields(cls) for value in values[kind]]
+
+
+def test_every_config_has_numeric_fields_to_check():
+    assert all(numeric_fields(cls) for cls in (*CONFIGS, *COMPONENTS))
+
+
+@pytest.mark.parametrize("cls, name, value", cases(CONFIGS, {int: (True, False), float: ()}))
+def test_a_config_refuses_a_bool_for_an_int(cls, name, value):
+    with pytest.raises(AutomrError, match=f"^{cls.__name__}: {name} must be an int, not "
+                                          f"{value}$"):
+        cls(**{**CONFIGS[cls], name: value})
+
+
+@pytest.mark.parametrize("cls, name, value", cases(
+    CONFIGS, {int: (2.0, 2.5, "3"), float: (True, "0.5")}))
+def test_a_config_refuses_another_type_for_a_number(cls, name, value):
+    """beartype's check of the type hints comes first where the configs have it."""
+    with pytest.raises((AutomrError, BeartypeCallHintViolation), match=name):
+        cls(**{**CONFIGS[cls], name: value})
+
+
+def check(cls: type, name: str, value: object) -> None:
+    """Run the field's validators as its constructor does (on an instance never initialised)."""
+    field = getattr(attrs.fields(cls), name)
+    field.validator(cls.__new__(cls), field, value)
+
+
+@pytest.mark.parametrize("cls, name, value", cases(
+    COMPONENTS, {int: (True, 2.5, "3"), float: (True, "0.5")}))
+def test_a_component_refuses_a_bool_or_another_type_for_a_number(cls, name, value):
+    kind = "an int" if dict(numeric_fields(cls))[name] is int else "a number"
+    with pytest.raises(AutomrError, match=f"^{cls.__name__}: {name} must be {kind}, not "
+                                          f"{value!r}$"):
+        check(cls, name, value)
+
+
+@pytest.mark.parametrize("cls", COMPONENTS)
+def test_numpy_numbers_pass_where_no_type_hint_is_checked(cls):
+    for name, kind in numeric_fields(cls):
+        check(cls, name, np.int64(3) if kind is int else np.float64(0.5))
+
+
+@pytest.mark.parametrize("cls, name", [(AblationConfig, "layers"), (EvalConfig, "ks")])
+def test_a_config_refuses_a_bool_among_its_ints(cls, name):
+    with pytest.raises(AutomrError, match=f"^{cls.__name__}: {name} must be an int, not True$"):
+        cls(**{name: (5, True)})
+
+
+def test_a_nan_float_is_left_to_the_fields_range():
+    with pytest.raises(ValueError, match="'lr' must be > 0"):
+        SASRecConfig(lr=math.nan)
