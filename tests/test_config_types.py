@@ -1,6 +1,7 @@
 """The configs' int fields take whole numbers and their float fields real numbers, never a
 bool (``automr.checks``): ``SASRecConfig(max_epochs=True)`` trained for one epoch."""
 
+import json
 import math
 import typing
 
@@ -12,6 +13,8 @@ from beartype.roar import BeartypeCallHintViolation
 from automr.annotation import AnnotateConfig, UpperAnnotator
 from automr.contexts.rella import ReLLaContext
 from automr.contexts.spec import ContextSpec
+from automr.data import PreparedDataset
+from automr.data.prompts import PromptConfig
 from automr.data.protocol import ProtocolConfig
 from automr.errors import AutomrError
 from automr.experiments.ablation import AblationConfig
@@ -19,11 +22,13 @@ from automr.experiments.demo import DemoConfig
 from automr.experiments.eval_config import EvalConfig
 from automr.grounding import ConstrainedGrounder, L2Grounder, LikelihoodGrounder
 from automr.memory import MemoryConfig, Pooling
+from automr.memory.config import MemoryRecord
 from automr.methods import CooccurrenceMethod, GenerativeMethod, MethodOptions, PriorWeightedMethod
 from automr.recommenders.finetune_config import FinetuneConfig, MemoryTraining
-from automr.recommenders.sasrec import SASRecConfig
-from automr.retrievers import MLPRetrieverConfig
+from automr.recommenders.sasrec import SASRec, SASRecConfig
+from automr.retrievers import MLPRetriever, MLPRetrieverConfig
 from automr.retrievers.training import RetrieverTrainingConfig
+from automr.testing.synthetic import synthetic_dataset
 
 # Configs built for real (beartype's check and the validators), with what they require.
 CONFIGS = {AnnotateConfig: {}, ContextSpec: {"kind": "trsr"}, ProtocolConfig: {},
@@ -96,3 +101,41 @@ def test_a_config_refuses_a_bool_among_its_ints(cls, name):
 def test_a_nan_float_is_left_to_the_fields_range():
     with pytest.raises(ValueError, match="'lr' must be > 0"):
         SASRecConfig(lr=math.nan)
+
+
+def edit_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_a_saved_model_whose_config_holds_a_bool_is_named_damaged(tmp_path):
+    """Its config's refusal escaped the loader's, so the message named no folder."""
+    SASRec(SASRecConfig(hidden=8), n_items=5).save(tmp_path / "sasrec")
+    MLPRetriever(MLPRetrieverConfig(hidden_size=8)).save(tmp_path / "mlp")
+    edit_json(tmp_path / "sasrec" / "config.json", lambda d: d["config"].update(seed=True))
+    edit_json(tmp_path / "mlp" / "config.json", lambda d: d["settings"].update(mlp_hidden=True))
+    with pytest.raises(AutomrError, match=r"sasrec holds a damaged SASRec model \(SASRecConfig: "
+                                          r"seed must be an int, not True\)"):
+        SASRec.load(tmp_path / "sasrec")
+    with pytest.raises(AutomrError, match=r"mlp holds a damaged .*mlp_hidden must be an int"):
+        MLPRetriever.load(tmp_path / "mlp")
+
+
+def test_a_memory_or_dataset_config_holding_a_bool_is_named_damaged(tmp_path):
+    record = MemoryRecord(
+        model_name="m", model_fingerprint=None, layer=1, hidden_size=8, num_layers=2,
+        dtype="float32", encoder="item", window=None, window_includes_item=True,
+        pooling=Pooling(), store_token_states=False, storage_dtype="float32",
+        shard_elements=4, share_prefix=True, prompt_config=PromptConfig())
+    record.write(tmp_path)
+    edit_json(tmp_path / "config.json", lambda d: d["pooling"].update(skip_first=True))
+    with pytest.raises(AutomrError, match=r"config.json is damaged \(Pooling: skip_first must "
+                                          r"be an int, not True\)"):
+        MemoryRecord.read(tmp_path)
+    synthetic_dataset(tmp_path)
+    edit_json(tmp_path / "prepared" / "config.json",
+              lambda d: d["protocol"].update(min_item_interactions=False))
+    with pytest.raises(AutomrError, match=r"holds a damaged prepared dataset \(ProtocolConfig: "
+                                          r"min_item_interactions must be an int, not False\)"):
+        PreparedDataset.load(tmp_path / "prepared")

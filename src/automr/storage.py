@@ -404,7 +404,7 @@ def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: s
         if len(dtypes) == 1:
             module.to(dtypes.pop())
     except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: another's weights
-            BeartypeCallHintViolation) as error:
+            BeartypeCallHintViolation, AutomrError) as error:  # AutomrError: its config's
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
         raise AutomrError(f"{directory} holds a damaged {what} ({reason}): its {weights_file} "
                           f"and {CONFIG_FILE} do not match; {remedy}") from None

@@ -149,7 +149,7 @@ class PreparedDataset:
                 catalog=Catalog(tuple(Item(**row) for row in _read_jsonl(folder / "items.jsonl"))),
                 interactions=tuple(Interaction(**row)
                                    for row in _read_jsonl(folder / "interactions.jsonl")),
-                protocol=ProtocolConfig.from_json(config["protocol"]),
+                protocol=_protocol(config["protocol"]),
                 boundaries=SplitBoundaries(**config["boundaries"]),
                 stats=_read_stats(folder / "stats.json"),
                 source=SourceInfo(**config["source"]),
@@ -171,6 +171,15 @@ class PreparedDataset:
                 f"{window.get('start')} .. {window.get('end')}). Prepare it again with a window "
                 f"that gives every split samples (--start/--end, --train-months).")
         return dataset
+
+
+def _protocol(data: dict[str, object]) -> ProtocolConfig:
+    """The recorded protocol, a refusal of its fields' checks (:mod:`automr.checks`, an
+    :class:`AutomrError`) raised as the damage it is (a ValueError, one of ``_DAMAGED``)."""
+    try:
+        return ProtocolConfig.from_json(data)
+    except AutomrError as error:
+        raise ValueError(str(error)) from None
 
 
 def _read_stats(path: Path) -> DatasetStats:

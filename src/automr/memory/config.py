@@ -188,7 +188,8 @@ class MemoryRecord:
 
         try:
             return cls.from_json(data)
-        except (KeyError, TypeError, ValueError, BeartypeCallHintViolation) as error:
+        except (KeyError, TypeError, ValueError, BeartypeCallHintViolation,
+                AutomrError) as error:  # AutomrError: a refusal of the pooling's checks
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise AutomrError(f"{path} is damaged ({reason}); rebuild the memory.") from None
 
