@@ -139,3 +139,20 @@ def test_a_memory_or_dataset_config_holding_a_bool_is_named_damaged(tmp_path):
     with pytest.raises(AutomrError, match=r"holds a damaged prepared dataset \(ProtocolConfig: "
                                           r"min_item_interactions must be an int, not False\)"):
         PreparedDataset.load(tmp_path / "prepared")
+
+
+@pytest.mark.parametrize("cls, name, value", [
+    (LikelihoodGrounder, "chunk_size", 0), (LikelihoodGrounder, "chunk_size", -1),
+    (L2Grounder, "max_new_tokens", 0), (ConstrainedGrounder, "gamma", math.nan),
+    (ConstrainedGrounder, "gamma", math.inf), (DemoConfig, "lr", math.nan),
+    (DemoConfig, "lr", math.inf), (DemoConfig, "lr", 0.0), (DemoConfig, "layer", -1)])
+def test_a_value_out_of_its_range_is_refused_at_construction(cls, name, value):
+    """They were taken: chunk_size 0 or -1 failed in range() or torch.cat once ranking, after
+    the prompts' prefill; max_new_tokens=0 ranked every prompt by the distance to " "; a NaN
+    gamma made every distance NaN; DemoConfig's lr and layer were refused by FinetuneConfig
+    only after the demo had prepared ML-100K and loaded the model."""
+    with pytest.raises(ValueError, match=f"'{name}' must be"):
+        if cls is DemoConfig:
+            DemoConfig(**{name: value})
+        else:
+            check(cls, name, value)

@@ -54,12 +54,12 @@ class DemoConfig:
     2-core x86-64 VM: docs/results.md, "The demo")."""
 
     model: str = DEFAULT_MODEL
-    layer: int = attrs.field(default=DEFAULT_LAYER, validator=is_int)
+    layer: int = attrs.field(default=DEFAULT_LAYER, validator=[is_int, attrs.validators.ge(0)])
     train_samples: int = attrs.field(default=96, validator=[is_int, _POSITIVE])
     valid_samples: int = attrs.field(default=16, validator=[is_int, _POSITIVE])
     epochs: int = attrs.field(default=1, validator=[is_int, _POSITIVE])
     batch_size: int = attrs.field(default=8, validator=[is_int, _POSITIVE])
-    lr: float = attrs.field(default=1e-3, validator=is_real)
+    lr: float = attrs.field(default=1e-3, validator=attrs.fields(FinetuneConfig).lr.validator)
     lora_targets: tuple[str, ...] = attrs.field(
         default=attrs.fields(FinetuneConfig).target_modules.default,
         validator=attrs.validators.min_len(1))

@@ -1,5 +1,6 @@
 """Constrained decoding: beam search over a trie of catalog titles, so every beam is an item."""
 
+import math
 from typing import Literal
 
 import attrs
@@ -52,7 +53,8 @@ class ConstrainedGrounder:
     catalog_embeddings: Float[Tensor, "items hidden"] | None = None
     num_beams: int = attrs.field(default=10, validator=[is_int, attrs.validators.gt(0)])
     prior: Float[Tensor, " items"] | None = None
-    gamma: float = attrs.field(default=0.0, validator=is_real)
+    gamma: float = attrs.field(default=0.0, validator=[
+        is_real, attrs.validators.gt(-math.inf), attrs.validators.lt(math.inf)])
     engine: Literal["fast", "reference", "generate"] = attrs.field(
         default="fast", validator=attrs.validators.in_(("fast", "reference", "generate")))
     trie: TokenTrie = attrs.field(init=False)

@@ -37,7 +37,7 @@ class L2Grounder:
     tokenizer: object
     catalog_embeddings: Float[Tensor, "items hidden"]
     num_beams: int = attrs.field(default=4, validator=[is_int, attrs.validators.gt(0)])
-    max_new_tokens: int = attrs.field(default=32, validator=is_int)
+    max_new_tokens: int = attrs.field(default=32, validator=[is_int, attrs.validators.gt(0)])
 
     @jaxtyped(typechecker=beartype)
     def rank(

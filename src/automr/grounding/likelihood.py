@@ -26,7 +26,7 @@ class LikelihoodGrounder:
     """
 
     targets: CatalogTargets
-    chunk_size: int = attrs.field(default=64, validator=is_int)
+    chunk_size: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
 
     @jaxtyped(typechecker=beartype)
     def rank(
