@@ -122,13 +122,17 @@ def test_a_saved_model_whose_config_holds_a_bool_is_named_damaged(tmp_path):
         MLPRetriever.load(tmp_path / "mlp")
 
 
+def memory_record(**fields) -> MemoryRecord:
+    return MemoryRecord(**{
+        "model_name": "m", "model_fingerprint": None, "layer": 1, "hidden_size": 8,
+        "num_layers": 2, "dtype": "float32", "encoder": "item", "window": None,
+        "window_includes_item": True, "pooling": Pooling(), "store_token_states": False,
+        "storage_dtype": "float32", "shard_elements": 4, "share_prefix": True,
+        "prompt_config": PromptConfig(), **fields})
+
+
 def test_a_memory_or_dataset_config_holding_a_bool_is_named_damaged(tmp_path):
-    record = MemoryRecord(
-        model_name="m", model_fingerprint=None, layer=1, hidden_size=8, num_layers=2,
-        dtype="float32", encoder="item", window=None, window_includes_item=True,
-        pooling=Pooling(), store_token_states=False, storage_dtype="float32",
-        shard_elements=4, share_prefix=True, prompt_config=PromptConfig())
-    record.write(tmp_path)
+    memory_record().write(tmp_path)
     edit_json(tmp_path / "config.json", lambda d: d["pooling"].update(skip_first=True))
     with pytest.raises(AutomrError, match=r"config.json is damaged \(Pooling: skip_first must "
                                           r"be an int, not True\)"):
@@ -156,3 +160,16 @@ def test_a_value_out_of_its_range_is_refused_at_construction(cls, name, value):
             DemoConfig(**{name: value})
         else:
             check(cls, name, value)
+
+
+@pytest.mark.parametrize("name", ["layer", "hidden_size", "num_layers", "window",
+                                  "shard_elements"])
+def test_a_memory_record_refuses_a_bool_for_an_int(tmp_path, name):
+    """build_memory(loaded, dataset, True, config) built a layer-1 memory recorded as
+    "layer": true, and a config.json edited to hold true was read as 1."""
+    with pytest.raises(AutomrError, match=f"^MemoryRecord: {name} must be an int, not True$"):
+        memory_record(**{name: True})
+    memory_record().write(tmp_path)
+    edit_json(tmp_path / "config.json", lambda d: d.update({name: True}))
+    with pytest.raises(AutomrError, match=f"is damaged .*{name} must be an int, not True"):
+        MemoryRecord.read(tmp_path)

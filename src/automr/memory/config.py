@@ -108,17 +108,17 @@ class MemoryRecord:
 
     model_name: str
     model_fingerprint: str | None
-    layer: int
-    hidden_size: int
-    num_layers: int
+    layer: int = attrs.field(validator=is_int)
+    hidden_size: int = attrs.field(validator=is_int)
+    num_layers: int = attrs.field(validator=is_int)
     dtype: str = attrs.field(validator=_float_dtype)
     encoder: str
-    window: int | None
+    window: int | None = attrs.field(validator=attrs.validators.optional(is_int))
     window_includes_item: bool
     pooling: Pooling
     store_token_states: bool
     storage_dtype: str = attrs.field(validator=_float_dtype)
-    shard_elements: int
+    shard_elements: int = attrs.field(validator=is_int)
     share_prefix: bool
     prompt_config: PromptConfig
     dataset_fingerprint: str | None = None
