@@ -936,3 +936,41 @@ def test_a_memory_opens_on_a_device_named_as_a_model_loads(built):
     if not torch.cuda.is_available():
         with pytest.raises(AutomrError, match="CUDA is not available"):
             MemoryStore.open(built.folder, device="cuda")
+
+
+def test_an_element_encoder_of_ones_own_gets_the_configs_window(backbone, dataset, tmp_path,
+                                                                monkeypatch):
+    """A kind of one's own taking a window was built with window 1 and includes_item True
+    whatever MemoryConfig said (only the "window" kind was given them): the build encoded
+    1-item windows, then refused its own encoder ('window': 1 vs None) once it was done."""
+    import automr.memory as memory
+
+    class Titles:
+        kind, reuses_texts = "titles", False
+
+        def __init__(self, base, catalog, window, includes):
+            self.base, self.catalog, self.window, self.includes = base, catalog, window, includes
+
+        def text(self, items, timestamps, index):
+            end = index + 1 if self.includes else index
+            return ", ".join(map(self.catalog.title, items[max(0, end - self.window):end])) or "-"
+
+        def settings(self):
+            return {"kind": self.kind, "window": self.window, "includes_item": self.includes}
+
+    monkeypatch.setitem(memory.ENCODERS, "titles", memory.EncoderKind(
+        "the titles of a window", lambda base, catalog, prompt, window, includes:
+        Titles(base, catalog, window, includes)))
+    config = MemoryConfig(encoder="titles", window=2, window_includes_item=False)
+    store = build_memory(backbone, dataset, LAYER, config, tmp_path / "m", progress=False)
+    assert store.record.encoder_settings() == {"kind": "titles", "window": 2,
+                                               "includes_item": False}
+    user = sorted(store.users())[0]
+    items = store.view(user, 4).item_ids
+    text = ", ".join(map(dataset.catalog.title, items[1:3]))  # element 3: items 1 and 2
+    expected = memory.LayerEncoder(backbone, LAYER).encode_texts([text]).keys[0]
+    torch.testing.assert_close(store.view(user, 4).keys[3], expected, rtol=1e-5, atol=1e-5)
+    Titles.kind = "other"  # its settings name another kind than its ENCODERS key
+    with pytest.raises(AutomrError, match="settings\\(\\) gave"):
+        build_memory(backbone, dataset, LAYER, config, tmp_path / "n", progress=False)
+    assert not (tmp_path / "n").exists()  # refused before anything is written

@@ -71,16 +71,26 @@ Timelines = dict[str, tuple[list[str], list[int]]]
 def make_record(backbone: Backbone, layer: int, config: MemoryConfig, prompt_config,
                 window: int | None, dataset: PreparedDataset | None,
                 catalog: Catalog) -> MemoryRecord:
-    """The ``config.json`` of a memory built with these settings."""
+    """The ``config.json`` of a memory built with these settings. Its window and
+    ``includes_item`` are what the element encoder of ``config.encoder``, built with them,
+    reports in its ``settings()`` (the item encoder: none, True), so a kind of one's own
+    that takes a window is rebuilt with it (:func:`memory_encoder`)."""
     llm = backbone.llm
     dtype = dtype_name(llm.dtype)
     storage = STORAGE_DTYPES[config.storage_dtype]
+    base = LayerEncoder(backbone, layer, config.pooling, config.share_prefix)
+    settings = ENCODERS[config.encoder].build(base, catalog, prompt_config, window or 1,
+                                              config.window_includes_item).settings()
+    if (not isinstance(settings, dict) or set(settings) != {"kind", "window", "includes_item"}
+            or settings["kind"] != config.encoder):
+        raise AutomrError(f"the {config.encoder!r} element encoder's settings() gave "
+                          f"{settings!r}; it must give {{'kind': {config.encoder!r}, 'window': "
+                          f"..., 'includes_item': ...}}, what the memory's config.json records")
     return MemoryRecord(
         model_name=backbone.name, model_fingerprint=backbone.fingerprint, layer=layer,
         hidden_size=llm.hidden_size, num_layers=llm.num_layers, dtype=dtype,
-        encoder=config.encoder,
-        window=window if config.encoder == "window" else None,
-        window_includes_item=config.window_includes_item if config.encoder == "window" else True,
+        encoder=config.encoder, window=settings["window"],
+        window_includes_item=settings["includes_item"],
         pooling=config.pooling, store_token_states=config.store_token_states,
         storage_dtype=dtype if storage is None else dtype_name(storage),
         shard_elements=config.shard_elements, share_prefix=config.share_prefix,

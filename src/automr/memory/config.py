@@ -61,7 +61,8 @@ class MemoryConfig:
       ``item`` = the title alone);
     - ``pooling``: how a sequence's layer-L states become one key;
     - ``window``: K, the window encoder's history length (``None``: the dataset's
-      ``recent_k``, i.e. exactly the prompt length of the samples);
+      ``recent_k``, i.e. exactly the prompt length of the samples; an encoder kind of your
+      own gets it, and ``window_includes_item``, too);
     - ``window_includes_item``: element m's window ends with item m (default) or is the K
       items strictly before m (the paper's literal ``x_{u,h_m}``), see
       :class:`~automr.memory.encoders.WindowEncoder`;

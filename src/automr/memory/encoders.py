@@ -348,4 +348,6 @@ ENCODERS: Final[dict[str, EncoderKind]] = {
 kind of your own (an :class:`ElementEncoder`: the text of element ``index`` of a timeline)
 enters by name: ``ENCODERS["genre"] = EncoderKind("...", build)``, then
 ``MemoryConfig(encoder="genre")``; a memory built so is opened, annotated and retrieved from
-as any other (register the kind again in a new process before reading it)."""
+as any other (register the kind again in a new process before reading it). Its builder gets
+``MemoryConfig.window`` (the dataset's ``recent_k`` when None) and ``window_includes_item``;
+the memory records what its ``settings()`` report and rebuilds it with those."""
