@@ -703,6 +703,11 @@ def test_an_element_encoder_of_ones_own_builds_and_reads_a_memory(backbone, data
     expected = memory.LayerEncoder(backbone, LAYER).encode_texts([first]).keys[0]
     torch.testing.assert_close(view.keys[0], expected, rtol=1e-5, atol=1e-5)
     assert store.record.encoder == "shouted"
+    monkeypatch.delitem(memory.ENCODERS, "shouted")  # a new process that did not register it
+    with pytest.raises(AutomrError, match="'shouted', which automr\\.memory\\.ENCODERS lacks"):
+        memory.memory_encoder(tmp_path / "m", backbone, dataset.catalog)  # was KeyError
+    with pytest.raises(AutomrError, match="register that kind again"):
+        memory.append_memory(tmp_path / "m", backbone, [], dataset.catalog, progress=False)
 
 
 def test_an_index_of_an_older_version_with_timings_reads(built, tmp_path):

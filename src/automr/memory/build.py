@@ -106,6 +106,10 @@ def memory_encoder(
     """The element encoder a memory was built with, on ``model`` (e.g. for
     ``MemoryStore.open(dir, recompute=...)``). Refuses another model or layer."""
     record = memory if isinstance(memory, MemoryRecord) else MemoryRecord.read(Path(memory))
+    if record.encoder not in ENCODERS:  # a kind of one's own, registered in another process
+        raise AutomrError(f"the memory was built with the element encoder {record.encoder!r}, "
+                          f"which automr.memory.ENCODERS lacks in this process (it has "
+                          f"{', '.join(ENCODERS)}): register that kind again before using it")
     backbone = Backbone.of(model)
     record.check("the memory", backbone.fingerprint, None)
     base = LayerEncoder(backbone, record.layer, record.pooling, record.share_prefix)
