@@ -200,3 +200,21 @@ def test_a_kind_is_named_with_a_grounder_exactly_when_it_takes_one(name):
 
     with pytest.raises(automr.AutomrError, match="unknown method"):
         parse_method(name)
+
+
+def test_a_kind_of_ones_own_left_a_likelihood_kind_is_refused_in_one_line(tmp_path,
+                                                                          monkeypatch):
+    """MethodKind's defaults say likelihood=True, so a kind of one's own that writes no
+    titles was wrapped as a LikelihoodMethod: --measures likelihood ranked it, then failed
+    with AttributeError: 'PopularityMethod' object has no attribute 'target_log_likelihoods'."""
+    from automr.errors import AutomrError
+    from automr.methods import METHODS, MethodKind
+
+    dataset = synthetic_dataset(tmp_path)
+    monkeypatch.setitem(METHODS, "mine", MethodKind(
+        "popularity", lambda space, grounder, label: automr.PopularityMethod(space.dataset)))
+    method = build_method("mine:l2", Workspace(dataset, progress=False))
+    with pytest.raises(AutomrError, match=r"a PopularityMethod scores no true title .* "
+                                          r"likelihood=False"):
+        automr.evaluate({"mine": method}, dataset.samples("test")[:4], len(dataset.catalog),
+                        measures=("likelihood",))

@@ -31,7 +31,7 @@ from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.prior import choose_gamma, min_max
-from automr.interfaces import Method
+from automr.interfaces import LikelihoodMethod, Method
 from automr.llm.loading import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -552,5 +552,10 @@ class DeferredLikelihood(Deferred):
     """A :class:`Deferred` LM method: it also scores the true title."""
 
     def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
-        """The built :attr:`method`'s (building it on the first call)."""
+        """The built :attr:`method`'s (building it on the first call); refused for a method
+        that scores no title (a kind of one's own left at ``MethodKind(likelihood=True)``)."""
+        if not isinstance(self.method, LikelihoodMethod):
+            raise AutomrError(f"a {type(self.method).__name__} scores no true title (it has no "
+                              f"target_log_likelihoods): register its kind with "
+                              f"MethodKind(..., likelihood=False), or measure ranks only")
         return self.method.target_log_likelihoods(samples)
