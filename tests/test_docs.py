@@ -167,12 +167,26 @@ def test_readme_quick_start_commands_are_on_the_home_page() -> None:
         assert command in index, f"docs/index.md lacks README's command:\n{command}"
 
 
-def test_custom_components_tutorial_runs() -> None:
-    """The tutorial's Python blocks, run in order, work against the real Protocols."""
+def test_custom_components_tutorial_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tutorial's Python blocks, run in order, work against the real Protocols; then
+    docs/api/index.md's method kind of its recommender is built and evaluated by name."""
+    import automr
+    from automr.methods import METHODS
+
     text = (DOCS / "tutorials" / "custom-components.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.DOTALL))
     namespace: dict[str, object] = {"__name__": "tutorial"}
     exec(compile(code, "custom-components.md", "exec"), namespace)
+    monkeypatch.setitem(METHODS, "recent", None)  # the block registers it; removed after
+    kind = (DOCS / "api" / "index.md").read_text().split("## Adding a method kind")[1]
+    exec(compile(re.findall(r"```python\n(.*?)```", kind, re.DOTALL)[0], "index.md", "exec"),
+         namespace)
+    dataset, samples = namespace["dataset"], namespace["samples"]
+    by_name = automr.build_method("recent", automr.Workspace(dataset, progress=False))
+    measured = automr.evaluate({"recent": by_name}, samples[:8], len(dataset.catalog),  # type: ignore[index,arg-type]
+                               measures=("ranks", "likelihood"))  # it scores no title: skipped
+    assert measured.reports["recent"].ranks == namespace["evaluation"].reports[  # type: ignore[attr-defined]
+        "recent"].ranks[:8]
     assert namespace["tokens"].shape[0] == 2  # type: ignore[attr-defined]
     evaluation = namespace["evaluation"]  # the recommender's section: ranked beside pop
     assert set(evaluation.reports) == {"pop", "recent"}  # type: ignore[attr-defined]
