@@ -279,3 +279,28 @@ def test_an_annotator_refuses_a_wrong_part_at_construction(tiny_models):
         with pytest.raises(ValueError, match="element_batch"):
             UpperAnnotator(llm, 1, Concat(), element_batch=batch)
     UpperAnnotator(llm, 1, Concat(), element_batch=1)
+
+
+@pytest.mark.parametrize("built_in", [AppendToken, PrependToken, Concat])
+def test_a_subclass_of_a_built_in_combiner_is_annotated_with_its_own_combine(tiny_models,
+                                                                             built_in):
+    """The fast paths were picked by isinstance and never call combine: a user's subclass
+    that combines otherwise (here: each row with the next row's element) got the built-in
+    layout's labels."""
+    import attrs
+
+    @attrs.frozen
+    class Shifted(built_in):
+        def combine(self, query, memory):
+            return super().combine(query, attrs.evolve(memory, hidden=memory.hidden.roll(1, 0)))
+
+    llm = HFSplitLLM(tiny_models["llama"])
+    memory = MemoryTokens(hidden=llm.embed(torch.tensor([[3, 20, 40]]))[0][:, None],
+                          mask=torch.ones(3, 1, dtype=torch.bool))
+    args = (torch.tensor([5, 6, 7]), torch.tensor([8, 9]), memory)
+    got = UpperAnnotator(llm, 0, Shifted()).annotate(*args).with_element
+    plain = UpperAnnotator(llm, 0, Shifted(), share_prompt=False).annotate(*args).with_element
+    torch.testing.assert_close(got, plain, rtol=0, atol=1e-5)
+    built = UpperAnnotator(llm, 0, built_in()).annotate(*args).with_element
+    torch.testing.assert_close(got, built.roll(1, 0), rtol=0, atol=1e-5)
+    assert (got - built).abs().max() > 1e-3  # the shift matters

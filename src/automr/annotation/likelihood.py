@@ -55,7 +55,8 @@ class UpperAnnotator:
     (an item memory's elements share one, its opening quote: caching it cost more than it
     saved, 0.76-0.90x the plain path on an H200 from 135M to 7B parameters). ``share_prompt=
     False`` runs every element over the whole combined sequence in memory order (the plain
-    path the fast ones are tested against). A fast path whose cache would continue across a
+    path the fast ones are tested against; a combiner of another class, a subclass of these
+    included, always takes it). A fast path whose cache would continue across a
     longrope switch (MiniCPM3, Phi-3 128k: the split refuses that) runs the plain way.
     """
 
@@ -100,12 +101,13 @@ class UpperAnnotator:
                             layer=self.layer)
         target_ids = target_ids.to(device)
         base = self._plain(prompt, target, target_ids, None)[0]
-        shareable = isinstance(self.combiner, AppendToken) and bool(memory.mask.all()) and not (
+        layout = type(self.combiner)  # a subclass may combine otherwise: the plain path
+        shareable = layout is AppendToken and bool(memory.mask.all()) and not (
             _crosses(self.llm, prompt.seq_len, prompt.seq_len + memory.hidden.shape[1]
                      + target.seq_len))
         if self.share_prompt and shareable:
             scores = self._shared(prompt, target, target_ids, memory)
-        elif self.share_prompt and isinstance(self.combiner, Concat | PrependToken):
+        elif self.share_prompt and layout in (Concat, PrependToken):
             scores = self._prepended(prompt, target, target_ids, memory)
         else:
             scores = torch.cat([
