@@ -737,3 +737,18 @@ def test_an_export_without_its_bootstrap_is_read_with_the_evaluations_defaults(t
     again = ExportedEvaluation.open(path)
     assert again.report("m") == made.reports["m"]
     assert again.likelihoods("m") == made.likelihoods["m"]
+
+
+@pytest.mark.parametrize("value", [torch.tensor(2), {2}])
+def test_details_that_are_not_json_are_refused_in_one_line(tmp_path, value):
+    """A method's details() holding a tensor (or a set) stopped evaluate, with or without a
+    folder, with json's TypeError: Object of type Tensor is not JSON serializable."""
+
+    class Tensors(Retrieving):
+        def details(self):
+            return {"retrieved": {s_id: value for s_id in self.seen}}
+
+    for out in (None, tmp_path):
+        with pytest.raises(AutomrError,
+                           match=r"the details of m are not JSON \(Object of type (Tensor|set)"):
+            evaluate({"m": Tensors(1)}, SAMPLES, 30, out=out, n_resamples=20)

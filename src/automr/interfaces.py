@@ -300,8 +300,9 @@ class LikelihoodMethod(Method, Protocol):
 class Explained(Protocol):
     """A method that keeps, per sample it ranked, what it used (e.g. the memory elements it
     retrieved, or the prompt context it wrote): ``details()`` maps a kind (``retrieved``,
-    ``contexts``) to ``{sample id: value}``; evaluation folders save each kind beside the
-    ranks (``KIND/METHOD.json``)."""
+    ``contexts``) to ``{sample id: value}``, each value JSON (strings, numbers, lists, dicts:
+    not a tensor or a numpy number); evaluation folders save each kind beside the ranks
+    (``KIND/METHOD.json``)."""
 
     def details(self) -> Mapping[str, Mapping[str, Any]]:
         """``{kind: {sample id: value}}`` of the samples ranked so far."""

@@ -46,7 +46,12 @@ def run_sharded(
         saved = None if folder is None else folder.saved_shard(name, number, key, kind)
         if saved is None:
             values = json.loads(json.dumps(list(compute(shards[number]))))
-            details = _shard_details(_details(method), key["samples"], measured, first, omit)
+            try:
+                details = _shard_details(_details(method), key["samples"], measured, first,
+                                         omit)
+            except (TypeError, ValueError) as error:  # saved beside the values, as JSON
+                raise AutomrError(f"the details of {name} are not JSON ({error}): details() "
+                                  f"values are strings, numbers, lists and dicts") from None
             first = False
             saved = {"values": values, "details": details}
             if folder is not None:
