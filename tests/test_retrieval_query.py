@@ -203,3 +203,21 @@ def test_a_memory_of_another_models_size_is_refused_at_construction(workspace):
         automr.GenerativeMethod(wide, workspace["dataset"], Unused(), LAYER, retrieval=retrieval)
     automr.GenerativeMethod(workspace["loaded"], workspace["dataset"], Unused(), LAYER,
                             retrieval=retrieval)
+
+
+def test_a_memory_of_another_dataset_is_refused_at_construction(workspace, tmp_path):
+    """The same interactions with one title changed: every sample's history is in the memory
+    (request_for passes), but its keys encode the other titles. annotate_dataset refused it;
+    a GenerativeMethod with it ranked, silently."""
+
+    class Unused:
+        def rank(self, llm, input_ids, attention_mask, layer, insert=None):
+            raise AssertionError("not reached")
+
+    renamed = synthetic_dataset(tmp_path, titles={"i3": "Another Title"})
+    retrieval = automr.MemoryRetrieval(workspace["store"], SemanticRetriever(),
+                                       automr.AppendToken())
+    with pytest.raises(automr.AutomrError, match="was built from another dataset"):
+        automr.GenerativeMethod(workspace["loaded"], renamed, Unused(), LAYER,
+                                retrieval=retrieval)
+    automr.GenerativeMethod(workspace["loaded"], renamed, Unused(), LAYER)  # no memory: fine

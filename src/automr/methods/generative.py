@@ -63,7 +63,8 @@ class GenerativeMethod:
     """Ranks the catalog with an LM: prompt -> lower half -> (memory) -> upper half -> grounder.
 
     ``layer`` is the split layer; with ``retrieval`` it must be the memory's layer (its keys
-    are layer-L states). ``context`` puts a prompt context (ReLLa, TRSR) in every prompt: the
+    are layer-L states), and ``dataset`` the one the memory was built from (as annotation
+    refuses another). ``context`` puts a prompt context (ReLLa, TRSR) in every prompt: the
     one ``loaded`` was fine-tuned with (:func:`automr.contexts.build.build_context` of
     ``FinetunedRun.context``). ``batch_size`` samples run per forward;
     ``exclude_seen`` leaves each sample's history items out of its ranking (the target
@@ -108,6 +109,8 @@ class GenerativeMethod:
         if self.retrieval is not None and self.layer != self.retrieval.store.layer:
             raise AutomrError(f"the memory holds layer-{self.retrieval.store.layer} states; it "
                               f"cannot be joined at layer {self.layer}")
+        if self.retrieval is not None:  # its keys encode another dataset's titles or prompts
+            self.retrieval.store.check_dataset(self.dataset)
         if self.retrieval is not None and self.retrieval.store.hidden_size != llm.hidden_size:
             raise AutomrError(f"the memory in {self.retrieval.store.folder} holds states of size "
                               f"{self.retrieval.store.hidden_size}, the model's are of size "
