@@ -487,6 +487,19 @@ def test_a_log_likelihood_that_is_not_finite_is_refused_naming_the_method(value,
     assert not list(tmp_path.glob("loglik/*.shards/*.json"))  # nothing saved to resume from
 
 
+def test_log_likelihoods_that_are_no_sequence_are_refused_naming_the_method():
+    """A target_log_likelihoods that forgot its return stopped evaluate with TypeError:
+    'NoneType' object is not iterable, as rank() no longer does."""
+
+    class Forgetful(Constant):
+        def target_log_likelihoods(self, samples):
+            super().target_log_likelihoods(samples)
+
+    with pytest.raises(AutomrError, match=r"m's target_log_likelihoods\(\) returned NoneType"):
+        evaluate({"m": Forgetful(0)}, SAMPLES[:4], 30, measures=("likelihood",),
+                 n_resamples=20)
+
+
 def test_a_positive_log_likelihood_a_loss_is_refused_but_not_a_rounding_above_zero(tmp_path):
     """A method that returns its loss (the negative log-likelihood) had every comparison's
     sign flipped without a word."""

@@ -324,7 +324,11 @@ def _checked_ranks(name: str, ranks: Any, count: int, n_items: int) -> list[int]
 
 def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float, int]]:
     """A method's ``(log-likelihood, token count)`` per sample, as floats and ints."""
-    values = list(pairs)
+    try:
+        values = list(pairs)
+    except TypeError:
+        raise AutomrError(f"{name}'s target_log_likelihoods() returned {type(pairs).__name__}, "
+                          f"not a sequence of (log-likelihood, token count) pairs") from None
     if len(values) != count:
         raise AutomrError(f"{name} scored {len(values)} of {count} samples: "
                           f"target_log_likelihoods() returns one pair per sample")
