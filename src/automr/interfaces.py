@@ -229,7 +229,9 @@ class Grounder(Protocol):
     """Ranks the whole catalog for a batch of prompts, through a split LM.
 
     ``insert`` (optional) joins memory to the prompt's layer-L state, so a memory-free
-    recommender and AutoMR share the same grounders.
+    recommender and AutoMR share the same grounders. Items sharing the target's title are
+    ties in an evaluation (the target counts after those listed right after it), unless the
+    grounder has a ``tie_key`` (a tensor, one value per catalog item) telling them apart.
     """
 
     def rank(
