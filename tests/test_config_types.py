@@ -71,6 +71,30 @@ def test_a_config_refuses_another_type_for_a_number(cls, name, value):
         cls(**{**CONFIGS[cls], name: value})
 
 
+@pytest.mark.parametrize("cls, name, value", cases(
+    CONFIGS, {int: (), float: (0, 1, np.float32(0.5))}))
+def test_a_config_takes_an_int_or_numpy_float_for_a_float_and_stores_a_float(cls, name, value):
+    """As Python's typing rules allow (``weight_decay=0`` was beartype's violation); stored as
+    a float, so the config saves as a float-valued one does."""
+    try:
+        config = cls(**{**CONFIGS[cls], name: value})
+    except ValueError as error:  # a value outside the field's range, named by attrs
+        assert f"'{name}' must be" in str(error)
+        return
+    assert type(getattr(config, name)) is float and getattr(config, name) == float(value)
+
+
+def test_a_float_parameter_takes_an_int():
+    """Every module's beartype takes an int for a float hint (``automr.checks.beartype``)."""
+    import torch
+
+    from automr.annotation.labels import labels
+
+    base, with_element = -3.0, torch.tensor([-2.0, -4.0])
+    assert torch.equal(labels(base, with_element, "log", temperature=1),
+                       labels(base, with_element, "log", temperature=1.0))
+
+
 def check(cls: type, name: str, value: object) -> None:
     """Run the field's validators as its constructor does (on an instance never initialised)."""
     field = getattr(attrs.fields(cls), name)

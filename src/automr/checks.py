@@ -8,14 +8,25 @@ is used, mid-run. Put one first in a field's validators, before its range::
     epochs: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
     layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(is_int))
 
-numpy's integers (``np.int64`` from a user's arrays) are whole numbers and pass.
+numpy's integers (``np.int64`` from a user's arrays) are whole numbers and pass. A float
+field converts what it is given with :func:`to_float` first, so ``weight_decay=0`` is stored
+(and saved) as ``0.0``.
+
+:data:`beartype` is beartype as every module of automr applies it: an ``int`` passes where a
+``float`` is hinted, as Python's typing rules (PEP 484's numeric tower) allow, so
+``labels(..., temperature=1)`` runs as ``temperature=1.0`` does.
 """
 
 import numbers
+from typing import Any
 
 import attrs
+from beartype import BeartypeConf
+from beartype import beartype as _beartype
 
 from automr.errors import AutomrError
+
+beartype = _beartype(conf=BeartypeConf(is_pep484_tower=True))
 
 
 def _refuse(instance: object, attribute: "attrs.Attribute", value: object, kind: str) -> None:
@@ -34,3 +45,18 @@ def is_real(instance: object, attribute: "attrs.Attribute", value: object) -> No
     range (NaN, infinities) is for the field's own validators to check."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         _refuse(instance, attribute, value, "a number")
+
+
+def to_float(value: object) -> object:
+    """attrs converter of a ``float`` field: a number (an int, a numpy float) becomes a Python
+    float; a bool or anything else is left for :func:`is_real` to refuse."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def real_field(*validators: Any, **options: Any) -> Any:
+    """An attrs field holding a float: converted by :func:`to_float`, refused by
+    :func:`is_real` unless a number, then checked by ``validators`` (its range);
+    ``options`` go to :func:`attrs.field` (``default``)."""
+    return attrs.field(converter=to_float, validator=[is_real, *validators], **options)

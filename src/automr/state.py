@@ -4,9 +4,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
+
+from automr.checks import beartype
 
 if TYPE_CHECKING:
     from transformers import DynamicCache

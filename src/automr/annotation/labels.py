@@ -14,10 +14,10 @@ import math
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 
 LABEL_FORMS = ("paper", "log")

@@ -24,11 +24,10 @@ import copy
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM, require
 from automr.state import KVCache, LayerState

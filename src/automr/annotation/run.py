@@ -20,13 +20,12 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 
 from automr import distributed
 from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
 from automr.annotation.subsets import element_subset
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.combiners import COMBINERS, pad_memory
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample, tokenize_sample

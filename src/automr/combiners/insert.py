@@ -19,9 +19,9 @@ Masked memory slots are zeroed, so whatever they hold (even NaN) cannot leak int
 from typing import Literal
 
 import torch
-from beartype import beartype
 from jaxtyping import jaxtyped
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.interfaces import MemoryTokens
 from automr.state import LayerState

@@ -10,10 +10,10 @@ from typing import ClassVar, final
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.combiners.insert import insert_memory
 from automr.combiners.names import COMBINER_NAMES
 from automr.errors import AutomrError

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.contexts.spec import ContextSpec
 from automr.data import Catalog, PreparedDataset, PromptConfig, Sample
 from automr.data.prompts import format_titles

@@ -1,9 +1,8 @@
 """What a prompt context is: the recorded, JSON-able description it is rebuilt from."""
 
 import attrs
-from beartype import beartype
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 
 CONTEXT_KINDS = ("rella", "trsr")
 TRSR_MODES = ("recurrent", "hierarchical")

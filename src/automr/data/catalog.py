@@ -16,8 +16,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.data.records import Interaction, Item
 from automr.errors import AutomrError
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.data.amazon import load_amazon
 from automr.data.movielens import load_movielens_100k
 from automr.data.prepared import PreparedDataset, SourceInfo, is_prepared_dir

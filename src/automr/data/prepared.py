@@ -29,9 +29,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
-from beartype import beartype
 from beartype.roar import BeartypeCallHintViolation
 
+from automr.checks import beartype
 from automr.data.catalog import Catalog
 from automr.data.prompts import PROMPT_DOMAINS, PromptConfig
 from automr.data.protocol import SPLITS, ProtocolConfig, SplitBoundaries

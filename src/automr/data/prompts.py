@@ -15,8 +15,8 @@ learns to stop; it is part of ``labels`` but not of ``target_span`` (title token
 from collections.abc import Sequence
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.data.catalog import Catalog
 from automr.data.records import Sample
 from automr.errors import AutomrError

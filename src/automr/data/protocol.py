@@ -15,9 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import attrs
-from beartype import beartype
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.data.records import Interaction
 from automr.errors import AutomrError
 

@@ -8,7 +8,8 @@ so a sample that leaks the future cannot exist.
 from collections.abc import Mapping
 
 import attrs
-from beartype import beartype
+
+from automr.checks import beartype
 
 
 def _non_empty(instance: object, attribute: attrs.Attribute, value: str) -> None:

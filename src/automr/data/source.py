@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.data.catalog import Catalog, MergeReport
 from automr.data.records import Interaction
 

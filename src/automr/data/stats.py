@@ -8,8 +8,8 @@ sample counts.
 from collections.abc import Mapping, Sequence
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.data.records import Sample
 from automr.data.source import skip_label
 

@@ -15,10 +15,10 @@ one seed share their resamples, and a paired comparison resamples the two method
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 

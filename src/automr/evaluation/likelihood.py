@@ -13,8 +13,8 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.defaults import DEFAULT_CONFIDENCE
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import (

@@ -21,10 +21,10 @@ import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.defaults import DEFAULT_KS
 from automr.errors import AutomrError
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_KS, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import Interval, PairedDifference, bootstrap_ci, paired_bootstrap

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, real_field
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
@@ -83,7 +82,7 @@ class AblationConfig:
     train_samples: int = attrs.field(default=128, validator=[is_int, attrs.validators.gt(0)])
     test_samples: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=[is_real, *LABEL_TEMPERATURE])
+    temperature: float = real_field(*LABEL_TEMPERATURE, default=1.0)
     seed: int = attrs.field(default=0, validator=is_int)
     n_resamples: int = attrs.field(default=1000, validator=[is_int, attrs.validators.gt(0)])
 

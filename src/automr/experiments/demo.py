@@ -17,12 +17,11 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 
 import automr
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, annotate_dataset
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, real_field, to_float
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, prepare_movielens_100k
@@ -59,7 +58,8 @@ class DemoConfig:
     valid_samples: int = attrs.field(default=16, validator=[is_int, _POSITIVE])
     epochs: int = attrs.field(default=1, validator=[is_int, _POSITIVE])
     batch_size: int = attrs.field(default=8, validator=[is_int, _POSITIVE])
-    lr: float = attrs.field(default=1e-3, validator=attrs.fields(FinetuneConfig).lr.validator)
+    lr: float = attrs.field(default=1e-3, converter=to_float,
+                            validator=attrs.fields(FinetuneConfig).lr.validator)
     lora_targets: tuple[str, ...] = attrs.field(
         default=attrs.fields(FinetuneConfig).target_modules.default,
         validator=attrs.validators.min_len(1))
@@ -74,7 +74,7 @@ class DemoConfig:
     """Seeded memory elements annotated per sample (None: all; concat shares no prompt work,
     so each element costs an upper pass over the whole prompt)."""
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
-    temperature: float = attrs.field(default=1.0, validator=[is_real, *LABEL_TEMPERATURE])
+    temperature: float = real_field(*LABEL_TEMPERATURE, default=1.0)
     test_samples: int = attrs.field(default=48, validator=[is_int, _POSITIVE])
     likelihood_samples: int = attrs.field(default=200, validator=[is_int, _POSITIVE])
     grounder: str = attrs.field(default="constrained",

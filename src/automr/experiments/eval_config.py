@@ -2,9 +2,8 @@
 from its code so that the CLI's defaults need no torch."""
 
 import attrs
-from beartype import beartype
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.combiners.names import COMBINER_NAMES
 from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport

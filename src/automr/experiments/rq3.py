@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.data import PreparedDataset, Sample
 from automr.errors import AutomrError
 from automr.evaluation.folder import open_evaluation

@@ -5,11 +5,10 @@ from typing import Literal
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, real_field
 from automr.errors import AutomrError
 from automr.grounding.embedding import l2_distances
 from automr.grounding.prior import adjusted_distances
@@ -53,8 +52,8 @@ class ConstrainedGrounder:
     catalog_embeddings: Float[Tensor, "items hidden"] | None = None
     num_beams: int = attrs.field(default=10, validator=[is_int, attrs.validators.gt(0)])
     prior: Float[Tensor, " items"] | None = None
-    gamma: float = attrs.field(default=0.0, validator=[
-        is_real, attrs.validators.gt(-math.inf), attrs.validators.lt(math.inf)])
+    gamma: float = real_field(attrs.validators.gt(-math.inf), attrs.validators.lt(math.inf),
+                              default=0.0)
     engine: Literal["fast", "reference", "generate"] = attrs.field(
         default="fast", validator=attrs.validators.in_(("fast", "reference", "generate")))
     trie: TokenTrie = attrs.field(init=False)

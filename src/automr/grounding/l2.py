@@ -2,11 +2,10 @@
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.grounding.embedding import embed_texts, l2_distances
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import beam_search

@@ -5,11 +5,10 @@ from collections.abc import Sequence
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.decoding import Decoding, prefill

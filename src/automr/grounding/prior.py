@@ -15,10 +15,10 @@ model's scores, "collaborative information": their ``adjust_ci.py`` with SASRec)
 from collections.abc import Sequence
 
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.evaluation.metrics import per_sample_metrics, ranks_from_scores
 
 GAMMA_GRID = tuple(i / 100 for i in range(100)) + tuple(float(i) for i in range(1, 100))

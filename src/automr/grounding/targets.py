@@ -3,8 +3,8 @@
 from collections.abc import Sequence
 
 import attrs
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.llm.beam import TokenTrie
 
 

@@ -17,10 +17,10 @@ Qwen2: other beams for 150 of 211 prompts).
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.decoding import extend, prefill, step
 from automr.llm.trie import NEG_INF, TokenTrie

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.interfaces import Insert, SplitLLM
 from automr.state import KVCache, LayerState
 from automr.types import TokenIds, TokenMask, as_bool_mask

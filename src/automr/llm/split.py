@@ -15,11 +15,11 @@ only ones that touch transformers' layer internals.
 import inspect
 
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.llm.recurrent import (
     gated_delta_masked,

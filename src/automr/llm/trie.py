@@ -14,9 +14,10 @@ from itertools import chain
 import attrs
 import numpy as np
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
+
+from automr.checks import beartype
 
 NEG_INF = float("-inf")
 

@@ -8,9 +8,8 @@ from typing import Any, Final
 
 import attrs
 import torch
-from beartype import beartype
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.data.catalog import Catalog
 from automr.data.prompts import PromptConfig
 from automr.errors import AutomrError

@@ -19,12 +19,12 @@ from typing import Any, Final, Protocol, final
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
+from automr.checks import beartype
 from automr.data.catalog import Catalog
 from automr.data.prompts import PromptConfig, format_prompt
 from automr.errors import AutomrError

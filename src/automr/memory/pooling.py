@@ -15,11 +15,10 @@ from typing import Final
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 
 PoolFn = Callable[[Tensor, Tensor, int], Tensor]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
 from automr.data.records import Sample

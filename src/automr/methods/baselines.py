@@ -19,9 +19,8 @@ from typing import Any
 
 import attrs
 import torch
-from beartype import beartype
 
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.data import PreparedDataset, Sample
 from automr.data.popularity import popularity, training_sequences
 from automr.evaluation.metrics import ranks_from_scores, seen_mask

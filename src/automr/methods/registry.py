@@ -14,10 +14,9 @@ from typing import Any
 
 import attrs
 import torch
-from beartype import beartype
 
 from automr import distributed
-from automr.checks import is_int
+from automr.checks import beartype, is_int
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample

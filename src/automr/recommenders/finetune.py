@@ -42,12 +42,12 @@ from typing import Any, final
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Float
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 
 from automr import distributed
+from automr.checks import beartype
 from automr.contexts import TRSRContext, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint

@@ -4,9 +4,8 @@ code so that reading them (the CLI's defaults, a run's ``finetune.json``) needs 
 import math
 
 import attrs
-from beartype import beartype
 
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, is_real, real_field, to_float
 from automr.contexts.spec import ContextSpec
 
 LOSS_KINDS = ("target", "sequence")
@@ -21,8 +20,7 @@ TRAINABLE_COMBINERS = ("concat", "prepend-token")
 class MemoryTraining:
     """How memory joins fine-tuning: the share of examples, which element, which combiner."""
 
-    share: float = attrs.field(default=0.5, validator=[is_real, attrs.validators.gt(0.0),
-                                                       attrs.validators.le(1.0)])
+    share: float = real_field(attrs.validators.gt(0.0), attrs.validators.le(1.0), default=0.5)
     """Probability that a training example (with a non-empty memory) gets an element."""
     retrieval: str = attrs.field(default="random", validator=attrs.validators.in_(RETRIEVALS))
     """Which element a chosen example gets: ``random`` (uniform over its memory) or
@@ -45,8 +43,7 @@ class FinetuneConfig:
     lora_r: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
     lora_alpha: int = attrs.field(default=16, validator=[is_int, attrs.validators.gt(0)])
     """LoRA's update is scaled by ``lora_alpha / lora_r`` (0 would train nothing)."""
-    lora_dropout: float = attrs.field(
-        default=0.05, validator=[is_real, attrs.validators.ge(0), attrs.validators.lt(1)])
+    lora_dropout: float = real_field(attrs.validators.ge(0), attrs.validators.lt(1), default=0.05)
     target_modules: tuple[str, ...] = attrs.field(default=("q_proj", "v_proj"),
                                                   validator=attrs.validators.min_len(1))
     """The linear modules of each tuned layer that get LoRA (BIGRec's: ``q_proj``, ``v_proj``)."""
@@ -56,10 +53,9 @@ class FinetuneConfig:
     loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
     """``target``: the NLL of the target tokens (title + EOS); ``sequence``: of every token
     after the first (BIGRec's whole-sequence variant)."""
-    lr: float = attrs.field(default=1e-3, validator=[is_real, attrs.validators.gt(0),
-                                                     attrs.validators.lt(math.inf)])
-    weight_decay: float = attrs.field(default=0.0, validator=[is_real, attrs.validators.ge(0),
-                                                              attrs.validators.lt(math.inf)])
+    lr: float = real_field(attrs.validators.gt(0), attrs.validators.lt(math.inf), default=1e-3)
+    weight_decay: float = real_field(attrs.validators.ge(0), attrs.validators.lt(math.inf),
+                                     default=0.0)
     batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
     epochs: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
     max_train_samples: int | None = attrs.field(
@@ -84,7 +80,8 @@ class FinetuneConfig:
     """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
     (``epochs`` full epochs of optimizer steps; early stopping may end sooner)."""
     max_grad_norm: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional([is_real, attrs.validators.gt(0)]))
+        default=None, converter=attrs.converters.optional(to_float),
+        validator=attrs.validators.optional([is_real, attrs.validators.gt(0)]))
     """Clip the adapter's gradient to this global L2 norm before each step (None: no clipping)."""
     cache_lower: bool = True
     """With ``lora_from_layer > 0``: compute every training and validation example's layer-L

@@ -51,13 +51,12 @@ import attrs
 import torch
 import torch.nn.functional as F
 from attrs import validators as v
-from beartype import beartype
 from einops import rearrange
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, real_field
 from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ndcg_at_k, ranks_from_scores, recall_at_k, seen_mask
@@ -86,7 +85,7 @@ class SASRecConfig:
     hidden: int = attrs.field(default=64, validator=[is_int, v.gt(0)])
     n_blocks: int = attrs.field(default=2, validator=[is_int, v.ge(1)])
     n_heads: int = attrs.field(default=1, validator=[is_int, v.ge(1)])
-    dropout: float = attrs.field(default=0.2, validator=[is_real, v.ge(0.0), v.lt(1.0)])
+    dropout: float = real_field(v.ge(0.0), v.lt(1.0), default=0.2)
     max_len: int = attrs.field(default=50, validator=[is_int, v.ge(1)])
     windows: bool = True
     """Train on every position: each user's sequence cut into rows of ``max_len + 1`` items
@@ -102,8 +101,8 @@ class SASRecConfig:
     source's order of ties is arbitrary: on ML-100K half the training-period transitions are
     between items rated in the same second, and training on one fixed order of them teaches
     that order."""
-    lr: float = attrs.field(default=1e-2, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
-    weight_decay: float = attrs.field(default=0.0, validator=[is_real, v.ge(0.0), v.lt(math.inf)])
+    lr: float = real_field(v.gt(0.0), v.lt(math.inf), default=1e-2)
+    weight_decay: float = real_field(v.ge(0.0), v.lt(math.inf), default=0.0)
     batch_size: int = attrs.field(default=256, validator=[is_int, v.ge(1)])
     max_epochs: int = attrs.field(default=200, validator=[is_int, v.ge(1)])
     patience: int = attrs.field(default=10, validator=[is_int, v.ge(1)])

@@ -12,10 +12,10 @@ from typing import Final
 
 import attrs
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.storage import load_component, save_component
 

@@ -8,12 +8,11 @@ from typing import Literal, final
 import attrs
 import torch
 from attrs import validators as v
-from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, real_field
 from automr.errors import AutomrError
 from automr.retrievers.selection import masked_log_softmax
 from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
@@ -39,7 +38,7 @@ class MLPRetrieverConfig:
     hidden_size: int = attrs.field(validator=[is_int, v.gt(0)])
     mlp_hidden: int = attrs.field(default=256, validator=[is_int, v.gt(0)])
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
-    temperature: float = attrs.field(default=1.0, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
+    temperature: float = real_field(v.gt(0.0), v.lt(math.inf), default=1.0)
     normalize: bool = False
 
 

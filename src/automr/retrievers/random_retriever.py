@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import final
 
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.retrievers.storage import read_retriever, write_retriever
 

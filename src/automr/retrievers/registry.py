@@ -5,8 +5,8 @@ from pathlib import Path
 
 import attrs
 import torch
-from beartype import beartype
 
+from automr.checks import beartype
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import Retriever

@@ -1,10 +1,10 @@
 """From scores to retrieved memory: top-k over real elements, masked log-softmax, gathering."""
 
 import torch
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.interfaces import MemoryTokens
 
 

@@ -14,10 +14,10 @@ from typing import final
 
 import torch
 import torch.nn.functional as F
-from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
 

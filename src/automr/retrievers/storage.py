@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from beartype import beartype
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.errors import AutomrError
 from automr.storage import (
     CONFIG_FILE,

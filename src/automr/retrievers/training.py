@@ -21,11 +21,10 @@ from typing import Literal
 import attrs
 import torch
 from attrs import validators as v
-from beartype import beartype
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import is_int, is_real
+from automr.checks import beartype, is_int, real_field
 from automr.devices import resolve_device
 from automr.early_stopping import EarlyStopping, epoch_progress
 from automr.errors import AutomrError
@@ -61,9 +60,9 @@ def kl_loss(
 class RetrieverTrainingConfig:
     """Optimisation, early stopping and MLP settings for :func:`train_mlp_retriever`."""
 
-    lr: float = attrs.field(default=1e-3, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
+    lr: float = real_field(v.gt(0.0), v.lt(math.inf), default=1e-3)
     """Adam's learning rate (> 0)."""
-    weight_decay: float = attrs.field(default=0.0, validator=[is_real, v.ge(0.0), v.lt(math.inf)])
+    weight_decay: float = real_field(v.ge(0.0), v.lt(math.inf), default=0.0)
     """Adam's ``weight_decay`` (an L2 term added to the gradients; >= 0, default none)."""
     batch_size: int = attrs.field(default=256, validator=[is_int, v.ge(1)])
     """Training samples per optimiser step; the training set is reshuffled every epoch."""
@@ -78,7 +77,7 @@ class RetrieverTrainingConfig:
     """Width of the MLP's hidden layer (:class:`MLPRetrieverConfig`; the paper's 256)."""
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     """The MLP's activation between its two linear layers: ``gelu`` or ``relu``."""
-    temperature: float = attrs.field(default=1.0, validator=[is_real, v.gt(0.0), v.lt(math.inf)])
+    temperature: float = real_field(v.gt(0.0), v.lt(math.inf), default=1.0)
     """The scores are ``MLP(z_t) . m / temperature`` (> 0; the paper's 1)."""
     normalize: bool = False
     """Standardise queries and unit-scale keys before eq. 3 (:class:`MLPRetrieverConfig`)."""

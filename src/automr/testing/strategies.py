@@ -11,11 +11,11 @@ from typing import Literal
 
 import attrs
 import torch
-from beartype import beartype
 from hypothesis import strategies as st
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from automr.checks import beartype
 from automr.interfaces import MemoryTokens
 from automr.state import LayerState
 
