@@ -301,18 +301,27 @@ def _with_summary(record: Mapping[str, Any], ks: Sequence[int] | None, n_resampl
     return {**record, "config": {**config, **summary}}
 
 
+def _per_sample(name: str, returned: Any, count: int, said: tuple[str, str, str, str]
+                ) -> list:
+    """What a method's call returned as a list of ``count`` values, one per sample; ``said``:
+    the call, its verb, one value and the values, as its refusals name them."""
+    call, verb, one, many = said
+    try:
+        values = returned.tolist() if hasattr(returned, "tolist") else list(returned)
+    except TypeError:
+        raise AutomrError(f"{name}'s {call}() returned {type(returned).__name__}, not a "
+                          f"sequence of {many}") from None
+    if len(values) != count:
+        raise AutomrError(f"{name} {verb} {len(values)} of {count} samples: {call}() returns "
+                          f"one {one} per sample")
+    return values
+
+
 def _checked_ranks(name: str, ranks: Any, count: int, n_items: int) -> list[int]:
     """A method's ranks as ints, one per sample, each a 0-based place in the catalog or
     ``n_items`` for a miss (:func:`~automr.evaluation.metrics.rank_in_list`'s): a float (a
     mid-rank for ties, say) would be cut to its floor in the table, silently."""
-    try:
-        values = ranks.tolist() if hasattr(ranks, "tolist") else list(ranks)
-    except TypeError:
-        raise AutomrError(f"{name}'s rank() returned {type(ranks).__name__}, not a sequence "
-                          f"of ranks") from None
-    if len(values) != count:
-        raise AutomrError(f"{name} ranked {len(values)} of {count} samples: rank() returns one "
-                          f"rank per sample")
+    values = _per_sample(name, ranks, count, ("rank", "ranked", "rank", "ranks"))
     bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)
                 or not 0 <= v <= n_items), None)
     if bad is not None:
@@ -324,14 +333,8 @@ def _checked_ranks(name: str, ranks: Any, count: int, n_items: int) -> list[int]
 
 def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float, int]]:
     """A method's ``(log-likelihood, token count)`` per sample, as floats and ints."""
-    try:
-        values = list(pairs)
-    except TypeError:
-        raise AutomrError(f"{name}'s target_log_likelihoods() returned {type(pairs).__name__}, "
-                          f"not a sequence of (log-likelihood, token count) pairs") from None
-    if len(values) != count:
-        raise AutomrError(f"{name} scored {len(values)} of {count} samples: "
-                          f"target_log_likelihoods() returns one pair per sample")
+    values = _per_sample(name, pairs, count, ("target_log_likelihoods", "scored", "pair",
+                                              "(log-likelihood, token count) pairs"))
     try:
         checked = [(float(v), int(n)) for v, n in values]
     except (TypeError, ValueError):
