@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from automr.errors import AutomrError
 from automr.evaluation import bootstrap
-from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap, users_of
 
 values_strategy = st.lists(
     st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False), min_size=1, max_size=60
@@ -163,3 +163,64 @@ def test_intervals_are_the_plain_loop_over_the_same_resamples(a, data, seed, res
         assert got.low == pytest.approx(_plain_percentile(means, tail), abs=1e-12)
         assert got.high == pytest.approx(max(_plain_percentile(means, 1 - tail), got.low),
                                          abs=1e-12)
+
+
+@settings(max_examples=30)
+@given(a=values_strategy, data=st.data(), seed=st.integers(0, 2**16),
+       resamples=st.integers(1, 120))
+def test_one_sample_per_group_is_the_sample_bootstrap(a, data, seed, resamples) -> None:
+    """Resampling groups of one sample each draws the same indices as resampling samples."""
+    b = data.draw(st.lists(st.floats(0.0, 1.0, allow_subnormal=False), min_size=len(a),
+                           max_size=len(a)))
+    groups = [f"u{i}" for i in range(len(a))]
+    for plain, grouped in (
+            (bootstrap_ci(_t(a), n_resamples=resamples, seed=seed),
+             bootstrap_ci(_t(a), n_resamples=resamples, seed=seed, groups=groups)),
+            (paired_bootstrap(_t(a), _t(b), n_resamples=resamples, seed=seed),
+             paired_bootstrap(_t(a), _t(b), n_resamples=resamples, seed=seed, groups=groups))):
+        for field in ("mean", "low", "high"):
+            assert getattr(grouped, field) == pytest.approx(getattr(plain, field), abs=1e-12)
+        assert getattr(grouped, "share_leq_zero", 0) == getattr(plain, "share_leq_zero", 0)
+
+
+@settings(max_examples=30)
+@given(a=values_strategy, data=st.data(), seed=st.integers(0, 2**16),
+       resamples=st.integers(1, 120))
+def test_group_intervals_are_the_plain_loop_over_drawn_groups(a, data, seed,
+                                                              resamples) -> None:
+    """The cluster bootstrap: each resample draws G of the G groups (first-appearance order)
+    with replacement and averages every sample of every drawn group."""
+    groups = data.draw(st.lists(st.sampled_from("abcde"), min_size=len(a), max_size=len(a)))
+    labels = list(dict.fromkeys(groups))
+    members = [[x for x, g in zip(a, groups, strict=True) if g == label] for label in labels]
+    index = torch.randint(0, len(labels), (resamples, len(labels)),
+                          generator=torch.Generator().manual_seed(seed)).tolist()
+    means = sorted(math.fsum(x for i in row for x in members[i])
+                   / sum(len(members[i]) for i in row) for row in index)
+    got = bootstrap_ci(_t(a), n_resamples=resamples, seed=seed, groups=groups)
+    assert got.mean == pytest.approx(math.fsum(a) / len(a), abs=1e-12)
+    assert got.low == pytest.approx(_plain_percentile(means, 0.025), abs=1e-12)
+    assert got.high == pytest.approx(max(_plain_percentile(means, 0.975), got.low), abs=1e-12)
+    paired = paired_bootstrap(_t(a), _t([0.0] * len(a)), n_resamples=resamples, seed=seed,
+                              groups=groups)
+    assert (paired.low, paired.high) == pytest.approx((got.low, got.high), abs=1e-12)
+
+
+def test_correlated_users_widen_the_interval() -> None:
+    """Ten users of 50 samples each, every user's samples alike: resampling users sees ten
+    values, resampling samples 500, so the user interval is about sqrt(50) times as wide."""
+    user_level = torch.rand(10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    values = user_level.repeat_interleave(50)
+    groups = [f"{u}@{t}:1" for u in range(10) for t in range(50)]
+    samples = bootstrap_ci(values, n_resamples=2000)
+    users = bootstrap_ci(values, n_resamples=2000, groups=users_of(groups))
+    ratio = (users.high - users.low) / (samples.high - samples.low)
+    assert 5.0 < ratio < 9.0
+
+
+def test_users_of_reads_sample_ids() -> None:
+    assert users_of(["313@891013525:216", "a@b@12:x@3:y", "u@-5:i"]) == ("313", "a@b", "u")
+    with pytest.raises(AutomrError, match="user@timestamp:target"):
+        users_of(["313:216"])
+    with pytest.raises(AutomrError, match="3 groups for 2 samples"):
+        bootstrap_ci(_t([1.0, 2.0]), groups=["a", "b", "c"])

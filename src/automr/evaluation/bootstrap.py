@@ -11,7 +11,17 @@ percentile bootstrap.
 
 The same ``seed`` and sample count give the same index matrix, so metrics bootstrapped with
 one seed share their resamples, and a paired comparison resamples the two methods together.
+
+With ``groups`` (one label per sample, e.g. its user from :func:`users_of`) both functions
+resample the *groups* instead (the cluster bootstrap): resample ``r`` draws ``G`` of the ``G``
+distinct labels with replacement, in the same way, and its mean is over every sample of every
+drawn group (a group drawn twice counts twice). Samples of one user share most of their history,
+so their values are correlated and the sample bootstrap's intervals are too narrow. With one
+sample per group it is the sample bootstrap (the same numbers, up to float rounding).
 """
+
+import re
+from collections.abc import Sequence
 
 import attrs
 import torch
@@ -23,6 +33,7 @@ from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 
 _BLOCK_ELEMENTS = 1 << 22  # indices per block of the resample matrix (32 MiB of int64)
+_SAMPLE_ID = re.compile(r"(.+?)@-?\d+:.")  # Sample.id: user@timestamp:target
 
 
 def _not_below_low(interval: "Interval | PairedDifference", _: attrs.Attribute,
@@ -68,9 +79,35 @@ class PairedDifference:
     confidence: float = DEFAULT_CONFIDENCE
 
 
-def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int) -> Tensor:
+def users_of(sample_ids: Sequence[str]) -> tuple[str, ...]:
+    """The user of each sample id (``user@timestamp:target``, :attr:`automr.data.Sample.id`):
+    the ``groups`` that resample users."""
+    users = []
+    for sample_id in sample_ids:
+        match = _SAMPLE_ID.match(sample_id)
+        if match is None:
+            raise AutomrError(f"sample id {sample_id!r} is not user@timestamp:target")
+        users.append(match.group(1))
+    return tuple(users)
+
+
+def _group_sums(values: Tensor, groups: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Per group (in order of first appearance): the ``[..., G]`` sums of ``values`` and the
+    ``[G]`` sample counts."""
+    if len(groups) != values.shape[-1]:
+        raise AutomrError(f"{len(groups)} groups for {values.shape[-1]} samples")
+    first: dict[str, int] = {}
+    index = torch.tensor([first.setdefault(g, len(first)) for g in groups], dtype=torch.long)
+    sums = values.new_zeros((*values.shape[:-1], len(first))).index_add_(-1, index, values)
+    counts = values.new_zeros(len(first)).index_add_(0, index, values.new_ones(len(groups)))
+    return sums, counts
+
+
+def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int,
+                     groups: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
     """The ``[..., n_resamples]`` means (float64) of bootstrap resamples of ``values``
-    (``[..., n]``: each row resampled with the same indices).
+    (``[..., n]``: each row resampled with the same indices) and the ``[n_resamples]`` sample
+    count of each resample (``n`` unless ``groups`` resamples groups of samples).
 
     Vectorised: each block of resamples is one index matrix and one gather + mean.
     """
@@ -80,14 +117,22 @@ def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int) -> Tensor:
     if n_resamples < 1:
         raise AutomrError(f"n_resamples must be >= 1, got {n_resamples}")
     values = values.detach().to(device="cpu", dtype=torch.float64)
+    if groups is not None:
+        sums, counts = _group_sums(values, groups)
     generator = torch.Generator().manual_seed(seed)
-    rows_per_block = max(1, _BLOCK_ELEMENTS // n)
-    means = []
+    units = n if groups is None else counts.shape[0]
+    rows_per_block = max(1, _BLOCK_ELEMENTS // units)
+    means, sizes = [], []
     for start in range(0, n_resamples, rows_per_block):
         rows = min(rows_per_block, n_resamples - start)
-        index = torch.randint(0, n, (rows, n), generator=generator)
-        means.append(values[..., index].mean(dim=-1))
-    return torch.cat(means, dim=-1)
+        index = torch.randint(0, units, (rows, units), generator=generator)
+        if groups is None:
+            means.append(values[..., index].mean(dim=-1))
+            sizes.append(torch.full((rows,), float(n), dtype=torch.float64))
+        else:
+            sizes.append(counts[index].sum(dim=-1))
+            means.append(sums[..., index].sum(dim=-1) / sizes[-1])
+    return torch.cat(means, dim=-1), torch.cat(sizes)
 
 
 @jaxtyped(typechecker=beartype)
@@ -97,10 +142,12 @@ def bootstrap_ci(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> Interval:
-    """The mean of ``values`` with its percentile-bootstrap ``confidence`` interval."""
+    """The mean of ``values`` with its percentile-bootstrap ``confidence`` interval
+    (resampling the samples, or the ``groups`` of samples when given: one label per sample)."""
     _check_confidence(confidence)
-    means = _bootstrap_means(values, n_resamples=n_resamples, seed=seed)
+    means, _ = _bootstrap_means(values, n_resamples=n_resamples, seed=seed, groups=groups)
     low, high = _percentiles(means, confidence)
     mean = float(values.detach().to(torch.float64).mean())
     return Interval(mean=mean, low=low, high=high, confidence=confidence)
@@ -114,19 +161,22 @@ def paired_bootstrap(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> PairedDifference:
     """Paired bootstrap of ``mean(a) - mean(b)`` where ``a[i]`` and ``b[i]`` are the same sample.
 
     Resampling the per-sample differences keeps each sample's two values together, so the
-    interval reflects only how the methods differ, not how hard the samples are.
+    interval reflects only how the methods differ, not how hard the samples are. ``groups``
+    (one label per sample) resamples groups of samples instead, as :func:`bootstrap_ci`.
     """
     _check_confidence(confidence)
     diff = values_a.detach().to(torch.float64) - values_b.detach().to(torch.float64)
-    means, magnitudes = _bootstrap_means(torch.stack([diff, diff.abs()]),
-                                         n_resamples=n_resamples, seed=seed)
+    (means, magnitudes), sizes = _bootstrap_means(torch.stack([diff, diff.abs()]),
+                                                  n_resamples=n_resamples, seed=seed,
+                                                  groups=groups)
     # a resample whose differences cancel exactly (1 - 1/log2(3) and its negative) sums to a
     # few ulps either side of 0: within the sum's rounding bound it is 0, so <= 0
-    rounding = diff.shape[0] * torch.finfo(torch.float64).eps * magnitudes
+    rounding = sizes * torch.finfo(torch.float64).eps * magnitudes
     low, high = _percentiles(means, confidence)
     return PairedDifference(
         mean=float(diff.mean()),
