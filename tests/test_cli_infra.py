@@ -740,12 +740,12 @@ def test_evaluate_passes_every_option_on(monkeypatch, tmp_path):
         "--model", "lm", "--combiner", "append-token", "--k", "2", "--split", "valid",
         "--samples", "5", "--batch-size", "3", "--layer", "7", "--num-beams", "6",
         "--exclude-seen", "--seed", "4", "--retrieval-seed", "9", "--tune-samples", "11",
-        "--reference", "automr:l2", "--quiet", *RUNTIME_GIVEN])
+        "--reference", "automr:l2", "--resample", "users", "--quiet", *RUNTIME_GIVEN])
     (args, keywords), = calls
     assert args == (Path("d"), ["bigrec:l2", "automr:l2"], Path("o"), EvalConfig(
         split="valid", max_samples=5, seed=4, batch_size=3, layer=7, num_beams=6,
         exclude_seen=True, combiner="append-token", k=2, retrieval_seed=9, tune_samples=11,
-        reference="automr:l2"), Artifacts(model="lm", finetuned="f", memory="m",
+        reference="automr:l2", resample="users"), Artifacts(model="lm", finetuned="f", memory="m",
                                           retriever="r", rella="rl", trsr="t"))
     assert keywords == {"progress": False, **RUNTIME_KEYWORDS}
     calls.clear()  # 0 means all samples and the grounder's beams
@@ -955,9 +955,9 @@ def test_rq3_passes_every_option_on(monkeypatch, tmp_path):
 def test_compare_passes_every_option_on(monkeypatch, tmp_path):
     calls = invoked(monkeypatch, "automr.evaluation.combine_folders", [
         "compare", "--out", "o", "--method", "a=e1/bigrec:l2", "--method", "b=x/e2.json/pop",
-        "--reference", "b", "--seed", "4"])
+        "--reference", "b", "--seed", "4", "--resample", "users"])
     assert calls == [(({"a": ("e1", "bigrec:l2"), "b": ("x/e2.json", "pop")},),
-                      {"out": Path("o"), "reference": "b", "seed": 4})]
+                      {"out": Path("o"), "reference": "b", "seed": 4, "resample": "users"})]
 
 
 def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):

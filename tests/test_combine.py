@@ -368,3 +368,25 @@ def test_compare_refuses_a_finished_evaluation_as_its_out(tmp_path):
     with pytest.raises(AutomrError, match="holds an evaluation; its results would be replaced"):
         combine_folders({"x": (out, "m")}, out=out, n_resamples=20)
     assert (out / "results.json").read_text() == before
+
+
+def test_compare_resamples_users_when_asked_and_records_it(tmp_path):
+    """--resample users: the combined intervals resample the users of the sample ids (two
+    users here), the saved reports and results.json say so."""
+    ids = [f"u{i % 2}@{i}:x" for i in range(8)]
+    ranks, lls = [0, 3, 29, 5, 1, 2, 8, 4], [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0]
+    a = evaluated(tmp_path / "a", "m", ranks, lls, ids=ids)
+    result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",
+                                      f"x={a}/m", "--resample", "users"])
+    assert result.exit_code == 0, result.output
+    saved = EvaluationFolder(tmp_path / "o")
+    assert saved.report("x") == build_report("x", ids, torch.tensor(ranks), 30,
+                                             resample="users")
+    assert saved.report("x").metrics != build_report("x", ids, torch.tensor(ranks), 30).metrics
+    assert saved.likelihoods("x") == build_likelihood_report(
+        "x", ids, [(v, 3) for v in lls], resample="users")
+    config = json.loads((tmp_path / "o" / "results.json").read_text())["config"]
+    assert config["resample"] == "users"
+    result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "p"), "--method",
+                                      f"x={a}/m", "--resample", "items"])
+    assert result.exit_code != 0 and "resample must be one of samples, users" in result.output

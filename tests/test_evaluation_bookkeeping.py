@@ -765,3 +765,42 @@ def test_details_that_are_not_json_are_refused_in_one_line(tmp_path, value):
         with pytest.raises(AutomrError,
                            match=r"the details of m are not JSON \(Object of type (Tensor|set)"):
             evaluate({"m": Tensors(1)}, SAMPLES, 30, out=out, n_resamples=20)
+
+
+def test_resampling_users_draws_whole_users_and_is_recorded(tmp_path):
+    """resample="users": every interval and paired difference resamples the users (3 of them,
+    8 samples each) with all their samples; it is saved with the reports and in the results'
+    config, so an export reads the same numbers back, and a folder saved resampling samples is
+    summarised again, not reused as it was."""
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap, users_of
+    from automr.evaluation.folder import ExportedEvaluation
+    from automr.evaluation.metrics import per_sample_metrics
+
+    samples = [Sample(user=f"u{i % 3}", target="t", timestamp=100 + i, recent=("a",),
+                      recent_timestamps=(1,)) for i in range(24)]
+    methods = {"bigrec": Constant(0), "mine": Constant(2)}
+    evaluate(methods, samples, 30, out=tmp_path / "e", n_resamples=50,
+             measures=("ranks", "likelihood"))
+    made = evaluate(methods, samples, 30, out=tmp_path / "e", n_resamples=50,
+                    measures=("ranks", "likelihood"), resample="users")
+    users = users_of([s.id for s in samples])
+    assert users == tuple(f"u{i % 3}" for i in range(24))
+    ranks = {m: per_sample_metrics(torch.tensor(methods[m].rank(samples)), (1, 5, 10))
+             for m in methods}
+    assert made.reports["mine"].metrics["ndcg@5"] == bootstrap_ci(
+        ranks["mine"]["ndcg@5"].double(), n_resamples=50, groups=users)
+    assert made.paired()["mine"]["ndcg@5"] == paired_bootstrap(
+        ranks["mine"]["ndcg@5"].double(), ranks["bigrec"]["ndcg@5"].double(), n_resamples=50,
+        groups=users)
+    assert made.paired()["mine"] != evaluate(methods, samples, 30, n_resamples=50).paired()["mine"]
+    folder = EvaluationFolder(tmp_path / "e")
+    assert folder.report("mine").resample == folder.likelihoods("mine").resample == "users"
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["config"]["resample"] == (
+        "users")
+    assert "bootstrap resamples of the users" in made.markdown()
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(folder.export()))
+    assert ExportedEvaluation.open(path).report("mine") == made.reports["mine"]
+    assert ExportedEvaluation.open(path).likelihoods("mine") == made.likelihoods["mine"]
+    with pytest.raises(AutomrError, match="resample must be one of samples, users, got 'items'"):
+        evaluate(methods, samples, 30, resample="items")

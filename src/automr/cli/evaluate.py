@@ -22,6 +22,9 @@ from automr.experiments.eval_config import EvalConfig
 from automr.paths import home_path
 
 defaults = EvalConfig()
+ResampleOption = Annotated[str, typer.Option(
+    help="What the bootstrap of every interval draws: samples, or users (all of a drawn "
+         "user's samples; samples of one user share their history).")]
 
 
 @user_errors
@@ -78,6 +81,7 @@ def evaluate_command(
     reference: Annotated[str | None, typer.Option(
         help="The method every other is paired with [default: the first bigrec method, else "
              "the first].", show_default=False)] = None,
+    resample: ResampleOption = defaults.resample,
     *, runtime: Runtime,
 ) -> dict[str, dict[str, float]]:
     """Rank the same test samples with every method; print and write the results table.
@@ -94,7 +98,8 @@ def evaluate_command(
         split=split, max_samples=samples or None, seed=seed, batch_size=batch_size,
         layer=layer, num_beams=num_beams or None, exclude_seen=exclude_seen, combiner=combiner,
         k=k, measures=comma_list(measures),
-        retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference),
+        retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference,
+        resample=resample),
         {"max_samples": "samples"})
     if "likelihood" in config.measures:  # small differences of log-likelihoods: not in bf16
         runtime = attrs.evolve(runtime, exact=True)
@@ -128,6 +133,7 @@ def compare_command(
         show_default=False)] = None,
     seed: Annotated[int, typer.Option(
         help="Seed of the bootstrap behind every interval (as automr evaluate --seed).")] = 0,
+    resample: ResampleOption = "samples",
 ) -> None:
     """Methods of several evaluation folders side by side, paired on the same samples
     (e.g. two fine-tuned recommenders); nothing is recomputed."""
@@ -142,7 +148,8 @@ def compare_command(
         if name in sources:
             raise AutomrError(f"--method names {name!r} twice")
         sources[name] = (str(home_path(folder)), evaluated)  # as --out's ~
-    evaluation = combine_folders(sources, out=out, reference=reference, seed=seed)
+    evaluation = combine_folders(sources, out=out, reference=reference, seed=seed,
+                                 resample=resample)
     typer.echo(evaluation.markdown())
 
 

@@ -79,6 +79,25 @@ class PairedDifference:
     confidence: float = DEFAULT_CONFIDENCE
 
 
+RESAMPLE_UNITS = ("samples", "users")
+"""What a bootstrap may resample: the evaluation samples (the default), or the users
+(:func:`users_of` their ids), taking all of a drawn user's samples."""
+
+
+def groups_for(resample: str, sample_ids: Sequence[str]) -> tuple[str, ...] | None:
+    """The ``groups`` that resample ``resample`` (one of :data:`RESAMPLE_UNITS`) of samples
+    ``sample_ids``: None for samples, their users for users."""
+    check_resample(resample)
+    return None if resample == "samples" else users_of(sample_ids)
+
+
+def check_resample(resample: object) -> None:
+    """Refuse a ``resample`` that is none of :data:`RESAMPLE_UNITS`."""
+    if resample not in RESAMPLE_UNITS:
+        raise AutomrError(f"resample must be one of {', '.join(RESAMPLE_UNITS)}, got "
+                          f"{resample!r}")
+
+
 def users_of(sample_ids: Sequence[str]) -> tuple[str, ...]:
     """The user of each sample id (``user@timestamp:target``, :attr:`automr.data.Sample.id`):
     the ``groups`` that resample users."""

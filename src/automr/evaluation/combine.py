@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import DEFAULT_RESAMPLES
+from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, check_resample
 from automr.evaluation.folder import (
     RESULTS_JSON,
     EvaluationFolder,
@@ -38,6 +38,7 @@ from automr.storage import read_json
 def combine_folders(
     sources: Mapping[str, tuple[Path | str, str]], *, out: Path | str | None = None,
     reference: str | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    resample: str = "samples",
 ) -> Evaluation:
     """``{name: (evaluation folder or exported .json, method in it)}`` -> one
     :class:`Evaluation`, each method paired with ``reference`` (default: the first name).
@@ -47,9 +48,10 @@ def combine_folders(
     :class:`~automr.errors.AutomrError`, not an intersection), so pairs are exact, and all
     ranks must be measured at the same cut-offs over the same catalog. ``out``: a new or
     empty folder, or one a combination wrote before (an ``automr evaluate`` folder is
-    refused: its results would be replaced). ``n_resamples`` and ``seed``:
-    the bootstrap's, for every interval (a source saved with others is summarised again from
-    its values)."""
+    refused: its results would be replaced). ``n_resamples``, ``seed`` and ``resample``
+    (``samples`` or ``users``): the bootstrap's, for every interval (a source saved with others
+    is summarised again from its values)."""
+    check_resample(resample)
     if not sources:
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     for name, source in sources.items():
@@ -76,10 +78,11 @@ def combine_folders(
             raise AutomrError(f"{path} holds neither ranks nor target log-likelihoods of "
                               f"{method} (there: {', '.join(_held(Path(path))) or 'none'})")
         if report is not None:  # one bootstrap for every interval of the table
-            reports[name] = attrs.evolve(report.resampled(report.ks, n_resamples, seed),
-                                         method=name)
+            reports[name] = attrs.evolve(report.resampled(report.ks, n_resamples, seed,
+                                                          resample=resample), method=name)
         if likelihood is not None:
-            likelihoods[name] = attrs.evolve(likelihood.resampled(n_resamples, seed),
+            likelihoods[name] = attrs.evolve(likelihood.resampled(n_resamples, seed,
+                                                                  resample=resample),
                                              method=name)
         retrieved[name] = elements
     for kind, measured in (("ranks", reports), ("log-likelihoods", likelihoods)):
@@ -94,7 +97,8 @@ def combine_folders(
         cutoffs = ", ".join(f"{name}: {list(r.ks)}" for name, r in reports.items())
         raise AutomrError(f"the ranks were measured at different cut-offs ({cutoffs})")
     samples = len(next(iter((reports or likelihoods).values())).sample_ids)
-    evaluation = Evaluation(reports, reference, likelihoods, samples, n_resamples, seed)
+    evaluation = Evaluation(reports, reference, likelihoods, samples, n_resamples, seed,
+                            resample=resample)
     if out is not None:
         _write(EvaluationFolder(out), evaluation, sources, retrieved)
     return evaluation
@@ -169,6 +173,7 @@ def _write(folder: EvaluationFolder, evaluation: Evaluation,
     for name, report in evaluation.likelihoods.items():
         folder.save_likelihoods(report, origin[name], details(name, "loglik"))
     ks = next((list(r.ks) for r in evaluation.reports.values()), [])
-    config = {"ks": ks, "n_resamples": evaluation.n_resamples, "seed": evaluation.seed}
+    config = {"ks": ks, "n_resamples": evaluation.n_resamples, "seed": evaluation.seed,
+              "resample": evaluation.resample}
     folder.write_results(evaluation.to_json({"config": config, "sources": origin}),
                          evaluation.markdown())

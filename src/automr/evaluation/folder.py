@@ -522,7 +522,8 @@ def exported_reports(exported: Mapping[str, Any], method: str
     results = exported["results"]
     config = results.get("config", {})
     kept = {"n_resamples": int(config.get("n_resamples", DEFAULT_RESAMPLES)),
-            "seed": int(config.get("seed", 0))}
+            "seed": int(config.get("seed", 0)),
+            "resample": str(config.get("resample", "samples"))}  # before it: samples
     report = likelihoods = None
     if method in exported["ranks"]:
         ranks = exported["ranks"][method]

@@ -22,6 +22,8 @@ from automr.evaluation.bootstrap import (
     Interval,
     PairedDifference,
     bootstrap_ci,
+    check_resample,
+    groups_for,
     paired_bootstrap,
 )
 from automr.storage import read_json, write_json_atomic
@@ -33,7 +35,8 @@ LIKELIHOOD_METRICS = ("target_ll", "target_ll_per_token")
 @beartype
 @attrs.frozen
 class LikelihoodReport:
-    """One method's target log-likelihoods on one set of samples, with intervals."""
+    """One method's target log-likelihoods on one set of samples, with intervals (from
+    ``n_resamples`` resamples of ``seed`` of the ``resample`` units: samples or users)."""
 
     method: str
     sample_ids: tuple[str, ...]
@@ -42,8 +45,10 @@ class LikelihoodReport:
     metrics: dict[str, Interval]
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+    resample: str = "samples"
 
     def __attrs_post_init__(self) -> None:
+        check_resample(self.resample)
         if not len(self.sample_ids) == len(self.log_likelihoods) == len(self.tokens):
             raise AutomrError(f"likelihood report {self.method!r}: ids, values and token "
                               f"counts differ in length")
@@ -61,22 +66,22 @@ class LikelihoodReport:
         return {"target_ll": ll,
                 "target_ll_per_token": ll / torch.tensor(self.tokens, dtype=torch.float64)}
 
-    def resampled(self, n_resamples: int, seed: int,
-                  confidence: float = DEFAULT_CONFIDENCE) -> "LikelihoodReport":
-        """This report with intervals from ``n_resamples`` resamples of ``seed`` at
-        ``confidence`` (itself when they are those already)."""
-        if ((self.n_resamples, self.seed) == (n_resamples, seed)
+    def resampled(self, n_resamples: int, seed: int, confidence: float = DEFAULT_CONFIDENCE,
+                  resample: str = "samples") -> "LikelihoodReport":
+        """This report with intervals from ``n_resamples`` resamples of ``seed`` of the
+        ``resample`` units at ``confidence`` (itself when they are those already)."""
+        if ((self.n_resamples, self.seed, self.resample) == (n_resamples, seed, resample)
                 and all(iv.confidence == confidence for iv in self.metrics.values())):
             return self
         return build_likelihood_report(
             self.method, self.sample_ids, list(zip(self.log_likelihoods, self.tokens,
                                                    strict=True)),
-            n_resamples=n_resamples, confidence=confidence, seed=seed)
+            n_resamples=n_resamples, confidence=confidence, seed=seed, resample=resample)
 
     def save(self, path: Path | str) -> None:
         write_json_atomic(path, {
             "format": LIKELIHOOD_FORMAT, "method": self.method, "n_resamples": self.n_resamples,
-            "seed": self.seed,
+            "seed": self.seed, "resample": self.resample,
             "metrics": {k: attrs.asdict(v) for k, v in self.metrics.items()},
             "samples": [{"id": s, "log_likelihood": v, "tokens": n} for s, v, n in
                         zip(self.sample_ids, self.log_likelihoods, self.tokens, strict=True)],
@@ -90,36 +95,42 @@ class LikelihoodReport:
                    log_likelihoods=tuple(float(s["log_likelihood"]) for s in samples),
                    tokens=tuple(int(s["tokens"]) for s in samples),
                    metrics={k: Interval(**v) for k, v in data["metrics"].items()},
-                   n_resamples=data["n_resamples"], seed=data["seed"])
+                   n_resamples=data["n_resamples"], seed=data["seed"],
+                   resample=data.get("resample", "samples"))  # before it: samples
 
 
 def build_likelihood_report(
     method: str, sample_ids: Sequence[str], values: Sequence[tuple[float, int]], *,
     n_resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+    resample: str = "samples",
 ) -> LikelihoodReport:
     """Bootstrap the per-sample ``(log-likelihood, tokens)`` pairs of one method (intervals
-    at ``confidence``)."""
+    at ``confidence``, resampling ``samples`` or ``users``)."""
     if not values:
         raise AutomrError("cannot build a likelihood report from zero samples")
     report = LikelihoodReport(method=method, sample_ids=tuple(sample_ids),
                               log_likelihoods=tuple(float(v) for v, _ in values),
                               tokens=tuple(int(n) for _, n in values), metrics={},
-                              n_resamples=n_resamples, seed=seed)
-    metrics = {k: bootstrap_ci(v, n_resamples=n_resamples, confidence=confidence, seed=seed)
+                              n_resamples=n_resamples, seed=seed, resample=resample)
+    groups = groups_for(resample, report.sample_ids)
+    metrics = {k: bootstrap_ci(v, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                               groups=groups)
                for k, v in report.values().items()}
     return attrs.evolve(report, metrics=metrics)
 
 
 def compare_likelihoods(
     report_a: LikelihoodReport, report_b: LikelihoodReport, *,
-    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, resample: str = "samples",
 ) -> dict[str, PairedDifference]:
-    """Paired bootstrap of A minus B per metric, samples aligned by id."""
+    """Paired bootstrap of A minus B per metric, samples aligned by id (resampling
+    ``samples`` or ``users``)."""
     if set(report_a.sample_ids) != set(report_b.sample_ids):
         raise AutomrError(f"likelihood reports {report_a.method!r} and {report_b.method!r} "
                           f"cover different samples")
     position = {s: i for i, s in enumerate(report_b.sample_ids)}
     order = torch.tensor([position[s] for s in report_a.sample_ids], dtype=torch.long)
     values_a, values_b = report_a.values(), report_b.values()
+    groups = groups_for(resample, report_a.sample_ids)
     return {k: paired_bootstrap(values_a[k], values_b[k][order], n_resamples=n_resamples,
-                                seed=seed) for k in LIKELIHOOD_METRICS}
+                                seed=seed, groups=groups) for k in LIKELIHOOD_METRICS}

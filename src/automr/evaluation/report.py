@@ -17,7 +17,14 @@ from torch import Tensor
 from automr.checks import beartype
 from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_KS, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import Interval, PairedDifference, bootstrap_ci, paired_bootstrap
+from automr.evaluation.bootstrap import (
+    Interval,
+    PairedDifference,
+    bootstrap_ci,
+    check_resample,
+    groups_for,
+    paired_bootstrap,
+)
 from automr.evaluation.metrics import metric_names, per_sample_metrics
 from automr.storage import read_json, write_json_atomic
 
@@ -31,7 +38,8 @@ class MetricReport:
 
     ``ranks[i]`` is the 0-based rank of sample ``sample_ids[i]``'s target (``n_items`` for a
     miss). ``metrics`` maps each name of :func:`metric_names` (``ks``) to its mean and
-    bootstrap interval, computed with ``n_resamples`` resamples from ``seed``.
+    bootstrap interval, computed with ``n_resamples`` resamples from ``seed`` of the
+    ``resample`` units (``samples`` or ``users``).
     """
 
     method: str
@@ -42,8 +50,10 @@ class MetricReport:
     metrics: dict[str, Interval]
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+    resample: str = "samples"
 
     def __attrs_post_init__(self) -> None:
+        check_resample(self.resample)
         if len(self.sample_ids) != len(self.ranks):
             raise AutomrError(
                 f"{len(self.sample_ids)} sample ids but {len(self.ranks)} ranks in report "
@@ -57,14 +67,17 @@ class MetricReport:
             raise AutomrError(f"report {self.method!r} metrics do not match ks={self.ks}")
 
     def resampled(self, ks: Sequence[int], n_resamples: int, seed: int,
-                  confidence: float = DEFAULT_CONFIDENCE) -> "MetricReport":
+                  confidence: float = DEFAULT_CONFIDENCE,
+                  resample: str = "samples") -> "MetricReport":
         """This report with its summaries at ``ks`` from ``n_resamples`` resamples of ``seed``
-        at ``confidence`` (itself when they are those already)."""
-        if ((self.ks, self.n_resamples, self.seed) == (tuple(ks), n_resamples, seed)
+        of the ``resample`` units at ``confidence`` (itself when they are those already)."""
+        if ((self.ks, self.n_resamples, self.seed, self.resample)
+                == (tuple(ks), n_resamples, seed, resample)
                 and all(iv.confidence == confidence for iv in self.metrics.values())):
             return self
         return build_report(self.method, self.sample_ids, self.rank_tensor(), self.n_items,
-                            ks=ks, n_resamples=n_resamples, confidence=confidence, seed=seed)
+                            ks=ks, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                            resample=resample)
 
     def rank_tensor(self) -> Int[Tensor, " batch"]:
         """The ranks as an int64 tensor, in ``sample_ids`` order."""
@@ -79,6 +92,7 @@ class MetricReport:
             "ks": list(self.ks),
             "n_resamples": self.n_resamples,
             "seed": self.seed,
+            "resample": self.resample,
             "metrics": {name: attrs.asdict(iv) for name, iv in self.metrics.items()},
             "samples": [
                 {"id": s, "rank": r} for s, r in zip(self.sample_ids, self.ranks, strict=True)
@@ -99,6 +113,7 @@ class MetricReport:
             metrics={name: Interval(**iv) for name, iv in payload["metrics"].items()},
             n_resamples=payload["n_resamples"],
             seed=payload["seed"],
+            resample=payload.get("resample", "samples"),  # reports before it resampled samples
         )
 
 
@@ -113,18 +128,23 @@ def build_report(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    resample: str = "samples",
 ) -> MetricReport:
     """Summarise per-sample ranks: each metric's mean and percentile-bootstrap interval.
 
-    Every metric is bootstrapped from the same ``seed``, so they share one set of resamples.
+    Every metric is bootstrapped from the same ``seed``, so they share one set of resamples;
+    ``resample``: ``samples``, or ``users`` (each drawn user brings all its samples, the user
+    read off each ``user@timestamp:target`` id).
     """
     if len(sample_ids) != ranks.shape[0]:
         raise AutomrError(f"{len(sample_ids)} sample ids for {ranks.shape[0]} ranks")
     if ranks.shape[0] == 0:
         raise AutomrError("cannot build a metric report from zero samples")
     values = per_sample_metrics(ranks, ks)
+    groups = groups_for(resample, sample_ids)
     metrics = {
-        name: bootstrap_ci(v, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        name: bootstrap_ci(v, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                           groups=groups)
         for name, v in values.items()
     }
     return MetricReport(
@@ -136,6 +156,7 @@ def build_report(
         metrics=metrics,
         n_resamples=n_resamples,
         seed=seed,
+        resample=resample,
     )
 
 
@@ -147,11 +168,13 @@ def compare_reports(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    resample: str = "samples",
 ) -> dict[str, PairedDifference]:
     """Paired bootstrap of A minus B for every metric both reports share (cut-offs in common).
 
     The reports must cover the same sample ids (in any order) and rank catalogs of one size
-    (as ``automr compare`` requires); samples are aligned by id.
+    (as ``automr compare`` requires); samples are aligned by id. ``resample``: ``samples`` or
+    ``users``, as :func:`build_report`.
     """
     ids_a, ids_b = set(report_a.sample_ids), set(report_b.sample_ids)
     if ids_a != ids_b:
@@ -171,10 +194,11 @@ def compare_reports(
     order_b = torch.tensor([position_b[s] for s in report_a.sample_ids], dtype=torch.long)
     values_a = per_sample_metrics(report_a.rank_tensor(), ks)
     values_b = per_sample_metrics(report_b.rank_tensor()[order_b], ks)
+    groups = groups_for(resample, report_a.sample_ids)
     return {
         name: paired_bootstrap(
             values_a[name], values_b[name],
-            n_resamples=n_resamples, confidence=confidence, seed=seed,
+            n_resamples=n_resamples, confidence=confidence, seed=seed, groups=groups,
         )
         for name in metric_names(ks)
     }

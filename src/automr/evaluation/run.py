@@ -32,7 +32,7 @@ import torch
 from automr import distributed
 from automr.data.records import Sample
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference
+from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference, check_resample
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.likelihood import (
     LikelihoodReport,
@@ -64,13 +64,16 @@ class Evaluation:
     reused: tuple[str, ...] = ()
     """``measure:method`` values read back from the folder (saved with the same samples and
     settings), not computed in this call."""
+    resample: str = "samples"
+    """What every interval and paired difference resamples: ``samples`` or ``users``."""
 
     def paired(self) -> dict[str, dict[str, PairedDifference]]:
         """Each other method minus the reference, per ranking metric (paired bootstrap)."""
         if self.reference not in self.reports:
             return {}
         reference = self.reports[self.reference]
-        return {m: compare_reports(r, reference, n_resamples=self.n_resamples, seed=self.seed)
+        return {m: compare_reports(r, reference, n_resamples=self.n_resamples, seed=self.seed,
+                                   resample=self.resample)
                 for m, r in self.reports.items() if m != self.reference}
 
     def paired_likelihoods(self) -> dict[str, dict[str, PairedDifference]]:
@@ -79,7 +82,7 @@ class Evaluation:
             return {}
         reference = self.likelihoods[self.reference]
         return {m: compare_likelihoods(r, reference, n_resamples=self.n_resamples,
-                                       seed=self.seed)
+                                       seed=self.seed, resample=self.resample)
                 for m, r in self.likelihoods.items() if m != self.reference}
 
     def to_json(self, record: Mapping[str, Any] = {}) -> dict[str, Any]:
@@ -106,8 +109,9 @@ class Evaluation:
         """Each metric's mean [95% CI], then the paired differences against the reference;
         the same for the target log-likelihood when it was measured."""
         measured = "full ranking over the catalog" if self.reports else "target log-likelihoods"
+        units = "" if self.resample == "samples" else f" of the {self.resample}"
         header = header or (f"{self.samples} samples, {measured}, {self.n_resamples} bootstrap "
-                            f"resamples.")
+                            f"resamples{units}.")
         parts = [header, ""]
         if self.reports:
             parts += _tables(self.reports, self.paired(), self.reference, "{:.4f}")
@@ -150,7 +154,7 @@ def evaluate(
     out: Path | str | None = None, reference: str | None = None,
     measures: Collection[str] = ("ranks",), ks: Sequence[int] = DEFAULT_KS,
     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, record: Mapping[str, Any] = {},
-    header: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+    header: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, resample: str = "samples",
 ) -> Evaluation:
     """Measure ``samples`` (any iterable, read once) with every method (``{name: method}``)
     over a catalog of ``n_items``; bootstrap each metric; pair each method with
@@ -172,9 +176,11 @@ def evaluate(
     ``ks``: the cut-offs K of Recall@K and NDCG@K (default 1, 5, 10; positive and distinct;
     the ranks measure only). ``n_resamples`` (default 1000, >= 1) and ``seed``: the bootstrap
     of every interval and paired difference (all metrics share one set of resamples of
-    ``seed``); they seed nothing in the methods. Saved values are summarised again (not
-    computed again) when ``ks``, ``n_resamples`` or ``seed`` differ from those they were
-    saved with.
+    ``seed``); they seed nothing in the methods. ``resample``: what the bootstrap draws,
+    ``samples`` (the default) or ``users`` (all of a drawn user's samples: samples of one user
+    share their history, so their values are correlated). Saved values are summarised again
+    (not computed again) when ``ks``, ``n_resamples``, ``seed`` or ``resample`` differ from
+    those they were saved with.
 
     Raises :class:`~automr.errors.AutomrError` before any method runs when ``methods`` is
     not a non-empty dict of :class:`~automr.interfaces.Method` s under str names, ``n_items``
@@ -184,8 +190,8 @@ def evaluate(
     :class:`~automr.interfaces.LikelihoodMethod`, ``out`` (or a method's name) cannot hold
     the evaluation, a method's ``settings`` are not JSON, ``ks`` are not distinct positive
     ints (when ranks are measured), ``n_resamples`` or ``shard_size`` is not an int >= 1,
-    ``seed`` is not an int, or (with ``out``) ``header`` is not a str or ``record`` not a
-    JSON dict.
+    ``seed`` is not an int, ``resample`` is neither ``samples`` nor ``users``, or (with
+    ``out``) ``header`` is not a str or ``record`` not a JSON dict.
     Then, method by method: when it returns a wrong number of values, a rank that is not
     an int in ``[0, n_items]`` or a log-likelihood that is not finite, or a saved file is
     damaged.
@@ -253,6 +259,7 @@ def evaluate(
             raise AutomrError(f"{what} must be an int >= 1, got {count!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise AutomrError(f"seed (of the bootstrap) must be an int, got {seed!r}")
+    check_resample(resample)
     if out is not None:  # what results.md and results.json start with, once all have run
         _check_header_and_record(header, record)
     for name, method in methods.items():
@@ -261,16 +268,17 @@ def evaluate(
             settings["run"] = distributed.on_main(lambda: uuid.uuid4().hex)  # reuse none
         if "ranks" in measures:
             reports[name], saved = _ranks(name, method, samples, settings, folder, n_items, ks,
-                                          n_resamples, seed, shard_size)
+                                          n_resamples, seed, resample, shard_size)
             reused += [f"ranks:{name}"] if saved else []
         if "likelihood" in measures and isinstance(method, LikelihoodMethod):
             likelihoods[name], saved = _likelihoods(name, method, samples, settings, folder,
-                                                    n_resamples, seed, shard_size)
+                                                    n_resamples, seed, resample, shard_size)
             reused += [f"likelihood:{name}"] if saved else []
     evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples, seed,
-                            tuple(reused))
+                            tuple(reused), resample)
     if folder is not None:  # every process returns once the folder is written
-        record = _with_summary(record, ks if "ranks" in measures else None, n_resamples, seed)
+        record = _with_summary(record, ks if "ranks" in measures else None, n_resamples, seed,
+                               resample)
         distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
                                                          evaluation.markdown(header)))
     return evaluation
@@ -290,14 +298,14 @@ def _check_header_and_record(header: object, record: object) -> None:
 
 
 def _with_summary(record: Mapping[str, Any], ks: Sequence[int] | None, n_resamples: int,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, resample: str) -> dict[str, Any]:
     """``record`` with the cut-offs and the bootstrap the tables were summarised with in its
     ``config`` (what an export of the folder is read back with), over what it says of them."""
     config = record.get("config", {})
     if not isinstance(config, Mapping):
         return dict(record)
-    summary = {"n_resamples": n_resamples, "seed": seed} | ({} if ks is None
-                                                            else {"ks": list(ks)})
+    summary = ({"n_resamples": n_resamples, "seed": seed, "resample": resample}
+               | ({} if ks is None else {"ks": list(ks)}))
     return {**record, "config": {**config, **summary}}
 
 
@@ -353,13 +361,13 @@ def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float,
     return checked
 
 
-def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, shard_size
-           ) -> tuple[MetricReport, bool]:
+def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, resample,
+           shard_size) -> tuple[MetricReport, bool]:
     """The method's report, and whether its ranks were read back rather than computed."""
     saved = None if folder is None else folder.saved_report(name, settings)
     details: dict | None = None  # read back: the details saved with the ranks stay
     if saved is not None:
-        report = saved.resampled(ks, n_resamples, seed)
+        report = saved.resampled(ks, n_resamples, seed, resample=resample)
         if report is saved:
             _clear_shards(folder, name, "ranks")  # a run cut before it removed them
             return saved, True
@@ -370,20 +378,20 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
                                      shard_size)
         report = build_report(name, [s.id for s in samples],
                               torch.tensor(list(ranks), dtype=torch.long), n_items, ks=ks,
-                              n_resamples=n_resamples, seed=seed)
+                              n_resamples=n_resamples, seed=seed, resample=resample)
     if folder is not None and distributed.is_main():
         folder.save(report, settings, details)
     _clear_shards(folder, name, "ranks")
     return report, saved is not None
 
 
-def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, shard_size
-                 ) -> tuple[LikelihoodReport, bool]:
+def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, resample,
+                 shard_size) -> tuple[LikelihoodReport, bool]:
     """The method's report, and whether its values were read back rather than computed."""
     saved = None if folder is None else folder.saved_likelihoods(name, settings)
     details: dict | None = None  # read back: the details saved with the values stay
     if saved is not None:
-        report = saved.resampled(n_resamples, seed)
+        report = saved.resampled(n_resamples, seed, resample=resample)
         if report is saved:
             _clear_shards(folder, name, "loglik")  # a run cut before it removed them
             return saved, True
@@ -394,7 +402,8 @@ def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, sha
             method, samples, settings, folder, name, "loglik", shard_size)
         report = build_likelihood_report(name, [s.id for s in samples],
                                          [(float(v), int(n)) for v, n in pairs],
-                                         n_resamples=n_resamples, seed=seed)
+                                         n_resamples=n_resamples, seed=seed,
+                                         resample=resample)
     if folder is not None and distributed.is_main():
         folder.save_likelihoods(report, settings, details)
     _clear_shards(folder, name, "loglik")

@@ -31,6 +31,9 @@ class EvalConfig:
     measures: tuple[str, ...] = ("ranks",)
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
     n_resamples: int = attrs.field(default=DEFAULT_RESAMPLES, validator=is_int)
+    resample: str = attrs.field(default="samples",
+                                validator=attrs.validators.in_(("samples", "users")))
+    """What the bootstrap draws: ``samples``, or ``users`` (all of a drawn user's samples)."""
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
     k: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])

@@ -68,8 +68,10 @@ def evaluate_methods(
     built = {m: build_method(m, space) for m in methods}
     retrieval = ("" if config.retrieval_seed is None
                  else f", random retrieval seed {config.retrieval_seed}")
+    units = "" if config.resample == "samples" else f" of the {config.resample}"
     header = (f"{len(samples)} {config.split} samples (seed {config.seed}{retrieval}), "
-              f"full ranking over the catalog, {config.n_resamples} bootstrap resamples.")
+              f"full ranking over the catalog, {config.n_resamples} bootstrap resamples"
+              f"{units}.")
     if "ranks" not in config.measures:
         header = header.replace("full ranking over the catalog", "target log-likelihoods")
     used = {a for m in methods for a in METHODS[parse_method(m)[0]].artifacts}
@@ -81,6 +83,6 @@ def evaluate_methods(
     return evaluate(built, samples, len(dataset.catalog), out=out_dir, ks=config.ks,
                     reference=config.reference,
                     measures=config.measures, n_resamples=config.n_resamples, seed=config.seed,
-                    record=record, header=header,
+                    resample=config.resample, record=record, header=header,
                     shard_size=config.batch_size * max(1, 64 // config.batch_size))
 
