@@ -581,3 +581,33 @@ def test_the_rq2_and_rq3_numbers_of_the_docs_read_as_their_exports():
             uniform_days=ages["all"]["uniform_days_mean"], place=ages["all"]["quantile_mean"],
             helped_back=ages["improved"]["back_mean"],
             helped_uniform=ages["improved"]["uniform_back_mean"])) == 1, export
+
+
+def test_the_user_resampled_intervals_the_docs_quote_read_as_the_committed_ranks_give():
+    """docs/concepts/evaluation.md and docs/results.md quote intervals that resample the
+    users (cluster bootstrap, 1,000 resamples of seed 0) of the whole test split's exports."""
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap, users_of
+    from automr.evaluation.metrics import per_sample_metrics
+
+    concepts = (DOCS.parent / "concepts" / "evaluation.md").read_text()
+    exported = json.loads((RESULTS / "sasrec" / "test-all.json").read_text())
+    ids = list(exported["ranks"]["sasrec"])
+    values = {m: per_sample_metrics(torch.tensor([exported["ranks"][m][i] for i in ids]),
+                                    (5, 10)) for m in ("sasrec", "cooc")}
+    users = users_of(ids)
+    assert (len(ids), len(set(users))) == (14_600, 238)
+    sasrec = bootstrap_ci(values["sasrec"]["recall@10"].double(), groups=users)
+    assert f"[{sasrec.low:.3f}, {sasrec.high:.3f}] by users" in concepts
+    cooc = paired_bootstrap(values["cooc"]["ndcg@5"].double(),
+                            values["sasrec"]["ndcg@5"].double(), groups=users)
+    quoted = f"[{cooc.low:+.4f}, {cooc.high:+.4f}]".replace("+0.0000", "-0.0000")
+    assert f"{quoted} by users" in concepts
+    assert f"users instead of the samples,\n  {quoted}" in DOCS.read_text()
+    study = json.loads((RESULTS / "sasrec" / "ties.json").read_text())
+    test_users = users_of(study["ids"]["test"])
+    cooc_ndcg = per_sample_metrics(torch.tensor(study["cooc_ranks"]["test"]), (5,))["ndcg@5"]
+    for tag, where in (("sh-ce-s1", concepts), ("sh-ce-s2", DOCS.read_text())):
+        run = next(r for r in study["runs"] if r["tag"] == tag)
+        ndcg = per_sample_metrics(torch.tensor(run["ranks"]["test"]), (5,))["ndcg@5"]
+        interval = paired_bootstrap(ndcg.double(), cooc_ndcg.double(), groups=test_users)
+        assert f"[{interval.low:+.4f}, {interval.high:+.4f}]" in where, tag
