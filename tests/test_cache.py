@@ -525,3 +525,19 @@ def test_a_one_byte_line_cut_short_is_ended_before_the_next(tmp_path):
     path.write_text("{")
     append_lines(path, ['{"a": 1}'])
     assert path.read_text().splitlines() == ["{", '{"a": 1}']
+
+
+def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
+    """A file system that has no locks (ENOLCK: an NFS mount without lockd) must not stop the
+    commands that lock their folder."""
+    import errno
+
+    import automr.storage as storage
+
+    def no_locks(file, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(storage.fcntl, "flock", no_locks)
+    with storage.folder_lock(tmp_path / "out", "memory build"):
+        (tmp_path / "out" / "written").write_text("x")
+    assert (tmp_path / "out" / "written").is_file()

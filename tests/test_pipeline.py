@@ -67,6 +67,36 @@ def test_a_demo_stopped_before_any_step_of_its_settings_reruns_with_others(works
                  progress=False, dataset_dir=workspace / "prepared", say=lambda line: None)
 
 
+def test_a_second_demo_into_a_folder_in_use_is_refused(workspace, tmp_path):
+    """Two demos started into one --out: the second, with other settings, passed the settings
+    check while the first had finished no step yet, wrote its own settings.json over the
+    first's and ran its steps into the same folders as the first."""
+    first, second = tiny_demo(workspace), attrs.evolve(tiny_demo(workspace), seed=1)
+    refusals: list[str] = []
+
+    def start_second(line: str) -> None:  # the first demo is at its first step
+        try:
+            run_demo(tmp_path / "demo", second, device="cpu", cache_dir=tmp_path / "cache",
+                     progress=False, dataset_dir=workspace / "prepared",
+                     say=_stop_at_first_step)
+        except AutomrError as error:
+            refusals.append(str(error))
+        raise RuntimeError("stop the first demo")
+
+    with pytest.raises(RuntimeError, match="stop the first demo"):
+        run_demo(tmp_path / "demo", first, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared", say=start_second)
+    assert len(refusals) == 1 and "is in use by another automr command (process" in refusals[0]
+    assert json.loads((tmp_path / "demo" / "settings.json").read_text())["config"]["seed"] == 0
+    with pytest.raises(RuntimeError, match="stop at the first step"):  # the lock went with it
+        run_demo(tmp_path / "demo", second, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=workspace / "prepared", say=_stop_at_first_step)
+
+
+def _stop_at_first_step(line: str) -> None:
+    raise RuntimeError("stop at the first step")
+
+
 def _stop_after_finetune(line: str) -> None:
     if line.startswith("[fine-tune BIGRec] done"):
         raise RuntimeError("stop after the fine-tune")

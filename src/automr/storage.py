@@ -13,6 +13,8 @@
 - :func:`check_provenance`: refuse a component built with another model or layer.
 - :func:`files_digest`: what a folder's files hold, for keys that must change when an artifact
   is made again in the same place.
+- :func:`folder_lock`: one process at a time writes a folder whose command would otherwise be
+  defeated by a second one (a demo, a memory build or append).
 """
 
 import contextlib
@@ -23,12 +25,17 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from automr.errors import AutomrError
 from automr.paths import home_path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, as before
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -67,6 +74,43 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
             if file.read(1) != b"\n":
                 file.write(b"\n")
         file.write("".join(line + "\n" for line in lines).encode())
+
+
+LOCK_FILE = ".automr-lock"
+"""The file :func:`folder_lock` locks, in the folder it guards (hidden: no stranger's file)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created with its parents) while ``what`` writes
+    it; a second process that asks for it meanwhile is refused in one line naming the holder.
+    The lock (``flock`` on :data:`LOCK_FILE`) goes with its process, however that ends: no
+    stale lock is left. A path that is a file is not locked (its command refuses it), nor a
+    folder on a file system that has no locks."""
+    if fcntl is None or (folder.exists() and not folder.is_dir()):
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a+", encoding="utf-8") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "a process"
+            raise AutomrError(f"{folder} is in use by another automr command ({holder}); wait "
+                              f"for it to end, or give the {what} another folder") from None
+        except OSError:  # a file system without locks (ENOLCK): unlocked, as before
+            locked = False
+        if locked:
+            file.truncate(0)
+            file.write(f"process {os.getpid()} on {HOST}\n")
+            file.flush()
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":

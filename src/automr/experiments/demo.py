@@ -41,7 +41,7 @@ from automr.methods.registry import GROUNDERS, Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
-from automr.storage import check_own_folder, read_json, write_text_atomic
+from automr.storage import check_own_folder, folder_lock, read_json, write_text_atomic
 
 _POSITIVE = attrs.validators.gt(0)
 
@@ -97,11 +97,23 @@ def run_demo(
     """Run every step into ``out_dir``, models on ``device`` in ``dtype``; returns the folder
     holding ``results.md``.
 
-    ``dataset_dir`` uses an already prepared dataset instead of preparing ML-100K.
+    ``dataset_dir`` uses an already prepared dataset instead of preparing ML-100K. A second
+    demo started into ``out_dir`` while one runs there is refused (:func:`folder_lock`): both
+    passed the settings check before either had worked, and ran their own settings into the
+    same step folders.
     """
     out = Path(out_dir)
     used = dtype_used(dtype, device)  # a --dtype or --device refused before anything is written
     check_own_folder(out, "demo", DEMO_FILES)  # a resumed one, or new
+    with folder_lock(out, "demo"):  # a second demo at once would defeat the settings check
+        return _run_steps(out, config, device, cache_dir, progress, dataset_dir, say, dtype,
+                          used)
+
+
+def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str | None,
+               progress: bool, dataset_dir: Path | str | None, say: Callable[[str], None],
+               dtype: str, used: str) -> Path:
+    """:func:`run_demo`'s steps, once its folder is checked and locked."""
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"config": attrs.asdict(config), "dataset": None if dataset_dir is None
                           else str(Path(dataset_dir).resolve()), "dtype": used})
