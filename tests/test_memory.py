@@ -482,6 +482,38 @@ def test_resume_after_interruption_equals_full_build(backbone, dataset, built, t
         assert (out / shard.name).read_bytes() == shard.read_bytes(), shard.name
 
 
+def test_a_second_build_into_a_folder_in_use_is_refused(backbone, dataset, tmp_path,
+                                                        monkeypatch):
+    """A build of other settings (another layer) started while the first had finished no
+    shard took the folder over (a folder of no finished shard is started over) and finished:
+    then the first went on writing its layer-2 shards over the second's, under the second's
+    config.json (layer 1), and ended refusing the folder it had built ("holds layer-1
+    states")."""
+    import automr.memory.build as build
+
+    write, refusals = build._write_shard, []
+
+    def second_build_starts(*args, **kwargs):  # as the first build writes its first shard
+        if not refusals:
+            refusals.append("started")
+            try:
+                build_memory(backbone, dataset, 1, MemoryConfig(shard_elements=12),
+                             tmp_path / "m", batch_size=5, progress=False)
+                refusals.append("none")
+            except AutomrError as error:
+                refusals.append(str(error))
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(build, "_write_shard", second_build_starts)
+    memory = build_memory(backbone, dataset, LAYER, MemoryConfig(shard_elements=12),
+                          tmp_path / "m", batch_size=5, progress=False)
+    assert "is in use by another automr command (process" in refusals[1]
+    assert memory.layer == LAYER and MemoryStore.open(tmp_path / "m").layer == LAYER
+    monkeypatch.setattr(build, "_write_shard", write)  # the lock went with the first build
+    with pytest.raises(AutomrError, match="built with other settings"):
+        build_memory(backbone, dataset, 1, MemoryConfig(shard_elements=12), tmp_path / "m",
+                     batch_size=5, progress=False)
+
 
 @pytest.mark.parametrize("cut", [3, 100])
 def test_a_resumed_build_redoes_a_damaged_shard(backbone, dataset, built, tmp_path, cut):

@@ -18,7 +18,7 @@ the complete index once every process is done: the folder equals a single proces
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import attrs
@@ -61,6 +61,7 @@ from automr.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from automr.storage import folder_lock
 
 ShardHook = Callable[[int, int], None]
 """Called as ``hook(shard_number, total_shards)`` after each shard is safely written."""
@@ -135,7 +136,8 @@ def build_memory(
     (with the encoder attached for token-state recomputation). ``batch_size``: prompts per
     lower-half forward; ``on_shard``: called after each shard is written (:data:`ShardHook`).
     Under a launcher (:mod:`automr.distributed`) each process encodes its share of the
-    missing shards.
+    missing shards. A second build into ``out_dir`` while one runs there is refused
+    (:func:`~automr.storage.folder_lock`).
     """
     if batch_size < 1:
         raise AutomrError(f"the batch size (--batch-size) must be >= 1, got {batch_size}")
@@ -151,8 +153,11 @@ def build_memory(
     users = sorted(timelines)
     plan = plan_shards(users, {u: len(timelines[u][0]) for u in users}, config.shard_elements)
 
+    lock = ExitStack()  # held by the main process from its checks to the complete index
+
     def prepare() -> list[int]:  # the folder is written only after the checks above
-        index = _start(folder, record)
+        lock.enter_context(folder_lock(folder, "memory build"))  # a second build at once
+        index = _start(folder, record)  # (other settings) took the folder over, shards mixed
         for number, entry in enumerate(index.shards):
             if number >= len(plan) or entry.users != plan[number]:
                 raise AutomrError(f"{folder} holds shards of a different build (shard "
@@ -161,20 +166,21 @@ def build_memory(
         return [n for n in range(len(index.shards), len(plan))
                 if _finished_shard(folder, n, plan[n]) is None]
 
-    todo_shards = distributed.on_main(prepare)
-    mine = distributed.mine(todo_shards)
-    total = sum(len(items) for items, _ in timelines.values())
-    elements = [sum(len(timelines[u][0]) for u in users) for users in plan]
-    done = total - sum(elements[n] for n in todo_shards)
-    progress = progress and distributed.is_main()
-    with _progress(progress, done + sum(elements[n] for n in mine), done) as report:
-        for number in mine:
-            todo = {u: (timelines[u], range(len(timelines[u][0]))) for u in plan[number]}
-            _write_shard(folder, number, encoder, record, todo, batch_size, report)
-            if on_shard is not None:
-                on_shard(number, len(plan))
-    distributed.barrier()
-    distributed.on_main(lambda: _record_shards(folder, plan, timelines, complete=True))
+    with lock:
+        todo_shards = distributed.on_main(prepare)
+        mine = distributed.mine(todo_shards)
+        total = sum(len(items) for items, _ in timelines.values())
+        elements = [sum(len(timelines[u][0]) for u in users) for users in plan]
+        done = total - sum(elements[n] for n in todo_shards)
+        progress = progress and distributed.is_main()
+        with _progress(progress, done + sum(elements[n] for n in mine), done) as report:
+            for number in mine:
+                todo = {u: (timelines[u], range(len(timelines[u][0]))) for u in plan[number]}
+                _write_shard(folder, number, encoder, record, todo, batch_size, report)
+                if on_shard is not None:
+                    on_shard(number, len(plan))
+        distributed.barrier()
+        distributed.on_main(lambda: _record_shards(folder, plan, timelines, complete=True))
     return MemoryStore.open(folder, recompute=encoder)
 
 
