@@ -682,6 +682,37 @@ def test_keys_that_overflow_the_storage_dtype_are_refused_not_stored(dataset, to
     build_memory(loud, dataset, LAYER, MemoryConfig(), tmp_path / "m32", progress=False)
 
 
+def test_a_second_append_while_one_runs_is_refused(backbone, dataset, built, tmp_path,
+                                                    monkeypatch):
+    """Two appends at once read the same index and both wrote shard N: the one that ended last
+    wrote its shard over the other's and an index without the other's users, whose new
+    interactions were lost though its append had returned."""
+    import automr.memory.build as build
+
+    folder = tmp_path / "m"
+    shutil.copytree(built.folder, folder)
+    users = sorted(built.users())[:2]
+    late = {u: [Interaction(u, "0", built.view(u, built.count(u)).timestamps[-1] + 1)]
+            for u in users}
+    write, refusals = build._write_shard, []
+
+    def second_append_starts(*args, **kwargs):  # as the first one writes its shard
+        if not refusals:
+            refusals.append("started")
+            try:
+                append_memory(folder, backbone, late[users[1]], dataset.catalog, progress=False)
+                refusals.append("none")
+            except AutomrError as error:
+                refusals.append(str(error))
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(build, "_write_shard", second_append_starts)
+    append_memory(folder, backbone, late[users[0]], dataset.catalog, progress=False)
+    assert "is in use by another automr command (process" in refusals[1]
+    grown = MemoryStore.open(folder)
+    assert [grown.count(u) for u in users] == [built.count(users[0]) + 1, built.count(users[1])]
+
+
 def test_append_under_a_launcher_is_refused_before_any_work(backbone, dataset, built,
                                                              tmp_path, monkeypatch):
     """Under torchrun every process appended the same interactions; one that read the index

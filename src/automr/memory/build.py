@@ -256,7 +256,9 @@ def append_memory(
     The grown memory no longer holds the dataset it was built from: pass ``dataset``, the one
     it now holds (the old interactions and the new), to record its fingerprint, so that
     ``evaluate``/``annotate``/``recommend`` take that dataset and refuse others. Without it the
-    record names no dataset and none is refused. Appending nothing changes nothing.
+    record names no dataset and none is refused. Appending nothing changes nothing. A second
+    append (or build) into the folder while one runs there is refused
+    (:func:`~automr.storage.folder_lock`).
     """
     if distributed.launched():  # every process would append the same interactions again
         raise AutomrError("append_memory runs in one process: call it without a launcher "
@@ -264,57 +266,60 @@ def append_memory(
                           "process that read the index after another had appended added "
                           "them a second time)")
     folder = home_path(out_dir)
-    record = MemoryRecord.read(folder)
-    index = MemoryIndex.read(folder)
-    if not index.complete:
-        raise AutomrError(f"the memory in {folder} is incomplete; finish its build before "
-                          f"appending to it.")
-    encoder = memory_encoder(record, model, catalog)
-    if (dtype := dtype_name(encoder.base.backbone.llm.dtype)) != record.dtype:
-        # one fingerprint in every dtype: the record's check above lets it through
-        raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the model "
-                          f"is loaded in {dtype} here: its new keys would not be the ones a "
-                          f"build computes. Load it in {record.dtype} "
-                          f"(load_model(..., dtype={record.dtype!r})) to append.")
-    new = user_timelines(sorted(interactions, key=lambda i: i.timestamp))
-    timelines: Timelines = {}
-    todo = {}
-    for user in sorted(new):
-        old = index.users.get(user, UserEntry())
-        items, times = new[user]
-        if old.timestamps and times[0] < old.timestamps[-1]:
-            raise AutomrError(
-                f"user {user!r}: new interaction at {times[0]} is older than the last one in "
-                f"the memory ({old.timestamps[-1]}); only later interactions can be appended.")
-        unknown = [i for i in items if i not in catalog]
-        if unknown:
-            raise AutomrError(f"items {unknown[:5]} of user {user!r} are not in the catalog")
-        timelines[user] = (old.items + items, old.timestamps + times)
-        todo[user] = range(len(old.items), len(old.items) + len(items))
-    plan = plan_shards(sorted(todo), {u: len(todo[u]) for u in todo}, record.shard_elements)
-    total = sum(len(r) for r in todo.values())
-    with _progress(progress, total, 0) as report:
-        for offset, users in enumerate(plan):
-            number = len(index.shards)
-            shard_todo = {u: (timelines[u], todo[u]) for u in users}
-            entry, segments = _write_shard(folder, number, encoder, record, shard_todo,
-                                           batch_size, report)
-            index.shards.append(entry)
-            for user in users:
-                items, times = timelines[user]
-                previous = index.users.get(user, UserEntry())
-                index.users[user] = UserEntry(list(items), list(times),
-                                              [*previous.segments, segments[user]])
-            if on_shard is not None:
-                on_shard(offset, len(plan))
-    if plan:  # new shards may be shared (the format says so) and other data is held; the
-        # record goes first: an append cut between the two leaves the old index, which a rerun
-        # grows (cut after a new index, the old record let a rerun add every element twice)
-        attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
-            catalog), dataset_fingerprint=None if dataset is None else dataset_fingerprint(
-            dataset)).write(folder)
-    index.write(folder)
-    return MemoryStore.open(folder, recompute=encoder)
+    if not folder.is_dir():  # refused below, with no folder made for a lock
+        MemoryRecord.read(folder)
+    with folder_lock(folder, "memory append"):  # two at once wrote one shard N
+        record = MemoryRecord.read(folder)
+        index = MemoryIndex.read(folder)
+        if not index.complete:
+            raise AutomrError(f"the memory in {folder} is incomplete; finish its build before "
+                              f"appending to it.")
+        encoder = memory_encoder(record, model, catalog)
+        if (dtype := dtype_name(encoder.base.backbone.llm.dtype)) != record.dtype:
+            # one fingerprint in every dtype: the record's check above lets it through
+            raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the model "
+                              f"is loaded in {dtype} here: its new keys would not be the ones a "
+                              f"build computes. Load it in {record.dtype} "
+                              f"(load_model(..., dtype={record.dtype!r})) to append.")
+        new = user_timelines(sorted(interactions, key=lambda i: i.timestamp))
+        timelines: Timelines = {}
+        todo = {}
+        for user in sorted(new):
+            old = index.users.get(user, UserEntry())
+            items, times = new[user]
+            if old.timestamps and times[0] < old.timestamps[-1]:
+                raise AutomrError(
+                    f"user {user!r}: new interaction at {times[0]} is older than the last one in "
+                    f"the memory ({old.timestamps[-1]}); only later interactions can be appended.")
+            unknown = [i for i in items if i not in catalog]
+            if unknown:
+                raise AutomrError(f"items {unknown[:5]} of user {user!r} are not in the catalog")
+            timelines[user] = (old.items + items, old.timestamps + times)
+            todo[user] = range(len(old.items), len(old.items) + len(items))
+        plan = plan_shards(sorted(todo), {u: len(todo[u]) for u in todo}, record.shard_elements)
+        total = sum(len(r) for r in todo.values())
+        with _progress(progress, total, 0) as report:
+            for offset, users in enumerate(plan):
+                number = len(index.shards)
+                shard_todo = {u: (timelines[u], todo[u]) for u in users}
+                entry, segments = _write_shard(folder, number, encoder, record, shard_todo,
+                                               batch_size, report)
+                index.shards.append(entry)
+                for user in users:
+                    items, times = timelines[user]
+                    previous = index.users.get(user, UserEntry())
+                    index.users[user] = UserEntry(list(items), list(times),
+                                                  [*previous.segments, segments[user]])
+                if on_shard is not None:
+                    on_shard(offset, len(plan))
+        if plan:  # new shards may be shared (the format says so) and other data is held; the
+            # record goes first: an append cut between the two leaves the old index, which a rerun
+            # grows (cut after a new index, the old record let a rerun add every element twice)
+            attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
+                catalog), dataset_fingerprint=None if dataset is None else dataset_fingerprint(
+                dataset)).write(folder)
+        index.write(folder)
+        return MemoryStore.open(folder, recompute=encoder)
 
 
 # -- planning --------------------------------------------------------------------------------
