@@ -422,7 +422,7 @@ def test_a_run_killed_while_its_checkpoint_was_replaced_resumes_from_the_older_o
     import sys
 
     import automr.recommenders.finetune as ft
-    from automr.storage import HOST
+    from automr.storage import HOST, LOCK_FILE
 
     data, model = workspace["data"], str(workspace["model"])
     config = quick_config(**LOOP, lora_from_layer=2, checkpoint_every=1)
@@ -453,7 +453,8 @@ def test_a_run_killed_while_its_checkpoint_was_replaced_resumes_from_the_older_o
     full = uninterrupted[2][1]
     assert resumed["train_losses"] == full["train_losses"]
     assert resumed["evaluations"] == full["evaluations"]
-    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint", "finetune.json"]
+    assert sorted(p.name for p in run.iterdir()  # nothing left aside; the lock is its own
+                  if p.name != LOCK_FILE) == ["best", "checkpoint", "finetune.json"]
 
 
 @pytest.mark.parametrize("cut", ["before", "after"])
@@ -525,6 +526,33 @@ def test_finetune_never_writes_beside_another_artifact(workspace, tmp_path):
         finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"], folder,
                  quick_config(), progress=False)
     assert not (folder / "checkpoint").exists()
+
+
+def test_a_second_fine_tune_into_a_folder_in_use_is_refused(workspace, tmp_path,
+                                                            monkeypatch):
+    """A fine-tune started while another ran into the same --out, before the first had written
+    a checkpoint, found nothing to resume or refuse: it trained with its own settings (another
+    --lr) into the same checkpoint/, best/ and finetune.json as the first."""
+    import automr.recommenders.finetune as module
+
+    attach, refusals = module.lora_model, []
+
+    def second_starts(*args, **kwargs):  # the first has passed its checks
+        if not refusals:
+            refusals.append("started")
+            try:
+                finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"],
+                         tmp_path / "run", quick_config(lr=1e-2, epochs=1), progress=False)
+                refusals.append("none")
+            except AutomrError as error:
+                refusals.append(str(error))
+        return attach(*args, **kwargs)
+
+    monkeypatch.setattr(module, "lora_model", second_starts)
+    record = finetune(load_model(str(workspace["model"]), device="cpu"), workspace["data"],
+                      tmp_path / "run", quick_config(), progress=False)
+    assert "is in use by another automr command (process" in refusals[1]
+    assert record["config"]["lr"] == 5e-3
 
 
 @pytest.mark.parametrize("split", ["train", "valid"])

@@ -36,7 +36,7 @@ import math
 import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, final
 
@@ -72,6 +72,7 @@ from automr.state import LayerState
 from automr.storage import (
     atomic_dir,
     check_own_folder,
+    folder_lock,
     read_json,
     read_safetensors,
     restore_replaced,
@@ -422,12 +423,23 @@ def finetune(
     With ``config.context`` every prompt carries that context, computed with the base model
     before LoRA is attached (cached in ``cache_dir``). With ``config.memory``, ``memory`` is
     the store whose elements join the examples (built from this model at layer
-    ``config.lora_from_layer``).
+    ``config.lora_from_layer``). A second fine-tune into ``out_dir`` while one runs there is
+    refused (:func:`~automr.storage.folder_lock`).
     """
     require_instance(loaded, LoadedModel, "model", "automr.load_model(name)")
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     require_instance(config, FinetuneConfig, "config", "automr.FinetuneConfig(...)")
     out = Path(out_dir)
+    lock = ExitStack()  # the main process's, from the resume's checks to the record
+    distributed.on_main(lambda: lock.enter_context(folder_lock(out, "fine-tune")))
+    with lock:
+        return _finetune(loaded, dataset, out, config, progress, cache_dir, memory)
+
+
+def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: FinetuneConfig,
+              progress: bool, cache_dir: Path | str | None, memory: MemoryStore | None
+              ) -> dict:
+    """:func:`finetune` once its folder is locked."""
     _check_layers(loaded, config)
     _check_memory(loaded, dataset, config, memory)
     identity = json.loads(json.dumps({  # as it reads back from state.json
