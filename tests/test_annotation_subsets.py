@@ -65,6 +65,37 @@ def test_resuming_with_other_settings_names_them(workspace, tmp_path):
                                         element_seed=6, shard_size=3), progress=False)
 
 
+def test_a_second_annotation_into_a_folder_in_use_is_refused(workspace, tmp_path,
+                                                             monkeypatch):
+    """An annotation of other settings (another element seed) started while the first had
+    finished no shard took the folder over (one without shards is started over): the first
+    then wrote its shards over the second's, under the second's config.json."""
+    import automr.annotation.run as run
+
+    save, refusals = run.save_safetensors, []
+
+    def second_starts(*args, **kwargs):  # as the first writes its first shard
+        if not refusals:
+            refusals.append("started")
+            try:
+                annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"],
+                                 tmp_path / "a", AnnotateConfig(
+                                     max_samples=8, combiner="concat", element_subset=3,
+                                     element_seed=6, shard_size=3), progress=False)
+                refusals.append("none")
+            except AutomrError as error:
+                refusals.append(str(error))
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(run, "save_safetensors", second_starts)
+    annotate_dataset(workspace["loaded"], workspace["dataset"], workspace["store"],
+                     tmp_path / "a", AnnotateConfig(max_samples=8, combiner="concat",
+                                                    element_subset=3, element_seed=5,
+                                                    shard_size=3), progress=False)
+    assert "is in use by another automr command (process" in refusals[1]
+    assert Annotations.header_of(tmp_path / "a")["config"]["element_seed"] == 5
+
+
 def test_a_resumed_annotation_counts_the_samples_annotated_before(workspace, tmp_path,
                                                                   monkeypatch, capsys):
     """Its progress counted only the samples left (1/1 where 6 of 7 were done)."""

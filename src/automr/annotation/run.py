@@ -16,6 +16,7 @@ whatever the number of processes before.
 import itertools
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import attrs
@@ -39,6 +40,7 @@ from automr.paths import home_path
 from automr.progress import Progress
 from automr.retrievers import RetrievalDataset
 from automr.storage import (
+    folder_lock,
     read_json,
     read_safetensors,
     safetensors_intact,
@@ -112,7 +114,8 @@ def annotate_dataset(
     ``module.ClassName`` (a built-in one by its registry name), and so does a retriever
     trained on it. (The built-in layouts share
     the prompt's upper-half work among elements where they can; another combiner takes the
-    plain path, one upper-half pass per element: exact, slower.)
+    plain path, one upper-half pass per element: exact, slower.) A second annotation into
+    ``out_dir`` while one runs there is refused (:func:`~automr.storage.folder_lock`).
     """
     require_instance(loaded, LoadedModel, "model", "automr.load_model or FinetunedRun.load")
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
@@ -149,40 +152,46 @@ def annotate_dataset(
     shards = [samples[i : i + config.shard_size]
               for i in range(0, len(samples), config.shard_size)]
 
+    lock = ExitStack()  # held by the main process from its checks to the last shard
+
     def prepare() -> list[int]:
-        _start(out, header)  # written only once the inputs above are checked
+        lock.enter_context(folder_lock(out, "annotation"))  # a second one at once (other
+        _start(out, header)  # settings) took the folder over; written once the inputs are checked
         return [n for n in range(len(shards)) if not safetensors_intact(_shard_path(out, n))]
 
-    todo = distributed.on_main(prepare)
-    mine = distributed.mine(todo)
-    done = len(samples) - sum(len(shards[n]) for n in todo)  # annotated by an earlier run
-    with Progress(disable=not (progress and distributed.is_main())) as bar:
-        task = bar.add_task("annotating", total=done + sum(len(shards[n]) for n in mine),
-                            completed=done)
-        for number in mine:
-            shard, path = shards[number], _shard_path(out, number)
-            base, element, offsets, queries, indices = [], [], [0], [], []
-            for sample in shard:
-                example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
-                                          dataset.prompt_config)
-                index = element_subset(len(sample.memory), config.element_subset,
-                                       config.element_seed, sample.id)
-                memory = element_tokens(store, sample, combiner.uses_token_states, index)
-                response = example.input_ids[len(example.prompt_ids):]  # title + EOS
-                result = annotator.annotate(torch.tensor(example.prompt_ids),
-                                            torch.tensor(response), memory)
-                base.append(result.base)
-                element.append(result.with_element)
-                indices.append(torch.tensor(index, dtype=torch.int64))
-                offsets.append(offsets[-1] + result.with_element.shape[0])
-                prompt = result.query[None]
-                queries.append(pool(prompt, torch.ones(prompt.shape[:2], dtype=torch.bool,
-                                                       device=prompt.device))[0].float().cpu())
-                bar.advance(task)
-            save_safetensors(path, {"base": torch.tensor(base), "element": torch.cat(element),
-                                    "index": torch.cat(indices), "offsets": torch.tensor(offsets),
-                                    "queries": torch.stack(queries)})
-    distributed.barrier()  # every shard is written when any process returns
+    with lock:
+        todo = distributed.on_main(prepare)
+        mine = distributed.mine(todo)
+        done = len(samples) - sum(len(shards[n]) for n in todo)  # annotated by an earlier run
+        with Progress(disable=not (progress and distributed.is_main())) as bar:
+            task = bar.add_task("annotating", total=done + sum(len(shards[n]) for n in mine),
+                                completed=done)
+            for number in mine:
+                shard, path = shards[number], _shard_path(out, number)
+                base, element, offsets, queries, indices = [], [], [0], [], []
+                for sample in shard:
+                    example = tokenize_sample(loaded.tokenizer, sample, dataset.catalog,
+                                              dataset.prompt_config)
+                    index = element_subset(len(sample.memory), config.element_subset,
+                                           config.element_seed, sample.id)
+                    memory = element_tokens(store, sample, combiner.uses_token_states, index)
+                    response = example.input_ids[len(example.prompt_ids):]  # title + EOS
+                    result = annotator.annotate(torch.tensor(example.prompt_ids),
+                                                torch.tensor(response), memory)
+                    base.append(result.base)
+                    element.append(result.with_element)
+                    indices.append(torch.tensor(index, dtype=torch.int64))
+                    offsets.append(offsets[-1] + result.with_element.shape[0])
+                    prompt = result.query[None]
+                    queries.append(pool(prompt, torch.ones(prompt.shape[:2], dtype=torch.bool,
+                                                           device=prompt.device))[0].float().cpu())
+                    bar.advance(task)
+                save_safetensors(path, {"base": torch.tensor(base),
+                                        "element": torch.cat(element),
+                                        "index": torch.cat(indices),
+                                        "offsets": torch.tensor(offsets),
+                                        "queries": torch.stack(queries)})
+        distributed.barrier()  # every shard is written when any process returns
     return out
 
 
