@@ -518,6 +518,35 @@ def test_a_replace_that_fails_puts_the_older_folder_back(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+@pytest.mark.parametrize("older", [True, False])
+def test_a_folder_replaced_by_two_processes_at_once_is_one_line(tmp_path, monkeypatch, older):
+    """Two processes wrote one folder (two `data prepare --out` at once): one had moved the
+    older folder aside (or found none) when the other's new one took the name; its own rename
+    then failed on a folder that was not empty, and so did putting the older one back: a raw
+    OSError (Directory not empty), the older folder left aside."""
+    import automr.storage as storage
+
+    target = tmp_path / "out"
+    if older:
+        target.mkdir()
+        (target / "old.json").write_text("{}")
+    replace = storage.os.replace
+
+    def the_other_process_first(source, destination):
+        if Path(destination) == target and not target.exists():
+            target.mkdir()  # the other process's whole folder takes the name
+            (target / "theirs.json").write_text("{}")
+        return replace(source, destination)
+
+    monkeypatch.setattr(storage.os, "replace", the_other_process_first)
+    with pytest.raises(AutomrError, match=r"out was written by another process at the same "
+                                          r"time \(its folder is kept"), atomic_dir(target) as work:
+        (work / "mine.json").write_text("{}")
+    monkeypatch.undo()
+    assert [p.name for p in target.iterdir()] == ["theirs.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_a_one_byte_line_cut_short_is_ended_before_the_next(tmp_path):
     from automr.storage import append_lines
 

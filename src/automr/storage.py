@@ -220,16 +220,26 @@ class _AtomicDir:
                 try:
                     os.replace(self.tmp, self.target)
                 except OSError:
-                    os.rename(aside, self.target)
-                    raise
+                    if not self.target.exists():
+                        os.rename(aside, self.target)
+                        raise
+                    shutil.rmtree(aside, ignore_errors=True)  # another process's new one
+                    self._taken()  # took the name meanwhile
                 shutil.rmtree(aside, ignore_errors=True)
             else:
-                os.replace(self.tmp, self.target)  # fails onto a folder that is not empty
-        except OSError:
-            if not (self.keep_existing and self.target.exists()):
-                raise  # else another process's folder appeared since the check: kept
+                try:
+                    os.replace(self.tmp, self.target)  # fails onto a folder that is not empty
+                except OSError:
+                    if not self.target.exists():
+                        raise
+                    if not self.keep_existing:  # else another process's folder: kept
+                        self._taken()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)  # gone already unless it failed
+
+    def _taken(self) -> None:
+        raise AutomrError(f"{self.target} was written by another process at the same time (its "
+                          f"folder is kept, not this one's); run one at a time") from None
 
 
 def file_mode(folder: Path) -> int:
