@@ -22,6 +22,7 @@ sample per group it is the sample bootstrap (the same numbers, up to float round
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -96,6 +97,12 @@ def check_resample(resample: object) -> None:
     if resample not in RESAMPLE_UNITS:
         raise AutomrError(f"resample must be one of {', '.join(RESAMPLE_UNITS)}, got "
                           f"{resample!r}")
+
+
+def resample_field() -> Any:
+    """The ``resample`` field of a report (``samples`` unless said), checked by
+    :func:`check_resample`."""
+    return attrs.field(default="samples", validator=lambda _, __, value: check_resample(value))
 
 
 def users_of(sample_ids: Sequence[str]) -> tuple[str, ...]:

@@ -22,9 +22,9 @@ from automr.evaluation.bootstrap import (
     Interval,
     PairedDifference,
     bootstrap_ci,
-    check_resample,
     groups_for,
     paired_bootstrap,
+    resample_field,
 )
 from automr.storage import read_json, write_json_atomic
 
@@ -45,10 +45,9 @@ class LikelihoodReport:
     metrics: dict[str, Interval]
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
-    resample: str = "samples"
+    resample: str = resample_field()
 
     def __attrs_post_init__(self) -> None:
-        check_resample(self.resample)
         if not len(self.sample_ids) == len(self.log_likelihoods) == len(self.tokens):
             raise AutomrError(f"likelihood report {self.method!r}: ids, values and token "
                               f"counts differ in length")

@@ -21,9 +21,9 @@ from automr.evaluation.bootstrap import (
     Interval,
     PairedDifference,
     bootstrap_ci,
-    check_resample,
     groups_for,
     paired_bootstrap,
+    resample_field,
 )
 from automr.evaluation.metrics import metric_names, per_sample_metrics
 from automr.storage import read_json, write_json_atomic
@@ -50,10 +50,9 @@ class MetricReport:
     metrics: dict[str, Interval]
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
-    resample: str = "samples"
+    resample: str = resample_field()
 
     def __attrs_post_init__(self) -> None:
-        check_resample(self.resample)
         if len(self.sample_ids) != len(self.ranks):
             raise AutomrError(
                 f"{len(self.sample_ids)} sample ids but {len(self.ranks)} ranks in report "
