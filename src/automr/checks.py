@@ -1,5 +1,6 @@
-"""attrs validators shared by the configs: a field typed ``int`` takes a whole number and one
-typed ``float`` a real number, never a bool.
+"""Type checks shared by every module: the configs' attrs validators (a field typed ``int``
+takes a whole number and one typed ``float`` a real number, never a bool) and the one
+:data:`beartype` all modules apply.
 
 A bool is an int to Python (and to beartype), so without them ``SASRecConfig(max_epochs=True)``
 trains for one epoch; a float or a string for an int (``epochs=2.5``) would fail only where it
