@@ -570,3 +570,20 @@ def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
     with storage.folder_lock(tmp_path / "out", "memory build"):
         (tmp_path / "out" / "written").write_text("x")
     assert (tmp_path / "out" / "written").is_file()
+
+
+def test_a_command_refused_before_writing_leaves_no_folder_behind(tmp_path):
+    """The lock made the folder (and its parents) to hold its file: a command that refused
+    before writing left an empty folder of that name, which later commands take for its."""
+    from automr.storage import LOCK_FILE, folder_lock
+
+    with pytest.raises(AutomrError, match="refused"), folder_lock(tmp_path / "a" / "out", "x"):
+        raise AutomrError("refused")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, written or not
+    with folder_lock(tmp_path / "kept", "x"):
+        pass
+    with folder_lock(tmp_path / "new", "x"):  # one the command wrote in stays
+        (tmp_path / "new" / "written").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "new"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [LOCK_FILE, "written"]

@@ -85,11 +85,14 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created with its parents) while ``what`` writes
     it; a second process that asks for it meanwhile is refused in one line naming the holder.
     The lock (``flock`` on :data:`LOCK_FILE`) goes with its process, however that ends: no
-    stale lock is left. A path that is a file is not locked (its command refuses it), nor a
-    folder on a file system that has no locks."""
+    stale lock is left. A folder it made that holds nothing but the lock at the end (the
+    command refused before writing) is removed, with the parents it made. A path that is a
+    file is not locked (its command refuses it), nor a folder on a file system that has no
+    locks."""
     if fcntl is None or (folder.exists() and not folder.is_dir()):
         yield
         return
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / LOCK_FILE).open("a+", encoding="utf-8") as file:
         try:
@@ -109,8 +112,21 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
         try:
             yield
         finally:
+            if locked and made and os.listdir(folder) == [LOCK_FILE]:
+                _remove_made(folder, made)
             if locked:
                 fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _remove_made(folder: Path, made: Sequence[Path]) -> None:
+    """Remove ``folder``'s lock file and the folders ``made`` for it (deepest first) while
+    they are empty."""
+    (folder / LOCK_FILE).unlink()
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:  # something else was written there meanwhile
+            return
 
 
 def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
