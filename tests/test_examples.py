@@ -5,6 +5,7 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -605,3 +606,20 @@ def test_the_seed_examples_refuse_a_repeated_seed(name, more, capsys):
                      "--out", "o", "--seeds", "0,0", *more])
     assert stopped.value.code == 2
     assert "--seeds repeats a seed: 0,0" in capsys.readouterr().err
+
+
+def test_the_user_resampling_example_reads_every_export_of_a_folder(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Its table (docs/concepts/evaluation.md#resampling-users) from two committed exports,
+    one of a subset and one of the whole split; other JSON files are skipped."""
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    for name in ("automr/memory-1000.json", "bigrec/51k-vs-sasrec-test-all.json",
+                 "bigrec/finetune-l15-2k.json"):
+        (tmp_path / Path(name).name).write_bytes((results / name).read_bytes())
+    monkeypatch.setattr(sys, "argv", ["resample_users.py", str(tmp_path)])
+    load_example("resample_users").main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    kinds = [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows[1:]]
+    assert [split for split, _ in kinds] == ["subsets", "subsets", "whole split", "whole split"]
+    assert all(re.fullmatch(rf"\| .+ \| \d+ (paired|single) \| {NUMBER} \({NUMBER} - {NUMBER}; "
+                            rf"{NUMBER}\) \|", row) for row in rows[1:])
