@@ -479,7 +479,8 @@ def test_qwen3_5_moe_and_qwen3_next_checkpoints_load_and_split(tmp_path, kind):
     llm = HFSplitLLM(loaded)
     with torch.no_grad():
         expected = published(input_ids=ids).logits
-        assert torch.equal(loaded(input_ids=ids).logits, expected)
+        # not bitwise: with two threads the two classes' kernels may add in another order
+        assert (loaded(input_ids=ids).logits - expected).abs().max() < 1e-5
         for layer in range(5):
             split = llm.upper(llm.lower(ids, torch.ones_like(ids), layer))
             assert (split - expected).abs().max() < 1e-5
