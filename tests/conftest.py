@@ -19,6 +19,17 @@ settings.load_profile(PROFILE)
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module, restored afterwards: tiny tensors gain nothing from
+    threads (spinning threads on a busy machine cost ~100x), and a result compared with a
+    worker process's (``OMP_NUM_THREADS=1``) is computed as the worker computes it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture
 def unshrunk():
     """For a test that expects a property to fail (a contract catching a faulty component): the

@@ -23,14 +23,7 @@ token = st.integers(min_value=3, max_value=TINY_VOCAB - 1)
 prompts = st.lists(st.lists(token, min_size=1, max_size=7), min_size=1, max_size=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spinning threads on a busy machine cost
-    ~100x; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TestPrependToken(CombinerContract):

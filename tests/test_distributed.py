@@ -28,6 +28,9 @@ from automr.memory.shards import MemoryIndex, shard_name
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 
 TESTS = Path(__file__).parent
+# the workers run with OMP_NUM_THREADS=1; what they are compared with is computed so too (a
+# SASRec trained with another thread count is another model: docs/distributed.md)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- a single process: no launcher, no group -------------------------------------------------

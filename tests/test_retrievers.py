@@ -38,14 +38,7 @@ from automr.testing.strategies import float_tensors, masks, padded_memories
 HIDDEN = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads (and spinning threads on a busy machine cost a
-    lot); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed: int = 0, **overrides) -> MLPRetriever:
