@@ -30,6 +30,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 @pytest.fixture
 def unshrunk():
     """For a test that expects a property to fail (a contract catching a faulty component): the
