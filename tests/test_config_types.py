@@ -84,6 +84,19 @@ def test_a_config_takes_an_int_or_numpy_float_for_a_float_and_stores_a_float(cls
     assert type(getattr(config, name)) is float and getattr(config, name) == float(value)
 
 
+@pytest.mark.parametrize("cls, name, numpy_int", cases(CONFIGS, {int: (np.int64, np.uint16),
+                                                                  float: ()}))
+def test_a_config_takes_a_numpy_int_for_an_int_and_stores_an_int(cls, name, numpy_int):
+    """A whole number from a user's arrays (``SASRecConfig(max_epochs=np.int64(3))`` was
+    beartype's violation), here the field's default or 3; stored as a Python int, so the
+    config saves as JSON."""
+    default = getattr(attrs.fields(cls), name).default
+    whole = default if isinstance(default, int) and default >= 0 else 3
+    config = cls(**{**CONFIGS[cls], name: numpy_int(whole)})
+    assert type(getattr(config, name)) is int and getattr(config, name) == whole
+    json.dumps(attrs.asdict(config), default=str)
+
+
 def test_a_float_parameter_takes_an_int():
     """Every module's beartype takes an int for a float hint (``automr.checks.beartype``)."""
     import torch
@@ -111,9 +124,12 @@ def test_a_component_refuses_a_bool_or_another_type_for_a_number(cls, name, valu
 
 
 @pytest.mark.parametrize("cls", COMPONENTS)
-def test_numpy_numbers_pass_where_no_type_hint_is_checked(cls):
+def test_a_component_takes_numpy_numbers_and_stores_python_ones(cls):
     for name, kind in numeric_fields(cls):
-        check(cls, name, np.int64(3) if kind is int else np.float64(0.5))
+        field = getattr(attrs.fields(cls), name)
+        value = field.converter(np.int64(3) if kind is int else np.float32(0.5))
+        assert type(value) is kind
+        check(cls, name, value)
 
 
 @pytest.mark.parametrize("cls, name", [(AblationConfig, "layers"), (EvalConfig, "ks")])

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM, require
 from automr.state import KVCache, LayerState
@@ -60,11 +60,11 @@ class UpperAnnotator:
     """
 
     llm: SplitLLM
-    layer: int = attrs.field(validator=is_int)
+    layer: int = int_field()
     combiner: Combiner
-    element_batch: int = attrs.field(default=32, validator=[is_int, attrs.validators.ge(1)])
+    element_batch: int = int_field(attrs.validators.ge(1), default=32)
     share_prompt: bool = True
-    min_shared: int = attrs.field(default=8, validator=[is_int, attrs.validators.ge(1)])
+    min_shared: int = int_field(attrs.validators.ge(1), default=8)
 
     def __attrs_post_init__(self) -> None:
         require(self.llm, SplitLLM, "llm", "split a loaded model with "

@@ -26,7 +26,7 @@ from automr import distributed
 from automr.annotation.labels import labels
 from automr.annotation.likelihood import UpperAnnotator
 from automr.annotation.subsets import element_subset
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.combiners import COMBINERS, pad_memory
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample, tokenize_sample
@@ -62,24 +62,22 @@ class AnnotateConfig:
 
     split: str = "train"
     """The split whose samples are annotated."""
-    max_samples: int | None = attrs.field(default=256, validator=attrs.validators.optional(
-        [is_int, attrs.validators.gt(0)]))
+    max_samples: int | None = int_field(attrs.validators.gt(0), default=256, optional=True)
     """A seeded subset of this many of the split's samples (None: all); those among them
     with an empty memory are then left out."""
-    seed: int = attrs.field(default=0, validator=is_int)
+    seed: int = int_field(default=0)
     """Seed of the sample subset."""
     combiner: str = attrs.field(default="concat", validator=attrs.validators.in_(
         COMBINER_NAMES))
     """The registry combiner (:data:`~automr.combiners.tokens.COMBINERS`) each element is
     inserted with; a retriever trained on the annotations is checked against it at evaluation."""
-    element_batch: int = attrs.field(default=32, validator=[is_int, attrs.validators.gt(0)])
+    element_batch: int = int_field(attrs.validators.gt(0), default=32)
     """Elements run through the upper half together (:class:`UpperAnnotator`)."""
-    element_subset: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        [is_int, attrs.validators.gt(0)]))
+    element_subset: int | None = int_field(attrs.validators.gt(0), default=None, optional=True)
     """Annotate this many seeded elements of each sample's memory (None: all of them)."""
-    element_seed: int = attrs.field(default=0, validator=is_int)
+    element_seed: int = int_field(default=0)
     """Seed of the element subsets (with the sample id: :func:`element_subset`)."""
-    shard_size: int = attrs.field(default=16, validator=[is_int, attrs.validators.gt(0)])
+    shard_size: int = int_field(attrs.validators.gt(0), default=16)
     """Samples per ``shard-NNNNN.safetensors`` file: the unit of resuming and of sharing
     among processes."""
 

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.contexts.spec import ContextSpec
 from automr.data import Catalog, PreparedDataset, PromptConfig, Sample
 from automr.data.prompts import format_titles
@@ -44,7 +44,7 @@ class ReLLaContext:
     embeddings: Tensor = attrs.field(repr=False)
     catalog: Catalog = attrs.field(repr=False)
     prompt: PromptConfig = attrs.field(repr=False)
-    k: int = attrs.field(default=5, validator=[is_int, attrs.validators.gt(0)])
+    k: int = int_field(attrs.validators.gt(0), default=5)
 
     def __attrs_post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.catalog):

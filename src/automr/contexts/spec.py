@@ -2,7 +2,7 @@
 
 import attrs
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 
 CONTEXT_KINDS = ("rella", "trsr")
 TRSR_MODES = ("recurrent", "hierarchical")
@@ -21,11 +21,11 @@ class ContextSpec:
     """
 
     kind: str = attrs.field(validator=attrs.validators.in_(CONTEXT_KINDS))
-    k: int = attrs.field(default=5, validator=[is_int, _positive])
-    block_size: int = attrs.field(default=5, validator=[is_int, _positive])
-    max_blocks: int = attrs.field(default=5, validator=[is_int, _positive])
+    k: int = int_field(_positive, default=5)
+    block_size: int = int_field(_positive, default=5)
+    max_blocks: int = int_field(_positive, default=5)
     mode: str = attrs.field(default="recurrent", validator=attrs.validators.in_(TRSR_MODES))
-    max_new_tokens: int = attrs.field(default=40, validator=[is_int, _positive])
+    max_new_tokens: int = int_field(_positive, default=40)
 
     def to_json(self) -> dict:
         """``kind`` and the fields it uses (``k`` for ``rella``; the other four for ``trsr``)."""

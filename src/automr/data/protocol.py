@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.data.records import Interaction
 from automr.errors import AutomrError
 
@@ -72,14 +72,13 @@ class ProtocolConfig:
 
     start: dt.date | None = attrs.field(default=dt.date(2017, 1, 1), converter=_whole_day)
     end: dt.date | None = attrs.field(default=dt.date(2018, 1, 1), converter=_whole_day)
-    train_months: int = attrs.field(default=10, validator=[is_int, _at_least(1)])
-    min_item_interactions: int = attrs.field(default=5, validator=[is_int, _at_least(0)])
-    min_user_interactions: int = attrs.field(default=20, validator=[is_int, _at_least(0)])
+    train_months: int = int_field(_at_least(1), default=10)
+    min_item_interactions: int = int_field(_at_least(0), default=5)
+    min_user_interactions: int = int_field(_at_least(0), default=20)
     iterative_filter: bool = True
-    max_history: int = attrs.field(default=100, validator=[is_int, _at_least(1)])
-    recent_k: int = attrs.field(default=10, validator=[is_int, _at_least(1)])
-    min_history: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional([is_int, _at_least(1)]))
+    max_history: int = int_field(_at_least(1), default=100)
+    recent_k: int = int_field(_at_least(1), default=10)
+    min_history: int | None = int_field(_at_least(1), default=None, optional=True)
 
     def __attrs_post_init__(self) -> None:
         if self.recent_k > self.max_history:

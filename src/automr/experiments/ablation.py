@@ -24,7 +24,7 @@ import torch
 
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
-from automr.checks import beartype, is_int, real_field
+from automr.checks import beartype, int_field, is_int, real_field
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
@@ -79,12 +79,12 @@ class AblationConfig:
         default=("append-token", "prepend-token", "concat"), validator=_subset(COMBINER_NAMES))
     retrievers: tuple[str, ...] = attrs.field(default=ABLATION_RETRIEVERS,
                                               validator=_subset(ABLATION_RETRIEVERS))
-    train_samples: int = attrs.field(default=128, validator=[is_int, attrs.validators.gt(0)])
-    test_samples: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
+    train_samples: int = int_field(attrs.validators.gt(0), default=128)
+    test_samples: int = int_field(attrs.validators.gt(0), default=64)
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
     temperature: float = real_field(*LABEL_TEMPERATURE, default=1.0)
-    seed: int = attrs.field(default=0, validator=is_int)
-    n_resamples: int = attrs.field(default=1000, validator=[is_int, attrs.validators.gt(0)])
+    seed: int = int_field(default=0)
+    n_resamples: int = int_field(attrs.validators.gt(0), default=1000)
 
 
 @beartype

@@ -21,7 +21,7 @@ import torch
 import automr
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, annotate_dataset
-from automr.checks import beartype, is_int, real_field, to_float
+from automr.checks import beartype, int_field, real_field, to_float
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, prepare_movielens_100k
@@ -53,11 +53,11 @@ class DemoConfig:
     2-core x86-64 VM: docs/results.md, "The demo")."""
 
     model: str = DEFAULT_MODEL
-    layer: int = attrs.field(default=DEFAULT_LAYER, validator=[is_int, attrs.validators.ge(0)])
-    train_samples: int = attrs.field(default=96, validator=[is_int, _POSITIVE])
-    valid_samples: int = attrs.field(default=16, validator=[is_int, _POSITIVE])
-    epochs: int = attrs.field(default=1, validator=[is_int, _POSITIVE])
-    batch_size: int = attrs.field(default=8, validator=[is_int, _POSITIVE])
+    layer: int = int_field(attrs.validators.ge(0), default=DEFAULT_LAYER)
+    train_samples: int = int_field(_POSITIVE, default=96)
+    valid_samples: int = int_field(_POSITIVE, default=16)
+    epochs: int = int_field(_POSITIVE, default=1)
+    batch_size: int = int_field(_POSITIVE, default=8)
     lr: float = attrs.field(default=1e-3, converter=to_float,
                             validator=attrs.fields(FinetuneConfig).lr.validator)
     lora_targets: tuple[str, ...] = attrs.field(
@@ -68,19 +68,18 @@ class DemoConfig:
     encoder: str = attrs.field(default="item", validator=attrs.validators.in_(tuple(ENCODERS)))
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
-    annotate_samples: int = attrs.field(default=64, validator=[is_int, _POSITIVE])
-    annotate_elements: int | None = attrs.field(
-        default=16, validator=attrs.validators.optional([is_int, _POSITIVE]))
+    annotate_samples: int = int_field(_POSITIVE, default=64)
+    annotate_elements: int | None = int_field(_POSITIVE, default=16, optional=True)
     """Seeded memory elements annotated per sample (None: all; concat shares no prompt work,
     so each element costs an upper pass over the whole prompt)."""
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))
     temperature: float = real_field(*LABEL_TEMPERATURE, default=1.0)
-    test_samples: int = attrs.field(default=48, validator=[is_int, _POSITIVE])
-    likelihood_samples: int = attrs.field(default=200, validator=[is_int, _POSITIVE])
+    test_samples: int = int_field(_POSITIVE, default=48)
+    likelihood_samples: int = int_field(_POSITIVE, default=200)
     grounder: str = attrs.field(default="constrained",
                                 validator=attrs.validators.in_(GROUNDERS))
-    num_beams: int = attrs.field(default=5, validator=[is_int, _POSITIVE])
-    seed: int = attrs.field(default=0, validator=is_int)
+    num_beams: int = int_field(_POSITIVE, default=5)
+    seed: int = int_field(default=0)
 
 
 DEMO_FILES = ("data", "bigrec", "memory", "annotations", "retriever", "results", "likelihood",

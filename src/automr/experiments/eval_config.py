@@ -3,7 +3,7 @@ from its code so that the CLI's defaults need no torch."""
 
 import attrs
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field, is_int
 from automr.combiners.names import COMBINER_NAMES
 from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES
 
@@ -14,33 +14,30 @@ class EvalConfig:
     """Which samples, and how methods run on them."""
 
     split: str = "test"
-    max_samples: int | None = attrs.field(default=200, validator=attrs.validators.optional(is_int))
-    seed: int = attrs.field(default=0, validator=is_int)
-    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
-    layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        [is_int, attrs.validators.ge(0)]))
+    max_samples: int | None = int_field(default=200, optional=True)
+    seed: int = int_field(default=0)
+    batch_size: int = int_field(attrs.validators.gt(0), default=8)
+    layer: int | None = int_field(attrs.validators.ge(0), default=None, optional=True)
     """Split layer; None: the memory's when one is given, else 15 (what was used is in each
     method's settings; a memory-free method of a model with fewer layers splits at its last,
     as it ranks the same at any layer)."""
-    num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        [is_int, attrs.validators.gt(0)]))
+    num_beams: int | None = int_field(attrs.validators.gt(0), default=None, optional=True)
     """Beams of the l2 and constrained grounders (None: the grounder's default)."""
     exclude_seen: bool = False
     ks: tuple[int, ...] = attrs.field(default=DEFAULT_KS,
                                       validator=attrs.validators.deep_iterable(is_int))
     measures: tuple[str, ...] = ("ranks",)
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
-    n_resamples: int = attrs.field(default=DEFAULT_RESAMPLES, validator=is_int)
+    n_resamples: int = int_field(default=DEFAULT_RESAMPLES)
     resample: str = attrs.field(default="samples",
                                 validator=attrs.validators.in_(("samples", "users")))
     """What the bootstrap draws: ``samples``, or ``users`` (all of a drawn user's samples)."""
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
-    k: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
-    retrieval_seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        is_int))
+    k: int = int_field(attrs.validators.gt(0), default=1)
+    retrieval_seed: int | None = int_field(default=None, optional=True)
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
-    tune_samples: int = attrs.field(default=200, validator=[is_int, attrs.validators.gt(0)])
+    tune_samples: int = int_field(attrs.validators.gt(0), default=200)
     """Validation samples on which the ``-pop`` grounders choose their popularity weight."""
     reference: str | None = None
     """The method every other is paired with (None: the first ``bigrec*``, else the first)."""

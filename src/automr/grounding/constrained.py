@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int, real_field
+from automr.checks import beartype, int_field, real_field
 from automr.errors import AutomrError
 from automr.grounding.embedding import l2_distances
 from automr.grounding.prior import adjusted_distances
@@ -50,7 +50,7 @@ class ConstrainedGrounder:
 
     targets: CatalogTargets
     catalog_embeddings: Float[Tensor, "items hidden"] | None = None
-    num_beams: int = attrs.field(default=10, validator=[is_int, attrs.validators.gt(0)])
+    num_beams: int = int_field(attrs.validators.gt(0), default=10)
     prior: Float[Tensor, " items"] | None = None
     gamma: float = real_field(attrs.validators.gt(-math.inf), attrs.validators.lt(math.inf),
                               default=0.0)

@@ -5,7 +5,7 @@ import torch
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.grounding.embedding import embed_texts, l2_distances
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.beam import beam_search
@@ -35,8 +35,8 @@ class L2Grounder:
     model: torch.nn.Module
     tokenizer: object
     catalog_embeddings: Float[Tensor, "items hidden"]
-    num_beams: int = attrs.field(default=4, validator=[is_int, attrs.validators.gt(0)])
-    max_new_tokens: int = attrs.field(default=32, validator=[is_int, attrs.validators.gt(0)])
+    num_beams: int = int_field(attrs.validators.gt(0), default=4)
+    max_new_tokens: int = int_field(attrs.validators.gt(0), default=32)
 
     @jaxtyped(typechecker=beartype)
     def rank(

@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
 from automr.llm.decoding import Decoding, prefill
@@ -25,7 +25,7 @@ class LikelihoodGrounder:
     """
 
     targets: CatalogTargets
-    chunk_size: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
+    chunk_size: int = int_field(attrs.validators.gt(0), default=64)
 
     @jaxtyped(typechecker=beartype)
     def rank(

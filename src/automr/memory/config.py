@@ -9,7 +9,7 @@ from typing import Any, Final
 import attrs
 import torch
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.data.catalog import Catalog
 from automr.data.prompts import PromptConfig
 from automr.errors import AutomrError
@@ -85,15 +85,12 @@ class MemoryConfig:
 
     encoder: str = attrs.field(default="window", validator=_known_encoder)
     pooling: Pooling = attrs.field(factory=Pooling)
-    window: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional([is_int, attrs.validators.ge(1)]))
+    window: int | None = int_field(attrs.validators.ge(1), default=None, optional=True)
     window_includes_item: bool = True
     store_token_states: bool = False
     storage_dtype: str = attrs.field(default="model", validator=_known_storage)
-    shard_elements: int = attrs.field(
-        default=attrs.Factory(lambda self: 200_000 if self.encoder == "item" else 2048,
-                              takes_self=True),
-        validator=[is_int, attrs.validators.ge(1)])
+    shard_elements: int = int_field(attrs.validators.ge(1), default=attrs.Factory(
+        lambda self: 200_000 if self.encoder == "item" else 2048, takes_self=True))
     share_prefix: bool = True
 
 
@@ -108,17 +105,17 @@ class MemoryRecord:
 
     model_name: str
     model_fingerprint: str | None
-    layer: int = attrs.field(validator=is_int)
-    hidden_size: int = attrs.field(validator=is_int)
-    num_layers: int = attrs.field(validator=is_int)
+    layer: int = int_field()
+    hidden_size: int = int_field()
+    num_layers: int = int_field()
     dtype: str = attrs.field(validator=_float_dtype)
     encoder: str
-    window: int | None = attrs.field(validator=attrs.validators.optional(is_int))
+    window: int | None = int_field(optional=True)
     window_includes_item: bool
     pooling: Pooling
     store_token_states: bool
     storage_dtype: str = attrs.field(validator=_float_dtype)
-    shard_elements: int = attrs.field(validator=is_int)
+    shard_elements: int = int_field()
     share_prefix: bool
     prompt_config: PromptConfig
     dataset_fingerprint: str | None = None

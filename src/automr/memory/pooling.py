@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 
 PoolFn = Callable[[Tensor, Tensor, int], Tensor]
 
@@ -61,7 +61,7 @@ class Pooling:
     """Which pooling (a key of :data:`POOLINGS`) and how many first positions ``mean`` skips."""
 
     kind: str = attrs.field(default="mean", validator=_known_pooling)
-    skip_first: int = attrs.field(default=1, validator=[is_int, attrs.validators.ge(0)])
+    skip_first: int = int_field(attrs.validators.ge(0), default=1)
 
     @jaxtyped(typechecker=beartype)
     def __call__(

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import torch
 
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.data import PreparedDataset, Sample
 from automr.data.popularity import popularity, training_sequences
 from automr.evaluation.metrics import ranks_from_scores, seen_mask
@@ -99,8 +99,8 @@ class CooccurrenceMethod:
     history items, popularity as the tie-break (module docstring)."""
 
     dataset: PreparedDataset
-    window: int = attrs.field(default=10, validator=[is_int, attrs.validators.gt(0)])
-    query_items: int = attrs.field(default=5, validator=[is_int, attrs.validators.gt(0)])
+    window: int = int_field(attrs.validators.gt(0), default=10)
+    query_items: int = int_field(attrs.validators.gt(0), default=5)
     exclude_seen: bool = False
     _follows: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)
     _tie_break: torch.Tensor | None = attrs.field(default=None, init=False, repr=False)

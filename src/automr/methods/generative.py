@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import torch
 
-from automr.checks import is_int
+from automr.checks import int_field
 from automr.data import Catalog, PreparedDataset, Sample, tokenize_sample
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
@@ -76,10 +76,10 @@ class GenerativeMethod:
     loaded: LoadedModel
     dataset: PreparedDataset
     grounder: Grounder
-    layer: int = attrs.field(default=DEFAULT_LAYER, validator=is_int)
+    layer: int = int_field(default=DEFAULT_LAYER)
     retrieval: MemoryRetrieval | None = None
     context: PromptContext | None = None
-    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
+    batch_size: int = int_field(attrs.validators.gt(0), default=8)
     exclude_seen: bool = False
     progress: bool = False
     label: str = "ranking"

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 from automr import distributed
-from automr.checks import beartype, is_int
+from automr.checks import beartype, int_field
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, Sample
@@ -58,23 +58,20 @@ from automr.retrievers.storage import retriever_digest
 class MethodOptions:
     """How named methods run (the method-level part of ``automr evaluate``'s options)."""
 
-    layer: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        [is_int, attrs.validators.ge(0)]))
+    layer: int | None = int_field(attrs.validators.ge(0), default=None, optional=True)
     """Split layer; None: the memory's layer when a memory is given, else the default (15,
     or a smaller model's last). Memory-free methods rank the same at any layer (the split is
     exact)."""
-    num_beams: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        [is_int, attrs.validators.gt(0)]))
-    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
+    num_beams: int | None = int_field(attrs.validators.gt(0), default=None, optional=True)
+    batch_size: int = int_field(attrs.validators.gt(0), default=8)
     exclude_seen: bool = False
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
-    k: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
-    seed: int = attrs.field(default=0, validator=is_int)
+    k: int = int_field(attrs.validators.gt(0), default=1)
+    seed: int = int_field(default=0)
     """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""
-    retrieval_seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        is_int))
-    tune_samples: int = attrs.field(default=200, validator=[is_int, attrs.validators.gt(0)])
+    retrieval_seed: int | None = int_field(default=None, optional=True)
+    tune_samples: int = int_field(attrs.validators.gt(0), default=200)
     """Seeded validation samples on which the ``-pop`` and ``-sasrec`` grounders choose their
     ``gamma``."""
 

@@ -5,7 +5,7 @@ import math
 
 import attrs
 
-from automr.checks import beartype, is_int, is_real, real_field, to_float
+from automr.checks import beartype, int_field, is_real, real_field, to_float
 from automr.contexts.spec import ContextSpec
 
 LOSS_KINDS = ("target", "sequence")
@@ -40,14 +40,14 @@ class MemoryTraining:
 class FinetuneConfig:
     """LoRA and optimisation settings (defaults: BIGRec's LoRA, a short CPU-sized run)."""
 
-    lora_r: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
-    lora_alpha: int = attrs.field(default=16, validator=[is_int, attrs.validators.gt(0)])
+    lora_r: int = int_field(attrs.validators.gt(0), default=8)
+    lora_alpha: int = int_field(attrs.validators.gt(0), default=16)
     """LoRA's update is scaled by ``lora_alpha / lora_r`` (0 would train nothing)."""
     lora_dropout: float = real_field(attrs.validators.ge(0), attrs.validators.lt(1), default=0.05)
     target_modules: tuple[str, ...] = attrs.field(default=("q_proj", "v_proj"),
                                                   validator=attrs.validators.min_len(1))
     """The linear modules of each tuned layer that get LoRA (BIGRec's: ``q_proj``, ``v_proj``)."""
-    lora_from_layer: int = attrs.field(default=0, validator=[is_int, attrs.validators.ge(0)])
+    lora_from_layer: int = int_field(attrs.validators.ge(0), default=0)
     """LoRA only on layers ``>= lora_from_layer``; set it to the memory's layer L so that
     layer-L memories of the base model stay valid for the tuned one (0: every layer)."""
     loss_on: str = attrs.field(default="target", validator=attrs.validators.in_(LOSS_KINDS))
@@ -56,25 +56,24 @@ class FinetuneConfig:
     lr: float = real_field(attrs.validators.gt(0), attrs.validators.lt(math.inf), default=1e-3)
     weight_decay: float = real_field(attrs.validators.ge(0), attrs.validators.lt(math.inf),
                                      default=0.0)
-    batch_size: int = attrs.field(default=8, validator=[is_int, attrs.validators.gt(0)])
-    epochs: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
-    max_train_samples: int | None = attrs.field(
-        default=512, validator=attrs.validators.optional([is_int, attrs.validators.gt(0)]))
+    batch_size: int = int_field(attrs.validators.gt(0), default=8)
+    epochs: int = int_field(attrs.validators.gt(0), default=1)
+    max_train_samples: int | None = int_field(attrs.validators.gt(0), default=512, optional=True)
     """A seeded subset of this many training samples (None: all of them)."""
-    max_valid_samples: int = attrs.field(default=64, validator=[is_int, attrs.validators.gt(0)])
+    max_valid_samples: int = int_field(attrs.validators.gt(0), default=64)
     """A seeded subset of this many validation samples, for the validation NLL."""
-    eval_every: int = attrs.field(default=25, validator=[is_int, attrs.validators.gt(0)])
+    eval_every: int = int_field(attrs.validators.gt(0), default=25)
     """Optimizer steps between validations (and after the last step); ``best/`` is the
     adapter of the best one."""
-    patience: int = attrs.field(default=4, validator=[is_int, attrs.validators.gt(0)])
+    patience: int = int_field(attrs.validators.gt(0), default=4)
     """Stop after this many validations in a row without a strictly lower validation NLL."""
-    seed: int = attrs.field(default=0, validator=is_int)
+    seed: int = int_field(default=0)
     """Seeds the sample subsets, LoRA's initialisation and the batch order."""
     context: ContextSpec | None = None
     """A prompt context (ReLLa, TRSR) put in every prompt; None: the plain BIGRec prompt."""
-    grad_accum: int = attrs.field(default=1, validator=[is_int, attrs.validators.gt(0)])
+    grad_accum: int = int_field(attrs.validators.gt(0), default=1)
     """Micro-batches per optimizer step: the effective batch is ``batch_size * grad_accum``."""
-    warmup_steps: int = attrs.field(default=0, validator=[is_int, attrs.validators.ge(0)])
+    warmup_steps: int = int_field(attrs.validators.ge(0), default=0)
     """Optimizer steps of linear warmup (step s of them uses ``lr * (s + 1) / warmup_steps``)."""
     schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
     """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
@@ -88,8 +87,7 @@ class FinetuneConfig:
     states once (no_grad) and keep them in CPU memory - examples x tokens x hidden x 4 bytes in
     float32 (2,048 ML-100K prompts of ~205 tokens at hidden 576: ~1 GB) - so epochs and
     validations run the upper half only. Losses equal the uncached path within float rounding."""
-    checkpoint_every: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional([is_int, attrs.validators.gt(0)]))
+    checkpoint_every: int | None = int_field(attrs.validators.gt(0), default=None, optional=True)
     """Optimizer steps between checkpoints (None: at each validation, every ``eval_every``)."""
     autocast: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.in_(AUTOCAST_KINDS)))

@@ -56,7 +56,7 @@ from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from automr.checks import beartype, is_int, real_field
+from automr.checks import beartype, int_field, real_field
 from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ndcg_at_k, ranks_from_scores, recall_at_k, seen_mask
@@ -82,11 +82,11 @@ EvalSample = tuple[Sequence[int], int]
 class SASRecConfig:
     """Architecture and training hyperparameters of SASRec (defaults: see the module docstring)."""
 
-    hidden: int = attrs.field(default=64, validator=[is_int, v.gt(0)])
-    n_blocks: int = attrs.field(default=2, validator=[is_int, v.ge(1)])
-    n_heads: int = attrs.field(default=1, validator=[is_int, v.ge(1)])
+    hidden: int = int_field(v.gt(0), default=64)
+    n_blocks: int = int_field(v.ge(1), default=2)
+    n_heads: int = int_field(v.ge(1), default=1)
     dropout: float = real_field(v.ge(0.0), v.lt(1.0), default=0.2)
-    max_len: int = attrs.field(default=50, validator=[is_int, v.ge(1)])
+    max_len: int = int_field(v.ge(1), default=50)
     windows: bool = True
     """Train on every position: each user's sequence cut into rows of ``max_len + 1`` items
     (False: only each user's last ``max_len + 1`` items, as the original; on ML-100K's
@@ -103,11 +103,11 @@ class SASRecConfig:
     that order."""
     lr: float = real_field(v.gt(0.0), v.lt(math.inf), default=1e-2)
     weight_decay: float = real_field(v.ge(0.0), v.lt(math.inf), default=0.0)
-    batch_size: int = attrs.field(default=256, validator=[is_int, v.ge(1)])
-    max_epochs: int = attrs.field(default=200, validator=[is_int, v.ge(1)])
-    patience: int = attrs.field(default=10, validator=[is_int, v.ge(1)])
+    batch_size: int = int_field(v.ge(1), default=256)
+    max_epochs: int = int_field(v.ge(1), default=200)
+    patience: int = int_field(v.ge(1), default=10)
     """Stop after this many validations without a strictly better ``monitor`` value."""
-    valid_every: int = attrs.field(default=2, validator=[is_int, v.ge(1)])
+    valid_every: int = int_field(v.ge(1), default=2)
     """Validate after every ``valid_every`` epochs (and after the last one)."""
     monitor: str = attrs.field(default="ndcg@10", validator=v.matches_re(MONITOR_PATTERN))
     """The validation metric early stopping maximises: ``recall@K`` or ``ndcg@K``."""
@@ -116,8 +116,8 @@ class SASRecConfig:
     and in :class:`~automr.methods.SASRecMethod`. Negatives never include the user's items, so
     training never scores them down; the original evaluates the same way (its candidates are
     items the user has not interacted with)."""
-    eval_batch_size: int = attrs.field(default=512, validator=[is_int, v.ge(1)])
-    seed: int = attrs.field(default=0, validator=is_int)
+    eval_batch_size: int = int_field(v.ge(1), default=512)
+    seed: int = int_field(default=0)
     """Seeds initialisation, dropout, shuffling and negative sampling."""
 
     def __attrs_post_init__(self) -> None:

@@ -24,7 +24,7 @@ from attrs import validators as v
 from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, is_int, real_field
+from automr.checks import beartype, int_field, real_field
 from automr.devices import resolve_device
 from automr.early_stopping import EarlyStopping, epoch_progress
 from automr.errors import AutomrError
@@ -64,16 +64,16 @@ class RetrieverTrainingConfig:
     """Adam's learning rate (> 0)."""
     weight_decay: float = real_field(v.ge(0.0), v.lt(math.inf), default=0.0)
     """Adam's ``weight_decay`` (an L2 term added to the gradients; >= 0, default none)."""
-    batch_size: int = attrs.field(default=256, validator=[is_int, v.ge(1)])
+    batch_size: int = int_field(v.ge(1), default=256)
     """Training samples per optimiser step; the training set is reshuffled every epoch."""
-    max_epochs: int = attrs.field(default=200, validator=[is_int, v.ge(1)])
+    max_epochs: int = int_field(v.ge(1), default=200)
     """The most epochs (full passes over the training set) run."""
-    patience: int = attrs.field(default=10, validator=[is_int, v.ge(1)])
+    patience: int = int_field(v.ge(1), default=10)
     """Stop after this many epochs without a strictly better validation ``monitor``."""
     monitor: Monitor = attrs.field(default="kl", validator=v.in_(MONITORS))
     """The validation value early stopping watches: ``kl`` or ``regret`` (lower is better) or
     ``top1`` (higher is better); see the module docstring. Unused without a validation set."""
-    mlp_hidden: int = attrs.field(default=256, validator=[is_int, v.gt(0)])
+    mlp_hidden: int = int_field(v.gt(0), default=256)
     """Width of the MLP's hidden layer (:class:`MLPRetrieverConfig`; the paper's 256)."""
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     """The MLP's activation between its two linear layers: ``gelu`` or ``relu``."""
@@ -81,9 +81,9 @@ class RetrieverTrainingConfig:
     """The scores are ``MLP(z_t) . m / temperature`` (> 0; the paper's 1)."""
     normalize: bool = False
     """Standardise queries and unit-scale keys before eq. 3 (:class:`MLPRetrieverConfig`)."""
-    seed: int = attrs.field(default=0, validator=is_int)
+    seed: int = int_field(default=0)
     """Seeds initialisation and shuffling."""
-    eval_batch_size: int = attrs.field(default=1024, validator=[is_int, v.ge(1)])
+    eval_batch_size: int = int_field(v.ge(1), default=1024)
     """Validation samples per batch when the validation metrics are measured after each
     epoch (a memory and speed setting: it does not change what is measured)."""
 
