@@ -287,3 +287,35 @@ def test_a_demo_run_older_than_lora_targets_resumes_with_the_default_and_refuses
     _check_settings(tmp_path, settings(DemoConfig()))
     with pytest.raises(AutomrError, match=r"other settings \(lora_targets\)"):
         _check_settings(tmp_path, settings(DemoConfig(lora_targets=("qkv_proj",))))
+
+
+def test_the_table_resamples_users_when_asked(tmp_path):
+    """Every interval of ablation.json again from its per-sample gains, the users of the
+    sample ids as the bootstrap's groups; samples of one user move together, so the intervals
+    are not those that resample samples."""
+    import attrs
+
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap, users_of
+    from automr.experiments.ablation import AblationRow, write_ablation
+
+    samples = tuple(f"u{n % 3}@{n}:i{n}" for n in range(12))  # 3 users, 4 samples each
+    gains = {"mlp": tuple(float(n % 3) - 0.1 * n for n in range(12)),
+             "random": tuple(0.05 * n for n in range(12))}
+    rows = [AblationRow(encoder="item", layer=1, combiner="concat", retriever=kind,
+                        gains=values, best_picked=0.5, samples=samples)
+            for kind, values in gains.items()]
+    tables = {}
+    for resample in ("samples", "users"):
+        config = AblationConfig(n_resamples=200, seed=3, resample=resample)
+        write_ablation(rows, tmp_path / resample, config, {})
+        tables[resample] = json.loads((tmp_path / resample / "ablation.json").read_text())
+        groups = users_of(samples) if resample == "users" else None
+        mlp, random = (torch.tensor(gains[kind], dtype=torch.float64) for kind in gains)
+        again = {"n_resamples": 200, "seed": 3, "groups": groups}
+        got = tables[resample]["rows"][0]
+        assert tables[resample]["config"]["resample"] == resample
+        assert got["gain"] == attrs.asdict(bootstrap_ci(mlp, **again))
+        assert got["vs_random"] == attrs.asdict(paired_bootstrap(mlp, random, **again))
+    assert tables["users"]["rows"][0]["gain"] != tables["samples"]["rows"][0]["gain"]
+    assert "intervals resample the users" in (tmp_path / "users" / "ablation.md").read_text()
+    assert "resample" not in (tmp_path / "samples" / "ablation.md").read_text()

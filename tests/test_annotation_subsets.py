@@ -1,5 +1,6 @@
 """Annotating a seeded subset of each sample's memory elements, and training on it (eq. 6)."""
 
+import functools
 import json
 
 import attrs
@@ -360,6 +361,46 @@ def test_a_retrievers_picked_best_counts_ties_helped_counts_only_gains_and_seeds
     assert (summary["random"]["picked_best"], summary["random"]["helped"]) == (
         pytest.approx(0.5), pytest.approx(2.5 / 3))
     assert "`mine` is above 1 of 2 seeds." in scores.markdown()
+
+
+def test_retriever_scores_resample_users_when_asked(workspace):
+    """Every interval again from the per-sample gains, the sample ids' users as the
+    bootstrap's groups."""
+    from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap, users_of
+    from automr.experiments.retriever import score_retrievers
+
+    root = workspace["root"]
+    score = functools.partial(score_retrievers, workspace["folders"]["all"], root / "prepared",
+                              root / "mem", {}, random_seeds=[0, 1], n_resamples=200, seed=2)
+    users, samples = score(resample="users"), score()
+    payload = users.to_json()
+    assert (payload["resample"], samples.to_json()["resample"]) == ("users", "samples")
+    again = {"n_resamples": 200, "seed": 2, "groups": users_of(users.sample_ids)}
+    seed = users.gains["random seed 1"]
+    assert payload["summary"]["random seed 1"]["gain"] == attrs.asdict(bootstrap_ci(seed, **again))
+    assert payload["summary"]["random seed 1"]["vs_random"] == attrs.asdict(
+        paired_bootstrap(seed, users.gains["random"], **again))
+    assert "intervals resample the users" in users.markdown()
+    assert "resample" not in samples.markdown()
+    with pytest.raises(AutomrError, match="resample must be one of samples, users, got 'user'"):
+        score(resample="user")
+
+
+def test_retriever_scores_of_users_with_several_samples_move_them_together():
+    """Three users of four samples each: resampling users is not resampling samples."""
+    from automr.evaluation.bootstrap import bootstrap_ci, users_of
+    from automr.experiments.retriever import RetrieverScores
+
+    ids = tuple(f"u{n % 3}@{n}:i{n}" for n in range(12))
+    gains = torch.tensor([float(n % 3) - 0.1 * n for n in range(12)], dtype=torch.float64)
+    rows = {"oracle": gains + 1, "random": gains / 2, "mine": gains}
+    scores = {resample: RetrieverScores(
+        sample_ids=ids, gains=rows, best=gains + 1, best_share=gains, helped_share=gains,
+        random_seeds=(), n_resamples=200, resample=resample).summary()["mine"]["gain"]
+        for resample in ("samples", "users")}
+    assert scores["users"] == attrs.asdict(bootstrap_ci(gains, n_resamples=200,
+                                                        groups=users_of(ids)))
+    assert scores["users"] != scores["samples"]
 
 
 def test_retriever_scores_keep_the_bootstrap_seed_asked_for(workspace):

@@ -842,13 +842,14 @@ def test_demo_ablate_and_rq2_pass_every_option_on(monkeypatch, tmp_path):
         "ablate", "--data", "d", "--finetuned", "f", "--out", "o", "--encoders", "window",
         "--layers", "1,2", "--combiners", "concat", "--retrievers", "mlp,oracle",
         "--train-samples", "3", "--test-samples", "4", "--label-form", "paper",
-        "--temperature", "0.5", "--seed", "6", "--quiet", *RUNTIME_GIVEN])
+        "--temperature", "0.5", "--seed", "6", "--resample", "users", "--quiet",
+        *RUNTIME_GIVEN])
     assert isinstance(result.exception, Stop), result.output
     (args, keywords), = calls
     assert args == (Path("d"), Path("f"), Path("o"), AblationConfig(
         encoders=("window",), layers=(1, 2), combiners=("concat",),
         retrievers=("mlp", "oracle"), train_samples=3, test_samples=4, label_form="paper",
-        temperature=0.5, seed=6))
+        temperature=0.5, seed=6, resample="users"))
     assert {k: v for k, v in keywords.items() if k != "say"} == {
         "progress": False, **RUNTIME_KEYWORDS}
     calls.clear()
@@ -985,12 +986,13 @@ def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):
     args = ["retriever", "score", "--annotations", "a", "--data", "d", "--memory", "m", "--out",
             "o"]
     result = runner.invoke(app, [*args, "--retriever", "x=~/r1", "--retriever", "y=r2",
-                                 "--no-semantic", "--seeds", "3,5-6"])
+                                 "--no-semantic", "--seeds", "3,5-6", "--resample", "users"])
     assert isinstance(result.exception, Stop), result.output
     home = str(tmp_path / "home" / "r1")
     assert held_out == [(home, Path("a")), ("r2", Path("a"))]
     assert calls == [((Path("a"), Path("d"), Path("m"), {
-        "x": (home, "append-token"), "y": ("r2", "append-token")}), {"random_seeds": [3, 5, 6]})]
+        "x": (home, "append-token"), "y": ("r2", "append-token")}),
+        {"random_seeds": [3, 5, 6], "resample": "users"})]
     for twice, says in ((["x=r1", "--retriever", "x=r2"], "names 'x' twice"),
                         (["semantic=r"], "'semantic' is taken")):
         result = runner.invoke(app, [*args, "--retriever", *twice])
@@ -998,7 +1000,7 @@ def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):
     calls.clear()
     result = runner.invoke(app, args)
     assert calls == [((Path("a"), Path("d"), Path("m"), {"semantic": ("semantic", 5)}),
-                      {"random_seeds": list(range(10))})], result.output
+                      {"random_seeds": list(range(10)), "resample": "samples"})], result.output
 
 
 def test_context_show_and_trsr_pass_every_option_on(monkeypatch, tmp_path):

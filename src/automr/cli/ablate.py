@@ -9,6 +9,7 @@ from automr.cli.common import (
     DataOption,
     LabelFormOption,
     LabelTemperatureOption,
+    ResampleOption,
     Runtime,
     checked_options,
     comma_list,
@@ -44,6 +45,7 @@ def ablate_command(
     temperature: LabelTemperatureOption = 1.0,
     seed: Annotated[int, typer.Option(
         help="Seed of the sample subsets and retriever training.")] = 0,
+    resample: ResampleOption = "samples",
     *, runtime: Runtime,
 ) -> None:
     """Score every (encoder, L, combiner, retriever) cell by how much the retrieved element
@@ -58,7 +60,7 @@ def ablate_command(
     config = checked_options("ablation", lambda: AblationConfig(
         encoders=comma_list(encoders), layers=layer_values, combiners=comma_list(combiners),
         retrievers=comma_list(retrievers), train_samples=train_samples, test_samples=test_samples,
-        label_form=label_form, temperature=temperature, seed=seed))
+        label_form=label_form, temperature=temperature, seed=seed, resample=resample))
     run_ablation(data, finetuned, out, config, **runtime.keywords(), progress=runtime.progress,
                  say=typer.echo)
     typer.echo((out / "ablation.md").read_text(encoding="utf-8"))

@@ -38,6 +38,9 @@ CombinerOption = Annotated[str, typer.Option(
 SplitOption = Annotated[str, typer.Option(help="Dataset split: train, valid or test.")]
 SampleSeedOption = Annotated[int, typer.Option(help="Seed of the seeded sample subset.")]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+ResampleOption = Annotated[str, typer.Option(
+    help="What the bootstrap of every interval draws: samples, or users (all of a drawn "
+         "user's samples; samples of one user share their history).")]
 ModelOption = Annotated[str, typer.Option(
     help="Base model: the embedded name, a Hugging Face id or a folder.")]
 DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]

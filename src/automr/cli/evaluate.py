@@ -9,6 +9,7 @@ import typer
 from automr.cli.common import (
     CombinerOption,
     DataOption,
+    ResampleOption,
     Runtime,
     SplitOption,
     checked_options,
@@ -22,9 +23,6 @@ from automr.experiments.eval_config import EvalConfig
 from automr.paths import home_path
 
 defaults = EvalConfig()
-ResampleOption = Annotated[str, typer.Option(
-    help="What the bootstrap of every interval draws: samples, or users (all of a drawn "
-         "user's samples; samples of one user share their history).")]
 
 
 @user_errors

@@ -19,6 +19,7 @@ from automr.cli.common import (
     MemoryOption,
     ModelOption,
     QuietOption,
+    ResampleOption,
     RetrieverOption,
     Runtime,
     SampleSeedOption,
@@ -171,6 +172,7 @@ def retriever_score(
     semantic: Annotated[bool, typer.Option(help="Also score semantic retrieval.")] = True,
     seeds: Annotated[str, typer.Option(
         help="Random retrieval seeds: comma-separated integers or ranges.")] = "0-9",
+    resample: ResampleOption = "samples",
 ) -> None:
     """What each retriever's first pick is worth: eq. 5's gain, read off the annotations.
 
@@ -199,7 +201,8 @@ def retriever_score(
         check_held_out(folder, annotations)
         chosen[name] = load_retriever_for(store, folder, combiner)  # this memory's keys
     del store
-    scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds))
+    scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds),
+                              resample=resample)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "scores.json", json.dumps(scores.to_json(), indent=1) + "\n")
     text = scores.markdown()

@@ -29,7 +29,12 @@ from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+from automr.evaluation.bootstrap import (
+    bootstrap_ci,
+    groups_for,
+    paired_bootstrap,
+    resample_field,
+)
 from automr.experiments.retriever import annotations_digest, picked_gains, train_retriever
 from automr.llm.loading import LoadedModel, dtype_used, load_model
 from automr.memory import MemoryConfig, build_memory
@@ -85,6 +90,9 @@ class AblationConfig:
     temperature: float = real_field(*LABEL_TEMPERATURE, default=1.0)
     seed: int = int_field(default=0)
     n_resamples: int = int_field(attrs.validators.gt(0), default=1000)
+    resample: str = resample_field()
+    """What the intervals' bootstrap draws: ``samples``, or ``users`` (all of a drawn user's
+    samples)."""
 
 
 @beartype
@@ -277,10 +285,12 @@ def write_ablation(rows: Sequence[AblationRow], out: Path, config: AblationConfi
     payload_rows = []
     for row in rows:
         gains = torch.tensor(row.gains, dtype=torch.float64)
-        interval = bootstrap_ci(gains, n_resamples=config.n_resamples, seed=config.seed)
+        bootstrap = {"n_resamples": config.n_resamples, "seed": config.seed,
+                     "groups": groups_for(config.resample, row.samples)}
+        interval = bootstrap_ci(gains, **bootstrap)
         random = by_cell.get((row.cell, "random"))
         paired = (paired_bootstrap(gains, torch.tensor(random.gains, dtype=torch.float64),
-                                   n_resamples=config.n_resamples, seed=config.seed)
+                                   **bootstrap)
                   if random is not None and row.retriever != "random" else None)
         helped = (float((gains > 0).double().mean()) if row.helped is None else row.helped)
         versus = (f"{paired.mean:+.3f} [{paired.low:+.3f}, {paired.high:+.3f}]" if paired
@@ -297,5 +307,7 @@ def write_ablation(rows: Sequence[AblationRow], out: Path, config: AblationConfi
     header = ("Gain = log P(true title | prompt, retrieved element) - log P(true title | "
               "prompt), in nats, on held-out test samples (k = 1); `random` is the exact "
               "expectation over the sample's elements (its helped and picked best: the chance "
-              "a uniform pick helps, or is the best), `oracle` the best element.\n\n")
+              "a uniform pick helps, or is the best), `oracle` the best element" +
+              ("" if config.resample == "samples" else "; intervals resample the users") +
+              ".\n\n")
     write_text_atomic(out / "ablation.md", header + "\n".join(lines) + "\n")

@@ -19,7 +19,13 @@ from automr.annotation.run import Annotations, retrieval_dataset
 from automr.data import PreparedDataset
 from automr.devices import resolve_device
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
+from automr.evaluation.bootstrap import (
+    bootstrap_ci,
+    check_resample,
+    groups_for,
+    paired_bootstrap,
+    resample_field,
+)
 from automr.experiments.rq2 import Spread
 from automr.interfaces import Retriever
 from automr.memory import MemoryStore
@@ -173,15 +179,20 @@ class RetrieverScores:
     random_seeds: tuple[int, ...]
     n_resamples: int = 1000
     seed: int = 0
+    resample: str = resample_field()
+    """What the intervals' bootstrap draws: ``samples``, or ``users`` (all of a drawn user's
+    samples)."""
 
     def summary(self) -> dict[str, dict]:
         """Mean gain [95% CI], share helped, share picking the best element, and the paired
         difference against ``random`` (the expectation), for every row."""
         rows = {}
+        bootstrap = {"n_resamples": self.n_resamples, "seed": self.seed,
+                     "groups": groups_for(self.resample, self.sample_ids)}
         for name, gains in self.gains.items():
-            ci = bootstrap_ci(gains, n_resamples=self.n_resamples, seed=self.seed)
+            ci = bootstrap_ci(gains, **bootstrap)
             paired = (None if name in ("random", "oracle") else paired_bootstrap(
-                gains, self.gains["random"], n_resamples=self.n_resamples, seed=self.seed))
+                gains, self.gains["random"], **bootstrap))
             picked_best = (self.best_share if name == "random"
                            else (gains >= self.best).double())
             helped = self.helped_share if name == "random" else (gains > 0).double()
@@ -196,11 +207,12 @@ class RetrieverScores:
         return attrs.asdict(Spread.of(means)) if means else None
 
     def markdown(self) -> str:
-        lines = [f"{len(self.sample_ids)} annotated samples; gain = log P(y | prompt, element) - "
-                 "log P(y | prompt) of the element each retriever ranks first (nats, k = 1); "
-                 "`random` is the exact expectation over the annotated elements (its helped and "
-                 "picked best: the chance a uniform pick helps, or is the best), `oracle` the "
-                 "best one.", "",
+        users = "" if self.resample == "samples" else " (intervals resample the users)"
+        lines = [f"{len(self.sample_ids)} annotated samples{users}; gain = log P(y | prompt, "
+                 "element) - log P(y | prompt) of the element each retriever ranks first "
+                 "(nats, k = 1); `random` is the exact expectation over the annotated elements "
+                 "(its helped and picked best: the chance a uniform pick helps, or is the "
+                 "best), `oracle` the best one.", "",
                  "| retriever | gain [95% CI] | helped | picked best | vs random [95% CI] |",
                  "|---|---|---|---|---|"]
         for name, row in self.summary().items():
@@ -227,6 +239,7 @@ class RetrieverScores:
     def to_json(self) -> dict:
         return {"format": SCORES_FORMAT, "summary": self.summary(),
                 "n_resamples": self.n_resamples, "seed": self.seed,  # the intervals' bootstrap
+                "resample": self.resample,
                 "random_seeds": list(self.random_seeds), "seed_spread": self.seed_spread(),
                 "samples": {sid: {name: float(g[i]) for name, g in self.gains.items()}
                             for i, sid in enumerate(self.sample_ids)}}
@@ -235,14 +248,16 @@ class RetrieverScores:
 def score_retrievers(
     annotations_dir: Path | str, dataset_dir: Path | str, memory_dir: Path | str,
     retrievers: Mapping[str, Retriever], *, random_seeds: Sequence[int] = range(10),
-    form: str = "log", n_resamples: int = 1000, seed: int = 0,
+    form: str = "log", n_resamples: int = 1000, seed: int = 0, resample: str = "samples",
 ) -> RetrieverScores:
     """The gain of each retriever's first pick on annotated held-out samples (module
-    docstring), beside ``oracle``, ``random`` and one row per random seed."""
+    docstring), beside ``oracle``, ``random`` and one row per random seed; the intervals
+    resample ``resample``: ``samples`` or ``users``."""
     reserved = [n for n in retrievers if n in ("oracle", "random") or n.startswith("random seed")]
     if reserved:
         raise AutomrError(f"the names {', '.join(reserved)} are the reference rows' (oracle, "
                           f"random, random seed S); name the retrievers otherwise")
+    check_resample(resample)
     random_seeds = list(random_seeds)
     if len(set(random_seeds)) != len(random_seeds):  # one draw counted as several seeds
         raise AutomrError(f"the random retrieval seeds must be distinct, got {random_seeds}")
@@ -262,4 +277,4 @@ def score_retrievers(
                            best=best, best_share=share(lambda g: g == g.max()),
                            helped_share=share(lambda g: g > 0),
                            random_seeds=tuple(random_seeds),
-                           n_resamples=n_resamples, seed=seed)
+                           n_resamples=n_resamples, seed=seed, resample=resample)
