@@ -394,3 +394,26 @@ def test_the_trie_script_refuses_a_count_below_one(tmp_path, monkeypatch, capsys
         module.main()
     assert stopped.value.code == 2 and not any(tmp_path.iterdir())
     assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_embed_texts_script_sorts_by_length_and_keeps_each_titles_vector(workspace,
+                                                                            tmp_path):
+    """benchmarks/embed_texts.py on the tiny model: the catalog's vectors batched shortest
+    first equal those of batches in catalog order (the reference it keeps) within float
+    rounding, row by row, and the sorted batches pad less."""
+    import importlib.util
+    from pathlib import Path
+
+    from automr.llm.loading import load_model
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_texts.py"
+    spec = importlib.util.spec_from_file_location("embed_texts_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loaded = load_model(str(workspace / "model"), device="cpu")
+    dataset = synthetic_dataset(tmp_path, items=12, titles={  # lengths a batch pads to
+        "i1": "A title much longer than any other one in many words (1999)",
+        "i6": "Another long title as long as the first one or nearly (2001)"})
+    result = module.bench_embed_texts(loaded, dataset, batch_size=4, repeats=1)
+    assert result["texts"] == len(dataset.catalog) and result["max_abs_diff"] < 1e-4
+    assert 1 <= result["padded_over_real_sorted"] < result["padded_over_real_catalog_order"]

@@ -558,20 +558,38 @@ def test_catalog_embeddings_are_cached_per_dtype(tiny_models, tokenizer, tmp_pat
                        cached)
 
 
-def test_editions_embedded_in_other_batches_tie_in_bfloat16(tiny_models, tokenizer, tmp_path):
+def test_editions_embedded_in_other_batches_tie_in_bfloat16(tiny_models, tokenizer, tmp_path,
+                                                           monkeypatch):
     """Two items of one title, embedded in batches of other padding, rounded apart in
     bfloat16 (SmolLM2-135M: 0.39 to 0.61 apart, 8 copies of 8): the L2 grounding ranked the
-    target first or second by which edition it was, where both rank below the other."""
+    target first or second by which edition it was, where both rank below the other. Texts
+    are batched shortest first, so two copies of a title usually share a batch; here the
+    second copy is embedded beside the longest title, as a batch boundary between them
+    would."""
     from automr.evaluation.metrics import ranks_from_scores
+    from automr.grounding import catalog as grounding_catalog
     from automr.testing.synthetic import synthetic_dataset
 
     tokenizer.padding_side = "right"
+    long = "A title much longer than any other one (1999)"
     dataset = synthetic_dataset(tmp_path / "data", items=40, titles={
-        "i0": "Twin", "i39": "Twin", "i20": "A title much longer than any other one (1999)"})
+        "i0": "Twin", "i39": "Twin", "i20": long})
     twins = dataset.catalog.positions(dataset.catalog.ids_for_title("Twin"))
-    assert len({position // 32 for position in twins}) == 2  # embed_texts' batches of 32
+    embed = grounding_catalog.embed_texts
+
+    def apart(model, tokenizer, texts, **options):
+        vectors = embed(model, tokenizer, texts, **options)
+        longest = max(texts, key=len)
+        vectors[twins[1]] = embed(model, tokenizer, [texts[twins[1]], longest])[0]
+        return vectors
+
+    monkeypatch.setattr(grounding_catalog, "embed_texts", apart)
     model = copy.deepcopy(tiny_models["llama"]).to(torch.bfloat16)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, name="tiny", fingerprint="f" * 64)
+    embedded = grounding_catalog.catalog_embeddings(
+        loaded, grounding_catalog.dataset_targets(loaded, dataset), "f" * 64,
+        tmp_path / "cache", progress=False)
+    assert not torch.equal(embedded[twins[0]], embedded[twins[1]])  # rounded apart
     grounder = build_grounder("l2", loaded, dataset, "f" * 64, cache_dir=tmp_path / "cache",
                               progress=False)
     rows = grounder.catalog_embeddings[twins]
