@@ -31,51 +31,52 @@ from automr.errors import AutomrError
 beartype = _beartype(conf=BeartypeConf(is_pep484_tower=True))
 
 
-def _refuse(instance: object, attribute: "attrs.Attribute", value: object, kind: str) -> None:
-    raise AutomrError(f"{type(instance).__name__}: {attribute.name} must be {kind}, not "
-                      f"{value!r}")
+@attrs.frozen
+class _Number:
+    """The attrs checks of a field typed ``kind``: what it takes (an instance of ``takes``,
+    never a bool), how it says so (``named``), and the conversion to ``kind``."""
+
+    kind: type
+    takes: type
+    named: str
+
+    def check(self, instance: object, attribute: "attrs.Attribute", value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, self.takes):
+            raise AutomrError(f"{type(instance).__name__}: {attribute.name} must be "
+                              f"{self.named}, not {value!r}")
+
+    def convert(self, value: object) -> object:
+        if isinstance(value, self.takes) and not isinstance(value, bool):
+            return self.kind(value)
+        return value
+
+    def field(self, *validators: Any, optional: bool = False, **options: Any) -> Any:
+        validator = [self.check, *validators]
+        return attrs.field(
+            converter=attrs.converters.optional(self.convert) if optional else self.convert,
+            validator=attrs.validators.optional(validator) if optional else validator,
+            **options)
 
 
-def is_int(instance: object, attribute: "attrs.Attribute", value: object) -> None:
-    """Refuse ``value`` unless it is a whole number (an int or a numpy integer), not a bool."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        _refuse(instance, attribute, value, "an int")
+_INT = _Number(int, numbers.Integral, "an int")
+_REAL = _Number(float, numbers.Real, "a number")
 
-
-def to_int(value: object) -> object:
-    """attrs converter of an ``int`` field: a whole number (a numpy integer) becomes a Python
-    int; a bool or anything else is left for :func:`is_int` to refuse."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def int_field(*validators: Any, optional: bool = False, **options: Any) -> Any:
-    """An attrs field holding an int: converted by :func:`to_int`, refused by :func:`is_int`
-    unless a whole number, then checked by ``validators`` (its range); ``optional`` also
-    takes None; ``options`` go to :func:`attrs.field` (``default``)."""
-    validator = [is_int, *validators]
-    return attrs.field(converter=to_int, **options,
-                       validator=attrs.validators.optional(validator) if optional else validator)
-
-
-def is_real(instance: object, attribute: "attrs.Attribute", value: object) -> None:
-    """Refuse ``value`` unless it is a real number (a float or an int), not a bool; its
-    range (NaN, infinities) is for the field's own validators to check."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        _refuse(instance, attribute, value, "a number")
-
-
-def to_float(value: object) -> object:
-    """attrs converter of a ``float`` field: a number (an int, a numpy float) becomes a Python
-    float; a bool or anything else is left for :func:`is_real` to refuse."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def real_field(*validators: Any, **options: Any) -> Any:
-    """An attrs field holding a float: converted by :func:`to_float`, refused by
-    :func:`is_real` unless a number, then checked by ``validators`` (its range);
-    ``options`` go to :func:`attrs.field` (``default``)."""
-    return attrs.field(converter=to_float, validator=[is_real, *validators], **options)
+is_int = _INT.check
+"""attrs validator: refuse a value unless it is a whole number (an int or a numpy integer),
+not a bool."""
+to_int = _INT.convert
+"""attrs converter of an ``int`` field: a whole number (a numpy integer) becomes a Python int;
+a bool or anything else is left for :data:`is_int` to refuse."""
+int_field = _INT.field
+"""An attrs field holding an int: ``int_field(*validators, optional=False, **options)``,
+converted by :data:`to_int`, refused by :data:`is_int` unless a whole number, then checked by
+``validators`` (its range); ``optional`` also takes None; ``options`` go to
+:func:`attrs.field` (``default``)."""
+is_real = _REAL.check
+"""attrs validator: refuse a value unless it is a real number (a float or an int), not a bool;
+its range (NaN, infinities) is for the field's own validators to check."""
+to_float = _REAL.convert
+"""attrs converter of a ``float`` field: a number (an int, a numpy float) becomes a Python
+float; a bool or anything else is left for :data:`is_real` to refuse."""
+real_field = _REAL.field
+"""An attrs field holding a float, as :data:`int_field` one holding an int."""

@@ -38,9 +38,6 @@ CombinerOption = Annotated[str, typer.Option(
 SplitOption = Annotated[str, typer.Option(help="Dataset split: train, valid or test.")]
 SampleSeedOption = Annotated[int, typer.Option(help="Seed of the seeded sample subset.")]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
-ResampleOption = Annotated[str, typer.Option(
-    help="What the bootstrap of every interval draws: samples, or users (all of a drawn "
-         "user's samples; samples of one user share their history).")]
 ModelOption = Annotated[str, typer.Option(
     help="Base model: the embedded name, a Hugging Face id or a folder.")]
 DataOption = Annotated[Path, typer.Option(help="Prepared dataset folder.")]
@@ -52,6 +49,9 @@ LabelFormOption = Annotated[str, typer.Option(
          "log-likelihood differences).")]
 LabelTemperatureOption = Annotated[float, typer.Option(
     "--temperature", help="Label softmax temperature: S' = softmax(delta / temperature).")]
+ResampleOption = Annotated[str, typer.Option(
+    help="What the bootstrap of every interval draws: samples, or users (all of a drawn "
+         "user's samples; samples of one user share their history).")]
 DEFAULT_LORA_TARGETS = ",".join(attrs.fields(FinetuneConfig).target_modules.default)
 LoraTargetsOption = Annotated[str, typer.Option(
     help="Comma-separated linear modules of each tuned layer that get LoRA (BIGRec's default; "

@@ -5,7 +5,7 @@ import math
 
 import attrs
 
-from automr.checks import beartype, int_field, is_real, real_field, to_float
+from automr.checks import beartype, int_field, real_field
 from automr.contexts.spec import ContextSpec
 
 LOSS_KINDS = ("target", "sequence")
@@ -78,9 +78,7 @@ class FinetuneConfig:
     schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
     """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
     (``epochs`` full epochs of optimizer steps; early stopping may end sooner)."""
-    max_grad_norm: float | None = attrs.field(
-        default=None, converter=attrs.converters.optional(to_float),
-        validator=attrs.validators.optional([is_real, attrs.validators.gt(0)]))
+    max_grad_norm: float | None = real_field(attrs.validators.gt(0), default=None, optional=True)
     """Clip the adapter's gradient to this global L2 norm before each step (None: no clipping)."""
     cache_lower: bool = True
     """With ``lora_from_layer > 0``: compute every training and validation example's layer-L
