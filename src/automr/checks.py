@@ -10,9 +10,9 @@ is used, mid-run. A field is declared with its range::
     layer: int | None = int_field(default=None, optional=True)
     weight_decay: float = real_field(attrs.validators.ge(0.0), default=0.0)
 
-An int field converts a whole number with :func:`to_int` first, so numpy's integers
+An int field converts a whole number with :data:`to_int` first, so numpy's integers
 (``np.int64`` from a user's arrays) are taken and stored (and saved) as Python ints; a float
-field converts with :func:`to_float`, so ``weight_decay=0`` is stored as ``0.0``.
+field converts with :data:`to_float`, so ``weight_decay=0`` is stored as ``0.0``.
 
 :data:`beartype` is beartype as every module of automr applies it: an ``int`` passes where a
 ``float`` is hinted, as Python's typing rules (PEP 484's numeric tower) allow, so
