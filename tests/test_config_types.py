@@ -132,10 +132,56 @@ def test_a_component_takes_numpy_numbers_and_stores_python_ones(cls):
         check(cls, name, value)
 
 
-@pytest.mark.parametrize("cls, name", [(AblationConfig, "layers"), (EvalConfig, "ks")])
-def test_a_config_refuses_a_bool_among_its_ints(cls, name):
-    with pytest.raises(AutomrError, match=f"^{cls.__name__}: {name} must be an int, not True$"):
-        cls(**{name: (5, True)})
+def tuple_fields(cls: type) -> list[tuple[str, type]]:
+    """``(name, int or str)`` of each init field typed ``tuple[int, ...]`` or
+    ``tuple[str, ...]``."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, kind) for f in attrs.fields(cls) if f.init for kind in (int, str)
+            if hints[f.name] == tuple[kind, ...]]
+
+
+TUPLE_FIELDS = [pytest.param(cls, name, kind, id=f"{cls.__name__}.{name}")
+                for cls in CONFIGS for name, kind in tuple_fields(cls)]
+
+
+def test_the_tuple_fields_are_found():
+    assert {(p.values[0], p.values[1]) for p in TUPLE_FIELDS} >= {
+        (EvalConfig, "ks"), (EvalConfig, "measures"), (AblationConfig, "layers"),
+        (AblationConfig, "combiners"), (FinetuneConfig, "target_modules"),
+        (DemoConfig, "lora_targets")}
+
+
+@pytest.mark.parametrize("cls, name, kind", TUPLE_FIELDS)
+def test_a_tuple_field_takes_a_list_or_a_numpy_array_and_stores_a_tuple(cls, name, kind):
+    """``EvalConfig(ks=[1, 5, 10])`` and ``FinetuneConfig(target_modules=["q_proj"])`` were
+    beartype's violations (a list is not a tuple), as was a numpy array of layers; the field's
+    default, given as a list and as a numpy array, is stored as the tuple of Python values."""
+    default = getattr(attrs.fields(cls), name).default
+    for value in (list(default), np.array(default)):
+        config = cls(**{**CONFIGS[cls], name: value})
+        stored = getattr(config, name)
+        assert type(stored) is tuple and stored == default
+        assert all(type(v) is kind for v in stored)
+        json.dumps(attrs.asdict(config), default=str)
+
+
+@pytest.mark.parametrize("cls, name, kind", TUPLE_FIELDS)
+def test_a_tuple_field_refuses_a_bare_value(cls, name, kind):
+    """A string is one name, not a sequence of them (``target_modules="q_proj"`` would be six
+    one-letter modules); one int is no sequence either."""
+    value = getattr(attrs.fields(cls), name).default[0]
+    plural = {int: "ints", str: "strings"}[kind]
+    with pytest.raises(AutomrError, match=f"^{cls.__name__}: {name} must be a sequence of "
+                                          f"{plural}, not {value!r}$"):
+        cls(**{**CONFIGS[cls], name: value})
+
+
+@pytest.mark.parametrize("cls, name, kind", TUPLE_FIELDS)
+def test_a_tuple_field_refuses_a_wrong_element(cls, name, kind):
+    wrong = True if kind is int else 3
+    with pytest.raises(AutomrError, match=f"^{cls.__name__}: {name} must be a sequence of .*; "
+                                          f"{wrong!r} is not an? (int|string)$"):
+        cls(**{**CONFIGS[cls], name: (*getattr(attrs.fields(cls), name).default, wrong)})
 
 
 def test_a_nan_float_is_left_to_the_fields_range():

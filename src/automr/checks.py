@@ -12,7 +12,11 @@ is used, mid-run. A field is declared with its range::
 
 An int field converts a whole number with :data:`to_int` first, so numpy's integers
 (``np.int64`` from a user's arrays) are taken and stored (and saved) as Python ints; a float
-field converts with :data:`to_float`, so ``weight_decay=0`` is stored as ``0.0``.
+field converts with :data:`to_float`, so ``weight_decay=0`` is stored as ``0.0``. A field
+holding a tuple (:data:`int_tuple_field`, :data:`str_tuple_field`) takes any sequence (a list, as
+JSON and most code give one) and stores a tuple of Python values::
+
+    ks: tuple[int, ...] = int_tuple_field(default=(1, 5, 10))
 
 :data:`beartype` is beartype as every module of automr applies it: an ``int`` passes where a
 ``float`` is hinted, as Python's typing rules (PEP 484's numeric tower) allow, so
@@ -20,6 +24,7 @@ field converts with :data:`to_float`, so ``weight_decay=0`` is stored as ``0.0``
 """
 
 import numbers
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -32,23 +37,23 @@ beartype = _beartype(conf=BeartypeConf(is_pep484_tower=True))
 
 
 @attrs.frozen
-class _Number:
-    """The attrs checks of a field typed ``kind``: what it takes (an instance of ``takes``,
-    never a bool), how it says so (``named``), and the conversion to ``kind``."""
+class _Kind:
+    """The attrs checks of a field typed ``kind`` (int, float, str) or a tuple of them: what
+    it takes (an instance of ``takes``, never a bool), how it says so (``named``, ``plural``),
+    and the conversion to ``kind``."""
 
     kind: type
     takes: type
     named: str
+    plural: str
 
     def check(self, instance: object, attribute: "attrs.Attribute", value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, self.takes):
+        if not self._takes(value):
             raise AutomrError(f"{type(instance).__name__}: {attribute.name} must be "
                               f"{self.named}, not {value!r}")
 
     def convert(self, value: object) -> object:
-        if isinstance(value, self.takes) and not isinstance(value, bool):
-            return self.kind(value)
-        return value
+        return self.kind(value) if self._takes(value) else value
 
     def field(self, *validators: Any, optional: bool = False, **options: Any) -> Any:
         validator = [self.check, *validators]
@@ -57,9 +62,30 @@ class _Number:
             validator=attrs.validators.optional(validator) if optional else validator,
             **options)
 
+    def check_tuple(self, instance: object, attribute: "attrs.Attribute",
+                    values: object) -> None:
+        where = f"{type(instance).__name__}: {attribute.name} must be a sequence of {self.plural}"
+        if not isinstance(values, tuple):
+            raise AutomrError(f"{where}, not {values!r}")
+        if wrong := [v for v in values if not self._takes(v)]:
+            raise AutomrError(f"{where}; {wrong[0]!r} is not {self.named}")
 
-_INT = _Number(int, numbers.Integral, "an int")
-_REAL = _Number(float, numbers.Real, "a number")
+    def convert_tuple(self, values: object) -> object:
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+            return values  # a string is one name, not a sequence of them
+        return tuple(self.convert(v) for v in values)
+
+    def tuple_field(self, *validators: Any, **options: Any) -> Any:
+        return attrs.field(converter=self.convert_tuple,
+                           validator=[self.check_tuple, *validators], **options)
+
+    def _takes(self, value: object) -> bool:
+        return isinstance(value, self.takes) and not isinstance(value, bool)
+
+
+_INT = _Kind(int, numbers.Integral, "an int", "ints")
+_REAL = _Kind(float, numbers.Real, "a number", "numbers")
+_STR = _Kind(str, str, "a string", "strings")
 
 is_int = _INT.check
 """attrs validator: refuse a value unless it is a whole number (an int or a numpy integer),
@@ -80,3 +106,23 @@ to_float = _REAL.convert
 float; a bool or anything else is left for :data:`is_real` to refuse."""
 real_field = _REAL.field
 """An attrs field holding a float, as :data:`int_field` one holding an int."""
+int_tuple_field = _INT.tuple_field
+"""An attrs field holding a tuple of ints: ``int_tuple_field(*validators, **options)`` takes any
+sequence of whole numbers (a list, a numpy array), stored as a tuple of Python ints (each by
+:data:`to_int`); anything else, or a bool among them, is refused; then ``validators`` check
+the tuple (its length, its values)."""
+str_tuple_field = _STR.tuple_field
+"""An attrs field holding a tuple of strings, as :data:`int_tuple_field` one of ints; a bare
+string is refused (``measures="ranks"`` is not a sequence of names)."""
+
+
+def subset_of(allowed: Sequence[str]) -> Callable[[object, "attrs.Attribute", tuple], None]:
+    """attrs validator of a tuple of names: a non-empty subset of ``allowed``, each named
+    once (``AblationConfig.combiners``, ``EvalConfig.measures``)."""
+    def check(instance: object, attribute: "attrs.Attribute", value: tuple) -> None:
+        unknown = [v for v in value if v not in allowed]
+        if not value or unknown or len(set(value)) < len(value):
+            raise AutomrError(f"{attribute.name} must be a non-empty subset of "
+                              f"{', '.join(allowed)}, each named once; got "
+                              f"{', '.join(map(str, value))}")
+    return check

@@ -17,3 +17,7 @@ DEFAULT_RESAMPLES = 1000
 
 DEFAULT_CONFIDENCE = 0.95
 """Coverage of every bootstrap interval (percentile method)."""
+
+MEASURES = ("ranks", "likelihood")
+"""What an evaluation measures: ``ranks`` (Recall/NDCG of the full ranking) and ``likelihood``
+(the LM methods' target log-likelihoods)."""

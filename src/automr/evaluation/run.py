@@ -31,6 +31,7 @@ import torch
 
 from automr import distributed
 from automr.data.records import Sample
+from automr.defaults import MEASURES
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference, check_resample
 from automr.evaluation.folder import EvaluationFolder
@@ -44,7 +45,6 @@ from automr.evaluation.report import MetricReport, build_report, compare_reports
 from automr.evaluation.shards import DEFAULT_SHARD_SIZE, run_sharded
 from automr.interfaces import LikelihoodMethod, Method
 
-MEASURES = ("ranks", "likelihood")
 POSITIVE_TOLERANCE = 1e-3
 """How far above 0 a returned log-likelihood may be (a sum's rounding) before it is refused."""
 

@@ -24,7 +24,14 @@ import torch
 
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset, retrieval_dataset
-from automr.checks import beartype, int_field, is_int, real_field
+from automr.checks import (
+    beartype,
+    int_field,
+    int_tuple_field,
+    real_field,
+    str_tuple_field,
+    subset_of,
+)
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
 from automr.defaults import DEFAULT_LAYER
@@ -56,16 +63,6 @@ from automr.storage import (
 ABLATION_RETRIEVERS = ("mlp", "semantic", "random", "oracle")
 
 
-def _subset(allowed: Sequence[str]) -> Callable:
-    def check(instance: object, attribute: attrs.Attribute, value: tuple) -> None:
-        unknown = [v for v in value if v not in allowed]
-        if not value or unknown or len(set(value)) < len(value):
-            raise AutomrError(f"{attribute.name} must be a non-empty subset of "
-                              f"{', '.join(allowed)}, each named once; got "
-                              f"{', '.join(map(str, value))}")
-    return check
-
-
 def _layers(instance: object, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
     if not value or len(set(value)) < len(value) or min(value) < 0:
         raise AutomrError(f"layers must be split layers >= 0, each named once; got "
@@ -77,13 +74,12 @@ def _layers(instance: object, attribute: attrs.Attribute, value: tuple[int, ...]
 class AblationConfig:
     """The grid (every combination is one cell) and the sample sizes."""
 
-    encoders: tuple[str, ...] = attrs.field(default=("item",), validator=_subset(tuple(ENCODERS)))
-    layers: tuple[int, ...] = attrs.field(
-        default=(DEFAULT_LAYER,), validator=[attrs.validators.deep_iterable(is_int), _layers])
-    combiners: tuple[str, ...] = attrs.field(
-        default=("append-token", "prepend-token", "concat"), validator=_subset(COMBINER_NAMES))
-    retrievers: tuple[str, ...] = attrs.field(default=ABLATION_RETRIEVERS,
-                                              validator=_subset(ABLATION_RETRIEVERS))
+    encoders: tuple[str, ...] = str_tuple_field(subset_of(tuple(ENCODERS)), default=("item",))
+    layers: tuple[int, ...] = int_tuple_field(_layers, default=(DEFAULT_LAYER,))
+    combiners: tuple[str, ...] = str_tuple_field(
+        subset_of(COMBINER_NAMES), default=("append-token", "prepend-token", "concat"))
+    retrievers: tuple[str, ...] = str_tuple_field(subset_of(ABLATION_RETRIEVERS),
+                                                  default=ABLATION_RETRIEVERS)
     train_samples: int = int_field(attrs.validators.gt(0), default=128)
     test_samples: int = int_field(attrs.validators.gt(0), default=64)
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))

@@ -3,9 +3,9 @@ from its code so that the CLI's defaults need no torch."""
 
 import attrs
 
-from automr.checks import beartype, int_field, is_int
+from automr.checks import beartype, int_field, int_tuple_field, str_tuple_field, subset_of
 from automr.combiners.names import COMBINER_NAMES
-from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES
+from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES, MEASURES
 
 
 @beartype
@@ -24,9 +24,8 @@ class EvalConfig:
     num_beams: int | None = int_field(attrs.validators.gt(0), default=None, optional=True)
     """Beams of the l2 and constrained grounders (None: the grounder's default)."""
     exclude_seen: bool = False
-    ks: tuple[int, ...] = attrs.field(default=DEFAULT_KS,
-                                      validator=attrs.validators.deep_iterable(is_int))
-    measures: tuple[str, ...] = ("ranks",)
+    ks: tuple[int, ...] = int_tuple_field(default=DEFAULT_KS)
+    measures: tuple[str, ...] = str_tuple_field(subset_of(MEASURES), default=("ranks",))
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
     n_resamples: int = int_field(default=DEFAULT_RESAMPLES)
     resample: str = attrs.field(default="samples",

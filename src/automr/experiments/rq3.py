@@ -37,6 +37,7 @@ import attrs
 
 from automr.checks import beartype
 from automr.data import PreparedDataset, Sample
+from automr.defaults import MEASURES
 from automr.errors import AutomrError
 from automr.evaluation.folder import open_evaluation
 from automr.evaluation.likelihood import LikelihoodReport
@@ -174,7 +175,6 @@ def summarize_ages(rows: Sequence[SampleRetrieval]) -> AgeSummary | None:
 RECALL_CRITERION = "recall@1"
 RANK_CRITERION = "rank"
 LIKELIHOOD_CRITERION = "likelihood"
-MEASURES = ("ranks", "likelihood")
 
 
 @beartype
