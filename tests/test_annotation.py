@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import example, given
-from hypothesis import strategies as st
+from hypothesis import example, given, strategies as st
 
 from automr.annotation import UpperAnnotator, deltas, labels
 from automr.annotation.likelihood import common_prefix

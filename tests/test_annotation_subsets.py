@@ -6,8 +6,7 @@ import json
 import attrs
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import automr
 from automr.annotation import labels

@@ -3,8 +3,7 @@ fast search equal to the plain reference (tries, memory inserts, padding, shared
 
 import pytest
 import torch
-from hypothesis import example, given
-from hypothesis import strategies as st
+from hypothesis import example, given, strategies as st
 
 from automr.combiners import COMBINERS
 from automr.interfaces import MemoryTokens

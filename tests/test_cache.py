@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import automr
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir, sha256_of

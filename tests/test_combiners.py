@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from automr.combiners import COMBINERS, AppendToken, Concat, PrependToken, pad_memory
 from automr.errors import AutomrError

@@ -8,8 +8,7 @@ import math
 import attrs
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from automr.contexts import (
     ContextSpec,

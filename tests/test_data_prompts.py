@@ -1,8 +1,7 @@
 """BIGRec prompts and their tokenization (byte-level tiny tokenizer, no model)."""
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from automr.data import (
     IGNORE_INDEX,

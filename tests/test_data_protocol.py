@@ -5,8 +5,7 @@ import datetime as dt
 
 import attrs
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from automr.data import (
     SPLITS,

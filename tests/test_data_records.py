@@ -1,8 +1,7 @@
 """Records validate themselves; the catalog looks up both ways; duplicates merge."""
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from automr.data import Catalog, Interaction, Item, Sample, display_title, merge_duplicates
 from automr.data.catalog import split_title_year

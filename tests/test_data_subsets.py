@@ -1,8 +1,7 @@
 """Seeded subsets: what None, 0 and negative counts mean."""
 
 import pytest
-from hypothesis import example, given
-from hypothesis import strategies as st
+from hypothesis import example, given, strategies as st
 
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError

@@ -9,8 +9,13 @@ import torch
 
 from automr.data.records import Sample
 from automr.errors import AutomrError
-from automr.evaluation import EvaluationFolder, build_report, combine_folders, evaluate
-from automr.evaluation import folder as folder_module
+from automr.evaluation import (
+    EvaluationFolder,
+    build_report,
+    combine_folders,
+    evaluate,
+    folder as folder_module,
+)
 from automr.evaluation.likelihood import (
     LikelihoodReport,
     build_likelihood_report,

@@ -5,8 +5,7 @@ from collections import Counter
 import attrs
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from automr.data import Interaction, Sample
 from automr.data.popularity import popularity, training_sequences

@@ -7,8 +7,7 @@ import typing
 import attrs
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from automr.combiners import COMBINERS
 from automr.grounding import (

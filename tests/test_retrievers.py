@@ -7,8 +7,7 @@ import attrs
 import pytest
 import torch
 from beartype.roar import BeartypeCallHintViolation
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from automr.errors import AutomrError
 from automr.interfaces import Retriever

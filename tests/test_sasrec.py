@@ -9,14 +9,12 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from automr.errors import AutomrError
 from automr.evaluation import ranks_from_scores
 from automr.evaluation.metrics import mean_metrics, seen_mask
-from automr.recommenders import SASRec, SASRecConfig, fit_sasrec
-from automr.recommenders import sasrec as sasrec_module
+from automr.recommenders import SASRec, SASRecConfig, fit_sasrec, sasrec as sasrec_module
 from automr.recommenders.sasrec import (
     PAD,
     pad_histories,

@@ -4,8 +4,7 @@ per node, whether one sequence alone passes through it and the rest of that sequ
 
 import pytest
 import torch
-from hypothesis import example, given
-from hypothesis import strategies as st
+from hypothesis import example, given, strategies as st
 
 from automr.llm.trie import TokenTrie
 

@@ -28,8 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
-from beartype import BeartypeConf
-from beartype import beartype as _beartype
+from beartype import BeartypeConf, beartype as _beartype
 
 from automr.errors import AutomrError
 

@@ -26,8 +26,8 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoTokenizer,
     PreTrainedModel,
+    PreTrainedTokenizerBase as Tokenizer,
 )
-from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL

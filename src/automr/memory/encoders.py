@@ -21,8 +21,7 @@ import attrs
 import torch
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
-from transformers import PreTrainedModel
-from transformers import PreTrainedTokenizerBase as Tokenizer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase as Tokenizer
 
 from automr.checks import beartype
 from automr.data.catalog import Catalog

@@ -39,8 +39,7 @@ from collections.abc import Mapping
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from automr.interfaces import Combiner, MemoryTokens, Method, Retriever
 from automr.llm.split import HFSplitLLM
