@@ -1,0 +1,104 @@
+"""automr is a typed library (PEP 561, ``py.typed``): a user's type checker reads its
+annotations, and the names a package imports on first use (``automr.load_model``) are those
+its ``if TYPE_CHECKING:`` block shows the checker."""
+
+import importlib
+import pkgutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import automr
+from automr._lazy import typed_exports
+
+PACKAGE = Path(automr.__file__).parent
+LAZY = ["automr", *(info.name for info in pkgutil.iter_modules([str(PACKAGE)], "automr.")
+                    if hasattr(importlib.import_module(info.name), "_EXPORTS"))]
+
+USER_CODE = '''
+import automr
+
+
+class Unscored:
+    """A retriever without Retriever.scores."""
+
+    def pick(self, count: int) -> list[int]:
+        return list(range(count))
+
+
+def wire(store: automr.MemoryStore) -> automr.MemoryRetrieval:
+    return automr.MemoryRetrieval(store, Unscored(), automr.Concat())
+
+
+def load(path: str) -> automr.PreparedDataset:
+    return automr.PreparedDataset.load(path)
+
+
+def mistakes() -> None:
+    automr.PreparedDataset.load(3)
+    layer: str = automr.DEFAULT_LAYER
+    automr.load_modell("smollm2-135m")
+'''
+
+
+def test_the_lazy_packages_are_found():
+    assert set(LAZY) >= {"automr", "automr.llm", "automr.annotation", "automr.combiners"}
+
+
+@pytest.mark.parametrize("name", LAZY)
+def test_a_checker_and_the_runtime_see_the_same_exports(name):
+    """What a checker reads (the re-exports of ``__init__.py``) is ``__all__``, and each name
+    is at run time the object its import names."""
+    package = importlib.import_module(name)
+    exports = typed_exports(package.__file__)
+    assert exports and sorted(exports) == package.__all__
+    for public, module in exports.items():
+        assert getattr(package, public) is getattr(importlib.import_module(module), public), (
+            f"{name}.{public}")
+
+
+def test_typed_exports_reads_only_re_exports(tmp_path):
+    """``from m import a as a`` at the top or under ``if TYPE_CHECKING:``, nothing else."""
+    init = tmp_path / "__init__.py"
+    init.write_text(textwrap.dedent("""\
+        from typing import TYPE_CHECKING
+        from a import b
+        from c import d as d
+        if TYPE_CHECKING:
+            from e import f as f, g as h
+            import i
+        if other:
+            from j import k as k
+        """))
+    assert typed_exports(str(init)) == {"d": "c", "f": "e"}
+
+
+def test_a_users_type_checker_reads_automrs_types(tmp_path):
+    """mypy checks a user's code against automr's annotations: a component that does not
+    match its Protocol, a wrong argument, a misspelt name. Without ``py.typed`` it skipped
+    automr ("missing library stubs or py.typed marker"); with a ``__getattr__`` in its view,
+    every lazily imported name was ``object`` and ``automr.load_modell`` passed. The docs'
+    example of a user-written retriever checks clean. Third-party packages are not followed
+    (their types are Any here), which keeps the check to automr's own annotations."""
+    api = pytest.importorskip("mypy.api")
+    (tmp_path / "user.py").write_text(USER_CODE)
+    (tmp_path / "mypy.ini").write_text(
+        f"[mypy]\ncache_dir = {tmp_path / 'cache'}\nfollow_imports = skip\n"
+        "[mypy-automr.*]\nfollow_imports = normal\n")
+    example = PACKAGE.parents[1] / "examples" / "custom_retriever.py"
+    out, err, status = api.run(["--config-file", str(tmp_path / "mypy.ini"),
+                                str(tmp_path / "user.py"), str(example)])
+    errors = [line.split(": error: ")[1] for line in out.splitlines() if ": error: " in line]
+    assert errors == [
+        'Argument 2 to "MemoryRetrieval" has incompatible type "Unscored"; expected '
+        '"Retriever"  [arg-type]',
+        'Argument 1 to "load" of "PreparedDataset" has incompatible type "int"; expected '
+        '"Path | str"  [arg-type]',
+        'Incompatible types in assignment (expression has type "int", variable has type '
+        '"str")  [assignment]',
+        'Module has no attribute "load_modell"  [attr-defined]',
+    ], out + err
+    assert status == 1
+    assert all(line.startswith(str(tmp_path / "user.py")) for line in out.splitlines()
+               if ": error: " in line)
