@@ -1,9 +1,8 @@
 """automr is a typed library (PEP 561, ``py.typed``): a user's type checker reads its
-annotations, and the names a package imports on first use (``automr.load_model``) are those
-its ``if TYPE_CHECKING:`` block shows the checker."""
+annotations, and the names ``import automr`` imports on first use (``automr.load_model``) are
+those its ``if TYPE_CHECKING:`` block shows the checker."""
 
 import importlib
-import pkgutil
 import textwrap
 from pathlib import Path
 
@@ -13,11 +12,10 @@ import automr
 from automr._lazy import typed_exports
 
 PACKAGE = Path(automr.__file__).parent
-LAZY = ["automr", *(info.name for info in pkgutil.iter_modules([str(PACKAGE)], "automr.")
-                    if hasattr(importlib.import_module(info.name), "_EXPORTS"))]
 
 USER_CODE = '''
 import automr
+from automr.combiners import Concat  # a sub-package's lazy name: Any to a checker, no error
 
 
 class Unscored:
@@ -31,6 +29,10 @@ def wire(store: automr.MemoryStore) -> automr.MemoryRetrieval:
     return automr.MemoryRetrieval(store, Unscored(), automr.Concat())
 
 
+def concat() -> automr.Combiner:
+    return Concat()
+
+
 def load(path: str) -> automr.PreparedDataset:
     return automr.PreparedDataset.load(path)
 
@@ -42,20 +44,13 @@ def mistakes() -> None:
 '''
 
 
-def test_the_lazy_packages_are_found():
-    assert set(LAZY) >= {"automr", "automr.llm", "automr.annotation", "automr.combiners"}
-
-
-@pytest.mark.parametrize("name", LAZY)
-def test_a_checker_and_the_runtime_see_the_same_exports(name):
+def test_a_checker_and_the_runtime_see_the_same_exports():
     """What a checker reads (the re-exports of ``__init__.py``) is ``__all__``, and each name
     is at run time the object its import names."""
-    package = importlib.import_module(name)
-    exports = typed_exports(package.__file__)
-    assert exports and sorted(exports) == package.__all__
+    exports = typed_exports(automr.__file__)
+    assert len(exports) == len(automr.__all__) > 50 and sorted(exports) == automr.__all__
     for public, module in exports.items():
-        assert getattr(package, public) is getattr(importlib.import_module(module), public), (
-            f"{name}.{public}")
+        assert getattr(automr, public) is getattr(importlib.import_module(module), public), public
 
 
 def test_typed_exports_reads_only_re_exports(tmp_path):

@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING
 from automr._lazy import lazy_exports, typed_exports
 
 if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first use
-    from automr.annotation.likelihood import (
-        UpperAnnotator as UpperAnnotator,
-    )
+    from automr.annotation.likelihood import UpperAnnotator as UpperAnnotator
     from automr.annotation.run import (
         AnnotateConfig as AnnotateConfig,
         Annotations as Annotations,
         annotate_dataset as annotate_dataset,
         retrieval_dataset as retrieval_dataset,
     )
-    from automr.combiners import (
+    from automr.combiners.tokens import (
         COMBINERS as COMBINERS,
         AppendToken as AppendToken,
         Concat as Concat,
@@ -54,19 +52,13 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         prepare_dataset as prepare_dataset,
         prepare_movielens_100k as prepare_movielens_100k,
     )
-    from automr.data.fingerprint import (
-        dataset_fingerprint as dataset_fingerprint,
-    )
-    from automr.data.subsets import (
-        seeded_subset as seeded_subset,
-    )
+    from automr.data.fingerprint import dataset_fingerprint as dataset_fingerprint
+    from automr.data.subsets import seeded_subset as seeded_subset
     from automr.defaults import (
         DEFAULT_LAYER as DEFAULT_LAYER,
         DEFAULT_MODEL as DEFAULT_MODEL,
     )
-    from automr.errors import (
-        AutomrError as AutomrError,
-    )
+    from automr.errors import AutomrError as AutomrError
     from automr.evaluation import (
         Evaluation as Evaluation,
         EvaluationFolder as EvaluationFolder,
@@ -94,12 +86,11 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         Retriever as Retriever,
         SplitLLM as SplitLLM,
     )
-    from automr.llm import (
-        HFSplitLLM as HFSplitLLM,
-        LayerState as LayerState,
+    from automr.llm.loading import (
         LoadedModel as LoadedModel,
         load_model as load_model,
     )
+    from automr.llm.split import HFSplitLLM as HFSplitLLM
     from automr.memory import (
         ItemEncoder as ItemEncoder,
         MemoryConfig as MemoryConfig,
@@ -119,19 +110,13 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         Workspace as Workspace,
         build_method as build_method,
     )
-    from automr.recommenders.automr import (
-        MemoryRetrieval as MemoryRetrieval,
-    )
+    from automr.recommenders.automr import MemoryRetrieval as MemoryRetrieval
     from automr.recommenders.finetune import (
         FinetuneConfig as FinetuneConfig,
         finetune as finetune,
     )
-    from automr.recommenders.runs import (
-        FinetunedRun as FinetunedRun,
-    )
-    from automr.recommenders.sasrec import (
-        SASRecConfig as SASRecConfig,
-    )
+    from automr.recommenders.runs import FinetunedRun as FinetunedRun
+    from automr.recommenders.sasrec import SASRecConfig as SASRecConfig
     from automr.retrievers import (
         RETRIEVERS as RETRIEVERS,
         MLPRetriever as MLPRetriever,
@@ -143,6 +128,7 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         load_retriever as load_retriever,
         train_mlp_retriever as train_mlp_retriever,
     )
+    from automr.state import LayerState as LayerState
 
 __version__ = "0.1.0"
 

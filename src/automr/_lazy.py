@@ -1,12 +1,11 @@
 """Package attributes imported on first use (PEP 562), so ``import automr`` and
 ``automr --help`` stay light while ``automr.load_model`` etc. still work.
 
-A package lists its exports once, as imports in the form by which a typed library re-exports a
-name (``from automr.data import Catalog as Catalog``), most of them in an ``if TYPE_CHECKING:``
-block of its ``__init__.py``. Type checkers and editors read those imports as they stand (the
-package is typed, PEP 561: ``py.typed``); at run time the block is never executed, and
-:func:`typed_exports` reads the file instead, so each of its names is imported from its module
-when first read::
+automr is typed (PEP 561: ``py.typed``). The top-level package lists its exports once, as
+the imports by which a typed library re-exports a name (``from automr.data import Catalog as
+Catalog``) in an ``if TYPE_CHECKING:`` block: type checkers and editors read them as they
+stand; at run time the block is never executed, and :func:`typed_exports` reads the file
+instead, so that each name is imported from its module when first read::
 
     if TYPE_CHECKING:
         from automr.data import Catalog as Catalog
@@ -16,11 +15,10 @@ when first read::
     if not TYPE_CHECKING:
         __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-(A ``__getattr__`` seen by a checker would type any name, ``automr.load_modell`` too.)
-
-A name re-exported by a plain import at the top (imported at once) is exported too: one whose
-submodule shares its name (``automr.annotation.labels``) must be, or importing the submodule
-would put the module in its place.
+(A ``__getattr__`` seen by a checker would type any name, ``automr.load_modell`` too.) The
+sub-packages that import on first use give :func:`lazy_exports` their ``{name: module}``
+mapping itself; a checker types those names as ``Any`` (imported from the sub-package; the
+same names are fully typed as ``automr.NAME`` and from their modules).
 """
 
 import ast
@@ -28,6 +26,7 @@ import importlib
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def typed_exports(init_file: str) -> dict[str, str]:
@@ -44,12 +43,12 @@ def typed_exports(init_file: str) -> dict[str, str]:
 
 def lazy_exports(
     package: str, exports: Mapping[str, str]
-) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for ``package``: ``exports`` maps a public name to the
     module that defines it (imported when the name is first read). ``dir(package)`` lists
     those names beside what the package already holds (names it imports at once too)."""
 
-    def __getattr__(name: str) -> object:
+    def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(exports[name]), name)

@@ -9,28 +9,16 @@
   use (they read memories and datasets).
 """
 
-from typing import TYPE_CHECKING
+from automr._lazy import lazy_exports
+from automr.annotation.labels import LABEL_FORMS, deltas, labels
+from automr.annotation.likelihood import SampleLikelihoods, UpperAnnotator
 
-from automr._lazy import lazy_exports, typed_exports
-from automr.annotation.labels import (  # at once: the function labels names a submodule too
-    LABEL_FORMS as LABEL_FORMS,
-    deltas as deltas,
-    labels as labels,
-)
-from automr.annotation.likelihood import (
-    SampleLikelihoods as SampleLikelihoods,
-    UpperAnnotator as UpperAnnotator,
-)
+__all__ = ["LABEL_FORMS", "AnnotateConfig", "Annotations", "SampleLikelihoods", "UpperAnnotator",
+           "annotate_dataset", "deltas", "labels", "retrieval_dataset"]
 
-if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first use
-    from automr.annotation.run import (
-        AnnotateConfig as AnnotateConfig,
-        Annotations as Annotations,
-        annotate_dataset as annotate_dataset,
-        retrieval_dataset as retrieval_dataset,
-    )
-
-_EXPORTS = typed_exports(__file__)
-__all__ = sorted(_EXPORTS)
-if not TYPE_CHECKING:  # a checker reads the imports above, not a __getattr__ of any name
-    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "AnnotateConfig": "automr.annotation.run",
+    "Annotations": "automr.annotation.run",
+    "annotate_dataset": "automr.annotation.run",
+    "retrieval_dataset": "automr.annotation.run",
+})

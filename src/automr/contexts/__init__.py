@@ -10,37 +10,17 @@ the spec does not pull in torch).
 - :class:`TRSRContext`: an untuned-LM summary of the long-term history, block by block.
 """
 
-from typing import TYPE_CHECKING
+from automr._lazy import lazy_exports
 
-from automr._lazy import lazy_exports, typed_exports
+_EXPORTS = {
+    **{name: "automr.contexts.spec" for name in ("CONTEXT_KINDS", "TRSR_MODES", "ContextSpec")},
+    "build_context": "automr.contexts.build",
+    **{name: "automr.contexts.rella" for name in (
+        "ReLLaContext", "rella_context", "rella_scores")},
+    **{name: "automr.contexts.summaries" for name in ("SummaryCache", "SummaryWriter")},
+    **{name: "automr.contexts.trsr" for name in (
+        "TRSRContext", "block_prompt", "merge_prompt", "trsr_blocks", "trsr_context")},
+}
 
-if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first use
-    from automr.contexts.build import (
-        build_context as build_context,
-    )
-    from automr.contexts.rella import (
-        ReLLaContext as ReLLaContext,
-        rella_context as rella_context,
-        rella_scores as rella_scores,
-    )
-    from automr.contexts.spec import (
-        CONTEXT_KINDS as CONTEXT_KINDS,
-        TRSR_MODES as TRSR_MODES,
-        ContextSpec as ContextSpec,
-    )
-    from automr.contexts.summaries import (
-        SummaryCache as SummaryCache,
-        SummaryWriter as SummaryWriter,
-    )
-    from automr.contexts.trsr import (
-        TRSRContext as TRSRContext,
-        block_prompt as block_prompt,
-        merge_prompt as merge_prompt,
-        trsr_blocks as trsr_blocks,
-        trsr_context as trsr_context,
-    )
-
-_EXPORTS = typed_exports(__file__)
 __all__ = sorted(_EXPORTS)
-if not TYPE_CHECKING:  # a checker reads the imports above, not a __getattr__ of any name
-    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,29 +3,18 @@
 Names are imported on first use, so the layer-state types do not pull in transformers.
 """
 
-from typing import TYPE_CHECKING
+from automr._lazy import lazy_exports
 
-from automr._lazy import lazy_exports, typed_exports
+__all__ = ["DEFAULT_MODEL", "HFSplitLLM", "KVCache", "LayerState", "LoadedModel",
+           "attention_bias", "load_model", "token_positions"]
 
-if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first use
-    from automr.defaults import (
-        DEFAULT_MODEL as DEFAULT_MODEL,
-    )
-    from automr.llm.loading import (
-        LoadedModel as LoadedModel,
-        load_model as load_model,
-    )
-    from automr.llm.split import (
-        HFSplitLLM as HFSplitLLM,
-        attention_bias as attention_bias,
-        token_positions as token_positions,
-    )
-    from automr.state import (
-        KVCache as KVCache,
-        LayerState as LayerState,
-    )
-
-_EXPORTS = typed_exports(__file__)
-__all__ = sorted(_EXPORTS)
-if not TYPE_CHECKING:  # a checker reads the imports above, not a __getattr__ of any name
-    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "DEFAULT_MODEL": "automr.defaults",
+    "HFSplitLLM": "automr.llm.split",
+    "KVCache": "automr.state",
+    "LayerState": "automr.state",
+    "LoadedModel": "automr.llm.loading",
+    "attention_bias": "automr.llm.split",
+    "load_model": "automr.llm.loading",
+    "token_positions": "automr.llm.split",
+})
