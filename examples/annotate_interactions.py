@@ -39,8 +39,9 @@ from automr.annotation.run import element_tokens
 from automr.combiners import AppendToken
 from automr.data import PreparedDataset, ProtocolConfig, prepare_csv, tokenize_sample
 from automr.data.subsets import seeded_subset
+from automr.defaults import DEFAULT_MODEL
 from automr.errors import AutomrError
-from automr.llm.loading import DEFAULT_MODEL, load_model
+from automr.llm.loading import load_model
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryConfig, build_memory
 from automr.testing.synthetic import write_synthetic_csv

@@ -6,7 +6,7 @@ what they are (a retrieved element's pooled key, or its per-token states).
 """
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar, final
+from typing import final
 
 import attrs
 import torch
@@ -31,7 +31,7 @@ class PrependToken:
     layout (its positions and attention depend on the memory).
     """
 
-    uses_token_states: ClassVar[bool] = False
+    uses_token_states = False
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
@@ -51,7 +51,7 @@ class AppendToken:
     is what lets annotation share the prompt's upper-layer work across elements.
     """
 
-    uses_token_states: ClassVar[bool] = False
+    uses_token_states = False
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
@@ -66,7 +66,7 @@ class Concat:
     """A retrieved element's token states (``[batch n hidden]``, n = its token count) before
     the prompt: prepend with the whole encoded element instead of its pooled key."""
 
-    uses_token_states: ClassVar[bool] = True
+    uses_token_states = True
 
     @jaxtyped(typechecker=beartype)
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:

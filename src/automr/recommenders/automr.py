@@ -4,6 +4,7 @@
 differs from BIGRec only by the memory joined at layer L (the lower half never sees it).
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -62,7 +63,7 @@ class MemoryRetrieval:
                 f"with `automr memory build --store-token-states` (the default) or use "
                 f"--combiner append-token")
 
-    def insert_for(self, samples: list[Sample] | tuple[Sample, ...]) -> Insert:
+    def insert_for(self, samples: Sequence[Sample]) -> Insert:
         """The ``insert`` (:data:`~automr.interfaces.Insert`) for a batch of ``samples``, in
         order: called with their prompts' layer-L state, it retrieves each sample's top ``k``
         elements of its own memory (:meth:`MemoryStore.request_for`), appends their positions
