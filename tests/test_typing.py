@@ -37,8 +37,13 @@ def load(path: str) -> automr.PreparedDataset:
     return automr.PreparedDataset.load(path)
 
 
+def tuned(modules: list[str]) -> automr.FinetuneConfig:
+    return automr.FinetuneConfig(target_modules=modules)  # a tuple field takes a list
+
+
 def mistakes() -> None:
     automr.PreparedDataset.load(3)
+    automr.FinetuneConfig(target_modules=[1])
     layer: str = automr.DEFAULT_LAYER
     automr.load_modell("smollm2-135m")
 '''
@@ -71,7 +76,9 @@ def test_typed_exports_reads_only_re_exports(tmp_path):
 
 def test_a_users_type_checker_reads_automrs_types(tmp_path):
     """mypy checks a user's code against automr's annotations: a component that does not
-    match its Protocol, a wrong argument, a misspelt name. Without ``py.typed`` it skipped
+    match its Protocol, a wrong argument, a misspelt name; a config's tuple field takes any
+    sequence of its values, as at run time (it read the field's ``tuple`` annotation and
+    refused a list). Without ``py.typed`` it skipped
     automr ("missing library stubs or py.typed marker"); with a ``__getattr__`` in its view,
     every lazily imported name was ``object`` and ``automr.load_modell`` passed. The docs'
     example of a user-written retriever checks clean. Third-party packages are not followed
@@ -90,6 +97,7 @@ def test_a_users_type_checker_reads_automrs_types(tmp_path):
         '"Retriever"  [arg-type]',
         'Argument 1 to "load" of "PreparedDataset" has incompatible type "int"; expected '
         '"Path | str"  [arg-type]',
+        'List item 0 has incompatible type "int"; expected "str"  [list-item]',
         'Incompatible types in assignment (expression has type "int", variable has type '
         '"str")  [assignment]',
         'Module has no attribute "load_modell"  [attr-defined]',

@@ -13,10 +13,14 @@ is used, mid-run. A field is declared with its range::
 An int field converts a whole number with :data:`to_int` first, so numpy's integers
 (``np.int64`` from a user's arrays) are taken and stored (and saved) as Python ints; a float
 field converts with :data:`to_float`, so ``weight_decay=0`` is stored as ``0.0``. A field
-holding a tuple (:data:`int_tuple_field`, :data:`str_tuple_field`) takes any sequence (a list, as
-JSON and most code give one) and stores a tuple of Python values::
+holding a tuple takes any sequence (a list, as JSON and most code give one) and stores a tuple
+of Python values (converted by :func:`to_ints` or :func:`to_strs`); it is declared with
+:func:`attrs.field` itself, where a type checker (mypy, pyright) reads what ``__init__`` takes
+from the converter's parameter, so ``EvalConfig(ks=[1, 5, 10])`` checks clean (a checker does
+not see through ``int_field``: it reads the field's ``int``)::
 
-    ks: tuple[int, ...] = int_tuple_field(default=(1, 5, 10))
+    ks: tuple[int, ...] = attrs.field(converter=to_ints, validator=is_int_tuple,
+                                      default=(1, 5, 10))
 
 :data:`beartype` is beartype as every module of automr applies it: an ``int`` passes where a
 ``float`` is hinted, as Python's typing rules (PEP 484's numeric tower) allow, so
@@ -25,7 +29,7 @@ JSON and most code give one) and stores a tuple of Python values::
 
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import attrs
 from beartype import BeartypeConf, beartype as _beartype
@@ -74,10 +78,6 @@ class _Kind:
             return values  # a string is one name, not a sequence of them
         return tuple(self.convert(v) for v in values)
 
-    def tuple_field(self, *validators: Any, **options: Any) -> Any:
-        return attrs.field(converter=self.convert_tuple,
-                           validator=[self.check_tuple, *validators], **options)
-
     def _takes(self, value: object) -> bool:
         return isinstance(value, self.takes) and not isinstance(value, bool)
 
@@ -105,14 +105,22 @@ to_float = _REAL.convert
 float; a bool or anything else is left for :data:`is_real` to refuse."""
 real_field = _REAL.field
 """An attrs field holding a float, as :data:`int_field` one holding an int."""
-int_tuple_field = _INT.tuple_field
-"""An attrs field holding a tuple of ints: ``int_tuple_field(*validators, **options)`` takes any
-sequence of whole numbers (a list, a numpy array), stored as a tuple of Python ints (each by
-:data:`to_int`); anything else, or a bool among them, is refused; then ``validators`` check
-the tuple (its length, its values)."""
-str_tuple_field = _STR.tuple_field
-"""An attrs field holding a tuple of strings, as :data:`int_tuple_field` one of ints; a bare
-string is refused (``measures="ranks"`` is not a sequence of names)."""
+is_int_tuple = _INT.check_tuple
+"""attrs validator of a tuple field of ints: refuse anything but a tuple of whole numbers (a
+bool among them included); the field's own validators then check its length or values."""
+is_str_tuple = _STR.check_tuple
+"""attrs validator of a tuple field of strings, as :data:`is_int_tuple` of ints."""
+
+if TYPE_CHECKING:  # what a checker reads: the values a tuple field takes
+    def to_ints(values: Iterable[SupportsIndex], /) -> tuple[int, ...]:
+        """attrs converter of a tuple field of ints: any sequence of whole numbers (a list, a
+        numpy array) becomes a tuple of Python ints (each by :data:`to_int`)."""
+
+    def to_strs(values: Iterable[str], /) -> tuple[str, ...]:
+        """attrs converter of a tuple field of strings, as :func:`to_ints` of ints."""
+else:  # at run time anything passes, for the validator to name what it refuses (a bare
+    # string, one value, a wrong element)
+    to_ints, to_strs = _INT.convert_tuple, _STR.convert_tuple
 
 
 def subset_of(allowed: Sequence[str]) -> Callable[[object, "attrs.Attribute", tuple], None]:

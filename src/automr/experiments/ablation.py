@@ -27,10 +27,12 @@ from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset,
 from automr.checks import (
     beartype,
     int_field,
-    int_tuple_field,
+    is_int_tuple,
+    is_str_tuple,
     real_field,
-    str_tuple_field,
     subset_of,
+    to_ints,
+    to_strs,
 )
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset
@@ -74,12 +76,17 @@ def _layers(instance: object, attribute: attrs.Attribute, value: tuple[int, ...]
 class AblationConfig:
     """The grid (every combination is one cell) and the sample sizes."""
 
-    encoders: tuple[str, ...] = str_tuple_field(subset_of(tuple(ENCODERS)), default=("item",))
-    layers: tuple[int, ...] = int_tuple_field(_layers, default=(DEFAULT_LAYER,))
-    combiners: tuple[str, ...] = str_tuple_field(
-        subset_of(COMBINER_NAMES), default=("append-token", "prepend-token", "concat"))
-    retrievers: tuple[str, ...] = str_tuple_field(subset_of(ABLATION_RETRIEVERS),
-                                                  default=ABLATION_RETRIEVERS)
+    encoders: tuple[str, ...] = attrs.field(
+        converter=to_strs, validator=[is_str_tuple, subset_of(tuple(ENCODERS))],
+        default=("item",))
+    layers: tuple[int, ...] = attrs.field(converter=to_ints, validator=[is_int_tuple, _layers],
+                                          default=(DEFAULT_LAYER,))
+    combiners: tuple[str, ...] = attrs.field(
+        converter=to_strs, validator=[is_str_tuple, subset_of(COMBINER_NAMES)],
+        default=("append-token", "prepend-token", "concat"))
+    retrievers: tuple[str, ...] = attrs.field(
+        converter=to_strs, validator=[is_str_tuple, subset_of(ABLATION_RETRIEVERS)],
+        default=ABLATION_RETRIEVERS)
     train_samples: int = int_field(attrs.validators.gt(0), default=128)
     test_samples: int = int_field(attrs.validators.gt(0), default=64)
     label_form: str = attrs.field(default="log", validator=attrs.validators.in_(LABEL_FORMS))

@@ -21,7 +21,7 @@ import torch
 import automr
 from automr.annotation.labels import LABEL_FORMS, LABEL_TEMPERATURE
 from automr.annotation.run import AnnotateConfig, annotate_dataset
-from automr.checks import beartype, int_field, real_field, str_tuple_field, to_float
+from automr.checks import beartype, int_field, is_str_tuple, real_field, to_float, to_strs
 from automr.combiners import COMBINERS
 from automr.combiners.names import COMBINER_NAMES
 from automr.data import PreparedDataset, prepare_movielens_100k
@@ -60,8 +60,9 @@ class DemoConfig:
     batch_size: int = int_field(_POSITIVE, default=8)
     lr: float = attrs.field(default=1e-3, converter=to_float,
                             validator=attrs.fields(FinetuneConfig).lr.validator)
-    lora_targets: tuple[str, ...] = str_tuple_field(
-        attrs.validators.min_len(1), default=attrs.fields(FinetuneConfig).target_modules.default)
+    lora_targets: tuple[str, ...] = attrs.field(
+        converter=to_strs, validator=[is_str_tuple, attrs.validators.min_len(1)],
+        default=attrs.fields(FinetuneConfig).target_modules.default)
     """The linear modules of each tuned layer that get LoRA (:attr:`FinetuneConfig.target_modules
     <automr.recommenders.finetune_config.FinetuneConfig.target_modules>`)."""
     encoder: str = attrs.field(default="item", validator=attrs.validators.in_(tuple(ENCODERS)))

@@ -3,7 +3,15 @@ from its code so that the CLI's defaults need no torch."""
 
 import attrs
 
-from automr.checks import beartype, int_field, int_tuple_field, str_tuple_field, subset_of
+from automr.checks import (
+    beartype,
+    int_field,
+    is_int_tuple,
+    is_str_tuple,
+    subset_of,
+    to_ints,
+    to_strs,
+)
 from automr.combiners.names import COMBINER_NAMES
 from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES, MEASURES
 
@@ -24,8 +32,10 @@ class EvalConfig:
     num_beams: int | None = int_field(attrs.validators.gt(0), default=None, optional=True)
     """Beams of the l2 and constrained grounders (None: the grounder's default)."""
     exclude_seen: bool = False
-    ks: tuple[int, ...] = int_tuple_field(default=DEFAULT_KS)
-    measures: tuple[str, ...] = str_tuple_field(subset_of(MEASURES), default=("ranks",))
+    ks: tuple[int, ...] = attrs.field(converter=to_ints, validator=is_int_tuple,
+                                      default=DEFAULT_KS)
+    measures: tuple[str, ...] = attrs.field(
+        converter=to_strs, validator=[is_str_tuple, subset_of(MEASURES)], default=("ranks",))
     """``ranks`` and/or ``likelihood`` (the LM methods' target log-likelihoods)."""
     n_resamples: int = int_field(default=DEFAULT_RESAMPLES)
     resample: str = attrs.field(default="samples",

@@ -5,7 +5,7 @@ import math
 
 import attrs
 
-from automr.checks import beartype, int_field, real_field, str_tuple_field
+from automr.checks import beartype, int_field, is_str_tuple, real_field, to_strs
 from automr.contexts.spec import ContextSpec
 
 LOSS_KINDS = ("target", "sequence")
@@ -44,8 +44,9 @@ class FinetuneConfig:
     lora_alpha: int = int_field(attrs.validators.gt(0), default=16)
     """LoRA's update is scaled by ``lora_alpha / lora_r`` (0 would train nothing)."""
     lora_dropout: float = real_field(attrs.validators.ge(0), attrs.validators.lt(1), default=0.05)
-    target_modules: tuple[str, ...] = str_tuple_field(attrs.validators.min_len(1),
-                                                      default=("q_proj", "v_proj"))
+    target_modules: tuple[str, ...] = attrs.field(
+        converter=to_strs, validator=[is_str_tuple, attrs.validators.min_len(1)],
+        default=("q_proj", "v_proj"))
     """The linear modules of each tuned layer that get LoRA (BIGRec's: ``q_proj``, ``v_proj``)."""
     lora_from_layer: int = int_field(attrs.validators.ge(0), default=0)
     """LoRA only on layers ``>= lora_from_layer``; set it to the memory's layer L so that
