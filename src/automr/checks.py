@@ -115,9 +115,11 @@ if TYPE_CHECKING:  # what a checker reads: the values a tuple field takes
     def to_ints(values: Iterable[SupportsIndex], /) -> tuple[int, ...]:
         """attrs converter of a tuple field of ints: any sequence of whole numbers (a list, a
         numpy array) becomes a tuple of Python ints (each by :data:`to_int`)."""
+        ...
 
     def to_strs(values: Iterable[str], /) -> tuple[str, ...]:
         """attrs converter of a tuple field of strings, as :func:`to_ints` of ints."""
+        ...
 else:  # at run time anything passes, for the validator to name what it refuses (a bare
     # string, one value, a wrong element)
     to_ints, to_strs = _INT.convert_tuple, _STR.convert_tuple

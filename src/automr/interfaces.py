@@ -47,25 +47,31 @@ class SplitLLM(Protocol):
     @property
     def num_layers(self) -> int:
         """The number of decoder layers."""
+        ...
 
     @property
     def hidden_size(self) -> int:
         """The width of the layer states."""
+        ...
 
     @property
     def vocab_size(self) -> int:
         """The width of the logits."""
+        ...
 
     @property
     def device(self) -> torch.device:
         """Where the model's weights (and its outputs) are."""
+        ...
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights."""
+        ...
 
     def new_cache(self) -> "KVCache":
         """An empty cache for one half (one for ``lower``, another for ``upper``)."""
+        ...
 
     def lower(
         self, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
@@ -73,6 +79,7 @@ class SplitLLM(Protocol):
     ) -> LayerState:
         """Embeddings and layers ``0..layer-1``: the state entering layer ``layer`` (appended
         to ``cache``'s past when given)."""
+        ...
 
     def upper(
         self, state: LayerState, cache: "KVCache | None" = None,
@@ -80,6 +87,7 @@ class SplitLLM(Protocol):
     ) -> Float[Tensor, "batch k vocab"]:
         """Layers ``L..``, the final norm and the head on ``state``: logits at the positions
         ``logits_at`` (``k`` per sequence)."""
+        ...
 
 
 @jaxtyped(typechecker=beartype)
@@ -152,15 +160,19 @@ class Memory(Protocol):
     @property
     def layer(self) -> int:
         """The layer L the keys were taken at."""
+        ...
 
     def users(self) -> Sequence[str]:
         """Every user with memory elements."""
+        ...
 
     def view(self, user: str, count: int, start: int = 0) -> MemoryView:
         """Elements ``start .. start+count-1`` of ``user``'s memory."""
+        ...
 
     def token_states(self, user: str, index: int) -> Float[Tensor, "seq hidden"]:
         """Element ``index``'s per-token layer-L states (for the concat combiner)."""
+        ...
 
 
 @runtime_checkable
@@ -173,6 +185,7 @@ class Encoder(Protocol):
         self, input_ids: TokenIds, attention_mask: TokenMask
     ) -> Float[Tensor, "batch hidden"]:
         """One pooled layer-L key per sequence."""
+        ...
 
 
 @runtime_checkable
@@ -189,6 +202,7 @@ class Retriever(Protocol):
         mask: Bool[Tensor, "batch mem"],
     ) -> Float[Tensor, "batch mem"]:
         """One score per memory element (higher = more useful; masked ones are ignored)."""
+        ...
 
 
 @runtime_checkable
@@ -203,9 +217,11 @@ class Combiner(Protocol):
     @property
     def uses_token_states(self) -> bool:
         """Whether it takes each element's token states (else its pooled key)."""
+        ...
 
     def combine(self, query: LayerState, memory: MemoryTokens) -> LayerState:
         """``query`` with ``memory`` joined (the query itself for an empty ``memory``)."""
+        ...
 
 
 @runtime_checkable
@@ -222,6 +238,7 @@ class Annotator(Protocol):
         memory: MemoryTokens,
     ) -> tuple[Float[Tensor, ""], Float[Tensor, " mem"]]:
         """The target's log-likelihood without memory, and with each element of ``memory``."""
+        ...
 
 
 @runtime_checkable
@@ -239,6 +256,7 @@ class Grounder(Protocol):
         insert: Insert | None = None,
     ) -> Int[Tensor, "batch items"]:
         """Catalog positions, best first, one full ranking per prompt."""
+        ...
 
 
 @runtime_checkable
@@ -254,9 +272,11 @@ class PromptContext(Protocol):
     @property
     def config(self) -> dict:
         """A JSON-able description the same context is rebuilt from."""
+        ...
 
     def texts(self, samples: Sequence["Sample"]) -> list[str | None]:
         """The context text of each sample (None: no context for it)."""
+        ...
 
 
 @runtime_checkable
@@ -279,10 +299,12 @@ class Method(Protocol):
     @property
     def settings(self) -> Mapping[str, Any]:
         """Everything that decides the ranks (JSON-able)."""
+        ...
 
     def rank(self, samples: Sequence["Sample"]) -> Sequence[int]:
         """Each sample's target's 0-based rank among all catalog items (the catalog's size
         for a miss)."""
+        ...
 
 
 @runtime_checkable
@@ -296,6 +318,7 @@ class LikelihoodMethod(Method, Protocol):
 
     def target_log_likelihoods(self, samples: Sequence["Sample"]) -> list[tuple[float, int]]:
         """``(log P(target title + EOS | prompt), number of target tokens)`` per sample."""
+        ...
 
 
 @runtime_checkable
@@ -308,6 +331,7 @@ class Explained(Protocol):
 
     def details(self) -> Mapping[str, Mapping[str, Any]]:
         """``{kind: {sample id: value}}`` of the samples ranked so far."""
+        ...
 
 
 def require_instance(value: object, kind: type, role: str, instead: str) -> None:

@@ -1,6 +1,8 @@
 """The settings of an evaluation (:func:`~automr.experiments.evaluate.evaluate_methods`), apart
 from its code so that the CLI's defaults need no torch."""
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from automr.checks import (
@@ -14,6 +16,9 @@ from automr.checks import (
 )
 from automr.combiners.names import COMBINER_NAMES
 from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES, MEASURES
+
+if TYPE_CHECKING:  # the registry imports torch, which this module must not at run time
+    import automr.methods.registry
 
 
 @beartype
@@ -51,7 +56,7 @@ class EvalConfig:
     reference: str | None = None
     """The method every other is paired with (None: the first ``bigrec*``, else the first)."""
 
-    def method_options(self) -> "automr.methods.registry.MethodOptions":  # noqa: F821
+    def method_options(self) -> "automr.methods.registry.MethodOptions":
         """The options every method of the evaluation is built with."""
         from automr.methods.registry import MethodOptions
 

@@ -242,9 +242,11 @@ class ElementEncoder(Protocol):
 
     def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str:
         """The text of element ``index`` of a timeline (``items`` with their ``timestamps``)."""
+        ...
 
     def settings(self) -> dict[str, Any]:
         """``{"kind", "window", "includes_item"}``, as the memory's ``config.json`` records it."""
+        ...
 
 
 @final
