@@ -17,7 +17,10 @@ settings.register_profile(f"{PROFILE}-unshrunk", settings.get_profile(PROFILE),
                           phases=(Phase.explicit, Phase.reuse, Phase.generate))
 settings.load_profile(PROFILE)
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+# pytest -n N (pytest-xdist) runs N workers: the cores are shared out between them, as two
+# jobs that each take all of them slow each other far more than twofold
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, torch.get_num_threads() // WORKERS))
 
 
 @pytest.fixture(scope="module")

@@ -165,6 +165,10 @@ def test_readme_quick_start_commands_are_on_the_home_page() -> None:
     index = (DOCS / "index.md").read_text()
     for command in commands:
         assert command in index, f"docs/index.md lacks README's command:\n{command}"
+    # CI runs the test command (the last step of the second) after its own checks
+    test_command = commands[1].rsplit(" && ", 1)[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == test_command, f".ci/run does not end with README's {test_command!r}"
 
 
 def test_custom_components_tutorial_runs(monkeypatch: pytest.MonkeyPatch) -> None:
