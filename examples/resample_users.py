@@ -19,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+from automr.evaluation.bootstrap import Interval, PairedDifference
 from automr.evaluation.folder import EXPORT_FORMAT, exported_reports
 from automr.evaluation.likelihood import compare_likelihoods
 from automr.evaluation.report import compare_reports
@@ -26,25 +27,24 @@ from automr.evaluation.report import compare_reports
 WHOLE_SPLIT = 14_600  # ML-100K's test samples: an export of them all
 
 
-def intervals(exported: dict, resample: str) -> dict[tuple, object]:
+def intervals(exported: dict, resample: str
+              ) -> dict[tuple[str, str, str], Interval | PairedDifference]:
     """(single|paired, method, metric) -> its interval, resampling ``resample``."""
     results = exported["results"]
     reference = results["reference"]
     reports = {m: exported_reports(exported, m) for m in {*exported["ranks"],
                                                            *exported["loglik"]}}
-    found: dict[tuple, object] = {}
+    ref_ranks, ref_lls = reports.get(reference, (None, None))
+    found: dict[tuple[str, str, str], Interval | PairedDifference] = {}
     for method, (ranks, lls) in reports.items():
-        for report, table in ((ranks, "methods"), (lls, "likelihood")):
-            if report is None or method not in results.get(table, {}):
-                continue
-            again = (report.resampled(report.ks, report.n_resamples, report.seed,
-                                      resample=resample) if report is ranks else
-                     report.resampled(report.n_resamples, report.seed, resample=resample))
+        if ranks is not None and method in results.get("methods", {}):
+            again = ranks.resampled(ranks.ks, ranks.n_resamples, ranks.seed, resample=resample)
             found.update({("single", method, k): v for k, v in again.metrics.items()})
-    for method, (ranks, lls) in reports.items():
-        if method == reference or reference not in reports:
+        if lls is not None and method in results.get("likelihood", {}):
+            again_lls = lls.resampled(lls.n_resamples, lls.seed, resample=resample)
+            found.update({("single", method, k): v for k, v in again_lls.metrics.items()})
+        if method == reference:
             continue
-        ref_ranks, ref_lls = reports[reference]
         if ranks is not None and ref_ranks is not None and method in results.get(
                 "paired_vs_reference", {}):
             found.update({("paired", method, k): v for k, v in compare_reports(
