@@ -34,7 +34,7 @@ from automr.data.prompts import tokenize_sample
 from automr.evaluation import bootstrap_ci, paired_bootstrap
 
 
-def donors(samples: list, seed: int, title) -> dict[str, object]:
+def donors(samples: list[automr.Sample], seed: int, title) -> dict[str, automr.Sample]:
     """Per sample id: a sample of another user whose memory does not hold the sample's true
     title (else a random element of it could be the answer itself), each sample a donor once.
     In a seeded shuffle each sample takes the next as donor where it fits; the rest are matched
@@ -57,7 +57,8 @@ def donors(samples: list, seed: int, title) -> dict[str, object]:
         if donor[i] is None and not _augment(i, candidates, donor, taker):
             raise SystemExit(f"no donor fits sample {order[i].id} (another user's, without its "
                              f"true title): take more samples, or samples of more users")
-    return {sample.id: order[donor[i]] for i, sample in enumerate(order)}
+    matched = [j for j in donor if j is not None]  # every sample has its donor now
+    return {sample.id: order[j] for sample, j in zip(order, matched, strict=True)}
 
 
 def _augment(start: int, candidates: list[list[int]], donor: list, taker: list) -> bool:

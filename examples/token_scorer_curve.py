@@ -39,6 +39,7 @@ from automr.storage import write_json_atomic
 def _sibling(name: str):
     """``examples/<name>.py`` as a module (examples are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None  # a .py file always has both
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
