@@ -10,9 +10,9 @@ is used, mid-run. A field is declared with its range::
     layer: int | None = int_field(default=None, optional=True)
     weight_decay: float = real_field(attrs.validators.ge(0.0), default=0.0)
 
-An int field converts a whole number with :data:`to_int` first, so numpy's integers
+An int field converts a whole number with :func:`to_int` first, so numpy's integers
 (``np.int64`` from a user's arrays) are taken and stored (and saved) as Python ints; a float
-field converts with :data:`to_float`, so ``weight_decay=0`` is stored as ``0.0``. A field
+field converts with :func:`to_float`, so ``weight_decay=0`` is stored as ``0.0``. A field
 holding a tuple takes any sequence (a list, as JSON and most code give one) and stores a tuple
 of Python values (converted by :func:`to_ints` or :func:`to_strs`); it is declared with
 :func:`attrs.field` itself, where a type checker (mypy, pyright) reads what ``__init__`` takes
@@ -29,7 +29,7 @@ not see through ``int_field``: it reads the field's ``int``)::
 
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex
 
 import attrs
 from beartype import BeartypeConf, beartype as _beartype
@@ -89,20 +89,14 @@ _STR = _Kind(str, str, "a string", "strings")
 is_int = _INT.check
 """attrs validator: refuse a value unless it is a whole number (an int or a numpy integer),
 not a bool."""
-to_int = _INT.convert
-"""attrs converter of an ``int`` field: a whole number (a numpy integer) becomes a Python int;
-a bool or anything else is left for :data:`is_int` to refuse."""
 int_field = _INT.field
 """An attrs field holding an int: ``int_field(*validators, optional=False, **options)``,
-converted by :data:`to_int`, refused by :data:`is_int` unless a whole number, then checked by
+converted by :func:`to_int`, refused by :data:`is_int` unless a whole number, then checked by
 ``validators`` (its range); ``optional`` also takes None; ``options`` go to
 :func:`attrs.field` (``default``)."""
 is_real = _REAL.check
 """attrs validator: refuse a value unless it is a real number (a float or an int), not a bool;
 its range (NaN, infinities) is for the field's own validators to check."""
-to_float = _REAL.convert
-"""attrs converter of a ``float`` field: a number (an int, a numpy float) becomes a Python
-float; a bool or anything else is left for :data:`is_real` to refuse."""
 real_field = _REAL.field
 """An attrs field holding a float, as :data:`int_field` one holding an int."""
 is_int_tuple = _INT.check_tuple
@@ -111,17 +105,28 @@ bool among them included); the field's own validators then check its length or v
 is_str_tuple = _STR.check_tuple
 """attrs validator of a tuple field of strings, as :data:`is_int_tuple` of ints."""
 
-if TYPE_CHECKING:  # what a checker reads: the values a tuple field takes
+if TYPE_CHECKING:  # what a checker reads: the values a field takes
+    def to_int(value: SupportsIndex, /) -> int:
+        """attrs converter of an ``int`` field: a whole number (a numpy integer) becomes a
+        Python int."""
+        ...
+
+    def to_float(value: SupportsFloat, /) -> float:
+        """attrs converter of a ``float`` field: a number (an int, a numpy float) becomes a
+        Python float."""
+        ...
+
     def to_ints(values: Iterable[SupportsIndex], /) -> tuple[int, ...]:
         """attrs converter of a tuple field of ints: any sequence of whole numbers (a list, a
-        numpy array) becomes a tuple of Python ints (each by :data:`to_int`)."""
+        numpy array) becomes a tuple of Python ints (each by :func:`to_int`)."""
         ...
 
     def to_strs(values: Iterable[str], /) -> tuple[str, ...]:
         """attrs converter of a tuple field of strings, as :func:`to_ints` of ints."""
         ...
-else:  # at run time anything passes, for the validator to name what it refuses (a bare
-    # string, one value, a wrong element)
+else:  # at run time anything passes, for the field's validator to name what it refuses (a
+    # bool, a float for an int, a bare string for a sequence, a wrong element)
+    to_int, to_float = _INT.convert, _REAL.convert
     to_ints, to_strs = _INT.convert_tuple, _STR.convert_tuple
 
 
