@@ -22,6 +22,11 @@ not see through ``int_field``: it reads the field's ``int``)::
     ks: tuple[int, ...] = attrs.field(converter=to_ints, validator=is_int_tuple,
                                       default=(1, 5, 10))
 
+A field without a default is declared with :func:`attrs.field` too: a checker reads a call of
+``int_field`` as the field's default, so it would not flag the value a caller left out::
+
+    layer: int = attrs.field(converter=to_int, validator=is_int)
+
 :data:`beartype` is beartype as every module of automr applies it: an ``int`` passes where a
 ``float`` is hinted, as Python's typing rules (PEP 484's numeric tower) allow, so
 ``labels(..., temperature=1)`` runs as ``temperature=1.0`` does.

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, int_field
+from automr.checks import beartype, int_field, is_int, to_int
 from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM, require
 from automr.state import KVCache, LayerState
@@ -60,7 +60,7 @@ class UpperAnnotator:
     """
 
     llm: SplitLLM
-    layer: int = int_field()
+    layer: int = attrs.field(converter=to_int, validator=is_int)
     combiner: Combiner
     element_batch: int = int_field(attrs.validators.ge(1), default=32)
     share_prompt: bool = True

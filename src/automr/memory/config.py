@@ -9,7 +9,7 @@ from typing import Any, Final
 import attrs
 import torch
 
-from automr.checks import beartype, int_field
+from automr.checks import beartype, int_field, is_int, to_int
 from automr.data.catalog import Catalog
 from automr.data.prompts import PromptConfig
 from automr.errors import AutomrError
@@ -105,17 +105,18 @@ class MemoryRecord:
 
     model_name: str
     model_fingerprint: str | None
-    layer: int = int_field()
-    hidden_size: int = int_field()
-    num_layers: int = int_field()
+    layer: int = attrs.field(converter=to_int, validator=is_int)
+    hidden_size: int = attrs.field(converter=to_int, validator=is_int)
+    num_layers: int = attrs.field(converter=to_int, validator=is_int)
     dtype: str = attrs.field(validator=_float_dtype)
     encoder: str
-    window: int | None = int_field(optional=True)
+    window: int | None = attrs.field(converter=attrs.converters.optional(to_int),
+                                     validator=attrs.validators.optional(is_int))
     window_includes_item: bool
     pooling: Pooling
     store_token_states: bool
     storage_dtype: str = attrs.field(validator=_float_dtype)
-    shard_elements: int = int_field()
+    shard_elements: int = attrs.field(converter=to_int, validator=is_int)
     share_prefix: bool
     prompt_config: PromptConfig
     dataset_fingerprint: str | None = None

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import torch
 
-from automr.checks import real_field
+from automr.checks import is_real, to_float
 from automr.data import Sample
 from automr.grounding.prior import adjusted_distances, min_max
 from automr.methods.generative import GenerativeMethod
@@ -38,7 +38,8 @@ class PriorWeightedMethod:
 
     plain: GenerativeMethod
     scores: Scores
-    gamma: float = real_field(attrs.validators.gt(-math.inf), attrs.validators.lt(math.inf))
+    gamma: float = attrs.field(converter=to_float, validator=[
+        is_real, attrs.validators.gt(-math.inf), attrs.validators.lt(math.inf)])
     grounding: Mapping[str, Any] = attrs.field(factory=dict)
     settings: Mapping[str, Any] = attrs.field(factory=dict)
 

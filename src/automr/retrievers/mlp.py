@@ -12,7 +12,7 @@ from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from automr.checks import beartype, int_field, real_field
+from automr.checks import beartype, int_field, is_int, real_field, to_int
 from automr.errors import AutomrError
 from automr.retrievers.selection import masked_log_softmax
 from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
@@ -35,7 +35,7 @@ class MLPRetrieverConfig:
     normalised, they start near uniform (docs/results.md, "What makes an element help").
     """
 
-    hidden_size: int = int_field(v.gt(0))
+    hidden_size: int = attrs.field(converter=to_int, validator=[is_int, v.gt(0)])
     mlp_hidden: int = int_field(v.gt(0), default=256)
     activation: Activation = attrs.field(default="gelu", validator=v.in_(tuple(ACTIVATIONS)))
     temperature: float = real_field(v.gt(0.0), v.lt(math.inf), default=1.0)
