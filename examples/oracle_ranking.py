@@ -18,7 +18,8 @@ recovers the annotated gains, a check that the intended element went in.
 
 The picks reach :class:`automr.MemoryRetrieval` as an ordinary retriever object
 (:class:`PickRetriever`, which scores the element picked for each row), told each batch's
-picks by :class:`PickedRetrieval`, which knows the batch's samples: two samples of a user in
+picks by :class:`PickedRetrieval`, an :class:`automr.Retrieval` of its own, which knows the
+batch's samples: two samples of a user in
 the same second share their prompt and memory view, so nothing a retriever sees tells them
 apart, and the oracle's pick is the sample's own. Only public imports (``automr``,
 ``automr.methods``) are used; the history is excluded from every ranking, as with
@@ -41,7 +42,7 @@ import hashlib
 import json
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -79,26 +80,31 @@ class PickRetriever:
 
 @attrs.define
 class PickedRetrieval:
-    """A :class:`automr.MemoryRetrieval` whose :class:`PickRetriever` inserts, for each
-    sample, the element picked for that sample id (an index in its memory view)."""
+    """An :class:`automr.Retrieval` that inserts, for each sample, the element picked for its
+    id (an index in its memory view), joined by ``combiner``: a
+    :class:`automr.MemoryRetrieval` whose :class:`PickRetriever` is told each batch's picks."""
 
-    retrieval: automr.MemoryRetrieval
+    store: automr.MemoryStore
+    combiner: automr.Combiner
     picks: Mapping[str, int]
+    picker: PickRetriever = attrs.field(factory=PickRetriever, init=False)
+    retrieval: automr.MemoryRetrieval = attrs.field(init=False)
 
-    @property
-    def store(self) -> automr.MemoryStore:
-        return self.retrieval.store
+    def __attrs_post_init__(self) -> None:
+        self.retrieval = automr.MemoryRetrieval(self.store, self.picker, self.combiner, k=1)
 
     @property
     def retrieved(self) -> list[list[int]]:
         return self.retrieval.retrieved
 
-    def insert_for(self, samples: Sequence[automr.Sample]):
+    def insert_for(
+        self, samples: Sequence[automr.Sample]
+    ) -> Callable[[automr.LayerState], automr.LayerState]:
         inner = self.retrieval.insert_for(samples)
         rows = [self.picks[s.id] for s in samples]
 
-        def insert(state):
-            self.retrieval.retriever.rows = rows
+        def insert(state: automr.LayerState) -> automr.LayerState:
+            self.picker.rows = rows
             return inner(state)
 
         return insert
@@ -182,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
               "layer": store.layer, "exclude_seen": True}
 
     def plain(arm: str) -> automr.GenerativeMethod:
-        retrieval = None if arm == "bigrec" else PickedRetrieval(automr.MemoryRetrieval(
-            store, PickRetriever(), automr.COMBINERS[args.combiner](), k=1), picks[arm])
+        retrieval = None if arm == "bigrec" else PickedRetrieval(
+            store, automr.COMBINERS[args.combiner](), picks[arm])
         settings = {**common, "grounder": "l2"}
         if retrieval is not None:  # picked by sample id (earlier versions: by memory view)
             settings.update(picks=arm, picked_by="sample", gains=hashlib.sha256(

@@ -414,7 +414,7 @@ def test_oracle_ranking_inserts_each_arms_pick_and_shares_bigrecs_injection(demo
                                           for g in module.GROUNDINGS}
 
 
-def test_each_sample_gets_its_own_pick_even_where_samples_share_their_view():
+def test_each_sample_gets_its_own_pick_even_where_samples_share_their_view(monkeypatch):
     """Two samples of a user in the same second share prompt and memory view; the oracle's
     pick is each sample's own (picks keyed by view gave both the later sample's)."""
     module = load_example("oracle_ranking")
@@ -425,7 +425,8 @@ def test_each_sample_gets_its_own_pick_even_where_samples_share_their_view():
     picked: list[list[list[int]]] = []
 
     class Retrieval:  # stands for automr.MemoryRetrieval: scores the batch when it inserts
-        retriever, store, retrieved = module.PickRetriever(), None, []
+        def __init__(self, store, retriever, combiner, k):
+            self.retriever, self.retrieved = retriever, []
 
         def insert_for(self, samples):
             keys = torch.ones(len(samples), 3, 4)  # one view for every sample
@@ -438,7 +439,9 @@ def test_each_sample_gets_its_own_pick_even_where_samples_share_their_view():
             return insert
 
     assert isinstance(module.PickRetriever(), Retriever)
-    retrieval = module.PickedRetrieval(Retrieval(), {first.id: 2, second.id: 0})
+    monkeypatch.setattr(automr, "MemoryRetrieval", Retrieval)
+    retrieval = module.PickedRetrieval(None, None, {first.id: 2, second.id: 0})
+    assert isinstance(retrieval, automr.Retrieval)  # what a GenerativeMethod takes
     retrieval.insert_for([first, second])(None)
     retrieval.insert_for([second])(None)
     assert picked == [[[2], [0]], [[0]]]

@@ -678,10 +678,12 @@ def ordered_method(tmp_path_factory):
     return GenerativeMethod(loaded, dataset, grounder=NeverRanks(), layer=1)
 
 
-def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_method):
+def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_method,
+                                                                         tmp_path):
     """A sample of another dataset failed with a bare KeyError ('333') when its batch's prompts
     were written, after the batches before it had run; GenerativeMethod(loaded.model, ...) was
-    accepted and failed when ranking with an AttributeError."""
+    accepted and failed when ranking with an AttributeError, as a retrieval that is none did
+    (or whose store is none) when the method was built."""
     import attrs
 
     from automr.errors import AutomrError
@@ -695,6 +697,22 @@ def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_
     with pytest.raises(AutomrError, match="not a LoadedModel"):
         GenerativeMethod(ordered_method.loaded.model, ordered_method.dataset, NeverRanks(),
                          layer=1)
+    # the memory itself where its retrieval is meant failed with an AttributeError ('store')
+    with pytest.raises(AutomrError, match=r"retrieval is not a Retrieval: it needs store and "
+                                          r"retrieved and insert_for\(samples\)"):
+        GenerativeMethod(ordered_method.loaded, ordered_method.dataset, NeverRanks(), layer=1,
+                         retrieval=tmp_path)
+
+    class Stored:  # a user's retrieval whose store is the memory's folder
+        store, retrieved = tmp_path, []
+
+        def insert_for(self, samples):
+            raise AssertionError("not called")
+
+    with pytest.raises(AutomrError, match="retrieval's store argument is of type PosixPath, "
+                                          "not MemoryStore"):
+        GenerativeMethod(ordered_method.loaded, ordered_method.dataset, NeverRanks(), layer=1,
+                         retrieval=Stored())
 
 
 @pytest.mark.parametrize("layer", [-1, 3, 99, True])

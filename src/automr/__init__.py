@@ -110,7 +110,10 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         Workspace as Workspace,
         build_method as build_method,
     )
-    from automr.recommenders.automr import MemoryRetrieval as MemoryRetrieval
+    from automr.recommenders.automr import (
+        MemoryRetrieval as MemoryRetrieval,
+        Retrieval as Retrieval,
+    )
     from automr.recommenders.finetune import (
         FinetuneConfig as FinetuneConfig,
         finetune as finetune,

@@ -2,8 +2,9 @@
 the prompt-context baselines (ReLLa, TRSR) - one class, composed from parts.
 
 A :class:`GenerativeMethod` is a loaded LM + a grounder, optionally a
-:class:`~automr.recommenders.automr.MemoryRetrieval` (memory joined at layer L: AutoMR with
-any retriever object) and a :class:`~automr.interfaces.PromptContext` (ReLLa, TRSR).
+:class:`~automr.recommenders.automr.Retrieval` (memory joined at layer L: AutoMR's
+:class:`~automr.recommenders.automr.MemoryRetrieval` with any retriever object) and a
+:class:`~automr.interfaces.PromptContext` (ReLLa, TRSR).
 """
 
 from collections.abc import Mapping, Sequence
@@ -19,11 +20,12 @@ from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores, seen_mask
 from automr.grounding.l2 import L2Grounder
 from automr.grounding.likelihood import target_log_likelihoods
-from automr.interfaces import Grounder, PromptContext, require
+from automr.interfaces import Grounder, PromptContext, require, require_instance
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
+from automr.memory import MemoryStore
 from automr.progress import Progress
-from automr.recommenders.automr import MemoryRetrieval
+from automr.recommenders.automr import Retrieval
 
 INPUT_DETAILS = ("retrieved", "contexts")
 """The details a method makes of every sample it runs, whatever it computes: the memory
@@ -62,22 +64,24 @@ def _each_item_once(rankings: torch.Tensor) -> bool:
 class GenerativeMethod:
     """Ranks the catalog with an LM: prompt -> lower half -> (memory) -> upper half -> grounder.
 
-    ``layer`` is the split layer; with ``retrieval`` it must be the memory's layer (its keys
-    are layer-L states), and ``dataset`` the one the memory was built from (as annotation
-    refuses another). ``context`` puts a prompt context (ReLLa, TRSR) in every prompt: the
-    one ``loaded`` was fine-tuned with (:func:`automr.contexts.build.build_context` of
-    ``FinetunedRun.context``). ``batch_size`` samples run per forward;
-    ``exclude_seen`` leaves each sample's history items out of its ranking (the target
-    stays); ``progress`` shows a bar named ``label``. ``settings`` describes the method for
-    resuming an evaluation folder: give everything that changes the ranks (the registry's
-    builders do).
+    ``layer`` is the split layer; with ``retrieval`` (a
+    :class:`~automr.recommenders.automr.Retrieval`: AutoMR's
+    :class:`~automr.recommenders.automr.MemoryRetrieval` or a user's own) it must be the
+    memory's layer (its keys are layer-L states), and ``dataset`` the one the memory was built
+    from (as annotation refuses another). ``context`` puts a prompt context (ReLLa, TRSR) in
+    every prompt: the one ``loaded`` was fine-tuned with
+    (:func:`automr.contexts.build.build_context` of ``FinetunedRun.context``). ``batch_size``
+    samples run per forward; ``exclude_seen`` leaves each sample's history items out of its
+    ranking (the target stays); ``progress`` shows a bar named ``label``. ``settings`` describes
+    the method for resuming an evaluation folder: give everything that changes the ranks (the
+    registry's builders do).
     """
 
     loaded: LoadedModel
     dataset: PreparedDataset
     grounder: Grounder
     layer: int = int_field(default=DEFAULT_LAYER)
-    retrieval: MemoryRetrieval | None = None
+    retrieval: Retrieval | None = None
     context: PromptContext | None = None
     batch_size: int = int_field(attrs.validators.gt(0), default=8)
     exclude_seen: bool = False
@@ -106,14 +110,22 @@ class GenerativeMethod:
         if not 0 <= self.layer <= llm.num_layers:
             raise AutomrError(f"layer {self.layer!r} is outside 0..{llm.num_layers} for this "
                               f"model")
-        if self.retrieval is not None and self.layer != self.retrieval.store.layer:
-            raise AutomrError(f"the memory holds layer-{self.retrieval.store.layer} states; it "
-                              f"cannot be joined at layer {self.layer}")
-        if self.retrieval is not None:  # its keys encode another dataset's titles or prompts
-            self.retrieval.store.check_dataset(self.dataset)
-        if self.retrieval is not None and self.retrieval.store.hidden_size != llm.hidden_size:
-            raise AutomrError(f"the memory in {self.retrieval.store.folder} holds states of size "
-                              f"{self.retrieval.store.hidden_size}, the model's are of size "
+        if self.retrieval is not None:
+            self._check_retrieval(self.retrieval, llm)
+
+    def _check_retrieval(self, retrieval: Retrieval, llm: HFSplitLLM) -> None:
+        require(retrieval, Retrieval, "retrieval",
+                "AutoMR's is automr.MemoryRetrieval(store, retriever, combiner)")
+        store = retrieval.store
+        require_instance(store, MemoryStore, "retrieval's store",
+                         "open a memory folder with automr.MemoryStore.open(folder)")
+        if self.layer != store.layer:
+            raise AutomrError(f"the memory holds layer-{store.layer} states; it cannot be "
+                              f"joined at layer {self.layer}")
+        store.check_dataset(self.dataset)  # its keys encode another dataset's titles or prompts
+        if store.hidden_size != llm.hidden_size:
+            raise AutomrError(f"the memory in {store.folder} holds states of size "
+                              f"{store.hidden_size}, the model's are of size "
                               f"{llm.hidden_size}: it was built with another model")
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:

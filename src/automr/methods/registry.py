@@ -46,7 +46,7 @@ from automr.methods.generative import GenerativeMethod
 from automr.methods.injection import PriorWeightedMethod, Scores
 from automr.methods.sasrec import SASRecMethod
 from automr.paths import home_path
-from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
+from automr.recommenders.automr import MemoryRetrieval, Retrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
 from automr.retrievers import build_retriever
@@ -219,7 +219,7 @@ class Workspace:
         return self._models[key]
 
     def generative(self, grounder: str, run: FinetunedRun | None, label: str,
-                   retrieval: MemoryRetrieval | None = None) -> Method:
+                   retrieval: Retrieval | None = None) -> Method:
         """BIGRec-style ranking with ``run``'s tuned model (None: the base model); the L2
         grounding and its injections (``l2-pop``, ``l2-sasrec``) share one plain L2 method
         per model and retrieval, so each sample is generated for once."""
@@ -230,7 +230,7 @@ class Workspace:
         return self._generative(grounder, run, label, retrieval)
 
     def _generative(self, grounder: str, run: FinetunedRun | None, label: str,
-                    retrieval: MemoryRetrieval | None = None) -> GenerativeMethod:
+                    retrieval: Retrieval | None = None) -> GenerativeMethod:
         loaded = self.model(run)
         base = loaded.fingerprint() if run is None else run.base_fingerprint
         context = None
@@ -262,7 +262,7 @@ class Workspace:
                                  "valid_ndcg@5": values})
         return tuned
 
-    def plain_l2(self, run: FinetunedRun | None, retrieval: MemoryRetrieval | None,
+    def plain_l2(self, run: FinetunedRun | None, retrieval: Retrieval | None,
                  label: str) -> GenerativeMethod:
         """The L2 method of ``run``'s model with ``retrieval`` (None: no memory), one per
         model and retrieval object, so that its generations serve every injection."""

@@ -1,11 +1,14 @@
 """AutoMR at inference: pool the prompt's layer-L states, retrieve from memory, combine.
 
 ``MemoryRetrieval.insert_for(samples)`` gives the ``insert`` every grounder accepts, so AutoMR
-differs from BIGRec only by the memory joined at layer L (the lower half never sees it).
+differs from BIGRec only by the memory joined at layer L (the lower half never sees it). A
+method takes any :class:`Retrieval`, the shape of ``MemoryRetrieval`` (here, not in
+:mod:`automr.interfaces`: it names the memory store, which is above the Protocols).
 """
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -17,6 +20,37 @@ from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever, require
 from automr.memory import MemoryStore
 from automr.retrievers import MLPRetriever, load_retriever, retrieved_memory, top_k
 from automr.state import LayerState
+
+
+@runtime_checkable
+class Retrieval(Protocol):
+    """What joins memory to the prompts of a batch of samples, at the memory's layer.
+
+    :class:`MemoryRetrieval` is AutoMR's: a retriever picks each sample's top ``k`` elements
+    of its own memory and a combiner joins them. Write another where the choice needs more
+    than the tensors a retriever sees, e.g. the sample itself (``examples/oracle_ranking.py``
+    inserts the element picked for each sample id). A
+    :class:`~automr.methods.GenerativeMethod` checks ``store`` against its model and data,
+    passes each batch's ``insert_for`` to its grounder and reads ``retrieved`` for the
+    evaluation's details.
+    """
+
+    @property
+    def store(self) -> MemoryStore:
+        """The memory the inserted elements come from (its layer is the method's split)."""
+        ...
+
+    @property
+    def retrieved(self) -> list[list[int]]:
+        """Per sample passed through an insert so far, in order: the timeline positions of
+        the elements inserted."""
+        ...
+
+    def insert_for(self, samples: Sequence[Sample]) -> Insert:
+        """The ``insert`` (:data:`~automr.interfaces.Insert`) for the prompts of ``samples``
+        (a batch, in order): called with their layer-L state, it joins each sample's
+        elements and appends their positions to ``retrieved``."""
+        ...
 
 
 @attrs.define
