@@ -674,6 +674,15 @@ def test_rq2_takes_float32_for_dtype_auto_with_the_likelihood_measure(
     assert calls == [expected], result.output
 
 
+def test_rq2_names_its_measure_option_in_a_refusal(tmp_path):
+    """It named the config's field: 'measures must be a non-empty subset of ...'."""
+    result = runner.invoke(app, ["rq2", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                                 "--finetuned", str(tmp_path), "--memory", str(tmp_path),
+                                 "--retriever", str(tmp_path), "--measure", "foo"])
+    assert result.exit_code == 2
+    assert "--measure must be one of ranks, likelihood, got 'foo'" in result.output
+
+
 def test_evaluate_help_names_every_method_kind_and_grounder():
     """The --methods help is written by hand (building it from the registry would load it for
     --help); it must still name every kind of METHODS and every grounder."""

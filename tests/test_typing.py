@@ -82,8 +82,9 @@ def test_a_users_type_checker_reads_automrs_types(tmp_path):
     automr ("missing library stubs or py.typed marker"); with a ``__getattr__`` in its view,
     every lazily imported name was ``object`` and ``automr.load_modell`` passed. The examples
     check clean, as a user's copy of one would (oracle_ranking's own retrieval was refused
-    where a method took only ``MemoryRetrieval``, before ``automr.Retrieval``). Third-party packages are not followed
-    (their types are Any here), which keeps the check to automr's own annotations."""
+    where a method took only ``MemoryRetrieval``, before ``automr.Retrieval``). Third-party
+    packages are not followed (their types are Any here), which keeps the check to automr's
+    own annotations."""
     api = pytest.importorskip("mypy.api")
     (tmp_path / "user.py").write_text(USER_CODE)
     (tmp_path / "mypy.ini").write_text(

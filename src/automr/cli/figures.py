@@ -75,9 +75,13 @@ def rq2_command(
 ) -> None:
     """RQ2: BIGRec, AutoMR and random retrieval with several seeds on the same test samples;
     write the table and box plots (resumes: finished runs are read back)."""
+    from automr.defaults import MEASURES
+    from automr.errors import AutomrError
     from automr.experiments.eval_config import EvalConfig
     from automr.experiments.rq2 import run_rq2
 
+    if measure not in MEASURES:  # the config's message names its field, measures
+        raise AutomrError(f"--measure must be one of {', '.join(MEASURES)}, got {measure!r}")
     if measure == "likelihood":  # small differences of log-likelihoods: not in bf16
         runtime = attrs.evolve(runtime, exact=True)
     config = checked_options("rq2", lambda: EvalConfig(
