@@ -1,4 +1,4 @@
-"""Contract tests every Retriever, Combiner and Method must pass (pytest mixins).
+"""Contract tests every Retriever, Combiner, Retrieval and Method must pass (pytest mixins).
 
 Use them by subclassing in a test module and providing the component as a fixture::
 
@@ -17,6 +17,15 @@ Use them by subclassing in a test module and providing the component as a fixtur
         @pytest.fixture
         def combiner(self):
             return MyCombiner()
+
+    class TestMyRetrieval(RetrievalContract):  # ``store``, ``dataset``: fixtures of yours
+        @pytest.fixture
+        def retrieval(self, store):
+            return MyRetrieval(store)
+
+        @pytest.fixture
+        def samples(self, dataset):
+            return [s for s in dataset.samples("test") if s.memory][:8]
 
     class TestMyMethod(MethodContract):  # ``dataset``: a fixture of yours (a PreparedDataset)
         @pytest.fixture
@@ -39,10 +48,12 @@ from collections.abc import Mapping
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from automr.interfaces import Combiner, MemoryTokens, Method, Retriever
 from automr.llm.split import HFSplitLLM
+from automr.memory import MemoryStore
+from automr.recommenders.automr import Retrieval
 from automr.retrievers.selection import top_k
 from automr.state import LayerState
 from automr.testing.strategies import (
@@ -52,6 +63,7 @@ from automr.testing.strategies import (
     pad_sequences,
     padded_memories,
     padding_sides,
+    seeded_tensors,
 )
 from automr.testing.tiny import TINY_VOCAB, tiny_config, tiny_model
 
@@ -361,6 +373,102 @@ class CombinerContract:
             torch.testing.assert_close(got, expected, **TOLERANCE)
 
         check()
+
+
+class RetrievalContract:
+    """What a :class:`~automr.methods.GenerativeMethod` relies on from a
+    :class:`~automr.recommenders.automr.Retrieval` (AutoMR's ``MemoryRetrieval``, or yours).
+
+    Subclasses provide a ``retrieval`` fixture and a ``samples`` fixture (at least two samples
+    of the memory's dataset, some with memory). Each check inserts into drawn layer-L states
+    of the memory's layer and width, left-padded as a method's prompts are, for drawn batches
+    of the samples. A method inserts in batches that change with its batch size, the shards
+    of ``torchrun`` and what a resumed run still has to do, so what a sample gets (and what
+    ``retrieved`` records for it) must depend on that sample and its own state only.
+    ``examples`` sets how many batches each check draws (each one reads the memory).
+    """
+
+    examples: int = 20
+
+    def test_is_a_retrieval_of_a_memory_store(self, retrieval):
+        assert isinstance(retrieval, Retrieval)
+        assert isinstance(retrieval.store, MemoryStore), (
+            f"store is a {type(retrieval.store).__name__}, not a MemoryStore")
+        assert isinstance(retrieval.retrieved, list)
+
+    def test_records_each_samples_elements_from_its_own_memory(self, retrieval, samples):
+        """One entry in ``retrieved`` per sample of the batch, in order, each a list of
+        positions inside that sample's memory span; the state keeps its layer, batch, width
+        and dtype, and the query is not written into."""
+        store = retrieval.store
+
+        @settings(max_examples=self.examples, deadline=None)
+        @given(inputs=_insert_inputs(samples, store))
+        def check(inputs):
+            batch, state = inputs
+            given_hidden = state.hidden.clone()
+            before = len(retrieval.retrieved)
+            combined = retrieval.insert_for(batch)(state)
+            entries = retrieval.retrieved[before:]
+            assert len(entries) == len(batch), (
+                f"{len(entries)} entries in retrieved for a batch of {len(batch)}")
+            for sample, entry in zip(batch, entries, strict=True):
+                _, count, start = store.request_for(sample)
+                assert all(isinstance(p, int) and start <= p < start + count for p in entry), (
+                    f"sample {sample.id}: {entry} is not inside its memory, positions "
+                    f"{start}..{start + count - 1}")
+            assert _unchanged(state.hidden, given_hidden), "the insert wrote into the query"
+            assert isinstance(combined, LayerState) and combined.layer == state.layer
+            assert combined.batch_size == len(batch), "the batch size changed"
+            assert combined.hidden.shape[2] == store.hidden_size, "the width changed"
+            assert combined.hidden.dtype == state.hidden.dtype
+
+        check()
+
+    def test_a_batch_equals_its_samples_one_at_a_time(self, retrieval, samples):
+        """Each sample's real states and retrieved elements are those it gets alone, and the
+        same batch inserted again gets the same."""
+        @settings(max_examples=self.examples, deadline=None)
+        @given(inputs=_insert_inputs(samples, retrieval.store))
+        def check(inputs):
+            batch, state = inputs
+            combined, entries = _inserted(retrieval, batch, state)
+            again, entries_again = _inserted(retrieval, batch, state)
+            assert entries_again == entries, "the same batch retrieved other elements"
+            torch.testing.assert_close(again.hidden, combined.hidden, **TOLERANCE)
+            for row, sample in enumerate(batch):
+                alone, [entry] = _inserted(retrieval, [sample], LayerState(
+                    hidden=state.hidden[row:row + 1], mask=state.mask[row:row + 1],
+                    layer=state.layer))
+                assert entry == entries[row], (
+                    f"sample {sample.id} retrieved {entries[row]} in a batch, {entry} alone")
+                torch.testing.assert_close(
+                    _real_rows(combined.hidden, combined.mask, row),
+                    _real_rows(alone.hidden, alone.mask, 0), **TOLERANCE,
+                    msg=lambda m, row=row: f"row {row} of a batch differs from it alone: {m}")
+
+        check()
+
+
+@st.composite
+def _insert_inputs(draw: st.DrawFn, samples, store: MemoryStore) -> tuple[list, LayerState]:
+    """Some of ``samples`` in any order (one may come twice: two prompts of a user) and
+    left-padded layer-L states of their prompts, of the memory's layer and width."""
+    if len(samples) < 2:
+        raise AssertionError("the samples fixture must give at least two samples")
+    batch = draw(st.lists(st.sampled_from(list(samples)), min_size=1,
+                          max_size=min(len(samples), 4)), label="batch")
+    width = draw(st.integers(1, 6), label="prompt length")
+    hidden = draw(seeded_tensors((len(batch), width, store.hidden_size)), label="hidden")
+    mask = draw(masks(len(batch), width, min_real=1, padding="left"), label="mask")
+    return batch, LayerState(hidden=hidden, mask=mask, layer=store.layer)
+
+
+def _inserted(retrieval: Retrieval, batch, state: LayerState) -> tuple[LayerState, list]:
+    before = len(retrieval.retrieved)
+    with torch.no_grad():
+        combined = retrieval.insert_for(batch)(state)
+    return combined, [list(entry) for entry in retrieval.retrieved[before:]]
 
 
 class MethodContract:

@@ -1,0 +1,92 @@
+"""The Retrieval contract, on AutoMR's MemoryRetrieval with each kind of retriever and
+combiner, on the oracle example's own retrieval, and on two retrievals it must refuse."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import automr
+from automr.memory import MemoryConfig, build_memory
+from automr.testing.contracts import RetrievalContract
+from automr.testing.synthetic import save_tiny_model, synthetic_dataset
+
+LAYER = 2
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval-contract")
+    dataset = synthetic_dataset(root)
+    loaded = automr.load_model(str(save_tiny_model(root / "model")), device="cpu")
+    store = build_memory(loaded, dataset, LAYER,
+                         MemoryConfig(encoder="item", store_token_states=True), root / "mem",
+                         progress=False)
+    samples = [s for s in dataset.samples("test") if s.memory][:6]
+    assert len(samples) >= 4
+    return store, samples
+
+
+@pytest.fixture(scope="module")
+def samples(memory):
+    return memory[1]
+
+
+class TestMemoryRetrieval(RetrievalContract):
+    @pytest.fixture(params=[("semantic", "append-token", 2), ("random", "concat", 1),
+                            ("mlp", "prepend-token", 1)], ids=lambda p: "-".join(map(str, p)))
+    def retrieval(self, request, memory):
+        kind, combiner, k = request.param
+        store = memory[0]
+        return automr.MemoryRetrieval(store, automr.build_retriever(kind, store.hidden_size),
+                                      automr.COMBINERS[combiner](), k=k)
+
+
+class TestTheOracleExamplesRetrieval(RetrievalContract):
+    @pytest.fixture
+    def retrieval(self, memory):
+        spec = importlib.util.spec_from_file_location("automr_example_oracle_contract",
+                                                      EXAMPLES / "oracle_ranking.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        store, samples = memory
+        picks = {s.id: len(s.memory) - 1 - i % len(s.memory) for i, s in enumerate(samples)}
+        return module.PickedRetrieval(store, automr.Concat(), picks)
+
+
+class ByRow:
+    """Scores element ``row % width`` of each row highest: a pick that follows the sample's
+    place in its batch, not the sample."""
+
+    def scores(self, query, keys, mask):
+        rows = torch.arange(len(keys))
+        scores = torch.zeros(mask.shape)
+        scores[rows, rows % mask.shape[1]] = 1.0
+        return scores
+
+
+class Unrecorded:
+    """Inserts as AutoMR does but forgets what it retrieved."""
+
+    def __init__(self, inner: automr.MemoryRetrieval) -> None:
+        self.inner, self.store, self.retrieved = inner, inner.store, []
+
+    def insert_for(self, samples):
+        return self.inner.insert_for(samples)
+
+
+def test_the_contract_refuses_a_batch_dependent_or_unrecorded_retrieval(memory):
+    store, samples = memory
+    contract = RetrievalContract()
+    by_row = automr.MemoryRetrieval(store, ByRow(), automr.AppendToken())
+    contract.test_records_each_samples_elements_from_its_own_memory(by_row, samples)
+    with pytest.raises(AssertionError, match=r"in a batch|differs from it alone"):
+        contract.test_a_batch_equals_its_samples_one_at_a_time(by_row, samples)
+    unrecorded = Unrecorded(automr.MemoryRetrieval(store, automr.build_retriever(
+        "semantic", store.hidden_size), automr.AppendToken()))
+    contract.test_is_a_retrieval_of_a_memory_store(unrecorded)
+    with pytest.raises(AssertionError, match="0 entries in retrieved"):
+        contract.test_records_each_samples_elements_from_its_own_memory(unrecorded, samples)
