@@ -3,6 +3,7 @@ saved and paired by ``evaluate``, resumed from the folder."""
 
 import json
 
+import attrs
 import pytest
 import torch
 
@@ -102,6 +103,63 @@ def test_grounders_of_one_model_and_retrieval_share_its_likelihoods(workspace, m
     assert values["bigrec:constrained"] == values["bigrec:l2"] == values["bigrec:likelihood"]
     assert values["random:constrained"] == values["random:l2"] != values["bigrec:l2"]
     assert values["base:constrained"] == values["base:l2"] != values["bigrec:l2"]
+
+
+def test_methods_of_one_model_run_the_lower_half_of_a_batch_once(workspace, monkeypatch):
+    """BIGRec and AutoMR with any retriever share the lower half (it never sees memory): the
+    registry's methods of one model run it once per batch, and score exactly what methods that
+    keep nothing score; the same batch of another model, layer or batch size is not reused."""
+    import automr.methods.generative as generative
+    from automr.methods import Artifacts, MethodOptions, Workspace, build_method
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    space = Workspace(dataset, Artifacts(finetuned=root / "ft", memory=root / "mem"),
+                      MethodOptions(layer=2, batch_size=2), device="cpu",
+                      cache_dir=root / "cache", progress=False)
+    lowered = []
+    real = generative.lower_targets
+    monkeypatch.setattr(generative, "lower_targets",
+                        lambda *args, **kw: lowered.append(args[3]) or real(*args, **kw))
+    samples = [s for s in dataset.samples("test") if s.memory][:3]
+    names = ("bigrec:likelihood", "random:likelihood", "semantic:likelihood",
+             "base:likelihood")
+    built = {name: build_method(name, space).method for name in names}
+    values = {name: method.target_log_likelihoods(samples) for name, method in built.items()}
+    assert lowered == [2, 2, 2, 2]  # two batches of the tuned model, two of the base model
+    assert space._lowered.reused == 4  # random's and semantic's batches
+    assert values["random:likelihood"] != values["bigrec:likelihood"]  # memory went in
+    for name, method in built.items():  # the same method keeping nothing
+        alone = attrs.evolve(method, likelihoods={}, lowered=None)
+        assert alone.target_log_likelihoods(samples) == values[name], name
+    assert len(lowered) == 4 + 2 * len(names)
+    reused = space._lowered.reused
+    attrs.evolve(built["random:likelihood"], likelihoods={}, batch_size=3
+                 ).target_log_likelihoods(samples)  # another batch: not the kept ones
+    attrs.evolve(built["random:likelihood"], likelihoods={}, layer=1, retrieval=None
+                 ).target_log_likelihoods(samples)  # another layer
+    assert space._lowered.reused == reused
+
+
+def test_a_kept_lower_pass_is_taken_for_the_same_tokens_only(workspace):
+    from automr.grounding.likelihood import LoweredBatches, lower_targets
+
+    llm = HFSplitLLM(workspace["loaded"].model)
+    ids, mask = left_padded_prompts(workspace["loaded"], workspace["dataset"],
+                                    workspace["dataset"].samples("test")[:2])
+    targets = [[5, 6], [7]]
+    lowered = lower_targets(llm, ids, mask, 2, targets)
+    kept = LoweredBatches()
+    kept.put(("k",), ids, targets, lowered)
+    assert kept.get(("k",), ids, [[5, 6], [8]], llm.device) is None
+    assert kept.get(("k",), ids.flip(1), targets, llm.device) is None
+    assert kept.get(("other",), ids, targets, llm.device) is None
+    assert kept.reused == 0
+    again = kept.get(("k",), ids, targets, llm.device)
+    assert again is not None and kept.reused == 1
+    assert torch.equal(again.targets.hidden, lowered.targets.hidden)
+    nothing = LoweredBatches(max_bytes=lowered.nbytes() - 1)
+    nothing.put(("k",), ids, targets, lowered)
+    assert nothing.get(("k",), ids, targets, llm.device) is None
 
 
 def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace, tmp_path):

@@ -11,7 +11,8 @@ from torch import Tensor
 from automr.checks import beartype, int_field
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Insert, SplitLLM
-from automr.llm.decoding import Decoding, prefill
+from automr.llm.decoding import Decoding, lower_prompts, prefill, upper_prompts
+from automr.state import LayerState
 from automr.types import TokenIds, TokenMask
 
 
@@ -77,26 +78,127 @@ def target_log_likelihoods(
     ``share_prefix``: the tokens every prompt of the batch starts with (the template's
     opening) run once (:func:`~automr.llm.decoding.prefill`); the values equal the unshared
     ones within float rounding (a property test; ``benchmarks/likelihood.py`` measures both).
+    It is :func:`lower_targets`, then :func:`target_log_likelihoods_from`.
     """
+    return target_log_likelihoods_from(
+        llm, lower_targets(llm, input_ids, attention_mask, layer, targets, share_prefix), insert)
+
+
+@attrs.frozen(eq=False)
+class LoweredTargets:
+    """A batch of prompts and their target tokens through the lower half: the layer-L states
+    the upper half takes (:class:`~automr.llm.decoding.LoweredPrompts`' ``head`` and ``rest``,
+    and the targets', run against the prompts' lower cache), with the target token ids. The
+    lower half never sees memory, so one serves every ``insert``
+    (:func:`target_log_likelihoods_from`)."""
+
+    head: LayerState | None
+    rest: LayerState
+    targets: LayerState
+    target_ids: Int[Tensor, "batch target"]
+
+    def nbytes(self) -> int:
+        """The bytes its tensors hold."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def to(self, device: torch.device | str) -> "LoweredTargets":
+        """Its tensors on ``device`` (itself where they are there)."""
+        def moved(state: LayerState) -> LayerState:
+            return LayerState(hidden=state.hidden.to(device), mask=state.mask.to(device),
+                              layer=state.layer)
+
+        return LoweredTargets(None if self.head is None else moved(self.head),
+                              moved(self.rest), moved(self.targets), self.target_ids.to(device))
+
+    def _tensors(self) -> list[Tensor]:
+        states = [s for s in (self.head, self.rest, self.targets) if s is not None]
+        return [*(t for s in states for t in (s.hidden, s.mask)), self.target_ids]
+
+
+@attrs.define(eq=False)
+class LoweredBatches:
+    """Lower-half passes of likelihood batches (:class:`LoweredTargets`), kept on the CPU for
+    the methods of one model that score the same batches with other memory (BIGRec, AutoMR,
+    random retrieval, ...): the lower half never sees memory, so only the first of them runs
+    it. A pass is taken again only for the same model, layer and token ids (prompts and
+    targets); up to ``max_bytes`` are kept, and a batch past them runs again."""
+
+    max_bytes: int = int_field(attrs.validators.ge(0), default=2**31)
+    reused: int = int_field(default=0)
+    """Batches served from here so far."""
+    _kept: dict[tuple, tuple[Tensor, tuple[tuple[int, ...], ...], LoweredTargets]] = (
+        attrs.field(factory=dict, init=False))
+    _bytes: int = attrs.field(default=0, init=False)
+
+    def get(self, key: tuple, input_ids: TokenIds, targets: Sequence[Sequence[int]],
+            device: torch.device) -> LoweredTargets | None:
+        """The pass kept under ``key`` (on ``device``) if it is of these prompt ids and
+        targets."""
+        kept = self._kept.get(key)
+        if kept is None or kept[1] != tuple(map(tuple, targets)) or not (
+                kept[0].shape == input_ids.shape and torch.equal(kept[0], input_ids.cpu())):
+            return None
+        self.reused += 1
+        return kept[2].to(device)
+
+    def put(self, key: tuple, input_ids: TokenIds, targets: Sequence[Sequence[int]],
+            lowered: LoweredTargets) -> None:
+        """Keep ``lowered``, the pass of these prompt ids and targets, under ``key`` (on the
+        CPU) while it fits in ``max_bytes``."""
+        size = lowered.nbytes() + input_ids.numel() * input_ids.element_size()
+        if key not in self._kept and self._bytes + size <= self.max_bytes:
+            self._kept[key] = (input_ids.cpu(), tuple(map(tuple, targets)), lowered.to("cpu"))
+            self._bytes += size
+
+
+@torch.no_grad()
+def lower_targets(
+    llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+    targets: Sequence[Sequence[int]], share_prefix: bool = True,
+) -> LoweredTargets:
+    """The lower half of :func:`target_log_likelihoods`: the prompts, then the targets
+    (right-padded) against their lower cache."""
     if len(targets) != input_ids.shape[0] or not all(targets):
         raise ValueError("target_log_likelihoods: one non-empty target per prompt")
-    decoding = prefill(llm, input_ids, attention_mask, layer, insert, share_prefix=share_prefix)
-    return _continuation_log_likelihoods(llm, decoding, targets)
+    lowered = lower_prompts(llm, input_ids, attention_mask, layer, share_prefix)
+    ids, mask = _right_padded(targets, llm.device)
+    return LoweredTargets(lowered.head, lowered.rest,
+                          llm.lower(ids, mask, layer, cache=lowered.lower_cache), ids)
+
+
+@torch.no_grad()
+def target_log_likelihoods_from(
+    llm: SplitLLM, lowered: LoweredTargets, insert: Insert | None = None
+) -> Float[Tensor, " batch"]:
+    """The upper half of :func:`target_log_likelihoods` (``insert`` joined to the prompts)."""
+    upper_cache, first = upper_prompts(llm, lowered.head, lowered.rest, insert)
+    logits = llm.upper(lowered.targets, cache=upper_cache)
+    return _summed_log_probs(first, logits, lowered.target_ids, lowered.targets.mask)
 
 
 def _continuation_log_likelihoods(
     llm: SplitLLM, decoding: Decoding, continuations: Sequence[Sequence[int]]
 ) -> Float[Tensor, " n"]:
     """Summed log-probabilities of each row's continuation after a prefilled prompt."""
-    width = max(map(len, continuations))
-    ids = torch.zeros(len(continuations), width, dtype=torch.long, device=llm.device)
-    mask = torch.zeros(len(continuations), width, dtype=torch.bool, device=llm.device)
-    for row, tokens in enumerate(continuations):
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-        mask[row, : len(tokens)] = True
+    ids, mask = _right_padded(continuations, llm.device)
     state = llm.lower(ids, mask, decoding.layer, cache=decoding.lower_cache)
     logits = llm.upper(state, cache=decoding.upper_cache)
-    # token j is predicted by the prompt's last position (j = 0) or by position j - 1
-    logits = torch.cat([decoding.logits[:, None], logits[:, :-1]], 1)
+    return _summed_log_probs(decoding.logits, logits, ids, mask)
+
+
+def _right_padded(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for row, tokens in enumerate(rows):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = True
+    return ids, mask
+
+
+def _summed_log_probs(first: Tensor, logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+    """Each row's summed log-probability of its tokens ``ids`` (real where ``mask``): token j
+    is predicted by the prompt's last position (``first``, j = 0) or by position j - 1."""
+    logits = torch.cat([first[:, None], logits[:, :-1]], 1)
     logp = torch.log_softmax(logits.float(), -1).gather(2, ids[..., None])[..., 0]
     return (logp * mask).sum(1)

@@ -168,53 +168,78 @@ def prefill(
     ``insert``, the lower half with it); the caches then hold ``[prefix | rest | padding]``
     instead of the batch's layout, which positions and masks make equivalent. Not where a
     prompt crosses the model's longrope switch after the prefix: its cache could not continue
-    there (:class:`~automr.llm.split.HFSplitLLM`), the whole prompt at once can.
+    there (:class:`~automr.llm.split.HFSplitLLM`), the whole prompt at once can. The two
+    halves are :func:`lower_prompts` and :func:`upper_prompts`.
     """
+    lowered = lower_prompts(llm, input_ids, attention_mask, layer, share_prefix)
+    upper_cache, logits = upper_prompts(llm, lowered.head, lowered.rest, insert)
+    return Decoding(lowered.lower_cache, upper_cache, layer, logits)
+
+
+@attrs.frozen
+class LoweredPrompts:
+    """A batch of prompts through the lower half: its cache, and the layer-L states the upper
+    half takes. ``head`` holds the tokens every prompt starts with (one row, run once) and
+    ``rest`` each prompt's tokens after them, right-padded; without a shared prefix ``head``
+    is None and ``rest`` is the batch as given."""
+
+    lower_cache: KVCache
+    head: LayerState | None
+    rest: LayerState
+
+
+def lower_prompts(
+    llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
+    share_prefix: bool = False,
+) -> LoweredPrompts:
+    """The lower half of :func:`prefill`: layers ``0..layer-1`` over the prompts."""
     mask = as_bool_mask(attention_mask)
+    lower_cache = llm.new_cache()
     if share_prefix:
         rows = [ids[real].tolist() for ids, real in zip(input_ids, mask, strict=True)]
         shared = common_prefix(rows)
         switch = getattr(llm, "longrope_switch", None)
         crosses = switch is not None and shared <= switch < max(map(len, rows))
         if shared >= MIN_SHARED and len(rows) > 1 and not crosses:
-            return _prefill_shared(llm, rows, shared, layer, insert)
-    lower_cache, upper_cache = llm.new_cache(), llm.new_cache()
-    state = llm.lower(input_ids, mask, layer, cache=lower_cache)
+            device = llm.device
+            head_ids = torch.tensor([rows[0][:shared]], device=device)
+            head = llm.lower(head_ids, torch.ones_like(head_ids, dtype=torch.bool), layer,
+                             lower_cache)
+            lower_cache.repeat_interleave(len(rows))
+            width = max(len(r) for r in rows) - shared
+            rest_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+            rest_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+            for row, tokens in enumerate(rows):
+                rest_ids[row, : len(tokens) - shared] = torch.tensor(tokens[shared:],
+                                                                     device=device)
+                rest_mask[row, : len(tokens) - shared] = True
+            return LoweredPrompts(lower_cache, head,
+                                  llm.lower(rest_ids, rest_mask, layer, lower_cache))
+    return LoweredPrompts(lower_cache, None,
+                          llm.lower(input_ids, mask, layer, cache=lower_cache))
+
+
+def upper_prompts(
+    llm: SplitLLM, head: LayerState | None, rest: LayerState, insert: Insert | None = None,
+) -> tuple[KVCache, Tensor]:
+    """The upper half of :func:`prefill` over the layer-L states of :func:`lower_prompts`
+    (memory inserted first, if given): the upper cache and each prompt's next-token logits
+    ``[batch, vocab]``. Without ``insert`` a ``head`` runs once; with it, the memory joins
+    each whole prompt, so the head is repeated into every row."""
+    upper_cache = llm.new_cache()
+    if head is not None and insert is None:
+        llm.upper(head, cache=upper_cache, logits_at=torch.zeros(1, 1, dtype=torch.long,
+                                                                 device=head.hidden.device))
+        upper_cache.repeat_interleave(rest.batch_size)
+        return upper_cache, llm.upper(rest, cache=upper_cache,
+                                      logits_at=rest.last_positions())[:, 0]
+    state = rest if head is None else LayerState(
+        hidden=torch.cat([head.hidden.expand(rest.batch_size, -1, -1), rest.hidden], 1),
+        mask=torch.cat([head.mask.expand(rest.batch_size, -1), rest.mask], 1), layer=rest.layer)
     if insert is not None:
         state = _inserted(insert, state)
-    logits = llm.upper(state, cache=upper_cache, logits_at=state.last_positions())
-    return Decoding(lower_cache, upper_cache, layer, logits[:, 0])
-
-
-def _prefill_shared(
-    llm: SplitLLM, rows: list[list[int]], shared: int, layer: int, insert: Insert | None
-) -> Decoding:
-    """:func:`prefill` with the first ``shared`` tokens of every row run once."""
-    device = llm.device
-    lower_cache, upper_cache = llm.new_cache(), llm.new_cache()
-    head_ids = torch.tensor([rows[0][:shared]], device=device)
-    head = llm.lower(head_ids, torch.ones_like(head_ids, dtype=torch.bool), layer, lower_cache)
-    lower_cache.repeat_interleave(len(rows))
-    width = max(len(r) for r in rows) - shared
-    rest_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    rest_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
-    for row, tokens in enumerate(rows):
-        rest_ids[row, : len(tokens) - shared] = torch.tensor(tokens[shared:], device=device)
-        rest_mask[row, : len(tokens) - shared] = True
-    rest = llm.lower(rest_ids, rest_mask, layer, lower_cache)
-    if insert is None:
-        llm.upper(head, cache=upper_cache, logits_at=torch.zeros(1, 1, dtype=torch.long,
-                                                                 device=device))
-        upper_cache.repeat_interleave(len(rows))
-        logits = llm.upper(rest, cache=upper_cache, logits_at=rest.last_positions())
-    else:
-        state = LayerState(hidden=torch.cat([head.hidden.expand(len(rows), -1, -1),
-                                             rest.hidden], 1),
-                           mask=torch.cat([head.mask.expand(len(rows), -1), rest.mask], 1),
-                           layer=layer)
-        state = _inserted(insert, state)
-        logits = llm.upper(state, cache=upper_cache, logits_at=state.last_positions())
-    return Decoding(lower_cache, upper_cache, layer, logits[:, 0])
+    return upper_cache, llm.upper(state, cache=upper_cache,
+                                  logits_at=state.last_positions())[:, 0]
 
 
 def common_prefix(rows: list[list[int]]) -> int:

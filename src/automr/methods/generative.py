@@ -19,7 +19,11 @@ from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ranks_from_scores, seen_mask
 from automr.grounding.l2 import L2Grounder
-from automr.grounding.likelihood import target_log_likelihoods
+from automr.grounding.likelihood import (
+    LoweredBatches,
+    lower_targets,
+    target_log_likelihoods_from,
+)
 from automr.interfaces import Grounder, PromptContext, require, require_instance
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
@@ -93,6 +97,11 @@ class GenerativeMethod:
     (:data:`INPUT_DETAILS`), by sample id, once computed: grounding does not change them, so
     methods of one model, retrieval and context may share one dict (the registry's do: a
     second grounder computes none again, and its details still name what was retrieved)."""
+    lowered: LoweredBatches | None = None
+    """Where the lower half's work on each likelihood batch is kept for methods of the same
+    model scoring the same batches with other memory or none (the registry's methods share
+    one: BIGRec, AutoMR and random retrieval of a fine-tune run the lower half of a batch
+    once, as it never sees memory); None: not kept."""
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _embeddings: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -288,7 +297,15 @@ class GenerativeMethod:
             example = tokenize_sample(self.loaded.tokenizer, sample, self.dataset.catalog,
                                       self.dataset.prompt_config, context=text)
             targets.append(example.input_ids[len(example.prompt_ids):])
-        scores = target_log_likelihoods(llm, ids, mask, self.layer, targets, insert)
+        if self.lowered is None:
+            lowered = lower_targets(llm, ids, mask, self.layer, targets)
+        else:  # the token ids are checked on a hit: the key only finds the batch
+            key = (id(self.loaded.model), self.layer, tuple(s.id for s in chunk))
+            lowered = self.lowered.get(key, ids, targets, llm.device)
+            if lowered is None:
+                lowered = lower_targets(llm, ids, mask, self.layer, targets)
+                self.lowered.put(key, ids, targets, lowered)
+        scores = target_log_likelihoods_from(llm, lowered, insert)
         return scores, [len(t) for t in targets]
 
 

@@ -29,6 +29,7 @@ from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
+from automr.grounding.likelihood import LoweredBatches
 from automr.grounding.prior import choose_gamma, min_max
 from automr.interfaces import LikelihoodMethod, Method
 from automr.llm.loading import (
@@ -165,6 +166,9 @@ class Workspace:
     _likelihoods: dict[tuple[str, int | None], dict[str, tuple[float, int, dict[str, Any]]]] = (
         attrs.field(factory=dict, init=False))
     """Target log-likelihoods by model and retrieval, shared by their methods' grounders."""
+    _lowered: LoweredBatches = attrs.field(factory=LoweredBatches, init=False)
+    """The lower half's likelihood batches, shared by the methods of each model, whatever
+    their memory."""
     _data_fingerprint: str | None = attrs.field(default=None, init=False)
 
     @property
@@ -250,7 +254,8 @@ class Workspace:
                                self.cache_dir, self.progress, gamma),
                 layer=layer, retrieval=retrieval, context=context,
                 batch_size=self.options.batch_size, exclude_seen=self.options.exclude_seen,
-                progress=self.progress, label=label, likelihoods=likelihoods)
+                progress=self.progress, label=label, likelihoods=likelihoods,
+                lowered=self._lowered)
 
         if not grounder.endswith("-pop"):
             return method(grounder)
