@@ -14,7 +14,11 @@ from automr.grounding.catalog import (
 from automr.grounding.constrained import ConstrainedGrounder
 from automr.grounding.embedding import embed_texts
 from automr.grounding.l2 import L2Grounder
-from automr.grounding.likelihood import LikelihoodGrounder, target_log_likelihoods
+from automr.grounding.likelihood import (
+    LikelihoodGrounder,
+    LoweredBatches,
+    target_log_likelihoods,
+)
 from automr.grounding.targets import CatalogTargets, catalog_targets
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "ConstrainedGrounder",
     "L2Grounder",
     "LikelihoodGrounder",
+    "LoweredBatches",
     "build_grounder",
     "catalog_embeddings",
     "catalog_targets",
