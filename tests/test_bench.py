@@ -377,6 +377,35 @@ def test_the_likelihood_script_counts_the_opening_tokens_it_runs_once(workspace)
     assert opening(2) == common_prefix(prompts) >= 8
 
 
+def test_the_likelihood_methods_script_scores_alike_both_ways(workspace, tmp_path):
+    """benchmarks/likelihood_methods.py: BIGRec and two retrievals of one fine-tune, the
+    lower half kept or run per method, give the same values."""
+    import importlib.util
+    from pathlib import Path
+
+    import automr
+    from automr.memory import MemoryConfig, build_memory
+    from automr.recommenders.finetune import FinetuneConfig, finetune
+
+    dataset = automr.PreparedDataset.load(workspace / "prepared")
+    model = str(workspace / "model")
+    finetune(automr.load_model(model, device="cpu"), dataset, tmp_path / "ft",
+             FinetuneConfig(max_train_samples=4, max_valid_samples=2, batch_size=2,
+                            lora_from_layer=2), progress=False)
+    build_memory(automr.load_model(model, device="cpu"), dataset, 2,
+                 MemoryConfig(encoder="item", store_token_states=True), tmp_path / "mem",
+                 progress=False)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood_methods.py"
+    spec = importlib.util.spec_from_file_location("likelihood_methods_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.bench_likelihood_methods(workspace / "prepared", tmp_path / "ft",
+                                             tmp_path / "mem", samples=3, batch_size=2,
+                                             repeats=1)
+    assert result["samples"] == 3 and result["methods"] == ["bigrec", "random", "semantic"]
+    assert result["max_abs_diff_nats"] == 0
+
+
 @pytest.mark.parametrize("option", ["--titles", "--repeats", "--check"])
 def test_the_trie_script_refuses_a_count_below_one(tmp_path, monkeypatch, capsys, option):
     """``--titles 0`` crashed on an empty catalog, ``--repeats 0`` in a traceback, and
