@@ -157,6 +157,11 @@ def test_a_kept_lower_pass_is_taken_for_the_same_tokens_only(workspace):
     again = kept.get(("k",), ids, targets, llm.device)
     assert again is not None and kept.reused == 1
     assert torch.equal(again.targets.hidden, lowered.targets.hidden)
+    before = lowered.rest.hidden.clone()
+    lowered.rest.hidden.add_(1)  # a model writing into its input changes no kept pass
+    again.rest.hidden.add_(1)
+    third = kept.get(("k",), ids, targets, llm.device)
+    assert third is not None and torch.equal(third.rest.hidden, before)
     nothing = LoweredBatches(max_bytes=lowered.nbytes() - 1)
     nothing.put(("k",), ids, targets, lowered)
     assert nothing.get(("k",), ids, targets, llm.device) is None

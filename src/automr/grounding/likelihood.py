@@ -101,14 +101,16 @@ class LoweredTargets:
         """The bytes its tensors hold."""
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
-    def to(self, device: torch.device | str) -> "LoweredTargets":
-        """Its tensors on ``device`` (itself where they are there)."""
+    def copy_to(self, device: torch.device | str) -> "LoweredTargets":
+        """A copy on ``device`` (also where it is there: a model whose layers wrote into their
+        input would otherwise change what is kept)."""
         def moved(state: LayerState) -> LayerState:
-            return LayerState(hidden=state.hidden.to(device), mask=state.mask.to(device),
-                              layer=state.layer)
+            return LayerState(hidden=state.hidden.to(device, copy=True),
+                              mask=state.mask.to(device, copy=True), layer=state.layer)
 
         return LoweredTargets(None if self.head is None else moved(self.head),
-                              moved(self.rest), moved(self.targets), self.target_ids.to(device))
+                              moved(self.rest), moved(self.targets),
+                              self.target_ids.to(device, copy=True))
 
     def _tensors(self) -> list[Tensor]:
         states = [s for s in (self.head, self.rest, self.targets) if s is not None]
@@ -139,7 +141,7 @@ class LoweredBatches:
                 kept[0].shape == input_ids.shape and torch.equal(kept[0], input_ids.cpu())):
             return None
         self.reused += 1
-        return kept[2].to(device)
+        return kept[2].copy_to(device)
 
     def put(self, key: tuple, input_ids: TokenIds, targets: Sequence[Sequence[int]],
             lowered: LoweredTargets) -> None:
@@ -147,7 +149,8 @@ class LoweredBatches:
         CPU) while it fits in ``max_bytes``."""
         size = lowered.nbytes() + input_ids.numel() * input_ids.element_size()
         if key not in self._kept and self._bytes + size <= self.max_bytes:
-            self._kept[key] = (input_ids.cpu(), tuple(map(tuple, targets)), lowered.to("cpu"))
+            self._kept[key] = (input_ids.cpu(), tuple(map(tuple, targets)),
+                               lowered.copy_to("cpu"))
             self._bytes += size
 
 
