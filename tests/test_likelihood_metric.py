@@ -148,23 +148,42 @@ def test_a_kept_lower_pass_is_taken_for_the_same_tokens_only(workspace):
                                     workspace["dataset"].samples("test")[:2])
     targets = [[5, 6], [7]]
     lowered = lower_targets(llm, ids, mask, 2, targets)
+    model = workspace["loaded"].model
     kept = LoweredBatches()
-    kept.put(("k",), ids, targets, lowered)
-    assert kept.get(("k",), ids, [[5, 6], [8]], llm.device) is None
-    assert kept.get(("k",), ids.flip(1), targets, llm.device) is None
-    assert kept.get(("other",), ids, targets, llm.device) is None
+    kept.put(model, 2, ("a", "b"), ids, targets, lowered)
+    assert kept.get(model, 2, ("a", "b"), ids, [[5, 6], [8]]) is None
+    assert kept.get(model, 2, ("a", "b"), ids.flip(1), targets) is None
+    assert kept.get(model, 1, ("a", "b"), ids, targets) is None
+    assert kept.get(model, 2, ("b", "a"), ids, targets) is None
     assert kept.reused == 0
-    again = kept.get(("k",), ids, targets, llm.device)
+    again = kept.get(model, 2, ("a", "b"), ids, targets)
     assert again is not None and kept.reused == 1
     assert torch.equal(again.targets.hidden, lowered.targets.hidden)
     before = lowered.rest.hidden.clone()
     lowered.rest.hidden.add_(1)  # a model writing into its input changes no kept pass
     again.rest.hidden.add_(1)
-    third = kept.get(("k",), ids, targets, llm.device)
+    third = kept.get(model, 2, ("a", "b"), ids, targets)
     assert third is not None and torch.equal(third.rest.hidden, before)
     nothing = LoweredBatches(max_bytes=lowered.nbytes() - 1)
-    nothing.put(("k",), ids, targets, lowered)
-    assert nothing.get(("k",), ids, targets, llm.device) is None
+    nothing.put(model, 2, ("a", "b"), ids, targets, lowered)
+    assert nothing.get(model, 2, ("a", "b"), ids, targets) is None
+
+
+def test_a_kept_lower_pass_is_not_taken_for_another_model_at_the_same_address(monkeypatch):
+    """The key holds the model's id, which a model loaded after another is freed may get: the
+    pass keeps a weak reference to its model, and another model of that id misses (every id
+    made equal here, as a freed model's address given again would)."""
+    import automr.grounding.likelihood as likelihood
+    from automr.testing.tiny import tiny_config, tiny_model
+
+    monkeypatch.setattr(likelihood, "id", lambda _: 1, raising=False)
+    ids, targets = torch.tensor([[3, 4, 5]]), [[6]]
+    kept = likelihood.LoweredBatches()
+    first, second = (tiny_model(tiny_config(num_layers=2), seed=seed) for seed in (0, 1))
+    kept.put(first, 1, ("a",), ids, targets, likelihood.lower_targets(
+        HFSplitLLM(first), ids, torch.ones_like(ids), 1, targets))
+    assert kept.get(second, 1, ("a",), ids, targets) is None
+    assert kept.get(first, 1, ("a",), ids, targets) is not None
 
 
 def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace, tmp_path):

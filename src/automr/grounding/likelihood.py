@@ -1,6 +1,7 @@
 """Exact likelihood ranking: every catalog title scored given the prompt (small catalogs)."""
 
 import copy
+import weakref
 from collections.abc import Sequence
 
 import attrs
@@ -117,41 +118,58 @@ class LoweredTargets:
         return [*(t for s in states for t in (s.hidden, s.mask)), self.target_ids]
 
 
+@attrs.frozen(eq=False)
+class _Kept:
+    """One kept pass of :class:`LoweredBatches`, with what it was made of."""
+
+    model: "weakref.ReferenceType[torch.nn.Module]"
+    input_ids: Tensor
+    targets: tuple[tuple[int, ...], ...]
+    lowered: LoweredTargets
+
+
 @attrs.define(eq=False)
 class LoweredBatches:
     """Lower-half passes of likelihood batches (:class:`LoweredTargets`), kept on the CPU for
     the methods of one model that score the same batches with other memory (BIGRec, AutoMR,
     random retrieval, ...): the lower half never sees memory, so only the first of them runs
-    it. A pass is taken again only for the same model, layer and token ids (prompts and
-    targets); up to ``max_bytes`` are kept, and a batch past them runs again."""
+    it. A pass is taken again only for the same model object (held weakly: a model loaded
+    again is another), layer and token ids (prompts and targets); up to ``max_bytes`` are
+    kept, and a batch past them runs again."""
 
     max_bytes: int = int_field(attrs.validators.ge(0), default=2**31)
     reused: int = int_field(default=0)
     """Batches served from here so far."""
-    _kept: dict[tuple, tuple[Tensor, tuple[tuple[int, ...], ...], LoweredTargets]] = (
-        attrs.field(factory=dict, init=False))
+    _kept: dict[tuple, _Kept] = attrs.field(factory=dict, init=False)
     _bytes: int = attrs.field(default=0, init=False)
 
-    def get(self, key: tuple, input_ids: TokenIds, targets: Sequence[Sequence[int]],
-            device: torch.device) -> LoweredTargets | None:
-        """The pass kept under ``key`` (on ``device``) if it is of these prompt ids and
-        targets."""
-        kept = self._kept.get(key)
-        if kept is None or kept[1] != tuple(map(tuple, targets)) or not (
-                kept[0].shape == input_ids.shape and torch.equal(kept[0], input_ids.cpu())):
+    def get(self, model: torch.nn.Module, layer: int, batch: tuple[str, ...],
+            input_ids: TokenIds, targets: Sequence[Sequence[int]]) -> LoweredTargets | None:
+        """A copy (on ``input_ids``' device) of the pass of ``model`` split at ``layer`` over
+        the samples ``batch`` (their ids), if one is kept of these prompt ids and targets."""
+        kept = self._kept.get((id(model), layer, batch))
+        if kept is None or kept.model() is not model or kept.targets != _rows(targets) or not (
+                kept.input_ids.shape == input_ids.shape
+                and torch.equal(kept.input_ids, input_ids.cpu())):
             return None
         self.reused += 1
-        return kept[2].copy_to(device)
+        return kept.lowered.copy_to(input_ids.device)
 
-    def put(self, key: tuple, input_ids: TokenIds, targets: Sequence[Sequence[int]],
+    def put(self, model: torch.nn.Module, layer: int, batch: tuple[str, ...],
+            input_ids: TokenIds, targets: Sequence[Sequence[int]],
             lowered: LoweredTargets) -> None:
-        """Keep ``lowered``, the pass of these prompt ids and targets, under ``key`` (on the
-        CPU) while it fits in ``max_bytes``."""
+        """Keep a copy of ``lowered``, the pass that :meth:`get` names, on the CPU while it
+        fits in ``max_bytes``."""
+        key = (id(model), layer, batch)
         size = lowered.nbytes() + input_ids.numel() * input_ids.element_size()
         if key not in self._kept and self._bytes + size <= self.max_bytes:
-            self._kept[key] = (input_ids.cpu(), tuple(map(tuple, targets)),
-                               lowered.copy_to("cpu"))
+            self._kept[key] = _Kept(weakref.ref(model), input_ids.cpu(), _rows(targets),
+                                    lowered.copy_to("cpu"))
             self._bytes += size
+
+
+def _rows(targets: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(map(tuple, targets))
 
 
 @torch.no_grad()

@@ -299,12 +299,12 @@ class GenerativeMethod:
             targets.append(example.input_ids[len(example.prompt_ids):])
         if self.lowered is None:
             lowered = lower_targets(llm, ids, mask, self.layer, targets)
-        else:  # the token ids are checked on a hit: the key only finds the batch
-            key = (id(self.loaded.model), self.layer, tuple(s.id for s in chunk))
-            lowered = self.lowered.get(key, ids, targets, llm.device)
+        else:
+            batch = (self.loaded.model, self.layer, tuple(s.id for s in chunk), ids, targets)
+            lowered = self.lowered.get(*batch)
             if lowered is None:
                 lowered = lower_targets(llm, ids, mask, self.layer, targets)
-                self.lowered.put(key, ids, targets, lowered)
+                self.lowered.put(*batch, lowered)
         scores = target_log_likelihoods_from(llm, lowered, insert)
         return scores, [len(t) for t in targets]
 
