@@ -126,18 +126,18 @@ def test_methods_of_one_model_run_the_lower_half_of_a_batch_once(workspace, monk
     built = {name: build_method(name, space).method for name in names}
     values = {name: method.target_log_likelihoods(samples) for name, method in built.items()}
     assert lowered == [2, 2, 2, 2]  # two batches of the tuned model, two of the base model
-    assert space._lowered.reused == 4  # random's and semantic's batches
+    assert space.shared.lowered.reused == 4  # random's and semantic's batches
     assert values["random:likelihood"] != values["bigrec:likelihood"]  # memory went in
     for name, method in built.items():  # the same method keeping nothing
         alone = attrs.evolve(method, likelihoods={}, lowered=None)
         assert alone.target_log_likelihoods(samples) == values[name], name
     assert len(lowered) == 4 + 2 * len(names)
-    reused = space._lowered.reused
+    reused = space.shared.lowered.reused
     attrs.evolve(built["random:likelihood"], likelihoods={}, batch_size=3
                  ).target_log_likelihoods(samples)  # another batch: not the kept ones
     attrs.evolve(built["random:likelihood"], likelihoods={}, layer=1, retrieval=None
                  ).target_log_likelihoods(samples)  # another layer
-    assert space._lowered.reused == reused
+    assert space.shared.lowered.reused == reused
 
 
 def test_a_kept_lower_pass_is_taken_for_the_same_tokens_only(workspace):

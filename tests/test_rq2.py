@@ -298,9 +298,22 @@ def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypa
     assert RQ2Result.load(out / "rq2.json") == result
 
 
-def test_rq2_by_target_likelihood(workspace, tmp_path):
+def test_rq2_by_target_likelihood(workspace, tmp_path, monkeypatch):
     """measures=("likelihood",): every run is compared by its mean target log-likelihood, the
-    value of its own loglik/ file (no ranking)."""
+    value of its own loglik/ file (no ranking). The runs load the fine-tune once and run the
+    lower half of the batch once between them (each loaded it and ran it: 4 times here)."""
+    import automr.methods.generative as generative
+    from automr.recommenders.runs import FinetunedRun
+
+    calls = {"load": 0, "lower": 0}
+    load, lower = FinetunedRun.load, generative.lower_targets
+
+    def counted(name, real):
+        return lambda *args, **kw: calls.__setitem__(name, calls[name] + 1) or real(*args,
+                                                                                    **kw)
+
+    monkeypatch.setattr(FinetunedRun, "load", counted("load", load))
+    monkeypatch.setattr(generative, "lower_targets", counted("lower", lower))
     out = tmp_path / "rq2-ll"
     config = attrs.evolve(CONFIG, measures=("likelihood",))
     result = run_rq2(workspace / "prepared", out, finetuned=workspace / "ft",
@@ -308,6 +321,7 @@ def test_rq2_by_target_likelihood(workspace, tmp_path):
                      seeds=[0, 1], grounder="likelihood", config=config, device="cpu",
                      progress=False, say=lambda _: None)
     assert result.metrics == ("target_ll", "target_ll_per_token")
+    assert calls == {"load": 1, "lower": 1}  # 4 runs of 6 samples, one batch
     assert not list(out.glob("*/ranks/*.json"))
     for run in result.runs:
         saved = json.loads(next((Path(run.folder) / "loglik").glob("*-likelihood.json"))

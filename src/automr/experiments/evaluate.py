@@ -33,6 +33,7 @@ from automr.experiments.eval_config import EvalConfig
 from automr.methods.registry import (
     METHODS,
     Artifacts,
+    SharedModels,
     Workspace,
     build_method,
     parse_method,
@@ -43,12 +44,15 @@ def evaluate_methods(
     dataset_dir: Path | str, methods: Sequence[str], out_dir: Path | str,
     config: EvalConfig = EvalConfig(), artifacts: Artifacts | None = None,
     device: str = "auto", cache_dir: Path | str | None = None, progress: bool = True,
-    dtype: str = "auto",
+    dtype: str = "auto", shared: SharedModels | None = None,
 ) -> Evaluation:
     """Measure the same seeded subset of samples with every named method; write the values
     and tables.
 
     Methods already ranked in ``out_dir`` with the same samples and settings are reused.
+    ``shared``: models loaded by an earlier call, and its kept lower-half passes (several
+    evaluations of one model load it once and share the lower half of their likelihood
+    batches).
     """
     for method in methods:
         parse_method(method)  # every name is checked before any work
@@ -64,7 +68,8 @@ def evaluate_methods(
     artifacts = artifacts or Artifacts()
     space = Workspace(dataset, artifacts, config.method_options(), device=device,
                       cache_dir=cache_dir, progress=progress and distributed.is_main(),
-                      dtype=dtype, kept=None if out_dir is None else EvaluationFolder(out_dir))
+                      dtype=dtype, kept=None if out_dir is None else EvaluationFolder(out_dir),
+                      shared=SharedModels() if shared is None else shared)
     built = {m: build_method(m, space) for m in methods}
     retrieval = ("" if config.retrieval_seed is None
                  else f", random retrieval seed {config.retrieval_seed}")

@@ -31,7 +31,7 @@ from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import metric_label, new_figure, require_matplotlib, save_figure
 from automr.llm.loading import DEFAULT_MODEL
 from automr.memory import MemoryRecord
-from automr.methods.registry import Artifacts, parse_method
+from automr.methods.registry import Artifacts, SharedModels, parse_method
 from automr.paths import home_path
 from automr.recommenders.automr import load_retriever_for
 from automr.recommenders.runs import FinetunedRun
@@ -184,6 +184,7 @@ def run_rq2(
               attrs.evolve(config, retrieval_seed=s)) for s in seeds]
     runs: list[RQ2Run] = []
     ids: tuple[str, ...] = ()
+    shared = SharedModels()  # the model loaded once; the likelihoods' lower half run once
     for group, folder, source, retriever, run_config in plan:
         method = f"{group}:{grounder}"
         say(f"[rq2] {method}" + (f" ({source})" if source else "") + f" -> {folder}")
@@ -191,7 +192,7 @@ def run_rq2(
             dataset_dir, [method], folder, run_config,
             Artifacts(model=model, finetuned=finetuned,
                       memory=memory if group != "bigrec" else None, retriever=retriever),
-            device=device, dtype=dtype, cache_dir=cache_dir, progress=progress)
+            device=device, dtype=dtype, cache_dir=cache_dir, progress=progress, shared=shared)
         report = (evaluation.reports if "ranks" in config.measures
                   else evaluation.likelihoods)[method]
         ids = ids if runs else report.sample_ids

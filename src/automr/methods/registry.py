@@ -138,10 +138,23 @@ def _model_key(run: FinetunedRun | None) -> str:
     return "base" if run is None else str(run.path.resolve())
 
 
+@attrs.define(eq=False)
+class SharedModels:
+    """Loaded models, and the lower half's likelihood batches of their methods
+    (:class:`~automr.grounding.likelihood.LoweredBatches`). A :class:`Workspace` makes its
+    own; give one to several (``automr rq2`` does, an evaluation per run) and they load each
+    model once and run the lower half of a likelihood batch once between them."""
+
+    models: dict[tuple[str, str, str], LoadedModel] = attrs.field(factory=dict)
+    """By model (the base model's name, or a fine-tune's folder), device and dtype."""
+    lowered: LoweredBatches = attrs.field(factory=LoweredBatches)
+
+
 @attrs.define
 class Workspace:
     """What the builders share: the data, the artifacts, options, and loaded models (each
-    model is loaded once however many methods use it)."""
+    model is loaded once however many methods use it; ``shared`` by several workspaces, once
+    for all of them)."""
 
     dataset: PreparedDataset = attrs.field(validator=attrs.validators.instance_of(
         PreparedDataset))
@@ -158,7 +171,8 @@ class Workspace:
     """An evaluation folder whose L2 generations made with the same settings are measured
     again instead of generated again (an injection added to a folder that holds ``X:l2``),
     and where the SASRec its methods train is kept for a resume."""
-    _models: dict[str, LoadedModel] = attrs.field(factory=dict, init=False)
+    shared: SharedModels = attrs.field(factory=SharedModels,
+                                       validator=attrs.validators.instance_of(SharedModels))
     _sasrec: SASRecMethod | None = attrs.field(default=None, init=False)
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
                                                                         init=False)
@@ -166,9 +180,6 @@ class Workspace:
     _likelihoods: dict[tuple[str, int | None], dict[str, tuple[float, int, dict[str, Any]]]] = (
         attrs.field(factory=dict, init=False))
     """Target log-likelihoods by model and retrieval, shared by their methods' grounders."""
-    _lowered: LoweredBatches = attrs.field(factory=LoweredBatches, init=False)
-    """The lower half's likelihood batches, shared by the methods of each model, whatever
-    their memory."""
     _data_fingerprint: str | None = attrs.field(default=None, init=False)
 
     @property
@@ -213,14 +224,15 @@ class Workspace:
 
     def model(self, run: FinetunedRun | None) -> LoadedModel:
         """The base model (``run`` None) or ``run``'s tuned model, loaded once."""
-        key = _model_key(run)
-        if key not in self._models:
-            self._models[key] = (
+        key = (self.base_model if run is None else str(run.path.resolve()), self.device,
+               self.dtype)
+        if key not in self.shared.models:
+            self.shared.models[key] = (
                 load_model(self.base_model, device=self.device, dtype=self.dtype,
                            cache_dir=self.cache_dir)
                 if run is None else run.load(device=self.device, dtype=self.dtype,
                                              cache_dir=self.cache_dir))
-        return self._models[key]
+        return self.shared.models[key]
 
     def generative(self, grounder: str, run: FinetunedRun | None, label: str,
                    retrieval: Retrieval | None = None) -> Method:
@@ -255,7 +267,7 @@ class Workspace:
                 layer=layer, retrieval=retrieval, context=context,
                 batch_size=self.options.batch_size, exclude_seen=self.options.exclude_seen,
                 progress=self.progress, label=label, likelihoods=likelihoods,
-                lowered=self._lowered)
+                lowered=self.shared.lowered)
 
         if not grounder.endswith("-pop"):
             return method(grounder)
