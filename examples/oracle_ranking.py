@@ -17,14 +17,13 @@ target log-likelihoods are measured too (``--measures``): the oracle's minus BIG
 recovers the annotated gains, a check that the intended element went in.
 
 The picks reach :class:`automr.MemoryRetrieval` as an ordinary retriever object
-(:class:`PickRetriever`, which scores the element picked for each row), told each batch's
-picks by :class:`PickedRetrieval`, an :class:`automr.Retrieval` of its own, which knows the
-batch's samples: two samples of a user in
-the same second share their prompt and memory view, so nothing a retriever sees tells them
-apart, and the oracle's pick is the sample's own. Only public imports (``automr``,
-``automr.methods``) are used; the history is excluded from every ranking, as with
-``--exclude-seen``. Run it on the
-gains that ``examples/element_gains.py`` exported from ``automr annotate`` of the test split::
+(:class:`PickRetriever`, which scores the element picked for each row), told each batch's picks
+by :class:`PickedRetrieval`, an :class:`automr.Retrieval` of its own, which knows the batch's
+samples: two samples of a user in the same second share their prompt and memory view, so
+nothing a retriever sees tells them apart, and the oracle's pick is the sample's own. Only
+public imports (``automr``, ``automr.methods``) are used; the history is excluded from every
+ranking, as with ``--exclude-seen``. Run it on the gains that ``examples/element_gains.py``
+exported from ``automr annotate`` of the test split::
 
     python examples/oracle_ranking.py --data runs/data --finetuned runs/bigrec-l15-2k \\
         --memory runs/memory-item-l15 --gains docs/results/automr/element-gains-test.json \\
