@@ -48,7 +48,7 @@ from automr.testing.synthetic import write_synthetic_csv
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--interactions", type=Path, default=None,
                         help="user,item,timestamp CSV (default: synthetic interactions)")
     parser.add_argument("--items", type=Path, default=None, help="item,title CSV")

@@ -51,7 +51,7 @@ class RecencyRetriever:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("runs/demo/data"),
                         help="prepared dataset folder")
     parser.add_argument("--finetuned", type=Path, default=Path("runs/demo/bigrec"),

@@ -30,7 +30,7 @@ FORMAT = "automr.generated-titles/1"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--results", type=Path, required=True,
                         help="evaluation folder (automr evaluate --out) or its export")
     parser.add_argument("--data", type=Path, required=True,

@@ -127,7 +127,7 @@ def picks_by_sample(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
     parser.add_argument("--finetuned", type=Path, required=True,
                         help="BIGRec fine-tune run folder (automr finetune)")

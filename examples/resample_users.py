@@ -59,7 +59,7 @@ def intervals(exported: dict, resample: str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("results", type=Path, help="docs/results")
     args = parser.parse_args()
     ratios: dict[tuple[str, str], list[float]] = {}

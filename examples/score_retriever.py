@@ -51,7 +51,7 @@ from automr.retrievers import (
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--annotations", type=Path, default=Path("runs/demo/annotations"),
                         help="annotation folder (automr annotate)")
     parser.add_argument("--data", type=Path, default=Path("runs/demo/data"),

@@ -207,9 +207,9 @@ def read_gains(path: Path, store: automr.MemoryStore) -> dict:
     return export
 
 
-def gains_parser(doc: str, memory_help: str) -> argparse.ArgumentParser:
+def gains_parser(doc: str | None, memory_help: str) -> argparse.ArgumentParser:
     """The options of a script that learns on one element-gains export and picks on another."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--memory", type=Path, required=True, help=memory_help)
     parser.add_argument("--train", type=Path, required=True,

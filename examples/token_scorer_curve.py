@@ -71,7 +71,7 @@ def nested_subsets(ids: list[str], sizes: list[int], seed: int) -> dict[int, lis
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--memory", type=Path, required=True,
                         help="the memory the annotations used (with token states)")
@@ -109,7 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     command = ["python", "examples/token_scorer_curve.py",
                *(sys.argv[1:] if argv is None else argv)]
     done = {(r["seed"], r["train_samples"]): r for r in finished_runs(args.out, command)}
-    runs = []
+    runs: list[dict] = []
+
+    def report() -> dict:
+        return {"format": "automr.token-scorer-curve/1", "commands": [command],
+                "finished": len(runs) == len(seeds) * len(sizes),
+                "train_samples_available": len(learn), "folds": token_scorer.FOLDS,
+                **summarize_runs(runs, test), "runs": runs}
+
     for seed in seeds:
         for size, ids in nested_subsets(list(learn), sizes, seed).items():
             if (seed, size) not in done:
@@ -123,11 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(json.dumps({k: v for k, v in done[seed, size].items() if k != "picks"}),
                       flush=True)
             runs.append(done[seed, size])
-            finished = len(runs) == len(seeds) * len(sizes)
-            result = {"format": "automr.token-scorer-curve/1", "commands": [command],
-                      "finished": finished, "train_samples_available": len(learn),
-                      "folds": token_scorer.FOLDS, **summarize_runs(runs, test), "runs": runs}
-            write_json_atomic(args.out, result, indent=None)
+            write_json_atomic(args.out, report(), indent=None)
+    result = report()
     print(json.dumps({k: result[k] for k in ("curve", "largest_minus_smallest")}, indent=1))
     return result
 
