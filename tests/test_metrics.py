@@ -22,6 +22,7 @@ from automr.evaluation import (
     recall_at_k,
     seen_mask,
 )
+from automr.evaluation.metrics import ndcg_of_rank
 
 ks_strategy = st.lists(st.integers(1, 50), min_size=1, max_size=4, unique=True)
 ranks_strategy = st.lists(st.integers(0, 200), min_size=1, max_size=30)
@@ -141,6 +142,24 @@ def test_rank_in_list_miss_duplicates_and_exclusion() -> None:
     assert rank_in_list([5, 5, 3, 9], 9, n_items=100) == 2  # repeated ids count once
     assert rank_in_list([5, 3, 9], 9, n_items=100, exclude=[3, 9]) == 1  # target never excluded
     assert recall_at_k(_ranks([100]), 10).item() == 0.0
+
+
+@given(n_items=st.integers(1, 12), ks=ks_strategy, data=st.data())
+def test_a_miss_scores_zero_at_any_k_given_the_catalogs_size(n_items, ks, data) -> None:
+    """A miss has rank ``n_items``: with a K above the catalog's size it was below K and
+    counted as a hit (Recall@10 of 1 on a 5-item catalog); a report knows ``n_items``."""
+    ranks = data.draw(st.lists(st.integers(0, n_items), min_size=1, max_size=8))
+    values = per_sample_metrics(_ranks(ranks), ks, n_items)
+    for k in ks:
+        expected = [0.0 if r >= min(k, n_items) else 1.0 for r in ranks]
+        assert values[f"recall@{k}"].tolist() == expected
+        assert values[f"ndcg@{k}"].tolist() == [
+            ndcg_of_rank(r, k) if hit else 0.0 for r, hit in zip(ranks, expected, strict=True)]
+    report = build_report("m", [f"u{i}@1:a" for i in range(len(ranks))], _ranks(ranks), n_items,
+                          ks=ks, n_resamples=20)
+    assert report.metrics[f"recall@{max(ks)}"].mean == pytest.approx(
+        sum(r < n_items for r in ranks) / len(ranks) if max(ks) >= n_items else
+        sum(r < max(ks) for r in ranks) / len(ranks))
 
 
 @pytest.mark.parametrize("ranked, target", [([9], 9), ([0, 1, 2, 3, 4, 5, 6], 6), ([1], -1)])

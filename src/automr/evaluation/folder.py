@@ -552,7 +552,8 @@ def recomputed_means(exported: Mapping[str, Any]) -> dict[str, dict[str, float]]
     means: dict[str, dict[str, float]] = {}
     ks = tuple(exported["results"].get("config", {}).get("ks", DEFAULT_KS))
     for method, ranks in exported["ranks"].items():
-        values = per_sample_metrics(torch.tensor(list(ranks.values())), ks)
+        values = per_sample_metrics(torch.tensor(list(ranks.values())), ks,
+                                    exported.get("n_items"))
         means[method] = {k: float(v.double().mean()) for k, v in values.items()}
     for method, pairs in exported["loglik"].items():
         ll = torch.tensor([v for v, _ in pairs.values()], dtype=torch.float64)

@@ -9,7 +9,9 @@ matters is the 0-based ``rank`` of the target in that ranking:
   relevant item is ``1 / log2(2) = 1``, so no normalisation is left to do).
 
 A *miss* (the target does not appear in a method's ranked list at all) has rank equal to the
-catalog size, which is ``>= K`` for every sensible ``K`` and so scores 0 on every metric.
+catalog size ``n_items`` and scores 0 on every metric: given ``n_items``, the metrics count a
+rank at or above it as a miss at any ``K`` (a ``K`` above the catalog's size included, where
+the rank alone would be below ``K``).
 
 Seen items: by default the ranking keeps the items the user already interacted with (the
 paper does not say either way). ``exclude`` masks (or lists) remove such items from the
@@ -118,38 +120,49 @@ def rank_in_list(
 
 
 @jaxtyped(typechecker=beartype)
-def recall_at_k(ranks: Int[Tensor, " batch"], k: int) -> Float[Tensor, " batch"]:
-    """Per-sample Recall@K: 1.0 where the target's rank is below ``k``, else 0.0."""
-    check_ks((k,))
-    _check_ranks(ranks)
-    return (ranks < k).to(torch.float64)
+def recall_at_k(ranks: Int[Tensor, " batch"], k: int,
+                n_items: int | None = None) -> Float[Tensor, " batch"]:
+    """Per-sample Recall@K: 1.0 where the target's rank is below ``k`` (and, given the
+    catalog's size ``n_items``, below it: not a miss), else 0.0."""
+    return _hits(ranks, k, n_items).to(torch.float64)
 
 
 @jaxtyped(typechecker=beartype)
-def ndcg_at_k(ranks: Int[Tensor, " batch"], k: int) -> Float[Tensor, " batch"]:
-    """Per-sample NDCG@K with one relevant item: ``1 / log2(rank + 2)`` if ``rank < k``, else 0."""
-    check_ks((k,))
-    _check_ranks(ranks)
+def ndcg_at_k(ranks: Int[Tensor, " batch"], k: int,
+              n_items: int | None = None) -> Float[Tensor, " batch"]:
+    """Per-sample NDCG@K with one relevant item: ``1 / log2(rank + 2)`` if ``rank < k`` (and,
+    given ``n_items``, not a miss), else 0."""
+    hits = _hits(ranks, k, n_items)
     gain = 1.0 / torch.log2(ranks.to(torch.float64) + 2.0)
-    return torch.where(ranks < k, gain, torch.zeros_like(gain))
+    return torch.where(hits, gain, torch.zeros_like(gain))
 
 
 @jaxtyped(typechecker=beartype)
 def per_sample_metrics(
-    ranks: Int[Tensor, " batch"], ks: Sequence[int] = DEFAULT_KS
+    ranks: Int[Tensor, " batch"], ks: Sequence[int] = DEFAULT_KS, n_items: int | None = None,
 ) -> dict[str, Float[Tensor, " batch"]]:
-    """Every metric of :func:`metric_names` for every sample (float64), keyed by name."""
-    values = {f"recall@{k}": recall_at_k(ranks, k) for k in ks}
-    values.update({f"ndcg@{k}": ndcg_at_k(ranks, k) for k in ks})
+    """Every metric of :func:`metric_names` for every sample (float64), keyed by name (a rank
+    at or above ``n_items``, when given, a miss)."""
+    values = {f"recall@{k}": recall_at_k(ranks, k, n_items) for k in ks}
+    values.update({f"ndcg@{k}": ndcg_at_k(ranks, k, n_items) for k in ks})
     return values
 
 
 @jaxtyped(typechecker=beartype)
-def mean_metrics(ranks: Int[Tensor, " batch"], ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def mean_metrics(ranks: Int[Tensor, " batch"], ks: Sequence[int] = DEFAULT_KS,
+                 n_items: int | None = None) -> dict[str, float]:
     """The mean of every metric over the samples (no intervals; see ``evaluation.report``)."""
     if ranks.numel() == 0:
         raise AutomrError("cannot average metrics over zero samples")
-    return {name: float(v.mean()) for name, v in per_sample_metrics(ranks, ks).items()}
+    return {name: float(v.mean()) for name, v in per_sample_metrics(ranks, ks, n_items).items()}
+
+
+def _hits(ranks: Tensor, k: int, n_items: int | None) -> Tensor:
+    check_ks((k,))
+    _check_ranks(ranks)
+    if n_items is not None and n_items < 1:
+        raise AutomrError(f"n_items must be >= 1, got {n_items}")
+    return ranks < (k if n_items is None else min(k, n_items))
 
 
 def ndcg_of_rank(rank: int, k: int) -> float:

@@ -139,7 +139,7 @@ def build_report(
         raise AutomrError(f"{len(sample_ids)} sample ids for {ranks.shape[0]} ranks")
     if ranks.shape[0] == 0:
         raise AutomrError("cannot build a metric report from zero samples")
-    values = per_sample_metrics(ranks, ks)
+    values = per_sample_metrics(ranks, ks, n_items)
     groups = groups_for(resample, sample_ids)
     metrics = {
         name: bootstrap_ci(v, n_resamples=n_resamples, confidence=confidence, seed=seed,
@@ -191,8 +191,8 @@ def compare_reports(
         raise AutomrError("the two reports share no cut-off K")
     position_b = {s: i for i, s in enumerate(report_b.sample_ids)}
     order_b = torch.tensor([position_b[s] for s in report_a.sample_ids], dtype=torch.long)
-    values_a = per_sample_metrics(report_a.rank_tensor(), ks)
-    values_b = per_sample_metrics(report_b.rank_tensor()[order_b], ks)
+    values_a = per_sample_metrics(report_a.rank_tensor(), ks, report_a.n_items)
+    values_b = per_sample_metrics(report_b.rank_tensor()[order_b], ks, report_b.n_items)
     groups = groups_for(resample, report_a.sample_ids)
     return {
         name: paired_bootstrap(
