@@ -97,6 +97,47 @@ def test_a_name_compared_again_from_a_source_without_memory_drops_the_older_elem
     assert exported["retrieved"] == exported["retrieved_loglik"] == {}
 
 
+def test_a_combination_written_again_keeps_nothing_of_the_earlier_one(tmp_path):
+    """Combining into the same --out again, a name now from a source with ranks only kept the
+    earlier source's log-likelihoods (and settings) under it, and a name left out stayed:
+    read back, the name paired one source's ranks with another's log-likelihoods."""
+    both = evaluated(tmp_path / "a", "m", [0] * 8, [-1.0] * 8)
+    ranks_only = tmp_path / "b"
+    EvaluationFolder(ranks_only).save(build_report("n", IDS, torch.tensor([7] * 8), 30,
+                                                   n_resamples=50), {})
+    out = tmp_path / "out"
+    combine_folders({"x": (both, "m"), "gone": (both, "m")}, out=out)
+    evaluation = combine_folders({"x": (ranks_only, "n")}, out=out)
+    assert list(evaluation.likelihoods) == []
+    again = combine_folders({"x": (out, "x")})
+    assert again.reports["x"].ranks == (7,) * 8 and again.likelihoods == {}
+    folder = EvaluationFolder(out)
+    assert not folder.ranks_file("x", "loglik").exists()
+    assert not folder.settings_file("x", "loglik").exists()
+    assert not folder.ranks_file("gone").exists() and not folder.settings_file("gone").exists()
+    exported = folder.export()
+    assert list(exported["ranks"]) == ["x"] and exported["loglik"] == {}
+
+
+def test_a_combination_summarised_again_in_place_keeps_its_sources(tmp_path):
+    """A combination given as its own source (to resample users, say) recorded itself as its
+    methods' source: its split, commands and export went round in a circle."""
+    a = evaluated(tmp_path / "a", "m", [0, 3, 29, 5, 1, 2, 8, 4], [-1.0] * 8)
+    b = evaluated(tmp_path / "b", "m", [4, 0, 0, 11, 7, 2, 1, 0], [-2.0] * 8)
+    out = tmp_path / "ab"
+    combine_folders({"A": (a, "m"), "B": (b, "m")}, out=out)
+    folder = EvaluationFolder(out)
+    recorded = {m: json.loads(folder.settings_file(m).read_text()) for m in ("A", "B")}
+    evaluation = combine_folders({"A": (out, "A"), "B": (out, "B")}, out=out,
+                                 resample="users")
+    assert evaluation.resample == "users"
+    assert {m: json.loads(folder.settings_file(m).read_text()) for m in ("A", "B")} == recorded
+    assert folder.source(recorded["A"]) == (out / recorded["A"]["folder"], "m")
+    assert (out / recorded["A"]["folder"]).resolve() == a.resolve()
+    assert folder.split("A") == "test"
+    assert folder.export()["results"]["config"]["resample"] == "users"
+
+
 def test_a_compare_folder_reads_its_sources_from_any_working_directory(tmp_path, monkeypatch):
     """Sources named relative to where `automr compare` ran were read against the current
     directory: exported elsewhere, their commands were left out without a word."""

@@ -14,6 +14,9 @@ committed table's methods on the same seeded samples without rerunning them.
 
 ``out`` becomes an evaluation folder of its own (the methods under their new names, with their
 retrieved elements), so :meth:`~automr.evaluation.folder.EvaluationFolder.export` works on it.
+A combination written there before is replaced (the methods and measures it has no more are
+removed); it may be a source itself (summarised again, e.g. resampling users): its methods keep
+the sources it recorded.
 """
 
 from collections.abc import Mapping
@@ -144,25 +147,45 @@ def _held(path: Path) -> list[str]:
     if path.is_file():
         exported = read_export(path)
         return list(dict.fromkeys([*exported.get("ranks", {}), *exported.get("loglik", {})]))
+    return list(dict.fromkeys([*_saved_methods(path, "ranks"), *_saved_methods(path, "loglik")]))
+
+
+def _saved_methods(path: Path, kind: str) -> list[str]:
+    """The methods a folder holds values of ``kind`` (``ranks`` or ``loglik``) of."""
     names = []
-    for kind in ("ranks", "loglik"):
-        for file in sorted((path / kind).glob("*.json")):
-            if file.name.endswith(".settings.json"):
-                continue
-            try:  # a damaged file elsewhere in the folder must not hide this message
-                saved = read_json(file, "automr evaluate")
-            except AutomrError:
-                continue
-            if isinstance(saved, dict) and isinstance(saved.get("method"), str):
-                names.append(saved["method"])
-    return list(dict.fromkeys(names))
+    for file in sorted((path / kind).glob("*.json")):
+        if file.name.endswith(".settings.json"):
+            continue
+        try:  # a damaged file elsewhere in the folder must not hide a message
+            saved = read_json(file, "automr evaluate")
+        except AutomrError:
+            continue
+        if isinstance(saved, dict) and isinstance(saved.get("method"), str):
+            names.append(saved["method"])
+    return names
+
+
+def _origin(folder: EvaluationFolder, path: Path, method: str) -> dict:
+    """What a combined method records as its source: ``path``, or, where ``path`` is the
+    combination's own folder (summarised again), the source it recorded there (a record of
+    itself would send its commands and split round in a circle)."""
+    if path.resolve() == folder.path.resolve():
+        for kind in ("ranks", "loglik"):
+            settings = folder.settings_file(method, kind)
+            if settings.is_file() and folder.source(recorded := read_json(settings)) is not None:
+                return recorded
+    return folder.source_record(path, method)
 
 
 def _write(folder: EvaluationFolder, evaluation: Evaluation,
            sources: Mapping[str, tuple[Path | str, str]],
            retrieved: Mapping[str, Mapping[str, dict]]) -> None:
-    origin = {name: folder.source_record(path, method) for name, (path, method) in
+    origin = {name: _origin(folder, Path(path), method) for name, (path, method) in
               sources.items()}
+    for kind, written in (("ranks", evaluation.reports), ("loglik", evaluation.likelihoods)):
+        for method in _saved_methods(folder.path, kind):
+            if method not in written:  # an earlier combination's: read back as this one's
+                folder.remove(method, kind)
 
     def details(name: str, measure: str) -> dict:
         elements = retrieved[name].get(measure)

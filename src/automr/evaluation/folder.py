@@ -219,6 +219,14 @@ class EvaluationFolder:
                               indent=0)
         write_json_atomic(done, dict(settings), indent=None)
 
+    def remove(self, method: str, kind: str = "ranks") -> None:
+        """Remove ``method``'s values of ``kind`` (``ranks`` or ``loglik``), their settings
+        (first: the values are no longer marked done) and their details."""
+        self.settings_file(method, kind).unlink(missing_ok=True)
+        self.ranks_file(method, kind).unlink(missing_ok=True)
+        for detail in self._detail_kinds(method, kind):
+            self._details_file(detail, method, kind).unlink()
+
     def _detail_kinds(self, method: str, measure: str) -> list[str]:
         """The kinds of detail ``method`` has saved here while measuring ``measure``."""
         if not self.path.is_dir():
