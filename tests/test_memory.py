@@ -6,6 +6,7 @@ import random
 import shutil
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
@@ -931,6 +932,44 @@ def test_append_takes_an_interaction_tied_with_the_last_stored_one(backbone, dat
     entry = grown.index.users[user]
     assert entry.timestamps[-3:] == [last, last, last + 10]
     assert entry.items[-2:] == [second, first]
+
+
+def test_append_takes_a_repeat_of_a_stored_or_new_interaction_once(backbone, dataset,
+                                                                     tmp_path):
+    """Appending "every interaction since the last stored time" sends that time's stored
+    interactions again: stored twice (a prepared dataset holds them once), they shifted every
+    later sample's memory by one, and where the items repeated, the wrong elements came back
+    without an error."""
+    by_user: dict[str, list[Interaction]] = {}
+    for inter in dataset.interactions:
+        by_user.setdefault(inter.user, []).append(inter)
+    old = [i for rows in by_user.values() for i in rows[:-2]]
+    new = [i for rows in by_user.values() for i in rows[-2:]]
+    partial = attrs.evolve(dataset, interactions=tuple(old))
+    config = MemoryConfig(shard_elements=12)
+    first = build_memory(backbone, partial, LAYER, config, tmp_path / "m", progress=False)
+    resent = [i for i in old if i.timestamp == first.index.users[i.user].timestamps[-1]]
+    assert resent
+    grown = append_memory(first.folder, backbone, resent + new + new[:3], dataset.catalog,
+                          progress=False, dataset=dataset)
+    full = build_memory(backbone, dataset, LAYER, config, tmp_path / "full", progress=False)
+    for user in full.users():
+        view, want = grown.view(user, grown.count(user)), full.view(user, full.count(user))
+        assert (view.item_ids, view.timestamps) == (want.item_ids, want.timestamps)
+    for sample in samples_of(dataset):
+        view = grown.view_sample(sample)
+        assert (view.item_ids, view.timestamps) == (sample.memory, sample.memory_timestamps)
+
+
+def test_a_sample_whose_history_the_memory_holds_at_other_times_is_refused(built, dataset):
+    """The memory's slice was checked by its items alone: a user's items at other times (a
+    memory of other data, or one shifted by a repeat) passed for the sample's."""
+    sample = next(s for s in samples_of(dataset) if s.memory)
+    assert built.view_sample(sample).item_ids == sample.memory
+    moved = attrs.evolve(sample, memory_timestamps=tuple(t - 1 for t in
+                                                         sample.memory_timestamps))
+    with pytest.raises(AutomrError, match="does not hold this sample's history"):
+        built.view_sample(moved)
 
 
 @pytest.mark.parametrize("cut", ["config", "index"])

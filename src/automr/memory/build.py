@@ -245,7 +245,9 @@ def append_memory(
     """Add elements for new ``interactions`` (existing or new users) in new shards.
 
     Old rows are never rewritten. A user's new interactions must not be older than its last
-    stored one (ties are fine); they are taken in time order, ties in input order. Windows of
+    stored one (ties are fine); they are taken in time order, ties in input order. One that
+    repeats a stored interaction or another new one (the same user, item and second: one event,
+    which a prepared dataset holds once) is taken once. Windows of
     the new elements reach back into the user's stored items. ``catalog`` must name every item
     involved (it may be larger than the one the memory was built with). The index is replaced
     only once every new shard and the record are written, so an interrupted append adds no
@@ -281,7 +283,8 @@ def append_memory(
                               f"is loaded in {dtype} here: its new keys would not be the ones a "
                               f"build computes. Load it in {record.dtype} "
                               f"(load_model(..., dtype={record.dtype!r})) to append.")
-        new = user_timelines(sorted(interactions, key=lambda i: i.timestamp))
+        new = user_timelines(_unrepeated(sorted(interactions, key=lambda i: i.timestamp),
+                                         index))
         timelines: Timelines = {}
         todo = {}
         for user in sorted(new):
@@ -320,6 +323,22 @@ def append_memory(
                 dataset)).write(folder)
         index.write(folder)
         return MemoryStore.open(folder, recompute=encoder)
+
+
+def _unrepeated(interactions: Sequence[Interaction], index: MemoryIndex) -> list[Interaction]:
+    """``interactions`` without those that repeat a stored one or an earlier one of them (the
+    same user, item and timestamp): appending "everything since the last stored time" sends
+    that time's interactions again, which stored twice shifted every later sample's memory by
+    one."""
+    seen = {(user, item, time) for user, entry in index.users.items()
+            for item, time in zip(entry.items, entry.timestamps, strict=True)
+            if time == entry.timestamps[-1]}  # new ones are no older than a user's last
+    kept = []
+    for inter in interactions:
+        if (key := (inter.user, inter.item, inter.timestamp)) not in seen:
+            seen.add(key)
+            kept.append(inter)
+    return kept
 
 
 # -- planning --------------------------------------------------------------------------------
