@@ -135,6 +135,9 @@ def test_prepare_amazon_end_to_end(tmp_path):
      r"line 2: timestamp 1490000000000 is outside .*milliseconds\? 1490000000 s"),
     (json.dumps(review("U", "B1", 0) | {"unixReviewTime": -5}),
      "line 2: timestamp -5 is outside the accepted range"),
+    # Python's int() refuses 4,300+ digits with a bare ValueError (it was read before any check)
+    ('{"reviewerID": "U", "asin": "B1", "unixReviewTime": ' + "1" * 5000 + "}",
+     "line 2: not a JSON object"),
 ])
 def test_bad_review_lines(tmp_path, line, message):
     reviews = write_lines(tmp_path / "r.json.gz",
@@ -144,6 +147,25 @@ def test_bad_review_lines(tmp_path, line, message):
     with pytest.raises(AutomrError, match=rf"r\.json\.gz {message}"):
         prepare_amazon(reviews, metas, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "r.json.gz"]
+
+
+def test_a_lone_surrogate_escape_is_written_as_a_replacement_character(tmp_path):
+    """``"\\ud83d"`` without its pair is valid JSON but no text UTF-8 can write: the prepared
+    folder's write failed with a bare UnicodeEncodeError naming no file."""
+    days = (0, 40, 80, 120, 160, 200, 240, 310, 345)  # the last two: validation and test
+    lines = [json.dumps(review(user, f"B{k}", JAN_2017 + (day + u) * DAY))
+             for u, user in enumerate(("U0", "U\ud83d")) for k, day in enumerate(days)]
+    reviews = write_lines(tmp_path / "r.json", lines)
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta(f"B{k}", f"Book {k} \ud83d"))
+                                              for k in range(9)])
+    assert json.loads(metas.read_text().splitlines()[0])["title"] == "Book 0 \ud83d"
+    protocol = attrs.evolve(ProtocolConfig.amazon_2017(), min_user_interactions=3,
+                            min_item_interactions=1, recent_k=2, max_history=5)
+    dataset = prepare_amazon(reviews, metas, tmp_path / "out", protocol=protocol)
+    assert dataset.catalog.title("B0") == "Book 0 \ufffd"
+    assert {i.user for i in dataset.interactions} == {"U0", "U\ufffd"}
+    again = PreparedDataset.load(tmp_path / "out")
+    assert again.samples("train") == dataset.samples("train")
 
 
 def test_bad_meta_lines(tmp_path):

@@ -39,6 +39,9 @@ from automr.data.source import SkipCounter, SourceData, drop_skipped_items
 from automr.errors import AutomrError
 
 _REVIEW_TIME = re.compile(r"""["']unixReviewTime["']\s*:\s*(\d+)""")
+_QUICK_DIGITS = 4_000  # int() refuses over 4,300 with a bare ValueError: the full parse names
+# the line of a longer one
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
 _REVIEW_FIX = ("Each line must be one JSON object with reviewerID, asin and unixReviewTime "
                "(Amazon Reviews 2018 format)")
@@ -95,6 +98,12 @@ def load_amazon(
     )
 
 
+def _text(value: object) -> object:
+    """A string with each lone surrogate (a JSON ``\\ud83d`` escape without its pair: valid
+    JSON, no text) as U+FFFD, which UTF-8 can write; anything else as it is."""
+    return _LONE_SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
+
+
 def _parse_object(line: str) -> object:
     try:
         return json.loads(line)
@@ -119,7 +128,7 @@ def _read_reviews(
 
     for number, line in lines.non_blank("reviews", _REVIEW_FIX):
         quick = _REVIEW_TIME.search(line)
-        if quick is not None and outside(
+        if quick is not None and len(quick.group(1)) <= _QUICK_DIGITS and outside(
                 checked_timestamp(lines.path, number, int(quick.group(1)), _REVIEW_FIX)):
             skips["reviews_outside_window"] += 1
             continue
@@ -130,7 +139,8 @@ def _read_reviews(
         if missing:
             raise bad_input(lines.path, number, f"missing field(s) {', '.join(missing)}",
                             _REVIEW_FIX)
-        user, asin, stamp = record["reviewerID"], record["asin"], record["unixReviewTime"]
+        user, asin, stamp = (_text(record["reviewerID"]), _text(record["asin"]),
+                             record["unixReviewTime"])
         if not isinstance(user, str) or not user.strip() or not isinstance(asin, str) or \
                 not asin.strip():
             raise bad_input(lines.path, number, "reviewerID and asin must be non-empty strings",
@@ -167,7 +177,7 @@ def _read_meta(
         record = _parse_object(line)
         if not isinstance(record, dict):
             raise bad_input(lines.path, number, "not a JSON object or Python dict", _META_FIX)
-        asin = record.get("asin")
+        asin = _text(record.get("asin"))
         if not isinstance(asin, str) or not asin.strip():
             raise bad_input(lines.path, number, "missing or empty field asin", _META_FIX)
         asin = asin.strip()
@@ -176,12 +186,13 @@ def _read_meta(
         if asin in items or asin in empty:
             skips["duplicate_metadata"] += 1
             continue
-        raw_title = record.get("title")
+        raw_title = _text(record.get("title"))
         title = " ".join(html.unescape(raw_title).split()) if isinstance(raw_title, str) else ""
         if not title:
             empty.add(asin)
             skips["items_empty_title"] += 1
             continue
-        extra = {k: str(record[k]) for k in ("brand", "main_cat") if record.get(k)}
+        extra = {k: _LONE_SURROGATE.sub("\ufffd", str(record[k])) for k in ("brand", "main_cat")
+                 if record.get(k)}
         items[asin] = Item(asin, title, extra)
     return list(items.values()), empty
