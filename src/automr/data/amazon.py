@@ -8,7 +8,8 @@ Both are JSON lines and are streamed line by line, so multi-GB files never sit i
 - metadata: one object per line with ``asin`` and ``title``. Some 2018 metadata files hold
   Python-literal dicts (single quotes) instead of JSON; each line is tried with :mod:`json`
   first, then :func:`ast.literal_eval`. Titles are HTML-unescaped (``&amp;`` -> ``&``) and
-  whitespace-collapsed; only the ASINs that some kept review needs are parsed fully.
+  whitespace-collapsed; only the ASINs that some kept review needs are parsed fully. A lone
+  surrogate escape (``\\ud83d`` without its pair: valid JSON, not text) becomes U+FFFD.
 
 Skips (counted, see :class:`automr.data.source.SkipCounter`): empty titles, reviews of ASINs
 with no metadata, repeated metadata lines, duplicate reviews (same reviewer, ASIN and time:
