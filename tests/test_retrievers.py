@@ -631,6 +631,11 @@ def test_dataset_save_load_and_collate(tmp_path):
     collated = collate(samples)
     assert collated.mask.tolist() == [[True, True], [True, False]]
     assert collated.targets.tolist() == [[0.25, 0.75], [1.0, 0.0]]
+    # keys in their own dtype: padded into the query's (bfloat16 here), they were rounded
+    keys = torch.tensor([[1.0 + 2**-12, 70000.0]])
+    mixed = collate([RetrievalSample(query=torch.zeros(2, dtype=torch.bfloat16), keys=keys,
+                                     targets=torch.ones(1))])
+    assert mixed.keys.dtype == torch.float32 and torch.equal(mixed.keys[0], keys)
 
 
 # -- training (eq. 6) --------------------------------------------------------------------------

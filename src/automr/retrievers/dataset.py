@@ -169,9 +169,8 @@ def collate(
         raise AutomrError("collate needs at least one sample")
     hidden = samples[0].query.shape[0]
     width = max(s.keys.shape[0] for s in samples)
-    first = samples[0].query
-    keys = first.new_zeros(len(samples), width, hidden)
-    mask = torch.zeros(len(samples), width, dtype=torch.bool, device=first.device)
+    keys = samples[0].keys.new_zeros(len(samples), width, hidden)  # in the keys' dtype
+    mask = torch.zeros(len(samples), width, dtype=torch.bool, device=keys.device)
     targets = samples[0].targets.new_zeros(len(samples), width)  # in the labels' dtype
     for row, sample in enumerate(samples):
         if sample.query.shape[0] != hidden or sample.keys.shape[1] != hidden:
