@@ -571,6 +571,36 @@ def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "written").is_file()
 
 
+def test_a_lock_file_removed_between_its_open_and_its_lock_is_opened_again(tmp_path,
+                                                                            monkeypatch):
+    """A holder that ends removes the folder it made (nothing but the lock in it): a process
+    that had opened the lock file before then locked the removed file, and a third one made
+    a new lock file and held the folder beside it."""
+    import fcntl
+
+    import automr.storage as storage
+
+    folder = tmp_path / "out"
+    real_flock, removed = fcntl.flock, []
+
+    def the_holder_ends_first(file, operation):
+        if operation & fcntl.LOCK_EX and not removed:  # our file is open; the holder cleans up
+            (folder / storage.LOCK_FILE).unlink()
+            folder.rmdir()
+            removed.append(folder)
+        return real_flock(file, operation)
+
+    monkeypatch.setattr(storage.fcntl, "flock", the_holder_ends_first)
+    with storage.folder_lock(folder, "memory build"):
+        assert removed and (folder / storage.LOCK_FILE).is_file()
+        with pytest.raises(AutomrError, match="is in use by another automr command"), \
+                storage.folder_lock(folder, "memory build"):
+            pass
+        (folder / "written").write_text("x")
+    with storage.folder_lock(folder, "memory build"):  # released at the end
+        pass
+
+
 def test_a_command_refused_before_writing_leaves_no_folder_behind(tmp_path):
     """The lock made the folder (and its parents) to hold its file: a command that refused
     before writing left an empty folder of that name, which later commands take for its."""

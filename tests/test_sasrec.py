@@ -3,6 +3,7 @@
 import functools
 import itertools
 import json
+import math
 import random
 
 import attrs
@@ -154,6 +155,19 @@ def test_no_allowed_negative_is_an_error() -> None:
         sample_negatives(torch.tensor([[3]]), _sorted_seen([{1, 2}], 3), 3, torch.Generator())
     with pytest.raises(AutomrError, match="every one of the 3 items"):
         training_tensors([[1, 2, 3, 1]], 4, 3)
+
+
+def test_a_user_who_has_seen_every_item_trains_under_cross_entropy() -> None:
+    """CE samples no negative: the default loss refused a user whose items cover the catalog
+    (a small catalog), which only BCE cannot train."""
+    assert training_tensors([[1, 2, 3, 1]], 4, 3, negatives=False).inputs.shape[0] == 1
+    sequences = [[1, 2, 3, 4, 5], [2, 3, 1], [4, 5, 2]]
+    config = SASRecConfig(hidden=8, n_blocks=1, max_len=4, max_epochs=1)
+    assert config.loss == "ce"
+    _, log = fit_sasrec(sequences, [], config, n_items=5, quiet=True)
+    assert len(log.losses) == 1 and all(math.isfinite(v) for v in log.losses)
+    with pytest.raises(AutomrError, match="every one of the 5 items"):
+        fit_sasrec(sequences, [], attrs.evolve(config, loss="bce"), n_items=5, quiet=True)
 
 
 def test_training_rows_keep_the_last_max_len_steps_and_see_the_whole_sequence() -> None:
@@ -555,6 +569,18 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert loaded.config == model.config
     histories = [[1, 2, 3], [30], list(range(5, 17))]
     assert torch.equal(loaded.score(histories), model.score(histories))
+
+
+def test_a_model_saved_under_the_home_folder_loads_from_there(tmp_path, monkeypatch) -> None:
+    """``load`` read ``~/sasrec`` in the home folder, ``save`` wrote a folder named ``~`` in
+    the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model = _model()
+    model.save("~/sasrec")
+    assert (tmp_path / "home" / "sasrec" / "config.json").is_file()
+    assert not (tmp_path / "~").exists()
+    assert SASRec.load("~/sasrec").config == model.config
 
 
 def test_a_bfloat16_model_loads_in_bfloat16_with_its_scores(tmp_path) -> None:

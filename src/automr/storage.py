@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from automr.errors import AutomrError
 from automr.paths import home_path
@@ -93,18 +93,8 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
         yield
         return
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / LOCK_FILE).open("a+", encoding="utf-8") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            locked = True
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "a process"
-            raise AutomrError(f"{folder} is in use by another automr command ({holder}); wait "
-                              f"for it to end, or give the {what} another folder") from None
-        except OSError:  # a file system without locks (ENOLCK): unlocked, as before
-            locked = False
+    file, locked = _locked_file(folder, what)
+    with file:
         if locked:
             file.truncate(0)
             file.write(f"process {os.getpid()} on {HOST}\n")
@@ -116,6 +106,36 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
                 _remove_made(folder, made)
             if locked:
                 fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _locked_file(folder: Path, what: str) -> tuple[IO[str], bool]:
+    """``folder``'s lock file, opened and locked (False: a file system without locks). A holder
+    that ends removes the folder it made when it holds nothing but the lock: a file opened
+    before that and locked after is no longer the folder's, so it is opened again (locked,
+    it let a third process hold the folder beside this one)."""
+    assert fcntl is not None
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        file = (folder / LOCK_FILE).open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "a process"
+            file.close()
+            raise AutomrError(f"{folder} is in use by another automr command ({holder}); wait "
+                              f"for it to end, or give the {what} another folder") from None
+        except OSError:  # a file system without locks (ENOLCK): unlocked, as before
+            return file, False
+        opened = os.fstat(file.fileno())
+        try:
+            current = os.stat(folder / LOCK_FILE)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev,
+                                                                       opened.st_ino):
+            return file, True
+        file.close()  # releases the lock on the removed file
 
 
 def _remove_made(folder: Path, made: Sequence[Path]) -> None:
@@ -387,7 +407,7 @@ def save_component(
     from an earlier save is removed when there are none, and the earlier config before the
     weights are written (cut in between, the folder is one without a config, refused on load
     and saved again in place). Returns the folder."""
-    directory = Path(directory)
+    directory = home_path(directory)  # as load_component reads it
     check_save_target(directory, format, weights_file)
     directory.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})

@@ -310,7 +310,7 @@ def fit_sasrec(
     seen_ids += [i for h, t in valid_samples for i in (*h, t)]
     n_items = n_items if n_items is not None else max(seen_ids, default=0)
     data = training_tensors(train_sequences, config.max_len, n_items, windows=config.windows,
-                            times=times)
+                            times=times, negatives=config.loss == "bce")
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
@@ -343,7 +343,7 @@ class TrainingTensors:
 
 def training_tensors(
     sequences: Sequence[Sequence[int]], max_len: int, n_items: int, *, windows: bool = False,
-    times: Sequence[Sequence[int]] | None = None,
+    times: Sequence[Sequence[int]] | None = None, negatives: bool = True,
 ) -> TrainingTensors:
     """Rows for users with >= 2 items, and every item of the user's *whole* sequence as the
     row's seen items (what negatives must avoid).
@@ -354,6 +354,8 @@ def training_tensors(
     :func:`shuffled_ties`, each row is shuffled apart: a group of equal times across a row
     boundary may then give one of its items as a target twice in an epoch, another not).
     ``times``: the sequences' timestamps, which give ``ties`` (:func:`shuffled_ties`).
+    ``negatives``: whether negatives are sampled from outside the seen items (the ``bce``
+    loss): a user who has seen every item is then refused (``ce`` scores the whole catalog).
     """
     keep = [i for i, s in enumerate(sequences) if len(s) >= 2]
     users = [list(sequences[i]) for i in keep]
@@ -369,7 +371,7 @@ def training_tensors(
     _check_ids(users, n_items)
     distinct = [sorted(set(s)) for s in users]
     full = [i for i, d in enumerate(distinct) if len(d) >= n_items]
-    if full:
+    if full and negatives:
         raise AutomrError(f"training sequence {full[0]} contains every one of the {n_items} "
                           f"items, so no negative can be sampled for it")
     rows: list[tuple[int, int, int]] = []  # (user, first kept index, end)
