@@ -184,7 +184,7 @@ class MemoryStore:
     def request_for(self, sample: Sample) -> tuple[str, int, int]:
         """``(user, count, start)`` of ``sample``'s memory: its ``len(sample.memory)`` elements
         ending right before its recent items (located by time; the user's stored items and
-        times there must be the sample's memory and recent items, with their times)."""
+        times there must be the sample's memory items and times)."""
         count = len(sample.memory)
         entry = self.index.users.get(sample.user)
         if entry is None:
@@ -194,10 +194,9 @@ class MemoryStore:
             return sample.user, 0, 0
         prior = bisect.bisect_left(entry.timestamps, sample.timestamp)
         start = prior - len(sample.recent) - count
-        history = (tuple(entry.items[max(start, 0):prior]),
-                   tuple(entry.timestamps[max(start, 0):prior]))
-        if start < 0 or history != (sample.memory + sample.recent,
-                                    sample.memory_timestamps + sample.recent_timestamps):
+        stored = (tuple(entry.items[max(start, 0):start + count]),
+                  tuple(entry.timestamps[max(start, 0):start + count]))
+        if start < 0 or stored != (sample.memory, sample.memory_timestamps):
             raise AutomrError(
                 f"the memory of user {sample.user!r} does not hold this sample's history (time "
                 f"{sample.timestamp}); the memory in {self.folder} was built from other data.")
