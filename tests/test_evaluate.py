@@ -204,6 +204,22 @@ def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
         recommend("no-data", "u", "no-ft", "no-memory", "no-retriever", **keywords)
 
 
+@pytest.mark.parametrize(("methods", "measures"), [
+    (["bigrec:likelihood"], ("ranks",)), (["bigrec:constrained"], ("likelihood",)),
+    (["sasrec", "pop"], ("ranks",))])
+def test_evaluate_refuses_beams_no_method_uses_before_any_work(methods, measures):
+    """--num-beams with the likelihood grounder (or measure) was taken without a word, and a
+    rerun with another value scored every sample again (the values cannot change); recommend
+    refused it already."""
+    from automr.errors import AutomrError
+    from automr.experiments.eval_config import EvalConfig
+    from automr.experiments.evaluate import evaluate_methods
+
+    with pytest.raises(AutomrError, match="--num-beams 3 has no use here: no method decodes"):
+        evaluate_methods("no-data", methods, "no-out",
+                         EvalConfig(num_beams=3, measures=measures))
+
+
 def test_recommend_checks_the_memory_before_it_loads_the_model(workspace, tmp_path,
                                                              monkeypatch):
     """A missing memory folder was told only once the fine-tuned model had loaded (minutes

@@ -45,6 +45,18 @@ def test_the_demo_runs_on_a_model_with_fused_projections_given_its_lora_targets(
     assert (tmp_path / "demo" / "likelihood" / "results.json").is_file()
 
 
+def test_the_demo_runs_every_step_with_the_likelihood_grounder(workspace, tmp_path):
+    """The likelihood grounder decodes nothing, yet the demo gave it its beams: its last step
+    (one user's recommendation) refused them, after every other step had run."""
+    config = attrs.evolve(tiny_demo(workspace), grounder="likelihood", annotate_samples=4,
+                          test_samples=2, likelihood_samples=3)
+    results = run_demo(tmp_path / "demo", config, device="cpu", cache_dir=tmp_path / "cache",
+                       progress=False, dataset_dir=workspace / "prepared", say=lambda _: None)
+    payload = json.loads((results / "results.json").read_text())
+    assert "automr:likelihood" in payload["methods"]
+    assert "retrieved from memory:" in (tmp_path / "demo" / "example" / "example.md").read_text()
+
+
 def test_a_demo_stopped_before_any_step_of_its_settings_reruns_with_others(workspace,
                                                                          tmp_path):
     """A first demo with a mistyped --model stopped at the fine-tune (ML-100K prepared, no

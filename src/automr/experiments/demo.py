@@ -173,11 +173,12 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
         config=RetrieverTrainingConfig(seed=config.seed), progress=progress, device=device))
     results = out / "results"
     grounder = config.grounder
+    beams = None if grounder == "likelihood" else config.num_beams  # it scores every title
     methods = ["pop", "cooc", f"bigrec:{grounder}", f"automr:{grounder}", f"random:{grounder}"]
     step("evaluate", results, lambda: evaluate_methods(
         data, methods, results,
         EvalConfig(max_samples=config.test_samples, seed=config.seed, layer=config.layer,
-                   num_beams=config.num_beams, combiner=config.combiner, exclude_seen=True),
+                   num_beams=beams, combiner=config.combiner, exclude_seen=True),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
         device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
     likelihood = out / "likelihood"
@@ -193,7 +194,7 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
         example / "example.md", "\n".join(recommend(
             data, example_user(dataset, config), bigrec, memory, retriever, top=5,
             grounder=grounder, combiner=config.combiner, device=device, cache_dir=cache_dir,
-            dtype=dtype, num_beams=config.num_beams).describe()) + "\n"))
+            dtype=dtype, num_beams=beams).describe()) + "\n"))
     record = {"config": attrs.asdict(config), "seconds": timings,
               "versions": {"automr": automr.__version__, "torch": torch.__version__,
                            "python": platform.python_version()},

@@ -54,8 +54,12 @@ def evaluate_methods(
     evaluations of one model load it once and share the lower half of their likelihood
     batches).
     """
-    for method in methods:
-        parse_method(method)  # every name is checked before any work
+    grounders = [parse_method(method)[1] for method in methods]  # every name, before any work
+    if config.num_beams is not None and not (
+            "ranks" in config.measures and any(g not in (None, "likelihood") for g in grounders)):
+        raise AutomrError(f"--num-beams {config.num_beams} has no use here: no method decodes "
+                          f"(the likelihood grounder and the likelihood measure score titles, "
+                          f"methods without a grounder have no beams); leave it out")
     if out_dir is not None:
         EvaluationFolder(out_dir).check_target()
     repeated = sorted({m for m in methods if list(methods).count(m) > 1})
