@@ -360,7 +360,8 @@ def bench_encode(
     @torch.no_grad()
     def plain_full() -> None:
         for ids, mask in padded:
-            loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device).long())
+            loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device).long(),
+                         use_cache=False)  # as the split's: no KV cache kept
 
     distributed.barrier()  # every process measures at the same time
     seconds = interleaved({"encode": encode, "encode_unshared": encode_unshared,
@@ -415,7 +416,7 @@ def _encode_agreement(model, llm: HFSplitLLM, layer: int, encoder, unshared, bat
         keys = max(keys, float(apart.abs().max()))
         ids, mask = ids.to(llm.device), mask.to(llm.device)
         ours = llm.upper(llm.lower(ids, mask, layer))
-        theirs = model(input_ids=ids, attention_mask=mask.long()).logits
+        theirs = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
         for row, real in enumerate(mask):
             split = max(split, float((ours[row, real].float() - theirs[row, real].float())
                                      .abs().max()))
