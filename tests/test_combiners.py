@@ -82,6 +82,56 @@ def test_the_contract_fails_a_combiner_that_mixes_the_rows_of_a_batch(unshrunk):
         contract.test_a_batch_equals_its_rows_one_at_a_time(SharesMemoryAcrossTheBatch())
 
 
+class MeanOverPaddedWidth:
+    """Appends the memory's mean as one token, divided by the padded slot count (which the
+    other rows decide) instead of the real one; the contract's row alone kept the batch's
+    padding, so it passed."""
+
+    uses_token_states = False
+
+    def combine(self, query, memory):
+        pooled = memory.hidden.masked_fill(~memory.mask[..., None], 0).sum(1) / max(
+            memory.hidden.shape[1], 1)
+        return AppendToken().combine(query, MemoryTokens(
+            hidden=pooled[:, None], mask=memory.mask.any(1, keepdim=True)))
+
+
+class ReadsTheQuerysPadding:
+    """Appends the mean of every query position, padded ones included."""
+
+    uses_token_states = False
+
+    def combine(self, query, memory):
+        pooled = query.hidden.mean(1, keepdim=True)
+        return AppendToken().combine(query, MemoryTokens(
+            hidden=pooled, mask=torch.ones(query.batch_size, 1, dtype=torch.bool)))
+
+
+class DropsSlotsInPlace:
+    """Keeps two memory slots by writing into the memory's mask."""
+
+    uses_token_states = False
+
+    def combine(self, query, memory):
+        memory.mask.logical_and_(memory.mask.cumsum(1) <= 2)
+        return AppendToken().combine(query, memory)
+
+
+@pytest.mark.parametrize("combiner", [MeanOverPaddedWidth(), ReadsTheQuerysPadding()])
+def test_the_contract_fails_a_combiner_that_reads_the_padding(unshrunk, combiner):
+    contract = CombinerContract()
+    contract.hidden_size = 8
+    with pytest.raises(AssertionError):
+        contract.test_a_batch_equals_its_rows_one_at_a_time(combiner)
+
+
+def test_the_contract_fails_a_combiner_that_writes_into_the_memorys_mask(unshrunk):
+    contract = CombinerContract()
+    contract.hidden_size = 8
+    with pytest.raises(AssertionError, match="wrote into the memory"):
+        contract.test_keeps_layer_batch_width_dtype_and_its_inputs(DropsSlotsInPlace())
+
+
 def full(model, seq: list[int]) -> torch.Tensor:
     """The plain computation: the full model on one unpadded sequence."""
     with torch.no_grad():

@@ -78,6 +78,35 @@ class Unrecorded:
         return self.inner.insert_for(samples)
 
 
+class PaddedQuery:
+    """Semantic scores of the prompt's mean over every position, padding included: what a
+    sample picks follows the padding its batch gave its prompt."""
+
+    def scores(self, query, keys, mask):
+        return torch.einsum("bh,bmh->bm", query, keys)
+
+
+class UnmaskedPooling(automr.MemoryRetrieval):
+    """MemoryRetrieval whose query is pooled over the padded prompt too."""
+
+    def insert_for(self, samples):
+        insert = super().insert_for(samples)
+
+        def padded(state):
+            return insert(automr.LayerState(hidden=state.hidden, layer=state.layer,
+                                            mask=torch.ones_like(state.mask)))
+        return padded
+
+
+def test_the_contract_refuses_a_retrieval_that_reads_the_prompts_padding(memory, unshrunk):
+    """The sample alone kept the batch's left padding, so a pick that read it passed."""
+    store, samples = memory
+    contract = RetrievalContract()
+    with pytest.raises(AssertionError, match=r"in a batch|differs from it alone"):
+        contract.test_a_batch_equals_its_samples_one_at_a_time(
+            UnmaskedPooling(store, PaddedQuery(), automr.AppendToken()), samples)
+
+
 def test_the_contract_refuses_a_batch_dependent_or_unrecorded_retrieval(memory):
     store, samples = memory
     contract = RetrievalContract()

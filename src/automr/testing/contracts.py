@@ -193,6 +193,14 @@ def _real_rows(state_hidden: torch.Tensor, mask: torch.Tensor, row: int) -> torc
     return state_hidden[row][mask[row]]
 
 
+def _alone(hidden: torch.Tensor, mask: torch.Tensor, row: int) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """Row ``row``'s real positions only, as a batch of one without padding: what it is
+    alone, whatever padding the batch gave it."""
+    real = hidden[row][mask[row]][None]
+    return real, torch.ones(real.shape[:2], dtype=torch.bool, device=mask.device)
+
+
 def _is_subsequence(part: torch.Tensor, whole: torch.Tensor) -> bool:
     """Whether the vectors of ``part`` appear in ``whole`` in order (exact equality)."""
     position = 0
@@ -246,19 +254,22 @@ class CombinerContract:
         check()
 
     def test_a_batch_equals_its_rows_one_at_a_time(self, combiner):
-        """Each row's real states depend on that row's query and memory only (no user sees
-        another's memory)."""
+        """Each row's real states depend on that row's real query states and memory only:
+        not on another row's (no user sees another's memory), nor on the padding the batch
+        gives it (alone, a row has none), nor on what the query's padded positions hold
+        (NaN here)."""
 
         @given(query=layer_states(self.hidden_size, layer=1), data=st.data())
         def check(query, data):
             memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
-            combined = combiner.combine(query, memory)
+            padded = query.hidden.masked_fill(~query.mask[..., None], torch.nan)
+            combined = combiner.combine(
+                LayerState(hidden=padded, mask=query.mask, layer=query.layer), memory)
             for row in range(query.batch_size):
-                alone = combiner.combine(
-                    LayerState(hidden=query.hidden[row:row + 1], mask=query.mask[row:row + 1],
-                               layer=query.layer),
-                    MemoryTokens(hidden=memory.hidden[row:row + 1],
-                                 mask=memory.mask[row:row + 1]))
+                hidden, mask = _alone(query.hidden, query.mask, row)
+                slots, real = _alone(memory.hidden, memory.mask, row)
+                alone = combiner.combine(LayerState(hidden=hidden, mask=mask, layer=query.layer),
+                                         MemoryTokens(hidden=slots, mask=real))
                 torch.testing.assert_close(
                     _real_rows(combined.hidden, combined.mask, row),
                     _real_rows(alone.hidden, alone.mask, 0), **TOLERANCE,
@@ -281,11 +292,13 @@ class CombinerContract:
                                layer=query.layer)
             memory = data.draw(memory_tokens(query.batch_size, self.hidden_size), label="memory")
             memory = MemoryTokens(hidden=memory.hidden.to(memory_dtype), mask=memory.mask)
-            given = (query.hidden.clone(), query.mask.clone(), memory.hidden.clone())
+            given = (query.hidden.clone(), query.mask.clone(), memory.hidden.clone(),
+                     memory.mask.clone())
             combined = combiner.combine(query, memory)
             assert _unchanged(query.hidden, given[0]) and torch.equal(query.mask, given[1]), (
                 "the combiner wrote into the query")
-            assert _unchanged(memory.hidden, given[2]), "the combiner wrote into the memory"
+            assert _unchanged(memory.hidden, given[2]) and torch.equal(memory.mask, given[3]), (
+                "the combiner wrote into the memory")
             assert isinstance(combined, LayerState)
             assert combined.layer == query.layer, "the layer changed"
             assert combined.batch_size == query.batch_size, "the batch size changed"
@@ -406,7 +419,7 @@ class RetrievalContract:
         @given(inputs=_insert_inputs(samples, store))
         def check(inputs):
             batch, state = inputs
-            given_hidden = state.hidden.clone()
+            given_hidden, given_mask = state.hidden.clone(), state.mask.clone()
             before = len(retrieval.retrieved)
             combined = retrieval.insert_for(batch)(state)
             entries = retrieval.retrieved[before:]
@@ -417,7 +430,9 @@ class RetrievalContract:
                 assert all(isinstance(p, int) and start <= p < start + count for p in entry), (
                     f"sample {sample.id}: {entry} is not inside its memory, positions "
                     f"{start}..{start + count - 1}")
-            assert _unchanged(state.hidden, given_hidden), "the insert wrote into the query"
+            assert _unchanged(state.hidden, given_hidden) and torch.equal(state.mask,
+                                                                           given_mask), (
+                "the insert wrote into the query")
             assert isinstance(combined, LayerState) and combined.layer == state.layer
             assert combined.batch_size == len(batch), "the batch size changed"
             assert combined.hidden.shape[2] == store.hidden_size, "the width changed"
@@ -426,8 +441,9 @@ class RetrievalContract:
         check()
 
     def test_a_batch_equals_its_samples_one_at_a_time(self, retrieval, samples):
-        """Each sample's real states and retrieved elements are those it gets alone, and the
-        same batch inserted again gets the same."""
+        """Each sample's real states and retrieved elements are those it gets alone (its
+        prompt's real states, without the padding the batch gave them), and the same batch
+        inserted again gets the same."""
         @settings(max_examples=self.examples, deadline=None)
         @given(inputs=_insert_inputs(samples, retrieval.store))
         def check(inputs):
@@ -437,9 +453,9 @@ class RetrievalContract:
             assert entries_again == entries, "the same batch retrieved other elements"
             torch.testing.assert_close(again.hidden, combined.hidden, **TOLERANCE)
             for row, sample in enumerate(batch):
+                hidden, mask = _alone(state.hidden, state.mask, row)  # no batch's padding
                 alone, [entry] = _inserted(retrieval, [sample], LayerState(
-                    hidden=state.hidden[row:row + 1], mask=state.mask[row:row + 1],
-                    layer=state.layer))
+                    hidden=hidden, mask=mask, layer=state.layer))
                 assert entry == entries[row], (
                     f"sample {sample.id} retrieved {entries[row]} in a batch, {entry} alone")
                 torch.testing.assert_close(
