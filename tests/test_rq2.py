@@ -27,7 +27,7 @@ from automr.retrievers import build_retriever
 from automr.testing.synthetic import synthetic_dataset
 
 runner = CliRunner()
-CONFIG = EvalConfig(max_samples=6, batch_size=6, num_beams=3)
+CONFIG = EvalConfig(max_samples=6, batch_size=6)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_an_injection_added_to_a_folder_measures_the_kept_generations(workspace,
     generating them again; the ranks equal a fresh evaluation's."""
     from automr.grounding.l2 import L2Grounder
 
-    config = attrs.evolve(CONFIG, tune_samples=4)
+    config = attrs.evolve(CONFIG, tune_samples=4, num_beams=3)
     artifacts = Artifacts(finetuned=workspace / "ft", memory=workspace / "mem")
 
     def evaluate(methods, out):
@@ -287,8 +287,8 @@ def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypa
         "rq2", "--data", str(workspace / "prepared"), "--out", str(out), "--finetuned",
         str(workspace / "ft"), "--memory", str(workspace / "mem"), "--retriever",
         str(workspace / "ret-0"), "--retrievers", str(workspace / "ret-1"), "--seeds", "0-1",
-        "--grounder", "likelihood", "--samples", "6", "--batch-size", "6", "--num-beams", "3",
-        "--device", "cpu", "--quiet"])
+        "--grounder", "likelihood", "--samples", "6", "--batch-size", "6", "--device", "cpu",
+        "--quiet"])
     assert again.exit_code == 0, again.output
     assert "# RQ2" in again.output
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/ranks/*.json")} == stamps
