@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import automr
+from automr.evaluation import ranks_from_scores
 from automr.memory import MemoryConfig, build_memory
 from automr.methods import Artifacts, MethodOptions, Workspace, build_method
 from automr.recommenders.finetune import FinetuneConfig, finetune
@@ -63,6 +64,35 @@ def test_a_method_without_a_dataset_is_told_to_set_n_items():
 
     with pytest.raises(AssertionError, match="set n_items"):
         MethodContract()._catalog_size(Bare())
+
+
+class FirstCallCutoff:
+    """Ranks by popularity up to a cutoff its first call fixes (that call's latest sample): it
+    agrees with itself ever after, which every other check of the contract asked of it."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.cutoff, self.settings = dataset, None, {}
+
+    def rank(self, samples):
+        self.cutoff = self.cutoff or max(s.timestamp for s in samples)
+        catalog = self.dataset.catalog
+        seen = catalog.positions(e.item for e in self.dataset.interactions
+                                 if e.timestamp < self.cutoff)
+        counts = torch.bincount(torch.tensor(seen, dtype=torch.long),
+                                minlength=len(catalog)).float()
+        targets = torch.tensor(catalog.positions(s.target for s in samples))
+        return ranks_from_scores(counts.expand(len(samples), -1), targets).tolist()
+
+
+def test_the_contract_fails_a_method_set_by_its_first_call(space, unshrunk):
+    samples = sorted(space.dataset.samples("test"), key=lambda s: -s.timestamp)[:8]
+    contract = MethodContract()
+    contract.n_items = len(space.dataset.catalog)
+    contract.test_shards_and_order_do_not_matter(FirstCallCutoff(space.dataset), samples)
+    contract.test_deterministic(FirstCallCutoff(space.dataset), samples)
+    with pytest.raises(AssertionError, match="a fresh method ranked the second half"):
+        contract.test_a_fresh_method_ranks_a_part_first_as_in_the_whole(
+            FirstCallCutoff(space.dataset), samples)
 
 
 @pytest.mark.parametrize("kind", ["bigrec:l2", "random:l2"])

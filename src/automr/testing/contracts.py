@@ -42,6 +42,7 @@ automr's do); the model-level identity check runs a tiny offline Llama (``split_
 fixture, overridable).
 """
 
+import copy
 import json
 import numbers
 from collections.abc import Mapping
@@ -537,6 +538,21 @@ class MethodContract:
 
     def test_deterministic(self, method, samples):
         assert _ranks(method, samples) == _ranks(method, samples)
+
+    def test_a_fresh_method_ranks_a_part_first_as_in_the_whole(self, method, samples):
+        """The checks above call one method again and again: one whose state is set by its
+        first call (a cutoff from that call's samples, per-sample values cached as that call's
+        batches made them) agrees with itself ever after. Two copies made before any call,
+        one called first on the second half, the other on the whole, must agree (a method
+        that cannot be copied skips this check)."""
+        try:
+            part_first, whole_first = copy.deepcopy(method), copy.deepcopy(method)
+        except Exception as error:  # an open file, a lock: nothing this contract can judge
+            pytest.skip(f"{type(method).__name__} cannot be copied ({type(error).__name__})")
+        half = len(samples) // 2
+        assert _ranks(part_first, samples[half:]) == _ranks(whole_first, samples)[half:], (
+            "a fresh method ranked the second half, called on it first, otherwise than in a "
+            "first call on all the samples")
 
 
 def _ranks(method: Method, samples) -> list:
