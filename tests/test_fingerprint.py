@@ -98,6 +98,7 @@ def test_a_folder_saved_twice_is_named_by_the_weights_transformers_loads(tmp_pat
     assert loaded.fingerprint() == fingerprint(alone)
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_an_adapter_saved_beside_the_weights_is_part_of_the_model(workspace, tmp_path):
     """transformers loads a PEFT adapter saved in a model's folder onto its weights: the plain
     model and two adapted ones had one fingerprint (a memory of one passed for the others)."""
