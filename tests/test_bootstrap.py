@@ -219,6 +219,14 @@ def test_correlated_users_widen_the_interval() -> None:
 
 def test_users_of_reads_sample_ids() -> None:
     assert users_of(["313@891013525:216", "a@b@12:x@3:y", "u@-5:i"]) == ("313", "a@b", "u")
+    # an e-mail as the user: the first '@<digits>:' ends it, and no user id holds one
+    from automr.data import Sample
+
+    sample = Sample(user="bob@example.com", target="x@3:y", timestamp=5, recent=("a",),
+                    recent_timestamps=(1,))
+    assert users_of([sample.id]) == ("bob@example.com",)
+    with pytest.raises(ValueError, match="holds '@<digits>:'"):
+        Sample(user="team@2024:bob", target="x", timestamp=5, recent=(), recent_timestamps=())
     with pytest.raises(AutomrError, match="user@timestamp:target"):
         users_of(["313:216"])
     with pytest.raises(AutomrError, match="3 groups for 2 samples"):

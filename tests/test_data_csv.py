@@ -139,6 +139,8 @@ def test_unnamed_trailing_columns_of_a_spreadsheet_export_are_not_read(tmp_path)
     ("user,item,timestamp\nu,a,1\n", "item,title\na, \na,B\n", r"t\.csv line 3: item id 'a' "
                                                                r"listed twice"),  # empty first
     ("user,item,timestamp\n,a,1\n", "item,title\na,A\n", r"i\.csv line 2: empty user"),
+    ("user,item,timestamp\nu,a,1\nteam@2024:bob,a,2\n", "item,title\na,A\n",
+     r"i\.csv line 3: user 'team@2024:bob' holds '@<digits>:'"),  # the sample id's separator
     ("", "item,title\na,A\n", r"i\.csv: file is empty"),
     ('user,item,timestamp\nu,"a,1\n', "item,title\na,A\n", r"i\.csv line 2: malformed"),
     ("user,item,timestamp\nu,a,1\n", 'item,title\na,"Sabrina (1954)\n',

@@ -5,6 +5,7 @@ and all times are integer Unix seconds (UTC). Records are immutable and validate
 so a sample that leaks the future cannot exist.
 """
 
+import re
 from collections.abc import Mapping
 
 import attrs
@@ -16,6 +17,18 @@ def _non_empty(instance: object, attribute: attrs.Attribute, value: str) -> None
     if not value or value != value.strip():
         raise ValueError(f"{attribute.name} must be a non-empty string without outer spaces, "
                          f"got {value!r}")
+
+
+ID_SEPARATOR = re.compile(r"@-?\d+:")
+"""What ends the user in a :attr:`Sample.id` (``user@timestamp:target``): a user id may not
+hold it, or the id would name another user (``team@2024:bob`` is read as ``team``)."""
+
+
+def _user_id(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    _non_empty(instance, attribute, value)
+    if ID_SEPARATOR.search(value):
+        raise ValueError(f"{attribute.name} {value!r} holds '@<digits>:', which sample ids "
+                         f"(user@timestamp:target) use to end the user")
 
 
 def _sorted_ascending(name: str, values: tuple[int, ...]) -> None:
@@ -47,7 +60,7 @@ class Item:
 class Interaction:
     """User ``user`` interacted with (rated, reviewed) item ``item`` at Unix time ``timestamp``."""
 
-    user: str = attrs.field(validator=_non_empty)
+    user: str = attrs.field(validator=_user_id)
     item: str = attrs.field(validator=_non_empty)
     timestamp: int
 
@@ -68,7 +81,7 @@ class Sample:
     target, so no sample can contain its own future.
     """
 
-    user: str = attrs.field(validator=_non_empty)
+    user: str = attrs.field(validator=_user_id)
     target: str = attrs.field(validator=_non_empty)
     timestamp: int
     recent: tuple[str, ...]

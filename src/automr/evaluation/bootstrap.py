@@ -34,7 +34,7 @@ from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 
 _BLOCK_ELEMENTS = 1 << 22  # indices per block of the resample matrix (32 MiB of int64)
-_SAMPLE_ID = re.compile(r"(.+?)@-?\d+:.")  # Sample.id: user@timestamp:target
+_SAMPLE_ID = re.compile(r"(.+?)@-?\d+:.")  # user@timestamp:target; no user id holds "@<digits>:"
 
 
 def _not_below_low(interval: "Interval | PairedDifference", _: attrs.Attribute,
