@@ -4,8 +4,10 @@ Both functions resample the *samples* (evaluation cases) with replacement: resam
 draws ``n`` sample indices uniformly from ``0..n-1`` and takes the mean of the per-sample
 values at those indices. All resamples come from one ``[n_resamples, n]`` index matrix drawn
 from a ``torch.Generator`` seeded with ``seed`` (built in row blocks of at most
-``_BLOCK_ELEMENTS`` indices so memory stays bounded for large test sets; the same data and
-seed always give the same numbers). The interval is the ``(1 - confidence) / 2`` and
+``_BLOCK_ELEMENTS`` indices so memory stays bounded for large test sets; the same values in
+the same order and seed always give the same numbers: the indices are positions, so the same
+values listed in another order draw other resamples, and the interval moves within its
+resampling noise). The interval is the ``(1 - confidence) / 2`` and
 ``(1 + confidence) / 2`` quantiles (linear interpolation) of the resampled means: the
 percentile bootstrap.
 
