@@ -96,7 +96,8 @@ def finetune_command(
         help="Put LoRA only on layers >= L and freeze the lower half (0 = all layers).")] =
         defaults.lora_from_layer,
     loss_on: Annotated[str, typer.Option(
-        help=f"Which tokens the loss covers: {' or '.join(LOSS_KINDS)}.")] = defaults.loss_on,
+        help=f"Which tokens the training loss covers: {' or '.join(LOSS_KINDS)}; validation "
+             f"scores the target either way.")] = defaults.loss_on,
     cache_lower: Annotated[bool, typer.Option(
         help="With --lora-from-layer L > 0: compute each example's layer-L states once and "
              "train on the upper half only (CPU memory: samples x tokens x hidden x 4 bytes).")] =
