@@ -956,3 +956,27 @@ def test_a_linear_layer_takes_an_mlp_that_returns_its_router_logits_too():
         logits = llm.upper(llm.lower(ids, mask, 1))
     for row, seq in enumerate([[5, 9, 40, 7], [12, 33]]):
         assert torch.allclose(logits[row][mask[row].bool()], alone(model, seq), atol=1e-5)
+
+
+@given(st.data(), st.integers(1, 3), st.integers(0, 4), st.integers(1, 6),
+       st.one_of(st.none(), st.integers(1, 5)))
+def test_attention_bias_is_the_plain_rule(data, batch, past, seq, window) -> None:
+    """Query q sees key k <= q that is real and, with a window, fewer than ``window`` real
+    tokens back (positions count real tokens); every query sees itself."""
+    from automr.llm.split import attention_bias
+
+    bits = data.draw(st.lists(st.booleans(), min_size=batch * (past + seq),
+                              max_size=batch * (past + seq)))
+    keys = torch.tensor(bits, dtype=torch.bool).reshape(batch, past + seq)
+    past_mask = keys[:, :past] if past else None
+    bias = attention_bias(keys[:, past:], past_mask, torch.float32, window)
+    low = torch.finfo(torch.float32).min
+    for b in range(batch):
+        real = keys[b].tolist()
+        position = [max(sum(real[: k + 1]) - 1, 0) for k in range(past + seq)]
+        for i in range(seq):
+            q = past + i
+            for k in range(past + seq):
+                seen = k == q or (k <= q and real[k] and (
+                    window is None or position[q] - position[k] < window))
+                assert bias[b, 0, i, k].item() == (0.0 if seen else low)

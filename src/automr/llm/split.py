@@ -642,13 +642,12 @@ def attention_bias(
     key_index = torch.arange(past + seq, device=mask.device).unsqueeze(0)
     causal = key_index <= query_index
     allowed = causal.unsqueeze(0) & keys.unsqueeze(1)
-    if window is not None:
+    if window is not None:  # query - key < window, compared without the int64 differences
         key_positions = token_positions(keys)
-        behind = key_positions[:, past:].unsqueeze(2) - key_positions.unsqueeze(1)
-        allowed = allowed & (behind < window)
-    allowed = allowed | (key_index == query_index).unsqueeze(0)
+        allowed &= key_positions[:, past:].unsqueeze(2) < key_positions.unsqueeze(1) + window
+    allowed |= (key_index == query_index).unsqueeze(0)
     bias = torch.zeros(batch, 1, seq, past + seq, dtype=dtype, device=mask.device)
-    return bias.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+    return bias.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
 
 
 def kv_sources(config: PretrainedConfig) -> dict[int, int]:
