@@ -276,6 +276,16 @@ def no_eos(folder, tiny_folder):
     return folder
 
 
+def missing_bin_shard(folder, tiny_folder):
+    """A sharded ``.bin`` checkpoint whose index names a shard never downloaded."""
+    shutil.copytree(tiny_folder, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model-00001-of-00002.bin").write_bytes(b"")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
+        "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    return folder
+
+
 @pytest.mark.parametrize("make, expected", [
     (not_a_model, "{folder} holds no model (no config.json with a model_type)"),
     (dataset_like, "{folder} holds no model (no config.json with a model_type)"),
@@ -286,6 +296,7 @@ def no_eos(folder, tiny_folder):
     (no_weights, "could not load the model in {folder}: no model.safetensors or "
                  "pytorch_model.bin"),
     (no_tokenizer, "could not load the model in {folder}: "),  # info said it was fine
+    (missing_bin_shard, "could not load the model in {folder}: "),  # info: a traceback
     # a fine-tune failed with a TypeError on its padding (before that, trained no stop)
     (no_eos, "could not load the model in {folder}: its tokenizer has no EOS token"),
 ])

@@ -4,6 +4,7 @@ a fine-tune stays usable in another dtype, and artifacts recorded with the old f
 are refused with what to do."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -178,6 +179,14 @@ def test_large_files_are_read_once_and_hub_blobs_never(tmp_path, monkeypatch):
     weights.write_bytes(b"weights, changed")
     assert file_digest(weights, tmp_path / "cache") == original(weights) != digest
     assert len(reads) == 2
+    # replaced by other bytes of the same size and modification time (a copy keeping times)
+    digest, stamp = original(weights), weights.stat()
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"weights, CHANGED")
+    os.utime(other, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    os.replace(other, weights)
+    assert file_digest(weights, tmp_path / "cache") == original(weights) != digest
+    assert len(reads) == 3
     blob = tmp_path / "hub" / "blobs" / original(weights)  # the hub cache's layout
     blob.parent.mkdir(parents=True)
     shutil.copy(weights, blob)
@@ -185,7 +194,7 @@ def test_large_files_are_read_once_and_hub_blobs_never(tmp_path, monkeypatch):
     link.parent.mkdir(parents=True)
     link.symlink_to(blob)
     assert file_digest(link, tmp_path / "cache") == blob.name
-    assert len(reads) == 2
+    assert len(reads) == 3  # no read for the blob
 
 
 def test_a_float32_fine_tune_is_used_in_bfloat16(workspace, tuned):

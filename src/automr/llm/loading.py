@@ -464,7 +464,9 @@ DIGEST_CACHE_MIN_BYTES = 64 << 20
 
 
 def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
-    """sha256 of a file's bytes, read at most once per (path, size, modification time).
+    """sha256 of a file's bytes, read at most once per (path, inode, size, modification and
+    change times: a file replaced by one of the same size and modification time, as a copy
+    that keeps times makes, is read again).
 
     A file in the Hugging Face cache is a link to a blob named by this digest (large files
     are stored by their sha256), so nothing is read; the digests of other large files are
@@ -478,7 +480,8 @@ def file_digest(path: Path, cache_dir: Path | str | None = None) -> str:
     stat = real.stat()
     if stat.st_size < DIGEST_CACHE_MIN_BYTES:
         return sha256_of(real)
-    key = {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    key = {"path": str(real), "inode": stat.st_ino, "size": stat.st_size,
+           "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
     name = hashlib.sha256(str(real).encode()).hexdigest()
     record_path = resolve_cache_dir(cache_dir, create=False) / "digests" / f"{name}.json"
     try:
@@ -575,6 +578,8 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
         for path in files:
             if path.suffix == ".safetensors":
                 keys.extend(safetensors.safe_open(path, "pt").keys())
+            elif not path.is_file():  # a shard the index names, not downloaded
+                raise FileNotFoundError(f"No such file or directory: {path}")
     if files and all(path.suffix == ".safetensors" for path in files):
         _check_head_loaded(model, _head_missing(model, keys), name)
     if fingerprint is None and files:
