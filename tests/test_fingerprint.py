@@ -252,3 +252,15 @@ def test_models_load_without_hub_kernels(workspace, monkeypatch):
     loaded = load_model(str(workspace["model"]), device="cpu")
     assert calls and all(kwargs.get("use_kernels") is False for kwargs in calls)
     assert not getattr(loaded.model, "use_kernels", False)
+
+
+def test_a_model_with_a_scalar_parameter_has_a_fingerprint():
+    """Apertus' activations hold 0-dim parameters (xIELU's beta and eps): the fingerprint
+    read their bytes with a view a scalar refuses, so its memory could not be built."""
+    model = tiny_model(tiny_config("apertus"), seed=0)
+    assert any(p.dim() == 0 for p in model.state_dict().values())
+    assert model_fingerprint(model, "tiny") == model_fingerprint(model, "tiny")
+    with torch.no_grad():  # the state dict's tensors are the model's own
+        next(t for t in model.state_dict().values() if t.dim() == 0).add_(1.0)
+    assert model_fingerprint(model, "tiny") != model_fingerprint(tiny_model(
+        tiny_config("apertus"), seed=0), "tiny")

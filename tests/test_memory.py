@@ -447,6 +447,43 @@ def test_token_states_recomputed_equal_stored(backbone, dataset, built, tmp_path
         MemoryStore.open(lean.folder).token_states(lean.users()[0], 0)
 
 
+def test_a_recompute_encoder_of_another_catalog_or_without_a_model_fingerprint_is_refused(
+        backbone, dataset, built):
+    """Both passed before: another catalog's titles gave token states of other texts, and a
+    Backbone made without a fingerprint skipped the model check (another model's states)."""
+    retitled = Catalog([Item(item.id, f"{item.title} (retitled)") for item in dataset.catalog])
+    with pytest.raises(AutomrError, match="encoder's catalog differs"):
+        MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, backbone,
+                                                                 retitled))
+    MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, backbone,
+                                                            dataset.catalog))
+    anonymous = Backbone(backbone.llm, backbone.tokenizer, backbone.name)
+    with pytest.raises(AutomrError, match="has none to compare"):
+        memory_encoder(built.folder, anonymous, dataset.catalog)
+    encoder = memory_encoder(built.folder, backbone, dataset.catalog)
+    encoder.base = LayerEncoder(anonymous, LAYER, encoder.base.pooling, encoder.base.share_prefix)
+    with pytest.raises(AutomrError, match="has none to compare"):
+        MemoryStore.open(built.folder, recompute=encoder)
+
+
+def test_datasets_built_in_python_with_other_interactions_have_other_fingerprints():
+    """A source read from no file has no file hashes: its interactions are hashed (two
+    datasets with one catalog and count but other items had one fingerprint)."""
+    from automr.data.fingerprint import dataset_fingerprint
+
+    first = synthetic_dataset()
+    rows = list(first.interactions)
+    rows[0] = attrs.evolve(rows[0], item=next(item.id for item in first.catalog
+                                              if item.id != rows[0].item))
+    source = SourceData(kind="csv", domain="movies", catalog=first.catalog,
+                        interactions=tuple(rows), raw_users=5, raw_items=len(first.catalog),
+                        raw_interactions=len(rows))
+    other = prepare_dataset(source, first.protocol)
+    assert len(other.interactions) == len(first.interactions)
+    assert dataset_fingerprint(synthetic_dataset()) == dataset_fingerprint(first)
+    assert dataset_fingerprint(other) != dataset_fingerprint(first)
+
+
 # -- resume and append ------------------------------------------------------------------------
 def shard_tensors(store: MemoryStore) -> list[dict[str, torch.Tensor]]:
     return [load_file(store.folder / s.file) for s in store.index.shards]

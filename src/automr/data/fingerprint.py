@@ -12,7 +12,8 @@ from automr.errors import AutomrError
 def dataset_fingerprint(dataset: PreparedDataset) -> str:
     """sha256 over the source (kind, prompt domain, its files' hashes, the CSV column
     mapping when one was given), the protocol, the split times, the catalog (ids and titles)
-    and the number of interactions.
+    and the number of interactions (and the interactions themselves for a source read from
+    no file, whose files' hashes say nothing).
 
     Input paths are left out, so the same data prepared from two places has one fingerprint.
     The column mapping is in it because it picks what is read from the same files (another
@@ -31,4 +32,9 @@ def dataset_fingerprint(dataset: PreparedDataset) -> str:
     }
     if "columns" in dataset.source.options:
         payload["columns"] = dataset.source.options["columns"]
+    if not dataset.source.fingerprints:  # built in Python, no file: the interactions themselves
+        digest = hashlib.sha256()
+        for row in dataset.interactions:
+            digest.update(f"{row.user}\t{row.item}\t{row.timestamp}\n".encode())
+        payload["interactions_sha256"] = digest.hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

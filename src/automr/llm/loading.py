@@ -540,7 +540,7 @@ def model_fingerprint(model: torch.nn.Module, name: str) -> str:
         digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         data = tensor.detach().to("cpu").contiguous()
         if data.numel():
-            digest.update(memoryview(data.view(torch.uint8).numpy()))
+            digest.update(memoryview(data.reshape(-1).view(torch.uint8).numpy()))  # 0-dim too
     return digest.hexdigest()
 
 

@@ -105,14 +105,15 @@ def memory_encoder(
     memory: MemoryRecord | Path | str, model: LoadedModel | Backbone, catalog: Catalog
 ) -> ElementEncoder:
     """The element encoder a memory was built with, on ``model`` (e.g. for
-    ``MemoryStore.open(dir, recompute=...)``). Refuses another model or layer."""
+    ``MemoryStore.open(dir, recompute=...)``). Refuses another model or layer, and a model
+    with no fingerprint to compare where the memory records one."""
     record = memory if isinstance(memory, MemoryRecord) else MemoryRecord.read(Path(memory))
     if record.encoder not in ENCODERS:  # a kind of one's own, registered in another process
         raise AutomrError(f"the memory was built with the element encoder {record.encoder!r}, "
                           f"which automr.memory.ENCODERS lacks in this process (it has "
                           f"{', '.join(ENCODERS)}): register that kind again before using it")
     backbone = Backbone.of(model)
-    record.check("the memory", backbone.fingerprint, None)
+    record.check_backbone("its folder" if memory is record else memory, backbone.fingerprint)
     base = LayerEncoder(backbone, record.layer, record.pooling, record.share_prefix)
     return ENCODERS[record.encoder].build(base, catalog, record.prompt_config,
                                           record.window or 1, record.window_includes_item)
@@ -276,7 +277,7 @@ def append_memory(
         if not index.complete:
             raise AutomrError(f"the memory in {folder} is incomplete; finish its build before "
                               f"appending to it.")
-        encoder = memory_encoder(record, model, catalog)
+        encoder = memory_encoder(folder, model, catalog)
         if (dtype := dtype_name(encoder.base.backbone.llm.dtype)) != record.dtype:
             # one fingerprint in every dtype: the record's check above lets it through
             raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the model "
@@ -315,9 +316,11 @@ def append_memory(
                                                   [*previous.segments, segments[user]])
                 if on_shard is not None:
                     on_shard(offset, len(plan))
-        if plan:  # new shards may be shared (the format says so) and other data is held; the
-            # record goes first: an append cut between the two leaves the old index, which a rerun
-            # grows (cut after a new index, the old record let a rerun add every element twice)
+        if plan or record.catalog_fingerprint != catalog_fingerprint(catalog):
+            # new shards may be shared (the format says so) and other data is held; the record
+            # (which takes the catalog of the last append) goes first: an append cut between
+            # the two leaves the old index, which a rerun grows (cut after a new index, the old
+            # record let a rerun add every element twice)
             attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
                 catalog), dataset_fingerprint=None if dataset is None else dataset_fingerprint(
                 dataset)).write(folder)

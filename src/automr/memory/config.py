@@ -191,6 +191,18 @@ class MemoryRecord:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise AutomrError(f"{path} is damaged ({reason}); rebuild the memory.") from None
 
+    def check_backbone(self, folder: Path | str, fingerprint: str | None,
+                       layer: int | None = None) -> None:
+        """:meth:`check` for a model about to compute states of this memory: one without a
+        fingerprint (a :class:`~automr.memory.Backbone` made by hand) cannot be compared with
+        the one the memory records, so it is refused, not let through."""
+        if fingerprint is None and self.model_fingerprint is not None:
+            raise AutomrError(
+                f"the memory in {folder} records its model's fingerprint, but the model in use "
+                f"has none to compare (a Backbone made without one): make it with "
+                f"Backbone.of(load_model(...)) or Backbone.from_model(model, tokenizer, name)")
+        self.check(folder, fingerprint, layer)
+
     def check(self, folder: Path | str, expect_fingerprint: str | None = None,
               expect_layer: int | None = None) -> None:
         """Refuse a memory built with another model or layer than the one in use."""

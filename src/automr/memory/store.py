@@ -18,13 +18,14 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from automr.checks import beartype
+from automr.data.catalog import Catalog
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
 from automr.data.records import Sample
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
-from automr.memory.config import CONFIG_FILE, MemoryRecord
+from automr.memory.config import CONFIG_FILE, MemoryRecord, catalog_fingerprint
 from automr.memory.encoders import ElementEncoder, LayerEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
 from automr.paths import home_path
@@ -78,7 +79,8 @@ class MemoryStore:
 
         ``expect_fingerprint`` / ``expect_layer`` refuse a memory built with another model or
         layer (:class:`~automr.errors.AutomrError` naming both). ``recompute`` is an element
-        encoder with the memory's settings on the memory's model; with it, token states that
+        encoder with the memory's settings on the memory's model and catalog (another
+        catalog, or a model with no fingerprint, is refused); with it, token states that
         were not stored are recomputed on demand (:meth:`token_states`). ``device``: where
         keys are returned, as :func:`~automr.devices.resolve_device` takes it (``auto``,
         ``cpu``, ``mps``, ``cuda[:N]``; one not here is refused) or a ``torch.device``.
@@ -347,7 +349,14 @@ def check_encoder(folder: Path, record: MemoryRecord, encoder: ElementEncoder) -
         raise AutomrError(f"recompute is an element encoder, not a {type(encoder).__name__}: "
                           f"make it with automr.memory.memory_encoder({folder}, model, "
                           f"catalog)")
-    record.check(folder, base.backbone.fingerprint, base.layer)
+    record.check_backbone(folder, base.backbone.fingerprint, base.layer)
+    catalog = getattr(encoder, "catalog", None)  # the titles it encodes (built-in kinds)
+    if isinstance(catalog, Catalog) and record.catalog_fingerprint is not None and \
+            catalog_fingerprint(catalog) != record.catalog_fingerprint:
+        raise AutomrError(f"the encoder's catalog differs from the one the memory in {folder} "
+                          f"was built or last appended with (other items or titles): its "
+                          f"states would be of other texts. Give the catalog of the dataset "
+                          f"the memory was built from.")
     mismatches = []
     if encoder.settings() != record.encoder_settings():
         mismatches.append(f"encoder {encoder.settings()} vs {record.encoder_settings()}")
