@@ -68,6 +68,22 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in target.iterdir()] == ["done.json"]
 
 
+def test_atomic_dir_refuses_the_current_folder_and_builds_beside_a_relative_one(
+        tmp_path, monkeypatch):
+    """``--out .`` raised pathlib's "has an empty name"; ``..`` was built as a sibling named
+    after nothing. The current folder and those holding it are refused in one line; any other
+    relative path is built where it points."""
+    here = tmp_path / "a" / "here"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    for target in (".", "", "..", str(here)):
+        with pytest.raises(AutomrError, match="is the current folder or holds it"):
+            atomic_dir(target)
+    with atomic_dir("../sibling") as work:
+        (work / "x").write_text("1")
+    assert (tmp_path / "a" / "sibling" / "x").read_text() == "1"
+
+
 def test_atomic_dir_replaces_the_folder_a_symlink_points_to(tmp_path):
     """`--out runs/ml-100k` where runs/ml-100k is a symlink to a dataset on another disk:
     the folder it points to is replaced and the link kept (it was a traceback, rmtree refuses

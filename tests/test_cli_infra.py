@@ -367,6 +367,18 @@ def test_a_repeated_folder_option_is_fingerprinted_per_folder(tmp_path):
         str(second): {"config.json": hashlib.sha256(b"[]").hexdigest()}}}
 
 
+def test_a_folder_given_from_home_is_fingerprinted(tmp_path, monkeypatch):
+    """``--retriever mlp=~/r1`` and ``--finetuned ~/ft``: the command reads them from the home
+    folder, and the record hashes them there (it recorded no file)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("r1", "ft"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    found = fingerprints({"retriever": ["mlp=~/r1"], "finetuned": Path("~/ft")})
+    digest = {"config.json": hashlib.sha256(b"{}").hexdigest()}
+    assert found == {"retriever": {"mlp=~/r1": digest}, "finetuned": digest}
+
+
 def only_record(app, out: Path) -> dict:
     """The one run record of the typer ``app``'s command run with ``--out OUT``."""
     import typer

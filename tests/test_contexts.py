@@ -20,6 +20,7 @@ from automr.contexts import (
     trsr_blocks,
 )
 from automr.data import Catalog, Item, PromptConfig, Sample, format_prompt, tokenize_sample
+from automr.errors import AutomrError
 from automr.interfaces import PromptContext
 from automr.llm.decoding import greedy_generate
 from automr.llm.split import HFSplitLLM
@@ -280,6 +281,27 @@ def test_batched_summaries_equal_one_at_a_time(tiny_models):
     assert batched == [writer.generate([p])[0] for p in prompts]
     assert all(batched) and len(set(batched)) == len(batched)
     assert all("\n" not in reply for reply in batched)
+
+
+@pytest.mark.parametrize("batch_size, max_new_tokens", [(0, 6), (-2, 6), (2, 0)])
+def test_a_writer_with_no_batch_or_reply_length_is_refused(tiny_models, batch_size,
+                                                            max_new_tokens):
+    """A batch size of 0 raised range()'s ValueError; below 0, no summary was written and
+    every context came out empty, silently."""
+    with pytest.raises(AutomrError, match="at least 1"):
+        SummaryWriter(tiny_models["llama"], tiny_tokenizer(), max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
+
+
+def test_context_commands_refuse_a_batch_size_below_1_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    for command in (["context", "trsr"], ["context", "show", "--kind", "trsr"]):
+        result = CliRunner().invoke(app, [*command, "--data", str(tmp_path / "missing"),
+                                          "--batch-size", "0"])
+        assert result.exit_code == 2 and "--batch-size" in result.output, result.output
 
 
 def test_writer_uses_the_chat_template_when_there_is_one(tiny_models):

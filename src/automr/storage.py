@@ -160,9 +160,15 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     after, so a process killed while replacing it leaves one of the two whole, never a
     half-deleted folder: cut between the two renames, ``target`` is missing and
     :func:`restore_replaced` (which the next ``atomic_dir`` of it runs first) puts the older
-    folder back.
+    folder back. The current folder, or one holding it, is refused (``--out .``): replacing
+    it would leave the shell that ran the command in a deleted folder.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "." and ".." have no name to build beside
+    here = Path.cwd()
+    if target == here or target in here.parents:
+        raise AutomrError(f"{target} is the current folder or holds it: a build replaces the "
+                          f"folder it makes whole, so give the path of a new folder (e.g. "
+                          f"{target / 'out'})")
     return _AtomicDir(target.resolve() if target.is_symlink() else target, keep_existing)
 
 

@@ -23,7 +23,7 @@ from automr.errors import AutomrError
 
 app = command_group("Prompt contexts of the ReLLa and TRSR baselines.")
 
-BatchSize = Annotated[int, typer.Option(help="Summaries generated per batch.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Summaries generated per batch.")]
 
 
 def _samples(data: Path, split: str, count: int, seed: int):

@@ -23,6 +23,7 @@ from typing import Any
 import automr
 from automr import distributed
 from automr.errors import AutomrError
+from automr.paths import home_path
 from automr.storage import RUNS_FILE, append_lines
 
 INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
@@ -132,6 +133,7 @@ def git_state(folder: Path | None = None) -> dict[str, Any] | None:
 
 
 def _json_hashes(folder: Path) -> dict[str, str]:
+    folder = home_path(folder)  # "~/r1", as the command itself reads it
     return {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
             for file in sorted(folder.glob("*.json")) if file.is_file()}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from automr import distributed
+from automr.errors import AutomrError
 from automr.grounding.embedding import base_model
 from automr.llm.decoding import greedy_generate
 from automr.llm.split import HFSplitLLM
@@ -33,6 +34,9 @@ class SummaryWriter:
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_new_tokens: int = 40,
                  batch_size: int = 8) -> None:
+        if batch_size < 1 or max_new_tokens < 1:  # a batch of 0 or less wrote nothing, silently
+            raise AutomrError(f"summaries need a batch size and a reply length of at least 1, "
+                              f"got {batch_size} and {max_new_tokens}")
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.chat = bool(getattr(tokenizer, "chat_template", None))
