@@ -398,7 +398,9 @@ def _plain_random_score(keys: list[list[float]], element: int, seed: int) -> flo
 
     hashes = [key_hash(key) for key in keys]
     row = mix((sum(hashes) + 0x632BE5AB) & full)
-    return (mix(hashes[element] ^ row) >> 8) / 2.0**24
+    copy = hashes[:element].count(hashes[element])  # earlier copies of its key
+    own = mix((hashes[element] + mix(copy)) & full) if copy else hashes[element]
+    return (mix(own ^ row) >> 8) / 2.0**24
 
 
 @given(memory=padded_memories(HIDDEN, max_batch=2, max_mem=4),
@@ -412,6 +414,21 @@ def test_random_scores_are_the_plain_integer_hash(memory, seed):
         keys = [memory.keys[row, m].float().tolist() for m in real]
         for j, m in enumerate(real):
             assert float(scores[row, m]) == _plain_random_score(keys, j, seed)
+
+
+def test_random_scores_of_copied_keys_are_the_plain_integer_hash_and_draw_elements_uniformly():
+    """A memory holding one item three times ([A, A, A, B]): each copy has a score of its
+    own, so over seeds A is drawn 3 times in 4 (copies scored alike drew it 1 time in 2)."""
+    a, b = torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(0))
+    keys, mask = torch.stack([a, b, a, a])[None], torch.ones(1, 4, dtype=torch.bool)
+    scores = RandomRetriever(7).scores(torch.zeros(1, HIDDEN), keys, mask)
+    plain_keys = [k.tolist() for k in keys[0]]
+    assert [float(v) for v in scores[0]] == [_plain_random_score(plain_keys, j, 7)
+                                            for j in range(4)]
+    picks = [int(top_k(RandomRetriever(seed).scores(torch.zeros(1, HIDDEN), keys, mask),
+                       mask, 1)[0]) for seed in range(2000)]
+    assert 0.72 < sum(p != 1 for p in picks) / 2000 < 0.78  # 3 sd of a fair draw: 0.03
+    assert min(picks.count(j) for j in range(4)) > 400
 
 
 # -- save / load and the registry --------------------------------------------------------------

@@ -7,10 +7,13 @@ values of its real keys, mixed with an integer hash), mapped to ``[0, 1)``. So:
   process and on any device;
 * scores are pseudo-random across elements and across memories, and carry no information about
   content (unlike a random projection, similar keys do not get similar scores);
-* an element's score depends only on (seed, its row's real keys, its key): not on the query,
-  the other rows of the batch, the padding width, the batch order or how many calls came
-  before. Calls therefore do **not** advance a random stream; to draw a different selection,
-  change ``seed``.
+* copies of one key in a memory (an item the user met twice, in an item memory) get scores
+  of their own, so the top element is a draw uniform over the elements, as the exact
+  ``random`` expectation (the mean over elements) assumes;
+* an element's score depends only on (seed, its row's real keys in order, its key): not on
+  the query, the other rows of the batch, the padding width, the batch order or how many
+  calls came before. Calls therefore do **not** advance a random stream; to draw a different
+  selection, change ``seed``.
 
 Keys are read from the memory as saved, so their bits are the same however the samples are
 batched; the query is not hashed, as its last bits move with the batch's padding (a sample's
@@ -61,6 +64,18 @@ def _hash_vectors(vectors: Float[Tensor, "... hidden"], seed: int) -> Int[Tensor
     return _mix32(_mix32(bits ^ salt).sum(-1) & _MASK32)
 
 
+def _copies_apart(hashes: Int[Tensor, "batch mem"], mask: Bool[Tensor, "batch mem"]
+                  ) -> Int[Tensor, "batch mem"]:
+    """``hashes`` with the k-th repeat (k >= 1) of a key in its row, counted among the row's
+    real elements in order, hashed again with k: copies of one key (an item met twice) get
+    scores of their own, so a draw is uniform over elements, not over distinct keys. A first
+    occurrence keeps its hash."""
+    same = (hashes.unsqueeze(2) == hashes.unsqueeze(1)) & mask.unsqueeze(1) & mask.unsqueeze(2)
+    earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=hashes.device).tril(-1)
+    copy = (same & earlier).sum(-1)
+    return torch.where(copy > 0, _mix32((hashes + _mix32(copy)) & _MASK32), hashes)
+
+
 @final
 class RandomRetriever:
     """Seeded pseudo-random scores in ``[0, 1)`` (see the module docstring for the guarantees).
@@ -84,7 +99,7 @@ class RandomRetriever:
         keys (``query`` unused); ``-inf`` at masked elements."""
         hashes = _hash_vectors(keys, self.seed).masked_fill(~mask, 0)
         row = _mix32((hashes.sum(-1) + 0x632BE5AB) & _MASK32)  # of the row's real keys, any order
-        element = _mix32(hashes ^ row.unsqueeze(1))
+        element = _mix32(_copies_apart(hashes, mask) ^ row.unsqueeze(1))
         uniform = (element >> 8).to(torch.float32) / 2.0**24  # 24 bits: exact, below 1
         return uniform.masked_fill(~mask, -torch.inf)
 
