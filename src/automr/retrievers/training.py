@@ -12,7 +12,10 @@ with nearly uniform labels (raw eq. 5, DESIGN.md §1) the argmax of S' is close 
 and top-1 agreement is noise. ``regret`` is the validation eq. 5 gain of what the retriever
 would insert at k = 1: with ``log`` labels (``S' = softmax(gain / T)``) it is
 ``(gain_best - gain_picked) / T`` in nats, so its minimum over epochs is the epoch whose picks
-raise the true title's likelihood most. All three are recorded every epoch in the history.
+raise the true title's likelihood most. It is read off the stored labels, so a pick whose
+label underflows to 0 (over 708 T below the best, in float64; 2.1 nats at T = 0.003) counts
+708 however far below it lies: small temperatures cap far-off picks' regret. All three are
+recorded every epoch in the history.
 """
 
 import math
@@ -96,7 +99,9 @@ class RetrievalMetrics:
     ``kl``: mean KL(S' || softmax(scores)). ``top1``: share of samples whose top-scored
     element has the largest label (ties in S' count as agreement with any maximal element).
     ``regret``: mean ``log S'_best - log S'_picked`` of the top-scored element (0 = always
-    the best; for ``log`` labels, the eq. 5 gain given up, in nats times 1/T).
+    the best; for ``log`` labels, the eq. 5 gain given up, in nats times 1/T; a pick whose
+    label underflowed to 0 counts ``-log`` of the labels' smallest normal number, 708 in
+    float64).
     ``uniform_kl``: the KL of equal scores on the same samples, what ``kl`` must beat for
     the scores to say more than "any element".
     """
