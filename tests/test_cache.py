@@ -76,7 +76,8 @@ def test_atomic_dir_refuses_the_current_folder_and_builds_beside_a_relative_one(
     here = tmp_path / "a" / "here"
     here.mkdir(parents=True)
     monkeypatch.chdir(here)
-    for target in (".", "", "..", str(here)):
+    (tmp_path / "link").symlink_to(here)
+    for target in (".", "", "..", str(here), str(tmp_path / "link")):
         with pytest.raises(AutomrError, match="is the current folder or holds it"):
             atomic_dir(target)
     with atomic_dir("../sibling") as work:

@@ -125,6 +125,8 @@ def test_prepare_amazon_end_to_end(tmp_path):
     (json.dumps(review("U", "B1", 0) | {"unixReviewTime": "soon"}),
      "line 2: unixReviewTime 'soon' is not Unix seconds"),
     (json.dumps(review("", "B1", 1490000000)), "line 2: reviewerID and asin must be non-empty"),
+    (json.dumps(review("team@2024:bob", "B1", 1490000000)),
+     "line 2: user 'team@2024:bob' holds '@<digits>:'"),  # was the record's bare ValueError
     ("[1, 2]", "line 2: not a JSON object"),
     ("{[]: 1}", "line 2: not a JSON object"),  # a Python literal that cannot be built
     ('{"reviewerID": "U", "asin": "B1", "unixReviewTime": Infinity}',

@@ -123,6 +123,9 @@ def test_grouplens_bad_inputs(tmp_path):
     with pytest.raises(AutomrError, match=r"u\.data line 2: timestamp 99999999999999999 is "
                                           r"outside the accepted range 1970-01-01 \.\. 2100"):
         load_movielens_100k(source=tmp_path)
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\nu@1:x\t1\t5\t881250950\n")
+    with pytest.raises(AutomrError, match=r"u\.data line 2: user 'u@1:x' holds '@<digits>:'"):
+        load_movielens_100k(source=tmp_path)  # was the record's bare ValueError
 
 
 def _small_grouplens(folder: Path, data: str) -> None:

@@ -452,11 +452,13 @@ def test_a_recompute_encoder_of_another_catalog_or_without_a_model_fingerprint_i
     """Both passed before: another catalog's titles gave token states of other texts, and a
     Backbone made without a fingerprint skipped the model check (another model's states)."""
     retitled = Catalog([Item(item.id, f"{item.title} (retitled)") for item in dataset.catalog])
-    with pytest.raises(AutomrError, match="encoder's catalog differs"):
+    with pytest.raises(AutomrError, match="other titles than the ones it was built with"):
         MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, backbone,
                                                                  retitled))
-    MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, backbone,
-                                                            dataset.catalog))
+    grown = Catalog([*dataset.catalog, Item("new", "A New Film (2001)")])  # only adds: fine
+    for catalog in (dataset.catalog, grown):
+        MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, backbone,
+                                                                catalog))
     anonymous = Backbone(backbone.llm, backbone.tokenizer, backbone.name)
     with pytest.raises(AutomrError, match="has none to compare"):
         memory_encoder(built.folder, anonymous, dataset.catalog)
@@ -464,6 +466,42 @@ def test_a_recompute_encoder_of_another_catalog_or_without_a_model_fingerprint_i
     encoder.base = LayerEncoder(anonymous, LAYER, encoder.base.pooling, encoder.base.share_prefix)
     with pytest.raises(AutomrError, match="has none to compare"):
         MemoryStore.open(built.folder, recompute=encoder)
+
+
+def test_an_append_retitling_held_items_is_refused_and_one_of_nothing_changes_nothing(
+        backbone, dataset, built, tmp_path):
+    """An append took any catalog and recorded it: old elements' states were then recomputed
+    from the new titles beside keys of the old ones; appending nothing rewrote the record."""
+    folder = tmp_path / "copy"
+    shutil.copytree(built.folder, folder)
+    retitled = Catalog([Item(item.id, f"{item.title} (retitled)") for item in dataset.catalog])
+    later = Interaction("u0", dataset.catalog.items[0].id, 10**10)
+    with pytest.raises(AutomrError, match="other titles than the ones it was built with"):
+        append_memory(folder, backbone, [later], retitled, progress=False)
+    before = (folder / "config.json").read_bytes()
+    grown = Catalog([*dataset.catalog, Item("new", "A New Film (2001)")])
+    append_memory(folder, backbone, [], grown, progress=False)
+    assert (folder / "config.json").read_bytes() == before
+    store = append_memory(folder, backbone, [Interaction("u0", "new", 10**10)], grown,
+                          progress=False)
+    assert store.record.titles_fingerprint != built.record.titles_fingerprint is not None
+    MemoryStore.open(folder, recompute=memory_encoder(folder, backbone, grown))
+    with pytest.raises(AutomrError, match="or lacks some"):  # the new item is held now
+        MemoryStore.open(folder, recompute=memory_encoder(folder, backbone, dataset.catalog))
+
+
+def test_a_memory_recorded_before_its_titles_were_kept_resumes_and_is_not_title_checked(
+        backbone, dataset, built, tmp_path):
+    folder = tmp_path / "older"
+    shutil.copytree(built.folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["titles_fingerprint"]
+    (folder / "config.json").write_text(json.dumps(config))
+    store = build_memory(backbone, dataset, LAYER, MemoryConfig(shard_elements=12,
+                         store_token_states=True), folder, batch_size=5, progress=False)
+    assert store.record.titles_fingerprint is None  # its folder kept as it was
+    retitled = Catalog([Item(item.id, f"{item.title} (retitled)") for item in dataset.catalog])
+    MemoryStore.open(folder, recompute=memory_encoder(folder, backbone, retitled))
 
 
 def test_datasets_built_in_python_with_other_interactions_have_other_fingerprints():

@@ -164,8 +164,8 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     it would leave the shell that ran the command in a deleted folder.
     """
     target = Path(os.path.abspath(target))  # "." and ".." have no name to build beside
-    here = Path.cwd()
-    if target == here or target in here.parents:
+    here, real = Path.cwd(), Path(os.path.realpath(target))  # a link to it too
+    if real == here or real in here.parents:
         raise AutomrError(f"{target} is the current folder or holds it: a build replaces the "
                           f"folder it makes whole, so give the path of a new folder (e.g. "
                           f"{target / 'out'})")

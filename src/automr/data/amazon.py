@@ -32,6 +32,7 @@ from automr.data.reading import (
     LineSource,
     bad_input,
     checked_timestamp,
+    checked_user,
     progress_bar,
     require_file,
 )
@@ -157,7 +158,8 @@ def _read_reviews(
         if outside(timestamp):
             skips["reviews_outside_window"] += 1
             continue
-        key = (sys.intern(user.strip()), sys.intern(asin.strip()), timestamp)
+        key = (sys.intern(checked_user(lines.path, number, user.strip())),
+               sys.intern(asin.strip()), timestamp)
         if key in seen:
             skips["duplicate_interactions"] += 1
             continue

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from automr.cache import WheelSpec, fetch_wheel
 from automr.data.catalog import Catalog, display_title, merge_duplicates, split_title_year
-from automr.data.reading import LineSource, bad_input, checked_timestamp, parse_unix_seconds
+from automr.data.reading import (
+    LineSource,
+    bad_input,
+    checked_timestamp,
+    checked_user,
+    parse_unix_seconds,
+)
 from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipped_items
 from automr.errors import AutomrError
@@ -134,6 +140,7 @@ def _parse_interactions(
         user, item, stamp = (fields[c].strip() for c in cols)
         if not user or not item:
             raise bad_input(name, number, "empty user or item id", fix)
+        checked_user(name, number, user)
         try:
             timestamp = parse_unix_seconds(stamp)
         except ValueError:

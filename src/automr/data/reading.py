@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from automr.data.protocol import timestamp_problem
+from automr.data.records import ID_SEPARATOR
 from automr.errors import AutomrError
 from automr.paths import home_path
 from automr.progress import (
@@ -37,6 +38,16 @@ def where(path: Path | str, line: int | None = None) -> str:
 def bad_input(path: Path | str, line: int | None, problem: str, fix: str) -> AutomrError:
     """An :class:`AutomrError` that says what is wrong, where (file and line) and how to fix it."""
     return AutomrError(f"{where(path, line)}: {problem}. {fix}")
+
+
+def checked_user(path: Path | str, line: int | None, user: str) -> str:
+    """``user``, or an error naming the file and line when it holds ``@<digits>:``, which ends
+    the user in a sample id (:data:`automr.data.records.ID_SEPARATOR`)."""
+    if ID_SEPARATOR.search(user):
+        raise bad_input(path, line, f"user {user!r} holds '@<digits>:', which sample ids "
+                        f"(user@timestamp:target) use to end the user",
+                        "Rename the user (e.g. replace its '@')")
+    return user
 
 
 def checked_timestamp(path: Path | str, line: int | None, seconds: int, fix: str) -> int:

@@ -28,11 +28,12 @@ from automr.data.reading import (
     LineSource,
     bad_input,
     checked_timestamp,
+    checked_user,
     parse_timestamp,
     progress_bar,
     require_file,
 )
-from automr.data.records import ID_SEPARATOR, Interaction, Item
+from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipped_items
 from automr.errors import AutomrError
 
@@ -198,10 +199,7 @@ def load_csv(
             user, item, stamp = sys.intern(row["user"]), sys.intern(row["item"]), row["timestamp"]
             if not user or not item:
                 raise bad_input(inter_path, number, "empty user or item", _FIX)
-            if ID_SEPARATOR.search(user):
-                raise bad_input(inter_path, number, f"user {user!r} holds '@<digits>:', which "
-                                f"sample ids (user@timestamp:target) use to end the user",
-                                "Rename the user (e.g. replace its '@')")
+            checked_user(inter_path, number, user)
             if item not in known and item not in empty:
                 joined = (f" ({len(spanning)} of its rows span several lines, the first at "
                           f"line {spanning[0]}: a quote never closed joins the lines after it "

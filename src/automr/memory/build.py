@@ -41,6 +41,7 @@ from automr.memory.config import (
     MemoryConfig,
     MemoryRecord,
     catalog_fingerprint,
+    titles_fingerprint,
 )
 from automr.memory.encoders import ENCODERS, Backbone, ElementEncoder, LayerEncoder
 from automr.memory.shards import (
@@ -98,6 +99,8 @@ def make_record(backbone: Backbone, layer: int, config: MemoryConfig, prompt_con
         prompt_config=prompt_config,
         dataset_fingerprint=None if dataset is None else dataset_fingerprint(dataset),
         catalog_fingerprint=catalog_fingerprint(catalog),
+        titles_fingerprint=None if dataset is None else titles_fingerprint(
+            catalog, (row.item for row in dataset.interactions)),
     )
 
 
@@ -278,6 +281,8 @@ def append_memory(
             raise AutomrError(f"the memory in {folder} is incomplete; finish its build before "
                               f"appending to it.")
         encoder = memory_encoder(folder, model, catalog)
+        held = {item for entry in index.users.values() for item in entry.items}
+        record.check_titles(folder, catalog, held)  # new elements' texts beside the old ones'
         if (dtype := dtype_name(encoder.base.backbone.llm.dtype)) != record.dtype:
             # one fingerprint in every dtype: the record's check above lets it through
             raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the model "
@@ -316,14 +321,14 @@ def append_memory(
                                                   [*previous.segments, segments[user]])
                 if on_shard is not None:
                     on_shard(offset, len(plan))
-        if plan or record.catalog_fingerprint != catalog_fingerprint(catalog):
-            # new shards may be shared (the format says so) and other data is held; the record
-            # (which takes the catalog of the last append) goes first: an append cut between
-            # the two leaves the old index, which a rerun grows (cut after a new index, the old
-            # record let a rerun add every element twice)
+        if plan:  # new shards may be shared (the format says so) and other data is held; the
+            # record goes first: an append cut between the two leaves the old index, which a rerun
+            # grows (cut after a new index, the old record let a rerun add every element twice)
+            titles = None if record.titles_fingerprint is None else titles_fingerprint(
+                catalog, held | {item for items, _ in new.values() for item in items})
             attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
-                catalog), dataset_fingerprint=None if dataset is None else dataset_fingerprint(
-                dataset)).write(folder)
+                catalog), titles_fingerprint=titles, dataset_fingerprint=None if dataset is None
+                else dataset_fingerprint(dataset)).write(folder)
         index.write(folder)
         return MemoryStore.open(folder, recompute=encoder)
 
@@ -387,6 +392,8 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
         index = MemoryIndex.read(folder) if (folder / INDEX_FILE).is_file() else MemoryIndex()
         if canonical_model_name(existing.model_name) == canonical_model_name(record.model_name):
             existing = attrs.evolve(existing, model_name=record.model_name)  # typed otherwise
+        if existing.titles_fingerprint is None:  # recorded before automr kept its titles
+            existing = attrs.evolve(existing, titles_fingerprint=record.titles_fingerprint)
         if existing == record:
             if not (folder / INDEX_FILE).is_file():  # cut before its first index
                 index.write(folder)

@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -121,6 +122,7 @@ class MemoryRecord:
     prompt_config: PromptConfig
     dataset_fingerprint: str | None = None
     catalog_fingerprint: str | None = None
+    titles_fingerprint: str | None = None
     format: str = MEMORY_FORMAT
 
     @property
@@ -191,6 +193,19 @@ class MemoryRecord:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise AutomrError(f"{path} is damaged ({reason}); rebuild the memory.") from None
 
+    def check_titles(self, folder: Path | str, catalog: Catalog, items: Iterable[str]) -> None:
+        """Refuse a ``catalog`` that gives ``items`` (those the memory holds) other titles than
+        the ones its texts were made of, or lacks one: the states an encoder with it computes
+        would be of other texts. A catalog that only adds items passes. A memory recorded
+        before automr kept its titles is not checked."""
+        if self.titles_fingerprint is not None and \
+                titles_fingerprint(catalog, items) != self.titles_fingerprint:
+            raise AutomrError(
+                f"the catalog gives items the memory in {folder} holds other titles than the "
+                f"ones it was built with (or lacks some): states computed with it would be of "
+                f"other texts. Give the catalog of the dataset the memory was built from (one "
+                f"that only adds items is fine).")
+
     def check_backbone(self, folder: Path | str, fingerprint: str | None,
                        layer: int | None = None) -> None:
         """:meth:`check` for a model about to compute states of this memory: one without a
@@ -221,6 +236,15 @@ class MemoryRecord:
 
 def _short(fingerprint: str | None) -> str:
     return "unknown" if fingerprint is None else fingerprint[:12]
+
+
+def titles_fingerprint(catalog: Catalog, items: Iterable[str]) -> str:
+    """sha256 over the ``id<TAB>title`` lines of ``items`` (each once, sorted) in ``catalog``:
+    the titles a memory's texts are made of (an item the catalog lacks: no title)."""
+    digest = hashlib.sha256()
+    for item in sorted(set(items)):
+        digest.update(f"{item}\t{catalog.title(item) if item in catalog else ''}\n".encode())
+    return digest.hexdigest()
 
 
 def catalog_fingerprint(catalog: Catalog) -> str:

@@ -25,7 +25,7 @@ from automr.data.records import Sample
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
-from automr.memory.config import CONFIG_FILE, MemoryRecord, catalog_fingerprint
+from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder, LayerEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
 from automr.paths import home_path
@@ -95,7 +95,7 @@ class MemoryStore:
                               f"interrupted. Run the same build again to finish it (finished "
                               f"shards are kept).")
         if recompute is not None:
-            check_encoder(folder, record, recompute)
+            check_encoder(folder, record, index, recompute)
         store = cls(folder, record, index, recompute, device, preload=False)
         store._check_shards()
         if preload:
@@ -342,7 +342,8 @@ def pad_keys(
     return keys, mask
 
 
-def check_encoder(folder: Path, record: MemoryRecord, encoder: ElementEncoder) -> None:
+def check_encoder(folder: Path, record: MemoryRecord, index: MemoryIndex,
+                  encoder: ElementEncoder) -> None:
     """Refuse an encoder that would compute different states than the memory holds."""
     base = getattr(encoder, "base", None)
     if not isinstance(base, LayerEncoder):
@@ -351,12 +352,9 @@ def check_encoder(folder: Path, record: MemoryRecord, encoder: ElementEncoder) -
                           f"catalog)")
     record.check_backbone(folder, base.backbone.fingerprint, base.layer)
     catalog = getattr(encoder, "catalog", None)  # the titles it encodes (built-in kinds)
-    if isinstance(catalog, Catalog) and record.catalog_fingerprint is not None and \
-            catalog_fingerprint(catalog) != record.catalog_fingerprint:
-        raise AutomrError(f"the encoder's catalog differs from the one the memory in {folder} "
-                          f"was built or last appended with (other items or titles): its "
-                          f"states would be of other texts. Give the catalog of the dataset "
-                          f"the memory was built from.")
+    if isinstance(catalog, Catalog):
+        record.check_titles(folder, catalog, {item for entry in index.users.values()
+                                              for item in entry.items})
     mismatches = []
     if encoder.settings() != record.encoder_settings():
         mismatches.append(f"encoder {encoder.settings()} vs {record.encoder_settings()}")
