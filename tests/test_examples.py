@@ -132,6 +132,35 @@ def test_the_demo_ends_with_the_likelihood_gain_and_its_intervals(demo):
         assert low <= mean <= high
 
 
+def test_the_demo_summary_resamples_as_its_likelihood_step(demo, tmp_path, monkeypatch):
+    """The printed intervals used seed 0 whatever seed the step's reports (and its own paired
+    intervals) used: a demo with --seed 1 printed another interval than its folder held."""
+    import shutil
+
+    import automr.experiments.demo as demo_module
+    from automr.evaluation import EvaluationFolder
+    from automr.evaluation.likelihood import LikelihoodReport
+
+    copy = tmp_path / "demo"
+    shutil.copytree(demo["root"] / "demo", copy)
+    folder = EvaluationFolder(copy / "likelihood")
+    for name in ("bigrec", "automr", "random"):
+        path = folder.ranks_file(f"{name}:likelihood", "loglik")
+        LikelihoodReport.load(path).resampled(500, seed=1, resample="users").save(path)
+    calls = []
+    compare = demo_module.compare_likelihoods
+    monkeypatch.setattr(demo_module, "compare_likelihoods",
+                        lambda a, b, **options: calls.append(options) or compare(a, b, **options))
+    demo_summary(copy)
+    assert calls == [{"n_resamples": 500, "seed": 1, "resample": "users"}] * 2
+
+
+def test_a_demo_grounder_its_last_step_cannot_recommend_with_is_refused_at_once():
+    """l2-pop passed the config, then every step ran and the last refused it."""
+    with pytest.raises(ValueError, match="grounder"):
+        DemoConfig(grounder="l2-pop")
+
+
 def test_annotate_interactions_synthetic(demo, capsys):
     annotated = load_example("annotate_interactions").main([
         "--model", str(demo["model"]), "--layer", "2", "--samples", "2", "--device", "cpu",

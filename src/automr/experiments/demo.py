@@ -32,12 +32,12 @@ from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.likelihood import LikelihoodReport, compare_likelihoods
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
-from automr.experiments.recommend import recommend
+from automr.experiments.recommend import RECOMMEND_GROUNDERS, recommend
 from automr.experiments.retriever import train_retriever
 from automr.llm.loading import DEFAULT_MODEL, canonical_model_name, dtype_used, load_model
 from automr.memory import ENCODERS, MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
-from automr.methods.registry import GROUNDERS, Artifacts
+from automr.methods.registry import Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
@@ -76,8 +76,8 @@ class DemoConfig:
     temperature: float = real_field(*LABEL_TEMPERATURE, default=1.0)
     test_samples: int = int_field(_POSITIVE, default=48)
     likelihood_samples: int = int_field(_POSITIVE, default=200)
-    grounder: str = attrs.field(default="constrained",
-                                validator=attrs.validators.in_(GROUNDERS))
+    grounder: str = attrs.field(default="constrained",  # the last step recommends with it
+                                validator=attrs.validators.in_(RECOMMEND_GROUNDERS))
     num_beams: int = int_field(_POSITIVE, default=5)
     seed: int = int_field(default=0)
 
@@ -258,16 +258,19 @@ def demo_summary(out_dir: Path | str) -> str:
     n = len(reports["bigrec:likelihood"].sample_ids)
     lines.append(f"Log-likelihood of the true next title, {n} test samples (nats per sample, "
                  f"paired bootstrap 95% interval):")
-    for other in ("bigrec", "random"):
-        diff = compare_likelihoods(reports["automr:likelihood"],
-                                   reports[f"{other}:likelihood"])["target_ll"]
+    automr = reports["automr:likelihood"]
+    for other in ("bigrec", "random"):  # resampled as the step's own paired intervals
+        diff = compare_likelihoods(automr, reports[f"{other}:likelihood"],
+                                   n_resamples=automr.n_resamples, seed=automr.seed,
+                                   resample=automr.resample)["target_ll"]
         verdict = ("higher" if diff.low > 0 else "lower" if diff.high < 0
                    else "no difference resolved")
         lines.append(f"  AutoMR - {other:<7} {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
                      f"  ({verdict})")
     example = out / "example" / "example.md"
     if example.exists():
-        lines += ["", "One test user (the first sample of the likelihood step), AutoMR's top 5:",
+        lines += ["", "The user of the likelihood step's first sample, at their latest test "
+                      "sample, AutoMR's top 5:",
                   example.read_text(encoding="utf-8").rstrip()]
     return "\n".join(lines) + "\n"
 
