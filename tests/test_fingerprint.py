@@ -264,3 +264,27 @@ def test_a_model_with_a_scalar_parameter_has_a_fingerprint():
         next(t for t in model.state_dict().values() if t.dim() == 0).add_(1.0)
     assert model_fingerprint(model, "tiny") != model_fingerprint(tiny_model(
         tiny_config("apertus"), seed=0), "tiny")
+
+
+def test_a_fine_tunes_results_are_not_read_back_once_its_base_model_changed(workspace, tuned,
+                                                                          tmp_path):
+    """A rerun read bigrec's saved ranks back (its digest is the recorded base fingerprint
+    and the adapter), beside base:* ranks of the new weights, where a fresh run refused."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    model = shutil.copytree(workspace["model"], tmp_path / "model")
+    run_dir = shutil.copytree(tuned, tmp_path / "ft")
+    record = json.loads((run_dir / RESULT_FILE).read_text())
+    record["model"] = str(model)
+    (run_dir / RESULT_FILE).write_text(json.dumps(record))
+    command = ["evaluate", "--data", str(workspace["root"] / "prepared"), "--finetuned",
+               str(run_dir), "--methods", "bigrec:l2", "--samples", "2", "--num-beams", "2",
+               "--device", "cpu", "--cache-dir", str(workspace["cache"]), "--quiet",
+               "--out", str(tmp_path / "ev")]
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    tiny_model(tiny_config("llama", 4), seed=9).save_pretrained(model)  # other weights
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 2 and "differs from the one" in again.output, again.output

@@ -105,6 +105,35 @@ def test_a_second_demo_into_a_folder_in_use_is_refused(workspace, tmp_path):
                  progress=False, dataset_dir=workspace / "prepared", say=_stop_at_first_step)
 
 
+def test_a_demo_rerun_after_its_data_or_model_changed_in_place_is_refused(workspace, tmp_path):
+    """settings.json names the dataset and model folders, not what they hold: a rerun after
+    either was made again in place showed every finished step as its own."""
+    import shutil
+
+    from automr.testing.tiny import tiny_config, tiny_model
+
+    model = shutil.copytree(workspace / "model", tmp_path / "model")
+    data = tmp_path / "data"
+    synthetic_dataset(data)
+    config = attrs.evolve(tiny_demo(workspace), model=str(model), train_samples=4,
+                          valid_samples=2, annotate_samples=4, test_samples=2,
+                          likelihood_samples=3)
+    run_demo(tmp_path / "demo", config, device="cpu", cache_dir=tmp_path / "cache",
+             progress=False, dataset_dir=data / "prepared", say=lambda line: None)
+    shutil.rmtree(data)
+    synthetic_dataset(data, seed=1)  # prepared again in the same folder, other interactions
+    with pytest.raises(AutomrError, match=r"made with other data or another model .*another "
+                                          r"dataset"):
+        run_demo(tmp_path / "demo", config, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=data / "prepared", say=lambda line: None)
+    shutil.rmtree(data)
+    synthetic_dataset(data)
+    tiny_model(tiny_config("llama", 4), seed=9).save_pretrained(model)  # other weights
+    with pytest.raises(AutomrError, match=r"made with other data or another model .*differs"):
+        run_demo(tmp_path / "demo", config, device="cpu", cache_dir=tmp_path / "cache",
+                 progress=False, dataset_dir=data / "prepared", say=lambda line: None)
+
+
 def _stop_at_first_step(line: str) -> None:
     raise RuntimeError("stop at the first step")
 

@@ -137,6 +137,14 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
              lambda: prepare_movielens_100k(data, cache_dir=cache_dir))
     dataset = PreparedDataset.load(data)
     bigrec = out / "bigrec"
+    if (bigrec / RESULT_FILE).is_file():  # a rerun shows its finished steps: of this data
+        try:  # and this model? (settings.json names their folders, not what they hold)
+            FinetunedRun.open(bigrec).check_dataset(dataset)
+            FinetunedRun.open(bigrec).check_base(cache_dir)
+        except AutomrError as error:
+            raise AutomrError(f"{out} holds a demo run made with other data or another model "
+                              f"in the same folder ({error}); its finished steps would be "
+                              f"shown as this run's. Use another --out.") from None
 
     def tune() -> None:
         if (bigrec / RESULT_FILE).is_file():  # finished, cut before its step was marked

@@ -500,8 +500,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
                     folder, files, space.cache_dir)
             continue
         folder = space.artifact(artifact, method)
-        if artifact in ("finetuned", "rella", "trsr"):
-            space.run(artifact)  # its prompt context and dataset, checked before any work
+        if artifact in ("finetuned", "rella", "trsr"):  # its prompt context, dataset and base
+            space.run(artifact).check_base(space.cache_dir)  # model, checked before any work
         settings[artifact] = str(folder.resolve())
         settings.setdefault("digests", {})[artifact] = DIGESTS[artifact](folder)
     for option in kind.options:

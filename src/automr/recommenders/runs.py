@@ -15,7 +15,9 @@ from automr.errors import AutomrError
 from automr.llm.loading import (
     FINGERPRINT_CHANGE,
     LoadedModel,
+    files_fingerprint,
     load_model,
+    weight_files,
     without_peft_deprecation,
 )
 from automr.memory import MemoryStore
@@ -86,10 +88,7 @@ class FinetunedRun:
             raise AutomrError(f"the base model folder {folder} recorded in "
                               f"{self.path / RESULT_FILE} is missing; put the model back there")
         base = load_model(self.base_model, device=device, dtype=dtype, cache_dir=cache_dir)
-        if base.fingerprint() != self.base_fingerprint:  # the same whatever dtype is used
-            raise AutomrError(f"the base model {self.base_model!r} found here (fingerprint "
-                              f"{base.fingerprint()[:12]}) differs from the one {self.path} was "
-                              f"tuned on ({self.base_fingerprint[:12]}). {FINGERPRINT_CHANGE}")
+        self._refuse_other_base(base.fingerprint())  # the same whatever dtype is used
         fingerprint = self.fingerprint()  # a missing or damaged adapter is one line first
         damaged = (f"the adapter of {self.path} is damaged: fine-tune again into a new "
                    f"--out")
@@ -104,6 +103,22 @@ class FinetunedRun:
                               f"{damaged}") from None
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
                            fingerprint=fingerprint)
+
+    def check_base(self, cache_dir: Path | str | None = None) -> None:
+        """Refuse a base model folder whose files are no longer the ones the adapter was tuned
+        on, from their digests (no weight is loaded): results of this run saved before must
+        not be read back beside another model's. A hub id or the embedded default is checked
+        when loaded."""
+        folder = home_path(self.base_model)
+        files = weight_files(folder) if folder.is_dir() else ()
+        if files and all(file.is_file() for file in files):
+            self._refuse_other_base(files_fingerprint(folder, files, cache_dir))
+
+    def _refuse_other_base(self, found: str) -> None:
+        if found != self.base_fingerprint:
+            raise AutomrError(f"the base model {self.base_model!r} found here (fingerprint "
+                              f"{found[:12]}) differs from the one {self.path} was tuned on "
+                              f"({self.base_fingerprint[:12]}). {FINGERPRINT_CHANGE}")
 
     def fingerprint(self) -> str:
         """The tuned model's fingerprint: its base model's and its adapter's bytes (read from
