@@ -288,3 +288,28 @@ def test_a_fine_tunes_results_are_not_read_back_once_its_base_model_changed(work
     tiny_model(tiny_config("llama", 4), seed=9).save_pretrained(model)  # other weights
     again = CliRunner().invoke(app, command)
     assert again.exit_code == 2 and "differs from the one" in again.output, again.output
+
+
+def test_a_fine_tune_moved_elsewhere_is_read_back_not_ranked_again(workspace, tuned, tmp_path,
+                                                                    monkeypatch):
+    """Settings held each artifact's absolute path beside its content digest: a workspace
+    copied or moved elsewhere, or the model folder typed another way, ranked everything
+    again (hours at scale) for the same values."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    def evaluate(finetuned, model) -> str:
+        result = CliRunner().invoke(app, [
+            "evaluate", "--data", str(workspace["root"] / "prepared"), "--finetuned",
+            str(finetuned), "--model", model, "--methods", "bigrec:l2,base:l2", "--samples",
+            "2", "--num-beams", "2", "--device", "cpu", "--cache-dir", str(workspace["cache"]),
+            "--out", str(tmp_path / "ev")])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "Read back" not in evaluate(tuned, str(workspace["model"]))
+    moved = shutil.copytree(tuned, tmp_path / "moved-ft")
+    monkeypatch.chdir(workspace["model"].parent)
+    again = evaluate(moved, f"./{workspace['model'].name}")
+    assert "ranks:bigrec:l2" in again and "ranks:base:l2" in again, again

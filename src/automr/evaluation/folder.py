@@ -173,7 +173,7 @@ class EvaluationFolder:
         ranks, saved = self.ranks_file(method), self.settings_file(method)
         if not ranks.exists() or not saved.exists():
             return None
-        if _read(saved) != json.loads(json.dumps(settings)):
+        if comparable_settings(_read(saved)) != comparable_settings(settings):
             return None
         return _read(ranks, MetricReport.load)
 
@@ -183,7 +183,7 @@ class EvaluationFolder:
         values, saved = self.ranks_file(method, "loglik"), self.settings_file(method, "loglik")
         if not values.exists() or not saved.exists():
             return None
-        if _read(saved) != json.loads(json.dumps(settings)):
+        if comparable_settings(_read(saved)) != comparable_settings(settings):
             return None
         return _read(values, LikelihoodReport.load)
 
@@ -431,6 +431,17 @@ class EvaluationFolder:
         ``results.md``."""
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
         write_text_atomic(self.path / RESULTS_MD, markdown)
+
+
+def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as reuse compares them: without each path whose content digest lies
+    beside it (``digests``), so a fine-tune, memory or retriever moved or copied elsewhere, or
+    a model folder typed another way, is the same artifact. Saved settings keep the paths."""
+    plain = json.loads(json.dumps(settings, default=str))
+    digests = plain.get("digests") if isinstance(plain, dict) else None
+    if not isinstance(digests, dict):
+        return plain
+    return {key: value for key, value in plain.items() if key not in digests}
 
 
 def _read(path: Path, load: Callable[[Path], Any] | None = None) -> Any:

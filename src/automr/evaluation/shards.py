@@ -17,7 +17,7 @@ from typing import Any
 from automr import distributed
 from automr.data.records import Sample
 from automr.errors import AutomrError
-from automr.evaluation.folder import RANKING_ONLY_DETAILS, EvaluationFolder
+from automr.evaluation.folder import RANKING_ONLY_DETAILS, EvaluationFolder, comparable_settings
 from automr.interfaces import Explained
 
 DEFAULT_SHARD_SIZE = 64
@@ -35,8 +35,8 @@ def run_sharded(
     if shard_size < 1:
         raise AutomrError(f"shard_size must be >= 1, got {shard_size}")
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
-                            ).hexdigest()
+    digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True,
+                                       default=str).encode()).hexdigest()
     done: dict[int, dict[str, Any]] = {}
     measured = {s.id for s in samples}
     omit = RANKING_ONLY_DETAILS if kind == "loglik" else ()
