@@ -139,8 +139,9 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
     bigrec = out / "bigrec"
     if (bigrec / RESULT_FILE).is_file():  # a rerun shows its finished steps: of this data
         try:  # and this model? (settings.json names their folders, not what they hold)
-            FinetunedRun.open(bigrec).check_dataset(dataset)
-            FinetunedRun.open(bigrec).check_base(cache_dir)
+            tuned = FinetunedRun.open(bigrec)
+            tuned.check_dataset(dataset)
+            tuned.check_base(cache_dir)
         except AutomrError as error:
             raise AutomrError(f"{out} holds a demo run made with other data or another model "
                               f"in the same folder ({error}); its finished steps would be "
