@@ -438,6 +438,20 @@ def test_the_likelihoods_details_are_a_single_passs_after_a_cut_and_a_resume(tmp
                     kind, "m", measure).read_bytes()
 
 
+def test_ranking_again_beside_saved_likelihoods_copies_no_generated_titles(tmp_path):
+    """Ranking a method again (other settings) beside likelihoods saved with its old ranks
+    took the old titles for an older folder's shared file: generated/m.loglik.json appeared,
+    though the likelihood measure generates nothing."""
+    evaluate({"m": Generating()}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+             measures=("ranks", "likelihood"))
+    again = Generating()
+    again.settings = {"rank": 0, "num_beams": 2}
+    evaluate({"m": again}, SAMPLES, 30, out=tmp_path, n_resamples=20, measures=("ranks",))
+    folder = EvaluationFolder(tmp_path)
+    assert not folder.details_file("generated", "m", "loglik").is_file()
+    assert folder.details("retrieved", "m", "loglik") == {s.id: [1] for s in SAMPLES}
+
+
 def test_a_compare_of_measures_on_other_samples_says_each_count_and_unpaired(tmp_path):
     """Ranks of one source on 4 samples beside log-likelihoods of two others on 8: the table
     said "4 samples" over both and dropped the likelihood pairing without a word."""
@@ -647,6 +661,19 @@ def test_settings_that_json_cannot_sort_are_refused_before_any_ranking(tmp_path,
     assert Counted.ranked == 0
 
 
+@pytest.mark.parametrize("key", ["method", "samples", "n_items"])
+def test_settings_holding_a_key_the_evaluation_adds_are_refused(tmp_path, key):
+    """A method's own ``method`` (its variant, say) was replaced by the evaluation's name, so
+    two variants saved under one name had equal settings: the second read the first's ranks
+    back as its own."""
+    Counted.ranked = 0
+    with pytest.raises(AutomrError, match=f"the settings of m hold '{key}', a key the "
+                                          f"evaluation adds itself"):
+        evaluate({"m": Counted([0, 0, 0, 0], settings={key: "cosine"})}, SAMPLES[:4], 30,
+                 n_resamples=20, out=tmp_path)
+    assert Counted.ranked == 0
+
+
 @pytest.mark.parametrize(("keywords", "says"), [
     ({"ks": ()}, "cut-offs"), ({"ks": (0, 5)}, "cut-offs"), ({"ks": (5, 5)}, "distinct"),
     ({"n_resamples": 0}, "n_resamples"), ({"shard_size": 0}, "shard_size")])
@@ -770,6 +797,22 @@ def test_details_that_are_not_json_are_refused_in_one_line(tmp_path, value):
         with pytest.raises(AutomrError,
                            match=r"the details of m are not JSON \(Object of type (Tensor|set)"):
             evaluate({"m": Tensors(1)}, SAMPLES, 30, out=out, n_resamples=20)
+
+
+@pytest.mark.parametrize("kind", ["ranks", "loglik", "models", "a/b", "..", ""])
+def test_details_of_a_kind_that_cannot_name_its_folder_are_refused(tmp_path, kind):
+    """Kind ``ranks`` was written over the ranks it was saved beside (ranks/m.json held the
+    details: the folder read back as damaged on every rerun); a path kind wrote elsewhere."""
+
+    class Named(Retrieving):
+        def details(self):
+            return {kind: {s_id: 0 for s_id in self.seen}}
+
+    for out in (None, tmp_path):
+        with pytest.raises(AutomrError, match=f"the details of m have kind {kind!r}, which "
+                                              f"cannot name their folder"):
+            evaluate({"m": Named(1)}, SAMPLES, 30, out=out, n_resamples=20)
+    assert not (tmp_path / "ranks" / "m.json").exists()
 
 
 def test_resampling_users_draws_whole_users_and_is_recorded(tmp_path):

@@ -66,6 +66,21 @@ def test_a_method_without_a_dataset_is_told_to_set_n_items():
         MethodContract()._catalog_size(Bare())
 
 
+def test_the_contract_fails_settings_holding_a_key_the_evaluation_adds():
+    """evaluate refuses them (its own ``method`` would replace the method's)."""
+
+    class Variant:
+        @property
+        def settings(self) -> dict:
+            return {"method": "cosine-v1"}
+
+        def rank(self, samples):
+            return [0 for _ in samples]
+
+    with pytest.raises(AssertionError, match="settings may not hold method, samples, n_items"):
+        MethodContract().test_is_a_method_with_json_settings(Variant())
+
+
 class FirstCallCutoff:
     """Ranks by popularity up to a cutoff its first call fixes (that call's latest sample): it
     agrees with itself ever after, which every other check of the contract asked of it."""

@@ -270,7 +270,7 @@ class PromptContext(Protocol):
     """
 
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """A JSON-able description the same context is rebuilt from."""
         ...
 
@@ -290,8 +290,8 @@ class Method(Protocol):
     ``settings`` is a dict, JSON-able, of everything that decides those ranks (model,
     adapter, grounder, retriever, and for your own class its name and version): an
     evaluation folder reuses ranks saved under the same name only when the settings are
-    equal (``evaluate`` adds the keys ``method``, ``samples`` and ``n_items`` itself); with
-    empty settings it never reuses them.
+    equal (``evaluate`` adds the keys ``method``, ``samples`` and ``n_items`` itself, so they
+    are refused in a method's own); with empty settings it never reuses them.
     Builders for every method kind the CLI knows are in :mod:`automr.methods`; any object of
     this shape works.
     """
@@ -325,7 +325,8 @@ class LikelihoodMethod(Method, Protocol):
 class Explained(Protocol):
     """A method that keeps, per sample it ranked, what it used (e.g. the memory elements it
     retrieved, or the prompt context it wrote): ``details()`` maps a kind (``retrieved``,
-    ``contexts``) to ``{sample id: value}``, each value JSON (strings, numbers, lists, dicts:
+    ``contexts``: letters, digits, ``-`` and ``_``, not ``ranks``, ``loglik`` or ``models``)
+    to ``{sample id: value}``, each value JSON (strings, numbers, lists, dicts:
     not a tensor or a numpy number); evaluation folders save each kind beside the ranks
     (``KIND/METHOD.json``)."""
 

@@ -23,6 +23,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,8 @@ REPORTS_BESIDE = ("rq3",)
 """Commands that write their report (and run record) into the evaluation folder they read,
 without --out: none of them is behind the evaluation, so :meth:`EvaluationFolder.commands`
 leaves their records out."""
+VALUE_FOLDERS = ("ranks", "loglik", "models")
+"""The folders of values and models; every other folder holds a kind of details."""
 EVALUATION_KEYS = ("method", "samples", "n_items")
 """What an evaluation adds to every method's settings (its name and the samples measured)."""
 
@@ -85,7 +88,7 @@ class EvaluationFolder:
         """Whether the folder holds an evaluation's files (its ranks/, loglik/, models/ or
         results.json)."""
         return any((self.path / name).exists()
-                   for name in ("ranks", "loglik", "models", RESULTS_JSON))
+                   for name in (*VALUE_FOLDERS, RESULTS_JSON))
 
     @staticmethod
     def slug(method: str) -> str:
@@ -157,7 +160,7 @@ class EvaluationFolder:
         return data
 
     def save_shard(self, method: str, number: int, key: Mapping[str, Any],
-                   values: list, details: Mapping[str, Any], kind: str = "ranks") -> None:
+                   values: list[Any], details: Mapping[str, Any], kind: str = "ranks") -> None:
         """Write shard ``number`` of ``method``'s values and details atomically, under ``key``
         (what :meth:`saved_shard` checks before reusing it)."""
         write_json_atomic(self.shard_file(method, number, kind),
@@ -207,7 +210,8 @@ class EvaluationFolder:
             detail for detail in self._detail_kinds(report.method, kind) if detail not in details]
         for detail in [*(details or {}), *stale] if kind == "ranks" else ():  # an older
             own = self._details_file(detail, report.method, "loglik")  # folder's likelihood
-            if not own.is_file() and self._older_is_likelihoods(detail, report.method):
+            if detail not in RANKING_ONLY_DETAILS and not own.is_file() and \
+                    self._older_is_likelihoods(detail, report.method):
                 shutil.copyfile(self._details_file(detail, report.method, "ranks"), own)
         done = self.settings_file(report.method, kind)
         done.unlink(missing_ok=True)  # a cut write must not pass for the older settings' values
@@ -232,7 +236,7 @@ class EvaluationFolder:
         if not self.path.is_dir():
             return []
         return sorted(path.name for path in self.path.iterdir() if path.is_dir()
-                      and path.name not in ("ranks", "loglik")
+                      and path.name not in VALUE_FOLDERS
                       and self._details_file(path.name, method, measure).is_file())
 
     @classmethod
@@ -251,6 +255,17 @@ class EvaluationFolder:
             if other != method:
                 raise AutomrError(f"the methods {other!r} and {method!r} would share the files "
                                   f"{cls.slug(method)}.json of an evaluation folder; rename one")
+
+    @staticmethod
+    def check_detail_kinds(method: str, kinds: Collection[str]) -> None:
+        """Refuse kinds of detail that cannot name a folder of their own here (a path, a dot,
+        or a folder of values: kind ``ranks`` would be written over the ranks)."""
+        for kind in kinds:
+            if not isinstance(kind, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", kind) or \
+                    kind in VALUE_FOLDERS:
+                raise AutomrError(f"the details of {method} have kind {kind!r}, which cannot "
+                                  f"name their folder (KIND/METHOD.json): give letters, digits, "
+                                  f"'-' or '_', not {', '.join(VALUE_FOLDERS)}")
 
     def report(self, method: str) -> MetricReport:
         """The saved ranks of ``method``; a clear error if it was not evaluated here."""

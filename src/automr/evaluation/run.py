@@ -34,7 +34,7 @@ from automr.data.records import Sample
 from automr.defaults import MEASURES
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference, check_resample
-from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.folder import EVALUATION_KEYS, EvaluationFolder
 from automr.evaluation.likelihood import (
     LikelihoodReport,
     build_likelihood_report,
@@ -252,6 +252,10 @@ def evaluate(
         except (TypeError, ValueError) as error:
             raise AutomrError(f"the settings of {name} are not JSON ({error}): give "
                               f"strings, numbers, lists and dicts") from None
+        taken = [key for key in EVALUATION_KEYS if key in method.settings]
+        if taken:  # the evaluation's value would replace it: two methods, one set of settings
+            raise AutomrError(f"the settings of {name} hold {taken[0]!r}, a key the evaluation "
+                              f"adds itself ({', '.join(EVALUATION_KEYS)}): name it otherwise")
     if "ranks" in measures:
         check_ks(ks)
     for count, what in ((n_resamples, "n_resamples"), (shard_size, "shard_size")):

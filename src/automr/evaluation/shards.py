@@ -47,7 +47,7 @@ def run_sharded(
         if saved is None:
             values = json.loads(json.dumps(list(compute(shards[number]))))
             try:
-                details = _shard_details(_details(method), key["samples"], measured, first,
+                details = _shard_details(_details(name, method), key["samples"], measured, first,
                                          omit)
             except (TypeError, ValueError) as error:  # saved beside the values, as JSON
                 raise AutomrError(f"the details of {name} are not JSON ({error}): details() "
@@ -68,10 +68,12 @@ def run_sharded(
     return values, details
 
 
-def _details(method: object) -> dict[str, dict[str, Any]]:
+def _details(name: str, method: object) -> dict[str, dict[str, Any]]:
     if not isinstance(method, Explained):
         return {}
-    return {kind: dict(entries) for kind, entries in method.details().items()}
+    details = {kind: dict(entries) for kind, entries in method.details().items()}
+    EvaluationFolder.check_detail_kinds(name, details)
+    return details
 
 
 def _shard_details(details: Mapping[str, Mapping[str, Any]], shard: Sequence[str],

@@ -51,6 +51,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from automr.evaluation.folder import EVALUATION_KEYS
 from automr.interfaces import Combiner, MemoryTokens, Method, Retriever
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
@@ -517,6 +518,8 @@ class MethodContract:
         assert all(isinstance(key, str) for key in method.settings), (
             f"settings keys must be strings (evaluate adds its own among them): "
             f"{list(method.settings)}")
+        assert not set(EVALUATION_KEYS) & set(method.settings), (
+            f"settings may not hold {', '.join(EVALUATION_KEYS)}: evaluate adds them itself")
 
     def test_one_rank_per_sample_in_the_catalog(self, method, samples):
         ranks = _ranks(method, samples)
