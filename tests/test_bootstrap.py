@@ -219,6 +219,8 @@ def test_correlated_users_widen_the_interval() -> None:
 
 def test_users_of_reads_sample_ids() -> None:
     assert users_of(["313@891013525:216", "a@b@12:x@3:y", "u@-5:i"]) == ("313", "a@b", "u")
+    # a quoted CSV field keeps its line break: data prepare took it, resampling refused it
+    assert users_of(["line\nbreak@1:x", "u@1:\ni"]) == ("line\nbreak", "u")
     # an e-mail as the user: the first '@<digits>:' ends it, and no user id holds one
     from automr.data import Sample
 

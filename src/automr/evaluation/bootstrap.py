@@ -36,7 +36,8 @@ from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 
 _BLOCK_ELEMENTS = 1 << 22  # indices per block of the resample matrix (32 MiB of int64)
-_SAMPLE_ID = re.compile(r"(.+?)@-?\d+:.")  # user@timestamp:target; no user id holds "@<digits>:"
+_SAMPLE_ID = re.compile(r"(.+?)@-?\d+:.", re.DOTALL)  # user@timestamp:target; no user id
+# holds "@<digits>:", and one may hold a line break (a quoted CSV field)
 
 
 def _not_below_low(interval: "Interval | PairedDifference", _: attrs.Attribute,
