@@ -56,6 +56,10 @@ def prepare_dataset(
     target = _check_out(out)
     skips = SkipCounter(source.skipped)
     loaded = drop_repeats(source.interactions, skips, "same_second_repeats")
+    if not loaded:  # no window to derive, no interaction to keep: say what the loader skipped
+        raise AutomrError(f"the source holds no interaction after loading"
+                          f"{_loader_skips(source, '; the loader skipped ')}; check the input "
+                          f"files")
     boundaries = resolve_boundaries(protocol, loaded)
     windowed = [i for i in loaded if boundaries.split_of(i.timestamp) is not None]
     filtered = kcore_filter(windowed, protocol.min_item_interactions,
@@ -69,14 +73,12 @@ def prepare_dataset(
             f"{to_iso(min(times))} .. {to_iso(max(times))}; set --start/--end (YYYY-MM-DD) "
             f"around the period you want")
     if not interactions:
-        skipped = ", ".join(f"{n} {skip_label(reason)}" for reason, n in source.skipped.items()
-                            if n)
+        skipped = _loader_skips(source)
         raise AutomrError(
             f"no interactions left after the window and filtering ({len(windowed)} in the "
             f"window; items need >= {protocol.min_item_interactions}, users >= "
             f"{protocol.min_user_interactions}). Lower the thresholds or widen the window"
-            + (f"; before it, the loader skipped {skipped}"
-               + (" (check the input files)." if not windowed else ".") if skipped else "."))
+            + (f"; before it, the loader skipped {skipped}." if skipped else "."))
     samples = build_samples(interactions, boundaries, protocol)
     _require_samples(samples, interactions, loaded, boundaries, protocol)
     kept_items = {i.item for i in interactions}
@@ -155,6 +157,12 @@ def _check_out(out: Path | str | None) -> Path | None:
                           f"written beside it; pass a folder inside it to --out (e.g. "
                           f"{target / 'prepared'})")
     return target
+
+
+def _loader_skips(source: SourceData, before: str = "") -> str:
+    """What the loader skipped (``3 items without a title, ...``) after ``before``, or ""."""
+    skipped = ", ".join(f"{n} {skip_label(reason)}" for reason, n in source.skipped.items() if n)
+    return before + skipped if skipped else ""
 
 
 def prepare_movielens_100k(
