@@ -521,3 +521,16 @@ def test_info_reads_a_head_saved_under_another_name_than_the_models(tmp_path):
     assert "embed_out.weight" in saved and "lm_head.weight" not in saved
     lines = info_lines(str(folder))
     assert (lines["model_type"], lines["layer_split"]) == ("gpt_neox", "yes")
+
+
+def test_a_tokenizer_that_does_not_know_the_models_context_is_told_it(tmp_path):
+    """The tiny tokenizer (like the embedded model's) knows no length: a prompt past the
+    model's max_position_embeddings ran with no word; transformers warns once it knows."""
+    tiny_model(tiny_config(num_layers=2)).save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    loaded = loading.load_model(str(tmp_path / "m"), device="cpu")
+    assert loaded.tokenizer.model_max_length == loaded.model.config.max_position_embeddings
+    short = tiny_tokenizer()
+    short.model_max_length = 7  # one that knows a shorter length keeps it
+    short.save_pretrained(tmp_path / "m")
+    assert loading.load_model(str(tmp_path / "m"), device="cpu").tokenizer.model_max_length == 7

@@ -155,7 +155,9 @@ def load_model(
     a key of :data:`DTYPES`; ``cache_dir``: where an embedded model is converted and file
     fingerprints are kept (default: ``$AUTOMR_CACHE``, else ``$XDG_CACHE_HOME/automr``, else
     ``~/.cache/automr``). A tokenizer without a pad token gets its EOS token as one; one
-    without an EOS token is refused (:func:`checked_tokenizer`). A name
+    without an EOS token is refused (:func:`checked_tokenizer`); one that does not know the
+    model's context (``max_position_embeddings``) is told it, so that transformers warns of
+    a prompt longer than the model was trained on (nothing cuts it). A name
     that cannot be loaded is an :class:`~automr.errors.AutomrError`.
     """
     torch_device = resolve_device(device)
@@ -173,6 +175,9 @@ def load_model(
         folder = model_folder(name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(context, int) and 0 < context < tokenizer.model_max_length:  # unset: 1e30
+        tokenizer.model_max_length = context  # transformers warns of a text longer than it
     model = model.to(torch_device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
                        source=folder, cache_dir=cache_dir)
