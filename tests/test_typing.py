@@ -3,7 +3,9 @@ annotations, and the names ``import automr`` imports on first use (``automr.load
 those its ``if TYPE_CHECKING:`` block shows the checker."""
 
 import importlib
+import inspect
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,47 @@ def test_a_users_type_checker_reads_automrs_types(tmp_path):
     assert status == 1
     assert all(line.startswith(str(tmp_path / "user.py")) for line in out.splitlines()
                if ": error: " in line)
+
+
+BARE = (dict, list, tuple, set, frozenset)
+
+
+def _bare_in(annotation: object) -> bool:
+    """Whether an annotation is, or holds in a union, a container without its item types
+    (``dict``): strict pyright reads ``dict[Unknown, Unknown]`` into a user's code."""
+    if isinstance(annotation, str):
+        return any(part.strip() in ("dict", "list", "tuple", "set", "frozenset")
+                   for part in annotation.split("|"))
+    if annotation in BARE:
+        return True
+    return isinstance(annotation, types.UnionType) and any(map(_bare_in, annotation.__args__))
+
+
+def _annotations(name: str, obj: object):
+    """``(where, annotation)`` of a public function's parameters and return, or of a public
+    class's fields, methods and properties."""
+    if inspect.isfunction(obj):
+        for parameter, annotation in inspect.get_annotations(obj).items():
+            yield f"{name}({parameter})", annotation
+    elif inspect.isclass(obj):
+        for field, annotation in inspect.get_annotations(obj).items():
+            if not field.startswith("_"):
+                yield f"{name}.{field}", annotation
+        for member, value in vars(obj).items():
+            if member.startswith("_"):
+                continue
+            function = value.fget if isinstance(value, property) else getattr(
+                value, "__func__", value)
+            if inspect.isfunction(function):
+                yield from _annotations(f"{name}.{member}", function)
+
+
+def test_public_annotations_name_their_containers_item_types():
+    """``finetune(...) -> dict`` and the like left a strict pyright user project with
+    'partially unknown' errors (mypy --strict says nothing of them)."""
+    packages = [automr] + [importlib.import_module(f"automr.{path.parent.name}")
+                           for path in sorted(PACKAGE.glob("*/__init__.py"))]
+    bare = {where for package in packages for public in getattr(package, "__all__", ())
+            for where, annotation in _annotations(public, getattr(package, public))
+            if _bare_in(annotation)}
+    assert not bare, sorted(bare)

@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -259,14 +260,14 @@ class Annotations:
     positions in the sample's memory of the elements annotated (``index``; all of them unless
     the header's ``config.element_subset`` is set)."""
 
-    header: dict
+    header: dict[str, Any]
     base: torch.Tensor
     element: list[torch.Tensor]
     queries: torch.Tensor
     index: list[torch.Tensor]
 
     @staticmethod
-    def header_of(folder: Path | str) -> dict:
+    def header_of(folder: Path | str) -> dict[str, Any]:
         """An annotation folder's config.json (settings, model, memory, the annotated
         samples' ids), checked; a missing, damaged or foreign one is one clear error."""
         folder = Path(folder)

@@ -10,6 +10,7 @@ listed oldest first: ``Earlier, the user has also watched: "A", "B".``
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -52,7 +53,7 @@ class ReLLaContext:
                              f"row per catalog item ({len(self.catalog)})")
 
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """``{"kind": "rella", "k": k}`` (:meth:`ContextSpec.to_json`)."""
         return ContextSpec(kind="rella", k=self.k).to_json()
 

@@ -1,5 +1,7 @@
 """What a prompt context is: the recorded, JSON-able description it is rebuilt from."""
 
+from typing import Any
+
 import attrs
 
 from automr.checks import beartype, int_field
@@ -27,7 +29,7 @@ class ContextSpec:
     mode: str = attrs.field(default="recurrent", validator=attrs.validators.in_(TRSR_MODES))
     max_new_tokens: int = int_field(_positive, default=40)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """``kind`` and the fields it uses (``k`` for ``rella``; the other four for ``trsr``)."""
         if self.kind == "rella":
             return {"kind": self.kind, "k": self.k}
@@ -35,6 +37,6 @@ class ContextSpec:
                 "mode": self.mode, "max_new_tokens": self.max_new_tokens}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ContextSpec":
+    def from_json(cls, data: dict[str, Any]) -> "ContextSpec":
         """The spec of a :meth:`to_json` dict (the fields it lacks take their defaults)."""
         return cls(**data)

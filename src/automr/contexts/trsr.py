@@ -20,6 +20,7 @@ launcher (:mod:`automr.distributed`) every process writes its round-robin share 
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from automr import distributed
 from automr.cache import resolve_cache_dir
@@ -81,7 +82,7 @@ class TRSRContext:
         self.progress = progress
 
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The ``trsr`` :class:`ContextSpec` as JSON (block size, blocks, mode, tokens)."""
         return self.spec.to_json()
 

@@ -11,6 +11,7 @@ per sample (RQ2's spread, with no model run).
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -63,7 +64,7 @@ def train_retriever(
     out_dir: Path | str, form: str = "log", temperature: float = 1.0,
     valid_fraction: float = 0.2, config: RetrieverTrainingConfig | None = None,
     progress: bool = True, device: str = "auto",
-) -> dict:
+) -> dict[str, Any]:
     """Train the MLP retriever on ``device`` (``auto``: CUDA when available); ``valid_fraction``
     of the annotated samples (seeded) are held out for early stopping on validation KL (a
     cheap proxy for validation Recall@1)."""
@@ -201,7 +202,7 @@ class RetrieverScores:
                           "vs_random": None if paired is None else attrs.asdict(paired)}
         return rows
 
-    def seed_spread(self) -> dict | None:
+    def seed_spread(self) -> dict[str, Any] | None:
         """The random seeds' mean gains as RQ2 summarises runs: n, mean, sample sd, min, max."""
         means = [float(self.gains[f"random seed {s}"].mean()) for s in self.random_seeds]
         return attrs.asdict(Spread.of(means)) if means else None
@@ -236,7 +237,7 @@ class RetrieverScores:
                 lines.append(f"`{name}` is above {above} of {spread['n']} seeds.")
         return "\n".join(lines) + "\n"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"format": SCORES_FORMAT, "summary": self.summary(),
                 "n_resamples": self.n_resamples, "seed": self.seed,  # the intervals' bootstrap
                 "resample": self.resample,

@@ -415,7 +415,7 @@ def finetune(
     loaded: LoadedModel, dataset: PreparedDataset, out_dir: Path | str,
     config: FinetuneConfig = FinetuneConfig(), progress: bool = True,
     cache_dir: Path | str | None = None, memory: MemoryStore | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Fine-tune ``loaded`` with LoRA on ``dataset``'s training samples into ``out_dir``.
 
     Resumes from ``out_dir/checkpoint`` when it was written with the same configuration,

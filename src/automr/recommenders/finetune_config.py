@@ -2,6 +2,7 @@
 code so that reading them (the CLI's defaults, a run's ``finetune.json``) needs no torch."""
 
 import math
+from typing import Any
 
 import attrs
 
@@ -30,7 +31,7 @@ class MemoryTraining:
     """How the element joins the prompt: ``concat`` or ``prepend-token`` (the combiners of
     :data:`TRAINABLE_COMBINERS`)."""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The fields as a JSON-able dict (``attrs.asdict``)."""
         return attrs.asdict(self)
 
@@ -98,7 +99,7 @@ class FinetuneConfig:
     their memory at layer ``lora_from_layer`` (:mod:`automr.recommenders.memory_aware`); None:
     BIGRec, frozen to memory as in the paper."""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The fields as JSON; ``context`` and ``memory`` only when set (records of runs
         without them stay as they were, so their checkpoints still resume)."""
         data = attrs.asdict(self, recurse=False)
