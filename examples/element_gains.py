@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
         other.header["samples"], zip(element_gains(other), other.index, strict=True),
         strict=True))
 
+    if loaded.fingerprint() != annotations.header["memory_model_fingerprint"]:
+        raise SystemExit(f"{args.annotations} annotated a memory of another model than "
+                         f"{args.model}: give the base model of its fine-tune (--model)")
     store = automr.MemoryStore.open(args.memory) if args.memory else None
     if store is not None:
         annotations.check_memory(store)  # its keys and token states are those annotated
@@ -169,4 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except automr.AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

@@ -231,4 +231,7 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except automr.AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

@@ -19,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+from automr.errors import AutomrError
 from automr.evaluation.bootstrap import Interval, PairedDifference
 from automr.evaluation.folder import EXPORT_FORMAT, exported_reports
 from automr.evaluation.likelihood import compare_likelihoods
@@ -89,4 +90,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

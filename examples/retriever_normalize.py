@@ -41,7 +41,7 @@ from automr.retrievers import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))  # a sibling script's prompt states
-from token_scorer import gains_parser, prompt_states, read_gains
+from token_scorer import gains_parser, memory_model, prompt_states, read_gains
 
 VARIANTS = {"raw": False, "normalized": True}
 VALID_FRACTION = 0.2
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
-    loaded = automr.load_model(args.model, device="cpu")
+    loaded = memory_model(args.model, store)
     test_export = read_gains(args.test, store)
     learn = samples(read_gains(args.train, store), dataset, store, loaded)
     test = samples(test_export, dataset, store, loaded)
@@ -148,4 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except automr.AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

@@ -138,4 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

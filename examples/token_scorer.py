@@ -194,6 +194,14 @@ def summarize(values: dict[str, float]) -> dict[str, float]:
             "high": interval.high}
 
 
+def memory_model(name: str, store: automr.MemoryStore) -> automr.LoadedModel:
+    """The model ``name`` on the CPU, refused unless the memory was built with it: its prompt
+    states are read against the memory's keys and token states."""
+    loaded = automr.load_model(name, device="cpu")
+    store.record.check(store.folder, loaded.fingerprint())
+    return loaded
+
+
 def read_gains(path: Path, store: automr.MemoryStore) -> dict:
     """An element-gains export, refused unless its annotation used ``store`` (exports of older
     versions, which do not say, are taken as they are)."""
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
-    loaded = automr.load_model(args.model, device="cpu")
+    loaded = memory_model(args.model, store)
     learn = features(read_gains(args.train, store), dataset, store, loaded)
     test = features(read_gains(args.test, store), dataset, store, loaded)
 
@@ -256,4 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except automr.AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
-    loaded = automr.load_model(args.model, device="cpu")
+    loaded = token_scorer.memory_model(args.model, store)
     learn = token_scorer.features(merge([token_scorer.read_gains(p, store)
                                          for p in args.train]), dataset, store, loaded)
     test = token_scorer.features(token_scorer.read_gains(args.test, store), dataset, store,
@@ -173,4 +173,7 @@ def summarize_runs(runs: list[dict], test: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except automr.AutomrError as error:  # a mistake in the input: its message, no traceback
+        raise SystemExit(f"error: {error}") from None

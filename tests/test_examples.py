@@ -262,6 +262,38 @@ def test_gains_exports_say_which_memory_and_readers_refuse_another(demo, tmp_pat
             read_gains(other, store)
 
 
+def test_the_gains_scripts_refuse_a_model_the_memory_was_not_built_with(demo, tmp_path):
+    """element_gains.py, token_scorer.py, token_scorer_curve.py and retriever_normalize.py
+    read the prompt states of --model against the memory's keys: another model with the same
+    width gave other numbers with no word (and another width a raw shape error)."""
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    other = tmp_path / "other-model"
+    tiny_model(tiny_config("llama", num_layers=4), seed=1).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    with pytest.raises(SystemExit, match="annotated a memory of another model than"):
+        load_example("element_gains").main(
+            ["--data", str(demo["data"]), "--annotations", str(demo["annotations"]),
+             "--model", str(other), "--cache-dir", str(demo["cache"]),
+             "--out", str(tmp_path / "gains.json")])
+    store = automr.MemoryStore.open(demo["memory"])
+    memory_model = load_example("token_scorer").memory_model
+    assert memory_model(str(demo["model"]), store).fingerprint() == store.record.model_fingerprint
+    with pytest.raises(automr.AutomrError, match="was built with model"):
+        memory_model(str(other), store)
+
+
+def test_a_scripts_input_error_is_one_line_not_a_traceback(tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "score_retriever.py"),
+                           "--annotations", str(tmp_path / "none"), "--data", str(tmp_path),
+                           "--memory", str(tmp_path), "--retriever", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+
+
 def learn_and_pick(name: str, demo: dict[str, Path], tmp_path: Path,
                    *options: str) -> tuple[dict, dict, dict]:
     """Run example ``name`` learning and picking on one gains export of the demo; returns its
