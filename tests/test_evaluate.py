@@ -220,6 +220,19 @@ def test_evaluate_refuses_beams_no_method_uses_before_any_work(methods, measures
                          EvalConfig(num_beams=3, measures=measures))
 
 
+@pytest.mark.parametrize("method", ["bigrec:l2-pop", "bigrec:constrained-pop",
+                                    "automr:l2-sasrec"])
+def test_evaluate_refuses_a_grounder_tuned_on_the_validation_samples_it_measures(method):
+    """--split valid with a -pop/-sasrec grounder chose gamma on the very samples it then
+    scored (200 of 200 with the defaults): optimistic numbers with no word."""
+    from automr.errors import AutomrError
+    from automr.experiments.eval_config import EvalConfig
+    from automr.experiments.evaluate import evaluate_methods
+
+    with pytest.raises(AutomrError, match=f"{method} tune gamma on validation samples"):
+        evaluate_methods("no-data", ["pop", method], "no-out", EvalConfig(split="valid"))
+
+
 def test_recommend_checks_the_memory_before_it_loads_the_model(workspace, tmp_path,
                                                              monkeypatch):
     """A missing memory folder was told only once the fine-tuned model had loaded (minutes

@@ -395,6 +395,32 @@ def test_popularity_injection_is_bigrecs_formula():
     assert choose_gamma(distances, prior, torch.tensor([1, 0]))[0] == 0.0
 
 
+def test_gammas_that_rank_the_targets_alike_tie_and_the_smallest_wins():
+    """Two gammas giving the same ranks in another sample order had means that differed in
+    the last bit (float summation order): gamma 3 was chosen over an exactly tied gamma 0."""
+    import math
+    import random
+
+    from automr.evaluation.metrics import ranks_from_scores
+    from automr.grounding.prior import adjusted_distances, choose_gamma, min_max
+
+    rng = random.Random(0)
+    for trial in range(12):
+        batch, n = rng.randint(1, 6), rng.randint(2, 30)
+        distances = torch.tensor([[rng.random() for _ in range(n)] for _ in range(batch)])
+        prior = min_max(torch.tensor([float(rng.randint(0, 5)) for _ in range(n)]))[None]
+        targets = torch.tensor([rng.randrange(n) for _ in range(batch)])
+        exclude = torch.tensor([[rng.random() < 0.2 for _ in range(n)]
+                                for _ in range(batch)]) if trial % 2 else None
+        best, values = choose_gamma(distances, prior, targets, exclude=exclude)
+        for gamma, value in values.items():  # each the exact mean of its ranks' NDCG@5
+            ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets,
+                                      exclude).tolist()
+            assert value == math.fsum(1 / math.log2(r + 2) for r in ranks if r < 5) / batch
+        assert best == min(g for g, v in values.items() if v == max(values.values()))
+    assert best == 0.0  # the last draw: gamma 0 and gamma 3 rank [2, 1, 3, 1, 1] alike
+
+
 def test_plain_l2_and_its_injection_at_gamma_0_rank_ties_alike(tiny_models, tokenizer,
                                                                tmp_path, monkeypatch):
     """Items at one distance (a title shared by several items) rank the target below all of

@@ -183,7 +183,8 @@ def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
         def distances(self, samples):
             return torch.zeros(len(samples), len(catalog))
 
-    other.tuned_gamma(Plain(), lambda samples: torch.zeros(1, len(catalog)))
+    _, tuning = other.tuned_gamma(Plain(), lambda samples: torch.zeros(1, len(catalog)))
+    assert tuning["tuned_on_valid_samples"] == 3
     samples = seeded_subset(space.dataset.samples("valid"), 3, 5)
     assert seen["targets"] == catalog.positions(s.target for s in samples)
     assert seen["targets"] != catalog.positions(
@@ -193,6 +194,9 @@ def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
     else:
         assert [set(torch.nonzero(row).flatten().tolist()) for row in seen["exclude"]] == [
             set(catalog.positions(s.history)) for s in samples]
+    every = attrs.evolve(space, options=attrs.evolve(options, tune_samples=10**6))
+    _, tuning = every.tuned_gamma(Plain(), lambda samples: torch.zeros(1, len(catalog)))
+    assert tuning["tuned_on_valid_samples"] == len(space.dataset.samples("valid"))  # not 10**6
 
 
 def test_a_memory_method_at_another_layer_than_its_memorys_is_refused(space):

@@ -32,6 +32,7 @@ from automr.evaluation.run import Evaluation, evaluate
 from automr.experiments.eval_config import EvalConfig
 from automr.methods.registry import (
     METHODS,
+    TUNED_GROUNDERS,
     Artifacts,
     SharedModels,
     Workspace,
@@ -60,6 +61,10 @@ def evaluate_methods(
         raise AutomrError(f"--num-beams {config.num_beams} has no use here: no method decodes "
                           f"(the likelihood grounder and the likelihood measure score titles, "
                           f"methods without a grounder have no beams); leave it out")
+    tuned = [m for m, g in zip(methods, grounders, strict=True) if g in TUNED_GROUNDERS]
+    if config.split == "valid" and tuned:
+        raise AutomrError(f"{', '.join(tuned)} tune gamma on validation samples, the samples "
+                          f"measured here: evaluate them on the test split")
     if out_dir is not None:
         EvaluationFolder(out_dir).check_target()
     repeated = sorted({m for m in methods if list(methods).count(m) > 1})

@@ -12,6 +12,7 @@ their ``adjust_pda.py`` is part of it). The prior is one score per item
 model's scores, "collaborative information": their ``adjust_ci.py`` with SASRec).
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -57,6 +58,7 @@ def choose_gamma(
     for gamma in grid:
         ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets,
                                   exclude)
-        values[gamma] = float(per_sample_metrics(ranks, (k,))[metric].mean())
-    best = max(values.values())
+        per_sample = per_sample_metrics(ranks, (k,))[metric].tolist()
+        values[gamma] = math.fsum(per_sample) / len(per_sample)  # equal ranks in another
+    best = max(values.values())  # order, equal value: a tie goes to the smallest gamma
     return min(g for g, v in values.items() if v == best), values

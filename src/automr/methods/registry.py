@@ -97,6 +97,8 @@ same)."""
 
 GROUNDERS = (*GROUNDER_KINDS, *INJECTIONS)
 """What ``KIND:GROUNDER`` accepts: every grounder kind and every L2 injection."""
+TUNED_GROUNDERS = ("constrained-pop", *INJECTIONS)
+"""The grounders whose prior weight (gamma) is tuned on seeded validation samples."""
 
 
 @attrs.frozen(kw_only=True)
@@ -271,12 +273,10 @@ class Workspace:
 
         if not grounder.endswith("-pop"):
             return method(grounder)
-        gamma, values = self.tuned_gamma(self.plain_l2(run, retrieval, label),
+        gamma, tuning = self.tuned_gamma(self.plain_l2(run, retrieval, label),
                                          INJECTIONS["l2-pop"](self))
         tuned = method(grounder, gamma)
-        tuned.note("grounding", {"gamma": gamma, "tuned_on_valid_samples":
-                                 self.options.tune_samples, "tuned_with": "l2-pop",
-                                 "valid_ndcg@5": values})
+        tuned.note("grounding", {"gamma": gamma, **tuning, "tuned_with": "l2-pop"})
         return tuned
 
     def plain_l2(self, run: FinetunedRun | None, retrieval: Retrieval | None,
@@ -302,10 +302,9 @@ class Workspace:
     def injected(self, grounder: str, plain: GenerativeMethod) -> PriorWeightedMethod:
         """``plain`` with the prior of ``grounder`` and its gamma tuned on validation."""
         scores = INJECTIONS[grounder](self)
-        gamma, values = self.tuned_gamma(plain, scores)
-        return PriorWeightedMethod(plain, scores, gamma, {
-            "prior": grounder.removeprefix("l2-"), "tuned_on_valid_samples":
-            self.options.tune_samples, "valid_ndcg@5": values})
+        gamma, tuning = self.tuned_gamma(plain, scores)
+        return PriorWeightedMethod(plain, scores, gamma,
+                                   {"prior": grounder.removeprefix("l2-"), **tuning})
 
     def sasrec(self) -> SASRecMethod:
         """SASRec (seed ``options.seed``), trained once for every method that uses it: on
@@ -322,10 +321,11 @@ class Workspace:
         return self._sasrec
 
     def tuned_gamma(self, plain: GenerativeMethod,
-                    scores: Scores) -> tuple[float, dict[str, float]]:
+                    scores: Scores) -> tuple[float, dict[str, Any]]:
         """BIGRec's prior weight: the gamma with the best NDCG@5 on ``tune_samples`` seeded
         validation samples, from ``plain``'s L2 distances (memory included if any) and the
-        prior ``scores``."""
+        prior ``scores``; and what it was tuned on (``tuned_on_valid_samples``: how many,
+        ``valid_ndcg@5``: each gamma's value)."""
         samples = seeded_subset(self.dataset.samples("valid"), self.options.tune_samples,
                                 self.options.seed)
         if not samples:
@@ -338,7 +338,8 @@ class Workspace:
                    if self.options.exclude_seen else None)
         gamma, values = choose_gamma(plain.distances(samples), prior, targets,
                                      exclude=exclude)
-        return gamma, {str(g): v for g, v in values.items()}
+        return gamma, {"tuned_on_valid_samples": len(samples),
+                       "valid_ndcg@5": {str(g): v for g, v in values.items()}}
 
     def retrieval(self, kind: str) -> MemoryRetrieval:
         """The memory (checked against the fine-tune) with a retriever of ``kind``: the
