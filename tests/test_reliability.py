@@ -837,7 +837,28 @@ def test_export_onto_a_folder_is_one_line_and_leaves_nothing(workspace, tmp_path
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["export", str(tmp_path / "eval"), "o"])
     assert one_line_error(result) == "error: cannot use o: it is a folder, not a file"
+    for name in (".", "..", "/", "o/.."):  # ValueError ('has an empty name') or EBUSY tracebacks
+        result = runner.invoke(app, ["export", str(tmp_path / "eval"), name])
+        assert one_line_error(result) == f"error: cannot use {name}: it is a folder, not a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "o"]  # no .o.partial-N
+
+
+def test_export_writes_over_an_earlier_export_only(workspace, tmp_path):
+    """It replaced any file: a fine-tune's finetune.json, or the evaluation's own
+    results.json (the folder it read then read back as damaged)."""
+    assert runner.invoke(app, evaluate_pop(workspace, tmp_path / "eval")).exit_code == 0
+    results = tmp_path / "eval" / "results.json"
+    record = tmp_path / "finetune.json"
+    record.write_text('{"config": {}}')
+    for target in (results, record):
+        kept = target.read_bytes()
+        result = runner.invoke(app, ["export", str(tmp_path / "eval"), str(target)])
+        assert "exists and is not an export" in one_line_error(result, target)
+        assert target.read_bytes() == kept
+    exported = tmp_path / "e.json"
+    for _ in range(2):  # a new file, then the same export again over it
+        assert runner.invoke(app, ["export", str(tmp_path / "eval"), str(exported)]
+                             ).exit_code == 0
 
 
 @pytest.mark.parametrize("text", ["{}", "[]", '{"methods": []}'])

@@ -341,7 +341,7 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
     with pytest.raises(AutomrError, match="distinct"):
         run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
                 memory=workspace / "mem", retrievers=[workspace / "ret-0"], seeds=[1, 1])
-    with pytest.raises(AutomrError, match="unknown method"):
+    with pytest.raises(AutomrError, match="--grounder 'magic': choose one of l2, "):
         run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
                 memory=workspace / "mem", retrievers=[workspace / "ret-0"], grounder="magic")
     # the likelihood measure decodes nothing: another grounder would only name its runs

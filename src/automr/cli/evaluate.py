@@ -151,6 +151,26 @@ def compare_command(
     typer.echo(evaluation.markdown())
 
 
+def _check_export_file(file: Path) -> None:
+    """Refuse to write an export over a folder or over a file that is not an earlier export
+    (another artifact's record, or the evaluation's own results.json)."""
+    import json
+
+    from automr.evaluation.folder import EXPORT_FORMAT
+
+    if file.is_dir() or file.name in ("", ".."):
+        raise AutomrError(f"cannot use {file}: it is a folder, not a file")
+    if not file.exists():
+        return
+    try:
+        found = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        found = None
+    if not isinstance(found, dict) or found.get("format") != EXPORT_FORMAT:
+        raise AutomrError(f"{file} exists and is not an export (automr export writes over an "
+                          f"earlier one only); give the path of a new file")
+
+
 @user_errors
 def export_command(
     folder: Annotated[Path, typer.Argument(help="Evaluation folder (automr evaluate or "
@@ -162,6 +182,7 @@ def export_command(
     from automr.evaluation import EvaluationFolder
     from automr.storage import write_json_atomic
 
+    _check_export_file(file)
     exported = EvaluationFolder(folder).export()
     write_json_atomic(file, exported, indent=0)
     typer.echo(f"{file}: {len(exported['ranks'])} ranked and {len(exported['loglik'])} "
