@@ -156,6 +156,23 @@ def test_finetune_lowers_validation_loss_and_reloads(workspace):
         finetune(loaded, workspace["data"], run, quick_config(), progress=False)
 
 
+def test_finetune_gives_the_callers_model_back_as_it_was(workspace, tmp_path):
+    """LoRA stayed on the model given to finetune (its fingerprint still named the base): a
+    grounding after it cached the tuned model's title embeddings under the base model's key,
+    and a second fine-tune of it failed ('q_proj, v_proj is not a linear module')."""
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    before = {name: value.clone() for name, value in loaded.model.state_dict().items()}
+    for run in ("a", "b"):
+        finetune(loaded, workspace["data"], tmp_path / run,
+                 quick_config(lora_from_layer=2, epochs=1), progress=False)
+        after = loaded.model.state_dict()
+        assert after.keys() == before.keys()  # no lora_A / base_layer left
+        assert all(torch.equal(after[name], value) for name, value in before.items())
+        assert all(p.requires_grad for p in loaded.model.parameters())
+        assert not loaded.model.training
+    assert json.loads((tmp_path / "b" / "finetune.json").read_text())["done"]
+
+
 def test_lora_from_layer_trains_only_upper_layers(workspace):
     loaded = load_model(str(workspace["model"]), device="cpu")
     run = workspace["root"] / "upper-only"

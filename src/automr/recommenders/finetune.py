@@ -419,7 +419,9 @@ def finetune(
     """Fine-tune ``loaded`` with LoRA on ``dataset``'s training samples into ``out_dir``.
 
     Resumes from ``out_dir/checkpoint`` when it was written with the same configuration,
-    model and data. Returns the run record also written to ``out_dir/finetune.json``.
+    model and data. Returns the run record also written to ``out_dir/finetune.json``;
+    ``loaded`` is the base model again afterwards (the tuned one is
+    :meth:`FinetunedRun.load <automr.recommenders.runs.FinetunedRun.load>` of ``out_dir``).
     With ``config.context`` every prompt carries that context, computed with the base model
     before LoRA is attached (cached in ``cache_dir``). With ``config.memory``, ``memory`` is
     the store whose elements join the examples (built from this model at layer
@@ -430,15 +432,15 @@ def finetune(
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     require_instance(config, FinetuneConfig, "config", "automr.FinetuneConfig(...)")
     out = Path(out_dir)
-    lock = ExitStack()  # the main process's, from the resume's checks to the record
-    distributed.on_main(lambda: lock.enter_context(folder_lock(out, "fine-tune")))
-    with lock:
-        return _finetune(loaded, dataset, out, config, progress, cache_dir, memory)
+    cleanup = ExitStack()  # the lock (main process's) from the resume's checks to the record,
+    distributed.on_main(lambda: cleanup.enter_context(folder_lock(out, "fine-tune")))
+    with cleanup:  # and the caller's model given back as it was
+        return _finetune(loaded, dataset, out, config, progress, cache_dir, memory, cleanup)
 
 
 def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: FinetuneConfig,
-              progress: bool, cache_dir: Path | str | None, memory: MemoryStore | None
-              ) -> dict:
+              progress: bool, cache_dir: Path | str | None, memory: MemoryStore | None,
+              cleanup: ExitStack) -> dict:
     """:func:`finetune` once its folder is locked."""
     _check_layers(loaded, config)
     _check_memory(loaded, dataset, config, memory)
@@ -468,7 +470,9 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
         train_contexts, valid_contexts = (context.texts(train_samples),
                                           context.texts(valid_samples))
     torch.manual_seed(config.seed)
+    trainable = [parameter.requires_grad for parameter in loaded.model.parameters()]
     model = lora_model(loaded, config)
+    cleanup.callback(_give_back, model, trainable)
     if state is not None:
         _load_adapter(model, out / "checkpoint")
         if state["best_valid_nll"] is not None and state["best_step"] == state["step"]:
@@ -564,6 +568,16 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
     final = {k: v for k, v in record.items() if k != "bad_evaluations"}
     distributed.on_main(lambda: write_json_atomic(out / RESULT_FILE, final, indent=2))
     return final
+
+
+def _give_back(model: PeftModel, trainable: list[bool]) -> None:
+    """The caller's model as it was before :func:`lora_model`: LoRA taken off (the model's
+    fingerprint names its base weights, which a grounding or another fine-tune then reads),
+    each weight's ``requires_grad`` as it was, in eval mode."""
+    base = model.unload()
+    for parameter, flag in zip(base.parameters(), trainable, strict=True):
+        parameter.requires_grad_(flag)
+    base.eval()
 
 
 def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> int:
