@@ -14,6 +14,7 @@ from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.retrievers import build_retriever
 from automr.testing.contracts import MethodContract
 from automr.testing.synthetic import synthetic_dataset
+from automr.testing.tiny import tiny_config, tiny_model
 
 KINDS = ["pop", "cooc", "sasrec", "base:l2", "bigrec:constrained", "bigrec:l2",
          "bigrec:l2-pop", "automr:constrained", "random:l2", "semantic:constrained"]
@@ -267,3 +268,30 @@ def test_a_kind_of_ones_own_left_a_likelihood_kind_is_refused_in_one_line(tmp_pa
                                           r"likelihood=False"):
         automr.evaluate({"mine": method}, dataset.samples("test")[:4], len(dataset.catalog),
                         measures=("likelihood",))
+
+
+def test_a_hub_ids_base_settings_follow_its_cached_revision(space, tmp_path, monkeypatch):
+    """base:G of a hub id was keyed by the id alone: once the hub cache's refs/main moved to a
+    revision of other weights, a rerun read the old revision's ranks back."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from automr.methods import method_settings
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    repo = hub / "models--org--tiny"
+    for revision, seed in (("a" * 40, 0), ("b" * 40, 1)):
+        snapshot = repo / "snapshots" / revision
+        shutil.copytree(space.artifacts.model, snapshot)
+        tiny_model(tiny_config("llama", num_layers=4), seed=seed).save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    hub_space = attrs.evolve(space, artifacts=attrs.evolve(space.artifacts, model="org/tiny"))
+    settings = {}
+    for revision in ("a" * 40, "b" * 40):
+        (repo / "refs" / "main").write_text(revision)
+        settings[revision] = method_settings("base:likelihood", hub_space)
+    first, second = settings.values()
+    assert first["model"] == second["model"] == "org/tiny"
+    assert first["digests"]["model"] != second["digests"]["model"]

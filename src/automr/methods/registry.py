@@ -38,6 +38,7 @@ from automr.llm.loading import (
     dtype_used,
     files_fingerprint,
     load_model,
+    model_folder,
     weight_files,
 )
 from automr.llm.split import HFSplitLLM
@@ -46,7 +47,6 @@ from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
 from automr.methods.generative import GenerativeMethod
 from automr.methods.injection import PriorWeightedMethod, Scores
 from automr.methods.sasrec import SASRecMethod
-from automr.paths import home_path
 from automr.recommenders.automr import MemoryRetrieval, Retrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import SASRecConfig
@@ -481,9 +481,9 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     """What decides ``method``'s ranks: the dataset (its fingerprint), an LM's dtype, its
-    artifacts (resolved paths, what they hold, a base model in a local folder by its files'
-    fingerprint, and the prompt context a context baseline was tuned with) and the options it
-    uses."""
+    artifacts (resolved paths, what they hold, a base model in a local folder or a hub id's
+    cached snapshot by its files' fingerprint, and the prompt context a context baseline was
+    tuned with) and the options it uses."""
     name, grounder = parse_method(method)
     kind = METHODS[name]
     settings: dict[str, Any] = {"data": space.data_fingerprint}
@@ -494,8 +494,9 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     for artifact in kind.artifacts:
         if artifact == "model":
             settings["model"] = space.base_model
-            folder = home_path(space.base_model)  # a local folder: its files
-            files = weight_files(folder) if folder.is_dir() else ()  # (a hub id names them)
+            # a local folder's files, or those of a hub id's snapshot in the cache (the id
+            folder = model_folder(space.base_model)  # names no revision: a new one moves them)
+            files = weight_files(folder) if folder is not None else ()
             if files and all(file.is_file() for file in files):
                 settings.setdefault("digests", {})["model"] = files_fingerprint(
                     folder, files, space.cache_dir)
