@@ -105,8 +105,11 @@ class MemoryStore:
     @staticmethod
     def digest(folder: Path | str) -> str:
         """What a memory folder holds, hashed: its config and index, which decide every key
-        (a memory built again in the same folder with other settings has another). A folder
-        that holds no memory is refused, as :meth:`open` refuses it."""
+        up to float rounding (a memory built again in the same folder with other settings has
+        another; one built again with the same settings in other batches or on another device
+        has this one, though its keys may differ in the last bits, and with them a random
+        retriever's draws, which hash the keys). A folder that holds no memory is refused, as
+        :meth:`open` refuses it."""
         MemoryRecord.read(home_path(folder))
         return files_digest(folder, (CONFIG_FILE, INDEX_FILE))
 
