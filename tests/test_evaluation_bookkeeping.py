@@ -216,14 +216,6 @@ def test_ranks_at_different_cut_offs_are_not_combined(tmp_path):
         combine_folders({"a": (tmp_path / "a", "m"), "b": (tmp_path / "b", "m")})
 
 
-def test_a_methods_own_settings_cannot_hide_another_sample_set(tmp_path):
-    method = Constant(1)
-    method.settings = {"samples": "mine", "n_items": 0}
-    evaluate({"m": method}, SAMPLES[:12], 30, out=tmp_path)
-    again = evaluate({"m": method}, SAMPLES[12:], 30, out=tmp_path)
-    assert again.reports["m"].sample_ids == tuple(s.id for s in SAMPLES[12:])
-
-
 def test_an_evaluation_says_which_values_it_read_back(tmp_path):
     first = evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path,
                      measures=("ranks", "likelihood"))

@@ -338,9 +338,16 @@ def test_lora_on_an_experts_projection_name_is_one_line(arch, targets, dropout, 
     loaded = LoadedModel(model=tiny_model(tiny_config(arch, 4)), tokenizer=tiny_tokenizer(),
                          name="tiny")
     assert {"gate_proj", "up_proj", "down_proj"} <= set(layer_linear_modules(loaded.model))
+    modules = {name: type(module) for name, module in loaded.model.named_modules()}
+    trainable = [p.requires_grad for p in loaded.model.parameters()]  # ernie's bias: frozen
     with pytest.raises(AutomrError, match=re.escape(expected.format(arch=arch))):
         lora_model(loaded, FinetuneConfig(lora_from_layer=layer, lora_dropout=dropout,
                                           target_modules=targets))
+    # the caller's model as it was, to try again: peft's refusal part-way left LoRA layers on
+    # it, and the refusal of adapters below the split left every weight frozen
+    assert {name: type(module) for name, module in loaded.model.named_modules()} == modules
+    assert [p.requires_grad for p in loaded.model.parameters()] == trainable
+    assert not hasattr(loaded.model, "peft_config") and not loaded.model.training
 
 
 @pytest.mark.parametrize("arch, absent", [("deepseek_v3", "q_proj, v_proj"),

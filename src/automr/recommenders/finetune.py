@@ -44,6 +44,7 @@ import attrs
 import torch
 from jaxtyping import Float
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor
 
 from automr import distributed
@@ -352,10 +353,12 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
         exclude_modules=rf"(?!{re.escape(decoder_layers_name(loaded.model))}\.).*",
     )
     targets = ", ".join(config.target_modules)
+    trainable = [parameter.requires_grad for parameter in loaded.model.parameters()]
     try:
         with without_peft_deprecation():
             model = get_peft_model(loaded.model, lora).eval()
     except ValueError as error:  # e.g. an experts' projection name (their weights are fused)
+        take_lora_off(loaded.model, trainable)  # peft refuses part-way: the model as it was
         kind = text_config(loaded.model).model_type
         raise AutomrError(f"peft refused LoRA target(s) {targets} on this {kind} model: "
                           f"{one_line(error)}") from error
@@ -368,7 +371,7 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
                   f"{'it' if len(experts) == 1 else 'them'} for the experts' weights too)"
                   if experts else f"Name linear modules only with --lora-targets "
                                   f"({', '.join(linear)})")
-        model.unload()  # the caller's model as it was, for another try
+        take_lora_off(loaded.model, trainable)  # the caller's model as it was, to try again
         raise AutomrError(
             f"LoRA target(s) {targets} put adapters below layer {config.lora_from_layer} "
             f"({', '.join(below[:3])}{', ...' if len(below) > 3 else ''}): peft adapts a "
@@ -472,7 +475,7 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
     torch.manual_seed(config.seed)
     trainable = [parameter.requires_grad for parameter in loaded.model.parameters()]
     model = lora_model(loaded, config)
-    cleanup.callback(_give_back, model, trainable)
+    cleanup.callback(take_lora_off, loaded.model, trainable)
     if state is not None:
         _load_adapter(model, out / "checkpoint")
         if state["best_valid_nll"] is not None and state["best_step"] == state["step"]:
@@ -570,14 +573,20 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
     return final
 
 
-def _give_back(model: PeftModel, trainable: list[bool]) -> None:
-    """The caller's model as it was before :func:`lora_model`: LoRA taken off (the model's
-    fingerprint names its base weights, which a grounding or another fine-tune then reads),
-    each weight's ``requires_grad`` as it was, in eval mode."""
-    base = model.unload()
-    for parameter, flag in zip(base.parameters(), trainable, strict=True):
+def take_lora_off(model: torch.nn.Module, trainable: list[bool]) -> None:
+    """``model`` as it was before :func:`lora_model` injected LoRA into it, also after peft
+    refused part-way: each adapted layer back to its base layer, no peft config, each weight's
+    ``requires_grad`` as in ``trainable``, eval mode (its fingerprint names its base weights,
+    which a grounding or another fine-tune of it then reads)."""
+    while adapted := next((name for name, module in model.named_modules()
+                           if isinstance(module, BaseTunerLayer)), None):
+        parent, _, child = adapted.rpartition(".")
+        layer = model.get_submodule(adapted)
+        setattr(model.get_submodule(parent), child, layer.get_base_layer())
+    vars(model).pop("peft_config", None)
+    for parameter, flag in zip(model.parameters(), trainable, strict=True):
         parameter.requires_grad_(flag)
-    base.eval()
+    model.eval()
 
 
 def _check_layers(loaded: LoadedModel, config: FinetuneConfig) -> int:
