@@ -254,3 +254,23 @@ def test_an_asin_listed_again_after_an_empty_title_stays_out(tmp_path):
     assert "B2" not in src.catalog and [i.item for i in src.interactions] == ["B1"]
     assert src.skipped == {"items_empty_title": 1, "duplicate_metadata": 1,
                            "interactions_of_skipped_items": 1}
+
+
+def test_the_quick_read_before_a_full_parse_never_drops_a_line_it_would_keep(tmp_path):
+    """Lines are skipped by a field read off the raw text before the full parse; a time in
+    exponent form (``1.48e9``, read as 1 = 1970) or the key's name inside a review's text or an
+    item's description (before the real field) dropped a line the full parse keeps."""
+    inside = JAN_2017 + 5 * DAY
+    exponent = json.dumps(review("U2", "B1", 0)).replace(
+        '"unixReviewTime": 0', f'"unixReviewTime": {inside / 1e9!r}e9')
+    quoted = {**review("U3", "B2", inside), "reviewText": "The 'unixReviewTime': 0 field"}
+    reviews = write_lines(tmp_path / "r.json", [json.dumps(review("U1", "B1", inside)), exponent,
+                                                json.dumps(quoted)])
+    described = {**meta("B2", "Two"), "description": ["Look it up by 'asin': 'XYZ'"]}
+    metas = write_lines(tmp_path / "m.json", [json.dumps(meta("B1", "One")),
+                                              json.dumps(described)])
+    src = load_amazon(reviews, metas, start=JAN_2017, end=JAN_2017 + 365 * DAY)
+    assert sorted((i.user, i.item, i.timestamp) for i in src.interactions) == [
+        ("U1", "B1", inside), ("U2", "B1", inside), ("U3", "B2", inside)]
+    assert {item.id: item.title for item in src.catalog} == {"B1": "One", "B2": "Two"}
+    assert src.skipped == {}

@@ -40,11 +40,11 @@ from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_skipped_items
 from automr.errors import AutomrError
 
-_REVIEW_TIME = re.compile(r"""["']unixReviewTime["']\s*:\s*(\d+)""")
+_REVIEW_TIME = re.compile(r"""["']unixReviewTime["']\s*:\s*(\d+)(?=\s*[,}])""")
 _QUICK_DIGITS = 4_000  # int() refuses over 4,300 with a bare ValueError: the full parse names
 # the line of a longer one
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
+_ASIN = re.compile(r"""["']asin["']\s*:\s*(["'])([^"'\\]+)\1(?=\s*[,}])""")
 _REVIEW_FIX = ("Each line must be one JSON object with reviewerID, asin and unixReviewTime "
                "(Amazon Reviews 2018 format)")
 _META_FIX = "Each line must be one JSON object (or Python dict) with asin and title"
@@ -119,6 +119,15 @@ def _parse_object(line: str) -> object:
         return None
 
 
+def _only_match(pattern: re.Pattern[str], key: str, line: str) -> re.Match[str] | None:
+    """``pattern``'s match of the field ``key`` read off the raw line before a full parse, or
+    None where that read could be wrong: the key's name stands twice (once inside some text) or
+    its value does not end where the pattern's does (``1.48e9``, an escape)."""
+    if line.count(key) != 1:
+        return None
+    return pattern.search(line)
+
+
 def _read_reviews(
     lines: LineSource, start: int | None, end: int | None, skips: SkipCounter
 ) -> list[Interaction]:
@@ -129,7 +138,7 @@ def _read_reviews(
         return (start is not None and t < start) or (end is not None and t >= end)
 
     for number, line in lines.non_blank("reviews", _REVIEW_FIX):
-        quick = _REVIEW_TIME.search(line)
+        quick = _only_match(_REVIEW_TIME, "unixReviewTime", line)
         if quick is not None and len(quick.group(1)) <= _QUICK_DIGITS and outside(
                 checked_timestamp(lines.path, number, int(quick.group(1)), _REVIEW_FIX)):
             skips["reviews_outside_window"] += 1
@@ -174,8 +183,8 @@ def _read_meta(
     items: dict[str, Item] = {}
     empty: set[str] = set()
     for number, line in lines.non_blank("metadata", _META_FIX):
-        quick = _ASIN.search(line)
-        if quick is not None and quick.group(1).strip() not in needed:
+        quick = _only_match(_ASIN, "asin", line)
+        if quick is not None and quick.group(2).strip() not in needed:
             continue
         record = _parse_object(line)
         if not isinstance(record, dict):
