@@ -475,11 +475,14 @@ class Returns:
 @pytest.mark.parametrize(("ranks", "message"), [
     ([1.7, 2.2, 0.9, 3.5], r"the rank 1\.7: ranks are ints in \[0, 30\] \(0 = first, 30 = a miss"),
     ([1, 2, 31, 3], r"the rank 31"), ([1, 2, 3], r"ranked 3 of 4 samples"),
-    ([True, 1, 2, 3], r"the rank True"), (None, r"m's rank\(\) returned NoneType")])
+    ([True, 1, 2, 3], r"the rank True"), (None, r"m's rank\(\) returned NoneType"),
+    (torch.tensor(3), r"m's rank\(\) returned Tensor, not a sequence of ranks")])
 def test_ranks_that_are_not_places_in_the_catalog_are_refused(ranks, message):
-    """Float ranks (mid-ranks for ties) were cut to their floor in the table, silently."""
+    """Float ranks (mid-ranks for ties) were cut to their floor in the table, silently; a
+    0-dim tensor (``ranks[:, None].squeeze()`` of a one-sample shard) was a raw TypeError."""
+    samples = SAMPLES[:1] if isinstance(ranks, torch.Tensor) else SAMPLES[:4]
     with pytest.raises(AutomrError, match=message):
-        evaluate({"m": Returns(ranks)}, SAMPLES[:4], 30, n_resamples=20)
+        evaluate({"m": Returns(ranks)}, samples, 30, n_resamples=20)
 
 
 @pytest.mark.parametrize("value", [float("-inf"), float("nan"), float("inf")])

@@ -799,15 +799,33 @@ def test_ranks_by_distance_count_the_items_at_most_as_far(ordered_method, data, 
 
 
 
-@pytest.mark.parametrize("broken", ["repeated", "outside", "negative"])
+@pytest.mark.parametrize("broken", ["repeated", "outside", "negative", "float"])
 def test_a_ranking_that_is_not_an_order_of_the_catalog_is_refused(ordered_method, broken):
+    """A float ranking (probabilities, the argsort forgotten) was a raw RuntimeError of
+    scatter_add_."""
     from automr.errors import AutomrError
 
     samples = list(ordered_method.dataset.samples("test")[:2])
     n_items = len(ordered_method.dataset.catalog)
     rankings = torch.stack([torch.randperm(n_items), torch.arange(n_items)])
-    rankings[1, 0] = {"repeated": 1, "outside": n_items, "negative": -1}[broken]
+    if broken == "float":
+        rankings = torch.softmax(rankings.float(), dim=1)
+    else:
+        rankings[1, 0] = {"repeated": 1, "outside": n_items, "negative": -1}[broken]
     with pytest.raises(AutomrError, match="not an order of the whole catalog"):
+        ordered_method.ranks_in_order(samples, rankings)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4])
+def test_a_ranking_with_another_number_of_rows_than_samples_is_refused(ordered_method, rows):
+    """A grounder's rows are the prompts': more rows (two per prompt, flattened) were read
+    as the first samples' rankings, silently wrong ranks; fewer were a raw IndexError."""
+    from automr.errors import AutomrError
+
+    samples = list(ordered_method.dataset.samples("test")[:2])
+    n_items = len(ordered_method.dataset.catalog)
+    rankings = torch.stack([torch.randperm(n_items) for _ in range(rows)])
+    with pytest.raises(AutomrError, match=rf"\({rows}, {n_items}\) item indices for 2 samples"):
         ordered_method.ranks_in_order(samples, rankings)
 
 

@@ -752,6 +752,31 @@ def test_a_batch_whose_first_sample_has_no_memory_hands_the_memorys_dtype(worksp
     assert given == [torch.bfloat16, torch.bfloat16]
 
 
+def test_a_retriever_is_not_asked_to_score_a_batch_without_memory(workspace, tmp_path):
+    """Keys of width 0 (every sample of the batch without memory: 154 of ML-100K's test
+    samples have none) reached the retriever: one that normalises by a row's best score (and
+    passes RetrieverContract, whose memories hold an element) failed with a raw IndexError."""
+    from automr.combiners import AppendToken
+    from automr.data import PreparedDataset
+    from automr.recommenders.automr import MemoryRetrieval
+    from automr.state import LayerState
+
+    store = MemoryStore.open(workspace / "mem")
+    empty = [s for split in ("train", "valid", "test")
+             for s in PreparedDataset.load(workspace / "prepared").samples(split) if not s.memory]
+
+    class ShiftedByBest:
+        def scores(self, query, keys, mask):
+            scores = torch.einsum("bh,bmh->bm", query, keys)
+            return scores - scores.masked_fill(~mask, -torch.inf).max(dim=1).values[:, None]
+
+    retrieval = MemoryRetrieval(store, ShiftedByBest(), AppendToken())
+    state = LayerState(hidden=torch.zeros(2, 3, store.hidden_size),
+                       mask=torch.ones(2, 3, dtype=torch.bool), layer=store.layer)
+    combined = retrieval.insert_for(empty[:2])(state)
+    assert torch.equal(combined.hidden, state.hidden) and retrieval.retrieved == [[], []]
+
+
 def test_a_retriever_is_not_trained_on_test_annotations(workspace, tmp_path):
     """`automr retriever score` asks for test annotations; given to `retriever train` they
     trained a retriever that evaluate then scored on its own training samples."""

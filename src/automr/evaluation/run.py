@@ -320,6 +320,8 @@ def _per_sample(name: str, returned: Any, count: int, said: tuple[str, str, str,
     call, verb, one, many = said
     try:
         values = returned.tolist() if hasattr(returned, "tolist") else list(returned)
+        if not isinstance(values, list):  # a 0-dim tensor or array: one number
+            raise TypeError
     except TypeError:
         raise AutomrError(f"{name}'s {call}() returned {type(returned).__name__}, not a "
                           f"sequence of {many}") from None

@@ -58,6 +58,8 @@ def left_padded_prompts(
 def _each_item_once(rankings: torch.Tensor) -> bool:
     """Whether every row of ``[rows items]`` holds each of ``0 .. items-1`` once (counted,
     not sorted: O(items))."""
+    if rankings.is_floating_point() or rankings.is_complex() or rankings.dtype == torch.bool:
+        return False
     if not bool(((rankings >= 0) & (rankings < rankings.shape[1])).all()):
         return False
     counts = torch.zeros_like(rankings).scatter_add_(1, rankings, torch.ones_like(rankings))
@@ -161,6 +163,11 @@ class GenerativeMethod:
         from the last of them). A grounder whose ``tie_key`` (one value per item) is set
         tells such items apart by it: only those with the target's value are ties."""
         n_items = len(self.dataset.catalog)
+        if rankings.ndim != 2 or len(rankings) != len(samples):
+            raise AutomrError(f"{type(self.grounder).__name__}.rank gave {self.label} "
+                              f"{tuple(rankings.shape)} item indices for {len(samples)} "
+                              f"samples: a grounder returns [prompts, items], one row per "
+                              f"prompt")
         if rankings.shape[1] != n_items or not _each_item_once(rankings):
             raise AutomrError(f"{type(self.grounder).__name__}.rank gave {self.label} "
                               f"{rankings.shape[1]} item indices per sample that are not an "

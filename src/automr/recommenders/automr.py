@@ -108,8 +108,9 @@ class MemoryRetrieval:
 
         def insert(state: LayerState) -> LayerState:
             query = self.store.record.pooling(state.hidden, state.mask)
-            scores = self.retriever.scores(query.to(keys.dtype), keys.to(query.device),
-                                           mask.to(query.device))
+            scores = (self.retriever.scores(query.to(keys.dtype), keys.to(query.device),
+                                            mask.to(query.device)) if keys.shape[1]
+                      else query.new_zeros(len(requests), 0))  # no memory in the batch
             indices, _ = top_k(scores, mask.to(query.device), self.k)
             self.retrieved += [[requests[row][2] + i for i in chosen if i >= 0]
                                for row, chosen in enumerate(indices.tolist())]
