@@ -263,6 +263,20 @@ def test_an_unsupported_model_type_is_refused_by_name():
         HFSplitLLM(model)
 
 
+@pytest.mark.parametrize("helper", ["HFSplitLLM", "layer_linear_modules",
+                                    "decoder_layers_name"])
+def test_a_model_without_the_split_is_refused_by_name_before_its_layers_are_read(helper):
+    """``automr finetune`` lists a model's LoRA targets before it splits it: a GPT-2 (its
+    layers are ``h``) failed with a raw AttributeError ('GPT2Model' has no 'layers')."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from automr.llm import split
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))
+    with pytest.raises(AutomrError, match="'gpt2' is not supported by the layer split"):
+        getattr(split, helper)(model)
+
+
 def test_only_known_vision_language_wrappers_are_split(tiny_models):
     """Gemma 3 4B-27B's class holds a ``gemma3_text`` language model beside a vision tower:
     the split runs that language model. Another wrapper of a supported language model (an OCR

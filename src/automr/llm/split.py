@@ -139,11 +139,31 @@ def layer_values(config: PretrainedConfig, name: str) -> list[object]:
             else getattr(config, name, None) for index in range(config.num_hidden_layers)]
 
 
+def supported_text_config(base: nn.Module) -> PretrainedConfig:
+    """The config of ``base``'s language model (:func:`text_config`), refused in one line
+    unless the layer split supports it (:data:`SUPPORTED_MODEL_TYPES`, or a wrapper of
+    :data:`LANGUAGE_MODELS` around one it names)."""
+    config = text_config(base)
+    kind = base.config.model_type
+    wrapped = config is not base.config
+    if config.model_type not in SUPPORTED_MODEL_TYPES or (
+            wrapped and config.model_type not in LANGUAGE_MODELS.get(kind, ())):
+        around = f" with a {config.model_type} language model" if wrapped else ""
+        wrappers = [f"{wrapper} (around {' or '.join(inner)})"
+                    for wrapper, inner in LANGUAGE_MODELS.items()]
+        raise AutomrError(
+            f"model type {kind!r} is not supported by the layer split{around}; supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES + tuple(wrappers))}"
+        )
+    return config
+
+
 def decoder_layers_name(model: PreTrainedModel | nn.Module) -> str:
     """The qualified name of the decoder layers among the base model's modules: ``model.layers``,
     or ``model.language_model.layers`` beside a vision tower (whose own ``layers`` LoRA must
-    not touch)."""
+    not touch); a model the split does not support is refused."""
     base = base_model_of(model)
+    supported_text_config(base)
     layers = base.get_decoder().layers
     return next(name for name, module in base.named_modules() if module is layers)
 
@@ -154,8 +174,9 @@ def layer_linear_modules(model: PreTrainedModel | nn.Module, first_layer: int = 
     MLPs between mixtures of experts): a name any of them has is listed, but not a model's own
     subclass of ``nn.Linear`` with another ``forward`` (Phi-3.5-MoE's ``router`` returns
     routing weights and chosen experts, no tensor LoRA can add to: peft failed at the first
-    forward)."""
+    forward). A model the split does not support is refused."""
     base = base_model_of(model)
+    supported_text_config(base)
     return sorted({name.rsplit(".", 1)[-1]
                    for block in base.get_decoder().layers[first_layer:]
                    for name, module in block.named_modules() if _lora_linear(module)})
@@ -181,18 +202,8 @@ class HFSplitLLM:
             raise AutomrError(f"HFSplitLLM splits a model (an nn.Module: loaded.model of a "
                               f"LoadedModel), not a {type(model).__name__}")
         base = base_model_of(model)
-        config = text_config(base)
+        config = supported_text_config(base)
         kind = base.config.model_type
-        wrapped = config is not base.config
-        if config.model_type not in SUPPORTED_MODEL_TYPES or (
-                wrapped and config.model_type not in LANGUAGE_MODELS.get(kind, ())):
-            around = f" with a {config.model_type} language model" if wrapped else ""
-            wrappers = [f"{wrapper} (around {' or '.join(inner)})"
-                        for wrapper, inner in LANGUAGE_MODELS.items()]
-            raise AutomrError(
-                f"model type {kind!r} is not supported by the layer split{around}; supported: "
-                f"{', '.join(SUPPORTED_MODEL_TYPES + tuple(wrappers))}"
-            )
         kinds = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYERS
         if config.model_type in LINEAR_ATTENTION_TYPES:
             kinds.discard("linear_attention")
