@@ -454,6 +454,82 @@ def test_a_process_with_no_shard_left_still_receives_sasrec(tmp_path):
     assert outputs == [list(alone.reports["sasrec"].ranks)] * 2
 
 
+RESUMMARISED = """
+import json, sys, time
+from pathlib import Path
+from automr import distributed
+from automr.data import PreparedDataset
+import automr.evaluation.run as run
+from automr.evaluation import evaluate
+from automr.evaluation.likelihood import LikelihoodReport
+from automr.evaluation.report import MetricReport
+class Fixed:
+    def __init__(self, offset):
+        self.offset, self.settings = offset, {"offset": offset}
+    def rank(self, samples):
+        return [(i + self.offset) % 5 for i in range(len(samples))]
+    def target_log_likelihoods(self, samples):
+        return [(-1.0 - self.offset, 2)] * len(samples)
+distributed.init()
+if distributed.rank() == 0:  # a slow disk: the settings file is gone while a report is written
+    for kind in (MetricReport, LikelihoodReport):
+        def slow(self, path, save=kind.save):
+            time.sleep(2)
+            return save(self, path)
+        kind.save = slow
+else:  # a slower process: it comes to each method while the main one rewrites it
+    for name in ("_ranks", "_likelihoods"):
+        def late(*args, step=getattr(run, name), **kwargs):
+            time.sleep(1)
+            return step(*args, **kwargs)
+        setattr(run, name, late)
+dataset = PreparedDataset.load(Path(sys.argv[1]))
+result = evaluate({"a": Fixed(0), "b": Fixed(1)}, dataset.samples("test")[:6],
+                  len(dataset.catalog), out=Path(sys.argv[2]), n_resamples=10,
+                  measures=("ranks", "likelihood"), resample="users")
+print(json.dumps([list(r.ranks) for r in result.reports.values()]))
+"""
+
+
+def test_a_folder_resummarised_under_a_launcher_is_read_by_the_main_process_alone(tmp_path):
+    """Saved values that only need new intervals are written again by the main process,
+    which first removes the settings file: another process reading the folder then found the
+    method unsaved, computed it again and waited at a gather the main process never came to
+    (until the timeout, 120 min by default)."""
+    import socket
+
+    dataset = synthetic_dataset(tmp_path)
+
+    class Fixed:
+        def __init__(self, offset):
+            self.offset, self.settings = offset, {"offset": offset}
+
+        def rank(self, samples):
+            return [(i + self.offset) % 5 for i in range(len(samples))]
+
+        def target_log_likelihoods(self, samples):
+            return [(-1.0 - self.offset, 2)] * len(samples)
+
+    alone = evaluate({"a": Fixed(0), "b": Fixed(1)}, dataset.samples("test")[:6],
+                     len(dataset.catalog), out=tmp_path / "ev", n_resamples=10,
+                     measures=("ranks", "likelihood"))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port, distributed.TIMEOUT_ENV: "1"}
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", RESUMMARISED, str(tmp_path / "prepared"), str(tmp_path / "ev")],
+        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0 or _aborted_at_exit(stderr), stderr[-3000:]
+        assert json.loads(stdout.splitlines()[-1]) == [list(r.ranks)
+                                                       for r in alone.reports.values()]
+    assert not list((tmp_path / "ev").rglob("*.shards"))
+
+
 # -- two processes under torchrun --------------------------------------------------------------
 def test_two_processes_equal_one(tmp_path):
     workspace = tmp_path

@@ -370,7 +370,9 @@ def _checked_likelihoods(name: str, pairs: Any, count: int) -> list[tuple[float,
 def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, seed, resample,
            shard_size) -> tuple[MetricReport, bool]:
     """The method's report, and whether its ranks were read back rather than computed."""
-    saved = None if folder is None else folder.saved_report(name, settings)
+    # read on the main process for all: another could read a file the main one rewrites
+    saved = None if folder is None else distributed.on_main(
+        lambda: folder.saved_report(name, settings))
     details: dict | None = None  # read back: the details saved with the ranks stay
     if saved is not None:
         report = saved.resampled(ks, n_resamples, seed, resample=resample)
@@ -394,7 +396,8 @@ def _ranks(name, method, samples, settings, folder, n_items, ks, n_resamples, se
 def _likelihoods(name, method, samples, settings, folder, n_resamples, seed, resample,
                  shard_size) -> tuple[LikelihoodReport, bool]:
     """The method's report, and whether its values were read back rather than computed."""
-    saved = None if folder is None else folder.saved_likelihoods(name, settings)
+    saved = None if folder is None else distributed.on_main(  # as in _ranks
+        lambda: folder.saved_likelihoods(name, settings))
     details: dict | None = None  # read back: the details saved with the values stay
     if saved is not None:
         report = saved.resampled(n_resamples, seed, resample=resample)
