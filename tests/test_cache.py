@@ -1,5 +1,6 @@
 """The cache: sha256-checked fetches, clear offline errors, atomic output folders."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,28 @@ def test_a_folder_another_process_finished_first_is_kept(tmp_path):
     assert [p.name for p in target.iterdir()] == ["new.json"]
 
 
+@pytest.mark.parametrize("existed", [True, False])
+def test_a_folder_another_process_replaced_during_the_build_is_kept(tmp_path, existed):
+    """Two `automr data prepare` into one --out at once: the one that finished second moved
+    the other's new folder aside and took its place, both said they succeeded, and the first
+    one's run record then named data the folder did not hold. The second is refused now."""
+    target = tmp_path / "prepared"
+    if existed:
+        target.mkdir()
+        (target / "old.json").write_text("{}")
+    with (pytest.raises(AutomrError, match="written by another process at the same time"),
+          atomic_dir(target) as work):
+        (work / "mine.json").write_text("{}")
+        other = tmp_path / "other"  # the other process renames its finished folder in
+        other.mkdir()
+        (other / "theirs.json").write_text("{}")
+        if existed:
+            shutil.rmtree(target)
+        other.rename(target)
+    assert [p.name for p in target.iterdir()] == ["theirs.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # nothing of this one left
+
+
 def test_a_folder_another_process_renames_during_the_finish_is_kept(tmp_path, monkeypatch):
     """Launched processes convert the embedded model at the same time and finish together:
     the other one's folder could appear after this one checked for it and before its rename,
@@ -183,6 +206,7 @@ def test_a_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 KILLED_IN_SAFETENSORS = """
 import os, signal, sys
+import shutil
 from pathlib import Path
 import safetensors.torch
 import torch
@@ -291,6 +315,7 @@ def test_the_same_tensors_and_metadata_are_the_same_bytes(metadata, names):
 
 KILL_WHILE_REPLACING = """
 import os, shutil, signal, sys
+import shutil
 from pathlib import Path
 from automr import storage
 target, moment = Path(sys.argv[1]), sys.argv[2]

@@ -238,6 +238,7 @@ class _AtomicDir:
         self.target = target
         self.keep_existing = keep_existing
         self.tmp = partial_path(target)
+        self.before: tuple[int, int] | None = None  # the folder at target when the build began
 
     def __enter__(self) -> Path:
         restore_replaced(self.target)
@@ -245,6 +246,7 @@ class _AtomicDir:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
+        self.before = _identity(self.target)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -255,6 +257,8 @@ class _AtomicDir:
         for weights in self.tmp.rglob("*.safetensors"):  # save_pretrained writes them 0600
             weights.chmod(mode)
         try:
+            if not self.keep_existing and _identity(self.target) != self.before:
+                self._taken()  # another process's folder took its place meanwhile: kept
             if self.target.exists() and not self.keep_existing:
                 aside = replaced_path(self.target)
                 shutil.rmtree(aside, ignore_errors=True)
@@ -282,6 +286,15 @@ class _AtomicDir:
     def _taken(self) -> None:
         raise AutomrError(f"{self.target} was written by another process at the same time (its "
                           f"folder is kept, not this one's); run one at a time") from None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder stands at ``path`` (device and inode), None where none does."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def file_mode(folder: Path) -> int:
