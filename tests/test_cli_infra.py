@@ -275,6 +275,25 @@ def test_a_leading_tilde_in_a_path_option_is_the_home_folder(tmp_path, monkeypat
     assert not (cwd / "~").exists()
 
 
+def test_a_tilde_in_a_path_option_held_as_a_str_is_the_home_folder(tmp_path, monkeypatch):
+    """typer before 0.29 (the pin allows 0.20.1) holds a Path option as the str typed until
+    the command runs (click's Path type does): only Path values were expanded, and `evaluate
+    --out=~/x` wrote a folder named ``~`` in the current one."""
+    import click
+
+    from automr.cli.common import expand_home
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    seen = []
+    command = click.Command("c", callback=lambda out, outs, n: seen.append((out, outs, n)),
+                            params=[click.Option(["--out"], type=click.Path()),
+                                    click.Option(["--outs"], type=click.Path(), multiple=True),
+                                    click.Option(["--n"], type=str)])
+    expand_home(command)
+    command.main(["--out=~/x", "--outs=~/a", "--outs=b", "--n=~5"], standalone_mode=False)
+    assert seen == [(str(tmp_path / "x"), (str(tmp_path / "a"), "b"), "~5")]
+
+
 @pytest.mark.parametrize("args", [
     ["data", "prepare", "ml-100k", "--out=~automr-no-such-user/data"],
     ["--config=~automr-no-such-user/run.toml", "data", "stats", "x"],

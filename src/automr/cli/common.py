@@ -131,8 +131,11 @@ def expand_home(command: Any) -> None:
 
     @functools.wraps(invoke)
     def expanded(ctx: Any) -> Any:
-        try:
-            ctx.params = {name: _home_expanded(value) for name, value in ctx.params.items()}
+        paths = {param.name for param in ctx.command.params  # click's Path type or typer's
+                 if getattr(getattr(param, "type", None), "name", None) == "path"}
+        try:  # typer before 0.29 holds a Path option as the str typed until the command runs
+            ctx.params = {name: _home_expanded(value, name in paths)
+                          for name, value in ctx.params.items()}
         except AutomrError as error:  # before the command's own user_errors
             typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
@@ -141,11 +144,15 @@ def expand_home(command: Any) -> None:
     command.invoke = expanded
 
 
-def _home_expanded(value: Any) -> Any:
+def _home_expanded(value: Any, path: bool) -> Any:
+    """``value`` with a leading ``~`` read as the home folder where it is a path (a ``Path``,
+    or a ``str`` of a ``path`` option), one by one in a list."""
     if isinstance(value, Path):
         return home_path(value)
-    if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
-        return type(value)(_home_expanded(v) for v in value)
+    if path and isinstance(value, str) and value.startswith("~"):
+        return str(home_path(value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_home_expanded(v, path) for v in value)
     return value
 
 
