@@ -431,3 +431,20 @@ def test_compare_resamples_users_when_asked_and_records_it(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "p"), "--method",
                                       f"x={a}/m", "--resample", "items"])
     assert result.exit_code != 0 and "resample must be one of samples, users" in result.output
+
+
+def test_the_runs_of_an_rq2_list_the_rq2_command_behind_them(tmp_path):
+    """rq2 records its run in its --out, above the evaluation folders it makes: the export of
+    OUT/automr-0 said '0 command(s)' (not the commands that made it, as export promises).
+    Records of other commands in the folder above are not behind it; an rq3 report is not."""
+    from automr.storage import RUNS_FILE
+
+    rq2 = ["automr", "rq2", "--out", "o"]
+    (tmp_path / "o" / "automr-0").mkdir(parents=True)
+    (tmp_path / "o" / RUNS_FILE).write_text(
+        json.dumps({"command": "automr rq2", "argv": rq2}) + "\n"
+        + json.dumps({"command": "automr evaluate", "argv": ["automr", "evaluate"]}) + "\n")
+    (tmp_path / "o" / "automr-0" / RUNS_FILE).write_text(
+        json.dumps({"command": "automr rq3", "argv": ["automr", "rq3"]}) + "\n")
+    assert EvaluationFolder(tmp_path / "o" / "automr-0").commands() == [rq2]
+    assert EvaluationFolder(tmp_path / "o").commands() == [rq2, ["automr", "evaluate"]]

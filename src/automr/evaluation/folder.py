@@ -55,6 +55,10 @@ REPORTS_BESIDE = ("rq3",)
 """Commands that write their report (and run record) into the evaluation folder they read,
 without --out: none of them is behind the evaluation, so :meth:`EvaluationFolder.commands`
 leaves their records out."""
+RUNS_INSIDE = ("rq2",)
+"""Commands whose ``--out`` holds evaluation folders they made (``automr rq2``'s ``OUT/bigrec``,
+``OUT/automr-I``, ...): their run records, in the folder above, are behind each of those
+(:meth:`EvaluationFolder.commands`)."""
 VALUE_FOLDERS = ("ranks", "loglik", "models")
 """The folders of values and models; every other folder holds a kind of details."""
 EVALUATION_KEYS = ("method", "samples", "n_items")
@@ -427,8 +431,9 @@ class EvaluationFolder:
     def commands(self) -> list[list[str]]:
         """The argv of every command behind this folder, each once, oldest first: for a method
         that ``automr compare`` brought in, the commands behind its source (a folder, through
-        its own :meth:`commands`, or an export's ``commands``); then the folder's run records
-        (but those of :data:`REPORTS_BESIDE`)."""
+        its own :meth:`commands`, or an export's ``commands``); then the run records of a
+        command of :data:`RUNS_INSIDE` in the folder above (``rq2``, whose runs are folders of
+        its ``--out``) and the folder's own (but those of :data:`REPORTS_BESIDE`)."""
         found: list[list[str]] = []
         for path in sorted(self.path.glob("*/*.settings.json")):
             brought = self.source(_read(path))
@@ -437,8 +442,10 @@ class EvaluationFolder:
             source = brought[0]
             found += (read_export(source)["commands"] if source.is_file()
                       else EvaluationFolder(source).commands())
+        found += [record["argv"] for record in read_run_records(self.path.parent)
+                  if _command_name(record) in RUNS_INSIDE]
         found += [record["argv"] for record in read_run_records(self.path)
-                  if str(record.get("command", "")).rpartition(" ")[2] not in REPORTS_BESIDE]
+                  if _command_name(record) not in REPORTS_BESIDE]
         return [list(argv) for argv in dict.fromkeys(tuple(argv) for argv in found)]
 
     def write_results(self, payload: Mapping[str, Any], markdown: str) -> None:
@@ -446,6 +453,11 @@ class EvaluationFolder:
         ``results.md``."""
         write_json_atomic(self.path / RESULTS_JSON, dict(payload), indent=2)
         write_text_atomic(self.path / RESULTS_MD, markdown)
+
+
+def _command_name(record: Mapping[str, Any]) -> str:
+    """The sub-command a run record names (``rq2`` of ``automr rq2``)."""
+    return str(record.get("command", "")).rpartition(" ")[2]
 
 
 def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
