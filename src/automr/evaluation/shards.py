@@ -68,10 +68,11 @@ def run_sharded(
     return values, details
 
 
-def _details(name: str, method: object) -> dict[str, dict[str, Any]]:
+def _details(name: str, method: object) -> Mapping[str, Mapping[str, Any]]:
+    """The method's details as it holds them (read, not copied: a shard reads its own)."""
     if not isinstance(method, Explained):
         return {}
-    details = {kind: dict(entries) for kind, entries in method.details().items()}
+    details = method.details()
     EvaluationFolder.check_detail_kinds(name, details)
     return details
 
@@ -87,8 +88,8 @@ def _shard_details(details: Mapping[str, Mapping[str, Any]], shard: Sequence[str
     for kind, entries in details.items():
         if kind in omit:
             continue
-        own = {k: v for k, v in entries.items() if notes and k not in measured}
-        own.update((k, entries[k]) for k in shard if k in entries)
+        own = {k: v for k, v in entries.items() if k not in measured} if notes else {}
+        own.update((k, entries[k]) for k in shard if k in entries)  # a shard's own: O(shard)
         if own:
             kept[kind] = own
     return json.loads(json.dumps(kept))
