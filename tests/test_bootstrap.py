@@ -90,16 +90,20 @@ def test_pairing_removes_shared_sample_difficulty() -> None:
 def test_blocked_resamples_equal_one_block(monkeypatch, block) -> None:
     """Large sample counts are resampled in row blocks (a row may not fit one: then one row
     per block); the blocks continue one generator stream, so the numbers are exactly those of
-    a single block, for single and paired intervals alike."""
+    a single block, for single and paired intervals alike, of samples or of users (the last
+    block, shorter, fills the start of the buffers the blocks reuse)."""
     values = _t([float(i % 4 == 0) + 0.01 * (i % 7) for i in range(50)])
     other = _t([float(i % 3 == 0) for i in range(50)])
+    groups = [f"u{i % 13}" for i in range(50)]
     whole = bootstrap_ci(values, n_resamples=301, seed=5)
     paired = paired_bootstrap(values, other, n_resamples=301, seed=5)
+    by_user = paired_bootstrap(values, other, n_resamples=301, seed=5, groups=groups)
     monkeypatch.setattr(bootstrap, "_BLOCK_ELEMENTS", block)
     blocked = bootstrap_ci(values, n_resamples=301, seed=5)
     assert blocked == whole
     assert blocked.low < blocked.mean < blocked.high
     assert paired_bootstrap(values, other, n_resamples=301, seed=5) == paired
+    assert paired_bootstrap(values, other, n_resamples=301, seed=5, groups=groups) == by_user
 
 
 def test_bad_arguments_are_refused() -> None:

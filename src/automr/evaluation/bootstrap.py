@@ -151,16 +151,25 @@ def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int,
     generator = torch.Generator().manual_seed(seed)
     units = n if groups is None else counts.shape[0]
     rows_per_block = max(1, _BLOCK_ELEMENTS // units)
+    source = values if groups is None else sums
+    # one index block and one gathered block, filled again for each block of resamples: fresh
+    # ones each time grew the process to the size of the whole matrix (glibc kept them)
+    block = torch.empty(min(rows_per_block, n_resamples) * units, dtype=torch.long)
+    gathered = source.new_empty((*source.shape[:-1], block.numel()))
     means, sizes = [], []
     for start in range(0, n_resamples, rows_per_block):
         rows = min(rows_per_block, n_resamples - start)
-        index = torch.randint(0, units, (rows, units), generator=generator)
+        index = torch.randint(0, units, (rows, units), generator=generator,
+                              out=block[: rows * units].view(rows, units))
+        picked = torch.index_select(source, -1, index.view(-1),
+                                    out=gathered[..., : rows * units]
+                                    ).view(*source.shape[:-1], rows, units)
         if groups is None:
-            means.append(values[..., index].mean(dim=-1))
+            means.append(picked.mean(dim=-1))
             sizes.append(torch.full((rows,), float(n), dtype=torch.float64))
         else:
             sizes.append(counts[index].sum(dim=-1))
-            means.append(sums[..., index].sum(dim=-1) / sizes[-1])
+            means.append(picked.sum(dim=-1) / sizes[-1])
     return torch.cat(means, dim=-1), torch.cat(sizes)
 
 
