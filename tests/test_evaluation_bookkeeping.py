@@ -53,6 +53,31 @@ def test_paired_tables_use_the_resamples_and_seed_asked_for():
         likelihoods["mine"], likelihoods["bigrec"], n_resamples=50, seed=7)
 
 
+def test_each_paired_bootstrap_runs_once_for_the_json_and_the_tables(tmp_path, monkeypatch):
+    """results.json and results.md each computed every paired difference anew (a minute per
+    method at 100k samples)."""
+    import automr.evaluation.run as run
+
+    calls = []
+
+    def counting(name):
+        compare = getattr(run, name)
+
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return compare(*args, **kwargs)
+        return counted
+
+    for name in ("compare_reports", "compare_likelihoods"):
+        monkeypatch.setattr(run, name, counting(name))
+    methods = {"bigrec": Constant(0), "a": Constant(2), "b": Constant(1)}
+    evaluation = evaluate(methods, SAMPLES, 30, n_resamples=20, out=tmp_path / "ev",
+                          measures=("ranks", "likelihood"))
+    evaluation.markdown()
+    assert sorted(calls) == ["compare_likelihoods"] * 2 + ["compare_reports"] * 2
+    assert set(evaluation.paired()) == set(evaluation.paired_likelihoods()) == {"a", "b"}
+
+
 def test_compare_likelihoods_aligns_samples_by_id_and_divides_by_tokens():
     """A's and B's values are paired by sample id (B listed in another order), and the
     per-token value is each sample's log-likelihood over its own token count."""

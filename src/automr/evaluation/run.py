@@ -66,24 +66,30 @@ class Evaluation:
     settings), not computed in this call."""
     resample: str = "samples"
     """What every interval and paired difference resamples: ``samples`` or ``users``."""
+    _paired: dict[str, dict[str, dict[str, PairedDifference]]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False)
+    """Each measure's paired differences once computed (the JSON and the tables read them:
+    a paired bootstrap of 100k samples takes a minute here)."""
 
     def paired(self) -> dict[str, dict[str, PairedDifference]]:
         """Each other method minus the reference, per ranking metric (paired bootstrap)."""
-        if self.reference not in self.reports:
-            return {}
-        reference = self.reports[self.reference]
-        return {m: compare_reports(r, reference, n_resamples=self.n_resamples, seed=self.seed,
+        if "ranks" not in self._paired:
+            reference = self.reports.get(self.reference)
+            self._paired["ranks"] = {} if reference is None else {
+                m: compare_reports(r, reference, n_resamples=self.n_resamples, seed=self.seed,
                                    resample=self.resample)
                 for m, r in self.reports.items() if m != self.reference}
+        return dict(self._paired["ranks"])
 
     def paired_likelihoods(self) -> dict[str, dict[str, PairedDifference]]:
         """Each other LM method minus the reference, per likelihood metric."""
-        if self.reference not in self.likelihoods:
-            return {}
-        reference = self.likelihoods[self.reference]
-        return {m: compare_likelihoods(r, reference, n_resamples=self.n_resamples,
+        if "likelihood" not in self._paired:
+            reference = self.likelihoods.get(self.reference)
+            self._paired["likelihood"] = {} if reference is None else {
+                m: compare_likelihoods(r, reference, n_resamples=self.n_resamples,
                                        seed=self.seed, resample=self.resample)
                 for m, r in self.likelihoods.items() if m != self.reference}
+        return dict(self._paired["likelihood"])
 
     def to_json(self, record: Mapping[str, Any] = {}) -> dict[str, Any]:
         """The tables as JSON, after ``record`` (what the caller wants to keep with them)."""
