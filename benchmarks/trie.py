@@ -152,8 +152,12 @@ def per_call_seconds(fn: Callable[[Sequence[int]], object], prefixes: list, repe
     return statistics.median(times)
 
 
-def bench_trie(titles: int, repeats: int, check: int, seed: int = 0) -> dict[str, object]:
+def bench_trie(titles: int, repeats: int, check: int, seed: int = 0,
+               long_title: int = 0) -> dict[str, object]:
     catalog = synthetic_titles(titles, seed=seed)
+    if long_title:  # a junk title among short ones (Amazon metadata has them)
+        catalog[-1] = (*synthetic_titles(1, shortest=long_title, longest=long_title,
+                                         seed=seed + 1)[0],)
     values = list(range(len(catalog)))
     lengths = [len(t) for t in catalog]
     ways = {"node_arrays": lambda: TokenTrie(catalog, values),
@@ -172,7 +176,8 @@ def bench_trie(titles: int, repeats: int, check: int, seed: int = 0) -> dict[str
         return memory[name][key] + extra
 
     return {
-        "benchmark": "trie", "titles": len(catalog), "tokens": sum(lengths),
+        "benchmark": "trie", "titles": len(catalog), "long_title": long_title,
+        "tokens": sum(lengths),
         "title_tokens_min_mean_max": [min(lengths), statistics.mean(lengths), max(lengths)],
         "nodes": memory["node_arrays"]["nodes"], "repeats": repeats, "device": "cpu",
         "machine": machine(),
@@ -198,16 +203,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check", type=int, default=2_000,
                         help="titles whose prefixes both tries must answer alike")
+    parser.add_argument("--long-title", type=int, default=0,
+                        help="make the last title this many tokens long (0: none); the "
+                             "results are then trie-long-title-cpu.*")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     for name in ("titles", "repeats", "check"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    result = bench_trie(args.titles, args.repeats, args.check)
+    if args.long_title < 0:
+        parser.error(f"--long-title must be >= 0, got {args.long_title}")
+    result = bench_trie(args.titles, args.repeats, args.check, long_title=args.long_title)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trie-cpu.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    name = "trie-long-title-cpu" if args.long_title else "trie-cpu"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     table = markdown_table({k: v for k, v in result.items() if k != "memory"})
-    (args.out / "trie-cpu.md").write_text(table, encoding="utf-8")
+    (args.out / f"{name}.md").write_text(table, encoding="utf-8")
     print(table)
 
 

@@ -89,3 +89,19 @@ def test_nodes_are_linear_in_the_tokens():
     trie = TokenTrie(titles, list(range(len(titles))))
     distinct = {t[:cut] for t in titles for cut in range(len(t) + 1)}
     assert trie.dead == len(distinct)
+
+
+def test_what_a_trie_keeps_follows_the_tokens_not_the_longest_title():
+    """Titles were padded to the longest: one junk title of 5,000 tokens among 2,000 short
+    ones (Amazon metadata has them) kept 2,001 x 5,001 tokens, not ~11,000."""
+    import attrs
+
+    titles = [(i % 97, i // 97, 0) for i in range(2_000)] + [(500, *range(1, 5_000), 0)]
+    trie = TokenTrie(titles, list(range(len(titles))))
+    tokens = sum(map(len, titles))
+    kept = sum(getattr(trie._cpu, field.name).numel() for field in attrs.fields(type(trie._cpu)))
+    assert kept < 12 * tokens
+    assert trie.value(titles[-1]) == len(titles) - 1
+    unique, rest, lengths = trie.completions(trie.advance(torch.tensor([trie.root]),
+                                                          torch.tensor([500])))
+    assert bool(unique) and rest[0, : int(lengths)].tolist() == [*range(1, 5_000), 0]

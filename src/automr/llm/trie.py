@@ -1,8 +1,9 @@
 """A prefix tree over token sequences (catalog titles + EOS) for constrained decoding.
 
 The trie is a set of flat arrays, one entry per node or per edge, built with array operations
-column by column over the sorted sequences; no prefix is ever stored as its own tuple, so the
-memory is linear in the total number of tokens (a catalog of 10^5 titles of 8-30 tokens has
+depth by depth over the sorted sequences (each depth over the sequences that reach it); no
+prefix is ever stored as its own tuple, nor a sequence padded to the longest, so time and memory
+are linear in the total number of tokens (a catalog of 10^5 titles of 8-30 tokens has
 about 2 * 10^6 nodes). ``benchmarks/trie.py`` measures it beside the per-prefix tuples it
 replaced.
 """
@@ -34,7 +35,8 @@ class _TrieTensors:
     passing: Int[Tensor, " nodes"]  # stored sequences through each node
     through: Int[Tensor, " nodes"]  # one of them
     depth: Int[Tensor, " nodes"]
-    sequences: Int[Tensor, "sequences longest"]
+    tokens: Int[Tensor, " tokens"]  # every stored sequence's tokens, one after another
+    offsets: Int[Tensor, " sequences"]  # where each sequence's start in ``tokens``
     lengths: Int[Tensor, " sequences"]
 
 
@@ -43,51 +45,78 @@ class _Built:
     tensors: _TrieTensors
     ends: np.ndarray  # the node each stored sequence ends at
     width: int
+    longest: int
+
+
+def _common_prefixes(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """How many leading tokens each sequence (``flat[starts[i]:][:lengths[i]]``) shares with
+    the one before it (0 for the first), compared token by token: O(tokens)."""
+    count = len(starts)
+    common = np.zeros(count, dtype=np.int64)
+    if count < 2:
+        return common
+    shared = np.minimum(lengths[1:], lengths[:-1])  # how far row i and row i - 1 can agree
+    rows = np.flatnonzero(shared)
+    if not len(rows):
+        return common
+    span = shared[rows]
+    first = np.concatenate([[0], span.cumsum()[:-1]])  # each compared row's first position
+    position = np.arange(int(span.sum())) - np.repeat(first, span)  # 0.. within its row
+    here = np.repeat(starts[rows + 1], span) + position
+    before = np.repeat(starts[rows], span) + position
+    # the first position where the two differ, else the whole shared span
+    differ = np.where(flat[here] != flat[before], position, np.repeat(span, span))
+    common[rows + 1] = np.minimum.reduceat(differ, first)
+    return common
 
 
 def _build(sequences: Sequence[Sequence[int]]) -> _Built:
     """The trie's arrays. Sorted, the sequences sharing a prefix are consecutive, and a row
     starts a new node at depth ``d`` exactly where it differs from the row before within its
     first ``d + 1`` tokens; the node a row is at is then the latest one started at that depth
-    in the rows up to it (a running maximum, as node numbers grow with the rows)."""
+    in the rows up to it (a running maximum, as node numbers grow with the rows). Each depth
+    touches only the rows that reach it, so time and memory follow the tokens, not the number
+    of sequences times the longest."""
     count = len(sequences)
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=count)
     longest = int(lengths.max(initial=0))
     flat = np.fromiter(chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
     if len(flat) and int(flat.min()) < 0:
         raise ValueError("TokenTrie: token ids must be >= 0")
-    padded = np.full((count, longest), -1, dtype=np.int64)
-    padded[np.arange(longest)[None, :] < lengths[:, None]] = flat
-    del flat
-    order = np.lexsort(padded.T[::-1]) if longest else np.arange(count)
-    rows, row_lengths = padded[order], lengths[order]
-    common = np.zeros(count, dtype=np.int64)  # tokens each row shares with the one before
-    if count > 1 and longest:
-        same = (rows[1:] == rows[:-1]) & (rows[1:] >= 0)
-        common[1:] = np.logical_and.accumulate(same, axis=1).sum(1)
-        del same
+    offsets = np.zeros(count, dtype=np.int64)
+    offsets[1:] = lengths.cumsum()[:-1]
+    listed = sequences if all(type(s) is list for s in sequences) else [
+        list(s) for s in sequences]  # lists compare by their items, a prefix first
+    order = np.array(sorted(range(count), key=listed.__getitem__), dtype=np.int64)
+    del listed
+    row_starts, row_lengths = offsets[order], lengths[order]
+    common = _common_prefixes(flat, row_starts, row_lengths)
     twice = np.flatnonzero((common[1:] == row_lengths[1:]) & (row_lengths[1:] == row_lengths[:-1]))
     if len(twice):
-        key = tuple(int(t) for t in rows[twice[0] + 1, : row_lengths[twice[0] + 1]])
+        row = twice[0] + 1
+        key = tuple(int(t) for t in flat[row_starts[row] : row_starts[row] + row_lengths[row]])
         raise ValueError(f"TokenTrie: sequence {key} stored twice")
     ends = np.zeros(count, dtype=np.int64)  # by sorted row; the empty sequence ends at the root
     at = np.zeros(count, dtype=np.int64)  # the node each row is at, one depth after another
     parents, tokens = [], []
     passing, through = [np.array([count])], [order[:1] if count else np.zeros(1, np.int64)]
     following = 1
+    active = np.arange(count)  # the sorted rows that reach the depth
     for depth in range(longest):
-        reaches = depth < row_lengths
-        starts = reaches & (common <= depth)
+        active = active[row_lengths[active] > depth]
+        starts = common[active] <= depth
         new = int(starts.sum())
-        started = np.zeros(count, dtype=np.int64)
+        started = np.zeros(len(active), dtype=np.int64)
         started[starts] = np.arange(following, following + new)
-        parents.append(at[starts])
-        tokens.append(rows[starts, depth])
-        at = np.maximum.accumulate(started)
-        passing.append(np.bincount(at[reaches] - following, minlength=new))
-        through.append(order[starts])
-        finishing = row_lengths == depth + 1
-        ends[finishing] = at[finishing]
+        beginning = active[starts]
+        parents.append(at[beginning])
+        tokens.append(flat[row_starts[beginning] + depth])
+        reached = np.maximum.accumulate(started)
+        at[active] = reached
+        passing.append(np.bincount(reached - following, minlength=new))
+        through.append(order[beginning])
+        finishing = row_lengths[active] == depth + 1
+        ends[active[finishing]] = reached[finishing]
         following += new
     nodes = following
     parent = np.concatenate(parents) if parents else np.zeros(0, dtype=np.int64)
@@ -101,8 +130,8 @@ def _build(sequences: Sequence[Sequence[int]]) -> _Built:
     tensors = _TrieTensors(*map(torch.from_numpy, (
         np.concatenate([zero, counts.cumsum()]), token, parent * width + token,
         np.concatenate([*passing, zero]), np.concatenate([*through, zero]).astype(np.int64),
-        np.concatenate([node_depth, zero]), padded, lengths)))
-    return _Built(tensors, unsorted_ends, width)
+        np.concatenate([node_depth, zero]), flat, offsets, lengths)))
+    return _Built(tensors, unsorted_ends, width, longest)
 
 
 class TokenTrie:
@@ -123,6 +152,7 @@ class TokenTrie:
         built = _build(sequences)
         self._cpu = built.tensors
         self._width = built.width
+        self._longest = built.longest
         self.dead = len(self._cpu.passing) - 1
         self._values = list(values)
         # which stored sequence ends at each node (-1: none), for value()
@@ -199,10 +229,9 @@ class TokenTrie:
         unique = t.passing[nodes] == 1
         sequence, depth = t.through[nodes], t.depth[nodes]
         lengths = torch.where(unique, t.lengths[sequence] - depth, 0)
-        longest = t.sequences.shape[1]
-        offsets = torch.arange(longest, device=nodes.device)
-        rest = t.sequences[sequence].gather(
-            1, (depth[:, None] + offsets).clamp(max=max(longest - 1, 0)))
+        offsets = torch.arange(self._longest, device=nodes.device)
+        rest = t.tokens[((t.offsets[sequence] + depth)[:, None] + offsets).clamp(
+            max=max(len(t.tokens) - 1, 0))]
         return unique, torch.where(offsets < lengths[:, None], rest, -1), lengths
 
     @jaxtyped(typechecker=beartype)
