@@ -434,17 +434,23 @@ def test_compare_resamples_users_when_asked_and_records_it(tmp_path):
 
 
 def test_the_runs_of_an_rq2_list_the_rq2_command_behind_them(tmp_path):
-    """rq2 records its run in its --out, above the evaluation folders it makes: the export of
-    OUT/automr-0 said '0 command(s)' (not the commands that made it, as export promises).
+    """rq2 and demo record their run in their --out, above the evaluation folders they make:
+    the export of OUT/automr-0 (or a demo's OUT/results) said '0 command(s)' (not the commands
+    that made it, as export promises); a folder of another name there is not one of them.
     Records of other commands in the folder above are not behind it; an rq3 report is not."""
     from automr.storage import RUNS_FILE
 
-    rq2 = ["automr", "rq2", "--out", "o"]
-    (tmp_path / "o" / "automr-0").mkdir(parents=True)
+    rq2, demo = ["automr", "rq2", "--out", "o"], ["automr", "demo", "--out", "o"]
+    for run in ("automr-0", "random-seed-3", "results", "automr-extra"):
+        (tmp_path / "o" / run).mkdir(parents=True)
     (tmp_path / "o" / RUNS_FILE).write_text(
         json.dumps({"command": "automr rq2", "argv": rq2}) + "\n"
+        + json.dumps({"command": "automr demo", "argv": demo}) + "\n"
         + json.dumps({"command": "automr evaluate", "argv": ["automr", "evaluate"]}) + "\n")
     (tmp_path / "o" / "automr-0" / RUNS_FILE).write_text(
         json.dumps({"command": "automr rq3", "argv": ["automr", "rq3"]}) + "\n")
     assert EvaluationFolder(tmp_path / "o" / "automr-0").commands() == [rq2]
-    assert EvaluationFolder(tmp_path / "o").commands() == [rq2, ["automr", "evaluate"]]
+    assert EvaluationFolder(tmp_path / "o" / "random-seed-3").commands() == [rq2]
+    assert EvaluationFolder(tmp_path / "o" / "results").commands() == [demo]  # the demo's too
+    assert EvaluationFolder(tmp_path / "o" / "automr-extra").commands() == []  # rq2 made none
+    assert EvaluationFolder(tmp_path / "o").commands() == [rq2, demo, ["automr", "evaluate"]]

@@ -55,9 +55,10 @@ REPORTS_BESIDE = ("rq3",)
 """Commands that write their report (and run record) into the evaluation folder they read,
 without --out: none of them is behind the evaluation, so :meth:`EvaluationFolder.commands`
 leaves their records out."""
-RUNS_INSIDE = ("rq2",)
-"""Commands whose ``--out`` holds evaluation folders they made (``automr rq2``'s ``OUT/bigrec``,
-``OUT/automr-I``, ...): their run records, in the folder above, are behind each of those
+RUNS_INSIDE = {"rq2": r"bigrec|automr-\d+|random-seed-\d+", "demo": r"results|likelihood"}
+"""Commands whose ``--out`` holds evaluation folders they made, and those folders' names
+(``automr rq2``'s ``OUT/bigrec``, ``OUT/automr-I``, ...; ``automr demo``'s ``OUT/results``,
+``OUT/likelihood``): their run records, in the folder above, are behind each of those
 (:meth:`EvaluationFolder.commands`)."""
 VALUE_FOLDERS = ("ranks", "loglik", "models")
 """The folders of values and models; every other folder holds a kind of details."""
@@ -432,8 +433,8 @@ class EvaluationFolder:
         """The argv of every command behind this folder, each once, oldest first: for a method
         that ``automr compare`` brought in, the commands behind its source (a folder, through
         its own :meth:`commands`, or an export's ``commands``); then the run records of a
-        command of :data:`RUNS_INSIDE` in the folder above (``rq2``, whose runs are folders of
-        its ``--out``) and the folder's own (but those of :data:`REPORTS_BESIDE`)."""
+        command of :data:`RUNS_INSIDE` in the folder above that makes a folder of this name
+        (``rq2``, ``demo``) and the folder's own (but those of :data:`REPORTS_BESIDE`)."""
         found: list[list[str]] = []
         for path in sorted(self.path.glob("*/*.settings.json")):
             brought = self.source(_read(path))
@@ -443,7 +444,8 @@ class EvaluationFolder:
             found += (read_export(source)["commands"] if source.is_file()
                       else EvaluationFolder(source).commands())
         found += [record["argv"] for record in read_run_records(self.path.parent)
-                  if _command_name(record) in RUNS_INSIDE]
+                  if re.fullmatch(RUNS_INSIDE.get(_command_name(record), "(?!)"),
+                                  self.path.name)]
         found += [record["argv"] for record in read_run_records(self.path)
                   if _command_name(record) not in REPORTS_BESIDE]
         return [list(argv) for argv in dict.fromkeys(tuple(argv) for argv in found)]
