@@ -777,6 +777,34 @@ def test_a_retriever_is_not_asked_to_score_a_batch_without_memory(workspace, tmp
     assert torch.equal(combined.hidden, state.hidden) and retrieval.retrieved == [[], []]
 
 
+@pytest.mark.parametrize(("scores", "said"), [
+    (lambda q, k, m: torch.einsum("bh,bmh->bm", q, k)[..., None], r"of shape \(2, \d+, 1\)"),
+    (lambda q, k, m: torch.einsum("bh,bmh->mb", q, k), r"of shape \(\d+, 2\) for memories"),
+    (lambda q, k, m: torch.full(m.shape, torch.nan), "NaN for a real memory element"),
+    (lambda q, k, m: m.long(), "torch.int64 scores")])
+def test_a_retrievers_wrong_scores_are_one_line(workspace, scores, said):
+    """A user's retriever whose scores had an extra axis, were transposed, NaN or ints failed
+    inside top_k with a multi-line shape check's error or a bare ValueError."""
+    from automr.combiners import AppendToken
+    from automr.data import PreparedDataset
+    from automr.recommenders.automr import MemoryRetrieval
+    from automr.state import LayerState
+
+    store = MemoryStore.open(workspace / "mem")
+    full = [s for split in ("train", "valid", "test")
+            for s in PreparedDataset.load(workspace / "prepared").samples(split) if s.memory]
+
+    class Wrong:
+        def scores(self, query, keys, mask):
+            return scores(query, keys, mask)
+
+    retrieval = MemoryRetrieval(store, Wrong(), AppendToken())
+    state = LayerState(hidden=torch.zeros(2, 3, store.hidden_size),
+                       mask=torch.ones(2, 3, dtype=torch.bool), layer=store.layer)
+    with pytest.raises(AutomrError, match=rf"^Wrong.scores gave .*{said}"):
+        retrieval.insert_for(full[:2])(state)
+
+
 def test_a_retriever_is_not_trained_on_test_annotations(workspace, tmp_path):
     """`automr retriever score` asks for test annotations; given to `retriever train` they
     trained a retriever that evaluate then scored on its own training samples."""

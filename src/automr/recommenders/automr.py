@@ -22,6 +22,21 @@ from automr.retrievers import MLPRetriever, load_retriever, retrieved_memory, to
 from automr.state import LayerState
 
 
+def _check_scores(retriever: object, scores: object, mask: torch.Tensor) -> None:
+    """Refuse in one line scores a retriever got wrong (another shape, not floats, NaN at a
+    real element), which failed inside ``top_k`` with a shape check's or a ValueError's."""
+    name = type(retriever).__name__
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() \
+            or scores.shape != mask.shape:
+        what = (f"a {type(scores).__name__}" if not isinstance(scores, torch.Tensor)
+                else f"{scores.dtype} scores of shape {tuple(scores.shape)}")
+        raise AutomrError(f"{name}.scores gave {what} for memories of shape "
+                          f"{tuple(mask.shape)}: one float score per element, [batch, mem]")
+    if bool(torch.isnan(scores).masked_fill(~mask, False).any()):
+        raise AutomrError(f"{name}.scores gave NaN for a real memory element: every element "
+                          f"needs a comparable score (-inf is allowed)")
+
+
 @runtime_checkable
 class Retrieval(Protocol):
     """What joins memory to the prompts of a batch of samples, at the memory's layer.
@@ -111,6 +126,7 @@ class MemoryRetrieval:
             scores = (self.retriever.scores(query.to(keys.dtype), keys.to(query.device),
                                             mask.to(query.device)) if keys.shape[1]
                       else query.new_zeros(len(requests), 0))  # no memory in the batch
+            _check_scores(self.retriever, scores, mask.to(query.device))
             indices, _ = top_k(scores, mask.to(query.device), self.k)
             self.retrieved += [[requests[row][2] + i for i in chosen if i >= 0]
                                for row, chosen in enumerate(indices.tolist())]
