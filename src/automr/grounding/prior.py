@@ -40,8 +40,12 @@ def adjusted_distances(
 ) -> Float[Tensor, "batch items"]:
     """``min_max(distances) * (1 + prior) ** -gamma`` (``prior`` already in [0, 1]: one row
     for every sample, or one per sample)."""
-    weight = (1 + prior.to(distances)) ** -gamma
-    return min_max(distances) * weight
+    return _weighted(min_max(distances), prior, gamma)
+
+
+def _weighted(normalised: Tensor, prior: Tensor, gamma: float) -> Tensor:
+    """``normalised * (1 + prior) ** -gamma``: :func:`adjusted_distances` after its min-max."""
+    return normalised * (1 + prior.to(normalised)) ** -gamma
 
 
 @jaxtyped(typechecker=beartype)
@@ -54,10 +58,10 @@ def choose_gamma(
     (the smallest on ties), and every gamma's value; ``exclude`` as in
     :func:`~automr.evaluation.metrics.ranks_from_scores` (e.g. the samples' seen items)."""
     k = int(metric.split("@")[1])
+    normalised = min_max(distances)  # once, not per gamma: the same adjusted distances
     values = {}
     for gamma in grid:
-        ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets,
-                                  exclude)
+        ranks = ranks_from_scores(-_weighted(normalised, prior, gamma), targets, exclude)
         per_sample = per_sample_metrics(ranks, (k,))[metric].tolist()
         values[gamma] = math.fsum(per_sample) / len(per_sample)  # equal ranks in another
     best = max(values.values())  # order, equal value: a tie goes to the smallest gamma
