@@ -624,3 +624,30 @@ def test_sasrec_method_takes_a_device_as_a_model_load_does(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(AutomrError, match="CUDA is not available"):
             SASRecMethod(dataset, config, device="cuda")
+
+
+def test_sasrec_method_refuses_a_saved_model_of_another_config(tmp_path):
+    """SASRecMethod(saved=DIR) loaded whatever DIR held: another seed or size pointed at the
+    same folder ranked with the first model while its settings named its own config."""
+    from automr.methods import SASRecMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=8, max_epochs=1)
+    samples = dataset.samples("test")[:3]
+    first = SASRecMethod(dataset, config, saved=tmp_path / "sasrec").rank(samples)
+    again = SASRecMethod(dataset, config, saved=tmp_path / "sasrec")
+    assert again.rank(samples) == first  # its own config: loaded, not trained again
+    other = SASRecMethod(dataset, attrs.evolve(config, seed=1, hidden=16),
+                         saved=tmp_path / "sasrec")
+    with pytest.raises(AutomrError, match=r"another config: hidden 8 \(not 16\), seed 0 "):
+        other.rank(samples)
+
+
+def test_popularity_ranks_no_samples_as_the_other_floors_do(tmp_path):
+    """PopularityMethod.rank([]) failed a shape check (an empty target list became floats)."""
+    from automr.methods import CooccurrenceMethod, PopularityMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    assert PopularityMethod(dataset).rank([]) == CooccurrenceMethod(dataset).rank([]) == []

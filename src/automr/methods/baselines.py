@@ -31,7 +31,7 @@ def _rank(scores: torch.Tensor, dataset: PreparedDataset, samples: Sequence[Samp
     """Ranks of the targets; with ``exclude_seen``, the sample's history items are removed
     from its ranking (the target never is)."""
     catalog = dataset.catalog
-    targets = torch.tensor(catalog.positions(s.target for s in samples))
+    targets = torch.tensor(catalog.positions(s.target for s in samples), dtype=torch.long)
     exclude = (seen_mask([catalog.positions(s.history) for s in samples], scores.shape[1])
                if exclude_seen else None)
     return ranks_from_scores(scores, targets, exclude).tolist()

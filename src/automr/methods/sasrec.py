@@ -10,6 +10,7 @@ import torch
 from automr import distributed
 from automr.data import PreparedDataset, Sample
 from automr.devices import resolve_device
+from automr.errors import AutomrError
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
 from automr.storage import CONFIG_FILE
 
@@ -43,7 +44,7 @@ class SASRecMethod:
     def model(self) -> SASRec:
         """The trained model (trained, or loaded from :attr:`saved`, on the first call)."""
         if self._model is None and self.saved is not None and (self.saved / CONFIG_FILE).is_file():
-            self._model = SASRec.load(self.saved, self.device)
+            self._model = self._checked(SASRec.load(self.saved, self.device))
         if self._model is None:
             dataset, ids = self.dataset, self.item_ids
             items: dict[str, list[str]] = {}
@@ -59,6 +60,21 @@ class SASRecMethod:
             if self.saved is not None:
                 self._model.save(self.saved)
         return self._model
+
+    def _checked(self, model: SASRec) -> SASRec:
+        """``model`` (loaded from :attr:`saved`) when it is this method's: trained with its
+        config on a catalog of its dataset's size; else refused in one line (it would rank
+        with another model than its settings say)."""
+        asked, kept = attrs.asdict(self.config), attrs.asdict(model.config)
+        other = [f"{key} {kept[key]!r} (not {asked[key]!r})" for key in asked
+                 if kept[key] != asked[key]]
+        if model.n_items != len(self.dataset.catalog):
+            other.append(f"{model.n_items} items (not {len(self.dataset.catalog)})")
+        if other:
+            raise AutomrError(f"{self.saved} holds a SASRec of another config: "
+                              f"{', '.join(other)}; give this config another saved folder, or "
+                              f"remove that one to train again")
+        return model
 
     def train_on_main(self) -> None:
         """Under a launcher: train on the main process only and give every process its
