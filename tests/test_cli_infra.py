@@ -319,6 +319,27 @@ def workspace(tmp_path_factory):
     return root
 
 
+def test_a_run_record_names_the_cuda_device_the_command_ran_on(workspace, tmp_path,
+                                                               monkeypatch):
+    """cuda_device was the machine's current CUDA device whatever --device said: a CPU run on a
+    GPU machine was recorded with the GPU's name, a cuda:1 run with device 0's."""
+    import torch
+
+    from automr.cli.record import _cuda_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {device}")
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"), "--out",
+                                 str(out), "--methods", "pop", "--samples", "3", "--device",
+                                 "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / RUNS_FILE).read_text())["cuda_device"] is None
+    assert _cuda_device(torch, "cuda:1") == "GPU cuda:1"
+    assert _cuda_device(torch, None) is None and _cuda_device(None, "cuda") is None
+
+
 def test_a_run_record_is_appended_after_each_successful_run(workspace, tmp_path):
     data, out = workspace / "prepared", tmp_path / "memory"
     config = tmp_path / "memory.toml"
@@ -541,6 +562,8 @@ def test_git_state_is_none_outside_a_checkout(tmp_path):
      "--batch-size must be > 0"),
     (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--dtype", "fp16"],
      "unknown dtype 'fp16'"),  # ignored where no method loads a model
+    (["evaluate", "--data", "d", "--out", "o", "--methods", "pop", "--device", "gpu"],
+     "unknown device 'gpu'"),  # so was a device, and recorded as the run's
     (["memory", "build", "--data", "d", "--out", "o", "--dtype", "bf16"], "unknown dtype 'bf16'"),
     (["finetune", "--data", "d", "--out", "o", "--valid-samples", "0"],
      "--valid-samples must be > 0"),

@@ -299,13 +299,16 @@ class Runtime:
     """``auto`` means float32 on every device, not bfloat16 on CUDA (:func:`runtime_options`)."""
 
     def __attrs_post_init__(self) -> None:
-        """A misspelt ``--dtype`` is refused at once, also by a command whose methods load no
-        model (``evaluate --methods sasrec,pop``), where it was silently ignored."""
+        """A misspelt ``--dtype`` or ``--device``, or a device this machine lacks, is refused
+        at once, also by a command whose methods load no model (``evaluate --methods
+        pop,cooc``), where it was silently ignored (and recorded as the run's)."""
         import torch
 
+        from automr.devices import resolve_device
         from automr.llm.loading import resolve_dtype
 
         resolve_dtype(self.dtype, torch.device("cpu"))  # refuses an unknown name
+        resolve_device(self.device)
 
     @property
     def progress(self) -> bool:

@@ -66,7 +66,6 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float,
     """What ran, with what, where and how long (``ctx``: the finished command's context;
     ``git``: :func:`git_state` when it started)."""
     torch = sys.modules.get("torch")  # None when the command never needed it (data prepare)
-    cuda = torch is not None and torch.cuda.is_available()
     root = ctx.find_root()
     params = {name: _jsonable(value) for name, value in ctx.params.items()}
     return {
@@ -82,12 +81,23 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float,
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "processes": distributed.world_size() if distributed.launched() else 1,
-        "cuda_device": torch.cuda.get_device_name() if cuda else None,
+        "cuda_device": _cuda_device(torch, ctx.params.get("device")),
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "fingerprints": fingerprints(ctx.params),
     }
+
+
+def _cuda_device(torch: Any, device: str | None) -> str | None:
+    """The name of the CUDA device a command's ``--device`` resolved to; None for a command
+    on another device, without the option, or that never needed torch."""
+    if torch is None or device is None or not torch.cuda.is_available():
+        return None
+    from automr.devices import resolve_device
+
+    resolved = resolve_device(device)
+    return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None
 
 
 def fingerprints(params: dict[str, Any]) -> dict[str, Any]:
