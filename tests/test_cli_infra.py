@@ -325,8 +325,6 @@ def test_a_run_record_names_the_cuda_device_the_command_ran_on(workspace, tmp_pa
     GPU machine was recorded with the GPU's name, a cuda:1 run with device 0's."""
     import torch
 
-    from automr.cli.record import _cuda_device
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {device}")
@@ -336,6 +334,8 @@ def test_a_run_record_names_the_cuda_device_the_command_ran_on(workspace, tmp_pa
                                  "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / RUNS_FILE).read_text())["cuda_device"] is None
+    from automr.cli.record import _cuda_device
+
     assert _cuda_device(torch, "cuda:1") == "GPU cuda:1"
     assert _cuda_device(torch, None) is None and _cuda_device(None, "cuda") is None
 
