@@ -866,6 +866,22 @@ def test_the_record_names_the_layers_lora_reached(workspace, tmp_path):
     assert "LoRA reached" not in result.output
 
 
+@pytest.mark.parametrize("context", [{"kind": "rella", "k": 0}, {"kind": "rella", "kk": 3},
+                                     {"kind": "foo"}, "rella", {"kind": "rella", "k": "3"}])
+def test_a_run_refuses_a_context_it_cannot_read_in_one_line(tmp_path, context):
+    """A damaged or foreign context in finetune.json failed evaluate with a raw ValueError,
+    TypeError or beartype violation where the run was first used."""
+    record = {"model": "m", "model_fingerprint": "a" * 64,
+              "config": {"lora_from_layer": 2, "context": context}}
+    (tmp_path / "finetune.json").write_text(json.dumps(record))
+    with pytest.raises(AutomrError, match=r"finetune.json records a context automr cannot read "
+                                          r"\(.+\); run `automr finetune` again$"):
+        FinetunedRun.open(tmp_path)
+    record["config"]["context"] = {"kind": "rella", "k": 3}
+    (tmp_path / "finetune.json").write_text(json.dumps(record))
+    assert FinetunedRun.open(tmp_path).context.k == 3
+
+
 def test_a_run_refuses_a_non_record_and_memories_or_data_it_was_not_made_with(tmp_path):
     """Only the record is read: the checks need no model."""
     from types import SimpleNamespace

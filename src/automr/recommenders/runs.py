@@ -54,7 +54,9 @@ class FinetunedRun:
                 record):
             raise AutomrError(f"{path / RESULT_FILE} is not a fine-tune record; run "
                               f"`automr finetune` again")
-        return cls(path, record)
+        run = cls(path, record)
+        run.context  # noqa: B018  read here: a damaged one is refused with the record
+        return run
 
     @property
     def base_model(self) -> str:
@@ -76,7 +78,16 @@ class FinetunedRun:
     def context(self) -> ContextSpec | None:
         """The prompt context it was trained with (None: the plain BIGRec prompt)."""
         data = self.record["config"].get("context")
-        return None if data is None else ContextSpec.from_json(data)
+        if data is None:
+            return None
+        try:
+            if not isinstance(data, dict):
+                raise TypeError(f"not a dict: {data!r}")
+            return ContextSpec.from_json(data)
+        except (TypeError, ValueError, AutomrError) as error:
+            reason = error.args[0] if error.args else error
+            raise AutomrError(f"{self.path / RESULT_FILE} records a context automr cannot read "
+                              f"({reason}); run `automr finetune` again") from None
 
     def load(self, device: str = "auto", dtype: str = "auto",
              cache_dir: Path | str | None = None) -> LoadedModel:
