@@ -458,3 +458,27 @@ def test_the_summary_and_the_automr_vs_random_counts_are_the_plain_computation()
     # 0.3 beats all three seeds; 0.2 beats 0.1 and 0.0 and ties 0.2
     assert payload["automr_vs_random"]["ndcg@10"] == {"wins": 5, "ties": 1, "losses": 0,
                                                       "pairs": 6}
+
+
+def test_runs_with_the_same_values_on_other_samples_tie():
+    """Two runs whose samples have the same ranks in another order have one NDCG mean; the
+    float sum of the per-sample values differed in its last bit (32 of 200 such pairs), and
+    the table said 'random higher'."""
+    import torch
+
+    from automr.evaluation.report import build_report
+    from automr.experiments.rq2 import RQ2Run
+
+    ids = [f"u{i}@{i}:x" for i in range(8)]
+    ranks = {"bigrec": [9] * 8, "automr": [0, 1, 2, 3, 4, 5, 6, 7],
+             "random": [0, 1, 2, 3, 4, 5, 7, 6]}
+    means = {group: build_report(f"{group}:likelihood", ids, torch.tensor(values), 100,
+                                 n_resamples=10).metrics["ndcg@10"].mean
+             for group, values in ranks.items()}
+    assert means["automr"] != means["random"]  # the case: other float sums of equal values
+    runs = tuple(RQ2Run(group=group, method=f"{group}:likelihood", folder=group, source=None,
+                        metrics={"ndcg@10": mean}) for group, mean in means.items())
+    result = RQ2Result(grounder="likelihood", samples=8, config={}, metrics=("ndcg@10",),
+                       runs=runs)
+    assert result.to_json()["automr_vs_random"]["ndcg@10"] == {"wins": 0, "ties": 1,
+                                                              "losses": 0, "pairs": 1}
