@@ -250,7 +250,7 @@ def test_an_exported_evaluation_is_a_source_like_its_folder(tmp_path):
 
 def test_a_compared_method_keeps_the_split_of_its_source(tmp_path):
     """rq3 and friends ask a folder which split a method ranked; `automr compare` folders
-    answer with their source's, whether a folder or an export."""
+    answer with their source's, whether a folder or an export, and so do their exports."""
     from automr.evaluation import evaluate
 
     class First:
@@ -268,6 +268,8 @@ def test_a_compared_method_keeps_the_split_of_its_source(tmp_path):
                     out=tmp_path / "c")
     compared = EvaluationFolder(tmp_path / "c")
     assert compared.split("x") == compared.split("y") == "valid"
+    (tmp_path / "c.json").write_text(json.dumps(compared.export()))  # its export too: it said
+    assert open_evaluation(tmp_path / "c.json").split("x") == "valid"  # test, then refused
 
 
 def test_every_interval_of_a_combined_table_comes_from_its_bootstrap(tmp_path):

@@ -196,7 +196,9 @@ def _write(folder: EvaluationFolder, evaluation: Evaluation,
     for name, report in evaluation.likelihoods.items():
         folder.save_likelihoods(report, origin[name], details(name, "loglik"))
     ks = next((list(r.ks) for r in evaluation.reports.values()), [])
+    splits = {folder.split(name) for name in (*evaluation.reports, *evaluation.likelihoods)}
     config = {"ks": ks, "n_resamples": evaluation.n_resamples, "seed": evaluation.seed,
-              "resample": evaluation.resample}
+              "resample": evaluation.resample,
+              **({"split": splits.pop()} if len(splits) == 1 else {})}  # read by its export
     folder.write_results(evaluation.to_json({"config": config, "sources": origin}),
                          evaluation.markdown())
