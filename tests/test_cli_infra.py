@@ -646,6 +646,16 @@ class StandInRun:
         return keywords
 
 
+@pytest.fixture
+def any_device(monkeypatch):
+    """Let a command take a device this machine lacks (``cuda``) or a made-up one (``cpu:1``,
+    to see it passed on): its work is replaced, the options are what is tested."""
+    import torch
+
+    monkeypatch.setattr("automr.devices.resolve_device", lambda device="auto": torch.device("cpu"))
+
+
+@pytest.mark.usefixtures("any_device")
 def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(monkeypatch,
                                                                             tmp_path):
     """Eq. 5's gains are small differences of log-likelihoods that bfloat16 moves (measured
@@ -691,6 +701,7 @@ def test_annotate_ablate_and_demo_take_float32_for_dtype_auto_on_every_device(mo
         assert "stop here" in result.output and loads[-1]["dtype"] == expected, result.output
 
 
+@pytest.mark.usefixtures("any_device")
 @pytest.mark.parametrize("measures,given,expected", [
     ("ranks,likelihood", [], "float32"), ("likelihood", ["--dtype", "auto"], "float32"),
     ("likelihood", ["--dtype", "bfloat16"], "bfloat16"), ("ranks", [], "auto"),
@@ -709,6 +720,7 @@ def test_evaluate_takes_float32_for_dtype_auto_with_the_likelihood_measure(
     assert calls == [expected], result.output
 
 
+@pytest.mark.usefixtures("any_device")
 @pytest.mark.parametrize("measure,given,expected", [
     ("likelihood", [], "float32"), ("likelihood", ["--dtype", "bfloat16"], "bfloat16"),
     ("ranks", [], "auto"),
@@ -791,6 +803,7 @@ RUNTIME_GIVEN = ["--device", "cpu:1", "--dtype", "float16", "--cache-dir", "c"]
 RUNTIME_KEYWORDS = {"device": "cpu:1", "dtype": "float16", "cache_dir": Path("c")}
 
 
+@pytest.mark.usefixtures("any_device")
 def test_evaluate_passes_every_option_on(monkeypatch, tmp_path):
     """Each evaluate option reaches EvalConfig's field of its name, not its default or another
     option's value (a swapped or dropped option would go unnoticed by the results' shape)."""
@@ -817,6 +830,7 @@ def test_evaluate_passes_every_option_on(monkeypatch, tmp_path):
     assert (config.max_samples, config.num_beams, config.layer) == (None, None, None)
 
 
+@pytest.mark.usefixtures("any_device")
 def test_memory_build_passes_every_option_on(monkeypatch, tmp_path):
     from automr.memory import MemoryConfig, Pooling
 
@@ -834,6 +848,7 @@ def test_memory_build_passes_every_option_on(monkeypatch, tmp_path):
         {"batch_size": 5, "progress": False})]
 
 
+@pytest.mark.usefixtures("any_device")
 def test_annotate_passes_every_option_on(monkeypatch, tmp_path):
     from automr.annotation.run import AnnotateConfig
     from automr.recommenders.runs import FinetunedRun
@@ -869,6 +884,7 @@ def test_retriever_train_passes_every_option_on(monkeypatch, tmp_path):
                       {"progress": False, "device": "cpu:1"})]
 
 
+@pytest.mark.usefixtures("any_device")
 def test_recommend_passes_every_option_on(monkeypatch, tmp_path):
     calls = invoked(monkeypatch, "automr.experiments.recommend.recommend", [
         "recommend", "u1", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever",
@@ -882,6 +898,7 @@ def test_recommend_passes_every_option_on(monkeypatch, tmp_path):
     assert calls[0][0][-2:] == (True, None)  # exclude seen; 0 beams: the grounder's default
 
 
+@pytest.mark.usefixtures("any_device")
 def test_demo_ablate_and_rq2_pass_every_option_on(monkeypatch, tmp_path):
     from automr.experiments.ablation import AblationConfig
     from automr.experiments.demo import DemoConfig
@@ -932,6 +949,7 @@ def test_demo_ablate_and_rq2_pass_every_option_on(monkeypatch, tmp_path):
             exclude_seen=True), **RUNTIME_KEYWORDS}
 
 
+@pytest.mark.usefixtures("any_device")
 def test_finetune_passes_every_option_on(monkeypatch, tmp_path):
     from automr.contexts.spec import ContextSpec
     from automr.memory import MemoryStore
@@ -967,6 +985,7 @@ def test_finetune_passes_every_option_on(monkeypatch, tmp_path):
                         "memory": ("memory", Path("m"))}
 
 
+@pytest.mark.usefixtures("any_device")
 def test_bench_commands_pass_every_option_on(monkeypatch, tmp_path):
     """Each option of bench annotate, encode, ground and finetune reaches the bench function;
     the model loads from --model with the runtime options (the bench tests' real runs pass
@@ -1066,6 +1085,7 @@ def test_retriever_score_passes_every_option_on(monkeypatch, tmp_path):
                       {"random_seeds": list(range(10)), "resample": "samples"})], result.output
 
 
+@pytest.mark.usefixtures("any_device")
 def test_context_show_and_trsr_pass_every_option_on(monkeypatch, tmp_path):
     from automr.cli.common import Runtime
     from automr.contexts import ContextSpec
