@@ -601,6 +601,16 @@ def test_a_column_mapping_is_checked_and_a_missing_column_names_the_files_name(t
     with pytest.raises(AutomrError, match=r"has column\(s\) \['item'\] beside the one\(s\) "
                                           r"mapped to them"):
         load_csv(ratings, both, columns={"item": "movieId"})
+    # mapped onto the name another column reads unmapped: the last of the two won, and the
+    # other was lost from the row (a raw KeyError)
+    forgot = write(tmp_path / "forgot.csv", "item,product,timestamp\nu1,m1,1500000000\n")
+    with pytest.raises(AutomrError, match=r"forgot\.csv line 1: --column user=item reads the "
+                                          r"column item, which is also item's own \(unmapped\) "
+                                          r"name; map item to another column too"):
+        load_csv(forgot, items, columns={"user": "item"})
+    with pytest.raises(AutomrError, match=r"--column item=title reads the column title"):
+        load_csv(write(tmp_path / "u.csv", "user,title,timestamp\nu1,m1,1\n"),
+                 write(tmp_path / "named.csv", "title,name\nm1,A\n"), columns={"item": "title"})
 
 
 def test_a_timestamp_of_thousands_of_digits_is_refused_in_one_line(tmp_path):

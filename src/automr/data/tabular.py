@@ -126,6 +126,12 @@ def _rows(source: LineSource, required: tuple[str, ...], skips: SkipCounter,
     if repeated:
         raise bad_input(source.path, at, f"header {header} repeats column(s) {repeated}", _FIX)
     ours = {columns.get(c, c): c for c in required}
+    if len(ours) < len(required):  # mapped onto the name another column reads unmapped
+        own = next(c for c in required if c not in columns and c in columns.values())
+        mapped = next(k for k, v in columns.items() if v == own)
+        raise bad_input(source.path, at, f"--column {mapped}={own} reads the column {own}, "
+                        f"which is also {own}'s own (unmapped) name; map {own} to another "
+                        f"column too (--column {own}=YOUR_NAME)", _FIX)
     taken = sorted(c for c in header if c in required and c not in ours)
     if taken:
         raise bad_input(source.path, at, f"header {header} has column(s) {taken} beside the "
