@@ -974,6 +974,27 @@ def test_a_prepared_file_cut_at_a_line_end_is_one_line_naming_it(workspace, tmp_
     assert "stats.json records" in one_line_error(result, data / file)
 
 
+def test_a_loaded_dataset_refuses_a_split_of_a_folder_prepared_again_since(workspace,
+                                                                           tmp_path):
+    """Splits are read when first asked for: a folder prepared again meanwhile (the same
+    sample counts, another protocol) gave the loaded dataset the new folder's samples."""
+    import shutil
+
+    from automr.data import PreparedDataset
+
+    data = copy(workspace, "prepared", tmp_path)
+    loaded = PreparedDataset.load(data)
+    train = loaded.samples("train")
+    shutil.copytree(data, tmp_path / "again")  # another folder at the same path
+    shutil.rmtree(data)
+    (tmp_path / "again").rename(data)
+    assert loaded.samples("train") == train  # read before: kept
+    with pytest.raises(AutomrError, match=r"is no longer the folder this dataset was loaded "
+                                          r"from \(prepared again, moved or removed since\)"):
+        loaded.samples("test")
+    assert PreparedDataset.load(data).samples("test")  # loaded again: read
+
+
 @pytest.mark.parametrize("text", ["[]", "null", '{"users": 1}'])
 def test_a_damaged_stats_json_is_one_line_naming_it(workspace, tmp_path, text):
     data = copy(workspace, "prepared", tmp_path)

@@ -40,7 +40,7 @@ from automr.data.samples import check_unique_ids
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
 from automr.paths import home_path
-from automr.storage import write_json_atomic
+from automr.storage import folder_identity, write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
 _DAMAGED = (KeyError, TypeError, ValueError, IndexError, BeartypeCallHintViolation)
@@ -82,6 +82,8 @@ class PreparedDataset:
     source: SourceInfo
     path: Path | None = None
     _samples: dict[str, tuple[Sample, ...]] = attrs.field(factory=dict, eq=False, repr=False)
+    _folder: tuple[int, int] | None = attrs.field(default=None, eq=False, repr=False)
+    """Which folder stood at :attr:`path` when it was loaded (its splits are read later)."""
 
     def __attrs_post_init__(self) -> None:
         for split, samples in self._samples.items():
@@ -100,6 +102,10 @@ class PreparedDataset:
         if split not in self._samples:
             if self.path is None:
                 raise RuntimeError(f"split {split} is neither in memory nor on disk")
+            if self._folder is not None and folder_identity(self.path) != self._folder:
+                raise AutomrError(f"{self.path} is no longer the folder this dataset was loaded "
+                                  f"from (prepared again, moved or removed since), so its {split} "
+                                  f"samples may not be the loaded dataset's; load it again")
             path = self.path / "samples" / f"{split}.jsonl"
             timelines = _timelines(self.interactions)
             try:
@@ -140,6 +146,7 @@ class PreparedDataset:
     def load(cls, folder: Path | str) -> "PreparedDataset":
         """Read a folder written by :meth:`save` / ``automr data prepare``."""
         folder = home_path(folder)
+        identity = folder_identity(folder)
         if not is_prepared_dir(folder):
             raise AutomrError(f"{folder} is not a prepared dataset (no config.json with format "
                               f"{FORMAT}). Create one with `automr data prepare ...`.")
@@ -154,6 +161,7 @@ class PreparedDataset:
                 stats=_read_stats(folder / "stats.json"),
                 source=SourceInfo(**config["source"]),
                 path=folder,
+                folder=identity,
             )
         except (*_DAMAGED, FileNotFoundError) as error:
             raise AutomrError(f"{folder} holds a damaged prepared dataset ({_reason(error)}). "
