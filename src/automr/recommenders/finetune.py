@@ -482,7 +482,7 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
             _save_best(model, loaded.tokenizer, out)  # killed before its best/ was written
     rank, world = distributed.rank(), distributed.world_size()
     if rank > 0:  # LoRA dropout: other masks in each process (process 0 draws one's masks)
-        torch.manual_seed(config.seed * 1_000_003 + rank)
+        torch.manual_seed(_wrapped(config.seed * 1_000_003 + rank))
     llm = HFSplitLLM(model)
     progress = progress and rank == 0
     pad_id = loaded.tokenizer.pad_token_id
@@ -532,7 +532,7 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
             step = record["step"]
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
-                config.seed * 1000 + epoch)).tolist()
+                _wrapped(config.seed * 1000 + epoch))).tolist()
             group = order[index * per_step :][:per_step]
             started = time.perf_counter()
             model.train()
@@ -617,6 +617,13 @@ def _check_memory(loaded: LoadedModel, dataset: PreparedDataset, config: Finetun
         raise AutomrError(f"the memory in {memory.folder} was built with another model than "
                           f"{loaded.name!r}; build it with that model")
     memory.check_dataset(dataset)  # its elements are other prompts (another prompt domain)
+
+
+def _wrapped(seed: int) -> int:
+    """A seed derived from ``--seed`` in torch's 64 bits, as torch itself wraps a negative one
+    (``-5`` seeds as ``2**64 - 5``): a large ``--seed``'s ``seed * 1000 + epoch`` overflowed
+    at the first step."""
+    return seed % 2**64
 
 
 def memory_identity(memory: MemoryStore) -> dict:
