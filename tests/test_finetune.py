@@ -867,7 +867,8 @@ def test_the_record_names_the_layers_lora_reached(workspace, tmp_path):
 
 
 @pytest.mark.parametrize("context", [{"kind": "rella", "k": 0}, {"kind": "rella", "kk": 3},
-                                     {"kind": "foo"}, "rella", {"kind": "rella", "k": "3"}])
+                                     {"kind": "foo"}, "rella", {"kind": "rella", "k": "3"},
+                                     {"kind": "trsr", "mode": 5}, {"kind": None}])
 def test_a_run_refuses_a_context_it_cannot_read_in_one_line(tmp_path, context):
     """A damaged or foreign context in finetune.json failed evaluate with a raw ValueError,
     TypeError or beartype violation where the run was first used."""
@@ -886,9 +887,11 @@ def test_a_run_refuses_a_non_record_and_memories_or_data_it_was_not_made_with(tm
     """Only the record is read: the checks need no model."""
     from types import SimpleNamespace
 
-    (tmp_path / "finetune.json").write_text(json.dumps({"model": "m", "config": {}}))
-    with pytest.raises(AutomrError, match="is not a fine-tune record"):
-        FinetunedRun.open(tmp_path)
+    for record in ({"model": "m", "config": {}},  # no model_fingerprint; a config not a dict
+                   {"model": "m", "model_fingerprint": "a", "config": []}):
+        (tmp_path / "finetune.json").write_text(json.dumps(record))
+        with pytest.raises(AutomrError, match="is not a fine-tune record"):
+            FinetunedRun.open(tmp_path)
     record = {"model": "m", "model_fingerprint": "a" * 64, "data_fingerprint": "d",
               "config": {"lora_from_layer": 2}}
     (tmp_path / "finetune.json").write_text(json.dumps(record))

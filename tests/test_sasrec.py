@@ -626,9 +626,10 @@ def test_sasrec_method_takes_a_device_as_a_model_load_does(tmp_path):
             SASRecMethod(dataset, config, device="cuda")
 
 
-def test_sasrec_method_refuses_a_saved_model_of_another_config(tmp_path):
-    """SASRecMethod(saved=DIR) loaded whatever DIR held: another seed or size pointed at the
-    same folder ranked with the first model while its settings named its own config."""
+def test_sasrec_method_refuses_a_saved_model_of_another_config_or_dataset(tmp_path):
+    """SASRecMethod(saved=DIR) loaded whatever DIR held: another seed or size, or another
+    dataset, pointed at the same folder ranked with the first model while its settings named
+    its own config."""
     from automr.methods import SASRecMethod
     from automr.testing.synthetic import synthetic_dataset
 
@@ -640,8 +641,16 @@ def test_sasrec_method_refuses_a_saved_model_of_another_config(tmp_path):
     assert again.rank(samples) == first  # its own config: loaded, not trained again
     other = SASRecMethod(dataset, attrs.evolve(config, seed=1, hidden=16),
                          saved=tmp_path / "sasrec")
-    with pytest.raises(AutomrError, match=r"another config: hidden 8 \(not 16\), seed 0 "):
+    with pytest.raises(AutomrError, match=r"another SASRec than this one's: hidden 8 \(not "
+                                          r"16\), seed 0 \(not 1\); give"):
         other.rank(samples)
+    batch = SASRecMethod(dataset, attrs.evolve(config, eval_batch_size=3),
+                         saved=tmp_path / "sasrec")
+    assert batch.rank(samples) == first  # the ranking batch size is no other model
+    elsewhere = SASRecMethod(synthetic_dataset(tmp_path / "b", seed=1), config,
+                             saved=tmp_path / "sasrec")  # another dataset, as many items
+    with pytest.raises(AutomrError, match=r"this one's: trained on another dataset; give"):
+        elsewhere.rank(elsewhere.dataset.samples("test")[:3])
 
 
 def test_popularity_ranks_no_samples_as_the_other_floors_do(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from automr import distributed
 from automr.data import PreparedDataset, Sample
+from automr.data.fingerprint import dataset_fingerprint
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
@@ -58,20 +59,24 @@ class SASRecMethod:
                                         times=list(times.values()), n_items=len(dataset.catalog),
                                         device=self.device, quiet=not self.progress)
             if self.saved is not None:
+                self._model.provenance = {"dataset": dataset_fingerprint(self.dataset)}
                 self._model.save(self.saved)
         return self._model
 
     def _checked(self, model: SASRec) -> SASRec:
         """``model`` (loaded from :attr:`saved`) when it is this method's: trained with its
-        config on a catalog of its dataset's size; else refused in one line (it would rank
-        with another model than its settings say)."""
+        config (the ranking batch size aside) on its dataset (a save of an older automr
+        records no dataset: its catalog size is compared); else refused in one line (it would
+        rank with another model than its settings say)."""
         asked, kept = attrs.asdict(self.config), attrs.asdict(model.config)
         other = [f"{key} {kept[key]!r} (not {asked[key]!r})" for key in asked
-                 if kept[key] != asked[key]]
+                 if kept[key] != asked[key] and key != "eval_batch_size"]
         if model.n_items != len(self.dataset.catalog):
             other.append(f"{model.n_items} items (not {len(self.dataset.catalog)})")
+        elif model.provenance.get("dataset") not in (None, dataset_fingerprint(self.dataset)):
+            other.append("trained on another dataset")
         if other:
-            raise AutomrError(f"{self.saved} holds a SASRec of another config: "
+            raise AutomrError(f"{self.saved} holds another SASRec than this one's: "
                               f"{', '.join(other)}; give this config another saved folder, or "
                               f"remove that one to train again")
         return model

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from beartype.roar import BeartypeCallHintViolation
 
 from automr.contexts.spec import ContextSpec
 from automr.errors import AutomrError
@@ -51,7 +52,7 @@ class FinetunedRun:
                               f"`automr finetune` first")
         record = read_json(path / RESULT_FILE, "`automr finetune`")
         if not isinstance(record, dict) or not {"model", "model_fingerprint", "config"} <= set(
-                record):
+                record) or not isinstance(record["config"], dict):
             raise AutomrError(f"{path / RESULT_FILE} is not a fine-tune record; run "
                               f"`automr finetune` again")
         run = cls(path, record)
@@ -84,7 +85,7 @@ class FinetunedRun:
             if not isinstance(data, dict):
                 raise TypeError(f"not a dict: {data!r}")
             return ContextSpec.from_json(data)
-        except (TypeError, ValueError, AutomrError) as error:
+        except (TypeError, ValueError, AutomrError, BeartypeCallHintViolation) as error:
             reason = error.args[0] if error.args else error
             raise AutomrError(f"{self.path / RESULT_FILE} records a context automr cannot read "
                               f"({reason}); run `automr finetune` again") from None

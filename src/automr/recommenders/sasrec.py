@@ -182,6 +182,8 @@ class SASRec(nn.Module):
             raise AutomrError(f"SASRec needs at least 2 items, got n_items={n_items}")
         self.config = config
         self.n_items = n_items
+        self.provenance: dict[str, str] = {}
+        """What it was trained on (e.g. ``dataset``: its fingerprint), saved with it."""
         self.item_emb = nn.Embedding(n_items + 1, config.hidden, padding_idx=PAD)
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
         self.emb_dropout = nn.Dropout(config.dropout)
@@ -250,10 +252,11 @@ class SASRec(nn.Module):
             self.train(was_training)
 
     def save(self, directory: Path | str) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created)."""
+        """Write ``config.json`` and ``model.safetensors`` (with :attr:`provenance`) into
+        ``directory`` (created)."""
         save_component(directory, SASREC_FORMAT,
                        {"n_items": self.n_items, "config": attrs.asdict(self.config)},
-                       self.state_dict(), WEIGHTS_FILE)
+                       self.state_dict(), WEIGHTS_FILE, self.provenance)
 
     @classmethod
     def load(cls, directory: Path | str, device: str | torch.device = "cpu") -> "SASRec":
@@ -265,6 +268,7 @@ class SASRec(nn.Module):
         model = loaded_module(
             directory, "SASRec model", WEIGHTS_FILE, "save it again with SASRec.save",
             lambda: cls(SASRecConfig(**meta["config"]), n_items=int(meta["n_items"])), tensors)
+        model.provenance = dict(meta.get("provenance", {}))
         return model.to(device).eval()
 
 
