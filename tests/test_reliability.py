@@ -974,10 +974,12 @@ def test_a_prepared_file_cut_at_a_line_end_is_one_line_naming_it(workspace, tmp_
     assert "stats.json records" in one_line_error(result, data / file)
 
 
-def test_a_loaded_dataset_refuses_a_split_of_a_folder_prepared_again_since(workspace,
-                                                                           tmp_path):
+@pytest.mark.parametrize("how", ["folder replaced", "files copied in"])
+def test_a_loaded_dataset_refuses_a_split_of_a_folder_prepared_again_since(workspace, tmp_path,
+                                                                           how):
     """Splits are read when first asked for: a folder prepared again meanwhile (the same
-    sample counts, another protocol) gave the loaded dataset the new folder's samples."""
+    sample counts, another protocol) gave the loaded dataset the new folder's samples. A new
+    folder may take the old one's freed inode, and files copied in keep it."""
     import shutil
 
     from automr.data import PreparedDataset
@@ -985,12 +987,18 @@ def test_a_loaded_dataset_refuses_a_split_of_a_folder_prepared_again_since(works
     data = copy(workspace, "prepared", tmp_path)
     loaded = PreparedDataset.load(data)
     train = loaded.samples("train")
-    shutil.copytree(data, tmp_path / "again")  # another folder at the same path
-    shutil.rmtree(data)
-    (tmp_path / "again").rename(data)
+    shutil.copytree(data, tmp_path / "again")  # another preparation's files: written anew
+    for split in ("train", "valid", "test"):
+        written = tmp_path / "again" / "samples" / f"{split}.jsonl"
+        written.write_text(written.read_text())
+    if how == "folder replaced":
+        shutil.rmtree(data)
+        (tmp_path / "again").rename(data)
+    else:
+        shutil.copytree(tmp_path / "again", data, dirs_exist_ok=True)
     assert loaded.samples("train") == train  # read before: kept
-    with pytest.raises(AutomrError, match=r"is no longer the folder this dataset was loaded "
-                                          r"from \(prepared again, moved or removed since\)"):
+    with pytest.raises(AutomrError, match=r"changed since this dataset was loaded \(prepared "
+                                          r"again, moved or removed\), so its test samples"):
         loaded.samples("test")
     assert PreparedDataset.load(data).samples("test")  # loaded again: read
 

@@ -248,7 +248,7 @@ class _AtomicDir:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
-        self.before = folder_identity(self.target)
+        self.before = _identity(self.target)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -259,7 +259,7 @@ class _AtomicDir:
         for weights in self.tmp.rglob("*.safetensors"):  # save_pretrained writes them 0600
             weights.chmod(mode)
         try:
-            if folder_identity(self.target) != self.before:  # another process's folder came
+            if _identity(self.target) != self.before:  # another process's folder came
                 if self.keep_existing:
                     return
                 self._taken()
@@ -294,7 +294,7 @@ class _AtomicDir:
                           f"folder is kept, not this one's); run one at a time") from None
 
 
-def folder_identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: Path) -> tuple[int, int] | None:
     """Which folder stands at ``path`` (device and inode), None where none does."""
     try:
         found = os.stat(path)

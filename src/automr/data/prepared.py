@@ -25,6 +25,7 @@ asks for it.
 
 import bisect
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from automr.data.samples import check_unique_ids
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
 from automr.paths import home_path
-from automr.storage import folder_identity, write_json_atomic
+from automr.storage import write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
 _DAMAGED = (KeyError, TypeError, ValueError, IndexError, BeartypeCallHintViolation)
@@ -82,8 +83,9 @@ class PreparedDataset:
     source: SourceInfo
     path: Path | None = None
     _samples: dict[str, tuple[Sample, ...]] = attrs.field(factory=dict, eq=False, repr=False)
-    _folder: tuple[int, int] | None = attrs.field(default=None, eq=False, repr=False)
-    """Which folder stood at :attr:`path` when it was loaded (its splits are read later)."""
+    _stamp: dict | None = attrs.field(default=None, eq=False, repr=False)
+    """The files at :attr:`path` when it was loaded (:func:`_stamp`): its splits are read
+    later, from those files only."""
 
     def __attrs_post_init__(self) -> None:
         for split, samples in self._samples.items():
@@ -102,10 +104,10 @@ class PreparedDataset:
         if split not in self._samples:
             if self.path is None:
                 raise RuntimeError(f"split {split} is neither in memory nor on disk")
-            if self._folder is not None and folder_identity(self.path) != self._folder:
-                raise AutomrError(f"{self.path} is no longer the folder this dataset was loaded "
-                                  f"from (prepared again, moved or removed since), so its {split} "
-                                  f"samples may not be the loaded dataset's; load it again")
+            if self._stamp is not None and _stamp(self.path) != self._stamp:
+                raise AutomrError(f"{self.path} changed since this dataset was loaded "
+                                  f"(prepared again, moved or removed), so its {split} samples "
+                                  f"may not be the loaded dataset's; load it again")
             path = self.path / "samples" / f"{split}.jsonl"
             timelines = _timelines(self.interactions)
             try:
@@ -146,7 +148,7 @@ class PreparedDataset:
     def load(cls, folder: Path | str) -> "PreparedDataset":
         """Read a folder written by :meth:`save` / ``automr data prepare``."""
         folder = home_path(folder)
-        identity = folder_identity(folder)
+        stamp = _stamp(folder)
         if not is_prepared_dir(folder):
             raise AutomrError(f"{folder} is not a prepared dataset (no config.json with format "
                               f"{FORMAT}). Create one with `automr data prepare ...`.")
@@ -161,7 +163,7 @@ class PreparedDataset:
                 stats=_read_stats(folder / "stats.json"),
                 source=SourceInfo(**config["source"]),
                 path=folder,
-                folder=identity,
+                stamp=stamp,
             )
         except (*_DAMAGED, FileNotFoundError) as error:
             raise AutomrError(f"{folder} holds a damaged prepared dataset ({_reason(error)}). "
@@ -179,6 +181,21 @@ class PreparedDataset:
                 f"{window.get('start')} .. {window.get('end')}). Prepare it again with a window "
                 f"that gives every split samples (--start/--end, --train-months).")
         return dataset
+
+
+def _stamp(folder: Path) -> dict[str, tuple[int, int, int] | None]:
+    """What a new preparation into ``folder`` changes: its ``config.json``'s and split files'
+    inode, size and modification time (None: missing). The folder's inode alone is not enough:
+    a new folder may get the freed inode, and a copy into the folder keeps it."""
+    found: dict[str, tuple[int, int, int] | None] = {}
+    for name in ("config.json", *(f"samples/{split}.jsonl" for split in SPLITS)):
+        try:
+            info = os.stat(folder / name)
+        except (FileNotFoundError, NotADirectoryError):
+            found[name] = None
+        else:
+            found[name] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
 
 
 def _protocol(data: dict[str, object]) -> ProtocolConfig:
