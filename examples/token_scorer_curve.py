@@ -11,7 +11,8 @@ several sizes and for several seeds, and reads each pick's worth off the test ex
 is averaged over the seeds and summarised with a bootstrap interval; the largest size minus
 the smallest is paired per sample. Writes one JSON with the curve and every run's pick per
 test sample (keyed by sample id; with the test export, every value is recomputable), after
-every run, so an interrupted call keeps what it finished and the same command resumes::
+every run, so an interrupted call keeps what it finished and the same command resumes (on the
+same exports and memory: their digests are recorded)::
 
     python examples/token_scorer_curve.py --data runs/data --memory runs/memory-item-l15 \\
         --train docs/results/automr/element-gains-train.json \\
@@ -23,6 +24,7 @@ Prompt states are computed once and shared by every run.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import random
@@ -108,11 +110,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     command = ["python", "examples/token_scorer_curve.py",
                *(sys.argv[1:] if argv is None else argv)]
-    done = {(r["seed"], r["train_samples"]): r for r in finished_runs(args.out, command)}
+    inputs = {"train": [file_digest(p) for p in args.train], "test": file_digest(args.test),
+              "memory": automr.MemoryStore.digest(args.memory)}
+    done = {(r["seed"], r["train_samples"]): r
+            for r in finished_runs(args.out, command, inputs)}
     runs: list[dict] = []
 
     def report() -> dict:
-        return {"format": "automr.token-scorer-curve/1", "commands": [command],
+        return {"format": "automr.token-scorer-curve/1", "commands": [command], "inputs": inputs,
                 "finished": len(runs) == len(seeds) * len(sizes),
                 "train_samples_available": len(learn), "folds": token_scorer.FOLDS,
                 **summarize_runs(runs, test), "runs": runs}
@@ -136,12 +141,20 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def finished_runs(out: Path, command: list[str]) -> list[dict]:
-    """The runs an earlier, interrupted call with the same command already wrote to ``out``."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finished_runs(out: Path, command: list[str], inputs: dict) -> list[dict]:
+    """The runs an earlier, interrupted call with the same command already wrote to ``out``,
+    from the same ``inputs`` (the exports' and memory's digests: an export written again at
+    its path is other gains)."""
     if not out.exists():
         return []
     earlier = json.loads(out.read_text(encoding="utf-8"))
-    return earlier["runs"] if earlier["commands"] == [command] else []
+    same = earlier["commands"] == [command] and earlier.get("inputs") == inputs
+    return earlier["runs"] if same else []
 
 
 def summarize_runs(runs: list[dict], test: dict) -> dict:

@@ -395,7 +395,15 @@ def test_token_scorer_curve_trains_on_nested_subsets_and_reads_each_pick_off_the
     # the same command again finds every run done and trains nothing; another command does
     monkeypatch.setattr(module.token_scorer, "fit", lambda *a, **k: pytest.fail("retrained"))
     assert module.main(argv) == result
-    assert module.finished_runs(out, ["python", "examples/token_scorer_curve.py"]) == []
+    inputs = result["inputs"]
+    assert module.finished_runs(out, ["python", "examples/token_scorer_curve.py"], inputs) == []
+    # the same command on an export written again at its path trains again (it kept the runs)
+    changed = json.loads(gains.read_text())
+    for values in changed["per_sample"].values():
+        values["gain"] = [-g for g in values["gain"]]
+    gains.write_text(json.dumps(changed))
+    with pytest.raises(pytest.fail.Exception, match="retrained"):
+        module.main(argv)
     # subsets are nested within a seed, and a size beyond the exports is refused
     subsets = module.nested_subsets(list(per_sample), [3, 5], seed=0)
     assert set(subsets[3]) < set(subsets[5])
