@@ -1,5 +1,6 @@
 """``automr finetune`` and ``automr evaluate`` end to end on a tiny model and synthetic data."""
 
+import functools
 import json
 
 import attrs
@@ -7,12 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import automr.methods.registry
 import automr.methods.sasrec
 from automr.cli.main import app
 from automr.data import PreparedDataset
 from automr.evaluation import EvaluationFolder
 from automr.evaluation.report import MetricReport
 from automr.methods import MethodOptions, Workspace
+from automr.recommenders.sasrec import SASRecConfig
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 
 runner = CliRunner()
@@ -89,11 +92,13 @@ def test_a_resumed_evaluation_ranks_with_the_sasrec_its_first_shards_used(
     its last shards with another model than its first (and tune l2-sasrec's gamma on it)."""
     fit, trainings = automr.methods.sasrec.fit_sasrec, []
 
-    def one_epoch(sequences, valid, config, **kwargs):
+    def counted(sequences, valid, config, **kwargs):
         trainings.append(config.seed)
-        return fit(sequences, valid, attrs.evolve(config, max_epochs=1), **kwargs)
+        return fit(sequences, valid, config, **kwargs)
 
-    monkeypatch.setattr(automr.methods.sasrec, "fit_sasrec", one_epoch)
+    monkeypatch.setattr(automr.methods.sasrec, "fit_sasrec", counted)
+    monkeypatch.setattr(automr.methods.registry, "SASRecConfig",
+                        functools.partial(SASRecConfig, max_epochs=1))  # one epoch, quick
     dataset, folder = PreparedDataset.load(workspace / "prepared"), EvaluationFolder(tmp_path)
 
     def weights(seed):
