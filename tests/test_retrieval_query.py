@@ -68,12 +68,13 @@ class SpyRetriever:
         return self.inner.scores(query, keys, mask)
 
 
-def method(workspace, retriever, batch_size: int, k: int = 2) -> automr.GenerativeMethod:
+def method(workspace, retriever, batch_size: int, k: int = 2,
+           context: bool = True) -> automr.GenerativeMethod:
     loaded, dataset = workspace["loaded"], workspace["dataset"]
     retrieval = automr.MemoryRetrieval(workspace["store"], retriever, automr.AppendToken(), k=k)
     return automr.GenerativeMethod(loaded, dataset, LikelihoodGrounder(
         dataset_targets(loaded, dataset)), layer=LAYER, retrieval=retrieval,
-        batch_size=batch_size, context=workspace["context"])
+        batch_size=batch_size, context=workspace["context"] if context else None)
 
 
 def test_the_query_is_the_pooled_prompt_alone(workspace):
@@ -221,3 +222,31 @@ def test_a_memory_of_another_dataset_is_refused_at_construction(workspace, tmp_p
         automr.GenerativeMethod(workspace["loaded"], renamed, Unused(), LAYER,
                                 retrieval=retrieval)
     automr.GenerativeMethod(workspace["loaded"], renamed, Unused(), LAYER)  # no memory: fine
+
+
+class LaterSlotsHigher:
+    """Semantic scores raised by their slot, as a batched product's rounding may raise one
+    copy of a key over another: copies of a key (an item met twice) score apart."""
+
+    def __init__(self) -> None:
+        self.inner = SemanticRetriever()
+
+    def scores(self, query, keys, mask):
+        raised = self.inner.scores(query, keys, mask) + 1e-3 * torch.arange(keys.shape[1])
+        return raised.masked_fill(~mask, -torch.inf)
+
+
+def test_of_copies_of_a_key_the_first_is_retrieved(workspace):
+    """top_k's tie rule (the lowest index first) is what picks among copies, not the slot
+    rounding: which copy was reported (retrieved/, rq3's ages) changed with the batch."""
+    dataset, store = workspace["dataset"], workspace["store"]
+    samples = [s for s in dataset.samples("test") if len(set(s.memory)) < len(s.memory)][:6]
+    assert samples  # memories with an item met twice
+    run = method(workspace, LaterSlotsHigher(), batch_size=len(samples), context=False)
+    run.target_log_likelihoods(samples)
+    retrieved = run.details()["retrieved"]
+    for sample in samples:
+        keys, start = store.view_sample(sample).keys, store.request_for(sample)[2]
+        picked = {position - start for position in retrieved[sample.id]}
+        for index in picked:  # every earlier copy of a picked key is picked too
+            assert all(j in picked for j in range(index) if torch.equal(keys[j], keys[index]))

@@ -22,6 +22,7 @@ from automr.retrievers import (
     SemanticRetriever,
     build_retriever,
     collate,
+    copies_scored_as_first,
     evaluate_retriever,
     kl_loss,
     load_retriever,
@@ -158,6 +159,40 @@ def test_top_k_edge_cases():
         top_k(scores, torch.ones(1, 3, dtype=torch.bool), 1)
     with pytest.raises(ValueError, match="k >= 0"):
         top_k(scores, mask, -1)
+
+
+@st.composite
+def keys_with_copies(draw):
+    """Keys drawn from a few distinct vectors (many copies per row), scores, a mask."""
+    batch, mem = draw(st.integers(1, 3)), draw(st.integers(0, 7))
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [-0.0, 1.0]])
+    chosen = draw(st.lists(st.integers(0, 3), min_size=batch * mem, max_size=batch * mem))
+    keys = vectors[torch.tensor(chosen, dtype=torch.long)].reshape(batch, mem, 2)
+    scores = draw(float_tensors((batch, mem)))
+    return scores, keys, draw(masks(batch, mem))
+
+
+@given(case=keys_with_copies())
+def test_copies_take_the_score_of_their_first_real_copy(case):
+    """A batched product rounds one key's score by its slot: copies of a key (an item met
+    twice) came out an ulp apart, and the copy retrieved changed with the batch size."""
+    scores, keys, mask = case
+    scored = copies_scored_as_first(scores, keys, mask)
+    for row in range(scores.shape[0]):
+        real = [i for i in range(scores.shape[1]) if mask[row, i]]
+        for i in range(scores.shape[1]):
+            first = next((j for j in real if torch.equal(keys[row, j], keys[row, i])), i)
+            expected = scores[row, first] if i in real else scores[row, i]
+            assert torch.equal(scored[row, i], expected)  # (-0.0 equals 0.0: one key)
+
+
+def test_the_first_copy_is_retrieved_whichever_copy_scored_higher():
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    later_higher = torch.tensor([[0.9, 0.1, 0.9 + 2**-20]])  # the rounding of another slot
+    assert top_k(later_higher, mask, 1)[0].tolist() == [[2]]
+    assert top_k(copies_scored_as_first(later_higher, keys, mask), mask, 2)[0].tolist() == [
+        [0, 2]]
 
 
 def test_retrieved_memory_gathers_the_selected_keys():

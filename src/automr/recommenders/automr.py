@@ -18,7 +18,13 @@ from automr.data import Sample
 from automr.errors import AutomrError
 from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever, require
 from automr.memory import MemoryStore
-from automr.retrievers import MLPRetriever, load_retriever, retrieved_memory, top_k
+from automr.retrievers import (
+    MLPRetriever,
+    copies_scored_as_first,
+    load_retriever,
+    retrieved_memory,
+    top_k,
+)
 from automr.state import LayerState
 
 
@@ -127,6 +133,7 @@ class MemoryRetrieval:
                                             mask.to(query.device)) if keys.shape[1]
                       else query.new_zeros(len(requests), 0))  # no memory in the batch
             _check_scores(self.retriever, scores, mask.to(query.device))
+            scores = copies_scored_as_first(scores, keys.to(query.device), mask.to(query.device))
             indices, _ = top_k(scores, mask.to(query.device), self.k)
             self.retrieved += [[requests[row][2] + i for i in chosen if i >= 0]
                                for row, chosen in enumerate(indices.tolist())]

@@ -12,7 +12,12 @@ from automr.retrievers.registry import (
     build_retriever,
     load_retriever,
 )
-from automr.retrievers.selection import masked_log_softmax, retrieved_memory, top_k
+from automr.retrievers.selection import (
+    copies_scored_as_first,
+    masked_log_softmax,
+    retrieved_memory,
+    top_k,
+)
 from automr.retrievers.semantic import SemanticRetriever, mean_key
 from automr.retrievers.training import (
     RetrievalMetrics,
@@ -37,6 +42,7 @@ __all__ = [
     "SemanticRetriever",
     "build_retriever",
     "collate",
+    "copies_scored_as_first",
     "evaluate_retriever",
     "kl_loss",
     "load_retriever",

@@ -43,6 +43,31 @@ def top_k(
 
 
 @jaxtyped(typechecker=beartype)
+def copies_scored_as_first(
+    scores: Float[Tensor, "batch mem"], keys: Float[Tensor, "batch mem hidden"],
+    mask: Bool[Tensor, "batch mem"],
+) -> Float[Tensor, "batch mem"]:
+    """``scores`` where each real element whose key equals an earlier real element's of its
+    row (a copy: an item met twice) takes that element's score, so :func:`top_k`'s rule, the
+    lowest index first among equals, picks the first copy. A batched product rounds one key's
+    score by its slot and the batch's width: copies came out an ulp apart, and which of them
+    was retrieved changed with the batch size."""
+    scored = scores.clone()
+    for row in range(scores.shape[0]):
+        real = mask[row].nonzero().squeeze(1)
+        if len(real) < 2:
+            continue
+        _, group = torch.unique(keys[row, real], dim=0, return_inverse=True)
+        groups = int(group.max()) + 1
+        if groups == len(real):  # no copies
+            continue
+        order = torch.arange(len(real), device=real.device)
+        first = order.new_full((groups,), len(real)).scatter_reduce(0, group, order, "amin")
+        scored[row, real] = scores[row, real[first[group]]]
+    return scored
+
+
+@jaxtyped(typechecker=beartype)
 def masked_log_softmax(
     scores: Float[Tensor, "batch mem"], mask: Bool[Tensor, "batch mem"]
 ) -> Float[Tensor, "batch mem"]:
