@@ -2,6 +2,7 @@
 
 import math
 import struct
+import zlib
 
 import attrs
 import pytest
@@ -384,6 +385,18 @@ def test_random_selections_are_spread_and_seeds_differ():
     assert 0.1 < float((other == picks).float().mean()) < 0.3  # independent: ~1/5 agree
 
 
+@pytest.mark.parametrize("seed", [0, 5, -1, 2**32 - 1])
+def test_random_seeds_2_to_the_32_apart_draw_apart(seed):
+    """The hash kept a seed's low 32 bits: seeds 0 and 2**32 (or -1 and 2**32 - 1) drew the
+    same, and rq2 or `retriever score --seeds` counted one draw as two seeds."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(200, 5, HIDDEN, generator=generator)
+    mask, query = torch.ones(200, 5, dtype=torch.bool), torch.zeros(200, HIDDEN)
+    picks = [top_k(RandomRetriever(s).scores(query, keys, mask), mask, 1)[0][:, 0]
+             for s in (seed, seed + 2**32)]
+    assert 0.1 < float((picks[0] == picks[1]).float().mean()) < 0.3  # independent: ~1/5
+
+
 @given(memory=padded_memories(HIDDEN))
 def test_random_scores_do_not_read_the_query(memory):
     """The query's last bits move with the batch's padding; a sample's pick must not."""
@@ -424,7 +437,7 @@ def _plain_random_score(keys: list[list[float]], element: int, seed: int) -> flo
         x = (x * 0x846CA68B) & full
         return x ^ (x >> 16)
 
-    seed_hash = mix(seed & full)
+    seed_hash = mix(seed if 0 <= seed <= full else zlib.crc32(str(seed).encode()))
 
     def key_hash(key: list[float]) -> int:
         bits = [struct.unpack("<I", struct.pack("<f", value))[0] for value in key]

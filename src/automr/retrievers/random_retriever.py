@@ -23,6 +23,7 @@ an H200 drew the same element for 55 of 992 samples): compare random arms drawn 
 memory.
 """
 
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import final
@@ -54,12 +55,19 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+def _seed_word(seed: int) -> int:
+    """The 32 bits a seed is hashed with: the seed itself in ``[0, 2**32)`` (every draw made so
+    far), else a CRC-32 of its digits, so that seeds ``2**32`` apart (or ``-1`` and
+    ``2**32 - 1``), which kept only their low 32 bits, draw apart."""
+    return seed if 0 <= seed <= _MASK32 else zlib.crc32(str(seed).encode())
+
+
 def _hash_vectors(vectors: Float[Tensor, "... hidden"], seed: int) -> Int[Tensor, "..."]:
     """A 32-bit hash of each vector's float32 bit pattern (coordinate order matters)."""
     bits = vectors.detach().float().contiguous().view(torch.int32).long() & _MASK32
     hidden = vectors.shape[-1]
     index = torch.arange(hidden, dtype=torch.long, device=vectors.device)
-    seed_hash = _mix32(torch.tensor(seed & _MASK32, dtype=torch.long, device=vectors.device))
+    seed_hash = _mix32(torch.tensor(_seed_word(seed), dtype=torch.long, device=vectors.device))
     salt = _mix32((index + seed_hash + 1) & _MASK32)
     return _mix32(_mix32(bits ^ salt).sum(-1) & _MASK32)
 
