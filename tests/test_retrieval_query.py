@@ -151,6 +151,10 @@ def test_a_wrong_store_or_retriever_size_is_refused_at_once(workspace):
         automr.MemoryRetrieval(store, wrong, automr.AppendToken())
     automr.MemoryRetrieval(store, automr.build_retriever("mlp", store.hidden_size),
                            automr.AppendToken())
+    for size in (store.hidden_size + 1, 1):  # a centre of another size failed in the first
+        centred = SemanticRetriever(center=torch.zeros(size))  # batch, or broadcast as one
+        with pytest.raises(automr.AutomrError, match=rf"centre has shape \({size},\), but "):
+            automr.MemoryRetrieval(store, centred, automr.AppendToken())
 
 
 def test_the_pipeline_functions_refuse_a_path_dict_or_bare_model_at_once(workspace, tmp_path):

@@ -1,6 +1,8 @@
 """Retrievers pass the shared contract; top-k, KL (eq. 6), datasets and training behave."""
 
+import json
 import math
+import re
 import struct
 import zlib
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 from beartype.roar import BeartypeCallHintViolation
 from hypothesis import given, strategies as st
+from safetensors.torch import save_file
 
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
@@ -546,6 +549,34 @@ def test_another_kind_of_folder_names_the_command_that_writes_retrievers(tmp_pat
     with pytest.raises(AutomrError, match=r"has format 'automr\.memory/2', expected "
                                           r"'automr\.retriever/1'.*`automr retriever train`"):
         load_retriever(tmp_path)
+
+
+@pytest.mark.parametrize(("make", "edit", "says"), [
+    (lambda: SemanticRetriever(), lambda c: c["settings"].pop("eps"), "settings.eps is None"),
+    (lambda: SemanticRetriever(), lambda c: c["settings"].update(eps="x"), "settings.eps is 'x'"),
+    (lambda: RandomRetriever(1), lambda c: c["settings"].pop("seed"), "settings.seed is None"),
+    (lambda: RandomRetriever(1), lambda c: c["settings"].update(seed=2.7),
+     "settings.seed is 2.7, not a whole number"),  # it loaded as seed 2
+    (lambda: RandomRetriever(1), lambda c: c.update(settings=None), "its settings is None"),
+    (lambda: RandomRetriever(1), lambda c: c.update(provenance="x"), "its provenance is 'x'"),
+])
+def test_a_damaged_retriever_config_is_refused_in_one_line(tmp_path, make, edit, says):
+    """The semantic and random loaders read their settings raw: a KeyError, ValueError or
+    TypeError (the MLP's was already one line)."""
+    make().save(tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    edit(config)
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AutomrError, match=rf"config\.json is damaged: {re.escape(says)}"):
+        load_retriever(tmp_path / "r")
+
+
+def test_a_centre_of_another_size_than_its_record_is_refused(tmp_path):
+    SemanticRetriever(center=torch.zeros(HIDDEN)).save(tmp_path / "r")
+    save_file({"center": torch.zeros(HIDDEN - 3)}, str(tmp_path / "r" / "retriever.safetensors"))
+    with pytest.raises(AutomrError, match=rf"centre of shape \({HIDDEN - 3},\) for keys of "
+                                          rf"size {HIDDEN}"):
+        load_retriever(tmp_path / "r")
 
 
 def test_mlp_load_refuses_another_model(tmp_path):

@@ -20,6 +20,7 @@ from automr.interfaces import Combiner, Insert, MemoryTokens, Retriever, require
 from automr.memory import MemoryStore
 from automr.retrievers import (
     MLPRetriever,
+    SemanticRetriever,
     copies_scored_as_first,
     load_retriever,
     retrieved_memory,
@@ -105,6 +106,12 @@ class MemoryRetrieval:
                               f"{self.retriever.config.hidden_size}, but the memory in "
                               f"{self.store.folder} holds keys of size {self.store.hidden_size}: "
                               f"build or train one for this memory")
+        center = getattr(self.retriever, "center", None)
+        if (isinstance(self.retriever, SemanticRetriever) and center is not None
+                and center.shape != (self.store.hidden_size,)):
+            raise AutomrError(f"the semantic retriever's centre has shape {tuple(center.shape)}, "
+                              f"but the memory in {self.store.folder} holds keys of size "
+                              f"{self.store.hidden_size}: centre it on this memory's keys")
         require(self.combiner, Combiner, "combiner",
                 "a built-in one by name is automr.COMBINERS[name]()")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:

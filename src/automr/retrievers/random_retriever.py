@@ -34,7 +34,7 @@ from torch import Tensor
 
 from automr.checks import beartype
 from automr.errors import AutomrError
-from automr.retrievers.storage import read_retriever, write_retriever
+from automr.retrievers.storage import read_retriever, saved_setting, write_retriever
 
 _MASK32 = 0xFFFFFFFF
 
@@ -122,4 +122,5 @@ class RandomRetriever:
     ) -> "RandomRetriever":
         """Rebuild a retriever written by :meth:`save` (``device`` is accepted for symmetry)."""
         meta, _ = read_retriever(directory, "random", expect, hidden_size)
-        return cls(seed=int(meta["settings"]["seed"]), provenance=meta.get("provenance"))
+        return cls(seed=saved_setting(directory, meta, "seed", int),
+                   provenance=meta.get("provenance"))

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from automr.checks import beartype
 from automr.errors import AutomrError
-from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, write_retriever
+from automr.retrievers.storage import WEIGHTS_FILE, read_retriever, saved_setting, write_retriever
 
 
 @final
@@ -82,8 +82,12 @@ class SemanticRetriever:
         if center is None and meta.get("hidden_size") is not None:  # saved with a centre
             raise AutomrError(f"{directory} holds a centred semantic retriever without its "
                               f"centre ({WEIGHTS_FILE} is missing or holds none); save it again")
+        if center is not None and center.shape != (meta.get("hidden_size"),):
+            raise AutomrError(f"{directory} holds a centre of shape {tuple(center.shape)} for "
+                              f"keys of size {meta.get('hidden_size')}; save it again")
         return cls(center=None if center is None else center.to(device),
-                   eps=float(meta["settings"]["eps"]), provenance=meta.get("provenance"))
+                   eps=saved_setting(directory, meta, "eps", float),
+                   provenance=meta.get("provenance"))
 
 
 @jaxtyped(typechecker=beartype)

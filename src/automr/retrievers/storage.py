@@ -65,6 +65,10 @@ def read_retriever(
     meta, tensors = load_component(directory, RETRIEVER_FORMAT, WEIGHTS_FILE, MADE_BY)
     if meta.get("kind") != kind:
         raise AutomrError(f"{directory} holds a {meta.get('kind')!r} retriever, not {kind!r}")
+    for part in ("settings", "provenance"):
+        if not isinstance(meta.get(part, {}), dict):
+            raise AutomrError(f"{directory}'s {CONFIG_FILE} is damaged: its {part} is "
+                              f"{meta[part]!r}, not an object; save the retriever again")
     saved_hidden = meta.get("hidden_size")
     if hidden_size is not None and saved_hidden is not None and saved_hidden != hidden_size:
         raise AutomrError(
@@ -74,6 +78,21 @@ def read_retriever(
     check_provenance(f"the retriever in {directory}", meta.get("provenance", {}), expect,
                      "train one for this setting")
     return meta, tensors
+
+
+def saved_setting(directory: Path | str, meta: Mapping[str, Any], name: str,
+                  kind: type) -> Any:
+    """The ``name`` setting of a retriever's config (:func:`read_retriever`'s ``meta``) when it
+    is a ``kind`` (a whole number for a float too), else refused in one line naming the
+    folder: a damaged config failed with a raw KeyError or ValueError, or took ``2.7`` as
+    seed 2."""
+    value = meta.get("settings", {}).get(name)
+    number = kind is float and isinstance(value, int)
+    if isinstance(value, bool) or not (isinstance(value, kind) or number):
+        raise AutomrError(f"{directory}'s {CONFIG_FILE} is damaged: settings.{name} is "
+                          f"{value!r}, not a {'whole number' if kind is int else 'number'}; "
+                          f"save the retriever again")
+    return kind(value)
 
 
 @beartype
