@@ -93,6 +93,34 @@ def interval(values: list[float]) -> dict[str, float]:
     return {"mean": found.mean, "low": found.low, "high": found.high}
 
 
+def read_reference(path: Path, seed: int) -> dict:
+    """The per-sample log-likelihoods of an export of ``automr evaluate``, refused in one line
+    unless it holds bigrec:likelihood and random:likelihood of test samples ranked with this
+    script's random arm: concat, one element, the retrieval seed ``seed`` (else each own
+    element would be paired with a donor's of another set-up)."""
+    if not path.is_file():
+        raise SystemExit(f"--reference {path} is not a file: give the export of an automr "
+                         f"evaluate (automr export FOLDER FILE)")
+    exported = json.loads(path.read_text(encoding="utf-8"))
+    values = exported.get("loglik", {}) if isinstance(exported, dict) else {}
+    missing = [m for m in ("bigrec:likelihood", "random:likelihood") if m not in values]
+    if missing:
+        raise SystemExit(f"--reference {path} holds no target log-likelihoods of "
+                         f"{', '.join(missing)}: evaluate them with --measures likelihood")
+    config = exported.get("results", {}).get("config", {})
+    drawn = config.get("retrieval_seed")
+    found = {"combiner": config.get("combiner"), "k": config.get("k"),
+             "split": config.get("split", "test"),
+             "retrieval seed": config.get("seed") if drawn is None else drawn}
+    asked = {"combiner": "concat", "k": 1, "split": "test", "retrieval seed": seed}
+    other = [f"{key} {found[key]!r} (not {value!r})" for key, value in asked.items()
+             if found[key] != value]
+    if other:
+        raise SystemExit(f"--reference {path} was evaluated with {', '.join(other)}; give one "
+                         f"evaluated as this script's random arm (or pass its --seed)")
+    return values
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -109,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = automr.PreparedDataset.load(args.data)
     chosen = [s for s in automr.seeded_subset(dataset.samples("test"), args.samples or None,
                                                args.seed) if s.memory]
-    reference = json.loads(args.reference.read_text(encoding="utf-8"))["loglik"]
+    reference = read_reference(args.reference, args.seed)
     own, plain = reference["random:likelihood"], reference["bigrec:likelihood"]
     ids = [s.id for s in chosen if s.id in own]
     if len(ids) < 2:  # before the model runs: a reference of other samples or another --seed

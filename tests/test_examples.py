@@ -629,6 +629,16 @@ def test_foreign_memory_scores_each_sample_with_another_users_element(demo, tmp_
     foreign = [per_sample[i]["loglik"] - reference["bigrec:likelihood"][i][0] for i in per_sample]
     assert summary["donor_minus_none"]["mean"] == pytest.approx(sum(foreign) / len(foreign),
                                                                 abs=1e-9)
+    # a reference of another set-up (here: append-token) was paired with the concat arm
+    other = json.loads((tmp_path / "ev.json").read_text())
+    other["results"]["config"]["combiner"] = "append-token"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    for reference, says in ((tmp_path / "other.json", "combiner 'append-token' \\(not "
+                                                      "'concat'\\)"),
+                            (tmp_path / "ev", "is not a file")):
+        argv[argv.index("--reference") + 1] = str(reference)
+        with pytest.raises(SystemExit, match=says):
+            load_example("foreign_memory").main(argv)
 
 
 def test_donors_never_give_a_memory_that_holds_the_answer():
