@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = automr.MemoryStore.open(args.memory) if args.memory else None
     if store is not None:
         annotations.check_memory(store)  # its keys and token states are those annotated
+        store.check_dataset(dataset)
     split_llm = HFSplitLLM(loaded.model) if store else None
     per_sample, to_target, to_recent, across, late = {}, [], [], [], []
     for sample_id, gains, index in zip(annotations.header["samples"],
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
                                        strict=True):
         if len(gains) < 2:
             continue
-        sample = by_id[sample_id]
+        sample = by_id.get(sample_id)
+        if sample is None or int(index.max()) >= len(sample.memory):
+            raise SystemExit(f"{args.annotations} annotated sample {sample_id}, which --data "
+                             f"{args.data} does not hold as annotated (another dataset?)")
         elements = embeddings[[row[sample.memory[int(i)]] for i in index]]
         recent = embeddings[[row[i] for i in sample.recent]].mean(0)
         target_sim = elements @ embeddings[row[sample.target]]

@@ -68,7 +68,7 @@ def train(learn: list[RetrievalSample], normalize: bool, seed: int) -> tuple[MLP
     """The retriever as ``automr retriever train --seed SEED [--normalize]`` trains it."""
     full = collate(learn)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
-    n_valid = round(VALID_FRACTION * len(full))
+    n_valid = max(1, round(VALID_FRACTION * len(full)))  # at least one, as the command
     valid, rest = full.select(order[:n_valid]), full.select(order[n_valid:])
     config = RetrieverTrainingConfig(seed=seed, normalize=normalize)
     with torch.random.fork_rng():
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
+    store.check_dataset(dataset)  # its timelines are the samples' (else a raw IndexError)
     loaded = memory_model(args.model, store)
     test_export = read_gains(args.test, store)
     learn = samples(read_gains(args.train, store), dataset, store, loaded)

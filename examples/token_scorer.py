@@ -205,7 +205,13 @@ def memory_model(name: str, store: automr.MemoryStore) -> automr.LoadedModel:
 def read_gains(path: Path, store: automr.MemoryStore) -> dict:
     """An element-gains export, refused unless its annotation used ``store`` (exports of older
     versions, which do not say, are taken as they are)."""
-    export = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        export = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path} cannot be read as an element-gains export ({error})") from None
+    if not isinstance(export, dict) or not isinstance(export.get("per_sample"), dict):
+        raise SystemExit(f"{path} is not an element-gains export (no per_sample): write one "
+                         f"with examples/element_gains.py")
     made = export.get("memory")
     given = {"model_fingerprint": store.record.model_fingerprint, "layer": store.layer,
              "digest": automr.MemoryStore.digest(store.folder)}
@@ -238,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
+    store.check_dataset(dataset)  # its timelines are the samples' (else a raw IndexError)
     loaded = memory_model(args.model, store)
     learn = features(read_gains(args.train, store), dataset, store, loaded)
     test = features(read_gains(args.test, store), dataset, store, loaded)

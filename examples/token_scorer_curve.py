@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = automr.PreparedDataset.load(args.data)
     store = automr.MemoryStore.open(args.memory)
+    store.check_dataset(dataset)  # its timelines are the samples' (else a raw IndexError)
     loaded = token_scorer.memory_model(args.model, store)
     learn = token_scorer.features(merge([token_scorer.read_gains(p, store)
                                          for p in args.train]), dataset, store, loaded)

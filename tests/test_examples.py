@@ -705,3 +705,45 @@ def test_the_user_resampling_example_reads_every_export_of_a_folder(tmp_path, mo
     assert [split for split, _ in kinds] == ["subsets", "subsets", "whole split", "whole split"]
     assert all(re.fullmatch(rf"\| .+ \| \d+ (paired|single) \| {NUMBER} \({NUMBER} - {NUMBER}; "
                             rf"{NUMBER}\) \|", row) for row in rows[1:])
+
+
+def test_the_gains_scripts_refuse_another_dataset_or_a_file_that_is_no_gains_export(demo,
+                                                                                     tmp_path):
+    """A dataset prepared otherwise (shorter histories) failed in element_gains.py and the
+    token-scorer scripts with a raw IndexError; a missing file or another JSON raised
+    FileNotFoundError or KeyError."""
+    import attrs
+
+    from automr.data import prepare_csv
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL
+
+    shorter = tmp_path / "shorter"
+    prepare_csv(demo["raw"] / "interactions.csv", demo["raw"] / "items.csv", shorter,
+                protocol=attrs.evolve(SYNTHETIC_PROTOCOL, max_history=4))
+    common = ["--annotations", str(demo["annotations"]), "--model", str(demo["model"]),
+              "--cache-dir", str(demo["cache"]), "--out", str(tmp_path / "gains.json")]
+    with pytest.raises(SystemExit, match="does not hold as annotated"):
+        load_example("element_gains").main(["--data", str(shorter), *common])
+    with pytest.raises(automr.AutomrError, match="built from another dataset"):
+        load_example("element_gains").main(["--data", str(shorter), *common, "--memory",
+                                            str(demo["memory"])])
+    scorer = load_example("token_scorer")
+    store = automr.MemoryStore.open(demo["memory"])
+    (tmp_path / "other.json").write_text('{"ranks": {}}')
+    for path, says in ((tmp_path / "missing.json", "cannot be read"),
+                       (tmp_path / "other.json", "is not an element-gains export")):
+        with pytest.raises(SystemExit, match=says):
+            scorer.read_gains(path, store)
+
+
+def test_retriever_normalize_holds_out_one_sample_at_least_as_the_command_does():
+    """round(0.2 * 2) held out none, and the untrained retriever's validation failed on an
+    empty batch; `automr retriever train` holds out max(1, round(0.2 * n))."""
+    from automr.retrievers import RetrievalSample
+
+    generator = torch.Generator().manual_seed(0)
+    learn = [RetrievalSample(query=torch.randn(8, generator=generator),
+                             keys=torch.randn(3, 8, generator=generator),
+                             targets=torch.tensor([0.2, 0.5, 0.3])) for _ in range(2)]
+    retriever, run = load_example("retriever_normalize").train(learn, False, 0)
+    assert retriever.config.hidden_size == 8 and run
