@@ -86,9 +86,12 @@ def annotate(args: argparse.Namespace, out: Path) -> list[dict]:
     if interactions is None:
         interactions, items = write_synthetic_csv(out / "raw")
         print(f"no --interactions given: wrote synthetic ones to {interactions}")
-    protocol = ProtocolConfig(start=None, end=None, train_months=args.train_months,
-                              min_item_interactions=1, min_user_interactions=args.recent_k + 2,
-                              max_history=args.max_history, recent_k=args.recent_k)
+    try:
+        protocol = ProtocolConfig(start=None, end=None, train_months=args.train_months,
+                                  min_item_interactions=1, min_user_interactions=args.recent_k + 2,
+                                  max_history=args.max_history, recent_k=args.recent_k)
+    except ValueError as error:  # an option out of range: the protocol's own message
+        raise AutomrError(str(error.args[0])) from None
     dataset: PreparedDataset = prepare_csv(interactions, items, out / "data", protocol=protocol)
 
     loaded = load_model(args.model, device=args.device, cache_dir=args.cache_dir)

@@ -144,7 +144,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "are ranked")
     parser.add_argument("--seed", type=int, default=0,
                         help="which test samples, SASRec's seed and the random arm's draws")
-    parser.add_argument("--combiner", default="concat",
+    parser.add_argument("--combiner", default="concat", choices=sorted(automr.COMBINERS),
                         help="how the element joins the prompt (as annotated)")
     parser.add_argument("--measures", default="ranks,likelihood")
     parser.add_argument("--tune-samples", type=int, default=200,
@@ -164,7 +164,11 @@ def main(argv: Sequence[str] | None = None) -> automr.Evaluation:
     args = parse_args(argv)
     if args.export is not None and args.out is None:
         raise SystemExit("--export needs --out")
-    gains = json.loads(args.gains.read_text(encoding="utf-8"))["per_sample"]
+    try:
+        gains = json.loads(args.gains.read_text(encoding="utf-8"))["per_sample"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--gains {args.gains} is not an element-gains export ({error!r}); "
+                         f"write one with examples/element_gains.py") from None
     dataset = automr.PreparedDataset.load(args.data)
     chosen = automr.seeded_subset(dataset.samples("test"), args.samples or None, args.seed)
     samples = [s for s in chosen if args.field in gains.get(s.id, {})]

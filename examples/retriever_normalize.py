@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = gains_parser(__doc__, "the memory annotated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}")
     if len(set(seeds)) != len(seeds):  # a repeat would count one draw as two seeds
         parser.error(f"--seeds repeats a seed: {args.seeds}")
 

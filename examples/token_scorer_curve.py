@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=12,
                         help="the most epochs cross-validation considers")
     args = parser.parse_args(argv)
-    sizes = sorted({int(v) for v in args.sizes.split(",")})
-    seeds = [int(v) for v in args.seeds.split(",")]
+    try:
+        sizes = sorted({int(v) for v in args.sizes.split(",")})
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--sizes and --seeds take comma-separated whole numbers, got "
+                     f"{args.sizes!r} and {args.seeds!r}")
     if len(set(seeds)) != len(seeds):  # a repeat would count one draw as two seeds
         parser.error(f"--seeds repeats a seed: {args.seeds}")
     objectives = tuple(args.objectives.split(","))

@@ -747,3 +747,23 @@ def test_retriever_normalize_holds_out_one_sample_at_least_as_the_command_does()
                              targets=torch.tensor([0.2, 0.5, 0.3])) for _ in range(2)]
     retriever, run = load_example("retriever_normalize").train(learn, False, 0)
     assert retriever.config.hidden_size == 8 and run
+
+
+@pytest.mark.parametrize(("name", "argv", "says"), [
+    ("token_scorer_curve", ["--data", "d", "--memory", "m", "--train", "t", "--test", "t",
+                            "--out", "o", "--sizes", "x"], "comma-separated whole numbers"),
+    ("retriever_normalize", ["--data", "d", "--memory", "m", "--train", "t", "--test", "t",
+                             "--out", "o", "--seeds", "a"], "comma-separated whole numbers"),
+    ("oracle_ranking", ["--data", "d", "--finetuned", "f", "--memory", "m", "--gains", "g",
+                        "--combiner", "bogus"], "invalid choice: 'bogus'"),
+    ("oracle_ranking", ["--data", "d", "--finetuned", "f", "--memory", "m", "--gains",
+                        "missing.json"], "--gains missing.json is not an element-gains export"),
+    ("annotate_interactions", ["--recent-k", "0"], "recent_k must be >= 1"),
+])
+def test_a_wrong_example_option_is_one_line(name, argv, says, tmp_path, monkeypatch, capsys):
+    """They failed with a raw ValueError, KeyError or FileNotFoundError traceback."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((SystemExit, automr.AutomrError)) as raised:
+        load_example(name).main(argv)
+    told = str(raised.value) + capsys.readouterr().err
+    assert says in told and "Traceback" not in told
