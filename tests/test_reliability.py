@@ -1003,6 +1003,19 @@ def test_a_loaded_dataset_refuses_a_split_of_a_folder_prepared_again_since(works
     assert PreparedDataset.load(data).samples("test")  # loaded again: read
 
 
+def test_a_loaded_dataset_saves_into_its_own_folder(workspace, tmp_path):
+    """save() read the splits not read yet after writing config.json: its own write was taken
+    for another preparation's."""
+    from automr.data import PreparedDataset
+
+    data = copy(workspace, "prepared", tmp_path)
+    loaded = PreparedDataset.load(data)
+    loaded.save(data)
+    again = PreparedDataset.load(data)
+    assert all(again.samples(split) == loaded.samples(split)
+               for split in ("train", "valid", "test"))
+
+
 @pytest.mark.parametrize("text", ["[]", "null", '{"users": 1}'])
 def test_a_damaged_stats_json_is_one_line_naming_it(workspace, tmp_path, text):
     data = copy(workspace, "prepared", tmp_path)

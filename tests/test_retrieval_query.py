@@ -228,15 +228,12 @@ def test_a_memory_of_another_dataset_is_refused_at_construction(workspace, tmp_p
     automr.GenerativeMethod(workspace["loaded"], renamed, Unused(), LAYER)  # no memory: fine
 
 
-class LaterSlotsHigher:
+class LaterSlotsHigher(SemanticRetriever):
     """Semantic scores raised by their slot, as a batched product's rounding may raise one
     copy of a key over another: copies of a key (an item met twice) score apart."""
 
-    def __init__(self) -> None:
-        self.inner = SemanticRetriever()
-
     def scores(self, query, keys, mask):
-        raised = self.inner.scores(query, keys, mask) + 1e-3 * torch.arange(keys.shape[1])
+        raised = super().scores(query, keys, mask) + 1e-3 * torch.arange(keys.shape[1])
         return raised.masked_fill(~mask, -torch.inf)
 
 
@@ -254,3 +251,33 @@ def test_of_copies_of_a_key_the_first_is_retrieved(workspace):
         picked = {position - start for position in retrieved[sample.id]}
         for index in picked:  # every earlier copy of a picked key is picked too
             assert all(j in picked for j in range(index) if torch.equal(keys[j], keys[index]))
+
+
+class Newest:
+    """Scores by position alone (as examples/custom_retriever.py's recency retriever)."""
+
+    def scores(self, query, keys, mask):
+        ranks = torch.arange(keys.shape[1], dtype=query.dtype).expand(keys.shape[0], -1)
+        return ranks.masked_fill(~mask, -torch.inf)
+
+
+def test_retrievers_that_score_copies_apart_keep_their_picks(workspace):
+    """Copies take the first's score only for retrievers that score by key: the random one
+    scores copies apart (a draw uniform over elements) and a user's may score by position;
+    equalising them inserted another element than the one the retriever ranked first."""
+    dataset, store = workspace["dataset"], workspace["store"]
+    samples = [s for s in dataset.samples("test") if len(set(s.memory)) < len(s.memory)]
+    keys, mask = store.padded_keys([store.request_for(s) for s in samples])
+    starts = [store.request_for(s)[2] for s in samples]
+    for retriever in (automr.build_retriever("random", store.hidden_size, seed=seed)
+                      for seed in range(5)):
+        first = retriever.scores(torch.zeros(len(samples), store.hidden_size), keys, mask)
+        run = method(workspace, retriever, batch_size=len(samples), k=1, context=False)
+        run.target_log_likelihoods(samples)
+        retrieved = run.details()["retrieved"]
+        assert [retrieved[s.id] for s in samples] == [
+            [start + int(first[row].argmax())] for row, start in enumerate(starts)]
+    run = method(workspace, Newest(), batch_size=len(samples), k=1, context=False)
+    run.target_log_likelihoods(samples)
+    assert [run.details()["retrieved"][s.id] for s in samples] == [
+        [start + len(s.memory) - 1] for s, start in zip(samples, starts, strict=True)]

@@ -128,6 +128,7 @@ class PreparedDataset:
 
     def save(self, folder: Path) -> None:
         """Write the folder layout (module docstring) into ``folder`` (which must exist)."""
+        samples = {split: self.samples(split) for split in SPLITS}  # all read before writing
         config = {
             "format": FORMAT,
             "source": attrs.asdict(self.source),
@@ -142,7 +143,7 @@ class PreparedDataset:
         timelines = _timelines(self.interactions)
         for split in SPLITS:
             _write_jsonl(folder / "samples" / f"{split}.jsonl",
-                         (_sample_row(s, timelines[s.user]) for s in self.samples(split)))
+                         (_sample_row(s, timelines[s.user]) for s in samples[split]))
 
     @classmethod
     def load(cls, folder: Path | str) -> "PreparedDataset":

@@ -75,6 +75,13 @@ class Retrieval(Protocol):
         ...
 
 
+KEY_SCORED = (SemanticRetriever, MLPRetriever)
+"""Retrievers whose score of an element is a function of the query and its key alone: copies
+of a key are one element to them (:func:`~automr.retrievers.copies_scored_as_first`). Not the
+random retriever, which scores copies apart on purpose (a draw uniform over elements), nor a
+user's, which may score by position (the newest, a picked element)."""
+
+
 @attrs.define
 class MemoryRetrieval:
     """Retrieval of the top ``k`` memory elements per sample and their combination.
@@ -140,7 +147,9 @@ class MemoryRetrieval:
                                             mask.to(query.device)) if keys.shape[1]
                       else query.new_zeros(len(requests), 0))  # no memory in the batch
             _check_scores(self.retriever, scores, mask.to(query.device))
-            scores = copies_scored_as_first(scores, keys.to(query.device), mask.to(query.device))
+            if isinstance(self.retriever, KEY_SCORED):
+                scores = copies_scored_as_first(scores, keys.to(query.device),
+                                                mask.to(query.device))
             indices, _ = top_k(scores, mask.to(query.device), self.k)
             self.retrieved += [[requests[row][2] + i for i in chosen if i >= 0]
                                for row, chosen in enumerate(indices.tolist())]

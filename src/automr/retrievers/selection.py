@@ -49,7 +49,9 @@ def copies_scored_as_first(
 ) -> Float[Tensor, "batch mem"]:
     """``scores`` where each real element whose key equals an earlier real element's of its
     row (a copy: an item met twice) takes that element's score, so :func:`top_k`'s rule, the
-    lowest index first among equals, picks the first copy. A batched product rounds one key's
+    lowest index first among equals, picks the first copy. For a retriever whose score is a
+    function of the query and the key alone (semantic, MLP; not one that scores copies apart
+    or by position, as the random retriever does). A batched product rounds one key's
     score by its slot and the batch's width: copies came out an ulp apart, and which of them
     was retrieved changed with the batch size."""
     scored = scores.clone()
