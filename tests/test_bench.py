@@ -446,3 +446,17 @@ def test_the_embed_texts_script_sorts_by_length_and_keeps_each_titles_vector(wor
     result = module.bench_embed_texts(loaded, dataset, batch_size=4, repeats=1)
     assert result["texts"] == len(dataset.catalog) and result["max_abs_diff"] < 1e-4
     assert 1 <= result["padded_over_real_sorted"] < result["padded_over_real_catalog_order"]
+
+
+def test_the_gamma_script_chooses_as_the_per_gamma_reference(tmp_path):
+    """benchmarks/gamma.py: choose_gamma with the distances normalised once chooses the gamma,
+    and every gamma's value, of the per-gamma reference it keeps, bit for bit."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gamma.py"
+    spec = importlib.util.spec_from_file_location("gamma_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.bench_gamma(samples=6, items=40, repeats=1)
+    assert result["equal_choice"] and result["speedup"] > 0
