@@ -15,7 +15,7 @@ from automr.evaluation.likelihood import LikelihoodReport
 from automr.grounding import LikelihoodGrounder, dataset_targets
 from automr.llm import HFSplitLLM
 from automr.memory import MemoryConfig, build_memory
-from automr.methods.generative import left_padded_prompts
+from automr.methods.generative import KeptLikelihoods, left_padded_prompts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.testing.synthetic import synthetic_dataset
 
@@ -105,6 +105,32 @@ def test_grounders_of_one_model_and_retrieval_share_its_likelihoods(workspace, m
     assert values["base:constrained"] == values["base:l2"] != values["bigrec:l2"]
 
 
+def test_a_method_evolved_with_other_inputs_computes_its_own_likelihoods(workspace,
+                                                                      monkeypatch):
+    """``attrs.evolve`` passes the method's kept likelihoods on: one evolved with a retrieval
+    (or another context or model) returned BIGRec's values, so AutoMR minus BIGRec was exactly
+    0 and nothing was retrieved. Another grounder still shares them."""
+    dataset, loaded, store = workspace["dataset"], workspace["loaded"], workspace["store"]
+    samples = [s for s in dataset.samples("test") if s.memory][:3]
+    bigrec = automr.GenerativeMethod(loaded, dataset, LikelihoodGrounder(
+        dataset_targets(loaded, dataset)), layer=2, batch_size=2)
+    plain = bigrec.target_log_likelihoods(samples)
+
+    def retrieval():
+        return automr.MemoryRetrieval(store, automr.RandomRetriever(seed=1),
+                                      automr.AppendToken())
+
+    evolved = attrs.evolve(bigrec, retrieval=retrieval())
+    alone = automr.GenerativeMethod(loaded, dataset, bigrec.grounder, layer=2, batch_size=2,
+                                    retrieval=retrieval())
+    assert evolved.target_log_likelihoods(samples) == alone.target_log_likelihoods(samples)
+    assert evolved.target_log_likelihoods(samples) != plain
+    assert len(evolved.details()["retrieved"]) == len(samples)
+    shared = attrs.evolve(bigrec, grounder=LikelihoodGrounder(dataset_targets(loaded, dataset)))
+    computed = likelihood_spy(monkeypatch)
+    assert shared.target_log_likelihoods(samples) == plain and not computed
+
+
 def test_methods_of_one_model_run_the_lower_half_of_a_batch_once(workspace, monkeypatch):
     """BIGRec and AutoMR with any retriever share the lower half (it never sees memory): the
     registry's methods of one model run it once per batch, and score exactly what methods that
@@ -129,13 +155,13 @@ def test_methods_of_one_model_run_the_lower_half_of_a_batch_once(workspace, monk
     assert space.shared.lowered.reused == 4  # random's and semantic's batches
     assert values["random:likelihood"] != values["bigrec:likelihood"]  # memory went in
     for name, method in built.items():  # the same method keeping nothing
-        alone = attrs.evolve(method, likelihoods={}, lowered=None)
+        alone = attrs.evolve(method, likelihoods=KeptLikelihoods(), lowered=None)
         assert alone.target_log_likelihoods(samples) == values[name], name
     assert len(lowered) == 4 + 2 * len(names)
     reused = space.shared.lowered.reused
-    attrs.evolve(built["random:likelihood"], likelihoods={}, batch_size=3
+    attrs.evolve(built["random:likelihood"], likelihoods=KeptLikelihoods(), batch_size=3
                  ).target_log_likelihoods(samples)  # another batch: not the kept ones
-    attrs.evolve(built["random:likelihood"], likelihoods={}, layer=1, retrieval=None
+    attrs.evolve(built["random:likelihood"], layer=1, retrieval=None
                  ).target_log_likelihoods(samples)  # another layer
     assert space.shared.lowered.reused == reused
 

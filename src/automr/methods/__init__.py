@@ -12,7 +12,7 @@
 """
 
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
-from automr.methods.generative import GenerativeMethod, left_padded_prompts
+from automr.methods.generative import GenerativeMethod, KeptLikelihoods, left_padded_prompts
 from automr.methods.injection import PriorWeightedMethod
 from automr.methods.registry import (
     METHODS,
@@ -32,6 +32,7 @@ __all__ = [
     "Artifacts",
     "CooccurrenceMethod",
     "GenerativeMethod",
+    "KeptLikelihoods",
     "MethodKind",
     "MethodOptions",
     "PopularityMethod",

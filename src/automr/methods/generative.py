@@ -55,6 +55,35 @@ def left_padded_prompts(
     return ids, mask
 
 
+Likelihood = tuple[float, int, dict[str, Any]]
+"""A sample's target log-likelihood, its token count and the details it was computed with
+(:data:`INPUT_DETAILS`)."""
+
+
+@attrs.define(eq=False)
+class KeptLikelihoods:
+    """Target log-likelihoods by sample id, kept apart for each set of inputs that decides
+    them: the loaded model, dataset, retrieval and prompt context (the same objects) and the
+    layer. Grounding does not change them, so methods that differ in their grounder (or batch
+    size, ...) share them through one of these (the registry's do: a second grounder computes
+    none again), and a method made from another with ``attrs.evolve`` and another retrieval,
+    context, layer or model computes its own."""
+
+    _tables: list[tuple[int, tuple[object, ...], dict[str, Likelihood]]] = attrs.field(
+        factory=list, init=False)
+
+    def table(self, layer: int, inputs: tuple[object, ...]) -> dict[str, Likelihood]:
+        """The values kept for ``inputs`` (compared by identity) at ``layer``, by sample id:
+        the same dict for the same inputs, a new one for others."""
+        for kept_layer, kept, table in self._tables:
+            if kept_layer == layer and len(kept) == len(inputs) and all(
+                    a is b for a, b in zip(kept, inputs, strict=True)):
+                return table
+        table: dict[str, Likelihood] = {}
+        self._tables.append((layer, inputs, table))
+        return table
+
+
 def _each_item_once(rankings: torch.Tensor) -> bool:
     """Whether every row of ``[rows items]`` holds each of ``0 .. items-1`` once (counted,
     not sorted: O(items))."""
@@ -94,11 +123,12 @@ class GenerativeMethod:
     progress: bool = False
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
-    likelihoods: dict[str, tuple[float, int, dict[str, Any]]] = attrs.field(factory=dict)
-    """Each sample's target log-likelihood, token count and the details it was computed with
-    (:data:`INPUT_DETAILS`), by sample id, once computed: grounding does not change them, so
-    methods of one model, retrieval and context may share one dict (the registry's do: a
-    second grounder computes none again, and its details still name what was retrieved)."""
+    likelihoods: KeptLikelihoods = attrs.field(
+        factory=KeptLikelihoods, validator=attrs.validators.instance_of(KeptLikelihoods))
+    """Where each sample's target log-likelihood is kept once computed, with the details it
+    was computed with: methods of one model, retrieval and context may share one (the
+    registry's do: a second grounder computes none again, and its details still name what
+    was retrieved); one with other inputs keeps its own there."""
     lowered: LoweredBatches | None = None
     """Where the lower half's work on each likelihood batch is kept for methods of the same
     model scoring the same batches with other memory or none (the registry's methods share
@@ -202,16 +232,18 @@ class GenerativeMethod:
         """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample.
         Each sample's value is kept (:attr:`likelihoods`), so asking again (an injection of
         this method, another grounder of its model) computes nothing."""
-        todo = list({s.id: s for s in samples if s.id not in self.likelihoods}.values())
+        kept = self.likelihoods.table(self.layer, (self.loaded, self.dataset, self.retrieval,
+                                                   self.context))
+        todo = list({s.id: s for s in samples if s.id not in kept}.values())
         for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
             for sample, score, count in zip(chunk, scores.tolist(), counts, strict=True):
                 made = {kind: self._details[kind][sample.id] for kind in INPUT_DETAILS
                         if sample.id in self._details.get(kind, {})}
-                self.likelihoods[sample.id] = (score, count, made)
+                kept[sample.id] = (score, count, made)
         for sample in samples:  # computed by another method sharing them: its details too
-            for kind, value in self.likelihoods[sample.id][2].items():
+            for kind, value in kept[sample.id][2].items():
                 self._details.setdefault(kind, {})[sample.id] = value
-        return [self.likelihoods[s.id][:2] for s in samples]
+        return [kept[s.id][:2] for s in samples]
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, items]``: the L2 grounder's distance of every catalog title to what was

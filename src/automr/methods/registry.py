@@ -31,7 +31,7 @@ from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.likelihood import LoweredBatches
 from automr.grounding.prior import choose_gamma, min_max
-from automr.interfaces import LikelihoodMethod, Method
+from automr.interfaces import LikelihoodMethod, Method, PromptContext
 from automr.llm.loading import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -44,7 +44,7 @@ from automr.llm.loading import (
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryRecord, MemoryStore
 from automr.methods.baselines import CooccurrenceMethod, PopularityMethod
-from automr.methods.generative import GenerativeMethod
+from automr.methods.generative import GenerativeMethod, KeptLikelihoods
 from automr.methods.injection import PriorWeightedMethod, Scores
 from automr.methods.sasrec import SASRecMethod
 from automr.recommenders.automr import MemoryRetrieval, Retrieval, load_retriever_for
@@ -179,9 +179,10 @@ class Workspace:
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
                                                                         init=False)
     _retrievals: dict[str, MemoryRetrieval] = attrs.field(factory=dict, init=False)
-    _likelihoods: dict[tuple[str, int | None], dict[str, tuple[float, int, dict[str, Any]]]] = (
-        attrs.field(factory=dict, init=False))
-    """Target log-likelihoods by model and retrieval, shared by their methods' grounders."""
+    _contexts: dict[str, PromptContext] = attrs.field(factory=dict, init=False)
+    _likelihoods: KeptLikelihoods = attrs.field(factory=KeptLikelihoods, init=False)
+    """Target log-likelihoods by model, retrieval and context, shared by their methods'
+    grounders."""
     _data_fingerprint: str | None = attrs.field(default=None, init=False)
 
     @property
@@ -251,15 +252,8 @@ class Workspace:
                     retrieval: Retrieval | None = None) -> GenerativeMethod:
         loaded = self.model(run)
         base = loaded.fingerprint() if run is None else run.base_fingerprint
-        context = None
-        if run is not None and run.context is not None:
-            from automr.contexts import build_context
-
-            context = build_context(run.context, loaded, self.dataset, base, self.cache_dir,
-                                    batch_size=self.options.batch_size, progress=self.progress)
+        context = None if run is None or run.context is None else self._context(run, loaded, base)
         layer = self.split_layer(loaded) if retrieval is None else retrieval.store.layer
-        likelihoods = self._likelihoods.setdefault(
-            (_model_key(run), None if retrieval is None else id(retrieval)), {})
 
         def method(kind: str, gamma: float = 0.0) -> GenerativeMethod:
             return GenerativeMethod(
@@ -268,7 +262,7 @@ class Workspace:
                                self.cache_dir, self.progress, gamma),
                 layer=layer, retrieval=retrieval, context=context,
                 batch_size=self.options.batch_size, exclude_seen=self.options.exclude_seen,
-                progress=self.progress, label=label, likelihoods=likelihoods,
+                progress=self.progress, label=label, likelihoods=self._likelihoods,
                 lowered=self.shared.lowered)
 
         if not grounder.endswith("-pop"):
@@ -370,6 +364,18 @@ class Workspace:
         if self.artifacts.memory is not None:
             return MemoryRecord.read(self.artifacts.memory).layer
         return DEFAULT_LAYER
+
+    def _context(self, run: FinetunedRun, loaded: LoadedModel, base: str) -> PromptContext:
+        """``run``'s prompt context (ReLLa, TRSR), built once: its methods share it, and with
+        it their likelihoods."""
+        key = _model_key(run)
+        if key not in self._contexts:
+            from automr.contexts import build_context
+
+            self._contexts[key] = build_context(
+                run.context, loaded, self.dataset, base, self.cache_dir,
+                batch_size=self.options.batch_size, progress=self.progress)
+        return self._contexts[key]
 
     def split_layer(self, loaded: LoadedModel) -> int:
         """Where a memory-free method of ``loaded`` splits: :attr:`layer`, the default kept
