@@ -501,10 +501,13 @@ class Returns:
     ([1.7, 2.2, 0.9, 3.5], r"the rank 1\.7: ranks are ints in \[0, 30\] \(0 = first, 30 = a miss"),
     ([1, 2, 31, 3], r"the rank 31"), ([1, 2, 3], r"ranked 3 of 4 samples"),
     ([True, 1, 2, 3], r"the rank True"), (None, r"m's rank\(\) returned NoneType"),
-    (torch.tensor(3), r"m's rank\(\) returned Tensor, not a sequence of ranks")])
+    (torch.tensor(3), r"m's rank\(\) returned Tensor, not a sequence of ranks"),
+    ({30, 3, 0, 12}, r"m's rank\(\) returned a set: it returns a list of ranks in the order"),
+    ({0: 7, 1: 3, 2: 0, 3: 12}, r"returned a dict: it returns a list of ranks in the order")])
 def test_ranks_that_are_not_places_in_the_catalog_are_refused(ranks, message):
     """Float ranks (mid-ranks for ties) were cut to their floor in the table, silently; a
-    0-dim tensor (``ranks[:, None].squeeze()`` of a one-sample shard) was a raw TypeError."""
+    0-dim tensor (``ranks[:, None].squeeze()`` of a one-sample shard) was a raw TypeError; a
+    set was read in its own order and a dict as its keys (ranks 0, 1, 2, 3), silently."""
     samples = SAMPLES[:1] if isinstance(ranks, torch.Tensor) else SAMPLES[:4]
     with pytest.raises(AutomrError, match=message):
         evaluate({"m": Returns(ranks)}, samples, 30, n_resamples=20)

@@ -22,7 +22,7 @@ import math
 import numbers
 import platform
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,9 @@ def _per_sample(name: str, returned: Any, count: int, said: tuple[str, str, str,
     """What a method's call returned as a list of ``count`` values, one per sample; ``said``:
     the call, its verb, one value and the values, as its refusals name them."""
     call, verb, one, many = said
+    if isinstance(returned, (Mapping, Set)):  # unordered, or keyed: not in sample order
+        raise AutomrError(f"{name}'s {call}() returned a {type(returned).__name__}: it returns "
+                          f"a list of {many} in the order of the samples")
     try:
         values = returned.tolist() if hasattr(returned, "tolist") else list(returned)
         if not isinstance(values, list):  # a 0-dim tensor or array: one number
