@@ -455,6 +455,24 @@ def test_the_likelihoods_details_are_a_single_passs_after_a_cut_and_a_resume(tmp
                     kind, "m", measure).read_bytes()
 
 
+def test_a_method_evaluated_again_on_other_samples_keeps_only_their_details(tmp_path):
+    """One method object evaluated on samples A, then B: B's folder held A's titles and
+    elements too (taken for notes); it holds B's and the notes, as a fresh object's does."""
+    first, second = SAMPLES[:12], SAMPLES[12:]
+    reused = Generating()
+    evaluate({"m": reused}, first, 30, out=tmp_path / "a", n_resamples=20)
+    evaluate({"m": reused}, second, 30, out=tmp_path / "b", n_resamples=20,
+             measures=("ranks", "likelihood"))
+    evaluate({"m": Generating()}, second, 30, out=tmp_path / "fresh", n_resamples=20,
+             measures=("ranks", "likelihood"))
+    folder, fresh = EvaluationFolder(tmp_path / "b"), EvaluationFolder(tmp_path / "fresh")
+    assert folder.details("generated", "m") == {"valid-1": "a title"} | {
+        s.id: f"title {s.id}" for s in second}
+    for kind, measure in (("generated", "ranks"), ("retrieved", "ranks"),
+                          ("retrieved", "loglik"), ("grounding", "loglik")):
+        assert folder.details(kind, "m", measure) == fresh.details(kind, "m", measure)
+
+
 def test_ranking_again_beside_saved_likelihoods_copies_no_generated_titles(tmp_path):
     """Ranking a method again (other settings) beside likelihoods saved with its old ranks
     took the old titles for an older folder's shared file: generated/m.loglik.json appeared,

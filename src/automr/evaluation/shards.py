@@ -11,6 +11,7 @@ values, in sample order.
 
 import hashlib
 import json
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ def run_sharded(
                                        default=str).encode()).hexdigest()
     done: dict[int, dict[str, Any]] = {}
     measured = {s.id for s in samples}
+    earlier = _measured_before(method)
     omit = RANKING_ONLY_DETAILS if kind == "loglik" else ()
     first = True  # the first shard computed here also keeps the method's notes
     for number in distributed.share(len(shards)):
@@ -47,8 +49,8 @@ def run_sharded(
         if saved is None:
             values = json.loads(json.dumps(list(compute(shards[number]))))
             try:
-                details = _shard_details(_details(name, method), key["samples"], measured, first,
-                                         omit)
+                details = _shard_details(_details(name, method), key["samples"],
+                                         measured | earlier, first, omit)
             except (TypeError, ValueError) as error:  # saved beside the values, as JSON
                 raise AutomrError(f"the details of {name} are not JSON ({error}): details() "
                                   f"values are strings, numbers, lists and dicts") from None
@@ -59,6 +61,7 @@ def run_sharded(
         done[number] = {"values": saved["values"], "details": saved["details"]}
     for part in distributed.gather(done):
         done.update(part)
+    earlier |= measured
     values: list[Any] = []
     details: dict[str, dict[str, Any]] = {}
     for number in range(len(shards)):
@@ -66,6 +69,26 @@ def run_sharded(
         for detail, entries in done[number]["details"].items():
             details.setdefault(detail, {}).update(entries)
     return values, details
+
+
+_MEASURED: dict[int, set[str]] = {}
+"""The ids of the samples each method object (by ``id``, while it lives) was measured on in
+this process: a method used again for other samples still holds their details, which are
+not notes of the new evaluation."""
+
+
+def _measured_before(method: object) -> set[str]:
+    """The (live) set of the sample ids ``method`` was measured on before; an empty one not
+    kept for an object that cannot be referred to weakly (its details are then read as a
+    first evaluation's)."""
+    key = id(method)
+    if key not in _MEASURED:
+        try:
+            weakref.finalize(method, _MEASURED.pop, key, None)
+        except TypeError:
+            return set()
+        _MEASURED[key] = set()
+    return _MEASURED[key]
 
 
 def _details(name: str, method: object) -> Mapping[str, Mapping[str, Any]]:
@@ -81,9 +104,10 @@ def _shard_details(details: Mapping[str, Mapping[str, Any]], shard: Sequence[str
                    measured: set[str], notes: bool, omit: Sequence[str]
                    ) -> dict[str, dict[str, Any]]:
     """What the method's ``details`` hold of a shard's samples (in sample order, JSON), after,
-    with ``notes``, what is not about a measured sample (a tuned gamma, the validation titles
-    it was tuned on). The same whichever measure or process ran before, so a resumed or
-    launched run writes the details a single pass does."""
+    with ``notes``, what is not about a sample of ``measured``, this evaluation's and the
+    method's earlier ones' (a tuned gamma, the validation titles it was tuned on). The same
+    whichever measure or process ran before, so a resumed or launched run writes the details
+    a single pass does."""
     kept = {}
     for kind, entries in details.items():
         if kind in omit:
