@@ -723,6 +723,10 @@ def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_
     with pytest.raises(AutomrError, match="not a LoadedModel"):
         GenerativeMethod(ordered_method.loaded.model, ordered_method.dataset, NeverRanks(),
                          layer=1)
+    # the dataset's folder was accepted and failed at the first rank ('catalog')
+    with pytest.raises(AutomrError, match=r"the dataset argument is of type PosixPath, not "
+                                          r"PreparedDataset \(open a prepared folder"):
+        GenerativeMethod(ordered_method.loaded, tmp_path, NeverRanks(), layer=1)
     # the memory itself where its retrieval is meant failed with an AttributeError ('store')
     with pytest.raises(AutomrError, match=r"retrieval is not a Retrieval: it needs store and "
                                           r"retrieved and insert_for\(samples\)"):

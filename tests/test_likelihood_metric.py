@@ -232,6 +232,34 @@ def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace
     assert len(first) == 3 and second == first
 
 
+@pytest.mark.parametrize("copies", [0, 2])
+def test_a_retrieval_that_records_another_count_of_entries_is_refused(workspace, copies):
+    """A user's Retrieval that appended nothing to ``retrieved`` (or each entry twice) failed
+    with a raw ValueError from zip."""
+    dataset, loaded, store = workspace["dataset"], workspace["loaded"], workspace["store"]
+    inner = automr.MemoryRetrieval(store, automr.RandomRetriever(seed=1), automr.AppendToken())
+
+    class Miscounted:
+        def __init__(self) -> None:
+            self.store, self.retrieved = store, []
+
+        def insert_for(self, samples):
+            insert = inner.insert_for(samples)
+
+            def joined(state):
+                out = insert(state)
+                self.retrieved += inner.retrieved[-len(samples):] * copies
+                return out
+            return joined
+
+    method = automr.GenerativeMethod(loaded, dataset, LikelihoodGrounder(
+        dataset_targets(loaded, dataset)), layer=2, retrieval=Miscounted(), batch_size=2)
+    samples = [s for s in dataset.samples("test") if s.memory][:2]
+    with pytest.raises(AutomrError, match=rf"Miscounted added {2 * copies} entries to "
+                                          rf"retrieved for a batch of 2 samples: one per"):
+        method.target_log_likelihoods(samples)
+
+
 @pytest.mark.parametrize("k", [0, -1, 1.5, True])
 def test_retrieving_no_element_is_refused(workspace, k):
     """k=0 inserted nothing (the method was BIGRec under AutoMR's name); k=-1 failed only at

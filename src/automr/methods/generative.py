@@ -142,6 +142,8 @@ class GenerativeMethod:
         if not isinstance(self.loaded, LoadedModel):
             raise AutomrError(f"loaded is a {type(self.loaded).__name__}, not a LoadedModel: "
                               f"pass what automr.load_model (or FinetunedRun.load) returns")
+        require_instance(self.dataset, PreparedDataset, "dataset",
+                         "open a prepared folder with automr.PreparedDataset.load(folder)")
         require(self.grounder, Grounder, "grounder", "a built-in one by name is "
                 "automr.build_grounder(name, loaded, dataset, fingerprint)")
         if self.context is not None:
@@ -315,8 +317,14 @@ class GenerativeMethod:
                     result = run(llm, chunk, ids.to(llm.device), mask.to(llm.device), insert,
                                  texts)
                 if self.retrieval is not None:
-                    self._details.setdefault("retrieved", {}).update(zip(
-                        (s.id for s in chunk), self.retrieval.retrieved[before:], strict=True))
+                    retrieved = self.retrieval.retrieved[before:]
+                    if len(retrieved) != len(chunk):
+                        raise AutomrError(
+                            f"{type(self.retrieval).__name__} added {len(retrieved)} entries "
+                            f"to retrieved for a batch of {len(chunk)} samples: one per sample "
+                            f"(the elements it inserted)")
+                    self._details.setdefault("retrieved", {}).update(
+                        zip((s.id for s in chunk), retrieved, strict=True))
                 yield chunk, result
                 bar.advance(task, len(chunk))
 
