@@ -594,9 +594,20 @@ def test_what_is_not_a_method_is_one_line_before_any_ranking():
         def rank(self, samples):
             raise AssertionError("ranked")
 
-    for method in (NoSettings(), Returns, Returns([0, 0, 0, 0], settings="v1")):
+    for method in (NoSettings(), Returns([0, 0, 0, 0], settings="v1")):
         with pytest.raises(AutomrError, match=r"m is not a Method: it needs rank\(samples\) "
                                               r"and settings, a dict"):
+            evaluate({"bigrec": Constant(0), "m": method}, SAMPLES[:4], 30)
+
+    class Ranks:  # its settings a class attribute: the class passed as a Method
+        settings = {"a": 1}  # noqa: RUF012 (what a user writes)
+
+        def rank(self, samples):
+            raise AssertionError("ranked")
+
+    for method in (Returns, Ranks):  # the class failed at rank() with a raw TypeError
+        with pytest.raises(AutomrError, match=rf"m is the class {method.__name__}, not an "
+                                              rf"instance of it: pass {method.__name__}\(...\)"):
             evaluate({"bigrec": Constant(0), "m": method}, SAMPLES[:4], 30)
     with pytest.raises(AutomrError, match=r"n_items is .* \(e\.g\. len\(dataset\.catalog\)\); "
                                           r"got a list$"):
@@ -613,13 +624,16 @@ def test_what_is_not_a_method_is_one_line_before_any_ranking():
     ({"ks": (True, 5)}, "cut-offs K must be positive integers"),
     ({"seed": True}, "seed .* must be an int"), ({"seed": 1.5}, "seed .* must be an int"),
     ({"samples": "abc"}, "takes Samples .* got a str"),
+    ({"samples": None}, r"takes an iterable of Samples .* got a NoneType"),
+    ({"ks": 5}, r"cut-offs K are a sequence of positive integers \(e\.g\. \(5, 10\)\), got 5"),
+    ({"measures": None}, r"measures are a tuple among ranks, likelihood; got None"),
     ({"samples": [*SAMPLES[:2], 3]}, "takes Samples .* got a int")])
 def test_a_cut_off_seed_or_sample_of_a_wrong_type_is_refused_before_any_ranking(given,
                                                                                 refused):
     """ks=(1.0, 5) and seed=True (or 1.5) were refused only once every method had ranked every
     sample (a TypeCheckError of build_report; a RuntimeError of torch.manual_seed); ks=(True,
     5) gave a 'recall@True' column; a str of samples failed with AttributeError ('str' object
-    has no attribute 'id')."""
+    has no attribute 'id'); samples=None, ks=5 and measures=None with a raw TypeError."""
 
     class Refuses(Constant):
         def rank(self, samples):
@@ -838,6 +852,22 @@ def test_details_that_are_not_json_are_refused_in_one_line(tmp_path, value):
         with pytest.raises(AutomrError,
                            match=r"the details of m are not JSON \(Object of type (Tensor|set)"):
             evaluate({"m": Tensors(1)}, SAMPLES, 30, out=out, n_resamples=20)
+
+
+@pytest.mark.parametrize(("details", "refused"), [
+    ({"retrieved": [1, 2]}, r"the details of m of kind 'retrieved' are a list: details\(\) "
+                            r"maps each kind to \{sample id: value\}"),
+    ([("retrieved", {})], r"the details\(\) of m returned a list: it maps each kind")])
+def test_details_that_are_no_mapping_of_sample_ids_are_refused_in_one_line(details, refused):
+    """A kind mapped to a list (not ``{sample id: value}``) failed with a raw AttributeError
+    ('list' object has no attribute 'items')."""
+
+    class Listed(Constant):
+        def details(self):
+            return details
+
+    with pytest.raises(AutomrError, match=refused):
+        evaluate({"m": Listed(1)}, SAMPLES, 30, n_resamples=20)
 
 
 @pytest.mark.parametrize("kind", ["ranks", "loglik", "models", "a/b", "..", ""])

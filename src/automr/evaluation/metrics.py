@@ -20,7 +20,7 @@ ranking - every item except the target itself - which can only move the target u
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int, jaxtyped
@@ -172,6 +172,10 @@ def ndcg_of_rank(rank: int, k: int) -> float:
 
 def check_ks(ks: Sequence[int]) -> None:
     """Refuse cut-offs that are not distinct positive integers (an empty list too)."""
+    if isinstance(ks, (str, Mapping)) or not isinstance(ks, Iterable):
+        raise AutomrError(f"cut-offs K are a sequence of positive integers (e.g. (5, 10)), "
+                          f"got {ks!r}")
+    ks = list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
                      for k in ks):
         raise AutomrError(f"cut-offs K must be positive integers, got {tuple(ks)}")

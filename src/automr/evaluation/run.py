@@ -216,6 +216,9 @@ def evaluate(
         raise AutomrError(f"n_items is the catalog's size, an int >= 1 (e.g. "
                           f"len(dataset.catalog)); got {shown}")
     n_items = int(n_items)
+    if not isinstance(samples, Iterable):
+        raise AutomrError(f"evaluate takes an iterable of Samples (e.g. "
+                          f"dataset.samples('test')); got a {type(samples).__name__}")
     samples = list(samples)  # any iterable, read once
     if not samples:
         raise AutomrError("evaluate needs at least one sample")
@@ -225,6 +228,9 @@ def evaluate(
                           f"{type(stray).__name__} among them")
     if isinstance(measures, str):
         measures = (measures,)
+    if not isinstance(measures, Iterable):
+        raise AutomrError(f"measures are a tuple among {', '.join(MEASURES)}; got {measures!r}")
+    measures = tuple(measures)
     unknown = set(measures) - set(MEASURES)
     if unknown or not measures:
         raise AutomrError(f"measures must be among {', '.join(MEASURES)}; got {sorted(measures)}")
@@ -247,6 +253,9 @@ def evaluate(
     likelihoods: dict[str, LikelihoodReport] = {}
     reused: list[str] = []
     for name, method in methods.items():  # every argument checked before any method runs
+        if isinstance(method, type):
+            raise AutomrError(f"{name} is the class {method.__name__}, not an instance of it: "
+                              f"pass {method.__name__}(...)")
         if not isinstance(method, Method) or not isinstance(method.settings, Mapping):
             raise AutomrError(f"{name} is not a Method: it needs rank(samples) and settings, a "
                               f"dict of what decides its ranks (got a {type(method).__name__})")

@@ -96,7 +96,15 @@ def _details(name: str, method: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(method, Explained):
         return {}
     details = method.details()
+    if not isinstance(details, Mapping):
+        raise AutomrError(f"the details() of {name} returned a {type(details).__name__}: it "
+                          f"maps each kind to {{sample id: value}}")
     EvaluationFolder.check_detail_kinds(name, details)
+    for kind, entries in details.items():
+        if not isinstance(entries, Mapping):
+            raise AutomrError(f"the details of {name} of kind {kind!r} are a "
+                              f"{type(entries).__name__}: details() maps each kind to "
+                              f"{{sample id: value}}")
     return details
 
 
