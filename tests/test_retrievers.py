@@ -694,6 +694,43 @@ def test_dataset_rejects_labels_short_of_one_negative_or_non_finite_inputs():
                                 "targets": good.targets, name: bad})
 
 
+@given(n=st.integers(0, 9), rows=st.integers(1, 4), seed=st.integers(0, 1000),
+       bad=st.lists(st.tuples(st.integers(0, 8), st.integers(0, 5),
+                              st.sampled_from([math.nan, math.inf, -math.inf])), max_size=3))
+def test_the_chunked_finiteness_check_is_the_check_of_the_real_keys(n, rows, seed, bad):
+    """Checked ``rows`` samples at a time without copying the real keys: the same verdict as
+    ``isfinite(keys[mask]).all()``, whatever a padded slot holds."""
+    from automr.retrievers.dataset import _real_keys_finite
+
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n, 6, 3, generator=generator)
+    mask = torch.rand(n, 6, generator=generator) < 0.6
+    for row, slot, value in bad:
+        if row < n:
+            keys[row, slot, slot % 3] = value
+    assert _real_keys_finite(keys, mask, rows) == bool(torch.isfinite(keys[mask]).all())
+
+
+def test_a_datasets_batches_and_copies_are_what_a_checked_construction_gives():
+    """``select`` and ``to`` make rows of a checked dataset without checking them again (a
+    full check of each batch cost more than the training step): the same tensors and
+    metadata (a copy) as building them checked."""
+    data = synthetic(7, 3)
+    picked = data.select(torch.tensor([5, 0, 2]))
+    mask = data.mask[[5, 0, 2]]
+    width = int(mask.any(0).nonzero().max()) + 1
+    checked = RetrievalDataset(queries=data.queries[[5, 0, 2]], keys=data.keys[[5, 0, 2], :width],
+                               mask=mask[:, :width], targets=data.targets[[5, 0, 2], :width],
+                               metadata=data.metadata)
+    for derived in (picked, picked.to("cpu")):
+        assert type(derived) is RetrievalDataset
+        for name in ("queries", "keys", "mask", "targets"):
+            assert torch.equal(getattr(derived, name), getattr(checked, name))
+        assert derived.metadata == data.metadata and derived.metadata is not data.metadata
+    with pytest.raises(AutomrError, match="sum to 1"):  # evolve still checks
+        attrs.evolve(picked, targets=picked.targets * 2)
+
+
 @given(n=st.integers(1, 20), batch_size=st.integers(1, 8), shuffle=st.booleans(),
        seed=st.integers(0, 100))
 def test_batches_cover_every_row_once(n, batch_size, shuffle, seed):

@@ -34,6 +34,13 @@ class RetrievalSample:
     targets: Float[Tensor, " mem"]
 
 
+def _real_keys_finite(keys: Tensor, mask: Tensor, rows: int = 256) -> bool:
+    """Whether every real key (``mask``) is finite, checked ``rows`` samples at a time: a copy
+    of the real keys and its check cost about three times the keys' memory."""
+    return all(bool(torch.isfinite(keys[i : i + rows]).logical_or_(~mask[i : i + rows, :, None])
+                    .all()) for i in range(0, len(keys), rows))
+
+
 @beartype
 @attrs.frozen(eq=False)
 class RetrievalDataset:
@@ -67,9 +74,8 @@ class RetrievalDataset:
         if n and not bool(self.mask.any(1).all()):
             raise AutomrError("RetrievalDataset: every sample needs at least one real memory "
                               "element (drop samples with an empty memory)")
-        if not bool(torch.isfinite(self.queries).all()) or not bool(
-            torch.isfinite(self.keys[self.mask]).all()
-        ):
+        if not bool(torch.isfinite(self.queries).all()) or not _real_keys_finite(self.keys,
+                                                                                self.mask):
             raise AutomrError("RetrievalDataset: queries and real keys must be finite")
         targets = self.targets
         if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()):
@@ -103,8 +109,8 @@ class RetrievalDataset:
         targets = self.targets
         if torch.device(device).type == "mps" and targets.dtype == torch.float64:
             targets = targets.float()
-        return attrs.evolve(self, queries=self.queries.to(device), keys=self.keys.to(device),
-                            mask=self.mask.to(device), targets=targets.to(device))
+        return self._derived(queries=self.queries.to(device), keys=self.keys.to(device),
+                             mask=self.mask.to(device), targets=targets.to(device))
 
     @jaxtyped(typechecker=beartype)
     def select(self, indices: Int[Tensor, " k"]) -> "RetrievalDataset":
@@ -112,8 +118,19 @@ class RetrievalDataset:
         mask = self.mask[indices]
         used = mask.any(0).nonzero()
         width = int(used.max()) + 1 if used.numel() else 0
-        return attrs.evolve(self, queries=self.queries[indices], keys=self.keys[indices, :width],
-                            mask=mask[:, :width], targets=self.targets[indices, :width])
+        return self._derived(queries=self.queries[indices], keys=self.keys[indices, :width],
+                             mask=mask[:, :width], targets=self.targets[indices, :width])
+
+    def _derived(self, **tensors: Tensor) -> "RetrievalDataset":
+        """This dataset with ``tensors`` in place of its own: rows of it (a subset, a batch, a
+        copy on another device), which hold only what its checks passed, so they are not
+        checked again (a full check of every batch cost more than training on it)."""
+        derived = object.__new__(RetrievalDataset)
+        for field in attrs.fields(RetrievalDataset):
+            value = tensors.get(field.name, getattr(self, field.name))
+            object.__setattr__(derived, field.name, dict(value) if field.name == "metadata"
+                               else value)
+        return derived
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
