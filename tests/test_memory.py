@@ -28,6 +28,7 @@ from automr.data import (
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import Encoder, Memory
+from automr.llm import HFSplitLLM
 from automr.memory import (
     Backbone,
     ItemEncoder,
@@ -445,6 +446,19 @@ def test_token_states_recomputed_equal_stored(backbone, dataset, built, tmp_path
             torch.testing.assert_close(stored[1:].mean(0), key, rtol=1e-5, atol=1e-5)
     with pytest.raises(AutomrError, match="stores no token states"):
         MemoryStore.open(lean.folder).token_states(lean.users()[0], 0)
+
+
+def test_a_recompute_encoder_of_the_model_in_another_dtype_is_refused(backbone, dataset, built):
+    """A float32 memory took an encoder of its model loaded in bfloat16 (one fingerprint in
+    every dtype): the states it recomputed were not the build's (eq. 5's gains moved by 5%),
+    as an append in another dtype is refused for its keys."""
+    import copy
+
+    halved = copy.deepcopy(backbone.llm.model).to(torch.bfloat16)
+    other = Backbone(HFSplitLLM(halved), backbone.tokenizer, backbone.name, backbone.fingerprint)
+    with pytest.raises(AutomrError, match=r"the model loaded in bfloat16 vs float32"):
+        MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, other,
+                                                                 dataset.catalog))
 
 
 def test_a_recompute_encoder_of_another_catalog_or_without_a_model_fingerprint_is_refused(

@@ -25,6 +25,7 @@ from automr.data.records import Sample
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
+from automr.llm.loading import dtype_name
 from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder, LayerEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
@@ -363,6 +364,8 @@ def check_encoder(folder: Path, record: MemoryRecord, index: MemoryIndex,
         mismatches.append(f"encoder {encoder.settings()} vs {record.encoder_settings()}")
     if base.pooling != record.pooling:
         mismatches.append(f"pooling {base.pooling} vs {record.pooling}")
+    if (dtype := dtype_name(base.backbone.llm.dtype)) != record.dtype:  # one fingerprint in
+        mismatches.append(f"the model loaded in {dtype} vs {record.dtype}")  # every dtype
     prompt_config = getattr(encoder, "prompt_config", None)
     if prompt_config is not None and prompt_config != record.prompt_config:
         mismatches.append("prompt config")
