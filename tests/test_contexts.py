@@ -355,6 +355,33 @@ def test_context_spec_round_trips_and_validates():
         ContextSpec(kind="trsr", mode="sideways")
 
 
+def test_summaries_written_for_other_tokens_are_not_read_back(tmp_path, tiny_models):
+    """Two tokenizers of the same weights (one adds a BOS) share the fingerprint and the key:
+    the second read the first's replies to prompts it reads otherwise. Each reply records
+    what the model read; replies written before that was recorded are read for any."""
+    from automr.contexts import trsr_context
+    from automr.llm.loading import LoadedModel
+
+    spec, catalog = ContextSpec(kind="trsr", max_new_tokens=5), catalog_of(4)
+
+    def cache_of(bos: bool):
+        loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tiny_tokenizer(bos),
+                             name="tiny")
+        return trsr_context(loaded, catalog, WORDS, "fp", spec, folder=tmp_path,
+                            progress=False).cache
+
+    plain, with_bos = cache_of(False), cache_of(True)
+    assert plain.key("a") == with_bos.key("a") and plain.digest("a") != with_bos.digest("a")
+    plain.add(["a"], ["a reply to the plain tokens"])
+    assert cache_of(True).get("a") is None
+    cache_of(True).add(["a"], ["a reply to the BOS and the tokens"])
+    assert cache_of(False).get("a") == "a reply to the plain tokens"
+    assert cache_of(True).get("a") == "a reply to the BOS and the tokens"
+    SummaryCache(plain.path, "fp", 5).add(["b"], ["written before tokens were recorded"])
+    assert cache_of(True).get("b") == cache_of(False).get("b") == (
+        "written before tokens were recorded")
+
+
 def test_summaries_written_in_another_dtype_are_cached_apart(tmp_path, tiny_models):
     """A model's fingerprint is the same in every dtype, its bfloat16 replies are not its
     float32 ones: a TRSR context of a bfloat16 model does not read float32 replies (float32

@@ -8,15 +8,16 @@ bfloat16 or float16 padding changes the rounding, which can change a greedy repl
 
 :class:`SummaryCache` keeps replies in a JSON-lines file keyed by the sha256 of (model
 fingerprint, ``max_new_tokens``, rendered prompt, stop tokens besides the EOS, dtype where it
-is not float32), appended batch by batch: reruns and shared prompts cost nothing, and a cut run
-resumes where it stopped. Under a launcher (:mod:`automr.distributed`) process R appends to
-its own file beside it (``NAME.rank-R.jsonl``, never written by two processes at once); every
-reader reads them all.
+is not float32), each with the digest of the prompt's token ids and the stop tokens (what the
+tokenizer decides, which the fingerprint does not cover), appended batch by batch: reruns and
+shared prompts cost nothing, and a cut run resumes where it stopped. Under a launcher
+(:mod:`automr.distributed`) process R appends to its own file beside it
+(``NAME.rank-R.jsonl``, never written by two processes at once); every reader reads them all.
 """
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ class SummaryWriter:
     def generate(self, prompts: Sequence[str]) -> list[str]:
         """Replies to rendered ``prompts`` (one batch), each on one line, whitespace collapsed."""
         tokenizer = self.tokenizer
-        encoded = [tokenizer(p, add_special_tokens=not self.chat)["input_ids"] for p in prompts]
+        encoded = [self.encode(p) for p in prompts]
         width = max(map(len, encoded))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -71,6 +72,16 @@ class SummaryWriter:
             replies.append(" ".join(tokenizer.decode(row, skip_special_tokens=True).split()))
         return replies
 
+    def encode(self, prompt: str) -> list[int]:
+        """The token ids the model reads for a rendered ``prompt``."""
+        return self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
+
+    def reads(self, prompt: str) -> list[list[int]]:
+        """What the model reads of ``prompt`` and where its reply ends: the prompt's token ids
+        and the stop tokens. Both come from the tokenizer, which a model's fingerprint (its
+        weights and config) does not cover."""
+        return [self.encode(prompt), self.stop_ids()]
+
     def stop_ids(self) -> list[int]:
         """The tokens a reply ends at: the tokenizer's EOS and those of the model's generation
         config (as ``generate`` stops), where a chat model's end of turn is (Gemma's
@@ -86,7 +97,8 @@ class SummaryCache:
     """Replies by prompt for one model, in ``path`` (JSON lines ``{"key", "summary"}``)."""
 
     def __init__(self, path: Path | str, model_fingerprint: str, max_new_tokens: int,
-                 more_stops: Sequence[int] = (), dtype: str = "float32") -> None:
+                 more_stops: Sequence[int] = (), dtype: str = "float32",
+                 reads: Callable[[str], object] | None = None) -> None:
         self.path = Path(path)
         self.model_fingerprint, self.max_new_tokens = model_fingerprint, max_new_tokens
         self.more_stops = tuple(more_stops)
@@ -95,7 +107,13 @@ class SummaryCache:
         self.dtype = dtype
         """The dtype the replies are written in (``"bfloat16"``): a reply in bfloat16 is not
         the float32 one, and a model's fingerprint is the same in every dtype."""
-        self.entries: dict[str, str] = {}
+        self.reads = reads
+        """What the model reads of a prompt (:meth:`SummaryWriter.reads`, JSON): its digest is
+        written with each reply, and a reply written for other tokens (another tokenizer of
+        the same weights) is not read back. Replies written without one (before it was
+        recorded) are read for any."""
+        self.entries: dict[tuple[str, str | None], str] = {}
+        self._digests: dict[str, str] = {}
         self.reload()
 
     @property
@@ -120,8 +138,9 @@ class SummaryCache:
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
-                    self.entries.setdefault(entry["key"], entry["summary"])
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.entries.setdefault((entry["key"], entry.get("reads")),
+                                            entry["summary"])
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue  # a line cut by an interrupted write
 
     def key(self, prompt: str) -> str:
@@ -133,18 +152,31 @@ class SummaryCache:
                               *([self.dtype] if self.dtype != "float32" else [])])
         return hashlib.sha256(payload.encode()).hexdigest()
 
+    def digest(self, prompt: str) -> str | None:
+        """The sha256 hex digest of what the model reads of ``prompt`` (:attr:`reads`; None
+        without it)."""
+        if self.reads is None:
+            return None
+        if prompt not in self._digests:
+            self._digests[prompt] = hashlib.sha256(
+                json.dumps(self.reads(prompt)).encode()).hexdigest()
+        return self._digests[prompt]
+
     def get(self, prompt: str) -> str | None:
-        """The cached reply to ``prompt`` (as of the last :meth:`reload` or :meth:`add`), else
-        None."""
-        return self.entries.get(self.key(prompt))
+        """The cached reply to ``prompt`` (as of the last :meth:`reload` or :meth:`add`) for
+        what the model reads of it, or one written without that record, else None."""
+        key, digest = self.key(prompt), self.digest(prompt)
+        found = None if digest is None else self.entries.get((key, digest))
+        return found if found is not None else self.entries.get((key, None))
 
     def add(self, prompts: Sequence[str], summaries: Sequence[str]) -> None:
         """Remember and append (one flush per call, so a cut run keeps finished batches); a
         prompt with a reply already keeps that one (the first written is the one read)."""
         lines = []
         for prompt, summary in zip(prompts, summaries, strict=True):
-            key = self.key(prompt)
-            if key not in self.entries:
-                self.entries[key] = summary
-                lines.append(json.dumps({"key": key, "summary": summary}))
+            key, digest = self.key(prompt), self.digest(prompt)
+            if (key, digest) not in self.entries:
+                self.entries[key, digest] = summary
+                lines.append(json.dumps({"key": key, "summary": summary}
+                                        | ({} if digest is None else {"reads": digest})))
         append_lines(self.write_path, lines)

@@ -175,6 +175,6 @@ def trsr_context(
     cache = SummaryCache(root / f"{base_fingerprint[:16]}.jsonl", base_fingerprint,
                          spec.max_new_tokens,
                          [i for i in writer.stop_ids() if i != loaded.tokenizer.eos_token_id],
-                         dtype_name(loaded.model.dtype))
+                         dtype_name(loaded.model.dtype), reads=writer.reads)
     return TRSRContext(writer, cache, catalog, prompt, spec.block_size, spec.max_blocks,
                        spec.mode, progress)
