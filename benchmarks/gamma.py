@@ -16,13 +16,12 @@ Writes ``gamma-cpu.json`` and ``gamma-cpu.md`` to ``--out``.
 
 import argparse
 import math
-import statistics
 from pathlib import Path
 
 import torch
 
 from automr.evaluation.metrics import per_sample_metrics, ranks_from_scores
-from automr.experiments.bench import interleaved, machine, ratio, write_result
+from automr.experiments.bench import machine, speedup_of, write_result
 from automr.grounding.prior import GAMMA_GRID, adjusted_distances, choose_gamma, min_max
 
 
@@ -48,14 +47,9 @@ def bench_gamma(samples: int, items: int, repeats: int, seed: int = 0) -> dict[s
             "per_gamma": lambda: plain_choice(distances, prior, targets, exclude)}
     if ways["now"]() != ways["per_gamma"]():
         raise AssertionError("the two ways chose differently")
-    seconds = interleaved(ways, repeats, torch.device("cpu"))
-    speedup = ratio(seconds["per_gamma"], seconds["now"])
     return {"benchmark": "gamma", "samples": samples, "items": items, "grid": len(GAMMA_GRID),
             "repeats": repeats, "device": "cpu", "machine": machine(),
-            "now_s": statistics.median(seconds["now"]),
-            "per_gamma_s": statistics.median(seconds["per_gamma"]),
-            "speedup": speedup["median"], "speedup_min": speedup["min"],
-            "speedup_max": speedup["max"], "equal_choice": True}
+            **speedup_of(ways, "now", "per_gamma", repeats), "equal_choice": True}
 
 
 def main() -> None:

@@ -16,13 +16,12 @@ Writes ``retriever-epochs-cpu.json`` and ``retriever-epochs-cpu.md`` to ``--out`
 """
 
 import argparse
-import statistics
 from pathlib import Path
 
 import attrs
 import torch
 
-from automr.experiments.bench import interleaved, machine, ratio, write_result
+from automr.experiments.bench import machine, speedup_of, write_result
 from automr.retrievers import dataset as dataset_module
 from automr.retrievers.dataset import RetrievalDataset
 from automr.retrievers.training import RetrieverTrainingConfig, train_mlp_retriever
@@ -73,17 +72,12 @@ def bench_epochs(samples: int, epochs: int, repeats: int, mem: int = 90, hidden:
             not torch.equal(a, b) for a, b in zip(now.state_dict().values(),
                                                   old.state_dict().values(), strict=True)):
         raise AssertionError("the two ways trained differently")
-    seconds = interleaved({"now": lambda: train(data, epochs, False),
-                           "checked_every_time": lambda: train(data, epochs, True)},
-                          repeats, torch.device("cpu"))
-    speedup = ratio(seconds["checked_every_time"], seconds["now"])
+    ways = {"now": lambda: train(data, epochs, False),
+            "checked_every_time": lambda: train(data, epochs, True)}
     return {"benchmark": "retriever-epochs", "samples": samples, "mem": mem, "hidden": hidden,
             "keys_mb": round(data.keys.numel() * data.keys.element_size() / 2**20, 1),
             "epochs": epochs, "repeats": repeats, "device": "cpu", "machine": machine(),
-            "now_s": statistics.median(seconds["now"]),
-            "checked_every_time_s": statistics.median(seconds["checked_every_time"]),
-            "speedup": speedup["median"], "speedup_min": speedup["min"],
-            "speedup_max": speedup["max"], "equal_training": True}
+            **speedup_of(ways, "now", "checked_every_time", repeats), "equal_training": True}
 
 
 def main() -> None:

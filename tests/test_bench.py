@@ -460,3 +460,24 @@ def test_the_gamma_script_chooses_as_the_per_gamma_reference(tmp_path):
     spec.loader.exec_module(module)
     result = module.bench_gamma(samples=6, items=40, repeats=1)
     assert result["equal_choice"] and result["speedup"] > 0
+
+
+def test_the_retriever_epochs_script_trains_as_the_checked_every_time_reference():
+    """benchmarks/retriever_epochs.py: training on batches made unchecked gives the retriever
+    and history of the way that checked every batch in full, and the script's patches of that
+    way are undone after it."""
+    import importlib.util
+    from pathlib import Path
+
+    from automr.retrievers import dataset as dataset_module
+
+    derived, check = (dataset_module.RetrievalDataset._derived,
+                      dataset_module._real_keys_finite)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "retriever_epochs.py"
+    spec = importlib.util.spec_from_file_location("retriever_epochs_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.bench_epochs(samples=30, epochs=1, repeats=1, mem=12, hidden=8)
+    assert result["equal_training"] and result["speedup"] > 0
+    assert dataset_module.RetrievalDataset._derived is derived
+    assert dataset_module._real_keys_finite is check

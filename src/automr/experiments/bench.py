@@ -303,6 +303,18 @@ def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str,
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def speedup_of(ways: Mapping[str, Callable[[], object]], fast: str, slow: str, repeats: int,
+               device: str = "cpu") -> dict[str, float]:
+    """:func:`interleaved` seconds of ``ways`` and how many times faster ``fast`` ran than
+    ``slow``: ``FAST_s`` and ``SLOW_s`` (medians), ``speedup`` (median of the rounds' ratios),
+    ``speedup_min`` and ``speedup_max``."""
+    seconds = interleaved(ways, repeats, torch.device(device))
+    speedup = ratio(seconds[slow], seconds[fast])
+    return {f"{fast}_s": statistics.median(seconds[fast]),
+            f"{slow}_s": statistics.median(seconds[slow]), "speedup": speedup["median"],
+            "speedup_min": speedup["min"], "speedup_max": speedup["max"]}
+
+
 def bench_encode(
     loaded: LoadedModel, dataset, layer: int = DEFAULT_LAYER, texts: int = 32,
     batch_size: int = 16, repeats: int = 3,
