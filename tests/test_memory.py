@@ -456,7 +456,9 @@ def test_a_recompute_encoder_of_the_model_in_another_dtype_is_refused(backbone, 
 
     halved = copy.deepcopy(backbone.llm.model).to(torch.bfloat16)
     other = Backbone(HFSplitLLM(halved), backbone.tokenizer, backbone.name, backbone.fingerprint)
-    with pytest.raises(AutomrError, match=r"the model loaded in bfloat16 vs float32"):
+    with pytest.raises(AutomrError, match=r"built in float32, but the encoder's model is "
+                                          r"loaded in bfloat16: .* Load the model in float32 "
+                                          r"\(load_model\(\.\.\., dtype='float32'\)\)"):
         MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, other,
                                                                  dataset.catalog))
 

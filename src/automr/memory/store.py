@@ -364,8 +364,12 @@ def check_encoder(folder: Path, record: MemoryRecord, index: MemoryIndex,
         mismatches.append(f"encoder {encoder.settings()} vs {record.encoder_settings()}")
     if base.pooling != record.pooling:
         mismatches.append(f"pooling {base.pooling} vs {record.pooling}")
-    if (dtype := dtype_name(base.backbone.llm.dtype)) != record.dtype:  # one fingerprint in
-        mismatches.append(f"the model loaded in {dtype} vs {record.dtype}")  # every dtype
+    # one fingerprint in every dtype: check_backbone above let it through
+    if (dtype := dtype_name(base.backbone.llm.dtype)) != record.dtype:
+        raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the "
+                          f"encoder's model is loaded in {dtype}: its states would not be the "
+                          f"ones the build computed. Load the model in {record.dtype} "
+                          f"(load_model(..., dtype={record.dtype!r})) for its encoder.")
     prompt_config = getattr(encoder, "prompt_config", None)
     if prompt_config is not None and prompt_config != record.prompt_config:
         mismatches.append("prompt config")
