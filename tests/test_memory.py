@@ -476,7 +476,8 @@ def test_a_recompute_encoder_of_another_catalog_or_without_a_model_fingerprint_i
         MemoryStore.open(built.folder, recompute=memory_encoder(built.folder, backbone,
                                                                 catalog))
     anonymous = Backbone(backbone.llm, backbone.tokenizer, backbone.name)
-    with pytest.raises(AutomrError, match="has none to compare"):
+    with pytest.raises(AutomrError, match=r"has none to compare .*: make it with Backbone\.of\("
+                                          r"load_model\('tiny-llama'\)\), the model the memory"):
         memory_encoder(built.folder, anonymous, dataset.catalog)
     encoder = memory_encoder(built.folder, backbone, dataset.catalog)
     encoder.base = LayerEncoder(anonymous, LAYER, encoder.base.pooling, encoder.base.share_prefix)

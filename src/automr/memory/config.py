@@ -215,7 +215,9 @@ class MemoryRecord:
             raise AutomrError(
                 f"the memory in {folder} records its model's fingerprint, but the model in use "
                 f"has none to compare (a Backbone made without one): make it with "
-                f"Backbone.of(load_model(...)) or Backbone.from_model(model, tokenizer, name)")
+                f"Backbone.of(load_model({self.model_name!r})), the model the memory was "
+                f"built with (Backbone.from_model fingerprints weights in memory instead, "
+                f"which fits only a memory built from such a Backbone)")
         self.check(folder, fingerprint, layer)
 
     def check(self, folder: Path | str, expect_fingerprint: str | None = None,
