@@ -277,6 +277,18 @@ def test_an_rq2_run_without_its_reference_folder_is_pointed_to_it(dataset_dir, t
                                           r"bigrec:constrained apart: give --reference-results "
                                           r".*rq2/bigrec$"):
         run_rq3(run, dataset_dir)
+    # rq2 ran another grounder, or measured ranks only: that folder did not hold it either
+    (tmp_path / "rq2" / "rq2.json").write_text(json.dumps(
+        {"grounder": "likelihood", "config": {"measures": ["ranks"]}}))
+    with pytest.raises(AutomrError, match=r"with grounder likelihood, whose methods are "
+                                          r"NAME:likelihood .*not automr:constrained and "
+                                          r"bigrec:constrained: give --method automr:likelihood "
+                                          r"--reference bigrec:likelihood --reference-results "
+                                          r".*rq2/bigrec$"):
+        run_rq3(run, dataset_dir)
+    with pytest.raises(AutomrError, match=r"that measured ranks, not likelihood: give --measure "
+                                          r"ranks, or run rq2 with --measures ranks,likelihood$"):
+        run_rq3(run, dataset_dir, measure="likelihood")
 
 
 def test_the_uniform_ages_weigh_each_sample_by_its_retrieved_elements(dataset_dir):

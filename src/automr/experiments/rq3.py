@@ -29,6 +29,7 @@ items are positions ``end-R .. end-1`` and its memory ``end-R-M .. end-R-1``. El
 """
 
 import bisect
+import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -256,6 +257,30 @@ def _maybe(summary: AgeSummary | None) -> dict | None:
     return None if summary is None else attrs.asdict(summary)
 
 
+def _rq2_advice(rq2: Path, results_dir: Path | str, method: str, reference: str,
+                measure: str) -> str:
+    """What to give rq3 for a run of `automr rq2` (``rq2/rq2.json``): BIGRec's values are in
+    ``rq2/bigrec``, and the methods are named by the grounder rq2 ran and hold the measures it
+    measured (an empty or older ``rq2.json`` says neither)."""
+    try:
+        ran = json.loads((rq2 / "rq2.json").read_text(encoding="utf-8"))
+        grounder, measures = ran.get("grounder"), ran.get("config", {}).get("measures")
+    except (OSError, ValueError, AttributeError):
+        grounder = measures = None
+    if isinstance(measures, list) and measures and measure not in measures:
+        return (f"{results_dir} is a run of `automr rq2` that measured "
+                f"{', '.join(map(str, measures))}, not {measure}: give --measure {measures[0]}, "
+                f"or run rq2 with --measures ranks,likelihood")
+    named = {parse_method(method)[1], parse_method(reference)[1]}
+    if isinstance(grounder, str) and named != {grounder}:
+        return (f"{results_dir} is a run of `automr rq2` with grounder {grounder}, whose "
+                f"methods are NAME:{grounder} (BIGRec's in {rq2 / 'bigrec'}), not {method} and "
+                f"{reference}: give --method {parse_method(method)[0]}:{grounder} --reference "
+                f"bigrec:{grounder} --reference-results {rq2 / 'bigrec'}")
+    return (f"{results_dir} is a run of `automr rq2`, which keeps {reference} apart: give "
+            f"--reference-results {rq2 / 'bigrec'}")
+
+
 def analyze_rq3(
     results_dir: Path | str, dataset: PreparedDataset, *, reference: str = "bigrec:constrained",
     method: str = "automr:constrained", rows: int = 8, memory: Path | str | None = None,
@@ -280,8 +305,7 @@ def analyze_rq3(
     except AutomrError:
         rq2 = Path(results_dir).parent
         if reference_dir is None and (rq2 / "rq2.json").is_file():
-            raise AutomrError(f"{results_dir} is a run of `automr rq2`, which keeps "
-                              f"{reference} apart: give --reference-results {rq2 / 'bigrec'}"
+            raise AutomrError(_rq2_advice(rq2, results_dir, method, reference, measure)
                               ) from None
         raise
     ids, losses = (_ranks(results.report(method)) if measure == "ranks" else
