@@ -56,7 +56,9 @@ def memory_build(
         help="Also store token states (the concat combiner, the default, needs them).")] = True,
     storage_dtype: Annotated[str, typer.Option(help="model, float32, float16, bfloat16.")] =
         "model",
-    batch_size: Annotated[int, typer.Option(help="Prompts per lower-half forward.")] = 16,
+    batch_size: Annotated[int, typer.Option(
+        help="Prompts per lower-half forward (a resume may change it; states then differ "
+             "within float rounding).")] = 16,
     shard_elements: Annotated[int, typer.Option(
         help="Close a shard once it holds this many elements (0 = the encoder's default: "
              "2048 for window, 200,000 for item).")] = 0,

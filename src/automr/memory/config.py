@@ -98,7 +98,9 @@ class MemoryConfig:
 @beartype
 @attrs.frozen
 class MemoryRecord:
-    """The ``config.json`` of a memory folder: everything the keys depend on.
+    """The ``config.json`` of a memory folder: everything the keys depend on, but for float
+    rounding (the batch size of a build, a run option a resume may change, pads texts
+    otherwise).
 
     ``window`` is resolved (never ``None`` for the window encoder); ``dtype`` is the model's
     dtype (keys are returned in it) and ``storage_dtype`` the dtype on disk.
