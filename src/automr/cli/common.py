@@ -239,6 +239,18 @@ def option_error(error: Exception, options: Mapping[str, str] | None = None) -> 
     return re.sub(r"^'(\w+)' must", lambda m: f"{option(m[1])} must", line)
 
 
+N = TypeVar("N", int, float)
+
+
+def zero_is(value: N, option: str, meaning: str) -> N | None:
+    """An option's ``value`` where 0 means ``meaning`` (every sample, no clipping, the
+    default): None for 0, and a negative value refused in one line that says so (the config
+    it goes to says "must be > 0", though 0 is taken)."""
+    if value < 0:
+        raise AutomrError(f"{option} must be >= 0 (0 = {meaning}), got {value}")
+    return value or None
+
+
 def checked_options(what: str, build: Callable[[], R],
                     options: Mapping[str, str] | None = None) -> R:
     """``build()``, a config made of command-line options, with a value its validators refuse

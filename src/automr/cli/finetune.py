@@ -15,6 +15,7 @@ from automr.cli.common import (
     parse_lora_targets,
     runtime_options,
     user_errors,
+    zero_is,
 )
 from automr.contexts.spec import CONTEXT_KINDS, TRSR_MODES, ContextSpec
 from automr.defaults import DEFAULT_MODEL
@@ -145,18 +146,21 @@ def finetune_command(
     if autocast not in ("none", *AUTOCAST_KINDS):
         raise AutomrError(f"--autocast {autocast!r}: choose one of none, "
                           f"{', '.join(AUTOCAST_KINDS)}")
+    max_train_samples = zero_is(train_samples, "--train-samples", "every training sample")
+    clip = zero_is(max_grad_norm, "--max-grad-norm", "no clipping")
+    checkpoints = zero_is(checkpoint_every, "--checkpoint-every", "at each validation")
     try:
         memory_training = MemoryTraining(  # checked without --memory too: a typo is an error
             share=memory_share, retrieval=memory_retrieval, combiner=memory_combiner)
         config = FinetuneConfig(
-            max_train_samples=train_samples or None, max_valid_samples=valid_samples,
+            max_train_samples=max_train_samples, max_valid_samples=valid_samples,
             epochs=epochs, batch_size=batch_size, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, lora_from_layer=lora_from_layer, loss_on=loss_on,
             target_modules=targets,
             eval_every=eval_every,
             patience=patience, seed=seed, grad_accum=grad_accum, warmup_steps=warmup_steps,
-            schedule=schedule, max_grad_norm=max_grad_norm or None, cache_lower=cache_lower,
-            checkpoint_every=checkpoint_every or None, context=spec,
+            schedule=schedule, max_grad_norm=clip, cache_lower=cache_lower,
+            checkpoint_every=checkpoints, context=spec,
             memory=None if memory is None else memory_training,
             autocast=None if autocast == "none" else autocast,
         )

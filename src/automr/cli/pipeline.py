@@ -29,6 +29,7 @@ from automr.cli.common import (
     parse_lora_targets,
     runtime_options,
     user_errors,
+    zero_is,
 )
 from automr.defaults import DEFAULT_LAYER, DEFAULT_MODEL
 from automr.errors import AutomrError
@@ -68,7 +69,8 @@ def memory_build(
     from automr.data import PreparedDataset
     from automr.memory import MemoryConfig, Pooling, build_memory
 
-    sharding = {"shard_elements": shard_elements} if shard_elements else {}
+    given = zero_is(shard_elements, "--shard-elements", "the encoder's default")
+    sharding = {} if given is None else {"shard_elements": given}
     config = checked_options("memory", lambda: MemoryConfig(
         encoder=encoder, pooling=Pooling(kind=pooling), store_token_states=store_token_states,
         storage_dtype=storage_dtype, **sharding))
@@ -99,13 +101,12 @@ def annotate_command(
     from automr.data import PreparedDataset
     from automr.recommenders.runs import FinetunedRun
 
-    if element_subset < 0:
-        raise AutomrError(f"--element-subset must be >= 0 (0: every element), got "
-                          f"{element_subset}")
+    max_samples = zero_is(samples, "--samples", "every sample of the split")
+    subset = zero_is(element_subset, "--element-subset", "every element")
     config = checked_options("annotation", lambda: AnnotateConfig(
-        split=split, max_samples=samples or None, seed=seed, combiner=combiner,
-        element_batch=element_batch, element_subset=element_subset or None,
-        element_seed=element_seed), {"max_samples": "samples"})
+        split=split, max_samples=max_samples, seed=seed, combiner=combiner,
+        element_batch=element_batch, element_subset=subset, element_seed=element_seed),
+        {"max_samples": "samples"})
     run = FinetunedRun.open(finetuned)
     run.check_plain()
     dataset = PreparedDataset.load(data)
