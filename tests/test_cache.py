@@ -523,6 +523,9 @@ def test_setting_differences_name_nested_settings_by_dotted_name():
 
     assert setting_differences({"a": 1, "m": {"k": 2}}, {"a": 1, "m": {"k": 3}}) == [
         "m.k was 2, now 3"]
+    # lists by their length, which read as no difference where it was the same
+    assert setting_differences({"s": [1, 2], "t": [1]}, {"s": [1, 3], "t": [1, 2]}) == [
+        "s holds other entries (2)", "t was 1 entries, now 2 entries"]
 
 
 def test_the_weights_file_repeats_format_settings_and_provenance(tmp_path):

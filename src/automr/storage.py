@@ -544,14 +544,17 @@ def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: s
 
 def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """``name was OLD, now NEW`` for each setting that differs between two JSON-like records
-    of how an artifact was made (nested ones by dotted name; a list by its length): what a
-    refusal to resume names."""
+    of how an artifact was made (nested ones by dotted name; a list by its length, or as
+    other entries of the same length): what a refusal to resume names."""
     found = []
     for key in sorted(old.keys() | new.keys()):
         was, now = old.get(key), new.get(key)
         if isinstance(was, dict) and isinstance(now, dict):
             found += setting_differences(was, now, f"{prefix}{key}.")
         elif was != now:
+            if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+                found.append(f"{prefix}{key} holds other entries ({len(now)})")
+                continue
             shown = [f"{len(v)} entries" if isinstance(v, list) else repr(v) for v in (was, now)]
             found.append(f"{prefix}{key} was {shown[0]}, now {shown[1]}")
     return found

@@ -76,7 +76,8 @@ def read_retriever(
             f"model has {hidden_size}: train one for this model"
         )
     check_provenance(f"the retriever in {directory}", meta.get("provenance", {}), expect,
-                     "train one for this setting")
+                     "use the setting it was built with (e.g. --combiner), or train one for "
+                     "this setting")
     return meta, tensors
 
 
