@@ -472,6 +472,22 @@ def test_a_method_evaluated_again_on_other_samples_keeps_only_their_details(tmp_
                           ("retrieved", "loglik"), ("grounding", "loglik")):
         assert folder.details(kind, "m", measure) == fresh.details(kind, "m", measure)
 
+    class CutOnce(Generating):  # Ctrl-C in the second shard of the first evaluation
+        calls = 0
+
+        def rank(self, samples):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().rank(samples)
+
+    cut = CutOnce()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"m": cut}, first, 30, out=tmp_path / "cut", n_resamples=20, shard_size=4)
+    evaluate({"m": cut}, second, 30, out=tmp_path / "after", n_resamples=20)
+    assert EvaluationFolder(tmp_path / "after").details("generated", "m") == folder.details(
+        "generated", "m")
+
 
 def test_ranking_again_beside_saved_likelihoods_copies_no_generated_titles(tmp_path):
     """Ranking a method again (other settings) beside likelihoods saved with its old ranks

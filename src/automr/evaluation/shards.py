@@ -39,8 +39,8 @@ def run_sharded(
     digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True,
                                        default=str).encode()).hexdigest()
     done: dict[int, dict[str, Any]] = {}
-    measured = {s.id for s in samples}
-    earlier = _measured_before(method)
+    measured = _measured_before(method)  # this method's earlier samples, and these: counted
+    measured |= {s.id for s in samples}  # before any runs, so a run cut here counts too
     omit = RANKING_ONLY_DETAILS if kind == "loglik" else ()
     first = True  # the first shard computed here also keeps the method's notes
     for number in distributed.share(len(shards)):
@@ -49,8 +49,8 @@ def run_sharded(
         if saved is None:
             values = json.loads(json.dumps(list(compute(shards[number]))))
             try:
-                details = _shard_details(_details(name, method), key["samples"],
-                                         measured | earlier, first, omit)
+                details = _shard_details(_details(name, method), key["samples"], measured,
+                                         first, omit)
             except (TypeError, ValueError) as error:  # saved beside the values, as JSON
                 raise AutomrError(f"the details of {name} are not JSON ({error}): details() "
                                   f"values are strings, numbers, lists and dicts") from None
@@ -61,7 +61,6 @@ def run_sharded(
         done[number] = {"values": saved["values"], "details": saved["details"]}
     for part in distributed.gather(done):
         done.update(part)
-    earlier |= measured
     values: list[Any] = []
     details: dict[str, dict[str, Any]] = {}
     for number in range(len(shards)):
