@@ -287,7 +287,8 @@ def test_an_rq2_run_without_its_reference_folder_is_pointed_to_it(dataset_dir, t
                                           r".*rq2/bigrec$"):
         run_rq3(run, dataset_dir)
     with pytest.raises(AutomrError, match=r"that measured ranks, not likelihood: give --measure "
-                                          r"ranks, or run rq2 with --measures ranks,likelihood$"):
+                                          r"ranks, or run rq2 again with --measure likelihood "
+                                          r"--grounder likelihood$"):
         run_rq3(run, dataset_dir, measure="likelihood")
 
 

@@ -268,9 +268,10 @@ def _rq2_advice(rq2: Path, results_dir: Path | str, method: str, reference: str,
     except (OSError, ValueError, AttributeError):
         grounder = measures = None
     if isinstance(measures, list) and measures and measure not in measures:
+        again = "likelihood --grounder likelihood" if measure == "likelihood" else measure
         return (f"{results_dir} is a run of `automr rq2` that measured "
                 f"{', '.join(map(str, measures))}, not {measure}: give --measure {measures[0]}, "
-                f"or run rq2 with --measures ranks,likelihood")
+                f"or run rq2 again with --measure {again}")
     named = {parse_method(method)[1], parse_method(reference)[1]}
     if isinstance(grounder, str) and named != {grounder}:
         return (f"{results_dir} is a run of `automr rq2` with grounder {grounder}, whose "
