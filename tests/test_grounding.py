@@ -727,6 +727,11 @@ def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_
     with pytest.raises(AutomrError, match=r"the dataset argument is of type PosixPath, not "
                                           r"PreparedDataset \(open a prepared folder"):
         GenerativeMethod(ordered_method.loaded, tmp_path, NeverRanks(), layer=1)
+    # a dict, as the likelihoods were before KeptLikelihoods: attrs' multi-line TypeError
+    with pytest.raises(AutomrError, match=r"the likelihoods argument is of type dict, not "
+                                          r"KeptLikelihoods \(share another method's"):
+        GenerativeMethod(ordered_method.loaded, ordered_method.dataset, NeverRanks(), layer=1,
+                         likelihoods={})
     # the memory itself where its retrieval is meant failed with an AttributeError ('store')
     with pytest.raises(AutomrError, match=r"retrieval is not a Retrieval: it needs store and "
                                           r"retrieved and insert_for\(samples\)"):

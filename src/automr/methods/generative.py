@@ -123,8 +123,7 @@ class GenerativeMethod:
     progress: bool = False
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
-    likelihoods: KeptLikelihoods = attrs.field(
-        factory=KeptLikelihoods, validator=attrs.validators.instance_of(KeptLikelihoods))
+    likelihoods: KeptLikelihoods = attrs.field(factory=KeptLikelihoods)
     """Where each sample's target log-likelihood is kept once computed, with the details it
     was computed with: methods of one model, retrieval and context may share one (the
     registry's do: a second grounder computes none again, and its details still name what
@@ -144,6 +143,8 @@ class GenerativeMethod:
                               f"pass what automr.load_model (or FinetunedRun.load) returns")
         require_instance(self.dataset, PreparedDataset, "dataset",
                          "open a prepared folder with automr.PreparedDataset.load(folder)")
+        require_instance(self.likelihoods, KeptLikelihoods, "likelihoods",  # a dict before
+                         "share another method's .likelihoods, or leave it out")
         require(self.grounder, Grounder, "grounder", "a built-in one by name is "
                 "automr.build_grounder(name, loaded, dataset, fingerprint)")
         if self.context is not None:
