@@ -743,3 +743,25 @@ def test_a_killed_download_or_conversion_leaves_nothing_the_next_fetch_keeps(tmp
         (models / f".{target}.partial-{HOST}-{dead}").mkdir()
     assert loading.fetch_embedded(name, tmp_path / "cache") == folder and unpacked == unpacked[:1]
     assert [p.name for p in models.iterdir()] == [name]
+
+
+def test_two_scratch_folders_of_one_target_and_pid_are_apart(tmp_path):
+    """Two containers sharing a host name and a PID (each its namespace's PID 1) got one
+    scratch name, and the second deleted the first's live download as its own PID's leftover;
+    a dead process's scratch (PID and random suffix) is still removed."""
+    import subprocess
+    import sys
+
+    from automr.storage import HOST, scratch_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = tmp_path / f".model.gguf.partial-{HOST}-{dead}-0a1b2c3d"
+    left.mkdir()
+    target = tmp_path / "model.gguf"
+    with scratch_dir(target) as first:
+        (first / "payload").write_bytes(b"live")
+        with scratch_dir(target) as second:
+            assert second != first and second.name.startswith(f".model.gguf.partial-{HOST}-")
+        assert (first / "payload").read_bytes() == b"live"
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import threading
@@ -216,7 +217,7 @@ def remove_stale_partials(target: Path) -> None:
     Another host's, and a running process's, are left alone."""
     prefix = f".{target.name}.partial-{HOST}-"
     for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = stale.name.removeprefix(prefix)
+        pid = stale.name.removeprefix(prefix).partition("-")[0]  # a scratch's: PID-RANDOM
         if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
             continue
         if stale.is_dir() and not stale.is_symlink():
@@ -228,12 +229,13 @@ def remove_stale_partials(target: Path) -> None:
 @contextlib.contextmanager
 def scratch_dir(target: Path) -> Iterator[Path]:
     """A folder beside ``target`` for work towards it (a download, an unpacked file), deleted
-    on exit. Named as :func:`partial_path` names (a random temporary name stayed behind a
-    killed process for good), so that the next scratch of ``target`` removes a killed
-    process's first (:func:`remove_stale_partials`)."""
+    on exit. Named as :func:`partial_path` names, with a random suffix (two containers may
+    share a host name and a PID), so that the next scratch of ``target`` removes a killed
+    process's first (:func:`remove_stale_partials`; a random temporary name stayed behind a
+    killed process for good)."""
     remove_stale_partials(target)
-    scratch = partial_path(target)
-    shutil.rmtree(scratch, ignore_errors=True)  # this PID's own, from a killed process
+    scratch = partial_path(target).with_name(f"{partial_path(target).name}-"
+                                             f"{secrets.token_hex(4)}")
     scratch.mkdir(parents=True)
     try:
         yield scratch
