@@ -748,7 +748,8 @@ def test_a_killed_download_or_conversion_leaves_nothing_the_next_fetch_keeps(tmp
 def test_two_scratch_folders_of_one_target_and_pid_are_apart(tmp_path):
     """Two containers sharing a host name and a PID (each its namespace's PID 1) got one
     scratch name, and the second deleted the first's live download as its own PID's leftover;
-    a dead process's scratch (PID and random suffix) is still removed."""
+    a dead process's scratch (PID and random suffix) is still removed, and another host's
+    whose name is this one's and a number are not (read as this host's PID, they were)."""
     import subprocess
     import sys
 
@@ -758,10 +759,15 @@ def test_two_scratch_folders_of_one_target_and_pid_are_apart(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     left = tmp_path / f".model.gguf.partial-{HOST}-{dead}-0a1b2c3d"
     left.mkdir()
+    # another host named HOST-N (N no PID here): its partials and scratch are not this host's
+    others = [tmp_path / f".model.gguf.partial-{HOST}-{dead}-4242{end}" for end in
+              ("", "-0a1b2c3d")]
+    for other in others:
+        other.mkdir()
     target = tmp_path / "model.gguf"
     with scratch_dir(target) as first:
         (first / "payload").write_bytes(b"live")
         with scratch_dir(target) as second:
             assert second != first and second.name.startswith(f".model.gguf.partial-{HOST}-")
         assert (first / "payload").read_bytes() == b"live"
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == others

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -217,7 +218,9 @@ def remove_stale_partials(target: Path) -> None:
     Another host's, and a running process's, are left alone."""
     prefix = f".{target.name}.partial-{HOST}-"
     for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = stale.name.removeprefix(prefix).partition("-")[0]  # a scratch's: PID-RANDOM
+        # PID, or a scratch's PID-RANDOM; not another host's HOST-N-PID (N is no PID here)
+        named = re.fullmatch(r"(\d+)(?:-[0-9a-f]{8})?", stale.name.removeprefix(prefix))
+        pid = named[1] if named else ""
         if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
             continue
         if stale.is_dir() and not stale.is_symlink():
@@ -232,7 +235,9 @@ def scratch_dir(target: Path) -> Iterator[Path]:
     on exit. Named as :func:`partial_path` names, with a random suffix (two containers may
     share a host name and a PID), so that the next scratch of ``target`` removes a killed
     process's first (:func:`remove_stale_partials`; a random temporary name stayed behind a
-    killed process for good)."""
+    killed process for good). One a killed process left under this process's own PID (a
+    container restarted with its host name and PID) is left: it cannot be told from a live
+    one of another container."""
     remove_stale_partials(target)
     scratch = partial_path(target).with_name(f"{partial_path(target).name}-"
                                              f"{secrets.token_hex(4)}")
