@@ -732,6 +732,8 @@ def test_samples_of_another_catalog_or_a_bare_model_are_refused_at_once(ordered_
                                           r"KeptLikelihoods \(share another method's"):
         GenerativeMethod(ordered_method.loaded, ordered_method.dataset, NeverRanks(), layer=1,
                          likelihoods={})
+    with pytest.raises(AutomrError, match=r"the likelihoods argument is of type dict"):
+        ordered_method.likelihoods = {}  # assigned: taken, then a raw AttributeError
     # the memory itself where its retrieval is meant failed with an AttributeError ('store')
     with pytest.raises(AutomrError, match=r"retrieval is not a Retrieval: it needs store and "
                                           r"retrieved and insert_for\(samples\)"):

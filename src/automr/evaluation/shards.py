@@ -114,7 +114,8 @@ def _shard_details(details: Mapping[str, Mapping[str, Any]], shard: Sequence[str
     with ``notes``, what is not about a sample of ``measured``, this evaluation's and the
     method's earlier ones' (a tuned gamma, the validation titles it was tuned on). The same
     whichever measure or process ran before, so a resumed or launched run writes the details
-    a single pass does."""
+    a single pass does (but for notes about samples an earlier evaluation of the same object
+    measured: its validation titles, after it evaluated the validation split)."""
     kept = {}
     for kind, entries in details.items():
         if kind in omit:

@@ -84,6 +84,13 @@ class KeptLikelihoods:
         return table
 
 
+def _kept(likelihoods: object) -> None:
+    """Refuse, at construction or assignment, ``likelihoods`` that are not a
+    :class:`KeptLikelihoods` (a dict, their type before) in one line."""
+    require_instance(likelihoods, KeptLikelihoods, "likelihoods",
+                     "share another method's .likelihoods, or leave it out")
+
+
 def _each_item_once(rankings: torch.Tensor) -> bool:
     """Whether every row of ``[rows items]`` holds each of ``0 .. items-1`` once (counted,
     not sorted: O(items))."""
@@ -123,7 +130,8 @@ class GenerativeMethod:
     progress: bool = False
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
-    likelihoods: KeptLikelihoods = attrs.field(factory=KeptLikelihoods)
+    likelihoods: KeptLikelihoods = attrs.field(factory=KeptLikelihoods,
+                                               validator=lambda _, __, value: _kept(value))
     """Where each sample's target log-likelihood is kept once computed, with the details it
     was computed with: methods of one model, retrieval and context may share one (the
     registry's do: a second grounder computes none again, and its details still name what
@@ -143,8 +151,6 @@ class GenerativeMethod:
                               f"pass what automr.load_model (or FinetunedRun.load) returns")
         require_instance(self.dataset, PreparedDataset, "dataset",
                          "open a prepared folder with automr.PreparedDataset.load(folder)")
-        require_instance(self.likelihoods, KeptLikelihoods, "likelihoods",  # a dict before
-                         "share another method's .likelihoods, or leave it out")
         require(self.grounder, Grounder, "grounder", "a built-in one by name is "
                 "automr.build_grounder(name, loaded, dataset, fingerprint)")
         if self.context is not None:
