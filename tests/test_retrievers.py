@@ -503,6 +503,9 @@ def test_registry_kinds_round_trip_through_load_retriever(tmp_path):
     assert RETRIEVERS["mlp"].trainable and not RETRIEVERS["random"].trainable
     with pytest.raises(AutomrError, match="unknown retriever"):
         build_retriever("oracle", HIDDEN)
+    for kind in RETRIEVERS:  # the mlp's was attrs' ValueError, the others took it
+        with pytest.raises(AutomrError, match=r"hidden size.*got 0.*store.hidden_size"):
+            build_retriever(kind, 0)
 
 
 @pytest.mark.parametrize("kind", sorted(RETRIEVERS))

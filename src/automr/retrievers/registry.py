@@ -62,6 +62,9 @@ def build_retriever(kind: str, hidden_size: int, seed: int = 0) -> Retriever:
     """A fresh retriever of ``kind`` (a key of :data:`RETRIEVERS`)."""
     if kind not in RETRIEVERS:
         raise AutomrError(f"unknown retriever {kind!r}; choose one of {', '.join(RETRIEVERS)}")
+    if hidden_size < 1:
+        raise AutomrError(f"a retriever scores keys of the model's hidden size, which is >= 1 "
+                          f"(got {hidden_size}); give the memory's (`store.hidden_size`)")
     return RETRIEVERS[kind].build(hidden_size, seed)
 
 
