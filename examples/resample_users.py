@@ -7,9 +7,11 @@ metrics, each paired difference against its reference, ranks and target log-like
 recomputed from its per-sample values with its own bootstrap (resamples, seed), once resampling
 samples (as committed) and once resampling users; prints the median (10%, 90%, max) ratio of the
 user interval's width to the sample interval's, for the seeded subsets and for exports of the
-whole split, and every paired difference whose interval excludes 0 one way and not the other::
+whole split, and every paired difference whose interval excludes 0 one way and not the other;
+with ``--out``, writes every interval both ways (keyed by export, kind, method and metric) and
+the table as JSON::
 
-    python examples/resample_users.py docs/results
+    python examples/resample_users.py docs/results --out docs/results/resample-users.json
 
 (the table of docs/concepts/evaluation.md#resampling-users).
 """
@@ -17,6 +19,7 @@ whole split, and every paired difference whose interval excludes 0 one way and n
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from automr.errors import AutomrError
@@ -24,6 +27,7 @@ from automr.evaluation.bootstrap import Interval, PairedDifference
 from automr.evaluation.folder import EXPORT_FORMAT, exported_reports
 from automr.evaluation.likelihood import compare_likelihoods
 from automr.evaluation.report import compare_reports
+from automr.storage import write_json_atomic
 
 WHOLE_SPLIT = 14_600  # ML-100K's test samples: an export of them all
 
@@ -62,8 +66,10 @@ def intervals(exported: dict, resample: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("results", type=Path, help="docs/results")
+    parser.add_argument("--out", type=Path, help="a JSON file for every interval and the table")
     args = parser.parse_args()
     ratios: dict[tuple[str, str], list[float]] = {}
+    both_ways: dict[str, dict] = {}
     for path in sorted(args.results.rglob("*.json")):
         exported = json.loads(path.read_text(encoding="utf-8"))
         if exported.get("format") != EXPORT_FORMAT:
@@ -72,6 +78,9 @@ def main() -> None:
         split = "whole split" if exported["results"]["samples"] >= WHOLE_SPLIT else "subsets"
         for key, plain in samples.items():
             by_users = users[key]
+            both_ways[" ".join((path.relative_to(args.results).as_posix(), *key))] = {
+                "split": split, "samples": [plain.low, plain.high],
+                "users": [by_users.low, by_users.high]}
             if plain.high > plain.low:
                 ratios.setdefault((split, key[0]), []).append(
                     (by_users.high - by_users.low) / (plain.high - plain.low))
@@ -80,14 +89,25 @@ def main() -> None:
                 print(f"{path.relative_to(args.results)} {key[1]} {key[2]}: {plain.mean:+.4g} "
                       f"[{plain.low:+.4g}, {plain.high:+.4g}] -> users [{by_users.low:+.4g}, "
                       f"{by_users.high:+.4g}]")
+    table = [width_ratios(split, kind, values) for (split, kind), values in sorted(ratios.items())]
     print("| samples | intervals | width ratio, median (10% - 90%; max) |")
-    for (split, kind), values in sorted(ratios.items()):
-        ordered = sorted(values)
-        tenth, ninetieth = (ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-                            for q in (0.1, 0.9))
-        print(f"| {split} | {len(values)} {kind} | {statistics.median(values):.2f} "
-              f"({tenth:.2f} - {ninetieth:.2f}; {max(values):.2f}) |")
+    for row in table:
+        print(f"| {row['split']} | {row['intervals']} {row['kind']} | {row['median']:.2f} "
+              f"({row['p10']:.2f} - {row['p90']:.2f}; {row['max']:.2f}) |")
+    if args.out:
+        write_json_atomic(args.out, {
+            "format": "automr.resample-users/1",
+            "commands": [["python", "examples/resample_users.py", *sys.argv[1:]]],
+            "table": table, "intervals": both_ways})
 
+
+def width_ratios(split: str, kind: str, values: list[float]) -> dict:
+    """One row of the table: the ratios' median, 10th and 90th percentiles and maximum."""
+    ordered = sorted(values)
+    tenth, ninetieth = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.1, 0.9))
+    return {"split": split, "kind": kind, "intervals": len(values),
+            "median": statistics.median(values), "p10": tenth, "p90": ninetieth,
+            "max": max(values)}
 
 if __name__ == "__main__":
     try:

@@ -181,7 +181,7 @@ def summarize_runs(runs: list[dict], test: dict) -> dict:
                    "seeds": sorted(r["seed"] for r in runs if r["train_samples"] == size),
                    **token_scorer.summarize(by_size[size])} for size in sizes]
         if len(sizes) > 1:
-            ids = sorted(by_size[sizes[0]])
+            ids = list(by_size[sizes[0]])  # the export's order, as every other interval
             diff = paired_bootstrap(*(torch.tensor([by_size[s][i] for i in ids],
                                                    dtype=torch.float64)
                                       for s in (sizes[-1], sizes[0])))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import automr
+from automr.evaluation import paired_bootstrap
 from automr.experiments.demo import DemoConfig, demo_summary, run_demo
 from automr.interfaces import Retriever
 from automr.retrievers import top_k
@@ -391,6 +392,10 @@ def test_token_scorer_curve_trains_on_nested_subsets_and_reads_each_pick_off_the
     difference = result["largest_minus_smallest"]["gain"]
     assert difference["difference"] == pytest.approx(
         sum(averaged[available][i] - averaged[5][i] for i in per_sample) / available)
+    # resampled in the export's order, as the per-size rows and every other table (it sorted)
+    paired = paired_bootstrap(*(torch.tensor([averaged[s][i] for i in per_sample],
+                                             dtype=torch.float64) for s in (available, 5)))
+    assert (difference["low"], difference["high"]) == (paired.low, paired.high)
     assert result["finished"] and all(p["seeds"] == [0, 1] for p in result["curve"])
     # the same command again finds every run done and trains nothing; another command does
     monkeypatch.setattr(module.token_scorer, "fit", lambda *a, **k: pytest.fail("retrained"))

@@ -2,12 +2,14 @@
 exporter round-trips an evaluation folder."""
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from automr.evaluation import EvaluationFolder, build_report
+from automr.evaluation import EvaluationFolder, build_report, paired_bootstrap
 from automr.evaluation.folder import EXPORT_FORMAT, exported_reports, recomputed_means
 from automr.evaluation.likelihood import build_likelihood_report
 
@@ -211,6 +213,17 @@ def test_committed_token_scorer_picks_reproduce_their_means(path):
         assert point["samples"] == len(averaged) == len(gains)
         assert sum(averaged) / len(averaged) == pytest.approx(point["pick_minus_mean"],
                                                               abs=1e-4), point
+    sizes = sorted({r["train_samples"] for r in exported["runs"]})
+    for key, stated in exported["largest_minus_smallest"].items():  # in the export's order
+        averaged = {}
+        for size in (sizes[-1], sizes[0]):
+            worth = [_pick_worth(r["picks"], gains, key) for r in exported["runs"]
+                     if r["train_samples"] == size]
+            averaged[size] = torch.tensor([sum(w[i] for w in worth) / len(worth)
+                                           for i in gains], dtype=torch.float64)
+        diff = paired_bootstrap(averaged[sizes[-1]], averaged[sizes[0]])
+        assert (diff.mean, diff.low, diff.high) == pytest.approx(
+            (stated["difference"], stated["low"], stated["high"]), abs=1e-4), key
     assert exported["commands"]
 
 
@@ -611,3 +624,77 @@ def test_the_user_resampled_intervals_the_docs_quote_read_as_the_committed_ranks
         ndcg = per_sample_metrics(torch.tensor(run["ranks"]["test"]), (5,))["ndcg@5"]
         interval = paired_bootstrap(ndcg.double(), cooc_ndcg.double(), groups=test_users)
         assert f"[{interval.low:+.4f}, {interval.high:+.4f}]" in where, tag
+
+
+REPO = Path(__file__).resolve().parents[1]
+SPEEDUP = re.compile(r"(\d+\.\d+)x \[(\d+\.\d+), (\d+\.\d+)\]")  # ratio [min, max]
+CITED = re.compile(r"git show ([0-9a-f]{7,40}):(\S+\.json)")  # an earlier run's file
+
+
+def _number_groups(data: object) -> list[list[float]]:
+    """The numbers each object of a JSON document holds itself (a ``[min, max]`` pair too)."""
+    if isinstance(data, list):
+        return [group for value in data for group in _number_groups(value)]
+    if not isinstance(data, dict):
+        return []
+    own: list[float] = []
+    for value in data.values():
+        values = value if isinstance(value, list) and len(value) == 2 else [value]
+        own += [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return [own, *(group for value in data.values() for group in _number_groups(value))]
+
+
+def _stands_in(triple: tuple[str, ...], groups: list[list[float]]) -> bool:
+    def rounds_to(value: float, text: str) -> bool:
+        return abs(value - float(text)) <= 0.5 * 10 ** -len(text.split(".")[1]) + 1e-12
+
+    return any(all(any(rounds_to(v, t) for v in group) for t in triple) for group in groups)
+
+
+def test_every_speedup_in_the_docs_stands_in_one_committed_result():
+    """Each "N.Nx [min, max]" of the docs is one object's ratio, min and max in a committed
+    benchmark or result JSON, rounded once (26.3x [23.4, 29.2] was the .md's 29.15 rounded
+    again); an earlier run's figure names its file at its commit (``git show REV:PATH``),
+    read from the history where the clone has it."""
+    groups = [group for folder in ("benchmarks/results", "docs/results")
+              for path in sorted((REPO / folder).rglob("*.json"))
+              for group in _number_groups(json.loads(path.read_text()))]
+    pages = [REPO / "README.md", REPO / "benchmarks" / "README.md",
+             *sorted((REPO / "docs").rglob("*.md"))]
+    checked, missing = 0, []
+    for page in pages:
+        for paragraph in re.split(r"\n\s*\n", page.read_text(encoding="utf-8")):
+            text = " ".join(paragraph.split())
+            cited = []
+            for commit, path in CITED.findall(text):
+                shown = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{path}"],
+                                       capture_output=True, text=True, check=False)
+                if shown.returncode != 0:  # a clone without that history: not checked
+                    break
+                cited += _number_groups(json.loads(shown.stdout))
+            else:
+                for triple in SPEEDUP.findall(text):
+                    checked += 1
+                    if not _stands_in(triple, groups + cited):
+                        missing.append(f"{page.relative_to(REPO)}: {'x ['.join(triple[:2])}, "
+                                       f"{triple[2]}]")
+    assert checked >= 40 and not missing, missing
+
+
+def test_the_user_resampling_table_recomputes_from_its_intervals():
+    """docs/concepts/evaluation.md's width-ratio table: each row's median, percentiles and
+    maximum from the intervals docs/results/resample-users.json holds both ways."""
+    import statistics
+
+    saved = json.loads((RESULTS / "resample-users.json").read_text())
+    page = (REPO / "docs" / "concepts" / "evaluation.md").read_text(encoding="utf-8")
+    for row in saved["table"]:
+        ratios = sorted((i["users"][1] - i["users"][0]) / (i["samples"][1] - i["samples"][0])
+                        for key, i in saved["intervals"].items()
+                        if i["split"] == row["split"] and key.split(" ")[1] == row["kind"]
+                        and i["samples"][1] > i["samples"][0])
+        at = [ratios[min(len(ratios) - 1, int(q * len(ratios)))] for q in (0.1, 0.9)]
+        assert (row["intervals"], row["median"], row["p10"], row["p90"], row["max"]) == (
+            len(ratios), statistics.median(ratios), *at, ratios[-1])
+        assert (f"| {row['intervals']} {row['kind']} | {row['median']:.2f} ({row['p10']:.2f} - "
+                f"{row['p90']:.2f}; {row['max']:.2f}) |") in page
