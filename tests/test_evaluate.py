@@ -143,6 +143,26 @@ def test_a_table_that_would_drop_a_method_is_refused(workspace, tmp_path, method
     assert message in result.output and not (tmp_path / "out" / "results.md").exists()
 
 
+def test_evaluate_prints_its_own_table_not_the_folders_results_md(workspace, tmp_path,
+                                                                  monkeypatch):
+    """It read results.md back after writing it: a second evaluation of other methods into
+    the same folder at that moment had its table printed instead (the concurrency review)."""
+    from automr.evaluation import folder as folder_module
+
+    real = folder_module.write_text_atomic
+
+    def another_run_writes_after(path, text):
+        real(path, text)
+        real(path, "| another run's table |")
+
+    monkeypatch.setattr(folder_module, "write_text_atomic", another_run_writes_after)
+    result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"), "--out",
+                                 str(tmp_path), "--methods", "pop,cooc", "--samples", "4"])
+    assert result.exit_code == 0, result.output
+    assert "another run" not in result.output
+    assert "4 test samples (seed 0" in result.output and "| cooc |" in result.output
+
+
 def test_without_layer_a_small_model_splits_within_it(workspace, tmp_path):
     """The default layer 15 was refused for the 4-layer model though no --layer was given;
     the settings keep 15, so that folders of the default on larger models resume."""

@@ -3,6 +3,7 @@ rerun may reuse, a cut save, names that would share files, and combining folders
 
 import json
 import re
+import threading
 
 import pytest
 import torch
@@ -199,6 +200,30 @@ def test_a_save_cut_short_is_not_taken_for_the_older_settings(tmp_path, monkeypa
     monkeypatch.setattr(folder_module, "write_json_atomic", real)
     rerun = evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
     assert list(rerun.reports["m"].ranks) == Constant(0).rank(SAMPLES)
+
+
+def test_two_runs_saving_one_method_at_once_take_turns(tmp_path, monkeypatch):
+    """Two evaluations of one folder at once, with other settings: the second ran whole
+    between the first's ranks and its settings, and the folder kept the second's ranks under
+    the first's settings, which a rerun with those settings read back (the concurrency
+    review). The second now waits for the first's save to end."""
+    real = folder_module.write_json_atomic
+    second = threading.Thread(target=evaluate, args=({"m": Constant(9)}, SAMPLES, 30),
+                              kwargs={"out": tmp_path, "n_resamples": 20})
+
+    def write(path, data, indent=1):
+        if path.name.endswith(".settings.json") and data["rank"] == 0:
+            second.start()  # all of it, or as far as it waits, before these settings
+            second.join(timeout=3)
+        return real(path, data, indent)
+
+    monkeypatch.setattr(folder_module, "write_json_atomic", write)
+    evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    second.join()
+    monkeypatch.setattr(folder_module, "write_json_atomic", real)
+    rerun = evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    assert list(rerun.reports["m"].ranks) == Constant(0).rank(SAMPLES)
+    assert rerun.reused == ()  # the second's ranks stand, under its own settings
 
 
 @pytest.mark.parametrize(("measure", "kind"), [("ranks", "ranks"), ("likelihood", "loglik")])

@@ -110,6 +110,22 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
                 fcntl.flock(file, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def taking_turns(lock: Path) -> Iterator[None]:
+    """Hold ``lock`` (a file, created with its parents) exclusively while a few files are
+    written or read together: another process asking meanwhile waits for its turn (unlike
+    :func:`folder_lock`, for steps that take moments). Unlocked on a file system without
+    locks."""
+    if fcntl is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a", encoding="utf-8") as file:
+        with contextlib.suppress(OSError):  # a file system without locks (ENOLCK)
+            fcntl.flock(file, fcntl.LOCK_EX)
+        yield  # unlocked as the file closes
+
+
 def _locked_file(folder: Path, what: str) -> tuple[IO[str], bool]:
     """``folder``'s lock file, opened and locked (False: a file system without locks). A holder
     that ends removes the folder it made when it holds nothing but the lock: a file opened

@@ -106,7 +106,7 @@ def evaluate_command(
     evaluation = evaluate_methods(data, list(comma_list(methods)),
                                   out, config, artifacts, progress=runtime.progress,
                                   **runtime.keywords())
-    typer.echo((out / "results.md").read_text(encoding="utf-8"))
+    typer.echo(evaluation.markdown())  # results.md's (read back, another run's at once)
     if evaluation.reused:
         typer.echo(f"Read back from {out} (saved with the same samples and settings), not "
                    f"computed again: {', '.join(evaluation.reused)}")

@@ -20,6 +20,7 @@
 ``METHOD`` is the method's name with ``:`` written ``-`` (``bigrec:l2`` -> ``bigrec-l2``).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,10 +42,13 @@ from automr.storage import (
     RUNS_FILE,
     read_json,
     read_run_records,
+    taking_turns,
     write_json_atomic,
     write_text_atomic,
 )
 
+TURNS_FILE = ".automr-turns"
+"""The file runs of one folder lock in turn to write or read values with their settings."""
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 EXPORT_FORMAT = "automr.results-export/1"
@@ -178,22 +182,29 @@ class EvaluationFolder:
 
     def saved_report(self, method: str, settings: Mapping[str, Any]) -> MetricReport | None:
         """``method``'s saved report if it was ranked with exactly ``settings``, else None."""
-        ranks, saved = self.ranks_file(method), self.settings_file(method)
-        if not ranks.exists() or not saved.exists():
-            return None
-        if comparable_settings(_read(saved)) != comparable_settings(settings):
-            return None
-        return _read(ranks, MetricReport.load)
+        return self._saved(method, "ranks", settings, MetricReport.load)
 
     def saved_likelihoods(self, method: str, settings: Mapping[str, Any]
                           ) -> LikelihoodReport | None:
         """``method``'s saved target log-likelihoods if made with exactly ``settings``."""
-        values, saved = self.ranks_file(method, "loglik"), self.settings_file(method, "loglik")
+        return self._saved(method, "loglik", settings, LikelihoodReport.load)
+
+    def _saved(self, method: str, kind: str, settings: Mapping[str, Any],
+               load: Callable[[Path], Any]) -> Any:
+        values, saved = self.ranks_file(method, kind), self.settings_file(method, kind)
         if not values.exists() or not saved.exists():
             return None
-        if comparable_settings(_read(saved)) != comparable_settings(settings):
-            return None
-        return _read(values, LikelihoodReport.load)
+        with self._turn():  # not between another run's values and its settings
+            if not saved.exists() or \
+                    comparable_settings(_read(saved)) != comparable_settings(settings):
+                return None
+            return _read(values, load)
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        """One process at a time writes or reads a method's values with their settings: two
+        runs of one folder at once (other settings) left one's values under the other's
+        settings, which a rerun with those settings then read back."""
+        return taking_turns(self.path / TURNS_FILE)
 
     def save_likelihoods(self, report: LikelihoodReport, settings: Mapping[str, Any],
                          details: Mapping[str, Mapping[str, Any]] | None = {}) -> None:
@@ -211,22 +222,23 @@ class EvaluationFolder:
     def _save(self, report: MetricReport | LikelihoodReport, kind: str,
               settings: Mapping[str, Any],
               details: Mapping[str, Mapping[str, Any]] | None) -> None:
-        stale = [] if details is None else [
-            detail for detail in self._detail_kinds(report.method, kind) if detail not in details]
-        for detail in [*(details or {}), *stale] if kind == "ranks" else ():  # an older
-            own = self._details_file(detail, report.method, "loglik")  # folder's likelihood
-            if detail not in RANKING_ONLY_DETAILS and not own.is_file() and \
-                    self._older_is_likelihoods(detail, report.method):
-                shutil.copyfile(self._details_file(detail, report.method, "ranks"), own)
-        done = self.settings_file(report.method, kind)
-        done.unlink(missing_ok=True)  # a cut write must not pass for the older settings' values
-        report.save(self.ranks_file(report.method, kind))
-        for detail in stale:  # another run's: they would be read as these values' details
-            self._details_file(detail, report.method, kind).unlink()
-        for detail, values in (details or {}).items():
-            write_json_atomic(self._details_file(detail, report.method, kind), dict(values),
-                              indent=0)
-        write_json_atomic(done, dict(settings), indent=None)
+        with self._turn():
+            stale = [] if details is None else [detail for detail in self._detail_kinds(
+                report.method, kind) if detail not in details]
+            for detail in [*(details or {}), *stale] if kind == "ranks" else ():  # an older
+                own = self._details_file(detail, report.method, "loglik")  # folder's
+                if detail not in RANKING_ONLY_DETAILS and not own.is_file() and \
+                        self._older_is_likelihoods(detail, report.method):  # likelihood
+                    shutil.copyfile(self._details_file(detail, report.method, "ranks"), own)
+            done = self.settings_file(report.method, kind)
+            done.unlink(missing_ok=True)  # a cut write must not pass for the older settings'
+            report.save(self.ranks_file(report.method, kind))
+            for detail in stale:  # another run's: they would be read as these values' details
+                self._details_file(detail, report.method, kind).unlink()
+            for detail, values in (details or {}).items():
+                write_json_atomic(self._details_file(detail, report.method, kind),
+                                  dict(values), indent=0)
+            write_json_atomic(done, dict(settings), indent=None)
 
     def remove(self, method: str, kind: str = "ranks") -> None:
         """Remove ``method``'s values of ``kind`` (``ranks`` or ``loglik``), their settings

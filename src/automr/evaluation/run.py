@@ -66,6 +66,8 @@ class Evaluation:
     settings), not computed in this call."""
     resample: str = "samples"
     """What every interval and paired difference resamples: ``samples`` or ``users``."""
+    header: str | None = None
+    """The text above the tables (:meth:`markdown`'s, ``results.md``'s), when given."""
     _paired: dict[str, dict[str, dict[str, PairedDifference]]] = attrs.field(
         factory=dict, init=False, eq=False, repr=False)
     """Each measure's paired differences once computed (the JSON and the tables read them:
@@ -116,8 +118,8 @@ class Evaluation:
         the same for the target log-likelihood when it was measured."""
         measured = "full ranking over the catalog" if self.reports else "target log-likelihoods"
         units = "" if self.resample == "samples" else f" of the {self.resample}"
-        header = header or (f"{self.samples} samples, {measured}, {self.n_resamples} bootstrap "
-                            f"resamples{units}.")
+        header = header or self.header or (f"{self.samples} samples, {measured}, "
+                                           f"{self.n_resamples} bootstrap resamples{units}.")
         parts = [header, ""]
         if self.reports:
             parts += _tables(self.reports, self.paired(), self.reference, "{:.4f}")
@@ -294,12 +296,12 @@ def evaluate(
                                                     n_resamples, seed, resample, shard_size)
             reused += [f"likelihood:{name}"] if saved else []
     evaluation = Evaluation(reports, reference, likelihoods, len(samples), n_resamples, seed,
-                            tuple(reused), resample)
+                            tuple(reused), resample, header)
     if folder is not None:  # every process returns once the folder is written
         record = _with_summary(record, ks if "ranks" in measures else None, n_resamples, seed,
                                resample)
         distributed.on_main(lambda: folder.write_results(evaluation.to_json(record),
-                                                         evaluation.markdown(header)))
+                                                         evaluation.markdown()))
     return evaluation
 
 
