@@ -404,7 +404,7 @@ def test_gammas_that_rank_the_targets_alike_tie_and_the_smallest_wins():
     from automr.evaluation.metrics import ranks_from_scores
     from automr.grounding.prior import adjusted_distances, choose_gamma, min_max
 
-    rng = random.Random(0)
+    rng, twins = random.Random(0), random.Random(1)
     for trial in range(12):
         batch, n = rng.randint(1, 6), rng.randint(2, 30)
         distances = torch.tensor([[rng.random() for _ in range(n)] for _ in range(batch)])
@@ -412,6 +412,12 @@ def test_gammas_that_rank_the_targets_alike_tie_and_the_smallest_wins():
         targets = torch.tensor([rng.randrange(n) for _ in range(batch)])
         exclude = torch.tensor([[rng.random() < 0.2 for _ in range(n)]
                                 for _ in range(batch)]) if trial % 2 else None
+        # a title two items share: the target at the distance of another item (a ranking
+        # that broke such ties in the target's favour passed random distances alone)
+        for row, target in enumerate(targets.tolist()):
+            if twins.random() < 0.5:
+                twin = twins.choice([j for j in range(n) if j != target])
+                distances[row, twin] = distances[row, target]
         best, values = choose_gamma(distances, prior, targets, exclude=exclude)
         for gamma, value in values.items():  # each the exact mean of its ranks' NDCG@5
             ranks = ranks_from_scores(-adjusted_distances(distances, prior, gamma), targets,

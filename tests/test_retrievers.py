@@ -732,6 +732,15 @@ def test_a_datasets_batches_and_copies_are_what_a_checked_construction_gives():
         assert derived.metadata == data.metadata and derived.metadata is not data.metadata
     with pytest.raises(AutomrError, match="sum to 1"):  # evolve still checks
         attrs.evolve(picked, targets=picked.targets * 2)
+    # a memory with a padding hole keeps its columns up to its last real one (cut to as
+    # many columns as real slots, it lost 0.8 of its targets' mass, unchecked)
+    holes = RetrievalDataset(queries=torch.randn(2, 16), keys=torch.randn(2, 4, 16),
+                             mask=torch.tensor([[True, False, True, False],
+                                                [True, False, False, False]]),
+                             targets=torch.tensor([[0.2, 0.0, 0.8, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    picked = holes.select(torch.tensor([0]))
+    assert picked.mask.tolist() == [[True, False, True]]
+    assert picked.targets.tolist() == [[pytest.approx(0.2), 0.0, pytest.approx(0.8)]]
 
 
 @given(n=st.integers(1, 20), batch_size=st.integers(1, 8), shuffle=st.booleans(),
