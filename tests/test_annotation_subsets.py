@@ -450,6 +450,10 @@ def test_retriever_score_cli_writes_the_table_and_per_sample_gains(workspace, tm
         {"annotations_digest": annotations_digest(workspace["folders"]["three"])}))
     memorised = CliRunner().invoke(app, [*args, "--retriever", f"mine={tmp_path / 'ret'}"])
     assert memorised.exit_code == 2 and "was trained on" in memorised.output
+    assert "or add --training-annotations" in memorised.output
+    fit = CliRunner().invoke(app, [*args, "--retriever", f"mine={tmp_path / 'ret'}",
+                                   "--training-annotations"])  # asked for: how well it fits
+    assert fit.exit_code == 0 and "| mine |" in fit.output, fit.output
     # keys of another layer, labels of another combiner: scored on these keys before
     store = workspace["store"]
     for key, value in (("layer", "9"), ("combiner", "append-token")):

@@ -176,6 +176,10 @@ def retriever_score(
     seeds: Annotated[str, typer.Option(
         help="Random retrieval seeds: comma-separated integers or ranges.")] = "0-9",
     resample: ResampleOption = "samples",
+    training_annotations: Annotated[bool, typer.Option(
+        "--training-annotations",
+        help="Take annotations a --retriever was trained on (how well it fits them, not "
+             "what it learned); refused without.")] = False,
 ) -> None:
     """What each retriever's first pick is worth: eq. 5's gain, read off the annotations.
 
@@ -201,7 +205,8 @@ def retriever_score(
         if name in chosen:
             raise AutomrError(f"--retriever names {name!r} twice (with --semantic, 'semantic' "
                               f"is taken)")
-        check_held_out(folder, annotations)
+        if not training_annotations:
+            check_held_out(folder, annotations)
         chosen[name] = load_retriever_for(store, folder, combiner)  # this memory's keys
     del store
     scores = score_retrievers(annotations, data, memory, chosen, random_seeds=parse_seeds(seeds),

@@ -133,14 +133,16 @@ def check_held_out(retriever_dir: Path | str, annotations_dir: Path | str) -> No
     training = read_json(record)
     if training.get("annotations_digest") == annotations_digest(annotations_dir):
         raise AutomrError(f"the retriever in {retriever_dir} was trained on {annotations_dir}; "
-                          f"score it on held-out annotations (automr annotate --split test)")
+                          f"score it on held-out annotations (automr annotate --split test), "
+                          f"or add --training-annotations to see how well it fits them")
     scored = Annotations.header_of(annotations_dir)["samples"]
     seen = set(training.get("annotated_samples", ())).intersection(scored)
     if seen:
         raise AutomrError(f"{len(seen)} of the {len(scored)} samples annotated in "
                           f"{annotations_dir} were among those the retriever in "
                           f"{retriever_dir} was trained on; score it on held-out annotations "
-                          f"(automr annotate --split test)")
+                          f"(automr annotate --split test), or add --training-annotations to "
+                          f"see how well it fits them")
 
 
 def annotations_digest(folder: Path | str) -> str:
