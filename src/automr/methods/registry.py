@@ -460,8 +460,11 @@ METHODS: dict[str, MethodKind] = {
                          ("finetuned",), LM_OPTIONS),
     "automr": MethodKind("BIGRec + memory, trained retriever", _with_memory("automr"),
                          ("finetuned", "memory", "retriever"), MEMORY_OPTIONS),
+    # version 2: for a while (62ca894 to 7655fa1) its draws were over distinct keys, not
+    # elements; folders of those commits held other draws under the same settings
     "random": MethodKind("BIGRec + memory, random retrieval", _with_memory("random"),
-                         ("finetuned", "memory"), (*MEMORY_OPTIONS, "retrieval_seed")),
+                         ("finetuned", "memory"), (*MEMORY_OPTIONS, "retrieval_seed"),
+                         version=2),
     "semantic": MethodKind("BIGRec + memory, semantic retrieval", _with_memory("semantic"),
                            ("finetuned", "memory"), MEMORY_OPTIONS),
     "rella": MethodKind("ReLLa: BIGRec tuned with similar long-term items in the prompt",
