@@ -2,8 +2,6 @@
 ``cpu``, ``mps``, ``cuda[:N]``), checked to exist here. Light (torch alone), so memories,
 retrievers and SASRec resolve devices without loading transformers."""
 
-from __future__ import annotations
-
 import re
 
 import torch
