@@ -315,6 +315,19 @@ def test_a_memory_above_the_first_tuned_layer_is_refused(workspace, tmp_path):
     run.check_memory(fingerprint, 0)  # all layers tuned, L = 0: fine
 
 
+def test_a_memory_at_the_models_last_layer_boundary_is_refused_before_encoding(workspace,
+                                                                              tmp_path):
+    """At L = the layer count no layer runs above the memory: it was built (hours with the
+    window encoder), then refused by every fine-tune, and the advice to fine-tune with
+    --lora-from-layer L could not be followed (the tutorials review)."""
+    result = runner.invoke(app, ["memory", "build", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path / "mem"), "--model",
+                                 str(workspace / "model"), "--layer", "4", "--device", "cpu",
+                                 "--quiet"])
+    assert result.exit_code == 2 and "no layer above it to read it" in result.output
+    assert not (tmp_path / "mem").exists()
+
+
 def test_lora_targets_choose_the_adapted_modules_and_an_unknown_one_is_named(workspace,
                                                                              tmp_path):
     data, model = str(workspace / "prepared"), str(workspace / "model")

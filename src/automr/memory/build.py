@@ -148,6 +148,10 @@ def build_memory(
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     require_instance(config, MemoryConfig, "config", "automr.MemoryConfig(...)")
     backbone = Backbone.of(model)
+    if layer == backbone.llm.num_layers:  # (outside 0..layers: the encoder's one line)
+        raise AutomrError(f"a memory at layer {layer} has no layer above it to read it (the "
+                          f"model has {layer}): no fine-tune (--lora-from-layer) and no "
+                          f"evaluation could use it; build it at a layer below {layer}")
     window = config.window or dataset.protocol.recent_k
     record = make_record(backbone, layer, config, dataset.prompt_config, window, dataset,
                          dataset.catalog)
