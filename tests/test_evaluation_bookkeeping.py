@@ -22,7 +22,7 @@ from automr.evaluation.likelihood import (
     build_likelihood_report,
     compare_likelihoods,
 )
-from automr.evaluation.report import compare_reports
+from automr.evaluation.report import MetricReport, compare_reports
 
 SAMPLES = [Sample(user=f"u{i}", target="t", timestamp=100 + i, recent=("a",),
                   recent_timestamps=(1,)) for i in range(24)]
@@ -311,6 +311,27 @@ class Retrieving(Constant):
 
     def details(self):
         return {"retrieved": dict(self.seen)}
+
+
+def test_values_read_back_are_not_saved_again_over_another_runs(tmp_path, monkeypatch):
+    """A rerun that reads a method's values back and saves them summarised again (another
+    bootstrap) kept the details on disk: another run that saved the method with other
+    settings in between left its retrieved elements under this run's ranks (the diff
+    review). Refused in one line now."""
+    evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+    real = MetricReport.resampled
+
+    def another_run_saves_meanwhile(self, *args, **kwargs):
+        monkeypatch.setattr(MetricReport, "resampled", real)
+        evaluate({"m": Retrieving(2)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetricReport, "resampled", another_run_saves_meanwhile)
+    with pytest.raises(AutomrError, match="saved by another run with other settings"):
+        evaluate({"m": Retrieving(1)}, SAMPLES, 30, out=tmp_path, n_resamples=30)
+    folder = EvaluationFolder(tmp_path)
+    assert json.loads(folder.settings_file("m").read_text())["retriever"] == 2
+    assert {tuple(v) for v in folder.details("retrieved", "m").values()} == {(2,)}
 
 
 def test_the_ranks_and_the_likelihoods_keep_their_own_retrieved_elements(tmp_path):

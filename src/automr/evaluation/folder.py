@@ -223,6 +223,8 @@ class EvaluationFolder:
               settings: Mapping[str, Any],
               details: Mapping[str, Mapping[str, Any]] | None) -> None:
         with self._turn():
+            if details is None:  # the values read back, summarised again: still these?
+                self._check_still_saved(report.method, kind, settings)
             stale = [] if details is None else [detail for detail in self._detail_kinds(
                 report.method, kind) if detail not in details]
             for detail in [*(details or {}), *stale] if kind == "ranks" else ():  # an older
@@ -239,6 +241,16 @@ class EvaluationFolder:
                 write_json_atomic(self._details_file(detail, report.method, kind),
                                   dict(values), indent=0)
             write_json_atomic(done, dict(settings), indent=None)
+
+    def _check_still_saved(self, method: str, kind: str, settings: Mapping[str, Any]) -> None:
+        """Refuse to save values read back (their details kept) once another run has saved
+        the method with other settings since: its details would stand beside these values."""
+        saved = self.settings_file(method, kind)
+        if not saved.is_file() or comparable_settings(_read(saved)) != comparable_settings(
+                settings):
+            raise AutomrError(f"{method}'s {kind} in {self.path} were saved by another run "
+                              f"with other settings while this one ran; run one at a time, "
+                              f"then rerun this one")
 
     def remove(self, method: str, kind: str = "ranks") -> None:
         """Remove ``method``'s values of ``kind`` (``ranks`` or ``loglik``), their settings
@@ -340,12 +352,13 @@ class EvaluationFolder:
             saved = self.settings_file(method)
             if not (saved.is_file() and self.details_file("generated", method).is_file()):
                 continue
-            made = _read(saved)
-            if not isinstance(made, dict) or decisive(made) != wanted:  # valid JSON, not
-                continue  # settings: not these (the method is measured again)
-            for kind in ("generated", "retrieved", "contexts"):
-                if self.details_file(kind, method).is_file():
-                    kept.setdefault(kind, {}).update(self.details(kind, method))
+            with self._turn():  # the settings and the details of one run
+                made = _read(saved) if saved.is_file() else None
+                if not isinstance(made, dict) or decisive(made) != wanted:  # valid JSON, not
+                    continue  # settings: not these (the method is measured again)
+                for kind in ("generated", "retrieved", "contexts"):
+                    if self.details_file(kind, method).is_file():
+                        kept.setdefault(kind, {}).update(self.details(kind, method))
         return kept
 
     def source_record(self, source: Path | str, method: str) -> dict[str, str]:

@@ -148,10 +148,10 @@ def build_memory(
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     require_instance(config, MemoryConfig, "config", "automr.MemoryConfig(...)")
     backbone = Backbone.of(model)
-    if layer == backbone.llm.num_layers:  # (outside 0..layers: the encoder's one line)
-        raise AutomrError(f"a memory at layer {layer} has no layer above it to read it (the "
-                          f"model has {layer}): no fine-tune (--lora-from-layer) and no "
-                          f"evaluation could use it; build it at a layer below {layer}")
+    layers = backbone.llm.num_layers
+    if not 0 <= layer < layers:  # at the last boundary no layer above it would read it
+        raise AutomrError(f"a memory's layer is one of 0..{layers - 1} for {backbone.name} "
+                          f"(a layer above it reads it), got {layer}")
     window = config.window or dataset.protocol.recent_k
     record = make_record(backbone, layer, config, dataset.prompt_config, window, dataset,
                          dataset.catalog)
