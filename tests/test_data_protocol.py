@@ -41,7 +41,8 @@ def interaction_logs(draw, max_size: int = 80) -> list[Interaction]:
 def protocols(draw) -> ProtocolConfig:
     recent_k = draw(st.integers(1, 4))
     max_history = draw(st.integers(recent_k, 8))
-    min_history = draw(st.one_of(st.none(), st.integers(1, max_history)))
+    # above max_history too: users with a longer past (it was refused as unsatisfiable)
+    min_history = draw(st.one_of(st.none(), st.integers(1, max_history + 4)))
     return ProtocolConfig(recent_k=recent_k, max_history=max_history, min_history=min_history)
 
 

@@ -67,7 +67,8 @@ class ProtocolConfig:
     - ``recent_k``: the latest K of those form the prompt (paper: 10); the older ones are the
       memory.
     - ``min_history``: an interaction becomes a sample only if the user has at least this many
-      strictly earlier interactions (``None``: ``recent_k``, so every prompt has K items).
+      strictly earlier interactions (``None``: ``recent_k``, so every prompt has K items); it
+      may exceed ``max_history`` (users with a longer past, their history still capped).
     """
 
     start: dt.date | None = attrs.field(default=dt.date(2017, 1, 1), converter=_whole_day)
@@ -84,9 +85,6 @@ class ProtocolConfig:
         if self.recent_k > self.max_history:
             raise ValueError(f"recent_k ({self.recent_k}) exceeds max_history "
                              f"({self.max_history})")
-        if self.required_history > self.max_history:
-            raise ValueError(f"min_history ({self.required_history}) exceeds max_history "
-                             f"({self.max_history}): no sample could ever qualify")
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError(f"end {self.end} must be after start {self.start}")
 
