@@ -632,6 +632,28 @@ def test_a_resumed_build_redoes_a_damaged_shard(backbone, dataset, built, tmp_pa
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+def test_a_shard_of_other_users_under_a_shards_name_is_refused_at_open(built, tmp_path):
+    """A shard file of the same shape holding other users' elements (two shards of one
+    shape swapped by hand): the index checks passed and other users' keys were read, so
+    eq. 5's likelihoods moved without a word (the damaged-artifacts review). Each shard's
+    metadata names its users: checked against the index."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "swapped"
+    shutil.copytree(built.folder, out)
+    path = out / shard_name(1)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    metadata["users"] = json.dumps(list(built.index.shards[0].users))  # shard 0's users
+    save_file(load_file(path), path, metadata=metadata)
+    with pytest.raises(AutomrError, match="holds the elements of other users than the index"):
+        MemoryStore.open(out)
+    MemoryStore.open(built.folder)  # the intact one opens
+
+
 def test_a_build_resumes_with_its_model_folder_named_otherwise(dataset, tmp_path, monkeypatch):
     """One model folder typed as an absolute path, then relative to the working folder: the
     rerun resumes (the record keeps the name as typed; the two name one model)."""
@@ -881,6 +903,26 @@ def test_an_index_of_an_older_version_with_timings_reads(built, tmp_path):
     store = MemoryStore.open(folder)
     assert [s.file for s in store.index.shards] == [s.file for s in built.index.shards]
     assert MemoryStore.digest(folder) == digest
+
+
+@pytest.mark.parametrize(("field", "value"), [("complete", "false"),
+                                              ("timestamp", float("inf"))])
+def test_an_index_with_a_hand_written_value_is_damaged_not_misread(built, tmp_path, field,
+                                                                  value):
+    """"complete": "false" was read as complete (bool("false")), and a timestamp written
+    Infinity was a raw OverflowError (the damaged-artifacts review)."""
+    import shutil
+
+    folder = tmp_path / "edited"
+    shutil.copytree(built.folder, folder)
+    data = json.loads((folder / INDEX_FILE).read_text())
+    if field == "complete":
+        data["complete"] = value
+    else:
+        next(iter(data["users"].values()))["timestamps"][0] = value
+    (folder / INDEX_FILE).write_text(json.dumps(data))
+    with pytest.raises(AutomrError, match=r"index\.json is damaged"):
+        MemoryStore.open(folder)
 
 
 def test_the_digest_of_a_folder_without_a_memory_is_refused(tmp_path):

@@ -591,6 +591,11 @@ def test_mlp_load_refuses_another_model(tmp_path):
     assert not loaded.training
     with pytest.raises(AutomrError, match="hidden size 8"):
         MLPRetriever.load(tmp_path, hidden_size=16)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": str(HIDDEN)}))
+    with pytest.raises(AutomrError, match="is damaged: its hidden_size is '8'"):  # it said
+        MLPRetriever.load(tmp_path, hidden_size=HIDDEN)  # "built for 8, the model has 8"
+    (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(AutomrError, match="layer='4'"):
         MLPRetriever.load(tmp_path, expect={"layer": "5"})
     with pytest.raises(AutomrError, match="not 'semantic'"):

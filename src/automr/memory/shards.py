@@ -124,7 +124,7 @@ class MemoryIndex:
             users={u: UserEntry(list(e["items"]), [int(t) for t in e["timestamps"]],
                                 [(int(a), int(b), int(c)) for a, b, c in e["segments"]])
                    for u, e in data["users"].items()},
-            complete=bool(data["complete"]),
+            complete=_flag(data["complete"]),
         )
 
     def write(self, folder: Path) -> None:
@@ -142,9 +142,9 @@ class MemoryIndex:
                 raise ValueError(f"format {found!r}, expected {INDEX_FORMAT!r}")
             index = cls.from_json(data)
             index.check()
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as error:
             raise AutomrError(f"{path} is damaged ({error}); rebuild the memory with "
-                              f"{MADE_BY}.") from None
+                              f"{MADE_BY}.") from None  # (OverflowError: int(Infinity))
         return index
 
     def check(self) -> None:
@@ -194,3 +194,10 @@ def write_shard(
     name = shard_name(number)
     save_safetensors(folder / name, tensors, metadata={"format": MEMORY_FORMAT, **metadata})
     return name
+
+
+def _flag(value: object) -> bool:
+    """A JSON boolean as written (``"false"`` by hand was ``bool("false")``, true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"'complete' is {value!r}, not true or false")
+    return value

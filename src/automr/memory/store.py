@@ -8,6 +8,7 @@ back is the same as from one row per element.
 """
 
 import bisect
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, final
@@ -270,6 +271,12 @@ class MemoryStore:
                     f"{path} holds {found}, but the index expects {entry.stored} keys of "
                     f"size {self.hidden_size} for {entry.elements} elements; the memory folder "
                     f"is damaged: rebuild it with {MADE_BY}.")
+            users = (handle.metadata() or {}).get("users")  # older shards may not say
+            if users is not None and users != json.dumps(list(entry.users)):
+                raise AutomrError(  # another shard's file of the same shape: others' keys
+                    f"{path} holds the elements of other users than the index gives it (a "
+                    f"shard of another number or build); the memory folder is damaged: "
+                    f"rebuild it with {MADE_BY}.")
         for user, entry in self.index.users.items():
             if sum(count for _, _, count in entry.segments) != len(entry.items):
                 raise AutomrError(f"{self.folder / INDEX_FILE} is damaged (user {user!r}: its "

@@ -70,6 +70,10 @@ def read_retriever(
             raise AutomrError(f"{directory}'s {CONFIG_FILE} is damaged: its {part} is "
                               f"{meta[part]!r}, not an object; save the retriever again")
     saved_hidden = meta.get("hidden_size")
+    if saved_hidden is not None and (isinstance(saved_hidden, bool) or not isinstance(
+            saved_hidden, int)):
+        raise AutomrError(f"{directory}'s {CONFIG_FILE} is damaged: its hidden_size is "
+                          f"{saved_hidden!r}, not a number; save the retriever again")
     if hidden_size is not None and saved_hidden is not None and saved_hidden != hidden_size:
         raise AutomrError(
             f"the retriever in {directory} was built for hidden size {saved_hidden}, but the "
