@@ -183,6 +183,53 @@ def test_a_saved_report_of_another_bootstrap_seed_is_rebuilt_from_its_ranks(tmp_
     assert again.likelihoods["m"] == lls
 
 
+@pytest.mark.parametrize(("kind", "edit"), [
+    ("ranks", lambda data: data["samples"][0].update(rank=None)),
+    ("ranks", lambda data: data["samples"][0].update(rank=1.9)),  # was read as 1
+    ("ranks", lambda data: data.update(metrics=[])),
+    ("loglik", lambda data: data["samples"][0].update(tokens="3")),
+    ("loglik", lambda data: data.pop("metrics"))])
+def test_a_hand_edited_saved_report_is_one_line_saying_to_delete_it(tmp_path, kind, edit):
+    """A field of another type or missing was a raw TypeError, AttributeError or KeyError in
+    the rerun (and in export and compare); a rank of 1.9 was taken as 1 (the
+    damaged-artifacts review)."""
+    evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+             measures=("ranks", "likelihood"))
+    path = EvaluationFolder(tmp_path).ranks_file("m", kind)
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(AutomrError, match=r"m\.(loglik\.)?json is damaged .*delete it and run"):
+        evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+                 measures=("ranks", "likelihood"))
+
+
+def test_a_damaged_shard_is_computed_again(tmp_path, monkeypatch):
+    """A shard file of a cut run whose values were cut short was taken (5 values for 6
+    samples), one without values was a raw KeyError (the damaged-artifacts review)."""
+    real = folder_module.write_json_atomic
+
+    def cut(path, data, indent=1):
+        if str(path).endswith(".settings.json"):
+            raise KeyboardInterrupt
+        return real(path, data, indent)
+
+    monkeypatch.setattr(folder_module, "write_json_atomic", cut)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20, shard_size=6)
+    monkeypatch.undo()
+    shards = [EvaluationFolder(tmp_path).shard_file("m", n) for n in range(2)]
+    short = json.loads(shards[0].read_text())
+    short["values"] = short["values"][:-1]
+    shards[0].write_text(json.dumps(short))
+    gone = json.loads(shards[1].read_text())
+    del gone["values"]
+    shards[1].write_text(json.dumps(gone))
+    again = evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20,
+                     shard_size=6)
+    assert list(again.reports["m"].ranks) == Constant(0).rank(SAMPLES)
+
+
 def test_a_save_cut_short_is_not_taken_for_the_older_settings(tmp_path, monkeypatch):
     """Ranks of new settings written, their settings not: a rerun of the old settings must not
     read the new ranks as its own."""

@@ -543,6 +543,28 @@ def load_component(
     return config, tensors
 
 
+@contextlib.contextmanager
+def fields_of(path: Path | str, made_by: str) -> Iterator[None]:
+    """Inside, what reading a parsed file's fields raises (a field missing, or of another
+    type: a file edited by hand or damaged) is one line naming ``path`` and ``made_by``."""
+    from beartype.roar import BeartypeCallHintViolation
+
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+            BeartypeCallHintViolation) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
+        raise AutomrError(f"{path} is damaged ({type(error).__name__}: {reason}); write it "
+                          f"again with {made_by}") from None
+
+
+def whole(value: object) -> int:
+    """A JSON integer as written (``int()`` took ``1.9`` for 1 and ``"2"`` for 2)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not a whole number")
+    return value
+
+
 def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: str,
                   build: "Callable[[], M]", tensors: dict[str, "Tensor"]) -> "M":
     """``build()`` (the module its ``config.json`` describes) with ``tensors`` loaded, in their

@@ -166,6 +166,10 @@ class EvaluationFolder:
         data = _read(path)
         if not isinstance(data, dict) or data.get("key") != json.loads(json.dumps(key)):
             return None
+        values, details = data.get("values"), data.get("details")
+        if not (isinstance(values, list) and len(values) == len(key["samples"])
+                and isinstance(details, dict)):
+            return None  # damaged (cut short, edited): computed again
         return data
 
     def save_shard(self, method: str, number: int, key: Mapping[str, Any],

@@ -26,7 +26,7 @@ from automr.evaluation.bootstrap import (
     paired_bootstrap,
     resample_field,
 )
-from automr.storage import read_json, write_json_atomic
+from automr.storage import fields_of, read_json, whole, write_json_atomic
 
 LIKELIHOOD_FORMAT = "automr.likelihood_report/1"
 LIKELIHOOD_METRICS = ("target_ll", "target_ll_per_token")
@@ -88,14 +88,16 @@ class LikelihoodReport:
 
     @classmethod
     def load(cls, path: Path | str) -> "LikelihoodReport":
-        data = read_json(path, "`automr evaluate --measures likelihood`", LIKELIHOOD_FORMAT)
-        samples = data["samples"]
-        return cls(method=data["method"], sample_ids=tuple(s["id"] for s in samples),
-                   log_likelihoods=tuple(float(s["log_likelihood"]) for s in samples),
-                   tokens=tuple(int(s["tokens"]) for s in samples),
-                   metrics={k: Interval(**v) for k, v in data["metrics"].items()},
-                   n_resamples=data["n_resamples"], seed=data["seed"],
-                   resample=data.get("resample", "samples"))  # before it: samples
+        made_by = "`automr evaluate --measures likelihood`"
+        data = read_json(path, made_by, LIKELIHOOD_FORMAT)
+        with fields_of(path, made_by):
+            samples = data["samples"]
+            return cls(method=data["method"], sample_ids=tuple(s["id"] for s in samples),
+                       log_likelihoods=tuple(float(s["log_likelihood"]) for s in samples),
+                       tokens=tuple(whole(s["tokens"]) for s in samples),
+                       metrics={k: Interval(**v) for k, v in data["metrics"].items()},
+                       n_resamples=data["n_resamples"], seed=data["seed"],
+                       resample=data.get("resample", "samples"))  # before it: samples
 
 
 def build_likelihood_report(

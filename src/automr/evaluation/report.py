@@ -26,7 +26,7 @@ from automr.evaluation.bootstrap import (
     resample_field,
 )
 from automr.evaluation.metrics import metric_names, per_sample_metrics
-from automr.storage import read_json, write_json_atomic
+from automr.storage import fields_of, read_json, whole, write_json_atomic
 
 REPORT_FORMAT = "automr.metric_report/1"
 
@@ -103,17 +103,18 @@ class MetricReport:
     def load(cls, path: Path | str) -> "MetricReport":
         """Read a report written by :meth:`save`."""
         payload = read_json(path, "`automr evaluate`", REPORT_FORMAT)
-        return cls(
-            method=payload["method"],
-            n_items=payload["n_items"],
-            ks=tuple(payload["ks"]),
-            sample_ids=tuple(str(s["id"]) for s in payload["samples"]),
-            ranks=tuple(int(s["rank"]) for s in payload["samples"]),
-            metrics={name: Interval(**iv) for name, iv in payload["metrics"].items()},
-            n_resamples=payload["n_resamples"],
-            seed=payload["seed"],
-            resample=payload.get("resample", "samples"),  # reports before it resampled samples
-        )
+        with fields_of(path, "`automr evaluate`"):
+            return cls(
+                method=payload["method"],
+                n_items=payload["n_items"],
+                ks=tuple(payload["ks"]),
+                sample_ids=tuple(str(s["id"]) for s in payload["samples"]),
+                ranks=tuple(whole(s["rank"]) for s in payload["samples"]),
+                metrics={name: Interval(**iv) for name, iv in payload["metrics"].items()},
+                n_resamples=payload["n_resamples"],
+                seed=payload["seed"],
+                resample=payload.get("resample", "samples"),  # before it: samples
+            )
 
 
 @jaxtyped(typechecker=beartype)
