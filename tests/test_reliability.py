@@ -169,6 +169,43 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(workspace, tmp_path, f
     one_line_error(result, run / "checkpoint" / file)
 
 
+@pytest.mark.parametrize(("key", "value"), [("step", "1"), ("evaluations", None),
+                                          ("best_valid_nll", "5.5"), ("tokens", "100"),
+                                          ("train_losses", None), ("best_step", ...)])
+def test_a_hand_edited_checkpoint_state_is_one_line_naming_it(workspace, tmp_path, key, value):
+    """A field of state.json of another type, or missing, was a raw TypeError, AttributeError
+    or KeyError in the resume (the damaged-artifacts review)."""
+    run = unfinished_finetune(workspace, tmp_path)
+    path = run / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    if value is ...:
+        del state[key]
+    else:
+        state[key] = value
+    path.write_text(json.dumps(state))
+    result = runner.invoke(app, finetune_args(workspace, run))
+    assert f"({key} missing or of another type)" in one_line_error(result, path)
+
+
+@pytest.mark.parametrize("how", ["other shapes", "a tensor missing"])
+def test_a_checkpoint_adapter_of_another_run_is_one_line(workspace, tmp_path, how):
+    """Tensors of another rank were a raw RuntimeError from peft; a tensor missing was loaded
+    leniently, so it restarted from its initial values without a word."""
+    from safetensors.torch import load_file, save_file
+
+    run = unfinished_finetune(workspace, tmp_path)
+    path = run / "checkpoint" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    name = sorted(tensors)[0]
+    if how == "other shapes":
+        tensors[name] = torch.zeros(*(2 * n for n in tensors[name].shape))
+    else:
+        del tensors[name]
+    save_file(tensors, path)
+    result = runner.invoke(app, finetune_args(workspace, run))
+    assert "delete" in one_line_error(result, path)
+
+
 def test_an_intact_checkpoint_still_resumes(workspace, tmp_path):
     run = unfinished_finetune(workspace, tmp_path)
     result = runner.invoke(app, finetune_args(workspace, run))

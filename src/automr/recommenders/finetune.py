@@ -784,6 +784,12 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     if not isinstance(state, dict) or not {"step", "evaluations"} <= set(state):
         raise AutomrError(f"{state_file} is not a fine-tune checkpoint; delete "
                           f"{state_file.parent} to restart")
+    wrong = [key for key, kinds in CHECKPOINT_FIELDS.items()
+             if (key in state or key in CHECKPOINT_REQUIRED) and (
+                 isinstance(state.get(key), bool) or not isinstance(state.get(key), kinds))]
+    if wrong:  # edited by hand or damaged: a raw TypeError, KeyError or AttributeError later
+        raise AutomrError(f"{state_file} is damaged ({', '.join(wrong)} missing or of another "
+                          f"type); delete {state_file.parent} to restart")
     if isinstance(state.get("config"), dict):  # fields added since: their defaults then
         defaults = FinetuneConfig().to_json()
         state["config"] = {**{key: defaults[key] for key in ADDED_FIELDS}, **state["config"]}
@@ -804,6 +810,16 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     return {**state, "config": identity["config"]}  # run options as given now, all fields
 
 
+CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "best_step": int, "bad_evaluations": int, "tokens": int,
+    "evaluations": list, "train_losses": list, "processes_from_step": list,
+    "best_valid_nll": (int, float, type(None)), "train_seconds": (int, float)}
+"""What a checkpoint's state.json holds, by type (the last three a checkpoint of an older
+version may lack)."""
+CHECKPOINT_REQUIRED = ("step", "best_step", "bad_evaluations", "tokens", "evaluations",
+                       "best_valid_nll")
+
+
 def _comparable(identity: dict) -> dict:
     """``identity`` without the run options (they may differ between a run and its resume)."""
     config = identity.get("config")
@@ -817,4 +833,13 @@ def _load_adapter(model: PeftModel, folder: Path) -> None:
 
     weights = read_safetensors(folder / ADAPTER_WEIGHTS,
                                f"`automr finetune` (delete {folder} to restart)")
-    set_peft_model_state_dict(model, weights)
+    try:
+        loaded = set_peft_model_state_dict(model, weights)
+    except RuntimeError as error:  # shapes of another adapter (another rank)
+        raise AutomrError(f"{folder / ADAPTER_WEIGHTS} does not fit this run's adapter "
+                          f"({str(error).strip().splitlines()[-1].strip()}); delete {folder} "
+                          f"to restart") from None
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if missing:  # loaded leniently, these would start from their initial values
+        raise AutomrError(f"{folder / ADAPTER_WEIGHTS} lacks {len(missing)} of the adapter's "
+                          f"tensors (e.g. {missing[0]}); delete {folder} to restart")
