@@ -892,6 +892,11 @@ def test_a_run_refuses_a_non_record_and_memories_or_data_it_was_not_made_with(tm
         (tmp_path / "finetune.json").write_text(json.dumps(record))
         with pytest.raises(AutomrError, match="is not a fine-tune record"):
             FinetunedRun.open(tmp_path)
+    for key, value in (("model", None), ("model", 3), ("model_fingerprint", None)):  # by
+        record = {"model": "m", "model_fingerprint": "a" * 64, "config": {}, key: value}
+        (tmp_path / "finetune.json").write_text(json.dumps(record))  # hand: raw TypeErrors
+        with pytest.raises(AutomrError, match=rf"is damaged \({key} is {value!r}, not a str"):
+            FinetunedRun.open(tmp_path)
     record = {"model": "m", "model_fingerprint": "a" * 64, "data_fingerprint": "d",
               "config": {"lora_from_layer": 2}}
     (tmp_path / "finetune.json").write_text(json.dumps(record))

@@ -206,6 +206,26 @@ def test_a_checkpoint_adapter_of_another_run_is_one_line(workspace, tmp_path, ho
     assert "delete" in one_line_error(result, path)
 
 
+@pytest.mark.parametrize(("where", "key", "value"), [
+    ("config", "split", None), ("config", "combiner", ["concat"]), ("config", "combiner", ...),
+    (None, "pooling", ...)])
+def test_a_hand_edited_annotation_header_is_one_line_naming_it(workspace, tmp_path, where,
+                                                              key, value):
+    """A split, combiner or pooling of another type, or missing, was a raw beartype
+    violation, TypeError or KeyError in retriever train (the damaged-artifacts review)."""
+    annotations = copy(workspace, "ann", tmp_path)
+    path = annotations / "config.json"
+    header = json.loads(path.read_text())
+    part = header if where is None else header[where]
+    if value is ...:
+        del part[key]
+    else:
+        part[key] = value
+    path.write_text(json.dumps(header))
+    result = runner.invoke(app, retriever_train(workspace, tmp_path / "ret", annotations))
+    assert "is damaged" in one_line_error(result, path)
+
+
 def test_an_intact_checkpoint_still_resumes(workspace, tmp_path):
     run = unfinished_finetune(workspace, tmp_path)
     result = runner.invoke(app, finetune_args(workspace, run))

@@ -285,6 +285,12 @@ class Annotations:
                     raise KeyError(key)
             if not isinstance(header["layer"], int):
                 raise TypeError("layer is not an integer")
+            for key, value in (("split", header["config"]["split"]),  # read by retriever
+                               ("combiner", header["config"]["combiner"])):  # train, score
+                if not isinstance(value, str):
+                    raise TypeError(f"{key} is not a string")
+            if not isinstance(header["pooling"], dict):  # the memory check compares it
+                raise TypeError("pooling is not an object")
             if shard_size < 1:
                 raise ValueError(f"shard_size {shard_size}")
         except (KeyError, TypeError, ValueError) as error:

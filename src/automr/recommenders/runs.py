@@ -55,6 +55,12 @@ class FinetunedRun:
                 record) or not isinstance(record["config"], dict):
             raise AutomrError(f"{path / RESULT_FILE} is not a fine-tune record; run "
                               f"`automr finetune` again")
+        wrong = [key for key in ("model", "model_fingerprint")
+                 if not isinstance(record[key], str)]
+        if wrong:  # edited by hand: raw TypeErrors where the base model is looked up
+            raise AutomrError(f"{path / RESULT_FILE} is damaged ({wrong[0]} is "
+                              f"{record[wrong[0]]!r}, not a string); run `automr finetune` "
+                              f"again")
         run = cls(path, record)
         run.context  # noqa: B018  read here: a damaged one is refused with the record
         return run
