@@ -204,9 +204,9 @@ def test_a_hand_edited_saved_report_is_one_line_saying_to_delete_it(tmp_path, ki
                  measures=("ranks", "likelihood"))
 
 
-def test_a_damaged_shard_is_computed_again(tmp_path, monkeypatch):
-    """A shard file of a cut run whose values were cut short was taken (5 values for 6
-    samples), one without values was a raw KeyError (the damaged-artifacts review)."""
+def cut_before_the_settings(monkeypatch) -> None:
+    """Saves of the evaluation folder stop (Ctrl-C) where a method's settings would be
+    written: its values (or shards) are on disk, not marked done."""
     real = folder_module.write_json_atomic
 
     def cut(path, data, indent=1):
@@ -215,6 +215,12 @@ def test_a_damaged_shard_is_computed_again(tmp_path, monkeypatch):
         return real(path, data, indent)
 
     monkeypatch.setattr(folder_module, "write_json_atomic", cut)
+
+
+def test_a_damaged_shard_is_computed_again(tmp_path, monkeypatch):
+    """A shard file of a cut run whose values were cut short was taken (5 values for 6
+    samples), one without values was a raw KeyError (the damaged-artifacts review)."""
+    cut_before_the_settings(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20, shard_size=6)
     monkeypatch.undo()
@@ -234,17 +240,10 @@ def test_a_save_cut_short_is_not_taken_for_the_older_settings(tmp_path, monkeypa
     """Ranks of new settings written, their settings not: a rerun of the old settings must not
     read the new ranks as its own."""
     evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
-    real = folder_module.write_json_atomic
-
-    def cut(path, data, indent=1):
-        if str(path).endswith(".settings.json"):
-            raise KeyboardInterrupt
-        return real(path, data, indent)
-
-    monkeypatch.setattr(folder_module, "write_json_atomic", cut)
+    cut_before_the_settings(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate({"m": Constant(9)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
-    monkeypatch.setattr(folder_module, "write_json_atomic", real)
+    monkeypatch.undo()
     rerun = evaluate({"m": Constant(0)}, SAMPLES, 30, out=tmp_path, n_resamples=20)
     assert list(rerun.reports["m"].ranks) == Constant(0).rank(SAMPLES)
 
