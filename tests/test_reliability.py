@@ -1081,6 +1081,19 @@ def test_a_damaged_stats_json_is_one_line_naming_it(workspace, tmp_path, text):
     one_line_error(result, data / "stats.json")
 
 
+@pytest.mark.parametrize("field,value", [("memory_length", []), ("memory_length", {"x": [1]}),
+                                         ("loaded", [1, 2])])
+def test_a_stats_json_field_of_another_type_is_one_line_naming_it(workspace, tmp_path, field,
+                                                                   value):
+    """memory_length written as a list was a raw AttributeError (the mypy review)."""
+    data = copy(workspace, "prepared", tmp_path)
+    stats = json.loads((data / "stats.json").read_text())
+    stats[field] = value
+    (data / "stats.json").write_text(json.dumps(stats))
+    result = runner.invoke(app, ["data", "stats", str(data)])
+    one_line_error(result, data / "stats.json")
+
+
 def test_a_retriever_saved_again_in_place_and_cut_before_its_config_is_not_loaded(tmp_path,
                                                                                   monkeypatch):
     """The new weights stood beside the older save's config.json: loaded with its provenance

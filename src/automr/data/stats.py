@@ -83,8 +83,11 @@ class DatasetStats:
         values = dict(data)
         values["loaded"] = Counts(**values["loaded"])  # type: ignore[arg-type]
         values["filtered"] = Counts(**values["filtered"])  # type: ignore[arg-type]
+        lengths = values["memory_length"]
+        if not isinstance(lengths, Mapping):
+            raise TypeError(f"memory_length is {type(lengths).__name__}, not an object")
         values["memory_length"] = {k: LengthStats(**v)  # type: ignore[arg-type]
-                                   for k, v in values["memory_length"].items()}  # type: ignore[union-attr]
+                                   for k, v in lengths.items()}
         return cls(**values)  # type: ignore[arg-type]
 
     def rows(self) -> list[tuple[str, str]]:
