@@ -456,3 +456,44 @@ def test_the_runs_of_an_rq2_list_the_rq2_command_behind_them(tmp_path):
     assert EvaluationFolder(tmp_path / "o" / "results").commands() == [demo]  # the demo's too
     assert EvaluationFolder(tmp_path / "o" / "automr-extra").commands() == []  # rq2 made none
     assert EvaluationFolder(tmp_path / "o").commands() == [rq2, demo, ["automr", "evaluate"]]
+
+
+def test_compare_removes_only_the_files_it_globbed_not_those_a_saved_name_points_to(tmp_path):
+    """A received combination folder whose saved ``method`` named a path outside it
+    (``/abs/x``) made `automr compare --out` into it delete x.json and x.settings.json there
+    (the security review)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("results.json", "results.settings.json"):
+        (mine / name).write_text("{}")
+    a = evaluated(tmp_path / "a", "m", [0] * 8, [-1.0] * 8)
+    out = tmp_path / "received"
+    combine_folders({"x": (a, "m")}, out=out, n_resamples=20)
+    (out / "ranks" / "y.json").write_text(json.dumps({"method": str(mine / "results")}))
+    combine_folders({"x": (a, "m")}, out=out, n_resamples=20)
+    assert sorted(p.name for p in mine.iterdir()) == ["results.json", "results.settings.json"]
+
+
+def test_sources_that_lead_back_to_one_another_are_refused_in_one_line(tmp_path):
+    """compare --out A y=E/m, --out B x=A/y, then --out A y=B/x recorded A/y and B/x as each
+    other's sources: a raw OSError (a path 100 KB long), and A could not be exported again
+    (the security review)."""
+    e = evaluated(tmp_path / "e", "m", [0, 3, 29, 5, 1, 2, 8, 4], [-1.0] * 8)
+    a, b = tmp_path / "a", tmp_path / "b"
+    combine_folders({"y": (e, "m")}, out=a, n_resamples=20)
+    combine_folders({"x": (a, "y")}, out=b, n_resamples=20)
+    with pytest.raises(AutomrError, match=r"brought in from .*a/y itself.* measured, .*e/m"):
+        combine_folders({"y": (b, "x")}, out=a, n_resamples=20)
+    assert EvaluationFolder(a).export()["ranks"]["y"] == dict(zip(
+        IDS, [0, 3, 29, 5, 1, 2, 8, 4], strict=True))
+    # folders that bring in each other's other methods are no cycle: each is read once
+    combine_folders({"y": (e, "m"), "z": (b, "x")}, out=a, n_resamples=20)
+    assert EvaluationFolder(a).split("z") == "test"
+    assert EvaluationFolder(a).commands() == EvaluationFolder(b).commands()
+    # a cycle written by hand is one line where the sources are followed
+    settings = EvaluationFolder(b).settings_file("x")
+    record = json.loads(settings.read_text())
+    record.update(folder="../a", method="z")
+    settings.write_text(json.dumps(record))
+    with pytest.raises(AutomrError, match="lead back to one another"):
+        EvaluationFolder(a).split("z")

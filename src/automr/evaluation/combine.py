@@ -72,6 +72,8 @@ def combine_folders(
         if not Path(path).exists():
             raise AutomrError(f"{path} does not exist (the source of {name}: an evaluation "
                               f"folder or an exported .json)")
+        if out is not None:
+            _check_not_circular(Path(out), name, Path(path), method)
         report, likelihood, elements = _saved(Path(path), method)
         if report is None and likelihood is None:
             whole = Path(path) / method  # NAME=FOLDER, the method left off
@@ -142,6 +144,19 @@ def _saved(path: Path, method: str
              if folder.details_file("retrieved", method, measure).is_file()})
 
 
+def _check_not_circular(out: Path, name: str, path: Path, method: str) -> None:
+    """Refuse to bring ``method`` of ``path`` into ``out`` as ``name`` where ``path`` brought it
+    in from ``out``'s ``name`` itself: each would name the other as its source."""
+    if not path.is_dir() or path.resolve() == out.resolve():
+        return  # a combination summarised again records its own sources (_origin)
+    chain = EvaluationFolder(path).chain(method)
+    if (out.resolve(), name) in chain:
+        where, measured = chain[-1]
+        raise AutomrError(f"{path}/{method} was brought in from {out}/{name} itself (by "
+                          f"`automr compare`): bring it in from where it was measured, "
+                          f"{where}/{measured}")
+
+
 def _held(path: Path) -> list[str]:
     """The methods an evaluation folder (or an export) holds ranks or log-likelihoods of."""
     if path.is_file():
@@ -160,8 +175,9 @@ def _saved_methods(path: Path, kind: str) -> list[str]:
             saved = read_json(file, "automr evaluate")
         except AutomrError:
             continue
-        if isinstance(saved, dict) and isinstance(saved.get("method"), str):
-            names.append(saved["method"])
+        if (isinstance(saved, dict) and isinstance(saved.get("method"), str)
+                and file.name == f"{EvaluationFolder.slug(saved['method'])}.json"):
+            names.append(saved["method"])  # a name that is not its file's would name others
     return names
 
 

@@ -389,16 +389,35 @@ class EvaluationFolder:
                               f"missing{where}")
         return path, str(settings["method"])
 
+    def chain(self, method: str) -> list[tuple[Path, str]]:
+        """``(folder or export, method)`` from this folder's ``method`` to where its ranks were
+        measured, following what `automr compare` brought in (resolved paths; the first is
+        this folder's). Sources that lead back to one another are an error."""
+        chain = [(self.path.resolve(), method)]
+        while chain[-1][0].is_dir():
+            folder = EvaluationFolder(chain[-1][0])
+            settings = folder.settings_file(chain[-1][1])
+            brought = folder.source(_read(settings)) if settings.is_file() else None
+            if brought is None:
+                break
+            step = (brought[0].resolve(), brought[1])
+            if step in chain:
+                raise AutomrError(
+                    f"{method} in {self.path} is brought in from sources that lead back to "
+                    f"one another ({' <- '.join(f'{p}/{m}' for p, m in [*chain, step])}): "
+                    f"combine it again from the folder where it was measured")
+            chain.append(step)
+        return chain
+
     def split(self, method: str) -> str:
         """The split that was ranked (from the method's settings or ``results.json``, or, for a
         method `automr compare` brought in, from its source; test)."""
-        settings = self.settings_file(method)
-        origin = _read(settings) if settings.is_file() else {}
-        brought = self.source(origin)
-        if brought is not None:
-            source, name = brought
-            return open_evaluation(source).split(name)
-        for path, key in ((settings, None), (self.path / RESULTS_JSON, "config")):
+        where, name = self.chain(method)[-1]
+        if where.is_file():
+            return open_evaluation(where).split(name)
+        folder = EvaluationFolder(where)
+        settings = folder.settings_file(name)
+        for path, key in ((settings, None), (folder.path / RESULTS_JSON, "config")):
             if path.is_file():
                 data = _read(path)
                 data = data.get(key, {}) if key else data
@@ -464,14 +483,19 @@ class EvaluationFolder:
         its own :meth:`commands`, or an export's ``commands``); then the run records of a
         command of :data:`RUNS_INSIDE` in the folder above that makes a folder of this name
         (``rq2``, ``demo``) and the folder's own (but those of :data:`REPORTS_BESIDE`)."""
+        return self._commands(set())
+
+    def _commands(self, seen: set[Path]) -> list[list[str]]:
+        """:meth:`commands`, leaving out the folders in ``seen`` (their commands are in)."""
         found: list[list[str]] = []
+        seen.add(self.path.resolve())
         for path in sorted(self.path.glob("*/*.settings.json")):
             brought = self.source(_read(path))
-            if brought is None:
+            if brought is None or brought[0].resolve() in seen:
                 continue
             source = brought[0]
             found += (read_export(source)["commands"] if source.is_file()
-                      else EvaluationFolder(source).commands())
+                      else EvaluationFolder(source)._commands(seen))
         found += [record["argv"] for record in read_run_records(self.path.parent)
                   if re.fullmatch(RUNS_INSIDE.get(_command_name(record), "(?!)"),
                                   self.path.name)]
