@@ -800,3 +800,29 @@ def test_a_model_another_process_converts_meanwhile_is_kept_not_replaced(tmp_pat
     assert loading.fetch_embedded(name, tmp_path / "cache") == folder
     assert [p.name for p in folder.iterdir()] == ["theirs"]
     assert [p.name for p in folder.parent.iterdir()] == [name]  # no partial left
+
+
+@pytest.mark.parametrize("own", ["lock", "turns", "records"])
+def test_a_lock_or_record_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path, own):
+    """A received folder whose .automr-lock linked to a user's file had it emptied and written
+    "process N on HOST"; a linked automr-runs.jsonl got every command's record appended (the
+    security review)."""
+    import automr.storage as storage
+
+    folder = tmp_path / "received"
+    folder.mkdir()
+    target = tmp_path / ".bashrc"
+    target.write_text("export A=1\n")
+    name = {"lock": storage.LOCK_FILE, "turns": ".automr-turns",
+            "records": storage.RUNS_FILE}[own]
+    (folder / name).symlink_to(target)
+    with pytest.raises(AutomrError, match=r"is a link .* follows no link; remove it"):
+        if own == "lock":
+            with storage.folder_lock(folder, "memory build"):
+                pass
+        elif own == "turns":
+            with storage.taking_turns(folder / name):
+                pass
+        else:
+            storage.append_lines(folder / name, ['{"argv": []}'])
+    assert target.read_text() == "export A=1\n"

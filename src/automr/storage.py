@@ -70,12 +70,27 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
     one write. A last line a stopped write cut short is ended first: glued onto it, the first
     new line would be skipped with it by every reader (:func:`read_run_records`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as file:
+    with open_own(path, "a+b") as file:
         if file.tell() > 0:
             file.seek(-1, os.SEEK_END)
             if file.read(1) != b"\n":
                 file.write(b"\n")
         file.write("".join(line + "\n" for line in lines).encode())
+
+
+def open_own(path: Path, mode: str) -> IO[Any]:
+    """``path`` opened to append (``mode``: ``a`` or ``a+``, text or ``b``), created where
+    missing, but never through a link: a folder received from someone else could link its
+    lock or record file to any file of the user's, which automr would then empty or write."""
+    flags = os.O_CREAT | os.O_APPEND | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as error:
+        if not path.is_symlink():
+            raise
+        raise AutomrError(f"{path} is a link (to {os.readlink(path)}): automr writes its own "
+                          f"file there and follows no link; remove it") from error
+    return os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
 LOCK_FILE = ".automr-lock"
@@ -120,7 +135,7 @@ def taking_turns(lock: Path) -> Iterator[None]:
         yield
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a", encoding="utf-8") as file:
+    with open_own(lock, "a") as file:
         with contextlib.suppress(OSError):  # a file system without locks (ENOLCK)
             fcntl.flock(file, fcntl.LOCK_EX)
         yield  # unlocked as the file closes
@@ -134,7 +149,7 @@ def _locked_file(folder: Path, what: str) -> tuple[IO[str], bool]:
     assert fcntl is not None
     while True:
         folder.mkdir(parents=True, exist_ok=True)
-        file = (folder / LOCK_FILE).open("a+", encoding="utf-8")
+        file = open_own(folder / LOCK_FILE, "a+")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
