@@ -187,6 +187,34 @@ def test_a_hand_edited_checkpoint_state_is_one_line_naming_it(workspace, tmp_pat
     assert f"({key} missing or of another type)" in one_line_error(result, path)
 
 
+@pytest.mark.parametrize("folder", ["best", "checkpoint"])
+def test_a_fine_tune_folder_whose_best_or_checkpoint_is_a_link_is_refused(workspace, tmp_path,
+                                                                          folder):
+    """A received fine-tune resumed with best/ linked to a user's folder emptied that folder
+    (the resume writes best/ at once, replacing what the link points to; the security
+    review)."""
+    run = unfinished_finetune(workspace, tmp_path)
+    thesis = tmp_path / "thesis"
+    shutil.move(run / folder, thesis)
+    (thesis / "chapter1.tex").write_text("x")
+    (run / folder).symlink_to(thesis)
+    result = runner.invoke(app, finetune_args(workspace, run))
+    assert "follows no link; remove it" in one_line_error(result, run / folder)
+    assert (thesis / "chapter1.tex").read_text() == "x"
+
+
+def test_a_fresh_fine_tune_does_not_replace_a_best_folder_it_did_not_write(workspace, tmp_path):
+    """--out a user's folder holding best/ (no checkpoint: not a fine-tune's) was accepted as
+    the fine-tune's own and best/ replaced by the adapter (the security review)."""
+    mine = tmp_path / "experiments"
+    (mine / "best").mkdir(parents=True)
+    (mine / "best" / "notes.txt").write_text("x")
+    result = runner.invoke(app, finetune_args(workspace, mine))
+    assert "write the fine-tune into a new or empty folder" in one_line_error(result,
+                                                                                mine / "best")
+    assert [p.name for p in (mine / "best").iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("how", ["other shapes", "a tensor missing"])
 def test_a_checkpoint_adapter_of_another_run_is_one_line(workspace, tmp_path, how):
     """Tensors of another rank were a raw RuntimeError from peft; a tensor missing was loaded

@@ -768,8 +768,11 @@ def _load_tensors(path: Path) -> object:
 
 def _load_checkpoint(out: Path, identity: dict) -> dict | None:
     state_file = out / "checkpoint" / "state.json"
-    for folder in ("checkpoint", "best"):  # killed while it was replaced: the older one back
-        restore_replaced(out / folder)
+    for folder in ("checkpoint", "best"):
+        if (out / folder).is_symlink():  # replaced in place, it would empty what it links to
+            raise AutomrError(f"{out / folder} is a link: a fine-tune writes its own "
+                              f"{folder}/ there and follows no link; remove it")
+        restore_replaced(out / folder)  # killed while it was replaced: the older one back
     if (out / RESULT_FILE).exists():
         raise AutomrError(f"{out} already holds a finished fine-tune; choose another --out or "
                           f"delete it to start over")
@@ -778,6 +781,10 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
             raise AutomrError(f"{state_file} is missing, so {state_file.parent} cannot be "
                               f"resumed; delete {state_file.parent} to restart the fine-tune")
         check_own_folder(out, "fine-tune", OWN_FILES)  # never beside another artifact
+        if (out / "best").exists():  # written after a checkpoint: not a fine-tune's own
+            raise AutomrError(f"{out / 'best'} is not a fine-tune's (no checkpoint beside it) "
+                              f"and a fine-tune would replace it; write the fine-tune into a "
+                              f"new or empty folder")
         out.mkdir(parents=True, exist_ok=True)
         return None
     state = read_json(state_file, f"`automr finetune` (delete {state_file.parent} to restart)")
