@@ -566,6 +566,28 @@ def test_a_module_saved_in_mixed_dtypes_loads_in_the_dtype_built(tmp_path):
     assert {p.dtype for p in module.parameters()} == {torch.float32}
 
 
+def test_a_module_is_built_without_memory_until_its_weights_fit(tmp_path):
+    """A received retriever config claiming mlp_hidden 2,000,000 (a 5 KB folder) made loading
+    allocate 1.2 GB before the weights were found not to fit (the security review): the module
+    is built on the meta device, its weights assigned."""
+    from automr.storage import loaded_module
+
+    built_on = []
+
+    def build() -> torch.nn.Module:
+        built_on.append(torch.empty(0).device.type)
+        return torch.nn.Linear(2, 1)
+
+    tensors = {"weight": torch.full((1, 2), 3.0), "bias": torch.ones(1)}
+    module = loaded_module(tmp_path, "module", "model.safetensors", "save it again", build,
+                           tensors)
+    assert built_on == ["meta"]
+    assert module(torch.ones(1, 2)).item() == 7.0
+    with pytest.raises(AutomrError, match=r"damaged module \(size mismatch"):
+        loaded_module(tmp_path, "module", "model.safetensors", "save it again",
+                      lambda: torch.nn.Linear(2_000_000, 1), tensors)
+
+
 def test_a_replace_that_fails_puts_the_older_folder_back(tmp_path, monkeypatch):
     import automr.storage as storage
 

@@ -586,14 +586,15 @@ def loaded_module(directory: Path | str, what: str, weights_file: str, remedy: s
     dtype when they share one (a module saved in bfloat16 loads in bfloat16, not in the
     float32 ``build`` makes); a config without a setting or weights that do not fit it (copied
     from another save) is one line naming ``directory``, ending in ``remedy``."""
+    import torch
     from beartype.roar import BeartypeCallHintViolation
 
     try:
-        module = build()
-        module.load_state_dict(tensors)
+        with torch.device("meta"):  # no memory until the weights fit: a config of someone
+            module = build()        # else's could claim any size
+        module.load_state_dict(tensors, assign=True)
         dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
-        if len(dtypes) == 1:
-            module.to(dtypes.pop())
+        module.to(dtypes.pop() if len(dtypes) == 1 else torch.get_default_dtype())
     except (KeyError, TypeError, ValueError, RuntimeError,  # RuntimeError: another's weights
             BeartypeCallHintViolation, AutomrError) as error:  # AutomrError: its config's
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
