@@ -58,6 +58,20 @@ def test_files_name_the_model_in_any_dtype_and_place_without_reading_weights(
     assert fingerprint(copy) != expected
 
 
+@pytest.mark.parametrize("outside", ["absolute", "../weights.safetensors"])
+def test_a_shard_index_naming_files_outside_the_model_folder_is_refused(tmp_path, outside):
+    """A received model whose shard index named a file elsewhere had that file hashed (and
+    loaded, by transformers); an absolute name was a raw ValueError (the security review)."""
+    folder = save_tiny_model(tmp_path / "model")
+    weights = tmp_path / "weights.safetensors"
+    shutil.move(folder / "model.safetensors", weights)
+    name = str(weights) if outside == "absolute" else outside
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": name}}))
+    with pytest.raises(AutomrError, match=r"names weight files outside .* not a model to load"):
+        loading.weight_files(folder)
+
+
 def test_other_weights_or_shards_are_another_model(workspace, tmp_path):
     expected = fingerprint(workspace["model"])
     other = tmp_path / "other"

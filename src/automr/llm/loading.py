@@ -467,6 +467,12 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
         if (folder / index).is_file():
             data = read_json(folder / index, "the model's authors (a damaged shard index)")
             shards = data.get("weight_map", {}).values() if isinstance(data, dict) else ()
+            outside = [shard for shard in set(shards) if not isinstance(shard, str)
+                       or Path(shard).is_absolute() or ".." in Path(shard).parts]
+            if outside:  # transformers would read them wherever they are
+                raise AutomrError(f"{folder / index} names weight files outside {folder} "
+                                  f"({outside[0]!r}): not a model to load; get it again from "
+                                  f"its authors")
             return tuple(folder / shard for shard in sorted(set(shards)))
     return ()
 
