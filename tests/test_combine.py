@@ -497,3 +497,18 @@ def test_sources_that_lead_back_to_one_another_are_refused_in_one_line(tmp_path)
     settings.write_text(json.dumps(record))
     with pytest.raises(AutomrError, match="lead back to one another"):
         EvaluationFolder(a).split("z")
+
+
+def test_a_values_folder_that_is_a_link_is_not_written_through(tmp_path):
+    """A received combination folder whose ranks/ linked elsewhere had `compare` write (and
+    overwrite) NAME.json there (the security review)."""
+    a = evaluated(tmp_path / "a", "m", [0] * 8, [-1.0] * 8)
+    out = tmp_path / "received"
+    combine_folders({"x": (a, "m")}, out=out, n_resamples=20)
+    mine = tmp_path / "mine"
+    shutil.move(out / "ranks", mine)
+    (mine / "x.json").write_text("mine")
+    (out / "ranks").symlink_to(mine)
+    with pytest.raises(AutomrError, match=r"ranks is a link: .* follows no link"):
+        combine_folders({"x": (a, "m")}, out=out, n_resamples=20)
+    assert (mine / "x.json").read_text() == "mine"

@@ -226,6 +226,10 @@ class EvaluationFolder:
     def _save(self, report: MetricReport | LikelihoodReport, kind: str,
               settings: Mapping[str, Any],
               details: Mapping[str, Mapping[str, Any]] | None) -> None:
+        for sub in (kind, *(details or {})):  # received folders: writes stay inside
+            if (self.path / sub).is_symlink():
+                raise AutomrError(f"{self.path / sub} is a link: automr writes {sub}/ of "
+                                  f"{self.path} there and follows no link; remove it")
         with self._turn():
             if details is None:  # the values read back, summarised again: still these?
                 self._check_still_saved(report.method, kind, settings)
