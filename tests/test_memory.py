@@ -156,6 +156,26 @@ def test_a_reused_encoder_equals_plain_across_batches(backbone, prefixes, batche
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("opening", [10, 16])  # 16: the opening fills the original context
+def test_a_shared_opening_does_not_split_an_element_across_the_longrope_switch(backbone,
+                                                                             opening):
+    """Elements past longrope's switch (Phi-3 128k, Phi-3.5 / Phi-4 mini) continued a
+    short-factor cache of their shared opening: `memory build` refused every such window
+    prompt, which the docs say is supported (the lengths review). They run whole, as prefill
+    runs them."""
+    model = tiny_model(tiny_config(
+        "phi3", num_layers=2, original_max_position_embeddings=16, max_position_embeddings=512,
+        rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5], long_factor=[4.0, 40.0])))
+    longrope = Backbone(HFSplitLLM(model), backbone.tokenizer, "phi3")
+    head = list(range(40, 40 + opening))
+    seqs = [head + list(range(20, 28)), head + list(range(30, 37))]
+    for layer in (1, 2):
+        shared = LayerEncoder(longrope, layer, share_prefix=True, min_shared=1)
+        plain = LayerEncoder(longrope, layer, share_prefix=False)
+        torch.testing.assert_close(shared.encode_tokens(seqs).keys,
+                                   plain.encode_tokens(seqs).keys)
+
+
 def pad_left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), 2, dtype=torch.long)

@@ -157,7 +157,10 @@ class LayerEncoder:
         """How many leading tokens :meth:`encode_tokens` runs once for this batch (0: none).
         Their states are memoised: a later batch with the same prefix does not compute it."""
         shared = common_prefix(token_lists) if self.share_prefix and self.layer > 0 else 0
-        return shared if shared >= self.min_shared and len(token_lists) >= 2 else 0
+        switch = getattr(self.backbone.llm, "longrope_switch", None)  # longrope: factors by
+        crosses = switch is not None and shared <= switch < max(map(len, token_lists))  # length
+        return shared if shared >= self.min_shared and len(token_lists) >= 2 and not crosses \
+            else 0
 
     def _states_after_prefix(self, token_lists: Sequence[Sequence[int]], shared: int
                              ) -> LayerState:
