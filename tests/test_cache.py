@@ -848,3 +848,32 @@ def test_a_lock_or_record_file_that_is_a_link_is_refused_and_its_target_kept(tmp
         else:
             storage.append_lines(folder / name, ['{"argv": []}'])
     assert target.read_text() == "export A=1\n"
+
+
+@pytest.mark.parametrize("write", ["text", "safetensors", "folder"])
+def test_a_partial_name_of_this_process_planted_as_a_link_is_not_written_through(tmp_path,
+                                                                              write):
+    """A received folder holding `.index.json.partial-HOST-PID` (this process's: a container's
+    entrypoint has a fixed PID) linked to a user's file: the resumed build wrote its index
+    into that file (the received-folders review). The same name left by a killed run of a
+    restarted container was written over in place."""
+    from automr.storage import partial_path
+
+    target = tmp_path / "out" / "index.json"
+    target.parent.mkdir()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.json").write_text("my own file")
+    partial_path(target).symlink_to(mine / "index.json" if write != "folder" else mine)
+    if write == "text":
+        write_text_atomic(target, "new")
+        assert target.read_text() == "new"
+    elif write == "safetensors":
+        save_safetensors(target, {"w": torch.zeros(2)})
+        assert target.stat().st_size > 0
+    else:
+        with atomic_dir(target) as work:
+            (work / "index.json").write_text("new")
+        assert (target / "index.json").read_text() == "new"
+    assert not target.is_symlink() and (mine / "index.json").read_text() == "my own file"
+    assert sorted(p.name for p in mine.iterdir()) == ["index.json"]

@@ -512,3 +512,45 @@ def test_a_values_folder_that_is_a_link_is_not_written_through(tmp_path):
     with pytest.raises(AutomrError, match=r"ranks is a link: .* follows no link"):
         combine_folders({"x": (a, "m")}, out=out, n_resamples=20)
     assert (mine / "x.json").read_text() == "mine"
+
+
+def test_an_older_folders_details_are_not_copied_through_a_link(tmp_path):
+    """A received folder (the older layout: one details file for both measures) whose
+    retrieved/m.loglik.json linked to a missing path: evaluate's migration copy wrote the
+    sender's file there, outside the folder (the received-folders review)."""
+    folder = tmp_path / "received"
+    (folder / "loglik").mkdir(parents=True)
+    (folder / "retrieved").mkdir()
+    (folder / "loglik" / "m.json").write_text("{}")
+    (folder / "retrieved" / "m.json").write_text('{"u0@1:x": [1]}')
+    outside = tmp_path / "home" / "planted.sh"
+    outside.parent.mkdir()
+    (folder / "retrieved" / "m.loglik.json").symlink_to(outside)
+    EvaluationFolder(folder).save(build_report("m", IDS, torch.zeros(8, dtype=torch.long), 30,
+                                               n_resamples=20), {},
+                                  {"retrieved": {i: [0] for i in IDS}})
+    assert not outside.exists()
+    assert json.loads((folder / "retrieved" / "m.loglik.json").read_text()) == {"u0@1:x": [1]}
+
+
+@pytest.mark.parametrize("linked", ["ranks", "ranks/m.shards", "models"])
+def test_shards_and_models_are_not_written_through_a_link(tmp_path, linked):
+    """A received folder whose ranks/ or ranks/METHOD.shards linked to a user's folder had the
+    cut run's shards written (over the user's shard-00000.json) there before any check; a
+    linked models/ took the SASRec the methods train (the received-folders review)."""
+    folder = EvaluationFolder(tmp_path / "received")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "shard-00000.json").write_text('{"my": "data"}')
+    (folder.path / linked).parent.mkdir(parents=True)
+    (folder.path / linked).symlink_to(mine)
+    with pytest.raises(AutomrError, match=r"is a link: .* follows no link"):
+        if linked == "models":
+            folder.model_dir("sasrec", {"seed": 0})
+        else:
+            folder.save_shard("m", 0, {"samples": ["a"]}, [1], {})
+    if linked != "models":
+        with pytest.raises(AutomrError, match="is a link"):
+            folder.clear_shards("m")
+    assert sorted(p.name for p in mine.iterdir()) == ["shard-00000.json"]
+    assert (mine / "shard-00000.json").read_text() == '{"my": "data"}'

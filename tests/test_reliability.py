@@ -1306,3 +1306,20 @@ def test_a_json_file_of_another_kind_is_one_line_naming_it_and_its_format(tmp_pa
     assert read_json(path) == json.loads(text)  # without a format: any valid JSON
     path.write_text(json.dumps({"format": RQ2_FORMAT}))
     assert read_json(path, "x", RQ2_FORMAT) == {"format": RQ2_FORMAT}
+
+
+def test_a_retriever_trained_into_a_folder_whose_marker_is_a_link_writes_nothing_outside(
+        workspace, tmp_path):
+    """`.training-unfinished` planted as a link to a missing path: `retriever train --out` made
+    that file outside the folder (the received-folders review)."""
+    out = tmp_path / "ret"
+    out.mkdir()
+    outside = tmp_path / "elsewhere" / "made-by-automr"
+    outside.parent.mkdir()
+    (out / ".training-unfinished").symlink_to(outside)
+    result = runner.invoke(app, [
+        "retriever", "train", "--annotations", str(workspace / "ann"), "--data",
+        str(workspace / "prepared"), "--memory", str(workspace / "mem"), "--out", str(out),
+        "--quiet"])
+    assert "follows no link" in one_line_error(result, out / ".training-unfinished")
+    assert not outside.exists()

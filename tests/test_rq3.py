@@ -359,3 +359,19 @@ def test_an_element_exactly_d_days_back_is_not_more_than_d_days_back(dataset_dir
     elements = tuple(attrs.evolve(element, days=d) for d in (1.0, 7.0, 30.0, 90.0))
     ages = summarize_ages([SampleRetrieval(u0_60.id, u0_60, 1.0, 0.0, elements)])
     assert ages.older_than_days == {"1": 0.75, "7": 0.5, "30": 0.25, "90": 0.0}
+
+
+def test_a_figure_is_not_written_through_a_link(tmp_path):
+    """A received evaluation folder with rq3-ages.png linked to a user's file: `automr rq3`
+    (its --out defaults to that folder) wrote the PNG over the user's file (the
+    received-folders review)."""
+    pytest.importorskip("matplotlib")
+    from automr.experiments.plotting import new_figure, save_figure
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("user's own")
+    (tmp_path / "fig.png").symlink_to(victim)
+    png, svg = save_figure(new_figure(2, 2), tmp_path / "fig")
+    assert victim.read_text() == "user's own" and not png.is_symlink()
+    assert png.read_bytes().startswith(b"\x89PNG") and svg.read_text().startswith("<?xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.svg", "victim.txt"]

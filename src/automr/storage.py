@@ -216,6 +216,18 @@ def partial_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial-{HOST}-{os.getpid()}")
 
 
+def fresh_partial(target: Path) -> Path:
+    """:func:`partial_path` of ``target``, with whatever stands there removed (never followed):
+    one a killed process left under this PID (a container restarted with its host name and
+    PID), or a link a received folder planted, would be written through."""
+    path = partial_path(target)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return path
+
+
 def replaced_path(target: Path) -> Path:
     """Where :func:`atomic_dir` moves the folder it replaces while the new one takes its name
     (``.NAME.replaced-HOST-PID``); deleted once the new one is in place."""
@@ -299,8 +311,7 @@ class _AtomicDir:
     def __enter__(self) -> Path:
         restore_replaced(self.target)
         remove_stale_partials(self.target)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        fresh_partial(self.target)
         self.tmp.mkdir(parents=True)
         self.before = _identity(self.target)
         return self.tmp
@@ -374,7 +385,7 @@ def write_text_atomic(path: Path | str, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
-    tmp = partial_path(path)
+    tmp = fresh_partial(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -394,8 +405,8 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
     remove_stale_partials(path)
     # safetensors (0.8) writes through a temporary file of its own (.tmpXXXXXX) beside the
     # file it is given: in a partial folder, what a killed process leaves is that folder
-    work = partial_path(path)
-    work.mkdir(exist_ok=True)
+    work = fresh_partial(path)
+    work.mkdir()
     tmp = work / path.name
     try:
         save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))

@@ -149,6 +149,7 @@ class EvaluationFolder:
         """``models/NAME-DIGEST/``: a model the methods train themselves (SASRec), kept for a
         resume; DIGEST, of ``key`` (what it was trained on and with), tells trainings apart."""
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self._check_no_links("models", Path("models") / f"{name}-{digest}")
         return self.path / "models" / f"{name}-{digest}"
 
     def shard_file(self, method: str, number: int, kind: str = "ranks") -> Path:
@@ -176,13 +177,17 @@ class EvaluationFolder:
                    values: list[Any], details: Mapping[str, Any], kind: str = "ranks") -> None:
         """Write shard ``number`` of ``method``'s values and details atomically, under ``key``
         (what :meth:`saved_shard` checks before reusing it)."""
+        shards = self.shard_file(method, number, kind).parent
+        self._check_no_links(kind, shards.relative_to(self.path))
         write_json_atomic(self.shard_file(method, number, kind),
                           {"key": dict(key), "values": values, "details": dict(details)},
                           indent=None)
 
     def clear_shards(self, method: str, kind: str = "ranks") -> None:
         """Remove ``method``'s shard files (its values are saved whole)."""
-        shutil.rmtree(self.shard_file(method, 0, kind).parent, ignore_errors=True)
+        shards = self.shard_file(method, 0, kind).parent
+        self._check_no_links(kind, shards.relative_to(self.path))
+        shutil.rmtree(shards, ignore_errors=True)
 
     def saved_report(self, method: str, settings: Mapping[str, Any]) -> MetricReport | None:
         """``method``'s saved report if it was ranked with exactly ``settings``, else None."""
@@ -226,10 +231,7 @@ class EvaluationFolder:
     def _save(self, report: MetricReport | LikelihoodReport, kind: str,
               settings: Mapping[str, Any],
               details: Mapping[str, Mapping[str, Any]] | None) -> None:
-        for sub in (kind, *(details or {})):  # received folders: writes stay inside
-            if (self.path / sub).is_symlink():
-                raise AutomrError(f"{self.path / sub} is a link: automr writes {sub}/ of "
-                                  f"{self.path} there and follows no link; remove it")
+        self._check_no_links(kind, *(details or {}))
         with self._turn():
             if details is None:  # the values read back, summarised again: still these?
                 self._check_still_saved(report.method, kind, settings)
@@ -239,7 +241,8 @@ class EvaluationFolder:
                 own = self._details_file(detail, report.method, "loglik")  # folder's
                 if detail not in RANKING_ONLY_DETAILS and not own.is_file() and \
                         self._older_is_likelihoods(detail, report.method):  # likelihood
-                    shutil.copyfile(self._details_file(detail, report.method, "ranks"), own)
+                    write_text_atomic(own, self._details_file(detail, report.method, "ranks")
+                                      .read_text(encoding="utf-8"))
             done = self.settings_file(report.method, kind)
             done.unlink(missing_ok=True)  # a cut write must not pass for the older settings'
             report.save(self.ranks_file(report.method, kind))
@@ -249,6 +252,14 @@ class EvaluationFolder:
                 write_json_atomic(self._details_file(detail, report.method, kind),
                                   dict(values), indent=0)
             write_json_atomic(done, dict(settings), indent=None)
+
+    def _check_no_links(self, *subfolders: str | Path) -> None:
+        """Refuse to write where one of ``subfolders`` (relative to the folder) is a link: a
+        received folder could send the write anywhere."""
+        for sub in subfolders:
+            if (self.path / sub).is_symlink():
+                raise AutomrError(f"{self.path / sub} is a link: automr writes {sub} of "
+                                  f"{self.path} there and follows no link; remove it")
 
     def _check_still_saved(self, method: str, kind: str, settings: Mapping[str, Any]) -> None:
         """Refuse to save values read back (their details kept) once another run has saved

@@ -41,7 +41,13 @@ from automr.methods.registry import Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
-from automr.storage import check_own_folder, folder_lock, read_json, write_text_atomic
+from automr.storage import (
+    append_lines,
+    check_own_folder,
+    folder_lock,
+    read_json,
+    write_text_atomic,
+)
 
 _POSITIVE = attrs.validators.gt(0)
 
@@ -210,8 +216,7 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
               "machine": platform.platform(), "threads": torch.get_num_threads(),
               "dataset_fingerprint": dataset_fingerprint(dataset)}
     runs = out / "runs.jsonl"
-    with runs.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_lines(runs, [json.dumps(record)])  # never through a link
     return results
 
 

@@ -5,10 +5,12 @@ Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Fig
 whatever backend the caller has selected.
 """
 
+import os
 from pathlib import Path
 from typing import Any
 
 from automr.errors import AutomrError
+from automr.storage import fresh_partial
 
 PLOTS_HINT = 'pip install matplotlib (in a checkout of automr: pip install -e ".[plots]")'
 
@@ -43,9 +45,15 @@ def save_figure(figure: Any, stem: Path) -> tuple[Path, Path]:
     """Write ``STEM.png`` (150 dpi) and ``STEM.svg`` (no date, so reruns give the same file)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
-    figure.savefig(png, dpi=150)
     import matplotlib
 
-    with matplotlib.rc_context({"svg.hashsalt": stem.name}):  # ids from the name, not random
-        figure.savefig(svg, metadata={"Date": None})
+    for path in (png, svg):  # written beside, then renamed: never through a planted link
+        tmp = fresh_partial(path)
+        try:
+            with matplotlib.rc_context({"svg.hashsalt": stem.name}):  # ids from the name
+                figure.savefig(tmp, format=path.suffix[1:], **(
+                    {"dpi": 150} if path is png else {"metadata": {"Date": None}}))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return png, svg

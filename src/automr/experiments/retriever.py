@@ -39,7 +39,13 @@ from automr.retrievers import (
     train_mlp_retriever,
 )
 from automr.retrievers.storage import check_retriever_target
-from automr.storage import files_digest, read_json, read_run_records, write_json_atomic
+from automr.storage import (
+    files_digest,
+    open_own,
+    read_json,
+    read_run_records,
+    write_json_atomic,
+)
 
 SCORES_FORMAT = "automr.retriever-scores/1"
 UNFINISHED = ".training-unfinished"
@@ -102,7 +108,7 @@ def train_retriever(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     unfinished = out / UNFINISHED  # until training.json is written: a cut run's retriever
-    unfinished.touch()  # then says so (a first run, cut, has no run record to say it)
+    open_own(unfinished, "a").close()  # then says so (a first run, cut, has no run record)
     if (out / "training.json").is_file():  # cut before the new one is written, it would
         (out / "training.json").unlink()  # describe (and check_held_out trust) the older one
     retriever.save(out)
