@@ -676,6 +676,55 @@ def test_a_write_the_disk_refuses_is_one_line_that_says_the_command_resumes(work
     one_line_error(result, tmp_path / "x.json", os.strerror(errno.EDQUOT))
 
 
+def test_a_full_disk_at_the_run_record_or_in_torch_or_tokenizers_writers_is_one_line(
+        workspace, tmp_path, monkeypatch):
+    """Three writes the disk refused were tracebacks (the environment review): the run record,
+    appended after the command's work (every command); torch.save's writer ("unexpected pos",
+    a fine-tune's optimizer state) and tokenizers' save ("(os error 28)", best/)."""
+    import errno
+
+    import automr.cli.record as record
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "runs"))
+
+    monkeypatch.setattr(record, "append_lines", full)
+    result = runner.invoke(app, [
+        "evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "eval"),
+        "--methods", "pop", "--samples", "2", *QUIET])
+    last = result.output.strip().splitlines()[-1]  # after the table it printed
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert last.startswith("error: could not write") and "rerun the same command" in last
+    monkeypatch.undo()
+    from automr.cli.common import disk_error
+
+    torch_writer = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 "
+                                "vs 0")
+    assert "torch.save's writer failed" in disk_error(torch_writer)
+    tokenizers = Exception("No space left on device (os error 28)")
+    assert os.strerror(errno.ENOSPC) in disk_error(tokenizers)
+    assert disk_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_a_cache_on_a_full_disk_is_only_read(workspace, tmp_path, monkeypatch):
+    """The catalog-embedding cache is skipped where it cannot be written, as its docstring
+    says; safetensors' error on a full disk is no OSError, so a full cache failed evaluate
+    (the environment review)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    result = runner.invoke(app, [
+        "evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "eval"),
+        "--methods", "base:l2", "--model", str(workspace / "model"), "--samples", "2",
+        "--cache-dir", str(tmp_path / "cache"), *QUIET])
+    assert result.exit_code == 0, result.output
+
+
 def test_concat_on_a_memory_without_token_states_is_one_line_naming_the_fix(workspace,
                                                                           tmp_path):
     """concat is the default combiner; a memory built with --no-store-token-states cannot feed
@@ -1323,3 +1372,27 @@ def test_a_retriever_trained_into_a_folder_whose_marker_is_a_link_writes_nothing
         "--quiet"])
     assert "follows no link" in one_line_error(result, out / ".training-unfinished")
     assert not outside.exists()
+
+
+def test_a_loop_of_links_or_a_link_to_nothing_is_one_line(workspace, tmp_path):
+    """--out or --data a loop of links was a raw RuntimeError or OSError (ELOOP); memory build
+    into a link to a missing folder said 'file exists' (the environment review)."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing" / "mem")
+    loop = "leads back to itself (a loop of links)"
+    for args in (["evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "a"),
+                  "--methods", "pop", "--samples", "2", *QUIET],
+                 ["evaluate", "--data", str(tmp_path / "a"), "--out", str(tmp_path / "e"),
+                  "--methods", "pop", "--samples", "2", *QUIET],
+                 ["data", "prepare", "csv", "--interactions", str(workspace / "raw" /
+                                                                  "interactions.csv"),
+                  "--items", str(workspace / "raw" / "items.csv"), "--train-months", "2",
+                  "--min-item-interactions", "1", "--out", str(tmp_path / "a")]):
+        result = runner.invoke(app, args)  # (data prepare prints its reading first)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert loop in result.output.strip().splitlines()[-1]
+    result = runner.invoke(app, ["memory", "build", "--data", str(workspace / "prepared"),
+                                 "--out", str(tmp_path / "dangling"), "--model",
+                                 str(workspace / "model"), "--layer", "2", *QUIET])
+    assert "which does not exist" in one_line_error(result, tmp_path / "dangling")

@@ -18,6 +18,7 @@
 """
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -204,7 +205,10 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
         raise AutomrError(f"{target} is the current folder or holds it: a build replaces the "
                           f"folder it makes whole, so give the path of a new folder (e.g. "
                           f"{target / 'out'})")
-    return _AtomicDir(target.resolve() if target.is_symlink() else target, keep_existing)
+    try:
+        return _AtomicDir(target.resolve() if target.is_symlink() else target, keep_existing)
+    except RuntimeError:  # pathlib before 3.13 ("Symlink loop"); OSError ELOOP after
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(target)) from None
 
 
 HOST = socket.gethostname()
@@ -409,7 +413,14 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
     work.mkdir()
     tmp = work / path.name
     try:
-        save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
+        try:
+            save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
+        except Exception as error:  # safetensors' error around the OS's: an OSError again,
+            found = re.search(r"\(os error (\d+)\)", str(error))  # which callers handle
+            if found is None:
+                raise
+            code = int(found[1])
+            raise OSError(code, os.strerror(code), str(path)) from error
         _sort_header(tmp)
         tmp.chmod(file_mode(path.parent))
         os.replace(tmp, path)

@@ -161,14 +161,18 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def disk_error(error: Exception) -> str | None:
-    """One line for a write the disk refused (an ``OSError``, or safetensors' error around
-    one), None for anything else. Every artifact is written atomically, so nothing half
-    written is left to be read back: the same command resumes."""
+    """One line for a write the disk refused (an ``OSError``, the error safetensors or
+    tokenizers raise around one, or torch.save's writer failing), None for anything else.
+    Every artifact is written atomically, so nothing half written is left to be read back:
+    the same command resumes."""
     if isinstance(error, OSError):
         code, where = error.errno, f" {error.filename}" if error.filename else ""
-    elif type(error).__name__ == "SafetensorError":  # safetensors wraps the OS error
-        found = re.search(r"os error (\d+)", str(error))
-        code, where = (int(found[1]) if found else None), ""
+    elif isinstance(error, RuntimeError) and "unexpected pos" in str(error):
+        return ("could not write a file (torch.save's writer failed: the disk is full, over "
+                "quota or read-only). Free space (or make the folder writable), then rerun "
+                "the same command: it resumes")
+    elif found := re.search(r"\(os error (\d+)\)", str(error)):  # Rust libraries (safetensors,
+        code, where = int(found[1]), ""  # tokenizers) wrap the OS error in their own
     else:
         return None
     if code not in DISK_ERRNOS:
@@ -186,6 +190,11 @@ def path_error(error: Exception, given: Sequence[Path] = ()) -> str | None:
         return None
     path = Path(str(error.filename2 or error.filename))  # os.replace: the target
     named = _given_path(path, given)
+    link = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    if link is not None and error.errno in (errno.ELOOP, errno.EEXIST, errno.ENOENT):
+        loop = error.errno == errno.ELOOP or _loops(link)
+        return (f"cannot use {named or path}: {link} is a link to {os.readlink(link)}, which "
+                + ("leads back to itself (a loop of links)" if loop else "does not exist"))
     if error.errno == errno.ENOENT and named is not None:
         return f"cannot use {named}: it does not exist and cannot be created there"
     if error.errno not in (errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
@@ -199,6 +208,15 @@ def path_error(error: Exception, given: Sequence[Path] = ()) -> str | None:
         if file is not None:
             return f"cannot use {path}: {'it' if file == path else file} is a file, not a folder"
     return f"cannot use {path}: {os.strerror(error.errno).lower()}"
+
+
+def _loops(link: Path) -> bool:
+    """Whether following ``link`` comes back to a link already followed."""
+    try:
+        os.stat(link)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
 
 
 def _given_path(path: Path, given: Sequence[Path]) -> Path | None:

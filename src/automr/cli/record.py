@@ -22,6 +22,7 @@ from typing import Any
 
 import automr
 from automr import distributed
+from automr.cli.common import user_errors
 from automr.errors import AutomrError
 from automr.paths import home_path
 from automr.storage import RUNS_FILE, append_lines
@@ -49,7 +50,7 @@ def attach_run_record(command: Any) -> None:
         if out is not None and distributed.is_main():  # one record for N processes
             record = run_record(ctx, started, time.perf_counter() - clock, git)
             record["metrics"] = _jsonable(result) if isinstance(result, Mapping) else None
-            append_record(Path(out), record)
+            user_errors(append_record)(out=Path(out), record=record)  # a full disk: a line
         if distributed.launched():  # no process leaves (and may abort in torch's teardown,
             distributed.barrier()  # docs/distributed.md) before the main one has written all
         return result
