@@ -1396,3 +1396,19 @@ def test_a_loop_of_links_or_a_link_to_nothing_is_one_line(workspace, tmp_path):
                                  "--out", str(tmp_path / "dangling"), "--model",
                                  str(workspace / "model"), "--layer", "2", *QUIET])
     assert "which does not exist" in one_line_error(result, tmp_path / "dangling")
+
+
+def test_a_path_that_is_not_utf8_is_one_line(workspace, tmp_path):
+    """A folder named with a Latin-1 byte: evaluate's results.json was a raw UnicodeEncodeError,
+    memory build wrote every file and then said a shard was missing, annotate called an intact
+    memory damaged (the environment review)."""
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    shutil.copytree(workspace / "prepared", odd)
+    result = runner.invoke(app, ["evaluate", "--data", str(odd), "--out", str(tmp_path / "e"),
+                                 "--methods", "pop", "--samples", "2", *QUIET])
+    assert "not a valid UTF-8 path" in one_line_error(result)
+    result = runner.invoke(app, ["memory", "build", "--data", str(workspace / "prepared"),
+                                 "--out", str(odd / "mem"), "--model", str(workspace / "model"),
+                                 "--layer", "2", *QUIET])
+    assert "not a valid UTF-8 path" in one_line_error(result)
+    assert not (odd / "mem").exists()

@@ -147,6 +147,13 @@ def expand_home(command: Any) -> None:
 def _home_expanded(value: Any, path: bool) -> Any:
     """``value`` with a leading ``~`` read as the home folder where it is a path (a ``Path``,
     or a ``str`` of a ``path`` option), one by one in a list."""
+    if isinstance(value, Path) or (path and isinstance(value, str)):
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:  # bytes the file system gave Python undecoded
+            raise AutomrError(f"{value!s:.200} is not a valid UTF-8 path (e.g. a Latin-1 folder "
+                              f"name): automr records paths in JSON and safetensors opens "
+                              f"files by UTF-8 name; rename it") from None
     if isinstance(value, Path):
         return home_path(value)
     if path and isinstance(value, str) and value.startswith("~"):
