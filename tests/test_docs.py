@@ -363,3 +363,47 @@ def test_the_split_page_names_every_model_type_and_the_readme_counts_them() -> N
     for text in (ROOT / "README.md", ROOT / "docs" / "index.md"):
         counts = re.findall(r"lists all (\d+) types", text.read_text(encoding="utf-8"))
         assert counts == [str(len(types))], text
+
+
+def docstring_examples() -> list[tuple[str, str]]:
+    """``(where, code)`` of every ``::`` code block in src/automr's docstrings that parses as
+    Python and imports something (the examples users copy from the API pages)."""
+    import ast
+    import textwrap
+
+    found = []
+    for path in sorted((ROOT / "src" / "automr").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+                continue
+            doc = ast.get_docstring(node) or ""
+            for block in re.findall(r"::\n\n((?:(?: {4}.*)?\n)+)", doc + "\n"):
+                code = textwrap.dedent(block)
+                try:
+                    ast.parse(code)
+                except SyntaxError:
+                    continue
+                if "import " in code:
+                    found.append((f"{path.relative_to(ROOT)}:{getattr(node, 'name', '')}", code))
+    return found
+
+
+@pytest.mark.parametrize("where, code", docstring_examples(), ids=lambda v: v.split("\n")[0][:60])
+def test_docstring_examples_import_the_classes_they_build_on(where: str, code: str) -> None:
+    """The contracts' example subclassed RetrievalContract without importing it (NameError
+    when copied; the snippets review): every base class an example names is imported or
+    defined in it."""
+    import ast
+    import builtins
+
+    tree = ast.parse(code)
+    known = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            known |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ClassDef | ast.FunctionDef):
+            known.add(node.name)
+    bases = {b.id for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+             for b in node.bases if isinstance(b, ast.Name)}
+    assert bases <= known, f"{where}: {sorted(bases - known)} used, not imported"

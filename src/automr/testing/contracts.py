@@ -4,7 +4,12 @@ Use them by subclassing in a test module and providing the component as a fixtur
 
     import pytest
 
-    from automr.testing.contracts import CombinerContract, MethodContract, RetrieverContract
+    from automr.testing.contracts import (
+        CombinerContract,
+        MethodContract,
+        RetrievalContract,
+        RetrieverContract,
+    )
 
     class TestMyRetriever(RetrieverContract):
         hidden_size = 8
