@@ -115,6 +115,32 @@ def test_a_resumed_evaluation_ranks_with_the_sasrec_its_first_shards_used(
     folder.check_target()  # the models alone make an evaluation folder, resumed
 
 
+def test_sasrec_trains_with_the_loss_asked_and_records_it_only_off_its_default(
+        workspace, tmp_path, monkeypatch):
+    """--sasrec-loss bce trains the paper's SASRec (no CLI option reached SASRecConfig's loss
+    before); the default's settings are those of folders written before the option."""
+    fit, losses = automr.methods.sasrec.fit_sasrec, []
+
+    def counted(sequences, valid, config, **kwargs):
+        losses.append(config.loss)
+        return fit(sequences, valid, config, **kwargs)
+
+    monkeypatch.setattr(automr.methods.sasrec, "fit_sasrec", counted)
+    monkeypatch.setattr(automr.methods.registry, "SASRecConfig",
+                        functools.partial(SASRecConfig, max_epochs=1))  # one epoch, quick
+    args = ["evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "e"),
+            "--methods", "sasrec", "--samples", "4", "--quiet", "--device", "cpu"]
+    for loss in ("ce", "bce"):
+        result = runner.invoke(app, [*args, "--sasrec-loss", loss])
+        assert result.exit_code == 0, result.output
+        settings = json.loads(EvaluationFolder(tmp_path / "e").settings_file("sasrec")
+                              .read_text())
+        assert settings.get("sasrec_loss") == (None if loss == "ce" else "bce")
+    assert losses == ["ce", "bce"]
+    bad = runner.invoke(app, [*args, "--sasrec-loss", "bpr"])
+    assert bad.exit_code == 2 and "--sasrec-loss 'bpr': choose one of bce, ce" in bad.output
+
+
 def test_bad_method_is_a_one_line_error(workspace, tmp_path):
     result = runner.invoke(app, ["evaluate", "--data", str(workspace / "prepared"),
                                  "--out", str(tmp_path), "--methods", "bigrec:magic"])

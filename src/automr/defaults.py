@@ -21,3 +21,6 @@ DEFAULT_CONFIDENCE = 0.95
 MEASURES = ("ranks", "likelihood")
 """What an evaluation measures: ``ranks`` (Recall/NDCG of the full ranking) and ``likelihood``
 (the LM methods' target log-likelihoods)."""
+SASREC_LOSSES = ("bce", "ce")
+"""SASRec's training losses: the paper's binary cross-entropy with a sampled negative, or
+softmax cross-entropy over the catalog (:class:`~automr.recommenders.sasrec.SASRecConfig`)."""

@@ -73,6 +73,9 @@ def evaluate_command(
         defaults.seed,
     retrieval_seed: Annotated[int | None, typer.Option(
         help="Seed of random retrieval only [default: --seed].", show_default=False)] = None,
+    sasrec_loss: Annotated[str, typer.Option(
+        help="SASRec's training loss (sasrec, l2-sasrec): ce (softmax over the catalog) or "
+             "bce (the paper's: one sampled negative per position).")] = defaults.sasrec_loss,
     tune_samples: Annotated[int, typer.Option(
         help="Validation samples on which l2-pop / l2-sasrec / constrained-pop choose the "
              "prior's weight gamma.")] = defaults.tune_samples,
@@ -95,7 +98,7 @@ def evaluate_command(
     config = checked_options("evaluation", lambda: EvalConfig(
         split=split, max_samples=samples or None, seed=seed, batch_size=batch_size,
         layer=layer, num_beams=num_beams or None, exclude_seen=exclude_seen, combiner=combiner,
-        k=k, measures=comma_list(measures),
+        k=k, measures=comma_list(measures), sasrec_loss=sasrec_loss,
         retrieval_seed=retrieval_seed, tune_samples=tune_samples, reference=reference,
         resample=resample),
         {"max_samples": "samples"})

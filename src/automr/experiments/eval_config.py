@@ -15,7 +15,7 @@ from automr.checks import (
     to_strs,
 )
 from automr.combiners.names import COMBINER_NAMES
-from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES, MEASURES
+from automr.defaults import DEFAULT_KS, DEFAULT_RESAMPLES, MEASURES, SASREC_LOSSES
 
 if TYPE_CHECKING:  # the registry imports torch, which this module must not at run time
     import automr.methods.registry
@@ -49,6 +49,8 @@ class EvalConfig:
     combiner: str = attrs.field(default="concat",
                                 validator=attrs.validators.in_(COMBINER_NAMES))
     k: int = int_field(attrs.validators.gt(0), default=1)
+    sasrec_loss: str = attrs.field(default="ce", validator=attrs.validators.in_(SASREC_LOSSES))
+    """SASRec's training loss (``sasrec``, ``l2-sasrec``): ``ce``, or the paper's ``bce``."""
     retrieval_seed: int | None = int_field(default=None, optional=True)
     """Seed of ``random:*`` retrieval only (``None``: ``seed``, which also picks the samples)."""
     tune_samples: int = int_field(attrs.validators.gt(0), default=200)
@@ -63,5 +65,5 @@ class EvalConfig:
         return MethodOptions(layer=self.layer, num_beams=self.num_beams,
                              batch_size=self.batch_size, exclude_seen=self.exclude_seen,
                              combiner=self.combiner, k=self.k, seed=self.seed,
-                             retrieval_seed=self.retrieval_seed,
+                             sasrec_loss=self.sasrec_loss, retrieval_seed=self.retrieval_seed,
                              tune_samples=self.tune_samples)

@@ -49,7 +49,7 @@ from automr.methods.injection import PriorWeightedMethod, Scores
 from automr.methods.sasrec import SASRecMethod
 from automr.recommenders.automr import MemoryRetrieval, Retrieval, load_retriever_for
 from automr.recommenders.runs import FinetunedRun
-from automr.recommenders.sasrec import SASRecConfig
+from automr.recommenders.sasrec import LOSSES, SASRecConfig
 from automr.retrievers import build_retriever
 from automr.retrievers.storage import retriever_digest
 
@@ -71,10 +71,18 @@ class MethodOptions:
     k: int = int_field(attrs.validators.gt(0), default=1)
     seed: int = int_field(default=0)
     """Seed of SASRec's training and of random retrieval (unless ``retrieval_seed``)."""
+    sasrec_loss: str = attrs.field(default="ce", validator=attrs.validators.in_(LOSSES))
+    """SASRec's training loss (``sasrec`` and ``l2-sasrec``): ``ce`` or the paper's ``bce``
+    (:class:`~automr.recommenders.sasrec.SASRecConfig`)."""
     retrieval_seed: int | None = int_field(default=None, optional=True)
     tune_samples: int = int_field(attrs.validators.gt(0), default=200)
     """Seeded validation samples on which the ``-pop`` and ``-sasrec`` grounders choose their
     ``gamma``."""
+
+    def sasrec_config(self) -> SASRecConfig:
+        """How the SASRec of ``sasrec`` and ``l2-sasrec`` is trained: its defaults, with this
+        seed and loss."""
+        return SASRecConfig(seed=self.seed, loss=self.sasrec_loss)
 
 
 def _popularity_prior(space: "Workspace") -> Scores:
@@ -305,7 +313,7 @@ class Workspace:
         first use, or under a launcher here, on the main process, for every process (every
         process must call this at the same point: :func:`build_method` does)."""
         if self._sasrec is None:
-            config = SASRecConfig(seed=self.options.seed)
+            config = self.options.sasrec_config()
             saved = None if self.kept is None else self.kept.model_dir(
                 "sasrec", {"dataset": self.data_fingerprint, "sasrec": attrs.asdict(config)})
             self._sasrec = SASRecMethod(self.dataset, config, self.progress,
@@ -446,7 +454,7 @@ MEMORY_OPTIONS = ("num_beams", "exclude_seen", "combiner", "k")
 
 METHODS: dict[str, MethodKind] = {
     "sasrec": MethodKind("SASRec trained on the training period", _sasrec,
-                         options=("seed",), grounded=False, likelihood=False),
+                         options=("seed", "sasrec_loss"), grounded=False, likelihood=False),
     "pop": MethodKind("training-period popularity (a floor)",
                       lambda space, grounder, label: PopularityMethod(
                           space.dataset, exclude_seen=space.options.exclude_seen),
@@ -518,6 +526,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     for option in kind.options:
         settings[option] = (space.retrieval_seed if option == "retrieval_seed"
                             else getattr(space.options, option))
+    if settings.get("sasrec_loss") == "ce":  # absent at its default, so ranks saved before
+        del settings["sasrec_loss"]  # the option existed stay valid
     if "layer" in settings:
         settings["layer"] = space.layer
     if name in ("rella", "trsr"):
@@ -525,7 +535,7 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     if grounder is not None and grounder.endswith(("-pop", "-sasrec")):
         settings.update(tune_samples=space.options.tune_samples, tune_seed=space.options.seed)
     if grounder == "l2-sasrec":
-        settings["sasrec"] = attrs.asdict(SASRecConfig(seed=space.options.seed))
+        settings["sasrec"] = attrs.asdict(space.options.sasrec_config())
     if kind.version != 1:  # absent at 1, so ranks saved before versions existed stay valid
         settings["version"] = kind.version
     return settings

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from automr.checks import beartype, int_field, real_field
+from automr.defaults import SASREC_LOSSES
 from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ndcg_at_k, ranks_from_scores, recall_at_k, seen_mask
@@ -68,7 +69,7 @@ WEIGHTS_FILE: Final = "model.safetensors"
 PAD: Final = 0
 MONITOR_PATTERN: Final = r"(recall|ndcg)@[1-9][0-9]*"
 Loss = Literal["bce", "ce"]
-LOSSES: Final = ("bce", "ce")
+LOSSES: Final = SASREC_LOSSES
 CE_CHUNK_LOGITS: Final = 2**24
 """The most logits (positions x catalog items, 64 MiB in float32) that ``loss="ce"`` holds
 at once: the positions are taken in chunks of ``CE_CHUNK_LOGITS // n_items`` (at least 1)."""
