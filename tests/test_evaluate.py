@@ -86,19 +86,25 @@ def test_finetune_then_evaluate_every_method(workspace, tmp_path):
     assert bad.exit_code == 2 and "reference 'pop' is not among" in bad.output
 
 
-def test_a_resumed_evaluation_ranks_with_the_sasrec_its_first_shards_used(
-        workspace, tmp_path, monkeypatch):
-    """CUDA training is not bit-deterministic: a resume that trained SASRec again would rank
-    its last shards with another model than its first (and tune l2-sasrec's gamma on it)."""
+@pytest.fixture
+def sasrec_trainings(monkeypatch) -> list[SASRecConfig]:
+    """The config of every SASRec the methods train (one epoch each: quick)."""
     fit, trainings = automr.methods.sasrec.fit_sasrec, []
 
     def counted(sequences, valid, config, **kwargs):
-        trainings.append(config.seed)
+        trainings.append(config)
         return fit(sequences, valid, config, **kwargs)
 
     monkeypatch.setattr(automr.methods.sasrec, "fit_sasrec", counted)
     monkeypatch.setattr(automr.methods.registry, "SASRecConfig",
-                        functools.partial(SASRecConfig, max_epochs=1))  # one epoch, quick
+                        functools.partial(SASRecConfig, max_epochs=1))
+    return trainings
+
+
+def test_a_resumed_evaluation_ranks_with_the_sasrec_its_first_shards_used(
+        workspace, tmp_path, sasrec_trainings):
+    """CUDA training is not bit-deterministic: a resume that trained SASRec again would rank
+    its last shards with another model than its first (and tune l2-sasrec's gamma on it)."""
     dataset, folder = PreparedDataset.load(workspace / "prepared"), EvaluationFolder(tmp_path)
 
     def weights(seed):
@@ -107,27 +113,18 @@ def test_a_resumed_evaluation_ranks_with_the_sasrec_its_first_shards_used(
         return space.sasrec().model().state_dict()
 
     first, again = weights(0), weights(0)
-    assert trainings == [0]
+    assert [config.seed for config in sasrec_trainings] == [0]
     assert first.keys() == again.keys()
     assert all(torch.equal(first[name], again[name]) for name in first)
     weights(1)  # another training's model is kept apart
-    assert trainings == [0, 1]
+    assert [config.seed for config in sasrec_trainings] == [0, 1]
     folder.check_target()  # the models alone make an evaluation folder, resumed
 
 
 def test_sasrec_trains_with_the_loss_asked_and_records_it_only_off_its_default(
-        workspace, tmp_path, monkeypatch):
+        workspace, tmp_path, sasrec_trainings):
     """--sasrec-loss bce trains the paper's SASRec (no CLI option reached SASRecConfig's loss
     before); the default's settings are those of folders written before the option."""
-    fit, losses = automr.methods.sasrec.fit_sasrec, []
-
-    def counted(sequences, valid, config, **kwargs):
-        losses.append(config.loss)
-        return fit(sequences, valid, config, **kwargs)
-
-    monkeypatch.setattr(automr.methods.sasrec, "fit_sasrec", counted)
-    monkeypatch.setattr(automr.methods.registry, "SASRecConfig",
-                        functools.partial(SASRecConfig, max_epochs=1))  # one epoch, quick
     args = ["evaluate", "--data", str(workspace / "prepared"), "--out", str(tmp_path / "e"),
             "--methods", "sasrec", "--samples", "4", "--quiet", "--device", "cpu"]
     for loss in ("ce", "bce"):
@@ -136,7 +133,7 @@ def test_sasrec_trains_with_the_loss_asked_and_records_it_only_off_its_default(
         settings = json.loads(EvaluationFolder(tmp_path / "e").settings_file("sasrec")
                               .read_text())
         assert settings.get("sasrec_loss") == (None if loss == "ce" else "bce")
-    assert losses == ["ce", "bce"]
+    assert [config.loss for config in sasrec_trainings] == ["ce", "bce"]
     bad = runner.invoke(app, [*args, "--sasrec-loss", "bpr"])
     assert bad.exit_code == 2 and "--sasrec-loss 'bpr': choose one of bce, ce" in bad.output
 
