@@ -159,18 +159,27 @@ def test_finetune_lowers_validation_loss_and_reloads(workspace):
 def test_finetune_gives_the_callers_model_back_as_it_was(workspace, tmp_path):
     """LoRA stayed on the model given to finetune (its fingerprint still named the base): a
     grounding after it cached the tuned model's title embeddings under the base model's key,
-    and a second fine-tune of it failed ('q_proj, v_proj is not a linear module')."""
+    and a second fine-tune of it failed ('q_proj, v_proj is not a linear module'). A model in
+    train mode came back in eval mode, and the caller's global RNG reseeded with the config's
+    seed (the host-program review); loading the run drew from it too (peft's initial LoRA)."""
     loaded = load_model(str(workspace["model"]), device="cpu")
     before = {name: value.clone() for name, value in loaded.model.state_dict().items()}
-    for run in ("a", "b"):
+    for run, seed in (("a", 7), ("b", 8)):
+        loaded.model.train(run == "b")
+        torch.manual_seed(seed)
+        expected = torch.rand(3, generator=torch.Generator().manual_seed(seed))
         finetune(loaded, workspace["data"], tmp_path / run,
                  quick_config(lora_from_layer=2, epochs=1), progress=False)
+        assert torch.equal(torch.rand(3), expected)  # the caller's draws, not the config's
         after = loaded.model.state_dict()
         assert after.keys() == before.keys()  # no lora_A / base_layer left
         assert all(torch.equal(after[name], value) for name, value in before.items())
         assert all(p.requires_grad for p in loaded.model.parameters())
-        assert not loaded.model.training
+        assert all(module.training == (run == "b") for module in loaded.model.modules())
     assert json.loads((tmp_path / "b" / "finetune.json").read_text())["done"]
+    torch.manual_seed(9)
+    FinetunedRun.open(tmp_path / "b").load(device="cpu")
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(9)))
 
 
 def test_lora_from_layer_trains_only_upper_layers(workspace):

@@ -72,6 +72,27 @@ def test_a_shard_index_naming_files_outside_the_model_folder_is_refused(tmp_path
         loading.weight_files(folder)
 
 
+def test_weights_a_caller_trains_in_place_are_no_longer_the_files(workspace):
+    """A library user who trains loaded.model further kept the files' fingerprint, so the
+    catalog embeddings cached for the files' weights were read back for the new ones (the
+    host-program review). A fine-tune's own steps (LoRA, taken off after) and moves or casts
+    leave the base weights, and the fingerprint, as they were."""
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    files = loaded.fingerprint()
+    loaded.model.to(torch.float64).to(torch.float32)  # a cast and back: the same weights
+    finetune(loaded, workspace["data"], workspace["root"] / "inplace-ft",
+             FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4, epochs=1),
+             progress=False)
+    assert loaded.fingerprint() == files
+    optimizer = torch.optim.SGD(loaded.model.parameters(), lr=0.1)
+    ids = loaded.tokenizer(["Item A0"], return_tensors="pt")["input_ids"]
+    loaded.model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    trained = loaded.fingerprint()
+    assert trained != files and trained == loading.model_fingerprint(loaded.model, loaded.name)
+    assert loaded.fingerprint() == trained  # computed again only after another write
+
+
 def test_other_weights_or_shards_are_another_model(workspace, tmp_path):
     expected = fingerprint(workspace["model"])
     other = tmp_path / "other"

@@ -2,6 +2,7 @@
 ``cpu``, ``mps``, ``cuda[:N]``), checked to exist here. Light (torch alone), so memories,
 retrievers and SASRec resolve devices without loading transformers."""
 
+import contextlib
 import re
 
 import torch
@@ -47,3 +48,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise AutomrError("device 'mps' requested but Apple's MPS backend is not available "
                           "here; use cpu")
     return torch.device(device)
+
+
+def keeping_rng(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """torch's global RNG, and on CUDA ``device``'s, given back as the caller left them after
+    the block: what automr seeds for its own training does not move the caller's draws."""
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

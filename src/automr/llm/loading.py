@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import warnings
+import weakref
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,16 +101,25 @@ class LoadedModel:
     _fingerprint: str | None = None
     _source: Path | None = None
     _cache_dir: Path | str | None = None
+    _versions: list[tuple[weakref.ref, int]] = attrs.field(factory=list)
 
     def fingerprint(self) -> str:
         """The model's identity in artifact metadata, computed once, then reused: for a
         model read from files, :func:`files_fingerprint` (the same whatever ``--dtype`` or
         device it was loaded with, and cheap: file digests, kept in the cache); otherwise
-        :func:`model_fingerprint` of the weights in memory."""
+        :func:`model_fingerprint` of the weights in memory. Weights changed in place since
+        (a caller's own training steps) are no longer the files': the weights in memory are
+        fingerprinted then (cached catalog embeddings of the files' weights were reused)."""
+        if self._fingerprint is not None and any(  # in-place writes count a tensor's version
+                (p := ref()) is not None and p._version > was  # up; moves and casts do not
+                for ref, was in self._versions):
+            self._fingerprint = model_fingerprint(self.model, self.name)
         if self._fingerprint is None:
             files = () if self._source is None else weight_files(self._source)
             self._fingerprint = (files_fingerprint(self._source, files, self._cache_dir) if files
                                  else model_fingerprint(self.model, self.name))
+        self._versions = [(weakref.ref(p), p._version) for p in self.model.parameters()
+                          if not p.is_inference()]  # (made under inference_mode: unversioned)
         return self._fingerprint
 
 

@@ -53,6 +53,7 @@ from automr.contexts import TRSRContext, build_context
 from automr.data import PreparedDataset, Sample, TokenizedExample, tokenize_sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.subsets import seeded_subset
+from automr.devices import keeping_rng
 from automr.errors import AutomrError
 from automr.interfaces import Insert, require_instance
 from automr.llm.loading import (
@@ -138,8 +139,13 @@ def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for module, training in modes:
-            module.training = training
+        _set_modes(modes)
+
+
+def _set_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """Each module back in the train or eval mode it was in."""
+    for module, training in modes:
+        module.training = training
 
 
 def _lower_modules(llm: HFSplitLLM, layer: int) -> list[torch.nn.Module]:
@@ -437,7 +443,8 @@ def finetune(
     out = Path(out_dir)
     cleanup = ExitStack()  # the lock (main process's) from the resume's checks to the record,
     distributed.on_main(lambda: cleanup.enter_context(folder_lock(out, "fine-tune")))
-    with cleanup:  # and the caller's model given back as it was
+    with cleanup:  # and the caller's model (and global RNG) given back as they were
+        cleanup.enter_context(keeping_rng(loaded.model.device))
         return _finetune(loaded, dataset, out, config, progress, cache_dir, memory, cleanup)
 
 
@@ -474,6 +481,8 @@ def _finetune(loaded: LoadedModel, dataset: PreparedDataset, out: Path, config: 
                                           context.texts(valid_samples))
     torch.manual_seed(config.seed)
     trainable = [parameter.requires_grad for parameter in loaded.model.parameters()]
+    modes = [(module, module.training) for module in loaded.model.modules()]
+    cleanup.callback(_set_modes, modes)  # after LoRA is off (take_lora_off leaves eval mode)
     model = lora_model(loaded, config)
     cleanup.callback(take_lora_off, loaded.model, trainable)
     if state is not None:

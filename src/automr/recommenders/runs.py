@@ -12,6 +12,7 @@ import attrs
 from beartype.roar import BeartypeCallHintViolation
 
 from automr.contexts.spec import ContextSpec
+from automr.devices import keeping_rng
 from automr.errors import AutomrError
 from automr.llm.loading import (
     FINGERPRINT_CHANGE,
@@ -112,8 +113,9 @@ class FinetunedRun:
                    f"--out")
         read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG, f"`automr finetune` ({damaged})")
         try:
-            with without_peft_deprecation():
-                model = PeftModel.from_pretrained(base.model, self.path / ADAPTER_DIR).eval()
+            with without_peft_deprecation(), keeping_rng(base.model.device):  # peft draws the
+                model = PeftModel.from_pretrained(  # adapter's initial weights first
+                    base.model, self.path / ADAPTER_DIR).eval()
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # JSON, not peft's
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             raise AutomrError(f"{self.path / ADAPTER_DIR / ADAPTER_CONFIG} or its weights do "

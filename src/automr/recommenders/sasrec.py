@@ -58,6 +58,7 @@ from torch.utils.checkpoint import checkpoint
 
 from automr.checks import beartype, int_field, real_field
 from automr.defaults import SASREC_LOSSES
+from automr.devices import keeping_rng
 from automr.early_stopping import EarlyStopping
 from automr.errors import AutomrError
 from automr.evaluation.metrics import ndcg_at_k, ranks_from_scores, recall_at_k, seen_mask
@@ -319,8 +320,7 @@ def fit_sasrec(
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):  # leave the caller's global RNG untouched
+    with keeping_rng(device):
         torch.manual_seed(config.seed)
         model = SASRec(config, n_items).to(device)
         data = TrainingTensors(*(t.to(device) for t in attrs.astuple(data, recurse=False)))

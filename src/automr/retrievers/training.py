@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
 from automr.checks import beartype, int_field, real_field
-from automr.devices import resolve_device
+from automr.devices import keeping_rng, resolve_device
 from automr.early_stopping import EarlyStopping, epoch_progress
 from automr.errors import AutomrError
 from automr.interfaces import Retriever
@@ -185,8 +185,7 @@ def train_mlp_retriever(
         activation=config.activation, temperature=config.temperature,
         normalize=config.normalize,
     )
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
+    with keeping_rng(device):
         torch.manual_seed(config.seed)
         retriever = MLPRetriever(retriever_config, provenance=train.metadata).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
