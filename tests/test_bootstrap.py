@@ -2,6 +2,7 @@
 
 import math
 from fractions import Fraction
+from typing import ClassVar
 
 import pytest
 import torch
@@ -237,3 +238,45 @@ def test_users_of_reads_sample_ids() -> None:
         users_of(["313:216"])
     with pytest.raises(AutomrError, match="3 groups for 2 samples"):
         bootstrap_ci(_t([1.0, 2.0]), groups=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_non_finite_values_are_refused_not_given_an_interval(bad):
+    """bootstrap_ci([1, 2, inf]) was mean inf in [1.0, 1.0]; paired_bootstrap counted the
+    resamples where A was infinitely better as 'A not better' (the statistics review)."""
+    with pytest.raises(AutomrError, match=r"non-finite values \(1 of 3"):
+        bootstrap_ci(_t([1.0, 2.0, bad]), n_resamples=50)
+    with pytest.raises(AutomrError, match="non-finite"):
+        paired_bootstrap(_t([1.0, 2.0, bad]), _t([0.0, 0.0, 0.0]), n_resamples=50)
+
+
+@pytest.mark.parametrize(("pair", "message"), [((-6.0, 2.9), "2.9 is no whole number"),
+                                               ((0.5, 3), "log-likelihood 0.5: log P <= 0")])
+def test_a_likelihood_report_refuses_what_is_no_log_likelihood_and_token_count(pair, message):
+    """2.9 tokens were floored to 2 (per-token -2.5 for a plain -2.03), a positive value (a
+    loss) was taken, as evaluate and LikelihoodReport.load refuse (the statistics review)."""
+    from automr.evaluation.likelihood import build_likelihood_report
+
+    with pytest.raises(AutomrError, match=message):
+        build_likelihood_report("m", ["a", "b"], [(-2.0, 3), pair], n_resamples=20)
+
+
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1, 1.5, True])
+def test_a_bootstrap_seed_torch_cannot_take_is_refused_before_any_work(tmp_path, seed):
+    """A seed of 2**64 ranked every sample, then failed with a raw ValueError (the
+    statistics review)."""
+    import automr
+    from automr.evaluation import combine_folders
+
+    class Never:
+        settings: ClassVar[dict] = {}
+
+        def rank(self, samples):
+            raise AssertionError("ranked before the seed was checked")
+
+    samples = [automr.Sample(user="u", target="t", timestamp=1, recent=("a",),
+                             recent_timestamps=(0,))]
+    with pytest.raises(AutomrError, match=r"seed \(of the bootstrap\) must be an int from"):
+        automr.evaluate({"m": Never()}, samples, n_items=5, seed=seed, out=tmp_path / "e")
+    with pytest.raises(AutomrError, match=r"seed \(of the bootstrap\) must be an int from"):
+        combine_folders({"x": (tmp_path / "missing", "m")}, seed=seed)

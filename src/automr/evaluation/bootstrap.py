@@ -22,6 +22,7 @@ so their values are correlated and the sample bootstrap's intervals are too narr
 sample per group it is the sample bootstrap (the same numbers, up to float rounding).
 """
 
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +103,15 @@ def check_resample(resample: object) -> None:
                           f"{resample!r}")
 
 
+def check_seed(seed: object) -> None:
+    """Refuse a bootstrap ``seed`` that is not an int torch can seed with (-2**63 to
+    2**64 - 1): beyond, it failed only once every method had run."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
+            -2**63 <= seed < 2**64):
+        raise AutomrError(f"seed (of the bootstrap) must be an int from -2**63 to 2**64 - 1, "
+                          f"got {seed!r}")
+
+
 def resample_field() -> Any:
     """The ``resample`` field of a report (``samples`` unless said), checked by
     :func:`check_resample`."""
@@ -146,6 +156,10 @@ def _bootstrap_means(values: Tensor, *, n_resamples: int, seed: int,
     if n_resamples < 1:
         raise AutomrError(f"n_resamples must be >= 1, got {n_resamples}")
     values = values.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(values).all()):  # inf passed for an interval beside its mean
+        bad = int((~torch.isfinite(values)).sum())
+        raise AutomrError(f"cannot bootstrap non-finite values ({bad} of {values.numel()} are "
+                          f"inf or nan): a mean and its interval need finite samples")
     if groups is not None:
         sums, counts = _group_sums(values, groups)
     generator = torch.Generator().manual_seed(seed)

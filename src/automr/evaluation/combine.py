@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, check_resample
+from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, check_resample, check_seed
 from automr.evaluation.folder import (
     RESULTS_JSON,
     EvaluationFolder,
@@ -55,6 +55,7 @@ def combine_folders(
     (``samples`` or ``users``): the bootstrap's, for every interval (a source saved with others
     is summarised again from its values)."""
     check_resample(resample)
+    check_seed(seed)
     if not sources:
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     for name, source in sources.items():

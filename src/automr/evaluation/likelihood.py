@@ -28,6 +28,8 @@ from automr.evaluation.bootstrap import (
 )
 from automr.storage import fields_of, read_json, whole, write_json_atomic
 
+POSITIVE_TOLERANCE = 1e-3
+"""How far above 0 a returned log-likelihood may be (a sum's rounding) before it is refused."""
 LIKELIHOOD_FORMAT = "automr.likelihood_report/1"
 LIKELIHOOD_METRICS = ("target_ll", "target_ll_per_token")
 
@@ -58,6 +60,10 @@ class LikelihoodReport:
         if not all(math.isfinite(v) for v in self.log_likelihoods):
             raise AutomrError(f"likelihood report {self.method!r} holds a log-likelihood that "
                               f"is not a finite number")
+        positive = next((v for v in self.log_likelihoods if v > POSITIVE_TOLERANCE), None)
+        if positive is not None:  # a loss (the negative log-likelihood) flips every comparison
+            raise AutomrError(f"likelihood report {self.method!r} holds the log-likelihood "
+                              f"{positive}: log P <= 0 (a loss has the other sign)")
 
     def values(self) -> dict[str, torch.Tensor]:
         """Per-sample values of each metric, in ``sample_ids`` order."""
@@ -109,6 +115,11 @@ def build_likelihood_report(
     at ``confidence``, resampling ``samples`` or ``users``)."""
     if not values:
         raise AutomrError("cannot build a likelihood report from zero samples")
+    fractional = next((n for _, n in values if isinstance(n, float) and not n.is_integer()),
+                      None)
+    if fractional is not None:  # floored, 2.9 tokens were 2: another per-token value
+        raise AutomrError(f"likelihood report {method!r}: a token count of {fractional} is no "
+                          f"whole number")
     report = LikelihoodReport(method=method, sample_ids=tuple(sample_ids),
                               log_likelihoods=tuple(float(v) for v, _ in values),
                               tokens=tuple(int(n) for _, n in values), metrics={},

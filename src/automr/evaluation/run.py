@@ -33,9 +33,15 @@ from automr import distributed
 from automr.data.records import Sample
 from automr.defaults import MEASURES
 from automr.errors import AutomrError
-from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, PairedDifference, check_resample
+from automr.evaluation.bootstrap import (
+    DEFAULT_RESAMPLES,
+    PairedDifference,
+    check_resample,
+    check_seed,
+)
 from automr.evaluation.folder import EVALUATION_KEYS, EvaluationFolder
 from automr.evaluation.likelihood import (
+    POSITIVE_TOLERANCE,
     LikelihoodReport,
     build_likelihood_report,
     compare_likelihoods,
@@ -44,9 +50,6 @@ from automr.evaluation.metrics import DEFAULT_KS, check_ks
 from automr.evaluation.report import MetricReport, build_report, compare_reports
 from automr.evaluation.shards import DEFAULT_SHARD_SIZE, run_sharded
 from automr.interfaces import LikelihoodMethod, Method
-
-POSITIVE_TOLERANCE = 1e-3
-"""How far above 0 a returned log-likelihood may be (a sum's rounding) before it is refused."""
 
 
 @attrs.frozen
@@ -278,8 +281,7 @@ def evaluate(
     for count, what in ((n_resamples, "n_resamples"), (shard_size, "shard_size")):
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise AutomrError(f"{what} must be an int >= 1, got {count!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise AutomrError(f"seed (of the bootstrap) must be an int, got {seed!r}")
+    check_seed(seed)
     check_resample(resample)
     if out is not None:  # what results.md and results.json start with, once all have run
         _check_header_and_record(header, record)

@@ -23,6 +23,7 @@ from automr.errors import AutomrError
 from automr.evaluation.bootstrap import (
     bootstrap_ci,
     check_resample,
+    check_seed,
     groups_for,
     paired_bootstrap,
     resample_field,
@@ -267,6 +268,7 @@ def score_retrievers(
         raise AutomrError(f"the names {', '.join(reserved)} are the reference rows' (oracle, "
                           f"random, random seed S); name the retrievers otherwise")
     check_resample(resample)
+    check_seed(seed)
     random_seeds = list(random_seeds)
     if len(set(random_seeds)) != len(random_seeds):  # one draw counted as several seeds
         raise AutomrError(f"the random retrieval seeds must be distinct, got {random_seeds}")
