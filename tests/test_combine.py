@@ -554,3 +554,18 @@ def test_shards_and_models_are_not_written_through_a_link(tmp_path, linked):
             folder.clear_shards("m")
     assert sorted(p.name for p in mine.iterdir()) == ["shard-00000.json"]
     assert (mine / "shard-00000.json").read_text() == '{"my": "data"}'
+
+
+def test_compare_removes_nothing_through_a_linked_values_folder(tmp_path):
+    """A received combination folder whose ranks/ linked to the user's evaluation: compare
+    removed every method's ranks there before the link check refused the save (the diff
+    review)."""
+    mine = evaluated(tmp_path / "mine", "pop", [0] * 8, [-1.0] * 8)
+    out = tmp_path / "received"
+    combine_folders({"x": (mine, "pop")}, out=out, n_resamples=20)
+    shutil.rmtree(out / "ranks")
+    (out / "ranks").symlink_to(mine / "ranks")
+    before = sorted(p.name for p in (mine / "ranks").iterdir())
+    with pytest.raises(AutomrError, match="ranks is a link"):
+        combine_folders({"A": (mine, "pop")}, out=out, n_resamples=20)
+    assert sorted(p.name for p in (mine / "ranks").iterdir()) == before

@@ -215,6 +215,18 @@ def test_a_fresh_fine_tune_does_not_replace_a_best_folder_it_did_not_write(works
     assert [p.name for p in (mine / "best").iterdir()] == ["notes.txt"]
 
 
+def test_a_fine_tune_restarts_as_its_damaged_checkpoint_message_says(workspace, tmp_path):
+    """'delete checkpoint/ to restart' left the run's own best/, which the fresh run then
+    refused as a user's (the diff review)."""
+    run = unfinished_finetune(workspace, tmp_path)
+    (run / "checkpoint" / "state.json").unlink()
+    refused = runner.invoke(app, finetune_args(workspace, run))
+    assert "delete" in one_line_error(refused, run / "checkpoint")
+    shutil.rmtree(run / "checkpoint")
+    result = runner.invoke(app, finetune_args(workspace, run))
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("how", ["other shapes", "a tensor missing"])
 def test_a_checkpoint_adapter_of_another_run_is_one_line(workspace, tmp_path, how):
     """Tensors of another rank were a raw RuntimeError from peft; a tensor missing was loaded
@@ -1396,6 +1408,25 @@ def test_a_loop_of_links_or_a_link_to_nothing_is_one_line(workspace, tmp_path):
                                  "--out", str(tmp_path / "dangling"), "--model",
                                  str(workspace / "model"), "--layer", "2", *QUIET])
     assert "which does not exist" in one_line_error(result, tmp_path / "dangling")
+
+
+def test_the_link_scan_of_path_error_survives_a_folder_it_cannot_look_into(monkeypatch):
+    """The scan for links to nothing raised PermissionError inside the error handler: a
+    traceback where 'permission denied' was one line, for a folder the user cannot enter
+    (the diff review; as root every folder opens, so the scan's OSError is made here)."""
+    import errno
+
+    from automr.cli.common import path_error
+
+    def no_permission(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_symlink", no_permission)
+    error = PermissionError(errno.EACCES, "Permission denied", "noperm/sub/out")
+    assert path_error(error, [Path("noperm/sub/out")]) == \
+        "cannot use noperm/sub/out: permission denied"
+    error = FileNotFoundError(errno.ENOENT, "No such file", "noperm/sub/out")
+    assert "does not exist" in path_error(error, [Path("noperm/sub/out")])
 
 
 def test_a_path_that_is_not_utf8_is_one_line(workspace, tmp_path):

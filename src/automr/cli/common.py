@@ -197,8 +197,9 @@ def path_error(error: Exception, given: Sequence[Path] = ()) -> str | None:
         return None
     path = Path(str(error.filename2 or error.filename))  # os.replace: the target
     named = _given_path(path, given)
-    link = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
-    if link is not None and error.errno in (errno.ELOOP, errno.EEXIST, errno.ENOENT):
+    link = _broken_link(path) if error.errno in (errno.ELOOP, errno.EEXIST, errno.ENOENT) \
+        else None
+    if link is not None:
         loop = error.errno == errno.ELOOP or _loops(link)
         return (f"cannot use {named or path}: {link} is a link to {os.readlink(link)}, which "
                 + ("leads back to itself (a loop of links)" if loop else "does not exist"))
@@ -215,6 +216,16 @@ def path_error(error: Exception, given: Sequence[Path] = ()) -> str | None:
         if file is not None:
             return f"cannot use {path}: {'it' if file == path else file} is a file, not a folder"
     return f"cannot use {path}: {os.strerror(error.errno).lower()}"
+
+
+def _broken_link(path: Path) -> Path | None:
+    """``path`` or the folder above it that is a link to nothing usable (a loop, a missing
+    target); None where none is, or the folders cannot be looked into."""
+    try:
+        return next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()),
+                    None)
+    except OSError:  # no permission to look (pathlib raises it, as of 3.11)
+        return None
 
 
 def _loops(link: Path) -> bool:

@@ -274,6 +274,7 @@ class EvaluationFolder:
     def remove(self, method: str, kind: str = "ranks") -> None:
         """Remove ``method``'s values of ``kind`` (``ranks`` or ``loglik``), their settings
         (first: the values are no longer marked done) and their details."""
+        self._check_no_links(kind, *self._detail_kinds(method, kind))  # the user's, through one
         self.settings_file(method, kind).unlink(missing_ok=True)
         self.ranks_file(method, kind).unlink(missing_ok=True)
         for detail in self._detail_kinds(method, kind):

@@ -69,7 +69,7 @@ from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from automr.recommenders.finetune_config import SCHEDULES, FinetuneConfig
 from automr.recommenders.memory_aware import MemoryInserts
 from automr.recommenders.parallel import NLLModule, StepRunner
-from automr.recommenders.runs import ADAPTER_WEIGHTS, RESULT_FILE
+from automr.recommenders.runs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RESULT_FILE
 from automr.state import LayerState
 from automr.storage import (
     atomic_dir,
@@ -790,10 +790,10 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
             raise AutomrError(f"{state_file} is missing, so {state_file.parent} cannot be "
                               f"resumed; delete {state_file.parent} to restart the fine-tune")
         check_own_folder(out, "fine-tune", OWN_FILES)  # never beside another artifact
-        if (out / "best").exists():  # written after a checkpoint: not a fine-tune's own
-            raise AutomrError(f"{out / 'best'} is not a fine-tune's (no checkpoint beside it) "
-                              f"and a fine-tune would replace it; write the fine-tune into a "
-                              f"new or empty folder")
+        if (out / "best").exists() and not (out / "best" / ADAPTER_CONFIG).is_file():
+            raise AutomrError(f"{out / 'best'} is not a fine-tune's (no adapter in it) and a "
+                              f"fine-tune would replace it; write the fine-tune into a new or "
+                              f"empty folder")
         out.mkdir(parents=True, exist_ok=True)
         return None
     state = read_json(state_file, f"`automr finetune` (delete {state_file.parent} to restart)")
