@@ -250,8 +250,9 @@ def test_non_finite_values_are_refused_not_given_an_interval(bad):
         paired_bootstrap(_t([1.0, 2.0, bad]), _t([0.0, 0.0, 0.0]), n_resamples=50)
 
 
-@pytest.mark.parametrize(("pair", "message"), [((-6.0, 2.9), "2.9 is no whole number"),
-                                               ((0.5, 3), "log-likelihood 0.5: log P <= 0")])
+@pytest.mark.parametrize(("pair", "message"), [
+    ((-6.0, 2.9), "2.9 is no whole number"), ((-6.0, torch.tensor(2.9)), "is no whole number"),
+    ((-6.0, math.nan), "nan is no whole number"), ((0.5, 3), "log-likelihood 0.5: log P <= 0")])
 def test_a_likelihood_report_refuses_what_is_no_log_likelihood_and_token_count(pair, message):
     """2.9 tokens were floored to 2 (per-token -2.5 for a plain -2.03), a positive value (a
     loss) was taken, as evaluate and LikelihoodReport.load refuse (the statistics review)."""

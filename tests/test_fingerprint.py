@@ -72,6 +72,30 @@ def test_a_shard_index_naming_files_outside_the_model_folder_is_refused(tmp_path
         loading.weight_files(folder)
 
 
+def test_a_fine_tune_that_writes_the_same_weights_over_them_keeps_the_fingerprint(
+        workspace, monkeypatch):
+    """DDP writes rank 0's copy of every weight over each process's (the same bytes), raising
+    their version counts: after a fine-tune under torchrun the model's fingerprint was an
+    in-memory one, and what it built next was refused as another model's (the second diff
+    review)."""
+    import automr.recommenders.finetune as ft
+
+    def rewritten(loaded, config):
+        with torch.no_grad():
+            for parameter in loaded.model.parameters():
+                parameter.copy_(parameter.clone())
+        return lora(loaded, config)
+
+    lora = ft.lora_model
+    monkeypatch.setattr(ft, "lora_model", rewritten)
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    files = loaded.fingerprint()
+    finetune(loaded, workspace["data"], workspace["root"] / "rewritten-ft",
+             FinetuneConfig(max_train_samples=8, max_valid_samples=4, batch_size=4, epochs=1),
+             progress=False)
+    assert loaded.fingerprint() == files
+
+
 def test_weights_a_caller_trains_in_place_are_no_longer_the_files(workspace):
     """A library user who trains loaded.model further kept the files' fingerprint, so the
     catalog embeddings cached for the files' weights were read back for the new ones (the

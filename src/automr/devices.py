@@ -4,6 +4,7 @@ retrievers and SASRec resolve devices without loading transformers."""
 
 import contextlib
 import re
+from collections.abc import Iterator
 
 import torch
 
@@ -50,8 +51,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def keeping_rng(device: str | torch.device) -> contextlib.AbstractContextManager:
-    """torch's global RNG, and on CUDA ``device``'s, given back as the caller left them after
-    the block: what automr seeds for its own training does not move the caller's draws."""
-    device = torch.device(device)
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+@contextlib.contextmanager
+def keeping_rng() -> Iterator[None]:
+    """torch's global RNGs (the CPU's, every GPU's in use, MPS's) given back as the caller left
+    them after the block: ``torch.manual_seed`` in it, which seeds every device, does not
+    move the caller's draws."""
+    cpu = torch.get_rng_state()
+    cuda = (torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    mps = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        if mps is not None:
+            torch.mps.set_rng_state(mps)

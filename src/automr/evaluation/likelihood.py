@@ -106,6 +106,14 @@ class LikelihoodReport:
                        resample=data.get("resample", "samples"))  # before it: samples
 
 
+def _whole(count: object) -> bool:
+    """Whether ``count`` is a whole number (of any numeric type: 2.9 in float32 too)."""
+    try:
+        return bool(int(count) == count)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def build_likelihood_report(
     method: str, sample_ids: Sequence[str], values: Sequence[tuple[float, int]], *,
     n_resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
@@ -115,8 +123,7 @@ def build_likelihood_report(
     at ``confidence``, resampling ``samples`` or ``users``)."""
     if not values:
         raise AutomrError("cannot build a likelihood report from zero samples")
-    fractional = next((n for _, n in values if isinstance(n, float) and not n.is_integer()),
-                      None)
+    fractional = next((n for _, n in values if not _whole(n)), None)
     if fractional is not None:  # floored, 2.9 tokens were 2: another per-token value
         raise AutomrError(f"likelihood report {method!r}: a token count of {fractional} is no "
                           f"whole number")

@@ -118,9 +118,26 @@ class LoadedModel:
             files = () if self._source is None else weight_files(self._source)
             self._fingerprint = (files_fingerprint(self._source, files, self._cache_dir) if files
                                  else model_fingerprint(self.model, self.name))
-        self._versions = [(weakref.ref(p), p._version) for p in self.model.parameters()
-                          if not p.is_inference()]  # (made under inference_mode: unversioned)
+        self._versions = _versions(self.model)
         return self._fingerprint
+
+    @contextlib.contextmanager
+    def weights_kept(self) -> Iterator[None]:
+        """A block that gives every weight back with its value (a fine-tune's LoRA, taken
+        off after; DDP writes rank 0's copy over each process's, the same bytes): the
+        fingerprint taken before it stands after it, its version counts notwithstanding."""
+        fingerprint = self.fingerprint()
+        try:
+            yield
+        finally:
+            if self._fingerprint == fingerprint:
+                self._versions = _versions(self.model)
+
+
+def _versions(model: torch.nn.Module) -> list[tuple[weakref.ref, int]]:
+    """Each weight (by weak reference) with its version count, which in-place writes raise
+    (weights made under ``torch.inference_mode`` have none)."""
+    return [(weakref.ref(p), p._version) for p in model.parameters() if not p.is_inference()]
 
 
 @contextlib.contextmanager

@@ -444,7 +444,8 @@ def finetune(
     cleanup = ExitStack()  # the lock (main process's) from the resume's checks to the record,
     distributed.on_main(lambda: cleanup.enter_context(folder_lock(out, "fine-tune")))
     with cleanup:  # and the caller's model (and global RNG) given back as they were
-        cleanup.enter_context(keeping_rng(loaded.model.device))
+        cleanup.enter_context(keeping_rng())
+        cleanup.enter_context(loaded.weights_kept())  # LoRA comes off; DDP rewrites weights
         return _finetune(loaded, dataset, out, config, progress, cache_dir, memory, cleanup)
 
 

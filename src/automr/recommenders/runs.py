@@ -113,7 +113,7 @@ class FinetunedRun:
                    f"--out")
         read_json(self.path / ADAPTER_DIR / ADAPTER_CONFIG, f"`automr finetune` ({damaged})")
         try:
-            with without_peft_deprecation(), keeping_rng(base.model.device):  # peft draws the
+            with without_peft_deprecation(), keeping_rng():  # peft draws the
                 model = PeftModel.from_pretrained(  # adapter's initial weights first
                     base.model, self.path / ADAPTER_DIR).eval()
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # JSON, not peft's

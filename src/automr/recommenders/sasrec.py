@@ -320,7 +320,7 @@ def fit_sasrec(
     if valid_samples:
         _check_ids([[t] for _, t in valid_samples], n_items)
     device = torch.device(device)
-    with keeping_rng(device):
+    with keeping_rng():
         torch.manual_seed(config.seed)
         model = SASRec(config, n_items).to(device)
         data = TrainingTensors(*(t.to(device) for t in attrs.astuple(data, recurse=False)))

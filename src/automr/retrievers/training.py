@@ -185,7 +185,7 @@ def train_mlp_retriever(
         activation=config.activation, temperature=config.temperature,
         normalize=config.normalize,
     )
-    with keeping_rng(device):
+    with keeping_rng():
         torch.manual_seed(config.seed)
         retriever = MLPRetriever(retriever_config, provenance=train.metadata).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
