@@ -91,7 +91,7 @@ def open_own(path: Path, mode: str) -> IO[Any]:
             raise
         raise AutomrError(f"{path} is a link (to {os.readlink(path)}): automr writes its own "
                           f"file there and follows no link; remove it") from error
-    return os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    return os.fdopen(descriptor, mode, encoding=None if "b" in mode else "utf-8")
 
 
 LOCK_FILE = ".automr-lock"
