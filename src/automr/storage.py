@@ -416,16 +416,22 @@ def save_safetensors(path: Path | str, tensors: Mapping[str, "Tensor"],
         try:
             save_file(dict(tensors), tmp, metadata=None if metadata is None else dict(metadata))
         except Exception as error:  # safetensors' error around the OS's: an OSError again,
-            found = re.search(r"\(os error (\d+)\)", str(error))  # which callers handle
-            if found is None:
+            code = wrapped_errno(error)  # which callers handle
+            if code is None:
                 raise
-            code = int(found[1])
             raise OSError(code, os.strerror(code), str(path)) from error
         _sort_header(tmp)
         tmp.chmod(file_mode(path.parent))
         os.replace(tmp, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def wrapped_errno(error: Exception) -> int | None:
+    """The OS error number that a Rust library's error (safetensors', tokenizers') carries in
+    its message, ``... (os error 28)``; None where it carries none."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return None if found is None else int(found[1])
 
 
 def _sort_header(path: Path) -> None:

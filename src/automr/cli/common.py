@@ -16,7 +16,7 @@ from automr.distributed import MainProcessError
 from automr.errors import AutomrError
 from automr.paths import home_path
 from automr.recommenders.finetune_config import FinetuneConfig
-from automr.storage import partial_path
+from automr.storage import partial_path, wrapped_errno
 
 if TYPE_CHECKING:
     from automr.llm.loading import LoadedModel
@@ -178,8 +178,8 @@ def disk_error(error: Exception) -> str | None:
         return ("could not write a file (torch.save's writer failed: the disk is full, over "
                 "quota or read-only). Free space (or make the folder writable), then rerun "
                 "the same command: it resumes")
-    elif found := re.search(r"\(os error (\d+)\)", str(error)):  # Rust libraries (safetensors,
-        code, where = int(found[1]), ""  # tokenizers) wrap the OS error in their own
+    elif (code := wrapped_errno(error)) is not None:  # Rust libraries' (tokenizers')
+        where = ""
     else:
         return None
     if code not in DISK_ERRNOS:
