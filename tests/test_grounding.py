@@ -457,6 +457,39 @@ def test_plain_l2_and_its_injection_at_gamma_0_rank_ties_alike(tiny_models, toke
             for s in samples]
 
 
+def test_titles_the_tokenizer_writes_alike_tie_as_one_title(tmp_path):
+    """Qwen's tokenizers normalize text to NFC, so "Café" typed as NFC and as NFD are one
+    token sequence the model cannot tell apart: the target ranks as below a shared title
+    (the tie compared title strings, so the first-listed item won one rank)."""
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    from automr.grounding import ConstrainedGrounder, LikelihoodGrounder
+    from automr.grounding.catalog import dataset_targets
+    from automr.methods import GenerativeMethod
+    from automr.testing.synthetic import synthetic_dataset
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    nfc = "Café au lait (1993)"
+    tokenizer = tiny_tokenizer()
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFC()
+    loaded = LoadedModel(model=tiny_model(tiny_config(num_layers=2), seed=0),
+                         tokenizer=tokenizer, name="tiny")
+    ranks = {}
+    for second in (nfc, unicodedata.normalize("NFD", nfc)):
+        dataset = synthetic_dataset(tmp_path / str(len(second)), titles={"i5": nfc, "i6": second})
+        samples = [s for split in ("train", "valid", "test") for s in dataset.samples(split)
+                   if s.target == "i5"][:2]
+        assert samples
+        targets = dataset_targets(loaded, dataset)
+        for grounder in (LikelihoodGrounder(targets), ConstrainedGrounder(targets, num_beams=2)):
+            method = GenerativeMethod(loaded, dataset, grounder=grounder, layer=1)
+            ranks.setdefault(type(grounder).__name__, []).append(method.rank(samples))
+    for name, (identical, normalized) in ranks.items():
+        assert identical == normalized, name
+
+
 def test_an_injection_weighs_by_the_prior_scaled_to_0_1():
     """Raw scores (popularity counts, SASRec logits) are min-max scaled per sample before
     weighing: scores in any unit rank as the same scores in [0, 1]."""

@@ -246,9 +246,11 @@ class Grounder(Protocol):
     """Ranks the whole catalog for a batch of prompts, through a split LM.
 
     ``insert`` (optional) joins memory to the prompt's layer-L state, so a memory-free
-    recommender and AutoMR share the same grounders. Items sharing the target's title are
-    ties in an evaluation (the target counts after those listed right after it), unless the
-    grounder has a ``tie_key`` (a tensor, one value per catalog item) telling them apart.
+    recommender and AutoMR share the same grounders. Items the model writes alike are ties
+    in an evaluation (the target counts after those listed right after it): those sharing the
+    target's title, or its token sequence where the grounder holds its ``targets``
+    (:class:`~automr.grounding.targets.CatalogTargets`), unless the grounder has a ``tie_key``
+    (a tensor, one value per catalog item) telling them apart.
     """
 
     def rank(

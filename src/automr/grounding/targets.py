@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import attrs
+import torch
 
 from automr.checks import beartype
 from automr.llm.beam import TokenTrie
@@ -21,10 +22,18 @@ class CatalogTargets:
     texts: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]
     eos_token_id: int
+    groups: torch.Tensor = attrs.field(init=False, repr=False, eq=False)
+    """``[items]``: each index's first index holding the same token sequence, so items with
+    equal values are one sequence the model writes (a title shared by several items, or
+    titles the tokenizer normalizes alike, e.g. NFC and NFD forms under Qwen's tokenizer)."""
 
     def __attrs_post_init__(self) -> None:
         if len(self.texts) != len(self.token_ids):
             raise ValueError("CatalogTargets: one token sequence per text")
+        first: dict[tuple[int, ...], int] = {}
+        object.__setattr__(self, "groups", torch.tensor(
+            [first.setdefault(ids, index) for index, ids in enumerate(self.token_ids)],
+            dtype=torch.long))
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -24,6 +24,7 @@ from automr.grounding.likelihood import (
     lower_targets,
     target_log_likelihoods_from,
 )
+from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Grounder, PromptContext, require, require_instance
 from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
@@ -196,8 +197,8 @@ class GenerativeMethod:
         indices best first, an order of the whole catalog), counting only the items left in
         with ``exclude_seen`` (the history out, the target in).
 
-        The model writes a title, not an item: items sharing the target's title that the
-        grounder lists together with it are ties, broken against the target as
+        The model writes a title, not an item: items it writes alike (:func:`title_ties`) that
+        the grounder lists together with the target are ties, broken against the target as
         :func:`~automr.evaluation.metrics.ranks_from_scores` breaks them (the target counts
         from the last of them). A grounder whose ``tie_key`` (one value per item) is set
         tells such items apart by it: only those with the target's value are ties."""
@@ -364,13 +365,19 @@ class GenerativeMethod:
 
 
 def title_ties(catalog: Catalog, target: str, grounder: object) -> torch.Tensor:
-    """``[items]``: the items a grounder's order ties with item ``target`` (those sharing its
-    title; where the grounder sets a ``tie_key``, only those with the target's value), which
-    an evaluation ranks above the target (:meth:`GenerativeMethod.ranks_in_order`)."""
-    ties = torch.zeros(len(catalog), dtype=torch.bool)
-    ties[catalog.positions(catalog.ids_for_title(catalog.title(target)))] = True
+    """``[items]``: the items a grounder's order ties with item ``target`` (those the model
+    writes alike: the same token sequence where the grounder holds its
+    :class:`~automr.grounding.targets.CatalogTargets`, else the same title; where the grounder
+    sets a ``tie_key``, only those with the target's value), which an evaluation ranks above
+    the target (:meth:`GenerativeMethod.ranks_in_order`)."""
+    [position] = catalog.positions([target])
+    targets = getattr(grounder, "targets", None)
+    if isinstance(targets, CatalogTargets):
+        ties = targets.groups == targets.groups[position]
+    else:
+        ties = torch.zeros(len(catalog), dtype=torch.bool)
+        ties[catalog.positions(catalog.ids_for_title(catalog.title(target)))] = True
     key = getattr(grounder, "tie_key", None)
     if key is not None:
-        [position] = catalog.positions([target])
         ties &= key.cpu() == key[position].cpu()
     return ties
