@@ -74,8 +74,9 @@ def test_every_split_has_unique_sample_ids(ml100k_prepared):
     assert [i.item for i in timeline].count("329") == 1
 
 
-def _write_grouplens(folder: Path) -> None:
-    """The original GroupLens files, rebuilt from the RecBole copy (same content)."""
+def _write_grouplens(folder: Path, encoding: str = "latin-1") -> None:
+    """The original GroupLens files, rebuilt from the RecBole copy (same content); ``u.item``
+    in ``encoding`` (GroupLens publishes Latin-1; copies on the web are often UTF-8)."""
     with zipfile.ZipFile(fetch_wheel(RECBOLE_WHEEL)) as zf:
         items = zf.read(RECBOLE_DIR + "ml-100k.item").decode().splitlines()[1:]
         inters = zf.read(RECBOLE_DIR + "ml-100k.inter").decode().splitlines()[1:]
@@ -89,13 +90,17 @@ def _write_grouplens(folder: Path) -> None:
         flags = ["1" if g in genres.split() else "0" for g in GROUPLENS_GENRES]
         date = f"01-Jan-{year}" if year.isdigit() else ""
         lines.append("|".join([item_id, title, date, "", "http://x", *flags]))
-    (folder / "u.item").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    (folder / "u.item").write_text("\n".join(lines) + "\n", encoding=encoding)
     (folder / "u.data").write_text(
         "".join("\t".join(r.split("\t")) + "\n" for r in inters), encoding="latin-1")
 
 
-def test_grouplens_layout_matches_recbole(ml100k, tmp_path):
-    _write_grouplens(tmp_path)
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
+def test_grouplens_layout_matches_recbole(ml100k, tmp_path, encoding):
+    """In either encoding (a UTF-8 copy read as Latin-1 gave "MisÃ©rables, Les (1995)")."""
+    _write_grouplens(tmp_path, encoding)
+    assert any(not line.isascii() for line in
+               (tmp_path / "u.item").read_text(encoding=encoding).splitlines())
     grouplens = load_movielens_100k(source=tmp_path)
     assert (grouplens.raw_users, grouplens.raw_items, grouplens.raw_interactions) == (
         943, 1682, 100_000)

@@ -26,6 +26,7 @@ from automr.data.reading import (
     checked_timestamp,
     checked_user,
     parse_unix_seconds,
+    utf8_or_latin1,
 )
 from automr.data.records import Interaction, Item
 from automr.data.source import SkipCounter, SourceData, drop_repeats, drop_skipped_items
@@ -59,7 +60,7 @@ def load_movielens_100k(
     checked) into ``cache_dir`` and its ``ml-100k.inter`` / ``ml-100k.item`` are read from the
     zip; recbole is never installed or imported. With ``source=DIR``, the original GroupLens
     files ``DIR/u.data`` (tab-separated user, item, rating, time) and ``DIR/u.item``
-    (pipe-separated, latin-1, title with year) are read instead.
+    (pipe-separated, latin-1 as published or UTF-8, title with year) are read instead.
     """
     if source is not None:
         return _load_grouplens(home_path(source))
@@ -159,7 +160,7 @@ def _load_grouplens(folder: Path) -> SourceData:
                               f"u.item (unzip ml-100k.zip from grouplens.org and pass that "
                               f"folder), or leave out --source to use the RecBole copy.")
     fix = "Use the original GroupLens ml-100k files"
-    item_lines = LineSource(item_path, encoding="latin-1")
+    item_lines = LineSource(item_path, encoding=utf8_or_latin1(item_path))
     rows = []
     for number, line in item_lines:
         if not line.strip():

@@ -3,6 +3,7 @@ sha256 fingerprints computed on the fly, an optional rich progress bar, timestam
 and errors that name the file and line.
 """
 
+import codecs
 import contextlib
 import datetime as dt
 import decimal
@@ -155,6 +156,23 @@ class LineSource:
         self._sha256 = hashing.digest.hexdigest()
         if self.progress is not None and task is not None:
             self.progress.remove_task(task)
+
+
+def utf8_or_latin1(path: Path) -> str:
+    """``"utf-8"`` where ``path`` (plain or gzipped) decodes as UTF-8, else ``"latin-1"``: for
+    files published in Latin-1 (GroupLens' ``u.item``) that users also save as UTF-8. Latin-1
+    decodes any byte, so a UTF-8 copy read as Latin-1 would give "MisÃ©rables" without an
+    error; Latin-1 text with accents is practically never valid UTF-8."""
+    with path.open("rb") as raw:
+        binary = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            while chunk := binary.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except (UnicodeDecodeError, OSError, EOFError, zlib.error):  # a damaged file: the
+            return "latin-1"  # reading says what is wrong with it
+    return "utf-8"
 
 
 def is_utf16(path: Path) -> bool:
