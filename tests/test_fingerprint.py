@@ -117,6 +117,26 @@ def test_weights_a_caller_trains_in_place_are_no_longer_the_files(workspace):
     assert loaded.fingerprint() == trained  # computed again only after another write
 
 
+@pytest.mark.parametrize("how", ["assign", "swap"])
+def test_weights_replaced_or_another_module_are_no_longer_the_files(workspace, how):
+    """``load_state_dict(..., assign=True)`` puts new weight objects in (the old ones' version
+    counts were never read again) and a caller may set ``loaded.model`` to another module:
+    both kept the files' fingerprint (the long-lived process review)."""
+    loaded = load_model(str(workspace["model"]), device="cpu")
+    files = loaded.fingerprint()
+    other = tiny_model(tiny_config(num_layers=4), seed=5)
+    if how == "assign":
+        loaded.model.load_state_dict(other.state_dict(), assign=True)
+    else:
+        kept = loaded.model  # alive: its weights' references do not die
+        loaded.model = other
+    changed = loaded.fingerprint()
+    assert changed != files and changed == loading.model_fingerprint(loaded.model, loaded.name)
+    assert loaded.fingerprint() == changed
+    if how == "swap":
+        assert kept is not loaded.model
+
+
 def test_other_weights_or_shards_are_another_model(workspace, tmp_path):
     expected = fingerprint(workspace["model"])
     other = tmp_path / "other"

@@ -102,24 +102,34 @@ class LoadedModel:
     _source: Path | None = None
     _cache_dir: Path | str | None = None
     _versions: list[tuple[weakref.ref, int]] = attrs.field(factory=list)
+    _fingerprinted: weakref.ref | None = None
 
     def fingerprint(self) -> str:
         """The model's identity in artifact metadata, computed once, then reused: for a
         model read from files, :func:`files_fingerprint` (the same whatever ``--dtype`` or
         device it was loaded with, and cheap: file digests, kept in the cache); otherwise
-        :func:`model_fingerprint` of the weights in memory. Weights changed in place since
-        (a caller's own training steps) are no longer the files': the weights in memory are
-        fingerprinted then (cached catalog embeddings of the files' weights were reused)."""
-        if self._fingerprint is not None and any(  # in-place writes count a tensor's version
-                (p := ref()) is not None and p._version > was  # up; moves and casts do not
-                for ref, was in self._versions):
+        :func:`model_fingerprint` of the weights in memory. Weights changed since (a
+        caller's own training steps, ``load_state_dict``, with ``assign=True`` too, or
+        another module as :attr:`model`) are no longer the files': the weights in memory are
+        fingerprinted then (cached catalog embeddings of the files' weights were reused).
+        Writes through a weight's ``.data`` are not seen (PyTorch counts no version there)."""
+        if self._fingerprint is not None and self._weights_changed():
             self._fingerprint = model_fingerprint(self.model, self.name)
         if self._fingerprint is None:
             files = () if self._source is None else weight_files(self._source)
             self._fingerprint = (files_fingerprint(self._source, files, self._cache_dir) if files
                                  else model_fingerprint(self.model, self.name))
-        self._versions = _versions(self.model)
+        self._versions, self._fingerprinted = _versions(self.model), weakref.ref(self.model)
         return self._fingerprint
+
+    def _weights_changed(self) -> bool:
+        """Whether a weight fingerprinted last was written in place (its version count rose;
+        moves and casts keep it), or is gone (replaced by another), or :attr:`model` is
+        another module; False before a first fingerprint."""
+        if self._fingerprinted is None:
+            return False
+        return self._fingerprinted() is not self.model or any(
+            (p := ref()) is None or p._version > was for ref, was in self._versions)
 
     @contextlib.contextmanager
     def weights_kept(self) -> Iterator[None]:
@@ -131,7 +141,8 @@ class LoadedModel:
             yield
         finally:
             if self._fingerprint == fingerprint:
-                self._versions = _versions(self.model)
+                self._versions, self._fingerprinted = (_versions(self.model),
+                                                       weakref.ref(self.model))
 
 
 def _versions(model: torch.nn.Module) -> list[tuple[weakref.ref, int]]:
