@@ -490,6 +490,32 @@ def test_titles_the_tokenizer_writes_alike_tie_as_one_title(tmp_path):
         assert identical == normalized, name
 
 
+@pytest.mark.parametrize("grounder", ["l2", "likelihood"])
+def test_a_method_refuses_to_go_on_after_its_models_weights_changed(tmp_path, grounder):
+    """A caller who trained the model after building a method got the values it kept, and an
+    L2 grounder's catalog embeddings, of the old weights (the long-lived process review)."""
+    from automr.errors import AutomrError
+    from automr.grounding import build_grounder
+    from automr.methods import GenerativeMethod
+    from automr.testing.synthetic import synthetic_dataset
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    dataset = synthetic_dataset(tmp_path)
+    loaded = LoadedModel(model=tiny_model(tiny_config(num_layers=2), seed=0),
+                         tokenizer=tiny_tokenizer(), name="tiny")
+    method = GenerativeMethod(loaded, dataset, build_grounder(
+        grounder, loaded, dataset, loaded.fingerprint(), num_beams=2, cache_dir=tmp_path,
+        progress=False), layer=1)
+    samples = dataset.samples("test")[:2]
+    method.rank(samples)
+    method.target_log_likelihoods(samples)
+    with torch.no_grad():
+        next(loaded.model.parameters()).mul_(2.0)  # a caller's own training step
+    for call in (method.rank, method.target_log_likelihoods):
+        with pytest.raises(AutomrError, match="changed since this GenerativeMethod was built"):
+            call(samples)
+
+
 def test_an_injection_weighs_by_the_prior_scaled_to_0_1():
     """Raw scores (popularity counts, SASRec logits) are min-max scaled per sample before
     weighing: scores in any unit rank as the same scores in [0, 1]."""

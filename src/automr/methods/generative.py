@@ -117,7 +117,9 @@ class GenerativeMethod:
     samples run per forward; ``exclude_seen`` leaves each sample's history items out of its
     ranking (the target stays); ``progress`` shows a bar named ``label``. ``settings`` describes
     the method for resuming an evaluation folder: give everything that changes the ranks (the
-    registry's builders do).
+    registry's builders do). A method serves the model's weights it was built with: once they
+    change (a caller's own training steps) it refuses to go on; build the grounder and the
+    method again.
     """
 
     loaded: LoadedModel
@@ -145,6 +147,7 @@ class GenerativeMethod:
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _embeddings: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _weights: str = attrs.field(default="", init=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.loaded, LoadedModel):
@@ -163,6 +166,17 @@ class GenerativeMethod:
                               f"model")
         if self.retrieval is not None:
             self._check_retrieval(self.retrieval, llm)
+        self._weights = self.loaded.fingerprint()
+
+    def _check_weights(self) -> None:
+        """Refuse to go on once the model's weights changed since this method was built (a
+        caller's training steps): its grounder's catalog embeddings and the values it kept are
+        the old weights'."""
+        if self.loaded.fingerprint() != self._weights:
+            raise AutomrError(f"the weights of {self.loaded.name} changed since this "
+                              f"{type(self).__name__} was built (its grounder's catalog "
+                              f"embeddings and the values it kept are the old weights'): "
+                              f"build the grounder and the method again")
 
     def _check_retrieval(self, retrieval: Retrieval, llm: HFSplitLLM) -> None:
         require(retrieval, Retrieval, "retrieval",
@@ -185,6 +199,7 @@ class GenerativeMethod:
         The L2 grounder's is made from :meth:`distances` (:meth:`ranks_by_distance`, ties
         broken against the target as every score-based method's), so ranking after an
         injection of the same method (or before one) generates nothing again."""
+        self._check_weights()
         if isinstance(self.grounder, L2Grounder):
             return self.ranks_by_distance(samples, self.distances(samples))
         ranks: list[int] = []
@@ -242,6 +257,7 @@ class GenerativeMethod:
         """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample.
         Each sample's value is kept (:attr:`likelihoods`), so asking again (an injection of
         this method, another grounder of its model) computes nothing."""
+        self._check_weights()
         kept = self.likelihoods.table(self.layer, (self.loaded, self.dataset, self.retrieval,
                                                    self.context))
         todo = list({s.id: s for s in samples if s.id not in kept}.values())
@@ -260,6 +276,7 @@ class GenerativeMethod:
         generated for each sample. Each sample's generated text's embedding is kept (not its
         row of the catalog's size), so asking again (another prior's injection) generates
         nothing and memory grows with the hidden size, not the catalog."""
+        self._check_weights()
         if not isinstance(self.grounder, L2Grounder):
             raise AutomrError(f"{type(self.grounder).__name__} gives no distances (the L2 "
                               f"grounder does)")
