@@ -212,6 +212,39 @@ def test_a_kept_lower_pass_is_not_taken_for_another_model_at_the_same_address(mo
     assert kept.get(first, 1, ("a",), ids, targets) is not None
 
 
+def test_kept_lower_passes_follow_their_models_weights_and_leave_with_the_model():
+    """A pass was taken again after the caller trained its model (stale states), and the
+    passes of models that were gone stayed, up to 2 GiB (the long-lived process review)."""
+    import gc
+
+    import automr.grounding.likelihood as likelihood
+    from automr.testing.tiny import tiny_config, tiny_model
+
+    ids, targets = torch.tensor([[3, 4, 5]]), [[6]]
+    kept = likelihood.LoweredBatches()
+
+    def put(model):
+        kept.put(model, 1, ("a",), ids, targets, likelihood.lower_targets(
+            HFSplitLLM(model), ids, torch.ones_like(ids), 1, targets))
+
+    model = tiny_model(tiny_config(num_layers=2), seed=0)
+    put(model)
+    assert kept.get(model, 1, ("a",), ids, targets) is not None
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)  # a caller's training step
+    assert kept.get(model, 1, ("a",), ids, targets) is None
+    put(model)  # the pass of the weights as they are now takes the old one's place
+    assert kept.get(model, 1, ("a",), ids, targets) is not None
+    one = kept._bytes
+    for seed in (1, 2, 3):
+        other = tiny_model(tiny_config(num_layers=2), seed=seed)
+        put(other)
+        del other
+        gc.collect()
+    put(model)
+    assert kept._bytes == one and len(kept._kept) == 1
+
+
 def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace, tmp_path):
     """The second grounder of a retrieval took its likelihoods from the first and ran nothing,
     so under ``--measures likelihood`` its ``retrieved/METHOD.loglik.json`` was never written

@@ -123,9 +123,11 @@ class _Kept:
     """One kept pass of :class:`LoweredBatches`, with what it was made of."""
 
     model: "weakref.ReferenceType[torch.nn.Module]"
+    weights: tuple[int, ...]
     input_ids: Tensor
     targets: tuple[tuple[int, ...], ...]
     lowered: LoweredTargets
+    nbytes: int
 
 
 @attrs.define(eq=False)
@@ -134,8 +136,10 @@ class LoweredBatches:
     the methods of one model that score the same batches with other memory (BIGRec, AutoMR,
     random retrieval, ...): the lower half never sees memory, so only the first of them runs
     it. A pass is taken again only for the same model object (held weakly: a model loaded
-    again is another), layer and token ids (prompts and targets); up to ``max_bytes`` are
-    kept, and a batch past them runs again."""
+    again is another; the passes of a model that is gone are dropped) with its weights as
+    they were (their version counts: a caller's training steps raise them), layer and token
+    ids (prompts and targets); up to ``max_bytes`` are kept, and a batch past them runs
+    again."""
 
     max_bytes: int = int_field(attrs.validators.ge(0), default=2**31)
     reused: int = int_field(default=0)
@@ -148,7 +152,8 @@ class LoweredBatches:
         """A copy (on ``input_ids``' device) of the pass of ``model`` split at ``layer`` over
         the samples ``batch`` (their ids), if one is kept of these prompt ids and targets."""
         kept = self._kept.get((id(model), layer, batch))
-        if kept is None or kept.model() is not model or kept.targets != _rows(targets) or not (
+        if kept is None or kept.model() is not model or kept.weights != _weights(model) or (
+                kept.targets != _rows(targets)) or not (
                 kept.input_ids.shape == input_ids.shape
                 and torch.equal(kept.input_ids, input_ids.cpu())):
             return None
@@ -160,12 +165,22 @@ class LoweredBatches:
             lowered: LoweredTargets) -> None:
         """Keep a copy of ``lowered``, the pass that :meth:`get` names, on the CPU while it
         fits in ``max_bytes``."""
+        for gone in [key for key, kept in self._kept.items() if kept.model() is None]:
+            self._bytes -= self._kept.pop(gone).nbytes
         key = (id(model), layer, batch)
         size = lowered.nbytes() + input_ids.numel() * input_ids.element_size()
-        if key not in self._kept and self._bytes + size <= self.max_bytes:
-            self._kept[key] = _Kept(weakref.ref(model), input_ids.cpu(), _rows(targets),
-                                    lowered.copy_to("cpu"))
+        if key in self._kept:  # of other weights, or prompts (a get found it unfit)
+            self._bytes -= self._kept.pop(key).nbytes
+        if self._bytes + size <= self.max_bytes:
+            self._kept[key] = _Kept(weakref.ref(model), _weights(model), input_ids.cpu(),
+                                    _rows(targets), lowered.copy_to("cpu"), size)
             self._bytes += size
+
+
+def _weights(model: torch.nn.Module) -> tuple[int, ...]:
+    """The version count of each of ``model``'s weights (in-place writes raise them; weights
+    made under ``torch.inference_mode`` have none: -1)."""
+    return tuple(-1 if p.is_inference() else p._version for p in model.parameters())
 
 
 def _rows(targets: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
