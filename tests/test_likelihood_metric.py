@@ -166,6 +166,30 @@ def test_methods_of_one_model_run_the_lower_half_of_a_batch_once(workspace, monk
     assert space.shared.lowered.reused == reused
 
 
+def test_a_workspace_refuses_an_artifact_made_again_in_its_folder(workspace, tmp_path):
+    """A notebook's Workspace kept the memory and retriever it loaded first: methods built
+    after a retriever was trained again into the same folder ranked with the old one and
+    saved the new one's digest in their settings (the long-lived process review)."""
+    import shutil
+
+    from automr.methods import Artifacts, MethodOptions, Workspace, build_method
+
+    root, dataset = workspace["root"], workspace["dataset"]
+    memory = shutil.copytree(root / "mem", tmp_path / "mem")
+    space = Workspace(dataset, Artifacts(finetuned=root / "ft", memory=memory),
+                      MethodOptions(layer=2), device="cpu", cache_dir=root / "cache",
+                      progress=False)
+    build_method("random:likelihood", space)
+    build_method("random:l2", space)  # the same folder as it was: taken
+    config = memory / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()), indent=1))  # made again
+    with pytest.raises(AutomrError, match="was made again since these methods first read it"):
+        build_method("random:likelihood", space)
+    fresh = Workspace(dataset, space.artifacts, space.options, device="cpu",
+                      cache_dir=root / "cache", progress=False)
+    build_method("random:likelihood", fresh)
+
+
 def test_a_kept_lower_pass_is_taken_for_the_same_tokens_only(workspace):
     from automr.grounding.likelihood import LoweredBatches, lower_targets
 

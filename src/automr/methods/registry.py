@@ -158,6 +158,20 @@ class SharedModels:
     models: dict[tuple[str, str, str], LoadedModel] = attrs.field(factory=dict)
     """By model (the base model's name, or a fine-tune's folder), device and dtype."""
     lowered: LoweredBatches = attrs.field(factory=LoweredBatches)
+    digests: dict[str, str] = attrs.field(factory=dict)
+    """Each artifact folder's digest when first read (:data:`DIGESTS`), by resolved path."""
+
+    def unchanged(self, folder: Path, digest: str) -> str:
+        """``digest`` of artifact ``folder``, refused where it differs from the folder's
+        first: what was loaded from it (a model, a retriever, a memory) is kept, so an
+        artifact made again into the same folder would rank with the old one under the new
+        one's settings."""
+        first = self.digests.setdefault(str(folder.resolve()), digest)
+        if first != digest:
+            raise AutomrError(f"{folder} was made again since these methods first read it "
+                              f"(what they loaded from it is kept): build them in a new "
+                              f"Workspace")
+        return digest
 
 
 @attrs.define
@@ -522,7 +536,8 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
         if artifact in ("finetuned", "rella", "trsr"):  # its prompt context, dataset and base
             space.run(artifact).check_base(space.cache_dir)  # model, checked before any work
         settings[artifact] = str(folder.resolve())
-        settings.setdefault("digests", {})[artifact] = DIGESTS[artifact](folder)
+        settings.setdefault("digests", {})[artifact] = space.shared.unchanged(
+            folder, DIGESTS[artifact](folder))
     for option in kind.options:
         settings[option] = (space.retrieval_seed if option == "retrieval_seed"
                             else getattr(space.options, option))
