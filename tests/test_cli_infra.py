@@ -200,6 +200,22 @@ def test_config_errors_are_one_line_with_exit_code_2(tmp_path, text, expected):
     assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
 
 
+def test_processes_compare_every_config_file_given(tmp_path):
+    """With --config given twice click reads the last, and processes compared the first: a
+    launcher's processes whose last files differed went on, each with its own settings (the
+    config review)."""
+    from automr.cli.main import invocation
+
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("[evaluate]\nsamples = 5\n")
+    second.write_text("[evaluate]\nsamples = 6\n")
+    argv = ["automr", "--config", str(first), f"--config={second}", "evaluate"]
+    before = invocation(argv)
+    second.write_text("[evaluate]\nsamples = 7\n")
+    assert invocation(argv) != before
+    assert invocation(argv)[1][0] == before[1][0]
+
+
 def test_a_config_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     config = tmp_path / "latin1.toml"
     config.write_bytes("[finetune]\n# caf\u00e9\n".encode("latin-1"))
@@ -238,6 +254,7 @@ def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
     (record,) = [json.loads(line) for line in (out / RUNS_FILE).read_text().splitlines()]
     assert record["command"] == "automr data prepare csv"
     assert record["config_file"] == str(config)
+    assert record["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
     assert record["argv"][:3] == ["automr", "--config", str(config)]
     assert record["params"]["recent_k"] == 3 and record["params"]["train_months"] == 2
     assert record["params"]["interactions"] == str(interactions)

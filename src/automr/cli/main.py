@@ -206,19 +206,16 @@ def join_launcher(ctx: typer.Context) -> None:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - process-long
 
 
-def invocation(argv: list[str]) -> tuple[list[str], str | None]:
+def invocation(argv: list[str]) -> tuple[list[str], list[str | None]]:
     """What decides a command's work: its arguments (not the program's path) and the
-    sha256 of its ``--config`` file, if any."""
-    import hashlib
+    sha256 of each ``--config`` file given (click reads the last)."""
+    from automr.cli.record import file_sha256
 
     words = argv[1:]
-    config = next((words[i + 1] if w == "--config" else w.removeprefix("--config=")
-                   for i, w in enumerate(words) if w.startswith("--config")
-                   and (w != "--config" or i + 1 < len(words))), None)
-    path = None if config is None else home_path(config)
-    digest = (hashlib.sha256(path.read_bytes()).hexdigest()
-              if path is not None and path.is_file() else None)
-    return words, digest
+    configs = [words[i + 1] if w == "--config" else w.removeprefix("--config=")
+               for i, w in enumerate(words) if w.startswith("--config")
+               and (w != "--config" or i + 1 < len(words))]
+    return words, [file_sha256(home_path(config)) for config in configs]
 
 
 def show_version(wanted: bool) -> None:

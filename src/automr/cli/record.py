@@ -58,6 +58,11 @@ def attach_run_record(command: Any) -> None:
     command.invoke = recorded
 
 
+def file_sha256(path: Path) -> str | None:
+    """The sha256 of the file at ``path``; None where there is none (any more)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def append_record(out: Path, record: dict[str, Any]) -> None:
     append_lines(out / RUNS_FILE, [json.dumps(record)])
 
@@ -68,11 +73,13 @@ def run_record(ctx: Any, started: dt.datetime, seconds: float,
     ``git``: :func:`git_state` when it started)."""
     torch = sys.modules.get("torch")  # None when the command never needed it (data prepare)
     root = ctx.find_root()
+    config = root.params.get("config")  # its values are in params, by "sources"
     params = {name: _jsonable(value) for name, value in ctx.params.items()}
     return {
         "command": ctx.command_path,
         "argv": ctx.meta.get("automr.argv", list(sys.argv)),
-        "config_file": _jsonable(root.params.get("config")),
+        "config_file": _jsonable(config),
+        "config_sha256": None if config is None else file_sha256(home_path(config)),
         "params": params,
         "sources": {name: _source(ctx.get_parameter_source(name)) for name in params},
         "versions": {"automr": automr.__version__,  # the code that runs, installed or not
