@@ -243,10 +243,11 @@ def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
         "[data.prepare.csv]\n"
         f"interactions = '{interactions}'\nitems = '{items}'\n"
         f"out = '{tmp_path / 'from-file'}'\n"
-        "train_months = 2\nrecent-k = 2\nmin-item-interactions = 1\n")
+        "train_months = 2\nrecent-k = 2\nmin-item-interactions = 1\n"
+        "merge-same-title = true\n")  # a flag set in the file is turned off on the line
     out = tmp_path / "from-cli"
     result = runner.invoke(app, ["--config", str(config), "data", "prepare", "csv",
-                                 "--out", str(out), "--recent-k", "3"])
+                                 "--out", str(out), "--recent-k", "3", "--no-merge-same-title"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "from-file").exists()
     protocol = json.loads((out / "config.json").read_text())["protocol"]
@@ -259,6 +260,8 @@ def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
     assert record["params"]["recent_k"] == 3 and record["params"]["train_months"] == 2
     assert record["params"]["interactions"] == str(interactions)
     assert record["sources"]["recent_k"] == "command line"
+    assert record["params"]["merge_same_title"] is False
+    assert record["sources"]["merge_same_title"] == "command line"
     assert record["sources"]["train_months"] == "config file"
     assert record["sources"]["max_history"] == "default"
 

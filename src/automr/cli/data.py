@@ -60,7 +60,8 @@ MinHistoryOption = Annotated[int | None, typer.Option(
 DomainOption = Annotated[str | None, typer.Option(
     "--domain", help="Prompt vocabulary: movies, books, games or items.")]
 MergeOption = Annotated[bool, typer.Option(
-    "--merge-same-title", help="Merge items with identical titles into one item.")]
+    "--merge-same-title/--no-merge-same-title",
+    help="Merge items with identical titles into one item.")]
 
 
 def _date(value: str | None, default: dt.date | None, name: str) -> dt.date | None:

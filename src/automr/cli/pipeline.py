@@ -177,7 +177,7 @@ def retriever_score(
         help="Random retrieval seeds: comma-separated integers or ranges.")] = "0-9",
     resample: ResampleOption = "samples",
     training_annotations: Annotated[bool, typer.Option(
-        "--training-annotations",
+        "--training-annotations/--no-training-annotations",
         help="Take annotations a --retriever was trained on (how well it fits them, not "
              "what it learned); refused without.")] = False,
 ) -> None:
