@@ -30,6 +30,7 @@ from automr.evaluation.folder import (
     RESULTS_JSON,
     EvaluationFolder,
     exported_reports,
+    open_evaluation,
     read_export,
 )
 from automr.evaluation.likelihood import LikelihoodReport
@@ -102,12 +103,32 @@ def combine_folders(
     if len({r.ks for r in reports.values()}) > 1:
         cutoffs = ", ".join(f"{name}: {list(r.ks)}" for name, r in reports.items())
         raise AutomrError(f"the ranks were measured at different cut-offs ({cutoffs})")
+    _check_seen_alike({name: sources[name] for name in reports})
     samples = len(next(iter((reports or likelihoods).values())).sample_ids)
     evaluation = Evaluation(reports, reference, likelihoods, samples, n_resamples, seed,
                             resample=resample)
     if out is not None:
         _write(EvaluationFolder(out), evaluation, sources, retrieved)
     return evaluation
+
+
+def _check_seen_alike(sources: Mapping[str, tuple[Path | str, str]]) -> None:
+    """Refuse ranks made with and without ``--exclude-seen``: a method compared with itself
+    would differ, significantly, by that rule alone. SASRec, which always excludes (beside
+    methods that keep the history, as in one evaluation), and a source that records neither
+    way are taken as they are."""
+    rules = {}
+    for name, (path, method) in sources.items():
+        where, measured = (EvaluationFolder(path).chain(method)[-1] if Path(path).is_dir()
+                           else (Path(path), method))
+        rule = open_evaluation(where).setting(measured, "exclude_seen")
+        if measured != "sasrec" and isinstance(rule, bool):
+            rules[name] = rule
+    if len(set(rules.values())) > 1:
+        said = ", ".join(f"{name}: {'excluded' if rule else 'kept'}"
+                         for name, rule in rules.items())
+        raise AutomrError(f"the ranks were made with and without --exclude-seen (the history "
+                          f"{said}): compare methods ranked alike")
 
 
 def _check_target(out: Path) -> None:

@@ -426,20 +426,25 @@ class EvaluationFolder:
         return chain
 
     def split(self, method: str) -> str:
-        """The split that was ranked (from the method's settings or ``results.json``, or, for a
-        method `automr compare` brought in, from its source; test)."""
+        """The split that was ranked (:meth:`setting`; test)."""
+        return str(self.setting(method, "split", "test"))
+
+    def setting(self, method: str, key: str, default: Any = None) -> Any:
+        """The setting ``key`` that ``method`` was measured with (from its settings or
+        ``results.json``'s config, or, for a method `automr compare` brought in, from its
+        source); ``default`` where none is recorded."""
         where, name = self.chain(method)[-1]
         if where.is_file():
-            return open_evaluation(where).split(name)
+            return open_evaluation(where).setting(name, key, default)
         folder = EvaluationFolder(where)
         settings = folder.settings_file(name)
-        for path, key in ((settings, None), (folder.path / RESULTS_JSON, "config")):
+        for path, section in ((settings, None), (folder.path / RESULTS_JSON, "config")):
             if path.is_file():
                 data = _read(path)
-                data = data.get(key, {}) if key else data
-                if "split" in data:
-                    return str(data["split"])
-        return "test"
+                data = data.get(section, {}) if section else data
+                if key in data:
+                    return data[key]
+        return default
 
     def export(self) -> dict[str, Any]:
         """Everything needed to recompute every number of ``results.json``, in one JSON-able
@@ -612,9 +617,13 @@ class ExportedEvaluation:
         return dict(values)
 
     def split(self, method: str) -> str:
-        """The split the exported evaluation ranked (its ``results.json`` config's, else
-        ``test``); the same for every ``method``."""
-        return str(self.exported["results"].get("config", {}).get("split", "test"))
+        """The split the exported evaluation ranked (:meth:`setting`; test)."""
+        return str(self.setting(method, "split", "test"))
+
+    def setting(self, method: str, key: str, default: Any = None) -> Any:
+        """The setting ``key`` of the exported evaluation (its ``results.json``'s config: the
+        same for every ``method``); ``default`` where none is recorded."""
+        return self.exported["results"].get("config", {}).get(key, default)
 
 
 def open_evaluation(path: Path | str) -> "EvaluationFolder | ExportedEvaluation":
