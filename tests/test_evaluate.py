@@ -253,7 +253,7 @@ def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
 
 
 @pytest.mark.parametrize(("methods", "measures"), [
-    (["bigrec:likelihood"], ("ranks",)), (["bigrec:constrained"], ("likelihood",)),
+    (["bigrec:likelihood"], ("ranks",)), (["bigrec:likelihood"], ("likelihood",)),
     (["sasrec", "pop"], ("ranks",))])
 def test_evaluate_refuses_beams_no_method_uses_before_any_work(methods, measures):
     """--num-beams with the likelihood grounder (or measure) was taken without a word, and a
@@ -266,6 +266,20 @@ def test_evaluate_refuses_beams_no_method_uses_before_any_work(methods, measures
     with pytest.raises(AutomrError, match="--num-beams 3 has no use here: no method decodes"):
         evaluate_methods("no-data", methods, "no-out",
                          EvalConfig(num_beams=3, measures=measures))
+
+
+@pytest.mark.parametrize("method", ["bigrec:l2", "bigrec:l2-pop", "automr:constrained"])
+def test_evaluate_refuses_a_grounder_the_likelihood_measure_alone_never_uses(method):
+    """Under --measures likelihood, bigrec:l2, bigrec:l2-pop and bigrec:likelihood gave one
+    value, while a -pop grounder still tuned (and saved) a gamma: a table of grounders side by
+    side read as if they mattered (the options review); rq2 refused it already."""
+    from automr.errors import AutomrError
+    from automr.experiments.eval_config import EvalConfig
+    from automr.experiments.evaluate import evaluate_methods
+
+    with pytest.raises(AutomrError, match=f"the grounder of {method} would only name it"):
+        evaluate_methods("no-data", ["pop", "bigrec:likelihood", method], "no-out",
+                         EvalConfig(measures=("likelihood",)))
 
 
 @pytest.mark.parametrize("method", ["bigrec:l2-pop", "bigrec:constrained-pop",

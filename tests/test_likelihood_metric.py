@@ -271,8 +271,8 @@ def test_kept_lower_passes_follow_their_models_weights_and_leave_with_the_model(
 
 def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace, tmp_path):
     """The second grounder of a retrieval took its likelihoods from the first and ran nothing,
-    so under ``--measures likelihood`` its ``retrieved/METHOD.loglik.json`` was never written
-    (the first's was): now it holds the elements the likelihoods were computed with."""
+    so its ``retrieved/METHOD.loglik.json`` was never written (the first's was): now it holds
+    the elements the likelihoods were computed with."""
     from typer.testing import CliRunner
 
     from automr.cli.main import app
@@ -280,7 +280,7 @@ def test_a_grounder_sharing_likelihoods_still_names_what_was_retrieved(workspace
     root = workspace["root"]
     result = CliRunner().invoke(app, [
         "evaluate", "--data", str(root / "prepared"), "--out", str(tmp_path), "--methods",
-        "random:l2,random:constrained", "--measures", "likelihood", "--finetuned",
+        "random:l2,random:constrained", "--measures", "ranks,likelihood", "--finetuned",
         str(root / "ft"), "--memory", str(root / "mem"), "--samples", "3", "--layer", "2",
         "--quiet", "--device", "cpu", "--cache-dir", str(root / "cache")])
     assert result.exit_code == 0, result.output

@@ -344,9 +344,12 @@ def test_bad_rq2_inputs_are_one_line_errors(workspace, tmp_path):
     with pytest.raises(AutomrError, match="distinct"):
         run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
                 memory=workspace / "mem", retrievers=[workspace / "ret-0"], seeds=[1, 1])
-    with pytest.raises(AutomrError, match="--grounder 'magic': choose one of l2, "):
-        run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
-                memory=workspace / "mem", retrievers=[workspace / "ret-0"], grounder="magic")
+    for grounder in ("magic", "l2-pop"):  # its gamma was tuned on 200 validation samples,
+        with pytest.raises(AutomrError, match=f"--grounder '{grounder}': choose one of l2, "
+                                              f"constrained, likelihood$"):  # no option said
+            run_rq2(workspace / "prepared", tmp_path, finetuned=workspace / "ft",
+                    memory=workspace / "mem", retrievers=[workspace / "ret-0"],
+                    grounder=grounder)
     # the likelihood measure decodes nothing: another grounder would only name its runs
     with pytest.raises(AutomrError, match="give grounder likelihood"):
         run_rq2(workspace / "prepared", tmp_path / "named", finetuned=workspace / "ft",

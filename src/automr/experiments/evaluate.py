@@ -56,6 +56,12 @@ def evaluate_methods(
     batches).
     """
     grounders = [parse_method(method)[1] for method in methods]  # every name, before any work
+    named = [m for m, g in zip(methods, grounders, strict=True) if g not in (None, "likelihood")]
+    if "ranks" not in config.measures and named:  # a -pop grounder still tuned its gamma
+        raise AutomrError(f"the likelihood measure scores the true title and decodes nothing, "
+                          f"so the grounder of {', '.join(named)} would only name it: name "
+                          f"{'them' if len(named) > 1 else 'it'} KIND:likelihood, or measure "
+                          f"ranks too")
     if config.num_beams is not None and not (
             "ranks" in config.measures and any(g not in (None, "likelihood") for g in grounders)):
         raise AutomrError(f"--num-beams {config.num_beams} has no use here: no method decodes "

@@ -30,9 +30,10 @@ from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import metric_label, new_figure, require_matplotlib, save_figure
+from automr.experiments.recommend import RECOMMEND_GROUNDERS
 from automr.llm.loading import DEFAULT_MODEL
 from automr.memory import MemoryRecord
-from automr.methods.registry import GROUNDERS, Artifacts, SharedModels
+from automr.methods.registry import Artifacts, SharedModels
 from automr.paths import home_path
 from automr.recommenders.automr import load_retriever_for
 from automr.recommenders.runs import FinetunedRun
@@ -173,8 +174,9 @@ def run_rq2(
     if twice:  # its runs would count as several retrievers in AutoMR's box and pair counts
         raise AutomrError(f"RQ2 needs distinct retrievers; {', '.join(twice)} is given more "
                           f"than once")
-    if grounder not in GROUNDERS:  # before any work
-        raise AutomrError(f"--grounder {grounder!r}: choose one of {', '.join(GROUNDERS)}")
+    if grounder not in RECOMMEND_GROUNDERS:  # before any work
+        raise AutomrError(f"--grounder {grounder!r}: choose one of "
+                          f"{', '.join(RECOMMEND_GROUNDERS)}")
     if "ranks" not in config.measures and grounder != "likelihood":
         raise AutomrError(f"the likelihood measure scores the true title and decodes nothing, "
                           f"so grounder {grounder!r} would only name its runs; give grounder "
