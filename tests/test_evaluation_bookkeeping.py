@@ -3,6 +3,7 @@ rerun may reuse, a cut save, names that would share files, and combining folders
 
 import json
 import re
+import shutil
 import threading
 
 import pytest
@@ -303,6 +304,22 @@ def test_names_that_would_share_files_are_refused(tmp_path):
     with pytest.raises(AutomrError, match="would share the files"):
         combine_folders({"a:b": (tmp_path / "x", "a:b"), "a-b": (tmp_path / "y", "a-b")},
                         out=tmp_path / "xy")
+
+
+def test_names_that_differ_only_in_case_share_a_file_on_macos_and_are_refused(tmp_path):
+    """On macOS and Windows "Pop" and "pop" are one file, ranks/pop.json: compare brought in
+    cooc as "pop" over popularity's "Pop", and a later read of "Pop" gave cooc's numbers
+    (the portability review). Refused by name, and a file holding another method's values is
+    refused where it is read."""
+    with pytest.raises(AutomrError, match="would share the files"):
+        evaluate({"Pop": Constant(0), "pop": Constant(3)}, SAMPLES, 30, out=tmp_path)
+    evaluate({"a": Constant(0), "b": Constant(3)}, SAMPLES, 30, out=tmp_path / "x",
+             measures=("ranks", "likelihood"))
+    folder = EvaluationFolder(tmp_path / "x")
+    for kind, read in (("ranks", folder.report), ("loglik", folder.likelihoods)):
+        shutil.copyfile(folder.ranks_file("a", kind), folder.ranks_file("b", kind))
+        with pytest.raises(AutomrError, match="holds the values of 'a', not of 'b'"):
+            read("b")
 
 
 def test_ranks_at_different_cut_offs_are_not_combined(tmp_path):

@@ -26,9 +26,10 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import torch
@@ -46,6 +47,8 @@ from automr.storage import (
     write_json_atomic,
     write_text_atomic,
 )
+
+Measured = TypeVar("Measured", MetricReport, LikelihoodReport)
 
 TURNS_FILE = ".automr-turns"
 """The file runs of one folder lock in turn to write or read values with their settings."""
@@ -292,7 +295,7 @@ class EvaluationFolder:
     def check_names(cls, methods: Sequence[str]) -> None:
         """Refuse names that cannot name a file of the folder (empty, hidden, a path: they
         would be written elsewhere) or would share files (``a:b`` and ``a-b`` are both
-        ``a-b``)."""
+        ``a-b``; ``Pop`` and ``pop`` are one file on macOS and Windows)."""
         owners: dict[str, str] = {}
         for method in methods:
             if (not isinstance(method, str) or not method.strip() or method.startswith(".")
@@ -300,7 +303,8 @@ class EvaluationFolder:
                 raise AutomrError(f"the method name {method!r} cannot name the files of an "
                                   f"evaluation folder (ranks/NAME.json): give a name without "
                                   f"'/' or '\\' that does not start with '.'")
-            other = owners.setdefault(cls.slug(method), method)
+            other = owners.setdefault(
+                unicodedata.normalize("NFC", cls.slug(method)).casefold(), method)
             if other != method:
                 raise AutomrError(f"the methods {other!r} and {method!r} would share the files "
                                   f"{cls.slug(method)}.json of an evaluation folder; rename one")
@@ -323,7 +327,16 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path} holds no ranks of {method} ({path} is missing); "
                               f"evaluate it with `automr evaluate --methods {method} --out "
                               f"{self.path} ...`")
-        return _read(path, MetricReport.load)
+        return self._named(path, method, _read(path, MetricReport.load))
+
+    def _named(self, path: Path, method: str, report: Measured) -> Measured:
+        """``report`` read from ``path``, refused where it holds another method's values (a
+        name that differs only in case is the same file on macOS and Windows)."""
+        if report.method != method:
+            raise AutomrError(f"{path} holds the values of {report.method!r}, not of "
+                              f"{method!r} (file names that differ only in case are one file "
+                              f"on this system)")
+        return report
 
     def likelihoods(self, method: str) -> LikelihoodReport:
         """The saved target log-likelihoods of ``method``; a clear error if it has none here."""
@@ -332,7 +345,7 @@ class EvaluationFolder:
             raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} ({path} "
                               f"is missing); evaluate it with `automr evaluate --methods "
                               f"{method} --measures likelihood --out {self.path} ...`")
-        return _read(path, LikelihoodReport.load)
+        return self._named(path, method, _read(path, LikelihoodReport.load))
 
     def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:
         """``{sample id: value}`` of one kind of detail (e.g. ``retrieved``) of ``method``,
