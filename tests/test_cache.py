@@ -877,3 +877,17 @@ def test_a_partial_name_of_this_process_planted_as_a_link_is_not_written_through
         assert (target / "index.json").read_text() == "new"
     assert not target.is_symlink() and (mine / "index.json").read_text() == "my own file"
     assert sorted(p.name for p in mine.iterdir()) == ["index.json"]
+
+
+def test_no_process_is_signalled_on_windows(monkeypatch):
+    """os.kill(pid, 0) sends a Ctrl+C on Windows (it checks nothing there): a dead PID was a
+    raw OSError and a live one got the signal (the portability review). Taken as running:
+    what it left is kept."""
+    from automr import storage
+
+    def signalled(pid, sig):
+        raise AssertionError("signalled")
+
+    monkeypatch.setattr(storage.os, "kill", signalled)
+    monkeypatch.setattr(storage, "WINDOWS", True)
+    assert storage._running(999_999)

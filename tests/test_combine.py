@@ -301,6 +301,24 @@ def test_ranks_made_with_and_without_the_history_are_not_paired(tmp_path):
         combine_folders({"a": (tmp_path / "c", "a"), "b": (tmp_path / "excluded", "pop")})
 
 
+def test_a_source_with_no_relative_path_is_recorded_whole(tmp_path, monkeypatch):
+    """On Windows a source on another drive has no path relative to --out: os.path.relpath
+    raised a raw ValueError (the portability review); its absolute path is recorded."""
+    import automr.evaluation.folder as folder_module
+
+    source = evaluated(tmp_path / "a", "m", [0] * 8, [-1.0] * 8)
+
+    def no_relative(path, start):
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.setattr(folder_module.os.path, "relpath", no_relative)
+    combine_folders({"x": (source, "m")}, out=tmp_path / "c")
+    compared = EvaluationFolder(tmp_path / "c")
+    settings = json.loads(compared.settings_file("x").read_text())
+    assert settings == {"folder": source.resolve().as_posix(), "method": "m"}
+    assert compared.chain("x")[-1] == (source.resolve(), "m")
+
+
 def test_every_interval_of_a_combined_table_comes_from_its_bootstrap(tmp_path):
     """Sources saved with other resamples or seeds are summarised again from their values,
     so one table never mixes intervals of different bootstraps."""

@@ -212,6 +212,7 @@ def atomic_dir(target: Path | str, keep_existing: bool = False) -> "_AtomicDir":
 
 
 HOST = socket.gethostname()
+WINDOWS = os.name == "nt"
 
 
 def partial_path(target: Path) -> Path:
@@ -296,6 +297,10 @@ def scratch_dir(target: Path) -> Iterator[Path]:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs; on Windows always taken as running, so that
+    nothing of it is removed (``os.kill(pid, 0)`` sends a Ctrl+C there, it checks nothing)."""
+    if WINDOWS:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -28,7 +28,7 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import attrs
@@ -396,10 +396,15 @@ class EvaluationFolder:
 
     def source_record(self, source: Path | str, method: str) -> dict[str, str]:
         """The settings of a method `automr compare` brings in from ``source`` (a folder or an
-        export): its path relative to this folder, so that the folder reads it back from any
-        working directory."""
-        where = os.path.relpath(Path(source).resolve(), self.path.resolve())
-        return {"folder": where, "method": method, "relative_to": "this folder"}
+        export): its path relative to this folder, with ``/`` on every system, so that the
+        folder reads it back from any working directory (and on another system); an absolute
+        one where there is no relative path (another drive on Windows)."""
+        try:
+            where = os.path.relpath(Path(source).resolve(), self.path.resolve())
+        except ValueError:
+            return {"folder": Path(source).resolve().as_posix(), "method": method}
+        return {"folder": PurePath(where).as_posix(), "method": method,
+                "relative_to": "this folder"}
 
     def source(self, settings: object) -> tuple[Path, str] | None:
         """Where a method `automr compare` brought in comes from (its folder or export, and
