@@ -146,6 +146,24 @@ def test_append_token_cannot_be_trained():
         MemoryTraining(combiner="append-token")
 
 
+@pytest.mark.parametrize("kind", ["rella", "trsr"])
+def test_a_prompt_context_and_memory_are_not_trained_together(kind, tmp_path):
+    """`finetune --context rella --memory M` trained with memory a run that is only ever
+    evaluated as rella:*, whose methods read no memory (taken without a word)."""
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+    from automr.contexts.spec import ContextSpec
+
+    with pytest.raises(ValueError, match=f"--memory with --context {kind}: .* read no memory"):
+        FinetuneConfig(context=ContextSpec(kind=kind), memory=MemoryTraining())
+    result = CliRunner().invoke(app, [
+        "finetune", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
+        "--context", kind, "--memory", str(tmp_path / "memory"), "--lora-from-layer", "1"])
+    assert result.exit_code == 2 and "read no memory" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_memory_aware_finetune_trains_records_and_checks_its_memory(space):
     config = FinetuneConfig(max_train_samples=16, max_valid_samples=4, batch_size=4, epochs=1,
                             eval_every=2, lora_from_layer=LAYER,

@@ -99,6 +99,12 @@ class FinetuneConfig:
     their memory at layer ``lora_from_layer`` (:mod:`automr.recommenders.memory_aware`); None:
     BIGRec, frozen to memory as in the paper."""
 
+    def __attrs_post_init__(self) -> None:
+        if self.context is not None and self.memory is not None:
+            raise ValueError(f"--memory with --context {self.context.kind}: a fine-tune with a "
+                             f"prompt context is evaluated as {self.context.kind}:*, whose "
+                             f"methods read no memory; give one of them")
+
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON; ``context`` and ``memory`` only when set (records of runs
         without them stay as they were, so their checkpoints still resume)."""
