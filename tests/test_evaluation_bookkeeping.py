@@ -884,6 +884,13 @@ def test_an_out_of_another_artifact_or_a_file_is_refused(tmp_path):
         evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "data")
     with pytest.raises(AutomrError, match="is a file"):
         evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "file")
+    ranked = []  # a folder inside a file: refused after a whole shard ranked, in a traceback
+    counting = Constant(1)
+    counting.rank = lambda samples: ranked.extend(samples) or Constant(1).rank(samples)
+    with pytest.raises(AutomrError, match=f"cannot use {tmp_path / 'file' / 'x'}: "
+                                          f"{tmp_path / 'file'} is a file, not a folder"):
+        evaluate({"m": counting}, SAMPLES, 30, out=tmp_path / "file" / "x", shard_size=4)
+    assert ranked == []
     assert not (tmp_path / "data" / "ranks").exists()
     evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "eval")
     evaluate({"m": Constant(1)}, SAMPLES, 30, out=tmp_path / "eval")  # its own: resumed

@@ -87,6 +87,9 @@ class EvaluationFolder:
         if self.path.exists() and not self.path.is_dir():
             raise AutomrError(f"{self.path} is a file; write the evaluation into a new or empty "
                               f"folder")
+        above = next((p for p in self.path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():  # its first write, after a whole shard
+            raise AutomrError(f"cannot use {self.path}: {above} is a file, not a folder")
         if not self.path.is_dir() or self.is_evaluation():
             return
         other = sorted(p.name for p in self.path.iterdir()
