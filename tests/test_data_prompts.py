@@ -126,3 +126,19 @@ def test_a_bos_adding_tokenizer_gives_one_bos_and_the_catalogs_title_tokens():
     assert example.labels == ((IGNORE_INDEX,) * len(example.prompt_ids) + example.target_ids
                               + (2,))
     assert tokenizer.decode(list(example.target_ids)) == target
+
+
+@pytest.mark.parametrize("special", ["<|im_end|>", "<|im_start|>", "<|endoftext|>"])
+def test_a_title_holding_a_special_tokens_text_is_read_as_text(special):
+    """A title holding "<|im_end|>" (SmolLM2's EOS; Llama's "</s>", Amazon's "&lt;/s&gt;"
+    unescaped) was that token: the target held an EOS mid-title, so the model learnt to stop
+    there and constrained decoding lost items (the adversarial-titles review)."""
+    from automr.grounding.targets import catalog_targets
+
+    ids = {TOKENIZER.convert_tokens_to_ids(t) for t in TOKENIZER.all_special_tokens}
+    title = f"Songs {special} Live"
+    example = tokenize_example(TOKENIZER, f"Watched: {title}\n### Response:", title)
+    assert not ids & set(example.prompt_ids) and not ids & set(example.target_ids)
+    assert TOKENIZER.decode(example.target_ids) == title
+    [row] = catalog_targets(TOKENIZER, [title]).token_ids
+    assert [i for i in row if i in ids] == [TOKENIZER.eos_token_id] == [row[-1]]

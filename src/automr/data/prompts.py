@@ -164,6 +164,14 @@ class TokenizedExample:
         return (IGNORE_INDEX,) * len(self.prompt_ids) + self.input_ids[len(self.prompt_ids):]
 
 
+def encode_texts(tokenizer, texts: str | list[str], **kwargs):
+    """``tokenizer(texts, **kwargs)``, reading the text of a special token as text: a title
+    holding ``</s>`` or ``<|im_end|>`` (a tokenizer's EOS; Amazon's ``&lt;/s&gt;`` unescaped)
+    put that token inside it, so a target stopped mid-title and constrained decoding lost
+    items. Every title, prompt and memory text is tokenized through it."""
+    return tokenizer(texts, split_special_tokens=True, **kwargs)
+
+
 def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = True
                      ) -> TokenizedExample:
     """Tokenize ``prompt`` (with the tokenizer's special tokens) and ``target`` (without)
@@ -171,8 +179,8 @@ def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = Tru
 
     ``tokenizer`` is any Hugging Face tokenizer (callable returning ``input_ids``).
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_texts(tokenizer, prompt, add_special_tokens=True)["input_ids"]
+    target_ids = encode_texts(tokenizer, target, add_special_tokens=False)["input_ids"]
     if not target_ids:
         raise ValueError(f"target {target!r} tokenizes to nothing")
     eos = tokenizer.eos_token_id if add_eos else None

@@ -12,6 +12,7 @@ import torch
 from automr.cache import resolve_cache_dir
 from automr.data import PreparedDataset, format_target
 from automr.data.popularity import popularity
+from automr.data.prompts import encode_texts
 from automr.errors import AutomrError
 from automr.grounding.constrained import ConstrainedGrounder
 from automr.grounding.embedding import embed_texts
@@ -45,7 +46,7 @@ def catalog_embeddings(
     fingerprint is the same in every dtype, the embeddings are not) and the token ids embedded
     (the texts with the special tokens the tokenizer adds: a tokenizer's files are not in the
     model's fingerprint). A cache that cannot be written (shared, read-only) is only read."""
-    embedded = loaded.tokenizer(list(targets.texts))["input_ids"]
+    embedded = encode_texts(loaded.tokenizer, list(targets.texts))["input_ids"]
     catalog_hash = hashlib.sha256(json.dumps(embedded).encode()).hexdigest()
     dtype = dtype_name(loaded.model.dtype)
     path = (resolve_cache_dir(cache_dir, create=False) / "grounding" /

@@ -7,6 +7,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from automr.data.prompts import encode_texts
 from automr.llm.split import HFSplitLLM
 
 
@@ -34,13 +35,13 @@ def embed_texts(
     order padded to 1.78 times their tokens, sorted to 1.03 (``benchmarks/embed_texts.py``).
     """
     llm = HFSplitLLM(model)
-    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    lengths = [len(ids) for ids in encode_texts(tokenizer, list(texts))["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     vectors = []
     with base_model(model):
         for start in range(0, len(order), batch_size):
             chunk = [texts[i] for i in order[start : start + batch_size]]
-            batch = tokenizer(chunk, padding=True, return_tensors="pt")
+            batch = encode_texts(tokenizer, chunk, padding=True, return_tensors="pt")
             ids = batch["input_ids"].to(llm.device)
             mask = batch["attention_mask"].to(llm.device)
             state = llm.lower(ids, mask, 0)

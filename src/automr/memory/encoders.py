@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase as Tokenizer
 
 from automr.checks import beartype
 from automr.data.catalog import Catalog
-from automr.data.prompts import PromptConfig, format_prompt
+from automr.data.prompts import PromptConfig, encode_texts, format_prompt
 from automr.errors import AutomrError
 from automr.interfaces import SplitLLM
 from automr.llm.loading import LoadedModel, model_fingerprint
@@ -130,7 +130,8 @@ class LayerEncoder:
         """Token ids of each text, with the tokenizer's special tokens (like prompts)."""
         if not texts:
             return []
-        ids = self.backbone.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        ids = encode_texts(self.backbone.tokenizer, list(texts),
+                           add_special_tokens=True)["input_ids"]
         for text, row in zip(texts, ids, strict=True):
             if not row:
                 raise AutomrError(f"text {text[:60]!r} tokenizes to nothing; cannot encode it")
