@@ -375,3 +375,43 @@ def test_a_figure_is_not_written_through_a_link(tmp_path):
     assert victim.read_text() == "user's own" and not png.is_symlink()
     assert png.read_bytes().startswith(b"\x89PNG") and svg.read_text().startswith("<?xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.svg", "victim.txt"]
+
+
+def test_a_title_holding_a_bar_stays_in_its_cell(tmp_path):
+    """Amazon titles such as "Game 8 | Nintendo Switch" added cells to rq3's case-study rows
+    (the rank column read "Nintendo Switch"), as a method name with a bar did to any results
+    table (the adversarial-titles review)."""
+    import bisect
+
+    from automr.evaluation import evaluate
+    from automr.experiments.rq3 import RQ3Result, SampleRetrieval, summarize_ages
+    from automr.experiments.rq3_report import rq3_markdown
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path, titles={f"i{k}": f"Game {k} | Nintendo Switch"
+                                                  for k in range(30)})
+    lines = timelines(dataset, None)
+    sample = next(s for s in dataset.samples("test") if s.memory)
+    end = bisect.bisect_left(lines[sample.user][1], sample.timestamp)
+    shown = SampleRetrieval(sample.id, sample, 5.0, 1.0, locate_retrieved(
+        sample, lines[sample.user], [end - len(sample.history)]))
+    ages = summarize_ages([shown])
+    counts = {"evaluated": 1, "selected": 1, "retrieved": 1, "recall1_improved": 0,
+              "recall1_worse": 0, "rank_improved": 1, "rank_worse": 0, "rank_same": 0,
+              "shown": 1}
+    result = RQ3Result("x", "bigrec:constrained", "automr:constrained", "test", "ranks", "c",
+                       "c", counts, ages, ages, (shown,), (shown,))
+    case_study = [line for line in rq3_markdown(result, dataset).splitlines()
+                  if line.startswith(("| sample |", f"| {sample.id}"))]
+
+    class Fixed:
+        settings: dict = {}
+
+        def rank(self, samples):
+            return [0] * len(samples)
+
+    results = evaluate({"a|b": Fixed(), "c": Fixed()}, dataset.samples("test")[:3], 30)
+    tables = [line for line in results.markdown().splitlines() if line.startswith("| ")]
+    for table, rows in ((case_study, 2), (tables, 5)):
+        cells = {len(line.replace("\\|", "").split("|")) for line in table}
+        assert len(table) == rows and len(cells) == 1, table

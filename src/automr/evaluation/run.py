@@ -136,6 +136,12 @@ class Evaluation:
         return "\n".join(parts)
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` as one cell of a markdown table: ``|`` escaped and line breaks as spaces (an
+    Amazon title such as "Game | Nintendo Switch" added cells and shifted the columns)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def _tables(reports, paired, reference: str, number: str) -> list[str]:
     keys = list(next(iter(reports.values())).metrics)
     rule = "|---" * (len(keys) + 1) + "|"
@@ -143,7 +149,7 @@ def _tables(reports, paired, reference: str, number: str) -> list[str]:
     for method, report in reports.items():
         cells = [f"{number.format(iv.mean)} [{number.format(iv.low)}, "
                  f"{number.format(iv.high)}]" for iv in report.metrics.values()]
-        lines.append(f"| {method} | {' | '.join(cells)} |")
+        lines.append(f"| {markdown_cell(method)} | {' | '.join(cells)} |")
     lines.append("")
     if len(reports) > 1 and reference not in reports:
         lines += [f"No paired differences: the reference `{reference}` has no values here "
@@ -155,7 +161,7 @@ def _tables(reports, paired, reference: str, number: str) -> list[str]:
         for method, diffs in paired.items():
             cells = [f"{signed.format(d.mean)} [{signed.format(d.low)}, "
                      f"{signed.format(d.high)}]" for d in diffs.values()]
-            lines.append(f"| {method} | {' | '.join(cells)} |")
+            lines.append(f"| {markdown_cell(method)} | {' | '.join(cells)} |")
         lines.append("")
     return lines
 

@@ -11,6 +11,7 @@ import numpy
 
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
+from automr.evaluation.run import markdown_cell
 from automr.experiments.plotting import new_figure, require_matplotlib, save_figure
 from automr.experiments.rq3 import (
     OLDER_THAN_DAYS,
@@ -107,9 +108,10 @@ def rq3_markdown(result: RQ3Result, dataset: PreparedDataset) -> str:
                   "retrieved (back, days) | prompt reaches back (days) |",
                   "|---|---|---|---|---|"]
         for r in result.shown:
-            got = "; ".join(f"{dataset.catalog.title(e.item)} ({e.back}, {_days(e.days)})"
-                            for e in r.retrieved)
-            lines.append(f"| {r.sample_id} | {dataset.catalog.title(r.sample.target)} | "
+            got = "; ".join(f"{markdown_cell(dataset.catalog.title(e.item))} ({e.back}, "
+                            f"{_days(e.days)})" for e in r.retrieved)
+            lines.append(f"| {markdown_cell(r.sample_id)} | "
+                         f"{markdown_cell(dataset.catalog.title(r.sample.target))} | "
                          f"{_loss(r.reference_loss, result.measure)} -> "
                          f"{_loss(r.method_loss, result.measure)} | {got} | "
                          f"{_days(r.history_days[len(r.sample.memory)])} |")
