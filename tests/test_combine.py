@@ -297,8 +297,11 @@ def test_ranks_made_with_and_without_the_history_are_not_paired(tmp_path):
             combine_folders({"a": (tmp_path / "kept", "pop"), "b": (excluded, "pop")})
     combine_folders({"a": (tmp_path / "kept", "pop"), "b": (tmp_path / "excluded", "sasrec")},
                     out=tmp_path / "c")
-    with pytest.raises(AutomrError, match="with and without --exclude-seen"):  # through it
-        combine_folders({"a": (tmp_path / "c", "a"), "b": (tmp_path / "excluded", "pop")})
+    (tmp_path / "c.json").write_text(json.dumps(EvaluationFolder(tmp_path / "c").export()))
+    for combined in (tmp_path / "c", tmp_path / "c.json"):  # through it, and its export
+        with pytest.raises(AutomrError, match="with and without --exclude-seen"):
+            combine_folders({"a": (combined, "a"), "b": (tmp_path / "excluded", "pop")})
+    combine_folders({"a": (tmp_path / "c.json", "b"), "b": (tmp_path / "kept", "pop")})
 
 
 def test_a_source_with_no_relative_path_is_recorded_whole(tmp_path, monkeypatch):

@@ -117,18 +117,22 @@ def _check_seen_alike(sources: Mapping[str, tuple[Path | str, str]]) -> None:
     would differ, significantly, by that rule alone. SASRec, which always excludes (beside
     methods that keep the history, as in one evaluation), and a source that records neither
     way are taken as they are."""
-    rules = {}
-    for name, (path, method) in sources.items():
-        where, measured = (EvaluationFolder(path).chain(method)[-1] if Path(path).is_dir()
-                           else (Path(path), method))
-        rule = open_evaluation(where).setting(measured, "exclude_seen")
-        if measured != "sasrec" and isinstance(rule, bool):
-            rules[name] = rule
+    rules = {name: rule for name, (path, method) in sources.items()
+             if (rule := _seen_rule(Path(path), method)) is not None}
     if len(set(rules.values())) > 1:
         said = ", ".join(f"{name}: {'excluded' if rule else 'kept'}"
                          for name, rule in rules.items())
         raise AutomrError(f"the ranks were made with and without --exclude-seen (the history "
                           f"{said}): compare methods ranked alike")
+
+
+def _seen_rule(path: Path, method: str) -> bool | None:
+    """Whether ``method`` of ``path`` (a folder or an export) was ranked with the history
+    left out, from where it was measured; None for SASRec and where nothing says."""
+    where, measured = (EvaluationFolder(path).chain(method)[-1] if path.is_dir()
+                       else (path, method))
+    rule = open_evaluation(where).setting(measured, "exclude_seen")
+    return rule if measured != "sasrec" and isinstance(rule, bool) else None
 
 
 def _check_target(out: Path) -> None:
@@ -235,8 +239,11 @@ def _write(folder: EvaluationFolder, evaluation: Evaluation,
         folder.save_likelihoods(report, origin[name], details(name, "loglik"))
     ks = next((list(r.ks) for r in evaluation.reports.values()), [])
     splits = {folder.split(name) for name in (*evaluation.reports, *evaluation.likelihoods)}
+    rules = {name: rule for name in evaluation.reports
+             if (rule := _seen_rule(folder.path, name)) is not None}
     config = {"ks": ks, "n_resamples": evaluation.n_resamples, "seed": evaluation.seed,
-              "resample": evaluation.resample,
-              **({"split": splits.pop()} if len(splits) == 1 else {})}  # read by its export
+              "resample": evaluation.resample,  # split and exclude_seen: read by its export
+              **({"split": splits.pop()} if len(splits) == 1 else {}),
+              **({"exclude_seen": rules} if rules else {})}
     folder.write_results(evaluation.to_json({"config": config, "sources": origin}),
                          evaluation.markdown())

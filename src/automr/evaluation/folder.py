@@ -643,8 +643,10 @@ class ExportedEvaluation:
 
     def setting(self, method: str, key: str, default: Any = None) -> Any:
         """The setting ``key`` of the exported evaluation (its ``results.json``'s config: the
-        same for every ``method``); ``default`` where none is recorded."""
-        return self.exported["results"].get("config", {}).get(key, default)
+        same for every ``method``, or, recorded by method as a combination records
+        ``exclude_seen``, ``method``'s); ``default`` where none is recorded."""
+        value = self.exported["results"].get("config", {}).get(key, default)
+        return value.get(method, default) if isinstance(value, dict) else value
 
 
 def open_evaluation(path: Path | str) -> "EvaluationFolder | ExportedEvaluation":
