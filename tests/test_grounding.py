@@ -497,6 +497,7 @@ def test_a_method_refuses_to_go_on_after_its_models_weights_changed(tmp_path, gr
     from automr.errors import AutomrError
     from automr.grounding import build_grounder
     from automr.methods import GenerativeMethod
+    from automr.methods.generative import KeptLikelihoods
     from automr.testing.synthetic import synthetic_dataset
     from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
@@ -514,6 +515,10 @@ def test_a_method_refuses_to_go_on_after_its_models_weights_changed(tmp_path, gr
     for call in (method.rank, method.target_log_likelihoods):
         with pytest.raises(AutomrError, match="changed since this GenerativeMethod was built"):
             call(samples)
+    rebuilt = attrs.evolve(method)  # as the message says; sharing its kept likelihoods,
+    fresh = attrs.evolve(method, likelihoods=KeptLikelihoods())  # which were the old weights'
+    assert rebuilt.likelihoods is method.likelihoods
+    assert rebuilt.target_log_likelihoods(samples) == fresh.target_log_likelihoods(samples)
 
 
 def test_an_injection_weighs_by_the_prior_scaled_to_0_1():

@@ -70,18 +70,20 @@ class KeptLikelihoods:
     none again), and a method made from another with ``attrs.evolve`` and another retrieval,
     context, layer or model computes its own."""
 
-    _tables: list[tuple[int, tuple[object, ...], dict[str, Likelihood]]] = attrs.field(
-        factory=list, init=False)
+    _tables: list[tuple[tuple[int, str], tuple[object, ...], dict[str, Likelihood]]] = (
+        attrs.field(factory=list, init=False))
 
-    def table(self, layer: int, inputs: tuple[object, ...]) -> dict[str, Likelihood]:
-        """The values kept for ``inputs`` (compared by identity) at ``layer``, by sample id:
-        the same dict for the same inputs, a new one for others."""
-        for kept_layer, kept, table in self._tables:
-            if kept_layer == layer and len(kept) == len(inputs) and all(
+    def table(self, layer: int, inputs: tuple[object, ...],
+              weights: str = "") -> dict[str, Likelihood]:
+        """The values kept for ``inputs`` (compared by identity) at ``layer`` with the model's
+        ``weights`` (its fingerprint: the same model object trained further is another), by
+        sample id: the same dict for the same inputs, a new one for others."""
+        for key, kept, table in self._tables:
+            if key == (layer, weights) and len(kept) == len(inputs) and all(
                     a is b for a, b in zip(kept, inputs, strict=True)):
                 return table
         table: dict[str, Likelihood] = {}
-        self._tables.append((layer, inputs, table))
+        self._tables.append(((layer, weights), inputs, table))
         return table
 
 
@@ -259,7 +261,7 @@ class GenerativeMethod:
         this method, another grounder of its model) computes nothing."""
         self._check_weights()
         kept = self.likelihoods.table(self.layer, (self.loaded, self.dataset, self.retrieval,
-                                                   self.context))
+                                                   self.context), self._weights)
         todo = list({s.id: s for s in samples if s.id not in kept}.values())
         for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
             for sample, score, count in zip(chunk, scores.tolist(), counts, strict=True):
