@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import attrs
 import pytest
 from typer.testing import CliRunner
 
@@ -236,7 +237,9 @@ def test_a_missing_config_file_is_an_error(tmp_path):
     assert result.exit_code == 2 and "nope.toml does not exist" in result.output
 
 
-def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
+def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path, monkeypatch):
+    import automr.cli.data as data_cli
+
     interactions, items = write_synthetic_csv(tmp_path / "raw")
     config = tmp_path / "run.toml"
     config.write_text(
@@ -246,6 +249,14 @@ def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
         "train_months = 2\nrecent-k = 2\nmin-item-interactions = 1\n"
         "merge-same-title = true\n")  # a flag set in the file is turned off on the line
     out = tmp_path / "from-cli"
+    read = hashlib.sha256(config.read_bytes()).hexdigest()
+    prepare = data_cli.prepare_csv
+
+    def edited_meanwhile(*args, **kwargs):  # the record keeps the content the run read
+        config.write_text(config.read_text() + "# edited\n")
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(data_cli, "prepare_csv", edited_meanwhile)
     result = runner.invoke(app, ["--config", str(config), "data", "prepare", "csv",
                                  "--out", str(out), "--recent-k", "3", "--no-merge-same-title"])
     assert result.exit_code == 0, result.output
@@ -255,7 +266,7 @@ def test_config_values_replace_defaults_and_the_command_line_wins(tmp_path):
     (record,) = [json.loads(line) for line in (out / RUNS_FILE).read_text().splitlines()]
     assert record["command"] == "automr data prepare csv"
     assert record["config_file"] == str(config)
-    assert record["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
+    assert record["config_sha256"] == read != hashlib.sha256(config.read_bytes()).hexdigest()
     assert record["argv"][:3] == ["automr", "--config", str(config)]
     assert record["params"]["recent_k"] == 3 and record["params"]["train_months"] == 2
     assert record["params"]["interactions"] == str(interactions)
@@ -988,32 +999,40 @@ def test_finetune_passes_every_option_on(monkeypatch, tmp_path):
 
     calls, loads = recorded_with_loads(monkeypatch, "automr.recommenders.finetune.finetune")
     monkeypatch.setattr(MemoryStore, "open", classmethod(lambda cls, folder: ("memory", folder)))
-    result = runner.invoke(app, [
+    common = [
         "finetune", "--data", "d", "--out", "o", "--model", "lm", "--train-samples", "3",
         "--valid-samples", "4", "--epochs", "5", "--batch-size", "6", "--grad-accum", "7",
         "--lr", "0.02", "--warmup-steps", "8", "--schedule", "cosine", "--max-grad-norm",
         "0.5", "--lora-r", "9", "--lora-alpha", "10", "--lora-dropout", "0.1",
         "--lora-targets", "q_proj,v_proj", "--lora-from-layer", "2", "--loss-on", "sequence",
         "--cache-lower", "--eval-every", "11", "--checkpoint-every", "12", "--autocast",
-        "bf16", "--patience", "13", "--seed", "14", "--context", "trsr", "--context-k", "15",
-        "--trsr-block-size", "16", "--trsr-max-blocks", "17", "--trsr-mode", "hierarchical",
-        "--trsr-max-new-tokens", "18", "--memory", "m", "--memory-share", "0.25",
-        "--memory-retrieval", "semantic", "--memory-combiner", "prepend-token", "--quiet",
-        *RUNTIME_GIVEN])
-    assert isinstance(result.exception, Stop), result.output
-    assert loads == [("lm", RUNTIME_KEYWORDS)]
-    (args, keywords), = calls
-    assert args == ("loaded", "dataset", Path("o"), FinetuneConfig(
+        "bf16", "--patience", "13", "--seed", "14", "--quiet", *RUNTIME_GIVEN]
+    config = FinetuneConfig(
         max_train_samples=3, max_valid_samples=4, epochs=5, batch_size=6, grad_accum=7,
         lr=0.02, warmup_steps=8, schedule="cosine", max_grad_norm=0.5, lora_r=9,
         lora_alpha=10, lora_dropout=0.1, target_modules=("q_proj", "v_proj"),
         lora_from_layer=2, loss_on="sequence", cache_lower=True, eval_every=11,
-        checkpoint_every=12, autocast="bf16", patience=13, seed=14, context=ContextSpec(
-            kind="trsr", k=15, block_size=16, max_blocks=17, mode="hierarchical",
-            max_new_tokens=18),
-        memory=MemoryTraining(share=0.25, retrieval="semantic", combiner="prepend-token")))
-    assert keywords == {"progress": False, "cache_dir": Path("c"),
-                        "memory": ("memory", Path("m"))}
+        checkpoint_every=12, autocast="bf16", patience=13, seed=14)
+    for given, expected, memory in [  # a prompt context, or memory (not both: refused)
+            (["--context", "trsr", "--context-k", "15", "--trsr-block-size", "16",
+              "--trsr-max-blocks", "17", "--trsr-mode", "hierarchical",
+              "--trsr-max-new-tokens", "18"],
+             attrs.evolve(config, context=ContextSpec(
+                 kind="trsr", k=15, block_size=16, max_blocks=17, mode="hierarchical",
+                 max_new_tokens=18)), None),
+            (["--memory", "m", "--memory-share", "0.25", "--memory-retrieval", "semantic",
+              "--memory-combiner", "prepend-token"],
+             attrs.evolve(config, memory=MemoryTraining(
+                 share=0.25, retrieval="semantic", combiner="prepend-token")),
+             ("memory", Path("m")))]:
+        calls.clear()
+        loads.clear()
+        result = runner.invoke(app, [*common, *given])
+        assert isinstance(result.exception, Stop), result.output
+        assert loads == [("lm", RUNTIME_KEYWORDS)]
+        (args, keywords), = calls
+        assert args == ("loaded", "dataset", Path("o"), expected)
+        assert keywords == {"progress": False, "cache_dir": Path("c"), "memory": memory}
 
 
 @pytest.mark.usefixtures("any_device")

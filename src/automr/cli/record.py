@@ -45,10 +45,11 @@ def attach_run_record(command: Any) -> None:
     def recorded(ctx: Any) -> Any:
         started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
         git = git_state()  # the code that runs: a commit made during a long run is not it
+        config = config_state(ctx)  # the file read, not the one edited while it runs
         result = invoke(ctx)
         out = ctx.params.get("out") or ctx.params.get("results")  # rq3 writes into --results
         if out is not None and distributed.is_main():  # one record for N processes
-            record = run_record(ctx, started, time.perf_counter() - clock, git)
+            record = run_record(ctx, started, time.perf_counter() - clock, git, config)
             record["metrics"] = _jsonable(result) if isinstance(result, Mapping) else None
             user_errors(append_record)(out=Path(out), record=record)  # a full disk: a line
         if distributed.launched():  # no process leaves (and may abort in torch's teardown,
@@ -67,19 +68,25 @@ def append_record(out: Path, record: dict[str, Any]) -> None:
     append_lines(out / RUNS_FILE, [json.dumps(record)])
 
 
+def config_state(ctx: Any) -> dict[str, Any]:
+    """The ``--config`` file of ``ctx``'s command and the sha256 of its content now (its
+    values are in the run record's ``params``, by ``sources``)."""
+    config = ctx.find_root().params.get("config")
+    return {"config_file": _jsonable(config),
+            "config_sha256": None if config is None else file_sha256(home_path(config))}
+
+
 def run_record(ctx: Any, started: dt.datetime, seconds: float,
-               git: dict[str, Any] | None) -> dict[str, Any]:
+               git: dict[str, Any] | None, config: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """What ran, with what, where and how long (``ctx``: the finished command's context;
-    ``git``: :func:`git_state` when it started)."""
+    ``git``: :func:`git_state` and ``config``: :func:`config_state` when it started)."""
     torch = sys.modules.get("torch")  # None when the command never needed it (data prepare)
-    root = ctx.find_root()
-    config = root.params.get("config")  # its values are in params, by "sources"
     params = {name: _jsonable(value) for name, value in ctx.params.items()}
     return {
         "command": ctx.command_path,
         "argv": ctx.meta.get("automr.argv", list(sys.argv)),
-        "config_file": _jsonable(config),
-        "config_sha256": None if config is None else file_sha256(home_path(config)),
+        **(config_state(ctx) if config is None else config),
         "params": params,
         "sources": {name: _source(ctx.get_parameter_source(name)) for name in params},
         "versions": {"automr": automr.__version__,  # the code that runs, installed or not
