@@ -405,7 +405,8 @@ def test_a_title_holding_a_bar_stays_in_its_cell(tmp_path):
                   if line.startswith(("| sample |", f"| {sample.id}"))]
 
     class Fixed:
-        settings: dict = {}
+        def __init__(self) -> None:
+            self.settings: dict = {}
 
         def rank(self, samples):
             return [0] * len(samples)
