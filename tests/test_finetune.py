@@ -933,3 +933,30 @@ def test_a_large_seed_trains(workspace):
     wrapped, negative = torch.Generator().manual_seed(2**64 - 5000), torch.Generator()
     assert torch.equal(torch.randperm(9, generator=wrapped),
                        torch.randperm(9, generator=negative.manual_seed(-5 * 1000)))
+
+
+def test_a_checkpoint_of_more_gpus_resumes_on_fewer(tmp_path, monkeypatch):
+    """rng.pt holds one CUDA state per GPU the run saw: resumed where fewer are visible (the
+    documented resume with another number of processes) it was a raw IndexError (the GPU
+    review). The states of the GPUs there are restored; simulated with CUDA calls recorded."""
+    from automr.recommenders import finetune as finetune_module
+
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([parameter])
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    states = [torch.Generator().manual_seed(seed).get_state() for seed in (1, 2)]
+    rng = {"cpu": torch.get_rng_state(), "cuda": states}  # saved where 2 GPUs were seen
+    torch.save({**rng, "ranks": [rng]}, tmp_path / "rng.pt")
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: restored.append((device, state)))
+
+    def every_state(states):  # torch's, with one GPU: its second index does not exist
+        raise IndexError("tuple index out of range")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_state)
+    finetune_module._restore(optimizer, None, tmp_path)
+    assert len(restored) == 1 and restored[0][0] == 0
+    assert torch.equal(restored[0][1], states[0])

@@ -750,8 +750,9 @@ def _restore(optimizer: torch.optim.Optimizer, scaler, checkpoint: Path) -> None
             return  # a process the checkpoint did not have keeps its own seed
         rng = ranks[distributed.rank()]
         torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and torch.cuda.is_available():  # the GPUs it has (a resume with
+            for device, state in enumerate(rng["cuda"][:torch.cuda.device_count()]):  # fewer
+                torch.cuda.set_rng_state(state, device)  # was a raw IndexError)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise AutomrError(f"{checkpoint} does not fit this fine-tune ({error}); delete it "
                           f"to restart from step 0") from None
