@@ -14,7 +14,7 @@ from automr.annotation.run import AnnotateConfig, Annotations, annotate_dataset,
 from automr.annotation.subsets import element_subset
 from automr.errors import AutomrError
 from automr.experiments.retriever import train_retriever
-from automr.memory import MemoryConfig, build_memory
+from automr.memory import MemoryConfig, MemoryStore, build_memory
 from automr.retrievers import RetrieverTrainingConfig
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 
@@ -554,3 +554,18 @@ def test_annotate_config_refuses_a_sample_count_below_one(count):
     with pytest.raises(ValueError, match="'max_samples' must be > 0"):
         AnnotateConfig(max_samples=count)
     assert AnnotateConfig(max_samples=None).max_samples is None
+
+
+def test_a_retrieval_dataset_of_a_store_on_another_device_is_on_the_cpu(workspace,
+                                                                         monkeypatch):
+    """A store opened on the GPU (as the examples open it, on the model's device) put the
+    keys there beside the CPU's mask and targets: a device mismatch only a GPU run showed
+    (the GPU review; a store that says "meta" stands in, its keys read on the CPU)."""
+    store = MemoryStore.open(workspace["store"].folder)
+    monkeypatch.setattr(store, "device", torch.device("meta"))
+    monkeypatch.setattr(store, "view_sample", workspace["store"].view_sample)
+    data = retrieval_dataset(Annotations.load(workspace["folders"]["all"]),
+                             workspace["dataset"], store, "train")
+    plain = retrieval_dataset(Annotations.load(workspace["folders"]["all"]),
+                              workspace["dataset"], workspace["store"], "train")
+    assert data.keys.device.type == "cpu" and torch.equal(data.keys, plain.keys)

@@ -392,8 +392,9 @@ def retrieval_dataset(
                           f"this dataset (e.g. {missing[0]}); use the dataset they came from")
     samples: Sequence[Sample] = [by_key[k] for k in annotations.header["samples"]]
     width = max((len(i) for i in annotations.index), default=0)
-    keys = torch.zeros(len(samples), width, store.hidden_size, dtype=store.record.torch_dtype,
-                       device=store.device)  # filled one sample's memory at a time
+    keys = torch.zeros(len(samples), width, store.hidden_size,  # filled one sample's memory
+                       dtype=store.record.torch_dtype)  # at a time, on the CPU as the rest
+    # (a store opened on the GPU put keys there beside the CPU's mask: a device mismatch)
     mask = torch.zeros(len(samples), width, dtype=torch.bool)
     targets = torch.zeros(mask.shape, dtype=torch.float64)  # as the labels: see labels()
     for row, (index, label) in enumerate(zip(annotations.index, annotations.labels(
@@ -402,7 +403,7 @@ def retrieval_dataset(
             raise AutomrError(f"the annotation of sample {samples[row].id} names memory "
                               f"element {int(index.max())}, but its memory has "
                               f"{len(samples[row].memory)}: annotated with another dataset")
-        keys[row, : len(index)] = store.view_sample(samples[row]).keys[index.long()]
+        keys[row, : len(index)] = store.view_sample(samples[row]).keys[index.long()].cpu()
         mask[row, : len(index)] = True
         targets[row, : label.shape[0]] = label
     subset = annotations.header["config"].get("element_subset")
