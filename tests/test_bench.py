@@ -481,3 +481,22 @@ def test_the_retriever_epochs_script_trains_as_the_checked_every_time_reference(
     assert result["equal_training"] and result["speedup"] > 0
     assert dataset_module.RetrievalDataset._derived is derived
     assert dataset_module._real_keys_finite is check
+
+
+def test_a_gpu_benchmark_waits_for_and_names_its_own_gpu(monkeypatch):
+    """`bench ... --device cuda:1` synchronised the current GPU (cuda:0) and recorded its
+    name; a CPU run on a GPU machine recorded the GPU too (the GPU review; CUDA's queries
+    stood in)."""
+    import torch
+
+    import automr.experiments.bench as bench
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    monkeypatch.setattr(torch.cuda, "get_device_name",
+                        lambda device=None: f"GPU {torch.device(device or 'cuda:0').index}")
+    bench.interleaved({"way": lambda: None}, 1, torch.device("cuda:1"))
+    assert waited and all(torch.device(d) == torch.device("cuda:1") for d in waited)
+    assert bench.machine("cuda:1")["cuda"] == "GPU 1"
+    assert "cuda" not in bench.machine("cpu")

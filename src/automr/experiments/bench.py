@@ -35,12 +35,15 @@ from automr.state import LayerState
 from automr.storage import write_text_atomic
 
 
-def machine() -> dict[str, object]:
-    """Where a measurement ran."""
+def machine(device: torch.device | str | None = None) -> dict[str, object]:
+    """Where a measurement ran: with ``device``, the GPU's name only where it ran on one
+    (that GPU's: ``--device cuda:1`` recorded cuda:0's, a CPU run the machine's GPU); without,
+    the current GPU's name, if any."""
     info: dict[str, object] = {"platform": platform.platform(), "torch": torch.__version__,
                                "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["cuda"] = torch.cuda.get_device_name()
+    device = None if device is None else torch.device(device)
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        info["cuda"] = torch.cuda.get_device_name(device)
     return info
 
 
@@ -52,8 +55,10 @@ def _at_least(least: int, **options: int) -> None:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a bare synchronize waits for the current GPU only:
+    ``--device cuda:1`` timed against cuda:0)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -225,7 +230,7 @@ def bench_annotate(
         "shared_prefix_tokens": shared,
         "prefix_cached": shared >= annotator(llm).min_shared,
         "element_batch": element_batch, "repeats": repeats, "dtype": str(llm.dtype),
-        "device": str(llm.device), "machine": machine(),
+        "device": str(llm.device), "machine": machine(llm.device),
         "automr_s_per_sample": median["automr"], "naive_s_per_sample": median["naive"],
         "plain_s_per_sample": median["plain"],
         "automr_samples_per_s": 1 / median["automr"], "naive_samples_per_s": 1 / median["naive"],
@@ -402,7 +407,7 @@ def bench_encode(
         "texts": sum(p["texts"] for p in processes["per_process"]),
         "tokens": sum(p["tokens"] for p in processes["per_process"]),
         "batch_size": batch_size, "repeats": repeats,
-        "dtype": str(llm.dtype), "device": str(device), "machine": machine(),
+        "dtype": str(llm.dtype), "device": str(device), "machine": machine(device),
         "encoder_tokens_per_s": n_tokens / encode_s,
         "raw_lower_tokens_per_s": n_tokens / lower_s,
         "encoder_speedup_over_raw_lower": speedup["median"],
@@ -518,7 +523,7 @@ def bench_finetune(
         result[f"{key}_min_max"] = [spread["min"], spread["max"]]
     result["max_abs_loss_diff_cached_vs_plain"] = max(abs(a - b) for a, b in zip(
         first_losses["upper_cached"], first_losses["upper_layers"], strict=True))
-    result["machine"] = machine()
+    result["machine"] = machine(result["device"])
     return result
 
 
@@ -568,7 +573,7 @@ def bench_ground(
         "benchmark": "ground", "model": loaded.name, "samples": len(chosen),
         "batch_size": batch_size, "catalog_items": len(dataset.catalog), "layer": layer,
         "dtype": str(loaded.model.dtype), "device": str(loaded.model.device),
-        "repeats": repeats, "machine": machine(),
+        "repeats": repeats, "machine": machine(loaded.model.device),
     }
     methods = {kind: GenerativeMethod(loaded, dataset, build_grounder(
         kind, loaded, dataset, loaded.fingerprint(), cache_dir=cache_dir, progress=False),
