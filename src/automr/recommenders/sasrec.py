@@ -426,8 +426,10 @@ def shuffled_ties(data: TrainingTensors, generator: torch.Generator) -> Training
     """``data`` with each row's items put in a random order within every group of ``ties``
     (groups keep their order; padding stays on the left); consumes ``generator``."""
     items = torch.cat([data.inputs, data.positives[:, -1:]], dim=1)
-    keys = data.ties.double() + torch.rand(data.ties.shape, generator=generator,
-                                           dtype=torch.float64, device=data.ties.device)
+    device = data.ties.device  # MPS has no float64 (SASRec failed there): float32 keys
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    keys = data.ties.to(dtype) + torch.rand(data.ties.shape, generator=generator, dtype=dtype,
+                                            device=device)
     items = items.gather(1, keys.argsort(dim=1))
     inputs = items[:, :-1].contiguous()
     return attrs.evolve(data, inputs=inputs, positives=items[:, 1:] * (inputs != PAD))
