@@ -56,6 +56,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from automr.combiners.tokens import pad_memory
 from automr.evaluation.folder import EVALUATION_KEYS
 from automr.interfaces import Combiner, MemoryTokens, Method, Retriever
 from automr.llm.split import HFSplitLLM
@@ -231,8 +232,11 @@ class CombinerContract:
     @pytest.fixture(scope="class")
     @classmethod
     def split_llm(cls):
-        """A tiny offline Llama for the model-level identity check (override to use another)."""
-        return HFSplitLLM(tiny_model(tiny_config(num_layers=2), seed=0))
+        """A tiny offline Llama of width ``hidden_size`` for the model-level identity check
+        (override to use another; one of another width failed a combiner with weights of its
+        own width in a raw shape error)."""
+        return HFSplitLLM(tiny_model(tiny_config(num_layers=2, hidden_size=cls.hidden_size),
+                                     seed=0))
 
     def test_is_a_combiner(self, combiner):
         assert isinstance(combiner, Combiner)
@@ -473,6 +477,53 @@ class RetrievalContract:
         check()
 
 
+    def test_what_it_records_is_what_it_inserts(self, retrieval, samples):
+        """A sample whose entry names elements comes out other than its query (a retrieval
+        that records picks and inserts nothing ranks as BIGRec); with a ``combiner``
+        attribute (AutoMR's), it comes out as that combiner joins the recorded elements
+        (their token states, or their keys): recording one element and inserting another,
+        or positions counted inside the memory span rather than on the user's timeline,
+        reports elements the sample never saw."""
+        combiner = getattr(retrieval, "combiner", None)
+
+        @settings(max_examples=self.examples, deadline=None)
+        @given(inputs=_insert_inputs(samples, retrieval.store))
+        def check(inputs):
+            batch, state = inputs
+            combined, entries = _inserted(retrieval, batch, state)
+            for row, (sample, entry) in enumerate(zip(batch, entries, strict=True)):
+                out = _real_rows(combined.hidden, combined.mask, row)
+                query = _real_rows(state.hidden, state.mask, row)
+                assert not entry or out.shape != query.shape or not torch.equal(out, query), (
+                    f"sample {sample.id} records elements {entry}, yet comes out as its query")
+            if isinstance(combiner, Combiner):
+                expected = combiner.combine(state, _recorded(retrieval.store, combiner, batch,
+                                                             entries))
+                for row in range(len(batch)):
+                    torch.testing.assert_close(
+                        _real_rows(combined.hidden, combined.mask, row),
+                        _real_rows(expected.hidden, expected.mask, row), **TOLERANCE,
+                        msg=lambda m, row=row: f"row {row} is not its recorded elements "
+                                               f"{entries[row]} joined by the combiner: {m}")
+
+        check()
+
+
+def _recorded(store: MemoryStore, combiner: Combiner, batch, entries) -> MemoryTokens:
+    """The elements ``entries`` name (timeline positions), as ``combiner`` takes them."""
+    rows = []
+    for sample, entry in zip(batch, entries, strict=True):
+        user, _, start = store.request_for(sample)
+        if combiner.uses_token_states:
+            parts = [store.token_states(user, position) for position in entry]
+        else:
+            keys = store.view_sample(sample).keys
+            parts = [keys[position - start][None] for position in entry]
+        rows.append(torch.cat(parts) if parts else torch.zeros(
+            0, store.hidden_size, dtype=store.record.torch_dtype, device=store.device))
+    return pad_memory(rows)
+
+
 @st.composite
 def _insert_inputs(draw: st.DrawFn, samples, store: MemoryStore) -> tuple[list, LayerState]:
     """Some of ``samples`` in any order (one may come twice: two prompts of a user) and
@@ -551,16 +602,22 @@ class MethodContract:
         """The checks above call one method again and again: one whose state is set by its
         first call (a cutoff from that call's samples, per-sample values cached as that call's
         batches made them) agrees with itself ever after. Two copies made before any call,
-        one called first on the second half, the other on the whole, must agree (a method
-        that cannot be copied skips this check)."""
+        one called first on the second half, the other on the whole, must agree, and a third
+        called first on them reversed (a cache by user filled by the first of a user's samples
+        it meets) (a method that cannot be copied skips this check)."""
         try:
-            part_first, whole_first = copy.deepcopy(method), copy.deepcopy(method)
+            copies = [copy.deepcopy(method) for _ in range(3)]
         except Exception as error:  # an open file, a lock: nothing this contract can judge
             pytest.skip(f"{type(method).__name__} cannot be copied ({type(error).__name__})")
+        part_first, whole_first, reversed_first = copies
         half = len(samples) // 2
-        assert _ranks(part_first, samples[half:]) == _ranks(whole_first, samples)[half:], (
+        whole = _ranks(whole_first, samples)
+        assert _ranks(part_first, samples[half:]) == whole[half:], (
             "a fresh method ranked the second half, called on it first, otherwise than in a "
             "first call on all the samples")
+        assert _ranks(reversed_first, samples[::-1]) == whole[::-1], (
+            "a fresh method ranked the samples reversed, in its first call, otherwise than in "
+            "order")
 
 
 def _ranks(method: Method, samples) -> list:
