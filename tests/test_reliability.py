@@ -692,7 +692,9 @@ def test_a_full_disk_at_the_run_record_or_in_torch_or_tokenizers_writers_is_one_
         workspace, tmp_path, monkeypatch):
     """Three writes the disk refused were tracebacks (the environment review): the run record,
     appended after the command's work (every command); torch.save's writer ("unexpected pos",
-    a fine-tune's optimizer state) and tokenizers' save ("(os error 28)", best/)."""
+    a fine-tune's optimizer state) and tokenizers' save ("(os error 28)", best/). The run
+    record's says the work is done: "rerun, it resumes" sent a finished fine-tune's rerun
+    into a refusal (the mid-command failures review)."""
     import errno
 
     import automr.cli.record as record
@@ -706,7 +708,9 @@ def test_a_full_disk_at_the_run_record_or_in_torch_or_tokenizers_writers_is_one_
         "--methods", "pop", "--samples", "2", *QUIET])
     last = result.output.strip().splitlines()[-1]  # after the table it printed
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert last.startswith("error: could not write") and "rerun the same command" in last
+    assert last.startswith(f"error: the command's work is done in {tmp_path / 'eval'}, but "
+                           f"its run record") and os.strerror(errno.ENOSPC) in last
+    assert "nothing needs to run again" in last  # a finished fine-tune refuses a rerun
     monkeypatch.undo()
     from automr.cli.common import disk_error
 

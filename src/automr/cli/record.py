@@ -65,7 +65,16 @@ def file_sha256(path: Path) -> str | None:
 
 
 def append_record(out: Path, record: dict[str, Any]) -> None:
-    append_lines(out / RUNS_FILE, [json.dumps(record)])
+    """Append ``record`` to ``out``'s run records; one that cannot be written is an error
+    saying the work itself is done (the disk's usual "rerun: it resumes" sent a finished
+    fine-tune's rerun into a refusal)."""
+    try:
+        append_lines(out / RUNS_FILE, [json.dumps(record)])
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise AutomrError(f"the command's work is done in {out}, but its run record "
+                          f"{out / RUNS_FILE} could not be written ({reason}); nothing needs "
+                          f"to run again") from None
 
 
 def config_state(ctx: Any) -> dict[str, Any]:
