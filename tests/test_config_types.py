@@ -235,15 +235,17 @@ def test_a_memory_or_dataset_config_holding_a_bool_is_named_damaged(tmp_path):
     (LikelihoodGrounder, "chunk_size", 0), (LikelihoodGrounder, "chunk_size", -1),
     (L2Grounder, "max_new_tokens", 0), (ConstrainedGrounder, "gamma", math.nan),
     (ConstrainedGrounder, "gamma", math.inf), (DemoConfig, "lr", math.nan),
-    (DemoConfig, "lr", math.inf), (DemoConfig, "lr", 0.0), (DemoConfig, "layer", -1)])
+    (DemoConfig, "lr", math.inf), (DemoConfig, "lr", 0.0), (DemoConfig, "layer", -1),
+    (FinetuneConfig, "max_grad_norm", math.inf)])
 def test_a_value_out_of_its_range_is_refused_at_construction(cls, name, value):
     """They were taken: chunk_size 0 or -1 failed in range() or torch.cat once ranking, after
     the prompts' prefill; max_new_tokens=0 ranked every prompt by the distance to " "; a NaN
     gamma made every distance NaN; DemoConfig's lr and layer were refused by FinetuneConfig
-    only after the demo had prepared ML-100K and loaded the model."""
+    only after the demo had prepared ML-100K and loaded the model; max_grad_norm=inf wrote
+    "Infinity" into finetune.json and the run record, which strict JSON parsers refuse."""
     with pytest.raises(ValueError, match=f"'{name}' must be"):
-        if cls is DemoConfig:
-            DemoConfig(**{name: value})
+        if cls in (DemoConfig, FinetuneConfig):
+            cls(**{name: value})
         else:
             check(cls, name, value)
 

@@ -80,7 +80,8 @@ class FinetuneConfig:
     schedule: str = attrs.field(default="constant", validator=attrs.validators.in_(SCHEDULES))
     """After warmup: ``constant``, or ``linear`` / ``cosine`` decay to 0 at the planned end
     (``epochs`` full epochs of optimizer steps; early stopping may end sooner)."""
-    max_grad_norm: float | None = real_field(attrs.validators.gt(0), default=None, optional=True)
+    max_grad_norm: float | None = real_field(attrs.validators.gt(0), attrs.validators.lt(math.inf),
+                                             default=None, optional=True)
     """Clip the adapter's gradient to this global L2 norm before each step (None: no clipping)."""
     cache_lower: bool = True
     """With ``lora_from_layer > 0``: compute every training and validation example's layer-L
