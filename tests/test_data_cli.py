@@ -248,3 +248,31 @@ def test_an_empty_domain_is_refused_not_taken_for_the_default(tmp_path, kind):
                                  str(tmp_path / "o"), "--domain", ""])
     assert result.exit_code == 2 and "--domain '' is unknown; use one of" in result.output, \
         result.output
+
+
+def test_stats_keep_every_character_in_a_narrow_terminal(tmp_path):
+    """From a 40-column terminal `automr data stats DIR > file` held "1998-03-27T11:3…": the
+    dates a script read were cut (the scripting review)."""
+    from automr.testing.synthetic import synthetic_dataset
+
+    synthetic_dataset(tmp_path)
+    result = runner.invoke(app, ["data", "stats", str(tmp_path / "prepared")],
+                           env={"COLUMNS": "40"})
+    assert result.exit_code == 0, result.output
+    window = json.loads((tmp_path / "prepared" / "stats.json").read_text())["window"]
+    assert "…" not in result.output
+    folded = "".join(line.strip("│ ") for line in result.output.splitlines())
+    assert all(stamp.replace("T", "").replace(":", "")[:10] in folded.replace("T", "")
+               .replace(":", "") for stamp in window.values())
+
+
+def test_the_error_line_has_no_colour_under_no_color(tmp_path):
+    """NO_COLOR (no-color.org) and TERM=dumb left the error line red on a terminal."""
+    for env in ({"NO_COLOR": "1"}, {"TERM": "dumb"}):
+        result = runner.invoke(app, ["data", "stats", str(tmp_path / "none")], env=env,
+                               color=True)
+        assert result.exit_code == 2 and "error: " in result.output
+        assert "\x1b[" not in result.output, result.output
+    coloured = runner.invoke(app, ["data", "stats", str(tmp_path / "none")],
+                             env={"NO_COLOR": "", "TERM": "xterm"}, color=True)
+    assert "\x1b[31merror: " in coloured.output

@@ -112,10 +112,19 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
                 line = disk_error(error) or path_error(error, given)
             if line is None:
                 raise
-            typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+            print_error(line)
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def print_error(line: str) -> None:
+    """``error: LINE`` on stderr, in red on a terminal unless ``NO_COLOR`` is set or
+    ``TERM=dumb`` (no-color.org; rich's progress follows them, the error line did not)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        typer.echo(f"error: {line}", err=True)
+    else:
+        typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
 
 
 def expand_home(command: Any) -> None:
@@ -137,7 +146,7 @@ def expand_home(command: Any) -> None:
             ctx.params = {name: _home_expanded(value, name in paths)
                           for name, value in ctx.params.items()}
         except AutomrError as error:  # before the command's own user_errors
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            print_error(str(error))
             raise typer.Exit(code=2) from None
         return invoke(ctx)
 

@@ -133,10 +133,11 @@ def print_notes(dataset: PreparedDataset) -> None:
 
 
 def print_stats(stats: DatasetStats, title: str) -> None:
-    """The statistics as a two-column rich table on stdout."""
+    """The statistics as a two-column rich table on stdout (a value too wide for the
+    terminal folds onto the next line: cut short with "…", a redirected output lost it)."""
     table = Table(title=title, show_header=False)
-    table.add_column("statistic")
-    table.add_column("value", justify="right")
+    table.add_column("statistic", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     for label, value in stats.rows():
         table.add_row(label, value)
     Console().print(table)
