@@ -108,7 +108,7 @@ def test_a_resumed_annotation_counts_the_samples_annotated_before(workspace, tmp
                      AnnotateConfig(max_samples=8, combiner="concat", element_subset=3,
                                     element_seed=5, shard_size=3), progress=True)
     total = len(Annotations.header_of(folder)["samples"])
-    assert capsys.readouterr().out.startswith(f"annotating: {total}/{total} (100%)")
+    assert capsys.readouterr().err.startswith(f"annotating: {total}/{total} (100%)")
 
 
 def test_an_annotation_killed_while_writing_its_config_resumes(workspace, tmp_path,

@@ -272,7 +272,7 @@ def test_build_progress_counts_and_rates_elements(backbone, dataset, tmp_path, m
     monkeypatch.setenv("AUTOMR_PROGRESS_EVERY", "0")  # captured output: one plain line a batch
     memory = build_memory(backbone, dataset, LAYER, MemoryConfig(encoder="item"),
                           tmp_path / "m", progress=True)
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     total = sum(memory.count(user) for user in memory.users())
     assert lines[-1].startswith(f"memory elements: {total:,}/{total:,} (100%)")
     assert all(line.endswith(" elements/s") for line in lines), lines

@@ -122,3 +122,14 @@ def test_a_task_with_nothing_to_do_prints_no_line_until_it_gets_work():
         bar.update(task, total=2)
         bar.advance(task, 2)
     assert buffer.getvalue().splitlines()[-1].startswith("summaries: 2/2 (100%)")
+
+
+def test_progress_goes_to_stderr_so_stdout_holds_the_results(capsys, monkeypatch):
+    """`automr evaluate > table.md` put a progress line first in the table file (every
+    command but data prepare wrote progress to stdout; the scripting review)."""
+    monkeypatch.setenv("AUTOMR_PROGRESS_EVERY", "0")
+    with Progress() as bar:
+        task = bar.add_task("ranking", total=2)
+        bar.update(task, advance=2)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("ranking: 2/2 (100%)")

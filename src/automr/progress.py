@@ -16,6 +16,7 @@ from typing import Any, final
 
 import attrs
 from rich import progress as rich_progress
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -69,11 +70,14 @@ class Progress(rich_progress.Progress):
     """rich's ``Progress`` on a terminal; plain, throttled lines on any other console.
 
     Takes rich's arguments plus ``every`` (seconds between lines per task; ``None``: the
-    environment's :func:`report_interval`). ``disable=True`` prints nothing either way.
+    environment's :func:`report_interval`). ``disable=True`` prints nothing either way. It
+    writes to stderr unless given another ``console``, so that a command's results alone are
+    on stdout (``automr evaluate > table.md`` held a progress line).
     """
 
     def __init__(self, *columns: str | ProgressColumn, every: float | None = None,
                  **kwargs: Any) -> None:
+        kwargs.setdefault("console", Console(stderr=True))
         super().__init__(*columns, **kwargs)
         self.every = report_interval() if every is None else every
         self.plain = not self.disable and not (self.console.is_interactive
