@@ -43,6 +43,26 @@ class TestConcat(CombinerContract):
         return Concat()
 
 
+class TestAppendTokenSixWide(CombinerContract):
+    """The contract's tiny model took the combiner's width with 4 heads: at 6 the config
+    refused it, at 12 a head of 3 (odd) failed inside the rotary embedding (the second diff
+    review)."""
+
+    hidden_size = 6
+
+    @pytest.fixture
+    def combiner(self):
+        return AppendToken()
+
+
+class TestConcatTwelveWide(TestAppendTokenSixWide):
+    hidden_size = 12
+
+    @pytest.fixture
+    def combiner(self):
+        return Concat()
+
+
 class WritesIntoItsQuery:
     """Append-token that zeroes the query's first position in place (then appends)."""
 

@@ -234,9 +234,14 @@ class CombinerContract:
     def split_llm(cls):
         """A tiny offline Llama of width ``hidden_size`` for the model-level identity check
         (override to use another; one of another width failed a combiner with weights of its
-        own width in a raw shape error)."""
-        return HFSplitLLM(tiny_model(tiny_config(num_layers=2, hidden_size=cls.hidden_size),
-                                     seed=0))
+        own width in a raw shape error): 4, 2 or 1 attention heads, whichever gives heads of
+        an even width (rotary embeddings need one); a 32-wide one where none does."""
+        width = cls.hidden_size
+        heads = next((n for n in (4, 2, 1) if width % n == 0 and width // n % 2 == 0), None)
+        config = (tiny_config(num_layers=2) if heads is None else tiny_config(
+            num_layers=2, hidden_size=width, num_attention_heads=heads,
+            num_key_value_heads=2 if heads % 2 == 0 else 1))
+        return HFSplitLLM(tiny_model(config, seed=0))
 
     def test_is_a_combiner(self, combiner):
         assert isinstance(combiner, Combiner)
