@@ -72,7 +72,7 @@ def bench_embed_texts(loaded, dataset, batch_size: int, repeats: int) -> dict[st
         "speedup": speedup["median"], "speedup_min": speedup["min"],
         "speedup_max": speedup["max"], "max_abs_diff": difference,
         "dtype": str(loaded.model.dtype), "device": str(loaded.model.device),
-        "repeats": repeats, "machine": machine()}
+        "repeats": repeats, "machine": machine(loaded.model.device)}
 
 
 def main() -> None:

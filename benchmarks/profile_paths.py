@@ -40,7 +40,7 @@ from automr.memory.encoders import Backbone, LayerEncoder
 def profiled(call, device: torch.device) -> dict[str, object]:
     def sync() -> None:
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     call()
     sync()
@@ -116,7 +116,7 @@ def main() -> None:
         "encode_unshared": lambda: [unshared.encode_tokens(b) for b in batches],
     }
     result: dict[str, object] = {"shape": shape, "dtype": str(dtype), "layer": layer,
-                                 "device": str(device), "machine": machine(),
+                                 "device": str(device), "machine": machine(device),
                                  "command": "python " + " ".join(sys.argv)}
     for name, call in ways.items():
         result[name] = profiled(call, device)

@@ -65,7 +65,7 @@ class Retrieval(Protocol):
     @property
     def retrieved(self) -> list[list[int]]:
         """Per sample passed through an insert so far, in order: the timeline positions of
-        the elements inserted."""
+        the elements inserted, in the order they were inserted."""
         ...
 
     def insert_for(self, samples: Sequence[Sample]) -> Insert:
