@@ -1127,20 +1127,29 @@ def test_a_sample_whose_history_the_memory_holds_at_other_times_is_refused(built
 
 
 @pytest.mark.parametrize("cut", ["config", "index"])
+@pytest.mark.parametrize("items", ["held", "new"])
 def test_an_append_cut_while_writing_its_record_or_index_is_appended_again_once(
-        backbone, dataset, built, tmp_path, monkeypatch, cut):
+        backbone, dataset, built, tmp_path, monkeypatch, cut, items):
     """The index was written before the record: cut between the two, the folder held the new
     elements under the old record, and appending again added each of them a second time (ties
     with the last stored interaction are taken). The record goes first now: a cut leaves the
-    old index, which the rerun grows once."""
+    old index, which the rerun grows once. With an item the memory did not hold, the rerun
+    was refused (the record's titles named it, the old index not) and the folder stuck (the
+    append review)."""
+    from automr.data import Catalog
+    from automr.data.records import Item
     from automr.memory.config import MemoryRecord
 
     user = built.users()[0]
     last = built.index.users[user].timestamps[-1]
-    new = [Interaction(user, item.id, last + 10) for item, _ in zip(dataset.catalog, range(2),
-                                                                      strict=False)]
+    catalog = (dataset.catalog if items == "held" else
+               Catalog((*dataset.catalog, Item("brand-new", "Brand New (2000)"))))
+    ids = [item.id for item, _ in zip(dataset.catalog, range(2), strict=False)]
+    new = [Interaction(user, item, last + 10)
+           for item in (ids if items == "held" else [ids[0], "brand-new"])]
+    recorded = {"dataset": dataset} if items == "held" else {}  # its fingerprint recorded
     whole = append_memory(shutil.copytree(built.folder, tmp_path / "whole"), backbone, new,
-                          dataset.catalog, progress=False, dataset=dataset)
+                          catalog, progress=False, **recorded)
     folder = shutil.copytree(built.folder, tmp_path / "cut")
     cls = MemoryRecord if cut == "config" else MemoryIndex
     original = cls.write
@@ -1150,13 +1159,12 @@ def test_an_append_cut_while_writing_its_record_or_index_is_appended_again_once(
 
     monkeypatch.setattr(cls, "write", killed)
     with pytest.raises(KeyboardInterrupt):
-        append_memory(folder, backbone, new, dataset.catalog, progress=False, dataset=dataset)
+        append_memory(folder, backbone, new, catalog, progress=False, **recorded)
     monkeypatch.setattr(cls, "write", original)
-    again = append_memory(folder, backbone, new, dataset.catalog, progress=False,
-                          dataset=dataset)
+    again = append_memory(folder, backbone, new, catalog, progress=False, **recorded)
     assert again.count(user) == whole.count(user) == built.count(user) + 2
     assert again.index.users[user].items == whole.index.users[user].items
-    again.check_dataset(dataset)
+    assert again.record == whole.record
 
 
 @pytest.mark.parametrize("arch", ["mamba", "mamba2"])
@@ -1234,3 +1242,11 @@ def test_an_element_encoder_of_ones_own_gets_the_configs_window(backbone, datase
     with pytest.raises(AutomrError, match="settings\\(\\) gave"):
         build_memory(backbone, dataset, LAYER, config, tmp_path / "n", progress=False)
     assert not (tmp_path / "n").exists()  # refused before anything is written
+
+
+def test_appended_interactions_that_are_not_interactions_are_one_line(backbone, dataset, built,
+                                                                      tmp_path):
+    """A tuple for an Interaction was a raw AttributeError from the sort (the append review)."""
+    folder = shutil.copytree(built.folder, tmp_path / "m")
+    with pytest.raises(AutomrError, match="interactions' item argument is of type tuple"):
+        append_memory(folder, backbone, [("u0", "1", 10**9)], dataset.catalog, progress=False)

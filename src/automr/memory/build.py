@@ -286,15 +286,22 @@ def append_memory(
                               f"appending to it.")
         encoder = memory_encoder(folder, model, catalog)
         held = {item for entry in index.users.values() for item in entry.items}
-        record.check_titles(folder, catalog, held)  # new elements' texts beside the old ones'
+        interactions = list(interactions)
+        for interaction in interactions:
+            require_instance(interaction, Interaction, "interactions' item",
+                             "automr.Interaction(user, item, timestamp)")
+        new = user_timelines(_unrepeated(sorted(interactions, key=lambda i: i.timestamp),
+                                         index))
+        grown = held | {item for items, _ in new.values() for item in items}
+        if record.titles_fingerprint is None or record.titles_fingerprint != (
+                titles_fingerprint(catalog, grown)):  # else: the record of this very append,
+            record.check_titles(folder, catalog, held)  # cut before its index (a rerun)
         if (dtype := dtype_name(encoder.base.backbone.llm.dtype)) != record.dtype:
             # one fingerprint in every dtype: the record's check above lets it through
             raise AutomrError(f"the memory in {folder} was built in {record.dtype}, but the model "
                               f"is loaded in {dtype} here: its new keys would not be the ones a "
                               f"build computes. Load it in {record.dtype} "
                               f"(load_model(..., dtype={record.dtype!r})) to append.")
-        new = user_timelines(_unrepeated(sorted(interactions, key=lambda i: i.timestamp),
-                                         index))
         timelines: Timelines = {}
         todo = {}
         for user in sorted(new):
@@ -328,8 +335,8 @@ def append_memory(
         if plan:  # new shards may be shared (the format says so) and other data is held; the
             # record goes first: an append cut between the two leaves the old index, which a rerun
             # grows (cut after a new index, the old record let a rerun add every element twice)
-            titles = None if record.titles_fingerprint is None else titles_fingerprint(
-                catalog, held | {item for items, _ in new.values() for item in items})
+            titles = (None if record.titles_fingerprint is None
+                      else titles_fingerprint(catalog, grown))
             attrs.evolve(record, format=MEMORY_FORMAT, catalog_fingerprint=catalog_fingerprint(
                 catalog), titles_fingerprint=titles, dataset_fingerprint=None if dataset is None
                 else dataset_fingerprint(dataset)).write(folder)
