@@ -25,7 +25,7 @@ from automr import distributed
 from automr.cli.common import user_errors
 from automr.errors import AutomrError
 from automr.paths import home_path
-from automr.storage import RUNS_FILE, append_lines
+from automr.storage import RUNS_FILE, append_lines, sha256_of
 
 INPUT_FOLDERS = ("finetuned", "memory", "retriever", "annotations", "rella", "trsr")
 LIBRARIES = ("torch", "transformers", "peft")
@@ -61,7 +61,7 @@ def attach_run_record(command: Any) -> None:
 
 def file_sha256(path: Path) -> str | None:
     """The sha256 of the file at ``path``; None where there is none (any more)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_of(path) if path.is_file() else None
 
 
 def append_record(out: Path, record: dict[str, Any]) -> None:
