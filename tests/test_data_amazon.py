@@ -1,5 +1,6 @@
 """The Amazon Reviews 2018 loader on small files in the real format, plain and gzipped."""
 
+import ast
 import datetime as dt
 import gzip
 import json
@@ -274,3 +275,88 @@ def test_the_quick_read_before_a_full_parse_never_drops_a_line_it_would_keep(tmp
         ("U1", "B1", inside), ("U2", "B1", inside), ("U3", "B2", inside)]
     assert {item.id: item.title for item in src.catalog} == {"B1": "One", "B2": "Two"}
     assert src.skipped == {}
+
+
+def as_2023(line: str) -> str:
+    """A 2018 review or metadata line in the 2023 release's layout (as in e.g.
+    ``Books.jsonl.gz`` / ``meta_Books.jsonl.gz``): the item is the parent ASIN (the review's own
+    ``asin`` a variant), the time in milliseconds (``+ 999``: a second's last), and the review's
+    ``title`` its own, not the item's."""
+    old = json.loads(line) if line.startswith('{"') else ast.literal_eval(line)
+    if "reviewerID" in old:
+        return json.dumps({
+            "rating": old["overall"], "title": "Not the item's title", "text": old["reviewText"],
+            "images": [], "asin": old["asin"] + "-variant", "parent_asin": old["asin"],
+            "user_id": old["reviewerID"], "timestamp": old["unixReviewTime"] * 1000 + 999,
+            "helpful_vote": 0, "verified_purchase": old["verified"]})
+    return json.dumps({
+        "main_category": old["main_cat"], "title": old["title"], "average_rating": 4.5,
+        "rating_number": 10, "features": [], "description": old["description"], "price": None,
+        "images": [], "videos": [], "store": old["brand"], "categories": old["category"],
+        "details": {"Publisher": "P"}, "parent_asin": old["asin"], "bought_together": None})
+
+
+def small_category_2023(folder: Path) -> tuple[Path, Path]:
+    """:func:`small_category` in the 2023 layout, line for line."""
+    paths = small_category(folder, gz=True)
+    for path in paths:
+        lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+        write_lines(path, [as_2023(line) if line else line for line in lines])
+    return paths
+
+
+def test_the_2023_release_loads_as_the_same_category_in_2018s_layout(tmp_path):
+    """Amazon Reviews 2023 names its fields otherwise (``user_id``, ``parent_asin``, a time in
+    milliseconds) and its metadata by ``parent_asin``: the same reviews load to the same
+    interactions (times floored to seconds), catalog and counts, the items' store and category
+    kept as their extras."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    window = {"start": JAN_2017, "end": to_unix(dt.date(2018, 1, 1))}
+    old = load_amazon(*small_category(tmp_path / "a", gz=True), **window)
+    new = load_amazon(*small_category_2023(tmp_path / "b"), **window)
+    assert new.interactions == old.interactions
+    assert [(i.id, i.title) for i in new.catalog] == [(i.id, i.title) for i in old.catalog]
+    assert new.catalog["B1"].extra == {"store": "Someone", "main_category": "Books"}
+    assert new.skipped == old.skipped
+    assert (new.raw_users, new.raw_items, new.raw_interactions) == (
+        old.raw_users, old.raw_items, old.raw_interactions)
+    assert new.options["release"] == "2023" and "release" not in old.options
+
+
+def test_a_2023_time_is_in_the_window_by_its_second(tmp_path):
+    """Milliseconds are floored to the second before the window's test, on the quick read and
+    the full parse alike: the last millisecond before the start is out, the start's first in."""
+    def line(user: str, ms: int, text: str = "") -> str:
+        return json.dumps({"rating": 5.0, "title": "t", "text": text, "asin": "B1",
+                           "parent_asin": "B1", "user_id": user, "timestamp": ms})
+
+    start = JAN_2017 * 1000
+    quoted = "the 'timestamp': 0 field"  # the key twice: read by the full parse
+    reviews = write_lines(tmp_path / "r.jsonl", [
+        line("U1", start - 1), line("U2", start), line("U3", start + 999),
+        line("U4", start - 1, quoted), line("U5", start, quoted)])
+    metas = write_lines(tmp_path / "m.jsonl", [json.dumps({"title": "One", "parent_asin": "B1"})])
+    src = load_amazon(reviews, metas, start=JAN_2017)
+    assert [(i.user, i.timestamp) for i in src.interactions] == [
+        ("U2", JAN_2017), ("U3", JAN_2017), ("U5", JAN_2017)]
+    assert src.skipped == {"reviews_outside_window": 2}
+
+
+@pytest.mark.parametrize(("reviews_line", "meta_line", "message"), [
+    ({"user_id": "U", "parent_asin": "B1"}, {"parent_asin": "B1", "title": "t"},
+     r"r\.jsonl line 1: missing field\(s\) timestamp\. .*user_id, parent_asin and timestamp "
+     r"\(Amazon Reviews 2023 format\)"),
+    ({"user_id": "U", "parent_asin": "B1", "timestamp": 1.5e12 + 0.5},
+     {"parent_asin": "B1", "title": "t"},
+     r"line 1: timestamp 1500000000000\.5 is not Unix milliseconds"),
+    ({"user_id": "U", "parent_asin": "B1", "timestamp": 1_500_000_000_000},
+     {"asin": "B1", "title": "t"},  # 2018's metadata beside 2023's reviews
+     r"m\.jsonl line 1: missing or empty field parent_asin\. .*parent_asin and title "
+     r"\(Amazon Reviews 2023 metadata\)"),
+])
+def test_bad_2023_lines_name_the_2023_fields(tmp_path, reviews_line, meta_line, message):
+    reviews = write_lines(tmp_path / "r.jsonl", [json.dumps(reviews_line)])
+    metas = write_lines(tmp_path / "m.jsonl", [json.dumps(meta_line)])
+    with pytest.raises(AutomrError, match=message):
+        load_amazon(reviews, metas)

@@ -187,3 +187,103 @@ def test_grouplens_items_take_the_year_from_the_date_and_skip_placeholders_in_an
         ("1", "Toy Story (1995)", "1995"), ("3", "Café au lait (1993)", "1993")]
     assert source.skipped["items_empty_title"] == 1
     assert [i.item for i in source.interactions] == ["1", "3"]
+
+
+def _write_release(folder: Path, layout: str) -> Path:
+    """ML-100K in a later release's layout, rebuilt from the RecBole copy: ML-1M/10M's
+    ``::``-separated ``.dat`` files (``movies.dat`` Latin-1, as GroupLens publishes it) or
+    ML-20M-and-later's CSV with headers (titles with a comma quoted)."""
+    import csv
+
+    folder.mkdir()
+    with zipfile.ZipFile(fetch_wheel(RECBOLE_WHEEL)) as zf:
+        items = zf.read(RECBOLE_DIR + "ml-100k.item").decode().splitlines()[1:]
+        inters = zf.read(RECBOLE_DIR + "ml-100k.inter").decode().splitlines()[1:]
+    movies = []
+    for row in items:
+        item_id, title, year, genres = row.split("\t")
+        if title == "unkonwn":
+            title = "unknown"
+        elif year.isdigit():
+            title = f"{title} ({year})"
+        movies.append([item_id, title, "|".join(genres.split()) or "(no genres listed)"])
+    ratings = [row.split("\t") for row in inters]
+    if layout == "dat":
+        (folder / "movies.dat").write_text("".join("::".join(m) + "\n" for m in movies),
+                                           encoding="latin-1")
+        (folder / "ratings.dat").write_text("".join("::".join(r) + "\n" for r in ratings))
+        return folder
+    with (folder / "movies.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows([["movieId", "title", "genres"], *movies])
+    with (folder / "ratings.csv").open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(
+            [["userId", "movieId", "rating", "timestamp"], *ratings])
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["dat", "csv"])
+def test_a_later_release_layout_reads_as_the_100k_release(ml100k, tmp_path, layout):
+    """ML-1M/10M's ``.dat`` and ML-20M+'s ``.csv`` folders give the items, titles (merged by
+    title and year, the placeholder skipped) and interactions the 100K loader gives."""
+    from automr.data import load_movielens
+
+    folder = _write_release(tmp_path / "release", layout)
+    if layout == "csv":
+        assert '"American President, The (1995)"' in (folder / "movies.csv").read_text()
+    release = load_movielens(folder)
+    assert release.kind == "movielens" and release.domain == "movies"
+    assert [(i.id, i.title) for i in release.catalog] == [(i.id, i.title) for i in ml100k.catalog]
+    assert release.interactions == ml100k.interactions
+    assert (release.raw_users, release.raw_items, release.raw_interactions) == (
+        943, 1682, 100_000)
+    assert release.merge == ml100k.merge and release.skipped == ml100k.skipped
+    assert release.catalog["1"].extra == {"genres": "Animation|Children's|Comedy",
+                                          "year": "1995"}
+    assert set(release.fingerprints) == {f"ratings.{layout}", f"movies.{layout}"}
+
+
+def test_prepare_movielens_gives_the_100k_samples_under_the_100k_protocol(
+        ml100k_prepared, tmp_path):
+    from typer.testing import CliRunner
+
+    from automr.cli.main import app
+
+    dataset, _ = ml100k_prepared
+    folder = _write_release(tmp_path / "release", "dat")
+    out = tmp_path / "prepared"
+    result = CliRunner().invoke(app, ["data", "prepare", "movielens", "--source", str(folder),
+                                      "--out", str(out), "--train-months", "6"])
+    assert result.exit_code == 0, result.output
+    again = PreparedDataset.load(out)
+    assert again.source.kind == "movielens"
+    for split in ("train", "valid", "test"):
+        assert again.samples(split) == dataset.samples(split)
+
+
+def test_a_later_release_folder_says_what_it_lacks(tmp_path):
+    from automr.data import load_movielens
+
+    with pytest.raises(AutomrError, match=r"neither ratings\.dat and movies\.dat .*nor "
+                                          r"ratings\.csv and movies\.csv"):
+        load_movielens(tmp_path)
+    _write_grouplens(tmp_path)
+    with pytest.raises(AutomrError, match=r"a 100K folder: `automr data prepare ml-100k "
+                                          r"--source` reads it"):
+        load_movielens(tmp_path)
+    (tmp_path / "movies.dat").write_text("1::Toy Story (1995)::Comedy\n2::Heat (1995)\n")
+    (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n")
+    with pytest.raises(AutomrError, match=r"movies\.dat line 2: expected 3 fields"):
+        load_movielens(tmp_path)
+    (tmp_path / "movies.csv").write_text("movieId,title\n1,Toy Story (1995)\n")
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,5,978300760\n")
+    (tmp_path / "movies.dat").unlink()
+    with pytest.raises(AutomrError, match=r"movies\.csv line 1: header 'movieId,title' lacks "
+                                          r"column\(s\) genres"):
+        load_movielens(tmp_path)
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995)\n")
+    with pytest.raises(AutomrError, match=r"movies\.csv line 2: expected 3 fields"):
+        load_movielens(tmp_path)
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Comedy\n")
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,5,978300760\n")
+    with pytest.raises(AutomrError, match=r"ratings\.csv line 2: item id 2 is not in the items"):
+        load_movielens(tmp_path)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         Sample as Sample,
         load_amazon as load_amazon,
         load_csv as load_csv,
+        load_movielens as load_movielens,
         load_movielens_100k as load_movielens_100k,
         prepare_dataset as prepare_dataset,
         prepare_movielens_100k as prepare_movielens_100k,

@@ -24,6 +24,7 @@ from automr.data import (
     ProtocolConfig,
     prepare_amazon,
     prepare_csv,
+    prepare_movielens,
     prepare_movielens_100k,
 )
 from automr.errors import AutomrError
@@ -160,6 +161,21 @@ def prepare_ml_100k_command(
     print_notes(dataset)
 
 
+@prepare_app.command("movielens")
+@user_errors
+@protocol_options("movielens")
+def prepare_movielens_command(
+    source: Annotated[Path, typer.Option(
+        "--source", help="A GroupLens release folder: ratings.dat + movies.dat (1M, 10M) or "
+        "ratings.csv + movies.csv (20M, 25M, 32M, latest).")],
+    out: OutOption, *, protocol: ProtocolConfig,
+) -> None:
+    """MovieLens 1M to 32M (default protocol: whole range, 10 months train, rest halved)."""
+    dataset = prepare_movielens(source, out, protocol=protocol)
+    print_stats(dataset.stats, f"movielens -> {out}")
+    print_notes(dataset)
+
+
 @prepare_app.command("amazon")
 @user_errors
 @protocol_options("amazon")
@@ -170,7 +186,7 @@ def prepare_amazon_command(
     domain: DomainOption = None, merge_same_title: MergeOption = False,
     quiet: QuietOption = False, *, protocol: ProtocolConfig,
 ) -> None:
-    """Amazon Reviews 2018 (default protocol: the paper's, 2017, 10 months train)."""
+    """Amazon Reviews 2014, 2018 or 2023 (default protocol: the paper's 2017, 10 months train)."""
     dataset = prepare_amazon(reviews, meta, out, protocol=protocol,
                              domain=_domain("amazon", domain),
                              merge_same_title=merge_same_title, progress=not quiet)

@@ -2,7 +2,7 @@
 
 - Records: :class:`Item`, :class:`Interaction`, :class:`Sample`; :class:`Catalog`.
 - Loaders (each returns a :class:`SourceData`): :func:`load_movielens_100k`,
-  :func:`load_amazon`, :func:`load_csv`.
+  :func:`load_movielens` (the later releases), :func:`load_amazon`, :func:`load_csv`.
 - Protocol: :class:`ProtocolConfig`, :func:`build_samples`, :func:`prepare_dataset` and the
   per-kind ``prepare_*`` functions behind ``automr data prepare`` (:data:`DATASET_KINDS`).
 - Persistence: :class:`PreparedDataset` (``.load(dir)``, ``.catalog``, ``.samples(split)``,
@@ -15,13 +15,14 @@ See ``docs/data.md`` for the protocol, the file formats and the skip/error polic
 
 from automr.data.amazon import load_amazon
 from automr.data.catalog import Catalog, MergeReport, display_title, merge_duplicates
-from automr.data.movielens import load_movielens_100k
+from automr.data.movielens import load_movielens, load_movielens_100k
 from automr.data.prepare import (
     DATASET_KINDS,
     DatasetKind,
     prepare_amazon,
     prepare_csv,
     prepare_dataset,
+    prepare_movielens,
     prepare_movielens_100k,
 )
 from automr.data.prepared import PreparedDataset, SourceInfo
@@ -76,11 +77,13 @@ __all__ = [
     "kcore_filter",
     "load_amazon",
     "load_csv",
+    "load_movielens",
     "load_movielens_100k",
     "merge_duplicates",
     "prepare_amazon",
     "prepare_csv",
     "prepare_dataset",
+    "prepare_movielens",
     "prepare_movielens_100k",
     "prompt_config",
     "resolve_boundaries",

@@ -1,4 +1,5 @@
-"""MovieLens-100K: from the RecBole wheel (default, fetched into the cache) or a GroupLens folder.
+"""MovieLens: ML-100K from the RecBole wheel (default, fetched into the cache) or a GroupLens
+folder; the later releases (1M, 10M, 20M, 25M, 32M, latest) from their GroupLens folders.
 
 Both layouts give the same catalog but for one title (item 1412: GroupLens' ends in ``(1995)
 (V)``, kept as is; RecBole's in ``(1995)``; docs/data.md): display titles ``"Title (Year)"``,
@@ -8,15 +9,20 @@ skipped and counted, and the 18 pairs of items that share title *and* year (e.g.
 items of different years ("Sabrina (1954)" / "Sabrina (1995)") stay apart, separated by the
 year in their title.
 
+The later releases' items are read the same way (``movies.dat``'s or ``movies.csv``'s
+``"Title (Year)"``, genres kept, same title and year merged).
+
 Merging leaves 39 same-second repeats (a user who rated both ids of one film in one second);
 :func:`automr.data.prepare_dataset` keeps one of each (``same_second_repeats``). Repeated input
 rows (same user, item and time) are dropped here (``duplicate_interactions``; none in ML-100K).
 """
 
+import csv
 import hashlib
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from automr.cache import WheelSpec, fetch_wheel
 from automr.data.catalog import Catalog, display_title, merge_duplicates, split_title_year
@@ -47,8 +53,18 @@ GROUPLENS_GENRES = (
     "Sci-Fi", "Thriller", "War", "Western",
 )
 
+_Row = TypeVar("_Row", str, list[str])
 # One parsed item row: (line number, id, base title, year or None, genres).
 _ItemRow = tuple[int, str, str, str | None, tuple[str, ...]]
+
+
+RELEASE_LAYOUTS = {
+    "dat": ("ratings.dat", "movies.dat"),
+    "csv": ("ratings.csv", "movies.csv"),
+}
+"""The files of a later release's folder: ML-1M and ML-10M's ``::``-separated ones, or ML-20M
+and later's CSV with headers (``userId,movieId,rating,timestamp`` and ``movieId,title,genres``)."""
+_RELEASE_FIX = "Use the files of a MovieLens release as GroupLens publishes them"
 
 
 def load_movielens_100k(
@@ -82,6 +98,81 @@ def load_movielens_100k(
         "ml-100k.item": hashlib.sha256(item_bytes).hexdigest(),
     }
     return _assemble(rows, item_name, interactions, inter_name, fingerprints, {"layout": "recbole"})
+
+
+def load_movielens(source: Path | str) -> SourceData:
+    """Load a later MovieLens release from the folder unzipped from grouplens.org: ML-1M or
+    ML-10M (``ratings.dat`` and ``movies.dat``, ``::``-separated, titles Latin-1 as published or
+    UTF-8) or ML-20M, ML-25M, ML-32M, ml-latest (``ratings.csv`` and ``movies.csv``; quoted
+    titles). Items and interactions are treated as ML-100K's (:func:`load_movielens_100k`, which
+    reads the 100K release)."""
+    folder = home_path(source)
+    found = [layout for layout, names in RELEASE_LAYOUTS.items()
+             if all((folder / name).is_file() for name in names)]
+    if not found:
+        hint = ("; this is a 100K folder: `automr data prepare ml-100k --source` reads it"
+                if (folder / "u.data").is_file() else "")
+        raise AutomrError(f"{folder} holds neither ratings.dat and movies.dat (ML-1M, ML-10M) "
+                          f"nor ratings.csv and movies.csv (ML-20M and later){hint}. Pass the "
+                          f"folder unzipped from grouplens.org.")
+    layout = found[0]
+    ratings_name, movies_name = RELEASE_LAYOUTS[layout]
+    ratings_path, movies_path = folder / ratings_name, folder / movies_name
+    movie_lines = LineSource(movies_path, encoding=utf8_or_latin1(movies_path))
+    rating_lines = LineSource(ratings_path)
+    if layout == "dat":
+        rows = [_item_row(number, line.split("::"), movies_path)
+                for number, line in movie_lines if line.strip()]
+        interactions = _parse_interactions(str(ratings_path), rating_lines, "::", [0, 1, 3],
+                                           _RELEASE_FIX)
+    else:
+        header, lines = _after_header(
+            movies_path, enumerate(csv.reader(_texts(movie_lines)), start=1))
+        cols = _columns_of(movies_path, header, ("movieId", "title", "genres"))
+        rows = [_item_row(number, [fields[c] for c in cols] if len(fields) > max(cols) else
+                          fields, movies_path) for number, fields in lines if fields]
+        ratings_header, rating_rows = _after_header(ratings_path, iter(rating_lines))
+        cols = _columns_of(ratings_path, ratings_header.split(","),
+                           ("userId", "movieId", "timestamp"))
+        interactions = _parse_interactions(str(ratings_path), rating_rows, ",", cols,
+                                           _RELEASE_FIX)
+    fingerprints = {ratings_name: rating_lines.sha256, movies_name: movie_lines.sha256}
+    return _assemble(rows, str(movies_path), interactions, str(ratings_path), fingerprints,
+                     {"layout": layout, "source": str(folder)}, kind="movielens")
+
+
+def _texts(lines: LineSource) -> Iterator[str]:
+    """The lines for :mod:`csv`, each with its end (a quoted title holds no line break)."""
+    for _, line in lines:
+        yield line + "\n"
+
+
+def _after_header(path: Path, numbered: Iterator[tuple[int, _Row]]
+                  ) -> tuple[_Row, Iterator[tuple[int, _Row]]]:
+    """The header (the first row not blank) and the numbered rows after it."""
+    for _, header in numbered:
+        if "".join(header).strip():
+            return header, numbered
+    raise bad_input(path, None, "file is empty", _RELEASE_FIX)
+
+
+def _columns_of(path: Path, header: list[str] | str, wanted: tuple[str, ...]) -> list[int]:
+    names = [h.strip() for h in header]
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise bad_input(path, 1, f"header {','.join(names)!r} lacks column(s) "
+                        f"{', '.join(missing)}", _RELEASE_FIX)
+    return [names.index(w) for w in wanted]
+
+
+def _item_row(number: int, fields: list[str], path: Path) -> _ItemRow:
+    """``MovieID::Title::Genres`` (or the CSV's three fields) as an item row."""
+    if len(fields) != 3:
+        raise bad_input(path, number, f"expected 3 fields (id, title, genres), got "
+                        f"{len(fields)}", _RELEASE_FIX)
+    base, year = split_title_year(fields[1])
+    genres = tuple(g for g in fields[2].strip().split("|") if g and g != "(no genres listed)")
+    return number, fields[0].strip(), base, year, genres
 
 
 def _numbered(data: bytes) -> list[tuple[int, str]]:
@@ -190,6 +281,7 @@ def _assemble(
     inter_name: str,
     fingerprints: dict[str, str],
     options: dict[str, str],
+    kind: str = "ml-100k",
 ) -> SourceData:
     skips = SkipCounter()
     items: list[Item] = []
@@ -219,7 +311,7 @@ def _assemble(
     raw_users = len({i.user for _, i in numbered})
     merged_items, merged_inters, report = merge_duplicates(items, interactions)
     return SourceData(
-        kind="ml-100k", domain="movies", catalog=Catalog(merged_items),
+        kind=kind, domain="movies", catalog=Catalog(merged_items),
         interactions=merged_inters, raw_users=raw_users, raw_items=len(rows),
         raw_interactions=len(numbered), merge=report, skipped=skips.as_dict(),
         fingerprints=fingerprints, options=options,

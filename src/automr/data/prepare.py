@@ -14,7 +14,7 @@ import attrs
 
 from automr.checks import beartype
 from automr.data.amazon import load_amazon
-from automr.data.movielens import load_movielens_100k
+from automr.data.movielens import load_movielens, load_movielens_100k
 from automr.data.prepared import PreparedDataset, SourceInfo, is_prepared_dir
 from automr.data.prompts import check_domain
 from automr.data.protocol import (
@@ -179,6 +179,19 @@ def prepare_movielens_100k(
     return prepare_dataset(data, protocol or ProtocolConfig.movielens_100k(), out)
 
 
+def prepare_movielens(
+    source: Path | str,
+    out: Path | str | None,
+    *,
+    protocol: ProtocolConfig | None = None,
+) -> PreparedDataset:
+    """A later MovieLens release's GroupLens folder (ML-1M to ML-32M, :func:`load_movielens`)
+    -> prepared dataset. Default protocol: the whole range, 10 training months, as for CSV."""
+    _check_out(out)
+    return prepare_dataset(load_movielens(source), protocol or ProtocolConfig(start=None, end=None),
+                           out)
+
+
 def prepare_amazon(
     reviews: Path | str,
     meta: Path | str,
@@ -189,7 +202,8 @@ def prepare_amazon(
     merge_same_title: bool = False,
     progress: bool = False,
 ) -> PreparedDataset:
-    """Amazon Reviews 2018 files -> prepared dataset (default protocol: the paper's 2017).
+    """Amazon Reviews 2014, 2018 or 2023 files -> prepared dataset (default protocol: the
+    paper's 2017).
     Reviews outside the protocol's window are dropped while streaming."""
     _check_out(out)
     protocol = protocol or ProtocolConfig.amazon_2017()
@@ -235,7 +249,10 @@ class DatasetKind:
 DATASET_KINDS: dict[str, DatasetKind] = {
     "ml-100k": DatasetKind("MovieLens-100K (RecBole wheel or a GroupLens folder)",
                            prepare_movielens_100k, ProtocolConfig.movielens_100k(), "movies"),
-    "amazon": DatasetKind("Amazon Reviews 2018: reviews + metadata JSON lines (.gz ok)",
+    "movielens": DatasetKind("MovieLens 1M to 32M: a GroupLens release folder",
+                             prepare_movielens, ProtocolConfig(start=None, end=None), "movies"),
+    "amazon": DatasetKind("Amazon Reviews 2014, 2018 or 2023: reviews + metadata JSON lines "
+                          "(.gz ok)",
                           prepare_amazon, ProtocolConfig.amazon_2017(), "items"),
     "csv": DatasetKind("generic CSV/TSV: interactions (user,item,timestamp) + items (item,title)",
                        prepare_csv, ProtocolConfig(start=None, end=None), "items"),
