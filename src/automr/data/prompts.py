@@ -12,6 +12,7 @@ target gets none. An EOS is appended after the target by default (``add_eos=True
 learns to stop; it is part of ``labels`` but not of ``target_span`` (title tokens only).
 """
 
+import threading
 from collections.abc import Sequence
 
 import attrs
@@ -164,12 +165,19 @@ class TokenizedExample:
         return (IGNORE_INDEX,) * len(self.prompt_ids) + self.input_ids[len(self.prompt_ids):]
 
 
+_TOKENIZING = threading.Lock()
+
+
 def encode_texts(tokenizer, texts: str | list[str], **kwargs):
     """``tokenizer(texts, **kwargs)``, reading the text of a special token as text: a title
     holding ``</s>`` or ``<|im_end|>`` (a tokenizer's EOS; Amazon's ``&lt;/s&gt;`` unescaped)
     put that token inside it, so a target stopped mid-title and constrained decoding lost
-    items. Every title, prompt and memory text is tokenized through it."""
-    return tokenizer(texts, split_special_tokens=True, **kwargs)
+    items. Every title, prompt and memory text is tokenized through it, one call at a time: a
+    fast tokenizer's padding is a setting of its backend that each call sets, so a call in
+    another thread between the setting and the encoding padded this one's ids (or unpadded
+    its batch)."""
+    with _TOKENIZING:
+        return tokenizer(texts, split_special_tokens=True, **kwargs)
 
 
 def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = True

@@ -12,6 +12,8 @@ T = TypeVar("T")
 
 def seeded_subset(samples: Sequence[T], limit: int | None, seed: int) -> list[T]:
     """``limit`` samples drawn without replacement with ``seed``, kept in their original order.
+    The draw is by position: the same samples in another order (a source with rows of one
+    second in another order, docs/data.md) give another subset.
 
     ``limit=None`` (or a ``limit`` not smaller than the number of samples) keeps all of them;
     ``limit=0`` keeps none (an empty list). A negative ``limit`` is an :class:`AutomrError`

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
 import warnings
 import weakref
 import zipfile
@@ -183,6 +184,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+_LOADING = threading.Lock()
+"""One ``from_pretrained`` at a time in this process: transformers swaps process-wide functions
+(``PreTrainedModel.tie_weights``, ``torch.nn.init``'s) for the length of a load, and two loads
+in two threads at once left them swapped for good (every later model with tied embeddings was
+refused, every later initialisation a no-op)."""
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -206,7 +214,7 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source, folder, fingerprint = _locate(name, cache_dir)
-    with _load_errors(name, source):
+    with _load_errors(name, source), _LOADING:
         tokenizer = checked_tokenizer(AutoTokenizer.from_pretrained(source))
         config = AutoConfig.from_pretrained(source)
         model, info = auto_class(config.model_type).from_pretrained(
@@ -453,9 +461,10 @@ def _dequantise_gguf(folder: Path, gguf_name: str) -> tuple[PreTrainedModel, Tok
     transformers flags GGUF-loaded models as quantised and refuses ``save_pretrained``; a
     fresh model of the same config with the dequantised state dict saves normally.
     """
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32,
-                                                  **NO_HUB_KERNELS)
+    with _LOADING:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name,
+                                                      dtype=torch.float32, **NO_HUB_KERNELS)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -349,7 +349,8 @@ class GenerativeMethod:
                         raise AutomrError(
                             f"{type(self.retrieval).__name__} added {len(retrieved)} entries "
                             f"to retrieved for a batch of {len(chunk)} samples: one per sample "
-                            f"(the elements it inserted)")
+                            f"(the elements it inserted); a method called from two threads at "
+                            f"once counts both (one method and model per thread)")
                     self._details.setdefault("retrieved", {}).update(
                         zip((s.id for s in chunk), retrieved, strict=True))
                 yield chunk, result
