@@ -290,6 +290,10 @@ def test_an_rq2_run_without_its_reference_folder_is_pointed_to_it(dataset_dir, t
                                           r"ranks, or run rq2 again with --measure likelihood "
                                           r"--grounder likelihood$"):
         run_rq3(run, dataset_dir, measure="likelihood")
+    # given the reference folder, the measure was what it lacked: it said to evaluate BIGRec
+    with pytest.raises(AutomrError, match=r"that measured ranks, not likelihood: give --measure "
+                                          r"ranks"):
+        run_rq3(run, dataset_dir, measure="likelihood", reference_dir=run)
 
 
 def test_the_uniform_ages_weigh_each_sample_by_its_retrieved_elements(dataset_dir):

@@ -258,10 +258,11 @@ def _maybe(summary: AgeSummary | None) -> dict | None:
 
 
 def _rq2_advice(rq2: Path, results_dir: Path | str, method: str, reference: str,
-                measure: str) -> str:
+                measure: str, reference_given: bool) -> str | None:
     """What to give rq3 for a run of `automr rq2` (``rq2/rq2.json``): BIGRec's values are in
     ``rq2/bigrec``, and the methods are named by the grounder rq2 ran and hold the measures it
-    measured (an empty or older ``rq2.json`` says neither)."""
+    measured (an empty or older ``rq2.json`` says neither). With ``--reference-results`` given,
+    only the measure can be what is wrong (None: nothing to add)."""
     try:
         ran = json.loads((rq2 / "rq2.json").read_text(encoding="utf-8"))
         grounder, measures = ran.get("grounder"), ran.get("config", {}).get("measures")
@@ -272,6 +273,8 @@ def _rq2_advice(rq2: Path, results_dir: Path | str, method: str, reference: str,
         return (f"{results_dir} is a run of `automr rq2` that measured "
                 f"{', '.join(map(str, measures))}, not {measure}: give --measure {measures[0]}, "
                 f"or run rq2 again with --measure {again}")
+    if reference_given:
+        return None
     named = {parse_method(method)[1], parse_method(reference)[1]}
     if isinstance(grounder, str) and named != {grounder}:
         return (f"{results_dir} is a run of `automr rq2` with grounder {grounder}, whose "
@@ -305,9 +308,10 @@ def analyze_rq3(
                                _nlls(references.likelihoods(reference)))
     except AutomrError:
         rq2 = Path(results_dir).parent
-        if reference_dir is None and (rq2 / "rq2.json").is_file():
-            raise AutomrError(_rq2_advice(rq2, results_dir, method, reference, measure)
-                              ) from None
+        advice = _rq2_advice(rq2, results_dir, method, reference, measure,
+                             reference_dir is not None) if (rq2 / "rq2.json").is_file() else None
+        if advice is not None:
+            raise AutomrError(advice) from None
         raise
     ids, losses = (_ranks(results.report(method)) if measure == "ranks" else
                    _nlls(results.likelihoods(method)))
