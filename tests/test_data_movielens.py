@@ -287,3 +287,34 @@ def test_a_later_release_folder_says_what_it_lacks(tmp_path):
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,5,978300760\n")
     with pytest.raises(AutomrError, match=r"ratings\.csv line 2: item id 2 is not in the items"):
         load_movielens(tmp_path)
+
+
+def test_a_later_release_keeps_films_titled_unknown_and_names_bad_csv_rows(tmp_path):
+    """ML-20M and later list films titled "Unknown (2006)" and "Unknown (2011)": they were
+    skipped as the placeholder with their ratings. A row with an unquoted comma read its title's
+    end as genres; broken quoting was a traceback; a header after blank lines was "line 1"."""
+    from automr.data import load_movielens
+
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Comedy\n2,Unknown (2006),Thriller\n"
+        "3,Unknown (2011),Action|Thriller\n")
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,5,978300760\n1,2,4,978300761\n2,3,3,978300762\n")
+    source = load_movielens(tmp_path)
+    assert [item.title for item in source.catalog] == [
+        "Toy Story (1995)", "Unknown (2006)", "Unknown (2011)"]
+    assert len(source.interactions) == 3 and source.skipped == {}
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Comedy\n2,American President, The (1995),"
+        "Comedy\n")
+    with pytest.raises(AutomrError, match=r"movies\.csv line 3: expected 3 fields as the header "
+                                          r"names, got 4"):
+        load_movielens(tmp_path)
+    (tmp_path / "movies.csv").write_text(
+        'movieId,title,genres\n1,"Toy Story (1995),Comedy\n' + "x" * 140_000 + "\n")
+    with pytest.raises(AutomrError, match=r"movies\.csv line \d+: malformed CSV"):
+        load_movielens(tmp_path)
+    (tmp_path / "movies.csv").write_text("\n\nmovieId,name,genres\n")
+    with pytest.raises(AutomrError, match=r"movies\.csv line 3: header 'movieId,name,genres' "
+                                          r"lacks column\(s\) title"):
+        load_movielens(tmp_path)

@@ -19,10 +19,10 @@ rows (same user, item and time) are dropped here (``duplicate_interactions``; no
 
 import csv
 import hashlib
+import sys
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 from automr.cache import WheelSpec, fetch_wheel
 from automr.data.catalog import Catalog, display_title, merge_duplicates, split_title_year
@@ -53,7 +53,6 @@ GROUPLENS_GENRES = (
     "Sci-Fi", "Thriller", "War", "Western",
 )
 
-_Row = TypeVar("_Row", str, list[str])
 # One parsed item row: (line number, id, base title, year or None, genres).
 _ItemRow = tuple[int, str, str, str | None, tuple[str, ...]]
 
@@ -126,43 +125,41 @@ def load_movielens(source: Path | str) -> SourceData:
         interactions = _parse_interactions(str(ratings_path), rating_lines, "::", [0, 1, 3],
                                            _RELEASE_FIX)
     else:
-        header, lines = _after_header(
-            movies_path, enumerate(csv.reader(_texts(movie_lines)), start=1))
-        cols = _columns_of(movies_path, header, ("movieId", "title", "genres"))
-        rows = [_item_row(number, [fields[c] for c in cols] if len(fields) > max(cols) else
-                          fields, movies_path) for number, fields in lines if fields]
-        ratings_header, rating_rows = _after_header(ratings_path, iter(rating_lines))
-        cols = _columns_of(ratings_path, ratings_header.split(","),
-                           ("userId", "movieId", "timestamp"))
-        interactions = _parse_interactions(str(ratings_path), rating_rows, ",", cols,
-                                           _RELEASE_FIX)
+        rows = [_item_row(number, fields, movies_path) for number, fields in
+                _csv_rows(movies_path, movie_lines, ("movieId", "title", "genres"))]
+        interactions = [(number, _interaction(str(ratings_path), number, fields, _RELEASE_FIX))
+                        for number, fields in _csv_rows(ratings_path, rating_lines,
+                                                        ("userId", "movieId", "timestamp"))]
     fingerprints = {ratings_name: rating_lines.sha256, movies_name: movie_lines.sha256}
     return _assemble(rows, str(movies_path), interactions, str(ratings_path), fingerprints,
                      {"layout": layout, "source": str(folder)}, kind="movielens")
 
 
-def _texts(lines: LineSource) -> Iterator[str]:
-    """The lines for :mod:`csv`, each with its end (a quoted title holds no line break)."""
-    for _, line in lines:
-        yield line + "\n"
-
-
-def _after_header(path: Path, numbered: Iterator[tuple[int, _Row]]
-                  ) -> tuple[_Row, Iterator[tuple[int, _Row]]]:
-    """The header (the first row not blank) and the numbered rows after it."""
-    for _, header in numbered:
-        if "".join(header).strip():
-            return header, numbered
-    raise bad_input(path, None, "file is empty", _RELEASE_FIX)
-
-
-def _columns_of(path: Path, header: list[str] | str, wanted: tuple[str, ...]) -> list[int]:
-    names = [h.strip() for h in header]
-    missing = [w for w in wanted if w not in names]
-    if missing:
-        raise bad_input(path, 1, f"header {','.join(names)!r} lacks column(s) "
-                        f"{', '.join(missing)}", _RELEASE_FIX)
-    return [names.index(w) for w in wanted]
+def _csv_rows(path: Path, lines: LineSource, wanted: tuple[str, ...]
+              ) -> Iterator[tuple[int, list[str]]]:
+    """``(line, [the wanted columns' fields])`` per row of a CSV file with a header; a row of
+    another length than the header's, or broken quoting, is an error naming the line."""
+    reader = csv.reader(line + "\n" for _, line in lines)
+    try:
+        header = next((row for row in reader if "".join(row).strip()), None)
+        if header is None:
+            raise bad_input(path, None, "file is empty", _RELEASE_FIX)
+        names = [name.strip() for name in header]
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise bad_input(path, reader.line_num, f"header {','.join(names)!r} lacks "
+                            f"column(s) {', '.join(missing)}", _RELEASE_FIX)
+        cols = [names.index(w) for w in wanted]
+        for row in reader:
+            if not "".join(row).strip():
+                continue
+            if len(row) != len(names):
+                raise bad_input(path, reader.line_num, f"expected {len(names)} fields as the "
+                                f"header names, got {len(row)} (a title with a comma is quoted)",
+                                _RELEASE_FIX)
+            yield reader.line_num, [row[c] for c in cols]
+    except csv.Error as error:
+        raise bad_input(path, reader.line_num, f"malformed CSV ({error})", _RELEASE_FIX) from None
 
 
 def _item_row(number: int, fields: list[str], path: Path) -> _ItemRow:
@@ -229,18 +226,23 @@ def _parse_interactions(
         if len(fields) <= max(cols):
             raise bad_input(name, number, f"expected at least {max(cols) + 1} fields separated "
                             f"by {sep!r}, got {len(fields)}", fix)
-        user, item, stamp = (fields[c].strip() for c in cols)
-        if not user or not item:
-            raise bad_input(name, number, "empty user or item id", fix)
-        checked_user(name, number, user)
-        try:
-            timestamp = parse_unix_seconds(stamp)
-        except ValueError:
-            raise bad_input(name, number, f"timestamp {stamp!r} is not Unix seconds",
-                            fix) from None
-        out.append((number, Interaction(user, item,
-                                        checked_timestamp(name, number, timestamp, fix))))
+        out.append((number, _interaction(name, number, [fields[c] for c in cols], fix)))
     return out
+
+
+def _interaction(name: str, number: int, fields: list[str], fix: str) -> Interaction:
+    """The interaction of a row's ``[user, item, time]`` fields (ids shared, as a file repeats
+    them on every row)."""
+    user, item, stamp = (field.strip() for field in fields)
+    if not user or not item:
+        raise bad_input(name, number, "empty user or item id", fix)
+    checked_user(name, number, user)
+    try:
+        timestamp = parse_unix_seconds(stamp)
+    except ValueError:
+        raise bad_input(name, number, f"timestamp {stamp!r} is not Unix seconds", fix) from None
+    return Interaction(sys.intern(user), sys.intern(item),
+                       checked_timestamp(name, number, timestamp, fix))
 
 
 def _load_grouplens(folder: Path) -> SourceData:
@@ -293,7 +295,8 @@ def _assemble(
         if item_id in known or item_id in skipped_items:
             raise bad_input(item_name, number, f"item id {item_id} listed twice",
                             "Fix the items file")
-        if base.strip().lower() in PLACEHOLDER_TITLES:
+        if base.strip().lower() in PLACEHOLDER_TITLES and not (year or "").isdigit():
+            # a film of a year is a film ("Unknown (2011)" of ML-20M and later)
             skipped_items.add(item_id)
             skips["items_empty_title"] += 1
             continue
