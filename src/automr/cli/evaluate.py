@@ -139,6 +139,7 @@ def compare_command(
     """Methods of several evaluation folders side by side, paired on the same samples
     (e.g. two fine-tuned recommenders); nothing is recomputed."""
     from automr.evaluation import combine_folders
+    from automr.methods.registry import check_current
 
     sources: dict[str, tuple[str, str]] = {}
     for text in method:
@@ -149,6 +150,7 @@ def compare_command(
         if name in sources:
             raise AutomrError(f"--method names {name!r} twice")
         sources[name] = (str(home_path(folder)), evaluated)  # as --out's ~
+        check_current(*sources[name])
     evaluation = combine_folders(sources, out=out, reference=reference, seed=seed,
                                  resample=resample)
     typer.echo(evaluation.markdown())

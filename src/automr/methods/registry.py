@@ -52,6 +52,7 @@ from automr.recommenders.runs import FinetunedRun
 from automr.recommenders.sasrec import LOSSES, SASRecConfig
 from automr.retrievers import build_retriever
 from automr.retrievers.storage import retriever_digest
+from automr.storage import read_json
 
 
 @beartype
@@ -99,7 +100,7 @@ INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
 (:class:`~automr.methods.injection.PriorWeightedMethod`), by name: the prior's scores, from
 training-period popularity (the same for every sample) or SASRec (per sample)."""
 
-INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "sasrec")
+INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "gamma_ties", "sasrec")
 """What only an injection's settings hold beside its L2 grounding's (its generations are the
 same)."""
 
@@ -551,9 +552,47 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
         settings.update(tune_samples=space.options.tune_samples, tune_seed=space.options.seed)
     if grounder == "l2-sasrec":
         settings["sasrec"] = attrs.asdict(space.options.sasrec_config())
-    if kind.version != 1:  # absent at 1, so ranks saved before versions existed stay valid
-        settings["version"] = kind.version
-    return settings
+    return settings | rule_marks(method)
+
+
+def rule_marks(method: str) -> dict[str, Any]:
+    """What in ``method``'s settings names the algorithm that ranks it, where an earlier automr
+    ranked it otherwise: its kind's ``version`` from 2 on (absent at 1, so ranks saved before
+    versions existed stay valid), and for a grounder that tunes gamma, its rule on exactly tied
+    gammas (the smallest, from aa61fef; before, a float mean's last bit chose among them)."""
+    name, grounder = parse_method(method)
+    marks: dict[str, Any] = {}
+    if METHODS[name].version != 1:
+        marks["version"] = METHODS[name].version
+    if grounder in TUNED_GROUNDERS:
+        marks["gamma_ties"] = "smallest"
+    return marks
+
+
+def check_current(path: Path | str, method: str) -> None:
+    """Refuse ``method``'s values in the evaluation folder ``path`` (followed to where they
+    were measured) where an earlier automr made them by another algorithm (:func:`rule_marks`):
+    `automr evaluate` would make them again, and paired with today's values a method would
+    differ from itself. An export keeps no settings and is taken as it is."""
+    if not Path(path).is_dir():
+        return
+    where, measured = EvaluationFolder(path).chain(method)[-1]
+    try:
+        marks = rule_marks(measured)
+    except AutomrError:  # a method of the user's own (automr.evaluate), no kind of the CLI's
+        return
+    if not where.is_dir():
+        return
+    folder = EvaluationFolder(where)
+    for kind in ("ranks", "loglik"):
+        file = folder.settings_file(measured, kind)
+        saved = read_json(file, "automr evaluate") if file.is_file() else None
+        if isinstance(saved, dict) and any(saved.get(key) != value
+                                           for key, value in marks.items()):
+            values = "ranks" if kind == "ranks" else "log-likelihoods"
+            raise AutomrError(f"the {values} of {measured} in {where} were made by an earlier "
+                              f"automr, which made them otherwise; run `automr evaluate "
+                              f"--methods {measured} --out {where} ...` again to make them anew")
 
 
 def build_method(method: str, space: Workspace) -> Method:
