@@ -74,25 +74,35 @@ def test_every_split_has_unique_sample_ids(ml100k_prepared):
     assert [i.item for i in timeline].count("329") == 1
 
 
-def _write_grouplens(folder: Path, encoding: str = "latin-1") -> None:
-    """The original GroupLens files, rebuilt from the RecBole copy (same content); ``u.item``
-    in ``encoding`` (GroupLens publishes Latin-1; copies on the web are often UTF-8)."""
+def _recbole_rows() -> tuple[list[list[str]], list[list[str]]]:
+    """The RecBole copy's items as ``[id, "Title (Year)", year, genres]`` (GroupLens titles
+    carry the year; its placeholder spelled ``unknown``, no year) and its interactions."""
     with zipfile.ZipFile(fetch_wheel(RECBOLE_WHEEL)) as zf:
         items = zf.read(RECBOLE_DIR + "ml-100k.item").decode().splitlines()[1:]
         inters = zf.read(RECBOLE_DIR + "ml-100k.inter").decode().splitlines()[1:]
-    lines = []
+    rows = []
     for row in items:
         item_id, title, year, genres = row.split("\t")
-        if title == "unkonwn":  # GroupLens: "267|unknown||..."
+        if title == "unkonwn":
             title, year = "unknown", ""
-        elif year.isdigit():  # GroupLens titles carry the year
+        elif year.isdigit():
             title = f"{title} ({year})"
+        rows.append([item_id, title, year, genres])
+    return rows, [row.split("\t") for row in inters]
+
+
+def _write_grouplens(folder: Path, encoding: str = "latin-1") -> None:
+    """The original GroupLens files, rebuilt from the RecBole copy (same content); ``u.item``
+    in ``encoding`` (GroupLens publishes Latin-1; copies on the web are often UTF-8)."""
+    items, inters = _recbole_rows()
+    lines = []
+    for item_id, title, year, genres in items:
         flags = ["1" if g in genres.split() else "0" for g in GROUPLENS_GENRES]
         date = f"01-Jan-{year}" if year.isdigit() else ""
         lines.append("|".join([item_id, title, date, "", "http://x", *flags]))
     (folder / "u.item").write_text("\n".join(lines) + "\n", encoding=encoding)
-    (folder / "u.data").write_text(
-        "".join("\t".join(r.split("\t")) + "\n" for r in inters), encoding="latin-1")
+    (folder / "u.data").write_text("".join("\t".join(r) + "\n" for r in inters),
+                                   encoding="latin-1")
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
@@ -196,18 +206,9 @@ def _write_release(folder: Path, layout: str) -> Path:
     import csv
 
     folder.mkdir()
-    with zipfile.ZipFile(fetch_wheel(RECBOLE_WHEEL)) as zf:
-        items = zf.read(RECBOLE_DIR + "ml-100k.item").decode().splitlines()[1:]
-        inters = zf.read(RECBOLE_DIR + "ml-100k.inter").decode().splitlines()[1:]
-    movies = []
-    for row in items:
-        item_id, title, year, genres = row.split("\t")
-        if title == "unkonwn":
-            title = "unknown"
-        elif year.isdigit():
-            title = f"{title} ({year})"
-        movies.append([item_id, title, "|".join(genres.split()) or "(no genres listed)"])
-    ratings = [row.split("\t") for row in inters]
+    items, ratings = _recbole_rows()
+    movies = [[item_id, title, "|".join(genres.split()) or "(no genres listed)"]
+              for item_id, title, _, genres in items]
     if layout == "dat":
         (folder / "movies.dat").write_text("".join("::".join(m) + "\n" for m in movies),
                                            encoding="latin-1")
