@@ -622,12 +622,14 @@ def test_compare_removes_nothing_through_a_linked_values_folder(tmp_path):
 
 
 def test_values_an_earlier_automr_made_otherwise_are_not_paired_with_todays(tmp_path):
-    """Random retrieval draws otherwise since its kind's version 2, and a tuned gamma breaks
-    exact ties by the smallest since aa61fef: `evaluate` makes such values saved before again,
-    but compare paired them with today's (random:l2 differed from itself, recall@10 0.500 vs
-    0.625), and the saved gamma-tuned ranks."""
+    """Random retrieval draws otherwise since its kind's version 2, and an LM's values follow
+    rules beyond its settings (LM_RULES: a tuned gamma breaks exact ties by the smallest since
+    aa61fef, ...): `evaluate` makes such values saved before again, but compare paired them
+    with today's (random:l2 differed from itself, recall@10 0.500 vs 0.625)."""
+    from automr.methods.registry import rule_marks
+
     ranks, lls = [0, 3, 29, 5, 1, 2, 8, 4], [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0]
-    today = {"random:l2": {"version": 2}, "bigrec:l2-pop": {"gamma_ties": "smallest"}}
+    today = {method: rule_marks(method) for method in ("random:l2", "bigrec:l2-pop")}
     for method, marks in today.items():
         evaluated(tmp_path / "old", method, ranks, lls)
         evaluated(tmp_path / "new", method, ranks, lls, settings=marks)

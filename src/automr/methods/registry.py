@@ -100,7 +100,7 @@ INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
 (:class:`~automr.methods.injection.PriorWeightedMethod`), by name: the prior's scores, from
 training-period popularity (the same for every sample) or SASRec (per sample)."""
 
-INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "gamma_ties", "sasrec")
+INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "sasrec")
 """What only an injection's settings hold beside its L2 grounding's (its generations are the
 same)."""
 
@@ -555,17 +555,26 @@ def method_settings(method: str, space: Workspace) -> dict[str, Any]:
     return settings | rule_marks(method)
 
 
+LM_RULES = 2
+"""The rules an LM method's values follow beyond its settings; raise it when one changes, so
+values saved before are made again. 2: titles holding a special token's text tokenized as text
+(c6492c0); the tokenizer's BOS kept in L2 prompts and titles (47fbdd9); items of one title, or
+of one token sequence, tie (792143b, 3a339de); exactly tied gammas go to the smallest
+(aa61fef); copies of a retrieved key are recorded as the first (62ca894: rq3's ages). Values
+saved before any of these were read back as today's."""
+
+
 def rule_marks(method: str) -> dict[str, Any]:
-    """What in ``method``'s settings names the algorithm that ranks it, where an earlier automr
-    ranked it otherwise: its kind's ``version`` from 2 on (absent at 1, so ranks saved before
-    versions existed stay valid), and for a grounder that tunes gamma, its rule on exactly tied
-    gammas (the smallest, from aa61fef; before, a float mean's last bit chose among them)."""
-    name, grounder = parse_method(method)
+    """What in ``method``'s settings names the algorithm that makes its values, where an
+    earlier automr made them otherwise: its kind's ``version`` from 2 on (absent at 1, so ranks
+    saved before versions existed stay valid) and, for an LM (``KIND:GROUNDER``),
+    :data:`LM_RULES`."""
+    name, _ = parse_method(method)
     marks: dict[str, Any] = {}
     if METHODS[name].version != 1:
         marks["version"] = METHODS[name].version
-    if grounder in TUNED_GROUNDERS:
-        marks["gamma_ties"] = "smallest"
+    if METHODS[name].grounded:
+        marks["lm_rules"] = LM_RULES
     return marks
 
 
