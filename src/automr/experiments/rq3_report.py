@@ -2,6 +2,7 @@
 :func:`automr.experiments.rq3.analyze_rq3` (the module docstring there says what RQ3 measures)."""
 
 import json
+import math
 import statistics
 import textwrap
 from pathlib import Path
@@ -203,10 +204,10 @@ def plot_ages(result: RQ3Result, stem: Path) -> tuple[Path, Path]:
             if unit == "days":
                 bins = [0.0, *numpy.geomspace(MINUTE, max(top, MINUTE) * 1.01, 25).tolist()]
                 time_axis(ax, top)
-            elif top <= 60:
-                bins = list(range(0, int(top) + 2))
-            else:
-                bins = numpy.linspace(0, top + 1, 31).tolist()
+            else:  # whole interactions per bin, from the oldest memory's first (bins 3.37
+                width = 1 if top <= 60 else math.ceil((top + 1) / 30)  # wide held 3 or 4)
+                low = 0 if width == 1 else int(min(uniform))
+                bins = list(range(low, int(top) + width + 1, width))
             _, edges, _ = ax.hist(values, bins=bins, color="tab:orange", alpha=0.8,
                                   label="retrieved")
             ax.hist(uniform, bins=edges, weights=weights, histtype="step", color="tab:gray",
