@@ -645,3 +645,28 @@ def test_values_an_earlier_automr_made_otherwise_are_not_paired_with_todays(tmp_
                f"automr" in " ".join(refused.output.split())
     paired = compare(f"{tmp_path / 'new'}/random:l2", f"{tmp_path / 'new'}/bigrec:l2-pop")
     assert paired.exit_code == 0, paired.output
+
+
+def test_log_likelihoods_brought_in_are_followed_to_where_they_were_made(tmp_path):
+    """A method brought in with log-likelihoods only was followed through its ranks (none):
+    older values behind such a folder were paired, and today's refused."""
+    from automr.methods.registry import rule_marks
+
+    def loglik_only(path, settings):
+        EvaluationFolder(path).save_likelihoods(build_likelihood_report(
+            "bigrec:l2", IDS, [(-1.0 - i, 3) for i in range(8)], n_resamples=50), settings, {})
+        return path
+
+    def compare(out, *sources):
+        return CliRunner().invoke(app, ["compare", "--out", str(out), *[
+            arg for i, source in enumerate(sources) for arg in ("--method", f"m{i}={source}")]])
+
+    old = loglik_only(tmp_path / "old", {})
+    new = loglik_only(tmp_path / "new", rule_marks("bigrec:l2"))
+    for name, source in (("via-old", old), ("via-new", new)):  # the API checks no rules
+        combine_folders({"m0": (source, "bigrec:l2"), "m1": (new, "bigrec:l2")},
+                        out=tmp_path / name)
+    refused = compare(tmp_path / "o1", f"{tmp_path / 'via-old'}/m0", f"{new}/bigrec:l2")
+    assert refused.exit_code != 0 and "made by an earlier automr" in refused.output
+    paired = compare(tmp_path / "o2", f"{tmp_path / 'via-new'}/m0", f"{new}/bigrec:l2")
+    assert paired.exit_code == 0, paired.output

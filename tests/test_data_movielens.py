@@ -315,6 +315,18 @@ def test_a_later_release_keeps_films_titled_unknown_and_names_bad_csv_rows(tmp_p
         'movieId,title,genres\n1,"Toy Story (1995),Comedy\n' + "x" * 140_000 + "\n")
     with pytest.raises(AutomrError, match=r"movies\.csv line \d+: malformed CSV"):
         load_movielens(tmp_path)
+    (tmp_path / "movies.csv").write_text(
+        'movieId,title,genres\n1,Toy Story (1995),Comedy\n2,"Heat (1995),Action\n'
+        "3,Sabrina (1995),Comedy\n4,Casino (1995),Crime\n")
+    with pytest.raises(AutomrError, match=r"movies\.csv line 3: expected 3 fields"):
+        load_movielens(tmp_path)  # where the broken row starts, not where its quote ends
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Comedy\n5,(1995),Drama\n")
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,5,978300760\n1,5,4,978300761\n")
+    source = load_movielens(tmp_path)  # a year without a title: no film to name (a raw error)
+    assert [item.id for item in source.catalog] == ["1"]
+    assert source.skipped == {"items_empty_title": 1, "interactions_of_skipped_items": 1}
     (tmp_path / "movies.csv").write_text("\n\nmovieId,name,genres\n")
     with pytest.raises(AutomrError, match=r"movies\.csv line 3: header 'movieId,name,genres' "
                                           r"lacks column\(s\) title"):

@@ -18,6 +18,7 @@ from automr.evaluation.report import build_report
 from automr.experiments.rq3 import locate_retrieved, timelines
 from automr.experiments.rq3_report import run_rq3
 from automr.memory.shards import MemoryIndex, UserEntry
+from automr.methods.registry import rule_marks
 
 DAY = 86_400
 T0 = to_unix(dt.date(2017, 7, 1))
@@ -60,7 +61,7 @@ def evaluation(folder, method_ranks: dict[str, int], retrieved=RETRIEVED):
         report = build_report(method, ids, torch.tensor([ranks[i] for i in ids]), 14,
                               n_resamples=10)
         details = {"retrieved": {i: retrieved[i] for i in ids}} if "automr" in method else {}
-        saved.save(report, {"split": "test"}, details)
+        saved.save(report, {"split": "test"} | rule_marks(method), details)
     return folder
 
 
@@ -141,7 +142,7 @@ def test_likelihood_measure_selects_samples_whose_likelihood_rose(dataset_dir, t
         report = build_likelihood_report(method, ids, [(values[i], 3) for i in ids],
                                          n_resamples=10)
         details = {"retrieved": RETRIEVED} if "automr" in method else {}
-        folder.save_likelihoods(report, {"split": "test"}, details)
+        folder.save_likelihoods(report, {"split": "test"} | rule_marks(method), details)
     result = run_rq3(folder.path, dataset_dir, tmp_path / "out", reference="bigrec:likelihood",
                      method="automr:likelihood", measure="likelihood")
     assert result.criterion == "likelihood"
@@ -227,7 +228,8 @@ def test_an_export_gives_the_folders_rq3(dataset_dir, tmp_path):
         EvaluationFolder(folder).save_likelihoods(
             build_likelihood_report(method, ids, [(-5.0 - shift * (i % 3), 3)
                                                   for i, _ in enumerate(ids)], n_resamples=10),
-            {"split": "test"}, {"retrieved": RETRIEVED} if "automr" in method else {})
+            {"split": "test"} | rule_marks(method),
+            {"retrieved": RETRIEVED} if "automr" in method else {})
     saved, both = EvaluationFolder(folder), ("bigrec:constrained", "automr:constrained")
 
     def table(reports):
@@ -420,3 +422,14 @@ def test_a_title_holding_a_bar_stays_in_its_cell(tmp_path):
     for table, rows in ((case_study, 2), (tables, 5)):
         cells = {len(line.replace("\\|", "").split("|")) for line in table}
         assert len(table) == rows and len(cells) == 1, table
+
+
+def test_values_an_earlier_automr_made_otherwise_are_not_analysed(dataset_dir, tmp_path):
+    """rq3 pairs two methods' values as compare does: ones saved before today's LM rules
+    (no ``lm_rules`` in their settings) were read as today's."""
+    folder = evaluation(tmp_path / "results", {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4})
+    settings = EvaluationFolder(folder).settings_file("bigrec:constrained")
+    settings.write_text(json.dumps({"split": "test"}))
+    with pytest.raises(AutomrError, match=r"ranks of bigrec:constrained in .* were made by an "
+                                          r"earlier automr"):
+        run_rq3(folder, dataset_dir)

@@ -77,3 +77,24 @@ def test_a_padded_encoding_in_another_thread_leaves_this_ones_ids_alone(often_sw
 
     results = _together([padding, targets])
     assert results == [None, 0]
+
+
+def test_a_summary_prompt_in_another_thread_leaves_a_padded_batch_padded(tiny_models,
+                                                                        often_switching):
+    """TRSR's summary prompts were tokenized beside the lock: a padded batch in another thread
+    came out ragged (a ValueError making its tensor)."""
+    from automr.contexts.summaries import SummaryWriter
+
+    tokenizer = tiny_tokenizer()
+    writer = SummaryWriter(tiny_models["llama"], tokenizer)
+    padded = [f"a longer text {'y' * k}" for k in range(9)]
+
+    def padding() -> None:
+        for _ in range(400):
+            encode_texts(tokenizer, padded, padding=True, return_tensors="pt")
+
+    def summaries() -> None:
+        for k in range(400):
+            writer.encode(f"Summarise the items {'z' * (k % 5)}")
+
+    assert _together([padding, summaries]) == [None, None]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from automr import distributed
+from automr.data.prompts import encode_texts
 from automr.errors import AutomrError
 from automr.grounding.embedding import base_model
 from automr.llm.decoding import greedy_generate
@@ -74,7 +75,8 @@ class SummaryWriter:
 
     def encode(self, prompt: str) -> list[int]:
         """The token ids the model reads for a rendered ``prompt``."""
-        return self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
+        return encode_texts(self.tokenizer, prompt, add_special_tokens=not self.chat,
+                            split_special_tokens=False)["input_ids"]  # the template's tokens
 
     def reads(self, prompt: str) -> list[list[int]]:
         """What the model reads of ``prompt`` and where its reply ends: the prompt's token ids

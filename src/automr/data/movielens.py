@@ -140,26 +140,31 @@ def _csv_rows(path: Path, lines: LineSource, wanted: tuple[str, ...]
     """``(line, [the wanted columns' fields])`` per row of a CSV file with a header; a row of
     another length than the header's, or broken quoting, is an error naming the line."""
     reader = csv.reader(line + "\n" for _, line in lines)
+    start = 1  # the line the row being read starts on (broken quoting runs on to the end)
     try:
-        header = next((row for row in reader if "".join(row).strip()), None)
-        if header is None:
+        for header in reader:
+            if "".join(header).strip():
+                break
+            start = reader.line_num + 1
+        else:
             raise bad_input(path, None, "file is empty", _RELEASE_FIX)
         names = [name.strip() for name in header]
         missing = [w for w in wanted if w not in names]
         if missing:
-            raise bad_input(path, reader.line_num, f"header {','.join(names)!r} lacks "
-                            f"column(s) {', '.join(missing)}", _RELEASE_FIX)
+            raise bad_input(path, start, f"header {','.join(names)!r} lacks column(s) "
+                            f"{', '.join(missing)}", _RELEASE_FIX)
         cols = [names.index(w) for w in wanted]
+        start = reader.line_num + 1
         for row in reader:
-            if not "".join(row).strip():
-                continue
-            if len(row) != len(names):
-                raise bad_input(path, reader.line_num, f"expected {len(names)} fields as the "
-                                f"header names, got {len(row)} (a title with a comma is quoted)",
+            if "".join(row).strip() and len(row) != len(names):
+                raise bad_input(path, start, f"expected {len(names)} fields as the header "
+                                f"names, got {len(row)} (a title with a comma is quoted)",
                                 _RELEASE_FIX)
-            yield reader.line_num, [row[c] for c in cols]
+            if "".join(row).strip():
+                yield start, [row[c] for c in cols]
+            start = reader.line_num + 1
     except csv.Error as error:
-        raise bad_input(path, reader.line_num, f"malformed CSV ({error})", _RELEASE_FIX) from None
+        raise bad_input(path, start, f"malformed CSV ({error})", _RELEASE_FIX) from None
 
 
 def _item_row(number: int, fields: list[str], path: Path) -> _ItemRow:
@@ -295,8 +300,8 @@ def _assemble(
         if item_id in known or item_id in skipped_items:
             raise bad_input(item_name, number, f"item id {item_id} listed twice",
                             "Fix the items file")
-        if base.strip().lower() in PLACEHOLDER_TITLES and not (year or "").isdigit():
-            # a film of a year is a film ("Unknown (2011)" of ML-20M and later)
+        if not base.strip() or (base.strip().lower() in PLACEHOLDER_TITLES and
+                                not (year or "").isdigit()):  # "Unknown (2011)" is a film
             skipped_items.add(item_id)
             skips["items_empty_title"] += 1
             continue

@@ -175,9 +175,9 @@ def encode_texts(tokenizer, texts: str | list[str], **kwargs):
     items. Every title, prompt and memory text is tokenized through it, one call at a time: a
     fast tokenizer's padding is a setting of its backend that each call sets, so a call in
     another thread between the setting and the encoding padded this one's ids (or unpadded
-    its batch)."""
+    its batch). ``split_special_tokens=False`` reads them as the tokens (a chat template's)."""
     with _TOKENIZING:
-        return tokenizer(texts, split_special_tokens=True, **kwargs)
+        return tokenizer(texts, **{"split_special_tokens": True, **kwargs})
 
 
 def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = True

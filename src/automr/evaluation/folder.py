@@ -426,14 +426,15 @@ class EvaluationFolder:
                               f"missing{where}")
         return path, str(settings["method"])
 
-    def chain(self, method: str) -> list[tuple[Path, str]]:
-        """``(folder or export, method)`` from this folder's ``method`` to where its ranks were
-        measured, following what `automr compare` brought in (resolved paths; the first is
-        this folder's). Sources that lead back to one another are an error."""
+    def chain(self, method: str, kind: str = "ranks") -> list[tuple[Path, str]]:
+        """``(folder or export, method)`` from this folder's ``method`` to where its ranks
+        (``kind="loglik"``: its log-likelihoods) were measured, following what `automr
+        compare` brought in (resolved paths; the first is this folder's). Sources that lead
+        back to one another are an error."""
         chain = [(self.path.resolve(), method)]
         while chain[-1][0].is_dir():
             folder = EvaluationFolder(chain[-1][0])
-            settings = folder.settings_file(chain[-1][1])
+            settings = folder.settings_file(chain[-1][1], kind)
             brought = folder.source(_read(settings)) if settings.is_file() else None
             if brought is None:
                 break

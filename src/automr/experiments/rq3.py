@@ -44,7 +44,7 @@ from automr.evaluation.folder import open_evaluation
 from automr.evaluation.likelihood import LikelihoodReport
 from automr.evaluation.report import MetricReport
 from automr.memory.shards import MemoryIndex
-from automr.methods.registry import parse_method
+from automr.methods.registry import check_current, parse_method
 
 DAY = 86_400
 OLDER_THAN_DAYS = (1, 7, 30, 90)
@@ -303,6 +303,8 @@ def analyze_rq3(
     parse_method(reference)
     results = open_evaluation(results_dir)
     references = open_evaluation(reference_dir or results_dir)
+    check_current(results_dir, method)  # values an earlier automr made otherwise: not read
+    check_current(reference_dir or results_dir, reference)
     try:
         ref_ids, ref_losses = (_ranks(references.report(reference)) if measure == "ranks" else
                                _nlls(references.likelihoods(reference)))

@@ -579,23 +579,21 @@ def rule_marks(method: str) -> dict[str, Any]:
 
 
 def check_current(path: Path | str, method: str) -> None:
-    """Refuse ``method``'s values in the evaluation folder ``path`` (followed to where they
-    were measured) where an earlier automr made them by another algorithm (:func:`rule_marks`):
-    `automr evaluate` would make them again, and paired with today's values a method would
-    differ from itself. An export keeps no settings and is taken as it is."""
+    """Refuse ``method``'s values in the evaluation folder ``path`` (each measure followed to
+    where it was made) where an earlier automr made them by another algorithm
+    (:func:`rule_marks`): `automr evaluate` would make them again, and paired with today's
+    values a method would differ from itself. An export keeps no settings and is taken as it
+    is."""
     if not Path(path).is_dir():
         return
-    where, measured = EvaluationFolder(path).chain(method)[-1]
-    try:
-        marks = rule_marks(measured)
-    except AutomrError:  # a method of the user's own (automr.evaluate), no kind of the CLI's
-        return
-    if not where.is_dir():
-        return
-    folder = EvaluationFolder(where)
     for kind in ("ranks", "loglik"):
-        file = folder.settings_file(measured, kind)
-        saved = read_json(file, "automr evaluate") if file.is_file() else None
+        where, measured = EvaluationFolder(path).chain(method, kind)[-1]
+        try:
+            marks = rule_marks(measured)
+        except AutomrError:  # a method of the user's own (automr.evaluate), no kind of the CLI's
+            continue
+        file = EvaluationFolder(where).settings_file(measured, kind) if where.is_dir() else None
+        saved = read_json(file, "automr evaluate") if file and file.is_file() else None
         if isinstance(saved, dict) and any(saved.get(key) != value
                                            for key, value in marks.items()):
             values = "ranks" if kind == "ranks" else "log-likelihoods"
