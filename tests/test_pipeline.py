@@ -11,6 +11,7 @@ from automr.cli.main import app
 from automr.data import PreparedDataset
 from automr.errors import AutomrError
 from automr.experiments.demo import DemoConfig, run_demo
+from automr.methods.registry import LM_RULES
 from automr.testing.synthetic import save_tiny_model, synthetic_dataset
 
 runner = CliRunner()
@@ -176,6 +177,13 @@ def test_demo_runs_every_step_and_resumes(workspace, tmp_path):
     settings.write_text(json.dumps(first))
     run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
              progress=False, dataset_dir=workspace / "prepared", say=again.append)
+    marker = tmp_path / "demo" / ".done-results"  # as an automr before today's LM rules wrote
+    marker.write_text(json.dumps({"seconds": 1.0}))  # it: that step runs again, no other
+    ran: list[str] = []
+    run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu", cache_dir=tmp_path / "cache",
+             progress=False, dataset_dir=workspace / "prepared", say=ran.append)
+    assert next(line for line in ran if "already done" not in line) == "[evaluate] ..."
+    assert json.loads(marker.read_text())["lm_rules"] == LM_RULES
     for marker in (tmp_path / "demo").glob(".done-*"):  # each step cut after its work ended
         marker.unlink()
     again = run_demo(tmp_path / "demo", tiny_demo(workspace), device="cpu",

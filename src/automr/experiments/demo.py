@@ -37,7 +37,7 @@ from automr.experiments.retriever import train_retriever
 from automr.llm.loading import DEFAULT_MODEL, canonical_model_name, dtype_used, load_model
 from automr.memory import ENCODERS, MemoryConfig, build_memory
 from automr.memory.store import MemoryStore
-from automr.methods.registry import Artifacts
+from automr.methods.registry import LM_RULES, Artifacts
 from automr.recommenders.finetune import FinetuneConfig, finetune
 from automr.recommenders.runs import RESULT_FILE, FinetunedRun
 from automr.retrievers import RetrieverTrainingConfig
@@ -124,18 +124,26 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
                           else str(Path(dataset_dir).resolve()), "dtype": used})
     timings: dict[str, float] = {}
 
-    def step(name: str, folder: Path, work: Callable[[], object]) -> None:
-        """Run ``work`` unless it finished before; each step resumes on its own if cut."""
+    def step(name: str, folder: Path, work: Callable[[], object],
+             rules: dict[str, object] | None = None) -> None:
+        """Run ``work`` unless it finished before under the same ``rules`` (of an LM's values,
+        :data:`~automr.methods.registry.LM_RULES`: a step an earlier automr finished otherwise
+        runs again, and its evaluation makes those values anew); each step resumes on its own
+        if cut."""
         done = out / f".done-{folder.name}"
-        if done.exists() and folder.exists():  # a step whose folder was deleted runs again
+        marked = read_json(done, "automr demo") if done.exists() else None
+        if folder.exists() and isinstance(marked, dict) and all(  # a deleted folder: again
+                marked.get(key) == value for key, value in (rules or {}).items()):
             say(f"[{name}] already done: {folder}")
             return
         say(f"[{name}] ...")
         start = time.perf_counter()
         work()
         timings[name] = round(time.perf_counter() - start, 1)
-        write_text_atomic(done, json.dumps({"seconds": timings[name]}))
+        write_text_atomic(done, json.dumps({"seconds": timings[name], **(rules or {})}))
         say(f"[{name}] done in {timings[name]} s: {folder}")
+
+    lm_rules = {"lm_rules": LM_RULES}
 
     data = Path(dataset_dir) if dataset_dir is not None else out / "data"
     if dataset_dir is None:
@@ -195,7 +203,7 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
         EvalConfig(max_samples=config.test_samples, seed=config.seed, layer=config.layer,
                    num_beams=beams, combiner=config.combiner, exclude_seen=True),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
-        device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
+        device=device, dtype=dtype, cache_dir=cache_dir, progress=progress), lm_rules)
     likelihood = out / "likelihood"
     step("target likelihood", likelihood, lambda: evaluate_methods(
         data, ["bigrec:likelihood", "automr:likelihood", "random:likelihood"], likelihood,
@@ -203,13 +211,13 @@ def _run_steps(out: Path, config: DemoConfig, device: str, cache_dir: Path | str
                    layer=config.layer, combiner=config.combiner, measures=("likelihood",),
                    batch_size=16),
         Artifacts(model=config.model, finetuned=bigrec, memory=memory, retriever=retriever),
-        device=device, dtype=dtype, cache_dir=cache_dir, progress=progress))
+        device=device, dtype=dtype, cache_dir=cache_dir, progress=progress), lm_rules)
     example = out / "example"
     step("one user's recommendation", example, lambda: write_text_atomic(
         example / "example.md", "\n".join(recommend(
             data, example_user(dataset, config), bigrec, memory, retriever, top=5,
             grounder=grounder, combiner=config.combiner, device=device, cache_dir=cache_dir,
-            dtype=dtype, num_beams=beams).describe()) + "\n"))
+            dtype=dtype, num_beams=beams).describe()) + "\n"), lm_rules)
     record = {"config": attrs.asdict(config), "seconds": timings,
               "versions": {"automr": automr.__version__, "torch": torch.__version__,
                            "python": platform.python_version()},
