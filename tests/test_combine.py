@@ -670,3 +670,21 @@ def test_log_likelihoods_brought_in_are_followed_to_where_they_were_made(tmp_pat
     assert refused.exit_code != 0 and "made by an earlier automr" in refused.output
     paired = compare(tmp_path / "o2", f"{tmp_path / 'via-new'}/m0", f"{new}/bigrec:l2")
     assert paired.exit_code == 0, paired.output
+
+
+def test_a_method_brought_in_with_log_likelihoods_only_keeps_its_split_and_source(tmp_path):
+    """Its split was read through its ranks (none): a validation-split source was recorded as
+    test; and a combination that would make it its own source was accepted."""
+    def loglik_only(path):
+        EvaluationFolder(path).save_likelihoods(build_likelihood_report(
+            "bigrec:l2", IDS, [(-1.0 - i, 3) for i in range(8)], n_resamples=20), {}, {})
+        (path / "results.json").write_text(json.dumps({"config": {"split": "valid"}}))
+        return path
+
+    source = loglik_only(tmp_path / "s")
+    combine_folders({"m": (source, "bigrec:l2")}, out=tmp_path / "a")
+    assert EvaluationFolder(tmp_path / "a").split("m") == "valid"
+    assert EvaluationFolder(tmp_path / "a").export()["results"]["config"]["split"] == "valid"
+    combine_folders({"x": (tmp_path / "a", "m")}, out=tmp_path / "b")
+    with pytest.raises(AutomrError, match=r"was brought in from .*a/m itself"):
+        combine_folders({"m": (tmp_path / "b", "x")}, out=tmp_path / "a")

@@ -1009,7 +1009,10 @@ def test_a_shared_titles_trie_value_is_its_first_catalog_index(tokenizer):
     assert targets.trie().value(targets.token_ids[3]) == 0
 
 
-def test_catalog_targets_need_an_eos(tokenizer):
+def test_catalog_targets_need_an_eos():
+    from automr.testing.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()  # not the session's: the tests after it need its EOS
     tokenizer.eos_token = None
     assert tokenizer.eos_token_id is None
     with pytest.raises(ValueError, match="the tokenizer has no EOS token"):
@@ -1041,7 +1044,7 @@ def test_build_grounder_refuses_a_beam_width_or_gamma_at_once(tiny_models, tmp_p
         ConstrainedGrounder(dataset_targets(loaded, dataset), num_beams=0)
 
 
-def test_a_cache_of_an_older_embedding_rule_is_not_read_back(tiny_models, tokenizer, tmp_path):
+def test_a_cache_of_an_older_embedding_rule_is_not_read_back(tiny_models, tmp_path):
     """A bfloat16 cache written before titles were embedded shortest first (9f45410) had the
     same name as today's, and was read back (501 of 1,194 ML-100K rows differed, up to 0.04):
     the names carry the rule, so a file of the older name is left alone."""
@@ -1049,6 +1052,9 @@ def test_a_cache_of_an_older_embedding_rule_is_not_read_back(tiny_models, tokeni
 
     from safetensors.torch import save_file
 
+    from automr.testing.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
     tokenizer.padding_side = "right"
     model = tiny_models["llama"]
     targets = catalog_targets(tokenizer, TITLES)

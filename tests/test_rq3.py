@@ -433,3 +433,21 @@ def test_values_an_earlier_automr_made_otherwise_are_not_analysed(dataset_dir, t
     with pytest.raises(AutomrError, match=r"ranks of bigrec:constrained in .* were made by an "
                                           r"earlier automr"):
         run_rq3(folder, dataset_dir)
+
+
+def test_only_the_measure_analysed_must_be_todays(dataset_dir, tmp_path):
+    """rq3 reads one measure: an older automr's log-likelihoods beside today's ranks (an older
+    `evaluate --measures ranks,likelihood`, then today's default) were refused for
+    `--measure ranks`, with advice that left them as they were."""
+    from automr.evaluation.likelihood import build_likelihood_report
+
+    folder = evaluation(tmp_path / "results", {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4})
+    ids = list(REFERENCE_RANKS)
+    for method in ("bigrec:constrained", "automr:constrained"):
+        EvaluationFolder(folder).save_likelihoods(
+            build_likelihood_report(method, ids, [(-5.0, 3) for _ in ids], n_resamples=10),
+            {"split": "test"}, {"retrieved": RETRIEVED} if "automr" in method else {})
+    assert run_rq3(folder, dataset_dir, tmp_path / "out").counts["evaluated"] == 4
+    with pytest.raises(AutomrError, match=r"log-likelihoods of automr:constrained .*--methods "
+                                          r"automr:constrained --measures likelihood --out"):
+        run_rq3(folder, dataset_dir, tmp_path / "out", measure="likelihood")

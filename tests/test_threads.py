@@ -98,3 +98,21 @@ def test_a_summary_prompt_in_another_thread_leaves_a_padded_batch_padded(tiny_mo
             writer.encode(f"Summarise the items {'z' * (k % 5)}")
 
     assert _together([padding, summaries]) == [None, None]
+
+
+def test_two_threads_writing_one_file_each_write_it_whole(tmp_path, often_switching):
+    """Both wrote one temporary sibling (named by the process), each removing the other's
+    before its rename: a FileNotFoundError in one of them (two evaluations of one folder)."""
+    from automr.storage import write_text_atomic
+
+    target = tmp_path / "results.json"
+
+    def write(text: str) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(300):
+                write_text_atomic(target, text * 2000)
+        return run
+
+    assert _together([write("a"), write("b")]) == [None, None]
+    assert target.read_text() in ("a" * 2000, "b" * 2000)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -217,8 +217,12 @@ WINDOWS = os.name == "nt"
 
 def partial_path(target: Path) -> Path:
     """The temporary sibling this process writes ``target`` into before renaming it
-    (``.NAME.partial-HOST-PID``: a folder several nodes share tells whose it is)."""
-    return target.with_name(f".{target.name}.partial-{HOST}-{os.getpid()}")
+    (``.NAME.partial-HOST-PID``: a folder several nodes share tells whose it is); a thread
+    other than the main one adds its own suffix (``-PID-THREAD``: two threads writing one
+    file removed each other's before its rename)."""
+    thread = ("" if threading.current_thread() is threading.main_thread()
+              else f"-{threading.get_ident() & 0xFFFFFFFF:08x}")
+    return target.with_name(f".{target.name}.partial-{HOST}-{os.getpid()}{thread}")
 
 
 def fresh_partial(target: Path) -> Path:
@@ -266,8 +270,9 @@ def remove_stale_partials(target: Path) -> None:
     Another host's, and a running process's, are left alone."""
     prefix = f".{target.name}.partial-{HOST}-"
     for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
-        # PID, or a scratch's PID-RANDOM; not another host's HOST-N-PID (N is no PID here)
-        named = re.fullmatch(r"(\d+)(?:-[0-9a-f]{8})?", stale.name.removeprefix(prefix))
+        # PID, a thread's PID-THREAD, a scratch's PID[-THREAD]-RANDOM; not another host's
+        # HOST-N-PID (N is no PID here)
+        named = re.fullmatch(r"(\d+)(?:-[0-9a-f]{8}){0,2}", stale.name.removeprefix(prefix))
         pid = named[1] if named else ""
         if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
             continue

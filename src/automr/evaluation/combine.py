@@ -175,8 +175,10 @@ def _check_not_circular(out: Path, name: str, path: Path, method: str) -> None:
     in from ``out``'s ``name`` itself: each would name the other as its source."""
     if not path.is_dir() or path.resolve() == out.resolve():
         return  # a combination summarised again records its own sources (_origin)
-    chain = EvaluationFolder(path).chain(method)
-    if (out.resolve(), name) in chain:
+    for kind in ("ranks", "loglik"):  # a method brought in with log-likelihoods only, too
+        chain = EvaluationFolder(path).chain(method, kind)
+        if (out.resolve(), name) not in chain:
+            continue
         where, measured = chain[-1]
         raise AutomrError(f"{path}/{method} was brought in from {out}/{name} itself (by "
                           f"`automr compare`): bring it in from where it was measured, "

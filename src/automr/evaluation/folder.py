@@ -454,12 +454,15 @@ class EvaluationFolder:
     def setting(self, method: str, key: str, default: Any = None) -> Any:
         """The setting ``key`` that ``method`` was measured with (from its settings or
         ``results.json``'s config, or, for a method `automr compare` brought in, from its
-        source); ``default`` where none is recorded."""
-        where, name = self.chain(method)[-1]
+        source; one measured by log-likelihoods only, from theirs); ``default`` where none is
+        recorded."""
+        kind = "ranks" if self.settings_file(method).is_file() or not self.settings_file(
+            method, "loglik").is_file() else "loglik"
+        where, name = self.chain(method, kind)[-1]
         if where.is_file():
             return open_evaluation(where).setting(name, key, default)
         folder = EvaluationFolder(where)
-        settings = folder.settings_file(name)
+        settings = folder.settings_file(name, kind)
         for path, section in ((settings, None), (folder.path / RESULTS_JSON, "config")):
             if path.is_file():
                 data = _read(path)

@@ -303,8 +303,9 @@ def analyze_rq3(
     parse_method(reference)
     results = open_evaluation(results_dir)
     references = open_evaluation(reference_dir or results_dir)
-    check_current(results_dir, method)  # values an earlier automr made otherwise: not read
-    check_current(reference_dir or results_dir, reference)
+    kinds = ("ranks",) if measure == "ranks" else ("loglik",)  # the values it reads
+    check_current(results_dir, method, kinds)  # made otherwise by an earlier automr: not read
+    check_current(reference_dir or results_dir, reference, kinds)
     try:
         ref_ids, ref_losses = (_ranks(references.report(reference)) if measure == "ranks" else
                                _nlls(references.likelihoods(reference)))

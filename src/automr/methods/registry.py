@@ -578,15 +578,16 @@ def rule_marks(method: str) -> dict[str, Any]:
     return marks
 
 
-def check_current(path: Path | str, method: str) -> None:
-    """Refuse ``method``'s values in the evaluation folder ``path`` (each measure followed to
-    where it was made) where an earlier automr made them by another algorithm
+def check_current(path: Path | str, method: str,
+                  kinds: Sequence[str] = ("ranks", "loglik")) -> None:
+    """Refuse ``method``'s values of ``kinds`` in the evaluation folder ``path`` (each followed
+    to where it was made) where an earlier automr made them by another algorithm
     (:func:`rule_marks`): `automr evaluate` would make them again, and paired with today's
     values a method would differ from itself. An export keeps no settings and is taken as it
     is."""
     if not Path(path).is_dir():
         return
-    for kind in ("ranks", "loglik"):
+    for kind in kinds:
         where, measured = EvaluationFolder(path).chain(method, kind)[-1]
         try:
             marks = rule_marks(measured)
@@ -596,10 +597,12 @@ def check_current(path: Path | str, method: str) -> None:
         saved = read_json(file, "automr evaluate") if file and file.is_file() else None
         if isinstance(saved, dict) and any(saved.get(key) != value
                                            for key, value in marks.items()):
-            values = "ranks" if kind == "ranks" else "log-likelihoods"
+            values, measures = (("ranks", "") if kind == "ranks" else
+                                ("log-likelihoods", " --measures likelihood"))
             raise AutomrError(f"the {values} of {measured} in {where} were made by an earlier "
                               f"automr, which made them otherwise; run `automr evaluate "
-                              f"--methods {measured} --out {where} ...` again to make them anew")
+                              f"--methods {measured}{measures} --out {where} ...` again to make "
+                              f"them anew")
 
 
 def build_method(method: str, space: Workspace) -> Method:
