@@ -569,3 +569,36 @@ def test_a_retrieval_dataset_of_a_store_on_another_device_is_on_the_cpu(workspac
     plain = retrieval_dataset(Annotations.load(workspace["folders"]["all"]),
                               workspace["dataset"], workspace["store"], "train")
     assert data.keys.device.type == "cpu" and torch.equal(data.keys, plain.keys)
+
+
+@attrs.frozen
+class ScaledAppend:
+    """A user's combiner with a setting: the element appended as a token, scaled."""
+
+    scale: float
+    uses_token_states = False
+
+    def combine(self, query, memory):
+        return automr.AppendToken().combine(query, attrs.evolve(memory,
+                                                                hidden=memory.hidden * self.scale))
+
+
+def test_a_users_combiner_of_other_settings_does_not_resume_anothers_annotation(workspace,
+                                                                               tmp_path):
+    """A user's combiner was recorded by its class alone: one of another scale took a folder
+    annotated with scale 1 as its own and gave back its labels (the extension-points
+    review). Its settings (repr, a module's weights) are recorded now."""
+    config = AnnotateConfig(max_samples=2, shard_size=1)
+    args = (workspace["loaded"], workspace["dataset"], workspace["store"])
+    folder = annotate_dataset(*args, tmp_path / "a", config, False, ScaledAppend(1.0))
+    assert Annotations.header_of(folder)["combiner_state"] == "ScaledAppend(scale=1.0)"
+    annotate_dataset(*args, folder, config, False, ScaledAppend(1.0))  # resumes
+    with pytest.raises(AutomrError, match=r"other settings \(combiner_state was "
+                                          r"'ScaledAppend\(scale=1\.0\)', now "
+                                          r"'ScaledAppend\(scale=8\.0\)'\)"):
+        annotate_dataset(*args, folder, config, False, ScaledAppend(8.0))
+    from automr.annotation.run import _state_of
+
+    module = torch.nn.Linear(2, 2)  # a module's layout and weights
+    assert _state_of(module).startswith("Linear(in_features=2, out_features=2, bias=True) ")
+    assert _state_of(module) != _state_of(torch.nn.Linear(2, 2))

@@ -366,7 +366,7 @@ def test_summaries_written_for_other_tokens_are_not_read_back(tmp_path, tiny_mod
 
     def cache_of(bos: bool):
         loaded = LoadedModel(model=tiny_models["llama"], tokenizer=tiny_tokenizer(bos),
-                             name="tiny")
+                             name="tiny", fingerprint="fp")
         return trsr_context(loaded, catalog, WORDS, "fp", spec, folder=tmp_path,
                             progress=False).cache
 
@@ -392,7 +392,8 @@ def test_summaries_written_in_another_dtype_are_cached_apart(tmp_path, tiny_mode
     spec, catalog = ContextSpec(kind="trsr", max_new_tokens=5), catalog_of(4)
 
     def cache_of(model):
-        loaded = LoadedModel(model=model, tokenizer=tiny_tokenizer(), name="tiny")
+        loaded = LoadedModel(model=model, tokenizer=tiny_tokenizer(), name="tiny",
+                             fingerprint="fp")
         return trsr_context(loaded, catalog, WORDS, "fp", spec, folder=tmp_path,
                             progress=False).cache
 

@@ -521,6 +521,36 @@ def test_a_method_refuses_to_go_on_after_its_models_weights_changed(tmp_path, gr
     assert rebuilt.target_log_likelihoods(samples) == fresh.target_log_likelihoods(samples)
 
 
+def test_two_samples_of_one_id_and_other_histories_are_scored_apart(tmp_path, writing_model):
+    """Values were kept by sample id: a user's sample served again with another history (a
+    what-if, by hand) got the first one's log-likelihood and L2 distances, in one call or
+    the next (the cold-users review)."""
+    import automr
+    from automr.grounding import build_grounder
+    from automr.methods import GenerativeMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(tmp_path)
+    loaded = automr.load_model(str(writing_model(tmp_path / "model")), device="cpu")
+
+    def method() -> GenerativeMethod:
+        return GenerativeMethod(loaded, dataset, build_grounder(
+            "l2", loaded, dataset, loaded.fingerprint(), num_beams=2, cache_dir=tmp_path,
+            progress=False), layer=1)
+
+    sample = next(s for s in dataset.samples("test") if len(set(s.recent)) > 1)
+    other = attrs.evolve(sample, recent=sample.recent[::-1])
+    assert other.id == sample.id
+    alone = [method().target_log_likelihoods([s])[0] for s in (sample, other)]
+    assert alone[0] != alone[1]
+    shared = method()
+    assert shared.target_log_likelihoods([sample, other]) == alone
+    assert shared.target_log_likelihoods([other]) == alone[1:]
+    apart = torch.cat([method().distances([s]) for s in (sample, other)])
+    assert not torch.equal(apart[0], apart[1])
+    torch.testing.assert_close(shared.distances([sample, other]), apart, rtol=0, atol=1e-6)
+
+
 def test_an_injection_weighs_by_the_prior_scaled_to_0_1():
     """Raw scores (popularity counts, SASRec logits) are min-max scaled per sample before
     weighing: scores in any unit rank as the same scores in [0, 1]."""
@@ -707,9 +737,11 @@ def test_text_embeddings_start_with_the_bos_a_tokenizer_adds(tiny_models, tmp_pa
     torch.testing.assert_close(embed_texts(model, bos, ["abc"])[0], plain)
     targets = catalog_targets(bos, TITLES)
     fingerprint = "f" * 64
-    without = catalog_embeddings(LoadedModel(model=model, tokenizer=tiny_tokenizer(), name="t"),
+    without = catalog_embeddings(LoadedModel(model=model, tokenizer=tiny_tokenizer(), name="t",
+                                             fingerprint=fingerprint),
                                  targets, fingerprint, tmp_path, progress=False)
-    with_bos = catalog_embeddings(LoadedModel(model=model, tokenizer=bos, name="t"), targets,
+    with_bos = catalog_embeddings(LoadedModel(model=model, tokenizer=bos, name="t",
+                                              fingerprint=fingerprint), targets,
                                   fingerprint, tmp_path, progress=False)
     assert torch.equal(with_bos, embed_texts(model, bos, targets.texts))
     assert not torch.allclose(with_bos, without)
@@ -895,6 +927,19 @@ def test_a_ranking_that_is_not_an_order_of_the_catalog_is_refused(ordered_method
         rankings[1, 0] = {"repeated": 1, "outside": n_items, "negative": -1}[broken]
     with pytest.raises(AutomrError, match="not an order of the whole catalog"):
         ordered_method.ranks_in_order(samples, rankings)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_a_ranking_of_a_narrower_integer_type_ranks_as_int64(ordered_method, dtype):
+    """The Protocol's ``Int`` allows int16 rankings; they were a raw RuntimeError of
+    scatter_add_ (the extension-points review)."""
+    samples = list(ordered_method.dataset.samples("test")[:2])
+    n_items = len(ordered_method.dataset.catalog)
+    assert n_items <= 127  # int8 holds them
+    rankings = torch.stack([torch.randperm(n_items, generator=torch.Generator().manual_seed(0)),
+                            torch.arange(n_items)])
+    assert (ordered_method.ranks_in_order(samples, rankings.to(dtype))
+            == ordered_method.ranks_in_order(samples, rankings))
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4])

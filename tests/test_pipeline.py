@@ -396,6 +396,45 @@ def test_annotate_refuses_a_fine_tune_evaluate_would_refuse(workspace, tmp_path,
     assert not (tmp_path / "ann").exists()
 
 
+def test_recommend_serves_a_user_the_memory_holds_nothing_of(tmp_path, writing_model):
+    """A memory built before a user came (naming no dataset since an append, so any is taken)
+    holds no entry for them: their sample, with no long-term history, ranked without memory
+    as evaluate ranks it, then recommend failed on a raw KeyError (the cold-users review)."""
+    import automr
+    from automr.data import Interaction, prepare_csv
+    from automr.experiments.recommend import recommend
+    from automr.memory import MemoryConfig, build_memory
+    from automr.memory.build import append_memory
+    from automr.recommenders.finetune import FinetuneConfig, finetune
+    from automr.retrievers import build_retriever
+    from automr.testing.synthetic import SYNTHETIC_PROTOCOL, write_synthetic_csv
+
+    interactions, items = write_synthetic_csv(tmp_path / "raw")
+    lines = interactions.read_text().splitlines()
+    last = max(int(line.split(",")[2]) for line in lines[1:])
+    (tmp_path / "with-new.csv").write_text(
+        "\n".join([*lines, f"new,i1,{last - 2}", f"new,i2,{last - 1}"]) + "\n")
+    protocol = attrs.evolve(SYNTHETIC_PROTOCOL, min_user_interactions=2, min_history=1)
+    dataset = prepare_csv(tmp_path / "with-new.csv", items, tmp_path / "data", protocol=protocol)
+    before = prepare_csv(interactions, items, tmp_path / "before", protocol=protocol)
+    model = str(writing_model(tmp_path / "model"))
+    finetune(automr.load_model(model, device="cpu"), dataset, tmp_path / "ft", FinetuneConfig(
+        max_train_samples=4, max_valid_samples=2, batch_size=4, lora_from_layer=2),
+        progress=False)
+    loaded = automr.load_model(model, device="cpu")
+    store = build_memory(loaded, before, 2, MemoryConfig(encoder="item", store_token_states=True),
+                         tmp_path / "mem", progress=False)
+    append_memory(tmp_path / "mem", loaded, [Interaction("u0", "i3", last + 1)],
+                  before.catalog, progress=False)
+    build_retriever("mlp", store.hidden_size, seed=0).save(tmp_path / "ret")
+    folders = (tmp_path / "ft", tmp_path / "mem", tmp_path / "ret")
+    shown = {user: recommend(tmp_path / "data", user, *folders, top=3, grounder="likelihood",
+                             device="cpu", cache_dir=tmp_path / "cache")
+             for user in ("new", "u1")}
+    assert shown["new"].retrieved == [] and len(shown["new"].items) == 3
+    assert shown["u1"].retrieved  # the others' memory is there
+
+
 def test_recommend_ranks_a_target_sharing_its_title_as_evaluate_does(tmp_path, writing_model):
     """Items sharing the target's title (Amazon editions) are ties, broken against the target
     by evaluate; recommend put the target at its place in the grounder's order (catalog order

@@ -119,3 +119,35 @@ def test_the_contract_refuses_a_batch_dependent_or_unrecorded_retrieval(memory):
     contract.test_is_a_retrieval_of_a_memory_store(unrecorded)
     with pytest.raises(AssertionError, match="0 entries in retrieved"):
         contract.test_records_each_samples_elements_from_its_own_memory(unrecorded, samples)
+
+
+class LastColumnQuery:
+    """Scores by the state's last column: the prompt's last token where prompts are
+    left-padded, a padding slot where the likelihood measure's shared prefix leaves them
+    right-padded (its picks then changed with the batch size)."""
+
+    def __init__(self, store) -> None:
+        self.store, self.retrieved = store, []
+
+    def insert_for(self, samples):
+        inner = automr.MemoryRetrieval(self.store, automr.build_retriever(
+            "semantic", self.store.hidden_size), automr.AppendToken())
+
+        def insert(state):
+            last = state.hidden[:, -1:].expand_as(state.hidden)
+            combined = inner.insert_for(samples)(automr.LayerState(
+                hidden=last, mask=torch.ones_like(state.mask), layer=state.layer))
+            self.retrieved += inner.retrieved
+            return automr.LayerState(hidden=torch.cat([state.hidden, combined.hidden[:, -1:]], 1),
+                                     mask=torch.cat([state.mask, combined.mask[:, -1:]], 1),
+                                     layer=state.layer)
+        return insert
+
+
+def test_the_contract_draws_prompts_padded_on_either_side(memory):
+    """It drew left padding only, so a retrieval reading the last column passed; the
+    likelihood measure gives it right-padded prompts (the extension-points review)."""
+    store, samples = memory
+    with pytest.raises(AssertionError, match=r"in a batch|differs from it alone"):
+        RetrievalContract().test_a_batch_equals_its_samples_one_at_a_time(
+            LastColumnQuery(store), samples)

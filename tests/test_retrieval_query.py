@@ -281,3 +281,82 @@ def test_retrievers_that_score_copies_apart_keep_their_picks(workspace):
     run.target_log_likelihoods(samples)
     assert [run.details()["retrieved"][s.id] for s in samples] == [
         [start + len(s.memory) - 1] for s, start in zip(samples, starts, strict=True)]
+
+
+def test_a_method_refuses_to_go_on_after_its_retrievers_weights_changed(workspace):
+    """A retriever trained further after the method was built: its ranks followed the new
+    weights, its kept target log-likelihoods (and the elements they recorded) the old ones
+    (the extension-points review)."""
+    samples = workspace["samples"]
+    retriever = automr.build_retriever("mlp", workspace["store"].hidden_size)
+    run = method(workspace, retriever, batch_size=2, k=1)
+    before = run.target_log_likelihoods(samples)
+    with torch.no_grad():
+        for weight in retriever.mlp[-1].parameters():  # a caller's own step: the
+            weight.neg_()  # scores reversed
+    with pytest.raises(automr.AutomrError, match="retriever or combiner changed since this "
+                                                 "GenerativeMethod was built"):
+        run.target_log_likelihoods(samples)
+    fresh = method(workspace, retriever, batch_size=2, k=1)
+    assert fresh.target_log_likelihoods(samples) != before  # the new weights pick otherwise
+
+
+class RowByRow:
+    """A likelihood grounder that runs its prompts one at a time, calling ``insert`` on each
+    row alone: the memory bound to the batch's first sample joined every prompt."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.targets = inner, inner.targets
+
+    def rank(self, llm, input_ids, attention_mask, layer, insert=None):
+        return torch.cat([self.inner.rank(llm, input_ids[row : row + 1],
+                                          attention_mask[row : row + 1], layer, insert)
+                          for row in range(len(input_ids))])
+
+
+def test_an_insert_applied_to_other_rows_than_its_batch_is_refused(workspace):
+    loaded, dataset, samples = workspace["loaded"], workspace["dataset"], workspace["samples"]
+    retrieval = automr.MemoryRetrieval(workspace["store"], SemanticRetriever(),
+                                       automr.AppendToken())
+    grounder = RowByRow(LikelihoodGrounder(dataset_targets(loaded, dataset)))
+    run = automr.GenerativeMethod(loaded, dataset, grounder, layer=LAYER, retrieval=retrieval,
+                                  batch_size=2)
+    with pytest.raises(automr.AutomrError, match="the insert for 2 samples got 1 prompt rows: a "
+                                                 "grounder applies it once"):
+        run.rank(samples[:2])
+
+
+def test_a_memory_or_cache_of_another_model_of_its_size_is_refused(workspace, tmp_path):
+    """annotate_dataset and a GenerativeMethod joined a memory built with one model to another
+    of its size (another seed), and build_grounder read the catalog embeddings cached under
+    the fingerprint it was given: values of states the model never makes. The CLI refused
+    through the fine-tune's checks (the mismatched-artifacts review)."""
+    from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+    class Unused:
+        def rank(self, llm, input_ids, attention_mask, layer, insert=None):
+            raise AssertionError("not reached")
+
+    loaded, dataset, store = workspace["loaded"], workspace["dataset"], workspace["store"]
+    other = automr.LoadedModel(model=tiny_model(tiny_config(num_layers=4), seed=1),
+                               tokenizer=tiny_tokenizer(), name="other")
+    retrieval = automr.MemoryRetrieval(store, SemanticRetriever(), automr.AppendToken())
+    another = "was built with another model .* than the lower 2 layers of"
+    with pytest.raises(automr.AutomrError, match=f"{another} 'other'"):
+        automr.GenerativeMethod(other, dataset, Unused(), LAYER, retrieval=retrieval)
+    with pytest.raises(automr.AutomrError, match=f"{another} 'other'"):
+        automr.annotate_dataset(other, dataset, store, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+    for tuned_from, refused in ((LAYER - 1, True), (LAYER, False)):  # a fine-tune of it
+        tuned = automr.LoadedModel(model=loaded.model, tokenizer=loaded.tokenizer,
+                                   name="tuned", fingerprint="f" * 64,
+                                   base_fingerprint=loaded.fingerprint(),
+                                   tuned_from_layer=tuned_from)
+        if refused:
+            with pytest.raises(automr.AutomrError, match=f"{another} 'tuned'"):
+                automr.GenerativeMethod(tuned, dataset, Unused(), LAYER, retrieval=retrieval)
+        else:
+            automr.GenerativeMethod(tuned, dataset, Unused(), LAYER, retrieval=retrieval)
+    with pytest.raises(automr.AutomrError, match=r"catalog embeddings of model fingerprint "
+                                                 r"\w+ was asked for with 'other'"):
+        automr.build_grounder("l2", other, dataset, loaded.fingerprint(), cache_dir=tmp_path)

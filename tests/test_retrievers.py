@@ -1103,3 +1103,24 @@ def test_semantic_scores_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = retriever.scores(query, keys, mask)
     assert autocast.dtype == torch.float32 and torch.equal(autocast, plain)
+
+
+def test_retriever_score_takes_the_element_a_float64_retriever_retrieves():
+    """`automr retriever score` took a retriever's first pick on its scores cast to float32:
+    two scores 1e-9 apart tied there, and the gain of another element than the one AutoMR
+    inserts was reported (the extension-points review)."""
+    from automr.experiments.retriever import picked_gains
+
+    class Float64Scores:
+        def scores(self, query, keys, mask):
+            return torch.tensor([[1.0, 1.0 + 1e-9, 0.5]], dtype=torch.float64)
+
+    data = RetrievalDataset(queries=torch.zeros(1, 4), keys=torch.ones(1, 3, 4),
+                            mask=torch.ones(1, 3, dtype=torch.bool),
+                            targets=torch.tensor([[0.1, 0.8, 0.1]]))
+    retriever = Float64Scores()
+    [[inserted]] = top_k(retriever.scores(data.queries, data.keys, data.mask), data.mask,
+                         1)[0].tolist()
+    assert inserted == 1
+    gains = [torch.tensor([-2.0, 3.0, 0.0], dtype=torch.float64)]
+    assert picked_gains(retriever, gains, data).tolist() == [3.0]

@@ -52,8 +52,9 @@ def dataset_dir(tmp_path_factory):
     return root / "prepared"
 
 
-def evaluation(folder, method_ranks: dict[str, int], retrieved=RETRIEVED):
-    """An evaluation folder as ``automr evaluate`` writes it, with these ranks."""
+def evaluation(folder, method_ranks: dict[str, int], retrieved=RETRIEVED, data=None):
+    """An evaluation folder as ``automr evaluate`` writes it, with these ranks (made on the
+    dataset fingerprinted ``data``, where given)."""
     ids = list(REFERENCE_RANKS)
     saved = EvaluationFolder(folder)
     for method, ranks in (("bigrec:constrained", REFERENCE_RANKS),
@@ -61,8 +62,28 @@ def evaluation(folder, method_ranks: dict[str, int], retrieved=RETRIEVED):
         report = build_report(method, ids, torch.tensor([ranks[i] for i in ids]), 14,
                               n_resamples=10)
         details = {"retrieved": {i: retrieved[i] for i in ids}} if "automr" in method else {}
-        saved.save(report, {"split": "test"} | rule_marks(method), details)
+        made_on = {} if data is None else {"data": data}
+        saved.save(report, {"split": "test"} | made_on | rule_marks(method), details)
     return folder
+
+
+def test_an_evaluation_of_another_dataset_with_the_same_sample_ids_is_refused(dataset_dir,
+                                                                            tmp_path):
+    """Samples were matched by id only: the same interactions under another protocol (another
+    recent K) or catalog have the same ids, and rq3 analysed them silently with the wrong
+    histories and titles (the mismatched-artifacts review)."""
+    from automr.data.fingerprint import dataset_fingerprint
+
+    ranks = {U1_50: 0, U1_55_B5: 0, U1_55_B6: 1, U0_60: 4}
+    other = evaluation(tmp_path / "other", ranks, data="0" * 64)
+    with pytest.raises(AutomrError, match=r"automr:constrained in .*other was evaluated on "
+                                          r"another dataset than .*prepared \(other data"):
+        run_rq3(other, dataset_dir, tmp_path / "o1")
+    own = evaluation(tmp_path / "own", ranks,
+                     data=dataset_fingerprint(PreparedDataset.load(dataset_dir)))
+    assert run_rq3(own, dataset_dir, tmp_path / "o2").counts["evaluated"] == 4
+    with pytest.raises(AutomrError, match=r"bigrec:constrained in .*other was evaluated on"):
+        run_rq3(own, dataset_dir, tmp_path / "o3", reference_dir=other)
 
 
 def test_the_handcrafted_test_split_is_as_designed(dataset_dir):

@@ -179,7 +179,9 @@ class Memory(Protocol):
 class Encoder(Protocol):
     """Turns token sequences into layer-L memory entries: one pooled key per sequence
     (:class:`~automr.memory.LayerEncoder`; the element texts it encodes come from an element
-    encoder, :data:`automr.memory.ENCODERS`)."""
+    encoder, :data:`automr.memory.ENCODERS`). It describes that class:
+    :func:`~automr.memory.build_memory` takes none of yours (it also reads the lower half's
+    tokens, cache and width): to change what a memory holds, write an element encoder."""
 
     def encode(
         self, input_ids: TokenIds, attention_mask: TokenMask
@@ -230,7 +232,9 @@ class Annotator(Protocol):
 
     Returns, for one sample, the log-likelihood of the target tokens without memory and with
     each element inserted (upper half only); labels are derived from these. ``memory`` holds
-    one row per element (its ``batch`` axis is the memory axis).
+    one row per element (its ``batch`` axis is the memory axis). It describes
+    :class:`~automr.annotation.UpperAnnotator`, which :func:`~automr.annotation.annotate_dataset`
+    builds itself (give it a combiner of yours, not an annotator).
     """
 
     def log_likelihoods(
@@ -246,11 +250,12 @@ class Grounder(Protocol):
     """Ranks the whole catalog for a batch of prompts, through a split LM.
 
     ``insert`` (optional) joins memory to the prompt's layer-L state, so a memory-free
-    recommender and AutoMR share the same grounders. Items the model writes alike are ties
-    in an evaluation (the target counts after those listed right after it): those sharing the
-    target's title, or its token sequence where the grounder holds its ``targets``
-    (:class:`~automr.grounding.targets.CatalogTargets`), unless the grounder has a ``tie_key``
-    (a tensor, one value per catalog item) telling them apart.
+    recommender and AutoMR share the same grounders. It is bound to the batch's samples in
+    order: apply it once, to the layer-L state of every prompt, rows as given. Items the
+    model writes alike are ties in an evaluation (the target counts after those listed right
+    after it): those sharing the target's title, or its token sequence where the grounder
+    holds its ``targets`` (:class:`~automr.grounding.targets.CatalogTargets`), unless the
+    grounder has a ``tie_key`` (a tensor, one value per catalog item) telling them apart.
     """
 
     def rank(

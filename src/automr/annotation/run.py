@@ -34,7 +34,7 @@ from automr.data import PreparedDataset, Sample, tokenize_sample
 from automr.data.subsets import seeded_subset
 from automr.errors import AutomrError
 from automr.interfaces import Combiner, MemoryTokens, require, require_instance
-from automr.llm.loading import LoadedModel, dtype_name
+from automr.llm.loading import LoadedModel, dtype_name, model_fingerprint
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.paths import home_path
@@ -53,7 +53,8 @@ from automr.storage import (
 FORMAT = "automr.annotations/1"
 MADE_BY_CONFIG = "`automr annotate` into a new --out"
 MADE_BY_SHARD = "`automr annotate` (rerun the same command: it redoes a damaged shard)"
-RECORDED_LATER = ("memory_encoder", "dtype", "memory_digest")  # older folders resume without
+# older folders resume without them
+RECORDED_LATER = ("memory_encoder", "dtype", "memory_digest", "combiner_state")
 
 
 @beartype
@@ -128,6 +129,7 @@ def annotate_dataset(
                           f"chosen has a memory element to annotate (every history fits in "
                           f"the recent items)")
     store.check_dataset(dataset)
+    store.check_model(loaded)
     if combiner is not None:
         require(combiner, Combiner, "combiner",
                 "a built-in one by name is AnnotateConfig(combiner=name)")
@@ -146,6 +148,7 @@ def annotate_dataset(
               "memory_digest": MemoryStore.digest(store.folder), "memory_model_fingerprint":
               store.record.model_fingerprint, "pooling": attrs.asdict(store.record.pooling),
               "memory_encoder": store.record.encoder_settings(),
+              **({} if named in COMBINERS else {"combiner_state": _state_of(combiner)}),
               "samples": [s.id for s in samples]}
     pool = store.record.pooling
     shards = [samples[i : i + config.shard_size]
@@ -192,6 +195,16 @@ def annotate_dataset(
                                         "queries": torch.stack(queries)})
         distributed.barrier()  # every shard is written when any process returns
     return out
+
+
+def _state_of(combiner: Combiner) -> str:
+    """What tells two of a user's combiners of one class apart (a resume refuses another):
+    its ``repr`` where its class writes one (attrs and dataclass fields, a module's layout)
+    and a module's weights."""
+    shown = repr(combiner) if type(combiner).__repr__ is not object.__repr__ else ""
+    if isinstance(combiner, torch.nn.Module):
+        shown += " " + model_fingerprint(combiner, type(combiner).__qualname__)
+    return shown
 
 
 def _shard_path(out: Path, number: int) -> Path:

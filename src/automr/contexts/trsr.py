@@ -169,7 +169,9 @@ def trsr_context(
     batch_size: int = 8, progress: bool = True,
 ) -> TRSRContext:
     """TRSR with ``loaded``'s base model, caching summaries in ``folder`` (default: the
-    ``trsr`` folder of the cache) under ``base_fingerprint``."""
+    ``trsr`` folder of the cache) under ``base_fingerprint`` (``loaded``'s or, for a
+    fine-tune, its base's)."""
+    loaded.check_base_fingerprint(base_fingerprint, "TRSR summaries")
     root = Path(folder) if folder is not None else resolve_cache_dir(cache_dir) / "trsr"
     writer = SummaryWriter(loaded.model, loaded.tokenizer, spec.max_new_tokens, batch_size)
     cache = SummaryCache(root / f"{base_fingerprint[:16]}.jsonl", base_fingerprint,

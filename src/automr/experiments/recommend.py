@@ -145,9 +145,9 @@ def recommend(
         seen = set(catalog.positions(sample.history)) - {target}
         ranking = [i for i in ranking if i not in seen]
     ranking = behind_its_ties(ranking, target, tied)
-    entry = store.index.users[user]
+    entry = store.index.users.get(user)  # None: no memory of this user, nothing retrieved
     retrieved = [(entry.items[i], catalog.title(entry.items[i]), int(entry.timestamps[i]))
-                 for i in retrieval.retrieved[0]]
+                 for i in retrieval.retrieved[0]] if entry is not None else []
     return Recommendation(
         sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
         retrieved=retrieved, target_rank=ranking.index(target),

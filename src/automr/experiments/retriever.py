@@ -169,7 +169,7 @@ def picked_gains(retriever: Retriever, gains: Sequence[torch.Tensor],
                  data: RetrievalDataset) -> torch.Tensor:
     """Per sample, the gain of the annotated element ``retriever`` ranks first."""
     scores = retriever.scores(data.queries, data.keys, data.mask)
-    picked = top_k(scores.float(), data.mask, 1)[0][:, 0].tolist()
+    picked = top_k(scores, data.mask, 1)[0][:, 0].tolist()
     return torch.tensor([float(g[i]) for g, i in zip(gains, picked, strict=True)],
                         dtype=torch.float64)
 

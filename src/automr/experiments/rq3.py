@@ -38,6 +38,7 @@ import attrs
 
 from automr.checks import beartype
 from automr.data import PreparedDataset, Sample
+from automr.data.fingerprint import dataset_fingerprint
 from automr.defaults import MEASURES
 from automr.errors import AutomrError
 from automr.evaluation.folder import open_evaluation
@@ -321,10 +322,18 @@ def analyze_rq3(
     retrieved = {str(k): [int(p) for p in v] for k, v in results.details(
         "retrieved", method, "ranks" if measure == "ranks" else "loglik").items()}
     split = results.split(method)
+    fingerprint = dataset_fingerprint(dataset)
+    for folder, name in ((results, method), (references, reference)):
+        made_on = folder.setting(name, "data")
+        if made_on is not None and made_on != fingerprint:  # its sample ids may still match
+            raise AutomrError(f"{name} in {folder.path} was evaluated on another dataset than "
+                              f"{dataset.path or 'the one given'} (other data, prompt domain, "
+                              f"protocol or catalog): give the --data it was evaluated on")
+    where = (results.path if reference_dir is None
+             else f"{results.path} and {references.path}")
     evaluated = match_samples(dataset, split, dict(zip(ref_ids, ref_losses, strict=True)),
                               list(zip(ids, losses, strict=True)), retrieved,
-                              timelines(dataset, memory), results.path,
-                              f"{reference} and {method}")
+                              timelines(dataset, memory), where, f"{reference} and {method}")
     criterion, improved = select_improved(evaluated, measure)
     shown = tuple(improved[:rows])
     with_memory = [r for r in evaluated if r.retrieved]
@@ -385,7 +394,7 @@ def timelines(dataset: PreparedDataset, memory: Path | str | None) -> dict[str, 
 def match_samples(
     dataset: PreparedDataset, split: str, reference: Mapping[str, float],
     method: Sequence[tuple[str, float]], retrieved: Mapping[str, Sequence[int]],
-    users: Mapping[str, Timeline], results: Path, names: str,
+    users: Mapping[str, Timeline], results: Path | str, names: str,
 ) -> list[SampleRetrieval]:
     """Every sample of ``method`` (``(id, loss)`` in evaluation order) with the reference's loss
     and its retrieval."""

@@ -51,7 +51,9 @@ def catalog_embeddings(
     """Base-model embeddings of every catalog response text, cached by model, dtype (the
     fingerprint is the same in every dtype, the embeddings are not) and the token ids embedded
     (the texts with the special tokens the tokenizer adds: a tokenizer's files are not in the
-    model's fingerprint). A cache that cannot be written (shared, read-only) is only read."""
+    model's fingerprint). A cache that cannot be written (shared, read-only) is only read.
+    ``base_fingerprint`` must be ``loaded``'s or, for a fine-tune, its base's."""
+    loaded.check_base_fingerprint(base_fingerprint, "catalog embeddings")
     embedded = encode_texts(loaded.tokenizer, list(targets.texts))["input_ids"]
     catalog_hash = hashlib.sha256(json.dumps(embedded).encode()).hexdigest()
     dtype = dtype_name(loaded.model.dtype)

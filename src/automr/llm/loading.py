@@ -104,6 +104,11 @@ class LoadedModel:
     _cache_dir: Path | str | None = None
     _versions: list[tuple[weakref.ref, int]] = attrs.field(factory=list)
     _fingerprinted: weakref.ref | None = None
+    base_fingerprint: str | None = None
+    """A fine-tune's (:meth:`~automr.recommenders.runs.FinetunedRun.load`): its base model's
+    fingerprint, whose catalog embeddings and memories it uses; None for any other model."""
+    tuned_from_layer: int | None = None
+    """A fine-tune's: the first layer its adapter changes (the layers below are its base's)."""
 
     def fingerprint(self) -> str:
         """The model's identity in artifact metadata, computed once, then reused: for a
@@ -120,8 +125,26 @@ class LoadedModel:
             files = () if self._source is None else weight_files(self._source)
             self._fingerprint = (files_fingerprint(self._source, files, self._cache_dir) if files
                                  else model_fingerprint(self.model, self.name))
-        self._versions, self._fingerprinted = _versions(self.model), weakref.ref(self.model)
+        self._versions, self._fingerprinted = weight_versions(self.model), weakref.ref(self.model)
         return self._fingerprint
+
+    def shares_lower_half(self, fingerprint: str, layer: int) -> bool:
+        """Whether layers ``0..layer-1`` are those of the model fingerprinted ``fingerprint``
+        (e.g. a memory's): this model's own, or a fine-tune's base below its adapter."""
+        return fingerprint == self.fingerprint() or (
+            fingerprint == self.base_fingerprint and self.tuned_from_layer is not None
+            and self.tuned_from_layer >= layer)
+
+    def check_base_fingerprint(self, fingerprint: str, what: str) -> None:
+        """Refuse ``fingerprint``, under which ``what`` (a cache of the base model's values)
+        is kept, unless it names this model or, for a fine-tune, its base: another model's
+        values were read back."""
+        if fingerprint not in (self.fingerprint(), self.base_fingerprint):
+            raise AutomrError(f"{what} of model fingerprint {fingerprint[:12]} was asked for "
+                              f"with {self.name!r} (fingerprint {self.fingerprint()[:12]}), "
+                              f"which is neither that model nor a fine-tune of it: pass this "
+                              f"model's base fingerprint (FinetunedRun.base_fingerprint for "
+                              f"what FinetunedRun.load gives, else loaded.fingerprint())")
 
     def _weights_changed(self) -> bool:
         """Whether a weight fingerprinted last was written in place (its version count rose;
@@ -129,8 +152,7 @@ class LoadedModel:
         another module; False before a first fingerprint."""
         if self._fingerprinted is None:
             return False
-        return self._fingerprinted() is not self.model or any(
-            (p := ref()) is None or p._version > was for ref, was in self._versions)
+        return self._fingerprinted() is not self.model or weights_written(self._versions)
 
     @contextlib.contextmanager
     def weights_kept(self) -> Iterator[None]:
@@ -142,14 +164,19 @@ class LoadedModel:
             yield
         finally:
             if self._fingerprint == fingerprint:
-                self._versions, self._fingerprinted = (_versions(self.model),
+                self._versions, self._fingerprinted = (weight_versions(self.model),
                                                        weakref.ref(self.model))
 
 
-def _versions(model: torch.nn.Module) -> list[tuple[weakref.ref, int]]:
+def weight_versions(model: torch.nn.Module) -> list[tuple[weakref.ref, int]]:
     """Each weight (by weak reference) with its version count, which in-place writes raise
     (weights made under ``torch.inference_mode`` have none)."""
     return [(weakref.ref(p), p._version) for p in model.parameters() if not p.is_inference()]
+
+
+def weights_written(versions: list[tuple[weakref.ref, int]]) -> bool:
+    """Whether a weight of :func:`weight_versions` was written in place since, or is gone."""
+    return any((p := ref()) is None or p._version > was for ref, was in versions)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from automr.data.records import Sample
 from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.interfaces import MemoryView
-from automr.llm.loading import dtype_name
+from automr.llm.loading import FINGERPRINT_CHANGE, LoadedModel, dtype_name
 from automr.memory.config import CONFIG_FILE, MemoryRecord
 from automr.memory.encoders import ElementEncoder, LayerEncoder
 from automr.memory.shards import INDEX_FILE, MADE_BY, MemoryIndex
@@ -124,6 +124,17 @@ class MemoryStore:
             raise AutomrError(f"the memory in {self.folder} was built from another dataset "
                               f"(other data, prompt domain, protocol or catalog); build one "
                               f"from this dataset with `automr memory build`")
+
+    def check_model(self, loaded: LoadedModel) -> None:
+        """Refuse ``loaded`` unless its layers below the memory's are those of the model
+        that built it: that model, or a fine-tune of it whose adapter starts at the memory's
+        layer or above."""
+        if not loaded.shares_lower_half(self.record.model_fingerprint, self.layer):
+            raise AutomrError(
+                f"the memory in {self.folder} was built with another model (fingerprint "
+                f"{self.record.model_fingerprint[:12]}) than the lower {self.layer} layers of "
+                f"{loaded.name!r}: build it with that model (a fine-tune's: its base, the "
+                f"adapter from layer {self.layer} up). {FINGERPRINT_CHANGE}")
 
     # -- the Memory protocol ------------------------------------------------------------
     @property

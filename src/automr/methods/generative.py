@@ -26,7 +26,7 @@ from automr.grounding.likelihood import (
 )
 from automr.grounding.targets import CatalogTargets
 from automr.interfaces import Grounder, PromptContext, require, require_instance
-from automr.llm.loading import LoadedModel
+from automr.llm.loading import LoadedModel, weight_versions, weights_written
 from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import Progress
@@ -63,26 +63,27 @@ Likelihood = tuple[float, int, dict[str, Any]]
 
 @attrs.define(eq=False)
 class KeptLikelihoods:
-    """Target log-likelihoods by sample id, kept apart for each set of inputs that decides
+    """Target log-likelihoods by sample, kept apart for each set of inputs that decides
     them: the loaded model, dataset, retrieval and prompt context (the same objects) and the
     layer. Grounding does not change them, so methods that differ in their grounder (or batch
     size, ...) share them through one of these (the registry's do: a second grounder computes
     none again), and a method made from another with ``attrs.evolve`` and another retrieval,
     context, layer or model computes its own."""
 
-    _tables: list[tuple[tuple[int, str], tuple[object, ...], dict[str, Likelihood]]] = (
+    _tables: list[tuple[tuple[int, str], tuple[object, ...], dict[Sample, Likelihood]]] = (
         attrs.field(factory=list, init=False))
 
     def table(self, layer: int, inputs: tuple[object, ...],
-              weights: str = "") -> dict[str, Likelihood]:
+              weights: str = "") -> dict[Sample, Likelihood]:
         """The values kept for ``inputs`` (compared by identity) at ``layer`` with the model's
         ``weights`` (its fingerprint: the same model object trained further is another), by
-        sample id: the same dict for the same inputs, a new one for others."""
+        sample (not its id: a user's sample served again with another history is another):
+        the same dict for the same inputs, a new one for others."""
         for key, kept, table in self._tables:
             if key == (layer, weights) and len(kept) == len(inputs) and all(
                     a is b for a, b in zip(kept, inputs, strict=True)):
                 return table
-        table: dict[str, Likelihood] = {}
+        table: dict[Sample, Likelihood] = {}
         self._tables.append(((layer, weights), inputs, table))
         return table
 
@@ -101,6 +102,7 @@ def _each_item_once(rankings: torch.Tensor) -> bool:
         return False
     if not bool(((rankings >= 0) & (rankings < rankings.shape[1])).all()):
         return False
+    rankings = rankings.long()  # scatter takes int64 (or int32) indices only
     counts = torch.zeros_like(rankings).scatter_add_(1, rankings, torch.ones_like(rankings))
     return bool((counts == 1).all())
 
@@ -121,7 +123,8 @@ class GenerativeMethod:
     the method for resuming an evaluation folder: give everything that changes the ranks (the
     registry's builders do). A method serves the model's weights it was built with: once they
     change (a caller's own training steps) it refuses to go on; build the grounder and the
-    method again.
+    method again; the same holds for the weights of its retrieval's retriever and combiner
+    (modules).
     """
 
     loaded: LoadedModel
@@ -147,9 +150,10 @@ class GenerativeMethod:
     one: BIGRec, AutoMR and random retrieval of a fine-tune run the lower half of a batch
     once, as it never sees memory); None: not kept."""
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    _embeddings: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False)
+    _embeddings: dict[Sample, torch.Tensor] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _weights: str = attrs.field(default="", init=False)
+    _retrieval_weights: list = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.loaded, LoadedModel):
@@ -169,6 +173,10 @@ class GenerativeMethod:
         if self.retrieval is not None:
             self._check_retrieval(self.retrieval, llm)
         self._weights = self.loaded.fingerprint()
+        self._retrieval_weights = [
+            version for part in (self.retrieval, getattr(self.retrieval, "retriever", None),
+                                 getattr(self.retrieval, "combiner", None))
+            if isinstance(part, torch.nn.Module) for version in weight_versions(part)]
 
     def _check_weights(self) -> None:
         """Refuse to go on once the model's weights changed since this method was built (a
@@ -179,6 +187,10 @@ class GenerativeMethod:
                               f"{type(self).__name__} was built (its grounder's catalog "
                               f"embeddings and the values it kept are the old weights'): "
                               f"build the grounder and the method again")
+        if weights_written(self._retrieval_weights):
+            raise AutomrError(f"the weights of the retrieval's retriever or combiner changed "
+                              f"since this {type(self).__name__} was built (the values it kept "
+                              f"are the old weights'): build the method again")
 
     def _check_retrieval(self, retrieval: Retrieval, llm: HFSplitLLM) -> None:
         require(retrieval, Retrieval, "retrieval",
@@ -194,6 +206,7 @@ class GenerativeMethod:
             raise AutomrError(f"the memory in {store.folder} holds states of size "
                               f"{store.hidden_size}, the model's are of size "
                               f"{llm.hidden_size}: it was built with another model")
+        store.check_model(self.loaded)  # of this size, another model's states
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         """The 0-based rank of each sample's target in the grounder's full catalog ranking.
@@ -230,6 +243,7 @@ class GenerativeMethod:
                               f"{rankings.shape[1]} item indices per sample that are not an "
                               f"order of the whole catalog ({n_items} items): a grounder ranks "
                               f"every item")
+        rankings = rankings.long()  # narrower integers index otherwise (uint8 as a mask)
         catalog = self.dataset.catalog
         targets = catalog.positions(s.target for s in samples)
         seen = (seen_mask([catalog.positions(s.history) for s in samples], n_items)
@@ -262,16 +276,16 @@ class GenerativeMethod:
         self._check_weights()
         kept = self.likelihoods.table(self.layer, (self.loaded, self.dataset, self.retrieval,
                                                    self.context), self._weights)
-        todo = list({s.id: s for s in samples if s.id not in kept}.values())
+        todo = list(dict.fromkeys(s for s in samples if s not in kept))
         for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
             for sample, score, count in zip(chunk, scores.tolist(), counts, strict=True):
                 made = {kind: self._details[kind][sample.id] for kind in INPUT_DETAILS
                         if sample.id in self._details.get(kind, {})}
-                kept[sample.id] = (score, count, made)
+                kept[sample] = (score, count, made)
         for sample in samples:  # computed by another method sharing them: its details too
-            for kind, value in kept[sample.id][2].items():
+            for kind, value in kept[sample][2].items():
                 self._details.setdefault(kind, {})[sample.id] = value
-        return [kept[s.id][:2] for s in samples]
+        return [kept[s][:2] for s in samples]
 
     def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
         """``[samples, items]``: the L2 grounder's distance of every catalog title to what was
@@ -282,23 +296,23 @@ class GenerativeMethod:
         if not isinstance(self.grounder, L2Grounder):
             raise AutomrError(f"{type(self.grounder).__name__} gives no distances (the L2 "
                               f"grounder does)")
-        todo = list({s.id: s for s in samples if s.id not in self._embeddings}.values())
+        todo = list(dict.fromkeys(s for s in samples if s not in self._embeddings))
         generated = self._kept.get("generated", {})
         kept = [s for s in todo if s.id in generated]
         for start in range(0, len(kept), self.batch_size):  # measured, not generated again
             chunk = kept[start : start + self.batch_size]
             rows = self.grounder.embed([generated[s.id] for s in chunk])
-            self._embeddings.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
+            self._embeddings.update(zip(chunk, rows.cpu(), strict=True))
             for kind, entries in self._kept.items():
                 self._details.setdefault(kind, {}).update(
                     {s.id: entries[s.id] for s in chunk if s.id in entries})
         todo = [s for s in todo if s.id not in generated]
         for chunk, rows in self._batches(todo, self._generated_embeddings):
-            self._embeddings.update(zip((s.id for s in chunk), rows.cpu(), strict=True))
+            self._embeddings.update(zip(chunk, rows.cpu(), strict=True))
         if not samples:
             return torch.zeros(0, len(self.dataset.catalog))
         return self.grounder.distances_from(
-            torch.stack([self._embeddings[s.id] for s in samples])).cpu()
+            torch.stack([self._embeddings[s] for s in samples])).cpu()
 
     def keep(self, details: Mapping[str, Mapping[str, Any]]) -> None:
         """Take per-sample details this method wrote before with the same settings (from an
@@ -349,8 +363,9 @@ class GenerativeMethod:
                         raise AutomrError(
                             f"{type(self.retrieval).__name__} added {len(retrieved)} entries "
                             f"to retrieved for a batch of {len(chunk)} samples: one per sample "
-                            f"(the elements it inserted); a method called from two threads at "
-                            f"once counts both (one method and model per thread)")
+                            f"(the elements it inserted). A grounder applies insert once per "
+                            f"batch; a method called from two threads at once counts both (one "
+                            f"method and model per thread)")
                     self._details.setdefault("retrieved", {}).update(
                         zip((s.id for s in chunk), retrieved, strict=True))
                 yield chunk, result

@@ -70,8 +70,9 @@ class Retrieval(Protocol):
 
     def insert_for(self, samples: Sequence[Sample]) -> Insert:
         """The ``insert`` (:data:`~automr.interfaces.Insert`) for the prompts of ``samples``
-        (a batch, in order): called with their layer-L state, it joins each sample's
-        elements and appends their positions to ``retrieved``."""
+        (a batch, in order): called once with their layer-L state (rows in that order,
+        padded on either side: read its mask), it joins each sample's elements and appends
+        their positions to ``retrieved``."""
         ...
 
 
@@ -134,7 +135,8 @@ class MemoryRetrieval:
 
     def insert_for(self, samples: Sequence[Sample]) -> Insert:
         """The ``insert`` (:data:`~automr.interfaces.Insert`) for a batch of ``samples``, in
-        order: called with their prompts' layer-L state, it retrieves each sample's top ``k``
+        order: called once with their prompts' layer-L state (rows in that order, padded on
+        either side), it retrieves each sample's top ``k``
         elements of its own memory (:meth:`MemoryStore.request_for`), appends their positions
         to :attr:`retrieved` and returns the combined state. Pass it to a grounder's
         ``rank``/``generate`` (:class:`~automr.methods.GenerativeMethod` does)."""
@@ -142,6 +144,10 @@ class MemoryRetrieval:
         keys, mask = self.store.padded_keys(requests)
 
         def insert(state: LayerState) -> LayerState:
+            if state.batch_size != len(requests):
+                raise AutomrError(f"the insert for {len(requests)} samples got {state.batch_size} "
+                                  f"prompt rows: a grounder applies it once, to the layer-L "
+                                  f"state of the whole batch, rows in the samples' order")
             query = self.store.record.pooling(state.hidden, state.mask)
             scores = (self.retriever.scores(query.to(keys.dtype), keys.to(query.device),
                                             mask.to(query.device)) if keys.shape[1]

@@ -122,7 +122,8 @@ class FinetunedRun:
                               f"not make a LoRA adapter of this model ({reason}); "
                               f"{damaged}") from None
         return LoadedModel(model=model, tokenizer=base.tokenizer, name=f"{base.name}+lora",
-                           fingerprint=fingerprint)
+                           fingerprint=fingerprint, base_fingerprint=self.base_fingerprint,
+                           tuned_from_layer=self.lora_from_layer)
 
     def check_base(self, cache_dir: Path | str | None = None) -> None:
         """Refuse a base model folder whose files are no longer the ones the adapter was tuned

@@ -410,7 +410,8 @@ class RetrievalContract:
 
     Subclasses provide a ``retrieval`` fixture and a ``samples`` fixture (at least two samples
     of the memory's dataset, some with memory). Each check inserts into drawn layer-L states
-    of the memory's layer and width, left-padded as a method's prompts are, for drawn batches
+    of the memory's layer and width, padded on either side (a method's prompts come
+    left-padded; the likelihood measure's shared prefix leaves them right-padded), for drawn batches
     of the samples. A method inserts in batches that change with its batch size, the shards
     of ``torchrun`` and what a resumed run still has to do, so what a sample gets (and what
     ``retrieved`` records for it) must depend on that sample and its own state only.
@@ -532,14 +533,14 @@ def _recorded(store: MemoryStore, combiner: Combiner, batch, entries) -> MemoryT
 @st.composite
 def _insert_inputs(draw: st.DrawFn, samples, store: MemoryStore) -> tuple[list, LayerState]:
     """Some of ``samples`` in any order (one may come twice: two prompts of a user) and
-    left-padded layer-L states of their prompts, of the memory's layer and width."""
+    layer-L states of their prompts padded on either side, of the memory's layer and width."""
     if len(samples) < 2:
         raise AssertionError("the samples fixture must give at least two samples")
     batch = draw(st.lists(st.sampled_from(list(samples)), min_size=1,
                           max_size=min(len(samples), 4)), label="batch")
     width = draw(st.integers(1, 6), label="prompt length")
     hidden = draw(seeded_tensors((len(batch), width, store.hidden_size)), label="hidden")
-    mask = draw(masks(len(batch), width, min_real=1, padding="left"), label="mask")
+    mask = draw(masks(len(batch), width, min_real=1, padding="mixed"), label="mask")
     return batch, LayerState(hidden=hidden, mask=mask, layer=store.layer)
 
 
