@@ -12,6 +12,7 @@ from automr.data import (
     Catalog,
     Interaction,
     Item,
+    PreparedDataset,
     ProtocolConfig,
     SourceData,
     SplitBoundaries,
@@ -103,6 +104,39 @@ def test_samples_are_deterministic_and_order_invariant(log, protocol, bounds):
     for split in SPLITS:
         times = [s.timestamp for s in first[split]]
         assert times == sorted(times)
+
+
+@given(interaction_logs(), protocols(), boundaries())
+def test_a_split_reads_as_the_samples_it_holds(log, protocol, bounds):
+    """A split keeps six integers a sample and builds each when read: every way of reading
+    it (an index from either end, a slice, iteration) gives the same samples."""
+    for samples in build_samples(log, bounds, protocol).values():
+        built = tuple(samples)
+        assert samples == built and built == samples and len(samples) == len(built)
+        assert [samples[i] for i in range(-len(built), len(built))] == [*built, *built]
+        assert samples[1:3] == built[1:3] and samples[::-2] == built[::-2]
+        assert samples.repeated_ids() == []
+        with pytest.raises(IndexError):
+            samples[len(built)]
+        with pytest.raises(TypeError, match="integers or slices"):
+            samples[True]
+
+
+def test_a_split_of_the_real_data_keeps_positions_not_samples(ml100k_prepared):
+    """A built sample holds its whole history (~1.8 KB at ML-1M's): a split of millions did
+    not fit in memory. Read across the chunks iteration builds them in."""
+    dataset, out = ml100k_prepared
+    for samples in (dataset.samples("train"), PreparedDataset.load(out).samples("train")):
+        assert len(samples) > 3 * 4096
+        assert samples._rows.nbytes == 48 * len(samples)
+        assert list(samples)[4090:8200] == list(samples[4090:8200])
+    from automr.data.prepared import _sample_row, _timelines
+
+    timelines = _timelines(dataset.interactions)  # what a folder stores, read without samples
+    assert list(samples.stored_rows(timelines)) == [_sample_row(s, timelines[s.user])
+                                                    for s in samples]
+    first = next(iter(timelines))
+    assert samples.stored_rows({**timelines, first: ([], [])}) is None  # not its timelines
 
 
 @settings(max_examples=100, deadline=None)

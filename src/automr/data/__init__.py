@@ -5,8 +5,8 @@
   :func:`load_movielens` (the later releases), :func:`load_amazon`, :func:`load_csv`.
 - Protocol: :class:`ProtocolConfig`, :func:`build_samples`, :func:`prepare_dataset` and the
   per-kind ``prepare_*`` functions behind ``automr data prepare`` (:data:`DATASET_KINDS`).
-- Persistence: :class:`PreparedDataset` (``.load(dir)``, ``.catalog``, ``.samples(split)``,
-  ``.stats``).
+- Persistence: :class:`PreparedDataset` (``.load(dir)``, ``.catalog``, ``.samples(split)``: a
+  :class:`SplitSamples`, each sample built when read; ``.stats``).
 - Prompts: :class:`PromptConfig`, :func:`format_prompt`, :func:`format_target`,
   :func:`sample_texts`, :func:`tokenize_example`, :func:`tokenize_sample`.
 
@@ -46,7 +46,7 @@ from automr.data.protocol import (
     resolve_boundaries,
 )
 from automr.data.records import Interaction, Item, Sample
-from automr.data.samples import build_samples
+from automr.data.samples import SplitSamples, build_samples
 from automr.data.source import SourceData
 from automr.data.stats import DatasetStats
 from automr.data.tabular import load_csv
@@ -69,6 +69,7 @@ __all__ = [
     "SourceData",
     "SourceInfo",
     "SplitBoundaries",
+    "SplitSamples",
     "TokenizedExample",
     "build_samples",
     "display_title",

@@ -20,16 +20,19 @@ instead of ~100 MB with the lists spelled out) and loading fast; :class:`Sample`
 load re-checks that every history is strictly older than its sample.
 
 Samples are read lazily, one split at a time, the first time :meth:`PreparedDataset.samples`
-asks for it.
+asks for it, and kept as positions (:class:`~automr.data.samples.SplitSamples`): each sample
+is built when read.
 """
 
 import bisect
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
+import numpy as np
 from beartype.roar import BeartypeCallHintViolation
 
 from automr.checks import beartype
@@ -37,14 +40,15 @@ from automr.data.catalog import Catalog
 from automr.data.prompts import PROMPT_DOMAINS, PromptConfig
 from automr.data.protocol import SPLITS, ProtocolConfig, SplitBoundaries
 from automr.data.records import Interaction, Item, Sample
-from automr.data.samples import check_unique_ids
+from automr.data.samples import SplitSamples, check_unique_ids
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
 from automr.paths import home_path
 from automr.storage import write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
-_DAMAGED = (KeyError, TypeError, ValueError, IndexError, BeartypeCallHintViolation)
+_DAMAGED = (KeyError, TypeError, ValueError, IndexError, OverflowError,
+            BeartypeCallHintViolation)
 """What reading a damaged folder's rows raises: a missing key, a value of the wrong type (the
 records' type checks) or out of range."""
 
@@ -82,7 +86,7 @@ class PreparedDataset:
     stats: DatasetStats
     source: SourceInfo
     path: Path | None = None
-    _samples: dict[str, tuple[Sample, ...]] = attrs.field(factory=dict, eq=False, repr=False)
+    _samples: dict[str, Sequence[Sample]] = attrs.field(factory=dict, eq=False, repr=False)
     _stamp: dict | None = attrs.field(default=None, eq=False, repr=False)
     """The files at :attr:`path` when it was loaded (:func:`_stamp`): its splits are read
     later, from those files only."""
@@ -97,8 +101,10 @@ class PreparedDataset:
                 f"{len(self.interactions):,} interactions, samples "
                 f"{', '.join(f'{s} {n:,}' for s, n in self.stats.samples.items())})")
 
-    def samples(self, split: str) -> tuple[Sample, ...]:
-        """A split's samples; their ids (:attr:`Sample.id`) are unique within the split."""
+    def samples(self, split: str) -> Sequence[Sample]:
+        """A split's samples; their ids (:attr:`Sample.id`) are unique within the split. A
+        prepared split is a :class:`~automr.data.samples.SplitSamples`: each sample is built
+        when read, so a split of millions fits in memory."""
         if split not in SPLITS:
             raise AutomrError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
         if split not in self._samples:
@@ -110,12 +116,21 @@ class PreparedDataset:
                                   f"may not be the loaded dataset's; load it again")
             path = self.path / "samples" / f"{split}.jsonl"
             timelines = _timelines(self.interactions)
+            users = {user: index for index, user in enumerate(timelines)}
+            targets: dict[str, int] = {}
+            rows = array("q")
             try:
-                samples = tuple(_sample(row, timelines) for row in _read_jsonl(path))
+                for row in _read_jsonl(path):
+                    sample = _sample(row, timelines)  # checked, then let go: built when read
+                    rows.extend((users[sample.user], sample.timestamp,
+                                 targets.setdefault(sample.target, len(targets)),
+                                 row["history_start"], row["recent_start"], row["history_end"]))
             except _DAMAGED as error:
                 raise AutomrError(f"{path} is damaged ({type(error).__name__}: "
                                   f"{_reason(error)}). Prepare the dataset again with "
                                   f"`automr data prepare ...`.") from None
+            samples = SplitSamples(list(timelines), list(timelines.values()), list(targets),
+                                   np.array(rows, dtype=np.int64))
             check_unique_ids(samples, str(path))
             _check_count(path, len(samples), self.stats.samples.get(split), "samples")
             self._samples[split] = samples
@@ -142,8 +157,10 @@ class PreparedDataset:
         (folder / "samples").mkdir(exist_ok=True)
         timelines = _timelines(self.interactions)
         for split in SPLITS:
-            _write_jsonl(folder / "samples" / f"{split}.jsonl",
-                         (_sample_row(s, timelines[s.user]) for s in samples[split]))
+            stored = (samples[split].stored_rows(timelines)
+                      if isinstance(samples[split], SplitSamples) else None)
+            _write_jsonl(folder / "samples" / f"{split}.jsonl", stored if stored is not None
+                         else (_sample_row(s, timelines[s.user]) for s in samples[split]))
 
     @classmethod
     def load(cls, folder: Path | str) -> "PreparedDataset":

@@ -11,6 +11,7 @@ import attrs
 
 from automr.checks import beartype
 from automr.data.records import Sample
+from automr.data.samples import SplitSamples
 from automr.data.source import skip_label
 
 
@@ -120,6 +121,8 @@ class DatasetStats:
 
 def memory_lengths(samples: Mapping[str, Sequence[Sample]]) -> dict[str, LengthStats]:
     """Per split and ``"all"``: mean / max memory size."""
-    out = {split: LengthStats.of([len(s.memory) for s in rows]) for split, rows in samples.items()}
-    out["all"] = LengthStats.of([len(s.memory) for rows in samples.values() for s in rows])
+    lengths = {split: rows.memory_lengths() if isinstance(rows, SplitSamples)
+               else [len(s.memory) for s in rows] for split, rows in samples.items()}
+    out = {split: LengthStats.of(values) for split, values in lengths.items()}
+    out["all"] = LengthStats.of([n for values in lengths.values() for n in values])
     return out
