@@ -602,3 +602,7 @@ def test_a_users_combiner_of_other_settings_does_not_resume_anothers_annotation(
     module = torch.nn.Linear(2, 2)  # a module's layout and weights
     assert _state_of(module).startswith("Linear(in_features=2, out_features=2, bias=True) ")
     assert _state_of(module) != _state_of(torch.nn.Linear(2, 2))
+    # an object's address differs in every process: a rerun was refused (today's review)
+    assert _state_of(ScaledAppend(object())) == _state_of(ScaledAppend(object()))
+    module.config = ScaledAppend(2.0)  # a module's own config, not a Hugging Face one: it was
+    assert _state_of(module).startswith("Linear(")  # a raw AttributeError (to_diff_dict)

@@ -3,6 +3,7 @@ layer and pooled as the memory's record says (what annotation records as ``z_t``
 the batch and its left padding; so a query-dependent retriever picks the same elements at
 any batch size."""
 
+import attrs
 import pytest
 import torch
 
@@ -299,6 +300,9 @@ def test_a_method_refuses_to_go_on_after_its_retrievers_weights_changed(workspac
         run.target_log_likelihoods(samples)
     fresh = method(workspace, retriever, batch_size=2, k=1)
     assert fresh.target_log_likelihoods(samples) != before  # the new weights pick otherwise
+    rebuilt = attrs.evolve(run)  # as the message says, sharing its kept values: the old
+    assert rebuilt.likelihoods is run.likelihoods  # weights' were read back (today's review)
+    assert rebuilt.target_log_likelihoods(samples) == fresh.target_log_likelihoods(samples)
 
 
 class RowByRow:

@@ -15,6 +15,7 @@ whatever the number of processes before.
 
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -199,9 +200,10 @@ def annotate_dataset(
 
 def _state_of(combiner: Combiner) -> str:
     """What tells two of a user's combiners of one class apart (a resume refuses another):
-    its ``repr`` where its class writes one (attrs and dataclass fields, a module's layout)
-    and a module's weights."""
-    shown = repr(combiner) if type(combiner).__repr__ is not object.__repr__ else ""
+    its ``repr`` where its class writes one (attrs and dataclass fields, a module's layout;
+    objects' addresses left out) and a module's weights."""
+    shown = (re.sub(r" at 0x[0-9a-fA-F]+", "", repr(combiner))  # an address is per process
+             if type(combiner).__repr__ is not object.__repr__ else "")
     if isinstance(combiner, torch.nn.Module):
         shown += " " + model_fingerprint(combiner, type(combiner).__qualname__)
     return shown

@@ -624,7 +624,7 @@ def model_fingerprint(model: torch.nn.Module, name: str) -> str:
     weight, so files are fingerprinted by :func:`files_fingerprint` instead."""
     digest = hashlib.sha256(canonical_model_name(name).encode())
     config = getattr(model, "config", None)
-    if config is not None:
+    if hasattr(config, "to_diff_dict"):  # a Hugging Face config (a module's own is not)
         fields = config.to_diff_dict()
         for volatile in CONFIG_VOLATILE:
             fields.pop(volatile, None)

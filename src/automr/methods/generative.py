@@ -7,7 +7,7 @@ A :class:`GenerativeMethod` is a loaded LM + a grounder, optionally a
 :class:`~automr.interfaces.PromptContext` (ReLLa, TRSR).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -70,13 +70,14 @@ class KeptLikelihoods:
     none again), and a method made from another with ``attrs.evolve`` and another retrieval,
     context, layer or model computes its own."""
 
-    _tables: list[tuple[tuple[int, str], tuple[object, ...], dict[Sample, Likelihood]]] = (
+    _tables: list[tuple[tuple[int, Hashable], tuple[object, ...], dict[Sample, Likelihood]]] = (
         attrs.field(factory=list, init=False))
 
     def table(self, layer: int, inputs: tuple[object, ...],
-              weights: str = "") -> dict[Sample, Likelihood]:
-        """The values kept for ``inputs`` (compared by identity) at ``layer`` with the model's
-        ``weights`` (its fingerprint: the same model object trained further is another), by
+              weights: Hashable = "") -> dict[Sample, Likelihood]:
+        """The values kept for ``inputs`` (compared by identity) at ``layer`` with ``weights``
+        (the model's fingerprint and the retrieval's weights' versions: the same objects
+        trained further are others), by
         sample (not its id: a user's sample served again with another history is another):
         the same dict for the same inputs, a new one for others."""
         for key, kept, table in self._tables:
@@ -274,8 +275,9 @@ class GenerativeMethod:
         Each sample's value is kept (:attr:`likelihoods`), so asking again (an injection of
         this method, another grounder of its model) computes nothing."""
         self._check_weights()
+        versions = tuple((id(ref()), was) for ref, was in self._retrieval_weights)
         kept = self.likelihoods.table(self.layer, (self.loaded, self.dataset, self.retrieval,
-                                                   self.context), self._weights)
+                                                   self.context), (self._weights, versions))
         todo = list(dict.fromkeys(s for s in samples if s not in kept))
         for chunk, (scores, counts) in self._batches(todo, self._likelihood_batch):
             for sample, score, count in zip(chunk, scores.tolist(), counts, strict=True):
