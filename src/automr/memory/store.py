@@ -134,7 +134,9 @@ class MemoryStore:
                 f"the memory in {self.folder} was built with another model (fingerprint "
                 f"{self.record.model_fingerprint[:12]}) than the lower {self.layer} layers of "
                 f"{loaded.name!r}: build it with that model (a fine-tune's: its base, the "
-                f"adapter from layer {self.layer} up). {FINGERPRINT_CHANGE}")
+                f"adapter from layer {self.layer} up; a fine-tune of your own says so with "
+                f"LoadedModel(..., base_fingerprint=, tuned_from_layer=)). "
+                f"{FINGERPRINT_CHANGE}")
 
     # -- the Memory protocol ------------------------------------------------------------
     @property
