@@ -370,9 +370,11 @@ def lora_model(loaded: LoadedModel, config: FinetuneConfig) -> PeftModel:
                           f"{one_line(error)}") from error
     if below := lora_below(model, config.lora_from_layer):
         # peft takes a mixture of experts' projection names (gate_proj, ...) as its experts'
-        # fused weights too: those targets are no longer among its target modules
-        experts = [name for name in config.target_modules
-                   if name not in model.peft_config["default"].target_modules]
+        # fused weights too: those targets leave its target modules (peft 0.21) or join its
+        # target parameters (0.22)
+        chosen = model.peft_config["default"]
+        experts = [name for name in config.target_modules if name not in chosen.target_modules
+                   or name in (getattr(chosen, "target_parameters", None) or ())]
         advice = (f"Leave {', '.join(experts)} out of --lora-targets (peft takes "
                   f"{'it' if len(experts) == 1 else 'them'} for the experts' weights too)"
                   if experts else f"Name linear modules only with --lora-targets "
