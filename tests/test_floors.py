@@ -139,18 +139,20 @@ def test_cooccurrence_equals_the_dense_computation(dataset, data, window, query_
             for b in items[i + 1 : i + 1 + window]:
                 follows[a, b] += 1.0
     pop = plain_popularity(random)
-    expected = []
+    expected, counts = [], []
     for s in random.samples("test"):
         query = torch.zeros(len(ids), dtype=torch.float64)
         for item in s.history[-query_items:]:
             query[ids.index(item)] += 1.0
-        scores = query @ follows + pop / (pop.max() + 1)
+        counts.append(query @ follows)
+        scores = counts[-1] + pop / (pop.max() + 1)
         target = ids.index(s.target)
         expected.append(sum(1 for b, item in enumerate(ids) if b != target
                             and not (exclude_seen and item in s.history)
                             and scores[b] >= scores[target]))
     method = CooccurrenceMethod(random, window, query_items, exclude_seen)
     assert method.rank(random.samples("test")) == expected
+    assert torch.equal(method.counts(random.samples("test")), torch.stack(counts))  # gathered
 
 
 def test_popularity_is_counted_once_per_method(dataset, monkeypatch):

@@ -129,21 +129,32 @@ class CooccurrenceMethod:
             self._tie_break = pop / (pop.max() + 1)
         return self._tie_break
 
-    def _query(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """Sparse CSR ``[samples, items]``: how often each item is among a sample's last
-        ``query_items`` history items."""
-        catalog = self.dataset.catalog
-        rows = [row for row, s in enumerate(samples) for _ in s.history[-self.query_items:]]
-        cols = catalog.positions(item for s in samples for item in s.history[-self.query_items:])
-        return _csr_counts(rows, cols, (len(samples), len(catalog)))
+    def counts(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """Dense ``[samples, items]`` (float64): the rows of :meth:`follows` of each sample's
+        last ``query_items`` history items, summed (an item there twice counts twice). The
+        rows are gathered: torch's sparse CSR product kept ~8 MB of every product at 100k
+        items and never gave it back (a whole test split: GBs)."""
+        catalog, follows = self.dataset.catalog, self.follows()
+        queried = [s.history[-self.query_items:] for s in samples]
+        rows = torch.tensor([row for row, items in enumerate(queried) for _ in items],
+                            dtype=torch.long)
+        items = torch.tensor(catalog.positions(i for items in queried for i in items),
+                             dtype=torch.long)
+        crow, cols, values = follows.crow_indices(), follows.col_indices(), follows.values()
+        starts, lengths = crow[items], crow[items + 1] - crow[items]
+        at = (torch.repeat_interleave(starts - (lengths.cumsum(0) - lengths), lengths)
+              + torch.arange(int(lengths.sum())))  # each queried item's row entries
+        counts = torch.zeros(len(samples), len(catalog), dtype=values.dtype)
+        return counts.index_put_((torch.repeat_interleave(rows, lengths), cols[at]),
+                                 values[at], accumulate=True)
 
     def rank(self, samples: Sequence[Sample]) -> list[int]:
         """Each sample's target's 0-based rank by follow counts plus the popularity tie-break
         (ties pessimistic; the history left out with ``exclude_seen``), 256 samples at a time."""
-        follows, tie_break = self.follows(), self.tie_break()
+        tie_break = self.tie_break()
         ranks: list[int] = []
         for start in range(0, len(samples), 256):
             chunk = samples[start : start + 256]
-            counts = (self._query(chunk) @ follows).to_dense()
-            ranks += _rank(counts + tie_break, self.dataset, chunk, self.exclude_seen)
+            ranks += _rank(self.counts(chunk) + tie_break, self.dataset, chunk,
+                           self.exclude_seen)
         return ranks
