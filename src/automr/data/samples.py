@@ -51,6 +51,10 @@ def timeline_order(interactions: Sequence[Interaction]) -> tuple[Interaction, ..
                  for _, index in timeline)
 
 
+CHUNK = 4096
+"""Rows of a :class:`SplitSamples` made Python lists at a time where all are read."""
+
+
 class SplitSamples(Sequence[Sample]):
     """A split's samples, each built when read (``samples[i]``, a slice, iteration) from its
     user's timeline and six integers: built samples hold their whole histories (~1.8 KB a
@@ -86,8 +90,8 @@ class SplitSamples(Sequence[Sample]):
         return self._sample(self._rows[int(index)].tolist())
 
     def __iter__(self) -> Iterator[Sample]:
-        for start in range(0, len(self._rows), 4096):  # a chunk's rows as lists at a time
-            yield from map(self._sample, self._rows[start : start + 4096].tolist())
+        for start in range(0, len(self._rows), CHUNK):  # a chunk's rows as lists at a time
+            yield from map(self._sample, self._rows[start : start + CHUNK].tolist())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, str | bytes):
@@ -125,7 +129,9 @@ class SplitSamples(Sequence[Sample]):
         users, targets = self._users, self._targets
         return ({"user": users[user], "target": targets[target], "timestamp": timestamp,
                  "history_start": start, "recent_start": cut, "history_end": end}
-                for user, timestamp, target, start, cut, end in self._rows.tolist())
+                for chunk in range(0, len(self._rows), CHUNK)  # a chunk's rows as lists
+                for user, timestamp, target, start, cut, end in
+                self._rows[chunk : chunk + CHUNK].tolist())
 
     def _id(self, row: list[int]) -> str:
         return f"{self._users[row[0]]}@{row[1]}:{self._targets[row[2]]}"

@@ -77,9 +77,8 @@ class KeptLikelihoods:
               weights: Hashable = "") -> dict[Sample, Likelihood]:
         """The values kept for ``inputs`` (compared by identity) at ``layer`` with ``weights``
         (the model's fingerprint and the retrieval's weights' versions: the same objects
-        trained further are others), by
-        sample (not its id: a user's sample served again with another history is another):
-        the same dict for the same inputs, a new one for others."""
+        trained further are others), by sample (not its id: a user's sample served again with
+        another history is another): the same dict for the same inputs, a new one for others."""
         for key, kept, table in self._tables:
             if key == (layer, weights) and len(kept) == len(inputs) and all(
                     a is b for a, b in zip(kept, inputs, strict=True)):
