@@ -7,7 +7,7 @@ import typing
 import attrs
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from automr.combiners import COMBINERS
 from automr.grounding import (
@@ -393,6 +393,41 @@ def test_popularity_injection_is_bigrecs_formula():
     best, values = choose_gamma(distances, prior, torch.tensor([2, 2]))
     assert best > 0 and values[best] == max(values.values())
     assert choose_gamma(distances, prior, torch.tensor([1, 0]))[0] == 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 9), n=st.integers(2, 40), cut=st.integers(1, 9),
+       per_sample_prior=st.booleans(), seed=st.integers(0, 2**16))
+def test_gamma_metrics_of_chunks_of_samples_are_the_columns_of_all_at_once(
+        batch, n, cut, per_sample_prior, seed):
+    from automr.grounding.prior import GAMMA_GRID, best_gamma, choose_gamma, gamma_metrics
+
+    generator = torch.Generator().manual_seed(seed)
+    distances = torch.rand(batch, n, generator=generator)
+    prior = torch.rand(batch if per_sample_prior else 1, n, generator=generator)
+    targets = torch.randint(0, n, (batch,), generator=generator)
+    exclude = torch.rand(batch, n, generator=generator) < 0.3
+    whole = gamma_metrics(distances, prior, targets, exclude=exclude)
+    assert whole.shape == (len(GAMMA_GRID), batch) and whole.dtype == torch.float64
+    parts = [gamma_metrics(distances[i : i + cut],
+                           prior[i : i + cut] if per_sample_prior else prior,
+                           targets[i : i + cut], exclude=exclude[i : i + cut])
+             for i in range(0, batch, cut)]
+    assert torch.equal(torch.cat(parts, dim=1), whole)
+    assert best_gamma(whole) == choose_gamma(distances, prior, targets, exclude=exclude)
+
+
+def test_best_gamma_takes_a_value_per_gamma_and_sample():
+    from automr.errors import AutomrError
+    from automr.grounding.prior import best_gamma
+
+    assert best_gamma(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64),
+                      (0.0, 1.0, 2.0)) == (0.0, {0.0: 0.5, 1.0: 0.5, 2.0: 0.0})  # the smallest
+    assert best_gamma(torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.5]], dtype=torch.float64),
+                      (0.0, 1.0, 2.0)) == (2.0, {0.0: 0.5, 1.0: 0.5, 2.0: 0.75})
+    for wrong in (torch.zeros(2, 3, dtype=torch.float64), torch.zeros(3, 0, dtype=torch.float64)):
+        with pytest.raises(AutomrError, match="one value per gamma"):
+            best_gamma(wrong, (0.0, 1.0, 2.0))
 
 
 def test_gammas_that_rank_the_targets_alike_tie_and_the_smallest_wins():

@@ -168,15 +168,16 @@ def test_exclude_seen_reaches_the_built_method(space, kind):
 def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
         space, monkeypatch, exclude_seen):
     from automr.data.subsets import seeded_subset
+    from automr.grounding.prior import GAMMA_GRID
     from automr.methods import registry
 
     seen = {}
 
-    def choose_gamma(distances, prior, targets, exclude=None):
+    def gamma_metrics(distances, prior, targets, exclude=None):
         seen.update(targets=targets.tolist(), exclude=exclude)
-        return 0.0, {0.0: 0.0}
+        return torch.zeros(len(GAMMA_GRID), len(targets), dtype=torch.float64)
 
-    monkeypatch.setattr(registry, "choose_gamma", choose_gamma)
+    monkeypatch.setattr(registry, "gamma_metrics", gamma_metrics)
     options = attrs.evolve(space.options, seed=5, tune_samples=3, exclude_seen=exclude_seen)
     other, catalog = attrs.evolve(space, options=options), space.dataset.catalog
 
@@ -198,6 +199,44 @@ def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
     every = attrs.evolve(space, options=attrs.evolve(options, tune_samples=10**6))
     _, tuning = every.tuned_gamma(Plain(), lambda samples: torch.zeros(1, len(catalog)))
     assert tuning["tuned_on_valid_samples"] == len(space.dataset.samples("valid"))  # not 10**6
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_gamma_tuned_a_few_samples_at_a_time_is_the_gamma_tuned_at_once(
+        space, monkeypatch, exclude_seen):
+    """A large catalog's tuning takes its samples a chunk at a time (its [samples, items]
+    matrices were GBs at 100k items): the same gamma and values as all at once."""
+    import zlib
+
+    from automr.methods import registry
+
+    catalog = space.dataset.catalog
+    options = attrs.evolve(space.options, tune_samples=7, exclude_seen=exclude_seen)
+    other = attrs.evolve(space, options=options)
+    asked = []
+
+    def per_sample(samples):  # one fixed row per sample, whatever else is asked with it
+        return torch.stack([torch.rand(len(catalog), generator=torch.Generator().manual_seed(
+            zlib.crc32(s.id.encode()))) for s in samples])
+
+    class Plain:
+        def distances(self, samples):
+            asked.append(len(samples))
+            return per_sample(samples)
+
+    def scores(samples):
+        return per_sample(samples) * 3
+
+    at_once = other.tuned_gamma(Plain(), scores)
+    assert asked == [7]
+    monkeypatch.setattr(registry, "TUNING_CELLS", 3 * len(catalog))
+    asked.clear()
+    assert other.tuned_gamma(Plain(), scores) == at_once
+    assert asked == [3, 3, 1]
+    monkeypatch.setattr(registry, "TUNING_CELLS", 1)  # a row at a time, at least
+    asked.clear()
+    assert other.tuned_gamma(Plain(), scores) == at_once
+    assert asked == [1] * 7
 
 
 def test_a_memory_method_at_another_layer_than_its_memorys_is_refused(space):

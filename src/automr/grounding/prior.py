@@ -20,6 +20,7 @@ from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.checks import beartype
+from automr.errors import AutomrError
 from automr.evaluation.metrics import per_sample_metrics, ranks_from_scores
 
 GAMMA_GRID = tuple(i / 100 for i in range(100)) + tuple(float(i) for i in range(1, 100))
@@ -57,6 +58,19 @@ def choose_gamma(
     """The ``gamma`` of ``grid`` with the best mean ``metric`` on these (validation) samples
     (the smallest on ties), and every gamma's value; ``exclude`` as in
     :func:`~automr.evaluation.metrics.ranks_from_scores` (e.g. the samples' seen items)."""
+    return best_gamma(gamma_metrics(distances, prior, targets, metric, grid, exclude), grid)
+
+
+@jaxtyped(typechecker=beartype)
+def gamma_metrics(
+    distances: Float[Tensor, "batch items"], prior: Float[Tensor, "*prior_batch items"],
+    targets: Int[Tensor, " batch"], metric: str = "ndcg@5",
+    grid: Sequence[float] = GAMMA_GRID, exclude: Bool[Tensor, "batch items"] | None = None,
+) -> Float[Tensor, "grid batch"]:
+    """Each sample's ``metric`` under each gamma of ``grid`` (row ``i``: ``grid[i]``), as
+    :func:`choose_gamma` weighs them. A sample's values depend on its own row only, so the
+    samples can be taken a chunk at a time (a large catalog's ``[samples, items]`` matrices
+    need not all be held at once) and the columns joined for :func:`best_gamma`."""
     k = int(metric.split("@")[1])
     normalised = min_max(distances)  # once, not per gamma: the same adjusted distances
     ranks_from_scores(-normalised, targets, exclude)  # its checks (NaN, targets), once
@@ -64,11 +78,25 @@ def choose_gamma(
     counted = (torch.ones_like(normalised, dtype=torch.bool) if exclude is None
                else ~exclude.to(distances.device))
     counted.scatter_(1, targets, False)  # the target does not outrank itself
-    values = {}
+    rows = []
     for gamma in grid:  # ranks_from_scores(-adjusted, ...) of each gamma, in fewer passes
         adjusted = _weighted(normalised, prior, gamma)
         ranks = ((adjusted <= adjusted.gather(1, targets)) & counted).sum(1)
-        per_sample = per_sample_metrics(ranks, (k,))[metric].tolist()
-        values[gamma] = math.fsum(per_sample) / len(per_sample)  # equal ranks in another
-    best = max(values.values())  # order, equal value: a tie goes to the smallest gamma
+        rows.append(per_sample_metrics(ranks, (k,))[metric].cpu())
+    return torch.stack(rows) if rows else torch.zeros(0, len(distances), dtype=torch.float64)
+
+
+@jaxtyped(typechecker=beartype)
+def best_gamma(
+    per_sample: Float[Tensor, "grid batch"], grid: Sequence[float] = GAMMA_GRID,
+) -> tuple[float, dict[float, float]]:
+    """The gamma of ``grid`` whose row of :func:`gamma_metrics` has the best mean (the
+    smallest on ties), and every gamma's mean."""
+    if len(per_sample) != len(grid) or 0 in per_sample.shape:
+        raise AutomrError(f"best_gamma takes one value per gamma ({len(grid)}) and sample, "
+                          f"got {tuple(per_sample.shape)}")
+    # an exact mean: equal ranks in another sample order, equal value
+    values = {gamma: math.fsum(row) / len(row)
+              for gamma, row in zip(grid, per_sample.tolist(), strict=True)}
+    best = max(values.values())  # a tie goes to the smallest gamma
     return min(g for g, v in values.items() if v == best), values

@@ -30,7 +30,7 @@ from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.likelihood import LoweredBatches
-from automr.grounding.prior import choose_gamma, min_max
+from automr.grounding.prior import best_gamma, gamma_metrics, min_max
 from automr.interfaces import LikelihoodMethod, Method, PromptContext
 from automr.llm.loading import (
     DEFAULT_MODEL,
@@ -99,6 +99,11 @@ INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
 """The L2 grounding with BIGRec's statistical information injection
 (:class:`~automr.methods.injection.PriorWeightedMethod`), by name: the prior's scores, from
 training-period popularity (the same for every sample) or SASRec (per sample)."""
+
+TUNING_CELLS = 2**24
+"""Gamma is tuned on at most this many ``[samples, items]`` cells at a time (64 MB a float32
+matrix): at once below 16,777 samples of a 1,000-item catalog, 167 samples at a time of a
+100,000-item one."""
 
 INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "sasrec")
 """What only an injection's settings hold beside its L2 grounding's (its generations are the
@@ -349,12 +354,16 @@ class Workspace:
             raise AutomrError("the -pop grounders choose gamma on validation samples; this "
                               "dataset has none")
         catalog = self.dataset.catalog
-        targets = torch.tensor(catalog.positions(s.target for s in samples))
-        prior = min_max(scores(samples).float())
-        exclude = (seen_mask([catalog.positions(s.history) for s in samples], len(catalog))
-                   if self.options.exclude_seen else None)
-        gamma, values = choose_gamma(plain.distances(samples), prior, targets,
-                                     exclude=exclude)
+        per_sample = []  # a chunk of samples at a time: a large catalog's matrices are GBs
+        rows = max(1, TUNING_CELLS // len(catalog))
+        for chunk in (samples[i : i + rows] for i in range(0, len(samples), rows)):
+            targets = torch.tensor(catalog.positions(s.target for s in chunk))
+            exclude = (seen_mask([catalog.positions(s.history) for s in chunk], len(catalog))
+                       if self.options.exclude_seen else None)
+            per_sample.append(gamma_metrics(plain.distances(chunk),
+                                            min_max(scores(chunk).float()), targets,
+                                            exclude=exclude))
+        gamma, values = best_gamma(torch.cat(per_sample, dim=1))
         return gamma, {"tuned_on_valid_samples": len(samples),
                        "valid_ndcg@5": {str(g): v for g, v in values.items()}}
 
