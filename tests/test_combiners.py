@@ -198,6 +198,16 @@ def test_mismatched_memory_is_a_clear_error():
                                                   mask=torch.ones(1, 1, dtype=torch.bool)))
 
 
+@pytest.mark.parametrize("odd", [torch.full((3, 1), 7.0), torch.ones(3, 4, dtype=torch.long),
+                                 torch.ones(3, 4, dtype=torch.float64), torch.ones(4)])
+def test_pad_memory_refuses_any_row_unlike_the_first(odd):
+    """beartype checks some items of a sequence: the same call was refused 21 times in 40 and
+    otherwise broadcast a [3, 1] row over the hidden axis (or cast an int row)."""
+    for _ in range(20):
+        with pytest.raises(AutomrError, match="every row is \\[vectors, hidden\\] of one"):
+            pad_memory([torch.randn(2, 4), torch.randn(1, 4), odd])
+
+
 def test_pad_memory_right_pads_rows():
     memory = pad_memory([torch.ones(2, 3), torch.ones(0, 3), torch.full((1, 3), 2.0)])
     assert memory.mask.tolist() == [[True, True], [False, False], [True, False]]

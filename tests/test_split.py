@@ -94,6 +94,32 @@ def test_logits_at_selected_positions(tiny_models, arch, seqs, layer, side):
         assert ids[row, last[row, 0]] == seq[-1]
 
 
+def test_logits_at_with_another_row_count_than_the_state_is_refused(tiny_models):
+    """gather takes an index with fewer rows: logits_at [[5]] for 3 sequences gave row 0's
+    logits only, without a word."""
+    llm = HFSplitLLM(tiny_models["llama"])
+    ids = torch.randint(5, 100, (3, 6))
+    state = llm.lower(ids, torch.ones_like(ids, dtype=torch.bool), 2)
+    for rows in (1, 2, 4):
+        with pytest.raises(AutomrError, match=f"logits_at has {rows} rows for a state of 3"):
+            llm.upper(state, logits_at=torch.full((rows, 1), 5))
+    assert llm.upper(state, logits_at=torch.full((3, 1), 5)).shape[:2] == (3, 1)
+
+
+def test_an_insert_that_changes_the_states_layer_or_rows_is_refused(tiny_models):
+    """upper runs from the state's own layer: an insert that relabelled its result layer 0
+    ran layers 0..L-1 a second time (logits 0.17 off, generation went on)."""
+    llm = HFSplitLLM(tiny_models["llama"])
+    ids = torch.randint(5, 100, (2, 6))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    kept = prefill(llm, ids, mask, 2, lambda state: state).logits
+    torch.testing.assert_close(kept, prefill(llm, ids, mask, 2).logits)
+    for insert in (lambda s: LayerState(hidden=s.hidden, mask=s.mask, layer=0),
+                   lambda s: LayerState(hidden=s.hidden[:1], mask=s.mask[:1], layer=s.layer)):
+        with pytest.raises(AutomrError, match="an insert joins memory to each row at the layer"):
+            prefill(llm, ids, mask, 2, insert)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @given(
     seqs=st.lists(st.lists(token, min_size=2, max_size=10), min_size=1, max_size=3),

@@ -10,7 +10,7 @@ from typing import final
 
 import attrs
 import torch
-from jaxtyping import Float, jaxtyped
+from jaxtyping import jaxtyped
 from torch import Tensor
 
 from automr.checks import beartype
@@ -75,16 +75,25 @@ class Concat:
 
 
 @jaxtyped(typechecker=beartype)
-def pad_memory(rows: Sequence[Float[Tensor, "_ hidden"]]) -> MemoryTokens:
+def pad_memory(rows: Sequence[Tensor]) -> MemoryTokens:
     """One :class:`MemoryTokens` from per-query vectors of different counts (right-padded).
 
-    ``rows[i]`` holds query ``i``'s vectors in order (e.g. the concatenated token states of
-    its retrieved elements, or its top-k pooled keys); an empty row gives an all-masked row.
+    ``rows[i]`` holds query ``i``'s vectors in order (``[n_i, hidden]``, floating, all of
+    one dtype and device: e.g. the concatenated token states of its retrieved elements, or its
+    top-k pooled keys); an empty row gives an all-masked row.
     """
     if not rows:
         raise AutomrError("pad_memory needs at least one row (one per query)")
-    width = max(row.shape[0] for row in rows)
     first = rows[0]
+    odd = next((i for i, row in enumerate(rows) if not row.is_floating_point() or row.ndim != 2
+                or row.dtype != first.dtype or row.shape[1] != first.shape[1]
+                or row.device != first.device), None)
+    if odd is not None:  # checked here: beartype checks some items of a sequence, not each
+        raise AutomrError(f"pad_memory: row {odd} is {rows[odd].dtype} "
+                          f"{tuple(rows[odd].shape)} on {rows[odd].device}, row 0 "
+                          f"{first.dtype} {tuple(first.shape)} on {first.device}: every row is "
+                          f"[vectors, hidden] of one floating dtype and device")
+    width = max(row.shape[0] for row in rows)
     hidden = first.new_zeros(len(rows), width, first.shape[1])
     mask = torch.zeros(len(rows), width, dtype=torch.bool, device=first.device)
     for index, row in enumerate(rows):

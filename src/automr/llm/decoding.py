@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.checks import beartype
+from automr.errors import AutomrError
 from automr.interfaces import Insert, SplitLLM
 from automr.state import KVCache, LayerState
 from automr.types import TokenIds, TokenMask, as_bool_mask
@@ -237,7 +238,7 @@ def upper_prompts(
         hidden=torch.cat([head.hidden.expand(rest.batch_size, -1, -1), rest.hidden], 1),
         mask=torch.cat([head.mask.expand(rest.batch_size, -1), rest.mask], 1), layer=rest.layer)
     if insert is not None:
-        state = _inserted(insert, state)
+        state = apply_insert(insert, state)
     return upper_cache, llm.upper(state, cache=upper_cache,
                                   logits_at=state.last_positions())[:, 0]
 
@@ -252,10 +253,17 @@ def common_prefix(rows: list[list[int]]) -> int:
 
 
 @jaxtyped(typechecker=beartype)
-def _inserted(insert: Insert, state: LayerState) -> LayerState:
-    """Call ``insert`` in its own shape scope: the result may be longer than the prompt, so
-    its ``seq`` must not be bound to the caller's."""
-    return insert(state)
+def apply_insert(insert: Insert, state: LayerState) -> LayerState:
+    """``insert(state)``, in its own shape scope (the result may be longer than the prompt,
+    so its ``seq`` is not bound to the caller's), refused unless it keeps the state's rows
+    and layer: the upper half runs from the result's layer, one row per prompt."""
+    inserted = insert(state)
+    if inserted.batch_size != state.batch_size or inserted.layer != state.layer:
+        raise AutomrError(f"the insert turned a layer-{state.layer} state of "
+                          f"{state.batch_size} rows into a layer-{inserted.layer} state of "
+                          f"{inserted.batch_size} rows: an insert joins memory to each row at "
+                          f"the layer it is given")
+    return inserted
 
 
 @torch.no_grad()

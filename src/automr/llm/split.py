@@ -369,6 +369,7 @@ class HFSplitLLM:
         """An empty cache for one half (use one for ``lower`` and another for ``upper``)."""
         return KVCache(DynamicCache())  # every layer keeps all its keys: windows are masks
 
+    @jaxtyped(typechecker=beartype)
     def embed(self, input_ids: TokenIds) -> Float[Tensor, "batch seq hidden"]:
         """Token embeddings (the state entering layer 0)."""
         table = self.decoder.get_input_embeddings()  # embed_tokens (Nemotron-H: embeddings)
@@ -414,6 +415,9 @@ class HFSplitLLM:
     ) -> Float[Tensor, "batch k vocab"]:
         """Layers ``state.layer..``, the final norm and the head at ``logits_at`` (default: all)."""
         self._check_layer(state.layer)
+        if logits_at is not None and len(logits_at) != state.batch_size:
+            raise AutomrError(f"logits_at has {len(logits_at)} rows for a state of "
+                              f"{state.batch_size}: one row of positions per sequence")
         layers = range(state.layer, self.num_layers)
         hidden = self._run_layers(state.hidden, state.mask, layers, cache)
         if logits_at is not None:

@@ -56,6 +56,7 @@ from automr.data.subsets import seeded_subset
 from automr.devices import keeping_rng
 from automr.errors import AutomrError
 from automr.interfaces import Insert, require_instance
+from automr.llm.decoding import apply_insert
 from automr.llm.loading import (
     LoadedModel,
     canonical_model_name,
@@ -175,7 +176,7 @@ def batch_nll(llm: HFSplitLLM, batch: Batch, layer: int,
     logits_at = batch.logits_at.to(device)
     if batch.insert is not None:  # memory before the prompt: every position moves right
         width = state.seq_len
-        state = batch.insert(state)
+        state = apply_insert(batch.insert, state)
         logits_at = logits_at + (state.seq_len - width)
     logits = llm.upper(state, logits_at=logits_at).float()
     nll = torch.nn.functional.cross_entropy(
