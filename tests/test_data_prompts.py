@@ -142,3 +142,20 @@ def test_a_title_holding_a_special_tokens_text_is_read_as_text(special):
     assert TOKENIZER.decode(example.target_ids) == title
     [row] = catalog_targets(TOKENIZER, [title]).token_ids
     assert [i for i in row if i in ids] == [TOKENIZER.eos_token_id] == [row[-1]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(texts=st.lists(st.text(max_size=12), max_size=9), at_once=st.integers(1, 4),
+       special=st.booleans())
+def test_text_token_ids_a_few_texts_a_call_are_the_ids_of_one_call(texts, at_once, special):
+    """A catalog is tokenized a chunk of titles at a time (100,000 titles in one call held
+    1.3 GB more): each text's ids are those of one call over them all."""
+    from automr.data import prompts
+
+    whole = (prompts.encode_texts(TOKENIZER, texts, add_special_tokens=special)["input_ids"]
+             if texts else [])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prompts, "TOKENIZED_AT_ONCE", at_once)
+        for given_as in (list, tuple):
+            assert prompts.text_token_ids(TOKENIZER, given_as(texts),
+                                          add_special_tokens=special) == whole

@@ -16,8 +16,10 @@ the public boundary and converted with :func:`as_bool_mask`.
 """
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
+
+from automr.checks import beartype
 
 TokenIds = Int[Tensor, "batch seq"]
 """Token ids of a padded batch."""
@@ -35,6 +37,7 @@ Positions = Int[Tensor, "batch k"]
 """Indices into the ``seq`` axis (e.g. where to compute logits)."""
 
 
+@jaxtyped(typechecker=beartype)
 def as_bool_mask(mask: Tensor) -> Bool[Tensor, "..."]:
     """A boolean view of a 0/1 or boolean attention mask."""
     return mask if mask.dtype == torch.bool else mask != 0

@@ -84,6 +84,7 @@ class UpperAnnotator:
         return torch.tensor(result.base), result.with_element
 
     @torch.no_grad()
+    @jaxtyped(typechecker=beartype)
     def annotate(
         self, prompt_ids: Int[Tensor, " seq"], target_ids: Int[Tensor, " target"],
         memory: MemoryTokens,

@@ -180,6 +180,19 @@ def encode_texts(tokenizer, texts: str | list[str], **kwargs):
         return tokenizer(texts, **{"split_special_tokens": True, **kwargs})
 
 
+TOKENIZED_AT_ONCE = 1000
+"""How many texts :func:`text_token_ids` gives the tokenizer in one call."""
+
+
+def text_token_ids(tokenizer, texts: Sequence[str], **kwargs) -> list[list[int]]:
+    """Each text's token ids (:func:`encode_texts` without padding), :data:`TOKENIZED_AT_ONCE`
+    texts a call: a fast tokenizer makes an encoding per text (its tokens as strings, offsets)
+    before the ids come out, so a catalog's 100,000 titles in one call held 1.3 GB more."""
+    return [ids for start in range(0, len(texts), TOKENIZED_AT_ONCE)
+            for ids in encode_texts(tokenizer, list(texts[start : start + TOKENIZED_AT_ONCE]),
+                                    **kwargs)["input_ids"]]
+
+
 def tokenize_example(tokenizer, prompt: str, target: str, *, add_eos: bool = True
                      ) -> TokenizedExample:
     """Tokenize ``prompt`` (with the tokenizer's special tokens) and ``target`` (without)

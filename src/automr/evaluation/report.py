@@ -78,6 +78,7 @@ class MetricReport:
                             ks=ks, n_resamples=n_resamples, confidence=confidence, seed=seed,
                             resample=resample)
 
+    @jaxtyped(typechecker=beartype)
     def rank_tensor(self) -> Int[Tensor, " batch"]:
         """The ranks as an int64 tensor, in ``sample_ids`` order."""
         return torch.tensor(self.ranks, dtype=torch.long)

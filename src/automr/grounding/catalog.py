@@ -12,7 +12,7 @@ import torch
 from automr.cache import resolve_cache_dir
 from automr.data import PreparedDataset, format_target
 from automr.data.popularity import popularity
-from automr.data.prompts import encode_texts
+from automr.data.prompts import text_token_ids
 from automr.errors import AutomrError
 from automr.grounding.constrained import ConstrainedGrounder
 from automr.grounding.embedding import embed_texts
@@ -48,13 +48,14 @@ def catalog_embeddings(
     loaded: LoadedModel, targets: CatalogTargets, base_fingerprint: str,
     cache_dir: Path | str | None = None, progress: bool = True,
 ) -> torch.Tensor:
-    """Base-model embeddings of every catalog response text, cached by model, dtype (the
-    fingerprint is the same in every dtype, the embeddings are not) and the token ids embedded
-    (the texts with the special tokens the tokenizer adds: a tokenizer's files are not in the
-    model's fingerprint). A cache that cannot be written (shared, read-only) is only read.
-    ``base_fingerprint`` must be ``loaded``'s or, for a fine-tune, its base's."""
+    """Base-model embeddings of every catalog response text (float32, on the CPU: as the
+    cache reads them back), cached by model, dtype (the fingerprint is the same in every
+    dtype, the embeddings are not) and the token ids embedded (the texts with the special
+    tokens the tokenizer adds: a tokenizer's files are not in the model's fingerprint). A
+    cache that cannot be written (shared, read-only) is only read. ``base_fingerprint`` must be
+    ``loaded``'s or, for a fine-tune, its base's."""
     loaded.check_base_fingerprint(base_fingerprint, "catalog embeddings")
-    embedded = encode_texts(loaded.tokenizer, list(targets.texts))["input_ids"]
+    embedded = text_token_ids(loaded.tokenizer, targets.texts)
     catalog_hash = hashlib.sha256(json.dumps(embedded).encode()).hexdigest()
     dtype = dtype_name(loaded.model.dtype)
     path = (resolve_cache_dir(cache_dir, create=False) / "grounding" /
@@ -66,6 +67,7 @@ def catalog_embeddings(
         task = bar.add_task("embedding catalog titles", total=len(targets))
         embeddings = embed_texts(loaded.model, loaded.tokenizer, targets.texts,
                                  progress=lambda n: bar.advance(task, n))
+    embeddings = embeddings.cpu()  # where the cache reads back to: each run ranks alike
     with contextlib.suppress(OSError):  # not cached: computed again next time
         path.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(path, {"embeddings": embeddings.contiguous()}, metadata={

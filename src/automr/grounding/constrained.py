@@ -109,6 +109,7 @@ class ConstrainedGrounder:
         return beam_search(llm, input_ids, attention_mask, layer, insert=insert,
                            share_prefix=True, **common)
 
+    @jaxtyped(typechecker=beartype)
     def fallback_orders(self, anchors: list[int | None]) -> Int[Tensor, "batch items"]:
         """Each sample's order of the whole catalog after its beams: by (prior-adjusted) L2
         distance to its ``anchor`` (the top beam's item); by the prior, or catalog order,

@@ -4,10 +4,11 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
-from automr.data.prompts import encode_texts
+from automr.checks import beartype
+from automr.data.prompts import encode_texts, text_token_ids
 from automr.llm.split import HFSplitLLM
 
 
@@ -18,6 +19,7 @@ def base_model(model: torch.nn.Module) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
+@jaxtyped(typechecker=beartype)
 def embed_texts(
     model: torch.nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 32,
     progress=None,
@@ -35,25 +37,28 @@ def embed_texts(
     order padded to 1.78 times their tokens, sorted to 1.03 (``benchmarks/embed_texts.py``).
     """
     llm = HFSplitLLM(model)
-    lengths = [len(ids) for ids in encode_texts(tokenizer, list(texts))["input_ids"]]
+    lengths = [len(ids) for ids in text_token_ids(tokenizer, texts)]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
-    vectors = []
+    embeddings = torch.empty(len(texts), llm.hidden_size, device=llm.device)
     with base_model(model):
         for start in range(0, len(order), batch_size):
-            chunk = [texts[i] for i in order[start : start + batch_size]]
-            batch = encode_texts(tokenizer, chunk, padding=True, return_tensors="pt")
+            rows = order[start : start + batch_size]
+            batch = encode_texts(tokenizer, [texts[i] for i in rows], padding=True,
+                                 return_tensors="pt")
             ids = batch["input_ids"].to(llm.device)
             mask = batch["attention_mask"].to(llm.device)
             state = llm.lower(ids, mask, 0)
             hidden = llm.final_hidden(state)
             last = state.last_positions()
-            vectors.append(hidden.gather(1, last[..., None].expand(-1, -1, hidden.shape[-1]))[:, 0])
+            # each row in its place: no list of batches, their concatenation and its reorder
+            embeddings[torch.tensor(rows, device=llm.device)] = hidden.gather(
+                1, last[..., None].expand(-1, -1, hidden.shape[-1]))[:, 0].float()
             if progress is not None:
-                progress(len(chunk))
-    embeddings = torch.cat(vectors).float()
-    return embeddings[torch.tensor(order, device=embeddings.device).argsort()]
+                progress(len(rows))
+    return embeddings
 
 
+@jaxtyped(typechecker=beartype)
 def l2_distances(
     queries: Float[Tensor, "rows hidden"], catalog: Float[Tensor, "items hidden"]
 ) -> Float[Tensor, "rows items"]:

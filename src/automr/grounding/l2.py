@@ -55,10 +55,12 @@ class L2Grounder:
         """L2 distance of every catalog title to each prompt's generated text."""
         return self.distances_to(self.generate(llm, input_ids, attention_mask, layer, insert))
 
+    @jaxtyped(typechecker=beartype)
     def distances_to(self, texts: list[str]) -> Float[Tensor, "batch items"]:
         """L2 distance of every catalog title to each of ``texts`` (e.g. kept generations)."""
         return self.distances_from(self.embed(texts))
 
+    @jaxtyped(typechecker=beartype)
     def embed(self, texts: list[str]) -> Float[Tensor, "batch hidden"]:
         """The embedding of each text that :meth:`distances_from` measures the titles to."""
         return embed_texts(self.model, self.tokenizer, texts)
@@ -72,6 +74,7 @@ class L2Grounder:
         catalog = self.catalog_embeddings
         return l2_distances(embeddings.to(catalog), catalog)
 
+    @jaxtyped(typechecker=beartype)
     def generate(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,

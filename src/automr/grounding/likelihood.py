@@ -40,6 +40,7 @@ class LikelihoodGrounder:
         return scores.argsort(dim=1, descending=True, stable=True)
 
     @torch.no_grad()
+    @jaxtyped(typechecker=beartype)
     def scores(
         self, llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
         insert: Insert | None = None,
@@ -203,6 +204,7 @@ def lower_targets(
 
 
 @torch.no_grad()
+@jaxtyped(typechecker=beartype)
 def target_log_likelihoods_from(
     llm: SplitLLM, lowered: LoweredTargets, insert: Insert | None = None
 ) -> Float[Tensor, " batch"]:

@@ -6,7 +6,7 @@ import attrs
 import torch
 
 from automr.checks import beartype
-from automr.data.prompts import encode_texts
+from automr.data.prompts import text_token_ids
 from automr.llm.beam import TokenTrie
 
 
@@ -60,7 +60,7 @@ def catalog_targets(tokenizer, texts: Sequence[str]) -> CatalogTargets:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; generative grounding needs one")
-    encoded = encode_texts(tokenizer, list(texts), add_special_tokens=False)["input_ids"]
+    encoded = text_token_ids(tokenizer, texts, add_special_tokens=False)
     return CatalogTargets(
         texts=tuple(texts), token_ids=tuple((*ids, eos) for ids in encoded), eos_token_id=eos
     )

@@ -227,6 +227,7 @@ class MemoryStore:
         user, count, start = self.request_for(sample)
         return self.view(user, count, start)
 
+    @jaxtyped(typechecker=beartype)
     def padded_keys(
         self, requests: Sequence[Request]
     ) -> tuple[Float[Tensor, "batch mem hidden"], Bool[Tensor, "batch mem"]]:

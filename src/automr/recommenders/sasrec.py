@@ -592,7 +592,7 @@ def sample_negatives(
     return draws
 
 
-@beartype
+@jaxtyped(typechecker=beartype)
 def rank_targets(
     model: SASRec, samples: Sequence[EvalSample], exclude_seen: bool, batch_size: int = 512
 ) -> Int[Tensor, " batch"]:

@@ -40,6 +40,7 @@ class SemanticRetriever:
         self.provenance = dict(provenance or {})
 
     @classmethod
+    @jaxtyped(typechecker=beartype)
     def centered(
         cls, keys: Float[Tensor, "batch mem hidden"], mask: Bool[Tensor, "batch mem"],
         eps: float = 1e-8, provenance: Mapping[str, str] | None = None,
