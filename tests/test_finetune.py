@@ -275,7 +275,7 @@ def test_lora_beside_a_vision_tower_tunes_the_language_model_only(arch):
     (``mistral3``) has a Pixtral tower with layers of q/k/v_proj likewise, Gemma 4 its own
     (its global layers, whose keys are the values, have no v_proj)."""
     from automr.llm.loading import LoadedModel
-    from automr.recommenders.finetune import lora_below, lora_model
+    from automr.recommenders.lora import lora_below, lora_model
     from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
     local = dict(layer_types=["sliding_attention"] * 2 + ["full_attention"])
@@ -341,7 +341,7 @@ def test_lora_on_an_experts_projection_name_is_one_line(arch, targets, dropout, 
     (it advised names that include that very target)."""
     from automr.llm.loading import LoadedModel
     from automr.llm.split import layer_linear_modules
-    from automr.recommenders.finetune import lora_model
+    from automr.recommenders.lora import lora_model
     from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
     loaded = LoadedModel(model=tiny_model(tiny_config(arch, 4)), tokenizer=tiny_tokenizer(),
@@ -367,7 +367,7 @@ def test_bigrec_targets_on_latent_attention_are_refused_naming_its_modules(arch,
     BIGRec's default targets are refused in one line that names the layers' linear modules,
     before any adapter is attached; its own (``q_b_proj,kv_b_proj``) tune the upper layers."""
     from automr.llm.loading import LoadedModel
-    from automr.recommenders.finetune import lora_below, lora_layers, lora_model
+    from automr.recommenders.lora import lora_below, lora_layers, lora_model
     from automr.testing.tiny import tiny_config, tiny_model, tiny_tokenizer
 
     loaded = LoadedModel(model=tiny_model(tiny_config(arch, 4)), tokenizer=tiny_tokenizer(),

@@ -459,9 +459,9 @@ def bench_finetune(
         LowerCache,
         collate,
         encode_samples,
-        lora_model,
         train_step,
     )
+    from automr.recommenders.lora import lora_model
 
     _at_least(1, steps=steps, batch_size=batch_size, layer=layer, repeats=repeats)
     ways = {"all_layers": (0, False), "upper_layers": (layer, False),
