@@ -114,11 +114,13 @@ def build_grounder(
     targets = dataset_targets(loaded, dataset)
     if kind == "likelihood":
         return LikelihoodGrounder(targets)
+    # distances are measured where the LM runs (the catalog moved once), in every run alike
+    device = next(loaded.model.parameters()).device
     embeddings = one_row_per_title(
-        catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress), targets)
-    if kind == "l2":  # its distances are measured where the LM runs, the catalog moved once
-        device = next(loaded.model.parameters()).device
-        return L2Grounder(loaded.model, loaded.tokenizer, embeddings.to(device),
+        catalog_embeddings(loaded, targets, base_fingerprint, cache_dir, progress),
+        targets).to(device)
+    if kind == "l2":
+        return L2Grounder(loaded.model, loaded.tokenizer, embeddings,
                           num_beams=4 if num_beams is None else num_beams,
                           max_new_tokens=max(map(len, targets.token_ids)) + 4)
     prior = min_max(popularity(dataset)).float() if kind.endswith("-pop") else None

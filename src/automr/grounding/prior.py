@@ -78,10 +78,16 @@ def gamma_metrics(
     counted = (torch.ones_like(normalised, dtype=torch.bool) if exclude is None
                else ~exclude.to(distances.device))
     counted.scatter_(1, targets, False)  # the target does not outrank itself
+    # every gamma in the same buffers: new [samples, items] tensors for each of 199 gammas
+    # fragmented the heap (100k items, 167 samples at a time: 0.9 -> 1.6 GB held)
+    base = 1 + prior.to(normalised)
+    weight, adjusted = torch.empty_like(base), torch.empty_like(normalised)
+    outranks = torch.empty_like(counted)
     rows = []
     for gamma in grid:  # ranks_from_scores(-adjusted, ...) of each gamma, in fewer passes
-        adjusted = _weighted(normalised, prior, gamma)
-        ranks = ((adjusted <= adjusted.gather(1, targets)) & counted).sum(1)
+        torch.mul(normalised, torch.pow(base, -gamma, out=weight), out=adjusted)  # _weighted
+        torch.le(adjusted, adjusted.gather(1, targets), out=outranks)
+        ranks = outranks.logical_and_(counted).sum(1)
         rows.append(per_sample_metrics(ranks, (k,))[metric].cpu())
     return torch.stack(rows) if rows else torch.zeros(0, len(distances), dtype=torch.float64)
 
