@@ -208,6 +208,20 @@ def test_pad_memory_refuses_any_row_unlike_the_first(odd):
             pad_memory([torch.randn(2, 4), torch.randn(1, 4), odd])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_pad_memory_reads_an_empty_rows_dtype_from_the_rows_with_vectors(dtype):
+    """The memory-aware fine-tune gives an example without an element a float32 [0, hidden]
+    row: a bfloat16 memory's batches were refused (and, first in a batch, made it float32)."""
+    rows = [torch.zeros(0, 4), torch.randn(2, 4, dtype=dtype), torch.zeros(0, 4),
+            torch.randn(1, 4, dtype=dtype)]
+    memory = pad_memory(rows)
+    assert memory.hidden.dtype == dtype
+    assert memory.mask.tolist() == [[False, False], [True, True], [False, False], [True, False]]
+    assert torch.equal(memory.hidden[1], rows[1]) and torch.equal(memory.hidden[3, :1], rows[3])
+    with pytest.raises(AutomrError, match="every row is"):
+        pad_memory([torch.zeros(0, 5), *rows[1:]])  # another hidden size, even empty
+
+
 def test_pad_memory_right_pads_rows():
     memory = pad_memory([torch.ones(2, 3), torch.ones(0, 3), torch.full((1, 3), 2.0)])
     assert memory.mask.tolist() == [[True, True], [False, False], [True, False]]

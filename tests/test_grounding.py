@@ -321,6 +321,26 @@ def test_text_embeddings_do_not_depend_on_batching(tiny_models, tokenizer, texts
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_text_embeddings_are_float32_in_text_order_whatever_the_default_dtype(tiny_models,
+                                                                               tokenizer):
+    """The rows are written in place (a float64 default dtype made a float64 buffer that the
+    float32 rows could not be put into); texts come as any sequence (a tuple too)."""
+    model = tiny_models["llama"]
+    texts = ["a longer title here", "b", "mid title"]  # sorted by length to batch, not kept so
+    alone = torch.cat([embed_texts(model, tokenizer, [t]) for t in texts])
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        embeddings = embed_texts(model, tokenizer, tuple(texts), batch_size=2)
+    finally:
+        torch.set_default_dtype(default)
+    assert embeddings.dtype == torch.float32
+    torch.testing.assert_close(embeddings, alone, rtol=1e-5, atol=1e-5)
+    grounder = L2Grounder(model, tokenizer, embed_texts(model, tokenizer, TITLES))
+    assert torch.equal(grounder.embed(tuple(texts)), grounder.embed(texts))
+    assert grounder.distances_to(tuple(texts)).shape == (3, len(TITLES))
+
+
 def test_l2_grounder_ranks_by_distance_to_the_generated_text(tiny_models, tokenizer):
     model = tiny_models["llama"]
     llm = HFSplitLLM(model)

@@ -375,3 +375,17 @@ def test_memory_aware_finetune_joins_each_batch_its_own_draw(space, monkeypatch)
             train_epochs.append(epoch)
     assert train_epochs == [0, 0, 1, 1]  # 2 steps of one batch per epoch
     assert valid_calls == 6  # 2 batches, before training and after steps 2 and 4
+
+
+def test_a_bfloat16_memory_trains_with_rows_without_an_element(tmp_path):
+    """An example drawn no element got a float32 [0, hidden] row beside the memory's bfloat16
+    token states: pad_memory refused the batch (and, such a row first, made it float32)."""
+    dataset = synthetic_dataset(tmp_path / "data")
+    loaded = load_model(str(save_tiny_model(tmp_path / "model")), device="cpu",
+                        dtype="bfloat16")
+    store = build_memory(loaded, dataset, 2, MemoryConfig(encoder="item", store_token_states=True),
+                         tmp_path / "memory", progress=False)
+    record = finetune(loaded, dataset, tmp_path / "ft", FinetuneConfig(
+        max_train_samples=16, max_valid_samples=4, batch_size=4, lora_from_layer=2,
+        memory=MemoryTraining(share=0.5, combiner="concat")), progress=False, memory=store)
+    assert record["step"] == 4

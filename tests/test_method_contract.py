@@ -182,6 +182,8 @@ def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
     other, catalog = attrs.evolve(space, options=options), space.dataset.catalog
 
     class Plain:
+        batch_size = 8
+
         def distances(self, samples):
             return torch.zeros(len(samples), len(catalog))
 
@@ -220,6 +222,8 @@ def test_gamma_tuned_a_few_samples_at_a_time_is_the_gamma_tuned_at_once(
             zlib.crc32(s.id.encode()))) for s in samples])
 
     class Plain:
+        batch_size = 1
+
         def distances(self, samples):
             asked.append(len(samples))
             return per_sample(samples)
@@ -237,6 +241,13 @@ def test_gamma_tuned_a_few_samples_at_a_time_is_the_gamma_tuned_at_once(
     asked.clear()
     assert other.tuned_gamma(Plain(), scores) == at_once
     assert asked == [1] * 7
+    Plain.batch_size = 2  # whole generation batches: in bfloat16 another batch rounds otherwise
+    for cells, chunks in ((1, [2, 2, 2, 1]), (5 * len(catalog), [4, 3]),
+                          (10**9, [7])):
+        monkeypatch.setattr(registry, "TUNING_CELLS", cells)
+        asked.clear()
+        assert other.tuned_gamma(Plain(), scores) == at_once
+        assert asked == chunks
 
 
 def test_a_memory_method_at_another_layer_than_its_memorys_is_refused(space):

@@ -80,19 +80,18 @@ def pad_memory(rows: Sequence[Tensor]) -> MemoryTokens:
 
     ``rows[i]`` holds query ``i``'s vectors in order (``[n_i, hidden]``, floating, all of
     one dtype and device: e.g. the concatenated token states of its retrieved elements, or its
-    top-k pooled keys); an empty row gives an all-masked row.
+    top-k pooled keys); an empty row (of any dtype) gives an all-masked row.
     """
     if not rows:
         raise AutomrError("pad_memory needs at least one row (one per query)")
-    first = rows[0]
-    odd = next((i for i, row in enumerate(rows) if not row.is_floating_point() or row.ndim != 2
-                or row.dtype != first.dtype or row.shape[1] != first.shape[1]
-                or row.device != first.device), None)
+    # the first row with vectors sets the dtype and device: an empty row's are not read
+    first = next((row for row in rows if row.ndim == 2 and len(row)), rows[0])
+    odd = next((i for i, row in enumerate(rows) if _unlike(row, first)), None)
     if odd is not None:  # checked here: beartype checks some items of a sequence, not each
         raise AutomrError(f"pad_memory: row {odd} is {rows[odd].dtype} "
-                          f"{tuple(rows[odd].shape)} on {rows[odd].device}, row 0 "
-                          f"{first.dtype} {tuple(first.shape)} on {first.device}: every row is "
-                          f"[vectors, hidden] of one floating dtype and device")
+                          f"{tuple(rows[odd].shape)} on {rows[odd].device}, the first with "
+                          f"vectors {first.dtype} {tuple(first.shape)} on {first.device}: every "
+                          f"row is [vectors, hidden] of one floating dtype and device")
     width = max(row.shape[0] for row in rows)
     hidden = first.new_zeros(len(rows), width, first.shape[1])
     mask = torch.zeros(len(rows), width, dtype=torch.bool, device=first.device)
@@ -100,6 +99,15 @@ def pad_memory(rows: Sequence[Tensor]) -> MemoryTokens:
         hidden[index, : row.shape[0]] = row
         mask[index, : row.shape[0]] = True
     return MemoryTokens(hidden=hidden, mask=mask)
+
+
+def _unlike(row: Tensor, first: Tensor) -> bool:
+    """Whether ``row`` cannot be padded beside ``first``: not ``[vectors, hidden]`` of its
+    hidden size or, holding vectors, not of its floating dtype and device."""
+    if row.ndim != 2 or first.ndim != 2 or row.shape[1] != first.shape[1]:
+        return True
+    return len(row) > 0 and (not row.is_floating_point() or row.dtype != first.dtype
+                             or row.device != first.device)
 
 
 COMBINERS: dict[str, Callable[[], Combiner]] = dict(

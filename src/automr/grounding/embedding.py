@@ -39,7 +39,7 @@ def embed_texts(
     llm = HFSplitLLM(model)
     lengths = [len(ids) for ids in text_token_ids(tokenizer, texts)]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
-    embeddings = torch.empty(len(texts), llm.hidden_size, device=llm.device)
+    embeddings = torch.empty(len(texts), llm.hidden_size, dtype=torch.float32, device=llm.device)
     with base_model(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]

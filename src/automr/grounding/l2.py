@@ -1,5 +1,7 @@
 """BIGRec's grounding: generate a title, then rank the catalog by L2 distance in embedding space."""
 
+from collections.abc import Sequence
+
 import attrs
 import torch
 from jaxtyping import Float, Int, jaxtyped
@@ -56,12 +58,12 @@ class L2Grounder:
         return self.distances_to(self.generate(llm, input_ids, attention_mask, layer, insert))
 
     @jaxtyped(typechecker=beartype)
-    def distances_to(self, texts: list[str]) -> Float[Tensor, "batch items"]:
+    def distances_to(self, texts: Sequence[str]) -> Float[Tensor, "batch items"]:
         """L2 distance of every catalog title to each of ``texts`` (e.g. kept generations)."""
         return self.distances_from(self.embed(texts))
 
     @jaxtyped(typechecker=beartype)
-    def embed(self, texts: list[str]) -> Float[Tensor, "batch hidden"]:
+    def embed(self, texts: Sequence[str]) -> Float[Tensor, "batch hidden"]:
         """The embedding of each text that :meth:`distances_from` measures the titles to."""
         return embed_texts(self.model, self.tokenizer, texts)
 

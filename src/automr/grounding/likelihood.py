@@ -189,6 +189,7 @@ def _rows(targets: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
 
 
 @torch.no_grad()
+@jaxtyped(typechecker=beartype)
 def lower_targets(
     llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
     targets: Sequence[Sequence[int]], share_prefix: bool = True,

@@ -189,6 +189,7 @@ class LoweredPrompts:
     rest: LayerState
 
 
+@jaxtyped(typechecker=beartype)
 def lower_prompts(
     llm: SplitLLM, input_ids: TokenIds, attention_mask: TokenMask, layer: int,
     share_prefix: bool = False,
@@ -220,6 +221,7 @@ def lower_prompts(
                           llm.lower(input_ids, mask, layer, cache=lower_cache))
 
 
+@jaxtyped(typechecker=beartype)
 def upper_prompts(
     llm: SplitLLM, head: LayerState | None, rest: LayerState, insert: Insert | None = None,
 ) -> tuple[KVCache, Tensor]:

@@ -101,9 +101,9 @@ INJECTIONS: dict[str, Callable[["Workspace"], Scores]] = {
 training-period popularity (the same for every sample) or SASRec (per sample)."""
 
 TUNING_CELLS = 2**24
-"""Gamma is tuned on at most this many ``[samples, items]`` cells at a time (64 MB a float32
-matrix): at once below 16,777 samples of a 1,000-item catalog, 167 samples at a time of a
-100,000-item one."""
+"""Gamma is tuned on about this many ``[samples, items]`` cells at a time (64 MB a float32
+matrix), in whole generation batches: at once below 16,777 samples of a 1,000-item catalog,
+160 samples at a time of a 100,000-item one at batches of 8."""
 
 INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "sasrec")
 """What only an injection's settings hold beside its L2 grounding's (its generations are the
@@ -355,7 +355,9 @@ class Workspace:
                               "dataset has none")
         catalog = self.dataset.catalog
         per_sample = []  # a chunk of samples at a time: a large catalog's matrices are GBs
-        rows = max(1, TUNING_CELLS // len(catalog))
+        # whole generation batches: in bfloat16 a batch of other prompts rounds otherwise
+        batch = plain.batch_size
+        rows = max(1, TUNING_CELLS // len(catalog) // batch) * batch
         for chunk in (samples[i : i + rows] for i in range(0, len(samples), rows)):
             targets = torch.tensor(catalog.positions(s.target for s in chunk))
             exclude = (seen_mask([catalog.positions(s.history) for s in chunk], len(catalog))

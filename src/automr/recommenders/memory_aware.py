@@ -106,6 +106,7 @@ class MemoryInserts:
             indices = torch.tensor(elements)[:, None]
             return retrieved_memory(keys, indices)
         rows = [self.store.token_states(user, start + element) if element >= 0
-                else torch.zeros(0, self.store.hidden_size)
+                else torch.zeros(0, self.store.hidden_size, dtype=self.store.record.torch_dtype,
+                                 device=self.store.device)
                 for (user, _, start), element in zip(requests, elements, strict=True)]
         return pad_memory(rows)
