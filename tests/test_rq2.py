@@ -255,6 +255,23 @@ def test_retrieval_seed_changes_retrieval_not_samples(workspace, tmp_path):
     assert "random retrieval seed 1" in (tmp_path / "seed-1" / "results.md").read_text()
 
 
+def test_rq2_runs_the_lower_half_of_a_likelihood_batch_once_for_all_its_runs(
+        workspace, tmp_path, monkeypatch):
+    """Its evaluations run one after another, so the first one's passes are kept for the
+    methods of those after it (``keep_for_later``)."""
+    import automr.methods.generative as generative
+
+    calls = []
+    real = generative.lower_targets
+    monkeypatch.setattr(generative, "lower_targets",
+                        lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    run_rq2(workspace / "prepared", tmp_path / "rq2", finetuned=workspace / "ft",
+            memory=workspace / "mem", retrievers=[workspace / "ret-0"], seeds=[0],
+            grounder="likelihood", config=attrs.evolve(CONFIG, measures=("likelihood",)),
+            device="cpu", progress=False, say=lambda _: None)
+    assert len(calls) == 1  # bigrec's one batch of 6, read by automr and random
+
+
 def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypatch):
     out = tmp_path / "rq2"
     result = run_rq2(workspace / "prepared", out, finetuned=workspace / "ft",

@@ -52,8 +52,8 @@ def evaluate_methods(
 
     Methods already ranked in ``out_dir`` with the same samples and settings are reused.
     ``shared``: models loaded by an earlier call, and its kept lower-half passes (several
-    evaluations of one model load it once and share the lower half of their likelihood
-    batches).
+    evaluations of one model load it once, and share the lower half of their likelihood
+    batches where its ``lowered`` keeps them for later: ``keep_for_later``).
     """
     grounders = [parse_method(method)[1] for method in methods]  # every name, before any work
     named = [m for m, g in zip(methods, grounders, strict=True) if g not in (None, "likelihood")]

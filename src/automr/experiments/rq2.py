@@ -31,6 +31,7 @@ from automr.evaluation.report import MetricReport
 from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import metric_label, new_figure, require_matplotlib, save_figure
 from automr.experiments.recommend import RECOMMEND_GROUNDERS
+from automr.grounding.likelihood import LoweredBatches
 from automr.llm.loading import DEFAULT_MODEL
 from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, SharedModels
@@ -195,7 +196,8 @@ def run_rq2(
               attrs.evolve(config, retrieval_seed=s)) for s in seeds]
     runs: list[RQ2Run] = []
     ids: tuple[str, ...] = ()
-    shared = SharedModels()  # the model loaded once; the likelihoods' lower half run once
+    # the model loaded once; the likelihoods' lower half run once, kept for the evaluations after
+    shared = SharedModels(lowered=LoweredBatches(keep_for_later=True))
     for group, folder, source, retriever, run_config in plan:
         method = f"{group}:{grounder}"
         say(f"[rq2] {method}" + (f" ({source})" if source else "") + f" -> {folder}")

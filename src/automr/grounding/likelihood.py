@@ -2,7 +2,7 @@
 
 import copy
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import attrs
 import torch
@@ -129,6 +129,8 @@ class _Kept:
     targets: tuple[tuple[int, ...], ...]
     lowered: LoweredTargets
     nbytes: int
+    waiting: set[Hashable]
+    """The inputs of the readers that have not read it."""
 
 
 @attrs.define(eq=False)
@@ -140,41 +142,71 @@ class LoweredBatches:
     again is another; the passes of a model that is gone are dropped) with its weights as
     they were (their version counts: a caller's training steps raise them), layer and token
     ids (prompts and targets); up to ``max_bytes`` are kept, and a batch past them runs
-    again."""
+    again.
+
+    A pass is kept only while a reader (:meth:`expect`; a :class:`GenerativeMethod` given
+    this object is one) of its model and layer with other inputs has not read it: a method
+    alone keeps nothing, and the last reader of a pass frees it. ``keep_for_later`` keeps
+    every pass for readers not made yet (evaluations in turn that share one, as ``automr
+    rq2``'s)."""
 
     max_bytes: int = int_field(attrs.validators.ge(0), default=2**31)
+    keep_for_later: bool = attrs.field(default=False,
+                                       validator=attrs.validators.instance_of(bool))
     reused: int = int_field(default=0)
     """Batches served from here so far."""
     _kept: dict[tuple, _Kept] = attrs.field(factory=dict, init=False)
     _bytes: int = attrs.field(default=0, init=False)
+    _readers: "weakref.WeakKeyDictionary[object, tuple]" = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False)
+
+    def expect(self, reader: object, model: torch.nn.Module, layer: int,
+               inputs: Hashable) -> None:
+        """Say that ``reader`` (held weakly) reads the passes of ``model`` split at
+        ``layer``; readers of equal ``inputs`` make the same values (one of them reads for
+        all: methods that share kept likelihoods)."""
+        self._readers[reader] = (id(model), layer, inputs)
+
+    def _waiting(self, model: torch.nn.Module, layer: int, reader: object) -> set[Hashable]:
+        """The inputs of the readers of ``model`` at ``layer`` other than ``reader``'s."""
+        mine = self._readers.get(reader) if reader is not None else None
+        return {inputs for model_id, at, inputs in self._readers.values()
+                if (model_id, at) == (id(model), layer)} - (set() if mine is None else {mine[2]})
 
     def get(self, model: torch.nn.Module, layer: int, batch: tuple[str, ...],
-            input_ids: TokenIds, targets: Sequence[Sequence[int]]) -> LoweredTargets | None:
+            input_ids: TokenIds, targets: Sequence[Sequence[int]],
+            reader: object = None) -> LoweredTargets | None:
         """A copy (on ``input_ids``' device) of the pass of ``model`` split at ``layer`` over
-        the samples ``batch`` (their ids), if one is kept of these prompt ids and targets."""
-        kept = self._kept.get((id(model), layer, batch))
+        the samples ``batch`` (their ids), if one is kept of these prompt ids and targets;
+        ``reader`` has read it."""
+        key = (id(model), layer, batch)
+        kept = self._kept.get(key)
         if kept is None or kept.model() is not model or kept.weights != _weights(model) or (
                 kept.targets != _rows(targets)) or not (
                 kept.input_ids.shape == input_ids.shape
                 and torch.equal(kept.input_ids, input_ids.cpu())):
             return None
         self.reused += 1
+        kept.waiting.intersection_update(self._waiting(model, layer, reader))
+        if not (kept.waiting or self.keep_for_later):
+            self._bytes -= self._kept.pop(key).nbytes
         return kept.lowered.copy_to(input_ids.device)
 
     def put(self, model: torch.nn.Module, layer: int, batch: tuple[str, ...],
             input_ids: TokenIds, targets: Sequence[Sequence[int]],
-            lowered: LoweredTargets) -> None:
-        """Keep a copy of ``lowered``, the pass that :meth:`get` names, on the CPU while it
-        fits in ``max_bytes``."""
+            lowered: LoweredTargets, reader: object = None) -> None:
+        """Keep a copy of ``lowered``, the pass that :meth:`get` names, made by ``reader``,
+        on the CPU while another reader waits for it and it fits in ``max_bytes``."""
         for gone in [key for key, kept in self._kept.items() if kept.model() is None]:
             self._bytes -= self._kept.pop(gone).nbytes
         key = (id(model), layer, batch)
         size = lowered.nbytes() + input_ids.numel() * input_ids.element_size()
         if key in self._kept:  # of other weights, or prompts (a get found it unfit)
             self._bytes -= self._kept.pop(key).nbytes
-        if self._bytes + size <= self.max_bytes:
+        waiting = self._waiting(model, layer, reader)
+        if (waiting or self.keep_for_later) and self._bytes + size <= self.max_bytes:
             self._kept[key] = _Kept(weakref.ref(model), _weights(model), input_ids.cpu(),
-                                    _rows(targets), lowered.copy_to("cpu"), size)
+                                    _rows(targets), lowered.copy_to("cpu"), size, waiting)
             self._bytes += size
 
 

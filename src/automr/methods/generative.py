@@ -148,7 +148,8 @@ class GenerativeMethod:
     """Where the lower half's work on each likelihood batch is kept for methods of the same
     model scoring the same batches with other memory or none (the registry's methods share
     one: BIGRec, AutoMR and random retrieval of a fine-tune run the lower half of a batch
-    once, as it never sees memory); None: not kept."""
+    once, as it never sees memory); None: not kept. The method is one of its readers from
+    when it is made, so build the methods that share one before running them."""
     _details: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _embeddings: dict[Sample, torch.Tensor] = attrs.field(factory=dict, init=False)
     _kept: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -173,6 +174,9 @@ class GenerativeMethod:
         if self.retrieval is not None:
             self._check_retrieval(self.retrieval, llm)
         self._weights = self.loaded.fingerprint()
+        if self.lowered is not None:
+            self.lowered.expect(self, self.loaded.model, self.layer, (
+                id(self.likelihoods), id(self.dataset), id(self.retrieval), id(self.context)))
         self._retrieval_weights = [
             version for part in (self.retrieval, getattr(self.retrieval, "retriever", None),
                                  getattr(self.retrieval, "combiner", None))
@@ -392,10 +396,10 @@ class GenerativeMethod:
             lowered = lower_targets(llm, ids, mask, self.layer, targets)
         else:
             batch = (self.loaded.model, self.layer, tuple(s.id for s in chunk), ids, targets)
-            lowered = self.lowered.get(*batch)
+            lowered = self.lowered.get(*batch, reader=self)
             if lowered is None:
                 lowered = lower_targets(llm, ids, mask, self.layer, targets)
-                self.lowered.put(*batch, lowered)
+                self.lowered.put(*batch, lowered, reader=self)
         scores = target_log_likelihoods_from(llm, lowered, insert)
         return scores, [len(t) for t in targets]
 

@@ -159,7 +159,8 @@ class SharedModels:
     """Loaded models, and the lower half's likelihood batches of their methods
     (:class:`~automr.grounding.likelihood.LoweredBatches`). A :class:`Workspace` makes its
     own; give one to several (``automr rq2`` does, an evaluation per run) and they load each
-    model once and run the lower half of a likelihood batch once between them."""
+    model once, and run the lower half of a likelihood batch once between them where its
+    ``lowered`` keeps passes for the methods built later (``keep_for_later``)."""
 
     models: dict[tuple[str, str, str], LoadedModel] = attrs.field(factory=dict)
     """By model (the base model's name, or a fine-tune's folder), device and dtype."""
