@@ -4,15 +4,14 @@ They are for fast tests only: they have the real architectures' code paths (RoPE
 RMSNorm, tied embeddings) at a size where a forward takes milliseconds.
 """
 
-import importlib
 import math
 from collections.abc import Callable
 
 import torch
-import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AfmoeConfig,
+    Apertus1p5TextConfig,
     ApertusConfig,
     ArceeConfig,
     BambaConfig,
@@ -24,9 +23,11 @@ from transformers import (
     DeepseekV2Config,
     DeepseekV3Config,
     DiffLlamaConfig,
+    ErgoConfig,
     Ernie4_5_MoeConfig,
     Ernie4_5Config,
     Exaone4Config,
+    ExaoneConfig,
     ExaoneMoeConfig,
     FalconH1Config,
     FalconMambaConfig,
@@ -53,6 +54,8 @@ from transformers import (
     HunYuanDenseV1Config,
     HunYuanMoEV1Config,
     HYV3Config,
+    InternLM3Config,
+    IQuestCoderConfig,
     Jais2Config,
     JambaConfig,
     JetMoeConfig,
@@ -60,6 +63,7 @@ from transformers import (
     LagunaConfig,
     Lfm2Config,
     Lfm2MoeConfig,
+    Lfm3Config,
     LlamaConfig,
     Mamba2Config,
     MambaConfig,
@@ -78,6 +82,7 @@ from transformers import (
     Olmo3Config,
     OlmoConfig,
     OlmoeConfig,
+    Param2MoeConfig,
     PersimmonConfig,
     Phi3Config,
     PhiConfig,
@@ -93,6 +98,8 @@ from transformers import (
     Qwen3Config,
     Qwen3MoeConfig,
     Qwen3NextConfig,
+    SarvamMLAConfig,
+    SarvamMoEConfig,
     SeedOssConfig,
     SmolLM3Config,
     SolarOpenConfig,
@@ -110,6 +117,7 @@ from transformers.models.granitemoehybrid.modeling_granitemoehybrid import (
 from transformers.models.jamba.modeling_jamba import JambaMambaMixer
 from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
 from transformers.models.lfm2_moe.modeling_lfm2_moe import Lfm2MoeShortConv
+from transformers.models.lfm3.modeling_lfm3 import Lfm3ShortConv
 from transformers.models.mamba.modeling_mamba import MambaMixer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
@@ -117,24 +125,7 @@ from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mi
 from automr.llm.loading import auto_class
 from automr.llm.split import attention_for
 
-NEWER_TYPES = {"exaone": "ExaoneConfig", "internlm3": "InternLM3Config",
-               "iquestcoder": "IQuestCoderConfig", "param2moe": "Param2MoeConfig",
-               "sarvam_moe": "SarvamMoEConfig", "apertus1p5_text": "Apertus1p5TextConfig",
-               "ergo": "ErgoConfig", "lfm3": "Lfm3Config", "sarvam_mla": "SarvamMLAConfig"}
-"""Supported types whose config class transformers added after 5.22 (all are in 5.25): with an
-older transformers their tiny models are left out of :data:`TINY_ARCHITECTURES` (the split
-refuses such a checkpoint, which transformers cannot load anyway)."""
-
-
-def _newer(name: str) -> type[PretrainedConfig]:
-    """A config class of :data:`NEWER_TYPES` (a stand-in where transformers lacks it: its
-    entry is dropped)."""
-    return getattr(transformers, name, PretrainedConfig)
-
-
-SHORT_CONVS = (Lfm2ShortConv, Lfm2MoeShortConv, *(
-    [importlib.import_module("transformers.models.lfm3.modeling_lfm3").Lfm3ShortConv]
-    if hasattr(transformers, "Lfm3Config") else []))
+SHORT_CONVS = (Lfm2ShortConv, Lfm2MoeShortConv, Lfm3ShortConv)
 """The short-convolution layers whose weights :func:`tiny_model` draws anew."""
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -270,7 +261,7 @@ def lfm3_config(**fields: object) -> PretrainedConfig:
     either side of a split at 2."""
     kinds = ("conv", "sliding_attention", "full_attention", "conv")
     layers = int(fields["num_hidden_layers"])  # type: ignore[call-overload]
-    return _newer("Lfm3Config")(
+    return Lfm3Config(
         **{"layer_types": [kinds[index % len(kinds)] for index in range(layers)], **fields})
 
 
@@ -448,12 +439,12 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     "gpt_neox": (GPTNeoXConfig, dict(rotary_pct=0.25, use_parallel_residual=True,
                                      tie_word_embeddings=False)),
     # EXAONE 3 and 3.5, InternLM3 and IQuest-Coder: transformers builds them with Llama's classes
-    "exaone": (_newer("ExaoneConfig"), dict(head_dim=8)),
-    "internlm3": (_newer("InternLM3Config"), dict(head_dim=8)),
-    "iquestcoder": (_newer("IQuestCoderConfig"), dict(head_dim=8)),
+    "exaone": (ExaoneConfig, dict(head_dim=8)),
+    "internlm3": (InternLM3Config, dict(head_dim=8)),
+    "iquestcoder": (IQuestCoderConfig, dict(head_dim=8)),
     # Param-2 MoE and Sarvam MoE: built with GLM-4.5's mixture-of-experts classes (q/k norms set)
-    "param2moe": (_newer("Param2MoeConfig"), GLM_MOE),
-    "sarvam_moe": (_newer("SarvamMoEConfig"), GLM_MOE),
+    "param2moe": (Param2MoeConfig, GLM_MOE),
+    "sarvam_moe": (SarvamMoEConfig, GLM_MOE),
     # BitNet b1.58: norms inside attention and MLP before their output projections, squared ReLU
     "bitnet": (BitNetConfig, dict()),
     # MiniMax-M2: q/k norms over all heads at once, experts (4, 2 per token) in every layer
@@ -486,10 +477,10 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # Hunyuan v3: q/k norms, experts with a shared one
     "hy_v3": (HYV3Config, dict(head_dim=8, **QWEN_MOE4, num_shared_experts=1)),
     # Apertus 1.5: q/k norms, norms named for their sublayers, Llama 3's RoPE scaling
-    "apertus1p5_text": (_newer("Apertus1p5TextConfig"), dict()),
+    "apertus1p5_text": (Apertus1p5TextConfig, dict()),
     # Ergo: fused qkv_proj, q/k norms, gated residuals, norms around every sublayer, local
     # layers with RoPE and global ones without, a dense first MLP then experts
-    "ergo": (local_and_global(_newer("ErgoConfig")), dict(sliding_window=4, **QWEN_MOE4)),
+    "ergo": (local_and_global(ErgoConfig), dict(sliding_window=4, **QWEN_MOE4)),
     # xIELU MLP without a gate, q/k norms, Llama 3's RoPE scaling (scaled to this size)
     "apertus": (ApertusConfig, dict(head_dim=8, qk_norm=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=12000000.0, factor=8.0, low_freq_factor=1.0,
@@ -574,7 +565,7 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
     # Sarvam's MLA models (sarvam-105b): DeepSeek-V3's classes without query compression
     # (q_proj), routing over all experts at once (1 group), yarn; weights drawn as the others'
     # (its default 0.006, for width 4,096, leaves positions under the tests' tolerance here)
-    "sarvam_mla": (_newer("SarvamMLAConfig"), dict(MLA, **MLA_MOE, q_lora_rank=None,
+    "sarvam_mla": (SarvamMLAConfig, dict(MLA, **MLA_MOE, q_lora_rank=None,
                                          rope_parameters=deepseek_yarn(1.0),
                                          initializer_range=0.02)),
     # Mamba2 alone (Mamba-Codestral): blocks of an RMS norm and a Mamba2 mixer (4 heads of 16,
@@ -596,8 +587,6 @@ TINY_ARCHITECTURES: dict[str, tuple[Callable[..., PretrainedConfig], dict[str, o
                                 expert_layer_offset=0, num_experts=4, num_experts_per_tok=2,
                                 tie_word_embeddings=False)),
 }
-TINY_ARCHITECTURES = {arch: entry for arch, entry in TINY_ARCHITECTURES.items()
-                      if hasattr(transformers, NEWER_TYPES.get(arch, "PretrainedConfig"))}
 NONZERO_NORMS = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 """Types whose norms start as the identity (weights of ``1 + w`` at zero): their tiny models get
 random norm weights, so a norm the split skipped or misplaced changes the output."""
