@@ -370,6 +370,15 @@ def test_recommend_offers_the_lower_of_two_equally_near_users():
         assert suggested_users({str(50 - gap), str(50 + gap)}, "50", count=1) == [str(50 - gap)]
 
 
+def test_recommend_offers_users_whose_ids_hold_digits_int_cannot_read():
+    """``'①'.isdigit()`` is true and ``int('①')`` fails: a missing user of such a dataset
+    got a traceback instead of the users to try (the unusual-data review)."""
+    from automr.experiments.recommend import suggested_users
+
+    assert suggested_users({"1", "2", "\u2460", "x\u00b2"}, "9") == ["1", "2", "x\u00b2", "\u2460"]
+    assert suggested_users({"1", "\u0663"}, "2") == ["1", "\u0663"]  # Arabic-Indic 3: a number
+
+
 def test_the_evaluate_commands_defaults_are_the_eval_configs():
     """`automr evaluate` and the Python API (``EvalConfig()``) evaluate alike by default."""
     import typer

@@ -255,7 +255,7 @@ def restore_replaced(target: Path | str) -> None:
     prefix = f".{target.name}.replaced-{HOST}-"
     for aside in sorted(target.parent.glob(f"{glob.escape(prefix)}*")):
         pid = aside.name.removeprefix(prefix)
-        if not pid.isdigit() or (int(pid) != os.getpid() and _running(int(pid))):
+        if not pid.isdecimal() or (int(pid) != os.getpid() and _running(int(pid))):
             continue
         if not target.exists():
             with contextlib.suppress(OSError):  # another process of the command was first
@@ -274,7 +274,7 @@ def remove_stale_partials(target: Path) -> None:
         # HOST-N-PID (N is no PID here)
         named = re.fullmatch(r"(\d+)(?:-[0-9a-f]{8}){0,2}", stale.name.removeprefix(prefix))
         pid = named[1] if named else ""
-        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+        if not pid.isdecimal() or int(pid) == os.getpid() or _running(int(pid)):
             continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)

@@ -74,13 +74,13 @@ def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
 def suggested_users(users: set[str], user: str, count: int = 5) -> list[str]:
     """Up to ``count`` of ``users`` to offer instead of ``user``, in natural order (``"9"``
     before ``"10"``): the numerically nearest when all ids are integers, else the first."""
-    if user.isdigit() and all(u.isdigit() for u in users):
+    if user.isdecimal() and all(u.isdecimal() for u in users):
         users = set(sorted(users, key=lambda u: (abs(int(u) - int(user)), int(u)))[:count])
     return sorted(users, key=_natural)[:count]
 
 
 def _natural(text: str) -> list[str | int]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", text)]
 
 
 RECOMMEND_GROUNDERS = ("l2", "constrained", "likelihood")
