@@ -288,6 +288,12 @@ def test_step_commands_chain(workspace, tmp_path):
     for top in (12, 40):  # evaluate's beams whatever --top (it took max(top, 4) beams)
         longer = recommend(data, user, *folders, top=top, grounder="l2", device="cpu")
         assert (longer.generated, longer.target_rank) == (l2.generated, l2.target_rank)
+    from automr.experiments.recommend import Recommender
+
+    once = Recommender.open(data, *folders, grounder="l2", device="cpu")  # loaded once
+    for name in sorted({s.user for s in dataset.samples("test")})[:3]:
+        assert once.recommend(name, top=3, exclude_seen=False) == recommend(
+            data, name, *folders, top=3, grounder="l2", device="cpu", exclude_seen=False)
     missing = runner.invoke(app, ["recommend", "nobody", "--data", data, "--finetuned",
                                   str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
                                   "--retriever", str(tmp_path / "ret")])

@@ -68,6 +68,7 @@ if TYPE_CHECKING:  # the exports, as type checkers read them; imported on first 
         evaluate as evaluate,
         open_evaluation as open_evaluation,
     )
+    from automr.experiments.recommend import Recommender as Recommender
     from automr.grounding import (
         GROUNDER_KINDS as GROUNDER_KINDS,
         build_grounder as build_grounder,

@@ -13,6 +13,8 @@ from automr.devices import resolve_device
 from automr.errors import AutomrError
 from automr.grounding import build_grounder
 from automr.grounding.l2 import L2Grounder, rank_by_distance
+from automr.interfaces import Grounder
+from automr.llm.loading import LoadedModel
 from automr.llm.split import HFSplitLLM
 from automr.methods.generative import left_padded_prompts, title_ties
 from automr.recommenders.automr import MemoryRetrieval, load_retriever_for
@@ -87,18 +89,96 @@ RECOMMEND_GROUNDERS = ("l2", "constrained", "likelihood")
 """The grounders of `automr recommend` (those without a prior tuned on samples)."""
 
 
-def recommend(
-    dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
-    retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
-    combiner: str = "concat", k: int = 1, device: str = "auto",
-    cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
-    num_beams: int | None = None,
-) -> Recommendation:
-    """The user's latest ``split`` sample ranked by AutoMR as ``automr evaluate`` ranks it (the
-    same grounder and ``num_beams``: None is the grounder's default, 4 for l2 and 10 for
-    constrained), its ``top`` items and the memory elements retrieved."""
-    for option, value, least in (("--top", top, 1), ("--k", k, 1),
-                                 ("--num-beams", num_beams or 0, 0)):
+@attrs.define(eq=False)
+class Recommender:
+    """AutoMR ready to rank users: a fine-tune, its memory and a trained retriever loaded once
+    (:meth:`open`), then :meth:`recommend` for each user, as ``automr evaluate`` ranks a
+    sample (the same grounder and beams). One call at a time (a retrieval records what it
+    retrieved for the call)."""
+
+    dataset: PreparedDataset
+    loaded: LoadedModel
+    retrieval: MemoryRetrieval
+    grounder: Grounder
+
+    @classmethod
+    def open(
+        cls, dataset: PreparedDataset | Path | str, finetuned: Path | str, memory: Path | str,
+        retriever: Path | str, grounder: str = "constrained", combiner: str = "concat",
+        k: int = 1, device: str = "auto", cache_dir: Path | str | None = None,
+        dtype: str = "auto", num_beams: int | None = None,
+    ) -> "Recommender":
+        """Load the fine-tune ``finetuned`` with memory ``memory`` (both of ``dataset``, a
+        prepared folder or one opened) and the retriever ``retriever`` joining ``k`` elements
+        with ``combiner``, ranking with ``grounder`` (``num_beams`` None: its default, 4 for
+        l2 and 10 for constrained). The memory and retriever are checked before the model
+        loads."""
+        check_options(grounder, combiner, k, num_beams)
+        if not isinstance(dataset, PreparedDataset):
+            dataset = PreparedDataset.load(dataset)
+        run = FinetunedRun.open(finetuned)
+        run.check_plain()  # as automr evaluate's automr:G: a baseline's fine-tune wants its context
+        run.check_dataset(dataset)
+        where = str(resolve_device(device))
+        store = run.open_memory(memory, device=where)
+        store.check_dataset(dataset)
+        retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever, combiner),
+                                    COMBINERS[combiner](), k=k)
+        loaded = run.load(device=where, dtype=dtype, cache_dir=cache_dir)
+        return cls(dataset, loaded, retrieval, build_grounder(
+            grounder, loaded, dataset, run.base_fingerprint, num_beams=num_beams or None,
+            cache_dir=cache_dir, progress=False))
+
+    def recommend(self, user: str, top: int = 10, split: str = "test",
+                  exclude_seen: bool = True) -> Recommendation:
+        """The user's latest ``split`` sample ranked, its ``top`` items and the memory
+        elements retrieved; ``exclude_seen`` leaves the user's earlier items out (the target
+        stays), as ``automr evaluate --exclude-seen``."""
+        check_top(top)
+        sample = latest_sample(self.dataset, user, split)
+        store, retrieval = self.retrieval.store, self.retrieval
+        ids, mask = left_padded_prompts(self.loaded, self.dataset, [sample])
+        llm = HFSplitLLM(self.loaded.model)
+        retrieval.retrieved.clear()  # this call's only
+        args = (llm, ids.to(llm.device), mask.to(llm.device), store.layer,
+                retrieval.insert_for([sample]))
+        catalog = self.dataset.catalog
+        item_ids = catalog.ids
+        [target] = catalog.positions([sample.target])
+        generated = None
+        with torch.no_grad():
+            if isinstance(self.grounder, L2Grounder):
+                [generated] = self.grounder.generate(*args)
+                [distances] = self.grounder.distances_to([generated])
+                ranking = rank_by_distance(distances[None])[0].tolist()
+                tied = (distances <= distances[target]).nonzero()[:, 0].tolist()
+            else:
+                ranking = self.grounder.rank(*args)[0].tolist()
+                tied = title_ties(catalog, sample.target, self.grounder).nonzero()[:, 0].tolist()
+        if exclude_seen:  # as `automr evaluate --exclude-seen`: the target always stays
+            seen = set(catalog.positions(sample.history)) - {target}
+            ranking = [i for i in ranking if i not in seen]
+        ranking = behind_its_ties(ranking, target, tied)
+        entry = store.index.users.get(user)  # None: no memory of this user, nothing retrieved
+        retrieved = [(entry.items[i], catalog.title(entry.items[i]), int(entry.timestamps[i]))
+                     for i in retrieval.retrieved[0]] if entry is not None else []
+        return Recommendation(
+            sample=sample,
+            items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
+            retrieved=retrieved, target_rank=ranking.index(target),
+            target_title=catalog.title(sample.target),
+            recent=list(catalog.titles(sample.recent)), generated=generated,
+        )
+
+
+def check_top(top: int) -> None:
+    if top < 1:
+        raise AutomrError(f"--top must be >= 1, got {top}")
+
+
+def check_options(grounder: str, combiner: str, k: int, num_beams: int | None) -> None:
+    """Refuse a :class:`Recommender`'s options, before anything loads."""
+    for option, value, least in (("--k", k, 1), ("--num-beams", num_beams or 0, 0)):
         if value < least:
             default = " (0: the grounder's default)" if least == 0 else ""
             raise AutomrError(f"{option} must be >= {least}{default}, got {value}")
@@ -111,49 +191,26 @@ def recommend(
     if grounder == "likelihood" and num_beams:
         raise AutomrError(f"--num-beams {num_beams} has no use with the likelihood grounder: "
                           f"it scores every title, generating none")
+
+
+def recommend(
+    dataset_dir: Path | str, user: str, finetuned: Path | str, memory: Path | str,
+    retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
+    combiner: str = "concat", k: int = 1, device: str = "auto",
+    cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
+    num_beams: int | None = None,
+) -> Recommendation:
+    """The user's latest ``split`` sample ranked by AutoMR as ``automr evaluate`` ranks it (the
+    same grounder and ``num_beams``: None is the grounder's default, 4 for l2 and 10 for
+    constrained), its ``top`` items and the memory elements retrieved. Several users: open a
+    :class:`Recommender` once."""
+    check_top(top)
+    check_options(grounder, combiner, k, num_beams)
     dataset = PreparedDataset.load(dataset_dir)
-    sample = latest_sample(dataset, user, split)
-    run = FinetunedRun.open(finetuned)
-    run.check_plain()  # as automr evaluate's automr:G: a baseline's fine-tune wants its context
-    run.check_dataset(dataset)
-    where = str(resolve_device(device))  # memory and retriever checked before the model loads
-    store = run.open_memory(memory, device=where)
-    store.check_dataset(dataset)
-    retrieval = MemoryRetrieval(store, load_retriever_for(store, retriever, combiner),
-                                COMBINERS[combiner](), k=k)
-    loaded = run.load(device=where, dtype=dtype, cache_dir=cache_dir)
-    ranker = build_grounder(grounder, loaded, dataset, run.base_fingerprint,
-                            num_beams=num_beams or None, cache_dir=cache_dir, progress=False)
-    ids, mask = left_padded_prompts(loaded, dataset, [sample])
-    llm = HFSplitLLM(loaded.model)
-    args = (llm, ids.to(llm.device), mask.to(llm.device), store.layer,
-            retrieval.insert_for([sample]))
-    catalog = dataset.catalog
-    item_ids = catalog.ids
-    [target] = catalog.positions([sample.target])
-    generated = None
-    with torch.no_grad():
-        if isinstance(ranker, L2Grounder):
-            [generated] = ranker.generate(*args)
-            [distances] = ranker.distances_to([generated])
-            ranking = rank_by_distance(distances[None])[0].tolist()
-            tied = (distances <= distances[target]).nonzero()[:, 0].tolist()
-        else:
-            ranking = ranker.rank(*args)[0].tolist()
-            tied = title_ties(catalog, sample.target, ranker).nonzero()[:, 0].tolist()
-    if exclude_seen:  # as `automr evaluate --exclude-seen`: the target always stays
-        seen = set(catalog.positions(sample.history)) - {target}
-        ranking = [i for i in ranking if i not in seen]
-    ranking = behind_its_ties(ranking, target, tied)
-    entry = store.index.users.get(user)  # None: no memory of this user, nothing retrieved
-    retrieved = [(entry.items[i], catalog.title(entry.items[i]), int(entry.timestamps[i]))
-                 for i in retrieval.retrieved[0]] if entry is not None else []
-    return Recommendation(
-        sample=sample, items=[(item_ids[i], catalog.title(item_ids[i])) for i in ranking[:top]],
-        retrieved=retrieved, target_rank=ranking.index(target),
-        target_title=catalog.title(sample.target),
-        recent=list(catalog.titles(sample.recent)), generated=generated,
-    )
+    latest_sample(dataset, user, split)  # an unknown user, before anything loads
+    return Recommender.open(dataset, finetuned, memory, retriever, grounder, combiner, k,
+                            device, cache_dir, dtype, num_beams).recommend(
+        user, top, split, exclude_seen)
 
 
 def behind_its_ties(ranking: list[int], target: int, tied: list[int]) -> list[int]:
