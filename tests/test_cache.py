@@ -439,6 +439,16 @@ def test_a_write_removes_what_a_killed_process_of_this_host_left_of_the_same_tar
         ["a.json", "b.safetensors", "c", alive.name, elsewhere.name])
 
 
+def test_a_partial_named_by_a_pid_past_a_c_int_is_no_running_process(tmp_path):
+    """``os.kill`` raised OverflowError for it: every write of that target was a traceback
+    (the diff review)."""
+    from automr.storage import HOST
+
+    (tmp_path / f".a.json.partial-{HOST}-99999999999999999999").write_text("cut")
+    write_text_atomic(tmp_path / "a.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_without_a_home_folder_the_default_cache_is_one_line(tmp_path, monkeypatch):
     """With no $HOME and a user id the password database lacks (containers run under an
     arbitrary id), pathlib's ``Path.home()`` raises a bare RuntimeError: every command that

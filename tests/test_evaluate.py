@@ -379,6 +379,19 @@ def test_recommend_offers_users_whose_ids_hold_digits_int_cannot_read():
     assert suggested_users({"1", "\u0663"}, "2") == ["1", "\u0663"]  # Arabic-Indic 3: a number
 
 
+def test_a_user_id_given_as_an_int_is_one_line():
+    from types import SimpleNamespace
+
+    from automr.data import Sample
+    from automr.errors import AutomrError
+    from automr.experiments.recommend import latest_sample
+
+    sample = Sample(user="13", target="t", timestamp=2, recent=("a",), recent_timestamps=(1,))
+    dataset = SimpleNamespace(samples=lambda split: [sample])
+    with pytest.raises(AutomrError, match=r"a user id is a str.*give '13'"):
+        latest_sample(dataset, 13, "test")
+
+
 def test_the_evaluate_commands_defaults_are_the_eval_configs():
     """`automr evaluate` and the Python API (``EvalConfig()``) evaluate alike by default."""
     import typer

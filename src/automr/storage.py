@@ -308,7 +308,7 @@ def _running(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # past a C int: no process's
         return False
     except PermissionError:  # another user's: running
         return True

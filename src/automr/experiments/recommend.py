@@ -64,6 +64,9 @@ class Recommendation:
 def latest_sample(dataset: PreparedDataset, user: str, split: str) -> Sample:
     """The user's latest sample in ``split`` (its target is the item actually chosen next);
     of samples at the same last timestamp, the first in the split's order."""
+    if not isinstance(user, str):
+        raise AutomrError(f"a user id is a str, as in the dataset (user {user!r} is a "
+                          f"{type(user).__name__}): give {str(user)!r}")
     mine = [s for s in dataset.samples(split) if s.user == user]
     if not mine:
         users = {s.user for s in dataset.samples(split)}
