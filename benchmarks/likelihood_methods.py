@@ -6,12 +6,12 @@ batch for all of them, against once per method.
 
 ``automr evaluate --measures likelihood`` with BIGRec, AutoMR and random retrieval scores each
 sample's true title once per method. The lower half never sees memory, so its work on a batch
-is the same for all of them: the registry's methods of one model keep it
-(:class:`~automr.grounding.likelihood.LoweredBatches`, until the last of them read it) and only
-the first runs it. Here BIGRec and random and semantic retrieval (the concat combiner, k = 1: no
-trained retriever needed) score the same seeded test samples both ways, fresh methods each
-round, interleaved after a warm-up (ratio: median [min, max]). Both ways must give the same
-values (the largest difference is reported).
+is the same for all of them: the methods of one model keep it
+(:class:`~automr.grounding.likelihood.LoweredBatches`) and only the first runs it. Here BIGRec
+and random and semantic retrieval (the concat combiner, k = 1: no trained retriever needed)
+score the same seeded test samples both ways, fresh methods each round, interleaved after a
+warm-up (ratio: median [min, max]). Both ways must give the same values (the largest
+difference is reported).
 
 Writes ``likelihood-methods-cpu.json`` and ``.md`` to ``--out``.
 """

@@ -198,6 +198,42 @@ def test_a_lower_pass_is_kept_only_while_another_method_of_its_model_has_not_rea
     assert kept._kept == {} and kept._bytes == 0 and kept.reused == 4
 
 
+def test_an_evaluation_runs_the_lower_half_once_for_its_methods_of_one_model(
+        workspace, tmp_path, monkeypatch):
+    """evaluate builds each method as it first runs, so a method became a reader only once
+    the ones before it had finished: BIGRec kept nothing, and random's passes waited for no
+    one (the diff review: 6 lower halves where 3 ran before). An evaluation keeps passes for
+    the methods after where two of one model score with other memory, and none otherwise."""
+    import automr.methods.generative as generative
+    from automr.experiments.eval_config import EvalConfig
+    from automr.experiments.evaluate import evaluate_methods
+    from automr.grounding.likelihood import LoweredBatches
+    from automr.methods import Artifacts
+    from automr.methods.registry import lower_halves_shared
+
+    root = workspace["root"]
+    calls, kept = [], []
+    real, put = generative.lower_targets, LoweredBatches.put
+    monkeypatch.setattr(generative, "lower_targets",
+                        lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    monkeypatch.setattr(LoweredBatches, "put",
+                        lambda self, *args, **kw: kept.append(self) or put(self, *args, **kw))
+    config = EvalConfig(max_samples=4, batch_size=2, layer=2, measures=("likelihood",),
+                        n_resamples=20)
+    artifacts = Artifacts(finetuned=root / "ft", memory=root / "mem", model=str(root / "model"))
+    evaluate_methods(root / "prepared", ["bigrec:likelihood", "random:likelihood"],
+                     tmp_path / "two", config, artifacts, device="cpu",
+                     cache_dir=root / "cache", progress=False)
+    assert len(calls) == 2  # two batches, for both
+    calls.clear()
+    evaluate_methods(root / "prepared", ["base:likelihood"], tmp_path / "one", config,
+                     artifacts, device="cpu", cache_dir=root / "cache", progress=False)
+    assert len(calls) == 2 and kept[-1]._kept == {} and kept[-1]._bytes == 0
+    assert lower_halves_shared(["pop", "bigrec:l2", "automr:likelihood"])
+    assert lower_halves_shared(["rella:l2", "trsr:l2", "base:l2", "bigrec:l2"]) is False
+    assert lower_halves_shared(["random:l2", "random:likelihood", "sasrec"]) is False
+
+
 def test_lower_passes_wait_for_readers_of_their_model_and_layer_with_other_inputs():
     import gc
 
@@ -457,6 +493,58 @@ def evaluate_tuned(root, out, methods: str, samples: int = 4) -> None:
         str(samples), "--tune-samples", "4", "--num-beams", "2", "--layer", "2", "--quiet",
         "--device", "cpu", "--cache-dir", str(root / "cache")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_resumed_evaluation_ranks_with_the_gamma_its_saved_ranks_were_made_with(
+        workspace, tmp_path, monkeypatch):
+    """In bfloat16 the tuned gamma depends on the batch size: a run cut after a shard and
+    resumed with another --batch-size (which resume allows) tuned again and ranked its last
+    shards with another gamma than its first, saving only the second (the invariance
+    review: 64 of 176 samples). A resume takes the saved gamma, and tunes nothing."""
+    import functools
+
+    import automr.experiments.evaluate as evaluate_module
+    import automr.methods.registry as registry
+    from automr.evaluation import EvaluationFolder
+    from automr.experiments.eval_config import EvalConfig
+    from automr.experiments.evaluate import evaluate_methods
+    from automr.methods import Artifacts
+
+    root = workspace["root"]
+    real = evaluate_module.evaluate
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda *args, **kw: real(*args, **{**kw, "shard_size": 2}))
+    methods = ["bigrec:l2-pop", "bigrec:constrained-pop"]
+    run = functools.partial(
+        evaluate_methods, root / "prepared", methods,
+        config=EvalConfig(max_samples=6, tune_samples=4, num_beams=2, layer=2, batch_size=2,
+                          n_resamples=20),
+        artifacts=Artifacts(finetuned=root / "ft", model=str(root / "model")), device="cpu",
+        cache_dir=root / "cache", progress=False)
+    whole = run(out_dir=tmp_path / "whole")
+    save = EvaluationFolder.save_shard
+
+    def cut_after_the_first_shard_of_constrained_pop(self, method, number, *args, **kw):
+        save(self, method, number, *args, **kw)
+        if method == "bigrec:constrained-pop":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EvaluationFolder, "save_shard",
+                        cut_after_the_first_shard_of_constrained_pop)
+    with pytest.raises(KeyboardInterrupt):
+        run(out_dir=tmp_path / "cut")
+    monkeypatch.setattr(EvaluationFolder, "save_shard", save)
+
+    def tuned_again(*args, **kw):
+        raise AssertionError("gamma tuned again on a resume")
+
+    monkeypatch.setattr(registry, "best_gamma", tuned_again)
+    resumed = run(out_dir=tmp_path / "cut")  # l2-pop's finished ranks, constrained-pop's shard
+    for method in methods:
+        assert resumed.reports[method].ranks == whole.reports[method].ranks
+        notes = [EvaluationFolder(tmp_path / folder).details("grounding", method)
+                 for folder in ("whole", "cut")]
+        assert notes[0] == notes[1] and "gamma" in notes[0]
 
 
 def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):

@@ -204,6 +204,30 @@ class EvaluationFolder:
         """``method``'s saved target log-likelihoods if made with exactly ``settings``."""
         return self._saved(method, "loglik", settings, LikelihoodReport.load)
 
+    def saved_note(self, method: str, settings: Mapping[str, Any],
+                   note: str) -> dict[str, Any] | None:
+        """The note ``note`` (``grounding``: a tuned gamma) that ``method``'s ranks saved
+        here under ``settings`` were made with: of its finished ranks, else of a cut run's
+        shards; None where none is saved. A resumed run takes it, so its samples are all
+        ranked with one gamma (tuned again, it may differ: bfloat16 rounds otherwise in
+        other batches)."""
+        saved = self.settings_file(method)
+        if saved.is_file() and self.details_file(note, method).is_file():
+            with self._turn():
+                if comparable_settings(_read(saved)) == comparable_settings(settings):
+                    return self.details(note, method)
+        digest = settings_digest(settings)
+        for path in sorted(self.shard_file(method, 0).parent.glob("shard-*.json")):
+            data = _read(path)
+            if not (isinstance(data, dict) and isinstance(data.get("key"), dict)
+                    and data["key"].get("settings") == digest):
+                continue  # another run's settings
+            details = data.get("details")
+            found = details.get(note) if isinstance(details, dict) else None
+            if isinstance(found, dict):
+                return found
+        return None
+
     def _saved(self, method: str, kind: str, settings: Mapping[str, Any],
                load: Callable[[Path], Any]) -> Any:
         values, saved = self.ranks_file(method, kind), self.settings_file(method, kind)
@@ -559,6 +583,21 @@ class EvaluationFolder:
 def _command_name(record: Mapping[str, Any]) -> str:
     """The sub-command a run record names (``rq2`` of ``automr rq2``)."""
     return str(record.get("command", "")).rpartition(" ")[2]
+
+
+def evaluated_settings(settings: Mapping[str, Any], name: str, ids: Sequence[str],
+                       n_items: int) -> dict[str, Any]:
+    """A method's ``settings`` with what an evaluation adds (:data:`EVALUATION_KEYS`): its
+    name, the ids of the samples measured and the catalog's size. Saved values are matched
+    with them."""
+    return {**settings, "method": name, "samples": list(ids), "n_items": n_items}
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """``settings`` hashed as reuse compares them (:func:`comparable_settings`): what a saved
+    shard's key holds."""
+    return hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True,
+                                     default=str).encode()).hexdigest()
 
 
 def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from automr.evaluation.bootstrap import (
     check_resample,
     check_seed,
 )
-from automr.evaluation.folder import EVALUATION_KEYS, EvaluationFolder
+from automr.evaluation.folder import EVALUATION_KEYS, EvaluationFolder, evaluated_settings
 from automr.evaluation.likelihood import (
     POSITIVE_TOLERANCE,
     LikelihoodReport,
@@ -292,7 +292,7 @@ def evaluate(
     if out is not None:  # what results.md and results.json start with, once all have run
         _check_header_and_record(header, record)
     for name, method in methods.items():
-        settings = {**method.settings, "method": name, "samples": ids, "n_items": n_items}
+        settings = evaluated_settings(method.settings, name, ids, n_items)
         if folder is not None and not method.settings:  # nothing says what made saved values:
             settings["run"] = distributed.on_main(lambda: uuid.uuid4().hex)  # reuse none
         if "ranks" in measures:

@@ -9,7 +9,6 @@ resumes per shard, whatever the number of processes before. Every process then h
 values, in sample order.
 """
 
-import hashlib
 import json
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 from automr import distributed
 from automr.data.records import Sample
 from automr.errors import AutomrError
-from automr.evaluation.folder import RANKING_ONLY_DETAILS, EvaluationFolder, comparable_settings
+from automr.evaluation.folder import RANKING_ONLY_DETAILS, EvaluationFolder, settings_digest
 from automr.interfaces import Explained
 
 DEFAULT_SHARD_SIZE = 64
@@ -36,8 +35,7 @@ def run_sharded(
     if shard_size < 1:
         raise AutomrError(f"shard_size must be >= 1, got {shard_size}")
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
-    digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True,
-                                       default=str).encode()).hexdigest()
+    digest = settings_digest(settings)
     done: dict[int, dict[str, Any]] = {}
     measured = _measured_before(method)  # this method's earlier samples, and these: counted
     measured |= {s.id for s in samples}  # before any runs, so a run cut here counts too

@@ -30,6 +30,7 @@ from automr.errors import AutomrError
 from automr.evaluation.folder import EvaluationFolder
 from automr.evaluation.run import Evaluation, evaluate
 from automr.experiments.eval_config import EvalConfig
+from automr.grounding.likelihood import LoweredBatches
 from automr.methods.registry import (
     METHODS,
     TUNED_GROUNDERS,
@@ -37,6 +38,7 @@ from automr.methods.registry import (
     SharedModels,
     Workspace,
     build_method,
+    lower_halves_shared,
     parse_method,
 )
 
@@ -81,10 +83,13 @@ def evaluate_methods(
     if not samples:
         raise AutomrError(f"the {config.split} split of {dataset_dir} has no samples")
     artifacts = artifacts or Artifacts()
+    if shared is None:  # each method is built as it first runs: passes kept for those after
+        shared = SharedModels(lowered=LoweredBatches(
+            keep_for_later=lower_halves_shared(methods)))
     space = Workspace(dataset, artifacts, config.method_options(), device=device,
                       cache_dir=cache_dir, progress=progress and distributed.is_main(),
                       dtype=dtype, kept=None if out_dir is None else EvaluationFolder(out_dir),
-                      shared=SharedModels() if shared is None else shared)
+                      shared=shared, measured=[s.id for s in samples])
     built = {m: build_method(m, space) for m in methods}
     retrieval = ("" if config.retrieval_seed is None
                  else f", random retrieval seed {config.retrieval_seed}")

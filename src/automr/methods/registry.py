@@ -26,7 +26,7 @@ from automr.data.subsets import seeded_subset
 from automr.defaults import DEFAULT_LAYER
 from automr.devices import resolve_device
 from automr.errors import AutomrError
-from automr.evaluation.folder import EvaluationFolder
+from automr.evaluation.folder import EvaluationFolder, evaluated_settings
 from automr.evaluation.metrics import seen_mask
 from automr.grounding.catalog import GROUNDER_KINDS, build_grounder
 from automr.grounding.likelihood import LoweredBatches
@@ -104,6 +104,9 @@ TUNING_CELLS = 2**24
 """Gamma is tuned on about this many ``[samples, items]`` cells at a time (64 MB a float32
 matrix), in whole generation batches: at once below 16,777 samples of a 1,000-item catalog,
 160 samples at a time of a 100,000-item one at batches of 8."""
+
+TUNING_NOTES = ("tuned_on_valid_samples", "valid_ndcg@5")
+"""What :meth:`Workspace.tuned_gamma` says of a tuning beside the gamma."""
 
 INJECTION_ONLY = ("grounder", "tune_samples", "tune_seed", "sasrec")
 """What only an injection's settings hold beside its L2 grounding's (its generations are the
@@ -204,6 +207,13 @@ class Workspace:
     and where the SASRec its methods train is kept for a resume."""
     shared: SharedModels = attrs.field(factory=SharedModels,
                                        validator=attrs.validators.instance_of(SharedModels))
+    measured: Sequence[str] = ()
+    """The ids of the samples its methods are evaluated on (:func:`~automr.experiments.
+    evaluate.evaluate_methods` gives them): a resume's saved values in :attr:`kept` are
+    matched with them."""
+    settings: dict[str, Mapping[str, Any]] = attrs.field(factory=dict, init=False)
+    """The settings (:func:`method_settings`) of each method :func:`build_method` built here,
+    by name."""
     _sasrec: SASRecMethod | None = attrs.field(default=None, init=False)
     _plain: dict[tuple[str, int | None], GenerativeMethod] = attrs.field(factory=dict,
                                                                         init=False)
@@ -274,7 +284,7 @@ class Workspace:
         if grounder == "l2":
             return self.plain_l2(run, retrieval, label)
         if grounder in INJECTIONS:
-            return self.injected(grounder, self.plain_l2(run, retrieval, label))
+            return self.injected(grounder, self.plain_l2(run, retrieval, label), label)
         return self._generative(grounder, run, label, retrieval)
 
     def _generative(self, grounder: str, run: FinetunedRun | None, label: str,
@@ -297,7 +307,7 @@ class Workspace:
         if not grounder.endswith("-pop"):
             return method(grounder)
         gamma, tuning = self.tuned_gamma(self.plain_l2(run, retrieval, label),
-                                         INJECTIONS["l2-pop"](self))
+                                         INJECTIONS["l2-pop"](self), label)
         tuned = method(grounder, gamma)
         tuned.note("grounding", {"gamma": gamma, **tuning, "tuned_with": "l2-pop"})
         return tuned
@@ -322,10 +332,12 @@ class Workspace:
         return self.kept.generations([f"{kind}:{g}" for g in ("l2", *INJECTIONS)],
                                      method_settings(f"{kind}:l2", self), INJECTION_ONLY)
 
-    def injected(self, grounder: str, plain: GenerativeMethod) -> PriorWeightedMethod:
-        """``plain`` with the prior of ``grounder`` and its gamma tuned on validation."""
+    def injected(self, grounder: str, plain: GenerativeMethod,
+                 method: str = "") -> PriorWeightedMethod:
+        """``plain`` with the prior of ``grounder`` and its gamma tuned on validation (for
+        ``method``: :meth:`tuned_gamma`)."""
         scores = INJECTIONS[grounder](self)
-        gamma, tuning = self.tuned_gamma(plain, scores)
+        gamma, tuning = self.tuned_gamma(plain, scores, method)
         return PriorWeightedMethod(plain, scores, gamma,
                                    {"prior": grounder.removeprefix("l2-"), **tuning})
 
@@ -343,12 +355,23 @@ class Workspace:
                 self._sasrec.train_on_main()
         return self._sasrec
 
-    def tuned_gamma(self, plain: GenerativeMethod,
-                    scores: Scores) -> tuple[float, dict[str, Any]]:
+    def tuned_gamma(self, plain: GenerativeMethod, scores: Scores,
+                    method: str = "") -> tuple[float, dict[str, Any]]:
         """BIGRec's prior weight: the gamma with the best NDCG@5 on ``tune_samples`` seeded
         validation samples, from ``plain``'s L2 distances (memory included if any) and the
         prior ``scores``; and what it was tuned on (``tuned_on_valid_samples``: how many,
-        ``valid_ndcg@5``: each gamma's value)."""
+        ``valid_ndcg@5``: each gamma's value). Where :attr:`kept` holds ranks of ``method``
+        made with its settings (:attr:`settings`, on :attr:`measured`; a cut run's shards),
+        their gamma: every
+        sample of a resumed run is ranked with one (bfloat16 may tune another in other
+        batches), and it is not tuned again."""
+        saved = (None if self.kept is None or method not in self.settings else
+                 self.kept.saved_note(method, evaluated_settings(
+                     self.settings[method], method, self.measured, len(self.dataset.catalog)),
+                     "grounding"))
+        if saved is not None and isinstance(saved.get("gamma"), int | float):
+            return float(saved["gamma"]), {key: saved[key] for key in TUNING_NOTES
+                                           if key in saved}
         samples = seeded_subset(self.dataset.samples("valid"), self.options.tune_samples,
                                 self.options.seed)
         if not samples:
@@ -617,6 +640,25 @@ def check_current(path: Path | str, method: str,
                               f"them anew")
 
 
+def lower_halves_shared(methods: Sequence[str]) -> bool:
+    """Whether two of ``methods`` (names) score target likelihoods with one model and other
+    memory (BIGRec and AutoMR, random retrieval, ...): a likelihood batch's lower half, which
+    never sees memory, run for one then serves the other."""
+    inputs = set()
+    for method in methods:
+        name = parse_method(method)[0]
+        kind = METHODS[name]
+        if kind.likelihood:
+            model = next((a for a in kind.artifacts if a in MODEL_ARTIFACTS), name)
+            inputs.add((model, name if "memory" in kind.artifacts else None))
+    models = [model for model, _ in inputs]
+    return len(models) > len(set(models))
+
+
+MODEL_ARTIFACTS = ("model", "finetuned", "rella", "trsr")
+"""The artifacts that name a method's LM (the base model, or a fine-tune)."""
+
+
 def build_method(method: str, space: Workspace) -> Method:
     """The method named ``method``, checked now (artifacts present and compatible names) and
     built when it first ranks. Under a launcher, a method that uses SASRec has it trained
@@ -624,7 +666,7 @@ def build_method(method: str, space: Workspace) -> Method:
     point, while a process with no shard to rank would never reach a first rank."""
     name, grounder = parse_method(method)
     kind = METHODS[name]
-    settings = method_settings(method, space)
+    settings = space.settings[method] = method_settings(method, space)
     if distributed.launched() and (name == "sasrec" or grounder == "l2-sasrec"):
         space.sasrec()
     deferred = DeferredLikelihood if kind.likelihood else Deferred
