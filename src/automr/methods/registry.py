@@ -362,9 +362,8 @@ class Workspace:
         prior ``scores``; and what it was tuned on (``tuned_on_valid_samples``: how many,
         ``valid_ndcg@5``: each gamma's value). Where :attr:`kept` holds ranks of ``method``
         made with its settings (:attr:`settings`, on :attr:`measured`; a cut run's shards),
-        their gamma: every
-        sample of a resumed run is ranked with one (bfloat16 may tune another in other
-        batches), and it is not tuned again."""
+        their gamma: every sample of a resumed run is ranked with one (bfloat16 may tune
+        another in other batches), and it is not tuned again."""
         saved = (None if self.kept is None or method not in self.settings else
                  self.kept.saved_note(method, evaluated_settings(
                      self.settings[method], method, self.measured, len(self.dataset.catalog)),
