@@ -291,9 +291,20 @@ def test_step_commands_chain(workspace, tmp_path):
     from automr.experiments.recommend import Recommender
 
     once = Recommender.open(data, *folders, grounder="l2", device="cpu")  # loaded once
-    for name in sorted({s.user for s in dataset.samples("test")})[:3]:
+    names = sorted({s.user for s in dataset.samples("test")})[:3]
+    for name in names:
         assert once.recommend(name, top=3, exclude_seen=False) == recommend(
             data, name, *folders, top=3, grounder="l2", device="cpu", exclude_seen=False)
+    folder_args = ["--data", data, "--finetuned", str(tmp_path / "ft"), "--memory",
+                   str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"), "--top", "3",
+                   "--grounder", "l2", "--device", "cpu"]
+    both = runner.invoke(app, ["recommend", *names[:2], *folder_args])
+    alone = [runner.invoke(app, ["recommend", name, *folder_args]) for name in names[:2]]
+    assert both.exit_code == 0 and all(a.exit_code == 0 for a in alone), both.output
+    assert both.output == "\n".join(a.output for a in alone)  # a blank line between
+    late = runner.invoke(app, ["recommend", names[0], "nobody", *folder_args])
+    assert late.exit_code == 2 and "user 'nobody' has no test sample" in late.output
+    assert late.output.startswith("error: user 'nobody'")  # before any user was shown
     missing = runner.invoke(app, ["recommend", "nobody", "--data", data, "--finetuned",
                                   str(tmp_path / "ft"), "--memory", str(tmp_path / "mem"),
                                   "--retriever", str(tmp_path / "ret")])

@@ -263,7 +263,8 @@ def demo_command(
 @user_errors
 @runtime_options(quiet=False)
 def recommend_command(
-    user: Annotated[str, typer.Argument(help="User id (as in the dataset).")],
+    users: Annotated[list[str], typer.Argument(
+        help="User ids (as in the dataset); the model loads once for all of them.")],
     data: DataOption,
     finetuned: FinetunedOption,
     memory: MemoryOption,
@@ -283,10 +284,11 @@ def recommend_command(
              "likelihood generates none).")] = 0,
     *, runtime: Runtime,
 ) -> None:
-    """A user's top items from AutoMR and the memory elements it retrieved (item, date)."""
-    from automr.experiments.recommend import recommend
+    """Users' top items from AutoMR and the memory elements it retrieved (item, date)."""
+    from automr.experiments.recommend import recommendations
 
-    result = recommend(data, user, finetuned, memory, retriever, top, split, grounder,
-                       combiner, k, runtime.device, runtime.cache_dir, runtime.dtype,
-                       exclude_seen, num_beams or None)
-    typer.echo("\n".join(result.describe(split)))
+    shown = recommendations(data, users, finetuned, memory, retriever, top, split, grounder,
+                            combiner, k, runtime.device, runtime.cache_dir, runtime.dtype,
+                            exclude_seen, num_beams or None)
+    for number, result in enumerate(shown):
+        typer.echo(("\n" if number else "") + "\n".join(result.describe(split)))

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -205,15 +206,31 @@ def recommend(
 ) -> Recommendation:
     """The user's latest ``split`` sample ranked by AutoMR as ``automr evaluate`` ranks it (the
     same grounder and ``num_beams``: None is the grounder's default, 4 for l2 and 10 for
-    constrained), its ``top`` items and the memory elements retrieved. Several users: open a
-    :class:`Recommender` once."""
+    constrained), its ``top`` items and the memory elements retrieved. Several users:
+    :func:`recommendations`, or open a :class:`Recommender` once."""
+    [one] = recommendations(dataset_dir, [user], finetuned, memory, retriever, top, split,
+                            grounder, combiner, k, device, cache_dir, dtype, exclude_seen,
+                            num_beams)
+    return one
+
+
+def recommendations(
+    dataset_dir: Path | str, users: Sequence[str], finetuned: Path | str, memory: Path | str,
+    retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
+    combiner: str = "concat", k: int = 1, device: str = "auto",
+    cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
+    num_beams: int | None = None,
+) -> Iterator[Recommendation]:
+    """:func:`recommend` for each of ``users`` in turn, the model loaded once; every option
+    and user is checked before anything loads."""
     check_top(top)
     check_options(grounder, combiner, k, num_beams)
     dataset = PreparedDataset.load(dataset_dir)
-    latest_sample(dataset, user, split)  # an unknown user, before anything loads
-    return Recommender.open(dataset, finetuned, memory, retriever, grounder, combiner, k,
-                            device, cache_dir, dtype, num_beams).recommend(
-        user, top, split, exclude_seen)
+    for user in users:  # an unknown user, before anything loads
+        latest_sample(dataset, user, split)
+    recommender = Recommender.open(dataset, finetuned, memory, retriever, grounder, combiner,
+                                   k, device, cache_dir, dtype, num_beams)
+    return (recommender.recommend(user, top, split, exclude_seen) for user in users)
 
 
 def behind_its_ties(ranking: list[int], target: int, tied: list[int]) -> list[int]:
