@@ -500,9 +500,8 @@ def test_a_resumed_evaluation_ranks_with_the_gamma_its_saved_ranks_were_made_wit
     """In bfloat16 the tuned gamma depends on the batch size: a run cut after a shard and
     resumed with another --batch-size (which resume allows) tuned again and ranked its last
     shards with another gamma than its first, saving only the second (the invariance
-    review: 64 of 176 samples). A resume takes the saved gamma, and tunes nothing."""
-    import functools
-
+    review: 64 of 176 samples); constrained-pop added beside a saved l2-pop tuned its own
+    (the resume review). A resume takes the saved gamma, and tunes nothing."""
     import automr.experiments.evaluate as evaluate_module
     import automr.methods.registry as registry
     from automr.evaluation import EvaluationFolder
@@ -515,12 +514,15 @@ def test_a_resumed_evaluation_ranks_with_the_gamma_its_saved_ranks_were_made_wit
     monkeypatch.setattr(evaluate_module, "evaluate",
                         lambda *args, **kw: real(*args, **{**kw, "shard_size": 2}))
     methods = ["bigrec:l2-pop", "bigrec:constrained-pop"]
-    run = functools.partial(
-        evaluate_methods, root / "prepared", methods,
+    common = dict(
         config=EvalConfig(max_samples=6, tune_samples=4, num_beams=2, layer=2, batch_size=2,
                           n_resamples=20),
         artifacts=Artifacts(finetuned=root / "ft", model=str(root / "model")), device="cpu",
         cache_dir=root / "cache", progress=False)
+
+    def run(names=methods, **kw):
+        return evaluate_methods(root / "prepared", names, **kw, **common)
+
     whole = run(out_dir=tmp_path / "whole")
     save = EvaluationFolder.save_shard
 
@@ -534,17 +536,20 @@ def test_a_resumed_evaluation_ranks_with_the_gamma_its_saved_ranks_were_made_wit
     with pytest.raises(KeyboardInterrupt):
         run(out_dir=tmp_path / "cut")
     monkeypatch.setattr(EvaluationFolder, "save_shard", save)
+    run(methods[:1], out_dir=tmp_path / "added")
 
     def tuned_again(*args, **kw):
         raise AssertionError("gamma tuned again on a resume")
 
     monkeypatch.setattr(registry, "best_gamma", tuned_again)
     resumed = run(out_dir=tmp_path / "cut")  # l2-pop's finished ranks, constrained-pop's shard
+    added = run(out_dir=tmp_path / "added")  # constrained-pop takes l2-pop's gamma
     for method in methods:
-        assert resumed.reports[method].ranks == whole.reports[method].ranks
+        assert resumed.reports[method].ranks == added.reports[method].ranks \
+            == whole.reports[method].ranks
         notes = [EvaluationFolder(tmp_path / folder).details("grounding", method)
-                 for folder in ("whole", "cut")]
-        assert notes[0] == notes[1] and "gamma" in notes[0]
+                 for folder in ("whole", "cut", "added")]
+        assert notes[0] == notes[1] == notes[2] and "gamma" in notes[0]
 
 
 def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):

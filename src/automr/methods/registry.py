@@ -105,6 +105,10 @@ TUNING_CELLS = 2**24
 matrix), in whole generation batches: at once below 16,777 samples of a 1,000-item catalog,
 160 samples at a time of a 100,000-item one at batches of 8."""
 
+SAME_GAMMA = {"l2-pop": "constrained-pop", "constrained-pop": "l2-pop"}
+"""Grounders that take one gamma (tuned on the L2 grounding with popularity): a resume or a
+method added to an evaluation folder takes the other's saved one."""
+
 TUNING_NOTES = ("tuned_on_valid_samples", "valid_ndcg@5")
 """What :meth:`Workspace.tuned_gamma` says of a tuning beside the gamma."""
 
@@ -363,14 +367,12 @@ class Workspace:
         ``valid_ndcg@5``: each gamma's value). Where :attr:`kept` holds ranks of ``method``
         made with its settings (:attr:`settings`, on :attr:`measured`; a cut run's shards),
         their gamma: every sample of a resumed run is ranked with one (bfloat16 may tune
-        another in other batches), and it is not tuned again."""
-        saved = (None if self.kept is None or method not in self.settings else
-                 self.kept.saved_note(method, evaluated_settings(
-                     self.settings[method], method, self.measured, len(self.dataset.catalog)),
-                     "grounding"))
-        if saved is not None and isinstance(saved.get("gamma"), int | float):
-            return float(saved["gamma"]), {key: saved[key] for key in TUNING_NOTES
-                                           if key in saved}
+        another in other batches), and it is not tuned again; else the gamma of its
+        :data:`SAME_GAMMA` sibling saved there (``constrained-pop`` orders with
+        ``l2-pop``'s)."""
+        saved = self.saved_tuning(method)
+        if saved is not None:
+            return saved
         samples = seeded_subset(self.dataset.samples("valid"), self.options.tune_samples,
                                 self.options.seed)
         if not samples:
@@ -391,6 +393,24 @@ class Workspace:
         gamma, values = best_gamma(torch.cat(per_sample, dim=1))
         return gamma, {"tuned_on_valid_samples": len(samples),
                        "valid_ndcg@5": {str(g): v for g, v in values.items()}}
+
+    def saved_tuning(self, method: str) -> tuple[float, dict[str, Any]] | None:
+        """The gamma, and its tuning's notes, that :attr:`kept` saved for ``method`` or its
+        :data:`SAME_GAMMA` sibling with their settings on :attr:`measured` (see
+        :meth:`tuned_gamma`)."""
+        if self.kept is None or method not in self.settings:
+            return None
+        kind, grounder = parse_method(method)
+        names = [method] + ([f"{kind}:{SAME_GAMMA[grounder]}"] if grounder in SAME_GAMMA
+                            else [])
+        for name in names:
+            settings = self.settings.get(name) or method_settings(name, self)
+            saved = self.kept.saved_note(name, evaluated_settings(
+                settings, name, self.measured, len(self.dataset.catalog)), "grounding")
+            if saved is not None and isinstance(saved.get("gamma"), int | float):
+                return float(saved["gamma"]), {key: saved[key] for key in TUNING_NOTES
+                                               if key in saved}
+        return None
 
     def retrieval(self, kind: str) -> MemoryRetrieval:
         """The memory (checked against the fine-tune) with a retriever of ``kind``: the
