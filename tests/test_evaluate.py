@@ -390,6 +390,10 @@ def test_a_user_id_given_as_an_int_is_one_line():
     dataset = SimpleNamespace(samples=lambda split: [sample])
     with pytest.raises(AutomrError, match=r"a user id is a str.*give '13'"):
         latest_sample(dataset, 13, "test")
+    from automr.experiments.recommend import recommendations
+
+    with pytest.raises(AutomrError, match=r"not one \('47'\): give \['47'\]"):
+        recommendations("no-data", "47", "no-ft", "no-memory", "no-retriever")
 
 
 def test_the_evaluate_commands_defaults_are_the_eval_configs():

@@ -223,6 +223,9 @@ def recommendations(
 ) -> Iterator[Recommendation]:
     """:func:`recommend` for each of ``users`` in turn, the model loaded once; every option
     and user is checked before anything loads."""
+    if isinstance(users, str):  # a Sequence[str] too: its characters would be the users
+        raise AutomrError(f"users is a list of user ids, not one ({users!r}): give "
+                          f"[{users!r}], or recommend() for one")
     check_top(top)
     check_options(grounder, combiner, k, num_beams)
     dataset = PreparedDataset.load(dataset_dir)
