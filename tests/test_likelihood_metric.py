@@ -550,6 +550,9 @@ def test_a_resumed_evaluation_ranks_with_the_gamma_its_saved_ranks_were_made_wit
         notes = [EvaluationFolder(tmp_path / folder).details("grounding", method)
                  for folder in ("whole", "cut", "added")]
         assert notes[0] == notes[1] == notes[2] and "gamma" in notes[0]
+    common["config"] = attrs.evolve(common["config"], tune_samples=3)
+    with pytest.raises(AssertionError, match="tuned again"):  # other settings: not theirs
+        run(methods[1:], out_dir=tmp_path / "added")
 
 
 def test_popularity_grounders_choose_gamma_on_validation(workspace, tmp_path):
