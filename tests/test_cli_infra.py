@@ -928,12 +928,12 @@ def test_retriever_train_passes_every_option_on(monkeypatch, tmp_path):
 
 @pytest.mark.usefixtures("any_device")
 def test_recommend_passes_every_option_on(monkeypatch, tmp_path):
-    calls = invoked(monkeypatch, "automr.experiments.recommend.recommend", [
-        "recommend", "u1", "--data", "d", "--finetuned", "f", "--memory", "m", "--retriever",
-        "r", "--top", "3", "--split", "valid", "--grounder", "l2", "--combiner",
+    calls = invoked(monkeypatch, "automr.experiments.recommend.recommendations", [
+        "recommend", "u1", "u2", "--data", "d", "--finetuned", "f", "--memory", "m",
+        "--retriever", "r", "--top", "3", "--split", "valid", "--grounder", "l2", "--combiner",
         "append-token", "--k", "2", "--no-exclude-seen", "--num-beams", "5", *RUNTIME_GIVEN])
-    assert calls == [((Path("d"), "u1", Path("f"), Path("m"), Path("r"), 3, "valid", "l2",
-                       "append-token", 2, "cpu:1", Path("c"), "float16", False, 5), {})]
+    assert calls == [((Path("d"), ["u1", "u2"], Path("f"), Path("m"), Path("r"), 3, "valid",
+                       "l2", "append-token", 2, "cpu:1", Path("c"), "float16", False, 5), {})]
     calls.clear()
     runner.invoke(app, ["recommend", "u1", "--data", "d", "--finetuned", "f", "--memory", "m",
                         "--retriever", "r"])

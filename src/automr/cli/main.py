@@ -56,7 +56,7 @@ COMMANDS: dict[str, LazyCommand] = {
         "ranks and target log-likelihoods keyed by sample id, and the commands that made it."),
     "recommend": LazyCommand(
         "automr.cli.pipeline:recommend_command",
-        "A user's top items from AutoMR and the memory elements it retrieved (item, date)."),
+        "Users' top items from AutoMR and the memory elements it retrieved (item, date)."),
     "bench": LazyCommand(
         "automr.cli.bench:app", "Measure throughput beside the naive way (JSON + markdown)."),
     "context": LazyCommand(
