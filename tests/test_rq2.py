@@ -291,7 +291,12 @@ def test_rq2_writes_tables_and_figures_and_resumes(workspace, tmp_path, monkeypa
     assert (spread["min"], spread["max"], spread["n"]) == (min(values), max(values), 2)
     wins = payload["automr_vs_random"]["ndcg@10"]
     assert wins["wins"] + wins["ties"] + wins["losses"] == wins["pairs"] == 4
+    assert payload["dtype"] == result.dtype == "float32"  # the runs' own, not "auto"
+    assert {json.loads((out / f / "ranks" / f"{m}.settings.json").read_text())["dtype"]
+            for f, m in (("bigrec", "bigrec-likelihood"), ("random-seed-0", "random-likelihood"))
+            } == {"float32"}
     text = (out / "rq2.md").read_text()
+    assert "the model in float32." in text
     assert "| random | 2 |" in text and "| AutoMR | 2 |" in text and "NDCG@10" in text
     for name in ("rq2.png", "rq2.svg"):
         assert (out / name).stat().st_size > 1000

@@ -32,7 +32,7 @@ from automr.experiments.evaluate import EvalConfig, evaluate_methods
 from automr.experiments.plotting import metric_label, new_figure, require_matplotlib, save_figure
 from automr.experiments.recommend import RECOMMEND_GROUNDERS
 from automr.grounding.likelihood import LoweredBatches
-from automr.llm.loading import DEFAULT_MODEL
+from automr.llm.loading import DEFAULT_MODEL, dtype_used
 from automr.memory import MemoryRecord
 from automr.methods.registry import Artifacts, SharedModels
 from automr.paths import home_path
@@ -113,6 +113,7 @@ class RQ2Result:
     config: dict
     metrics: tuple[str, ...]
     runs: tuple[RQ2Run, ...]
+    dtype: str | None = None  # the model's, as every run used it (None: an older rq2.json)
 
     def group(self, name: str) -> tuple[RQ2Run, ...]:
         return tuple(r for r in self.runs if r.group == name)
@@ -129,7 +130,7 @@ class RQ2Result:
     def to_json(self) -> dict:
         return {
             "format": RQ2_FORMAT, "grounder": self.grounder, "samples": self.samples,
-            "config": self.config, "metrics": list(self.metrics),
+            "config": self.config, "dtype": self.dtype, "metrics": list(self.metrics),
             "runs": [attrs.asdict(r) for r in self.runs],
             "summary": {g: {m: attrs.asdict(self.spread(g, m)) for m in self.metrics}
                         for g in ("bigrec", "automr", "random")},
@@ -143,7 +144,7 @@ class RQ2Result:
         data = read_json(path, "`automr rq2`", RQ2_FORMAT)
         return cls(grounder=data["grounder"], samples=data["samples"], config=data["config"],
                    metrics=tuple(data["metrics"]),
-                   runs=tuple(RQ2Run(**r) for r in data["runs"]))
+                   runs=tuple(RQ2Run(**r) for r in data["runs"]), dtype=data.get("dtype"))
 
 
 def run_rq2(
@@ -182,6 +183,7 @@ def run_rq2(
         raise AutomrError(f"the likelihood measure scores the true title and decodes nothing, "
                           f"so grounder {grounder!r} would only name its runs; give grounder "
                           f"likelihood (--grounder likelihood)")
+    used_dtype = dtype_used(dtype, device)  # an unknown one refused before any work
     require_matplotlib()
     out = Path(out_dir)
     check_own_folder(out, "RQ2 runs", RQ2_FILES)  # a resumed one, or new
@@ -216,7 +218,7 @@ def run_rq2(
     metrics = tuple(m for m in RQ2_METRICS if m in first) or tuple(first)
     result = RQ2Result(grounder=grounder, samples=len(ids),
                        config=json.loads(json.dumps(attrs.asdict(config))),
-                       metrics=metrics, runs=tuple(runs))
+                       metrics=metrics, runs=tuple(runs), dtype=used_dtype)
     write_rq2(result, out)
     return result
 
@@ -243,7 +245,8 @@ def rq2_markdown(result: RQ2Result) -> str:
         f"{result.samples} {config['split']} samples (seed {config['seed']}), grounder "
         f"`{result.grounder}`, k = {config['k']}, combiner `{config['combiner']}`; random "
         f"retrieval with {len(seeds)} seeds ({', '.join(map(str, seeds))}), AutoMR with "
-        f"{len(result.group('automr'))} trained retriever(s).", "",
+        f"{len(result.group('automr'))} trained retriever(s)"
+        f"{'' if result.dtype is None else f'; the model in {result.dtype}'}.", "",
         "Mean ± sample standard deviation over runs [min, max]:", "",
         f"| method | runs | {' | '.join(names)} |", "|---" * (len(names) + 2) + "|",
     ]
