@@ -154,6 +154,14 @@ def test_finetune_lowers_validation_loss_and_reloads(workspace):
     assert tuned.fingerprint() != loaded.fingerprint()
     with pytest.raises(AutomrError, match="already holds a finished"):
         finetune(loaded, workspace["data"], run, quick_config(), progress=False)
+    # a fine-tune given to finetune: peft refused part-way, and taking its LoRA off took the
+    # run's own adapter off too, under the tuned fingerprint (the public-API review)
+    weights = {name: value.clone() for name, value in tuned.model.state_dict().items()}
+    with pytest.raises(AutomrError, match="already carries a LoRA adapter"):
+        finetune(tuned, workspace["data"], workspace["root"] / "again", quick_config(),
+                 progress=False)
+    assert tuned.model.state_dict().keys() == weights.keys()
+    assert not (workspace["root"] / "again").exists()
 
 
 def test_finetune_gives_the_callers_model_back_as_it_was(workspace, tmp_path):

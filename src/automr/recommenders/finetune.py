@@ -64,7 +64,13 @@ from automr.llm.split import HFSplitLLM
 from automr.memory import MemoryStore
 from automr.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from automr.recommenders.finetune_config import SCHEDULES, FinetuneConfig
-from automr.recommenders.lora import check_lora_layers, lora_layers, lora_model, take_lora_off
+from automr.recommenders.lora import (
+    check_lora_layers,
+    has_lora,
+    lora_layers,
+    lora_model,
+    take_lora_off,
+)
 from automr.recommenders.memory_aware import MemoryInserts
 from automr.recommenders.parallel import NLLModule, StepRunner
 from automr.recommenders.runs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RESULT_FILE
@@ -368,6 +374,11 @@ def finetune(
     require_instance(loaded, LoadedModel, "model", "automr.load_model(name)")
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     require_instance(config, FinetuneConfig, "config", "automr.FinetuneConfig(...)")
+    if loaded.tuned_from_layer is not None or has_lora(loaded.model):
+        # taking the new adapter off would take its own off too, under an unchanged fingerprint
+        raise AutomrError(f"{loaded.name!r} already carries a LoRA adapter (a fine-tune's): "
+                          f"fine-tune its base model, automr.load_model(FinetunedRun.open("
+                          f"folder).base_model)")
     out = Path(out_dir)
     cleanup = ExitStack()  # the lock (main process's) from the resume's checks to the record,
     distributed.on_main(lambda: cleanup.enter_context(folder_lock(out, "fine-tune")))

@@ -86,6 +86,11 @@ def lora_layers(model: torch.nn.Module) -> list[int]:
                    if (found := inside.match(name))})
 
 
+def has_lora(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds an adapter layer of peft's (a fine-tune's LoRA)."""
+    return any(isinstance(module, BaseTunerLayer) for module in model.modules())
+
+
 def take_lora_off(model: torch.nn.Module, trainable: list[bool]) -> None:
     """``model`` as it was before :func:`lora_model` injected LoRA into it, also after peft
     refused part-way: each adapted layer back to its base layer, no peft config, each weight's
