@@ -322,3 +322,23 @@ def test_a_subclass_of_a_built_in_combiner_is_annotated_with_its_own_combine(tin
     built = UpperAnnotator(llm, 0, built_in()).annotate(*args).with_element
     torch.testing.assert_close(got, built.roll(1, 0), rtol=0, atol=1e-5)
     assert (got - built).abs().max() > 1e-3  # the shift matters
+
+
+def test_a_combiner_that_returns_no_layer_state_is_refused_in_one_line(tiny_models):
+    """A user's combiner returning its query's tensor failed deep in the upper half
+    (AttributeError: 'Tensor' object has no attribute 'hidden'; the public-API review)."""
+    import attrs
+
+    @attrs.frozen
+    class Bare:
+        uses_token_states = False
+
+        def combine(self, query, memory):
+            return query.hidden
+
+    llm = HFSplitLLM(tiny_models["llama"])
+    memory = MemoryTokens(hidden=llm.embed(torch.tensor([[3, 20]]))[0][:, None],
+                          mask=torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(AutomrError, match=r"Bare\.combine gave a Tensor, not a LayerState"):
+        UpperAnnotator(llm, 0, Bare()).annotate(torch.tensor([5, 6, 7]), torch.tensor([8, 9]),
+                                                memory)

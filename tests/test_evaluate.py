@@ -236,15 +236,19 @@ def test_a_finetune_of_another_dataset_is_refused(workspace, tmp_path):
 
 
 @pytest.mark.parametrize(("keywords", "says"), [
-    ({"top": -5}, "--top must be >= 1"), ({"top": 0}, "--top must be >= 1"),
+    ({"top": -5}, "--top must be an int >= 1"), ({"top": 0}, "--top must be an int >= 1"),
+    ({"top": 2.5}, "--top must be an int, got 2.5"), ({"top": True}, "--top must be an int"),
     ({"k": 0}, "--k must be >= 1"), ({"num_beams": -1}, "--num-beams must be >= 0"),
     ({"grounder": "constrained-pop"}, "recommend grounds with l2, constrained, likelihood, "
                                       "not 'constrained-pop'"),
     ({"grounder": "likelihood", "num_beams": 5}, "--num-beams 5 has no use with the "
-                                                "likelihood grounder")])
+                                                "likelihood grounder"),
+    ({"exclude_seen": "false"}, "exclude_seen must be a bool, not 'false'")])
 def test_recommend_refuses_a_bad_count_before_any_work(keywords, says):
     """--top -5 showed 11 items, --top 0 none, --k 0 ran without memory, negative beams
-    were a traceback, and beams given to the likelihood grounder were ignored."""
+    were a traceback, and beams given to the likelihood grounder were ignored;
+    exclude_seen="false" ranked as True, top=True showed one item and top=2.5 was a
+    traceback (the public-API and entry-point reviews)."""
     from automr.errors import AutomrError
     from automr.experiments.recommend import recommend
 

@@ -55,6 +55,26 @@ def test_paired_tables_use_the_resamples_and_seed_asked_for():
         likelihoods["mine"], likelihoods["bigrec"], n_resamples=50, seed=7)
 
 
+def test_numpy_numbers_for_the_bootstrap_and_cut_offs_give_the_same_tables(tmp_path):
+    """``seed=np.int64(1)``, ``n_resamples=np.int64(50)`` or ``ks=np.array([1, 5])`` passed
+    the checks, then failed in the reports' type check once every method had run (the
+    public-API review); combine_folders the same."""
+    import numpy as np
+
+    methods = {"bigrec": Constant(0), "mine": Constant(2)}
+    plain = evaluate(methods, SAMPLES, 30, ks=(1, 5), n_resamples=50, seed=1,
+                     out=tmp_path / "plain")
+    numpy = evaluate(methods, SAMPLES, 30, ks=np.array([1, 5]), n_resamples=np.int64(50),
+                     seed=np.int64(1), shard_size=np.int64(64))
+    assert numpy.markdown() == plain.markdown()
+    sources = {name: (tmp_path / "plain", name) for name in methods}
+    assert (combine_folders(sources, n_resamples=np.int64(50), seed=np.int64(1)).markdown()
+            == combine_folders(sources, n_resamples=50, seed=1).markdown())
+    for bad in ("50", 2.5):
+        with pytest.raises(AutomrError, match="n_resamples must be an int"):
+            combine_folders(sources, n_resamples=bad)
+
+
 def test_each_paired_bootstrap_runs_once_for_the_json_and_the_tables(tmp_path, monkeypatch):
     """results.json and results.md each computed every paired difference anew (a minute per
     method at 100k samples)."""

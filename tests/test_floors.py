@@ -254,11 +254,12 @@ def test_the_method_contract_fails_settings_evaluate_refuses(dataset, settings):
 
 
 def test_a_floor_is_built_on_a_dataset_not_its_folder():
-    """PopularityMethod('/path') was taken and failed only when it ranked."""
-    from beartype.roar import BeartypeCallHintParamViolation
+    """PopularityMethod('/path') was taken and failed only when it ranked; the refusal is
+    automr's (one line in the CLI), a TypeError too."""
+    from automr.errors import WrongTypeError
 
     for floor in (PopularityMethod, CooccurrenceMethod):
-        with pytest.raises(BeartypeCallHintParamViolation, match="PreparedDataset"):
+        with pytest.raises(WrongTypeError, match="PreparedDataset"):
             floor("runs/data")
 
 

@@ -164,6 +164,32 @@ def test_exclude_seen_reaches_the_built_method(space, kind):
     assert not build_method(kind, space).method.exclude_seen
 
 
+@pytest.mark.parametrize("kind", ["bigrec:l2", "bigrec:constrained", "bigrec:l2-pop"])
+def test_samples_given_as_a_generator_are_ranked_and_scored_as_a_list(space, kind):
+    """target_log_likelihoods(a generator) did the work, then returned [] (it read the
+    samples twice); rank(a generator) failed with a TypeError or a torch RuntimeError (the
+    public-API review)."""
+    method = build_method(kind, space).method
+    samples = space.dataset.samples("test")[:4]
+    assert method.rank(s for s in samples) == method.rank(samples)
+    assert (method.target_log_likelihoods(s for s in samples)
+            == method.target_log_likelihoods(samples))
+
+
+def test_a_prior_weighted_method_refuses_a_plain_method_without_distances(space):
+    """A constrained BIGRec, a floor or the SASRec method itself for its scores failed when it
+    first ranked (AttributeError, 'not callable'; the public-API review)."""
+    from automr.methods import PriorWeightedMethod
+
+    l2 = build_method("bigrec:l2", space).method
+    with pytest.raises(automr.AutomrError, match="give a GenerativeMethod with the l2 grounder"):
+        PriorWeightedMethod(build_method("bigrec:constrained", space).method,
+                            lambda samples: torch.zeros(len(samples), 3), 1.0)
+    for plain, scores in ((build_method("pop", space).method, lambda s: None), (l2, object())):
+        with pytest.raises(automr.AutomrError, match=r"parameter (plain|scores)="):
+            PriorWeightedMethod(plain, scores, 1.0)
+
+
 @pytest.mark.parametrize("exclude_seen", [False, True])
 def test_gamma_is_tuned_on_the_seeded_validation_samples_without_their_history(
         space, monkeypatch, exclude_seen):

@@ -295,6 +295,13 @@ def test_step_commands_chain(workspace, tmp_path):
     for name in names:
         assert once.recommend(name, top=3, exclude_seen=False) == recommend(
             data, name, *folders, top=3, grounder="l2", device="cpu", exclude_seen=False)
+    from automr.experiments.recommend import recommendations
+
+    # users as a generator were all read by the check before loading: none was ranked (the
+    # entry-point review)
+    given = recommendations(data, (n for n in names[:2]), *folders, top=3, grounder="l2",
+                            device="cpu", exclude_seen=False)
+    assert list(given) == [once.recommend(n, top=3, exclude_seen=False) for n in names[:2]]
     folder_args = ["--data", data, "--finetuned", str(tmp_path / "ft"), "--memory",
                    str(tmp_path / "mem"), "--retriever", str(tmp_path / "ret"), "--top", "3",
                    "--grounder", "l2", "--device", "cpu"]

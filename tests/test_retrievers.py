@@ -9,11 +9,10 @@ import zlib
 import attrs
 import pytest
 import torch
-from beartype.roar import BeartypeCallHintViolation
 from hypothesis import given, strategies as st
 from safetensors.torch import save_file
 
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 from automr.interfaces import Retriever
 from automr.retrievers import (
     RETRIEVERS,
@@ -282,7 +281,7 @@ def test_mlp_has_the_papers_shape():
     assert isinstance(act, torch.nn.GELU)
     assert (second.in_features, second.out_features) == (256, HIDDEN)
     assert isinstance(mlp(activation="relu").mlp[1], torch.nn.ReLU)
-    with pytest.raises(BeartypeCallHintViolation):
+    with pytest.raises(WrongTypeError):
         MLPRetrieverConfig(hidden_size=HIDDEN, activation="tanh")
     with pytest.raises(ValueError):
         MLPRetrieverConfig(hidden_size=HIDDEN, temperature=0.0)
@@ -902,7 +901,7 @@ def test_training_on_top1_and_without_validation():
     assert history.valid_top1[history.best_epoch - 1] == max(history.valid_top1)
     _, history = train_mlp_retriever(train, None, config, quiet=True)
     assert history.best_epoch == 0 and len(history.train_kl) == 3 and not history.valid_kl
-    with pytest.raises(BeartypeCallHintViolation):
+    with pytest.raises(WrongTypeError):
         RetrieverTrainingConfig(monitor="recall")
 
 

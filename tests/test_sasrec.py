@@ -637,8 +637,13 @@ def test_sasrec_method_refuses_a_saved_model_of_another_config_or_dataset(tmp_pa
     config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=8, max_epochs=1)
     samples = dataset.samples("test")[:3]
     first = SASRecMethod(dataset, config, saved=tmp_path / "sasrec").rank(samples)
-    again = SASRecMethod(dataset, config, saved=tmp_path / "sasrec")
+    again = SASRecMethod(dataset, config, saved=str(tmp_path / "sasrec"))  # a str: a Path
     assert again.rank(samples) == first  # its own config: loaded, not trained again
+    # a str folder failed at the first rank ('str' / 'str'); a folder for the dataset or a
+    # dict for the config failed there too, with an AttributeError (the public-API review)
+    for wrong in (dict(dataset=str(tmp_path)), dict(config={"max_epochs": 1})):
+        with pytest.raises(AutomrError, match=f"parameter {next(iter(wrong))}="):
+            SASRecMethod(**{"dataset": dataset, "config": config, **wrong})
     other = SASRecMethod(dataset, attrs.evolve(config, seed=1, hidden=16),
                          saved=tmp_path / "sasrec")
     with pytest.raises(AutomrError, match=r"another SASRec than this one's: hidden 8 \(not "

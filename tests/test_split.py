@@ -116,7 +116,19 @@ def test_an_insert_that_changes_the_states_layer_or_rows_is_refused(tiny_models)
     torch.testing.assert_close(kept, prefill(llm, ids, mask, 2).logits)
     for insert in (lambda s: LayerState(hidden=s.hidden, mask=s.mask, layer=0),
                    lambda s: LayerState(hidden=s.hidden[:1], mask=s.mask[:1], layer=s.layer)):
-        with pytest.raises(AutomrError, match="an insert joins memory to each row at the layer"):
+        with pytest.raises(AutomrError, match="memory is joined to each row at the layer"):
+            prefill(llm, ids, mask, 2, insert)
+    # a combiner of the user's that returns a tensor, nothing, or states of another width or
+    # dtype failed deep in the model (AttributeError, a matmul's RuntimeError; the API review)
+    for insert, message in (
+            (lambda s: s.hidden, "gave a Tensor, not a LayerState"),
+            (lambda s: None, "gave a NoneType, not a LayerState"),
+            (lambda s: LayerState(hidden=torch.cat([s.hidden, s.hidden], -1), mask=s.mask,
+                                  layer=s.layer), "width 64, torch.float32 on cpu for the "
+                                                  "model's width 32"),
+            (lambda s: LayerState(hidden=s.hidden.double(), mask=s.mask, layer=s.layer),
+             "torch.float64")):
+        with pytest.raises(AutomrError, match=message):
             prefill(llm, ids, mask, 2, insert)
 
 

@@ -39,9 +39,12 @@ from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex
 import attrs
 from beartype import BeartypeConf, beartype as _beartype
 
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 
-beartype = _beartype(conf=BeartypeConf(is_pep484_tower=True))
+# a parameter of the wrong type is the caller's mistake: automr's error, which the CLI prints as
+# one line (a return value of the wrong type stays beartype's own violation)
+beartype = _beartype(conf=BeartypeConf(is_pep484_tower=True,
+                                       violation_param_type=WrongTypeError))
 
 
 @attrs.frozen
@@ -57,8 +60,8 @@ class _Kind:
 
     def check(self, instance: object, attribute: "attrs.Attribute", value: object) -> None:
         if not self._takes(value):
-            raise AutomrError(f"{type(instance).__name__}: {attribute.name} must be "
-                              f"{self.named}, not {value!r}")
+            raise WrongTypeError(f"{type(instance).__name__}: {attribute.name} must be "
+                                 f"{self.named}, not {value!r}")
 
     def convert(self, value: object) -> object:
         return self.kind(value) if self._takes(value) else value
@@ -74,9 +77,9 @@ class _Kind:
                     values: object) -> None:
         where = f"{type(instance).__name__}: {attribute.name} must be a sequence of {self.plural}"
         if not isinstance(values, tuple):
-            raise AutomrError(f"{where}, not {values!r}")
+            raise WrongTypeError(f"{where}, not {values!r}")
         if wrong := [v for v in values if not self._takes(v)]:
-            raise AutomrError(f"{where}; {wrong[0]!r} is not {self.named}")
+            raise WrongTypeError(f"{where}; {wrong[0]!r} is not {self.named}")
 
     def convert_tuple(self, values: object) -> object:
         if isinstance(values, str | bytes) or not isinstance(values, Iterable):
@@ -109,6 +112,28 @@ is_int_tuple = _INT.check_tuple
 bool among them included); the field's own validators then check its length or values."""
 is_str_tuple = _STR.check_tuple
 """attrs validator of a tuple field of strings, as :data:`is_int_tuple` of ints."""
+
+
+def require_bool(value: object, name: str) -> None:
+    """Refuse a flag ``name`` that is not a bool (``"false"`` or ``0`` would be taken by its
+    truth value)."""
+    if not isinstance(value, bool):
+        raise WrongTypeError(f"{name} must be a bool, not {value!r}")
+
+
+def require_int(value: object, name: str, at_least: int | None = None) -> int:
+    """``value`` as a Python int once it is a whole number (a numpy integer too, not a bool)
+    of at least ``at_least``, else refused naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise WrongTypeError(f"{name} must be an int, got {value!r}")
+    if at_least is not None and value < at_least:
+        raise AutomrError(f"{name} must be an int >= {at_least}, got {value!r}")
+    return int(value)
+
+
+def is_bool(instance: object, attribute: "attrs.Attribute", value: object) -> None:
+    """attrs validator of a flag: :func:`require_bool`."""
+    require_bool(value, f"{type(instance).__name__}: {attribute.name}")
 
 if TYPE_CHECKING:  # what a checker reads: the values a field takes
     def to_int(value: SupportsIndex, /) -> int:

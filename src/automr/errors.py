@@ -8,3 +8,9 @@ prints it on one line and exits with code 2 instead of showing a traceback.
 
 class AutomrError(Exception):
     """A mistake the user can fix; the message explains what, where and how."""
+
+
+class WrongTypeError(AutomrError, TypeError):
+    """A value of the wrong type given to a function, method or config of automr (beartype's
+    check of a parameter's type hint, or a config field's own check): an :class:`AutomrError`,
+    and a ``TypeError`` too."""

@@ -27,9 +27,10 @@ import torch
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype, int_field, is_int, to_int
+from automr.checks import beartype, int_field, is_bool, is_int, to_int
 from automr.combiners import AppendToken, Concat, PrependToken
 from automr.interfaces import Combiner, MemoryTokens, SplitLLM, require
+from automr.llm.decoding import check_inserted
 from automr.state import KVCache, LayerState
 
 
@@ -63,7 +64,7 @@ class UpperAnnotator:
     layer: int = attrs.field(converter=to_int, validator=is_int)
     combiner: Combiner
     element_batch: int = int_field(attrs.validators.ge(1), default=32)
-    share_prompt: bool = True
+    share_prompt: bool = attrs.field(default=True, validator=is_bool)
     min_shared: int = int_field(attrs.validators.ge(1), default=8)
 
     def __attrs_post_init__(self) -> None:
@@ -122,6 +123,7 @@ class UpperAnnotator:
         rows = 1 if memory is None else memory.hidden.shape[0]
         query = _expand(prompt, rows)
         combined = query if memory is None else self.combiner.combine(query, memory)
+        check_inserted(combined, query, f"{type(self.combiner).__name__}.combine")
         full = LayerState(
             hidden=torch.cat([combined.hidden, _expand(target, rows).hidden], 1),
             mask=torch.cat([combined.mask, _expand(target, rows).mask], 1), layer=self.layer,

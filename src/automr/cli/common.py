@@ -13,7 +13,7 @@ import attrs
 import typer
 
 from automr.distributed import MainProcessError
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 from automr.paths import home_path
 from automr.recommenders.finetune_config import FinetuneConfig
 from automr.storage import partial_path, wrapped_errno
@@ -301,11 +301,9 @@ def checked_options(what: str, build: Callable[[], R],
     """``build()``, a config made of command-line options, with a value its validators refuse
     turned into one line (:class:`AutomrError`) instead of a traceback; ``options`` as in
     :func:`option_error`."""
-    from beartype.roar import BeartypeCallHintViolation
-
     try:
         return build()
-    except (ValueError, BeartypeCallHintViolation) as error:
+    except (ValueError, WrongTypeError) as error:  # WrongTypeError: beartype's, a Literal's
         raise AutomrError(f"invalid {what} options: {option_error(error, options)}") from None
 
 

@@ -103,13 +103,15 @@ def check_resample(resample: object) -> None:
                           f"{resample!r}")
 
 
-def check_seed(seed: object) -> None:
-    """Refuse a bootstrap ``seed`` that is not an int torch can seed with (-2**63 to
-    2**64 - 1): beyond, it failed only once every method had run."""
+def check_seed(seed: object) -> int:
+    """A bootstrap ``seed`` as a Python int (a numpy integer too), refused unless an int
+    torch can seed with (-2**63 to 2**64 - 1): beyond, it failed only once every method had
+    run."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
             -2**63 <= seed < 2**64):
         raise AutomrError(f"seed (of the bootstrap) must be an int from -2**63 to 2**64 - 1, "
                           f"got {seed!r}")
+    return int(seed)
 
 
 def resample_field() -> Any:

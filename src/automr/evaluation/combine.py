@@ -24,6 +24,7 @@ from pathlib import Path
 
 import attrs
 
+from automr.checks import require_int
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, check_resample, check_seed
 from automr.evaluation.folder import (
@@ -56,7 +57,8 @@ def combine_folders(
     (``samples`` or ``users``): the bootstrap's, for every interval (a source saved with others
     is summarised again from its values)."""
     check_resample(resample)
-    check_seed(seed)
+    seed = check_seed(seed)
+    n_resamples = require_int(n_resamples, "n_resamples", 1)
     if not sources:
         raise AutomrError("nothing to combine: give at least one NAME=FOLDER/METHOD")
     for name, source in sources.items():

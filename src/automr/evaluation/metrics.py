@@ -170,8 +170,9 @@ def ndcg_of_rank(rank: int, k: int) -> float:
     return 1.0 / math.log2(rank + 2) if rank < k else 0.0
 
 
-def check_ks(ks: Sequence[int]) -> None:
-    """Refuse cut-offs that are not distinct positive integers (an empty list too)."""
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """Cut-offs as a tuple of Python ints (numpy integers too), refused unless distinct
+    positive integers (an empty list too)."""
     if isinstance(ks, (str, Mapping)) or not isinstance(ks, Iterable):
         raise AutomrError(f"cut-offs K are a sequence of positive integers (e.g. (5, 10)), "
                           f"got {ks!r}")
@@ -181,6 +182,7 @@ def check_ks(ks: Sequence[int]) -> None:
         raise AutomrError(f"cut-offs K must be positive integers, got {tuple(ks)}")
     if len(set(ks)) != len(ks):
         raise AutomrError(f"cut-offs K must be distinct, got {tuple(ks)}")
+    return tuple(int(k) for k in ks)
 
 
 def _check_ranks(ranks: Tensor) -> None:

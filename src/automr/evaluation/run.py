@@ -30,6 +30,7 @@ import attrs
 import torch
 
 from automr import distributed
+from automr.checks import require_int
 from automr.data.records import Sample
 from automr.defaults import MEASURES
 from automr.errors import AutomrError
@@ -282,12 +283,11 @@ def evaluate(
         if taken:  # the evaluation's value would replace it: two methods, one set of settings
             raise AutomrError(f"the settings of {name} hold {taken[0]!r}, a key the evaluation "
                               f"adds itself ({', '.join(EVALUATION_KEYS)}): name it otherwise")
-    if "ranks" in measures:
-        check_ks(ks)
-    for count, what in ((n_resamples, "n_resamples"), (shard_size, "shard_size")):
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
-            raise AutomrError(f"{what} must be an int >= 1, got {count!r}")
-    check_seed(seed)
+    if "ranks" in measures:  # numpy's integers, as Python ints
+        ks = check_ks(ks)
+    n_resamples = require_int(n_resamples, "n_resamples", 1)
+    shard_size = require_int(shard_size, "shard_size", 1)
+    seed = check_seed(seed)
     check_resample(resample)
     if out is not None:  # what results.md and results.json start with, once all have run
         _check_header_and_record(header, record)

@@ -2,12 +2,13 @@
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
 import torch
 
+from automr.checks import require_bool, require_int
 from automr.combiners import COMBINERS
 from automr.data import PreparedDataset, Sample
 from automr.devices import resolve_device
@@ -138,7 +139,8 @@ class Recommender:
         """The user's latest ``split`` sample ranked, its ``top`` items and the memory
         elements retrieved; ``exclude_seen`` leaves the user's earlier items out (the target
         stays), as ``automr evaluate --exclude-seen``."""
-        check_top(top)
+        top = check_top(top)
+        require_bool(exclude_seen, "exclude_seen")
         sample = latest_sample(self.dataset, user, split)
         store, retrieval = self.retrieval.store, self.retrieval
         ids, mask = left_padded_prompts(self.loaded, self.dataset, [sample])
@@ -175,9 +177,9 @@ class Recommender:
         )
 
 
-def check_top(top: int) -> None:
-    if top < 1:
-        raise AutomrError(f"--top must be >= 1, got {top}")
+def check_top(top: int) -> int:
+    """``top`` as a Python int, refused unless a whole number >= 1 (a bool too)."""
+    return require_int(top, "--top", 1)
 
 
 def check_options(grounder: str, combiner: str, k: int, num_beams: int | None) -> None:
@@ -215,7 +217,7 @@ def recommend(
 
 
 def recommendations(
-    dataset_dir: Path | str, users: Sequence[str], finetuned: Path | str, memory: Path | str,
+    dataset_dir: Path | str, users: Iterable[str], finetuned: Path | str, memory: Path | str,
     retriever: Path | str, top: int = 10, split: str = "test", grounder: str = "constrained",
     combiner: str = "concat", k: int = 1, device: str = "auto",
     cache_dir: Path | str | None = None, dtype: str = "auto", exclude_seen: bool = True,
@@ -226,7 +228,9 @@ def recommendations(
     if isinstance(users, str):  # a Sequence[str] too: its characters would be the users
         raise AutomrError(f"users is a list of user ids, not one ({users!r}): give "
                           f"[{users!r}], or recommend() for one")
-    check_top(top)
+    users = list(users)  # a generator's users are read twice: checked, then ranked
+    top = check_top(top)
+    require_bool(exclude_seen, "exclude_seen")
     check_options(grounder, combiner, k, num_beams)
     dataset = PreparedDataset.load(dataset_dir)
     for user in users:  # an unknown user, before anything loads

@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.checks import beartype
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 from automr.interfaces import Insert, SplitLLM
 from automr.state import KVCache, LayerState
 from automr.types import TokenIds, TokenMask, as_bool_mask
@@ -257,15 +257,31 @@ def common_prefix(rows: list[list[int]]) -> int:
 @jaxtyped(typechecker=beartype)
 def apply_insert(insert: Insert, state: LayerState) -> LayerState:
     """``insert(state)``, in its own shape scope (the result may be longer than the prompt,
-    so its ``seq`` is not bound to the caller's), refused unless it keeps the state's rows
-    and layer: the upper half runs from the result's layer, one row per prompt."""
+    so its ``seq`` is not bound to the caller's), refused unless :func:`check_inserted`."""
     inserted = insert(state)
-    if inserted.batch_size != state.batch_size or inserted.layer != state.layer:
-        raise AutomrError(f"the insert turned a layer-{state.layer} state of "
-                          f"{state.batch_size} rows into a layer-{inserted.layer} state of "
-                          f"{inserted.batch_size} rows: an insert joins memory to each row at "
-                          f"the layer it is given")
+    check_inserted(inserted, state, "the insert")
     return inserted
+
+
+def check_inserted(inserted: object, state: LayerState, by: str) -> None:
+    """Refuse what ``by`` (an insert, a combiner) made of ``state`` unless it is a
+    :class:`LayerState` with the state's rows, layer, hidden width, dtype and device: the
+    upper half runs from its layer, one row per prompt."""
+    if not isinstance(inserted, LayerState):
+        raise WrongTypeError(f"{by} gave a {type(inserted).__name__}, not a LayerState: a "
+                             f"combiner returns the state it was given with memory joined")
+    hidden = inserted.hidden
+    if (hidden.shape[-1], hidden.dtype, hidden.device) != (
+            state.hidden.shape[-1], state.hidden.dtype, state.hidden.device):
+        raise AutomrError(f"{by} gave hidden states of width {hidden.shape[-1]}, "
+                          f"{hidden.dtype} on {hidden.device} for the model's width "
+                          f"{state.hidden.shape[-1]}, {state.hidden.dtype} on "
+                          f"{state.hidden.device}: a combiner keeps the states' width, dtype "
+                          f"and device")
+    if inserted.batch_size != state.batch_size or inserted.layer != state.layer:
+        raise AutomrError(f"{by} turned a layer-{state.layer} state of {state.batch_size} "
+                          f"rows into a layer-{inserted.layer} state of {inserted.batch_size} "
+                          f"rows: memory is joined to each row at the layer it is given")
 
 
 @torch.no_grad()

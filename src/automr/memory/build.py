@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from automr import distributed
+from automr.checks import require_int
 from automr.data.catalog import Catalog
 from automr.data.fingerprint import dataset_fingerprint
 from automr.data.prepared import PreparedDataset
@@ -143,8 +144,8 @@ def build_memory(
     missing shards. A second build into ``out_dir`` while one runs there is refused
     (:func:`~automr.storage.folder_lock`).
     """
-    if batch_size < 1:
-        raise AutomrError(f"the batch size (--batch-size) must be >= 1, got {batch_size}")
+    batch_size = require_int(batch_size, "the batch size (--batch-size)", 1)
+    layer = require_int(layer, "a memory's layer")
     require_instance(dataset, PreparedDataset, "dataset", "automr.PreparedDataset.load(folder)")
     require_instance(config, MemoryConfig, "config", "automr.MemoryConfig(...)")
     backbone = Backbone.of(model)

@@ -7,13 +7,13 @@ A :class:`GenerativeMethod` is a loaded LM + a grounder, optionally a
 :class:`~automr.interfaces.PromptContext` (ReLLa, TRSR).
 """
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-from automr.checks import int_field
+from automr.checks import int_field, is_bool
 from automr.data import Catalog, PreparedDataset, Sample, tokenize_sample
 from automr.defaults import DEFAULT_LAYER
 from automr.errors import AutomrError
@@ -134,8 +134,8 @@ class GenerativeMethod:
     retrieval: Retrieval | None = None
     context: PromptContext | None = None
     batch_size: int = int_field(attrs.validators.gt(0), default=8)
-    exclude_seen: bool = False
-    progress: bool = False
+    exclude_seen: bool = attrs.field(default=False, validator=is_bool)
+    progress: bool = attrs.field(default=False, validator=is_bool)
     label: str = "ranking"
     settings: Mapping[str, Any] = attrs.field(factory=dict)
     likelihoods: KeptLikelihoods = attrs.field(factory=KeptLikelihoods,
@@ -212,12 +212,13 @@ class GenerativeMethod:
                               f"{llm.hidden_size}: it was built with another model")
         store.check_model(self.loaded)  # of this size, another model's states
 
-    def rank(self, samples: Sequence[Sample]) -> list[int]:
+    def rank(self, samples: Iterable[Sample]) -> list[int]:
         """The 0-based rank of each sample's target in the grounder's full catalog ranking.
 
         The L2 grounder's is made from :meth:`distances` (:meth:`ranks_by_distance`, ties
         broken against the target as every score-based method's), so ranking after an
         injection of the same method (or before one) generates nothing again."""
+        samples = list(samples)  # a generator's samples are read more than once
         self._check_weights()
         if isinstance(self.grounder, L2Grounder):
             return self.ranks_by_distance(samples, self.distances(samples))
@@ -273,10 +274,11 @@ class GenerativeMethod:
                    if self.exclude_seen else None)
         return ranks_from_scores(-distances, targets, exclude).tolist()
 
-    def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
+    def target_log_likelihoods(self, samples: Iterable[Sample]) -> list[tuple[float, int]]:
         """``(log P(true title + EOS | prompt [+ memory]), its token count)`` per sample.
         Each sample's value is kept (:attr:`likelihoods`), so asking again (an injection of
         this method, another grounder of its model) computes nothing."""
+        samples = list(samples)  # a generator's samples are read more than once
         self._check_weights()
         versions = tuple((id(ref()), was) for ref, was in self._retrieval_weights)
         kept = self.likelihoods.table(self.layer, (self.loaded, self.dataset, self.retrieval,
@@ -292,11 +294,12 @@ class GenerativeMethod:
                 self._details.setdefault(kind, {})[sample.id] = value
         return [kept[s][:2] for s in samples]
 
-    def distances(self, samples: Sequence[Sample]) -> torch.Tensor:
+    def distances(self, samples: Iterable[Sample]) -> torch.Tensor:
         """``[samples, items]``: the L2 grounder's distance of every catalog title to what was
         generated for each sample. Each sample's generated text's embedding is kept (not its
         row of the catalog's size), so asking again (another prior's injection) generates
         nothing and memory grows with the hidden size, not the catalog."""
+        samples = list(samples)  # a generator's samples are read more than once
         self._check_weights()
         if not isinstance(self.grounder, L2Grounder):
             raise AutomrError(f"{type(self.grounder).__name__} gives no distances (the L2 "

@@ -11,14 +11,16 @@ generations: ``plain`` keeps the distances it computed per sample.
 """
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-from automr.checks import is_real, to_float
+from automr.checks import beartype, is_real, to_float
 from automr.data import Sample
+from automr.errors import AutomrError
+from automr.grounding.l2 import L2Grounder
 from automr.grounding.prior import adjusted_distances, min_max
 from automr.methods.generative import GenerativeMethod
 
@@ -27,6 +29,7 @@ Scores = Callable[[Sequence[Sample]], torch.Tensor]
 :meth:`~automr.methods.SASRecMethod.scores`; one row: the same prior for every sample)."""
 
 
+@beartype
 @attrs.define(eq=False)
 class PriorWeightedMethod:
     """``plain``'s L2 distances weighted by ``(1 + min_max(scores)) ** -gamma`` per sample.
@@ -43,16 +46,24 @@ class PriorWeightedMethod:
     grounding: Mapping[str, Any] = attrs.field(factory=dict)
     settings: Mapping[str, Any] = attrs.field(factory=dict)
 
-    def rank(self, samples: Sequence[Sample]) -> list[int]:
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.plain.grounder, L2Grounder):
+            raise AutomrError(f"plain grounds with {type(self.plain.grounder).__name__}: the "
+                              f"prior weights L2 distances, so give a GenerativeMethod with "
+                              f"the l2 grounder")
+
+    def rank(self, samples: Iterable[Sample]) -> list[int]:
         """Each target's 0-based rank when the catalog is ordered by ``plain``'s L2 distances
         weighted by the prior (:func:`~automr.grounding.prior.adjusted_distances` with
         ``min_max(scores(samples))`` and ``gamma``; smallest first, ties pessimistic)."""
+        samples = list(samples)  # a generator's samples are read more than once
         distances = self.plain.distances(samples)
-        weighted = adjusted_distances(distances, min_max(self.scores(samples).to(distances)),
+        scores = torch.as_tensor(self.scores(samples))  # a numpy array too
+        weighted = adjusted_distances(distances, min_max(scores.to(distances)),
                                       self.gamma)
         return self.plain.ranks_by_distance(samples, weighted)
 
-    def target_log_likelihoods(self, samples: Sequence[Sample]) -> list[tuple[float, int]]:
+    def target_log_likelihoods(self, samples: Iterable[Sample]) -> list[tuple[float, int]]:
         """``plain``'s (the prior changes the ranking only): ``(log P(true title + EOS |
         prompt [+ memory]), its token count)`` per sample."""
         return self.plain.target_log_likelihoods(samples)

@@ -8,6 +8,7 @@ import attrs
 import torch
 
 from automr import distributed
+from automr.checks import beartype
 from automr.data import PreparedDataset, Sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.devices import resolve_device
@@ -16,6 +17,7 @@ from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_ta
 from automr.storage import CONFIG_FILE
 
 
+@beartype
 @attrs.define(eq=False)
 class SASRecMethod:
     """SASRec trained on every user's training-period sequence (validation split for early
@@ -27,7 +29,7 @@ class SASRecMethod:
     config: SASRecConfig = attrs.field(factory=SASRecConfig)
     progress: bool = False
     device: torch.device = attrs.field(default="cpu", converter=resolve_device)
-    saved: Path | None = None
+    saved: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     """Where the trained model is kept: loaded from there when it was saved, else trained and
     saved there, so a resumed evaluation ranks with the model its first shards used (CUDA
     training is not bit-deterministic)."""
