@@ -695,6 +695,38 @@ def test_a_build_resumes_with_its_model_folder_named_otherwise(dataset, tmp_path
                  out, progress=False, on_shard=lambda number, total: seen.append(number))
     assert seen and seen[0] == 1  # shard 0 kept
 
+
+def test_a_memory_is_the_same_however_its_model_folder_was_typed(dataset, tmp_path,
+                                                                  monkeypatch):
+    """The record kept the model folder as typed: built with `model`, then again with
+    `./model/`, the memory's digest differed (its annotations were refused, evaluate ranked
+    its methods again), and from another working folder a resume was refused (model_name
+    differ; the determinism review)."""
+    import json
+
+    from automr.llm.loading import load_model
+    from automr.testing.synthetic import save_tiny_model
+
+    save_tiny_model(tmp_path / "model", num_layers=3)
+    config = MemoryConfig(shard_elements=12)
+    monkeypatch.chdir(tmp_path)
+    for name, out in (("model", "a"), ("./model/", "b")):
+        build_memory(load_model(name, device="cpu", dtype="float32"), dataset, LAYER, config,
+                     tmp_path / out, progress=False)
+    assert MemoryStore.digest(tmp_path / "a") == MemoryStore.digest(tmp_path / "b")
+    record = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert record["model_name"] == str((tmp_path / "model").resolve())
+    # a memory recorded with a relative name (as before) resumes from another working folder
+    record["model_name"] = "model"
+    (tmp_path / "a" / "config.json").write_text(json.dumps(record))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    seen = []
+    build_memory(load_model(str(tmp_path / "model"), device="cpu", dtype="float32"), dataset,
+                 LAYER, config, tmp_path / "a", progress=False,
+                 on_shard=lambda number, total: seen.append(number))
+    assert not seen  # finished: nothing built again
+
 @pytest.mark.parametrize("cut", ["config", "index"])
 def test_a_build_cut_while_starting_its_folder_resumes(backbone, dataset, built, tmp_path,
                                                        monkeypatch, cut):

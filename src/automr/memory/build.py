@@ -90,7 +90,9 @@ def make_record(backbone: Backbone, layer: int, config: MemoryConfig, prompt_con
                           f"{settings!r}; it must give {{'kind': {config.encoder!r}, 'window': "
                           f"..., 'includes_item': ...}}, what the memory's config.json records")
     return MemoryRecord(
-        model_name=backbone.name, model_fingerprint=backbone.fingerprint, layer=layer,
+        # the model as known however typed (./m, m/, /abs/m): the config, so the digest, is one
+        model_name=canonical_model_name(backbone.name), model_fingerprint=backbone.fingerprint,
+        layer=layer,
         hidden_size=llm.hidden_size, num_layers=llm.num_layers, dtype=dtype,
         encoder=config.encoder, window=settings["window"],
         window_includes_item=settings["includes_item"],
@@ -402,8 +404,8 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
     if (folder / CONFIG_FILE).is_file():
         existing = MemoryRecord.read(folder)
         index = MemoryIndex.read(folder) if (folder / INDEX_FILE).is_file() else MemoryIndex()
-        if canonical_model_name(existing.model_name) == canonical_model_name(record.model_name):
-            existing = attrs.evolve(existing, model_name=record.model_name)  # typed otherwise
+        if existing.model_fingerprint == record.model_fingerprint:  # the model, named otherwise
+            existing = attrs.evolve(existing, model_name=record.model_name)  # (or from elsewhere)
         if existing.titles_fingerprint is None:  # recorded before automr kept its titles
             existing = attrs.evolve(existing, titles_fingerprint=record.titles_fingerprint)
         if existing == record:
