@@ -17,9 +17,9 @@ from typing import Any
 import attrs
 import torch
 
-from automr.checks import beartype, is_real, to_float
+from automr.checks import is_real, to_float
 from automr.data import Sample
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 from automr.grounding.l2 import L2Grounder
 from automr.grounding.prior import adjusted_distances, min_max
 from automr.methods.generative import GenerativeMethod
@@ -29,7 +29,6 @@ Scores = Callable[[Sequence[Sample]], torch.Tensor]
 :meth:`~automr.methods.SASRecMethod.scores`; one row: the same prior for every sample)."""
 
 
-@beartype
 @attrs.define(eq=False)
 class PriorWeightedMethod:
     """``plain``'s L2 distances weighted by ``(1 + min_max(scores)) ** -gamma`` per sample.
@@ -47,10 +46,16 @@ class PriorWeightedMethod:
     settings: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.plain.grounder, L2Grounder):
-            raise AutomrError(f"plain grounds with {type(self.plain.grounder).__name__}: the "
-                              f"prior weights L2 distances, so give a GenerativeMethod with "
-                              f"the l2 grounder")
+        grounder = getattr(self.plain, "grounder", None)
+        if not callable(getattr(self.plain, "distances", None)) or (
+                grounder is not None and not isinstance(grounder, L2Grounder)):
+            shown = type(grounder if grounder is not None else self.plain).__name__
+            raise AutomrError(f"plain is a {type(self.plain).__name__} ({shown}), which gives no "
+                              f"L2 distances for the prior to weigh: give a GenerativeMethod "
+                              f"with the l2 grounder")
+        if not callable(self.scores):
+            raise WrongTypeError(f"scores must be a function of the samples (e.g. "
+                                 f"SASRecMethod(...).scores), not {self.scores!r}")
 
     def rank(self, samples: Iterable[Sample]) -> list[int]:
         """Each target's 0-based rank when the catalog is ordered by ``plain``'s L2 distances
