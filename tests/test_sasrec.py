@@ -658,6 +658,18 @@ def test_sasrec_method_refuses_a_saved_model_of_another_config_or_dataset(tmp_pa
         elsewhere.rank(elsewhere.dataset.samples("test")[:3])
 
 
+def test_sasrec_methods_saved_folder_reads_a_tilde_as_home(tmp_path, monkeypatch):
+    """saved="~/sasrec" was saved under the home folder but looked for under a folder named
+    "~": every run trained again, past the check of another config's model (the diff
+    review)."""
+    from automr.methods import SASRecMethod
+    from automr.testing.synthetic import synthetic_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    method = SASRecMethod(synthetic_dataset(tmp_path), saved="~/sasrec")
+    assert method.saved == tmp_path / "home" / "sasrec"
+
+
 def test_popularity_ranks_no_samples_as_the_other_floors_do(tmp_path):
     """PopularityMethod.rank([]) failed a shape check (an empty target list became floats)."""
     from automr.methods import CooccurrenceMethod, PopularityMethod

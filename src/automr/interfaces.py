@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor
 
 from automr.checks import beartype
-from automr.errors import AutomrError
+from automr.errors import WrongTypeError
 from automr.state import LayerState
 from automr.types import Positions, TokenIds, TokenMask
 
@@ -347,8 +347,8 @@ def require_instance(value: object, kind: type, role: str, instead: str) -> None
     that says ``instead``, how to get one: a folder's path or a dict where a loaded object is
     meant would otherwise fail at its first attribute, with an AttributeError."""
     if not isinstance(value, kind):
-        raise AutomrError(f"the {role} argument is of type {type(value).__name__}, not "
-                          f"{kind.__name__} ({instead})")
+        raise WrongTypeError(f"the {role} argument is of type {type(value).__name__}, not "
+                             f"{kind.__name__} ({instead})")
 
 
 def require(value: object, protocol: type, role: str, instead: str) -> None:
@@ -358,12 +358,12 @@ def require(value: object, protocol: type, role: str, instead: str) -> None:
     (``Concat`` for ``Concat()``) has its methods' names, so it passes ``isinstance``; it is
     refused too, as its unbound methods fail at the first call."""
     if isinstance(value, type) and isinstance(value, protocol):
-        raise AutomrError(f"the {role} is the class {value.__name__}, not an instance of it: "
-                          f"pass {value.__name__}(...) ({instead})")
+        raise WrongTypeError(f"the {role} is the class {value.__name__}, not an instance of "
+                             f"it: pass {value.__name__}(...) ({instead})")
     if isinstance(value, protocol):
         return
     needs = [name if isinstance(member, property) else
              f"{name}({', '.join(list(inspect.signature(member).parameters)[1:])})"
              for name, member in vars(protocol).items() if not name.startswith("_")]
-    raise AutomrError(f"the {role} is not a {protocol.__name__}: it needs "
-                      f"{' and '.join(needs)} (got a {type(value).__name__}; {instead})")
+    raise WrongTypeError(f"the {role} is not a {protocol.__name__}: it needs "
+                         f"{' and '.join(needs)} (got a {type(value).__name__}; {instead})")

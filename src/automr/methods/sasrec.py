@@ -13,6 +13,7 @@ from automr.data import PreparedDataset, Sample
 from automr.data.fingerprint import dataset_fingerprint
 from automr.devices import resolve_device
 from automr.errors import AutomrError
+from automr.paths import home_path
 from automr.recommenders.sasrec import SASRec, SASRecConfig, fit_sasrec, rank_targets
 from automr.storage import CONFIG_FILE
 
@@ -29,7 +30,8 @@ class SASRecMethod:
     config: SASRecConfig = attrs.field(factory=SASRecConfig)
     progress: bool = False
     device: torch.device = attrs.field(default="cpu", converter=resolve_device)
-    saved: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    saved: Path | None = attrs.field(default=None,
+                                     converter=attrs.converters.optional(home_path))
     """Where the trained model is kept: loaded from there when it was saved, else trained and
     saved there, so a resumed evaluation ranks with the model its first shards used (CUDA
     training is not bit-deterministic)."""
