@@ -41,6 +41,14 @@ def test_negative_or_non_integer_counts_are_refused(limit):
 def test_a_seed_that_is_not_a_64_bit_whole_number_is_refused(seed):
     """torch refused it with its own words: 'manual_seed expected a long, but got bool';
     'Overflow when unpacking long long'."""
-    with pytest.raises(AutomrError, match="seed must be a 64-bit whole number"):
+    with pytest.raises(AutomrError, match=r"seed must be (an int|a 64-bit whole number)"):
         seeded_subset(list(range(10)), 3, seed)
+
+
+def test_numpy_integers_count_and_seed_as_python_ones():
+    """A count or seed from a numpy array was refused as not a whole number."""
+    import numpy as np
+
+    values = list(range(50))
+    assert seeded_subset(values, np.int64(7), np.int64(3)) == seeded_subset(values, 7, 3)
     assert len(seeded_subset(list(range(10)), 3, -1)) == 3

@@ -75,6 +75,24 @@ def test_numpy_numbers_for_the_bootstrap_and_cut_offs_give_the_same_tables(tmp_p
             combine_folders(sources, n_resamples=bad)
 
 
+def test_evaluates_arguments_of_the_wrong_type_are_wrong_type_errors():
+    """docs/api/index.md: a value of the wrong type is a WrongTypeError (a TypeError too);
+    evaluate's own checks raised a bare AutomrError for some (the docstring review)."""
+    from automr.errors import WrongTypeError
+
+    methods = {"bigrec": Constant(0)}
+    for wrong in (dict(methods=[Constant(0)]), dict(methods={1: Constant(0)}),
+                  dict(n_items="30"), dict(samples=3), dict(samples=[*SAMPLES, "u9"]),
+                  dict(measures=3), dict(n_resamples="10"), dict(seed=0.5), dict(ks="5"),
+                  dict(ks=(1, 2.5))):
+        arguments = {"methods": methods, "samples": SAMPLES, "n_items": 30, **wrong}
+        with pytest.raises(WrongTypeError):
+            evaluate(**arguments)
+    with pytest.raises(AutomrError, match="an int >= 1") as refused:
+        evaluate(methods, SAMPLES, 0)  # the right type, out of range
+    assert not isinstance(refused.value, WrongTypeError)
+
+
 def test_each_paired_bootstrap_runs_once_for_the_json_and_the_tables(tmp_path, monkeypatch):
     """results.json and results.md each computed every paired difference anew (a minute per
     method at 100k samples)."""

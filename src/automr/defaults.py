@@ -1,8 +1,8 @@
 """Defaults shared by the library and every command (kept free of heavy imports)."""
 
 DEFAULT_MODEL = "smollm2-135m"
-"""Name of the embedded default model (SmolLM2-135M from a PyPI wheel), usable with no model
-hub."""
+"""Name of the embedded default model (SmolLM2-135M-Instruct, its Q4_1 GGUF from a PyPI wheel
+dequantised), usable with no model hub."""
 
 DEFAULT_LAYER = 15
 """The split layer L used unless told otherwise: the middle of SmolLM2-135M's 30 layers (the

@@ -5,6 +5,7 @@ from typing import TypeVar
 
 import torch
 
+from automr.checks import require_int
 from automr.errors import AutomrError
 
 T = TypeVar("T")
@@ -20,12 +21,13 @@ def seeded_subset(samples: Sequence[T], limit: int | None, seed: int) -> list[T]
     (slicing would otherwise read it as "all but the last n"). The CLI's ``--samples 0`` means
     "all": commands turn 0 into None before calling this.
     """
-    if isinstance(limit, bool) or (limit is not None and not isinstance(limit, int)):
-        raise AutomrError(f"the sample count must be a whole number or None, got {limit!r}.")
-    if limit is not None and limit < 0:
-        raise AutomrError(f"the sample count must be >= 0, got {limit} (on the command line, "
-                          f"0 means all samples).")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:
+    if limit is not None:  # a numpy integer too, as a Python int
+        limit = require_int(limit, "the sample count")
+        if limit < 0:
+            raise AutomrError(f"the sample count must be >= 0, got {limit} (on the command "
+                              f"line, 0 means all samples).")
+    seed = require_int(seed, "the subset's seed")
+    if not -2**63 <= seed < 2**64:
         raise AutomrError(f"the subset's seed must be a 64-bit whole number, got {seed!r}.")
     if limit is None or limit >= len(samples):
         return list(samples)

@@ -22,7 +22,6 @@ so their values are correlated and the sample bootstrap's intervals are too narr
 sample per group it is the sample bootstrap (the same numbers, up to float rounding).
 """
 
-import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from jaxtyping import Float, jaxtyped
 from torch import Tensor
 
-from automr.checks import beartype
+from automr.checks import beartype, require_int
 from automr.defaults import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from automr.errors import AutomrError
 
@@ -107,11 +106,11 @@ def check_seed(seed: object) -> int:
     """A bootstrap ``seed`` as a Python int (a numpy integer too), refused unless an int
     torch can seed with (-2**63 to 2**64 - 1): beyond, it failed only once every method had
     run."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
-            -2**63 <= seed < 2**64):
+    seed = require_int(seed, "seed (of the bootstrap)")
+    if not -2**63 <= seed < 2**64:
         raise AutomrError(f"seed (of the bootstrap) must be an int from -2**63 to 2**64 - 1, "
                           f"got {seed!r}")
-    return int(seed)
+    return seed
 
 
 def resample_field() -> Any:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from automr.checks import beartype
 from automr.defaults import DEFAULT_KS
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> tuple[str, ...]:
@@ -174,11 +174,12 @@ def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     """Cut-offs as a tuple of Python ints (numpy integers too), refused unless distinct
     positive integers (an empty list too)."""
     if isinstance(ks, (str, Mapping)) or not isinstance(ks, Iterable):
-        raise AutomrError(f"cut-offs K are a sequence of positive integers (e.g. (5, 10)), "
-                          f"got {ks!r}")
+        raise WrongTypeError(f"cut-offs K are a sequence of positive integers (e.g. (5, 10)), "
+                             f"got {ks!r}")
     ks = list(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
-                     for k in ks):
+    if any(isinstance(k, bool) or not isinstance(k, numbers.Integral) for k in ks):
+        raise WrongTypeError(f"cut-offs K must be positive integers, got {tuple(ks)}")
+    if not ks or any(k < 1 for k in ks):
         raise AutomrError(f"cut-offs K must be positive integers, got {tuple(ks)}")
     if len(set(ks)) != len(ks):
         raise AutomrError(f"cut-offs K must be distinct, got {tuple(ks)}")

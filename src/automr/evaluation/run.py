@@ -33,7 +33,7 @@ from automr import distributed
 from automr.checks import require_int
 from automr.data.records import Sample
 from automr.defaults import MEASURES
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 from automr.evaluation.bootstrap import (
     DEFAULT_RESAMPLES,
     PairedDifference,
@@ -215,33 +215,35 @@ def evaluate(
     damaged.
     """
     if not isinstance(methods, Mapping):
-        raise AutomrError(f"evaluate takes the methods as a dict {{name: method}}, not a "
-                          f"{type(methods).__name__}")
+        raise WrongTypeError(f"evaluate takes the methods as a dict {{name: method}}, not a "
+                             f"{type(methods).__name__}")
     if not methods:
         raise AutomrError("evaluate needs at least one method")
     if unnamed := [name for name in methods if not isinstance(name, str)]:
-        raise AutomrError(f"evaluate takes the methods as {{name: method}} with str names (they "
-                          f"name its tables and files); got the name {unnamed[0]!r}")
+        raise WrongTypeError(f"evaluate takes the methods as {{name: method}} with str names "
+                             f"(they name its tables and files); got the name {unnamed[0]!r}")
     if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral) or n_items < 1:
         shown = repr(n_items) if isinstance(n_items, numbers.Number) else (
             f"a {type(n_items).__name__}")
-        raise AutomrError(f"n_items is the catalog's size, an int >= 1 (e.g. "
-                          f"len(dataset.catalog)); got {shown}")
+        wrong = AutomrError if isinstance(n_items, numbers.Integral) else WrongTypeError
+        raise wrong(f"n_items is the catalog's size, an int >= 1 (e.g. len(dataset.catalog)); "
+                    f"got {shown}")
     n_items = int(n_items)
     if not isinstance(samples, Iterable):
-        raise AutomrError(f"evaluate takes an iterable of Samples (e.g. "
-                          f"dataset.samples('test')); got a {type(samples).__name__}")
+        raise WrongTypeError(f"evaluate takes an iterable of Samples (e.g. "
+                             f"dataset.samples('test')); got a {type(samples).__name__}")
     samples = list(samples)  # any iterable, read once
     if not samples:
         raise AutomrError("evaluate needs at least one sample")
     stray = next((s for s in samples if not isinstance(s, Sample)), None)
     if stray is not None:
-        raise AutomrError(f"evaluate takes Samples (e.g. dataset.samples('test')); got a "
-                          f"{type(stray).__name__} among them")
+        raise WrongTypeError(f"evaluate takes Samples (e.g. dataset.samples('test')); got a "
+                             f"{type(stray).__name__} among them")
     if isinstance(measures, str):
         measures = (measures,)
     if not isinstance(measures, Iterable):
-        raise AutomrError(f"measures are a tuple among {', '.join(MEASURES)}; got {measures!r}")
+        raise WrongTypeError(f"measures are a tuple among {', '.join(MEASURES)}; got "
+                             f"{measures!r}")
     measures = tuple(measures)
     unknown = set(measures) - set(MEASURES)
     if unknown or not measures:

@@ -304,10 +304,11 @@ def fit_sasrec(
     :class:`SASRecTrainingLog`.
 
     ``train_sequences``: one time-ordered list of item ids (``1..n_items``) per user; every
-    position after the first is a next-item target (the last ``max_len`` of them are used, as
-    in the original), and negatives avoid every item of the user's sequence. ``times``: the
-    sequences' timestamps (non-decreasing), whose ties ``config.shuffle_ties`` shuffles (none:
-    every item its own time).
+    position after the first is a next-item target (with ``config.windows``, the default, each
+    once, the sequence cut into windows of ``max_len``; without, only the last ``max_len``, as
+    in the original), and ``bce``'s negatives avoid every item of the user's sequence.
+    ``times``: the sequences' timestamps (non-decreasing), whose ties ``config.shuffle_ties``
+    shuffles (none: every item its own time).
     ``valid_samples``: (history, target) pairs scored with full ranking each epoch for early
     stopping on ``config.monitor`` (empty = train all ``max_epochs`` and keep the last
     weights). ``n_items`` defaults to the largest id seen.
