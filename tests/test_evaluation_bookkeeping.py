@@ -93,6 +93,26 @@ def test_evaluates_arguments_of_the_wrong_type_are_wrong_type_errors():
     assert not isinstance(refused.value, WrongTypeError)
 
 
+def test_the_advice_for_missing_values_keeps_the_folders_table_and_runs(tmp_path):
+    """rq3's and compare's advice for a method's missing log-likelihoods was `automr evaluate
+    --methods M --measures likelihood`, which evaluate refuses for a method that decodes
+    (KIND:constrained), and named M alone, which would drop the folder's other methods from
+    its table (the remedies review)."""
+    methods = {"pop": Constant(0), "bigrec:constrained": Constant(1)}
+    evaluate(methods, SAMPLES, 30, n_resamples=10, out=tmp_path / "e")
+    folder = EvaluationFolder(tmp_path / "e")
+    with pytest.raises(AutomrError, match=re.escape(
+            "`automr evaluate --methods pop,bigrec:constrained --measures ranks,likelihood "
+            f"--out {tmp_path / 'e'} ...`")):
+        folder.likelihoods("bigrec:constrained")
+    with pytest.raises(AutomrError, match=re.escape(
+            f"--methods pop,bigrec:constrained,automr:l2 --out {tmp_path / 'e'} ...")):
+        folder.report("automr:l2")
+    assert folder.evaluate_command("base:likelihood", "likelihood").startswith(
+        "automr evaluate --methods pop,bigrec:constrained,base:likelihood --measures "
+        "ranks,likelihood --out")  # the folder's ranks stay measured
+
+
 def test_each_paired_bootstrap_runs_once_for_the_json_and_the_tables(tmp_path, monkeypatch):
     """results.json and results.md each computed every paired difference anew (a minute per
     method at 100k samples)."""

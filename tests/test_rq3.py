@@ -470,5 +470,5 @@ def test_only_the_measure_analysed_must_be_todays(dataset_dir, tmp_path):
             {"split": "test"}, {"retrieved": RETRIEVED} if "automr" in method else {})
     assert run_rq3(folder, dataset_dir, tmp_path / "out").counts["evaluated"] == 4
     with pytest.raises(AutomrError, match=r"log-likelihoods of automr:constrained .*--methods "
-                                          r"automr:constrained --measures likelihood --out"):
+                                          r"automr:constrained --measures ranks,likelihood --out"):
         run_rq3(folder, dataset_dir, tmp_path / "out", measure="likelihood")

@@ -352,9 +352,30 @@ class EvaluationFolder:
         path = self.ranks_file(method)
         if not path.is_file():
             raise AutomrError(f"{self.path} holds no ranks of {method} ({path} is missing); "
-                              f"evaluate it with `automr evaluate --methods {method} --out "
-                              f"{self.path} ...`")
+                              f"evaluate it with `{self.evaluate_command(method, 'ranks')}`")
         return self._named(path, method, _read(path, MetricReport.load))
+
+    def evaluate_command(self, method: str, measure: str) -> str:
+        """The ``automr evaluate`` command (its options but ``--methods``, ``--measures`` and
+        ``--out`` left as ``...``) that measures ``method``'s ``measure`` (``ranks`` or
+        ``likelihood``) here and keeps the folder's table: the methods it lists named again
+        (read back, not measured again), both measures where the folder or the method needs
+        them (a method that decodes, ``KIND:G``, measures ranks too)."""
+        results = self.path / RESULTS_JSON
+        try:
+            table = read_json(results, "`automr evaluate`") if results.is_file() else {}
+        except AutomrError:  # a damaged table: the method alone
+            table = {}
+        ranked = [*table.get("methods", {})] if isinstance(table, dict) else []
+        scored = [*table.get("likelihood", {})] if isinstance(table, dict) else []
+        decodes = ":" in method and not method.endswith(":likelihood")
+        measures = {"ranks"} if ranked or measure == "ranks" else set()
+        if scored or measure == "likelihood":
+            measures |= {"likelihood"} | ({"ranks"} if decodes else set())
+        methods = ",".join(dict.fromkeys([*ranked, *scored, method]))
+        named = "" if measures == {"ranks"} else (
+            f" --measures {','.join(m for m in ('ranks', 'likelihood') if m in measures)}")
+        return f"automr evaluate --methods {methods}{named} --out {self.path} ..."
 
     def _named(self, path: Path, method: str, report: Measured) -> Measured:
         """``report`` read from ``path``, refused where it holds another method's values (a
@@ -370,8 +391,8 @@ class EvaluationFolder:
         path = self.ranks_file(method, "loglik")
         if not path.is_file():
             raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} ({path} "
-                              f"is missing); evaluate it with `automr evaluate --methods "
-                              f"{method} --measures likelihood --out {self.path} ...`")
+                              f"is missing); evaluate it with "
+                              f"`{self.evaluate_command(method, 'likelihood')}`")
         return self._named(path, method, _read(path, LikelihoodReport.load))
 
     def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:

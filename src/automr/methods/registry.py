@@ -651,12 +651,12 @@ def check_current(path: Path | str, method: str,
         saved = read_json(file, "automr evaluate") if file and file.is_file() else None
         if isinstance(saved, dict) and any(saved.get(key) != value
                                            for key, value in marks.items()):
-            values, measures = (("ranks", "") if kind == "ranks" else
-                                ("log-likelihoods", " --measures likelihood"))
+            values, measure = (("ranks", "ranks") if kind == "ranks" else
+                               ("log-likelihoods", "likelihood"))
+            command = EvaluationFolder(where).evaluate_command(measured, measure)
             raise AutomrError(f"the {values} of {measured} in {where} were made by an earlier "
-                              f"automr, which made them otherwise; run `automr evaluate "
-                              f"--methods {measured}{measures} --out {where} ...` again to make "
-                              f"them anew")
+                              f"automr, which made them otherwise; run `{command}` again to "
+                              f"make them anew")
 
 
 def lower_halves_shared(methods: Sequence[str]) -> bool:
