@@ -110,8 +110,9 @@ class MemoryStore:
         up to float rounding (a memory built again in the same folder with other settings has
         another; one built again with the same settings in other batches or on another device
         has this one, though its keys may differ in the last bits, and with them a random
-        retriever's draws, which hash the keys). A folder that holds no memory is refused, as
-        :meth:`open` refuses it."""
+        retriever's draws, which hash the keys). The config names the model (its folder
+        resolved, or its name): the same weights in another folder give another digest. A
+        folder that holds no memory is refused, as :meth:`open` refuses it."""
         MemoryRecord.read(home_path(folder))
         return files_digest(folder, (CONFIG_FILE, INDEX_FILE))
 
