@@ -84,7 +84,8 @@ def test_evaluates_arguments_of_the_wrong_type_are_wrong_type_errors():
     for wrong in (dict(methods=[Constant(0)]), dict(methods={1: Constant(0)}),
                   dict(n_items="30"), dict(samples=3), dict(samples=[*SAMPLES, "u9"]),
                   dict(measures=3), dict(n_resamples="10"), dict(seed=0.5), dict(ks="5"),
-                  dict(ks=(1, 2.5))):
+                  dict(ks=(1, 2.5)), dict(n_items=True), dict(out=5), dict(reference=["x"]),
+                  dict(methods={"m": object()})):
         arguments = {"methods": methods, "samples": SAMPLES, "n_items": 30, **wrong}
         with pytest.raises(WrongTypeError):
             evaluate(**arguments)
@@ -93,24 +94,29 @@ def test_evaluates_arguments_of_the_wrong_type_are_wrong_type_errors():
     assert not isinstance(refused.value, WrongTypeError)
 
 
-def test_the_advice_for_missing_values_keeps_the_folders_table_and_runs(tmp_path):
+def test_the_advice_for_missing_values_is_a_command_that_runs(tmp_path):
     """rq3's and compare's advice for a method's missing log-likelihoods was `automr evaluate
     --methods M --measures likelihood`, which evaluate refuses for a method that decodes
-    (KIND:constrained), and named M alone, which would drop the folder's other methods from
-    its table (the remedies review)."""
+    (KIND:constrained), and did not say that naming M alone drops the folder's other methods
+    from its table; in a folder of compare's, evaluating into it replaces what compare
+    brought in (the remedies and diff reviews)."""
     methods = {"pop": Constant(0), "bigrec:constrained": Constant(1)}
     evaluate(methods, SAMPLES, 30, n_resamples=10, out=tmp_path / "e")
     folder = EvaluationFolder(tmp_path / "e")
     with pytest.raises(AutomrError, match=re.escape(
-            "`automr evaluate --methods pop,bigrec:constrained --measures ranks,likelihood "
-            f"--out {tmp_path / 'e'} ...`")):
+            "`automr evaluate --methods bigrec:constrained --measures ranks,likelihood --out "
+            f"{tmp_path / 'e'} ...`, naming the folder's other methods and measures too")):
         folder.likelihoods("bigrec:constrained")
     with pytest.raises(AutomrError, match=re.escape(
-            f"--methods pop,bigrec:constrained,automr:l2 --out {tmp_path / 'e'} ...")):
+            f"`automr evaluate --methods automr:l2 --out {tmp_path / 'e'} ...`")):
         folder.report("automr:l2")
-    assert folder.evaluate_command("base:likelihood", "likelihood").startswith(
-        "automr evaluate --methods pop,bigrec:constrained,base:likelihood --measures "
-        "ranks,likelihood --out")  # the folder's ranks stay measured
+    assert "--methods base:likelihood --measures likelihood --out" in folder.evaluate_command(
+        "base:likelihood", "likelihood")
+    combine_folders({name: (tmp_path / "e", name) for name in methods}, out=tmp_path / "c",
+                    n_resamples=10)
+    with pytest.raises(AutomrError, match=r"where the values .* are measured, then `automr "
+                                          r"compare` again"):
+        EvaluationFolder(tmp_path / "c").likelihoods("pop")
 
 
 def test_each_paired_bootstrap_runs_once_for_the_json_and_the_tables(tmp_path, monkeypatch):

@@ -555,23 +555,6 @@ def test_a_changed_config_is_refused_on_resume(workspace, cut_at_first_checkpoin
                  quick_config(**LOOP), progress=False)
 
 
-def test_a_run_cut_resumes_with_its_model_folder_moved(workspace, tmp_path,
-                                                      cut_at_first_checkpoint):
-    """The model's folder moved (the same weights, the same fingerprint): the resume was
-    refused, 'model was .../a, now .../b' (the remedies review)."""
-    import shutil
-
-    shutil.copytree(workspace["model"], tmp_path / "a")
-    run = tmp_path / "run"
-    with cut_at_first_checkpoint():
-        finetune(load_model(str(tmp_path / "a"), device="cpu"), workspace["data"], run,
-                 quick_config(**LOOP), progress=False)
-    shutil.move(tmp_path / "a", tmp_path / "b")
-    record = finetune(load_model(str(tmp_path / "b"), device="cpu"), workspace["data"], run,
-                      quick_config(**LOOP), progress=False)
-    assert record["done"] and record["model"] == str((tmp_path / "b").resolve())
-
-
 def test_finetune_never_writes_beside_another_artifact(workspace, tmp_path):
     """A folder holding another artifact's files (here a prepared dataset) is refused before
     any work; a later command that replaces that folder would take the fine-tune with it."""

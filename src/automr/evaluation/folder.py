@@ -29,7 +29,7 @@ import shutil
 import unicodedata
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import attrs
 import torch
@@ -352,30 +352,24 @@ class EvaluationFolder:
         path = self.ranks_file(method)
         if not path.is_file():
             raise AutomrError(f"{self.path} holds no ranks of {method} ({path} is missing); "
-                              f"evaluate it with `{self.evaluate_command(method, 'ranks')}`")
+                              f"evaluate it with {self.evaluate_command(method, 'ranks')}")
         return self._named(path, method, _read(path, MetricReport.load))
 
     def evaluate_command(self, method: str, measure: str) -> str:
-        """The ``automr evaluate`` command (its options but ``--methods``, ``--measures`` and
-        ``--out`` left as ``...``) that measures ``method``'s ``measure`` (``ranks`` or
-        ``likelihood``) here and keeps the folder's table: the methods it lists named again
-        (read back, not measured again), both measures where the folder or the method needs
-        them (a method that decodes, ``KIND:G``, measures ranks too)."""
-        results = self.path / RESULTS_JSON
-        try:
-            table = read_json(results, "`automr evaluate`") if results.is_file() else {}
-        except AutomrError:  # a damaged table: the method alone
-            table = {}
-        ranked = [*table.get("methods", {})] if isinstance(table, dict) else []
-        scored = [*table.get("likelihood", {})] if isinstance(table, dict) else []
+        """How to add ``method``'s ``measure`` (``ranks`` or ``likelihood``) here: the
+        ``automr evaluate`` command into this folder (with ranks beside likelihood for a method
+        that decodes, ``KIND:G``, which evaluate measures no other way), naming the folder's
+        other methods and measures too so that its table keeps them; in a folder of `automr
+        compare`, where the values are measured, then compare again."""
+        if any(_brought_in(file) for kind in ("ranks", "loglik")
+               for file in (self.path / kind).glob("*.settings.json")):
+            return (f"`automr evaluate --methods {method}` where the values {self.path} brings "
+                    f"in are measured, then `automr compare` again (this folder is compare's)")
         decodes = ":" in method and not method.endswith(":likelihood")
-        measures = {"ranks"} if ranked or measure == "ranks" else set()
-        if scored or measure == "likelihood":
-            measures |= {"likelihood"} | ({"ranks"} if decodes else set())
-        methods = ",".join(dict.fromkeys([*ranked, *scored, method]))
-        named = "" if measures == {"ranks"} else (
-            f" --measures {','.join(m for m in ('ranks', 'likelihood') if m in measures)}")
-        return f"automr evaluate --methods {methods}{named} --out {self.path} ..."
+        measures = ("" if measure == "ranks" else " --measures ranks,likelihood" if decodes
+                    else " --measures likelihood")
+        return (f"`automr evaluate --methods {method}{measures} --out {self.path} ...`, naming "
+                f"the folder's other methods and measures too (its table lists those named)")
 
     def _named(self, path: Path, method: str, report: Measured) -> Measured:
         """``report`` read from ``path``, refused where it holds another method's values (a
@@ -392,7 +386,7 @@ class EvaluationFolder:
         if not path.is_file():
             raise AutomrError(f"{self.path} holds no target log-likelihoods of {method} ({path} "
                               f"is missing); evaluate it with "
-                              f"`{self.evaluate_command(method, 'likelihood')}`")
+                              f"{self.evaluate_command(method, 'likelihood')}")
         return self._named(path, method, _read(path, LikelihoodReport.load))
 
     def details(self, kind: str, method: str, measure: str = "ranks") -> dict[str, Any]:
@@ -458,8 +452,7 @@ class EvaluationFolder:
         """Where a method `automr compare` brought in comes from (its folder or export, and
         its name there), from its settings; None for a method measured here. A missing source
         is an error: its commands and split would be left out silently."""
-        if not (isinstance(settings, dict) and {"folder", "method"} <= set(settings)
-                <= {"folder", "method", "relative_to"}):
+        if not _is_source_record(settings):
             return None
         path = Path(settings["folder"])
         if "relative_to" in settings:
@@ -630,6 +623,21 @@ def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(digests, dict):
         return plain
     return {key: value for key, value in plain.items() if key not in digests}
+
+
+def _is_source_record(settings: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a method's settings are :meth:`EvaluationFolder.source_record`'s."""
+    return isinstance(settings, dict) and {"folder", "method"} <= set(settings) <= {
+        "folder", "method", "relative_to"}
+
+
+def _brought_in(settings_file: Path) -> bool:
+    """Whether the method of ``settings_file`` was brought in by `automr compare` (a damaged
+    file: not known to be)."""
+    try:
+        return _is_source_record(read_json(settings_file, "`automr evaluate`"))
+    except AutomrError:
+        return False
 
 
 def _read(path: Path, load: Callable[[Path], Any] | None = None) -> Any:

@@ -20,6 +20,7 @@ share; the main process writes the folder. Every process returns the same :class
 import json
 import math
 import numbers
+import os
 import platform
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence, Set
@@ -225,7 +226,8 @@ def evaluate(
     if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral) or n_items < 1:
         shown = repr(n_items) if isinstance(n_items, numbers.Number) else (
             f"a {type(n_items).__name__}")
-        wrong = AutomrError if isinstance(n_items, numbers.Integral) else WrongTypeError
+        wrong = (AutomrError if isinstance(n_items, numbers.Integral)
+                 and not isinstance(n_items, bool) else WrongTypeError)
         raise wrong(f"n_items is the catalog's size, an int >= 1 (e.g. len(dataset.catalog)); "
                     f"got {shown}")
     n_items = int(n_items)
@@ -251,6 +253,10 @@ def evaluate(
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
         raise AutomrError("the samples to evaluate repeat an id (user@timestamp:target)")
+    if reference is not None and not isinstance(reference, str):
+        raise WrongTypeError(f"reference is a method's name (a str), got {reference!r}")
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise WrongTypeError(f"out is a folder (a path or str), got {out!r}")
     names = list(methods)
     reference = reference or next((m for m in names if m.startswith("bigrec")), names[0])
     if reference not in methods:
@@ -271,8 +277,9 @@ def evaluate(
             raise AutomrError(f"{name} is the class {method.__name__}, not an instance of it: "
                               f"pass {method.__name__}(...)")
         if not isinstance(method, Method) or not isinstance(method.settings, Mapping):
-            raise AutomrError(f"{name} is not a Method: it needs rank(samples) and settings, a "
-                              f"dict of what decides its ranks (got a {type(method).__name__})")
+            raise WrongTypeError(f"{name} is not a Method: it needs rank(samples) and settings, "
+                                 f"a dict of what decides its ranks (got a "
+                                 f"{type(method).__name__})")
         try:  # they are saved with the values, and decide what a rerun reuses
             json.dumps(dict(method.settings), sort_keys=True)  # sorted, as they are saved
             named = [key for key in method.settings if not isinstance(key, str)]

@@ -404,8 +404,10 @@ def _start(folder: Path, record: MemoryRecord) -> MemoryIndex:
     if (folder / CONFIG_FILE).is_file():
         existing = MemoryRecord.read(folder)
         index = MemoryIndex.read(folder) if (folder / INDEX_FILE).is_file() else MemoryIndex()
-        if existing.model_fingerprint == record.model_fingerprint:  # the model, named otherwise
-            existing = attrs.evolve(existing, model_name=record.model_name)  # (or from elsewhere)
+        # the model typed otherwise (a relative name, as before it was recorded resolved), not
+        # the same weights in another folder: its fingerprint does not cover the tokenizer
+        if canonical_model_name(existing.model_name) == canonical_model_name(record.model_name):
+            existing = attrs.evolve(existing, model_name=record.model_name)
         if existing.titles_fingerprint is None:  # recorded before automr kept its titles
             existing = attrs.evolve(existing, titles_fingerprint=record.titles_fingerprint)
         if existing == record:

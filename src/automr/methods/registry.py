@@ -655,8 +655,8 @@ def check_current(path: Path | str, method: str,
                                ("log-likelihoods", "likelihood"))
             command = EvaluationFolder(where).evaluate_command(measured, measure)
             raise AutomrError(f"the {values} of {measured} in {where} were made by an earlier "
-                              f"automr, which made them otherwise; run `{command}` again to "
-                              f"make them anew")
+                              f"automr, which made them otherwise; make them anew with "
+                              f"{command}")
 
 
 def lower_halves_shared(methods: Sequence[str]) -> bool:

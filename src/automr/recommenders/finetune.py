@@ -730,18 +730,16 @@ def _load_checkpoint(out: Path, identity: dict) -> dict | None:
             k: v for k, v in identity["memory"].items()
             if k in state["memory"] or k not in MEMORY_RECORDED_LATER}}
     ours, theirs = _comparable(identity), _comparable(state)
-    fingerprint = ours.get("model_fingerprint")
-    same_model = fingerprint is not None and theirs.get("model_fingerprint") == fingerprint
     differs = [key for key in ours if theirs.get(key) != ours[key] and not (
-        key == "model" and same_model)  # its weights, in another folder or typed otherwise
+        key == "model" and isinstance(theirs.get(key), str)
+        and canonical_model_name(theirs[key]) == canonical_model_name(ours[key]))
         and not (key in RECORDED_LATER and key not in theirs)]
     if differs:
         named = setting_differences({k: theirs.get(k) for k in differs},
                                     {k: ours[k] for k in differs})
         raise AutomrError(f"{out} holds an unfinished fine-tune made with other settings "
                           f"({'; '.join(named)}); use another --out, or delete {out} to restart")
-    # run options as given now, all fields; the model where it is now (it may have moved)
-    return {**state, "config": identity["config"], "model": identity["model"]}
+    return {**state, "config": identity["config"]}  # run options as given now, all fields
 
 
 CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
