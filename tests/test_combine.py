@@ -398,6 +398,29 @@ def test_compare_refuses_an_evaluation_as_its_out_and_names_a_missing_source(tmp
         combine_folders({"x": (tmp_path, "a")})  # --method x=FOLDER, read as FOLDER's parent/a
 
 
+def test_evaluate_refuses_a_folder_compare_wrote(tmp_path):
+    """The other way round: `automr evaluate --out` into a compare folder measured its
+    brought-in methods again there and replaced their links to the folders measured."""
+    from automr.evaluation import evaluate
+
+    samples = spread_samples(8)
+    source = tmp_path / "a"
+    evaluate({"m": Spread(0)}, samples, 30, out=source, n_resamples=20)
+    compared = tmp_path / "c"
+    combine_folders({"x": (source, "m")}, out=compared, n_resamples=20)
+    settings = EvaluationFolder(compared).settings_file("x")
+    before = settings.read_text()
+    for methods in ({"x": Spread(1)}, {"new": Spread(1)}):
+        with pytest.raises(AutomrError, match=r"c is a comparison written by `automr compare`.*"
+                                              r"then run `automr compare` again"):
+            evaluate(methods, samples, 30, out=compared, n_resamples=20)
+    assert settings.read_text() == before and not EvaluationFolder(compared).ranks_file(
+        "new").exists()
+    assert EvaluationFolder(compared).is_combination()
+    assert not EvaluationFolder(source).is_combination()
+    evaluate({"m": Spread(0), "n": Spread(1)}, samples, 30, out=source, n_resamples=20)
+
+
 def test_an_export_of_an_api_evaluation_keeps_its_cut_offs_and_bootstrap(tmp_path):
     """`automr.evaluate` called without a record wrote no cut-offs or bootstrap into
     results.json, so its export was read back at K = 1, 5, 10 with 1000 resamples of seed 0:

@@ -28,7 +28,6 @@ from automr.checks import require_int
 from automr.errors import AutomrError
 from automr.evaluation.bootstrap import DEFAULT_RESAMPLES, check_resample, check_seed
 from automr.evaluation.folder import (
-    RESULTS_JSON,
     EvaluationFolder,
     exported_reports,
     open_evaluation,
@@ -140,12 +139,10 @@ def _seen_rule(path: Path, method: str) -> bool | None:
 def _check_target(out: Path) -> None:
     """New, empty, or a combination written before: an ``automr evaluate`` folder would have
     its results replaced by the combination's (its methods gone from its table and export)."""
-    EvaluationFolder(out).check_target()
-    if not any((out / name).exists() for name in ("ranks", "loglik")):
-        return
-    results = out / RESULTS_JSON
-    held = read_json(results, "automr compare") if results.is_file() else None
-    if not (isinstance(held, dict) and "sources" in held):  # what a combination records
+    folder = EvaluationFolder(out)
+    folder.check_target()
+    if any((out / name).exists() for name in ("ranks", "loglik")) and \
+            not folder.is_combination():
         raise AutomrError(f"{out} holds an evaluation; its results would be replaced by the "
                           f"combination's: write it into a new folder")
 

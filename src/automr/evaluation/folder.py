@@ -105,6 +105,27 @@ class EvaluationFolder:
         return any((self.path / name).exists()
                    for name in (*VALUE_FOLDERS, RESULTS_JSON))
 
+    def is_combination(self) -> bool:
+        """Whether `automr compare` wrote the folder: its results record their sources, or a
+        method's settings say where it was brought in from."""
+        results = self.path / RESULTS_JSON
+        try:
+            held = read_json(results, "automr compare") if results.is_file() else None
+        except AutomrError:
+            held = None
+        return (isinstance(held, dict) and "sources" in held) or any(
+            _brought_in(file) for kind in ("ranks", "loglik")
+            for file in (self.path / kind).glob("*.settings.json"))
+
+    def check_not_combination(self) -> None:
+        """Refuse a folder `automr compare` wrote: an evaluation into it would measure its
+        brought-in methods again there, in place of their links to the folders measured."""
+        if self.is_combination():
+            raise AutomrError(f"{self.path} is a comparison written by `automr compare` (its "
+                              f"methods are brought in from the folders where they were "
+                              f"measured): evaluate into one of those folders or a new one, "
+                              f"then run `automr compare` again")
+
     @staticmethod
     def slug(method: str) -> str:
         """``method`` as it names the folder's files: each ``:`` written ``-``."""
@@ -361,8 +382,7 @@ class EvaluationFolder:
         that decodes, ``KIND:G``, which evaluate measures no other way), naming the folder's
         other methods and measures too so that its table keeps them; in a folder of `automr
         compare`, where the values are measured, then compare again."""
-        if any(_brought_in(file) for kind in ("ranks", "loglik")
-               for file in (self.path / kind).glob("*.settings.json")):
+        if self.is_combination():
             return (f"`automr evaluate --methods {method}` where the values {self.path} brings "
                     f"in are measured, then `automr compare` again (this folder is compare's)")
         decodes = ":" in method and not method.endswith(":likelihood")

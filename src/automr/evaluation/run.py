@@ -182,7 +182,8 @@ def evaluate(
 
     ``measures``: ``ranks`` (every method ranks the catalog) and/or ``likelihood`` (every
     :class:`~automr.interfaces.LikelihoodMethod` scores the true titles; others are skipped).
-    With ``out`` (a new or empty folder, or an evaluation folder: anything else is refused):
+    With ``out`` (a new or empty folder, or an evaluation folder; anything else, and a folder
+    `automr compare` wrote, is refused):
     values, settings and details are saved per method as it finishes (values
     saved with equal settings are not computed again; a method whose ``settings`` are empty
     is computed again every time, as nothing tells it from another one under its name), then
@@ -268,6 +269,7 @@ def evaluate(
     folder = None if out is None else EvaluationFolder(out)
     if folder is not None:
         folder.check_target()
+        folder.check_not_combination()
         folder.check_names(names)
     reports: dict[str, MetricReport] = {}
     likelihoods: dict[str, LikelihoodReport] = {}
