@@ -617,7 +617,11 @@ def test_sasrec_method_takes_a_device_as_a_model_load_does(tmp_path):
     dataset = synthetic_dataset(tmp_path)
     config = SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=8, max_epochs=1)
     method = SASRecMethod(dataset, config, device="auto")
-    assert len(method.rank(dataset.samples("test")[:2])) == 2
+    samples = dataset.samples("test")[:2]
+    assert len(method.rank(samples)) == 2
+    # a generator of samples, as GenerativeMethod and PriorWeightedMethod take: it was refused
+    assert method.rank(iter(samples)) == method.rank(samples)
+    assert torch.equal(method.scores(s for s in samples), method.scores(samples))
     assert method.device == resolve_device("auto")
     with pytest.raises(AutomrError, match="unknown device 'gpu'"):
         SASRecMethod(dataset, config, device="gpu")

@@ -1,6 +1,6 @@
 """SASRec as a :class:`~automr.interfaces.Method`: trained on the training period on first use."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ class SASRecMethod:
             model.load_state_dict(weights)
             self._model = model.to(self.device).eval()
 
-    def rank(self, samples: Sequence[Sample]) -> list[int]:
+    def rank(self, samples: Iterable[Sample]) -> list[int]:
         """Full-ranking ranks over the catalog; with ``config.exclude_seen`` (the default) the
         sample's history items other than the target are left out, as SASRec is trained."""
         model, ids = self.model(), self.item_ids
@@ -105,7 +105,7 @@ class SASRecMethod:
         return rank_targets(model, pairs, self.config.exclude_seen,
                             self.config.eval_batch_size).tolist()
 
-    def scores(self, samples: Sequence[Sample]) -> torch.Tensor:
+    def scores(self, samples: Iterable[Sample]) -> torch.Tensor:
         """``[samples, catalog items]`` float32 on the CPU: the trained model's score of every
         catalog item (column ``i`` is the catalog's ``i``-th item) after each sample's history."""
         model = self.model()
