@@ -219,6 +219,27 @@ def test_a_retriever_trains_on_a_subset_annotation_and_records_it(workspace, tmp
     assert saved["provenance"]["element_subset"] == "3"
 
 
+def test_a_second_retriever_training_into_the_same_folder_at_once_is_refused(workspace,
+                                                                             tmp_path):
+    """Two `automr retriever train` into one --out at once both exited 0: the folder kept one's
+    weights beside the other's training.json (its history and samples), or one died on the
+    other's removed marker (the CLI-in-scripts review). It takes the folder's lock, as the
+    other writers do."""
+    from automr.storage import LOCK_FILE, folder_lock
+
+    with folder_lock(tmp_path / "ret", "retriever train"), \
+            pytest.raises(AutomrError, match="ret is in use by another automr command"):
+        train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
+                        workspace["root"] / "mem", tmp_path / "ret",
+                        config=RetrieverTrainingConfig(max_epochs=1), progress=False)
+    assert not (tmp_path / "ret").exists()  # the holder made it and wrote nothing
+    train_retriever(workspace["folders"]["three"], workspace["root"] / "prepared",
+                    workspace["root"] / "mem", tmp_path / "ret",
+                    config=RetrieverTrainingConfig(max_epochs=1), progress=False)
+    assert sorted(p.name for p in (tmp_path / "ret").iterdir()) == sorted(
+        [LOCK_FILE, "config.json", "retriever.safetensors", "training.json"])
+
+
 def test_training_holds_the_split_not_also_the_whole_dataset(workspace, tmp_path, monkeypatch):
     """The whole retrieval dataset stayed alive beside its split while the retriever trained:
     two copies of every annotated key (about 30 GB in the paper's Book setting)."""

@@ -42,6 +42,7 @@ from automr.retrievers import (
 from automr.retrievers.storage import check_retriever_target
 from automr.storage import (
     files_digest,
+    folder_lock,
     open_own,
     read_json,
     read_run_records,
@@ -77,6 +78,17 @@ def train_retriever(
     cheap proxy for validation Recall@1)."""
     config = config or RetrieverTrainingConfig()
     check_retriever_target(out_dir)  # not after the epochs
+    with folder_lock(Path(out_dir), "retriever train"):  # two at once mixed their files
+        return _train_retriever(annotations_dir, dataset_dir, memory_dir, out_dir, form,
+                                temperature, valid_fraction, config, progress, device)
+
+
+def _train_retriever(
+    annotations_dir: Path | str, dataset_dir: Path | str, memory_dir: Path | str,
+    out_dir: Path | str, form: str, temperature: float, valid_fraction: float,
+    config: RetrieverTrainingConfig, progress: bool, device: str,
+) -> dict[str, Any]:
+    """:func:`train_retriever`'s work, while it holds ``out_dir``."""
     if not 0.0 <= valid_fraction < 1.0:
         raise AutomrError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
     annotations, full = annotated_dataset(annotations_dir, dataset_dir, memory_dir, form,
