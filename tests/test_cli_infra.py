@@ -1196,3 +1196,44 @@ def test_model_info_and_fetch_pass_every_option_on(monkeypatch, tmp_path):
     assert calls == [(("org/lm",), {"device": "cuda:1", "dtype": "float16",
                                     "cache_dir": Path("c")}),
                      ((DEFAULT_MODEL, Path("c")), {})]
+
+
+def test_step_messages_and_notices_go_to_stderr_so_a_redirected_stdout_is_the_table(
+        tmp_path, capsys):
+    """`automr rq2 > rq2.out`, `demo` and `ablate` wrote their step lines (`[rq2] ... ->`,
+    `[fine-tune BIGRec] done in ...`) to stdout, and an evaluate read back from its folder
+    added 'Read back from ...' under the table (the CLI-in-scripts review): stdout holds what
+    the command prints, as docs/cli.md says; steps are on stderr, none with --quiet."""
+    from automr.cli.common import Runtime
+
+    Runtime().say("[step] done")
+    Runtime(quiet=True).say("[step] quiet")
+    assert capsys.readouterr() == ("", "[step] done\n")
+    synthetic_dataset(tmp_path)
+    command = ["evaluate", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "e"),
+               "--methods", "pop", "--samples", "4", "--quiet"]
+    first, again = runner.invoke(app, command), runner.invoke(app, command)
+    assert first.exit_code == again.exit_code == 0, again.output
+    assert again.stdout == first.stdout
+    assert again.stdout.strip() == (tmp_path / "e" / "results.md").read_text().strip()
+    assert "Read back from" in again.stderr and "computed again: ranks:pop" in again.stderr
+
+
+def test_help_written_to_a_pipe_keeps_whole_option_names(monkeypatch):
+    """Off a terminal rich lays help out 80 columns wide and cut long option names
+    (`--min-item-interact…`, `--min-user-interact…`: which is which?) in 11 commands' help
+    (the CLI-in-scripts review). COLUMNS, when set, is still rich's width."""
+    from typer import rich_utils
+
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
+    for name in ("COLUMNS", "TERMINAL_WIDTH"):
+        monkeypatch.delenv(name, raising=False)
+    for command in (["data", "prepare", "ml-100k"], ["evaluate"], ["rq2"], ["finetune"]):
+        shown = runner.invoke(app, [*command, "--help"]).output
+        assert "…" not in shown and "--help" in shown, command
+    shown = runner.invoke(app, ["data", "prepare", "ml-100k", "--help"]).output
+    assert "--min-item-interactions " in shown and "--min-user-interactions " in shown
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert "--min-item-interact…" in runner.invoke(app, ["data", "prepare", "ml-100k",
+                                                         "--help"]).output

@@ -62,5 +62,5 @@ def ablate_command(
         retrievers=comma_list(retrievers), train_samples=train_samples, test_samples=test_samples,
         label_form=label_form, temperature=temperature, seed=seed, resample=resample))
     run_ablation(data, finetuned, out, config, **runtime.keywords(), progress=runtime.progress,
-                 say=typer.echo)
+                 say=runtime.say)
     typer.echo((out / "ablation.md").read_text(encoding="utf-8"))

@@ -369,6 +369,12 @@ class Runtime:
     def progress(self) -> bool:
         return not self.quiet
 
+    def say(self, line: str) -> None:
+        """A step's message, on stderr beside the progress (a redirected stdout holds only
+        what the command prints); nothing with ``--quiet``."""
+        if self.progress:
+            typer.echo(line, err=True)
+
     def keywords(self) -> dict[str, Any]:
         """``device=``, ``dtype=``, ``cache_dir=`` for the library functions that take them."""
         dtype = "float32" if self.exact and self.dtype == "auto" else self.dtype

@@ -112,7 +112,7 @@ def evaluate_command(
     typer.echo(evaluation.markdown())  # results.md's (read back, another run's at once)
     if evaluation.reused:
         typer.echo(f"Read back from {out} (saved with the same samples and settings), not "
-                   f"computed again: {', '.join(evaluation.reused)}")
+                   f"computed again: {', '.join(evaluation.reused)}", err=True)
     means: dict[str, dict[str, float]] = {}
     for reports in (evaluation.reports, evaluation.likelihoods):
         for method, report in reports.items():

@@ -91,7 +91,7 @@ def rq2_command(
     run_rq2(data, out, finetuned=finetuned, memory=memory, retrievers=retriever,
             seeds=parse_seeds(seeds), grounder=grounder, config=config, **runtime.keywords(),
             progress=runtime.progress,
-            say=typer.echo if runtime.progress else (lambda _: None))
+            say=runtime.say)
     typer.echo((out / "rq2.md").read_text(encoding="utf-8"))
 
 

@@ -12,7 +12,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, final
+from typing import Annotated, Any, final
 
 import typer
 import typer.core
@@ -96,6 +96,21 @@ def _plain_help(command: object) -> None:
         _plain_help(sub)
 
 
+HELP_WIDTH_OFF_A_TERMINAL = 120
+"""Columns of ``--help`` written to a pipe or a file (rich's default there, 80, cut long
+option names: ``--min-item-interact…``)."""
+
+
+def _help_width() -> None:
+    """Lay ``--help`` out :data:`HELP_WIDTH_OFF_A_TERMINAL` wide when stdout is no terminal and
+    neither ``COLUMNS`` nor Typer's ``TERMINAL_WIDTH`` says a width."""
+    if typer.core.HAS_RICH and not sys.stdout.isatty() and not (
+            {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ)):
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_A_TERMINAL
+
+
 @final
 class AutomrGroup(LazyGroup):
     """The root group: :data:`COMMANDS`, each with a run record when it has ``--out``; an
@@ -103,6 +118,11 @@ class AutomrGroup(LazyGroup):
 
     registry = COMMANDS
     on_load = (_attach_run_record, expand_home, _plain_help)  # paths expanded for the record
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """The command line's entry: ``--help`` off a terminal wide enough first."""
+        _help_width()
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> object:
         """Run the sub-command; Ctrl-C (exit 130) and SIGTERM (exit 143: a scheduler's time

@@ -255,7 +255,7 @@ def demo_command(
         combiner=combiner, seed=seed,
         lora_targets=parse_lora_targets(lora_targets)))
     results = run_demo(out, config, **runtime.keywords(), progress=runtime.progress,
-                       dataset_dir=data, say=typer.echo)
+                       dataset_dir=data, say=runtime.say)
     typer.echo(demo_summary(out))
     typer.echo(f"artifacts: {out.resolve()} (results in {results}, {out / 'likelihood'})")
 
