@@ -59,6 +59,23 @@ def test_models_loaded_in_two_threads_at_once_leave_transformers_as_it_was(
     load_model(str(tmp_path), device="cpu")
 
 
+def test_a_model_described_beside_a_load_leaves_torchs_default_dtype_as_it_was(
+        tmp_path, often_switching):
+    """describe_model (`automr model info`) built its meta model by from_config outside the
+    load lock: beside a load, its bfloat16 default dtype stayed torch's for the rest of the
+    process (every later tensor bfloat16), or its tied head was refused (the threads
+    review)."""
+    from automr.llm.loading import describe_model
+
+    tiny_model(tiny_config("llama", num_layers=2)).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    for _ in range(4):
+        done = _together([lambda: describe_model(str(tmp_path), dtype="bfloat16"),
+                          lambda: load_model(str(tmp_path), device="cpu", dtype="float32")])
+        assert not [r for r in done if isinstance(r, Exception)], done
+        assert torch.get_default_dtype() == torch.float32
+
+
 def test_a_padded_encoding_in_another_thread_leaves_this_ones_ids_alone(often_switching):
     """A fast tokenizer's padding is a setting each call makes on its backend: one thread
     embedding titles (padded) made another's unpadded target ids come out padded."""

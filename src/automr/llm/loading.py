@@ -213,9 +213,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 _LOADING = threading.Lock()
 """One ``from_pretrained`` at a time in this process: transformers swaps process-wide functions
-(``PreTrainedModel.tie_weights``, ``torch.nn.init``'s) for the length of a load, and two loads
-in two threads at once left them swapped for good (every later model with tied embeddings was
-refused, every later initialisation a no-op)."""
+(``PreTrainedModel.tie_weights``, ``torch.nn.init``'s, torch's default dtype) for the length
+of a load, and two loads in two threads at once left them swapped for good (every later model
+with tied embeddings was refused, every later initialisation a no-op); so does ``from_config``
+(:func:`describe_model`)."""
 
 
 def load_model(
@@ -488,15 +489,15 @@ def _dequantise_gguf(folder: Path, gguf_name: str) -> tuple[PreTrainedModel, Tok
     transformers flags GGUF-loaded models as quantised and refuses ``save_pretrained``; a
     fresh model of the same config with the dequantised state dict saves normally.
     """
-    with _LOADING:
+    with _LOADING:  # from_config, as from_pretrained, sets torch's default dtype meanwhile
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name,
                                                       dtype=torch.float32, **NO_HUB_KERNELS)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.name_or_path = gguf_name
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.name_or_path = gguf_name
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     return plain.eval(), tokenizer
@@ -660,8 +661,8 @@ def describe_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = 
     with _load_errors(name, source):
         checked_tokenizer(AutoTokenizer.from_pretrained(source))  # none: no model to load
         config = AutoConfig.from_pretrained(source)
-        with torch.device("meta"):
-            model = auto_class(config.model_type).from_config(
+        with torch.device("meta"), _LOADING:  # a load meanwhile, unlocked, left torch's
+            model = auto_class(config.model_type).from_config(  # default dtype its own
                 config, dtype=torch_dtype, attn_implementation=attention_for(config.model_type))
         folder = folder or model_folder(name)
         files = weight_files(folder) if folder is not None else ()
