@@ -1225,7 +1225,6 @@ def test_help_written_to_a_pipe_keeps_whole_option_names(monkeypatch):
     (the CLI-in-scripts review). COLUMNS, when set, is still rich's width."""
     from typer import rich_utils
 
-    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
     for name in ("COLUMNS", "TERMINAL_WIDTH"):
         monkeypatch.delenv(name, raising=False)
     for command in (["data", "prepare", "ml-100k"], ["evaluate"], ["rq2"], ["finetune"]):
@@ -1233,7 +1232,7 @@ def test_help_written_to_a_pipe_keeps_whole_option_names(monkeypatch):
         assert "…" not in shown and "--help" in shown, command
     shown = runner.invoke(app, ["data", "prepare", "ml-100k", "--help"]).output
     assert "--min-item-interactions " in shown and "--min-user-interactions " in shown
-    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
     monkeypatch.setenv("COLUMNS", "80")
     assert "--min-item-interact…" in runner.invoke(app, ["data", "prepare", "ml-100k",
                                                          "--help"]).output
+    assert rich_utils.MAX_WIDTH is None  # as it was: a later COLUMNS is still rich's width

@@ -101,14 +101,21 @@ HELP_WIDTH_OFF_A_TERMINAL = 120
 option names: ``--min-item-interact…``)."""
 
 
-def _help_width() -> None:
-    """Lay ``--help`` out :data:`HELP_WIDTH_OFF_A_TERMINAL` wide when stdout is no terminal and
-    neither ``COLUMNS`` nor Typer's ``TERMINAL_WIDTH`` says a width."""
-    if typer.core.HAS_RICH and not sys.stdout.isatty() and not (
+@contextlib.contextmanager
+def _help_width() -> Iterator[None]:
+    """Lay ``--help`` out :data:`HELP_WIDTH_OFF_A_TERMINAL` wide while inside, when stdout is
+    no terminal and neither ``COLUMNS`` nor Typer's ``TERMINAL_WIDTH`` says a width."""
+    if not typer.core.HAS_RICH or sys.stdout.isatty() or (
             {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ)):
-        from typer import rich_utils
+        yield
+        return
+    from typer import rich_utils
 
-        rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_A_TERMINAL
+    before, rich_utils.MAX_WIDTH = rich_utils.MAX_WIDTH, HELP_WIDTH_OFF_A_TERMINAL
+    try:
+        yield
+    finally:
+        rich_utils.MAX_WIDTH = before
 
 
 @final
@@ -121,8 +128,8 @@ class AutomrGroup(LazyGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """The command line's entry: ``--help`` off a terminal wide enough first."""
-        _help_width()
-        return super().main(*args, **kwargs)
+        with _help_width():
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> object:
         """Run the sub-command; Ctrl-C (exit 130) and SIGTERM (exit 143: a scheduler's time
