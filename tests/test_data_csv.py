@@ -715,3 +715,29 @@ def test_the_fingerprint_of_a_folder_is_refused(tmp_path):
         with pytest.raises(AutomrError, match=r"takes a PreparedDataset .*not a (PosixPath|str)$"):
             dataset_fingerprint(folder)
     assert dataset_fingerprint(dataset) == dataset_fingerprint(PreparedDataset.load(dataset.path))
+
+
+def test_a_folders_fingerprint_read_without_its_interactions_is_the_loaded_datasets(tmp_path):
+    """A run record's fingerprint of --data loaded the whole dataset again (minutes and GiBs
+    at ML-32M's size, after the command's work; the scale review). folder_fingerprint reads
+    the catalog and stats.json's count where the source's file hashes stand for the
+    interactions; it equals the loaded dataset's, a column mapping and a dataset built in
+    Python (no file hashes: its interactions are read) included."""
+    from automr.data.fingerprint import dataset_fingerprint, folder_fingerprint
+    from automr.data.prepare import prepare_dataset
+    from automr.testing.synthetic import synthetic_dataset
+
+    inter, items = small_csv(tmp_path)
+    made = [prepare_csv(inter, items, tmp_path / "csv", protocol=PROTOCOL),
+            prepare_csv(inter, items, tmp_path / "mapped", protocol=PROTOCOL,
+                        columns={"user": "user"}),
+            synthetic_dataset(tmp_path / "synthetic")]
+    in_python = attrs.evolve(load_csv(inter, items), fingerprints={})  # rows of the user's own
+    made.append(prepare_dataset(in_python, PROTOCOL, tmp_path / "python"))
+    for dataset in made:
+        assert dataset.path is not None
+        loaded = PreparedDataset.load(dataset.path)
+        assert folder_fingerprint(dataset.path) == dataset_fingerprint(loaded), dataset.path
+        assert folder_fingerprint(str(dataset.path)) == dataset_fingerprint(dataset)
+    assert not made[-1].source.fingerprints
+    assert len({folder_fingerprint(d.path) for d in made}) == len(made)

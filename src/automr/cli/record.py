@@ -128,11 +128,10 @@ def fingerprints(params: dict[str, Any]) -> dict[str, Any]:
     """The dataset fingerprint of ``data``; sha256 of each input folder's top-level JSON."""
     found: dict[str, Any] = {}
     if params.get("data") is not None:
-        from automr.data import PreparedDataset
-        from automr.data.fingerprint import dataset_fingerprint
+        from automr.data.fingerprint import folder_fingerprint
 
         try:
-            found["data"] = dataset_fingerprint(PreparedDataset.load(params["data"]))
+            found["data"] = folder_fingerprint(params["data"])
         except (AutomrError, OSError, ValueError) as error:
             found["data"] = f"unavailable: {error}"
     for name in INPUT_FOLDERS:

@@ -30,6 +30,7 @@ import os
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -167,27 +168,15 @@ class PreparedDataset:
         """Read a folder written by :meth:`save` / ``automr data prepare``."""
         folder = home_path(folder)
         stamp = _stamp(folder)
-        if not is_prepared_dir(folder):
-            raise AutomrError(f"{folder} is not a prepared dataset (no config.json with format "
-                              f"{FORMAT}). Create one with `automr data prepare ...`.")
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        header = read_header(folder)
         try:
             dataset = cls(
-                catalog=Catalog(tuple(Item(**row) for row in _read_jsonl(folder / "items.jsonl"))),
                 interactions=tuple(Interaction(**row)
                                    for row in _read_jsonl(folder / "interactions.jsonl")),
-                protocol=_protocol(config["protocol"]),
-                boundaries=SplitBoundaries(**config["boundaries"]),
-                stats=_read_stats(folder / "stats.json"),
-                source=SourceInfo(**config["source"]),
-                path=folder,
-                stamp=stamp,
-            )
+                **header, path=folder, stamp=stamp)
         except (*_DAMAGED, FileNotFoundError) as error:
             raise AutomrError(f"{folder} holds a damaged prepared dataset ({_reason(error)}). "
                               f"Prepare it again with `automr data prepare ...`.") from None
-        _check_count(folder / "items.jsonl", len(dataset.catalog), dataset.stats.filtered.items,
-                     "items")
         _check_count(folder / "interactions.jsonl", len(dataset.interactions),
                      dataset.stats.filtered.interactions, "interactions")
         counts = {split: dataset.stats.samples.get(split, 0) for split in SPLITS}
@@ -199,6 +188,30 @@ class PreparedDataset:
                 f"{window.get('start')} .. {window.get('end')}). Prepare it again with a window "
                 f"that gives every split samples (--start/--end, --train-months).")
         return dataset
+
+
+def read_header(folder: Path) -> dict[str, Any]:
+    """A prepared dataset's ``catalog``, ``protocol``, ``boundaries``, ``stats`` and
+    ``source``: all of :class:`PreparedDataset` but its interactions (and splits), checked as
+    :meth:`PreparedDataset.load` checks them."""
+    if not is_prepared_dir(folder):
+        raise AutomrError(f"{folder} is not a prepared dataset (no config.json with format "
+                          f"{FORMAT}). Create one with `automr data prepare ...`.")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        header = {
+            "catalog": Catalog(tuple(Item(**row) for row in _read_jsonl(folder / "items.jsonl"))),
+            "protocol": _protocol(config["protocol"]),
+            "boundaries": SplitBoundaries(**config["boundaries"]),
+            "stats": _read_stats(folder / "stats.json"),
+            "source": SourceInfo(**config["source"]),
+        }
+    except (*_DAMAGED, FileNotFoundError) as error:
+        raise AutomrError(f"{folder} holds a damaged prepared dataset ({_reason(error)}). "
+                          f"Prepare it again with `automr data prepare ...`.") from None
+    _check_count(folder / "items.jsonl", len(header["catalog"]), header["stats"].filtered.items,
+                 "items")
+    return header
 
 
 def _stamp(folder: Path) -> dict[str, tuple[int, int, int] | None]:
