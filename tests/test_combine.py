@@ -652,10 +652,27 @@ def test_values_an_earlier_automr_made_otherwise_are_not_paired_with_todays(tmp_
     from automr.methods.registry import rule_marks
 
     ranks, lls = [0, 3, 29, 5, 1, 2, 8, 4], [-1.0, -2.0, -3.5, -4.0, -2.5, -1.5, -6.0, -3.0]
-    today = {method: rule_marks(method) for method in ("random:l2", "bigrec:l2-pop")}
+    today = {method: rule_marks(method) for method in ("random:l2", "bigrec:l2-pop", "sasrec")}
     for method, marks in today.items():
         evaluated(tmp_path / "old", method, ranks, lls)
         evaluated(tmp_path / "new", method, ranks, lls, settings=marks)
+    # SASRec trained with BCE on each user's last items under the same settings before its
+    # version 2 (the old-artifacts review: compare paired them, recall@1 +0.667 from itself)
+    assert today["sasrec"] == {"version": 2}
+    # an export kept no settings: what compare refuses in the folder went through it
+    from automr.evaluation import evaluate
+
+    for folder, marks in (("old-e", {}), ("new-e", today["sasrec"])):
+        method = Spread(0)
+        method.settings |= marks
+        evaluate({"sasrec": method}, spread_samples(8), 30, out=tmp_path / folder,
+                 n_resamples=20)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["export", str(tmp_path / "old-e"), str(tmp_path / "o.json")])
+    assert refused.exit_code != 0 and "made by an earlier automr" in refused.output
+    assert not (tmp_path / "o.json").exists()
+    exported = runner.invoke(app, ["export", str(tmp_path / "new-e"), str(tmp_path / "n.json")])
+    assert exported.exit_code == 0, exported.output
 
     def compare(first: str, second: str):
         return CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "o"), "--method",

@@ -185,10 +185,14 @@ def export_command(
     """Write an evaluation folder as one JSON file: its tables, every method's per-sample
     ranks and target log-likelihoods keyed by sample id, and the commands that made it."""
     from automr.evaluation import EvaluationFolder
+    from automr.methods.registry import check_current
     from automr.storage import write_json_atomic
 
     _check_export_file(file)
     exported = EvaluationFolder(folder).export()
+    for kind in ("ranks", "loglik"):  # an export keeps no settings: what compare and rq3
+        for method in exported[kind]:  # refuse in the folder would pass through it
+            check_current(folder, method, (kind,))
     write_json_atomic(file, exported, indent=0)
     typer.echo(f"{file}: {len(exported['ranks'])} ranked and {len(exported['loglik'])} "
                f"likelihood method(s), {exported['results'].get('samples')} samples, "

@@ -522,8 +522,12 @@ LM_OPTIONS = ("layer", "num_beams", "exclude_seen")
 MEMORY_OPTIONS = ("num_beams", "exclude_seen", "combiner", "k")
 
 METHODS: dict[str, MethodKind] = {
+    # version 2: under the same settings it trained otherwise before 5fa8bf1 (BCE, not
+    # softmax cross-entropy; timestamp ties in file order) and before 9fb5450 (each user's
+    # last max_len + 1 items only, not every position)
     "sasrec": MethodKind("SASRec trained on the training period", _sasrec,
-                         options=("seed", "sasrec_loss"), grounded=False, likelihood=False),
+                         options=("seed", "sasrec_loss"), grounded=False, likelihood=False,
+                         version=2),
     "pop": MethodKind("training-period popularity (a floor)",
                       lambda space, grounder, label: PopularityMethod(
                           space.dataset, exclude_seen=space.options.exclude_seen),
