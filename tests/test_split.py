@@ -80,6 +80,30 @@ def test_upper_of_lower_equals_full_model(tiny_models, arch, seqs, layer, side):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@given(seqs=sequences, layer=st.integers(0, NUM_LAYERS - 1),
+       side=st.sampled_from(["left", "right"]))
+def test_lower_is_the_models_own_state_entering_layer_l(tiny_models, arch, seqs, layer, side):
+    """The state ``lower`` gives at ``layer`` is the one the model's layer ``layer`` reads (its
+    ``hidden_states[layer]``): lower and upper both shifted by one layer (layer-L memory,
+    queries and insertion made at L-1) passed every test, as upper(lower) and the final state
+    stayed the model's (the mutation review)."""
+    model = tiny_models[arch]
+    ids, mask = pad(seqs, side)
+    with torch.no_grad():
+        state = HFSplitLLM(model).lower(ids, mask, layer)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        states = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       output_hidden_states=True).hidden_states
+        if model.config.model_type in ("mamba", "falcon_mamba"):  # its hidden_states[i] is
+            entering = (model.get_input_embeddings()(ids) if layer == 0  # layer i's output
+                        else states[layer - 1])
+        else:
+            entering = states[layer]
+    real = mask.bool()
+    torch.testing.assert_close(state.hidden[real], entering[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @given(seqs=sequences, layer=st.integers(0, NUM_LAYERS), side=st.sampled_from(["left", "right"]))
 def test_logits_at_selected_positions(tiny_models, arch, seqs, layer, side):
     llm = HFSplitLLM(tiny_models[arch])
@@ -1032,3 +1056,30 @@ def test_attention_bias_is_the_plain_rule(data, batch, past, seq, window) -> Non
                 seen = k == q or (k <= q and real[k] and (
                     window is None or position[q] - position[k] < window))
                 assert bias[b, 0, i, k].item() == (0.0 if seen else low)
+
+
+def test_a_sequence_past_the_models_context_that_memory_made_is_warned_of_once():
+    """transformers warns of a tokenized prompt past max_position_embeddings, not of one that
+    memory joined at layer L makes longer: `concat` with a large k ran the upper layers past
+    the model's context (3 x 408 + 494 positions on a model of 512) without a word (the scale
+    review)."""
+    import warnings
+
+    from automr.testing.tiny import tiny_config, tiny_model
+
+    llm = HFSplitLLM(tiny_model(tiny_config("llama", 2, max_position_embeddings=16)))
+    ids = torch.arange(3, 13).unsqueeze(0)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = llm.lower(ids, torch.ones_like(ids), 1)
+        llm.upper(state)  # 10 positions of 16: no warning
+        assert not caught
+        joined = LayerState(hidden=torch.cat([state.hidden, state.hidden], 1),
+                            mask=torch.cat([state.mask, state.mask], 1), layer=1)
+        for _ in range(2):
+            llm.upper(joined)
+    assert [str(w.message) for w in caught] == [
+        "a sequence of 20 positions is past this model's context of 16 "
+        "(max_position_embeddings): its results there are not the model's as trained (with "
+        "memory joined to the prompt, a smaller --k or a combiner that adds one token per "
+        "element keeps it within)"]

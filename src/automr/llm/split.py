@@ -13,6 +13,7 @@ only ones that touch transformers' layer internals.
 """
 
 import inspect
+import warnings
 
 import torch
 from jaxtyping import Bool, Float, Int, jaxtyped
@@ -338,6 +339,11 @@ class HFSplitLLM:
         every position by the longest sequence of the batch (and keeps that scale for later
         calls), which no row alone would get; None for other rotary embeddings (Hunyuan's
         ``dynamic`` with a fixed ``alpha`` is static)."""
+        context = getattr(config, "max_position_embeddings", None)
+        self.context = context if isinstance(context, int) and context > 0 else None
+        """The positions the model was trained on (``max_position_embeddings``; None where the
+        config says none): a longer sequence is warned of once (:meth:`_check_context`)."""
+        self._warned_context = False
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -454,6 +460,22 @@ class HFSplitLLM:
                 f"at or below layer {min(self.kv_sources.values())}, or at or above "
                 f"{max(self.kv_sources) + 1}")
 
+    def _check_context(self, positions: Tensor) -> None:
+        """Warn once of a sequence past :attr:`context`: transformers warns of a tokenized
+        text past it, not of one that memory joined at layer L makes longer (``concat``'s
+        elements beside the prompt), where the upper layers run positions the model was not
+        trained on."""
+        if self.context is None or self._warned_context or not positions.numel():
+            return
+        longest = int(positions.max()) + 1
+        if longest > self.context:
+            self._warned_context = True
+            warnings.warn(f"a sequence of {longest} positions is past this model's context of "
+                          f"{self.context} (max_position_embeddings): its results there are "
+                          f"not the model's as trained (with memory joined to the prompt, a "
+                          f"smaller --k or a combiner that adds one token per element keeps "
+                          f"it within)", stacklevel=3)
+
     def _run_layers(
         self, hidden: Tensor, mask: Bool[Tensor, "batch seq"], layers: range,
         cache: KVCache | None = None,
@@ -468,6 +490,7 @@ class HFSplitLLM:
                 f"{self.config.model_type} model's {self.dynamic_limit}, past which its dynamic "
                 f"NTK rotary embedding rotates every position by the batch's longest sequence; "
                 f"the layer split runs it within {self.dynamic_limit} positions")
+        self._check_context(positions)
         biases = {window: attention_bias(mask, past_mask, hidden.dtype, window)
                   for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
