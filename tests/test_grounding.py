@@ -1166,3 +1166,16 @@ def test_a_cache_of_an_older_embedding_rule_is_not_read_back(tiny_models, tmp_pa
     save_file({"embeddings": torch.zeros(len(targets), model.config.hidden_size)}, older)
     got = catalog_embeddings(loaded, targets, "f" * 64, tmp_path, progress=False)
     assert torch.equal(got, embed_texts(model, tokenizer, targets.texts))
+
+
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=1, max_size=8),
+                min_size=1, max_size=3).filter(lambda rows: len({len(r) for r in rows}) == 1))
+def test_rank_by_distance_puts_equal_distances_in_catalog_order(rows):
+    """Nearest first, and items at one distance (a title the catalog holds twice) in catalog
+    order, as its docstring says and `automr recommend` lists them: only distinct distances
+    were under test, so reversed ties passed (the mutation review)."""
+    from automr.grounding.l2 import rank_by_distance
+
+    ranked = rank_by_distance(torch.tensor(rows))
+    for row, order in zip(rows, ranked.tolist(), strict=True):
+        assert order == sorted(range(len(row)), key=lambda item: (row[item], item))
