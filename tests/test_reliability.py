@@ -1166,6 +1166,41 @@ def test_a_loaded_dataset_saves_into_its_own_folder(workspace, tmp_path):
                for split in ("train", "valid", "test"))
 
 
+def test_a_save_cut_part_way_leaves_the_dataset_it_was_saving_over_whole(workspace, tmp_path,
+                                                                          monkeypatch):
+    """save() wrote the JSON lines files in place: Ctrl-C while it wrote interactions.jsonl
+    left 100 of its 288 lines, and a dataset that loaded fine (and that other artifacts point
+    to) was damaged (the leftovers review)."""
+    import json
+
+    from automr.data import PreparedDataset
+
+    data = copy(workspace, "prepared", tmp_path)
+    loaded = PreparedDataset.load(data)
+    before = {p.name: p.read_bytes() for p in data.rglob("*.jsonl")}
+    real_encoder = json.JSONEncoder
+
+    class CutAfter100(real_encoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rows = 0
+
+        def encode(self, row):
+            self.rows += 1
+            if self.rows > 100 and "timestamp" in row and "item" in row and "user" in row \
+                    and len(row) == 3:
+                raise KeyboardInterrupt
+            return super().encode(row)
+
+    monkeypatch.setattr(json, "JSONEncoder", CutAfter100)
+    with pytest.raises(KeyboardInterrupt):
+        loaded.save(data)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in data.rglob("*.jsonl")} == before
+    assert not [p.name for p in data.rglob(".*partial*")]
+    assert PreparedDataset.load(data).interactions == loaded.interactions
+
+
 @pytest.mark.parametrize("text", ["[]", "null", '{"users": 1}'])
 def test_a_damaged_stats_json_is_one_line_naming_it(workspace, tmp_path, text):
     data = copy(workspace, "prepared", tmp_path)

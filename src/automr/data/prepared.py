@@ -45,7 +45,7 @@ from automr.data.samples import SplitSamples, check_unique_ids
 from automr.data.stats import DatasetStats
 from automr.errors import AutomrError
 from automr.paths import home_path
-from automr.storage import write_json_atomic
+from automr.storage import fresh_partial, write_json_atomic
 
 FORMAT = "automr.prepared-dataset/1"
 _DAMAGED = (KeyError, TypeError, ValueError, IndexError, OverflowError,
@@ -308,9 +308,16 @@ def _sample(row: dict, timelines: dict[str, _Timeline]) -> Sample:
 
 
 def _write_jsonl(path: Path, rows: Iterable[object]) -> None:
+    """``rows`` as JSON lines, written beside ``path`` and renamed over it: a save cut
+    part-way (Ctrl-C) leaves the file before it whole, not cut short."""
     encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    with path.open("w", encoding="utf-8") as f:
-        f.writelines(encode(row) + "\n" for row in rows)
+    tmp = fresh_partial(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines(encode(row) + "\n" for row in rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
