@@ -534,3 +534,21 @@ def test_a_tokenizer_that_does_not_know_the_models_context_is_told_it(tmp_path):
     short.model_max_length = 7  # one that knows a shorter length keeps it
     short.save_pretrained(tmp_path / "m")
     assert loading.load_model(str(tmp_path / "m"), device="cpu").tokenizer.model_max_length == 7
+
+
+def test_a_model_folder_given_as_a_path_loads_under_its_name_as_a_str(tiny_folder, tmp_path):
+    """load_model(Path(folder)) kept the Path as the model's name: building a memory on it
+    failed naming an internal class (Backbone.__init__() parameter name=PosixPath(...)) and
+    annotating it with 'Object of type PosixPath is not JSON serializable'; load_model(123)
+    was a bare TypeError (the typed-user review)."""
+    from pathlib import Path
+
+    from automr.errors import WrongTypeError
+    from automr.llm.loading import load_model
+
+    loaded = load_model(Path(tiny_folder), device="cpu")
+    assert loaded.name == str(tiny_folder) and isinstance(loaded.name, str)
+    assert loaded.fingerprint() == load_model(str(tiny_folder), device="cpu").fingerprint()
+    with pytest.raises(WrongTypeError, match="load_model's name is a model's name, hub id or "
+                                             "folder .*got 123"):
+        load_model(123)

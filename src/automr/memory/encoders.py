@@ -240,9 +240,14 @@ class ElementEncoder(Protocol):
     ``settings`` is what a memory's ``config.json`` records about the encoder.
     """
 
-    kind: str
-    base: LayerEncoder
-    reuses_texts: bool
+    @property
+    def kind(self) -> str: ...  # read-only: a frozen attrs class or a dataclass fits too
+
+    @property
+    def base(self) -> LayerEncoder: ...
+
+    @property
+    def reuses_texts(self) -> bool: ...
 
     def text(self, items: Sequence[str], timestamps: Sequence[int], index: int) -> str:
         """The text of element ``index`` of a timeline (``items`` with their ``timestamps``)."""
