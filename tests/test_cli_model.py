@@ -549,6 +549,6 @@ def test_a_model_folder_given_as_a_path_loads_under_its_name_as_a_str(tiny_folde
     loaded = load_model(Path(tiny_folder), device="cpu")
     assert loaded.name == str(tiny_folder) and isinstance(loaded.name, str)
     assert loaded.fingerprint() == load_model(str(tiny_folder), device="cpu").fingerprint()
-    with pytest.raises(WrongTypeError, match="load_model's name is a model's name, hub id or "
-                                             "folder .*got 123"):
+    with pytest.raises(WrongTypeError, match=r"load_model's name is a model's name, hub id or "
+                                             r"folder .*got 123"):
         load_model(123)
