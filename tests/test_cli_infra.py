@@ -1199,7 +1199,7 @@ def test_model_info_and_fetch_pass_every_option_on(monkeypatch, tmp_path):
 
 
 def test_step_messages_and_notices_go_to_stderr_so_a_redirected_stdout_is_the_table(
-        tmp_path, capsys):
+        tmp_path, capsys, monkeypatch):
     """`automr rq2 > rq2.out`, `demo` and `ablate` wrote their step lines (`[rq2] ... ->`,
     `[fine-tune BIGRec] done in ...`) to stdout, and an evaluate read back from its folder
     added 'Read back from ...' under the table (the CLI-in-scripts review): stdout holds what
@@ -1217,6 +1217,12 @@ def test_step_messages_and_notices_go_to_stderr_so_a_redirected_stdout_is_the_ta
     assert again.stdout == first.stdout
     assert again.stdout.strip() == (tmp_path / "e" / "results.md").read_text().strip()
     assert "Read back from" in again.stderr and "computed again: ranks:pop" in again.stderr
+    # under a launcher the other processes' stderr is not silenced: the notice is the main's
+    from automr import distributed
+
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    other = runner.invoke(app, command)
+    assert other.exit_code == 0 and "Read back from" not in other.stderr, other.output
 
 
 def test_help_written_to_a_pipe_keeps_whole_option_names(monkeypatch):
@@ -1232,6 +1238,14 @@ def test_help_written_to_a_pipe_keeps_whole_option_names(monkeypatch):
         assert "…" not in shown and "--help" in shown, command
     shown = runner.invoke(app, ["data", "prepare", "ml-100k", "--help"]).output
     assert "--min-item-interactions " in shown and "--min-user-interactions " in shown
+    # not another command's usage error, on stderr (a terminal's own width under `> out`)
+    seen: list[object] = []
+    monkeypatch.setattr(rich_utils, "_get_rich_console",
+                        lambda stderr=False: seen.append(rich_utils.MAX_WIDTH) or
+                        rich_utils.Console(stderr=stderr, width=rich_utils.MAX_WIDTH))
+    assert runner.invoke(app, ["evaluate", "--bogus"]).exit_code == 2
+    assert seen == [None]
+    monkeypatch.undo()
     monkeypatch.setenv("COLUMNS", "80")
     assert "--min-item-interact…" in runner.invoke(app, ["data", "prepare", "ml-100k",
                                                          "--help"]).output

@@ -419,6 +419,10 @@ def test_evaluate_refuses_a_folder_compare_wrote(tmp_path):
     assert EvaluationFolder(compared).is_combination()
     assert not EvaluationFolder(source).is_combination()
     evaluate({"m": Spread(0), "n": Spread(1)}, samples, 30, out=source, n_resamples=20)
+    # a caller's record with a key named like compare's is no combination (the diff review)
+    for _ in range(2):
+        evaluate({"m": Spread(0)}, samples, 30, out=tmp_path / "r", n_resamples=20,
+                 record={"sources": {"data": "MovieLens-100K"}})
 
 
 def test_an_export_of_an_api_evaluation_keeps_its_cut_offs_and_bootstrap(tmp_path):

@@ -89,6 +89,7 @@ def evaluate_command(
 
     With --measures likelihood, the LM methods also score the true titles. Returns each
     method's metric means (kept in the run record)."""
+    from automr import distributed
     from automr.experiments.evaluate import evaluate_methods
     from automr.methods.registry import Artifacts
 
@@ -110,7 +111,7 @@ def evaluate_command(
                                   out, config, artifacts, progress=runtime.progress,
                                   **runtime.keywords())
     typer.echo(evaluation.markdown())  # results.md's (read back, another run's at once)
-    if evaluation.reused:
+    if evaluation.reused and distributed.is_main():  # under a launcher, once
         typer.echo(f"Read back from {out} (saved with the same samples and settings), not "
                    f"computed again: {', '.join(evaluation.reused)}", err=True)
     means: dict[str, dict[str, float]] = {}

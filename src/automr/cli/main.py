@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, final
 
@@ -102,11 +102,14 @@ option names: ``--min-item-interact…``)."""
 
 
 @contextlib.contextmanager
-def _help_width() -> Iterator[None]:
-    """Lay ``--help`` out :data:`HELP_WIDTH_OFF_A_TERMINAL` wide while inside, when stdout is
-    no terminal and neither ``COLUMNS`` nor Typer's ``TERMINAL_WIDTH`` says a width."""
+def _help_width(argv: Sequence[str]) -> Iterator[None]:
+    """Lay help out :data:`HELP_WIDTH_OFF_A_TERMINAL` wide while inside, when ``argv`` asks
+    for it (``--help``, or nothing: the root's help) on a stdout that is no terminal and
+    neither ``COLUMNS`` nor Typer's ``TERMINAL_WIDTH`` says a width. Not for another command:
+    its usage errors go to stderr, a terminal of its own width (``automr x --typo > out``)."""
     if not typer.core.HAS_RICH or sys.stdout.isatty() or (
-            {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ)):
+            {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ)) or (
+            argv and "--help" not in argv):
         yield
         return
     from typer import rich_utils
@@ -128,7 +131,8 @@ class AutomrGroup(LazyGroup):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """The command line's entry: ``--help`` off a terminal wide enough first."""
-        with _help_width():
+        argv = kwargs.get("args", args[0] if args else None)
+        with _help_width(sys.argv[1:] if argv is None else list(argv)):
             return super().main(*args, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> object:

@@ -106,16 +106,11 @@ class EvaluationFolder:
                    for name in (*VALUE_FOLDERS, RESULTS_JSON))
 
     def is_combination(self) -> bool:
-        """Whether `automr compare` wrote the folder: its results record their sources, or a
-        method's settings say where it was brought in from."""
-        results = self.path / RESULTS_JSON
-        try:
-            held = read_json(results, "automr compare") if results.is_file() else None
-        except AutomrError:
-            held = None
-        return (isinstance(held, dict) and "sources" in held) or any(
-            _brought_in(file) for kind in ("ranks", "loglik")
-            for file in (self.path / kind).glob("*.settings.json"))
+        """Whether `automr compare` wrote the folder: a method's settings say where it was
+        brought in from (results.json's keys do not tell: evaluate's ``record`` is the
+        caller's)."""
+        return any(_brought_in(file) for kind in ("ranks", "loglik")
+                   for file in (self.path / kind).glob("*.settings.json"))
 
     def check_not_combination(self) -> None:
         """Refuse a folder `automr compare` wrote: an evaluation into it would measure its

@@ -658,9 +658,11 @@ def check_current(path: Path | str, method: str,
             values, measure = (("ranks", "ranks") if kind == "ranks" else
                                ("log-likelihoods", "likelihood"))
             command = EvaluationFolder(where).evaluate_command(measured, measure)
+            lacking = ", ".join(f"{key} {value}" for key, value in marks.items()
+                                if saved.get(key) != value)
             raise AutomrError(f"the {values} of {measured} in {where} were made by an earlier "
-                              f"automr, which made them otherwise; make them anew with "
-                              f"{command}")
+                              f"automr (their settings lack this one's {lacking}), which may "
+                              f"have made them otherwise; make them anew with {command}")
 
 
 def lower_halves_shared(methods: Sequence[str]) -> bool:
