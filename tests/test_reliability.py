@@ -1295,8 +1295,9 @@ def test_a_first_retriever_training_cut_before_its_record_is_not_scored(workspac
         experiment.check_held_out(out, workspace / "ann")
     monkeypatch.undo()
     assert runner.invoke(app, retriever_train(workspace, out)).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "automr-runs.jsonl", "config.json", "retriever.safetensors", "training.json"]
+    assert sorted(p.name for p in out.iterdir()) == [  # and the lock a training holds
+        ".automr-lock", "automr-runs.jsonl", "config.json", "retriever.safetensors",
+        "training.json"]
 
 
 @pytest.mark.parametrize("how", ["missing", "garbage"])
