@@ -460,12 +460,15 @@ class HFSplitLLM:
                 f"at or below layer {min(self.kv_sources.values())}, or at or above "
                 f"{max(self.kv_sources) + 1}")
 
-    def _check_context(self, positions: Tensor) -> None:
+    def _check_context(self, positions: Tensor, bound: int | None) -> None:
         """Warn once of a sequence past :attr:`context`: transformers warns of a tokenized
         text past it, not of one that memory joined at layer L makes longer (``concat``'s
         elements beside the prompt), where the upper layers run positions the model was not
-        trained on."""
-        if self.context is None or self._warned_context or not positions.numel():
+        trained on. ``bound``: the most positions the masks' widths allow (None: unknown);
+        within the context the positions are not read (on CUDA a read waits for the device,
+        at every decoding step)."""
+        if self.context is None or self._warned_context or not positions.numel() or (
+                bound is not None and bound <= self.context):
             return
         longest = int(positions.max()) + 1
         if longest > self.context:
@@ -490,7 +493,8 @@ class HFSplitLLM:
                 f"{self.config.model_type} model's {self.dynamic_limit}, past which its dynamic "
                 f"NTK rotary embedding rotates every position by the batch's longest sequence; "
                 f"the layer split runs it within {self.dynamic_limit} positions")
-        self._check_context(positions)
+        self._check_context(positions, None if cache is not None and past_mask is None else
+                            mask.shape[1] + (0 if past_mask is None else past_mask.shape[1]))
         biases = {window: attention_bias(mask, past_mask, hidden.dtype, window)
                   for window in {self.layer_windows[index] for index in layers}}
         rotary = self._rotary(hidden, positions, layers)
